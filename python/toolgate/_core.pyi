@@ -1,0 +1,137 @@
+"""Type stubs for the Rust extension module."""
+
+import os
+from typing import Any, Literal
+
+__version__: str
+
+Verdict = Literal["ALLOW", "DENY", "REQUIRE_APPROVAL"]
+Code = Literal[
+    "ALLOWED",
+    "HIDDEN",
+    "DEFAULT_DENY",
+    "RULE_DENY",
+    "CONDITION_FAILED",
+    "RATE_LIMITED",
+    "APPROVAL_REQUIRED",
+    "INVALID_REQUEST",
+]
+PolicySource = Policy | dict[str, Any] | str | os.PathLike[str]
+
+class ValidationError:
+    """One validation problem: where it is and what is wrong."""
+
+    @property
+    def pointer(self) -> str: ...
+    @property
+    def line(self) -> int | None: ...
+    @property
+    def message(self) -> str: ...
+
+class PolicyError(ValueError):
+    """A policy failed validation; ``errors`` lists every problem."""
+
+    errors: list[ValidationError]
+
+class Policy:
+    """A validated policy document."""
+
+    @staticmethod
+    def from_file(path: str | os.PathLike[str]) -> Policy: ...
+    @staticmethod
+    def from_str(text: str, format: Literal["json", "yaml", "auto"] = "auto") -> Policy: ...
+    @staticmethod
+    def from_dict(document: dict[str, Any]) -> Policy: ...
+    @property
+    def revision(self) -> str: ...
+    @property
+    def servers(self) -> list[str]: ...
+
+class LimitState:
+    """The state of one limit a decision touched."""
+
+    @property
+    def counter(self) -> str: ...
+    @property
+    def rule(self) -> str: ...
+    @property
+    def scope(self) -> str: ...
+    @property
+    def max(self) -> float: ...
+    @property
+    def remaining(self) -> float: ...
+    @property
+    def reset_in_ms(self) -> int: ...
+    def to_dict(self) -> dict[str, Any]: ...
+
+class Decision:
+    """The answer for one tool call."""
+
+    @property
+    def verdict(self) -> Verdict: ...
+    @property
+    def allowed(self) -> bool: ...
+    @property
+    def code(self) -> Code: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def rule(self) -> str: ...
+    @property
+    def retry_after_ms(self) -> int | None: ...
+    @property
+    def limits(self) -> list[LimitState]: ...
+    @property
+    def revision(self) -> str: ...
+    @property
+    def shadow(self) -> bool: ...
+    @property
+    def reservation(self) -> int | None: ...
+    def to_dict(self) -> dict[str, Any]: ...
+
+class ManualClock:
+    """A clock that moves only when told to."""
+
+    def __init__(self, start: float = 0.0) -> None: ...
+    def advance(self, seconds: float) -> None: ...
+    @property
+    def now(self) -> float: ...
+
+class Engine:
+    """Decides tool calls against a policy, with counters that survive reloads."""
+
+    def __init__(
+        self,
+        policy: PolicySource,
+        *,
+        capacity: int = ...,
+        reservations: int = ...,
+        clock: ManualClock | None = None,
+    ) -> None: ...
+    @staticmethod
+    def from_file(
+        path: str | os.PathLike[str],
+        *,
+        capacity: int = ...,
+        reservations: int = ...,
+        clock: ManualClock | None = None,
+    ) -> Engine: ...
+    def decide(
+        self,
+        tool: str,
+        *,
+        server: str | None = None,
+        grant: str | None = None,
+        session: str | None = None,
+        agent: str | None = None,
+        attributes: dict[str, str] | None = None,
+        arguments: dict[str, Any] | str | bytes | None = None,
+        dry_run: bool = False,
+    ) -> Decision: ...
+    def release(self, reservation: int) -> bool: ...
+    def reload(self, policy: PolicySource) -> str: ...
+    @property
+    def revision(self) -> str: ...
+    @property
+    def policy(self) -> Policy: ...
+    def stats(self) -> dict[str, Any]: ...

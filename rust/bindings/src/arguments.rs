@@ -1,0 +1,106 @@
+//! Conditions read Python arguments in place: a dict is walked only along the paths a
+//! policy names, instead of being converted to JSON on every call.
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use serde_json::Value;
+use toolgate_core::args::{ArgValue, Kind, Num};
+
+#[derive(Clone)]
+pub struct PyArg<'py>(pub Bound<'py, PyAny>);
+
+impl<'py> ArgValue for PyArg<'py> {
+    fn kind(&self) -> Kind {
+        let v = &self.0;
+        if v.is_none() {
+            Kind::Null
+        } else if v.is_instance_of::<PyBool>() {
+            Kind::Bool
+        } else if v.is_instance_of::<PyInt>() || v.is_instance_of::<PyFloat>() {
+            Kind::Number
+        } else if v.is_instance_of::<PyString>() {
+            Kind::String
+        } else if v.is_instance_of::<PyList>() || v.is_instance_of::<PyTuple>() {
+            Kind::Array
+        } else {
+            // Dicts, and anything that is not JSON: it never equals a scalar.
+            Kind::Object
+        }
+    }
+
+    fn get_key(&self, key: &str) -> Option<Self> {
+        let dict = self.0.cast::<PyDict>().ok()?;
+        dict.get_item(key).ok().flatten().map(PyArg)
+    }
+
+    fn get_index(&self, index: usize) -> Option<Self> {
+        if let Ok(list) = self.0.cast::<PyList>() {
+            return list.get_item(index).ok().map(PyArg);
+        }
+        let tuple = self.0.cast::<PyTuple>().ok()?;
+        tuple.get_item(index).ok().map(PyArg)
+    }
+
+    fn len(&self) -> usize {
+        if self.kind() == Kind::Array || self.0.is_instance_of::<PyDict>() {
+            self.0.len().unwrap_or(0)
+        } else {
+            0
+        }
+    }
+
+    fn as_str(&self) -> Option<&str> {
+        self.0.cast::<PyString>().ok()?.to_str().ok()
+    }
+
+    fn as_num(&self) -> Option<Num> {
+        let v = &self.0;
+        if v.is_instance_of::<PyBool>() {
+            return None;
+        }
+        if v.is_instance_of::<PyInt>() {
+            return Some(match v.extract::<i128>() {
+                Ok(i) => Num::Int(i),
+                Err(_) => Num::Float(v.extract::<f64>().unwrap_or(f64::NAN)),
+            });
+        }
+        if v.is_instance_of::<PyFloat>() {
+            return v.extract::<f64>().ok().map(Num::Float);
+        }
+        None
+    }
+
+    fn as_bool(&self) -> Option<bool> {
+        self.0.cast::<PyBool>().ok().map(|b| b.is_true())
+    }
+
+    fn to_json(&self) -> Value {
+        to_json(&self.0).unwrap_or(Value::Null)
+    }
+}
+
+/// Convert a Python value to JSON; `None` for values JSON cannot hold.
+pub fn to_json(v: &Bound<'_, PyAny>) -> Option<Value> {
+    let arg = PyArg(v.clone());
+    Some(match arg.kind() {
+        Kind::Null => Value::Null,
+        Kind::Bool => Value::Bool(arg.as_bool()?),
+        Kind::Number => match arg.as_num()? {
+            Num::Int(i) => i64::try_from(i)
+                .map(Value::from)
+                .or_else(|_| u64::try_from(i).map(Value::from))
+                .unwrap_or_else(|_| Value::from(i as f64)),
+            Num::Float(f) => serde_json::Number::from_f64(f).map(Value::Number)?,
+        },
+        Kind::String => Value::String(arg.as_str()?.to_owned()),
+        Kind::Array => Value::Array((0..arg.len()).map(|i| arg.get_index(i).and_then(|a| to_json(&a.0))).collect::<Option<_>>()?),
+        Kind::Object => {
+            let dict = v.cast::<PyDict>().ok()?;
+            let mut map = serde_json::Map::new();
+            for (k, item) in dict.iter() {
+                map.insert(k.cast::<PyString>().ok()?.to_str().ok()?.to_owned(), to_json(&item)?);
+            }
+            Value::Object(map)
+        }
+    })
+}

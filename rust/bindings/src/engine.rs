@@ -1,0 +1,140 @@
+//! The engine as a Python class.
+
+use crate::arguments::PyArg;
+use crate::clock::PyManualClock;
+use crate::decision::PyDecision;
+use crate::policy::{coerce, PyPolicy};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyString};
+use std::path::PathBuf;
+use std::sync::Arc;
+use toolgate_core::clock::{Clock, MonotonicClock};
+use toolgate_core::counter::CounterTable;
+use toolgate_core::engine::{DEFAULT_CAPACITY, DEFAULT_RESERVATIONS};
+use toolgate_core::{Engine, Request, Subject};
+
+/// Decides tool calls against a policy, with counters that survive reloads.
+#[pyclass(name = "Engine", module = "toolgate._core", frozen)]
+pub struct PyEngine {
+    inner: Engine,
+}
+
+impl PyEngine {
+    fn build(policy: toolgate_core::Policy, capacity: usize, reservations: usize, clock: Option<&Bound<'_, PyManualClock>>) -> PyResult<Self> {
+        if capacity == 0 || reservations == 0 {
+            return Err(PyValueError::new_err("capacity and reservations must be positive"));
+        }
+        let clock: Arc<dyn Clock> = match clock {
+            Some(c) => c.get().inner.clone(),
+            None => Arc::new(MonotonicClock),
+        };
+        let table = Arc::new(CounterTable::new(capacity, reservations));
+        Engine::new(policy, table, clock).map(|inner| PyEngine { inner }).map_err(PyValueError::new_err)
+    }
+}
+
+#[pymethods]
+impl PyEngine {
+    /// `policy` is a Policy, a dict, or a path to a JSON/YAML file.
+    #[new]
+    #[pyo3(signature = (policy, *, capacity = DEFAULT_CAPACITY, reservations = DEFAULT_RESERVATIONS, clock = None))]
+    fn new(py: Python<'_>, policy: &Bound<'_, PyAny>, capacity: usize, reservations: usize, clock: Option<&Bound<'_, PyManualClock>>) -> PyResult<Self> {
+        Self::build(coerce(py, policy)?, capacity, reservations, clock)
+    }
+
+    #[staticmethod]
+    #[pyo3(signature = (path, *, capacity = DEFAULT_CAPACITY, reservations = DEFAULT_RESERVATIONS, clock = None))]
+    fn from_file(py: Python<'_>, path: PathBuf, capacity: usize, reservations: usize, clock: Option<&Bound<'_, PyManualClock>>) -> PyResult<Self> {
+        let policy = toolgate_core::Policy::from_path(&path).map_err(|e| crate::policy::policy_error(py, e))?;
+        Self::build(policy, capacity, reservations, clock)
+    }
+
+    /// Decide one call. `arguments` is a dict, JSON text, or None.
+    #[pyo3(signature = (tool, *, server = None, grant = None, session = None, agent = None, attributes = None, arguments = None, dry_run = false))]
+    #[allow(clippy::too_many_arguments)]
+    fn decide(
+        &self,
+        tool: &str,
+        server: Option<&str>,
+        grant: Option<&str>,
+        session: Option<&str>,
+        agent: Option<&str>,
+        attributes: Option<&Bound<'_, PyDict>>,
+        arguments: Option<&Bound<'_, PyAny>>,
+        dry_run: bool,
+    ) -> PyResult<PyDecision> {
+        let attribute_objects = match attributes {
+            Some(d) => d
+                .iter()
+                .map(|(k, v)| Ok((k.cast_into::<PyString>()?, v.cast_into::<PyString>()?)))
+                .collect::<Result<Vec<_>, pyo3::CastIntoError<'_>>>()
+                .map_err(|_| PyTypeError::new_err("attributes must map str to str"))?,
+            None => Vec::new(),
+        };
+        let attribute_pairs: Vec<(&str, &str)> = attribute_objects
+            .iter()
+            .map(|(k, v)| Ok((k.to_str()?, v.to_str()?)))
+            .collect::<PyResult<_>>()?;
+        let subject = Subject { grant, session, agent, attributes: &attribute_pairs };
+        let decision = match arguments {
+            None => self.inner.decide::<PyArg<'_>>(&Request { tool, server, subject, args: None, dry_run }),
+            Some(a) if a.is_instance_of::<PyDict>() => {
+                self.inner.decide(&Request { tool, server, subject, args: Some(PyArg(a.clone())), dry_run })
+            }
+            Some(a) if a.is_instance_of::<PyString>() || a.is_instance_of::<PyBytes>() => {
+                let text: &[u8] = match a.cast::<PyString>() {
+                    Ok(s) => s.to_str()?.as_bytes(),
+                    Err(_) => a.cast::<PyBytes>()?.as_bytes(),
+                };
+                let value: serde_json::Value = serde_json::from_slice(text)
+                    .map_err(|e| PyValueError::new_err(format!("arguments are not valid JSON: {e}")))?;
+                if !value.is_object() {
+                    return Err(PyValueError::new_err("arguments must be a JSON object"));
+                }
+                self.inner.decide(&Request { tool, server, subject, args: Some(&value), dry_run })
+            }
+            Some(_) => return Err(PyTypeError::new_err("arguments must be a dict, JSON text, or None")),
+        };
+        Ok(PyDecision(decision))
+    }
+
+    /// Give back a reservation's counters. True if it was held.
+    fn release(&self, reservation: u64) -> bool {
+        self.inner.release(reservation)
+    }
+
+    /// Validate and swap in a new policy (a Policy, dict or path); counters are kept.
+    /// Returns the new revision. On error the old policy stays and PolicyError is raised.
+    fn reload(&self, py: Python<'_>, policy: &Bound<'_, PyAny>) -> PyResult<String> {
+        let policy = coerce(py, policy)?;
+        let revision = policy.revision.clone();
+        self.inner.reload(policy).map_err(PyValueError::new_err)?;
+        Ok(revision)
+    }
+
+    #[getter]
+    fn revision(&self) -> String {
+        self.inner.policy().revision.to_string()
+    }
+
+    #[getter]
+    fn policy(&self) -> PyPolicy {
+        PyPolicy { inner: self.inner.policy().source.clone() }
+    }
+
+    /// Decisions so far by code, plus shadow decisions and table-full denials.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        let codes = PyDict::new(py);
+        for (code, n) in self.inner.stats().by_code() {
+            codes.set_item(code.as_str(), n)?;
+        }
+        d.set_item("decisions", codes)?;
+        d.set_item("shadow", self.inner.stats().shadow())?;
+        d.set_item("table_full", self.inner.stats().table_full())?;
+        d.set_item("table_capacity", self.inner.table().capacity())?;
+        d.set_item("table_occupied", self.inner.table().occupied())?;
+        Ok(d)
+    }
+}

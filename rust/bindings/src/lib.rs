@@ -1,0 +1,22 @@
+//! `toolgate._core`: the Rust decision core exposed to Python.
+
+mod arguments;
+mod clock;
+mod decision;
+mod engine;
+mod policy;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<engine::PyEngine>()?;
+    m.add_class::<policy::PyPolicy>()?;
+    m.add_class::<policy::ValidationError>()?;
+    m.add_class::<decision::PyDecision>()?;
+    m.add_class::<decision::PyLimitState>()?;
+    m.add_class::<clock::PyManualClock>()?;
+    m.add("PolicyError", m.py().get_type::<policy::PolicyError>())?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! `Policy` objects and the `PolicyError` exception that carries every validation error.
+
+use crate::arguments::to_json;
+use pyo3::create_exception;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyList;
+use std::path::PathBuf;
+use toolgate_core::policy::{Policy, PolicyErrors};
+
+create_exception!(
+    _core,
+    PolicyError,
+    PyValueError,
+    "A policy failed validation; `errors` lists every problem (pointer, line, message)."
+);
+
+/// One validation problem: where it is and what is wrong.
+#[pyclass(module = "toolgate._core", frozen, get_all)]
+#[derive(Clone)]
+pub struct ValidationError {
+    pub pointer: String,
+    pub line: Option<u32>,
+    pub message: String,
+}
+
+#[pymethods]
+impl ValidationError {
+    fn __str__(&self) -> String {
+        let pointer = if self.pointer.is_empty() { "/" } else { &self.pointer };
+        match self.line {
+            Some(line) => format!("{pointer}: {} (line {line})", self.message),
+            None => format!("{pointer}: {}", self.message),
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        format!("ValidationError({:?}, line={:?}, {:?})", self.pointer, self.line, self.message)
+    }
+}
+
+pub fn policy_error(py: Python<'_>, errors: PolicyErrors) -> PyErr {
+    let details: Vec<ValidationError> = errors
+        .0
+        .iter()
+        .map(|e| ValidationError { pointer: e.pointer.clone(), line: e.line, message: e.message.clone() })
+        .collect();
+    let text = details.iter().map(ValidationError::__str__).collect::<Vec<_>>().join("\n");
+    let err = PolicyError::new_err(format!("invalid policy ({} errors):\n{text}", details.len()));
+    if let Ok(list) = PyList::new(py, details) {
+        let _ = err.value(py).setattr("errors", list);
+    }
+    err
+}
+
+/// A validated policy document.
+#[pyclass(name = "Policy", module = "toolgate._core", frozen)]
+#[derive(Clone)]
+pub struct PyPolicy {
+    pub inner: Policy,
+}
+
+#[pymethods]
+impl PyPolicy {
+    /// Load a JSON or YAML file (by extension; otherwise by content).
+    #[staticmethod]
+    fn from_file(py: Python<'_>, path: PathBuf) -> PyResult<PyPolicy> {
+        Policy::from_path(&path).map(|inner| PyPolicy { inner }).map_err(|e| policy_error(py, e))
+    }
+
+    /// Load from text: `format` is "json", "yaml", or "auto" (JSON if it starts with `{`).
+    #[staticmethod]
+    #[pyo3(signature = (text, format = "auto"))]
+    fn from_str(py: Python<'_>, text: &str, format: &str) -> PyResult<PyPolicy> {
+        let yaml = match format {
+            "json" => false,
+            "yaml" => true,
+            "auto" => !text.trim_start().starts_with('{'),
+            other => return Err(PyValueError::new_err(format!("format must be json, yaml or auto, not {other:?}"))),
+        };
+        let loaded = if yaml { Policy::from_yaml_str(text) } else { Policy::from_json_str(text) };
+        loaded.map(|inner| PyPolicy { inner }).map_err(|e| policy_error(py, e))
+    }
+
+    /// Load from a dict (as `json.loads` would give).
+    #[staticmethod]
+    fn from_dict(py: Python<'_>, document: &Bound<'_, PyAny>) -> PyResult<PyPolicy> {
+        let value = to_json(document)
+            .ok_or_else(|| PyValueError::new_err("policy dict holds values that are not JSON (str keys, str/int/float/bool/None/list/dict only)"))?;
+        Policy::from_json_value(&value).map(|inner| PyPolicy { inner }).map_err(|e| policy_error(py, e))
+    }
+
+    /// Hex digest identifying this document.
+    #[getter]
+    fn revision(&self) -> &str {
+        &self.inner.revision
+    }
+
+    /// Server ids that have their own section.
+    #[getter]
+    fn servers(&self) -> Vec<String> {
+        self.inner.servers.iter().map(|(id, _)| id.clone()).collect()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Policy(revision={:?})", self.inner.revision)
+    }
+}
+
+/// Accept a Policy, a dict, or a path.
+pub fn coerce(py: Python<'_>, policy: &Bound<'_, PyAny>) -> PyResult<Policy> {
+    if let Ok(p) = policy.cast::<PyPolicy>() {
+        return Ok(p.get().inner.clone());
+    }
+    if policy.is_instance_of::<pyo3::types::PyDict>() {
+        return PyPolicy::from_dict(py, policy).map(|p| p.inner);
+    }
+    if let Ok(path) = policy.extract::<PathBuf>() {
+        return PyPolicy::from_file(py, path).map(|p| p.inner);
+    }
+    Err(pyo3::exceptions::PyTypeError::new_err("policy must be a Policy, a dict, or a path"))
+}

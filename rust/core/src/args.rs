@@ -1,0 +1,136 @@
+//! A read-only view of a call's arguments, so conditions can run on `serde_json::Value` or,
+//! through the binding, directly on Python objects without converting them first.
+
+use serde_json::Value;
+use std::cmp::Ordering;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Null,
+    Bool,
+    Number,
+    String,
+    Array,
+    Object,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Null => "null",
+            Kind::Bool => "a boolean",
+            Kind::Number => "a number",
+            Kind::String => "a string",
+            Kind::Array => "an array",
+            Kind::Object => "an object",
+        }
+    }
+
+    pub fn of(v: &Value) -> Kind {
+        match v {
+            Value::Null => Kind::Null,
+            Value::Bool(_) => Kind::Bool,
+            Value::Number(_) => Kind::Number,
+            Value::String(_) => Kind::String,
+            Value::Array(_) => Kind::Array,
+            Value::Object(_) => Kind::Object,
+        }
+    }
+}
+
+/// A JSON number: integers stay exact, anything else is a float.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Num {
+    Int(i128),
+    Float(f64),
+}
+
+impl Num {
+    pub fn from_json(n: &serde_json::Number) -> Num {
+        if let Some(i) = n.as_i64() {
+            Num::Int(i as i128)
+        } else if let Some(u) = n.as_u64() {
+            Num::Int(u as i128)
+        } else {
+            Num::Float(n.as_f64().unwrap_or(f64::NAN))
+        }
+    }
+
+    pub fn as_f64(self) -> f64 {
+        match self {
+            Num::Int(i) => i as f64,
+            Num::Float(f) => f,
+        }
+    }
+
+    /// Numeric comparison: integers exactly, mixed through f64. `None` for NaN.
+    pub fn compare(self, other: Num) -> Option<Ordering> {
+        match (self, other) {
+            (Num::Int(a), Num::Int(b)) => Some(a.cmp(&b)),
+            (a, b) => a.as_f64().partial_cmp(&b.as_f64()),
+        }
+    }
+}
+
+/// What conditions need from an argument value.
+pub trait ArgValue: Sized {
+    fn kind(&self) -> Kind;
+    fn get_key(&self, key: &str) -> Option<Self>;
+    fn get_index(&self, index: usize) -> Option<Self>;
+    fn len(&self) -> usize;
+    fn as_str(&self) -> Option<&str>;
+    fn as_num(&self) -> Option<Num>;
+    fn as_bool(&self) -> Option<bool>;
+    /// A JSON copy, for comparing whole arrays and objects (rare).
+    fn to_json(&self) -> Value;
+}
+
+impl<'a> ArgValue for &'a Value {
+    fn kind(&self) -> Kind {
+        Kind::of(self)
+    }
+    fn get_key(&self, key: &str) -> Option<Self> {
+        self.as_object()?.get(key)
+    }
+    fn get_index(&self, index: usize) -> Option<Self> {
+        self.as_array()?.get(index)
+    }
+    fn len(&self) -> usize {
+        match self {
+            Value::Array(a) => a.len(),
+            Value::Object(o) => o.len(),
+            _ => 0,
+        }
+    }
+    fn as_str(&self) -> Option<&str> {
+        Value::as_str(self)
+    }
+    fn as_num(&self) -> Option<Num> {
+        match self {
+            Value::Number(n) => Some(Num::from_json(n)),
+            _ => None,
+        }
+    }
+    fn as_bool(&self) -> Option<bool> {
+        Value::as_bool(self)
+    }
+    fn to_json(&self) -> Value {
+        (*self).clone()
+    }
+}
+
+/// Deep equality where numbers compare by value (`1 == 1.0`).
+pub fn json_equal(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            Num::from_json(x).compare(Num::from_json(y)) == Some(Ordering::Equal)
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_equal(a, b))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| json_equal(v, w)))
+        }
+        _ => a == b,
+    }
+}

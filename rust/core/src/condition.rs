@@ -1,0 +1,253 @@
+//! Evaluating `require` / `deny_if` conditions against a call.
+//!
+//! Fail closed: a condition whose path is missing or whose value has the wrong type is
+//! *unevaluable*, and an unevaluable condition denies the call wherever it sits (only
+//! `exists` never fails). Combinators short-circuit left to right.
+
+use crate::args::{json_equal, ArgValue, Kind, Num};
+use crate::policy::{Compare, Condition, Op, PathRoot, Segment};
+use serde_json::Value;
+use std::cmp::Ordering;
+
+/// Who is calling.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Subject<'a> {
+    pub grant: Option<&'a str>,
+    pub session: Option<&'a str>,
+    pub agent: Option<&'a str>,
+    pub attributes: &'a [(&'a str, &'a str)],
+}
+
+/// Everything a condition path can reach.
+pub struct Facts<'a, A> {
+    pub tool: &'a str,
+    pub server: Option<&'a str>,
+    pub subject: Subject<'a>,
+    pub args: Option<A>,
+}
+
+/// Why a condition could not be evaluated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Problem {
+    Missing,
+    WrongType(Kind),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome<'p> {
+    Holds,
+    Fails,
+    Unevaluable(&'p Compare, Problem),
+}
+
+impl Problem {
+    pub fn describe(self, c: &Compare) -> String {
+        match self {
+            Problem::Missing => format!("{} is missing", c.path.text),
+            Problem::WrongType(kind) => {
+                format!("{} is {}, which `{}` cannot compare", c.path.text, kind.name(), c.op.name())
+            }
+        }
+    }
+}
+
+/// A resolved path: an argument value, or one of the request's strings.
+enum Resolved<'a, A> {
+    Arg(A),
+    Text(&'a str),
+}
+
+impl<A: ArgValue> Resolved<'_, A> {
+    fn kind(&self) -> Kind {
+        match self {
+            Resolved::Arg(a) => a.kind(),
+            Resolved::Text(_) => Kind::String,
+        }
+    }
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            Resolved::Arg(a) => a.as_str(),
+            Resolved::Text(s) => Some(s),
+        }
+    }
+    fn as_num(&self) -> Option<Num> {
+        match self {
+            Resolved::Arg(a) => a.as_num(),
+            Resolved::Text(_) => None,
+        }
+    }
+    fn as_bool(&self) -> Option<bool> {
+        match self {
+            Resolved::Arg(a) => a.as_bool(),
+            Resolved::Text(_) => None,
+        }
+    }
+    fn to_json(&self) -> Value {
+        match self {
+            Resolved::Arg(a) => a.to_json(),
+            Resolved::Text(s) => Value::String((*s).to_owned()),
+        }
+    }
+}
+
+impl<'a, A: ArgValue + Clone> Facts<'a, A> {
+    fn resolve(&self, c: &Compare) -> Option<Resolved<'a, A>> {
+        let segs = &c.path.segments;
+        match c.path.root {
+            PathRoot::Tool => Some(Resolved::Text(self.tool)),
+            PathRoot::Server => self.server.map(Resolved::Text),
+            PathRoot::Subject => {
+                let s = &self.subject;
+                let text = match (segs.first(), segs.get(1)) {
+                    (Some(Segment::Key(k)), None) if k == "grant" => s.grant,
+                    (Some(Segment::Key(k)), None) if k == "session" => s.session,
+                    (Some(Segment::Key(k)), None) if k == "agent" => s.agent,
+                    (Some(Segment::Key(k)), Some(Segment::Key(name))) if k == "attributes" => {
+                        s.attributes.iter().find(|(key, _)| key == name).map(|(_, v)| *v)
+                    }
+                    _ => None,
+                };
+                text.map(Resolved::Text)
+            }
+            PathRoot::Args => self.arg(segs).map(Resolved::Arg),
+        }
+    }
+
+    /// Walk an argument path; also used for a limit's `cost`.
+    pub fn arg(&self, segments: &[Segment]) -> Option<A> {
+        let mut v = self.args.clone()?;
+        for seg in segments {
+            v = match seg {
+                Segment::Key(k) => v.get_key(k)?,
+                Segment::Index(i) => v.get_index(*i)?,
+            };
+        }
+        Some(v)
+    }
+
+    pub fn eval<'p>(&self, cond: &'p Condition) -> Outcome<'p> {
+        match cond {
+            Condition::Compare(c) => self.compare(c),
+            Condition::All { items, .. } => {
+                for item in items {
+                    match self.eval(item) {
+                        Outcome::Holds => {}
+                        other => return other,
+                    }
+                }
+                Outcome::Holds
+            }
+            Condition::Any { items, .. } => {
+                for item in items {
+                    match self.eval(item) {
+                        Outcome::Fails => {}
+                        other => return other,
+                    }
+                }
+                Outcome::Fails
+            }
+            Condition::Not { item, .. } => match self.eval(item) {
+                Outcome::Holds => Outcome::Fails,
+                Outcome::Fails => Outcome::Holds,
+                u => u,
+            },
+        }
+    }
+
+    fn compare<'p>(&self, c: &'p Compare) -> Outcome<'p> {
+        let resolved = self.resolve(c);
+        if c.op == Op::Exists {
+            let want = c.value.as_bool().unwrap_or(true);
+            return if resolved.is_some() == want { Outcome::Holds } else { Outcome::Fails };
+        }
+        let Some(v) = resolved else { return Outcome::Unevaluable(c, Problem::Missing) };
+        match apply(&v, c) {
+            Ok(true) => Outcome::Holds,
+            Ok(false) => Outcome::Fails,
+            Err(p) => Outcome::Unevaluable(c, p),
+        }
+    }
+}
+
+fn apply<A: ArgValue>(v: &Resolved<'_, A>, c: &Compare) -> Result<bool, Problem> {
+    let wrong = || Problem::WrongType(v.kind());
+    let text = || v.as_str().ok_or_else(wrong);
+    let operand = || c.value.as_str().unwrap_or_default();
+    match c.op {
+        Op::Eq => equals(v, &c.value),
+        Op::Neq => equals(v, &c.value).map(|b| !b),
+        Op::In => member(v, &c.value),
+        Op::NotIn => member(v, &c.value).map(|b| !b),
+        Op::Lt | Op::Lte | Op::Gt | Op::Gte => {
+            let a = v.as_num().ok_or_else(wrong)?;
+            let b = c.value.as_number().map(Num::from_json).ok_or_else(wrong)?;
+            let ord = a.compare(b).ok_or_else(wrong)?;
+            Ok(match c.op {
+                Op::Lt => ord == Ordering::Less,
+                Op::Lte => ord != Ordering::Greater,
+                Op::Gt => ord == Ordering::Greater,
+                _ => ord != Ordering::Less,
+            })
+        }
+        Op::Regex | Op::Glob => text().map(|s| c.pattern.as_ref().is_some_and(|re| re.is_match(s))),
+        Op::NotRegex => text().map(|s| !c.pattern.as_ref().is_some_and(|re| re.is_match(s))),
+        Op::StartsWith => text().map(|s| s.starts_with(operand())),
+        Op::EndsWith => text().map(|s| s.ends_with(operand())),
+        Op::Contains => contains(v, &c.value),
+        Op::NotContains => contains(v, &c.value).map(|b| !b),
+        Op::Exists => unreachable!("handled before resolution"),
+    }
+}
+
+/// Equality without coercion: a value of another type than the operand is unevaluable.
+fn equals<A: ArgValue>(v: &Resolved<'_, A>, operand: &Value) -> Result<bool, Problem> {
+    let wrong = Problem::WrongType(v.kind());
+    match operand {
+        Value::Null => (v.kind() == Kind::Null).then_some(true).ok_or(wrong),
+        Value::Bool(b) => v.as_bool().map(|x| x == *b).ok_or(wrong),
+        Value::Number(n) => {
+            let a = v.as_num().ok_or(wrong)?;
+            Ok(a.compare(Num::from_json(n)) == Some(Ordering::Equal))
+        }
+        Value::String(s) => v.as_str().map(|x| x == s).ok_or(wrong),
+        Value::Array(_) | Value::Object(_) => {
+            if v.kind() != Kind::of(operand) {
+                return Err(wrong);
+            }
+            Ok(json_equal(&v.to_json(), operand))
+        }
+    }
+}
+
+/// `in`: equal to some element of the same type; unevaluable if no element has its type.
+fn member<A: ArgValue>(v: &Resolved<'_, A>, list: &Value) -> Result<bool, Problem> {
+    let mut comparable = false;
+    for item in list.as_array().map(Vec::as_slice).unwrap_or_default() {
+        if let Ok(eq) = equals(v, item) {
+            comparable = true;
+            if eq {
+                return Ok(true);
+            }
+        }
+    }
+    if comparable {
+        Ok(false)
+    } else {
+        Err(Problem::WrongType(v.kind()))
+    }
+}
+
+/// `contains`: a substring of a string, or an element of an array.
+fn contains<A: ArgValue>(v: &Resolved<'_, A>, operand: &Value) -> Result<bool, Problem> {
+    match (v, operand) {
+        (_, Value::String(needle)) if v.kind() == Kind::String => {
+            Ok(v.as_str().unwrap_or_default().contains(needle.as_str()))
+        }
+        (Resolved::Arg(a), _) if a.kind() == Kind::Array => {
+            Ok((0..a.len()).filter_map(|i| a.get_index(i)).any(|item| {
+                equals(&Resolved::<A>::Arg(item), operand).unwrap_or(false)
+            }))
+        }
+        _ => Err(Problem::WrongType(v.kind())),
+    }
+}

@@ -1,0 +1,76 @@
+//! The memory a counter table lives in: a flat array of `AtomicU64` words.
+//!
+//! Every piece of state is a 64-bit atomic at a fixed offset, with no pointers inside, so the
+//! same layout works in process memory and in a shared mapping used by several processes.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Words reserved at the start of a region for the header.
+pub const HEADER_WORDS: usize = 16;
+
+/// Header word offsets.
+pub mod header {
+    pub const MAGIC: usize = 0;
+    pub const CAPACITY: usize = 1;
+    pub const RESERVATIONS: usize = 2;
+    /// Owner of the insert lock: `pid << 32 | tag`, or 0.
+    pub const INSERT_LOCK: usize = 3;
+    /// Next reservation sequence number.
+    pub const RESERVATION_CURSOR: usize = 4;
+    /// Slots that hold (or held) a key.
+    pub const OCCUPIED: usize = 5;
+    /// Times a key found no free slot.
+    pub const FULL_EVENTS: usize = 6;
+}
+
+/// "TGCT" + layout version 1.
+pub const MAGIC: u64 = 0x5447_4354_0000_0001;
+
+/// Backing memory for a table.
+pub struct Region {
+    base: *const AtomicU64,
+    words: usize,
+    // Keeps process-local memory alive; `None` for memory owned elsewhere (a mapping).
+    _owned: Option<Box<[AtomicU64]>>,
+}
+
+// SAFETY: the region is only accessed through atomics.
+unsafe impl Send for Region {}
+unsafe impl Sync for Region {}
+
+impl Region {
+    /// Zeroed process-local memory of `words` words.
+    pub fn allocate(words: usize) -> Region {
+        let owned: Box<[AtomicU64]> = (0..words).map(|_| AtomicU64::new(0)).collect();
+        Region { base: owned.as_ptr(), words, _owned: Some(owned) }
+    }
+
+    /// Memory owned by someone else, such as a shared mapping.
+    ///
+    /// # Safety
+    /// `base` must point to `words` 8-byte-aligned, initialised `u64`s that stay mapped for
+    /// the life of the region and are only ever accessed atomically.
+    pub unsafe fn from_raw(base: *mut u64, words: usize) -> Region {
+        Region { base: base as *const AtomicU64, words, _owned: None }
+    }
+
+    pub fn words(&self) -> usize {
+        self.words
+    }
+
+    #[inline(always)]
+    pub fn word(&self, index: usize) -> &AtomicU64 {
+        debug_assert!(index < self.words);
+        // SAFETY: index is within the region (checked in debug, guaranteed by layout math).
+        unsafe { &*self.base.add(index) }
+    }
+
+    #[inline(always)]
+    pub fn header(&self, field: usize) -> &AtomicU64 {
+        self.word(field)
+    }
+
+    pub fn load(&self, index: usize) -> u64 {
+        self.word(index).load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,303 @@
+//! Open addressing from counter keys to slots.
+//!
+//! Lookups of existing keys take no lock: they scan the key's probe sequence up to the first
+//! empty slot. Claiming a slot for a new key (an empty one, or one whose window has expired)
+//! is serialised by an insert lock so a key can never end up in two slots. The lock records
+//! its owner's process id and is taken over when that process has died, so a crashed worker
+//! cannot leave it held. A key that finds no slot within [`MAX_PROBE`] is refused: the
+//! caller denies (fails closed).
+
+use super::region::{header, Region, HEADER_WORDS, MAGIC};
+use super::reservation::{ReservationLog, RES_WORDS};
+use super::window::{Granularity, Slot, KEY, SLOT_WORDS};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::Ordering::SeqCst;
+
+/// Slots examined for one key before the table counts as full.
+pub const MAX_PROBE: usize = 64;
+
+/// Marks a slot being handed from an expired key to a new one.
+const RECLAIMING: u64 = u64::MAX;
+
+/// Fixed seeds: keys must hash the same in every process that shares a table.
+const SEEDS: [u64; 4] = [0x7f4a_7c15_9e37_79b9, 0x94d0_49bb_1331_11eb, 0xbf58_476d_1ce4_e5b9, 0x2545_f491_4f6c_dd1d];
+
+/// A counter's identity (counter name, window, scope kind) plus the scope's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CounterKey {
+    pub hash: u64,
+    pub granularity: Granularity,
+}
+
+impl CounterKey {
+    /// Hash the counter's identity once, when the policy is compiled.
+    pub fn identity(parts: &[&[u8]]) -> u64 {
+        let mut h = ahash::RandomState::with_seeds(SEEDS[0], SEEDS[1], SEEDS[2], SEEDS[3]).build_hasher();
+        for p in parts {
+            h.write_usize(p.len());
+            h.write(p);
+        }
+        h.finish()
+    }
+
+    /// The key for one scope value (a grant, a session, ...) of a counter.
+    #[inline]
+    pub fn new(identity: u64, scope_value: &[u8], granularity: Granularity) -> CounterKey {
+        let mut h = ahash::RandomState::with_seeds(SEEDS[0], SEEDS[1], SEEDS[2], SEEDS[3]).build_hasher();
+        h.write_u64(identity);
+        h.write(scope_value);
+        let mut hash = h.finish();
+        if hash == 0 || hash == RECLAIMING {
+            hash = 0x9e37_79b9_7f4a_7c15;
+        }
+        CounterKey { hash, granularity }
+    }
+}
+
+/// No slot could be found or claimed for a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableFull;
+
+/// Index of the slot that holds a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotRef(pub u32);
+
+/// A fixed-capacity table of sliding-window counters plus its reservation log.
+pub struct CounterTable {
+    region: Region,
+    mask: usize,
+    reservations: ReservationLog,
+}
+
+impl CounterTable {
+    /// Words a table of this size needs (capacity rounded up to a power of two).
+    pub fn required_words(capacity: usize, reservations: usize) -> usize {
+        HEADER_WORDS + capacity.next_power_of_two() * SLOT_WORDS + reservations.max(1) * RES_WORDS
+    }
+
+    /// A table in process memory.
+    pub fn new(capacity: usize, reservations: usize) -> CounterTable {
+        let capacity = capacity.max(1).next_power_of_two();
+        let region = Region::allocate(Self::required_words(capacity, reservations));
+        Self::in_region(region, capacity, reservations).expect("fresh region is valid")
+    }
+
+    /// A table in the given memory: initialised if all zero, else checked against the layout.
+    pub fn in_region(region: Region, capacity: usize, reservations: usize) -> Result<CounterTable, String> {
+        let capacity = capacity.max(1).next_power_of_two();
+        let reservations = reservations.max(1);
+        if region.words() < Self::required_words(capacity, reservations) {
+            return Err(format!(
+                "counter region has {} words, a table of {capacity} slots needs {}",
+                region.words(),
+                Self::required_words(capacity, reservations)
+            ));
+        }
+        let magic = region.header(header::MAGIC);
+        if magic.load(SeqCst) == 0 {
+            region.header(header::CAPACITY).store(capacity as u64, SeqCst);
+            region.header(header::RESERVATIONS).store(reservations as u64, SeqCst);
+            magic.store(MAGIC, SeqCst);
+        } else if magic.load(SeqCst) != MAGIC
+            || region.load(header::CAPACITY) != capacity as u64
+            || region.load(header::RESERVATIONS) != reservations as u64
+        {
+            return Err("counter region holds a table of another layout".into());
+        }
+        let log_base = HEADER_WORDS + capacity * SLOT_WORDS;
+        Ok(CounterTable { region, mask: capacity - 1, reservations: ReservationLog::new(log_base, reservations) })
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.mask + 1
+    }
+
+    /// Slots that hold a key (live or expired but not yet reused).
+    pub fn occupied(&self) -> u64 {
+        self.region.load(header::OCCUPIED)
+    }
+
+    /// Times a new key found no slot.
+    pub fn full_events(&self) -> u64 {
+        self.region.load(header::FULL_EVENTS)
+    }
+
+    pub(crate) fn region(&self) -> &Region {
+        &self.region
+    }
+
+    pub(crate) fn reservation_log(&self) -> &ReservationLog {
+        &self.reservations
+    }
+
+    #[inline]
+    pub fn slot(&self, slot: SlotRef) -> Slot<'_> {
+        Slot::new(&self.region, HEADER_WORDS + slot.0 as usize * SLOT_WORDS)
+    }
+
+    #[inline]
+    fn probe(&self, hash: u64) -> impl Iterator<Item = SlotRef> + '_ {
+        let home = hash as usize;
+        (0..MAX_PROBE.min(self.capacity())).map(move |i| SlotRef(((home + i) & self.mask) as u32))
+    }
+
+    /// The slot holding `key`, if any. Never blocks.
+    #[inline]
+    pub fn find(&self, key: &CounterKey) -> Option<SlotRef> {
+        for s in self.probe(key.hash) {
+            match self.slot(s).word(KEY).load(SeqCst) {
+                k if k == key.hash => return Some(s),
+                0 => return None,
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// The slot holding `key`, claiming one if there is none.
+    pub fn find_or_insert(&self, key: &CounterKey, now_ns: u64) -> Result<SlotRef, TableFull> {
+        if let Some(s) = self.find(key) {
+            return Ok(s);
+        }
+        let _lock = InsertLock::acquire(&self.region);
+        if let Some(s) = self.find(key) {
+            return Ok(s);
+        }
+        for s in self.probe(key.hash) {
+            let slot = self.slot(s);
+            let current = slot.word(KEY).load(SeqCst);
+            if current == 0 {
+                slot.reset(key.granularity, now_ns);
+                slot.word(KEY).store(key.hash, SeqCst);
+                self.region.header(header::OCCUPIED).fetch_add(1, SeqCst);
+                return Ok(s);
+            }
+            if current == RECLAIMING || slot.expired(now_ns) {
+                if self.reclaim(slot, current, key, now_ns) {
+                    return Ok(s);
+                }
+            }
+        }
+        self.region.header(header::FULL_EVENTS).fetch_add(1, SeqCst);
+        Err(TableFull)
+    }
+
+    /// Hand an expired slot to `key`. Under the insert lock, so only this thread changes keys;
+    /// users of the old key may still be adding, which the head CAS detects.
+    fn reclaim(&self, slot: Slot<'_>, old: u64, key: &CounterKey, now_ns: u64) -> bool {
+        if old != RECLAIMING {
+            // Users re-read the key after the head; from here on they see the slot moved.
+            slot.word(KEY).store(RECLAIMING, SeqCst);
+            let head = slot.head_word();
+            if !slot.expired(now_ns) || !slot.try_replace_head(head, key.granularity, now_ns) {
+                // Someone added to the old key meanwhile: it is live again.
+                slot.word(KEY).store(old, SeqCst);
+                return false;
+            }
+        }
+        slot.reset(key.granularity, now_ns);
+        slot.word(KEY).store(key.hash, SeqCst);
+        true
+    }
+}
+
+/// The table's insert lock, held for the scope of one insertion.
+struct InsertLock<'a> {
+    word: &'a std::sync::atomic::AtomicU64,
+    owner: u64,
+}
+
+impl<'a> InsertLock<'a> {
+    fn acquire(region: &'a Region) -> InsertLock<'a> {
+        let word = region.header(header::INSERT_LOCK);
+        let pid = std::process::id() as u64;
+        let owner = (pid << 32) | thread_tag();
+        let mut spins: u32 = 0;
+        loop {
+            let current = word.load(SeqCst);
+            if current == 0 {
+                if word.compare_exchange(0, owner, SeqCst, SeqCst).is_ok() {
+                    return InsertLock { word, owner };
+                }
+                continue;
+            }
+            spins = spins.wrapping_add(1);
+            if spins % 1024 == 0 {
+                let holder = current >> 32;
+                if holder != pid && !process_alive(holder)
+                    && word.compare_exchange(current, owner, SeqCst, SeqCst).is_ok()
+                {
+                    return InsertLock { word, owner };
+                }
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
+}
+
+impl Drop for InsertLock<'_> {
+    fn drop(&mut self) {
+        let _ = self.word.compare_exchange(self.owner, 0, SeqCst, SeqCst);
+    }
+}
+
+fn thread_tag() -> u64 {
+    use std::sync::atomic::AtomicU32;
+    static NEXT: AtomicU32 = AtomicU32::new(1);
+    thread_local!(static TAG: u32 = NEXT.fetch_add(1, SeqCst).max(1));
+    TAG.with(|t| *t as u64)
+}
+
+fn process_alive(pid: u64) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NS: u64 = 1_000_000;
+
+    fn key(id: u64, value: &str) -> CounterKey {
+        CounterKey::new(id, value.as_bytes(), Granularity::for_window_ms(60_000))
+    }
+
+    #[test]
+    fn finds_what_it_inserted_and_counts_occupancy() {
+        let t = CounterTable::new(64, 16);
+        let a = t.find_or_insert(&key(1, "a"), 0).unwrap();
+        let b = t.find_or_insert(&key(1, "b"), 0).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(t.find(&key(1, "a")), Some(a));
+        assert_eq!(t.find_or_insert(&key(1, "a"), 0), Ok(a));
+        assert_eq!(t.occupied(), 2);
+    }
+
+    #[test]
+    fn full_table_refuses_then_reuses_expired_slots() {
+        let t = CounterTable::new(4, 16);
+        let g = Granularity::for_window_ms(60_000);
+        for i in 0..4 {
+            let k = key(1, &i.to_string());
+            let s = t.find_or_insert(&k, 0).unwrap();
+            t.slot(s).reserve(k.hash, g, 0, 1, 10).unwrap();
+        }
+        assert_eq!(t.find_or_insert(&key(1, "late"), 1000 * NS), Err(TableFull));
+        assert_eq!(t.full_events(), 1);
+        // Two minutes later every window has expired and the slots are reused.
+        let k = key(1, "late");
+        let s = t.find_or_insert(&k, 120_000 * NS).unwrap();
+        assert_eq!(t.slot(s).peek(k.hash, g, 120_000 * NS).unwrap().used, 0);
+        assert_eq!(t.occupied(), 4);
+    }
+
+    #[test]
+    fn dead_owner_does_not_hold_the_insert_lock() {
+        let t = CounterTable::new(8, 4);
+        // A pid far above pid_max stands for a process that has died holding the lock.
+        t.region().header(header::INSERT_LOCK).store((4_000_000_000u64 << 32) | 1, SeqCst);
+        assert!(t.find_or_insert(&key(1, "a"), 0).is_ok());
+    }
+}

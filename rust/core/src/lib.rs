@@ -1,0 +1,22 @@
+//! toolgate core: policy language, compiled matching, sliding-window counters, decisions.
+//!
+//! Pure Rust with no Python dependency; `rust/bindings` exposes it to Python.
+
+pub mod args;
+pub mod clock;
+pub mod compile;
+pub mod condition;
+pub mod counter;
+pub mod decision;
+pub mod engine;
+pub mod glob;
+pub mod limiter;
+pub mod matcher;
+pub mod policy;
+pub mod stats;
+
+pub use clock::{Clock, ManualClock, MonotonicClock};
+pub use condition::Subject;
+pub use decision::{Code, Decision, LimitState, Verdict};
+pub use engine::{Engine, Request};
+pub use policy::{Policy, PolicyError, PolicyErrors};

@@ -1,0 +1,131 @@
+//! Reserving every limit a call touches together, or none of them.
+//!
+//! Limits are reserved one after another; if one has no room, those already reserved are
+//! given back before the call is denied. Between the two, another call may see the brief
+//! extra count and be denied too: the error is always towards denying, never allowing.
+
+use crate::compile::CompiledLimit;
+use crate::counter::reservation::{Part, MAX_PARTS};
+use crate::counter::window::Refused;
+use crate::counter::{from_units, CounterKey, CounterTable, WindowState};
+use crate::decision::LimitState;
+
+/// One limit as it applies to one call.
+pub struct Want<'p> {
+    pub limit: &'p CompiledLimit,
+    pub key: CounterKey,
+    pub amount: u64,
+}
+
+pub enum Outcome {
+    Reserved { reservation: Option<u64>, limits: Vec<LimitState> },
+    /// Some limit had no room; nothing is consumed.
+    Denied { retry_after_ms: Option<u64>, limits: Vec<LimitState>, failing: usize },
+    /// A counter found no slot in the table.
+    TableFull { failing: usize },
+}
+
+fn state(want: &Want<'_>, window: Option<WindowState>, now_ns: u64) -> LimitState {
+    let (used, reset_ns) = window.map_or((0, 0), |w| (w.used, w.reset_in_ns(want.key.granularity, now_ns)));
+    LimitState {
+        counter: want.limit.counter.clone(),
+        rule: want.limit.pointer.clone(),
+        scope: want.limit.scope.as_str(),
+        max: want.limit.max,
+        remaining: from_units(want.limit.max_units.saturating_sub(used)),
+        reset_in_ms: reset_ns.div_ceil(1_000_000),
+    }
+}
+
+fn peek(table: &CounterTable, want: &Want<'_>, now_ns: u64) -> Option<WindowState> {
+    let slot = table.find(&want.key)?;
+    table.slot(slot).peek(want.key.hash, want.key.granularity, now_ns)
+}
+
+/// Reserve all `wants` (or, with `consume == false`, only check that they would fit).
+pub fn reserve(table: &CounterTable, wants: &[Want<'_>], now_ns: u64, consume: bool) -> Outcome {
+    debug_assert!(wants.len() <= MAX_PARTS);
+    let mut parts: Vec<Part> = Vec::with_capacity(wants.len());
+    let mut limits = Vec::with_capacity(wants.len());
+    for (i, want) in wants.iter().enumerate() {
+        let (g, hash) = (want.key.granularity, want.key.hash);
+        if !consume {
+            let window = peek(table, want, now_ns);
+            if window.map_or(0, |w| w.used) + want.amount > want.limit.max_units {
+                return denied(table, wants, now_ns);
+            }
+            let mut s = state(want, window, now_ns);
+            s.remaining = (s.remaining - from_units(want.amount)).max(0.0);
+            limits.push(s);
+            continue;
+        }
+        let reserved = loop {
+            let Ok(slot) = table.find_or_insert(&want.key, now_ns) else {
+                give_back(table, &parts);
+                return Outcome::TableFull { failing: i };
+            };
+            match table.slot(slot).reserve(hash, g, now_ns, want.amount, want.limit.max_units) {
+                Ok(r) => break (slot, r),
+                Err(Refused::Moved) => continue,
+                Err(Refused::Full(_)) => {
+                    give_back(table, &parts);
+                    return denied(table, wants, now_ns);
+                }
+            }
+        };
+        let (slot, r) = reserved;
+        parts.push(Part { slot: slot.0, key: hash, bucket: r.bucket, amount: want.amount });
+        limits.push(state(want, Some(r.state), now_ns));
+    }
+    let reservation = if consume && !parts.is_empty() {
+        Some(table.reservation_log().record(table.region(), &parts))
+    } else {
+        None
+    };
+    Outcome::Reserved { reservation, limits }
+}
+
+/// The denial: every limit's state, and the longest wait among those without room.
+fn denied(table: &CounterTable, wants: &[Want<'_>], now_ns: u64) -> Outcome {
+    let mut retry: Option<u64> = Some(0);
+    let mut failing = 0;
+    let mut limits = Vec::with_capacity(wants.len());
+    for (i, want) in wants.iter().enumerate() {
+        let window = peek(table, want, now_ns);
+        let used = window.map_or(0, |w| w.used);
+        if used + want.amount > want.limit.max_units {
+            if retry == Some(0) {
+                failing = i;
+            }
+            let wait = if want.amount > want.limit.max_units {
+                None
+            } else {
+                window.and_then(|w| w.retry_after_ns(used + want.amount - want.limit.max_units, want.key.granularity, now_ns))
+            };
+            retry = match (retry, wait) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                _ => None,
+            };
+        }
+        limits.push(state(want, window, now_ns));
+    }
+    Outcome::Denied { retry_after_ms: retry.map(|ns| ns.div_ceil(1_000_000).max(1)), limits, failing }
+}
+
+/// Give back the parts of a reservation.
+pub fn give_back(table: &CounterTable, parts: &[Part]) {
+    for p in parts {
+        table.slot(crate::counter::SlotRef(p.slot)).release(p.key, p.bucket, p.amount);
+    }
+}
+
+/// Release reservation `id`: true if it was held and is now given back.
+pub fn release(table: &CounterTable, id: u64) -> bool {
+    match table.reservation_log().take(table.region(), id) {
+        Some(parts) => {
+            give_back(table, &parts);
+            true
+        }
+        None => false,
+    }
+}

@@ -1,0 +1,1327 @@
+//! Validation of a policy document tree into the [`Policy`] model.
+//!
+//! Validation is strict and exhaustive: it walks the whole document, records every problem
+//! with its JSON pointer and line, and only yields a policy when there were none. A part that
+//! fails validation is left out of the model, which is then discarded anyway.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use regex::Regex;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::source::{parse_json, parse_yaml, Member, Node, NodeValue};
+use super::{
+    pointer_token, Action, Approval, Compare, Condition, ConditionItem, DefaultAction, Limit, Mode,
+    NamePattern, Op, Path, PathRoot, Policy, Rule, Scope, Section, Segment,
+};
+
+/// One problem in a policy document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError {
+    /// JSON pointer (RFC 6901) of the offending value or key; `""` is the whole document.
+    pub pointer: String,
+    /// 1-based line in the source text, when the policy came from text.
+    pub line: Option<u32>,
+    pub message: String,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pointer = if self.pointer.is_empty() {
+            "/"
+        } else {
+            &self.pointer
+        };
+        write!(f, "{pointer}: {}", self.message)
+    }
+}
+
+impl std::error::Error for PolicyError {}
+
+/// Every problem found in a policy document, in the order the document was walked.
+#[derive(Debug, Clone)]
+pub struct PolicyErrors(pub Vec<PolicyError>);
+
+impl fmt::Display for PolicyErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PolicyErrors {}
+
+impl From<PolicyError> for PolicyErrors {
+    fn from(e: PolicyError) -> Self {
+        PolicyErrors(vec![e])
+    }
+}
+
+impl Policy {
+    pub fn from_json_str(text: &str) -> Result<Policy, PolicyErrors> {
+        Policy::from_node(&parse_json(text)?)
+    }
+
+    pub fn from_yaml_str(text: &str) -> Result<Policy, PolicyErrors> {
+        Policy::from_node(&parse_yaml(text)?)
+    }
+
+    /// A policy given as a JSON value (e.g. a Python dict); errors carry no line.
+    pub fn from_json_value(value: &Value) -> Result<Policy, PolicyErrors> {
+        Policy::from_node(&Node::from_json_value(value))
+    }
+
+    /// Load a file: YAML for `.yaml`/`.yml`, JSON for `.json`, otherwise JSON when the text
+    /// starts with `{` and YAML when it does not.
+    pub fn from_path(path: &std::path::Path) -> Result<Policy, PolicyErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
+            pointer: String::new(),
+            line: None,
+            message: format!("cannot read {}: {e}", path.display()),
+        })?;
+        let extension = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        let looks_like_json = text
+            .trim_start_matches('\u{feff}')
+            .trim_start()
+            .starts_with('{');
+        match extension.as_deref() {
+            Some("yaml" | "yml") => Policy::from_yaml_str(&text),
+            Some("json") => Policy::from_json_str(&text),
+            _ if looks_like_json => Policy::from_json_str(&text),
+            _ => Policy::from_yaml_str(&text),
+        }
+    }
+
+    /// Validate a parsed document.
+    pub fn from_node(node: &Node) -> Result<Policy, PolicyErrors> {
+        let mut loader = Loader::default();
+        let (root, servers) = loader.section(node, "", true);
+        if !loader.errors.is_empty() {
+            return Err(PolicyErrors(loader.errors));
+        }
+        Ok(Policy {
+            root,
+            servers,
+            revision: revision(node),
+        })
+    }
+}
+
+/// First 16 hex digits of the SHA-256 of the document's canonical JSON.
+fn revision(node: &Node) -> String {
+    let digest = Sha256::digest(node.to_canonical_json().as_bytes());
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Most limits one call can be checked against: a rule's own, and its rule plus `all_tools`.
+const MAX_LIMITS: usize = 8;
+/// Largest `max` of a limit.
+const MAX_MAX: f64 = 1e9;
+/// Longest window or timeout accepted, in ms (2^53, where f64 stops being exact).
+const MAX_WINDOW_MS: u64 = 1 << 53;
+
+const SECTION_KEYS: &[&str] = &[
+    "version",
+    "default",
+    "hide",
+    "all_tools",
+    "tools",
+    "servers",
+    "mode",
+];
+const RULE_KEYS: &[&str] = &[
+    "action", "reason", "mode", "limits", "require", "deny_if", "approval",
+];
+const LIMIT_KEYS: &[&str] = &["counter", "window", "max", "scope", "cost"];
+const APPROVAL_KEYS: &[&str] = &["timeout", "approvers"];
+const GROUP_KEYS: &[&str] = &["conditions", "on_deny"];
+const COMPARE_KEYS: &[&str] = &["path", "op", "value"];
+const COMBINATOR_KEYS: &[&str] = &["all", "any", "not"];
+
+const DEFAULTS: &[(&str, DefaultAction)] = &[
+    ("allow", DefaultAction::Allow),
+    ("deny", DefaultAction::Deny),
+];
+const MODES: &[(&str, Mode)] = &[("enforce", Mode::Enforce), ("shadow", Mode::Shadow)];
+const ACTIONS: &[(&str, Action)] = &[
+    ("allow", Action::Allow),
+    ("deny", Action::Deny),
+    ("require_approval", Action::RequireApproval),
+];
+const SCOPES: &[(&str, Scope)] = &[
+    ("grant", Scope::Grant),
+    ("session", Scope::Session),
+    ("agent", Scope::Agent),
+    ("server", Scope::Server),
+    ("global", Scope::Global),
+];
+
+fn child(pointer: &str, key: &str) -> String {
+    format!("{pointer}/{}", pointer_token(key))
+}
+
+fn item(pointer: &str, index: usize) -> String {
+    format!("{pointer}/{index}")
+}
+
+/// The first definition of a counter, which every later use must agree with.
+struct CounterDef {
+    pointer: String,
+    window_ms: u64,
+    max: f64,
+    scope: Scope,
+    has_cost: bool,
+}
+
+#[derive(Default)]
+struct Loader {
+    errors: Vec<PolicyError>,
+    counters: HashMap<String, CounterDef>,
+}
+
+impl Loader {
+    fn error(&mut self, pointer: impl Into<String>, line: Option<u32>, message: impl Into<String>) {
+        self.errors.push(PolicyError {
+            pointer: pointer.into(),
+            line,
+            message: message.into(),
+        });
+    }
+
+    fn expected(&mut self, node: &Node, pointer: &str, what: &str) {
+        self.error(
+            pointer,
+            node.line,
+            format!("expected {what}, found {}", node.kind()),
+        );
+    }
+
+    /// Runs `f` and says whether it added no errors; parts with errors are left out.
+    fn clean<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> Option<T> {
+        let before = self.errors.len();
+        let value = f(self);
+        (self.errors.len() == before).then_some(value)
+    }
+
+    // --- typed accessors: each reports a type error and returns None on mismatch ----------
+
+    fn object<'n>(&mut self, node: &'n Node, pointer: &str) -> Option<&'n [Member]> {
+        match &node.value {
+            NodeValue::Object(members) => Some(members),
+            _ => {
+                self.expected(node, pointer, "an object");
+                None
+            }
+        }
+    }
+
+    /// An object whose keys must all be in `known`; each unknown key is an error.
+    fn strict_object<'n>(
+        &mut self,
+        node: &'n Node,
+        pointer: &str,
+        known: &[&str],
+    ) -> Option<&'n [Member]> {
+        let members = self.object(node, pointer)?;
+        for m in members.iter().filter(|m| !known.contains(&m.key.as_str())) {
+            self.error(
+                child(pointer, &m.key),
+                m.key_line,
+                format!(
+                    "unknown key {:?}; expected one of: {}",
+                    m.key,
+                    known.join(", ")
+                ),
+            );
+        }
+        Some(members)
+    }
+
+    fn required<'n>(
+        &mut self,
+        members: &'n [Member],
+        node: &Node,
+        pointer: &str,
+        key: &str,
+    ) -> Option<&'n Member> {
+        let found = members.iter().find(|m| m.key == key);
+        if found.is_none() {
+            self.error(pointer, node.line, format!("missing required key {key:?}"));
+        }
+        found
+    }
+
+    fn array<'n>(&mut self, node: &'n Node, pointer: &str) -> Option<&'n [Node]> {
+        match &node.value {
+            NodeValue::Array(items) => Some(items),
+            _ => {
+                self.expected(node, pointer, "an array");
+                None
+            }
+        }
+    }
+
+    fn string<'n>(&mut self, node: &'n Node, pointer: &str) -> Option<&'n str> {
+        match &node.value {
+            NodeValue::String(s) => Some(s),
+            _ => {
+                self.expected(node, pointer, "a string");
+                None
+            }
+        }
+    }
+
+    fn non_empty_string<'n>(&mut self, node: &'n Node, pointer: &str) -> Option<&'n str> {
+        let s = self.string(node, pointer)?;
+        if s.is_empty() {
+            self.error(pointer, node.line, "must not be empty");
+            return None;
+        }
+        Some(s)
+    }
+
+    /// A string naming one of `choices`.
+    fn choice<T: Copy>(
+        &mut self,
+        node: &Node,
+        pointer: &str,
+        what: &str,
+        choices: &[(&str, T)],
+    ) -> Option<T> {
+        let s = self.string(node, pointer)?;
+        let found = choices.iter().find(|(name, _)| *name == s).map(|(_, v)| *v);
+        if found.is_none() {
+            let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
+            self.error(
+                pointer,
+                node.line,
+                format!(
+                    "unknown {what} {s:?}; expected one of: {}",
+                    names.join(", ")
+                ),
+            );
+        }
+        found
+    }
+
+    // --- sections ---------------------------------------------------------------------------
+
+    /// The top level (`top`) or one `servers` entry. Returns the section and, for the top
+    /// level, the server sections.
+    fn section(
+        &mut self,
+        node: &Node,
+        pointer: &str,
+        top: bool,
+    ) -> (Section, Vec<(String, Section)>) {
+        let mut section = Section {
+            pointer: pointer.to_owned(),
+            default: DefaultAction::default(),
+            mode: Mode::default(),
+            hide: Vec::new(),
+            all_tools: None,
+            tools: Vec::new(),
+        };
+        let mut servers = Vec::new();
+        let Some(members) = self.strict_object(node, pointer, SECTION_KEYS) else {
+            return (section, servers);
+        };
+        if top {
+            self.required(members, node, pointer, "version");
+        }
+        for m in members {
+            let at = child(pointer, &m.key);
+            let value = &m.value;
+            match m.key.as_str() {
+                "version" => self.version(value, &at),
+                "default" => {
+                    section.default = self
+                        .choice(value, &at, "default", DEFAULTS)
+                        .unwrap_or_default()
+                }
+                "mode" => section.mode = self.choice(value, &at, "mode", MODES).unwrap_or_default(),
+                "hide" => section.hide = self.hide(value, &at),
+                "all_tools" => section.all_tools = Some(self.rule(value, &at)),
+                "tools" => section.tools = self.tools(value, &at),
+                "servers" if top => servers = self.servers(value, &at),
+                "servers" => self.error(
+                    at,
+                    m.key_line,
+                    "\"servers\" cannot be nested inside a server section",
+                ),
+                _ => {} // reported by strict_object
+            }
+        }
+        self.check_combined_limits(node, pointer);
+        (section, servers)
+    }
+
+    fn version(&mut self, node: &Node, pointer: &str) {
+        match &node.value {
+            NodeValue::String(s) if s == "1" => {}
+            NodeValue::String(s) => self.error(
+                pointer,
+                node.line,
+                format!("unsupported version {s:?}; expected \"1\""),
+            ),
+            NodeValue::Number(_) => self.error(
+                pointer,
+                node.line,
+                "expected the string \"1\", found a number (in YAML, quote it: version: \"1\")",
+            ),
+            _ => self.expected(node, pointer, "the string \"1\""),
+        }
+    }
+
+    fn hide(&mut self, node: &Node, pointer: &str) -> Vec<NamePattern> {
+        let Some(items) = self.array(node, pointer) else {
+            return Vec::new();
+        };
+        let mut hide = Vec::new();
+        for (i, entry) in items.iter().enumerate() {
+            let at = item(pointer, i);
+            if let Some(text) = self.name_pattern(entry, &at) {
+                hide.push(NamePattern {
+                    text: text.to_owned(),
+                    pointer: at,
+                });
+            }
+        }
+        hide
+    }
+
+    /// A non-empty tool name that, when it is a glob, compiles.
+    fn name_pattern<'n>(&mut self, node: &'n Node, pointer: &str) -> Option<&'n str> {
+        let text = self.non_empty_string(node, pointer)?;
+        self.check_glob_name(text, pointer, node.line)
+            .then_some(text)
+    }
+
+    fn check_glob_name(&mut self, text: &str, pointer: &str, line: Option<u32>) -> bool {
+        if crate::glob::is_glob(text) {
+            if let Err(e) = crate::glob::compile(text) {
+                self.error(pointer, line, e);
+                return false;
+            }
+        }
+        true
+    }
+
+    fn tools(&mut self, node: &Node, pointer: &str) -> Vec<(NamePattern, Rule)> {
+        let Some(members) = self.object(node, pointer) else {
+            return Vec::new();
+        };
+        let mut tools = Vec::new();
+        for m in members {
+            let at = child(pointer, &m.key);
+            let name_ok = if m.key.is_empty() {
+                self.error(&at, m.key_line, "tool name must not be empty");
+                false
+            } else {
+                self.check_glob_name(&m.key, &at, m.key_line)
+            };
+            let rule = self.rule(&m.value, &at);
+            if name_ok {
+                tools.push((
+                    NamePattern {
+                        text: m.key.clone(),
+                        pointer: at,
+                    },
+                    rule,
+                ));
+            }
+        }
+        tools
+    }
+
+    fn servers(&mut self, node: &Node, pointer: &str) -> Vec<(String, Section)> {
+        let Some(members) = self.object(node, pointer) else {
+            return Vec::new();
+        };
+        let mut servers = Vec::new();
+        for m in members {
+            let at = child(pointer, &m.key);
+            if m.key.is_empty() {
+                self.error(&at, m.key_line, "server id must not be empty");
+            }
+            let (section, _) = self.section(&m.value, &at, false);
+            servers.push((m.key.clone(), section));
+        }
+        servers
+    }
+
+    /// A call is checked against its tool rule's limits plus `all_tools`' limits; cap the sum.
+    /// Counts come from the raw arrays so that invalid entries still count.
+    fn check_combined_limits(&mut self, section: &Node, pointer: &str) {
+        let limits_of = |rule: &Node| match rule.get("limits").map(|m| &m.value) {
+            Some(Node {
+                value: NodeValue::Array(items),
+                line,
+            }) => Some((items.len(), *line)),
+            _ => None,
+        };
+        let Some((global, _)) = section.get("all_tools").and_then(|m| limits_of(&m.value)) else {
+            return;
+        };
+        let Some(NodeValue::Object(tools)) = section.get("tools").map(|m| &m.value.value) else {
+            return;
+        };
+        let tools_pointer = child(pointer, "tools");
+        for tool in tools {
+            let Some((own, line)) = limits_of(&tool.value) else {
+                continue;
+            };
+            // A rule or all_tools over the cap on its own is reported where it is defined.
+            if own <= MAX_LIMITS && global <= MAX_LIMITS && own + global > MAX_LIMITS {
+                self.error(
+                    child(&child(&tools_pointer, &tool.key), "limits"),
+                    line,
+                    format!(
+                        "this rule has {own} limits and all_tools has {global}; \
+                         at most {MAX_LIMITS} limits may apply to one call"
+                    ),
+                );
+            }
+        }
+    }
+
+    // --- rules ------------------------------------------------------------------------------
+
+    fn rule(&mut self, node: &Node, pointer: &str) -> Rule {
+        let mut rule = Rule {
+            pointer: pointer.to_owned(),
+            ..Rule::default()
+        };
+        let Some(members) = self.strict_object(node, pointer, RULE_KEYS) else {
+            return rule;
+        };
+        let mut action_ok = true;
+        let mut approval_member = None;
+        for m in members {
+            let at = child(pointer, &m.key);
+            let value = &m.value;
+            match m.key.as_str() {
+                "action" => match self.choice(value, &at, "action", ACTIONS) {
+                    Some(action) => rule.action = action,
+                    None => action_ok = false,
+                },
+                "reason" => rule.reason = self.string(value, &at).map(str::to_owned),
+                "mode" => rule.mode = self.choice(value, &at, "mode", MODES),
+                "limits" => rule.limits = self.limits(value, &at),
+                "require" => rule.require = self.condition_items(value, &at),
+                "deny_if" => rule.deny_if = self.condition_items(value, &at),
+                "approval" => {
+                    approval_member = Some(m);
+                    rule.approval = self.approval(value, &at);
+                }
+                _ => {}
+            }
+        }
+        if let Some(m) = approval_member {
+            // With an invalid action the mismatch is already reported.
+            if action_ok && rule.action != Action::RequireApproval {
+                self.error(
+                    child(pointer, "approval"),
+                    m.key_line,
+                    "\"approval\" is only valid with action \"require_approval\"",
+                );
+            }
+        }
+        rule
+    }
+
+    fn approval(&mut self, node: &Node, pointer: &str) -> Option<Approval> {
+        let members = self.strict_object(node, pointer, APPROVAL_KEYS)?;
+        let mut approval = Approval::default();
+        for m in members {
+            let at = child(pointer, &m.key);
+            match m.key.as_str() {
+                "timeout" => match duration_ms(&m.value) {
+                    Ok(ms) => approval.timeout_ms = Some(ms),
+                    Err(e) => self.error(at, m.value.line, e),
+                },
+                "approvers" => {
+                    let Some(items) = self.array(&m.value, &at) else {
+                        continue;
+                    };
+                    for (i, approver) in items.iter().enumerate() {
+                        if let Some(s) = self.non_empty_string(approver, &item(&at, i)) {
+                            approval.approvers.push(s.to_owned());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Some(approval)
+    }
+
+    // --- limits -----------------------------------------------------------------------------
+
+    fn limits(&mut self, node: &Node, pointer: &str) -> Vec<Limit> {
+        let Some(items) = self.array(node, pointer) else {
+            return Vec::new();
+        };
+        if items.len() > MAX_LIMITS {
+            self.error(
+                pointer,
+                node.line,
+                format!(
+                    "a rule may have at most {MAX_LIMITS} limits, found {}",
+                    items.len()
+                ),
+            );
+        }
+        items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, limit)| self.limit(limit, &item(pointer, i)))
+            .collect()
+    }
+
+    fn limit(&mut self, node: &Node, pointer: &str) -> Option<Limit> {
+        let before = self.errors.len();
+        let members = self.strict_object(node, pointer, LIMIT_KEYS)?;
+        let counter_member = self.required(members, node, pointer, "counter");
+        let window_member = self.required(members, node, pointer, "window");
+        let max_member = self.required(members, node, pointer, "max");
+        let field = |key: &str| members.iter().find(|m| m.key == key);
+
+        let counter = counter_member
+            .and_then(|m| self.non_empty_string(&m.value, &child(pointer, "counter")));
+        let window_ms = window_member.and_then(|m| match duration_ms(&m.value) {
+            Ok(ms) => Some(ms),
+            Err(e) => {
+                self.error(child(pointer, "window"), m.value.line, e);
+                None
+            }
+        });
+        let cost_member = field("cost");
+        let max = max_member.and_then(|m| match limit_max(&m.value, cost_member.is_some()) {
+            Ok(max) => Some(max),
+            Err(e) => {
+                self.error(child(pointer, "max"), m.value.line, e);
+                None
+            }
+        });
+        let scope = match field("scope") {
+            Some(m) => self.choice(&m.value, &child(pointer, "scope"), "scope", SCOPES),
+            None => Some(Scope::Global),
+        };
+        let cost = match cost_member {
+            Some(m) => self.cost_path(&m.value, &child(pointer, "cost")).map(Some),
+            None => Some(None),
+        };
+        if self.errors.len() > before {
+            return None;
+        }
+        let limit = Limit {
+            pointer: pointer.to_owned(),
+            counter: counter?.to_owned(),
+            window_ms: window_ms?,
+            max: max?,
+            scope: scope?,
+            cost: cost?,
+        };
+        let counter_line = counter_member.and_then(|m| m.value.line);
+        self.check_counter(&limit, counter_line).then_some(limit)
+    }
+
+    fn cost_path(&mut self, node: &Node, pointer: &str) -> Option<Path> {
+        let text = self.string(node, pointer)?;
+        match Path::parse(text) {
+            Ok(path) if path.root == PathRoot::Args => Some(path),
+            Ok(_) => {
+                self.error(
+                    pointer,
+                    node.line,
+                    format!("cost must be an argument path starting with args., found {text:?}"),
+                );
+                None
+            }
+            Err(e) => {
+                self.error(pointer, node.line, e);
+                None
+            }
+        }
+    }
+
+    /// Two uses of one counter name share one counter, so they must describe it identically.
+    fn check_counter(&mut self, limit: &Limit, line: Option<u32>) -> bool {
+        let (window_ms, max, scope, has_cost) = (
+            limit.window_ms,
+            limit.max,
+            limit.scope,
+            limit.cost.is_some(),
+        );
+        let Some(first) = self.counters.get(&limit.counter) else {
+            let def = CounterDef {
+                pointer: limit.pointer.clone(),
+                window_ms,
+                max,
+                scope,
+                has_cost,
+            };
+            self.counters.insert(limit.counter.clone(), def);
+            return true;
+        };
+        let mut differences = Vec::new();
+        if first.window_ms != window_ms {
+            differences.push(format!(
+                "window {window_ms} ms instead of {} ms",
+                first.window_ms
+            ));
+        }
+        if first.max != max {
+            differences.push(format!("max {max} instead of {}", first.max));
+        }
+        if first.scope != scope {
+            differences.push(format!(
+                "scope {} instead of {}",
+                scope.as_str(),
+                first.scope.as_str()
+            ));
+        }
+        if first.has_cost != has_cost {
+            differences.push(
+                if has_cost {
+                    "a cost where the first has none"
+                } else {
+                    "no cost where the first has one"
+                }
+                .into(),
+            );
+        }
+        if differences.is_empty() {
+            return true;
+        }
+        let message = format!(
+            "counter {:?} conflicts with its first definition at {}: {}",
+            limit.counter,
+            first.pointer,
+            differences.join(", ")
+        );
+        self.error(child(&limit.pointer, "counter"), line, message);
+        false
+    }
+
+    // --- conditions -------------------------------------------------------------------------
+
+    /// `require` / `deny_if`: an array of conditions and `{conditions, on_deny}` groups.
+    fn condition_items(&mut self, node: &Node, pointer: &str) -> Vec<ConditionItem> {
+        let Some(items) = self.array(node, pointer) else {
+            return Vec::new();
+        };
+        items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, entry)| self.condition_item(entry, &item(pointer, i)))
+            .collect()
+    }
+
+    fn condition_item(&mut self, node: &Node, pointer: &str) -> Option<ConditionItem> {
+        if node.get("conditions").is_none() {
+            return self.condition(node, pointer).map(ConditionItem::Condition);
+        }
+        self.clean(|this| {
+            let members = this.strict_object(node, pointer, GROUP_KEYS)?;
+            let mut conditions = Some(Vec::new());
+            let mut on_deny = None;
+            for m in members {
+                let at = child(pointer, &m.key);
+                match m.key.as_str() {
+                    "conditions" => conditions = this.conditions(&m.value, &at),
+                    "on_deny" => on_deny = this.string(&m.value, &at).map(str::to_owned),
+                    _ => {}
+                }
+            }
+            Some(ConditionItem::Group {
+                pointer: pointer.to_owned(),
+                conditions: conditions?,
+                on_deny,
+            })
+        })
+        .flatten()
+    }
+
+    /// An array of conditions; `None` when any of them is invalid (all are still checked).
+    fn conditions(&mut self, node: &Node, pointer: &str) -> Option<Vec<Condition>> {
+        let items = self.array(node, pointer)?;
+        let parsed: Vec<Option<Condition>> = items
+            .iter()
+            .enumerate()
+            .map(|(i, c)| self.condition(c, &item(pointer, i)))
+            .collect();
+        parsed.into_iter().collect()
+    }
+
+    fn condition(&mut self, node: &Node, pointer: &str) -> Option<Condition> {
+        self.clean(|this| this.condition_inner(node, pointer))
+            .flatten()
+    }
+
+    fn condition_inner(&mut self, node: &Node, pointer: &str) -> Option<Condition> {
+        let members = self.object(node, pointer)?;
+        let is = |keys: &[&str], m: &Member| keys.contains(&m.key.as_str());
+        let compare_keys = members.iter().filter(|m| is(COMPARE_KEYS, m)).count();
+        let combinators: Vec<&Member> = members.iter().filter(|m| is(COMBINATOR_KEYS, m)).collect();
+        for m in members
+            .iter()
+            .filter(|m| !is(COMPARE_KEYS, m) && !is(COMBINATOR_KEYS, m))
+        {
+            self.error(
+                child(pointer, &m.key),
+                m.key_line,
+                format!(
+                    "unknown key {:?}; a condition has path, op and value, or one of all, any, not",
+                    m.key
+                ),
+            );
+        }
+        if !combinators.is_empty() && (compare_keys > 0 || combinators.len() > 1) {
+            let keys: Vec<&str> = members.iter().map(|m| m.key.as_str()).collect();
+            self.error(
+                pointer,
+                node.line,
+                format!(
+                    "a condition has either path/op/value or exactly one of all, any, not; \
+                     found keys {}",
+                    keys.join(", ")
+                ),
+            );
+            return None;
+        }
+        let Some(combinator) = combinators.first() else {
+            return self.compare(members, node, pointer);
+        };
+        let at = child(pointer, &combinator.key);
+        let pointer = pointer.to_owned();
+        match combinator.key.as_str() {
+            "all" => Some(Condition::All {
+                pointer,
+                items: self.conditions(&combinator.value, &at)?,
+            }),
+            "any" => Some(Condition::Any {
+                pointer,
+                items: self.conditions(&combinator.value, &at)?,
+            }),
+            _ => Some(Condition::Not {
+                pointer,
+                item: Box::new(self.condition(&combinator.value, &at)?),
+            }),
+        }
+    }
+
+    fn compare(&mut self, members: &[Member], node: &Node, pointer: &str) -> Option<Condition> {
+        let path_member = self.required(members, node, pointer, "path");
+        let op_member = self.required(members, node, pointer, "op");
+        let value_member = members.iter().find(|m| m.key == "value");
+
+        let path = path_member.and_then(|m| {
+            let at = child(pointer, "path");
+            let text = self.string(&m.value, &at)?;
+            Path::parse(text)
+                .map_err(|e| self.error(&at, m.value.line, e))
+                .ok()
+        });
+        let op = op_member.and_then(|m| {
+            let at = child(pointer, "op");
+            let text = self.string(&m.value, &at)?;
+            let op = Op::parse(text);
+            if op.is_none() {
+                let names: Vec<&str> = Op::ALL.iter().map(|(name, _)| *name).collect();
+                self.error(
+                    at,
+                    m.value.line,
+                    format!("unknown op {text:?}; expected one of: {}", names.join(", ")),
+                );
+            }
+            op
+        })?;
+        let (value, pattern) = self.operand(op, value_member, node, pointer)?;
+        Some(Condition::Compare(Compare {
+            pointer: pointer.to_owned(),
+            path: path?,
+            op,
+            value,
+            pattern,
+        }))
+    }
+
+    /// Check `value` against what `op` needs; returns it with its compiled pattern, if any.
+    fn operand(
+        &mut self,
+        op: Op,
+        member: Option<&Member>,
+        condition: &Node,
+        pointer: &str,
+    ) -> Option<(Value, Option<Regex>)> {
+        let Some(member) = member else {
+            if op == Op::Exists {
+                return Some((Value::Bool(true), None));
+            }
+            self.error(
+                pointer,
+                condition.line,
+                format!(
+                    "missing required key \"value\" (op {:?} needs one)",
+                    op.name()
+                ),
+            );
+            return None;
+        };
+        let node = &member.value;
+        let at = child(pointer, "value");
+        let mut pattern = None;
+        let expected = match (op, &node.value) {
+            (Op::Eq | Op::Neq, _) => None,
+            (Op::In | Op::NotIn, NodeValue::Array(_)) => None,
+            (Op::In | Op::NotIn, _) => Some("an array"),
+            (Op::Lt | Op::Lte | Op::Gt | Op::Gte, NodeValue::Number(_)) => None,
+            (Op::Lt | Op::Lte | Op::Gt | Op::Gte, _) => Some("a number"),
+            (Op::Regex | Op::NotRegex, NodeValue::String(s)) => {
+                match Regex::new(s) {
+                    Ok(re) => pattern = Some(re),
+                    Err(e) => {
+                        self.error(
+                            at,
+                            node.line,
+                            format!("invalid regex {s:?}: {}", regex_error(&e)),
+                        );
+                        return None;
+                    }
+                }
+                None
+            }
+            (Op::Glob, NodeValue::String(s)) => {
+                match crate::glob::compile(s) {
+                    Ok(re) => pattern = Some(re),
+                    Err(e) => {
+                        self.error(at, node.line, e);
+                        return None;
+                    }
+                }
+                None
+            }
+            (Op::StartsWith | Op::EndsWith, NodeValue::String(_)) => None,
+            (Op::Regex | Op::NotRegex | Op::Glob | Op::StartsWith | Op::EndsWith, _) => {
+                Some("a string")
+            }
+            (Op::Contains | Op::NotContains, NodeValue::Array(_) | NodeValue::Object(_)) => {
+                Some("a string, number, boolean or null")
+            }
+            (Op::Contains | Op::NotContains, _) => None,
+            (Op::Exists, NodeValue::Bool(_)) => None,
+            (Op::Exists, _) => Some("a boolean"),
+        };
+        if let Some(what) = expected {
+            self.error(
+                at,
+                node.line,
+                format!("op {:?} expects {what}, found {}", op.name(), node.kind()),
+            );
+            return None;
+        }
+        Some((node.to_json_value(), pattern))
+    }
+}
+
+/// The regex crate's syntax errors span several lines (pattern, caret, message); policy
+/// errors are one line each, so keep only the message.
+fn regex_error(e: &regex::Error) -> String {
+    let text = e.to_string();
+    let last = text.lines().last().unwrap_or_default();
+    last.strip_prefix("error: ").unwrap_or(last).to_owned()
+}
+
+// --- windows and amounts ---------------------------------------------------------------------
+
+const WINDOW_FORMS: &str = "second, minute, hour, day, a number of seconds, \
+                            or a duration such as \"90s\", \"10m\", \"1h30m\"";
+
+/// A window or timeout in ms: a unit name, a number of seconds, or a duration string.
+fn duration_ms(node: &Node) -> Result<u64, String> {
+    let ms = match &node.value {
+        NodeValue::String(s) => match s.as_str() {
+            "second" => 1_000,
+            "minute" => 60_000,
+            "hour" => 3_600_000,
+            "day" => 86_400_000,
+            _ => parse_duration(s)
+                .ok_or_else(|| format!("invalid window {s:?}; expected {WINDOW_FORMS}"))?,
+        },
+        NodeValue::Number(n) => {
+            let seconds = n.as_f64().unwrap_or(f64::NAN);
+            if seconds.is_nan() || seconds <= 0.0 {
+                return Err(format!("window must be positive, found {n}"));
+            }
+            let ms = seconds * 1000.0;
+            if ms < 1.0 {
+                return Err(format!(
+                    "window must be at least 1 ms (0.001 seconds), found {n}"
+                ));
+            }
+            if ms > MAX_WINDOW_MS as f64 {
+                return Err(format!("window {n} seconds is too long"));
+            }
+            // Round fractional ms up, but not the float noise of exact values
+            // (0.07 * 1000 = 70.00000000000001).
+            let nearest = ms.round();
+            (if (ms - nearest).abs() < 1e-6 {
+                nearest
+            } else {
+                ms.ceil()
+            }) as u64
+        }
+        _ => {
+            return Err(format!(
+                "expected a window ({WINDOW_FORMS}), found {}",
+                node.kind()
+            ))
+        }
+    };
+    if ms == 0 {
+        return Err("window must be positive, found 0".into());
+    }
+    if ms > MAX_WINDOW_MS {
+        return Err("window is too long".into());
+    }
+    Ok(ms)
+}
+
+/// `<int><unit>` parts (units ms, s, m, h, d), e.g. `1h30m`; `None` when malformed.
+fn parse_duration(text: &str) -> Option<u64> {
+    let mut rest = text;
+    let mut total: u64 = 0;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return None;
+        }
+        let amount: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit_ms, unit_len) = if rest.starts_with("ms") {
+            (1, 2)
+        } else {
+            let unit = match rest.chars().next()? {
+                's' => 1_000,
+                'm' => 60_000,
+                'h' => 3_600_000,
+                'd' => 86_400_000,
+                _ => return None,
+            };
+            (unit, 1)
+        };
+        rest = &rest[unit_len..];
+        total = total.checked_add(amount.checked_mul(unit_ms)?)?;
+    }
+    Some(total)
+}
+
+/// `max`: positive, at most 1e9, and a whole number unless the limit counts a cost.
+fn limit_max(node: &Node, has_cost: bool) -> Result<f64, String> {
+    let NodeValue::Number(n) = &node.value else {
+        return Err(format!("expected a number, found {}", node.kind()));
+    };
+    let max = n.as_f64().unwrap_or(f64::NAN);
+    if max.is_nan() || max <= 0.0 {
+        return Err(format!("max must be greater than 0, found {n}"));
+    }
+    if max > MAX_MAX {
+        return Err(format!("max must be at most 1000000000, found {n}"));
+    }
+    if !has_cost && max.fract() != 0.0 {
+        return Err(format!(
+            "max must be a whole number of calls when the limit has no cost, found {n}"
+        ));
+    }
+    Ok(max)
+}
+
+// --- condition paths -------------------------------------------------------------------------
+
+const ROOT_ERROR: &str = "path must start with args., subject., server or tool";
+const SUBJECT_FIELDS: &str =
+    "subject.grant, subject.session, subject.agent or subject.attributes.<key>";
+
+impl Path {
+    /// Parse a condition path: `args.a.b`, `args.items[0]`, `args["key.with.dots"]`,
+    /// `subject.grant|session|agent`, `subject.attributes.<key>`, `server`, `tool`.
+    pub fn parse(text: &str) -> Result<Path, String> {
+        let root_end = text.find(['.', '[']).unwrap_or(text.len());
+        let (root_name, rest) = text.split_at(root_end);
+        let root = match root_name {
+            "args" => PathRoot::Args,
+            "subject" => PathRoot::Subject,
+            "server" => PathRoot::Server,
+            "tool" => PathRoot::Tool,
+            _ => return Err(format!("{ROOT_ERROR}, found {text:?}")),
+        };
+        let segments = parse_segments(rest).map_err(|e| format!("invalid path {text:?}: {e}"))?;
+        match root {
+            PathRoot::Args if segments.is_empty() => {
+                return Err("args needs at least one segment, e.g. args.amount".into());
+            }
+            PathRoot::Args => {}
+            PathRoot::Subject => check_subject(&segments)?,
+            PathRoot::Server | PathRoot::Tool if !segments.is_empty() => {
+                return Err(format!(
+                    "{root_name} takes no further segments, found {text:?}"
+                ));
+            }
+            PathRoot::Server | PathRoot::Tool => {}
+        }
+        Ok(Path {
+            root,
+            segments,
+            text: text.to_owned(),
+        })
+    }
+}
+
+fn check_subject(segments: &[Segment]) -> Result<(), String> {
+    match segments {
+        [] => Err(format!("subject needs a field: {SUBJECT_FIELDS}")),
+        [Segment::Key(field), rest @ ..]
+            if matches!(field.as_str(), "grant" | "session" | "agent") =>
+        {
+            if rest.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("subject.{field} takes no further segments"))
+            }
+        }
+        [Segment::Key(field), rest @ ..] if field == "attributes" => match rest {
+            [Segment::Key(_)] => Ok(()),
+            _ => {
+                Err("subject.attributes takes exactly one key, e.g. subject.attributes.team".into())
+            }
+        },
+        [Segment::Key(field), ..] => Err(format!(
+            "unknown subject field {field:?}; expected {SUBJECT_FIELDS}"
+        )),
+        [Segment::Index(_), ..] => {
+            Err(format!("subject has no indexes; expected {SUBJECT_FIELDS}"))
+        }
+    }
+}
+
+/// Segments after the root: `.key`, `[index]`, `["quoted key"]` (or single quotes).
+fn parse_segments(mut rest: &str) -> Result<Vec<Segment>, String> {
+    let mut segments = Vec::new();
+    while !rest.is_empty() {
+        if let Some(after) = rest.strip_prefix('.') {
+            let end = after.find(['.', '[', ']']).unwrap_or(after.len());
+            if end == 0 {
+                return Err("empty segment".into());
+            }
+            segments.push(Segment::Key(after[..end].to_owned()));
+            rest = &after[end..];
+            if rest.starts_with(']') {
+                return Err("unexpected ']'".into());
+            }
+        } else if let Some(after) = rest.strip_prefix('[') {
+            let (segment, remaining) = bracket_segment(after)?;
+            segments.push(segment);
+            rest = remaining;
+        } else {
+            return Err(format!("expected '.' or '[' before {rest:?}"));
+        }
+    }
+    Ok(segments)
+}
+
+/// The inside of `[...]` (after the `[`), and the text after the `]`.
+fn bracket_segment(after: &str) -> Result<(Segment, &str), String> {
+    let Some(quote) = after.chars().next().filter(|c| *c == '"' || *c == '\'') else {
+        let end = after.find(']').ok_or("unclosed '['")?;
+        let digits = &after[..end];
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!(
+                "bad index [{digits}]: expected a non-negative integer or a quoted key"
+            ));
+        }
+        let index = digits
+            .parse()
+            .map_err(|_| format!("index [{digits}] is too large"))?;
+        return Ok((Segment::Index(index), &after[end + 1..]));
+    };
+    // A quoted key: a backslash takes the next character literally.
+    let mut key = String::new();
+    let mut chars = after.char_indices().skip(1);
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '\\' => key.push(chars.next().ok_or("unterminated quoted key")?.1),
+            c if c == quote => {
+                let remaining = &after[i + 1..];
+                let remaining = remaining
+                    .strip_prefix(']')
+                    .ok_or("expected ']' after a quoted key")?;
+                return Ok((Segment::Key(key), remaining));
+            }
+            c => key.push(c),
+        }
+    }
+    Err("unterminated quoted key".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn keys(path: &str) -> Vec<Segment> {
+        Path::parse(path)
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .segments
+    }
+
+    #[test]
+    fn paths() {
+        use Segment::{Index, Key};
+        assert_eq!(keys("args.a.b"), [Key("a".into()), Key("b".into())]);
+        assert_eq!(
+            keys("args.items[0].name"),
+            [Key("items".into()), Index(0), Key("name".into())]
+        );
+        assert_eq!(
+            keys(r#"args["key.with.dots"]"#),
+            [Key("key.with.dots".into())]
+        );
+        assert_eq!(keys(r#"args['it\'s'][2]"#), [Key("it's".into()), Index(2)]);
+        assert_eq!(
+            keys("subject.attributes.team"),
+            [Key("attributes".into()), Key("team".into())]
+        );
+        assert_eq!(keys("subject.agent"), [Key("agent".into())]);
+        assert!(keys("server").is_empty() && keys("tool").is_empty());
+        assert_eq!(Path::parse("tool").unwrap().root, PathRoot::Tool);
+        for bad in [
+            "env.x",
+            "",
+            "args",
+            "args.",
+            "args..a",
+            "args.a[",
+            "args.a[-1]",
+            "args.a[x]",
+            "args.a[]",
+            "args.a]",
+            "args[\"a\"",
+            "argsx.a",
+            "subject",
+            "subject.foo",
+            "subject.attributes",
+            "subject.attributes.a.b",
+            "subject.agent.x",
+            "server.x",
+            "tool[0]",
+        ] {
+            assert!(Path::parse(bad).is_err(), "{bad:?} should be rejected");
+        }
+        assert_eq!(
+            Path::parse("env.x").unwrap_err(),
+            "path must start with args., subject., server or tool, found \"env.x\""
+        );
+    }
+
+    fn window(v: Value) -> Result<u64, String> {
+        duration_ms(&Node::from_json_value(&v))
+    }
+
+    #[test]
+    fn windows() {
+        assert_eq!(window(json!("second")), Ok(1_000));
+        assert_eq!(window(json!("minute")), Ok(60_000));
+        assert_eq!(window(json!("hour")), Ok(3_600_000));
+        assert_eq!(window(json!("day")), Ok(86_400_000));
+        assert_eq!(window(json!(60)), Ok(60_000));
+        assert_eq!(window(json!(1.5)), Ok(1_500));
+        assert_eq!(window(json!(0.07)), Ok(70));
+        assert_eq!(window(json!(0.0015)), Ok(2));
+        assert_eq!(window(json!(0.001)), Ok(1));
+        assert_eq!(window(json!("90s")), Ok(90_000));
+        assert_eq!(window(json!("10m")), Ok(600_000));
+        assert_eq!(window(json!("1h30m")), Ok(5_400_000));
+        assert_eq!(window(json!("500ms")), Ok(500));
+        assert_eq!(window(json!("2d")), Ok(172_800_000));
+        for bad in [
+            json!(0),
+            json!(-5),
+            json!(0.0005),
+            json!("0s"),
+            json!(""),
+            json!("60"),
+            json!("s"),
+            json!("1x"),
+            json!("1 h"),
+            json!("1.5h"),
+            json!("-1s"),
+            json!("minutes"),
+            json!("99999999999999999999d"),
+            json!(true),
+            json!(null),
+        ] {
+            assert!(window(bad.clone()).is_err(), "{bad} should be rejected");
+        }
+    }
+
+    #[test]
+    fn maxima() {
+        let max = |v: Value, cost| limit_max(&Node::from_json_value(&v), cost);
+        assert_eq!(max(json!(30), false), Ok(30.0));
+        assert_eq!(max(json!(30.0), false), Ok(30.0));
+        assert_eq!(max(json!(2.5), true), Ok(2.5));
+        assert_eq!(max(json!(1e9), false), Ok(1e9));
+        assert!(max(json!(2.5), false).is_err());
+        assert!(max(json!(0), false).is_err());
+        assert!(max(json!(-1), true).is_err());
+        assert!(max(json!(1e9 + 1.0), false).is_err());
+        assert!(max(json!("10"), false).is_err());
+    }
+
+    #[test]
+    fn display() {
+        let e = PolicyError {
+            pointer: String::new(),
+            line: Some(1),
+            message: "boom".into(),
+        };
+        assert_eq!(e.to_string(), "/: boom");
+        let e2 = PolicyError {
+            pointer: "/tools/a".into(),
+            line: None,
+            message: "bad".into(),
+        };
+        assert_eq!(
+            PolicyErrors(vec![e, e2]).to_string(),
+            "/: boom\n/tools/a: bad"
+        );
+    }
+
+    #[test]
+    fn revision_ignores_layout() {
+        let a = Policy::from_json_str(r#"{"version": "1", "tools": {"x": {}}}"#).unwrap();
+        let b = Policy::from_yaml_str("# comment\nversion: '1'\ntools:\n  x: {}\n").unwrap();
+        let c = Policy::from_json_str(r#"{"version": "1", "tools": {"y": {}}}"#).unwrap();
+        assert_eq!(a.revision, b.revision);
+        assert_ne!(a.revision, c.revision);
+        assert_eq!(a.revision.len(), 16);
+        assert!(a.revision.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+}

@@ -1,0 +1,258 @@
+//! Policy language v1: the model a policy document loads into.
+//!
+//! `source` turns JSON or YAML text into a [`source::Node`] tree that remembers line numbers;
+//! `load` validates that tree into a [`Policy`], reporting every error with its JSON pointer.
+//! The model is plain data; `crate::compile` turns it into the structures decisions run on.
+
+pub mod load;
+pub mod source;
+
+pub use load::{PolicyError, PolicyErrors};
+
+use regex::Regex;
+use serde_json::Value;
+
+/// A whole policy document: the top-level section plus optional per-server sections.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// The top-level section, used for servers without a section of their own.
+    pub root: Section,
+    /// `servers`: server id → full section, in document order.
+    pub servers: Vec<(String, Section)>,
+    /// Hex digest identifying the loaded document (first 16 hex digits of a SHA-256).
+    pub revision: String,
+}
+
+/// One policy section: the top level, or `servers/<id>`.
+#[derive(Debug, Clone)]
+pub struct Section {
+    /// JSON pointer of this section: `""` for the top level, `/servers/<id>` otherwise.
+    pub pointer: String,
+    pub default: DefaultAction,
+    pub mode: Mode,
+    /// `hide`: exact names and globs, with the pointer of each entry (`/hide/0`).
+    pub hide: Vec<NamePattern>,
+    pub all_tools: Option<Rule>,
+    /// `tools`: name or glob → rule, in document order.
+    pub tools: Vec<(NamePattern, Rule)>,
+}
+
+/// A tool name or glob as written in the policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamePattern {
+    pub text: String,
+    /// JSON pointer of the entry (`/hide/2`, `/tools/delete_*`).
+    pub pointer: String,
+}
+
+impl NamePattern {
+    /// True when the text contains glob metacharacters (`*`, `?`, `[`).
+    pub fn is_glob(&self) -> bool {
+        crate::glob::is_glob(&self.text)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DefaultAction {
+    #[default]
+    Deny,
+    Allow,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Shadow,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Action {
+    #[default]
+    Allow,
+    Deny,
+    RequireApproval,
+}
+
+/// A rule: `tools[name]` or `all_tools`.
+#[derive(Debug, Clone, Default)]
+pub struct Rule {
+    /// JSON pointer of the rule object (`/tools/create-ami`, `/all_tools`).
+    pub pointer: String,
+    pub action: Action,
+    pub reason: Option<String>,
+    /// Per-rule `mode`; `None` inherits the section's.
+    pub mode: Option<Mode>,
+    pub limits: Vec<Limit>,
+    pub require: Vec<ConditionItem>,
+    pub deny_if: Vec<ConditionItem>,
+    pub approval: Option<Approval>,
+}
+
+/// `approval` of a `require_approval` rule; enforced by a later component.
+#[derive(Debug, Clone, Default)]
+pub struct Approval {
+    pub timeout_ms: Option<u64>,
+    pub approvers: Vec<String>,
+}
+
+/// Whose counter a limit counts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    Grant,
+    Session,
+    Agent,
+    Server,
+    Global,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Grant => "grant",
+            Scope::Session => "session",
+            Scope::Agent => "agent",
+            Scope::Server => "server",
+            Scope::Global => "global",
+        }
+    }
+}
+
+/// One entry of `limits`.
+#[derive(Debug, Clone)]
+pub struct Limit {
+    /// JSON pointer of the limit (`/tools/create-ami/limits/0`).
+    pub pointer: String,
+    pub counter: String,
+    /// Window length in milliseconds (> 0).
+    pub window_ms: u64,
+    /// Calls allowed in any window, or the budget when `cost` is set. Positive, finite;
+    /// an integer unless `cost` is set.
+    pub max: f64,
+    pub scope: Scope,
+    /// Argument path whose numeric value is counted instead of 1.
+    pub cost: Option<Path>,
+}
+
+/// An item of `require` / `deny_if`: a bare condition, or a group with its own message.
+#[derive(Debug, Clone)]
+pub enum ConditionItem {
+    Condition(Condition),
+    /// `{"conditions": [...], "on_deny": "..."}`.
+    Group {
+        pointer: String,
+        conditions: Vec<Condition>,
+        on_deny: Option<String>,
+    },
+}
+
+/// A condition tree.
+#[derive(Debug, Clone)]
+pub enum Condition {
+    Compare(Compare),
+    All { pointer: String, items: Vec<Condition> },
+    Any { pointer: String, items: Vec<Condition> },
+    Not { pointer: String, item: Box<Condition> },
+}
+
+impl Condition {
+    pub fn pointer(&self) -> &str {
+        match self {
+            Condition::Compare(c) => &c.pointer,
+            Condition::All { pointer, .. }
+            | Condition::Any { pointer, .. }
+            | Condition::Not { pointer, .. } => pointer,
+        }
+    }
+}
+
+/// `{path, op, value}`.
+#[derive(Debug, Clone)]
+pub struct Compare {
+    pub pointer: String,
+    pub path: Path,
+    pub op: Op,
+    /// The operand as written. For `exists` it is `true` unless given as a boolean.
+    pub value: Value,
+    /// Compiled pattern for `regex`, `not_regex` and `glob` (anchored for `glob`).
+    pub pattern: Option<Regex>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Eq,
+    Neq,
+    In,
+    NotIn,
+    Lt,
+    Lte,
+    Gt,
+    Gte,
+    Regex,
+    NotRegex,
+    Contains,
+    NotContains,
+    StartsWith,
+    EndsWith,
+    Glob,
+    Exists,
+}
+
+impl Op {
+    pub const ALL: [(&'static str, Op); 16] = [
+        ("eq", Op::Eq),
+        ("neq", Op::Neq),
+        ("in", Op::In),
+        ("not_in", Op::NotIn),
+        ("lt", Op::Lt),
+        ("lte", Op::Lte),
+        ("gt", Op::Gt),
+        ("gte", Op::Gte),
+        ("regex", Op::Regex),
+        ("not_regex", Op::NotRegex),
+        ("contains", Op::Contains),
+        ("not_contains", Op::NotContains),
+        ("starts_with", Op::StartsWith),
+        ("ends_with", Op::EndsWith),
+        ("glob", Op::Glob),
+        ("exists", Op::Exists),
+    ];
+
+    pub fn parse(text: &str) -> Option<Op> {
+        Op::ALL.iter().find(|(name, _)| *name == text).map(|(_, op)| *op)
+    }
+
+    pub fn name(self) -> &'static str {
+        Op::ALL.iter().find(|(_, op)| *op == self).map(|(name, _)| *name).unwrap_or("?")
+    }
+}
+
+/// A parsed condition path such as `args.items[0].name` or `subject.attributes.team`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Path {
+    pub root: PathRoot,
+    /// Segments after the root. For `subject`, the first is `grant`, `session`, `agent` or
+    /// `attributes` (then exactly one more key); for `server` and `tool`, none.
+    pub segments: Vec<Segment>,
+    /// The path as written, for messages.
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathRoot {
+    Args,
+    Subject,
+    Server,
+    Tool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+/// Escape one reference token for a JSON pointer (RFC 6901).
+pub fn pointer_token(token: &str) -> String {
+    token.replace('~', "~0").replace('/', "~1")
+}
