@@ -1,0 +1,146 @@
+//! Engine-level properties: all-or-nothing reservation across limits, release, reload and
+//! name matching, each against a small reference model.
+
+use proptest::prelude::*;
+use std::sync::Arc;
+use toolgate_core::counter::CounterTable;
+use toolgate_core::matcher::NameMatcher;
+use toolgate_core::{Code, Engine, ManualClock, Policy, Request, Subject, Verdict};
+
+fn engine(json: &str) -> (Engine, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new(1_000_000_000_000));
+    let policy = Policy::from_json_str(json).expect("valid policy");
+    let engine = Engine::new(policy, Arc::new(CounterTable::new(256, 256)), clock.clone()).unwrap();
+    (engine, clock)
+}
+
+fn call(engine: &Engine, tool: &str) -> toolgate_core::Decision {
+    let subject = Subject { grant: Some("g"), ..Default::default() };
+    engine.decide::<&serde_json::Value>(&Request { tool, server: None, subject, args: None, dry_run: false })
+}
+
+/// Tool `a` counts on A, `b` on B, `ab` on both.
+fn two_counters(max_a: u32, max_b: u32) -> String {
+    format!(
+        r#"{{"version": "1", "tools": {{
+            "a": {{"limits": [{{"counter": "A", "window": "hour", "max": {max_a}, "scope": "grant"}}]}},
+            "b": {{"limits": [{{"counter": "B", "window": "hour", "max": {max_b}, "scope": "grant"}}]}},
+            "ab": {{"limits": [{{"counter": "A", "window": "hour", "max": {max_a}, "scope": "grant"}},
+                               {{"counter": "B", "window": "hour", "max": {max_b}, "scope": "grant"}}]}}}}}}"#
+    )
+}
+
+proptest! {
+    /// At one instant the answer is exact: a call is allowed iff every counter it touches has
+    /// room, and a denied call consumes nothing on any counter.
+    #[test]
+    fn limits_are_reserved_all_or_nothing(max_a in 1u32..8, max_b in 1u32..8, picks in prop::collection::vec(0usize..3, 1..60)) {
+        let (engine, _) = engine(&two_counters(max_a, max_b));
+        let (mut used_a, mut used_b) = (0u32, 0u32);
+        for pick in picks {
+            let (tool, needs_a, needs_b) = [("a", true, false), ("b", false, true), ("ab", true, true)][pick];
+            let fits = (!needs_a || used_a < max_a) && (!needs_b || used_b < max_b);
+            let d = call(&engine, tool);
+            prop_assert_eq!(d.verdict == Verdict::Allow, fits, "{} with A={}/{} B={}/{}", tool, used_a, max_a, used_b, max_b);
+            if fits {
+                used_a += needs_a as u32;
+                used_b += needs_b as u32;
+            } else {
+                prop_assert_eq!(d.code, Code::RateLimited);
+                prop_assert!(d.retry_after_ms.is_some());
+            }
+        }
+    }
+
+    /// Releasing gives back exactly what a reservation took, once.
+    #[test]
+    fn release_gives_back_exactly_once(max in 1u32..6, ops in prop::collection::vec((any::<bool>(), 0usize..16), 1..80)) {
+        let (engine, _) = engine(&two_counters(max, max));
+        let mut held: Vec<u64> = Vec::new();
+        let mut released: Vec<u64> = Vec::new();
+        for (reserve, index) in ops {
+            if reserve || held.is_empty() {
+                let d = call(&engine, "ab");
+                prop_assert_eq!(d.verdict == Verdict::Allow, (held.len() as u32) < max);
+                if let Some(id) = d.reservation {
+                    held.push(id);
+                }
+            } else {
+                let id = held.remove(index % held.len());
+                prop_assert!(engine.release(id));
+                released.push(id);
+            }
+            if let Some(id) = released.last() {
+                prop_assert!(!engine.release(*id), "a second release gives nothing back");
+            }
+        }
+    }
+
+    /// Name matching agrees with a direct reading of the precedence rules.
+    #[test]
+    fn matcher_agrees_with_reference(
+        patterns in prop::collection::vec("[ab_]{0,3}[*?]?[ab_]{0,2}", 1..12),
+        names in prop::collection::vec("[ab_]{0,6}", 1..20),
+    ) {
+        let m = NameMatcher::new(patterns.iter().enumerate().map(|(i, p)| (p.as_str(), i))).unwrap();
+        for name in &names {
+            prop_assert_eq!(m.lookup(name).copied(), reference_match(&patterns, name), "{} in {:?}", name, patterns);
+        }
+    }
+}
+
+/// Exact name first; then longest literal prefix; then most literal characters; then the
+/// first written.
+fn reference_match(patterns: &[String], name: &str) -> Option<usize> {
+    if let Some(i) = patterns.iter().position(|p| !p.contains(['*', '?']) && p == name) {
+        return Some(i);
+    }
+    let literal = |p: &str| p.chars().filter(|c| *c != '*' && *c != '?').count();
+    let prefix = |p: &str| p.find(['*', '?']).unwrap_or(p.len());
+    patterns
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.contains(['*', '?']) && glob_match(p.as_bytes(), name.as_bytes()))
+        .max_by(|(i, p), (j, q)| prefix(p).cmp(&prefix(q)).then(literal(p).cmp(&literal(q))).then(j.cmp(i)))
+        .map(|(i, _)| i)
+}
+
+fn glob_match(p: &[u8], s: &[u8]) -> bool {
+    match (p.first(), s.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => glob_match(&p[1..], s) || (!s.is_empty() && glob_match(p, &s[1..])),
+        (Some(b'?'), Some(_)) => glob_match(&p[1..], &s[1..]),
+        (Some(a), Some(b)) if a == b => glob_match(&p[1..], &s[1..]),
+        _ => false,
+    }
+}
+
+#[test]
+fn reload_keeps_counters_and_swaps_rules() {
+    let (engine, _) = engine(&two_counters(3, 3));
+    for _ in 0..3 {
+        assert_eq!(call(&engine, "a").verdict, Verdict::Allow);
+    }
+    // Same counter A (same window and scope), a new max: the 3 calls still count.
+    engine.reload(Policy::from_json_str(&two_counters(4, 3)).unwrap()).unwrap();
+    assert_eq!(call(&engine, "a").verdict, Verdict::Allow);
+    let d = call(&engine, "a");
+    assert_eq!((d.verdict, d.code), (Verdict::Deny, Code::RateLimited));
+    assert_eq!(d.limits[0].remaining, 0.0);
+}
+
+#[test]
+fn sliding_window_through_the_engine() {
+    let (engine, clock) = engine(&two_counters(30, 30));
+    for _ in 0..30 {
+        assert_eq!(call(&engine, "a").verdict, Verdict::Allow);
+    }
+    let d = call(&engine, "a");
+    assert_eq!(d.code, Code::RateLimited);
+    let retry = d.retry_after_ms.unwrap();
+    assert!(retry > 3_600_000 - 1 && retry <= 3_600_000 + 300_000, "{retry}");
+    clock.advance_ns((retry - 1) * 1_000_000);
+    assert_eq!(call(&engine, "a").code, Code::RateLimited, "not before retry-after");
+    clock.advance_ns(1_000_000);
+    assert_eq!(call(&engine, "a").verdict, Verdict::Allow, "allowed at retry-after");
+}
