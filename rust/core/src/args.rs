@@ -77,7 +77,11 @@ pub trait ArgValue: Sized {
     fn kind(&self) -> Kind;
     fn get_key(&self, key: &str) -> Option<Self>;
     fn get_index(&self, index: usize) -> Option<Self>;
+    /// Elements of an array (or entries of an object); 0 for scalars.
     fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     fn as_str(&self) -> Option<&str>;
     fn as_num(&self) -> Option<Num>;
     fn as_bool(&self) -> Option<bool>;
@@ -85,7 +89,7 @@ pub trait ArgValue: Sized {
     fn to_json(&self) -> Value;
 }
 
-impl<'a> ArgValue for &'a Value {
+impl ArgValue for &Value {
     fn kind(&self) -> Kind {
         Kind::of(self)
     }

@@ -46,7 +46,7 @@ pub fn to_regex(glob: &str) -> Result<String, String> {
                 }
                 let mut closed = false;
                 let mut first = true;
-                while let Some(c) = chars.next() {
+                for c in chars.by_ref() {
                     if c == ']' && !first {
                         closed = true;
                         break;

@@ -11,9 +11,12 @@ use crate::glob;
 use ahash::AHashMap;
 use regex::Regex;
 
+/// A compiled glob with its tie-breakers: literal characters, then document order.
+type GlobEntry<T> = (Regex, usize, usize, T);
+
 pub struct NameMatcher<T> {
     exact: AHashMap<Box<str>, T>,
-    globs: AHashMap<Box<str>, Vec<(Regex, usize, usize, T)>>,
+    globs: AHashMap<Box<str>, Vec<GlobEntry<T>>>,
     /// Distinct literal-prefix lengths, longest first.
     prefix_lens: Vec<usize>,
 }
@@ -23,7 +26,7 @@ impl<T: Clone> NameMatcher<T> {
     /// loader checked them).
     pub fn new<'a>(entries: impl IntoIterator<Item = (&'a str, T)>) -> Result<NameMatcher<T>, String> {
         let mut exact = AHashMap::new();
-        let mut globs: AHashMap<Box<str>, Vec<(Regex, usize, usize, T)>> = AHashMap::new();
+        let mut globs: AHashMap<Box<str>, Vec<GlobEntry<T>>> = AHashMap::new();
         for (order, (name, value)) in entries.into_iter().enumerate() {
             if glob::is_glob(name) {
                 let re = glob::compile(name)?;

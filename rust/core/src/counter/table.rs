@@ -172,10 +172,8 @@ impl CounterTable {
                 self.region.header(header::OCCUPIED).fetch_add(1, SeqCst);
                 return Ok(s);
             }
-            if current == RECLAIMING || slot.expired(now_ns) {
-                if self.reclaim(slot, current, key, now_ns) {
-                    return Ok(s);
-                }
+            if (current == RECLAIMING || slot.expired(now_ns)) && self.reclaim(slot, current, key, now_ns) {
+                return Ok(s);
             }
         }
         self.region.header(header::FULL_EVENTS).fetch_add(1, SeqCst);
