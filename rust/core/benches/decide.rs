@@ -1,1 +1,240 @@
-fn main(){}
+//! Decision cost of the Rust core, without Python or a transport.
+//!
+//! Every case decides one call of a tool whose rule has one rate limit (scope `grant`,
+//! `max` 1e9 per minute, so it never denies unless the case is about denying) and one
+//! `deny_if` regex condition on `args.command`, except the `no_limit` references. Each
+//! iteration is one `Engine::decide` on the real clock (`clock_gettime`), and includes
+//! building and dropping the returned `Decision`; on the allow path it also writes a
+//! reservation-log entry, as in production.
+//!
+//! Run: `cargo bench -p toolgate-core --bench decide` (see bench/README.md).
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use serde_json::{json, Value};
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+use toolgate_core::counter::CounterTable;
+use toolgate_core::{Code, Engine, MonotonicClock, Policy, Request, Subject};
+
+/// The regex condition every measured rule carries (the example policy's `run_command` one).
+const REGEX: &str = r"(^|\s)(rm|mkfs|dd)\s";
+/// A command the regex does not match, so the condition passes and the limit is consulted.
+const SAFE_COMMAND: &str = "ls -la /var/log/nginx";
+/// A command the regex matches: the call is denied by the condition.
+const BAD_COMMAND: &str = "sudo rm -rf /";
+
+/// Table size used unless a case needs a bigger one (the engine's default).
+const CAPACITY: usize = 1 << 16;
+const RESERVATIONS: usize = 1 << 16;
+
+/// Active keys for the large-table case, and a table sized for them (load under 1/2).
+const MANY_KEYS: usize = 1_000_000;
+const MANY_KEYS_CAPACITY: usize = 1 << 21;
+
+fn rule(counter: &str, max: u64) -> Value {
+    json!({
+        "deny_if": [{"path": "args.command", "op": "regex", "value": REGEX}],
+        "limits": [{"counter": counter, "window": "minute", "max": max, "scope": "grant"}]
+    })
+}
+
+fn policy(tools: serde_json::Map<String, Value>) -> Policy {
+    let doc = json!({"version": "1", "default": "deny", "tools": tools});
+    Policy::from_json_str(&doc.to_string()).expect("bench policy is valid")
+}
+
+fn engine(policy: Policy, capacity: usize) -> Engine {
+    let table = Arc::new(CounterTable::new(capacity, RESERVATIONS));
+    Engine::new(policy, table, Arc::new(MonotonicClock)).expect("bench policy compiles")
+}
+
+/// A policy with just `run_command`, carrying `rule`.
+fn single(rule: Value) -> Policy {
+    let mut tools = serde_json::Map::new();
+    tools.insert("run_command".into(), rule);
+    policy(tools)
+}
+
+fn request<'a>(tool: &'a str, grant: &'a str, args: &'a Value) -> Request<'a, &'a Value> {
+    Request {
+        tool,
+        server: None,
+        subject: Subject {
+            grant: Some(grant),
+            ..Default::default()
+        },
+        args: Some(args),
+        dry_run: false,
+    }
+}
+
+fn decide_one(engine: &Engine, tool: &str, grant: &str, args: &Value) -> Code {
+    engine.decide(&request(tool, grant, args)).code
+}
+
+/// One limit + one regex, on the allow path and both deny paths.
+fn one_limit_one_regex(c: &mut Criterion) {
+    let safe = json!({"command": SAFE_COMMAND});
+    let bad = json!({"command": BAD_COMMAND});
+    let mut g = c.benchmark_group("decide/one_limit_one_regex");
+
+    let allow = Lazy::new(|| {
+        let e = engine(single(rule("run_command_rate", 1_000_000_000)), CAPACITY);
+        assert_eq!(decide_one(&e, "run_command", "g", &safe), Code::Allowed);
+        assert_eq!(
+            decide_one(&e, "run_command", "g", &bad),
+            Code::ConditionFailed
+        );
+        e
+    });
+    g.bench_function("allow", |b| {
+        let e = allow.get();
+        b.iter(|| e.decide(black_box(&request("run_command", "g", &safe))))
+    });
+
+    // The regex matches: denied before any counter is touched.
+    g.bench_function("deny_condition", |b| {
+        let e = allow.get();
+        b.iter(|| e.decide(black_box(&request("run_command", "g", &bad))))
+    });
+
+    // max 1 per minute, used up: every call is RATE_LIMITED (formats a reason, retry time).
+    let limited = Lazy::new(|| {
+        let e = engine(single(rule("run_command_rate", 1)), CAPACITY);
+        assert_eq!(decide_one(&e, "run_command", "g", &safe), Code::Allowed);
+        assert_eq!(decide_one(&e, "run_command", "g", &safe), Code::RateLimited);
+        e
+    });
+    g.bench_function("deny_rate_limited", |b| {
+        let e = limited.get();
+        b.iter(|| e.decide(black_box(&request("run_command", "g", &safe))))
+    });
+    g.finish();
+}
+
+/// References without a counter: a bare allow rule, and the regex alone.
+fn no_limit(c: &mut Criterion) {
+    let safe = json!({"command": SAFE_COMMAND});
+    let mut g = c.benchmark_group("decide/no_limit");
+    for (name, rule) in [
+        ("bare", json!({})),
+        (
+            "one_regex",
+            json!({"deny_if": [{"path": "args.command", "op": "regex", "value": REGEX}]}),
+        ),
+    ] {
+        g.bench_function(name, |b| {
+            let e = engine(single(rule.clone()), CAPACITY);
+            assert_eq!(decide_one(&e, "run_command", "g", &safe), Code::Allowed);
+            b.iter(|| e.decide(black_box(&request("run_command", "g", &safe))))
+        });
+    }
+    g.finish();
+}
+
+/// 1 active counter key vs 1,000,000, in the same 2^21-slot table (256 MiB of slots).
+/// With 1M keys each decision goes to a different grant in turn, so the slot it touches is
+/// almost never in cache: this is the cache-miss-heavy path.
+fn keys(c: &mut Criterion) {
+    let safe = json!({"command": SAFE_COMMAND});
+    let mut g = c.benchmark_group("decide/keys");
+
+    let one = engine(
+        single(rule("run_command_rate", 1_000_000_000)),
+        MANY_KEYS_CAPACITY,
+    );
+    assert_eq!(decide_one(&one, "run_command", "g", &safe), Code::Allowed);
+    g.bench_with_input(BenchmarkId::from_parameter(1), &1, |b, _| {
+        b.iter(|| one.decide(black_box(&request("run_command", "g", &safe))))
+    });
+    drop(one);
+
+    let many = engine(
+        single(rule("run_command_rate", 1_000_000_000)),
+        MANY_KEYS_CAPACITY,
+    );
+    let grants: Vec<String> = (0..MANY_KEYS).map(|i| format!("grant-{i:07}")).collect();
+    for grant in &grants {
+        assert_eq!(
+            decide_one(&many, "run_command", grant, &safe),
+            Code::Allowed
+        );
+    }
+    assert_eq!(many.table().occupied(), MANY_KEYS as u64);
+    g.bench_with_input(
+        BenchmarkId::from_parameter(MANY_KEYS),
+        &MANY_KEYS,
+        |b, _| {
+            let mut i = 0;
+            b.iter(|| {
+                i += 1;
+                if i == MANY_KEYS {
+                    i = 0;
+                }
+                many.decide(black_box(&request("run_command", &grants[i], &safe)))
+            })
+        },
+    );
+    assert_eq!(
+        many.table().occupied(),
+        MANY_KEYS as u64,
+        "the bench added no keys"
+    );
+    g.finish();
+}
+
+/// 10 vs 10,000 tools in the policy, each with its own limit and regex; the call names the
+/// tool in the middle. Exact names are one hash lookup; globs (`tool_00042_*`, all with
+/// distinct literal prefixes of one length) are one prefix lookup plus one glob match.
+fn tools(c: &mut Criterion) {
+    let safe = json!({"command": SAFE_COMMAND});
+    let mut g = c.benchmark_group("decide/tools");
+    for n in [10usize, 10_000] {
+        let tools = (0..n)
+            .map(|i| {
+                (
+                    format!("tool_{i:05}"),
+                    rule(&format!("rate_{i:05}"), 1_000_000_000),
+                )
+            })
+            .collect();
+        let e = engine(policy(tools), CAPACITY);
+        let tool = format!("tool_{:05}", n / 2);
+        assert_eq!(decide_one(&e, &tool, "g", &safe), Code::Allowed);
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| e.decide(black_box(&request(&tool, "g", &safe))))
+        });
+    }
+    for n in [10usize, 10_000] {
+        let tools = (0..n)
+            .map(|i| {
+                (
+                    format!("tool_{i:05}_*"),
+                    rule(&format!("rate_{i:05}"), 1_000_000_000),
+                )
+            })
+            .collect();
+        let e = engine(policy(tools), CAPACITY);
+        let tool = format!("tool_{:05}_run", n / 2);
+        assert_eq!(decide_one(&e, &tool, "g", &safe), Code::Allowed);
+        g.bench_with_input(BenchmarkId::new("globs", n), &n, |b, _| {
+            b.iter(|| e.decide(black_box(&request(&tool, "g", &safe))))
+        });
+    }
+    g.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(30)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = one_limit_one_regex, no_limit, keys, tools
+}
+criterion_main!(benches);

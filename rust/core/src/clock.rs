@@ -15,7 +15,10 @@ pub struct MonotonicClock;
 impl Clock for MonotonicClock {
     #[inline]
     fn now_ns(&self) -> u64 {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         // SAFETY: clock_gettime writes into the timespec we own.
         unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
         ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -30,7 +33,9 @@ pub struct ManualClock {
 
 impl ManualClock {
     pub fn new(start_ns: u64) -> ManualClock {
-        ManualClock { now: AtomicU64::new(start_ns) }
+        ManualClock {
+            now: AtomicU64::new(start_ns),
+        }
     }
     pub fn set_ns(&self, ns: u64) {
         self.now.store(ns, Ordering::SeqCst);

@@ -3,7 +3,9 @@
 
 use crate::counter::{to_units, CounterKey, Granularity};
 use crate::matcher::NameMatcher;
-use crate::policy::{Action, ConditionItem, DefaultAction, Limit, Mode, Policy, Rule, Scope, Section, Segment};
+use crate::policy::{
+    Action, ConditionItem, DefaultAction, Limit, Mode, Policy, Rule, Scope, Section, Segment,
+};
 use ahash::AHashMap;
 use std::sync::Arc;
 
@@ -61,17 +63,29 @@ impl CompiledPolicy {
         for (id, section) in &policy.servers {
             servers.insert(id.as_str().into(), compile_section(section)?);
         }
-        Ok(CompiledPolicy { revision: policy.revision.as_str().into(), root, servers, source: policy })
+        Ok(CompiledPolicy {
+            revision: policy.revision.as_str().into(),
+            root,
+            servers,
+            source: policy,
+        })
     }
 
     #[inline]
     pub fn section(&self, server: Option<&str>) -> &CompiledSection {
-        server.and_then(|s| self.servers.get(s)).unwrap_or(&self.root)
+        server
+            .and_then(|s| self.servers.get(s))
+            .unwrap_or(&self.root)
     }
 }
 
 fn compile_section(section: &Section) -> Result<CompiledSection, String> {
-    let hide = NameMatcher::new(section.hide.iter().map(|h| (h.text.as_str(), Arc::<str>::from(h.pointer.as_str()))))?;
+    let hide = NameMatcher::new(
+        section
+            .hide
+            .iter()
+            .map(|h| (h.text.as_str(), Arc::<str>::from(h.pointer.as_str()))),
+    )?;
     let mut rules = Vec::with_capacity(section.tools.len());
     let mut names = Vec::with_capacity(section.tools.len());
     for (i, (name, rule)) in section.tools.iter().enumerate() {
@@ -103,7 +117,11 @@ fn compile_rule(rule: &Rule, tool: Option<&str>) -> CompiledRule {
         require: rule.require.clone(),
         deny_if: rule.deny_if.clone(),
         allowed_reason: format!("allowed by {}", rule.pointer).into(),
-        denied_reason: rule.reason.clone().unwrap_or_else(|| format!("{what} is denied by policy")).into(),
+        denied_reason: rule
+            .reason
+            .clone()
+            .unwrap_or_else(|| format!("{what} is denied by policy"))
+            .into(),
         approval_reason: rule
             .reason
             .clone()

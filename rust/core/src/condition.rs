@@ -45,7 +45,12 @@ impl Problem {
         match self {
             Problem::Missing => format!("{} is missing", c.path.text),
             Problem::WrongType(kind) => {
-                format!("{} is {}, which `{}` cannot compare", c.path.text, kind.name(), c.op.name())
+                format!(
+                    "{} is {}, which `{}` cannot compare",
+                    c.path.text,
+                    kind.name(),
+                    c.op.name()
+                )
             }
         }
     }
@@ -102,9 +107,11 @@ impl<'a, A: ArgValue + Clone> Facts<'a, A> {
                     (Some(Segment::Key(k)), None) if k == "grant" => s.grant,
                     (Some(Segment::Key(k)), None) if k == "session" => s.session,
                     (Some(Segment::Key(k)), None) if k == "agent" => s.agent,
-                    (Some(Segment::Key(k)), Some(Segment::Key(name))) if k == "attributes" => {
-                        s.attributes.iter().find(|(key, _)| key == name).map(|(_, v)| *v)
-                    }
+                    (Some(Segment::Key(k)), Some(Segment::Key(name))) if k == "attributes" => s
+                        .attributes
+                        .iter()
+                        .find(|(key, _)| key == name)
+                        .map(|(_, v)| *v),
                     _ => None,
                 };
                 text.map(Resolved::Text)
@@ -158,9 +165,15 @@ impl<'a, A: ArgValue + Clone> Facts<'a, A> {
         let resolved = self.resolve(c);
         if c.op == Op::Exists {
             let want = c.value.as_bool().unwrap_or(true);
-            return if resolved.is_some() == want { Outcome::Holds } else { Outcome::Fails };
+            return if resolved.is_some() == want {
+                Outcome::Holds
+            } else {
+                Outcome::Fails
+            };
         }
-        let Some(v) = resolved else { return Outcome::Unevaluable(c, Problem::Missing) };
+        let Some(v) = resolved else {
+            return Outcome::Unevaluable(c, Problem::Missing);
+        };
         match apply(&v, c) {
             Ok(true) => Outcome::Holds,
             Ok(false) => Outcome::Fails,
@@ -243,11 +256,9 @@ fn contains<A: ArgValue>(v: &Resolved<'_, A>, operand: &Value) -> Result<bool, P
         (_, Value::String(needle)) if v.kind() == Kind::String => {
             Ok(v.as_str().unwrap_or_default().contains(needle.as_str()))
         }
-        (Resolved::Arg(a), _) if a.kind() == Kind::Array => {
-            Ok((0..a.len()).filter_map(|i| a.get_index(i)).any(|item| {
-                equals(&Resolved::<A>::Arg(item), operand).unwrap_or(false)
-            }))
-        }
+        (Resolved::Arg(a), _) if a.kind() == Kind::Array => Ok((0..a.len())
+            .filter_map(|i| a.get_index(i))
+            .any(|item| equals(&Resolved::<A>::Arg(item), operand).unwrap_or(false))),
         _ => Err(Problem::WrongType(v.kind())),
     }
 }

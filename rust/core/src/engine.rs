@@ -35,9 +35,18 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(policy: Policy, table: Arc<CounterTable>, clock: Arc<dyn Clock>) -> Result<Engine, String> {
+    pub fn new(
+        policy: Policy,
+        table: Arc<CounterTable>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Engine, String> {
         let compiled = CompiledPolicy::compile(policy)?;
-        Ok(Engine { policy: ArcSwap::from_pointee(compiled), table, clock, stats: Stats::default() })
+        Ok(Engine {
+            policy: ArcSwap::from_pointee(compiled),
+            table,
+            clock,
+            stats: Stats::default(),
+        })
     }
 
     /// An engine with a process-local table of the default size and the monotonic clock.
@@ -48,7 +57,8 @@ impl Engine {
 
     /// Swap in a new policy; decisions in flight finish on the old one, counters stay.
     pub fn reload(&self, policy: Policy) -> Result<(), String> {
-        self.policy.store(Arc::new(CompiledPolicy::compile(policy)?));
+        self.policy
+            .store(Arc::new(CompiledPolicy::compile(policy)?));
         Ok(())
     }
 
@@ -81,26 +91,59 @@ impl Engine {
         decision
     }
 
-    fn decide_in<A: ArgValue + Clone>(&self, policy: &CompiledPolicy, req: &Request<'_, A>, now_ns: u64) -> Decision {
+    fn decide_in<A: ArgValue + Clone>(
+        &self,
+        policy: &CompiledPolicy,
+        req: &Request<'_, A>,
+        now_ns: u64,
+    ) -> Decision {
         let section = policy.section(req.server);
-        let out = Draft { revision: &policy.revision, section_shadow: section.shadow };
+        let out = Draft {
+            revision: &policy.revision,
+            section_shadow: section.shadow,
+        };
         if req.tool.is_empty() {
-            return out.finish(Code::InvalidRequest, "tool name is empty".into(), "".into(), None);
+            return out.finish(
+                Code::InvalidRequest,
+                "tool name is empty".into(),
+                "".into(),
+                None,
+            );
         }
         if let Some(pointer) = section.hide.lookup(req.tool) {
-            return out.finish(Code::Hidden, format!("tool {:?} is hidden by policy", req.tool).into(), pointer.clone(), None);
+            return out.finish(
+                Code::Hidden,
+                format!("tool {:?} is hidden by policy", req.tool).into(),
+                pointer.clone(),
+                None,
+            );
         }
         let rule = section.tools.lookup(req.tool).map(|i| &section.rules[*i]);
         if rule.is_none() && !section.default_allow {
-            return out.finish(Code::DefaultDeny, section.default_deny_reason.clone(), section.default_rule.clone(), None);
+            return out.finish(
+                Code::DefaultDeny,
+                section.default_deny_reason.clone(),
+                section.default_rule.clone(),
+                None,
+            );
         }
         let rules = [rule, section.all_tools.as_ref()];
         let rules = rules.iter().flatten().copied();
-        let facts = Facts { tool: req.tool, server: req.server, subject: req.subject, args: req.args.clone() };
+        let facts = Facts {
+            tool: req.tool,
+            server: req.server,
+            subject: req.subject,
+            args: req.args.clone(),
+        };
 
         for r in rules.clone() {
             if r.action == Action::Deny {
-                return out.finish(Code::RuleDeny, r.denied_reason.clone(), r.pointer.clone(), r.shadow);
+                return out.finish(
+                    Code::RuleDeny,
+                    r.denied_reason.clone(),
+                    r.pointer.clone(),
+                    r.shadow,
+                );
             }
         }
         for r in rules.clone() {
@@ -114,7 +157,9 @@ impl Engine {
             for limit in &r.limits {
                 match want(limit, req, &facts) {
                     Ok(w) => wants.push(w),
-                    Err((reason, pointer)) => return out.finish(Code::InvalidRequest, reason.into(), pointer, r.shadow),
+                    Err((reason, pointer)) => {
+                        return out.finish(Code::InvalidRequest, reason.into(), pointer, r.shadow)
+                    }
                 }
             }
         }
@@ -125,21 +170,41 @@ impl Engine {
         // An approval-gated call runs later, if at all: it consumes counters then.
         let consume = !req.dry_run && (approval.is_none() || shadow);
         match limiter::reserve(&self.table, &wants, now_ns, consume) {
-            limiter::Outcome::Reserved { reservation, limits } => {
+            limiter::Outcome::Reserved {
+                reservation,
+                limits,
+            } => {
                 let (code, reason, pointer) = match (approval, rule) {
-                    (Some(r), _) => (Code::ApprovalRequired, r.approval_reason.clone(), r.pointer.clone()),
+                    (Some(r), _) => (
+                        Code::ApprovalRequired,
+                        r.approval_reason.clone(),
+                        r.pointer.clone(),
+                    ),
                     (None, Some(r)) => (Code::Allowed, r.allowed_reason.clone(), r.pointer.clone()),
-                    (None, None) => (Code::Allowed, section.default_allow_reason.clone(), section.default_rule.clone()),
+                    (None, None) => (
+                        Code::Allowed,
+                        section.default_allow_reason.clone(),
+                        section.default_rule.clone(),
+                    ),
                 };
                 let mut d = out.finish(code, reason, pointer, deciding.and_then(|r| r.shadow));
                 d.limits = limits;
                 d.reservation = reservation;
                 d
             }
-            limiter::Outcome::Denied { retry_after_ms, limits, failing } => {
+            limiter::Outcome::Denied {
+                retry_after_ms,
+                limits,
+                failing,
+            } => {
                 let limit = wants[failing].limit;
                 let owner = owner_of(section, rule, limit);
-                let mut d = out.finish(Code::RateLimited, rate_limited_reason(limit, retry_after_ms).into(), limit.pointer.clone(), owner.and_then(|r| r.shadow));
+                let mut d = out.finish(
+                    Code::RateLimited,
+                    rate_limited_reason(limit, retry_after_ms).into(),
+                    limit.pointer.clone(),
+                    owner.and_then(|r| r.shadow),
+                );
                 d.retry_after_ms = retry_after_ms;
                 d.limits = limits;
                 d
@@ -150,7 +215,8 @@ impl Engine {
                 let owner = owner_of(section, rule, limit);
                 let mut d = out.finish(
                     Code::RateLimited,
-                    "counter table is full: no room to track this caller, so the call is denied".into(),
+                    "counter table is full: no room to track this caller, so the call is denied"
+                        .into(),
                     limit.pointer.clone(),
                     owner.and_then(|r| r.shadow),
                 );
@@ -168,11 +234,21 @@ struct Draft<'a> {
 }
 
 impl Draft<'_> {
-    fn finish(&self, code: Code, reason: Arc<str>, rule: Arc<str>, rule_shadow: Option<bool>) -> Decision {
+    fn finish(
+        &self,
+        code: Code,
+        reason: Arc<str>,
+        rule: Arc<str>,
+        rule_shadow: Option<bool>,
+    ) -> Decision {
         // Malformed requests are refused even in shadow mode: there is nothing to evaluate.
         let shadow = code != Code::InvalidRequest && rule_shadow.unwrap_or(self.section_shadow);
         Decision {
-            verdict: if shadow { Verdict::Allow } else { code.verdict() },
+            verdict: if shadow {
+                Verdict::Allow
+            } else {
+                code.verdict()
+            },
             code,
             reason,
             rule,
@@ -185,12 +261,20 @@ impl Draft<'_> {
     }
 }
 
-fn owner_of<'p>(section: &'p CompiledSection, rule: Option<&'p CompiledRule>, limit: &CompiledLimit) -> Option<&'p CompiledRule> {
+fn owner_of<'p>(
+    section: &'p CompiledSection,
+    rule: Option<&'p CompiledRule>,
+    limit: &CompiledLimit,
+) -> Option<&'p CompiledRule> {
     let owns = |r: &&CompiledRule| r.limits.iter().any(|l| std::ptr::eq(l, limit));
     rule.filter(owns).or(section.all_tools.as_ref())
 }
 
-fn check_conditions<A: ArgValue + Clone>(out: &Draft<'_>, r: &CompiledRule, facts: &Facts<'_, A>) -> Option<Decision> {
+fn check_conditions<A: ArgValue + Clone>(
+    out: &Draft<'_>,
+    r: &CompiledRule,
+    facts: &Facts<'_, A>,
+) -> Option<Decision> {
     let deny = |reason: Arc<str>, pointer: &str| {
         Some(out.finish(Code::ConditionFailed, reason, pointer.into(), r.shadow))
     };
@@ -200,19 +284,35 @@ fn check_conditions<A: ArgValue + Clone>(out: &Draft<'_>, r: &CompiledRule, fact
             Some(reason) => format!("{reason} ({detail})").into(),
             None => detail.into(),
         };
-        Some(out.finish(Code::ConditionFailed, reason, c.pointer.as_str().into(), r.shadow))
+        Some(out.finish(
+            Code::ConditionFailed,
+            reason,
+            c.pointer.as_str().into(),
+            r.shadow,
+        ))
     };
     let reason_or = |own: Option<&String>, fallback: String| -> Arc<str> {
-        own.map(|s| Arc::from(s.as_str())).or_else(|| r.reason.clone()).unwrap_or_else(|| fallback.into())
+        own.map(|s| Arc::from(s.as_str()))
+            .or_else(|| r.reason.clone())
+            .unwrap_or_else(|| fallback.into())
     };
     for item in &r.deny_if {
         match item {
             ConditionItem::Condition(c) => match facts.eval(c) {
-                Outcome::Holds => return deny(reason_or(None, format!("denied: condition {} holds", c.pointer())), c.pointer()),
+                Outcome::Holds => {
+                    return deny(
+                        reason_or(None, format!("denied: condition {} holds", c.pointer())),
+                        c.pointer(),
+                    )
+                }
                 Outcome::Fails => {}
                 Outcome::Unevaluable(c, p) => return unevaluable(c, p),
             },
-            ConditionItem::Group { pointer, conditions, on_deny } => {
+            ConditionItem::Group {
+                pointer,
+                conditions,
+                on_deny,
+            } => {
                 let mut fires = true;
                 for c in conditions {
                     match facts.eval(c) {
@@ -225,7 +325,13 @@ fn check_conditions<A: ArgValue + Clone>(out: &Draft<'_>, r: &CompiledRule, fact
                     }
                 }
                 if fires {
-                    return deny(reason_or(on_deny.as_ref(), format!("denied: conditions of {pointer} hold")), pointer);
+                    return deny(
+                        reason_or(
+                            on_deny.as_ref(),
+                            format!("denied: conditions of {pointer} hold"),
+                        ),
+                        pointer,
+                    );
                 }
             }
         }
@@ -234,15 +340,36 @@ fn check_conditions<A: ArgValue + Clone>(out: &Draft<'_>, r: &CompiledRule, fact
         match item {
             ConditionItem::Condition(c) => match facts.eval(c) {
                 Outcome::Holds => {}
-                Outcome::Fails => return deny(reason_or(None, format!("denied: required condition {} does not hold", c.pointer())), c.pointer()),
+                Outcome::Fails => {
+                    return deny(
+                        reason_or(
+                            None,
+                            format!("denied: required condition {} does not hold", c.pointer()),
+                        ),
+                        c.pointer(),
+                    )
+                }
                 Outcome::Unevaluable(c, p) => return unevaluable(c, p),
             },
-            ConditionItem::Group { pointer, conditions, on_deny } => {
+            ConditionItem::Group {
+                pointer,
+                conditions,
+                on_deny,
+            } => {
                 for c in conditions {
                     match facts.eval(c) {
                         Outcome::Holds => {}
                         Outcome::Fails => {
-                            return deny(reason_or(on_deny.as_ref(), format!("denied: required condition {} does not hold", c.pointer())), pointer)
+                            return deny(
+                                reason_or(
+                                    on_deny.as_ref(),
+                                    format!(
+                                        "denied: required condition {} does not hold",
+                                        c.pointer()
+                                    ),
+                                ),
+                                pointer,
+                            )
                         }
                         Outcome::Unevaluable(c, p) => return unevaluable(c, p),
                     }
@@ -267,9 +394,16 @@ fn want<'p, A: ArgValue + Clone>(
         Scope::Server => Some(req.server.unwrap_or("")),
         Scope::Global => Some(""),
     };
-    let Some(value) = value.filter(|v| !v.is_empty() || matches!(limit.scope, Scope::Server | Scope::Global)) else {
+    let Some(value) =
+        value.filter(|v| !v.is_empty() || matches!(limit.scope, Scope::Server | Scope::Global))
+    else {
         return Err((
-            format!("limit {:?} counts per {}, but the request names no {}", &*limit.counter, limit.scope.as_str(), limit.scope.as_str()),
+            format!(
+                "limit {:?} counts per {}, but the request names no {}",
+                &*limit.counter,
+                limit.scope.as_str(),
+                limit.scope.as_str()
+            ),
             limit.pointer.clone(),
         ));
     };
@@ -277,16 +411,28 @@ fn want<'p, A: ArgValue + Clone>(
         None => UNITS_PER_CALL,
         Some(path) => {
             let text = limit.cost_text.as_deref().unwrap_or("cost");
-            let bad = |what: &str| (format!("cost {text} {what}; a spend limit needs a non-negative number"), limit.cost_pointer.clone());
+            let bad = |what: &str| {
+                (
+                    format!("cost {text} {what}; a spend limit needs a non-negative number"),
+                    limit.cost_pointer.clone(),
+                )
+            };
             let v = facts.arg(path).ok_or_else(|| bad("is missing"))?;
-            let n = v.as_num().ok_or_else(|| bad(&format!("is {}", v.kind().name())))?.as_f64();
+            let n = v
+                .as_num()
+                .ok_or_else(|| bad(&format!("is {}", v.kind().name())))?
+                .as_f64();
             if n.is_nan() || n < 0.0 {
                 return Err(bad(&format!("is {n}")));
             }
             to_units(n).ok_or_else(|| bad("is too large"))?
         }
     };
-    Ok(Want { limit, key: CounterKey::new(limit.identity, value.as_bytes(), limit.granularity), amount })
+    Ok(Want {
+        limit,
+        key: CounterKey::new(limit.identity, value.as_bytes(), limit.granularity),
+        amount,
+    })
 }
 
 fn rate_limited_reason(limit: &CompiledLimit, retry_after_ms: Option<u64>) -> String {
@@ -306,7 +452,12 @@ fn rate_limited_reason(limit: &CompiledLimit, retry_after_ms: Option<u64>) -> St
 
 /// A window for people: `1m`, `90s`, `1500ms`.
 fn format_window(ms: u64) -> String {
-    const UNITS: [(u64, &str); 4] = [(86_400_000, "d"), (3_600_000, "h"), (60_000, "m"), (1000, "s")];
+    const UNITS: [(u64, &str); 4] = [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1000, "s"),
+    ];
     match UNITS.iter().find(|(n, _)| ms % n == 0) {
         Some((n, unit)) => format!("{}{unit}", ms / n),
         None => format!("{ms}ms"),

@@ -18,15 +18,24 @@ pub struct Want<'p> {
 }
 
 pub enum Outcome {
-    Reserved { reservation: Option<u64>, limits: Vec<LimitState> },
+    Reserved {
+        reservation: Option<u64>,
+        limits: Vec<LimitState>,
+    },
     /// Some limit had no room; nothing is consumed.
-    Denied { retry_after_ms: Option<u64>, limits: Vec<LimitState>, failing: usize },
+    Denied {
+        retry_after_ms: Option<u64>,
+        limits: Vec<LimitState>,
+        failing: usize,
+    },
     /// A counter found no slot in the table.
     TableFull { failing: usize },
 }
 
 fn state(want: &Want<'_>, window: Option<WindowState>, now_ns: u64) -> LimitState {
-    let (used, reset_ns) = window.map_or((0, 0), |w| (w.used, w.reset_in_ns(want.key.granularity, now_ns)));
+    let (used, reset_ns) = window.map_or((0, 0), |w| {
+        (w.used, w.reset_in_ns(want.key.granularity, now_ns))
+    });
     LimitState {
         counter: want.limit.counter.clone(),
         rule: want.limit.pointer.clone(),
@@ -39,7 +48,9 @@ fn state(want: &Want<'_>, window: Option<WindowState>, now_ns: u64) -> LimitStat
 
 fn peek(table: &CounterTable, want: &Want<'_>, now_ns: u64) -> Option<WindowState> {
     let slot = table.find(&want.key)?;
-    table.slot(slot).peek(want.key.hash, want.key.granularity, now_ns)
+    table
+        .slot(slot)
+        .peek(want.key.hash, want.key.granularity, now_ns)
 }
 
 /// Reserve all `wants` (or, with `consume == false`, only check that they would fit).
@@ -64,7 +75,10 @@ pub fn reserve(table: &CounterTable, wants: &[Want<'_>], now_ns: u64, consume: b
                 give_back(table, &parts);
                 return Outcome::TableFull { failing: i };
             };
-            match table.slot(slot).reserve(hash, g, now_ns, want.amount, want.limit.max_units) {
+            match table
+                .slot(slot)
+                .reserve(hash, g, now_ns, want.amount, want.limit.max_units)
+            {
                 Ok(r) => break (slot, r),
                 Err(Refused::Moved) => continue,
                 Err(Refused::Full(_)) => {
@@ -74,7 +88,12 @@ pub fn reserve(table: &CounterTable, wants: &[Want<'_>], now_ns: u64, consume: b
             }
         };
         let (slot, r) = reserved;
-        parts.push(Part { slot: slot.0, key: hash, bucket: r.bucket, amount: want.amount });
+        parts.push(Part {
+            slot: slot.0,
+            key: hash,
+            bucket: r.bucket,
+            amount: want.amount,
+        });
         limits.push(state(want, Some(r.state), now_ns));
     }
     let reservation = if consume && !parts.is_empty() {
@@ -82,7 +101,10 @@ pub fn reserve(table: &CounterTable, wants: &[Want<'_>], now_ns: u64, consume: b
     } else {
         None
     };
-    Outcome::Reserved { reservation, limits }
+    Outcome::Reserved {
+        reservation,
+        limits,
+    }
 }
 
 /// The denial: every limit's state, and the longest wait among those without room.
@@ -100,7 +122,13 @@ fn denied(table: &CounterTable, wants: &[Want<'_>], now_ns: u64) -> Outcome {
             let wait = if want.amount > want.limit.max_units {
                 None
             } else {
-                window.and_then(|w| w.retry_after_ns(used + want.amount - want.limit.max_units, want.key.granularity, now_ns))
+                window.and_then(|w| {
+                    w.retry_after_ns(
+                        used + want.amount - want.limit.max_units,
+                        want.key.granularity,
+                        now_ns,
+                    )
+                })
             };
             retry = match (retry, wait) {
                 (Some(a), Some(b)) => Some(a.max(b)),
@@ -109,13 +137,19 @@ fn denied(table: &CounterTable, wants: &[Want<'_>], now_ns: u64) -> Outcome {
         }
         limits.push(state(want, window, now_ns));
     }
-    Outcome::Denied { retry_after_ms: retry.map(|ns| ns.div_ceil(1_000_000).max(1)), limits, failing }
+    Outcome::Denied {
+        retry_after_ms: retry.map(|ns| ns.div_ceil(1_000_000).max(1)),
+        limits,
+        failing,
+    }
 }
 
 /// Give back the parts of a reservation.
 pub fn give_back(table: &CounterTable, parts: &[Part]) {
     for p in parts {
-        table.slot(crate::counter::SlotRef(p.slot)).release(p.key, p.bucket, p.amount);
+        table
+            .slot(crate::counter::SlotRef(p.slot))
+            .release(p.key, p.bucket, p.amount);
     }
 }
 

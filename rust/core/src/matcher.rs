@@ -24,14 +24,21 @@ pub struct NameMatcher<T> {
 impl<T: Clone> NameMatcher<T> {
     /// Build from `(name or glob, value)` in document order. Globs must be valid (the policy
     /// loader checked them).
-    pub fn new<'a>(entries: impl IntoIterator<Item = (&'a str, T)>) -> Result<NameMatcher<T>, String> {
+    pub fn new<'a>(
+        entries: impl IntoIterator<Item = (&'a str, T)>,
+    ) -> Result<NameMatcher<T>, String> {
         let mut exact = AHashMap::new();
         let mut globs: AHashMap<Box<str>, Vec<GlobEntry<T>>> = AHashMap::new();
         for (order, (name, value)) in entries.into_iter().enumerate() {
             if glob::is_glob(name) {
                 let re = glob::compile(name)?;
                 let prefix = glob::literal_prefix(name);
-                globs.entry(prefix.into()).or_default().push((re, glob::literal_len(name), order, value));
+                globs.entry(prefix.into()).or_default().push((
+                    re,
+                    glob::literal_len(name),
+                    order,
+                    value,
+                ));
             } else {
                 exact.entry(name.into()).or_insert(value);
             }
@@ -42,7 +49,11 @@ impl<T: Clone> NameMatcher<T> {
         let mut prefix_lens: Vec<usize> = globs.keys().map(|p| p.len()).collect();
         prefix_lens.sort_unstable_by(|a, b| b.cmp(a));
         prefix_lens.dedup();
-        Ok(NameMatcher { exact, globs, prefix_lens })
+        Ok(NameMatcher {
+            exact,
+            globs,
+            prefix_lens,
+        })
     }
 
     #[inline]
@@ -74,8 +85,14 @@ mod tests {
 
     #[test]
     fn exact_beats_glob_and_longest_prefix_wins() {
-        let m = NameMatcher::new([("*", 0), ("delete_*", 1), ("delete_user*", 2), ("delete_user", 3), ("d?lete_*", 4)])
-            .unwrap();
+        let m = NameMatcher::new([
+            ("*", 0),
+            ("delete_*", 1),
+            ("delete_user*", 2),
+            ("delete_user", 3),
+            ("d?lete_*", 4),
+        ])
+        .unwrap();
         assert_eq!(m.lookup("delete_user"), Some(&3));
         assert_eq!(m.lookup("delete_users"), Some(&2));
         assert_eq!(m.lookup("delete_repo"), Some(&1));
@@ -87,7 +104,11 @@ mod tests {
     fn ties_go_to_more_literals_then_document_order() {
         let m = NameMatcher::new([("a*", 0), ("a*z", 1), ("a*y", 2), ("a?y", 3)]).unwrap();
         assert_eq!(m.lookup("abz"), Some(&1));
-        assert_eq!(m.lookup("aby"), Some(&2), "a*y and a?y tie on literals; a*y is first");
+        assert_eq!(
+            m.lookup("aby"),
+            Some(&2),
+            "a*y and a?y tie on literals; a*y is first"
+        );
         assert_eq!(m.lookup("abc"), Some(&0));
         assert_eq!(NameMatcher::new([("x", 0)]).unwrap().lookup("y"), None);
     }

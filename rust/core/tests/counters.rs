@@ -23,7 +23,11 @@ struct Counter {
 impl Counter {
     fn new(window_ms: u64, max: u64) -> Counter {
         let g = Granularity::for_window_ms(window_ms);
-        Counter { table: CounterTable::new(16, 16), key: CounterKey::new(1, b"k", g), max }
+        Counter {
+            table: CounterTable::new(16, 16),
+            key: CounterKey::new(1, b"k", g),
+            max,
+        }
     }
 
     fn reserve(&self, now_ns: u64, amount: u64) -> bool {
@@ -34,8 +38,17 @@ impl Counter {
     /// counter's newest bucket if another caller already moved the counter past the reading.
     fn reserve_at(&self, now_ns: u64, amount: u64) -> Option<u64> {
         loop {
-            let slot = self.table.find_or_insert(&self.key, now_ns).expect("table has room");
-            match self.table.slot(slot).reserve(self.key.hash, self.key.granularity, now_ns, amount, self.max) {
+            let slot = self
+                .table
+                .find_or_insert(&self.key, now_ns)
+                .expect("table has room");
+            match self.table.slot(slot).reserve(
+                self.key.hash,
+                self.key.granularity,
+                now_ns,
+                amount,
+                self.max,
+            ) {
                 Ok(r) => return Some(now_ns.max(r.bucket * self.key.granularity.bucket_ns)),
                 Err(Refused::Full(_)) => return None,
                 Err(Refused::Moved) => continue,
@@ -46,14 +59,20 @@ impl Counter {
 
 /// Units allowed with timestamps in `[from, to]`.
 fn allowed_between(log: &[(u64, u64)], from: u64, to: u64) -> u64 {
-    log.iter().filter(|(t, _)| *t >= from && *t <= to).map(|(_, a)| a).sum()
+    log.iter()
+        .filter(|(t, _)| *t >= from && *t <= to)
+        .map(|(_, a)| a)
+        .sum()
 }
 
 /// No closed interval of length `window_ns` holds more than `max` units.
 fn assert_never_over(log: &[(u64, u64)], window_ns: u64, max: u64) -> Result<(), TestCaseError> {
     for (start, _) in log {
         let n = allowed_between(log, *start, start + window_ns);
-        prop_assert!(n <= max, "{n} units allowed in [{start}, {start}+{window_ns}], max {max}");
+        prop_assert!(
+            n <= max,
+            "{n} units allowed in [{start}, {start}+{window_ns}], max {max}"
+        );
     }
     Ok(())
 }
@@ -160,7 +179,10 @@ fn threads_with_a_moving_clock_never_exceed_the_limit() {
     threads.into_iter().for_each(|t| t.join().unwrap());
     let mut log = Arc::try_unwrap(log).unwrap().into_inner().unwrap();
     log.sort_unstable();
-    assert!(log.len() as u64 > max, "the clock moved across several windows");
+    assert!(
+        log.len() as u64 > max,
+        "the clock moved across several windows"
+    );
     // Times are effective decision times: a reading older than the counter's newest bucket
     // is judged as of that bucket (the caller decided after the counter moved on).
     assert_never_over(&log, window_ms * MS, max).unwrap();
@@ -173,8 +195,16 @@ fn release_returns_counts() {
     let key = CounterKey::new(1, b"k", Granularity::for_window_ms(1000));
     let slot = table.find_or_insert(&key, 0).unwrap();
     let s = table.slot(slot);
-    let r: Vec<_> = (0..3).map(|i| s.reserve(key.hash, key.granularity, i * 100 * MS, 1, 3).unwrap()).collect();
-    assert!(matches!(s.reserve(key.hash, key.granularity, 300 * MS, 1, 3), Err(Refused::Full(_))));
+    let r: Vec<_> = (0..3)
+        .map(|i| {
+            s.reserve(key.hash, key.granularity, i * 100 * MS, 1, 3)
+                .unwrap()
+        })
+        .collect();
+    assert!(matches!(
+        s.reserve(key.hash, key.granularity, 300 * MS, 1, 3),
+        Err(Refused::Full(_))
+    ));
     assert!(s.release(key.hash, r[0].bucket, 1));
     assert!(s.reserve(key.hash, key.granularity, 300 * MS, 1, 3).is_ok());
 }
@@ -189,7 +219,9 @@ fn slots_are_reused_after_expiry() {
         let now = round * 3_000 * MS;
         for k in 0..48u64 {
             let key = CounterKey::new(round, &k.to_le_bytes(), g);
-            let slot = table.find_or_insert(&key, now).expect("expired slots are reused");
+            let slot = table
+                .find_or_insert(&key, now)
+                .expect("expired slots are reused");
             let s = table.slot(slot);
             assert_eq!(s.peek(key.hash, g, now).unwrap().used, 0);
             s.reserve(key.hash, g, now, 2, 5).unwrap();

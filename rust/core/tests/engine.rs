@@ -15,8 +15,17 @@ fn engine(json: &str) -> (Engine, Arc<ManualClock>) {
 }
 
 fn call(engine: &Engine, tool: &str) -> toolgate_core::Decision {
-    let subject = Subject { grant: Some("g"), ..Default::default() };
-    engine.decide::<&serde_json::Value>(&Request { tool, server: None, subject, args: None, dry_run: false })
+    let subject = Subject {
+        grant: Some("g"),
+        ..Default::default()
+    };
+    engine.decide::<&serde_json::Value>(&Request {
+        tool,
+        server: None,
+        subject,
+        args: None,
+        dry_run: false,
+    })
 }
 
 /// Tool `a` counts on A, `b` on B, `ab` on both.
@@ -92,7 +101,10 @@ proptest! {
 /// Exact name first; then longest literal prefix; then most literal characters; then the
 /// first written.
 fn reference_match(patterns: &[String], name: &str) -> Option<usize> {
-    if let Some(i) = patterns.iter().position(|p| !p.contains(['*', '?']) && p == name) {
+    if let Some(i) = patterns
+        .iter()
+        .position(|p| !p.contains(['*', '?']) && p == name)
+    {
         return Some(i);
     }
     let literal = |p: &str| p.chars().filter(|c| *c != '*' && *c != '?').count();
@@ -101,7 +113,12 @@ fn reference_match(patterns: &[String], name: &str) -> Option<usize> {
         .iter()
         .enumerate()
         .filter(|(_, p)| p.contains(['*', '?']) && glob_match(p.as_bytes(), name.as_bytes()))
-        .max_by(|(i, p), (j, q)| prefix(p).cmp(&prefix(q)).then(literal(p).cmp(&literal(q))).then(j.cmp(i)))
+        .max_by(|(i, p), (j, q)| {
+            prefix(p)
+                .cmp(&prefix(q))
+                .then(literal(p).cmp(&literal(q)))
+                .then(j.cmp(i))
+        })
         .map(|(i, _)| i)
 }
 
@@ -122,7 +139,9 @@ fn reload_keeps_counters_and_swaps_rules() {
         assert_eq!(call(&engine, "a").verdict, Verdict::Allow);
     }
     // Same counter A (same window and scope), a new max: the 3 calls still count.
-    engine.reload(Policy::from_json_str(&two_counters(4, 3)).unwrap()).unwrap();
+    engine
+        .reload(Policy::from_json_str(&two_counters(4, 3)).unwrap())
+        .unwrap();
     assert_eq!(call(&engine, "a").verdict, Verdict::Allow);
     let d = call(&engine, "a");
     assert_eq!((d.verdict, d.code), (Verdict::Deny, Code::RateLimited));
@@ -140,7 +159,15 @@ fn sliding_window_through_the_engine() {
     let retry = d.retry_after_ms.unwrap();
     assert!((3_600_000..=3_900_000).contains(&retry), "{retry}");
     clock.advance_ns((retry - 1) * 1_000_000);
-    assert_eq!(call(&engine, "a").code, Code::RateLimited, "not before retry-after");
+    assert_eq!(
+        call(&engine, "a").code,
+        Code::RateLimited,
+        "not before retry-after"
+    );
     clock.advance_ns(1_000_000);
-    assert_eq!(call(&engine, "a").verdict, Verdict::Allow, "allowed at retry-after");
+    assert_eq!(
+        call(&engine, "a").verdict,
+        Verdict::Allow,
+        "allowed at retry-after"
+    );
 }

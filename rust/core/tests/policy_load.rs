@@ -1528,3 +1528,37 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn every_error_inside_a_group_is_reported() {
+    let errors = json_errors(&with_rule(
+        r#"{"deny_if": [{"conditions": [
+  {"path": "env.x", "op": "eq", "value": 1},
+  {"path": "args.a", "op": "between", "value": [1, 2]}],
+ "on_deny": 5}]}"#,
+    ));
+    let found: Vec<(&str, Option<u32>)> = errors
+        .iter()
+        .map(|e| (e.pointer.as_str(), e.line))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            ("/tools/t/deny_if/0/conditions/0/path", Some(4)),
+            ("/tools/t/deny_if/0/conditions/1/op", Some(5)),
+            ("/tools/t/deny_if/0/on_deny", Some(6)),
+        ],
+        "{errors:#?}"
+    );
+}
+
+#[test]
+fn an_empty_yaml_document_is_not_a_policy() {
+    assert_single(yaml_errors(""), "", 1, "expected an object, found null");
+    assert_single(
+        yaml_errors("- a\n"),
+        "",
+        1,
+        "expected an object, found an array",
+    );
+}

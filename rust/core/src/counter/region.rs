@@ -42,7 +42,11 @@ impl Region {
     /// Zeroed process-local memory of `words` words.
     pub fn allocate(words: usize) -> Region {
         let owned: Box<[AtomicU64]> = (0..words).map(|_| AtomicU64::new(0)).collect();
-        Region { base: owned.as_ptr(), words, _owned: Some(owned) }
+        Region {
+            base: owned.as_ptr(),
+            words,
+            _owned: Some(owned),
+        }
     }
 
     /// Memory owned by someone else, such as a shared mapping.
@@ -51,7 +55,11 @@ impl Region {
     /// `base` must point to `words` 8-byte-aligned, initialised `u64`s that stay mapped for
     /// the life of the region and are only ever accessed atomically.
     pub unsafe fn from_raw(base: *mut u64, words: usize) -> Region {
-        Region { base: base as *const AtomicU64, words, _owned: None }
+        Region {
+            base: base as *const AtomicU64,
+            words,
+            _owned: None,
+        }
     }
 
     pub fn words(&self) -> usize {

@@ -39,19 +39,29 @@ fn state(generation: u64, parts: usize, status: u64) -> u64 {
 
 impl ReservationLog {
     pub fn new(base: usize, capacity: usize) -> ReservationLog {
-        ReservationLog { base, capacity: capacity as u64 }
+        ReservationLog {
+            base,
+            capacity: capacity as u64,
+        }
     }
 
     fn entry(&self, seq: u64) -> (usize, u64) {
-        (self.base + (seq % self.capacity) as usize * RES_WORDS, seq / self.capacity + 1)
+        (
+            self.base + (seq % self.capacity) as usize * RES_WORDS,
+            seq / self.capacity + 1,
+        )
     }
 
     /// Record the parts of one reservation; returns its id (never 0).
     pub fn record(&self, region: &Region, parts: &[Part]) -> u64 {
         debug_assert!(parts.len() <= MAX_PARTS);
-        let seq = region.header(header::RESERVATION_CURSOR).fetch_add(1, SeqCst);
+        let seq = region
+            .header(header::RESERVATION_CURSOR)
+            .fetch_add(1, SeqCst);
         let (at, generation) = self.entry(seq);
-        region.word(at).store(state(generation, parts.len(), WRITING), SeqCst);
+        region
+            .word(at)
+            .store(state(generation, parts.len(), WRITING), SeqCst);
         for (i, p) in parts.iter().enumerate() {
             let w = at + 1 + i * PART_WORDS;
             region.word(w).store(p.slot as u64, SeqCst);
@@ -59,7 +69,9 @@ impl ReservationLog {
             region.word(w + 2).store(p.bucket, SeqCst);
             region.word(w + 3).store(p.amount, SeqCst);
         }
-        region.word(at).store(state(generation, parts.len(), HELD), SeqCst);
+        region
+            .word(at)
+            .store(state(generation, parts.len(), HELD), SeqCst);
         seq + 1
     }
 
@@ -88,7 +100,10 @@ impl ReservationLog {
             .collect();
         // The parts are valid only if the entry was not rewritten while we read them.
         let released = (current & !3) | RELEASED;
-        region.word(at).compare_exchange(current, released, SeqCst, SeqCst).ok()?;
+        region
+            .word(at)
+            .compare_exchange(current, released, SeqCst, SeqCst)
+            .ok()?;
         Some(parts)
     }
 }

@@ -20,7 +20,12 @@ pub const MAX_PROBE: usize = 64;
 const RECLAIMING: u64 = u64::MAX;
 
 /// Fixed seeds: keys must hash the same in every process that shares a table.
-const SEEDS: [u64; 4] = [0x7f4a_7c15_9e37_79b9, 0x94d0_49bb_1331_11eb, 0xbf58_476d_1ce4_e5b9, 0x2545_f491_4f6c_dd1d];
+const SEEDS: [u64; 4] = [
+    0x7f4a_7c15_9e37_79b9,
+    0x94d0_49bb_1331_11eb,
+    0xbf58_476d_1ce4_e5b9,
+    0x2545_f491_4f6c_dd1d,
+];
 
 /// A counter's identity (counter name, window, scope kind) plus the scope's value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +37,8 @@ pub struct CounterKey {
 impl CounterKey {
     /// Hash the counter's identity once, when the policy is compiled.
     pub fn identity(parts: &[&[u8]]) -> u64 {
-        let mut h = ahash::RandomState::with_seeds(SEEDS[0], SEEDS[1], SEEDS[2], SEEDS[3]).build_hasher();
+        let mut h =
+            ahash::RandomState::with_seeds(SEEDS[0], SEEDS[1], SEEDS[2], SEEDS[3]).build_hasher();
         for p in parts {
             h.write_usize(p.len());
             h.write(p);
@@ -43,7 +49,8 @@ impl CounterKey {
     /// The key for one scope value (a grant, a session, ...) of a counter.
     #[inline]
     pub fn new(identity: u64, scope_value: &[u8], granularity: Granularity) -> CounterKey {
-        let mut h = ahash::RandomState::with_seeds(SEEDS[0], SEEDS[1], SEEDS[2], SEEDS[3]).build_hasher();
+        let mut h =
+            ahash::RandomState::with_seeds(SEEDS[0], SEEDS[1], SEEDS[2], SEEDS[3]).build_hasher();
         h.write_u64(identity);
         h.write(scope_value);
         let mut hash = h.finish();
@@ -83,7 +90,11 @@ impl CounterTable {
     }
 
     /// A table in the given memory: initialised if all zero, else checked against the layout.
-    pub fn in_region(region: Region, capacity: usize, reservations: usize) -> Result<CounterTable, String> {
+    pub fn in_region(
+        region: Region,
+        capacity: usize,
+        reservations: usize,
+    ) -> Result<CounterTable, String> {
         let capacity = capacity.max(1).next_power_of_two();
         let reservations = reservations.max(1);
         if region.words() < Self::required_words(capacity, reservations) {
@@ -95,8 +106,12 @@ impl CounterTable {
         }
         let magic = region.header(header::MAGIC);
         if magic.load(SeqCst) == 0 {
-            region.header(header::CAPACITY).store(capacity as u64, SeqCst);
-            region.header(header::RESERVATIONS).store(reservations as u64, SeqCst);
+            region
+                .header(header::CAPACITY)
+                .store(capacity as u64, SeqCst);
+            region
+                .header(header::RESERVATIONS)
+                .store(reservations as u64, SeqCst);
             magic.store(MAGIC, SeqCst);
         } else if magic.load(SeqCst) != MAGIC
             || region.load(header::CAPACITY) != capacity as u64
@@ -105,7 +120,11 @@ impl CounterTable {
             return Err("counter region holds a table of another layout".into());
         }
         let log_base = HEADER_WORDS + capacity * SLOT_WORDS;
-        Ok(CounterTable { region, mask: capacity - 1, reservations: ReservationLog::new(log_base, reservations) })
+        Ok(CounterTable {
+            region,
+            mask: capacity - 1,
+            reservations: ReservationLog::new(log_base, reservations),
+        })
     }
 
     pub fn capacity(&self) -> usize {
@@ -172,7 +191,9 @@ impl CounterTable {
                 self.region.header(header::OCCUPIED).fetch_add(1, SeqCst);
                 return Ok(s);
             }
-            if (current == RECLAIMING || slot.expired(now_ns)) && self.reclaim(slot, current, key, now_ns) {
+            if (current == RECLAIMING || slot.expired(now_ns))
+                && self.reclaim(slot, current, key, now_ns)
+            {
                 return Ok(s);
             }
         }
@@ -222,8 +243,11 @@ impl<'a> InsertLock<'a> {
             spins = spins.wrapping_add(1);
             if spins % 1024 == 0 {
                 let holder = current >> 32;
-                if holder != pid && !process_alive(holder)
-                    && word.compare_exchange(current, owner, SeqCst, SeqCst).is_ok()
+                if holder != pid
+                    && !process_alive(holder)
+                    && word
+                        .compare_exchange(current, owner, SeqCst, SeqCst)
+                        .is_ok()
                 {
                     return InsertLock { word, owner };
                 }
@@ -295,7 +319,9 @@ mod tests {
     fn dead_owner_does_not_hold_the_insert_lock() {
         let t = CounterTable::new(8, 4);
         // A pid far above pid_max stands for a process that has died holding the lock.
-        t.region().header(header::INSERT_LOCK).store((4_000_000_000u64 << 32) | 1, SeqCst);
+        t.region()
+            .header(header::INSERT_LOCK)
+            .store((4_000_000_000u64 << 32) | 1, SeqCst);
         assert!(t.find_or_insert(&key(1, "a"), 0).is_ok());
     }
 }

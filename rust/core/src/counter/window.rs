@@ -40,7 +40,9 @@ pub struct Granularity {
 impl Granularity {
     pub fn for_window_ms(window_ms: u64) -> Granularity {
         let window_ns = window_ms.max(1).saturating_mul(1_000_000);
-        Granularity { bucket_ns: window_ns.div_ceil(BUCKETS) }
+        Granularity {
+            bucket_ns: window_ns.div_ceil(BUCKETS),
+        }
     }
 
     #[inline]
@@ -171,7 +173,9 @@ impl<'a> Slot<'a> {
         let mut counts = [0u64; BUCKETS as usize + 1];
         let mut used = 0;
         for (i, count) in counts.iter_mut().enumerate() {
-            let Some(j) = (newest + i as u64).checked_sub(BUCKETS) else { continue };
+            let Some(j) = (newest + i as u64).checked_sub(BUCKETS) else {
+                continue;
+            };
             let c = if j == head_bucket {
                 count_of(head)
             } else if j < head_bucket {
@@ -187,7 +191,11 @@ impl<'a> Slot<'a> {
             *count = c;
             used += c;
         }
-        WindowState { newest, counts, used }
+        WindowState {
+            newest,
+            counts,
+            used,
+        }
     }
 
     /// Read the window without changing it. `None` if the slot no longer holds `key`.
@@ -228,7 +236,10 @@ impl<'a> Slot<'a> {
                 self.seal(head_bucket, count_of(head));
                 pack(n, amount)
             };
-            if head_word.compare_exchange(head, next, SeqCst, SeqCst).is_ok() {
+            if head_word
+                .compare_exchange(head, next, SeqCst, SeqCst)
+                .is_ok()
+            {
                 state.counts[BUCKETS as usize] += amount;
                 state.used += amount;
                 return Ok(Reserved { bucket: n, state });
@@ -270,7 +281,10 @@ impl<'a> Slot<'a> {
             }
             if tag_of(head) == tag(bucket) {
                 let next = pack(bucket, count_of(head).saturating_sub(amount));
-                if head_word.compare_exchange(head, next, SeqCst, SeqCst).is_ok() {
+                if head_word
+                    .compare_exchange(head, next, SeqCst, SeqCst)
+                    .is_ok()
+                {
                     return true;
                 }
                 continue;
@@ -282,7 +296,10 @@ impl<'a> Slot<'a> {
                 return false;
             }
             let next = pack(bucket, count_of(current).saturating_sub(amount));
-            if entry.compare_exchange(current, next, SeqCst, SeqCst).is_ok() {
+            if entry
+                .compare_exchange(current, next, SeqCst, SeqCst)
+                .is_ok()
+            {
                 return true;
             }
         }
@@ -315,7 +332,9 @@ impl<'a> Slot<'a> {
     }
 
     pub(crate) fn try_replace_head(&self, current: u64, g: Granularity, now_ns: u64) -> bool {
-        self.word(HEAD).compare_exchange(current, pack(g.bucket(now_ns), 0), SeqCst, SeqCst).is_ok()
+        self.word(HEAD)
+            .compare_exchange(current, pack(g.bucket(now_ns), 0), SeqCst, SeqCst)
+            .is_ok()
     }
 }
 
@@ -349,7 +368,9 @@ mod tests {
         for i in 0..30 {
             assert!(s.reserve(7, g, i * 1000 * NS, 1, 30).is_ok(), "call {i}");
         }
-        let Err(Refused::Full(state)) = s.reserve(7, g, 30_000 * NS, 1, 30) else { panic!() };
+        let Err(Refused::Full(state)) = s.reserve(7, g, 30_000 * NS, 1, 30) else {
+            panic!()
+        };
         assert_eq!(state.used, 30);
         // The first call leaves the window at most W + g after it was made.
         let retry = state.retry_after_ns(1, g, 30_000 * NS).unwrap();

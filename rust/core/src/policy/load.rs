@@ -206,7 +206,7 @@ impl Loader {
         );
     }
 
-    /// Runs `f` and says whether it added no errors; parts with errors are left out.
+    /// Runs `f` and keeps its result only if it reported no errors.
     fn clean<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> Option<T> {
         let before = self.errors.len();
         let value = f(self);

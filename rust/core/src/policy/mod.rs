@@ -150,9 +150,18 @@ pub enum ConditionItem {
 #[derive(Debug, Clone)]
 pub enum Condition {
     Compare(Compare),
-    All { pointer: String, items: Vec<Condition> },
-    Any { pointer: String, items: Vec<Condition> },
-    Not { pointer: String, item: Box<Condition> },
+    All {
+        pointer: String,
+        items: Vec<Condition>,
+    },
+    Any {
+        pointer: String,
+        items: Vec<Condition>,
+    },
+    Not {
+        pointer: String,
+        item: Box<Condition>,
+    },
 }
 
 impl Condition {
@@ -219,11 +228,18 @@ impl Op {
     ];
 
     pub fn parse(text: &str) -> Option<Op> {
-        Op::ALL.iter().find(|(name, _)| *name == text).map(|(_, op)| *op)
+        Op::ALL
+            .iter()
+            .find(|(name, _)| *name == text)
+            .map(|(_, op)| *op)
     }
 
     pub fn name(self) -> &'static str {
-        Op::ALL.iter().find(|(_, op)| *op == self).map(|(name, _)| *name).unwrap_or("?")
+        Op::ALL
+            .iter()
+            .find(|(_, op)| *op == self)
+            .map(|(name, _)| *name)
+            .unwrap_or("?")
     }
 }
 
