@@ -16,7 +16,6 @@ Code = Literal[
     "APPROVAL_REQUIRED",
     "INVALID_REQUEST",
 ]
-PolicySource = Policy | dict[str, Any] | str | os.PathLike[str]
 
 class ValidationError:
     """One validation problem: where it is and what is wrong."""
@@ -46,6 +45,8 @@ class Policy:
     def revision(self) -> str: ...
     @property
     def servers(self) -> list[str]: ...
+
+PolicySource = Policy | dict[str, Any] | str | os.PathLike[str]
 
 class LimitState:
     """The state of one limit a decision touched."""

@@ -83,10 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
         "validate", help="check policy files; one line per error: FILE: /pointer: message"
     )
     validate.add_argument("files", nargs="+", metavar="FILE")
-    validate.add_argument("-q", "--quiet", action="store_true", help="print nothing for valid files")
+    validate.add_argument(
+        "-q", "--quiet", action="store_true", help="print nothing for valid files"
+    )
     validate.set_defaults(run=_validate)
 
-    decide = sub.add_parser("decide", help="decide tool calls locally; one JSON object per decision")
+    decide = sub.add_parser(
+        "decide", help="decide tool calls locally; one JSON object per decision"
+    )
     decide.add_argument("--policy", required=True, metavar="FILE")
     decide.add_argument("--tool", required=True, metavar="NAME")
     decide.add_argument("--server", metavar="ID")
@@ -96,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     decide.add_argument("--attr", action="append", default=[], metavar="KEY=VALUE")
     decide.add_argument("--args", metavar="JSON", help="the call's arguments as a JSON object")
     decide.add_argument("--repeat", type=int, default=1, metavar="N", help="decide N times")
-    decide.add_argument("--dry-run", action="store_true", help="evaluate without consuming counters")
+    decide.add_argument(
+        "--dry-run", action="store_true", help="evaluate without consuming counters"
+    )
     decide.set_defaults(run=_decide)
     return parser
 

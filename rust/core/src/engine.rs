@@ -3,7 +3,7 @@
 
 use crate::args::ArgValue;
 use crate::clock::{Clock, MonotonicClock};
-use crate::compile::{CompiledLimit, CompiledPolicy, CompiledRule, CompiledSection};
+use crate::compile::{CompiledLimit, CompiledPolicy, CompiledRule};
 use crate::condition::{Facts, Outcome, Subject};
 use crate::counter::{to_units, CounterKey, CounterTable, UNITS_PER_CALL};
 use crate::decision::{Code, Decision, Verdict};
@@ -91,6 +91,10 @@ impl Engine {
         decision
     }
 
+    /// Rules in shadow mode are evaluated like the others, but what they would deny is only
+    /// noted: evaluation goes on, so the enforcing rules beside them still decide. The
+    /// answer is the first enforcing denial; failing that, an ALLOW that reports the first
+    /// shadow finding (`shadow: true`); failing that, a plain ALLOW.
     fn decide_in<A: ArgValue + Clone>(
         &self,
         policy: &CompiledPolicy,
@@ -100,32 +104,38 @@ impl Engine {
         let section = policy.section(req.server);
         let out = Draft {
             revision: &policy.revision,
-            section_shadow: section.shadow,
         };
+        let shadowed = |r: &CompiledRule| r.shadow.unwrap_or(section.shadow);
+        let mut finding: Option<Decision> = None;
+        // Note a shadow finding, or return an enforced decision.
+        macro_rules! deny {
+            ($shadow:expr, $decision:expr) => {{
+                let d: Decision = $decision;
+                if !$shadow {
+                    return d;
+                }
+                finding.get_or_insert(d);
+            }};
+        }
+
         if req.tool.is_empty() {
-            return out.finish(
-                Code::InvalidRequest,
-                "tool name is empty".into(),
-                "".into(),
-                None,
-            );
+            return out.finish(Code::InvalidRequest, "tool name is empty".into(), "".into());
         }
         if let Some(pointer) = section.hide.lookup(req.tool) {
-            return out.finish(
-                Code::Hidden,
-                format!("tool {:?} is hidden by policy", req.tool).into(),
-                pointer.clone(),
-                None,
+            let reason = format!("tool {:?} is hidden by policy", req.tool);
+            deny!(
+                section.shadow,
+                out.finish(Code::Hidden, reason.into(), pointer.clone())
             );
         }
         let rule = section.tools.lookup(req.tool).map(|i| &section.rules[*i]);
         if rule.is_none() && !section.default_allow {
-            return out.finish(
+            let d = out.finish(
                 Code::DefaultDeny,
                 section.default_deny_reason.clone(),
                 section.default_rule.clone(),
-                None,
             );
+            deny!(section.shadow, d);
         }
         let rules = [rule, section.all_tools.as_ref()];
         let rules = rules.iter().flatten().copied();
@@ -136,138 +146,139 @@ impl Engine {
             args: req.args.clone(),
         };
 
-        for r in rules.clone() {
-            if r.action == Action::Deny {
-                return out.finish(
-                    Code::RuleDeny,
-                    r.denied_reason.clone(),
-                    r.pointer.clone(),
-                    r.shadow,
-                );
-            }
+        for r in rules.clone().filter(|r| r.action == Action::Deny) {
+            deny!(
+                shadowed(r),
+                out.finish(Code::RuleDeny, r.denied_reason.clone(), r.pointer.clone())
+            );
         }
         for r in rules.clone() {
             if let Some(d) = check_conditions(&out, r, &facts) {
-                return d;
+                deny!(shadowed(r), d);
             }
         }
 
-        let mut wants: Vec<Want<'_>> = Vec::new();
+        // Enforcing limits and shadow limits are reserved separately: a shadow limit
+        // without room must not stop the enforcing ones from counting, nor the reverse.
+        let mut enforced: Vec<Want<'_>> = Vec::new();
+        let mut observed: Vec<Want<'_>> = Vec::new();
         for r in rules.clone() {
             for limit in &r.limits {
                 match want(limit, req, &facts) {
-                    Ok(w) => wants.push(w),
+                    Ok(w) if shadowed(r) => observed.push(w),
+                    Ok(w) => enforced.push(w),
                     Err((reason, pointer)) => {
-                        return out.finish(Code::InvalidRequest, reason.into(), pointer, r.shadow)
+                        return out.finish(Code::InvalidRequest, reason.into(), pointer)
                     }
                 }
             }
         }
-
-        let approval = rules.clone().find(|r| r.action == Action::RequireApproval);
-        let deciding = approval.or(rule);
-        let shadow = deciding.and_then(|r| r.shadow).unwrap_or(section.shadow);
+        let needs_approval = |r: &&CompiledRule| r.action == Action::RequireApproval;
+        let approval = rules.clone().filter(needs_approval).find(|r| !shadowed(r));
         // An approval-gated call runs later, if at all: it consumes counters then.
-        let consume = !req.dry_run && (approval.is_none() || shadow);
-        match limiter::reserve(&self.table, &wants, now_ns, consume) {
-            limiter::Outcome::Reserved {
-                reservation,
-                limits,
-            } => {
-                let (code, reason, pointer) = match (approval, rule) {
-                    (Some(r), _) => (
-                        Code::ApprovalRequired,
-                        r.approval_reason.clone(),
-                        r.pointer.clone(),
-                    ),
-                    (None, Some(r)) => (Code::Allowed, r.allowed_reason.clone(), r.pointer.clone()),
-                    (None, None) => (
-                        Code::Allowed,
+        let consume = !req.dry_run && approval.is_none();
+        let mut parts = Vec::new();
+        let mut limits = Vec::new();
+        for (wants, shadow) in [(&enforced, false), (&observed, true)] {
+            if wants.is_empty() {
+                continue;
+            }
+            match limiter::reserve(&self.table, wants, now_ns, consume) {
+                limiter::Outcome::Reserved {
+                    parts: p,
+                    limits: l,
+                } => {
+                    parts.extend(p);
+                    limits.extend(l);
+                }
+                // Enforcing limits go first, so a denial here has consumed nothing.
+                limiter::Outcome::Denied {
+                    retry_after_ms,
+                    limits: l,
+                    failing,
+                } => {
+                    let limit = wants[failing].limit;
+                    let reason = rate_limited_reason(limit, retry_after_ms);
+                    let mut d = out.finish(Code::RateLimited, reason.into(), limit.pointer.clone());
+                    d.retry_after_ms = retry_after_ms;
+                    if shadow {
+                        limits.extend(l);
+                    } else {
+                        d.limits = l;
+                    }
+                    deny!(shadow, d);
+                }
+                limiter::Outcome::TableFull { failing } => {
+                    self.stats.count_table_full();
+                    let reason = "counter table is full: no room to track this caller, so the call is denied";
+                    let mut d = out.finish(
+                        Code::RateLimited,
+                        reason.into(),
+                        wants[failing].limit.pointer.clone(),
+                    );
+                    d.retry_after_ms = Some(1000);
+                    deny!(shadow, d);
+                }
+            }
+        }
+        let reservation = limiter::record(&self.table, &parts);
+        if let Some(r) = rules.clone().filter(needs_approval).find(|r| shadowed(r)) {
+            finding.get_or_insert(out.finish(
+                Code::ApprovalRequired,
+                r.approval_reason.clone(),
+                r.pointer.clone(),
+            ));
+        }
+
+        let mut d = match (finding, approval) {
+            (Some(mut d), _) => {
+                d.verdict = Verdict::Allow;
+                d.shadow = true;
+                d
+            }
+            (None, Some(r)) => out.finish(
+                Code::ApprovalRequired,
+                r.approval_reason.clone(),
+                r.pointer.clone(),
+            ),
+            (None, None) => {
+                let (reason, pointer) = match rule {
+                    Some(r) => (r.allowed_reason.clone(), r.pointer.clone()),
+                    None => (
                         section.default_allow_reason.clone(),
                         section.default_rule.clone(),
                     ),
                 };
-                let mut d = out.finish(code, reason, pointer, deciding.and_then(|r| r.shadow));
-                d.limits = limits;
-                d.reservation = reservation;
+                let mut d = out.finish(Code::Allowed, reason, pointer);
+                d.shadow = rule.map_or(section.shadow, shadowed);
                 d
             }
-            limiter::Outcome::Denied {
-                retry_after_ms,
-                limits,
-                failing,
-            } => {
-                let limit = wants[failing].limit;
-                let owner = owner_of(section, rule, limit);
-                let mut d = out.finish(
-                    Code::RateLimited,
-                    rate_limited_reason(limit, retry_after_ms).into(),
-                    limit.pointer.clone(),
-                    owner.and_then(|r| r.shadow),
-                );
-                d.retry_after_ms = retry_after_ms;
-                d.limits = limits;
-                d
-            }
-            limiter::Outcome::TableFull { failing } => {
-                self.stats.count_table_full();
-                let limit = wants[failing].limit;
-                let owner = owner_of(section, rule, limit);
-                let mut d = out.finish(
-                    Code::RateLimited,
-                    "counter table is full: no room to track this caller, so the call is denied"
-                        .into(),
-                    limit.pointer.clone(),
-                    owner.and_then(|r| r.shadow),
-                );
-                d.retry_after_ms = Some(1000);
-                d
-            }
-        }
+        };
+        d.limits = limits;
+        d.reservation = reservation;
+        d
     }
 }
 
-/// Builds decisions that share the policy revision and section mode.
+/// Builds decisions that share the policy revision.
 struct Draft<'a> {
     revision: &'a Arc<str>,
-    section_shadow: bool,
 }
 
 impl Draft<'_> {
-    fn finish(
-        &self,
-        code: Code,
-        reason: Arc<str>,
-        rule: Arc<str>,
-        rule_shadow: Option<bool>,
-    ) -> Decision {
-        // Malformed requests are refused even in shadow mode: there is nothing to evaluate.
-        let shadow = code != Code::InvalidRequest && rule_shadow.unwrap_or(self.section_shadow);
+    fn finish(&self, code: Code, reason: Arc<str>, rule: Arc<str>) -> Decision {
         Decision {
-            verdict: if shadow {
-                Verdict::Allow
-            } else {
-                code.verdict()
-            },
+            verdict: code.verdict(),
             code,
             reason,
             rule,
             retry_after_ms: None,
             limits: Vec::new(),
             revision: self.revision.clone(),
-            shadow,
+            shadow: false,
             reservation: None,
         }
     }
-}
-
-fn owner_of<'p>(
-    section: &'p CompiledSection,
-    rule: Option<&'p CompiledRule>,
-    limit: &CompiledLimit,
-) -> Option<&'p CompiledRule> {
-    let owns = |r: &&CompiledRule| r.limits.iter().any(|l| std::ptr::eq(l, limit));
-    rule.filter(owns).or(section.all_tools.as_ref())
 }
 
 fn check_conditions<A: ArgValue + Clone>(
@@ -276,7 +287,7 @@ fn check_conditions<A: ArgValue + Clone>(
     facts: &Facts<'_, A>,
 ) -> Option<Decision> {
     let deny = |reason: Arc<str>, pointer: &str| {
-        Some(out.finish(Code::ConditionFailed, reason, pointer.into(), r.shadow))
+        Some(out.finish(Code::ConditionFailed, reason, pointer.into()))
     };
     let unevaluable = |c: &crate::policy::Compare, p: crate::condition::Problem| {
         let detail = format!("condition cannot be evaluated: {}", p.describe(c));
@@ -284,12 +295,7 @@ fn check_conditions<A: ArgValue + Clone>(
             Some(reason) => format!("{reason} ({detail})").into(),
             None => detail.into(),
         };
-        Some(out.finish(
-            Code::ConditionFailed,
-            reason,
-            c.pointer.as_str().into(),
-            r.shadow,
-        ))
+        Some(out.finish(Code::ConditionFailed, reason, c.pointer.as_str().into()))
     };
     let reason_or = |own: Option<&String>, fallback: String| -> Arc<str> {
         own.map(|s| Arc::from(s.as_str()))

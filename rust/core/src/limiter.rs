@@ -18,8 +18,10 @@ pub struct Want<'p> {
 }
 
 pub enum Outcome {
+    /// Reserved (or, without `consume`, would fit). `parts` are what was consumed; pass them
+    /// to [`record`] to get a reservation id.
     Reserved {
-        reservation: Option<u64>,
+        parts: Vec<Part>,
         limits: Vec<LimitState>,
     },
     /// Some limit had no room; nothing is consumed.
@@ -96,15 +98,12 @@ pub fn reserve(table: &CounterTable, wants: &[Want<'_>], now_ns: u64, consume: b
         });
         limits.push(state(want, Some(r.state), now_ns));
     }
-    let reservation = if consume && !parts.is_empty() {
-        Some(table.reservation_log().record(table.region(), &parts))
-    } else {
-        None
-    };
-    Outcome::Reserved {
-        reservation,
-        limits,
-    }
+    Outcome::Reserved { parts, limits }
+}
+
+/// Record reserved parts in the reservation log; `None` when there is nothing to give back.
+pub fn record(table: &CounterTable, parts: &[Part]) -> Option<u64> {
+    (!parts.is_empty()).then(|| table.reservation_log().record(table.region(), parts))
 }
 
 /// The denial: every limit's state, and the longest wait among those without room.

@@ -875,7 +875,13 @@ fn wrong_types() {
             r#"{"require": [{"path": "args.a", "op": "in", "value": "x"}]}"#,
             "/tools/t/require/0/value",
             3,
-            "expects an array",
+            "expects a non-empty array",
+        ),
+        (
+            r#"{"require": [{"path": "args.a", "op": "not_in", "value": []}]}"#,
+            "/tools/t/require/0/value",
+            3,
+            "expects a non-empty array",
         ),
         (
             r#"{"require": [{"path": "args.a", "op": "contains", "value": [1]}]}"#,

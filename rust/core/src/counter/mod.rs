@@ -23,13 +23,40 @@ pub const UNITS_PER_CALL: u64 = 1000;
 /// Largest amount a bucket can hold (40 bits); `max` is validated to stay below it.
 pub const MAX_UNITS: u64 = (1 << 40) - 1;
 
-/// Convert a cost or max to units, rounding up so a fractional cost never counts less.
+/// Convert a cost or max to units: exact for amounts written with up to three decimals
+/// (2.007 is 2007 units, although `2.007 * 1000.0` is 2007.0000000000002), rounded up
+/// otherwise so a finer cost never counts less than it is.
 pub fn to_units(amount: f64) -> Option<u64> {
     if !amount.is_finite() || amount < 0.0 {
         return None;
     }
-    let units = (amount * UNITS_PER_CALL as f64).ceil();
+    let scaled = amount * UNITS_PER_CALL as f64;
+    let nearest = scaled.round();
+    // f64 keeps ~16 significant digits; a gap below 1e-9 relative is representation noise.
+    let units = if (scaled - nearest).abs() <= nearest.max(1.0) * 1e-9 {
+        nearest
+    } else {
+        scaled.ceil()
+    };
     (units <= MAX_UNITS as f64).then_some(units as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_are_exact_to_a_thousandth_and_round_finer_amounts_up() {
+        assert_eq!(to_units(2.007), Some(2007));
+        assert_eq!(to_units(497.993), Some(497_993));
+        assert_eq!(to_units(0.0001), Some(1));
+        assert_eq!(to_units(1e9), Some(1_000_000_000_000));
+        assert_eq!(to_units(-1.0), None);
+        assert_eq!(to_units(f64::NAN), None);
+        for milli in 0..1_000_000u64 {
+            assert_eq!(to_units(milli as f64 / 1000.0), Some(milli));
+        }
+    }
 }
 
 /// Convert units back to the policy's unit (calls or cost).

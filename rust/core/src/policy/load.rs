@@ -885,8 +885,9 @@ impl Loader {
         let mut pattern = None;
         let expected = match (op, &node.value) {
             (Op::Eq | Op::Neq, _) => None,
-            (Op::In | Op::NotIn, NodeValue::Array(_)) => None,
-            (Op::In | Op::NotIn, _) => Some("an array"),
+            // An empty list has no type to compare with, so it could only ever fail closed.
+            (Op::In | Op::NotIn, NodeValue::Array(items)) if !items.is_empty() => None,
+            (Op::In | Op::NotIn, _) => Some("a non-empty array"),
             (Op::Lt | Op::Lte | Op::Gt | Op::Gte, NodeValue::Number(_)) => None,
             (Op::Lt | Op::Lte | Op::Gt | Op::Gte, _) => Some("a number"),
             (Op::Regex | Op::NotRegex, NodeValue::String(s)) => {

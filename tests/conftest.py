@@ -1,0 +1,182 @@
+"""Shared helpers for the toolgate tests: policy builders, an engine factory on a manual clock,
+and the seed policies copied literally from the product documentation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import toolgate
+
+#: The repository's example policies.
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+#: Where every manual clock starts, in seconds: far from zero, so windows never reach back
+#: before the clock's origin, and a multiple of every sub-bucket the tests use.
+START = 1000.0
+
+
+def policy(tools: dict[str, Any] | None = None, **top: Any) -> dict[str, Any]:
+    """A version-1 policy document: ``default: deny`` unless given, the ``tools`` map, and any
+    other top-level keys."""
+    doc: dict[str, Any] = {"version": "1", "default": "deny"}
+    doc.update(top)
+    if tools is not None:
+        doc["tools"] = tools
+    return doc
+
+
+def limit(
+    counter: str, max: float, window: Any = "minute", scope: str = "grant", **extra: Any
+) -> dict[str, Any]:
+    """One entry of a rule's ``limits``."""
+    return {"counter": counter, "window": window, "max": max, "scope": scope, **extra}
+
+
+def cond(path: str, op: str, *value: Any) -> dict[str, Any]:
+    """A ``{path, op, value}`` condition; ``value`` may be left out (for ``exists``)."""
+    c: dict[str, Any] = {"path": path, "op": op}
+    if value:
+        (c["value"],) = value
+    return c
+
+
+def make_engine(
+    document: Any, clock: toolgate.ManualClock | None = None, **kwargs: Any
+) -> toolgate.Engine:
+    """An engine on a manual clock (a fresh one at START unless given)."""
+    return toolgate.Engine(document, clock=clock or toolgate.ManualClock(START), **kwargs)
+
+
+def errors_of(load: Any, *args: Any) -> list[tuple[str, int | None, str]]:
+    """Call ``load(*args)``, which must raise PolicyError, and return its errors as
+    ``(pointer, line, message)`` tuples."""
+    with pytest.raises(toolgate.PolicyError) as info:
+        load(*args)
+    return [(e.pointer, e.line, e.message) for e in info.value.errors]
+
+
+def codes(decisions: list[toolgate.Decision]) -> list[str]:
+    return [d.code for d in decisions]
+
+
+@pytest.fixture
+def clock() -> toolgate.ManualClock:
+    return toolgate.ManualClock(START)
+
+
+@pytest.fixture
+def engine_for(clock: toolgate.ManualClock):
+    """``engine_for(document)``: an engine on this test's ``clock``."""
+
+    def build(document: Any, **kwargs: Any) -> toolgate.Engine:
+        return toolgate.Engine(document, clock=clock, **kwargs)
+
+    return build
+
+
+# --- the seed policies -------------------------------------------------------------------------
+# The policy JSON of each seed document (/work/shared/seeds/*.txt), copied literally, with the
+# tool it names and its per-minute, per-grant maximum.
+
+SEED_CREATE_AMI = """{
+"version": "1",
+"default": "deny",
+"tools": {
+"create-ami": {
+"limits": [
+{
+"counter": "create-ami_rate",
+"window": "minute",
+"max": 30,
+"scope": "grant"
+}
+]
+}
+}
+}"""
+
+SEED_CREATE_ACCESS_KEY = """{
+"version": "1",
+"default": "deny",
+"tools": {
+"create_access_key": {
+"limits": [
+{
+"counter": "create_access_key_rate",
+"window": "minute",
+"max": 30,
+"scope": "grant"
+}
+]
+}
+}
+}"""
+
+SEED_VM_CREATE_IMAGE = """{
+  "version": "1",
+  "default": "deny",
+  "tools": {
+    "vm_create_image": {
+      "limits": [
+        {
+          "counter": "vm_create_image_rate",
+          "window": "minute",
+          "max": 10,
+          "scope": "grant"
+        }
+      ]
+    }
+  }
+}"""
+
+SEED_UPDATE_IMAGE_SET_METADATA = """{
+  "version": "1",
+  "default": "deny",
+  "tools": {
+    "update_image_set_metadata": {
+      "limits": [
+        {
+          "counter": "update_image_set_metadata_rate",
+          "window": "minute",
+          "max": 30,
+          "scope": "grant"
+        }
+      ]
+    }
+  }
+}"""
+
+SEED_STREAM_GROUP_CREATE = """{
+"version": "1",
+"default": "deny",
+"tools": {
+"stream_group_create": {
+"limits": [
+{
+"counter": "stream_group_create_rate",
+"window": "minute",
+"max": 30,
+"scope": "grant"
+}
+]
+}
+}
+}"""
+
+#: (policy text, tool, counter, max per minute per grant)
+SEEDS: list[tuple[str, str, str, int]] = [
+    (SEED_CREATE_AMI, "create-ami", "create-ami_rate", 30),
+    (SEED_CREATE_ACCESS_KEY, "create_access_key", "create_access_key_rate", 30),
+    (SEED_VM_CREATE_IMAGE, "vm_create_image", "vm_create_image_rate", 10),
+    (
+        SEED_UPDATE_IMAGE_SET_METADATA,
+        "update_image_set_metadata",
+        "update_image_set_metadata_rate",
+        30,
+    ),
+    (SEED_STREAM_GROUP_CREATE, "stream_group_create", "stream_group_create_rate", 30),
+]
+
+SEED_TOOLS = [tool for _, tool, _, _ in SEEDS]
