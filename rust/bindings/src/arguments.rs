@@ -93,12 +93,19 @@ pub fn to_json(v: &Bound<'_, PyAny>) -> Option<Value> {
             Num::Float(f) => serde_json::Number::from_f64(f).map(Value::Number)?,
         },
         Kind::String => Value::String(arg.as_str()?.to_owned()),
-        Kind::Array => Value::Array((0..arg.len()).map(|i| arg.get_index(i).and_then(|a| to_json(&a.0))).collect::<Option<_>>()?),
+        Kind::Array => Value::Array(
+            (0..arg.len())
+                .map(|i| arg.get_index(i).and_then(|a| to_json(&a.0)))
+                .collect::<Option<_>>()?,
+        ),
         Kind::Object => {
             let dict = v.cast::<PyDict>().ok()?;
             let mut map = serde_json::Map::new();
             for (k, item) in dict.iter() {
-                map.insert(k.cast::<PyString>().ok()?.to_str().ok()?.to_owned(), to_json(&item)?);
+                map.insert(
+                    k.cast::<PyString>().ok()?.to_str().ok()?.to_owned(),
+                    to_json(&item)?,
+                );
             }
             Value::Object(map)
         }

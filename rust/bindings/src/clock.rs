@@ -12,7 +12,9 @@ pub struct PyManualClock {
 
 fn ns(seconds: f64) -> PyResult<u64> {
     if !seconds.is_finite() || seconds < 0.0 {
-        return Err(pyo3::exceptions::PyValueError::new_err("seconds must be a non-negative number"));
+        return Err(pyo3::exceptions::PyValueError::new_err(
+            "seconds must be a non-negative number",
+        ));
     }
     Ok((seconds * 1e9).round() as u64)
 }
@@ -23,7 +25,9 @@ impl PyManualClock {
     #[pyo3(signature = (start = 0.0))]
     fn new(start: f64) -> PyResult<Self> {
         // Start well away from zero so windows never reach before the clock's origin.
-        Ok(PyManualClock { inner: Arc::new(ManualClock::new(ns(start)?)) })
+        Ok(PyManualClock {
+            inner: Arc::new(ManualClock::new(ns(start)?)),
+        })
     }
 
     /// Move forward by `seconds`.

@@ -46,7 +46,10 @@ impl PyLimitState {
         Ok(d)
     }
     fn __repr__(&self) -> String {
-        format!("LimitState({:?}, remaining={}, max={}, reset_in_ms={})", &*self.0.counter, self.0.remaining, self.0.max, self.0.reset_in_ms)
+        format!(
+            "LimitState({:?}, remaining={}, max={}, reset_in_ms={})",
+            &*self.0.counter, self.0.remaining, self.0.max, self.0.reset_in_ms
+        )
     }
 }
 
@@ -106,7 +109,12 @@ impl PyDecision {
         d.set_item("reason", self.reason())?;
         d.set_item("rule", self.rule())?;
         d.set_item("retry_after_ms", self.0.retry_after_ms)?;
-        let limits: PyResult<Vec<_>> = self.0.limits.iter().map(|l| PyLimitState(l.clone()).to_dict(py)).collect();
+        let limits: PyResult<Vec<_>> = self
+            .0
+            .limits
+            .iter()
+            .map(|l| PyLimitState(l.clone()).to_dict(py))
+            .collect();
         d.set_item("limits", limits?)?;
         d.set_item("revision", self.revision())?;
         d.set_item("shadow", self.0.shadow)?;
@@ -114,6 +122,12 @@ impl PyDecision {
         Ok(d)
     }
     fn __repr__(&self) -> String {
-        format!("Decision({}, code={}, rule={:?}, reason={:?})", self.verdict(), self.code(), self.rule(), self.reason())
+        format!(
+            "Decision({}, code={}, rule={:?}, reason={:?})",
+            self.verdict(),
+            self.code(),
+            self.rule(),
+            self.reason()
+        )
     }
 }

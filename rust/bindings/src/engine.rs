@@ -21,16 +21,25 @@ pub struct PyEngine {
 }
 
 impl PyEngine {
-    fn build(policy: toolgate_core::Policy, capacity: usize, reservations: usize, clock: Option<&Bound<'_, PyManualClock>>) -> PyResult<Self> {
+    fn build(
+        policy: toolgate_core::Policy,
+        capacity: usize,
+        reservations: usize,
+        clock: Option<&Bound<'_, PyManualClock>>,
+    ) -> PyResult<Self> {
         if capacity == 0 || reservations == 0 {
-            return Err(PyValueError::new_err("capacity and reservations must be positive"));
+            return Err(PyValueError::new_err(
+                "capacity and reservations must be positive",
+            ));
         }
         let clock: Arc<dyn Clock> = match clock {
             Some(c) => c.get().inner.clone(),
             None => Arc::new(MonotonicClock),
         };
         let table = Arc::new(CounterTable::new(capacity, reservations));
-        Engine::new(policy, table, clock).map(|inner| PyEngine { inner }).map_err(PyValueError::new_err)
+        Engine::new(policy, table, clock)
+            .map(|inner| PyEngine { inner })
+            .map_err(PyValueError::new_err)
     }
 }
 
@@ -39,14 +48,27 @@ impl PyEngine {
     /// `policy` is a Policy, a dict, or a path to a JSON/YAML file.
     #[new]
     #[pyo3(signature = (policy, *, capacity = DEFAULT_CAPACITY, reservations = DEFAULT_RESERVATIONS, clock = None))]
-    fn new(py: Python<'_>, policy: &Bound<'_, PyAny>, capacity: usize, reservations: usize, clock: Option<&Bound<'_, PyManualClock>>) -> PyResult<Self> {
+    fn new(
+        py: Python<'_>,
+        policy: &Bound<'_, PyAny>,
+        capacity: usize,
+        reservations: usize,
+        clock: Option<&Bound<'_, PyManualClock>>,
+    ) -> PyResult<Self> {
         Self::build(coerce(py, policy)?, capacity, reservations, clock)
     }
 
     #[staticmethod]
     #[pyo3(signature = (path, *, capacity = DEFAULT_CAPACITY, reservations = DEFAULT_RESERVATIONS, clock = None))]
-    fn from_file(py: Python<'_>, path: PathBuf, capacity: usize, reservations: usize, clock: Option<&Bound<'_, PyManualClock>>) -> PyResult<Self> {
-        let policy = toolgate_core::Policy::from_path(&path).map_err(|e| crate::policy::policy_error(py, e))?;
+    fn from_file(
+        py: Python<'_>,
+        path: PathBuf,
+        capacity: usize,
+        reservations: usize,
+        clock: Option<&Bound<'_, PyManualClock>>,
+    ) -> PyResult<Self> {
+        let policy = toolgate_core::Policy::from_path(&path)
+            .map_err(|e| crate::policy::policy_error(py, e))?;
         Self::build(policy, capacity, reservations, clock)
     }
 
@@ -76,25 +98,51 @@ impl PyEngine {
             .iter()
             .map(|(k, v)| Ok((k.to_str()?, v.to_str()?)))
             .collect::<PyResult<_>>()?;
-        let subject = Subject { grant, session, agent, attributes: &attribute_pairs };
+        let subject = Subject {
+            grant,
+            session,
+            agent,
+            attributes: &attribute_pairs,
+        };
         let decision = match arguments {
-            None => self.inner.decide::<PyArg<'_>>(&Request { tool, server, subject, args: None, dry_run }),
-            Some(a) if a.is_instance_of::<PyDict>() => {
-                self.inner.decide(&Request { tool, server, subject, args: Some(PyArg(a.clone())), dry_run })
-            }
+            None => self.inner.decide::<PyArg<'_>>(&Request {
+                tool,
+                server,
+                subject,
+                args: None,
+                dry_run,
+            }),
+            Some(a) if a.is_instance_of::<PyDict>() => self.inner.decide(&Request {
+                tool,
+                server,
+                subject,
+                args: Some(PyArg(a.clone())),
+                dry_run,
+            }),
             Some(a) if a.is_instance_of::<PyString>() || a.is_instance_of::<PyBytes>() => {
                 let text: &[u8] = match a.cast::<PyString>() {
                     Ok(s) => s.to_str()?.as_bytes(),
                     Err(_) => a.cast::<PyBytes>()?.as_bytes(),
                 };
-                let value: serde_json::Value = serde_json::from_slice(text)
-                    .map_err(|e| PyValueError::new_err(format!("arguments are not valid JSON: {e}")))?;
+                let value: serde_json::Value = serde_json::from_slice(text).map_err(|e| {
+                    PyValueError::new_err(format!("arguments are not valid JSON: {e}"))
+                })?;
                 if !value.is_object() {
                     return Err(PyValueError::new_err("arguments must be a JSON object"));
                 }
-                self.inner.decide(&Request { tool, server, subject, args: Some(&value), dry_run })
+                self.inner.decide(&Request {
+                    tool,
+                    server,
+                    subject,
+                    args: Some(&value),
+                    dry_run,
+                })
             }
-            Some(_) => return Err(PyTypeError::new_err("arguments must be a dict, JSON text, or None")),
+            Some(_) => {
+                return Err(PyTypeError::new_err(
+                    "arguments must be a dict, JSON text, or None",
+                ))
+            }
         };
         Ok(PyDecision(decision))
     }
@@ -120,7 +168,9 @@ impl PyEngine {
 
     #[getter]
     fn policy(&self) -> PyPolicy {
-        PyPolicy { inner: self.inner.policy().source.clone() }
+        PyPolicy {
+            inner: self.inner.policy().source.clone(),
+        }
     }
 
     /// Decisions so far by code, plus shadow decisions and table-full denials.

@@ -27,7 +27,11 @@ pub struct ValidationError {
 #[pymethods]
 impl ValidationError {
     fn __str__(&self) -> String {
-        let pointer = if self.pointer.is_empty() { "/" } else { &self.pointer };
+        let pointer = if self.pointer.is_empty() {
+            "/"
+        } else {
+            &self.pointer
+        };
         match self.line {
             Some(line) => format!("{pointer}: {} (line {line})", self.message),
             None => format!("{pointer}: {}", self.message),
@@ -35,7 +39,10 @@ impl ValidationError {
     }
 
     fn __repr__(&self) -> String {
-        format!("ValidationError({:?}, line={:?}, {:?})", self.pointer, self.line, self.message)
+        format!(
+            "ValidationError({:?}, line={:?}, {:?})",
+            self.pointer, self.line, self.message
+        )
     }
 }
 
@@ -43,10 +50,21 @@ pub fn policy_error(py: Python<'_>, errors: PolicyErrors) -> PyErr {
     let details: Vec<ValidationError> = errors
         .0
         .iter()
-        .map(|e| ValidationError { pointer: e.pointer.clone(), line: e.line, message: e.message.clone() })
+        .map(|e| ValidationError {
+            pointer: e.pointer.clone(),
+            line: e.line,
+            message: e.message.clone(),
+        })
         .collect();
-    let text = details.iter().map(ValidationError::__str__).collect::<Vec<_>>().join("\n");
-    let err = PolicyError::new_err(format!("invalid policy ({} errors):\n{text}", details.len()));
+    let text = details
+        .iter()
+        .map(ValidationError::__str__)
+        .collect::<Vec<_>>()
+        .join("\n");
+    let err = PolicyError::new_err(format!(
+        "invalid policy ({} errors):\n{text}",
+        details.len()
+    ));
     if let Ok(list) = PyList::new(py, details) {
         let _ = err.value(py).setattr("errors", list);
     }
@@ -65,7 +83,9 @@ impl PyPolicy {
     /// Load a JSON or YAML file (by extension; otherwise by content).
     #[staticmethod]
     fn from_file(py: Python<'_>, path: PathBuf) -> PyResult<PyPolicy> {
-        Policy::from_path(&path).map(|inner| PyPolicy { inner }).map_err(|e| policy_error(py, e))
+        Policy::from_path(&path)
+            .map(|inner| PyPolicy { inner })
+            .map_err(|e| policy_error(py, e))
     }
 
     /// Load from text: `format` is "json", "yaml", or "auto" (JSON if it starts with `{`).
@@ -76,10 +96,20 @@ impl PyPolicy {
             "json" => false,
             "yaml" => true,
             "auto" => !text.trim_start().starts_with('{'),
-            other => return Err(PyValueError::new_err(format!("format must be json, yaml or auto, not {other:?}"))),
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "format must be json, yaml or auto, not {other:?}"
+                )))
+            }
         };
-        let loaded = if yaml { Policy::from_yaml_str(text) } else { Policy::from_json_str(text) };
-        loaded.map(|inner| PyPolicy { inner }).map_err(|e| policy_error(py, e))
+        let loaded = if yaml {
+            Policy::from_yaml_str(text)
+        } else {
+            Policy::from_json_str(text)
+        };
+        loaded
+            .map(|inner| PyPolicy { inner })
+            .map_err(|e| policy_error(py, e))
     }
 
     /// Load from a dict (as `json.loads` would give).
@@ -87,7 +117,9 @@ impl PyPolicy {
     fn from_dict(py: Python<'_>, document: &Bound<'_, PyAny>) -> PyResult<PyPolicy> {
         let value = to_json(document)
             .ok_or_else(|| PyValueError::new_err("policy dict holds values that are not JSON (str keys, str/int/float/bool/None/list/dict only)"))?;
-        Policy::from_json_value(&value).map(|inner| PyPolicy { inner }).map_err(|e| policy_error(py, e))
+        Policy::from_json_value(&value)
+            .map(|inner| PyPolicy { inner })
+            .map_err(|e| policy_error(py, e))
     }
 
     /// Hex digest identifying this document.
@@ -99,7 +131,11 @@ impl PyPolicy {
     /// Server ids that have their own section.
     #[getter]
     fn servers(&self) -> Vec<String> {
-        self.inner.servers.iter().map(|(id, _)| id.clone()).collect()
+        self.inner
+            .servers
+            .iter()
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     fn __repr__(&self) -> String {
@@ -118,5 +154,7 @@ pub fn coerce(py: Python<'_>, policy: &Bound<'_, PyAny>) -> PyResult<Policy> {
     if let Ok(path) = policy.extract::<PathBuf>() {
         return PyPolicy::from_file(py, path).map(|p| p.inner);
     }
-    Err(pyo3::exceptions::PyTypeError::new_err("policy must be a Policy, a dict, or a path"))
+    Err(pyo3::exceptions::PyTypeError::new_err(
+        "policy must be a Policy, a dict, or a path",
+    ))
 }
