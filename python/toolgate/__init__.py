@@ -1,7 +1,7 @@
 """toolgate: decide whether an AI agent's MCP tool call may run.
 
-The decisions are made by a Rust core (``toolgate._core``); this package adds the CLI and,
-later, the gRPC sidecar around it.
+The decisions are made by a Rust core (``toolgate._core``); this package adds the CLI, the
+gRPC sidecar (``toolgate serve``) and its client.
 
     >>> engine = Engine.from_file("examples/policy.json")
     >>> engine.decide("create-ami", grant="alice").verdict
@@ -18,8 +18,10 @@ from toolgate._core import (
     ValidationError,
     __version__,
 )
+from toolgate.client import Client
 
 __all__ = [
+    "Client",
     "Decision",
     "Engine",
     "LimitState",

@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
 
 from toolgate import Engine, Policy, PolicyError
 
@@ -37,15 +41,32 @@ def _attributes(pairs: Sequence[str]) -> dict[str, str]:
     return attributes
 
 
-def _decide(args: argparse.Namespace) -> int:
+def _local_decider(policy: str) -> Callable[..., dict[str, Any]] | None:
     try:
-        engine = Engine.from_file(args.policy)
+        engine = Engine.from_file(policy)
     except PolicyError as err:
         for e in err.errors:
-            print(f"{args.policy}: {e.pointer or '/'}: {e.message}", file=sys.stderr)
+            print(f"{policy}: {e.pointer or '/'}: {e.message}", file=sys.stderr)
+        return None
+    return lambda tool, **fields: engine.decide(tool, **fields).to_dict()
+
+
+def _remote_decider(target: str) -> Callable[..., dict[str, Any]]:
+    from toolgate.client import Client, decision_dict
+
+    client = Client(target)
+    return lambda tool, **fields: decision_dict(client.decide(tool, **fields))
+
+
+def _decide(args: argparse.Namespace) -> int:
+    if (args.policy is None) == (args.target is None):
+        print(
+            "toolgate decide: give exactly one of --policy FILE or --target HOST:PORT",
+            file=sys.stderr,
+        )
         return 1
-    except OSError as err:
-        print(f"toolgate decide: {err}", file=sys.stderr)
+    decide = _remote_decider(args.target) if args.target else _local_decider(args.policy)
+    if decide is None:
         return 1
     arguments = None
     if args.args is not None:
@@ -61,18 +82,48 @@ def _decide(args: argparse.Namespace) -> int:
         print("toolgate decide: --repeat must be at least 1", file=sys.stderr)
         return 1
     for _ in range(args.repeat):
-        decision = engine.decide(
-            args.tool,
-            server=args.server,
-            grant=args.grant,
-            session=args.session,
-            agent=args.agent,
-            attributes=_attributes(args.attr),
-            arguments=arguments,
-            dry_run=args.dry_run,
-        )
-        print(json.dumps(decision.to_dict()), flush=True)
+        try:
+            decision = decide(
+                args.tool,
+                server=args.server,
+                grant=args.grant,
+                session=args.session,
+                agent=args.agent,
+                attributes=_attributes(args.attr),
+                arguments=arguments,
+                dry_run=args.dry_run,
+            )
+        except grpc.RpcError as err:
+            print(f"toolgate decide: {err.code().name}: {err.details()}", file=sys.stderr)
+            return 1
+        print(json.dumps(decision), flush=True)
     return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from toolgate.serve import ServeOptions, serve
+
+    options = ServeOptions(
+        policy=Path(args.policy) if args.policy else None,
+        listen=args.listen,
+        metrics_listen=None if args.metrics_listen == "off" else args.metrics_listen,
+        threads=args.threads,
+        capacity=args.capacity,
+        reservations=args.reservations,
+        max_argument_bytes=args.max_argument_bytes,
+        reload_interval=args.reload_interval,
+        grace=args.grace,
+        log_format=args.log_format,
+        log_level=args.log_level,
+        metrics_per_tool=args.metrics_per_tool,
+    )
+    try:
+        return serve(options)
+    except PolicyError as err:
+        for e in err.errors:
+            where = f" (line {e.line})" if e.line is not None else ""
+            print(f"{args.policy}: {e.pointer or '/'}: {e.message}{where}", file=sys.stderr)
+        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,7 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     decide = sub.add_parser(
         "decide", help="decide tool calls locally; one JSON object per decision"
     )
-    decide.add_argument("--policy", required=True, metavar="FILE")
+    where = decide.add_mutually_exclusive_group(required=True)
+    where.add_argument("--policy", metavar="FILE", help="decide locally on this policy")
+    where.add_argument("--target", metavar="HOST:PORT", help="ask a running sidecar")
     decide.add_argument("--tool", required=True, metavar="NAME")
     decide.add_argument("--server", metavar="ID")
     decide.add_argument("--grant", metavar="G")
@@ -104,6 +157,37 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="evaluate without consuming counters"
     )
     decide.set_defaults(run=_decide)
+
+    serve = sub.add_parser("serve", help="run the decision sidecar (gRPC + /metrics)")
+    serve.add_argument(
+        "--policy", metavar="FILE", help="default: a built-in deny-everything policy"
+    )
+    serve.add_argument("--listen", default="127.0.0.1:50051", metavar="HOST:PORT")
+    serve.add_argument(
+        "--metrics-listen", default="127.0.0.1:9464", metavar="HOST:PORT", help="or 'off'"
+    )
+    serve.add_argument("--threads", type=int, default=8, help="gRPC handler threads")
+    serve.add_argument("--capacity", type=int, default=1 << 16, help="counter-table slots")
+    serve.add_argument("--reservations", type=int, default=1 << 16, help="reservation log size")
+    serve.add_argument(
+        "--max-argument-bytes", type=int, default=1 << 20, help="larger arguments are refused"
+    )
+    serve.add_argument("--reload-interval", type=float, default=1.0, metavar="SECONDS")
+    serve.add_argument(
+        "--grace",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long in-flight calls may take on SIGTERM",
+    )
+    serve.add_argument("--log-format", choices=["text", "json"], default="text")
+    serve.add_argument("--log-level", default="info")
+    serve.add_argument(
+        "--metrics-per-tool",
+        action="store_true",
+        help="export decisions per tool (bounded to 1000 tool names)",
+    )
+    serve.set_defaults(run=_serve)
     return parser
 
 

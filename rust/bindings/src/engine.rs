@@ -4,6 +4,7 @@ use crate::arguments::PyArg;
 use crate::clock::PyManualClock;
 use crate::decision::PyDecision;
 use crate::policy::{coerce, PyPolicy};
+use crate::wire;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
@@ -18,7 +19,11 @@ use toolgate_core::{Engine, Request, Subject};
 #[pyclass(name = "Engine", module = "toolgate._core", frozen)]
 pub struct PyEngine {
     inner: Engine,
+    max_argument_bytes: usize,
 }
+
+/// Largest `arguments_json` a wire request may carry unless configured otherwise.
+pub const DEFAULT_MAX_ARGUMENT_BYTES: usize = 1 << 20;
 
 impl PyEngine {
     fn build(
@@ -26,6 +31,7 @@ impl PyEngine {
         capacity: usize,
         reservations: usize,
         clock: Option<&Bound<'_, PyManualClock>>,
+        max_argument_bytes: usize,
     ) -> PyResult<Self> {
         if capacity == 0 || reservations == 0 {
             return Err(PyValueError::new_err(
@@ -38,7 +44,7 @@ impl PyEngine {
         };
         let table = Arc::new(CounterTable::new(capacity, reservations));
         Engine::new(policy, table, clock)
-            .map(|inner| PyEngine { inner })
+            .map(|inner| PyEngine { inner, max_argument_bytes })
             .map_err(PyValueError::new_err)
     }
 }
@@ -47,29 +53,31 @@ impl PyEngine {
 impl PyEngine {
     /// `policy` is a Policy, a dict, or a path to a JSON/YAML file.
     #[new]
-    #[pyo3(signature = (policy, *, capacity = DEFAULT_CAPACITY, reservations = DEFAULT_RESERVATIONS, clock = None))]
+    #[pyo3(signature = (policy, *, capacity = DEFAULT_CAPACITY, reservations = DEFAULT_RESERVATIONS, clock = None, max_argument_bytes = DEFAULT_MAX_ARGUMENT_BYTES))]
     fn new(
         py: Python<'_>,
         policy: &Bound<'_, PyAny>,
         capacity: usize,
         reservations: usize,
         clock: Option<&Bound<'_, PyManualClock>>,
+        max_argument_bytes: usize,
     ) -> PyResult<Self> {
-        Self::build(coerce(py, policy)?, capacity, reservations, clock)
+        Self::build(coerce(py, policy)?, capacity, reservations, clock, max_argument_bytes)
     }
 
     #[staticmethod]
-    #[pyo3(signature = (path, *, capacity = DEFAULT_CAPACITY, reservations = DEFAULT_RESERVATIONS, clock = None))]
+    #[pyo3(signature = (path, *, capacity = DEFAULT_CAPACITY, reservations = DEFAULT_RESERVATIONS, clock = None, max_argument_bytes = DEFAULT_MAX_ARGUMENT_BYTES))]
     fn from_file(
         py: Python<'_>,
         path: PathBuf,
         capacity: usize,
         reservations: usize,
         clock: Option<&Bound<'_, PyManualClock>>,
+        max_argument_bytes: usize,
     ) -> PyResult<Self> {
         let policy = toolgate_core::Policy::from_path(&path)
             .map_err(|e| crate::policy::policy_error(py, e))?;
-        Self::build(policy, capacity, reservations, clock)
+        Self::build(policy, capacity, reservations, clock, max_argument_bytes)
     }
 
     /// Decide one call. `arguments` is a dict, JSON text, or None.
@@ -147,6 +155,26 @@ impl PyEngine {
         Ok(PyDecision(decision))
     }
 
+    /// Decide a serialized `toolgate.v1.DecideRequest`; returns a serialized
+    /// `DecideResponse`. Raises ValueError if the bytes are not a valid message. Runs without
+    /// the GIL.
+    fn decide_wire<'py>(&self, py: Python<'py>, request: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+        let out = py.detach(|| wire::decide(&self.inner, self.max_argument_bytes, request));
+        out.map(|b| PyBytes::new(py, &b)).map_err(|e| PyValueError::new_err(e.0))
+    }
+
+    /// Decide a serialized `DecideBatchRequest`; returns a serialized `DecideBatchResponse`.
+    fn decide_batch_wire<'py>(&self, py: Python<'py>, request: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+        let out = py.detach(|| wire::decide_batch(&self.inner, self.max_argument_bytes, request));
+        out.map(|b| PyBytes::new(py, &b)).map_err(|e| PyValueError::new_err(e.0))
+    }
+
+    /// Release by a serialized `ReleaseRequest`; returns a serialized `ReleaseResponse`.
+    fn release_wire<'py>(&self, py: Python<'py>, request: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+        let out = py.detach(|| wire::release(&self.inner, request));
+        out.map(|b| PyBytes::new(py, &b)).map_err(|e| PyValueError::new_err(e.0))
+    }
+
     /// Give back a reservation's counters. True if it was held.
     fn release(&self, reservation: u64) -> bool {
         self.inner.release(reservation)
@@ -159,6 +187,11 @@ impl PyEngine {
         let revision = policy.revision.clone();
         self.inner.reload(policy).map_err(PyValueError::new_err)?;
         Ok(revision)
+    }
+
+    /// Count decisions per tool as well (for `--metrics-per-tool`).
+    fn set_per_tool_metrics(&self, enabled: bool) {
+        self.inner.stats().set_per_tool(enabled);
     }
 
     #[getter]
@@ -185,6 +218,25 @@ impl PyEngine {
         d.set_item("table_full", self.inner.stats().table_full())?;
         d.set_item("table_capacity", self.inner.table().capacity())?;
         d.set_item("table_occupied", self.inner.table().occupied())?;
+        let outcomes: Vec<(&str, &str, u64)> = self
+            .inner
+            .stats()
+            .decisions()
+            .into_iter()
+            .map(|(v, c, n)| (v.as_str(), c.as_str(), n))
+            .collect();
+        d.set_item("outcomes", outcomes)?;
+        let durations = self.inner.stats().durations();
+        let buckets: Vec<(f64, u64)> =
+            durations.cumulative.iter().map(|(ns, n)| (*ns as f64 / 1e9, *n)).collect();
+        d.set_item("duration_buckets", buckets)?;
+        d.set_item("duration_count", durations.count)?;
+        d.set_item("duration_sum", durations.sum_ns as f64 / 1e9)?;
+        if self.inner.stats().per_tool_enabled() {
+            let per_tool: Vec<(String, &str, u64)> =
+                self.inner.stats().per_tool().into_iter().map(|(t, v, n)| (t, v.as_str(), n)).collect();
+            d.set_item("per_tool", per_tool)?;
+        }
         Ok(d)
     }
 }

@@ -5,6 +5,7 @@ mod clock;
 mod decision;
 mod engine;
 mod policy;
+mod wire;
 
 use pyo3::prelude::*;
 

@@ -84,10 +84,22 @@ impl Engine {
         limiter::release(&self.table, reservation)
     }
 
+    /// Refuse a request that cannot be decided (malformed before it reaches the policy),
+    /// counted like any decision.
+    pub fn refuse(&self, reason: &str) -> Decision {
+        let policy = self.policy.load();
+        let d = Draft { revision: &policy.revision }.finish(Code::InvalidRequest, reason.into(), "".into());
+        self.stats.count(&d);
+        d
+    }
+
     pub fn decide<A: ArgValue + Clone>(&self, req: &Request<'_, A>) -> Decision {
         let policy = self.policy.load();
         let decision = self.decide_in(&policy, req, self.clock.now_ns());
         self.stats.count(&decision);
+        if self.stats.per_tool_enabled() {
+            self.stats.count_tool(req.tool, decision.verdict);
+        }
         decision
     }
 

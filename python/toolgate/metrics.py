@@ -1,0 +1,116 @@
+"""Prometheus metrics, read from the Rust core's atomics when ``/metrics`` is scraped.
+
+Nothing here runs per decision: the core counts decisions and latencies in atomics, and
+this collector turns a snapshot of them into metric families at scrape time.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from toolgate._core import Engine
+
+
+class ReloadCounts:
+    """Policy reloads by result; touched only when a reload happens."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts = {"success": 0, "failure": 0}
+
+    def add(self, result: str) -> None:
+        with self._lock:
+            self._counts[result] += 1
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+
+class EngineCollector(Collector):
+    """Exports an engine's decision counts, latency histogram and counter-table usage."""
+
+    def __init__(self, engine: Engine, reloads: ReloadCounts, per_tool: bool = False) -> None:
+        self._engine = engine
+        self._reloads = reloads
+        self._per_tool = per_tool
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._engine.stats()
+        decisions = CounterMetricFamily(
+            "toolgate_decisions", "Decisions made, by verdict and code.", labels=["verdict", "code"]
+        )
+        for verdict, code, count in stats["outcomes"]:
+            decisions.add_metric([verdict, code], count)
+        yield decisions
+
+        buckets = [(_bound(le), count) for le, count in stats["duration_buckets"]]
+        buckets.append(("+Inf", stats["duration_count"]))
+        yield HistogramMetricFamily(
+            "toolgate_decision_duration_seconds",
+            "Time to serve one decision request in the core: decode, decide, encode.",
+            buckets=buckets,
+            sum_value=stats["duration_sum"],
+        )
+
+        reloads = CounterMetricFamily(
+            "toolgate_policy_reloads", "Policy reloads, by result.", labels=["result"]
+        )
+        for result, count in sorted(self._reloads.snapshot().items()):
+            reloads.add_metric([result], count)
+        yield reloads
+
+        info = GaugeMetricFamily(
+            "toolgate_policy_info", "The loaded policy's revision.", labels=["revision"]
+        )
+        info.add_metric([self._engine.revision], 1)
+        yield info
+
+        yield GaugeMetricFamily(
+            "toolgate_counter_table_slots_used",
+            "Counter-table slots holding a key (live, or expired and not yet reused).",
+            value=stats["table_occupied"],
+        )
+        yield GaugeMetricFamily(
+            "toolgate_counter_table_slots_capacity",
+            "Counter-table slots in all.",
+            value=stats["table_capacity"],
+        )
+        yield CounterMetricFamily(
+            "toolgate_counter_table_full",
+            "Calls denied because the counter table had no free slot.",
+            value=stats["table_full"],
+        )
+        if self._per_tool:
+            per_tool = CounterMetricFamily(
+                "toolgate_tool_decisions",
+                "Decisions per tool and verdict (opt-in: --metrics-per-tool).",
+                labels=["tool", "verdict"],
+            )
+            for tool, verdict, count in stats.get("per_tool", []):
+                per_tool.add_metric([tool, verdict], count)
+            yield per_tool
+
+
+def _bound(seconds: float) -> str:
+    return f"{seconds:.7f}".rstrip("0").rstrip(".")
+
+
+def serve_metrics(
+    engine: Engine, reloads: ReloadCounts, host: str, port: int, per_tool: bool = False
+) -> CollectorRegistry:
+    """Serve ``/metrics`` over HTTP on ``host:port`` from a background thread."""
+    registry = CollectorRegistry()
+    registry.register(EngineCollector(engine, reloads, per_tool))
+    start_http_server(port, addr=host, registry=registry)
+    return registry

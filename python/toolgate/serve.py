@@ -1,0 +1,133 @@
+"""``toolgate serve``: the decision sidecar.
+
+One process: the ``toolgate.v1.Decider`` gRPC service, ``grpc.health.v1.Health`` and server
+reflection on one port, Prometheus ``/metrics`` on another, hot reload of the policy file on
+change and on SIGHUP, and a graceful stop on SIGTERM (NOT_SERVING, finish in-flight calls,
+exit 0).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from toolgate import logs
+from toolgate._core import Engine, Policy
+from toolgate.metrics import ReloadCounts, serve_metrics
+from toolgate.reload import PolicyWatcher
+from toolgate.service import SERVICE_NAME, decider_handler
+from toolgate.v1 import decider_pb2
+
+log = logging.getLogger("toolgate.serve")
+
+#: The policy served when none is given: nothing is allowed.
+DENY_EVERYTHING = {"version": "1", "default": "deny"}
+
+
+@dataclass
+class ServeOptions:
+    policy: Path | None = None
+    listen: str = "127.0.0.1:50051"
+    metrics_listen: str | None = "127.0.0.1:9464"
+    threads: int = 8
+    capacity: int = 1 << 16
+    reservations: int = 1 << 16
+    max_argument_bytes: int = 1 << 20
+    reload_interval: float = 1.0
+    grace: float = 10.0
+    log_format: str = "text"
+    log_level: str = "info"
+    metrics_per_tool: bool = False
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """``127.0.0.1:9464`` or ``[::1]:9464`` → (host, port)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def serve(opts: ServeOptions) -> int:
+    sizes = {
+        "capacity": opts.capacity,
+        "reservations": opts.reservations,
+        "max_argument_bytes": opts.max_argument_bytes,
+    }
+    policy = Policy.from_file(opts.policy) if opts.policy else Policy.from_dict(DENY_EVERYTHING)
+    engine = Engine(policy, **sizes)
+    engine.set_per_tool_metrics(opts.metrics_per_tool)
+    logs.configure(opts.log_format, opts.log_level, lambda: engine.revision)
+    if opts.policy is None:
+        log.warning("no --policy given: serving the built-in deny-everything policy")
+
+    reloads = ReloadCounts()
+    # No SO_REUSEPORT: a second sidecar on the same port must fail, not share it silently.
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=opts.threads, thread_name_prefix="grpc"),
+        options=[("grpc.so_reuseport", 0)],
+    )
+    server.add_generic_rpc_handlers((decider_handler(engine),))
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    decider_name = decider_pb2.DESCRIPTOR.services_by_name["Decider"].full_name
+    assert decider_name == SERVICE_NAME
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    try:
+        port = server.add_insecure_port(opts.listen)
+    except RuntimeError as err:
+        log.error("cannot listen on %s: %s", opts.listen, err)
+        return 2
+    if port == 0:
+        log.error("cannot listen on %s", opts.listen)
+        return 2
+
+    if opts.metrics_listen:
+        host, metrics_port = split_host_port(opts.metrics_listen)
+        try:
+            serve_metrics(engine, reloads, host, metrics_port, per_tool=opts.metrics_per_tool)
+        except OSError as err:
+            log.error("cannot serve metrics on %s: %s", opts.metrics_listen, err)
+            return 2
+
+    watcher = None
+    if opts.policy is not None:
+        watcher = PolicyWatcher(opts.policy, engine, reloads, interval=opts.reload_interval)
+        watcher.start()
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if watcher is not None:
+        signal.signal(signal.SIGHUP, lambda *_: watcher.trigger())
+
+    server.start()
+    for service in ("", SERVICE_NAME):
+        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    log.info(
+        "serving %s on %s (metrics on %s), policy %s",
+        SERVICE_NAME,
+        opts.listen,
+        opts.metrics_listen or "off",
+        opts.policy or "built-in deny-everything",
+    )
+
+    while not stop.wait(1.0):
+        pass
+    log.info("stopping: NOT_SERVING, finishing in-flight calls (grace %.1fs)", opts.grace)
+    health_servicer.enter_graceful_shutdown()
+    server.stop(opts.grace).wait()
+    if watcher is not None:
+        watcher.stop()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,38 @@
+"""The ``toolgate.v1.Decider`` gRPC service.
+
+Requests are not deserialized in Python: each RPC's bytes go to the Rust core, which decodes,
+decides and encodes the response, so a decision costs the Python layer one call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+
+from toolgate._core import Engine
+
+SERVICE_NAME = "toolgate.v1.Decider"
+
+
+def _unary(call: Callable[[bytes], bytes]) -> grpc.RpcMethodHandler:
+    def handle(request: bytes, context: grpc.ServicerContext) -> bytes:
+        try:
+            return call(request)
+        except ValueError as err:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+
+    # No (de)serializers: the handler sees and returns raw message bytes.
+    return grpc.unary_unary_rpc_method_handler(handle)
+
+
+def decider_handler(engine: Engine) -> grpc.GenericRpcHandler:
+    """Handlers for Decide, DecideBatch and Release, answered by ``engine``."""
+    return grpc.method_handlers_generic_handler(
+        SERVICE_NAME,
+        {
+            "Decide": _unary(engine.decide_wire),
+            "DecideBatch": _unary(engine.decide_batch_wire),
+            "Release": _unary(engine.release_wire),
+        },
+    )

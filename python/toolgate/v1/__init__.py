@@ -1,0 +1,1 @@
+"""Generated code for the toolgate.v1 protobuf API (scripts/gen_proto; do not edit)."""

@@ -1,0 +1,136 @@
+//! The `toolgate.v1` gRPC messages, decoded and encoded in Rust: the sidecar hands each
+//! request's bytes here and sends back the bytes it gets, so a decision costs Python one call.
+
+use prost::Message;
+use std::time::Instant;
+use toolgate_core::{Code, Decision, Engine, Request, Subject, Verdict};
+
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/toolgate.v1.rs"));
+}
+
+/// Why a message could not be decoded at all (answered with a gRPC error status).
+#[derive(Debug)]
+pub struct Malformed(pub String);
+
+impl From<prost::DecodeError> for Malformed {
+    fn from(e: prost::DecodeError) -> Self {
+        Malformed(format!("malformed request: {e}"))
+    }
+}
+
+/// Decide one `DecideRequest`.
+pub fn decide(engine: &Engine, max_argument_bytes: usize, request: &[u8]) -> Result<Vec<u8>, Malformed> {
+    let started = Instant::now();
+    let req = pb::DecideRequest::decode(request)?;
+    let response = respond(engine, max_argument_bytes, &req);
+    let bytes = response.encode_to_vec();
+    engine.stats().record_duration(started.elapsed().as_nanos() as u64);
+    Ok(bytes)
+}
+
+/// Decide every request of a `DecideBatchRequest`, in order.
+pub fn decide_batch(engine: &Engine, max_argument_bytes: usize, request: &[u8]) -> Result<Vec<u8>, Malformed> {
+    let started = Instant::now();
+    let batch = pb::DecideBatchRequest::decode(request)?;
+    let responses = batch.requests.iter().map(|r| respond(engine, max_argument_bytes, r)).collect();
+    let bytes = pb::DecideBatchResponse { responses }.encode_to_vec();
+    engine.stats().record_duration(started.elapsed().as_nanos() as u64);
+    Ok(bytes)
+}
+
+/// Give back a reservation.
+pub fn release(engine: &Engine, request: &[u8]) -> Result<Vec<u8>, Malformed> {
+    let req = pb::ReleaseRequest::decode(request)?;
+    let released = req.reservation != 0 && engine.release(req.reservation);
+    Ok(pb::ReleaseResponse { released }.encode_to_vec())
+}
+
+fn non_empty(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
+}
+
+fn respond(engine: &Engine, max_argument_bytes: usize, req: &pb::DecideRequest) -> pb::DecideResponse {
+    let subject = req.subject.as_ref();
+    let attributes: Vec<(&str, &str)> = subject
+        .map(|s| s.attributes.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect())
+        .unwrap_or_default();
+    let subject = Subject {
+        grant: subject.and_then(|s| non_empty(&s.grant)),
+        session: subject.and_then(|s| non_empty(&s.session)),
+        agent: subject.and_then(|s| non_empty(&s.agent)),
+        attributes: &attributes,
+    };
+    let arguments = match parse_arguments(&req.arguments_json, max_argument_bytes) {
+        Ok(a) => a,
+        Err(reason) => return encode(engine.refuse(&reason)),
+    };
+    let decision = engine.decide(&Request {
+        tool: &req.tool,
+        server: non_empty(&req.server),
+        subject,
+        args: arguments.as_ref(),
+        dry_run: req.dry_run,
+    });
+    encode(decision)
+}
+
+fn parse_arguments(json: &[u8], max_bytes: usize) -> Result<Option<serde_json::Value>, String> {
+    if json.is_empty() {
+        return Ok(None);
+    }
+    if json.len() > max_bytes {
+        return Err(format!("arguments are {} bytes, more than the limit of {max_bytes}", json.len()));
+    }
+    match serde_json::from_slice::<serde_json::Value>(json) {
+        Ok(v) if v.is_object() => Ok(Some(v)),
+        Ok(_) => Err("arguments must be a JSON object".into()),
+        Err(e) => Err(format!("arguments are not valid JSON: {e}")),
+    }
+}
+
+fn encode(d: Decision) -> pb::DecideResponse {
+    pb::DecideResponse {
+        verdict: verdict(d.verdict) as i32,
+        code: code(d.code) as i32,
+        reason: d.reason.to_string(),
+        rule: d.rule.to_string(),
+        retry_after_ms: d.retry_after_ms,
+        limits: d
+            .limits
+            .iter()
+            .map(|l| pb::LimitState {
+                counter: l.counter.to_string(),
+                rule: l.rule.to_string(),
+                scope: l.scope.to_owned(),
+                max: l.max,
+                remaining: l.remaining,
+                reset_in_ms: l.reset_in_ms,
+            })
+            .collect(),
+        revision: d.revision.to_string(),
+        shadow: d.shadow,
+        reservation: d.reservation.unwrap_or(0),
+    }
+}
+
+fn verdict(v: Verdict) -> pb::Verdict {
+    match v {
+        Verdict::Allow => pb::Verdict::Allow,
+        Verdict::Deny => pb::Verdict::Deny,
+        Verdict::RequireApproval => pb::Verdict::RequireApproval,
+    }
+}
+
+fn code(c: Code) -> pb::Code {
+    match c {
+        Code::Allowed => pb::Code::Allowed,
+        Code::Hidden => pb::Code::Hidden,
+        Code::DefaultDeny => pb::Code::DefaultDeny,
+        Code::RuleDeny => pb::Code::RuleDeny,
+        Code::ConditionFailed => pb::Code::ConditionFailed,
+        Code::RateLimited => pb::Code::RateLimited,
+        Code::ApprovalRequired => pb::Code::ApprovalRequired,
+        Code::InvalidRequest => pb::Code::InvalidRequest,
+    }
+}
