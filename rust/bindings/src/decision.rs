@@ -5,50 +5,47 @@ use pyo3::types::PyDict;
 use toolgate_core::{Decision, LimitState, Verdict};
 
 /// The state of one limit a decision touched.
-#[pyclass(name = "LimitState", module = "toolgate._core", frozen)]
-pub struct PyLimitState(LimitState);
+#[pyclass(name = "LimitState", module = "toolgate._core", frozen, get_all)]
+#[derive(Clone)]
+pub struct PyLimitState {
+    pub counter: String,
+    /// JSON pointer of the limit in the policy.
+    pub rule: String,
+    pub scope: &'static str,
+    pub max: f64,
+    pub remaining: f64,
+    pub reset_in_ms: u64,
+}
+
+impl PyLimitState {
+    fn new(d: &Decision, l: &LimitState) -> PyLimitState {
+        PyLimitState {
+            counter: d.counter_of(l).to_owned(),
+            rule: d.rule_of(l).to_owned(),
+            scope: l.scope,
+            max: l.max,
+            remaining: l.remaining,
+            reset_in_ms: l.reset_in_ms,
+        }
+    }
+}
 
 #[pymethods]
 impl PyLimitState {
-    #[getter]
-    fn counter(&self) -> &str {
-        &self.0.counter
-    }
-    /// JSON pointer of the limit in the policy.
-    #[getter]
-    fn rule(&self) -> &str {
-        &self.0.rule
-    }
-    #[getter]
-    fn scope(&self) -> &str {
-        self.0.scope
-    }
-    #[getter]
-    fn max(&self) -> f64 {
-        self.0.max
-    }
-    #[getter]
-    fn remaining(&self) -> f64 {
-        self.0.remaining
-    }
-    #[getter]
-    fn reset_in_ms(&self) -> u64 {
-        self.0.reset_in_ms
-    }
     fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
-        d.set_item("counter", &*self.0.counter)?;
-        d.set_item("rule", &*self.0.rule)?;
-        d.set_item("scope", self.0.scope)?;
-        d.set_item("max", self.0.max)?;
-        d.set_item("remaining", self.0.remaining)?;
-        d.set_item("reset_in_ms", self.0.reset_in_ms)?;
+        d.set_item("counter", &self.counter)?;
+        d.set_item("rule", &self.rule)?;
+        d.set_item("scope", self.scope)?;
+        d.set_item("max", self.max)?;
+        d.set_item("remaining", self.remaining)?;
+        d.set_item("reset_in_ms", self.reset_in_ms)?;
         Ok(d)
     }
     fn __repr__(&self) -> String {
         format!(
             "LimitState({:?}, remaining={}, max={}, reset_in_ms={})",
-            &*self.0.counter, self.0.remaining, self.0.max, self.0.reset_in_ms
+            self.counter, self.remaining, self.max, self.reset_in_ms
         )
     }
 }
@@ -74,12 +71,12 @@ impl PyDecision {
     }
     #[getter]
     fn reason(&self) -> &str {
-        &self.0.reason
+        self.0.reason()
     }
     /// JSON pointer of the policy entry that decided.
     #[getter]
     fn rule(&self) -> &str {
-        &self.0.rule
+        self.0.rule()
     }
     #[getter]
     fn retry_after_ms(&self) -> Option<u64> {
@@ -87,11 +84,15 @@ impl PyDecision {
     }
     #[getter]
     fn limits(&self) -> Vec<PyLimitState> {
-        self.0.limits.iter().cloned().map(PyLimitState).collect()
+        self.0
+            .limits
+            .iter()
+            .map(|l| PyLimitState::new(&self.0, l))
+            .collect()
     }
     #[getter]
     fn revision(&self) -> &str {
-        &self.0.revision
+        self.0.revision()
     }
     #[getter]
     fn shadow(&self) -> bool {
@@ -113,7 +114,7 @@ impl PyDecision {
             .0
             .limits
             .iter()
-            .map(|l| PyLimitState(l.clone()).to_dict(py))
+            .map(|l| PyLimitState::new(&self.0, l).to_dict(py))
             .collect();
         d.set_item("limits", limits?)?;
         d.set_item("revision", self.revision())?;

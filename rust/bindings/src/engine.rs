@@ -44,7 +44,10 @@ impl PyEngine {
         };
         let table = Arc::new(CounterTable::new(capacity, reservations));
         Engine::new(policy, table, clock)
-            .map(|inner| PyEngine { inner, max_argument_bytes })
+            .map(|inner| PyEngine {
+                inner,
+                max_argument_bytes,
+            })
             .map_err(PyValueError::new_err)
     }
 }
@@ -62,7 +65,13 @@ impl PyEngine {
         clock: Option<&Bound<'_, PyManualClock>>,
         max_argument_bytes: usize,
     ) -> PyResult<Self> {
-        Self::build(coerce(py, policy)?, capacity, reservations, clock, max_argument_bytes)
+        Self::build(
+            coerce(py, policy)?,
+            capacity,
+            reservations,
+            clock,
+            max_argument_bytes,
+        )
     }
 
     #[staticmethod]
@@ -160,19 +169,26 @@ impl PyEngine {
     /// the GIL.
     fn decide_wire<'py>(&self, py: Python<'py>, request: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
         let out = py.detach(|| wire::decide(&self.inner, self.max_argument_bytes, request));
-        out.map(|b| PyBytes::new(py, &b)).map_err(|e| PyValueError::new_err(e.0))
+        out.map(|b| PyBytes::new(py, &b))
+            .map_err(|e| PyValueError::new_err(e.0))
     }
 
     /// Decide a serialized `DecideBatchRequest`; returns a serialized `DecideBatchResponse`.
-    fn decide_batch_wire<'py>(&self, py: Python<'py>, request: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+    fn decide_batch_wire<'py>(
+        &self,
+        py: Python<'py>,
+        request: &[u8],
+    ) -> PyResult<Bound<'py, PyBytes>> {
         let out = py.detach(|| wire::decide_batch(&self.inner, self.max_argument_bytes, request));
-        out.map(|b| PyBytes::new(py, &b)).map_err(|e| PyValueError::new_err(e.0))
+        out.map(|b| PyBytes::new(py, &b))
+            .map_err(|e| PyValueError::new_err(e.0))
     }
 
     /// Release by a serialized `ReleaseRequest`; returns a serialized `ReleaseResponse`.
     fn release_wire<'py>(&self, py: Python<'py>, request: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
         let out = py.detach(|| wire::release(&self.inner, request));
-        out.map(|b| PyBytes::new(py, &b)).map_err(|e| PyValueError::new_err(e.0))
+        out.map(|b| PyBytes::new(py, &b))
+            .map_err(|e| PyValueError::new_err(e.0))
     }
 
     /// Give back a reservation's counters. True if it was held.
@@ -227,14 +243,22 @@ impl PyEngine {
             .collect();
         d.set_item("outcomes", outcomes)?;
         let durations = self.inner.stats().durations();
-        let buckets: Vec<(f64, u64)> =
-            durations.cumulative.iter().map(|(ns, n)| (*ns as f64 / 1e9, *n)).collect();
+        let buckets: Vec<(f64, u64)> = durations
+            .cumulative
+            .iter()
+            .map(|(ns, n)| (*ns as f64 / 1e9, *n))
+            .collect();
         d.set_item("duration_buckets", buckets)?;
         d.set_item("duration_count", durations.count)?;
         d.set_item("duration_sum", durations.sum_ns as f64 / 1e9)?;
         if self.inner.stats().per_tool_enabled() {
-            let per_tool: Vec<(String, &str, u64)> =
-                self.inner.stats().per_tool().into_iter().map(|(t, v, n)| (t, v.as_str(), n)).collect();
+            let per_tool: Vec<(String, &str, u64)> = self
+                .inner
+                .stats()
+                .per_tool()
+                .into_iter()
+                .map(|(t, v, n)| (t, v.as_str(), n))
+                .collect();
             d.set_item("per_tool", per_tool)?;
         }
         Ok(d)

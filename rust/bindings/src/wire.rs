@@ -20,22 +20,38 @@ impl From<prost::DecodeError> for Malformed {
 }
 
 /// Decide one `DecideRequest`.
-pub fn decide(engine: &Engine, max_argument_bytes: usize, request: &[u8]) -> Result<Vec<u8>, Malformed> {
+pub fn decide(
+    engine: &Engine,
+    max_argument_bytes: usize,
+    request: &[u8],
+) -> Result<Vec<u8>, Malformed> {
     let started = Instant::now();
     let req = pb::DecideRequest::decode(request)?;
     let response = respond(engine, max_argument_bytes, &req);
     let bytes = response.encode_to_vec();
-    engine.stats().record_duration(started.elapsed().as_nanos() as u64);
+    engine
+        .stats()
+        .record_duration(started.elapsed().as_nanos() as u64);
     Ok(bytes)
 }
 
 /// Decide every request of a `DecideBatchRequest`, in order.
-pub fn decide_batch(engine: &Engine, max_argument_bytes: usize, request: &[u8]) -> Result<Vec<u8>, Malformed> {
+pub fn decide_batch(
+    engine: &Engine,
+    max_argument_bytes: usize,
+    request: &[u8],
+) -> Result<Vec<u8>, Malformed> {
     let started = Instant::now();
     let batch = pb::DecideBatchRequest::decode(request)?;
-    let responses = batch.requests.iter().map(|r| respond(engine, max_argument_bytes, r)).collect();
+    let responses = batch
+        .requests
+        .iter()
+        .map(|r| respond(engine, max_argument_bytes, r))
+        .collect();
     let bytes = pb::DecideBatchResponse { responses }.encode_to_vec();
-    engine.stats().record_duration(started.elapsed().as_nanos() as u64);
+    engine
+        .stats()
+        .record_duration(started.elapsed().as_nanos() as u64);
     Ok(bytes)
 }
 
@@ -50,10 +66,19 @@ fn non_empty(s: &str) -> Option<&str> {
     (!s.is_empty()).then_some(s)
 }
 
-fn respond(engine: &Engine, max_argument_bytes: usize, req: &pb::DecideRequest) -> pb::DecideResponse {
+fn respond(
+    engine: &Engine,
+    max_argument_bytes: usize,
+    req: &pb::DecideRequest,
+) -> pb::DecideResponse {
     let subject = req.subject.as_ref();
     let attributes: Vec<(&str, &str)> = subject
-        .map(|s| s.attributes.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect())
+        .map(|s| {
+            s.attributes
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect()
+        })
         .unwrap_or_default();
     let subject = Subject {
         grant: subject.and_then(|s| non_empty(&s.grant)),
@@ -80,7 +105,10 @@ fn parse_arguments(json: &[u8], max_bytes: usize) -> Result<Option<serde_json::V
         return Ok(None);
     }
     if json.len() > max_bytes {
-        return Err(format!("arguments are {} bytes, more than the limit of {max_bytes}", json.len()));
+        return Err(format!(
+            "arguments are {} bytes, more than the limit of {max_bytes}",
+            json.len()
+        ));
     }
     match serde_json::from_slice::<serde_json::Value>(json) {
         Ok(v) if v.is_object() => Ok(Some(v)),
@@ -93,22 +121,22 @@ fn encode(d: Decision) -> pb::DecideResponse {
     pb::DecideResponse {
         verdict: verdict(d.verdict) as i32,
         code: code(d.code) as i32,
-        reason: d.reason.to_string(),
-        rule: d.rule.to_string(),
+        reason: d.reason().to_owned(),
+        rule: d.rule().to_owned(),
         retry_after_ms: d.retry_after_ms,
         limits: d
             .limits
             .iter()
             .map(|l| pb::LimitState {
-                counter: l.counter.to_string(),
-                rule: l.rule.to_string(),
+                counter: d.counter_of(l).to_owned(),
+                rule: d.rule_of(l).to_owned(),
                 scope: l.scope.to_owned(),
                 max: l.max,
                 remaining: l.remaining,
                 reset_in_ms: l.reset_in_ms,
             })
             .collect(),
-        revision: d.revision.to_string(),
+        revision: d.revision().to_owned(),
         shadow: d.shadow,
         reservation: d.reservation.unwrap_or(0),
     }

@@ -7,44 +7,63 @@ use crate::policy::{
     Action, ConditionItem, DefaultAction, Limit, Mode, Policy, Rule, Scope, Section, Segment,
 };
 use ahash::AHashMap;
-use std::sync::Arc;
 
 pub struct CompiledPolicy {
-    pub revision: Arc<str>,
+    pub revision: Box<str>,
     pub root: CompiledSection,
     pub servers: AHashMap<Box<str>, CompiledSection>,
+    /// Every string a decision can return, so a decision refers to them by index and keeps
+    /// the policy alive with one reference count instead of one per string.
+    texts: Vec<Box<str>>,
     /// Kept for introspection (`toolgate` prints it, tests compare it).
     pub source: Policy,
+}
+
+/// Index of a string in [`CompiledPolicy`]'s text table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextId(u32);
+
+/// Collects the strings of a policy while it is compiled.
+#[derive(Default)]
+struct Texts(Vec<Box<str>>);
+
+impl Texts {
+    fn add(&mut self, text: impl Into<Box<str>>) -> TextId {
+        self.0.push(text.into());
+        TextId((self.0.len() - 1) as u32)
+    }
 }
 
 pub struct CompiledSection {
     pub default_allow: bool,
     pub shadow: bool,
-    pub hide: NameMatcher<Arc<str>>,
+    pub hide: NameMatcher<TextId>,
     pub tools: NameMatcher<usize>,
     pub rules: Vec<CompiledRule>,
     pub all_tools: Option<CompiledRule>,
-    pub default_rule: Arc<str>,
-    pub default_deny_reason: Arc<str>,
-    pub default_allow_reason: Arc<str>,
+    pub default_rule: TextId,
+    pub default_deny_reason: TextId,
+    pub default_allow_reason: TextId,
 }
 
 pub struct CompiledRule {
-    pub pointer: Arc<str>,
+    pub pointer: TextId,
     pub action: Action,
     pub shadow: Option<bool>,
-    pub reason: Option<Arc<str>>,
+    /// The rule's own `reason`, if written.
+    pub reason: Option<Box<str>>,
     pub limits: Vec<CompiledLimit>,
     pub require: Vec<ConditionItem>,
     pub deny_if: Vec<ConditionItem>,
-    pub allowed_reason: Arc<str>,
-    pub denied_reason: Arc<str>,
-    pub approval_reason: Arc<str>,
+    pub allowed_reason: TextId,
+    pub denied_reason: TextId,
+    pub approval_reason: TextId,
 }
 
 pub struct CompiledLimit {
-    pub pointer: Arc<str>,
-    pub counter: Arc<str>,
+    pub pointer: TextId,
+    pub counter: TextId,
+    pub counter_name: Box<str>,
     pub identity: u64,
     pub granularity: Granularity,
     pub window_ms: u64,
@@ -52,23 +71,30 @@ pub struct CompiledLimit {
     pub max_units: u64,
     pub scope: Scope,
     pub cost: Option<Vec<Segment>>,
-    pub cost_text: Option<Arc<str>>,
-    pub cost_pointer: Arc<str>,
+    pub cost_text: Option<Box<str>>,
+    pub cost_pointer: TextId,
 }
 
 impl CompiledPolicy {
     pub fn compile(policy: Policy) -> Result<CompiledPolicy, String> {
-        let root = compile_section(&policy.root)?;
+        let mut texts = Texts::default();
+        let root = compile_section(&policy.root, &mut texts)?;
         let mut servers = AHashMap::new();
         for (id, section) in &policy.servers {
-            servers.insert(id.as_str().into(), compile_section(section)?);
+            servers.insert(id.as_str().into(), compile_section(section, &mut texts)?);
         }
         Ok(CompiledPolicy {
             revision: policy.revision.as_str().into(),
             root,
             servers,
+            texts: texts.0,
             source: policy,
         })
+    }
+
+    #[inline]
+    pub fn text(&self, id: TextId) -> &str {
+        &self.texts[id.0 as usize]
     }
 
     #[inline]
@@ -79,58 +105,58 @@ impl CompiledPolicy {
     }
 }
 
-fn compile_section(section: &Section) -> Result<CompiledSection, String> {
+fn compile_section(section: &Section, texts: &mut Texts) -> Result<CompiledSection, String> {
     let hide = NameMatcher::new(
         section
             .hide
             .iter()
-            .map(|h| (h.text.as_str(), Arc::<str>::from(h.pointer.as_str()))),
+            .map(|h| (h.text.as_str(), texts.add(h.pointer.as_str())))
+            .collect::<Vec<_>>(),
     )?;
     let mut rules = Vec::with_capacity(section.tools.len());
     let mut names = Vec::with_capacity(section.tools.len());
     for (i, (name, rule)) in section.tools.iter().enumerate() {
-        rules.push(compile_rule(rule, Some(&name.text)));
+        rules.push(compile_rule(rule, Some(&name.text), texts));
         names.push((name.text.as_str(), i));
     }
-    let default_rule: Arc<str> = format!("{}/default", section.pointer).into();
     Ok(CompiledSection {
         default_allow: section.default == DefaultAction::Allow,
         shadow: section.mode == Mode::Shadow,
         hide,
         tools: NameMatcher::new(names)?,
         rules,
-        all_tools: section.all_tools.as_ref().map(|r| compile_rule(r, None)),
-        default_deny_reason: "denied by default: the policy does not allow this tool".into(),
-        default_allow_reason: "allowed by default".into(),
-        default_rule,
+        all_tools: section
+            .all_tools
+            .as_ref()
+            .map(|r| compile_rule(r, None, texts)),
+        default_deny_reason: texts.add("denied by default: the policy does not allow this tool"),
+        default_allow_reason: texts.add("allowed by default"),
+        default_rule: texts.add(format!("{}/default", section.pointer)),
     })
 }
 
-fn compile_rule(rule: &Rule, tool: Option<&str>) -> CompiledRule {
+fn compile_rule(rule: &Rule, tool: Option<&str>, texts: &mut Texts) -> CompiledRule {
     let what = tool.map_or_else(|| "all tools".to_owned(), |t| format!("tool {t:?}"));
+    let own = |fallback: String| rule.reason.clone().unwrap_or(fallback);
     CompiledRule {
-        pointer: rule.pointer.as_str().into(),
+        pointer: texts.add(rule.pointer.as_str()),
         action: rule.action,
         shadow: rule.mode.map(|m| m == Mode::Shadow),
-        reason: rule.reason.as_deref().map(Arc::from),
-        limits: rule.limits.iter().map(compile_limit).collect(),
+        reason: rule.reason.as_deref().map(Box::from),
+        limits: rule
+            .limits
+            .iter()
+            .map(|l| compile_limit(l, texts))
+            .collect(),
         require: rule.require.clone(),
         deny_if: rule.deny_if.clone(),
-        allowed_reason: format!("allowed by {}", rule.pointer).into(),
-        denied_reason: rule
-            .reason
-            .clone()
-            .unwrap_or_else(|| format!("{what} is denied by policy"))
-            .into(),
-        approval_reason: rule
-            .reason
-            .clone()
-            .unwrap_or_else(|| format!("{what} requires a human's approval"))
-            .into(),
+        allowed_reason: texts.add(format!("allowed by {}", rule.pointer)),
+        denied_reason: texts.add(own(format!("{what} is denied by policy"))),
+        approval_reason: texts.add(own(format!("{what} requires a human's approval"))),
     }
 }
 
-fn compile_limit(limit: &Limit) -> CompiledLimit {
+fn compile_limit(limit: &Limit, texts: &mut Texts) -> CompiledLimit {
     let granularity = Granularity::for_window_ms(limit.window_ms);
     let identity = CounterKey::identity(&[
         limit.counter.as_bytes(),
@@ -138,8 +164,9 @@ fn compile_limit(limit: &Limit) -> CompiledLimit {
         limit.scope.as_str().as_bytes(),
     ]);
     CompiledLimit {
-        pointer: limit.pointer.as_str().into(),
-        counter: limit.counter.as_str().into(),
+        pointer: texts.add(limit.pointer.as_str()),
+        counter: texts.add(limit.counter.as_str()),
+        counter_name: limit.counter.as_str().into(),
         identity,
         granularity,
         window_ms: limit.window_ms,
@@ -148,7 +175,7 @@ fn compile_limit(limit: &Limit) -> CompiledLimit {
         max_units: to_units(limit.max).unwrap_or(0),
         scope: limit.scope,
         cost: limit.cost.as_ref().map(|p| p.segments.clone()),
-        cost_text: limit.cost.as_ref().map(|p| Arc::from(p.text.as_str())),
-        cost_pointer: format!("{}/cost", limit.pointer).into(),
+        cost_text: limit.cost.as_ref().map(|p| p.text.as_str().into()),
+        cost_pointer: texts.add(format!("{}/cost", limit.pointer)),
     }
 }

@@ -1,5 +1,6 @@
 //! What a decision says (DESIGN.md §4).
 
+use crate::compile::{CompiledPolicy, TextId};
 use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -70,12 +71,36 @@ impl Code {
     }
 }
 
+/// A string a decision returns: one of the policy's, or one made for this decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Text {
+    Policy(TextId),
+    Owned(Box<str>),
+}
+
+impl From<TextId> for Text {
+    fn from(id: TextId) -> Text {
+        Text::Policy(id)
+    }
+}
+
+impl From<String> for Text {
+    fn from(s: String) -> Text {
+        Text::Owned(s.into())
+    }
+}
+
+impl From<&str> for Text {
+    fn from(s: &str) -> Text {
+        Text::Owned(s.into())
+    }
+}
+
 /// The state of one limit a decision touched.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LimitState {
-    pub counter: Arc<str>,
-    /// JSON pointer of the limit in the policy.
-    pub rule: Arc<str>,
+    pub(crate) counter: TextId,
+    pub(crate) rule: TextId,
     pub scope: &'static str,
     pub max: f64,
     /// Room left after this decision (calls, or cost units of the policy).
@@ -84,19 +109,70 @@ pub struct LimitState {
     pub reset_in_ms: u64,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// The answer for one call. Strings are read through the policy that decided, which the
+/// decision keeps alive.
+#[derive(Clone)]
 pub struct Decision {
     /// What the proxy must do. In shadow mode always ALLOW; `code` says what enforcing would.
     pub verdict: Verdict,
     pub code: Code,
-    pub reason: Arc<str>,
-    /// JSON pointer of the policy entry that decided.
-    pub rule: Arc<str>,
+    pub(crate) reason: Text,
+    pub(crate) rule: Text,
     /// For RATE_LIMITED: milliseconds until the call could be allowed; `None` if never.
     pub retry_after_ms: Option<u64>,
     pub limits: Vec<LimitState>,
-    pub revision: Arc<str>,
     pub shadow: bool,
     /// Reservation id to give counters back with; `None` if nothing was reserved.
     pub reservation: Option<u64>,
+    pub(crate) policy: Arc<CompiledPolicy>,
+}
+
+impl Decision {
+    fn text<'a>(&'a self, t: &'a Text) -> &'a str {
+        match t {
+            Text::Policy(id) => self.policy.text(*id),
+            Text::Owned(s) => s,
+        }
+    }
+
+    /// Text for the agent.
+    pub fn reason(&self) -> &str {
+        self.text(&self.reason)
+    }
+
+    /// JSON pointer of the policy entry that decided.
+    pub fn rule(&self) -> &str {
+        self.text(&self.rule)
+    }
+
+    /// The deciding policy's revision.
+    pub fn revision(&self) -> &str {
+        &self.policy.revision
+    }
+
+    /// The counter a limit state belongs to.
+    pub fn counter_of(&self, limit: &LimitState) -> &str {
+        self.policy.text(limit.counter)
+    }
+
+    /// JSON pointer of a limit state's limit.
+    pub fn rule_of(&self, limit: &LimitState) -> &str {
+        self.policy.text(limit.rule)
+    }
+}
+
+impl std::fmt::Debug for Decision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decision")
+            .field("verdict", &self.verdict)
+            .field("code", &self.code)
+            .field("reason", &self.reason())
+            .field("rule", &self.rule())
+            .field("retry_after_ms", &self.retry_after_ms)
+            .field("limits", &self.limits)
+            .field("revision", &self.revision())
+            .field("shadow", &self.shadow)
+            .field("reservation", &self.reservation)
+            .finish()
+    }
 }

@@ -3,14 +3,16 @@
 
 use crate::args::ArgValue;
 use crate::clock::{Clock, MonotonicClock};
-use crate::compile::{CompiledLimit, CompiledPolicy, CompiledRule};
+use crate::compile::{CompiledLimit, CompiledPolicy, CompiledRule, TextId};
 use crate::condition::{Facts, Outcome, Subject};
+use crate::counter::reservation::MAX_PARTS;
 use crate::counter::{to_units, CounterKey, CounterTable, UNITS_PER_CALL};
-use crate::decision::{Code, Decision, Verdict};
+use crate::decision::{Code, Decision, Text, Verdict};
 use crate::limiter::{self, Want};
 use crate::policy::{Action, ConditionItem, Policy, Scope};
 use crate::stats::Stats;
 use arc_swap::ArcSwap;
+use arrayvec::ArrayVec;
 use std::sync::Arc;
 
 /// Default counter-table size: slots and reservation-log entries.
@@ -88,14 +90,14 @@ impl Engine {
     /// counted like any decision.
     pub fn refuse(&self, reason: &str) -> Decision {
         let policy = self.policy.load();
-        let d = Draft { revision: &policy.revision }.finish(Code::InvalidRequest, reason.into(), "".into());
+        let d = Draft { policy: &policy }.finish(Code::InvalidRequest, reason, "");
         self.stats.count(&d);
         d
     }
 
     pub fn decide<A: ArgValue + Clone>(&self, req: &Request<'_, A>) -> Decision {
         let policy = self.policy.load();
-        let decision = self.decide_in(&policy, req, self.clock.now_ns());
+        let decision = self.decide_in(&policy, req);
         self.stats.count(&decision);
         if self.stats.per_tool_enabled() {
             self.stats.count_tool(req.tool, decision.verdict);
@@ -109,14 +111,11 @@ impl Engine {
     /// shadow finding (`shadow: true`); failing that, a plain ALLOW.
     fn decide_in<A: ArgValue + Clone>(
         &self,
-        policy: &CompiledPolicy,
+        policy: &Arc<CompiledPolicy>,
         req: &Request<'_, A>,
-        now_ns: u64,
     ) -> Decision {
         let section = policy.section(req.server);
-        let out = Draft {
-            revision: &policy.revision,
-        };
+        let out = Draft { policy };
         let shadowed = |r: &CompiledRule| r.shadow.unwrap_or(section.shadow);
         let mut finding: Option<Decision> = None;
         // Note a shadow finding, or return an enforced decision.
@@ -131,21 +130,18 @@ impl Engine {
         }
 
         if req.tool.is_empty() {
-            return out.finish(Code::InvalidRequest, "tool name is empty".into(), "".into());
+            return out.finish(Code::InvalidRequest, "tool name is empty", "");
         }
         if let Some(pointer) = section.hide.lookup(req.tool) {
             let reason = format!("tool {:?} is hidden by policy", req.tool);
-            deny!(
-                section.shadow,
-                out.finish(Code::Hidden, reason.into(), pointer.clone())
-            );
+            deny!(section.shadow, out.finish(Code::Hidden, reason, *pointer));
         }
         let rule = section.tools.lookup(req.tool).map(|i| &section.rules[*i]);
         if rule.is_none() && !section.default_allow {
             let d = out.finish(
                 Code::DefaultDeny,
-                section.default_deny_reason.clone(),
-                section.default_rule.clone(),
+                section.default_deny_reason,
+                section.default_rule,
             );
             deny!(section.shadow, d);
         }
@@ -161,7 +157,7 @@ impl Engine {
         for r in rules.clone().filter(|r| r.action == Action::Deny) {
             deny!(
                 shadowed(r),
-                out.finish(Code::RuleDeny, r.denied_reason.clone(), r.pointer.clone())
+                out.finish(Code::RuleDeny, r.denied_reason, r.pointer)
             );
         }
         for r in rules.clone() {
@@ -172,16 +168,25 @@ impl Engine {
 
         // Enforcing limits and shadow limits are reserved separately: a shadow limit
         // without room must not stop the enforcing ones from counting, nor the reverse.
-        let mut enforced: Vec<Want<'_>> = Vec::new();
-        let mut observed: Vec<Want<'_>> = Vec::new();
+        let mut enforced: ArrayVec<Want<'_>, MAX_PARTS> = ArrayVec::new();
+        let mut observed: ArrayVec<Want<'_>, MAX_PARTS> = ArrayVec::new();
         for r in rules.clone() {
             for limit in &r.limits {
-                match want(limit, req, &facts) {
-                    Ok(w) if shadowed(r) => observed.push(w),
-                    Ok(w) => enforced.push(w),
+                let w = match want(limit, req, &facts) {
+                    Ok(w) => w,
                     Err((reason, pointer)) => {
-                        return out.finish(Code::InvalidRequest, reason.into(), pointer)
+                        return out.finish(Code::InvalidRequest, reason, pointer)
                     }
+                };
+                let group = if shadowed(r) {
+                    &mut observed
+                } else {
+                    &mut enforced
+                };
+                // The loader allows at most MAX_PARTS limits per call; refuse rather than
+                // drop one if that ever changed.
+                if group.try_push(w).is_err() {
+                    return out.finish(Code::InvalidRequest, "too many limits", r.pointer);
                 }
             }
         }
@@ -189,57 +194,50 @@ impl Engine {
         let approval = rules.clone().filter(needs_approval).find(|r| !shadowed(r));
         // An approval-gated call runs later, if at all: it consumes counters then.
         let consume = !req.dry_run && approval.is_none();
-        let mut parts = Vec::new();
+        let mut parts = limiter::Parts::new();
         let mut limits = Vec::new();
-        for (wants, shadow) in [(&enforced, false), (&observed, true)] {
-            if wants.is_empty() {
-                continue;
-            }
-            match limiter::reserve(&self.table, wants, now_ns, consume) {
-                limiter::Outcome::Reserved {
-                    parts: p,
-                    limits: l,
-                } => {
-                    parts.extend(p);
-                    limits.extend(l);
+        if !enforced.is_empty() || !observed.is_empty() {
+            // The clock is read only for calls that count.
+            let now_ns = self.clock.now_ns();
+            limits.reserve_exact(enforced.len() + observed.len());
+            for (wants, shadow) in [(&enforced, false), (&observed, true)] {
+                if wants.is_empty() {
+                    continue;
                 }
-                // Enforcing limits go first, so a denial here has consumed nothing.
-                limiter::Outcome::Denied {
-                    retry_after_ms,
-                    limits: l,
-                    failing,
-                } => {
-                    let limit = wants[failing].limit;
-                    let reason = rate_limited_reason(limit, retry_after_ms);
-                    let mut d = out.finish(Code::RateLimited, reason.into(), limit.pointer.clone());
-                    d.retry_after_ms = retry_after_ms;
-                    if shadow {
-                        limits.extend(l);
-                    } else {
-                        d.limits = l;
+                match limiter::reserve(&self.table, wants, now_ns, consume, &mut parts, &mut limits)
+                {
+                    limiter::Outcome::Reserved => {}
+                    // Enforcing limits go first, so a denial here has consumed nothing.
+                    limiter::Outcome::Denied {
+                        retry_after_ms,
+                        limits: l,
+                        failing,
+                    } => {
+                        let limit = wants[failing].limit;
+                        let reason = rate_limited_reason(limit, retry_after_ms);
+                        let mut d = out.finish(Code::RateLimited, reason, limit.pointer);
+                        d.retry_after_ms = retry_after_ms;
+                        if shadow {
+                            limits.extend(l);
+                        } else {
+                            d.limits = l;
+                        }
+                        deny!(shadow, d);
                     }
-                    deny!(shadow, d);
-                }
-                limiter::Outcome::TableFull { failing } => {
-                    self.stats.count_table_full();
-                    let reason = "counter table is full: no room to track this caller, so the call is denied";
-                    let mut d = out.finish(
-                        Code::RateLimited,
-                        reason.into(),
-                        wants[failing].limit.pointer.clone(),
-                    );
-                    d.retry_after_ms = Some(1000);
-                    deny!(shadow, d);
+                    limiter::Outcome::TableFull { failing } => {
+                        self.stats.count_table_full();
+                        let reason = "counter table is full: no room to track this caller, so the call is denied";
+                        let mut d =
+                            out.finish(Code::RateLimited, reason, wants[failing].limit.pointer);
+                        d.retry_after_ms = Some(1000);
+                        deny!(shadow, d);
+                    }
                 }
             }
         }
         let reservation = limiter::record(&self.table, &parts);
         if let Some(r) = rules.clone().filter(needs_approval).find(|r| shadowed(r)) {
-            finding.get_or_insert(out.finish(
-                Code::ApprovalRequired,
-                r.approval_reason.clone(),
-                r.pointer.clone(),
-            ));
+            finding.get_or_insert(out.finish(Code::ApprovalRequired, r.approval_reason, r.pointer));
         }
 
         let mut d = match (finding, approval) {
@@ -248,18 +246,11 @@ impl Engine {
                 d.shadow = true;
                 d
             }
-            (None, Some(r)) => out.finish(
-                Code::ApprovalRequired,
-                r.approval_reason.clone(),
-                r.pointer.clone(),
-            ),
+            (None, Some(r)) => out.finish(Code::ApprovalRequired, r.approval_reason, r.pointer),
             (None, None) => {
                 let (reason, pointer) = match rule {
-                    Some(r) => (r.allowed_reason.clone(), r.pointer.clone()),
-                    None => (
-                        section.default_allow_reason.clone(),
-                        section.default_rule.clone(),
-                    ),
+                    Some(r) => (r.allowed_reason, r.pointer),
+                    None => (section.default_allow_reason, section.default_rule),
                 };
                 let mut d = out.finish(Code::Allowed, reason, pointer);
                 d.shadow = rule.map_or(section.shadow, shadowed);
@@ -272,23 +263,23 @@ impl Engine {
     }
 }
 
-/// Builds decisions that share the policy revision.
+/// Builds decisions that keep the deciding policy alive.
 struct Draft<'a> {
-    revision: &'a Arc<str>,
+    policy: &'a Arc<CompiledPolicy>,
 }
 
 impl Draft<'_> {
-    fn finish(&self, code: Code, reason: Arc<str>, rule: Arc<str>) -> Decision {
+    fn finish(&self, code: Code, reason: impl Into<Text>, rule: impl Into<Text>) -> Decision {
         Decision {
             verdict: code.verdict(),
             code,
-            reason,
-            rule,
+            reason: reason.into(),
+            rule: rule.into(),
             retry_after_ms: None,
             limits: Vec::new(),
-            revision: self.revision.clone(),
             shadow: false,
             reservation: None,
+            policy: Arc::clone(self.policy),
         }
     }
 }
@@ -298,20 +289,19 @@ fn check_conditions<A: ArgValue + Clone>(
     r: &CompiledRule,
     facts: &Facts<'_, A>,
 ) -> Option<Decision> {
-    let deny = |reason: Arc<str>, pointer: &str| {
-        Some(out.finish(Code::ConditionFailed, reason, pointer.into()))
-    };
+    let deny =
+        |reason: Text, pointer: &str| Some(out.finish(Code::ConditionFailed, reason, pointer));
     let unevaluable = |c: &crate::policy::Compare, p: crate::condition::Problem| {
         let detail = format!("condition cannot be evaluated: {}", p.describe(c));
-        let reason: Arc<str> = match &r.reason {
+        let reason: Text = match &r.reason {
             Some(reason) => format!("{reason} ({detail})").into(),
             None => detail.into(),
         };
-        Some(out.finish(Code::ConditionFailed, reason, c.pointer.as_str().into()))
+        Some(out.finish(Code::ConditionFailed, reason, c.pointer.as_str()))
     };
-    let reason_or = |own: Option<&String>, fallback: String| -> Arc<str> {
-        own.map(|s| Arc::from(s.as_str()))
-            .or_else(|| r.reason.clone())
+    let reason_or = |own: Option<&String>, fallback: String| -> Text {
+        own.map(|s| Text::from(s.as_str()))
+            .or_else(|| r.reason.as_deref().map(Text::from))
             .unwrap_or_else(|| fallback.into())
     };
     for item in &r.deny_if {
@@ -403,7 +393,7 @@ fn want<'p, A: ArgValue + Clone>(
     limit: &'p CompiledLimit,
     req: &Request<'_, A>,
     facts: &Facts<'_, A>,
-) -> Result<Want<'p>, (String, Arc<str>)> {
+) -> Result<Want<'p>, (String, TextId)> {
     let s = &req.subject;
     let value = match limit.scope {
         Scope::Grant => s.grant,
@@ -418,11 +408,11 @@ fn want<'p, A: ArgValue + Clone>(
         return Err((
             format!(
                 "limit {:?} counts per {}, but the request names no {}",
-                &*limit.counter,
+                &*limit.counter_name,
                 limit.scope.as_str(),
                 limit.scope.as_str()
             ),
-            limit.pointer.clone(),
+            limit.pointer,
         ));
     };
     let amount = match &limit.cost {
@@ -432,7 +422,7 @@ fn want<'p, A: ArgValue + Clone>(
             let bad = |what: &str| {
                 (
                     format!("cost {text} {what}; a spend limit needs a non-negative number"),
-                    limit.cost_pointer.clone(),
+                    limit.cost_pointer,
                 )
             };
             let v = facts.arg(path).ok_or_else(|| bad("is missing"))?;
@@ -457,7 +447,7 @@ fn rate_limited_reason(limit: &CompiledLimit, retry_after_ms: Option<u64>) -> St
     let unit = if limit.cost.is_some() { "" } else { " calls" };
     let base = format!(
         "rate limit {:?} reached: at most {}{unit} per {} per {}",
-        &*limit.counter,
+        &*limit.counter_name,
         limit.max,
         format_window(limit.window_ms),
         limit.scope.as_str()
@@ -476,7 +466,7 @@ fn format_window(ms: u64) -> String {
         (60_000, "m"),
         (1000, "s"),
     ];
-    match UNITS.iter().find(|(n, _)| ms % n == 0) {
+    match UNITS.iter().find(|(n, _)| ms.is_multiple_of(*n)) {
         Some((n, unit)) => format!("{}{unit}", ms / n),
         None => format!("{ms}ms"),
     }

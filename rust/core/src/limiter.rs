@@ -9,6 +9,7 @@ use crate::counter::reservation::{Part, MAX_PARTS};
 use crate::counter::window::Refused;
 use crate::counter::{from_units, CounterKey, CounterTable, WindowState};
 use crate::decision::LimitState;
+use arrayvec::ArrayVec;
 
 /// One limit as it applies to one call.
 pub struct Want<'p> {
@@ -17,34 +18,37 @@ pub struct Want<'p> {
     pub amount: u64,
 }
 
+/// The parts one call reserved, kept on the stack (a call touches at most 8 limits).
+pub type Parts = ArrayVec<Part, MAX_PARTS>;
+
 pub enum Outcome {
-    /// Reserved (or, without `consume`, would fit). `parts` are what was consumed; pass them
-    /// to [`record`] to get a reservation id.
-    Reserved {
-        parts: Vec<Part>,
-        limits: Vec<LimitState>,
-    },
-    /// Some limit had no room; nothing is consumed.
+    /// Reserved (or, without `consume`, would fit); the parts and states were appended.
+    Reserved,
+    /// Some limit had no room; nothing of this call is consumed.
     Denied {
         retry_after_ms: Option<u64>,
         limits: Vec<LimitState>,
         failing: usize,
     },
-    /// A counter found no slot in the table.
+    /// A counter found no slot in the table; nothing of this call is consumed.
     TableFull { failing: usize },
 }
 
-fn state(want: &Want<'_>, window: Option<WindowState>, now_ns: u64) -> LimitState {
-    let (used, reset_ns) = window.map_or((0, 0), |w| {
-        (w.used, w.reset_in_ns(want.key.granularity, now_ns))
-    });
+fn state(want: &Want<'_>, used: u64, reset_ns: u64) -> LimitState {
     LimitState {
-        counter: want.limit.counter.clone(),
-        rule: want.limit.pointer.clone(),
+        counter: want.limit.counter,
+        rule: want.limit.pointer,
         scope: want.limit.scope.as_str(),
         max: want.limit.max,
         remaining: from_units(want.limit.max_units.saturating_sub(used)),
         reset_in_ms: reset_ns.div_ceil(1_000_000),
+    }
+}
+
+fn peeked(want: &Want<'_>, window: Option<WindowState>, now_ns: u64) -> LimitState {
+    match window {
+        Some(w) => state(want, w.used, w.reset_in_ns(want.key.granularity, now_ns)),
+        None => state(want, 0, 0),
     }
 }
 
@@ -55,26 +59,39 @@ fn peek(table: &CounterTable, want: &Want<'_>, now_ns: u64) -> Option<WindowStat
         .peek(want.key.hash, want.key.granularity, now_ns)
 }
 
-/// Reserve all `wants` (or, with `consume == false`, only check that they would fit).
-pub fn reserve(table: &CounterTable, wants: &[Want<'_>], now_ns: u64, consume: bool) -> Outcome {
-    debug_assert!(wants.len() <= MAX_PARTS);
-    let mut parts: Vec<Part> = Vec::with_capacity(wants.len());
-    let mut limits = Vec::with_capacity(wants.len());
+/// Reserve all `wants` (or, with `consume == false`, only check that they would fit),
+/// appending what was consumed to `parts` and each limit's state to `limits`. On a denial,
+/// what this call had reserved is given back and `parts`/`limits` are left as they were.
+pub fn reserve(
+    table: &CounterTable,
+    wants: &[Want<'_>],
+    now_ns: u64,
+    consume: bool,
+    parts: &mut Parts,
+    limits: &mut Vec<LimitState>,
+) -> Outcome {
+    let (first_part, first_limit) = (parts.len(), limits.len());
+    let undo = |parts: &mut Parts, limits: &mut Vec<LimitState>| {
+        give_back(table, &parts[first_part..]);
+        parts.truncate(first_part);
+        limits.truncate(first_limit);
+    };
     for (i, want) in wants.iter().enumerate() {
         let (g, hash) = (want.key.granularity, want.key.hash);
         if !consume {
             let window = peek(table, want, now_ns);
             if window.map_or(0, |w| w.used) + want.amount > want.limit.max_units {
+                undo(parts, limits);
                 return denied(table, wants, now_ns);
             }
-            let mut s = state(want, window, now_ns);
+            let mut s = peeked(want, window, now_ns);
             s.remaining = (s.remaining - from_units(want.amount)).max(0.0);
             limits.push(s);
             continue;
         }
         let reserved = loop {
             let Ok(slot) = table.find_or_insert(&want.key, now_ns) else {
-                give_back(table, &parts);
+                undo(parts, limits);
                 return Outcome::TableFull { failing: i };
             };
             match table
@@ -83,8 +100,8 @@ pub fn reserve(table: &CounterTable, wants: &[Want<'_>], now_ns: u64, consume: b
             {
                 Ok(r) => break (slot, r),
                 Err(Refused::Moved) => continue,
-                Err(Refused::Full(_)) => {
-                    give_back(table, &parts);
+                Err(Refused::Full) => {
+                    undo(parts, limits);
                     return denied(table, wants, now_ns);
                 }
             }
@@ -96,9 +113,11 @@ pub fn reserve(table: &CounterTable, wants: &[Want<'_>], now_ns: u64, consume: b
             bucket: r.bucket,
             amount: want.amount,
         });
-        limits.push(state(want, Some(r.state), now_ns));
+        // The amount just went into the newest bucket, so the window empties when it leaves.
+        let reset_ns = g.leaves_at_ns(r.bucket).saturating_sub(now_ns);
+        limits.push(state(want, r.used, reset_ns));
     }
-    Outcome::Reserved { parts, limits }
+    Outcome::Reserved
 }
 
 /// Record reserved parts in the reservation log; `None` when there is nothing to give back.
@@ -134,7 +153,7 @@ fn denied(table: &CounterTable, wants: &[Want<'_>], now_ns: u64) -> Outcome {
                 _ => None,
             };
         }
-        limits.push(state(want, window, now_ns));
+        limits.push(peeked(want, window, now_ns));
     }
     Outcome::Denied {
         retry_after_ms: retry.map(|ns| ns.div_ceil(1_000_000).max(1)),

@@ -68,7 +68,11 @@ impl Stats {
 
     pub fn count_tool(&self, tool: &str, verdict: Verdict) {
         let mut map = self.per_tool.lock().unwrap_or_else(|e| e.into_inner());
-        let key = if map.contains_key(tool) || map.len() < MAX_TRACKED_TOOLS { tool } else { OTHER_TOOLS };
+        let key = if map.contains_key(tool) || map.len() < MAX_TRACKED_TOOLS {
+            tool
+        } else {
+            OTHER_TOOLS
+        };
         if let Some(counts) = map.get_mut(key) {
             counts[verdict_index(verdict)] += 1;
         } else {
@@ -83,7 +87,13 @@ impl Stats {
         let map = self.per_tool.lock().unwrap_or_else(|e| e.into_inner());
         let mut out: Vec<_> = map
             .iter()
-            .flat_map(|(tool, counts)| VERDICTS.iter().zip(counts).filter(|(_, n)| **n > 0).map(|(v, n)| (tool.to_string(), *v, *n)))
+            .flat_map(|(tool, counts)| {
+                VERDICTS
+                    .iter()
+                    .zip(counts)
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(v, n)| (tool.to_string(), *v, *n))
+            })
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
@@ -96,7 +106,10 @@ impl Stats {
     /// Record how long serving one decision took.
     #[inline]
     pub fn record_duration(&self, ns: u64) {
-        let bucket = DURATION_BUCKETS_NS.iter().position(|b| ns <= *b).unwrap_or(DURATION_BUCKETS_NS.len());
+        let bucket = DURATION_BUCKETS_NS
+            .iter()
+            .position(|b| ns <= *b)
+            .unwrap_or(DURATION_BUCKETS_NS.len());
         self.duration_buckets[bucket].fetch_add(1, Relaxed);
         self.duration_sum_ns.fetch_add(ns, Relaxed);
     }
@@ -117,7 +130,15 @@ impl Stats {
 
     /// Decisions so far per code, whatever the verdict.
     pub fn by_code(&self) -> [(Code, u64); Code::ALL.len()] {
-        Code::ALL.map(|c| (c, VERDICTS.iter().map(|v| self.decisions[verdict_index(*v)][c.index()].load(Relaxed)).sum()))
+        Code::ALL.map(|c| {
+            (
+                c,
+                VERDICTS
+                    .iter()
+                    .map(|v| self.decisions[verdict_index(*v)][c.index()].load(Relaxed))
+                    .sum(),
+            )
+        })
     }
 
     pub fn shadow(&self) -> u64 {
@@ -137,7 +158,11 @@ impl Stats {
             cumulative.push((*bound, running));
         }
         let count = running + self.duration_buckets[DURATION_BUCKETS_NS.len()].load(Relaxed);
-        DurationSnapshot { cumulative, count, sum_ns: self.duration_sum_ns.load(Relaxed) }
+        DurationSnapshot {
+            cumulative,
+            count,
+            sum_ns: self.duration_sum_ns.load(Relaxed),
+        }
     }
 }
 

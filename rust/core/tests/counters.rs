@@ -50,7 +50,7 @@ impl Counter {
                 self.max,
             ) {
                 Ok(r) => return Some(now_ns.max(r.bucket * self.key.granularity.bucket_ns)),
-                Err(Refused::Full(_)) => return None,
+                Err(Refused::Full) => return None,
                 Err(Refused::Moved) => continue,
             }
         }
@@ -203,7 +203,7 @@ fn release_returns_counts() {
         .collect();
     assert!(matches!(
         s.reserve(key.hash, key.granularity, 300 * MS, 1, 3),
-        Err(Refused::Full(_))
+        Err(Refused::Full)
     ));
     assert!(s.release(key.hash, r[0].bucket, 1));
     assert!(s.reserve(key.hash, key.granularity, 300 * MS, 1, 3).is_ok());

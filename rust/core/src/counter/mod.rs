@@ -41,6 +41,11 @@ pub fn to_units(amount: f64) -> Option<u64> {
     (units <= MAX_UNITS as f64).then_some(units as u64)
 }
 
+/// Convert units back to the policy's unit (calls or cost).
+pub fn from_units(units: u64) -> f64 {
+    units as f64 / UNITS_PER_CALL as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,9 +62,4 @@ mod tests {
             assert_eq!(to_units(milli as f64 / 1000.0), Some(milli));
         }
     }
-}
-
-/// Convert units back to the policy's unit (calls or cost).
-pub fn from_units(units: u64) -> f64 {
-    units as f64 / UNITS_PER_CALL as f64
 }

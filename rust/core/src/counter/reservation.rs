@@ -6,7 +6,10 @@
 //! CAS, so a reservation is given back at most once.
 
 use super::region::{header, Region};
-use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{
+    fence,
+    Ordering::{Acquire, Relaxed, Release, SeqCst},
+};
 
 /// Most limits one call can touch (validated in the policy).
 pub const MAX_PARTS: usize = 8;
@@ -57,21 +60,24 @@ impl ReservationLog {
         debug_assert!(parts.len() <= MAX_PARTS);
         let seq = region
             .header(header::RESERVATION_CURSOR)
-            .fetch_add(1, SeqCst);
+            .fetch_add(1, Relaxed);
         let (at, generation) = self.entry(seq);
+        // A seqlock: mark the entry as being written, write the parts, publish. A releaser
+        // that read parts while they changed sees the state word change and gives up.
         region
             .word(at)
-            .store(state(generation, parts.len(), WRITING), SeqCst);
+            .store(state(generation, parts.len(), WRITING), Relaxed);
+        fence(Release);
         for (i, p) in parts.iter().enumerate() {
             let w = at + 1 + i * PART_WORDS;
-            region.word(w).store(p.slot as u64, SeqCst);
-            region.word(w + 1).store(p.key, SeqCst);
-            region.word(w + 2).store(p.bucket, SeqCst);
-            region.word(w + 3).store(p.amount, SeqCst);
+            region.word(w).store(p.slot as u64, Relaxed);
+            region.word(w + 1).store(p.key, Relaxed);
+            region.word(w + 2).store(p.bucket, Relaxed);
+            region.word(w + 3).store(p.amount, Relaxed);
         }
         region
             .word(at)
-            .store(state(generation, parts.len(), HELD), SeqCst);
+            .store(state(generation, parts.len(), HELD), Release);
         seq + 1
     }
 
@@ -82,7 +88,7 @@ impl ReservationLog {
             return None;
         }
         let (at, generation) = self.entry(seq);
-        let current = region.word(at).load(SeqCst);
+        let current = region.word(at).load(Acquire);
         if current >> 8 != generation || current & 3 != HELD {
             return None;
         }
@@ -91,14 +97,15 @@ impl ReservationLog {
             .map(|i| {
                 let w = at + 1 + i * PART_WORDS;
                 Part {
-                    slot: region.load(w) as u32,
-                    key: region.load(w + 1),
-                    bucket: region.load(w + 2),
-                    amount: region.load(w + 3),
+                    slot: region.word(w).load(Relaxed) as u32,
+                    key: region.word(w + 1).load(Relaxed),
+                    bucket: region.word(w + 2).load(Relaxed),
+                    amount: region.word(w + 3).load(Relaxed),
                 }
             })
             .collect();
         // The parts are valid only if the entry was not rewritten while we read them.
+        fence(Acquire);
         let released = (current & !3) | RELEASED;
         region
             .word(at)

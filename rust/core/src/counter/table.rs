@@ -241,7 +241,7 @@ impl<'a> InsertLock<'a> {
                 continue;
             }
             spins = spins.wrapping_add(1);
-            if spins % 1024 == 0 {
+            if spins.is_multiple_of(1024) {
                 let holder = current >> 32;
                 if holder != pid
                     && !process_alive(holder)

@@ -52,7 +52,7 @@ impl Granularity {
 
     /// When bucket `j` stops counting: once the window start has passed it.
     #[inline]
-    fn leaves_at_ns(self, j: u64) -> u64 {
+    pub fn leaves_at_ns(self, j: u64) -> u64 {
         (j + BUCKETS + 1).saturating_mul(self.bucket_ns)
     }
 }
@@ -130,15 +130,17 @@ impl WindowState {
 /// What a successful reservation recorded: enough to give it back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reserved {
+    /// The bucket the amount was added to (the newest).
     pub bucket: u64,
-    pub state: WindowState,
+    /// Units in the window, this reservation included.
+    pub used: u64,
 }
 
 /// Why a reservation did not happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
-    /// No room: the window as it stood.
-    Full(WindowState),
+    /// No room (`peek` tells how the window stands).
+    Full,
     /// The slot was reclaimed for another key meanwhile; look the key up again.
     Moved,
 }
@@ -163,6 +165,32 @@ impl<'a> Slot<'a> {
     #[inline(always)]
     fn ring(&self, bucket: u64) -> &'a std::sync::atomic::AtomicU64 {
         self.word(RING + (bucket % RING_LEN) as usize)
+    }
+
+    /// Units in the window ending at bucket `newest`: the head (if still inside) plus the
+    /// sealed buckets before it. The hot path: no division inside the loop.
+    #[inline]
+    fn used(&self, head: u64, head_bucket: u64, newest: u64) -> u64 {
+        let oldest = newest.saturating_sub(BUCKETS);
+        let mut used = if head_bucket >= oldest {
+            count_of(head)
+        } else {
+            0
+        };
+        let mut j = oldest;
+        let mut at = (j % RING_LEN) as usize;
+        while j < head_bucket {
+            let sealed = self.word(RING + at).load(SeqCst);
+            if tag_of(sealed) == tag(j) {
+                used += count_of(sealed);
+            }
+            j += 1;
+            at += 1;
+            if at == RING_LEN as usize {
+                at = 0;
+            }
+        }
+        used
     }
 
     /// Sum the window seen from `now_ns`, given a head word already read.
@@ -222,12 +250,13 @@ impl<'a> Slot<'a> {
             if self.word(KEY).load(SeqCst) != key {
                 return Err(Refused::Moved);
             }
-            let mut state = self.state(head, g, now_ns);
-            if state.used + amount > max {
-                return Err(Refused::Full(state));
+            let now_bucket = g.bucket(now_ns);
+            let head_bucket = absolute(now_bucket, tag_of(head));
+            let n = now_bucket.max(head_bucket);
+            let used = self.used(head, head_bucket, n);
+            if used + amount > max {
+                return Err(Refused::Full);
             }
-            let n = state.newest;
-            let head_bucket = absolute(n, tag_of(head));
             let next = if head_bucket == n {
                 pack(n, count_of(head) + amount)
             } else {
@@ -240,9 +269,10 @@ impl<'a> Slot<'a> {
                 .compare_exchange(head, next, SeqCst, SeqCst)
                 .is_ok()
             {
-                state.counts[BUCKETS as usize] += amount;
-                state.used += amount;
-                return Ok(Reserved { bucket: n, state });
+                return Ok(Reserved {
+                    bucket: n,
+                    used: used + amount,
+                });
             }
         }
     }
@@ -368,7 +398,8 @@ mod tests {
         for i in 0..30 {
             assert!(s.reserve(7, g, i * 1000 * NS, 1, 30).is_ok(), "call {i}");
         }
-        let Err(Refused::Full(state)) = s.reserve(7, g, 30_000 * NS, 1, 30) else {
+        assert_eq!(s.reserve(7, g, 30_000 * NS, 1, 30), Err(Refused::Full));
+        let Some(state) = s.peek(7, g, 30_000 * NS) else {
             panic!()
         };
         assert_eq!(state.used, 30);

@@ -807,7 +807,7 @@ fn yaml_number(text: &str) -> Option<Number> {
         None => !whole.is_empty() && all_digits(whole),
         Some(f) => all_digits(whole) && all_digits(f) && !(whole.is_empty() && f.is_empty()),
     };
-    let valid_exponent = exponent.map_or(true, |e| {
+    let valid_exponent = exponent.is_none_or(|e| {
         let digits = e.strip_prefix(['+', '-']).unwrap_or(e);
         !digits.is_empty() && all_digits(digits)
     });
