@@ -96,6 +96,9 @@ impl From<&str> for Text {
     }
 }
 
+/// The limits one decision touched; most calls touch one or two, kept inline.
+pub type Limits = smallvec::SmallVec<[LimitState; 2]>;
+
 /// The state of one limit a decision touched.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LimitState {
@@ -120,7 +123,7 @@ pub struct Decision {
     pub(crate) rule: Text,
     /// For RATE_LIMITED: milliseconds until the call could be allowed; `None` if never.
     pub retry_after_ms: Option<u64>,
-    pub limits: Vec<LimitState>,
+    pub limits: Limits,
     pub shadow: bool,
     /// Reservation id to give counters back with; `None` if nothing was reserved.
     pub reservation: Option<u64>,

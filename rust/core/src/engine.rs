@@ -7,7 +7,7 @@ use crate::compile::{CompiledLimit, CompiledPolicy, CompiledRule, TextId};
 use crate::condition::{Facts, Outcome, Subject};
 use crate::counter::reservation::MAX_PARTS;
 use crate::counter::{to_units, CounterKey, CounterTable, UNITS_PER_CALL};
-use crate::decision::{Code, Decision, Text, Verdict};
+use crate::decision::{Code, Decision, Limits, Text, Verdict};
 use crate::limiter::{self, Want};
 use crate::policy::{Action, ConditionItem, Policy, Scope};
 use crate::stats::Stats;
@@ -195,11 +195,11 @@ impl Engine {
         // An approval-gated call runs later, if at all: it consumes counters then.
         let consume = !req.dry_run && approval.is_none();
         let mut parts = limiter::Parts::new();
-        let mut limits = Vec::new();
+        let mut limits = Limits::new();
         if !enforced.is_empty() || !observed.is_empty() {
             // The clock is read only for calls that count.
             let now_ns = self.clock.now_ns();
-            limits.reserve_exact(enforced.len() + observed.len());
+            limits.reserve(enforced.len() + observed.len());
             for (wants, shadow) in [(&enforced, false), (&observed, true)] {
                 if wants.is_empty() {
                     continue;
@@ -276,7 +276,7 @@ impl Draft<'_> {
             reason: reason.into(),
             rule: rule.into(),
             retry_after_ms: None,
-            limits: Vec::new(),
+            limits: Limits::new(),
             shadow: false,
             reservation: None,
             policy: Arc::clone(self.policy),

@@ -8,7 +8,7 @@ use crate::compile::CompiledLimit;
 use crate::counter::reservation::{Part, MAX_PARTS};
 use crate::counter::window::Refused;
 use crate::counter::{from_units, CounterKey, CounterTable, WindowState};
-use crate::decision::LimitState;
+use crate::decision::{LimitState, Limits};
 use arrayvec::ArrayVec;
 
 /// One limit as it applies to one call.
@@ -27,7 +27,7 @@ pub enum Outcome {
     /// Some limit had no room; nothing of this call is consumed.
     Denied {
         retry_after_ms: Option<u64>,
-        limits: Vec<LimitState>,
+        limits: Limits,
         failing: usize,
     },
     /// A counter found no slot in the table; nothing of this call is consumed.
@@ -68,10 +68,10 @@ pub fn reserve(
     now_ns: u64,
     consume: bool,
     parts: &mut Parts,
-    limits: &mut Vec<LimitState>,
+    limits: &mut Limits,
 ) -> Outcome {
     let (first_part, first_limit) = (parts.len(), limits.len());
-    let undo = |parts: &mut Parts, limits: &mut Vec<LimitState>| {
+    let undo = |parts: &mut Parts, limits: &mut Limits| {
         give_back(table, &parts[first_part..]);
         parts.truncate(first_part);
         limits.truncate(first_limit);
@@ -129,7 +129,7 @@ pub fn record(table: &CounterTable, parts: &[Part]) -> Option<u64> {
 fn denied(table: &CounterTable, wants: &[Want<'_>], now_ns: u64) -> Outcome {
     let mut retry: Option<u64> = Some(0);
     let mut failing = 0;
-    let mut limits = Vec::with_capacity(wants.len());
+    let mut limits = Limits::with_capacity(wants.len());
     for (i, want) in wants.iter().enumerate() {
         let window = peek(table, want, now_ns);
         let used = window.map_or(0, |w| w.used);

@@ -17,12 +17,15 @@ use std::sync::atomic::Ordering::SeqCst;
 /// Sub-buckets per window.
 pub const BUCKETS: u64 = 12;
 
-/// Words per slot: key, granularity, head, the ring, one spare (128 bytes, two cache lines).
+/// Words per slot: key, granularity, head, the ring, the sealed sum (128 bytes).
 pub const SLOT_WORDS: usize = 16;
 pub(crate) const KEY: usize = 0;
 pub(crate) const GRAN: usize = 1;
 pub(crate) const HEAD: usize = 2;
 const RING: usize = 3;
+/// `pack(b, s)`: `s` is the sum of the sealed buckets `b - BUCKETS .. b`, written by the
+/// caller that moved the head to `b`. Saves re-reading the ring on every call.
+const SEALED: usize = RING + BUCKETS as usize;
 const RING_LEN: u64 = BUCKETS;
 
 const COUNT_BITS: u32 = 40;
@@ -171,6 +174,17 @@ impl<'a> Slot<'a> {
     /// sealed buckets before it. The hot path: no division inside the loop.
     #[inline]
     fn used(&self, head: u64, head_bucket: u64, newest: u64) -> u64 {
+        if head_bucket == newest {
+            let sealed = self.word(SEALED).load(SeqCst);
+            if sealed != 0 && tag_of(sealed) == tag(newest) {
+                return count_of(head) + count_of(sealed);
+            }
+        }
+        self.sum_ring(head, head_bucket, newest)
+    }
+
+    /// [`Self::used`] the long way: the head plus every sealed bucket in the window.
+    fn sum_ring(&self, head: u64, head_bucket: u64, newest: u64) -> u64 {
         let oldest = newest.saturating_sub(BUCKETS);
         let mut used = if head_bucket >= oldest {
             count_of(head)
@@ -257,7 +271,8 @@ impl<'a> Slot<'a> {
             if used + amount > max {
                 return Err(Refused::Full);
             }
-            let next = if head_bucket == n {
+            let moved = head_bucket != n;
+            let next = if !moved {
                 pack(n, count_of(head) + amount)
             } else {
                 // Seal the old head into the ring before moving on, so readers that see the
@@ -330,7 +345,26 @@ impl<'a> Slot<'a> {
                 .compare_exchange(current, next, SeqCst, SeqCst)
                 .is_ok()
             {
+                self.release_from_sealed_sum(bucket, amount);
                 return true;
+            }
+        }
+    }
+
+    /// Take a released amount out of the cached sealed sum if that sum covers `bucket`. A
+    /// sum computed concurrently may still hold it: an over-count, which only denies early.
+    fn release_from_sealed_sum(&self, bucket: u64, amount: u64) {
+        let word = self.word(SEALED);
+        let mut current = word.load(SeqCst);
+        loop {
+            let newest = absolute(bucket, tag_of(current));
+            if current == 0 || newest <= bucket || newest - bucket > BUCKETS {
+                return;
+            }
+            let next = pack(newest, count_of(current).saturating_sub(amount));
+            match word.compare_exchange(current, next, SeqCst, SeqCst) {
+                Ok(_) => return,
+                Err(seen) => current = seen,
             }
         }
     }
@@ -353,6 +387,8 @@ impl<'a> Slot<'a> {
         for i in 0..RING_LEN as usize {
             self.word(RING + i).store(0, SeqCst);
         }
+        // A fresh window has nothing sealed.
+        self.word(SEALED).store(pack(g.bucket(now_ns), 0), SeqCst);
         self.word(GRAN).store(g.bucket_ns, SeqCst);
         self.word(HEAD).store(pack(g.bucket(now_ns), 0), SeqCst);
     }

@@ -9,7 +9,6 @@ pub mod source;
 
 pub use load::{PolicyError, PolicyErrors};
 
-use regex::Regex;
 use serde_json::Value;
 
 /// A whole policy document: the top-level section plus optional per-server sections.
@@ -184,7 +183,7 @@ pub struct Compare {
     /// The operand as written. For `exists` it is `true` unless given as a boolean.
     pub value: Value,
     /// Compiled pattern for `regex`, `not_regex` and `glob` (anchored for `glob`).
-    pub pattern: Option<Regex>,
+    pub pattern: Option<crate::pattern::Pattern>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
