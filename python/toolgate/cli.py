@@ -112,6 +112,7 @@ def _serve(args: argparse.Namespace) -> int:
         reservations=args.reservations,
         max_argument_bytes=args.max_argument_bytes,
         reload_interval=args.reload_interval,
+        drain=args.drain,
         grace=args.grace,
         log_format=args.log_format,
         log_level=args.log_level,
@@ -124,6 +125,11 @@ def _serve(args: argparse.Namespace) -> int:
             where = f" (line {e.line})" if e.line is not None else ""
             print(f"{args.policy}: {e.pointer or '/'}: {e.message}{where}", file=sys.stderr)
         return 1
+    except (ValueError, OverflowError) as err:
+        # A bad option value (--capacity 0, --threads 0, --metrics-listen without a port or
+        # with one out of range): a message, not a traceback.
+        print(f"toolgate serve: {err}", file=sys.stderr)
+        return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,6 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-argument-bytes", type=int, default=1 << 20, help="larger arguments are refused"
     )
     serve.add_argument("--reload-interval", type=float, default=1.0, metavar="SECONDS")
+    serve.add_argument(
+        "--drain",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="on SIGTERM, report NOT_SERVING for this long while still answering",
+    )
     serve.add_argument(
         "--grace",
         type=float,

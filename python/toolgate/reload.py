@@ -20,11 +20,24 @@ from toolgate.metrics import ReloadCounts
 log = logging.getLogger("toolgate.reload")
 
 
+def file_digest(path: Path) -> str | None:
+    """SHA-256 of the file's content (through symlinks); None if it cannot be read."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
 class PolicyWatcher:
     """Polls ``path`` every ``interval`` seconds; ``trigger()`` reloads at once (SIGHUP)."""
 
     def __init__(
-        self, path: Path, engine: Engine, reloads: ReloadCounts, interval: float = 1.0
+        self,
+        path: Path,
+        engine: Engine,
+        reloads: ReloadCounts,
+        interval: float = 1.0,
+        loaded_digest: str | None = None,
     ) -> None:
         self._path = path
         self._engine = engine
@@ -32,8 +45,9 @@ class PolicyWatcher:
         self._interval = interval
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._forced = False
-        self._last_digest = self._digest()
+        self._forced = threading.Event()
+        # The digest of what the engine loaded, taken before it loaded it.
+        self._last_digest = loaded_digest if loaded_digest is not None else file_digest(path)
         self._thread = threading.Thread(target=self._run, name="policy-watcher", daemon=True)
 
     def start(self) -> None:
@@ -46,14 +60,8 @@ class PolicyWatcher:
 
     def trigger(self) -> None:
         """Reload now, even if the file looks unchanged. Safe to call from a signal handler."""
-        self._forced = True
+        self._forced.set()
         self._wake.set()
-
-    def _digest(self) -> str | None:
-        try:
-            return hashlib.sha256(self._path.read_bytes()).hexdigest()
-        except OSError:
-            return None
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -61,8 +69,11 @@ class PolicyWatcher:
             self._wake.clear()
             if self._stop.is_set():
                 return
-            forced, self._forced = self._forced, False
-            digest = self._digest()
+            # Cleared before the file is read: a SIGHUP arriving later sets it again and is
+            # served by the next round, never lost.
+            forced = self._forced.is_set()
+            self._forced.clear()
+            digest = file_digest(self._path)
             if digest is None:
                 # Mid-swap or deleted: keep serving the loaded policy and look again later.
                 if forced:

@@ -2,8 +2,8 @@
 
 One process: the ``toolgate.v1.Decider`` gRPC service, ``grpc.health.v1.Health`` and server
 reflection on one port, Prometheus ``/metrics`` on another, hot reload of the policy file on
-change and on SIGHUP, and a graceful stop on SIGTERM (NOT_SERVING, finish in-flight calls,
-exit 0).
+change and on SIGHUP, and a graceful stop on SIGTERM (NOT_SERVING for a drain period while
+still answering, then refuse new calls, finish in-flight ones, exit 0).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from toolgate import logs
 from toolgate._core import Engine, Policy
 from toolgate.metrics import ReloadCounts, serve_metrics
-from toolgate.reload import PolicyWatcher
+from toolgate.reload import PolicyWatcher, file_digest
 from toolgate.service import SERVICE_NAME, decider_handler
 from toolgate.v1 import decider_pb2
 
@@ -42,6 +42,7 @@ class ServeOptions:
     reservations: int = 1 << 16
     max_argument_bytes: int = 1 << 20
     reload_interval: float = 1.0
+    drain: float = 1.0
     grace: float = 10.0
     log_format: str = "text"
     log_level: str = "info"
@@ -57,11 +58,15 @@ def split_host_port(address: str) -> tuple[str, int]:
 
 
 def serve(opts: ServeOptions) -> int:
+    if opts.reload_interval <= 0 or opts.drain < 0 or opts.grace < 0:
+        raise ValueError("--reload-interval must be positive; --drain and --grace not negative")
     sizes = {
         "capacity": opts.capacity,
         "reservations": opts.reservations,
         "max_argument_bytes": opts.max_argument_bytes,
     }
+    # Fingerprint the file before loading it, so an edit made in between is seen as new.
+    digest = file_digest(opts.policy) if opts.policy else None
     policy = Policy.from_file(opts.policy) if opts.policy else Policy.from_dict(DENY_EVERYTHING)
     engine = Engine(policy, **sizes)
     engine.set_per_tool_metrics(opts.metrics_per_tool)
@@ -102,7 +107,9 @@ def serve(opts: ServeOptions) -> int:
 
     watcher = None
     if opts.policy is not None:
-        watcher = PolicyWatcher(opts.policy, engine, reloads, interval=opts.reload_interval)
+        watcher = PolicyWatcher(
+            opts.policy, engine, reloads, interval=opts.reload_interval, loaded_digest=digest
+        )
         watcher.start()
 
     stop = threading.Event()
@@ -110,6 +117,12 @@ def serve(opts: ServeOptions) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     if watcher is not None:
         signal.signal(signal.SIGHUP, lambda *_: watcher.trigger())
+    else:
+        # SIGHUP's default action would kill the sidecar; with no file there is nothing to
+        # reload, so say so and keep serving.
+        signal.signal(
+            signal.SIGHUP, lambda *_: log.warning("SIGHUP ignored: no --policy file to reload")
+        )
 
     server.start()
     for service in ("", SERVICE_NAME):
@@ -124,8 +137,12 @@ def serve(opts: ServeOptions) -> int:
 
     while not stop.wait(1.0):
         pass
-    log.info("stopping: NOT_SERVING, finishing in-flight calls (grace %.1fs)", opts.grace)
+    # NOT_SERVING first, while still answering, so health checkers see it and proxies stop
+    # sending; then refuse new calls and let in-flight ones finish.
+    log.info("stopping: NOT_SERVING for %.1fs, then finishing in-flight calls", opts.drain)
     health_servicer.enter_graceful_shutdown()
+    stop.clear()
+    stop.wait(opts.drain)
     server.stop(opts.grace).wait()
     if watcher is not None:
         watcher.stop()

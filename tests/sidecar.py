@@ -1,0 +1,342 @@
+"""Shared helpers for the sidecar tests: ``Sidecar`` runs ``toolgate serve`` as a real process
+on free 127.0.0.1 ports and talks to it through ``toolgate.Client``, raw gRPC channels and
+HTTP ``/metrics``.
+
+Every ``Sidecar`` is stopped by its ``with`` block (or ``stop()``), and, as a last resort, by
+an ``atexit`` hook; on Linux the child also gets SIGKILL if the test process dies first, so no
+server outlives the tests.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import toolgate
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+# The installed console script, next to this interpreter; `python -m toolgate.cli` otherwise.
+_SCRIPT = Path(sys.executable).with_name("toolgate")
+TOOLGATE = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "toolgate.cli"]
+
+DECIDER = "toolgate.v1.Decider"
+
+#: How long to wait for anything the server does on its own (start, reload, stop).
+PATIENCE = 15.0
+
+T = TypeVar("T")
+
+_LIVE: set[subprocess.Popen[bytes]] = set()
+
+
+def _kill_leftovers() -> None:
+    for proc in list(_LIVE):
+        if proc.poll() is None:
+            proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+    _LIVE.clear()
+
+
+atexit.register(_kill_leftovers)
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: SIGKILL this child when the process that started it dies."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except Exception:
+        pass
+
+
+def free_port() -> int:
+    """A port that was free on 127.0.0.1 a moment ago (bind to 0, read it, close)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(
+    probe: Callable[[], T | None], *, timeout: float = PATIENCE, interval: float = 0.05
+) -> T:
+    """Call ``probe`` until it returns something other than None/False; fail after
+    ``timeout`` seconds with the last value it returned."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = probe()
+        if last is not None and last is not False:
+            return last
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"gave up after {timeout}s; last probe: {last!r}")
+        time.sleep(interval)
+
+
+def write_json(path: Path, document: Any) -> Path:
+    """Write ``document`` as JSON in place (truncate and write, as an editor would)."""
+    path.write_text(json.dumps(document, indent=2))
+    return path
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` by a complete new file in one rename: a reader never sees half of it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class Sidecar:
+    """``toolgate serve`` in a subprocess.
+
+    ``Sidecar(policy, "--capacity", "64")`` starts it on fresh ports and returns once
+    grpc.health.v1 answers SERVING for the whole server. ``policy`` is a path, a dict (written
+    to a temporary file), or None (the built-in deny-everything policy).
+    """
+
+    def __init__(
+        self,
+        policy: Path | dict[str, Any] | None = None,
+        *extra: str,
+        grace: float = 5.0,
+        drain: float = 0.0,
+        reload_interval: float = 0.2,
+        metrics: bool = True,
+    ) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="toolgate-sidecar-")
+        workdir = Path(self._dir.name)
+        if isinstance(policy, dict):
+            policy = write_json(workdir / "policy.json", policy)
+        self.policy_path: Path | None = policy
+        self.grace = grace + drain
+        self.stderr_path = workdir / "stderr.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._channels: list[grpc.Channel] = []
+        self._client: toolgate.Client | None = None
+        self.returncode: int | None = None
+        self._stderr: str | None = None
+        # A port picked free can be taken before the server binds it: try a few times.
+        for attempt in range(3):
+            self.port = free_port()
+            self.metrics_port = free_port() if metrics else None
+            args = [
+                *TOOLGATE,
+                "serve",
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--metrics-listen",
+                f"127.0.0.1:{self.metrics_port}" if metrics else "off",
+                "--reload-interval",
+                str(reload_interval),
+                "--grace",
+                str(grace),
+                "--drain",
+                str(drain),
+                *extra,
+            ]
+            if policy is not None:
+                args += ["--policy", str(policy)]
+            self.args = args
+            try:
+                self._spawn(args)
+                return
+            except _PortTaken:
+                if attempt == 2:
+                    self.stop()
+                    raise
+            except BaseException:
+                self.stop()
+                raise
+
+    def _spawn(self, args: list[str]) -> None:
+        with open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
+        _LIVE.add(self.proc)
+        deadline = time.monotonic() + PATIENCE
+        while True:
+            code = self.proc.poll()
+            if code is not None:
+                _LIVE.discard(self.proc)
+                self.returncode = code
+                if code == 2 and ("cannot listen" in self.stderr or "cannot serve" in self.stderr):
+                    raise _PortTaken(self.stderr)
+                raise AssertionError(f"toolgate serve exited with {code}:\n{self.stderr}")
+            if self.health() == health_pb2.HealthCheckResponse.SERVING:
+                return
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"toolgate serve never became SERVING:\n{self.stderr}")
+            time.sleep(0.05)
+
+    # --- talking to it --------------------------------------------------------------------
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def client(self) -> toolgate.Client:
+        if self._client is None:
+            self._client = toolgate.Client(self.target)
+        return self._client
+
+    def channel(self) -> grpc.Channel:
+        """A new channel to the gRPC port, closed with the sidecar."""
+        channel = grpc.insecure_channel(self.target)
+        self._channels.append(channel)
+        return channel
+
+    def raw(self, method: str, channel: grpc.Channel | None = None) -> grpc.UnaryUnaryMultiCallable:
+        """``/toolgate.v1.Decider/<method>`` taking and returning raw message bytes."""
+        return (channel or self.channel()).unary_unary(
+            f"/{DECIDER}/{method}",
+            request_serializer=None,
+            response_deserializer=None,
+        )
+
+    def health(self, service: str = "", timeout: float = 1.0) -> Any:
+        """The Health status of ``service``, or the gRPC status code if the check failed."""
+        with grpc.insecure_channel(self.target) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            try:
+                request = health_pb2.HealthCheckRequest(service=service)
+                return stub.Check(request, timeout=timeout).status
+            except grpc.RpcError as err:
+                return err.code()
+
+    def metrics_text(self) -> str:
+        assert self.metrics_port is not None, "started with metrics off"
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            assert response.status == 200
+            return response.read().decode()
+
+    def samples(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        """Every sample of ``/metrics``: ``(name, frozenset(labels.items())) -> value``."""
+        out = {}
+        for family in text_string_to_metric_families(self.metrics_text()):
+            for s in family.samples:
+                out[(s.name, frozenset(s.labels.items()))] = s.value
+        return out
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        """One sample's value (None if absent)."""
+        return self.samples().get((name, frozenset(labels.items())))
+
+    def series(self, name: str) -> dict[frozenset[tuple[str, str]], float]:
+        """Every sample named ``name``, by label set."""
+        return {labels: v for (n, labels), v in self.samples().items() if n == name}
+
+    def revision(self) -> str:
+        """The loaded revision, read from a dry-run decision (consumes nothing)."""
+        return self.client.decide("toolgate-test-probe", dry_run=True).revision
+
+    def wait_revision(self, revision: str, timeout: float = PATIENCE) -> None:
+        """Wait until decisions carry ``revision``."""
+        seen: list[str] = []
+
+        def probe() -> bool | None:
+            seen.append(self.revision())
+            return seen[-1] == revision or None
+
+        try:
+            wait_for(probe, timeout=timeout)
+        except AssertionError:
+            raise AssertionError(
+                f"revision never became {revision}; last {seen[-1:]}\n{self.stderr}"
+            ) from None
+
+    def wait_reloads(self, result: str, count: int, timeout: float = PATIENCE) -> None:
+        """Wait until ``toolgate_policy_reloads_total{result}`` reaches ``count``."""
+        name = "toolgate_policy_reloads_total"
+        wait_for(lambda: (self.metric(name, result=result) or 0) >= count or None, timeout=timeout)
+
+    @property
+    def stderr(self) -> str:
+        """Everything the server has logged so far (kept after it stopped)."""
+        if self._stderr is not None:
+            return self._stderr
+        return self.stderr_path.read_text(errors="replace")
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the process to exit; returns its exit code."""
+        assert self.proc is not None
+        self.returncode = self.proc.wait(timeout=timeout)
+        _LIVE.discard(self.proc)
+        return self.returncode
+
+    # --- stopping -------------------------------------------------------------------------
+
+    def stop(self) -> int | None:
+        """SIGTERM, wait for the grace period (plus slack), SIGKILL if still running."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        for channel in self._channels:
+            channel.close()
+        self._channels.clear()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=self.grace + 10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        if self.proc is not None:
+            self.returncode = self.proc.returncode
+            _LIVE.discard(self.proc)
+        if self._stderr is None and self.stderr_path.exists():
+            self._stderr = self.stderr_path.read_text(errors="replace")
+        self._dir.cleanup()
+        return self.returncode
+
+    def __enter__(self) -> Sidecar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class _PortTaken(AssertionError):
+    pass
+
+
+def toolgate_cli(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run the ``toolgate`` console script."""
+    return subprocess.run(
+        [*TOOLGATE, *map(str, args)], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def decision_lines(out: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in out.splitlines()]
