@@ -132,18 +132,21 @@ impl<'a, A: ArgValue + Clone> Facts<'a, A> {
         Some(v)
     }
 
+    /// All of `items` hold, evaluated left to right up to the first that does not.
+    pub fn eval_all<'p>(&self, items: &'p [Condition]) -> Outcome<'p> {
+        for item in items {
+            match self.eval(item) {
+                Outcome::Holds => {}
+                other => return other,
+            }
+        }
+        Outcome::Holds
+    }
+
     pub fn eval<'p>(&self, cond: &'p Condition) -> Outcome<'p> {
         match cond {
             Condition::Compare(c) => self.compare(c),
-            Condition::All { items, .. } => {
-                for item in items {
-                    match self.eval(item) {
-                        Outcome::Holds => {}
-                        other => return other,
-                    }
-                }
-                Outcome::Holds
-            }
+            Condition::All { items, .. } => self.eval_all(items),
             Condition::Any { items, .. } => {
                 for item in items {
                     match self.eval(item) {

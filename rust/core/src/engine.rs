@@ -284,9 +284,9 @@ impl Draft<'_> {
     }
 }
 
-fn check_conditions<A: ArgValue + Clone>(
+fn check_conditions<'p, A: ArgValue + Clone>(
     out: &Draft<'_>,
-    r: &CompiledRule,
+    r: &'p CompiledRule,
     facts: &Facts<'_, A>,
 ) -> Option<Decision> {
     let deny =
@@ -304,85 +304,46 @@ fn check_conditions<A: ArgValue + Clone>(
             .or_else(|| r.reason.as_deref().map(Text::from))
             .unwrap_or_else(|| fallback.into())
     };
-    for item in &r.deny_if {
+    // A group holds when all its conditions hold; a bare condition is a group of one.
+    let eval = |item: &'p ConditionItem| match item {
+        ConditionItem::Condition(c) => facts.eval(c),
+        ConditionItem::Group { conditions, .. } => facts.eval_all(conditions),
+    };
+    let describe = |item: &ConditionItem, verb: &str| -> (Text, String) {
         match item {
-            ConditionItem::Condition(c) => match facts.eval(c) {
-                Outcome::Holds => {
-                    return deny(
-                        reason_or(None, format!("denied: condition {} holds", c.pointer())),
-                        c.pointer(),
-                    )
-                }
-                Outcome::Fails => {}
-                Outcome::Unevaluable(c, p) => return unevaluable(c, p),
-            },
+            ConditionItem::Condition(c) => (
+                reason_or(None, format!("denied: condition {} {verb}", c.pointer())),
+                c.pointer().to_owned(),
+            ),
             ConditionItem::Group {
-                pointer,
-                conditions,
-                on_deny,
-            } => {
-                let mut fires = true;
-                for c in conditions {
-                    match facts.eval(c) {
-                        Outcome::Holds => {}
-                        Outcome::Fails => {
-                            fires = false;
-                            break;
-                        }
-                        Outcome::Unevaluable(c, p) => return unevaluable(c, p),
-                    }
-                }
-                if fires {
-                    return deny(
-                        reason_or(
-                            on_deny.as_ref(),
-                            format!("denied: conditions of {pointer} hold"),
-                        ),
-                        pointer,
-                    );
-                }
+                pointer, on_deny, ..
+            } => (
+                reason_or(
+                    on_deny.as_ref(),
+                    format!("denied: conditions of {pointer} {verb}"),
+                ),
+                pointer.clone(),
+            ),
+        }
+    };
+    for item in &r.deny_if {
+        match eval(item) {
+            Outcome::Holds => {
+                let (reason, pointer) = describe(item, "hold");
+                return deny(reason, &pointer);
             }
+            Outcome::Fails => {}
+            Outcome::Unevaluable(c, p) => return unevaluable(c, p),
         }
     }
     for item in &r.require {
-        match item {
-            ConditionItem::Condition(c) => match facts.eval(c) {
-                Outcome::Holds => {}
-                Outcome::Fails => {
-                    return deny(
-                        reason_or(
-                            None,
-                            format!("denied: required condition {} does not hold", c.pointer()),
-                        ),
-                        c.pointer(),
-                    )
-                }
-                Outcome::Unevaluable(c, p) => return unevaluable(c, p),
-            },
-            ConditionItem::Group {
-                pointer,
-                conditions,
-                on_deny,
-            } => {
-                for c in conditions {
-                    match facts.eval(c) {
-                        Outcome::Holds => {}
-                        Outcome::Fails => {
-                            return deny(
-                                reason_or(
-                                    on_deny.as_ref(),
-                                    format!(
-                                        "denied: required condition {} does not hold",
-                                        c.pointer()
-                                    ),
-                                ),
-                                pointer,
-                            )
-                        }
-                        Outcome::Unevaluable(c, p) => return unevaluable(c, p),
-                    }
-                }
+        match eval(item) {
+            Outcome::Holds => {}
+            Outcome::Fails => {
+                let (reason, pointer) = describe(item, "does not hold (required)");
+                return deny(reason, &pointer);
             }
+            Outcome::Unevaluable(c, p) => return unevaluable(c, p),
         }
     }
     None
