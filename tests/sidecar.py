@@ -199,7 +199,7 @@ class Sidecar:
     @property
     def client(self) -> toolgate.Client:
         if self._client is None:
-            self._client = toolgate.Client(self.target)
+            self._client = toolgate.Client(self.target, timeout=30)
         return self._client
 
     def channel(self) -> grpc.Channel:
