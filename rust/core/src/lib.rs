@@ -12,6 +12,7 @@ pub mod engine;
 pub mod glob;
 pub mod limiter;
 pub mod matcher;
+pub mod mcp;
 pub mod pattern;
 pub mod policy;
 pub mod stats;

@@ -1,0 +1,289 @@
+//! Reading an MCP `tools/call` out of a JSON-RPC request body, strictly.
+//!
+//! A proxy forwards the original bytes, so the body must mean one thing only: anything the
+//! upstream server might read differently from us is refused rather than judged. Refused:
+//! bodies that are not one JSON object (batches were removed from MCP in 2025-06-18),
+//! duplicate keys (parsers disagree on which wins), keys that differ from a JSON-RPC or MCP
+//! key only by case (`"METHOD"`: case-insensitive decoders would read them), and `params`
+//! or `arguments` that are not objects.
+
+use crate::policy::source::{parse_json, Node, NodeValue};
+use serde_json::Value;
+
+/// JSON-RPC error codes used when refusing.
+pub const PARSE_ERROR: i64 = -32700;
+pub const INVALID_REQUEST: i64 = -32600;
+pub const INVALID_PARAMS: i64 = -32602;
+
+const REQUEST_KEYS: [&str; 4] = ["jsonrpc", "id", "method", "params"];
+const CALL_KEYS: [&str; 3] = ["name", "arguments", "_meta"];
+
+/// What a request body asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum McpRequest {
+    /// `tools/call`: the tool and its arguments, to be decided.
+    ToolCall {
+        id: Option<Value>,
+        name: String,
+        arguments: Option<Value>,
+    },
+    /// Any other method: not ours to decide.
+    Other { id: Option<Value>, method: String },
+}
+
+/// Why a body was refused, as a JSON-RPC error.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub code: i64,
+    pub message: String,
+    /// The request's id, when it could be read.
+    pub id: Option<Value>,
+}
+
+fn refuse(code: i64, message: impl Into<String>, id: Option<Value>) -> Refusal {
+    Refusal {
+        code,
+        message: message.into(),
+        id,
+    }
+}
+
+/// Parse one JSON-RPC request body.
+pub fn parse_request(body: &[u8]) -> Result<McpRequest, Refusal> {
+    let text =
+        std::str::from_utf8(body).map_err(|_| refuse(PARSE_ERROR, "body is not UTF-8", None))?;
+    let root = parse_json(text).map_err(|e| {
+        refuse(
+            PARSE_ERROR,
+            format!("body is not one JSON value: {}", e.message),
+            None,
+        )
+    })?;
+    let members = match &root.value {
+        NodeValue::Object(members) => members,
+        NodeValue::Array(_) => {
+            return Err(refuse(
+                INVALID_REQUEST,
+                "batches are not accepted: send one request per message",
+                None,
+            ))
+        }
+        _ => {
+            return Err(refuse(
+                INVALID_REQUEST,
+                "a request must be a JSON object",
+                None,
+            ))
+        }
+    };
+    let id = root.get("id").map(|m| m.value.to_json_value());
+    if let Some(id_value) = &id {
+        if !(id_value.is_string() || id_value.is_i64() || id_value.is_u64() || id_value.is_null()) {
+            return Err(refuse(
+                INVALID_REQUEST,
+                "id must be a string or an integer",
+                None,
+            ));
+        }
+    }
+    check_case_variants(
+        members.iter().map(|m| m.key.as_str()),
+        &REQUEST_KEYS,
+        "request",
+        &id,
+    )?;
+    match root.get("jsonrpc").map(|m| &m.value.value) {
+        Some(NodeValue::String(v)) if v == "2.0" => {}
+        _ => return Err(refuse(INVALID_REQUEST, "jsonrpc must be \"2.0\"", id)),
+    }
+    let method = match root.get("method").map(|m| &m.value.value) {
+        Some(NodeValue::String(m)) => m.clone(),
+        _ => return Err(refuse(INVALID_REQUEST, "method must be a string", id)),
+    };
+    if method != "tools/call" {
+        // Another method is forwarded as is; a case variant of ours could still be routed
+        // to it by a lenient server, so that is refused.
+        if method.eq_ignore_ascii_case("tools/call") {
+            return Err(refuse(
+                INVALID_REQUEST,
+                format!("method {method:?} differs from tools/call only by case"),
+                id,
+            ));
+        }
+        return Ok(McpRequest::Other { id, method });
+    }
+    let params = match root.get("params").map(|m| &m.value) {
+        Some(Node {
+            value: NodeValue::Object(members),
+            ..
+        }) => members,
+        Some(_) => return Err(refuse(INVALID_PARAMS, "params must be an object", id)),
+        None => return Err(refuse(INVALID_PARAMS, "tools/call needs params", id)),
+    };
+    check_case_variants(
+        params.iter().map(|m| m.key.as_str()),
+        &CALL_KEYS,
+        "params",
+        &id,
+    )?;
+    let find = |key: &str| params.iter().find(|m| m.key == key).map(|m| &m.value);
+    let name = match find("name").map(|n| &n.value) {
+        Some(NodeValue::String(n)) if !n.is_empty() => n.clone(),
+        _ => {
+            return Err(refuse(
+                INVALID_PARAMS,
+                "params.name must be a non-empty string",
+                id,
+            ))
+        }
+    };
+    let arguments = match find("arguments") {
+        None => None,
+        Some(
+            node @ Node {
+                value: NodeValue::Object(_),
+                ..
+            },
+        ) => Some(node.to_json_value()),
+        Some(_) => {
+            return Err(refuse(
+                INVALID_PARAMS,
+                "params.arguments must be an object",
+                id,
+            ))
+        }
+    };
+    Ok(McpRequest::ToolCall {
+        id,
+        name,
+        arguments,
+    })
+}
+
+/// Refuse a key that equals one of `known` except for case.
+fn check_case_variants<'a>(
+    keys: impl Iterator<Item = &'a str>,
+    known: &[&str],
+    what: &str,
+    id: &Option<Value>,
+) -> Result<(), Refusal> {
+    for key in keys {
+        if let Some(k) = known
+            .iter()
+            .find(|k| k.eq_ignore_ascii_case(key) && **k != key)
+        {
+            return Err(refuse(
+                INVALID_REQUEST,
+                format!("{what} key {key:?} differs from {k:?} only by case"),
+                id.clone(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn call(body: &str) -> Result<McpRequest, Refusal> {
+        parse_request(body.as_bytes())
+    }
+
+    #[test]
+    fn reads_a_tools_call() {
+        let r = call(
+            r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"create-ami","arguments":{"a":{"b":[1]}}}}"#,
+        );
+        assert_eq!(
+            r,
+            Ok(McpRequest::ToolCall {
+                id: Some(json!(7)),
+                name: "create-ami".into(),
+                arguments: Some(json!({"a": {"b": [1]}}))
+            })
+        );
+        let no_args = call(
+            r#"{"jsonrpc":"2.0","id":"x","method":"tools/call","params":{"name":"t","_meta":{"progressToken":1}}}"#,
+        );
+        assert_eq!(
+            no_args,
+            Ok(McpRequest::ToolCall {
+                id: Some(json!("x")),
+                name: "t".into(),
+                arguments: None
+            })
+        );
+    }
+
+    #[test]
+    fn other_methods_pass() {
+        let r = call(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#);
+        assert_eq!(
+            r,
+            Ok(McpRequest::Other {
+                id: Some(json!(1)),
+                method: "tools/list".into()
+            })
+        );
+        let n = call(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        assert_eq!(
+            n,
+            Ok(McpRequest::Other {
+                id: None,
+                method: "notifications/initialized".into()
+            })
+        );
+    }
+
+    #[test]
+    fn refuses_what_could_be_read_two_ways() {
+        let cases = [
+            ("[{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"t\"}}]", INVALID_REQUEST, "batches"),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","METHOD":"tools/call","params":{"name":"t"}}"#, INVALID_REQUEST, "only by case"),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","method":"tools/list","params":{"name":"t"}}"#, PARSE_ERROR, "duplicate"),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"Tools/Call","params":{"name":"t"}}"#, INVALID_REQUEST, "only by case"),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","Name":"u"}}"#, INVALID_REQUEST, "only by case"),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":["t"]}"#, INVALID_PARAMS, "params must be an object"),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":[1]}}"#, INVALID_PARAMS, "arguments must be an object"),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"a":1,"a":2}}}"#, PARSE_ERROR, "duplicate"),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":""}}"#, INVALID_PARAMS, "non-empty"),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t"}"#, PARSE_ERROR, "not one JSON value"),
+            (r#"{"jsonrpc":"1.0","id":1,"method":"tools/call","params":{"name":"t"}}"#, INVALID_REQUEST, "2.0"),
+            (r#"{"jsonrpc":"2.0","id":{"x":1},"method":"tools/call","params":{"name":"t"}}"#, INVALID_REQUEST, "id must"),
+            ("\"tools/call\"", INVALID_REQUEST, "JSON object"),
+        ];
+        for (body, code, needle) in cases {
+            let refusal = call(body).expect_err(body);
+            assert_eq!(refusal.code, code, "{body}: {refusal:?}");
+            assert!(refusal.message.contains(needle), "{body}: {refusal:?}");
+        }
+        assert_eq!(parse_request(b"\xff\xfe").unwrap_err().code, PARSE_ERROR);
+    }
+
+    proptest::proptest! {
+        /// Any bytes at all: a request or a refusal, never a panic.
+        #[test]
+        fn never_panics(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let _ = parse_request(&body);
+        }
+
+        /// A well-formed call built from random parts reads back as the same call.
+        #[test]
+        fn reads_back_what_was_written(name in "[a-z_.-]{1,20}", n in proptest::prelude::any::<i64>(), key in "[a-z]{1,8}") {
+            let body = json!({"jsonrpc": "2.0", "id": n, "method": "tools/call",
+                              "params": {"name": name, "arguments": {key.clone(): n}}});
+            let parsed = parse_request(body.to_string().as_bytes());
+            proptest::prop_assert_eq!(parsed, Ok(McpRequest::ToolCall {
+                id: Some(json!(n)), name: name.clone(), arguments: Some(json!({key: n})) }));
+        }
+    }
+
+    #[test]
+    fn a_refusal_echoes_the_id_when_it_was_readable() {
+        let r =
+            call(r#"{"jsonrpc":"2.0","id":42,"method":"tools/call","params":["t"]}"#).unwrap_err();
+        assert_eq!(r.id, Some(json!(42)));
+    }
+}
