@@ -123,6 +123,19 @@ class Server:
         fields = stat.rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
+    def context_switches(self) -> int:
+        """Voluntary + involuntary context switches of all the process's threads."""
+        total = 0
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            try:
+                status = (task / "status").read_text()
+            except OSError:
+                continue
+            total += sum(
+                int(x) for x in re.findall(r"^\w*voluntary_ctxt_switches:\s+(\d+)", status, re.M)
+            )
+        return total
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -200,6 +213,7 @@ class Run:
     p99: float = 0.0
     p999: float = 0.0
     server_cpu_us: float = 0.0  # server CPU time per request, µs
+    server_cs: float = 0.0  # server context switches (all threads) per request
     h2load_cores: float = 0.0
     other_cores: float = 0.0  # CPU used by everything else on the machine, in cores
     steal_cores: float = 0.0
@@ -260,13 +274,14 @@ def run_h2load(
     run.quiet_before = wait_quiet(*quiet)
     before = remaining(server.port) if server.name == "decide" else None
     b0, s0 = cpu_ticks()
-    srv0 = server.cpu_seconds()
+    srv0, cs0 = server.cpu_seconds(), server.context_switches()
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     wall = time.monotonic() - t0
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     srv = server.cpu_seconds() - srv0
+    cs = server.context_switches() - cs0
     b1, s1 = cpu_ticks()
     if proc.returncode != 0:
         raise RuntimeError(f"h2load failed: {' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}")
@@ -278,6 +293,7 @@ def run_h2load(
     run.failed = int(summary.get("failed", 0)) + sum(v for k, v in statuses.items() if k != "200")
     run.p50, run.p99, run.p999 = (percentile(durations, q) for q in (0.5, 0.99, 0.999))
     run.server_cpu_us = srv / max(len(durations), 1) * 1e6
+    run.server_cs = cs / max(len(durations), 1)
     run.h2load_cores = h2 / wall
     run.other_cores = max(0.0, ((b1 - b0) / CLK_TCK - srv - h2) / wall)
     run.steal_cores = (s1 - s0) / CLK_TCK / wall
@@ -472,7 +488,7 @@ def profile_server(
 # --- decide_wire from Python ---------------------------------------------------------------
 
 
-def time_decide_wire(repeats: int = 7, number: int = 100_000) -> dict[str, float]:
+def time_decide_wire(repeats: int = 9, number: int = 100_000) -> dict[str, float]:
     """Per-call ns of engine.decide_wire, of the service's handler around it, and of an empty
     call with the same shape, from Python (best of ``repeats``)."""
     from toolgate._core import Engine
@@ -490,11 +506,60 @@ def time_decide_wire(repeats: int = 7, number: int = 100_000) -> dict[str, float
         "`engine.decide_wire(request)`": lambda: engine.decide_wire(request),
         "the service's handler, `handle(request, context)`": lambda: handler(request, None),
     }
-    best = {}
-    for name, fn in cases.items():
-        fn()
-        best[name] = min(timeit.repeat(fn, number=number, repeat=repeats)) / number * 1e9
+    best = dict.fromkeys(cases, float("inf"))
+    # Round-robin over the cases, so a burst of outside load hits all of them alike.
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            best[name] = min(best[name], timeit.timeit(fn, number=number) / number * 1e9)
     return best
+
+
+WIRE_GROUPS = [
+    ("decision (`toolgate_core`: lookup, regex, counter, reservation log)", r"toolgate_core|regex"),
+    ("protobuf decode + encode (prost)", r"prost|wire::|varint|encoded_len"),
+    ("arguments JSON (serde_json into a Value, IndexMap, SipHash)", r"serde|indexmap|sip::"),
+    ("UTF-8 checks", r"from_utf8|utf8"),
+    ("malloc, free, memcpy", r"malloc|free|_int_|memmove|memcpy|realloc|finish_grow|alloc::"),
+    ("clock (`clock_gettime`)", r"clock_gettime|vdso"),
+    ("binding + Python: the call, GIL release/take, bytes object, the loop", r"."),
+]
+
+LOOP = """
+import sys
+from toolgate._core import Engine
+engine = Engine.from_file(sys.argv[1])
+request = bytes.fromhex(sys.argv[2])
+call = engine.decide_wire
+for _ in range(int(sys.argv[3])):
+    call(request)
+"""
+
+
+def profile_decide_wire(workdir: Path, calls: int = 3_000_000) -> list[tuple[str, float]]:
+    """Where decide_wire's time goes, called in a loop from Python (perf, self time)."""
+    data = workdir / "perf-wire.data"
+    cmd = ["perf", "record", "-q", "-F", "2999", "-D", "1500", "-o", str(data), "--"]
+    cmd += [sys.executable, "-c", LOOP, str(POLICY), decide_request().hex(), str(calls)]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    rep = subprocess.run(
+        ["perf", "report", "-i", str(data), "--no-children", "--sort", "sym", "--stdio", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    data.unlink()
+    shares: Counter = Counter()
+    for line in rep.splitlines():
+        m = re.match(r"\s*([\d.]+)%\s+\[[.k]\]\s+(.*)$", line)
+        if not m:
+            continue
+        sym = m.group(2)
+        for label, pattern in WIRE_GROUPS:
+            if re.search(pattern, sym):
+                shares[label] += float(m.group(1))
+                break
+    total = sum(shares.values()) or 1.0
+    return [(label, shares[label] / total) for label, _ in WIRE_GROUPS]
 
 
 # --- metrics-on check ----------------------------------------------------------------------
@@ -569,6 +634,8 @@ def show(attr: str, v: float) -> str:
         return f"{v:,.0f}"
     if attr == "server_cpu_us":
         return f"{v:.0f} µs"
+    if attr == "server_cs":
+        return f"{v:.1f}"
     return fmt_us(v)
 
 
@@ -581,16 +648,40 @@ def verdict(ratio: float, aim: float, higher_is_better: bool) -> str:
     return "**met**" if ok else "**missed**"
 
 
-def report(
-    args, runs: list[Run], profiles: list[Profile], wire: dict, checks: list[str], elapsed: float
-) -> tuple[str, list[str]]:
-    loads = [
-        ("single", "one in flight", 1, 1, args.n_single),
-        ("saturated", "saturated", args.c, args.m, args.n_sat),
+def paired(runs: list[Run], load: str, server: str, attr: str) -> list[float]:
+    """server/floor ratios of attr, run by run (each pair ran back to back)."""
+    base = {r.index: getattr(r, attr) for r in runs if r.load == load and r.server == "floor"}
+    return [
+        getattr(r, attr) / base[r.index]
+        for r in runs
+        if r.load == load and r.server == server and base.get(r.index)
     ]
+
+
+METRICS = (
+    ("rps", "req/s"),
+    ("p50", "p50"),
+    ("p99", "p99"),
+    ("p999", "p99.9"),
+    ("server_cpu_us", "server CPU / req"),
+    ("server_cs", "server context switches / req"),
+)
+
+
+def report(
+    args,
+    runs: list[Run],
+    profiles: list[Profile],
+    wire: dict,
+    wire_profile: list[tuple[str, float]],
+    checks: list[str],
+    elapsed: float,
+) -> tuple[str, list[str]]:
+    loads = [("single", "one in flight"), ("saturated", "saturated")]
     git = sh(["git", "rev-parse", "--short", "HEAD"])
     dirty = " with uncommitted changes" if sh(["git", "status", "--porcelain"]) else ""
     cpu = sh(["sh", "-c", "lscpu | sed -n 's/^Model name: *//p' | head -1"])
+    variants = f", and floor variants {', '.join(args.variants)}" if args.variants else ""
     out = [
         f"Run {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, commit {git}{dirty}; "
         f"{cpu}, `nproc` = {os.cpu_count()}, Linux {platform.release()}; Python "
@@ -603,29 +694,28 @@ def report(
         f"{args.response_len} bytes (the floor returns the sidecar's own answer). h2load "
         f"`-t 1`; one in flight `-c 1 -m 1`, {args.n_single:,} requests per run; saturated "
         f"`-c {args.c} -m {args.m}` ({args.c * args.m} streams), {args.n_sat:,} requests per "
-        f"run; {args.runs} runs of each, floor and Decide alternating (ABA order), after a "
-        f"{args.warmup:,}-request warm-up of each.",
+        f"run; {args.runs} runs of each, floor and Decide{variants} taking turns (the order "
+        f"rotates run by run), after a {args.warmup:,}-request warm-up of each. Server CPU "
+        f"and context switches are the whole process's (all threads, from /proc). Busy before: "
+        f"CPU cores in use on the machine in the second before the run (our servers idle); "
+        f"steal: cores' worth of time the hypervisor took during the run.",
         "",
-        "| load | server | run | req/s | p50 | p99 | p99.9 | server CPU / req | other load "
-        "| counted by the limit |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| load | server | run | req/s | p50 | p99 | p99.9 | server CPU / req "
+        "| context switches / req | busy before / steal | counted by the limit |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for key, label, *_ in loads:
+    for key, label in loads:
         for r in runs:
             if r.load != key:
                 continue
-            counted = (
-                ""
-                if r.consumed is None
-                else (
-                    f"{r.consumed:,} of {r.succeeded:,}"
-                    + (" ✓" if r.consumed == r.succeeded and not r.failed else " **✗**")
-                )
-            )
+            counted = ""
+            if r.consumed is not None:
+                ok = r.consumed == r.succeeded and not r.failed
+                counted = f"{r.consumed:,} of {r.succeeded:,}" + (" ✓" if ok else " **✗**")
             out.append(
                 f"| {label} | {r.server} | {r.index} | {r.rps:,.0f} | {fmt_us(r.p50)} | "
                 f"{fmt_us(r.p99)} | {fmt_us(r.p999)} | {r.server_cpu_us:.0f} µs | "
-                f"{r.other_cores:.2f} cores | {counted} |"
+                f"{r.server_cs:.1f} | {r.quiet_before:.2f} / {r.steal_cores:.2f} | {counted} |"
             )
     out += [
         "",
@@ -636,27 +726,13 @@ def report(
         "|---|---|---:|---:|---:|",
     ]
     aims = []
-    for key, label, *_ in loads:
+    for key, label in loads:
         fl = [r for r in runs if r.load == key and r.server == "floor"]
         de = [r for r in runs if r.load == key and r.server == "decide"]
         if not fl or not de:
             continue
-        for attr, name in (
-            ("rps", "req/s"),
-            ("p50", "p50"),
-            ("p99", "p99"),
-            ("p999", "p99.9"),
-            ("server_cpu_us", "server CPU / req"),
-        ):
-            pairs = sorted(d.index for d in de)
-            ratios = [
-                getattr(d, attr) / getattr(f, attr)
-                for i in pairs
-                for d in de
-                if d.index == i
-                for f in fl
-                if f.index == i
-            ]
+        for attr, name in METRICS:
+            ratios = paired(runs, key, "decide", attr)
             ratio = statistics.median(ratios)
             a, b = med(fl, attr), med(de, attr)
             out.append(
@@ -675,6 +751,29 @@ def report(
                     f"- saturated, Decide throughput ≥ {AIM_RPS}{X} the floor's: "
                     f"{ratio:.3f}{X} ({b:,.0f} against {a:,.0f} req/s; runs: {each}), "
                     f"{verdict(ratio, AIM_RPS, True)}."
+                )
+    if args.variants:
+        out += [
+            "",
+            "Floor variants (grpc_floor.py `--work`: SHA-256 of 2000 bytes with the GIL held, "
+            "or of 2048 bytes with the GIL released around it, ~1.5-2 µs either way), "
+            "medians and the median of per-run ratios to the floor:",
+            "",
+            "| load | server | req/s | p50 | p99 | server CPU / req | context switches / req "
+            "| p50 / floor | req/s / floor |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for key, label in loads:
+            for name in ["floor", "decide", *args.variants]:
+                rs = [r for r in runs if r.load == key and r.server == name]
+                if not rs:
+                    continue
+                p50r = statistics.median(paired(runs, key, name, "p50"))
+                rpsr = statistics.median(paired(runs, key, name, "rps"))
+                out.append(
+                    f"| {label} | {name} | {med(rs, 'rps'):,.0f} | {fmt_us(med(rs, 'p50'))} | "
+                    f"{fmt_us(med(rs, 'p99'))} | {med(rs, 'server_cpu_us'):.0f} µs | "
+                    f"{med(rs, 'server_cs'):.1f} | {p50r:.3f} | {rpsr:.3f} |"
                 )
     out += [
         "",
@@ -698,12 +797,24 @@ def report(
     out += [f"- {c}" for c in checks]
     out += [
         "",
-        f"**`decide_wire` from Python** (timeit, best of 7 {X} 100,000, same request):",
+        f"**`decide_wire` from Python** (timeit, best of 9 {X} 100,000 taking turns, same "
+        "request):",
         "",
         "| call | ns per call |",
         "|---|---:|",
     ]
     out += [f"| {k} | {v:,.0f} |" for k, v in wire.items()]
+    dw = wire.get("`engine.decide_wire(request)`", 0.0)
+    if wire_profile:
+        out += [
+            "",
+            "Where `decide_wire`'s time goes (`perf record` of 3,000,000 calls in a Python "
+            "loop, self time by symbol, grouped; ns = share of the call's time above):",
+            "",
+            "| part | share | ns per call |",
+            "|---|---:|---:|",
+        ]
+        out += [f"| {k} | {v:.0%} | {v * dw:,.0f} |" for k, v in wire_profile]
     for p in profiles:
         sat = [r for r in runs if r.load == "saturated" and r.server == p.server]
         if sat:
@@ -781,25 +892,35 @@ def profile_tables(profiles: list[Profile]) -> list[str]:
 
 
 def conclude(runs: list[Run], profiles: list[Profile], wire: dict) -> list[str]:
-    sat_f = [r for r in runs if r.load == "saturated" and r.server == "floor"]
-    sat_d = [r for r in runs if r.load == "saturated" and r.server == "decide"]
-    one_f = [r for r in runs if r.load == "single" and r.server == "floor"]
-    one_d = [r for r in runs if r.load == "single" and r.server == "decide"]
+    def pick(load: str, server: str) -> list[Run]:
+        return [r for r in runs if r.load == load and r.server == server]
+
+    sat_f, sat_d = pick("saturated", "floor"), pick("saturated", "decide")
+    one_f, one_d = pick("single", "floor"), pick("single", "decide")
+    dw = wire.get("`engine.decide_wire(request)`", 0.0) / 1000
     lines = []
-    dw = wire.get("`engine.decide_wire(request)`", 0)
-    if sat_f and sat_d:
+    if sat_f and sat_d and one_f and one_d:
         cf, cd = med(sat_f, "server_cpu_us"), med(sat_d, "server_cpu_us")
         lines.append(
-            f"- Per call, under saturation, the floor process spends {cf:.0f} µs of CPU and the "
-            f"sidecar {cd:.0f} µs: the decision adds {cd - cf:+.0f} µs, against "
-            f"{dw / 1000:.2f} µs for `decide_wire` called from Python. Almost all of a call's "
-            f"cost is the transport: grpcio's Python server and the threads it hands each call "
-            f"between, which the floor pays too."
+            f"- **What the Python layer costs per call.** The floor, a grpcio server whose "
+            f"handler does nothing, spends {cf:.0f} µs of CPU per call saturated "
+            f"({med(one_f, 'server_cpu_us'):.0f} µs one in flight) and switches context "
+            f"{med(sat_f, 'server_cs'):.0f} times per call across its threads; the sidecar "
+            f"{cd:.0f} µs ({med(one_d, 'server_cpu_us'):.0f} µs) and "
+            f"{med(sat_d, 'server_cs'):.0f} switches. `decide_wire` itself costs {dw:.2f} µs "
+            f"from Python, under 1% of that: the decision is not where the time goes; "
+            f"grpcio's Python server is, and the floor pays it too."
         )
-    if one_f and one_d:
+        spread = max(r.p50 for r in one_f) / min(r.p50 for r in one_f)
+        each = ", ".join(f"{x:.2f}" for x in paired(runs, "single", "decide", "p50"))
         lines.append(
             f"- One in flight, p50 {fmt_us(med(one_f, 'p50'))} (floor) against "
-            f"{fmt_us(med(one_d, 'p50'))} (Decide); one decision is ~{dw / 1000:.1f} µs of it."
+            f"{fmt_us(med(one_d, 'p50'))} (Decide), {med(one_d, 'p50') - med(one_f, 'p50'):+.0f}"
+            f" µs (per-run ratios {each}),"
+            f" where the decision itself is ~{dw:.1f} µs; the floor's own p50 varied "
+            f"{spread:.2f}{X} between its runs. Context switches per call at one in flight: "
+            f"{med(one_f, 'server_cs'):.1f} (floor), {med(one_d, 'server_cs'):.1f} (Decide); "
+            f"saturated: {med(sat_f, 'server_cs'):.1f} and {med(sat_d, 'server_cs'):.1f}."
         )
     byname = {p.server: p for p in profiles}
     if "floor" in byname and "decide" in byname:
@@ -810,15 +931,39 @@ def conclude(runs: list[Run], profiles: list[Profile], wire: dict) -> list[str]:
             return sum(p.groups[k] for k in keys) / t * p.cpu_us
 
         lines.append(
-            "- Where a saturated call's CPU goes (sidecar, floor in brackets): CPython "
-            f"interpreter {us(d, 'python'):.0f} µs ({us(f, 'python'):.0f}), grpcio core "
-            f"{us(d, 'cygrpc'):.0f} µs ({us(f, 'cygrpc'):.0f}), libc "
-            f"{us(d, 'libc'):.0f} µs ({us(f, 'libc'):.0f}), kernel futex/scheduling "
-            f"{us(d, 'k_futex', 'k_other'):.0f} µs ({us(f, 'k_futex', 'k_other'):.0f}), "
-            f"kernel TCP and epoll {us(d, 'k_net', 'k_poll'):.0f} µs "
-            f"({us(f, 'k_net', 'k_poll'):.0f}), our Rust {us(d, 'rust'):.1f} µs "
-            f"({us(f, 'rust'):.1f})."
+            "- **Where it goes** (saturated, perf; sidecar, floor in brackets): kernel "
+            f"futex and scheduling {us(d, 'k_futex', 'k_other'):.0f} µs "
+            f"({us(f, 'k_futex', 'k_other'):.0f}): handing each call between grpcio's "
+            f"event-engine threads, its Python poller thread and a pool worker, each handoff "
+            f"a futex wake-up and a context switch, which in this VM is expensive; CPython "
+            f"interpreter {us(d, 'python'):.0f} µs ({us(f, 'python'):.0f}); grpcio core "
+            f"{us(d, 'cygrpc'):.0f} µs ({us(f, 'cygrpc'):.0f}); libc "
+            f"{us(d, 'libc'):.0f} µs ({us(f, 'libc'):.0f}); kernel TCP and epoll "
+            f"{us(d, 'k_net', 'k_poll'):.0f} µs ({us(f, 'k_net', 'k_poll'):.0f}); our Rust "
+            f"{us(d, 'rust'):.1f} µs ({us(f, 'rust'):.1f})."
         )
+        if d.py_total and f.py_total:
+
+            def share(p: Profile, prefix: str) -> float:
+                hits = [v for k, v in p.py_incl.items() if k.startswith(prefix)]
+                return max(hits, default=0) / p.py_total
+
+            handler = max(
+                (v for k, v in d.py_incl.items() if "handle (toolgate/service.py)" in k),
+                default=0,
+            ) / max(d.py_total, 1)
+            lines.append(
+                "- **Python side** (py-spy, GIL holder; sidecar, floor in brackets): grpcio's "
+                f"poller thread (`_serve`) {share(d, '_serve '):.0%} "
+                f"({share(f, '_serve '):.0%}) and the pool workers "
+                f"{share(d, '_worker '):.0%} ({share(f, '_worker '):.0%}) of the "
+                f"interpreter's time; in the workers, grpcio's unary path "
+                f"(`_unary_response_in_pool`: read the request, call the handler, send the "
+                f"response and status) {share(d, '_unary_response_in_pool '):.0%} "
+                f"({share(f, '_unary_response_in_pool '):.0%}), of which the handler itself "
+                f"(`handle` in toolgate/service.py, with `decide_wire` while it holds the GIL) "
+                f"{handler:.1%}."
+            )
     return lines
 
 
@@ -882,6 +1027,13 @@ def main() -> int:
     p.add_argument("--profile-seconds", type=int, default=PROFILE_SECONDS)
     p.add_argument("--py-spy", default=shutil.which("py-spy"), help="py-spy binary (optional)")
     p.add_argument("--no-metrics-check", action="store_true")
+    p.add_argument(
+        "--variants",
+        nargs="*",
+        default=[],
+        choices=["hash-gil-held", "hash-gil-released"],
+        help="also run floor servers with this --work (see grpc_floor.py) in the rotation",
+    )
     p.add_argument("--print", dest="write", action="store_false", help="don't write RESULTS.md")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     args = p.parse_args()
@@ -938,6 +1090,25 @@ def main() -> int:
             workdir,
             decide_request(),
         )
+        for work in args.variants:
+            vport = free_port()
+            servers[work] = start_server(
+                work,
+                [
+                    sys.executable,
+                    str(FLOOR_SCRIPT),
+                    "--listen",
+                    f"127.0.0.1:{vport}",
+                    "--response",
+                    str(workdir / "response.bin"),
+                    "--work",
+                    work,
+                ],
+                vport,
+                workdir,
+                decide_request(),
+            )
+        names = ["floor", "decide", *args.variants]
         if call_raw(fport, decide_request()) != response:
             raise RuntimeError("the floor's answer differs from the response it was given")
         print(
@@ -962,8 +1133,9 @@ def main() -> int:
             ("saturated", args.c, args.m, args.n_sat),
         ):
             for i in range(1, args.runs + 1):
-                order = ("floor", "decide") if i % 2 else ("decide", "floor")
-                for name in order:
+                # Rotate the order run by run (floor, decide / decide, floor / ...).
+                k = (i - 1) % len(names)
+                for name in names[k:] + names[:k]:
                     r = run_h2load(
                         servers[name],
                         body,
@@ -976,8 +1148,9 @@ def main() -> int:
                     print(
                         f"{load:9} {name:6} run {i}: {r.rps:8,.0f} req/s  p50 "
                         f"{fmt_us(r.p50):>8}  p99 {fmt_us(r.p99):>8}  p99.9 "
-                        f"{fmt_us(r.p999):>8}  cpu/req {r.server_cpu_us:5.0f} µs  others "
-                        f"{r.other_cores:.2f}  counted {r.consumed}",
+                        f"{fmt_us(r.p999):>8}  cpu/req {r.server_cpu_us:5.0f} µs  cs/req "
+                        f"{r.server_cs:4.1f}  busy before "
+                        f"{r.quiet_before:.2f}  steal {r.steal_cores:.2f}  counted {r.consumed}",
                         file=sys.stderr,
                     )
 
@@ -1004,10 +1177,14 @@ def main() -> int:
     checks = []
     if not args.no_metrics_check:
         checks.append(metrics_check(body, args.c, args.m, 10_000, workdir))
+    wait_quiet(args.quiet_wait, args.quiet_cores)
     wire = time_decide_wire()
+    wire_profile = profile_decide_wire(workdir) if profile else []
     if not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
-    block, _aims = report(args, runs, profiles, wire, checks, time.monotonic() - started)
+    block, _aims = report(
+        args, runs, profiles, wire, wire_profile, checks, time.monotonic() - started
+    )
     print(block)
     if args.write:
         write_results(block)
