@@ -76,10 +76,6 @@ impl Engine {
         &self.stats
     }
 
-    pub fn now_ns(&self) -> u64 {
-        self.clock.now_ns()
-    }
-
     /// Give back the counters of a reservation (the upstream call failed). True if it was
     /// held; false if unknown, already released, or too old to find.
     pub fn release(&self, reservation: u64) -> bool {

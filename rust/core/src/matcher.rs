@@ -73,10 +73,6 @@ impl<T: Clone> NameMatcher<T> {
         }
         None
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.exact.is_empty() && self.globs.is_empty()
-    }
 }
 
 #[cfg(test)]

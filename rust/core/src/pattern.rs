@@ -46,10 +46,6 @@ impl Pattern {
         self.regex.is_match(text)
     }
 
-    pub fn as_str(&self) -> &str {
-        self.regex.as_str()
-    }
-
     /// Whether the ahead-of-time DFA is in use (for tests).
     pub fn precompiled(&self) -> bool {
         self.dfa.is_some()
