@@ -673,6 +673,7 @@ def test_limit_state_entries(clock):
         "rule": "/tools/t/limits/0",
         "scope": "grant",
         "max": 3.0,
+        "window_ms": 60_000,
         "remaining": 2.0,
         "reset_in_ms": d.limits[0].reset_in_ms,
     }

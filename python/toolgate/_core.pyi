@@ -60,6 +60,8 @@ class LimitState:
     @property
     def max(self) -> float: ...
     @property
+    def window_ms(self) -> int: ...
+    @property
     def remaining(self) -> float: ...
     @property
     def reset_in_ms(self) -> int: ...
@@ -89,6 +91,20 @@ class Decision:
     @property
     def reservation(self) -> int | None: ...
     def to_dict(self) -> dict[str, Any]: ...
+
+class GateAnswer:
+    """What a proxy must do with one MCP HTTP request (see ``Engine.check_http``)."""
+
+    @property
+    def forward(self) -> bool: ...
+    @property
+    def status(self) -> int: ...
+    @property
+    def headers(self) -> list[tuple[str, str]]: ...
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def decision(self) -> Decision | None: ...
 
 class ManualClock:
     """A clock that moves only when told to."""
@@ -130,11 +146,28 @@ class Engine:
         attributes: dict[str, str] | None = None,
         arguments: dict[str, Any] | str | bytes | None = None,
         dry_run: bool = False,
+        hits: int | None = None,
     ) -> Decision: ...
+    def check_http(
+        self,
+        body: bytes,
+        *,
+        http_method: str = "POST",
+        truncated: bool = False,
+        server: str | None = None,
+        grant: str | None = None,
+        session: str | None = None,
+        agent: str | None = None,
+        mcp_method: str | None = None,
+        mcp_name: str | None = None,
+    ) -> GateAnswer:
+        """Decide one MCP Streamable HTTP request for a proxy."""
     def decide_wire(self, request: bytes) -> bytes:
         """Decide a serialized toolgate.v1.DecideRequest; ValueError if malformed."""
     def decide_batch_wire(self, request: bytes) -> bytes: ...
     def release_wire(self, request: bytes) -> bytes: ...
+    def refuse(self, reason: str) -> Decision:
+        """An INVALID_REQUEST decision for a request that cannot be decided (counted)."""
     def release(self, reservation: int) -> bool: ...
     def set_per_tool_metrics(self, enabled: bool) -> None: ...
     def reload(self, policy: PolicySource) -> str: ...

@@ -58,6 +58,7 @@ def decision_dict(response: decider_pb2.DecideResponse) -> dict[str, Any]:
                 "rule": limit.rule,
                 "scope": limit.scope,
                 "max": limit.max,
+                "window_ms": limit.window_ms,
                 "remaining": limit.remaining,
                 "reset_in_ms": limit.reset_in_ms,
             }

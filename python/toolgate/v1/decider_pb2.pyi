@@ -73,20 +73,22 @@ class DecideRequest(_message.Message):
     def __init__(self, server: _Optional[str] = ..., tool: _Optional[str] = ..., subject: _Optional[_Union[Subject, _Mapping]] = ..., arguments_json: _Optional[bytes] = ..., dry_run: _Optional[bool] = ...) -> None: ...
 
 class LimitState(_message.Message):
-    __slots__ = ("counter", "rule", "scope", "max", "remaining", "reset_in_ms")
+    __slots__ = ("counter", "rule", "scope", "max", "remaining", "reset_in_ms", "window_ms")
     COUNTER_FIELD_NUMBER: _ClassVar[int]
     RULE_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     MAX_FIELD_NUMBER: _ClassVar[int]
     REMAINING_FIELD_NUMBER: _ClassVar[int]
     RESET_IN_MS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_MS_FIELD_NUMBER: _ClassVar[int]
     counter: str
     rule: str
     scope: str
     max: float
     remaining: float
     reset_in_ms: int
-    def __init__(self, counter: _Optional[str] = ..., rule: _Optional[str] = ..., scope: _Optional[str] = ..., max: _Optional[float] = ..., remaining: _Optional[float] = ..., reset_in_ms: _Optional[int] = ...) -> None: ...
+    window_ms: int
+    def __init__(self, counter: _Optional[str] = ..., rule: _Optional[str] = ..., scope: _Optional[str] = ..., max: _Optional[float] = ..., remaining: _Optional[float] = ..., reset_in_ms: _Optional[int] = ..., window_ms: _Optional[int] = ...) -> None: ...
 
 class DecideResponse(_message.Message):
     __slots__ = ("verdict", "code", "reason", "rule", "retry_after_ms", "limits", "revision", "shadow", "reservation")

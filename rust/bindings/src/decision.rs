@@ -13,6 +13,8 @@ pub struct PyLimitState {
     pub rule: String,
     pub scope: &'static str,
     pub max: f64,
+    /// The limit's sliding window in milliseconds.
+    pub window_ms: u64,
     pub remaining: f64,
     pub reset_in_ms: u64,
 }
@@ -24,6 +26,7 @@ impl PyLimitState {
             rule: d.rule_of(l).to_owned(),
             scope: l.scope,
             max: l.max,
+            window_ms: l.window_ms,
             remaining: l.remaining,
             reset_in_ms: l.reset_in_ms,
         }
@@ -38,6 +41,7 @@ impl PyLimitState {
         d.set_item("rule", &self.rule)?;
         d.set_item("scope", self.scope)?;
         d.set_item("max", self.max)?;
+        d.set_item("window_ms", self.window_ms)?;
         d.set_item("remaining", self.remaining)?;
         d.set_item("reset_in_ms", self.reset_in_ms)?;
         Ok(d)

@@ -3,6 +3,7 @@
 use crate::arguments::PyArg;
 use crate::clock::PyManualClock;
 use crate::decision::PyDecision;
+use crate::gate::PyGateAnswer;
 use crate::policy::{coerce, PyPolicy};
 use crate::wire;
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -10,9 +11,11 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 use toolgate_core::clock::{Clock, MonotonicClock};
 use toolgate_core::counter::CounterTable;
 use toolgate_core::engine::{DEFAULT_CAPACITY, DEFAULT_RESERVATIONS};
+use toolgate_core::mcp::HttpCall;
 use toolgate_core::{Engine, Request, Subject};
 
 /// Decides tool calls against a policy, with counters that survive reloads.
@@ -90,7 +93,7 @@ impl PyEngine {
     }
 
     /// Decide one call. `arguments` is a dict, JSON text, or None.
-    #[pyo3(signature = (tool, *, server = None, grant = None, session = None, agent = None, attributes = None, arguments = None, dry_run = false))]
+    #[pyo3(signature = (tool, *, server = None, grant = None, session = None, agent = None, attributes = None, arguments = None, dry_run = false, hits = None))]
     #[allow(clippy::too_many_arguments)]
     fn decide(
         &self,
@@ -102,6 +105,7 @@ impl PyEngine {
         attributes: Option<&Bound<'_, PyDict>>,
         arguments: Option<&Bound<'_, PyAny>>,
         dry_run: bool,
+        hits: Option<u32>,
     ) -> PyResult<PyDecision> {
         let attribute_objects = match attributes {
             Some(d) => d
@@ -128,6 +132,7 @@ impl PyEngine {
                 subject,
                 args: None,
                 dry_run,
+                hits,
             }),
             Some(a) if a.is_instance_of::<PyDict>() => self.inner.decide(&Request {
                 tool,
@@ -135,6 +140,7 @@ impl PyEngine {
                 subject,
                 args: Some(PyArg(a.clone())),
                 dry_run,
+                hits,
             }),
             Some(a) if a.is_instance_of::<PyString>() || a.is_instance_of::<PyBytes>() => {
                 let text: &[u8] = match a.cast::<PyString>() {
@@ -153,6 +159,7 @@ impl PyEngine {
                     subject,
                     args: Some(&value),
                     dry_run,
+                    hits,
                 })
             }
             Some(_) => {
@@ -192,6 +199,52 @@ impl PyEngine {
         let out = wire::release(&self.inner, request);
         out.map(|b| PyBytes::new(py, &b))
             .map_err(|e| PyValueError::new_err(e.0))
+    }
+
+    /// Decide one HTTP request of MCP Streamable HTTP traffic for a proxy: a `tools/call`
+    /// in `body` is decided; other messages pass; unreadable bodies, bodies the proxy cut
+    /// (`truncated`) and `Mcp-Method`/`Mcp-Name` headers that disagree with the body are
+    /// refused with a JSON-RPC error.
+    #[pyo3(signature = (body, *, http_method = "POST", truncated = false, server = None, grant = None, session = None, agent = None, mcp_method = None, mcp_name = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn check_http(
+        &self,
+        py: Python<'_>,
+        body: &[u8],
+        http_method: &str,
+        truncated: bool,
+        server: Option<&str>,
+        grant: Option<&str>,
+        session: Option<&str>,
+        agent: Option<&str>,
+        mcp_method: Option<&str>,
+        mcp_name: Option<&str>,
+    ) -> PyResult<PyGateAnswer> {
+        let started = Instant::now();
+        let call = HttpCall {
+            http_method,
+            body,
+            truncated,
+            server,
+            subject: Subject {
+                grant,
+                session,
+                agent,
+                attributes: &[],
+            },
+            mcp_method,
+            mcp_name,
+        };
+        let gate = toolgate_core::mcp::check(&self.inner, &call);
+        self.inner
+            .stats()
+            .record_duration(started.elapsed().as_nanos() as u64);
+        PyGateAnswer::new(py, gate)
+    }
+
+    /// An INVALID_REQUEST decision for a request that cannot be decided, counted like any.
+    fn refuse(&self, reason: &str) -> PyDecision {
+        PyDecision(self.inner.refuse(reason))
     }
 
     /// Give back a reservation's counters. True if it was held.

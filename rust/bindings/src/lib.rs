@@ -4,6 +4,7 @@ mod arguments;
 mod clock;
 mod decision;
 mod engine;
+mod gate;
 mod policy;
 mod wire;
 
@@ -16,6 +17,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<policy::ValidationError>()?;
     m.add_class::<decision::PyDecision>()?;
     m.add_class::<decision::PyLimitState>()?;
+    m.add_class::<gate::PyGateAnswer>()?;
     m.add_class::<clock::PyManualClock>()?;
     m.add("PolicyError", m.py().get_type::<policy::PolicyError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

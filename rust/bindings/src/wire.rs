@@ -96,6 +96,7 @@ fn respond(
         subject,
         args: arguments.as_ref(),
         dry_run: req.dry_run,
+        hits: None,
     });
     encode(decision)
 }
@@ -132,6 +133,7 @@ fn encode(d: Decision) -> pb::DecideResponse {
                 rule: d.rule_of(l).to_owned(),
                 scope: l.scope.to_owned(),
                 max: l.max,
+                window_ms: l.window_ms,
                 remaining: l.remaining,
                 reset_in_ms: l.reset_in_ms,
             })

@@ -36,6 +36,7 @@ fn main() {
         subject,
         args: Some(&args),
         dry_run: false,
+        hits: None,
     };
     let mut allowed = 0u64;
     for _ in 0..n {

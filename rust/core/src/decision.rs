@@ -106,6 +106,8 @@ pub struct LimitState {
     pub(crate) rule: TextId,
     pub scope: &'static str,
     pub max: f64,
+    /// The limit's sliding window.
+    pub window_ms: u64,
     /// Room left after this decision (calls, or cost units of the policy).
     pub remaining: f64,
     /// Milliseconds until everything now counted has left the window.

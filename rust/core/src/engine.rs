@@ -27,6 +27,9 @@ pub struct Request<'a, A> {
     pub args: Option<A>,
     /// Evaluate without consuming counters.
     pub dry_run: bool,
+    /// What each limit counts for this call instead of 1 call or its `cost`: Envoy's
+    /// rate-limit `hits_addend`, for proxies that weigh calls themselves.
+    pub hits: Option<u32>,
 }
 
 pub struct Engine {
@@ -372,9 +375,10 @@ fn want<'p, A: ArgValue + Clone>(
             limit.pointer,
         ));
     };
-    let amount = match &limit.cost {
-        None => UNITS_PER_CALL,
-        Some(path) => {
+    let amount = match (&limit.cost, req.hits) {
+        (_, Some(hits)) => u64::from(hits) * UNITS_PER_CALL,
+        (None, None) => UNITS_PER_CALL,
+        (Some(path), None) => {
             let text = limit.cost_text.as_deref().unwrap_or("cost");
             let bad = |what: &str| {
                 (

@@ -40,6 +40,7 @@ fn state(want: &Want<'_>, used: u64, reset_ns: u64) -> LimitState {
         rule: want.limit.pointer,
         scope: want.limit.scope.as_str(),
         max: want.limit.max,
+        window_ms: want.limit.window_ms,
         remaining: from_units(want.limit.max_units.saturating_sub(used)),
         reset_in_ms: reset_ns.div_ceil(1_000_000),
     }

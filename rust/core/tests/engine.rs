@@ -25,6 +25,7 @@ fn call(engine: &Engine, tool: &str) -> toolgate_core::Decision {
         subject,
         args: None,
         dry_run: false,
+        hits: None,
     })
 }
 

@@ -15,7 +15,7 @@ pub const PARSE_ERROR: i64 = -32700;
 pub const INVALID_REQUEST: i64 = -32600;
 pub const INVALID_PARAMS: i64 = -32602;
 
-const REQUEST_KEYS: [&str; 4] = ["jsonrpc", "id", "method", "params"];
+const REQUEST_KEYS: [&str; 6] = ["jsonrpc", "id", "method", "params", "result", "error"];
 const CALL_KEYS: [&str; 3] = ["name", "arguments", "_meta"];
 
 /// What a request body asks for.
@@ -29,6 +29,8 @@ pub enum McpRequest {
     },
     /// Any other method: not ours to decide.
     Other { id: Option<Value>, method: String },
+    /// The client's answer to a request of the server's (sampling, elicitation...).
+    Response { id: Option<Value> },
 }
 
 /// Why a body was refused, as a JSON-RPC error.
@@ -96,8 +98,17 @@ pub fn parse_request(body: &[u8]) -> Result<McpRequest, Refusal> {
         Some(NodeValue::String(v)) if v == "2.0" => {}
         _ => return Err(refuse(INVALID_REQUEST, "jsonrpc must be \"2.0\"", id)),
     }
+    let answers = root.get("result").is_some() || root.get("error").is_some();
     let method = match root.get("method").map(|m| &m.value.value) {
-        Some(NodeValue::String(m)) => m.clone(),
+        Some(NodeValue::String(m)) if !answers => m.clone(),
+        Some(_) if answers => {
+            return Err(refuse(
+                INVALID_REQUEST,
+                "a message with a method cannot also carry a result or an error",
+                id,
+            ))
+        }
+        None if answers && id.is_some() => return Ok(McpRequest::Response { id }),
         _ => return Err(refuse(INVALID_REQUEST, "method must be a string", id)),
     };
     if method != "tools/call" {
@@ -111,6 +122,10 @@ pub fn parse_request(body: &[u8]) -> Result<McpRequest, Refusal> {
             ));
         }
         return Ok(McpRequest::Other { id, method });
+    }
+    // A call without an id would be a notification, which gets no answer to deny with.
+    if matches!(id, None | Some(Value::Null)) {
+        return Err(refuse(INVALID_REQUEST, "tools/call needs an id", None));
     }
     let params = match root.get("params").map(|m| &m.value) {
         Some(Node {
@@ -238,6 +253,19 @@ mod tests {
     }
 
     #[test]
+    fn answers_to_the_server_pass() {
+        let r = call(r#"{"jsonrpc":"2.0","id":3,"result":{"action":"accept"}}"#);
+        assert_eq!(r, Ok(McpRequest::Response { id: Some(json!(3)) }));
+        let e = call(r#"{"jsonrpc":"2.0","id":"s-1","error":{"code":-1,"message":"no"}}"#);
+        assert_eq!(
+            e,
+            Ok(McpRequest::Response {
+                id: Some(json!("s-1"))
+            })
+        );
+    }
+
+    #[test]
     fn refuses_what_could_be_read_two_ways() {
         let cases = [
             ("[{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"t\"}}]", INVALID_REQUEST, "batches"),
@@ -253,6 +281,11 @@ mod tests {
             (r#"{"jsonrpc":"1.0","id":1,"method":"tools/call","params":{"name":"t"}}"#, INVALID_REQUEST, "2.0"),
             (r#"{"jsonrpc":"2.0","id":{"x":1},"method":"tools/call","params":{"name":"t"}}"#, INVALID_REQUEST, "id must"),
             ("\"tools/call\"", INVALID_REQUEST, "JSON object"),
+            (r#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"t"}}"#, INVALID_REQUEST, "needs an id"),
+            (r#"{"jsonrpc":"2.0","id":null,"method":"tools/call","params":{"name":"t"}}"#, INVALID_REQUEST, "needs an id"),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","result":{},"params":{"name":"t"}}"#, INVALID_REQUEST, "cannot also carry"),
+            (r#"{"jsonrpc":"2.0","id":1,"Result":{},"method":"tools/list"}"#, INVALID_REQUEST, "only by case"),
+            (r#"{"jsonrpc":"2.0","result":{}}"#, INVALID_REQUEST, "method must be"),
         ];
         for (body, code, needle) in cases {
             let refusal = call(body).expect_err(body);

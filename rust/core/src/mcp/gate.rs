@@ -1,0 +1,141 @@
+//! Deciding one HTTP request of MCP Streamable HTTP traffic, for a proxy's authorization
+//! hook (Envoy ext_authz): forward it, or answer it in the server's place.
+//!
+//! Fail closed: a body that cannot be read as exactly one JSON-RPC message, a body the proxy
+//! cut, and `Mcp-Method`/`Mcp-Name` headers that disagree with the body are all refused;
+//! nothing is forwarded without having been read.
+
+use super::reply::{self, Reply};
+use super::request::{parse_request, McpRequest, Refusal, INVALID_REQUEST};
+use crate::condition::Subject;
+use crate::decision::{Code, Decision, Verdict};
+use crate::engine::{Engine, Request};
+use serde_json::Value;
+
+/// One HTTP request as the proxy saw it.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpCall<'a> {
+    /// The HTTP method: only POST carries JSON-RPC messages.
+    pub http_method: &'a str,
+    pub body: &'a [u8],
+    /// The proxy sent only part of the body (it was over the proxy's size limit).
+    pub truncated: bool,
+    pub server: Option<&'a str>,
+    pub subject: Subject<'a>,
+    /// The `Mcp-Method` and `Mcp-Name` headers, when sent.
+    pub mcp_method: Option<&'a str>,
+    pub mcp_name: Option<&'a str>,
+}
+
+/// What the proxy must do.
+#[derive(Debug)]
+pub enum Gate {
+    /// Send the request on, adding `headers` to the response the client gets. `decision` is
+    /// `None` when there was nothing to decide (not a `tools/call`).
+    Forward {
+        headers: Vec<(&'static str, String)>,
+        decision: Option<Decision>,
+    },
+    /// Do not forward: send `reply` to the client instead.
+    Answer {
+        reply: Reply,
+        decision: Option<Decision>,
+    },
+}
+
+/// Decide one request.
+pub fn check(engine: &Engine, call: &HttpCall<'_>) -> Gate {
+    // GET opens the server's event stream and DELETE ends a session: no message to read.
+    if call.body.is_empty() && !call.http_method.eq_ignore_ascii_case("POST") {
+        return Gate::Forward {
+            headers: Vec::new(),
+            decision: None,
+        };
+    }
+    if call.truncated {
+        let refusal = Refusal {
+            code: INVALID_REQUEST,
+            message: "the proxy did not send the whole request body (it is over the proxy's \
+                      size limit), so the request cannot be read"
+                .into(),
+            id: None,
+        };
+        return refuse(engine, &refusal, 413);
+    }
+    let request = match parse_request(call.body) {
+        Ok(r) => r,
+        Err(refusal) => return refuse(engine, &refusal, 400),
+    };
+    let (id, method, tool, arguments) = match &request {
+        McpRequest::ToolCall {
+            id,
+            name,
+            arguments,
+        } => (id, "tools/call", Some(name.as_str()), arguments.as_ref()),
+        McpRequest::Other { id, method } => (id, method.as_str(), None, None),
+        McpRequest::Response { id } => (id, "", None, None),
+    };
+    if let Some(refusal) = header_mismatch(call, id, method, tool) {
+        return refuse(engine, &refusal, 400);
+    }
+    let Some(tool) = tool else {
+        return Gate::Forward {
+            headers: Vec::new(),
+            decision: None,
+        };
+    };
+    let decision = engine.decide::<&Value>(&Request {
+        tool,
+        server: call.server,
+        subject: call.subject,
+        args: arguments,
+        dry_run: false,
+        hits: None,
+    });
+    match decision.verdict {
+        Verdict::Allow => Gate::Forward {
+            headers: reply::decision_headers(&decision),
+            decision: Some(decision),
+        },
+        // Reported as the protocol reports a tool that does not exist.
+        _ if decision.code == Code::Hidden => Gate::Answer {
+            reply: reply::unknown_tool(id, tool),
+            decision: Some(decision),
+        },
+        _ => Gate::Answer {
+            reply: reply::denied(id, &decision),
+            decision: Some(decision),
+        },
+    }
+}
+
+fn refuse(engine: &Engine, refusal: &Refusal, status: u16) -> Gate {
+    let decision = engine.refuse(&refusal.message);
+    Gate::Answer {
+        reply: reply::refused(refusal, status),
+        decision: Some(decision),
+    }
+}
+
+/// The headers mirror the body (MCP 2026-07-28); decide on the body, refuse a mismatch.
+fn header_mismatch(
+    call: &HttpCall<'_>,
+    id: &Option<Value>,
+    method: &str,
+    tool: Option<&str>,
+) -> Option<Refusal> {
+    let mismatch = |header: &str, sent: &str, body: &str| Refusal {
+        code: INVALID_REQUEST,
+        message: format!("the {header} header {sent:?} does not match the body's {body:?}"),
+        id: id.clone(),
+    };
+    if let Some(sent) = call.mcp_method {
+        if sent != method {
+            return Some(mismatch("Mcp-Method", sent, method));
+        }
+    }
+    match (call.mcp_name, tool) {
+        (Some(sent), Some(name)) if sent != name => Some(mismatch("Mcp-Name", sent, name)),
+        _ => None,
+    }
+}

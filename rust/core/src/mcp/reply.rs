@@ -1,0 +1,135 @@
+//! The answers a proxy sends back in place of the upstream server's.
+//!
+//! A policy denial is a tool *result* with `isError: true`: MCP clients show it to the model,
+//! which can adapt, where some clients fail on a JSON-RPC error they did not expect. The
+//! machine-readable details sit under `_meta` (key [`META_KEY`]) so a client can tell a
+//! denial from a tool failure. A hidden tool is reported exactly as an unknown one would be,
+//! and a body that cannot be read is a JSON-RPC protocol error.
+
+use super::request::{Refusal, INVALID_PARAMS};
+use crate::decision::{Code, Decision, LimitState};
+use serde_json::{json, Map, Value};
+
+/// The `_meta` key under which a denial's details travel.
+pub const META_KEY: &str = "toolgate/decision";
+
+/// An HTTP answer: status, headers and a JSON body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+}
+
+fn json_reply(status: u16, headers: Vec<(&'static str, String)>, message: &Value) -> Reply {
+    let mut headers = headers;
+    headers.push(("content-type", "application/json".to_owned()));
+    Reply {
+        status,
+        headers,
+        body: serde_json::to_vec(message).expect("JSON values always serialize"),
+    }
+}
+
+fn id_or_null(id: &Option<Value>) -> Value {
+    id.clone().unwrap_or(Value::Null)
+}
+
+/// A denied call: a tool result with `isError`, the reason as text, the details in `_meta`.
+pub fn denied(id: &Option<Value>, d: &Decision) -> Reply {
+    let mut details = Map::new();
+    details.insert("verdict".into(), d.verdict.as_str().into());
+    details.insert("code".into(), d.code.as_str().into());
+    details.insert("reason".into(), d.reason().into());
+    details.insert("rule".into(), d.rule().into());
+    if let Some(ms) = d.retry_after_ms {
+        details.insert("retry_after_ms".into(), ms.into());
+    }
+    details.insert("revision".into(), d.revision().into());
+    let message = json!({
+        "jsonrpc": "2.0",
+        "id": id_or_null(id),
+        "result": {
+            "content": [{"type": "text", "text": d.reason()}],
+            "isError": true,
+            "_meta": {META_KEY: details},
+        },
+    });
+    json_reply(200, decision_headers(d), &message)
+}
+
+/// A hidden tool, answered as the protocol answers a tool that does not exist.
+pub fn unknown_tool(id: &Option<Value>, name: &str) -> Reply {
+    let message = json!({
+        "jsonrpc": "2.0",
+        "id": id_or_null(id),
+        "error": {"code": INVALID_PARAMS, "message": format!("Unknown tool: {name}")},
+    });
+    json_reply(200, Vec::new(), &message)
+}
+
+/// A body refused before any decision: a JSON-RPC error. `status` is 400, or 413 when the
+/// proxy cut the body.
+pub fn refused(refusal: &Refusal, status: u16) -> Reply {
+    let message = json!({
+        "jsonrpc": "2.0",
+        "id": id_or_null(&refusal.id),
+        "error": {"code": refusal.code, "message": refusal.message},
+    });
+    let headers = vec![
+        ("x-toolgate-verdict", "DENY".to_owned()),
+        ("x-toolgate-code", Code::InvalidRequest.as_str().to_owned()),
+    ];
+    json_reply(status, headers, &message)
+}
+
+/// Headers naming the decision, for operators and proxies; plus, when limits were touched,
+/// `RateLimit-*` for the tightest one and `Retry-After` for a rate-limited call.
+pub fn decision_headers(d: &Decision) -> Vec<(&'static str, String)> {
+    let mut headers = vec![
+        ("x-toolgate-verdict", d.verdict.as_str().to_owned()),
+        ("x-toolgate-code", d.code.as_str().to_owned()),
+        ("x-toolgate-rule", d.rule().to_owned()),
+    ];
+    if d.shadow {
+        headers.push(("x-toolgate-shadow", "true".to_owned()));
+    }
+    if let Some(limit) = reported_limit(d) {
+        let max = number(limit.max);
+        let window_s = limit.window_ms.div_ceil(1000);
+        headers.push(("ratelimit-limit", max.clone()));
+        headers.push(("ratelimit-remaining", number(limit.remaining.floor())));
+        headers.push((
+            "ratelimit-reset",
+            limit.reset_in_ms.div_ceil(1000).to_string(),
+        ));
+        headers.push(("ratelimit-policy", format!("{max};w={window_s}")));
+    }
+    if d.code == Code::RateLimited {
+        // No retry-after means the call can never fit; a day tells a client not to spin.
+        let ms = d.retry_after_ms.unwrap_or(86_400_000);
+        headers.push(("retry-after", ms.div_ceil(1000).max(1).to_string()));
+    }
+    headers
+}
+
+/// The limit that denied the call, or else the one with the least room left.
+fn reported_limit(d: &Decision) -> Option<&LimitState> {
+    if d.code == Code::RateLimited {
+        if let Some(l) = d.limits.iter().find(|l| d.rule_of(l) == d.rule()) {
+            return Some(l);
+        }
+    }
+    d.limits
+        .iter()
+        .min_by(|a, b| a.remaining.total_cmp(&b.remaining))
+}
+
+/// `30` for whole numbers, `12.5` otherwise.
+fn number(n: f64) -> String {
+    if n.fract() == 0.0 && n.abs() < 1e15 {
+        format!("{}", n as i64)
+    } else {
+        format!("{n}")
+    }
+}
