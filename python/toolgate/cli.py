@@ -101,6 +101,7 @@ def _decide(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from toolgate.envoy_authz import SubjectHeaders
     from toolgate.serve import ServeOptions, serve
 
     options = ServeOptions(
@@ -119,6 +120,12 @@ def _serve(args: argparse.Namespace) -> int:
         metrics_per_tool=args.metrics_per_tool,
     )
     try:
+        options.subject_headers = SubjectHeaders(
+            grant=args.grant_header,
+            session=args.session_header,
+            agent=args.agent_header,
+            server=args.server_header,
+        )
         return serve(options)
     except PolicyError as err:
         for e in err.errors:
@@ -199,6 +206,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-per-tool",
         action="store_true",
         help="export decisions per tool (bounded to 1000 tool names)",
+    )
+    headers = serve.add_argument_group(
+        "Envoy ext_authz", "which request header carries what (lower-case names)"
+    )
+    headers.add_argument(
+        "--grant-header",
+        default="authorization",
+        metavar="NAME",
+        help="the grant (credential); for authorization, the Bearer token (default %(default)s)",
+    )
+    headers.add_argument("--session-header", default="mcp-session-id", metavar="NAME")
+    headers.add_argument("--agent-header", default="x-agent-id", metavar="NAME")
+    headers.add_argument(
+        "--server-header",
+        default="x-mcp-server",
+        metavar="NAME",
+        help="the MCP server id, when the route sets no 'server' context extension",
     )
     serve.set_defaults(run=_serve)
     return parser

@@ -1,9 +1,10 @@
 """``toolgate serve``: the decision sidecar.
 
-One process: the ``toolgate.v1.Decider`` gRPC service, ``grpc.health.v1.Health`` and server
-reflection on one port, Prometheus ``/metrics`` on another, hot reload of the policy file on
-change and on SIGHUP, and a graceful stop on SIGTERM (NOT_SERVING for a drain period while
-still answering, then refuse new calls, finish in-flight ones, exit 0).
+One process: the ``toolgate.v1.Decider`` gRPC service, Envoy's ext_authz and rate limit
+services, ``grpc.health.v1.Health`` and server reflection on one port, Prometheus
+``/metrics`` on another, hot reload of the policy file on change and on SIGHUP, and a
+graceful stop on SIGTERM (NOT_SERVING for a drain period while still answering, then refuse
+new calls, finish in-flight ones, exit 0).
 """
 
 from __future__ import annotations
@@ -12,15 +13,16 @@ import logging
 import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from toolgate import logs
+from toolgate import envoy_authz, envoy_ratelimit, logs
 from toolgate._core import Engine, Policy
+from toolgate.envoy_authz import SubjectHeaders
 from toolgate.metrics import ReloadCounts, serve_metrics
 from toolgate.reload import PolicyWatcher, file_digest
 from toolgate.service import SERVICE_NAME, decider_handler
@@ -47,6 +49,7 @@ class ServeOptions:
     log_format: str = "text"
     log_level: str = "info"
     metrics_per_tool: bool = False
+    subject_headers: SubjectHeaders = field(default_factory=SubjectHeaders)
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -80,13 +83,22 @@ def serve(opts: ServeOptions) -> int:
         ThreadPoolExecutor(max_workers=opts.threads, thread_name_prefix="grpc"),
         options=[("grpc.so_reuseport", 0)],
     )
-    server.add_generic_rpc_handlers((decider_handler(engine),))
+    authz = envoy_authz.AuthorizationService(engine, opts.subject_headers)
+    ratelimit = envoy_ratelimit.RateLimitService(engine)
+    server.add_generic_rpc_handlers(
+        (
+            decider_handler(engine),
+            envoy_authz.authorization_handler(authz),
+            envoy_ratelimit.rate_limit_handler(ratelimit),
+        )
+    )
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     decider_name = decider_pb2.DESCRIPTOR.services_by_name["Decider"].full_name
     assert decider_name == SERVICE_NAME
+    services = (SERVICE_NAME, envoy_authz.SERVICE_NAME, envoy_ratelimit.SERVICE_NAME)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     try:
         port = server.add_insecure_port(opts.listen)
@@ -125,11 +137,11 @@ def serve(opts: ServeOptions) -> int:
         )
 
     server.start()
-    for service in ("", SERVICE_NAME):
+    for service in ("", *services):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     log.info(
         "serving %s on %s (metrics on %s), policy %s",
-        SERVICE_NAME,
+        ", ".join(services),
         opts.listen,
         opts.metrics_listen or "off",
         opts.policy or "built-in deny-everything",
