@@ -1,0 +1,251 @@
+"""Real MCP servers for the end-to-end tests, each a subprocess on a free 127.0.0.1 port, ready
+(accepting connections) when the constructor returns and stopped when its ``with`` block ends:
+
+- ``SeedServer(log_path)``: tests/mcp_seed_server.py (official Python SDK), the seeds' tools,
+  every HTTP request it receives logged as a JSON line to ``log_path`` (see ``requests()``).
+- ``EverythingServer()``: the reference ``@modelcontextprotocol/server-everything`` (Node,
+  version pinned in tests/node/package-lock.json) in its streamableHttp mode.
+
+Both serve Streamable HTTP at ``/mcp`` (``.url``), statefully (``Mcp-Session-Id``).
+
+``mcp_session(url, tool, arguments, headers=...)`` drives one session with the official client:
+initialize (or, with ``mode="2026-07-28"``, the per-request protocol), tools/list, tools/call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Self
+
+import anyio
+import httpx2
+import mcp.types as types
+from mcp import Client, ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from sidecar import _LIVE, _die_with_parent, free_port
+
+TESTS = Path(__file__).resolve().parent
+SEED_SCRIPT = TESTS / "mcp_seed_server.py"
+NODE_DIR = TESTS / "node"
+EVERYTHING_BIN = (
+    NODE_DIR / "node_modules" / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
+)
+#: Preload that pins Node's listen() to 127.0.0.1 (server-everything binds all interfaces).
+LOOPBACK = NODE_DIR / "loopback.mjs"
+
+#: How long a server may take to accept connections.
+START_TIMEOUT = 30.0
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class _Server:
+    """A server subprocess on a free port; ``_command(port)`` says how to start it."""
+
+    name = "server"
+    path = "/mcp"
+
+    def __init__(self) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix=f"toolgate-{self.name}-")
+        self.output_path = Path(self._dir.name) / "output.log"
+        self._output: str | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        # A port picked free can be taken before the server binds it: try a few times.
+        for attempt in range(3):
+            self.port = free_port()
+            try:
+                self._spawn()
+                return
+            except _Exited:
+                if attempt == 2:
+                    self.stop()
+                    raise
+            except BaseException:
+                self.stop()
+                raise
+
+    def _command(self, port: int) -> tuple[list[str], dict[str, str] | None]:
+        raise NotImplementedError
+
+    def _spawn(self) -> None:
+        args, env = self._command(self.port)
+        with open(self.output_path, "ab") as out:
+            self.proc = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=TESTS,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
+        _LIVE.add(self.proc)
+        deadline = time.monotonic() + START_TIMEOUT
+        while not _accepts(self.port):
+            if self.proc.poll() is not None:
+                _LIVE.discard(self.proc)
+                raise _Exited(f"{self.name} exited with {self.proc.returncode}:\n{self.output}")
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"{self.name} not listening after {START_TIMEOUT}s")
+            time.sleep(0.05)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{self.path}"
+
+    @property
+    def output(self) -> str:
+        """What the server printed (stdout and stderr), kept after it stopped."""
+        if self._output is not None:
+            return self._output
+        return self.output_path.read_text(errors="replace") if self.output_path.exists() else ""
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGINT)  # both shut down cleanly on SIGINT
+                try:
+                    self.proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(timeout=10)
+            _LIVE.discard(self.proc)
+        if self._output is None:
+            self._output = self.output
+        with contextlib.suppress(OSError):
+            self._dir.cleanup()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class _Exited(AssertionError):
+    pass
+
+
+class SeedServer(_Server):
+    """tests/mcp_seed_server.py. ``json=True`` answers POSTs with JSON instead of SSE;
+    ``stateless=True`` serves without sessions."""
+
+    name = "seed"
+
+    def __init__(self, log_path: str | Path, *, json: bool = False, stateless: bool = False):
+        self.log_path = Path(log_path)
+        self.flags = [*(["--json"] if json else []), *(["--stateless"] if stateless else [])]
+        super().__init__()
+
+    def _command(self, port: int) -> tuple[list[str], dict[str, str] | None]:
+        args = [sys.executable, str(SEED_SCRIPT), "--port", str(port), "--log", str(self.log_path)]
+        return [*args, *self.flags], None
+
+    def requests(self) -> list[dict[str, Any]]:
+        """Every request the server has received so far, oldest first: ``{"method", "path",
+        "query", "headers", "body"}`` (header names lower-case, body as text)."""
+        if not self.log_path.exists():
+            return []
+        lines = self.log_path.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+
+def node_executable() -> str | None:
+    return shutil.which("node")
+
+
+def ensure_node_modules() -> None:
+    """Install tests/node's pinned packages (``npm ci``, from the lock file) if they are not."""
+    if EVERYTHING_BIN.exists():
+        return
+    npm = shutil.which("npm")
+    if npm is None:
+        raise FileNotFoundError(f"{EVERYTHING_BIN} is missing and there is no npm to install it")
+    done = subprocess.run(
+        [npm, "ci", "--no-audit", "--no-fund"],
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if done.returncode != 0 or not EVERYTHING_BIN.exists():
+        raise AssertionError(f"npm ci in {NODE_DIR} failed:\n{done.stdout}\n{done.stderr}")
+
+
+class EverythingServer(_Server):
+    """``mcp-server-everything streamableHttp`` (``PORT`` env var; endpoint ``/mcp``)."""
+
+    name = "everything"
+
+    def __init__(self) -> None:
+        ensure_node_modules()
+        super().__init__()
+
+    def _command(self, port: int) -> tuple[list[str], dict[str, str] | None]:
+        node = node_executable()
+        if node is None:
+            raise FileNotFoundError("no node executable")
+        # A minimal environment: the server has a tool (get-env) that prints its environment.
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PORT": str(port)}
+        args = [node, "--import", LOOPBACK.as_uri(), str(EVERYTHING_BIN), "streamableHttp"]
+        return args, env
+
+
+# --- the client side -----------------------------------------------------------------------------
+
+
+async def mcp_session(
+    url: str,
+    tool: str,
+    arguments: dict[str, Any],
+    *,
+    headers: dict[str, str] | None = None,
+    mode: str = "legacy",
+    timeout: float = 30.0,
+) -> dict[str, Any]:
+    """One MCP session at ``url`` with the official client, ``headers`` on every HTTP request:
+    ``initialize`` (``mode="legacy"``, as every pre-2026 client; or ``mode="2026-07-28"``: no
+    handshake, Mcp-Method / Mcp-Name headers on each request), ``tools/list``, then
+    ``tools/call tool(arguments)``. Returns ``{"init": InitializeResult | None, "tools":
+    {name: Tool}, "result": CallToolResult}``; the session is closed (DELETE) on return."""
+    # The SDK's own defaults: 30 s, but 300 s between reads of an SSE stream.
+    timeouts = httpx2.Timeout(30.0, read=300.0)
+    async with httpx2.AsyncClient(headers=headers, timeout=timeouts) as http:
+        transport = streamable_http_client(url, http_client=http)
+        if mode == "legacy":
+            async with transport as (read, write), ClientSession(read, write) as session:
+                with anyio.fail_after(timeout):
+                    init = await session.initialize()
+                    listed = await session.list_tools()
+                    result = await session.call_tool(tool, arguments)
+        else:
+            async with Client(transport, mode=mode) as client:
+                with anyio.fail_after(timeout):
+                    init = None
+                    listed = await client.list_tools()
+                    result = await client.call_tool(tool, arguments)
+    assert isinstance(result, types.CallToolResult), result
+    return {"init": init, "tools": {t.name: t for t in listed.tools}, "result": result}
+
+
+def texts(result: types.CallToolResult) -> list[str]:
+    """The text blocks of a tool result."""
+    return [c.text for c in result.content if isinstance(c, types.TextContent)]

