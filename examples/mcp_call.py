@@ -1,0 +1,56 @@
+"""Call one MCP tool through a proxy with the official MCP client, and print each result.
+
+    python examples/mcp_call.py http://127.0.0.1:10000/mcp create-ami '{"name": "web"}' \\
+        --token alice --repeat 31
+
+One session (the initialize handshake), ``--repeat`` calls; a denial shows its reason and the
+decision toolgate put under ``_meta``. Needs ``pip install mcp``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import anyio
+import httpx2
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+
+
+async def run(url: str, tool: str, arguments: dict, token: str, repeat: int) -> None:
+    headers = {"authorization": f"Bearer {token}"}
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0, read=300.0)) as http,
+        streamable_http_client(url, http_client=http) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        for i in range(1, repeat + 1):
+            try:
+                result = await session.call_tool(tool, arguments)
+            except MCPError as err:
+                print(f"{i}: error {err.code}: {err.message}")
+                continue
+            text = " ".join(c.text for c in result.content if c.type == "text")
+            if result.is_error:
+                decision = (result.meta or {}).get("toolgate/decision", {})
+                print(f"{i}: DENIED {decision.get('code')}: {text}")
+            else:
+                print(f"{i}: ok: {text}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("url")
+    parser.add_argument("tool")
+    parser.add_argument("arguments", nargs="?", default="{}", help="a JSON object")
+    parser.add_argument("--token", default="alice", help="sent as Authorization: Bearer TOKEN")
+    parser.add_argument("--repeat", type=int, default=1)
+    args = parser.parse_args()
+    anyio.run(run, args.url, args.tool, json.loads(args.arguments), args.token, args.repeat)
+
+
+if __name__ == "__main__":
+    main()
