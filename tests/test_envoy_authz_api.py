@@ -115,18 +115,12 @@ def authz():
 
 def test_allowed_call_passes_with_headers_naming_decision_and_rule(authz):
     r = authz(call_body("create-ami", {"name": "web"}), headers=bearer("t-allowed"))
-    h = allowed(r)
-    assert h["x-toolgate-verdict"] == "ALLOW"
-    assert h["x-toolgate-code"] == "ALLOWED"
-    assert h["x-toolgate-rule"] == "/tools/create-ami"
-    assert (h["ratelimit-limit"], h["ratelimit-remaining"]) == ("30", "29")
-    assert h["ratelimit-policy"] == "30;w=60"
+    assert allowed(r) == {"x-toolgate-code": "ALLOWED", "x-toolgate-rule": "/tools/create-ami"}
 
 
 def test_31st_create_ami_in_a_minute_is_rate_limited_per_bearer_token(authz):
-    for i in range(30):
-        h = allowed(authz(call_body("create-ami"), headers=bearer("t-seed")))
-        assert h["ratelimit-remaining"] == str(29 - i)
+    for _ in range(30):
+        allowed(authz(call_body("create-ami"), headers=bearer("t-seed")))
     status, h, body = denied(
         authz(call_body("create-ami", id="the-31st"), headers=bearer("t-seed"))
     )

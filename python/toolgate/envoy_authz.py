@@ -9,13 +9,14 @@ carries the grant, session, agent and server is configuration (:class:`SubjectHe
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2
-from envoy.type.v3 import http_status_pb2
-from google.rpc import code_pb2, status_pb2
+from google.rpc import code_pb2
 
 from toolgate._core import Engine
 
@@ -28,6 +29,9 @@ SERVER_EXTENSION = "server"
 PARTIAL_BODY_HEADER = "x-envoy-auth-partial-body"
 
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+#: Serialized OK answers kept (one per rule, in practice); emptied when full.
+_FORWARD_CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,7 @@ class AuthorizationService:
     def __init__(self, engine: Engine, headers: SubjectHeaders | None = None) -> None:
         self.engine = engine
         self.headers = headers or SubjectHeaders()
+        self._forwards: dict[tuple[tuple[str, str], ...], bytes] = {}
 
     def check(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         try:
@@ -108,28 +113,41 @@ class AuthorizationService:
             mcp_method=headers.get("mcp-method"),
             mcp_name=headers.get("mcp-name"),
         )
-        options = [
-            base_pb2.HeaderValueOption(
-                header=base_pb2.HeaderValue(key=k, value=v), append_action=_OVERWRITE
-            )
-            for k, v in answer.headers
-        ]
         if answer.forward:
-            response = external_auth_pb2.CheckResponse(
-                status=status_pb2.Status(code=code_pb2.OK),
-                ok_response=external_auth_pb2.OkHttpResponse(response_headers_to_add=options),
-            )
-        else:
-            reason = answer.decision.reason if answer.decision is not None else "refused"
-            response = external_auth_pb2.CheckResponse(
-                status=status_pb2.Status(code=code_pb2.PERMISSION_DENIED, message=reason),
-                denied_response=external_auth_pb2.DeniedHttpResponse(
-                    status=http_status_pb2.HttpStatus(code=answer.status),
-                    headers=options,
-                    body=answer.body.decode(),
-                ),
-            )
+            return self._forward(tuple(answer.headers))
+        reason = answer.decision.reason if answer.decision is not None else "refused"
+        response = external_auth_pb2.CheckResponse()
+        response.status.code = code_pb2.PERMISSION_DENIED
+        response.status.message = reason
+        denied = response.denied_response
+        denied.status.code = answer.status
+        _add_headers(denied.headers, answer.headers)
+        denied.body = answer.body.decode()
         return response.SerializeToString()
+
+    def _forward(self, headers: tuple[tuple[str, str], ...]) -> bytes:
+        """An OK answer adding ``headers`` to the response. Allowed calls differ only by
+        rule (and shadow), so the serialized answers are kept: building protobuf messages
+        costs more than the decision."""
+        cached = self._forwards.get(headers)
+        if cached is None:
+            response = external_auth_pb2.CheckResponse()
+            response.status.code = code_pb2.OK
+            response.ok_response.SetInParent()
+            _add_headers(response.ok_response.response_headers_to_add, headers)
+            cached = response.SerializeToString()
+            if len(self._forwards) >= _FORWARD_CACHE_SIZE:
+                self._forwards.clear()
+            self._forwards[headers] = cached
+        return cached
+
+
+def _add_headers(options: Any, headers: Iterable[tuple[str, str]]) -> None:
+    for key, value in headers:
+        option = options.add()
+        option.header.key = key
+        option.header.value = value
+        option.append_action = _OVERWRITE
 
 
 def authorization_handler(service: AuthorizationService) -> grpc.GenericRpcHandler:

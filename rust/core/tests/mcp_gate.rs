@@ -73,16 +73,13 @@ fn an_allowed_call_is_forwarded_with_headers_naming_the_decision() {
     match check(&e, &post(&body, "alice")) {
         Gate::Forward { headers, decision } => {
             assert_eq!(decision.unwrap().code, Code::Allowed);
-            assert_eq!(header(&headers, "x-toolgate-verdict"), Some("ALLOW"));
-            assert_eq!(header(&headers, "x-toolgate-code"), Some("ALLOWED"));
             assert_eq!(
-                header(&headers, "x-toolgate-rule"),
-                Some("/tools/create-ami")
+                headers,
+                vec![
+                    ("x-toolgate-code", "ALLOWED".to_owned()),
+                    ("x-toolgate-rule", "/tools/create-ami".to_owned())
+                ]
             );
-            assert_eq!(header(&headers, "ratelimit-limit"), Some("2"));
-            assert_eq!(header(&headers, "ratelimit-remaining"), Some("1"));
-            assert_eq!(header(&headers, "ratelimit-policy"), Some("2;w=60"));
-            assert_eq!(header(&headers, "retry-after"), None);
         }
         Gate::Answer { reply, .. } => panic!("answered {reply:?}"),
     }

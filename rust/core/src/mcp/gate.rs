@@ -94,7 +94,7 @@ pub fn check(engine: &Engine, call: &HttpCall<'_>) -> Gate {
     });
     match decision.verdict {
         Verdict::Allow => Gate::Forward {
-            headers: reply::decision_headers(&decision),
+            headers: reply::allowed_headers(&decision),
             decision: Some(decision),
         },
         // Reported as the protocol reports a tool that does not exist.

@@ -83,8 +83,21 @@ pub fn refused(refusal: &Refusal, status: u16) -> Reply {
     json_reply(status, headers, &message)
 }
 
-/// Headers naming the decision, for operators and proxies; plus, when limits were touched,
-/// `RateLimit-*` for the tightest one and `Retry-After` for a rate-limited call.
+/// Headers on a forwarded call's response: the decision's code and rule, and whether it was
+/// a shadow decision. Few on purpose: every allowed call pays for building them.
+pub fn allowed_headers(d: &Decision) -> Vec<(&'static str, String)> {
+    let mut headers = vec![
+        ("x-toolgate-code", d.code.as_str().to_owned()),
+        ("x-toolgate-rule", d.rule().to_owned()),
+    ];
+    if d.shadow {
+        headers.push(("x-toolgate-shadow", "true".to_owned()));
+    }
+    headers
+}
+
+/// Headers on a denial, for operators and proxies: the decision; when limits were touched,
+/// `RateLimit-*` for the one that denied (or the tightest); `Retry-After` when rate-limited.
 pub fn decision_headers(d: &Decision) -> Vec<(&'static str, String)> {
     let mut headers = vec![
         ("x-toolgate-verdict", d.verdict.as_str().to_owned()),
