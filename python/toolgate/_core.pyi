@@ -114,6 +114,12 @@ class ManualClock:
     @property
     def now(self) -> float: ...
 
+def create_shared_state(
+    path: str | os.PathLike[str], *, workers: int, capacity: int = ..., reservations: int = ...
+) -> None:
+    """Create the file worker processes share: the counter table and a statistics block per
+    worker. ``path`` must not exist."""
+
 class Engine:
     """Decides tool calls against a policy, with counters that survive reloads."""
 
@@ -125,7 +131,12 @@ class Engine:
         reservations: int = ...,
         clock: ManualClock | None = None,
         max_argument_bytes: int = ...,
-    ) -> None: ...
+        shared: str | os.PathLike[str] | None = None,
+        worker: int | None = None,
+    ) -> None:
+        """With ``shared`` (a file from ``create_shared_state``) the counters are shared with
+        every engine on that file; ``worker`` names this engine's statistics block (None:
+        ``stats()`` reads the sum of all workers')."""
     @staticmethod
     def from_file(
         path: str | os.PathLike[str],

@@ -118,6 +118,9 @@ def _serve(args: argparse.Namespace) -> int:
         log_format=args.log_format,
         log_level=args.log_level,
         metrics_per_tool=args.metrics_per_tool,
+        workers=args.workers,
+        shared=Path(args.shared) if args.shared else None,
+        worker_index=args.worker_index,
     )
     try:
         options.subject_headers = SubjectHeaders(
@@ -180,6 +183,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-listen", default="127.0.0.1:9464", metavar="HOST:PORT", help="or 'off'"
     )
     serve.add_argument("--threads", type=int, default=8, help="gRPC handler threads")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes sharing the port and one counter table (default 1; "
+        "set it to the cores the sidecar may use)",
+    )
+    # Set by the supervisor of --workers in each worker it starts.
+    serve.add_argument("--shared", help=argparse.SUPPRESS)
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--capacity", type=int, default=1 << 16, help="counter-table slots")
     serve.add_argument("--reservations", type=int, default=1 << 16, help="reservation log size")
     serve.add_argument(

@@ -50,6 +50,11 @@ class ServeOptions:
     log_level: str = "info"
     metrics_per_tool: bool = False
     subject_headers: SubjectHeaders = field(default_factory=SubjectHeaders)
+    #: Worker processes on one port; more than 1 runs a supervisor (toolgate.workers).
+    workers: int = 1
+    #: Set by the supervisor in each worker: the shared state file and this worker's index.
+    shared: Path | None = None
+    worker_index: int | None = None
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -60,28 +65,48 @@ def split_host_port(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def load_policy(opts: ServeOptions) -> tuple[Policy, str | None]:
+    """The policy to serve, and the digest of its file taken before it was read (so an edit
+    made in between is seen as new)."""
+    digest = file_digest(opts.policy) if opts.policy else None
+    policy = Policy.from_file(opts.policy) if opts.policy else Policy.from_dict(DENY_EVERYTHING)
+    return policy, digest
+
+
 def serve(opts: ServeOptions) -> int:
     if opts.reload_interval <= 0 or opts.drain < 0 or opts.grace < 0:
         raise ValueError("--reload-interval must be positive; --drain and --grace not negative")
-    sizes = {
-        "capacity": opts.capacity,
-        "reservations": opts.reservations,
-        "max_argument_bytes": opts.max_argument_bytes,
-    }
-    # Fingerprint the file before loading it, so an edit made in between is seen as new.
-    digest = file_digest(opts.policy) if opts.policy else None
-    policy = Policy.from_file(opts.policy) if opts.policy else Policy.from_dict(DENY_EVERYTHING)
-    engine = Engine(policy, **sizes)
+    if opts.workers < 1:
+        raise ValueError("--workers must be at least 1")
+    if opts.workers > 1 and opts.shared is None:
+        from toolgate.workers import supervise
+
+        return supervise(opts)
+    if opts.shared is not None:
+        from toolgate.workers import die_with_supervisor
+
+        die_with_supervisor()
+    policy, digest = load_policy(opts)
+    engine = Engine(
+        policy,
+        capacity=opts.capacity,
+        reservations=opts.reservations,
+        max_argument_bytes=opts.max_argument_bytes,
+        shared=opts.shared,
+        worker=opts.worker_index,
+    )
     engine.set_per_tool_metrics(opts.metrics_per_tool)
     logs.configure(opts.log_format, opts.log_level, lambda: engine.revision)
     if opts.policy is None:
         log.warning("no --policy given: serving the built-in deny-everything policy")
 
     reloads = ReloadCounts()
-    # No SO_REUSEPORT: a second sidecar on the same port must fail, not share it silently.
+    # No SO_REUSEPORT for a lone sidecar: a second one on the same port must fail, not
+    # share it silently. Workers of one supervisor share the port on purpose.
+    reuseport = 1 if opts.shared is not None else 0
     server = grpc.server(
         ThreadPoolExecutor(max_workers=opts.threads, thread_name_prefix="grpc"),
-        options=[("grpc.so_reuseport", 0)],
+        options=[("grpc.so_reuseport", reuseport)],
     )
     authz = envoy_authz.AuthorizationService(engine, opts.subject_headers)
     ratelimit = envoy_ratelimit.RateLimitService(engine)

@@ -16,6 +16,7 @@ use toolgate_core::clock::{Clock, MonotonicClock};
 use toolgate_core::counter::CounterTable;
 use toolgate_core::engine::{DEFAULT_CAPACITY, DEFAULT_RESERVATIONS};
 use toolgate_core::mcp::HttpCall;
+use toolgate_core::shared::{Layout, SharedState};
 use toolgate_core::{Engine, Request, Subject};
 
 /// Decides tool calls against a policy, with counters that survive reloads.
@@ -28,25 +29,49 @@ pub struct PyEngine {
 /// Largest `arguments_json` a wire request may carry unless configured otherwise.
 pub const DEFAULT_MAX_ARGUMENT_BYTES: usize = 1 << 20;
 
+/// Where an engine keeps its counters and statistics.
+pub struct Storage<'a> {
+    pub capacity: usize,
+    pub reservations: usize,
+    /// A shared state file (see `create_shared_state`): its table, and worker `worker`'s
+    /// statistics block, or with no worker the sum of all blocks.
+    pub shared: Option<PathBuf>,
+    pub worker: Option<usize>,
+    pub clock: Option<&'a Bound<'a, PyManualClock>>,
+}
+
 impl PyEngine {
     fn build(
         policy: toolgate_core::Policy,
-        capacity: usize,
-        reservations: usize,
-        clock: Option<&Bound<'_, PyManualClock>>,
+        storage: Storage<'_>,
         max_argument_bytes: usize,
     ) -> PyResult<Self> {
-        if capacity == 0 || reservations == 0 {
+        if storage.capacity == 0 || storage.reservations == 0 {
             return Err(PyValueError::new_err(
                 "capacity and reservations must be positive",
             ));
         }
-        let clock: Arc<dyn Clock> = match clock {
+        let clock: Arc<dyn Clock> = match storage.clock {
             Some(c) => c.get().inner.clone(),
             None => Arc::new(MonotonicClock),
         };
-        let table = Arc::new(CounterTable::new(capacity, reservations));
-        Engine::new(policy, table, clock)
+        let engine = match (&storage.shared, storage.worker) {
+            (None, None) => {
+                let table = CounterTable::new(storage.capacity, storage.reservations);
+                Engine::new(policy, Arc::new(table), clock)
+            }
+            (None, Some(_)) => Err("worker needs shared".to_owned()),
+            (Some(path), worker) => {
+                let state = SharedState::open(path).map_err(PyValueError::new_err)?;
+                let table = Arc::new(state.table().map_err(PyValueError::new_err)?);
+                let stats = match worker {
+                    Some(i) => state.worker_stats(i).map_err(PyValueError::new_err)?,
+                    None => state.total_stats(),
+                };
+                Engine::with_stats(policy, table, clock, stats)
+            }
+        };
+        engine
             .map(|inner| PyEngine {
                 inner,
                 max_argument_bytes,
@@ -55,11 +80,40 @@ impl PyEngine {
     }
 }
 
+/// Create a shared state file for `workers` worker processes: the counter table they all
+/// count in, and a statistics block for each. `path` must not exist (use /dev/shm).
+#[pyfunction]
+#[pyo3(signature = (path, *, workers, capacity = DEFAULT_CAPACITY, reservations = DEFAULT_RESERVATIONS))]
+pub fn create_shared_state(
+    path: PathBuf,
+    workers: usize,
+    capacity: usize,
+    reservations: usize,
+) -> PyResult<()> {
+    if capacity == 0 || reservations == 0 || workers == 0 {
+        return Err(PyValueError::new_err(
+            "capacity, reservations and workers must be positive",
+        ));
+    }
+    let layout = Layout {
+        capacity,
+        reservations,
+        workers,
+    };
+    SharedState::create(&path, layout)
+        .map(|_| ())
+        .map_err(PyValueError::new_err)
+}
+
 #[pymethods]
 impl PyEngine {
     /// `policy` is a Policy, a dict, or a path to a JSON/YAML file.
+    /// With `shared` (a file from `create_shared_state`), the counters are those of every
+    /// engine on that file, and `capacity`/`reservations` come from it; `worker` says whose
+    /// statistics block this engine counts into (none: it reads the sum of all blocks).
     #[new]
-    #[pyo3(signature = (policy, *, capacity = DEFAULT_CAPACITY, reservations = DEFAULT_RESERVATIONS, clock = None, max_argument_bytes = DEFAULT_MAX_ARGUMENT_BYTES))]
+    #[pyo3(signature = (policy, *, capacity = DEFAULT_CAPACITY, reservations = DEFAULT_RESERVATIONS, clock = None, max_argument_bytes = DEFAULT_MAX_ARGUMENT_BYTES, shared = None, worker = None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         policy: &Bound<'_, PyAny>,
@@ -67,14 +121,17 @@ impl PyEngine {
         reservations: usize,
         clock: Option<&Bound<'_, PyManualClock>>,
         max_argument_bytes: usize,
+        shared: Option<PathBuf>,
+        worker: Option<usize>,
     ) -> PyResult<Self> {
-        Self::build(
-            coerce(py, policy)?,
+        let storage = Storage {
             capacity,
             reservations,
+            shared,
+            worker,
             clock,
-            max_argument_bytes,
-        )
+        };
+        Self::build(coerce(py, policy)?, storage, max_argument_bytes)
     }
 
     #[staticmethod]
@@ -89,7 +146,14 @@ impl PyEngine {
     ) -> PyResult<Self> {
         let policy = toolgate_core::Policy::from_path(&path)
             .map_err(|e| crate::policy::policy_error(py, e))?;
-        Self::build(policy, capacity, reservations, clock, max_argument_bytes)
+        let storage = Storage {
+            capacity,
+            reservations,
+            shared: None,
+            worker: None,
+            clock,
+        };
+        Self::build(policy, storage, max_argument_bytes)
     }
 
     /// Decide one call. `arguments` is a dict, JSON text, or None.

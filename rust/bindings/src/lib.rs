@@ -19,6 +19,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<decision::PyLimitState>()?;
     m.add_class::<gate::PyGateAnswer>()?;
     m.add_class::<clock::PyManualClock>()?;
+    m.add_function(wrap_pyfunction!(engine::create_shared_state, m)?)?;
     m.add("PolicyError", m.py().get_type::<policy::PolicyError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -45,12 +45,22 @@ impl Engine {
         table: Arc<CounterTable>,
         clock: Arc<dyn Clock>,
     ) -> Result<Engine, String> {
+        Engine::with_stats(policy, table, clock, Stats::default())
+    }
+
+    /// An engine counting its statistics into `stats` (a worker's block of a shared state).
+    pub fn with_stats(
+        policy: Policy,
+        table: Arc<CounterTable>,
+        clock: Arc<dyn Clock>,
+        stats: Stats,
+    ) -> Result<Engine, String> {
         let compiled = CompiledPolicy::compile(policy)?;
         Ok(Engine {
             policy: ArcSwap::from_pointee(compiled),
             table,
             clock,
-            stats: Stats::default(),
+            stats,
         })
     }
 

@@ -1,8 +1,9 @@
 //! Decision counts and latencies kept in atomics, so the hot path never touches a metrics
 //! library; a Prometheus collector reads them at scrape time.
 
+use crate::counter::Region;
 use crate::decision::{Code, Decision, Verdict};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Mutex;
 
 const VERDICTS: [Verdict; 3] = [Verdict::Allow, Verdict::Deny, Verdict::RequireApproval];
@@ -13,16 +14,35 @@ pub const DURATION_BUCKETS_NS: [u64; 13] = [
     5_000_000, 10_000_000,
 ];
 
-#[derive(Default)]
-pub struct Stats {
-    decisions: [[AtomicU64; Code::ALL.len()]; VERDICTS.len()],
-    shadow: AtomicU64,
-    table_full: AtomicU64,
+/// The counters of one [`Stats`] block, as word offsets: decisions per (verdict, code), shadow
+/// decisions, table-full denials, the latency histogram per bucket, and its sum.
+mod cell {
+    use super::{Code, DURATION_BUCKETS_NS, VERDICTS};
+    pub const SHADOW: usize = VERDICTS.len() * Code::ALL.len();
+    pub const TABLE_FULL: usize = SHADOW + 1;
     /// Per bucket (not cumulative); the last counts everything above the largest bound.
-    duration_buckets: [AtomicU64; DURATION_BUCKETS_NS.len() + 1],
-    duration_sum_ns: AtomicU64,
+    pub const BUCKETS: usize = TABLE_FULL + 1;
+    pub const DURATION_SUM_NS: usize = BUCKETS + DURATION_BUCKETS_NS.len() + 1;
+    pub const USED: usize = DURATION_SUM_NS + 1;
+}
+
+/// Words one statistics block takes (rounded up to whole 128-byte blocks), so worker
+/// processes can each keep theirs in a shared mapping.
+pub const STATS_BLOCK_WORDS: usize = cell::USED.div_ceil(16) * 16;
+
+/// Decision statistics. Counted into one block of atomics; read from that block, or, for a
+/// supervisor of worker processes, summed over every worker's block in a shared mapping.
+pub struct Stats {
+    own: Region,
+    read: Vec<Region>,
     per_tool_enabled: AtomicBool,
     per_tool: Mutex<ahash::AHashMap<Box<str>, [u64; VERDICTS.len()]>>,
+}
+
+impl Default for Stats {
+    fn default() -> Stats {
+        Stats::counting_into(Region::allocate(STATS_BLOCK_WORDS))
+    }
 }
 
 /// Distinct tool names tracked per tool; the rest are counted under [`OTHER_TOOLS`], since
@@ -39,6 +59,10 @@ pub struct DurationSnapshot {
     pub sum_ns: u64,
 }
 
+fn decision_cell(v: Verdict, c: Code) -> usize {
+    verdict_index(v) * Code::ALL.len() + c.index()
+}
+
 fn verdict_index(v: Verdict) -> usize {
     match v {
         Verdict::Allow => 0,
@@ -48,11 +72,45 @@ fn verdict_index(v: Verdict) -> usize {
 }
 
 impl Stats {
+    /// Statistics counted into (and read from) `block`, of [`STATS_BLOCK_WORDS`] words.
+    pub fn counting_into(block: Region) -> Stats {
+        assert!(block.words() >= cell::USED, "statistics block too small");
+        Stats {
+            own: block,
+            read: Vec::new(),
+            per_tool_enabled: AtomicBool::new(false),
+            per_tool: Mutex::new(Default::default()),
+        }
+    }
+
+    /// Statistics that read the sum of `blocks` (each worker's); what this process itself
+    /// counts goes to a private block and is not part of the sum.
+    pub fn summing(blocks: Vec<Region>) -> Stats {
+        assert!(blocks.iter().all(|b| b.words() >= cell::USED));
+        Stats {
+            read: blocks,
+            ..Stats::default()
+        }
+    }
+
+    fn sum(&self, index: usize) -> u64 {
+        if self.read.is_empty() {
+            self.own.word(index).load(Relaxed)
+        } else {
+            self.read.iter().map(|b| b.word(index).load(Relaxed)).sum()
+        }
+    }
+
+    #[inline]
+    fn add(&self, index: usize, n: u64) {
+        self.own.word(index).fetch_add(n, Relaxed);
+    }
+
     #[inline]
     pub fn count(&self, d: &Decision) {
-        self.decisions[verdict_index(d.verdict)][d.code.index()].fetch_add(1, Relaxed);
+        self.add(decision_cell(d.verdict, d.code), 1);
         if d.shadow {
-            self.shadow.fetch_add(1, Relaxed);
+            self.add(cell::SHADOW, 1);
         }
     }
 
@@ -100,7 +158,7 @@ impl Stats {
     }
 
     pub fn count_table_full(&self) {
-        self.table_full.fetch_add(1, Relaxed);
+        self.add(cell::TABLE_FULL, 1);
     }
 
     /// Record how long serving one decision took.
@@ -110,8 +168,8 @@ impl Stats {
             .iter()
             .position(|b| ns <= *b)
             .unwrap_or(DURATION_BUCKETS_NS.len());
-        self.duration_buckets[bucket].fetch_add(1, Relaxed);
-        self.duration_sum_ns.fetch_add(ns, Relaxed);
+        self.add(cell::BUCKETS + bucket, 1);
+        self.add(cell::DURATION_SUM_NS, ns);
     }
 
     /// Decisions so far per (verdict, code), only the pairs that occurred.
@@ -119,7 +177,7 @@ impl Stats {
         let mut out = Vec::new();
         for v in VERDICTS {
             for c in Code::ALL {
-                let n = self.decisions[verdict_index(v)][c.index()].load(Relaxed);
+                let n = self.sum(decision_cell(v, c));
                 if n > 0 {
                     out.push((v, c, n));
                 }
@@ -135,33 +193,33 @@ impl Stats {
                 c,
                 VERDICTS
                     .iter()
-                    .map(|v| self.decisions[verdict_index(*v)][c.index()].load(Relaxed))
+                    .map(|v| self.sum(decision_cell(*v, c)))
                     .sum(),
             )
         })
     }
 
     pub fn shadow(&self) -> u64 {
-        self.shadow.load(Relaxed)
+        self.sum(cell::SHADOW)
     }
 
     /// Denials because the counter table had no free slot.
     pub fn table_full(&self) -> u64 {
-        self.table_full.load(Relaxed)
+        self.sum(cell::TABLE_FULL)
     }
 
     pub fn durations(&self) -> DurationSnapshot {
         let mut running = 0;
         let mut cumulative = Vec::with_capacity(DURATION_BUCKETS_NS.len());
         for (i, bound) in DURATION_BUCKETS_NS.iter().enumerate() {
-            running += self.duration_buckets[i].load(Relaxed);
+            running += self.sum(cell::BUCKETS + i);
             cumulative.push((*bound, running));
         }
-        let count = running + self.duration_buckets[DURATION_BUCKETS_NS.len()].load(Relaxed);
+        let count = running + self.sum(cell::BUCKETS + DURATION_BUCKETS_NS.len());
         DurationSnapshot {
             cumulative,
             count,
-            sum_ns: self.duration_sum_ns.load(Relaxed),
+            sum_ns: self.sum(cell::DURATION_SUM_NS),
         }
     }
 }
@@ -169,6 +227,30 @@ impl Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_summing_view_adds_every_block_and_not_its_own() {
+        let blocks: Vec<Region> = (0..3)
+            .map(|_| Region::allocate(STATS_BLOCK_WORDS))
+            .collect();
+        // SAFETY: views of live process memory, read and written only atomically.
+        let view = |r: &Region| unsafe { Region::from_raw(r.word(0).as_ptr(), STATS_BLOCK_WORDS) };
+        let workers: Vec<Stats> = blocks
+            .iter()
+            .map(|b| Stats::counting_into(view(b)))
+            .collect();
+        let total = Stats::summing(blocks.iter().map(view).collect());
+        for (i, w) in workers.iter().enumerate() {
+            for _ in 0..=i {
+                w.count_table_full();
+                w.record_duration(2_000);
+            }
+        }
+        total.count_table_full();
+        assert_eq!(total.table_full(), 1 + 2 + 3);
+        assert_eq!(total.durations().count, 6);
+        assert_eq!(workers[1].table_full(), 2);
+    }
 
     #[test]
     fn histogram_is_cumulative_and_counts_overflow() {

@@ -4,6 +4,7 @@
 //! same layout works in process memory and in a shared mapping used by several processes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Words reserved at the start of a region for the header.
 pub const HEADER_WORDS: usize = 16;
@@ -37,6 +38,8 @@ pub struct Region {
     words: usize,
     // Keeps process-local memory alive; `None` for memory owned elsewhere (a mapping).
     _owned: Option<Box<[Block]>>,
+    // Keeps a mapping alive while any region inside it is in use.
+    _mapping: Option<Arc<dyn Send + Sync>>,
 }
 
 // SAFETY: the region is only accessed through atomics.
@@ -55,6 +58,7 @@ impl Region {
             base,
             words,
             _owned: Some(owned),
+            _mapping: None,
         }
     }
 
@@ -68,6 +72,25 @@ impl Region {
             base: base as *const AtomicU64,
             words,
             _owned: None,
+            _mapping: None,
+        }
+    }
+
+    /// Part of a mapping, which stays mapped as long as this region (or another holding
+    /// `mapping`) lives.
+    ///
+    /// # Safety
+    /// As for [`Region::from_raw`]; `mapping` must own the memory at `base`.
+    pub unsafe fn in_mapping(
+        base: *mut u64,
+        words: usize,
+        mapping: Arc<dyn Send + Sync>,
+    ) -> Region {
+        Region {
+            base: base as *const AtomicU64,
+            words,
+            _owned: None,
+            _mapping: Some(mapping),
         }
     }
 
