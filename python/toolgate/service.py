@@ -15,8 +15,17 @@ from toolgate._core import Engine
 SERVICE_NAME = "toolgate.v1.Decider"
 
 
+def deadline_passed(context: grpc.ServicerContext) -> bool:
+    """The caller's deadline passed while the request waited for a handler thread: the
+    caller has given up, so deciding now would count a call that never runs."""
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= 0
+
+
 def _unary(call: Callable[[bytes], bytes]) -> grpc.RpcMethodHandler:
     def handle(request: bytes, context: grpc.ServicerContext) -> bytes:
+        if deadline_passed(context):
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the caller's deadline has passed")
         try:
             return call(request)
         except ValueError as err:
