@@ -1,0 +1,343 @@
+"""The risk classifier: the seeds' tools, its invariants, and its accuracy on the labelled set of
+real tools (tests/data/labelled/). ``python tests/test_classify.py`` prints the accuracy and the
+confusion matrices as Markdown, for docs/scan.md."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from toolgate.classify import CATEGORIES, RISK, VERBS, classify, name_words
+
+LABELLED = Path(__file__).resolve().parent / "data" / "labelled" / "labelled_tools.json"
+
+#: The seeds' tools as their documents describe them, and the catalogue's category and risk.
+SEED_TOOLS = [
+    ({"name": "create-ami", "description": "Create an AMI"}, "Write", "medium"),
+    ({"name": "create_access_key", "description": ""}, "Write", "medium"),
+    (
+        {"name": "vm_create_image", "description": "Create an AMI from a VM instance"},
+        "Execute",
+        "high",
+    ),
+    (
+        {"name": "update_image_set_metadata", "description": "update_image_set_metadata"},
+        "Write",
+        "medium",
+    ),
+    ({"name": "stream_group_create", "description": "Create consumer group"}, "Write", "medium"),
+]
+
+
+@pytest.mark.parametrize(("tool", "category", "risk"), SEED_TOOLS, ids=lambda x: str(x)[:30])
+def test_seed_tools_are_classified_as_their_documents_say(
+    tool: dict[str, Any], category: str, risk: str
+) -> None:
+    c = classify(tool)
+    assert (c.category, c.risk) == (category, risk)
+    assert c.reason and c.evidence
+
+
+def test_every_category_has_its_risk() -> None:
+    assert RISK == {
+        "Read": "low",
+        "Write": "medium",
+        "Execute": "high",
+        "Destructive": "critical",
+        "Financial": "critical",
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [
+        ("create_pull_request", ["create", "pull", "request"]),
+        ("create-pull-request", ["create", "pull", "request"]),
+        ("createPullRequest", ["create", "pull", "request"]),
+        ("github.create.pull.request", ["create", "pull", "request"]),
+        ("getHTTPResponse", ["get", "http", "response"]),
+        ("list_s3_buckets", ["list", "s", "3", "buckets"]),
+        ("listS3Buckets", ["list", "s", "3", "buckets"]),
+        ("API-post-search", ["api", "post", "search"]),
+    ],
+)
+def test_name_words(name: str, words: list[str]) -> None:
+    if name.startswith("github."):
+        words = ["github", *words]
+    assert name_words(name) == words
+
+
+@pytest.mark.parametrize(
+    ("tool", "category", "evidence"),
+    [
+        ({"name": "delete_repo"}, "Destructive", 'verb "delete"'),
+        ({"name": "runCommand"}, "Execute", 'verb "run"'),
+        ({"name": "github.create_issue"}, "Write", 'verb "create"'),
+        ({"name": "list-issues"}, "Read", 'verb "list"'),
+        ({"name": "pay_invoice"}, "Financial", 'verb "pay"'),
+        ({"name": "create_refund"}, "Financial", "on money"),
+        ({"name": "cancel_subscription"}, "Financial", "on money"),
+        ({"name": "list_refunds"}, "Read", 'verb "list"'),
+        ({"name": "create_instance"}, "Execute", "on compute"),
+        ({"name": "get_or_create_user"}, "Write", '"get" or "create"'),
+        ({"name": "get_pull_request"}, "Read", 'verb "get"'),
+        ({"name": "merge_pull_request"}, "Write", 'verb "merge"'),
+        ({"name": "API-post-search"}, "Read", 'verb "search"'),
+        ({"name": "thing", "description": "Deletes the thing."}, "Destructive", '"delete"'),
+        ({"name": "thing", "description": "This tool will create a thing."}, "Write", '"create"'),
+        ({"name": "thing", "description": "Notion | Retrieve a block"}, "Read", '"retrieve"'),
+        ({"name": "git_status"}, "Read", '"status"'),
+        (
+            {"name": "settle", "inputSchema": {"properties": {"amount": {}, "currency": {}}}},
+            "Financial",
+            '"amount" and "currency"',
+        ),
+        (
+            {"name": "sandbox", "inputSchema": {"properties": {"command": {"type": "string"}}}},
+            "Execute",
+            'field "command"',
+        ),
+        (
+            {
+                "name": "box",
+                "inputSchema": {"properties": {"code": {"description": "Code to run"}}},
+            },
+            "Execute",
+            'field "code"',
+        ),
+        (
+            {
+                "name": "country",
+                "inputSchema": {"properties": {"code": {"description": "ISO code"}}},
+            },
+            "Execute",
+            "effects unknown",
+        ),
+        ({"name": "mystery"}, "Execute", "effects unknown"),
+        ({"name": "mystery", "annotations": {"readOnlyHint": True}}, "Read", "readOnlyHint"),
+        (
+            {"name": "mystery", "annotations": {"destructiveHint": True}},
+            "Destructive",
+            "destructiveHint",
+        ),
+        ({"name": "mystery", "annotations": {"readOnlyHint": False}}, "Write", "readOnlyHint"),
+        ({"name": "get_x", "annotations": {"readOnlyHint": False}}, "Write", "readOnlyHint"),
+        ({"name": "update_x", "annotations": {"destructiveHint": True}}, "Write", "may overwrite"),
+        (
+            {"name": "search_x", "annotations": {"destructiveHint": True}},
+            "Destructive",
+            "destructiveHint",
+        ),
+        ({"name": "delete_x", "annotations": {"readOnlyHint": True}}, "Destructive", "riskier"),
+        (
+            {"name": "accept_claim", "description": "Accepts it. PayPal refunds money to them."},
+            "Financial",
+            "moves money",
+        ),
+        ({"name": "write_query", "description": "Execute an INSERT query"}, "Execute", '"execute"'),
+        ({"name": "read_query", "description": "Execute a SELECT query"}, "Read", 'verb "read"'),
+    ],
+)
+def test_rules(tool: dict[str, Any], category: str, evidence: str) -> None:
+    c = classify(tool)
+    assert c.category == category, c
+    assert evidence in c.reason, c.reason
+
+
+def test_conflicts_and_defaults_have_low_confidence() -> None:
+    assert classify({"name": "mystery"}).confidence == "low"
+    assert classify({"name": "delete_x", "annotations": {"readOnlyHint": True}}).confidence == "low"
+    both = {"name": "delete_x", "annotations": {"destructiveHint": True, "readOnlyHint": False}}
+    assert classify(both).confidence == "high"
+
+
+def test_bad_fields_are_ignored_not_fatal() -> None:
+    tool = {"name": "get_x", "description": 7, "inputSchema": [], "annotations": "yes"}
+    assert classify(tool).category == "Read"
+
+
+# --- properties ----------------------------------------------------------------------------------
+
+_VOCABULARY = [*sorted(VERBS), "user", "issue", "file", "refund", "vm", "pull", "request", "status"]
+word = st.one_of(st.sampled_from(_VOCABULARY), st.from_regex(r"[a-z][a-z0-9]{1,8}", fullmatch=True))
+words = st.lists(word, min_size=1, max_size=5)
+annotations = st.fixed_dictionaries(
+    {},
+    optional={
+        "readOnlyHint": st.booleans(),
+        "destructiveHint": st.booleans(),
+        "idempotentHint": st.booleans(),
+        "openWorldHint": st.booleans(),
+    },
+)
+properties = st.dictionaries(
+    st.sampled_from(["amount", "currency", "command", "code", "path", "query", "unit_amount"]),
+    st.fixed_dictionaries({}, optional={"description": st.sampled_from(["Code to run", "x"])}),
+    max_size=4,
+)
+tools = st.builds(
+    lambda w, d, a, p: {
+        "name": "_".join(w),
+        "description": d,
+        "annotations": a,
+        "inputSchema": {"type": "object", "properties": p},
+    },
+    words,
+    st.one_of(st.text(max_size=60), st.builds(" ".join, words)),
+    annotations,
+    properties,
+)
+
+
+def _styles(ws: list[str]) -> list[str]:
+    camel = ws[0] + "".join(w[:1].upper() + w[1:] for w in ws[1:])
+    return ["_".join(ws), "-".join(ws), camel, ".".join(ws)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(tools)
+def test_deterministic(tool: dict[str, Any]) -> None:
+    first = classify(tool)
+    again = classify(copy.deepcopy(tool))
+    assert first == again
+    assert first.to_dict() == again.to_dict()
+    assert first.category in CATEGORIES and first.risk == RISK[first.category]
+    assert first.reason and "\n" not in first.reason
+
+
+@settings(max_examples=300, deadline=None)
+@given(tools)
+def test_destructive_hint_is_never_read(tool: dict[str, Any]) -> None:
+    tool["annotations"] = {**tool["annotations"], "destructiveHint": True}
+    tool["annotations"].pop("readOnlyHint", None)
+    assert classify(tool).category != "Read"
+    tool["annotations"]["readOnlyHint"] = False
+    assert classify(tool).category != "Read"
+
+
+@settings(max_examples=300, deadline=None)
+@given(tools)
+def test_read_only_false_is_never_read(tool: dict[str, Any]) -> None:
+    tool["annotations"] = {"readOnlyHint": False}
+    assert classify(tool).category != "Read"
+
+
+@settings(max_examples=300, deadline=None)
+@given(words, tools)
+def test_name_style_does_not_matter(ws: list[str], tool: dict[str, Any]) -> None:
+    results = {classify({**tool, "name": name}).category for name in _styles(ws)}
+    assert len(results) == 1, (_styles(ws), results)
+    assert len({tuple(name_words(name)) for name in _styles(ws)}) == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(tools)
+def test_money_never_reads_as_read(tool: dict[str, Any]) -> None:
+    """An amount with a currency is Financial whatever else the tool says."""
+    tool["inputSchema"] = {"properties": {"amount": {}, "currency": {}}}
+    assert classify(tool).category == "Financial"
+
+
+# --- the labelled set ----------------------------------------------------------------------------
+
+
+def labelled() -> list[dict[str, Any]]:
+    return json.loads(LABELLED.read_text())["tools"]
+
+
+def confusion(entries: list[dict[str, Any]], *, annotations: bool = True) -> Counter[Any]:
+    """(label, classified) → count."""
+    matrix: Counter[Any] = Counter()
+    for t in entries:
+        tool = t if annotations else {**t, "annotations": {}}
+        matrix[(t["label"], classify(tool).category)] += 1
+    return matrix
+
+
+def recall(matrix: Counter[Any], category: str) -> float:
+    total = sum(matrix[(category, c)] for c in CATEGORIES)
+    return matrix[(category, category)] / total
+
+
+def accuracy(matrix: Counter[Any]) -> float:
+    return sum(matrix[(c, c)] for c in CATEGORIES) / sum(matrix.values())
+
+
+#: Measured when the classifier was written (docs/scan.md): recall per category on every
+#: labelled tool, and overall accuracy. The test fails if a change makes any of them worse.
+FLOORS = {
+    "Read": 0.96,
+    "Write": 0.91,
+    "Execute": 0.77,
+    "Destructive": 1.0,
+    "Financial": 1.0,
+}
+ACCURACY_FLOOR = 0.94
+
+
+def test_labelled_set_is_complete() -> None:
+    entries = labelled()
+    assert len(entries) >= 100
+    real = [t for t in entries if not t["source"].startswith("seed")]
+    assert len(real) >= 100
+    keys = [(t["source"], t["name"]) for t in entries]
+    assert len(keys) == len(set(keys)), "a tool is listed twice"
+    for t in entries:
+        assert t["label"] in CATEGORIES, f"{t['source']} {t['name']}: label {t['label']!r}"
+        assert isinstance(t["why"], str) and t["why"], f"{t['name']}: no justification"
+        assert set(t) >= {"source", "name", "description", "inputSchema", "annotations"}
+    assert {t["label"] for t in real} == set(CATEGORIES)
+
+
+def test_accuracy_per_category_does_not_fall() -> None:
+    matrix = confusion(labelled())
+    got = {c: round(recall(matrix, c), 4) for c in CATEGORIES}
+    for category, floor in FLOORS.items():
+        assert got[category] >= floor, (category, got)
+    assert accuracy(matrix) >= ACCURACY_FLOOR
+
+
+def test_destructive_and_financial_tools_are_never_read() -> None:
+    matrix = confusion(labelled())
+    assert matrix[("Destructive", "Read")] == 0
+    assert matrix[("Financial", "Read")] == 0
+
+
+def test_seed_entries_agree_with_the_seed_catalogue() -> None:
+    for t in labelled():
+        if t["source"].startswith("seed"):
+            assert classify(t).category == t["label"], t["name"]
+
+
+# --- the report for docs/scan.md -----------------------------------------------------------------
+
+
+def report() -> str:
+    entries = labelled()
+    real = [t for t in entries if not t["source"].startswith("seed")]
+    out = []
+    for title, rows, ann in [
+        (f"All {len(entries)} labelled tools", entries, True),
+        (f"The {len(real)} real tools (without the seeds' five)", real, True),
+        (f"All {len(entries)} with their annotations removed", entries, False),
+    ]:
+        m = confusion(rows, annotations=ann)
+        out.append(f"**{title}**: accuracy {accuracy(m):.1%}\n")
+        out.append("| label ↓ / classified → | " + " | ".join(CATEGORIES) + " | n | recall |")
+        out.append("|---|" + "---:|" * (len(CATEGORIES) + 2))
+        for a in CATEGORIES:
+            n = sum(m[(a, b)] for b in CATEGORIES)
+            cells = " | ".join(str(m[(a, b)]) for b in CATEGORIES)
+            out.append(f"| {a} | {cells} | {n} | {recall(m, a):.0%} |")
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(report())
