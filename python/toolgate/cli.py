@@ -239,6 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the MCP server id, when the route sets no 'server' context extension",
     )
     serve.set_defaults(run=_serve)
+
+    # scan and suggest: reading a server's tools, classifying them, a starter policy.
+    from toolgate.scan_cli import add_commands
+
+    add_commands(sub)
     return parser
 
 

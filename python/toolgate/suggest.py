@@ -1,0 +1,168 @@
+"""Turn classified tools into a starter policy in the seeds' format.
+
+By default: ``default: deny``; Read tools allowed; Write tools limited to 30 calls per minute per
+grant and Execute tools to 10 (counter ``<tool>_rate``, as the seeds name theirs); Destructive
+tools hidden; Financial tools require approval. :class:`Options` changes any of these.
+
+    >>> policy = suggest(classify_all(tools))
+    >>> toolgate.Policy.from_dict(policy)       # always loads
+
+Tool names are policy keys, and a key with ``*``, ``?`` or ``[`` is a glob: such names are written
+with each of those characters in a class (``[*]``), which matches exactly the name and nothing
+else. Counter names may be any non-empty string; ``<tool>_rate`` is unique per tool.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from toolgate.classify import CATEGORIES, Category, Classification
+
+#: What a category's tools get. ``limit``: allowed up to the category's maximum per window.
+Treatment = Literal["allow", "limit", "require_approval", "deny", "hide"]
+TREATMENTS: tuple[Treatment, ...] = ("allow", "limit", "require_approval", "deny", "hide")
+SCOPES = ("grant", "session", "agent", "server", "global")
+
+
+@dataclass
+class Options:
+    """The choices behind a starter policy; the defaults are the seeds' recommendations."""
+
+    default: Literal["allow", "deny"] = "deny"
+    treatment: dict[Category, Treatment] = field(
+        default_factory=lambda: {
+            "Read": "allow",
+            "Write": "limit",
+            "Execute": "limit",
+            "Destructive": "hide",
+            "Financial": "require_approval",
+        }
+    )
+    #: Calls per window for tools whose treatment is ``limit``.
+    max_calls: dict[Category, int] = field(
+        default_factory=lambda: {
+            "Read": 60,
+            "Write": 30,
+            "Execute": 10,
+            "Destructive": 5,
+            "Financial": 5,
+        }
+    )
+    window: str = "minute"
+    scope: str = "grant"
+    #: Text shown to the agent when a tool is denied, with ``{category}`` and ``{reason}``.
+    deny_reason: str = "{category} tool, denied by the starter policy ({reason})"
+
+    def __post_init__(self) -> None:
+        for category, treatment in self.treatment.items():
+            if category not in CATEGORIES or treatment not in TREATMENTS:
+                raise ValueError(f"no such treatment: {category}={treatment}")
+        for category, n in self.max_calls.items():
+            if category not in CATEGORIES or n < 1:
+                raise ValueError(f"a maximum must be at least 1: {category}={n}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(SCOPES)}, not {self.scope!r}")
+
+
+_GLOB_CHARS = re.compile(r"([*?\[])")
+
+
+def policy_key(name: str) -> str:
+    """The policy key that matches exactly the tool ``name``: the name itself, or, if it holds
+    glob characters, a glob with each of them in a one-character class (``a*b`` → ``a[*]b``)."""
+    return _GLOB_CHARS.sub(r"[\1]", name)
+
+
+def counter_name(name: str) -> str:
+    """The rate counter of a tool: ``<tool>_rate``, as in the seeds."""
+    return f"{name}_rate"
+
+
+def suggest(
+    classifications: Iterable[Classification], options: Options | None = None
+) -> dict[str, Any]:
+    """A policy document (a dict, seeds' key order) for the classified tools."""
+    options = options or Options()
+    tools: dict[str, Any] = {}
+    hide: list[str] = []
+    for c in classifications:
+        key = policy_key(c.name)
+        if key in tools or key in hide:
+            continue
+        treatment = options.treatment[c.category]
+        if treatment == "hide":
+            hide.append(key)
+        elif treatment == "allow":
+            tools[key] = {}
+        elif treatment == "limit":
+            limit = {
+                "counter": counter_name(c.name),
+                "window": options.window,
+                "max": options.max_calls[c.category],
+                "scope": options.scope,
+            }
+            tools[key] = {"limits": [limit]}
+        elif treatment == "require_approval":
+            tools[key] = {"action": "require_approval"}
+        else:
+            reason = options.deny_reason.format(category=c.category, reason=c.reason)
+            tools[key] = {"action": "deny", "reason": reason}
+    policy: dict[str, Any] = {"version": "1", "default": options.default}
+    if hide:
+        policy["hide"] = hide
+    policy["tools"] = tools
+    return policy
+
+
+# --- output --------------------------------------------------------------------------------------
+
+
+def to_json(policy: Mapping[str, Any]) -> str:
+    """The policy as the seeds write it: two-space indented JSON."""
+    return json.dumps(policy, indent=2, ensure_ascii=False) + "\n"
+
+
+def _flow(value: Any) -> str:
+    # JSON is YAML's flow style: a double-quoted JSON string, number, list or object is valid YAML.
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _emit(lines: list[str], head: str, value: Any, indent: int, notes: Mapping[str, str]) -> None:
+    """``head`` (``key:`` or ``-``) and ``value`` as block YAML at ``indent`` spaces; a key or
+    list item found in ``notes`` gets its note as a comment line above it."""
+    pad = " " * indent
+    if isinstance(value, Mapping) and value and head != "-":
+        lines.append(f"{pad}{head}")
+        for key, item in value.items():
+            if key in notes:
+                lines.append(f"{pad}  # {notes[key]}")
+            _emit(lines, f"{_flow(str(key))}:", item, indent + 2, {})
+    elif isinstance(value, list) and value:
+        lines.append(f"{pad}{head}")
+        for item in value:
+            if isinstance(item, str) and item in notes:
+                lines.append(f"{pad}  # {notes[item]}")
+            _emit(lines, "-", item, indent + 2, {})
+    else:
+        lines.append(f"{pad}{head} {_flow(value)}")
+
+
+def to_yaml(
+    policy: Mapping[str, Any], classifications: Sequence[Classification] | None = None
+) -> str:
+    """The policy as block YAML, every string quoted; with ``classifications``, a comment above
+    each tool says what it was classified as and why."""
+    notes = {
+        policy_key(c.name): " ".join(
+            f"{c.category} ({c.risk} risk, {c.confidence} confidence): {c.reason}".split()
+        )
+        for c in classifications or ()
+    }
+    lines: list[str] = []
+    for key, value in policy.items():
+        _emit(lines, f"{key}:", value, 0, notes if key in ("tools", "hide") else {})
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,257 @@
+"""Starter policies from classified tools: the seeds' format, loading for every scanned set, and
+deciding as the categories say on a real engine."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+import toolgate
+from conftest import SEEDS, make_engine
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_classify import SEED_TOOLS, labelled
+from toolgate.classify import classify, classify_all
+from toolgate.cli import main
+from toolgate.suggest import Options, policy_key, suggest, to_json, to_yaml
+
+GRANT = {"grant": "alice"}
+
+
+@pytest.mark.parametrize(
+    ("text", "tool", "counter", "per_minute"), SEEDS, ids=lambda x: str(x)[:20]
+)
+def test_seed_tools_get_the_seeds_policy(
+    text: str, tool: str, counter: str, per_minute: int
+) -> None:
+    """Each seed document's tool, scanned alone, gives exactly the policy its document
+    recommends: Write 30 per minute, Execute (vm_create_image) 10."""
+    (definition,) = [t for t, _, _ in SEED_TOOLS if t["name"] == tool]
+    policy = suggest([classify(definition)])
+    assert policy == json.loads(text)
+    assert policy["tools"][tool]["limits"][0] == {
+        "counter": counter,
+        "window": "minute",
+        "max": per_minute,
+        "scope": "grant",
+    }
+
+
+def _by_source() -> dict[str, list[dict[str, Any]]]:
+    sources: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for t in labelled():
+        sources[t["source"]].append(t)
+    return sources
+
+
+@pytest.mark.parametrize("source", sorted(_by_source()))
+def test_policy_for_every_scanned_set_loads(source: str) -> None:
+    """Every labelled server's tools give a policy that loads as JSON and YAML and decides as
+    each tool's category says."""
+    tools = _by_source()[source]
+    classifications = classify_all(tools)
+    policy = suggest(classifications)
+    toolgate.Policy.from_dict(policy)
+    from_json = toolgate.Policy.from_str(to_json(policy), format="json")
+    from_yaml = toolgate.Policy.from_str(to_yaml(policy, classifications), format="yaml")
+    assert from_json.revision == toolgate.Policy.from_dict(policy).revision
+    engine = make_engine(from_yaml)
+    expected = {
+        "Read": "ALLOWED",
+        "Write": "ALLOWED",
+        "Execute": "ALLOWED",
+        "Destructive": "HIDDEN",
+        "Financial": "APPROVAL_REQUIRED",
+    }
+    for c in classifications:
+        assert engine.decide(c.name, **GRANT).code == expected[c.category], c
+
+
+def _tool(name: str, category: str) -> dict[str, Any]:
+    """A tool that classifies as ``category``."""
+    return {
+        "Read": {"name": name, "annotations": {"readOnlyHint": True}},
+        "Write": {"name": name, "annotations": {"readOnlyHint": False, "destructiveHint": False}},
+        "Execute": {"name": name, "inputSchema": {"properties": {"command": {}}}},
+        "Destructive": {"name": name, "annotations": {"destructiveHint": True}},
+        "Financial": {"name": name, "inputSchema": {"properties": {"amount": {}, "currency": {}}}},
+    }[category]
+
+
+def test_decisions_on_the_default_policy(clock: toolgate.ManualClock) -> None:
+    tools = [
+        _tool("read_thing", "Read"),
+        _tool("write_thing", "Write"),
+        _tool("exec_thing", "Execute"),
+        _tool("drop_thing", "Destructive"),
+        _tool("pay_thing", "Financial"),
+    ]
+    classifications = classify_all(tools)
+    assert [c.category for c in classifications] == [
+        "Read",
+        "Write",
+        "Execute",
+        "Destructive",
+        "Financial",
+    ]
+    engine = make_engine(suggest(classifications), clock)
+    assert engine.decide("read_thing", **GRANT).verdict == "ALLOW"
+    hidden = engine.decide("drop_thing", **GRANT)
+    assert (hidden.verdict, hidden.code) == ("DENY", "HIDDEN")
+    pay = engine.decide("pay_thing", **GRANT)
+    assert (pay.verdict, pay.code) == ("REQUIRE_APPROVAL", "APPROVAL_REQUIRED")
+    assert engine.decide("unknown_tool", **GRANT).code == "DEFAULT_DENY"
+
+    writes = [engine.decide("write_thing", **GRANT) for _ in range(31)]
+    assert [d.code for d in writes[:30]] == ["ALLOWED"] * 30
+    assert writes[30].code == "RATE_LIMITED" and writes[30].retry_after_ms
+    assert writes[30].limits[0].counter == "write_thing_rate"
+    # Per grant: bob has his own 30.
+    assert engine.decide("write_thing", grant="bob").code == "ALLOWED"
+    execs = [engine.decide("exec_thing", **GRANT).code for _ in range(11)]
+    assert execs == ["ALLOWED"] * 10 + ["RATE_LIMITED"]
+    # Once the window has slid past the first calls (retry-after says when), writes run again.
+    clock.advance(writes[30].retry_after_ms / 1000)
+    assert engine.decide("write_thing", **GRANT).code == "ALLOWED"
+
+
+def test_options_change_the_defaults() -> None:
+    classifications = classify_all(
+        [_tool("w", "Write"), _tool("d", "Destructive"), _tool("f", "Financial")]
+    )
+    options = Options(default="allow", window="1h", scope="session")
+    options.treatment["Destructive"] = "deny"
+    options.treatment["Financial"] = "hide"
+    options.max_calls["Write"] = 5
+    policy = suggest(classifications, options)
+    assert policy["default"] == "allow"
+    assert policy["hide"] == ["f"]
+    assert policy["tools"]["w"] == {
+        "limits": [{"counter": "w_rate", "window": "1h", "max": 5, "scope": "session"}]
+    }
+    assert policy["tools"]["d"]["action"] == "deny"
+    assert policy["tools"]["d"]["reason"].startswith("Destructive tool")
+    engine = make_engine(policy)
+    assert engine.decide("d", session="s").code == "RULE_DENY"
+    assert engine.decide("f", session="s").code == "HIDDEN"
+    assert engine.decide("other", session="s").code == "ALLOWED"
+    with pytest.raises(ValueError):
+        Options(scope="nobody")
+    with pytest.raises(ValueError):
+        Options(max_calls={"Write": 0})
+
+
+def test_glob_characters_in_names_match_only_themselves() -> None:
+    names = ["a*b", "a?c", "x[1]", "[!y]", "aXb", "axc"]
+    categories = ["Read", "Write", "Destructive", "Financial", "Write", "Read"]
+    classifications = classify_all([_tool(n, c) for n, c in zip(names, categories, strict=True)])
+    policy = suggest(classifications)
+    assert policy["tools"]["a[*]b"] == {}
+    assert policy["hide"] == ["x[[]1]"]
+    engine = make_engine(policy)
+    assert engine.decide("a*b", **GRANT).code == "ALLOWED"
+    assert engine.decide("aZb", **GRANT).code == "DEFAULT_DENY"
+    assert engine.decide("a?c", **GRANT).limits[0].counter == "a?c_rate"
+    assert engine.decide("abc", **GRANT).code == "DEFAULT_DENY"
+    assert engine.decide("x[1]", **GRANT).code == "HIDDEN"
+    assert engine.decide("x1", **GRANT).code == "DEFAULT_DENY"
+    assert engine.decide("[!y]", **GRANT).code == "APPROVAL_REQUIRED"
+    assert engine.decide("z", **GRANT).code == "DEFAULT_DENY"
+    assert engine.decide("aXb", **GRANT).limits[0].counter == "aXb_rate"
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.text(min_size=1, max_size=20).filter(lambda s: "\x00" not in s),
+            st.sampled_from(["Read", "Write", "Execute", "Destructive", "Financial"]),
+        ),
+        min_size=1,
+        max_size=6,
+        unique_by=lambda t: t[0],
+    )
+)
+def test_any_tool_names_give_a_loading_policy(tools: list[tuple[str, str]]) -> None:
+    """Whatever names a server uses (quotes, globs, unicode, newlines), the policy loads as JSON
+    and YAML and each tool gets its category's decision, and only its own rule."""
+    classifications = classify_all([_tool(name, category) for name, category in tools])
+    policy = suggest(classifications)
+    yaml_policy = toolgate.Policy.from_str(to_yaml(policy, classifications), format="yaml")
+    assert yaml_policy.revision == toolgate.Policy.from_dict(policy).revision
+    engine = make_engine(policy)
+    expected = {
+        "Read": "ALLOWED",
+        "Write": "ALLOWED",
+        "Execute": "ALLOWED",
+        "Destructive": "HIDDEN",
+        "Financial": "APPROVAL_REQUIRED",
+    }
+    for name, category in tools:
+        decision = engine.decide(name, **GRANT)
+        assert decision.code == expected[category]
+        if category in ("Write", "Execute"):
+            assert [s.counter for s in decision.limits] == [f"{name}_rate"]
+
+
+def test_policy_key() -> None:
+    assert policy_key("create-ami") == "create-ami"
+    assert policy_key("a*b?c[d]") == "a[*]b[?]c[[]d]"
+
+
+def test_json_is_the_seeds_style() -> None:
+    (definition,) = [t for t, _, _ in SEED_TOOLS if t["name"] == "vm_create_image"]
+    text = to_json(suggest([classify(definition)]))
+    assert text.startswith('{\n  "version": "1",\n  "default": "deny",\n  "tools": {\n')
+
+
+# --- the command line -----------------------------------------------------------------------------
+
+
+def _tools_file(tmp_path: Path) -> Path:
+    path = tmp_path / "tools.json"
+    tools = [_tool("read_x", "Read"), _tool("write_x", "Write"), _tool("drop_x", "Destructive")]
+    path.write_text(json.dumps({"tools": tools}))
+    return path
+
+
+def test_cli_suggest_from_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tools = _tools_file(tmp_path)
+    assert main(["suggest", "--file", str(tools)]) == 0
+    out, err = capsys.readouterr()
+    policy = json.loads(out)
+    assert policy["hide"] == ["drop_x"] and set(policy["tools"]) == {"read_x", "write_x"}
+    assert "TOOL" in err and "Destructive" in err  # the table goes to stderr
+    (tmp_path / "policy.json").write_text(out)
+    assert main(["validate", str(tmp_path / "policy.json")]) == 0
+    capsys.readouterr()
+    yaml_path = str(tmp_path / "p.yaml")
+
+    assert main(["suggest", "--file", str(tools), "--format", "yaml", "-q", "-o", yaml_path]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and err == ""
+    assert (
+        toolgate.Policy.from_file(tmp_path / "p.yaml").revision
+        == toolgate.Policy.from_dict(policy).revision
+    )
+
+
+def test_cli_suggest_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tools = _tools_file(tmp_path)
+    argv = ["suggest", "-q", "--file", str(tools), "--treat", "destructive=require_approval"]
+    argv += ["--max", "Write=7", "--set", "read_x=Financial", "--default", "allow"]
+    assert main(argv) == 0
+    policy = json.loads(capsys.readouterr().out)
+    assert policy["default"] == "allow"
+    assert policy["tools"]["drop_x"] == {"action": "require_approval"}
+    assert policy["tools"]["read_x"] == {"action": "require_approval"}
+    assert policy["tools"]["write_x"]["limits"][0]["max"] == 7
+
+    for bad in (["--treat", "Write=maybe"], ["--max", "Write=x"], ["--set", "nope=Read"]):
+        assert main(["suggest", "-q", "--file", str(tools), *bad]) == 1
+        assert capsys.readouterr().err
+    assert main(["suggest", "-q", "--file", str(tools), "--window", "5 fortnights"]) == 1
+    assert "/window" in capsys.readouterr().err
