@@ -140,7 +140,7 @@ def _options(args: argparse.Namespace) -> Options:
             raise argparse.ArgumentTypeError(
                 f"--treat {name}={treatment}: one of {', '.join(TREATMENTS)}"
             )
-        options.treatment[_category(name)] = treatment  # type: ignore[assignment]
+        options.treatment[_category(name)] = treatment
     for name, value in _pairs(args.max, "--max"):
         try:
             options.max_calls[_category(name)] = int(value)
