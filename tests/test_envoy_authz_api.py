@@ -353,4 +353,3 @@ def test_bad_header_configuration_is_refused_at_start(tmp_path):
     r = toolgate_cli("serve", "--grant-header", "X-Api-Key", "--listen", "127.0.0.1:0")
     assert r.returncode == 2
     assert "lower-case" in r.stderr
-
