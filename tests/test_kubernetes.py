@@ -292,11 +292,11 @@ def quantity(text: str | int | float) -> float:
     return float(m.group(1)) * units.get(m.group(2), 1)
 
 
-def probe_script(probe: dict[str, Any]) -> tuple[str, str]:
-    """An exec probe ``python -c SCRIPT SERVICE``: (SCRIPT, SERVICE)."""
+def probe_target(probe: dict[str, Any]) -> tuple[str, str]:
+    """An exec probe ``toolgate health --target T --service S``: (T, S)."""
     command = probe["exec"]["command"]
-    assert command[:2] == ["python", "-c"] and len(command) == 4, command
-    return command[2], command[3]
+    assert command[:2] == ["toolgate", "health"], command
+    return flag(command, "--target") or "", flag(command, "--service") or ""
 
 
 # --- the agreement check -----------------------------------------------------------------------
@@ -327,15 +327,11 @@ def agreement(objects: list[dict[str, Any]]) -> list[str]:
         if probe is None or "exec" not in probe:
             out.append(f"toolgate has no exec {kind}")
             continue
-        script, _ = probe_script(probe)
-        if f'"{listen}"' not in script:
+        target, _ = probe_target(probe)
+        if target != listen:
             out.append(f"toolgate's {kind} does not check {listen}")
     if all(p and "exec" in p for p in probes.values()):
-        (ready_script, ready_service), (live_script, live_service) = (
-            probe_script(p) for p in probes.values()
-        )
-        if ready_script != live_script:
-            out.append("toolgate's readiness and liveness scripts differ")
+        (_, ready_service), (_, live_service) = (probe_target(p) for p in probes.values())
         if ready_service != "toolgate.v1.Decider" or live_service != "":
             out.append(f"toolgate's probes check {ready_service!r}, {live_service!r}")
 
@@ -693,14 +689,12 @@ BREAKS: dict[str, tuple[Callable[[list[dict[str, Any]]], None], str]] = {
     "probe-target": (
         _in(
             "toolgate",
-            lambda c: c["livenessProbe"]["exec"]["command"].__setitem__(
-                2, probe_script(c["livenessProbe"])[0].replace("9191", "50051")
-            ),
+            lambda c: c["livenessProbe"]["exec"]["command"].__setitem__(3, "127.0.0.1:50051"),
         ),
         "livenessProbe does not check",
     ),
     "probe-service": (
-        _in("toolgate", lambda c: c["readinessProbe"]["exec"]["command"].__setitem__(3, "")),
+        _in("toolgate", lambda c: c["readinessProbe"]["exec"]["command"].__setitem__(5, "")),
         "probes check",
     ),
     "policy-path": (
@@ -900,11 +894,12 @@ class Pod:
         return Envoy(render(path, ports), ports[ADMIN], *extra, port=ports[LISTEN])
 
     def probe(self, kind: str) -> subprocess.CompletedProcess[str]:
-        """Run toolgate's exec probe ``kind`` as the kubelet would (``python`` is this one)."""
+        """Run toolgate's exec probe ``kind`` as the kubelet would (``toolgate`` is the one
+        installed next to this interpreter), on the moved port."""
         command = container(self.objects, "toolgate")[kind]["exec"]["command"]
-        assert command[0] == "python"
+        assert command[:2] == ["toolgate", "health"]
         return subprocess.run(
-            [sys.executable, command[1], self.local(command[2]), *command[3:]],
+            [*TOOLGATE, *(self.local(arg) for arg in command[1:])],
             capture_output=True,
             text=True,
             timeout=30,

@@ -377,3 +377,17 @@ def test_cli_decide_target_unreachable_fails_cleanly():
     assert result.stdout == ""
     assert "UNAVAILABLE" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --- toolgate health ---------------------------------------------------------------------------
+
+
+def test_toolgate_health_exits_0_only_when_serving(sc):
+    ok = toolgate_cli("health", "--target", sc.target, "--service", "toolgate.v1.Decider")
+    assert (ok.returncode, ok.stdout.strip()) == (0, f"{sc.target} toolgate.v1.Decider: SERVING")
+    whole = toolgate_cli("health", "--target", sc.target)
+    assert whole.returncode == 0 and whole.stdout.strip().endswith("(server): SERVING")
+    unknown = toolgate_cli("health", "--target", sc.target, "--service", "no.such.Service")
+    assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr
+    nobody = toolgate_cli("health", "--target", f"127.0.0.1:{free_port()}", "--timeout", "1")
+    assert nobody.returncode == 1 and "UNAVAILABLE" in nobody.stderr

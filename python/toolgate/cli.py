@@ -100,6 +100,26 @@ def _decide(args: argparse.Namespace) -> int:
     return 0
 
 
+def _health(args: argparse.Namespace) -> int:
+    """Exit 0 if the sidecar reports SERVING for the service, 1 otherwise: a probe for
+    containers whose sidecar listens on loopback, where the kubelet's gRPC probe cannot reach."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    request = health_pb2.HealthCheckRequest(service=args.service)
+    label = f"{args.target} {args.service or '(server)'}"
+    try:
+        with grpc.insecure_channel(args.target) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            reply = stub.Check(request, timeout=args.timeout)
+    except grpc.RpcError as err:
+        print(f"{label}: {err.code().name}", file=sys.stderr)
+        return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    serving = reply.status == health_pb2.HealthCheckResponse.SERVING
+    print(f"{label}: {status}", file=sys.stdout if serving else sys.stderr)
+    return 0 if serving else 1
+
+
 def _serve(args: argparse.Namespace) -> int:
     from toolgate.envoy_authz import SubjectHeaders
     from toolgate.serve import ServeOptions, serve
@@ -173,6 +193,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="evaluate without consuming counters"
     )
     decide.set_defaults(run=_decide)
+
+    health = sub.add_parser(
+        "health", help="ask a sidecar's grpc.health.v1: exit 0 if SERVING (for exec probes)"
+    )
+    health.add_argument("--target", default="127.0.0.1:50051", metavar="HOST:PORT")
+    health.add_argument(
+        "--service", default="", help='"" for the whole server (default), or a service name'
+    )
+    health.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS")
+    health.set_defaults(run=_health)
 
     serve = sub.add_parser("serve", help="run the decision sidecar (gRPC + /metrics)")
     serve.add_argument(
