@@ -3,6 +3,13 @@ and the seed policies copied literally from the product documentation."""
 
 from __future__ import annotations
 
+import os
+
+# The tests start many subprocesses from a process with gRPC threads; gRPC's fork handlers
+# only matter to processes that fork and keep using gRPC, which these never do. Set before
+# anything imports grpc.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 from pathlib import Path
 from typing import Any
 

@@ -24,7 +24,7 @@ from collections.abc import Hashable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
-from sidecar import _LIVE, _die_with_parent, free_port, wait_for
+from sidecar import _LIVE, dies_with_parent, free_port, wait_for
 
 #: The deployable configs.
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "envoy"
@@ -152,11 +152,10 @@ class Envoy:
         ]
         with open(self.log_path, "wb") as log:
             self.proc: subprocess.Popen[bytes] = subprocess.Popen(
-                self.args,
+                dies_with_parent(self.args),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
         _LIVE.add(self.proc)
         try:

@@ -32,7 +32,7 @@ import httpx2
 import mcp.types as types
 from mcp import Client, ClientSession
 from mcp.client.streamable_http import streamable_http_client
-from sidecar import _LIVE, _die_with_parent, free_port
+from sidecar import _LIVE, dies_with_parent, free_port
 
 TESTS = Path(__file__).resolve().parent
 SEED_SCRIPT = TESTS / "mcp_seed_server.py"
@@ -85,13 +85,12 @@ class _Server:
         args, env = self._command(self.port)
         with open(self.output_path, "ab") as out:
             self.proc = subprocess.Popen(
-                args,
+                dies_with_parent(args),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
                 cwd=TESTS,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
         _LIVE.add(self.proc)
         deadline = time.monotonic() + START_TIMEOUT

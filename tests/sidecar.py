@@ -13,6 +13,7 @@ import atexit
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -55,16 +56,16 @@ def _kill_leftovers() -> None:
 atexit.register(_kill_leftovers)
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Linux: SIGKILL this child when the process that started it dies."""
-    try:
-        import ctypes
+_SETPRIV = shutil.which("setpriv") if sys.platform == "linux" else None
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-    except Exception:
-        pass
+
+def dies_with_parent(args: list[str]) -> list[str]:
+    """``args`` run so that the child gets SIGKILL when the test process dies (Linux, through
+    util-linux ``setpriv --pdeathsig``, which then execs ``args`` under the same pid).
+
+    Not a ``preexec_fn``: that makes subprocess fork (instead of vfork) a process full of gRPC
+    threads, and gRPC's fork handlers can then deadlock the parent."""
+    return [_SETPRIV, "--pdeathsig", "KILL", *args] if _SETPRIV else args
 
 
 def free_port() -> int:
@@ -168,11 +169,10 @@ class Sidecar:
     def _spawn(self, args: list[str]) -> None:
         with open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
-                args,
+                dies_with_parent(args),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=err,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
         _LIVE.add(self.proc)
         deadline = time.monotonic() + PATIENCE

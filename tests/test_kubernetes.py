@@ -35,7 +35,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -49,7 +48,7 @@ from envoy_proxy import Envoy, envoy_executable, free_ports, render, send, valid
 from mcp_servers import SeedServer
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
-from sidecar import _LIVE, TOOLGATE, _die_with_parent, wait_for
+from sidecar import _LIVE, TOOLGATE, dies_with_parent, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ROOT / "deploy" / "kubernetes"
@@ -866,11 +865,10 @@ class Pod:
         args = [self.local(a) for a in container(self.objects, "toolgate")["args"]]
         with open(self.logs / "toolgate.log", "ab") as log:
             proc = subprocess.Popen(
-                [*TOOLGATE, *args, *extra],
+                dies_with_parent([*TOOLGATE, *args, *extra]),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
         _LIVE.add(proc)
         self.procs.append(proc)
