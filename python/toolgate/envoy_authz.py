@@ -19,7 +19,7 @@ from envoy.service.auth.v3 import external_auth_pb2
 from google.rpc import code_pb2
 
 from toolgate._core import Engine
-from toolgate.service import deadline_passed
+from toolgate.service import read_request
 
 SERVICE_NAME = "envoy.service.auth.v3.Authorization"
 
@@ -89,14 +89,7 @@ class AuthorizationService:
         self._forwards: dict[tuple[tuple[str, str], ...], bytes] = {}
 
     def check(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        try:
-            req = external_auth_pb2.CheckRequest.FromString(request)
-        except Exception as err:  # protobuf's DecodeError has no stable import path
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed CheckRequest: {err}")
-        if deadline_passed(context):
-            # Envoy has given up on this Check and answered 503: deciding now would count a
-            # call that never runs.
-            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the proxy's deadline has passed")
+        req = read_request(external_auth_pb2.CheckRequest, request, context)
         http = req.attributes.request.http
         headers = http.headers
         body = http.raw_body or http.body.encode()

@@ -20,7 +20,7 @@ from envoy.service.ratelimit.v3 import rls_pb2
 from google.protobuf import duration_pb2
 
 from toolgate._core import Decision, Engine
-from toolgate.service import deadline_passed
+from toolgate.service import read_request
 
 SERVICE_NAME = "envoy.service.ratelimit.v3.RateLimitService"
 
@@ -85,14 +85,7 @@ class RateLimitService:
         self.engine = engine
 
     def should_rate_limit(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        try:
-            req = rls_pb2.RateLimitRequest.FromString(request)
-        except Exception as err:  # protobuf's DecodeError has no stable import path
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed RateLimitRequest: {err}")
-        if deadline_passed(context):
-            # Envoy has given up on this request: counting it now would count a call that
-            # never runs.
-            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the proxy's deadline has passed")
+        req = read_request(rls_pb2.RateLimitRequest, request, context)
         decisions = []
         for descriptor in req.descriptors:
             own = descriptor.hits_addend.value if descriptor.HasField("hits_addend") else 0

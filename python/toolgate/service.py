@@ -1,18 +1,22 @@
-"""The ``toolgate.v1.Decider`` gRPC service.
+"""The ``toolgate.v1.Decider`` gRPC service, and what every deciding handler shares.
 
-Requests are not deserialized in Python: each RPC's bytes go to the Rust core, which decodes,
-decides and encodes the response, so a decision costs the Python layer one call.
+Decider requests are not deserialized in Python: each RPC's bytes go to the Rust core, which
+decodes, decides and encodes the response, so a decision costs the Python layer one call.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from toolgate._core import Engine
 
 SERVICE_NAME = "toolgate.v1.Decider"
+
+M = TypeVar("M", bound=Message)
 
 
 def deadline_passed(context: grpc.ServicerContext) -> bool:
@@ -20,6 +24,19 @@ def deadline_passed(context: grpc.ServicerContext) -> bool:
     caller has given up, so deciding now would count a call that never runs."""
     remaining = context.time_remaining()
     return remaining is not None and remaining <= 0
+
+
+def read_request(message_type: type[M], request: bytes, context: grpc.ServicerContext) -> M:
+    """Decode a request for a handler that decides it: INVALID_ARGUMENT if the bytes are not
+    a ``message_type``, DEADLINE_EXCEEDED if the caller has already given up (a proxy that
+    answered 503 after its timeout), so no call is counted that will never run."""
+    try:
+        message = message_type.FromString(request)
+    except Exception as err:  # protobuf's DecodeError has no stable import path
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed {message_type.__name__}: {err}")
+    if deadline_passed(context):
+        context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the caller's deadline has passed")
+    return message
 
 
 def _unary(call: Callable[[bytes], bytes]) -> grpc.RpcMethodHandler:
