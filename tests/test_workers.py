@@ -198,6 +198,24 @@ def test_sigterm_stops_every_worker_and_removes_the_shared_state():
     assert not path.exists()
 
 
+def test_state_files_of_dead_supervisors_are_removed():
+    from toolgate.workers import state_directory
+
+    dead = 2**22 + 12345  # above pid_max's default: no such process
+    assert not Path(f"/proc/{dead}").exists()
+    stale = state_directory() / f"toolgate-{dead}-0badc0de.state"
+    live = state_directory() / f"toolgate-{os.getpid()}-0badc0de.state"
+    stale.write_bytes(b"")
+    live.write_bytes(b"")
+    try:
+        with started(Sidecar(limited(5), "--workers", str(WORKERS))):
+            assert not stale.exists()
+            assert live.exists()  # its owner (this test) is alive
+    finally:
+        for path in (stale, live):
+            path.unlink(missing_ok=True)
+
+
 def _zombie(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"

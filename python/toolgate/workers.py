@@ -50,6 +50,17 @@ def state_directory() -> Path:
     return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
 
 
+def remove_stale_states(directory: Path) -> None:
+    """Remove state files left by supervisors that died without cleaning up (SIGKILL, OOM):
+    ``toolgate-<pid>-*.state`` whose process no longer exists."""
+    for path in directory.glob("toolgate-*-*.state"):
+        pid = path.name.split("-")[1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            with contextlib.suppress(OSError):
+                path.unlink()
+                log.info("removed %s, left by a supervisor that is gone", path)
+
+
 def worker_command(opts: ServeOptions, index: int, shared: Path) -> list[str]:
     """The ``toolgate serve`` command line of worker ``index``."""
     h = opts.subject_headers
@@ -155,7 +166,9 @@ def supervise(opts: ServeOptions) -> int:
     if opts.metrics_per_tool:
         raise ValueError("--metrics-per-tool counts per process; it cannot be used with --workers")
     policy, digest = load_policy(opts)  # invalid policy: PolicyError before anything starts
-    state = state_directory() / f"toolgate-{os.getpid()}-{secrets.token_hex(4)}.state"
+    directory = state_directory()
+    remove_stale_states(directory)
+    state = directory / f"toolgate-{os.getpid()}-{secrets.token_hex(4)}.state"
     create_shared_state(
         state, workers=opts.workers, capacity=opts.capacity, reservations=opts.reservations
     )
