@@ -190,11 +190,13 @@ def test_any_tool_names_give_a_loading_policy(tools: list[tuple[str, str]]) -> N
         "Destructive": "HIDDEN",
         "Financial": "APPROVAL_REQUIRED",
     }
-    for name, category in tools:
-        decision = engine.decide(name, **GRANT)
-        assert decision.code == expected[category]
-        if category in ("Write", "Execute"):
-            assert [s.counter for s in decision.limits] == [f"{name}_rate"]
+    # Each tool gets its classification's decision. (The classification may be riskier than
+    # the annotations alone say: a name such as "RM" reads as a destructive verb.)
+    for c in classifications:
+        decision = engine.decide(c.name, **GRANT)
+        assert decision.code == expected[c.category], c
+        if c.category in ("Write", "Execute"):
+            assert [s.counter for s in decision.limits] == [f"{c.name}_rate"]
 
 
 def test_policy_key() -> None:
