@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import re
@@ -116,50 +117,97 @@ class Server:
     port: int
     proc: subprocess.Popen
     log: Path
+    workers: int = 1  # processes serving the port (a supervisor's children when > 1)
+    metrics_port: int | None = None  # toolgate's /metrics (the supervisor's, with workers)
 
-    def cpu_seconds(self) -> float:
-        """utime + stime of the whole process (all threads)."""
-        stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
-        fields = stat.rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    def children(self) -> list[int]:
+        """The pids of the process's children (the worker processes of a supervisor)."""
+        out: list[int] = []
+        try:
+            for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+                try:
+                    out += [int(x) for x in (task / "children").read_text().split()]
+                except OSError:
+                    continue
+        except OSError:
+            pass
+        return sorted(set(out))
 
-    def context_switches(self) -> int:
-        """Voluntary + involuntary context switches of all the process's threads."""
-        total = 0
-        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+    def pids(self) -> list[int]:
+        return [self.proc.pid, *self.children()]
+
+    def cpu_by_pid(self) -> dict[int, float]:
+        """utime + stime of each process of the tree (all threads), seconds."""
+        out = {}
+        for pid in self.pids():
             try:
-                status = (task / "status").read_text()
+                stat = Path(f"/proc/{pid}/stat").read_text()
             except OSError:
                 continue
-            total += sum(
-                int(x) for x in re.findall(r"^\w*voluntary_ctxt_switches:\s+(\d+)", status, re.M)
-            )
+            fields = stat.rsplit(")", 1)[1].split()
+            out[pid] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return out
+
+    def cpu_seconds(self) -> float:
+        """utime + stime of the whole process tree (all threads, every worker)."""
+        return sum(self.cpu_by_pid().values())
+
+    def context_switches(self) -> int:
+        """Voluntary + involuntary context switches of all the tree's threads."""
+        total = 0
+        for pid in self.pids():
+            try:
+                tasks = list(Path(f"/proc/{pid}/task").iterdir())
+            except OSError:
+                continue
+            for task in tasks:
+                try:
+                    status = (task / "status").read_text()
+                except OSError:
+                    continue
+                total += sum(
+                    int(x)
+                    for x in re.findall(r"^\w*voluntary_ctxt_switches:\s+(\d+)", status, re.M)
+                )
         return total
 
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(10)
+                self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
 
 
-def start_server(name: str, cmd: list[str], port: int, workdir: Path, probe: bytes) -> Server:
+def start_server(
+    name: str,
+    cmd: list[str],
+    port: int,
+    workdir: Path,
+    probe: bytes,
+    workers: int = 1,
+    metrics_port: int | None = None,
+) -> Server:
     log = workdir / f"{name}.log"
     proc = subprocess.Popen(
         cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT
     )
-    server = Server(name, port, proc, log)
+    server = Server(name, port, proc, log, workers, metrics_port)
     deadline = time.monotonic() + 30
     while True:
         if proc.poll() is not None:
             raise RuntimeError(f"{name} exited ({proc.returncode}):\n{log.read_text()}")
         try:
             call_raw(port, probe, timeout=1.0)
+            if workers > 1 and len(server.children()) < workers:
+                raise RuntimeError("not every worker is up yet")
+            if workers > 1:
+                # One worker answering says little about the others: give them time to bind.
+                time.sleep(1.0)
             return server
-        except grpc.RpcError as err:
+        except (grpc.RpcError, RuntimeError) as err:
             if time.monotonic() > deadline:
                 server.stop()
                 raise RuntimeError(
@@ -219,6 +267,11 @@ class Run:
     steal_cores: float = 0.0
     quiet_before: float = 0.0
     consumed: int | None = None  # Decide only: calls the limit counted during the run
+    wall: float = 0.0  # seconds h2load ran
+    server_cores: float = 0.0  # the server's CPU time over the wall time
+    workers: int = 1
+    worker_cpu: list[float] = field(default_factory=list)  # CPU s of each worker process
+    worker_decisions: list[int] | None = None  # toolgate_worker_decisions_total, increase
 
 
 def h2load_cmd(url: str, body: Path, c: int, m: int, n: int | None = None, duration=None):
@@ -272,17 +325,30 @@ def run_h2load(
     log = workdir / f"{run.load}-{server.name}-{run.index}.log"
     cmd = [*h2load_cmd(url, body, run.c, run.m, n=run.n), "--log-file", str(log)]
     run.quiet_before = wait_quiet(*quiet)
-    before = remaining(server.port) if server.name == "decide" else None
+    before = remaining(server.port) if server.name.startswith("decide") else None
+    workers0 = scrape_worker_decisions(server.metrics_port) if server.metrics_port else None
     b0, s0 = cpu_ticks()
-    srv0, cs0 = server.cpu_seconds(), server.context_switches()
+    by_pid0 = server.cpu_by_pid()
+    srv0, cs0 = sum(by_pid0.values()), server.context_switches()
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     wall = time.monotonic() - t0
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    srv = server.cpu_seconds() - srv0
+    by_pid1 = server.cpu_by_pid()
+    srv = sum(by_pid1.values()) - srv0
     cs = server.context_switches() - cs0
     b1, s1 = cpu_ticks()
+    if server.workers > 1:
+        children = server.children()
+        if len(children) != server.workers or any(c not in by_pid0 for c in children):
+            raise RuntimeError(f"{server.name}: a worker process was replaced during the run")
+        run.worker_cpu = [by_pid1[c] - by_pid0[c] for c in children]
+    if workers0 is not None:
+        workers1 = scrape_worker_decisions(server.metrics_port)
+        run.worker_decisions = [
+            int(workers1[k] - workers0.get(k, 0)) for k in sorted(workers1, key=int)
+        ]
     if proc.returncode != 0:
         raise RuntimeError(f"h2load failed: {' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}")
     summary = parse_summary(proc.stdout)
@@ -295,6 +361,9 @@ def run_h2load(
     run.server_cpu_us = srv / max(len(durations), 1) * 1e6
     run.server_cs = cs / max(len(durations), 1)
     run.h2load_cores = h2 / wall
+    run.wall = wall
+    run.server_cores = srv / wall
+    run.workers = server.workers
     run.other_cores = max(0.0, ((b1 - b0) / CLK_TCK - srv - h2) / wall)
     run.steal_cores = (s1 - s0) / CLK_TCK / wall
     if before is not None:
@@ -501,10 +570,18 @@ def time_decide_wire(repeats: int = 9, number: int = 100_000) -> dict[str, float
     def empty(b):
         return b
 
+    class Context:
+        """What the handler asks of its context on the allow path: no deadline."""
+
+        def time_remaining(self):
+            return None
+
+    context = Context()
+
     cases = {
         "empty Python call `f(b)`": lambda: empty(request),
         "`engine.decide_wire(request)`": lambda: engine.decide_wire(request),
-        "the service's handler, `handle(request, context)`": lambda: handler(request, None),
+        "the service's handler, `handle(request, context)`": lambda: handler(request, context),
     }
     best = dict.fromkeys(cases, float("inf"))
     # Round-robin over the cases, so a burst of outside load hits all of them alike.
@@ -563,6 +640,19 @@ def profile_decide_wire(workdir: Path, calls: int = 3_000_000) -> list[tuple[str
 
 
 # --- metrics-on check ----------------------------------------------------------------------
+
+
+def scrape_worker_decisions(port: int | None) -> dict[str, float]:
+    """toolgate_worker_decisions_total by worker, from the supervisor's /metrics."""
+    if port is None:
+        return {}
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {
+        m.group(1): float(m.group(2))
+        for m in re.finditer(
+            r'^toolgate_worker_decisions_total\{worker="(\d+)"\} (\S+)$', text, re.M
+        )
+    }
 
 
 def scrape_decisions(port: int) -> dict[tuple[str, str], float]:
@@ -678,6 +768,8 @@ def report(
     elapsed: float,
 ) -> tuple[str, list[str]]:
     loads = [("single", "one in flight"), ("saturated", "saturated")]
+    # This block compares one process with its floor; the N-worker servers have their own.
+    runs = [r for r in runs if r.server in ("floor", "decide", *args.variants)]
     git = sh(["git", "rev-parse", "--short", "HEAD"])
     dirty = " with uncommitted changes" if sh(["git", "status", "--porcelain"]) else ""
     cpu = sh(["sh", "-c", "lscpu | sed -n 's/^Model name: *//p' | head -1"])
@@ -967,21 +1059,225 @@ def conclude(runs: list[Run], profiles: list[Profile], wire: dict) -> list[str]:
     return lines
 
 
-def write_results(block: str) -> bool:
-    # Re-read just before writing: another script rewrites other blocks of this file.
+WORKERS_BEGIN, WORKERS_END = "<!-- BEGIN grpc-workers -->", "<!-- END grpc-workers -->"
+WORKERS_SECTION = "## gRPC Decide with worker processes"
+WORKERS_INTRO = (
+    "The same h2load runs against `toolgate serve --workers N` and an N-process floor, in the "
+    "same rotation as the block above; how it is run: "
+    "[README.md](README.md#grpc-decide-with-worker-processes). The block below is written by "
+    "`bench/grpc_bench.py`."
+)
+AIM_SCALE = 1.6
+#: A saturated run on N workers where one of them got less than this share of the work has
+#: not spread its connections over every worker.
+MIN_SHARE = 0.1
+
+
+def ratios(runs: list[Run], load: str, a: str, b: str, attr: str) -> list[float]:
+    """b/a of attr, run by run (the same run index: both ran in the same rotation)."""
+    base = {r.index: getattr(r, attr) for r in runs if r.load == load and r.server == a}
+    return [
+        getattr(r, attr) / base[r.index]
+        for r in runs
+        if r.load == load and r.server == b and base.get(r.index)
+    ]
+
+
+def shares(r: Run) -> list[float]:
+    """Each worker's share of the run's work: decisions (toolgate's per-worker counters) or,
+    for the floor, CPU time."""
+    parts = r.worker_decisions if r.worker_decisions is not None else r.worker_cpu
+    total = sum(parts) or 1
+    return [x / total for x in parts]
+
+
+def spread_cell(r: Run) -> str:
+    if r.worker_decisions is not None:
+        return " / ".join(f"{d:,}" for d in r.worker_decisions) + " decisions"
+    if r.worker_cpu:
+        return " / ".join(f"{x:.0%}" for x in shares(r)) + " of CPU"
+    return ""
+
+
+def report_workers(args, runs: list[Run], elapsed: float) -> str:
+    n = args.workers
+    dn, fn = f"decide-w{n}", f"floor-w{n}"
+    loads = [("single", "one in flight"), ("saturated", "saturated")]
+    git = sh(["git", "rev-parse", "--short", "HEAD"])
+    dirty = " with uncommitted changes" if sh(["git", "status", "--porcelain"]) else ""
+    cpu = sh(["sh", "-c", "lscpu | sed -n 's/^Model name: *//p' | head -1"])
+    out = [
+        f"Run {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, commit {git}{dirty}; "
+        f"{cpu}, `nproc` = {os.cpu_count()}, Linux {platform.release()}; Python "
+        f"{platform.python_version()}, grpcio {grpc.__version__}, "
+        f"{sh(['h2load', '--version']) or 'h2load'}. Whole run (with the block above): "
+        f"{elapsed:.0f} s.",
+        "",
+        f"Command: `.venv/bin/python bench/grpc_bench.py {' '.join(args.argv)}`".rstrip()
+        + f". `{dn}`: `toolgate serve --workers {n} --metrics-listen 127.0.0.1:PORT` (a "
+        f"supervisor and {n} worker processes of 8 handler threads each, sharing the port with "
+        f"`grpc.so_reuseport` 1 and one counter table in /dev/shm); `{fn}`: `bench/grpc_floor.py"
+        f" --workers {n}` ({n} floor processes sharing the port the same way); `decide` and "
+        f"`floor`: the single processes of the block above, in the same rotation. h2load `-t "
+        f"1`; one in flight `-c 1 -m 1`, {args.n_single:,} requests per run (one connection, "
+        f"which the kernel gives to one worker); saturated `-c {args.c} -m {args.m}`, "
+        f"{args.n_sat:,} requests per run ({args.c} connections, which the kernel spreads over "
+        f"the workers); {args.runs} runs of each. Server CPU and context switches: the whole "
+        f"process tree (supervisor and workers). Cores: CPU time over the run's wall time, of "
+        f"the server, of h2load, of everything else on the machine, and the hypervisor's steal "
+        f"(the machine has {os.cpu_count()}). Per worker: each worker's share of the run "
+        f"(toolgate: `toolgate_worker_decisions_total{{worker}}` on the supervisor's /metrics; "
+        f"floor: CPU time).",
+        "",
+        "| load | server | run | req/s | p50 | p99 | p99.9 | server CPU / req | cs / req "
+        "| cores: server / h2load / other / steal | per worker | counted by the limit |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
+    ]
+    for key, label in loads:
+        for r in runs:
+            if r.load != key or r.server not in (fn, dn):
+                continue
+            counted = ""
+            if r.consumed is not None:
+                ok = r.consumed == r.succeeded and not r.failed
+                if r.worker_decisions is not None:
+                    ok = ok and sum(r.worker_decisions) == r.succeeded
+                counted = f"{r.consumed:,} of {r.succeeded:,}" + (" ✓" if ok else " **✗**")
+            spread = spread_cell(r)
+            if key == "saturated" and min(shares(r), default=0) < MIN_SHARE:
+                spread += " **✗**"
+            out.append(
+                f"| {label} | {r.server} | {r.index} | {r.rps:,.0f} | {fmt_us(r.p50)} | "
+                f"{fmt_us(r.p99)} | {fmt_us(r.p999)} | {r.server_cpu_us:.0f} µs | "
+                f"{r.server_cs:.1f} | {r.server_cores:.2f} / {r.h2load_cores:.2f} / "
+                f"{r.other_cores:.2f} / {r.steal_cores:.2f} | {spread} | {counted} |"
+            )
+    names = ["floor", "decide", fn, dn]
+    out += [
+        "",
+        f"Medians of the runs; ratios are medians of the per-run ratios (same rotation), the "
+        f"ratio of the medians in brackets. {X}1 is one process, {X}{n} is {n} workers:",
+        "",
+        f"| load | metric | floor {X}1 | Decide {X}1 | floor {X}{n} | Decide {X}{n} "
+        f"| Decide {X}{n} / {X}1 | floor {X}{n} / {X}1 | Decide / floor at {X}{n} |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key, label in loads:
+        got = {name: [r for r in runs if r.load == key and r.server == name] for name in names}
+        if not all(got.values()):
+            continue
+        for attr, mname in (*METRICS, ("h2load_cores", "h2load cores")):
+            m = {name: med(got[name], attr) for name in names}
+            cells = []
+            for a, b in (("decide", dn), ("floor", fn), (fn, dn)):
+                rs = ratios(runs, key, a, b, attr)
+                cells.append(f"{statistics.median(rs):.3f} ({m[b] / m[a]:.3f})" if rs else "")
+            shown = [f"{m[x]:.2f}" if attr == "h2load_cores" else show(attr, m[x]) for x in names]
+            out.append(f"| {label} | {mname} | " + " | ".join(shown + cells) + " |")
+    sat = {name: [r for r in runs if r.load == "saturated" and r.server == name] for name in names}
+    out += ["", "**Target**", ""]
+    if sat["decide"] and sat[dn]:
+        rs = ratios(runs, "saturated", "decide", dn, "rps")
+        ratio = statistics.median(rs)
+        each = ", ".join(f"{x:.2f}" for x in rs)
+        a, b = med(sat["decide"], "rps"), med(sat[dn], "rps")
+        if ratio >= AIM_SCALE:
+            word = f"**met** ({ratio / AIM_SCALE:.2f}{X} the target)"
+        else:
+            word = (
+                f"**missed** by {AIM_SCALE - ratio:.2f} ({ratio / AIM_SCALE:.0%} of the "
+                f"target; {AIM_SCALE * a - b:,.0f} req/s short)"
+            )
+        frs = ratios(runs, "saturated", "floor", fn, "rps")
+        out.append(
+            f"- {n} workers reach ≥ {AIM_SCALE}{X} the saturated throughput of one: "
+            f"{ratio:.2f}{X} ({b:,.0f} against {a:,.0f} req/s; runs: {each}), {word}. The "
+            f"floor, for comparison: {statistics.median(frs):.2f}{X} "
+            f"({med(sat[fn], 'rps'):,.0f} against {med(sat['floor'], 'rps'):,.0f} req/s)."
+        )
+        d = sat[dn]
+        busy = med(d, "h2load_cores") + med(d, "other_cores") + med(d, "steal_cores")
+        cpu_req = med(d, "server_cpu_us")
+        room = max(0.0, (os.cpu_count() or 1) - busy)
+        out.append(
+            f"- Where the cores went, saturated, {n} workers (medians): the sidecar "
+            f"{med(d, 'server_cores'):.2f} cores, h2load {med(d, 'h2load_cores'):.2f}, everything "
+            f"else {med(d, 'other_cores'):.2f}, steal {med(d, 'steal_cores'):.2f}, of "
+            f"{os.cpu_count()}. At {cpu_req:.0f} µs of sidecar CPU per call, the "
+            f"{room:.2f} cores left to it allow ~{room / cpu_req * 1e6:,.0f} req/s; one "
+            f"process used {med(sat['decide'], 'server_cores'):.2f} cores at "
+            f"{med(sat['decide'], 'server_cpu_us'):.0f} µs per call."
+        )
+    out += ["", "**Checks**", ""]
+    bad_spread = [
+        r
+        for r in runs
+        if r.load == "saturated" and r.server in (fn, dn) and min(shares(r), default=0) < MIN_SHARE
+    ]
+    spread_text = "; ".join(
+        f"{r.server} run {r.index}: " + " / ".join(f"{x:.0%}" for x in shares(r))
+        for r in runs
+        if r.load == "saturated" and r.server in (fn, dn)
+    )
+    out.append(
+        f"- Saturated, every worker got load (at least {MIN_SHARE:.0%} of the run's decisions, "
+        "or of the floor's CPU): "
+        + ("**yes**" if not bad_spread else f"**no, {len(bad_spread)} run(s)**")
+        + f" ({spread_text})."
+    )
+    singles = [r for r in runs if r.load == "single" and r.server in (fn, dn)]
+    if singles:
+        out.append(
+            "- One in flight, the one connection went to worker "
+            + ", ".join(
+                f"{max(range(len(shares(r))), key=lambda i: shares(r)[i])} ({r.server} run "
+                f"{r.index})"
+                for r in singles
+                if r.worker_decisions is not None or r.worker_cpu
+            )
+            + ": one connection is served by one worker, by design."
+        )
+    dec = [r for r in runs if r.server == dn]
+    bad = [
+        r
+        for r in dec
+        if r.failed
+        or r.consumed != r.succeeded
+        or (r.worker_decisions is not None and sum(r.worker_decisions) != r.succeeded)
+    ]
+    out.append(
+        f"- Every {dn} run: the limit (one counter table shared by the workers, read by a "
+        "dry-run Decide before and after) counted every call h2load completed, and the "
+        "workers' decisions on /metrics add up to the same: "
+        + ("**yes**, all runs." if not bad else f"**no**: {len(bad)} run(s), see the table.")
+    )
+    return "\n".join(out)
+
+
+def write_block(begin: str, end: str, section: str, intro: str, block: str) -> None:
+    """Replace the block between begin and end in RESULTS.md, or append it under a new
+    section. Re-read just before writing: other scripts rewrite other blocks of this file."""
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
-    new = f"{BEGIN}\n{block}\n{END}"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    new = f"{begin}\n{block}\n{end}"
     if pattern.search(text):
         text = pattern.sub(lambda _: new, text)
     else:
-        text = text.rstrip("\n") + (
-            f"\n\n{SECTION}\n\nh2load against `toolgate serve` and against a constant-answer "
-            "grpcio server on the same settings (the transport floor); how it is run: "
-            "[README.md](README.md#grpc-decide-vs-the-transport-floor). The block below is "
-            "written by `bench/grpc_bench.py`.\n\n" + new + "\n"
-        )
+        text = text.rstrip("\n") + f"\n\n{section}\n\n{intro}\n\n{new}\n"
     RESULTS.write_text(text)
+
+
+def write_results(block: str) -> bool:
+    write_block(
+        BEGIN,
+        END,
+        SECTION,
+        "h2load against `toolgate serve` and against a constant-answer grpcio server on the "
+        "same settings (the transport floor); how it is run: "
+        "[README.md](README.md#grpc-decide-vs-the-transport-floor). The block below is "
+        "written by `bench/grpc_bench.py`.",
+        block,
+    )
     return True
 
 
@@ -1033,6 +1329,19 @@ def main() -> int:
         default=[],
         choices=["hash-gil-held", "hash-gil-released"],
         help="also run floor servers with this --work (see grpc_floor.py) in the rotation",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="also run `toolgate serve --workers N` and an N-process floor in the rotation "
+        "and write the grpc-workers block (default 2; 1: skip)",
+    )
+    p.add_argument(
+        "--json",
+        type=Path,
+        help="also write the runs' medians here (bench/openloop_bench.py reads the saturated "
+        "throughput from it)",
     )
     p.add_argument("--print", dest="write", action="store_false", help="don't write RESULTS.md")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -1109,6 +1418,49 @@ def main() -> int:
                 decide_request(),
             )
         names = ["floor", "decide", *args.variants]
+        if args.workers > 1:
+            n = args.workers
+            wport, mport, wfport = free_port(), free_port(), free_port()
+            servers[f"decide-w{n}"] = start_server(
+                f"decide-w{n}",
+                [
+                    toolgate_exe(),
+                    "serve",
+                    "--workers",
+                    str(n),
+                    "--policy",
+                    str(POLICY),
+                    "--metrics-listen",
+                    f"127.0.0.1:{mport}",
+                    "--listen",
+                    f"127.0.0.1:{wport}",
+                    "--drain",
+                    "0",
+                ],
+                wport,
+                workdir,
+                decide_request(dry_run=True),
+                workers=n,
+                metrics_port=mport,
+            )
+            servers[f"floor-w{n}"] = start_server(
+                f"floor-w{n}",
+                [
+                    sys.executable,
+                    str(FLOOR_SCRIPT),
+                    "--workers",
+                    str(n),
+                    "--listen",
+                    f"127.0.0.1:{wfport}",
+                    "--response",
+                    str(workdir / "response.bin"),
+                ],
+                wfport,
+                workdir,
+                decide_request(),
+                workers=n,
+            )
+            names += [f"floor-w{n}", f"decide-w{n}"]
         if call_raw(fport, decide_request()) != response:
             raise RuntimeError("the floor's answer differs from the response it was given")
         print(
@@ -1145,12 +1497,18 @@ def main() -> int:
                         quiet,
                     )
                     runs.append(r)
+                    spread = ""
+                    if r.worker_decisions is not None:
+                        spread = f"  per worker {r.worker_decisions}"
+                    elif r.worker_cpu:
+                        spread = "  worker cpu " + "/".join(f"{x:.1f}" for x in r.worker_cpu)
                     print(
-                        f"{load:9} {name:6} run {i}: {r.rps:8,.0f} req/s  p50 "
+                        f"{load:9} {name:9} run {i}: {r.rps:8,.0f} req/s  p50 "
                         f"{fmt_us(r.p50):>8}  p99 {fmt_us(r.p99):>8}  p99.9 "
                         f"{fmt_us(r.p999):>8}  cpu/req {r.server_cpu_us:5.0f} µs  cs/req "
-                        f"{r.server_cs:4.1f}  busy before "
-                        f"{r.quiet_before:.2f}  steal {r.steal_cores:.2f}  counted {r.consumed}",
+                        f"{r.server_cs:4.1f}  busy before {r.quiet_before:.2f}  steal "
+                        f"{r.steal_cores:.2f}  h2load {r.h2load_cores:.2f} cores  counted "
+                        f"{r.consumed}{spread}",
                         file=sys.stderr,
                     )
 
@@ -1182,13 +1540,29 @@ def main() -> int:
     wire_profile = profile_decide_wire(workdir) if profile else []
     if not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
-    block, _aims = report(
-        args, runs, profiles, wire, wire_profile, checks, time.monotonic() - started
-    )
+    elapsed = time.monotonic() - started
+    block, _aims = report(args, runs, profiles, wire, wire_profile, checks, elapsed)
     print(block)
     if args.write:
         write_results(block)
         print(f"\nrewrote the grpc block of {RESULTS}", file=sys.stderr)
+    if args.workers > 1:
+        wblock = report_workers(args, runs, elapsed)
+        print("\n" + wblock)
+        if args.write:
+            write_block(WORKERS_BEGIN, WORKERS_END, WORKERS_SECTION, WORKERS_INTRO, wblock)
+            print(f"rewrote the grpc-workers block of {RESULTS}", file=sys.stderr)
+    if args.json:
+        summary = {}
+        for name in sorted({r.server for r in runs}):
+            for load in ("single", "saturated"):
+                rs = [r for r in runs if r.server == name and r.load == load]
+                if rs:
+                    summary[f"{name}/{load}"] = {
+                        a: med(rs, a) for a in ("rps", "p50", "p99", "p999", "server_cpu_us")
+                    }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"when": time.time(), "medians": summary}, indent=1))
     return 0
 
 
