@@ -385,6 +385,7 @@ class Run:
     counted: int | None = None  # calls toolgate's limit counted (authz configs)
     check: list = field(default_factory=list)  # Check latency histogram, this run (ms, n)
     problems: list = field(default_factory=list)
+    per_worker: list | None = None  # sidecar with workers: decisions per worker, this run
 
     @property
     def authz(self) -> bool:
@@ -443,6 +444,7 @@ def run_h2load(
     s0 = stats(envoy)
     h0 = check_hist(envoy) if run.authz else {}
     c0 = counted(toolgate.port) if run.authz else None
+    pw0 = gb.scrape_worker_decisions(toolgate.metrics_port) if run.authz else {}
     _, st0 = gb.cpu_ticks()
     e0, t0, u0 = envoy.cpu_seconds(), toolgate.cpu_seconds(), upstream_cpu(upstream)
     ecs0, tcs0 = envoy.context_switches(), toolgate.context_switches()
@@ -471,6 +473,9 @@ def run_h2load(
         # Let Envoy merge its workers' histograms (and the sidecar finish Checks Envoy gave
         # up on, if any timed out).
         time.sleep(FLUSH_WAIT)
+        if toolgate.metrics_port:
+            pw1 = gb.scrape_worker_decisions(toolgate.metrics_port)
+            run.per_worker = [int(pw1[k] - pw0.get(k, 0)) for k in sorted(pw1, key=int)]
         run.counted = counted(toolgate.port) - c0
         run.check = hist_diff(check_hist(envoy), h0)
     s1 = stats(envoy)
@@ -571,6 +576,9 @@ def report(args, runs: list[Run], probes: list[str], elapsed: float) -> str:
             "the build it loaded at the start, the one named here)"
         )
     pairs_cfg = [("plain", "authz")]
+    wname = f"authz-w{args.sidecar_workers}"
+    if args.sidecar_workers > 1:
+        pairs_cfg.append(("plain", wname))
     if args.upstream:
         pairs_cfg.append(("plain-upstream", "authz-upstream"))
     out = [
@@ -596,9 +604,21 @@ def report(args, runs: list[Run], probes: list[str], elapsed: float) -> str:
         + f". Request: POST /mcp over h2c, a {len(REQUEST_BODY)}-byte `tools/call` of "
         f"`{TOOL}` with `{json.dumps(ARGUMENTS)}`, "
         + ", ".join(f"`{k}: {v}`" for k, v in HEADERS)
-        + f". Sidecar: `toolgate serve --policy bench/policy_grpc.json --metrics-listen off` "
-        f"(8 threads): one regex `deny_if` (not matched) and one limit per grant (day, max "
-        f"1e9). h2load `-t 1`; one in flight `-c 1 -m 1`, {args.n_single:,} requests per run; "
+        + ". Sidecar: `toolgate serve --policy bench/policy_grpc.json --metrics-listen off` "
+        "(8 threads): one regex `deny_if` (not matched) and one limit per grant (day, max "
+        "1e9)"
+        + (
+            f"; `{wname}`: the `authz` config asking a second sidecar, `toolgate serve "
+            f"--workers {args.sidecar_workers} --metrics-listen 127.0.0.1:PORT` (same policy; "
+            f"decisions per worker from its /metrics). Envoy opens one HTTP/2 connection to the "
+            f"sidecar per Envoy worker thread, and the kernel may give both to one sidecar "
+            f"worker: after the warm-up, an Envoy whose warm-up left a sidecar worker under 10% "
+            f"of the decisions was restarted (new connections); {args.envoy_starts} Envoy "
+            f"start(s) for `{wname}` this run"
+            if args.sidecar_workers > 1
+            else ""
+        )
+        + f". h2load `-t 1`; one in flight `-c 1 -m 1`, {args.n_single:,} requests per run; "
         f"loaded `-c {args.c} -m {args.m}` ({args.c * args.m} streams), {args.n_loaded:,} "
         f"requests per run; {args.runs} runs of each, configs taking turns (the order rotates "
         f"run by run), after a {args.warmup:,}-request warm-up of each. CPU / req: the "
@@ -619,6 +639,8 @@ def report(args, runs: list[Run], probes: list[str], elapsed: float) -> str:
                 ok = "**" + "; ".join(r.problems) + "**"
             elif r.authz:
                 ok = f"✓ ext_authz.ok +{r.delta['http.mcp.ext_authz.ok']:,}, counted {r.counted:,}"
+                if r.per_worker is not None:
+                    ok += " (per worker " + " / ".join(f"{x:,}" for x in r.per_worker) + ")"
             else:
                 ok = f"✓ 2xx +{r.delta['http.mcp.downstream_rq_2xx']:,}"
             tg = f"{r.toolgate_cpu_us:.0f} µs ({r.toolgate_cs:.1f})" if r.authz else ""
@@ -664,6 +686,7 @@ def report(args, runs: list[Run], probes: list[str], elapsed: float) -> str:
                 f"Envoy {med(rb, 'envoy_cpu_us'):.0f} µs, toolgate {ct:.0f} µs | "
                 f"Envoy +{ce:.0f} µs, toolgate +{ct:.0f} µs |".replace("+-", MINUS)
             )
+    out += workers_table(runs, wname)
     out += [
         "",
         "**ext_authz Check latency as Envoy sees it**: `cluster.toolgate.upstream_rq_time`, "
@@ -717,6 +740,51 @@ def report(args, runs: list[Run], probes: list[str], elapsed: float) -> str:
         ),
     ]
     return "\n".join(out)
+
+
+def workers_table(runs: list[Run], wname: str) -> list[str]:
+    """authz with a one-process sidecar against authz with the N-worker one."""
+    if not any(r.config == wname for r in runs):
+        return []
+    out = [
+        "",
+        f"**What sidecar workers buy**: `authz` (one sidecar process) against `{wname}`, "
+        "medians of the runs; the ratio is the median of the per-run ratios (each rotation "
+        "ran them back to back). Per worker: the sidecar workers' shares of the Checks, run by "
+        "run.",
+        "",
+        f"| load | metric | authz | {wname} | {wname} / authz |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for key, label in LOADS:
+        ra, rb = pick(runs, key, "authz"), pick(runs, key, wname)
+        if not ra or not rb:
+            continue
+        for attr, name in (
+            ("rps", "req/s"),
+            ("p50", "p50"),
+            ("p99", "p99"),
+            ("p999", "p99.9"),
+            ("toolgate_cpu_us", "toolgate CPU / req"),
+            ("envoy_cpu_us", "Envoy CPU / req"),
+        ):
+            ratio = statistics.median(pairs(runs, key, "authz", wname, attr, ratio=True))
+            a, b = med(ra, attr), med(rb, attr)
+            if attr == "rps":
+                cells = f"{a:,.0f} | {b:,.0f}"
+            elif attr.endswith("cpu_us"):
+                cells = f"{a:.0f} µs | {b:.0f} µs"
+            else:
+                cells = f"{gb.fmt_us(a)} | {gb.fmt_us(b)}"
+            out.append(f"| {label} | {name} | {cells} | **{ratio:.3f}{X}** |")
+        split = "; ".join(
+            f"run {r.index}: "
+            + " / ".join(f"{x / (sum(r.per_worker) or 1):.0%}" for x in r.per_worker)
+            for r in rb
+            if r.per_worker is not None
+        )
+        out.append(f"| {label} | per worker | | {split} | |")
+    return out
 
 
 def sweep_table(runs: list[Run]) -> list[str]:
@@ -802,6 +870,12 @@ def main() -> int:
         default=True,
         help="also the configs with a real upstream hop (a second Envoy); default on",
     )
+    p.add_argument(
+        "--sidecar-workers",
+        type=int,
+        default=2,
+        help="also an authz config whose sidecar runs `--workers N` (default 2; 1: none)",
+    )
     p.add_argument("--quiet-wait", type=float, default=10.0, help="wait up to s for quiet")
     p.add_argument("--quiet-cores", type=float, default=0.3, help="'quiet': under this")
     p.add_argument("--timeout", type=float, default=120.0, help="bound on one h2load run, s")
@@ -846,6 +920,32 @@ def main() -> int:
             decide_request(dry_run=True),
         )
         names = ["plain", "authz"]
+        wname = f"authz-w{args.sidecar_workers}"
+        if args.sidecar_workers > 1:
+            wport, wmport = gb.free_port(), gb.free_port()
+            servers["toolgate-w"] = gb.start_server(
+                "toolgate-w",
+                [
+                    gb.toolgate_exe(),
+                    "serve",
+                    "--workers",
+                    str(args.sidecar_workers),
+                    "--policy",
+                    str(POLICY),
+                    "--metrics-listen",
+                    f"127.0.0.1:{wmport}",
+                    "--listen",
+                    f"127.0.0.1:{wport}",
+                    "--drain",
+                    "0",
+                ],
+                wport,
+                workdir,
+                decide_request(dry_run=True),
+                workers=args.sidecar_workers,
+                metrics_port=wmport,
+            )
+            names.append(wname)
         uport = None
         if args.upstream:
             uport, uadmin = gb.free_port(), gb.free_port()
@@ -862,7 +962,7 @@ def main() -> int:
                 authz=name.startswith("authz"),
                 listen=port,
                 admin=admin,
-                toolgate=tport,
+                toolgate=servers["toolgate-w"].port if name == wname else tport,
                 upstream=uport if name.endswith("upstream") else None,
             )
             path = workdir / f"{name}.json"
@@ -878,15 +978,38 @@ def main() -> int:
         probes.append(
             f"a call the policy denies (`rm -rf /`), authz: {deny_probe(servers['authz'])}"
         )
+        args.envoy_starts = 1
         for name in names:
-            subprocess.run(
-                h2load_cmd(
-                    f"http://127.0.0.1:{servers[name].port}/mcp", body, args.c, args.m, args.warmup
-                ),
-                capture_output=True,
-                timeout=args.timeout,
-                check=True,
-            )
+            for attempt in range(1, 6):
+                tg = servers["toolgate-w"] if name == wname else None
+                before = gb.scrape_worker_decisions(tg.metrics_port) if tg else {}
+                subprocess.run(
+                    h2load_cmd(
+                        f"http://127.0.0.1:{servers[name].port}/mcp",
+                        body,
+                        args.c,
+                        args.m,
+                        args.warmup,
+                    ),
+                    capture_output=True,
+                    timeout=args.timeout,
+                    check=True,
+                )
+                if not tg:
+                    break
+                after = gb.scrape_worker_decisions(tg.metrics_port)
+                split = [after[k] - before.get(k, 0) for k in sorted(after, key=int)]
+                print(f"{name} warm-up, decisions per sidecar worker: {split}", file=sys.stderr)
+                # Envoy opens one connection to the sidecar per Envoy worker thread, and the
+                # kernel may give them all to one sidecar worker: then start a new Envoy.
+                if min(split) >= 0.1 * sum(split) or attempt == 5:
+                    break
+                args.envoy_starts += 1
+                old = servers[name]
+                old.stop()
+                servers[name] = start_envoy(
+                    name, old.log.parent / f"{name}.json", old.admin, workdir, port=old.port
+                )
         time.sleep(FLUSH_WAIT)
 
         # (load, connections, streams each, requests, run index, configs in order)
@@ -906,7 +1029,7 @@ def main() -> int:
             for name in order:
                 r = run_h2load(
                     servers[name],
-                    servers["toolgate"],
+                    servers["toolgate-w"] if name == wname else servers["toolgate"],
                     servers.get("upstream") if name.endswith("upstream") else None,
                     body,
                     Run(load, name, i, n, c, m),
@@ -921,6 +1044,8 @@ def main() -> int:
                         f"  check p99 {fmt_ms(hist_percentile(r.check, 0.99))}"
                         f" max {fmt_ms(r.check[-1][0])}"
                     )
+                if r.per_worker is not None:
+                    chk += f"  per worker {r.per_worker}"
                 print(
                     f"{load:6} {name:14} {c}x{m} run {i}: {r.rps:8,.0f} req/s  p50 "
                     f"{gb.fmt_us(r.p50):>8}  p99 {gb.fmt_us(r.p99):>8}  p99.9 "
