@@ -272,11 +272,22 @@ class Run:
     workers: int = 1
     worker_cpu: list[float] = field(default_factory=list)  # CPU s of each worker process
     worker_decisions: list[int] | None = None  # toolgate_worker_decisions_total, increase
+    duration: float = 0.0  # > 0: a time-bounded run (h2load -D) instead of n requests
+
+    def counted_ok(self) -> bool:
+        """The limit counted every completed call. A time-bounded run stops with up to c * m
+        calls in flight, which the server may have decided without h2load counting them."""
+        if self.consumed is None:
+            return True
+        extra = self.consumed - self.succeeded
+        if self.worker_decisions is not None and sum(self.worker_decisions) != self.consumed:
+            return False
+        return not self.failed and (0 <= extra <= self.c * self.m if self.duration else not extra)
 
 
 def h2load_cmd(url: str, body: Path, c: int, m: int, n: int | None = None, duration=None):
     cmd = ["h2load", "-t", "1", "-c", str(c), "-m", str(m)]
-    cmd += ["-D", str(duration)] if duration else ["-n", str(n)]
+    cmd += ["-D", f"{duration:g}"] if duration else ["-n", str(n)]
     cmd += ["-H", "content-type: application/grpc", "-H", "te: trailers", "-d", str(body), url]
     return cmd
 
@@ -323,7 +334,11 @@ def run_h2load(
 ) -> Run:
     url = f"http://127.0.0.1:{server.port}{METHOD}"
     log = workdir / f"{run.load}-{server.name}-{run.index}.log"
-    cmd = [*h2load_cmd(url, body, run.c, run.m, n=run.n), "--log-file", str(log)]
+    if run.duration:
+        cmd = h2load_cmd(url, body, run.c, run.m, duration=run.duration)
+    else:
+        cmd = h2load_cmd(url, body, run.c, run.m, n=run.n)
+    cmd += ["--log-file", str(log)]
     run.quiet_before = wait_quiet(*quiet)
     before = remaining(server.port) if server.name.startswith("decide") else None
     workers0 = scrape_worker_decisions(server.metrics_port) if server.metrics_port else None
@@ -708,6 +723,12 @@ def metrics_check(body: Path, c: int, m: int, n: int, workdir: Path) -> str:
 # --- report --------------------------------------------------------------------------------
 
 
+def sat_size(args) -> str:
+    if args.sat_seconds:
+        return f"{args.sat_seconds:g} s (h2load `-D`, time-bounded)"
+    return f"{args.n_sat:,} requests"
+
+
 def fmt_us(us: float) -> str:
     return f"{us / 1000:.2f} ms" if us >= 1000 else f"{us:.0f} µs"
 
@@ -785,7 +806,7 @@ def report(
         f"(de)serializers; request {len(decide_request())} bytes, response "
         f"{args.response_len} bytes (the floor returns the sidecar's own answer). h2load "
         f"`-t 1`; one in flight `-c 1 -m 1`, {args.n_single:,} requests per run; saturated "
-        f"`-c {args.c} -m {args.m}` ({args.c * args.m} streams), {args.n_sat:,} requests per "
+        f"`-c {args.c} -m {args.m}` ({args.c * args.m} streams), {sat_size(args)} per "
         f"run; {args.runs} runs of each, floor and Decide{variants} taking turns (the order "
         f"rotates run by run), after a {args.warmup:,}-request warm-up of each. Server CPU "
         f"and context switches are the whole process's (all threads, from /proc). Busy before: "
@@ -802,8 +823,9 @@ def report(
                 continue
             counted = ""
             if r.consumed is not None:
-                ok = r.consumed == r.succeeded and not r.failed
-                counted = f"{r.consumed:,} of {r.succeeded:,}" + (" ✓" if ok else " **✗**")
+                counted = f"{r.consumed:,} of {r.succeeded:,}" + (
+                    " ✓" if r.counted_ok() else " **✗**"
+                )
             out.append(
                 f"| {label} | {r.server} | {r.index} | {r.rps:,.0f} | {fmt_us(r.p50)} | "
                 f"{fmt_us(r.p99)} | {fmt_us(r.p999)} | {r.server_cpu_us:.0f} µs | "
@@ -876,12 +898,13 @@ def report(
         "**Checks** (h2load counts gRPC errors as successes)",
         "",
     ]
-    bad = [r for r in runs if r.failed or (r.consumed is not None and r.consumed != r.succeeded)]
+    bad = [r for r in runs if not r.counted_ok()]
     out.append(
         "- Every Decide run: a dry-run Decide before and after shows how many calls the "
         "limit counted (it counts every allowed call, day window, max 1e9); "
         + (
-            "all equal to h2load's completed requests, no failed streams, every status 200."
+            "all equal to h2load's completed requests (time-bounded runs: plus at most the "
+            "streams still in flight when h2load stopped), no failed streams, every status 200."
             if not bad
             else f"**{len(bad)} run(s) differ**: see the table."
         )
@@ -1121,7 +1144,7 @@ def report_workers(args, runs: list[Run], elapsed: float) -> str:
         f"`floor`: the single processes of the block above, in the same rotation. h2load `-t "
         f"1`; one in flight `-c 1 -m 1`, {args.n_single:,} requests per run (one connection, "
         f"which the kernel gives to one worker); saturated `-c {args.c} -m {args.m}`, "
-        f"{args.n_sat:,} requests per run ({args.c} connections, which the kernel spreads over "
+        f"{sat_size(args)} per run ({args.c} connections, which the kernel spreads over "
         f"the workers); {args.runs} runs of each. Server CPU and context switches: the whole "
         f"process tree (supervisor and workers). Cores: CPU time over the run's wall time, of "
         f"the server, of h2load, of everything else on the machine, and the hypervisor's steal "
@@ -1139,10 +1162,9 @@ def report_workers(args, runs: list[Run], elapsed: float) -> str:
                 continue
             counted = ""
             if r.consumed is not None:
-                ok = r.consumed == r.succeeded and not r.failed
-                if r.worker_decisions is not None:
-                    ok = ok and sum(r.worker_decisions) == r.succeeded
-                counted = f"{r.consumed:,} of {r.succeeded:,}" + (" ✓" if ok else " **✗**")
+                counted = f"{r.consumed:,} of {r.succeeded:,}" + (
+                    " ✓" if r.counted_ok() else " **✗**"
+                )
             spread = spread_cell(r)
             if key == "saturated" and min(shares(r), default=0) < MIN_SHARE:
                 spread += " **✗**"
@@ -1238,17 +1260,12 @@ def report_workers(args, runs: list[Run], elapsed: float) -> str:
             + ": one connection is served by one worker, by design."
         )
     dec = [r for r in runs if r.server == dn]
-    bad = [
-        r
-        for r in dec
-        if r.failed
-        or r.consumed != r.succeeded
-        or (r.worker_decisions is not None and sum(r.worker_decisions) != r.succeeded)
-    ]
+    bad = [r for r in dec if not r.counted_ok()]
     out.append(
         f"- Every {dn} run: the limit (one counter table shared by the workers, read by a "
-        "dry-run Decide before and after) counted every call h2load completed, and the "
-        "workers' decisions on /metrics add up to the same: "
+        "dry-run Decide before and after) counted every call h2load completed (time-bounded "
+        "runs: plus at most the streams in flight when h2load stopped), and the workers' "
+        "decisions on /metrics add up to the limit's count: "
         + ("**yes**, all runs." if not bad else f"**no**: {len(bad)} run(s), see the table.")
     )
     return "\n".join(out)
@@ -1300,6 +1317,15 @@ def main() -> int:
         type=int,
         default=60_000,
         help="requests per saturated run (default 60000)",
+    )
+    p.add_argument(
+        "-Ds",
+        "--sat-seconds",
+        type=float,
+        default=0,
+        help="saturated runs last this many seconds (h2load -D) instead of -ns requests: "
+        "with -n, h2load gives each connection n/c requests, so with workers the one holding "
+        "more connections works alone at the end (default 0: by count)",
     )
     p.add_argument("-c", type=int, default=16, help="saturated: connections (default 16)")
     p.add_argument("-m", type=int, default=8, help="saturated: streams per connection (8)")
@@ -1488,14 +1514,11 @@ def main() -> int:
                 # Rotate the order run by run (floor, decide / decide, floor / ...).
                 k = (i - 1) % len(names)
                 for name in names[k:] + names[:k]:
-                    r = run_h2load(
-                        servers[name],
-                        body,
-                        Run(load, name, i, n, c, m),
-                        workdir,
-                        args.timeout,
-                        quiet,
-                    )
+                    run = Run(load, name, i, n, c, m)
+                    if load == "saturated":
+                        run.duration = args.sat_seconds
+                        run.n = 0 if args.sat_seconds else n
+                    r = run_h2load(servers[name], body, run, workdir, args.timeout, quiet)
                     runs.append(r)
                     spread = ""
                     if r.worker_decisions is not None:

@@ -29,7 +29,7 @@ def version(cmd: list[str], pattern: str = r"(.*)") -> str:
     return m.group(1).strip() if m else (out.splitlines() or ["?"])[0]
 
 
-def block(parts: list[list[str]], argv: str) -> str:
+def block(parts: list[list[str]]) -> str:
     import grpc
     from toolgate import _core
 
@@ -66,7 +66,8 @@ def block(parts: list[list[str]], argv: str) -> str:
     ]
     if parts:
         lines += [
-            f"- Command: `bench/run_all.sh {argv}`".rstrip("` ") + "`; the parts:",
+            "- The parts, as `bench/run_all.sh` last ran each (it runs them in this order; "
+            "`--only PART` reruns one):",
             "",
             "| part | started (UTC) | took | exit | command |",
             "|---|---|---:|---:|---|",
@@ -83,13 +84,17 @@ def block(parts: list[list[str]], argv: str) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--parts", type=Path, help="run_all.sh's list of the parts it ran")
-    p.add_argument("--argv", default="", help="run_all.sh's arguments")
     p.add_argument("--print", dest="write", action="store_false")
     args = p.parse_args()
-    parts = []
+    latest: dict[str, list[str]] = {}
     if args.parts and args.parts.exists():
-        parts = [line.split("\t") for line in args.parts.read_text().splitlines() if line]
-    text = block(parts, args.argv)
+        for line in args.parts.read_text().splitlines():
+            if line:
+                fields = line.split("\t")
+                latest[fields[0]] = fields
+    order = ["micro", "grpc", "openloop", "envoy"]
+    parts = sorted(latest.values(), key=lambda f: order.index(f[0]) if f[0] in order else 9)
+    text = block(parts)
     print(text)
     if args.write:
         results = gb.RESULTS.read_text()

@@ -215,14 +215,10 @@ def saturated_from(path: Path | None, workers: list[int]) -> dict[int, float]:
 def measure_saturated(server: gb.Server, body: Path, args, workdir: Path) -> float:
     rates = []
     for i in range(args.runs):
-        r = gb.run_h2load(
-            server,
-            body,
-            gb.Run("saturated", server.name, i + 1, args.n_sat, 16, 8),
-            workdir,
-            180.0,
-            (args.quiet_wait, args.quiet_cores),
-        )
+        # Time-bounded (h2load -D): with -n each connection gets n/c requests, and the worker
+        # holding more connections would work alone at the end.
+        run = gb.Run("saturated", server.name, i + 1, 0, 16, 8, duration=args.sat_seconds)
+        r = gb.run_h2load(server, body, run, workdir, 180.0, (args.quiet_wait, args.quiet_cores))
         rates.append(r.rps)
     return statistics.median(rates)
 
@@ -430,7 +426,9 @@ def main() -> int:
         type=Path,
         help="grpc_bench.py --json output: take S from its saturated medians",
     )
-    p.add_argument("-ns", "--n-sat", type=int, default=20_000, help="h2load requests, if measured")
+    p.add_argument(
+        "-Ds", "--sat-seconds", type=float, default=8.0, help="h2load run, if S is measured here"
+    )
     p.add_argument("--quiet-wait", type=float, default=10.0)
     p.add_argument("--quiet-cores", type=float, default=0.3)
     p.add_argument("--print", dest="write", action="store_false", help="don't write RESULTS.md")

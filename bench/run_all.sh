@@ -26,7 +26,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 all_parts=(micro grpc openloop envoy)
-argv="$*"
 only=() skip=() quick=0 write=1 build=0
 while (($#)); do
     case "$1" in
@@ -52,7 +51,13 @@ wanted() {
 py=.venv/bin/python
 logs=target/bench-run-all
 mkdir -p "$logs"
-: > "$logs/parts.tsv"
+# The parts that wrote RESULTS.md, newest last (machine.py shows the latest run of each, so a
+# run of one part keeps the others' entries); a --print run keeps its own list.
+parts_file="$logs/parts.tsv"
+if ((!write)); then
+    parts_file="$logs/parts-print.tsv"
+    : > "$parts_file"
+fi
 
 # --- prerequisites ----------------------------------------------------------------------------
 missing=()
@@ -87,7 +92,7 @@ run() {
     t0=$(date +%s)
     "$@" > "$logs/$part.log" 2>&1 || rc=$?
     t1=$(date +%s)
-    printf '%s\t%s\t%s\t%s\t%s\n' "$part" "$t0" "$((t1 - t0))" "$rc" "$*" >> "$logs/parts.tsv"
+    printf '%s\t%s\t%s\t%s\t%s\n' "$part" "$t0" "$((t1 - t0))" "$rc" "$*" >> "$parts_file"
     if ((rc)); then
         echo "run_all: $part failed ($rc); its log: $logs/$part.log" >&2
         tail -20 "$logs/$part.log" >&2
@@ -108,9 +113,9 @@ fi
 if wanted grpc; then
     grpc=("$py" bench/grpc_bench.py --workers 2 --json target/bench-grpc.json "${print_flag[@]}")
     if ((quick)); then
-        grpc+=(--runs 1 -n1 2000 -ns 6000 --warmup 500 --no-profile --quiet-wait 2)
+        grpc+=(--runs 1 -n1 2000 -Ds 3 --warmup 500 --no-profile --quiet-wait 2)
     else
-        grpc+=(-n1 10000 -ns 30000 --quiet-wait 20)
+        grpc+=(-n1 10000 -Ds 10 --quiet-wait 20)
     fi
     run grpc "${grpc[@]}" || status=1
 fi
@@ -121,7 +126,7 @@ if wanted openloop; then
         ol+=(--saturated-from target/bench-grpc.json)
     fi
     if ((quick)); then
-        ol+=(--runs 1 --duration 2 --min-requests 500 --fractions 0.25 0.5 1.0 -ns 5000 --quiet-wait 2)
+        ol+=(--runs 1 --duration 2 --min-requests 500 --fractions 0.25 0.5 1.0 -Ds 3 --quiet-wait 2)
     else
         ol+=(--duration 4 --min-requests 1500 --quiet-wait 20)
     fi
@@ -138,5 +143,5 @@ if wanted envoy; then
 fi
 
 # --- the machine block --------------------------------------------------------------------------
-"$py" bench/machine.py --parts "$logs/parts.tsv" --argv "$argv" "${print_flag[@]}" || status=1
+"$py" bench/machine.py --parts "$parts_file" "${print_flag[@]}" || status=1
 exit "$status"
