@@ -128,6 +128,7 @@ class Point:
     fraction: float
     rate: float
     index: int
+    kind: str = "decide"  # or "floor": bench/grpc_floor.py at the same rate
     res: dict = field(default_factory=dict)  # the generator's JSON
     server_cpu_us: float = 0.0  # sidecar CPU (whole tree) per request sent
     server_cs: float = 0.0
@@ -157,8 +158,9 @@ def run_point(server: gb.Server, body: Path, prefix: str, p: Point, args) -> Poi
     cmd += ["-timeout", f"{args.request_timeout}s", "-warmup", str(args.warmup)]
     cmd += ["-expect-prefix", prefix, "-pick", args.pick]
     p.quiet_before = gb.wait_quiet(args.quiet_wait, args.quiet_cores)
-    before = gb.remaining(server.port)
-    d0, w0 = scrape(server.metrics_port)
+    floor = p.kind == "floor"
+    before = 0 if floor else gb.remaining(server.port)
+    d0, w0 = (0.0, {}) if floor else scrape(server.metrics_port)
     b0, s0 = gb.cpu_ticks()
     srv0, cs0, psi0 = server.cpu_seconds(), server.context_switches(), psi_some_us()
     t0 = time.monotonic()
@@ -174,8 +176,8 @@ def run_point(server: gb.Server, body: Path, prefix: str, p: Point, args) -> Poi
     b1, s1 = gb.cpu_ticks()
     if proc.returncode != 0:
         raise RuntimeError(f"openloop failed: {' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}")
-    d1, w1 = scrape(server.metrics_port)
-    p.counted = before - gb.remaining(server.port)
+    d1, w1 = (0.0, {}) if floor else scrape(server.metrics_port)
+    p.counted = 0 if floor else before - gb.remaining(server.port)
     p.res = json.loads(proc.stdout)
     r = p.res
     sent = r["sent"] + r["warmup"]
@@ -191,6 +193,10 @@ def run_point(server: gb.Server, body: Path, prefix: str, p: Point, args) -> Poi
     answered = r["ok"] + r["warmup"]
     # Every answered call was counted; an unanswered one (deadline passed) may or may not have
     # been decided before the caller gave up.
+    if floor:
+        if r["bad_answers"]:
+            p.problems.append(f"{r['bad_answers']} answers not ALLOW")
+        return p
     if not answered <= p.counted <= sent:
         p.problems.append(f"limit counted {p.counted:,}, answered {answered:,}, sent {sent:,}")
     if p.decisions != p.counted:
@@ -230,10 +236,11 @@ def med(points: list[Point], fn) -> float:
     return statistics.median(fn(p) for p in points)
 
 
-def grouped(points: list[Point]) -> dict[tuple[int, float], list[Point]]:
+def grouped(points: list[Point], kind: str = "decide") -> dict[tuple[int, float], list[Point]]:
     out: dict[tuple[int, float], list[Point]] = {}
     for p in points:
-        out.setdefault((p.workers, p.fraction), []).append(p)
+        if p.kind == kind:
+            out.setdefault((p.workers, p.fraction), []).append(p)
     return dict(sorted(out.items()))
 
 
@@ -268,6 +275,18 @@ def plot(points: list[Point], sat: dict[int, float], title_note: str) -> None:
         if w in sat:
             ax.axvline(sat[w], color=color, lw=0.8, alpha=0.6)
             ax.axvline(sat[w] / 2, color=color, lw=0.8, alpha=0.6, ls="-.")
+        floors = grouped(points, "floor")
+        fk = [k for k in floors if k[0] == w]
+        if fk:
+            ax.plot(
+                [med(floors[k], lambda p: p.rate) for k in fk],
+                [med(floors[k], lambda p: p.lat("p99")) / 1000 for k in fk],
+                "D",
+                color=color,
+                mec="black",
+                ms=7,
+                label=f"{label}, floor p99 (same rate)",
+            )
         achieved = [med(groups[k], lambda p: p.res["achieved_rps"]) for k in keys]
         ax2.plot(rates, achieved, "-o", ms=4, color=color, label=label)
     ax.axhline(AIM_P99_US / 1000, color="red", lw=0.8, ls="--")
@@ -393,6 +412,35 @@ def report(args, points: list[Point], sat: dict, sat_source: str, gen_version: s
             f"{med(ps, lambda p: p.server_cores):.2f}; PSI CPU pressure "
             f"{med(ps, lambda p: p.pressure):.0%} of the time."
         )
+    floors = grouped(points, "floor")
+    if floors:
+        out += [
+            "",
+            "**Decide against the transport floor at the same rate** (bench/grpc_floor.py, "
+            "a constant answer on the same grpcio settings, with as many processes; run right "
+            "after the Decide point in each sweep, medians):",
+            "",
+            "| workers | rate | server | p50 | p99 (range) | p99.9 | server CPU / req (cs) "
+            "| cores: server / generator / other / steal |",
+            "|---:|---:|---|---:|---:|---:|---:|---|",
+        ]
+        for (w, f), fps in floors.items():
+            for kind, ps in (("Decide", grouped(points).get((w, f), [])), ("floor", fps)):
+                if not ps:
+                    continue
+                p99s = [p.lat("p99") for p in ps]
+                out.append(
+                    f"| {w} | {med(ps, lambda p: p.rate):,.0f} ({f:g} S) | {kind} | "
+                    f"{fmt(med(ps, lambda p: p.lat('p50')))} | **{fmt(statistics.median(p99s))}**"
+                    f" ({fmt(min(p99s))} to {fmt(max(p99s))}) | "
+                    f"{fmt(med(ps, lambda p: p.lat('p99.9')))} | "
+                    f"{med(ps, lambda p: p.server_cpu_us):.0f} µs "
+                    f"({med(ps, lambda p: p.server_cs):.1f}) | "
+                    f"{med(ps, lambda p: p.server_cores):.2f} / "
+                    f"{med(ps, lambda p: p.gen_cores):.2f} / "
+                    f"{med(ps, lambda p: p.other_cores):.2f} / "
+                    f"{med(ps, lambda p: p.steal_cores):.2f} |"
+                )
     bad = [p for p in points if p.problems]
     out += [
         "",
@@ -418,6 +466,14 @@ def main() -> int:
         "--min-requests", type=int, default=2000, help="requests per point at least (2000)"
     )
     p.add_argument("--conns", type=int, default=16, help="generator connections (16)")
+    p.add_argument(
+        "--floor-fractions",
+        type=float,
+        nargs="*",
+        default=[0.5],
+        help="at these fractions of S, also run the transport floor (grpc_floor.py with as "
+        "many processes) at the same rate (default 0.5; none: --floor-fractions)",
+    )
     p.add_argument("--pick", choices=["least", "rr"], default="least")
     p.add_argument("--warmup", type=int, default=20, help="calls per connection first")
     p.add_argument("--request-timeout", type=float, default=1.0, help="per request, s")
@@ -449,9 +505,11 @@ def main() -> int:
     answer = Engine.from_file(gb.POLICY).decide_wire(gb.decide_request())
     prefix = answer[:2].hex()  # field 1 (verdict) = ALLOW
 
+    (workdir / "response.bin").write_bytes(answer)
     sat = saturated_from(args.saturated_from, args.workers)
     sat_source = f"the gRPC bench's medians, {args.saturated_from}" if sat else "h2load here"
     servers: dict[int, gb.Server] = {}
+    floors: dict[int, gb.Server] = {}
     points: list[Point] = []
     try:
         for w in args.workers:
@@ -469,6 +527,13 @@ def main() -> int:
                 workers=w,
                 metrics_port=mport,
             )
+            if args.floor_fractions:
+                fport = gb.free_port()
+                fcmd = [sys.executable, str(gb.FLOOR_SCRIPT), "--listen", f"127.0.0.1:{fport}"]
+                fcmd += ["--response", str(workdir / "response.bin"), "--workers", str(w)]
+                floors[w] = gb.start_server(
+                    f"floor-w{w}", fcmd, fport, workdir, gb.decide_request(), workers=w
+                )
         for w, server in servers.items():
             if w not in sat:
                 sat[w] = measure_saturated(server, framed, args, workdir)
@@ -481,13 +546,16 @@ def main() -> int:
                     args.workers[(i - 1) % len(args.workers) :]
                     + args.workers[: (i - 1) % len(args.workers)]
                 )
-                for w in ws:
+                for w, kind in [(w, k) for w in ws for k in ("decide", "floor")]:
+                    if kind == "floor" and (f not in args.floor_fractions or w not in floors):
+                        continue
                     rate = round(sat[w] * f / 10) * 10 or 10
-                    pt = run_point(servers[w], body, prefix, Point(w, f, rate, i), args)
+                    server = floors[w] if kind == "floor" else servers[w]
+                    pt = run_point(server, body, prefix, Point(w, f, rate, i, kind), args)
                     points.append(pt)
                     r = pt.res
                     print(
-                        f"sweep {i} {w}w {f:4g}S {rate:6,.0f}/s: achieved "
+                        f"sweep {i} {kind:6} {w}w {f:4g}S {rate:6,.0f}/s: achieved "
                         f"{r['achieved_rps']:6,.0f}  p50 {fmt(pt.lat('p50')):>8}  p99 "
                         f"{fmt(pt.lat('p99')):>8}  p99.9 {fmt(pt.lat('p99.9')):>8}  err "
                         f"{pt.errors}  lag p99 {fmt(r['lag_us']['p99'])}  cores srv "
@@ -497,7 +565,7 @@ def main() -> int:
                         file=sys.stderr,
                     )
     finally:
-        for s in servers.values():
+        for s in [*servers.values(), *floors.values()]:
             s.stop()
     shutil.rmtree(workdir, ignore_errors=True)
     if args.plot:
