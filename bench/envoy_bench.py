@@ -658,7 +658,7 @@ def report(args, runs: list[Run], probes: list[str], elapsed: float) -> str:
         f"(authz {MINUS} plain; ratio for throughput), each pair having run back to back, with the "
         "difference of the medians in brackets:",
         "",
-        "| load | upstream | metric | plain | authz | added by ext_authz |",
+        "| load | upstream, sidecar | metric | plain | authz | added by ext_authz |",
         "|---|---|---|---:|---:|---:|",
     ]
     for key, label in LOADS:
@@ -667,6 +667,8 @@ def report(args, runs: list[Run], probes: list[str], elapsed: float) -> str:
             if not ra or not rb:
                 continue
             up = "second Envoy (HTTP/1.1)" if a.endswith("upstream") else "direct_response"
+            if b == wname:
+                up += f", sidecar `--workers {args.sidecar_workers}`"
             for attr, name in (("p50", "p50"), ("p99", "p99"), ("p999", "p99.9")):
                 d = statistics.median(pairs(runs, key, a, b, attr, ratio=False))
                 ma, mb = med(ra, attr), med(rb, attr)
