@@ -20,6 +20,15 @@ from toolgate.suggest import Options, policy_key, suggest, to_json, to_yaml
 
 GRANT = {"grant": "alice"}
 
+#: The code each category's tools get under the default starter policy.
+DEFAULT_DECISION = {
+    "Read": "ALLOWED",
+    "Write": "ALLOWED",
+    "Execute": "ALLOWED",
+    "Destructive": "HIDDEN",
+    "Financial": "APPROVAL_REQUIRED",
+}
+
 
 @pytest.mark.parametrize(
     ("text", "tool", "counter", "per_minute"), SEEDS, ids=lambda x: str(x)[:20]
@@ -59,15 +68,8 @@ def test_policy_for_every_scanned_set_loads(source: str) -> None:
     from_yaml = toolgate.Policy.from_str(to_yaml(policy, classifications), format="yaml")
     assert from_json.revision == toolgate.Policy.from_dict(policy).revision
     engine = make_engine(from_yaml)
-    expected = {
-        "Read": "ALLOWED",
-        "Write": "ALLOWED",
-        "Execute": "ALLOWED",
-        "Destructive": "HIDDEN",
-        "Financial": "APPROVAL_REQUIRED",
-    }
     for c in classifications:
-        assert engine.decide(c.name, **GRANT).code == expected[c.category], c
+        assert engine.decide(c.name, **GRANT).code == DEFAULT_DECISION[c.category], c
 
 
 def _tool(name: str, category: str) -> dict[str, Any]:
@@ -183,18 +185,11 @@ def test_any_tool_names_give_a_loading_policy(tools: list[tuple[str, str]]) -> N
     yaml_policy = toolgate.Policy.from_str(to_yaml(policy, classifications), format="yaml")
     assert yaml_policy.revision == toolgate.Policy.from_dict(policy).revision
     engine = make_engine(policy)
-    expected = {
-        "Read": "ALLOWED",
-        "Write": "ALLOWED",
-        "Execute": "ALLOWED",
-        "Destructive": "HIDDEN",
-        "Financial": "APPROVAL_REQUIRED",
-    }
     # Each tool gets its classification's decision. (The classification may be riskier than
     # the annotations alone say: a name such as "RM" reads as a destructive verb.)
     for c in classifications:
         decision = engine.decide(c.name, **GRANT)
-        assert decision.code == expected[c.category], c
+        assert decision.code == DEFAULT_DECISION[c.category], c
         if c.category in ("Write", "Execute"):
             assert [s.counter for s in decision.limits] == [f"{c.name}_rate"]
 

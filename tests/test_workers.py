@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import pytest
 from conftest import limit, policy
 from sidecar import Sidecar, toolgate_cli, wait_for, write_atomically
 from toolgate.v1 import decider_pb2, decider_pb2_grpc
@@ -240,9 +239,8 @@ def test_an_invalid_policy_starts_no_worker(tmp_path: Path):
     assert "/default" in r.stderr
 
 
-@pytest.mark.parametrize("workers", [2])
-def test_a_taken_port_is_reported_not_shared(workers: int):
+def test_a_taken_port_is_reported_not_shared():
     with Sidecar(limited(5)) as first:
-        r = toolgate_cli("serve", "--workers", str(workers), "--listen", first.target)
+        r = toolgate_cli("serve", "--workers", str(WORKERS), "--listen", first.target)
         assert r.returncode == 2
         assert "cannot listen" in r.stderr

@@ -9,7 +9,7 @@ carries the grant, session, agent and server is configuration (:class:`SubjectHe
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,12 +66,11 @@ def bearer_token(value: str | None) -> str | None:
     return value
 
 
-def _truncated(headers: object, body: bytes) -> bool:
+def _truncated(headers: Mapping[str, str], body: bytes) -> bool:
     """Envoy cut the body, or sent less of it than the request declared."""
-    get = headers.get  # type: ignore[attr-defined]
-    if get(PARTIAL_BODY_HEADER, "").lower() == "true":
+    if headers.get(PARTIAL_BODY_HEADER, "").lower() == "true":
         return True
-    declared = get("content-length")
+    declared = headers.get("content-length")
     if declared is None:
         return False
     try:

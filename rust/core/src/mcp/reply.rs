@@ -21,8 +21,7 @@ pub struct Reply {
     pub body: Vec<u8>,
 }
 
-fn json_reply(status: u16, headers: Vec<(&'static str, String)>, message: &Value) -> Reply {
-    let mut headers = headers;
+fn json_reply(status: u16, mut headers: Vec<(&'static str, String)>, message: &Value) -> Reply {
     headers.push(("content-type", "application/json".to_owned()));
     Reply {
         status,
