@@ -4,8 +4,10 @@
 //! regex engine's per-search setup (a lazily built DFA and its cache) costs more than the
 //! scan. So each pattern is also compiled ahead of time into a dense DFA when that DFA is
 //! small; a search it cannot answer (or a pattern too big for it) uses the regex crate.
-//! Both give the same answers: linear time, no backtracking.
+//! Both give the same answers: linear time, no backtracking. Before either runs, a
+//! [`Bigrams`] filter rules out text lacking the words every match contains.
 
+use crate::prefilter::Bigrams;
 use regex::Regex;
 use regex_automata::dfa::{dense, Automaton};
 use regex_automata::Input;
@@ -18,6 +20,7 @@ const DFA_SIZE_LIMIT: usize = 256 * 1024;
 pub struct Pattern {
     regex: Regex,
     dfa: Option<Arc<dense::DFA<Vec<u32>>>>,
+    filter: Option<Arc<Bigrams>>,
 }
 
 impl Pattern {
@@ -31,12 +34,18 @@ impl Pattern {
             .build(regex.as_str())
             .ok()
             .map(Arc::new);
-        Pattern { regex, dfa }
+        let filter = Bigrams::for_pattern(regex.as_str()).map(Arc::new);
+        Pattern { regex, dfa, filter }
     }
 
     /// True if the pattern matches somewhere in `text`.
     #[inline]
     pub fn is_match(&self, text: &str) -> bool {
+        if let Some(filter) = &self.filter {
+            if !filter.may_match(text.as_bytes()) {
+                return false;
+            }
+        }
         if let Some(dfa) = &self.dfa {
             // `earliest`: stop at the first match state, as is_match does.
             if let Ok(found) = dfa.try_search_fwd(&Input::new(text).earliest(true)) {
@@ -50,6 +59,11 @@ impl Pattern {
     pub fn precompiled(&self) -> bool {
         self.dfa.is_some()
     }
+
+    /// Whether a literal filter runs before the automaton (for tests).
+    pub fn prefiltered(&self) -> bool {
+        self.filter.is_some()
+    }
 }
 
 #[cfg(test)]
@@ -61,6 +75,7 @@ mod tests {
     fn small_patterns_are_precompiled_and_agree() {
         let p = Pattern::new(Regex::new(r"(^|\s)(rm|mkfs|dd)\s").unwrap());
         assert!(p.precompiled());
+        assert!(p.prefiltered());
         assert!(p.is_match("sudo rm -rf /"));
         assert!(!p.is_match("ls -la /var/log"));
         assert!(!p.is_match("format"));
@@ -86,6 +101,29 @@ mod tests {
         ) {
             let regex = Regex::new(pattern).unwrap();
             prop_assert_eq!(Pattern::new(regex.clone()).is_match(&text), regex.is_match(&text));
+        }
+
+        /// Texts made of the patterns' own words, so matches are common and the literal
+        /// filter's "maybe" path and its "no" path are both taken.
+        #[test]
+        fn agrees_with_the_regex_crate_on_near_misses(
+            pattern in prop::sample::select(vec![
+                r"(^|\s)(rm|mkfs|dd)\s", r"secret|token|password", r"(?i)DROP\s+TABLE",
+                r"^prod/", r"\bprod\b", r"a.*bc.*d", r"(ab|cd){2}x",
+            ]),
+            pieces in prop::collection::vec(
+                prop::sample::select(vec![
+                    "rm", "mkfs", "dd", " ", "\t", "DROP", "dRoP", "table", "token", "prod",
+                    "/", "production", "a", "bc", "d", "ab", "cd", "x", "-rf", "é",
+                ]),
+                0..8,
+            ),
+        ) {
+            let text = pieces.concat();
+            let regex = Regex::new(pattern).unwrap();
+            let compiled = Pattern::new(regex.clone());
+            prop_assert!(compiled.prefiltered());
+            prop_assert_eq!(compiled.is_match(&text), regex.is_match(&text), "{:?}", text);
         }
     }
 }
