@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Compare the Rust core's criterion benchmarks at two commits, taking turns, so both see the
+# same moments of a machine whose speed drifts (a shared VM: single runs minutes apart differ
+# by ±25%, while runs seconds apart agree far better). Prints every run and, per benchmark,
+# the median of each side and of the per-round ratios.
+#
+#   bench/ab_micro.sh BASE [HEAD] [ROUNDS] [FILTER]
+#   bench/ab_micro.sh dff3a0a HEAD 8 'one_limit_one_regex/allow$|no_limit/one_regex'
+#
+# HEAD defaults to HEAD, ROUNDS to 6, FILTER to the target case and its references. Each side
+# is built from a clean export of its commit (uncommitted changes are not measured) under
+# target/ab/<commit>; each run is criterion's median of 3 s of samples after 1 s of warm-up.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+base=${1:?usage: bench/ab_micro.sh BASE [HEAD] [ROUNDS] [FILTER]}
+head=${2:-HEAD}
+rounds=${3:-6}
+filter=${4:-'one_limit_one_regex/allow$|one_limit_one_regex/deny_condition|no_limit/one_regex|keys/1$'}
+
+build() { # build COMMIT: print the path of its bench binary
+    local commit src target
+    commit=$(git rev-parse --short "$1")
+    src="target/ab/$commit/src"
+    target="$PWD/target/ab/$commit/target"
+    if [[ ! -d "$src" ]]; then
+        mkdir -p "$src"
+        git archive "$commit" | tar -x -C "$src"
+    fi
+    (cd "$src" && CARGO_TARGET_DIR="$target" cargo bench -q -p toolgate-core --bench decide --no-run >&2)
+    find "$target/release/deps" -maxdepth 1 -type f -name 'decide-*' ! -name '*.d' -printf '%T@ %p\n' |
+        sort -n | tail -1 | cut -d' ' -f2
+}
+
+base_bin=$(build "$base")
+head_bin=$(build "$head")
+out=$(mktemp)
+for round in $(seq "$rounds"); do
+    for side in base head; do
+        bin=${side}_bin
+        "${!bin}" --bench --warm-up-time 1 --measurement-time 3 "$filter" 2>/dev/null |
+            awk -v side="$side" -v round="$round" '
+                /^decide\// { name = $1 }
+                /time:/ {
+                    v = $5; u = $6
+                    if (u == "µs") v *= 1000; else if (u == "ms") v *= 1e6
+                    print round, side, name, v
+                }' | tee -a "$out"
+    done
+done
+
+echo
+echo "medians over $rounds rounds, ns (base $(git rev-parse --short "$base"), head $(git rev-parse --short "$head")):"
+python3 - "$out" <<'PY'
+import statistics, sys
+from collections import defaultdict
+runs = defaultdict(dict)
+for line in open(sys.argv[1]):
+    rnd, side, name, ns = line.split()
+    runs[name].setdefault(side, {})[rnd] = float(ns)
+print(f"{'benchmark':50} {'base':>8} {'head':>8} {'head/base':>10}")
+for name, sides in runs.items():
+    base, head = sides.get("base", {}), sides.get("head", {})
+    ratios = [head[r] / base[r] for r in base if r in head]
+    print(f"{name:50} {statistics.median(base.values()):8.0f} {statistics.median(head.values()):8.0f}"
+          f" {statistics.median(ratios):10.2f}")
+PY
+rm -f "$out"
