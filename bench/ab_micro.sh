@@ -40,11 +40,14 @@ for round in $(seq "$rounds"); do
         bin=${side}_bin
         "${!bin}" --bench --warm-up-time 1 --measurement-time 3 "$filter" 2>/dev/null |
             awk -v side="$side" -v round="$round" '
-                /^decide\// { name = $1 }
-                /time:/ {
-                    v = $5; u = $6
-                    if (u == "µs") v *= 1000; else if (u == "ms") v *= 1e6
-                    print round, side, name, v
+                # "NAME  time: [low unit median unit high unit]", on one line or two.
+                $1 ~ /^decide\// { name = $1 }
+                {
+                    for (i = 1; i <= NF; i++) if ($i == "time:") {
+                        v = $(i + 3); u = $(i + 4)
+                        if (u == "µs") v *= 1000; else if (u == "ms") v *= 1e6
+                        print round, side, name, v
+                    }
                 }' | tee -a "$out"
     done
 done
