@@ -16,6 +16,8 @@ use regex_syntax::hir::{Class, Hir, HirKind};
 
 /// Most strings a finite set may hold while it is being built.
 const MAX_LITERALS: usize = 256;
+/// Longest literal built, in bytes: `a{100000}` must not build a 100 kB string per step.
+const MAX_LITERAL_BYTES: usize = 64;
 /// Most characters a class may hold to be spelled out (a case pair, `[Ssſ]`, `[xyz]`).
 const MAX_CLASS_CHARS: usize = 8;
 /// Most distinct two-byte starts worth a filter: beyond this most text would say "maybe".
@@ -286,6 +288,10 @@ fn product(a: &[Vec<u8>], b: &[Vec<u8>]) -> Option<Vec<Vec<u8>>> {
     if a.len().saturating_mul(b.len()) > MAX_LITERALS {
         return None;
     }
+    let longest = |set: &[Vec<u8>]| set.iter().map(Vec::len).max().unwrap_or(0);
+    if longest(a) + longest(b) > MAX_LITERAL_BYTES {
+        return None;
+    }
     Some(
         a.iter()
             .flat_map(|x| b.iter().map(move |y| [x.as_slice(), y].concat()))
@@ -345,6 +351,14 @@ mod tests {
             assert!(literals(pattern).is_none(), "{pattern}");
             assert!(Bigrams::for_pattern(pattern).is_none(), "{pattern}");
         }
+    }
+
+    #[test]
+    fn long_repetitions_stop_growing_literals() {
+        // Spelled out, this would be a 100 kB literal built one byte per step.
+        assert!(literals(r"x{100000}").is_none());
+        assert_eq!(literals(r"x{100000}ab").unwrap(), ["ab"]);
+        assert_eq!(literals(r"ab{2}").unwrap(), ["abb"]);
     }
 
     #[test]
