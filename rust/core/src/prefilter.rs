@@ -231,28 +231,20 @@ fn exact(hir: &Hir) -> Option<Vec<Vec<u8>>> {
     match hir.kind() {
         HirKind::Empty | HirKind::Look(_) => Some(vec![Vec::new()]),
         HirKind::Literal(lit) => Some(vec![lit.0.to_vec()]),
-        HirKind::Class(Class::Unicode(class)) => {
-            let count: usize = class
+        HirKind::Class(Class::Unicode(class)) => small_class(
+            class
                 .ranges()
                 .iter()
-                .map(|r| r.end() as usize - r.start() as usize + 1)
-                .sum();
-            (count <= MAX_CLASS_CHARS).then(|| {
-                let chars = class.ranges().iter().flat_map(|r| r.start()..=r.end());
-                chars.map(|c| c.to_string().into_bytes()).collect()
-            })
-        }
-        HirKind::Class(Class::Bytes(class)) => {
-            let count: usize = class
+                .map(|r| (r.start() as u32, r.end() as u32)),
+            |c| char::from_u32(c).map(|c| c.to_string().into_bytes()),
+        ),
+        HirKind::Class(Class::Bytes(class)) => small_class(
+            class
                 .ranges()
                 .iter()
-                .map(|r| r.end() as usize - r.start() as usize + 1)
-                .sum();
-            (count <= MAX_CLASS_CHARS).then(|| {
-                let bytes = class.ranges().iter().flat_map(|r| r.start()..=r.end());
-                bytes.map(|b| vec![b]).collect()
-            })
-        }
+                .map(|r| (r.start() as u32, r.end() as u32)),
+            |b| Some(vec![b as u8]),
+        ),
         HirKind::Capture(c) => exact(&c.sub),
         HirKind::Repetition(r) if Some(r.min) == r.max => {
             let sub = exact(&r.sub)?;
@@ -281,6 +273,16 @@ fn exact(hir: &Hir) -> Option<Vec<Vec<u8>>> {
         }
         HirKind::Repetition(_) => None,
     }
+}
+
+/// The members of a class of at most MAX_CLASS_CHARS, each spelled as its bytes.
+fn small_class(
+    ranges: impl Iterator<Item = (u32, u32)> + Clone,
+    spell: impl Fn(u32) -> Option<Vec<u8>>,
+) -> Option<Vec<Vec<u8>>> {
+    let count: u64 = ranges.clone().map(|(a, b)| u64::from(b - a) + 1).sum();
+    (count <= MAX_CLASS_CHARS as u64)
+        .then(|| ranges.flat_map(|(a, b)| a..=b).filter_map(spell).collect())
 }
 
 /// Each string of `a` followed by each of `b`, if there are not too many.
