@@ -10,8 +10,8 @@ use crate::counter::{to_units, CounterKey, CounterTable, UNITS_PER_CALL};
 use crate::decision::{Code, Decision, Limits, Text, Verdict};
 use crate::limiter::{self, Want};
 use crate::policy::{Action, ConditionItem, Policy, Scope};
+use crate::policy_slot::PolicySlot;
 use crate::stats::Stats;
-use arc_swap::ArcSwap;
 use arrayvec::ArrayVec;
 use std::sync::Arc;
 
@@ -33,7 +33,7 @@ pub struct Request<'a, A> {
 }
 
 pub struct Engine {
-    policy: ArcSwap<CompiledPolicy>,
+    policy: PolicySlot,
     table: Arc<CounterTable>,
     clock: Arc<dyn Clock>,
     stats: Stats,
@@ -57,7 +57,7 @@ impl Engine {
     ) -> Result<Engine, String> {
         let compiled = CompiledPolicy::compile(policy)?;
         Ok(Engine {
-            policy: ArcSwap::from_pointee(compiled),
+            policy: PolicySlot::new(compiled),
             table,
             clock,
             stats,
@@ -72,13 +72,12 @@ impl Engine {
 
     /// Swap in a new policy; decisions in flight finish on the old one, counters stay.
     pub fn reload(&self, policy: Policy) -> Result<(), String> {
-        self.policy
-            .store(Arc::new(CompiledPolicy::compile(policy)?));
+        self.policy.store(CompiledPolicy::compile(policy)?);
         Ok(())
     }
 
     pub fn policy(&self) -> Arc<CompiledPolicy> {
-        self.policy.load_full()
+        self.policy.load()
     }
 
     pub fn table(&self) -> &CounterTable {

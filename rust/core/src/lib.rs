@@ -15,6 +15,7 @@ pub mod matcher;
 pub mod mcp;
 pub mod pattern;
 pub mod policy;
+pub mod policy_slot;
 pub mod prefilter;
 pub mod shared;
 pub mod stats;
