@@ -12,11 +12,12 @@ use pyo3::types::{PyBytes, PyDict, PyString};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
-use toolgate_core::clock::{Clock, MonotonicClock};
+use toolgate_core::clock::Clock;
 use toolgate_core::counter::CounterTable;
 use toolgate_core::engine::{DEFAULT_CAPACITY, DEFAULT_RESERVATIONS};
 use toolgate_core::mcp::HttpCall;
 use toolgate_core::shared::{Layout, SharedState};
+use toolgate_core::TscClock;
 use toolgate_core::{Engine, Request, Subject};
 
 /// Decides tool calls against a policy, with counters that survive reloads.
@@ -53,7 +54,7 @@ impl PyEngine {
         }
         let clock: Arc<dyn Clock> = match storage.clock {
             Some(c) => c.get().inner.clone(),
-            None => Arc::new(MonotonicClock),
+            None => Arc::new(TscClock::new()),
         };
         let engine = match (&storage.shared, storage.worker) {
             (None, None) => {

@@ -11,7 +11,7 @@
 use serde_json::json;
 use std::sync::Arc;
 use toolgate_core::counter::CounterTable;
-use toolgate_core::{Engine, MonotonicClock, Policy, Request, Subject, Verdict};
+use toolgate_core::{Engine, Policy, Request, Subject, TscClock, Verdict};
 
 fn main() {
     let n: u64 = std::env::args()
@@ -24,7 +24,7 @@ fn main() {
     }}});
     let policy = Policy::from_json_str(&policy.to_string()).expect("valid policy");
     let table = Arc::new(CounterTable::new(1 << 16, 1 << 16));
-    let engine = Engine::new(policy, table, Arc::new(MonotonicClock)).expect("compiles");
+    let engine = Engine::new(policy, table, Arc::new(TscClock::new())).expect("compiles");
     let args = json!({"command": "ls -la /var/log/nginx"});
     let subject = Subject {
         grant: Some("grant-1"),

@@ -2,7 +2,7 @@
 //! across reloads), and a clock.
 
 use crate::args::ArgValue;
-use crate::clock::{Clock, MonotonicClock};
+use crate::clock::Clock;
 use crate::compile::{CompiledLimit, CompiledPolicy, CompiledRule, TextId};
 use crate::condition::{Facts, Outcome, Subject};
 use crate::counter::reservation::MAX_PARTS;
@@ -12,6 +12,7 @@ use crate::limiter::{self, Want};
 use crate::policy::{Action, ConditionItem, Policy, Scope};
 use crate::policy_slot::PolicySlot;
 use crate::stats::Stats;
+use crate::tsc_clock::TscClock;
 use arrayvec::ArrayVec;
 use std::sync::Arc;
 
@@ -64,10 +65,10 @@ impl Engine {
         })
     }
 
-    /// An engine with a process-local table of the default size and the monotonic clock.
+    /// An engine with a process-local table of the default size and the default clock ([`TscClock`]).
     pub fn with_defaults(policy: Policy) -> Result<Engine, String> {
         let table = Arc::new(CounterTable::new(DEFAULT_CAPACITY, DEFAULT_RESERVATIONS));
-        Engine::new(policy, table, Arc::new(MonotonicClock))
+        Engine::new(policy, table, Arc::new(TscClock::new()))
     }
 
     /// Swap in a new policy; decisions in flight finish on the old one, counters stay.
