@@ -105,8 +105,7 @@ impl Engine {
     }
 
     pub fn decide<A: ArgValue + Clone>(&self, req: &Request<'_, A>) -> Decision {
-        let policy = self.policy.load();
-        let decision = self.decide_in(&policy, req);
+        let decision = self.decide_in(&self.policy.load(), req);
         self.stats.count(&decision);
         if self.stats.per_tool_enabled() {
             self.stats.count_tool(req.tool, decision.verdict);
