@@ -21,12 +21,13 @@ pub struct PyLimitState {
 
 impl PyLimitState {
     fn new(d: &Decision, l: &LimitState) -> PyLimitState {
+        let limit = d.limit_of(l);
         PyLimitState {
             counter: d.counter_of(l).to_owned(),
             rule: d.rule_of(l).to_owned(),
-            scope: l.scope,
-            max: l.max,
-            window_ms: l.window_ms,
+            scope: limit.scope.as_str(),
+            max: limit.max,
+            window_ms: limit.window_ms,
             remaining: l.remaining,
             reset_in_ms: l.reset_in_ms,
         }

@@ -128,14 +128,17 @@ fn encode(d: Decision) -> pb::DecideResponse {
         limits: d
             .limits
             .iter()
-            .map(|l| pb::LimitState {
-                counter: d.counter_of(l).to_owned(),
-                rule: d.rule_of(l).to_owned(),
-                scope: l.scope.to_owned(),
-                max: l.max,
-                window_ms: l.window_ms,
-                remaining: l.remaining,
-                reset_in_ms: l.reset_in_ms,
+            .map(|l| {
+                let limit = d.limit_of(l);
+                pb::LimitState {
+                    counter: d.counter_of(l).to_owned(),
+                    rule: d.rule_of(l).to_owned(),
+                    scope: limit.scope.as_str().to_owned(),
+                    max: limit.max,
+                    window_ms: limit.window_ms,
+                    remaining: l.remaining,
+                    reset_in_ms: l.reset_in_ms,
+                }
             })
             .collect(),
         revision: d.revision().to_owned(),

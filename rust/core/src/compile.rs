@@ -15,6 +15,9 @@ pub struct CompiledPolicy {
     /// Every string a decision can return, so a decision refers to them by index and keeps
     /// the policy alive with one reference count instead of one per string.
     texts: Vec<Box<str>>,
+    /// What a decision reports of each limit besides its state, so a limit state is an
+    /// index and two numbers (decisions are moved by value: their size is on the hot path).
+    limits: Vec<LimitInfo>,
     /// Kept for introspection (`toolgate` prints it, tests compare it).
     pub source: Policy,
 }
@@ -23,14 +26,36 @@ pub struct CompiledPolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TextId(u32);
 
-/// Collects the strings of a policy while it is compiled.
-#[derive(Default)]
-struct Texts(Vec<Box<str>>);
+/// Index of a limit in [`CompiledPolicy`]'s limit table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitId(u32);
 
-impl Texts {
-    fn add(&mut self, text: impl Into<Box<str>>) -> TextId {
-        self.0.push(text.into());
-        TextId((self.0.len() - 1) as u32)
+/// A limit as decisions report it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitInfo {
+    pub(crate) counter: TextId,
+    pub(crate) rule: TextId,
+    pub scope: Scope,
+    pub max: f64,
+    pub window_ms: u64,
+}
+
+/// Collects the strings and limits of a policy while it is compiled.
+#[derive(Default)]
+struct Tables {
+    texts: Vec<Box<str>>,
+    limits: Vec<LimitInfo>,
+}
+
+impl Tables {
+    fn text(&mut self, text: impl Into<Box<str>>) -> TextId {
+        self.texts.push(text.into());
+        TextId((self.texts.len() - 1) as u32)
+    }
+
+    fn limit(&mut self, info: LimitInfo) -> LimitId {
+        self.limits.push(info);
+        LimitId((self.limits.len() - 1) as u32)
     }
 }
 
@@ -61,6 +86,7 @@ pub struct CompiledRule {
 }
 
 pub struct CompiledLimit {
+    pub id: LimitId,
     pub pointer: TextId,
     pub counter: TextId,
     pub counter_name: Box<str>,
@@ -77,17 +103,18 @@ pub struct CompiledLimit {
 
 impl CompiledPolicy {
     pub fn compile(policy: Policy) -> Result<CompiledPolicy, String> {
-        let mut texts = Texts::default();
-        let root = compile_section(&policy.root, &mut texts)?;
+        let mut tables = Tables::default();
+        let root = compile_section(&policy.root, &mut tables)?;
         let mut servers = AHashMap::new();
         for (id, section) in &policy.servers {
-            servers.insert(id.as_str().into(), compile_section(section, &mut texts)?);
+            servers.insert(id.as_str().into(), compile_section(section, &mut tables)?);
         }
         Ok(CompiledPolicy {
             revision: policy.revision.as_str().into(),
             root,
             servers,
-            texts: texts.0,
+            texts: tables.texts,
+            limits: tables.limits,
             source: policy,
         })
     }
@@ -98,6 +125,11 @@ impl CompiledPolicy {
     }
 
     #[inline]
+    pub fn limit(&self, id: LimitId) -> &LimitInfo {
+        &self.limits[id.0 as usize]
+    }
+
+    #[inline]
     pub fn section(&self, server: Option<&str>) -> &CompiledSection {
         server
             .and_then(|s| self.servers.get(s))
@@ -105,18 +137,18 @@ impl CompiledPolicy {
     }
 }
 
-fn compile_section(section: &Section, texts: &mut Texts) -> Result<CompiledSection, String> {
+fn compile_section(section: &Section, tables: &mut Tables) -> Result<CompiledSection, String> {
     let hide = NameMatcher::new(
         section
             .hide
             .iter()
-            .map(|h| (h.text.as_str(), texts.add(h.pointer.as_str())))
+            .map(|h| (h.text.as_str(), tables.text(h.pointer.as_str())))
             .collect::<Vec<_>>(),
     )?;
     let mut rules = Vec::with_capacity(section.tools.len());
     let mut names = Vec::with_capacity(section.tools.len());
     for (i, (name, rule)) in section.tools.iter().enumerate() {
-        rules.push(compile_rule(rule, Some(&name.text), texts));
+        rules.push(compile_rule(rule, Some(&name.text), tables));
         names.push((name.text.as_str(), i));
     }
     Ok(CompiledSection {
@@ -128,44 +160,53 @@ fn compile_section(section: &Section, texts: &mut Texts) -> Result<CompiledSecti
         all_tools: section
             .all_tools
             .as_ref()
-            .map(|r| compile_rule(r, None, texts)),
-        default_deny_reason: texts.add("denied by default: the policy does not allow this tool"),
-        default_allow_reason: texts.add("allowed by default"),
-        default_rule: texts.add(format!("{}/default", section.pointer)),
+            .map(|r| compile_rule(r, None, tables)),
+        default_deny_reason: tables.text("denied by default: the policy does not allow this tool"),
+        default_allow_reason: tables.text("allowed by default"),
+        default_rule: tables.text(format!("{}/default", section.pointer)),
     })
 }
 
-fn compile_rule(rule: &Rule, tool: Option<&str>, texts: &mut Texts) -> CompiledRule {
+fn compile_rule(rule: &Rule, tool: Option<&str>, tables: &mut Tables) -> CompiledRule {
     let what = tool.map_or_else(|| "all tools".to_owned(), |t| format!("tool {t:?}"));
     let own = |fallback: String| rule.reason.clone().unwrap_or(fallback);
     CompiledRule {
-        pointer: texts.add(rule.pointer.as_str()),
+        pointer: tables.text(rule.pointer.as_str()),
         action: rule.action,
         shadow: rule.mode.map(|m| m == Mode::Shadow),
         reason: rule.reason.as_deref().map(Box::from),
         limits: rule
             .limits
             .iter()
-            .map(|l| compile_limit(l, texts))
+            .map(|l| compile_limit(l, tables))
             .collect(),
         require: rule.require.clone(),
         deny_if: rule.deny_if.clone(),
-        allowed_reason: texts.add(format!("allowed by {}", rule.pointer)),
-        denied_reason: texts.add(own(format!("{what} is denied by policy"))),
-        approval_reason: texts.add(own(format!("{what} requires a human's approval"))),
+        allowed_reason: tables.text(format!("allowed by {}", rule.pointer)),
+        denied_reason: tables.text(own(format!("{what} is denied by policy"))),
+        approval_reason: tables.text(own(format!("{what} requires a human's approval"))),
     }
 }
 
-fn compile_limit(limit: &Limit, texts: &mut Texts) -> CompiledLimit {
+fn compile_limit(limit: &Limit, tables: &mut Tables) -> CompiledLimit {
     let granularity = Granularity::for_window_ms(limit.window_ms);
     let identity = CounterKey::identity(&[
         limit.counter.as_bytes(),
         &limit.window_ms.to_le_bytes(),
         limit.scope.as_str().as_bytes(),
     ]);
+    let pointer = tables.text(limit.pointer.as_str());
+    let counter = tables.text(limit.counter.as_str());
     CompiledLimit {
-        pointer: texts.add(limit.pointer.as_str()),
-        counter: texts.add(limit.counter.as_str()),
+        id: tables.limit(LimitInfo {
+            counter,
+            rule: pointer,
+            scope: limit.scope,
+            max: limit.max,
+            window_ms: limit.window_ms,
+        }),
+        pointer,
+        counter,
         counter_name: limit.counter.as_str().into(),
         identity,
         granularity,
@@ -176,6 +217,6 @@ fn compile_limit(limit: &Limit, texts: &mut Texts) -> CompiledLimit {
         scope: limit.scope,
         cost: limit.cost.as_ref().map(|p| p.segments.clone()),
         cost_text: limit.cost.as_ref().map(|p| p.text.as_str().into()),
-        cost_pointer: texts.add(format!("{}/cost", limit.pointer)),
+        cost_pointer: tables.text(format!("{}/cost", limit.pointer)),
     }
 }

@@ -1,6 +1,6 @@
 //! What a decision says (DESIGN.md §4).
 
-use crate::compile::{CompiledPolicy, TextId};
+use crate::compile::{CompiledPolicy, LimitId, LimitInfo, TextId};
 use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -99,15 +99,11 @@ impl From<&str> for Text {
 /// The limits one decision touched; most calls touch one or two, kept inline.
 pub type Limits = smallvec::SmallVec<[LimitState; 2]>;
 
-/// The state of one limit a decision touched.
+/// The state of one limit a decision touched; what the limit is comes from
+/// [`Decision::limit_of`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct LimitState {
-    pub(crate) counter: TextId,
-    pub(crate) rule: TextId,
-    pub scope: &'static str,
-    pub max: f64,
-    /// The limit's sliding window.
-    pub window_ms: u64,
+    pub(crate) limit: LimitId,
     /// Room left after this decision (calls, or cost units of the policy).
     pub remaining: f64,
     /// Milliseconds until everything now counted has left the window.
@@ -155,14 +151,19 @@ impl Decision {
         &self.policy.revision
     }
 
+    /// The limit a limit state is of: its scope, max and window.
+    pub fn limit_of(&self, state: &LimitState) -> &LimitInfo {
+        self.policy.limit(state.limit)
+    }
+
     /// The counter a limit state belongs to.
-    pub fn counter_of(&self, limit: &LimitState) -> &str {
-        self.policy.text(limit.counter)
+    pub fn counter_of(&self, state: &LimitState) -> &str {
+        self.policy.text(self.limit_of(state).counter)
     }
 
     /// JSON pointer of a limit state's limit.
-    pub fn rule_of(&self, limit: &LimitState) -> &str {
-        self.policy.text(limit.rule)
+    pub fn rule_of(&self, state: &LimitState) -> &str {
+        self.policy.text(self.limit_of(state).rule)
     }
 }
 

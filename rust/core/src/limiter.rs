@@ -36,11 +36,7 @@ pub enum Outcome {
 
 fn state(want: &Want<'_>, used: u64, reset_ns: u64) -> LimitState {
     LimitState {
-        counter: want.limit.counter,
-        rule: want.limit.pointer,
-        scope: want.limit.scope.as_str(),
-        max: want.limit.max,
-        window_ms: want.limit.window_ms,
+        limit: want.limit.id,
         remaining: from_units(want.limit.max_units.saturating_sub(used)),
         reset_in_ms: reset_ns.div_ceil(1_000_000),
     }

@@ -107,8 +107,9 @@ pub fn decision_headers(d: &Decision) -> Vec<(&'static str, String)> {
         headers.push(("x-toolgate-shadow", "true".to_owned()));
     }
     if let Some(limit) = reported_limit(d) {
-        let max = number(limit.max);
-        let window_s = limit.window_ms.div_ceil(1000);
+        let info = d.limit_of(limit);
+        let max = number(info.max);
+        let window_s = info.window_ms.div_ceil(1000);
         headers.push(("ratelimit-limit", max.clone()));
         headers.push(("ratelimit-remaining", number(limit.remaining.floor())));
         headers.push((
