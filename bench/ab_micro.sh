@@ -9,7 +9,11 @@
 #
 # HEAD defaults to HEAD, ROUNDS to 6, FILTER to the target case and its references. Each side
 # is built from a clean export of its commit (uncommitted changes are not measured) under
-# target/ab/<commit>; each run is criterion's median of 3 s of samples after 1 s of warm-up.
+# target/ab/<commit>; each run is criterion's median of AB_MEASURE_S (default 3) seconds of
+# samples after AB_WARMUP_S (default 1) of warm-up. Many short rounds resolve small changes
+# better than a few long ones: the machine's slow spells then hit both sides alike. Besides
+# the medians, the fastest run of each side is printed: noise only ever adds time, so the
+# minimum is the closest a run gets to what the code itself costs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,7 +42,7 @@ out=$(mktemp)
 for round in $(seq "$rounds"); do
     for side in base head; do
         bin=${side}_bin
-        "${!bin}" --bench --warm-up-time 1 --measurement-time 3 "$filter" 2>/dev/null |
+        "${!bin}" --bench --warm-up-time "${AB_WARMUP_S:-1}" --measurement-time "${AB_MEASURE_S:-3}" "$filter" 2>/dev/null |
             awk -v side="$side" -v round="$round" '
                 # "NAME  time: [low unit median unit high unit]", on one line or two.
                 $1 ~ /^decide\// { name = $1 }
@@ -61,11 +65,11 @@ runs = defaultdict(dict)
 for line in open(sys.argv[1]):
     rnd, side, name, ns = line.split()
     runs[name].setdefault(side, {})[rnd] = float(ns)
-print(f"{'benchmark':50} {'base':>8} {'head':>8} {'head/base':>10}")
+print(f"{'benchmark':50} {'base':>8} {'head':>8} {'head/base':>10} {'min base':>9} {'min head':>9}")
 for name, sides in runs.items():
     base, head = sides.get("base", {}), sides.get("head", {})
     ratios = [head[r] / base[r] for r in base if r in head]
     print(f"{name:50} {statistics.median(base.values()):8.0f} {statistics.median(head.values()):8.0f}"
-          f" {statistics.median(ratios):10.2f}")
+          f" {statistics.median(ratios):10.2f} {min(base.values()):9.0f} {min(head.values()):9.0f}")
 PY
 rm -f "$out"
