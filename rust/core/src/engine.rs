@@ -168,24 +168,24 @@ impl Engine {
                 out.finish(Code::RuleDeny, r.denied_reason, r.pointer)
             );
         }
-        for r in rules.clone() {
-            if let Some(d) = check_conditions(&out, r, &facts) {
-                deny!(shadowed(r), d);
-            }
-        }
-
         // Enforcing limits and shadow limits are reserved separately: a shadow limit
         // without room must not stop the enforcing ones from counting, nor the reverse.
+        // The counter keys are made before the conditions run, so that their slots load
+        // from memory meanwhile (a large table misses the cache); a key that cannot be
+        // made is still reported after the conditions.
         let mut enforced: ArrayVec<Want<'_>, MAX_PARTS> = ArrayVec::new();
         let mut observed: ArrayVec<Want<'_>, MAX_PARTS> = ArrayVec::new();
-        for r in rules.clone() {
+        let mut unkeyed: Option<Decision> = None;
+        'keys: for r in rules.clone() {
             for limit in &r.limits {
                 let w = match want(limit, req, &facts) {
                     Ok(w) => w,
                     Err((reason, pointer)) => {
-                        return out.finish(Code::InvalidRequest, reason, pointer)
+                        unkeyed = Some(out.finish(Code::InvalidRequest, reason, pointer));
+                        break 'keys;
                     }
                 };
+                self.table.prefetch(&w.key);
                 let group = if shadowed(r) {
                     &mut observed
                 } else {
@@ -194,9 +194,20 @@ impl Engine {
                 // The loader allows at most MAX_PARTS limits per call; refuse rather than
                 // drop one if that ever changed.
                 if group.try_push(w).is_err() {
-                    return out.finish(Code::InvalidRequest, "too many limits", r.pointer);
+                    let d = out.finish(Code::InvalidRequest, "too many limits", r.pointer);
+                    unkeyed = Some(d);
+                    break 'keys;
                 }
             }
+        }
+
+        for r in rules.clone() {
+            if let Some(d) = check_conditions(&out, r, &facts) {
+                deny!(shadowed(r), d);
+            }
+        }
+        if let Some(d) = unkeyed {
+            return d;
         }
         let needs_approval = |r: &&CompiledRule| r.action == Action::RequireApproval;
         let approval = rules.clone().filter(needs_approval).find(|r| !shadowed(r));

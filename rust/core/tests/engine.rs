@@ -172,3 +172,36 @@ fn sliding_window_through_the_engine() {
         "allowed at retry-after"
     );
 }
+
+/// Counter keys are made before the conditions run (so their slots can load meanwhile),
+/// but a call the conditions deny is still answered by the condition, and a key that
+/// cannot be made (no grant) is reported only for calls the conditions let through.
+#[test]
+fn a_condition_speaks_before_a_missing_scope_value() {
+    let (engine, _) = engine(
+        r#"{"version": "1", "tools": {"run": {
+            "deny_if": [{"path": "args.command", "op": "regex", "value": "(^|\\s)rm\\s"}],
+            "limits": [{"counter": "runs", "window": "minute", "max": 1, "scope": "grant"}]}}}"#,
+    );
+    let decide = |grant: Option<&str>, command: &str| {
+        let args = serde_json::json!({ "command": command });
+        engine.decide(&Request {
+            tool: "run",
+            server: None,
+            subject: Subject {
+                grant,
+                ..Default::default()
+            },
+            args: Some(&args),
+            dry_run: false,
+            hits: None,
+        })
+    };
+    assert_eq!(decide(None, "rm -rf /").code, Code::ConditionFailed);
+    let d = decide(None, "ls /");
+    assert_eq!(d.code, Code::InvalidRequest);
+    assert!(d.reason().contains("names no grant"), "{}", d.reason());
+    assert_eq!(decide(Some("g"), "rm -rf /").code, Code::ConditionFailed);
+    assert_eq!(decide(Some("g"), "ls /").code, Code::Allowed);
+    assert_eq!(decide(Some("g"), "ls /").code, Code::RateLimited);
+}
