@@ -36,6 +36,9 @@ build() { # build COMMIT: print the path of its bench binary
         sort -n | tail -1 | cut -d' ' -f2
 }
 
+# Criterion writes its results under CRITERION_HOME (else ./target/criterion, which
+# run_micro.sh reads): keep the A/B runs' apart.
+export CRITERION_HOME="$PWD/target/ab/criterion"
 base_bin=$(build "$base")
 head_bin=$(build "$head")
 out=$(mktemp)

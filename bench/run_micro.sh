@@ -92,7 +92,7 @@ if [[ $run_python == 1 ]]; then
 fi
 
 .venv/bin/python - "$target_dir" "$py_json" "$write" "$pressure" <<'PY'
-import datetime, json, os, pathlib, platform, re, subprocess, sys
+import datetime, json, os, pathlib, re, subprocess, sys
 
 target_dir, py_json, write = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3] == "1"
 pressure = pathlib.Path(sys.argv[4])
@@ -116,18 +116,14 @@ def measured_at():
     newest = max(f.stat().st_mtime for f in files)
     return datetime.datetime.fromtimestamp(newest, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
-model = sh("lscpu | grep 'Model name' | head -1 | sed 's/.*: *//'")
-mem = sh("free -h | awk '/^Mem:/ {print $2}'")
-machine = "\n".join([
-    f"- CPU: {model}, `nproc` = {sh('nproc')}",
-    f"- Memory: {mem}",
-    f"- Kernel: {platform.system()} {platform.release()}",
-    f"- {sh('rustc --version')}",
-    f"- Python {platform.python_version()}",
-    f"- Measured: {measured_at()}; code measured: "
+# The machine block belongs to run_all.sh (bench/machine.py): it lists every part's run. This
+# script says when and on what code its own figures were taken, above its table.
+provenance = (
+    f"Measured {measured_at()} by `bench/run_micro.sh`; code measured: "
     + (os.environ.get("CODE_LABEL") or f"commit {sh('git rev-parse --short HEAD')}"
-       + (" with uncommitted changes" if sh("git status --porcelain") else "")),
-])
+       + (" with uncommitted changes" if sh("git status --porcelain") else ""))
+    + "."
+)
 # key -> (share of wall time some task waited for a CPU, attempt)
 psi = {}
 if pressure.exists():
@@ -176,7 +172,7 @@ for n in names:
     m, lo, hi, mean = rust[n]
     lines.append(f"| `{n}` | **{fmt_ns(m)}** | [{fmt_ns(lo)}, {fmt_ns(hi)}] | {fmt_ns(mean)} "
                  f"| {psi_cell('rust:' + n)} |")
-rust_block = "\n".join(lines) if rust else "_no criterion results found_"
+rust_block = provenance + "\n\n" + "\n".join(lines) if rust else "_no criterion results found_"
 
 # --- python --------------------------------------------------------------------------------
 py = {}
@@ -241,7 +237,7 @@ t.append(f"- Tool count, globs, 10 → 10,000 tools (Rust): "
          f"{growth('decide/tools/globs/10', 'decide/tools/globs/10000')}.")
 targets_block = "\n".join(t)
 
-blocks = {"machine": machine, "rust": rust_block, "python": py_block, "targets": targets_block}
+blocks = {"rust": rust_block, "python": py_block, "targets": targets_block}
 results = pathlib.Path("bench/RESULTS.md")
 if not write or not results.exists():
     for k, v in blocks.items():
