@@ -617,6 +617,30 @@ def test_condition_paths(path, value, request_, code):
     assert engine.decide("t", **request_).code == code
 
 
+def test_argument_keys_stay_right_across_many_keys_and_policies():
+    """The binding remembers argument keys as Python strings per thread (32 of them, by the
+    address of the policy's key text). More keys than that, and new policies whose texts
+    may reuse freed addresses, must still look up exactly the key the policy names."""
+    n = 40
+
+    def doc(shift: int) -> dict[str, Any]:
+        return policy(
+            {f"t{i}": {"require": [cond(f"args.k{(i + shift) % n}", "eq", i)]} for i in range(n)}
+        )
+
+    engine = make_engine(doc(0))
+    for shift in (0, 1, 7):
+        if shift:
+            engine.reload(doc(shift))
+        for _ in range(2):
+            for i in range(n):
+                key = f"k{(i + shift) % n}"
+                assert engine.decide(f"t{i}", arguments={key: i}).code == "ALLOWED", (shift, i)
+                other = f"k{(i + shift + 1) % n}"
+                assert engine.decide(f"t{i}", arguments={other: i}).code == "CONDITION_FAILED"
+                assert engine.decide(f"t{i}", arguments={key: i + 1}).code == "CONDITION_FAILED"
+
+
 def test_tool_path_under_a_glob_rule():
     doc = policy({"db_*": {"deny_if": [cond("tool", "ends_with", "_drop")]}})
     engine = make_engine(doc)

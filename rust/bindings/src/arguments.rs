@@ -4,7 +4,44 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use serde_json::Value;
+use std::cell::RefCell;
 use toolgate_core::args::{ArgValue, Kind, Num};
+
+/// Keys a thread remembers as Python strings; the oldest is forgotten first.
+const REMEMBERED_KEYS: usize = 32;
+
+thread_local! {
+    /// Argument keys already made into Python strings, by the address of the policy's own
+    /// key text. A policy names few keys, and making a string per lookup costs an
+    /// allocation, a UTF-8 decode and a hash (a remembered string keeps its hash).
+    static KEY_STRINGS: RefCell<Vec<(usize, Py<PyString>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `key` as a Python string, remembered per thread. An entry is used only if its text is
+/// `key`'s, so an address reused by another policy's text cannot give a wrong key.
+fn key_string<'py>(py: Python<'py>, key: &str) -> Bound<'py, PyString> {
+    let address = key.as_ptr() as usize;
+    let remembered = KEY_STRINGS.try_with(|keys| {
+        let keys = keys.try_borrow().ok()?;
+        keys.iter()
+            .map(|(a, s)| (a, s.bind(py)))
+            .find(|(a, s)| **a == address && s.to_str().is_ok_and(|t| t == key))
+            .map(|(_, s)| s.clone())
+    });
+    if let Ok(Some(s)) = remembered {
+        return s;
+    }
+    let s = PyString::new(py, key);
+    let _ = KEY_STRINGS.try_with(|keys| {
+        if let Ok(mut keys) = keys.try_borrow_mut() {
+            if keys.len() >= REMEMBERED_KEYS {
+                keys.remove(0);
+            }
+            keys.push((address, s.clone().unbind()));
+        }
+    });
+    s
+}
 
 #[derive(Clone)]
 pub struct PyArg<'py>(pub Bound<'py, PyAny>);
@@ -30,7 +67,10 @@ impl<'py> ArgValue for PyArg<'py> {
 
     fn get_key(&self, key: &str) -> Option<Self> {
         let dict = self.0.cast::<PyDict>().ok()?;
-        dict.get_item(key).ok().flatten().map(PyArg)
+        dict.get_item(key_string(dict.py(), key))
+            .ok()
+            .flatten()
+            .map(PyArg)
     }
 
     fn get_index(&self, index: usize) -> Option<Self> {
