@@ -65,7 +65,8 @@ impl Engine {
         })
     }
 
-    /// An engine with a process-local table of the default size and the default clock ([`TscClock`]).
+    /// An engine with a process-local table of the default size and the default clock
+    /// ([`TscClock`]).
     pub fn with_defaults(policy: Policy) -> Result<Engine, String> {
         let table = Arc::new(CounterTable::new(DEFAULT_CAPACITY, DEFAULT_RESERVATIONS));
         Engine::new(policy, table, Arc::new(TscClock::new()))
