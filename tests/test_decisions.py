@@ -564,6 +564,25 @@ def test_require_group_fails_when_any_condition_fails():
     )
 
 
+def test_condition_denials_without_any_reason_say_which_condition():
+    group = {"conditions": [cond("args.a", "eq", 1)]}
+    doc = policy({"t": {"require": [cond("args.b", "eq", 2)], "deny_if": [group]}})
+    engine = make_engine(doc)
+    d = engine.decide("t", arguments={"a": 1, "b": 2})
+    assert (d.code, d.rule, d.reason) == (
+        "CONDITION_FAILED",
+        "/tools/t/deny_if/0",
+        "denied: conditions of /tools/t/deny_if/0 hold",
+    )
+    d = engine.decide("t", arguments={"a": 0, "b": 3})
+    assert (d.code, d.rule, d.reason) == (
+        "CONDITION_FAILED",
+        "/tools/t/require/0",
+        "denied: condition /tools/t/require/0 does not hold (required)",
+    )
+    assert engine.decide("t", arguments={"a": 0, "b": 2}).code == "ALLOWED"
+
+
 def test_group_without_on_deny_uses_the_rule_reason():
     group = {"conditions": [cond("args.a", "eq", 1)]}
     doc = policy({"t": {"reason": "rule says no", "deny_if": [group]}})

@@ -80,9 +80,19 @@ pub struct CompiledRule {
     pub limits: Vec<CompiledLimit>,
     pub require: Vec<ConditionItem>,
     pub deny_if: Vec<ConditionItem>,
+    /// The reason and pointer of the denial each `require` item gives when it does not
+    /// hold, and each `deny_if` item when it holds: made once, not per denied call.
+    pub require_denials: Vec<ConditionDenial>,
+    pub deny_if_denials: Vec<ConditionDenial>,
     pub allowed_reason: TextId,
     pub denied_reason: TextId,
     pub approval_reason: TextId,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ConditionDenial {
+    pub reason: TextId,
+    pub pointer: TextId,
 }
 
 pub struct CompiledLimit {
@@ -182,9 +192,50 @@ fn compile_rule(rule: &Rule, tool: Option<&str>, tables: &mut Tables) -> Compile
             .collect(),
         require: rule.require.clone(),
         deny_if: rule.deny_if.clone(),
+        require_denials: rule
+            .require
+            .iter()
+            .map(|item| condition_denial(rule, item, "does not hold (required)", tables))
+            .collect(),
+        deny_if_denials: rule
+            .deny_if
+            .iter()
+            .map(|item| condition_denial(rule, item, "hold", tables))
+            .collect(),
         allowed_reason: tables.text(format!("allowed by {}", rule.pointer)),
         denied_reason: tables.text(own(format!("{what} is denied by policy"))),
         approval_reason: tables.text(own(format!("{what} requires a human's approval"))),
+    }
+}
+
+/// What a condition item's denial says: the group's `on_deny`, else the rule's `reason`,
+/// else which condition (or group) `verb`.
+fn condition_denial(
+    rule: &Rule,
+    item: &ConditionItem,
+    verb: &str,
+    tables: &mut Tables,
+) -> ConditionDenial {
+    let (own, pointer, fallback) = match item {
+        ConditionItem::Condition(c) => (
+            None,
+            c.pointer(),
+            format!("denied: condition {} {verb}", c.pointer()),
+        ),
+        ConditionItem::Group {
+            pointer, on_deny, ..
+        } => (
+            on_deny.as_deref(),
+            pointer.as_str(),
+            format!("denied: conditions of {pointer} {verb}"),
+        ),
+    };
+    let reason = own
+        .or(rule.reason.as_deref())
+        .map_or(fallback, str::to_owned);
+    ConditionDenial {
+        reason: tables.text(reason),
+        pointer: tables.text(pointer),
     }
 }
 

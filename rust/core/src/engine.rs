@@ -3,7 +3,7 @@
 
 use crate::args::ArgValue;
 use crate::clock::Clock;
-use crate::compile::{CompiledLimit, CompiledPolicy, CompiledRule, TextId};
+use crate::compile::{CompiledLimit, CompiledPolicy, CompiledRule, ConditionDenial, TextId};
 use crate::condition::{Facts, Outcome, Subject};
 use crate::counter::reservation::MAX_PARTS;
 use crate::counter::{to_units, CounterKey, CounterTable, UNITS_PER_CALL};
@@ -309,8 +309,7 @@ fn check_conditions<'p, A: ArgValue + Clone>(
     r: &'p CompiledRule,
     facts: &Facts<'_, A>,
 ) -> Option<Decision> {
-    let deny =
-        |reason: Text, pointer: &str| Some(out.finish(Code::ConditionFailed, reason, pointer));
+    let deny = |d: &ConditionDenial| Some(out.finish(Code::ConditionFailed, d.reason, d.pointer));
     let unevaluable = |c: &crate::policy::Compare, p: crate::condition::Problem| {
         let detail = format!("condition cannot be evaluated: {}", p.describe(c));
         let reason: Text = match &r.reason {
@@ -319,50 +318,22 @@ fn check_conditions<'p, A: ArgValue + Clone>(
         };
         Some(out.finish(Code::ConditionFailed, reason, c.pointer.as_str()))
     };
-    let reason_or = |own: Option<&String>, fallback: String| -> Text {
-        own.map(|s| Text::from(s.as_str()))
-            .or_else(|| r.reason.as_deref().map(Text::from))
-            .unwrap_or_else(|| fallback.into())
-    };
     // A group holds when all its conditions hold; a bare condition is a group of one.
     let eval = |item: &'p ConditionItem| match item {
         ConditionItem::Condition(c) => facts.eval(c),
         ConditionItem::Group { conditions, .. } => facts.eval_all(conditions),
     };
-    let describe = |item: &ConditionItem, verb: &str| -> (Text, String) {
-        match item {
-            ConditionItem::Condition(c) => (
-                reason_or(None, format!("denied: condition {} {verb}", c.pointer())),
-                c.pointer().to_owned(),
-            ),
-            ConditionItem::Group {
-                pointer, on_deny, ..
-            } => (
-                reason_or(
-                    on_deny.as_ref(),
-                    format!("denied: conditions of {pointer} {verb}"),
-                ),
-                pointer.clone(),
-            ),
-        }
-    };
-    for item in &r.deny_if {
+    for (item, denial) in r.deny_if.iter().zip(&r.deny_if_denials) {
         match eval(item) {
-            Outcome::Holds => {
-                let (reason, pointer) = describe(item, "hold");
-                return deny(reason, &pointer);
-            }
+            Outcome::Holds => return deny(denial),
             Outcome::Fails => {}
             Outcome::Unevaluable(c, p) => return unevaluable(c, p),
         }
     }
-    for item in &r.require {
+    for (item, denial) in r.require.iter().zip(&r.require_denials) {
         match eval(item) {
             Outcome::Holds => {}
-            Outcome::Fails => {
-                let (reason, pointer) = describe(item, "does not hold (required)");
-                return deny(reason, &pointer);
-            }
+            Outcome::Fails => return deny(denial),
             Outcome::Unevaluable(c, p) => return unevaluable(c, p),
         }
     }
