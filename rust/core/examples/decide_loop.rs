@@ -41,7 +41,7 @@ fn main() {
         hits: None,
     };
     // The clock reads the kernel's time on every call until it has learned the TSC's rate
-    // (10 ms); learn it first, so runs of N and 2N decisions differ only in decisions.
+    // (10 ms); learn it first, so the counted loop sees only the steady state.
     let warm_up = std::time::Instant::now();
     while warm_up.elapsed() < std::time::Duration::from_millis(50) {
         std::hint::black_box(TscClock::new().now_ns());

@@ -78,15 +78,18 @@ pub struct CompiledRule {
     /// The rule's own `reason`, if written.
     pub reason: Option<Box<str>>,
     pub limits: Vec<CompiledLimit>,
-    pub require: Vec<ConditionItem>,
-    pub deny_if: Vec<ConditionItem>,
-    /// The reason and pointer of the denial each `require` item gives when it does not
-    /// hold, and each `deny_if` item when it holds: made once, not per denied call.
-    pub require_denials: Vec<ConditionDenial>,
-    pub deny_if_denials: Vec<ConditionDenial>,
+    pub require: Vec<CompiledCondition>,
+    pub deny_if: Vec<CompiledCondition>,
     pub allowed_reason: TextId,
     pub denied_reason: TextId,
     pub approval_reason: TextId,
+}
+
+/// A `require` or `deny_if` item, with the denial it gives: when a `require` item does
+/// not hold, or a `deny_if` item holds. Made once, not per denied call.
+pub struct CompiledCondition {
+    pub item: ConditionItem,
+    pub denial: ConditionDenial,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -96,16 +99,14 @@ pub struct ConditionDenial {
 }
 
 pub struct CompiledLimit {
+    /// Where decisions find `info` (a copy of it, kept here for the engine's own use).
     pub id: LimitId,
-    pub pointer: TextId,
-    pub counter: TextId,
+    /// The rule pointer, counter, scope, max and window.
+    pub info: LimitInfo,
     pub counter_name: Box<str>,
     pub identity: u64,
     pub granularity: Granularity,
-    pub window_ms: u64,
-    pub max: f64,
     pub max_units: u64,
-    pub scope: Scope,
     pub cost: Option<Vec<Segment>>,
     pub cost_text: Option<Box<str>>,
     pub cost_pointer: TextId,
@@ -190,17 +191,15 @@ fn compile_rule(rule: &Rule, tool: Option<&str>, tables: &mut Tables) -> Compile
             .iter()
             .map(|l| compile_limit(l, tables))
             .collect(),
-        require: rule.require.clone(),
-        deny_if: rule.deny_if.clone(),
-        require_denials: rule
+        require: rule
             .require
             .iter()
-            .map(|item| condition_denial(rule, item, "does not hold (required)", tables))
+            .map(|item| compile_condition(rule, item, "does not hold (required)", tables))
             .collect(),
-        deny_if_denials: rule
+        deny_if: rule
             .deny_if
             .iter()
-            .map(|item| condition_denial(rule, item, "hold", tables))
+            .map(|item| compile_condition(rule, item, "hold", tables))
             .collect(),
         allowed_reason: tables.text(format!("allowed by {}", rule.pointer)),
         denied_reason: tables.text(own(format!("{what} is denied by policy"))),
@@ -208,14 +207,14 @@ fn compile_rule(rule: &Rule, tool: Option<&str>, tables: &mut Tables) -> Compile
     }
 }
 
-/// What a condition item's denial says: the group's `on_deny`, else the rule's `reason`,
+/// The item, and what its denial says: the group's `on_deny`, else the rule's `reason`,
 /// else which condition (or group) `verb`.
-fn condition_denial(
+fn compile_condition(
     rule: &Rule,
     item: &ConditionItem,
     verb: &str,
     tables: &mut Tables,
-) -> ConditionDenial {
+) -> CompiledCondition {
     let (own, pointer, fallback) = match item {
         ConditionItem::Condition(c) => (
             None,
@@ -233,9 +232,12 @@ fn condition_denial(
     let reason = own
         .or(rule.reason.as_deref())
         .map_or(fallback, str::to_owned);
-    ConditionDenial {
-        reason: tables.text(reason),
-        pointer: tables.text(pointer),
+    CompiledCondition {
+        item: item.clone(),
+        denial: ConditionDenial {
+            reason: tables.text(reason),
+            pointer: tables.text(pointer),
+        },
     }
 }
 
@@ -246,26 +248,21 @@ fn compile_limit(limit: &Limit, tables: &mut Tables) -> CompiledLimit {
         &limit.window_ms.to_le_bytes(),
         limit.scope.as_str().as_bytes(),
     ]);
-    let pointer = tables.text(limit.pointer.as_str());
-    let counter = tables.text(limit.counter.as_str());
+    let info = LimitInfo {
+        counter: tables.text(limit.counter.as_str()),
+        rule: tables.text(limit.pointer.as_str()),
+        scope: limit.scope,
+        max: limit.max,
+        window_ms: limit.window_ms,
+    };
     CompiledLimit {
-        id: tables.limit(LimitInfo {
-            counter,
-            rule: pointer,
-            scope: limit.scope,
-            max: limit.max,
-            window_ms: limit.window_ms,
-        }),
-        pointer,
-        counter,
+        id: tables.limit(info.clone()),
+        info,
         counter_name: limit.counter.as_str().into(),
         identity,
         granularity,
-        window_ms: limit.window_ms,
-        max: limit.max,
         // The loader bounds max, so this cannot overflow the 40-bit buckets.
         max_units: to_units(limit.max).unwrap_or(0),
-        scope: limit.scope,
         cost: limit.cost.as_ref().map(|p| p.segments.clone()),
         cost_text: limit.cost.as_ref().map(|p| p.text.as_str().into()),
         cost_pointer: tables.text(format!("{}/cost", limit.pointer)),

@@ -235,7 +235,7 @@ impl Engine {
                     } => {
                         let limit = wants[failing].limit;
                         let reason = rate_limited_reason(limit, retry_after_ms);
-                        let mut d = out.finish(Code::RateLimited, reason, limit.pointer);
+                        let mut d = out.finish(Code::RateLimited, reason, limit.info.rule);
                         d.retry_after_ms = retry_after_ms;
                         if shadow {
                             limits.extend(l);
@@ -248,7 +248,7 @@ impl Engine {
                         self.stats.count_table_full();
                         let reason = "counter table is full: no room to track this caller, so the call is denied";
                         let mut d =
-                            out.finish(Code::RateLimited, reason, wants[failing].limit.pointer);
+                            out.finish(Code::RateLimited, reason, wants[failing].limit.info.rule);
                         d.retry_after_ms = Some(1000);
                         deny!(shadow, d);
                     }
@@ -323,17 +323,17 @@ fn check_conditions<'p, A: ArgValue + Clone>(
         ConditionItem::Condition(c) => facts.eval(c),
         ConditionItem::Group { conditions, .. } => facts.eval_all(conditions),
     };
-    for (item, denial) in r.deny_if.iter().zip(&r.deny_if_denials) {
-        match eval(item) {
-            Outcome::Holds => return deny(denial),
+    for c in &r.deny_if {
+        match eval(&c.item) {
+            Outcome::Holds => return deny(&c.denial),
             Outcome::Fails => {}
             Outcome::Unevaluable(c, p) => return unevaluable(c, p),
         }
     }
-    for (item, denial) in r.require.iter().zip(&r.require_denials) {
-        match eval(item) {
+    for c in &r.require {
+        match eval(&c.item) {
             Outcome::Holds => {}
-            Outcome::Fails => return deny(denial),
+            Outcome::Fails => return deny(&c.denial),
             Outcome::Unevaluable(c, p) => return unevaluable(c, p),
         }
     }
@@ -347,24 +347,24 @@ fn want<'p, A: ArgValue + Clone>(
     facts: &Facts<'_, A>,
 ) -> Result<Want<'p>, (String, TextId)> {
     let s = &req.subject;
-    let value = match limit.scope {
+    let value = match limit.info.scope {
         Scope::Grant => s.grant,
         Scope::Session => s.session,
         Scope::Agent => s.agent,
         Scope::Server => Some(req.server.unwrap_or("")),
         Scope::Global => Some(""),
     };
-    let Some(value) =
-        value.filter(|v| !v.is_empty() || matches!(limit.scope, Scope::Server | Scope::Global))
+    let Some(value) = value
+        .filter(|v| !v.is_empty() || matches!(limit.info.scope, Scope::Server | Scope::Global))
     else {
         return Err((
             format!(
                 "limit {:?} counts per {}, but the request names no {}",
                 &*limit.counter_name,
-                limit.scope.as_str(),
-                limit.scope.as_str()
+                limit.info.scope.as_str(),
+                limit.info.scope.as_str()
             ),
-            limit.pointer,
+            limit.info.rule,
         ));
     };
     let amount = match (&limit.cost, req.hits) {
@@ -401,9 +401,9 @@ fn rate_limited_reason(limit: &CompiledLimit, retry_after_ms: Option<u64>) -> St
     let base = format!(
         "rate limit {:?} reached: at most {}{unit} per {} per {}",
         &*limit.counter_name,
-        limit.max,
-        format_window(limit.window_ms),
-        limit.scope.as_str()
+        limit.info.max,
+        format_window(limit.info.window_ms),
+        limit.info.scope.as_str()
     );
     match retry_after_ms {
         Some(ms) => format!("{base}; retry in {:.1}s", ms as f64 / 1000.0),
