@@ -10,7 +10,7 @@ use crate::counter::{to_units, CounterKey, CounterTable, UNITS_PER_CALL};
 use crate::decision::{Code, Decision, Limits, Text, Verdict};
 use crate::limiter::{self, Want};
 use crate::policy::{Action, ConditionItem, Policy, Scope};
-use crate::policy_slot::PolicySlot;
+use crate::policy_slot::{PolicyRead, PolicySlot};
 use crate::stats::Stats;
 use crate::tsc_clock::TscClock;
 use arrayvec::ArrayVec;
@@ -99,14 +99,16 @@ impl Engine {
     /// Refuse a request that cannot be decided (malformed before it reaches the policy),
     /// counted like any decision.
     pub fn refuse(&self, reason: &str) -> Decision {
-        let policy = self.policy.load();
+        let policy = self.policy.read();
         let d = Draft { policy: &policy }.finish(Code::InvalidRequest, reason, "");
         self.stats.count(&d);
         d
     }
 
     pub fn decide<A: ArgValue + Clone>(&self, req: &Request<'_, A>) -> Decision {
-        let decision = self.decide_in(&self.policy.load(), req);
+        let policy = self.policy.read();
+        let decision = self.decide_in(&policy, req);
+        drop(policy);
         self.stats.count(&decision);
         if self.stats.per_tool_enabled() {
             self.stats.count_tool(req.tool, decision.verdict);
@@ -120,7 +122,7 @@ impl Engine {
     /// shadow finding (`shadow: true`); failing that, a plain ALLOW.
     fn decide_in<A: ArgValue + Clone>(
         &self,
-        policy: &Arc<CompiledPolicy>,
+        policy: &PolicyRead,
         req: &Request<'_, A>,
     ) -> Decision {
         let section = policy.section(req.server);
@@ -285,7 +287,7 @@ impl Engine {
 
 /// Builds decisions that keep the deciding policy alive.
 struct Draft<'a> {
-    policy: &'a Arc<CompiledPolicy>,
+    policy: &'a PolicyRead,
 }
 
 impl Draft<'_> {
@@ -299,7 +301,7 @@ impl Draft<'_> {
             limits: Limits::new(),
             shadow: false,
             reservation: None,
-            policy: Arc::clone(self.policy),
+            policy: self.policy.to_arc(),
         }
     }
 }

@@ -5,9 +5,16 @@
 //! remembers the last policy it read from each slot with the slot's generation, and a read
 //! is one atomic load, a compare and the `Arc` clone. Only the first read on a thread after
 //! a reload takes the lock.
+//!
+//! [`PolicySlot::read`] goes further for the decision path: it lends the policy the
+//! thread's memory holds, without touching the reference count (each atomic
+//! read-modify-write costs a store-buffer drain). While a loan is out, this thread's memory
+//! forgets nothing, so the lent policy stays alive.
 
 use crate::compile::CompiledPolicy;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::marker::PhantomData;
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -27,6 +34,58 @@ struct Remembered {
 thread_local! {
     // Most recently read first.
     static REMEMBERED_POLICIES: RefCell<Vec<Remembered>> = const { RefCell::new(Vec::new()) };
+    // Loans of remembered policies now out on this thread; while any is, nothing remembered
+    // is dropped.
+    static LOANS: Cell<usize> = const { Cell::new(0) };
+}
+
+/// A policy read for one decision: lent from this thread's memory, or (after a reload, or
+/// while this thread's memory cannot be used) a reference of its own.
+pub struct PolicyRead {
+    policy: NonNull<CompiledPolicy>,
+    owned: Option<Arc<CompiledPolicy>>,
+    // A loan is counted on the thread that took it: it must be returned there.
+    _on_this_thread: PhantomData<*const ()>,
+}
+
+impl PolicyRead {
+    /// A reference of the caller's own, for what outlives the read (a decision).
+    #[inline]
+    pub fn to_arc(&self) -> Arc<CompiledPolicy> {
+        match &self.owned {
+            Some(policy) => Arc::clone(policy),
+            // SAFETY: a lent pointer came from `Arc::as_ptr` of an `Arc` in this thread's
+            // memory, which keeps it alive while the loan is out.
+            None => unsafe {
+                Arc::increment_strong_count(self.policy.as_ptr());
+                Arc::from_raw(self.policy.as_ptr())
+            },
+        }
+    }
+}
+
+impl std::ops::Deref for PolicyRead {
+    type Target = CompiledPolicy;
+
+    #[inline]
+    fn deref(&self) -> &CompiledPolicy {
+        // SAFETY: see `to_arc`; an owned read points into its own `Arc`.
+        unsafe { self.policy.as_ref() }
+    }
+}
+
+impl Drop for PolicyRead {
+    #[inline]
+    fn drop(&mut self) {
+        if self.owned.is_none() {
+            let _ = LOANS.try_with(|loans| loans.set(loans.get() - 1));
+        }
+    }
+}
+
+/// Whether this thread's memory may drop what it remembers.
+fn no_loans_out() -> bool {
+    LOANS.try_with(|loans| loans.get() == 0).unwrap_or(false)
 }
 
 pub struct PolicySlot {
@@ -59,6 +118,39 @@ impl PolicySlot {
         drop(old);
     }
 
+    /// The current policy, lent for the duration of one decision.
+    #[inline]
+    pub fn read(&self) -> PolicyRead {
+        let generation = self.generation.load(Ordering::Acquire);
+        let lent = REMEMBERED_POLICIES.try_with(|cell| {
+            let mut seen = cell.try_borrow_mut().ok()?;
+            let i = seen.iter().position(|r| r.slot == self.id)?;
+            if seen[i].generation != generation {
+                return None;
+            }
+            // Count the loan before handing it out; a thread whose loan count is gone
+            // (being torn down) gets a reference of its own instead.
+            LOANS.try_with(|loans| loans.set(loans.get() + 1)).ok()?;
+            seen[..=i].rotate_right(1);
+            Some(NonNull::from(&*seen[0].policy))
+        });
+        match lent {
+            Ok(Some(policy)) => PolicyRead {
+                policy,
+                owned: None,
+                _on_this_thread: PhantomData,
+            },
+            _ => {
+                let policy = self.load();
+                PolicyRead {
+                    policy: NonNull::from(&*policy),
+                    owned: Some(policy),
+                    _on_this_thread: PhantomData,
+                }
+            }
+        }
+    }
+
     /// The current policy.
     #[inline]
     pub fn load(&self) -> Arc<CompiledPolicy> {
@@ -67,7 +159,9 @@ impl PolicySlot {
             let mut seen = cell.try_borrow_mut().ok()?;
             let i = seen.iter().position(|r| r.slot == self.id)?;
             if seen[i].generation != generation {
-                seen.remove(i);
+                if no_loans_out() {
+                    seen.remove(i);
+                }
                 return None;
             }
             seen[..=i].rotate_right(1);
@@ -82,6 +176,10 @@ impl PolicySlot {
     #[cold]
     fn load_and_remember(&self, generation: u64) -> Arc<CompiledPolicy> {
         let policy = Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()));
+        // With a loan out, nothing remembered may be dropped: remember this one later.
+        if !no_loans_out() {
+            return policy;
+        }
         // The policy read is at least as new as `generation` (it was stored before that
         // generation was published), so remembering it under `generation` is safe: a later
         // replacement bumps the generation and this memory is dropped.
@@ -173,6 +271,44 @@ mod tests {
             // This thread too, though it remembered the previous one.
             assert!(allows(&slot.load(), &format!("v{v}")));
         }
+    }
+
+    #[test]
+    fn a_lent_policy_stays_while_reloads_and_nested_reads_happen() {
+        let slot = PolicySlot::new(compiled("a"));
+        let _ = slot.load(); // remembered, so the next read is a loan
+        let lent = slot.read();
+        assert!(lent.owned.is_none(), "a loan from this thread's memory");
+        let weak = Arc::downgrade(&lent.to_arc());
+        slot.store(compiled("b"));
+        // Reads during the loan (a decision reading its engine again, say) see the new
+        // policy, and must not drop the lent one from this thread's memory.
+        for _ in 0..2 * REMEMBERED {
+            assert!(allows(&slot.read(), "b"));
+            let other = PolicySlot::new(compiled("c"));
+            assert!(allows(&other.read(), "c"));
+        }
+        assert!(allows(&lent, "a") && weak.upgrade().is_some());
+        drop(lent);
+        assert!(allows(&slot.read(), "b"));
+        assert!(weak.upgrade().is_none(), "freed once the loan is back");
+    }
+
+    #[test]
+    fn a_reference_taken_from_a_loan_outlives_the_loan() {
+        let slot = PolicySlot::new(compiled("a"));
+        let _ = slot.load();
+        let kept = slot.read().to_arc();
+        slot.store(compiled("b"));
+        for _ in 0..3 {
+            assert!(allows(&slot.read(), "b"));
+        }
+        assert!(allows(&kept, "a"));
+        assert_eq!(
+            Arc::strong_count(&kept),
+            1,
+            "only the kept reference is left"
+        );
     }
 
     /// A reader running beside a writer never goes back to an older policy than one it
