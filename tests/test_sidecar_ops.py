@@ -315,6 +315,7 @@ def test_a_second_sidecar_on_a_taken_port_fails():
     [
         (["--capacity", "0"], "capacity and reservations must be positive"),
         (["--reservations", "0"], "capacity and reservations must be positive"),
+        (["--capacity", str(2**24 + 1)], "a counter table has at most 16777216 slots"),
         (["--threads", "0"], "max_workers"),
         (["--metrics-listen", "nonsense"], "expected HOST:PORT, got 'nonsense'"),
         (["--metrics-listen", "127.0.0.1:99999"], "port must be 0-65535"),

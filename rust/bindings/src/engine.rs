@@ -57,10 +57,8 @@ impl PyEngine {
             None => Arc::new(TscClock::new()),
         };
         let engine = match (&storage.shared, storage.worker) {
-            (None, None) => {
-                let table = CounterTable::new(storage.capacity, storage.reservations);
-                Engine::new(policy, Arc::new(table), clock)
-            }
+            (None, None) => CounterTable::try_new(storage.capacity, storage.reservations)
+                .and_then(|table| Engine::new(policy, Arc::new(table), clock)),
             (None, Some(_)) => Err("worker needs shared".to_owned()),
             (Some(path), worker) => {
                 let state = SharedState::open(path).map_err(PyValueError::new_err)?;

@@ -204,6 +204,9 @@ impl Engine {
             }
         }
 
+        if !enforced.is_empty() && !req.dry_run {
+            self.table.prefetch_reservation();
+        }
         for r in rules.clone() {
             if let Some(d) = check_conditions(&out, r, &facts) {
                 deny!(shadowed(r), d);

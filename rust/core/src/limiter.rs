@@ -117,9 +117,15 @@ pub fn reserve(
     Outcome::Reserved
 }
 
-/// Record reserved parts in the reservation log; `None` when there is nothing to give back.
+/// Record reserved parts in the reservation log; `None` when there is nothing to give back
+/// (or, rarely, the log could not take them: see [`ReservationLog::record`]).
+///
+/// [`ReservationLog::record`]: crate::counter::reservation::ReservationLog::record
 pub fn record(table: &CounterTable, parts: &[Part]) -> Option<u64> {
-    (!parts.is_empty()).then(|| table.reservation_log().record(table.region(), parts))
+    if parts.is_empty() {
+        return None;
+    }
+    table.reservation_log().record(table.region(), parts)
 }
 
 /// The denial: every limit's state, and the longest wait among those without room.

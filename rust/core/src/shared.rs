@@ -6,6 +6,7 @@
 //! Layout, in 64-bit words: a 16-word header, `workers` statistics blocks, the counter table.
 
 use crate::counter::region::HEADER_WORDS;
+use crate::counter::reservation::{ReservationLog, MAX_SLOTS};
 use crate::counter::{CounterTable, Region};
 use crate::stats::{Stats, STATS_BLOCK_WORDS};
 use std::fs::{File, OpenOptions};
@@ -36,7 +37,7 @@ impl Layout {
     fn normalized(self) -> Layout {
         Layout {
             capacity: self.capacity.max(1).next_power_of_two(),
-            reservations: self.reservations.max(1),
+            reservations: ReservationLog::lines_for_capacity(self.reservations),
             workers: self.workers,
         }
     }
@@ -107,6 +108,12 @@ impl SharedState {
     /// Create a new state file at `path` (which must not exist), zeroed, for `layout`.
     pub fn create(path: &Path, layout: Layout) -> Result<SharedState, String> {
         let layout = layout.normalized();
+        if layout.capacity > MAX_SLOTS {
+            return Err(format!(
+                "a counter table has at most {MAX_SLOTS} slots, not {}",
+                layout.capacity
+            ));
+        }
         let fail = |what: &str, e: std::io::Error| format!("{}: {what}: {e}", path.display());
         let file = OpenOptions::new()
             .read(true)

@@ -24,8 +24,8 @@ pub mod header {
     pub const FULL_EVENTS: usize = 6;
 }
 
-/// "TGCT" + layout version 1.
-pub const MAGIC: u64 = 0x5447_4354_0000_0001;
+/// "TGCT" + layout version 2 (2: the reservation log in 64-byte lines).
+pub const MAGIC: u64 = 0x5447_4354_0000_0002;
 
 /// 128 bytes of words, aligned so that a 16-word slot (after the 16-word header) sits in
 /// exactly two cache lines instead of straddling three.

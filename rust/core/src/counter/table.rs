@@ -8,7 +8,7 @@
 //! caller denies (fails closed).
 
 use super::region::{header, Region, HEADER_WORDS, MAGIC};
-use super::reservation::{ReservationLog, RES_WORDS};
+use super::reservation::{ReservationLog, LINE_WORDS, MAX_SLOTS};
 use super::window::{Granularity, Slot, KEY, SLOT_WORDS};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::Ordering::SeqCst;
@@ -79,14 +79,24 @@ pub struct CounterTable {
 impl CounterTable {
     /// Words a table of this size needs (capacity rounded up to a power of two).
     pub fn required_words(capacity: usize, reservations: usize) -> usize {
-        HEADER_WORDS + capacity.next_power_of_two() * SLOT_WORDS + reservations.max(1) * RES_WORDS
+        HEADER_WORDS
+            + capacity.max(1).next_power_of_two() * SLOT_WORDS
+            + ReservationLog::lines_for_capacity(reservations) * LINE_WORDS
     }
 
-    /// A table in process memory.
+    /// A table in process memory. Panics beyond [`MAX_SLOTS`] slots; see [`Self::try_new`].
     pub fn new(capacity: usize, reservations: usize) -> CounterTable {
+        Self::try_new(capacity, reservations).expect("a valid table size")
+    }
+
+    /// A table in process memory, or why it cannot be made (too many slots).
+    pub fn try_new(capacity: usize, reservations: usize) -> Result<CounterTable, String> {
         let capacity = capacity.max(1).next_power_of_two();
+        if capacity > MAX_SLOTS {
+            return Err(too_many_slots(capacity));
+        }
         let region = Region::allocate(Self::required_words(capacity, reservations));
-        Self::in_region(region, capacity, reservations).expect("fresh region is valid")
+        Self::in_region(region, capacity, reservations)
     }
 
     /// A table in the given memory: initialised if all zero, else checked against the layout.
@@ -96,7 +106,10 @@ impl CounterTable {
         reservations: usize,
     ) -> Result<CounterTable, String> {
         let capacity = capacity.max(1).next_power_of_two();
-        let reservations = reservations.max(1);
+        if capacity > MAX_SLOTS {
+            return Err(too_many_slots(capacity));
+        }
+        let reservations = ReservationLog::lines_for_capacity(reservations);
         if region.words() < Self::required_words(capacity, reservations) {
             return Err(format!(
                 "counter region has {} words, a table of {capacity} slots needs {}",
@@ -171,6 +184,12 @@ impl CounterTable {
     }
 
     /// The slot holding `key`, if any. Never blocks.
+    /// Start loading the reservation-log entry the next recorded reservation will take.
+    #[inline]
+    pub fn prefetch_reservation(&self) {
+        self.reservations.prefetch_next(&self.region);
+    }
+
     #[inline]
     pub fn find(&self, key: &CounterKey) -> Option<SlotRef> {
         for s in self.probe(key.hash) {
@@ -231,6 +250,10 @@ impl CounterTable {
 }
 
 /// The table's insert lock, held for the scope of one insertion.
+fn too_many_slots(capacity: usize) -> String {
+    format!("a counter table has at most {MAX_SLOTS} slots, not {capacity}")
+}
+
 struct InsertLock<'a> {
     word: &'a std::sync::atomic::AtomicU64,
     owner: u64,
