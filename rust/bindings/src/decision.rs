@@ -28,7 +28,7 @@ impl PyLimitState {
             scope: limit.scope.as_str(),
             max: limit.max,
             window_ms: limit.window_ms,
-            remaining: l.remaining,
+            remaining: l.remaining(),
             reset_in_ms: l.reset_in_ms,
         }
     }

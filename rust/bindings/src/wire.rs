@@ -136,7 +136,7 @@ fn encode(d: Decision) -> pb::DecideResponse {
                     scope: limit.scope.as_str().to_owned(),
                     max: limit.max,
                     window_ms: limit.window_ms,
-                    remaining: l.remaining,
+                    remaining: l.remaining(),
                     reset_in_ms: l.reset_in_ms,
                 }
             })

@@ -104,10 +104,18 @@ pub type Limits = smallvec::SmallVec<[LimitState; 2]>;
 #[derive(Debug, Clone, PartialEq)]
 pub struct LimitState {
     pub(crate) limit: LimitId,
-    /// Room left after this decision (calls, or cost units of the policy).
-    pub remaining: f64,
+    /// Room left after this decision, in thousandths of a call or of the policy's cost
+    /// unit; [`LimitState::remaining`] converts (only when asked: not every caller reads it).
+    pub(crate) remaining_units: u64,
     /// Milliseconds until everything now counted has left the window.
     pub reset_in_ms: u64,
+}
+
+impl LimitState {
+    /// Room left after this decision (calls, or cost units of the policy).
+    pub fn remaining(&self) -> f64 {
+        crate::counter::from_units(self.remaining_units)
+    }
 }
 
 /// The answer for one call. Strings are read through the policy that decided, which the

@@ -7,7 +7,7 @@
 use crate::compile::CompiledLimit;
 use crate::counter::reservation::{Part, MAX_PARTS};
 use crate::counter::window::Refused;
-use crate::counter::{from_units, CounterKey, CounterTable, WindowState};
+use crate::counter::{CounterKey, CounterTable, WindowState};
 use crate::decision::{LimitState, Limits};
 use arrayvec::ArrayVec;
 
@@ -37,7 +37,7 @@ pub enum Outcome {
 fn state(want: &Want<'_>, used: u64, reset_ns: u64) -> LimitState {
     LimitState {
         limit: want.limit.id,
-        remaining: from_units(want.limit.max_units.saturating_sub(used)),
+        remaining_units: want.limit.max_units.saturating_sub(used),
         reset_in_ms: reset_ns.div_ceil(1_000_000),
     }
 }
@@ -82,7 +82,7 @@ pub fn reserve(
                 return denied(table, wants, now_ns);
             }
             let mut s = peeked(want, window, now_ns);
-            s.remaining = (s.remaining - from_units(want.amount)).max(0.0);
+            s.remaining_units = s.remaining_units.saturating_sub(want.amount);
             limits.push(s);
             continue;
         }

@@ -146,7 +146,7 @@ fn reload_keeps_counters_and_swaps_rules() {
     assert_eq!(call(&engine, "a").verdict, Verdict::Allow);
     let d = call(&engine, "a");
     assert_eq!((d.verdict, d.code), (Verdict::Deny, Code::RateLimited));
-    assert_eq!(d.limits[0].remaining, 0.0);
+    assert_eq!(d.limits[0].remaining(), 0.0);
 }
 
 #[test]
@@ -204,4 +204,31 @@ fn a_condition_speaks_before_a_missing_scope_value() {
     assert_eq!(decide(Some("g"), "rm -rf /").code, Code::ConditionFailed);
     assert_eq!(decide(Some("g"), "ls /").code, Code::Allowed);
     assert_eq!(decide(Some("g"), "ls /").code, Code::RateLimited);
+}
+
+/// Room left is counted in exact thousandths: a dry run of a 0.1 cost against 0.3 left says
+/// 0.2 (subtracting the floats would say 0.19999999999999998).
+#[test]
+fn remaining_room_is_exact_to_a_thousandth() {
+    let policy = r#"{"version": "1", "default": "deny", "tools": {"pay": {"limits": [
+        {"counter": "spend", "window": "1h", "max": 0.3, "scope": "grant", "cost": "args.usd"}
+    ]}}}"#;
+    let (engine, _) = engine(policy);
+    let args = serde_json::json!({"usd": 0.1});
+    let decide = |dry_run| {
+        engine.decide(&Request {
+            tool: "pay",
+            server: None,
+            subject: Subject {
+                grant: Some("g"),
+                ..Default::default()
+            },
+            args: Some(&args),
+            dry_run,
+            hits: None,
+        })
+    };
+    assert_eq!(decide(true).limits[0].remaining(), 0.2);
+    assert_eq!(decide(false).limits[0].remaining(), 0.2);
+    assert_eq!(decide(false).limits[0].remaining(), 0.1);
 }

@@ -111,7 +111,7 @@ pub fn decision_headers(d: &Decision) -> Vec<(&'static str, String)> {
         let max = number(info.max);
         let window_s = info.window_ms.div_ceil(1000);
         headers.push(("ratelimit-limit", max.clone()));
-        headers.push(("ratelimit-remaining", number(limit.remaining.floor())));
+        headers.push(("ratelimit-remaining", number(limit.remaining().floor())));
         headers.push((
             "ratelimit-reset",
             limit.reset_in_ms.div_ceil(1000).to_string(),
@@ -133,9 +133,7 @@ fn reported_limit(d: &Decision) -> Option<&LimitState> {
             return Some(l);
         }
     }
-    d.limits
-        .iter()
-        .min_by(|a, b| a.remaining.total_cmp(&b.remaining))
+    d.limits.iter().min_by_key(|l| l.remaining_units)
 }
 
 /// `30` for whole numbers, `12.5` otherwise.
