@@ -154,7 +154,9 @@ def measured_at():
 provenance = (
     f"Measured {measured_at()} by `bench/run_micro.sh`; code measured: "
     + (os.environ.get("CODE_LABEL") or f"commit {sh('git rev-parse --short HEAD')}"
-       + (" with uncommitted changes" if sh("git status --porcelain") else ""))
+       # RESULTS.md itself is what this script writes: a rerun's own output is no change.
+       + (" with uncommitted changes"
+          if sh("git status --porcelain -- . ':!bench/RESULTS.md'") else ""))
     + "."
 )
 # key -> (share of wall time some task waited for a CPU, attempt)
