@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Instructions per allowed decision (one limit + one regex condition), counted by callgrind:
-# exact and repeatable on a shared machine where time is not. Each commit is built from a
-# clean export under target/instructions/, and `rust/core/examples/decide_loop.rs` decides N
-# calls; only its loop is counted (callgrind's --toggle-collect), so loading the policy, the
-# clock's calibration and start-up are not. Commits before the one adding this script had an
-# example without that loop function: measure those with this commit's example copied in.
+# exact and repeatable on a shared machine where time is not. Each commit's core is built
+# from a clean export (bench/build_decide_loop.sh) with the working tree's
+# `rust/core/examples/decide_loop.rs`, which decides N calls; only its loop is counted
+# (callgrind's --toggle-collect), so loading the policy, the clock's calibration and start-up
+# are not.
 #
 #   bench/instructions.sh                    # HEAD
 #   bench/instructions.sh d6320a8 HEAD       # several commits, one line each
 #
 # Needs valgrind (Debian: valgrind). Takes ~1 min per commit, most of it the build; the
-# uncommitted tree is not measured.
+# uncommitted core is not measured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,18 +26,10 @@ count() { # count BINARY DECISIONS: instructions executed in the decision loop
 
 for rev in "$@"; do
     commit=$(git rev-parse --short "$rev")
-    src="target/instructions/$commit/src"
-    target="$PWD/target/instructions/$commit/target"
-    if [[ ! -d "$src" ]]; then
-        mkdir -p "$src"
-        # -m: fresh file times, so cargo never takes another commit's build for this one's.
-        git archive "$commit" | tar -x -m -C "$src"
-    fi
-    (cd "$src" && CARGO_TARGET_DIR="$target" cargo build -q --release -p toolgate-core --example decide_loop)
-    bin="$target/release/examples/decide_loop"
+    bin=$(bench/build_decide_loop.sh "$commit")
     total=$(count "$bin" "$n")
     if ((total == 0)); then
-        echo "instructions.sh: $commit's decide_loop example has no decide_all loop to count" >&2
+        echo "instructions.sh: no instructions counted in $commit's decide_all loop" >&2
         exit 1
     fi
     echo "$commit $(( total / n )) instructions per decision"

@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Instructions per decision = the instructions collected / N (`bench/instructions.sh`
-//! does this per commit).
+//! does this per commit). It also prints the loop's time per decision, which
+//! `bench/ab_loop.sh` compares between two builds taking turns.
 
 use serde_json::json;
 use std::sync::Arc;
@@ -28,25 +29,46 @@ fn main() {
     let table = Arc::new(CounterTable::new(1 << 16, 1 << 16));
     let engine = Engine::new(policy, table, Arc::new(TscClock::new())).expect("compiles");
     let args = json!({"command": "ls -la /var/log/nginx"});
-    let subject = Subject {
-        grant: Some("grant-1"),
-        ..Default::default()
-    };
-    let request = Request {
+    // Each thread decides for a grant of its own: different callers, one engine.
+    let request = |grant| Request {
         tool: "run_command",
         server: None,
-        subject,
+        subject: Subject {
+            grant: Some(grant),
+            ..Default::default()
+        },
         args: Some(&args),
         dry_run: false,
         hits: None,
     };
+    let grants: Vec<String> = (1..=8).map(|i| format!("grant-{i}")).collect();
     // The clock reads the kernel's time on every call until it has learned the TSC's rate
     // (10 ms); learn it first, so the counted loop sees only the steady state.
     let warm_up = std::time::Instant::now();
     while warm_up.elapsed() < std::time::Duration::from_millis(50) {
         std::hint::black_box(TscClock::new().now_ns());
     }
-    assert_eq!(decide_all(&engine, &request, n), n);
+    // DECIDE_THREADS=2: that many threads decide N calls each on the one engine, as a
+    // sidecar's threads do, sharing its policy and counters.
+    let threads: u64 = std::env::var("DECIDE_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(1)
+        .clamp(1, 8);
+    let start = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for grant in grants.iter().take(threads as usize).skip(1) {
+            let (engine, request) = (&engine, request(grant));
+            s.spawn(move || assert_eq!(decide_all(engine, &request, n), n));
+        }
+        assert_eq!(decide_all(&engine, &request(&grants[0]), n), n);
+    });
+    // For `bench/ab_loop.sh`: the loop's own time, without start-up and warm-up (with
+    // several threads, the wall time of each thread's N decisions).
+    println!(
+        "{:.1} ns per decision",
+        start.elapsed().as_nanos() as f64 / n as f64
+    );
 }
 
 /// The measured part: callgrind counts only inside it (`--toggle-collect`).
