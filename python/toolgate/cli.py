@@ -225,7 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--shared", help=argparse.SUPPRESS)
     serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--capacity", type=int, default=1 << 16, help="counter-table slots")
-    serve.add_argument("--reservations", type=int, default=1 << 16, help="reservation log size")
+    serve.add_argument(
+        "--reservations",
+        type=int,
+        default=1 << 16,
+        help="reservation log lines (64 bytes each; a call with up to two limits takes one)",
+    )
     serve.add_argument(
         "--max-argument-bytes", type=int, default=1 << 20, help="larger arguments are refused"
     )
