@@ -6,7 +6,8 @@
 //! Layout, in 64-bit words: a 16-word header, `workers` statistics blocks, the counter table.
 
 use crate::counter::region::HEADER_WORDS;
-use crate::counter::reservation::{ReservationLog, MAX_SLOTS};
+use crate::counter::reservation::ReservationLog;
+use crate::counter::table::check_slots;
 use crate::counter::{CounterTable, Region};
 use crate::stats::{Stats, STATS_BLOCK_WORDS};
 use std::fs::{File, OpenOptions};
@@ -108,12 +109,7 @@ impl SharedState {
     /// Create a new state file at `path` (which must not exist), zeroed, for `layout`.
     pub fn create(path: &Path, layout: Layout) -> Result<SharedState, String> {
         let layout = layout.normalized();
-        if layout.capacity > MAX_SLOTS {
-            return Err(format!(
-                "a counter table has at most {MAX_SLOTS} slots, not {}",
-                layout.capacity
-            ));
-        }
+        check_slots(layout.capacity)?;
         let fail = |what: &str, e: std::io::Error| format!("{}: {what}: {e}", path.display());
         let file = OpenOptions::new()
             .read(true)

@@ -92,9 +92,8 @@ impl CounterTable {
     /// A table in process memory, or why it cannot be made (too many slots).
     pub fn try_new(capacity: usize, reservations: usize) -> Result<CounterTable, String> {
         let capacity = capacity.max(1).next_power_of_two();
-        if capacity > MAX_SLOTS {
-            return Err(too_many_slots(capacity));
-        }
+        // Checked before allocating, which a huge size would make fail.
+        check_slots(capacity)?;
         let region = Region::allocate(Self::required_words(capacity, reservations));
         Self::in_region(region, capacity, reservations)
     }
@@ -106,9 +105,7 @@ impl CounterTable {
         reservations: usize,
     ) -> Result<CounterTable, String> {
         let capacity = capacity.max(1).next_power_of_two();
-        if capacity > MAX_SLOTS {
-            return Err(too_many_slots(capacity));
-        }
+        check_slots(capacity)?;
         let reservations = ReservationLog::lines_for_capacity(reservations);
         if region.words() < Self::required_words(capacity, reservations) {
             return Err(format!(
@@ -183,13 +180,13 @@ impl CounterTable {
         self.region.prefetch(home + SLOT_WORDS / 2);
     }
 
-    /// The slot holding `key`, if any. Never blocks.
-    /// Start loading the reservation-log entry the next recorded reservation will take.
+    /// Start loading the reservation-log line the next recorded reservation will take.
     #[inline]
     pub fn prefetch_reservation(&self) {
         self.reservations.prefetch_next(&self.region);
     }
 
+    /// The slot holding `key`, if any. Never blocks.
     #[inline]
     pub fn find(&self, key: &CounterKey) -> Option<SlotRef> {
         for s in self.probe(key.hash) {
@@ -249,11 +246,17 @@ impl CounterTable {
     }
 }
 
-/// The table's insert lock, held for the scope of one insertion.
-fn too_many_slots(capacity: usize) -> String {
-    format!("a counter table has at most {MAX_SLOTS} slots, not {capacity}")
+/// Refuse a table of more slots than a reservation-log part can name.
+pub(crate) fn check_slots(capacity: usize) -> Result<(), String> {
+    if capacity > MAX_SLOTS {
+        return Err(format!(
+            "a counter table has at most {MAX_SLOTS} slots, not {capacity}"
+        ));
+    }
+    Ok(())
 }
 
+/// The table's insert lock, held for the scope of one insertion.
 struct InsertLock<'a> {
     word: &'a std::sync::atomic::AtomicU64,
     owner: u64,
