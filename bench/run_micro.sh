@@ -105,7 +105,7 @@ if [[ $run_rust == 1 ]]; then
     repeat_round() {
         local order=("${repeated_ids[@]}")
         # Alternate the order, so neither of a pair always runs first.
-        if (( round % 2 )); then order=("${order[@]}"); else mapfile -t order < <(printf '%s\n' "${repeated_ids[@]}" | tac); fi
+        if (( round % 2 == 0 )); then mapfile -t order < <(printf '%s\n' "${order[@]}" | tac); fi
         for id in "${order[@]}"; do bench_one "$id" "$round"; done
         round=$(( round + 1 ))
     }

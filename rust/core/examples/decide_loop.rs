@@ -49,7 +49,8 @@ fn main() {
         std::hint::black_box(TscClock::new().now_ns());
     }
     // DECIDE_THREADS=2: that many threads decide N calls each on the one engine, as a
-    // sidecar's threads do, sharing its policy and counters.
+    // sidecar's threads do, sharing its policy and counters. (Threads spawned below learn
+    // the clock's rate in their own first 10 ms.)
     let threads: u64 = std::env::var("DECIDE_THREADS")
         .ok()
         .and_then(|t| t.parse().ok())
