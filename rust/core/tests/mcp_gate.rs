@@ -215,7 +215,7 @@ fn unreadable_bodies_are_refused_with_json_rpc_errors_and_counted() {
         ),
         (
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"create-ami","name":"wipe"}}"#,
-            -32700,
+            -32600,
         ),
         (
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":"create-ami"}"#,

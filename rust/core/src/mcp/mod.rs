@@ -1,9 +1,11 @@
 //! MCP traffic as a proxy sees it: reading a JSON-RPC request body strictly, deciding it,
 //! and the JSON-RPC answer the agent gets instead of the upstream's when a call is refused.
 
+pub mod fold;
 pub mod gate;
 pub mod reply;
 pub mod request;
+pub mod strict_json;
 
 pub use gate::{check, Gate, HttpCall};
 pub use reply::Reply;

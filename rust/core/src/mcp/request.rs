@@ -2,13 +2,15 @@
 //!
 //! A proxy forwards the original bytes, so the body must mean one thing only: anything the
 //! upstream server might read differently from us is refused rather than judged. Refused:
-//! bodies that are not one JSON object (batches were removed from MCP in 2025-06-18),
-//! duplicate keys (parsers disagree on which wins), keys that differ from a JSON-RPC or MCP
-//! key only by case (`"METHOD"`: case-insensitive decoders would read them), and `params`
+//! bodies that are not one JSON object (batches were removed from MCP in 2025-06-18), JSON
+//! that decoders read differently ([`super::strict_json`]: duplicate keys, keys that fold
+//! alike, numbers beyond 2^53), keys that fold to a JSON-RPC or MCP key without being it
+//! (`"METHOD"`, `"paramſ"`: a case-insensitive decoder reads them as that key), and `params`
 //! or `arguments` that are not objects.
 
-use crate::policy::source::{parse_json, Node, NodeValue};
-use serde_json::Value;
+use super::fold::fold_eq;
+use super::strict_json::{self, StrictError};
+use serde_json::{Map, Value};
 
 /// JSON-RPC error codes used when refusing.
 pub const PARSE_ERROR: i64 = -32700;
@@ -17,6 +19,7 @@ pub const INVALID_PARAMS: i64 = -32602;
 
 const REQUEST_KEYS: [&str; 6] = ["jsonrpc", "id", "method", "params", "result", "error"];
 const CALL_KEYS: [&str; 3] = ["name", "arguments", "_meta"];
+const TOOLS_CALL: &str = "tools/call";
 
 /// What a request body asks for.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,18 +55,25 @@ fn refuse(code: i64, message: impl Into<String>, id: Option<Value>) -> Refusal {
 
 /// Parse one JSON-RPC request body.
 pub fn parse_request(body: &[u8]) -> Result<McpRequest, Refusal> {
-    let text =
-        std::str::from_utf8(body).map_err(|_| refuse(PARSE_ERROR, "body is not UTF-8", None))?;
-    let root = parse_json(text).map_err(|e| {
-        refuse(
+    if std::str::from_utf8(body).is_err() {
+        return Err(refuse(PARSE_ERROR, "body is not UTF-8", None));
+    }
+    let root = strict_json::parse(body).map_err(|e| match e {
+        StrictError::Syntax(m) => refuse(
             PARSE_ERROR,
-            format!("body is not one JSON value: {}", e.message),
+            format!("body is not one JSON value: {m}"),
             None,
-        )
+        ),
+        StrictError::Ambiguous { .. } => refuse(
+            INVALID_REQUEST,
+            format!("the body could be read two ways: {e}"),
+            None,
+        ),
+        StrictError::TooLarge(m) => refuse(INVALID_REQUEST, m, None),
     })?;
-    let members = match &root.value {
-        NodeValue::Object(members) => members,
-        NodeValue::Array(_) => {
+    let mut members = match root {
+        Value::Object(members) => members,
+        Value::Array(_) => {
             return Err(refuse(
                 INVALID_REQUEST,
                 "batches are not accepted: send one request per message",
@@ -78,7 +88,7 @@ pub fn parse_request(body: &[u8]) -> Result<McpRequest, Refusal> {
             ))
         }
     };
-    let id = root.get("id").map(|m| m.value.to_json_value());
+    let id = members.get("id").cloned();
     if let Some(id_value) = &id {
         if !(id_value.is_string() || id_value.is_i64() || id_value.is_u64() || id_value.is_null()) {
             return Err(refuse(
@@ -88,19 +98,14 @@ pub fn parse_request(body: &[u8]) -> Result<McpRequest, Refusal> {
             ));
         }
     }
-    check_case_variants(
-        members.iter().map(|m| m.key.as_str()),
-        &REQUEST_KEYS,
-        "request",
-        &id,
-    )?;
-    match root.get("jsonrpc").map(|m| &m.value.value) {
-        Some(NodeValue::String(v)) if v == "2.0" => {}
+    check_known_keys(&members, &REQUEST_KEYS, "request", &id)?;
+    match members.get("jsonrpc") {
+        Some(Value::String(v)) if v == "2.0" => {}
         _ => return Err(refuse(INVALID_REQUEST, "jsonrpc must be \"2.0\"", id)),
     }
-    let answers = root.get("result").is_some() || root.get("error").is_some();
-    let method = match root.get("method").map(|m| &m.value.value) {
-        Some(NodeValue::String(m)) if !answers => m.clone(),
+    let answers = members.contains_key("result") || members.contains_key("error");
+    let method = match members.get("method") {
+        Some(Value::String(m)) if !answers => m.clone(),
         Some(_) if answers => {
             return Err(refuse(
                 INVALID_REQUEST,
@@ -111,10 +116,10 @@ pub fn parse_request(body: &[u8]) -> Result<McpRequest, Refusal> {
         None if answers && id.is_some() => return Ok(McpRequest::Response { id }),
         _ => return Err(refuse(INVALID_REQUEST, "method must be a string", id)),
     };
-    if method != "tools/call" {
+    if method != TOOLS_CALL {
         // Another method is forwarded as is; a case variant of ours could still be routed
         // to it by a lenient server, so that is refused.
-        if method.eq_ignore_ascii_case("tools/call") {
+        if fold_eq(&method, TOOLS_CALL) {
             return Err(refuse(
                 INVALID_REQUEST,
                 format!("method {method:?} differs from tools/call only by case"),
@@ -127,23 +132,14 @@ pub fn parse_request(body: &[u8]) -> Result<McpRequest, Refusal> {
     if matches!(id, None | Some(Value::Null)) {
         return Err(refuse(INVALID_REQUEST, "tools/call needs an id", None));
     }
-    let params = match root.get("params").map(|m| &m.value) {
-        Some(Node {
-            value: NodeValue::Object(members),
-            ..
-        }) => members,
+    let mut params = match members.remove("params") {
+        Some(Value::Object(params)) => params,
         Some(_) => return Err(refuse(INVALID_PARAMS, "params must be an object", id)),
         None => return Err(refuse(INVALID_PARAMS, "tools/call needs params", id)),
     };
-    check_case_variants(
-        params.iter().map(|m| m.key.as_str()),
-        &CALL_KEYS,
-        "params",
-        &id,
-    )?;
-    let find = |key: &str| params.iter().find(|m| m.key == key).map(|m| &m.value);
-    let name = match find("name").map(|n| &n.value) {
-        Some(NodeValue::String(n)) if !n.is_empty() => n.clone(),
+    check_known_keys(&params, &CALL_KEYS, "params", &id)?;
+    let name = match params.remove("name") {
+        Some(Value::String(n)) if !n.is_empty() => n,
         _ => {
             return Err(refuse(
                 INVALID_PARAMS,
@@ -152,14 +148,9 @@ pub fn parse_request(body: &[u8]) -> Result<McpRequest, Refusal> {
             ))
         }
     };
-    let arguments = match find("arguments") {
+    let arguments = match params.remove("arguments") {
         None => None,
-        Some(
-            node @ Node {
-                value: NodeValue::Object(_),
-                ..
-            },
-        ) => Some(node.to_json_value()),
+        Some(arguments @ Value::Object(_)) => Some(arguments),
         Some(_) => {
             return Err(refuse(
                 INVALID_PARAMS,
@@ -175,18 +166,16 @@ pub fn parse_request(body: &[u8]) -> Result<McpRequest, Refusal> {
     })
 }
 
-/// Refuse a key that equals one of `known` except for case.
-fn check_case_variants<'a>(
-    keys: impl Iterator<Item = &'a str>,
+/// Refuse a key that a case-insensitive decoder would read as one of `known`, without being
+/// it. (Two such keys in one object were already refused as folding alike.)
+fn check_known_keys(
+    members: &Map<String, Value>,
     known: &[&str],
     what: &str,
     id: &Option<Value>,
 ) -> Result<(), Refusal> {
-    for key in keys {
-        if let Some(k) = known
-            .iter()
-            .find(|k| k.eq_ignore_ascii_case(key) && **k != key)
-        {
+    for key in members.keys() {
+        if let Some(k) = known.iter().find(|k| **k != key && fold_eq(k, key)) {
             return Err(refuse(
                 INVALID_REQUEST,
                 format!("{what} key {key:?} differs from {k:?} only by case"),
@@ -270,12 +259,18 @@ mod tests {
         let cases = [
             ("[{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"t\"}}]", INVALID_REQUEST, "batches"),
             (r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","METHOD":"tools/call","params":{"name":"t"}}"#, INVALID_REQUEST, "only by case"),
-            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","method":"tools/list","params":{"name":"t"}}"#, PARSE_ERROR, "duplicate"),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","method":"tools/list","params":{"name":"t"}}"#, INVALID_REQUEST, "duplicate"),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","paramſ":{"name":"x"},"params":{"name":"t"}}"#, INVALID_REQUEST, "differ only by case"),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","paramſ":{"name":"t"}}"#, INVALID_REQUEST, "only by case"),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","\u0061rgument\u017f":{}}}"#, INVALID_REQUEST, "only by case"),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"amount":5,"Amount":5000}}}"#, INVALID_REQUEST, "differ only by case"),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"n":9007199254740993}}}"#, INVALID_REQUEST, "beyond 2^53"),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"tool\u017f/caLL","params":{"name":"t"}}"#, INVALID_REQUEST, "only by case"),
             (r#"{"jsonrpc":"2.0","id":1,"method":"Tools/Call","params":{"name":"t"}}"#, INVALID_REQUEST, "only by case"),
             (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","Name":"u"}}"#, INVALID_REQUEST, "only by case"),
             (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":["t"]}"#, INVALID_PARAMS, "params must be an object"),
             (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":[1]}}"#, INVALID_PARAMS, "arguments must be an object"),
-            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"a":1,"a":2}}}"#, PARSE_ERROR, "duplicate"),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"a":1,"a":2}}}"#, INVALID_REQUEST, "duplicate"),
             (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":""}}"#, INVALID_PARAMS, "non-empty"),
             (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t"}"#, PARSE_ERROR, "not one JSON value"),
             (r#"{"jsonrpc":"1.0","id":1,"method":"tools/call","params":{"name":"t"}}"#, INVALID_REQUEST, "2.0"),
@@ -304,7 +299,7 @@ mod tests {
 
         /// A well-formed call built from random parts reads back as the same call.
         #[test]
-        fn reads_back_what_was_written(name in "[a-z_.-]{1,20}", n in proptest::prelude::any::<i64>(), key in "[a-z]{1,8}") {
+        fn reads_back_what_was_written(name in "[a-z_.-]{1,20}", n in -(1i64 << 53) + 1..(1i64 << 53), key in "[a-z]{1,8}") {
             let body = json!({"jsonrpc": "2.0", "id": n, "method": "tools/call",
                               "params": {"name": name, "arguments": {key.clone(): n}}});
             let parsed = parse_request(body.to_string().as_bytes());

@@ -1,0 +1,85 @@
+//! Object keys as a case-insensitive decoder sees them.
+//!
+//! Go's `encoding/json` matches keys to struct fields under Unicode simple case folding
+//! (`"paramſ"`, with U+017F LONG S, is its `params`; U+212A KELVIN SIGN is its `k`). Two keys
+//! are the same to such a decoder when they fold alike, so a body whose keys fold alike can
+//! be read two ways and is refused.
+//!
+//! The folding here maps each character to the simple (one-character) lower case of its
+//! simple upper case. That identifies every pair Go's folding does (checked against Go's
+//! own tables by the test suite) and a few more (the Turkish dotless ı with `i`), which only
+//! makes the check stricter.
+
+/// The character a case-insensitive decoder would take `c` for.
+#[inline]
+pub fn fold_char(c: char) -> char {
+    if c.is_ascii() {
+        return c.to_ascii_lowercase();
+    }
+    let upper = single(c.to_uppercase(), c);
+    single(upper.to_lowercase(), upper)
+}
+
+/// The only character of a case mapping, or `c` itself when the mapping is several characters
+/// (`ß` → `SS`): simple folding never maps one character to many.
+fn single(mut mapped: impl Iterator<Item = char>, c: char) -> char {
+    match (mapped.next(), mapped.next()) {
+        (Some(m), None) => m,
+        _ => c,
+    }
+}
+
+/// `key` folded, for hashing.
+pub fn fold_key(key: &str) -> String {
+    if key.is_ascii() {
+        return key.to_ascii_lowercase();
+    }
+    key.chars().map(fold_char).collect()
+}
+
+/// `a` and `b` are the same key to a case-insensitive decoder.
+pub fn fold_eq(a: &str, b: &str) -> bool {
+    if a.is_ascii() && b.is_ascii() {
+        return a.eq_ignore_ascii_case(b);
+    }
+    a.chars().map(fold_char).eq(b.chars().map(fold_char))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folds_the_characters_go_folds() {
+        assert!(fold_eq("paramſ", "params"));
+        assert!(fold_eq("\u{212a}ind", "kind"));
+        assert!(fold_eq("Å", "\u{212b}"));
+        assert!(fold_eq("ΣΑΣ", "σας"));
+        assert!(fold_eq("ẞ", "ß"));
+        assert!(fold_eq("ARGUMENTS", "arguments"));
+        assert!(fold_eq("ıd", "id"));
+        // Full folding would make these equal; simple folding, and Go, do not.
+        assert!(!fold_eq("ß", "ss"));
+        assert!(!fold_eq("ﬁ", "fi"));
+        assert!(!fold_eq("name", "nam"));
+    }
+
+    proptest::proptest! {
+        /// The hashed form and the comparison agree, and folding is idempotent.
+        #[test]
+        fn fold_key_agrees_with_fold_eq(a in "\\PC{0,6}", b in "\\PC{0,6}") {
+            proptest::prop_assert_eq!(fold_key(&a) == fold_key(&b), fold_eq(&a, &b));
+            proptest::prop_assert_eq!(fold_key(&fold_key(&a)), fold_key(&a));
+        }
+    }
+
+    /// Every character's folding is a fixed point: folding again changes nothing, so equal
+    /// folds form classes (the check relies on it to compare by hashing).
+    #[test]
+    fn folding_is_idempotent_on_every_character() {
+        for c in (0..=0x10FFFFu32).filter_map(char::from_u32) {
+            let f = fold_char(c);
+            assert_eq!(fold_char(f), f, "U+{:04X}", c as u32);
+        }
+    }
+}

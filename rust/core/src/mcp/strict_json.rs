@@ -1,0 +1,438 @@
+//! A request body read the way every mainstream JSON decoder reads it, or refused.
+//!
+//! serde_json does the parsing (RFC 8259, no trailing data, no lone surrogates, at most 128
+//! levels of nesting); this module refuses what serde_json accepts but other decoders read
+//! differently:
+//! - an object with two keys that fold alike ([`super::fold`]): a duplicate, which decoders
+//!   resolve differently (first wins, last wins), or a case variant, which Go's
+//!   `encoding/json` binds to the same struct field as its twin (and keeps the last);
+//! - a number of magnitude 2^53 or more: JavaScript, and Go decoding into `any`, read it
+//!   rounded to a double, Python exactly.
+//!
+//! It also caps the keys and values of one body, so work stays linear and bounded whatever
+//! the body's shape: keys are checked through a hash of their folded form, never pairwise.
+
+use super::fold::{fold_eq, fold_key};
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Number, Value};
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
+use std::fmt;
+
+/// Most object keys one body may hold.
+pub const MAX_KEYS: usize = 10_000;
+/// Most values (scalars, arrays and objects) one body may hold.
+pub const MAX_VALUES: usize = 100_000;
+/// Largest integer magnitude every decoder reads exactly (JavaScript's `MAX_SAFE_INTEGER`).
+pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+
+/// Objects with at most this many keys compare folded keys in a list instead of hashing.
+const SMALL_OBJECT: usize = 8;
+
+/// Why a body was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StrictError {
+    /// Not one JSON value.
+    Syntax(String),
+    /// JSON that decoders read differently; `pointer` is where.
+    Ambiguous { pointer: String, message: String },
+    /// Over [`MAX_KEYS`] or [`MAX_VALUES`].
+    TooLarge(String),
+}
+
+impl fmt::Display for StrictError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StrictError::Syntax(m) | StrictError::TooLarge(m) => f.write_str(m),
+            StrictError::Ambiguous { pointer, message } if pointer.is_empty() => {
+                f.write_str(message)
+            }
+            StrictError::Ambiguous { pointer, message } => write!(f, "{message} at {pointer}"),
+        }
+    }
+}
+
+/// Parse `body` as one JSON value, refusing what decoders could read two ways.
+pub fn parse(body: &[u8]) -> Result<Value, StrictError> {
+    let state = State::default();
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let parsed = ValueSeed { state: &state }
+        .deserialize(&mut de)
+        .and_then(|v| de.end().map(|()| v));
+    parsed.map_err(|e| match state.refused.into_inner() {
+        Some(mut refusal) => {
+            if let StrictError::Ambiguous { pointer, .. } = &mut refusal {
+                // Keys were pushed innermost first while the error unwound.
+                let path = std::mem::take(&mut *state.path.borrow_mut());
+                *pointer = path.iter().rev().fold(String::new(), |mut p, k| {
+                    p.push('/');
+                    p.push_str(&k.replace('~', "~0").replace('/', "~1"));
+                    p
+                });
+            }
+            refusal
+        }
+        None => StrictError::Syntax(e.to_string()),
+    })
+}
+
+/// What one parse has counted and, when it refuses, why and where.
+#[derive(Default)]
+struct State {
+    keys: Cell<usize>,
+    values: Cell<usize>,
+    refused: RefCell<Option<StrictError>>,
+    /// The keys from the refused spot up to the root, pushed while unwinding.
+    path: RefCell<Vec<String>>,
+}
+
+impl State {
+    /// Record why the body is refused; the returned error stops serde_json.
+    fn refuse<E: de::Error>(&self, refusal: StrictError) -> E {
+        *self.refused.borrow_mut() = Some(refusal);
+        E::custom("refused")
+    }
+
+    /// While an ambiguity unwinds, note the key or index it came through.
+    fn locate(&self, step: impl FnOnce() -> String) {
+        if matches!(*self.refused.borrow(), Some(StrictError::Ambiguous { .. })) {
+            self.path.borrow_mut().push(step());
+        }
+    }
+
+    fn count_value<E: de::Error>(&self) -> Result<(), E> {
+        let n = self.values.get() + 1;
+        self.values.set(n);
+        if n > MAX_VALUES {
+            return Err(self.refuse(StrictError::TooLarge(format!(
+                "the body holds more than {MAX_VALUES} values"
+            ))));
+        }
+        Ok(())
+    }
+
+    fn count_key<E: de::Error>(&self) -> Result<(), E> {
+        let n = self.keys.get() + 1;
+        self.keys.set(n);
+        if n > MAX_KEYS {
+            return Err(self.refuse(StrictError::TooLarge(format!(
+                "the body holds more than {MAX_KEYS} object keys"
+            ))));
+        }
+        Ok(())
+    }
+
+    fn number<E: de::Error>(&self, n: Number, magnitude: f64) -> Result<Value, E> {
+        if magnitude > MAX_SAFE_INTEGER as f64 {
+            return Err(self.refuse(StrictError::Ambiguous {
+                pointer: String::new(),
+                message: format!(
+                    "the number {n} is beyond 2^53: some decoders read it rounded, others exactly"
+                ),
+            }));
+        }
+        Ok(Value::Number(n))
+    }
+}
+
+struct ValueSeed<'s> {
+    state: &'s State,
+}
+
+impl<'de> DeserializeSeed<'de> for ValueSeed<'_> {
+    type Value = Value;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        self.state.count_value()?;
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ValueSeed<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
+    }
+
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<Value, E> {
+        self.state.number(n.into(), n as f64)
+    }
+
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<Value, E> {
+        self.state.number(n.into(), n.unsigned_abs() as f64)
+    }
+
+    fn visit_f64<E: de::Error>(self, f: f64) -> Result<Value, E> {
+        // serde_json refuses numbers out of the double range, so `f` is finite.
+        match Number::from_f64(f) {
+            Some(n) => self.state.number(n, f.abs()),
+            None => Err(E::custom("number out of range")),
+        }
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::String(s.to_owned()))
+    }
+
+    fn visit_string<E>(self, s: String) -> Result<Value, E> {
+        Ok(Value::String(s))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let state = self.state;
+        let mut items = Vec::new();
+        loop {
+            match seq.next_element_seed(ValueSeed { state }) {
+                Ok(Some(item)) => items.push(item),
+                Ok(None) => return Ok(Value::Array(items)),
+                Err(e) => {
+                    state.locate(|| items.len().to_string());
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
+        let state = self.state;
+        let mut map = Map::new();
+        let mut folded = FoldedKeys::default();
+        while let Some(key) = access.next_key::<String>()? {
+            state.count_key()?;
+            if let Some(twin) = folded.insert(&key, &map) {
+                let message = if twin == key {
+                    format!("duplicate key {key:?}")
+                } else {
+                    format!(
+                        "keys {twin:?} and {key:?} differ only by case: a case-insensitive \
+                         decoder reads them as one key"
+                    )
+                };
+                return Err(state.refuse(StrictError::Ambiguous {
+                    pointer: String::new(),
+                    message,
+                }));
+            }
+            match access.next_value_seed(ValueSeed { state }) {
+                Ok(value) => {
+                    map.insert(key, value);
+                }
+                Err(e) => {
+                    state.locate(|| key);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Value::Object(map))
+    }
+}
+
+/// The folded keys of one object seen so far.
+#[derive(Default)]
+struct FoldedKeys {
+    hashed: Option<HashSet<String, ahash::RandomState>>,
+    count: usize,
+}
+
+impl FoldedKeys {
+    /// Add `key`; if a key already in `map` folds alike, return that key instead.
+    fn insert(&mut self, key: &str, map: &Map<String, Value>) -> Option<String> {
+        let twin = || map.keys().find(|k| fold_eq(k, key)).cloned();
+        self.count += 1;
+        if self.count <= SMALL_OBJECT {
+            return twin();
+        }
+        let hashed = self.hashed.get_or_insert_with(|| {
+            let mut set = HashSet::with_capacity_and_hasher(2 * SMALL_OBJECT, Default::default());
+            set.extend(map.keys().map(|k| fold_key(k)));
+            set
+        });
+        if hashed.insert(fold_key(key)) {
+            None
+        } else {
+            twin()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ambiguous(body: &str) -> (String, String) {
+        match parse(body.as_bytes()) {
+            Err(StrictError::Ambiguous { pointer, message }) => (pointer, message),
+            other => panic!("{body}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reads_plain_json() {
+        let v = parse(br#"{"a": [1, -2, 0.5, "x", null, true, {"b": {}}]}"#).unwrap();
+        assert_eq!(v, json!({"a": [1, -2, 0.5, "x", null, true, {"b": {}}]}));
+    }
+
+    #[test]
+    fn refuses_keys_that_fold_alike_at_any_depth() {
+        let (p, m) = ambiguous(r#"{"a": 1, "a": 2}"#);
+        assert_eq!((p.as_str(), m.as_str()), ("", "duplicate key \"a\""));
+        let (p, m) = ambiguous(r#"{"params": {"arguments": {"amount": 5, "Amount": 5000}}}"#);
+        assert_eq!(p, "/params/arguments");
+        assert!(m.contains("\"amount\" and \"Amount\""), "{m}");
+        let (p, _) = ambiguous(r#"{"x": [{"ok": 1}, {"k": 1, "\u212a": 2}]}"#);
+        assert_eq!(p, "/x/1");
+        let (p, _) = ambiguous(r#"{"a/b~": {"paramſ": 1, "params": 2}}"#);
+        assert_eq!(p, "/a~1b~0");
+    }
+
+    #[test]
+    fn large_objects_are_checked_by_hash_too() {
+        let mut body = String::from("{");
+        for i in 0..100 {
+            body.push_str(&format!("\"key{i}\": {i},"));
+        }
+        body.push_str("\"KEY57\": 0}");
+        let (_, m) = ambiguous(&body);
+        assert!(m.contains("\"key57\" and \"KEY57\""), "{m}");
+    }
+
+    #[test]
+    fn refuses_numbers_decoders_round_differently() {
+        assert_eq!(
+            parse(b"[9007199254740991, -9007199254740991, 1.5e15]").unwrap(),
+            json!([9007199254740991u64, -9007199254740991i64, 1.5e15])
+        );
+        for n in [
+            "9007199254740992",
+            "-9007199254740992",
+            "18446744073709551616",
+            "1e300",
+        ] {
+            let (_, m) = ambiguous(&format!("{{\"n\": {n}}}"));
+            assert!(m.contains("beyond 2^53"), "{n}: {m}");
+        }
+    }
+
+    #[test]
+    fn refuses_what_is_not_one_json_value() {
+        for body in [
+            &b"{\"a\":1} {}"[..],
+            b"\xef\xbb\xbf{}",
+            b"{\"a\":\"\\ud800\"}",
+            b"[1,]",
+            b"NaN",
+            b"{\"a\":1e400}",
+            b"",
+        ] {
+            assert!(
+                matches!(parse(body), Err(StrictError::Syntax(_))),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let deep = "[".repeat(200) + &"]".repeat(200);
+        assert!(matches!(
+            parse(deep.as_bytes()),
+            Err(StrictError::Syntax(_))
+        ));
+    }
+
+    #[test]
+    fn caps_keys_and_values() {
+        let keys: Vec<String> = (0..=MAX_KEYS).map(|i| format!("\"k{i}\":0")).collect();
+        let body = format!("{{{}}}", keys.join(","));
+        assert!(
+            matches!(parse(body.as_bytes()), Err(StrictError::TooLarge(m)) if m.contains("keys"))
+        );
+        let body = format!("[{}]", vec!["0"; MAX_VALUES].join(","));
+        assert!(
+            matches!(parse(body.as_bytes()), Err(StrictError::TooLarge(m)) if m.contains("values"))
+        );
+        let body = format!("[{}]", vec!["0"; MAX_VALUES - 1].join(","));
+        assert!(parse(body.as_bytes()).is_ok());
+    }
+
+    proptest::proptest! {
+        /// Whatever serde_json reads as a value without ambiguity reads back the same here.
+        #[test]
+        fn agrees_with_serde_json(v in arbitrary_json()) {
+            let text = v.to_string();
+            proptest::prop_assert_eq!(parse(text.as_bytes()), Ok(v));
+        }
+
+        /// Two keys of one object, at any depth, that fold alike are refused.
+        #[test]
+        fn refuses_every_folded_twin(
+            v in arbitrary_json(),
+            key in "[a-zA-Zſſ\u{212a}\u{212b}åÅσςΣ]{1,6}",
+            twin_index in 0usize..6,
+        ) {
+            let twin = twin_of(&key, twin_index);
+            let body = format!(
+                "{{\"wrap\": [{}, {{\"{}\": 1, \"{}\": 2}}]}}",
+                v, escape(&key), escape(&twin)
+            );
+            let refused = matches!(parse(body.as_bytes()), Err(StrictError::Ambiguous { .. }));
+            proptest::prop_assert!(refused, "{}", body);
+        }
+    }
+
+    /// A spelling of `key` that folds alike: one character swapped for another of its case.
+    fn twin_of(key: &str, index: usize) -> String {
+        let chars: Vec<char> = key.chars().collect();
+        let i = index % chars.len();
+        let c = chars[i];
+        let swapped = match c {
+            's' => 'ſ',
+            'ſ' | 'S' => 's',
+            'k' | 'K' => '\u{212a}',
+            '\u{212a}' => 'k',
+            'å' => '\u{212b}',
+            '\u{212b}' | 'Å' => 'å',
+            'σ' => 'ς',
+            'ς' => 'Σ',
+            'Σ' => 'σ',
+            c if c.is_ascii_lowercase() => c.to_ascii_uppercase(),
+            c => c.to_ascii_lowercase(),
+        };
+        chars
+            .iter()
+            .enumerate()
+            .map(|(j, &d)| if j == i { swapped } else { d })
+            .collect()
+    }
+
+    fn escape(s: &str) -> String {
+        let quoted = serde_json::to_string(s).unwrap();
+        quoted[1..quoted.len() - 1].to_owned()
+    }
+
+    fn arbitrary_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            (-(MAX_SAFE_INTEGER as i64)..=MAX_SAFE_INTEGER as i64).prop_map(|n| json!(n)),
+            (-1e15f64..1e15).prop_map(|f| json!(f)),
+            "\\PC{0,8}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                // Keys unique under folding, so the object is unambiguous.
+                proptest::collection::btree_map("[a-z0-9_]{1,6}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+}
