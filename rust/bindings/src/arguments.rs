@@ -6,6 +6,7 @@ use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use serde_json::Value;
 use std::cell::RefCell;
 use toolgate_core::args::{ArgValue, Kind, Num};
+use toolgate_core::mcp::fold::fold_eq;
 
 /// Keys a thread remembers as Python strings; the oldest is forgotten first.
 const REMEMBERED_KEYS: usize = 32;
@@ -71,6 +72,18 @@ impl<'py> ArgValue for PyArg<'py> {
             .ok()
             .flatten()
             .map(PyArg)
+    }
+
+    fn has_case_variant(&self, key: &str) -> bool {
+        let Ok(dict) = self.0.cast::<PyDict>() else {
+            return false;
+        };
+        dict.keys().iter().any(|k| {
+            k.cast::<PyString>()
+                .ok()
+                .and_then(|k| k.to_str().ok().map(|k| fold_eq(k, key)))
+                .unwrap_or(false)
+        })
     }
 
     fn get_index(&self, index: usize) -> Option<Self> {

@@ -76,6 +76,9 @@ impl Num {
 pub trait ArgValue: Sized {
     fn kind(&self) -> Kind;
     fn get_key(&self, key: &str) -> Option<Self>;
+    /// For an object without `key`: whether it has a key that folds like `key`, which a
+    /// case-insensitive decoder (Go's `encoding/json`) would read as `key`.
+    fn has_case_variant(&self, key: &str) -> bool;
     fn get_index(&self, index: usize) -> Option<Self>;
     /// Elements of an array (or entries of an object); 0 for scalars.
     fn len(&self) -> usize;
@@ -95,6 +98,10 @@ impl ArgValue for &Value {
     }
     fn get_key(&self, key: &str) -> Option<Self> {
         self.as_object()?.get(key)
+    }
+    fn has_case_variant(&self, key: &str) -> bool {
+        self.as_object()
+            .is_some_and(|o| o.keys().any(|k| crate::mcp::fold::fold_eq(k, key)))
     }
     fn get_index(&self, index: usize) -> Option<Self> {
         self.as_array()?.get(index)

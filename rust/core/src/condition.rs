@@ -1,8 +1,10 @@
 //! Evaluating `require` / `deny_if` conditions against a call.
 //!
 //! Fail closed: a condition whose path is missing or whose value has the wrong type is
-//! *unevaluable*, and an unevaluable condition denies the call wherever it sits (only
-//! `exists` never fails). Combinators short-circuit left to right.
+//! *unevaluable*, and an unevaluable condition denies the call wherever it sits. Only
+//! `exists` never fails, except where a key is missing but a case variant of it is present:
+//! an upstream decoder that folds case would see a value there. Combinators short-circuit
+//! left to right.
 
 use crate::args::{json_equal, ArgValue, Kind, Num};
 use crate::policy::{Compare, Condition, Op, PathRoot, Segment};
@@ -30,6 +32,9 @@ pub struct Facts<'a, A> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Problem {
     Missing,
+    /// Missing, but a key that differs only by case is there: a case-insensitive decoder
+    /// upstream would read it as the path, so the path's value is not known.
+    CaseVariant,
     WrongType(Kind),
 }
 
@@ -44,6 +49,11 @@ impl Problem {
     pub fn describe(self, c: &Compare) -> String {
         match self {
             Problem::Missing => format!("{} is missing", c.path.text),
+            Problem::CaseVariant => format!(
+                "{} is missing, but a key differing from it only by case is present, which \
+                 a case-insensitive decoder reads as it",
+                c.path.text
+            ),
             Problem::WrongType(kind) => {
                 format!(
                     "{} is {}, which `{}` cannot compare",
@@ -96,14 +106,14 @@ impl<A: ArgValue> Resolved<'_, A> {
 }
 
 impl<'a, A: ArgValue + Clone> Facts<'a, A> {
-    fn resolve(&self, c: &Compare) -> Option<Resolved<'a, A>> {
+    fn resolve(&self, c: &Compare) -> Result<Resolved<'a, A>, Problem> {
         let segs = &c.path.segments;
-        match c.path.root {
-            PathRoot::Tool => Some(Resolved::Text(self.tool)),
-            PathRoot::Server => self.server.map(Resolved::Text),
+        let text = match c.path.root {
+            PathRoot::Tool => Some(self.tool),
+            PathRoot::Server => self.server,
             PathRoot::Subject => {
                 let s = &self.subject;
-                let text = match (segs.first(), segs.get(1)) {
+                match (segs.first(), segs.get(1)) {
                     (Some(Segment::Key(k)), None) if k == "grant" => s.grant,
                     (Some(Segment::Key(k)), None) if k == "session" => s.session,
                     (Some(Segment::Key(k)), None) if k == "agent" => s.agent,
@@ -113,23 +123,29 @@ impl<'a, A: ArgValue + Clone> Facts<'a, A> {
                         .find(|(key, _)| key == name)
                         .map(|(_, v)| *v),
                     _ => None,
-                };
-                text.map(Resolved::Text)
+                }
             }
-            PathRoot::Args => self.arg(segs).map(Resolved::Arg),
-        }
+            PathRoot::Args => return self.arg(segs).map(Resolved::Arg),
+        };
+        text.map(Resolved::Text).ok_or(Problem::Missing)
     }
 
-    /// Walk an argument path; also used for a limit's `cost`.
-    pub fn arg(&self, segments: &[Segment]) -> Option<A> {
-        let mut v = self.args.clone()?;
+    /// Walk an argument path; also used for a limit's `cost`. Fails with
+    /// [`Problem::CaseVariant`] where a key is missing but a case variant of it is there.
+    pub fn arg(&self, segments: &[Segment]) -> Result<A, Problem> {
+        let mut v = self.args.clone().ok_or(Problem::Missing)?;
         for seg in segments {
             v = match seg {
-                Segment::Key(k) => v.get_key(k)?,
-                Segment::Index(i) => v.get_index(*i)?,
+                Segment::Key(k) => match v.get_key(k) {
+                    Some(next) => next,
+                    // Looked for only on a miss, so a present key costs nothing extra.
+                    None if v.has_case_variant(k) => return Err(Problem::CaseVariant),
+                    None => return Err(Problem::Missing),
+                },
+                Segment::Index(i) => v.get_index(*i).ok_or(Problem::Missing)?,
             };
         }
-        Some(v)
+        Ok(v)
     }
 
     /// All of `items` hold, evaluated left to right up to the first that does not.
@@ -168,14 +184,15 @@ impl<'a, A: ArgValue + Clone> Facts<'a, A> {
         let resolved = self.resolve(c);
         if c.op == Op::Exists {
             let want = c.value.as_bool().unwrap_or(true);
-            return if resolved.is_some() == want {
-                Outcome::Holds
-            } else {
-                Outcome::Fails
+            return match resolved {
+                Err(Problem::CaseVariant) => Outcome::Unevaluable(c, Problem::CaseVariant),
+                r if r.is_ok() == want => Outcome::Holds,
+                _ => Outcome::Fails,
             };
         }
-        let Some(v) = resolved else {
-            return Outcome::Unevaluable(c, Problem::Missing);
+        let v = match resolved {
+            Ok(v) => v,
+            Err(problem) => return Outcome::Unevaluable(c, problem),
         };
         match apply(&v, c) {
             Ok(true) => Outcome::Holds,

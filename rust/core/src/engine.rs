@@ -4,7 +4,7 @@
 use crate::args::ArgValue;
 use crate::clock::Clock;
 use crate::compile::{CompiledLimit, CompiledPolicy, CompiledRule, ConditionDenial, TextId};
-use crate::condition::{Facts, Outcome, Subject};
+use crate::condition::{Facts, Outcome, Problem, Subject};
 use crate::counter::reservation::MAX_PARTS;
 use crate::counter::{to_units, CounterKey, CounterTable, UNITS_PER_CALL};
 use crate::decision::{Code, Decision, Limits, Text, Verdict};
@@ -383,7 +383,10 @@ fn want<'p, A: ArgValue + Clone>(
                     limit.cost_pointer,
                 )
             };
-            let v = facts.arg(path).ok_or_else(|| bad("is missing"))?;
+            let v = facts.arg(path).map_err(|p| match p {
+                Problem::CaseVariant => bad("is missing (a key differing only by case is present)"),
+                _ => bad("is missing"),
+            })?;
             let n = v
                 .as_num()
                 .ok_or_else(|| bad(&format!("is {}", v.kind().name())))?

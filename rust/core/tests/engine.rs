@@ -232,3 +232,92 @@ fn remaining_room_is_exact_to_a_thousandth() {
     assert_eq!(decide(false).limits[0].remaining(), 0.2);
     assert_eq!(decide(false).limits[0].remaining(), 0.1);
 }
+
+fn decide_args(engine: &Engine, tool: &str, args: &serde_json::Value) -> toolgate_core::Decision {
+    engine.decide(&Request {
+        tool,
+        server: None,
+        subject: Subject {
+            grant: Some("g"),
+            ..Default::default()
+        },
+        args: Some(args),
+        dry_run: false,
+        hits: None,
+    })
+}
+
+/// Where a path's key is missing but a case variant of it is present, a case-insensitive
+/// decoder upstream (Go's `encoding/json` binding to a struct) reads a value the policy did
+/// not see: every kind of condition, `exists` included, and a spend limit's cost deny.
+#[test]
+fn a_case_variant_of_a_path_is_never_read_as_missing() {
+    let (engine, _) = engine(
+        r#"{"version": "1", "tools": {
+            "pay": {"deny_if": [{"path": "args.transfer.amount", "op": "gt", "value": 100}]},
+            "push": {"deny_if": [{"path": "args.force", "op": "exists"}]},
+            "push2": {"require": [{"not": {"path": "args.force", "op": "exists"}}]},
+            "spend": {"limits": [{"counter": "s", "window": "day", "max": 1000,
+                                  "scope": "grant", "cost": "args.amount"}]}}}"#,
+    );
+    let cases = [
+        ("pay", serde_json::json!({"transfer": {"Amount": 5000}})),
+        ("pay", serde_json::json!({"TRANSFER": {"amount": 5000}})),
+        ("pay", serde_json::json!({"tranſfer": {"amount": 5000}})),
+        ("push", serde_json::json!({"Force": true})),
+        ("push2", serde_json::json!({"FORCE": true})),
+        ("spend", serde_json::json!({"Amount": 5000})),
+    ];
+    for (tool, args) in cases {
+        let d = decide_args(&engine, tool, &args);
+        assert_eq!(d.verdict, Verdict::Deny, "{tool} {args}");
+        assert!(
+            d.reason().contains("only by case"),
+            "{tool} {args}: {}",
+            d.reason()
+        );
+    }
+    // The exact spelling, and a key that is merely absent, decide as before.
+    let ok = |tool, args| decide_args(&engine, tool, &args).verdict;
+    assert_eq!(
+        ok("pay", serde_json::json!({"transfer": {"amount": 5}})),
+        Verdict::Allow
+    );
+    assert_eq!(
+        ok("push", serde_json::json!({"other": true})),
+        Verdict::Allow
+    );
+    assert_eq!(ok("push2", serde_json::json!({})), Verdict::Allow);
+    assert_eq!(
+        ok("spend", serde_json::json!({"amount": 5})),
+        Verdict::Allow
+    );
+}
+
+proptest! {
+    /// Any respelling of a looked-up key by case (ASCII or Unicode) denies.
+    #[test]
+    fn any_case_respelling_denies(flips in prop::collection::vec(0usize..4, 6), level in 0usize..2) {
+        let (engine, _) = engine(
+            r#"{"version": "1", "tools": {"pay": {"require": [
+                {"path": "args.outer.kind", "op": "eq", "value": "ok"}]}}}"#,
+        );
+        let respell = |word: &str| -> String {
+            word.chars().zip(flips.iter().cycle()).map(|(c, f)| match (c, f) {
+                ('k', 1) => '\u{212a}',
+                ('s', 1) => 'ſ',
+                (c, 2) => c.to_ascii_uppercase(),
+                (c, _) => c,
+            }).collect()
+        };
+        let (outer, kind) = if level == 0 {
+            (respell("outer"), "kind".to_owned())
+        } else {
+            ("outer".to_owned(), respell("kind"))
+        };
+        prop_assume!(outer != "outer" || kind != "kind");
+        let args = serde_json::json!({outer: {kind: "ok"}});
+        let d = decide_args(&engine, "pay", &args);
+        prop_assert_eq!(d.code, Code::ConditionFailed, "{}", args);
+    }
+}
