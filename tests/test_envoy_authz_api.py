@@ -209,7 +209,7 @@ MALFORMED = [
     pytest.param(
         b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"list_x","name":"x"}}',
         400,
-        -32700,
+        -32600,
         id="duplicate-key",
     ),
     pytest.param(

@@ -92,20 +92,6 @@ class Decision:
     def reservation(self) -> int | None: ...
     def to_dict(self) -> dict[str, Any]: ...
 
-class GateAnswer:
-    """What a proxy must do with one MCP HTTP request (see ``Engine.check_http``)."""
-
-    @property
-    def forward(self) -> bool: ...
-    @property
-    def status(self) -> int: ...
-    @property
-    def headers(self) -> list[tuple[str, str]]: ...
-    @property
-    def body(self) -> bytes: ...
-    @property
-    def decision(self) -> Decision | None: ...
-
 class ManualClock:
     """A clock that moves only when told to."""
 
@@ -159,20 +145,6 @@ class Engine:
         dry_run: bool = False,
         hits: int | None = None,
     ) -> Decision: ...
-    def check_http(
-        self,
-        body: bytes,
-        *,
-        http_method: str = "POST",
-        truncated: bool = False,
-        server: str | None = None,
-        grant: str | None = None,
-        session: str | None = None,
-        agent: str | None = None,
-        mcp_method: str | None = None,
-        mcp_name: str | None = None,
-    ) -> GateAnswer:
-        """Decide one MCP Streamable HTTP request for a proxy."""
     def decide_wire(self, request: bytes) -> bytes:
         """Decide a serialized toolgate.v1.DecideRequest; ValueError if malformed."""
     def decide_batch_wire(self, request: bytes) -> bytes: ...
@@ -187,3 +159,38 @@ class Engine:
     @property
     def policy(self) -> Policy: ...
     def stats(self) -> dict[str, Any]: ...
+
+class EnvoyAuthz:
+    """Answers Envoy's ext_authz ``Check`` on MCP traffic from an engine."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        grant_header: str = "authorization",
+        session_header: str = "mcp-session-id",
+        agent_header: str = "x-agent-id",
+        server_header: str = "x-mcp-server",
+        grant_claim: str | None = None,
+        agent_claim: str | None = None,
+        jwt_payload_key: str = "jwt_payload",
+        max_request_bytes: int = 1048576,
+    ) -> None:
+        """Header names are lower case. ``grant_claim``/``agent_claim`` read the grant/agent
+        from a claim of the JWT that Envoy's jwt_authn verified; ``max_request_bytes`` is
+        Envoy's body limit. ValueError for a bad setting."""
+    def check_wire(self, request: bytes) -> bytes:
+        """Answer a serialized CheckRequest (the GIL is let go meanwhile); ValueError if the
+        bytes are not one."""
+
+class EnvoyRateLimit:
+    """Answers Envoy's rate limit service ``ShouldRateLimit`` from an engine."""
+
+    def __init__(self, engine: Engine) -> None: ...
+    def should_rate_limit_wire(self, request: bytes) -> bytes:
+        """Answer a serialized RateLimitRequest; ValueError if the bytes are not one."""
+
+def read_mcp_request(body: bytes) -> dict[str, Any]:
+    """How the Envoy gate reads one JSON-RPC request body: ``kind`` is ``call`` (``id``,
+    ``method``, ``name``, ``arguments``), ``other`` (``id``, ``method``), ``response``
+    (``id``) or ``refused`` (``code``, ``message``, ``id``)."""

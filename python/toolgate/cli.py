@@ -121,7 +121,7 @@ def _health(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from toolgate.envoy_authz import SubjectHeaders
+    from toolgate.envoy_authz import CheckSettings, SubjectHeaders, parse_subject_source
     from toolgate.serve import ServeOptions, serve
 
     options = ServeOptions(
@@ -143,11 +143,17 @@ def _serve(args: argparse.Namespace) -> int:
         worker_index=args.worker_index,
     )
     try:
-        options.subject_headers = SubjectHeaders(
-            grant=args.grant_header,
-            session=args.session_header,
-            agent=args.agent_header,
-            server=args.server_header,
+        options.check = CheckSettings(
+            headers=SubjectHeaders(
+                grant=args.grant_header,
+                session=args.session_header,
+                agent=args.agent_header,
+                server=args.server_header,
+            ),
+            grant_claim=parse_subject_source(args.grant_from),
+            agent_claim=parse_subject_source(args.agent_from),
+            jwt_payload_key=args.jwt_payload_key,
+            max_request_bytes=args.max_request_bytes,
         )
         return serve(options)
     except PolicyError as err:
@@ -272,6 +278,33 @@ def build_parser() -> argparse.ArgumentParser:
         default="x-mcp-server",
         metavar="NAME",
         help="the MCP server id, when the route sets no 'server' context extension",
+    )
+    headers.add_argument(
+        "--grant-from",
+        default="header",
+        metavar="SOURCE",
+        help="'header' (--grant-header) or 'jwt:CLAIM': a claim of the JWT that Envoy's "
+        "jwt_authn filter verified (default %(default)s)",
+    )
+    headers.add_argument(
+        "--agent-from",
+        default="header",
+        metavar="SOURCE",
+        help="'header' (--agent-header) or 'jwt:CLAIM' (default %(default)s)",
+    )
+    headers.add_argument(
+        "--jwt-payload-key",
+        default="jwt_payload",
+        metavar="KEY",
+        help="jwt_authn's payload_in_metadata, where the claims are read (default %(default)s)",
+    )
+    headers.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=1 << 20,
+        metavar="N",
+        help="Envoy's with_request_body.max_request_bytes: a body of this size without "
+        "content-length may have been cut, and is refused (default %(default)s)",
     )
     serve.set_defaults(run=_serve)
 

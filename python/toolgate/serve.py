@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from toolgate import envoy_authz, envoy_ratelimit, logs
 from toolgate._core import Engine, Policy
-from toolgate.envoy_authz import SubjectHeaders
+from toolgate.envoy_authz import CheckSettings
 from toolgate.metrics import ReloadCounts, serve_metrics
 from toolgate.reload import PolicyWatcher, file_digest
 from toolgate.service import SERVICE_NAME, decider_handler
@@ -49,7 +49,8 @@ class ServeOptions:
     log_format: str = "text"
     log_level: str = "info"
     metrics_per_tool: bool = False
-    subject_headers: SubjectHeaders = field(default_factory=SubjectHeaders)
+    #: How ext_authz Check requests are read (subject headers, JWT claims, body limit).
+    check: CheckSettings = field(default_factory=CheckSettings)
     #: Worker processes on one port; more than 1 runs a supervisor (toolgate.workers).
     workers: int = 1
     #: Set by the supervisor in each worker: the shared state file and this worker's index.
@@ -108,13 +109,11 @@ def serve(opts: ServeOptions) -> int:
         ThreadPoolExecutor(max_workers=opts.threads, thread_name_prefix="grpc"),
         options=[("grpc.so_reuseport", reuseport)],
     )
-    authz = envoy_authz.AuthorizationService(engine, opts.subject_headers)
-    ratelimit = envoy_ratelimit.RateLimitService(engine)
     server.add_generic_rpc_handlers(
         (
             decider_handler(engine),
-            envoy_authz.authorization_handler(authz),
-            envoy_ratelimit.rate_limit_handler(ratelimit),
+            envoy_authz.authorization_handler(engine, opts.check),
+            envoy_ratelimit.rate_limit_handler(engine),
         )
     )
     health_servicer = health.HealthServicer(experimental_non_blocking=True)

@@ -7,16 +7,12 @@ decodes, decides and encodes the response, so a decision costs the Python layer 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
 
 import grpc
-from google.protobuf.message import Message
 
 from toolgate._core import Engine
 
 SERVICE_NAME = "toolgate.v1.Decider"
-
-M = TypeVar("M", bound=Message)
 
 
 def deadline_passed(context: grpc.ServicerContext) -> bool:
@@ -26,20 +22,12 @@ def deadline_passed(context: grpc.ServicerContext) -> bool:
     return remaining is not None and remaining <= 0
 
 
-def read_request(message_type: type[M], request: bytes, context: grpc.ServicerContext) -> M:
-    """Decode a request for a handler that decides it: INVALID_ARGUMENT if the bytes are not
-    a ``message_type``, DEADLINE_EXCEEDED if the caller has already given up (a proxy that
-    answered 503 after its timeout), so no call is counted that will never run."""
-    try:
-        message = message_type.FromString(request)
-    except Exception as err:  # protobuf's DecodeError has no stable import path
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed {message_type.__name__}: {err}")
-    if deadline_passed(context):
-        context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the caller's deadline has passed")
-    return message
+def unary_bytes_handler(call: Callable[[bytes], bytes]) -> grpc.RpcMethodHandler:
+    """A unary handler that passes the request's bytes to ``call`` (the Rust core decodes,
+    decides and encodes) and returns its bytes: DEADLINE_EXCEEDED if the caller has already
+    given up (a proxy that answered 503 after its timeout), so no call is counted that will
+    never run; INVALID_ARGUMENT if the bytes are not the method's request message."""
 
-
-def _unary(call: Callable[[bytes], bytes]) -> grpc.RpcMethodHandler:
     def handle(request: bytes, context: grpc.ServicerContext) -> bytes:
         if deadline_passed(context):
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the caller's deadline has passed")
@@ -57,8 +45,8 @@ def decider_handler(engine: Engine) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(
         SERVICE_NAME,
         {
-            "Decide": _unary(engine.decide_wire),
-            "DecideBatch": _unary(engine.decide_batch_wire),
-            "Release": _unary(engine.release_wire),
+            "Decide": unary_bytes_handler(engine.decide_wire),
+            "DecideBatch": unary_bytes_handler(engine.decide_batch_wire),
+            "Release": unary_bytes_handler(engine.release_wire),
         },
     )

@@ -63,7 +63,8 @@ def remove_stale_states(directory: Path) -> None:
 
 def worker_command(opts: ServeOptions, index: int, shared: Path) -> list[str]:
     """The ``toolgate serve`` command line of worker ``index``."""
-    h = opts.subject_headers
+    check = opts.check
+    h = check.headers
     args = [
         sys.executable,
         "-m",
@@ -95,6 +96,14 @@ def worker_command(opts: ServeOptions, index: int, shared: Path) -> list[str]:
         h.agent,
         "--server-header",
         h.server,
+        "--grant-from",
+        f"jwt:{check.grant_claim}" if check.grant_claim else "header",
+        "--agent-from",
+        f"jwt:{check.agent_claim}" if check.agent_claim else "header",
+        "--jwt-payload-key",
+        check.jwt_payload_key,
+        "--max-request-bytes",
+        str(check.max_request_bytes),
         "--shared",
         str(shared),
         "--worker-index",

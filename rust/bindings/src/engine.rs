@@ -3,27 +3,24 @@
 use crate::arguments::PyArg;
 use crate::clock::PyManualClock;
 use crate::decision::PyDecision;
-use crate::gate::PyGateAnswer;
 use crate::policy::{coerce, PyPolicy};
-use crate::wire;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
 use toolgate_core::clock::Clock;
 use toolgate_core::counter::CounterTable;
 use toolgate_core::engine::{DEFAULT_CAPACITY, DEFAULT_RESERVATIONS};
-use toolgate_core::mcp::HttpCall;
 use toolgate_core::shared::{Layout, SharedState};
 use toolgate_core::TscClock;
 use toolgate_core::{Engine, Request, Subject};
+use toolgate_server::decider as wire;
 
 /// Decides tool calls against a policy, with counters that survive reloads.
 #[pyclass(name = "Engine", module = "toolgate._core", frozen)]
 pub struct PyEngine {
-    inner: Engine,
+    pub(crate) inner: Engine,
     max_argument_bytes: usize,
 }
 
@@ -262,47 +259,6 @@ impl PyEngine {
         let out = wire::release(&self.inner, request);
         out.map(|b| PyBytes::new(py, &b))
             .map_err(|e| PyValueError::new_err(e.0))
-    }
-
-    /// Decide one HTTP request of MCP Streamable HTTP traffic for a proxy: a `tools/call`
-    /// in `body` is decided; other messages pass; unreadable bodies, bodies the proxy cut
-    /// (`truncated`) and `Mcp-Method`/`Mcp-Name` headers that disagree with the body are
-    /// refused with a JSON-RPC error.
-    #[pyo3(signature = (body, *, http_method = "POST", truncated = false, server = None, grant = None, session = None, agent = None, mcp_method = None, mcp_name = None))]
-    #[allow(clippy::too_many_arguments)]
-    fn check_http(
-        &self,
-        py: Python<'_>,
-        body: &[u8],
-        http_method: &str,
-        truncated: bool,
-        server: Option<&str>,
-        grant: Option<&str>,
-        session: Option<&str>,
-        agent: Option<&str>,
-        mcp_method: Option<&str>,
-        mcp_name: Option<&str>,
-    ) -> PyResult<PyGateAnswer> {
-        let started = Instant::now();
-        let call = HttpCall {
-            http_method,
-            body,
-            truncated,
-            server,
-            subject: Subject {
-                grant,
-                session,
-                agent,
-                attributes: &[],
-            },
-            mcp_method,
-            mcp_name,
-        };
-        let gate = toolgate_core::mcp::check(&self.inner, &call);
-        self.inner
-            .stats()
-            .record_duration(started.elapsed().as_nanos() as u64);
-        PyGateAnswer::new(py, gate)
     }
 
     /// An INVALID_REQUEST decision for a request that cannot be decided, counted like any.

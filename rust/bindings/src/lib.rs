@@ -4,9 +4,9 @@ mod arguments;
 mod clock;
 mod decision;
 mod engine;
-mod gate;
+mod envoy;
+mod mcp;
 mod policy;
-mod wire;
 
 use pyo3::prelude::*;
 
@@ -17,9 +17,11 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<policy::ValidationError>()?;
     m.add_class::<decision::PyDecision>()?;
     m.add_class::<decision::PyLimitState>()?;
-    m.add_class::<gate::PyGateAnswer>()?;
+    m.add_class::<envoy::PyEnvoyAuthz>()?;
+    m.add_class::<envoy::PyEnvoyRateLimit>()?;
     m.add_class::<clock::PyManualClock>()?;
     m.add_function(wrap_pyfunction!(engine::create_shared_state, m)?)?;
+    m.add_function(wrap_pyfunction!(mcp::read_mcp_request, m)?)?;
     m.add("PolicyError", m.py().get_type::<policy::PolicyError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -160,6 +160,17 @@ impl Decision {
     }
 
     /// The limit a limit state is of: its scope, max and window.
+    /// The limit to report: the one that denied the call, or else the one with the least
+    /// room left.
+    pub fn reported_limit(&self) -> Option<&LimitState> {
+        if self.code == Code::RateLimited {
+            if let Some(l) = self.limits.iter().find(|l| self.rule_of(l) == self.rule()) {
+                return Some(l);
+            }
+        }
+        self.limits.iter().min_by_key(|l| l.remaining_units)
+    }
+
     pub fn limit_of(&self, state: &LimitState) -> &LimitInfo {
         self.policy.limit(state.limit)
     }

@@ -7,7 +7,7 @@
 //! and a body that cannot be read is a JSON-RPC protocol error.
 
 use super::request::{Refusal, INVALID_PARAMS};
-use crate::decision::{Code, Decision, LimitState};
+use crate::decision::{Code, Decision};
 use serde_json::{json, Map, Value};
 
 /// The `_meta` key under which a denial's details travel.
@@ -106,7 +106,7 @@ pub fn decision_headers(d: &Decision) -> Vec<(&'static str, String)> {
     if d.shadow {
         headers.push(("x-toolgate-shadow", "true".to_owned()));
     }
-    if let Some(limit) = reported_limit(d) {
+    if let Some(limit) = d.reported_limit() {
         let info = d.limit_of(limit);
         let max = number(info.max);
         let window_s = info.window_ms.div_ceil(1000);
@@ -124,16 +124,6 @@ pub fn decision_headers(d: &Decision) -> Vec<(&'static str, String)> {
         headers.push(("retry-after", ms.div_ceil(1000).max(1).to_string()));
     }
     headers
-}
-
-/// The limit that denied the call, or else the one with the least room left.
-fn reported_limit(d: &Decision) -> Option<&LimitState> {
-    if d.code == Code::RateLimited {
-        if let Some(l) = d.limits.iter().find(|l| d.rule_of(l) == d.rule()) {
-            return Some(l);
-        }
-    }
-    d.limits.iter().min_by_key(|l| l.remaining_units)
 }
 
 /// `30` for whole numbers, `12.5` otherwise.

@@ -1,22 +1,13 @@
 //! The `toolgate.v1` gRPC messages, decoded and encoded in Rust: the sidecar hands each
 //! request's bytes here and sends back the bytes it gets, so a decision costs Python one call.
 
+use crate::Malformed;
 use prost::Message;
 use std::time::Instant;
 use toolgate_core::{Code, Decision, Engine, Request, Subject, Verdict};
 
 pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/toolgate.v1.rs"));
-}
-
-/// Why a message could not be decoded at all (answered with a gRPC error status).
-#[derive(Debug)]
-pub struct Malformed(pub String);
-
-impl From<prost::DecodeError> for Malformed {
-    fn from(e: prost::DecodeError) -> Self {
-        Malformed(format!("malformed request: {e}"))
-    }
 }
 
 /// Decide one `DecideRequest`.

@@ -1,0 +1,332 @@
+//! Envoy's external authorization API (`envoy.service.auth.v3.Authorization/Check`) on MCP
+//! Streamable HTTP traffic.
+//!
+//! Envoy sends each request's headers and body (`with_request_body`, `pack_as_bytes`); the
+//! core's MCP gate reads the JSON-RPC body and decides a `tools/call`, and when the call may
+//! not run, its JSON-RPC answer goes back for Envoy to send instead of forwarding. Who is
+//! calling comes from configured headers, or from the claims of a JWT that Envoy's
+//! `jwt_authn` filter verified ([`SubjectSource`]).
+
+use crate::credential::{self, Refused};
+use crate::Malformed;
+use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
+use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption, Metadata};
+use envoy_types::pb::envoy::r#type::v3::HttpStatus;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::{
+    CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
+};
+use envoy_types::pb::google::rpc::Status;
+use prost::Message;
+use std::time::Instant;
+use toolgate_core::mcp::reply;
+use toolgate_core::mcp::request::{Refusal, INVALID_REQUEST};
+use toolgate_core::mcp::{self, Gate, HttpCall};
+use toolgate_core::{Engine, Subject};
+
+/// The context extension (set per route in Envoy) naming the MCP server behind the route.
+pub const SERVER_EXTENSION: &str = "server";
+/// Envoy marks a body it cut at `max_request_bytes` (`allow_partial_message`) this way.
+pub const PARTIAL_BODY_HEADER: &str = "x-envoy-auth-partial-body";
+/// Envoy's default `max_request_bytes` in the configs this project ships.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1 << 20;
+
+const GRPC_OK: i32 = 0;
+const GRPC_PERMISSION_DENIED: i32 = 7;
+
+/// Where one part of the subject comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubjectSource {
+    /// A request header (lower case, as Envoy sends it). For `authorization`, the token of a
+    /// `Bearer` value; for any other header, the whole value.
+    Header(String),
+    /// A claim of the JWT payload that `jwt_authn` verified and stored in the request's
+    /// metadata (its `payload_in_metadata` key is [`AuthzConfig::jwt_payload_key`]).
+    JwtClaim(String),
+}
+
+/// How Check requests are read.
+#[derive(Debug, Clone)]
+pub struct AuthzConfig {
+    pub grant: SubjectSource,
+    pub agent: SubjectSource,
+    pub session_header: String,
+    /// The header naming the MCP server when the route sets no `server` extension.
+    pub server_header: String,
+    pub jwt_payload_key: String,
+    /// Envoy's `max_request_bytes`: a body of this size without a `content-length` may have
+    /// been cut there, and is refused.
+    pub max_request_bytes: usize,
+}
+
+impl Default for AuthzConfig {
+    fn default() -> Self {
+        AuthzConfig {
+            grant: SubjectSource::Header("authorization".into()),
+            agent: SubjectSource::Header("x-agent-id".into()),
+            session_header: "mcp-session-id".into(),
+            server_header: "x-mcp-server".into(),
+            jwt_payload_key: "jwt_payload".into(),
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+        }
+    }
+}
+
+/// Answer one serialized `CheckRequest` with a serialized `CheckResponse`.
+pub fn check_wire(
+    engine: &Engine,
+    config: &AuthzConfig,
+    request: &[u8],
+) -> Result<Vec<u8>, Malformed> {
+    let request = CheckRequest::decode(request)?;
+    Ok(check(engine, config, &request).encode_to_vec())
+}
+
+/// Answer one Check.
+pub fn check(engine: &Engine, config: &AuthzConfig, request: &CheckRequest) -> CheckResponse {
+    let started = Instant::now();
+    let gate = gate(engine, config, request);
+    engine
+        .stats()
+        .record_duration(started.elapsed().as_nanos() as u64);
+    response(gate)
+}
+
+fn gate(engine: &Engine, config: &AuthzConfig, request: &CheckRequest) -> Gate {
+    let attributes = request.attributes.as_ref();
+    let default_http = HttpRequest::default();
+    let http = attributes
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref())
+        .unwrap_or(&default_http);
+    let headers = Headers(http);
+    let metadata = attributes.and_then(|a| a.metadata_context.as_ref());
+    let who = |source: &SubjectSource| subject_part(source, &headers, metadata, config);
+    let (grant, agent) = match (who(&config.grant), who(&config.agent)) {
+        (Ok(grant), Ok(agent)) => (grant, agent),
+        (Err(Refused(why)), _) | (_, Err(Refused(why))) => return unauthenticated(engine, why),
+    };
+    let server = attributes
+        .and_then(|a| a.context_extensions.get(SERVER_EXTENSION))
+        .map(String::as_str)
+        .or_else(|| headers.get(&config.server_header))
+        .filter(|s| !s.is_empty());
+    let body: &[u8] = if http.raw_body.is_empty() {
+        http.body.as_bytes()
+    } else {
+        &http.raw_body
+    };
+    let call = HttpCall {
+        http_method: if http.method.is_empty() {
+            "POST"
+        } else {
+            &http.method
+        },
+        body,
+        truncated: was_cut(&headers, body, config.max_request_bytes),
+        server,
+        subject: Subject {
+            grant: grant.as_deref(),
+            session: headers.get(&config.session_header),
+            agent: agent.as_deref(),
+            attributes: &[],
+        },
+        mcp_method: headers.get("mcp-method"),
+        mcp_name: headers.get("mcp-name"),
+    };
+    mcp::check(engine, &call)
+}
+
+/// The request's headers, as Envoy sends them: in `headers`, or with `encode_raw_headers`
+/// in `header_map`.
+struct Headers<'a>(&'a HttpRequest);
+
+impl<'a> Headers<'a> {
+    /// The value of header `name`, when it is sent once; empty values count as absent.
+    fn get(&self, name: &str) -> Option<&'a str> {
+        self.all(name).next().filter(|v| !v.is_empty())
+    }
+
+    /// Every value of `name` (Envoy joins repeated headers into one value in `headers`, and
+    /// lists each in `header_map`).
+    fn all<'n>(&self, name: &'n str) -> impl Iterator<Item = &'a str> + 'n
+    where
+        'a: 'n,
+    {
+        let joined = self.0.headers.get(name).map(String::as_str);
+        let listed = self.0.header_map.iter().flat_map(|m| &m.headers);
+        let raw = listed.filter(move |h| h.key == name).map(|h| {
+            if h.raw_value.is_empty() {
+                h.value.as_str()
+            } else {
+                // Not UTF-8: a value no header name could match, so it is refused.
+                std::str::from_utf8(&h.raw_value).unwrap_or("\u{fffd}")
+            }
+        });
+        joined.into_iter().chain(raw)
+    }
+}
+
+fn subject_part(
+    source: &SubjectSource,
+    headers: &Headers<'_>,
+    metadata: Option<&Metadata>,
+    config: &AuthzConfig,
+) -> Result<Option<String>, Refused> {
+    match source {
+        SubjectSource::JwtClaim(claim) => {
+            credential::jwt_claim(metadata, &config.jwt_payload_key, claim)
+        }
+        SubjectSource::Header(name) if name == "authorization" => {
+            let mut values = headers.all(name);
+            match (values.next(), values.next()) {
+                (None, _) => Ok(None),
+                (Some(_), Some(_)) => Err(Refused(
+                    "the Authorization header is sent more than once".into(),
+                )),
+                (Some(value), None) => credential::bearer_token(value).map(|t| Some(t.into())),
+            }
+        }
+        SubjectSource::Header(name) => Ok(headers.get(name).map(str::to_owned)),
+    }
+}
+
+/// Envoy sent less than the whole body: it says so, the body is shorter than its declared
+/// length, or there is no declared length and the body fills Envoy's buffer exactly (Envoy
+/// then reports the body as whole even when more followed).
+fn was_cut(headers: &Headers<'_>, body: &[u8], max_request_bytes: usize) -> bool {
+    if headers
+        .get(PARTIAL_BODY_HEADER)
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    {
+        return true;
+    }
+    match headers.get("content-length") {
+        Some(declared) => declared.parse::<usize>() != Ok(body.len()),
+        None => body.len() >= max_request_bytes,
+    }
+}
+
+/// A credential that is not one: refused, never counted.
+fn unauthenticated(engine: &Engine, why: String) -> Gate {
+    let refusal = Refusal {
+        code: INVALID_REQUEST,
+        message: why,
+        id: None,
+    };
+    let mut reply = reply::refused(&refusal, 401);
+    reply.headers.push((
+        "www-authenticate",
+        "Bearer error=\"invalid_request\"".into(),
+    ));
+    Gate::Answer {
+        decision: Some(engine.refuse(&refusal.message)),
+        reply,
+    }
+}
+
+fn response(gate: Gate) -> CheckResponse {
+    match gate {
+        Gate::Forward { headers, .. } => CheckResponse {
+            status: Some(Status {
+                code: GRPC_OK,
+                ..Default::default()
+            }),
+            http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+                response_headers_to_add: header_options(headers),
+                ..Default::default()
+            })),
+            ..Default::default()
+        },
+        Gate::Answer { reply, decision } => CheckResponse {
+            status: Some(Status {
+                code: GRPC_PERMISSION_DENIED,
+                message: decision.map_or_else(|| "refused".into(), |d| d.reason().to_owned()),
+                ..Default::default()
+            }),
+            http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+                status: Some(HttpStatus {
+                    code: i32::from(reply.status),
+                }),
+                headers: header_options(reply.headers),
+                // The core writes JSON, which is UTF-8.
+                body: String::from_utf8(reply.body).unwrap_or_default(),
+            })),
+            ..Default::default()
+        },
+    }
+}
+
+fn header_options(headers: Vec<(&'static str, String)>) -> Vec<HeaderValueOption> {
+    headers
+        .into_iter()
+        .map(|(key, value)| HeaderValueOption {
+            header: Some(HeaderValue {
+                key: key.to_owned(),
+                value,
+                ..Default::default()
+            }),
+            append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+            ..Default::default()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::core::v3::HeaderMap;
+
+    fn http(headers: &[(&str, &str)]) -> HttpRequest {
+        HttpRequest {
+            headers: headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_body_is_cut_when_envoy_says_so_or_its_length_disagrees() {
+        let max = 10;
+        let cut = |h: &[(&str, &str)], body: &[u8]| was_cut(&Headers(&http(h)), body, max);
+        assert!(cut(&[(PARTIAL_BODY_HEADER, "true")], b"{}"));
+        assert!(cut(&[("content-length", "3")], b"{}"));
+        assert!(cut(&[("content-length", "x")], b"{}"));
+        assert!(!cut(&[("content-length", "2")], b"{}"));
+        // No declared length: a body that fills the buffer may have been cut there.
+        assert!(cut(&[], &[b' '; 10]));
+        assert!(cut(&[], &[b' '; 11]));
+        assert!(!cut(&[], &[b' '; 9]));
+        assert!(!cut(&[("content-length", "10")], &[b' '; 10]));
+    }
+
+    #[test]
+    fn repeated_authorization_headers_are_refused_in_either_encoding() {
+        let config = AuthzConfig::default();
+        let joined = http(&[("authorization", "Bearer a,Bearer b")]);
+        let grant = |h: &HttpRequest| subject_part(&config.grant, &Headers(h), None, &config);
+        assert!(grant(&joined).is_err());
+        let raw = HttpRequest {
+            header_map: Some(HeaderMap {
+                headers: ["Bearer a", "Bearer a"]
+                    .iter()
+                    .map(|v| HeaderValue {
+                        key: "authorization".into(),
+                        raw_value: v.as_bytes().to_vec(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            }),
+            ..Default::default()
+        };
+        assert!(grant(&raw).is_err());
+        assert_eq!(
+            grant(&http(&[("authorization", "bearer  a")])),
+            Ok(Some("a".into()))
+        );
+        assert_eq!(grant(&http(&[])), Ok(None));
+    }
+}
