@@ -8,9 +8,10 @@
 //! (`"METHOD"`, `"paramſ"`: a case-insensitive decoder reads them as that key), and `params`
 //! or `arguments` that are not objects.
 
-use super::fold::fold_eq;
+use super::fold::{fold_eq, folded};
 use super::strict_json::{self, StrictError};
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 
 /// JSON-RPC error codes used when refusing.
 pub const PARSE_ERROR: i64 = -32700;
@@ -55,9 +56,6 @@ fn refuse(code: i64, message: impl Into<String>, id: Option<Value>) -> Refusal {
 
 /// Parse one JSON-RPC request body.
 pub fn parse_request(body: &[u8]) -> Result<McpRequest, Refusal> {
-    if std::str::from_utf8(body).is_err() {
-        return Err(refuse(PARSE_ERROR, "body is not UTF-8", None));
-    }
     let root = strict_json::parse(body).map_err(|e| match e {
         StrictError::Syntax(m) => refuse(
             PARSE_ERROR,
@@ -175,7 +173,11 @@ fn check_known_keys(
     id: &Option<Value>,
 ) -> Result<(), Refusal> {
     for key in members.keys() {
-        if let Some(k) = known.iter().find(|k| **k != key && fold_eq(k, key)) {
+        // A key that is its own folding matches a known key only by being it.
+        let Cow::Owned(fold) = folded(key) else {
+            continue;
+        };
+        if let Some(k) = known.iter().find(|k| **k == fold && **k != key) {
             return Err(refuse(
                 INVALID_REQUEST,
                 format!("{what} key {key:?} differs from {k:?} only by case"),

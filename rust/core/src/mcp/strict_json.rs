@@ -12,17 +12,21 @@
 //! It also caps the keys and values of one body, so work stays linear and bounded whatever
 //! the body's shape: keys are checked through a hash of their folded form, never pairwise.
 
-use super::fold::{fold_eq, fold_key};
+use super::fold::{fold_eq, folded};
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
+use smallvec::SmallVec;
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::fmt;
 
-/// Most object keys one body may hold.
-pub const MAX_KEYS: usize = 10_000;
+/// Most object keys one body may hold. A body of Envoy's default 1 MiB of ordinary records
+/// holds about half as many; the caps bound the memory one request can take (~70 bytes a
+/// key, ~30 a value) whatever the proxy's size limit.
+pub const MAX_KEYS: usize = 100_000;
 /// Most values (scalars, arrays and objects) one body may hold.
-pub const MAX_VALUES: usize = 100_000;
+pub const MAX_VALUES: usize = 250_000;
 /// Largest integer magnitude every decoder reads exactly (JavaScript's `MAX_SAFE_INTEGER`).
 pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 
@@ -239,24 +243,38 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
 /// The folded keys of one object seen so far.
 #[derive(Default)]
 struct FoldedKeys {
+    /// While the object is small: each key's folding where it differs from the key, in the
+    /// map's order (compared in a list: cheaper than hashing a handful).
+    small: SmallVec<[Option<String>; SMALL_OBJECT]>,
+    /// Past that, every folded key.
     hashed: Option<HashSet<String, ahash::RandomState>>,
-    count: usize,
 }
 
 impl FoldedKeys {
     /// Add `key`; if a key already in `map` folds alike, return that key instead.
     fn insert(&mut self, key: &str, map: &Map<String, Value>) -> Option<String> {
         let twin = || map.keys().find(|k| fold_eq(k, key)).cloned();
-        self.count += 1;
-        if self.count <= SMALL_OBJECT {
-            return twin();
-        }
-        let hashed = self.hashed.get_or_insert_with(|| {
-            let mut set = HashSet::with_capacity_and_hasher(2 * SMALL_OBJECT, Default::default());
-            set.extend(map.keys().map(|k| fold_key(k)));
-            set
-        });
-        if hashed.insert(fold_key(key)) {
+        let fold = folded(key);
+        let hashed = match &mut self.hashed {
+            Some(set) => set,
+            None if self.small.len() < SMALL_OBJECT => {
+                let mut seen = map.keys().zip(&self.small);
+                if seen.any(|(k, f)| f.as_deref().unwrap_or(k) == fold) {
+                    return twin();
+                }
+                self.small.push(match fold {
+                    Cow::Owned(f) => Some(f),
+                    Cow::Borrowed(_) => None,
+                });
+                return None;
+            }
+            None => {
+                let seen = map.keys().zip(self.small.drain(..));
+                let set = seen.map(|(k, f)| f.unwrap_or_else(|| k.clone())).collect();
+                self.hashed.insert(set)
+            }
+        };
+        if hashed.insert(fold.into_owned()) {
             None
         } else {
             twin()
