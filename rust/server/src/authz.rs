@@ -21,7 +21,7 @@ use envoy_types::pb::google::rpc::Status;
 use prost::Message;
 use std::time::Instant;
 use toolgate_core::mcp::reply;
-use toolgate_core::mcp::request::{Refusal, INVALID_REQUEST};
+use toolgate_core::mcp::request::{readable_id, Refusal, INVALID_REQUEST};
 use toolgate_core::mcp::{self, Gate, HttpCall};
 use toolgate_core::{Engine, Subject};
 
@@ -105,18 +105,16 @@ fn gate(engine: &Engine, config: &AuthzConfig, request: &CheckRequest) -> Gate {
     let who = |source: &SubjectSource| subject_part(source, &headers, metadata, config);
     let (grant, agent) = match (who(&config.grant), who(&config.agent)) {
         (Ok(grant), Ok(agent)) => (grant, agent),
-        (Err(Refused(why)), _) | (_, Err(Refused(why))) => return unauthenticated(engine, why),
+        (Err(Refused(why)), _) | (_, Err(Refused(why))) => {
+            return unauthenticated(engine, why, readable_id(body_of(http)))
+        }
     };
     let server = attributes
         .and_then(|a| a.context_extensions.get(SERVER_EXTENSION))
         .map(String::as_str)
         .or_else(|| headers.get(&config.server_header))
         .filter(|s| !s.is_empty());
-    let body: &[u8] = if http.raw_body.is_empty() {
-        http.body.as_bytes()
-    } else {
-        &http.raw_body
-    };
+    let body = body_of(http);
     let call = HttpCall {
         http_method: if http.method.is_empty() {
             "POST"
@@ -136,6 +134,15 @@ fn gate(engine: &Engine, config: &AuthzConfig, request: &CheckRequest) -> Gate {
         mcp_name: headers.get("mcp-name"),
     };
     mcp::check(engine, &call)
+}
+
+/// The body, as bytes (`pack_as_bytes`) or as text.
+fn body_of(http: &HttpRequest) -> &[u8] {
+    if http.raw_body.is_empty() {
+        http.body.as_bytes()
+    } else {
+        &http.raw_body
+    }
 }
 
 /// The request's headers, as Envoy sends them: in `headers`, or with `encode_raw_headers`
@@ -209,11 +216,11 @@ fn was_cut(headers: &Headers<'_>, body: &[u8], max_request_bytes: usize) -> bool
 }
 
 /// A credential that is not one: refused, never counted.
-fn unauthenticated(engine: &Engine, why: String) -> Gate {
+fn unauthenticated(engine: &Engine, why: String, id: Option<serde_json::Value>) -> Gate {
     let refusal = Refusal {
         code: INVALID_REQUEST,
         message: why,
-        id: None,
+        id,
     };
     let mut reply = reply::refused(&refusal, 401);
     reply.headers.push((

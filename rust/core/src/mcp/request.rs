@@ -65,9 +65,9 @@ pub fn parse_request(body: &[u8]) -> Result<McpRequest, Refusal> {
         StrictError::Ambiguous { .. } => refuse(
             INVALID_REQUEST,
             format!("the body could be read two ways: {e}"),
-            None,
+            readable_id(body),
         ),
-        StrictError::TooLarge(m) => refuse(INVALID_REQUEST, m, None),
+        StrictError::TooLarge(m) => refuse(INVALID_REQUEST, m, readable_id(body)),
     })?;
     let mut members = match root {
         Value::Object(members) => members,
@@ -88,7 +88,8 @@ pub fn parse_request(body: &[u8]) -> Result<McpRequest, Refusal> {
     };
     let id = members.get("id").cloned();
     if let Some(id_value) = &id {
-        if !(id_value.is_string() || id_value.is_i64() || id_value.is_u64() || id_value.is_null()) {
+        // MCP: "the ID MUST NOT be null"; a notification has no id at all.
+        if !(id_value.is_string() || id_value.is_i64() || id_value.is_u64()) {
             return Err(refuse(
                 INVALID_REQUEST,
                 "id must be a string or an integer",
@@ -111,7 +112,10 @@ pub fn parse_request(body: &[u8]) -> Result<McpRequest, Refusal> {
                 id,
             ))
         }
-        None if answers && id.is_some() => return Ok(McpRequest::Response { id }),
+        None if answers && id.is_some() => {
+            check_answer(&members, &id)?;
+            return Ok(McpRequest::Response { id });
+        }
         _ => return Err(refuse(INVALID_REQUEST, "method must be a string", id)),
     };
     if method != TOOLS_CALL {
@@ -127,7 +131,7 @@ pub fn parse_request(body: &[u8]) -> Result<McpRequest, Refusal> {
         return Ok(McpRequest::Other { id, method });
     }
     // A call without an id would be a notification, which gets no answer to deny with.
-    if matches!(id, None | Some(Value::Null)) {
+    if id.is_none() {
         return Err(refuse(INVALID_REQUEST, "tools/call needs an id", None));
     }
     let mut params = match members.remove("params") {
@@ -146,6 +150,19 @@ pub fn parse_request(body: &[u8]) -> Result<McpRequest, Refusal> {
             ))
         }
     };
+    if let Some(meta) = params.get("_meta") {
+        let Value::Object(meta) = meta else {
+            return Err(refuse(INVALID_PARAMS, "params._meta must be an object", id));
+        };
+        let token = meta.get("progressToken");
+        if token.is_some_and(|t| !(t.is_string() || t.is_i64() || t.is_u64())) {
+            return Err(refuse(
+                INVALID_PARAMS,
+                "params._meta.progressToken must be a string or an integer",
+                id,
+            ));
+        }
+    }
     let arguments = match params.remove("arguments") {
         None => None,
         Some(arguments @ Value::Object(_)) => Some(arguments),
@@ -162,6 +179,38 @@ pub fn parse_request(body: &[u8]) -> Result<McpRequest, Refusal> {
         name,
         arguments,
     })
+}
+
+/// A client's answer to a server request: a `result`, or an `error` with an integer `code`
+/// and a string `message`, never both (servers refuse anything else; it is not forwarded).
+fn check_answer(members: &Map<String, Value>, id: &Option<Value>) -> Result<(), Refusal> {
+    let bad = |why: &str| Err(refuse(INVALID_REQUEST, why, id.clone()));
+    match (members.get("result"), members.get("error")) {
+        (Some(_), Some(_)) => bad("an answer carries a result or an error, not both"),
+        (None, Some(Value::Object(error))) => {
+            let code = error.get("code").is_some_and(|c| c.is_i64() || c.is_u64());
+            let message = error.get("message").is_some_and(Value::is_string);
+            if code && message {
+                Ok(())
+            } else {
+                bad("an error needs an integer code and a string message")
+            }
+        }
+        (None, Some(_)) => bad("an error must be an object"),
+        _ => Ok(()),
+    }
+}
+
+/// The request's `id`, for the answer to a body that is refused: read leniently (other keys
+/// ignored), and only when the body is JSON with exactly one `id` that is a string or an
+/// integer, so the client can match the refusal to its request.
+pub fn readable_id(body: &[u8]) -> Option<Value> {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        id: Option<Value>,
+    }
+    let id = serde_json::from_slice::<Envelope>(body).ok()?.id?;
+    (id.is_string() || id.is_i64() || id.is_u64()).then_some(id)
 }
 
 /// Refuse a key that a case-insensitive decoder would read as one of `known`, without being
@@ -279,7 +328,14 @@ mod tests {
             (r#"{"jsonrpc":"2.0","id":{"x":1},"method":"tools/call","params":{"name":"t"}}"#, INVALID_REQUEST, "id must"),
             ("\"tools/call\"", INVALID_REQUEST, "JSON object"),
             (r#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"t"}}"#, INVALID_REQUEST, "needs an id"),
-            (r#"{"jsonrpc":"2.0","id":null,"method":"tools/call","params":{"name":"t"}}"#, INVALID_REQUEST, "needs an id"),
+            (r#"{"jsonrpc":"2.0","id":null,"method":"tools/call","params":{"name":"t"}}"#, INVALID_REQUEST, "id must be"),
+            (r#"{"jsonrpc":"2.0","id":null,"method":"tools/list"}"#, INVALID_REQUEST, "id must be"),
+            (r#"{"jsonrpc":"2.0","id":null,"result":{}}"#, INVALID_REQUEST, "id must be"),
+            (r#"{"jsonrpc":"2.0","id":1,"result":{},"error":{"code":1,"message":"m"}}"#, INVALID_REQUEST, "not both"),
+            (r#"{"jsonrpc":"2.0","id":1,"error":{"code":1.5,"message":"m"}}"#, INVALID_REQUEST, "integer code"),
+            (r#"{"jsonrpc":"2.0","id":1,"error":"no"}"#, INVALID_REQUEST, "must be an object"),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","_meta":0}}"#, INVALID_PARAMS, "_meta must be"),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","_meta":{"progressToken":1.5}}}"#, INVALID_PARAMS, "progressToken"),
             (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","result":{},"params":{"name":"t"}}"#, INVALID_REQUEST, "cannot also carry"),
             (r#"{"jsonrpc":"2.0","id":1,"Result":{},"method":"tools/list"}"#, INVALID_REQUEST, "only by case"),
             (r#"{"jsonrpc":"2.0","result":{}}"#, INVALID_REQUEST, "method must be"),
@@ -308,6 +364,22 @@ mod tests {
             proptest::prop_assert_eq!(parsed, Ok(McpRequest::ToolCall {
                 id: Some(json!(n)), name: name.clone(), arguments: Some(json!({key: n})) }));
         }
+    }
+
+    #[test]
+    fn a_refusal_of_an_ambiguous_body_echoes_its_one_id() {
+        let twin = call(
+            r#"{"jsonrpc":"2.0","id":"r-1","method":"tools/call","params":{"name":"t","arguments":{"a":1,"A":2}}}"#,
+        );
+        assert_eq!(twin.unwrap_err().id, Some(json!("r-1")));
+        let two_ids = call(r#"{"jsonrpc":"2.0","id":1,"id":2,"method":"tools/call"}"#);
+        assert_eq!(two_ids.unwrap_err().id, None);
+        assert_eq!(
+            readable_id(br#"{"id": 5, "x": [1, {"y": 2}]}"#),
+            Some(json!(5))
+        );
+        assert_eq!(readable_id(br#"{"id": 1.5}"#), None);
+        assert_eq!(readable_id(br#"{"id": 5"#), None);
     }
 
     #[test]
