@@ -1,10 +1,59 @@
-//! Compile the toolgate.v1 protobuf schema to Rust with protox (no protoc needed).
+//! Generate the gRPC code: toolgate.v1's messages and `Decider` service from its schema
+//! (protox: no protoc needed), keeping its descriptors for server reflection; and servers
+//! for Envoy's `Authorization` and `RateLimitService` over envoy-types' messages. Every
+//! service decodes requests with `crate::codec::ProstCodec`.
+
+use prost::Message;
+use tonic_build::manual::{Method, Service};
+
+const CODEC: &str = "crate::codec::ProstCodec";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
     let file = root.join("toolgate/v1/decider.proto");
     println!("cargo:rerun-if-changed={}", file.display());
     let descriptors = protox::compile([&file], [&root])?;
-    prost_build::Config::new().compile_fds(descriptors)?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("toolgate.v1.bin"), descriptors.encode_to_vec())?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .codec_path(CODEC)
+        .compile_fds(descriptors)?;
+
+    let envoy = "::envoy_types::pb::envoy::service";
+    let unary = |name: &str, route: &str, input: String, output: String| {
+        Method::builder()
+            .name(name)
+            .route_name(route)
+            .input_type(input)
+            .output_type(output)
+            .codec_path(CODEC)
+            .build()
+    };
+    let services = [
+        Service::builder()
+            .name("Authorization")
+            .package("envoy.service.auth.v3")
+            .method(unary(
+                "check",
+                "Check",
+                format!("{envoy}::auth::v3::CheckRequest"),
+                format!("{envoy}::auth::v3::CheckResponse"),
+            ))
+            .build(),
+        Service::builder()
+            .name("RateLimitService")
+            .package("envoy.service.ratelimit.v3")
+            .method(unary(
+                "should_rate_limit",
+                "ShouldRateLimit",
+                format!("{envoy}::ratelimit::v3::RateLimitRequest"),
+                format!("{envoy}::ratelimit::v3::RateLimitResponse"),
+            ))
+            .build(),
+    ];
+    tonic_build::manual::Builder::new()
+        .build_client(false)
+        .compile(&services);
     Ok(())
 }

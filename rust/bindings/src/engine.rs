@@ -20,8 +20,9 @@ use toolgate_server::decider as wire;
 /// Decides tool calls against a policy, with counters that survive reloads.
 #[pyclass(name = "Engine", module = "toolgate._core", frozen)]
 pub struct PyEngine {
-    pub(crate) inner: Engine,
-    max_argument_bytes: usize,
+    /// Shared with the native server's threads, which decide on it.
+    pub(crate) inner: Arc<Engine>,
+    pub(crate) max_argument_bytes: usize,
 }
 
 /// Largest `arguments_json` a wire request may carry unless configured otherwise.
@@ -69,7 +70,7 @@ impl PyEngine {
         };
         engine
             .map(|inner| PyEngine {
-                inner,
+                inner: Arc::new(inner),
                 max_argument_bytes,
             })
             .map_err(PyValueError::new_err)

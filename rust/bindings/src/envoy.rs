@@ -36,7 +36,7 @@ fn source(field: &str, header_name: &str, claim: Option<&str>) -> PyResult<Subje
 #[pyclass(name = "EnvoyAuthz", module = "toolgate._core", frozen)]
 pub struct PyEnvoyAuthz {
     engine: Py<PyEngine>,
-    config: AuthzConfig,
+    pub(crate) config: AuthzConfig,
 }
 
 #[pymethods]

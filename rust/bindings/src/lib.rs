@@ -6,6 +6,7 @@ mod decision;
 mod engine;
 mod envoy;
 mod mcp;
+mod native;
 mod policy;
 
 use pyo3::prelude::*;
@@ -19,6 +20,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<decision::PyLimitState>()?;
     m.add_class::<envoy::PyEnvoyAuthz>()?;
     m.add_class::<envoy::PyEnvoyRateLimit>()?;
+    m.add_class::<native::PyNativeServer>()?;
     m.add_class::<clock::PyManualClock>()?;
     m.add_function(wrap_pyfunction!(engine::create_shared_state, m)?)?;
     m.add_function(wrap_pyfunction!(mcp::read_mcp_request, m)?)?;

@@ -10,47 +10,71 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/toolgate.v1.rs"));
 }
 
-/// Decide one `DecideRequest`.
+/// Descriptors of the toolgate.v1 schema, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/toolgate.v1.bin"));
+
+/// Decide one serialized `DecideRequest`.
 pub fn decide(
     engine: &Engine,
     max_argument_bytes: usize,
     request: &[u8],
 ) -> Result<Vec<u8>, Malformed> {
-    let started = Instant::now();
     let req = pb::DecideRequest::decode(request)?;
-    let response = respond(engine, max_argument_bytes, &req);
-    let bytes = response.encode_to_vec();
+    Ok(decide_message(engine, max_argument_bytes, &req).encode_to_vec())
+}
+
+/// Decide one `DecideRequest`.
+pub fn decide_message(
+    engine: &Engine,
+    max_argument_bytes: usize,
+    req: &pb::DecideRequest,
+) -> pb::DecideResponse {
+    let started = Instant::now();
+    let response = respond(engine, max_argument_bytes, req);
     engine
         .stats()
         .record_duration(started.elapsed().as_nanos() as u64);
-    Ok(bytes)
+    response
 }
 
-/// Decide every request of a `DecideBatchRequest`, in order.
+/// Decide every request of a serialized `DecideBatchRequest`, in order.
 pub fn decide_batch(
     engine: &Engine,
     max_argument_bytes: usize,
     request: &[u8],
 ) -> Result<Vec<u8>, Malformed> {
-    let started = Instant::now();
     let batch = pb::DecideBatchRequest::decode(request)?;
+    Ok(decide_batch_message(engine, max_argument_bytes, &batch).encode_to_vec())
+}
+
+/// Decide every request of a `DecideBatchRequest`, in order.
+pub fn decide_batch_message(
+    engine: &Engine,
+    max_argument_bytes: usize,
+    batch: &pb::DecideBatchRequest,
+) -> pb::DecideBatchResponse {
+    let started = Instant::now();
     let responses = batch
         .requests
         .iter()
         .map(|r| respond(engine, max_argument_bytes, r))
         .collect();
-    let bytes = pb::DecideBatchResponse { responses }.encode_to_vec();
     engine
         .stats()
         .record_duration(started.elapsed().as_nanos() as u64);
-    Ok(bytes)
+    pb::DecideBatchResponse { responses }
+}
+
+/// Give back a reservation, from a serialized `ReleaseRequest`.
+pub fn release(engine: &Engine, request: &[u8]) -> Result<Vec<u8>, Malformed> {
+    let req = pb::ReleaseRequest::decode(request)?;
+    Ok(release_message(engine, &req).encode_to_vec())
 }
 
 /// Give back a reservation.
-pub fn release(engine: &Engine, request: &[u8]) -> Result<Vec<u8>, Malformed> {
-    let req = pb::ReleaseRequest::decode(request)?;
+pub fn release_message(engine: &Engine, req: &pb::ReleaseRequest) -> pb::ReleaseResponse {
     let released = req.reservation != 0 && engine.release(req.reservation);
-    Ok(pb::ReleaseResponse { released }.encode_to_vec())
+    pb::ReleaseResponse { released }
 }
 
 fn non_empty(s: &str) -> Option<&str> {

@@ -1,13 +1,17 @@
 //! toolgate's gRPC services over the decision core: `toolgate.v1.Decider`, Envoy's external
-//! authorization (`Check`) and rate limit (`ShouldRateLimit`) APIs.
+//! authorization (`Check`) and rate limit (`ShouldRateLimit`) APIs, and [`native`], the
+//! server that serves them with tonic.
 //!
 //! Each service reads a request message, decides it with a [`toolgate_core::Engine`] and
 //! writes the response message; the `*_wire` functions do the same on serialized messages,
-//! for a transport that carries bytes.
+//! for a transport that carries bytes (the Python sidecar's grpcio server).
 
 pub mod authz;
+pub mod codec;
 pub mod credential;
 pub mod decider;
+pub mod grpc;
+pub mod native;
 pub mod ratelimit;
 
 /// Why a request message could not be decoded at all (answered with a gRPC error status).

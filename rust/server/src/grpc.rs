@@ -1,0 +1,200 @@
+//! The services as tonic serves them: toolgate.v1 `Decider`, Envoy's `Authorization` and
+//! `RateLimitService`, each deciding in the request's own task (a decision takes about a
+//! microsecond: handing it to another thread would cost more).
+//!
+//! A call whose deadline passed before its handler ran is answered `DEADLINE_EXCEEDED` and
+//! not decided: the caller (a proxy that has already answered 503) has given up, so counting
+//! it would spend a limit on a call that never runs. Arrival is stamped by [`StampArrival`]
+//! when the connection reads the request, before the request waits for a thread.
+
+use crate::authz::{self, AuthzConfig};
+use crate::decider::{self, pb};
+use crate::ratelimit;
+use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tonic::{Request, Response, Status};
+use toolgate_core::Engine;
+
+/// Envoy's services, generated over envoy-types' messages with [`crate::codec`].
+pub mod envoy {
+    include!(concat!(
+        env!("OUT_DIR"),
+        "/envoy.service.auth.v3.Authorization.rs"
+    ));
+    include!(concat!(
+        env!("OUT_DIR"),
+        "/envoy.service.ratelimit.v3.RateLimitService.rs"
+    ));
+}
+
+/// When the request was read off its connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrived(pub Instant);
+
+/// A tower layer that stamps each HTTP request with [`Arrived`] as it is read.
+#[derive(Debug, Clone)]
+pub struct StampArrival<S>(pub S);
+
+impl<S, B> tower::Service<http::Request<B>> for StampArrival<S>
+where
+    S: tower::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        request.extensions_mut().insert(Arrived(Instant::now()));
+        self.0.call(request)
+    }
+}
+
+/// tonic answers a request message over the size limit OUT_OF_RANGE; gRPC's own servers
+/// (and the sidecar's grpcio transport) answer RESOURCE_EXHAUSTED, as gRPC's status code
+/// guide asks. The status travels in a trailers-only response's headers.
+pub fn size_limit_status<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let headers = response.headers_mut();
+    let over_limit = headers.get("grpc-status").is_some_and(|v| v == "11")
+        && headers
+            .get("grpc-message")
+            .is_some_and(|m| m.as_bytes().windows(17).any(|w| w == b"length%20too%20la"));
+    if over_limit {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    response
+}
+
+/// `DEADLINE_EXCEEDED` if the caller's `grpc-timeout` ran out before now.
+fn check_deadline<T>(request: &Request<T>) -> Result<(), Status> {
+    let timeout = request
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(grpc_timeout);
+    let arrived = request.extensions().get::<Arrived>();
+    match (timeout, arrived) {
+        (Some(timeout), Some(Arrived(at))) if at.elapsed() >= timeout => Err(
+            Status::deadline_exceeded("the caller's deadline has passed"),
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// A `grpc-timeout` value: up to 8 digits and a unit (`H M S m u n`).
+pub fn grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// `toolgate.v1.Decider`.
+pub struct DeciderService {
+    pub engine: Arc<Engine>,
+    pub max_argument_bytes: usize,
+}
+
+#[tonic::async_trait]
+impl pb::decider_server::Decider for DeciderService {
+    async fn decide(
+        &self,
+        request: Request<pb::DecideRequest>,
+    ) -> Result<Response<pb::DecideResponse>, Status> {
+        check_deadline(&request)?;
+        let response =
+            decider::decide_message(&self.engine, self.max_argument_bytes, request.get_ref());
+        Ok(Response::new(response))
+    }
+
+    async fn decide_batch(
+        &self,
+        request: Request<pb::DecideBatchRequest>,
+    ) -> Result<Response<pb::DecideBatchResponse>, Status> {
+        check_deadline(&request)?;
+        let response =
+            decider::decide_batch_message(&self.engine, self.max_argument_bytes, request.get_ref());
+        Ok(Response::new(response))
+    }
+
+    async fn release(
+        &self,
+        request: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        check_deadline(&request)?;
+        Ok(Response::new(decider::release_message(
+            &self.engine,
+            request.get_ref(),
+        )))
+    }
+}
+
+/// `envoy.service.auth.v3.Authorization`.
+pub struct AuthorizationService {
+    pub engine: Arc<Engine>,
+    pub config: AuthzConfig,
+}
+
+#[tonic::async_trait]
+impl envoy::authorization_server::Authorization for AuthorizationService {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        check_deadline(&request)?;
+        let response = authz::check(&self.engine, &self.config, request.get_ref());
+        Ok(Response::new(response))
+    }
+}
+
+/// `envoy.service.ratelimit.v3.RateLimitService`.
+pub struct RateLimiter {
+    pub engine: Arc<Engine>,
+}
+
+#[tonic::async_trait]
+impl envoy::rate_limit_service_server::RateLimitService for RateLimiter {
+    async fn should_rate_limit(
+        &self,
+        request: Request<RateLimitRequest>,
+    ) -> Result<Response<RateLimitResponse>, Status> {
+        check_deadline(&request)?;
+        let response = ratelimit::should_rate_limit(&self.engine, request.get_ref());
+        Ok(Response::new(response))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_grpc_timeouts() {
+        assert_eq!(grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(grpc_timeout("1n"), Some(Duration::from_nanos(1)));
+        assert_eq!(grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(
+            grpc_timeout("99999999S"),
+            Some(Duration::from_secs(99_999_999))
+        );
+        for bad in ["", "m", "100", "123456789m", "1x", "-1m", "1.5S"] {
+            assert_eq!(grpc_timeout(bad), None, "{bad:?}");
+        }
+    }
+}
