@@ -10,10 +10,12 @@ import os
 # anything imports grpc.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sidecar
 import toolgate
 
 #: The repository's example policies.
@@ -66,6 +68,15 @@ def errors_of(load: Any, *args: Any) -> list[tuple[str, int | None, str]]:
 
 def codes(decisions: list[toolgate.Decision]) -> list[str]:
     return [d.code for d in decisions]
+
+
+@pytest.fixture(scope="module", params=sidecar.TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Each test that starts `toolgate serve` runs once per transport: a module's tests run
+    on one, then on the other (its module-scoped sidecars are started once for each)."""
+    sidecar.use_transport(request.param)
+    yield request.param
+    sidecar.use_transport("native")
 
 
 @pytest.fixture

@@ -39,6 +39,29 @@ DECIDER = "toolgate.v1.Decider"
 #: How long to wait for anything the server does on its own (start, reload, stop).
 PATIENCE = 15.0
 
+#: The transports `toolgate serve` answers on; every sidecar test runs on each (the
+#: `transport` fixture in conftest.py sets which one `Sidecar` and `toolgate_cli` use).
+TRANSPORTS = ("native", "grpcio")
+_transport = ["native"]
+
+
+def use_transport(name: str) -> None:
+    """Start the sidecars that follow on transport ``name``."""
+    assert name in TRANSPORTS, name
+    _transport[0] = name
+
+
+def current_transport() -> str:
+    return _transport[0]
+
+
+def with_transport(args: list[str]) -> list[str]:
+    """``toolgate serve`` arguments with the current transport, unless they name one."""
+    if "--transport" in args:
+        return args
+    return [*args, "--transport", current_transport()]
+
+
 T = TypeVar("T")
 
 _LIVE: set[subprocess.Popen[bytes]] = set()
@@ -104,6 +127,33 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+class ConfigMapVolume:
+    """A directory laid out as the kubelet lays out a ConfigMap volume: the files in a
+    timestamped directory, ``..data`` a symlink to it, each key a symlink to ``..data/key``;
+    ``update`` swaps ``..data`` to a new directory in one rename, as the kubelet does."""
+
+    def __init__(self, path: Path, data: dict[str, str]) -> None:
+        self.path = path
+        path.mkdir(parents=True)
+        self._generation = 0
+        self.update(data)
+        for key in data:
+            (path / key).symlink_to(f"..data/{key}")
+
+    def update(self, data: dict[str, str]) -> None:
+        self._generation += 1
+        new = self.path / f"..2026_11_21_00_00_{self._generation:02d}.000000001"
+        new.mkdir()
+        for key, text in data.items():
+            (new / key).write_text(text)
+        old = (self.path / "..data").resolve() if (self.path / "..data").exists() else None
+        tmp = self.path / "..data_tmp"
+        tmp.symlink_to(new.name)
+        os.rename(tmp, self.path / "..data")
+        if old is not None:
+            shutil.rmtree(old)
+
+
 class Sidecar:
     """``toolgate serve`` in a subprocess.
 
@@ -154,6 +204,7 @@ class Sidecar:
             ]
             if policy is not None:
                 args += ["--policy", str(policy)]
+            args = with_transport(args)
             self.args = args
             try:
                 self._spawn(args)
@@ -332,10 +383,11 @@ class _PortTaken(AssertionError):
 
 
 def toolgate_cli(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run the ``toolgate`` console script."""
-    return subprocess.run(
-        [*TOOLGATE, *map(str, args)], capture_output=True, text=True, timeout=timeout
-    )
+    """Run the ``toolgate`` console script (``serve`` on the current transport)."""
+    argv = [*map(str, args)]
+    if argv[:1] == ["serve"]:
+        argv = with_transport(argv)
+    return subprocess.run([*TOOLGATE, *argv], capture_output=True, text=True, timeout=timeout)
 
 
 def decision_lines(out: str) -> list[dict[str, Any]]:

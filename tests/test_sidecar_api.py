@@ -16,6 +16,9 @@ from sidecar import Sidecar, decision_lines, free_port, toolgate_cli
 from toolgate.client import decision_dict
 from toolgate.v1 import decider_pb2
 
+# Every test here runs once per transport (native, grpcio).
+pytestmark = pytest.mark.usefixtures("transport")
+
 POLICY = EXAMPLES / "policy.json"
 REVISION = toolgate.Policy.from_file(POLICY).revision
 
@@ -31,7 +34,7 @@ def fresh(prefix: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def sc():
+def sc(transport: str):
     with Sidecar(POLICY) as s:
         yield s
 

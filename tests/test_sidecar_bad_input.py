@@ -14,6 +14,9 @@ from conftest import cond, limit, policy
 from sidecar import Sidecar
 from toolgate.v1 import decider_pb2
 
+# Every test here runs once per transport (native, grpcio).
+pytestmark = pytest.mark.usefixtures("transport")
+
 ALLOW, DENY = decider_pb2.ALLOW, decider_pb2.DENY
 INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -38,7 +41,7 @@ REVISION = toolgate.Policy.from_dict(POLICY).revision
 
 
 @pytest.fixture(scope="module")
-def sc():
+def sc(transport: str):
     with Sidecar(POLICY, "--max-argument-bytes", str(MAX_ARGUMENT_BYTES)) as s:
         yield s
 

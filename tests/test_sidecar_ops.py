@@ -1,15 +1,15 @@
 """Operating the sidecar, through a real ``toolgate serve`` process: /metrics values after known
 traffic, health and graceful shutdown on SIGTERM, the built-in deny-everything policy, and hot
 reload (in-place edits, Kubernetes ConfigMap symlink swaps, invalid files, SIGHUP, reloads
-under load)."""
+under load), and that a half-written policy file is never served."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -21,6 +21,7 @@ from conftest import EXAMPLES, limit, policy
 from grpc_health.v1 import health_pb2
 from sidecar import (
     PATIENCE,
+    ConfigMapVolume,
     Sidecar,
     free_port,
     toolgate_cli,
@@ -29,6 +30,9 @@ from sidecar import (
     write_json,
 )
 from toolgate.v1 import decider_pb2
+
+# Every test here runs once per transport (native, grpcio).
+pytestmark = pytest.mark.usefixtures("transport")
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -316,7 +320,7 @@ def test_a_second_sidecar_on_a_taken_port_fails():
         (["--capacity", "0"], "capacity and reservations must be positive"),
         (["--reservations", "0"], "capacity and reservations must be positive"),
         (["--capacity", str(2**24 + 1)], "a counter table has at most 16777216 slots"),
-        (["--threads", "0"], "max_workers"),
+        (["--threads", "0"], "--threads must be at least 1"),
         (["--metrics-listen", "nonsense"], "expected HOST:PORT, got 'nonsense'"),
         (["--metrics-listen", "127.0.0.1:99999"], "port must be 0-65535"),
     ],
@@ -363,6 +367,37 @@ def limited(max_: int, **extra: Any) -> dict[str, Any]:
     return policy({"t": {"limits": [limit("c", max_, "minute", "grant")]}, **extra})
 
 
+#: A settle period that never ends during a test: an in-place edit is never loaded by itself.
+SETTLE_NEVER = ("--reload-settle", "3600")
+#: The sidecars' --reload-interval (the Sidecar default).
+POLL = 0.2
+
+OLD_YAML = 'version: "1"\ndefault: deny\n'
+FULL_YAML = (EXAMPLES / "policy.yaml").read_text()
+#: The example cut at a line boundary just before create_issue's deny_if: a valid policy,
+#: and a looser one.
+CUT_YAML = FULL_YAML[: FULL_YAML.index("    deny_if:")]
+
+
+#: A call the example policy denies by its deny_if, and the cut allows.
+PROD_ISSUE: dict[str, Any] = {
+    "grant": "g",
+    "session": "s",
+    "arguments": {"repo": "prod/app"},
+}
+
+
+def prod_issue(s: Sidecar) -> int:
+    """The sidecar's code for ``create_issue`` with PROD_ISSUE."""
+    return s.client.decide("create_issue", **PROD_ISSUE).code
+
+
+def let_it_poll(times: int = 5) -> None:
+    """Give the watcher a few more looks at the file (no assertion on time: whatever it does
+    in this time, it must never serve what the test then checks it does not)."""
+    time.sleep(times * POLL)
+
+
 def test_in_place_edit_reloads_and_counters_survive(tmp_path):
     path = write_json(tmp_path / "policy.json", limited(10))
     with Sidecar(path) as s:
@@ -383,26 +418,19 @@ def test_in_place_edit_reloads_and_counters_survive(tmp_path):
 
 
 def test_configmap_symlink_swap(tmp_path):
-    """The kubelet's ConfigMap update: policy.json -> ..data/policy.json, ..data -> ..v1;
-    an update writes ..v2 and renames a new ..data symlink over the old one."""
+    """The kubelet's ConfigMap update: policy.json -> ..data/policy.json, ..data -> a
+    timestamped directory; an update writes a new directory and renames a new ..data symlink
+    over the old one. A swap is a whole new file: loaded at once, whatever the settle."""
     v1 = policy({"a": {}})
     v2 = policy({"b": {}}, hide=["a"])
-    (tmp_path / "..v1").mkdir()
-    write_json(tmp_path / "..v1" / "policy.json", v1)
-    os.symlink("..v1", tmp_path / "..data")
-    os.symlink("..data/policy.json", tmp_path / "policy.json")
+    volume = ConfigMapVolume(tmp_path / "config", {"policy.json": json.dumps(v1)})
 
-    with Sidecar(tmp_path / "policy.json") as s:
+    with Sidecar(volume.path / "policy.json", *SETTLE_NEVER) as s:
         assert s.client.decide("a").code == decider_pb2.ALLOWED
         assert s.client.decide("b").code == decider_pb2.DEFAULT_DENY
         assert s.revision() == revision_of(v1)
 
-        (tmp_path / "..v2").mkdir()
-        write_json(tmp_path / "..v2" / "policy.json", v2)
-        os.symlink("..v2", tmp_path / "..data_tmp")
-        os.replace(tmp_path / "..data_tmp", tmp_path / "..data")
-        (tmp_path / "..v1" / "policy.json").unlink()
-        (tmp_path / "..v1").rmdir()
+        volume.update({"policy.json": json.dumps(v2)})
 
         s.wait_revision(revision_of(v2))
         assert s.client.decide("a").code == decider_pb2.HIDDEN
@@ -423,6 +451,59 @@ INVALID = """{
   }
 }
 """
+
+
+def test_a_half_written_yaml_policy_is_never_served(tmp_path):
+    """An in-place write of the example policy that pauses where the file, cut at a line
+    boundary, is a valid policy without create_issue's deny_if: the call that deny_if denies
+    is never allowed, neither the cut nor the finished file is loaded until SIGHUP, and the
+    wait is logged once."""
+    cut = toolgate.Engine(toolgate.Policy.from_str(CUT_YAML, format="yaml"))
+    assert cut.decide("create_issue", **PROD_ISSUE).allowed
+    path = tmp_path / "policy.yaml"
+    path.write_text(OLD_YAML)
+    with Sidecar(path, *SETTLE_NEVER) as s:
+        old = s.revision()
+        assert prod_issue(s) == decider_pb2.DEFAULT_DENY
+
+        with path.open("r+") as f:  # the same file (inode), as an editor saving over it
+            f.truncate()
+            f.write(CUT_YAML)
+            f.flush()
+            wait_for(lambda: "changed in place" in s.stderr)  # the watcher has seen it
+            let_it_poll()
+            assert prod_issue(s) == decider_pb2.DEFAULT_DENY
+            assert s.revision() == old
+            f.write(FULL_YAML[len(CUT_YAML) :])
+        let_it_poll()
+        assert prod_issue(s) == decider_pb2.DEFAULT_DENY
+        assert s.revision() == old
+        assert s.series("toolgate_policy_reloads_total") == {
+            labels(result="success"): 0,
+            labels(result="failure"): 0,
+        }
+
+        s.signal(signal.SIGHUP)  # the operator says the file is complete
+        s.wait_revision(toolgate.Policy.from_str(FULL_YAML, format="yaml").revision)
+        assert prod_issue(s) == decider_pb2.CONDITION_FAILED
+        get = s.client.decide("get_issue", grant="g", session="s")
+        assert get.code == decider_pb2.ALLOWED
+        assert s.metric("toolgate_policy_reloads_total", result="success") == 1
+        waiting = [line for line in s.stderr.splitlines() if "changed in place" in line]
+        assert len(waiting) == 1, waiting
+        assert f"policy {path} changed in place; loading it once unchanged for 3600s" in waiting[0]
+
+
+def test_a_policy_renamed_into_place_is_loaded_at_once(tmp_path):
+    path = tmp_path / "policy.yaml"
+    path.write_text(OLD_YAML)
+    with Sidecar(path, *SETTLE_NEVER) as s:
+        assert prod_issue(s) == decider_pb2.DEFAULT_DENY
+        write_atomically(path, FULL_YAML)
+        s.wait_revision(toolgate.Policy.from_str(FULL_YAML, format="yaml").revision)
+        assert prod_issue(s) == decider_pb2.CONDITION_FAILED
+        assert s.metric("toolgate_policy_reloads_total", result="success") == 1
+        assert "changed in place" not in s.stderr
 
 
 def test_invalid_file_keeps_the_old_policy_and_logs_every_error(tmp_path):

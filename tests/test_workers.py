@@ -16,9 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from conftest import limit, policy
 from sidecar import Sidecar, toolgate_cli, wait_for, write_atomically
 from toolgate.v1 import decider_pb2, decider_pb2_grpc
+
+# Every test here runs once per transport (native, grpcio).
+pytestmark = pytest.mark.usefixtures("transport")
 
 WORKERS = 2
 #: Connections the load opens: with SO_REUSEPORT the kernel spreads connections (not
@@ -162,26 +166,43 @@ def test_a_worker_killed_under_load_is_restarted_and_loses_no_count():
         assert consumed(sc.target, "bob", max_calls) == max_calls
 
 
+def every_connection_answers(target: str, verdict: int) -> bool | None:
+    """Whether ``CONNECTIONS`` connections (so, likely, every worker) all answer ``verdict``
+    for a call that only the policy's default decides; None if not."""
+    channels = [stub(target) for _ in range(CONNECTIONS)]
+    try:
+        return all(decide(s, "x").verdict == verdict for _, s in channels) or None
+    finally:
+        for channel, _ in channels:
+            channel.close()
+
+
 def test_reload_reaches_every_worker(tmp_path: Path):
     path = tmp_path / "policy.json"
     path.write_text('{"version": "1", "default": "deny"}')
     with started(Sidecar(path, "--workers", str(WORKERS), reload_interval=0.2)) as sc:
         write_atomically(path, '{"version": "1", "default": "allow"}')
         sc.wait_reloads("success", 1)
-
-        def every_connection_allows() -> bool | None:
-            channels = [stub(sc.target) for _ in range(CONNECTIONS)]
-            try:
-                return all(decide(s, "x").verdict == decider_pb2.ALLOW for _, s in channels) or None
-            finally:
-                for channel, _ in channels:
-                    channel.close()
-
-        wait_for(every_connection_allows)
+        wait_for(lambda: every_connection_answers(sc.target, decider_pb2.ALLOW))
         # SIGHUP to the supervisor is passed on too: with the file unchanged, nothing reloads
         # and every worker keeps serving.
         sc.signal(signal.SIGHUP)
-        assert every_connection_allows()
+        assert every_connection_answers(sc.target, decider_pb2.ALLOW)
+
+
+def test_every_worker_waits_for_an_in_place_edit_to_settle(tmp_path: Path):
+    """--reload-settle reaches the workers: with a settle that never ends, an in-place edit
+    is loaded by none of them (each logs that it waits), until SIGHUP says it is complete."""
+    path = tmp_path / "policy.json"
+    path.write_text('{"version": "1", "default": "deny"}')
+    settle = ("--reload-settle", "3600")
+    with started(Sidecar(path, "--workers", str(WORKERS), *settle, reload_interval=0.2)) as sc:
+        path.write_text('{"version": "1", "default": "allow"}')  # in place
+        # The supervisor's watcher and each worker's have seen the edit.
+        wait_for(lambda: sc.stderr.count("unchanged for 3600s") >= WORKERS + 1 or None)
+        assert every_connection_answers(sc.target, decider_pb2.DENY)
+        sc.signal(signal.SIGHUP)
+        wait_for(lambda: every_connection_answers(sc.target, decider_pb2.ALLOW))
 
 
 def test_sigterm_stops_every_worker_and_removes_the_shared_state():

@@ -105,11 +105,13 @@ def _health(args: argparse.Namespace) -> int:
     containers whose sidecar listens on loopback, where the kubelet's gRPC probe cannot reach."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    from toolgate.client import channel
+
     request = health_pb2.HealthCheckRequest(service=args.service)
     label = f"{args.target} {args.service or '(server)'}"
     try:
-        with grpc.insecure_channel(args.target) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
+        with channel(args.target) as health_channel:
+            stub = health_pb2_grpc.HealthStub(health_channel)
             reply = stub.Check(request, timeout=args.timeout)
     except grpc.RpcError as err:
         print(f"{label}: {err.code().name}", file=sys.stderr)
@@ -128,11 +130,13 @@ def _serve(args: argparse.Namespace) -> int:
         policy=Path(args.policy) if args.policy else None,
         listen=args.listen,
         metrics_listen=None if args.metrics_listen == "off" else args.metrics_listen,
+        transport=args.transport,
         threads=args.threads,
         capacity=args.capacity,
         reservations=args.reservations,
         max_argument_bytes=args.max_argument_bytes,
         reload_interval=args.reload_interval,
+        reload_settle=args.reload_settle,
         drain=args.drain,
         grace=args.grace,
         log_format=args.log_format,
@@ -218,7 +222,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--metrics-listen", default="127.0.0.1:9464", metavar="HOST:PORT", help="or 'off'"
     )
-    serve.add_argument("--threads", type=int, default=8, help="gRPC handler threads")
+    serve.add_argument(
+        "--transport",
+        choices=["native", "grpcio"],
+        default="native",
+        help="native: the Rust gRPC server, no Python per call; grpcio: Python's grpcio "
+        "server, the reference (default %(default)s)",
+    )
+    serve.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="serving threads (default: native, the CPUs this process may use, counting its "
+        "affinity and cgroup quota; grpcio, 8)",
+    )
     serve.add_argument(
         "--workers",
         type=int,
@@ -241,6 +259,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-argument-bytes", type=int, default=1 << 20, help="larger arguments are refused"
     )
     serve.add_argument("--reload-interval", type=float, default=1.0, metavar="SECONDS")
+    serve.add_argument(
+        "--reload-settle",
+        type=float,
+        default=0.5,
+        metavar="SECONDS",
+        help="load a policy file edited in place only once it has been unchanged this long, "
+        "as it may be half-written before; a file renamed into place, and SIGHUP, load at "
+        "once; 0 loads in-place edits at once (default %(default)s)",
+    )
     serve.add_argument(
         "--drain",
         type=float,

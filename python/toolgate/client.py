@@ -70,11 +70,19 @@ def decision_dict(response: decider_pb2.DecideResponse) -> dict[str, Any]:
     }
 
 
+def channel(target: str) -> grpc.Channel:
+    """A plaintext channel to a sidecar at ``HOST:PORT`` or ``unix:PATH``. For a unix socket
+    the HTTP/2 authority is ``localhost``: gRPC's C core would send the socket's path, which
+    is no valid authority, and HTTP/2 servers that check (the native transport's) refuse it."""
+    options = [("grpc.default_authority", "localhost")] if target.startswith("unix:") else []
+    return grpc.insecure_channel(target, options=options)
+
+
 class Client:
     """Asks a toolgate sidecar for decisions over gRPC."""
 
     def __init__(self, target: str, *, timeout: float = 5.0) -> None:
-        self._channel = grpc.insecure_channel(target)
+        self._channel = channel(target)
         self._stub = decider_pb2_grpc.DeciderStub(self._channel)
         self._timeout = timeout
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from toolgate._core import Engine, EnvoyAuthz
+from toolgate._core import EnvoyAuthz
 from toolgate.service import unary_bytes_handler
 
 SERVICE_NAME = "envoy.service.auth.v3.Authorization"
@@ -73,20 +73,8 @@ def parse_subject_source(text: str) -> str | None:
     return claim
 
 
-def authorization_handler(engine: Engine, settings: CheckSettings) -> grpc.GenericRpcHandler:
-    """The ``Check`` handler, answered by ``engine``."""
-    h = settings.headers
-    authz = EnvoyAuthz(
-        engine,
-        grant_header=h.grant,
-        session_header=h.session,
-        agent_header=h.agent,
-        server_header=h.server,
-        grant_claim=settings.grant_claim,
-        agent_claim=settings.agent_claim,
-        jwt_payload_key=settings.jwt_payload_key,
-        max_request_bytes=settings.max_request_bytes,
-    )
+def authorization_handler(authz: EnvoyAuthz) -> grpc.GenericRpcHandler:
+    """The ``Check`` handler of the grpcio transport, answered by ``authz``."""
     return grpc.method_handlers_generic_handler(
         SERVICE_NAME, {"Check": unary_bytes_handler(authz.check_wire)}
     )

@@ -5,13 +5,24 @@ tried, so it sees in-place edits, atomic renames, and Kubernetes ConfigMap updat
 mounted file is a symlink into a directory that the kubelet swaps). A new document is
 validated before it replaces the old one; an invalid one keeps the old policy, logs every
 error and counts a failed reload. Counters live in the engine and survive every reload.
+
+Only complete files are loaded. A YAML file cut at a line boundary is often a valid policy,
+and a looser one (the cut drops a ``deny_if`` or a limit), so validation cannot tell a
+half-written file from a finished one. A new file (another inode: a rename over the path, a
+ConfigMap's ``..data`` swap) was written in full before it appeared, and is loaded at once.
+The same file changed in place may still be being written: it is loaded only once it has
+stayed unchanged for the settle period. SIGHUP loads at once: the operator says it is done.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from toolgate._core import Engine, Policy, PolicyError
@@ -20,16 +31,68 @@ from toolgate.metrics import ReloadCounts
 log = logging.getLogger("toolgate.reload")
 
 
-def file_digest(path: Path) -> str | None:
-    """SHA-256 of the file's content (through symlinks); None if it cannot be read."""
+@dataclass(frozen=True)
+class FileVersion:
+    """One reading of the policy file through its symlinks: which file it was, its content,
+    and what the file system said about it. Two readings are equal when all of that is."""
+
+    #: ``(st_dev, st_ino)`` of the file the path resolves to: new after a rename over it.
+    identity: tuple[int, int]
+    size: int
+    mtime_ns: int
+    digest: str
+    content: bytes = field(compare=False, repr=False)
+
+
+def read_version(path: Path) -> FileVersion | None:
+    """The file as it is now; None if it cannot be read (missing, mid-swap)."""
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        with path.open("rb") as f:
+            content = f.read()
+            # Of the open file, so identity and content belong to the same file even if the
+            # path is swapped meanwhile.
+            st = os.fstat(f.fileno())
     except OSError:
         return None
+    return FileVersion(
+        identity=(st.st_dev, st.st_ino),
+        size=st.st_size,
+        mtime_ns=st.st_mtime_ns,
+        digest=hashlib.sha256(content).hexdigest(),
+        content=content,
+    )
+
+
+def parse_policy(path: Path, content: bytes) -> Policy:
+    """``content``, read from ``path``, as a policy: the format chosen as ``Policy.from_file``
+    chooses it (by extension, otherwise JSON if it starts with ``{``). Parsing the bytes that
+    were checked, rather than reading the file again, loads exactly what settled."""
+    text = content.decode("utf-8")
+    suffix = path.suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        return Policy.from_str(text, format="yaml")
+    if suffix == ".json":
+        return Policy.from_str(text, format="json")
+    looks_like_json = text.lstrip("\ufeff").lstrip().startswith("{")
+    return Policy.from_str(text, format="json" if looks_like_json else "yaml")
+
+
+@dataclass(frozen=True)
+class InPlaceEdit:
+    """An in-place edit waiting to settle: the file as last read, and since when it reads so."""
+
+    version: FileVersion
+    since: float
 
 
 class PolicyWatcher:
-    """Polls ``path`` every ``interval`` seconds; ``trigger()`` reloads at once (SIGHUP)."""
+    """Polls ``path`` every ``interval`` seconds; ``trigger()`` reloads at once (SIGHUP).
+
+    ``loaded`` is the file as read just before the engine's policy was read from it (so a
+    change made in between is seen as new); None reads it now. An in-place edit is loaded
+    once the file has read the same (content, size, mtime) for ``settle`` seconds; 0 loads it
+    at once. ``now`` is the clock the settle period is measured on.
+    """
 
     def __init__(
         self,
@@ -37,17 +100,29 @@ class PolicyWatcher:
         engine: Engine,
         reloads: ReloadCounts,
         interval: float = 1.0,
-        loaded_digest: str | None = None,
+        loaded: FileVersion | None = None,
+        settle: float = 0.0,
+        now: Callable[[], float] = time.monotonic,
     ) -> None:
         self._path = path
         self._engine = engine
         self._reloads = reloads
         self._interval = interval
+        self._settle = settle
+        self._now = now
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._forced = threading.Event()
-        # The digest of what the engine loaded, taken before it loaded it.
-        self._last_digest = loaded_digest if loaded_digest is not None else file_digest(path)
+        # What was last tried: the content the engine loaded and the file it came from, read
+        # together (a rename after that is then seen as a new file, and loaded at once).
+        if loaded is None:
+            loaded = read_version(path)
+        self._tried_digest = loaded.digest if loaded is not None else None
+        self._tried_identity = loaded.identity if loaded is not None else None
+        # The file could not be read at some check since: a file that then appears under a
+        # new identity was created in place (removed, then written), not renamed in whole.
+        self._went_missing = loaded is None
+        self._edit: InPlaceEdit | None = None
         self._thread = threading.Thread(target=self._run, name="policy-watcher", daemon=True)
 
     def start(self) -> None:
@@ -65,7 +140,7 @@ class PolicyWatcher:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(self._interval)
+            self._wake.wait(self.next_wait())
             self._wake.clear()
             if self._stop.is_set():
                 return
@@ -73,22 +148,66 @@ class PolicyWatcher:
             # served by the next round, never lost.
             forced = self._forced.is_set()
             self._forced.clear()
-            digest = file_digest(self._path)
-            if digest is None:
-                # Mid-swap or deleted: keep serving the loaded policy and look again later.
-                if forced:
-                    log.error("cannot read policy %s; keeping the loaded policy", self._path)
-                    self._reloads.add("failure")
-                continue
-            if forced or digest != self._last_digest:
-                self._last_digest = digest
-                self.reload()
+            self.check(forced)
 
-    def reload(self) -> bool:
-        """Validate the file and swap it in. Returns whether the new policy is live."""
+    def next_wait(self) -> float:
+        """Seconds until the next check: while an in-place edit settles, often enough that
+        the settle period, not the interval, sets the delay."""
+        if self._edit is not None:
+            return min(self._interval, self._settle / 4)
+        return self._interval
+
+    def check(self, forced: bool = False) -> None:
+        """One look at the file: load it if it is new and complete (or ``forced``)."""
+        current = read_version(self._path)
+        if current is None:
+            # Mid-swap or deleted: keep serving the loaded policy and look again later.
+            self._went_missing = True
+            self._edit = None
+            if forced:
+                log.error("cannot read policy %s; keeping the loaded policy", self._path)
+                self._reloads.add("failure")
+            return
+        if forced:
+            self._load(current)
+            return
+        if current.digest == self._tried_digest:
+            # Nothing new (or an edit put back what is loaded); follow a rename of the same
+            # content so that later in-place edits of the new file are recognised as such.
+            self._tried_identity = current.identity
+            self._went_missing = False
+            self._edit = None
+            return
+        replaced = current.identity != self._tried_identity and not self._went_missing
+        if replaced or self._settle <= 0:
+            self._load(current)
+            return
+        now = self._now()
+        if self._edit is None:
+            log.info(
+                "policy %s changed in place; loading it once unchanged for %gs",
+                self._path,
+                self._settle,
+            )
+        if self._edit is None or self._edit.version != current:
+            self._edit = InPlaceEdit(current, since=now)
+        elif now - self._edit.since >= self._settle:
+            self._load(current)
+
+    def _load(self, version: FileVersion) -> None:
+        # Recorded before loading, so an invalid file is tried once, not at every check.
+        self._tried_digest = version.digest
+        self._tried_identity = version.identity
+        self._went_missing = False
+        self._edit = None
+        self.reload(version.content)
+
+    def reload(self, content: bytes) -> bool:
+        """Validate ``content``, read from the file, and swap it in. Returns whether the new
+        policy is live."""
         old = self._engine.revision
         try:
-            policy = Policy.from_file(self._path)
+            policy = parse_policy(self._path, content)
             self._engine.reload(policy)
         except PolicyError as err:
             self._reloads.add("failure")
@@ -102,7 +221,7 @@ class PolicyWatcher:
                 where = f" (line {e.line})" if e.line is not None else ""
                 log.error("%s: %s: %s%s", self._path, e.pointer or "/", e.message, where)
             return False
-        except (OSError, ValueError) as err:
+        except ValueError as err:  # not UTF-8, or refused by the engine
             self._reloads.add("failure")
             log.error("cannot reload policy %s: %s; keeping revision %s", self._path, err, old)
             return False

@@ -1,10 +1,12 @@
 """``toolgate serve``: the decision sidecar.
 
 One process: the ``toolgate.v1.Decider`` gRPC service, Envoy's ext_authz and rate limit
-services, ``grpc.health.v1.Health`` and server reflection on one port, Prometheus
-``/metrics`` on another, hot reload of the policy file on change and on SIGHUP, and a
-graceful stop on SIGTERM (NOT_SERVING for a drain period while still answering, then refuse
-new calls, finish in-flight ones, exit 0).
+services, ``grpc.health.v1.Health`` and server reflection on one address, served by the Rust
+data plane (or, with ``--transport grpcio``, by Python's grpcio); Prometheus ``/metrics`` on
+another; hot reload of the policy file on change and on SIGHUP; and a graceful stop on
+SIGTERM (NOT_SERVING for a drain period while still answering, then refuse new calls,
+finish in-flight ones, exit 0). Python owns all of this; no Python runs per call on the
+native transport.
 """
 
 from __future__ import annotations
@@ -12,21 +14,15 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-
-from toolgate import envoy_authz, envoy_ratelimit, logs
+from toolgate import logs, transport
 from toolgate._core import Engine, Policy
+from toolgate.cpus import available_cpus
 from toolgate.envoy_authz import CheckSettings
 from toolgate.metrics import ReloadCounts, serve_metrics
-from toolgate.reload import PolicyWatcher, file_digest
-from toolgate.service import SERVICE_NAME, decider_handler
-from toolgate.v1 import decider_pb2
+from toolgate.reload import FileVersion, PolicyWatcher, read_version
 
 log = logging.getLogger("toolgate.serve")
 
@@ -39,11 +35,17 @@ class ServeOptions:
     policy: Path | None = None
     listen: str = "127.0.0.1:50051"
     metrics_listen: str | None = "127.0.0.1:9464"
-    threads: int = 8
+    #: ``native`` (the Rust data plane) or ``grpcio`` (the pure-Python reference).
+    transport: str = "native"
+    #: Serving threads; None: the default of the transport (``default_threads``).
+    threads: int | None = None
     capacity: int = 1 << 16
     reservations: int = 1 << 16
     max_argument_bytes: int = 1 << 20
     reload_interval: float = 1.0
+    #: An in-place edit of the policy file is loaded once unchanged for this long (it may be
+    #: half-written before); 0 loads it at once. Renames and SIGHUP load at once.
+    reload_settle: float = 0.5
     drain: float = 1.0
     grace: float = 10.0
     log_format: str = "text"
@@ -58,6 +60,12 @@ class ServeOptions:
     worker_index: int | None = None
 
 
+def default_threads(kind: str) -> int:
+    """native: one thread per CPU this process may use (each decides what lands on it);
+    grpcio: a pool of 8 handler threads (a call holds its thread while Python runs)."""
+    return available_cpus() if kind == "native" else 8
+
+
 def split_host_port(address: str) -> tuple[str, int]:
     """``127.0.0.1:9464`` or ``[::1]:9464`` → (host, port)."""
     host, sep, port = address.rpartition(":")
@@ -66,19 +74,23 @@ def split_host_port(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def load_policy(opts: ServeOptions) -> tuple[Policy, str | None]:
-    """The policy to serve, and the digest of its file taken before it was read (so an edit
-    made in between is seen as new)."""
-    digest = file_digest(opts.policy) if opts.policy else None
+def load_policy(opts: ServeOptions) -> tuple[Policy, FileVersion | None]:
+    """The policy to serve, and its file as read just before the policy was read from it
+    (where the policy watcher starts from: a change made in between is seen as new)."""
+    version = read_version(opts.policy) if opts.policy else None
     policy = Policy.from_file(opts.policy) if opts.policy else Policy.from_dict(DENY_EVERYTHING)
-    return policy, digest
+    return policy, version
 
 
 def serve(opts: ServeOptions) -> int:
     if opts.reload_interval <= 0 or opts.drain < 0 or opts.grace < 0:
         raise ValueError("--reload-interval must be positive; --drain and --grace not negative")
+    if not opts.reload_settle >= 0:  # also refuses NaN, which would never settle
+        raise ValueError("--reload-settle must not be negative")
     if opts.workers < 1:
         raise ValueError("--workers must be at least 1")
+    if opts.threads is not None and opts.threads < 1:
+        raise ValueError("--threads must be at least 1")
     if opts.workers > 1 and opts.shared is None:
         from toolgate.workers import supervise
 
@@ -87,7 +99,7 @@ def serve(opts: ServeOptions) -> int:
         from toolgate.workers import die_with_supervisor
 
         die_with_supervisor()
-    policy, digest = load_policy(opts)
+    policy, loaded = load_policy(opts)
     engine = Engine(
         policy,
         capacity=opts.capacity,
@@ -102,52 +114,19 @@ def serve(opts: ServeOptions) -> int:
         log.warning("no --policy given: serving the built-in deny-everything policy")
 
     reloads = ReloadCounts()
-    # No SO_REUSEPORT for a lone sidecar: a second one on the same port must fail, not
-    # share it silently. Workers of one supervisor share the port on purpose.
-    reuseport = 1 if opts.shared is not None else 0
-    server = grpc.server(
-        ThreadPoolExecutor(max_workers=opts.threads, thread_name_prefix="grpc"),
-        options=[("grpc.so_reuseport", reuseport)],
-    )
-    server.add_generic_rpc_handlers(
-        (
-            decider_handler(engine),
-            envoy_authz.authorization_handler(engine, opts.check),
-            envoy_ratelimit.rate_limit_handler(engine),
-        )
-    )
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    decider_name = decider_pb2.DESCRIPTOR.services_by_name["Decider"].full_name
-    assert decider_name == SERVICE_NAME
-    services = (SERVICE_NAME, envoy_authz.SERVICE_NAME, envoy_ratelimit.SERVICE_NAME)
-    reflection.enable_server_reflection(
-        (*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
-    try:
-        port = server.add_insecure_port(opts.listen)
-    except RuntimeError as err:
-        log.error("cannot listen on %s: %s", opts.listen, err)
-        return 2
-    if port == 0:
-        log.error("cannot listen on %s", opts.listen)
-        return 2
-
-    if opts.metrics_listen:
-        host, metrics_port = split_host_port(opts.metrics_listen)
-        try:
-            serve_metrics(engine, reloads, host, metrics_port, per_tool=opts.metrics_per_tool)
-        except OSError as err:
-            log.error("cannot serve metrics on %s: %s", opts.metrics_listen, err)
-            return 2
-
     watcher = None
     if opts.policy is not None:
         watcher = PolicyWatcher(
-            opts.policy, engine, reloads, interval=opts.reload_interval, loaded_digest=digest
+            opts.policy,
+            engine,
+            reloads,
+            interval=opts.reload_interval,
+            loaded=loaded,
+            settle=opts.reload_settle,
         )
-        watcher.start()
 
+    # Signal handlers before the server exists: a SIGTERM or SIGHUP sent as soon as the port
+    # answers must not meet the default action (which kills the process).
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -160,13 +139,40 @@ def serve(opts: ServeOptions) -> int:
             signal.SIGHUP, lambda *_: log.warning("SIGHUP ignored: no --policy file to reload")
         )
 
-    server.start()
-    for service in ("", *services):
-        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    try:
+        # SO_REUSEPORT only for workers of one supervisor, which share the port on purpose:
+        # a second lone sidecar on the same port must fail, not share it silently.
+        server = transport.start(
+            opts.transport,
+            engine,
+            opts.check,
+            opts.listen,
+            threads=opts.threads or default_threads(opts.transport),
+            reuse_port=opts.shared is not None,
+        )
+    except OSError as err:
+        log.error("%s", err)
+        return 2
+
+    if opts.metrics_listen:
+        host, metrics_port = split_host_port(opts.metrics_listen)
+        try:
+            serve_metrics(engine, reloads, host, metrics_port, per_tool=opts.metrics_per_tool)
+        except OSError as err:
+            log.error("cannot serve metrics on %s: %s", opts.metrics_listen, err)
+            server.stop(0)
+            return 2
+    if watcher is not None:
+        watcher.start()
+    # Calls are answered from the moment the port is bound; health says SERVING once the
+    # metrics and the policy watcher are up too.
+    server.set_serving(True)
+
     log.info(
-        "serving %s on %s (metrics on %s), policy %s",
-        ", ".join(services),
-        opts.listen,
+        "serving %s on %s (%s transport; metrics on %s), policy %s",
+        ", ".join(transport.SERVICES),
+        server.address,
+        opts.transport,
         opts.metrics_listen or "off",
         opts.policy or "built-in deny-everything",
     )
@@ -176,10 +182,10 @@ def serve(opts: ServeOptions) -> int:
     # NOT_SERVING first, while still answering, so health checkers see it and proxies stop
     # sending; then refuse new calls and let in-flight ones finish.
     log.info("stopping: NOT_SERVING for %.1fs, then finishing in-flight calls", opts.drain)
-    health_servicer.enter_graceful_shutdown()
+    server.set_serving(False)
     stop.clear()
     stop.wait(opts.drain)
-    server.stop(opts.grace).wait()
+    server.stop(opts.grace)
     if watcher is not None:
         watcher.stop()
     log.info("stopped")

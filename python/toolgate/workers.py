@@ -32,7 +32,7 @@ from prometheus_client.registry import Collector
 from toolgate import logs
 from toolgate._core import Engine, Policy, create_shared_state
 from toolgate.metrics import ReloadCounts, serve_metrics
-from toolgate.reload import PolicyWatcher
+from toolgate.reload import FileVersion, PolicyWatcher
 from toolgate.serve import ServeOptions, load_policy, split_host_port
 
 log = logging.getLogger("toolgate.workers")
@@ -74,12 +74,14 @@ def worker_command(opts: ServeOptions, index: int, shared: Path) -> list[str]:
         opts.listen,
         "--metrics-listen",
         "off",
-        "--threads",
-        str(opts.threads),
+        "--transport",
+        opts.transport,
         "--max-argument-bytes",
         str(opts.max_argument_bytes),
         "--reload-interval",
         str(opts.reload_interval),
+        "--reload-settle",
+        str(opts.reload_settle),
         "--drain",
         str(opts.drain),
         "--grace",
@@ -109,6 +111,8 @@ def worker_command(opts: ServeOptions, index: int, shared: Path) -> list[str]:
         "--worker-index",
         str(index),
     ]
+    if opts.threads is not None:
+        args += ["--threads", str(opts.threads)]
     if opts.policy is not None:
         args += ["--policy", str(opts.policy)]
     return args
@@ -174,7 +178,7 @@ def _check_port_free(listen: str) -> None:
 def supervise(opts: ServeOptions) -> int:
     if opts.metrics_per_tool:
         raise ValueError("--metrics-per-tool counts per process; it cannot be used with --workers")
-    policy, digest = load_policy(opts)  # invalid policy: PolicyError before anything starts
+    policy, loaded = load_policy(opts)  # invalid policy: PolicyError before anything starts
     directory = state_directory()
     remove_stale_states(directory)
     state = directory / f"toolgate-{os.getpid()}-{secrets.token_hex(4)}.state"
@@ -182,13 +186,13 @@ def supervise(opts: ServeOptions) -> int:
         state, workers=opts.workers, capacity=opts.capacity, reservations=opts.reservations
     )
     try:
-        return _run(opts, policy, digest, state)
+        return _run(opts, policy, loaded, state)
     finally:
         with contextlib.suppress(FileNotFoundError):
             state.unlink()
 
 
-def _run(opts: ServeOptions, policy: Policy, digest: str | None, state: Path) -> int:
+def _run(opts: ServeOptions, policy: Policy, loaded: FileVersion | None, state: Path) -> int:
     total = Engine(policy, shared=state)
     logs.configure(opts.log_format, opts.log_level, lambda: total.revision)
     try:
@@ -214,7 +218,12 @@ def _run(opts: ServeOptions, policy: Policy, digest: str | None, state: Path) ->
     watcher = None
     if opts.policy is not None:
         watcher = PolicyWatcher(
-            opts.policy, total, reloads, interval=opts.reload_interval, loaded_digest=digest
+            opts.policy,
+            total,
+            reloads,
+            interval=opts.reload_interval,
+            loaded=loaded,
+            settle=opts.reload_settle,
         )
         watcher.start()
 

@@ -1,0 +1,151 @@
+"""What is particular to the transports `toolgate serve` answers on (native, grpcio): unix
+sockets, calls whose deadline has passed, the thread count. Everything else they share is
+tested on both by the sidecar test modules (the `transport` fixture)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+import grpc
+import h2.connection
+import h2.events
+import pytest
+import toolgate
+from conftest import EXAMPLES
+from sidecar import PATIENCE, TOOLGATE, Sidecar, dies_with_parent, with_transport
+from toolgate.cpus import available_cpus, cgroup_cpu_quota
+from toolgate.v1 import decider_pb2
+
+pytestmark = pytest.mark.usefixtures("transport")
+
+
+def test_serves_on_a_unix_socket(tmp_path: Path):
+    path = tmp_path / "toolgate.sock"
+    args = [
+        *TOOLGATE,
+        "serve",
+        "--policy",
+        str(EXAMPLES / "policy.json"),
+        "--listen",
+        f"unix:{path}",
+        "--metrics-listen",
+        "off",
+    ]
+    proc = subprocess.Popen(dies_with_parent(with_transport(args)), stderr=subprocess.PIPE)
+    try:
+        client = toolgate.Client(f"unix:{path}")
+        deadline = time.monotonic() + PATIENCE
+        while True:
+            try:
+                decision = client.decide("create-ami", grant="unix")
+                break
+            except grpc.RpcError:
+                assert time.monotonic() < deadline, "never answered on the unix socket"
+                time.sleep(0.05)
+        assert decision.verdict == decider_pb2.ALLOW
+    finally:
+        proc.terminate()
+        proc.wait(timeout=PATIENCE)
+    assert proc.returncode == 0
+
+
+def grpc_call(port: int, path: str, message: bytes, headers: list[tuple[str, str]]) -> dict:
+    """One unary gRPC call over a raw HTTP/2 connection (so any header can be sent, which
+    gRPC clients do not allow for ``grpc-timeout``); returns the response headers and
+    trailers merged."""
+    conn = h2.connection.H2Connection()
+    with socket.create_connection(("127.0.0.1", port), timeout=PATIENCE) as sock:
+        conn.initiate_connection()
+        stream = conn.get_next_available_stream_id()
+        conn.send_headers(
+            stream,
+            [
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", path),
+                (":authority", f"127.0.0.1:{port}"),
+                ("content-type", "application/grpc"),
+                ("te", "trailers"),
+                *headers,
+            ],
+        )
+        conn.send_data(stream, b"\0" + struct.pack(">I", len(message)) + message, end_stream=True)
+        sock.sendall(conn.data_to_send())
+        answer: dict[str, str] = {}
+        while True:
+            data = sock.recv(65536)
+            assert data, "connection closed before the call ended"
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
+                    answer.update((k.decode(), v.decode()) for k, v in event.headers)
+                if isinstance(event, h2.events.StreamEnded):
+                    return answer
+            sock.sendall(conn.data_to_send())
+
+
+def test_a_call_whose_deadline_has_passed_is_not_decided():
+    """A proxy that has given up (its deadline passed while the call waited) must not have
+    the call counted: it never runs. A 1 ns timeout has always passed by the time a handler
+    runs, whatever the transport."""
+    with Sidecar(EXAMPLES / "policy.json") as s:
+        request = decider_pb2.DecideRequest(
+            tool="create-ami", subject=decider_pb2.Subject(grant="late")
+        ).SerializeToString()
+        path = "/toolgate.v1.Decider/Decide"
+        late = grpc_call(s.port, path, request, [("grpc-timeout", "1n")])
+        assert late["grpc-status"] == str(grpc.StatusCode.DEADLINE_EXCEEDED.value[0])
+        assert s.metric("toolgate_decisions_total", verdict="ALLOW", code="ALLOWED") in (None, 0)
+        on_time = grpc_call(s.port, path, request, [("grpc-timeout", "10S")])
+        assert on_time["grpc-status"] == "0"
+        assert s.metric("toolgate_decisions_total", verdict="ALLOW", code="ALLOWED") == 1
+
+
+# --- how many threads by default ------------------------------------------------------------
+
+
+def cgroup(tmp_path: Path, files: dict[str, str], proc: str) -> tuple[Path, Path]:
+    root = tmp_path / "cgroup"
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    proc_cgroup = tmp_path / "proc-self-cgroup"
+    proc_cgroup.write_text(proc)
+    return root, proc_cgroup
+
+
+@pytest.mark.parametrize(
+    ("files", "proc", "quota"),
+    [
+        ({"pod/cpu.max": "150000 100000\n"}, "0::/pod\n", 1.5),
+        ({"pod/cpu.max": "max 100000\n"}, "0::/pod\n", None),
+        # Inside the container's cgroup namespace, its own cgroup is the root.
+        ({"cpu.max": "50000 100000\n"}, "0::/\n", 0.5),
+        (
+            {
+                "cpu/kubepods/cpu.cfs_quota_us": "200000\n",
+                "cpu/kubepods/cpu.cfs_period_us": "100000\n",
+            },
+            "4:cpu,cpuacct:/kubepods\n",
+            2.0,
+        ),
+        (
+            {"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"},
+            "4:cpu,cpuacct:/\n",
+            None,
+        ),
+        ({}, "", None),
+    ],
+    ids=["v2-quota", "v2-max", "v2-root", "v1-quota", "v1-none", "no-cgroup"],
+)
+def test_the_cgroup_cpu_quota_is_read_from_either_cgroup_version(tmp_path, files, proc, quota):
+    root, proc_cgroup = cgroup(tmp_path, files, proc)
+    assert cgroup_cpu_quota(root, proc_cgroup) == quota
+
+
+def test_available_cpus_is_at_least_one_and_at_most_the_affinity():
+    assert 1 <= available_cpus() <= len(os.sched_getaffinity(0))
