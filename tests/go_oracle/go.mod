@@ -1,0 +1,3 @@
+module toolgate.test/oracle
+
+go 1.22
