@@ -20,7 +20,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -254,25 +254,35 @@ class Envoy:
 
 #: The deployed configs, and the ports they use: admin, listener, toolgate, MCP server.
 EXT_AUTHZ = DEPLOY / "mcp-ext-authz.yaml"
+JWT_EXT_AUTHZ = DEPLOY / "mcp-jwt-ext-authz.yaml"
 RATELIMIT = DEPLOY / "mcp-ratelimit.yaml"
 ADMIN, LISTEN, TOOLGATE, MCP = 9901, 10000, 9191, 8000
 
 ACCEPT = "application/json, text/event-stream"
 
 
-def deployed(path: Path, toolgate_port: int, mcp_port: int) -> Envoy:
+def deployed(
+    path: Path, toolgate_port: int, mcp_port: int, edits: Mapping[str, str] | None = None
+) -> Envoy:
     """Envoy running the deployed config at ``path`` on free ports, with toolgate at
-    ``toolgate_port`` and the MCP server at ``mcp_port``."""
+    ``toolgate_port`` and the MCP server at ``mcp_port``. ``edits``: ``{old: new}`` text
+    replacements (a smaller body limit, the test's keys), each ``old`` found exactly once."""
     ports = free_ports([ADMIN, LISTEN])
     ports |= {TOOLGATE: toolgate_port, MCP: mcp_port}
-    return Envoy(render(path, ports), ports[ADMIN], port=ports[LISTEN])
+    text = render(path, ports)
+    for old, new in (edits or {}).items():
+        count = text.count(old)
+        if count != 1:
+            raise ValueError(f"{path}: {old!r} occurs {count} times, not once")
+        text = text.replace(old, new)
+    return Envoy(text, ports[ADMIN], port=ports[LISTEN])
 
 
 def sidecar_timeout(path: Path) -> float:
     """The timeout the config at ``path`` gives toolgate's answer, in seconds: ext_authz's
     ``grpc_service.timeout`` or the rate-limit filter's ``timeout``."""
     text = path.read_text()
-    anchor = "grpc_service:" if path == EXT_AUTHZ else "envoy.filters.http.ratelimit\n"
+    anchor = "envoy.filters.http.ratelimit\n" if path == RATELIMIT else "grpc_service:"
     m = re.search(re.escape(anchor) + r".*?\btimeout: ([0-9.]+)s\b", text, re.DOTALL)
     assert m, f"no sidecar timeout in {path}"
     return float(m.group(1))

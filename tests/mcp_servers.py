@@ -5,8 +5,12 @@
   every HTTP request it receives logged as a JSON line to ``log_path`` (see ``requests()``).
 - ``EverythingServer()``: the reference ``@modelcontextprotocol/server-everything`` (Node,
   version pinned in tests/node/package-lock.json) in its streamableHttp mode.
+- ``GoMcpServer(binary, log_path)``: tests/go_mcp_server (built by ``build_go_mcp_server``),
+  which reads bodies with Go's encoding/json as Go MCP servers do and logs every tool call it
+  executes, with the arguments as its handler bound them (see ``calls()``).
 
-Both serve Streamable HTTP at ``/mcp`` (``.url``), statefully (``Mcp-Session-Id``).
+All serve Streamable HTTP at ``/mcp`` (``.url``); the first two statefully (``Mcp-Session-Id``),
+the Go server without sessions.
 
 ``mcp_session(url, tool, arguments, headers=...)`` drives one session with the official client:
 initialize (or, with ``mode="2026-07-28"``, the per-request protocol), tools/list, tools/call.
@@ -161,6 +165,67 @@ class SeedServer(_Server):
     def requests(self) -> list[dict[str, Any]]:
         """Every request the server has received so far, oldest first: ``{"method", "path",
         "query", "headers", "body"}`` (header names lower-case, body as text)."""
+        if not self.log_path.exists():
+            return []
+        lines = self.log_path.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+
+#: The Go MCP server's source (stdlib only).
+GO_MCP_SERVER = TESTS / "go_mcp_server"
+
+
+def go_executable() -> str | None:
+    """``go`` on PATH, else the official tarball's /usr/local/go/bin/go, else None."""
+    found = shutil.which("go")
+    if found is None and Path("/usr/local/go/bin/go").exists():
+        found = "/usr/local/go/bin/go"
+    return found
+
+
+def build_go_mcp_server(out_dir: Path) -> Path:
+    """``go build`` tests/go_mcp_server into ``out_dir``; the executable's path. Fails (never
+    skips) without Go: the tests that need it are the only ones that run a Go MCP server."""
+    go = go_executable()
+    if go is None:
+        raise AssertionError(
+            "no `go` executable: the Go toolchain (1.22 or newer) is needed to build "
+            f"{GO_MCP_SERVER} for the end-to-end tests; install it and put `go` on PATH"
+        )
+    binary = out_dir / "go_mcp_server"
+    # Stdlib only: nothing to download, no C compiler needed.
+    env = {**os.environ, "CGO_ENABLED": "0", "GOTOOLCHAIN": "local"}
+    done = subprocess.run(
+        [go, "build", "-o", str(binary), "."],
+        cwd=GO_MCP_SERVER,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"go build in {GO_MCP_SERVER} failed:\n{done.stdout}{done.stderr}")
+    return binary
+
+
+class GoMcpServer(_Server):
+    """tests/go_mcp_server, built at ``binary``, appending each executed tool call to
+    ``log_path``."""
+
+    name = "go-mcp"
+
+    def __init__(self, binary: Path, log_path: str | Path) -> None:
+        self.binary = binary
+        self.log_path = Path(log_path)
+        super().__init__()
+
+    def _command(self, port: int) -> tuple[list[str], dict[str, str] | None]:
+        args = [str(self.binary), "-listen", f"127.0.0.1:{port}", "-log", str(self.log_path)]
+        return args, None
+
+    def calls(self) -> list[dict[str, Any]]:
+        """Every tool call the server executed, oldest first: ``{"tool", "arguments", "id",
+        "authorization"}``, the arguments as the tool's handler bound them."""
         if not self.log_path.exists():
             return []
         lines = self.log_path.read_text().splitlines()

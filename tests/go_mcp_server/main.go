@@ -1,0 +1,233 @@
+// Command go_mcp_server is a small MCP server (Streamable HTTP, JSON answers, no sessions) for
+// toolgate's end-to-end tests. It reads each request the way Go MCP servers do, with
+// encoding/json into structs: keys match struct fields ignoring case (Unicode simple folding),
+// an exact match is preferred, and the last of several matching keys wins. The envelope is
+// decoded as mark3labs/mcp-go does, tools/call params into a name and an argument map, and the
+// tools that take typed arguments unmarshal the raw arguments into a struct, as Go handlers
+// commonly do (the official go-sdk's typed tools, or mcp-go's BindArguments).
+//
+// Every tools/call it executes is appended to the -log file as one JSON line: the tool, the
+// arguments as its handler bound them, the request id and the Authorization header it got.
+// That file is what the tests read to see exactly what ran behind the proxy.
+//
+//	go_mcp_server -listen 127.0.0.1:8000 -log calls.jsonl
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"os"
+	"sync"
+)
+
+// envelope is a JSON-RPC message as mcp-go reads it first.
+type envelope struct {
+	JSONRPC string          `json:"jsonrpc"`
+	ID      any             `json:"id"`
+	Method  string          `json:"method"`
+	Params  json.RawMessage `json:"params"`
+}
+
+// callParams are tools/call's params. Arguments stay raw so each tool binds them its own way.
+type callParams struct {
+	Name      string          `json:"name"`
+	Arguments json.RawMessage `json:"arguments"`
+}
+
+type transferArgs struct {
+	Amount float64 `json:"amount"`
+	To     string  `json:"to"`
+}
+
+type pushArgs struct {
+	Branch     string `json:"branch"`
+	SkipChecks bool   `json:"skip_checks"`
+	Remote     struct {
+		URL string `json:"url"`
+	} `json:"remote"`
+}
+
+// untyped binds arguments to a map, as mcp-go's GetArguments does.
+func untyped(raw json.RawMessage) (any, error) {
+	args := map[string]any{}
+	if len(raw) == 0 {
+		return args, nil
+	}
+	err := json.Unmarshal(raw, &args)
+	return args, err
+}
+
+// typed binds arguments to a new T.
+func typed[T any](raw json.RawMessage) (any, error) {
+	var args T
+	if len(raw) == 0 {
+		return args, nil
+	}
+	err := json.Unmarshal(raw, &args)
+	return args, err
+}
+
+type tool struct {
+	bind   func(json.RawMessage) (any, error)
+	schema string
+}
+
+var tools = map[string]tool{
+	"read_file": {untyped, `{"type":"object","properties":{"path":{"type":"string"}},"required":["path"]}`},
+	"transfer": {typed[transferArgs], `{"type":"object","properties":{"amount":{"type":"number"},` +
+		`"to":{"type":"string"}},"required":["amount","to"]}`},
+	"push": {typed[pushArgs], `{"type":"object","properties":{"branch":{"type":"string"},` +
+		`"skip_checks":{"type":"boolean"},"remote":{"type":"object","properties":{"url":{"type":"string"}}}}}`},
+	"drop_database": {untyped, `{"type":"object","properties":{"name":{"type":"string"}}}`},
+	"create-ami":    {untyped, `{"type":"object","properties":{"name":{"type":"string"}},"required":["name"]}`},
+}
+
+// toolOrder is the order of tools/list.
+var toolOrder = []string{"read_file", "transfer", "push", "drop_database", "create-ami"}
+
+type server struct {
+	mu  sync.Mutex
+	log *os.File
+}
+
+// executed appends one line per executed call. It is written before the answer is sent, so a
+// client that has its answer finds the line.
+func (s *server) executed(id any, name string, args any, authorization string) error {
+	line, err := json.Marshal(map[string]any{
+		"id": id, "tool": name, "arguments": args, "authorization": authorization,
+	})
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, err = s.log.Write(append(line, '\n'))
+	return err
+}
+
+type rpcError struct {
+	Code    int    `json:"code"`
+	Message string `json:"message"`
+}
+
+func reply(w http.ResponseWriter, status int, id any, result any, rerr *rpcError) {
+	msg := map[string]any{"jsonrpc": "2.0", "id": id}
+	if rerr != nil {
+		msg["error"] = rerr
+	} else {
+		msg["result"] = result
+	}
+	body, err := json.Marshal(msg)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, _ = w.Write(body)
+}
+
+func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		// No server-to-client stream, no sessions to end.
+		w.Header().Set("Allow", http.MethodPost)
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 16<<20))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	var msg envelope
+	if err := json.Unmarshal(body, &msg); err != nil {
+		reply(w, http.StatusBadRequest, nil, nil, &rpcError{-32700, "Parse error: " + err.Error()})
+		return
+	}
+	if msg.ID == nil {
+		// A notification, or the client's answer to a server request: nothing to answer.
+		w.WriteHeader(http.StatusAccepted)
+		return
+	}
+	switch msg.Method {
+	case "initialize":
+		var p struct {
+			ProtocolVersion string `json:"protocolVersion"`
+		}
+		_ = json.Unmarshal(msg.Params, &p)
+		if p.ProtocolVersion == "" {
+			p.ProtocolVersion = "2025-06-18"
+		}
+		reply(w, http.StatusOK, msg.ID, map[string]any{
+			"protocolVersion": p.ProtocolVersion,
+			"capabilities":    map[string]any{"tools": map[string]any{}},
+			"serverInfo":      map[string]any{"name": "toolgate-test-go-mcp-server", "version": "1.0.0"},
+		}, nil)
+	case "ping":
+		reply(w, http.StatusOK, msg.ID, map[string]any{}, nil)
+	case "tools/list":
+		list := make([]map[string]any, 0, len(toolOrder))
+		for _, name := range toolOrder {
+			list = append(list, map[string]any{
+				"name": name, "inputSchema": json.RawMessage(tools[name].schema),
+			})
+		}
+		reply(w, http.StatusOK, msg.ID, map[string]any{"tools": list}, nil)
+	case "tools/call":
+		s.call(w, r, msg)
+	default:
+		reply(w, http.StatusOK, msg.ID, nil, &rpcError{-32601, "Method not found: " + msg.Method})
+	}
+}
+
+func (s *server) call(w http.ResponseWriter, r *http.Request, msg envelope) {
+	var p callParams
+	if err := json.Unmarshal(msg.Params, &p); err != nil {
+		reply(w, http.StatusOK, msg.ID, nil, &rpcError{-32602, "Invalid params: " + err.Error()})
+		return
+	}
+	t, ok := tools[p.Name]
+	if !ok {
+		reply(w, http.StatusOK, msg.ID, nil, &rpcError{-32602, "Unknown tool: " + p.Name})
+		return
+	}
+	args, err := t.bind(p.Arguments)
+	if err != nil {
+		reply(w, http.StatusOK, msg.ID, nil, &rpcError{-32602, "Invalid arguments: " + err.Error()})
+		return
+	}
+	if err := s.executed(msg.ID, p.Name, args, r.Header.Get("Authorization")); err != nil {
+		reply(w, http.StatusOK, msg.ID, nil, &rpcError{-32603, "log: " + err.Error()})
+		return
+	}
+	bound, _ := json.Marshal(args)
+	text := fmt.Sprintf("%s ran with %s", p.Name, bound)
+	reply(w, http.StatusOK, msg.ID, map[string]any{
+		"content": []map[string]any{{"type": "text", "text": text}},
+	}, nil)
+}
+
+func main() {
+	listen := flag.String("listen", "127.0.0.1:8000", "host:port to serve /mcp on")
+	logPath := flag.String("log", "", "append one JSON line per executed tools/call to this file")
+	flag.Parse()
+	if *logPath == "" {
+		log.Fatal("-log is required")
+	}
+	f, err := os.OpenFile(*logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer f.Close()
+	mux := http.NewServeMux()
+	mux.Handle("/mcp", &server{log: f})
+	err = http.ListenAndServe(*listen, mux)
+	if !errors.Is(err, http.ErrServerClosed) {
+		log.Fatal(err)
+	}
+}
