@@ -13,7 +13,7 @@ use toolgate_core::clock::Clock;
 use toolgate_core::counter::CounterTable;
 use toolgate_core::engine::{DEFAULT_CAPACITY, DEFAULT_RESERVATIONS};
 use toolgate_core::shared::{Layout, SharedState};
-use toolgate_core::TscClock;
+use toolgate_core::MonotonicClock;
 use toolgate_core::{Engine, Request, Subject};
 use toolgate_server::decider as wire;
 
@@ -52,7 +52,7 @@ impl PyEngine {
         }
         let clock: Arc<dyn Clock> = match storage.clock {
             Some(c) => c.get().inner.clone(),
-            None => Arc::new(TscClock::new()),
+            None => Arc::new(MonotonicClock),
         };
         let engine = match (&storage.shared, storage.worker) {
             (None, None) => CounterTable::try_new(storage.capacity, storage.reservations)

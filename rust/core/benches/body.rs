@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use toolgate_core::counter::CounterTable;
 use toolgate_core::mcp::{self, Gate, HttpCall};
-use toolgate_core::{Engine, Policy, Subject, TscClock};
+use toolgate_core::{Engine, MonotonicClock, Policy, Subject};
 
 fn engine() -> Engine {
     let policy = Policy::from_json_str(
@@ -25,7 +25,7 @@ fn engine() -> Engine {
     )
     .expect("bench policy is valid");
     let table = Arc::new(CounterTable::new(1 << 10, 1 << 10));
-    Engine::new(policy, table, Arc::new(TscClock::new())).expect("bench policy compiles")
+    Engine::new(policy, table, Arc::new(MonotonicClock)).expect("bench policy compiles")
 }
 
 /// A `write_file` call whose `arguments.data` is `data` (JSON text), padded with spaces to

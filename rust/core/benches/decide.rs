@@ -16,7 +16,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 use toolgate_core::counter::CounterTable;
-use toolgate_core::{Code, Engine, Policy, Request, Subject, TscClock};
+use toolgate_core::{Code, Engine, MonotonicClock, Policy, Request, Subject};
 
 /// The regex condition every measured rule carries (the example policy's `run_command` one).
 const REGEX: &str = r"(^|\s)(rm|mkfs|dd)\s";
@@ -47,7 +47,7 @@ fn policy(tools: serde_json::Map<String, Value>) -> Policy {
 
 fn engine(policy: Policy, capacity: usize) -> Engine {
     let table = Arc::new(CounterTable::new(capacity, RESERVATIONS));
-    Engine::new(policy, table, Arc::new(TscClock::new())).expect("bench policy compiles")
+    Engine::new(policy, table, Arc::new(MonotonicClock)).expect("bench policy compiles")
 }
 
 /// A policy with just `run_command`, carrying `rule`.

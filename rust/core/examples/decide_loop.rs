@@ -14,7 +14,7 @@
 use serde_json::json;
 use std::sync::Arc;
 use toolgate_core::counter::CounterTable;
-use toolgate_core::{Clock, Engine, Policy, Request, Subject, TscClock, Verdict};
+use toolgate_core::{Engine, MonotonicClock, Policy, Request, Subject, Verdict};
 
 fn main() {
     let n: u64 = std::env::args()
@@ -27,7 +27,7 @@ fn main() {
     }}});
     let policy = Policy::from_json_str(&policy.to_string()).expect("valid policy");
     let table = Arc::new(CounterTable::new(1 << 16, 1 << 16));
-    let engine = Engine::new(policy, table, Arc::new(TscClock::new())).expect("compiles");
+    let engine = Engine::new(policy, table, Arc::new(MonotonicClock)).expect("compiles");
     let args = json!({"command": "ls -la /var/log/nginx"});
     // Each thread decides for a grant of its own: different callers, one engine.
     let request = |grant| Request {
@@ -42,15 +42,8 @@ fn main() {
         hits: None,
     };
     let grants: Vec<String> = (1..=8).map(|i| format!("grant-{i}")).collect();
-    // The clock reads the kernel's time on every call until it has learned the TSC's rate
-    // (10 ms); learn it first, so the counted loop sees only the steady state.
-    let warm_up = std::time::Instant::now();
-    while warm_up.elapsed() < std::time::Duration::from_millis(50) {
-        std::hint::black_box(TscClock::new().now_ns());
-    }
     // DECIDE_THREADS=2: that many threads decide N calls each on the one engine, as a
-    // sidecar's threads do, sharing its policy and counters. (Threads spawned below learn
-    // the clock's rate in their own first 10 ms.)
+    // sidecar's threads do, sharing its policy and counters.
     let threads: u64 = std::env::var("DECIDE_THREADS")
         .ok()
         .and_then(|t| t.parse().ok())
@@ -64,7 +57,7 @@ fn main() {
         }
         assert_eq!(decide_all(&engine, &request(&grants[0]), n), n);
     });
-    // For `bench/ab_loop.sh`: the loop's own time, without start-up and warm-up (with
+    // For `bench/ab_loop.sh`: the loop's own time, without start-up (with
     // several threads, the wall time of each thread's N decisions).
     println!(
         "{:.1} ns per decision",

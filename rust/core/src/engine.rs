@@ -10,9 +10,9 @@ use crate::counter::{to_units, CounterKey, CounterTable, UNITS_PER_CALL};
 use crate::decision::{Code, Decision, Limits, Text, Verdict};
 use crate::limiter::{self, Want};
 use crate::policy::{Action, ConditionItem, Policy, Scope};
-use crate::policy_slot::{PolicyRead, PolicySlot};
 use crate::stats::Stats;
-use crate::tsc_clock::TscClock;
+use crate::clock::MonotonicClock;
+use arc_swap::ArcSwap;
 use arrayvec::ArrayVec;
 use std::sync::Arc;
 
@@ -34,7 +34,9 @@ pub struct Request<'a, A> {
 }
 
 pub struct Engine {
-    policy: PolicySlot,
+    /// Read by every decision, swapped by a reload: a decision in flight keeps the policy
+    /// it started on.
+    policy: ArcSwap<CompiledPolicy>,
     table: Arc<CounterTable>,
     clock: Arc<dyn Clock>,
     stats: Stats,
@@ -58,28 +60,27 @@ impl Engine {
     ) -> Result<Engine, String> {
         let compiled = CompiledPolicy::compile(policy)?;
         Ok(Engine {
-            policy: PolicySlot::new(compiled),
+            policy: ArcSwap::from_pointee(compiled),
             table,
             clock,
             stats,
         })
     }
 
-    /// An engine with a process-local table of the default size and the default clock
-    /// ([`TscClock`]).
+    /// An engine with a process-local table of the default size and the monotonic clock.
     pub fn with_defaults(policy: Policy) -> Result<Engine, String> {
         let table = Arc::new(CounterTable::new(DEFAULT_CAPACITY, DEFAULT_RESERVATIONS));
-        Engine::new(policy, table, Arc::new(TscClock::new()))
+        Engine::new(policy, table, Arc::new(MonotonicClock))
     }
 
     /// Swap in a new policy; decisions in flight finish on the old one, counters stay.
     pub fn reload(&self, policy: Policy) -> Result<(), String> {
-        self.policy.store(CompiledPolicy::compile(policy)?);
+        self.policy.store(Arc::new(CompiledPolicy::compile(policy)?));
         Ok(())
     }
 
     pub fn policy(&self) -> Arc<CompiledPolicy> {
-        self.policy.load()
+        self.policy.load_full()
     }
 
     pub fn table(&self) -> &CounterTable {
@@ -99,14 +100,14 @@ impl Engine {
     /// Refuse a request that cannot be decided (malformed before it reaches the policy),
     /// counted like any decision.
     pub fn refuse(&self, reason: &str) -> Decision {
-        let policy = self.policy.read();
+        let policy = self.policy.load();
         let d = Draft { policy: &policy }.finish(Code::InvalidRequest, reason, "");
         self.stats.count(&d);
         d
     }
 
     pub fn decide<A: ArgValue + Clone>(&self, req: &Request<'_, A>) -> Decision {
-        let policy = self.policy.read();
+        let policy = self.policy.load();
         let decision = self.decide_in(&policy, req);
         drop(policy);
         self.stats.count(&decision);
@@ -122,7 +123,7 @@ impl Engine {
     /// shadow finding (`shadow: true`); failing that, a plain ALLOW.
     fn decide_in<A: ArgValue + Clone>(
         &self,
-        policy: &PolicyRead,
+        policy: &Arc<CompiledPolicy>,
         req: &Request<'_, A>,
     ) -> Decision {
         let section = policy.section(req.server);
@@ -290,7 +291,7 @@ impl Engine {
 
 /// Builds decisions that keep the deciding policy alive.
 struct Draft<'a> {
-    policy: &'a PolicyRead,
+    policy: &'a Arc<CompiledPolicy>,
 }
 
 impl Draft<'_> {
@@ -304,7 +305,7 @@ impl Draft<'_> {
             limits: Limits::new(),
             shadow: false,
             reservation: None,
-            policy: self.policy.to_arc(),
+            policy: Arc::clone(self.policy),
         }
     }
 }

@@ -13,17 +13,12 @@ pub mod glob;
 pub mod limiter;
 pub mod matcher;
 pub mod mcp;
-pub mod pattern;
 pub mod policy;
-pub mod policy_slot;
-pub mod prefilter;
 pub mod shared;
 pub mod stats;
-pub mod tsc_clock;
 
 pub use clock::{Clock, ManualClock, MonotonicClock};
 pub use condition::Subject;
 pub use decision::{Code, Decision, LimitState, Verdict};
 pub use engine::{Engine, Request};
 pub use policy::{Policy, PolicyError, PolicyErrors};
-pub use tsc_clock::TscClock;

@@ -865,7 +865,7 @@ impl Loader {
         member: Option<&Member>,
         condition: &Node,
         pointer: &str,
-    ) -> Option<(Value, Option<crate::pattern::Pattern>)> {
+    ) -> Option<(Value, Option<regex::Regex>)> {
         let Some(member) = member else {
             if op == Op::Exists {
                 return Some((Value::Bool(true), None));
@@ -892,7 +892,7 @@ impl Loader {
             (Op::Lt | Op::Lte | Op::Gt | Op::Gte, _) => Some("a number"),
             (Op::Regex | Op::NotRegex, NodeValue::String(s)) => {
                 match Regex::new(s) {
-                    Ok(re) => pattern = Some(crate::pattern::Pattern::new(re)),
+                    Ok(re) => pattern = Some(re),
                     Err(e) => {
                         self.error(
                             at,
@@ -906,7 +906,7 @@ impl Loader {
             }
             (Op::Glob, NodeValue::String(s)) => {
                 match crate::glob::compile(s) {
-                    Ok(re) => pattern = Some(crate::pattern::Pattern::new(re)),
+                    Ok(re) => pattern = Some(re),
                     Err(e) => {
                         self.error(at, node.line, e);
                         return None;

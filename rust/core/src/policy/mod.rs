@@ -183,7 +183,7 @@ pub struct Compare {
     /// The operand as written. For `exists` it is `true` unless given as a boolean.
     pub value: Value,
     /// Compiled pattern for `regex`, `not_regex` and `glob` (anchored for `glob`).
-    pub pattern: Option<crate::pattern::Pattern>,
+    pub pattern: Option<regex::Regex>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
