@@ -90,6 +90,10 @@ class Decision:
     def shadow(self) -> bool: ...
     @property
     def reservation(self) -> int | None: ...
+    @property
+    def approval_id(self) -> str | None:
+        """The human approval this decision is about (``apr_…``): waited for
+        (REQUIRE_APPROVAL), used by this allowed call, or refused (APPROVAL_DENIED)."""
     def to_dict(self) -> dict[str, Any]: ...
 
 class ManualClock:
@@ -144,7 +148,10 @@ class Engine:
         arguments: dict[str, Any] | str | bytes | None = None,
         dry_run: bool = False,
         hits: int | None = None,
-    ) -> Decision: ...
+        grant_verified: bool = False,
+    ) -> Decision:
+        """``grant_verified``: the grant is a verified identity (a JWT claim) that approvals
+        and logs may show as it is, not a credential."""
     def decide_wire(self, request: bytes) -> bytes:
         """Decide a serialized toolgate.v1.DecideRequest; ValueError if malformed."""
     def decide_batch_wire(self, request: bytes) -> bytes: ...

@@ -67,6 +67,7 @@ def decision_dict(response: decider_pb2.DecideResponse) -> dict[str, Any]:
         "revision": response.revision,
         "shadow": response.shadow,
         "reservation": response.reservation or None,
+        "approval_id": response.approval_id or None,
     }
 
 

@@ -25,6 +25,7 @@ class Code(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RATE_LIMITED: _ClassVar[Code]
     APPROVAL_REQUIRED: _ClassVar[Code]
     INVALID_REQUEST: _ClassVar[Code]
+    APPROVAL_DENIED: _ClassVar[Code]
 VERDICT_UNSPECIFIED: Verdict
 ALLOW: Verdict
 DENY: Verdict
@@ -38,6 +39,7 @@ CONDITION_FAILED: Code
 RATE_LIMITED: Code
 APPROVAL_REQUIRED: Code
 INVALID_REQUEST: Code
+APPROVAL_DENIED: Code
 
 class Subject(_message.Message):
     __slots__ = ("grant", "agent", "session", "attributes")
@@ -91,7 +93,7 @@ class LimitState(_message.Message):
     def __init__(self, counter: _Optional[str] = ..., rule: _Optional[str] = ..., scope: _Optional[str] = ..., max: _Optional[float] = ..., remaining: _Optional[float] = ..., reset_in_ms: _Optional[int] = ..., window_ms: _Optional[int] = ...) -> None: ...
 
 class DecideResponse(_message.Message):
-    __slots__ = ("verdict", "code", "reason", "rule", "retry_after_ms", "limits", "revision", "shadow", "reservation")
+    __slots__ = ("verdict", "code", "reason", "rule", "retry_after_ms", "limits", "revision", "shadow", "reservation", "approval_id")
     VERDICT_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -101,6 +103,7 @@ class DecideResponse(_message.Message):
     REVISION_FIELD_NUMBER: _ClassVar[int]
     SHADOW_FIELD_NUMBER: _ClassVar[int]
     RESERVATION_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_ID_FIELD_NUMBER: _ClassVar[int]
     verdict: Verdict
     code: Code
     reason: str
@@ -110,7 +113,8 @@ class DecideResponse(_message.Message):
     revision: str
     shadow: bool
     reservation: int
-    def __init__(self, verdict: _Optional[_Union[Verdict, str]] = ..., code: _Optional[_Union[Code, str]] = ..., reason: _Optional[str] = ..., rule: _Optional[str] = ..., retry_after_ms: _Optional[int] = ..., limits: _Optional[_Iterable[_Union[LimitState, _Mapping]]] = ..., revision: _Optional[str] = ..., shadow: _Optional[bool] = ..., reservation: _Optional[int] = ...) -> None: ...
+    approval_id: str
+    def __init__(self, verdict: _Optional[_Union[Verdict, str]] = ..., code: _Optional[_Union[Code, str]] = ..., reason: _Optional[str] = ..., rule: _Optional[str] = ..., retry_after_ms: _Optional[int] = ..., limits: _Optional[_Iterable[_Union[LimitState, _Mapping]]] = ..., revision: _Optional[str] = ..., shadow: _Optional[bool] = ..., reservation: _Optional[int] = ..., approval_id: _Optional[str] = ...) -> None: ...
 
 class DecideBatchRequest(_message.Message):
     __slots__ = ("requests",)

@@ -108,6 +108,11 @@ impl PyDecision {
     fn reservation(&self) -> Option<u64> {
         self.0.reservation
     }
+    /// The human approval this decision is about (`apr_…`): waited for, used or refused.
+    #[getter]
+    fn approval_id(&self) -> Option<String> {
+        self.0.approval.map(|id| id.to_string())
+    }
     fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
         d.set_item("verdict", self.verdict())?;
@@ -125,6 +130,7 @@ impl PyDecision {
         d.set_item("revision", self.revision())?;
         d.set_item("shadow", self.0.shadow)?;
         d.set_item("reservation", self.0.reservation)?;
+        d.set_item("approval_id", self.approval_id())?;
         Ok(d)
     }
     fn __repr__(&self) -> String {

@@ -154,7 +154,9 @@ impl PyEngine {
     }
 
     /// Decide one call. `arguments` is a dict, JSON text, or None.
-    #[pyo3(signature = (tool, *, server = None, grant = None, session = None, agent = None, attributes = None, arguments = None, dry_run = false, hits = None))]
+    /// `grant_verified`: the grant is a verified identity (a JWT claim) that approvals and
+    /// logs may show as it is, not a credential.
+    #[pyo3(signature = (tool, *, server = None, grant = None, session = None, agent = None, attributes = None, arguments = None, dry_run = false, hits = None, grant_verified = false))]
     #[allow(clippy::too_many_arguments)]
     fn decide(
         &self,
@@ -167,6 +169,7 @@ impl PyEngine {
         arguments: Option<&Bound<'_, PyAny>>,
         dry_run: bool,
         hits: Option<u32>,
+        grant_verified: bool,
     ) -> PyResult<PyDecision> {
         let attribute_objects = match attributes {
             Some(d) => d
@@ -185,6 +188,7 @@ impl PyEngine {
             session,
             agent,
             attributes: &attribute_pairs,
+            grant_verified,
         };
         let decision = match arguments {
             None => self.inner.decide::<PyArg<'_>>(&Request {

@@ -6,6 +6,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub trait Clock: Send + Sync {
     /// Nanoseconds on a clock that never goes backwards.
     fn now_ns(&self) -> u64;
+
+    /// Milliseconds since the Unix epoch: for what outlives the process (an approval's
+    /// deadline, a log line's time).
+    fn wall_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
 }
 
 /// CLOCK_MONOTONIC.
@@ -48,5 +56,10 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now_ns(&self) -> u64 {
         self.now.load(Ordering::SeqCst)
+    }
+
+    /// Moves with the manual time, so tests drive deadlines too.
+    fn wall_ms(&self) -> u64 {
+        self.now_ns() / 1_000_000
     }
 }

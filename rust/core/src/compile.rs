@@ -71,6 +71,9 @@ pub struct CompiledSection {
     pub default_allow_reason: TextId,
 }
 
+/// An approval's timeout when the rule gives none: 15 minutes.
+pub const DEFAULT_APPROVAL_TIMEOUT_MS: u64 = 15 * 60 * 1000;
+
 pub struct CompiledRule {
     pub pointer: TextId,
     pub action: Action,
@@ -83,6 +86,11 @@ pub struct CompiledRule {
     pub allowed_reason: TextId,
     pub denied_reason: TextId,
     pub approval_reason: TextId,
+    /// How long an approval waits for an approver, and how long an approved call may then
+    /// take to run.
+    pub approval_timeout_ms: u64,
+    /// Who may approve; empty: anyone with an admin token.
+    pub approvers: Vec<Box<str>>,
 }
 
 /// A `require` or `deny_if` item, with the denial it gives: when a `require` item does
@@ -204,6 +212,17 @@ fn compile_rule(rule: &Rule, tool: Option<&str>, tables: &mut Tables) -> Compile
         allowed_reason: tables.text(format!("allowed by {}", rule.pointer)),
         denied_reason: tables.text(own(format!("{what} is denied by policy"))),
         approval_reason: tables.text(own(format!("{what} requires a human's approval"))),
+        approval_timeout_ms: rule
+            .approval
+            .as_ref()
+            .and_then(|a| a.timeout_ms)
+            .unwrap_or(DEFAULT_APPROVAL_TIMEOUT_MS),
+        approvers: rule
+            .approval
+            .iter()
+            .flat_map(|a| &a.approvers)
+            .map(|a| Box::from(a.as_str()))
+            .collect(),
     }
 }
 

@@ -18,6 +18,10 @@ pub struct Subject<'a> {
     pub session: Option<&'a str>,
     pub agent: Option<&'a str>,
     pub attributes: &'a [(&'a str, &'a str)],
+    /// The grant is an identity a proxy verified (a JWT claim), not a secret credential: it
+    /// may be shown to approvers and written to logs as it is. Otherwise only a keyed hash
+    /// of it ever leaves the process.
+    pub grant_verified: bool,
 }
 
 /// Everything a condition path can reach.

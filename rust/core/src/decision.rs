@@ -31,10 +31,12 @@ pub enum Code {
     RateLimited,
     ApprovalRequired,
     InvalidRequest,
+    /// An approver refused this call's approval.
+    ApprovalDenied,
 }
 
 impl Code {
-    pub const ALL: [Code; 8] = [
+    pub const ALL: [Code; 9] = [
         Code::Allowed,
         Code::Hidden,
         Code::DefaultDeny,
@@ -43,6 +45,7 @@ impl Code {
         Code::RateLimited,
         Code::ApprovalRequired,
         Code::InvalidRequest,
+        Code::ApprovalDenied,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -55,6 +58,7 @@ impl Code {
             Code::RateLimited => "RATE_LIMITED",
             Code::ApprovalRequired => "APPROVAL_REQUIRED",
             Code::InvalidRequest => "INVALID_REQUEST",
+            Code::ApprovalDenied => "APPROVAL_DENIED",
         }
     }
 
@@ -133,6 +137,9 @@ pub struct Decision {
     pub shadow: bool,
     /// Reservation id to give counters back with; `None` if nothing was reserved.
     pub reservation: Option<u64>,
+    /// The human approval this decision is about: waiting for (REQUIRE_APPROVAL), used
+    /// (an approved call, ALLOW) or refused (APPROVAL_DENIED).
+    pub approval: Option<crate::approval::ApprovalId>,
     pub(crate) policy: Arc<CompiledPolicy>,
 }
 
@@ -198,6 +205,7 @@ impl std::fmt::Debug for Decision {
             .field("revision", &self.revision())
             .field("shadow", &self.shadow)
             .field("reservation", &self.reservation)
+            .field("approval", &self.approval)
             .finish()
     }
 }

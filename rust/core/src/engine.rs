@@ -1,8 +1,13 @@
 //! The engine: a compiled policy (swapped atomically on reload), the counter table (kept
 //! across reloads), and a clock.
 
+use crate::approval::{
+    canonical_json, digest_hex, ApprovalEvent, ApprovalId, ApprovalKey, Approvals,
+    Call as ApprovalCall, Opened, Standing,
+};
 use crate::args::ArgValue;
 use crate::clock::Clock;
+use crate::clock::MonotonicClock;
 use crate::compile::{CompiledLimit, CompiledPolicy, CompiledRule, ConditionDenial, TextId};
 use crate::condition::{Facts, Outcome, Problem, Subject};
 use crate::counter::reservation::MAX_PARTS;
@@ -11,10 +16,9 @@ use crate::decision::{Code, Decision, Limits, Text, Verdict};
 use crate::limiter::{self, Want};
 use crate::policy::{Action, ConditionItem, Policy, Scope};
 use crate::stats::Stats;
-use crate::clock::MonotonicClock;
 use arc_swap::ArcSwap;
 use arrayvec::ArrayVec;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Default counter-table size: slots and reservation-log entries.
 pub const DEFAULT_CAPACITY: usize = 1 << 16;
@@ -40,6 +44,16 @@ pub struct Engine {
     table: Arc<CounterTable>,
     clock: Arc<dyn Clock>,
     stats: Stats,
+    /// Set once, by the sidecar: without it a `require_approval` call is only denied.
+    approvals: OnceLock<Approvals>,
+}
+
+/// What an approval-gated call may do.
+enum Gate {
+    /// It holds approval `id`: it runs like an allowed call, using the approval.
+    Run { key: ApprovalKey, id: ApprovalId },
+    /// It waits for an approver, was refused, or could not open an approval.
+    Stop(Decision),
 }
 
 impl Engine {
@@ -64,7 +78,24 @@ impl Engine {
             table,
             clock,
             stats,
+            approvals: OnceLock::new(),
         })
+    }
+
+    /// Run human approvals for `require_approval` rules (once; an error after that).
+    pub fn enable_approvals(&self, approvals: Approvals) -> Result<(), String> {
+        self.approvals
+            .set(approvals)
+            .map_err(|_| "approvals are already enabled".to_owned())
+    }
+
+    pub fn approvals(&self) -> Option<&Approvals> {
+        self.approvals.get()
+    }
+
+    /// The clock decisions read.
+    pub fn clock(&self) -> &dyn Clock {
+        &*self.clock
     }
 
     /// An engine with a process-local table of the default size and the monotonic clock.
@@ -75,7 +106,8 @@ impl Engine {
 
     /// Swap in a new policy; decisions in flight finish on the old one, counters stay.
     pub fn reload(&self, policy: Policy) -> Result<(), String> {
-        self.policy.store(Arc::new(CompiledPolicy::compile(policy)?));
+        self.policy
+            .store(Arc::new(CompiledPolicy::compile(policy)?));
         Ok(())
     }
 
@@ -218,8 +250,16 @@ impl Engine {
         }
         let needs_approval = |r: &&CompiledRule| r.action == Action::RequireApproval;
         let approval = rules.clone().filter(needs_approval).find(|r| !shadowed(r));
-        // An approval-gated call runs later, if at all: it consumes counters then.
-        let consume = !req.dry_run && approval.is_none();
+        // An approval-gated call runs later, if at all: it consumes counters then. One that
+        // holds an approval runs now, as an allowed call.
+        let gate = match (approval, self.approvals.get()) {
+            (Some(r), Some(a)) if !req.dry_run => match self.approval_gate(a, r, req, &out) {
+                Gate::Stop(d) => return d,
+                run => Some(run),
+            },
+            _ => None,
+        };
+        let consume = !req.dry_run && (approval.is_none() || gate.is_some());
         let mut parts = limiter::Parts::new();
         let mut limits = Limits::new();
         if !enforced.is_empty() || !observed.is_empty() {
@@ -262,6 +302,26 @@ impl Engine {
             }
         }
         let reservation = limiter::record(&self.table, &parts);
+        let mut used = None;
+        if let (Some(Gate::Run { key, id }), Some(a), Some(r)) =
+            (gate, self.approvals.get(), approval)
+        {
+            let now_ms = self.clock.wall_ms();
+            if !a.table.consume(key, id, now_ms) {
+                // Another copy of the call used the approval first: this one asks anew.
+                if let Some(reservation) = reservation {
+                    self.release(reservation);
+                }
+                return match self.approval_gate(a, r, req, &out) {
+                    Gate::Stop(d) => d,
+                    Gate::Run { .. } => {
+                        out.finish(Code::ApprovalRequired, r.approval_reason, r.pointer)
+                    }
+                };
+            }
+            a.emit(ApprovalEvent::Used { id, at_ms: now_ms });
+            used = Some(id);
+        }
         if let Some(r) = rules.clone().filter(needs_approval).find(|r| shadowed(r)) {
             finding.get_or_insert(out.finish(Code::ApprovalRequired, r.approval_reason, r.pointer));
         }
@@ -272,7 +332,14 @@ impl Engine {
                 d.shadow = true;
                 d
             }
-            (None, Some(r)) => out.finish(Code::ApprovalRequired, r.approval_reason, r.pointer),
+            (None, Some(r)) => match used {
+                Some(id) => {
+                    let reason = format!("allowed by approval {id} ({})", policy.text(r.pointer));
+                    out.finish(Code::Allowed, reason, r.pointer)
+                }
+                // Approvals are not running (or a dry run): the call is only denied.
+                None => out.finish(Code::ApprovalRequired, r.approval_reason, r.pointer),
+            },
             (None, None) => {
                 let (reason, pointer) = match rule {
                     Some(r) => (r.allowed_reason, r.pointer),
@@ -285,7 +352,88 @@ impl Engine {
         };
         d.limits = limits;
         d.reservation = reservation;
+        d.approval = used;
         d
+    }
+
+    /// Where an approval-gated call stands: it may run on an approval it holds, or it
+    /// stops, waiting for one (opened now if there was none), refused, or without room.
+    fn approval_gate<A: ArgValue + Clone>(
+        &self,
+        a: &Approvals,
+        r: &CompiledRule,
+        req: &Request<'_, A>,
+        out: &Draft<'_>,
+    ) -> Gate {
+        let arguments = canonical_json(
+            &req.args
+                .as_ref()
+                .map_or(serde_json::Value::Null, |a| a.to_json()),
+        );
+        let call = ApprovalCall {
+            server: req.server,
+            tool: req.tool,
+            grant: req.subject.grant,
+            session: req.subject.session,
+            agent: req.subject.agent,
+            arguments: &arguments,
+        };
+        let key = ApprovalKey::of(&call);
+        let now_ms = self.clock.wall_ms();
+        let standing = a
+            .table
+            .request(key, now_ms, r.approval_timeout_ms, ApprovalId::random);
+        let policy = out.policy;
+        let asked = policy.text(r.approval_reason);
+        let mut d = match standing {
+            Some(Standing::Approved { id, .. }) => return Gate::Run { key, id },
+            Some(Standing::Pending {
+                id,
+                created_ms,
+                expires_ms,
+                new,
+            }) => {
+                if new {
+                    a.emit(ApprovalEvent::Opened(Box::new(Opened {
+                        id,
+                        server: req.server.map(str::to_owned),
+                        tool: req.tool.to_owned(),
+                        grant: req.subject.grant.map(str::to_owned),
+                        grant_verified: req.subject.grant_verified,
+                        session: req.subject.session.map(str::to_owned),
+                        agent: req.subject.agent.map(str::to_owned),
+                        arguments_digest: digest_hex(&arguments),
+                        arguments,
+                        rule: policy.text(r.pointer).to_owned(),
+                        revision: policy.revision.to_string(),
+                        created_ms,
+                        expires_ms,
+                        approvers: r.approvers.iter().map(|a| a.to_string()).collect(),
+                    })));
+                }
+                let left_s = expires_ms.saturating_sub(now_ms).div_ceil(1000);
+                let reason = format!(
+                    "{asked}: approval {id} is waiting for an approver (for up to {left_s} s); \
+                     send the same call again once it is approved"
+                );
+                let mut d = out.finish(Code::ApprovalRequired, reason, r.pointer);
+                d.approval = Some(id);
+                d
+            }
+            Some(Standing::Denied { id, .. }) => {
+                let reason = format!("{asked}: approval {id} of this call was refused");
+                let mut d = out.finish(Code::ApprovalDenied, reason, r.pointer);
+                d.approval = Some(id);
+                d
+            }
+            None => {
+                let reason =
+                    format!("{asked}, and no approval could be opened: too many are waiting");
+                out.finish(Code::ApprovalRequired, reason, r.pointer)
+            }
+        };
+        d.limits = Limits::new();
+        Gate::Stop(d)
     }
 }
 
@@ -305,6 +453,7 @@ impl Draft<'_> {
             limits: Limits::new(),
             shadow: false,
             reservation: None,
+            approval: None,
             policy: Arc::clone(self.policy),
         }
     }

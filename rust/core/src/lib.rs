@@ -2,6 +2,7 @@
 //!
 //! Pure Rust with no Python dependency; `rust/bindings` exposes it to Python.
 
+pub mod approval;
 pub mod args;
 pub mod clock;
 pub mod compile;
@@ -11,8 +12,10 @@ pub mod decision;
 pub mod engine;
 pub mod glob;
 pub mod limiter;
+pub mod mapping;
 pub mod matcher;
 pub mod mcp;
+pub mod pid_lock;
 pub mod policy;
 pub mod shared;
 pub mod stats;

@@ -9,11 +9,11 @@ use crate::counter::region::HEADER_WORDS;
 use crate::counter::reservation::ReservationLog;
 use crate::counter::table::check_slots;
 use crate::counter::{CounterTable, Region};
+use crate::mapping::Mapping;
 use crate::stats::{Stats, STATS_BLOCK_WORDS};
-use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
+use std::fs::OpenOptions;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 
 /// "TGSH" + layout version 1.
@@ -49,52 +49,6 @@ impl Layout {
 
     fn total_words(&self) -> usize {
         self.table_offset() + CounterTable::required_words(self.capacity, self.reservations)
-    }
-}
-
-/// A shared mapping, unmapped when the last region inside it is dropped.
-struct Mapping {
-    base: *mut u64,
-    bytes: usize,
-}
-
-// SAFETY: the mapping is only accessed through atomics.
-unsafe impl Send for Mapping {}
-unsafe impl Sync for Mapping {}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: base and bytes are exactly what mmap returned.
-        unsafe { libc::munmap(self.base.cast(), self.bytes) };
-    }
-}
-
-impl Mapping {
-    fn map(file: &File, bytes: usize) -> Result<Mapping, String> {
-        // SAFETY: a fresh shared mapping of the whole file; checked for failure.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(format!("mmap: {}", std::io::Error::last_os_error()));
-        }
-        Ok(Mapping {
-            base: base.cast(),
-            bytes,
-        })
-    }
-
-    fn word(&self, index: usize) -> &AtomicU64 {
-        assert!(index * 8 < self.bytes);
-        // SAFETY: in bounds, 8-byte aligned (mmap is page-aligned), accessed atomically.
-        unsafe { AtomicU64::from_ptr(self.base.add(index)) }
     }
 }
 
@@ -184,10 +138,7 @@ impl SharedState {
     }
 
     fn region(&self, offset: usize, words: usize) -> Region {
-        assert!((offset + words) * 8 <= self.mapping.bytes);
-        let keep: Arc<dyn Send + Sync> = self.mapping.clone();
-        // SAFETY: within the mapping, which `keep` holds; accessed only atomically.
-        unsafe { Region::in_mapping(self.mapping.base.add(offset), words, keep) }
+        crate::mapping::region(&self.mapping, offset, words)
     }
 
     /// The counter table every worker shares.

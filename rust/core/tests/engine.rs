@@ -321,3 +321,183 @@ proptest! {
         prop_assert_eq!(d.code, Code::ConditionFailed, "{}", args);
     }
 }
+
+mod approvals {
+    use super::*;
+    use std::time::Duration;
+    use toolgate_core::approval::{ApprovalEvent, ApprovalTable, Approvals};
+    use toolgate_core::Clock;
+
+    const POLICY: &str = r#"{"version": "1", "tools": {
+        "transfer": {"action": "require_approval",
+                     "approval": {"timeout": "10m", "approvers": ["bob"]},
+                     "limits": [{"counter": "t", "window": "hour", "max": 5, "scope": "grant"}]}}}"#;
+
+    fn approving_engine() -> (
+        Engine,
+        Arc<ManualClock>,
+        toolgate_core::approval::ApprovalEvents,
+    ) {
+        let (engine, clock) = engine(POLICY);
+        let table = Arc::new(ApprovalTable::new(64));
+        let (approvals, events) = Approvals::new(table, 64);
+        engine.enable_approvals(approvals).unwrap();
+        (engine, clock, events)
+    }
+
+    fn transfer(engine: &Engine, amount: i64) -> toolgate_core::Decision {
+        decide_args(
+            engine,
+            "transfer",
+            &serde_json::json!({"amount": amount, "to": "acct-1"}),
+        )
+    }
+
+    fn table(engine: &Engine) -> &ApprovalTable {
+        &engine.approvals().unwrap().table
+    }
+
+    #[test]
+    fn a_gated_call_waits_for_its_approval_then_runs_exactly_once() {
+        let (engine, clock, events) = approving_engine();
+        let first = transfer(&engine, 500);
+        assert_eq!(
+            (first.verdict, first.code),
+            (Verdict::RequireApproval, Code::ApprovalRequired)
+        );
+        let id = first.approval.expect("names its approval");
+        assert!(
+            first.reason().contains(&id.to_string()),
+            "{}",
+            first.reason()
+        );
+        assert!(
+            first.limits.is_empty() && first.reservation.is_none(),
+            "nothing counted yet"
+        );
+        match events.next(Duration::ZERO) {
+            Some(ApprovalEvent::Opened(o)) => {
+                assert_eq!(
+                    (o.id, o.tool.as_str(), o.rule.as_str()),
+                    (id, "transfer", "/tools/transfer")
+                );
+                assert_eq!(o.arguments, r#"{"amount":500,"to":"acct-1"}"#);
+                assert_eq!(o.approvers, vec!["bob".to_owned()]);
+                assert_eq!(o.expires_ms - o.created_ms, 600_000);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Asked again while pending: the same approval, no second one opened.
+        assert_eq!(transfer(&engine, 500).approval, Some(id));
+        assert_eq!(events.next(Duration::ZERO), None);
+
+        clock.advance_ns(60_000_000_000);
+        table(&engine).decide(id, true, clock.wall_ms()).unwrap();
+        let ran = transfer(&engine, 500);
+        assert_eq!(
+            (ran.verdict, ran.code, ran.approval),
+            (Verdict::Allow, Code::Allowed, Some(id))
+        );
+        assert_eq!(
+            ran.limits[0].remaining(),
+            4.0,
+            "its limits count when it runs"
+        );
+        assert!(
+            matches!(events.next(Duration::ZERO), Some(ApprovalEvent::Used { id: used, .. }) if used == id)
+        );
+
+        // The identical call again needs a new approval; other arguments their own.
+        let again = transfer(&engine, 500);
+        assert_eq!(again.code, Code::ApprovalRequired);
+        assert_ne!(again.approval, Some(id));
+        let other = transfer(&engine, 501);
+        assert_ne!(other.approval, again.approval);
+    }
+
+    #[test]
+    fn refused_and_expired_approvals_never_allow() {
+        let (engine, clock, _events) = approving_engine();
+        let id = transfer(&engine, 1).approval.unwrap();
+        table(&engine).decide(id, false, clock.wall_ms()).unwrap();
+        let d = transfer(&engine, 1);
+        assert_eq!(
+            (d.verdict, d.code, d.approval),
+            (Verdict::Deny, Code::ApprovalDenied, Some(id))
+        );
+
+        let id = transfer(&engine, 2).approval.unwrap();
+        table(&engine).decide(id, true, clock.wall_ms()).unwrap();
+        clock.advance_ns(11 * 60 * 1_000_000_000);
+        let d = transfer(&engine, 2);
+        assert_eq!(d.code, Code::ApprovalRequired);
+        assert_ne!(
+            d.approval,
+            Some(id),
+            "a new approval: the old one lapsed unused"
+        );
+    }
+
+    #[test]
+    fn a_dry_run_opens_no_approval_and_uses_none() {
+        let (engine, clock, events) = approving_engine();
+        let id = transfer(&engine, 3).approval.unwrap();
+        let _ = events.next(Duration::ZERO);
+        table(&engine).decide(id, true, clock.wall_ms()).unwrap();
+        let args = serde_json::json!({"amount": 3, "to": "acct-1"});
+        let mut req = Request {
+            tool: "transfer",
+            server: None,
+            subject: Subject {
+                grant: Some("g"),
+                ..Default::default()
+            },
+            args: Some(&args),
+            dry_run: true,
+            hits: None,
+        };
+        assert_eq!(engine.decide(&req).code, Code::ApprovalRequired);
+        req.dry_run = false;
+        assert_eq!(
+            engine.decide(&req).code,
+            Code::Allowed,
+            "the dry run left it unused"
+        );
+    }
+
+    #[test]
+    fn racing_copies_of_an_approved_call_run_once_and_count_once() {
+        let (engine, clock, _events) = approving_engine();
+        let id = transfer(&engine, 9).approval.unwrap();
+        table(&engine).decide(id, true, clock.wall_ms()).unwrap();
+        let decisions: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8).map(|_| s.spawn(|| transfer(&engine, 9))).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let ran: Vec<_> = decisions
+            .iter()
+            .filter(|d| d.verdict == Verdict::Allow)
+            .collect();
+        assert_eq!(ran.len(), 1, "{decisions:?}");
+        // The losers gave back what they reserved: only the one run is counted.
+        let probe = decide_args(
+            &engine,
+            "transfer",
+            &serde_json::json!({"amount": 9, "to": "acct-1"}),
+        );
+        assert_eq!(probe.code, Code::ApprovalRequired);
+        let id = probe.approval.unwrap();
+        table(&engine).decide(id, true, clock.wall_ms()).unwrap();
+        assert_eq!(transfer(&engine, 9).limits[0].remaining(), 3.0);
+    }
+
+    #[test]
+    fn without_approvals_enabled_the_call_is_only_denied() {
+        let (engine, _) = engine(POLICY);
+        let d = transfer(&engine, 1);
+        assert_eq!(
+            (d.verdict, d.code, d.approval),
+            (Verdict::RequireApproval, Code::ApprovalRequired, None)
+        );
+    }
+}

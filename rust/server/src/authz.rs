@@ -129,6 +129,7 @@ fn gate(engine: &Engine, config: &AuthzConfig, request: &CheckRequest) -> Gate {
             session: headers.get(&config.session_header),
             agent: agent.as_deref(),
             attributes: &[],
+            grant_verified: matches!(config.grant, SubjectSource::JwtClaim(_)),
         },
         mcp_method: headers.get("mcp-method"),
         mcp_name: headers.get("mcp-name"),

@@ -100,6 +100,7 @@ fn respond(
         session: subject.and_then(|s| non_empty(&s.session)),
         agent: subject.and_then(|s| non_empty(&s.agent)),
         attributes: &attributes,
+        grant_verified: false,
     };
     let arguments = match parse_arguments(&req.arguments_json, max_argument_bytes) {
         Ok(a) => a,
@@ -159,6 +160,7 @@ fn encode(d: Decision) -> pb::DecideResponse {
         revision: d.revision().to_owned(),
         shadow: d.shadow,
         reservation: d.reservation.unwrap_or(0),
+        approval_id: d.approval.map(|id| id.to_string()).unwrap_or_default(),
     }
 }
 
@@ -180,5 +182,6 @@ fn code(c: Code) -> pb::Code {
         Code::RateLimited => pb::Code::RateLimited,
         Code::ApprovalRequired => pb::Code::ApprovalRequired,
         Code::InvalidRequest => pb::Code::InvalidRequest,
+        Code::ApprovalDenied => pb::Code::ApprovalDenied,
     }
 }

@@ -118,6 +118,7 @@ fn decide(engine: &Engine, domain: &str, calls: &[Call<'_>]) -> RateLimitRespons
                     session: c.session,
                     agent: c.agent,
                     attributes: &c.attributes,
+                    grant_verified: false,
                 },
                 args: None,
                 dry_run: false,

@@ -10,6 +10,7 @@
 use super::region::{header, Region, HEADER_WORDS, MAGIC};
 use super::reservation::{ReservationLog, LINE_WORDS, MAX_SLOTS};
 use super::window::{Granularity, Slot, KEY, SLOT_WORDS};
+use crate::pid_lock::PidLock;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::Ordering::SeqCst;
 
@@ -204,7 +205,7 @@ impl CounterTable {
         if let Some(s) = self.find(key) {
             return Ok(s);
         }
-        let _lock = InsertLock::acquire(&self.region);
+        let _lock = PidLock::acquire(self.region.header(header::INSERT_LOCK));
         if let Some(s) = self.find(key) {
             return Ok(s);
         }
@@ -254,62 +255,6 @@ pub(crate) fn check_slots(capacity: usize) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// The table's insert lock, held for the scope of one insertion.
-struct InsertLock<'a> {
-    word: &'a std::sync::atomic::AtomicU64,
-    owner: u64,
-}
-
-impl<'a> InsertLock<'a> {
-    fn acquire(region: &'a Region) -> InsertLock<'a> {
-        let word = region.header(header::INSERT_LOCK);
-        let pid = std::process::id() as u64;
-        let owner = (pid << 32) | thread_tag();
-        let mut spins: u32 = 0;
-        loop {
-            let current = word.load(SeqCst);
-            if current == 0 {
-                if word.compare_exchange(0, owner, SeqCst, SeqCst).is_ok() {
-                    return InsertLock { word, owner };
-                }
-                continue;
-            }
-            spins = spins.wrapping_add(1);
-            if spins.is_multiple_of(1024) {
-                let holder = current >> 32;
-                if holder != pid
-                    && !process_alive(holder)
-                    && word
-                        .compare_exchange(current, owner, SeqCst, SeqCst)
-                        .is_ok()
-                {
-                    return InsertLock { word, owner };
-                }
-                std::thread::yield_now();
-            } else {
-                std::hint::spin_loop();
-            }
-        }
-    }
-}
-
-impl Drop for InsertLock<'_> {
-    fn drop(&mut self) {
-        let _ = self.word.compare_exchange(self.owner, 0, SeqCst, SeqCst);
-    }
-}
-
-fn thread_tag() -> u64 {
-    use std::sync::atomic::AtomicU32;
-    static NEXT: AtomicU32 = AtomicU32::new(1);
-    thread_local!(static TAG: u32 = NEXT.fetch_add(1, SeqCst).max(1));
-    TAG.with(|t| *t as u64)
-}
-
-fn process_alive(pid: u64) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 #[cfg(test)]

@@ -1,0 +1,734 @@
+//! Human approval of calls whose rule says `require_approval`: which call waits for one, and
+//! that an approved call runs once.
+//!
+//! A call is identified by its [`ApprovalKey`]: a digest of its server, tool, subject and
+//! canonical arguments. The [`ApprovalTable`] holds one slot per call waiting for or holding
+//! an approval, in a [`Region`]: process memory, or a file that every worker process maps
+//! (and that outlives them, so an approval used before a crash stays used). A slot is
+//! `PENDING` until an approver decides, then `APPROVED` (the identical call may run once
+//! before its deadline) or `DENIED`; running it makes it `CONSUMED`. Every change happens
+//! under one [`PidLock`]: approvals are rare, and a call that needs one is decided in
+//! microseconds either way.
+
+use crate::counter::region::HEADER_WORDS;
+use crate::counter::Region;
+use crate::mapping::{self, Mapping};
+use crate::pid_lock::PidLock;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::fs::OpenOptions;
+use std::path::Path;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::Arc;
+
+/// "TGAP" + layout version 1.
+const MAGIC: u64 = 0x5447_4150_0000_0001;
+const MAGIC_WORD: usize = 0;
+const CAPACITY_WORD: usize = 1;
+const LOCK_WORD: usize = 2;
+
+const SLOT_WORDS: usize = 8;
+// Word offsets inside a slot.
+const KEY0: usize = 0;
+const KEY1: usize = 1;
+const STATE: usize = 2;
+const ID_HI: usize = 3;
+const ID_LO: usize = 4;
+const CREATED: usize = 5;
+const DEADLINE: usize = 6;
+
+/// Where an approval stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Waiting for an approver, until its deadline.
+    Pending,
+    /// The call may run once before the deadline.
+    Approved,
+    /// Ran: the identical call needs a new approval.
+    Consumed,
+    /// Refused by an approver; the call is denied until the deadline.
+    Denied,
+}
+
+impl State {
+    fn word(self) -> u64 {
+        match self {
+            State::Pending => 1,
+            State::Approved => 2,
+            State::Consumed => 3,
+            State::Denied => 4,
+        }
+    }
+
+    fn from_word(w: u64) -> Option<State> {
+        Some(match w {
+            1 => State::Pending,
+            2 => State::Approved,
+            3 => State::Consumed,
+            4 => State::Denied,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "PENDING",
+            State::Approved => "APPROVED",
+            State::Consumed => "CONSUMED",
+            State::Denied => "DENIED",
+        }
+    }
+}
+
+/// An approval's id: 128 random bits, written `apr_` and 32 hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ApprovalId(pub u128);
+
+impl ApprovalId {
+    /// A fresh, unguessable id.
+    pub fn random() -> ApprovalId {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes).expect("the system's random source works");
+        ApprovalId(u128::from_be_bytes(bytes).max(1))
+    }
+
+    pub fn parse(text: &str) -> Option<ApprovalId> {
+        let hex = text.strip_prefix("apr_")?;
+        if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        u128::from_str_radix(hex, 16)
+            .ok()
+            .filter(|&n| n != 0)
+            .map(ApprovalId)
+    }
+}
+
+impl fmt::Display for ApprovalId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "apr_{:032x}", self.0)
+    }
+}
+
+/// Which call an approval is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApprovalKey([u64; 2]);
+
+/// A call's identity for approval: who, where, what, and with which arguments.
+pub struct Call<'a> {
+    pub server: Option<&'a str>,
+    pub tool: &'a str,
+    pub grant: Option<&'a str>,
+    pub session: Option<&'a str>,
+    pub agent: Option<&'a str>,
+    /// The arguments' canonical JSON ([`canonical_json`]).
+    pub arguments: &'a str,
+}
+
+impl ApprovalKey {
+    pub fn of(call: &Call<'_>) -> ApprovalKey {
+        let mut h = Sha256::new();
+        for part in [
+            call.server,
+            Some(call.tool),
+            call.grant,
+            call.session,
+            call.agent,
+            Some(call.arguments),
+        ] {
+            // Length-prefixed, and absent told apart from empty.
+            match part {
+                Some(p) => {
+                    h.update([1]);
+                    h.update((p.len() as u64).to_be_bytes());
+                    h.update(p.as_bytes());
+                }
+                None => h.update([0]),
+            }
+        }
+        let d = h.finalize();
+        let word = |i: usize| u64::from_be_bytes(d[i..i + 8].try_into().expect("8 bytes"));
+        // 0 marks an empty slot.
+        ApprovalKey([word(0).max(1), word(8)])
+    }
+}
+
+/// The JSON text of `value` with object keys sorted at every depth and no whitespace: equal
+/// arguments give equal text however they were spelled.
+pub fn canonical_json(value: &Value) -> String {
+    fn sorted(value: &Value) -> Value {
+        match value {
+            Value::Object(map) => {
+                let mut entries: Vec<_> = map.iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(b.0));
+                Value::Object(
+                    entries
+                        .into_iter()
+                        .map(|(k, v)| (k.clone(), sorted(v)))
+                        .collect::<Map<_, _>>(),
+                )
+            }
+            Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+            other => other.clone(),
+        }
+    }
+    sorted(value).to_string()
+}
+
+/// SHA-256 of `text`, in hex: an argument digest.
+pub fn digest_hex(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// What a call that needs approval finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// Waiting; `new` when this call created it.
+    Pending {
+        id: ApprovalId,
+        created_ms: u64,
+        expires_ms: u64,
+        new: bool,
+    },
+    /// Approved: may run once, before `until_ms`.
+    Approved { id: ApprovalId, until_ms: u64 },
+    /// An approver said no.
+    Denied { id: ApprovalId, until_ms: u64 },
+}
+
+/// An approval as the table holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot {
+    pub key: ApprovalKey,
+    pub id: ApprovalId,
+    pub state: State,
+    pub created_ms: u64,
+    pub deadline_ms: u64,
+}
+
+/// Why an approver's decision was not taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecideError {
+    Unknown,
+    Expired,
+    AlreadyDecided(State),
+}
+
+impl fmt::Display for DecideError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecideError::Unknown => f.write_str("no such approval"),
+            DecideError::Expired => f.write_str("the approval has expired"),
+            DecideError::AlreadyDecided(s) => {
+                write!(f, "the approval is already {}", s.as_str().to_lowercase())
+            }
+        }
+    }
+}
+
+/// The approvals of one deployment.
+pub struct ApprovalTable {
+    region: Region,
+    capacity: usize,
+}
+
+impl ApprovalTable {
+    pub fn required_words(capacity: usize) -> usize {
+        HEADER_WORDS + capacity * SLOT_WORDS
+    }
+
+    /// A table in process memory.
+    pub fn new(capacity: usize) -> ApprovalTable {
+        let capacity = capacity.max(1);
+        let region = Region::allocate(Self::required_words(capacity));
+        region.header(CAPACITY_WORD).store(capacity as u64, SeqCst);
+        region.header(MAGIC_WORD).store(MAGIC, SeqCst);
+        ApprovalTable { region, capacity }
+    }
+
+    /// The table in the file at `path`, created with `capacity` slots if it does not exist.
+    /// A file every process of a deployment maps; it keeps its state when they exit.
+    pub fn open_file(path: &Path, capacity: usize) -> Result<ApprovalTable, String> {
+        let fail = |what: &str, e: std::io::Error| format!("{}: {what}: {e}", path.display());
+        let capacity = capacity.max(1);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| fail("cannot open", e))?;
+        // Creating and sizing race between processes starting together: serialise them.
+        // SAFETY: flock on a file descriptor we own.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX) } != 0 {
+            return Err(fail("cannot lock", std::io::Error::last_os_error()));
+        }
+        let mut bytes = file.metadata().map_err(|e| fail("cannot stat", e))?.len() as usize;
+        if bytes == 0 {
+            bytes = Self::required_words(capacity) * 8;
+            // A file extended by set_len reads as zeros: every slot empty.
+            file.set_len(bytes as u64)
+                .map_err(|e| fail("cannot size", e))?;
+        }
+        if bytes < HEADER_WORDS * 8 || !bytes.is_multiple_of(8) {
+            return Err(format!("{}: not a toolgate approvals file", path.display()));
+        }
+        let mapping = Arc::new(Mapping::map(&file, bytes)?);
+        let magic = mapping.word(MAGIC_WORD).load(SeqCst);
+        if magic == 0 {
+            let slots = (bytes / 8 - HEADER_WORDS) / SLOT_WORDS;
+            mapping.word(CAPACITY_WORD).store(slots as u64, SeqCst);
+            mapping.word(MAGIC_WORD).store(MAGIC, SeqCst);
+        } else if magic != MAGIC {
+            return Err(format!(
+                "{}: not a toolgate approvals file (or another version of one)",
+                path.display()
+            ));
+        }
+        let slots = mapping.word(CAPACITY_WORD).load(SeqCst) as usize;
+        if Self::required_words(slots) * 8 != bytes {
+            return Err(format!(
+                "{}: header does not match the file's size",
+                path.display()
+            ));
+        }
+        // The mapping keeps the open file (and so the lock) alive: let go of it explicitly.
+        // SAFETY: flock on a file descriptor we own.
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_UN) };
+        let region = mapping::region(&mapping, 0, bytes / 8);
+        Ok(ApprovalTable {
+            region,
+            capacity: slots,
+        })
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    fn word(&self, slot: usize, field: usize) -> &std::sync::atomic::AtomicU64 {
+        self.region.word(HEADER_WORDS + slot * SLOT_WORDS + field)
+    }
+
+    fn read(&self, slot: usize) -> Option<Slot> {
+        let w = |f| self.word(slot, f).load(SeqCst);
+        let state = State::from_word(w(STATE))?;
+        Some(Slot {
+            key: ApprovalKey([w(KEY0), w(KEY1)]),
+            id: ApprovalId(((w(ID_HI) as u128) << 64) | w(ID_LO) as u128),
+            state,
+            created_ms: w(CREATED),
+            deadline_ms: w(DEADLINE),
+        })
+    }
+
+    fn write(&self, slot: usize, s: &Slot) {
+        let w = |f, v| self.word(slot, f).store(v, SeqCst);
+        w(KEY0, s.key.0[0]);
+        w(KEY1, s.key.0[1]);
+        w(ID_HI, (s.id.0 >> 64) as u64);
+        w(ID_LO, s.id.0 as u64);
+        w(CREATED, s.created_ms);
+        w(DEADLINE, s.deadline_ms);
+        // Last: a slot whose writer died half-way keeps its old state, which its deadline
+        // ends; under the lock no one reads it meanwhile.
+        w(STATE, s.state.word());
+    }
+
+    /// The slots on `key`'s probe sequence: the live one holding it, and the first that a
+    /// new approval may take (never used, or past its deadline).
+    fn probe(&self, key: ApprovalKey, now_ms: u64) -> (Option<usize>, Option<usize>) {
+        let start = (key.0[0] as usize) % self.capacity;
+        let mut free = None;
+        for i in 0..self.capacity {
+            let slot = (start + i) % self.capacity;
+            match self.read(slot) {
+                // Never used: the sequence of `key` ends here.
+                None if self.word(slot, KEY0).load(SeqCst) == 0 => {
+                    return (None, free.or(Some(slot)));
+                }
+                Some(s) if s.key == key && s.deadline_ms > now_ms => return (Some(slot), free),
+                Some(s) if s.deadline_ms > now_ms => {}
+                _ => {
+                    free.get_or_insert(slot);
+                }
+            }
+        }
+        (None, free)
+    }
+
+    /// A call that needs approval: its standing, creating a pending approval (id from
+    /// `new_id`, expiring after `timeout_ms`) when there is none. `None` when the table
+    /// has no room.
+    pub fn request(
+        &self,
+        key: ApprovalKey,
+        now_ms: u64,
+        timeout_ms: u64,
+        new_id: impl FnOnce() -> ApprovalId,
+    ) -> Option<Standing> {
+        let _lock = PidLock::acquire(self.region.header(LOCK_WORD));
+        let (live, free) = self.probe(key, now_ms);
+        if let Some(slot) = live {
+            let s = self.read(slot).expect("a live slot has a state");
+            match s.state {
+                State::Pending => {
+                    return Some(Standing::Pending {
+                        id: s.id,
+                        created_ms: s.created_ms,
+                        expires_ms: s.deadline_ms,
+                        new: false,
+                    })
+                }
+                State::Approved => {
+                    return Some(Standing::Approved {
+                        id: s.id,
+                        until_ms: s.deadline_ms,
+                    })
+                }
+                State::Denied => {
+                    return Some(Standing::Denied {
+                        id: s.id,
+                        until_ms: s.deadline_ms,
+                    })
+                }
+                // Ran already: this call asks again, in the same slot.
+                State::Consumed => {}
+            }
+        }
+        let slot = live.or(free)?;
+        let fresh = Slot {
+            key,
+            id: new_id(),
+            state: State::Pending,
+            created_ms: now_ms,
+            deadline_ms: now_ms.saturating_add(timeout_ms),
+        };
+        self.write(slot, &fresh);
+        Some(Standing::Pending {
+            id: fresh.id,
+            created_ms: now_ms,
+            expires_ms: fresh.deadline_ms,
+            new: true,
+        })
+    }
+
+    /// Use approval `id` of `key` for the call about to run: true once, for an approved,
+    /// unexpired approval; false for everyone else (a racing copy of the call included).
+    pub fn consume(&self, key: ApprovalKey, id: ApprovalId, now_ms: u64) -> bool {
+        let _lock = PidLock::acquire(self.region.header(LOCK_WORD));
+        let (Some(slot), _) = self.probe(key, now_ms) else {
+            return false;
+        };
+        let s = self.read(slot).expect("a live slot has a state");
+        if s.id != id || s.state != State::Approved {
+            return false;
+        }
+        self.word(slot, STATE).store(State::Consumed.word(), SeqCst);
+        true
+    }
+
+    /// An approver's decision on pending approval `id`: approved, the call may run once
+    /// within the approval's timeout from now; denied, it is refused for that long.
+    pub fn decide(&self, id: ApprovalId, approve: bool, now_ms: u64) -> Result<Slot, DecideError> {
+        let _lock = PidLock::acquire(self.region.header(LOCK_WORD));
+        let slot = (0..self.capacity)
+            .find(|&i| self.read(i).is_some_and(|s| s.id == id))
+            .ok_or(DecideError::Unknown)?;
+        let mut s = self.read(slot).expect("found by its state");
+        if s.state != State::Pending {
+            return Err(DecideError::AlreadyDecided(s.state));
+        }
+        if s.deadline_ms <= now_ms {
+            return Err(DecideError::Expired);
+        }
+        s.state = if approve {
+            State::Approved
+        } else {
+            State::Denied
+        };
+        let timeout_ms = s.deadline_ms - s.created_ms;
+        s.deadline_ms = now_ms.saturating_add(timeout_ms);
+        self.write(slot, &s);
+        Ok(s)
+    }
+
+    /// Approval `id` as the table holds it.
+    pub fn get(&self, id: ApprovalId) -> Option<Slot> {
+        let _lock = PidLock::acquire(self.region.header(LOCK_WORD));
+        (0..self.capacity)
+            .filter_map(|i| self.read(i))
+            .find(|s| s.id == id)
+    }
+
+    /// Put back an approval known from elsewhere (the durable store, after this table was
+    /// lost), unless the table already holds it or has no room.
+    pub fn restore(&self, s: &Slot, now_ms: u64) -> bool {
+        let _lock = PidLock::acquire(self.region.header(LOCK_WORD));
+        if s.deadline_ms <= now_ms
+            || (0..self.capacity).any(|i| self.read(i).is_some_and(|t| t.id == s.id))
+        {
+            return false;
+        }
+        match self.probe(s.key, now_ms) {
+            (Some(_), _) | (None, None) => false,
+            (None, Some(slot)) => {
+                self.write(slot, s);
+                true
+            }
+        }
+    }
+}
+
+/// News of approvals, for the durable store and the approvers' notifications.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ApprovalEvent {
+    /// A call opened a pending approval.
+    Opened(Box<Opened>),
+    /// An approved call ran.
+    Used { id: ApprovalId, at_ms: u64 },
+}
+
+/// A pending approval, as approvers see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Opened {
+    pub id: ApprovalId,
+    pub server: Option<String>,
+    pub tool: String,
+    pub grant: Option<String>,
+    /// The grant is a verified identity, shown as it is; otherwise a credential, of which
+    /// only a keyed hash may be shown.
+    pub grant_verified: bool,
+    pub session: Option<String>,
+    pub agent: Option<String>,
+    /// The arguments' canonical JSON, and its SHA-256.
+    pub arguments: String,
+    pub arguments_digest: String,
+    /// The rule that asks for approval (a JSON pointer), and the policy's revision.
+    pub rule: String,
+    pub revision: String,
+    pub created_ms: u64,
+    pub expires_ms: u64,
+    /// Who may approve; empty: anyone with an admin token.
+    pub approvers: Vec<String>,
+}
+
+/// What an engine needs to run approvals: the table, and a bounded queue for their news.
+/// Sending never waits: when the queue is full the news is dropped and counted (the
+/// approval itself is in the table either way).
+pub struct Approvals {
+    pub table: Arc<ApprovalTable>,
+    sender: std::sync::mpsc::SyncSender<ApprovalEvent>,
+    dropped: std::sync::atomic::AtomicU64,
+}
+
+/// The receiving end of an engine's approval news.
+pub struct ApprovalEvents(std::sync::Mutex<std::sync::mpsc::Receiver<ApprovalEvent>>);
+
+impl Approvals {
+    pub fn new(table: Arc<ApprovalTable>, queue: usize) -> (Approvals, ApprovalEvents) {
+        let (sender, receiver) = std::sync::mpsc::sync_channel(queue.max(1));
+        let approvals = Approvals {
+            table,
+            sender,
+            dropped: std::sync::atomic::AtomicU64::new(0),
+        };
+        (approvals, ApprovalEvents(std::sync::Mutex::new(receiver)))
+    }
+
+    pub fn emit(&self, event: ApprovalEvent) {
+        if self.sender.try_send(event).is_err() {
+            self.dropped.fetch_add(1, SeqCst);
+        }
+    }
+
+    /// News dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(SeqCst)
+    }
+}
+
+impl ApprovalEvents {
+    /// The next news, waiting up to `timeout`; `None` if there was none.
+    pub fn next(&self, timeout: std::time::Duration) -> Option<ApprovalEvent> {
+        let receiver = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        receiver.recv_timeout(timeout).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const MIN: u64 = 60_000;
+
+    fn key(n: u8) -> ApprovalKey {
+        ApprovalKey::of(&Call {
+            server: None,
+            tool: "transfer",
+            grant: Some("g"),
+            session: None,
+            agent: None,
+            arguments: &n.to_string(),
+        })
+    }
+
+    fn pending(t: &ApprovalTable, k: ApprovalKey, now: u64) -> ApprovalId {
+        match t.request(k, now, 10 * MIN, ApprovalId::random) {
+            Some(Standing::Pending { id, .. }) => id,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_call_waits_then_runs_once_after_approval() {
+        let t = ApprovalTable::new(16);
+        let k = key(1);
+        let id = pending(&t, k, 1000);
+        // Asked again while pending: the same approval, not a second one.
+        assert_eq!(
+            t.request(k, 2000, 10 * MIN, ApprovalId::random),
+            Some(Standing::Pending {
+                id,
+                created_ms: 1000,
+                expires_ms: 1000 + 10 * MIN,
+                new: false
+            })
+        );
+        assert!(!t.consume(k, id, 2000), "not approved yet");
+        t.decide(id, true, 3000).unwrap();
+        assert_eq!(
+            t.request(k, 4000, 10 * MIN, ApprovalId::random),
+            Some(Standing::Approved {
+                id,
+                until_ms: 3000 + 10 * MIN
+            })
+        );
+        assert!(t.consume(k, id, 4000));
+        assert!(!t.consume(k, id, 4001), "runs once");
+        // The identical call again needs a new approval.
+        let again = pending(&t, k, 5000);
+        assert_ne!(again, id);
+        assert_eq!(t.decide(id, true, 5000), Err(DecideError::Unknown));
+    }
+
+    #[test]
+    fn expired_and_denied_approvals_never_allow() {
+        let t = ApprovalTable::new(16);
+        let (a, b) = (key(1), key(2));
+        let id_a = pending(&t, a, 0);
+        assert_eq!(t.decide(id_a, true, 10 * MIN), Err(DecideError::Expired));
+        let id_b = pending(&t, b, 0);
+        t.decide(id_b, false, 1000).unwrap();
+        assert!(matches!(
+            t.request(b, 2000, MIN, ApprovalId::random),
+            Some(Standing::Denied { .. })
+        ));
+        assert!(!t.consume(b, id_b, 2000));
+        assert_eq!(
+            t.decide(id_b, true, 2000),
+            Err(DecideError::AlreadyDecided(State::Denied))
+        );
+        // An approval not used in time is gone.
+        let id = pending(&t, a, 20 * MIN);
+        t.decide(id, true, 20 * MIN).unwrap();
+        assert!(!t.consume(a, id, 31 * MIN));
+    }
+
+    #[test]
+    fn different_arguments_need_their_own_approval() {
+        let t = ApprovalTable::new(16);
+        let id1 = pending(&t, key(1), 0);
+        t.decide(id1, true, 0).unwrap();
+        assert!(!t.consume(key(2), id1, 1));
+        assert!(matches!(
+            t.request(key(2), 1, MIN, ApprovalId::random),
+            Some(Standing::Pending { new: true, .. })
+        ));
+    }
+
+    #[test]
+    fn a_full_table_has_no_room_until_deadlines_pass() {
+        let t = ApprovalTable::new(2);
+        pending(&t, key(1), 0);
+        pending(&t, key(2), 0);
+        assert_eq!(t.request(key(3), 1, MIN, ApprovalId::random), None);
+        assert!(t
+            .request(key(3), 11 * MIN, MIN, ApprovalId::random)
+            .is_some());
+    }
+
+    #[test]
+    fn racing_copies_of_an_approved_call_run_once() {
+        let t = Arc::new(ApprovalTable::new(64));
+        let k = key(7);
+        let id = pending(&t, k, 0);
+        t.decide(id, true, 0).unwrap();
+        let ran: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| t.consume(k, id, 1) as usize))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(ran, 1);
+    }
+
+    #[test]
+    fn the_file_keeps_approvals_for_the_next_process() {
+        let path = std::env::temp_dir().join(format!("toolgate-approvals-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let a = ApprovalTable::open_file(&path, 8).unwrap();
+        let id = pending(&a, key(1), 0);
+        a.decide(id, true, 0).unwrap();
+        let b = ApprovalTable::open_file(&path, 999).unwrap();
+        assert_eq!(b.capacity(), 8, "an existing file keeps its size");
+        assert!(b.consume(key(1), id, 1));
+        drop(b);
+        let c = ApprovalTable::open_file(&path, 8).unwrap();
+        assert!(
+            !c.consume(key(1), id, 2),
+            "used, even after the process that used it is gone"
+        );
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, vec![7u8; 4096]).unwrap();
+        assert!(ApprovalTable::open_file(&path, 8).is_err());
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn ids_read_back_and_keys_tell_calls_apart() {
+        let id = ApprovalId::random();
+        assert_eq!(ApprovalId::parse(&id.to_string()), Some(id));
+        for bad in [
+            "",
+            "apr_",
+            "apr_xyz",
+            "apr_00000000000000000000000000000000",
+            "xyz_0123",
+        ] {
+            assert_eq!(ApprovalId::parse(bad), None, "{bad}");
+        }
+        let call = |grant, arguments| {
+            ApprovalKey::of(&Call {
+                server: None,
+                tool: "t",
+                grant,
+                session: None,
+                agent: None,
+                arguments,
+            })
+        };
+        assert_ne!(call(Some("a"), "{}"), call(Some("b"), "{}"));
+        assert_ne!(call(None, "{}"), call(Some(""), "{}"));
+        assert_eq!(call(Some("a"), "{}"), call(Some("a"), "{}"));
+        assert_eq!(
+            canonical_json(&json!({"b": 1, "a": {"d": [1, {"f": 2, "e": 3}], "c": null}})),
+            r#"{"a":{"c":null,"d":[1,{"e":3,"f":2}]},"b":1}"#
+        );
+    }
+}
