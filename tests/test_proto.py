@@ -9,7 +9,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-GENERATED = ["decider_pb2.py", "decider_pb2.pyi", "decider_pb2_grpc.py"]
+GENERATED = [
+    f"{name}{suffix}"
+    for name in ("decider_pb2", "approvals_pb2")
+    for suffix in (".py", ".pyi", "_grpc.py")
+]
 
 
 def test_generated_code_is_current(tmp_path: Path) -> None:

@@ -156,6 +156,11 @@ class Engine:
         """Decide a serialized toolgate.v1.DecideRequest; ValueError if malformed."""
     def decide_batch_wire(self, request: bytes) -> bytes: ...
     def release_wire(self, request: bytes) -> bytes: ...
+    def enable_approvals(
+        self, path: str | os.PathLike[str], *, capacity: int = 4096, queue: int = 4096
+    ) -> Approvals:
+        """Run human approvals, with the approvals table in the file ``path`` (made if
+        missing; shared by every worker). Once per engine."""
     def refuse(self, reason: str) -> Decision:
         """An INVALID_REQUEST decision for a request that cannot be decided (counted)."""
     def release(self, reservation: int) -> bool: ...
@@ -201,3 +206,21 @@ def read_mcp_request(body: bytes) -> dict[str, Any]:
     """How the Envoy gate reads one JSON-RPC request body: ``kind`` is ``call`` (``id``,
     ``method``, ``name``, ``arguments``), ``other`` (``id``, ``method``), ``response``
     (``id``) or ``refused`` (``code``, ``message``, ``id``)."""
+
+class Approvals:
+    """An engine's approvals (from ``Engine.enable_approvals``): the control plane drains
+    their news, reconciles the table with its store, and records approvers' decisions."""
+
+    def next_events(self, timeout: float, limit: int = 256) -> list[dict[str, Any]]:
+        """News since the last call (``event``: ``opened`` with the call's details, or
+        ``used``), waiting up to ``timeout`` seconds for the first."""
+    def decide(self, id: str, approve: bool) -> dict[str, Any]:
+        """An approver's decision on a pending approval; ValueError if it is unknown,
+        expired or already decided."""
+    def get(self, id: str) -> dict[str, Any] | None: ...
+    def slots(self) -> list[dict[str, Any]]: ...
+    def apply(self, id: str, key: str, state: str, created_ms: int, deadline_ms: int) -> bool: ...
+    def forget(self, id: str) -> bool: ...
+    def now_ms(self) -> int: ...
+    @property
+    def dropped(self) -> int: ...

@@ -123,6 +123,7 @@ def _health(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from toolgate.approval_runtime import ApprovalOptions
     from toolgate.envoy_authz import CheckSettings, SubjectHeaders, parse_subject_source
     from toolgate.serve import ServeOptions, serve
 
@@ -158,6 +159,16 @@ def _serve(args: argparse.Namespace) -> int:
             agent_claim=parse_subject_source(args.agent_from),
             jwt_payload_key=args.jwt_payload_key,
             max_request_bytes=args.max_request_bytes,
+        )
+        options.approvals = ApprovalOptions(
+            state_dir=Path(args.state_dir) if args.state_dir else None,
+            admin_listen=args.admin_listen,
+            admin_tokens=Path(args.admin_tokens) if args.admin_tokens else None,
+            webhook=args.approval_webhook,
+            webhook_secret=Path(args.approval_webhook_secret)
+            if args.approval_webhook_secret
+            else None,
+            webhook_format=args.approval_webhook_format,
         )
         return serve(options)
     except PolicyError as err:
@@ -333,12 +344,51 @@ def build_parser() -> argparse.ArgumentParser:
         help="Envoy's with_request_body.max_request_bytes: a body of this size without "
         "content-length may have been cut, and is refused (default %(default)s)",
     )
+    approvals = serve.add_argument_group(
+        "approvals", "human approval of calls whose rule says require_approval"
+    )
+    approvals.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="where approvals live (a table file, a SQLite store, the key credentials are "
+        "hashed with); default: a temporary directory, gone when the sidecar stops",
+    )
+    approvals.add_argument(
+        "--admin-listen",
+        default="127.0.0.1:50052",
+        metavar="HOST:PORT",
+        help="the admin listener: the toolgate.v1.Approvals service (default %(default)s)",
+    )
+    approvals.add_argument(
+        "--admin-tokens",
+        metavar="FILE",
+        help="lines of 'NAME TOKEN' for the admin listener; without it, approvals are opened "
+        "but nobody can decide them",
+    )
+    approvals.add_argument(
+        "--approval-webhook", metavar="URL", help="POST each new pending approval here"
+    )
+    approvals.add_argument(
+        "--approval-webhook-secret",
+        metavar="FILE",
+        help="sign each webhook with HMAC-SHA256 under the secret in this file",
+    )
+    approvals.add_argument(
+        "--approval-webhook-format",
+        choices=["json", "slack"],
+        default="json",
+        help="the webhook's body: toolgate's JSON, or Slack-compatible text (default %(default)s)",
+    )
     serve.set_defaults(run=_serve)
 
     # scan and suggest: reading a server's tools, classifying them, a starter policy.
     from toolgate.scan_cli import add_commands
 
     add_commands(sub)
+
+    from toolgate.approvals_cli import add_command as add_approvals
+
+    add_approvals(sub)
     return parser
 
 

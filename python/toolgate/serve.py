@@ -19,6 +19,7 @@ from pathlib import Path
 
 from toolgate import logs, transport
 from toolgate._core import Engine, Policy
+from toolgate.approval_runtime import ApprovalOptions, ApprovalRuntime
 from toolgate.cpus import available_cpus
 from toolgate.envoy_authz import CheckSettings
 from toolgate.metrics import ReloadCounts, serve_metrics
@@ -53,6 +54,8 @@ class ServeOptions:
     metrics_per_tool: bool = False
     #: How ext_authz Check requests are read (subject headers, JWT claims, body limit).
     check: CheckSettings = field(default_factory=CheckSettings)
+    #: Human approvals: the state directory, the admin listener, the webhook.
+    approvals: ApprovalOptions = field(default_factory=ApprovalOptions)
     #: Worker processes on one port; more than 1 runs a supervisor (toolgate.workers).
     workers: int = 1
     #: Set by the supervisor in each worker: the shared state file and this worker's index.
@@ -140,6 +143,14 @@ def serve(opts: ServeOptions) -> int:
         )
 
     try:
+        # A worker serves; the lone sidecar also coordinates (admin listener, webhooks).
+        approvals = ApprovalRuntime(
+            engine, opts.approvals, serving=True, coordinating=opts.shared is None
+        )
+    except (OSError, ValueError) as err:
+        log.error("approvals: %s", err)
+        return 2
+    try:
         # SO_REUSEPORT only for workers of one supervisor, which share the port on purpose:
         # a second lone sidecar on the same port must fail, not share it silently.
         server = transport.start(
@@ -152,16 +163,23 @@ def serve(opts: ServeOptions) -> int:
         )
     except OSError as err:
         log.error("%s", err)
+        approvals.stop(0)
         return 2
 
     if opts.metrics_listen:
         host, metrics_port = split_host_port(opts.metrics_listen)
         try:
-            serve_metrics(engine, reloads, host, metrics_port, per_tool=opts.metrics_per_tool)
+            registry = serve_metrics(
+                engine, reloads, host, metrics_port, per_tool=opts.metrics_per_tool
+            )
         except OSError as err:
             log.error("cannot serve metrics on %s: %s", opts.metrics_listen, err)
             server.stop(0)
+            approvals.stop(0)
             return 2
+        if opts.shared is None:
+            registry.register(approvals.collector())
+    approvals.start()
     if watcher is not None:
         watcher.start()
     # Calls are answered from the moment the port is bound; health says SERVING once the
@@ -186,6 +204,7 @@ def serve(opts: ServeOptions) -> int:
     stop.clear()
     stop.wait(opts.drain)
     server.stop(opts.grace)
+    approvals.stop(opts.grace)
     if watcher is not None:
         watcher.stop()
     log.info("stopped")

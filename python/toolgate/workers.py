@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from prometheus_client.core import CounterMetricFamily, Metric
@@ -31,6 +31,7 @@ from prometheus_client.registry import Collector
 
 from toolgate import logs
 from toolgate._core import Engine, Policy, create_shared_state
+from toolgate.approval_runtime import ApprovalRuntime
 from toolgate.metrics import ReloadCounts, serve_metrics
 from toolgate.reload import FileVersion, PolicyWatcher
 from toolgate.serve import ServeOptions, load_policy, split_host_port
@@ -113,6 +114,8 @@ def worker_command(opts: ServeOptions, index: int, shared: Path) -> list[str]:
     ]
     if opts.threads is not None:
         args += ["--threads", str(opts.threads)]
+    if opts.approvals.state_dir is not None:
+        args += ["--state-dir", str(opts.approvals.state_dir)]
     if opts.policy is not None:
         args += ["--policy", str(opts.policy)]
     return args
@@ -204,14 +207,24 @@ def _run(opts: ServeOptions, policy: Policy, loaded: FileVersion | None, state: 
     reloads = ReloadCounts()
     per_worker = [Engine(policy, shared=state, worker=i) for i in range(opts.workers)]
     restarts = [0] * opts.workers
+    # The supervisor coordinates approvals (admin listener, webhooks); the workers serve.
+    try:
+        approvals = ApprovalRuntime(total, opts.approvals, serving=False, coordinating=True)
+    except (OSError, ValueError) as err:
+        log.error("approvals: %s", err)
+        return 2
+    worker_opts = replace(opts, approvals=replace(opts.approvals, state_dir=approvals.state.path))
     if opts.metrics_listen:
         host, metrics_port = split_host_port(opts.metrics_listen)
         try:
             registry = serve_metrics(total, reloads, host, metrics_port)
         except OSError as err:
             log.error("cannot serve metrics on %s: %s", opts.metrics_listen, err)
+            approvals.stop(0)
             return 2
         registry.register(WorkerCollector(per_worker, restarts))
+        registry.register(approvals.collector())
+    approvals.start()
 
     # The supervisor's own engine follows the file too, so /metrics shows the revision the
     # workers serve and counts reloads once.
@@ -228,7 +241,7 @@ def _run(opts: ServeOptions, policy: Policy, loaded: FileVersion | None, state: 
         watcher.start()
 
     def spawn(index: int) -> Worker:
-        return Worker(index, subprocess.Popen(worker_command(opts, index, state)))
+        return Worker(index, subprocess.Popen(worker_command(worker_opts, index, state)))
 
     workers = [spawn(i) for i in range(opts.workers)]
     stop = threading.Event()
@@ -282,6 +295,7 @@ def _run(opts: ServeOptions, policy: Policy, loaded: FileVersion | None, state: 
             log.error("worker %d did not stop in time: killing it", w.index)
             w.proc.kill()
             codes.append(w.proc.wait())
+    approvals.stop(opts.grace)
     if watcher is not None:
         watcher.stop()
     log.info("stopped")

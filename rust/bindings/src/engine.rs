@@ -1,5 +1,6 @@
 //! The engine as a Python class.
 
+use crate::approvals::PyApprovals;
 use crate::arguments::PyArg;
 use crate::clock::PyManualClock;
 use crate::decision::PyDecision;
@@ -9,6 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 use std::path::PathBuf;
 use std::sync::Arc;
+use toolgate_core::approval::{ApprovalTable, Approvals};
 use toolgate_core::clock::Clock;
 use toolgate_core::counter::CounterTable;
 use toolgate_core::engine::{DEFAULT_CAPACITY, DEFAULT_RESERVATIONS};
@@ -264,6 +266,28 @@ impl PyEngine {
         let out = wire::release(&self.inner, request);
         out.map(|b| PyBytes::new(py, &b))
             .map_err(|e| PyValueError::new_err(e.0))
+    }
+
+    /// Run human approvals for `require_approval` rules, with the approvals table in the
+    /// file at `path` (created with `capacity` slots if missing; every worker maps the same
+    /// file). Returns the object the control plane drains news from and records decisions
+    /// through. Once per engine.
+    #[pyo3(signature = (path, *, capacity = 4096, queue = 4096))]
+    fn enable_approvals(
+        &self,
+        path: PathBuf,
+        capacity: usize,
+        queue: usize,
+    ) -> PyResult<PyApprovals> {
+        let table = ApprovalTable::open_file(&path, capacity).map_err(PyValueError::new_err)?;
+        let (approvals, events) = Approvals::new(Arc::new(table), queue);
+        self.inner
+            .enable_approvals(approvals)
+            .map_err(PyValueError::new_err)?;
+        Ok(PyApprovals {
+            engine: self.inner.clone(),
+            events,
+        })
     }
 
     /// An INVALID_REQUEST decision for a request that cannot be decided, counted like any.

@@ -1,5 +1,6 @@
 //! `toolgate._core`: the Rust decision core exposed to Python.
 
+mod approvals;
 mod arguments;
 mod clock;
 mod decision;
@@ -14,6 +15,7 @@ use pyo3::prelude::*;
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::PyEngine>()?;
+    m.add_class::<approvals::PyApprovals>()?;
     m.add_class::<policy::PyPolicy>()?;
     m.add_class::<policy::ValidationError>()?;
     m.add_class::<decision::PyDecision>()?;

@@ -113,7 +113,23 @@ impl fmt::Display for ApprovalId {
 
 /// Which call an approval is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ApprovalKey([u64; 2]);
+pub struct ApprovalKey(pub [u64; 2]);
+
+impl fmt::Display for ApprovalKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}{:016x}", self.0[0], self.0[1])
+    }
+}
+
+impl ApprovalKey {
+    pub fn parse(text: &str) -> Option<ApprovalKey> {
+        if text.len() != 32 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let word = |r: std::ops::Range<usize>| u64::from_str_radix(&text[r], 16).ok();
+        Some(ApprovalKey([word(0..16)?, word(16..32)?]))
+    }
+}
 
 /// A call's identity for approval: who, where, what, and with which arguments.
 pub struct Call<'a> {
@@ -465,13 +481,40 @@ impl ApprovalTable {
             .find(|s| s.id == id)
     }
 
-    /// Put back an approval known from elsewhere (the durable store, after this table was
-    /// lost), unless the table already holds it or has no room.
-    pub fn restore(&self, s: &Slot, now_ms: u64) -> bool {
+    /// Every approval the table holds (live or past its deadline), for reconciling it with
+    /// the durable store.
+    pub fn slots(&self) -> Vec<Slot> {
         let _lock = PidLock::acquire(self.region.header(LOCK_WORD));
-        if s.deadline_ms <= now_ms
-            || (0..self.capacity).any(|i| self.read(i).is_some_and(|t| t.id == s.id))
-        {
+        (0..self.capacity).filter_map(|i| self.read(i)).collect()
+    }
+
+    /// Make the table hold `s` as known from the durable store (after a crash between the
+    /// two, or with the table file lost): the slot of `s.id` takes its state if that comes
+    /// later (pending, then approved or denied, then consumed); an approval the table lacks
+    /// is put back while it is live and there is room. True if anything changed.
+    pub fn apply(&self, s: &Slot, now_ms: u64) -> bool {
+        let _lock = PidLock::acquire(self.region.header(LOCK_WORD));
+        let order = |state: State| match state {
+            State::Pending => 0,
+            State::Approved | State::Denied => 1,
+            State::Consumed => 2,
+        };
+        let held = (0..self.capacity).find(|&i| self.read(i).is_some_and(|t| t.id == s.id));
+        if let Some(i) = held {
+            let held = self.read(i).expect("found by its state");
+            if order(s.state) <= order(held.state) {
+                return false;
+            }
+            self.write(
+                i,
+                &Slot {
+                    key: held.key,
+                    ..*s
+                },
+            );
+            return true;
+        }
+        if s.deadline_ms <= now_ms {
             return false;
         }
         match self.probe(s.key, now_ms) {
@@ -480,6 +523,20 @@ impl ApprovalTable {
                 self.write(slot, s);
                 true
             }
+        }
+    }
+
+    /// Drop approval `id` (one the durable store never heard of: nobody could approve it;
+    /// the call opens a new one when it comes again).
+    pub fn forget(&self, id: ApprovalId) -> bool {
+        let _lock = PidLock::acquire(self.region.header(LOCK_WORD));
+        match (0..self.capacity).find(|&i| self.read(i).is_some_and(|t| t.id == id)) {
+            Some(i) => {
+                // Past any deadline: the slot is free, and its key's probe sequence intact.
+                self.word(i, DEADLINE).store(0, SeqCst);
+                true
+            }
+            None => false,
         }
     }
 }
@@ -497,6 +554,7 @@ pub enum ApprovalEvent {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Opened {
     pub id: ApprovalId,
+    pub key: ApprovalKey,
     pub server: Option<String>,
     pub tool: String,
     pub grant: Option<String>,
@@ -698,6 +756,47 @@ mod tests {
         std::fs::write(&path, vec![7u8; 4096]).unwrap();
         assert!(ApprovalTable::open_file(&path, 8).is_err());
         std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn the_durable_stores_later_states_are_applied_and_unknown_approvals_forgotten() {
+        let t = ApprovalTable::new(16);
+        let id = pending(&t, key(1), 0);
+        let mut s = t.get(id).unwrap();
+        // The store saw an approval the table missed (a crash between the two).
+        s.state = State::Approved;
+        s.deadline_ms = 5 * MIN;
+        assert!(t.apply(&s, 1));
+        let back = Slot {
+            state: State::Pending,
+            ..s
+        };
+        assert!(!t.apply(&back, 1), "never goes back");
+        assert!(t.consume(key(1), id, 2));
+        // A table that lost an approval gets it back while it is live.
+        let lost = Slot {
+            key: key(2),
+            id: ApprovalId::random(),
+            state: State::Approved,
+            created_ms: 0,
+            deadline_ms: 5 * MIN,
+        };
+        assert!(t.apply(&lost, 1));
+        assert!(t.consume(key(2), lost.id, 2));
+        let stale = Slot {
+            id: ApprovalId::random(),
+            deadline_ms: 1,
+            ..lost
+        };
+        assert!(!t.apply(&stale, 2), "expired");
+        // One the store never heard of is dropped: its call opens a new one.
+        let unknown = pending(&t, key(3), 0);
+        assert!(t.forget(unknown));
+        assert!(matches!(
+            t.request(key(3), 1, MIN, ApprovalId::random),
+            Some(Standing::Pending { new: true, .. })
+        ));
+        assert_eq!(ApprovalKey::parse(&key(3).to_string()), Some(key(3)));
     }
 
     #[test]

@@ -384,7 +384,7 @@ impl Engine {
             .table
             .request(key, now_ms, r.approval_timeout_ms, ApprovalId::random);
         let policy = out.policy;
-        let asked = policy.text(r.approval_reason);
+        let asked = sentence(policy.text(r.approval_reason));
         let mut d = match standing {
             Some(Standing::Approved { id, .. }) => return Gate::Run { key, id },
             Some(Standing::Pending {
@@ -396,6 +396,7 @@ impl Engine {
                 if new {
                     a.emit(ApprovalEvent::Opened(Box::new(Opened {
                         id,
+                        key,
                         server: req.server.map(str::to_owned),
                         tool: req.tool.to_owned(),
                         grant: req.subject.grant.map(str::to_owned),
@@ -413,27 +414,35 @@ impl Engine {
                 }
                 let left_s = expires_ms.saturating_sub(now_ms).div_ceil(1000);
                 let reason = format!(
-                    "{asked}: approval {id} is waiting for an approver (for up to {left_s} s); \
-                     send the same call again once it is approved"
+                    "{asked} Approval {id} is waiting for an approver (for up to {left_s} s); \
+                     send the same call again once it is approved."
                 );
                 let mut d = out.finish(Code::ApprovalRequired, reason, r.pointer);
                 d.approval = Some(id);
                 d
             }
             Some(Standing::Denied { id, .. }) => {
-                let reason = format!("{asked}: approval {id} of this call was refused");
+                let reason = format!("{asked} Approval {id} of this call was refused.");
                 let mut d = out.finish(Code::ApprovalDenied, reason, r.pointer);
                 d.approval = Some(id);
                 d
             }
             None => {
                 let reason =
-                    format!("{asked}, and no approval could be opened: too many are waiting");
+                    format!("{asked} No approval could be opened: too many are waiting.");
                 out.finish(Code::ApprovalRequired, reason, r.pointer)
             }
         };
         d.limits = Limits::new();
         Gate::Stop(d)
+    }
+}
+
+/// `text` ending as a sentence does, so more sentences can follow it.
+fn sentence(text: &str) -> String {
+    match text.trim_end().chars().last() {
+        Some('.' | '!' | '?') | None => text.trim_end().to_owned(),
+        Some(_) => format!("{}.", text.trim_end()),
     }
 }
 

@@ -44,6 +44,9 @@ pub fn denied(id: &Option<Value>, d: &Decision) -> Reply {
     if let Some(ms) = d.retry_after_ms {
         details.insert("retry_after_ms".into(), ms.into());
     }
+    if let Some(id) = d.approval {
+        details.insert("approval_id".into(), id.to_string().into());
+    }
     details.insert("revision".into(), d.revision().into());
     let message = json!({
         "jsonrpc": "2.0",
@@ -117,6 +120,9 @@ pub fn decision_headers(d: &Decision) -> Vec<(&'static str, String)> {
             limit.reset_in_ms.div_ceil(1000).to_string(),
         ));
         headers.push(("ratelimit-policy", format!("{max};w={window_s}")));
+    }
+    if let Some(id) = d.approval {
+        headers.push(("x-toolgate-approval", id.to_string()));
     }
     if d.code == Code::RateLimited {
         // No retry-after means the call can never fit; a day tells a client not to spin.

@@ -1,0 +1,386 @@
+"""Human approvals, the control plane's side: the durable store (SQLite in ``--state-dir``),
+the thread that records the engine's news of approvals into it, and reconciling the store
+with the engine's approvals table when the sidecar starts.
+
+The engine decides on its approvals table (a file every worker maps): a call opens a pending
+approval there, and an approved call uses it there, without waiting on anything else. The
+store keeps what approvers see and what auditors ask about (the call, who approved it, when
+it ran), filled from the engine's news by a thread of each serving process, and written
+first when an approver decides. After a crash between the two, ``reconcile`` brings them
+together again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from toolgate._core import Approvals
+
+log = logging.getLogger("toolgate.approvals")
+
+#: States as approvers see them. USED: the approved call ran. EXPIRED: PENDING or APPROVED
+#: past its deadline (computed when read, never stored).
+STATES = ("PENDING", "APPROVED", "DENIED", "USED", "EXPIRED")
+
+#: The table's name for USED.
+_TABLE_STATE = {
+    "PENDING": "PENDING",
+    "APPROVED": "APPROVED",
+    "DENIED": "DENIED",
+    "USED": "CONSUMED",
+}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS approvals (
+    id TEXT PRIMARY KEY,
+    key TEXT NOT NULL,
+    server TEXT,
+    tool TEXT NOT NULL,
+    grant_label TEXT,
+    session TEXT,
+    agent TEXT,
+    arguments TEXT NOT NULL,
+    arguments_digest TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    revision TEXT NOT NULL,
+    approvers TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    timeout_ms INTEGER NOT NULL,
+    deadline_ms INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    decided_by TEXT,
+    decided_ms INTEGER,
+    reason TEXT,
+    used_ms INTEGER
+);
+-- Every change to an approval, in order: what watchers and notifiers follow.
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL,
+    kind TEXT NOT NULL
+);
+"""
+
+
+class ApprovalError(Exception):
+    """An approver's decision that cannot be taken: ``kind`` is ``not_found``,
+    ``not_pending`` or ``not_allowed``."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def load_key(path: Path) -> bytes:
+    """The deployment's key for hashing credentials, made (random, readable by its owner
+    only) the first time: every process of a deployment, and every restart, hash alike."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        key = path.read_bytes()
+        if len(key) < 32:
+            raise ValueError(f"{path}: a key file holds at least 32 bytes") from None
+        return key
+    with os.fdopen(fd, "wb") as f:
+        f.write(secrets.token_bytes(32))
+    return path.read_bytes()
+
+
+@dataclass(frozen=True)
+class GrantLabels:
+    """How a grant is shown: a verified identity (a JWT claim) as it is; a credential only
+    as a keyed hash, never in clear."""
+
+    key: bytes
+
+    def label(self, grant: str | None, verified: bool) -> str | None:
+        if grant is None or verified:
+            return grant
+        digest = hmac.new(self.key, grant.encode(), hashlib.sha256).hexdigest()
+        return f"hmac-sha256:{digest[:32]}"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One approval as the store holds it."""
+
+    id: str
+    key: str
+    server: str | None
+    tool: str
+    grant: str | None
+    session: str | None
+    agent: str | None
+    arguments: str
+    arguments_digest: str
+    rule: str
+    revision: str
+    approvers: list[str]
+    created_ms: int
+    timeout_ms: int
+    deadline_ms: int
+    stored_state: str
+    decided_by: str | None
+    decided_ms: int | None
+    reason: str | None
+    used_ms: int | None
+
+    def state(self, now_ms: int) -> str:
+        live = self.deadline_ms > now_ms
+        if self.stored_state in ("PENDING", "APPROVED") and not live:
+            return "EXPIRED"
+        return self.stored_state
+
+    def to_dict(self, now_ms: int) -> dict[str, Any]:
+        d = {k: v for k, v in vars(self).items() if k != "stored_state"}
+        d["state"] = self.state(now_ms)
+        return d
+
+
+class ApprovalStore:
+    """Approvals in SQLite. One connection per thread; every write is its own transaction,
+    synced to disk before it returns (``synchronous=FULL``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        # executescript commits on its own; each statement is idempotent.
+        self._db().executescript(_SCHEMA)
+
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            self._local.db = db
+        return db
+
+    class _Transaction:
+        def __init__(self, db: sqlite3.Connection) -> None:
+            self.db = db
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.db.execute("BEGIN IMMEDIATE")
+            return self.db
+
+        def __exit__(self, kind: object, *_: object) -> None:
+            self.db.execute("ROLLBACK" if kind else "COMMIT")
+
+    def _write(self) -> ApprovalStore._Transaction:
+        return ApprovalStore._Transaction(self._db())
+
+    def record_opened(self, event: dict[str, Any], labels: GrantLabels) -> None:
+        """A pending approval the engine opened (its news)."""
+        with self._write() as db:
+            inserted = db.execute(
+                "INSERT OR IGNORE INTO approvals (id, key, server, tool, grant_label, session,"
+                " agent, arguments, arguments_digest, rule, revision, approvers, created_ms,"
+                " timeout_ms, deadline_ms, state) VALUES"
+                " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'PENDING')",
+                (
+                    event["id"],
+                    event["key"],
+                    event["server"],
+                    event["tool"],
+                    labels.label(event["grant"], event["grant_verified"]),
+                    event["session"],
+                    event["agent"],
+                    event["arguments"],
+                    event["arguments_digest"],
+                    event["rule"],
+                    event["revision"],
+                    json.dumps(event["approvers"]),
+                    event["created_ms"],
+                    event["expires_ms"] - event["created_ms"],
+                    event["expires_ms"],
+                ),
+            ).rowcount
+            if inserted:
+                db.execute("INSERT INTO changes (id, kind) VALUES (?, 'opened')", (event["id"],))
+
+    def record_used(self, id: str, at_ms: int | None) -> None:
+        """The approved call ran (``at_ms`` None: found used after a restart)."""
+        with self._write() as db:
+            changed = db.execute(
+                "UPDATE approvals SET state = 'USED', used_ms = ? WHERE id = ? AND state != 'USED'",
+                (at_ms, id),
+            ).rowcount
+            if changed:
+                db.execute("INSERT INTO changes (id, kind) VALUES (?, 'used')", (id,))
+
+    def decide(
+        self,
+        id: str,
+        approve: bool,
+        by: str,
+        reason: str,
+        now_ms: int,
+        apply: Any,
+    ) -> Row:
+        """An approver's decision: recorded, then ``apply(id, approve)`` puts it into the
+        engine's table (returning its new deadline), all in one transaction: if the table
+        refuses, nothing is recorded. ApprovalError if it cannot be taken."""
+        with self._write() as db:
+            row = self._get(db, id)
+            if row is None:
+                raise ApprovalError("not_found", f"no approval {id}")
+            state = row.state(now_ms)
+            if state != "PENDING":
+                raise ApprovalError("not_pending", f"approval {id} is {state.lower()}")
+            if row.approvers and by not in row.approvers:
+                raise ApprovalError(
+                    "not_allowed", f"{by} may not decide {id}: its approvers are {row.approvers}"
+                )
+            new_state = "APPROVED" if approve else "DENIED"
+            db.execute(
+                "UPDATE approvals SET state = ?, decided_by = ?, decided_ms = ?, reason = ?"
+                " WHERE id = ?",
+                (new_state, by, now_ms, reason or None, id),
+            )
+            try:
+                deadline_ms = apply(id, approve)
+            except ValueError as err:
+                raise ApprovalError("not_pending", str(err)) from err
+            db.execute("UPDATE approvals SET deadline_ms = ? WHERE id = ?", (deadline_ms, id))
+            db.execute("INSERT INTO changes (id, kind) VALUES (?, ?)", (id, new_state.lower()))
+        decided = self.get(id)
+        assert decided is not None
+        return decided
+
+    def _get(self, db: sqlite3.Connection, id: str) -> Row | None:
+        found = db.execute("SELECT * FROM approvals WHERE id = ?", (id,)).fetchone()
+        return _row(found) if found else None
+
+    def get(self, id: str) -> Row | None:
+        return self._get(self._db(), id)
+
+    def list(self, state: str | None, now_ms: int, limit: int = 100) -> list[Row]:
+        """Newest first; ``state`` as approvers see it (EXPIRED included)."""
+        rows = self._db().execute("SELECT * FROM approvals ORDER BY created_ms DESC, id")
+        out = []
+        for raw in rows:
+            row = _row(raw)
+            if state is None or row.state(now_ms) == state:
+                out.append(row)
+                if len(out) >= limit:
+                    break
+        return out
+
+    def changes_after(self, seq: int) -> list[tuple[int, str, str]]:
+        """``(seq, id, kind)`` of every change after ``seq``, oldest first."""
+        return list(
+            self._db().execute(
+                "SELECT seq, id, kind FROM changes WHERE seq > ? ORDER BY seq", (seq,)
+            )
+        )
+
+    def last_change(self) -> int:
+        (seq,) = self._db().execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()
+        return int(seq)
+
+    def open_rows(self, now_ms: int) -> Iterator[Row]:
+        """Approvals not yet used, denied ones and pending or approved ones before their
+        deadline: those the engine's table must hold."""
+        rows = self._db().execute(
+            "SELECT * FROM approvals WHERE state != 'USED' AND deadline_ms > ?", (now_ms,)
+        )
+        for raw in rows:
+            yield _row(raw)
+
+
+_COLUMNS = [
+    "id",
+    "key",
+    "server",
+    "tool",
+    "grant",
+    "session",
+    "agent",
+    "arguments",
+    "arguments_digest",
+    "rule",
+    "revision",
+    "approvers",
+    "created_ms",
+    "timeout_ms",
+    "deadline_ms",
+    "stored_state",
+    "decided_by",
+    "decided_ms",
+    "reason",
+    "used_ms",
+]
+
+
+def _row(raw: tuple[Any, ...]) -> Row:
+    fields = dict(zip(_COLUMNS, raw, strict=True))
+    fields["approvers"] = json.loads(fields["approvers"])
+    return Row(**fields)
+
+
+def reconcile(approvals: Approvals, store: ApprovalStore) -> None:
+    """Bring the engine's table and the store together after a restart: the table is right
+    about use (an approved call ran even if its news was lost), the store about decisions
+    (recorded before the table heard of them), and an approval the store never heard of
+    (its news lost) is dropped from the table, so its call opens one approvers can see."""
+    now = approvals.now_ms()
+    held = {s["id"]: s for s in approvals.slots()}
+    for id, slot in held.items():
+        row = store.get(id)
+        if row is None:
+            if slot["state"] == "PENDING" and approvals.forget(id):
+                log.warning("dropped approval %s: its details were lost in a crash", id)
+        elif slot["state"] == "CONSUMED" and row.stored_state != "USED":
+            store.record_used(id, None)
+    for row in store.open_rows(now):
+        table_state = _TABLE_STATE[row.stored_state]
+        if approvals.apply(row.id, row.key, table_state, row.created_ms, row.deadline_ms):
+            log.info("approval %s: the table now holds it as %s", row.id, table_state)
+
+
+class ApprovalRecorder:
+    """A thread that records an engine's news of approvals into the store: each serving
+    process runs one, so a decision never waits on SQLite."""
+
+    def __init__(self, approvals: Approvals, store: ApprovalStore, labels: GrantLabels) -> None:
+        self._approvals = approvals
+        self._store = store
+        self._labels = labels
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="approval-recorder", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        # What came in meanwhile is recorded too.
+        self.record(self._approvals.next_events(0.0, limit=1 << 20))
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.record(self._approvals.next_events(0.2))
+            except Exception:  # a store error must not end the thread
+                log.exception("cannot record approvals")
+                self._stop.wait(1.0)
+
+    def record(self, events: list[dict[str, Any]]) -> None:
+        for event in events:
+            if event["event"] == "opened":
+                self._store.record_opened(event, self._labels)
+            else:
+                self._store.record_used(event["id"], event["at_ms"])
