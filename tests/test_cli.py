@@ -181,8 +181,10 @@ def test_decide_prints_every_field():
         "revision",
         "shadow",
         "reservation",
+        "approval_id",
     }
     assert (d["verdict"], d["code"], d["rule"]) == ("DENY", "DEFAULT_DENY", "/default")
+    assert d["approval_id"] is None
 
 
 @pytest.mark.parametrize(

@@ -1443,6 +1443,7 @@ def test_decision_to_dict_matches_its_attributes():
         "revision": engine.revision,
         "shadow": False,
         "reservation": d.reservation,
+        "approval_id": None,
     }
     assert json.loads(json.dumps(d.to_dict())) == d.to_dict()
 

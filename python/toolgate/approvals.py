@@ -344,6 +344,12 @@ def reconcile(approvals: Approvals, store: ApprovalStore) -> None:
                 log.warning("dropped approval %s: its details were lost in a crash", id)
         elif slot["state"] == "CONSUMED" and row.stored_state != "USED":
             store.record_used(id, None)
+        elif slot["state"] in ("APPROVED", "DENIED") and row.stored_state == "PENDING":
+            # A decision the table took but the store never committed (a crash inside
+            # decide): nobody knows who took it, so it is undone and asked again.
+            approvals.forget(id)
+            approvals.apply(id, row.key, "PENDING", row.created_ms, row.deadline_ms)
+            log.warning("approval %s: its decision was lost in a crash; pending again", id)
     for row in store.open_rows(now):
         table_state = _TABLE_STATE[row.stored_state]
         if approvals.apply(row.id, row.key, table_state, row.created_ms, row.deadline_ms):

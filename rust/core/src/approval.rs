@@ -532,8 +532,10 @@ impl ApprovalTable {
         let _lock = PidLock::acquire(self.region.header(LOCK_WORD));
         match (0..self.capacity).find(|&i| self.read(i).is_some_and(|t| t.id == id)) {
             Some(i) => {
-                // Past any deadline: the slot is free, and its key's probe sequence intact.
+                // No state: the slot is free and holds no approval, and, its key kept, the
+                // probe sequences through it stay intact.
                 self.word(i, DEADLINE).store(0, SeqCst);
+                self.word(i, STATE).store(0, SeqCst);
                 true
             }
             None => false,
@@ -792,6 +794,7 @@ mod tests {
         // One the store never heard of is dropped: its call opens a new one.
         let unknown = pending(&t, key(3), 0);
         assert!(t.forget(unknown));
+        assert_eq!(t.get(unknown), None, "forgotten");
         assert!(matches!(
             t.request(key(3), 1, MIN, ApprovalId::random),
             Some(Standing::Pending { new: true, .. })

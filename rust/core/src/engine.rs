@@ -428,8 +428,7 @@ impl Engine {
                 d
             }
             None => {
-                let reason =
-                    format!("{asked} No approval could be opened: too many are waiting.");
+                let reason = format!("{asked} No approval could be opened: too many are waiting.");
                 out.finish(Code::ApprovalRequired, reason, r.pointer)
             }
         };
