@@ -84,7 +84,7 @@ def test_a_pending_approval_is_stored_with_everything_an_approver_needs(tmp_path
     assert len(row.arguments_digest) == 64 and row.approvers == ["alice"]
     assert row.deadline_ms - row.created_ms == 10 * MIN
     # The grant is a credential: only its keyed hash is stored.
-    assert row.grant.startswith("hmac-sha256:") and "g" != row.grant
+    assert row.grant.startswith("hmac-sha256:") and row.grant != "g"
     assert row.state(s.approvals.now_ms()) == "PENDING"
 
 
