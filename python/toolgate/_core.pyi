@@ -161,6 +161,22 @@ class Engine:
     ) -> Approvals:
         """Run human approvals, with the approvals table in the file ``path`` (made if
         missing; shared by every worker). Once per engine."""
+    def enable_decision_log(
+        self,
+        path: str | os.PathLike[str] | None,
+        *,
+        grant_key: bytes,
+        filter: str = "all",
+        rotate_bytes: int = 0,
+        queue: int = 65536,
+    ) -> None:
+        """Write decisions as hash-chained JSON lines to ``path`` (None: stdout) from a
+        writer thread; ``filter`` is ``all`` or ``denials``; grants hashed under
+        ``grant_key``. Once per engine."""
+    def decision_log_head(self) -> tuple[int, str] | None:
+        """``(seq, sha256)`` of the decision log's last line (None without a log)."""
+    def sync_decision_log(self, timeout: float) -> bool:
+        """Wait until every decision logged so far is written out; False on timeout."""
     def refuse(self, reason: str) -> Decision:
         """An INVALID_REQUEST decision for a request that cannot be decided (counted)."""
     def release(self, reservation: int) -> bool: ...

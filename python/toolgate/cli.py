@@ -144,6 +144,9 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         metrics_per_tool=args.metrics_per_tool,
         workers=args.workers,
+        decision_log=args.decision_log,
+        decision_log_filter=args.decision_log_filter,
+        decision_log_rotate_bytes=int(args.decision_log_rotate_mib * (1 << 20)),
         shared=Path(args.shared) if args.shared else None,
         worker_index=args.worker_index,
     )
@@ -379,6 +382,30 @@ def build_parser() -> argparse.ArgumentParser:
         default="json",
         help="the webhook's body: toolgate's JSON, or Slack-compatible text (default %(default)s)",
     )
+    decisions = serve.add_argument_group(
+        "decision log", "one JSON line per decision, hash-chained (toolgate log verify)"
+    )
+    decisions.add_argument(
+        "--decision-log",
+        metavar="FILE",
+        help="append each decision to FILE ('-': stdout); with --workers, each worker "
+        "writes FILE.wN",
+    )
+    decisions.add_argument(
+        "--decision-log-filter",
+        choices=["all", "denials"],
+        default="all",
+        help="all decisions, or only those that are not a plain ALLOW (denials, approvals "
+        "asked for, refused or used) (default %(default)s)",
+    )
+    decisions.add_argument(
+        "--decision-log-rotate-mib",
+        type=float,
+        default=100.0,
+        metavar="MIB",
+        help="start FILE anew past this size, the old one kept as FILE.N, the chain going on "
+        "(0: never; default %(default)s)",
+    )
     serve.set_defaults(run=_serve)
 
     # scan and suggest: reading a server's tools, classifying them, a starter policy.
@@ -389,6 +416,10 @@ def build_parser() -> argparse.ArgumentParser:
     from toolgate.approvals_cli import add_command as add_approvals
 
     add_approvals(sub)
+
+    from toolgate.decision_log import add_command as add_log
+
+    add_log(sub)
     return parser
 
 

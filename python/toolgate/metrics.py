@@ -91,6 +91,16 @@ class EngineCollector(Collector):
             "Calls denied because the counter table had no free slot.",
             value=stats["table_full"],
         )
+        yield CounterMetricFamily(
+            "toolgate_decision_log_lines",
+            "Decisions handed to the decision log (--decision-log).",
+            value=stats["logged"],
+        )
+        yield CounterMetricFamily(
+            "toolgate_decision_log_dropped",
+            "Decisions the decision log dropped because the disk could not keep up.",
+            value=stats["log_dropped"],
+        )
         if self._per_tool:
             per_tool = CounterMetricFamily(
                 "toolgate_tool_decisions",

@@ -56,11 +56,63 @@ class ServeOptions:
     check: CheckSettings = field(default_factory=CheckSettings)
     #: Human approvals: the state directory, the admin listener, the webhook.
     approvals: ApprovalOptions = field(default_factory=ApprovalOptions)
+    #: The decision log: a file, ``-`` for stdout, None for none; which decisions; the size
+    #: at which a file rotates (0: never).
+    decision_log: str | None = None
+    decision_log_filter: str = "all"
+    decision_log_rotate_bytes: int = 100 << 20
     #: Worker processes on one port; more than 1 runs a supervisor (toolgate.workers).
     workers: int = 1
     #: Set by the supervisor in each worker: the shared state file and this worker's index.
     shared: Path | None = None
     worker_index: int | None = None
+
+
+def decision_log_path(opts: ServeOptions) -> Path | None:
+    """Where this process writes its decision log (None: stdout). Each worker of a
+    supervisor writes its own file, ``PATH.wN``: one writer per hash chain."""
+    assert opts.decision_log is not None
+    if opts.decision_log == "-":
+        return None
+    path = Path(opts.decision_log)
+    if opts.worker_index is not None:
+        path = path.with_name(f"{path.name}.w{opts.worker_index}")
+    return path
+
+
+def enable_decision_log(engine: Engine, opts: ServeOptions, grant_key: bytes) -> None:
+    path = decision_log_path(opts)
+    engine.enable_decision_log(
+        path,
+        grant_key=grant_key,
+        filter=opts.decision_log_filter,
+        rotate_bytes=opts.decision_log_rotate_bytes,
+    )
+    log.info("decision log: %s (%s decisions)", path or "stdout", opts.decision_log_filter)
+
+
+#: Seconds between logging the decision log's head (while it changes).
+HEAD_EVERY = 60
+
+
+def log_head(engine: Engine, last: tuple[int, str] | None) -> tuple[int, str] | None:
+    """Log the decision log's head if it moved: kept apart from the decision log (with the
+    sidecar's own logs), it anchors the chain for ``toolgate log verify --head``."""
+    head = engine.decision_log_head()
+    if head is not None and head != last and head[0] > 0:
+        log.info("decision log head %d:%s", *head)
+    return head
+
+
+def warn_of_drops(engine: Engine, seen: int) -> int:
+    """Log decision-log lines dropped since ``seen``; returns the count now."""
+    dropped = engine.stats()["log_dropped"]
+    if dropped > seen:
+        log.warning(
+            "decision log: %d decisions dropped (the disk cannot keep up); the log notes it",
+            dropped - seen,
+        )
+    return dropped
 
 
 def default_threads(kind: str) -> int:
@@ -150,6 +202,13 @@ def serve(opts: ServeOptions) -> int:
     except (OSError, ValueError) as err:
         log.error("approvals: %s", err)
         return 2
+    if opts.decision_log is not None:
+        try:
+            enable_decision_log(engine, opts, approvals.labels.key)
+        except (OSError, ValueError) as err:
+            log.error("%s", err)
+            approvals.stop(0)
+            return 2
     try:
         # SO_REUSEPORT only for workers of one supervisor, which share the port on purpose:
         # a second lone sidecar on the same port must fail, not share it silently.
@@ -195,8 +254,13 @@ def serve(opts: ServeOptions) -> int:
         opts.policy or "built-in deny-everything",
     )
 
+    dropped, head, ticks = 0, None, 0
     while not stop.wait(1.0):
-        pass
+        ticks += 1
+        if opts.decision_log is not None:
+            dropped = warn_of_drops(engine, dropped)
+            if ticks % HEAD_EVERY == 0:
+                head = log_head(engine, head)
     # NOT_SERVING first, while still answering, so health checkers see it and proxies stop
     # sending; then refuse new calls and let in-flight ones finish.
     log.info("stopping: NOT_SERVING for %.1fs, then finishing in-flight calls", opts.drain)
@@ -204,6 +268,10 @@ def serve(opts: ServeOptions) -> int:
     stop.clear()
     stop.wait(opts.drain)
     server.stop(opts.grace)
+    if opts.decision_log is not None:
+        if not engine.sync_decision_log(opts.grace):
+            log.error("the decision log could not be written out in %.1fs", opts.grace)
+        log_head(engine, head)
     approvals.stop(opts.grace)
     if watcher is not None:
         watcher.stop()

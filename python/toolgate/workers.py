@@ -116,6 +116,15 @@ def worker_command(opts: ServeOptions, index: int, shared: Path) -> list[str]:
         args += ["--threads", str(opts.threads)]
     if opts.approvals.state_dir is not None:
         args += ["--state-dir", str(opts.approvals.state_dir)]
+    if opts.decision_log is not None:
+        args += [
+            "--decision-log",
+            opts.decision_log,
+            "--decision-log-filter",
+            opts.decision_log_filter,
+            "--decision-log-rotate-mib",
+            str(opts.decision_log_rotate_bytes / (1 << 20)),
+        ]
     if opts.policy is not None:
         args += ["--policy", str(opts.policy)]
     return args
@@ -181,6 +190,11 @@ def _check_port_free(listen: str) -> None:
 def supervise(opts: ServeOptions) -> int:
     if opts.metrics_per_tool:
         raise ValueError("--metrics-per-tool counts per process; it cannot be used with --workers")
+    if opts.decision_log == "-":
+        raise ValueError(
+            "with --workers, --decision-log needs a file: each worker writes its own chain"
+            " (FILE.wN), and stdout would interleave them"
+        )
     policy, loaded = load_policy(opts)  # invalid policy: PolicyError before anything starts
     directory = state_directory()
     remove_stale_states(directory)

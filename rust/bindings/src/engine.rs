@@ -5,7 +5,7 @@ use crate::arguments::PyArg;
 use crate::clock::PyManualClock;
 use crate::decision::PyDecision;
 use crate::policy::{coerce, PyPolicy};
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 use std::path::PathBuf;
@@ -13,6 +13,7 @@ use std::sync::Arc;
 use toolgate_core::approval::{ApprovalTable, Approvals};
 use toolgate_core::clock::Clock;
 use toolgate_core::counter::CounterTable;
+use toolgate_core::decision_log::{DecisionLog, Filter, Settings};
 use toolgate_core::engine::{DEFAULT_CAPACITY, DEFAULT_RESERVATIONS};
 use toolgate_core::shared::{Layout, SharedState};
 use toolgate_core::MonotonicClock;
@@ -290,6 +291,52 @@ impl PyEngine {
         })
     }
 
+    /// Write decisions to a log: one JSON line each, hash-chained, by a writer thread
+    /// (`path` None: stdout). `filter` is `all` or `denials`; files rotate past
+    /// `rotate_bytes` (0: never); grants are hashed under `grant_key`. Once per engine.
+    #[pyo3(signature = (path, *, grant_key, filter = "all", rotate_bytes = 0, queue = 65536))]
+    fn enable_decision_log(
+        &self,
+        path: Option<PathBuf>,
+        grant_key: Vec<u8>,
+        filter: &str,
+        rotate_bytes: u64,
+        queue: usize,
+    ) -> PyResult<()> {
+        let filter = Filter::parse(filter).ok_or_else(|| {
+            PyValueError::new_err(format!("filter must be all or denials, not {filter:?}"))
+        })?;
+        let log = DecisionLog::open(Settings {
+            path,
+            filter,
+            rotate_bytes,
+            queue,
+            grant_key,
+        })
+        .map_err(|e| PyOSError::new_err(format!("cannot open the decision log: {e}")))?;
+        self.inner
+            .enable_decision_log(log)
+            .map_err(PyValueError::new_err)
+    }
+
+    /// Wait until every decision logged so far is written out; False on timeout (or no log).
+    fn sync_decision_log(&self, py: Python<'_>, timeout: f64) -> bool {
+        let Some(log) = self.inner.decision_log() else {
+            return false;
+        };
+        let wait = std::time::Duration::from_secs_f64(timeout.max(0.0));
+        py.detach(|| log.sync(wait))
+    }
+
+    /// `(seq, sha256)` of the decision log's last line, or None without a log: published
+    /// elsewhere, it anchors the chain (`toolgate log verify --head`).
+    fn decision_log_head(&self) -> Option<(u64, String)> {
+        self.inner.decision_log().map(|l| {
+            let h = l.head();
+            (h.seq, h.sha256)
+        })
+    }
+
     /// An INVALID_REQUEST decision for a request that cannot be decided, counted like any.
     fn refuse(&self, reason: &str) -> PyDecision {
         PyDecision(self.inner.refuse(reason))
@@ -336,6 +383,8 @@ impl PyEngine {
         d.set_item("decisions", codes)?;
         d.set_item("shadow", self.inner.stats().shadow())?;
         d.set_item("table_full", self.inner.stats().table_full())?;
+        d.set_item("logged", self.inner.stats().logged())?;
+        d.set_item("log_dropped", self.inner.stats().log_dropped())?;
         d.set_item("table_capacity", self.inner.table().capacity())?;
         d.set_item("table_occupied", self.inner.table().occupied())?;
         let outcomes: Vec<(&str, &str, u64)> = self

@@ -91,6 +91,8 @@ pub struct CompiledRule {
     pub approval_timeout_ms: u64,
     /// Who may approve; empty: anyone with an admin token.
     pub approvers: Vec<Box<str>>,
+    /// Argument paths the decision log writes in clear.
+    pub log: Vec<crate::policy::Path>,
 }
 
 /// A `require` or `deny_if` item, with the denial it gives: when a `require` item does
@@ -223,6 +225,7 @@ fn compile_rule(rule: &Rule, tool: Option<&str>, tables: &mut Tables) -> Compile
             .flat_map(|a| &a.approvers)
             .map(|a| Box::from(a.as_str()))
             .collect(),
+        log: rule.log.clone(),
     }
 }
 

@@ -13,6 +13,7 @@ use crate::condition::{Facts, Outcome, Problem, Subject};
 use crate::counter::reservation::MAX_PARTS;
 use crate::counter::{to_units, CounterKey, CounterTable, UNITS_PER_CALL};
 use crate::decision::{Code, Decision, Limits, Text, Verdict};
+use crate::decision_log::{DecisionLog, Record};
 use crate::limiter::{self, Want};
 use crate::policy::{Action, ConditionItem, Policy, Scope};
 use crate::stats::Stats;
@@ -46,6 +47,8 @@ pub struct Engine {
     stats: Stats,
     /// Set once, by the sidecar: without it a `require_approval` call is only denied.
     approvals: OnceLock<Approvals>,
+    /// Set once, by the sidecar's `--decision-log`.
+    log: OnceLock<DecisionLog>,
 }
 
 /// What an approval-gated call may do.
@@ -79,7 +82,19 @@ impl Engine {
             clock,
             stats,
             approvals: OnceLock::new(),
+            log: OnceLock::new(),
         })
+    }
+
+    /// Write every decision (as `log` filters them) to `log` (once; an error after that).
+    pub fn enable_decision_log(&self, log: DecisionLog) -> Result<(), String> {
+        self.log
+            .set(log)
+            .map_err(|_| "the decision log is already enabled".to_owned())
+    }
+
+    pub fn decision_log(&self) -> Option<&DecisionLog> {
+        self.log.get()
     }
 
     /// Run human approvals for `require_approval` rules (once; an error after that).
@@ -135,10 +150,23 @@ impl Engine {
         let policy = self.policy.load();
         let d = Draft { policy: &policy }.finish(Code::InvalidRequest, reason, "");
         self.stats.count(&d);
+        if let Some(log) = self.log.get() {
+            let none = Subject {
+                grant: None,
+                session: None,
+                agent: None,
+                attributes: &[],
+                grant_verified: false,
+            };
+            self.write_log::<&serde_json::Value>(log, &d, "", None, &none, None, 0);
+        }
         d
     }
 
     pub fn decide<A: ArgValue + Clone>(&self, req: &Request<'_, A>) -> Decision {
+        // A dry run authorizes nothing: it is not logged.
+        let log = self.log.get().filter(|_| !req.dry_run);
+        let started = log.map(|_| self.clock.now_ns());
         let policy = self.policy.load();
         let decision = self.decide_in(&policy, req);
         drop(policy);
@@ -146,7 +174,50 @@ impl Engine {
         if self.stats.per_tool_enabled() {
             self.stats.count_tool(req.tool, decision.verdict);
         }
+        if let (Some(log), Some(started)) = (log, started) {
+            let took = self.clock.now_ns().saturating_sub(started);
+            let args = req.args.as_ref();
+            self.write_log(
+                log,
+                &decision,
+                req.tool,
+                req.server,
+                &req.subject,
+                args,
+                took,
+            );
+        }
         decision
+    }
+
+    /// Hand a decision's record to the log's writer (if its filter wants it).
+    #[allow(clippy::too_many_arguments)]
+    fn write_log<A: ArgValue>(
+        &self,
+        log: &DecisionLog,
+        d: &Decision,
+        tool: &str,
+        server: Option<&str>,
+        subject: &Subject<'_>,
+        args: Option<&A>,
+        latency_ns: u64,
+    ) {
+        if !log.wants(d) {
+            return;
+        }
+        let queued = log.submit(Record {
+            at_ms: self.clock.wall_ms(),
+            latency_ns,
+            decision: d.clone(),
+            tool: tool.into(),
+            server: server.map(Box::from),
+            grant: subject.grant.map(Box::from),
+            grant_verified: subject.grant_verified,
+            session: subject.session.map(Box::from),
+            agent: subject.agent.map(Box::from),
+            args: args.map(ArgValue::to_json),
+        });
+        self.stats.count_logged(queued);
     }
 
     /// Rules in shadow mode are evaluated like the others, but what they would deny is only

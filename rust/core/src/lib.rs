@@ -9,6 +9,7 @@ pub mod compile;
 pub mod condition;
 pub mod counter;
 pub mod decision;
+pub mod decision_log;
 pub mod engine;
 pub mod glob;
 pub mod limiter;

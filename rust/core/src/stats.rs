@@ -23,7 +23,10 @@ mod cell {
     /// Per bucket (not cumulative); the last counts everything above the largest bound.
     pub const BUCKETS: usize = TABLE_FULL + 1;
     pub const DURATION_SUM_NS: usize = BUCKETS + DURATION_BUCKETS_NS.len() + 1;
-    pub const USED: usize = DURATION_SUM_NS + 1;
+    /// Decisions handed to the decision log, and those it dropped (its queue full).
+    pub const LOGGED: usize = DURATION_SUM_NS + 1;
+    pub const LOG_DROPPED: usize = LOGGED + 1;
+    pub const USED: usize = LOG_DROPPED + 1;
 }
 
 /// Words one statistics block takes (rounded up to whole 128-byte blocks), so worker
@@ -159,6 +162,26 @@ impl Stats {
 
     pub fn count_table_full(&self) {
         self.add(cell::TABLE_FULL, 1);
+    }
+
+    /// A decision handed to the decision log (`queued`), or dropped (its queue full).
+    pub fn count_logged(&self, queued: bool) {
+        self.add(
+            if queued {
+                cell::LOGGED
+            } else {
+                cell::LOG_DROPPED
+            },
+            1,
+        );
+    }
+
+    pub fn logged(&self) -> u64 {
+        self.sum(cell::LOGGED)
+    }
+
+    pub fn log_dropped(&self) -> u64 {
+        self.sum(cell::LOG_DROPPED)
     }
 
     /// Record how long serving one decision took.

@@ -140,7 +140,7 @@ const SECTION_KEYS: &[&str] = &[
     "mode",
 ];
 const RULE_KEYS: &[&str] = &[
-    "action", "reason", "mode", "limits", "require", "deny_if", "approval",
+    "action", "reason", "mode", "limits", "require", "deny_if", "approval", "log",
 ];
 const LIMIT_KEYS: &[&str] = &["counter", "window", "max", "scope", "cost"];
 const APPROVAL_KEYS: &[&str] = &["timeout", "approvers"];
@@ -524,6 +524,7 @@ impl Loader {
                     approval_member = Some(m);
                     rule.approval = self.approval(value, &at);
                 }
+                "log" => rule.log = self.log_paths(value, &at),
                 _ => {}
             }
         }
@@ -538,6 +539,26 @@ impl Loader {
             }
         }
         rule
+    }
+
+    /// `log`: argument paths the decision log writes in clear.
+    fn log_paths(&mut self, node: &Node, pointer: &str) -> Vec<Path> {
+        let Some(items) = self.array(node, pointer) else {
+            return Vec::new();
+        };
+        let mut paths = Vec::new();
+        for (i, entry) in items.iter().enumerate() {
+            let at = item(pointer, i);
+            let Some(text) = self.non_empty_string(entry, &at) else {
+                continue;
+            };
+            match Path::parse(text) {
+                Ok(p) if p.root == PathRoot::Args => paths.push(p),
+                Ok(_) => self.error(at, entry.line, "log names argument paths (args.…) only"),
+                Err(e) => self.error(at, entry.line, e),
+            }
+        }
+        paths
     }
 
     fn approval(&mut self, node: &Node, pointer: &str) -> Option<Approval> {

@@ -86,6 +86,8 @@ pub struct Rule {
     pub require: Vec<ConditionItem>,
     pub deny_if: Vec<ConditionItem>,
     pub approval: Option<Approval>,
+    /// Argument paths the decision log writes in clear (`log: [args.amount]`).
+    pub log: Vec<Path>,
 }
 
 /// `approval` of a `require_approval` rule; enforced by a later component.

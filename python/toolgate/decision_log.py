@@ -1,0 +1,167 @@
+"""The decision log's reader side: ``toolgate log verify``, which walks the hash chain of a
+log and its rotated files and reports the first line that is broken or missing.
+
+Each line is a JSON object with ``seq`` (one more than the line before, across files) and
+``prev`` (the SHA-256, in hex, of the line before, as written, without its newline; 64
+zeros for the very first). A line edited, removed or inserted breaks the chain at that
+point. The newest lines are protected by the head: the sidecar logs the ``seq`` and hash of
+the last line (every minute while it changes, and when it stops); given as ``--head``, a
+line at or before it cut or rewritten is found too. Lines the sidecar dropped (its disk too
+slow) are not a break: a line ``{"dropped": N}`` says how many are missing there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+GENESIS = "0" * 64
+
+
+def log_files(path: Path) -> list[Path]:
+    """The files of a log, oldest first: ``PATH.1``, ``PATH.2``, …, then ``PATH``."""
+    pattern = re.compile(re.escape(path.name) + r"\.(\d+)$")
+    rotated = []
+    for f in path.parent.iterdir() if path.parent.exists() else []:
+        m = pattern.match(f.name)
+        if m:
+            rotated.append((int(m.group(1)), f))
+    files = [f for _, f in sorted(rotated)]
+    if path.exists():
+        files.append(path)
+    return files
+
+
+@dataclass
+class Verified:
+    """What a verification found: ``problem`` is None for a whole chain."""
+
+    lines: int = 0
+    decisions: int = 0
+    dropped: int = 0
+    problem: str | None = None
+    first_seq: int | None = None
+
+
+def parse_head(text: str) -> tuple[int, str]:
+    """``SEQ:SHA256`` → (seq, sha256); ValueError otherwise."""
+    seq, sep, digest = text.partition(":")
+    if not sep or not seq.isdigit() or not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise ValueError(f"a head is SEQ:SHA256 (as the sidecar logs it), not {text!r}")
+    return int(seq), digest
+
+
+def verify(
+    files: list[Path], *, from_start: bool = True, head: tuple[int, str] | None = None
+) -> Verified:
+    """Walk the chain through ``files`` in order. ``from_start``: the first line must be
+    the log's first (``seq`` 1, ``prev`` all zeros); otherwise the chain may start
+    anywhere (old rotated files deleted). ``head``: the line with that seq must exist and
+    hash to that digest."""
+    out = Verified()
+    prev_hash: str | None = GENESIS if from_start else None
+    prev_seq: int | None = 0 if from_start else None
+    anchored = False
+    for f in files:
+        with f.open("rb") as handle:
+            for number, raw in enumerate(handle, 1):
+                where = f"{f}:{number}"
+                if not raw.endswith(b"\n"):
+                    out.problem = f"{where}: the line is cut short (no newline)"
+                    return out
+                line = raw[:-1]
+                try:
+                    record: Any = json.loads(line)
+                except ValueError:
+                    out.problem = f"{where}: not a JSON line"
+                    return out
+                if not isinstance(record, dict) or not isinstance(record.get("seq"), int):
+                    out.problem = f"{where}: not a decision-log line (no seq)"
+                    return out
+                seq, prev = record["seq"], record.get("prev")
+                if out.first_seq is None:
+                    out.first_seq = seq
+                if prev_seq is not None and seq != prev_seq + 1:
+                    missing = seq - prev_seq - 1
+                    out.problem = f"{where}: seq {seq} follows {prev_seq}: " + (
+                        f"{missing} line(s) missing" if missing > 0 else "out of order"
+                    )
+                    return out
+                if prev_hash is not None and prev != prev_hash:
+                    out.problem = (
+                        f"{where}: prev does not match the line before it"
+                        " (a line was changed, removed or inserted)"
+                    )
+                    return out
+                prev_hash = hashlib.sha256(line).hexdigest()
+                prev_seq = seq
+                if head is not None and seq == head[0]:
+                    if prev_hash != head[1]:
+                        out.problem = f"{where}: seq {seq} is not the line the head names"
+                        return out
+                    anchored = True
+                out.lines += 1
+                if "dropped" in record:
+                    out.dropped += int(record["dropped"])
+                else:
+                    out.decisions += 1
+    if head is not None and not anchored:
+        out.problem = f"the log ends before seq {head[0]}, the head given: lines were cut"
+    return out
+
+
+def _verify_command(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    files = [path] if args.only else log_files(path)
+    if not files:
+        print(f"toolgate log verify: no such log: {path}", file=sys.stderr)
+        return 2
+    try:
+        head = parse_head(args.head) if args.head else None
+    except ValueError as err:
+        print(f"toolgate log verify: {err}", file=sys.stderr)
+        return 2
+    result = verify(files, from_start=not args.partial, head=head)
+    if result.problem is not None:
+        print(f"BROKEN {result.problem}")
+        return 1
+    print(
+        f"OK {result.lines} lines in {len(files)} file(s): {result.decisions} decisions"
+        + (
+            f", {result.dropped} dropped by the sidecar (noted in the log)"
+            if result.dropped
+            else ""
+        )
+    )
+    return 0
+
+
+def add_command(sub: Any) -> None:
+    p = sub.add_parser("log", help="work with a decision log (--decision-log)")
+    actions = p.add_subparsers(dest="action", required=True)
+    v = actions.add_parser(
+        "verify",
+        help="check a decision log's hash chain, across its rotated files",
+        description="Check the hash chain of a decision log: FILE.1, FILE.2, …, then FILE. "
+        "Exit 0 if whole, 1 at the first broken or missing line (which it prints).",
+    )
+    v.add_argument("file", metavar="FILE")
+    v.add_argument("--only", action="store_true", help="FILE alone, not its rotated files")
+    v.add_argument(
+        "--partial",
+        action="store_true",
+        help="the oldest files were deleted: the chain may start at any line",
+    )
+    v.add_argument(
+        "--head",
+        metavar="SEQ:SHA256",
+        help="the head the sidecar logged ('decision log head'): the log must reach that "
+        "line, unchanged",
+    )
+    v.set_defaults(run=_verify_command)

@@ -1,0 +1,298 @@
+"""The decision log: one JSON line per decision with the documented fields; argument values
+and credentials kept out unless a rule or a verified identity allows; a hash chain that
+``toolgate log verify`` checks across rotated files and restarts, and that any edit, removal,
+insertion or reordering of lines breaks; and, in a running sidecar on both transports and
+with ``--workers``, every decision written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import toolgate
+from conftest import cond, limit, make_engine, policy
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sidecar import PATIENCE, Sidecar, toolgate_cli
+from toolgate.decision_log import GENESIS, log_files, verify
+
+KEY = b"k" * 32
+
+DOC = policy(
+    {
+        "pay": {
+            "log": ["args.amount", "args.currency"],
+            "deny_if": [{"conditions": [cond("args.amount", "gt", 100)]}],
+            "limits": [limit("pay", 100)],
+        },
+        "lookup": {},
+        "terminate": {"action": "require_approval"},
+    }
+)
+
+FIELDS = {
+    "seq",
+    "id",
+    "time_ms",
+    "time",
+    "verdict",
+    "code",
+    "rule",
+    "reason",
+    "tool",
+    "server",
+    "subject",
+    "revision",
+    "shadow",
+    "latency_us",
+    "reservation",
+    "approval_id",
+    "args",
+    "prev",
+}
+
+
+def lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for f in log_files(path) for line in f.read_text().splitlines()]
+
+
+def logging_engine(path: Path, **kwargs: Any) -> toolgate.Engine:
+    engine = make_engine(DOC)
+    engine.enable_decision_log(path, grant_key=KEY, **kwargs)
+    return engine
+
+
+def test_each_decision_is_a_line_with_the_documented_fields(tmp_path):
+    path = tmp_path / "decisions.jsonl"
+    engine = logging_engine(path)
+    allowed = engine.decide(
+        "pay", grant="sk-live-secret", session="s1", arguments={"amount": 5, "to": "acct-9"}
+    )
+    denied = engine.decide("pay", grant="sk-live-secret", arguments={"amount": 500, "to": "x"})
+    engine.decide("nope", agent="bot")
+    engine.decide("pay", grant="g", arguments={"amount": 1}, dry_run=True)
+    assert engine.sync_decision_log(PATIENCE)
+    first, second, third = lines(path)  # the dry run authorizes nothing: not logged
+    assert set(first) == FIELDS
+    assert (first["seq"], first["prev"]) == (1, GENESIS)
+    assert (first["verdict"], first["code"], first["rule"]) == ("ALLOW", "ALLOWED", "/tools/pay")
+    assert first["reservation"] == allowed.reservation and first["revision"] == engine.revision
+    assert first["time"] == "1970-01-01T00:16:40.000Z" and first["latency_us"] >= 0
+    assert (second["code"], second["reason"]) == ("CONDITION_FAILED", denied.reason)
+    assert (third["tool"], third["code"], third["subject"]["agent"]) == (
+        "nope",
+        "DEFAULT_DENY",
+        "bot",
+    )
+    assert len({first["id"], second["id"], third["id"]}) == 3
+
+
+def test_argument_values_and_credentials_stay_out(tmp_path):
+    path = tmp_path / "decisions.jsonl"
+    engine = logging_engine(path)
+    args = {"amount": 5, "currency": "EUR", "to": "acct-9", "memo": "private note"}
+    engine.decide("pay", grant="sk-live-secret", arguments=args)
+    engine.decide("lookup", grant="sk-live-secret", arguments={"q": "private query"})
+    engine.decide("lookup", grant="alice@example.com", grant_verified=True)
+    assert engine.sync_decision_log(PATIENCE)
+    text = path.read_text()
+    for secret in ("sk-live-secret", "acct-9", "private note", "private query"):
+        assert secret not in text
+    pay, lookup, verified = lines(path)
+    # The rule names amount and currency for the log: those, in clear.
+    assert pay["args"]["clear"] == {"args.amount": 5, "args.currency": "EUR"}
+    assert pay["args"]["names"] == ["amount", "currency", "memo", "to"]
+    canonical = json.dumps(args, sort_keys=True, separators=(",", ":"))
+    assert pay["args"]["digest"] == hashlib.sha256(canonical.encode()).hexdigest()
+    assert "clear" not in lookup["args"]
+    want = hmac.new(KEY, b"sk-live-secret", hashlib.sha256).hexdigest()[:32]
+    assert pay["subject"]["grant"] == f"hmac-sha256:{want}"
+    assert verified["subject"] == {
+        "grant": "alice@example.com",
+        "grant_verified": True,
+        "session": None,
+        "agent": None,
+    }
+
+
+def test_log_paths_must_be_argument_paths():
+    for bad in (["subject.grant"], ["tool"], "args.amount", [""], ["args"]):
+        doc = policy({"pay": {"log": bad}})
+        with pytest.raises(toolgate.PolicyError) as info:
+            toolgate.Policy.from_dict(doc)
+        assert any(e.pointer.startswith("/tools/pay/log") for e in info.value.errors), bad
+
+
+def test_the_denials_filter_keeps_everything_but_plain_allows(tmp_path):
+    path = tmp_path / "decisions.jsonl"
+    engine = logging_engine(path, filter="denials")
+    engine.decide("lookup", grant="g")
+    engine.decide("pay", grant="g", arguments={"amount": 500})
+    engine.decide("terminate", grant="g")
+    assert engine.sync_decision_log(PATIENCE)
+    assert [line["code"] for line in lines(path)] == ["CONDITION_FAILED", "APPROVAL_REQUIRED"]
+    with pytest.raises(ValueError):
+        make_engine(DOC).enable_decision_log(tmp_path / "x", grant_key=KEY, filter="some")
+
+
+def test_the_chain_goes_on_across_rotations_and_restarts(tmp_path):
+    path = tmp_path / "decisions.jsonl"
+    engine = logging_engine(path, rotate_bytes=2000)
+    for i in range(40):
+        engine.decide("lookup", grant=f"g{i}")
+    assert engine.sync_decision_log(PATIENCE)
+    del engine
+    assert len(log_files(path)) > 3, "rotated"
+    restarted = logging_engine(path, rotate_bytes=2000)
+    for i in range(10):
+        restarted.decide("lookup", grant=f"h{i}")
+    assert restarted.sync_decision_log(PATIENCE)
+    result = verify(log_files(path))
+    assert (result.problem, result.lines, result.decisions) == (None, 50, 50)
+    assert [line["seq"] for line in lines(path)] == list(range(1, 51))
+    done = toolgate_cli("log", "verify", path)
+    assert done.returncode == 0 and "OK 50 lines" in done.stdout, done.stdout + done.stderr
+    # The newest file alone starts mid-chain: whole only when that is allowed.
+    assert toolgate_cli("log", "verify", "--only", path).returncode == 1
+    assert toolgate_cli("log", "verify", "--only", "--partial", path).returncode == 0
+
+
+def test_every_decision_is_written_or_counted_as_dropped(tmp_path):
+    """A queue of one against a burst: what the writer could not take is counted, noted in
+    the log, and the chain stays whole."""
+    path = tmp_path / "decisions.jsonl"
+    engine = logging_engine(path, queue=1)
+    for i in range(5000):
+        engine.decide("lookup", grant=f"g{i % 7}")
+    assert engine.sync_decision_log(PATIENCE)
+    stats = engine.stats()
+    result = verify(log_files(path))
+    assert result.problem is None
+    assert result.decisions == stats["logged"]
+    assert result.dropped == stats["log_dropped"]
+    assert stats["logged"] + stats["log_dropped"] == 5000
+
+
+@pytest.fixture(scope="module")
+def written_log(tmp_path_factory) -> list[bytes]:
+    path = tmp_path_factory.mktemp("log") / "decisions.jsonl"
+    engine = logging_engine(path)
+    for i in range(12):
+        engine.decide("pay", grant=f"g{i}", arguments={"amount": i * 20})
+    assert engine.sync_decision_log(PATIENCE)
+    return path.read_bytes().splitlines(keepends=True)
+
+
+def check(tmp_path: Path, raw: list[bytes], head: tuple[int, str] | None = None) -> str | None:
+    path = tmp_path / "tampered.jsonl"
+    path.write_bytes(b"".join(raw))
+    return verify([path], head=head).problem
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.sampled_from(["edit", "delete", "insert", "swap", "truncate"]),
+    st.integers(0, 11),
+    st.integers(0, 10_000),
+    st.data(),
+)
+def test_any_tampering_is_reported(tmp_path_factory, written_log, how, at, salt, data):
+    tmp = tmp_path_factory.mktemp("tamper")
+    raw = list(written_log)
+    # The head the sidecar would have logged: the last line's seq and hash.
+    head = (12, hashlib.sha256(raw[-1][:-1]).hexdigest())
+    assert check(tmp, raw, head) is None
+    line = raw[at]
+    if how == "edit":
+        # Change one byte of the line's content (not its newline) to another.
+        i = salt % (len(line) - 1)
+        new = data.draw(st.integers(32, 126).filter(lambda b: b != line[i]))
+        raw[at] = line[:i] + bytes([new]) + line[i + 1 :]
+    elif how == "delete":
+        del raw[at]
+    elif how == "insert":
+        raw.insert(at, raw[(at + 1 + salt % 11) % 12])
+    elif how == "swap":
+        other = (at + 1 + salt % 11) % 12
+        raw[at], raw[other] = raw[other], raw[at]
+    else:
+        raw[at] = line[: max(1, salt % (len(line) - 1))]
+        raw = raw[: at + 1]
+    if at == 11 and how in ("delete", "edit"):
+        # The last line removed or rewritten leaves a whole, shorter chain: only the head,
+        # kept apart from the log, tells.
+        assert check(tmp, raw) is None or how == "edit"
+    problem = check(tmp, raw, head)
+    assert problem is not None, (how, at)
+    # Reported at the line itself, or at the next, whose prev no longer matches.
+    if how in ("edit", "delete", "truncate") and "the log ends before" not in problem:
+        reported = int(problem.split(":")[1])
+        assert at + 1 <= reported <= at + 2, problem
+
+
+# --- in a running sidecar ------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("transport")
+def test_a_sidecar_writes_every_decision_and_the_log_verifies(tmp_path):
+    path = tmp_path / "decisions.jsonl"
+    with Sidecar(DOC, "--decision-log", str(path)) as sc:
+        for i in range(30):
+            sc.client.decide("pay", grant="g", arguments={"amount": i * 10})
+        sc.client.decide("terminate", grant="g")
+        sc.signal(signal.SIGTERM)
+        assert sc.wait(PATIENCE) == 0
+        stderr = sc.stderr
+    got = lines(path)
+    assert len(got) == 31
+    assert [line["code"] for line in got].count("CONDITION_FAILED") == 19
+    assert got[-1]["code"] == "APPROVAL_REQUIRED" and got[-1]["approval_id"].startswith("apr_")
+    # The sidecar's own log names the head when it stops: the chain's anchor.
+    (head,) = re.findall(r"decision log head (\d+:[0-9a-f]{64})", stderr)
+    assert head.startswith("31:")
+    done = toolgate_cli("log", "verify", "--head", head, path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:-1]))
+    done = toolgate_cli("log", "verify", "--head", head, path)
+    assert done.returncode == 1 and "lines were cut" in done.stdout
+
+
+@pytest.mark.usefixtures("transport")
+def test_the_sidecar_counts_logged_decisions_in_metrics(tmp_path):
+    path = tmp_path / "decisions.jsonl"
+    with Sidecar(DOC, "--decision-log", str(path), "--decision-log-filter", "denials") as sc:
+        for _ in range(3):
+            sc.client.decide("pay", grant="g", arguments={"amount": 500})
+        sc.client.decide("lookup", grant="g")
+        assert sc.metric("toolgate_decision_log_lines_total") == 3
+        assert sc.metric("toolgate_decision_log_dropped_total") == 0
+
+
+def test_with_workers_each_writes_its_own_chain(tmp_path):
+    path = tmp_path / "decisions.jsonl"
+    with Sidecar(DOC, "--workers", "2", "--decision-log", str(path)) as sc:
+        channels = [toolgate.Client(sc.target) for _ in range(8)]
+        for i in range(80):
+            channels[i % 8].decide("lookup", grant=f"g{i}")
+        for c in channels:
+            c.close()
+        total = sc.metric("toolgate_decision_log_lines_total")
+    files = [tmp_path / f"decisions.jsonl.w{i}" for i in range(2)]
+    counts = []
+    for f in files:
+        result = verify(log_files(f))
+        assert result.problem is None
+        counts.append(result.decisions)
+    assert sum(counts) == 80 == total
+
+
+def test_workers_refuse_a_log_on_stdout():
+    done = toolgate_cli("serve", "--workers", "2", "--decision-log", "-", "--metrics-listen", "off")
+    assert done.returncode == 2 and "needs a file" in done.stderr
