@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -67,10 +67,14 @@ def tool_calls(seed: SeedServer, marker: str = "") -> list[dict[str, Any]]:
 
 
 async def calls_in_one_session(
-    url: str, grant: str, calls: list[tuple[str, dict[str, Any]]]
+    url: str,
+    grant: str,
+    calls: list[tuple[str, dict[str, Any]]],
+    after: Callable[[int, types.CallToolResult | MCPError], None] | None = None,
 ) -> list[types.CallToolResult | MCPError]:
     """One MCP session (initialize handshake) as ``grant``; each call's result, or the
-    protocol error it raised."""
+    protocol error it raised. ``after(i, result)``, if given, runs (in a thread, the
+    session kept open) after call ``i``."""
     headers = {"authorization": f"Bearer {grant}"}
     out: list[types.CallToolResult | MCPError] = []
     async with (
@@ -85,6 +89,8 @@ async def calls_in_one_session(
                     out.append(await session.call_tool(name, arguments))
                 except MCPError as err:
                     out.append(err)
+                if after is not None:
+                    await anyio.to_thread.run_sync(after, len(out) - 1, out[-1])
     return out
 
 
