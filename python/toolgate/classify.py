@@ -95,7 +95,7 @@ FINANCIAL_NOUNS = _set(
     transfers wallet wallets balance balances"""
 )
 #: Compute words: a verb that creates or changes something named so starts or changes running
-#: infrastructure (the seeds' ``vm_create_image`` is Execute, ``create-ami`` Write).
+#: infrastructure (PolicyLayer's example ``vm_create_image`` is Execute, ``create-ami`` Write).
 COMPUTE_NOUNS = _set(
     """vm vms instance instances container containers pod pods cluster clusters job jobs
     pipeline pipelines workflow workflows machine machines deployment deployments"""

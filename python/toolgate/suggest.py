@@ -1,8 +1,8 @@
-"""Turn classified tools into a starter policy in the seeds' format.
+"""Turn classified tools into a starter policy in PolicyLayer's policy format.
 
 By default: ``default: deny``; Read tools allowed; Write tools limited to 30 calls per minute per
-grant and Execute tools to 10 (counter ``<tool>_rate``, as the seeds name theirs); Destructive
-tools hidden; Financial tools require approval. :class:`Options` changes any of these.
+grant and Execute tools to 10 (counter ``<tool>_rate``, as PolicyLayer's examples name theirs);
+Destructive tools hidden; Financial tools require approval. :class:`Options` changes any of these.
 
     >>> policy = suggest(classify_all(tools))
     >>> toolgate.Policy.from_dict(policy)       # always loads
@@ -30,7 +30,7 @@ SCOPES = ("grant", "session", "agent", "server", "global")
 
 @dataclass
 class Options:
-    """The choices behind a starter policy; the defaults are the seeds' recommendations."""
+    """The choices behind a starter policy; the defaults are PolicyLayer's recommendations."""
 
     default: Literal["allow", "deny"] = "deny"
     treatment: dict[Category, Treatment] = field(
@@ -78,14 +78,14 @@ def policy_key(name: str) -> str:
 
 
 def counter_name(name: str) -> str:
-    """The rate counter of a tool: ``<tool>_rate``, as in the seeds."""
+    """The rate counter of a tool: ``<tool>_rate``, as in PolicyLayer's examples."""
     return f"{name}_rate"
 
 
 def suggest(
     classifications: Iterable[Classification], options: Options | None = None
 ) -> dict[str, Any]:
-    """A policy document (a dict, seeds' key order) for the classified tools."""
+    """A policy document (a dict, in PolicyLayer's key order) for the classified tools."""
     options = options or Options()
     tools: dict[str, Any] = {}
     hide: list[str] = []
@@ -122,7 +122,7 @@ def suggest(
 
 
 def to_json(policy: Mapping[str, Any]) -> str:
-    """The policy as the seeds write it: two-space indented JSON."""
+    """The policy as PolicyLayer writes it: two-space indented JSON."""
     return json.dumps(policy, indent=2, ensure_ascii=False) + "\n"
 
 
