@@ -12,6 +12,11 @@ mod policy;
 
 use pyo3::prelude::*;
 
+/// The data plane's threads allocate and free across each other (the decision log's writer
+/// frees what the serving threads built); glibc's arenas then contend on locks.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::PyEngine>()?;

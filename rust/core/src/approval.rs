@@ -14,7 +14,7 @@ use crate::counter::region::HEADER_WORDS;
 use crate::counter::Region;
 use crate::mapping::{self, Mapping};
 use crate::pid_lock::PidLock;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::fs::OpenOptions;
@@ -173,23 +173,43 @@ impl ApprovalKey {
 /// The JSON text of `value` with object keys sorted at every depth and no whitespace: equal
 /// arguments give equal text however they were spelled.
 pub fn canonical_json(value: &Value) -> String {
-    fn sorted(value: &Value) -> Value {
-        match value {
-            Value::Object(map) => {
-                let mut entries: Vec<_> = map.iter().collect();
-                entries.sort_by(|a, b| a.0.cmp(b.0));
-                Value::Object(
-                    entries
-                        .into_iter()
-                        .map(|(k, v)| (k.clone(), sorted(v)))
-                        .collect::<Map<_, _>>(),
-                )
+    let mut out = Vec::with_capacity(128);
+    write_canonical(&mut out, value);
+    String::from_utf8(out).expect("JSON is UTF-8")
+}
+
+/// `value` as canonical JSON (object keys sorted, no whitespace), appended to `out`
+/// without building a sorted copy.
+pub fn write_canonical(out: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            out.push(b'{');
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                let _ = serde_json::to_writer(&mut *out, k);
+                out.push(b':');
+                write_canonical(out, v);
             }
-            Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
-            other => other.clone(),
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(out, v);
+            }
+            out.push(b']');
+        }
+        scalar => {
+            let _ = serde_json::to_writer(&mut *out, scalar);
         }
     }
-    sorted(value).to_string()
 }
 
 /// SHA-256 of `text`, in hex: an argument digest.

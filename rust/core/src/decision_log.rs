@@ -13,18 +13,20 @@
 //! written only as a keyed hash (HMAC-SHA256 under the deployment's key), unless it is a
 //! verified identity (a JWT claim).
 
-use crate::approval::canonical_json;
+use crate::approval::write_canonical;
 use crate::compile::CompiledPolicy;
 use crate::decision::{Decision, Verdict};
 use crate::policy::{Path as ArgPath, Segment};
 use hmac::{Hmac, Mac};
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{
+    sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError,
+};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -123,6 +125,9 @@ impl DecisionLog {
             dropped: Arc::clone(&dropped),
             written: Arc::clone(&written),
             noted_drops: 0,
+            labels: ahash::AHashMap::new(),
+            scratch: Vec::with_capacity(1024),
+            revision: (0, String::new()),
         };
         let handle = std::thread::Builder::new()
             .name("decision-log".into())
@@ -245,22 +250,28 @@ impl Sink {
         })
     }
 
-    /// Append one line (`body` is the line's JSON object without `seq`, `id` and `prev`).
-    fn append(&mut self, body: Map<String, Value>) -> io::Result<()> {
+    /// Append one line: `body` is the line's fields as JSON (`"key":value,` pairs, each
+    /// ending in a comma), to which `seq` and `id` are put before and `prev` after.
+    fn append(&mut self, body: &[u8], line: &mut Vec<u8>) -> io::Result<()> {
         if self.rotate_bytes > 0 && self.bytes >= self.rotate_bytes {
             self.rotate()?;
         }
         self.seq += 1;
-        let mut line = Map::with_capacity(body.len() + 2);
-        line.insert("seq".into(), self.seq.into());
-        line.insert("id".into(), format!("{}-{}", self.run, self.seq).into());
-        line.extend(body);
-        line.insert("prev".into(), std::mem::take(&mut self.prev).into());
-        let mut text = serde_json::to_vec(&Value::Object(line)).expect("a map serializes");
-        self.prev = hex(&Sha256::digest(&text));
-        text.push(b'\n');
-        self.out.write_all(&text)?;
-        self.bytes += text.len() as u64;
+        line.clear();
+        let _ = write!(
+            line,
+            "{{\"seq\":{},\"id\":\"{}-{}\",",
+            self.seq, self.run, self.seq
+        );
+        line.extend_from_slice(body);
+        line.extend_from_slice(b"\"prev\":\"");
+        line.extend_from_slice(self.prev.as_bytes());
+        line.extend_from_slice(b"\"}");
+        self.prev.clear();
+        push_hex(&mut self.prev, &Sha256::digest(&line[..]));
+        line.push(b'\n');
+        self.out.write_all(line)?;
+        self.bytes += line.len() as u64;
         Ok(())
     }
 
@@ -351,7 +362,9 @@ fn chain_point(line: &str) -> (u64, String) {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let mut out = String::with_capacity(bytes.len() * 2);
+    push_hex(&mut out, bytes);
+    out
 }
 
 struct Writer {
@@ -362,54 +375,82 @@ struct Writer {
     written: Arc<AtomicU64>,
     /// Drops already noted in the log.
     noted_drops: u64,
+    /// Grants hashed lately: a few credentials make most calls, and HMAC is the costliest
+    /// part of a line.
+    labels: ahash::AHashMap<Box<str>, Box<str>>,
+    /// The canonical arguments, hashed for their digest.
+    scratch: Vec<u8>,
+    /// The last policy seen (its address) and its revision's text.
+    revision: (usize, String),
 }
+
+/// How long the writer lets records gather while they keep coming: senders then find it
+/// asleep, not waiting on the queue, and never pay for waking it.
+const GATHER: Duration = Duration::from_millis(5);
+const LABEL_CACHE: usize = 4096;
 
 impl Writer {
     fn run(mut self, rx: Receiver<Message>) {
+        let (mut body, mut line) = (Vec::with_capacity(1024), Vec::with_capacity(1024));
         loop {
-            // Block only with everything written out; take what is queued without waiting.
-            let message = match rx.try_recv() {
-                Ok(m) => m,
-                Err(_) => {
-                    report(self.sink.flush());
-                    match rx.recv_timeout(Duration::from_secs(1)) {
-                        Ok(m) => m,
-                        Err(RecvTimeoutError::Timeout) => {
-                            self.note_drops();
-                            continue;
-                        }
-                        Err(RecvTimeoutError::Disconnected) => break,
+            // Everything queued, then flush; wait for more only when there was none.
+            let mut took = 0usize;
+            loop {
+                match rx.try_recv() {
+                    Ok(m) => {
+                        took += 1;
+                        self.handle(m, &mut body, &mut line);
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        self.note_drops(&mut line);
+                        report(self.sink.flush());
+                        return;
                     }
                 }
-            };
-            match message {
-                Message::Line(record) => {
-                    self.note_drops();
-                    let line = self.line(&record);
-                    let result = self.sink.append(line);
-                    report(result);
-                    self.publish_head();
-                }
-                Message::Sync(reply) => {
-                    self.note_drops();
-                    report(self.sink.flush());
-                    let _ = reply.send(());
-                }
+            }
+            self.note_drops(&mut line);
+            report(self.sink.flush());
+            if took > 0 {
+                std::thread::sleep(GATHER);
+                continue;
+            }
+            match rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(m) => self.handle(m, &mut body, &mut line),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
             }
         }
-        self.note_drops();
-        report(self.sink.flush());
+    }
+
+    fn handle(&mut self, m: Message, body: &mut Vec<u8>, line: &mut Vec<u8>) {
+        match m {
+            Message::Line(record) => {
+                self.note_drops(line);
+                body.clear();
+                self.format(&record, body);
+                report(self.sink.append(body, line));
+                self.written.fetch_add(1, Relaxed);
+                self.publish_head();
+            }
+            Message::Sync(reply) => {
+                self.note_drops(line);
+                report(self.sink.flush());
+                let _ = reply.send(());
+            }
+        }
     }
 
     /// A line saying how many records were dropped since the last such line.
-    fn note_drops(&mut self) {
+    fn note_drops(&mut self, line: &mut Vec<u8>) {
         let dropped = self.dropped.load(Relaxed);
         if dropped > self.noted_drops {
-            let mut body = Map::new();
-            body.insert("time_ms".into(), now_ms().into());
-            body.insert("dropped".into(), (dropped - self.noted_drops).into());
-            let result = self.sink.append(body);
-            report(result);
+            let body = format!(
+                "\"time_ms\":{},\"dropped\":{},",
+                now_ms(),
+                dropped - self.noted_drops
+            );
+            report(self.sink.append(body.as_bytes(), line));
             self.written.fetch_add(1, Relaxed);
             self.noted_drops = dropped;
             self.publish_head();
@@ -423,52 +464,131 @@ impl Writer {
         }
     }
 
-    fn line(&self, r: &Record) -> Map<String, Value> {
-        self.written.fetch_add(1, Relaxed);
+    /// The record's fields, in the documented order.
+    fn format(&mut self, r: &Record, out: &mut Vec<u8>) {
         let d = &r.decision;
-        let mut m = Map::with_capacity(20);
-        m.insert("time_ms".into(), r.at_ms.into());
-        m.insert("time".into(), rfc3339(r.at_ms).into());
-        m.insert("verdict".into(), d.verdict.as_str().into());
-        m.insert("code".into(), d.code.as_str().into());
-        m.insert("rule".into(), d.rule().into());
-        m.insert("reason".into(), d.reason().into());
-        m.insert("tool".into(), opt(Some(&*r.tool).filter(|t| !t.is_empty())));
-        m.insert("server".into(), opt(r.server.as_deref()));
-        m.insert(
-            "subject".into(),
-            json!({
-                "grant": r.grant.as_deref().map(|g| self.grant_label(g, r.grant_verified)),
-                "grant_verified": r.grant_verified,
-                "session": r.session.as_deref(),
-                "agent": r.agent.as_deref(),
-            }),
-        );
-        m.insert("revision".into(), d.policy.revision.to_string().into());
-        m.insert("shadow".into(), d.shadow.into());
-        m.insert("latency_us".into(), json!((r.latency_ns as f64) / 1000.0));
-        m.insert("reservation".into(), d.reservation.into());
-        m.insert(
-            "approval_id".into(),
-            d.approval.map(|a| a.to_string()).into(),
-        );
-        m.insert(
-            "args".into(),
-            r.args.as_ref().map_or(Value::Null, |a| {
-                arguments(a, &log_paths(&d.policy, &r.tool, r.server.as_deref()))
-            }),
-        );
-        m
+        let mut n = itoa::Buffer::new();
+        out.extend_from_slice(b"\"time_ms\":");
+        out.extend_from_slice(n.format(r.at_ms).as_bytes());
+        out.extend_from_slice(b",\"time\":\"");
+        rfc3339_into(out, r.at_ms);
+        out.extend_from_slice(b"\",\"verdict\":\"");
+        out.extend_from_slice(d.verdict.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"code\":\"");
+        out.extend_from_slice(d.code.as_str().as_bytes());
+        out.extend_from_slice(b"\",");
+        field(out, "rule", Some(d.rule()));
+        field(out, "reason", Some(d.reason()));
+        field(out, "tool", Some(&*r.tool).filter(|t| !t.is_empty()));
+        field(out, "server", r.server.as_deref());
+        out.extend_from_slice(b"\"subject\":{");
+        let grant = r
+            .grant
+            .as_deref()
+            .map(|g| self.grant_label(g, r.grant_verified));
+        field(out, "grant", grant.as_deref());
+        out.extend_from_slice(if r.grant_verified {
+            b"\"grant_verified\":true,"
+        } else {
+            b"\"grant_verified\":false,"
+        });
+        field(out, "session", r.session.as_deref());
+        field(out, "agent", r.agent.as_deref());
+        out.pop(); // the last comma
+        out.extend_from_slice(b"},\"revision\":\"");
+        self.revision(out, d);
+        out.extend_from_slice(if d.shadow {
+            b"\",\"shadow\":true,\"latency_us\":"
+        } else {
+            b"\",\"shadow\":false,\"latency_us\":"
+        });
+        // Microseconds with three decimals, from integer nanoseconds.
+        out.extend_from_slice(n.format(r.latency_ns / 1000).as_bytes());
+        let frac = r.latency_ns % 1000;
+        out.extend_from_slice(&[
+            b'.',
+            b'0' + (frac / 100) as u8,
+            b'0' + (frac / 10 % 10) as u8,
+            b'0' + (frac % 10) as u8,
+        ]);
+        out.extend_from_slice(b",\"reservation\":");
+        match d.reservation {
+            Some(id) => out.extend_from_slice(n.format(id).as_bytes()),
+            None => out.extend_from_slice(b"null"),
+        }
+        match d.approval {
+            Some(id) => {
+                let _ = write!(out, ",\"approval_id\":\"{id}\",");
+            }
+            None => out.extend_from_slice(b",\"approval_id\":null,"),
+        }
+        out.extend_from_slice(b"\"args\":");
+        match &r.args {
+            Some(args) => {
+                let paths = log_paths(&d.policy, &r.tool, r.server.as_deref());
+                write_arguments(out, args, &paths, &mut self.scratch);
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        out.push(b',');
     }
 
-    fn grant_label(&self, grant: &str, verified: bool) -> String {
+    /// The policy revision's text, kept while the policy stays the same.
+    fn revision(&mut self, out: &mut Vec<u8>, d: &Decision) {
+        let id = Arc::as_ptr(&d.policy) as usize;
+        if self.revision.0 != id {
+            self.revision = (id, d.policy.revision.to_string());
+        }
+        out.extend_from_slice(self.revision.1.as_bytes());
+    }
+
+    fn grant_label(&mut self, grant: &str, verified: bool) -> Box<str> {
         if verified {
-            return grant.to_owned();
+            return grant.into();
+        }
+        if let Some(label) = self.labels.get(grant) {
+            return label.clone();
         }
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("any key length");
         mac.update(grant.as_bytes());
-        let digest = hex(&mac.finalize().into_bytes());
-        format!("hmac-sha256:{}", &digest[..32])
+        let mut label = String::from("hmac-sha256:");
+        push_hex(&mut label, &mac.finalize().into_bytes()[..16]);
+        let label: Box<str> = label.into();
+        if self.labels.len() >= LABEL_CACHE {
+            self.labels.clear();
+        }
+        self.labels.insert(grant.into(), label.clone());
+        label
+    }
+}
+
+/// `"key":"value",` (the value JSON-escaped), or `"key":null,`.
+fn field(out: &mut Vec<u8>, key: &str, value: Option<&str>) {
+    out.push(b'"');
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"\":");
+    match value {
+        Some(v) => {
+            let _ = serde_json::to_writer(&mut *out, v);
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    out.push(b',');
+}
+
+fn push_hex_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 15)]);
+    }
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 15)] as char);
     }
 }
 
@@ -477,10 +597,6 @@ fn report(result: io::Result<()>) {
     if let Err(e) = result {
         eprintln!("toolgate decision log: {e}");
     }
-}
-
-fn opt(s: Option<&str>) -> Value {
-    s.map_or(Value::Null, |s| Value::String(s.to_owned()))
 }
 
 fn now_ms() -> u64 {
@@ -501,33 +617,41 @@ fn log_paths<'p>(policy: &'p CompiledPolicy, tool: &str, server: Option<&str>) -
 }
 
 /// What is written of the arguments: their names, the digest of their canonical JSON, and
-/// the values at `clear` paths.
-pub fn arguments(args: &Value, clear: &[&ArgPath]) -> Value {
-    let names: Vec<&str> = match args.as_object() {
-        Some(o) => {
-            let mut names: Vec<&str> = o.keys().map(String::as_str).collect();
-            names.sort_unstable();
-            names
+/// the values at `clear` paths, as a JSON object appended to `out`.
+pub fn write_arguments(out: &mut Vec<u8>, args: &Value, clear: &[&ArgPath], scratch: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"names\":[");
+    if let Some(o) = args.as_object() {
+        let mut names: Vec<&str> = o.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        for (i, name) in names.into_iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let _ = serde_json::to_writer(&mut *out, name);
         }
-        None => Vec::new(),
-    };
-    let canonical = canonical_json(args);
-    let mut out = Map::new();
-    out.insert("names".into(), json!(names));
-    out.insert(
-        "digest".into(),
-        hex(&Sha256::digest(canonical.as_bytes())).into(),
-    );
+    }
+    scratch.clear();
+    write_canonical(scratch, args);
+    out.extend_from_slice(b"],\"digest\":\"");
+    push_hex_bytes(out, &Sha256::digest(&scratch[..]));
+    out.push(b'"');
     if !clear.is_empty() {
-        let mut values = Map::new();
+        out.extend_from_slice(b",\"clear\":{");
+        let mut first = true;
         for path in clear {
             if let Some(v) = walk(args, &path.segments) {
-                values.insert(path.text.clone(), v.clone());
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                let _ = serde_json::to_writer(&mut *out, &path.text);
+                out.push(b':');
+                let _ = serde_json::to_writer(&mut *out, v);
             }
         }
-        out.insert("clear".into(), Value::Object(values));
+        out.push(b'}');
     }
-    Value::Object(out)
+    out.push(b'}');
 }
 
 fn walk<'v>(mut v: &'v Value, segments: &[Segment]) -> Option<&'v Value> {
@@ -542,6 +666,12 @@ fn walk<'v>(mut v: &'v Value, segments: &[Segment]) -> Option<&'v Value> {
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` for milliseconds since the Unix epoch.
 pub fn rfc3339(ms: u64) -> String {
+    let mut out = Vec::with_capacity(24);
+    rfc3339_into(&mut out, ms);
+    String::from_utf8(out).expect("ASCII")
+}
+
+fn rfc3339_into(out: &mut Vec<u8>, ms: u64) {
     let (days, rem) = ((ms / 86_400_000) as i64, ms % 86_400_000);
     // Days to a civil date (Howard Hinnant's algorithm).
     let z = days + 719_468;
@@ -559,12 +689,31 @@ pub fn rfc3339(ms: u64) -> String {
         rem / 1000 % 60,
         rem % 1000,
     );
-    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{milli:03}Z")
+    let digits = |out: &mut Vec<u8>, n: u64, width: u32| {
+        for p in (0..width).rev() {
+            out.push(b'0' + (n / 10u64.pow(p) % 10) as u8);
+        }
+    };
+    digits(out, year.max(0) as u64, 4);
+    out.push(b'-');
+    digits(out, month as u64, 2);
+    out.push(b'-');
+    digits(out, day as u64, 2);
+    out.push(b'T');
+    digits(out, h, 2);
+    out.push(b':');
+    digits(out, m, 2);
+    out.push(b':');
+    digits(out, s, 2);
+    out.push(b'.');
+    digits(out, milli, 3);
+    out.push(b'Z');
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn times_are_utc_calendar_dates() {
@@ -572,6 +721,12 @@ mod tests {
         assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
         assert_eq!(rfc3339(1_795_351_179_346), "2026-11-22T12:39:39.346Z");
         assert_eq!(rfc3339(4_107_542_399_999), "2100-02-28T23:59:59.999Z");
+    }
+
+    fn arguments(args: &Value, clear: &[&ArgPath]) -> Value {
+        let mut out = Vec::new();
+        write_arguments(&mut out, args, clear, &mut Vec::new());
+        serde_json::from_slice(&out).expect("valid JSON")
     }
 
     #[test]
@@ -589,6 +744,8 @@ mod tests {
         let plain = arguments(&args, &[]);
         assert!(!plain.to_string().contains("acct-9"));
         assert!(plain.get("clear").is_none());
+        let canonical = r#"{"amount":5000,"memo":{"text":"secret"},"to":"acct-9"}"#;
+        assert_eq!(plain["digest"], hex(&Sha256::digest(canonical.as_bytes())));
         // Key order does not change the digest.
         let reordered = json!({"memo": {"text": "secret"}, "amount": 5000, "to": "acct-9"});
         assert_eq!(arguments(&reordered, &[])["digest"], plain["digest"]);

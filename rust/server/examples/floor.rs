@@ -1,0 +1,136 @@
+//! The native transport's floor, for the benchmarks (bench/wire_bench.py): the sidecar's
+//! stack (tonic on a tokio runtime of `--threads` worker threads, TCP_NODELAY, one listener)
+//! serving `toolgate.v1.Decider/Decide` with a constant answer. What `toolgate serve` adds
+//! over it is the decision, its bookkeeping and the sidecar's extra services and layers.
+//!
+//! ```sh
+//! cargo build --release -p toolgate-server --example floor
+//! target/release/examples/floor --listen 127.0.0.1:50071 --threads 2 [--response FILE]
+//! ```
+//!
+//! `--response FILE`: a serialized `DecideResponse` to answer (the benchmark passes the
+//! sidecar's own answer to its request, so the bytes on the wire match); default, an ALLOW
+//! with one limit state shaped like it. Runs until killed.
+
+use prost::Message;
+use std::net::SocketAddr;
+use toolgate_server::decider::pb::{
+    self, decider_server::Decider, decider_server::DeciderServer, DecideBatchRequest,
+    DecideBatchResponse, DecideRequest, DecideResponse, ReleaseRequest, ReleaseResponse,
+};
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status};
+
+struct Floor {
+    answer: DecideResponse,
+}
+
+#[tonic::async_trait]
+impl Decider for Floor {
+    async fn decide(&self, _: Request<DecideRequest>) -> Result<Response<DecideResponse>, Status> {
+        Ok(Response::new(self.answer.clone()))
+    }
+
+    async fn decide_batch(
+        &self,
+        request: Request<DecideBatchRequest>,
+    ) -> Result<Response<DecideBatchResponse>, Status> {
+        let responses = vec![self.answer.clone(); request.get_ref().requests.len()];
+        Ok(Response::new(DecideBatchResponse { responses }))
+    }
+
+    async fn release(
+        &self,
+        _: Request<ReleaseRequest>,
+    ) -> Result<Response<ReleaseResponse>, Status> {
+        Ok(Response::new(ReleaseResponse::default()))
+    }
+}
+
+fn default_answer() -> DecideResponse {
+    DecideResponse {
+        verdict: pb::Verdict::Allow as i32,
+        code: pb::Code::Allowed as i32,
+        reason: "allowed by /tools/run_command".into(),
+        rule: "/tools/run_command".into(),
+        limits: vec![pb::LimitState {
+            counter: "run_command_rate".into(),
+            rule: "/tools/run_command/limits/0".into(),
+            scope: "grant".into(),
+            max: 1e9,
+            remaining: 999_999_000.0,
+            ..Default::default()
+        }],
+        revision: "0123456789abcdef".into(),
+        reservation: 1,
+        ..Default::default()
+    }
+}
+
+struct Args {
+    listen: SocketAddr,
+    threads: usize,
+    answer: DecideResponse,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut listen: SocketAddr = "127.0.0.1:50071".parse().expect("a valid address");
+    let mut threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut answer = default_answer();
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--listen" => listen = value()?.parse().map_err(|e| format!("--listen: {e}"))?,
+            "--threads" => threads = value()?.parse().map_err(|e| format!("--threads: {e}"))?,
+            "--response" => {
+                let path = value()?;
+                let bytes = std::fs::read(&path).map_err(|e| format!("{path}: {e}"))?;
+                answer = DecideResponse::decode(bytes.as_slice())
+                    .map_err(|e| format!("{path}: not a DecideResponse: {e}"))?;
+            }
+            _ => return Err(format!("unknown argument {flag:?}")),
+        }
+    }
+    if threads == 0 {
+        return Err("--threads must be at least 1".into());
+    }
+    Ok(Args {
+        listen,
+        threads,
+        answer,
+    })
+}
+
+fn main() {
+    let args = parse_args().unwrap_or_else(|e| {
+        eprintln!("floor: {e}");
+        eprintln!("usage: floor [--listen HOST:PORT] [--threads N] [--response FILE]");
+        std::process::exit(2);
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads)
+        .thread_name("floor-grpc")
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let result: Result<(), String> = runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+        let address = listener.local_addr().map_err(|e| e.to_string())?;
+        println!("floor: listening on {address}, {} threads", args.threads);
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        tonic::transport::Server::builder()
+            .add_service(DeciderServer::new(Floor {
+                answer: args.answer,
+            }))
+            .serve_with_incoming(incoming)
+            .await
+            .map_err(|e| format!("the server failed: {e}"))
+    });
+    if let Err(e) = result {
+        eprintln!("floor: {e}");
+        std::process::exit(1);
+    }
+}
