@@ -142,6 +142,11 @@ def test_metrics_text_is_valid_prometheus_exposition():
         "toolgate_counter_table_slots_used": "gauge",
         "toolgate_counter_table_slots_capacity": "gauge",
         "toolgate_counter_table_full_total": "counter",
+        "toolgate_decision_log_lines_total": "counter",
+        "toolgate_decision_log_dropped_total": "counter",
+        "toolgate_approvals": "gauge",
+        "toolgate_approval_webhook_deliveries_total": "counter",
+        "toolgate_approval_events_dropped_total": "counter",
     }
 
 

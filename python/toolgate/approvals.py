@@ -372,7 +372,8 @@ class ApprovalRecorder:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout=5)
         # What came in meanwhile is recorded too.
         self.record(self._approvals.next_events(0.0, limit=1 << 20))
 

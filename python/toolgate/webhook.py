@@ -111,7 +111,8 @@ class Notifier:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=self._timeout + 5)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout=self._timeout + 5)
 
     def _schedule(self, due: float, attempt: int, id: str) -> None:
         self._order += 1
