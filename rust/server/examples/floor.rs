@@ -14,12 +14,12 @@
 
 use prost::Message;
 use std::net::SocketAddr;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status};
 use toolgate_server::decider::pb::{
     self, decider_server::Decider, decider_server::DeciderServer, DecideBatchRequest,
     DecideBatchResponse, DecideRequest, DecideResponse, ReleaseRequest, ReleaseResponse,
 };
-use tonic::transport::server::TcpIncoming;
-use tonic::{Request, Response, Status};
 
 struct Floor {
     answer: DecideResponse,
