@@ -15,11 +15,17 @@ from toolgate._core import Engine
 SERVICE_NAME = "toolgate.v1.Decider"
 
 
+#: grpcio keeps deadlines to the millisecond (a 1 ns timeout becomes up to a millisecond or
+#: two): a call with less than this left is taken as already given up. The answer could not
+#: reach the caller in time anyway, and refusing it errs towards not counting.
+DEADLINE_SLACK_S = 0.005
+
+
 def deadline_passed(context: grpc.ServicerContext) -> bool:
-    """The caller's deadline passed while the request waited for a handler thread: the
-    caller has given up, so deciding now would count a call that never runs."""
+    """The caller's deadline passed (or as good as) while the request waited for a handler
+    thread: the caller has given up, so deciding now would count a call that never runs."""
     remaining = context.time_remaining()
-    return remaining is not None and remaining <= 0
+    return remaining is not None and remaining < DEADLINE_SLACK_S
 
 
 def unary_bytes_handler(call: Callable[[bytes], bytes]) -> grpc.RpcMethodHandler:
