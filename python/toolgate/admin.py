@@ -165,9 +165,12 @@ class AdminServer:
     """The admin listener, serving the Approvals service."""
 
     def __init__(self, listen: str, service: ApprovalsService) -> None:
+        # Each Watch holds a thread while it streams; beyond the bound, calls are refused
+        # (RESOURCE_EXHAUSTED) rather than queued behind them.
         self._server = grpc.server(
-            ThreadPoolExecutor(max_workers=4, thread_name_prefix="admin"),
+            ThreadPoolExecutor(max_workers=16, thread_name_prefix="admin"),
             options=[("grpc.so_reuseport", 0)],
+            maximum_concurrent_rpcs=16,
         )
         approvals_pb2_grpc.add_ApprovalsServicer_to_server(service, self._server)
         try:
