@@ -1,0 +1,587 @@
+//! Counters on Redis: one count shared by every replica (`toolgate serve --store redis://`).
+//!
+//! **Exact mode.** Every decision runs one Lua script ([`RESERVE`]) that reads the windows of
+//! all of the call's limits and, only if every one has room, adds the call to each and
+//! records the reservation: all or nothing, atomically, with the sliding windows of the local
+//! table (12 sub-buckets of `ceil(W / 12)`, docs/counters.md). Time is Redis's own (`TIME`
+//! inside the script: Redis 7 replicates a script's effects, not the script), so every
+//! replica counts on one clock. A second script ([`RELEASE`]) gives a reservation back, once.
+//!
+//! **Failures.** Each call to Redis has a time budget. Past it (or with no connection) the
+//! decision is `STORE_UNAVAILABLE`, or, with [`Unavailable::Local`], counted in this
+//! process's own table instead. A script whose answer did not come in time may still have
+//! run: it is taken as having counted (the call was denied, so the count only errs towards
+//! denying). A Redis that restarts empty is noticed through an epoch key, and each limit
+//! then refuses for one window (plus a sub-bucket) after the loss, since the counts it lost
+//! are unknown.
+//!
+//! Decisions are synchronous (the engine is): a caller waits for the script's answer on a
+//! channel while this store's own runtime talks to Redis over one multiplexed connection.
+//! The native server runs such decisions with `block_in_place`, so other calls go on.
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Script;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use toolgate_core::counter::reservation::Part;
+use toolgate_core::counter::CounterTable;
+use toolgate_core::decision::Limits;
+use toolgate_core::limiter::{self, Outcome, Parts, Want};
+use toolgate_core::stats::{Stats, StoreError};
+use toolgate_core::store::{CounterStore, REMOTE_RESERVATION, REMOTE_SLOT};
+
+/// What to do when Redis cannot answer in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    /// Deny the call: `STORE_UNAVAILABLE`.
+    Deny,
+    /// Count the call in this process's own table (each replica then allows up to the
+    /// limit on its own while Redis is away).
+    Local,
+}
+
+impl Unavailable {
+    pub fn parse(text: &str) -> Result<Unavailable, String> {
+        match text {
+            "deny" => Ok(Unavailable::Deny),
+            "local" => Ok(Unavailable::Local),
+            _ => Err(format!("expected deny or local, got {text:?}")),
+        }
+    }
+}
+
+/// Whose clock decides which sub-bucket a call counts in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeSource {
+    /// Redis's `TIME`, read inside the script: one clock for every replica.
+    Redis,
+    /// The engine's clock (its `now_ns`, in microseconds): for tests with a manual clock.
+    Engine,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port/db` (or `unix:` / `redis+unix:`).
+    pub url: String,
+    /// Put before every key, so deployments can share one Redis.
+    pub prefix: String,
+    /// How long a decision waits for Redis.
+    pub timeout: Duration,
+    pub unavailable: Unavailable,
+    pub time: TimeSource,
+}
+
+/// Keys outlive their window by this much (and one sub-bucket), so Redis forgets idle
+/// counters on its own.
+const SLACK_MS: u64 = 1000;
+
+/// Consecutive timeouts after which the connection is taken as dead (a peer that went
+/// silent without closing it) and a new one is made.
+const TIMEOUTS_BEFORE_RECONNECT: u32 = 3;
+
+const DENY_REASON: &str = "the counter store (Redis) did not answer within its time budget, \
+     so this call's limits cannot be counted and it is denied";
+const LOST_REASON: &str = "the counter store (Redis) lost its counts (it restarted empty); \
+     until one window of this limit has passed since, its count is unknown and calls are denied";
+
+/// Reserve (or check) every limit of one call; see the module's documentation.
+///
+/// KEYS: epoch, lost, then one hash per limit (field: sub-bucket number, value: units).
+/// ARGV: now in µs ('' for Redis's TIME), consume ('1'/'0'), the epoch this replica knows
+/// (0: none), the reservation to add to ('0': a new one), the key prefix, slack in ms, then
+/// per limit: window µs, sub-bucket µs, max units, amount units.
+///
+/// Returns `{1, epoch, id, used, reset_us, ...}` when reserved (or, without consume,
+/// when every limit would fit), `{0, epoch, used, reset_us, retry_us, ...}` when some limit
+/// has no room (retry -1: never; 0: this limit fits), `{2, epoch, index}` when a limit
+/// is within a window of a loss of counts.
+pub const RESERVE: &str = r#"
+local now
+if ARGV[1] == '' then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+else
+  now = tonumber(ARGV[1])
+end
+local consume = ARGV[2] == '1'
+local known = tonumber(ARGV[3])
+local born = tonumber(redis.call('GET', KEYS[1]))
+local lost = tonumber(redis.call('GET', KEYS[2])) or -1
+if not born then
+  born = now
+  redis.call('SET', KEYS[1], string.format('%.0f', born))
+  if known ~= 0 then
+    lost = now
+    redis.call('SET', KEYS[2], string.format('%.0f', lost))
+  end
+elseif known ~= 0 and born ~= known and born > lost then
+  lost = born
+  redis.call('SET', KEYS[2], string.format('%.0f', lost))
+end
+local n = #KEYS - 2
+local out = {}
+local fits = true
+local newest = {}
+local life = 0
+for i = 1, n do
+  local a = 6 + (i - 1) * 4
+  local w = tonumber(ARGV[a + 1])
+  local g = tonumber(ARGV[a + 2])
+  local max = tonumber(ARGV[a + 3])
+  local amt = tonumber(ARGV[a + 4])
+  local key = KEYS[i + 2]
+  if lost >= 0 and now < lost + w + g then
+    return {2, born, i - 1}
+  end
+  local b = math.floor(now / g)
+  local h = redis.call('HGETALL', key)
+  for j = 1, #h, 2 do
+    local k = tonumber(h[j])
+    if k > b then b = k end
+  end
+  local lo = b - 12
+  local used = 0
+  local cnt = {}
+  for j = 1, #h, 2 do
+    local k = tonumber(h[j])
+    if k >= lo then
+      local c = tonumber(h[j + 1])
+      used = used + c
+      cnt[k - lo] = (cnt[k - lo] or 0) + c
+    elseif consume then
+      redis.call('HDEL', key, h[j])
+    end
+  end
+  local reset = 0
+  for k = 12, 0, -1 do
+    if (cnt[k] or 0) > 0 then
+      reset = math.max(0, (lo + k + 13) * g - now)
+      break
+    end
+  end
+  local retry = 0
+  local need = used + amt - max
+  if need > 0 then
+    fits = false
+    retry = -1
+    if amt <= max then
+      local freed = 0
+      for k = 0, 12 do
+        local c = cnt[k] or 0
+        freed = freed + c
+        if freed >= need and c > 0 then
+          retry = math.max(1, (lo + k + 13) * g - now)
+          break
+        end
+      end
+    end
+  end
+  newest[i] = b
+  life = math.max(life, math.ceil((w + g) / 1000) + tonumber(ARGV[6]))
+  out[#out + 1] = used
+  out[#out + 1] = reset
+  out[#out + 1] = retry
+end
+if not fits then
+  local r = {0, born}
+  for _, v in ipairs(out) do r[#r + 1] = v end
+  return r
+end
+local r = {1, born, 0}
+if not consume then
+  for i = 1, n do
+    r[#r + 1] = out[(i - 1) * 3 + 1]
+    r[#r + 1] = out[(i - 1) * 3 + 2]
+  end
+  return r
+end
+local id = ARGV[4]
+if id == '0' then
+  id = tostring(redis.call('INCR', ARGV[5] .. 'rid'))
+end
+local rkey = ARGV[5] .. 'r:' .. id
+for i = 1, n do
+  local a = 6 + (i - 1) * 4
+  local key = KEYS[i + 2]
+  local bucket = string.format('%.0f', newest[i])
+  redis.call('HINCRBY', key, bucket, ARGV[a + 4])
+  redis.call('PEXPIRE', key, string.format('%.0f', math.ceil((tonumber(ARGV[a + 1]) + tonumber(ARGV[a + 2])) / 1000) + tonumber(ARGV[6])))
+  redis.call('RPUSH', rkey, key, bucket, ARGV[a + 4])
+  local g = tonumber(ARGV[a + 2])
+  r[#r + 1] = out[(i - 1) * 3 + 1] + tonumber(ARGV[a + 4])
+  r[#r + 1] = math.max(0, (newest[i] + 13) * g - now)
+end
+local ttl = redis.call('PTTL', rkey)
+redis.call('PEXPIRE', rkey, string.format('%.0f', math.max(life, ttl)))
+r[3] = tonumber(id)
+return r
+"#;
+
+/// Give reservation `KEYS[1]` back: each part's amount leaves its sub-bucket (if that still
+/// holds it); the record is deleted, so a second release finds nothing. Returns {1} or {0}.
+pub const RELEASE: &str = r#"
+local parts = redis.call('LRANGE', KEYS[1], 0, -1)
+if #parts == 0 then return {0} end
+redis.call('DEL', KEYS[1])
+for i = 1, #parts - 2, 3 do
+  local c = tonumber(redis.call('HGET', parts[i], parts[i + 1]))
+  local a = tonumber(parts[i + 2])
+  if c and a > 0 and c >= a then
+    redis.call('HINCRBY', parts[i], parts[i + 1], '-' .. parts[i + 2])
+  end
+end
+return {1}
+"#;
+
+struct Link {
+    client: redis::Client,
+    connection: RwLock<Option<ConnectionManager>>,
+    reconnecting: AtomicBool,
+    timeouts: AtomicU32,
+}
+
+/// The Redis counter store.
+pub struct RedisStore {
+    config: RedisConfig,
+    runtime: tokio::runtime::Runtime,
+    link: Arc<Link>,
+    reserve: Arc<Script>,
+    release: Arc<Script>,
+    /// The epoch (Redis's time when its counts began) this replica last saw; 0: none yet.
+    known_epoch: AtomicU64,
+    /// Counts here when Redis is unavailable and the choice is [`Unavailable::Local`].
+    table: Arc<CounterTable>,
+}
+
+impl RedisStore {
+    /// A store for `config`, connecting in the background; waits up to `wait` for the first
+    /// connection (a store that is not connected yet answers as Redis being unavailable).
+    pub fn connect(
+        config: RedisConfig,
+        table: Arc<CounterTable>,
+        wait: Duration,
+    ) -> Result<RedisStore, String> {
+        if config.url.starts_with("rediss://") {
+            return Err("rediss:// (TLS) is not supported by this build; use redis://".into());
+        }
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(|e| format!("--store {}: {e}", redact(&config.url)))?;
+        if config.timeout.is_zero() {
+            return Err("the store's time budget must be positive".into());
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("toolgate-redis")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the Redis runtime: {e}"))?;
+        let store = RedisStore {
+            config,
+            runtime,
+            link: Arc::new(Link {
+                client,
+                connection: RwLock::new(None),
+                reconnecting: AtomicBool::new(false),
+                timeouts: AtomicU32::new(0),
+            }),
+            reserve: Arc::new(Script::new(RESERVE)),
+            release: Arc::new(Script::new(RELEASE)),
+            known_epoch: AtomicU64::new(0),
+            table,
+        };
+        store.reconnect();
+        let until = Instant::now() + wait;
+        while !store.connected() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(store)
+    }
+
+    pub fn connected(&self) -> bool {
+        self.link
+            .connection
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    pub fn config(&self) -> &RedisConfig {
+        &self.config
+    }
+
+    /// Make a new connection in the background (unless one is being made), retrying with
+    /// backoff from 50 ms to 2 s; decisions meanwhile find no connection.
+    fn reconnect(&self) {
+        if self.link.reconnecting.swap(true, Relaxed) {
+            return;
+        }
+        let link = Arc::clone(&self.link);
+        let script = Arc::clone(&self.reserve);
+        let release = Arc::clone(&self.release);
+        let budget = self.config.timeout.max(Duration::from_millis(200));
+        self.runtime.spawn(async move {
+            let mut delay = Duration::from_millis(50);
+            loop {
+                let config = ConnectionManagerConfig::new()
+                    .set_number_of_retries(2)
+                    .set_factor(50)
+                    .set_max_delay(2000)
+                    .set_connection_timeout(budget * 5);
+                if let Ok(Ok(mut c)) = tokio::time::timeout(
+                    budget * 10,
+                    ConnectionManager::new_with_config(link.client.clone(), config),
+                )
+                .await
+                {
+                    // Load the scripts now, so a decision does not pay for it.
+                    let loaded = tokio::time::timeout(budget * 10, async {
+                        script.prepare_invoke().load_async(&mut c).await?;
+                        release.prepare_invoke().load_async(&mut c).await
+                    })
+                    .await;
+                    if matches!(loaded, Ok(Ok(_))) {
+                        *link.connection.write().unwrap_or_else(|e| e.into_inner()) = Some(c);
+                        link.timeouts.store(0, Relaxed);
+                        link.reconnecting.store(false, Relaxed);
+                        return;
+                    }
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        });
+    }
+
+    /// Run one script with the time budget, from any thread.
+    fn run(
+        &self,
+        stats: &Stats,
+        script: &Arc<Script>,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<Vec<i64>, StoreError> {
+        let connection = self
+            .link
+            .connection
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(mut connection) = connection else {
+            self.reconnect();
+            stats.count_store_error(StoreError::Connection);
+            return Err(StoreError::Connection);
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let budget = self.config.timeout;
+        let script = Arc::clone(script);
+        let started = Instant::now();
+        self.runtime.spawn(async move {
+            let mut invocation = script.prepare_invoke();
+            for k in &keys {
+                invocation.key(k);
+            }
+            for a in &args {
+                invocation.arg(a);
+            }
+            let answer =
+                tokio::time::timeout(budget, invocation.invoke_async::<Vec<i64>>(&mut connection))
+                    .await;
+            let _ = tx.send(answer);
+        });
+        // The task keeps its own budget; the margin only covers a runtime slow to run it.
+        let answer = rx.recv_timeout(budget + Duration::from_millis(50));
+        let failed = match answer {
+            Ok(Ok(Ok(values))) => {
+                stats.record_store_rtt(started.elapsed().as_nanos() as u64);
+                self.link.timeouts.store(0, Relaxed);
+                return Ok(values);
+            }
+            Ok(Ok(Err(e))) if e.is_io_error() || e.is_connection_dropped() => {
+                StoreError::Connection
+            }
+            Ok(Ok(Err(e))) if e.is_timeout() => StoreError::Timeout,
+            Ok(Ok(Err(_))) => StoreError::Reply,
+            Ok(Err(_)) | Err(_) => StoreError::Timeout,
+        };
+        stats.count_store_error(failed);
+        if failed == StoreError::Timeout
+            && self.link.timeouts.fetch_add(1, Relaxed) + 1 >= TIMEOUTS_BEFORE_RECONNECT
+        {
+            // Silent for several budgets in a row: drop this connection for a new one.
+            *self
+                .link
+                .connection
+                .write()
+                .unwrap_or_else(|e| e.into_inner()) = None;
+            self.reconnect();
+        }
+        Err(failed)
+    }
+
+    fn counter_key(&self, want: &Want<'_>) -> String {
+        format!("{}c:{:016x}", self.config.prefix, want.key.hash)
+    }
+
+    /// What to answer when Redis cannot be asked.
+    #[allow(clippy::too_many_arguments)]
+    fn unavailable(
+        &self,
+        stats: &Stats,
+        wants: &[Want<'_>],
+        now_ns: u64,
+        consume: bool,
+        parts: &mut Parts,
+        limits: &mut Limits,
+        reason: &'static str,
+    ) -> Outcome {
+        match self.config.unavailable {
+            Unavailable::Deny => Outcome::Unavailable { failing: 0, reason },
+            Unavailable::Local => {
+                stats.count_store_fallback();
+                limiter::reserve(&self.table, wants, now_ns, consume, parts, limits)
+            }
+        }
+    }
+}
+
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl CounterStore for RedisStore {
+    fn reserve(
+        &self,
+        stats: &Stats,
+        wants: &[Want<'_>],
+        now_ns: u64,
+        consume: bool,
+        parts: &mut Parts,
+        limits: &mut Limits,
+    ) -> Outcome {
+        let p = &self.config.prefix;
+        let mut keys = Vec::with_capacity(wants.len() + 2);
+        keys.push(format!("{p}epoch"));
+        keys.push(format!("{p}lost"));
+        keys.extend(wants.iter().map(|w| self.counter_key(w)));
+        // A decision's shadow limits join the reservation its enforced limits made.
+        let join = parts
+            .iter()
+            .find(|part| part.slot == REMOTE_SLOT)
+            .map_or(0, |part| part.key);
+        let now = match self.config.time {
+            TimeSource::Redis => String::new(),
+            TimeSource::Engine => (now_ns / 1000).to_string(),
+        };
+        let mut args = vec![
+            now,
+            if consume { "1" } else { "0" }.to_owned(),
+            self.known_epoch.load(Relaxed).to_string(),
+            join.to_string(),
+            p.clone(),
+            SLACK_MS.to_string(),
+        ];
+        for w in wants {
+            let window_us = w.limit.info.window_ms.max(1).saturating_mul(1000);
+            args.push(window_us.to_string());
+            args.push(window_us.div_ceil(12).to_string());
+            args.push(w.limit.max_units.to_string());
+            args.push(w.amount.to_string());
+        }
+        let values = match self.run(stats, &self.reserve, keys, args) {
+            Ok(v) => v,
+            Err(_) => {
+                return self.unavailable(stats, wants, now_ns, consume, parts, limits, DENY_REASON)
+            }
+        };
+        let n = wants.len();
+        let us = |v: i64| (v.max(0) as u64).saturating_mul(1000);
+        let malformed = |stats: &Stats| {
+            stats.count_store_error(StoreError::Reply);
+            Outcome::Unavailable {
+                failing: 0,
+                reason: DENY_REASON,
+            }
+        };
+        match values.first() {
+            Some(1) if values.len() == 3 + 2 * n => {
+                self.known_epoch.store(values[1] as u64, Relaxed);
+                for (i, w) in wants.iter().enumerate() {
+                    let used = values[3 + 2 * i].max(0) as u64;
+                    let reset = us(values[4 + 2 * i]);
+                    if consume {
+                        limits.push(limiter::state_of(w, used, reset));
+                    } else {
+                        limits.push(limiter::state_of(w, used + w.amount, reset));
+                    }
+                }
+                if consume && join == 0 {
+                    parts.push(Part {
+                        slot: REMOTE_SLOT,
+                        key: values[2] as u64,
+                        bucket: 0,
+                        amount: 0,
+                    });
+                }
+                Outcome::Reserved
+            }
+            Some(0) if values.len() == 2 + 3 * n => {
+                self.known_epoch.store(values[1] as u64, Relaxed);
+                let mut retry: Option<u64> = Some(0);
+                let mut failing = None;
+                let mut states = Limits::with_capacity(n);
+                for (i, w) in wants.iter().enumerate() {
+                    let (used, reset, wait) =
+                        (values[2 + 3 * i], values[3 + 3 * i], values[4 + 3 * i]);
+                    states.push(limiter::state_of(w, used.max(0) as u64, us(reset)));
+                    if wait == 0 {
+                        continue;
+                    }
+                    failing.get_or_insert(i);
+                    retry = match (retry, wait) {
+                        (Some(a), b) if b > 0 => Some(a.max(us(b))),
+                        _ => None,
+                    };
+                }
+                match failing {
+                    Some(failing) => Outcome::Denied {
+                        retry_after_ms: retry.map(|ns| ns.div_ceil(1_000_000).max(1)),
+                        limits: states,
+                        failing,
+                    },
+                    None => malformed(stats),
+                }
+            }
+            Some(2) if values.len() == 3 => {
+                self.known_epoch.store(values[1] as u64, Relaxed);
+                let failing = (values[2].max(0) as usize).min(n.saturating_sub(1));
+                Outcome::Unavailable {
+                    failing,
+                    reason: LOST_REASON,
+                }
+            }
+            _ => malformed(stats),
+        }
+    }
+
+    fn record(&self, parts: &[Part]) -> Option<u64> {
+        match parts.iter().find(|p| p.slot == REMOTE_SLOT) {
+            Some(p) => Some(p.key | REMOTE_RESERVATION),
+            None => limiter::record(&self.table, parts),
+        }
+    }
+
+    fn release(&self, stats: &Stats, id: u64) -> bool {
+        if id & REMOTE_RESERVATION == 0 {
+            return limiter::release(&self.table, id);
+        }
+        let key = format!("{}r:{}", self.config.prefix, id & !REMOTE_RESERVATION);
+        let released = self.run(stats, &self.release, vec![key], Vec::new());
+        matches!(released.as_deref(), Ok([1]))
+    }
+}
