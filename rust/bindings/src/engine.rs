@@ -370,7 +370,9 @@ impl PyEngine {
     /// (`"local"`). Waits up to `connect_wait` seconds for the first connection and returns
     /// whether it was made (decisions answer as Redis being unavailable until it is).
     /// `clock="engine"` takes time from the engine's clock instead of Redis's (tests).
-    #[pyo3(signature = (url, *, prefix = "toolgate:", timeout_ms = 5, unavailable = "deny", connect_wait = 2.0, clock = "redis"))]
+    /// `mode="cached"` decides on a local copy of the counts, merged with Redis every
+    /// `flush_ms` (no round trip per decision; see docs/redis.md for its overshoot).
+    #[pyo3(signature = (url, *, prefix = "toolgate:", timeout_ms = 5, unavailable = "deny", connect_wait = 2.0, clock = "redis", mode = "exact", flush_ms = 5))]
     #[allow(clippy::too_many_arguments)]
     fn use_store(
         &self,
@@ -381,8 +383,18 @@ impl PyEngine {
         unavailable: &str,
         connect_wait: f64,
         clock: &str,
+        mode: &str,
+        flush_ms: u64,
     ) -> PyResult<bool> {
-        use toolgate_server::store::{RedisConfig, RedisStore, TimeSource, Unavailable};
+        use toolgate_server::store::{Mode, RedisConfig, RedisStore, TimeSource, Unavailable};
+        let mode = match (mode, flush_ms) {
+            ("exact", _) => Mode::Exact,
+            ("cached", 1..) => Mode::Cached {
+                flush: std::time::Duration::from_millis(flush_ms),
+            },
+            ("cached", 0) => return Err(PyValueError::new_err("flush_ms must be positive")),
+            _ => return Err(PyValueError::new_err("mode must be exact or cached")),
+        };
         if !url.starts_with("redis://")
             && !url.starts_with("rediss://")
             && !url.starts_with("redis+unix://")
@@ -413,6 +425,7 @@ impl PyEngine {
             timeout: std::time::Duration::from_millis(timeout_ms),
             unavailable: Unavailable::parse(unavailable).map_err(PyValueError::new_err)?,
             time,
+            mode,
         };
         let table = self.inner.table_arc();
         let wait = std::time::Duration::from_secs_f64(connect_wait);

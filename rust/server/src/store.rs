@@ -19,12 +19,14 @@
 //! channel while this store's own runtime talks to Redis over one multiplexed connection.
 //! The native server runs such decisions with `block_in_place`, so other calls go on.
 
+use arrayvec::ArrayVec;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use toolgate_core::counter::reservation::Part;
+use toolgate_core::counter::reservation::MAX_PARTS;
 use toolgate_core::counter::CounterTable;
 use toolgate_core::decision::Limits;
 use toolgate_core::limiter::{self, Outcome, Parts, Want};
@@ -60,6 +62,17 @@ pub enum TimeSource {
     Engine,
 }
 
+/// How decisions use Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// One script per decision: never over the limit, one round trip per decision.
+    Exact,
+    /// Decide on a local copy of the counts; merge this replica's counts into Redis and
+    /// read everyone's back every `flush`. No round trip per decision; the overshoot is
+    /// bounded in docs/redis.md.
+    Cached { flush: Duration },
+}
+
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
     /// `redis://[user:password@]host:port/db` (or `unix:` / `redis+unix:`).
@@ -70,14 +83,16 @@ pub struct RedisConfig {
     pub timeout: Duration,
     pub unavailable: Unavailable,
     pub time: TimeSource,
+    pub mode: Mode,
 }
 
 /// Keys outlive their window by this much (and one sub-bucket), so Redis forgets idle
 /// counters on its own.
 const SLACK_MS: u64 = 1000;
 
-/// Consecutive timeouts after which the connection is taken as dead (a peer that went
-/// silent without closing it) and a new one is made.
+/// Consecutive failures (timeouts or connection errors) after which the connection is
+/// taken as dead (a peer that went silent without closing it, or one that is gone) and a
+/// new one is made.
 const TIMEOUTS_BEFORE_RECONNECT: u32 = 3;
 
 const DENY_REASON: &str = "the counter store (Redis) did not answer within its time budget, \
@@ -234,6 +249,105 @@ end
 return {1}
 "#;
 
+/// Merge this replica's counts (`ARGV`: now µs, slack ms, then per key: window µs,
+/// sub-bucket µs, the number of (sub-bucket, units) pairs, the pairs) into each key, and
+/// return each key's newest sub-bucket and the 13 sub-buckets ending there.
+pub const MERGE: &str = r#"
+local now = tonumber(ARGV[1])
+local slack = tonumber(ARGV[2])
+local a = 3
+local r = {}
+for i = 1, #KEYS do
+  local key = KEYS[i]
+  local w = tonumber(ARGV[a])
+  local g = tonumber(ARGV[a + 1])
+  local pairs_n = tonumber(ARGV[a + 2])
+  a = a + 3
+  for j = 1, pairs_n do
+    redis.call('HINCRBY', key, ARGV[a], ARGV[a + 1])
+    a = a + 2
+  end
+  local b = math.floor(now / g)
+  local h = redis.call('HGETALL', key)
+  for j = 1, #h, 2 do
+    local k = tonumber(h[j])
+    if k > b then b = k end
+  end
+  local counts = {}
+  for k = 0, 12 do counts[k] = 0 end
+  for j = 1, #h, 2 do
+    local k = tonumber(h[j])
+    if k >= b - 12 then
+      counts[k - b + 12] = counts[k - b + 12] + tonumber(h[j + 1])
+    else
+      redis.call('HDEL', key, h[j])
+    end
+  end
+  if pairs_n > 0 then
+    redis.call('PEXPIRE', key, string.format('%.0f', math.ceil((w + g) / 1000) + slack))
+  end
+  r[#r + 1] = b
+  for k = 0, 12 do r[#r + 1] = counts[k] end
+end
+return r
+"#;
+
+/// One counter key as a cached replica sees it.
+struct Cached {
+    key: String,
+    window_us: u64,
+    g_us: u64,
+    /// Everyone's counts as of the last merge: sub-buckets `newest - 12 ..= newest`.
+    newest: u64,
+    merged: [u64; 13],
+    /// This replica's counts not yet merged: (sub-bucket, units).
+    pending: Vec<(u64, u64)>,
+    /// Being merged now (counted until the merge's answer replaces `merged`).
+    merging: Vec<(u64, u64)>,
+    last_us: u64,
+}
+
+impl Cached {
+    /// The 13 sub-buckets ending at the newest one (this replica's and everyone's merged),
+    /// and that newest sub-bucket.
+    fn window(&self, now_us: u64) -> (u64, [u64; 13]) {
+        let mut newest = (now_us / self.g_us).max(self.newest);
+        for (b, _) in self.pending.iter().chain(&self.merging) {
+            newest = newest.max(*b);
+        }
+        let mut counts = [0u64; 13];
+        let lo = newest.saturating_sub(12);
+        for (i, c) in self.merged.iter().enumerate() {
+            let b = self.newest.saturating_sub(12) + i as u64;
+            if b >= lo && b <= newest {
+                counts[(b - lo) as usize] += c;
+            }
+        }
+        for (b, c) in self.pending.iter().chain(&self.merging) {
+            if *b >= lo {
+                counts[(b - lo) as usize] += c;
+            }
+        }
+        (newest, counts)
+    }
+}
+
+/// The cached mode's state: the keys, and when a merge last succeeded.
+struct Cache {
+    entries: std::sync::Mutex<std::collections::HashMap<u64, Cached>>,
+    flush: Duration,
+    /// Wall-clock µs of the last merge that answered (0: none yet).
+    merged_at_us: AtomicU64,
+    /// With [`TimeSource::Engine`]: the latest engine time a decision saw, for merges.
+    clock_us: AtomicU64,
+}
+
+fn wall_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 struct Link {
     client: redis::Client,
     connection: RwLock<Option<ConnectionManager>>,
@@ -252,6 +366,8 @@ pub struct RedisStore {
     known_epoch: AtomicU64,
     /// Counts here when Redis is unavailable and the choice is [`Unavailable::Local`].
     table: Arc<CounterTable>,
+    /// The cached mode's local copy of the counts.
+    cache: Option<Arc<Cache>>,
 }
 
 impl RedisStore {
@@ -276,6 +392,12 @@ impl RedisStore {
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the Redis runtime: {e}"))?;
+        let config_mode = config.mode;
+        if let Mode::Cached { flush } = config_mode {
+            if flush.is_zero() {
+                return Err("the cached mode's flush interval must be positive".into());
+            }
+        }
         let store = RedisStore {
             config,
             runtime,
@@ -289,8 +411,18 @@ impl RedisStore {
             release: Arc::new(Script::new(RELEASE)),
             known_epoch: AtomicU64::new(0),
             table,
+            cache: match config_mode {
+                Mode::Exact => None,
+                Mode::Cached { flush } => Some(Arc::new(Cache {
+                    entries: Default::default(),
+                    flush,
+                    merged_at_us: AtomicU64::new(0),
+                    clock_us: AtomicU64::new(0),
+                })),
+            },
         };
         store.reconnect();
+        store.start_merging();
         let until = Instant::now() + wait;
         while !store.connected() && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(10));
@@ -353,6 +485,198 @@ impl RedisStore {
         });
     }
 
+    /// The cached mode's merges: every flush interval, one script sends this replica's new
+    /// counts and reads everyone's back, for every key used within its window.
+    fn start_merging(&self) {
+        let Some(cache) = self.cache.clone() else {
+            return;
+        };
+        let link = Arc::clone(&self.link);
+        let script = Arc::new(Script::new(MERGE));
+        let budget = self.config.timeout.max(cache.flush);
+        let time = self.config.time;
+        self.runtime.spawn(async move {
+            let mut tick = tokio::time::interval(cache.flush);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let connection = link
+                    .connection
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                let Some(mut connection) = connection else {
+                    continue;
+                };
+                let now = match time {
+                    TimeSource::Redis => wall_us(),
+                    TimeSource::Engine => cache.clock_us.load(Relaxed),
+                };
+                let mut invocation = script.prepare_invoke();
+                let mut hashes = Vec::new();
+                invocation.arg(now).arg(SLACK_MS);
+                {
+                    let mut entries = cache.entries.lock().unwrap_or_else(|e| e.into_inner());
+                    entries.retain(|_, e| now <= e.last_us + e.window_us + 2 * e.g_us);
+                    for (hash, e) in entries.iter_mut() {
+                        e.merging.append(&mut e.pending);
+                        invocation.key(&e.key);
+                        invocation.arg(e.window_us).arg(e.g_us).arg(e.merging.len());
+                        for (b, c) in &e.merging {
+                            invocation.arg(*b).arg(*c);
+                        }
+                        hashes.push(*hash);
+                    }
+                }
+                if hashes.is_empty() {
+                    cache.merged_at_us.store(wall_us(), Relaxed);
+                    continue;
+                }
+                let answer = tokio::time::timeout(
+                    budget,
+                    invocation.invoke_async::<Vec<u64>>(&mut connection),
+                )
+                .await;
+                let mut entries = cache.entries.lock().unwrap_or_else(|e| e.into_inner());
+                match answer {
+                    Ok(Ok(values)) if values.len() == 14 * hashes.len() => {
+                        for (i, hash) in hashes.iter().enumerate() {
+                            if let Some(e) = entries.get_mut(hash) {
+                                e.newest = values[14 * i];
+                                e.merged.copy_from_slice(&values[14 * i + 1..14 * i + 14]);
+                                e.merging.clear();
+                            }
+                        }
+                        cache.merged_at_us.store(wall_us(), Relaxed);
+                    }
+                    // Not merged (or not known to be): the counts stay this replica's and
+                    // are sent again with the next merge. One that did land is then
+                    // counted twice: the error is towards denying.
+                    _ => {
+                        for e in entries.values_mut() {
+                            let mut merging = std::mem::take(&mut e.merging);
+                            e.pending.append(&mut merging);
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// The cached mode's decision: on the local copy, no round trip.
+    #[allow(clippy::too_many_arguments)]
+    fn reserve_cached(
+        &self,
+        cache: &Cache,
+        stats: &Stats,
+        wants: &[Want<'_>],
+        now_ns: u64,
+        consume: bool,
+        parts: &mut Parts,
+        limits: &mut Limits,
+    ) -> Outcome {
+        let now = match self.config.time {
+            TimeSource::Redis => wall_us(),
+            TimeSource::Engine => {
+                cache.clock_us.fetch_max(now_ns / 1000, Relaxed);
+                now_ns / 1000
+            }
+        };
+        let merged_at = cache.merged_at_us.load(Relaxed);
+        let stale = Duration::from_secs(1).max(cache.flush * 100).as_micros() as u64;
+        if merged_at == 0 || wall_us().saturating_sub(merged_at) > stale {
+            // Nothing merged for a long while: Redis is away, and this copy is stale.
+            stats.count_store_error(StoreError::Connection);
+            return self.unavailable(stats, wants, now_ns, consume, parts, limits, DENY_REASON);
+        }
+        let mut entries = cache.entries.lock().unwrap_or_else(|e| e.into_inner());
+        // Per limit: its sub-bucket now, units in its window, when it empties, and (if it
+        // has no room) how long until it would have (None: never).
+        let mut seen: ArrayVec<(u64, u64, u64, Option<Option<u64>>), MAX_PARTS> = ArrayVec::new();
+        for w in wants {
+            let window_us = w.limit.info.window_ms.max(1).saturating_mul(1000);
+            let g = window_us.div_ceil(12);
+            let e = entries.entry(w.key.hash).or_insert_with(|| Cached {
+                key: self.counter_key(w),
+                window_us,
+                g_us: g,
+                newest: now / g,
+                merged: [0; 13],
+                pending: Vec::new(),
+                merging: Vec::new(),
+                last_us: now,
+            });
+            e.last_us = e.last_us.max(now);
+            let (b, counts) = e.window(now);
+            let used: u64 = counts.iter().sum();
+            let lo = b.saturating_sub(12);
+            let leaves = |k: usize| ((lo + k as u64 + 13) * g).saturating_sub(now) * 1000;
+            let reset = counts.iter().rposition(|c| *c > 0).map_or(0, leaves);
+            let wait = (used + w.amount > w.limit.max_units).then(|| {
+                let need = used + w.amount - w.limit.max_units;
+                let mut freed = 0;
+                (w.amount <= w.limit.max_units)
+                    .then(|| {
+                        counts.iter().enumerate().find_map(|(k, c)| {
+                            freed += c;
+                            (freed >= need && *c > 0).then(|| leaves(k).max(1))
+                        })
+                    })
+                    .flatten()
+            });
+            if seen.try_push((b, used, reset, wait)).is_err() {
+                return Outcome::Unavailable {
+                    failing: 0,
+                    reason: DENY_REASON,
+                };
+            }
+        }
+        if let Some(failing) = seen.iter().position(|s| s.3.is_some()) {
+            let mut retry: Option<u64> = Some(0);
+            for (_, _, _, wait) in &seen {
+                retry = match (retry, wait) {
+                    (r, None) => r,
+                    (Some(a), Some(Some(b))) => Some(a.max(*b)),
+                    _ => None,
+                };
+            }
+            return Outcome::Denied {
+                retry_after_ms: retry.map(|ns| ns.div_ceil(1_000_000).max(1)),
+                limits: wants
+                    .iter()
+                    .zip(&seen)
+                    .map(|(w, (_, used, reset, _))| limiter::state_of(w, *used, *reset))
+                    .collect(),
+                failing,
+            };
+        }
+        for (w, (b, used, reset, _)) in wants.iter().zip(&seen) {
+            if !consume {
+                limits.push(limiter::state_of(w, used + w.amount, *reset));
+                continue;
+            }
+            let g = w
+                .limit
+                .info
+                .window_ms
+                .max(1)
+                .saturating_mul(1000)
+                .div_ceil(12);
+            limits.push(limiter::state_of(
+                w,
+                used + w.amount,
+                ((b + 13) * g).saturating_sub(now) * 1000,
+            ));
+            if let Some(e) = entries.get_mut(&w.key.hash) {
+                match e.pending.iter_mut().find(|(bucket, _)| bucket == b) {
+                    Some((_, c)) => *c += w.amount,
+                    None => e.pending.push((*b, w.amount)),
+                }
+            }
+        }
+        Outcome::Reserved
+    }
+
     /// Run one script with the time budget, from any thread.
     fn run(
         &self,
@@ -405,7 +729,7 @@ impl RedisStore {
             Ok(Err(_)) | Err(_) => StoreError::Timeout,
         };
         stats.count_store_error(failed);
-        if failed == StoreError::Timeout
+        if failed != StoreError::Reply
             && self.link.timeouts.fetch_add(1, Relaxed) + 1 >= TIMEOUTS_BEFORE_RECONNECT
         {
             // Silent for several budgets in a row: drop this connection for a new one.
@@ -464,6 +788,9 @@ impl CounterStore for RedisStore {
         parts: &mut Parts,
         limits: &mut Limits,
     ) -> Outcome {
+        if let Some(cache) = &self.cache {
+            return self.reserve_cached(cache, stats, wants, now_ns, consume, parts, limits);
+        }
         let p = &self.config.prefix;
         let mut keys = Vec::with_capacity(wants.len() + 2);
         keys.push(format!("{p}epoch"));
@@ -574,6 +901,10 @@ impl CounterStore for RedisStore {
             Some(p) => Some(p.key | REMOTE_RESERVATION),
             None => limiter::record(&self.table, parts),
         }
+    }
+
+    fn blocks(&self) -> bool {
+        self.cache.is_none()
     }
 
     fn release(&self, stats: &Stats, id: u64) -> bool {

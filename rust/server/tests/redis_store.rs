@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use toolgate_core::counter::CounterTable;
 use toolgate_core::{Code, Decision, Engine, ManualClock, Policy, Request, Subject, Verdict};
-use toolgate_server::store::{RedisConfig, RedisStore, TimeSource, Unavailable};
+use toolgate_server::store::{Mode, RedisConfig, RedisStore, TimeSource, Unavailable};
 
 struct RedisServer {
     child: Child,
@@ -85,6 +85,7 @@ fn config(url: String, prefix: &str, time: TimeSource, unavailable: Unavailable)
         timeout: Duration::from_millis(500),
         unavailable,
         time,
+        mode: Mode::Exact,
     }
 }
 
