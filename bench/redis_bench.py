@@ -39,6 +39,7 @@ DOMAIN = "toolgate"
 TOOL = "run_command"
 BIG = 1_000_000_000
 FLUSH_MS = 5
+X = gb.X
 
 
 def rls_request(grant: str) -> bytes:
@@ -177,8 +178,10 @@ def main() -> int:
         workdir = Path(tmp)
         redis_port = gb.free_port()
         redis = subprocess.Popen(
-            ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1"]
-            + ["--save", "", "--appendonly", "no", "--dir", tmp],
+            [
+                *("redis-server", "--port", str(redis_port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no", "--dir", tmp),
+            ],
             stdout=subprocess.DEVNULL,
         )
         try:
@@ -223,12 +226,12 @@ def main() -> int:
     if args.limitador:
         lr, lc = med["limitador redis"], med["limitador redis_cached"]
         print(
-            f"- exact vs Limitador redis: p50 {exact[0] / lr[0]:.2f}×, throughput "
-            f"{exact[2] / lr[2]:.2f}×"
+            f"- exact vs Limitador redis: p50 {exact[0] / lr[0]:.2f}{X}, throughput "
+            f"{exact[2] / lr[2]:.2f}{X}"
         )
         print(
-            f"- cached vs Limitador redis_cached: p50 {cached[0] / lc[0]:.2f}×, throughput "
-            f"{cached[2] / lc[2]:.2f}×"
+            f"- cached vs Limitador redis_cached: p50 {cached[0] / lc[0]:.2f}{X}, throughput "
+            f"{cached[2] / lc[2]:.2f}{X}"
         )
     return 0
 
