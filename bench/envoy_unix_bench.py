@@ -81,6 +81,13 @@ def main() -> int:
         default=[],
         help="an extra argument for both sidecars (repeatable), e.g. --sidecar-arg=--threads=1",
     )
+    p.add_argument(
+        "--envoy-arg",
+        action="append",
+        default=[],
+        help="an extra argument for every Envoy (repeatable), e.g. --envoy-arg=--concurrency "
+        "--envoy-arg=1",
+    )
     p.add_argument("--print", dest="write", action="store_false")
     args = p.parse_args()
     started = time.monotonic()
@@ -117,7 +124,7 @@ def main() -> int:
             path = workdir / f"{name}.json"
             cfg = envoy_config(deployed, name, port, admin, tport, sock, fport)
             path.write_text(json.dumps(cfg, indent=1))
-            servers[name] = eb.start_envoy(name, path, admin, workdir, port=port)
+            servers[name] = eb.start_envoy(name, path, admin, workdir, *args.envoy_arg, port=port)
         probes = [f"{n}: {eb.probe(servers[n], n != 'plain')}" for n in CONFIGS]
         probes += [f"authz-unix, `rm -rf /`: {eb.deny_probe(servers['authz-unix'])}"]
         for name in CONFIGS:
