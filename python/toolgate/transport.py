@@ -122,6 +122,9 @@ class _Grpcio:
         from grpc_health.v1 import health, health_pb2_grpc
         from grpc_reflection.v1alpha import reflection
 
+        # Reflection answers from protobuf's default pool: register toolgate.v1's files in it.
+        from toolgate.v1 import decider_pb2  # noqa: F401
+
         if listen.startswith("unix:") and reuse_port:
             raise ValueError("a unix socket cannot be shared by worker processes")
         self._server = grpc.server(
