@@ -86,9 +86,14 @@ def grpc_frame(message: bytes) -> bytes:
     return b"\0" + struct.pack(">I", len(message)) + message
 
 
-def call_raw(port: int, payload: bytes, timeout: float = 2.0) -> bytes:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        return channel.unary_unary(METHOD)(payload, timeout=timeout)
+def call_raw(port: int | str, payload: bytes, timeout: float = 2.0, method: str = METHOD) -> bytes:
+    """One unary call of raw bytes to a port on 127.0.0.1, or to a ``unix:PATH`` target."""
+    target = port if isinstance(port, str) else f"127.0.0.1:{port}"
+    # grpcio's default :authority for a unix target is the socket's path, which hyper
+    # (under tonic) refuses as malformed (RST_STREAM, PROTOCOL_ERROR): name a host instead.
+    options = [("grpc.default_authority", "localhost")] if isinstance(port, str) else []
+    with grpc.insecure_channel(target, options=options) as channel:
+        return channel.unary_unary(method)(payload, timeout=timeout)
 
 
 def remaining(port: int) -> int:
@@ -1282,6 +1287,39 @@ def write_block(begin: str, end: str, section: str, intro: str, block: str) -> N
     else:
         text = text.rstrip("\n") + f"\n\n{section}\n\n{intro}\n\n{new}\n"
     RESULTS.write_text(text)
+
+
+def rotated(names: list[str], i: int) -> list[str]:
+    """The order of run i (from 1): each run starts one later, so none always goes first."""
+    k = (i - 1) % len(names)
+    return names[k:] + names[:k]
+
+
+def written_by(script: str) -> str:
+    """The first words of a results block: which command wrote it, when, on which code."""
+    return (
+        f"Written by `bench/{script} {' '.join(sys.argv[1:])}`".rstrip()
+        + f" at {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, code of commit "
+        + sh(["git", "log", "-1", "--format=%h", "--", ".", ":(exclude)bench"])
+    )
+
+
+def publish(
+    text: str, script: str, anchor: str, block: tuple[str, str, str], write: bool,
+    json_out: Path | None = None, figures: dict | None = None,
+) -> None:  # fmt: skip
+    """Print a results block, merge its figures into json_out, and (write) put it between
+    its markers in RESULTS.md. block: (begin marker, end marker, section title)."""
+    print(text)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        previous = json.loads(json_out.read_text()) if json_out.exists() else {}
+        json_out.write_text(json.dumps({**previous, **(figures or {})}, indent=1))
+    if write:
+        begin, end, section = block
+        intro = f"Written by `bench/{script}`; how it is run: [README.md](README.md#{anchor})."
+        write_block(begin, end, section, intro, text)
+        print(f"\nrewrote the {begin} block of {RESULTS}", file=sys.stderr)
 
 
 def write_results(block: str) -> bool:

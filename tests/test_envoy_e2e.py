@@ -266,12 +266,17 @@ def test_envoy_fails_closed_without_the_sidecar(tmp_path: Path, trouble: str):
                 os.kill(sidecar.proc.pid, signal.SIGSTOP)
             try:
                 marker = f"after-{trouble}"
-                status, _, _ = send(envoy, "POST", call_body("create-ami", {"name": marker}), token)
+                status, _, body = send(
+                    envoy, "POST", call_body("create-ami", {"name": marker}), token
+                )
                 stats = envoy.stats()
             finally:
                 if trouble == "hung":
                     os.kill(sidecar.proc.pid, signal.SIGCONT)
-        assert status == 503
+        assert status == 503, (
+            body,
+            {k: v for k, v in stats.items() if "ext_authz" in k or "toolgate.upstream_rq" in k},
+        )
         assert stats["http.mcp.ext_authz.error"] >= 1
         assert stats.get("http.mcp.ext_authz.failure_mode_allowed", 0) == 0
         assert tool_calls(seed, "before") != []

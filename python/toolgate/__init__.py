@@ -8,6 +8,8 @@ gRPC sidecar (``toolgate serve``) and its client.
     'ALLOW'
 """
 
+from typing import TYPE_CHECKING
+
 from toolgate._core import (
     Decision,
     Engine,
@@ -18,7 +20,9 @@ from toolgate._core import (
     ValidationError,
     __version__,
 )
-from toolgate.client import Client
+
+if TYPE_CHECKING:
+    from toolgate.client import Client
 
 __all__ = [
     "Client",
@@ -31,3 +35,13 @@ __all__ = [
     "ValidationError",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The client loads grpcio (~11 MiB): imported when first asked for, so a sidecar serving
+    # on the native transport never loads it.
+    if name == "Client":
+        from toolgate.client import Client
+
+        return Client
+    raise AttributeError(f"module 'toolgate' has no attribute {name!r}")

@@ -15,12 +15,12 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from toolgate._core import Approvals, Engine
-from toolgate.admin import AdminServer, ApprovalsService, load_tokens
 from toolgate.approvals import (
     STATES,
     ApprovalRecorder,
@@ -30,6 +30,9 @@ from toolgate.approvals import (
     reconcile,
 )
 from toolgate.webhook import DeliveryCounts, Notifier
+
+if TYPE_CHECKING:
+    from toolgate.admin import AdminServer
 
 log = logging.getLogger("toolgate.approvals")
 
@@ -134,6 +137,9 @@ class ApprovalRuntime:
         if coordinating:
             reconcile(self.approvals, self.store)
             if opts.admin_tokens is not None:
+                # The admin listener is a grpcio server, loaded only when one is asked for.
+                from toolgate.admin import AdminServer, ApprovalsService, load_tokens
+
                 service = ApprovalsService(
                     self.approvals, self.store, load_tokens(opts.admin_tokens)
                 )

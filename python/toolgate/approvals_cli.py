@@ -10,11 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import grpc
 from google.protobuf.json_format import MessageToDict
 
-from toolgate.client import channel
-from toolgate.v1 import approvals_pb2, approvals_pb2_grpc
+from toolgate.v1 import approvals_pb2
 
 
 def _dict(approval: approvals_pb2.Approval) -> dict[str, Any]:
@@ -28,6 +26,12 @@ def _line(a: approvals_pb2.Approval) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # grpcio is loaded by the command that needs it, not by every `toolgate` command.
+    import grpc
+
+    from toolgate.client import channel
+    from toolgate.v1 import approvals_pb2_grpc
+
     try:
         token = Path(args.token_file).read_text().strip()
     except OSError as err:

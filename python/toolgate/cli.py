@@ -9,8 +9,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 from toolgate import Engine, Policy, PolicyError
 
 
@@ -66,6 +64,12 @@ def _decide(args: argparse.Namespace) -> int:
         )
         return 1
     decide = _remote_decider(args.target) if args.target else _local_decider(args.policy)
+    # grpcio only for a remote decision: a local one (and `toolgate serve`) never loads it.
+    rpc_error: tuple[type[Exception], ...] = ()
+    if args.target:
+        import grpc
+
+        rpc_error = (grpc.RpcError,)
     if decide is None:
         return 1
     arguments = None
@@ -93,7 +97,7 @@ def _decide(args: argparse.Namespace) -> int:
                 arguments=arguments,
                 dry_run=args.dry_run,
             )
-        except grpc.RpcError as err:
+        except rpc_error as err:
             print(f"toolgate decide: {err.code().name}: {err.details()}", file=sys.stderr)
             return 1
         print(json.dumps(decision), flush=True)
@@ -103,6 +107,7 @@ def _decide(args: argparse.Namespace) -> int:
 def _health(args: argparse.Namespace) -> int:
     """Exit 0 if the sidecar reports SERVING for the service, 1 otherwise: a probe for
     containers whose sidecar listens on loopback, where the kubelet's gRPC probe cannot reach."""
+    import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from toolgate.client import channel

@@ -11,11 +11,13 @@ from configured headers or from the claims of a JWT that Envoy verified (:class:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-import grpc
+from typing import TYPE_CHECKING
 
 from toolgate._core import EnvoyAuthz
 from toolgate.service import unary_bytes_handler
+
+if TYPE_CHECKING:
+    import grpc
 
 SERVICE_NAME = "envoy.service.auth.v3.Authorization"
 
@@ -75,6 +77,8 @@ def parse_subject_source(text: str) -> str | None:
 
 def authorization_handler(authz: EnvoyAuthz) -> grpc.GenericRpcHandler:
     """The ``Check`` handler of the grpcio transport, answered by ``authz``."""
+    import grpc
+
     return grpc.method_handlers_generic_handler(
         SERVICE_NAME, {"Check": unary_bytes_handler(authz.check_wire)}
     )

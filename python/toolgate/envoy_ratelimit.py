@@ -8,16 +8,21 @@ The mapping (domain, entries, ``hits_addend``) is described in docs/envoy.md.
 
 from __future__ import annotations
 
-import grpc
+from typing import TYPE_CHECKING
 
 from toolgate._core import Engine, EnvoyRateLimit
 from toolgate.service import unary_bytes_handler
+
+if TYPE_CHECKING:
+    import grpc
 
 SERVICE_NAME = "envoy.service.ratelimit.v3.RateLimitService"
 
 
 def rate_limit_handler(engine: Engine) -> grpc.GenericRpcHandler:
     """The ``ShouldRateLimit`` handler, answered by ``engine``."""
+    import grpc
+
     service = EnvoyRateLimit(engine)
     return grpc.method_handlers_generic_handler(
         SERVICE_NAME,

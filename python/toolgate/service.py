@@ -7,10 +7,14 @@ decodes, decides and encodes the response, so a decision costs the Python layer 
 from __future__ import annotations
 
 from collections.abc import Callable
-
-import grpc
+from typing import TYPE_CHECKING
 
 from toolgate._core import Engine
+
+# grpcio is imported where a grpcio server is built: the native transport never loads it
+# (it is ~11 MiB of the sidecar's memory).
+if TYPE_CHECKING:
+    import grpc
 
 SERVICE_NAME = "toolgate.v1.Decider"
 
@@ -33,6 +37,7 @@ def unary_bytes_handler(call: Callable[[bytes], bytes]) -> grpc.RpcMethodHandler
     decides and encodes) and returns its bytes: DEADLINE_EXCEEDED if the caller has already
     given up (a proxy that answered 503 after its timeout), so no call is counted that will
     never run; INVALID_ARGUMENT if the bytes are not the method's request message."""
+    import grpc
 
     def handle(request: bytes, context: grpc.ServicerContext) -> bytes:
         if deadline_passed(context):
@@ -48,6 +53,8 @@ def unary_bytes_handler(call: Callable[[bytes], bytes]) -> grpc.RpcMethodHandler
 
 def decider_handler(engine: Engine) -> grpc.GenericRpcHandler:
     """Handlers for Decide, DecideBatch and Release, answered by ``engine``."""
+    import grpc
+
     return grpc.method_handlers_generic_handler(
         SERVICE_NAME,
         {

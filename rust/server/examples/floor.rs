@@ -1,7 +1,8 @@
 //! The native transport's floor, for the benchmarks (bench/wire_bench.py): the sidecar's
 //! stack (tonic on a tokio runtime of `--threads` worker threads, TCP_NODELAY, one listener)
-//! serving `toolgate.v1.Decider/Decide` with a constant answer. What `toolgate serve` adds
-//! over it is the decision, its bookkeeping and the sidecar's extra services and layers.
+//! serving `toolgate.v1.Decider/Decide` and Envoy's `Authorization/Check` with constant
+//! answers. What `toolgate serve` adds over it is the decision, its bookkeeping and the
+//! sidecar's extra services and layers.
 //!
 //! ```sh
 //! cargo build --release -p toolgate-server --example floor
@@ -10,8 +11,13 @@
 //!
 //! `--response FILE`: a serialized `DecideResponse` to answer (the benchmark passes the
 //! sidecar's own answer to its request, so the bytes on the wire match); default, an ALLOW
-//! with one limit state shaped like it. Runs until killed.
+//! with one limit state shaped like it. `--check-response FILE`: a serialized
+//! `CheckResponse` to answer `Check` with (default: OK, nothing else). Runs until killed.
+//!
+//! It allocates with mimalloc, as the sidecar's extension does, so the two differ only in
+//! what the sidecar does per call.
 
+use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use prost::Message;
 use std::net::SocketAddr;
 use tonic::transport::server::TcpIncoming;
@@ -20,6 +26,10 @@ use toolgate_server::decider::pb::{
     self, decider_server::Decider, decider_server::DeciderServer, DecideBatchRequest,
     DecideBatchResponse, DecideRequest, DecideResponse, ReleaseRequest, ReleaseResponse,
 };
+use toolgate_server::grpc::envoy::authorization_server::{Authorization, AuthorizationServer};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 struct Floor {
     answer: DecideResponse,
@@ -47,6 +57,17 @@ impl Decider for Floor {
     }
 }
 
+struct CheckFloor {
+    answer: CheckResponse,
+}
+
+#[tonic::async_trait]
+impl Authorization for CheckFloor {
+    async fn check(&self, _: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+        Ok(Response::new(self.answer.clone()))
+    }
+}
+
 fn default_answer() -> DecideResponse {
     DecideResponse {
         verdict: pb::Verdict::Allow as i32,
@@ -71,12 +92,14 @@ struct Args {
     listen: SocketAddr,
     threads: usize,
     answer: DecideResponse,
+    check_answer: CheckResponse,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut listen: SocketAddr = "127.0.0.1:50071".parse().expect("a valid address");
     let mut threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut answer = default_answer();
+    let mut check_answer = CheckResponse::default();
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or(format!("{flag} needs a value"));
@@ -89,6 +112,12 @@ fn parse_args() -> Result<Args, String> {
                 answer = DecideResponse::decode(bytes.as_slice())
                     .map_err(|e| format!("{path}: not a DecideResponse: {e}"))?;
             }
+            "--check-response" => {
+                let path = value()?;
+                let bytes = std::fs::read(&path).map_err(|e| format!("{path}: {e}"))?;
+                check_answer = CheckResponse::decode(bytes.as_slice())
+                    .map_err(|e| format!("{path}: not a CheckResponse: {e}"))?;
+            }
             _ => return Err(format!("unknown argument {flag:?}")),
         }
     }
@@ -99,13 +128,17 @@ fn parse_args() -> Result<Args, String> {
         listen,
         threads,
         answer,
+        check_answer,
     })
 }
 
 fn main() {
     let args = parse_args().unwrap_or_else(|e| {
         eprintln!("floor: {e}");
-        eprintln!("usage: floor [--listen HOST:PORT] [--threads N] [--response FILE]");
+        eprintln!(
+            "usage: floor [--listen HOST:PORT] [--threads N] [--response FILE] \
+             [--check-response FILE]"
+        );
         std::process::exit(2);
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -124,6 +157,9 @@ fn main() {
         tonic::transport::Server::builder()
             .add_service(DeciderServer::new(Floor {
                 answer: args.answer,
+            }))
+            .add_service(AuthorizationServer::new(CheckFloor {
+                answer: args.check_answer,
             }))
             .serve_with_incoming(incoming)
             .await

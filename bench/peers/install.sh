@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Install the peers that bench/peers_bench.py measures toolgate against, into target/peers/
+# (never needed by the tests). Idempotent: a peer already built at the pinned version is kept.
+#
+#   bench/peers/install.sh                      # both
+#   bench/peers/install.sh limitador            # or one: limitador | opa
+#   LIMITADOR_SRC=DIR bench/peers/install.sh    # where Limitador's source is (see below)
+#
+# - Limitador (Kuadrant/limitador, Envoy's rate limit service), built from source: it is not
+#   on crates.io. LIMITADOR_SRC is a git clone of github.com/Kuadrant/limitador (a bare
+#   repository or a work tree), from which the pinned commit is exported; default:
+#   target/peers/src/limitador-git. Its build needs protoc (tonic-prost-build), libclang
+#   (rocksdb's bindings) and perl/make (vendored OpenSSL): installed with apt-get if missing.
+# - OPA with its Envoy plugin (open-policy-agent/opa-envoy-plugin), `go install` from the Go
+#   module proxy at the pinned tag.
+#
+# Binaries: target/peers/bin/limitador-server, target/peers/bin/opa-envoy-plugin.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+PEERS=$ROOT/target/peers
+BIN=$PEERS/bin
+LIMITADOR_COMMIT=2981b2bd389d42cf668519f9aa981a53541c4278 # main, 2026 (server 2.4.0-dev)
+OPA_ENVOY_VERSION=v1.15.2-envoy
+mkdir -p "$BIN"
+
+apt_need() { # install the Debian packages that are missing
+    local missing=()
+    for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+    if ((${#missing[@]})); then
+        echo "apt-get install ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    fi
+}
+
+install_limitador() {
+    local stamp=$PEERS/limitador.version
+    if [[ -x $BIN/limitador-server && $(cat "$stamp" 2>/dev/null) == "$LIMITADOR_COMMIT" ]]; then
+        echo "limitador-server: already built at ${LIMITADOR_COMMIT:0:10}"
+        return
+    fi
+    local src=${LIMITADOR_SRC:-$PEERS/src/limitador-git}
+    if ! git --git-dir="$src" rev-parse -q --verify "$LIMITADOR_COMMIT^{commit}" >/dev/null 2>&1 &&
+        ! git -C "$src" rev-parse -q --verify "$LIMITADOR_COMMIT^{commit}" >/dev/null 2>&1; then
+        echo "no Limitador source with commit $LIMITADOR_COMMIT at $src:" >&2
+        echo "  clone github.com/Kuadrant/limitador there, or set LIMITADOR_SRC" >&2
+        exit 1
+    fi
+    apt_need protobuf-compiler libclang-dev clang perl make pkg-config
+    local tree=$PEERS/src/limitador
+    rm -rf "$tree" && mkdir -p "$tree"
+    # Only what the build reads (a snapshot may lack large unrelated files, e.g. a profile).
+    local paths=(Cargo.toml Cargo.lock limitador limitador-server)
+    { git --git-dir="$src" archive "$LIMITADOR_COMMIT" "${paths[@]}" 2>/dev/null ||
+        git -C "$src" archive "$LIMITADOR_COMMIT" "${paths[@]}"; } | tar -x -C "$tree"
+    # GIT_CEILING_DIRECTORIES: its build script asks git for a hash; not this repository's.
+    (cd "$tree" && GIT_CEILING_DIRECTORIES=$PEERS/src CARGO_TARGET_DIR=$PEERS/limitador-target \
+        cargo build --release --locked -p limitador-server)
+    cp "$PEERS/limitador-target/release/limitador-server" "$BIN/"
+    echo "$LIMITADOR_COMMIT" >"$stamp"
+    "$BIN/limitador-server" --version
+}
+
+install_opa() {
+    local stamp=$PEERS/opa-envoy-plugin.version
+    if [[ -x $BIN/opa-envoy-plugin && $(cat "$stamp" 2>/dev/null) == "$OPA_ENVOY_VERSION" ]]; then
+        echo "opa-envoy-plugin: already built at $OPA_ENVOY_VERSION"
+        return
+    fi
+    command -v go >/dev/null || apt_need golang-go
+    # A module of our own that requires the plugin, rather than `go install pkg@version`:
+    # that also asks the proxy for the module's version list, which the proxy here refuses.
+    local mod=$PEERS/src/opa-envoy-build
+    rm -rf "$mod" && mkdir -p "$mod"
+    cat >"$mod/go.mod" <<GOMOD
+module toolgate.bench/opa-envoy-build
+
+go 1.25.0
+
+require github.com/open-policy-agent/opa-envoy-plugin $OPA_ENVOY_VERSION
+GOMOD
+    (cd "$mod" && GOFLAGS=-mod=mod CGO_ENABLED=0 \
+        go build -o "$BIN/opa-envoy-plugin" github.com/open-policy-agent/opa-envoy-plugin/cmd/opa-envoy-plugin)
+    echo "$OPA_ENVOY_VERSION" >"$stamp"
+    "$BIN/opa-envoy-plugin" version | head -3
+}
+
+what=${1:-all}
+case $what in
+    all) install_opa; install_limitador ;;
+    limitador) install_limitador ;;
+    opa) install_opa ;;
+    *) echo "usage: $0 [all|limitador|opa]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,446 @@
+"""Microseconds on the wire: the native transport against its floors, ``--threads`` against
+``--workers``, and the sidecar's idle memory. Driven by h2load; run on purpose, never by the
+tests.
+
+Parts (``--part``, repeatable; default all):
+
+- ``floor``: ``toolgate serve`` (native, the default transport) against a Rust
+  constant-answer server on the same stack (``rust/server/examples/floor.rs``: tonic on
+  tokio, the same ``--threads``), the grpcio transport (``--transport grpcio``) and the
+  grpcio floor (``bench/grpc_floor.py``). Both floors answer the sidecar's own answer to the
+  bench request, so the bytes on the wire match. One request in flight (``-c 1 -m 1``, n
+  requests) and saturated (``-c 16 -m 8``, time-bounded ``-D``), the four servers taking
+  turns with the order rotated each run. Aims: native p50 one in flight ≤ 1.1x the Rust
+  floor's; saturated ≥ 0.85x the Rust floor's; native saturated ≥ 10x the grpcio transport.
+- ``threads``: the native transport as one process with ``--threads 2`` against
+  ``--workers 2`` (each worker with its default threads) and ``--workers 2 --threads 1``,
+  saturated, interleaved: throughput and CPU per call.
+- ``rss``: VmRSS of ``toolgate serve --policy examples/policy.json`` (default table), idle,
+  a few seconds after it first answers (aim ≤ 60 MiB); the grpcio transport beside it.
+
+Each load run waits for the machine to be quiet first (``grpc_bench.wait_quiet``, up to
+``--quiet-wait`` s), records how busy it was and the hypervisor's steal, and checks the
+sidecar's limit counted every completed call (h2load counts gRPC errors as successes).
+Server CPU per call is utime + stime of the server's processes (all threads) from /proc.
+
+    .venv/bin/python bench/wire_bench.py                      # all parts, writes RESULTS.md
+    .venv/bin/python bench/wire_bench.py --part floor --print # one part, print only
+    .venv/bin/python bench/wire_bench.py --runs 1 -n1 3000 --sat-seconds 3 --print   # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc_bench as gb
+
+ROOT = gb.ROOT
+FLOOR_BIN = ROOT / "target" / "release" / "examples" / "floor"
+EXAMPLE_POLICY = ROOT / "examples" / "policy.json"
+JSON_OUT = ROOT / "target" / "bench-wire.json"
+BEGIN, END = "<!-- BEGIN wire -->", "<!-- END wire -->"
+SECTION = "## Microseconds on the wire: native transport, floors, threads, memory"
+X = gb.X
+AIM_P50 = 1.1
+AIM_SAT = 0.85
+AIM_GRPCIO = 10.0
+AIM_RSS_MIB = 60
+
+
+def build_floor() -> None:
+    subprocess.run(
+        ["cargo", "build", "--release", "-q", "-p", "toolgate-server", "--example", "floor"],
+        cwd=ROOT,
+        check=True,
+    )
+
+
+def serve_cmd(port: int, *extra: str, policy: Path = gb.POLICY) -> list[str]:
+    return [
+        gb.toolgate_exe(),
+        "serve",
+        "--policy",
+        str(policy),
+        "--metrics-listen",
+        "off",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--drain",
+        "0",
+        *extra,
+    ]
+
+
+def timed(server: gb.Server, body: Path, run: gb.Run, workdir: Path, args) -> gb.Run:
+    r = gb.run_h2load(server, body, run, workdir, args.timeout, (args.quiet_wait, args.quiet))
+    if not r.counted_ok():
+        raise RuntimeError(
+            f"{server.name}: the limit counted {r.consumed} calls, h2load {r.succeeded} "
+            f"succeeded and {r.failed} failed"
+        )
+    print(
+        f"{r.load:9} {r.server:14} run {r.index}: {r.rps:9,.0f} req/s  p50 "
+        f"{gb.fmt_us(r.p50):>8}  p99 {gb.fmt_us(r.p99):>8}  cpu/req {r.server_cpu_us:5.1f} µs"
+        f"  busy before {r.quiet_before:.2f}  other {r.other_cores:.2f}  steal "
+        f"{r.steal_cores:.2f}  h2load {r.h2load_cores:.2f} cores",
+        file=sys.stderr,
+    )
+    return r
+
+
+def warm(servers: dict[str, gb.Server], body: Path, args) -> None:
+    for s in servers.values():
+        subprocess.run(
+            gb.h2load_cmd(f"http://127.0.0.1:{s.port}{gb.METHOD}", body, 4, 4, n=args.warmup),
+            capture_output=True,
+            timeout=args.timeout,
+            check=True,
+        )
+
+
+def interleave(servers, names, body, workdir, args, loads) -> list[gb.Run]:
+    runs = []
+    for load, c, m in loads:
+        for i in range(1, args.runs + 1):
+            for name in gb.rotated(names, i):
+                run = gb.Run(load, name, i, args.n_single, c, m)
+                if load == "saturated":
+                    run.duration, run.n = args.sat_seconds, 0
+                runs.append(timed(servers[name], body, run, workdir, args))
+    return runs
+
+
+def per_run_ratios(runs, load, a, b, attr) -> list[float]:
+    out = []
+    for i in sorted({r.index for r in runs}):
+        ra = [r for r in runs if (r.load, r.server, r.index) == (load, a, i)]
+        rb = [r for r in runs if (r.load, r.server, r.index) == (load, b, i)]
+        if ra and rb and getattr(rb[0], attr):
+            out.append(getattr(ra[0], attr) / getattr(rb[0], attr))
+    return out
+
+
+def med(runs, load, name, attr) -> float:
+    xs = [getattr(r, attr) for r in runs if r.load == load and r.server == name]
+    return statistics.median(xs) if xs else float("nan")
+
+
+def busy_line(runs: list[gb.Run]) -> str:
+    return (
+        f"Machine during the runs: busy before each run (cores, 1 s sample) "
+        f"{min(r.quiet_before for r in runs):.2f}\u2013{max(r.quiet_before for r in runs):.2f}, "
+        f"other processes during them {min(r.other_cores for r in runs):.2f}\u2013"
+        f"{max(r.other_cores for r in runs):.2f} cores, steal "
+        f"{min(r.steal_cores for r in runs):.2f}\u2013{max(r.steal_cores for r in runs):.2f}, "
+        f"h2load {min(r.h2load_cores for r in runs):.2f}\u2013"
+        f"{max(r.h2load_cores for r in runs):.2f} cores."
+    )
+
+
+def fmt_ratio(xs: list[float]) -> str:
+    if not xs:
+        return "\u2013"
+    return f"**{statistics.median(xs):.2f}{X}** ({', '.join(f'{x:.2f}' for x in xs)})"
+
+
+# --- parts ---------------------------------------------------------------------------------
+
+
+def part_floor(args, workdir: Path, body: Path, response: Path, out: dict) -> list[str]:
+    t = str(args.threads)
+    servers: dict[str, gb.Server] = {}
+    names = ["native", "floor-rust", "grpcio", "floor-grpcio"]
+    try:
+        p = gb.free_port()
+        servers["native"] = gb.start_server(
+            "decide-native",
+            serve_cmd(p, "--transport", "native", "--threads", t),
+            p,
+            workdir,
+            gb.decide_request(dry_run=True),
+        )
+        p = gb.free_port()
+        servers["floor-rust"] = gb.start_server(
+            "floor-rust",
+            [
+                str(FLOOR_BIN),
+                "--listen",
+                f"127.0.0.1:{p}",
+                "--threads",
+                t,
+                "--response",
+                str(response),
+            ],
+            p,
+            workdir,
+            gb.decide_request(),
+        )
+        p = gb.free_port()
+        servers["grpcio"] = gb.start_server(
+            "decide-grpcio",
+            serve_cmd(p, "--transport", "grpcio"),
+            p,
+            workdir,
+            gb.decide_request(dry_run=True),
+        )
+        p = gb.free_port()
+        servers["floor-grpcio"] = gb.start_server(
+            "floor-grpcio",
+            [
+                sys.executable,
+                str(gb.FLOOR_SCRIPT),
+                "--listen",
+                f"127.0.0.1:{p}",
+                "--response",
+                str(response),
+            ],
+            p,
+            workdir,
+            gb.decide_request(),
+        )
+        for name in ("floor-rust", "floor-grpcio"):
+            if gb.call_raw(servers[name].port, gb.decide_request()) != response.read_bytes():
+                raise RuntimeError(f"{name}'s answer differs from the sidecar's")
+        warm(servers, body, args)
+        runs = interleave(
+            servers,
+            names,
+            body,
+            workdir,
+            args,
+            [("single", 1, 1), ("saturated", args.c, args.m)],
+        )
+    finally:
+        for s in servers.values():
+            s.stop()
+    rows = [
+        "| load | metric | native | Rust floor | grpcio transport | grpcio floor |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for load, label in (("single", "one in flight"), ("saturated", "saturated")):
+        for attr in ("rps", "p50", "p99", "server_cpu_us"):
+            cells = [gb.show(attr, med(runs, load, n, attr)) for n in names]
+            metric = {"rps": "req/s", "server_cpu_us": "server CPU / call"}.get(attr, attr)
+            rows.append(f"| {label} | {metric} | " + " | ".join(cells) + " |")
+    p50 = per_run_ratios(runs, "single", "native", "floor-rust", "p50")
+    sat = per_run_ratios(runs, "saturated", "native", "floor-rust", "rps")
+    vs_grpcio = per_run_ratios(runs, "saturated", "native", "grpcio", "rps")
+    cpu = per_run_ratios(runs, "saturated", "native", "floor-rust", "server_cpu_us")
+    grpcio_floor = per_run_ratios(runs, "saturated", "grpcio", "floor-grpcio", "rps")
+
+    def verdict(xs, aim, higher):
+        return gb.verdict(statistics.median(xs), aim, higher) if xs else "\u2013"
+
+    rows += [
+        "",
+        "Ratios, median of the per-run ratios (each run: the four back to back), the runs "
+        "in brackets:",
+        "",
+        "| ratio | value | aim | |",
+        "|---|---|---|---|",
+        f"| native / Rust floor, p50 one in flight | {fmt_ratio(p50)} | ≤ {AIM_P50}{X} | "
+        f"{verdict(p50, AIM_P50, False)} |",
+        f"| native / Rust floor, saturated req/s | {fmt_ratio(sat)} | ≥ {AIM_SAT}{X} | "
+        f"{verdict(sat, AIM_SAT, True)} |",
+        f"| native / grpcio transport, saturated req/s | {fmt_ratio(vs_grpcio)} | "
+        f"≥ {AIM_GRPCIO:g}{X} | {verdict(vs_grpcio, AIM_GRPCIO, True)} |",
+        f"| native / Rust floor, server CPU per call, saturated | {fmt_ratio(cpu)} | | |",
+        f"| grpcio transport / grpcio floor, saturated req/s | {fmt_ratio(grpcio_floor)} | | |",
+        "",
+        busy_line(runs),
+    ]
+    out["floor"] = {
+        "medians": {
+            f"{n}/{load}": {
+                a: med(runs, load, n, a) for a in ("rps", "p50", "p99", "server_cpu_us")
+            }
+            for n in names
+            for load in ("single", "saturated")
+        },
+        "ratios": {
+            "p50_native_floor": p50,
+            "sat_native_floor": sat,
+            "sat_native_grpcio": vs_grpcio,
+            "cpu_native_floor": cpu,
+        },
+    }
+    return rows
+
+
+def part_threads(args, workdir: Path, body: Path, out: dict) -> list[str]:
+    configs = {
+        "threads-2": ["--threads", "2"],
+        "workers-2": ["--workers", "2"],
+        "workers-2-threads-1": ["--workers", "2", "--threads", "1"],
+    }
+    servers: dict[str, gb.Server] = {}
+    try:
+        for name, extra in configs.items():
+            p = gb.free_port()
+            workers = 2 if "--workers" in extra else 1
+            servers[name] = gb.start_server(
+                f"decide-{name}",
+                serve_cmd(p, "--transport", "native", *extra),
+                p,
+                workdir,
+                gb.decide_request(dry_run=True),
+                workers=workers,
+            )
+        warm(servers, body, args)
+        runs = interleave(
+            servers, list(configs), body, workdir, args, [("saturated", args.c, args.m)]
+        )
+    finally:
+        for s in servers.values():
+            s.stop()
+    names = list(configs)
+    rows = [
+        "| config | processes \u00d7 threads | req/s | p50 | p99 | server CPU / call | "
+        "server cores busy | req/s vs `--threads 2` | CPU/call vs `--threads 2` |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    shape = {
+        "threads-2": "1 \u00d7 2",
+        "workers-2": "2 \u00d7 2",
+        "workers-2-threads-1": "2 \u00d7 1",
+    }
+    flags = {k: " ".join(v) for k, v in configs.items()}
+    for n in names:
+        rr = per_run_ratios(runs, "saturated", n, "threads-2", "rps")
+        cr = per_run_ratios(runs, "saturated", n, "threads-2", "server_cpu_us")
+        rows.append(
+            f"| `{flags[n]}` | {shape[n]} | {med(runs, 'saturated', n, 'rps'):,.0f} | "
+            f"{gb.fmt_us(med(runs, 'saturated', n, 'p50'))} | "
+            f"{gb.fmt_us(med(runs, 'saturated', n, 'p99'))} | "
+            f"{med(runs, 'saturated', n, 'server_cpu_us'):.1f} µs | "
+            f"{med(runs, 'saturated', n, 'server_cores'):.2f} | "
+            f"{fmt_ratio(rr) if n != 'threads-2' else '1'} | "
+            f"{fmt_ratio(cr) if n != 'threads-2' else '1'} |"
+        )
+    rows += ["", busy_line(runs)]
+    out["threads"] = {
+        n: {a: med(runs, "saturated", n, a) for a in ("rps", "p50", "p99", "server_cpu_us")}
+        for n in names
+    }
+    return rows
+
+
+def rss_kib(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total
+
+
+def part_rss(args, workdir: Path, out: dict) -> list[str]:
+    from toolgate.v1 import decider_pb2 as pb
+
+    probe = pb.DecideRequest(
+        tool="describe_instances", subject=pb.Subject(grant="g"), dry_run=True
+    ).SerializeToString()
+    rows = [
+        "| transport | VmRSS after start (idle) | aim |",
+        "|---|---:|---|",
+    ]
+    out["rss"] = {}
+    for transport in ("native", "grpcio"):
+        p, mp = gb.free_port(), gb.free_port()
+        cmd = serve_cmd(p, "--transport", transport, policy=EXAMPLE_POLICY)
+        cmd[cmd.index("--metrics-listen") + 1] = f"127.0.0.1:{mp}"
+        s = gb.start_server(f"rss-{transport}", cmd, p, workdir, probe)
+        try:
+            metrics = urllib.request.urlopen(f"http://127.0.0.1:{mp}/metrics", timeout=5).read()
+            if b"toolgate_decisions_total" not in metrics:
+                raise RuntimeError(f"{transport}: /metrics does not count decisions")
+            time.sleep(args.rss_settle)
+            kib = rss_kib(s.pids())
+        finally:
+            s.stop()
+        mib = kib / 1024
+        out["rss"][transport] = mib
+        aim = f"≤ {AIM_RSS_MIB} MiB: {gb.verdict(mib, AIM_RSS_MIB, False)}"
+        rows.append(f"| {transport} | {mib:.1f} MiB | {aim if transport == 'native' else ''} |")
+    rows += [
+        "",
+        f"`toolgate serve --policy examples/policy.json` (default counter table, "
+        f"{2**16:,} slots; /metrics on), one dry-run Decide answered and /metrics scraped "
+        f"once, then {args.rss_settle:g} s idle; VmRSS of the process from /proc/PID/status.",
+    ]
+    return rows
+
+
+# --- main ----------------------------------------------------------------------------------
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--part", action="append", choices=["floor", "threads", "rss"])
+    p.add_argument("--threads", type=int, default=2, help="native and Rust floor threads (2)")
+    p.add_argument("-n1", "--n-single", type=int, default=10_000, help="one in flight, per run")
+    p.add_argument("--sat-seconds", type=float, default=5.0, help="saturated run, h2load -D")
+    p.add_argument("-c", type=int, default=16, help="saturated: connections (16)")
+    p.add_argument("-m", type=int, default=8, help="saturated: streams per connection (8)")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=3000)
+    p.add_argument("--quiet-wait", type=float, default=30.0, help="wait up to s for quiet")
+    p.add_argument("--quiet", type=float, default=0.3, help="'quiet': under this many cores")
+    p.add_argument("--timeout", type=float, default=120.0, help="bound on one h2load run, s")
+    p.add_argument("--rss-settle", type=float, default=3.0)
+    p.add_argument("--no-build", action="store_true", help="don't (re)build the Rust floor")
+    p.add_argument("--print", dest="write", action="store_false", help="don't write RESULTS.md")
+    args = p.parse_args()
+    parts = args.part or ["floor", "threads", "rss"]
+    if "floor" in parts and not args.no_build:
+        build_floor()
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="wire-bench-"))
+    body = workdir / "decide.body"
+    body.write_bytes(gb.grpc_frame(gb.decide_request()))
+    from toolgate._core import Engine
+
+    response = workdir / "response.bin"
+    response.write_bytes(Engine.from_file(gb.POLICY).decide_wire(gb.decide_request()))
+    out: dict = {"when": time.time()}
+    lines = [
+        gb.written_by("wire_bench.py") + "; "
+        f"h2load `-t 1`, one in flight `-c 1 -m 1` \u00d7 {args.n_single:,} requests, saturated "
+        f"`-c {args.c} -m {args.m}` for {args.sat_seconds:g} s; {args.runs} runs, medians; "
+        f"native and Rust floor `--threads {args.threads}`, grpcio 8 threads.",
+    ]
+    try:
+        if "floor" in parts:
+            lines += ["", "**Native vs floors vs grpcio** (`--part floor`)", ""]
+            lines += part_floor(args, workdir, body, response, out)
+        if "threads" in parts:
+            lines += ["", "**`--threads` vs `--workers`**, saturated (`--part threads`)", ""]
+            lines += part_threads(args, workdir, body, out)
+        if "rss" in parts:
+            lines += ["", "**Idle memory** (`--part rss`)", ""]
+            lines += part_rss(args, workdir, out)
+    finally:
+        import shutil
+
+        shutil.rmtree(workdir, ignore_errors=True)
+    lines += ["", f"Took {time.monotonic() - started:.0f} s."]
+    gb.publish(
+        "\n".join(lines), "wire_bench.py", "microseconds-on-the-wire", (BEGIN, END, SECTION),
+        args.write, JSON_OUT, out,
+    )  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
