@@ -120,6 +120,11 @@ impl Engine {
         self.store.get().is_some_and(|s| s.blocks())
     }
 
+    /// Whether a remote counter store answers slowly now ([`CounterStore::slow`]).
+    pub fn store_slow(&self) -> bool {
+        self.store.get().is_some_and(|s| s.slow())
+    }
+
     /// The table this engine counts in when it has no store (and a store falls back to).
     pub fn table_arc(&self) -> Arc<CounterTable> {
         Arc::clone(&self.table)

@@ -44,10 +44,17 @@ pub trait CounterStore: Send + Sync {
     /// Give reservation `id` back: true if it was held and now is not.
     fn release(&self, stats: &Stats, id: u64) -> bool;
 
-    /// Whether a decision may wait on the network (a server then lets other work run on
-    /// the thread's runtime meanwhile).
+    /// Whether a decision may wait on the network (a caller then lets other threads run
+    /// meanwhile, e.g. releases Python's GIL).
     fn blocks(&self) -> bool {
         true
+    }
+
+    /// Whether its waits are long now (the store answers slowly or not at all), so a server
+    /// should hand the deciding thread's other work to another thread before deciding. A
+    /// hand-off costs more than a fast round trip, so it is made only when it pays.
+    fn slow(&self) -> bool {
+        false
     }
 }
 

@@ -105,10 +105,12 @@ pub fn grpc_timeout(value: &str) -> Option<Duration> {
     })
 }
 
-/// Run a decision on this thread. With a counter store that waits on the network (Redis),
-/// the runtime first hands this thread's other tasks to another thread, so they go on.
+/// Run a decision on this thread. A decision that asks Redis waits for its answer on this
+/// thread: for a fast round trip that is cheaper than handing the call to another thread.
+/// While Redis is slow, the runtime first hands this thread's other tasks to another
+/// thread, so the calls that need no count go on.
 fn deciding<T>(engine: &Engine, decide: impl FnOnce() -> T) -> T {
-    if engine.store_blocks() {
+    if engine.store_slow() {
         tokio::task::block_in_place(decide)
     } else {
         decide()

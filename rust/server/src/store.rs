@@ -348,8 +348,25 @@ fn wall_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
+thread_local! {
+    /// This thread's own connection: (store id, its generation, connection).
+    static PER_THREAD: std::cell::RefCell<Option<(u64, u64, redis::Connection)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Tells stores apart in [`PER_THREAD`] (tests run several in one process).
+static STORE_IDS: AtomicU64 = AtomicU64::new(1);
+
+/// A round trip longer than this marks the store [`CounterStore::slow`] until one is not.
+const SLOW_ROUND_TRIP: Duration = Duration::from_micros(500);
+
 struct Link {
     client: redis::Client,
+    /// The client deciding threads connect with: `client` with its host name resolved
+    /// by the background task, so no decision waits on DNS.
+    direct: RwLock<Option<redis::Client>>,
+    /// The last round trip was slow or failed.
+    slow: AtomicBool,
     connection: RwLock<Option<ConnectionManager>>,
     reconnecting: AtomicBool,
     timeouts: AtomicU32,
@@ -358,6 +375,9 @@ struct Link {
 /// The Redis counter store.
 pub struct RedisStore {
     config: RedisConfig,
+    id: u64,
+    /// Bumped when the link is found dead, so every thread makes a new connection.
+    generation: AtomicU64,
     runtime: tokio::runtime::Runtime,
     link: Arc<Link>,
     reserve: Arc<Script>,
@@ -400,9 +420,13 @@ impl RedisStore {
         }
         let store = RedisStore {
             config,
+            id: STORE_IDS.fetch_add(1, Relaxed),
+            generation: AtomicU64::new(0),
             runtime,
             link: Arc::new(Link {
                 client,
+                direct: RwLock::new(None),
+                slow: AtomicBool::new(false),
                 connection: RwLock::new(None),
                 reconnecting: AtomicBool::new(false),
                 timeouts: AtomicU32::new(0),
@@ -472,7 +496,9 @@ impl RedisStore {
                         release.prepare_invoke().load_async(&mut c).await
                     })
                     .await;
-                    if matches!(loaded, Ok(Ok(_))) {
+                    let direct = tokio::time::timeout(budget * 10, resolved(&link.client)).await;
+                    if let (Ok(Ok(_)), Ok(Some(direct))) = (loaded, direct) {
+                        *link.direct.write().unwrap_or_else(|e| e.into_inner()) = Some(direct);
                         *link.connection.write().unwrap_or_else(|e| e.into_inner()) = Some(c);
                         link.timeouts.store(0, Relaxed);
                         link.reconnecting.store(false, Relaxed);
@@ -685,22 +711,36 @@ impl RedisStore {
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<Vec<i64>, StoreError> {
-        let connection = self
-            .link
-            .connection
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let Some(mut connection) = connection else {
+        if !self.connected() {
             self.reconnect();
             stats.count_store_error(StoreError::Connection);
             return Err(StoreError::Connection);
         };
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let budget = self.config.timeout;
-        let script = Arc::clone(script);
         let started = Instant::now();
-        self.runtime.spawn(async move {
+        // The deciding thread asks Redis itself, on a connection of its own: a hand-off to
+        // another thread and back costs more than the round trip on a small machine.
+        let answer = PER_THREAD.with(|slot| {
+            let mut slot = slot.borrow_mut();
+            let mine = (self.id, self.generation.load(Relaxed));
+            let (mut held, fresh) = match slot.take() {
+                Some((id, generation, c)) if (id, generation) == mine => (c, false),
+                _ => {
+                    let direct = self.link.direct.read().unwrap_or_else(|e| e.into_inner());
+                    let Some(client) = direct.as_ref() else {
+                        return Err(redis::RedisError::from((
+                            redis::ErrorKind::IoError,
+                            "not connected yet",
+                        )));
+                    };
+                    let c = client.get_connection_with_timeout(budget)?;
+                    // This call has what the connecting left of its budget; later ones all.
+                    let left = budget.saturating_sub(started.elapsed());
+                    c.set_read_timeout(Some(left.max(Duration::from_micros(100))))?;
+                    c.set_write_timeout(Some(budget))?;
+                    (c, true)
+                }
+            };
             let mut invocation = script.prepare_invoke();
             for k in &keys {
                 invocation.key(k);
@@ -708,27 +748,31 @@ impl RedisStore {
             for a in &args {
                 invocation.arg(a);
             }
-            let answer =
-                tokio::time::timeout(budget, invocation.invoke_async::<Vec<i64>>(&mut connection))
-                    .await;
-            let _ = tx.send(answer);
+            let values = invocation.invoke::<Vec<i64>>(&mut held)?;
+            if fresh {
+                held.set_read_timeout(Some(budget))?;
+            }
+            // Kept only after a whole answer: one read past its budget would leave a late
+            // reply on the connection for the next call to take as its own.
+            *slot = Some((mine.0, mine.1, held));
+            Ok::<_, redis::RedisError>(values)
         });
-        // The task keeps its own budget; the margin only covers a runtime slow to run it.
-        let answer = rx.recv_timeout(budget + Duration::from_millis(50));
         let failed = match answer {
-            Ok(Ok(Ok(values))) => {
-                stats.record_store_rtt(started.elapsed().as_nanos() as u64);
+            Ok(values) => {
+                let took = started.elapsed();
+                stats.record_store_rtt(took.as_nanos() as u64);
+                self.link.slow.store(took > SLOW_ROUND_TRIP, Relaxed);
                 self.link.timeouts.store(0, Relaxed);
                 return Ok(values);
             }
-            Ok(Ok(Err(e))) if e.is_io_error() || e.is_connection_dropped() => {
+            Err(e) if e.is_timeout() => StoreError::Timeout,
+            Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() => {
                 StoreError::Connection
             }
-            Ok(Ok(Err(e))) if e.is_timeout() => StoreError::Timeout,
-            Ok(Ok(Err(_))) => StoreError::Reply,
-            Ok(Err(_)) | Err(_) => StoreError::Timeout,
+            Err(_) => StoreError::Reply,
         };
         stats.count_store_error(failed);
+        self.link.slow.store(failed != StoreError::Reply, Relaxed);
         if failed != StoreError::Reply
             && self.link.timeouts.fetch_add(1, Relaxed) + 1 >= TIMEOUTS_BEFORE_RECONNECT
         {
@@ -738,6 +782,9 @@ impl RedisStore {
                 .connection
                 .write()
                 .unwrap_or_else(|e| e.into_inner()) = None;
+            // Every thread's connection goes too: the next calls make new ones once the
+            // background link answers again.
+            self.generation.fetch_add(1, Relaxed);
             self.reconnect();
         }
         Err(failed)
@@ -767,6 +814,25 @@ impl RedisStore {
             }
         }
     }
+}
+
+/// `client` with its host name looked up now (None: it does not resolve), for connections
+/// made where a DNS wait must not happen.
+async fn resolved(client: &redis::Client) -> Option<redis::Client> {
+    let info = client.get_connection_info();
+    let redis::ConnectionAddr::Tcp(host, port) = &info.addr else {
+        return Some(client.clone());
+    };
+    let ip = tokio::net::lookup_host((host.as_str(), *port))
+        .await
+        .ok()?
+        .next()?
+        .ip();
+    let info = redis::ConnectionInfo {
+        addr: redis::ConnectionAddr::Tcp(ip.to_string(), *port),
+        redis: info.redis.clone(),
+    };
+    redis::Client::open(info).ok()
 }
 
 fn redact(url: &str) -> String {
@@ -905,6 +971,10 @@ impl CounterStore for RedisStore {
 
     fn blocks(&self) -> bool {
         self.cache.is_none()
+    }
+
+    fn slow(&self) -> bool {
+        self.cache.is_none() && self.link.slow.load(Relaxed)
     }
 
     fn release(&self, stats: &Stats, id: u64) -> bool {
