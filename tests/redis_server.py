@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 from sidecar import PATIENCE, dies_with_parent, free_port
 
@@ -27,13 +28,36 @@ def _redis_server() -> str:
     return path
 
 
+def make_certificates(d: Path) -> Path:
+    """A CA (``ca.pem``) and a certificate for ``localhost`` it signed (``server.pem``,
+    ``server.key``), made with openssl; returns the CA's path."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True, timeout=60)
+
+    key = ["-newkey", "rsa:2048", "-nodes"]
+    openssl("req", "-x509", *key, "-days", "2", "-subj", "/CN=test CA", "-keyout", "ca.key",
+            "-out", "ca.pem")  # fmt: skip
+    openssl("req", *key, "-subj", "/CN=localhost", "-keyout", "server.key",
+            "-out", "server.csr")  # fmt: skip
+    (d / "san.ext").write_text("subjectAltName=DNS:localhost\n")
+    sign = ["-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2"]
+    openssl("x509", "-req", "-in", "server.csr", *sign, "-extfile", "san.ext",
+            "-out", "server.pem")  # fmt: skip
+    return d / "ca.pem"
+
+
 class RedisServer:
     """``redis-server`` on 127.0.0.1, a free port and a temporary directory, with no
     persistence: a restart starts empty, as a Redis without a volume does."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: bool = False) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="toolgate-redis-")
         self.port = free_port()
+        #: With ``tls``: TLS only, on ``tls_port``, with a certificate for ``localhost``
+        #: signed by a CA made for this server (``ca``, a PEM file).
+        self.tls_port = free_port() if tls else None
+        self.ca = make_certificates(Path(self._dir.name)) if tls else None
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
 
@@ -41,9 +65,23 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def tls_url(self) -> str:
+        return f"rediss://localhost:{self.tls_port}/0"
+
     def start(self) -> None:
         args = [_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1"]
         args += ["--save", "", "--appendonly", "no", "--dir", self._dir.name]
+        if self.tls_port is not None:
+            d = Path(self._dir.name)
+            args += ["--tls-port", str(self.tls_port), "--tls-auth-clients", "no"]
+            args += [
+                "--tls-cert-file",
+                str(d / "server.pem"),
+                "--tls-key-file",
+                str(d / "server.key"),
+            ]
+            args += ["--tls-ca-cert-file", str(d / "ca.pem")]
         self.proc = subprocess.Popen(
             dies_with_parent(args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )

@@ -280,6 +280,23 @@ def test_reload_and_a_new_pod_keep_counts_and_releases_cross_pods(
         assert codes == ["ALLOWED"] * 3 + ["RATE_LIMITED"], codes
 
 
+def test_rediss_counts_over_tls_and_refuses_an_untrusted_server() -> None:
+    doc = policy({"create-ami": {"limits": [limit("ami", 2, window="hour")]}})
+    with RedisServer(tls=True) as server:
+        assert server.ca is not None
+        trusted = {"SSL_CERT_FILE": str(server.ca)}
+        with Sidecar(doc, *store_args(server.tls_url), env=trusted) as sc:
+            codes = [code(decide(sc.target, "create-ami")) for _ in range(3)]
+            assert codes == ["ALLOWED", "ALLOWED", "RATE_LIMITED"], codes
+        # The counts are on the TLS server (the plain port is the same Redis).
+        assert server.cli("KEYS", "toolgate:c:*"), "no counter on the TLS Redis"
+        # A certificate the sidecar cannot verify is not a store: calls with limits are
+        # denied, never counted elsewhere.
+        with Sidecar(doc, *store_args(server.tls_url, timeout_ms=50)) as sc:
+            d = decide(sc.target, "create-ami")
+            assert code(d) == "STORE_UNAVAILABLE", d
+
+
 def test_an_unreachable_redis_at_start_serves_and_denies(tmp_path: Any) -> None:
     from sidecar import free_port
 

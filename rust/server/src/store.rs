@@ -75,7 +75,8 @@ pub enum Mode {
 
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port/db` (or `unix:` / `redis+unix:`).
+    /// `redis://[user:password@]host:port/db`, `rediss://` for TLS (the server's certificate
+    /// checked against the system's roots, or `SSL_CERT_FILE`), or `unix:` / `redis+unix:`.
     pub url: String,
     /// Put before every key, so deployments can share one Redis.
     pub prefix: String,
@@ -398,9 +399,6 @@ impl RedisStore {
         table: Arc<CounterTable>,
         wait: Duration,
     ) -> Result<RedisStore, String> {
-        if config.url.starts_with("rediss://") {
-            return Err("rediss:// (TLS) is not supported by this build; use redis://".into());
-        }
         let client = redis::Client::open(config.url.as_str())
             .map_err(|e| format!("--store {}: {e}", redact(&config.url)))?;
         if config.timeout.is_zero() {
