@@ -51,7 +51,8 @@ class RedisServer:
     """``redis-server`` on 127.0.0.1, a free port and a temporary directory, with no
     persistence: a restart starts empty, as a Redis without a volume does."""
 
-    def __init__(self, tls: bool = False) -> None:
+    def __init__(self, tls: bool = False, replica_of: int | None = None) -> None:
+        self.replica_of = replica_of
         self._dir = tempfile.TemporaryDirectory(prefix="toolgate-redis-")
         self.port = free_port()
         #: With ``tls``: TLS only, on ``tls_port``, with a certificate for ``localhost``
@@ -72,6 +73,8 @@ class RedisServer:
     def start(self) -> None:
         args = [_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1"]
         args += ["--save", "", "--appendonly", "no", "--dir", self._dir.name]
+        if self.replica_of is not None:
+            args += ["--replicaof", "127.0.0.1", str(self.replica_of)]
         if self.tls_port is not None:
             d = Path(self._dir.name)
             args += ["--tls-port", str(self.tls_port), "--tls-auth-clients", "no"]
@@ -124,6 +127,57 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class SentinelServer:
+    """One Redis Sentinel (``redis-server --sentinel``) on 127.0.0.1 watching ``primary`` as
+    service ``name``; quick to fail over (down after 300 ms), for the tests."""
+
+    def __init__(self, primary: int, name: str = "toolgate") -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="toolgate-sentinel-")
+        self.port = free_port()
+        self.name = name
+        conf = Path(self._dir.name) / "sentinel.conf"
+        conf.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self._dir.name}\n"
+            f"sentinel monitor {name} 127.0.0.1 {primary} 1\n"
+            f"sentinel down-after-milliseconds {name} 300\n"
+            f"sentinel failover-timeout {name} 2000\n"
+        )
+        self.proc = subprocess.Popen(
+            dies_with_parent([_redis_server(), str(conf), "--sentinel"]),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + PATIENCE
+        while self.primary() != primary:
+            assert self.proc.poll() is None, "redis-server --sentinel exited"
+            assert time.monotonic() < deadline, "the sentinel did not start"
+            time.sleep(0.05)
+
+    def primary(self) -> int | None:
+        """The port of the primary the sentinel names now."""
+        ask = ["SENTINEL", "get-master-addr-by-name", self.name]
+        out = subprocess.run(
+            ["redis-cli", "-p", str(self.port), "--raw", *ask],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.split()
+        return int(out[1]) if len(out) == 2 and out[1].isdigit() else None
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.port}/{self.name}/0"
+
+    def __enter__(self) -> SentinelServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self._dir.cleanup()
 
 
 class Proxy:

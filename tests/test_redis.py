@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 import pytest
 from conftest import limit, policy
-from redis_server import Proxy, RedisServer
+from redis_server import Proxy, RedisServer, SentinelServer
 from sidecar import Sidecar, toolgate_cli, wait_for, write_json
 from toolgate.v1 import decider_pb2, decider_pb2_grpc
 
@@ -297,6 +297,27 @@ def test_rediss_counts_over_tls_and_refuses_an_untrusted_server() -> None:
             assert code(d) == "STORE_UNAVAILABLE", d
 
 
+def test_sentinel_names_the_primary_and_a_failover_keeps_the_counts() -> None:
+    doc = policy({"create-ami": {"limits": [limit("ami", 4, window="hour")]}})
+    with (
+        RedisServer() as primary,
+        RedisServer(replica_of=primary.port) as replica,
+        SentinelServer(primary.port) as sentinel,
+        Sidecar(doc, *store_args(sentinel.url, timeout_ms=200)) as sc,
+    ):
+        assert [code(decide(sc.target, "create-ami")) for _ in range(2)] == ["ALLOWED"] * 2
+        # Both counts have reached the replica before the primary dies.
+        assert primary.cli("WAIT", "1", "5000") == "1"
+        primary.kill()
+        wait_for(lambda: sentinel.primary() == replica.port or None)
+        # Through the outage calls are refused, never counted twice; once the store has
+        # found the promoted replica, the two counts it had are still there.
+        wait_for(lambda: code(decide(sc.target, "create-ami")) == "ALLOWED" or None)
+        codes = [code(decide(sc.target, "create-ami")) for _ in range(2)]
+        assert codes == ["ALLOWED", "RATE_LIMITED"], codes
+        assert replica.cli("ROLE").split()[0] == "master"
+
+
 def test_an_unreachable_redis_at_start_serves_and_denies(tmp_path: Any) -> None:
     from sidecar import free_port
 
@@ -316,7 +337,9 @@ def test_an_unreachable_redis_at_start_serves_and_denies(tmp_path: Any) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--store", "memcached://x"], "--store is local or redis://"),
+        (["--store", "memcached://x"], "--store is local, redis://"),
+        (["--store", "redis+sentinel://127.0.0.1:1"], "expected redis+sentinel://"),
+        (["--store", "redis+sentinel://127.0.0.1:1/main/x"], "expected redis+sentinel://"),
         (["--store", "redis://127.0.0.1:1/0", "--store-timeout-ms", "0"], "at least 1"),
     ],
 )

@@ -282,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="local",
         metavar="local|redis://[USER:PASSWORD@]HOST:PORT/DB",
         help="local: this pod's table (default); redis://...: one count for every replica "
-        "on that Redis, rediss://... over TLS (docs/redis.md)",
+        "on that Redis, rediss://... over TLS, redis+sentinel://HOST:PORT[,...]/SERVICE/DB "
+        "through Sentinel (docs/redis.md)",
     )
     store.add_argument(
         "--store-prefix",

@@ -133,6 +133,10 @@ def redact(url: str) -> str:
     return url
 
 
+#: The store URLs ``--store`` takes besides ``local``.
+STORE_SCHEMES = ("redis://", "rediss://", "redis+sentinel://")
+
+
 def use_store(engine: Engine, opts: ServeOptions) -> None:
     """Count on ``--store`` (Redis) instead of this process's table."""
     if opts.store_timeout_ms < 1:
@@ -204,8 +208,11 @@ def serve(opts: ServeOptions) -> int:
         raise ValueError("--workers must be at least 1")
     if opts.threads is not None and opts.threads < 1:
         raise ValueError("--threads must be at least 1")
-    if opts.store != "local" and not opts.store.startswith(("redis://", "rediss://")):
-        raise ValueError(f"--store is local or redis://HOST:PORT/DB, got {redact(opts.store)!r}")
+    if opts.store != "local" and not opts.store.startswith(STORE_SCHEMES):
+        raise ValueError(
+            "--store is local, redis://HOST:PORT/DB, rediss://HOST:PORT/DB or "
+            f"redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE/DB, got {redact(opts.store)!r}"
+        )
     if opts.store_timeout_ms < 1:
         raise ValueError("--store-timeout-ms must be at least 1")
     if opts.store_flush_ms < 1:

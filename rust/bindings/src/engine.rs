@@ -397,11 +397,13 @@ impl PyEngine {
         };
         if !url.starts_with("redis://")
             && !url.starts_with("rediss://")
+            && !url.starts_with("redis+sentinel://")
             && !url.starts_with("redis+unix://")
             && !url.starts_with("unix://")
         {
             return Err(PyValueError::new_err(format!(
-                "a store is local or redis://[user:password@]host:port/db, got {url:?}"
+                "a store is local, redis://[user:password@]host:port/db, rediss://... or \
+                 redis+sentinel://host:port[,host:port...]/service/db, got {url:?}"
             )));
         }
         if timeout_ms == 0 {

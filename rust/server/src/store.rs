@@ -15,12 +15,16 @@
 //! then refuses for one window (plus a sub-bucket) after the loss, since the counts it lost
 //! are unknown.
 //!
-//! Decisions are synchronous (the engine is): a caller waits for the script's answer on a
-//! channel while this store's own runtime talks to Redis over one multiplexed connection.
-//! The native server runs such decisions with `block_in_place`, so other calls go on.
+//! Decisions are synchronous (the engine is): the deciding thread runs the script on a
+//! connection of its own. This store's runtime keeps the link: it finds the primary (one
+//! address, or Sentinel's answer), loads the scripts, resolves the address the deciding
+//! threads connect to, reconnects with backoff, and runs the cached mode's merges. While
+//! round trips are slow the native server decides under `block_in_place`, so other calls
+//! go on.
 
 use arrayvec::ArrayVec;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
 use redis::Script;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
@@ -362,7 +366,13 @@ static STORE_IDS: AtomicU64 = AtomicU64::new(1);
 const SLOW_ROUND_TRIP: Duration = Duration::from_micros(500);
 
 struct Link {
-    client: redis::Client,
+    source: Source,
+    reserve: Arc<Script>,
+    release: Arc<Script>,
+    /// How long one call waits for Redis.
+    budget: Duration,
+    /// Bumped when the link is found dead, so every thread makes a new connection.
+    generation: AtomicU64,
     /// The client deciding threads connect with: `client` with its host name resolved
     /// by the background task, so no decision waits on DNS.
     direct: RwLock<Option<redis::Client>>,
@@ -373,16 +383,170 @@ struct Link {
     timeouts: AtomicU32,
 }
 
+impl Link {
+    /// Make a new connection in the background (unless one is being made), retrying with
+    /// backoff from 50 ms to 2 s; decisions meanwhile find no connection. The primary is
+    /// looked up again each time (Sentinel may have promoted another).
+    fn reconnect(link: &Arc<Link>, runtime: &tokio::runtime::Handle) {
+        if link.reconnecting.swap(true, Relaxed) {
+            return;
+        }
+        let link = Arc::clone(link);
+        let budget = link.budget.max(Duration::from_millis(200));
+        runtime.spawn(async move {
+            let mut delay = Duration::from_millis(50);
+            loop {
+                if let Ok(Ok(client)) =
+                    tokio::time::timeout(budget * 10, link.source.primary()).await
+                {
+                    if link.connect(&client, budget).await {
+                        link.timeouts.store(0, Relaxed);
+                        link.reconnecting.store(false, Relaxed);
+                        return;
+                    }
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        });
+    }
+
+    /// Connect to `client`, load the scripts and resolve its address: true when all done.
+    async fn connect(&self, client: &redis::Client, budget: Duration) -> bool {
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(2)
+            .set_factor(50)
+            .set_max_delay(2000)
+            .set_connection_timeout(budget * 5);
+        let Ok(Ok(mut c)) = tokio::time::timeout(
+            budget * 10,
+            ConnectionManager::new_with_config(client.clone(), config),
+        )
+        .await
+        else {
+            return false;
+        };
+        // Load the scripts now, so a decision does not pay for it.
+        let loaded = tokio::time::timeout(budget * 10, async {
+            self.reserve.prepare_invoke().load_async(&mut c).await?;
+            self.release.prepare_invoke().load_async(&mut c).await
+        })
+        .await;
+        let direct = tokio::time::timeout(budget * 10, resolved(client)).await;
+        let (Ok(Ok(_)), Ok(Some(direct))) = (loaded, direct) else {
+            return false;
+        };
+        *self.direct.write().unwrap_or_else(|e| e.into_inner()) = Some(direct);
+        *self.connection.write().unwrap_or_else(|e| e.into_inner()) = Some(c);
+        true
+    }
+
+    /// Take the connection as dead: every thread's goes too, and a new one is made.
+    fn drop_connection(link: &Arc<Link>, runtime: &tokio::runtime::Handle) {
+        *link.connection.write().unwrap_or_else(|e| e.into_inner()) = None;
+        link.generation.fetch_add(1, Relaxed);
+        Link::reconnect(link, runtime);
+    }
+}
+
+/// Where the primary is: one address, or whichever server Sentinel names now.
+enum Source {
+    Direct(redis::Client),
+    Sentinel {
+        sentinel: tokio::sync::Mutex<Sentinel>,
+        service: String,
+        node: SentinelNodeConnectionInfo,
+    },
+}
+
+impl Source {
+    fn parse(url: &str) -> Result<Source, String> {
+        let Some(rest) = url.strip_prefix("redis+sentinel://") else {
+            return redis::Client::open(url)
+                .map(Source::Direct)
+                .map_err(|e| format!("--store {}: {e}", redact(url)));
+        };
+        let bad = |why: &str| {
+            format!(
+                "--store {}: {why}; expected \
+                 redis+sentinel://[[USER]:PASSWORD@]HOST:PORT[,HOST:PORT...]/SERVICE[/DB]",
+                redact(url)
+            )
+        };
+        let (auth, rest) = match rest.rsplit_once('@') {
+            Some((auth, rest)) => (Some(auth), rest),
+            None => (None, rest),
+        };
+        let (hosts, path) = rest.split_once('/').ok_or_else(|| bad("no service name"))?;
+        let mut path = path.split('/');
+        let service = path
+            .next()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| bad("no service name"))?;
+        let db = match path.next() {
+            None | Some("") => 0,
+            Some(db) => db
+                .parse::<i64>()
+                .map_err(|_| bad("the database is not a number"))?,
+        };
+        if path.next().is_some() {
+            return Err(bad("too many path parts"));
+        }
+        let mut sentinels = Vec::new();
+        for host in hosts.split(',') {
+            match host.rsplit_once(':') {
+                Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => {
+                    sentinels.push(format!("redis://{host}"))
+                }
+                _ => return Err(bad(&format!("{host:?} is not HOST:PORT"))),
+            }
+        }
+        let (username, password) = match auth.map(|a| a.split_once(':')) {
+            None => (None, None),
+            Some(None) => return Err(bad("credentials are [USER]:PASSWORD")),
+            Some(Some((user, password))) => (
+                Some(user.to_owned()).filter(|u| !u.is_empty()),
+                Some(password.to_owned()),
+            ),
+        };
+        let sentinel = Sentinel::build(sentinels).map_err(|e| bad(&e.to_string()))?;
+        Ok(Source::Sentinel {
+            sentinel: tokio::sync::Mutex::new(sentinel),
+            service: service.to_owned(),
+            node: SentinelNodeConnectionInfo {
+                tls_mode: None,
+                redis_connection_info: Some(redis::RedisConnectionInfo {
+                    db,
+                    username,
+                    password,
+                    ..Default::default()
+                }),
+            },
+        })
+    }
+
+    /// A client for the primary as of now.
+    async fn primary(&self) -> redis::RedisResult<redis::Client> {
+        match self {
+            Source::Direct(client) => Ok(client.clone()),
+            Source::Sentinel {
+                sentinel,
+                service,
+                node,
+            } => {
+                let mut sentinel = sentinel.lock().await;
+                sentinel.async_master_for(service, Some(node)).await
+            }
+        }
+    }
+}
+
 /// The Redis counter store.
 pub struct RedisStore {
     config: RedisConfig,
     id: u64,
-    /// Bumped when the link is found dead, so every thread makes a new connection.
-    generation: AtomicU64,
     runtime: tokio::runtime::Runtime,
     link: Arc<Link>,
-    reserve: Arc<Script>,
-    release: Arc<Script>,
     /// The epoch (Redis's time when its counts began) this replica last saw; 0: none yet.
     known_epoch: AtomicU64,
     /// Counts here when Redis is unavailable and the choice is [`Unavailable::Local`].
@@ -399,8 +563,8 @@ impl RedisStore {
         table: Arc<CounterTable>,
         wait: Duration,
     ) -> Result<RedisStore, String> {
-        let client = redis::Client::open(config.url.as_str())
-            .map_err(|e| format!("--store {}: {e}", redact(&config.url)))?;
+        let source = Source::parse(&config.url)?;
+        let budget = config.timeout;
         if config.timeout.is_zero() {
             return Err("the store's time budget must be positive".into());
         }
@@ -419,18 +583,20 @@ impl RedisStore {
         let store = RedisStore {
             config,
             id: STORE_IDS.fetch_add(1, Relaxed),
-            generation: AtomicU64::new(0),
+
             runtime,
             link: Arc::new(Link {
-                client,
+                source,
+                reserve: Arc::new(Script::new(RESERVE)),
+                release: Arc::new(Script::new(RELEASE)),
+                budget,
+                generation: AtomicU64::new(0),
                 direct: RwLock::new(None),
                 slow: AtomicBool::new(false),
                 connection: RwLock::new(None),
                 reconnecting: AtomicBool::new(false),
                 timeouts: AtomicU32::new(0),
             }),
-            reserve: Arc::new(Script::new(RESERVE)),
-            release: Arc::new(Script::new(RELEASE)),
             known_epoch: AtomicU64::new(0),
             table,
             cache: match config_mode {
@@ -464,49 +630,9 @@ impl RedisStore {
         &self.config
     }
 
-    /// Make a new connection in the background (unless one is being made), retrying with
-    /// backoff from 50 ms to 2 s; decisions meanwhile find no connection.
+    /// Make a new connection in the background; see [`Link::reconnect`].
     fn reconnect(&self) {
-        if self.link.reconnecting.swap(true, Relaxed) {
-            return;
-        }
-        let link = Arc::clone(&self.link);
-        let script = Arc::clone(&self.reserve);
-        let release = Arc::clone(&self.release);
-        let budget = self.config.timeout.max(Duration::from_millis(200));
-        self.runtime.spawn(async move {
-            let mut delay = Duration::from_millis(50);
-            loop {
-                let config = ConnectionManagerConfig::new()
-                    .set_number_of_retries(2)
-                    .set_factor(50)
-                    .set_max_delay(2000)
-                    .set_connection_timeout(budget * 5);
-                if let Ok(Ok(mut c)) = tokio::time::timeout(
-                    budget * 10,
-                    ConnectionManager::new_with_config(link.client.clone(), config),
-                )
-                .await
-                {
-                    // Load the scripts now, so a decision does not pay for it.
-                    let loaded = tokio::time::timeout(budget * 10, async {
-                        script.prepare_invoke().load_async(&mut c).await?;
-                        release.prepare_invoke().load_async(&mut c).await
-                    })
-                    .await;
-                    let direct = tokio::time::timeout(budget * 10, resolved(&link.client)).await;
-                    if let (Ok(Ok(_)), Ok(Some(direct))) = (loaded, direct) {
-                        *link.direct.write().unwrap_or_else(|e| e.into_inner()) = Some(direct);
-                        *link.connection.write().unwrap_or_else(|e| e.into_inner()) = Some(c);
-                        link.timeouts.store(0, Relaxed);
-                        link.reconnecting.store(false, Relaxed);
-                        return;
-                    }
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
-            }
-        });
+        Link::reconnect(&self.link, self.runtime.handle());
     }
 
     /// The cached mode's merges: every flush interval, one script sends this replica's new
@@ -521,6 +647,7 @@ impl RedisStore {
         let time = self.config.time;
         self.runtime.spawn(async move {
             let mut tick = tokio::time::interval(cache.flush);
+            let mut failures = 0;
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
@@ -564,6 +691,7 @@ impl RedisStore {
                 let mut entries = cache.entries.lock().unwrap_or_else(|e| e.into_inner());
                 match answer {
                     Ok(Ok(values)) if values.len() == 14 * hashes.len() => {
+                        failures = 0;
                         for (i, hash) in hashes.iter().enumerate() {
                             if let Some(e) = entries.get_mut(hash) {
                                 e.newest = values[14 * i];
@@ -581,7 +709,14 @@ impl RedisStore {
                             let mut merging = std::mem::take(&mut e.merging);
                             e.pending.append(&mut merging);
                         }
+                        failures += 1;
                     }
+                }
+                drop(entries);
+                if failures >= TIMEOUTS_BEFORE_RECONNECT {
+                    // A dead connection, or a primary demoted by a failover: find it anew.
+                    failures = 0;
+                    Link::drop_connection(&link, &tokio::runtime::Handle::current());
                 }
             }
         });
@@ -720,7 +855,7 @@ impl RedisStore {
         // another thread and back costs more than the round trip on a small machine.
         let answer = PER_THREAD.with(|slot| {
             let mut slot = slot.borrow_mut();
-            let mine = (self.id, self.generation.load(Relaxed));
+            let mine = (self.id, self.link.generation.load(Relaxed));
             let (mut held, fresh) = match slot.take() {
                 Some((id, generation, c)) if (id, generation) == mine => (c, false),
                 _ => {
@@ -767,6 +902,8 @@ impl RedisStore {
             Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() => {
                 StoreError::Connection
             }
+            // A primary demoted by a failover: the store must find the new one.
+            Err(e) if e.kind() == redis::ErrorKind::ReadOnly => StoreError::Connection,
             Err(_) => StoreError::Reply,
         };
         stats.count_store_error(failed);
@@ -774,16 +911,8 @@ impl RedisStore {
         if failed != StoreError::Reply
             && self.link.timeouts.fetch_add(1, Relaxed) + 1 >= TIMEOUTS_BEFORE_RECONNECT
         {
-            // Silent for several budgets in a row: drop this connection for a new one.
-            *self
-                .link
-                .connection
-                .write()
-                .unwrap_or_else(|e| e.into_inner()) = None;
-            // Every thread's connection goes too: the next calls make new ones once the
-            // background link answers again.
-            self.generation.fetch_add(1, Relaxed);
-            self.reconnect();
+            // Silent (or refusing writes) several times in a row: make a new connection.
+            Link::drop_connection(&self.link, self.runtime.handle());
         }
         Err(failed)
     }
@@ -884,7 +1013,7 @@ impl CounterStore for RedisStore {
             args.push(w.limit.max_units.to_string());
             args.push(w.amount.to_string());
         }
-        let values = match self.run(stats, &self.reserve, keys, args) {
+        let values = match self.run(stats, &self.link.reserve, keys, args) {
             Ok(v) => v,
             Err(_) => {
                 return self.unavailable(stats, wants, now_ns, consume, parts, limits, DENY_REASON)
@@ -980,7 +1109,56 @@ impl CounterStore for RedisStore {
             return limiter::release(&self.table, id);
         }
         let key = format!("{}r:{}", self.config.prefix, id & !REMOTE_RESERVATION);
-        let released = self.run(stats, &self.release, vec![key], Vec::new());
+        let released = self.run(stats, &self.link.release, vec![key], Vec::new());
         matches!(released.as_deref(), Ok([1]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Source;
+
+    fn sentinel(url: &str) -> Result<(String, i64, Option<String>, Option<String>), String> {
+        match Source::parse(url)? {
+            Source::Sentinel { service, node, .. } => {
+                let info = node.redis_connection_info.unwrap_or_default();
+                Ok((service, info.db, info.username, info.password))
+            }
+            Source::Direct(_) => Err("not a sentinel source".into()),
+        }
+    }
+
+    #[test]
+    fn sentinel_urls_name_hosts_service_database_and_credentials() {
+        let none = (None, None);
+        let plain = sentinel("redis+sentinel://h1:26379,h2:26380/main/3").unwrap();
+        assert_eq!(plain, ("main".into(), 3, none.0, none.1));
+        let auth = sentinel("redis+sentinel://:s3cret@h1:26379/main").unwrap();
+        assert_eq!(auth, ("main".into(), 0, None, Some("s3cret".into())));
+        let user = sentinel("redis+sentinel://ops:pw@h1:26379/main/").unwrap();
+        assert_eq!(
+            user,
+            ("main".into(), 0, Some("ops".into()), Some("pw".into()))
+        );
+    }
+
+    #[test]
+    fn malformed_sentinel_urls_are_refused_with_the_expected_form() {
+        for url in [
+            "redis+sentinel://h1:26379",
+            "redis+sentinel://h1:26379/",
+            "redis+sentinel://h1/main",
+            "redis+sentinel://h1:port/main",
+            "redis+sentinel://h1:26379,/main",
+            "redis+sentinel://h1:26379/main/x",
+            "redis+sentinel://h1:26379/main/0/extra",
+            "redis+sentinel://user@h1:26379/main",
+        ] {
+            let err = sentinel(url).unwrap_err();
+            assert!(err.contains("expected redis+sentinel://"), "{url}: {err}");
+        }
+        // A password never shows in the error.
+        let err = sentinel("redis+sentinel://:s3cret@h1/main").unwrap_err();
+        assert!(!err.contains("s3cret"), "{err}");
     }
 }
