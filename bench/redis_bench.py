@@ -33,6 +33,7 @@ from pathlib import Path
 
 import grpc
 import grpc_bench as gb
+from peers_bench import rls_code, rls_request
 
 RLS = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
 DOMAIN = "toolgate"
@@ -40,29 +41,6 @@ TOOL = "run_command"
 BIG = 1_000_000_000
 FLUSH_MS = 5
 X = gb.X
-
-
-def rls_request(grant: str) -> bytes:
-    from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
-    from envoy.service.ratelimit.v3 import rls_pb2
-
-    entry = ratelimit_pb2.RateLimitDescriptor.Entry
-    return rls_pb2.RateLimitRequest(
-        domain=DOMAIN,
-        descriptors=[
-            ratelimit_pb2.RateLimitDescriptor(
-                entries=[entry(key="tool", value=TOOL), entry(key="grant", value=grant)]
-            )
-        ],
-        hits_addend=1,
-    ).SerializeToString()
-
-
-def rls_code(answer: bytes) -> str:
-    from envoy.service.ratelimit.v3 import rls_pb2
-
-    r = rls_pb2.RateLimitResponse.FromString(answer)
-    return rls_pb2.RateLimitResponse.Code.Name(r.overall_code)
 
 
 def write_configs(workdir: Path) -> tuple[Path, Path]:
@@ -111,7 +89,7 @@ def start(name: str, cmd: list[str], port: int, workdir: Path) -> gb.Server:
     proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     server = gb.Server(name, port, proc, log)
     deadline = time.monotonic() + 30
-    probe = rls_request("probe")
+    probe = rls_request("probe", TOOL)
     while True:
         if proc.poll() is not None:
             raise RuntimeError(f"{name} exited ({proc.returncode}):\n{log.read_text()}")
@@ -188,7 +166,7 @@ def main() -> int:
             time.sleep(0.5)
             url = f"redis://127.0.0.1:{redis_port}/0"
             body = workdir / "request.bin"
-            body.write_bytes(gb.grpc_frame(rls_request("bench-grant")))
+            body.write_bytes(gb.grpc_frame(rls_request("bench-grant", TOOL)))
             for run in range(args.runs):
                 trips.append(redis_round_trip_us(redis_port))
                 order = names[run % len(names) :] + names[: run % len(names)]
