@@ -170,8 +170,10 @@ class Sidecar:
         drain: float = 0.0,
         reload_interval: float = 0.2,
         metrics: bool = True,
+        env: dict[str, str] | None = None,
     ) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="toolgate-sidecar-")
+        self._env = None if env is None else {**os.environ, **env}
         workdir = Path(self._dir.name)
         if isinstance(policy, dict):
             policy = write_json(workdir / "policy.json", policy)
@@ -224,6 +226,7 @@ class Sidecar:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=err,
+                env=self._env,
             )
         _LIVE.add(self.proc)
         deadline = time.monotonic() + PATIENCE

@@ -53,6 +53,7 @@ from sidecar import _LIVE, TOOLGATE, ConfigMapVolume, dies_with_parent, wait_for
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ROOT / "deploy" / "kubernetes"
 WORKERS = BASE / "workers"
+REDIS = BASE / "redis"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
@@ -159,8 +160,8 @@ def objects() -> list[dict[str, Any]]:
     return rendered()
 
 
-def overlay_with_workers(tmp_path: Path) -> Path:
-    """An overlay directory: the base plus the workers component."""
+def overlay_with_workers(tmp_path: Path, component: Path = WORKERS) -> Path:
+    """An overlay directory: the base plus the workers component (or ``component``)."""
     rel = os.path.relpath
     (tmp_path / "kustomization.yaml").write_text(
         yaml.safe_dump(
@@ -168,7 +169,7 @@ def overlay_with_workers(tmp_path: Path) -> Path:
                 "apiVersion": "kustomize.config.k8s.io/v1beta1",
                 "kind": "Kustomization",
                 "resources": [rel(BASE, tmp_path)],
-                "components": [rel(WORKERS, tmp_path)],
+                "components": [rel(component, tmp_path)],
             }
         )
     )
@@ -471,6 +472,32 @@ def test_every_object_is_valid_kubernetes(objects):
 def test_the_base_with_workers_is_valid_kubernetes(tmp_path):
     for obj in rendered(overlay_with_workers(tmp_path)):
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+@needs_kubectl
+def test_the_base_with_redis_is_valid_and_points_every_replica_at_its_redis(tmp_path):
+    objects = rendered(overlay_with_workers(tmp_path, REDIS))
+    for obj in objects:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    named = {(o["kind"], o["metadata"]["name"]): o for o in objects}
+    pod = named[("Deployment", "mcp-toolgate")]
+    containers = pod["spec"]["template"]["spec"]["containers"]
+    (toolgate,) = [c for c in containers if c["name"] == "toolgate"]
+    store = flag(toolgate["args"], "--store")
+    assert store == "redis://toolgate-redis:6379/0"
+    assert flag(toolgate["args"], "--store-unavailable") == "deny"
+    assert pod["spec"]["replicas"] > 1
+    # The URL names the Service, on its port; the Service selects the Redis pod, on a port
+    # its container serves.
+    host, port = host_port(store.removeprefix("redis://").rsplit("/", 1)[0])
+    service = named[("Service", host)]
+    (service_port,) = [p for p in service["spec"]["ports"] if p["port"] == port]
+    redis = named[("Deployment", "toolgate-redis")]["spec"]["template"]
+    labels = redis["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    (server,) = redis["spec"]["containers"]
+    assert container_port(server, service_port["targetPort"]) == 6379
+    assert "noeviction" in server["args"]
 
 
 @pytest.mark.parametrize(

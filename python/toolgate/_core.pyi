@@ -15,6 +15,8 @@ Code = Literal[
     "RATE_LIMITED",
     "APPROVAL_REQUIRED",
     "INVALID_REQUEST",
+    "APPROVAL_DENIED",
+    "STORE_UNAVAILABLE",
 ]
 
 class ValidationError:
@@ -180,6 +182,24 @@ class Engine:
     def refuse(self, reason: str) -> Decision:
         """An INVALID_REQUEST decision for a request that cannot be decided (counted)."""
     def release(self, reservation: int) -> bool: ...
+    def use_store(
+        self,
+        url: str,
+        *,
+        prefix: str = "toolgate:",
+        timeout_ms: int = 5,
+        unavailable: Literal["deny", "local"] = "deny",
+        connect_wait: float = 2.0,
+        clock: Literal["redis", "engine"] = "redis",
+        mode: Literal["exact", "cached"] = "exact",
+        flush_ms: int = 5,
+    ) -> bool:
+        """Count on Redis instead of this engine's table (every engine on the same Redis and
+        prefix shares one count). A decision waits at most ``timeout_ms`` for Redis; past
+        that it is STORE_UNAVAILABLE (``unavailable="deny"``) or counted in this engine's
+        table (``"local"``). ``mode="cached"`` decides on a local copy merged with Redis
+        every ``flush_ms`` (no round trip per decision; docs/redis.md bounds its overshoot).
+        Returns whether the first connection was made within ``connect_wait`` seconds."""
     def set_per_tool_metrics(self, enabled: bool) -> None: ...
     def reload(self, policy: PolicySource) -> str: ...
     @property

@@ -149,6 +149,12 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         metrics_per_tool=args.metrics_per_tool,
         workers=args.workers,
+        store=args.store,
+        store_prefix=args.store_prefix,
+        store_timeout_ms=args.store_timeout_ms,
+        store_unavailable=args.store_unavailable,
+        store_mode=args.store_mode,
+        store_flush_ms=args.store_flush_ms,
         decision_log=args.decision_log,
         decision_log_filter=args.decision_log_filter,
         decision_log_rotate_bytes=int(args.decision_log_rotate_mib * (1 << 20)),
@@ -268,6 +274,52 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--shared", help=argparse.SUPPRESS)
     serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--capacity", type=int, default=1 << 16, help="counter-table slots")
+    store = serve.add_argument_group(
+        "counter store", "where limits are counted: this pod's table, or Redis shared by all"
+    )
+    store.add_argument(
+        "--store",
+        default="local",
+        metavar="local|redis://[USER:PASSWORD@]HOST:PORT/DB",
+        help="local: this pod's table (default); redis://...: one count for every replica "
+        "on that Redis, rediss://... over TLS, redis+sentinel://HOST:PORT[,...]/SERVICE/DB "
+        "through Sentinel (docs/redis.md)",
+    )
+    store.add_argument(
+        "--store-prefix",
+        default="toolgate:",
+        metavar="PREFIX",
+        help="put before every Redis key, so deployments can share one Redis (default %(default)s)",
+    )
+    store.add_argument(
+        "--store-timeout-ms",
+        type=int,
+        default=5,
+        metavar="MS",
+        help="how long a decision waits for Redis (default %(default)s)",
+    )
+    store.add_argument(
+        "--store-mode",
+        choices=["exact", "cached"],
+        default="exact",
+        help="exact: one Redis script per decision, never over a limit (default); cached: "
+        "decide on a local copy merged with Redis every --store-flush-ms (faster; may "
+        "overshoot, docs/redis.md)",
+    )
+    store.add_argument(
+        "--store-flush-ms",
+        type=int,
+        default=5,
+        metavar="MS",
+        help="cached mode: how often counts are merged with Redis (default %(default)s)",
+    )
+    store.add_argument(
+        "--store-unavailable",
+        choices=["deny", "local"],
+        default="deny",
+        help="when Redis does not answer in time: deny (STORE_UNAVAILABLE, the default) or "
+        "count in this pod's own table",
+    )
     serve.add_argument(
         "--reservations",
         type=int,

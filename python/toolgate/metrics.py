@@ -101,6 +101,29 @@ class EngineCollector(Collector):
             "Decisions the decision log dropped because the disk could not keep up.",
             value=stats["log_dropped"],
         )
+        trips = [(_bound(le), count) for le, count in stats["store_rtt_buckets"]]
+        trips.append(("+Inf", stats["store_rtt_count"]))
+        yield HistogramMetricFamily(
+            "toolgate_store_round_trip_seconds",
+            "Round trips to the counter store (--store redis://...) that answered in time.",
+            buckets=trips,
+            sum_value=stats["store_rtt_sum"],
+        )
+        errors = CounterMetricFamily(
+            "toolgate_store_errors",
+            "Counter-store calls that failed, by kind: timeout (no answer within "
+            "--store-timeout-ms), connection, reply.",
+            labels=["kind"],
+        )
+        for kind, count in stats["store_errors"].items():
+            errors.add_metric([kind], count)
+        yield errors
+        yield CounterMetricFamily(
+            "toolgate_store_fallbacks",
+            "Decisions counted in this pod's own table because the counter store was "
+            "unavailable (--store-unavailable local).",
+            value=stats["store_fallbacks"],
+        )
         if self._per_tool:
             per_tool = CounterMetricFamily(
                 "toolgate_tool_decisions",

@@ -63,6 +63,16 @@ class ServeOptions:
     decision_log_rotate_bytes: int = 100 << 20
     #: Worker processes on one port; more than 1 runs a supervisor (toolgate.workers).
     workers: int = 1
+    #: Where limits are counted: ``local`` (this process's table, or the workers' shared
+    #: one) or ``redis://...`` (docs/redis.md), with its key prefix, the time a decision
+    #: waits for it, and what happens past that (``deny`` or ``local``).
+    store: str = "local"
+    store_prefix: str = "toolgate:"
+    store_timeout_ms: int = 5
+    store_unavailable: str = "deny"
+    #: ``exact`` (a script per decision) or ``cached`` (merged every ``store_flush_ms``).
+    store_mode: str = "exact"
+    store_flush_ms: int = 5
     #: Set by the supervisor in each worker: the shared state file and this worker's index.
     shared: Path | None = None
     worker_index: int | None = None
@@ -115,6 +125,58 @@ def warn_of_drops(engine: Engine, seen: int) -> int:
     return dropped
 
 
+def redact(url: str) -> str:
+    """A store URL without its password."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest:
+        return f"{scheme}://***@{rest.rpartition('@')[2]}"
+    return url
+
+
+#: The store URLs ``--store`` takes besides ``local``.
+STORE_SCHEMES = ("redis://", "rediss://", "redis+sentinel://")
+
+
+def use_store(engine: Engine, opts: ServeOptions) -> None:
+    """Count on ``--store`` (Redis) instead of this process's table."""
+    if opts.store_timeout_ms < 1:
+        raise ValueError("--store-timeout-ms must be at least 1")
+    connected = engine.use_store(
+        opts.store,
+        prefix=opts.store_prefix,
+        timeout_ms=opts.store_timeout_ms,
+        unavailable=opts.store_unavailable,
+        mode=opts.store_mode,
+        flush_ms=opts.store_flush_ms,
+    )
+    where = redact(opts.store)
+    if connected:
+        log.info("counting on %s (%s mode, prefix %r)", where, opts.store_mode, opts.store_prefix)
+    else:
+        log.warning(
+            "counter store %s is unreachable; retrying. Meanwhile calls with limits are %s",
+            where,
+            "denied (STORE_UNAVAILABLE)"
+            if opts.store_unavailable == "deny"
+            else "counted in this pod's own table",
+        )
+
+
+def warn_of_store(engine: Engine, seen: tuple[int, int]) -> tuple[int, int]:
+    """Log counter-store failures and local fallbacks since ``seen``; returns the counts."""
+    stats = engine.stats()
+    errors, fallbacks = sum(stats["store_errors"].values()), stats["store_fallbacks"]
+    if errors > seen[0]:
+        kinds = ", ".join(f"{k} {n}" for k, n in stats["store_errors"].items() if n)
+        log.warning("counter store: %d calls failed (so far: %s)", errors - seen[0], kinds)
+    if fallbacks > seen[1]:
+        log.warning(
+            "counter store unavailable: %d decisions counted in this pod's own table",
+            fallbacks - seen[1],
+        )
+    return errors, fallbacks
+
+
 def default_threads(kind: str) -> int:
     """native: one thread per CPU this process may use (each decides what lands on it);
     grpcio: a pool of 8 handler threads (a call holds its thread while Python runs)."""
@@ -146,6 +208,15 @@ def serve(opts: ServeOptions) -> int:
         raise ValueError("--workers must be at least 1")
     if opts.threads is not None and opts.threads < 1:
         raise ValueError("--threads must be at least 1")
+    if opts.store != "local" and not opts.store.startswith(STORE_SCHEMES):
+        raise ValueError(
+            "--store is local, redis://HOST:PORT/DB, rediss://HOST:PORT/DB or "
+            f"redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE/DB, got {redact(opts.store)!r}"
+        )
+    if opts.store_timeout_ms < 1:
+        raise ValueError("--store-timeout-ms must be at least 1")
+    if opts.store_flush_ms < 1:
+        raise ValueError("--store-flush-ms must be at least 1")
     if opts.workers > 1 and opts.shared is None:
         from toolgate.workers import supervise
 
@@ -165,6 +236,8 @@ def serve(opts: ServeOptions) -> int:
     )
     engine.set_per_tool_metrics(opts.metrics_per_tool)
     logs.configure(opts.log_format, opts.log_level, lambda: engine.revision)
+    if opts.store != "local":
+        use_store(engine, opts)
     if opts.policy is None:
         log.warning("no --policy given: serving the built-in deny-everything policy")
 
@@ -254,9 +327,11 @@ def serve(opts: ServeOptions) -> int:
         opts.policy or "built-in deny-everything",
     )
 
-    dropped, head, ticks = 0, None, 0
+    dropped, head, ticks, store_seen = 0, None, 0, (0, 0)
     while not stop.wait(1.0):
         ticks += 1
+        if opts.store != "local":
+            store_seen = warn_of_store(engine, store_seen)
         if opts.decision_log is not None:
             dropped = warn_of_drops(engine, dropped)
             if ticks % HEAD_EVERY == 0:

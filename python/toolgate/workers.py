@@ -114,6 +114,22 @@ def worker_command(opts: ServeOptions, index: int, shared: Path) -> list[str]:
     ]
     if opts.threads is not None:
         args += ["--threads", str(opts.threads)]
+    if opts.store != "local":
+        # Each worker talks to Redis itself.
+        args += [
+            "--store",
+            opts.store,
+            "--store-prefix",
+            opts.store_prefix,
+            "--store-timeout-ms",
+            str(opts.store_timeout_ms),
+            "--store-unavailable",
+            opts.store_unavailable,
+            "--store-mode",
+            opts.store_mode,
+            "--store-flush-ms",
+            str(opts.store_flush_ms),
+        ]
     if opts.approvals.state_dir is not None:
         args += ["--state-dir", str(opts.approvals.state_dir)]
     if opts.decision_log is not None:

@@ -26,6 +26,7 @@ class Code(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     APPROVAL_REQUIRED: _ClassVar[Code]
     INVALID_REQUEST: _ClassVar[Code]
     APPROVAL_DENIED: _ClassVar[Code]
+    STORE_UNAVAILABLE: _ClassVar[Code]
 VERDICT_UNSPECIFIED: Verdict
 ALLOW: Verdict
 DENY: Verdict
@@ -40,6 +41,7 @@ RATE_LIMITED: Code
 APPROVAL_REQUIRED: Code
 INVALID_REQUEST: Code
 APPROVAL_DENIED: Code
+STORE_UNAVAILABLE: Code
 
 class Subject(_message.Message):
     __slots__ = ("grant", "agent", "session", "attributes")

@@ -245,8 +245,14 @@ impl PyEngine {
     /// Holds the GIL: the call takes about a microsecond, and releasing the GIL for that
     /// long hands it to another handler thread, whose return costs a futex wake-up (measured:
     /// more context switches per request than the transport floor, and lower throughput).
+    /// With a counter store on the network (Redis), the GIL is released while it answers.
     fn decide_wire<'py>(&self, py: Python<'py>, request: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
-        let out = wire::decide(&self.inner, self.max_argument_bytes, request);
+        let decide = || wire::decide(&self.inner, self.max_argument_bytes, request);
+        let out = if self.inner.store_blocks() {
+            py.detach(decide)
+        } else {
+            decide()
+        };
         out.map(|b| PyBytes::new(py, &b))
             .map_err(|e| PyValueError::new_err(e.0))
     }
@@ -257,14 +263,24 @@ impl PyEngine {
         py: Python<'py>,
         request: &[u8],
     ) -> PyResult<Bound<'py, PyBytes>> {
-        let out = wire::decide_batch(&self.inner, self.max_argument_bytes, request);
+        let decide = || wire::decide_batch(&self.inner, self.max_argument_bytes, request);
+        let out = if self.inner.store_blocks() {
+            py.detach(decide)
+        } else {
+            decide()
+        };
         out.map(|b| PyBytes::new(py, &b))
             .map_err(|e| PyValueError::new_err(e.0))
     }
 
     /// Release by a serialized `ReleaseRequest`; returns a serialized `ReleaseResponse`.
     fn release_wire<'py>(&self, py: Python<'py>, request: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
-        let out = wire::release(&self.inner, request);
+        let release = || wire::release(&self.inner, request);
+        let out = if self.inner.store_blocks() {
+            py.detach(release)
+        } else {
+            release()
+        };
         out.map(|b| PyBytes::new(py, &b))
             .map_err(|e| PyValueError::new_err(e.0))
     }
@@ -343,8 +359,86 @@ impl PyEngine {
     }
 
     /// Give back a reservation's counters. True if it was held.
-    fn release(&self, reservation: u64) -> bool {
-        self.inner.release(reservation)
+    fn release(&self, py: Python<'_>, reservation: u64) -> bool {
+        py.detach(|| self.inner.release(reservation))
+    }
+
+    /// Count on Redis (`redis://[user:password@]host:port/db`) instead of this engine's
+    /// table: every engine on the same Redis and `prefix` shares one count. A decision
+    /// waits at most `timeout_ms` for Redis; past that (or without a connection) it is
+    /// STORE_UNAVAILABLE (`unavailable="deny"`) or counted in this engine's table
+    /// (`"local"`). Waits up to `connect_wait` seconds for the first connection and returns
+    /// whether it was made (decisions answer as Redis being unavailable until it is).
+    /// `clock="engine"` takes time from the engine's clock instead of Redis's (tests).
+    /// `mode="cached"` decides on a local copy of the counts, merged with Redis every
+    /// `flush_ms` (no round trip per decision; see docs/redis.md for its overshoot).
+    #[pyo3(signature = (url, *, prefix = "toolgate:", timeout_ms = 5, unavailable = "deny", connect_wait = 2.0, clock = "redis", mode = "exact", flush_ms = 5))]
+    #[allow(clippy::too_many_arguments)]
+    fn use_store(
+        &self,
+        py: Python<'_>,
+        url: &str,
+        prefix: &str,
+        timeout_ms: u64,
+        unavailable: &str,
+        connect_wait: f64,
+        clock: &str,
+        mode: &str,
+        flush_ms: u64,
+    ) -> PyResult<bool> {
+        use toolgate_server::store::{Mode, RedisConfig, RedisStore, TimeSource, Unavailable};
+        let mode = match (mode, flush_ms) {
+            ("exact", _) => Mode::Exact,
+            ("cached", 1..) => Mode::Cached {
+                flush: std::time::Duration::from_millis(flush_ms),
+            },
+            ("cached", 0) => return Err(PyValueError::new_err("flush_ms must be positive")),
+            _ => return Err(PyValueError::new_err("mode must be exact or cached")),
+        };
+        if !url.starts_with("redis://")
+            && !url.starts_with("rediss://")
+            && !url.starts_with("redis+sentinel://")
+            && !url.starts_with("redis+unix://")
+            && !url.starts_with("unix://")
+        {
+            return Err(PyValueError::new_err(format!(
+                "a store is local, redis://[user:password@]host:port/db, rediss://... or \
+                 redis+sentinel://host:port[,host:port...]/service/db, got {url:?}"
+            )));
+        }
+        if timeout_ms == 0 {
+            return Err(PyValueError::new_err(
+                "the store's timeout must be positive",
+            ));
+        }
+        if !(connect_wait.is_finite() && connect_wait >= 0.0) {
+            return Err(PyValueError::new_err(
+                "connect_wait must be a non-negative number",
+            ));
+        }
+        let time = match clock {
+            "redis" => TimeSource::Redis,
+            "engine" => TimeSource::Engine,
+            _ => return Err(PyValueError::new_err("clock must be redis or engine")),
+        };
+        let config = RedisConfig {
+            url: url.to_owned(),
+            prefix: prefix.to_owned(),
+            timeout: std::time::Duration::from_millis(timeout_ms),
+            unavailable: Unavailable::parse(unavailable).map_err(PyValueError::new_err)?,
+            time,
+            mode,
+        };
+        let table = self.inner.table_arc();
+        let wait = std::time::Duration::from_secs_f64(connect_wait);
+        let store = py
+            .detach(|| RedisStore::connect(config, table, wait))
+            .map_err(PyValueError::new_err)?;
+        let connected = store.connected();
+        self.inner
+            .enable_store(Arc::new(store))
+            .map_err(PyValueError::new_err)?;
+        Ok(connected)
     }
 
     /// Validate and swap in a new policy (a Policy, dict or path); counters are kept.
@@ -404,6 +498,22 @@ impl PyEngine {
         d.set_item("duration_buckets", buckets)?;
         d.set_item("duration_count", durations.count)?;
         d.set_item("duration_sum", durations.sum_ns as f64 / 1e9)?;
+        let stats = self.inner.stats();
+        let errors = PyDict::new(py);
+        for (kind, n) in stats.store_errors() {
+            errors.set_item(kind.as_str(), n)?;
+        }
+        d.set_item("store_errors", errors)?;
+        d.set_item("store_fallbacks", stats.store_fallbacks())?;
+        let trips = stats.store_round_trips();
+        let buckets: Vec<(f64, u64)> = trips
+            .cumulative
+            .iter()
+            .map(|(ns, n)| (*ns as f64 / 1e9, *n))
+            .collect();
+        d.set_item("store_rtt_buckets", buckets)?;
+        d.set_item("store_rtt_count", trips.count)?;
+        d.set_item("store_rtt_sum", trips.sum_ns as f64 / 1e9)?;
         if self.inner.stats().per_tool_enabled() {
             let per_tool: Vec<(String, &str, u64)> = self
                 .inner

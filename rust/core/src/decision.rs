@@ -33,10 +33,13 @@ pub enum Code {
     InvalidRequest,
     /// An approver refused this call's approval.
     ApprovalDenied,
+    /// The shared counter store (Redis) did not answer within its budget: the call's limits
+    /// could not be counted, so it is denied (`--store-unavailable deny`).
+    StoreUnavailable,
 }
 
 impl Code {
-    pub const ALL: [Code; 9] = [
+    pub const ALL: [Code; 10] = [
         Code::Allowed,
         Code::Hidden,
         Code::DefaultDeny,
@@ -46,6 +49,7 @@ impl Code {
         Code::ApprovalRequired,
         Code::InvalidRequest,
         Code::ApprovalDenied,
+        Code::StoreUnavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +63,7 @@ impl Code {
             Code::ApprovalRequired => "APPROVAL_REQUIRED",
             Code::InvalidRequest => "INVALID_REQUEST",
             Code::ApprovalDenied => "APPROVAL_DENIED",
+            Code::StoreUnavailable => "STORE_UNAVAILABLE",
         }
     }
 

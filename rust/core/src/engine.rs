@@ -17,6 +17,7 @@ use crate::decision_log::{DecisionLog, Record};
 use crate::limiter::{self, Want};
 use crate::policy::{Action, ConditionItem, Policy, Scope};
 use crate::stats::Stats;
+use crate::store::CounterStore;
 use arc_swap::ArcSwap;
 use arrayvec::ArrayVec;
 use std::sync::{Arc, OnceLock};
@@ -49,6 +50,8 @@ pub struct Engine {
     approvals: OnceLock<Approvals>,
     /// Set once, by the sidecar's `--decision-log`.
     log: OnceLock<DecisionLog>,
+    /// Set once, by the sidecar's `--store`: where counts are kept instead of `table`.
+    store: OnceLock<Arc<dyn CounterStore>>,
 }
 
 /// What an approval-gated call may do.
@@ -83,6 +86,7 @@ impl Engine {
             stats,
             approvals: OnceLock::new(),
             log: OnceLock::new(),
+            store: OnceLock::new(),
         })
     }
 
@@ -102,6 +106,28 @@ impl Engine {
         self.approvals
             .set(approvals)
             .map_err(|_| "approvals are already enabled".to_owned())
+    }
+
+    /// Count in `store` instead of this engine's table (once; an error after that).
+    pub fn enable_store(&self, store: Arc<dyn CounterStore>) -> Result<(), String> {
+        self.store
+            .set(store)
+            .map_err(|_| "a counter store is already set".to_owned())
+    }
+
+    /// Whether a decision may wait on a remote counter store.
+    pub fn store_blocks(&self) -> bool {
+        self.store.get().is_some_and(|s| s.blocks())
+    }
+
+    /// Whether a remote counter store answers slowly now ([`CounterStore::slow`]).
+    pub fn store_slow(&self) -> bool {
+        self.store.get().is_some_and(|s| s.slow())
+    }
+
+    /// The table this engine counts in when it has no store (and a store falls back to).
+    pub fn table_arc(&self) -> Arc<CounterTable> {
+        Arc::clone(&self.table)
     }
 
     pub fn approvals(&self) -> Option<&Approvals> {
@@ -141,7 +167,10 @@ impl Engine {
     /// Give back the counters of a reservation (the upstream call failed). True if it was
     /// held; false if unknown, already released, or too old to find.
     pub fn release(&self, reservation: u64) -> bool {
-        limiter::release(&self.table, reservation)
+        match self.store.get() {
+            None => limiter::release(&self.table, reservation),
+            Some(s) => s.release(&self.stats, reservation),
+        }
     }
 
     /// Refuse a request that cannot be decided (malformed before it reaches the policy),
@@ -341,8 +370,20 @@ impl Engine {
                 if wants.is_empty() {
                     continue;
                 }
-                match limiter::reserve(&self.table, wants, now_ns, consume, &mut parts, &mut limits)
-                {
+                let outcome = match self.store.get() {
+                    None => limiter::reserve(
+                        &self.table,
+                        wants,
+                        now_ns,
+                        consume,
+                        &mut parts,
+                        &mut limits,
+                    ),
+                    Some(s) => {
+                        s.reserve(&self.stats, wants, now_ns, consume, &mut parts, &mut limits)
+                    }
+                };
+                match outcome {
                     limiter::Outcome::Reserved => {}
                     // Enforcing limits go first, so a denial here has consumed nothing.
                     limiter::Outcome::Denied {
@@ -369,10 +410,19 @@ impl Engine {
                         d.retry_after_ms = Some(1000);
                         deny!(shadow, d);
                     }
+                    limiter::Outcome::Unavailable { failing, reason } => {
+                        let rule = wants[failing].limit.info.rule;
+                        let mut d = out.finish(Code::StoreUnavailable, reason, rule);
+                        d.retry_after_ms = Some(1000);
+                        deny!(shadow, d);
+                    }
                 }
             }
         }
-        let reservation = limiter::record(&self.table, &parts);
+        let reservation = match self.store.get() {
+            None => limiter::record(&self.table, &parts),
+            Some(s) => s.record(&parts),
+        };
         let mut used = None;
         if let (Some(Gate::Run { key, id }), Some(a), Some(r)) =
             (gate, self.approvals.get(), approval)

@@ -20,6 +20,7 @@ pub mod pid_lock;
 pub mod policy;
 pub mod shared;
 pub mod stats;
+pub mod store;
 
 pub use clock::{Clock, ManualClock, MonotonicClock};
 pub use condition::Subject;

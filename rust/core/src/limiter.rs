@@ -32,6 +32,18 @@ pub enum Outcome {
     },
     /// A counter found no slot in the table; nothing of this call is consumed.
     TableFull { failing: usize },
+    /// The counter store could not be asked in time (see [`crate::store`]); this call is
+    /// denied, though it may have been counted (an unanswered script may have run).
+    Unavailable {
+        failing: usize,
+        reason: &'static str,
+    },
+}
+
+/// The state of `want`'s limit with `used` units in its window, empty in `reset_ns`: for
+/// stores that count elsewhere and report what they found.
+pub fn state_of(want: &Want<'_>, used: u64, reset_ns: u64) -> LimitState {
+    state(want, used, reset_ns)
 }
 
 fn state(want: &Want<'_>, used: u64, reset_ns: u64) -> LimitState {

@@ -16,8 +16,9 @@ use std::path::Path;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 
-/// "TGSH" + layout version 1.
-const MAGIC: u64 = 0x5447_5348_0000_0001;
+/// "TGSH" + layout version 2 (version 2: statistics blocks grew by the counter store's
+/// round trips, errors and fallbacks, and a code, STORE_UNAVAILABLE).
+const MAGIC: u64 = 0x5447_5348_0000_0002;
 const MAGIC_WORD: usize = 0;
 const CAPACITY_WORD: usize = 1;
 const RESERVATIONS_WORD: usize = 2;

@@ -26,7 +26,41 @@ mod cell {
     /// Decisions handed to the decision log, and those it dropped (its queue full).
     pub const LOGGED: usize = DURATION_SUM_NS + 1;
     pub const LOG_DROPPED: usize = LOGGED + 1;
-    pub const USED: usize = LOG_DROPPED + 1;
+    /// The counter store's round trips (a histogram over [`DURATION_BUCKETS_NS`] and its
+    /// sum), its failures by [`StoreError`](super::StoreError) kind, and the decisions it
+    /// left to this process's own table (`--store-unavailable local`).
+    pub const STORE_BUCKETS: usize = LOG_DROPPED + 1;
+    pub const STORE_SUM_NS: usize = STORE_BUCKETS + DURATION_BUCKETS_NS.len() + 1;
+    pub const STORE_ERRORS: usize = STORE_SUM_NS + 1;
+    pub const STORE_FALLBACKS: usize = STORE_ERRORS + super::StoreError::ALL.len();
+    pub const USED: usize = STORE_FALLBACKS + 1;
+}
+
+/// Why the counter store failed a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreError {
+    /// No answer within the decision's budget (the script may still have counted).
+    Timeout,
+    /// No connection (refused, reset, not yet re-established).
+    Connection,
+    /// An answer that is an error or cannot be read.
+    Reply,
+}
+
+impl StoreError {
+    pub const ALL: [StoreError; 3] = [
+        StoreError::Timeout,
+        StoreError::Connection,
+        StoreError::Reply,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreError::Timeout => "timeout",
+            StoreError::Connection => "connection",
+            StoreError::Reply => "reply",
+        }
+    }
 }
 
 /// Words one statistics block takes (rounded up to whole 128-byte blocks), so worker
@@ -184,6 +218,39 @@ impl Stats {
         self.sum(cell::LOG_DROPPED)
     }
 
+    /// Record one round trip to the counter store.
+    pub fn record_store_rtt(&self, ns: u64) {
+        let bucket = DURATION_BUCKETS_NS
+            .iter()
+            .position(|b| ns <= *b)
+            .unwrap_or(DURATION_BUCKETS_NS.len());
+        self.add(cell::STORE_BUCKETS + bucket, 1);
+        self.add(cell::STORE_SUM_NS, ns);
+    }
+
+    pub fn count_store_error(&self, kind: StoreError) {
+        self.add(cell::STORE_ERRORS + kind as usize, 1);
+    }
+
+    pub fn count_store_fallback(&self) {
+        self.add(cell::STORE_FALLBACKS, 1);
+    }
+
+    /// Counter-store failures so far, by kind.
+    pub fn store_errors(&self) -> [(StoreError, u64); StoreError::ALL.len()] {
+        StoreError::ALL.map(|k| (k, self.sum(cell::STORE_ERRORS + k as usize)))
+    }
+
+    /// Decisions counted in this process's table because the store was unavailable.
+    pub fn store_fallbacks(&self) -> u64 {
+        self.sum(cell::STORE_FALLBACKS)
+    }
+
+    /// The counter store's round trips.
+    pub fn store_round_trips(&self) -> DurationSnapshot {
+        self.histogram(cell::STORE_BUCKETS, cell::STORE_SUM_NS)
+    }
+
     /// Record how long serving one decision took.
     #[inline]
     pub fn record_duration(&self, ns: u64) {
@@ -232,17 +299,21 @@ impl Stats {
     }
 
     pub fn durations(&self) -> DurationSnapshot {
+        self.histogram(cell::BUCKETS, cell::DURATION_SUM_NS)
+    }
+
+    fn histogram(&self, buckets: usize, sum: usize) -> DurationSnapshot {
         let mut running = 0;
         let mut cumulative = Vec::with_capacity(DURATION_BUCKETS_NS.len());
         for (i, bound) in DURATION_BUCKETS_NS.iter().enumerate() {
-            running += self.sum(cell::BUCKETS + i);
+            running += self.sum(buckets + i);
             cumulative.push((*bound, running));
         }
-        let count = running + self.sum(cell::BUCKETS + DURATION_BUCKETS_NS.len());
+        let count = running + self.sum(buckets + DURATION_BUCKETS_NS.len());
         DurationSnapshot {
             cumulative,
             count,
-            sum_ns: self.sum(cell::DURATION_SUM_NS),
+            sum_ns: self.sum(sum),
         }
     }
 }

@@ -183,5 +183,6 @@ fn code(c: Code) -> pb::Code {
         Code::ApprovalRequired => pb::Code::ApprovalRequired,
         Code::InvalidRequest => pb::Code::InvalidRequest,
         Code::ApprovalDenied => pb::Code::ApprovalDenied,
+        Code::StoreUnavailable => pb::Code::StoreUnavailable,
     }
 }

@@ -105,6 +105,18 @@ pub fn grpc_timeout(value: &str) -> Option<Duration> {
     })
 }
 
+/// Run a decision on this thread. A decision that asks Redis waits for its answer on this
+/// thread: for a fast round trip that is cheaper than handing the call to another thread.
+/// While Redis is slow, the runtime first hands this thread's other tasks to another
+/// thread, so the calls that need no count go on.
+fn deciding<T>(engine: &Engine, decide: impl FnOnce() -> T) -> T {
+    if engine.store_slow() {
+        tokio::task::block_in_place(decide)
+    } else {
+        decide()
+    }
+}
+
 /// `toolgate.v1.Decider`.
 pub struct DeciderService {
     pub engine: Arc<Engine>,
@@ -118,8 +130,9 @@ impl pb::decider_server::Decider for DeciderService {
         request: Request<pb::DecideRequest>,
     ) -> Result<Response<pb::DecideResponse>, Status> {
         check_deadline(&request)?;
-        let response =
-            decider::decide_message(&self.engine, self.max_argument_bytes, request.get_ref());
+        let response = deciding(&self.engine, || {
+            decider::decide_message(&self.engine, self.max_argument_bytes, request.get_ref())
+        });
         Ok(Response::new(response))
     }
 
@@ -128,8 +141,9 @@ impl pb::decider_server::Decider for DeciderService {
         request: Request<pb::DecideBatchRequest>,
     ) -> Result<Response<pb::DecideBatchResponse>, Status> {
         check_deadline(&request)?;
-        let response =
-            decider::decide_batch_message(&self.engine, self.max_argument_bytes, request.get_ref());
+        let response = deciding(&self.engine, || {
+            decider::decide_batch_message(&self.engine, self.max_argument_bytes, request.get_ref())
+        });
         Ok(Response::new(response))
     }
 
@@ -138,10 +152,10 @@ impl pb::decider_server::Decider for DeciderService {
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
         check_deadline(&request)?;
-        Ok(Response::new(decider::release_message(
-            &self.engine,
-            request.get_ref(),
-        )))
+        let response = deciding(&self.engine, || {
+            decider::release_message(&self.engine, request.get_ref())
+        });
+        Ok(Response::new(response))
     }
 }
 
@@ -158,7 +172,9 @@ impl envoy::authorization_server::Authorization for AuthorizationService {
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
         check_deadline(&request)?;
-        let response = authz::check(&self.engine, &self.config, request.get_ref());
+        let response = deciding(&self.engine, || {
+            authz::check(&self.engine, &self.config, request.get_ref())
+        });
         Ok(Response::new(response))
     }
 }
@@ -175,7 +191,9 @@ impl envoy::rate_limit_service_server::RateLimitService for RateLimiter {
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
         check_deadline(&request)?;
-        let response = ratelimit::should_rate_limit(&self.engine, request.get_ref());
+        let response = deciding(&self.engine, || {
+            ratelimit::should_rate_limit(&self.engine, request.get_ref())
+        });
         Ok(Response::new(response))
     }
 }

@@ -13,6 +13,7 @@ pub mod decider;
 pub mod grpc;
 pub mod native;
 pub mod ratelimit;
+pub mod store;
 
 /// Why a request message could not be decoded at all (answered with a gRPC error status).
 #[derive(Debug)]

@@ -1,0 +1,411 @@
+//! The Redis counter store against a real `redis-server` (Debian's package; scripts/test
+//! installs it): the exact-mode script decides every call as the local table does (a
+//! differential property test on generated calls, costs, times and releases), keys expire
+//! and carry the prefix, threads racing on one key get exactly `max`, an unreachable Redis
+//! is answered within the budget (denied, or counted locally), and a Redis that lost its
+//! counts refuses for one window.
+
+use proptest::prelude::*;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use toolgate_core::counter::CounterTable;
+use toolgate_core::{Code, Decision, Engine, ManualClock, Policy, Request, Subject, Verdict};
+use toolgate_server::store::{Mode, RedisConfig, RedisStore, TimeSource, Unavailable};
+
+struct RedisServer {
+    child: Child,
+    port: u16,
+    _dir: PathBuf,
+}
+
+impl RedisServer {
+    fn start() -> RedisServer {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir =
+            std::env::temp_dir().join(format!("toolgate-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "redis-server is required for these tests (Debian: apt-get install redis-server; \
+                 scripts/test installs it)",
+            );
+        let server = RedisServer {
+            child,
+            port,
+            _dir: dir,
+        };
+        let until = Instant::now() + Duration::from_secs(10);
+        while server.client().get_connection().is_err() {
+            assert!(Instant::now() < until, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn client(&self) -> redis::Client {
+        redis::Client::open(format!("redis://127.0.0.1:{}/0", self.port)).unwrap()
+    }
+
+    fn cmd(&self, cmd: &mut redis::Cmd) -> redis::Value {
+        cmd.query(&mut self.client().get_connection().unwrap())
+            .unwrap()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self._dir);
+    }
+}
+
+fn config(url: String, prefix: &str, time: TimeSource, unavailable: Unavailable) -> RedisConfig {
+    RedisConfig {
+        url,
+        prefix: prefix.to_owned(),
+        timeout: Duration::from_millis(500),
+        unavailable,
+        time,
+        mode: Mode::Exact,
+    }
+}
+
+fn engine(json: &str, clock: Arc<ManualClock>) -> Engine {
+    let policy = Policy::from_json_str(json).expect("valid policy");
+    Engine::new(policy, Arc::new(CounterTable::new(1024, 1 << 14)), clock).unwrap()
+}
+
+fn redis_engine(json: &str, clock: Arc<ManualClock>, config: RedisConfig) -> Engine {
+    let e = engine(json, clock);
+    let store = RedisStore::connect(config, e.table_arc(), Duration::from_secs(5)).unwrap();
+    assert!(store.connected(), "no connection to Redis");
+    e.enable_store(Arc::new(store)).unwrap();
+    e
+}
+
+fn call(engine: &Engine, tool: &str, grant: &str, hits: Option<u32>) -> Decision {
+    engine.decide::<&serde_json::Value>(&Request {
+        tool,
+        server: None,
+        subject: Subject {
+            grant: Some(grant),
+            ..Default::default()
+        },
+        args: None,
+        dry_run: false,
+        hits,
+    })
+}
+
+/// Tool `a` counts on A (3 s windows), `b` on B (a minute), `ab` on both; windows are
+/// whole multiples of 3 ms, so the table's nanosecond sub-buckets and the script's
+/// microsecond ones are the same.
+fn two_counters(max_a: u32, max_b: u32) -> String {
+    format!(
+        r#"{{"version": "1", "tools": {{
+            "a": {{"limits": [{{"counter": "A", "window": "3s", "max": {max_a}, "scope": "grant"}}]}},
+            "b": {{"limits": [{{"counter": "B", "window": "1m", "max": {max_b}, "scope": "grant"}}]}},
+            "ab": {{"limits": [{{"counter": "A", "window": "3s", "max": {max_a}, "scope": "grant"}},
+                               {{"counter": "B", "window": "1m", "max": {max_b}, "scope": "grant"}}]}}}}}}"#
+    )
+}
+
+fn same(local: &Decision, remote: &Decision, cached: bool) -> Result<(), TestCaseError> {
+    prop_assert_eq!(local.verdict, remote.verdict);
+    prop_assert_eq!(local.code, remote.code);
+    prop_assert_eq!(local.retry_after_ms, remote.retry_after_ms);
+    prop_assert_eq!(local.limits.len(), remote.limits.len());
+    for (l, r) in local.limits.iter().zip(&remote.limits) {
+        prop_assert_eq!(l.remaining(), r.remaining());
+        prop_assert_eq!(l.reset_in_ms, r.reset_in_ms);
+    }
+    if !cached {
+        prop_assert_eq!(local.reservation.is_some(), remote.reservation.is_some());
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Call {
+        after_us: u64,
+        tool: usize,
+        hits: Option<u32>,
+    },
+    Release(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0u64..700_000, 0usize..3, prop::option::of(0u32..4))
+            .prop_map(|(after_us, tool, hits)| Op::Call { after_us, tool, hits }),
+        1 => (0usize..64).prop_map(Op::Release),
+    ]
+}
+
+/// The exact-mode script decides as the local table does: verdict, code, retry-after,
+/// every limit's room and reset, for generated limits, costs (hits), times and releases
+/// (given back once) — so the table's guarantees (never over in any window, all or
+/// nothing, exact retry-after; rust/core/tests) hold on Redis too.
+#[test]
+fn the_script_decides_as_the_local_table() {
+    differential(Mode::Exact);
+}
+
+/// A lone replica in cached mode decides as the table does too (its own counts are always
+/// in its copy, merged or not); what several replicas may overshoot is measured by
+/// tests/test_redis.py.
+#[test]
+fn a_lone_cached_replica_decides_as_the_local_table() {
+    differential(Mode::Cached {
+        flush: Duration::from_millis(2),
+    });
+}
+
+fn differential(mode: Mode) {
+    let cached = mode != Mode::Exact;
+    let redis = RedisServer::start();
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 128,
+        ..ProptestConfig::default()
+    });
+    let strategy = (1u32..6, 1u32..12, prop::collection::vec(op(), 1..80));
+    let result = runner.run(&strategy, |(max_a, max_b, ops)| {
+        let json = two_counters(max_a, max_b);
+        let start = 1_700_000_000_000_000_000u64;
+        let (lc, rc) = (
+            Arc::new(ManualClock::new(start)),
+            Arc::new(ManualClock::new(start)),
+        );
+        let local = engine(&json, lc.clone());
+        let prefix = format!("prop{}:", unique());
+        let mut c = config(redis.url(), &prefix, TimeSource::Engine, Unavailable::Deny);
+        c.mode = mode;
+        let remote = redis_engine(&json, rc.clone(), c);
+        if cached {
+            // The first merge, before which a cached replica does not decide.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut held: Vec<(u64, u64)> = Vec::new();
+        for op in ops {
+            match op {
+                Op::Call {
+                    after_us,
+                    tool,
+                    hits,
+                } => {
+                    lc.advance_ns(after_us * 1000);
+                    rc.advance_ns(after_us * 1000);
+                    let tool = ["a", "b", "ab"][tool];
+                    let (l, r) = (
+                        call(&local, tool, "g", hits),
+                        call(&remote, tool, "g", hits),
+                    );
+                    same(&l, &r, cached)?;
+                    if cached && after_us % 3 == 0 {
+                        // Let a merge happen in between, now and then.
+                        std::thread::sleep(Duration::from_millis(3));
+                    }
+                    if let (Some(a), Some(b)) = (l.reservation, r.reservation) {
+                        held.push((a, b));
+                    }
+                }
+                Op::Release(i) if !held.is_empty() && !cached => {
+                    let (a, b) = held[i % held.len()];
+                    prop_assert_eq!(local.release(a), remote.release(b));
+                }
+                Op::Release(_) => {}
+            }
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+#[test]
+fn keys_carry_the_prefix_and_expire_after_their_window() {
+    let redis = RedisServer::start();
+    let clock = Arc::new(ManualClock::new(1_000_000_000_000));
+    let e = redis_engine(
+        &two_counters(5, 5),
+        clock,
+        config(
+            redis.url(),
+            "tenant-a:",
+            TimeSource::Redis,
+            Unavailable::Deny,
+        ),
+    );
+    let d = call(&e, "ab", "g", None);
+    assert_eq!(d.verdict, Verdict::Allow);
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query(&mut redis.client().get_connection().unwrap())
+        .unwrap();
+    assert!(keys.iter().all(|k| k.starts_with("tenant-a:")), "{keys:?}");
+    for key in keys
+        .iter()
+        .filter(|k| k.starts_with("tenant-a:c:") || k.starts_with("tenant-a:r:"))
+    {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(key)
+            .query(&mut redis.client().get_connection().unwrap())
+            .unwrap();
+        // A minute, one sub-bucket (5 s) and a second of slack, at most.
+        assert!(ttl > 0 && ttl <= 66_000, "{key}: {ttl}");
+    }
+    assert_eq!(
+        keys.iter().filter(|k| k.starts_with("tenant-a:c:")).count(),
+        2
+    );
+    // Given back once, across engines: another "replica" on the same Redis releases it.
+    let other = redis_engine(
+        &two_counters(5, 5),
+        Arc::new(ManualClock::new(0)),
+        config(
+            redis.url(),
+            "tenant-a:",
+            TimeSource::Redis,
+            Unavailable::Deny,
+        ),
+    );
+    let id = d.reservation.unwrap();
+    assert!(other.release(id));
+    assert!(!e.release(id));
+    let _ = redis.cmd(&mut redis::cmd("PING"));
+}
+
+#[test]
+fn threads_racing_on_one_key_get_exactly_max() {
+    let redis = RedisServer::start();
+    let json = r#"{"version": "1", "tools": {"t": {"limits": [{"counter": "T", "window": "1m", "max": 37, "scope": "grant"}]}}}"#;
+    let clock = Arc::new(ManualClock::new(0));
+    let engines: Vec<Arc<Engine>> = (0..2)
+        .map(|_| {
+            Arc::new(redis_engine(
+                json,
+                clock.clone(),
+                config(redis.url(), "race:", TimeSource::Redis, Unavailable::Deny),
+            ))
+        })
+        .collect();
+    let allowed: usize = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let e = engines[i % 2].clone();
+                s.spawn(move || {
+                    (0..20)
+                        .filter(|_| call(&e, "t", "g", None).verdict == Verdict::Allow)
+                        .count()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert_eq!(allowed, 37);
+}
+
+#[test]
+fn an_unreachable_redis_denies_within_the_budget_or_counts_locally() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let json = r#"{"version": "1", "tools": {"t": {"limits": [{"counter": "T", "window": "1m", "max": 2, "scope": "grant"}]}}}"#;
+    for (unavailable, expect) in [
+        (Unavailable::Deny, [Code::StoreUnavailable; 3]),
+        (
+            Unavailable::Local,
+            [Code::Allowed, Code::Allowed, Code::RateLimited],
+        ),
+    ] {
+        let e = engine(json, Arc::new(ManualClock::new(1_000_000_000)));
+        let mut c = config(url.clone(), "x:", TimeSource::Redis, unavailable);
+        c.timeout = Duration::from_millis(20);
+        let store = RedisStore::connect(c, e.table_arc(), Duration::ZERO).unwrap();
+        e.enable_store(Arc::new(store)).unwrap();
+        for code in expect {
+            let started = Instant::now();
+            let d = call(&e, "t", "g", None);
+            assert!(started.elapsed() < Duration::from_secs(2));
+            assert_eq!(d.code, code, "{unavailable:?}: {}", d.reason());
+            if code == Code::StoreUnavailable {
+                assert_eq!(d.verdict, Verdict::Deny);
+                assert!(d.reason().contains("counter store"), "{}", d.reason());
+            }
+        }
+        let errors: u64 = e.stats().store_errors().iter().map(|(_, n)| n).sum();
+        assert!(errors >= 3);
+        let fallbacks = e.stats().store_fallbacks();
+        assert_eq!(
+            fallbacks,
+            if unavailable == Unavailable::Local {
+                3
+            } else {
+                0
+            }
+        );
+    }
+}
+
+#[test]
+fn a_redis_that_lost_its_counts_refuses_for_one_window() {
+    let redis = RedisServer::start();
+    let json = r#"{"version": "1", "tools": {"t": {"limits": [{"counter": "T", "window": "3s", "max": 2, "scope": "grant"}]}}}"#;
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000_000_000));
+    let e = redis_engine(
+        json,
+        clock.clone(),
+        config(redis.url(), "lost:", TimeSource::Engine, Unavailable::Deny),
+    );
+    assert_eq!(call(&e, "t", "g", None).code, Code::Allowed);
+    assert_eq!(call(&e, "t", "g", None).code, Code::Allowed);
+    assert_eq!(call(&e, "t", "g", None).code, Code::RateLimited);
+    // As a restart without persistence would: every count gone.
+    redis.cmd(&mut redis::cmd("FLUSHALL"));
+    clock.advance_ns(1_000_000_000);
+    let d = call(&e, "t", "g", None);
+    assert_eq!(d.code, Code::StoreUnavailable, "{}", d.reason());
+    assert!(d.reason().contains("lost its counts"), "{}", d.reason());
+    // A replica that never knew the old counts is told too.
+    let fresh = redis_engine(
+        json,
+        clock.clone(),
+        config(redis.url(), "lost:", TimeSource::Engine, Unavailable::Deny),
+    );
+    assert_eq!(call(&fresh, "t", "g", None).code, Code::StoreUnavailable);
+    // One window and one sub-bucket after the loss, counting starts again.
+    clock.advance_ns(3_250_000_000);
+    assert_eq!(call(&e, "t", "g", None).code, Code::Allowed);
+    assert_eq!(call(&fresh, "t", "g", None).code, Code::Allowed);
+    assert_eq!(call(&e, "t", "g", None).code, Code::RateLimited);
+}
