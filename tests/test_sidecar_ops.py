@@ -147,6 +147,10 @@ def test_metrics_text_is_valid_prometheus_exposition():
         "toolgate_approvals": "gauge",
         "toolgate_approval_webhook_deliveries_total": "counter",
         "toolgate_approval_events_dropped_total": "counter",
+        # Exported with the local table too (zeros), so dashboards and alerts need no case.
+        "toolgate_store_round_trip_seconds": "histogram",
+        "toolgate_store_errors_total": "counter",
+        "toolgate_store_fallbacks_total": "counter",
     }
 
 
