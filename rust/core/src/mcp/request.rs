@@ -118,6 +118,11 @@ pub fn parse_request(body: &[u8]) -> Result<McpRequest, Refusal> {
         }
         _ => return Err(refuse(INVALID_REQUEST, "method must be a string", id)),
     };
+    // MCP's params are an object in every message (the SDKs refuse anything else), while
+    // JSON-RPC decoders take any value: a body read two ways, whatever its method.
+    if members.get("params").is_some_and(|p| !p.is_object()) {
+        return Err(refuse(INVALID_PARAMS, "params must be an object", id));
+    }
     if method != TOOLS_CALL {
         // Another method is forwarded as is; a case variant of ours could still be routed
         // to it by a lenient server, so that is refused.
@@ -320,6 +325,9 @@ mod tests {
             (r#"{"jsonrpc":"2.0","id":1,"method":"Tools/Call","params":{"name":"t"}}"#, INVALID_REQUEST, "only by case"),
             (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","Name":"u"}}"#, INVALID_REQUEST, "only by case"),
             (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":["t"]}"#, INVALID_PARAMS, "params must be an object"),
+            (r#"{"jsonrpc":"2.0","id":"","method":"tools/call ","params":0}"#, INVALID_PARAMS, "params must be an object"),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":[]}"#, INVALID_PARAMS, "params must be an object"),
+            (r#"{"jsonrpc":"2.0","method":"notifications/initialized","params":null}"#, INVALID_PARAMS, "params must be an object"),
             (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":[1]}}"#, INVALID_PARAMS, "arguments must be an object"),
             (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"a":1,"a":2}}}"#, INVALID_REQUEST, "duplicate"),
             (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":""}}"#, INVALID_PARAMS, "non-empty"),
