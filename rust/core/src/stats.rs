@@ -3,6 +3,7 @@
 
 use crate::counter::Region;
 use crate::decision::{Code, Decision, Verdict};
+use crate::mcp::outcome::Failure;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Mutex;
 
@@ -33,8 +34,18 @@ mod cell {
     pub const STORE_SUM_NS: usize = STORE_BUCKETS + DURATION_BUCKETS_NS.len() + 1;
     pub const STORE_ERRORS: usize = STORE_SUM_NS + 1;
     pub const STORE_FALLBACKS: usize = STORE_ERRORS + super::StoreError::ALL.len();
-    pub const USED: usize = STORE_FALLBACKS + 1;
+    /// Answers followed on their way back (Envoy's ext_proc): tool lists filtered, refused
+    /// (unreadable), and the tools taken out of them; reservations given back because the
+    /// call failed, by [`Failure`](crate::mcp::outcome::Failure) kind.
+    pub const LISTS_FILTERED: usize = STORE_FALLBACKS + 1;
+    pub const LISTS_REFUSED: usize = LISTS_FILTERED + 1;
+    pub const TOOLS_UNLISTED: usize = LISTS_REFUSED + 1;
+    pub const RELEASED_ON_FAILURE: usize = TOOLS_UNLISTED + 1;
+    pub const USED: usize = RELEASED_ON_FAILURE + super::FAILURES.len();
 }
+
+/// The kinds of failed calls whose reservations are given back, in counting order.
+pub const FAILURES: [&str; 3] = ["http_status", "jsonrpc_error", "tool_error"];
 
 /// Why the counter store failed a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,6 +260,39 @@ impl Stats {
     /// The counter store's round trips.
     pub fn store_round_trips(&self) -> DurationSnapshot {
         self.histogram(cell::STORE_BUCKETS, cell::STORE_SUM_NS)
+    }
+
+    /// A tool list answer was filtered (`removed` tools taken out), or refused.
+    pub fn count_list(&self, removed: usize, refused: bool) {
+        self.add(
+            if refused {
+                cell::LISTS_REFUSED
+            } else {
+                cell::LISTS_FILTERED
+            },
+            1,
+        );
+        self.add(cell::TOOLS_UNLISTED, removed as u64);
+    }
+
+    /// A reservation was given back because its call failed upstream.
+    pub fn count_released(&self, failure: Failure) {
+        let kind = FAILURES.iter().position(|k| *k == failure.as_str());
+        self.add(cell::RELEASED_ON_FAILURE + kind.unwrap_or(0), 1);
+    }
+
+    /// Tool lists filtered, refused, and the tools taken out of them.
+    pub fn lists(&self) -> (u64, u64, u64) {
+        (
+            self.sum(cell::LISTS_FILTERED),
+            self.sum(cell::LISTS_REFUSED),
+            self.sum(cell::TOOLS_UNLISTED),
+        )
+    }
+
+    /// Reservations given back after failed calls, by kind.
+    pub fn released_on_failure(&self) -> [(&'static str, u64); FAILURES.len()] {
+        std::array::from_fn(|i| (FAILURES[i], self.sum(cell::RELEASED_ON_FAILURE + i)))
     }
 
     /// Record how long serving one decision took.

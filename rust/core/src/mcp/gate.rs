@@ -35,6 +35,7 @@ pub enum Gate {
     Forward {
         headers: Vec<(&'static str, String)>,
         decision: Option<Decision>,
+        follow: Follow,
     },
     /// Do not forward: send `reply` to the client instead.
     Answer {
@@ -50,6 +51,7 @@ pub fn check(engine: &Engine, call: &HttpCall<'_>) -> Gate {
         return Gate::Forward {
             headers: Vec::new(),
             decision: None,
+            follow: Follow::Nothing,
         };
     }
     if call.truncated {
@@ -79,9 +81,14 @@ pub fn check(engine: &Engine, call: &HttpCall<'_>) -> Gate {
         return refuse(engine, &refusal, 400);
     }
     let Some(tool) = tool else {
+        let follow = match id {
+            Some(id) if method == TOOLS_LIST => Follow::ToolList { id: id.clone() },
+            _ => Follow::Nothing,
+        };
         return Gate::Forward {
             headers: Vec::new(),
             decision: None,
+            follow,
         };
     };
     let decision = engine.decide::<&Value>(&Request {
@@ -93,10 +100,24 @@ pub fn check(engine: &Engine, call: &HttpCall<'_>) -> Gate {
         hits: None,
     });
     match decision.verdict {
-        Verdict::Allow => Gate::Forward {
-            headers: reply::allowed_headers(&decision),
-            decision: Some(decision),
-        },
+        Verdict::Allow => {
+            let follow = match (id, decision.reservation) {
+                (Some(id), Some(reservation))
+                    if decision.policy().releases_on_failure(call.server, tool) =>
+                {
+                    Follow::CallOutcome {
+                        id: id.clone(),
+                        reservation,
+                    }
+                }
+                _ => Follow::Nothing,
+            };
+            Gate::Forward {
+                headers: reply::allowed_headers(&decision),
+                decision: Some(decision),
+                follow,
+            }
+        }
         // Reported as the protocol reports a tool that does not exist.
         _ if decision.code == Code::Hidden => Gate::Answer {
             reply: reply::unknown_tool(id, tool),
@@ -108,6 +129,24 @@ pub fn check(engine: &Engine, call: &HttpCall<'_>) -> Gate {
         },
     }
 }
+
+/// What a proxy that also sees the server's answer should do with it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Follow {
+    Nothing,
+    /// A `tools/list`: filter the answer for this caller ([`super::listing`]).
+    ToolList {
+        id: Value,
+    },
+    /// An allowed `tools/call` holding `reservation`: give it back if the answer says the
+    /// call failed ([`super::outcome`]).
+    CallOutcome {
+        id: Value,
+        reservation: u64,
+    },
+}
+
+const TOOLS_LIST: &str = "tools/list";
 
 fn refuse(engine: &Engine, refusal: &Refusal, status: u16) -> Gate {
     let decision = engine.refuse(&refusal.message);
