@@ -151,6 +151,10 @@ def test_metrics_text_is_valid_prometheus_exposition():
         "toolgate_store_round_trip_seconds": "histogram",
         "toolgate_store_errors_total": "counter",
         "toolgate_store_fallbacks_total": "counter",
+        # Answers followed through Envoy's ext_proc (zeros until an Envoy asks).
+        "toolgate_tool_lists_total": "counter",
+        "toolgate_tools_unlisted_total": "counter",
+        "toolgate_reservations_released_on_failure_total": "counter",
     }
 
 

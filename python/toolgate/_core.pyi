@@ -238,6 +238,16 @@ class EnvoyRateLimit:
     def should_rate_limit_wire(self, request: bytes) -> bytes:
         """Answer a serialized RateLimitRequest; ValueError if the bytes are not one."""
 
+class EnvoyExchange:
+    """Follows one Envoy ext_proc ``Process`` stream (one HTTP exchange's answer): filters a
+    ``tools/list`` answer for its caller, gives a failed ``tools/call``'s reservation back.
+    Make one per stream."""
+
+    def __init__(self, engine: Engine) -> None: ...
+    def process_wire(self, request: bytes) -> bytes | None:
+        """Answer a serialized ProcessingRequest (None where Envoy expects no answer:
+        observability mode); ValueError if the bytes are not one."""
+
 def read_mcp_request(body: bytes) -> dict[str, Any]:
     """How the Envoy gate reads one JSON-RPC request body: ``kind`` is ``call`` (``id``,
     ``method``, ``name``, ``arguments``), ``other`` (``id``, ``method``), ``response``

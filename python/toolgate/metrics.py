@@ -124,6 +124,29 @@ class EngineCollector(Collector):
             "unavailable (--store-unavailable local).",
             value=stats["store_fallbacks"],
         )
+        lists = CounterMetricFamily(
+            "toolgate_tool_lists",
+            "tools/list answers followed through Envoy's ext_proc: filtered for their caller, "
+            "or refused (unreadable; the agent got a JSON-RPC error).",
+            labels=["result"],
+        )
+        lists.add_metric(["filtered"], stats["lists_filtered"])
+        lists.add_metric(["refused"], stats["lists_refused"])
+        yield lists
+        yield CounterMetricFamily(
+            "toolgate_tools_unlisted",
+            "Tools taken out of tools/list answers: ones the caller can never call.",
+            value=stats["tools_unlisted"],
+        )
+        released = CounterMetricFamily(
+            "toolgate_reservations_released_on_failure",
+            "Reservations given back because the call failed upstream, by how it failed: "
+            "http_status (>= 400), jsonrpc_error, tool_error (isError).",
+            labels=["failure"],
+        )
+        for failure, count in stats["released_on_failure"].items():
+            released.add_metric([failure], count)
+        yield released
         if self._per_tool:
             per_tool = CounterMetricFamily(
                 "toolgate_tool_decisions",

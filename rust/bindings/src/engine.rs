@@ -505,6 +505,15 @@ impl PyEngine {
         }
         d.set_item("store_errors", errors)?;
         d.set_item("store_fallbacks", stats.store_fallbacks())?;
+        let (filtered, refused, unlisted) = stats.lists();
+        d.set_item("lists_filtered", filtered)?;
+        d.set_item("lists_refused", refused)?;
+        d.set_item("tools_unlisted", unlisted)?;
+        let released = PyDict::new(py);
+        for (kind, n) in stats.released_on_failure() {
+            released.set_item(kind, n)?;
+        }
+        d.set_item("released_on_failure", released)?;
         let trips = stats.store_round_trips();
         let buckets: Vec<(f64, u64)> = trips
             .cumulative

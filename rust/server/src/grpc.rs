@@ -1,6 +1,6 @@
-//! The services as tonic serves them: toolgate.v1 `Decider`, Envoy's `Authorization` and
-//! `RateLimitService`, each deciding in the request's own task (a decision takes about a
-//! microsecond: handing it to another thread would cost more).
+//! The services as tonic serves them: toolgate.v1 `Decider`, Envoy's `Authorization`,
+//! `ExternalProcessor` and `RateLimitService`, each deciding in the request's own task (a
+//! decision takes about a microsecond: handing it to another thread would cost more).
 //!
 //! A call whose deadline passed before its handler ran is answered `DEADLINE_EXCEEDED` and
 //! not decided: the caller (a proxy that has already answered 503) has given up, so counting
@@ -9,13 +9,17 @@
 
 use crate::authz::{self, AuthzConfig};
 use crate::decider::{self, pb};
+use crate::ext_proc::Exchange;
 use crate::ratelimit;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
+use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tonic::{Request, Response, Status};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
 use toolgate_core::Engine;
 
 /// Envoy's services, generated over envoy-types' messages with [`crate::codec`].
@@ -23,6 +27,10 @@ pub mod envoy {
     include!(concat!(
         env!("OUT_DIR"),
         "/envoy.service.auth.v3.Authorization.rs"
+    ));
+    include!(concat!(
+        env!("OUT_DIR"),
+        "/envoy.service.ext_proc.v3.ExternalProcessor.rs"
     ));
     include!(concat!(
         env!("OUT_DIR"),
@@ -176,6 +184,36 @@ impl envoy::authorization_server::Authorization for AuthorizationService {
             authz::check(&self.engine, &self.config, request.get_ref())
         });
         Ok(Response::new(response))
+    }
+}
+
+/// `envoy.service.ext_proc.v3.ExternalProcessor`: one stream per HTTP exchange, each
+/// message answered in turn on the stream's task.
+pub struct ExternalProcessorService {
+    pub engine: Arc<Engine>,
+}
+
+type ProcessingStream =
+    Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl envoy::external_processor_server::ExternalProcessor for ExternalProcessorService {
+    type ProcessStream = ProcessingStream;
+
+    async fn process(
+        &self,
+        request: Request<Streaming<ProcessingRequest>>,
+    ) -> Result<Response<Self::ProcessStream>, Status> {
+        let engine = Arc::clone(&self.engine);
+        let mut exchange = Exchange::default();
+        let answers = request
+            .into_inner()
+            .filter_map(move |message| match message {
+                // A failed call may give its reservation back, which can ask Redis.
+                Ok(m) => deciding(&engine, || exchange.process(&engine, &m)).map(Ok),
+                Err(status) => Some(Err(status)),
+            });
+        Ok(Response::new(Box::pin(answers)))
     }
 }
 
