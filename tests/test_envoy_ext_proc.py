@@ -292,10 +292,14 @@ class ScriptedUpstream:
     one by one (chunked transfer), so Envoy sees the body cut where the test says."""
 
     def __init__(self, answer: Callable[[dict[str, Any]], tuple[int, str, list[bytes]]]):
+        self.headers: list[dict[str, str]] = []
+        seen = self.headers
+
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:
+                seen.append({k.lower(): v for k, v in self.headers.items()})
                 length = int(self.headers.get("content-length", 0))
                 status, content_type, chunks = answer(json.loads(self.rfile.read(length)))
                 self.send_response(status)
@@ -427,3 +431,28 @@ def test_an_http_error_gives_the_spend_back(transport):
             status, _, _ = send(envoy, "POST", body, headers)
             assert status == 503
             wait_released(sidecar, "http_status", n)
+
+
+def test_a_client_cannot_choose_how_its_answer_is_processed(transport):
+    def answer(message: dict[str, Any]) -> tuple[int, str, list[bytes]]:
+        if message["method"] == "tools/list":
+            return 200, "application/json", [listing(message["id"], ["read", "delete_all"])]
+        result = {"jsonrpc": "2.0", "id": message["id"], "result": {"tools": "not a list"}}
+        return 200, "application/json", [json.dumps(result).encode()]
+
+    with (
+        ScriptedUpstream(answer) as upstream,
+        Sidecar(HIDE_DELETES) as sidecar,
+        deployed(EXT_PROC, sidecar.port, upstream.port) as envoy,
+    ):
+        # A list sent as if it needed nothing is filtered all the same...
+        _, _, body = send(envoy, "POST", rpc("tools/list", 1), {"x-toolgate-exchange": "none"})
+        assert [t["name"] for t in json.loads(body)["result"]["tools"]] == ["read"]
+        # ...and a call sent as if it were a list is not read as one.
+        call_body = rpc("tools/call", 2, name="read", arguments={})
+        _, _, body = send(envoy, "POST", call_body, {"x-toolgate-exchange": "tools-list"})
+        assert json.loads(body)["result"] == {"tools": "not a list"}
+        assert sidecar.metric(LISTS, result="refused") == 0
+    # The header is toolgate's and Envoy's: the server never sees it.
+    assert len(upstream.headers) == 2
+    assert all("x-toolgate-exchange" not in h for h in upstream.headers)

@@ -573,7 +573,8 @@ def test_loopback_preload_is_the_tests_one():
 
 def envoy_drift(kube: dict[str, Any]) -> dict[str, Any]:
     """deploy/kubernetes/envoy.yaml with its two documented differences undone (the mcp
-    listener back on 127.0.0.1, the probes listener removed): deploy/envoy/mcp-ext-authz.yaml
+    listener back on 127.0.0.1, the probes listener removed):
+    deploy/envoy/mcp-ext-authz-ext-proc.yaml
     when nothing else differs."""
     undone = copy.deepcopy(kube)
     listeners = undone["static_resources"]["listeners"]
@@ -584,9 +585,9 @@ def envoy_drift(kube: dict[str, Any]) -> dict[str, Any]:
     return undone
 
 
-def test_envoy_config_is_the_ext_authz_config_on_the_pods_ip():
+def test_envoy_config_is_the_deployed_config_on_the_pods_ip():
     kube = yaml.safe_load((BASE / "envoy.yaml").read_text())
-    local = yaml.safe_load((ROOT / "deploy" / "envoy" / "mcp-ext-authz.yaml").read_text())
+    local = yaml.safe_load((ROOT / "deploy" / "envoy" / "mcp-ext-authz-ext-proc.yaml").read_text())
     assert envoy_drift(kube) == local
     # ...and a change anywhere else is drift.
     changed = copy.deepcopy(kube)
