@@ -80,11 +80,11 @@ def test_metrics_values_after_known_traffic():
 
         decisions = s.series("toolgate_decisions_total")
         assert decisions == {
-            labels(verdict="ALLOW", code="ALLOWED"): 30 + 2,
-            labels(verdict="DENY", code="RATE_LIMITED"): 2,
-            labels(verdict="DENY", code="DEFAULT_DENY"): 2,
-            labels(verdict="DENY", code="HIDDEN"): 1,
-            labels(verdict="REQUIRE_APPROVAL", code="APPROVAL_REQUIRED"): 1,
+            labels(api="decider", verdict="ALLOW", code="ALLOWED"): 30 + 2,
+            labels(api="decider", verdict="DENY", code="RATE_LIMITED"): 2,
+            labels(api="decider", verdict="DENY", code="DEFAULT_DENY"): 2,
+            labels(api="decider", verdict="DENY", code="HIDDEN"): 1,
+            labels(api="decider", verdict="REQUIRE_APPROVAL", code="APPROVAL_REQUIRED"): 1,
         }
 
         # One observation per Decide call, and one per DecideBatch call whatever its size.
@@ -136,6 +136,7 @@ def test_metrics_text_is_valid_prometheus_exposition():
     types = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M))
     assert types == {
         "toolgate_decisions_total": "counter",
+        "toolgate_grpc_errors_total": "counter",
         "toolgate_decision_duration_seconds": "histogram",
         "toolgate_policy_reloads_total": "counter",
         "toolgate_policy_info": "gauge",

@@ -207,6 +207,9 @@ class Engine:
     @property
     def policy(self) -> Policy: ...
     def stats(self) -> dict[str, Any]: ...
+    def count_error(self, api: str, code: int) -> None:
+        """Count a call of gRPC API ``api`` (``decider``, ``ext_authz``, ``ratelimit``,
+        ``ext_proc``) answered with error status ``code``; ValueError for another API."""
 
 class EnvoyAuthz:
     """Answers Envoy's ext_authz ``Check`` on MCP traffic from an engine."""

@@ -29,6 +29,7 @@ def external_processor_handler(engine: Engine) -> grpc.GenericRpcHandler:
             try:
                 answer = exchange.process_wire(request)
             except ValueError as err:
+                engine.count_error("ext_proc", grpc.StatusCode.INVALID_ARGUMENT.value[0])
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
             if answer is not None:
                 yield answer

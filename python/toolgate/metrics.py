@@ -48,11 +48,23 @@ class EngineCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         stats = self._engine.stats()
         decisions = CounterMetricFamily(
-            "toolgate_decisions", "Decisions made, by verdict and code.", labels=["verdict", "code"]
+            "toolgate_decisions",
+            "Decisions made, by the API that asked (decider, ext_authz, ratelimit; engine: "
+            "in-process), verdict and code.",
+            labels=["api", "verdict", "code"],
         )
-        for verdict, code, count in stats["outcomes"]:
-            decisions.add_metric([verdict, code], count)
+        for api, verdict, code, count in stats["outcomes"]:
+            decisions.add_metric([api, verdict, code], count)
         yield decisions
+        errors = CounterMetricFamily(
+            "toolgate_grpc_errors",
+            "Calls answered with a gRPC error, by API (decider, ext_authz, ratelimit, ext_proc) "
+            "and status (INVALID_ARGUMENT, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED...).",
+            labels=["api", "status"],
+        )
+        for api, status, count in stats["errors"]:
+            errors.add_metric([api, status], count)
+        yield errors
 
         buckets = [(_bound(le), count) for le, count in stats["duration_buckets"]]
         buckets.append(("+Inf", stats["duration_count"]))

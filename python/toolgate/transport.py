@@ -141,7 +141,7 @@ class _Grpcio:
         self._server.add_generic_rpc_handlers(
             (
                 decider_handler(engine),
-                envoy_authz.authorization_handler(_authz(engine, check)),
+                envoy_authz.authorization_handler(_authz(engine, check), engine),
                 envoy_ext_proc.external_processor_handler(engine),
                 envoy_ratelimit.rate_limit_handler(engine),
             )

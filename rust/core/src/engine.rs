@@ -16,7 +16,7 @@ use crate::decision::{Code, Decision, Limits, Text, Verdict};
 use crate::decision_log::{DecisionLog, Record};
 use crate::limiter::{self, Want};
 use crate::policy::{Action, Compare, ConditionItem, Policy, Scope};
-use crate::stats::Stats;
+use crate::stats::{Api, Stats};
 use crate::store::CounterStore;
 use arc_swap::ArcSwap;
 use arrayvec::ArrayVec;
@@ -176,9 +176,14 @@ impl Engine {
     /// Refuse a request that cannot be decided (malformed before it reaches the policy),
     /// counted like any decision.
     pub fn refuse(&self, reason: &str) -> Decision {
+        self.refuse_via(Api::Engine, reason)
+    }
+
+    /// [`Engine::refuse`], counted as served by `api`.
+    pub fn refuse_via(&self, api: Api, reason: &str) -> Decision {
         let policy = self.policy.load();
         let d = Draft { policy: &policy }.finish(Code::InvalidRequest, reason, "");
-        self.stats.count(&d);
+        self.stats.count(api, &d);
         if let Some(log) = self.log.get() {
             let none = Subject {
                 grant: None,
@@ -193,13 +198,18 @@ impl Engine {
     }
 
     pub fn decide<A: ArgValue + Clone>(&self, req: &Request<'_, A>) -> Decision {
+        self.decide_via(Api::Engine, req)
+    }
+
+    /// [`Engine::decide`], counted as served by `api`.
+    pub fn decide_via<A: ArgValue + Clone>(&self, api: Api, req: &Request<'_, A>) -> Decision {
         // A dry run authorizes nothing: it is not logged.
         let log = self.log.get().filter(|_| !req.dry_run);
         let started = log.map(|_| self.clock.now_ns());
         let policy = self.policy.load();
         let decision = self.decide_in(&policy, req);
         drop(policy);
-        self.stats.count(&decision);
+        self.stats.count(api, &decision);
         if self.stats.per_tool_enabled() {
             self.stats.count_tool(req.tool, decision.verdict);
         }

@@ -25,6 +25,7 @@ use std::time::Instant;
 use toolgate_core::mcp::reply;
 use toolgate_core::mcp::request::{readable_id, Refusal, INVALID_REQUEST};
 use toolgate_core::mcp::{self, Gate, HttpCall};
+use toolgate_core::stats::Api;
 use toolgate_core::{Engine, Subject};
 
 /// The context extension (set per route in Envoy) naming the MCP server behind the route.
@@ -246,7 +247,7 @@ fn unauthenticated(engine: &Engine, why: String, id: Option<serde_json::Value>) 
         "Bearer error=\"invalid_request\"".into(),
     ));
     Gate::Answer {
-        decision: Some(engine.refuse(&refusal.message)),
+        decision: Some(engine.refuse_via(Api::ExtAuthz, &refusal.message)),
         reply,
     }
 }

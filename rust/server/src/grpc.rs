@@ -14,12 +14,14 @@ use crate::ratelimit;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
+use toolgate_core::stats::Api;
 use toolgate_core::Engine;
 
 /// Envoy's services, generated over envoy-types' messages with [`crate::codec`].
@@ -61,6 +63,68 @@ where
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         request.extensions_mut().insert(Arrived(Instant::now()));
         self.0.call(request)
+    }
+}
+
+/// A tower layer over every call: the status it is answered with is made right (see
+/// [`size_limit_status`]) and, when it is an error of one of toolgate's APIs, counted in the
+/// engine's statistics. Errors come as trailers-only answers, whose status is a header; an
+/// ext_proc stream that fails midway is counted by the service itself.
+#[derive(Clone)]
+pub struct AnswerStatus<S> {
+    pub inner: S,
+    pub engine: Arc<Engine>,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for AnswerStatus<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Answered<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        Answered {
+            api: Api::of_path(request.uri().path()),
+            engine: Arc::clone(&self.engine),
+            inner: self.inner.call(request),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The answer of [`AnswerStatus`]'s inner service, looked at when it is ready.
+    pub struct Answered<F> {
+        api: Option<Api>,
+        engine: Arc<Engine>,
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F, R, E> Future for Answered<F>
+where
+    F: Future<Output = Result<http::Response<R>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let answer = std::task::ready!(this.inner.poll(cx));
+        Poll::Ready(answer.map(|response| {
+            let response = size_limit_status(response);
+            let status = response.headers().get("grpc-status");
+            let code = status.and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+            if let (Some(api), Some(code)) = (*this.api, code) {
+                this.engine.stats().count_error(api, code);
+            }
+            response
+        }))
     }
 }
 

@@ -12,7 +12,7 @@ use crate::grpc::envoy::authorization_server::AuthorizationServer;
 use crate::grpc::envoy::external_processor_server::ExternalProcessorServer;
 use crate::grpc::envoy::rate_limit_service_server::RateLimitServiceServer;
 use crate::grpc::{
-    size_limit_status, AuthorizationService, DeciderService, ExternalProcessorService, RateLimiter,
+    AnswerStatus, AuthorizationService, DeciderService, ExternalProcessorService, RateLimiter,
     StampArrival,
 };
 use prost::Message;
@@ -113,7 +113,13 @@ impl Server {
         let max = config.max_message_bytes;
         let router = tonic::transport::Server::builder()
             .layer(tower::layer::layer_fn(StampArrival))
-            .layer(tower::util::MapResponseLayer::new(size_limit_status))
+            .layer(tower::layer::layer_fn({
+                let engine = engine.clone();
+                move |inner| AnswerStatus {
+                    inner,
+                    engine: engine.clone(),
+                }
+            }))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

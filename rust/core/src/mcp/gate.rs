@@ -10,6 +10,8 @@ use super::request::{parse_request, McpRequest, Refusal, INVALID_REQUEST};
 use crate::condition::Subject;
 use crate::decision::{Code, Decision, Verdict};
 use crate::engine::{Engine, Request};
+// The gate answers for a proxy's authorization hook: Envoy's ext_authz.
+use crate::stats::Api;
 use serde_json::Value;
 
 /// One HTTP request as the proxy saw it.
@@ -91,14 +93,17 @@ pub fn check(engine: &Engine, call: &HttpCall<'_>) -> Gate {
             follow,
         };
     };
-    let decision = engine.decide::<&Value>(&Request {
-        tool,
-        server: call.server,
-        subject: call.subject,
-        args: arguments,
-        dry_run: false,
-        hits: None,
-    });
+    let decision = engine.decide_via::<&Value>(
+        Api::ExtAuthz,
+        &Request {
+            tool,
+            server: call.server,
+            subject: call.subject,
+            args: arguments,
+            dry_run: false,
+            hits: None,
+        },
+    );
     match decision.verdict {
         Verdict::Allow => {
             let follow = match (id, decision.reservation) {
@@ -149,7 +154,7 @@ pub enum Follow {
 const TOOLS_LIST: &str = "tools/list";
 
 fn refuse(engine: &Engine, refusal: &Refusal, status: u16) -> Gate {
-    let decision = engine.refuse(&refusal.message);
+    let decision = engine.refuse_via(Api::ExtAuthz, &refusal.message);
     Gate::Answer {
         reply: reply::refused(refusal, status),
         decision: Some(decision),
