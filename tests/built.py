@@ -97,6 +97,12 @@ def _digest(paths: list[Path], extra: str) -> str:
     return h.hexdigest()
 
 
+def _cached(tag: str, digest: str) -> bool:
+    """Whether an image ``tag`` exists that was built from inputs with this ``digest``."""
+    found = podman("image", "inspect", "--format", "{{json .Labels}}", tag, check=False)
+    return found.returncode == 0 and (json.loads(found.stdout) or {}).get(INPUTS_LABEL) == digest
+
+
 def build_image(
     tag: str, containerfile: Path, context: Path, inputs: list[Path], args: dict[str, str]
 ) -> str:
@@ -104,8 +110,7 @@ def build_image(
     ``inputs`` (files) and build ``args``; returns the tag."""
     require_base_image()
     digest = _digest([containerfile, *inputs], json.dumps(args, sort_keys=True))
-    found = podman("image", "inspect", "--format", "{{json .Labels}}", tag, check=False)
-    if found.returncode == 0 and (json.loads(found.stdout) or {}).get(INPUTS_LABEL) == digest:
+    if _cached(tag, digest):
         return tag
     build_args = [f"--build-arg={k}={v}" for k, v in args.items()]
     podman(
@@ -125,15 +130,27 @@ def build_image(
 
 
 def toolgate_image() -> str:
-    """The repository's Dockerfile, built on the local base from this checkout's wheel."""
+    """The repository's Dockerfile, built by scripts/build-image on the local base from this
+    checkout's wheel."""
+    require_base_image()
     wheel = build_wheel()
-    return build_image(
-        TOOLGATE_IMAGE,
-        ROOT / "Dockerfile",
-        ROOT,
-        [wheel, ROOT / ".dockerignore"],
-        {"BASE": BASE_IMAGE, "VERSION": VERSION},
+    digest = _digest([ROOT / "Dockerfile", ROOT / ".dockerignore", wheel], VERSION)
+    if _cached(TOOLGATE_IMAGE, digest):
+        return TOOLGATE_IMAGE
+    done = subprocess.run(
+        [
+            "bash",
+            str(ROOT / "scripts" / "build-image"),
+            TOOLGATE_IMAGE,
+            f"--label={INPUTS_LABEL}={digest}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        cwd=ROOT,
     )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return TOOLGATE_IMAGE
 
 
 def envoy_image(workdir: Path) -> str:
