@@ -97,6 +97,18 @@ def _digest(paths: list[Path], extra: str) -> str:
     return h.hexdigest()
 
 
+def _image_id(tag: str) -> str | None:
+    found = podman("image", "inspect", "--format", "{{.Id}}", tag, check=False)
+    return found.stdout.strip() if found.returncode == 0 else None
+
+
+def _drop_replaced(tag: str, old: str | None) -> None:
+    """Remove the image ``tag`` named before a rebuild (and its build stages), so rebuilds
+    do not pile up unnamed images."""
+    if old is not None and _image_id(tag) != old:
+        podman("rmi", old, check=False)
+
+
 def _cached(tag: str, digest: str) -> bool:
     """Whether an image ``tag`` exists that was built from inputs with this ``digest``."""
     found = podman("image", "inspect", "--format", "{{json .Labels}}", tag, check=False)
@@ -112,6 +124,7 @@ def build_image(
     digest = _digest([containerfile, *inputs], json.dumps(args, sort_keys=True))
     if _cached(tag, digest):
         return tag
+    old = _image_id(tag)
     build_args = [f"--build-arg={k}={v}" for k, v in args.items()]
     podman(
         "build",
@@ -126,6 +139,7 @@ def build_image(
         str(context),
         timeout=1800,
     )
+    _drop_replaced(tag, old)
     return tag
 
 
@@ -137,6 +151,7 @@ def toolgate_image() -> str:
     digest = _digest([ROOT / "Dockerfile", ROOT / ".dockerignore", wheel], VERSION)
     if _cached(TOOLGATE_IMAGE, digest):
         return TOOLGATE_IMAGE
+    old = _image_id(TOOLGATE_IMAGE)
     done = subprocess.run(
         [
             "bash",
@@ -150,6 +165,7 @@ def toolgate_image() -> str:
         cwd=ROOT,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    _drop_replaced(TOOLGATE_IMAGE, old)
     return TOOLGATE_IMAGE
 
 
