@@ -122,6 +122,8 @@ def test_only_labelled_objects_change(tmp_path):
     (deployment,) = [d for d in app if d]
     service = yaml.safe_load((EXAMPLE / "app" / "service.yaml").read_text())
     other, other_service = copy.deepcopy(deployment), copy.deepcopy(service)
+    # A Service that leaves targetPort to default to its port is rewired too.
+    del service["spec"]["ports"][0]["targetPort"]
     for obj in (other, other_service):
         obj["metadata"]["name"] = "other"
         del obj["metadata"]["labels"]["toolgate/sidecars"]
