@@ -192,16 +192,20 @@ def sidecar_drift(sidecar: dict[str, Any]) -> dict[str, Any]:
     base = yaml.safe_load((KUBE / "envoy.yaml").read_text())
     resources["clusters"] = [c for c in resources["clusters"] if c["name"] != "toolgate-metrics"]
     resources["clusters"] += [c for c in base["static_resources"]["clusters"] if c["name"] == "mcp"]
+    base_routes = base["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"
+    ]["route_config"]["virtual_hosts"][0]["routes"]
     for lst in resources["listeners"]:
         hcm = lst["filter_chains"][0]["filters"][0]["typed_config"]
         for host in hcm["route_config"]["virtual_hosts"]:
             host["routes"] = [r for r in host["routes"] if r["match"] != {"path": "/metrics"}]
-            for route in host["routes"]:
-                if lst["name"] == "mcp":
-                    (base_route,) = base["static_resources"]["listeners"][0]["filter_chains"][0][
-                        "filters"
-                    ][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
-                    route["typed_per_filter_config"] = base_route["typed_per_filter_config"]
+            if lst["name"] != "mcp":
+                continue
+            # The base's routes, in the same order: put their server id back.
+            for route, base_route in zip(host["routes"], base_routes, strict=True):
+                server = base_route["typed_per_filter_config"]["envoy.filters.http.ext_authz"]
+                per_filter = route.setdefault("typed_per_filter_config", {})
+                per_filter["envoy.filters.http.ext_authz"] = server
     return undone
 
 
