@@ -236,12 +236,20 @@ def wait_released(sidecar: Sidecar, failure: str, count: int) -> None:
     wait_for(lambda: (sidecar.metric(RELEASED, failure=failure) or 0) >= count or None)
 
 
+#: Envoy keeps an observed stream open this long after the answer unless toolgate ends it.
+LINGER = {
+    "observability_mode: true": "observability_mode: true\n"
+    + " " * 22
+    + "deferred_close_timeout: 600s"
+}
+
+
 @pytest.mark.parametrize("json_answers", [False, True], ids=["sse", "json"])
 def test_a_failed_call_gives_its_spend_back(transport, json_answers):
     with (
         CatalogServer(tools=3, json=json_answers) as catalog,
         Sidecar(CATALOG_POLICY) as sidecar,
-        deployed(EXT_PROC, sidecar.port, catalog.port) as envoy,
+        deployed(EXT_PROC, sidecar.port, catalog.port, LINGER) as envoy,
     ):
         headers = {"authorization": "Bearer spender"}
         charge = lambda amount, outcome="ok": ("charge", {"amount": amount, "outcome": outcome})  # noqa: E731
@@ -256,6 +264,11 @@ def test_a_failed_call_gives_its_spend_back(transport, json_answers):
         fits, over = call(envoy.url(), headers, [charge(40), charge(1)])
         assert texts(fits) == ["charged 40"]
         assert over.is_error and over.meta["toolgate/decision"]["code"] == "RATE_LIMITED"
+        # toolgate ended each stream with its answer: with Envoy set to keep them for ten
+        # minutes, none is left open (an open one counts against the cluster's limit).
+        active = "cluster.toolgate-answers.upstream_rq_active"
+        wait_for(lambda: envoy.stat(active) == 0 or None)
+        assert envoy.stat("cluster.toolgate-answers.upstream_rq_total") >= 4
 
 
 def test_a_rule_can_keep_failed_calls_counted(transport):

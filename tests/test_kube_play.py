@@ -293,8 +293,9 @@ def test_the_sidecars_component_plays_beside_an_existing_server(images, prefix, 
             f"http://127.0.0.1:{pod.port(envoy, 'toolgate-probes')}/metrics"
         )
         assert status == 200
-        assert 'toolgate_decisions_total{code="ALLOWED",verdict="ALLOW"} 1.0' in metrics
-        assert 'toolgate_decisions_total{code="DEFAULT_DENY",verdict="DENY"} 1.0' in metrics
+        decided = 'toolgate_decisions_total{api="ext_authz",code="%s",verdict="%s"} 1.0'
+        assert decided % ("ALLOWED", "ALLOW") in metrics
+        assert decided % ("DEFAULT_DENY", "DENY") in metrics
 
         # The policy ConfigMap changes to deny echo too.
         changed = json.dumps({"version": "1", "default": "deny", "tools": {"get-sum": {}}})

@@ -319,8 +319,9 @@ def agreement(objects: list[dict[str, Any]]) -> list[str]:
     host, port = host_port(listen)
     if host != "127.0.0.1":
         out.append(f"toolgate --listen {listen} is not loopback")
-    if cluster_socket(config, "toolgate") != ("127.0.0.1", port):
-        out.append(f"Envoy's toolgate cluster {cluster_socket(config, 'toolgate')} != {listen}")
+    for cluster in ("toolgate", "toolgate-answers"):
+        if cluster_socket(config, cluster) != ("127.0.0.1", port):
+            out.append(f"Envoy's {cluster} cluster {cluster_socket(config, cluster)} != {listen}")
     if container_port(tg, port) is not None:
         out.append(f"toolgate's decision port {port} is a containerPort")
     probes = {k: tg.get(k) for k in ("readinessProbe", "livenessProbe")}
@@ -691,6 +692,18 @@ def _envoy_text(old: str, new: str) -> Callable[[list[dict[str, Any]]], None]:
     return change
 
 
+def _envoy_cluster_port(name: str, port: int) -> Callable[[list[dict[str, Any]]], None]:
+    def change(objs: list[dict[str, Any]]) -> None:
+        cm = one(objs, "ConfigMap", "envoy-config")
+        config = yaml.safe_load(cm["data"]["envoy.yaml"])
+        (cluster,) = [c for c in config["static_resources"]["clusters"] if c["name"] == name]
+        (group,) = cluster["load_assignment"]["endpoints"]
+        group["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["port_value"] = port
+        cm["data"]["envoy.yaml"] = yaml.safe_dump(config)
+
+    return change
+
+
 def _pod(change: Callable[[dict[str, Any]], None]) -> Callable[[list[dict[str, Any]]], None]:
     return lambda objs: change(pod_spec(objs))
 
@@ -710,9 +723,10 @@ def _mount(name: str, path: str, **extra: str) -> Callable[[list[dict[str, Any]]
 BREAKS: dict[str, tuple[Callable[[list[dict[str, Any]]], None], str]] = {
     "listen-port": (_set_flag("toolgate", "--listen", "127.0.0.1:9192"), "toolgate cluster"),
     "listen-all-hosts": (_set_flag("toolgate", "--listen", "0.0.0.0:9191"), "not loopback"),
-    "cluster-port": (
-        _envoy_text("port_value: 9191", "port_value: 9192"),
-        "toolgate cluster",
+    "cluster-port": (_envoy_cluster_port("toolgate", 9192), "toolgate cluster"),
+    "answers-cluster-port": (
+        _envoy_cluster_port("toolgate-answers", 9192),
+        "toolgate-answers cluster",
     ),
     "probe-target": (
         _in(

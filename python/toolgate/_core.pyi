@@ -247,6 +247,8 @@ class EnvoyExchange:
     Make one per stream."""
 
     def __init__(self, engine: Engine) -> None: ...
+    def finished(self) -> bool:
+        """The exchange's answer has ended: end the stream."""
     def process_wire(self, request: bytes) -> bytes | None:
         """Answer a serialized ProcessingRequest (None where Envoy expects no answer:
         observability mode); ValueError if the bytes are not one."""

@@ -33,6 +33,9 @@ def external_processor_handler(engine: Engine) -> grpc.GenericRpcHandler:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
             if answer is not None:
                 yield answer
+            # The answer has ended: end the stream (Envoy would keep it open for seconds).
+            if exchange.finished():
+                return
 
     # No (de)serializers: the handler sees and returns raw message bytes.
     return grpc.method_handlers_generic_handler(

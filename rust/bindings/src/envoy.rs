@@ -127,6 +127,14 @@ impl PyEnvoyExchange {
         }
     }
 
+    /// Whether the exchange's answer has ended: the stream should be ended then.
+    fn finished(&self) -> bool {
+        self.exchange
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .finished()
+    }
+
     /// Answer a serialized `ProcessingRequest`: the serialized `ProcessingResponse`, or None
     /// where Envoy expects no answer (observability mode). The GIL is let go meanwhile.
     /// Raises ValueError if the bytes are not a ProcessingRequest.

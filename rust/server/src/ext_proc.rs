@@ -164,6 +164,8 @@ type Visible = Box<dyn FnMut(&str) -> Visibility + Send>;
 #[derive(Default)]
 pub struct Exchange {
     state: State,
+    /// The answer's last message has been handled: the stream has nothing more to carry.
+    finished: bool,
 }
 
 #[derive(Default)]
@@ -200,6 +202,18 @@ impl Exchange {
         Ok(self.process(engine, &request).map(|r| r.encode_to_vec()))
     }
 
+    /// Whether the stream has nothing more to do (the answer has ended, or a call's outcome is
+    /// known): the server should end it then. Envoy does not end a stream in observability
+    /// mode until its deferred close timeout (5 s), and every stream left open counts against
+    /// the cluster's limit of open requests.
+    pub fn finished(&self) -> bool {
+        // A call's outcome is known as soon as its answer is read: a client that goes away
+        // then never lets Envoy send the end of the body.
+        let decided = matches!(&self.state, State::Call { watcher, .. }
+            if watcher.outcome() != Outcome::Pending);
+        self.finished || decided
+    }
+
     /// Answer one message of the stream.
     pub fn process(
         &mut self,
@@ -223,8 +237,14 @@ impl Exchange {
             };
         }
         let response = match request.request.as_ref()? {
-            Request::ResponseHeaders(headers) => self.response_headers(engine, headers),
-            Request::ResponseBody(body) => self.response_body(engine, body),
+            Request::ResponseHeaders(headers) => {
+                self.finished |= headers.end_of_stream;
+                self.response_headers(engine, headers)
+            }
+            Request::ResponseBody(body) => {
+                self.finished |= body.end_of_stream;
+                self.response_body(engine, body)
+            }
             Request::RequestHeaders(_) => Response::RequestHeaders(HeadersResponse::default()),
             Request::RequestBody(_) => Response::RequestBody(BodyResponse::default()),
             Request::RequestTrailers(_) => Response::RequestTrailers(TrailersResponse::default()),

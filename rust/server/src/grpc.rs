@@ -19,7 +19,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio_stream::{Stream, StreamExt};
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use toolgate_core::stats::Api;
 use toolgate_core::Engine;
@@ -257,27 +257,55 @@ pub struct ExternalProcessorService {
     pub engine: Arc<Engine>,
 }
 
-type ProcessingStream =
-    Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send + 'static>>;
-
 #[tonic::async_trait]
 impl envoy::external_processor_server::ExternalProcessor for ExternalProcessorService {
-    type ProcessStream = ProcessingStream;
+    type ProcessStream = Answers;
 
     async fn process(
         &self,
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
-        let engine = Arc::clone(&self.engine);
-        let mut exchange = Exchange::default();
-        let answers = request
-            .into_inner()
-            .filter_map(move |message| match message {
-                // A failed call may give its reservation back, which can ask Redis.
-                Ok(m) => deciding(&engine, || exchange.process(&engine, &m)).map(Ok),
-                Err(status) => Some(Err(status)),
-            });
-        Ok(Response::new(Box::pin(answers)))
+        Ok(Response::new(Answers {
+            engine: Arc::clone(&self.engine),
+            messages: request.into_inner(),
+            exchange: Exchange::default(),
+        }))
+    }
+}
+
+/// The answers of one ext_proc stream; it ends with the exchange's answer, not waiting for
+/// Envoy to close its side.
+pub struct Answers {
+    engine: Arc<Engine>,
+    messages: Streaming<ProcessingRequest>,
+    exchange: Exchange,
+}
+
+impl Stream for Answers {
+    type Item = Result<ProcessingResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if this.exchange.finished() {
+                return Poll::Ready(None);
+            }
+            let message = match std::task::ready!(Pin::new(&mut this.messages).poll_next(cx)) {
+                None => return Poll::Ready(None),
+                Some(Ok(message)) => message,
+                Some(Err(status)) => {
+                    this.engine
+                        .stats()
+                        .count_error(Api::ExtProc, status.code() as usize);
+                    return Poll::Ready(Some(Err(status)));
+                }
+            };
+            // A failed call may give its reservation back, which can ask Redis.
+            let (engine, exchange) = (&this.engine, &mut this.exchange);
+            if let Some(answer) = deciding(engine, || exchange.process(engine, &message)) {
+                return Poll::Ready(Some(Ok(answer)));
+            }
+        }
     }
 }
 

@@ -208,8 +208,21 @@ fn a_failed_call_gives_its_reservation_back_once() {
         body(&error[..9], false),
         body(&error[9..], true),
     ] {
+        assert!(
+            !exchange.finished(),
+            "the stream ends with the answer, not before"
+        );
         assert!(exchange.process(&e, &message(&md, request, true)).is_none());
     }
+    assert!(exchange.finished());
+    // In a stream of events the outcome is known once the answer is read, even if the body's
+    // end never comes (the client went away); a JSON body is read whole, at its end.
+    let mut cut = Exchange::default();
+    cut.process(&e, &message(&md, headers(200, "text/event-stream"), true));
+    assert!(!cut.finished());
+    let event = [b"data: ".as_slice(), error, b"\n\n"].concat();
+    cut.process(&e, &message(&md, body(&event, false), true));
+    assert!(cut.finished());
     assert_eq!(e.stats().released_on_failure()[2], ("tool_error", 1));
     assert_eq!(
         pay().verdict,
@@ -265,4 +278,21 @@ fn an_error_answer_to_a_list_passes_as_it_is() {
         panic!("{r:?}")
     };
     assert!(b.response.unwrap().body_mutation.is_none());
+    assert!(exchange.finished());
+}
+
+#[test]
+fn an_answer_without_a_body_ends_with_its_headers() {
+    let e = engine(list_policy());
+    let md = Some(metadata(
+        &Follow::ToolList { id: json!(1) },
+        Caller::default(),
+    ));
+    let mut exchange = Exchange::default();
+    let mut head = headers(202, "application/json");
+    if let Request::ResponseHeaders(h) = &mut head {
+        h.end_of_stream = true;
+    }
+    exchange.process(&e, &message(&md, head, false));
+    assert!(exchange.finished());
 }
