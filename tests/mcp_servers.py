@@ -1,7 +1,7 @@
 """Real MCP servers for the end-to-end tests, each a subprocess on a free 127.0.0.1 port, ready
 (accepting connections) when the constructor returns and stopped when its ``with`` block ends:
 
-- ``SeedServer(log_path)``: tests/mcp_seed_server.py (official Python SDK), the seeds' tools,
+- ``SeedServer(log_path)``: tests/mcp_example_server.py (official Python SDK), the example tools,
   every HTTP request it receives logged as a JSON line to ``log_path`` (see ``requests()``).
 - ``EverythingServer()``: the reference ``@modelcontextprotocol/server-everything`` (Node,
   version pinned in tests/node/package-lock.json) in its streamableHttp mode.
@@ -39,7 +39,7 @@ from mcp.client.streamable_http import streamable_http_client
 from sidecar import _LIVE, dies_with_parent, free_port
 
 TESTS = Path(__file__).resolve().parent
-SEED_SCRIPT = TESTS / "mcp_seed_server.py"
+SEED_SCRIPT = TESTS / "mcp_example_server.py"
 NODE_DIR = TESTS / "node"
 EVERYTHING_BIN = (
     NODE_DIR / "node_modules" / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
@@ -148,7 +148,7 @@ class _Exited(AssertionError):
 
 
 class SeedServer(_Server):
-    """tests/mcp_seed_server.py. ``json=True`` answers POSTs with JSON instead of SSE;
+    """tests/mcp_example_server.py. ``json=True`` answers POSTs with JSON instead of SSE;
     ``stateless=True`` serves without sessions."""
 
     name = "seed"
