@@ -50,10 +50,10 @@ def _local_decider(policy: str) -> Callable[..., dict[str, Any]] | None:
 
 
 def _remote_decider(target: str) -> Callable[..., dict[str, Any]]:
-    from toolgate.client import Client, decision_dict
+    from toolgate.client import Client
 
     client = Client(target)
-    return lambda tool, **fields: decision_dict(client.decide(tool, **fields))
+    return lambda tool, **fields: client.decide(tool, **fields).to_dict()
 
 
 def _decide(args: argparse.Namespace) -> int:
