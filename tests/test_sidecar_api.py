@@ -213,9 +213,7 @@ def test_batch_over_the_limit_denies_only_the_calls_without_room(sc):
     grant = fresh("batch")
     calls = [{"tool": "create-ami", "grant": grant}] * 32 + [{"tool": "describe_y"}]
     codes = [r.code for r in sc.client.decide_batch(calls)]
-    assert codes == ["ALLOWED"] * 30 + ["RATE_LIMITED"] * 2 + [
-        "ALLOWED"
-    ]
+    assert codes == ["ALLOWED"] * 30 + ["RATE_LIMITED"] * 2 + ["ALLOWED"]
     assert sc.client.decide("create-ami", grant=grant).code == "RATE_LIMITED"
 
 
@@ -267,9 +265,7 @@ def test_release_of_a_spend_gives_the_amount_back(sc):
     call = {"currency": "USD", "amount": 999}
     held = [sc.client.decide("transfer_funds", agent=agent, arguments=call) for _ in range(5)]
     assert [d.limits[0].remaining for d in held] == [4001, 3002, 2003, 1004, 5]
-    assert sc.client.decide("transfer_funds", agent=agent, arguments=call).code == (
-        "RATE_LIMITED"
-    )
+    assert sc.client.decide("transfer_funds", agent=agent, arguments=call).code == "RATE_LIMITED"
     assert sc.client.release(held[2].reservation) is True
     after = sc.client.decide("transfer_funds", agent=agent, arguments=call)
     assert after.code == "ALLOWED"
