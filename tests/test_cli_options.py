@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import re
 import subprocess
 from collections.abc import Iterator
 
 import pytest
 import toolgate
+import toolgate._core
 from hypothesis import given
 from hypothesis import strategies as st
 from test_cli import TOOLGATE
@@ -20,13 +22,13 @@ from toolgate.cli import HelpFormatter, build_parser
 # --- version and help ------------------------------------------------------------------------
 
 
-def test_version():
+def test_version_names_the_release_and_the_source_revision():
     done = run("--version")
-    assert (done.returncode, done.stdout, done.stderr) == (
-        0,
-        f"toolgate {toolgate.__version__}\n",
-        "",
-    )
+    assert (done.returncode, done.stderr) == (0, "")
+    revision = toolgate._core.__revision__
+    assert re.fullmatch(r"[0-9a-f]{40}|", revision)
+    shown = f" ({revision[:12]})" if revision else ""
+    assert done.stdout == f"toolgate {toolgate.__version__}{shown}\n"
 
 
 def test_bare_toolgate_prints_help_and_exits_0():

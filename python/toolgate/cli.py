@@ -198,6 +198,13 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
 
 
+def version() -> str:
+    """``toolgate 0.1.0``, and the source revision it was built from when known."""
+    from toolgate._core import __revision__
+
+    return f"toolgate {__version__}" + (f" ({__revision__[:12]})" if __revision__ else "")
+
+
 class HelpFormatter(argparse.HelpFormatter):
     """Every option's help ends with its default, unless the help already speaks of it
     (argparse's ArgumentDefaultsHelpFormatter, without "default: None" for options that have
@@ -227,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Decide whether an AI agent's MCP tool calls may run: serve decisions to a "
         "proxy, try them, check policies. 'toolgate COMMAND --help' lists a command's options.",
     )
-    parser.add_argument("--version", action="version", version=f"toolgate {__version__}")
+    parser.add_argument("--version", action="version", version=version())
     # Not required: a bare `toolgate` prints this help (main()).
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 

@@ -306,7 +306,12 @@ def serve(opts: ServeOptions) -> int:
         host, metrics_port = split_host_port(opts.metrics_listen)
         try:
             registry = serve_metrics(
-                engine, reloads, host, metrics_port, per_tool=opts.metrics_per_tool
+                engine,
+                reloads,
+                host,
+                metrics_port,
+                per_tool=opts.metrics_per_tool,
+                transport=opts.transport,
             )
         except OSError as err:
             log.error("cannot serve metrics on %s: %s", opts.metrics_listen, err)
