@@ -8,6 +8,7 @@ Envoy's own 503."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -137,6 +138,27 @@ def test_each_config_answers_a_json_rpc_error_with_the_id(
     marker = f"down-{uuid.uuid4().hex}"
     assert answer(envoy, headers, body(marker).encode()) == unavailable(id)
     assert [r for r in server.requests() if marker in r["body"]] == []
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/json; charset=utf-8", "text/plain", None], ids=str
+)
+def test_the_id_is_read_whatever_the_content_type(
+    nobody_home: tuple[Envoy, list[tuple[str, str]]], content_type: str | None
+):
+    envoy, headers = nobody_home
+    assert envoy.port is not None
+    connection = http.client.HTTPConnection("127.0.0.1", envoy.port, timeout=30)
+    try:
+        sent = {k: v for k, v in headers}
+        if content_type is not None:
+            sent["Content-Type"] = content_type
+        connection.request("POST", "/mcp", body=json.dumps(call(21)).encode(), headers=sent)
+        response = connection.getresponse()
+        assert response.status == 503
+        assert json.loads(response.read()) == unavailable(21)
+    finally:
+        connection.close()
 
 
 def test_bodies_envoy_does_not_read_get_null_ids(
