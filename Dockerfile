@@ -1,40 +1,49 @@
 # syntax=docker/dockerfile:1
-# The toolgate image: `toolgate` (the CLI; `toolgate serve` is the sidecar) on Python 3.11.
+# The toolgate image: `toolgate` (the CLI; `toolgate serve` is the sidecar), installed from the
+# wheel that scripts/build-wheel makes. Nothing is compiled here: no Rust, no compiler, no
+# sources in the image.
 #
+#   bash scripts/build-wheel                      # dist/toolgate-<version>-cp311-abi3-manylinux_*.whl
 #   docker build -t toolgate:0.1.0 .
 #   docker run --rm -i toolgate:0.1.0 validate /dev/stdin < examples/policy.json
 #
-# Two stages: the Rust extension is compiled into a wheel in `build` (Rust toolchain, C
-# compiler, maturin), and only that wheel and its Python dependencies go into `runtime`.
-# Both stages are Debian bookworm, so the wheel's glibc is the runtime's. The wheel is abi3
-# (CPython >= 3.11); Rust 1.95 (the workspace's rust-version is the minimum).
+# BASE is any Debian bookworm image: one with Python 3.11+ (the default, from a public registry),
+# or a bare Debian, on which Debian's python3 (3.11) is installed. scripts/build-image builds on
+# a base made with debootstrap, for machines that reach no image registry. Bookworm either way:
+# the wheel is built there (its glibc is at most the runtime's).
+ARG BASE=python:3.11-slim-bookworm
 
-# --- build: the wheel ------------------------------------------------------------------------
-FROM rust:1.95-slim-bookworm AS build
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv \
-    && rm -rf /var/lib/apt/lists/*
-RUN python3 -m venv /opt/maturin && /opt/maturin/bin/pip install --no-cache-dir "maturin==1.16.0"
-WORKDIR /src
-# What the build reads (.dockerignore keeps everything else out of the context).
-COPY Cargo.toml Cargo.lock pyproject.toml README.md ./
-COPY proto/ proto/
-COPY rust/ rust/
-COPY python/ python/
-# --locked: exactly the crates in Cargo.lock.
-RUN /opt/maturin/bin/maturin build --release --locked --out /wheels
-
-# --- runtime: Python, the wheel, its dependencies; no compiler, no Rust, no sources ----------
-FROM python:3.11-slim-bookworm AS runtime
+# --- python: an interpreter and an empty virtual environment ---------------------------------
+FROM ${BASE} AS python
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-cache-dir /wheels/*.whl
-# The uid/gid deploy/kubernetes/deployment.yaml runs as (runAsUser/runAsGroup).
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+RUN if ! command -v python3 >/dev/null 2>&1; then \
+        apt-get update \
+        && apt-get install -y --no-install-recommends python3 python3-venv \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi \
+    && python3 -m venv /opt/toolgate
+# The uid/gid deploy/kubernetes runs every container as (runAsUser/runAsGroup).
 RUN groupadd --gid 10001 toolgate \
     && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin toolgate
+
+# --- install: the wheel and its dependencies into the environment ----------------------------
+FROM python AS install
+ARG VERSION=0.1.0
+# Build-time only, for pip behind a TLS-intercepting proxy or a mirror: a CA bundle to trust
+# (scripts/build-image mounts the host's when PIP_CERT is set) and an index.
+ARG PIP_CERT
+ARG PIP_INDEX_URL
+COPY dist/toolgate-${VERSION}-cp311-abi3-manylinux*.whl /tmp/wheels/
+RUN /opt/toolgate/bin/pip install /tmp/wheels/toolgate-*.whl
+
+# --- runtime: the environment without the wheel file or pip's leftovers ----------------------
+FROM python AS runtime
+COPY --from=install /opt/toolgate /opt/toolgate
+ENV PATH=/opt/toolgate/bin:$PATH
 USER 10001:10001
 # The ports deploy/kubernetes uses: gRPC (bound to 127.0.0.1 there) and /metrics.
 EXPOSE 9191 9464

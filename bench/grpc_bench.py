@@ -677,11 +677,12 @@ def scrape_worker_decisions(port: int | None) -> dict[str, float]:
 
 def scrape_decisions(port: int) -> dict[tuple[str, str], float]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    out = {}
+    out: dict[tuple[str, str], float] = {}
     for m in re.finditer(
-        r'^toolgate_decisions_total\{code="(\w+)",verdict="(\w+)"\} (\S+)$', text, re.M
+        r'^toolgate_decisions_total\{api="\w+",code="(\w+)",verdict="(\w+)"\} (\S+)$', text, re.M
     ):
-        out[(m.group(2), m.group(1))] = float(m.group(3))
+        key = (m.group(2), m.group(1))
+        out[key] = out.get(key, 0.0) + float(m.group(3))
     return out
 
 

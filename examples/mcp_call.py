@@ -4,7 +4,8 @@
         --token alice --repeat 31
 
 One session (the initialize handshake), ``--repeat`` calls; a denial shows its reason and the
-decision toolgate put under ``_meta``. Needs ``pip install mcp``.
+decision toolgate put under ``_meta``. ``--list`` first prints the tools the server lists
+(every page). Needs ``pip install mcp``.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import json
 
 import anyio
 import httpx2
+import mcp.types as types
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 
-async def run(url: str, tool: str, arguments: dict, token: str, repeat: int) -> None:
+async def run(url: str, tool: str, arguments: dict, token: str, repeat: int, listing: bool) -> None:
     headers = {"authorization": f"Bearer {token}"}
     async with (
         httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0, read=300.0)) as http,
@@ -27,6 +29,15 @@ async def run(url: str, tool: str, arguments: dict, token: str, repeat: int) -> 
         ClientSession(read, write) as session,
     ):
         await session.initialize()
+        if listing:
+            names, cursor = [], None
+            while True:
+                params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
+                page = await session.list_tools(params=params)
+                names += [t.name for t in page.tools]
+                if (cursor := page.next_cursor) is None:
+                    break
+            print("tools:", " ".join(names))
         for i in range(1, repeat + 1):
             try:
                 result = await session.call_tool(tool, arguments)
@@ -48,8 +59,10 @@ def main() -> None:
     parser.add_argument("arguments", nargs="?", default="{}", help="a JSON object")
     parser.add_argument("--token", default="alice", help="sent as Authorization: Bearer TOKEN")
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--list", action="store_true", help="print the listed tools first")
     args = parser.parse_args()
-    anyio.run(run, args.url, args.tool, json.loads(args.arguments), args.token, args.repeat)
+    arguments = json.loads(args.arguments)
+    anyio.run(run, args.url, args.tool, arguments, args.token, args.repeat, args.list)
 
 
 if __name__ == "__main__":

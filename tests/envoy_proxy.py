@@ -48,10 +48,11 @@ def _envoy() -> str:
     return exe
 
 
-def validate(path: str | Path) -> subprocess.CompletedProcess[str]:
-    """``envoy --mode validate -c path``: returncode 0 and "OK" if the config loads."""
+def validate(path: str | Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """``envoy --mode validate -c path [extra...]``: returncode 0 and "OK" if the config
+    loads."""
     return subprocess.run(
-        [_envoy(), "--mode", "validate", "-c", str(path)],
+        [_envoy(), "--mode", "validate", "-c", str(path), *extra],
         capture_output=True,
         text=True,
         timeout=60,

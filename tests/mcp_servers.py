@@ -3,6 +3,8 @@
 
 - ``SeedServer(log_path)``: tests/mcp_example_server.py (official Python SDK), the example tools,
   every HTTP request it receives logged as a JSON line to ``log_path`` (see ``requests()``).
+- ``CatalogServer(tools, page_size)``: tests/mcp_catalog_server.py (the SDK's low-level
+  server), a large tool list served in pages, and a tool that fails on request.
 - ``EverythingServer()``: the reference ``@modelcontextprotocol/server-everything`` (Node,
   version pinned in tests/node/package-lock.json) in its streamableHttp mode.
 - ``GoMcpServer(binary, log_path)``: tests/go_mcp_server (built by ``build_go_mcp_server``),
@@ -40,6 +42,7 @@ from sidecar import _LIVE, dies_with_parent, free_port
 
 TESTS = Path(__file__).resolve().parent
 SEED_SCRIPT = TESTS / "mcp_example_server.py"
+CATALOG_SCRIPT = TESTS / "mcp_catalog_server.py"
 NODE_DIR = TESTS / "node"
 EVERYTHING_BIN = (
     NODE_DIR / "node_modules" / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
@@ -169,6 +172,22 @@ class SeedServer(_Server):
             return []
         lines = self.log_path.read_text().splitlines()
         return [json.loads(line) for line in lines if line.strip()]
+
+
+class CatalogServer(_Server):
+    """tests/mcp_catalog_server.py: ``tools`` tools (read_/write_/delete_ in turn) listed
+    ``page_size`` at a time, plus ``charge``, which fails on request; JSON answers with
+    ``json=True``."""
+
+    name = "catalog"
+
+    def __init__(self, tools: int = 30, page_size: int = 10, *, json: bool = False):
+        self.flags = ["--tools", str(tools), "--page-size", str(page_size)]
+        self.flags += ["--json"] if json else []
+        super().__init__()
+
+    def _command(self, port: int) -> tuple[list[str], dict[str, str] | None]:
+        return [sys.executable, str(CATALOG_SCRIPT), "--port", str(port), *self.flags], None
 
 
 #: The Go MCP server's source (stdlib only).

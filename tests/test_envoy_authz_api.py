@@ -294,7 +294,9 @@ def test_refusals_are_counted_in_metrics(authz):
         return sum(
             v
             for (name, labels), v in samples.items()
-            if name == "toolgate_decisions_total" and ("code", "INVALID_REQUEST") in labels
+            if name == "toolgate_decisions_total"
+            and ("code", "INVALID_REQUEST") in labels
+            and ("api", "ext_authz") in labels
         )
 
     before = invalid()

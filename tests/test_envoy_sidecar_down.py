@@ -23,6 +23,7 @@ import pytest
 from conftest import EXAMPLES
 from cryptography.hazmat.primitives.asymmetric import ec
 from envoy_proxy import (
+    DEPLOY,
     EXT_AUTHZ,
     JWT_EXT_AUTHZ,
     RATELIMIT,
@@ -85,7 +86,16 @@ def issuer() -> Issuer:
 
 #: What each config needs on a request for it to ask toolgate: the rate limit filter builds
 #: its descriptor from Mcp-Name; jwt_authn first wants a valid token.
-CONFIGS = {"ext-authz": EXT_AUTHZ, "jwt-ext-authz": JWT_EXT_AUTHZ, "ratelimit": RATELIMIT}
+CONFIGS = {
+    "ext-authz": EXT_AUTHZ,
+    "ext-authz-ext-proc": DEPLOY / "mcp-ext-authz-ext-proc.yaml",
+    "jwt-ext-authz": JWT_EXT_AUTHZ,
+    "ratelimit": RATELIMIT,
+}
+
+
+def test_every_deployed_config_is_run_here():
+    assert set(CONFIGS.values()) == set(DEPLOY.glob("*.yaml"))
 
 
 @pytest.fixture(scope="module", params=list(CONFIGS))

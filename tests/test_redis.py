@@ -135,7 +135,8 @@ def test_two_pods_on_one_redis_allow_exactly_max_in_all(redis: RedisServer) -> N
         codes = Load([a.target, b.target], "create-ami", total=500).run()
         assert codes == {"ALLOWED": max_calls, "RATE_LIMITED": 500 - max_calls}, codes
         allowed = sum(
-            sc.metric("toolgate_decisions_total", verdict="ALLOW", code="ALLOWED") or 0
+            sc.metric("toolgate_decisions_total", api="decider", verdict="ALLOW", code="ALLOWED")
+            or 0
             for sc in (a, b)
         )
         assert allowed == max_calls
@@ -210,7 +211,10 @@ def test_redis_killed_under_load_then_restarted_never_allows_over_the_limit(
         errors = sc.series("toolgate_store_errors_total")
         assert sum(errors.values()) > 0, errors
         assert (
-            sc.metric("toolgate_decisions_total", verdict="DENY", code="STORE_UNAVAILABLE") or 0
+            sc.metric(
+                "toolgate_decisions_total", api="decider", verdict="DENY", code="STORE_UNAVAILABLE"
+            )
+            or 0
         ) > 0
 
 
@@ -244,7 +248,9 @@ def test_a_slow_or_silent_redis_is_answered_within_the_budget(redis: RedisServer
         assert (sc.metric("toolgate_store_errors_total", kind="timeout") or 0) >= 3
         assert sum(sc.series("toolgate_store_errors_total").values()) >= 10
         # Scripts that answered late may still have counted: never fewer than the allowed.
-        allowed = sc.metric("toolgate_decisions_total", verdict="ALLOW", code="ALLOWED")
+        allowed = sc.metric(
+            "toolgate_decisions_total", api="decider", verdict="ALLOW", code="ALLOWED"
+        )
         counted = decide(sc.target, "create-ami", dry_run=True).limits[0].remaining
         assert 1000 - counted - 1 >= (allowed or 0)
 

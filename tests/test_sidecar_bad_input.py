@@ -490,9 +490,9 @@ def test_a_flood_of_sessions_fills_the_table_and_fails_closed():
 
         assert s.metric("toolgate_counter_table_full_total") == len(full)
         assert s.metric("toolgate_counter_table_slots_used") == len(allowed)
-        assert s.metric("toolgate_decisions_total", verdict="DENY", code="RATE_LIMITED") == len(
-            full
-        )
+        assert s.metric(
+            "toolgate_decisions_total", api="decider", verdict="DENY", code="RATE_LIMITED"
+        ) == len(full)
 
         # A session with a slot keeps its counter and its limit.
         again = [s.client.decide("per_session", session="s0").code for _ in range(5)]

@@ -80,11 +80,11 @@ def test_metrics_values_after_known_traffic():
 
         decisions = s.series("toolgate_decisions_total")
         assert decisions == {
-            labels(verdict="ALLOW", code="ALLOWED"): 30 + 2,
-            labels(verdict="DENY", code="RATE_LIMITED"): 2,
-            labels(verdict="DENY", code="DEFAULT_DENY"): 2,
-            labels(verdict="DENY", code="HIDDEN"): 1,
-            labels(verdict="REQUIRE_APPROVAL", code="APPROVAL_REQUIRED"): 1,
+            labels(api="decider", verdict="ALLOW", code="ALLOWED"): 30 + 2,
+            labels(api="decider", verdict="DENY", code="RATE_LIMITED"): 2,
+            labels(api="decider", verdict="DENY", code="DEFAULT_DENY"): 2,
+            labels(api="decider", verdict="DENY", code="HIDDEN"): 1,
+            labels(api="decider", verdict="REQUIRE_APPROVAL", code="APPROVAL_REQUIRED"): 1,
         }
 
         # One observation per Decide call, and one per DecideBatch call whatever its size.
@@ -136,6 +136,7 @@ def test_metrics_text_is_valid_prometheus_exposition():
     types = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M))
     assert types == {
         "toolgate_decisions_total": "counter",
+        "toolgate_grpc_errors_total": "counter",
         "toolgate_decision_duration_seconds": "histogram",
         "toolgate_policy_reloads_total": "counter",
         "toolgate_policy_info": "gauge",
@@ -155,6 +156,10 @@ def test_metrics_text_is_valid_prometheus_exposition():
         "toolgate_store_round_trip_seconds": "histogram",
         "toolgate_store_errors_total": "counter",
         "toolgate_store_fallbacks_total": "counter",
+        # Answers followed through Envoy's ext_proc (zeros until an Envoy asks).
+        "toolgate_tool_lists_total": "counter",
+        "toolgate_tools_unlisted_total": "counter",
+        "toolgate_reservations_released_on_failure_total": "counter",
     }
 
 

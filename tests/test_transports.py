@@ -99,10 +99,15 @@ def test_a_call_whose_deadline_has_passed_is_not_decided():
         path = "/toolgate.v1.Decider/Decide"
         late = grpc_call(s.port, path, request, [("grpc-timeout", "1n")])
         assert late["grpc-status"] == str(grpc.StatusCode.DEADLINE_EXCEEDED.value[0])
-        assert s.metric("toolgate_decisions_total", verdict="ALLOW", code="ALLOWED") in (None, 0)
+        assert s.metric(
+            "toolgate_decisions_total", api="decider", verdict="ALLOW", code="ALLOWED"
+        ) in (None, 0)
         on_time = grpc_call(s.port, path, request, [("grpc-timeout", "10S")])
         assert on_time["grpc-status"] == "0"
-        assert s.metric("toolgate_decisions_total", verdict="ALLOW", code="ALLOWED") == 1
+        assert (
+            s.metric("toolgate_decisions_total", api="decider", verdict="ALLOW", code="ALLOWED")
+            == 1
+        )
 
 
 # --- how many threads by default ------------------------------------------------------------
@@ -156,7 +161,64 @@ def test_only_the_grpcio_transport_loads_grpcio(transport: str):
     grpcio: ~11 MiB of an idle sidecar's memory that it does not need."""
     with Sidecar(EXAMPLES / "policy.json") as sidecar:
         assert sidecar.client.decide("create-ami", grant="maps").verdict == "ALLOW"
-        assert sidecar.metric("toolgate_decisions_total", verdict="ALLOW", code="ALLOWED") == 1
+        assert (
+            sidecar.metric(
+                "toolgate_decisions_total", api="decider", verdict="ALLOW", code="ALLOWED"
+            )
+            == 1
+        )
         assert sidecar.proc is not None
         maps = Path(f"/proc/{sidecar.proc.pid}/maps").read_text()
     assert ("cygrpc" in maps) == (transport == "grpcio"), maps
+
+
+def test_metrics_name_the_api_of_each_decision_and_error(transport: str):
+    """Decisions carry the API that asked; gRPC errors are counted by API and status."""
+    from envoy.service.auth.v3 import external_auth_pb2
+    from envoy.service.ratelimit.v3 import rls_pb2
+
+    with Sidecar(EXAMPLES / "policy.json") as s:
+        decide = decider_pb2.DecideRequest(tool="nope").SerializeToString()
+        check = external_auth_pb2.CheckRequest()
+        check.attributes.request.http.method = "POST"
+        check.attributes.request.http.raw_body = (
+            b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"nope"}}'
+        )
+        limit = rls_pb2.RateLimitRequest(domain="d")
+        entry = limit.descriptors.add().entries.add()
+        entry.key, entry.value = "tool", "nope"
+        calls = [
+            ("/toolgate.v1.Decider/Decide", decide, []),
+            ("/envoy.service.auth.v3.Authorization/Check", check.SerializeToString(), []),
+            (
+                "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
+                limit.SerializeToString(),
+                [],
+            ),
+            # Errors: bytes that are no message, a deadline already passed.
+            ("/toolgate.v1.Decider/Decide", b"\xff\xff", []),
+            ("/envoy.service.auth.v3.Authorization/Check", b"\x0a\x05\xff", []),
+            ("/toolgate.v1.Decider/Decide", decide, [("grpc-timeout", "1n")]),
+        ]
+        for path, message, headers in calls:
+            grpc_call(s.port, path, message, headers)
+        decisions = s.series("toolgate_decisions_total")
+        apis = {dict(labels)["api"] for labels, n in decisions.items() if n}
+        assert apis == {"decider", "ext_authz", "ratelimit"}
+        errors = {
+            (dict(labels)["api"], dict(labels)["status"]): n
+            for labels, n in s.series("toolgate_grpc_errors_total").items()
+        }
+        assert errors == {
+            ("decider", "INVALID_ARGUMENT"): 1,
+            ("ext_authz", "INVALID_ARGUMENT"): 1,
+            ("decider", "DEADLINE_EXCEEDED"): 1,
+        }
+        # A message over gRPC's 4 MiB is refused before any handler runs: the native data
+        # plane counts it, grpcio refuses it inside its own C core, where no handler sees it.
+        big = decider_pb2.DecideRequest(tool="x" * (5 << 20)).SerializeToString()
+        with pytest.raises(grpc.RpcError) as info:
+            s.raw("Decide")(big, timeout=30)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        over = s.metric("toolgate_grpc_errors_total", api="decider", status="RESOURCE_EXHAUSTED")
+        assert over == (1 if transport == "native" else None)

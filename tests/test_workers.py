@@ -119,9 +119,14 @@ def test_a_limit_is_exact_across_workers_and_connections():
         load.run()
         assert (load.allowed, load.denied, load.failed) == (max_calls, 400 - max_calls, 0)
         # /metrics, served once by the supervisor, sums the workers...
-        assert sc.metric("toolgate_decisions_total", verdict="ALLOW", code="ALLOWED") == max_calls
         assert (
-            sc.metric("toolgate_decisions_total", verdict="DENY", code="RATE_LIMITED")
+            sc.metric("toolgate_decisions_total", api="decider", verdict="ALLOW", code="ALLOWED")
+            == max_calls
+        )
+        assert (
+            sc.metric(
+                "toolgate_decisions_total", api="decider", verdict="DENY", code="RATE_LIMITED"
+            )
             == 400 - max_calls
         )
         # ...each of which served some of the load.

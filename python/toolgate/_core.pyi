@@ -218,6 +218,9 @@ class Engine:
     @property
     def policy(self) -> Policy: ...
     def stats(self) -> dict[str, Any]: ...
+    def count_error(self, api: str, code: int) -> None:
+        """Count a call of gRPC API ``api`` (``decider``, ``ext_authz``, ``ratelimit``,
+        ``ext_proc``) answered with error status ``code``; ValueError for another API."""
 
 class EnvoyAuthz:
     """Answers Envoy's ext_authz ``Check`` on MCP traffic from an engine."""
@@ -248,6 +251,16 @@ class EnvoyRateLimit:
     def __init__(self, engine: Engine) -> None: ...
     def should_rate_limit_wire(self, request: bytes) -> bytes:
         """Answer a serialized RateLimitRequest; ValueError if the bytes are not one."""
+
+class EnvoyExchange:
+    """Follows one Envoy ext_proc ``Process`` stream (one HTTP exchange's answer): filters a
+    ``tools/list`` answer for its caller, gives a failed ``tools/call``'s reservation back.
+    Make one per stream."""
+
+    def __init__(self, engine: Engine) -> None: ...
+    def process_wire(self, request: bytes) -> bytes | None:
+        """Answer a serialized ProcessingRequest (None where Envoy expects no answer:
+        observability mode); ValueError if the bytes are not one."""
 
 def read_mcp_request(body: bytes) -> dict[str, Any]:
     """How the Envoy gate reads one JSON-RPC request body: ``kind`` is ``call`` (``id``,

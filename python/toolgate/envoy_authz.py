@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from toolgate._core import EnvoyAuthz
+from toolgate._core import Engine, EnvoyAuthz
 from toolgate.service import unary_bytes_handler
 
 if TYPE_CHECKING:
@@ -75,10 +75,10 @@ def parse_subject_source(text: str) -> str | None:
     return claim
 
 
-def authorization_handler(authz: EnvoyAuthz) -> grpc.GenericRpcHandler:
+def authorization_handler(authz: EnvoyAuthz, engine: Engine) -> grpc.GenericRpcHandler:
     """The ``Check`` handler of the grpcio transport, answered by ``authz``."""
     import grpc
 
     return grpc.method_handlers_generic_handler(
-        SERVICE_NAME, {"Check": unary_bytes_handler(authz.check_wire)}
+        SERVICE_NAME, {"Check": unary_bytes_handler(authz.check_wire, engine, "ext_authz")}
     )

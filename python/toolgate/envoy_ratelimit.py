@@ -26,5 +26,9 @@ def rate_limit_handler(engine: Engine) -> grpc.GenericRpcHandler:
     service = EnvoyRateLimit(engine)
     return grpc.method_handlers_generic_handler(
         SERVICE_NAME,
-        {"ShouldRateLimit": unary_bytes_handler(service.should_rate_limit_wire)},
+        {
+            "ShouldRateLimit": unary_bytes_handler(
+                service.should_rate_limit_wire, engine, "ratelimit"
+            )
+        },
     )

@@ -112,11 +112,23 @@ class EngineCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         stats = self._engine.stats()
         decisions = CounterMetricFamily(
-            "toolgate_decisions", "Decisions made, by verdict and code.", labels=["verdict", "code"]
+            "toolgate_decisions",
+            "Decisions made, by the API that asked (decider, ext_authz, ratelimit; engine: "
+            "in-process), verdict and code.",
+            labels=["api", "verdict", "code"],
         )
-        for verdict, code, count in stats["outcomes"]:
-            decisions.add_metric([verdict, code], count)
+        for api, verdict, code, count in stats["outcomes"]:
+            decisions.add_metric([api, verdict, code], count)
         yield decisions
+        errors = CounterMetricFamily(
+            "toolgate_grpc_errors",
+            "Calls answered with a gRPC error, by API (decider, ext_authz, ratelimit, ext_proc) "
+            "and status (INVALID_ARGUMENT, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED...).",
+            labels=["api", "status"],
+        )
+        for api, status, count in stats["errors"]:
+            errors.add_metric([api, status], count)
+        yield errors
 
         buckets = [(_bound(le), count) for le, count in stats["duration_buckets"]]
         buckets.append(("+Inf", stats["duration_count"]))
@@ -188,6 +200,29 @@ class EngineCollector(Collector):
             "unavailable (--store-unavailable local).",
             value=stats["store_fallbacks"],
         )
+        lists = CounterMetricFamily(
+            "toolgate_tool_lists",
+            "tools/list answers followed through Envoy's ext_proc: filtered for their caller, "
+            "or refused (unreadable; the agent got a JSON-RPC error).",
+            labels=["result"],
+        )
+        lists.add_metric(["filtered"], stats["lists_filtered"])
+        lists.add_metric(["refused"], stats["lists_refused"])
+        yield lists
+        yield CounterMetricFamily(
+            "toolgate_tools_unlisted",
+            "Tools taken out of tools/list answers: ones the caller can never call.",
+            value=stats["tools_unlisted"],
+        )
+        released = CounterMetricFamily(
+            "toolgate_reservations_released_on_failure",
+            "Reservations given back because the call failed upstream, by how it failed: "
+            "http_status (>= 400), jsonrpc_error, tool_error (isError).",
+            labels=["failure"],
+        )
+        for failure, count in stats["released_on_failure"].items():
+            released.add_metric([failure], count)
+        yield released
         if self._per_tool:
             per_tool = CounterMetricFamily(
                 "toolgate_tool_decisions",

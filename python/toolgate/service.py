@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     import grpc
 
 SERVICE_NAME = "toolgate.v1.Decider"
+#: Its ``api`` label in the metrics.
+API = "decider"
 
 
 #: grpcio keeps deadlines to the millisecond (a 1 ns timeout becomes up to a millisecond or
@@ -32,20 +34,27 @@ def deadline_passed(context: grpc.ServicerContext) -> bool:
     return remaining is not None and remaining < DEADLINE_SLACK_S
 
 
-def unary_bytes_handler(call: Callable[[bytes], bytes]) -> grpc.RpcMethodHandler:
+def unary_bytes_handler(
+    call: Callable[[bytes], bytes], engine: Engine, api: str
+) -> grpc.RpcMethodHandler:
     """A unary handler that passes the request's bytes to ``call`` (the Rust core decodes,
     decides and encodes) and returns its bytes: DEADLINE_EXCEEDED if the caller has already
     given up (a proxy that answered 503 after its timeout), so no call is counted that will
-    never run; INVALID_ARGUMENT if the bytes are not the method's request message."""
+    never run; INVALID_ARGUMENT if the bytes are not the method's request message. Errors
+    are counted in ``engine``'s statistics under ``api``."""
     import grpc
+
+    def abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> None:
+        engine.count_error(api, code.value[0])
+        context.abort(code, message)
 
     def handle(request: bytes, context: grpc.ServicerContext) -> bytes:
         if deadline_passed(context):
-            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the caller's deadline has passed")
+            abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "the caller's deadline has passed")
         try:
             return call(request)
         except ValueError as err:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(err))
 
     # No (de)serializers: the handler sees and returns raw message bytes.
     return grpc.unary_unary_rpc_method_handler(handle)
@@ -58,8 +67,8 @@ def decider_handler(engine: Engine) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(
         SERVICE_NAME,
         {
-            "Decide": unary_bytes_handler(engine.decide_wire),
-            "DecideBatch": unary_bytes_handler(engine.decide_batch_wire),
-            "Release": unary_bytes_handler(engine.release_wire),
+            "Decide": unary_bytes_handler(engine.decide_wire, engine, API),
+            "DecideBatch": unary_bytes_handler(engine.decide_batch_wire, engine, API),
+            "Release": unary_bytes_handler(engine.release_wire, engine, API),
         },
     )

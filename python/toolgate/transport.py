@@ -5,8 +5,8 @@
 - ``grpcio``: Python's grpcio server, each RPC's bytes handed to the same Rust code. The
   pure-Python reference: the same answers, with about 20x the CPU per call.
 
-Both serve ``toolgate.v1.Decider``, Envoy's ``Authorization`` and ``RateLimitService``,
-``grpc.health.v1.Health`` and server reflection on one address.
+Both serve ``toolgate.v1.Decider``, Envoy's ``Authorization``, ``ExternalProcessor`` and
+``RateLimitService``, ``grpc.health.v1.Health`` and server reflection on one address.
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ from __future__ import annotations
 from typing import Protocol
 
 from envoy.service.auth.v3 import external_auth_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2
 from envoy.service.ratelimit.v3 import rls_pb2
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import FileDescriptor
 
-from toolgate import envoy_authz, envoy_ratelimit
+from toolgate import envoy_authz, envoy_ext_proc, envoy_ratelimit
 from toolgate._core import Engine, EnvoyAuthz, NativeServer
 from toolgate.envoy_authz import CheckSettings
 from toolgate.service import SERVICE_NAME, decider_handler
@@ -26,7 +27,12 @@ from toolgate.service import SERVICE_NAME, decider_handler
 TRANSPORTS = ("native", "grpcio")
 
 #: The services a health check can name, besides "" (the whole server).
-SERVICES = (SERVICE_NAME, envoy_authz.SERVICE_NAME, envoy_ratelimit.SERVICE_NAME)
+SERVICES = (
+    SERVICE_NAME,
+    envoy_authz.SERVICE_NAME,
+    envoy_ext_proc.SERVICE_NAME,
+    envoy_ratelimit.SERVICE_NAME,
+)
 
 
 class Transport(Protocol):
@@ -57,8 +63,8 @@ def start(
 
 
 def envoy_descriptors() -> bytes:
-    """Envoy's ext_authz and rate limit services and every file they import, as one encoded
-    FileDescriptorSet, for the native server's reflection."""
+    """Envoy's ext_authz, ext_proc and rate limit services and every file they import, as
+    one encoded FileDescriptorSet, for the native server's reflection."""
     files = descriptor_pb2.FileDescriptorSet()
     seen: set[str] = set()
 
@@ -71,6 +77,7 @@ def envoy_descriptors() -> bytes:
         file.CopyToProto(files.file.add())
 
     add(external_auth_pb2.DESCRIPTOR)
+    add(external_processor_pb2.DESCRIPTOR)
     add(rls_pb2.DESCRIPTOR)
     return files.SerializeToString()
 
@@ -134,7 +141,8 @@ class _Grpcio:
         self._server.add_generic_rpc_handlers(
             (
                 decider_handler(engine),
-                envoy_authz.authorization_handler(_authz(engine, check)),
+                envoy_authz.authorization_handler(_authz(engine, check), engine),
+                envoy_ext_proc.external_processor_handler(engine),
                 envoy_ratelimit.rate_limit_handler(engine),
             )
         )

@@ -173,7 +173,7 @@ class WorkerCollector(Collector):
             labels=["worker"],
         )
         for i, engine in enumerate(self._engines):
-            total = sum(n for _, _, n in engine.stats()["outcomes"])
+            total = sum(n for *_, n in engine.stats()["outcomes"])
             decisions.add_metric([str(i)], total)
             restarts.add_metric([str(i)], self._restarts[i])
         yield decisions

@@ -42,6 +42,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ))
             .build(),
         Service::builder()
+            .name("ExternalProcessor")
+            .package("envoy.service.ext_proc.v3")
+            .method(
+                Method::builder()
+                    .name("process")
+                    .route_name("Process")
+                    .input_type(format!("{envoy}::ext_proc::v3::ProcessingRequest"))
+                    .output_type(format!("{envoy}::ext_proc::v3::ProcessingResponse"))
+                    .codec_path(CODEC)
+                    .client_streaming()
+                    .server_streaming()
+                    .build(),
+            )
+            .build(),
+        Service::builder()
             .name("RateLimitService")
             .package("envoy.service.ratelimit.v3")
             .method(unary(

@@ -16,6 +16,7 @@ use toolgate_core::counter::CounterTable;
 use toolgate_core::decision_log::{DecisionLog, Filter, Settings};
 use toolgate_core::engine::{DEFAULT_CAPACITY, DEFAULT_RESERVATIONS};
 use toolgate_core::shared::{Layout, SharedState};
+use toolgate_core::stats::Api;
 use toolgate_core::MonotonicClock;
 use toolgate_core::{Engine, Request, Subject};
 use toolgate_server::decider as wire;
@@ -467,6 +468,17 @@ impl PyEngine {
         }
     }
 
+    /// Count a call of gRPC API `api` (`decider`, `ext_authz`, `ratelimit`, `ext_proc`)
+    /// answered with the error status `code` (a transport that answers outside the core).
+    fn count_error(&self, api: &str, code: usize) -> PyResult<()> {
+        let api = Api::ALL
+            .into_iter()
+            .find(|a| a.as_str() == api)
+            .ok_or_else(|| PyValueError::new_err(format!("unknown API {api:?}")))?;
+        self.inner.stats().count_error(api, code);
+        Ok(())
+    }
+
     /// Decisions so far by code, plus shadow decisions and table-full denials.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
@@ -481,14 +493,22 @@ impl PyEngine {
         d.set_item("log_dropped", self.inner.stats().log_dropped())?;
         d.set_item("table_capacity", self.inner.table().capacity())?;
         d.set_item("table_occupied", self.inner.table().occupied())?;
-        let outcomes: Vec<(&str, &str, u64)> = self
+        let outcomes: Vec<(&str, &str, &str, u64)> = self
             .inner
             .stats()
             .decisions()
             .into_iter()
-            .map(|(v, c, n)| (v.as_str(), c.as_str(), n))
+            .map(|(api, v, c, n)| (api.as_str(), v.as_str(), c.as_str(), n))
             .collect();
         d.set_item("outcomes", outcomes)?;
+        let errors: Vec<(&str, &str, u64)> = self
+            .inner
+            .stats()
+            .errors()
+            .into_iter()
+            .map(|(api, status, n)| (api.as_str(), status, n))
+            .collect();
+        d.set_item("errors", errors)?;
         let durations = self.inner.stats().durations();
         let buckets: Vec<(f64, u64)> = durations
             .cumulative
@@ -505,6 +525,15 @@ impl PyEngine {
         }
         d.set_item("store_errors", errors)?;
         d.set_item("store_fallbacks", stats.store_fallbacks())?;
+        let (filtered, refused, unlisted) = stats.lists();
+        d.set_item("lists_filtered", filtered)?;
+        d.set_item("lists_refused", refused)?;
+        d.set_item("tools_unlisted", unlisted)?;
+        let released = PyDict::new(py);
+        for (kind, n) in stats.released_on_failure() {
+            released.set_item(kind, n)?;
+        }
+        d.set_item("released_on_failure", released)?;
         let trips = stats.store_round_trips();
         let buckets: Vec<(f64, u64)> = trips
             .cumulative

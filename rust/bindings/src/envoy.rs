@@ -1,11 +1,13 @@
-//! Envoy's ext_authz and rate limit services as Python objects, for the grpcio transport:
-//! each takes a serialized request and returns the serialized response.
+//! Envoy's ext_authz, ext_proc and rate limit services as Python objects, for the grpcio
+//! transport: each takes a serialized request and returns the serialized response.
 
 use crate::engine::PyEngine;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
+use std::sync::Mutex;
 use toolgate_server::authz::{self, AuthzConfig, SubjectSource, DEFAULT_MAX_REQUEST_BYTES};
+use toolgate_server::ext_proc::Exchange;
 use toolgate_server::{ratelimit, Malformed};
 
 fn answer(py: Python<'_>, out: Result<Vec<u8>, Malformed>) -> PyResult<Bound<'_, PyBytes>> {
@@ -104,5 +106,43 @@ impl PyEnvoyRateLimit {
     ) -> PyResult<Bound<'py, PyBytes>> {
         let engine = &self.engine.get().inner;
         answer(py, ratelimit::should_rate_limit_wire(engine, request))
+    }
+}
+
+/// Follows one `envoy.service.ext_proc.v3.ExternalProcessor/Process` stream (one HTTP
+/// exchange's answer): make one per stream.
+#[pyclass(name = "EnvoyExchange", module = "toolgate._core", frozen)]
+pub struct PyEnvoyExchange {
+    engine: Py<PyEngine>,
+    exchange: Mutex<Exchange>,
+}
+
+#[pymethods]
+impl PyEnvoyExchange {
+    #[new]
+    fn new(engine: Py<PyEngine>) -> Self {
+        PyEnvoyExchange {
+            engine,
+            exchange: Mutex::new(Exchange::default()),
+        }
+    }
+
+    /// Answer a serialized `ProcessingRequest`: the serialized `ProcessingResponse`, or None
+    /// where Envoy expects no answer (observability mode). The GIL is let go meanwhile.
+    /// Raises ValueError if the bytes are not a ProcessingRequest.
+    fn process_wire<'py>(
+        &self,
+        py: Python<'py>,
+        request: &[u8],
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let engine = &self.engine.get().inner;
+        let out = py.detach(|| {
+            let mut exchange = self.exchange.lock().unwrap_or_else(|p| p.into_inner());
+            exchange.process_wire(engine, request)
+        });
+        match out {
+            Ok(answer) => Ok(answer.map(|b| PyBytes::new(py, &b))),
+            Err(e) => Err(PyValueError::new_err(e.0)),
+        }
     }
 }

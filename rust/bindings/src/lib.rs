@@ -27,6 +27,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<decision::PyLimitState>()?;
     m.add_class::<envoy::PyEnvoyAuthz>()?;
     m.add_class::<envoy::PyEnvoyRateLimit>()?;
+    m.add_class::<envoy::PyEnvoyExchange>()?;
     m.add_class::<native::PyNativeServer>()?;
     m.add_class::<clock::PyManualClock>()?;
     m.add_function(wrap_pyfunction!(engine::create_shared_state, m)?)?;

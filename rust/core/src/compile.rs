@@ -4,7 +4,8 @@
 use crate::counter::{to_units, CounterKey, Granularity};
 use crate::matcher::NameMatcher;
 use crate::policy::{
-    Action, ConditionItem, DefaultAction, Limit, Mode, Policy, Rule, Scope, Section, Segment,
+    Action, ConditionItem, DefaultAction, Limit, Mode, PathRoot, Policy, Rule, Scope, Section,
+    Segment,
 };
 use ahash::AHashMap;
 
@@ -93,6 +94,10 @@ pub struct CompiledRule {
     pub approvers: Vec<Box<str>>,
     /// Argument paths the decision log writes in clear.
     pub log: Vec<crate::policy::Path>,
+    /// `release_on_failure` as written (`None`: not written).
+    pub release_on_failure: Option<bool>,
+    /// Some condition reads the caller (`subject.*`): the rule can treat callers apart.
+    pub reads_subject: bool,
 }
 
 /// A `require` or `deny_if` item, with the denial it gives: when a `require` item does
@@ -148,6 +153,16 @@ impl CompiledPolicy {
     #[inline]
     pub fn limit(&self, id: LimitId) -> &LimitInfo {
         &self.limits[id.0 as usize]
+    }
+
+    /// Whether a call of `tool` that fails upstream gives its limits back: the tool's rule's
+    /// `release_on_failure`, else `all_tools`', else yes.
+    pub fn releases_on_failure(&self, server: Option<&str>, tool: &str) -> bool {
+        let section = self.section(server);
+        let rule = section.tools.lookup(tool).map(|i| &section.rules[*i]);
+        rule.and_then(|r| r.release_on_failure)
+            .or_else(|| section.all_tools.as_ref()?.release_on_failure)
+            .unwrap_or(true)
     }
 
     #[inline]
@@ -226,6 +241,12 @@ fn compile_rule(rule: &Rule, tool: Option<&str>, tables: &mut Tables) -> Compile
             .map(|a| Box::from(a.as_str()))
             .collect(),
         log: rule.log.clone(),
+        release_on_failure: rule.release_on_failure,
+        reads_subject: rule
+            .require
+            .iter()
+            .chain(&rule.deny_if)
+            .any(|item| item.reads(PathRoot::Subject)),
     }
 }
 

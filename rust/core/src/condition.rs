@@ -30,6 +30,9 @@ pub struct Facts<'a, A> {
     pub server: Option<&'a str>,
     pub subject: Subject<'a>,
     pub args: Option<A>,
+    /// There are no arguments yet (a tool list is filtered before any call is made): an
+    /// argument path is [`Problem::NotYetKnown`], not missing.
+    pub args_unknown: bool,
 }
 
 /// Why a condition could not be evaluated.
@@ -40,6 +43,8 @@ pub enum Problem {
     /// upstream would read it as the path, so the path's value is not known.
     CaseVariant,
     WrongType(Kind),
+    /// An argument path, read before there are arguments ([`Facts::args_unknown`]).
+    NotYetKnown,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -58,6 +63,7 @@ impl Problem {
                  a case-insensitive decoder reads as it",
                 c.path.text
             ),
+            Problem::NotYetKnown => format!("{} is not known before the call", c.path.text),
             Problem::WrongType(kind) => {
                 format!(
                     "{} is {}, which `{}` cannot compare",
@@ -137,7 +143,11 @@ impl<'a, A: ArgValue + Clone> Facts<'a, A> {
     /// Walk an argument path; also used for a limit's `cost`. Fails with
     /// [`Problem::CaseVariant`] where a key is missing but a case variant of it is there.
     pub fn arg(&self, segments: &[Segment]) -> Result<A, Problem> {
-        let mut v = self.args.clone().ok_or(Problem::Missing)?;
+        let mut v = match self.args.clone() {
+            Some(v) => v,
+            None if self.args_unknown => return Err(Problem::NotYetKnown),
+            None => return Err(Problem::Missing),
+        };
         for seg in segments {
             v = match seg {
                 Segment::Key(k) => match v.get_key(k) {
@@ -189,7 +199,9 @@ impl<'a, A: ArgValue + Clone> Facts<'a, A> {
         if c.op == Op::Exists {
             let want = c.value.as_bool().unwrap_or(true);
             return match resolved {
-                Err(Problem::CaseVariant) => Outcome::Unevaluable(c, Problem::CaseVariant),
+                Err(p @ (Problem::CaseVariant | Problem::NotYetKnown)) => {
+                    Outcome::Unevaluable(c, p)
+                }
                 r if r.is_ok() == want => Outcome::Holds,
                 _ => Outcome::Fails,
             };

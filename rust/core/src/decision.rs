@@ -171,6 +171,11 @@ impl Decision {
         &self.policy.revision
     }
 
+    /// The policy that decided.
+    pub fn policy(&self) -> &CompiledPolicy {
+        &self.policy
+    }
+
     /// The limit a limit state is of: its scope, max and window.
     /// The limit to report: the one that denied the call, or else the one with the least
     /// room left.

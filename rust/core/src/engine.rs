@@ -15,8 +15,8 @@ use crate::counter::{to_units, CounterKey, CounterTable, UNITS_PER_CALL};
 use crate::decision::{Code, Decision, Limits, Text, Verdict};
 use crate::decision_log::{DecisionLog, Record};
 use crate::limiter::{self, Want};
-use crate::policy::{Action, ConditionItem, Policy, Scope};
-use crate::stats::Stats;
+use crate::policy::{Action, Compare, ConditionItem, Policy, Scope};
+use crate::stats::{Api, Stats};
 use crate::store::CounterStore;
 use arc_swap::ArcSwap;
 use arrayvec::ArrayVec;
@@ -176,9 +176,14 @@ impl Engine {
     /// Refuse a request that cannot be decided (malformed before it reaches the policy),
     /// counted like any decision.
     pub fn refuse(&self, reason: &str) -> Decision {
+        self.refuse_via(Api::Engine, reason)
+    }
+
+    /// [`Engine::refuse`], counted as served by `api`.
+    pub fn refuse_via(&self, api: Api, reason: &str) -> Decision {
         let policy = self.policy.load();
         let d = Draft { policy: &policy }.finish(Code::InvalidRequest, reason, "");
-        self.stats.count(&d);
+        self.stats.count(api, &d);
         if let Some(log) = self.log.get() {
             let none = Subject {
                 grant: None,
@@ -193,13 +198,18 @@ impl Engine {
     }
 
     pub fn decide<A: ArgValue + Clone>(&self, req: &Request<'_, A>) -> Decision {
+        self.decide_via(Api::Engine, req)
+    }
+
+    /// [`Engine::decide`], counted as served by `api`.
+    pub fn decide_via<A: ArgValue + Clone>(&self, api: Api, req: &Request<'_, A>) -> Decision {
         // A dry run authorizes nothing: it is not logged.
         let log = self.log.get().filter(|_| !req.dry_run);
         let started = log.map(|_| self.clock.now_ns());
         let policy = self.policy.load();
         let decision = self.decide_in(&policy, req);
         drop(policy);
-        self.stats.count(&decision);
+        self.stats.count(api, &decision);
         if self.stats.per_tool_enabled() {
             self.stats.count_tool(req.tool, decision.verdict);
         }
@@ -296,6 +306,7 @@ impl Engine {
             server: req.server,
             subject: req.subject,
             args: req.args.clone(),
+            args_unknown: false,
         };
 
         for r in rules.clone().filter(|r| r.action == Action::Deny) {
@@ -588,20 +599,40 @@ impl Draft<'_> {
     }
 }
 
-fn check_conditions<'p, A: ArgValue + Clone>(
+fn check_conditions<A: ArgValue + Clone>(
     out: &Draft<'_>,
-    r: &'p CompiledRule,
+    r: &CompiledRule,
     facts: &Facts<'_, A>,
 ) -> Option<Decision> {
-    let deny = |d: &ConditionDenial| Some(out.finish(Code::ConditionFailed, d.reason, d.pointer));
-    let unevaluable = |c: &crate::policy::Compare, p: crate::condition::Problem| {
-        let detail = format!("condition cannot be evaluated: {}", p.describe(c));
-        let reason: Text = match &r.reason {
-            Some(reason) => format!("{reason} ({detail})").into(),
-            None => detail.into(),
-        };
-        Some(out.finish(Code::ConditionFailed, reason, c.pointer.as_str()))
-    };
+    match evaluate_conditions(r, facts) {
+        Conditions::Pass => None,
+        Conditions::Denied(d) => Some(out.finish(Code::ConditionFailed, d.reason, d.pointer)),
+        Conditions::Unevaluable(c, p) => {
+            let detail = format!("condition cannot be evaluated: {}", p.describe(c));
+            let reason: Text = match &r.reason {
+                Some(reason) => format!("{reason} ({detail})").into(),
+                None => detail.into(),
+            };
+            Some(out.finish(Code::ConditionFailed, reason, c.pointer.as_str()))
+        }
+    }
+}
+
+/// How a rule's `deny_if` and `require` came out for a call.
+pub(crate) enum Conditions<'p> {
+    Pass,
+    /// An item denied the call, with this denial.
+    Denied(&'p ConditionDenial),
+    /// A condition could not be evaluated (which denies the call).
+    Unevaluable(&'p Compare, Problem),
+}
+
+/// Evaluate `deny_if` (any holding denies), then `require` (any not holding denies), each
+/// left to right up to the first that decides.
+pub(crate) fn evaluate_conditions<'p, A: ArgValue + Clone>(
+    r: &'p CompiledRule,
+    facts: &Facts<'_, A>,
+) -> Conditions<'p> {
     // A group holds when all its conditions hold; a bare condition is a group of one.
     let eval = |item: &'p ConditionItem| match item {
         ConditionItem::Condition(c) => facts.eval(c),
@@ -609,19 +640,19 @@ fn check_conditions<'p, A: ArgValue + Clone>(
     };
     for c in &r.deny_if {
         match eval(&c.item) {
-            Outcome::Holds => return deny(&c.denial),
+            Outcome::Holds => return Conditions::Denied(&c.denial),
             Outcome::Fails => {}
-            Outcome::Unevaluable(c, p) => return unevaluable(c, p),
+            Outcome::Unevaluable(c, p) => return Conditions::Unevaluable(c, p),
         }
     }
     for c in &r.require {
         match eval(&c.item) {
             Outcome::Holds => {}
-            Outcome::Fails => return deny(&c.denial),
-            Outcome::Unevaluable(c, p) => return unevaluable(c, p),
+            Outcome::Fails => return Conditions::Denied(&c.denial),
+            Outcome::Unevaluable(c, p) => return Conditions::Unevaluable(c, p),
         }
     }
-    None
+    Conditions::Pass
 }
 
 /// The counter key and amount one limit needs for this call.

@@ -21,6 +21,7 @@ pub mod policy;
 pub mod shared;
 pub mod stats;
 pub mod store;
+pub mod visibility;
 
 pub use clock::{Clock, ManualClock, MonotonicClock};
 pub use condition::Subject;

@@ -3,6 +3,7 @@
 
 use crate::counter::Region;
 use crate::decision::{Code, Decision, Verdict};
+use crate::mcp::outcome::Failure;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Mutex;
 
@@ -14,11 +15,75 @@ pub const DURATION_BUCKETS_NS: [u64; 13] = [
     5_000_000, 10_000_000,
 ];
 
-/// The counters of one [`Stats`] block, as word offsets: decisions per (verdict, code), shadow
-/// decisions, table-full denials, the latency histogram per bucket, and its sum.
+/// The API a decision or an error was served by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// Asked of the engine directly (the Python library, the CLI without a sidecar).
+    Engine,
+    Decider,
+    ExtAuthz,
+    RateLimit,
+    ExtProc,
+}
+
+impl Api {
+    pub const ALL: [Api; 5] = [
+        Api::Engine,
+        Api::Decider,
+        Api::ExtAuthz,
+        Api::RateLimit,
+        Api::ExtProc,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Api::Engine => "engine",
+            Api::Decider => "decider",
+            Api::ExtAuthz => "ext_authz",
+            Api::RateLimit => "ratelimit",
+            Api::ExtProc => "ext_proc",
+        }
+    }
+
+    /// The API a gRPC method path belongs to (`/package.Service/Method`).
+    pub fn of_path(path: &str) -> Option<Api> {
+        let service = path.strip_prefix('/')?.split('/').next()?;
+        Some(match service {
+            "toolgate.v1.Decider" => Api::Decider,
+            "envoy.service.auth.v3.Authorization" => Api::ExtAuthz,
+            "envoy.service.ratelimit.v3.RateLimitService" => Api::RateLimit,
+            "envoy.service.ext_proc.v3.ExternalProcessor" => Api::ExtProc,
+            _ => return None,
+        })
+    }
+}
+
+/// gRPC status codes, by number (`OK` is 0 and never counted as an error).
+pub const GRPC_STATUS: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// The counters of one [`Stats`] block, as word offsets: decisions per (API, verdict, code),
+/// shadow decisions, table-full denials, the latency histogram per bucket, and its sum.
 mod cell {
-    use super::{Code, DURATION_BUCKETS_NS, VERDICTS};
-    pub const SHADOW: usize = VERDICTS.len() * Code::ALL.len();
+    use super::{Api, Code, DURATION_BUCKETS_NS, VERDICTS};
+    pub const SHADOW: usize = Api::ALL.len() * VERDICTS.len() * Code::ALL.len();
     pub const TABLE_FULL: usize = SHADOW + 1;
     /// Per bucket (not cumulative); the last counts everything above the largest bound.
     pub const BUCKETS: usize = TABLE_FULL + 1;
@@ -33,8 +98,20 @@ mod cell {
     pub const STORE_SUM_NS: usize = STORE_BUCKETS + DURATION_BUCKETS_NS.len() + 1;
     pub const STORE_ERRORS: usize = STORE_SUM_NS + 1;
     pub const STORE_FALLBACKS: usize = STORE_ERRORS + super::StoreError::ALL.len();
-    pub const USED: usize = STORE_FALLBACKS + 1;
+    /// Answers followed on their way back (Envoy's ext_proc): tool lists filtered, refused
+    /// (unreadable), and the tools taken out of them; reservations given back because the
+    /// call failed, by [`Failure`](crate::mcp::outcome::Failure) kind.
+    pub const LISTS_FILTERED: usize = STORE_FALLBACKS + 1;
+    pub const LISTS_REFUSED: usize = LISTS_FILTERED + 1;
+    pub const TOOLS_UNLISTED: usize = LISTS_REFUSED + 1;
+    pub const RELEASED_ON_FAILURE: usize = TOOLS_UNLISTED + 1;
+    /// Calls answered with a gRPC error, per (API, status code).
+    pub const ERRORS: usize = RELEASED_ON_FAILURE + super::FAILURES.len();
+    pub const USED: usize = ERRORS + Api::ALL.len() * super::GRPC_STATUS.len();
 }
+
+/// The kinds of failed calls whose reservations are given back, in counting order.
+pub const FAILURES: [&str; 3] = ["http_status", "jsonrpc_error", "tool_error"];
 
 /// Why the counter store failed a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,8 +173,8 @@ pub struct DurationSnapshot {
     pub sum_ns: u64,
 }
 
-fn decision_cell(v: Verdict, c: Code) -> usize {
-    verdict_index(v) * Code::ALL.len() + c.index()
+fn decision_cell(api: Api, v: Verdict, c: Code) -> usize {
+    (api as usize * VERDICTS.len() + verdict_index(v)) * Code::ALL.len() + c.index()
 }
 
 fn verdict_index(v: Verdict) -> usize {
@@ -144,8 +221,8 @@ impl Stats {
     }
 
     #[inline]
-    pub fn count(&self, d: &Decision) {
-        self.add(decision_cell(d.verdict, d.code), 1);
+    pub fn count(&self, api: Api, d: &Decision) {
+        self.add(decision_cell(api, d.verdict, d.code), 1);
         if d.shadow {
             self.add(cell::SHADOW, 1);
         }
@@ -251,6 +328,39 @@ impl Stats {
         self.histogram(cell::STORE_BUCKETS, cell::STORE_SUM_NS)
     }
 
+    /// A tool list answer was filtered (`removed` tools taken out), or refused.
+    pub fn count_list(&self, removed: usize, refused: bool) {
+        self.add(
+            if refused {
+                cell::LISTS_REFUSED
+            } else {
+                cell::LISTS_FILTERED
+            },
+            1,
+        );
+        self.add(cell::TOOLS_UNLISTED, removed as u64);
+    }
+
+    /// A reservation was given back because its call failed upstream.
+    pub fn count_released(&self, failure: Failure) {
+        let kind = FAILURES.iter().position(|k| *k == failure.as_str());
+        self.add(cell::RELEASED_ON_FAILURE + kind.unwrap_or(0), 1);
+    }
+
+    /// Tool lists filtered, refused, and the tools taken out of them.
+    pub fn lists(&self) -> (u64, u64, u64) {
+        (
+            self.sum(cell::LISTS_FILTERED),
+            self.sum(cell::LISTS_REFUSED),
+            self.sum(cell::TOOLS_UNLISTED),
+        )
+    }
+
+    /// Reservations given back after failed calls, by kind.
+    pub fn released_on_failure(&self) -> [(&'static str, u64); FAILURES.len()] {
+        std::array::from_fn(|i| (FAILURES[i], self.sum(cell::RELEASED_ON_FAILURE + i)))
+    }
+
     /// Record how long serving one decision took.
     #[inline]
     pub fn record_duration(&self, ns: u64) {
@@ -262,31 +372,51 @@ impl Stats {
         self.add(cell::DURATION_SUM_NS, ns);
     }
 
-    /// Decisions so far per (verdict, code), only the pairs that occurred.
-    pub fn decisions(&self) -> Vec<(Verdict, Code, u64)> {
+    /// Decisions so far per (API, verdict, code), only those that occurred.
+    pub fn decisions(&self) -> Vec<(Api, Verdict, Code, u64)> {
         let mut out = Vec::new();
-        for v in VERDICTS {
-            for c in Code::ALL {
-                let n = self.sum(decision_cell(v, c));
-                if n > 0 {
-                    out.push((v, c, n));
+        for api in Api::ALL {
+            for v in VERDICTS {
+                for c in Code::ALL {
+                    let n = self.sum(decision_cell(api, v, c));
+                    if n > 0 {
+                        out.push((api, v, c, n));
+                    }
                 }
             }
         }
         out
     }
 
-    /// Decisions so far per code, whatever the verdict.
+    /// Decisions so far per code, whatever the API and verdict.
     pub fn by_code(&self) -> [(Code, u64); Code::ALL.len()] {
         Code::ALL.map(|c| {
-            (
-                c,
-                VERDICTS
-                    .iter()
-                    .map(|v| self.sum(decision_cell(*v, c)))
-                    .sum(),
-            )
+            let cells = Api::ALL
+                .iter()
+                .flat_map(|a| VERDICTS.iter().map(move |v| decision_cell(*a, *v, c)));
+            (c, cells.map(|cell| self.sum(cell)).sum())
         })
+    }
+
+    /// A call of `api` answered with gRPC status `code` (not OK).
+    pub fn count_error(&self, api: Api, code: usize) {
+        if (1..GRPC_STATUS.len()).contains(&code) {
+            self.add(cell::ERRORS + api as usize * GRPC_STATUS.len() + code, 1);
+        }
+    }
+
+    /// Calls answered with a gRPC error so far, per (API, status), only those that occurred.
+    pub fn errors(&self) -> Vec<(Api, &'static str, u64)> {
+        let mut out = Vec::new();
+        for api in Api::ALL {
+            for (code, name) in GRPC_STATUS.iter().enumerate().skip(1) {
+                let n = self.sum(cell::ERRORS + api as usize * GRPC_STATUS.len() + code);
+                if n > 0 {
+                    out.push((api, *name, n));
+                }
+            }
+        }
+        out
     }
 
     pub fn shadow(&self) -> u64 {
@@ -344,6 +474,27 @@ mod tests {
         assert_eq!(total.table_full(), 1 + 2 + 3);
         assert_eq!(total.durations().count, 6);
         assert_eq!(workers[1].table_full(), 2);
+    }
+
+    #[test]
+    fn errors_are_counted_by_api_and_status_and_ok_is_none() {
+        let s = Stats::default();
+        let path = "/envoy.service.auth.v3.Authorization/Check";
+        let api = Api::of_path(path).unwrap();
+        s.count_error(api, 3);
+        s.count_error(api, 3);
+        s.count_error(Api::Decider, 4);
+        s.count_error(Api::Decider, 0);
+        s.count_error(Api::Decider, 99);
+        assert_eq!(
+            s.errors(),
+            vec![
+                (Api::Decider, "DEADLINE_EXCEEDED", 1),
+                (Api::ExtAuthz, "INVALID_ARGUMENT", 2)
+            ]
+        );
+        assert_eq!(Api::of_path("/grpc.health.v1.Health/Check"), None);
+        assert_eq!(Api::of_path("nope"), None);
     }
 
     #[test]

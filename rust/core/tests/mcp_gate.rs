@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 use std::sync::Arc;
 use toolgate_core::counter::CounterTable;
-use toolgate_core::mcp::{check, Gate, HttpCall};
+use toolgate_core::mcp::{check, Follow, Gate, HttpCall};
 use toolgate_core::{Code, Engine, ManualClock, Policy, Subject};
 
 const POLICY: &str = r#"{"version": "1", "default": "deny", "hide": ["delete_*"],
@@ -71,7 +71,9 @@ fn an_allowed_call_is_forwarded_with_headers_naming_the_decision() {
     let e = engine();
     let body = tool_call(json!(1), "create-ami", json!({"name": "x"}));
     match check(&e, &post(&body, "alice")) {
-        Gate::Forward { headers, decision } => {
+        Gate::Forward {
+            headers, decision, ..
+        } => {
             assert_eq!(decision.unwrap().code, Code::Allowed);
             assert_eq!(
                 headers,
@@ -352,4 +354,51 @@ proptest::proptest! {
             proptest::prop_assert!(!lenient_reading_calls_a_tool(&body), "{}", body);
         }
     }
+}
+
+/// What a proxy that sees the answer is told to follow.
+fn follow(e: &Engine, body: &str) -> Follow {
+    match check(e, &post(body, "g")) {
+        Gate::Forward { follow, .. } => follow,
+        Gate::Answer { decision, .. } => panic!("answered: {decision:?}"),
+    }
+}
+
+#[test]
+fn the_answers_to_follow_are_lists_and_calls_that_hold_a_reservation() {
+    let e = engine();
+    let list = json!({"jsonrpc": "2.0", "id": "l", "method": "tools/list"}).to_string();
+    assert_eq!(follow(&e, &list), Follow::ToolList { id: json!("l") });
+    let notification = json!({"jsonrpc": "2.0", "method": "tools/list"}).to_string();
+    assert_eq!(follow(&e, &notification), Follow::Nothing);
+    let counted = tool_call(json!(3), "create-ami", json!({}));
+    let Follow::CallOutcome { id, reservation } = follow(&e, &counted) else {
+        panic!("a counted call is followed")
+    };
+    assert_eq!(id, json!(3));
+    assert!(e.release(reservation), "the reservation is the call's");
+    // Nothing counted, nothing to give back.
+    let uncounted = tool_call(json!(4), "list_images", json!({}));
+    assert_eq!(follow(&e, &uncounted), Follow::Nothing);
+}
+
+#[test]
+fn a_rule_can_keep_failed_calls_counted() {
+    let policy = r#"{"version": "1", "all_tools": {"release_on_failure": false},
+      "tools": {
+        "kept": {"limits": [{"counter": "k", "window": "minute", "max": 5, "scope": "grant"}]},
+        "given": {"release_on_failure": true,
+                  "limits": [{"counter": "g", "window": "minute", "max": 5, "scope": "grant"}]}
+      }}"#;
+    let clock = Arc::new(ManualClock::new(1_000_000_000_000));
+    let policy = Policy::from_json_str(policy).expect("valid policy");
+    let e = Engine::new(policy, Arc::new(CounterTable::new(256, 256)), clock).unwrap();
+    assert_eq!(
+        follow(&e, &tool_call(json!(1), "kept", json!({}))),
+        Follow::Nothing
+    );
+    assert!(matches!(
+        follow(&e, &tool_call(json!(2), "given", json!({}))),
+        Follow::CallOutcome { .. }
+    ));
 }

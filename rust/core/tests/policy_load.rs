@@ -794,6 +794,12 @@ fn wrong_types() {
             "expected an object, found a boolean",
         ),
         (
+            "{\"version\": \"1\",\n \"tools\": {\"t\": {\"release_on_failure\": \"no\"}}}",
+            "/tools/t/release_on_failure",
+            2,
+            "expected true or false, found a string",
+        ),
+        (
             "{\"version\": \"1\",\n \"default\": \"maybe\"}",
             "/default",
             2,

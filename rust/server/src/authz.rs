@@ -8,6 +8,7 @@
 //! `jwt_authn` filter verified ([`SubjectSource`]).
 
 use crate::credential::{self, Refused};
+use crate::ext_proc::{exchange_header, exchange_metadata, Caller, EXCHANGE_HEADER};
 use crate::Malformed;
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption, Metadata};
@@ -17,12 +18,14 @@ use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{
     CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
 };
+use envoy_types::pb::google::protobuf::Struct;
 use envoy_types::pb::google::rpc::Status;
 use prost::Message;
 use std::time::Instant;
 use toolgate_core::mcp::reply;
 use toolgate_core::mcp::request::{readable_id, Refusal, INVALID_REQUEST};
 use toolgate_core::mcp::{self, Gate, HttpCall};
+use toolgate_core::stats::Api;
 use toolgate_core::{Engine, Subject};
 
 /// The context extension (set per route in Envoy) naming the MCP server behind the route.
@@ -86,14 +89,15 @@ pub fn check_wire(
 /// Answer one Check.
 pub fn check(engine: &Engine, config: &AuthzConfig, request: &CheckRequest) -> CheckResponse {
     let started = Instant::now();
-    let gate = gate(engine, config, request);
+    let (gate, note) = gate(engine, config, request);
     engine
         .stats()
         .record_duration(started.elapsed().as_nanos() as u64);
-    response(gate)
+    response(gate, note)
 }
 
-fn gate(engine: &Engine, config: &AuthzConfig, request: &CheckRequest) -> Gate {
+/// The decision, and what it leaves in Envoy's dynamic metadata for the answer's filters.
+fn gate(engine: &Engine, config: &AuthzConfig, request: &CheckRequest) -> (Gate, Option<Struct>) {
     let attributes = request.attributes.as_ref();
     let default_http = HttpRequest::default();
     let http = attributes
@@ -106,7 +110,10 @@ fn gate(engine: &Engine, config: &AuthzConfig, request: &CheckRequest) -> Gate {
     let (grant, agent) = match (who(&config.grant), who(&config.agent)) {
         (Ok(grant), Ok(agent)) => (grant, agent),
         (Err(Refused(why)), _) | (_, Err(Refused(why))) => {
-            return unauthenticated(engine, why, readable_id(body_of(http)))
+            return (
+                unauthenticated(engine, why, readable_id(body_of(http))),
+                None,
+            )
         }
     };
     let server = attributes
@@ -134,7 +141,18 @@ fn gate(engine: &Engine, config: &AuthzConfig, request: &CheckRequest) -> Gate {
         mcp_method: headers.get("mcp-method"),
         mcp_name: headers.get("mcp-name"),
     };
-    mcp::check(engine, &call)
+    let gate = mcp::check(engine, &call);
+    let note = match &gate {
+        Gate::Forward { follow, .. } => exchange_metadata(follow, || Caller {
+            server: call.server.map(str::to_owned),
+            grant: call.subject.grant.map(str::to_owned),
+            session: call.subject.session.map(str::to_owned),
+            agent: call.subject.agent.map(str::to_owned),
+            grant_verified: call.subject.grant_verified,
+        }),
+        Gate::Answer { .. } => None,
+    };
+    (gate, note)
 }
 
 /// The body, as bytes (`pack_as_bytes`) or as text.
@@ -229,23 +247,30 @@ fn unauthenticated(engine: &Engine, why: String, id: Option<serde_json::Value>) 
         "Bearer error=\"invalid_request\"".into(),
     ));
     Gate::Answer {
-        decision: Some(engine.refuse(&refusal.message)),
+        decision: Some(engine.refuse_via(Api::ExtAuthz, &refusal.message)),
         reply,
     }
 }
 
-fn response(gate: Gate) -> CheckResponse {
+fn response(gate: Gate, note: Option<Struct>) -> CheckResponse {
     match gate {
-        Gate::Forward { headers, .. } => CheckResponse {
+        Gate::Forward {
+            headers, follow, ..
+        } => CheckResponse {
             status: Some(Status {
                 code: GRPC_OK,
                 ..Default::default()
             }),
             http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+                // Always set, so a client cannot pick the route that processes answers.
+                headers: header_options(vec![(
+                    EXCHANGE_HEADER,
+                    exchange_header(&follow).to_owned(),
+                )]),
                 response_headers_to_add: header_options(headers),
                 ..Default::default()
             })),
-            ..Default::default()
+            dynamic_metadata: note,
         },
         Gate::Answer { reply, decision } => CheckResponse {
             status: Some(Status {

@@ -4,6 +4,7 @@
 use crate::Malformed;
 use prost::Message;
 use std::time::Instant;
+use toolgate_core::stats::Api;
 use toolgate_core::{Code, Decision, Engine, Request, Subject, Verdict};
 
 pub mod pb {
@@ -104,16 +105,19 @@ fn respond(
     };
     let arguments = match parse_arguments(&req.arguments_json, max_argument_bytes) {
         Ok(a) => a,
-        Err(reason) => return encode(engine.refuse(&reason)),
+        Err(reason) => return encode(engine.refuse_via(Api::Decider, &reason)),
     };
-    let decision = engine.decide(&Request {
-        tool: &req.tool,
-        server: non_empty(&req.server),
-        subject,
-        args: arguments.as_ref(),
-        dry_run: req.dry_run,
-        hits: None,
-    });
+    let decision = engine.decide_via(
+        Api::Decider,
+        &Request {
+            tool: &req.tool,
+            server: non_empty(&req.server),
+            subject,
+            args: arguments.as_ref(),
+            dry_run: req.dry_run,
+            hits: None,
+        },
+    );
     encode(decision)
 }
 

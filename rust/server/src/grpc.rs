@@ -1,6 +1,6 @@
-//! The services as tonic serves them: toolgate.v1 `Decider`, Envoy's `Authorization` and
-//! `RateLimitService`, each deciding in the request's own task (a decision takes about a
-//! microsecond: handing it to another thread would cost more).
+//! The services as tonic serves them: toolgate.v1 `Decider`, Envoy's `Authorization`,
+//! `ExternalProcessor` and `RateLimitService`, each deciding in the request's own task (a
+//! decision takes about a microsecond: handing it to another thread would cost more).
 //!
 //! A call whose deadline passed before its handler ran is answered `DEADLINE_EXCEEDED` and
 //! not decided: the caller (a proxy that has already answered 503) has given up, so counting
@@ -9,13 +9,19 @@
 
 use crate::authz::{self, AuthzConfig};
 use crate::decider::{self, pb};
+use crate::ext_proc::Exchange;
 use crate::ratelimit;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
+use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tonic::{Request, Response, Status};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+use toolgate_core::stats::Api;
 use toolgate_core::Engine;
 
 /// Envoy's services, generated over envoy-types' messages with [`crate::codec`].
@@ -23,6 +29,10 @@ pub mod envoy {
     include!(concat!(
         env!("OUT_DIR"),
         "/envoy.service.auth.v3.Authorization.rs"
+    ));
+    include!(concat!(
+        env!("OUT_DIR"),
+        "/envoy.service.ext_proc.v3.ExternalProcessor.rs"
     ));
     include!(concat!(
         env!("OUT_DIR"),
@@ -53,6 +63,68 @@ where
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         request.extensions_mut().insert(Arrived(Instant::now()));
         self.0.call(request)
+    }
+}
+
+/// A tower layer over every call: the status it is answered with is made right (see
+/// [`size_limit_status`]) and, when it is an error of one of toolgate's APIs, counted in the
+/// engine's statistics. Errors come as trailers-only answers, whose status is a header; an
+/// ext_proc stream that fails midway is counted by the service itself.
+#[derive(Clone)]
+pub struct AnswerStatus<S> {
+    pub inner: S,
+    pub engine: Arc<Engine>,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for AnswerStatus<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Answered<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        Answered {
+            api: Api::of_path(request.uri().path()),
+            engine: Arc::clone(&self.engine),
+            inner: self.inner.call(request),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The answer of [`AnswerStatus`]'s inner service, looked at when it is ready.
+    pub struct Answered<F> {
+        api: Option<Api>,
+        engine: Arc<Engine>,
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F, R, E> Future for Answered<F>
+where
+    F: Future<Output = Result<http::Response<R>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let answer = std::task::ready!(this.inner.poll(cx));
+        Poll::Ready(answer.map(|response| {
+            let response = size_limit_status(response);
+            let status = response.headers().get("grpc-status");
+            let code = status.and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+            if let (Some(api), Some(code)) = (*this.api, code) {
+                this.engine.stats().count_error(api, code);
+            }
+            response
+        }))
     }
 }
 
@@ -176,6 +248,36 @@ impl envoy::authorization_server::Authorization for AuthorizationService {
             authz::check(&self.engine, &self.config, request.get_ref())
         });
         Ok(Response::new(response))
+    }
+}
+
+/// `envoy.service.ext_proc.v3.ExternalProcessor`: one stream per HTTP exchange, each
+/// message answered in turn on the stream's task.
+pub struct ExternalProcessorService {
+    pub engine: Arc<Engine>,
+}
+
+type ProcessingStream =
+    Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl envoy::external_processor_server::ExternalProcessor for ExternalProcessorService {
+    type ProcessStream = ProcessingStream;
+
+    async fn process(
+        &self,
+        request: Request<Streaming<ProcessingRequest>>,
+    ) -> Result<Response<Self::ProcessStream>, Status> {
+        let engine = Arc::clone(&self.engine);
+        let mut exchange = Exchange::default();
+        let answers = request
+            .into_inner()
+            .filter_map(move |message| match message {
+                // A failed call may give its reservation back, which can ask Redis.
+                Ok(m) => deciding(&engine, || exchange.process(&engine, &m)).map(Ok),
+                Err(status) => Some(Err(status)),
+            });
+        Ok(Response::new(Box::pin(answers)))
     }
 }
 

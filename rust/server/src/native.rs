@@ -1,6 +1,7 @@
 //! The sidecar's native data plane: tonic on a tokio runtime with threads of its own, serving
 //! every service on one listener (TCP, or a Unix socket for a proxy in the same pod):
-//! `toolgate.v1.Decider`, Envoy's `Authorization` and `RateLimitService`, `grpc.health.v1`
+//! `toolgate.v1.Decider`, Envoy's `Authorization`, `ExternalProcessor` and
+//! `RateLimitService`, `grpc.health.v1`
 //! and server reflection. No Python runs on the request path; the process that starts it
 //! (the Python sidecar) keeps the engine, reloads its policy, reads its statistics, and
 //! drives health and shutdown through [`Server::set_serving`] and [`Server::stop`].
@@ -8,9 +9,11 @@
 use crate::authz::AuthzConfig;
 use crate::decider::{self, pb::decider_server::DeciderServer};
 use crate::grpc::envoy::authorization_server::AuthorizationServer;
+use crate::grpc::envoy::external_processor_server::ExternalProcessorServer;
 use crate::grpc::envoy::rate_limit_service_server::RateLimitServiceServer;
 use crate::grpc::{
-    size_limit_status, AuthorizationService, DeciderService, RateLimiter, StampArrival,
+    AnswerStatus, AuthorizationService, DeciderService, ExternalProcessorService, RateLimiter,
+    StampArrival,
 };
 use prost::Message;
 use prost_types::FileDescriptorSet;
@@ -29,9 +32,10 @@ use tonic_health::ServingStatus;
 use toolgate_core::Engine;
 
 /// The services a health check can name (besides `""`, the whole server).
-pub const SERVICES: [&str; 3] = [
+pub const SERVICES: [&str; 4] = [
     "toolgate.v1.Decider",
     "envoy.service.auth.v3.Authorization",
+    "envoy.service.ext_proc.v3.ExternalProcessor",
     "envoy.service.ratelimit.v3.RateLimitService",
 ];
 
@@ -109,7 +113,13 @@ impl Server {
         let max = config.max_message_bytes;
         let router = tonic::transport::Server::builder()
             .layer(tower::layer::layer_fn(StampArrival))
-            .layer(tower::util::MapResponseLayer::new(size_limit_status))
+            .layer(tower::layer::layer_fn({
+                let engine = engine.clone();
+                move |inner| AnswerStatus {
+                    inner,
+                    engine: engine.clone(),
+                }
+            }))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -124,6 +134,12 @@ impl Server {
                 AuthorizationServer::new(AuthorizationService {
                     engine: engine.clone(),
                     config: config.authz.clone(),
+                })
+                .max_decoding_message_size(max),
+            )
+            .add_service(
+                ExternalProcessorServer::new(ExternalProcessorService {
+                    engine: engine.clone(),
                 })
                 .max_decoding_message_size(max),
             )

@@ -24,6 +24,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimit
 use envoy_types::pb::google::protobuf::Duration;
 use prost::Message;
 use std::time::Instant;
+use toolgate_core::stats::Api;
 use toolgate_core::{Decision, Engine, Request, Subject, Verdict};
 
 /// Answer one serialized `RateLimitRequest` with a serialized `RateLimitResponse`.
@@ -110,20 +111,23 @@ fn decide(engine: &Engine, domain: &str, calls: &[Call<'_>]) -> RateLimitRespons
     let decisions: Vec<Decision> = calls
         .iter()
         .map(|c| {
-            engine.decide::<&serde_json::Value>(&Request {
-                tool: c.tool,
-                server: Some(domain).filter(|d| !d.is_empty()),
-                subject: Subject {
-                    grant: c.grant,
-                    session: c.session,
-                    agent: c.agent,
-                    attributes: &c.attributes,
-                    grant_verified: false,
+            engine.decide_via::<&serde_json::Value>(
+                Api::RateLimit,
+                &Request {
+                    tool: c.tool,
+                    server: Some(domain).filter(|d| !d.is_empty()),
+                    subject: Subject {
+                        grant: c.grant,
+                        session: c.session,
+                        agent: c.agent,
+                        attributes: &c.attributes,
+                        grant_verified: false,
+                    },
+                    args: None,
+                    dry_run: false,
+                    hits: Some(c.hits),
                 },
-                args: None,
-                dry_run: false,
-                hits: Some(c.hits),
-            })
+            )
         })
         .collect();
     let refused = decisions.iter().find(|d| d.verdict != Verdict::Allow);
@@ -155,7 +159,7 @@ fn decide(engine: &Engine, domain: &str, calls: &[Call<'_>]) -> RateLimitRespons
 
 /// An invalid request: every descriptor over the limit, nothing counted.
 fn invalid(engine: &Engine, descriptors: usize, why: &str) -> RateLimitResponse {
-    let decision = engine.refuse(why);
+    let decision = engine.refuse_via(Api::RateLimit, why);
     let mut response = RateLimitResponse {
         overall_code: Code::OverLimit as i32,
         statuses: vec![

@@ -10,6 +10,8 @@ use super::request::{parse_request, McpRequest, Refusal, INVALID_REQUEST};
 use crate::condition::Subject;
 use crate::decision::{Code, Decision, Verdict};
 use crate::engine::{Engine, Request};
+// The gate answers for a proxy's authorization hook: Envoy's ext_authz.
+use crate::stats::Api;
 use serde_json::Value;
 
 /// One HTTP request as the proxy saw it.
@@ -35,6 +37,7 @@ pub enum Gate {
     Forward {
         headers: Vec<(&'static str, String)>,
         decision: Option<Decision>,
+        follow: Follow,
     },
     /// Do not forward: send `reply` to the client instead.
     Answer {
@@ -50,6 +53,7 @@ pub fn check(engine: &Engine, call: &HttpCall<'_>) -> Gate {
         return Gate::Forward {
             headers: Vec::new(),
             decision: None,
+            follow: Follow::Nothing,
         };
     }
     if call.truncated {
@@ -79,24 +83,46 @@ pub fn check(engine: &Engine, call: &HttpCall<'_>) -> Gate {
         return refuse(engine, &refusal, 400);
     }
     let Some(tool) = tool else {
+        let follow = match id {
+            Some(id) if method == TOOLS_LIST => Follow::ToolList { id: id.clone() },
+            _ => Follow::Nothing,
+        };
         return Gate::Forward {
             headers: Vec::new(),
             decision: None,
+            follow,
         };
     };
-    let decision = engine.decide::<&Value>(&Request {
-        tool,
-        server: call.server,
-        subject: call.subject,
-        args: arguments,
-        dry_run: false,
-        hits: None,
-    });
-    match decision.verdict {
-        Verdict::Allow => Gate::Forward {
-            headers: reply::allowed_headers(&decision),
-            decision: Some(decision),
+    let decision = engine.decide_via::<&Value>(
+        Api::ExtAuthz,
+        &Request {
+            tool,
+            server: call.server,
+            subject: call.subject,
+            args: arguments,
+            dry_run: false,
+            hits: None,
         },
+    );
+    match decision.verdict {
+        Verdict::Allow => {
+            let follow = match (id, decision.reservation) {
+                (Some(id), Some(reservation))
+                    if decision.policy().releases_on_failure(call.server, tool) =>
+                {
+                    Follow::CallOutcome {
+                        id: id.clone(),
+                        reservation,
+                    }
+                }
+                _ => Follow::Nothing,
+            };
+            Gate::Forward {
+                headers: reply::allowed_headers(&decision),
+                decision: Some(decision),
+                follow,
+            }
+        }
         // Reported as the protocol reports a tool that does not exist.
         _ if decision.code == Code::Hidden => Gate::Answer {
             reply: reply::unknown_tool(id, tool),
@@ -109,8 +135,26 @@ pub fn check(engine: &Engine, call: &HttpCall<'_>) -> Gate {
     }
 }
 
+/// What a proxy that also sees the server's answer should do with it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Follow {
+    Nothing,
+    /// A `tools/list`: filter the answer for this caller ([`super::listing`]).
+    ToolList {
+        id: Value,
+    },
+    /// An allowed `tools/call` holding `reservation`: give it back if the answer says the
+    /// call failed ([`super::outcome`]).
+    CallOutcome {
+        id: Value,
+        reservation: u64,
+    },
+}
+
+const TOOLS_LIST: &str = "tools/list";
+
 fn refuse(engine: &Engine, refusal: &Refusal, status: u16) -> Gate {
-    let decision = engine.refuse(&refusal.message);
+    let decision = engine.refuse_via(Api::ExtAuthz, &refusal.message);
     Gate::Answer {
         reply: reply::refused(refusal, status),
         decision: Some(decision),

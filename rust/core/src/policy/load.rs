@@ -140,7 +140,15 @@ const SECTION_KEYS: &[&str] = &[
     "mode",
 ];
 const RULE_KEYS: &[&str] = &[
-    "action", "reason", "mode", "limits", "require", "deny_if", "approval", "log",
+    "action",
+    "reason",
+    "mode",
+    "limits",
+    "require",
+    "deny_if",
+    "approval",
+    "log",
+    "release_on_failure",
 ];
 const LIMIT_KEYS: &[&str] = &["counter", "window", "max", "scope", "cost"];
 const APPROVAL_KEYS: &[&str] = &["timeout", "approvers"];
@@ -276,6 +284,16 @@ impl Loader {
             NodeValue::String(s) => Some(s),
             _ => {
                 self.expected(node, pointer, "a string");
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, node: &Node, pointer: &str) -> Option<bool> {
+        match node.value {
+            NodeValue::Bool(b) => Some(b),
+            _ => {
+                self.expected(node, pointer, "true or false");
                 None
             }
         }
@@ -525,6 +543,7 @@ impl Loader {
                     rule.approval = self.approval(value, &at);
                 }
                 "log" => rule.log = self.log_paths(value, &at),
+                "release_on_failure" => rule.release_on_failure = self.boolean(value, &at),
                 _ => {}
             }
         }

@@ -88,6 +88,9 @@ pub struct Rule {
     pub approval: Option<Approval>,
     /// Argument paths the decision log writes in clear (`log: [args.amount]`).
     pub log: Vec<Path>,
+    /// Whether a call that fails upstream gives its limits back (a proxy that sees the
+    /// answer releases the reservation); `None` inherits `all_tools`', then true.
+    pub release_on_failure: Option<bool>,
 }
 
 /// `approval` of a `require_approval` rule; enforced by a later component.
@@ -147,6 +150,16 @@ pub enum ConditionItem {
     },
 }
 
+impl ConditionItem {
+    /// Whether any comparison in this item reads a path under `root`.
+    pub fn reads(&self, root: PathRoot) -> bool {
+        match self {
+            ConditionItem::Condition(c) => c.reads(root),
+            ConditionItem::Group { conditions, .. } => conditions.iter().any(|c| c.reads(root)),
+        }
+    }
+}
+
 /// A condition tree.
 #[derive(Debug, Clone)]
 pub enum Condition {
@@ -166,6 +179,17 @@ pub enum Condition {
 }
 
 impl Condition {
+    /// Whether any comparison in this tree reads a path under `root`.
+    pub fn reads(&self, root: PathRoot) -> bool {
+        match self {
+            Condition::Compare(c) => c.path.root == root,
+            Condition::All { items, .. } | Condition::Any { items, .. } => {
+                items.iter().any(|c| c.reads(root))
+            }
+            Condition::Not { item, .. } => item.reads(root),
+        }
+    }
+
     pub fn pointer(&self) -> &str {
         match self {
             Condition::Compare(c) => &c.pointer,

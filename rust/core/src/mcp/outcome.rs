@@ -1,0 +1,213 @@
+//! Whether a `tools/call` that was let through ran, read from the server's answer as it
+//! passes back, so that a call which failed upstream can give back what it counted.
+//!
+//! A call failed when the HTTP status is an error (≥ 400: the server refused or broke
+//! before answering), or when its answer is a JSON-RPC error or a result with
+//! `isError: true`. Anything else, including an answer that cannot be read or never
+//! arrives, counts as having run: giving counts back wrongly would let calls over the
+//! limit, keeping them only errs towards denying.
+
+use super::answer::Framing;
+use super::sse::{EventSplitter, MAX_EVENT_BYTES};
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Why a call is taken as not having run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The HTTP answer's status was an error.
+    HttpStatus(u16),
+    /// The answer was a JSON-RPC error.
+    JsonRpcError,
+    /// The answer was a result with `isError: true`.
+    ToolError,
+}
+
+impl Failure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failure::HttpStatus(_) => "http_status",
+            Failure::JsonRpcError => "jsonrpc_error",
+            Failure::ToolError => "tool_error",
+        }
+    }
+}
+
+/// What is known of the call so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Pending,
+    Ran,
+    Failed(Failure),
+}
+
+/// Follows one `tools/call` answer.
+pub struct CallWatcher {
+    framing: Option<Framing>,
+    id: Value,
+    body: Vec<u8>,
+    events: EventSplitter,
+    outcome: Outcome,
+}
+
+/// The parts of a JSON-RPC message that say whether a call failed; the rest is skipped
+/// unread. A duplicated field fails to deserialize, and such an answer counts as run.
+#[derive(Deserialize)]
+struct Message {
+    id: Option<Value>,
+    method: Option<IgnoredAny>,
+    result: Option<ToolResult>,
+    error: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct ToolResult {
+    #[serde(rename = "isError")]
+    is_error: Option<bool>,
+}
+
+impl CallWatcher {
+    /// Follow the answer to request `id`.
+    pub fn new(id: Value) -> CallWatcher {
+        CallWatcher {
+            framing: None,
+            id,
+            body: Vec::new(),
+            events: EventSplitter::default(),
+            outcome: Outcome::Pending,
+        }
+    }
+
+    pub fn outcome(&self) -> Outcome {
+        self.outcome
+    }
+
+    /// The answer's status and content-type arrived.
+    pub fn head(&mut self, status: u16, content_type: &str) -> Outcome {
+        self.framing = Framing::of(content_type);
+        if self.outcome == Outcome::Pending {
+            if status >= 400 {
+                self.outcome = Outcome::Failed(Failure::HttpStatus(status));
+            } else if self.framing.is_none() {
+                self.outcome = Outcome::Ran;
+            }
+        }
+        self.outcome
+    }
+
+    /// The next part of the body (`end`: the last) arrived.
+    pub fn feed(&mut self, chunk: &[u8], end: bool) -> Outcome {
+        if self.outcome != Outcome::Pending {
+            return self.outcome;
+        }
+        match self.framing {
+            Some(Framing::Json) => {
+                self.body.extend_from_slice(chunk);
+                if self.body.len() > MAX_EVENT_BYTES {
+                    self.outcome = Outcome::Ran;
+                } else if end {
+                    let body = std::mem::take(&mut self.body);
+                    self.outcome = self.answer(&body).unwrap_or(Outcome::Ran);
+                }
+            }
+            Some(Framing::EventStream) => match self.events.feed(chunk, end) {
+                Ok(events) => {
+                    let answers = events.iter().filter_map(|e| e.data.as_deref());
+                    for data in answers {
+                        if let Some(outcome) = self.answer(data) {
+                            self.outcome = outcome;
+                            break;
+                        }
+                    }
+                }
+                Err(_) => self.outcome = Outcome::Ran,
+            },
+            None => self.outcome = Outcome::Ran,
+        }
+        if end && self.outcome == Outcome::Pending {
+            self.outcome = Outcome::Ran;
+        }
+        self.outcome
+    }
+
+    /// The outcome if `data` is the answer to the request; `None` if it is another message.
+    fn answer(&self, data: &[u8]) -> Option<Outcome> {
+        let message: Message = serde_json::from_slice(data).ok()?;
+        if message.method.is_some() || message.id.as_ref() != Some(&self.id) {
+            return None;
+        }
+        Some(match (message.error, message.result) {
+            (Some(_), None) => Outcome::Failed(Failure::JsonRpcError),
+            (
+                None,
+                Some(ToolResult {
+                    is_error: Some(true),
+                }),
+            ) => Outcome::Failed(Failure::ToolError),
+            _ => Outcome::Ran,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn watch(status: u16, content_type: &str, body: &str, id: Value) -> Outcome {
+        let mut w = CallWatcher::new(id);
+        w.head(status, content_type);
+        let (a, b) = body.split_at(body.len() / 2);
+        w.feed(a.as_bytes(), false);
+        w.feed(b.as_bytes(), true)
+    }
+
+    #[test]
+    fn failures_are_errors_tool_errors_and_error_statuses() {
+        let json = "application/json";
+        let error = r#"{"jsonrpc":"2.0","id":4,"error":{"code":-32602,"message":"Unknown tool"}}"#;
+        let tool_error = r#"{"jsonrpc":"2.0","id":4,"result":{"content":[],"isError":true}}"#;
+        let ok =
+            r#"{"jsonrpc":"2.0","id":4,"result":{"content":[{"type":"text","text":"isError"}]}}"#;
+        assert_eq!(
+            watch(200, json, error, json!(4)),
+            Outcome::Failed(Failure::JsonRpcError)
+        );
+        assert_eq!(
+            watch(200, json, tool_error, json!(4)),
+            Outcome::Failed(Failure::ToolError)
+        );
+        assert_eq!(watch(200, json, ok, json!(4)), Outcome::Ran);
+        assert_eq!(
+            watch(503, "text/plain", "busy", json!(4)),
+            Outcome::Failed(Failure::HttpStatus(503))
+        );
+        // Another request's answer, or one that cannot be read, is not this call's failure.
+        assert_eq!(watch(200, json, error, json!(5)), Outcome::Ran);
+        assert_eq!(watch(200, json, "{not json", json!(4)), Outcome::Ran);
+        let twice = r#"{"jsonrpc":"2.0","id":4,"error":{},"error":{}}"#;
+        assert_eq!(watch(200, json, twice, json!(4)), Outcome::Ran);
+    }
+
+    #[test]
+    fn finds_the_answer_among_a_streams_events() {
+        let stream = concat!(
+            "event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{}}\n\n",
+            "id: 1\ndata: {\"jsonrpc\":\"2.0\",\"id\":\"c\",\"result\":{\"isError\":true,\"content\":[]}}\n\n"
+        );
+        for cut in 0..stream.len() {
+            let mut w = CallWatcher::new(json!("c"));
+            w.head(200, "text/event-stream");
+            w.feed(&stream.as_bytes()[..cut], false);
+            assert_eq!(
+                w.feed(&stream.as_bytes()[cut..], true),
+                Outcome::Failed(Failure::ToolError),
+                "cut at {cut}"
+            );
+        }
+        let mut w = CallWatcher::new(json!("c"));
+        w.head(200, "text/event-stream");
+        assert_eq!(w.feed(b": only a comment\n\n", true), Outcome::Ran);
+    }
+}

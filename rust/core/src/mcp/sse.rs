@@ -1,0 +1,243 @@
+//! Splitting a `text/event-stream` body (MCP Streamable HTTP's streamed answers) into
+//! events as its bytes arrive, in chunks cut anywhere.
+//!
+//! The WHATWG event stream format: lines end with CRLF, LF or CR; an empty line ends an
+//! event; a line `data:VALUE` adds VALUE (less one leading space) to the event's data,
+//! several data lines joined by LF; lines starting with `:` are comments; other fields
+//! (`event`, `id`, `retry`) are kept as they are. A CR at the end of a chunk may be the
+//! first half of a CRLF, so it is only read once the next byte (or the end) is known.
+
+/// Largest event the splitter holds; a longer one is refused rather than buffered.
+pub const MAX_EVENT_BYTES: usize = 16 << 20;
+
+/// One complete event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// The event's bytes as received, up to and including the empty line that ends it.
+    pub raw: Vec<u8>,
+    /// Its data lines joined, or `None` for an event without any (a comment, a keep-alive,
+    /// an `id:`-only event).
+    pub data: Option<Vec<u8>>,
+}
+
+impl Event {
+    /// The event with its data replaced by `data` (one line, which must hold no line
+    /// break): its other fields are kept in their order.
+    pub fn with_data(&self, data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.raw.len().max(data.len() + 16));
+        for line in lines(&self.raw) {
+            if !line.is_empty() && field(line).0 != b"data" {
+                out.extend_from_slice(line);
+                out.push(b'\n');
+            }
+        }
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\n\n");
+        out
+    }
+}
+
+/// Why a stream was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TooLong;
+
+/// An event stream read incrementally.
+#[derive(Debug, Default)]
+pub struct EventSplitter {
+    pending: Vec<u8>,
+    /// Where the next unread line of `pending` starts.
+    line_start: usize,
+    /// A UTF-8 byte order mark, which may open a stream, has been looked for.
+    started: bool,
+}
+
+impl EventSplitter {
+    /// Add `chunk`, returning the events it completes. With `end`, the stream is over: a
+    /// last event left without its empty line is returned too (its bytes must not vanish).
+    pub fn feed(&mut self, chunk: &[u8], end: bool) -> Result<Vec<Event>, TooLong> {
+        self.pending.extend_from_slice(chunk);
+        if !self.started && (self.pending.len() >= 3 || end) {
+            self.started = true;
+            if self.pending.starts_with(b"\xEF\xBB\xBF") {
+                // Kept in the raw bytes of the first event, skipped for reading it.
+                self.line_start = 3;
+            }
+        }
+        let mut events = Vec::new();
+        if !self.started {
+            return Ok(events);
+        }
+        let mut consumed = 0;
+        loop {
+            let rest = &self.pending[self.line_start..];
+            let Some(at) = rest.iter().position(|&b| b == b'\n' || b == b'\r') else {
+                break;
+            };
+            let end_len = match (rest[at], rest.get(at + 1)) {
+                (b'\r', Some(b'\n')) => 2,
+                // A CR last in what has arrived: an LF may follow in the next chunk.
+                (b'\r', None) if !end => break,
+                _ => 1,
+            };
+            let empty = at == 0;
+            self.line_start += at + end_len;
+            if empty {
+                events.push(Event::read(&self.pending[consumed..self.line_start]));
+                consumed = self.line_start;
+            }
+        }
+        if end && consumed < self.pending.len() {
+            events.push(Event::read(&self.pending[consumed..]));
+            consumed = self.pending.len();
+        }
+        self.pending.drain(..consumed);
+        self.line_start -= consumed;
+        if self.pending.len() > MAX_EVENT_BYTES {
+            return Err(TooLong);
+        }
+        Ok(events)
+    }
+}
+
+impl Event {
+    fn read(raw: &[u8]) -> Event {
+        let mut data: Option<Vec<u8>> = None;
+        let body = raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw);
+        for line in lines(body) {
+            let (name, value) = field(line);
+            if name == b"data" && !line.is_empty() {
+                match &mut data {
+                    Some(d) => {
+                        d.push(b'\n');
+                        d.extend_from_slice(value);
+                    }
+                    None => data = Some(value.to_vec()),
+                }
+            }
+        }
+        Event {
+            raw: raw.to_vec(),
+            data,
+        }
+    }
+}
+
+/// The lines of `raw`, without their ends (CRLF, LF or CR).
+fn lines(raw: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = raw;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let at = rest
+            .iter()
+            .position(|&b| b == b'\n' || b == b'\r')
+            .unwrap_or(rest.len());
+        let line = &rest[..at];
+        let end_len = match (rest.get(at), rest.get(at + 1)) {
+            (Some(b'\r'), Some(b'\n')) => 2,
+            (Some(_), _) => 1,
+            (None, _) => 0,
+        };
+        rest = &rest[at + end_len..];
+        Some(line)
+    })
+}
+
+/// A line's field name and value (`name:value`, one leading space of the value dropped; a
+/// line without a colon is a field with an empty value; a comment's name is empty).
+fn field(line: &[u8]) -> (&[u8], &[u8]) {
+    match line.iter().position(|&b| b == b':') {
+        Some(colon) => {
+            let value = &line[colon + 1..];
+            (&line[..colon], value.strip_prefix(b" ").unwrap_or(value))
+        }
+        None => (line, &[]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn split_all(stream: &[u8], cuts: &[usize]) -> Vec<Event> {
+        let mut s = EventSplitter::default();
+        let mut events = Vec::new();
+        let mut from = 0;
+        for &cut in cuts {
+            events.extend(s.feed(&stream[from..cut], false).unwrap());
+            from = cut;
+        }
+        events.extend(s.feed(&stream[from..], true).unwrap());
+        events
+    }
+
+    #[test]
+    fn reads_events_with_every_line_ending() {
+        let stream =
+            b"event: message\r\ndata: {\"a\":1}\r\n\r\n: keep-alive\n\nid: 7\rdata:x\rdata: y\r\r";
+        let events = split_all(stream, &[]);
+        assert_eq!(events.len(), 3);
+        assert_eq!(events[0].data.as_deref(), Some(&b"{\"a\":1}"[..]));
+        assert_eq!(events[1].data, None);
+        assert_eq!(events[2].data.as_deref(), Some(&b"x\ny"[..]));
+        let joined: Vec<u8> = events.iter().flat_map(|e| e.raw.clone()).collect();
+        assert_eq!(joined, stream);
+    }
+
+    #[test]
+    fn a_trailing_cr_waits_for_the_next_byte() {
+        let mut s = EventSplitter::default();
+        assert!(s.feed(b"data: a\r\n\r", false).unwrap().is_empty());
+        let events = s.feed(b"\n", false).unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].raw, b"data: a\r\n\r\n");
+    }
+
+    #[test]
+    fn replaces_data_keeping_the_other_fields() {
+        let e = Event::read(b"event: message\nid: 3\ndata: {\"x\":\ndata: 1}\n\n");
+        assert_eq!(e.with_data(b"{}"), b"event: message\nid: 3\ndata: {}\n\n");
+    }
+
+    #[test]
+    fn refuses_an_event_over_the_limit() {
+        let mut s = EventSplitter::default();
+        let big = vec![b'x'; MAX_EVENT_BYTES + 1];
+        assert_eq!(s.feed(&big, false), Err(TooLong));
+    }
+
+    proptest! {
+        /// Wherever the chunks are cut, the same events come out, and together they are
+        /// the stream's bytes exactly.
+        #[test]
+        fn chunking_does_not_change_events(
+            events in prop::collection::vec(
+                (prop::sample::select(vec!["\n", "\r\n", "\r"]),
+                 prop::collection::vec("[a-z{}\":, ]{0,12}", 0..4),
+                 any::<bool>()),
+                0..6),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..8),
+        ) {
+            let mut stream = Vec::new();
+            for (eol, datas, comment) in &events {
+                if *comment {
+                    stream.extend_from_slice(format!(": c{eol}").as_bytes());
+                }
+                for d in datas {
+                    stream.extend_from_slice(format!("data: {d}{eol}").as_bytes());
+                }
+                stream.extend_from_slice(eol.as_bytes());
+            }
+            let whole = split_all(&stream, &[]);
+            let mut cuts: Vec<usize> = cuts.iter().map(|i| i.index(stream.len() + 1)).collect();
+            cuts.sort_unstable();
+            let chunked = split_all(&stream, &cuts);
+            prop_assert_eq!(&chunked, &whole);
+            let joined: Vec<u8> = chunked.iter().flat_map(|e| e.raw.clone()).collect();
+            prop_assert_eq!(joined, stream);
+        }
+    }
+}

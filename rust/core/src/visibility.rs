@@ -1,0 +1,83 @@
+//! Which tools a caller sees in a tool list (`tools/list`): the ones it could be allowed to
+//! call at all.
+//!
+//! Decided with the compiled policy and the condition evaluator that decide calls, before
+//! any call exists: a tool is removed only when every call of it by this caller would be
+//! denied, whatever its arguments. So it is removed when it is hidden, denied by its rule
+//! or by default, or when a `deny_if`/`require` condition settles the denial from what is
+//! known now (the caller, the server, the tool's name). It stays when the answer depends
+//! on the call: a condition that reaches an argument (evaluation goes left to right and
+//! stops there, exactly as a call's would), a limit (room comes back), an approval, or a
+//! rule in shadow mode (which never denies).
+
+use crate::compile::{CompiledPolicy, CompiledRule};
+use crate::condition::{Facts, Problem, Subject};
+use crate::decision::Code;
+use crate::engine::{evaluate_conditions, Conditions};
+use crate::policy::Action;
+use serde_json::Value;
+
+/// Whether one tool is shown to one caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Visibility {
+    /// `None`: shown; otherwise the code every call of it would be denied with.
+    pub removed: Option<Code>,
+    /// The answer read the caller's identity (a rule's `subject.*` condition), so another
+    /// caller may get another answer: a list filtered with it is the caller's own.
+    pub per_subject: bool,
+}
+
+impl Visibility {
+    pub fn shown(&self) -> bool {
+        self.removed.is_none()
+    }
+}
+
+impl CompiledPolicy {
+    /// Whether `subject` sees `tool` of `server` listed.
+    pub fn visibility(&self, tool: &str, server: Option<&str>, subject: Subject<'_>) -> Visibility {
+        let section = self.section(server);
+        let removed = |code, per_subject| Visibility {
+            removed: Some(code),
+            per_subject,
+        };
+        if tool.is_empty() {
+            return removed(Code::InvalidRequest, false);
+        }
+        // Hiding and the default follow the section's mode; a shadow section denies nothing.
+        if !section.shadow && section.hide.lookup(tool).is_some() {
+            return removed(Code::Hidden, false);
+        }
+        let rule = section.tools.lookup(tool).map(|i| &section.rules[*i]);
+        if rule.is_none() && !section.default_allow && !section.shadow {
+            return removed(Code::DefaultDeny, false);
+        }
+        let enforcing = |r: &&CompiledRule| !r.shadow.unwrap_or(section.shadow);
+        let rules = [rule, section.all_tools.as_ref()];
+        let rules = rules.into_iter().flatten().filter(enforcing);
+        if rules.clone().any(|r| r.action == Action::Deny) {
+            return removed(Code::RuleDeny, false);
+        }
+        let facts = Facts::<&Value> {
+            tool,
+            server,
+            subject,
+            args: None,
+            args_unknown: true,
+        };
+        let mut per_subject = false;
+        for r in rules {
+            per_subject |= r.reads_subject;
+            match evaluate_conditions(r, &facts) {
+                Conditions::Pass | Conditions::Unevaluable(_, Problem::NotYetKnown) => {}
+                Conditions::Denied(_) | Conditions::Unevaluable(..) => {
+                    return removed(Code::ConditionFailed, per_subject)
+                }
+            }
+        }
+        Visibility {
+            removed: None,
+            per_subject,
+        }
+    }
+}

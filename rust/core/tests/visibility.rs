@@ -1,0 +1,191 @@
+//! Which tools a caller sees listed, against what deciding its calls says: for generated
+//! policies, callers and arguments, a removed tool is denied whatever its arguments; where
+//! no condition reads an argument, a tool is shown exactly when some call of it is not
+//! denied by the policy's rules; and a caller-dependent answer says so.
+
+use proptest::prelude::*;
+use serde_json::{json, Value};
+use toolgate_core::{Code, Engine, Policy, Request, Subject, Verdict};
+
+const TOOLS: [&str; 7] = [
+    "read",
+    "write",
+    "delete_all",
+    "run",
+    "secret_x",
+    "x",
+    "other",
+];
+const NAMES: [&str; 5] = ["read", "write", "delete_*", "run", "*"];
+const AGENTS: [Option<&str>; 3] = [None, Some("bot"), Some("a")];
+
+fn condition(i: usize) -> Value {
+    [
+        json!({"path": "subject.agent", "op": "eq", "value": "bot"}),
+        json!({"path": "subject.agent", "op": "exists"}),
+        json!({"path": "args.force", "op": "eq", "value": true}),
+        json!({"path": "server", "op": "eq", "value": "s1"}),
+        json!({"path": "tool", "op": "starts_with", "value": "de"}),
+        json!({"any": [{"path": "args.x", "op": "eq", "value": 1},
+                       {"path": "subject.agent", "op": "eq", "value": "a"}]}),
+        json!({"not": {"path": "subject.session", "op": "exists"}}),
+        json!({"path": "args.x", "op": "exists"}),
+    ][i]
+        .clone()
+}
+
+fn rule() -> impl Strategy<Value = Value> {
+    (
+        0usize..3,
+        prop::collection::vec(0usize..8, 0..3),
+        prop::collection::vec(0usize..8, 0..3),
+        prop::bool::weighted(0.15),
+    )
+        .prop_map(|(action, deny_if, require, shadow)| {
+            let action = ["allow", "deny", "require_approval"][action];
+            let mut r = json!({"action": action});
+            if !deny_if.is_empty() {
+                r["deny_if"] = deny_if.into_iter().map(condition).collect();
+            }
+            if !require.is_empty() {
+                r["require"] = require.into_iter().map(condition).collect();
+            }
+            if shadow {
+                r["mode"] = "shadow".into();
+            }
+            r
+        })
+}
+
+fn section() -> impl Strategy<Value = Value> {
+    (
+        any::<bool>(),
+        prop::bool::weighted(0.1),
+        prop::collection::vec(prop::sample::select(vec!["secret_*", "x"]), 0..2),
+        prop::collection::btree_map(prop::sample::select(NAMES.to_vec()), rule(), 0..4),
+        prop::option::weighted(0.4, rule()),
+    )
+        .prop_map(|(allow, shadow, hide, tools, all_tools)| {
+            let mut s = json!({"default": if allow { "allow" } else { "deny" }, "tools": tools});
+            if shadow {
+                s["mode"] = "shadow".into();
+            }
+            if !hide.is_empty() {
+                s["hide"] = hide.into();
+            }
+            if let Some(all) = all_tools {
+                s["all_tools"] = all;
+            }
+            s
+        })
+}
+
+fn policy() -> impl Strategy<Value = Value> {
+    (section(), prop::option::of(section())).prop_map(|(mut root, server)| {
+        root["version"] = "1".into();
+        if let Some(s1) = server {
+            root["servers"] = json!({"s1": s1});
+        }
+        root
+    })
+}
+
+fn args_reading(policy: &Value) -> bool {
+    policy.to_string().contains("\"args.")
+}
+
+/// Denied by a rule of the policy (not by a limit, an approval, or a missing key).
+fn denied_by_rules(
+    engine: &Engine,
+    tool: &str,
+    server: Option<&str>,
+    subject: Subject<'_>,
+    args: Option<&Value>,
+) -> bool {
+    let d = engine.decide(&Request {
+        tool,
+        server,
+        subject,
+        args,
+        dry_run: true,
+        hits: None,
+    });
+    d.verdict == Verdict::Deny
+        && matches!(
+            d.code,
+            Code::Hidden | Code::DefaultDeny | Code::RuleDeny | Code::ConditionFailed
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn a_listing_agrees_with_deciding(policy in policy(), session in any::<bool>()) {
+        let engine = Engine::with_defaults(Policy::from_json_str(&policy.to_string()).unwrap()).unwrap();
+        let compiled = engine.policy();
+        let argument_sets = [None, Some(json!({})), Some(json!({"force": true})),
+            Some(json!({"x": 1})), Some(json!({"force": false, "x": "1"}))];
+        for server in [None, Some("s1")] {
+            for tool in TOOLS {
+                let mut answers = Vec::new();
+                for agent in AGENTS {
+                    let subject = Subject {
+                        agent,
+                        session: session.then_some("s"),
+                        grant: Some("g"),
+                        ..Default::default()
+                    };
+                    let seen = compiled.visibility(tool, server, subject);
+                    if !seen.shown() {
+                        for args in &argument_sets {
+                            prop_assert!(
+                                denied_by_rules(&engine, tool, server, subject, args.as_ref()),
+                                "{tool} removed for {agent:?} on {server:?} but {args:?} is not denied",
+                            );
+                        }
+                    }
+                    if !args_reading(&policy) {
+                        let allowed = !denied_by_rules(&engine, tool, server, subject, None);
+                        prop_assert_eq!(seen.shown(), allowed, "{} for {:?} on {:?}", tool, agent, server);
+                    }
+                    answers.push(seen);
+                }
+                // Callers told apart must be told that the answer is theirs.
+                if answers.iter().any(|a| a.shown() != answers[0].shown()) {
+                    prop_assert!(answers.iter().all(|a| a.per_subject), "{tool} on {server:?}: {answers:?}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn argument_conditions_keep_a_tool_and_caller_conditions_remove_it() {
+    let policy = json!({"version": "1", "default": "deny", "hide": ["secret_*"], "tools": {
+        "run": {"deny_if": [{"path": "args.command", "op": "regex", "value": "rm -rf"}]},
+        "admin": {"require": [{"path": "subject.agent", "op": "in", "value": ["ops"]}]},
+        "wire": {"action": "require_approval"},
+        "drop": {"action": "deny"}}});
+    let engine =
+        Engine::with_defaults(Policy::from_json_str(&policy.to_string()).unwrap()).unwrap();
+    let p = engine.policy();
+    let bot = Subject {
+        agent: Some("bot"),
+        ..Default::default()
+    };
+    let ops = Subject {
+        agent: Some("ops"),
+        ..Default::default()
+    };
+    let removed = |tool, s| p.visibility(tool, None, s).removed;
+    assert_eq!(removed("run", bot), None);
+    assert_eq!(removed("wire", bot), None);
+    assert_eq!(removed("admin", ops), None);
+    assert_eq!(removed("admin", bot), Some(Code::ConditionFailed));
+    assert!(p.visibility("admin", None, bot).per_subject);
+    assert_eq!(removed("secret_key", ops), Some(Code::Hidden));
+    assert_eq!(removed("drop", ops), Some(Code::RuleDeny));
+    assert_eq!(removed("other", ops), Some(Code::DefaultDeny));
+    assert!(!p.visibility("other", None, ops).per_subject);
+}

@@ -1,0 +1,385 @@
+//! Envoy's external processing API (`envoy.service.ext_proc.v3.ExternalProcessor/Process`)
+//! on MCP servers' answers: a `tools/list` answer is filtered for its caller, and a
+//! `tools/call` that failed upstream gives its reservation back.
+//!
+//! Envoy opens one stream per HTTP exchange, so each stream is one request's answer and
+//! needs no state shared with other streams. What to do with it was settled by the same
+//! request's ext_authz Check ([`crate::authz`]), which leaves two things for later filters:
+//! - dynamic metadata under [`METADATA_NAMESPACE`] / [`METADATA_KEY`] (which a client cannot
+//!   set): what to follow, the JSON-RPC id, and for a list the caller, for a call its
+//!   reservation. The ext_proc filter forwards it with `metadata_options`.
+//! - the request header [`EXCHANGE_HEADER`] (always set, overwriting whatever the client
+//!   sent), which the Envoy config routes on, so that processing is turned on only for the
+//!   exchanges that need it and everything else pays nothing.
+
+use crate::Malformed;
+use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
+use envoy_types::pb::envoy::config::core::v3::{
+    HeaderMap, HeaderValue, HeaderValueOption, Metadata,
+};
+use envoy_types::pb::envoy::r#type::v3::HttpStatus;
+use envoy_types::pb::envoy::service::ext_proc::v3::body_mutation::Mutation;
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request;
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response;
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, HttpBody,
+    HttpHeaders, ImmediateResponse, ProcessingRequest, ProcessingResponse, TrailersResponse,
+};
+use envoy_types::pb::google::protobuf::value::Kind;
+use envoy_types::pb::google::protobuf::{Struct, Value as ProtoValue};
+use prost::Message;
+use serde_json::Value;
+use std::sync::Arc;
+use toolgate_core::compile::CompiledPolicy;
+use toolgate_core::mcp::answer::{error_message, Framing};
+use toolgate_core::mcp::listing::{ListFilter, INTERNAL_ERROR};
+use toolgate_core::mcp::outcome::{CallWatcher, Outcome};
+use toolgate_core::mcp::Follow;
+use toolgate_core::visibility::Visibility;
+use toolgate_core::{Engine, Subject};
+
+/// The request header the Envoy config routes on: [`exchange_header`]'s values.
+pub const EXCHANGE_HEADER: &str = "x-toolgate-exchange";
+/// Where ext_authz puts a Check's dynamic metadata.
+pub const METADATA_NAMESPACE: &str = "envoy.filters.http.ext_authz";
+/// toolgate's entry in that namespace.
+pub const METADATA_KEY: &str = "toolgate";
+
+/// The value of [`EXCHANGE_HEADER`] for an exchange.
+pub fn exchange_header(follow: &Follow) -> &'static str {
+    match follow {
+        Follow::Nothing => "none",
+        Follow::ToolList { .. } => "tools-list",
+        Follow::CallOutcome { .. } => "tools-call",
+    }
+}
+
+/// The caller and server a tool list is filtered for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Caller {
+    pub server: Option<String>,
+    pub grant: Option<String>,
+    pub session: Option<String>,
+    pub agent: Option<String>,
+    pub grant_verified: bool,
+}
+
+impl Caller {
+    fn subject(&self) -> Subject<'_> {
+        Subject {
+            grant: self.grant.as_deref(),
+            session: self.session.as_deref(),
+            agent: self.agent.as_deref(),
+            attributes: &[],
+            grant_verified: self.grant_verified,
+        }
+    }
+}
+
+/// The Check's dynamic metadata for what the answer needs, or `None` if nothing.
+pub fn exchange_metadata(follow: &Follow, caller: impl FnOnce() -> Caller) -> Option<Struct> {
+    let mut note = Struct::default();
+    let mut put = |key: &str, kind: Kind| {
+        note.fields
+            .insert(key.to_owned(), ProtoValue { kind: Some(kind) });
+    };
+    match follow {
+        Follow::Nothing => return None,
+        Follow::ToolList { id } => {
+            put("exchange", Kind::StringValue("tools/list".into()));
+            put("id", Kind::StringValue(id.to_string()));
+            let caller = caller();
+            for (key, value) in [
+                ("server", caller.server),
+                ("grant", caller.grant),
+                ("session", caller.session),
+                ("agent", caller.agent),
+            ] {
+                if let Some(v) = value {
+                    put(key, Kind::StringValue(v));
+                }
+            }
+            put("grant_verified", Kind::BoolValue(caller.grant_verified));
+        }
+        Follow::CallOutcome { id, reservation } => {
+            put("exchange", Kind::StringValue("tools/call".into()));
+            put("id", Kind::StringValue(id.to_string()));
+            // A string: Struct numbers are doubles, and ids use all 64 bits.
+            put("reservation", Kind::StringValue(reservation.to_string()));
+        }
+    }
+    let mut metadata = Struct::default();
+    metadata.fields.insert(
+        METADATA_KEY.to_owned(),
+        ProtoValue {
+            kind: Some(Kind::StructValue(note)),
+        },
+    );
+    Some(metadata)
+}
+
+/// Read back what [`exchange_metadata`] wrote, as Envoy forwards it.
+fn read_metadata(metadata: Option<&Metadata>) -> Option<(Follow, Caller)> {
+    let note = match &metadata?
+        .filter_metadata
+        .get(METADATA_NAMESPACE)?
+        .fields
+        .get(METADATA_KEY)?
+        .kind
+    {
+        Some(Kind::StructValue(note)) => note,
+        _ => return None,
+    };
+    let text = |key: &str| match note.fields.get(key).and_then(|v| v.kind.as_ref()) {
+        Some(Kind::StringValue(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let id: Value = serde_json::from_str(&text("id")?).ok()?;
+    match text("exchange")?.as_str() {
+        "tools/list" => {
+            let verified = note
+                .fields
+                .get("grant_verified")
+                .and_then(|v| v.kind.as_ref());
+            let caller = Caller {
+                server: text("server"),
+                grant: text("grant"),
+                session: text("session"),
+                agent: text("agent"),
+                grant_verified: matches!(verified, Some(Kind::BoolValue(true))),
+            };
+            Some((Follow::ToolList { id }, caller))
+        }
+        "tools/call" => {
+            let reservation = text("reservation")?.parse().ok()?;
+            Some((Follow::CallOutcome { id, reservation }, Caller::default()))
+        }
+        _ => None,
+    }
+}
+
+type Visible = Box<dyn FnMut(&str) -> Visibility + Send>;
+
+/// One exchange's answer, followed message by message.
+#[derive(Default)]
+pub struct Exchange {
+    state: State,
+}
+
+#[derive(Default)]
+enum State {
+    /// Nothing has arrived yet.
+    #[default]
+    New,
+    /// No Check left a note: nothing can be said of this answer.
+    Unknown,
+    List {
+        id: Value,
+        caller: Arc<Caller>,
+        policy: Arc<CompiledPolicy>,
+        /// Made at the answer's headers; `None` for an answer that lists nothing (an HTTP
+        /// error), which goes on as it is.
+        filter: Option<ListFilter<Visible>>,
+    },
+    Call {
+        watcher: CallWatcher,
+        reservation: u64,
+        released: bool,
+    },
+}
+
+impl Exchange {
+    /// Answer one serialized `ProcessingRequest`: the serialized `ProcessingResponse`, or
+    /// `None` where Envoy expects no answer (observability mode).
+    pub fn process_wire(
+        &mut self,
+        engine: &Engine,
+        request: &[u8],
+    ) -> Result<Option<Vec<u8>>, Malformed> {
+        let request = ProcessingRequest::decode(request)?;
+        Ok(self.process(engine, &request).map(|r| r.encode_to_vec()))
+    }
+
+    /// Answer one message of the stream.
+    pub fn process(
+        &mut self,
+        engine: &Engine,
+        request: &ProcessingRequest,
+    ) -> Option<ProcessingResponse> {
+        if let State::New = self.state {
+            self.state = match read_metadata(request.metadata_context.as_ref()) {
+                Some((Follow::ToolList { id }, caller)) => State::List {
+                    id,
+                    caller: Arc::new(caller),
+                    policy: engine.policy(),
+                    filter: None,
+                },
+                Some((Follow::CallOutcome { id, reservation }, _)) => State::Call {
+                    watcher: CallWatcher::new(id),
+                    reservation,
+                    released: false,
+                },
+                _ => State::Unknown,
+            };
+        }
+        let response = match request.request.as_ref()? {
+            Request::ResponseHeaders(headers) => self.response_headers(engine, headers),
+            Request::ResponseBody(body) => self.response_body(engine, body),
+            Request::RequestHeaders(_) => Response::RequestHeaders(HeadersResponse::default()),
+            Request::RequestBody(_) => Response::RequestBody(BodyResponse::default()),
+            Request::RequestTrailers(_) => Response::RequestTrailers(TrailersResponse::default()),
+            Request::ResponseTrailers(_) => Response::ResponseTrailers(TrailersResponse::default()),
+        };
+        if request.observability_mode {
+            return None;
+        }
+        Some(ProcessingResponse {
+            response: Some(response),
+            ..Default::default()
+        })
+    }
+
+    fn response_headers(&mut self, engine: &Engine, headers: &HttpHeaders) -> Response {
+        let status = header(headers.headers.as_ref(), ":status")
+            .and_then(|s| s.parse::<u16>().ok())
+            .unwrap_or(0);
+        let content_type = header(headers.headers.as_ref(), "content-type").unwrap_or("");
+        let mut mutation = HeaderMutation::default();
+        match &mut self.state {
+            State::New => unreachable!("set before the first message is handled"),
+            State::Unknown => {
+                // Filtering was asked for (this route processes answers), but no Check said
+                // for whom: the answer cannot be let through unread.
+                return Response::ImmediateResponse(refusal(
+                    "the proxy has no toolgate decision for this exchange (ext_authz must run \
+                     before ext_proc, with its metadata forwarded)",
+                ));
+            }
+            State::List {
+                id,
+                caller,
+                policy,
+                filter,
+            } => {
+                if (200..300).contains(&status) {
+                    let framing = Framing::of(content_type);
+                    let (caller, policy) = (Arc::clone(caller), Arc::clone(policy));
+                    let visible: Visible = Box::new(move |tool: &str| {
+                        policy.visibility(tool, caller.server.as_deref(), caller.subject())
+                    });
+                    *filter = Some(ListFilter::new(framing, id.clone(), visible));
+                    // The body changes length; an answer that carries no message becomes a
+                    // JSON-RPC error.
+                    mutation.remove_headers.push("content-length".into());
+                    if framing.is_none() {
+                        mutation
+                            .set_headers
+                            .push(set_header("content-type", "application/json"));
+                    }
+                }
+            }
+            State::Call {
+                watcher,
+                reservation,
+                released,
+            } => {
+                watcher.head(status, content_type);
+                give_back(engine, watcher, *reservation, released);
+            }
+        }
+        Response::ResponseHeaders(HeadersResponse {
+            response: Some(CommonResponse {
+                header_mutation: Some(mutation),
+                ..Default::default()
+            }),
+        })
+    }
+
+    fn response_body(&mut self, engine: &Engine, body: &HttpBody) -> Response {
+        let mut body_mutation = None;
+        match &mut self.state {
+            State::List {
+                filter: Some(filter),
+                ..
+            } => {
+                let out = filter.feed(&body.body, body.end_of_stream);
+                if body.end_of_stream {
+                    let report = &filter.report;
+                    engine
+                        .stats()
+                        .count_list(report.removed, report.refused.is_some());
+                }
+                body_mutation = Some(BodyMutation {
+                    mutation: Some(Mutation::Body(out)),
+                });
+            }
+            State::Call {
+                watcher,
+                reservation,
+                released,
+            } => {
+                watcher.feed(&body.body, body.end_of_stream);
+                give_back(engine, watcher, *reservation, released);
+            }
+            _ => {}
+        }
+        Response::ResponseBody(BodyResponse {
+            response: Some(CommonResponse {
+                body_mutation,
+                ..Default::default()
+            }),
+        })
+    }
+}
+
+/// Give the reservation back once the call is known to have failed.
+fn give_back(engine: &Engine, watcher: &CallWatcher, reservation: u64, released: &mut bool) {
+    if let Outcome::Failed(failure) = watcher.outcome() {
+        if !*released {
+            *released = true;
+            if engine.release(reservation) {
+                engine.stats().count_released(failure);
+            }
+        }
+    }
+}
+
+/// The whole answer replaced by a JSON-RPC error (the request's id is not known here).
+fn refusal(message: &str) -> ImmediateResponse {
+    ImmediateResponse {
+        status: Some(HttpStatus { code: 502 }),
+        headers: Some(HeaderMutation {
+            set_headers: vec![set_header("content-type", "application/json")],
+            ..Default::default()
+        }),
+        body: error_message(&Value::Null, INTERNAL_ERROR, message),
+        details: "toolgate_no_decision".into(),
+        ..Default::default()
+    }
+}
+
+/// A header set by ext_proc (its value travels in `raw_value`).
+fn set_header(key: &str, value: &str) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.to_owned(),
+            raw_value: value.as_bytes().to_vec(),
+            ..Default::default()
+        }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..Default::default()
+    }
+}
+
+/// A header's value, from `value` or (as Envoy sends it to ext_proc) `raw_value`.
+fn header<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
+    let h = headers?
+        .headers
+        .iter()
+        .find(|h| h.key.eq_ignore_ascii_case(name))?;
+    if h.raw_value.is_empty() {
+        Some(&h.value)
+    } else {
+        std::str::from_utf8(&h.raw_value).ok()
+    }
+}

