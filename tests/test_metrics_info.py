@@ -6,7 +6,6 @@ exposition passes ``promtool check metrics``."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import time
 
@@ -15,6 +14,7 @@ import toolgate
 import toolgate._core
 from conftest import policy
 from sidecar import Sidecar, current_transport, write_json
+from test_kubernetes_sidecars import PROMTOOL, needs_promtool
 
 pytestmark = pytest.mark.usefixtures("transport")
 
@@ -89,14 +89,15 @@ def test_without_a_policy_file_the_built_in_load_is_the_last_reload():
 PROMTOOL_READ = (0, 3)
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="no promtool (Debian: prometheus)")
+@needs_promtool
 def test_the_exposition_passes_promtool():
     with Sidecar(GOOD) as s:
         s.client.decide("create-ami")
         text = s.metrics_text()
     assert "toolgate_build_info{" in text and "toolgate_policy_last_reload_successful " in text
+    assert PROMTOOL is not None
     done = subprocess.run(
-        ["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
+        [PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
     )
     assert done.returncode in PROMTOOL_READ, done.stdout + done.stderr
     findings = (done.stdout + done.stderr).splitlines()
