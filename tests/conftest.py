@@ -94,8 +94,8 @@ def engine_for(clock: toolgate.ManualClock):
     return build
 
 
-# --- the seed policies -------------------------------------------------------------------------
-# The policy JSON of each seed document (/work/shared/seeds/*.txt), copied literally, with the
+# --- PolicyLayer's example policies ------------------------------------------------------------
+# The policy JSON of each example in PolicyLayer's documentation, copied literally, with the
 # tool it names and its per-minute, per-grant maximum.
 
 SEED_CREATE_AMI = """{

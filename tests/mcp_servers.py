@@ -1,7 +1,7 @@
 """Real MCP servers for the end-to-end tests, each a subprocess on a free 127.0.0.1 port, ready
 (accepting connections) when the constructor returns and stopped when its ``with`` block ends:
 
-- ``SeedServer(log_path)``: tests/mcp_seed_server.py (official Python SDK), the seeds' tools,
+- ``SeedServer(log_path)``: tests/mcp_example_server.py (official Python SDK), the example tools,
   every HTTP request it receives logged as a JSON line to ``log_path`` (see ``requests()``).
 - ``CatalogServer(tools, page_size)``: tests/mcp_catalog_server.py (the SDK's low-level
   server), a large tool list served in pages, and a tool that fails on request.
@@ -41,7 +41,7 @@ from mcp.client.streamable_http import streamable_http_client
 from sidecar import _LIVE, dies_with_parent, free_port
 
 TESTS = Path(__file__).resolve().parent
-SEED_SCRIPT = TESTS / "mcp_seed_server.py"
+SEED_SCRIPT = TESTS / "mcp_example_server.py"
 CATALOG_SCRIPT = TESTS / "mcp_catalog_server.py"
 NODE_DIR = TESTS / "node"
 EVERYTHING_BIN = (
@@ -151,7 +151,7 @@ class _Exited(AssertionError):
 
 
 class SeedServer(_Server):
-    """tests/mcp_seed_server.py. ``json=True`` answers POSTs with JSON instead of SSE;
+    """tests/mcp_example_server.py. ``json=True`` answers POSTs with JSON instead of SSE;
     ``stateless=True`` serves without sessions."""
 
     name = "seed"

@@ -84,7 +84,12 @@ def http_filters(path: Path) -> dict[str, dict[str, Any]]:
 
 def test_jwt_config_verifies_the_token_before_ext_authz_and_passes_its_claims():
     filters = http_filters(JWT_EXT_AUTHZ)
-    assert list(filters) == [JWT_AUTHN, "envoy.filters.http.ext_authz", "envoy.filters.http.router"]
+    assert list(filters) == [
+        JWT_AUTHN,
+        "envoy.filters.http.json_to_metadata",
+        "envoy.filters.http.ext_authz",
+        "envoy.filters.http.router",
+    ]
     (provider,) = filters[JWT_AUTHN]["providers"].values()
     # Where `toolgate serve --grant-from jwt:CLAIM` reads the claims by default.
     assert provider["payload_in_metadata"] == "jwt_payload"

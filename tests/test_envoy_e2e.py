@@ -330,7 +330,7 @@ def test_server_everything_through_envoy_and_toolgate():
 
 RLS_POLICY = policy(
     {},
-    servers={"seed": policy({"create-ami": {"limits": [limit("rls_ami", 3, scope="grant")]}})},
+    servers={"example": policy({"create-ami": {"limits": [limit("rls_ami", 3, scope="grant")]}})},
 )
 
 

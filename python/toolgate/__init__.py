@@ -1,7 +1,7 @@
 """toolgate: decide whether an AI agent's MCP tool call may run.
 
 The decisions are made by a Rust core (``toolgate._core``); this package adds the CLI, the
-gRPC sidecar (``toolgate serve``) and its client.
+gRPC sidecar (``toolgate serve``) and its clients (``Client``, ``AsyncClient``).
 
     >>> engine = Engine.from_file("examples/policy.json")
     >>> engine.decide("create-ami", grant="alice").verdict
@@ -22,9 +22,10 @@ from toolgate._core import (
 )
 
 if TYPE_CHECKING:
-    from toolgate.client import Client
+    from toolgate.client import AsyncClient, Client
 
 __all__ = [
+    "AsyncClient",
     "Client",
     "Decision",
     "Engine",
@@ -40,8 +41,8 @@ __all__ = [
 def __getattr__(name: str) -> object:
     # The client loads grpcio (~11 MiB): imported when first asked for, so a sidecar serving
     # on the native transport never loads it.
-    if name == "Client":
-        from toolgate.client import Client
+    if name in ("Client", "AsyncClient"):
+        from toolgate import client
 
-        return Client
+        return getattr(client, name)
     raise AttributeError(f"module 'toolgate' has no attribute {name!r}")

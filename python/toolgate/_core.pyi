@@ -4,6 +4,8 @@ import os
 from typing import Any, Literal
 
 __version__: str
+#: The git commit the extension was built from; "" when unknown.
+__revision__: str
 
 Verdict = Literal["ALLOW", "DENY", "REQUIRE_APPROVAL"]
 Code = Literal[
@@ -70,7 +72,16 @@ class LimitState:
     def to_dict(self) -> dict[str, Any]: ...
 
 class Decision:
-    """The answer for one tool call."""
+    """The answer for one tool call: from ``Engine.decide``, or from a sidecar through
+    ``toolgate.Client``."""
+
+    @staticmethod
+    def from_wire(response: bytes) -> Decision:
+        """A serialized ``toolgate.v1.DecideResponse``; ValueError if the bytes are not one or
+        carry a verdict or code this version does not know."""
+    @staticmethod
+    def from_batch_wire(response: bytes) -> list[Decision]:
+        """The decisions of a serialized ``toolgate.v1.DecideBatchResponse``, in order."""
 
     @property
     def verdict(self) -> Verdict: ...

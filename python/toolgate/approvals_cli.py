@@ -12,6 +12,7 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
+from toolgate.addresses import target_address
 from toolgate.v1 import approvals_pb2
 
 
@@ -74,9 +75,10 @@ def add_command(sub: Any) -> None:
     )
     p.add_argument(
         "--target",
+        type=target_address,
         default="127.0.0.1:50052",
         metavar="HOST:PORT",
-        help="the sidecar's --admin-listen (default %(default)s)",
+        help="the sidecar's --admin-listen (default: %(default)s)",
     )
     p.add_argument(
         "--token-file",
@@ -85,11 +87,17 @@ def add_command(sub: Any) -> None:
         help="a file holding your admin token (one of the sidecar's --admin-tokens)",
     )
     p.add_argument("--json", action="store_true", help="one JSON object per approval")
-    p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
+    p.add_argument(
+        "--timeout", type=float, default=10.0, metavar="SECONDS", help="per call to the sidecar"
+    )
     actions = p.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", help="approvals, newest first")
-    listing.add_argument("--state", choices=["PENDING", "APPROVED", "DENIED", "USED", "EXPIRED"])
-    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument(
+        "--state",
+        choices=["PENDING", "APPROVED", "DENIED", "USED", "EXPIRED"],
+        help="only approvals in this state (default: all)",
+    )
+    listing.add_argument("--limit", type=int, default=100, metavar="N", help="at most N")
     actions.add_parser("show", help="one approval, in full").add_argument("id")
     for action, what in (("approve", "let the call run once"), ("deny", "refuse the call")):
         a = actions.add_parser(action, help=what)

@@ -1,4 +1,4 @@
-"""The ``toolgate`` command line: validate policies and try decisions."""
+"""The ``toolgate`` command line: serve decisions, try them, validate policies."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from toolgate import Engine, Policy, PolicyError
+from toolgate import Engine, Policy, PolicyError, __version__
+from toolgate.addresses import listen_address, metrics_address, target_address
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -50,10 +51,10 @@ def _local_decider(policy: str) -> Callable[..., dict[str, Any]] | None:
 
 
 def _remote_decider(target: str) -> Callable[..., dict[str, Any]]:
-    from toolgate.client import Client, decision_dict
+    from toolgate.client import Client
 
     client = Client(target)
-    return lambda tool, **fields: decision_dict(client.decide(tool, **fields))
+    return lambda tool, **fields: client.decide(tool, **fields).to_dict()
 
 
 def _decide(args: argparse.Namespace) -> int:
@@ -197,9 +198,45 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
 
 
+def version() -> str:
+    """``toolgate 0.1.0``, and the source revision it was built from when known."""
+    from toolgate._core import __revision__
+
+    return f"toolgate {__version__}" + (f" ({__revision__[:12]})" if __revision__ else "")
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the help already speaks of it
+    (argparse's ArgumentDefaultsHelpFormatter, without "default: None" for options that have
+    none)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if default is None or default is False or default == [] or default == argparse.SUPPRESS:
+            return text
+        if "default" in text.lower() or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose help, and every subcommand's, shows the defaults."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="toolgate", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(
+        prog="toolgate",
+        description="Decide whether an AI agent's MCP tool calls may run: serve decisions to a "
+        "proxy, try them, check policies. 'toolgate COMMAND --help' lists a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=version())
+    # Not required: a bare `toolgate` prints this help (main()).
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     validate = sub.add_parser(
         "validate", help="check policy files; one line per error: FILE: /pointer: message"
@@ -215,13 +252,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     where = decide.add_mutually_exclusive_group(required=True)
     where.add_argument("--policy", metavar="FILE", help="decide locally on this policy")
-    where.add_argument("--target", metavar="HOST:PORT", help="ask a running sidecar")
-    decide.add_argument("--tool", required=True, metavar="NAME")
-    decide.add_argument("--server", metavar="ID")
-    decide.add_argument("--grant", metavar="G")
-    decide.add_argument("--session", metavar="S")
-    decide.add_argument("--agent", metavar="A")
-    decide.add_argument("--attr", action="append", default=[], metavar="KEY=VALUE")
+    where.add_argument(
+        "--target",
+        type=target_address,
+        metavar="HOST:PORT",
+        help="ask a running sidecar (HOST:PORT or unix:PATH)",
+    )
+    decide.add_argument("--tool", required=True, metavar="NAME", help="the tool called")
+    decide.add_argument("--server", metavar="ID", help="the MCP server id (policy's servers)")
+    decide.add_argument("--grant", metavar="G", help="the credential the agent presents")
+    decide.add_argument("--session", metavar="S", help="the MCP session id")
+    decide.add_argument("--agent", metavar="A", help="the agent's id")
+    decide.add_argument(
+        "--attr",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a subject attribute, for conditions (repeatable)",
+    )
     decide.add_argument("--args", metavar="JSON", help="the call's arguments as a JSON object")
     decide.add_argument("--repeat", type=int, default=1, metavar="N", help="decide N times")
     decide.add_argument(
@@ -232,27 +280,45 @@ def build_parser() -> argparse.ArgumentParser:
     health = sub.add_parser(
         "health", help="ask a sidecar's grpc.health.v1: exit 0 if SERVING (for exec probes)"
     )
-    health.add_argument("--target", default="127.0.0.1:50051", metavar="HOST:PORT")
+    health.add_argument(
+        "--target",
+        type=target_address,
+        default="127.0.0.1:50051",
+        metavar="HOST:PORT",
+        help="the sidecar's --listen (HOST:PORT or unix:PATH)",
+    )
     health.add_argument(
         "--service", default="", help='"" for the whole server (default), or a service name'
     )
-    health.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS")
+    health.add_argument(
+        "--timeout", type=float, default=3.0, metavar="SECONDS", help="give up after this long"
+    )
     health.set_defaults(run=_health)
 
     serve = sub.add_parser("serve", help="run the decision sidecar (gRPC + /metrics)")
     serve.add_argument(
         "--policy", metavar="FILE", help="default: a built-in deny-everything policy"
     )
-    serve.add_argument("--listen", default="127.0.0.1:50051", metavar="HOST:PORT")
     serve.add_argument(
-        "--metrics-listen", default="127.0.0.1:9464", metavar="HOST:PORT", help="or 'off'"
+        "--listen",
+        type=listen_address,
+        default="127.0.0.1:50051",
+        metavar="HOST:PORT",
+        help="gRPC: HOST:PORT ([IPv6]:PORT; port 0 for any free one) or unix:PATH",
+    )
+    serve.add_argument(
+        "--metrics-listen",
+        type=metrics_address,
+        default="127.0.0.1:9464",
+        metavar="HOST:PORT",
+        help="Prometheus /metrics over HTTP, or 'off'",
     )
     serve.add_argument(
         "--transport",
         choices=["native", "grpcio"],
         default="native",
         help="native: the Rust gRPC server, no Python per call; grpcio: Python's grpcio "
-        "server, the reference (default %(default)s)",
+        "server, the reference (default: %(default)s)",
     )
     serve.add_argument(
         "--threads",
@@ -273,7 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     # Set by the supervisor of --workers in each worker it starts.
     serve.add_argument("--shared", help=argparse.SUPPRESS)
     serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
-    serve.add_argument("--capacity", type=int, default=1 << 16, help="counter-table slots")
+    serve.add_argument(
+        "--capacity", type=int, default=1 << 16, metavar="N", help="counter-table slots"
+    )
     store = serve.add_argument_group(
         "counter store", "where limits are counted: this pod's table, or Redis shared by all"
     )
@@ -289,14 +357,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--store-prefix",
         default="toolgate:",
         metavar="PREFIX",
-        help="put before every Redis key, so deployments can share one Redis (default %(default)s)",
+        help="put before every Redis key, so deployments can share one Redis",
     )
     store.add_argument(
         "--store-timeout-ms",
         type=int,
         default=5,
         metavar="MS",
-        help="how long a decision waits for Redis (default %(default)s)",
+        help="how long a decision waits for Redis (default: %(default)s)",
     )
     store.add_argument(
         "--store-mode",
@@ -311,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=5,
         metavar="MS",
-        help="cached mode: how often counts are merged with Redis (default %(default)s)",
+        help="cached mode: how often counts are merged with Redis (default: %(default)s)",
     )
     store.add_argument(
         "--store-unavailable",
@@ -324,12 +392,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--reservations",
         type=int,
         default=1 << 16,
+        metavar="N",
         help="reservation log lines (64 bytes each; a call with up to two limits takes one)",
     )
     serve.add_argument(
-        "--max-argument-bytes", type=int, default=1 << 20, help="larger arguments are refused"
+        "--max-argument-bytes",
+        type=int,
+        default=1 << 20,
+        metavar="N",
+        help="larger arguments are refused",
     )
-    serve.add_argument("--reload-interval", type=float, default=1.0, metavar="SECONDS")
+    serve.add_argument(
+        "--reload-interval",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="how often the policy file is looked at for changes",
+    )
     serve.add_argument(
         "--reload-settle",
         type=float,
@@ -337,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="load a policy file edited in place only once it has been unchanged this long, "
         "as it may be half-written before; a file renamed into place, and SIGHUP, load at "
-        "once; 0 loads in-place edits at once (default %(default)s)",
+        "once; 0 loads in-place edits at once (default: %(default)s)",
     )
     serve.add_argument(
         "--drain",
@@ -353,8 +432,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long in-flight calls may take on SIGTERM",
     )
-    serve.add_argument("--log-format", choices=["text", "json"], default="text")
-    serve.add_argument("--log-level", default="info")
+    serve.add_argument(
+        "--log-format", choices=["text", "json"], default="text", help="the sidecar's own logs"
+    )
+    serve.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=["debug", "info", "warning", "error", "critical"],
+        default="info",
+        help="the least severe level logged",
+    )
     serve.add_argument(
         "--metrics-per-tool",
         action="store_true",
@@ -367,10 +454,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--grant-header",
         default="authorization",
         metavar="NAME",
-        help="the grant (credential); for authorization, the Bearer token (default %(default)s)",
+        help="the grant (credential); for authorization, the Bearer token (default: %(default)s)",
     )
-    headers.add_argument("--session-header", default="mcp-session-id", metavar="NAME")
-    headers.add_argument("--agent-header", default="x-agent-id", metavar="NAME")
+    headers.add_argument(
+        "--session-header", default="mcp-session-id", metavar="NAME", help="the session"
+    )
+    headers.add_argument("--agent-header", default="x-agent-id", metavar="NAME", help="the agent")
     headers.add_argument(
         "--server-header",
         default="x-mcp-server",
@@ -382,19 +471,19 @@ def build_parser() -> argparse.ArgumentParser:
         default="header",
         metavar="SOURCE",
         help="'header' (--grant-header) or 'jwt:CLAIM': a claim of the JWT that Envoy's "
-        "jwt_authn filter verified (default %(default)s)",
+        "jwt_authn filter verified (default: %(default)s)",
     )
     headers.add_argument(
         "--agent-from",
         default="header",
         metavar="SOURCE",
-        help="'header' (--agent-header) or 'jwt:CLAIM' (default %(default)s)",
+        help="'header' (--agent-header) or 'jwt:CLAIM' (default: %(default)s)",
     )
     headers.add_argument(
         "--jwt-payload-key",
         default="jwt_payload",
         metavar="KEY",
-        help="jwt_authn's payload_in_metadata, where the claims are read (default %(default)s)",
+        help="jwt_authn's payload_in_metadata, where the claims are read (default: %(default)s)",
     )
     headers.add_argument(
         "--max-request-bytes",
@@ -402,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1 << 20,
         metavar="N",
         help="Envoy's with_request_body.max_request_bytes: a body of this size without "
-        "content-length may have been cut, and is refused (default %(default)s)",
+        "content-length may have been cut, and is refused (default: %(default)s)",
     )
     approvals = serve.add_argument_group(
         "approvals", "human approval of calls whose rule says require_approval"
@@ -415,9 +504,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     approvals.add_argument(
         "--admin-listen",
+        type=listen_address,
         default="127.0.0.1:50052",
         metavar="HOST:PORT",
-        help="the admin listener: the toolgate.v1.Approvals service (default %(default)s)",
+        help="the admin listener: the toolgate.v1.Approvals service (default: %(default)s)",
     )
     approvals.add_argument(
         "--admin-tokens",
@@ -437,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--approval-webhook-format",
         choices=["json", "slack"],
         default="json",
-        help="the webhook's body: toolgate's JSON, or Slack-compatible text (default %(default)s)",
+        help="the webhook's body: toolgate's JSON, or Slack-compatible text (default: %(default)s)",
     )
     decisions = serve.add_argument_group(
         "decision log", "one JSON line per decision, hash-chained (toolgate log verify)"
@@ -453,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["all", "denials"],
         default="all",
         help="all decisions, or only those that are not a plain ALLOW (denials, approvals "
-        "asked for, refused or used) (default %(default)s)",
+        "asked for, refused or used) (default: %(default)s)",
     )
     decisions.add_argument(
         "--decision-log-rotate-mib",
@@ -481,7 +571,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
     return int(args.run(args))
 
 

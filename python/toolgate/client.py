@@ -1,14 +1,48 @@
-"""A Python client for a running sidecar: ``toolgate.Client("127.0.0.1:50051")``."""
+"""Python clients for a running sidecar, answering with the same ``Decision`` as ``Engine``:
+
+    with toolgate.Client("127.0.0.1:50051") as client:
+        client.decide("create-ami", grant="alice").verdict    # 'ALLOW'
+
+``AsyncClient`` is the same on ``grpc.aio``. Both take ``HOST:PORT`` or ``unix:PATH``
+targets, plaintext or TLS (``tls=True`` with the system's roots, or ``root_certificates``;
+``certificate_chain`` and ``private_key`` for a client certificate; ``server_name``, the name
+the server's certificate carries when the target does not say it). PEM arguments are bytes,
+or the path of a file.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Mapping
-from typing import Any
+from pathlib import Path
+from typing import Any, TypedDict
 
 import grpc
+import grpc.aio
 
-from toolgate.v1 import decider_pb2, decider_pb2_grpc
+from toolgate._core import Decision
+from toolgate.v1 import decider_pb2
+
+#: A PEM document: its bytes, or the path of a file holding it.
+Pem = bytes | str | os.PathLike[str]
+
+_DECIDE = "/toolgate.v1.Decider/Decide"
+_DECIDE_BATCH = "/toolgate.v1.Decider/DecideBatch"
+_RELEASE = "/toolgate.v1.Decider/Release"
+
+
+class Call(TypedDict, total=False):
+    """One call of ``decide_batch``: ``tool`` and the keywords of ``decide``."""
+
+    tool: str
+    server: str | None
+    grant: str | None
+    session: str | None
+    agent: str | None
+    attributes: Mapping[str, str] | None
+    arguments: Mapping[str, Any] | str | bytes | None
+    dry_run: bool
 
 
 def _request(
@@ -44,63 +78,142 @@ def _request(
     )
 
 
-def decision_dict(response: decider_pb2.DecideResponse) -> dict[str, Any]:
-    """A response in the same shape as ``Decision.to_dict()``."""
-    return {
-        "verdict": decider_pb2.Verdict.Name(response.verdict),
-        "code": decider_pb2.Code.Name(response.code),
-        "reason": response.reason,
-        "rule": response.rule,
-        "retry_after_ms": response.retry_after_ms if response.HasField("retry_after_ms") else None,
-        "limits": [
-            {
-                "counter": limit.counter,
-                "rule": limit.rule,
-                "scope": limit.scope,
-                "max": limit.max,
-                "window_ms": limit.window_ms,
-                "remaining": limit.remaining,
-                "reset_in_ms": limit.reset_in_ms,
-            }
-            for limit in response.limits
-        ],
-        "revision": response.revision,
-        "shadow": response.shadow,
-        "reservation": response.reservation or None,
-        "approval_id": response.approval_id or None,
-    }
+def _batch(calls: Iterable[Mapping[str, Any]]) -> bytes:
+    requests = [_request(**dict(call)) for call in calls]
+    return decider_pb2.DecideBatchRequest(requests=requests).SerializeToString()
 
 
-def channel(target: str) -> grpc.Channel:
-    """A plaintext channel to a sidecar at ``HOST:PORT`` or ``unix:PATH``. For a unix socket
-    the HTTP/2 authority is ``localhost``: gRPC's C core would send the socket's path, which
-    is no valid authority, and HTTP/2 servers that check (the native transport's) refuse it."""
-    options = [("grpc.default_authority", "localhost")] if target.startswith("unix:") else []
+def _release(reservation: int) -> bytes:
+    return decider_pb2.ReleaseRequest(reservation=reservation).SerializeToString()
+
+
+def _released(response: bytes) -> bool:
+    return decider_pb2.ReleaseResponse.FromString(response).released
+
+
+def _pem(value: Pem | None) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    return Path(value).read_bytes()
+
+
+class Security:
+    """How a channel is secured: plaintext, or TLS with the given roots and client identity."""
+
+    def __init__(
+        self,
+        *,
+        tls: bool = False,
+        root_certificates: Pem | None = None,
+        certificate_chain: Pem | None = None,
+        private_key: Pem | None = None,
+        server_name: str | None = None,
+    ) -> None:
+        if (certificate_chain is None) != (private_key is None):
+            raise ValueError("a client certificate needs both certificate_chain and private_key")
+        self.tls = tls or root_certificates is not None or certificate_chain is not None
+        self.roots = _pem(root_certificates)
+        self.chain = _pem(certificate_chain)
+        self.key = _pem(private_key)
+        self.server_name = server_name
+
+    def options(self, target: str) -> list[tuple[str, Any]]:
+        options: list[tuple[str, Any]] = []
+        if target.startswith("unix:"):
+            # gRPC's C core would send the socket's path as the HTTP/2 authority, which is no
+            # valid authority: HTTP/2 servers that check (the native transport's) refuse it.
+            options.append(("grpc.default_authority", self.server_name or "localhost"))
+        if self.server_name is not None:
+            # The name the server's certificate must carry, when the target does not say it
+            # (an IP address, a unix socket, a name that differs from the certificate's).
+            options.append(("grpc.ssl_target_name_override", self.server_name))
+        return options
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(self.roots, self.key, self.chain)
+
+
+def channel(target: str, security: Security | None = None) -> grpc.Channel:
+    """A channel to a sidecar at ``HOST:PORT`` or ``unix:PATH``, plaintext unless
+    ``security`` says TLS."""
+    security = security or Security()
+    options = security.options(target)
+    if security.tls:
+        return grpc.secure_channel(target, security.credentials(), options=options)
     return grpc.insecure_channel(target, options=options)
 
 
-class Client:
-    """Asks a toolgate sidecar for decisions over gRPC."""
+def aio_channel(target: str, security: Security | None = None) -> grpc.aio.Channel:
+    """``channel`` for asyncio."""
+    security = security or Security()
+    options = security.options(target)
+    if security.tls:
+        return grpc.aio.secure_channel(target, security.credentials(), options=options)
+    return grpc.aio.insecure_channel(target, options=options)
 
-    def __init__(self, target: str, *, timeout: float = 5.0) -> None:
-        self._channel = channel(target)
-        self._stub = decider_pb2_grpc.DeciderStub(self._channel)
+
+class Client:
+    """Asks a toolgate sidecar for decisions over gRPC. A call the sidecar does not answer
+    raises ``grpc.RpcError``; an answer this version cannot read raises ``ValueError``."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float = 5.0,
+        tls: bool = False,
+        root_certificates: Pem | None = None,
+        certificate_chain: Pem | None = None,
+        private_key: Pem | None = None,
+        server_name: str | None = None,
+    ) -> None:
+        security = Security(
+            tls=tls,
+            root_certificates=root_certificates,
+            certificate_chain=certificate_chain,
+            private_key=private_key,
+            server_name=server_name,
+        )
+        self._channel = channel(target, security)
+        self._decide = self._channel.unary_unary(_DECIDE)
+        self._decide_batch = self._channel.unary_unary(_DECIDE_BATCH)
+        self._release = self._channel.unary_unary(_RELEASE)
         self._timeout = timeout
 
-    def decide(self, tool: str, **fields: Any) -> decider_pb2.DecideResponse:
+    def decide(
+        self,
+        tool: str,
+        *,
+        server: str | None = None,
+        grant: str | None = None,
+        session: str | None = None,
+        agent: str | None = None,
+        attributes: Mapping[str, str] | None = None,
+        arguments: Mapping[str, Any] | str | bytes | None = None,
+        dry_run: bool = False,
+    ) -> Decision:
         """Decide one call; keywords as for ``Engine.decide``."""
-        return self._stub.Decide(_request(tool, **fields), timeout=self._timeout)
+        request = _request(
+            tool,
+            server=server,
+            grant=grant,
+            session=session,
+            agent=agent,
+            attributes=attributes,
+            arguments=arguments,
+            dry_run=dry_run,
+        )
+        response = self._decide(request.SerializeToString(), timeout=self._timeout)
+        return Decision.from_wire(response)
 
-    def decide_batch(self, calls: Iterable[Mapping[str, Any]]) -> list[decider_pb2.DecideResponse]:
+    def decide_batch(self, calls: Iterable[Call | Mapping[str, Any]]) -> list[Decision]:
         """Decide several calls in one round trip; each mapping has ``tool`` and keywords."""
-        requests = [_request(**dict(call)) for call in calls]
-        batch = decider_pb2.DecideBatchRequest(requests=requests)
-        return list(self._stub.DecideBatch(batch, timeout=self._timeout).responses)
+        response = self._decide_batch(_batch(calls), timeout=self._timeout)
+        return Decision.from_batch_wire(response)
 
     def release(self, reservation: int) -> bool:
         """Give back a reservation's counters; True if it was held."""
-        request = decider_pb2.ReleaseRequest(reservation=reservation)
-        return self._stub.Release(request, timeout=self._timeout).released
+        return _released(self._release(_release(reservation), timeout=self._timeout))
 
     def close(self) -> None:
         self._channel.close()
@@ -110,3 +223,76 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class AsyncClient:
+    """``Client`` for asyncio (grpc.aio): the same keywords, coroutines that answer with the
+    same ``Decision``. Make it in the event loop that uses it."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float = 5.0,
+        tls: bool = False,
+        root_certificates: Pem | None = None,
+        certificate_chain: Pem | None = None,
+        private_key: Pem | None = None,
+        server_name: str | None = None,
+    ) -> None:
+        security = Security(
+            tls=tls,
+            root_certificates=root_certificates,
+            certificate_chain=certificate_chain,
+            private_key=private_key,
+            server_name=server_name,
+        )
+        self._channel = aio_channel(target, security)
+        self._decide = self._channel.unary_unary(_DECIDE)
+        self._decide_batch = self._channel.unary_unary(_DECIDE_BATCH)
+        self._release = self._channel.unary_unary(_RELEASE)
+        self._timeout = timeout
+
+    async def decide(
+        self,
+        tool: str,
+        *,
+        server: str | None = None,
+        grant: str | None = None,
+        session: str | None = None,
+        agent: str | None = None,
+        attributes: Mapping[str, str] | None = None,
+        arguments: Mapping[str, Any] | str | bytes | None = None,
+        dry_run: bool = False,
+    ) -> Decision:
+        """Decide one call; keywords as for ``Engine.decide``."""
+        request = _request(
+            tool,
+            server=server,
+            grant=grant,
+            session=session,
+            agent=agent,
+            attributes=attributes,
+            arguments=arguments,
+            dry_run=dry_run,
+        )
+        response = await self._decide(request.SerializeToString(), timeout=self._timeout)
+        return Decision.from_wire(response)
+
+    async def decide_batch(self, calls: Iterable[Call | Mapping[str, Any]]) -> list[Decision]:
+        """Decide several calls in one round trip; each mapping has ``tool`` and keywords."""
+        response = await self._decide_batch(_batch(calls), timeout=self._timeout)
+        return Decision.from_batch_wire(response)
+
+    async def release(self, reservation: int) -> bool:
+        """Give back a reservation's counters; True if it was held."""
+        return _released(await self._release(_release(reservation), timeout=self._timeout))
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

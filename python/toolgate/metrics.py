@@ -6,7 +6,9 @@ this collector turns a snapshot of them into metric families at scrape time.
 
 from __future__ import annotations
 
+import platform
 import threading
+import time
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -18,23 +20,85 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from toolgate._core import Engine
+from toolgate._core import Engine, __revision__, __version__
 
 
 class ReloadCounts:
-    """Policy reloads by result; touched only when a reload happens."""
+    """Policy reloads by result, and the last one's time and result (the policy loaded at
+    start counts as a successful load); touched only when a reload happens."""
 
-    def __init__(self) -> None:
+    def __init__(self, loaded_at: float | None = None) -> None:
         self._lock = threading.Lock()
         self._counts = {"success": 0, "failure": 0}
+        now = time.time() if loaded_at is None else loaded_at
+        self._last = (now, True)
+        self._last_success = now
 
     def add(self, result: str) -> None:
+        now = time.time()
         with self._lock:
             self._counts[result] += 1
+            self._last = (now, result == "success")
+            if result == "success":
+                self._last_success = now
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return dict(self._counts)
+
+    def last(self) -> tuple[float, bool, float]:
+        """(when the last load or reload was tried, whether it succeeded, when the last one
+        succeeded), in seconds since the epoch."""
+        with self._lock:
+            return (*self._last, self._last_success)
+
+
+class ReloadStateCollector(Collector):
+    """The last reload's time and result, as gauges (alert on a failed one, or a stale one)."""
+
+    def __init__(self, reloads: ReloadCounts) -> None:
+        self._reloads = reloads
+
+    def collect(self) -> Iterator[Metric]:
+        tried, succeeded, last_success = self._reloads.last()
+        yield GaugeMetricFamily(
+            "toolgate_policy_last_reload_timestamp_seconds",
+            "When the policy was last loaded or a reload last tried (Unix time).",
+            value=tried,
+        )
+        yield GaugeMetricFamily(
+            "toolgate_policy_last_reload_successful",
+            "1 if that load or reload succeeded, 0 if it failed (the old policy is kept).",
+            value=1 if succeeded else 0,
+        )
+        yield GaugeMetricFamily(
+            "toolgate_policy_last_reload_success_timestamp_seconds",
+            "When a policy was last loaded successfully (Unix time).",
+            value=last_success,
+        )
+
+
+class BuildInfoCollector(Collector):
+    """``toolgate_build_info``: what is running, as labels of a constant 1."""
+
+    def __init__(self, transport: str) -> None:
+        self._labels = {
+            "version": __version__,
+            # The git commit the extension was built from; "unknown" for a build without one.
+            "revision": __revision__ or "unknown",
+            "transport": transport,
+            "python": platform.python_version(),
+        }
+
+    def collect(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            "toolgate_build_info",
+            "toolgate's version, the source revision it was built from, the gRPC transport "
+            "serving, and the Python running it; always 1.",
+            labels=list(self._labels),
+        )
+        info.add_metric(list(self._labels.values()), 1)
+        yield info
 
 
 class EngineCollector(Collector):
@@ -175,10 +239,18 @@ def _bound(seconds: float) -> str:
 
 
 def serve_metrics(
-    engine: Engine, reloads: ReloadCounts, host: str, port: int, per_tool: bool = False
+    engine: Engine,
+    reloads: ReloadCounts,
+    host: str,
+    port: int,
+    per_tool: bool = False,
+    *,
+    transport: str,
 ) -> CollectorRegistry:
     """Serve ``/metrics`` over HTTP on ``host:port`` from a background thread."""
     registry = CollectorRegistry()
     registry.register(EngineCollector(engine, reloads, per_tool))
+    registry.register(ReloadStateCollector(reloads))
+    registry.register(BuildInfoCollector(transport))
     start_http_server(port, addr=host, registry=registry)
     return registry

@@ -64,7 +64,7 @@ def _add_source(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=DEFAULT_TIMEOUT,
         metavar="SECONDS",
-        help="for the whole scan (default %(default)s)",
+        help="for the whole scan (default: %(default)s)",
     )
     parser.add_argument(
         "--save", metavar="FILE", help="also write the tools/list read, for --file later"
@@ -212,7 +212,9 @@ def add_commands(sub: Any) -> None:
         "Destructive or Financial, with a risk, a reason and a confidence.",
     )
     _add_source(scan)
-    scan.add_argument("--format", choices=["table", "json"], default="table")
+    scan.add_argument(
+        "--format", choices=["table", "json"], default="table", help="how the tools are shown"
+    )
     scan.set_defaults(run=run_scan)
 
     suggest_ = sub.add_parser(
@@ -223,11 +225,18 @@ def add_commands(sub: Any) -> None:
         "10 calls per minute per grant; Destructive hidden; Financial require approval.",
     )
     _add_source(suggest_)
-    suggest_.add_argument("--format", choices=["json", "yaml"], default="json")
+    suggest_.add_argument(
+        "--format", choices=["json", "yaml"], default="json", help="the policy's format"
+    )
     suggest_.add_argument("-o", "--output", metavar="FILE", help="write the policy here")
     suggest_.add_argument("-q", "--quiet", action="store_true", help="no table on stderr")
     rules = suggest_.add_argument_group("the policy")
-    rules.add_argument("--default", choices=["deny", "allow"], default="deny")
+    rules.add_argument(
+        "--default",
+        choices=["deny", "allow"],
+        default="deny",
+        help="for tools the policy does not name",
+    )
     rules.add_argument(
         "--treat",
         action="append",
@@ -242,12 +251,12 @@ def add_commands(sub: Any) -> None:
         metavar="CATEGORY=N",
         help="calls per window for a limited category (Write=30, Execute=10)",
     )
-    rules.add_argument("--window", default="minute", help="of the limits (default minute)")
+    rules.add_argument("--window", default="minute", help="of the limits")
     rules.add_argument(
         "--scope",
         default="grant",
         choices=["grant", "session", "agent", "server", "global"],
-        help="whose counter a limit is (default grant)",
+        help="whose counter a limit is",
     )
     rules.add_argument(
         "--set",

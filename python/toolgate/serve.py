@@ -19,6 +19,7 @@ from pathlib import Path
 
 from toolgate import logs, transport
 from toolgate._core import Engine, Policy
+from toolgate.addresses import check_listen, parse_host_port
 from toolgate.approval_runtime import ApprovalOptions, ApprovalRuntime
 from toolgate.cpus import available_cpus
 from toolgate.envoy_authz import CheckSettings
@@ -184,11 +185,8 @@ def default_threads(kind: str) -> int:
 
 
 def split_host_port(address: str) -> tuple[str, int]:
-    """``127.0.0.1:9464`` or ``[::1]:9464`` → (host, port)."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"expected HOST:PORT, got {address!r}")
-    return host.strip("[]"), int(port)
+    """``127.0.0.1:9464`` or ``[::1]:9464`` → (host, port); ValueError saying what is wrong."""
+    return parse_host_port(address, allow_port_zero=True)
 
 
 def load_policy(opts: ServeOptions) -> tuple[Policy, FileVersion | None]:
@@ -200,6 +198,12 @@ def load_policy(opts: ServeOptions) -> tuple[Policy, FileVersion | None]:
 
 
 def serve(opts: ServeOptions) -> int:
+    # Addresses first (the command line checked them already; ServeOptions may come from
+    # elsewhere): a bad one must stop the sidecar before anything starts.
+    check_listen(opts.listen)
+    if opts.metrics_listen:
+        split_host_port(opts.metrics_listen)
+    check_listen(opts.approvals.admin_listen)
     if opts.reload_interval <= 0 or opts.drain < 0 or opts.grace < 0:
         raise ValueError("--reload-interval must be positive; --drain and --grace not negative")
     if not opts.reload_settle >= 0:  # also refuses NaN, which would never settle
@@ -302,7 +306,12 @@ def serve(opts: ServeOptions) -> int:
         host, metrics_port = split_host_port(opts.metrics_listen)
         try:
             registry = serve_metrics(
-                engine, reloads, host, metrics_port, per_tool=opts.metrics_per_tool
+                engine,
+                reloads,
+                host,
+                metrics_port,
+                per_tool=opts.metrics_per_tool,
+                transport=opts.transport,
             )
         except OSError as err:
             log.error("cannot serve metrics on %s: %s", opts.metrics_listen, err)

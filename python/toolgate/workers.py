@@ -247,7 +247,7 @@ def _run(opts: ServeOptions, policy: Policy, loaded: FileVersion | None, state: 
     if opts.metrics_listen:
         host, metrics_port = split_host_port(opts.metrics_listen)
         try:
-            registry = serve_metrics(total, reloads, host, metrics_port)
+            registry = serve_metrics(total, reloads, host, metrics_port, transport=opts.transport)
         except OSError as err:
             log.error("cannot serve metrics on %s: %s", opts.metrics_listen, err)
             approvals.stop(0)

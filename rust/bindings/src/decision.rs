@@ -1,8 +1,12 @@
-//! Decisions as Python objects.
+//! Decisions as Python objects: made by this process's engine, or read from a sidecar's
+//! `toolgate.v1.DecideResponse` (so `toolgate.Client` answers with the same type as `Engine`).
 
+use prost::Message;
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use toolgate_core::{Decision, LimitState, Verdict};
+use toolgate_core::{Code, Decision, LimitState, Verdict};
+use toolgate_server::decider::pb;
 
 /// The state of one limit a decision touched.
 #[pyclass(name = "LimitState", module = "toolgate._core", frozen, get_all)]
@@ -11,7 +15,7 @@ pub struct PyLimitState {
     pub counter: String,
     /// JSON pointer of the limit in the policy.
     pub rule: String,
-    pub scope: &'static str,
+    pub scope: String,
     pub max: f64,
     /// The limit's sliding window in milliseconds.
     pub window_ms: u64,
@@ -25,10 +29,22 @@ impl PyLimitState {
         PyLimitState {
             counter: d.counter_of(l).to_owned(),
             rule: d.rule_of(l).to_owned(),
-            scope: limit.scope.as_str(),
+            scope: limit.scope.as_str().to_owned(),
             max: limit.max,
             window_ms: limit.window_ms,
             remaining: l.remaining(),
+            reset_in_ms: l.reset_in_ms,
+        }
+    }
+
+    fn from_wire(l: pb::LimitState) -> PyLimitState {
+        PyLimitState {
+            counter: l.counter,
+            rule: l.rule,
+            scope: l.scope,
+            max: l.max,
+            window_ms: l.window_ms,
+            remaining: l.remaining,
             reset_in_ms: l.reset_in_ms,
         }
     }
@@ -40,7 +56,7 @@ impl PyLimitState {
         let d = PyDict::new(py);
         d.set_item("counter", &self.counter)?;
         d.set_item("rule", &self.rule)?;
-        d.set_item("scope", self.scope)?;
+        d.set_item("scope", &self.scope)?;
         d.set_item("max", self.max)?;
         d.set_item("window_ms", self.window_ms)?;
         d.set_item("remaining", self.remaining)?;
@@ -55,63 +71,195 @@ impl PyLimitState {
     }
 }
 
+/// A decision a sidecar sent: its fields as read from the wire.
+pub struct Received {
+    verdict: Verdict,
+    code: Code,
+    reason: String,
+    rule: String,
+    retry_after_ms: Option<u64>,
+    limits: Vec<PyLimitState>,
+    revision: String,
+    shadow: bool,
+    reservation: Option<u64>,
+    approval_id: Option<String>,
+}
+
+impl Received {
+    /// Fails for a verdict or code this build does not know (unset, or from a newer
+    /// sidecar): a caller must never read an unknown answer as some other one.
+    fn from_wire(r: pb::DecideResponse) -> Result<Received, String> {
+        let verdict = pb::Verdict::try_from(r.verdict)
+            .ok()
+            .and_then(|v| {
+                known(
+                    v.as_str_name(),
+                    [Verdict::Allow, Verdict::Deny, Verdict::RequireApproval],
+                    Verdict::as_str,
+                )
+            })
+            .ok_or_else(|| {
+                format!(
+                    "the sidecar answered verdict {}, which this client does not know",
+                    r.verdict
+                )
+            })?;
+        let code = pb::Code::try_from(r.code)
+            .ok()
+            .and_then(|c| known(c.as_str_name(), Code::ALL, Code::as_str))
+            .ok_or_else(|| {
+                format!(
+                    "the sidecar answered code {}, which this client does not know",
+                    r.code
+                )
+            })?;
+        Ok(Received {
+            verdict,
+            code,
+            reason: r.reason,
+            rule: r.rule,
+            retry_after_ms: r.retry_after_ms,
+            limits: r.limits.into_iter().map(PyLimitState::from_wire).collect(),
+            revision: r.revision,
+            shadow: r.shadow,
+            reservation: (r.reservation != 0).then_some(r.reservation),
+            approval_id: (!r.approval_id.is_empty()).then_some(r.approval_id),
+        })
+    }
+}
+
+/// The value among `all` whose name is `name`.
+fn known<T: Copy, const N: usize>(
+    name: &str,
+    all: [T; N],
+    name_of: fn(T) -> &'static str,
+) -> Option<T> {
+    all.into_iter().find(|&v| name_of(v) == name)
+}
+
+pub enum Source {
+    /// Made here: strings are read through the policy that decided, on demand.
+    Local(Decision),
+    Received(Box<Received>),
+}
+
 /// The answer for one tool call.
 #[pyclass(name = "Decision", module = "toolgate._core", frozen)]
-pub struct PyDecision(pub Decision);
+pub struct PyDecision(pub Source);
+
+impl PyDecision {
+    pub fn local(d: Decision) -> PyDecision {
+        PyDecision(Source::Local(d))
+    }
+
+    fn read(bytes: &[u8]) -> PyResult<pb::DecideResponse> {
+        pb::DecideResponse::decode(bytes)
+            .map_err(|e| PyValueError::new_err(format!("not a toolgate.v1.DecideResponse: {e}")))
+    }
+
+    fn received(r: pb::DecideResponse) -> PyResult<PyDecision> {
+        let received = Received::from_wire(r).map_err(PyValueError::new_err)?;
+        Ok(PyDecision(Source::Received(Box::new(received))))
+    }
+}
 
 #[pymethods]
 impl PyDecision {
+    /// A decision from a serialized `toolgate.v1.DecideResponse` (what a sidecar answers).
+    /// ValueError if the bytes are not one, or carry a verdict or code this build does not know.
+    #[staticmethod]
+    fn from_wire(response: &[u8]) -> PyResult<PyDecision> {
+        PyDecision::received(PyDecision::read(response)?)
+    }
+    /// The decisions of a serialized `toolgate.v1.DecideBatchResponse`, in order.
+    #[staticmethod]
+    fn from_batch_wire(response: &[u8]) -> PyResult<Vec<PyDecision>> {
+        let batch = pb::DecideBatchResponse::decode(response).map_err(|e| {
+            PyValueError::new_err(format!("not a toolgate.v1.DecideBatchResponse: {e}"))
+        })?;
+        batch
+            .responses
+            .into_iter()
+            .map(PyDecision::received)
+            .collect()
+    }
     /// "ALLOW", "DENY" or "REQUIRE_APPROVAL" (always "ALLOW" in shadow mode).
     #[getter]
     fn verdict(&self) -> &'static str {
-        self.0.verdict.as_str()
+        match &self.0 {
+            Source::Local(d) => d.verdict.as_str(),
+            Source::Received(r) => r.verdict.as_str(),
+        }
     }
     #[getter]
     fn allowed(&self) -> bool {
-        self.0.verdict == Verdict::Allow
+        self.verdict() == Verdict::Allow.as_str()
     }
     #[getter]
     fn code(&self) -> &'static str {
-        self.0.code.as_str()
+        match &self.0 {
+            Source::Local(d) => d.code.as_str(),
+            Source::Received(r) => r.code.as_str(),
+        }
     }
     #[getter]
     fn reason(&self) -> &str {
-        self.0.reason()
+        match &self.0 {
+            Source::Local(d) => d.reason(),
+            Source::Received(r) => &r.reason,
+        }
     }
     /// JSON pointer of the policy entry that decided.
     #[getter]
     fn rule(&self) -> &str {
-        self.0.rule()
+        match &self.0 {
+            Source::Local(d) => d.rule(),
+            Source::Received(r) => &r.rule,
+        }
     }
     #[getter]
     fn retry_after_ms(&self) -> Option<u64> {
-        self.0.retry_after_ms
+        match &self.0 {
+            Source::Local(d) => d.retry_after_ms,
+            Source::Received(r) => r.retry_after_ms,
+        }
     }
     #[getter]
     fn limits(&self) -> Vec<PyLimitState> {
-        self.0
-            .limits
-            .iter()
-            .map(|l| PyLimitState::new(&self.0, l))
-            .collect()
+        match &self.0 {
+            Source::Local(d) => d.limits.iter().map(|l| PyLimitState::new(d, l)).collect(),
+            Source::Received(r) => r.limits.clone(),
+        }
     }
     #[getter]
     fn revision(&self) -> &str {
-        self.0.revision()
+        match &self.0 {
+            Source::Local(d) => d.revision(),
+            Source::Received(r) => &r.revision,
+        }
     }
     #[getter]
     fn shadow(&self) -> bool {
-        self.0.shadow
+        match &self.0 {
+            Source::Local(d) => d.shadow,
+            Source::Received(r) => r.shadow,
+        }
     }
-    /// Id for `Engine.release`; `None` when nothing was reserved.
+    /// Id for `Engine.release` (or `Client.release`); `None` when nothing was reserved.
     #[getter]
     fn reservation(&self) -> Option<u64> {
-        self.0.reservation
+        match &self.0 {
+            Source::Local(d) => d.reservation,
+            Source::Received(r) => r.reservation,
+        }
     }
     /// The human approval this decision is about (`apr_…`): waited for, used or refused.
     #[getter]
     fn approval_id(&self) -> Option<String> {
-        self.0.approval.map(|id| id.to_string())
+        match &self.0 {
+            Source::Local(d) => d.approval.map(|id| id.to_string()),
+            Source::Received(r) => r.approval_id.clone(),
+        }
     }
     fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
@@ -119,17 +267,12 @@ impl PyDecision {
         d.set_item("code", self.code())?;
         d.set_item("reason", self.reason())?;
         d.set_item("rule", self.rule())?;
-        d.set_item("retry_after_ms", self.0.retry_after_ms)?;
-        let limits: PyResult<Vec<_>> = self
-            .0
-            .limits
-            .iter()
-            .map(|l| PyLimitState::new(&self.0, l).to_dict(py))
-            .collect();
+        d.set_item("retry_after_ms", self.retry_after_ms())?;
+        let limits: PyResult<Vec<_>> = self.limits().iter().map(|l| l.to_dict(py)).collect();
         d.set_item("limits", limits?)?;
         d.set_item("revision", self.revision())?;
-        d.set_item("shadow", self.0.shadow)?;
-        d.set_item("reservation", self.0.reservation)?;
+        d.set_item("shadow", self.shadow())?;
+        d.set_item("reservation", self.reservation())?;
         d.set_item("approval_id", self.approval_id())?;
         Ok(d)
     }

@@ -237,7 +237,7 @@ impl PyEngine {
                 ))
             }
         };
-        Ok(PyDecision(decision))
+        Ok(PyDecision::local(decision))
     }
 
     /// Decide a serialized `toolgate.v1.DecideRequest`; returns a serialized
@@ -356,7 +356,7 @@ impl PyEngine {
 
     /// An INVALID_REQUEST decision for a request that cannot be decided, counted like any.
     fn refuse(&self, reason: &str) -> PyDecision {
-        PyDecision(self.inner.refuse(reason))
+        PyDecision::local(self.inner.refuse(reason))
     }
 
     /// Give back a reservation's counters. True if it was held.

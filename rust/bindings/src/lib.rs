@@ -34,5 +34,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(mcp::read_mcp_request, m)?)?;
     m.add("PolicyError", m.py().get_type::<policy::PolicyError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    // The git commit built from, or "" if unknown (build.rs).
+    m.add("__revision__", env!("TOOLGATE_REVISION"))?;
     Ok(())
 }

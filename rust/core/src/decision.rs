@@ -1,4 +1,4 @@
-//! What a decision says (DESIGN.md §4).
+//! What a decision says: verdict, code, reason, rule, limits, reservation.
 
 use crate::compile::{CompiledPolicy, LimitId, LimitInfo, TextId};
 use std::sync::Arc;

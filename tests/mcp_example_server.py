@@ -1,7 +1,8 @@
 """An MCP server for the end-to-end tests, written with the official Python SDK (``mcp`` 2.x):
-the seeds' tools, served over Streamable HTTP at ``/mcp`` on 127.0.0.1.
+tools named like those of PolicyLayer's example policies, served over Streamable HTTP at
+``/mcp`` on 127.0.0.1.
 
-    python tests/mcp_seed_server.py --port 8000 --log /tmp/seed.jsonl
+    python tests/mcp_example_server.py --port 8000 --log /tmp/mcp-requests.jsonl
 
 Every HTTP request it receives is appended to the log file as one JSON line
 ``{"method", "path", "query", "headers", "body"}`` *before* the SDK sees it, so a test can prove
