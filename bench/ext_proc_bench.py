@@ -1,0 +1,812 @@
+"""What Envoy's ext_proc adds per MCP exchange beside ext_authz alone: a ``tools/call`` (its
+outcome followed, so a failed call gives its limits back) and a ``tools/list`` of 100 tools
+(filtered for the caller). Run on purpose, never by the tests.
+
+It reuses bench/envoy_bench.py's pieces. Four Envoys, each built from a deployed config as
+Envoy parses it (``/config_dump``), the filters and their settings exactly as deployed, only
+ports, the server id and the upstream swapped:
+
+- ``plain``: deploy/envoy/mcp-ext-authz.yaml without the ext_authz filter;
+- ``authz``: deploy/envoy/mcp-ext-authz.yaml (ext_authz alone);
+- ``authz+proc``: deploy/envoy/mcp-ext-authz-ext-proc.yaml (ext_authz, then ext_proc on the
+  routes toolgate's Check picks: ``tools-list`` waits for toolgate, STREAMED; ``tools-call``
+  in observability mode, Envoy does not wait);
+- ``authz+proc-sync``: the same with ``observability_mode`` off on ``toolgate.outcomes``: what
+  following a call would cost if Envoy waited for toolgate (tools/call only).
+
+Every route goes to the deployed ``mcp`` cluster (HTTP/1.1), served by one more Envoy
+(``--concurrency 1``) answering with constants picked by the request header
+``x-bench-answer``: ``call`` a JSON-RPC result, ``list`` a tools/list of 100 tools of which the
+policy lets the caller see 66 (``delete_*`` hidden, ``create_*`` denied by default). A separate
+Envoy, not a ``direct_response`` on the MCP route, so the route is the deployed proxied one
+and every config pays the same upstream hop (Envoy does run ext_proc on a ``direct_response``
+too: a probe shows it). One sidecar, ``toolgate serve --transport native`` with
+bench/policy_grpc.json plus ``hide`` and two allowed globs, ``--metrics-listen`` on (read
+between runs only). h2load over h2c, one in flight (``-c 1 -m 1``) and loaded (``-c 4 -m 2``),
+the configs taking turns with the order rotated each run, after the machine is quiet and no
+request is left open to the sidecar (ext_proc streams of the run before). Every run
+checked: all HTTP 200, the response bytes (every answer the right one, filtered through
+``authz+proc``), Envoy's ext_authz, ext_proc and cluster counters (circuit breakers
+included), the sidecar's limit count (tools/call) and its tool-list and release counters.
+Added = config - baseline per run (the configs of a run ran back to back), median over the
+runs. Aim: ext_proc adds ≤ 0.1 ms at p50 to a tools/call over ext_authz alone.
+
+    .venv/bin/python bench/ext_proc_bench.py          # writes its block of RESULTS.md
+    .venv/bin/python bench/ext_proc_bench.py --runs 1 -n1 500 -nl 1000 --print   # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import envoy_bench as eb
+import grpc_bench as gb
+from prometheus_client.parser import text_string_to_metric_families
+
+BEGIN, END = "<!-- BEGIN ext-proc -->", "<!-- END ext-proc -->"
+SECTION = "## ext_proc: filtering tool lists and following calls"
+DEPLOYED = {
+    "authz": gb.ROOT / "deploy" / "envoy" / "mcp-ext-authz.yaml",
+    "proc": gb.ROOT / "deploy" / "envoy" / "mcp-ext-authz-ext-proc.yaml",
+}
+AIM_ADDED_P50_US = 100.0
+X, MINUS = gb.X, "\u2212"
+CONFIGS = ["plain", "authz", "authz+proc", "authz+proc-sync"]
+#: Which configs each exchange runs through: the -sync variant changes tools/call only.
+EXCHANGES = {"call": CONFIGS, "list": CONFIGS[:3]}
+LOADS = (("single", "one in flight"), ("loaded", "loaded"))
+ANSWER_HEADER = "x-bench-answer"  # the upstream's route: which constant it answers
+#: After the last answer, how long the counters may take to reach what the run must show: an
+#: observability-mode ext_proc stream that the server does not end is closed by Envoy only
+#: ``deferred_close_timeout`` (5 s by default) after its exchange.
+SETTLE = 10.0
+
+# --- the MCP exchange ------------------------------------------------------------------------
+
+CALL_REQUEST = eb.REQUEST_BODY  # tools/call of run_command, as in the other Envoy benches
+CALL_ANSWER = eb.RESULT_BODY.encode()
+LIST_REQUEST = json.dumps(
+    {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, separators=(",", ":")
+).encode()
+#: (verb, how many, whether the bench policy lets the caller see them)
+FAMILIES = (
+    ("describe", 35, True),
+    ("list", 30, True),
+    ("delete", 20, False),
+    ("create", 14, False),
+)
+NOUNS = ("instance", "volume", "snapshot", "bucket", "queue", "table", "image")
+
+
+def tool(name: str, description: str, properties: dict[str, str]) -> dict:
+    return {
+        "name": name,
+        "description": description,
+        "inputSchema": {
+            "type": "object",
+            "properties": {k: {"type": "string", "description": v} for k, v in properties.items()},
+            "required": list(properties)[:1],
+        },
+    }
+
+
+def catalogue() -> tuple[list[dict], list[str]]:
+    """The upstream's 100 tools, families interleaved, and the names the caller may see."""
+    tools = [tool(eb.TOOL, "Run a shell command on the build host.", {"command": "The command."})]
+    for i in range(max(n for _, n, _ in FAMILIES)):
+        for verb, count, _ in FAMILIES:
+            if i < count:
+                noun = NOUNS[i % len(NOUNS)]
+                tools.append(
+                    tool(
+                        f"{verb}_{noun}_{i:02}",
+                        f"{verb.capitalize()} one {noun} of the current project (set {i}).",
+                        {"id": f"The {noun}'s id.", "region": "Where it lives."},
+                    )
+                )
+    visible = {verb for verb, _, shown in FAMILIES if shown}
+    shown = [t["name"] for t in tools if t["name"] == eb.TOOL or t["name"].split("_")[0] in visible]
+    return tools, shown
+
+
+TOOLS, VISIBLE = catalogue()
+LIST_ANSWER = json.dumps(
+    {"jsonrpc": "2.0", "id": 1, "result": {"tools": TOOLS}}, separators=(",", ":")
+).encode()
+REQUESTS = {"call": CALL_REQUEST, "list": LIST_REQUEST}
+ANSWERS = {"call": CALL_ANSWER, "list": LIST_ANSWER}
+EXCHANGE_NAMES = {"call": "tools/call", "list": f"tools/list ({len(TOOLS)} tools)"}
+
+
+def bench_policy(workdir: Path) -> Path:
+    """bench/policy_grpc.json (run_command: a regex deny_if, a 1e9-a-day limit per grant, so
+    every call holds a reservation and goes through the tools-call route) plus what a tool
+    list is filtered by: ``delete_*`` hidden, ``describe_*`` and ``list_*`` allowed, the rest
+    denied by default."""
+    policy = json.loads(eb.POLICY.read_text())
+    policy["hide"] = ["delete_*"]
+    policy["tools"].update({"describe_*": {}, "list_*": {}})
+    path = workdir / "policy.json"
+    path.write_text(json.dumps(policy, indent=1))
+    return path
+
+
+# --- Envoy configs ---------------------------------------------------------------------------
+
+
+def deployed_config(path: Path, workdir: Path) -> dict:
+    """envoy_bench.deployed_config for any deployed file: its listener and clusters as Envoy
+    parsed them, from ``/config_dump`` of an Envoy run on free ports."""
+    text = eb._PORT_VALUE.sub(lambda m: f"{m.group(1)}{gb.free_port()}", path.read_text())
+    admin = int(re.search(r"admin:.*?port_value:\s*(\d+)", text, re.S).group(1))
+    rendered = workdir / f"deployed-{path.stem}.yaml"
+    rendered.write_text(text)
+    envoy = eb.start_envoy(f"deployed-{path.stem}", rendered, admin, workdir)
+    try:
+        listeners = json.loads(eb.envoy_admin(admin, "/config_dump?resource=static_listeners"))
+        clusters = json.loads(eb.envoy_admin(admin, "/config_dump?resource=static_clusters"))
+    finally:
+        envoy.stop()
+    (listener,) = [eb._unwrap(c["listener"]) for c in listeners["configs"]]
+    return {
+        "listener": listener,
+        "clusters": {c["cluster"]["name"]: eb._unwrap(c["cluster"]) for c in clusters["configs"]},
+    }
+
+
+def proc_config(
+    deployed: dict, *, sync: bool, listen: int, admin: int, toolgate: int, upstream: int
+) -> dict:
+    """The ext_authz + ext_proc listener on these ports, every route's server id the bench's;
+    ``sync``: toolgate.outcomes without observability mode (Envoy waits for toolgate)."""
+    listener = copy.deepcopy(deployed["listener"])
+    eb._set_port(listener["address"], listen)
+    hcm = eb._hcm(listener)
+    (vhost,) = hcm["route_config"]["virtual_hosts"]
+    used = set()
+    for route in vhost["routes"]:
+        # Envoy redacts context_extensions in /config_dump: set the bench's server id.
+        route["typed_per_filter_config"][eb.EXT_AUTHZ]["check_settings"]["context_extensions"] = {
+            "server": eb.SERVER_ID
+        }
+        used.add(route["route"]["cluster"])
+    if sync:
+        (outcomes,) = [f for f in hcm["http_filters"] if f["name"] == "toolgate.outcomes"]
+        if not outcomes["typed_config"].get("observability_mode"):
+            raise RuntimeError("toolgate.outcomes is no longer in observability mode")
+        outcomes["typed_config"]["observability_mode"] = False
+    if used != {"mcp"}:
+        raise RuntimeError(f"the deployed routes lead to {sorted(used)}, not the mcp cluster")
+    sidecar_clusters = []
+    for name in ("toolgate", "toolgate-answers"):
+        cluster = copy.deepcopy(deployed["clusters"][name])
+        eb._set_endpoint_port(cluster, toolgate)
+        sidecar_clusters.append(cluster)
+    mcp = copy.deepcopy(deployed["clusters"]["mcp"])
+    eb._set_endpoint_port(mcp, upstream)
+    if "[redacted]" in json.dumps(listener):
+        raise RuntimeError("a redacted field is left in the listener config")
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "stats_flush_interval": "1s",
+        "static_resources": {"listeners": [listener], "clusters": [*sidecar_clusters, mcp]},
+    }
+
+
+def envoy_config(
+    name: str, deployed: dict, listen: int, admin: int, tport: int, uport: int
+) -> dict:
+    if name in ("plain", "authz"):
+        return eb.bench_config(
+            deployed["authz"], authz=name == "authz", listen=listen, admin=admin,
+            toolgate=tport, upstream=uport,
+        )  # fmt: skip
+    return proc_config(
+        deployed["proc"], sync=name.endswith("-sync"), listen=listen, admin=admin,
+        toolgate=tport, upstream=uport,
+    )  # fmt: skip
+
+
+def upstream_config(listen: int, admin: int) -> dict:
+    """envoy_bench's stand-in MCP server (an Envoy answering constants over HTTP/1.1), its
+    answer picked by ``x-bench-answer``; anything else is a 404."""
+    cfg = eb.upstream_config(listen, admin)
+    (lst,) = cfg["static_resources"]["listeners"]
+    (chain,) = lst["filter_chains"]
+    (hcm,) = [f["typed_config"] for f in chain["filters"] if f["name"] == eb.HCM]
+    routes = [
+        {
+            "match": {
+                "prefix": "/",
+                "headers": [{"name": ANSWER_HEADER, "string_match": {"exact": kind}}],
+            },
+            "direct_response": {"status": 200, "body": {"inline_string": body.decode()}},
+            "response_headers_to_add": [
+                {"header": {"key": "content-type", "value": "application/json"}}
+            ],
+        }
+        for kind, body in ANSWERS.items()
+    ]
+    routes.append({"match": {"prefix": "/"}, "direct_response": {"status": 404}})
+    hcm["route_config"] = {
+        # The default limit on a direct_response body is 4 KiB.
+        "max_direct_response_body_size_bytes": 2 * max(len(b) for b in ANSWERS.values()),
+        "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}],
+    }
+    return cfg
+
+
+# --- processes and counters -------------------------------------------------------------------
+
+
+def sidecar(policy: Path, workdir: Path, extra: list[str]) -> gb.Server:
+    port, mport = gb.free_port(), gb.free_port()
+    cmd = [gb.toolgate_exe(), "serve", "--transport", "native", "--policy", str(policy)]
+    cmd += ["--metrics-listen", f"127.0.0.1:{mport}", "--listen", f"127.0.0.1:{port}"]
+    cmd += ["--drain", "0", *extra]
+    return gb.start_server(
+        "toolgate", cmd, port, workdir, eb.decide_request(dry_run=True), metrics_port=mport
+    )
+
+
+def envoy_stats(server: gb.Server) -> dict[str, int]:
+    """Counters under http.mcp. (ext_authz, ext_proc, downstream) and the toolgate and mcp
+    clusters (text /stats, integers only)."""
+    text = eb.envoy_admin(
+        server.admin, "/stats?filter=^(http\\.mcp\\.|cluster\\.(toolgate|mcp)\\.)"
+    )
+    out = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(": ")
+        if value.strip().isdigit():
+            out[name] = int(value)
+    return out
+
+
+SIDECAR_COUNTERS = (
+    "toolgate_tool_lists_total",
+    "toolgate_tools_unlisted_total",
+    "toolgate_reservations_released_on_failure_total",
+)
+
+
+def sidecar_counts(port: int) -> dict[str, float]:
+    """The sidecar's tool-list and release counters from its /metrics, ``name{labels}``."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name in SIDECAR_COUNTERS:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+                out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return out
+
+
+def diff(after: dict, before: dict) -> dict:
+    return {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+
+
+# --- runs ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run(eb.Run):
+    exchange: str = "call"
+    data: int = 0  # response body bytes h2load received
+    answer: int = 0  # bytes each answer must have
+    settled: float = 0.0  # s from the last answer until the counters showed what they must
+    open: int = 0  # requests Envoy still holds open to the sidecar
+    sidecar: dict = field(default_factory=dict)  # the sidecar's counters, after - before
+
+    @property
+    def proc(self) -> bool:
+        return "+proc" in self.config
+
+
+def h2load_cmd(url: str, body: Path, kind: str, c: int, m: int, n: int) -> list[str]:
+    cmd = eb.h2load_cmd(url, body, c, m, n)
+    return [*cmd[:-1], "-H", f"{ANSWER_HEADER}: {kind}", cmd[-1]]
+
+
+def verify(r: Run) -> None:
+    """What h2load, Envoy's counters and the sidecar's must show for the run to count."""
+    d, s, n = r.delta, r.sidecar, r.succeeded
+    problems = r.problems
+    if r.failed or r.succeeded != r.n or set(r.statuses) != {"200"}:
+        problems.append(f"h2load: {r.succeeded} of {r.n} succeeded, statuses {r.statuses}")
+    if r.data != n * r.answer:
+        problems.append(f"{r.data} response bytes, want {n} x {r.answer}")
+    want = {
+        "http.mcp.downstream_rq_2xx": n,
+        "cluster.mcp.upstream_rq_200": n,
+        "cluster.mcp.upstream_rq_completed": n,
+    }
+    if r.authz:
+        # One Check per request on the toolgate cluster, and through authz+proc one ext_proc
+        # stream as well on toolgate-answers, ended (by Envoy, or by toolgate).
+        want |= {
+            "http.mcp.ext_authz.ok": n,
+            "http.mcp.ext_authz.denied": 0,
+            "http.mcp.ext_authz.error": 0,
+            "http.mcp.ext_authz.failure_mode_allowed": 0,
+            "cluster.toolgate.upstream_rq_completed": n,
+            "cluster.toolgate.upstream_rq_200": n,
+            "cluster.toolgate.upstream_rq_timeout": 0,
+        }
+    if r.proc:
+        want |= {
+            "cluster.toolgate-answers.upstream_rq_completed": n,
+            "cluster.toolgate-answers.upstream_rq_200": n,
+            "cluster.toolgate-answers.upstream_rq_timeout": 0,
+            "http.mcp.ext_proc.streams_started": n,
+            "http.mcp.ext_proc.streams_failed": 0,
+            "http.mcp.ext_proc.failure_mode_allowed": 0,
+            "http.mcp.ext_proc.message_timeouts": 0,
+            "http.mcp.ext_proc.spurious_msgs_received": 0,
+        }
+    for k, v in want.items():
+        if d.get(k, 0) != v:
+            problems.append(f"{k} +{d.get(k, 0)} (want {v})")
+    if r.open:
+        problems.append(f"{r.open} requests still open to the sidecar (ext_proc streams)")
+    if overflow := {k: v for k, v in d.items() if k.startswith("cluster.") and "overflow" in k}:
+        problems.append(
+            f"circuit breaker overflows {overflow}: more requests open on the cluster than its "
+            "max_requests (1024 by default), e.g. ext_proc streams held open"
+        )
+    if not r.authz and any(k.startswith("http.mcp.ext_authz.") for k in d):
+        problems.append("ext_authz counters moved on the plain config")
+    if not r.proc and any(k.startswith("http.mcp.ext_proc.") for k in d):
+        problems.append("ext_proc counters moved without ext_proc")
+    filtered = r.proc and r.exchange == "list"
+    hidden = len(TOOLS) - len(VISIBLE)
+    sidecar_want = {
+        'toolgate_tool_lists_total{result="filtered"}': n if filtered else 0,
+        "toolgate_tools_unlisted_total": n * hidden if filtered else 0,
+    }
+    for k, v in sidecar_want.items():
+        if s.get(k, 0) != v:
+            problems.append(f"sidecar {k} +{s.get(k, 0):.0f} (want {v})")
+    if others := {k: v for k, v in s.items() if k not in sidecar_want}:
+        problems.append(f"sidecar counters moved: {others} (refused lists or released calls)")
+    if r.counts and r.exchange == "call" and r.counted != n:
+        problems.append(f"toolgate's limit counted {r.counted} (want {n})")
+
+
+def run_h2load(
+    envoy: gb.Server, toolgate: gb.Server, upstream: gb.Server, body: Path, run: Run,
+    workdir: Path, timeout: float, quiet: tuple,
+) -> Run:  # fmt: skip
+    log = workdir / f"{run.exchange}-{run.load}-{run.config}-{run.index}.log"
+    url = f"http://127.0.0.1:{envoy.port}/mcp"
+    cmd = [*h2load_cmd(url, body, run.exchange, run.c, run.m, run.n), "--log-file", str(log)]
+    call = run.counts and run.exchange == "call"
+    run.quiet_before = gb.wait_quiet(*quiet)
+    idle(envoy)
+    s0, m0 = envoy_stats(envoy), sidecar_counts(toolgate.metrics_port)
+    c0 = eb.counted(toolgate.port) if call else None
+    _, st0 = gb.cpu_ticks()
+    e0, t0, u0 = envoy.cpu_seconds(), toolgate.cpu_seconds(), upstream.cpu_seconds()
+    ecs0, tcs0 = envoy.context_switches(), toolgate.context_switches()
+    w0 = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    wall = time.monotonic() - w0
+    e1, t1, u1 = envoy.cpu_seconds(), toolgate.cpu_seconds(), upstream.cpu_seconds()
+    ecs1, tcs1 = envoy.context_switches(), toolgate.context_switches()
+    _, st1 = gb.cpu_ticks()
+    if proc.returncode != 0:
+        raise RuntimeError(f"h2load failed: {' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}")
+    summary = gb.parse_summary(proc.stdout)
+    durations, statuses = gb.read_log(log)
+    log.unlink()
+    done = max(len(durations), 1)
+    run.rps = summary["rps"]
+    run.succeeded = int(summary.get("succeeded", len(durations)))
+    run.failed = int(summary.get("failed", 0))
+    run.statuses = dict(statuses)
+    run.data = int(m.group(1)) if (m := re.search(r"\((\d+)\) data", proc.stdout)) else -1
+    run.p50, run.p99, run.p999 = (gb.percentile(durations, q) for q in (0.5, 0.99, 0.999))
+    run.envoy_cpu_us = (e1 - e0) / done * 1e6
+    run.toolgate_cpu_us = (t1 - t0) / done * 1e6
+    run.upstream_cpu_us = (u1 - u0) / done * 1e6
+    run.envoy_cs, run.toolgate_cs = (ecs1 - ecs0) / done, (tcs1 - tcs0) / done
+    run.steal_cores = (st1 - st0) / gb.CLK_TCK / wall
+    # An observability-mode stream ends after its answer went out: read the counters until
+    # they show what they must, or SETTLE has passed (then the run fails its checks).
+    done_at = time.monotonic()
+    deadline = done_at + SETTLE
+    while True:
+        run.settled = time.monotonic() - done_at
+        run.problems = []
+        now = envoy_stats(envoy)
+        run.delta = diff(now, s0)
+        # A stream counts as completed before it ends; the gauge says when it has.
+        run.open = open_requests(now)
+        run.sidecar = diff(sidecar_counts(toolgate.metrics_port), m0)
+        if call:
+            run.counted = eb.counted(toolgate.port) - c0
+        verify(run)
+        if not run.problems or time.monotonic() > deadline:
+            return run
+        time.sleep(0.2)
+
+
+def open_requests(stats: dict) -> int:
+    """Requests Envoy holds open to the sidecar: Checks and ext_proc streams."""
+    clusters = ("toolgate", "toolgate-answers")
+    return sum(stats.get(f"cluster.{c}.upstream_rq_active", 0) for c in clusters)
+
+
+def idle(envoy: gb.Server) -> None:
+    """Wait until Envoy holds no request open to the sidecar (ext_proc streams of
+    earlier exchanges), so a run starts from the same state whatever ran before it."""
+    deadline = time.monotonic() + SETTLE
+    while open_requests(envoy_stats(envoy)):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{envoy.name}: requests to toolgate still open after {SETTLE} s")
+        time.sleep(0.2)
+
+
+# --- checks by hand --------------------------------------------------------------------------
+
+
+def exchange(envoy: gb.Server, kind: str) -> tuple[int, dict[str, str], bytes]:
+    """One request by hand (HTTP/1.1): status, headers (lower case), body."""
+    headers = {**dict(eb.HEADERS), ANSWER_HEADER: kind}
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{envoy.port}/mcp", data=REQUESTS[kind], headers=headers
+    )
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
+
+
+def probe(name: str, envoy: gb.Server) -> tuple[str, dict[str, bytes]]:
+    """A tools/call and a tools/list through one config: the call's answer is the upstream's;
+    the list is whole, or through ext_proc exactly the tools the caller may see. Returns a
+    description and the answers (the run checks compare their sizes)."""
+    authz = name != "plain"
+    status, headers, body = exchange(envoy, "call")
+    ours = {k: v for k, v in headers.items() if k.startswith(eb.TOOLGATE_HEADERS)}
+    if status != 200 or body != CALL_ANSWER or authz != bool(ours):
+        raise RuntimeError(f"{name}: tools/call answered {status} {ours} {body!r}")
+    if authz and ours.get("x-toolgate-code") != "ALLOWED":
+        raise RuntimeError(f"{name}: tools/call answered with toolgate's headers {ours}")
+    status, _, listed = exchange(envoy, "list")
+    result = json.loads(listed).get("result", {})
+    names = [t["name"] for t in result.get("tools", [])]
+    want = VISIBLE if "+proc" in name else [t["name"] for t in TOOLS]
+    if status != 200 or names != want:
+        raise RuntimeError(f"{name}: tools/list answered {status} with {len(names)} tools")
+    if "+proc" not in name and listed != LIST_ANSWER:
+        raise RuntimeError(f"{name}: the tools/list answer was changed without ext_proc")
+    marks = {k: v for k, v in result.items() if k != "tools"}
+    shown = f"tools/call 200 `x-toolgate-code: {ours['x-toolgate-code']}`" if authz else ""
+    shown = shown or "tools/call 200, no toolgate headers"
+    shown += f", tools/list 200 with {len(names)} of {len(TOOLS)} tools ({len(listed):,} bytes"
+    shown += f"{', ' + json.dumps(marks) if marks else ''})"
+    return shown, {"call": body, "list": listed}
+
+
+def direct_response_probe(deployed: dict, tport: int, workdir: Path) -> str:
+    """Whether ext_proc sees an answer Envoy makes itself: the authz+proc config with its
+    routes answering the tools/list by ``direct_response`` instead of the upstream."""
+    port, admin = gb.free_port(), gb.free_port()
+    cfg = proc_config(
+        deployed["proc"], sync=False, listen=port, admin=admin, toolgate=tport, upstream=1
+    )
+    hcm = eb._hcm(cfg["static_resources"]["listeners"][0])
+    hcm["route_config"]["max_direct_response_body_size_bytes"] = 2 * len(LIST_ANSWER)
+    for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:
+        del route["route"]
+        route["direct_response"] = {"status": 200, "body": {"inline_string": LIST_ANSWER.decode()}}
+        route["response_headers_to_add"] = [
+            {
+                "header": {"key": "content-type", "value": "application/json"},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ]
+    path = workdir / "direct-response.json"
+    path.write_text(json.dumps(cfg, indent=1))
+    envoy = eb.start_envoy("direct-response", path, admin, workdir, port=port)
+    try:
+        s0 = envoy_stats(envoy)
+        status, _, listed = exchange(envoy, "list")
+        streams = diff(envoy_stats(envoy), s0).get("http.mcp.ext_proc.streams_started", 0)
+    finally:
+        envoy.stop()
+    n = len(json.loads(listed).get("result", {}).get("tools", []))
+    return (
+        f"a tools/list answered by a `direct_response` on the ext_proc route: {status}, "
+        f"{n} of {len(TOOLS)} tools, {streams} ext_proc stream(s)"
+    )
+
+
+# --- report ----------------------------------------------------------------------------------
+
+
+def write_block(block: str) -> None:
+    """Replace the text between the markers in RESULTS.md (re-read just before: other scripts
+    rewrite other blocks). The markers are put there by hand, under SECTION."""
+    text = eb.RESULTS.read_text()
+    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
+    if not pattern.search(text):
+        raise SystemExit(missing_markers())
+    eb.RESULTS.write_text(pattern.sub(lambda _: f"{BEGIN}\n{block}\n{END}", text))
+    print(f"\nrewrote the {BEGIN} block of {eb.RESULTS}", file=sys.stderr)
+
+
+def missing_markers() -> str:
+    return (
+        f"{eb.RESULTS} has no {BEGIN} ... {END} block: add it under a section\n\n"
+        f"{SECTION}\n\n{BEGIN}\n{END}\n\nor run with --print"
+    )
+
+
+def report(args, runs: list[Run], probes: list[str], sizes: dict, elapsed: float) -> str:
+    def pick(exchange, load, name, i=None):
+        return [
+            r
+            for r in runs
+            if (r.exchange, r.load, r.config) == (exchange, load, name) and i in (None, r.index)
+        ]
+
+    def med(exchange, load, name, attr):
+        got = pick(exchange, load, name)
+        return statistics.median(getattr(r, attr) for r in got) if got else float("nan")
+
+    def added(exchange, load, name, base, attr):
+        out = []
+        for i in range(1, args.runs + 1):
+            a, b = pick(exchange, load, name, i), pick(exchange, load, base, i)
+            if a and b:
+                out.append(getattr(a[0], attr) - getattr(b[0], attr))
+        return out
+
+    def ratio(exchange, load, name, base, attr):
+        out = []
+        for i in range(1, args.runs + 1):
+            a, b = pick(exchange, load, name, i), pick(exchange, load, base, i)
+            if a and b and getattr(b[0], attr):
+                out.append(getattr(a[0], attr) / getattr(b[0], attr))
+        return out
+
+    def us(v: float) -> str:
+        return ("+" if v >= 0 else MINUS) + gb.fmt_us(abs(v))
+
+    diffs = (
+        ("authz+proc", "authz"),
+        ("authz+proc-sync", "authz"),
+        ("authz", "plain"),
+        ("authz+proc", "plain"),
+    )
+    head = " | ".join(f"{a} {MINUS} {b}" for a, b in diffs)
+    hidden = len(TOOLS) - len(VISIBLE)
+    lines = [
+        gb.written_by("ext_proc_bench.py") + f"; one in flight `-c 1 -m 1` x "
+        f"{args.n_single:,}, loaded `-c {args.c} -m {args.m}` x {args.n_loaded:,} per run, "
+        f"{args.runs} runs, medians; the differences are medians of the per-run differences "
+        "(ratios for req/s).",
+        "",
+        "Configs from the deployed files as Envoy parses them: `plain` and `authz` "
+        "deploy/envoy/mcp-ext-authz.yaml without and with ext_authz, `authz+proc` "
+        "deploy/envoy/mcp-ext-authz-ext-proc.yaml, `authz+proc-sync` the same with "
+        "`observability_mode` off on `toolgate.outcomes` (Envoy waits for toolgate on each "
+        "tools/call answer; not deployed). Upstream: the deployed `mcp` cluster (HTTP/1.1) on "
+        "one more Envoy (`--concurrency 1`) answering constants: a "
+        f"{len(CALL_ANSWER)}-byte tools/call result, or a {len(LIST_ANSWER):,}-byte tools/list "
+        f"of {len(TOOLS)} tools, {hidden} of which the caller may not see (`delete_*` hidden, "
+        f"`create_*` denied by default), so through ext_proc {len(sizes['list']):,} bytes. "
+        "Sidecar: `toolgate serve --transport native`, bench/policy_grpc.json plus `hide` and "
+        "two allowed globs (run_command's 1e9-a-day limit makes every call hold a "
+        "reservation, so it takes the tools-call route)"
+        + (f", {' '.join(args.sidecar_arg)}" if args.sidecar_arg else "")
+        + ".",
+        "",
+        f"| exchange | load | metric | {' | '.join(CONFIGS)} | {head} |",
+        "|---|---|---|" + "---:|" * (len(CONFIGS) + len(diffs)),
+    ]
+    for ex, configs in EXCHANGES.items():
+        for load, label in LOADS:
+            if label == "loaded":
+                label = f"`-c {args.c} -m {args.m}`"
+            for attr, metric in (
+                ("p50", "p50"),
+                ("p99", "p99"),
+                ("rps", "req/s"),
+                ("envoy_cpu_us", "Envoy CPU / req"),
+                ("toolgate_cpu_us", "toolgate CPU / req"),
+            ):
+                cells, adds = [], []
+                for name in CONFIGS:
+                    v = med(ex, load, name, attr) if name in configs else float("nan")
+                    if v != v:
+                        cells.append("")
+                    elif attr == "rps":
+                        cells.append(f"{v:,.0f}")
+                    elif attr.endswith("cpu_us"):
+                        cells.append(f"{v:.0f} µs")
+                    else:
+                        cells.append(gb.fmt_us(v))
+                for a, b in diffs:
+                    if a not in configs:
+                        adds.append("")
+                    elif attr == "rps":
+                        adds.append(f"{statistics.median(ratio(ex, load, a, b, attr)):.2f}{X}")
+                    else:
+                        v = statistics.median(added(ex, load, a, b, attr))
+                        cell = f"{v:+.0f} µs".replace("-", MINUS) if "cpu" in attr else us(v)
+                        adds.append(f"**{cell}**" if (a, b) == diffs[0] else cell)
+                lines.append(
+                    f"| {EXCHANGE_NAMES[ex]} | {label} | {metric} | {' | '.join(cells)} | "
+                    f"{' | '.join(adds)} |"
+                )
+
+    def aim(load):
+        runs_ = added("call", load, "authz+proc", "authz", "p50")
+        v = statistics.median(runs_)
+        return (
+            f"**{us(v)}** ({gb.verdict(v, AIM_ADDED_P50_US, False)}; runs "
+            + ", ".join(us(x) for x in runs_)
+            + ")"
+        )
+
+    def at(ex, name, load):
+        return us(statistics.median(added(ex, load, name, "authz", "p50")))
+
+    lines += [
+        "",
+        f"ext_proc added at p50 to a tools/call over ext_authz alone (aim ≤ "
+        f"{AIM_ADDED_P50_US:.0f} µs): one in flight {aim('single')}, loaded {aim('loaded')}. "
+        f"Waiting for toolgate on the answer instead (`authz+proc-sync`): "
+        f"{at('call', 'authz+proc-sync', 'single')} one in flight, "
+        f"{at('call', 'authz+proc-sync', 'loaded')} loaded. Filtering a tools/list of "
+        f"{len(TOOLS)} tools: {at('list', 'authz+proc', 'single')} one in flight, "
+        f"{at('list', 'authz+proc', 'loaded')} loaded.",
+        "",
+        "Checks: by hand (HTTP/1.1) before the runs: "
+        + "; ".join(probes)
+        + ". Every run: all HTTP 200 and h2load's response bytes exactly the answers' "
+        "(through `authz+proc` the filtered list); Envoy's `downstream_rq_2xx` and the mcp "
+        "cluster's `upstream_rq_200` up by the requests; on the authz configs "
+        "`ext_authz.ok` by as many, `denied`/`error`/`failure_mode_allowed` not at all, the "
+        "toolgate cluster's `upstream_rq_completed` and `upstream_rq_200` by one Check per "
+        "request, plus one ext_proc stream per request through `authz+proc` "
+        "(`ext_proc.streams_started` by as many, `streams_failed`, `failure_mode_allowed`, "
+        "`message_timeouts` and the cluster's circuit-breaker overflows not at all), every "
+        "stream ended after the run (the cluster's `upstream_rq_active` back to 0); the "
+        "sidecar's limit counted every tools/call, "
+        f'`toolgate_tool_lists_total{{result="filtered"}}` rose by one and '
+        f"`toolgate_tools_unlisted_total` by {hidden} per tools/list through `authz+proc` "
+        "(and not otherwise), no list refused, no reservation released. The counters showed "
+        "all this, after each run's last answer, within "
+        + ", ".join(
+            f"{max(r.settled for r in runs if (r.exchange, r.config) == (ex, name)):.1f} s "
+            f"({EXCHANGE_NAMES[ex].split()[0]}, {name})"
+            for ex, configs in EXCHANGES.items()
+            for name in configs
+            if "+proc" in name
+        )
+        + " (Envoy closes an observability-mode ext_proc stream that the server has not "
+        "ended `deferred_close_timeout`, 5 s by default, after its exchange).",
+        "",
+        f"Machine: busy before each run {min(r.quiet_before for r in runs):.2f}\u2013"
+        f"{max(r.quiet_before for r in runs):.2f} cores, steal up to "
+        f"{max(r.steal_cores for r in runs):.2f}. Took {elapsed:.0f} s.",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("-n1", "--n-single", type=int, default=4_000, help="one in flight, per run")
+    p.add_argument("-nl", "--n-loaded", type=int, default=8_000, help="loaded, per run")
+    p.add_argument("-c", type=int, default=4, help="loaded: connections (default 4)")
+    p.add_argument("-m", type=int, default=2, help="loaded: streams per connection (2)")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=500, help="requests per config and exchange")
+    p.add_argument("--quiet-wait", type=float, default=30.0, help="wait up to s for quiet")
+    p.add_argument("--quiet", type=float, default=0.3, help="'quiet': under this many cores")
+    p.add_argument("--timeout", type=float, default=120.0, help="bound on one h2load run, s")
+    p.add_argument(
+        "--sidecar-arg",
+        action="append",
+        default=[],
+        help="an extra argument for the sidecar (repeatable), e.g. --sidecar-arg=--threads=1",
+    )
+    p.add_argument("--print", dest="write", action="store_false", help="don't write RESULTS.md")
+    args = p.parse_args()
+    if not shutil.which("h2load"):
+        raise SystemExit("h2load not found: apt-get install -y nghttp2-client")
+    if args.write and not re.search(
+        re.escape(BEGIN) + ".*?" + re.escape(END), eb.RESULTS.read_text(), re.S
+    ):
+        raise SystemExit(missing_markers())
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="ext-proc-bench-"))
+    bodies = {}
+    for kind, request in REQUESTS.items():
+        bodies[kind] = workdir / f"tools-{kind}.json"
+        bodies[kind].write_bytes(request)
+    servers: dict[str, gb.Server] = {}
+    runs: list[Run] = []
+    try:
+        deployed = {k: deployed_config(path, workdir) for k, path in DEPLOYED.items()}
+        servers["toolgate"] = tg = sidecar(bench_policy(workdir), workdir, args.sidecar_arg)
+        uport, uadmin = gb.free_port(), gb.free_port()
+        path = workdir / "upstream.json"
+        path.write_text(json.dumps(upstream_config(uport, uadmin), indent=1))
+        servers["upstream"] = eb.start_envoy(
+            "upstream", path, uadmin, workdir, "--concurrency", "1", port=uport
+        )
+        for name in CONFIGS:
+            port, admin = gb.free_port(), gb.free_port()
+            path = workdir / f"{name}.json"
+            cfg = envoy_config(name, deployed, port, admin, tg.port, uport)
+            path.write_text(json.dumps(cfg, indent=1))
+            servers[name] = eb.start_envoy(name, path, admin, workdir, port=port)
+        probes, answers = [], {}
+        for name in CONFIGS:
+            shown, answers[name] = probe(name, servers[name])
+            probes.append(f"{name}: {shown}")
+        probes.append(f"`rm -rf /`, authz+proc: {eb.deny_probe(servers['authz+proc'])}")
+        probes.append(direct_response_probe(deployed, tg.port, workdir))
+        for ex, configs in EXCHANGES.items():
+            for name in configs:
+                url = f"http://127.0.0.1:{servers[name].port}/mcp"
+                cmd = h2load_cmd(url, bodies[ex], ex, args.c, args.m, args.warmup)
+                subprocess.run(cmd, capture_output=True, timeout=args.timeout, check=True)
+        for name in CONFIGS:
+            idle(servers[name])
+        quiet = (args.quiet_wait, args.quiet)
+        for ex, configs in EXCHANGES.items():
+            for load, c, m, n in (
+                ("single", 1, 1, args.n_single),
+                ("loaded", args.c, args.m, args.n_loaded),
+            ):
+                for i in range(1, args.runs + 1):
+                    for name in gb.rotated(configs, i):
+                        r = Run(load, name, i, n, c, m, exchange=ex)
+                        r.answer = len(answers[name][ex])
+                        run_h2load(
+                            servers[name], tg, servers["upstream"], bodies[ex], r, workdir,
+                            args.timeout, quiet,
+                        )  # fmt: skip
+                        runs.append(r)
+                        print(
+                            f"{ex:4} {load:6} {name:15} run {i}: {r.rps:8,.0f} req/s  p50 "
+                            f"{gb.fmt_us(r.p50):>8}  p99 {gb.fmt_us(r.p99):>8}  envoy "
+                            f"{r.envoy_cpu_us:4.0f} µs  toolgate {r.toolgate_cpu_us:4.0f} µs  "
+                            f"upstream {r.upstream_cpu_us:4.0f} µs  busy "
+                            f"{r.quiet_before:.2f}  steal {r.steal_cores:.2f}  settled "
+                            f"{r.settled:.1f} s  "
+                            f"{'; '.join(r.problems) or 'ok'}",
+                            file=sys.stderr,
+                        )
+                        if r.problems:
+                            raise SystemExit(f"{ex} {name} run {i} failed its checks: {r.problems}")
+    finally:
+        for s in servers.values():
+            s.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    sizes = answers["authz+proc"]
+    block = report(args, runs, probes, sizes, time.monotonic() - started)
+    print(block)
+    if args.write:
+        write_block(block)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
