@@ -430,7 +430,7 @@ impl Trace for Recorder {
         };
         let consume = group.get("consume").and_then(Value::as_bool) == Some(true);
         let outcome = match end {
-            LimitsEnd::Reserved if consume => "reserved",
+            LimitsEnd::Reserved if consume => "reserved: counted",
             LimitsEnd::Reserved => "would fit (not counted)",
             LimitsEnd::Denied { .. } => "denied: nothing counted",
             LimitsEnd::TableFull { .. } => "denied: the counter table is full",
