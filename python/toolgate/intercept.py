@@ -532,6 +532,8 @@ class _Converter:
         for r in tool.rules:
             if r.action == "deny":
                 return {"action": "deny", "reason": r.on_deny or f"Denied by rule {r.name!r}"}
+        # Notes made before the tool turns out to be denied outright are not kept.
+        notes_before, once_before = len(self.notes), set(self._once)
         requires: list[dict[str, Any]] = []
         limits: list[dict[str, Any]] = []
         fail_closed: list[str] = []
@@ -584,6 +586,10 @@ class _Converter:
                         "nothing, and is not converted",
                     )
         if fail_closed:
+            self.notes[notes_before:] = [
+                n for n in self.notes[notes_before:] if n.kind == "not expressible"
+            ]
+            self._once = once_before
             return {
                 "action": "deny",
                 "reason": "denied: this rule, converted from Intercept, holds a condition "
