@@ -24,7 +24,12 @@ from typing import Any
 #: (repository, commit, where the tools are read from, server name in the set).
 SOURCES = [
     ("github/github-mcp-server", "64a49f34", "pkg/github/__toolsnaps__", "github-mcp-server"),
-    ("alpacahq/alpaca-mcp-server", "57ecdee", "src/alpaca_mcp_server/server.py", "alpaca-mcp-server"),
+    (
+        "alpacahq/alpaca-mcp-server",
+        "57ecdee",
+        "src/alpaca_mcp_server/server.py",
+        "alpaca-mcp-server",
+    ),
     ("razorpay/razorpay-mcp-server", "ad68cf0", "README.md", "razorpay-mcp-server"),
     ("hashicorp/vault-mcp-server", "8d1967b", "pkg/tools", "vault-mcp-server"),
     ("bitwarden/mcp-server", "70a23d3", "src/tools", "bitwarden-mcp-server"),
@@ -66,7 +71,9 @@ def files(clone: Path, commit: str, under: str) -> list[str]:
     return git(clone, "ls-tree", "-r", "--name-only", commit, under).split()
 
 
-def tool(name: str, description: str, schema: dict | None = None, annotations: dict | None = None) -> dict:
+def tool(
+    name: str, description: str, schema: dict | None = None, annotations: dict | None = None
+) -> dict:
     return {
         "name": name,
         "description": " ".join(description.split()),
@@ -79,7 +86,9 @@ def github(clone: Path, commit: str, under: str) -> list[dict]:
     out = []
     for path in files(clone, commit, under):
         d = json.loads(show(clone, commit, path))
-        out.append(tool(d["name"], d.get("description", ""), d.get("inputSchema"), d.get("annotations")))
+        out.append(
+            tool(d["name"], d.get("description", ""), d.get("inputSchema"), d.get("annotations"))
+        )
     return out
 
 
@@ -142,7 +151,9 @@ def go_tools(clone: Path, commit: str, under: str) -> list[dict]:
             if not name or not description:
                 continue
             body = block.split("Handler:", 1)[0]
-            params = re.findall(r"mcp\.With(?:String|Number|Boolean|Array|Object)\(" + _GO_STRING, body)
+            params = re.findall(
+                r"mcp\.With(?:String|Number|Boolean|Array|Object)\(" + _GO_STRING, body
+            )
             schema = {"type": "object", "properties": {p: {} for p in params}}
             out.append(tool(name.group(1), json.loads(f'"{description.group(1)}"'), schema))
     return out
