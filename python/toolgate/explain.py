@@ -142,7 +142,7 @@ def _step_lines(step: Mapping[str, Any]) -> list[str]:
         line += f": {step['reason']}"
         if step.get("shadow"):
             line += " (shadow: enforcing would not allow it)" if step["verdict"] == "ALLOW" else ""
-        if step.get("retry_after_ms") is not None:
+        if step.get("retry_after_ms") is not None and "retry" not in step["reason"]:
             line += f"; retry after {step['retry_after_ms']} ms"
         return [line]
     return [json.dumps(step)]
