@@ -179,35 +179,37 @@ impl<'a, A: ArgValue + Clone> Facts<'a, A> {
 
     /// [`Facts::eval`], reporting each condition to `trace`.
     pub fn eval_traced<'p, T: Trace>(&self, cond: &'p Condition, trace: &mut T) -> Outcome<'p> {
-        let items = match cond {
-            Condition::Compare(c) => return self.compare(c, trace),
-            Condition::All { items, .. } | Condition::Any { items, .. } => items.as_slice(),
-            Condition::Not { item, .. } => std::slice::from_ref(&**item),
-        };
-        trace.enter(cond);
-        let outcome = match cond {
-            Condition::Any { .. } => {
-                let mut outcome = Outcome::Fails;
+        match cond {
+            Condition::Compare(c) => self.compare(c, trace),
+            _ => {
+                trace.enter(cond);
+                let outcome = self.combine(cond, trace);
+                trace.leave(outcome);
+                outcome
+            }
+        }
+    }
+
+    /// A combinator's outcome, its items evaluated left to right up to the first that decides.
+    fn combine<'p, T: Trace>(&self, cond: &'p Condition, trace: &mut T) -> Outcome<'p> {
+        match cond {
+            Condition::Compare(c) => self.compare(c, trace),
+            Condition::All { items, .. } => self.eval_all_traced(items, trace),
+            Condition::Any { items, .. } => {
                 for item in items {
                     match self.eval_traced(item, trace) {
                         Outcome::Fails => {}
-                        other => {
-                            outcome = other;
-                            break;
-                        }
+                        other => return other,
                     }
                 }
-                outcome
+                Outcome::Fails
             }
-            Condition::Not { .. } => match self.eval_traced(&items[0], trace) {
+            Condition::Not { item, .. } => match self.eval_traced(item, trace) {
                 Outcome::Holds => Outcome::Fails,
                 Outcome::Fails => Outcome::Holds,
                 u => u,
             },
-            _ => self.eval_all_traced(items, trace),
-        };
-        trace.leave(outcome);
-        outcome
+        }
     }
 
     fn compare<'p, T: Trace>(&self, c: &'p Compare, trace: &mut T) -> Outcome<'p> {

@@ -103,12 +103,11 @@ pub fn reserve_traced<T: Trace>(
         let (g, hash) = (want.key.granularity, want.key.hash);
         if !consume {
             let window = peek(table, want, now_ns);
-            let used = window.map_or(0, |w| w.used);
-            if used + want.amount > want.limit.max_units {
+            if window.map_or(0, |w| w.used) + want.amount > want.limit.max_units {
                 undo(parts, limits);
                 return denied(table, wants, now_ns, trace);
             }
-            trace.limit(i, want, used, true);
+            trace.limit(i, want, window.map_or(0, |w| w.used), true);
             let mut s = peeked(want, window, now_ns);
             s.remaining_units = s.remaining_units.saturating_sub(want.amount);
             limits.push(s);
@@ -170,9 +169,8 @@ fn denied<T: Trace>(
     for (i, want) in wants.iter().enumerate() {
         let window = peek(table, want, now_ns);
         let used = window.map_or(0, |w| w.used);
-        let fits = used + want.amount <= want.limit.max_units;
-        trace.limit(i, want, used, fits);
-        if !fits {
+        trace.limit(i, want, used, used + want.amount <= want.limit.max_units);
+        if used + want.amount > want.limit.max_units {
             if retry == Some(0) {
                 failing = i;
             }
