@@ -13,9 +13,21 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from toolgate.classify import CATEGORIES, RISK, VERBS, classify, name_words
+from toolgate.classify import (
+    _RANK,
+    CATEGORIES,
+    COMPUTE_NOUNS,
+    DESCRIPTION_FILLER,
+    FINANCIAL_NOUNS,
+    RISK,
+    VERBS,
+    classify,
+    name_words,
+)
 
 LABELLED = Path(__file__).resolve().parent / "data" / "labelled" / "labelled_tools.json"
+#: Tools of servers the rules were not written against (tests/data/unseen/README.md).
+UNSEEN = Path(__file__).resolve().parent / "data" / "unseen" / "tools.json"
 
 #: The seeds' tools as their documents describe them, and the catalogue's category and risk.
 SEED_TOOLS = [
@@ -148,6 +160,178 @@ def test_rules(tool: dict[str, Any], category: str, evidence: str) -> None:
     c = classify(tool)
     assert c.category == category, c
     assert evidence in c.reason, c.reason
+
+
+# --- the riskiest action admitted, money in trading and crypto, secrets ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("tool", "category", "evidence"),
+    [
+        (
+            {"name": "branches", "description": "Lists, creates, renames or deletes branches."},
+            "Destructive",
+            'description says "delete"',
+        ),
+        (
+            {"name": "issues", "description": "Get, create, update, delete GitHub issues."},
+            "Destructive",
+            'description says "delete"',
+        ),
+        (
+            {"name": "labels", "description": "Add/update/delete labels of a repository"},
+            "Destructive",
+            'description says "delete"',
+        ),
+        (
+            {"name": "run_ops", "description": "Runs, re-runs and cancels runs, and deleting logs"},
+            "Destructive",
+            'admits "deleting"',
+        ),
+        (
+            {
+                "name": "label_write",
+                "inputSchema": {"properties": {"method": {"enum": ["create", "update", "delete"]}}},
+            },
+            "Destructive",
+            'field "method" admits "delete"',
+        ),
+        (
+            {
+                "name": "workflow_read",
+                "inputSchema": {"properties": {"method": {"enum": ["get_workflow_run"]}}},
+            },
+            "Read",
+            'verb "read"',
+        ),
+        (
+            {"name": "deps", "description": "Add or remove an issue dependency."},
+            "Write",
+            'description says "add"',
+        ),
+        (
+            {"name": "issue_type", "description": "Set or remove the type of an issue."},
+            "Write",
+            'description says "set"',
+        ),
+        (
+            {"name": "get_x", "description": "Gets x. It does not delete anything."},
+            "Read",
+            'verb "get"',
+        ),
+        (
+            {"name": "run_sql", "description": "Run an INSERT, UPDATE or DELETE statement."},
+            "Execute",
+            'verb "run"',
+        ),
+        ({"name": "place_stock_order"}, "Financial", 'on money ("order")'),
+        ({"name": "maps_place_details"}, "Read", '"details" in the name names data'),
+        ({"name": "swap_tokens"}, "Financial", 'verb "swap"'),
+        ({"name": "bridge_usdc"}, "Financial", 'verb "bridge"'),
+        ({"name": "stake"}, "Financial", 'verb "stake"'),
+        ({"name": "borrow_asset"}, "Financial", 'verb "borrow"'),
+        ({"name": "exercise_option"}, "Financial", 'verb "exercise"'),
+        ({"name": "close_position"}, "Financial", 'on money ("position")'),
+        ({"name": "create_settlement"}, "Financial", 'on money ("settlement")'),
+        (
+            {"name": "native_send", "description": "Sends native ETH to an address."},
+            "Financial",
+            'on money ("eth") in the name and description',
+        ),
+        (
+            {"name": "supply", "description": "Supplies collateral to the lending pool."},
+            "Financial",
+            'on money ("collateral")',
+        ),
+        (
+            {"name": "execute", "description": "This tool will swap USDC for ETH on a DEX."},
+            "Financial",
+            "moves money or tokens",
+        ),
+        (
+            {"name": "submit", "description": "Verify and submit the code to complete payment."},
+            "Financial",
+            "completes a payment",
+        ),
+        (
+            {"name": "initiate_payment", "description": "Initiate a payment"},
+            "Financial",
+            'verb "initiate" on money',
+        ),
+        (
+            {"name": "toggle_updates", "description": "Toggle updates of a subscription."},
+            "Write",
+            'verb "toggle"',
+        ),
+    ],
+)
+def test_riskiest_action_and_money_rules(
+    tool: dict[str, Any], category: str, evidence: str
+) -> None:
+    c = classify(tool)
+    assert c.category == category, c
+    assert evidence in c.reason, c.reason
+
+
+@pytest.mark.parametrize(
+    ("tool", "secret"),
+    [
+        (
+            {"name": "get_env", "description": "Returns the environment variables."},
+            "environment variables",
+        ),
+        ({"name": "read_credentials"}, "credentials"),
+        ({"name": "list_api_keys"}, "api keys"),
+        ({"name": "get_access_token"}, "access token"),
+        (
+            {"name": "export_private_key", "description": "Get the wallet's private key."},
+            "private key",
+        ),
+        ({"name": "read_secret", "description": "Read a secret from a KV mount."}, "secret"),
+        ({"name": "show_password"}, "password"),
+        ({"name": "cat_file", "description": "Show the .env file"}, ".env"),
+    ],
+)
+def test_reading_secrets_is_a_sensitive_read(tool: dict[str, Any], secret: str) -> None:
+    c = classify(tool)
+    assert (c.category, c.sensitive, c.risk) == ("Read", True, "high"), c
+    assert f'reads secrets ("{secret}")' in c.reason
+    assert c.to_dict()["sensitive"] is True
+
+
+@pytest.mark.parametrize(
+    "tool",
+    [
+        {"name": "get_balance", "description": "Get the balance of an ERC20 token."},
+        {"name": "get_teams", "description": "Get teams. Limited to the current credentials."},
+        {"name": "search", "description": "Search issues. E.g. 'login fails after password reset'"},
+        {"name": "write_secret", "description": "Writes a secret value."},
+        {"name": "delete_api_key"},
+    ],
+)
+def test_what_is_not_a_sensitive_read(tool: dict[str, Any]) -> None:
+    c = classify(tool)
+    assert not c.sensitive, c
+    assert c.risk == RISK[c.category]
+
+
+# Verbs that are also money or compute nouns ("transfer") qualify themselves; "remove" beside
+# "add" or "set" is a Write (tested above).
+_LIST_VERBS = sorted(
+    v
+    for v in VERBS
+    if v not in DESCRIPTION_FILLER | FINANCIAL_NOUNS | COMPUTE_NOUNS and v != "remove"
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_LIST_VERBS), min_size=1, max_size=5))
+def test_a_list_of_actions_takes_the_riskiest(verbs: list[str]) -> None:
+    """A tool that says it does several things is classified by the riskiest of them."""
+    text = ", ".join(verbs[:-1]) + " or " + verbs[-1] if len(verbs) > 1 else verbs[0]
+    c = classify({"name": "widget", "description": f"{text.capitalize()} the widget."})
+    want = max((VERBS[v] for v in verbs), key=_RANK.__getitem__)
+    assert c.category == want, (text, c.reason)
 
 
 def test_conflicts_and_defaults_have_low_confidence() -> None:
@@ -315,7 +499,99 @@ def test_seed_entries_agree_with_the_seed_catalogue() -> None:
             assert classify(t).category == t["label"], t["name"]
 
 
+# --- the unseen set ------------------------------------------------------------------------------
+
+
+def unseen() -> list[dict[str, Any]]:
+    return json.loads(UNSEEN.read_text())
+
+
+#: Measured on the unseen set once the rules were tuned on its dev split (docs/scan.md): recall
+#: per category and accuracy of each split; the test fails if a change makes any worse.
+UNSEEN_FLOORS = {
+    "dev": {"Read": 1.0, "Write": 0.86, "Destructive": 1.0, "Financial": 0.8, "accuracy": 0.93},
+    "heldout": {
+        "Read": 0.93,
+        "Write": 0.78,
+        "Destructive": 1.0,
+        "Financial": 0.81,
+        "accuracy": 0.87,
+    },
+}
+
+
+def test_unseen_set_is_complete_and_apart() -> None:
+    entries = unseen()
+    assert len(entries) >= 100
+    keys = [(t["server"], t["name"]) for t in entries]
+    assert len(keys) == len(set(keys)), "a tool is listed twice"
+    for t in entries:
+        assert t["label"] in CATEGORIES, t["name"]
+        assert isinstance(t["why"], str) and t["why"], t["name"]
+        assert t["split"] in ("dev", "heldout"), t["name"]
+        assert isinstance(t["sensitive"], bool), t["name"]
+        assert not t["sensitive"] or t["label"] == "Read", t["name"]
+        assert t["source"].startswith("github.com/"), t["name"]
+    # No server of the old set, and every server wholly in one split.
+    old_sources = {t["source"].rsplit("@", 1)[0].split("/")[-1] for t in labelled()}
+    splits: dict[str, set[str]] = {}
+    for t in entries:
+        splits.setdefault(t["server"], set()).add(t["split"])
+    assert all(len(s) == 1 for s in splits.values()), splits
+    assert not set(splits) & old_sources
+    assert {t["label"] for t in entries} == set(CATEGORIES)
+
+
+@pytest.mark.parametrize("split", ["dev", "heldout"])
+def test_unseen_accuracy_does_not_fall(split: str) -> None:
+    matrix = confusion([t for t in unseen() if t["split"] == split])
+    floors = UNSEEN_FLOORS[split]
+    for category in CATEGORIES:
+        if category in floors:
+            assert round(recall(matrix, category), 4) >= floors[category], (category, matrix)
+    assert accuracy(matrix) >= floors["accuracy"]
+    assert matrix[("Destructive", "Read")] == 0
+    assert matrix[("Financial", "Read")] == 0
+
+
+def sensitive_counts(entries: list[dict[str, Any]]) -> tuple[int, int, int]:
+    """(found, flagged wrongly, missed) sensitive reads."""
+    found = wrong = missed = 0
+    for t in entries:
+        flagged = classify(t).sensitive
+        found += flagged and t["sensitive"]
+        wrong += flagged and not t["sensitive"]
+        missed += t["sensitive"] and not flagged
+    return found, wrong, missed
+
+
 # --- the report for docs/scan.md -----------------------------------------------------------------
+
+
+def _matrix_lines(title: str, m: Counter[Any]) -> list[str]:
+    out = [f"**{title}**: accuracy {accuracy(m):.1%}\n"]
+    out.append("| label ↓ / classified → | " + " | ".join(CATEGORIES) + " | n | recall |")
+    out.append("|---|" + "---:|" * (len(CATEGORIES) + 2))
+    for a in CATEGORIES:
+        n = sum(m[(a, b)] for b in CATEGORIES)
+        cells = " | ".join(str(m[(a, b)]) for b in CATEGORIES)
+        out.append(f"| {a} | {cells} | {n} | {recall(m, a) if n else 0:.0%} |")
+    out.append("")
+    return out
+
+
+def unseen_report() -> str:
+    entries = unseen()
+    out = []
+    for title, rows in [
+        ("dev split", [t for t in entries if t["split"] == "dev"]),
+        ("held-out split", [t for t in entries if t["split"] == "heldout"]),
+        ("all", entries),
+    ]:
+        out += _matrix_lines(f"Unseen set, {title} ({len(rows)} tools)", confusion(rows))
+        found, wrong, missed = sensitive_counts(rows)
+        out.append(f"Sensitive reads: {found} found, {wrong} flagged wrongly, {missed} missed.\n")
+    return "\n".join(out)
 
 
 def report() -> str:
@@ -341,3 +617,4 @@ def report() -> str:
 
 if __name__ == "__main__":
     print(report())
+    print(unseen_report())

@@ -36,7 +36,8 @@ def _loads_and_decides(tools: list[dict[str, Any]]) -> dict[str, Any]:
     engine = make_engine(policy)
     codes = {"Destructive": "HIDDEN", "Financial": "APPROVAL_REQUIRED"}
     for c in classifications:
-        assert engine.decide(c.name, grant="g").code == codes.get(c.category, "ALLOWED")
+        want = "APPROVAL_REQUIRED" if c.sensitive else codes.get(c.category, "ALLOWED")
+        assert engine.decide(c.name, grant="g").code == want
     return policy
 
 
@@ -227,6 +228,7 @@ def test_scan_save_then_suggest(
         "name",
         "category",
         "risk",
+        "sensitive",
         "confidence",
         "reason",
         "evidence",

@@ -69,7 +69,9 @@ def test_policy_for_every_scanned_set_loads(source: str) -> None:
     assert from_json.revision == toolgate.Policy.from_dict(policy).revision
     engine = make_engine(from_yaml)
     for c in classifications:
-        assert engine.decide(c.name, **GRANT).code == DEFAULT_DECISION[c.category], c
+        # A sensitive read (its answer holds secrets) waits for a person's approval.
+        want = "APPROVAL_REQUIRED" if c.sensitive else DEFAULT_DECISION[c.category]
+        assert engine.decide(c.name, **GRANT).code == want, c
 
 
 def _tool(name: str, category: str) -> dict[str, Any]:
@@ -252,3 +254,37 @@ def test_cli_suggest_options(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         assert capsys.readouterr().err
     assert main(["suggest", "-q", "--file", str(tools), "--window", "5 fortnights"]) == 1
     assert "/window" in capsys.readouterr().err
+
+
+def test_sensitive_reads_get_a_stricter_rule(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Read that returns secrets waits for approval by default; --treat and --max sensitive=
+    change that; --set to another category makes it that category's."""
+    path = tmp_path / "tools.json"
+    secret = {"name": "read_secret", "description": "Read a secret from a KV mount."}
+    plain = {"name": "read_note", "description": "Read a note."}
+    path.write_text(json.dumps({"tools": [secret, plain]}))
+
+    assert main(["suggest", "--file", str(path)]) == 0
+    out, err = capsys.readouterr()
+    policy = json.loads(out)
+    assert policy["tools"] == {"read_secret": {"action": "require_approval"}, "read_note": {}}
+    assert "read_secret  Read      high" in err
+    assert "Read 2 (1 sensitive read)" in err
+
+    argv = ["suggest", "-q", "--file", str(path), "--treat", "sensitive=limit"]
+    assert main([*argv, "--max", "sensitive=3"]) == 0
+    limit = json.loads(capsys.readouterr().out)["tools"]["read_secret"]["limits"][0]
+    assert (limit["max"], limit["counter"]) == (3, "read_secret_rate")
+
+    assert main(["suggest", "-q", "--file", str(path), "--treat", "sensitive=deny"]) == 0
+    reason = json.loads(capsys.readouterr().out)["tools"]["read_secret"]["reason"]
+    assert reason.startswith("Read (sensitive) tool, denied by the starter policy")
+
+    assert main(["suggest", "-q", "--file", str(path), "--set", "read_secret=Write"]) == 0
+    assert "limits" in json.loads(capsys.readouterr().out)["tools"]["read_secret"]
+    yaml_text = to_yaml(suggest(classify_all([secret])), classify_all([secret]))
+    assert "# Read (sensitive read) (high risk" in yaml_text
+    assert main(["suggest", "-q", "--file", str(path), "--max", "sensitive=0"]) == 1
+    assert "sensitive=0" in capsys.readouterr().err

@@ -109,6 +109,20 @@ class Decision:
         (REQUIRE_APPROVAL), used by this allowed call, or refused (APPROVAL_DENIED)."""
     def to_dict(self) -> dict[str, Any]: ...
 
+class Explanation:
+    """How one call was decided (``Engine.explain``): the decision and the steps the engine
+    took to it, each a dict with a ``step`` key: ``section``, ``hide``, ``rule``, ``rules``,
+    ``action``, ``condition``, ``limits``, ``approval``, ``shadow``, ``decision``."""
+
+    @property
+    def decision(self) -> Decision: ...
+    @property
+    def dry_run(self) -> bool:
+        """True when nothing was counted."""
+    @property
+    def steps(self) -> list[dict[str, Any]]: ...
+    def to_dict(self) -> dict[str, Any]: ...
+
 class ManualClock:
     """A clock that moves only when told to."""
 
@@ -165,6 +179,22 @@ class Engine:
     ) -> Decision:
         """``grant_verified``: the grant is a verified identity (a JWT claim) that approvals
         and logs may show as it is, not a credential."""
+    def explain(
+        self,
+        tool: str,
+        *,
+        server: str | None = None,
+        grant: str | None = None,
+        session: str | None = None,
+        agent: str | None = None,
+        attributes: dict[str, str] | None = None,
+        arguments: dict[str, Any] | str | bytes | None = None,
+        dry_run: bool = True,
+        hits: int | None = None,
+        grant_verified: bool = False,
+    ) -> Explanation:
+        """Decide as ``decide`` does, through the same code, and say how. A dry run unless
+        ``dry_run=False`` (then it counts, as a decision does)."""
     def decide_wire(self, request: bytes) -> bytes:
         """Decide a serialized toolgate.v1.DecideRequest; ValueError if malformed."""
     def decide_batch_wire(self, request: bytes) -> bytes: ...
@@ -263,6 +293,13 @@ class EnvoyExchange:
     def process_wire(self, request: bytes) -> bytes | None:
         """Answer a serialized ProcessingRequest (None where Envoy expects no answer:
         observability mode); ValueError if the bytes are not one."""
+
+def read_document(
+    text: str, *, format: Literal["json", "yaml", "auto"] = "auto"
+) -> tuple[Any, dict[str, int]]:
+    """JSON or YAML read as policies are (duplicate keys and aliases refused): the document,
+    and each value's JSON pointer mapped to its line. ValueError, with the line, if it is not
+    valid."""
 
 def read_mcp_request(body: bytes) -> dict[str, Any]:
     """How the Envoy gate reads one JSON-RPC request body: ``kind`` is ``call`` (``id``,

@@ -7,14 +7,22 @@ The evidence, strongest first:
    (without ``readOnlyHint``) says Destructive; ``readOnlyHint: false`` says "not Read".
 2. **The name's verb**, the first known verb among the name's words (``snake_case``,
    ``kebab-case``, ``camelCase`` and ``dotted.names`` split alike): ``delete_*`` Destructive,
-   ``run_*`` Execute, ``create_*`` Write, ``get_*`` Read, ``pay_*`` Financial. A changing verb
-   on money (``create_refund``, ``cancel_subscription``) is Financial; on compute
+   ``run_*`` Execute, ``create_*`` Write, ``get_*`` Read, ``pay_*``, ``swap_*``, ``stake_*``
+   Financial. A changing verb on money (``create_refund``, ``cancel_subscription``,
+   ``close_position``, or "Transfers ETH ..." in the description) is Financial; on compute
    (``vm_create_image``, ``create_instance``) Execute.
-3. **The description's leading verb** ("Deletes ...", "This tool will create ..."), used when the
-   name has none, and able to raise the name's category (never lower it); a few phrases
-   ("refunds money", "cannot be undone") raise it too.
+3. **The description's opening verbs** ("Deletes ...", "This tool will create ...", "Lists,
+   creates or deletes ..."), used when the name has none, and able to raise the name's
+   category (never lower it): a tool is as risky as the riskiest action it admits, so a
+   destructive verb anywhere in the description raises it too, and phrases ("refunds money",
+   "swaps USDC for ETH", "cannot be undone") as well.
 4. **The input schema**: an amount with a currency is Financial; a ``command``, ``script`` or
-   ``manifest`` field (or a ``code`` field described as run) is Execute.
+   ``manifest`` field (or a ``code`` field described as run) is Execute; the values of an
+   action field (``method: [create, update, delete]``) raise it to their riskiest verb.
+
+A Read whose name or description's opening says it returns secrets or credentials (passwords,
+API keys, tokens of access, private keys, environment variables) is a *sensitive read*: risk
+``high``, and the starter policy asks a person's approval for it.
 
 Conflicts go to the riskier category: calling a destructive or financial tool Read is the worst
 mistake. With no evidence at all a tool is Execute (unknown effects) with low confidence.
@@ -51,6 +59,8 @@ RISK: dict[Category, Risk] = {
     FINANCIAL: "critical",
 }
 _RANK = {c: i for i, c in enumerate(CATEGORIES)}
+#: The risk of a Read whose answer holds secrets or credentials.
+SENSITIVE_READ_RISK: Risk = "high"
 
 
 def riskier(a: Category, b: Category) -> Category:
@@ -70,14 +80,16 @@ _VERBS: dict[Category, str] = {
         label tag fork star register import change configure init initialize checkout stage
         unstage switch replace attach invite approve reject close reopen lock unlock fill type
         select enable disable toggle mark archive restore submit generate record track apply
-        accept finalize cancel forward schedule book subscribe unsubscribe transfer""",
+        accept finalize cancel forward schedule book subscribe unsubscribe transfer place resend
+        supply wrap unwrap mint reorder""",
     EXECUTE: """run execute exec eval evaluate invoke trigger launch spawn deploy build install
         upgrade restart reboot start stop call dispatch provision compile scale rollout click
-        navigate press""",
+        navigate press initiate""",
     DESTRUCTIVE: """delete remove rm destroy drop purge erase wipe truncate terminate kill
         uninstall unlink discard prune clear clean cleanup flush reset revoke expunge shred
         nuke deprovision""",
-    FINANCIAL: "pay refund charge purchase buy sell trade withdraw deposit payout bill donate",
+    FINANCIAL: """pay refund charge purchase buy sell trade withdraw deposit payout bill donate
+        swap bridge stake unstake restake borrow repay lend redeem exercise""",
 }
 VERBS: dict[str, Category] = {
     word: category for category, words in _VERBS.items() for word in words.split()
@@ -92,8 +104,19 @@ def _set(words: str) -> frozenset[str]:
 FINANCIAL_NOUNS = _set(
     """payment payments payout payouts refund refunds charge charges invoice invoices order
     orders subscription subscriptions fund funds money transaction transactions transfer
-    transfers wallet wallets balance balances"""
+    transfers wallet wallets balance balances settlement settlements collateral loan loans
+    position positions crypto cryptocurrency stablecoin stablecoins eth weth sol btc usdc usdt
+    dai nft nfts"""
 )
+#: Words that mean money wherever they appear (unlike "order" or "subscription"): a changing
+#: verb in the name acts on money if the description's opening says one of them.
+MONEY_WORDS = _set(
+    """money funds collateral loan loans crypto cryptocurrency stablecoin stablecoins eth weth
+    sol btc usdc usdt dai nft nfts"""
+)
+#: Verbs that are verbs only with their object in the name: "place" an order, not
+#: "maps_place_details".
+VERB_OBJECTS = {"place": _set("order orders bet bets trade trades")}
 #: Compute words: a verb that creates or changes something named so starts or changes running
 #: infrastructure (PolicyLayer's example ``vm_create_image`` is Execute, ``create-ami`` Write).
 COMPUTE_NOUNS = _set(
@@ -130,11 +153,53 @@ _DESCRIPTION_PHRASES: list[tuple[re.Pattern[str], Category, str]] = [
     ),
     (re.compile(r"\bcharges?\s+(the\s+)?(customer|card|payer)"), FINANCIAL, "charges a customer"),
     (
+        re.compile(
+            r"\b(buy|buys|buying|sell|sells|selling|swap|swaps|swapping|bridge|bridges|bridging"
+            r"|stake|stakes|staking|unstake|unstakes|unstaking|borrow|borrows|borrowing|repay"
+            r"|repays|repaying|lend|lends|lending|withdraw|withdraws|withdrawing|deposit|deposits"
+            r"|depositing|transfer|transfers|transferring|send|sends|sending)\s+(\S+\s+){0,3}?"
+            r"(tokens?|coins?|crypto\w*|stablecoins?|eth|weth|sol|btc|usdc|usdt|dai|nfts?|funds"
+            r"|collateral|shares|stocks?)\b"
+        ),
+        FINANCIAL,
+        "moves money or tokens",
+    ),
+    (
+        re.compile(r"\b(place|places|placing|submit|submits|submitting)\s+(\S+\s+){0,3}?orders?\b"),
+        FINANCIAL,
+        "places an order",
+    ),
+    (
+        re.compile(
+            r"\b(complete|completes|completing|make|makes|making|process|processes)\s+"
+            r"(the\s+|a\s+)?payments?\b"
+        ),
+        FINANCIAL,
+        "completes a payment",
+    ),
+    (
         re.compile(r"\b(permanently|irreversibl\w*|cannot be undone|can't be undone)"),
         DESTRUCTIVE,
         "says it cannot be undone",
     ),
 ]
+
+#: What a secret or credential is called: a Read that returns one is a sensitive read.
+_SECRETS = re.compile(
+    r"(?<![\w.])(secrets?|credentials?|passwords?|passphrases?|passwd|api[ _-]?keys?"
+    r"|access[ _-]?keys?|private[ _-]?keys?|secret[ _-]?keys?|signing[ _-]?keys?|ssh[ _-]?keys?"
+    r"|(?:access|auth|bearer|refresh|api|session|oauth)[ _-]?tokens?"
+    r"|env(?:ironment)?[ _-]?var(?:iable)?s?|\.env|dotenv|keychain|keystore|kubeconfig)(?!\w)"
+)
+
+
+def _secret_words(name: str, description: str) -> str | None:
+    """What in the name or the description's opening (what the tool does, not how: "with the
+    current credentials") says the tool's answer holds a secret."""
+    text = " ".join(name_words(name)) + " " + _opening_sentence(description).lower()
+    m = _SECRETS.search(text)
+    return m.group(1) if m else None
+
 
 #: Words a description may open with before its verb ("This tool will create ...").
 DESCRIPTION_FILLER = _set(
@@ -170,6 +235,12 @@ def _verb(word: str, *, inflected: bool) -> tuple[str, Category] | None:
             stems.append(word[:-2])
         if word.endswith("s"):
             stems.append(word[:-1])
+        if word.endswith("ing") and len(word) > 5:
+            # deleting → delete, running → run, listing → list
+            base = word[:-3]
+            stems += [base, base + "e"]
+            if len(base) > 2 and base[-1] == base[-2]:
+                stems.append(base[:-1])
         for stem in stems:
             if stem in VERBS:
                 return stem, VERBS[stem]
@@ -193,7 +264,8 @@ class Evidence:
 
 @dataclass(frozen=True)
 class Classification:
-    """What a tool is: its category and risk, why (one line), how sure, and the evidence."""
+    """What a tool is: its category and risk, why (one line), how sure, and the evidence.
+    ``sensitive``: a Read whose answer holds secrets or credentials (risk ``high``)."""
 
     name: str
     category: Category
@@ -201,12 +273,14 @@ class Classification:
     reason: str
     confidence: Confidence
     evidence: tuple[Evidence, ...]
+    sensitive: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "category": self.category,
             "risk": self.risk,
+            "sensitive": self.sensitive,
             "confidence": self.confidence,
             "reason": self.reason,
             "evidence": [e.to_dict() for e in self.evidence],
@@ -222,7 +296,7 @@ def _name_verdict(words: list[str]) -> tuple[Category, list[str]] | None:
             i += 2
             continue
         found = _verb(words[i], inflected=False)
-        if found is None:
+        if found is None or (found[0] in VERB_OBJECTS and not VERB_OBJECTS[found[0]] & set(words)):
             i += 1
             continue
         verbs = [found]
@@ -255,24 +329,102 @@ def _qualified(category: Category, words: Iterable[str]) -> tuple[Category, str 
     return category, None
 
 
-def _description_verb(description: str) -> tuple[str, Category, list[str]] | None:
-    """The verb a description opens with: "Deletes a file", "This tool will create a customer",
-    "Notion | Retrieve a user". Only the opening counts: a verb later in the sentence is as
-    often a noun ("with progress updates")."""
+def _opening_sentence(description: str) -> str:
     text = description.strip()
     first_line = text.split("\n", 1)[0]
     if "|" in first_line:  # "Service | What it does"
         text = first_line.rsplit("|", 1)[1]
-    first = re.split(r"(?<=[.!?])\s|\n", text.strip(), maxsplit=1)[0]
-    words = re.findall(r"[a-z]+", first.lower())
-    for word in words:
-        if word in DESCRIPTION_FILLER:
+    return re.split(r"(?<=[.!?])\s|\n", text.strip(), maxsplit=1)[0]
+
+
+#: Beside these, "remove" takes something out of a set or a field ("add or remove a label",
+#: "set or remove the type"): a Write, not a deletion.
+_MEMBERSHIP_VERBS = frozenset({"add", "set", "assign"})
+#: What separates the verbs of a list: "list, create, rename or delete", "add/update/delete".
+_LIST_SEPARATORS = frozenset({",", "/", "&", "or", "and"})
+
+
+def _description_verb(description: str) -> tuple[str, Category, list[str]] | None:
+    """The verbs a description opens with, and the riskiest of them: "Deletes a file", "This
+    tool will create a customer", "Notion | Retrieve a user", "Lists, creates, renames or deletes
+    branches" (Destructive: the riskiest action it admits). Only the opening counts: a verb
+    later in the sentence is as often a noun ("with progress updates")."""
+    tokens = re.findall(r"[a-z]+|[,/&]", _opening_sentence(description).lower())
+    words = [t for t in tokens if t.isalpha()]
+    for i, token in enumerate(tokens):
+        if token in DESCRIPTION_FILLER or not token.isalpha():
             continue
-        found = _verb(word, inflected=True)
+        found = _verb(token, inflected=True)
         if found is None:
             return None
-        return found[0], found[1], words
+        verbs = [found]
+        j = i + 1
+        while j < len(tokens):
+            k = j
+            while k < len(tokens) and tokens[k] in _LIST_SEPARATORS:
+                k += 1
+            following = _verb(tokens[k], inflected=True) if k > j and k < len(tokens) else None
+            if following is None:
+                break
+            verbs.append(following)
+            j = k + 1
+        if any(v == "remove" for v, _ in verbs) and {v for v, _ in verbs} & _MEMBERSHIP_VERBS:
+            verbs = [(v, WRITE if v == "remove" else c) for v, c in verbs]
+        verb, category = verbs[0]
+        for v, c in verbs[1:]:
+            if _RANK[c] > _RANK[category]:
+                verb, category = v, c
+        return verb, category, words
     return None
+
+
+#: Destructive verbs as a description may say them anywhere: "..., and deleting run logs".
+_DESTRUCTIVE_WORDS = re.compile(
+    r"\b(delete|deletes|deleting|destroy|destroys|destroying|drop|drops|dropping|purge|purges"
+    r"|purging|erase|erases|erasing|wipe|wipes|wiping|truncate|truncates|truncating)\b"
+)
+_NEGATIONS = frozenset({"not", "never", "no", "without", "cannot", "t", "nor"})
+#: Schema fields whose values name what the tool does (`method: delete_item`).
+ACTION_FIELDS = frozenset({"method", "operation", "action", "op", "mode"})
+
+
+def _destructive_in_description(description: str) -> str | None:
+    """A destructive verb the description admits anywhere, unless negated ("does not delete"),
+    quoted (another tool's name) or in capitals (``DELETE``: a statement or HTTP method the tool
+    passes on, which makes it Execute, not a deletion of its own)."""
+    text = re.sub(r"`[^`]*`|'[^']*'|\"[^\"]*\"", " ", description)
+    for m in _DESTRUCTIVE_WORDS.finditer(text.lower()):
+        if text[m.start() : m.end()].isupper():
+            continue
+        before = re.findall(r"[a-z]+", text[max(0, m.start() - 40) : m.start()].lower())[-3:]
+        if not _NEGATIONS.intersection(before):
+            return m.group(1)
+    return None
+
+
+def _schema_actions(schema: Mapping[str, Any]) -> tuple[str, str, Category] | None:
+    """The riskiest verb among the values of an action field's enum (``method: [create, update,
+    delete]``), with the field; removing beside adding is a membership edit (Write)."""
+    properties = schema.get("properties")
+    if not isinstance(properties, Mapping):
+        return None
+    best: tuple[str, str, Category] | None = None
+    for key, spec in properties.items():
+        if str(key).lower() not in ACTION_FIELDS or not isinstance(spec, Mapping):
+            continue
+        values = [v for v in spec.get("enum") or [] if isinstance(v, str)]
+        # Each value's own verb comes first (`get_workflow_run`: "get", not "run").
+        verbs = {}
+        for value in values:
+            found = _name_verdict(name_words(value))
+            if found is not None:
+                verbs.update({v: VERBS[v] for v in found[1]})
+        if "remove" in verbs and verbs.keys() & _MEMBERSHIP_VERBS:
+            verbs["remove"] = WRITE
+        for verb, category in verbs.items():
+            if best is None or _RANK[category] > _RANK[best[2]]:
+                best = (str(key), verb, category)
+    return best
 
 
 def _schema_evidence(schema: Mapping[str, Any]) -> list[Evidence]:
@@ -324,9 +476,16 @@ def classify(tool: Mapping[str, Any]) -> Classification:
         said = " or ".join(f'"{v}"' for v in verbs)
         evidence.append(Evidence("name", from_name, f"verb {said} in the name"))
         qualified, why = _qualified(from_name, words)
+        where = "in the name"
+        if why is None and qualified in (WRITE, EXECUTE):
+            # The description may say what the name's verb acts on: "transfer ... ETH".
+            opening = re.findall(r"[a-z]+", _opening_sentence(description).lower())[:12]
+            if money := set(opening) & MONEY_WORDS:
+                qualified, why = FINANCIAL, f'on money ("{sorted(money)[0]}")'
+                where = "in the name and description"
         if why is not None:
             from_name = qualified
-            evidence.append(Evidence("name", qualified, f"verb {said} {why} in the name"))
+            evidence.append(Evidence("name", qualified, f"verb {said} {why} {where}"))
     elif nouns := [w for w in words if w in READ_NOUNS]:
         from_name = READ
         evidence.append(Evidence("name", READ, f'"{nouns[0]}" in the name names data'))
@@ -342,8 +501,17 @@ def classify(tool: Mapping[str, Any]) -> Classification:
             evidence.append(Evidence("description", qualified, f'description: "{verb}" {why}'))
     lowered = description.lower()
     phrase_hits = [(c, t) for pattern, c, t in _DESCRIPTION_PHRASES if pattern.search(lowered)]
+    # The riskiest action the tool admits decides: a destructive verb anywhere in the
+    # description ("..., and deleting run logs"), or in the values of an action field.
+    if (destructive_word := _destructive_in_description(description)) is not None:
+        phrase_hits.append((DESTRUCTIVE, f'admits "{destructive_word}"'))
     for c, text in phrase_hits:
         evidence.append(Evidence("description", c, f"description {text}"))
+    action = _schema_actions(schema)
+    if action is not None:
+        field_name, verb, c = action
+        evidence.append(Evidence("schema", c, f'field "{field_name}" admits "{verb}"'))
+        phrase_hits.append((c, ""))
 
     schema_evidence = _schema_evidence(schema)
     evidence.extend(schema_evidence)
@@ -403,14 +571,20 @@ def classify(tool: Mapping[str, Any]) -> Classification:
             Evidence("default", EXECUTE, "no known verb, annotation or field: effects unknown")
         )
 
+    # Reading secrets is a read like no other: its answer is a credential.
+    secret = _secret_words(name, description) if category == READ else None
+    if secret is not None:
+        evidence.append(Evidence("description", READ, f'reads secrets ("{secret}")'))
+
     confidence = _confidence(category, evidence, conflict, read_only, destructive)
     return Classification(
         name=name,
         category=category,
-        risk=RISK[category],
+        risk=SENSITIVE_READ_RISK if secret is not None else RISK[category],
         reason=_reason(category, evidence, conflict),
         confidence=confidence,
         evidence=tuple(evidence),
+        sensitive=secret is not None,
     )
 
 

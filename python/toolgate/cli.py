@@ -567,6 +567,15 @@ def build_parser() -> argparse.ArgumentParser:
     from toolgate.decision_log import add_command as add_log
 
     add_log(sub)
+
+    # Writing policies: test files of cases, the trace of one decision, importing Intercept's.
+    from toolgate.explain import add_command as add_explain
+    from toolgate.intercept import add_command as add_import
+    from toolgate.policy_tests import add_command as add_test
+
+    add_test(sub)
+    add_explain(sub)
+    add_import(sub)
     return parser
 
 

@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from toolgate import Policy, PolicyError
-from toolgate.classify import CATEGORIES, RISK, Category, Classification, Evidence, classify_all
+from toolgate.classify import (
+    CATEGORIES,
+    RISK,
+    SENSITIVE_READ_RISK,
+    Category,
+    Classification,
+    Evidence,
+    classify_all,
+)
 from toolgate.scan import DEFAULT_TIMEOUT, Scan, ScanError, scan_file, scan_stdio, scan_url
 from toolgate.suggest import TREATMENTS, Options, suggest, to_json, to_yaml
 
@@ -104,7 +112,11 @@ def table(scan: Scan, classifications: Sequence[Classification]) -> str:
         cells = [cell.ljust(w) for cell, w in zip(row, widths, strict=False)]
         lines.append("  ".join([*cells, row[4]]).rstrip())
     counts = Counter(c.category for c in classifications)
-    lines.append(", ".join(f"{c} {counts[c]}" for c in CATEGORIES if counts[c]))
+    sensitive = sum(c.sensitive for c in classifications)
+    summary = ", ".join(f"{c} {counts[c]}" for c in CATEGORIES if counts[c])
+    lines.append(
+        summary + (f" ({sensitive} sensitive read{'s' * (sensitive != 1)})" if sensitive else "")
+    )
     lines.extend(f"note: {note}" for note in scan.notes)
     return "\n".join(lines) + "\n"
 
@@ -140,12 +152,19 @@ def _options(args: argparse.Namespace) -> Options:
             raise argparse.ArgumentTypeError(
                 f"--treat {name}={treatment}: one of {', '.join(TREATMENTS)}"
             )
-        options.treatment[_category(name)] = treatment
+        if name.strip().lower() == "sensitive":
+            options.sensitive_read = treatment  # type: ignore[assignment]
+        else:
+            options.treatment[_category(name)] = treatment
     for name, value in _pairs(args.max, "--max"):
         try:
-            options.max_calls[_category(name)] = int(value)
+            n = int(value)
         except ValueError:
             raise argparse.ArgumentTypeError(f"--max {name}={value}: not a whole number") from None
+        if name.strip().lower() == "sensitive":
+            options.sensitive_max = n
+        else:
+            options.max_calls[_category(name)] = n
     options.__post_init__()
     return options
 
@@ -164,10 +183,14 @@ def _override(
         if c.name in wanted:
             category = wanted[c.name]
             given = Evidence("default", category, "set by --set")
+            # A tool set to Read still reads secrets if it did; set to anything else, it is
+            # treated as that category.
+            sensitive = c.sensitive and category == "Read"
             c = replace(
                 c,
                 category=category,
-                risk=RISK[category],
+                risk=SENSITIVE_READ_RISK if sensitive else RISK[category],
+                sensitive=sensitive,
                 reason=f"set by --set (classified {c.category}: {c.reason})",
                 confidence="high",
                 evidence=(*c.evidence, given),
@@ -242,14 +265,15 @@ def add_commands(sub: Any) -> None:
         action="append",
         default=[],
         metavar="CATEGORY=HOW",
-        help=f"how a category's tools are handled: {', '.join(TREATMENTS)}",
+        help=f"how a category's tools are handled: {', '.join(TREATMENTS)}; "
+        "'sensitive' for reads of secrets (default require_approval)",
     )
     rules.add_argument(
         "--max",
         action="append",
         default=[],
         metavar="CATEGORY=N",
-        help="calls per window for a limited category (Write=30, Execute=10)",
+        help="calls per window for a limited category (Write=30, Execute=10, sensitive=5)",
     )
     rules.add_argument("--window", default="minute", help="of the limits")
     rules.add_argument(

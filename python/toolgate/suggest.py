@@ -52,6 +52,11 @@ class Options:
             "Financial": 5,
         }
     )
+    #: What a sensitive read (a Read whose answer holds secrets) gets instead of its
+    #: category's treatment: a person sees each secret an agent asks for.
+    sensitive_read: Treatment = "require_approval"
+    #: Calls per window for sensitive reads if their treatment is ``limit``.
+    sensitive_max: int = 5
     window: str = "minute"
     scope: str = "grant"
     #: Text shown to the agent when a tool is denied, with ``{category}`` and ``{reason}``.
@@ -64,6 +69,10 @@ class Options:
         for category, n in self.max_calls.items():
             if category not in CATEGORIES or n < 1:
                 raise ValueError(f"a maximum must be at least 1: {category}={n}")
+        if self.sensitive_read not in TREATMENTS:
+            raise ValueError(f"no such treatment: sensitive={self.sensitive_read}")
+        if self.sensitive_max < 1:
+            raise ValueError(f"a maximum must be at least 1: sensitive={self.sensitive_max}")
         if self.scope not in SCOPES:
             raise ValueError(f"scope must be one of {', '.join(SCOPES)}, not {self.scope!r}")
 
@@ -93,7 +102,7 @@ def suggest(
         key = policy_key(c.name)
         if key in tools or key in hide:
             continue
-        treatment = options.treatment[c.category]
+        treatment = options.sensitive_read if c.sensitive else options.treatment[c.category]
         if treatment == "hide":
             hide.append(key)
         elif treatment == "allow":
@@ -102,14 +111,15 @@ def suggest(
             limit = {
                 "counter": counter_name(c.name),
                 "window": options.window,
-                "max": options.max_calls[c.category],
+                "max": options.sensitive_max if c.sensitive else options.max_calls[c.category],
                 "scope": options.scope,
             }
             tools[key] = {"limits": [limit]}
         elif treatment == "require_approval":
             tools[key] = {"action": "require_approval"}
         else:
-            reason = options.deny_reason.format(category=c.category, reason=c.reason)
+            category = f"{c.category} (sensitive)" if c.sensitive else c.category
+            reason = options.deny_reason.format(category=category, reason=c.reason)
             tools[key] = {"action": "deny", "reason": reason}
     policy: dict[str, Any] = {"version": "1", "default": options.default}
     if hide:
@@ -158,7 +168,8 @@ def to_yaml(
     each tool says what it was classified as and why."""
     notes = {
         policy_key(c.name): " ".join(
-            f"{c.category} ({c.risk} risk, {c.confidence} confidence): {c.reason}".split()
+            f"{c.category}{' (sensitive read)' if c.sensitive else ''} ({c.risk} risk, "
+            f"{c.confidence} confidence): {c.reason}".split()
         )
         for c in classifications or ()
     }

@@ -286,3 +286,48 @@ impl PyDecision {
         )
     }
 }
+
+/// How one call was decided: the decision and the steps that led to it.
+#[pyclass(name = "Explanation", module = "toolgate._core", frozen)]
+pub struct PyExplanation {
+    pub decision: Decision,
+    pub steps: Vec<serde_json::Value>,
+    pub dry_run: bool,
+}
+
+#[pymethods]
+impl PyExplanation {
+    #[getter]
+    fn decision(&self) -> PyDecision {
+        PyDecision::local(self.decision.clone())
+    }
+    /// True when nothing was counted.
+    #[getter]
+    fn dry_run(&self) -> bool {
+        self.dry_run
+    }
+    /// The steps, in the order the engine took them: dicts with a `step` key (`section`,
+    /// `hide`, `rule`, `rules`, `action`, `condition`, `limits`, `approval`, `shadow`,
+    /// `decision`).
+    #[getter]
+    fn steps<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let text = serde_json::to_string(&self.steps)
+            .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
+        py.import("json")?.getattr("loads")?.call1((text,))
+    }
+    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        d.set_item("decision", self.decision().to_dict(py)?)?;
+        d.set_item("dry_run", self.dry_run)?;
+        d.set_item("steps", self.steps(py)?)?;
+        Ok(d)
+    }
+    fn __repr__(&self) -> String {
+        format!(
+            "Explanation({}, code={}, steps={})",
+            self.decision.verdict.as_str(),
+            self.decision.code.as_str(),
+            self.steps.len()
+        )
+    }
+}

@@ -3,7 +3,7 @@
 use crate::approvals::PyApprovals;
 use crate::arguments::PyArg;
 use crate::clock::PyManualClock;
-use crate::decision::PyDecision;
+use crate::decision::{PyDecision, PyExplanation};
 use crate::policy::{coerce, PyPolicy};
 use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -15,10 +15,12 @@ use toolgate_core::clock::Clock;
 use toolgate_core::counter::CounterTable;
 use toolgate_core::decision_log::{DecisionLog, Filter, Settings};
 use toolgate_core::engine::{DEFAULT_CAPACITY, DEFAULT_RESERVATIONS};
+use toolgate_core::explain::Recorder;
 use toolgate_core::shared::{Layout, SharedState};
 use toolgate_core::stats::Api;
+use toolgate_core::trace::{NoTrace, Trace};
 use toolgate_core::MonotonicClock;
-use toolgate_core::{Engine, Request, Subject};
+use toolgate_core::{Decision, Engine, Request, Subject};
 use toolgate_server::decider as wire;
 
 /// Decides tool calls against a policy, with counters that survive reloads.
@@ -43,7 +45,106 @@ pub struct Storage<'a> {
     pub clock: Option<&'a Bound<'a, PyManualClock>>,
 }
 
+/// The parts of a call besides its attributes and arguments.
+struct Call<'a> {
+    tool: &'a str,
+    server: Option<&'a str>,
+    grant: Option<&'a str>,
+    session: Option<&'a str>,
+    agent: Option<&'a str>,
+    dry_run: bool,
+    hits: Option<u32>,
+    grant_verified: bool,
+}
+
 impl PyEngine {
+    /// Decide `call` with its attributes and arguments (a dict, JSON text or None), telling
+    /// `trace` how.
+    fn run<T: Trace>(
+        &self,
+        call: &Call<'_>,
+        attributes: Option<&Bound<'_, PyDict>>,
+        arguments: Option<&Bound<'_, PyAny>>,
+        trace: &mut T,
+    ) -> PyResult<Decision> {
+        let attribute_objects = match attributes {
+            Some(d) => d
+                .iter()
+                .map(|(k, v)| Ok((k.cast_into::<PyString>()?, v.cast_into::<PyString>()?)))
+                .collect::<Result<Vec<_>, pyo3::CastIntoError<'_>>>()
+                .map_err(|_| PyTypeError::new_err("attributes must map str to str"))?,
+            None => Vec::new(),
+        };
+        let attribute_pairs: Vec<(&str, &str)> = attribute_objects
+            .iter()
+            .map(|(k, v)| Ok((k.to_str()?, v.to_str()?)))
+            .collect::<PyResult<_>>()?;
+        let subject = Subject {
+            grant: call.grant,
+            session: call.session,
+            agent: call.agent,
+            attributes: &attribute_pairs,
+            grant_verified: call.grant_verified,
+        };
+        let (tool, server, dry_run, hits) = (call.tool, call.server, call.dry_run, call.hits);
+        let decision = match arguments {
+            None => self.inner.decide_traced::<PyArg<'_>, T>(
+                Api::Engine,
+                &Request {
+                    tool,
+                    server,
+                    subject,
+                    args: None,
+                    dry_run,
+                    hits,
+                },
+                trace,
+            ),
+            Some(a) if a.is_instance_of::<PyDict>() => self.inner.decide_traced(
+                Api::Engine,
+                &Request {
+                    tool,
+                    server,
+                    subject,
+                    args: Some(PyArg(a.clone())),
+                    dry_run,
+                    hits,
+                },
+                trace,
+            ),
+            Some(a) if a.is_instance_of::<PyString>() || a.is_instance_of::<PyBytes>() => {
+                let text: &[u8] = match a.cast::<PyString>() {
+                    Ok(s) => s.to_str()?.as_bytes(),
+                    Err(_) => a.cast::<PyBytes>()?.as_bytes(),
+                };
+                let value: serde_json::Value = serde_json::from_slice(text).map_err(|e| {
+                    PyValueError::new_err(format!("arguments are not valid JSON: {e}"))
+                })?;
+                if !value.is_object() {
+                    return Err(PyValueError::new_err("arguments must be a JSON object"));
+                }
+                self.inner.decide_traced(
+                    Api::Engine,
+                    &Request {
+                        tool,
+                        server,
+                        subject,
+                        args: Some(&value),
+                        dry_run,
+                        hits,
+                    },
+                    trace,
+                )
+            }
+            Some(_) => {
+                return Err(PyTypeError::new_err(
+                    "arguments must be a dict, JSON text, or None",
+                ))
+            }
+        };
+        Ok(decision)
+    }
+
     fn build(
         policy: toolgate_core::Policy,
         storage: Storage<'_>,
@@ -175,69 +276,61 @@ impl PyEngine {
         hits: Option<u32>,
         grant_verified: bool,
     ) -> PyResult<PyDecision> {
-        let attribute_objects = match attributes {
-            Some(d) => d
-                .iter()
-                .map(|(k, v)| Ok((k.cast_into::<PyString>()?, v.cast_into::<PyString>()?)))
-                .collect::<Result<Vec<_>, pyo3::CastIntoError<'_>>>()
-                .map_err(|_| PyTypeError::new_err("attributes must map str to str"))?,
-            None => Vec::new(),
+        let call = Call {
+            tool,
+            server,
+            grant,
+            session,
+            agent,
+            dry_run,
+            hits,
+            grant_verified,
         };
-        let attribute_pairs: Vec<(&str, &str)> = attribute_objects
-            .iter()
-            .map(|(k, v)| Ok((k.to_str()?, v.to_str()?)))
-            .collect::<PyResult<_>>()?;
+        self.run(&call, attributes, arguments, &mut NoTrace)
+            .map(PyDecision::local)
+    }
+
+    /// Decide one call as `decide` does, and say how: the section, the rule and why it won,
+    /// each condition with the value it saw, each limit with its count, the decision.
+    /// A dry run unless `dry_run=False` (then it counts, like `decide`).
+    #[pyo3(signature = (tool, *, server = None, grant = None, session = None, agent = None, attributes = None, arguments = None, dry_run = true, hits = None, grant_verified = false))]
+    #[allow(clippy::too_many_arguments)]
+    fn explain(
+        &self,
+        tool: &str,
+        server: Option<&str>,
+        grant: Option<&str>,
+        session: Option<&str>,
+        agent: Option<&str>,
+        attributes: Option<&Bound<'_, PyDict>>,
+        arguments: Option<&Bound<'_, PyAny>>,
+        dry_run: bool,
+        hits: Option<u32>,
+        grant_verified: bool,
+    ) -> PyResult<PyExplanation> {
+        let call = Call {
+            tool,
+            server,
+            grant,
+            session,
+            agent,
+            dry_run,
+            hits,
+            grant_verified,
+        };
         let subject = Subject {
             grant,
             session,
             agent,
-            attributes: &attribute_pairs,
-            grant_verified,
+            ..Default::default()
         };
-        let decision = match arguments {
-            None => self.inner.decide::<PyArg<'_>>(&Request {
-                tool,
-                server,
-                subject,
-                args: None,
-                dry_run,
-                hits,
-            }),
-            Some(a) if a.is_instance_of::<PyDict>() => self.inner.decide(&Request {
-                tool,
-                server,
-                subject,
-                args: Some(PyArg(a.clone())),
-                dry_run,
-                hits,
-            }),
-            Some(a) if a.is_instance_of::<PyString>() || a.is_instance_of::<PyBytes>() => {
-                let text: &[u8] = match a.cast::<PyString>() {
-                    Ok(s) => s.to_str()?.as_bytes(),
-                    Err(_) => a.cast::<PyBytes>()?.as_bytes(),
-                };
-                let value: serde_json::Value = serde_json::from_slice(text).map_err(|e| {
-                    PyValueError::new_err(format!("arguments are not valid JSON: {e}"))
-                })?;
-                if !value.is_object() {
-                    return Err(PyValueError::new_err("arguments must be a JSON object"));
-                }
-                self.inner.decide(&Request {
-                    tool,
-                    server,
-                    subject,
-                    args: Some(&value),
-                    dry_run,
-                    hits,
-                })
-            }
-            Some(_) => {
-                return Err(PyTypeError::new_err(
-                    "arguments must be a dict, JSON text, or None",
-                ))
-            }
-        };
-        Ok(PyDecision::local(decision))
+        let mut recorder = Recorder::new(&subject, server);
+        let decision = self.run(&call, attributes, arguments, &mut recorder)?;
+        Ok(PyExplanation {
+            decision,
+            steps: recorder.into_steps(),
+            dry_run,
+        })
     }
 
     /// Decide a serialized `toolgate.v1.DecideRequest`; returns a serialized

@@ -4,6 +4,7 @@ mod approvals;
 mod arguments;
 mod clock;
 mod decision;
+mod document;
 mod engine;
 mod envoy;
 mod mcp;
@@ -25,6 +26,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<policy::ValidationError>()?;
     m.add_class::<decision::PyDecision>()?;
     m.add_class::<decision::PyLimitState>()?;
+    m.add_class::<decision::PyExplanation>()?;
     m.add_class::<envoy::PyEnvoyAuthz>()?;
     m.add_class::<envoy::PyEnvoyRateLimit>()?;
     m.add_class::<envoy::PyEnvoyExchange>()?;
@@ -32,6 +34,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<clock::PyManualClock>()?;
     m.add_function(wrap_pyfunction!(engine::create_shared_state, m)?)?;
     m.add_function(wrap_pyfunction!(mcp::read_mcp_request, m)?)?;
+    m.add_function(wrap_pyfunction!(document::read_document, m)?)?;
     m.add("PolicyError", m.py().get_type::<policy::PolicyError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     // The git commit built from, or "" if unknown (build.rs).

@@ -61,6 +61,8 @@ impl Tables {
 }
 
 pub struct CompiledSection {
+    /// JSON pointer of the section: `""` for the top level, `/servers/<id>` otherwise.
+    pub pointer: Box<str>,
     pub default_allow: bool,
     pub shadow: bool,
     pub hide: NameMatcher<TextId>,
@@ -188,6 +190,7 @@ fn compile_section(section: &Section, tables: &mut Tables) -> Result<CompiledSec
         names.push((name.text.as_str(), i));
     }
     Ok(CompiledSection {
+        pointer: section.pointer.as_str().into(),
         default_allow: section.default == DefaultAction::Allow,
         shadow: section.mode == Mode::Shadow,
         hide,

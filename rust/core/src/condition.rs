@@ -8,6 +8,7 @@
 
 use crate::args::{json_equal, ArgValue, Kind, Num};
 use crate::policy::{Compare, Condition, Op, PathRoot, Segment};
+use crate::trace::{NoTrace, Trace};
 use serde_json::Value;
 use std::cmp::Ordering;
 
@@ -164,8 +165,21 @@ impl<'a, A: ArgValue + Clone> Facts<'a, A> {
 
     /// All of `items` hold, evaluated left to right up to the first that does not.
     pub fn eval_all<'p>(&self, items: &'p [Condition]) -> Outcome<'p> {
+        self.eval_all_traced(items, &mut NoTrace)
+    }
+
+    pub fn eval<'p>(&self, cond: &'p Condition) -> Outcome<'p> {
+        self.eval_traced(cond, &mut NoTrace)
+    }
+
+    /// [`Facts::eval_all`], reporting each condition to `trace`.
+    pub fn eval_all_traced<'p, T: Trace>(
+        &self,
+        items: &'p [Condition],
+        trace: &mut T,
+    ) -> Outcome<'p> {
         for item in items {
-            match self.eval(item) {
+            match self.eval_traced(item, trace) {
                 Outcome::Holds => {}
                 other => return other,
             }
@@ -173,20 +187,34 @@ impl<'a, A: ArgValue + Clone> Facts<'a, A> {
         Outcome::Holds
     }
 
-    pub fn eval<'p>(&self, cond: &'p Condition) -> Outcome<'p> {
+    /// [`Facts::eval`], reporting each condition to `trace`.
+    pub fn eval_traced<'p, T: Trace>(&self, cond: &'p Condition, trace: &mut T) -> Outcome<'p> {
         match cond {
-            Condition::Compare(c) => self.compare(c),
-            Condition::All { items, .. } => self.eval_all(items),
+            Condition::Compare(c) => self.compare(c, trace),
+            _ => {
+                trace.enter(cond);
+                let outcome = self.combine(cond, trace);
+                trace.leave(outcome);
+                outcome
+            }
+        }
+    }
+
+    /// A combinator's outcome, its items evaluated left to right up to the first that decides.
+    fn combine<'p, T: Trace>(&self, cond: &'p Condition, trace: &mut T) -> Outcome<'p> {
+        match cond {
+            Condition::Compare(c) => self.compare(c, trace),
+            Condition::All { items, .. } => self.eval_all_traced(items, trace),
             Condition::Any { items, .. } => {
                 for item in items {
-                    match self.eval(item) {
+                    match self.eval_traced(item, trace) {
                         Outcome::Fails => {}
                         other => return other,
                     }
                 }
                 Outcome::Fails
             }
-            Condition::Not { item, .. } => match self.eval(item) {
+            Condition::Not { item, .. } => match self.eval_traced(item, trace) {
                 Outcome::Holds => Outcome::Fails,
                 Outcome::Fails => Outcome::Holds,
                 u => u,
@@ -194,27 +222,30 @@ impl<'a, A: ArgValue + Clone> Facts<'a, A> {
         }
     }
 
-    fn compare<'p>(&self, c: &'p Compare) -> Outcome<'p> {
+    fn compare<'p, T: Trace>(&self, c: &'p Compare, trace: &mut T) -> Outcome<'p> {
         let resolved = self.resolve(c);
-        if c.op == Op::Exists {
+        let outcome = if c.op == Op::Exists {
             let want = c.value.as_bool().unwrap_or(true);
-            return match resolved {
+            match resolved {
                 Err(p @ (Problem::CaseVariant | Problem::NotYetKnown)) => {
                     Outcome::Unevaluable(c, p)
                 }
-                r if r.is_ok() == want => Outcome::Holds,
+                ref r if r.is_ok() == want => Outcome::Holds,
                 _ => Outcome::Fails,
-            };
-        }
-        let v = match resolved {
-            Ok(v) => v,
-            Err(problem) => return Outcome::Unevaluable(c, problem),
+            }
+        } else {
+            match &resolved {
+                Ok(v) => match apply(v, c) {
+                    Ok(true) => Outcome::Holds,
+                    Ok(false) => Outcome::Fails,
+                    Err(p) => Outcome::Unevaluable(c, p),
+                },
+                Err(problem) => Outcome::Unevaluable(c, *problem),
+            }
         };
-        match apply(&v, c) {
-            Ok(true) => Outcome::Holds,
-            Ok(false) => Outcome::Fails,
-            Err(p) => Outcome::Unevaluable(c, p),
-        }
+        // Only a trace that records calls this: the value is not converted otherwise.
+        trace.compare(c, || resolved.as_ref().ok().map(Resolved::to_json), outcome);
+        outcome
     }
 }
 

@@ -18,6 +18,7 @@ use crate::limiter::{self, Want};
 use crate::policy::{Action, Compare, ConditionItem, Policy, Scope};
 use crate::stats::{Api, Stats};
 use crate::store::CounterStore;
+use crate::trace::{LimitsEnd, List, NoTrace, Trace};
 use arc_swap::ArcSwap;
 use arrayvec::ArrayVec;
 use std::sync::{Arc, OnceLock};
@@ -203,11 +204,24 @@ impl Engine {
 
     /// [`Engine::decide`], counted as served by `api`.
     pub fn decide_via<A: ArgValue + Clone>(&self, api: Api, req: &Request<'_, A>) -> Decision {
+        self.decide_traced(api, req, &mut NoTrace)
+    }
+
+    /// [`Engine::decide_via`], telling `trace` each step of the decision as it is taken (see
+    /// [`crate::trace`]): an explanation is of this very decision.
+    #[inline]
+    pub fn decide_traced<A: ArgValue + Clone, T: Trace>(
+        &self,
+        api: Api,
+        req: &Request<'_, A>,
+        trace: &mut T,
+    ) -> Decision {
         // A dry run authorizes nothing: it is not logged.
         let log = self.log.get().filter(|_| !req.dry_run);
         let started = log.map(|_| self.clock.now_ns());
         let policy = self.policy.load();
-        let decision = self.decide_in(&policy, req);
+        let decision = self.decide_in(&policy, req, trace);
+        trace.decided(&decision);
         drop(policy);
         self.stats.count(api, &decision);
         if self.stats.per_tool_enabled() {
@@ -263,10 +277,11 @@ impl Engine {
     /// noted: evaluation goes on, so the enforcing rules beside them still decide. The
     /// answer is the first enforcing denial; failing that, an ALLOW that reports the first
     /// shadow finding (`shadow: true`); failing that, a plain ALLOW.
-    fn decide_in<A: ArgValue + Clone>(
+    fn decide_in<A: ArgValue + Clone, T: Trace>(
         &self,
         policy: &Arc<CompiledPolicy>,
         req: &Request<'_, A>,
+        trace: &mut T,
     ) -> Decision {
         let section = policy.section(req.server);
         let out = Draft { policy };
@@ -279,6 +294,7 @@ impl Engine {
                 if !$shadow {
                     return d;
                 }
+                trace.shadow_finding(&d);
                 finding.get_or_insert(d);
             }};
         }
@@ -286,11 +302,19 @@ impl Engine {
         if req.tool.is_empty() {
             return out.finish(Code::InvalidRequest, "tool name is empty", "");
         }
-        if let Some(pointer) = section.hide.lookup(req.tool) {
+        trace.section(policy, req.server, section);
+        let hidden = section.hide.find(req.tool);
+        trace.hide(policy, section, req.tool, hidden.as_ref());
+        if let Some(found) = hidden {
             let reason = format!("tool {:?} is hidden by policy", req.tool);
-            deny!(section.shadow, out.finish(Code::Hidden, reason, *pointer));
+            deny!(
+                section.shadow,
+                out.finish(Code::Hidden, reason, *found.value)
+            );
         }
-        let rule = section.tools.lookup(req.tool).map(|i| &section.rules[*i]);
+        let found = section.tools.find(req.tool);
+        trace.rule(policy, section, req.tool, found.as_ref());
+        let rule = found.map(|f| &section.rules[*f.value]);
         if rule.is_none() && !section.default_allow {
             let d = out.finish(
                 Code::DefaultDeny,
@@ -299,6 +323,7 @@ impl Engine {
             );
             deny!(section.shadow, d);
         }
+        trace.rules(policy, rule, section.all_tools.as_ref());
         let rules = [rule, section.all_tools.as_ref()];
         let rules = rules.iter().flatten().copied();
         let facts = Facts {
@@ -310,6 +335,7 @@ impl Engine {
         };
 
         for r in rules.clone().filter(|r| r.action == Action::Deny) {
+            trace.action_deny(policy, r, shadowed(r));
             deny!(
                 shadowed(r),
                 out.finish(Code::RuleDeny, r.denied_reason, r.pointer)
@@ -352,7 +378,7 @@ impl Engine {
             self.table.prefetch_reservation();
         }
         for r in rules.clone() {
-            if let Some(d) = check_conditions(&out, r, &facts) {
+            if let Some(d) = check_conditions(&out, r, &facts, trace) {
                 deny!(shadowed(r), d);
             }
         }
@@ -361,6 +387,9 @@ impl Engine {
         }
         let needs_approval = |r: &&CompiledRule| r.action == Action::RequireApproval;
         let approval = rules.clone().filter(needs_approval).find(|r| !shadowed(r));
+        if let Some(r) = approval {
+            trace.approval(policy, r, self.approvals.get().is_some() && !req.dry_run);
+        }
         // An approval-gated call runs later, if at all: it consumes counters then. One that
         // holds an approval runs now, as an allowed call.
         let gate = match (approval, self.approvals.get()) {
@@ -381,21 +410,23 @@ impl Engine {
                 if wants.is_empty() {
                     continue;
                 }
+                trace.limits_begin(policy, wants, shadow, consume);
                 let outcome = match self.store.get() {
-                    None => limiter::reserve(
+                    None => limiter::reserve_traced(
                         &self.table,
                         wants,
                         now_ns,
                         consume,
                         &mut parts,
                         &mut limits,
+                        trace,
                     ),
                     Some(s) => {
                         s.reserve(&self.stats, wants, now_ns, consume, &mut parts, &mut limits)
                     }
                 };
                 match outcome {
-                    limiter::Outcome::Reserved => {}
+                    limiter::Outcome::Reserved => trace.limits_end(LimitsEnd::Reserved, &limits),
                     // Enforcing limits go first, so a denial here has consumed nothing.
                     limiter::Outcome::Denied {
                         retry_after_ms,
@@ -406,6 +437,11 @@ impl Engine {
                         let reason = rate_limited_reason(limit, retry_after_ms);
                         let mut d = out.finish(Code::RateLimited, reason, limit.info.rule);
                         d.retry_after_ms = retry_after_ms;
+                        let end = LimitsEnd::Denied {
+                            failing,
+                            retry_after_ms,
+                        };
+                        trace.limits_end(end, &l);
                         if shadow {
                             limits.extend(l);
                         } else {
@@ -414,6 +450,7 @@ impl Engine {
                         deny!(shadow, d);
                     }
                     limiter::Outcome::TableFull { failing } => {
+                        trace.limits_end(LimitsEnd::TableFull { failing }, &[]);
                         self.stats.count_table_full();
                         let reason = "counter table is full: no room to track this caller, so the call is denied";
                         let mut d =
@@ -422,6 +459,7 @@ impl Engine {
                         deny!(shadow, d);
                     }
                     limiter::Outcome::Unavailable { failing, reason } => {
+                        trace.limits_end(LimitsEnd::Unavailable { failing }, &[]);
                         let rule = wants[failing].limit.info.rule;
                         let mut d = out.finish(Code::StoreUnavailable, reason, rule);
                         d.retry_after_ms = Some(1000);
@@ -599,12 +637,13 @@ impl Draft<'_> {
     }
 }
 
-fn check_conditions<A: ArgValue + Clone>(
+fn check_conditions<A: ArgValue + Clone, T: Trace>(
     out: &Draft<'_>,
     r: &CompiledRule,
     facts: &Facts<'_, A>,
+    trace: &mut T,
 ) -> Option<Decision> {
-    match evaluate_conditions(r, facts) {
+    match evaluate_conditions(out.policy, r, facts, trace) {
         Conditions::Pass => None,
         Conditions::Denied(d) => Some(out.finish(Code::ConditionFailed, d.reason, d.pointer)),
         Conditions::Unevaluable(c, p) => {
@@ -628,25 +667,36 @@ pub(crate) enum Conditions<'p> {
 }
 
 /// Evaluate `deny_if` (any holding denies), then `require` (any not holding denies), each
-/// left to right up to the first that decides.
-pub(crate) fn evaluate_conditions<'p, A: ArgValue + Clone>(
+/// left to right up to the first that decides, telling `trace` each item.
+pub(crate) fn evaluate_conditions<'p, A: ArgValue + Clone, T: Trace>(
+    policy: &CompiledPolicy,
     r: &'p CompiledRule,
     facts: &Facts<'_, A>,
+    trace: &mut T,
 ) -> Conditions<'p> {
     // A group holds when all its conditions hold; a bare condition is a group of one.
-    let eval = |item: &'p ConditionItem| match item {
-        ConditionItem::Condition(c) => facts.eval(c),
-        ConditionItem::Group { conditions, .. } => facts.eval_all(conditions),
+    let mut eval = |list: List, index: usize, item: &'p ConditionItem| {
+        trace.item_begin(policy, r, list, index, item);
+        let outcome = match item {
+            ConditionItem::Condition(c) => facts.eval_traced(c, trace),
+            ConditionItem::Group { conditions, .. } => facts.eval_all_traced(conditions, trace),
+        };
+        let denies = !matches!(
+            (list, outcome),
+            (List::DenyIf, Outcome::Fails) | (List::Require, Outcome::Holds)
+        );
+        trace.item_end(outcome, denies);
+        outcome
     };
-    for c in &r.deny_if {
-        match eval(&c.item) {
+    for (i, c) in r.deny_if.iter().enumerate() {
+        match eval(List::DenyIf, i, &c.item) {
             Outcome::Holds => return Conditions::Denied(&c.denial),
             Outcome::Fails => {}
             Outcome::Unevaluable(c, p) => return Conditions::Unevaluable(c, p),
         }
     }
-    for c in &r.require {
-        match eval(&c.item) {
+    for (i, c) in r.require.iter().enumerate() {
+        match eval(List::Require, i, &c.item) {
             Outcome::Holds => {}
             Outcome::Fails => return Conditions::Denied(&c.denial),
             Outcome::Unevaluable(c, p) => return Conditions::Unevaluable(c, p),

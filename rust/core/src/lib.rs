@@ -11,6 +11,7 @@ pub mod counter;
 pub mod decision;
 pub mod decision_log;
 pub mod engine;
+pub mod explain;
 pub mod glob;
 pub mod limiter;
 pub mod mapping;
@@ -21,6 +22,7 @@ pub mod policy;
 pub mod shared;
 pub mod stats;
 pub mod store;
+pub mod trace;
 pub mod visibility;
 
 pub use clock::{Clock, ManualClock, MonotonicClock};

@@ -9,6 +9,7 @@ use crate::counter::reservation::{Part, MAX_PARTS};
 use crate::counter::window::Refused;
 use crate::counter::{CounterKey, CounterTable, WindowState};
 use crate::decision::{LimitState, Limits};
+use crate::trace::{NoTrace, Trace};
 use arrayvec::ArrayVec;
 
 /// One limit as it applies to one call.
@@ -79,6 +80,19 @@ pub fn reserve(
     parts: &mut Parts,
     limits: &mut Limits,
 ) -> Outcome {
+    reserve_traced(table, wants, now_ns, consume, parts, limits, &mut NoTrace)
+}
+
+/// [`reserve`], reporting to `trace` what each limit had counted and whether the call fit.
+pub fn reserve_traced<T: Trace>(
+    table: &CounterTable,
+    wants: &[Want<'_>],
+    now_ns: u64,
+    consume: bool,
+    parts: &mut Parts,
+    limits: &mut Limits,
+    trace: &mut T,
+) -> Outcome {
     let (first_part, first_limit) = (parts.len(), limits.len());
     let undo = |parts: &mut Parts, limits: &mut Limits| {
         give_back(table, &parts[first_part..]);
@@ -91,8 +105,9 @@ pub fn reserve(
             let window = peek(table, want, now_ns);
             if window.map_or(0, |w| w.used) + want.amount > want.limit.max_units {
                 undo(parts, limits);
-                return denied(table, wants, now_ns);
+                return denied(table, wants, now_ns, trace);
             }
+            trace.limit(i, want, window.map_or(0, |w| w.used), true);
             let mut s = peeked(want, window, now_ns);
             s.remaining_units = s.remaining_units.saturating_sub(want.amount);
             limits.push(s);
@@ -111,11 +126,12 @@ pub fn reserve(
                 Err(Refused::Moved) => continue,
                 Err(Refused::Full) => {
                     undo(parts, limits);
-                    return denied(table, wants, now_ns);
+                    return denied(table, wants, now_ns, trace);
                 }
             }
         };
         let (slot, r) = reserved;
+        trace.limit(i, want, r.used.saturating_sub(want.amount), true);
         parts.push(Part {
             slot: slot.0,
             key: hash,
@@ -141,13 +157,19 @@ pub fn record(table: &CounterTable, parts: &[Part]) -> Option<u64> {
 }
 
 /// The denial: every limit's state, and the longest wait among those without room.
-fn denied(table: &CounterTable, wants: &[Want<'_>], now_ns: u64) -> Outcome {
+fn denied<T: Trace>(
+    table: &CounterTable,
+    wants: &[Want<'_>],
+    now_ns: u64,
+    trace: &mut T,
+) -> Outcome {
     let mut retry: Option<u64> = Some(0);
     let mut failing = 0;
     let mut limits = Limits::with_capacity(wants.len());
     for (i, want) in wants.iter().enumerate() {
         let window = peek(table, want, now_ns);
         let used = window.map_or(0, |w| w.used);
+        trace.limit(i, want, used, used + want.amount <= want.limit.max_units);
         if used + want.amount > want.limit.max_units {
             if retry == Some(0) {
                 failing = i;

@@ -11,8 +11,31 @@ use crate::glob;
 use ahash::AHashMap;
 use regex::Regex;
 
-/// A compiled glob with its tie-breakers: literal characters, then document order.
-type GlobEntry<T> = (Regex, usize, usize, T);
+/// A compiled glob with its tie-breakers (literal characters, then document order), and the
+/// glob as written.
+type GlobEntry<T> = (Regex, usize, usize, T, Box<str>);
+
+/// A name or glob that matched, and where it stands in the precedence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found<'a, T> {
+    pub value: &'a T,
+    /// The name or glob as written.
+    pub pattern: &'a str,
+    pub kind: MatchKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatchKind {
+    /// The exact name: beats every glob.
+    Exact,
+    /// A glob: the longer `prefix` (literal text before the first wildcard) wins, then more
+    /// `literals`, then the lower `order` (written first).
+    Glob {
+        prefix: usize,
+        literals: usize,
+        order: usize,
+    },
+}
 
 pub struct NameMatcher<T> {
     exact: AHashMap<Box<str>, T>,
@@ -38,6 +61,7 @@ impl<T: Clone> NameMatcher<T> {
                     glob::literal_len(name),
                     order,
                     value,
+                    name.into(),
                 ));
             } else {
                 exact.entry(name.into()).or_insert(value);
@@ -58,20 +82,78 @@ impl<T: Clone> NameMatcher<T> {
 
     #[inline]
     pub fn lookup(&self, name: &str) -> Option<&T> {
-        if let Some(v) = self.exact.get(name) {
-            return Some(v);
+        self.find(name).map(|f| f.value)
+    }
+
+    /// The entry that wins for `name`, with what it is.
+    #[inline]
+    pub fn find(&self, name: &str) -> Option<Found<'_, T>> {
+        if let Some((pattern, value)) = self.exact.get_key_value(name) {
+            return Some(Found {
+                value,
+                pattern,
+                kind: MatchKind::Exact,
+            });
         }
         for &len in &self.prefix_lens {
             if len > name.len() || !name.is_char_boundary(len) {
                 continue;
             }
             if let Some(group) = self.globs.get(&name[..len]) {
-                if let Some((_, _, _, v)) = group.iter().find(|(re, ..)| re.is_match(name)) {
-                    return Some(v);
+                if let Some(entry) = group.iter().find(|(re, ..)| re.is_match(name)) {
+                    return Some(glob_found(entry, len));
                 }
             }
         }
         None
+    }
+
+    /// Every entry that matches `name`, the winner first, then in precedence order: for
+    /// explaining why the winner won (`find` is what decides).
+    pub fn matching(&self, name: &str) -> Vec<Found<'_, T>> {
+        let mut out: Vec<Found<'_, T>> = Vec::new();
+        if let Some((pattern, value)) = self.exact.get_key_value(name) {
+            out.push(Found {
+                value,
+                pattern,
+                kind: MatchKind::Exact,
+            });
+        }
+        let mut globs: Vec<Found<'_, T>> = self
+            .globs
+            .iter()
+            .flat_map(|(prefix, group)| group.iter().map(|entry| (entry, prefix.len())))
+            .filter(|((re, ..), _)| re.is_match(name))
+            .map(|(entry, prefix)| glob_found(entry, prefix))
+            .collect();
+        globs.sort_by_key(|f| match f.kind {
+            MatchKind::Glob {
+                prefix,
+                literals,
+                order,
+            } => (
+                std::cmp::Reverse(prefix),
+                std::cmp::Reverse(literals),
+                order,
+            ),
+            MatchKind::Exact => (std::cmp::Reverse(usize::MAX), std::cmp::Reverse(0), 0),
+        });
+        out.extend(globs);
+        out
+    }
+}
+
+#[inline]
+fn glob_found<T>(entry: &GlobEntry<T>, prefix: usize) -> Found<'_, T> {
+    let (_, literals, order, value, pattern) = entry;
+    Found {
+        value,
+        pattern,
+        kind: MatchKind::Glob {
+            prefix,
+            literals: *literals,
+            order: *order,
+        },
     }
 }
 

@@ -15,6 +15,7 @@ use crate::condition::{Facts, Problem, Subject};
 use crate::decision::Code;
 use crate::engine::{evaluate_conditions, Conditions};
 use crate::policy::Action;
+use crate::trace::NoTrace;
 use serde_json::Value;
 
 /// Whether one tool is shown to one caller.
@@ -68,7 +69,7 @@ impl CompiledPolicy {
         let mut per_subject = false;
         for r in rules {
             per_subject |= r.reads_subject;
-            match evaluate_conditions(r, &facts) {
+            match evaluate_conditions(self, r, &facts, &mut NoTrace) {
                 Conditions::Pass | Conditions::Unevaluable(_, Problem::NotYetKnown) => {}
                 Conditions::Denied(_) | Conditions::Unevaluable(..) => {
                     return removed(Code::ConditionFailed, per_subject)

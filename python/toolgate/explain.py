@@ -1,0 +1,246 @@
+"""``toolgate explain``: how one call is decided, step by step.
+
+The steps come from the engine deciding the call (``Engine.explain``), not from a second
+evaluator: the section and why it applies, ``hide``, the rule that won and what the other
+matching entries lost on, each condition with the value it saw, each limit with its count and
+room, and the decision. A dry run unless ``--consume``. :func:`render` turns the steps into
+text; ``--json`` prints them as they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from toolgate import Engine, PolicyError
+
+_INDENT = "   "
+
+
+def _value(value: Any, limit: int = 80) -> str:
+    """A JSON value for a line of text, long ones cut."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _number(n: Any) -> str:
+    if isinstance(n, float) and n.is_integer():
+        return str(int(n))
+    return str(n)
+
+
+def _window(ms: int) -> str:
+    for size, unit in ((86_400_000, "d"), (3_600_000, "h"), (60_000, "m"), (1000, "s")):
+        if ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
+
+
+def _condition_lines(node: Mapping[str, Any], depth: int) -> list[str]:
+    pad = _INDENT * depth
+    result = node.get("result", "?")
+    if node.get("kind") == "compare":
+        seen = f"saw {_value(node['seen'])}" if node.get("present") else "saw nothing (missing)"
+        operand = "" if node["op"] == "exists" else f" {_value(node['value'])}"
+        if node["op"] == "exists" and node.get("value") is False:
+            operand = " false"
+        line = f"{pad}{node['path']} {node['op']}{operand}: {seen} → {result}"
+        if "problem" in node:
+            line += f" ({node['problem']})"
+        return [line]
+    lines = [f"{pad}{node.get('kind', '?')} → {result}"]
+    for child in node.get("items", []):
+        lines.extend(_condition_lines(child, depth + 1))
+    return lines
+
+
+def _limit_line(limit: Mapping[str, Any]) -> str:
+    whose = f"per {limit['scope']}"
+    if limit.get("scope_value") is not None:
+        whose += f" {_value(limit['scope_value'])}"
+    unit = f" of {limit['cost']}" if limit.get("cost") else ""
+    text = (
+        f"{limit['counter']} ({limit['rule']}): at most {_number(limit['max'])}{unit} "
+        f"{whose} in {_window(limit['window_ms'])}"
+    )
+    if "used" in limit:
+        text += (
+            f"; counted {_number(limit['used'])}, room {_number(limit['room'])}; "
+            f"this call {_number(limit['amount'])} → "
+            + ("fits" if limit["fits"] else "does not fit")
+        )
+    else:
+        text += f"; this call {_number(limit['amount'])}"
+    if "remaining" in limit:
+        text += f"; {_number(limit['remaining'])} left after"
+    return text
+
+
+def _step_lines(step: Mapping[str, Any]) -> list[str]:
+    kind = step.get("step")
+    if kind == "section":
+        where = f"servers section {step['pointer']}" if step["pointer"] else "top level"
+        return [f"section: {where} ({step['why']}); default {step['default']}, mode {step['mode']}"]
+    if kind == "hide":
+        if step.get("matched") is None:
+            return ["hide: no entry matches"]
+        m = step["matched"]
+        return [f"hide: {_value(m['pattern'])} ({m['pointer']}) matches: the tool is hidden"]
+    if kind == "rule":
+        if step.get("matched") is None:
+            return [f"rule: none for {_value(step['tool'])}: {step['why']}"]
+        m = step["matched"]
+        lines = [f"rule: {m['pointer']}, {m['kind']} {_value(m['pattern'])}: {step['why']}"]
+        for other in step.get("others", []):
+            lines.append(
+                f"{_INDENT}also matches {_value(other['pattern'])} ({other['pointer']}): "
+                f"loses, {other['lost_because']}"
+            )
+        return lines
+    if kind == "rules":
+        parts = []
+        for r in step["rules"]:
+            mode = "" if r["mode"] == "section" else f", {r['mode']}"
+            parts.append(
+                f"{r['pointer']} (action {r['action']}{mode}; {r['deny_if']} deny_if, "
+                f"{r['require']} require, {r['limits']} limits)"
+            )
+        return ["rules that apply: " + ("; ".join(parts) if parts else "none")]
+    if kind == "action":
+        effect = "would deny (shadow mode)" if step["shadow"] else "denies the call (RULE_DENY)"
+        return [f"action: {step['rule']} is action deny: {effect}"]
+    if kind == "condition":
+        effect = "denies" if step["denies"] else "passes"
+        head = f"{step['list']} {step['pointer']}"
+        if "on_deny" in step:
+            head += f", on_deny {_value(step['on_deny'])}"
+        lines = [f"{head}: {step['result']} → {effect}"]
+        children = [step["condition"]] if "condition" in step else step.get("conditions", [])
+        for child in children:
+            lines.extend(_condition_lines(child, 1))
+        return lines
+    if kind == "limits":
+        group = "shadow limits" if step["shadow"] else "limits"
+        lines = [f"{group}: {step['outcome']}"]
+        if step.get("retry_after_ms") is not None:
+            lines[0] += f"; retry in {step['retry_after_ms'] / 1000:.1f}s"
+        lines.extend(_INDENT + _limit_line(limit) for limit in step["limits"])
+        return lines
+    if kind == "approval":
+        return [f"approval: {step['rule']}: {step['why']}"]
+    if kind == "shadow":
+        return [
+            f"shadow: would be {step['code']} by {step['rule']} ({step['reason']}); {step['why']}"
+        ]
+    if kind == "decision":
+        line = f"decision: {step['verdict']} {step['code']}"
+        if step.get("rule"):
+            line += f" by {step['rule']}"
+        line += f": {step['reason']}"
+        if step.get("shadow"):
+            line += " (shadow: enforcing would not allow it)" if step["verdict"] == "ALLOW" else ""
+        if step.get("retry_after_ms") is not None and "retry" not in step["reason"]:
+            line += f"; retry after {step['retry_after_ms']} ms"
+        return [line]
+    return [json.dumps(step)]
+
+
+def render(steps: Iterable[Mapping[str, Any]]) -> str:
+    """The steps as numbered lines of text."""
+    out: list[str] = []
+    for i, step in enumerate(steps, 1):
+        lines = _step_lines(step)
+        number = f"{i}. "
+        out.append(number + lines[0])
+        out.extend(" " * len(number) + line for line in lines[1:])
+    return "\n".join(out) + "\n"
+
+
+def parse_attributes(pairs: Sequence[str], command: str) -> dict[str, str]:
+    """``KEY=VALUE`` options as a dict; a malformed one ends the command with a message."""
+    attributes = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"toolgate {command}: --attr expects KEY=VALUE, got {pair!r}")
+        attributes[key] = value
+    return attributes
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        engine = Engine.from_file(args.policy)
+    except PolicyError as err:
+        for e in err.errors:
+            where = f" (line {e.line})" if e.line is not None else ""
+            print(f"{args.policy}: {e.pointer or '/'}: {e.message}{where}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"toolgate explain: {err}", file=sys.stderr)
+        return 2
+    arguments = None
+    if args.args is not None:
+        try:
+            arguments = json.loads(args.args)
+        except json.JSONDecodeError as err:
+            print(f"toolgate explain: --args is not valid JSON: {err}", file=sys.stderr)
+            return 2
+        if not isinstance(arguments, dict):
+            print("toolgate explain: --args must be a JSON object", file=sys.stderr)
+            return 2
+    if args.after < 0:
+        print("toolgate explain: --after must be at least 0", file=sys.stderr)
+        return 2
+    call = {
+        "server": args.server,
+        "grant": args.grant,
+        "session": args.session,
+        "agent": args.agent,
+        "attributes": parse_attributes(args.attr, "explain"),
+        "arguments": arguments,
+    }
+    # The same call decided (and counted) first, to see where the limits then stand.
+    for _ in range(args.after):
+        engine.decide(args.tool, **call)
+    explanation = engine.explain(args.tool, dry_run=not args.consume, **call)
+    if args.json:
+        print(json.dumps(explanation.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        counted = "counted" if args.consume else "a dry run: nothing counted"
+        print(f"{args.policy} (revision {engine.revision}), tool {args.tool!r}, {counted}")
+        sys.stdout.write(render(explanation.steps))
+    return 0
+
+
+def add_command(sub: Any) -> None:
+    """Register ``toolgate explain`` on the CLI's subparsers."""
+    explain = sub.add_parser(
+        "explain",
+        help="how one call is decided: section, rule and why, each condition's value, each "
+        "limit's count, the decision (a dry run)",
+    )
+    explain.add_argument("--policy", required=True, metavar="FILE")
+    explain.add_argument("--tool", required=True, metavar="NAME")
+    explain.add_argument("--server", metavar="ID")
+    explain.add_argument("--grant", metavar="G")
+    explain.add_argument("--session", metavar="S")
+    explain.add_argument("--agent", metavar="A")
+    explain.add_argument("--attr", action="append", default=[], metavar="KEY=VALUE")
+    explain.add_argument("--args", metavar="JSON", help="the call's arguments as a JSON object")
+    explain.add_argument("--json", action="store_true", help="the steps as JSON")
+    explain.add_argument(
+        "--after",
+        type=int,
+        default=0,
+        metavar="N",
+        help="decide the same call N times first, counting them (e.g. to see a limit deny)",
+    )
+    explain.add_argument(
+        "--consume",
+        action="store_true",
+        help="count the call as a decision would (default: a dry run that counts nothing)",
+    )
+    explain.set_defaults(run=_run)
