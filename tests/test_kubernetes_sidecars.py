@@ -29,6 +29,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import grpc
 import kubernetes_validate
 import pytest
 import yaml
@@ -364,6 +365,9 @@ def test_every_query_names_metrics_toolgate_exports(tmp_path):
     assert len(queries) > 15
     with Sidecar(ROOT / "examples" / "policy.json") as sidecar:
         sidecar.client.decide("create-ami", grant="alice")
+        # A counter family with labels has samples once something is counted: an error.
+        with pytest.raises(grpc.RpcError):
+            sidecar.raw("Decide")(b"\xff\xff", timeout=5)
         text = sidecar.metrics_text()
     exported = {"up"}
     for family in text_string_to_metric_families(text):

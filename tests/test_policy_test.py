@@ -21,8 +21,13 @@ from toolgate.policy_tests import (
     run,
 )
 
+#: The example policies (invalid-policy.json is there to show a refusal).
 EXAMPLE_POLICIES = sorted(
-    p for p in EXAMPLES.iterdir() if p.suffix in (".json", ".yaml") and ".tests." not in p.name
+    p
+    for p in EXAMPLES.iterdir()
+    if p.suffix in (".json", ".yaml")
+    and ".tests." not in p.name
+    and p.name != "invalid-policy.json"
 )
 
 

@@ -222,13 +222,21 @@ def add_command(sub: Any) -> None:
         help="how one call is decided: section, rule and why, each condition's value, each "
         "limit's count, the decision (a dry run)",
     )
-    explain.add_argument("--policy", required=True, metavar="FILE")
-    explain.add_argument("--tool", required=True, metavar="NAME")
-    explain.add_argument("--server", metavar="ID")
-    explain.add_argument("--grant", metavar="G")
-    explain.add_argument("--session", metavar="S")
-    explain.add_argument("--agent", metavar="A")
-    explain.add_argument("--attr", action="append", default=[], metavar="KEY=VALUE")
+    explain.add_argument(
+        "--policy", required=True, metavar="FILE", help="the policy (JSON or YAML)"
+    )
+    explain.add_argument("--tool", required=True, metavar="NAME", help="the tool called")
+    explain.add_argument("--server", metavar="ID", help="the MCP server id (its policy section)")
+    explain.add_argument("--grant", metavar="G", help="the caller's grant (credential)")
+    explain.add_argument("--session", metavar="S", help="the MCP session")
+    explain.add_argument("--agent", metavar="A", help="the calling agent")
+    explain.add_argument(
+        "--attr",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a subject attribute (subject.attributes.KEY); repeatable",
+    )
     explain.add_argument("--args", metavar="JSON", help="the call's arguments as a JSON object")
     explain.add_argument("--json", action="store_true", help="the steps as JSON")
     explain.add_argument(

@@ -701,7 +701,9 @@ def add_command(sub: Any) -> None:
     )
     intercept.add_argument("file", metavar="FILE")
     intercept.add_argument("-o", "--output", metavar="OUT", help="write the policy here")
-    intercept.add_argument("--format", choices=["yaml", "json"], default="yaml")
+    intercept.add_argument(
+        "--format", choices=["yaml", "json"], default="yaml", help="the converted policy's format"
+    )
     intercept.add_argument("-q", "--quiet", action="store_true", help="do not list the notes")
     intercept.add_argument(
         "--strict", action="store_true", help="exit 1 when anything was approximated"

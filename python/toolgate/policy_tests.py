@@ -664,7 +664,9 @@ def add_command(sub: Any) -> None:
         metavar="FILE",
         help="run every case against this policy instead of the files' own (repeatable)",
     )
-    test.add_argument("--format", choices=["text", "json"], default="text")
+    test.add_argument(
+        "--format", choices=["text", "json"], default="text", help="how to report the results"
+    )
     test.add_argument(
         "-q", "--quiet", action="store_true", help="print only failures and the summary"
     )
