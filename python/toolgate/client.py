@@ -152,7 +152,19 @@ def aio_channel(target: str, security: Security | None = None) -> grpc.aio.Chann
     return grpc.aio.insecure_channel(target, options=options)
 
 
-class Client:
+class _Decider:
+    """toolgate.v1.Decider's methods on a channel (grpcio's or grpc.aio's), sending and
+    receiving message bytes."""
+
+    def __init__(self, channel: Any, timeout: float) -> None:
+        self._channel = channel
+        self._decide = channel.unary_unary(_DECIDE)
+        self._decide_batch = channel.unary_unary(_DECIDE_BATCH)
+        self._release = channel.unary_unary(_RELEASE)
+        self._timeout = timeout
+
+
+class Client(_Decider):
     """Asks a toolgate sidecar for decisions over gRPC. A call the sidecar does not answer
     raises ``grpc.RpcError``; an answer this version cannot read raises ``ValueError``."""
 
@@ -174,11 +186,7 @@ class Client:
             private_key=private_key,
             server_name=server_name,
         )
-        self._channel = channel(target, security)
-        self._decide = self._channel.unary_unary(_DECIDE)
-        self._decide_batch = self._channel.unary_unary(_DECIDE_BATCH)
-        self._release = self._channel.unary_unary(_RELEASE)
-        self._timeout = timeout
+        super().__init__(channel(target, security), timeout)
 
     def decide(
         self,
@@ -225,7 +233,7 @@ class Client:
         self.close()
 
 
-class AsyncClient:
+class AsyncClient(_Decider):
     """``Client`` for asyncio (grpc.aio): the same keywords, coroutines that answer with the
     same ``Decision``. Make it in the event loop that uses it."""
 
@@ -247,11 +255,7 @@ class AsyncClient:
             private_key=private_key,
             server_name=server_name,
         )
-        self._channel = aio_channel(target, security)
-        self._decide = self._channel.unary_unary(_DECIDE)
-        self._decide_batch = self._channel.unary_unary(_DECIDE_BATCH)
-        self._release = self._channel.unary_unary(_RELEASE)
-        self._timeout = timeout
+        super().__init__(aio_channel(target, security), timeout)
 
     async def decide(
         self,
