@@ -262,10 +262,11 @@ def sidecar(policy: Path, workdir: Path, extra: list[str]) -> gb.Server:
 
 
 def envoy_stats(server: gb.Server) -> dict[str, int]:
-    """Counters under http.mcp. (ext_authz, ext_proc, downstream) and the toolgate and mcp
-    clusters (text /stats, integers only)."""
+    """Counters under http.mcp. (ext_authz, ext_proc, downstream) and the toolgate,
+    toolgate-answers and mcp clusters (text /stats, integers only)."""
     text = eb.envoy_admin(
-        server.admin, "/stats?filter=^(http\\.mcp\\.|cluster\\.(toolgate|mcp)\\.)"
+        server.admin,
+        "/stats?filter=^(http\\.mcp\\.|cluster\\.(toolgate|toolgate-answers|mcp)\\.)",
     )
     out = {}
     for line in text.splitlines():

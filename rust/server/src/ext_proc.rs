@@ -29,6 +29,7 @@ use envoy_types::pb::google::protobuf::value::Kind;
 use envoy_types::pb::google::protobuf::{Struct, Value as ProtoValue};
 use prost::Message;
 use serde_json::Value;
+use std::collections::HashMap;
 use std::sync::Arc;
 use toolgate_core::compile::CompiledPolicy;
 use toolgate_core::mcp::answer::{error_message, Framing};
@@ -243,7 +244,7 @@ impl Exchange {
             }
             Request::ResponseBody(body) => {
                 self.finished |= body.end_of_stream;
-                self.response_body(engine, body)
+                self.response_body(engine, body, &request.attributes)
             }
             Request::RequestHeaders(_) => Response::RequestHeaders(HeadersResponse::default()),
             Request::RequestBody(_) => Response::RequestBody(BodyResponse::default()),
@@ -303,7 +304,7 @@ impl Exchange {
                 reservation,
                 released,
             } => {
-                watcher.head(status, content_type);
+                watcher.head(status, Some(content_type));
                 give_back(engine, watcher, *reservation, released);
             }
         }
@@ -315,7 +316,12 @@ impl Exchange {
         })
     }
 
-    fn response_body(&mut self, engine: &Engine, body: &HttpBody) -> Response {
+    fn response_body(
+        &mut self,
+        engine: &Engine,
+        body: &HttpBody,
+        attributes: &HashMap<String, Struct>,
+    ) -> Response {
         let mut body_mutation = None;
         match &mut self.state {
             State::List {
@@ -338,6 +344,13 @@ impl Exchange {
                 reservation,
                 released,
             } => {
+                // Without the headers (the deployed route skips them: one message fewer),
+                // the status comes as an attribute of the first part of the body.
+                if !watcher.headed() {
+                    if let Some(status) = response_code(attributes) {
+                        watcher.head(status, None);
+                    }
+                }
                 watcher.feed(&body.body, body.end_of_stream);
                 give_back(engine, watcher, *reservation, released);
             }
@@ -375,6 +388,19 @@ fn refusal(message: &str) -> ImmediateResponse {
         body: error_message(&Value::Null, INTERNAL_ERROR, message),
         details: "toolgate_no_decision".into(),
         ..Default::default()
+    }
+}
+
+/// The answer's HTTP status, from the attribute `response.code` (the filter's
+/// `response_attributes`), which Envoy sends with the first message of the answer.
+fn response_code(attributes: &HashMap<String, Struct>) -> Option<u16> {
+    let code = attributes
+        .get("envoy.filters.http.ext_proc")?
+        .fields
+        .get("response.code")?;
+    match code.kind {
+        Some(Kind::NumberValue(n)) if (100.0..1000.0).contains(&n) => Some(n as u16),
+        _ => None,
     }
 }
 

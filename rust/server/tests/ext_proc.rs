@@ -296,3 +296,39 @@ fn an_answer_without_a_body_ends_with_its_headers() {
     exchange.process(&e, &message(&md, head, false));
     assert!(exchange.finished());
 }
+
+#[test]
+fn without_headers_the_status_comes_as_an_attribute_of_the_body() {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    use envoy_types::pb::google::protobuf::{Struct, Value as ProtoValue};
+    let e = engine(json!({"version": "1", "tools": {"pay": {"limits": [
+        {"counter": "spend", "window": "day", "max": 1, "scope": "global"}]}}}));
+    let d = e.decide::<&Value>(&Call {
+        tool: "pay",
+        server: None,
+        subject: Subject::default(),
+        args: None,
+        dry_run: false,
+        hits: None,
+    });
+    let follow = Follow::CallOutcome {
+        id: json!(1),
+        reservation: d.reservation.unwrap(),
+    };
+    let md = Some(metadata(&follow, Caller::default()));
+    let mut first = message(&md, body(b"upstream overloaded", false), true);
+    let mut code = Struct::default();
+    code.fields.insert(
+        "response.code".into(),
+        ProtoValue {
+            kind: Some(Kind::NumberValue(503.0)),
+        },
+    );
+    first
+        .attributes
+        .insert("envoy.filters.http.ext_proc".into(), code);
+    let mut exchange = Exchange::default();
+    exchange.process(&e, &first);
+    assert!(exchange.finished(), "the status alone says the call failed");
+    assert_eq!(e.stats().released_on_failure()[0], ("http_status", 1));
+}

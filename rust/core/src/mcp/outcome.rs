@@ -42,9 +42,22 @@ pub enum Outcome {
     Failed(Failure),
 }
 
+/// How the answer's body is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    /// Not known yet: from the content type when it is given, else from the body's first
+    /// byte (a JSON message opens with `{`; anything else is read as an event stream).
+    Unknown,
+    Framed(Framing),
+    /// A media type that carries no message.
+    Nothing,
+}
+
 /// Follows one `tools/call` answer.
 pub struct CallWatcher {
-    framing: Option<Framing>,
+    reading: Reading,
+    /// The status has been seen.
+    headed: bool,
     id: Value,
     body: Vec<u8>,
     events: EventSplitter,
@@ -71,7 +84,8 @@ impl CallWatcher {
     /// Follow the answer to request `id`.
     pub fn new(id: Value) -> CallWatcher {
         CallWatcher {
-            framing: None,
+            reading: Reading::Unknown,
+            headed: false,
             id,
             body: Vec::new(),
             events: EventSplitter::default(),
@@ -83,13 +97,22 @@ impl CallWatcher {
         self.outcome
     }
 
-    /// The answer's status and content-type arrived.
-    pub fn head(&mut self, status: u16, content_type: &str) -> Outcome {
-        self.framing = Framing::of(content_type);
+    /// Whether the answer's status has been seen.
+    pub fn headed(&self) -> bool {
+        self.headed
+    }
+
+    /// The answer's status arrived, and its content type when the proxy sent its headers
+    /// (`None`: the body will say).
+    pub fn head(&mut self, status: u16, content_type: Option<&str>) -> Outcome {
+        self.headed = true;
+        if let Some(content_type) = content_type {
+            self.reading = Framing::of(content_type).map_or(Reading::Nothing, Reading::Framed);
+        }
         if self.outcome == Outcome::Pending {
             if status >= 400 {
                 self.outcome = Outcome::Failed(Failure::HttpStatus(status));
-            } else if self.framing.is_none() {
+            } else if self.reading == Reading::Nothing {
                 self.outcome = Outcome::Ran;
             }
         }
@@ -101,17 +124,33 @@ impl CallWatcher {
         if self.outcome != Outcome::Pending {
             return self.outcome;
         }
-        match self.framing {
-            Some(Framing::Json) => {
+        if self.reading == Reading::Unknown {
+            if let Some(first) = chunk.iter().find(|b| !b.is_ascii_whitespace()) {
+                let framing = if *first == b'{' {
+                    Framing::Json
+                } else {
+                    Framing::EventStream
+                };
+                self.reading = Reading::Framed(framing);
+            }
+        }
+        match self.reading {
+            Reading::Framed(Framing::Json) => {
                 self.body.extend_from_slice(chunk);
+                // A message is whole when it ends with its closing brace: read it then, so the
+                // outcome is known without waiting for the body's end.
+                let closed = chunk.trim_ascii_end().ends_with(b"}");
                 if self.body.len() > MAX_EVENT_BYTES {
                     self.outcome = Outcome::Ran;
-                } else if end {
-                    let body = std::mem::take(&mut self.body);
-                    self.outcome = self.answer(&body).unwrap_or(Outcome::Ran);
+                } else if end || closed {
+                    match self.answer(&self.body) {
+                        Some(outcome) => self.outcome = outcome,
+                        None if end => self.outcome = Outcome::Ran,
+                        None => {}
+                    }
                 }
             }
-            Some(Framing::EventStream) => match self.events.feed(chunk, end) {
+            Reading::Framed(Framing::EventStream) => match self.events.feed(chunk, end) {
                 Ok(events) => {
                     let answers = events.iter().filter_map(|e| e.data.as_deref());
                     for data in answers {
@@ -123,7 +162,8 @@ impl CallWatcher {
                 }
                 Err(_) => self.outcome = Outcome::Ran,
             },
-            None => self.outcome = Outcome::Ran,
+            Reading::Unknown => {}
+            Reading::Nothing => self.outcome = Outcome::Ran,
         }
         if end && self.outcome == Outcome::Pending {
             self.outcome = Outcome::Ran;
@@ -157,7 +197,7 @@ mod tests {
 
     fn watch(status: u16, content_type: &str, body: &str, id: Value) -> Outcome {
         let mut w = CallWatcher::new(id);
-        w.head(status, content_type);
+        w.head(status, Some(content_type));
         let (a, b) = body.split_at(body.len() / 2);
         w.feed(a.as_bytes(), false);
         w.feed(b.as_bytes(), true)
@@ -198,7 +238,7 @@ mod tests {
         );
         for cut in 0..stream.len() {
             let mut w = CallWatcher::new(json!("c"));
-            w.head(200, "text/event-stream");
+            w.head(200, Some("text/event-stream"));
             w.feed(&stream.as_bytes()[..cut], false);
             assert_eq!(
                 w.feed(&stream.as_bytes()[cut..], true),
@@ -207,7 +247,41 @@ mod tests {
             );
         }
         let mut w = CallWatcher::new(json!("c"));
-        w.head(200, "text/event-stream");
+        w.head(200, Some("text/event-stream"));
         assert_eq!(w.feed(b": only a comment\n\n", true), Outcome::Ran);
+    }
+
+    #[test]
+    fn without_headers_the_body_says_how_it_is_framed() {
+        let error = r#"{"jsonrpc":"2.0","id":4,"error":{"code":-1,"message":"x"}}"#;
+        let event = format!("data: {error}\n\n");
+        for body in [format!("  {error}"), event] {
+            let mut w = CallWatcher::new(json!(4));
+            w.head(200, None);
+            assert_eq!(w.feed(b"", false), Outcome::Pending);
+            assert_eq!(
+                w.feed(body.as_bytes(), false),
+                Outcome::Failed(Failure::JsonRpcError),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_json_answer_is_read_once_it_closes_not_before() {
+        let tool_error =
+            r#"{"jsonrpc":"2.0","id":4,"result":{"content":[{"text":"}"}],"isError":true}}"#;
+        let mut w = CallWatcher::new(json!(4));
+        w.head(200, Some("application/json"));
+        // Cut after a brace inside a string: not yet a whole message.
+        let cut = tool_error.find("\"}\"").unwrap() + 2;
+        assert_eq!(
+            w.feed(&tool_error.as_bytes()[..cut], false),
+            Outcome::Pending
+        );
+        assert_eq!(
+            w.feed(&tool_error.as_bytes()[cut..], false),
+            Outcome::Failed(Failure::ToolError)
+        );
     }
 }
