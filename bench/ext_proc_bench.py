@@ -54,6 +54,7 @@ from pathlib import Path
 import envoy_bench as eb
 import grpc_bench as gb
 from prometheus_client.parser import text_string_to_metric_families
+from wire_bench import build_floor
 
 BEGIN, END = "<!-- BEGIN ext-proc -->", "<!-- END ext-proc -->"
 SECTION = "## ext_proc: filtering tool lists and following calls"
@@ -63,9 +64,13 @@ DEPLOYED = {
 }
 AIM_ADDED_P50_US = 100.0
 X, MINUS = gb.X, "\u2212"
-CONFIGS = ["plain", "authz", "authz+proc", "authz+proc-sync"]
-#: Which configs each exchange runs through: the -sync variant changes tools/call only.
+CONFIGS = ["plain", "authz", "authz+proc", "authz+proc-sync", "authz+proc-floor"]
+#: Which configs each exchange runs through: the -sync and -floor variants follow tools/call
+#: answers only (the floor filters no list).
 EXCHANGES = {"call": CONFIGS, "list": CONFIGS[:3]}
+#: The configs whose ext_proc is toolgate's (the floor's lets everything through).
+FILTERING = ("authz+proc", "authz+proc-sync")
+FLOOR_BIN = gb.ROOT / "target" / "release" / "examples" / "floor"
 LOADS = (("single", "one in flight"), ("loaded", "loaded"))
 ANSWER_HEADER = "x-bench-answer"  # the upstream's route: which constant it answers
 #: After the last answer, how long the counters may take to reach what the run must show: an
@@ -167,10 +172,12 @@ def deployed_config(path: Path, workdir: Path) -> dict:
 
 
 def proc_config(
-    deployed: dict, *, sync: bool, listen: int, admin: int, toolgate: int, upstream: int
-) -> dict:
+    deployed: dict, *, sync: bool, listen: int, admin: int, toolgate: int, upstream: int,
+    answers: int | None = None,
+) -> dict:  # fmt: skip
     """The ext_authz + ext_proc listener on these ports, every route's server id the bench's;
-    ``sync``: toolgate.outcomes without observability mode (Envoy waits for toolgate)."""
+    ``sync``: toolgate.outcomes without observability mode (Envoy waits for toolgate);
+    ``answers``: where the ext_proc streams go (default: toolgate)."""
     listener = copy.deepcopy(deployed["listener"])
     eb._set_port(listener["address"], listen)
     hcm = eb._hcm(listener)
@@ -190,9 +197,9 @@ def proc_config(
     if used != {"mcp"}:
         raise RuntimeError(f"the deployed routes lead to {sorted(used)}, not the mcp cluster")
     sidecar_clusters = []
-    for name in ("toolgate", "toolgate-answers"):
+    for name, port in (("toolgate", toolgate), ("toolgate-answers", answers or toolgate)):
         cluster = copy.deepcopy(deployed["clusters"][name])
-        eb._set_endpoint_port(cluster, toolgate)
+        eb._set_endpoint_port(cluster, port)
         sidecar_clusters.append(cluster)
     mcp = copy.deepcopy(deployed["clusters"]["mcp"])
     eb._set_endpoint_port(mcp, upstream)
@@ -206,7 +213,7 @@ def proc_config(
 
 
 def envoy_config(
-    name: str, deployed: dict, listen: int, admin: int, tport: int, uport: int
+    name: str, deployed: dict, listen: int, admin: int, tport: int, uport: int, fport: int
 ) -> dict:
     if name in ("plain", "authz"):
         return eb.bench_config(
@@ -215,7 +222,7 @@ def envoy_config(
         )  # fmt: skip
     return proc_config(
         deployed["proc"], sync=name.endswith("-sync"), listen=listen, admin=admin,
-        toolgate=tport, upstream=uport,
+        toolgate=tport, upstream=uport, answers=fport if name.endswith("-floor") else None,
     )  # fmt: skip
 
 
@@ -487,11 +494,11 @@ def probe(name: str, envoy: gb.Server) -> tuple[str, dict[str, bytes]]:
     status, _, listed = exchange(envoy, "list")
     result = json.loads(listed).get("result", {})
     names = [t["name"] for t in result.get("tools", [])]
-    want = VISIBLE if "+proc" in name else [t["name"] for t in TOOLS]
+    want = VISIBLE if name in FILTERING else [t["name"] for t in TOOLS]
     if status != 200 or names != want:
         raise RuntimeError(f"{name}: tools/list answered {status} with {len(names)} tools")
-    if "+proc" not in name and listed != LIST_ANSWER:
-        raise RuntimeError(f"{name}: the tools/list answer was changed without ext_proc")
+    if name not in FILTERING and listed != LIST_ANSWER:
+        raise RuntimeError(f"{name}: the tools/list answer was changed without toolgate")
     marks = {k: v for k, v in result.items() if k != "tools"}
     shown = f"tools/call 200 `x-toolgate-code: {ours['x-toolgate-code']}`" if authz else ""
     shown = shown or "tools/call 200, no toolgate headers"
@@ -588,6 +595,7 @@ def report(args, runs: list[Run], probes: list[str], sizes: dict, elapsed: float
 
     diffs = (
         ("authz+proc", "authz"),
+        ("authz+proc-floor", "authz"),
         ("authz+proc-sync", "authz"),
         ("authz", "plain"),
         ("authz+proc", "plain"),
@@ -604,7 +612,10 @@ def report(args, runs: list[Run], probes: list[str], sizes: dict, elapsed: float
         "deploy/envoy/mcp-ext-authz.yaml without and with ext_authz, `authz+proc` "
         "deploy/envoy/mcp-ext-authz-ext-proc.yaml, `authz+proc-sync` the same with "
         "`observability_mode` off on `toolgate.outcomes` (Envoy waits for toolgate on each "
-        "tools/call answer; not deployed). Upstream: the deployed `mcp` cluster (HTTP/1.1) on "
+        "tools/call answer; not deployed), `authz+proc-floor` the same config with its ext_proc "
+        "streams sent to a server on toolgate's stack that does nothing with them "
+        "(rust/server/examples/floor.rs: it ends each stream after the answer's first part; "
+        "what any ext_proc server costs Envoy here). Upstream: the deployed `mcp` cluster (HTTP/1.1) on "
         "one more Envoy (`--concurrency 1`) answering constants: a "
         f"{len(CALL_ANSWER)}-byte tools/call result, or a {len(LIST_ANSWER):,}-byte tools/list "
         f"of {len(TOOLS)} tools, {hidden} of which the caller may not see (`delete_*` hidden, "
@@ -670,6 +681,9 @@ def report(args, runs: list[Run], probes: list[str], sizes: dict, elapsed: float
         "",
         f"ext_proc added at p50 to a tools/call over ext_authz alone (aim ≤ "
         f"{AIM_ADDED_P50_US:.0f} µs): one in flight {aim('single')}, loaded {aim('loaded')}. "
+        f"A server that does nothing with the streams (`authz+proc-floor`) adds "
+        f"{at('call', 'authz+proc-floor', 'single')} one in flight, "
+        f"{at('call', 'authz+proc-floor', 'loaded')} loaded: Envoy's own part. "
         f"Waiting for toolgate on the answer instead (`authz+proc-sync`): "
         f"{at('call', 'authz+proc-sync', 'single')} one in flight, "
         f"{at('call', 'authz+proc-sync', 'loaded')} loaded. Filtering a tools/list of "
@@ -735,6 +749,7 @@ def main() -> int:
     ):
         raise SystemExit(missing_markers())
     started = time.monotonic()
+    build_floor()
     workdir = Path(tempfile.mkdtemp(prefix="ext-proc-bench-"))
     bodies = {}
     for kind, request in REQUESTS.items():
@@ -745,6 +760,11 @@ def main() -> int:
     try:
         deployed = {k: deployed_config(path, workdir) for k, path in DEPLOYED.items()}
         servers["toolgate"] = tg = sidecar(bench_policy(workdir), workdir, args.sidecar_arg)
+        fport = gb.free_port()
+        floor_cmd = [str(FLOOR_BIN), "--listen", f"127.0.0.1:{fport}", *args.sidecar_arg]
+        servers["floor"] = gb.start_server(
+            "floor", floor_cmd, fport, workdir, eb.decide_request(dry_run=True)
+        )
         uport, uadmin = gb.free_port(), gb.free_port()
         path = workdir / "upstream.json"
         path.write_text(json.dumps(upstream_config(uport, uadmin), indent=1))
@@ -754,7 +774,7 @@ def main() -> int:
         for name in CONFIGS:
             port, admin = gb.free_port(), gb.free_port()
             path = workdir / f"{name}.json"
-            cfg = envoy_config(name, deployed, port, admin, tg.port, uport)
+            cfg = envoy_config(name, deployed, port, admin, tg.port, uport, fport)
             path.write_text(json.dumps(cfg, indent=1))
             servers[name] = eb.start_envoy(name, path, admin, workdir, port=port)
         probes, answers = [], {}

@@ -1,8 +1,10 @@
 //! The native transport's floor, for the benchmarks (bench/wire_bench.py): the sidecar's
 //! stack (tonic on a tokio runtime of `--threads` worker threads, TCP_NODELAY, one listener)
 //! serving `toolgate.v1.Decider/Decide` and Envoy's `Authorization/Check` with constant
-//! answers. What `toolgate serve` adds over it is the decision, its bookkeeping and the
-//! sidecar's extra services and layers.
+//! answers, and Envoy's `ExternalProcessor/Process` by changing nothing (each message let
+//! through, or in observability mode not answered; the stream ended with the answer, as
+//! toolgate ends it). What `toolgate serve` adds over it is the decision, its bookkeeping and
+//! the sidecar's extra services and layers.
 //!
 //! ```sh
 //! cargo build --release -p toolgate-server --example floor
@@ -18,15 +20,26 @@
 //! what the sidecar does per call.
 
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Part;
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as Reply;
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    BodyResponse, HeadersResponse, ProcessingRequest, ProcessingResponse, TrailersResponse,
+};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio_stream::Stream;
 use prost::Message;
 use std::net::SocketAddr;
 use tonic::transport::server::TcpIncoming;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 use toolgate_server::decider::pb::{
     self, decider_server::Decider, decider_server::DeciderServer, DecideBatchRequest,
     DecideBatchResponse, DecideRequest, DecideResponse, ReleaseRequest, ReleaseResponse,
 };
 use toolgate_server::grpc::envoy::authorization_server::{Authorization, AuthorizationServer};
+use toolgate_server::grpc::envoy::external_processor_server::{
+    ExternalProcessor, ExternalProcessorServer,
+};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -65,6 +78,73 @@ struct CheckFloor {
 impl Authorization for CheckFloor {
     async fn check(&self, _: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
         Ok(Response::new(self.answer.clone()))
+    }
+}
+
+struct ProcessFloor;
+
+#[tonic::async_trait]
+impl ExternalProcessor for ProcessFloor {
+    type ProcessStream = Replies;
+
+    async fn process(
+        &self,
+        request: Request<Streaming<ProcessingRequest>>,
+    ) -> Result<Response<Replies>, Status> {
+        Ok(Response::new(Replies {
+            messages: request.into_inner(),
+            done: false,
+        }))
+    }
+}
+
+/// Lets every message through unchanged, and ends the stream after the answer's first part
+/// of body (or headers with nothing after them): the least an ext_proc server can do.
+struct Replies {
+    messages: Streaming<ProcessingRequest>,
+    done: bool,
+}
+
+impl Stream for Replies {
+    type Item = Result<ProcessingResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if self.done {
+                return Poll::Ready(None);
+            }
+            let message = match std::task::ready!(Pin::new(&mut self.messages).poll_next(cx)) {
+                None => return Poll::Ready(None),
+                Some(Err(status)) => return Poll::Ready(Some(Err(status))),
+                Some(Ok(message)) => message,
+            };
+            let reply = match message.request {
+                Some(Part::ResponseHeaders(h)) => {
+                    self.done = h.end_of_stream;
+                    Reply::ResponseHeaders(HeadersResponse::default())
+                }
+                Some(Part::ResponseBody(_)) => {
+                    self.done = true;
+                    Reply::ResponseBody(BodyResponse::default())
+                }
+                Some(Part::RequestHeaders(_)) => Reply::RequestHeaders(HeadersResponse::default()),
+                Some(Part::RequestBody(_)) => Reply::RequestBody(BodyResponse::default()),
+                Some(Part::RequestTrailers(_)) => {
+                    Reply::RequestTrailers(TrailersResponse::default())
+                }
+                Some(Part::ResponseTrailers(_)) => {
+                    self.done = true;
+                    Reply::ResponseTrailers(TrailersResponse::default())
+                }
+                None => continue,
+            };
+            if !message.observability_mode {
+                return Poll::Ready(Some(Ok(ProcessingResponse {
+                    response: Some(reply),
+                    ..Default::default()
+                })));
+            }
+        }
     }
 }
 
@@ -161,6 +241,7 @@ fn main() {
             .add_service(AuthorizationServer::new(CheckFloor {
                 answer: args.check_answer,
             }))
+            .add_service(ExternalProcessorServer::new(ProcessFloor))
             .serve_with_incoming(incoming)
             .await
             .map_err(|e| format!("the server failed: {e}"))
