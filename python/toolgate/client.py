@@ -16,7 +16,7 @@ import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, ClassVar, TypedDict, Unpack
 
 import grpc
 import grpc.aio
@@ -32,10 +32,9 @@ _DECIDE_BATCH = "/toolgate.v1.Decider/DecideBatch"
 _RELEASE = "/toolgate.v1.Decider/Release"
 
 
-class Call(TypedDict, total=False):
-    """One call of ``decide_batch``: ``tool`` and the keywords of ``decide``."""
+class CallOptions(TypedDict, total=False):
+    """The keywords of ``decide``, as for ``Engine.decide``."""
 
-    tool: str
     server: str | None
     grant: str | None
     session: str | None
@@ -43,6 +42,12 @@ class Call(TypedDict, total=False):
     attributes: Mapping[str, str] | None
     arguments: Mapping[str, Any] | str | bytes | None
     dry_run: bool
+
+
+class Call(CallOptions, total=False):
+    """One call of ``decide_batch``: ``tool`` and the keywords of ``decide``."""
+
+    tool: str
 
 
 def _request(
@@ -156,17 +161,7 @@ class _Decider:
     """toolgate.v1.Decider's methods on a channel (grpcio's or grpc.aio's), sending and
     receiving message bytes."""
 
-    def __init__(self, channel: Any, timeout: float) -> None:
-        self._channel = channel
-        self._decide = channel.unary_unary(_DECIDE)
-        self._decide_batch = channel.unary_unary(_DECIDE_BATCH)
-        self._release = channel.unary_unary(_RELEASE)
-        self._timeout = timeout
-
-
-class Client(_Decider):
-    """Asks a toolgate sidecar for decisions over gRPC. A call the sidecar does not answer
-    raises ``grpc.RpcError``; an answer this version cannot read raises ``ValueError``."""
+    _open: ClassVar[Any]  # makes the channel: grpcio's or grpc.aio's
 
     def __init__(
         self,
@@ -186,31 +181,26 @@ class Client(_Decider):
             private_key=private_key,
             server_name=server_name,
         )
-        super().__init__(channel(target, security), timeout)
+        self._channel = channel = type(self)._open(target, security)
+        self._decide = channel.unary_unary(_DECIDE)
+        self._decide_batch = channel.unary_unary(_DECIDE_BATCH)
+        self._release = channel.unary_unary(_RELEASE)
+        self._timeout = timeout
+
+
+class Client(_Decider):
+    """Asks a toolgate sidecar for decisions over gRPC. A call the sidecar does not answer
+    raises ``grpc.RpcError``; an answer this version cannot read raises ``ValueError``."""
+
+    _open = staticmethod(channel)
 
     def decide(
         self,
         tool: str,
-        *,
-        server: str | None = None,
-        grant: str | None = None,
-        session: str | None = None,
-        agent: str | None = None,
-        attributes: Mapping[str, str] | None = None,
-        arguments: Mapping[str, Any] | str | bytes | None = None,
-        dry_run: bool = False,
+        **options: Unpack[CallOptions],
     ) -> Decision:
         """Decide one call; keywords as for ``Engine.decide``."""
-        request = _request(
-            tool,
-            server=server,
-            grant=grant,
-            session=session,
-            agent=agent,
-            attributes=attributes,
-            arguments=arguments,
-            dry_run=dry_run,
-        )
+        request = _request(tool, **options)
         response = self._decide(request.SerializeToString(), timeout=self._timeout)
         return Decision.from_wire(response)
 
@@ -237,49 +227,15 @@ class AsyncClient(_Decider):
     """``Client`` for asyncio (grpc.aio): the same keywords, coroutines that answer with the
     same ``Decision``. Make it in the event loop that uses it."""
 
-    def __init__(
-        self,
-        target: str,
-        *,
-        timeout: float = 5.0,
-        tls: bool = False,
-        root_certificates: Pem | None = None,
-        certificate_chain: Pem | None = None,
-        private_key: Pem | None = None,
-        server_name: str | None = None,
-    ) -> None:
-        security = Security(
-            tls=tls,
-            root_certificates=root_certificates,
-            certificate_chain=certificate_chain,
-            private_key=private_key,
-            server_name=server_name,
-        )
-        super().__init__(aio_channel(target, security), timeout)
+    _open = staticmethod(aio_channel)
 
     async def decide(
         self,
         tool: str,
-        *,
-        server: str | None = None,
-        grant: str | None = None,
-        session: str | None = None,
-        agent: str | None = None,
-        attributes: Mapping[str, str] | None = None,
-        arguments: Mapping[str, Any] | str | bytes | None = None,
-        dry_run: bool = False,
+        **options: Unpack[CallOptions],
     ) -> Decision:
         """Decide one call; keywords as for ``Engine.decide``."""
-        request = _request(
-            tool,
-            server=server,
-            grant=grant,
-            session=session,
-            agent=agent,
-            attributes=attributes,
-            arguments=arguments,
-            dry_run=dry_run,
-        )
+        request = _request(tool, **options)
         response = await self._decide(request.SerializeToString(), timeout=self._timeout)
         return Decision.from_wire(response)
 
