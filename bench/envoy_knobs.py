@@ -13,7 +13,10 @@ vary. The variants (``--list`` prints them) change one setting each, against:
 - ``plain``: deploy/envoy/mcp-ext-authz.yaml without the ext_authz filter;
 - ``authz``: deploy/envoy/mcp-ext-authz.yaml as deployed;
 - ``proc``: deploy/envoy/mcp-ext-authz-ext-proc.yaml as deployed (the Check's answer takes the
-  ``tools-call`` route: ``toolgate.outcomes`` follows the answer in observability mode).
+  ``tools-call`` route: ``toolgate.outcomes`` follows the answer in observability mode);
+- ``alone``, ``alone-follow``: no ext_authz, one ext_proc filter doing its work instead (the
+  request's headers and buffered body, and with ``-follow`` the answer on the same stream),
+  set against ``authz`` and ``proc``: whether ext_proc alone would be the cheaper design.
 
 Settings that change every stream Envoy handles (``--concurrency``, the HTTP/2 codec, stats)
 have a ``plain-*`` twin, so what the filter adds is measured on equal terms.
@@ -35,6 +38,7 @@ proc), medians over the runs with the runs listed.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import re
 import shutil
@@ -57,7 +61,7 @@ BENCH_FREE = Path("/tmp/bench-free")
 FLOOR_BIN = gb.ROOT / "target" / "release" / "examples" / "floor"
 X, MINUS = gb.X, "\u2212"
 AUTHZ_FILTER = eb.EXT_AUTHZ
-OUTCOMES, ANSWERS = "toolgate.outcomes", "toolgate.answers"
+OUTCOMES, ANSWERS, ALONE = "toolgate.outcomes", "toolgate.answers", "toolgate.alone"
 RUNTIME_OGHTTP2 = "envoy.reloadable_features.http2_use_oghttp2"
 RUNTIME_SIDE_FLOW = "envoy.reloadable_features.grpc_side_stream_flow_control"
 #: Headers toolgate reads from a Check with its default settings (grant, session, MCP method
@@ -290,10 +294,46 @@ def lean(cfg: dict) -> None:
     f["grpc_service"]["envoy_grpc"]["skip_envoy_headers"] = True
 
 
+def ext_proc_alone(follow: bool) -> Callable[[Ctx], dict]:
+    """ext_authz replaced by one ext_proc filter to the same cluster, which would decide on
+    the request's headers and body (BUFFERED: Envoy waits for each answer) and, with
+    ``follow``, read the answer on the same stream (headers SEND, body STREAMED: Envoy waits
+    too, as one filter cannot be in observability mode for the answer only)."""
+
+    def build(ctx: Ctx) -> dict:
+        cfg = authz(ctx)
+        filters = hcm(cfg)["http_filters"]
+        i = next(i for i, f in enumerate(filters) if f["name"] == AUTHZ_FILTER)
+        grpc_service = copy.deepcopy(filters[i]["typed_config"]["grpc_service"])
+        # The headers are sent too: skipped, Envoy would pass them on (or answer a direct
+        # response) before the body, and so the call, had been decided.
+        mode = {"request_header_mode": "SEND", "request_body_mode": "BUFFERED"}
+        mode |= {"response_header_mode": "SEND" if follow else "SKIP"}
+        if follow:
+            mode["response_body_mode"] = "STREAMED"
+        filters[i] = {
+            "name": ALONE,
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3"
+                ".ExternalProcessor",
+                "grpc_service": grpc_service,
+                "processing_mode": mode,
+                "failure_mode_allow": False,
+            },
+        }
+        for route in routes(cfg):
+            route.get("typed_per_filter_config", {}).pop(AUTHZ_FILTER, None)
+            if not route.get("typed_per_filter_config", True):
+                del route["typed_per_filter_config"]
+        return cfg
+
+    return build
+
+
 @dataclass
 class Variant:
     name: str
-    kind: str  # plain | authz | proc: which checks apply, and the reference it is set against
+    kind: str  # plain | authz | proc | alone: which checks apply, the reference it is set against
     what: str
     build: Callable[[Ctx], dict]
     envoy_args: tuple[str, ...] = ()
@@ -301,7 +341,9 @@ class Variant:
 
     @property
     def reference(self) -> str:
-        return {"plain": "plain", "authz": "authz", "proc": "proc"}[self.kind]
+        if self.kind == "alone":  # set against the ext_authz config that does the same work
+            return "proc" if self.name.endswith("-follow") else "authz"
+        return self.kind
 
     @property
     def authz_twin(self) -> str:
@@ -403,6 +445,14 @@ VARIANTS = [
     ),
     Variant("proc-c1", "proc", "`--concurrency 1`", proc_base, C1),
     Variant(
+        "alone", "alone", "ext_proc alone deciding: ext_authz replaced by an ext_proc filter "
+        "sent the buffered request body", ext_proc_alone(follow=False),
+    ),
+    Variant(
+        "alone-follow", "alone", "ext_proc alone deciding and following the answer on the "
+        "same stream (headers SEND, body STREAMED)", ext_proc_alone(follow=True),
+    ),
+    Variant(
         "proc-nghttp2", "proc", f"runtime `{RUNTIME_OGHTTP2}` false",
         mutate(proc_base, lambda c: runtime(c, RUNTIME_OGHTTP2, False)),
     ),
@@ -481,7 +531,7 @@ def verify(r: Run) -> None:
     if r.data != n * len(eb.RESULT_BODY):
         p.append(f"{r.data} response bytes, want {n} x {len(eb.RESULT_BODY)}")
     want = {"http.mcp.downstream_rq_2xx": n}
-    if r.kind != "plain":
+    if r.kind in ("authz", "proc"):
         want |= {
             "http.mcp.ext_authz.ok": n,
             "http.mcp.ext_authz.denied": 0,
@@ -494,7 +544,12 @@ def verify(r: Run) -> None:
                 "cluster.toolgate.upstream_rq_200": n,
                 "cluster.toolgate.upstream_rq_timeout": 0,
             }
-    streams = n if r.kind == "proc" and r.config != "proc-off" else 0
+    if r.kind == "alone":  # one stream per request, to the toolgate cluster
+        want |= {
+            "cluster.toolgate.upstream_rq_completed": n,
+            "cluster.toolgate.upstream_rq_timeout": 0,
+        }
+    streams = n if r.kind in ("proc", "alone") and r.config != "proc-off" else 0
     want |= {
         "http.mcp.ext_proc.streams_started": streams,
         "http.mcp.ext_proc.streams_failed": 0,
@@ -502,7 +557,7 @@ def verify(r: Run) -> None:
         "http.mcp.ext_proc.message_timeouts": 0,
         "http.mcp.ext_proc.spurious_msgs_received": 0,
     }
-    if streams and r.config != "proc-google":
+    if streams and r.kind == "proc" and r.config != "proc-google":
         want |= {
             "cluster.toolgate-answers.upstream_rq_completed": n,
             "cluster.toolgate-answers.upstream_rq_timeout": 0,
@@ -510,8 +565,8 @@ def verify(r: Run) -> None:
     for k, v in want.items():
         if d.get(k, 0) != v:
             p.append(f"{k} +{d.get(k, 0)} (want {v})")
-    if r.kind == "plain" and any(k.startswith("http.mcp.ext_authz.") for k in d):
-        p.append("ext_authz counters moved on a plain config")
+    if r.kind in ("plain", "alone") and any(k.startswith("http.mcp.ext_authz.") for k in d):
+        p.append(f"ext_authz counters moved on a {r.kind} config")
     if over := {k: v for k, v in d.items() if "overflow" in k}:
         p.append(f"circuit breaker overflows {over}")
 
@@ -564,13 +619,13 @@ def probe(v: Variant, envoy: gb.Server) -> str:
     """One request by hand: the constant answer, toolgate's headers through the filter, and
     as many ext_proc streams as the config must open."""
     s0 = xb.envoy_stats(envoy)
-    shown = eb.probe(envoy, v.kind != "plain")
+    shown = eb.probe(envoy, v.kind in ("authz", "proc"))
     deadline = time.monotonic() + xb.SETTLE
     while xb.open_requests(xb.envoy_stats(envoy)) and time.monotonic() < deadline:
         time.sleep(0.05)
     d = xb.diff(xb.envoy_stats(envoy), s0)
     streams = d.get("http.mcp.ext_proc.streams_started", 0)
-    want = 1 if v.kind == "proc" and v.name != "proc-off" else 0
+    want = 1 if v.kind in ("proc", "alone") and v.name != "proc-off" else 0
     if streams != want:
         raise RuntimeError(f"{v.name}: {streams} ext_proc streams for one request, want {want}")
     return f"{shown}, {streams} ext_proc stream(s)"
