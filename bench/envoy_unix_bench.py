@@ -117,7 +117,11 @@ def main() -> int:
         servers["floor"] = gb.start_server(
             "floor", floor_cmd, fport, workdir, eb.decide_request(dry_run=True)
         )
-        if gb.call_raw(fport, check, method=pb.CHECK) != answer.read_bytes():
+        # Compared as messages: the floor encodes the metadata Struct's keys in its own order.
+        from envoy.service.auth.v3.external_auth_pb2 import CheckResponse
+
+        floor_answer = CheckResponse.FromString(gb.call_raw(fport, check, method=pb.CHECK))
+        if floor_answer != CheckResponse.FromString(answer.read_bytes()):
             raise RuntimeError("the floor's Check answer differs from the sidecar's")
         for name in CONFIGS:
             port, admin = gb.free_port(), gb.free_port()
