@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import re
 import shutil
 import signal
 import statistics
@@ -594,18 +593,7 @@ def measure(envoy: gb.Server, floor: gb.Server, body: Path, run: Run, workdir: P
     e1, f1 = envoy.cpu_seconds(), floor.cpu_seconds()
     cs1 = envoy.context_switches()
     _, st1 = gb.cpu_ticks()
-    if proc.returncode != 0:
-        raise RuntimeError(f"h2load failed: {' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}")
-    summary = gb.parse_summary(proc.stdout)
-    durations, statuses = gb.read_log(log)
-    log.unlink()
-    done = max(len(durations), 1)
-    run.rps = summary["rps"]
-    run.succeeded = int(summary.get("succeeded", len(durations)))
-    run.failed = int(summary.get("failed", 0))
-    run.statuses = dict(statuses)
-    run.data = int(m.group(1)) if (m := re.search(r"\((\d+)\) data", proc.stdout)) else -1
-    run.p50, run.p99, run.p999 = (gb.percentile(durations, q) for q in (0.5, 0.99, 0.999))
+    done = xb.read_h2load(run, cmd, proc, log)
     run.envoy_cpu_us = (e1 - e0) / done * 1e6
     run.floor_cpu_us = (f1 - f0) / done * 1e6
     run.envoy_cs = (cs1 - cs0) / done

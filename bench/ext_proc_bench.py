@@ -393,6 +393,23 @@ def verify(r: Run) -> None:
         problems.append(f"toolgate's limit counted {r.counted} (want {n})")
 
 
+def read_h2load(run, cmd: list[str], proc: subprocess.CompletedProcess, log: Path) -> int:
+    """Fill ``run`` from h2load's summary and per-request log (which it then removes);
+    return how many requests completed (at least 1, to divide by)."""
+    if proc.returncode != 0:
+        raise RuntimeError(f"h2load failed: {' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}")
+    summary = gb.parse_summary(proc.stdout)
+    durations, statuses = gb.read_log(log)
+    log.unlink()
+    run.rps = summary["rps"]
+    run.succeeded = int(summary.get("succeeded", len(durations)))
+    run.failed = int(summary.get("failed", 0))
+    run.statuses = dict(statuses)
+    run.data = int(m.group(1)) if (m := re.search(r"\((\d+)\) data", proc.stdout)) else -1
+    run.p50, run.p99, run.p999 = (gb.percentile(durations, q) for q in (0.5, 0.99, 0.999))
+    return max(len(durations), 1)
+
+
 def run_h2load(
     envoy: gb.Server, toolgate: gb.Server, upstream: gb.Server, body: Path, run: Run,
     workdir: Path, timeout: float, quiet: tuple,
@@ -414,18 +431,7 @@ def run_h2load(
     e1, t1, u1 = envoy.cpu_seconds(), toolgate.cpu_seconds(), upstream.cpu_seconds()
     ecs1, tcs1 = envoy.context_switches(), toolgate.context_switches()
     _, st1 = gb.cpu_ticks()
-    if proc.returncode != 0:
-        raise RuntimeError(f"h2load failed: {' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}")
-    summary = gb.parse_summary(proc.stdout)
-    durations, statuses = gb.read_log(log)
-    log.unlink()
-    done = max(len(durations), 1)
-    run.rps = summary["rps"]
-    run.succeeded = int(summary.get("succeeded", len(durations)))
-    run.failed = int(summary.get("failed", 0))
-    run.statuses = dict(statuses)
-    run.data = int(m.group(1)) if (m := re.search(r"\((\d+)\) data", proc.stdout)) else -1
-    run.p50, run.p99, run.p999 = (gb.percentile(durations, q) for q in (0.5, 0.99, 0.999))
+    done = read_h2load(run, cmd, proc, log)
     run.envoy_cpu_us = (e1 - e0) / done * 1e6
     run.toolgate_cpu_us = (t1 - t0) / done * 1e6
     run.upstream_cpu_us = (u1 - u0) / done * 1e6
