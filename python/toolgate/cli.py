@@ -11,6 +11,7 @@ from typing import Any
 
 from toolgate import Engine, Policy, PolicyError, __version__
 from toolgate.addresses import listen_address, metrics_address, target_address
+from toolgate.call_options import add_call_options, parse_arguments, parse_attributes
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -28,16 +29,6 @@ def _validate(args: argparse.Namespace) -> int:
             if not args.quiet:
                 print(f"{path}: ok", file=sys.stderr)
     return 1 if failed else 0
-
-
-def _attributes(pairs: Sequence[str]) -> dict[str, str]:
-    attributes = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"toolgate decide: --attr expects KEY=VALUE, got {pair!r}")
-        attributes[key] = value
-    return attributes
 
 
 def _local_decider(policy: str) -> Callable[..., dict[str, Any]] | None:
@@ -73,16 +64,11 @@ def _decide(args: argparse.Namespace) -> int:
         rpc_error = (grpc.RpcError,)
     if decide is None:
         return 1
-    arguments = None
-    if args.args is not None:
-        try:
-            arguments = json.loads(args.args)
-        except json.JSONDecodeError as err:
-            print(f"toolgate decide: --args is not valid JSON: {err}", file=sys.stderr)
-            return 1
-        if not isinstance(arguments, dict):
-            print("toolgate decide: --args must be a JSON object", file=sys.stderr)
-            return 1
+    try:
+        arguments = parse_arguments(args.args)
+    except ValueError as err:
+        print(f"toolgate decide: {err}", file=sys.stderr)
+        return 1
     if args.repeat < 1:
         print("toolgate decide: --repeat must be at least 1", file=sys.stderr)
         return 1
@@ -94,7 +80,7 @@ def _decide(args: argparse.Namespace) -> int:
                 grant=args.grant,
                 session=args.session,
                 agent=args.agent,
-                attributes=_attributes(args.attr),
+                attributes=parse_attributes(args.attr, "decide"),
                 arguments=arguments,
                 dry_run=args.dry_run,
             )
@@ -258,19 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="ask a running sidecar (HOST:PORT or unix:PATH)",
     )
-    decide.add_argument("--tool", required=True, metavar="NAME", help="the tool called")
-    decide.add_argument("--server", metavar="ID", help="the MCP server id (policy's servers)")
-    decide.add_argument("--grant", metavar="G", help="the credential the agent presents")
-    decide.add_argument("--session", metavar="S", help="the MCP session id")
-    decide.add_argument("--agent", metavar="A", help="the agent's id")
-    decide.add_argument(
-        "--attr",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a subject attribute, for conditions (repeatable)",
-    )
-    decide.add_argument("--args", metavar="JSON", help="the call's arguments as a JSON object")
+    add_call_options(decide)
     decide.add_argument("--repeat", type=int, default=1, metavar="N", help="decide N times")
     decide.add_argument(
         "--dry-run", action="store_true", help="evaluate without consuming counters"

@@ -12,10 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from toolgate import Engine, PolicyError
+from toolgate.call_options import add_call_options, parse_arguments, parse_attributes
 
 _INDENT = "   "
 
@@ -159,17 +160,6 @@ def render(steps: Iterable[Mapping[str, Any]]) -> str:
     return "\n".join(out) + "\n"
 
 
-def parse_attributes(pairs: Sequence[str], command: str) -> dict[str, str]:
-    """``KEY=VALUE`` options as a dict; a malformed one ends the command with a message."""
-    attributes = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"toolgate {command}: --attr expects KEY=VALUE, got {pair!r}")
-        attributes[key] = value
-    return attributes
-
-
 def _run(args: argparse.Namespace) -> int:
     try:
         engine = Engine.from_file(args.policy)
@@ -181,16 +171,11 @@ def _run(args: argparse.Namespace) -> int:
     except OSError as err:
         print(f"toolgate explain: {err}", file=sys.stderr)
         return 2
-    arguments = None
-    if args.args is not None:
-        try:
-            arguments = json.loads(args.args)
-        except json.JSONDecodeError as err:
-            print(f"toolgate explain: --args is not valid JSON: {err}", file=sys.stderr)
-            return 2
-        if not isinstance(arguments, dict):
-            print("toolgate explain: --args must be a JSON object", file=sys.stderr)
-            return 2
+    try:
+        arguments = parse_arguments(args.args)
+    except ValueError as err:
+        print(f"toolgate explain: {err}", file=sys.stderr)
+        return 2
     if args.after < 0:
         print("toolgate explain: --after must be at least 0", file=sys.stderr)
         return 2
@@ -225,19 +210,7 @@ def add_command(sub: Any) -> None:
     explain.add_argument(
         "--policy", required=True, metavar="FILE", help="the policy (JSON or YAML)"
     )
-    explain.add_argument("--tool", required=True, metavar="NAME", help="the tool called")
-    explain.add_argument("--server", metavar="ID", help="the MCP server id (its policy section)")
-    explain.add_argument("--grant", metavar="G", help="the caller's grant (credential)")
-    explain.add_argument("--session", metavar="S", help="the MCP session")
-    explain.add_argument("--agent", metavar="A", help="the calling agent")
-    explain.add_argument(
-        "--attr",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a subject attribute (subject.attributes.KEY); repeatable",
-    )
-    explain.add_argument("--args", metavar="JSON", help="the call's arguments as a JSON object")
+    add_call_options(explain)
     explain.add_argument("--json", action="store_true", help="the steps as JSON")
     explain.add_argument(
         "--after",
