@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use toolgate_core::counter::CounterTable;
 use toolgate_core::mcp::Follow;
-use toolgate_core::{Engine, ManualClock, Policy, Request as Call, Subject, Verdict};
+use toolgate_core::{Decision, Engine, ManualClock, Policy, Request as Call, Subject, Verdict};
 use toolgate_server::ext_proc::{exchange_metadata, Caller, Exchange, METADATA_NAMESPACE};
 
 fn engine(policy: Value) -> Engine {
@@ -178,20 +178,27 @@ proptest! {
     }
 }
 
+/// `pay`, limited to one call a day across all callers.
+fn spend_engine() -> Engine {
+    engine(json!({"version": "1", "tools": {"pay": {"limits": [
+        {"counter": "spend", "window": "day", "max": 1, "scope": "global"}]}}}))
+}
+
+fn pay(e: &Engine) -> Decision {
+    e.decide::<&Value>(&Call {
+        tool: "pay",
+        server: None,
+        subject: Subject::default(),
+        args: None,
+        dry_run: false,
+        hits: None,
+    })
+}
+
 #[test]
 fn a_failed_call_gives_its_reservation_back_once() {
-    let e = engine(json!({"version": "1", "tools": {"pay": {"limits": [
-        {"counter": "spend", "window": "day", "max": 1, "scope": "global"}]}}}));
-    let pay = || {
-        e.decide::<&Value>(&Call {
-            tool: "pay",
-            server: None,
-            subject: Subject::default(),
-            args: None,
-            dry_run: false,
-            hits: None,
-        })
-    };
+    let e = spend_engine();
+    let pay = || pay(&e);
     let d = pay();
     assert_eq!(d.verdict, Verdict::Allow);
     assert_eq!(pay().verdict, Verdict::Deny, "the limit of one is used");
@@ -215,8 +222,8 @@ fn a_failed_call_gives_its_reservation_back_once() {
         assert!(exchange.process(&e, &message(&md, request, true)).is_none());
     }
     assert!(exchange.finished());
-    // In a stream of events the outcome is known once the answer is read, even if the body's
-    // end never comes (the client went away); a JSON body is read whole, at its end.
+    // The outcome is known once the answer is read, even if the body's end never comes (the
+    // client went away): an event when it is whole, a JSON body when its brace closes.
     let mut cut = Exchange::default();
     cut.process(&e, &message(&md, headers(200, "text/event-stream"), true));
     assert!(!cut.finished());
@@ -301,16 +308,8 @@ fn an_answer_without_a_body_ends_with_its_headers() {
 fn without_headers_the_status_comes_as_an_attribute_of_the_body() {
     use envoy_types::pb::google::protobuf::value::Kind;
     use envoy_types::pb::google::protobuf::{Struct, Value as ProtoValue};
-    let e = engine(json!({"version": "1", "tools": {"pay": {"limits": [
-        {"counter": "spend", "window": "day", "max": 1, "scope": "global"}]}}}));
-    let d = e.decide::<&Value>(&Call {
-        tool: "pay",
-        server: None,
-        subject: Subject::default(),
-        args: None,
-        dry_run: false,
-        hits: None,
-    });
+    let e = spend_engine();
+    let d = pay(&e);
     let follow = Follow::CallOutcome {
         id: json!(1),
         reservation: d.reservation.unwrap(),
