@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import re
@@ -758,6 +759,25 @@ def show(attr: str, v: float) -> str:
 
 def med(runs: list[Run], attr: str) -> float:
     return statistics.median(getattr(r, attr) for r in runs)
+
+
+def median_ci(xs: list[float], level: float = 0.95) -> tuple[float, float] | None:
+    """A distribution-free confidence interval for the median of xs: the order statistics
+    that bracket it with at least `level` probability (the count of values below the true
+    median is Binomial(n, 1/2)). None when there are too few values for that level."""
+    n = len(xs)
+    tail, j = 0.0, 0
+    # Largest j with P(Binomial(n, 1/2) < j) <= (1 - level) / 2: the CI is the j-th smallest
+    # to the j-th largest value.
+    while True:
+        below = tail + math.comb(n, j) / 2**n
+        if below > (1 - level) / 2:
+            break
+        tail, j = below, j + 1
+    if j == 0:
+        return None
+    ordered = sorted(xs)
+    return ordered[j - 1], ordered[n - j]
 
 
 def verdict(ratio: float, aim: float, higher_is_better: bool) -> str:
