@@ -111,7 +111,7 @@ def warm(servers: dict[str, gb.Server], body: Path, args) -> None:
 def interleave(servers, names, body, workdir, args, loads, rounds=None) -> list[gb.Run]:
     runs = []
     for load, c, m in loads:
-        for i in range(1, (rounds or args.runs) + 1):
+        for i in range(1, (args.runs if rounds is None else rounds) + 1):
             for name in gb.rotated(names, i):
                 run = gb.Run(load, name, i, args.n_single, c, m)
                 if load == "saturated":
