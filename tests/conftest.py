@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import sidecar
 import toolgate
+from go_oracle import GoOracle, build_go_oracle
 
 #: The repository's example policies.
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -77,6 +78,15 @@ def transport(request: pytest.FixtureRequest) -> Iterator[str]:
     sidecar.use_transport(request.param)
     yield request.param
     sidecar.use_transport("native")
+
+
+@pytest.fixture(scope="session")
+def go_oracle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GoOracle]:
+    """How a Go MCP server reads JSON (tests/go_oracle), built once per session and kept
+    running."""
+    binary = build_go_oracle(tmp_path_factory.mktemp("go-oracle"))
+    with GoOracle(binary) as oracle:
+        yield oracle
 
 
 @pytest.fixture

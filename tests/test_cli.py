@@ -250,6 +250,7 @@ def test_decide_attributes_server_and_dry_run(tmp_path):
         ("{not json", "--args is not valid JSON"),
         ("[1, 2]", "--args must be a JSON object"),
         ('"text"', "--args must be a JSON object"),
+        ('{"a": {"b": 1, "b": 2}}', "--args has the key 'b' twice"),
     ],
 )
 def test_decide_invalid_args_exits_1(args, message):

@@ -357,8 +357,8 @@ def test_exists_false_requires_absence():
         ([1, 2], [1.0, 2], "ALLOWED"),
         ({"a": 1}, {"a": 1.0}, "ALLOWED"),
         ({"a": 1}, [1], "CONDITION_FAILED"),
-        (2**53 + 1, 2**53 + 1, "ALLOWED"),  # integers compare exactly
-        (2**53 + 1, 2**53, "CONDITION_FAILED"),
+        (2**53 - 1, 2**53 - 1, "ALLOWED"),  # integers compare exactly
+        (2**53 - 1, 2**53 - 2, "CONDITION_FAILED"),
     ],
 )
 def test_eq_compares_numbers_by_value_and_never_coerces(operand, value, code):
@@ -366,6 +366,34 @@ def test_eq_compares_numbers_by_value_and_never_coerces(operand, value, code):
     assert engine.decide("t", arguments={"v": value}).code == code
     # The same through JSON text, which takes the other argument reader.
     assert engine.decide("t", arguments=json.dumps({"v": value})).code == code
+
+
+@pytest.mark.parametrize("big", [2**53, 2**53 + 1, -(2**53) - 1, 2**64])
+@pytest.mark.parametrize(
+    ("op", "operand", "value"),
+    [
+        ("eq", 2**53, lambda n: n),
+        ("neq", 2**53, lambda n: n),
+        ("lt", 2**53, lambda n: n),
+        ("gte", 2**53, lambda n: n),
+        ("in", [1, 2**53], lambda n: n),
+        ("contains", 1, lambda n: [1, n]),
+        ("eq", [2**53], lambda n: [n]),
+        ("neq", {"a": 1}, lambda n: {"a": n}),
+    ],
+    ids=["eq", "neq", "lt", "gte", "in", "contains", "eq-array", "neq-object"],
+)
+def test_integers_beyond_2_53_are_never_compared(big, op, operand, value):
+    """JavaScript, and Go decoding into ``any``, read an integer beyond 2^53 rounded, Python
+    exactly: a condition reading one, alone or inside an array or object, cannot be
+    evaluated, and JSON text holding one is refused."""
+    value = value(big)
+    engine = make_engine(require_policy(cond("args.v", op, operand)))
+    d = engine.decide("t", arguments={"v": value})
+    assert d.code == "CONDITION_FAILED"
+    assert "could be read two ways" in d.reason
+    with pytest.raises(ValueError, match="beyond 2\\^53"):
+        engine.decide("t", arguments=json.dumps({"v": value}))
 
 
 def test_numeric_comparison_mixes_int_and_float():

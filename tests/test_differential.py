@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,15 +41,6 @@ from mcp.types.methods import SPEC_CLIENT_METHODS, validate_client_request
 from mcp.types.version import LATEST_HANDSHAKE_VERSION
 from pydantic import ValidationError
 from toolgate import _core
-
-
-@pytest.fixture(scope="session")
-def go_oracle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GoOracle]:
-    """The Go oracle, built once per session and kept running."""
-    binary = build_go_oracle(tmp_path_factory.mktemp("go-oracle"))
-    with GoOracle(binary) as oracle:
-        yield oracle
-
 
 # --- the readers --------------------------------------------------------------------------------
 

@@ -45,9 +45,20 @@ def parse_arguments(text: str | None) -> dict[str, Any] | None:
     if text is None:
         return None
     try:
-        arguments = json.loads(text)
+        # A key given twice is refused, not resolved: the decision would be on one value and
+        # a server keeping the other (decoders differ) would run another.
+        arguments = json.loads(text, object_pairs_hook=_refuse_duplicates)
     except json.JSONDecodeError as err:
         raise ValueError(f"--args is not valid JSON: {err}") from None
     if not isinstance(arguments, dict):
         raise ValueError("--args must be a JSON object")
     return arguments
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise ValueError(f"--args has the key {key!r} twice")
+        seen.add(key)
+    return dict(pairs)

@@ -442,9 +442,9 @@ class _Converter:
             "case",
             where,
             "approximated",
-            "policy v1 cannot evaluate an argument path whose key is missing while a key "
-            "differing only by case is present (an MCP server decoding case-insensitively "
-            "would read it), and denies; Intercept treats the key as missing.",
+            "policy v1 cannot evaluate an argument path while a key differing from it only "
+            "by case is present (an MCP server decoding case-insensitively could read that "
+            "one), and denies; Intercept reads the exact key, or treats it as missing.",
         )
         return {"path": args_path(c["path"]), "op": op, "value": c["value"]}
 

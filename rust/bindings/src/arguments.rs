@@ -66,23 +66,30 @@ impl<'py> ArgValue for PyArg<'py> {
         }
     }
 
+    /// A dict's value for `key`, unless another key of the dict could be read as `key` too:
+    /// a key that folds like it (Go's `encoding/json` keeps the last of them), or a key that
+    /// is not a string (`json.dumps` writes `1` and `"1"` both as `"1"`). Then the value a
+    /// tool's server reads is not known, and the lookup misses, which
+    /// [`ArgValue::has_case_variant`] turns into a condition that cannot be evaluated.
     fn get_key(&self, key: &str) -> Option<Self> {
         let dict = self.0.cast::<PyDict>().ok()?;
-        dict.get_item(key_string(dict.py(), key))
-            .ok()
-            .flatten()
-            .map(PyArg)
+        let value = dict.get_item(key_string(dict.py(), key)).ok().flatten()?;
+        let twin = dict.len() > 1
+            && dict.iter().any(|(k, _)| match k.cast::<PyString>() {
+                Ok(k) => k.to_str().is_ok_and(|k| k != key && fold_eq(k, key)),
+                Err(_) => true,
+            });
+        (!twin).then_some(PyArg(value))
     }
 
     fn has_case_variant(&self, key: &str) -> bool {
         let Ok(dict) = self.0.cast::<PyDict>() else {
             return false;
         };
-        dict.keys().iter().any(|k| {
-            k.cast::<PyString>()
-                .ok()
-                .and_then(|k| k.to_str().ok().map(|k| fold_eq(k, key)))
-                .unwrap_or(false)
+        dict.iter().any(|(k, _)| match k.cast::<PyString>() {
+            Ok(k) => k.to_str().is_ok_and(|k| fold_eq(k, key)),
+            // A key JSON would have to name some other way: it could be read as `key`.
+            Err(_) => true,
         })
     }
 
@@ -127,13 +134,23 @@ impl<'py> ArgValue for PyArg<'py> {
         self.0.cast::<PyBool>().ok().map(|b| b.is_true())
     }
 
-    fn to_json(&self) -> Value {
-        to_json(&self.0).unwrap_or(Value::Null)
+    fn to_json(&self) -> Option<Value> {
+        to_json(&self.0)
     }
 }
 
-/// Convert a Python value to JSON; `None` for values JSON cannot hold.
+/// Deepest nesting [`to_json`] converts, as serde_json reads JSON text: deeper is refused
+/// rather than recursed into.
+const MAX_DEPTH: usize = 128;
+
+/// Convert a Python value to JSON; `None` for values JSON cannot hold (a key that is not a
+/// string, NaN, a set, nesting deeper than [`MAX_DEPTH`]...).
 pub fn to_json(v: &Bound<'_, PyAny>) -> Option<Value> {
+    to_json_within(v, MAX_DEPTH)
+}
+
+fn to_json_within(v: &Bound<'_, PyAny>, depth: usize) -> Option<Value> {
+    let depth = depth.checked_sub(1)?;
     let arg = PyArg(v.clone());
     Some(match arg.kind() {
         Kind::Null => Value::Null,
@@ -148,7 +165,7 @@ pub fn to_json(v: &Bound<'_, PyAny>) -> Option<Value> {
         Kind::String => Value::String(arg.as_str()?.to_owned()),
         Kind::Array => Value::Array(
             (0..arg.len())
-                .map(|i| arg.get_index(i).and_then(|a| to_json(&a.0)))
+                .map(|i| arg.get_index(i).and_then(|a| to_json_within(&a.0, depth)))
                 .collect::<Option<_>>()?,
         ),
         Kind::Object => {
@@ -157,7 +174,7 @@ pub fn to_json(v: &Bound<'_, PyAny>) -> Option<Value> {
             for (k, item) in dict.iter() {
                 map.insert(
                     k.cast::<PyString>().ok()?.to_str().ok()?.to_owned(),
-                    to_json(&item)?,
+                    to_json_within(&item, depth)?,
                 );
             }
             Value::Object(map)

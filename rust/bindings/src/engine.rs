@@ -11,6 +11,7 @@ use pyo3::types::{PyBytes, PyDict, PyString};
 use std::path::PathBuf;
 use std::sync::Arc;
 use toolgate_core::approval::{ApprovalTable, Approvals};
+use toolgate_core::args::parse_json_arguments;
 use toolgate_core::clock::Clock;
 use toolgate_core::counter::CounterTable;
 use toolgate_core::decision_log::{DecisionLog, Filter, Settings};
@@ -117,12 +118,7 @@ impl PyEngine {
                     Ok(s) => s.to_str()?.as_bytes(),
                     Err(_) => a.cast::<PyBytes>()?.as_bytes(),
                 };
-                let value: serde_json::Value = serde_json::from_slice(text).map_err(|e| {
-                    PyValueError::new_err(format!("arguments are not valid JSON: {e}"))
-                })?;
-                if !value.is_object() {
-                    return Err(PyValueError::new_err("arguments must be a JSON object"));
-                }
+                let value = parse_json_arguments(text).map_err(PyValueError::new_err)?;
                 self.inner.decide_traced(
                     Api::Engine,
                     &Request {

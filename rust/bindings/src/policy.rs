@@ -116,7 +116,7 @@ impl PyPolicy {
     #[staticmethod]
     fn from_dict(py: Python<'_>, document: &Bound<'_, PyAny>) -> PyResult<PyPolicy> {
         let value = to_json(document)
-            .ok_or_else(|| PyValueError::new_err("policy dict holds values that are not JSON (str keys, str/int/float/bool/None/list/dict only)"))?;
+            .ok_or_else(|| PyValueError::new_err("policy dict holds values that are not JSON (str keys, str/int/float/bool/None/list/dict only, nested at most 128 deep)"))?;
         Policy::from_json_value(&value)
             .map(|inner| PyPolicy { inner })
             .map_err(|e| policy_error(py, e))

@@ -1,8 +1,26 @@
 //! A read-only view of a call's arguments, so conditions can run on `serde_json::Value` or,
 //! through the binding, directly on Python objects without converting them first.
 
+use crate::mcp::strict_json::{self, StrictError};
 use serde_json::Value;
 use std::cmp::Ordering;
+
+/// A call's arguments given as JSON text (an API's `arguments_json`), read the way every
+/// mainstream decoder reads it or refused, as a proxied body is
+/// ([`crate::mcp::strict_json`]): the caller forwards this text to the tool's server, and a
+/// duplicate key, a case variant of a key or a number beyond 2^53 would let that server read
+/// other arguments than the ones decided.
+pub fn parse_json_arguments(json: &[u8]) -> Result<Value, String> {
+    match strict_json::parse(json) {
+        Ok(v) if v.is_object() => Ok(v),
+        Ok(_) => Err("arguments must be a JSON object".into()),
+        Err(StrictError::Syntax(m)) => Err(format!("arguments are not valid JSON: {m}")),
+        Err(e @ StrictError::Ambiguous { .. }) => {
+            Err(format!("arguments could be read two ways: {e}"))
+        }
+        Err(StrictError::TooLarge(m)) => Err(format!("arguments are too large: {m}")),
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -56,6 +74,15 @@ impl Num {
         }
     }
 
+    /// Read as this number by every mainstream decoder: an integer within 2^53 (JavaScript,
+    /// and Go decoding into `any`, round larger ones to a double), or a double.
+    pub fn is_exact_everywhere(self) -> bool {
+        match self {
+            Num::Int(i) => i.unsigned_abs() <= u128::from(strict_json::MAX_SAFE_INTEGER),
+            Num::Float(_) => true,
+        }
+    }
+
     pub fn as_f64(self) -> f64 {
         match self {
             Num::Int(i) => i as f64,
@@ -75,9 +102,12 @@ impl Num {
 /// What conditions need from an argument value.
 pub trait ArgValue: Sized {
     fn kind(&self) -> Kind;
+    /// The value at `key`; a miss where the object has another key that folds like `key`: a
+    /// case-insensitive decoder could read that one as `key`. (JSON text with such keys is
+    /// refused before it gets here: [`parse_json_arguments`].)
     fn get_key(&self, key: &str) -> Option<Self>;
-    /// For an object without `key`: whether it has a key that folds like `key`, which a
-    /// case-insensitive decoder (Go's `encoding/json`) would read as `key`.
+    /// Whether the object has a key that folds like `key`, which a case-insensitive decoder
+    /// (Go's `encoding/json`) would read as `key`.
     fn has_case_variant(&self, key: &str) -> bool;
     fn get_index(&self, index: usize) -> Option<Self>;
     /// Elements of an array (or entries of an object); 0 for scalars.
@@ -88,8 +118,9 @@ pub trait ArgValue: Sized {
     fn as_str(&self) -> Option<&str>;
     fn as_num(&self) -> Option<Num>;
     fn as_bool(&self) -> Option<bool>;
-    /// A JSON copy, for comparing whole arrays and objects (rare).
-    fn to_json(&self) -> Value;
+    /// A JSON copy, for comparing whole arrays and objects (rare); `None` for a value that
+    /// JSON cannot hold, or that decoders would read two ways.
+    fn to_json(&self) -> Option<Value>;
 }
 
 impl ArgValue for &Value {
@@ -97,7 +128,13 @@ impl ArgValue for &Value {
         Kind::of(self)
     }
     fn get_key(&self, key: &str) -> Option<Self> {
-        self.as_object()?.get(key)
+        let object = self.as_object()?;
+        let value = object.get(key)?;
+        let twin = object.len() > 1
+            && object
+                .keys()
+                .any(|k| k != key && crate::mcp::fold::fold_eq(k, key));
+        (!twin).then_some(value)
     }
     fn has_case_variant(&self, key: &str) -> bool {
         self.as_object()
@@ -125,8 +162,8 @@ impl ArgValue for &Value {
     fn as_bool(&self) -> Option<bool> {
         Value::as_bool(self)
     }
-    fn to_json(&self) -> Value {
-        (*self).clone()
+    fn to_json(&self) -> Option<Value> {
+        Some((*self).clone())
     }
 }
 

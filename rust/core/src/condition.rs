@@ -7,6 +7,7 @@
 //! left to right.
 
 use crate::args::{json_equal, ArgValue, Kind, Num};
+use crate::mcp::strict_json::reads_two_ways;
 use crate::policy::{Compare, Condition, Op, PathRoot, Segment};
 use crate::trace::{NoTrace, Trace};
 use serde_json::Value;
@@ -40,9 +41,14 @@ pub struct Facts<'a, A> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Problem {
     Missing,
-    /// Missing, but a key that differs only by case is there: a case-insensitive decoder
-    /// upstream would read it as the path, so the path's value is not known.
+    /// Another key of the object folds like the path's key (or, in a Python dict, is not a
+    /// string): a case-insensitive decoder upstream could read it as the path, so the path's
+    /// value is not known.
     CaseVariant,
+    /// A value decoders read differently: an integer beyond 2^53 (rounded by JavaScript and
+    /// by Go into `any`, exact in Python), an object in it with keys that fold alike, or a
+    /// value JSON cannot hold.
+    Ambiguous,
     WrongType(Kind),
     /// An argument path, read before there are arguments ([`Facts::args_unknown`]).
     NotYetKnown,
@@ -60,8 +66,13 @@ impl Problem {
         match self {
             Problem::Missing => format!("{} is missing", c.path.text),
             Problem::CaseVariant => format!(
-                "{} is missing, but a key differing from it only by case is present, which \
-                 a case-insensitive decoder reads as it",
+                "{} cannot be read one way: the object holds another key that a decoder \
+                 could read as it (one differing only by case, or one that is not a string)",
+                c.path.text
+            ),
+            Problem::Ambiguous => format!(
+                "{} could be read two ways: it holds a number beyond 2^53, which some \
+                 decoders round, keys that differ only by case, or a value JSON cannot hold",
                 c.path.text
             ),
             Problem::NotYetKnown => format!("{} is not known before the call", c.path.text),
@@ -108,10 +119,19 @@ impl<A: ArgValue> Resolved<'_, A> {
             Resolved::Text(_) => None,
         }
     }
-    fn to_json(&self) -> Value {
+    fn to_json(&self) -> Option<Value> {
         match self {
             Resolved::Arg(a) => a.to_json(),
-            Resolved::Text(s) => Value::String((*s).to_owned()),
+            Resolved::Text(s) => Some(Value::String((*s).to_owned())),
+        }
+    }
+    /// The number, if every decoder reads it as this one.
+    fn exact_num(&self) -> Result<Num, Problem> {
+        let n = self.as_num().ok_or(Problem::WrongType(self.kind()))?;
+        if n.is_exact_everywhere() {
+            Ok(n)
+        } else {
+            Err(Problem::Ambiguous)
         }
     }
 }
@@ -142,7 +162,8 @@ impl<'a, A: ArgValue + Clone> Facts<'a, A> {
     }
 
     /// Walk an argument path; also used for a limit's `cost`. Fails with
-    /// [`Problem::CaseVariant`] where a key is missing but a case variant of it is there.
+    /// [`Problem::CaseVariant`] where a key is not the only one that folds like it
+    /// ([`ArgValue::get_key`] misses then).
     pub fn arg(&self, segments: &[Segment]) -> Result<A, Problem> {
         let mut v = match self.args.clone() {
             Some(v) => v,
@@ -244,7 +265,11 @@ impl<'a, A: ArgValue + Clone> Facts<'a, A> {
             }
         };
         // Only a trace that records calls this: the value is not converted otherwise.
-        trace.compare(c, || resolved.as_ref().ok().map(Resolved::to_json), outcome);
+        trace.compare(
+            c,
+            || resolved.as_ref().ok().and_then(Resolved::to_json),
+            outcome,
+        );
         outcome
     }
 }
@@ -259,7 +284,7 @@ fn apply<A: ArgValue>(v: &Resolved<'_, A>, c: &Compare) -> Result<bool, Problem>
         Op::In => member(v, &c.value),
         Op::NotIn => member(v, &c.value).map(|b| !b),
         Op::Lt | Op::Lte | Op::Gt | Op::Gte => {
-            let a = v.as_num().ok_or_else(wrong)?;
+            let a = v.exact_num()?;
             let b = c.value.as_number().map(Num::from_json).ok_or_else(wrong)?;
             let ord = a.compare(b).ok_or_else(wrong)?;
             Ok(match c.op {
@@ -286,7 +311,7 @@ fn equals<A: ArgValue>(v: &Resolved<'_, A>, operand: &Value) -> Result<bool, Pro
         Value::Null => (v.kind() == Kind::Null).then_some(true).ok_or(wrong),
         Value::Bool(b) => v.as_bool().map(|x| x == *b).ok_or(wrong),
         Value::Number(n) => {
-            let a = v.as_num().ok_or(wrong)?;
+            let a = v.exact_num()?;
             Ok(a.compare(Num::from_json(n)) == Some(Ordering::Equal))
         }
         Value::String(s) => v.as_str().map(|x| x == s).ok_or(wrong),
@@ -294,7 +319,11 @@ fn equals<A: ArgValue>(v: &Resolved<'_, A>, operand: &Value) -> Result<bool, Pro
             if v.kind() != Kind::of(operand) {
                 return Err(wrong);
             }
-            Ok(json_equal(&v.to_json(), operand))
+            let json = v.to_json().ok_or(Problem::Ambiguous)?;
+            if reads_two_ways(&json) {
+                return Err(Problem::Ambiguous);
+            }
+            Ok(json_equal(&json, operand))
         }
     }
 }
@@ -303,11 +332,11 @@ fn equals<A: ArgValue>(v: &Resolved<'_, A>, operand: &Value) -> Result<bool, Pro
 fn member<A: ArgValue>(v: &Resolved<'_, A>, list: &Value) -> Result<bool, Problem> {
     let mut comparable = false;
     for item in list.as_array().map(Vec::as_slice).unwrap_or_default() {
-        if let Ok(eq) = equals(v, item) {
-            comparable = true;
-            if eq {
-                return Ok(true);
-            }
+        match equals(v, item) {
+            Ok(true) => return Ok(true),
+            Ok(false) => comparable = true,
+            Err(Problem::Ambiguous) => return Err(Problem::Ambiguous),
+            Err(_) => {}
         }
     }
     if comparable {
@@ -323,9 +352,19 @@ fn contains<A: ArgValue>(v: &Resolved<'_, A>, operand: &Value) -> Result<bool, P
         (_, Value::String(needle)) if v.kind() == Kind::String => {
             Ok(v.as_str().unwrap_or_default().contains(needle.as_str()))
         }
-        (Resolved::Arg(a), _) if a.kind() == Kind::Array => Ok((0..a.len())
-            .filter_map(|i| a.get_index(i))
-            .any(|item| equals(&Resolved::<A>::Arg(item), operand).unwrap_or(false))),
+        (Resolved::Arg(a), _) if a.kind() == Kind::Array => {
+            // Every element is looked at: one that reads two ways makes the answer unknown
+            // wherever it sits.
+            let mut found = false;
+            for item in (0..a.len()).filter_map(|i| a.get_index(i)) {
+                match equals(&Resolved::<A>::Arg(item), operand) {
+                    Ok(eq) => found |= eq,
+                    Err(Problem::Ambiguous) => return Err(Problem::Ambiguous),
+                    Err(_) => {}
+                }
+            }
+            Ok(found)
+        }
         _ => Err(Problem::WrongType(v.kind())),
     }
 }

@@ -268,7 +268,7 @@ impl Engine {
             grant_verified: subject.grant_verified,
             session: subject.session.map(Box::from),
             agent: subject.agent.map(Box::from),
-            args: args.map(ArgValue::to_json),
+            args: args.and_then(ArgValue::to_json),
         });
         self.stats.count_logged(queued);
     }
@@ -535,11 +535,17 @@ impl Engine {
         req: &Request<'_, A>,
         out: &Draft<'_>,
     ) -> Gate {
-        let arguments = canonical_json(
-            &req.args
-                .as_ref()
-                .map_or(serde_json::Value::Null, |a| a.to_json()),
-        );
+        // An approval is for these exact arguments, as an approver sees them.
+        let Some(json) = req
+            .args
+            .as_ref()
+            .map_or(Some(serde_json::Value::Null), |a| a.to_json())
+        else {
+            let reason = "the arguments cannot be shown to an approver as JSON: they hold a \
+                          value JSON cannot hold, or could be read two ways";
+            return Gate::Stop(out.finish(Code::InvalidRequest, reason, r.pointer));
+        };
+        let arguments = canonical_json(&json);
         let call = ApprovalCall {
             server: req.server,
             tool: req.tool,
@@ -744,7 +750,9 @@ fn want<'p, A: ArgValue + Clone>(
                 )
             };
             let v = facts.arg(path).map_err(|p| match p {
-                Problem::CaseVariant => bad("is missing (a key differing only by case is present)"),
+                Problem::CaseVariant => {
+                    bad("cannot be read one way (a key differing only by case is present)")
+                }
                 _ => bad("is missing"),
             })?;
             let n = v

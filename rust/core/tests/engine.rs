@@ -247,9 +247,10 @@ fn decide_args(engine: &Engine, tool: &str, args: &serde_json::Value) -> toolgat
     })
 }
 
-/// Where a path's key is missing but a case variant of it is present, a case-insensitive
-/// decoder upstream (Go's `encoding/json` binding to a struct) reads a value the policy did
-/// not see: every kind of condition, `exists` included, and a spend limit's cost deny.
+/// Where a case variant of a path's key is present, with or without the key itself, a
+/// case-insensitive decoder upstream (Go's `encoding/json` binding to a struct) may read a
+/// value the policy did not see: every kind of condition, `exists` included, and a spend
+/// limit's cost deny.
 #[test]
 fn a_case_variant_of_a_path_is_never_read_as_missing() {
     let (engine, _) = engine(
@@ -267,6 +268,17 @@ fn a_case_variant_of_a_path_is_never_read_as_missing() {
         ("push", serde_json::json!({"Force": true})),
         ("push2", serde_json::json!({"FORCE": true})),
         ("spend", serde_json::json!({"Amount": 5000})),
+        // Present, beside a twin: Go keeps whichever comes last.
+        (
+            "pay",
+            serde_json::json!({"transfer": {"amount": 5, "Amount": 5000}}),
+        ),
+        (
+            "pay",
+            serde_json::json!({"transfer": {"amount": 5}, "TRANSFER": {"amount": 5000}}),
+        ),
+        ("push", serde_json::json!({"force": null, "Force": true})),
+        ("spend", serde_json::json!({"amount": 5, "aMount": 5000})),
     ];
     for (tool, args) in cases {
         let d = decide_args(&engine, tool, &args);
@@ -316,10 +328,90 @@ proptest! {
             ("outer".to_owned(), respell("kind"))
         };
         prop_assume!(outer != "outer" || kind != "kind");
-        let args = serde_json::json!({outer: {kind: "ok"}});
+        let (o, k) = (outer.clone(), kind.clone());
+        let args = serde_json::json!({o: {k: "ok"}});
+        let d = decide_args(&engine, "pay", &args);
+        prop_assert_eq!(d.code, Code::ConditionFailed, "{}", args);
+        // The exact spelling beside the respelled one, in either order.
+        let mut inner = serde_json::Map::new();
+        let mut outer_map = serde_json::Map::new();
+        if level == 0 {
+            outer_map.insert("outer".into(), serde_json::json!({"kind": "ok"}));
+            outer_map.insert(outer.clone(), serde_json::json!({"kind": "bad"}));
+        } else {
+            inner.insert(kind.clone(), "bad".into());
+            inner.insert("kind".into(), "ok".into());
+            outer_map.insert("outer".into(), inner.into());
+        }
+        let args = serde_json::Value::Object(outer_map);
         let d = decide_args(&engine, "pay", &args);
         prop_assert_eq!(d.code, Code::ConditionFailed, "{}", args);
     }
+
+    /// An integer beyond 2^53 that a condition reads is never compared: JavaScript, and Go
+    /// decoding into `any`, read it rounded. Whole arrays and objects compared with `eq` or
+    /// `in` are refused when they hold one, or keys that fold alike.
+    #[test]
+    fn an_integer_beyond_2_53_is_never_compared(
+        beyond in (1u64 << 53)..u64::MAX, negative in any::<bool>(), op in 0usize..7,
+    ) {
+        let (engine, _) = engine(
+            r#"{"version": "1", "tools": {
+                "lte": {"deny_if": [{"path": "args.n", "op": "gt", "value": 9007199254740992}]},
+                "eq": {"deny_if": [{"path": "args.n", "op": "neq", "value": 1}]},
+                "in": {"deny_if": [{"path": "args.n", "op": "not_in", "value": [1, 2]}]},
+                "contains": {"deny_if": [{"path": "args.n", "op": "not_contains", "value": 1}]},
+                "array": {"deny_if": [{"path": "args.n", "op": "neq", "value": [1]}]},
+                "object": {"deny_if": [{"path": "args.n", "op": "neq", "value": {"a": 1}}]},
+                "member": {"deny_if": [{"path": "args.n", "op": "not_in", "value": [{"a": 1}]}]}}}"#,
+        );
+        let n: serde_json::Value = if negative {
+            serde_json::Value::from(-(beyond.min(i64::MAX as u64) as i64))
+        } else {
+            serde_json::Value::from(beyond)
+        };
+        let (tool, value) = match op {
+            0 => ("lte", n.clone()),
+            1 => ("eq", n.clone()),
+            2 => ("in", n.clone()),
+            3 => ("contains", serde_json::json!([1, n])),
+            4 => ("array", serde_json::json!([n])),
+            5 => ("object", serde_json::json!({"a": n})),
+            _ => ("member", serde_json::json!({"a": 1, "A": 1})),
+        };
+        let args = serde_json::json!({"n": value});
+        let d = decide_args(&engine, tool, &args);
+        prop_assert_eq!(d.code, Code::ConditionFailed, "{} {}", tool, args);
+        prop_assert!(d.reason().contains("read two ways"), "{}", d.reason());
+    }
+}
+
+/// The same tools decide integers within 2^53, and objects without twin keys, as usual.
+#[test]
+fn integers_within_2_53_compare_as_usual() {
+    let (engine, _) = engine(
+        r#"{"version": "1", "tools": {
+            "lte": {"deny_if": [{"path": "args.n", "op": "gt", "value": 9007199254740991}]},
+            "object": {"deny_if": [{"path": "args.n", "op": "neq", "value": {"a": 1}}]}}}"#,
+    );
+    let verdict = |tool, args| decide_args(&engine, tool, &args).verdict;
+    let max = 9_007_199_254_740_991_i64;
+    assert_eq!(
+        verdict("lte", serde_json::json!({"n": max})),
+        Verdict::Allow
+    );
+    assert_eq!(
+        verdict("lte", serde_json::json!({"n": -max})),
+        Verdict::Allow
+    );
+    assert_eq!(
+        verdict("object", serde_json::json!({"n": {"a": 1}})),
+        Verdict::Allow
+    );
+    assert_eq!(
+        verdict("object", serde_json::json!({"n": {"a": 2}})),
+        Verdict::Deny
+    );
 }
 
 mod approvals {

@@ -4,6 +4,7 @@
 use crate::Malformed;
 use prost::Message;
 use std::time::Instant;
+use toolgate_core::args::parse_json_arguments;
 use toolgate_core::stats::Api;
 use toolgate_core::{Code, Decision, Engine, Request, Subject, Verdict};
 
@@ -131,11 +132,7 @@ fn parse_arguments(json: &[u8], max_bytes: usize) -> Result<Option<serde_json::V
             json.len()
         ));
     }
-    match serde_json::from_slice::<serde_json::Value>(json) {
-        Ok(v) if v.is_object() => Ok(Some(v)),
-        Ok(_) => Err("arguments must be a JSON object".into()),
-        Err(e) => Err(format!("arguments are not valid JSON: {e}")),
-    }
+    parse_json_arguments(json).map(Some)
 }
 
 fn encode(d: Decision) -> pb::DecideResponse {

@@ -80,6 +80,34 @@ pub fn parse(body: &[u8]) -> Result<Value, StrictError> {
     })
 }
 
+/// Whether a value built some other way than by [`parse`] (from a Python dict, say) holds
+/// what [`parse`] would refuse in its JSON text: keys that fold alike, or a number beyond
+/// 2^53.
+pub fn reads_two_ways(value: &Value) -> bool {
+    let mut stack = vec![value];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Number(n) => {
+                let exact = n.as_u64().or_else(|| n.as_i64().map(i64::unsigned_abs));
+                let magnitude = exact.map_or_else(|| n.as_f64().unwrap_or(0.0).abs(), |m| m as f64);
+                if magnitude > MAX_SAFE_INTEGER as f64 {
+                    return true;
+                }
+            }
+            Value::Array(items) => stack.extend(items),
+            Value::Object(map) => {
+                let mut seen = HashSet::with_capacity(map.len());
+                if !map.keys().all(|k| seen.insert(folded(k))) {
+                    return true;
+                }
+                stack.extend(map.values());
+            }
+            _ => {}
+        }
+    }
+    false
+}
+
 /// What one parse has counted and, when it refuses, why and where.
 #[derive(Default)]
 struct State {
@@ -109,7 +137,7 @@ impl State {
         self.values.set(n);
         if n > MAX_VALUES {
             return Err(self.refuse(StrictError::TooLarge(format!(
-                "the body holds more than {MAX_VALUES} values"
+                "the JSON holds more than {MAX_VALUES} values"
             ))));
         }
         Ok(())
@@ -120,7 +148,7 @@ impl State {
         self.keys.set(n);
         if n > MAX_KEYS {
             return Err(self.refuse(StrictError::TooLarge(format!(
-                "the body holds more than {MAX_KEYS} object keys"
+                "the JSON holds more than {MAX_KEYS} object keys"
             ))));
         }
         Ok(())
@@ -403,6 +431,36 @@ mod tests {
             let refused = matches!(parse(body.as_bytes()), Err(StrictError::Ambiguous { .. }));
             proptest::prop_assert!(refused, "{}", body);
         }
+    }
+
+    proptest::proptest! {
+        /// A value built in memory reads two ways exactly when its JSON text is refused as
+        /// ambiguous.
+        #[test]
+        fn reads_two_ways_as_parse_refuses(v in twinned_json()) {
+            let refused = matches!(parse(v.to_string().as_bytes()), Err(StrictError::Ambiguous { .. }));
+            proptest::prop_assert_eq!(reads_two_ways(&v), refused, "{}", v);
+        }
+    }
+
+    /// JSON whose keys often fold alike (short, from a few letters and their partners) and
+    /// whose numbers reach past 2^53.
+    fn twinned_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<u64>().prop_map(|n| json!(n)),
+            (-(MAX_SAFE_INTEGER as i64)..=MAX_SAFE_INTEGER as i64).prop_map(|n| json!(n)),
+            (-1e17f64..1e17).prop_map(|f| json!(f)),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map("[aAsSkKſ\u{212a}]{1,2}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
     }
 
     /// A spelling of `key` that folds alike: one character swapped for another of its case.
