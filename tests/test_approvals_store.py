@@ -98,6 +98,18 @@ def test_the_same_call_waits_on_one_approval_and_other_arguments_get_their_own(t
     assert len(s.store.list(None, s.approvals.now_ms())) == 3
 
 
+@pytest.mark.parametrize("value", [{1, 2}, float("nan"), {"a": {1: 2}}, object()])
+def test_arguments_json_cannot_hold_are_refused_not_approved_as_null(tmp_path, value):
+    """An approval is for the arguments its approver saw: ones JSON cannot show would all be
+    shown (and bound) as null, so one approval would let any such call run."""
+    s = Setup(tmp_path)
+    d = s.engine.decide("terminate", grant="g", arguments={"ids": value})
+    assert (d.verdict, d.code, d.approval_id) == ("DENY", "INVALID_REQUEST", None)
+    assert "cannot be shown to an approver as JSON" in d.reason
+    s.record()
+    assert s.store.list(None, s.approvals.now_ms()) == []
+
+
 def test_an_approved_call_runs_once_and_consumes_its_limits(tmp_path):
     s = Setup(tmp_path)
     id = s.call().approval_id
