@@ -11,7 +11,7 @@ Parts (``--part``, repeatable; default all):
   bench request, so the bytes on the wire match. One request in flight (``-c 1 -m 1``, n
   requests) and saturated (``-c 16 -m 8``, time-bounded ``-D``), the servers taking
   turns with the order rotated each run. One in flight, native and the Rust floor differ by
-  a few µs while runs spread by ±20%, so that pair runs ``--single-runs`` times (21) and its
+  a few µs while runs spread by ±30%, so that pair runs ``--single-runs`` times (31) and its
   ratio comes with a 95% confidence interval for the median. Aims: native p50 one in
   flight ≤ 1.1x the Rust floor's; saturated ≥ 0.85x the Rust floor's; native saturated
   ≥ 10x the grpcio transport.
@@ -409,7 +409,7 @@ def main() -> int:
     p.add_argument("-m", type=int, default=8, help="saturated: streams per connection (8)")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument(
-        "--single-runs", type=int, default=21, help="one in flight, native vs Rust floor (21)"
+        "--single-runs", type=int, default=31, help="one in flight, native vs Rust floor (31)"
     )
     p.add_argument("--warmup", type=int, default=3000)
     p.add_argument("--quiet-wait", type=float, default=30.0, help="wait up to s for quiet")
