@@ -177,8 +177,10 @@ class Engine:
         hits: int | None = None,
         grant_verified: bool = False,
     ) -> Decision:
-        """``grant_verified``: the grant is a verified identity (a JWT claim) that approvals
-        and logs may show as it is, not a credential."""
+        """``arguments`` as JSON text is read strictly: ValueError if it is not a JSON object or
+        could be read two ways (a key twice, keys differing only by case, a number beyond
+        2^53). ``grant_verified``: the grant is a verified identity (a JWT claim) that
+        approvals and logs may show as it is, not a credential."""
     def explain(
         self,
         tool: str,
