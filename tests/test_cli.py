@@ -251,6 +251,7 @@ def test_decide_attributes_server_and_dry_run(tmp_path):
         ("[1, 2]", "--args must be a JSON object"),
         ('"text"', "--args must be a JSON object"),
         ('{"a": {"b": 1, "b": 2}}', "--args has the key 'b' twice"),
+        ('{"a": NaN}', "--args holds NaN, which is not JSON"),
     ],
 )
 def test_decide_invalid_args_exits_1(args, message):

@@ -47,7 +47,9 @@ def parse_arguments(text: str | None) -> dict[str, Any] | None:
     try:
         # A key given twice is refused, not resolved: the decision would be on one value and
         # a server keeping the other (decoders differ) would run another.
-        arguments = json.loads(text, object_pairs_hook=_refuse_duplicates)
+        arguments = json.loads(
+            text, object_pairs_hook=_refuse_duplicates, parse_constant=_refuse_constant
+        )
     except json.JSONDecodeError as err:
         raise ValueError(f"--args is not valid JSON: {err}") from None
     if not isinstance(arguments, dict):
@@ -62,3 +64,7 @@ def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             raise ValueError(f"--args has the key {key!r} twice")
         seen.add(key)
     return dict(pairs)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"--args holds {name}, which is not JSON")

@@ -93,6 +93,10 @@ impl<'py> ArgValue for PyArg<'py> {
         })
     }
 
+    fn is_opaque(&self) -> bool {
+        self.kind() == Kind::Object && !self.0.is_instance_of::<PyDict>()
+    }
+
     fn get_index(&self, index: usize) -> Option<Self> {
         if let Ok(list) = self.0.cast::<PyList>() {
             return list.get_item(index).ok().map(PyArg);
@@ -121,7 +125,10 @@ impl<'py> ArgValue for PyArg<'py> {
         if v.is_instance_of::<PyInt>() {
             return Some(match v.extract::<i128>() {
                 Ok(i) => Num::Int(i),
-                Err(_) => Num::Float(v.extract::<f64>().unwrap_or(f64::NAN)),
+                // Beyond i128: an integer still, of the largest magnitude, so that it is never
+                // compared as the double it would round to (see `Num::is_exact_everywhere`).
+                Err(_) if v.lt(0).unwrap_or(false) => Num::Int(i128::MIN),
+                Err(_) => Num::Int(i128::MAX),
             });
         }
         if v.is_instance_of::<PyFloat>() {

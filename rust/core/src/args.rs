@@ -102,13 +102,18 @@ impl Num {
 /// What conditions need from an argument value.
 pub trait ArgValue: Sized {
     fn kind(&self) -> Kind;
-    /// The value at `key`; a miss where the object has another key that folds like `key`: a
-    /// case-insensitive decoder could read that one as `key`. (JSON text with such keys is
-    /// refused before it gets here: [`parse_json_arguments`].)
+    /// The value at `key`; a miss where the object has another key that folds like `key` (a
+    /// case-insensitive decoder could read that one as `key`), for values that can hold such
+    /// keys (JSON text with them is refused before it gets here: [`parse_json_arguments`]).
     fn get_key(&self, key: &str) -> Option<Self>;
     /// Whether the object has a key that folds like `key`, which a case-insensitive decoder
     /// (Go's `encoding/json`) would read as `key`.
     fn has_case_variant(&self, key: &str) -> bool;
+    /// A value that is not JSON and may hold keys or items a serializer writes out (a Python
+    /// dataclass, a mapping that is not a dict, a set): what a server reads in it is unknown.
+    fn is_opaque(&self) -> bool {
+        false
+    }
     fn get_index(&self, index: usize) -> Option<Self>;
     /// Elements of an array (or entries of an object); 0 for scalars.
     fn len(&self) -> usize;
@@ -127,14 +132,11 @@ impl ArgValue for &Value {
     fn kind(&self) -> Kind {
         Kind::of(self)
     }
+    /// JSON text comes through [`parse_json_arguments`] or [`strict_json::parse`], which
+    /// refuse keys that fold alike: a present key is the only one, and looking it up costs
+    /// no pass over its object.
     fn get_key(&self, key: &str) -> Option<Self> {
-        let object = self.as_object()?;
-        let value = object.get(key)?;
-        let twin = object.len() > 1
-            && object
-                .keys()
-                .any(|k| k != key && crate::mcp::fold::fold_eq(k, key));
-        (!twin).then_some(value)
+        self.as_object()?.get(key)
     }
     fn has_case_variant(&self, key: &str) -> bool {
         self.as_object()

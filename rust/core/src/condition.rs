@@ -2,8 +2,9 @@
 //!
 //! Fail closed: a condition whose path is missing or whose value has the wrong type is
 //! *unevaluable*, and an unevaluable condition denies the call wherever it sits. Only
-//! `exists` never fails, except where a key is missing but a case variant of it is present:
-//! an upstream decoder that folds case would see a value there. Combinators short-circuit
+//! `exists` never fails, except where a key is missing but a case variant of it is present
+//! (an upstream decoder that folds case would see a value there), or the path runs into a
+//! value that is not JSON (a serializer may write a value there). Combinators short-circuit
 //! left to right.
 
 use crate::args::{json_equal, ArgValue, Kind, Num};
@@ -174,11 +175,15 @@ impl<'a, A: ArgValue + Clone> Facts<'a, A> {
             v = match seg {
                 Segment::Key(k) => match v.get_key(k) {
                     Some(next) => next,
-                    // Looked for only on a miss, so a present key costs nothing extra.
                     None if v.has_case_variant(k) => return Err(Problem::CaseVariant),
+                    None if v.is_opaque() => return Err(Problem::Ambiguous),
                     None => return Err(Problem::Missing),
                 },
-                Segment::Index(i) => v.get_index(*i).ok_or(Problem::Missing)?,
+                Segment::Index(i) => match v.get_index(*i) {
+                    Some(next) => next,
+                    None if v.is_opaque() => return Err(Problem::Ambiguous),
+                    None => return Err(Problem::Missing),
+                },
             };
         }
         Ok(v)
@@ -248,7 +253,7 @@ impl<'a, A: ArgValue + Clone> Facts<'a, A> {
         let outcome = if c.op == Op::Exists {
             let want = c.value.as_bool().unwrap_or(true);
             match resolved {
-                Err(p @ (Problem::CaseVariant | Problem::NotYetKnown)) => {
+                Err(p @ (Problem::CaseVariant | Problem::Ambiguous | Problem::NotYetKnown)) => {
                     Outcome::Unevaluable(c, p)
                 }
                 ref r if r.is_ok() == want => Outcome::Holds,

@@ -542,7 +542,7 @@ impl Engine {
             .map_or(Some(serde_json::Value::Null), |a| a.to_json())
         else {
             let reason = "the arguments cannot be shown to an approver as JSON: they hold a \
-                          value JSON cannot hold, or could be read two ways";
+                          value JSON cannot hold";
             return Gate::Stop(out.finish(Code::InvalidRequest, reason, r.pointer));
         };
         let arguments = canonical_json(&json);
