@@ -865,6 +865,31 @@ def test_spend_limit_counts_the_cost():
     assert engine.decide("pay", agent="a", arguments={"amount": 0}).code == "ALLOWED"
 
 
+def test_a_cost_the_servers_could_read_otherwise_spends_nothing():
+    """A cost path into a value that is not JSON (the SDK writes a dataclass out as an
+    object), beside a case variant, or beyond 2^53 denies without counting."""
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Order:
+        amount: int
+
+    doc = policy(
+        {"pay": {"limits": [limit("s", 500, window="day", scope="agent", cost="args.o.amount")]}}
+    )
+    engine = make_engine(doc)
+    for arguments, why in (
+        ({"o": Order(amount=900)}, "runs into a value that is not JSON"),
+        ({"o": {"amount": 1, "Amount": 900}}, "cannot be read one way"),
+        ({"o": {"amount": 2**64 + 1}}, "too large"),
+    ):
+        d = engine.decide("pay", agent="a", arguments=arguments)
+        assert (d.verdict, d.code) == ("DENY", "INVALID_REQUEST"), arguments
+        assert why in d.reason, d.reason
+    d = engine.decide("pay", agent="a", arguments={"o": {"amount": 500}})
+    assert (d.code, d.limits[0].remaining) == ("ALLOWED", 0.0)
+
+
 def test_spend_limit_fractional_amounts():
     engine = make_engine(SPEND)
     d = engine.decide("pay", agent="a", arguments={"amount": 0.5})

@@ -753,6 +753,7 @@ fn want<'p, A: ArgValue + Clone>(
                 Problem::CaseVariant => {
                     bad("cannot be read one way (a key differing only by case is present)")
                 }
+                Problem::Ambiguous => bad("runs into a value that is not JSON"),
                 _ => bad("is missing"),
             })?;
             let n = v
