@@ -47,6 +47,20 @@ fn key_string<'py>(py: Python<'py>, key: &str) -> Bound<'py, PyString> {
 #[derive(Clone)]
 pub struct PyArg<'py>(pub Bound<'py, PyAny>);
 
+fn is_exactly(k: &Bound<'_, PyAny>, key: &str) -> bool {
+    k.cast::<PyString>()
+        .is_ok_and(|k| k.to_str().is_ok_and(|k| k == key))
+}
+
+/// Whether a decoder could read dict key `k` as `key`: it folds like `key`, or it is not a
+/// string, which JSON would have to name some other way (`json.dumps` writes `1` as `"1"`).
+fn could_read_as(k: &Bound<'_, PyAny>, key: &str) -> bool {
+    match k.cast::<PyString>() {
+        Ok(k) => k.to_str().is_ok_and(|k| fold_eq(k, key)),
+        Err(_) => true,
+    }
+}
+
 impl<'py> ArgValue for PyArg<'py> {
     fn kind(&self) -> Kind {
         let v = &self.0;
@@ -75,10 +89,9 @@ impl<'py> ArgValue for PyArg<'py> {
         let dict = self.0.cast::<PyDict>().ok()?;
         let value = dict.get_item(key_string(dict.py(), key)).ok().flatten()?;
         let twin = dict.len() > 1
-            && dict.iter().any(|(k, _)| match k.cast::<PyString>() {
-                Ok(k) => k.to_str().is_ok_and(|k| k != key && fold_eq(k, key)),
-                Err(_) => true,
-            });
+            && dict
+                .iter()
+                .any(|(k, _)| !is_exactly(&k, key) && could_read_as(&k, key));
         (!twin).then_some(PyArg(value))
     }
 
@@ -86,11 +99,7 @@ impl<'py> ArgValue for PyArg<'py> {
         let Ok(dict) = self.0.cast::<PyDict>() else {
             return false;
         };
-        dict.iter().any(|(k, _)| match k.cast::<PyString>() {
-            Ok(k) => k.to_str().is_ok_and(|k| fold_eq(k, key)),
-            // A key JSON would have to name some other way: it could be read as `key`.
-            Err(_) => true,
-        })
+        dict.iter().any(|(k, _)| could_read_as(&k, key))
     }
 
     fn is_opaque(&self) -> bool {
