@@ -7,6 +7,11 @@ __version__: str
 #: The git commit the extension was built from; "" when unknown.
 __revision__: str
 
+def inert(text: str) -> str:
+    """``text`` safe to show a person: control, format and line-separator characters written
+    ``\\u{HEX}``, backslashes doubled. For everything an agent sent (tool names, arguments,
+    session and agent ids) before a terminal, chat or log shows it."""
+
 Verdict = Literal["ALLOW", "DENY", "REQUIRE_APPROVAL"]
 Code = Literal[
     "ALLOWED",

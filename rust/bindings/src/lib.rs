@@ -18,6 +18,13 @@ use pyo3::prelude::*;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Text an agent sent, made safe to show a person: control, format and separator
+/// characters written `\u{HEX}`, backslashes doubled (`toolgate_core::inert`).
+#[pyfunction]
+fn inert(text: &str) -> String {
+    toolgate_core::inert::escape(text).into_owned()
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::PyEngine>()?;
@@ -35,6 +42,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(engine::create_shared_state, m)?)?;
     m.add_function(wrap_pyfunction!(mcp::read_mcp_request, m)?)?;
     m.add_function(wrap_pyfunction!(document::read_document, m)?)?;
+    m.add_function(wrap_pyfunction!(inert, m)?)?;
     m.add("PolicyError", m.py().get_type::<policy::PolicyError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     // The git commit built from, or "" if unknown (build.rs).

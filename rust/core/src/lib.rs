@@ -13,6 +13,7 @@ pub mod decision_log;
 pub mod engine;
 pub mod explain;
 pub mod glob;
+pub mod inert;
 pub mod limiter;
 pub mod mapping;
 pub mod matcher;

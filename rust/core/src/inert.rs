@@ -1,0 +1,124 @@
+//! Text an agent sent (tool names, arguments, session and agent ids), made inert for the
+//! people who later read it in a terminal, a chat or a log viewer.
+//!
+//! A character is *unsafe* when a reader's display can act on it instead of showing it:
+//! control characters (C0, DEL, C1: line breaks that forge rows, ANSI escapes that move the
+//! cursor or recolour text), format characters (bidirectional overrides and isolates that
+//! reorder what is shown, zero-width characters that hide text, tag characters) and the
+//! Unicode line and paragraph separators. [`escape`] writes each as `\u{HEX}` and a
+//! backslash as `\\`, so an escape the agent typed itself cannot pass for one of ours; every
+//! other character is kept. The decision log writes the same characters as JSON `\uXXXX`
+//! escapes ([`is_unsafe`]).
+
+use std::borrow::Cow;
+use std::fmt::Write;
+
+/// Unicode's format characters (general category Cf, Unicode 15.1).
+const FORMAT: [(u32, u32); 22] = [
+    (0x00AD, 0x00AD),
+    (0x0600, 0x0605),
+    (0x061C, 0x061C),
+    (0x06DD, 0x06DD),
+    (0x070F, 0x070F),
+    (0x0890, 0x0891),
+    (0x08E2, 0x08E2),
+    (0x180E, 0x180E),
+    (0x200B, 0x200F),
+    (0x202A, 0x202E),
+    (0x2060, 0x2064),
+    (0x2066, 0x206F),
+    (0xFEFF, 0xFEFF),
+    (0xFFF9, 0xFFFB),
+    (0x110BD, 0x110BD),
+    (0x110CD, 0x110CD),
+    (0x13430, 0x1343F),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0001, 0xE0001),
+    (0xE0020, 0xE007F),
+    // Line and paragraph separators (Zl, Zp): line breaks to many displays.
+    (0x2028, 0x2029),
+];
+
+/// Whether a display could act on `c` rather than show it.
+#[inline]
+pub fn is_unsafe(c: char) -> bool {
+    if c.is_ascii() {
+        return c.is_ascii_control();
+    }
+    let n = c as u32;
+    // C1 controls, then the format and separator ranges.
+    (0x80..=0x9F).contains(&n) || FORMAT.iter().any(|&(lo, hi)| (lo..=hi).contains(&n))
+}
+
+/// `text` with every unsafe character written `\u{HEX}` and each backslash `\\`; borrowed
+/// when there is nothing to escape.
+pub fn escape(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(|c| c == '\\' || is_unsafe(c)) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c == '\\' {
+            out.push_str("\\\\");
+        } else if is_unsafe(c) {
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn escapes_what_moves_or_hides_text() {
+        assert_eq!(escape("create-ami"), "create-ami");
+        assert!(matches!(escape("naïve ✓ 日本"), Cow::Borrowed(_)));
+        assert_eq!(escape("a\nb"), "a\\u{a}b");
+        assert_eq!(escape("\x1b[2K\rok"), "\\u{1b}[2K\\u{d}ok");
+        assert_eq!(escape("x\u{9b}31m"), "x\\u{9b}31m");
+        assert_eq!(escape("abc\u{202e}fed"), "abc\\u{202e}fed");
+        assert_eq!(
+            escape("a\u{200b}b\u{2028}c\u{e0041}"),
+            "a\\u{200b}b\\u{2028}c\\u{e0041}"
+        );
+        // An escape typed by the agent stays visibly its own.
+        assert_eq!(escape("\\u{a}"), "\\\\u{a}");
+    }
+
+    proptest! {
+        /// Whatever the text, the escaped form holds no unsafe character, keeps every safe
+        /// one in order, and reads back to the text.
+        #[test]
+        fn escaped_text_is_inert_and_reversible(text in any::<String>()) {
+            let out = escape(&text);
+            prop_assert!(!out.chars().any(is_unsafe));
+            prop_assert_eq!(unescape(&out), text);
+        }
+    }
+
+    fn unescape(text: &str) -> String {
+        let mut out = String::new();
+        let mut chars = text.chars();
+        while let Some(c) = chars.next() {
+            if c != '\\' {
+                out.push(c);
+                continue;
+            }
+            match chars.next() {
+                Some('\\') => out.push('\\'),
+                Some('u') => {
+                    let hex: String = chars.by_ref().skip(1).take_while(|&c| c != '}').collect();
+                    out.push(char::from_u32(u32::from_str_radix(&hex, 16).unwrap()).unwrap());
+                }
+                other => panic!("bad escape {other:?}"),
+            }
+        }
+        out
+    }
+}
