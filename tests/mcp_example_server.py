@@ -11,7 +11,10 @@ that a request (say, a malformed body) never reached the server. The tools do no
 
 Stateful mode (``Mcp-Session-Id``, SSE answers, the GET stream), as MCP servers are usually
 deployed: the proxy is tested on the hard case. ``--json`` answers POSTs with plain JSON and
-``--stateless`` drops sessions, for tests that want them.
+``--stateless`` drops sessions, for tests that want them. ``--resumable`` keeps every event in
+memory and replays a stream after ``Last-Event-ID`` (the SDK's ``event_store``); ``--gzip``
+compresses answers for clients that accept it (Starlette's ``GZipMiddleware``), as servers
+behind a compressing front end do.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from typing import Any
 
 import uvicorn
 from mcp.server.mcpserver import MCPServer
-from mcp.types import ToolAnnotations
+from mcp.server.streamable_http import EventCallback, EventId, EventMessage, EventStore, StreamId
+from mcp.types import JSONRPCMessage, ToolAnnotations
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
@@ -63,6 +68,30 @@ def build_server() -> MCPServer:
         return f"terminated {len(ids)} instance(s): {', '.join(ids)}"
 
     return server
+
+
+class MemoryEventStore(EventStore):
+    """Every event of every stream, in memory, numbered in order: enough to resume."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[StreamId, JSONRPCMessage | None]] = []
+
+    async def store_event(self, stream_id: StreamId, message: JSONRPCMessage | None) -> EventId:
+        self.events.append((stream_id, message))
+        return str(len(self.events))
+
+    async def replay_events_after(
+        self, last_event_id: EventId, send_callback: EventCallback
+    ) -> StreamId | None:
+        if not last_event_id.isdigit() or not 0 < int(last_event_id) <= len(self.events):
+            return None
+        stream_id = self.events[int(last_event_id) - 1][0]
+        for n, (stream, message) in enumerate(
+            self.events[int(last_event_id) :], int(last_event_id) + 1
+        ):
+            if stream == stream_id and message is not None:
+                await send_callback(EventMessage(message, str(n)))
+        return stream_id
 
 
 class RequestLog:
@@ -116,6 +145,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--json", action="store_true", help="answer POSTs with JSON, not SSE")
     parser.add_argument("--stateless", action="store_true", help="no sessions")
+    parser.add_argument("--resumable", action="store_true", help="replay after Last-Event-ID")
+    parser.add_argument("--gzip", action="store_true", help="compress answers when accepted")
     args = parser.parse_args(argv)
     if not args.log:
         parser.error("--log (or MCP_SEED_LOG) is required")
@@ -125,10 +156,13 @@ def main(argv: list[str] | None = None) -> None:
         streamable_http_path="/mcp",
         json_response=args.json,
         stateless_http=args.stateless,
+        event_store=MemoryEventStore() if args.resumable else None,
         # Host/Origin checks allow 127.0.0.1:* and localhost:*, which covers Envoy on loopback
         # (it forwards the client's Host header unchanged).
         host=host,
     )
+    if args.gzip:
+        app = GZipMiddleware(app, minimum_size=100)
     uvicorn.run(
         RequestLog(app, args.log),
         host=host,

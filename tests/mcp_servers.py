@@ -152,13 +152,23 @@ class _Exited(AssertionError):
 
 class SeedServer(_Server):
     """tests/mcp_example_server.py. ``json=True`` answers POSTs with JSON instead of SSE;
-    ``stateless=True`` serves without sessions."""
+    ``stateless=True`` serves without sessions; ``resumable=True`` replays streams after
+    ``Last-Event-ID``; ``gzip=True`` compresses answers for clients that accept it."""
 
     name = "seed"
 
-    def __init__(self, log_path: str | Path, *, json: bool = False, stateless: bool = False):
+    def __init__(
+        self,
+        log_path: str | Path,
+        *,
+        json: bool = False,
+        stateless: bool = False,
+        resumable: bool = False,
+        gzip: bool = False,
+    ):
         self.log_path = Path(log_path)
-        self.flags = [*(["--json"] if json else []), *(["--stateless"] if stateless else [])]
+        flags = {"--json": json, "--stateless": stateless, "--resumable": resumable, "--gzip": gzip}
+        self.flags = [flag for flag, on in flags.items() if on]
         super().__init__()
 
     def _command(self, port: int) -> tuple[list[str], dict[str, str] | None]:

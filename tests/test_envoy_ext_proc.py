@@ -13,8 +13,11 @@ servers, with a real ``toolgate serve`` on either transport:
 
 from __future__ import annotations
 
+import gzip
+import http.client
 import json
 import threading
+import zlib
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -24,7 +27,7 @@ import httpx2
 import mcp.types as types
 import pytest
 from conftest import EXAMPLES, cond, limit, policy
-from envoy_proxy import DEPLOY, deployed, envoy_executable, send
+from envoy_proxy import ACCEPT, DEPLOY, deployed, envoy_executable, send
 from mcp import Client, ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
@@ -302,11 +305,17 @@ def test_a_rule_can_keep_failed_calls_counted(transport):
 class ScriptedUpstream:
     """An HTTP server standing in for an MCP server: each POST is answered by
     ``answer(message) -> (status, content_type, chunks)``, the chunks written and flushed
-    one by one (chunked transfer), so Envoy sees the body cut where the test says."""
+    one by one (chunked transfer), so Envoy sees the body cut where the test says, with
+    ``extra_headers`` on every answer."""
 
-    def __init__(self, answer: Callable[[dict[str, Any]], tuple[int, str, list[bytes]]]):
+    def __init__(
+        self,
+        answer: Callable[[dict[str, Any]], tuple[int, str, list[bytes]]],
+        extra_headers: dict[str, str] | None = None,
+    ):
         self.headers: list[dict[str, str]] = []
         seen = self.headers
+        more = extra_headers or {}
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -317,6 +326,8 @@ class ScriptedUpstream:
                 status, content_type, chunks = answer(json.loads(self.rfile.read(length)))
                 self.send_response(status)
                 self.send_header("content-type", content_type)
+                for name, value in more.items():
+                    self.send_header(name, value)
                 self.send_header("transfer-encoding", "chunked")
                 self.end_headers()
                 for chunk in chunks:
@@ -385,47 +396,197 @@ def test_a_list_streamed_in_pieces_is_filtered_whole(transport):
 
 
 TOOL = b'{"name":"delete_all"}'
+LIST_7 = b'{"jsonrpc":"2.0","id":7,"result":{"tools":[' + TOOL + b"]}}"
 UNREADABLE = {
     "case-variant": (
+        200,
         "application/json",
         b'{"jsonrpc":"2.0","id":7,"result":{"tools":[{"Name":"delete_all"}]}}',
     ),
     "duplicate-key": (
+        200,
         "application/json",
         b'{"jsonrpc":"2.0","id":7,"result":{"tools":[{"name":"delete_all","name":"a"}]}}',
     ),
     "wrong-id": (
+        200,
         "application/json",
         b'{"jsonrpc":"2.0","id":8,"result":{"tools":[' + TOOL + b"]}}",
     ),
-    "trailing-data": ("application/json", b'{"jsonrpc":"2.0","id":7,"result":{"tools":[]}} x'),
+    "trailing-data": (200, "application/json", b'{"jsonrpc":"2.0","id":7,"result":{"tools":[]}} x'),
     "cut-json-event": (
+        200,
         "text/event-stream",
         b'data: {"jsonrpc":"2.0","id":7,"result":{"tools":[' + TOOL + b"]\n\n",
     ),
-    "not-json": ("text/html", b'{"jsonrpc":"2.0","id":7,"result":{"tools":[' + TOOL + b"]}}"),
+    "not-json": (200, "text/html", b'{"jsonrpc":"2.0","id":7,"result":{"tools":[' + TOOL + b"]}}"),
+    # An error status is no reason to pass a body unread.
+    "error-page": (
+        500,
+        "text/html",
+        b'{"jsonrpc":"2.0","id":7,"result":{"tools":[' + TOOL + b"]}}",
+    ),
+    # Bytes that are no event stream, labelled as one (clients skip lines they cannot read).
+    "json-as-event-stream": (200, "text/event-stream", LIST_7),
 }
 
 
-@pytest.mark.parametrize("content_type, body", UNREADABLE.values(), ids=UNREADABLE.keys())
-def test_an_answer_that_cannot_be_read_is_refused(transport, content_type, body):
+@pytest.mark.parametrize(
+    "answer_status, content_type, body", UNREADABLE.values(), ids=UNREADABLE.keys()
+)
+def test_an_answer_that_cannot_be_read_is_refused(transport, answer_status, content_type, body):
     with (
-        ScriptedUpstream(lambda _: (200, content_type, [body])) as upstream,
+        ScriptedUpstream(lambda _: (answer_status, content_type, [body])) as upstream,
         Sidecar(HIDE_DELETES) as sidecar,
         deployed(EXT_PROC, sidecar.port, upstream.port) as envoy,
     ):
         status, headers, out = send(envoy, "POST", rpc("tools/list", 7))
         assert sidecar.metric(LISTS, result="refused") == 1
-    assert status == 200
+    assert status == answer_status
     text = out.decode()
     assert "delete_all" not in text
-    if content_type == "text/event-stream":
+    if content_type == "text/event-stream" and text.startswith("event:"):
         text = text.split("data: ", 1)[1]
     else:
         assert headers["content-type"] == "application/json"
     error = json.loads(text)
     assert error["id"] == 7
     assert error["error"]["code"] == -32603
+
+
+def _compress(coding: str, data: bytes) -> bytes:
+    """``data`` in ``coding``; ``br`` is only labelled (the filter must refuse it unread)."""
+    if coding == "gzip":
+        return gzip.compress(data)
+    if coding == "deflate":
+        return zlib.compress(data)
+    return data
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "br"])
+@pytest.mark.parametrize("framing", ["application/json", "text/event-stream"])
+def test_a_compressed_list_is_refused_in_plain_json_and_none_is_asked_for(
+    transport, coding, framing
+):
+    names = ["read", "delete_all"]
+
+    def answer(message: dict[str, Any]) -> tuple[int, str, list[bytes]]:
+        body = listing(message["id"], names)
+        if framing == "text/event-stream":
+            body = b"event: message\ndata: " + body + b"\n\n"
+        return 200, framing, [_compress(coding, body)]
+
+    with (
+        ScriptedUpstream(answer, {"content-encoding": coding}) as upstream,
+        Sidecar(HIDE_DELETES) as sidecar,
+        deployed(EXT_PROC, sidecar.port, upstream.port) as envoy,
+    ):
+        # httpx, and so the official SDK, offers gzip by default.
+        offer = {"accept-encoding": "gzip, deflate, br"}
+        status, headers, out = send(envoy, "POST", rpc("tools/list", 7), offer)
+        assert sidecar.metric(LISTS, result="refused") == 1
+    # The server was offered plain bytes only...
+    (seen,) = upstream.headers
+    assert "accept-encoding" not in seen
+    # ...and what it compressed anyway reaches the agent as a refusal it can read.
+    assert status == 200
+    assert "content-encoding" not in headers
+    assert headers["content-type"] == "application/json"
+    error = json.loads(out)
+    assert (error["id"], error["error"]["code"]) == (7, -32603)
+    assert b"delete_all" not in out
+
+
+def test_a_server_that_compresses_when_asked_lists_filtered_to_the_official_client(tmp_path):
+    with SeedServer(tmp_path / "seed.jsonl", json=True, stateless=True, gzip=True) as seed:
+        # Asked directly, the server compresses: the proxy has to keep it from doing so.
+        direct = httpx2.post(
+            seed.url,
+            content=rpc("tools/list", 1),
+            headers={"accept": ACCEPT, "content-type": "application/json"},
+        )
+        assert direct.headers["content-encoding"] == "gzip"
+        with (
+            Sidecar(EXAMPLES / "policy.json") as sidecar,
+            deployed(EXT_PROC, sidecar.port, seed.port) as envoy,
+        ):
+            names, _ = list_all(envoy.url(), {"authorization": "Bearer alice"})
+            assert sidecar.metric(LISTS, result="refused") == 0
+    assert "delete_image" not in names and "create-ami" in names
+
+
+def _events_until(response: Any, done: Callable[[str], bool], limit: int = 200) -> list[str]:
+    """Lines of an event stream that stays open, read up to the first for which ``done``."""
+    lines: list[str] = []
+    while len(lines) < limit:
+        line = response.fp.readline().decode()
+        if not line:
+            break
+        lines.append(line.rstrip("\r\n"))
+        if done(lines[-1]):
+            break
+    return lines
+
+
+def _open(port: int, method: str, body: bytes | None, headers: dict[str, str]) -> Any:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    all_headers = {"accept": ACCEPT, "content-type": "application/json", **headers}
+    connection.request(method, "/mcp", body=body, headers=all_headers)
+    return connection.getresponse()
+
+
+def _replayed_list(port: int, extra: dict[str, str] | None = None) -> tuple[int, list[str]]:
+    """A session on ``port``: initialize, list the tools, then resume the list's stream from
+    its first event with GET + Last-Event-ID; the status of the GET and what it replayed."""
+    extra = extra or {}
+    version = {"mcp-protocol-version": "2025-11-25"}
+    hello = rpc(
+        "initialize",
+        0,
+        protocolVersion="2025-11-25",
+        capabilities={},
+        clientInfo={"name": "t", "version": "1"},
+    )
+    opened = _open(port, "POST", hello, extra)
+    session = {"mcp-session-id": opened.getheader("mcp-session-id"), **version, **extra}
+    opened.read()
+    _open(port, "POST", rpc("notifications/initialized"), session).read()
+    listed = _open(port, "POST", rpc("tools/list", 1), session).read().decode()
+    first = next(line[4:] for line in listed.splitlines() if line.startswith("id: "))
+    resumed = _open(port, "GET", None, {**session, "last-event-id": first})
+    lines = _events_until(resumed, lambda line: line.startswith("data: ") and '"result"' in line)
+    resumed.close()
+    return resumed.status, lines
+
+
+def test_a_resumed_stream_replays_the_list_filtered(tmp_path, transport):
+    with SeedServer(tmp_path / "seed.jsonl", resumable=True) as seed:
+        # Asked directly, the server replays the list answer, hidden tool and all.
+        status, replay = _replayed_list(seed.port)
+        assert status == 200 and any("delete_image" in line for line in replay)
+        with (
+            Sidecar(EXAMPLES / "policy.json") as sidecar,
+            deployed(EXT_PROC, sidecar.port, seed.port) as envoy,
+        ):
+            status, replay = _replayed_list(envoy.port, {"authorization": "Bearer alice"})
+            assert sidecar.metric(LISTS, result="filtered") >= 2
+    assert status == 200
+    (data,) = [line for line in replay if line.startswith("data: ") and '"result"' in line]
+    names = [t["name"] for t in json.loads(data[6:])["result"]["tools"]]
+    assert "create-ami" in names and "delete_image" not in names
+
+
+def test_a_replay_asked_for_on_anything_but_get_is_refused(tmp_path, transport):
+    with (
+        SeedServer(tmp_path / "seed.jsonl") as seed,
+        Sidecar(EXAMPLES / "policy.json") as sidecar,
+        deployed(EXT_PROC, sidecar.port, seed.port) as envoy,
+    ):
+        for method, body in [("POST", rpc("tools/list", 3)), ("DELETE", b"")]:
+            status, _, out = send(envoy, method, body, {"last-event-id": "1"})
+            assert status == 400, method
+            assert "Last-Event-ID" in json.loads(out)["error"]["message"]
+        assert seed.requests() == []
 
 
 def test_an_http_error_gives_the_spend_back(transport):

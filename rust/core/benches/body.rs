@@ -112,6 +112,7 @@ fn check(engine: &Engine, body: &[u8]) -> Gate {
             subject: Subject::default(),
             mcp_method: None,
             mcp_name: None,
+            resumes: false,
         },
     )
 }

@@ -338,7 +338,14 @@ impl Stats {
             },
             1,
         );
-        self.add(cell::TOOLS_UNLISTED, removed as u64);
+        self.count_list_removed(removed);
+    }
+
+    /// Tools taken out of lists.
+    pub fn count_list_removed(&self, removed: usize) {
+        if removed > 0 {
+            self.add(cell::TOOLS_UNLISTED, removed as u64);
+        }
     }
 
     /// A reservation was given back because its call failed upstream.

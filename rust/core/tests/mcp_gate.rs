@@ -35,6 +35,7 @@ fn post<'a>(body: &'a str, grant: &'a str) -> HttpCall<'a> {
         },
         mcp_method: None,
         mcp_name: None,
+        resumes: false,
     }
 }
 
@@ -368,9 +369,42 @@ fn follow(e: &Engine, body: &str) -> Follow {
 fn the_answers_to_follow_are_lists_and_calls_that_hold_a_reservation() {
     let e = engine();
     let list = json!({"jsonrpc": "2.0", "id": "l", "method": "tools/list"}).to_string();
-    assert_eq!(follow(&e, &list), Follow::ToolList { id: json!("l") });
+    assert_eq!(
+        follow(&e, &list),
+        Follow::ToolList {
+            id: Some(json!("l"))
+        }
+    );
+    // A notification gets no answer; should a server send one, it is filtered all the same.
     let notification = json!({"jsonrpc": "2.0", "method": "tools/list"}).to_string();
-    assert_eq!(follow(&e, &notification), Follow::Nothing);
+    assert_eq!(follow(&e, &notification), Follow::ToolList { id: None });
+    // A server's GET stream (resumed or not) may replay earlier answers: each is filtered.
+    for resumes in [false, true] {
+        let stream = HttpCall {
+            http_method: "GET",
+            body: b"",
+            resumes,
+            ..post("", "g")
+        };
+        let Gate::Forward { follow, .. } = check(&e, &stream) else {
+            panic!("a GET stream is forwarded")
+        };
+        assert_eq!(follow, Follow::ToolList { id: None });
+    }
+    // A replay asked for on any other request would come back unfiltered: refused.
+    for method in ["POST", "DELETE", "PUT"] {
+        let body = if method == "POST" { list.as_str() } else { "" };
+        let resumed = HttpCall {
+            http_method: method,
+            body: body.as_bytes(),
+            resumes: true,
+            ..post("", "g")
+        };
+        let Gate::Answer { reply, .. } = check(&e, &resumed) else {
+            panic!("{method} with Last-Event-ID is refused")
+        };
+        assert_eq!(reply.status, 400);
+    }
     let counted = tool_call(json!(3), "create-ami", json!({}));
     let Follow::CallOutcome { id, reservation } = follow(&e, &counted) else {
         panic!("a counted call is followed")

@@ -140,6 +140,7 @@ fn gate(engine: &Engine, config: &AuthzConfig, request: &CheckRequest) -> (Gate,
         },
         mcp_method: headers.get("mcp-method"),
         mcp_name: headers.get("mcp-name"),
+        resumes: headers.all("last-event-id").next().is_some(),
     };
     let gate = mcp::check(engine, &call);
     let note = match &gate {

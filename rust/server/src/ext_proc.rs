@@ -33,7 +33,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use toolgate_core::compile::CompiledPolicy;
 use toolgate_core::mcp::answer::{error_message, Framing};
-use toolgate_core::mcp::listing::{ListFilter, INTERNAL_ERROR};
+use toolgate_core::mcp::listing::{ListFilter, ListReport, Reading, INTERNAL_ERROR};
 use toolgate_core::mcp::outcome::{CallWatcher, Outcome};
 use toolgate_core::mcp::Follow;
 use toolgate_core::visibility::Visibility;
@@ -88,7 +88,9 @@ pub fn exchange_metadata(follow: &Follow, caller: impl FnOnce() -> Caller) -> Op
         Follow::Nothing => return None,
         Follow::ToolList { id } => {
             put("exchange", Kind::StringValue("tools/list".into()));
-            put("id", Kind::StringValue(id.to_string()));
+            if let Some(id) = id {
+                put("id", Kind::StringValue(id.to_string()));
+            }
             let caller = caller();
             for (key, value) in [
                 ("server", caller.server),
@@ -135,7 +137,11 @@ fn read_metadata(metadata: Option<&Metadata>) -> Option<(Follow, Caller)> {
         Some(Kind::StringValue(s)) => Some(s.clone()),
         _ => None,
     };
-    let id: Value = serde_json::from_str(&text("id")?).ok()?;
+    // An id that is there must read back; a list stream may have none.
+    let id: Option<Value> = match text("id") {
+        Some(id) => Some(serde_json::from_str(&id).ok()?),
+        None => None,
+    };
     match text("exchange")?.as_str() {
         "tools/list" => {
             let verified = note
@@ -153,7 +159,13 @@ fn read_metadata(metadata: Option<&Metadata>) -> Option<(Follow, Caller)> {
         }
         "tools/call" => {
             let reservation = text("reservation")?.parse().ok()?;
-            Some((Follow::CallOutcome { id, reservation }, Caller::default()))
+            Some((
+                Follow::CallOutcome {
+                    id: id?,
+                    reservation,
+                },
+                Caller::default(),
+            ))
         }
         _ => None,
     }
@@ -177,12 +189,14 @@ enum State {
     /// No Check left a note: nothing can be said of this answer.
     Unknown,
     List {
-        id: Value,
+        id: Option<Value>,
         caller: Arc<Caller>,
         policy: Arc<CompiledPolicy>,
-        /// Made at the answer's headers; `None` for an answer that lists nothing (an HTTP
-        /// error), which goes on as it is.
-        filter: Option<ListFilter<Visible>>,
+        /// Made at the answer's headers.
+        filter: Option<Box<ListFilter<Visible>>>,
+        /// What of the filter's report is already in the statistics: a stream that stays
+        /// open (a server's GET stream) is counted answer by answer.
+        counted: ListReport,
     },
     Call {
         watcher: CallWatcher,
@@ -228,6 +242,7 @@ impl Exchange {
                     caller: Arc::new(caller),
                     policy: engine.policy(),
                     filter: None,
+                    counted: ListReport::default(),
                 },
                 Some((Follow::CallOutcome { id, reservation }, _)) => State::Call {
                     watcher: CallWatcher::new(id),
@@ -261,9 +276,6 @@ impl Exchange {
     }
 
     fn response_headers(&mut self, engine: &Engine, headers: &HttpHeaders) -> Response {
-        let status = header(headers.headers.as_ref(), ":status")
-            .and_then(|s| s.parse::<u16>().ok())
-            .unwrap_or(0);
         let content_type = header(headers.headers.as_ref(), "content-type").unwrap_or("");
         let mut mutation = HeaderMutation::default();
         match &mut self.state {
@@ -281,29 +293,34 @@ impl Exchange {
                 caller,
                 policy,
                 filter,
+                ..
             } => {
-                if (200..300).contains(&status) {
-                    let framing = Framing::of(content_type);
-                    let (caller, policy) = (Arc::clone(caller), Arc::clone(policy));
-                    let visible: Visible = Box::new(move |tool: &str| {
-                        policy.visibility(tool, caller.server.as_deref(), caller.subject())
-                    });
-                    *filter = Some(ListFilter::new(framing, id.clone(), visible));
-                    // The body changes length; an answer that carries no message becomes a
-                    // JSON-RPC error.
-                    mutation.remove_headers.push("content-length".into());
-                    if framing.is_none() {
-                        mutation
-                            .set_headers
-                            .push(set_header("content-type", "application/json"));
-                    }
+                // Whatever the status: an error page could carry a list as well as a 200.
+                let reading = list_reading(headers.headers.as_ref(), content_type);
+                let (caller, policy) = (Arc::clone(caller), Arc::clone(policy));
+                let visible: Visible = Box::new(move |tool: &str| {
+                    policy.visibility(tool, caller.server.as_deref(), caller.subject())
+                });
+                // The body changes length; an answer the filter cannot read becomes a
+                // JSON-RPC error, in plain JSON: the encoding it claimed is taken off, or
+                // the client could not read the refusal.
+                mutation.remove_headers.push("content-length".into());
+                if reading.is_err() {
+                    mutation.remove_headers.push("content-encoding".into());
+                    mutation
+                        .set_headers
+                        .push(set_header("content-type", "application/json"));
                 }
+                *filter = Some(Box::new(ListFilter::new(reading, id.clone(), visible)));
             }
             State::Call {
                 watcher,
                 reservation,
                 released,
             } => {
+                let status = header(headers.headers.as_ref(), ":status")
+                    .and_then(|s| s.parse::<u16>().ok())
+                    .unwrap_or(0);
                 watcher.head(status, Some(content_type));
                 give_back(engine, watcher, *reservation, released);
             }
@@ -326,15 +343,11 @@ impl Exchange {
         match &mut self.state {
             State::List {
                 filter: Some(filter),
+                counted,
                 ..
             } => {
                 let out = filter.feed(&body.body, body.end_of_stream);
-                if body.end_of_stream {
-                    let report = &filter.report;
-                    engine
-                        .stats()
-                        .count_list(report.removed, report.refused.is_some());
-                }
+                count_lists(engine, &filter.report, counted);
                 body_mutation = Some(BodyMutation {
                     mutation: Some(Mutation::Body(out)),
                 });
@@ -365,6 +378,20 @@ impl Exchange {
     }
 }
 
+/// Count what the filter did since it was last counted: each list it read, the tools it
+/// took out, and a refusal.
+fn count_lists(engine: &Engine, report: &ListReport, counted: &mut ListReport) {
+    let stats = engine.stats();
+    for _ in counted.lists..report.lists {
+        stats.count_list(0, false);
+    }
+    if report.refused.is_some() && counted.refused.is_none() {
+        stats.count_list(0, true);
+    }
+    stats.count_list_removed(report.removed - counted.removed);
+    counted.clone_from(report);
+}
+
 /// Give the reservation back once the call is known to have failed.
 fn give_back(engine: &Engine, watcher: &CallWatcher, reservation: u64, released: &mut bool) {
     if let Outcome::Failed(failure) = watcher.outcome() {
@@ -375,6 +402,41 @@ fn give_back(engine: &Engine, watcher: &CallWatcher, reservation: u64, released:
             }
         }
     }
+}
+
+/// How a list answer's body can be read, from its headers: refused when the body is
+/// encoded (compressed: the filter reads only plain bytes, and a stream of compressed bytes
+/// holds no event it would see), when its media type carries no message, or when it names
+/// its media type or encoding twice (a client may read either).
+fn list_reading(headers: Option<&HeaderMap>, content_type: &str) -> Reading {
+    let all = |name: &'static str| {
+        headers
+            .into_iter()
+            .flat_map(|m| &m.headers)
+            .filter(move |h| h.key.eq_ignore_ascii_case(name))
+            .map(header_value)
+    };
+    if all("content-type").count() > 1 {
+        return Err("the answer names its content-type twice".into());
+    }
+    for (name, plain) in [
+        ("content-encoding", &["identity"][..]),
+        ("transfer-encoding", &["identity", "chunked"][..]),
+    ] {
+        for value in all(name) {
+            let coded = value
+                .split(',')
+                .map(str::trim)
+                .find(|c| !c.is_empty() && !plain.iter().any(|p| c.eq_ignore_ascii_case(p)));
+            if let Some(coding) = coded {
+                return Err(format!(
+                    "the answer is sent with {name} {coding:?}, which the filter does not read"
+                ));
+            }
+        }
+    }
+    Framing::of(content_type)
+        .ok_or_else(|| "the answer's content-type carries no MCP message".to_owned())
 }
 
 /// The whole answer replaced by a JSON-RPC error (the request's id is not known here).
@@ -423,9 +485,14 @@ fn header<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
         .headers
         .iter()
         .find(|h| h.key.eq_ignore_ascii_case(name))?;
+    Some(header_value(h))
+}
+
+/// `h`'s value as text; one that is not UTF-8 reads as a value no check accepts.
+fn header_value(h: &HeaderValue) -> &str {
     if h.raw_value.is_empty() {
-        Some(&h.value)
+        &h.value
     } else {
-        std::str::from_utf8(&h.raw_value).ok()
+        std::str::from_utf8(&h.raw_value).unwrap_or("\u{fffd}")
     }
 }

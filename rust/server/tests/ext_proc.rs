@@ -90,7 +90,7 @@ fn list_policy() -> Value {
 
 /// Run one list answer through a stream, its body cut at `cuts`; the bytes sent on.
 fn filter(engine: &Engine, agent: &str, answer: &[u8], cuts: &[usize], sse: bool) -> Vec<u8> {
-    let follow = Follow::ToolList { id: json!(5) };
+    let follow = Follow::ToolList { id: Some(json!(5)) };
     let caller = Caller {
         agent: Some(agent.into()),
         ..Default::default()
@@ -260,39 +260,163 @@ fn an_answer_without_a_note_is_refused_where_envoy_waits() {
 }
 
 #[test]
-fn an_error_answer_to_a_list_passes_as_it_is() {
+fn an_error_answer_to_a_list_passes_and_an_unreadable_one_is_replaced_whatever_its_status() {
     let e = engine(list_policy());
-    let follow = Follow::ToolList { id: json!(5) };
+    let follow = Follow::ToolList { id: Some(json!(5)) };
     let md = Some(metadata(&follow, Caller::default()));
-    let mut exchange = Exchange::default();
-    let r = exchange
-        .process(&e, &message(&md, headers(500, "text/plain"), false))
-        .unwrap();
+    let error = br#"{"jsonrpc":"2.0","id":"server-error","error":{"code":-32600,"message":"Bad"}}"#;
+    for (status, content_type, sent) in [
+        (400, "application/json", &error[..]),
+        (500, "text/plain", b"oops"),
+        (404, "text/html", br#"{"tools":[{"name":"delete_x"}]}"#),
+    ] {
+        let mut exchange = Exchange::default();
+        let (head, out) = exchange_bytes(
+            &e,
+            &mut exchange,
+            &md,
+            status,
+            &[("content-type", content_type)],
+            sent,
+            &[],
+        );
+        assert!(exchange.finished());
+        if sent == error {
+            assert_eq!(out, error, "a JSON-RPC error lists nothing: it passes");
+        } else {
+            assert!(head.remove_headers.contains(&"content-encoding".to_owned()));
+            let refusal: Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(refusal["error"]["code"], -32603, "{status} {content_type}");
+            assert_eq!(refusal["id"], 5);
+        }
+    }
+}
+
+/// One answer through a fresh stream: the header mutation Envoy is told, and every body
+/// byte sent on, its body cut at `cuts`.
+#[allow(clippy::too_many_arguments)]
+fn exchange_bytes(
+    e: &Engine,
+    exchange: &mut Exchange,
+    md: &Option<Metadata>,
+    status: u16,
+    sent_headers: &[(&str, &str)],
+    answer: &[u8],
+    cuts: &[usize],
+) -> (
+    envoy_types::pb::envoy::service::ext_proc::v3::HeaderMutation,
+    Vec<u8>,
+) {
+    let header = |k: &str, v: &str| HeaderValue {
+        key: k.into(),
+        raw_value: v.as_bytes().to_vec(),
+        ..Default::default()
+    };
+    let mut all = vec![header(":status", &status.to_string())];
+    all.extend(sent_headers.iter().map(|(k, v)| header(k, v)));
+    let head = Request::ResponseHeaders(HttpHeaders {
+        headers: Some(HeaderMap { headers: all }),
+        ..Default::default()
+    });
+    let r = exchange.process(e, &message(md, head, false)).unwrap();
     let Some(Response::ResponseHeaders(h)) = r.response else {
         panic!("{r:?}")
     };
-    assert!(h
-        .response
-        .unwrap()
-        .header_mutation
-        .unwrap()
-        .remove_headers
-        .is_empty());
-    let r = exchange
-        .process(&e, &message(&md, body(b"oops", true), false))
-        .unwrap();
-    let Some(Response::ResponseBody(b)) = r.response else {
-        panic!("{r:?}")
+    let mutation = h.response.unwrap().header_mutation.unwrap();
+    let mut out = Vec::new();
+    let mut from = 0;
+    for &cut in cuts.iter().chain(std::iter::once(&answer.len())) {
+        let end = cut == answer.len();
+        let r = exchange.process(e, &message(md, body(&answer[from..cut], end), false));
+        out.extend(sent_body(&r.unwrap()));
+        from = cut;
+    }
+    (mutation, out)
+}
+
+/// A body framed one of the ways a server (or a confused one) might send a tool list that
+/// holds `delete_x`, which the policy hides.
+fn hidden_list_body(shape: u8, id: Value, eol: &str) -> Vec<u8> {
+    let tools = json!([{"name": "read"}, {"name": "delete_x", "description": "gone"}]);
+    let answer = json!({"jsonrpc": "2.0", "id": id, "result": {"tools": tools, "nextCursor": "c"}});
+    let note = json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"});
+    let other = json!({"jsonrpc": "2.0", "id": 77, "result": {"tools": tools}});
+    let event = |m: &Value| format!("event: message{eol}id: e1{eol}data: {m}{eol}{eol}");
+    let text = match shape % 10 {
+        0 => answer.to_string(),
+        // A batch-like array of answers.
+        1 => json!([answer]).to_string(),
+        2 => event(&answer),
+        // The server's notification, a comment, then the answer.
+        3 => format!("data: {note}{eol}{eol}: keep-alive{eol}{eol}{}", event(&answer)),
+        // A replayed stream: an answer to an earlier request, then this one.
+        4 => format!("{}{}", event(&other), event(&answer)),
+        // The answer's JSON over several data lines.
+        5 => format!(
+            "data: {{\"jsonrpc\": \"2.0\",{eol}data: \"id\": {id},{eol}data: \"result\": {{\"tools\": {tools}}}}}{eol}{eol}"
+        ),
+        // A field name a client skips (a case variant of data).
+        6 => format!("Data: {answer}{eol}{eol}"),
+        // A key a case-insensitive client reads as "tools".
+        7 => event(&json!({"jsonrpc": "2.0", "id": id, "result": {"Tools": tools}})),
+        // Both a request and an answer.
+        8 => event(&json!({"jsonrpc": "2.0", "id": id, "method": "x", "result": {"tools": tools}})),
+        // The plain answer with no line end at all.
+        _ => format!("data: {answer}"),
     };
-    assert!(b.response.unwrap().body_mutation.is_none());
-    assert!(exchange.finished());
+    text.into_bytes()
+}
+
+proptest! {
+    /// However a tool list is framed, encoded, cut or replayed, and whatever the status, no
+    /// hidden tool's name reaches the agent, and no content encoding is left on a body the
+    /// filter rewrote or refused.
+    #[test]
+    fn no_hidden_tool_comes_out_by_any_framing(
+        shape in 0u8..10,
+        stream_mode in any::<bool>(),
+        status in prop::sample::select(vec![200u16, 202, 400, 404, 500]),
+        content_type in prop::sample::select(vec![
+            "application/json", "text/event-stream", "Application/JSON; charset=utf-8",
+            "TEXT/EVENT-STREAM;charset=utf-8", "text/plain", "", "application/json, text/event-stream",
+        ]),
+        encoding in prop::sample::select(vec![
+            "", "identity", "gzip", "GZIP", "br", "deflate", "identity, gzip", "x-custom", "identity,",
+        ]),
+        twice in any::<bool>(),
+        eol in prop::sample::select(vec!["\n", "\r\n", "\r"]),
+        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+    ) {
+        let e = engine(list_policy());
+        let id = (!stream_mode).then(|| json!(5));
+        let md = Some(metadata(&Follow::ToolList { id: id.clone() }, Caller::default()));
+        let answer = hidden_list_body(shape, json!(5), eol);
+        let mut cuts: Vec<usize> = cuts.iter().map(|i| i.index(answer.len())).collect();
+        cuts.sort_unstable();
+        cuts.dedup();
+        let mut sent = vec![("content-type", content_type)];
+        if twice {
+            sent.push(("content-type", "application/json"));
+        }
+        if !encoding.is_empty() {
+            sent.push(("content-encoding", encoding));
+        }
+        let mut exchange = Exchange::default();
+        let (head, out) = exchange_bytes(&e, &mut exchange, &md, status, &sent, &answer, &cuts);
+        let text = String::from_utf8_lossy(&out);
+        prop_assert!(!text.contains("delete_x"), "{}", text);
+        let coded = encoding.split(',').any(|c| !c.trim().is_empty() && !c.trim().eq_ignore_ascii_case("identity"));
+        if coded {
+            prop_assert!(head.remove_headers.contains(&"content-encoding".to_owned()));
+        }
+    }
 }
 
 #[test]
 fn an_answer_without_a_body_ends_with_its_headers() {
     let e = engine(list_policy());
     let md = Some(metadata(
-        &Follow::ToolList { id: json!(1) },
+        &Follow::ToolList { id: Some(json!(1)) },
         Caller::default(),
     ));
     let mut exchange = Exchange::default();

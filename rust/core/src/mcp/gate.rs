@@ -27,6 +27,8 @@ pub struct HttpCall<'a> {
     /// The `Mcp-Method` and `Mcp-Name` headers, when sent.
     pub mcp_method: Option<&'a str>,
     pub mcp_name: Option<&'a str>,
+    /// The request carries `Last-Event-ID`: it asks the server to replay a stream's events.
+    pub resumes: bool,
 }
 
 /// What the proxy must do.
@@ -48,12 +50,30 @@ pub enum Gate {
 
 /// Decide one request.
 pub fn check(engine: &Engine, call: &HttpCall<'_>) -> Gate {
+    let get = call.http_method.eq_ignore_ascii_case("GET");
+    // Servers replay a stream on GET only: a replay on any other request would come back on
+    // a route whose answer is not filtered.
+    if call.resumes && !get {
+        let refusal = Refusal {
+            code: INVALID_REQUEST,
+            message: "Last-Event-ID resumes a stream with GET only".into(),
+            id: None,
+        };
+        return refuse(engine, &refusal, 400);
+    }
     // GET opens the server's event stream and DELETE ends a session: no message to read.
+    // The GET stream carries the server's own messages, and, resumed, replays earlier
+    // answers: each one that lists tools is filtered.
     if call.body.is_empty() && !call.http_method.eq_ignore_ascii_case("POST") {
+        let follow = if get {
+            Follow::ToolList { id: None }
+        } else {
+            Follow::Nothing
+        };
         return Gate::Forward {
             headers: Vec::new(),
             decision: None,
-            follow: Follow::Nothing,
+            follow,
         };
     }
     if call.truncated {
@@ -83,9 +103,15 @@ pub fn check(engine: &Engine, call: &HttpCall<'_>) -> Gate {
         return refuse(engine, &refusal, 400);
     }
     let Some(tool) = tool else {
-        let follow = match id {
-            Some(id) if method == TOOLS_LIST => Follow::ToolList { id: id.clone() },
-            _ => Follow::Nothing,
+        // A tools/list without an id is a notification, which no server should answer; if
+        // one does, every answer on the stream is filtered.
+        // A GET's body, if any, is not what its server answers: it opens a stream.
+        let follow = if get {
+            Follow::ToolList { id: None }
+        } else if method == TOOLS_LIST {
+            Follow::ToolList { id: id.clone() }
+        } else {
+            Follow::Nothing
         };
         return Gate::Forward {
             headers: Vec::new(),
@@ -139,9 +165,11 @@ pub fn check(engine: &Engine, call: &HttpCall<'_>) -> Gate {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Follow {
     Nothing,
-    /// A `tools/list`: filter the answer for this caller ([`super::listing`]).
+    /// A `tools/list`, or a stream of the server's (`GET`): filter the answer for this
+    /// caller ([`super::listing`]). `id`: the request's; `None` for a stream that answers
+    /// no request of its own, where every answer that lists tools is filtered.
     ToolList {
-        id: Value,
+        id: Option<Value>,
     },
     /// An allowed `tools/call` holding `reservation`: give it back if the answer says the
     /// call failed ([`super::outcome`]).

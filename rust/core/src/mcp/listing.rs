@@ -2,14 +2,21 @@
 //! can never call ([`crate::visibility`]) are taken out, so the agent neither tries them nor
 //! learns that they exist.
 //!
-//! Fail closed: an answer that cannot be read as one JSON-RPC answer to the request (bad
-//! JSON, keys a case-insensitive client reads differently, a tool without a string `name`,
-//! a body over the limit) is not forwarded: the agent gets a JSON-RPC error instead.
-//! Pagination is untouched (`nextCursor` is kept, even when a page is emptied), and an
-//! answer that says how it may be cached (`cacheScope`, MCP 2026-07-28) is marked
-//! `"private"` when the filtering depended on who asked.
+//! Nothing passes unread: whatever the HTTP status, media type or content encoding, the body
+//! must be empty or read as JSON-RPC messages, each answer among them filtered. Fail closed:
+//! an answer that cannot be read as one JSON-RPC message (bad JSON, keys a case-insensitive
+//! client reads differently, a tool without a string `name`, a body over the limit, bytes in
+//! an encoding or framing the filter does not read) is not forwarded: the agent gets a
+//! JSON-RPC error instead. Pagination is untouched (`nextCursor` is kept, even when a page is
+//! emptied), and an answer that says how it may be cached (`cacheScope`, MCP 2026-07-28) is
+//! marked `"private"` when the filtering depended on who asked.
+//!
+//! Two kinds of stream: the answer to one `tools/list` request (its id known: that answer is
+//! filtered, and the stream ends there), and a stream that answers no request of its own (a
+//! `GET` stream, where a resumable server replays earlier answers after `Last-Event-ID`):
+//! there every answer that lists tools is filtered, and the stream goes on.
 
-use super::answer::{case_variant, error_message, is_answer, Framing};
+use super::answer::{case_variant, error_message, Framing};
 use super::sse::{EventSplitter, MAX_EVENT_BYTES};
 use super::strict_json;
 use crate::visibility::Visibility;
@@ -25,8 +32,8 @@ const TOOL_KEYS: [&str; 1] = ["name"];
 /// What filtering one answer did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ListReport {
-    /// The answer to the request was seen (filtered, passed on as an error, or refused).
-    pub answered: bool,
+    /// Answers listing tools that were read (and filtered).
+    pub lists: usize,
     pub shown: usize,
     pub removed: usize,
     /// Some tool's visibility depended on the caller.
@@ -35,11 +42,15 @@ pub struct ListReport {
     pub refused: Option<String>,
 }
 
-/// One `tools/list` answer, filtered as its body arrives.
+/// How the body is read: a framing, or refused whatever it holds (a media type that
+/// carries no message, a content encoding the filter does not read), with why.
+pub type Reading = Result<Framing, String>;
+
+/// One answer stream, filtered as its body arrives.
 pub struct ListFilter<F> {
-    /// `None`: a media type that carries no message (refused at the end).
-    framing: Option<Framing>,
-    id: Value,
+    reading: Reading,
+    /// The request answered; `None` for a stream that answers no request of its own.
+    id: Option<Value>,
     visibility: F,
     body: Vec<u8>,
     /// The JSON body went over the limit: what arrives is dropped, the answer refused.
@@ -51,10 +62,11 @@ pub struct ListFilter<F> {
 }
 
 impl<F: FnMut(&str) -> Visibility> ListFilter<F> {
-    /// A filter for the answer to request `id`, deciding each tool with `visibility`.
-    pub fn new(framing: Option<Framing>, id: Value, visibility: F) -> Self {
+    /// A filter for the answer to request `id` (`None`: every answer on the stream),
+    /// deciding each tool with `visibility`.
+    pub fn new(reading: Reading, id: Option<Value>, visibility: F) -> Self {
         ListFilter {
-            framing,
+            reading,
             id,
             visibility,
             body: Vec::new(),
@@ -67,8 +79,8 @@ impl<F: FnMut(&str) -> Visibility> ListFilter<F> {
 
     /// Take the next part of the body (`end`: the last); return what to send on now.
     pub fn feed(&mut self, chunk: &[u8], end: bool) -> Vec<u8> {
-        match self.framing {
-            Some(Framing::EventStream) => self.feed_events(chunk, end),
+        match self.reading {
+            Ok(Framing::EventStream) => self.feed_events(chunk, end),
             _ => self.feed_json(chunk, end),
         }
     }
@@ -85,15 +97,18 @@ impl<F: FnMut(&str) -> Visibility> ListFilter<F> {
             return Vec::new();
         }
         let body = std::mem::take(&mut self.body);
-        let outcome = if self.overflow {
-            Err(format!("the answer is over {MAX_EVENT_BYTES} bytes"))
-        } else if self.framing.is_none() {
-            Err("the answer's content-type carries no MCP message".into())
-        } else {
-            self.answer(&body)
-        };
         self.finished = true;
-        match outcome {
+        if self.overflow {
+            return self.refuse(format!("the answer is over {MAX_EVENT_BYTES} bytes"));
+        }
+        // An empty body lists nothing (an accepted notification, a 204, a bare error status).
+        if body.is_empty() {
+            return body;
+        }
+        if let Err(why) = &self.reading {
+            return self.refuse(why.clone());
+        }
+        match self.message(&body) {
             Ok(Some(filtered)) => filtered,
             Ok(None) => body,
             Err(why) => self.refuse(why),
@@ -116,34 +131,34 @@ impl<F: FnMut(&str) -> Visibility> ListFilter<F> {
                 // The server should have closed the stream after its answer.
                 continue;
             }
-            // No data (a comment, an `id:` for resuming, a keep-alive): no message.
-            let Some(data) = e.data.as_ref().filter(|d| !d.trim_ascii().is_empty()) else {
-                out.extend_from_slice(&e.raw);
-                continue;
+            let outcome = match (&e.stray, &e.data) {
+                (Some(line), _) => Err(format!(
+                    "the event stream has a line that is no field of the format: {:?}",
+                    String::from_utf8_lossy(&line[..line.len().min(40)])
+                )),
+                // No data (a comment, an `id:` for resuming, a keep-alive): no message.
+                (None, None) => Ok(None),
+                (None, Some(data)) if data.trim_ascii().is_empty() => Ok(None),
+                (None, Some(data)) => self.message(data),
             };
-            let message = strict_json::parse(data);
-            let theirs = matches!(&message, Ok(Value::Object(m)) if !is_answer(m));
-            if theirs {
-                // A request or notification of the server's, not the answer.
-                out.extend_from_slice(&e.raw);
-                continue;
-            }
-            self.finished = true;
-            match self.answer(data) {
+            match outcome {
                 Ok(Some(filtered)) => out.extend_from_slice(&e.with_data(&filtered)),
                 Ok(None) => out.extend_from_slice(&e.raw),
-                Err(why) => out.extend_from_slice(&event(&self.refuse(why))),
+                Err(why) => {
+                    self.finished = true;
+                    out.extend_from_slice(&event(&self.refuse(why)));
+                }
             }
         }
         out
     }
 
-    /// Filter one answer: `None` to pass it on as it is, or the filtered message.
-    fn answer(&mut self, bytes: &[u8]) -> Result<Option<Vec<u8>>, String> {
-        self.report.answered = true;
+    /// Read one message of the stream: `None` to pass it on as it is, or the filtered
+    /// message. A request or notification of the server's passes; an answer is filtered.
+    fn message(&mut self, bytes: &[u8]) -> Result<Option<Vec<u8>>, String> {
         let message = match strict_json::parse(bytes) {
             Ok(Value::Object(m)) => m,
-            Ok(_) => return Err("the answer is not a JSON object".into()),
+            Ok(_) => return Err("a message of the answer is not a JSON object".into()),
             Err(e) => return Err(format!("the answer cannot be read: {e}")),
         };
         if let Some(key) = case_variant(&message, &MESSAGE_KEYS) {
@@ -151,20 +166,46 @@ impl<F: FnMut(&str) -> Visibility> ListFilter<F> {
                 "the answer's key {key:?} differs from a JSON-RPC key only by case"
             ));
         }
-        if message.get("id") != Some(&self.id) {
-            return Err(format!(
-                "the answer's id {} is not the request's {}",
-                message.get("id").unwrap_or(&Value::Null),
-                self.id
-            ));
+        let answers = message.contains_key("result") || message.contains_key("error");
+        if message.contains_key("method") {
+            if answers {
+                return Err("a message carries both a method and a result or error".into());
+            }
+            return Ok(None);
+        }
+        if self.id.is_some() {
+            // The answer to the request: it ends what this stream has to carry.
+            self.finished = true;
         }
         match (message.get("result"), message.get("error")) {
-            // An error lists no tools: it goes on as it is.
-            (None, Some(_)) if !message.contains_key("method") => Ok(None),
-            (Some(Value::Object(_)), None) if !message.contains_key("method") => {
-                self.filter(message)
+            // An error lists no tools: it goes on as it is, whatever id it names.
+            (None, Some(Value::Object(_))) => Ok(None),
+            (Some(Value::Object(_)), None) => self.result(message),
+            _ => Err("the answer must carry either a result object or an error object".into()),
+        }
+    }
+
+    /// A result: for the request's answer it must list tools; on a stream of earlier
+    /// answers, only one that lists tools is filtered.
+    fn result(&mut self, message: Map<String, Value>) -> Result<Option<Vec<u8>>, String> {
+        match &self.id {
+            Some(id) if message.get("id") != Some(id) => Err(format!(
+                "the answer's id {} is not the request's {id}",
+                message.get("id").unwrap_or(&Value::Null),
+            )),
+            Some(_) => self.filter(message),
+            None => {
+                let Some(Value::Object(result)) = message.get("result") else {
+                    unreachable!("checked by the caller");
+                };
+                let lists =
+                    result.contains_key("tools") || case_variant(result, &["tools"]).is_some();
+                if lists {
+                    self.filter(message)
+                } else {
+                    Ok(None)
+                }
             }
-            _ => Err("the answer must carry either a result object or an error".into()),
         }
     }
 
@@ -198,6 +239,7 @@ impl<F: FnMut(&str) -> Visibility> ListFilter<F> {
             keep.push(seen.shown());
         }
         let removed = keep.iter().filter(|k| !**k).count();
+        self.report.lists += 1;
         self.report.removed += removed;
         self.report.shown += keep.len() - removed;
         if removed > 0 {
@@ -223,7 +265,11 @@ impl<F: FnMut(&str) -> Visibility> ListFilter<F> {
             "the server's tools/list answer was refused by the proxy's policy check: {why}"
         );
         self.report.refused = Some(why);
-        error_message(&self.id, INTERNAL_ERROR, &message)
+        error_message(
+            self.id.as_ref().unwrap_or(&Value::Null),
+            INTERNAL_ERROR,
+            &message,
+        )
     }
 }
 
@@ -249,7 +295,7 @@ mod tests {
     }
 
     fn filter_json(body: &Value, id: Value) -> (Value, ListReport) {
-        let mut f = ListFilter::new(Some(Framing::Json), id, hide_delete);
+        let mut f = ListFilter::new(Ok(Framing::Json), Some(id), hide_delete);
         let out = f.feed(body.to_string().as_bytes(), true);
         (serde_json::from_slice(&out).unwrap(), f.report)
     }
@@ -290,7 +336,7 @@ mod tests {
             assert_eq!(out["id"], 1);
             assert!(report.refused.is_some(), "{body}");
         }
-        let mut f = ListFilter::new(Some(Framing::Json), json!(1), hide_delete);
+        let mut f = ListFilter::new(Ok(Framing::Json), Some(json!(1)), hide_delete);
         let dup = br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"a","name":"delete"}]}}"#;
         let out: Value = serde_json::from_slice(&f.feed(dup, true)).unwrap();
         assert_eq!(out["error"]["code"], INTERNAL_ERROR);
@@ -302,7 +348,7 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32601,"message":"no"}}"#,
             r#"{"jsonrpc": "2.0", "id": 1, "result": {"tools": [{"name": "read", "x": 1.50}]}}"#,
         ] {
-            let mut f = ListFilter::new(Some(Framing::Json), json!(1), hide_delete);
+            let mut f = ListFilter::new(Ok(Framing::Json), Some(json!(1)), hide_delete);
             let mut out = f.feed(&body.as_bytes()[..5], false);
             out.extend(f.feed(&body.as_bytes()[5..], true));
             assert_eq!(out, body.as_bytes());
@@ -317,14 +363,14 @@ mod tests {
         };
         let body = json!({"jsonrpc": "2.0", "id": 1, "result": {
             "tools": [{"name": "a"}], "cacheScope": "public", "ttlMs": 60000}});
-        let mut f = ListFilter::new(Some(Framing::Json), json!(1), per);
+        let mut f = ListFilter::new(Ok(Framing::Json), Some(json!(1)), per);
         let out: Value =
             serde_json::from_slice(&f.feed(body.to_string().as_bytes(), true)).unwrap();
         assert_eq!(out["result"]["cacheScope"], "private");
         assert_eq!(out["result"]["ttlMs"], 60000);
         // A legacy answer (no cache hints) gets none.
         let legacy = json!({"jsonrpc": "2.0", "id": 1, "result": {"tools": [{"name": "a"}]}});
-        let mut f = ListFilter::new(Some(Framing::Json), json!(1), per);
+        let mut f = ListFilter::new(Ok(Framing::Json), Some(json!(1)), per);
         let out = f.feed(legacy.to_string().as_bytes(), true);
         assert_eq!(out, legacy.to_string().as_bytes());
     }
@@ -337,7 +383,7 @@ mod tests {
             ": hi\n\nevent: message\ndata: {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}}\n\nevent: message\nid: e1\ndata: {answer}\n\n"
         );
         for cut in 0..stream.len() {
-            let mut f = ListFilter::new(Some(Framing::EventStream), json!(9), hide_delete);
+            let mut f = ListFilter::new(Ok(Framing::EventStream), Some(json!(9)), hide_delete);
             let mut out = f.feed(&stream.as_bytes()[..cut], false);
             out.extend(f.feed(&stream.as_bytes()[cut..], true));
             let text = String::from_utf8(out).unwrap();
@@ -355,7 +401,7 @@ mod tests {
     #[test]
     fn refuses_an_unreadable_answer_event_and_drops_what_follows() {
         let stream = "event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":9,\"result\":{\"tools\":[{\"name\":\"a\"}],\"tools\":[]}}\n\ndata: more\n\n";
-        let mut f = ListFilter::new(Some(Framing::EventStream), json!(9), hide_delete);
+        let mut f = ListFilter::new(Ok(Framing::EventStream), Some(json!(9)), hide_delete);
         let out = String::from_utf8(f.feed(stream.as_bytes(), true)).unwrap();
         let data = out.strip_prefix("event: message\ndata: ").unwrap();
         let error: Value = serde_json::from_str(data.trim()).unwrap();
@@ -363,9 +409,80 @@ mod tests {
         assert!(!out.contains("more"));
     }
 
+    fn stream(s: &str, id: Option<Value>) -> (String, ListReport) {
+        let mut f = ListFilter::new(Ok(Framing::EventStream), id, hide_delete);
+        let out = f.feed(s.as_bytes(), true);
+        (String::from_utf8(out).unwrap(), f.report)
+    }
+
+    #[test]
+    fn a_stream_of_earlier_answers_has_each_list_filtered_and_goes_on() {
+        let list = |id: u32| json!({"jsonrpc": "2.0", "id": id, "result": {"tools": [{"name": "delete_x"}, {"name": "read"}]}});
+        let call = json!({"jsonrpc": "2.0", "id": 2, "result": {"content": [], "isError": false}});
+        let note = json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"});
+        let s = format!(
+            "id: a\ndata: {}\n\nid: b\ndata: {call}\n\ndata: {note}\n\nid: c\ndata: {}\n\n",
+            list(1),
+            list(3)
+        );
+        let (out, report) = stream(&s, None);
+        assert!(!out.contains("delete_x"), "{out}");
+        assert_eq!(out.matches("\"read\"").count(), 2, "{out}");
+        assert!(out.contains(&call.to_string()) && out.contains(&note.to_string()));
+        assert!(out.contains("id: c\n"));
+        assert_eq!((report.removed, report.refused), (2, None));
+        // A case variant of "tools" is read as it by some clients: refused.
+        let variant =
+            json!({"jsonrpc": "2.0", "id": 4, "result": {"Tools": [{"name": "delete_x"}]}});
+        let (out, report) = stream(&format!("data: {variant}\n\n"), None);
+        assert!(
+            !out.contains("delete_x") && report.refused.is_some(),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn bytes_that_are_no_event_stream_are_refused_not_passed() {
+        let answer =
+            json!({"jsonrpc": "2.0", "id": 9, "result": {"tools": [{"name": "delete_x"}]}});
+        // A JSON body, or compressed bytes, labelled as an event stream.
+        for body in [
+            answer.to_string(),
+            format!("\x1f\u{8b}\x08junk\n{answer}\n\n"),
+        ] {
+            for id in [Some(json!(9)), None] {
+                let (out, report) = stream(&body, id);
+                assert!(!out.contains("delete_x"), "{out}");
+                assert!(report.refused.is_some(), "{body:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_message_that_is_both_request_and_answer_is_refused() {
+        let both = json!({"jsonrpc": "2.0", "id": 9, "method": "x", "result": {"tools": [{"name": "delete_x"}]}});
+        let (out, report) = stream(&format!("data: {both}\n\n"), Some(json!(9)));
+        assert!(
+            !out.contains("delete_x") && report.refused.is_some(),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn errors_and_empty_bodies_pass_whatever_id_they_name() {
+        let error =
+            r#"{"jsonrpc":"2.0","id":"server-error","error":{"code":-32600,"message":"Bad"}}"#;
+        let mut f = ListFilter::new(Ok(Framing::Json), Some(json!(1)), hide_delete);
+        assert_eq!(f.feed(error.as_bytes(), true), error.as_bytes());
+        // An empty body, even in a media type that carries no message: nothing to list.
+        let mut f = ListFilter::new(Err("no message".into()), Some(json!(1)), hide_delete);
+        assert!(f.feed(b"", true).is_empty());
+        assert_eq!(f.report.refused, None);
+    }
+
     #[test]
     fn refuses_a_body_that_carries_no_message() {
-        let mut f = ListFilter::new(None, json!(1), hide_delete);
+        let mut f = ListFilter::new(Err("no message".into()), Some(json!(1)), hide_delete);
         assert!(f.feed(b"<html>", false).is_empty());
         let out: Value = serde_json::from_slice(&f.feed(b"</html>", true)).unwrap();
         assert_eq!(out["error"]["code"], INTERNAL_ERROR);

@@ -21,6 +21,7 @@ pub const INVALID_PARAMS: i64 = -32602;
 const REQUEST_KEYS: [&str; 6] = ["jsonrpc", "id", "method", "params", "result", "error"];
 const CALL_KEYS: [&str; 3] = ["name", "arguments", "_meta"];
 const TOOLS_CALL: &str = "tools/call";
+const TOOLS_LIST: &str = "tools/list";
 
 /// What a request body asks for.
 #[derive(Debug, Clone, PartialEq)]
@@ -126,10 +127,13 @@ pub fn parse_request(body: &[u8]) -> Result<McpRequest, Refusal> {
     if method != TOOLS_CALL {
         // Another method is forwarded as is; a case variant of ours could still be routed
         // to it by a lenient server, so that is refused.
-        if fold_eq(&method, TOOLS_CALL) {
+        if let Some(ours) = [TOOLS_CALL, TOOLS_LIST]
+            .into_iter()
+            .find(|m| fold_eq(&method, m) && method != *m)
+        {
             return Err(refuse(
                 INVALID_REQUEST,
-                format!("method {method:?} differs from tools/call only by case"),
+                format!("method {method:?} differs from {ours} only by case"),
                 id,
             ));
         }

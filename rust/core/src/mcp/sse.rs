@@ -18,6 +18,10 @@ pub struct Event {
     /// Its data lines joined, or `None` for an event without any (a comment, a keep-alive,
     /// an `id:`-only event).
     pub data: Option<Vec<u8>>,
+    /// The first line that is neither empty, a comment nor one of the format's fields
+    /// (`data`, `event`, `id`, `retry`): clients skip such lines, so bytes that are not an
+    /// event stream at all (a JSON body, a compressed one) read as a few of them.
+    pub stray: Option<Vec<u8>>,
 }
 
 impl Event {
@@ -90,6 +94,8 @@ impl EventSplitter {
         if end && consumed < self.pending.len() {
             events.push(Event::read(&self.pending[consumed..]));
             consumed = self.pending.len();
+            // Its last line had no end: no line starts after it.
+            self.line_start = consumed;
         }
         self.pending.drain(..consumed);
         self.line_start -= consumed;
@@ -103,9 +109,15 @@ impl EventSplitter {
 impl Event {
     fn read(raw: &[u8]) -> Event {
         let mut data: Option<Vec<u8>> = None;
+        let mut stray = None;
         let body = raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw);
         for line in lines(body) {
             let (name, value) = field(line);
+            let known =
+                line.is_empty() || matches!(name, b"" | b"data" | b"event" | b"id" | b"retry");
+            if !known && stray.is_none() {
+                stray = Some(line.to_vec());
+            }
             if name == b"data" && !line.is_empty() {
                 match &mut data {
                     Some(d) => {
@@ -119,6 +131,7 @@ impl Event {
         Event {
             raw: raw.to_vec(),
             data,
+            stray,
         }
     }
 }
@@ -203,6 +216,19 @@ mod tests {
     }
 
     #[test]
+    fn notes_lines_that_are_no_field_of_the_format() {
+        let e = Event::read(b": hi\nevent: m\nid: 1\nretry: 5\ndata\n\n");
+        assert_eq!(e.stray, None);
+        for raw in [
+            &b"{\"jsonrpc\":\"2.0\"}\n\n"[..],
+            b"Data: x\n\n",
+            b"\x1f\x8b\x08\n\n",
+        ] {
+            assert!(Event::read(raw).stray.is_some(), "{raw:?}");
+        }
+    }
+
+    #[test]
     fn refuses_an_event_over_the_limit() {
         let mut s = EventSplitter::default();
         let big = vec![b'x'; MAX_EVENT_BYTES + 1];
@@ -210,6 +236,19 @@ mod tests {
     }
 
     proptest! {
+        /// Any bytes at all, cut anywhere, come out as events whose bytes are the input's
+        /// (none lost, none made up), and the splitter never fails on them.
+        #[test]
+        fn any_bytes_split_into_their_own_bytes(
+            stream in prop::collection::vec(prop::sample::select(b"ab:\r\n \xef\xbb\xbf".to_vec()), 0..64),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..8),
+        ) {
+            let mut cuts: Vec<usize> = cuts.iter().map(|i| i.index(stream.len() + 1)).collect();
+            cuts.sort_unstable();
+            let joined: Vec<u8> = split_all(&stream, &cuts).iter().flat_map(|e| e.raw.clone()).collect();
+            prop_assert_eq!(joined, stream);
+        }
+
         /// Wherever the chunks are cut, the same events come out, and together they are
         /// the stream's bytes exactly.
         #[test]
