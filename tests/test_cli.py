@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES, limit, policy
+from conftest import EXAMPLES, cond, limit, policy
 
 EXAMPLE_JSON = EXAMPLES / "policy.json"
 EXAMPLE_YAML = EXAMPLES / "policy.yaml"
@@ -71,7 +71,35 @@ def test_validate_examples_exits_0():
     result = toolgate("validate", EXAMPLE_JSON, EXAMPLE_YAML)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout == ""
-    assert result.stderr.splitlines() == [f"{EXAMPLE_JSON}: ok", f"{EXAMPLE_YAML}: ok"]
+    # The YAML example's rate limit per session is pointed out: a client chooses its id.
+    ok, note, ok_yaml = result.stderr.splitlines()
+    assert (ok, ok_yaml) == (f"{EXAMPLE_JSON}: ok", f"{EXAMPLE_YAML}: ok")
+    assert note.startswith(f"{EXAMPLE_YAML}: /all_tools/limits/0: note: counts per session id")
+
+
+def test_validate_points_out_what_a_client_asserts_about_itself(tmp_path):
+    path = tmp_path / "agents.json"
+    path.write_text(
+        json.dumps(
+            {
+                "version": "1",
+                "tools": {
+                    "pay": {"limits": [limit("spend", 5000, scope="agent", cost="args.amount")]},
+                    "admin": {"require": [cond("subject.agent", "eq", "ops")]},
+                    "read": {"limits": [limit("r", 10)]},
+                },
+            }
+        )
+    )
+    result = toolgate("validate", path)
+    assert result.returncode == 0
+    notes = [line for line in result.stderr.splitlines() if ": note: " in line]
+    assert [n.split(": ")[1] for n in notes] == ["/tools/pay/limits/0", "/tools/admin/require/0"]
+    assert all("x-agent-id" in n and "--agent-from jwt:CLAIM" in n for n in notes)
+    # With the agent taken from a verified token, there is nothing to point out.
+    verified = toolgate("validate", "--agent-from", "jwt:azp", path)
+    assert verified.stderr.splitlines() == [f"{path}: ok"]
+    assert toolgate("validate", "--agent-from", "cookie", path).returncode == 2
 
 
 def test_validate_quiet_prints_nothing():
@@ -202,7 +230,7 @@ def test_decide_prints_every_field():
 )
 def test_decide_with_args(arguments, code, rule):
     result = toolgate(
-        "decide", "--policy", EXAMPLE_JSON, "--tool", "transfer_funds", "--agent", "a",
+        "decide", "--policy", EXAMPLE_JSON, "--tool", "transfer_funds", "--grant", "a",
         "--args", json.dumps(arguments),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -213,7 +241,7 @@ def test_decide_with_args(arguments, code, rule):
 
 
 def test_decide_deny_if_with_args():
-    base = ["decide", "--policy", EXAMPLE_JSON, "--tool", "run_command", "--session", "s"]
+    base = ["decide", "--policy", EXAMPLE_JSON, "--tool", "run_command", "--grant", "s"]
     (d,) = decisions(toolgate(*base, "--args", '{"command": "rm -rf /tmp/x"}').stdout)
     assert (d["code"], d["reason"]) == (
         "CONDITION_FAILED",

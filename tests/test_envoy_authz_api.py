@@ -45,6 +45,7 @@ def check_request(
     extensions: dict[str, str] | None = None,
     as_text: bool = False,
     content_length: bool = True,
+    jwt_payload: dict[str, Any] | None = None,
 ) -> external_auth_pb2.CheckRequest:
     raw = body.encode() if isinstance(body, str) else body
     h = {"content-type": "application/json", ":path": "/mcp", **(headers or {})}
@@ -55,9 +56,12 @@ def check_request(
         http.body = raw.decode()
     else:
         http.raw_body = raw
-    return external_auth_pb2.CheckRequest(
-        attributes=Ctx(request=Ctx.Request(http=http), context_extensions=extensions or {})
-    )
+    attributes = Ctx(request=Ctx.Request(http=http), context_extensions=extensions or {})
+    if jwt_payload is not None:
+        # Where Envoy's jwt_authn filter leaves a verified token's payload.
+        namespace = attributes.metadata_context.filter_metadata["envoy.filters.http.jwt_authn"]
+        namespace.update({"jwt_payload": jwt_payload})
+    return external_auth_pb2.CheckRequest(attributes=attributes)
 
 
 class Authz:
@@ -350,6 +354,27 @@ def test_grant_header_value_is_used_whole_when_not_authorization():
         denied(authz(call_body("t"), headers={"x-api-key": "Bearer k1"}))
         # The Authorization header means nothing now.
         denied(authz(call_body("t"), headers={"authorization": "Bearer k2"}))
+
+
+def test_a_verified_grant_is_the_issuer_and_subject_and_needs_a_verified_token():
+    doc = policy({"t": {"limits": [limit("t", 1)]}})
+    with Sidecar(doc, "--grant-from", "jwt:sub") as s:
+        authz = Authz(s)
+        one = {"iss": "https://idp.one", "sub": "alice"}
+        allowed(authz(call_body("t"), jwt_payload=one))
+        _, _, body = denied(authz(call_body("t"), jwt_payload=one))
+        assert decision_meta(body)["code"] == "RATE_LIMITED"
+        # The same subject from another issuer is another caller, with a count of its own.
+        allowed(authz(call_body("t"), jwt_payload={"iss": "https://idp.two", "sub": "alice"}))
+        # No verified token, no subject in it, or no issuer: refused, never a shared grant.
+        for payload in [None, {"iss": "https://idp.one"}, {"sub": "alice"}]:
+            status, headers, body = denied(authz(call_body("t", id=9), jwt_payload=payload))
+            assert status == 401, payload
+            assert headers["www-authenticate"] == 'Bearer error="invalid_request"'
+            assert body["id"] == 9
+        # Not even a call without limits runs without one.
+        status, _, _ = denied(authz(call_body("free"), jwt_payload=None))
+        assert status == 401
 
 
 def test_bad_header_configuration_is_refused_at_start(tmp_path):

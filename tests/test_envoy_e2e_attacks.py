@@ -17,6 +17,7 @@ shows that nothing ran, while the same request without the attack runs.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
 import json
@@ -536,6 +537,58 @@ def test_respellings_of_one_bearer_token_share_one_counter(gate: Envoy, upstream
     assert ran(calls) == [("create-ami", {"name": n}) for n in ("ami-0", "ami-1", "ami-2", "other")]
 
 
+def _respellings(token: str) -> list[str]:
+    """Spellings of a JWT's signature that decoders read as its bytes: `=` padding, the
+    standard base64 alphabet, the spare bits of its last character set."""
+    head, signature = token.rsplit(".", 1)
+    url = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    spare = {2: 0b1111, 3: 0b11}.get(len(signature) % 4, 0)
+    noisy = signature[:-1] + url[url.index(signature[-1]) | spare]
+    standard = signature.replace("-", "+").replace("_", "/")
+    padded = signature + "=" * (-len(signature) % 4)
+    return [f"{head}.{s}" for s in (padded, standard, noisy)]
+
+
+def _same_token(spelling: str, token: str, key: str) -> bool:
+    """Whether a mainstream decoder reads ``spelling`` as ``token``: PyJWT itself, or the
+    standard library's URL-safe base64 (what python-jose and earlier PyJWT releases decode
+    a signature with, and as lenient as Go's and Node's default decoders)."""
+    try:
+        same = jwt.decode(spelling, key, algorithms=["HS256"])
+        return same == jwt.decode(token, key, algorithms=["HS256"])
+    except jwt.InvalidTokenError:
+        pass
+
+    def raw(t: str) -> bytes:
+        signature = t.rsplit(".", 1)[1].rstrip("=")
+        return base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
+
+    return spelling.rsplit(".", 1)[0] == token.rsplit(".", 1)[0] and raw(spelling) == raw(token)
+
+
+def test_respellings_a_jwt_decoder_reads_as_one_token_share_one_counter(
+    gate: Envoy, upstream: GoMcpServer
+):
+    key = "k" * 32
+    # A signature that has a character the two alphabets spell differently.
+    token = next(
+        t
+        for t in (jwt.encode({"sub": "s", "n": n}, key, algorithm="HS256") for n in range(999))
+        if any(c in t.rsplit(".", 1)[1] for c in "-_")
+    )
+    spellings = _respellings(token)
+    for spelling in spellings:
+        assert spelling != token and _same_token(spelling, token, key), spelling
+    with executed(upstream) as calls:
+        for i, spelling in enumerate([token, *spellings][:AMI_MAX]):
+            body = call("create-ami", {"name": f"jwt-{i}"}, 160 + i)
+            ran_upstream(post(gate.port, body, bearer(spelling)))
+        for i, spelling in enumerate(spellings):
+            reply = post(gate.port, call("create-ami", {"name": "more"}, 170 + i), bearer(spelling))
+            assert decision(reply)["code"] == "RATE_LIMITED", spelling
+    assert ran(calls) == [("create-ami", {"name": f"jwt-{i}"}) for i in range(AMI_MAX)]
+
+
 # --- credentials: JWTs verified by Envoy ----------------------------------------------------------
 
 #: The test's own signing key, whose public half replaces the config's placeholder JWKS.
@@ -612,16 +665,16 @@ def test_the_verified_sub_is_the_grant(jwt_gate: Envoy, upstream: GoMcpServer, i
     assert {c["authorization"] for c in calls} == {""}
 
 
-def test_a_verified_token_without_the_claim_has_no_grant(
+def test_a_verified_token_without_the_claim_is_refused(
     jwt_gate: Envoy, upstream: GoMcpServer, issuer: Issuer
 ):
     token = bearer(issuer.token(sub=None))
     with executed(upstream) as calls:
-        reply = post(jwt_gate.port, call("create-ami", {"name": "nobody"}, 81), token)
-        # A per-grant limit and no grant: denied, not counted on some shared "no grant".
-        assert decision(reply)["code"] == "INVALID_REQUEST"
-        ran_upstream(post(jwt_gate.port, call("read_file", {"path": "/srv/nobody"}, 82), token))
-    assert ran(calls) == [("read_file", {"path": "/srv/nobody"})]
+        # Every such caller would share one absent grant: its limits and its approvals.
+        for body in (call("create-ami", {"name": "nobody"}, 81), call("read_file", {"path": "/"})):
+            reply = post(jwt_gate.port, body, token)
+            assert "claim" in refusal(reply, 401, json.loads(body)["id"])["message"]
+    assert calls == []
 
 
 def _unsigned(issuer: Issuer) -> str:

@@ -54,6 +54,9 @@ class Policy:
     def revision(self) -> str: ...
     @property
     def servers(self) -> list[str]: ...
+    def self_asserted(self, agent_verified: bool = False) -> list[ValidationError]:
+        """Limits and conditions resting on an identity the client asserts (a session id, an
+        agent id unless ``agent_verified``), as notes."""
 
 PolicySource = Policy | dict[str, Any] | str | os.PathLike[str]
 

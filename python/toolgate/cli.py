@@ -15,10 +15,17 @@ from toolgate.call_options import add_call_options, parse_arguments, parse_attri
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from toolgate.envoy_authz import parse_subject_source
+
+    try:
+        agent_verified = parse_subject_source(args.agent_from) is not None
+    except ValueError as err:
+        print(f"toolgate validate: --agent-from: {err}", file=sys.stderr)
+        return 2
     failed = False
     for path in args.files:
         try:
-            Policy.from_file(path)
+            policy = Policy.from_file(path)
         except PolicyError as err:
             failed = True
             for e in err.errors:
@@ -27,6 +34,9 @@ def _validate(args: argparse.Namespace) -> int:
                 print(f"{path}: {pointer}: {e.message}{where}")
         else:
             if not args.quiet:
+                # Not errors: limits and conditions a client can dodge by what it says.
+                for note in policy.self_asserted(agent_verified):
+                    print(f"{path}: {note.pointer}: note: {note.message}", file=sys.stderr)
                 print(f"{path}: ok", file=sys.stderr)
     return 1 if failed else 0
 
@@ -225,11 +235,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     validate = sub.add_parser(
-        "validate", help="check policy files; one line per error: FILE: /pointer: message"
+        "validate",
+        help="check policy files; one line per error: FILE: /pointer: message (and notes of "
+        "limits a client can dodge by the session or agent id it sends)",
     )
     validate.add_argument("files", nargs="+", metavar="FILE")
     validate.add_argument(
         "-q", "--quiet", action="store_true", help="print nothing for valid files"
+    )
+    validate.add_argument(
+        "--agent-from",
+        default="header",
+        metavar="SOURCE",
+        help="where the sidecar takes the agent from, as `toolgate serve --agent-from`: with "
+        "'jwt:CLAIM' (a verified token), limits and conditions on the agent are not pointed "
+        "out as ones a client can dodge (default: %(default)s)",
     )
     validate.set_defaults(run=_validate)
 

@@ -103,8 +103,10 @@ class PolicyWatcher:
         loaded: FileVersion | None = None,
         settle: float = 0.0,
         now: Callable[[], float] = time.monotonic,
+        agent_verified: bool = False,
     ) -> None:
         self._path = path
+        self._agent_verified = agent_verified
         self._engine = engine
         self._reloads = reloads
         self._interval = interval
@@ -227,4 +229,12 @@ class PolicyWatcher:
             return False
         self._reloads.add("success")
         log.info("policy reloaded: revision %s -> %s", old, policy.revision)
+        warn_self_asserted(self._path, policy, self._agent_verified)
         return True
+
+
+def warn_self_asserted(path: Path, policy: Policy, agent_verified: bool) -> None:
+    """Log each limit and condition of ``policy`` that rests on an identity the client
+    asserts about itself (a session id; an agent id unless it comes from a verified token)."""
+    for note in policy.self_asserted(agent_verified):
+        log.warning("%s: %s: %s", path, note.pointer, note.message)

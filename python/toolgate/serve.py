@@ -24,7 +24,7 @@ from toolgate.approval_runtime import ApprovalOptions, ApprovalRuntime
 from toolgate.cpus import available_cpus
 from toolgate.envoy_authz import CheckSettings
 from toolgate.metrics import ReloadCounts, serve_metrics
-from toolgate.reload import FileVersion, PolicyWatcher, read_version
+from toolgate.reload import FileVersion, PolicyWatcher, read_version, warn_self_asserted
 
 log = logging.getLogger("toolgate.serve")
 
@@ -244,6 +244,8 @@ def serve(opts: ServeOptions) -> int:
         use_store(engine, opts)
     if opts.policy is None:
         log.warning("no --policy given: serving the built-in deny-everything policy")
+    elif opts.shared is None:  # a worker leaves it to its supervisor
+        warn_self_asserted(opts.policy, policy, opts.check.agent_claim is not None)
 
     reloads = ReloadCounts()
     watcher = None
@@ -255,6 +257,7 @@ def serve(opts: ServeOptions) -> int:
             interval=opts.reload_interval,
             loaded=loaded,
             settle=opts.reload_settle,
+            agent_verified=opts.check.agent_claim is not None,
         )
 
     # Signal handlers before the server exists: a SIGTERM or SIGHUP sent as soon as the port

@@ -33,7 +33,7 @@ from toolgate import logs
 from toolgate._core import Engine, Policy, create_shared_state
 from toolgate.approval_runtime import ApprovalRuntime
 from toolgate.metrics import ReloadCounts, serve_metrics
-from toolgate.reload import FileVersion, PolicyWatcher
+from toolgate.reload import FileVersion, PolicyWatcher, warn_self_asserted
 from toolgate.serve import ServeOptions, load_policy, split_host_port
 
 log = logging.getLogger("toolgate.workers")
@@ -212,6 +212,8 @@ def supervise(opts: ServeOptions) -> int:
             " (FILE.wN), and stdout would interleave them"
         )
     policy, loaded = load_policy(opts)  # invalid policy: PolicyError before anything starts
+    if opts.policy is not None:
+        warn_self_asserted(opts.policy, policy, opts.check.agent_claim is not None)
     directory = state_directory()
     remove_stale_states(directory)
     state = directory / f"toolgate-{os.getpid()}-{secrets.token_hex(4)}.state"
@@ -267,6 +269,7 @@ def _run(opts: ServeOptions, policy: Policy, loaded: FileVersion | None, state: 
             interval=opts.reload_interval,
             loaded=loaded,
             settle=opts.reload_settle,
+            agent_verified=opts.check.agent_claim is not None,
         )
         watcher.start()
 

@@ -112,6 +112,20 @@ impl PyPolicy {
             .map_err(|e| policy_error(py, e))
     }
 
+    /// Every limit and condition that rests on an identity the client asserts about itself
+    /// (a session id, an agent id unless `agent_verified`), as `(pointer, message)` notes.
+    #[pyo3(signature = (agent_verified = false))]
+    fn self_asserted(&self, agent_verified: bool) -> Vec<ValidationError> {
+        toolgate_core::policy::self_asserted::self_asserted(&self.inner, agent_verified)
+            .into_iter()
+            .map(|n| ValidationError {
+                pointer: n.pointer,
+                line: None,
+                message: n.message,
+            })
+            .collect()
+    }
+
     /// Load from a dict (as `json.loads` would give).
     #[staticmethod]
     fn from_dict(py: Python<'_>, document: &Bound<'_, PyAny>) -> PyResult<PyPolicy> {

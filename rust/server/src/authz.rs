@@ -106,8 +106,17 @@ fn gate(engine: &Engine, config: &AuthzConfig, request: &CheckRequest) -> (Gate,
         .unwrap_or(&default_http);
     let headers = Headers(http);
     let metadata = attributes.and_then(|a| a.metadata_context.as_ref());
-    let who = |source: &SubjectSource| subject_part(source, &headers, metadata, config);
-    let (grant, agent) = match (who(&config.grant), who(&config.agent)) {
+    let who = |source: &SubjectSource, credential: bool| {
+        subject_part(source, credential, &headers, metadata, config)
+    };
+    let (grant, agent) = match (who(&config.grant, true), who(&config.agent, false)) {
+        (Ok(None), _) if matches!(config.grant, SubjectSource::JwtClaim(_)) => {
+            let why = "the verified token has no claim to count the caller on".to_owned();
+            return (
+                unauthenticated(engine, why, readable_id(body_of(http))),
+                None,
+            );
+        }
         (Ok(grant), Ok(agent)) => (grant, agent),
         (Err(Refused(why)), _) | (_, Err(Refused(why))) => {
             return (
@@ -195,15 +204,30 @@ impl<'a> Headers<'a> {
     }
 }
 
+/// One part of the subject, from where the configuration says. A `credential` (the grant)
+/// taken from a verified token is its issuer and claim together ([`credential::verified_identity`]).
 fn subject_part(
     source: &SubjectSource,
+    credential: bool,
     headers: &Headers<'_>,
     metadata: Option<&Metadata>,
     config: &AuthzConfig,
 ) -> Result<Option<String>, Refused> {
     match source {
+        // Without a verified token there is no one to count on: every caller would share
+        // one absent identity (its limits, its approvals).
         SubjectSource::JwtClaim(claim) => {
-            credential::jwt_claim(metadata, &config.jwt_payload_key, claim)
+            match credential::jwt_payload(metadata, &config.jwt_payload_key) {
+                Some(payload) if credential => credential::verified_identity(payload, claim),
+                Some(payload) => {
+                    credential::verified_claim(payload, claim).map(|c| c.map(str::to_owned))
+                }
+                None => Err(Refused(format!(
+                    "the request carries no verified token (the proxy's jwt_authn payload \
+                     {:?}) to take the caller's {claim:?} from",
+                    config.jwt_payload_key
+                ))),
+            }
         }
         SubjectSource::Header(name) if name == "authorization" => {
             let mut values = headers.all(name);
@@ -341,7 +365,7 @@ mod tests {
     fn repeated_authorization_headers_are_refused_in_either_encoding() {
         let config = AuthzConfig::default();
         let joined = http(&[("authorization", "Bearer a,Bearer b")]);
-        let grant = |h: &HttpRequest| subject_part(&config.grant, &Headers(h), None, &config);
+        let grant = |h: &HttpRequest| subject_part(&config.grant, true, &Headers(h), None, &config);
         assert!(grant(&joined).is_err());
         let raw = HttpRequest {
             header_map: Some(HeaderMap {

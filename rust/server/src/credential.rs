@@ -3,10 +3,15 @@
 //!
 //! A grant is a counter key, so one credential must give one grant whatever its spelling,
 //! and a value that is not a credential must not be counted at all: an `Authorization`
-//! value is read by RFC 6750's grammar, exactly, and anything else is refused.
+//! value is read by RFC 6750's grammar, exactly, and anything else is refused; a token is
+//! then written in the one spelling that every base64 decoder's readings of it share
+//! ([`canonical_token`]). A verified identity is the token's issuer and claim together: the
+//! same subject name from two issuers is two callers.
 
 use envoy_types::pb::envoy::config::core::v3::Metadata;
 use envoy_types::pb::google::protobuf::value::Kind;
+use envoy_types::pb::google::protobuf::Struct;
+use std::borrow::Cow;
 
 /// Where Envoy's `jwt_authn` filter puts what it verified.
 pub const JWT_AUTHN_NAMESPACE: &str = "envoy.filters.http.jwt_authn";
@@ -16,10 +21,10 @@ pub const JWT_AUTHN_NAMESPACE: &str = "envoy.filters.http.jwt_authn";
 pub struct Refused(pub String);
 
 /// The token of an `Authorization: Bearer <token>` value (RFC 6750 §2.1:
-/// `"Bearer" 1*SP b64token`, the scheme in any case). Anything else is refused: another
-/// scheme, a tab or comma (two `Authorization` headers reach toolgate joined by a comma),
-/// text after the token.
-pub fn bearer_token(value: &str) -> Result<&str, Refused> {
+/// `"Bearer" 1*SP b64token`, the scheme in any case), in its [`canonical_token`] spelling.
+/// Anything else is refused: another scheme, a tab or comma (two `Authorization` headers
+/// reach toolgate joined by a comma), text after the token.
+pub fn bearer_token(value: &str) -> Result<Cow<'_, str>, Refused> {
     let refused = |why: &str| Refused(format!("the Authorization header {why}"));
     let Some((scheme, rest)) = value.split_once(' ') else {
         return Err(refused("is not \"Bearer <token>\""));
@@ -33,7 +38,56 @@ pub fn bearer_token(value: &str) -> Result<&str, Refused> {
             "holds more than one token, or characters a bearer token cannot have",
         ));
     }
-    Ok(token)
+    Ok(canonical_token(token))
+}
+
+const BASE64URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/// One spelling for the spellings of a token that base64 decoders read as the same bytes,
+/// so that they are one grant: JWT libraries (PyJWT, and Go's and JavaScript's default
+/// decoders) ignore `=` padding, read `+` and `/` as `-` and `_`, and drop the bits of a
+/// segment's last character that make no whole byte (`…QQ` and `…QR` decode alike). Each
+/// `.`-separated segment that is base64 gets no padding, the URL alphabet, and those bits
+/// zeroed. Distinct tokens that merge this way would share one count: stricter, never looser.
+pub fn canonical_token(token: &str) -> Cow<'_, str> {
+    let body = token.trim_end_matches('=');
+    let mut out: Option<Vec<u8>> = None;
+    let mut start = 0;
+    for segment in body.split('.') {
+        let bytes = segment.as_bytes();
+        let sextet = |b: u8| match b {
+            b'+' => Some(62),
+            b'/' => Some(63),
+            _ => BASE64URL.iter().position(|&c| c == b).map(|i| i as u8),
+        };
+        let values: Option<Vec<u8>> = bytes.iter().map(|&b| sextet(b)).collect();
+        if let Some(mut values) = values {
+            // Bits past the last whole byte: 4 of the last sextet after 2 characters, 2
+            // after 3 (a length of 1 is no base64 at all, and is left as it is).
+            let spare = match bytes.len() % 4 {
+                2 => 0b1111,
+                3 => 0b11,
+                _ => 0,
+            };
+            if let Some(last) = values.last_mut() {
+                *last &= !spare;
+            }
+            let spelled: Vec<u8> = values.iter().map(|&v| BASE64URL[usize::from(v)]).collect();
+            if spelled != bytes {
+                let out = out.get_or_insert_with(|| token.as_bytes().to_vec());
+                out[start..start + bytes.len()].copy_from_slice(&spelled);
+            }
+        }
+        start += bytes.len() + 1;
+    }
+    match out {
+        Some(mut out) => {
+            out.truncate(body.len());
+            Cow::Owned(String::from_utf8(out).expect("ASCII in, ASCII out"))
+        }
+        None if body.len() == token.len() => Cow::Borrowed(token),
+        None => Cow::Borrowed(body),
+    }
 }
 
 /// RFC 6750's `b64token`: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
@@ -45,36 +99,57 @@ fn is_b64token(token: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
 }
 
-/// The string claim `claim` of the JWT payload that `jwt_authn` stored under `payload_key`
-/// (its `payload_in_metadata`). `None` when there is no verified payload or it lacks the
-/// claim; refused when the claim is not a non-empty string.
-pub fn jwt_claim(
-    metadata: Option<&Metadata>,
-    payload_key: &str,
-    claim: &str,
-) -> Result<Option<String>, Refused> {
-    let payload = metadata
+/// The payload of the JWT that `jwt_authn` verified and stored under `payload_key` (its
+/// `payload_in_metadata`), if there is one.
+pub fn jwt_payload<'m>(metadata: Option<&'m Metadata>, payload_key: &str) -> Option<&'m Struct> {
+    metadata
         .and_then(|m| m.filter_metadata.get(JWT_AUTHN_NAMESPACE))
         .and_then(|s| s.fields.get(payload_key))
         .and_then(|v| match &v.kind {
             Some(Kind::StructValue(s)) => Some(s),
             _ => None,
-        });
-    let Some(value) = payload.and_then(|p| p.fields.get(claim)) else {
-        return Ok(None);
-    };
-    match &value.kind {
-        Some(Kind::StringValue(s)) if !s.is_empty() => Ok(Some(s.clone())),
-        _ => Err(Refused(format!(
+        })
+}
+
+/// The string claim `claim` of a verified token: `None` when the token lacks it; refused
+/// when it is not a non-empty string.
+pub fn verified_claim<'p>(payload: &'p Struct, claim: &str) -> Result<Option<&'p str>, Refused> {
+    match payload.fields.get(claim).map(|v| &v.kind) {
+        None => Ok(None),
+        Some(Some(Kind::StringValue(s))) if !s.is_empty() => Ok(Some(s.as_str())),
+        Some(_) => Err(Refused(format!(
             "the verified token's claim {claim:?} is not a non-empty string"
         ))),
+    }
+}
+
+/// Who a verified token names by its claim `claim`, as a credential: the token's issuer and
+/// the claim's value, written `ISSUER VALUE` (an issuer holds no space: that is refused).
+/// `None` when the token lacks the claim; refused when a claim is not a non-empty string or
+/// the token has no issuer.
+pub fn verified_identity(payload: &Struct, claim: &str) -> Result<Option<String>, Refused> {
+    let Some(value) = verified_claim(payload, claim)? else {
+        return Ok(None);
+    };
+    match verified_claim(payload, "iss")? {
+        Some(issuer) if !issuer.contains(char::is_whitespace) => {
+            Ok(Some(format!("{issuer} {value}")))
+        }
+        Some(_) => Err(Refused(
+            "the verified token's issuer holds white space".into(),
+        )),
+        None => Err(Refused(
+            "the verified token names no issuer (iss): a subject is only known within its \
+             issuer"
+                .into(),
+        )),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use envoy_types::pb::google::protobuf::{Struct, Value};
+    use envoy_types::pb::google::protobuf::Value;
     use proptest::prelude::*;
 
     #[test]
@@ -82,10 +157,10 @@ mod tests {
         for (value, token) in [
             ("Bearer abc", "abc"),
             ("bearer abc", "abc"),
-            ("BEARER a-b.c_d~e+f/g==", "a-b.c_d~e+f/g=="),
-            ("Bearer   abc", "abc"),
+            ("BEARER a-b.c_d~e+f/g==", "a-Y.c_d~e+f/g"),
+            ("Bearer   abcd", "abcd"),
         ] {
-            assert_eq!(bearer_token(value), Ok(token), "{value:?}");
+            assert_eq!(bearer_token(value).as_deref(), Ok(token), "{value:?}");
         }
         for value in [
             "Bearer\tabc",
@@ -108,13 +183,80 @@ mod tests {
         }
     }
 
+    #[test]
+    fn spellings_a_decoder_reads_alike_are_one_token() {
+        // Padding, the standard alphabet, and the spare bits of the last character.
+        let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2lnbmF0dXJlIQ";
+        for same in [
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2lnbmF0dXJlIR",
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2lnbmF0dXJlIQ==",
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2lnbmF0dXJlIQ=",
+        ] {
+            assert_eq!(canonical_token(same), canonical_token(jwt), "{same}");
+        }
+        assert_eq!(canonical_token("a+b/"), "a-b_");
+        assert_ne!(
+            canonical_token(jwt),
+            canonical_token("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJiIn0.c2lnbmF0dXJlIQ")
+        );
+        assert!(matches!(canonical_token("abcd.efgh"), Cow::Borrowed(_)));
+    }
+
+    fn base64(bytes: &[u8], standard: bool) -> String {
+        let alphabet: &[u8; 64] = if standard {
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+        } else {
+            BASE64URL
+        };
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+            for i in 0..=chunk.len() {
+                out.push(alphabet[(n >> (18 - 6 * i) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+
     proptest! {
         /// Every spelling that the RFC allows gives the same grant; every value with a
         /// character outside the token alphabet after the scheme is refused.
         #[test]
-        fn one_token_one_grant(token in "[A-Za-z0-9._~+/-]{1,20}={0,2}", scheme in "[bB][eE][aA][rR][eE][rR]", spaces in 1usize..4) {
+        fn one_token_one_grant(token in "[A-Za-z0-9._~-]{1,20}", scheme in "[bB][eE][aA][rR][eE][rR]", spaces in 1usize..4) {
             let value = format!("{scheme}{}{token}", " ".repeat(spaces));
-            prop_assert_eq!(bearer_token(&value), Ok(token.as_str()));
+            prop_assert_eq!(bearer_token(&value).unwrap(), canonical_token(&token));
+        }
+
+        /// Bytes written in base64 however a client likes (either alphabet, padded or not,
+        /// any spare bits in the last character) give one grant, and different bytes give
+        /// different grants.
+        #[test]
+        fn one_encoding_of_bytes_one_grant(
+            segments in prop::collection::vec(prop::collection::vec(any::<u8>(), 1..24), 1..4),
+            standard in any::<bool>(), pad in 0usize..3, noise in 0u8..16,
+            other in prop::collection::vec(any::<u8>(), 1..24),
+        ) {
+            let plain: Vec<String> = segments.iter().map(|s| base64(s, false)).collect();
+            let mut spelled: Vec<String> = segments.iter().map(|s| base64(s, standard)).collect();
+            let last = spelled.last_mut().unwrap();
+            let spare = match last.len() % 4 { 2 => 15, 3 => 3, _ => 0 };
+            let alphabet = if standard { b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/" } else { BASE64URL };
+            let end = last.pop().unwrap() as u8;
+            let v = alphabet.iter().position(|&c| c == end).unwrap() as u8;
+            last.push(alphabet[usize::from(v | (noise & spare))] as char);
+            let token = format!("{}{}", spelled.join("."), "=".repeat(pad));
+            let value = format!("Bearer {token}");
+            let plain = plain.join(".");
+            prop_assert_eq!(bearer_token(&value).unwrap(), canonical_token(&plain));
+            if other != *segments.last().unwrap() {
+                let mut changed: Vec<String> = segments.iter().map(|s| base64(s, false)).collect();
+                *changed.last_mut().unwrap() = base64(&other, false);
+                let changed = changed.join(".");
+                prop_assert_ne!(canonical_token(&changed), canonical_token(&plain));
+            }
         }
 
         #[test]
@@ -124,43 +266,65 @@ mod tests {
         }
     }
 
-    fn metadata(payload: Vec<(&str, Kind)>) -> Metadata {
-        let payload = Struct {
-            fields: payload
+    fn payload(fields: Vec<(&str, Kind)>) -> Struct {
+        Struct {
+            fields: fields
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), Value { kind: Some(v) }))
                 .collect(),
-        };
-        let namespace = Struct {
-            fields: [(
-                "jwt_payload".to_owned(),
-                Value {
-                    kind: Some(Kind::StructValue(payload)),
-                },
-            )]
-            .into(),
-        };
-        Metadata {
-            filter_metadata: [(JWT_AUTHN_NAMESPACE.to_owned(), namespace)].into(),
-            ..Default::default()
         }
     }
 
     #[test]
-    fn reads_a_verified_claim() {
-        let m = metadata(vec![
+    fn a_verified_identity_is_its_issuer_and_claim() {
+        let p = payload(vec![
+            ("iss", Kind::StringValue("https://idp.example".into())),
             ("sub", Kind::StringValue("alice".into())),
             ("n", Kind::NumberValue(1.0)),
             ("e", Kind::StringValue(String::new())),
         ]);
         assert_eq!(
-            jwt_claim(Some(&m), "jwt_payload", "sub"),
-            Ok(Some("alice".into()))
+            verified_identity(&p, "sub"),
+            Ok(Some("https://idp.example alice".into()))
         );
-        assert_eq!(jwt_claim(Some(&m), "jwt_payload", "absent"), Ok(None));
-        assert_eq!(jwt_claim(Some(&m), "other_key", "sub"), Ok(None));
-        assert_eq!(jwt_claim(None, "jwt_payload", "sub"), Ok(None));
-        assert!(jwt_claim(Some(&m), "jwt_payload", "n").is_err());
-        assert!(jwt_claim(Some(&m), "jwt_payload", "e").is_err());
+        assert_eq!(verified_identity(&p, "absent"), Ok(None));
+        assert!(verified_identity(&p, "n").is_err());
+        assert!(verified_identity(&p, "e").is_err());
+        // The same subject from another issuer is someone else; without an issuer, no one.
+        let other = payload(vec![
+            ("iss", Kind::StringValue("https://other.example".into())),
+            ("sub", Kind::StringValue("alice".into())),
+        ]);
+        assert_ne!(
+            verified_identity(&other, "sub"),
+            verified_identity(&p, "sub")
+        );
+        let no_issuer = payload(vec![("sub", Kind::StringValue("alice".into()))]);
+        assert!(verified_identity(&no_issuer, "sub").is_err());
+        let spaced = payload(vec![
+            ("iss", Kind::StringValue("a b".into())),
+            ("sub", Kind::StringValue("c".into())),
+        ]);
+        assert!(verified_identity(&spaced, "sub").is_err());
+    }
+
+    #[test]
+    fn the_payload_is_found_under_its_key_only() {
+        let namespace = Struct {
+            fields: [(
+                "jwt_payload".to_owned(),
+                Value {
+                    kind: Some(Kind::StructValue(payload(vec![]))),
+                },
+            )]
+            .into(),
+        };
+        let m = Metadata {
+            filter_metadata: [(JWT_AUTHN_NAMESPACE.to_owned(), namespace)].into(),
+            ..Default::default()
+        };
+        assert!(jwt_payload(Some(&m), "jwt_payload").is_some());
+        assert!(jwt_payload(Some(&m), "other").is_none());
+        assert!(jwt_payload(None, "jwt_payload").is_none());
     }
 }

@@ -5,6 +5,7 @@
 //! The model is plain data; `crate::compile` turns it into the structures decisions run on.
 
 pub mod load;
+pub mod self_asserted;
 pub mod source;
 
 pub use load::{PolicyError, PolicyErrors};
