@@ -47,9 +47,9 @@ class Setup:
         self.dir = dir
         self.clock = clock or toolgate.ManualClock(1000.0)
         self.engine = make_engine(DOC, clock=self.clock)
-        self.approvals = self.engine.enable_approvals(dir / "approvals.table")
-        self.store = ApprovalStore(dir / "approvals.db")
         self.labels = GrantLabels(load_key(dir / "grant.key"))
+        self.approvals = self.engine.enable_approvals(dir / "approvals.table", key=self.labels.key)
+        self.store = ApprovalStore(dir / "approvals.db")
 
     def call(self, tool: str = "terminate", grant: str = "g", **args: Any) -> toolgate.Decision:
         return self.engine.decide(tool, grant=grant, arguments=args or {"ids": ["i-1"]})
