@@ -55,11 +55,13 @@ def admin(tmp_path: Path) -> Path:
 class Approving:
     """A sidecar with approvals on: state in ``dir/state``, admin tokens from ``dir``."""
 
-    def __init__(self, dir: Path, *extra: str, admin_port: int | None = None) -> None:
+    def __init__(
+        self, dir: Path, *extra: str, admin_port: int | None = None, doc: Any = DOC
+    ) -> None:
         self.dir = dir
         self.admin_port = admin_port or free_port()
         self.sidecar = Sidecar(
-            DOC,
+            doc,
             "--state-dir",
             str(dir / "state"),
             "--admin-listen",
