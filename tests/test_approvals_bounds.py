@@ -102,19 +102,7 @@ def test_a_forged_tool_name_opens_no_approval_and_agent_text_forges_no_row(admin
             assert not unsafe(row), row
         assert not any(row.startswith("apr_0000") for row in rows)
 
-        watch = subprocess.Popen(
-            [
-                *TOOLGATE,
-                "approvals",
-                "--target",
-                f"127.0.0.1:{sc.admin_port}",
-                "--token-file",
-                str(admin / "bob.token"),
-                "watch",
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        watch = sc.watch("bob")
         try:
             assert watch.stdout is not None
             watched = [watch.stdout.readline() for _ in ids]

@@ -11,9 +11,9 @@ import unicodedata
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from toolgate.admin import approval_message
 from toolgate.approvals import Row
 from toolgate.approvals_cli import _line
-from toolgate.v1 import approvals_pb2
 from toolgate.webhook import payload
 
 #: What a display may act on: controls, format characters, line and paragraph separators.
@@ -69,16 +69,7 @@ def row(tool: str, server: str, session: str, agent: str, arguments: str) -> Row
 def test_a_list_or_watch_row_is_one_line_with_nothing_a_terminal_acts_on(
     tool, server, session, agent, arguments
 ):
-    a = approvals_pb2.Approval(
-        id="apr_" + "a" * 32,
-        state="PENDING",
-        tool=tool,
-        server=server,
-        session=session,
-        agent=agent,
-        arguments_json=arguments,
-    )
-    line = _line(a)
+    line = _line(approval_message(row(tool, server, session, agent, arguments), 0))
     assert line.splitlines() == [line], "one line, whatever the fields"
     assert not unsafe(line)
     assert line.startswith("apr_" + "a" * 32 + "  PENDING")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from toolgate.approvals import (
     load_key,
     reconcile,
 )
+from toolgate.background import Background
 from toolgate.webhook import DEFAULT_TIMEOUT_S, DEFAULT_WORKERS, DeliveryCounts, Notifier
 
 if TYPE_CHECKING:
@@ -123,37 +123,18 @@ class ApprovalCollector(Collector):
         )
 
 
-class Purger:
-    """A thread deleting finished approvals past their retention, now and then (every
-    tenth of the retention, between 1 s and a minute)."""
+def purger(store: ApprovalStore, approvals: Approvals, retention_s: float) -> Background:
+    """A thread deleting finished approvals past their retention, at every tenth of the
+    retention (between 1 s and a minute)."""
+    retention_ms = int(retention_s * 1000)
 
-    def __init__(self, store: ApprovalStore, approvals: Approvals, retention_s: float) -> None:
-        self._store = store
-        self._approvals = approvals
-        self._retention_ms = int(retention_s * 1000)
-        self._every = min(60.0, max(1.0, retention_s / 10))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="approval-purger", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.ident is not None:  # started
-            self._thread.join(timeout=5)
-
-    def purge(self) -> None:
-        purged = self._store.purge(self._approvals.now_ms(), self._retention_ms)
+    def purge() -> None:
+        purged = store.purge(approvals.now_ms(), retention_ms)
         if purged:
             log.info("deleted %d finished approvals past their retention", purged)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self._every):
-            try:
-                self.purge()
-            except Exception:  # a store error must not end the thread
-                log.exception("cannot delete finished approvals")
+    every = min(60.0, max(1.0, retention_s / 10))
+    return Background("approval-purger", purge, every, log, "cannot delete finished approvals")
 
 
 class ApprovalRuntime:
@@ -190,11 +171,11 @@ class ApprovalRuntime:
         self._admin: AdminServer | None = None
         self._notifier: Notifier | None = None
         self._coordinating = coordinating
-        self._purger: Purger | None = None
+        self._purger: Background | None = None
         if coordinating:
             reconcile(self.approvals, self.store)
-            self._purger = Purger(self.store, self.approvals, opts.retention_s)
-            self._purger.purge()
+            self.store.purge(self.approvals.now_ms(), int(opts.retention_s * 1000))
+            self._purger = purger(self.store, self.approvals, opts.retention_s)
             if opts.admin_tokens is not None:
                 # The admin listener is a grpcio server, loaded only when one is asked for.
                 from toolgate.admin import AdminServer, ApprovalsService, load_tokens

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from toolgate._core import Approvals
+from toolgate.background import Background
 
 log = logging.getLogger("toolgate.approvals")
 
@@ -522,26 +523,21 @@ class ApprovalRecorder:
         self._approvals = approvals
         self._store = store
         self._labels = labels
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="approval-recorder", daemon=True)
+        self._loop = Background(
+            "approval-recorder",
+            lambda: self.record(self._approvals.next_events(0.2)),
+            0,
+            log,
+            "cannot record approvals",
+        )
 
     def start(self) -> None:
-        self._thread.start()
+        self._loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread.ident is not None:  # started
-            self._thread.join(timeout=5)
+        self._loop.stop()
         # What came in meanwhile is recorded too.
         self.record(self._approvals.next_events(0.0, limit=1 << 20))
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.record(self._approvals.next_events(0.2))
-            except Exception:  # a store error must not end the thread
-                log.exception("cannot record approvals")
-                self._stop.wait(1.0)
 
     def record(self, events: list[dict[str, Any]]) -> None:
         for event in events:

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 from toolgate._core import inert
 from toolgate.approvals import ApprovalStore, Row
+from toolgate.background import Background
 
 log = logging.getLogger("toolgate.webhook")
 
@@ -193,43 +194,37 @@ class Notifier:
         self._admin = admin
         self.counts = counts or DeliveryCounts()
         self._now_ms = now_ms or (lambda: int(time.time() * 1000))
-        self._poll = poll
         self._backoff = backoff
         self._timeout = timeout
         # Only approvals opened from now on: those before were announced by an earlier run.
         self._seq = store.last_change()
         self.queue = FairQueue()
-        self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._follow, name="approval-webhook", daemon=True)
-        ] + [
+        self._follower = Background("approval-webhook", self._follow, poll, log, "approval webhook")
+        self._workers = [
             threading.Thread(target=self._work, name=f"approval-webhook-{n}", daemon=True)
             for n in range(max(1, workers))
         ]
 
     def start(self) -> None:
-        for thread in self._threads:
+        self._follower.start()
+        for thread in self._workers:
             thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._follower.stop()
         self.queue.close()
-        for thread in self._threads:
+        for thread in self._workers:
             if thread.ident is not None:  # started
                 thread.join(timeout=self._timeout + 5)
 
     def _follow(self) -> None:
-        while not self._stop.is_set():
-            try:
-                for seq, id, kind in self._store.changes_after(self._seq):
-                    self._seq = seq
-                    if kind == "opened":
-                        row = self._store.get(id)
-                        if row is not None:
-                            self.queue.put(row.grant, id)
-            except Exception:  # a store error must not end the thread
-                log.exception("approval webhook")
-            self._stop.wait(self._poll)
+        """Queue a delivery for each approval opened since the last look."""
+        for seq, id, kind in self._store.changes_after(self._seq):
+            self._seq = seq
+            if kind == "opened":
+                row = self._store.get(id)
+                if row is not None:
+                    self.queue.put(row.grant, id)
 
     def _work(self) -> None:
         while (job := self.queue.take()) is not None:
