@@ -26,7 +26,7 @@ from typing import Any
 
 import grpc
 
-from toolgate._core import Approvals
+from toolgate._core import Approvals, inert
 from toolgate.approvals import STATES, ApprovalError, ApprovalStore, Row, page_token
 from toolgate.v1 import approvals_pb2, approvals_pb2_grpc
 
@@ -186,7 +186,8 @@ class ApprovalsService(approvals_pb2_grpc.ApprovalsServicer):
             request.id,
             "approved" if approve else "denied",
             who,
-            f": {request.reason}" if request.reason else "",
+            # One log line, whatever the reason holds.
+            f": {inert(request.reason)}" if request.reason else "",
         )
         return approval_message(row, self._now())
 
