@@ -101,3 +101,13 @@ def test_the_json_webhook_carries_agent_text_inert_and_no_key(
     assert "key" not in approval and "owner" not in approval
     for field in ("tool", "server", "session", "agent", "arguments"):
         assert not unsafe(approval[field] or ""), field
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(hostile, st.lists(hostile, max_size=3), max_size=3))
+def test_the_json_webhooks_arguments_are_the_same_json_made_inert(arguments):
+    text = json.dumps(arguments, separators=(",", ":"), ensure_ascii=False)
+    sent = json.loads(payload(row("t", "", "", "", text), 0, "json", "h:1"))
+    shown = sent["approval"]["arguments"]
+    assert not unsafe(shown)
+    assert json.loads(shown) == arguments

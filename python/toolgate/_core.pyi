@@ -12,6 +12,10 @@ def inert(text: str) -> str:
     ``\\u{HEX}``, backslashes doubled. For everything an agent sent (tool names, arguments,
     session and agent ids) before a terminal, chat or log shows it."""
 
+def inert_json(json: str) -> str:
+    """Compact JSON text (as the engine writes it) with every character ``inert`` escapes
+    written as a JSON ``\\uXXXX`` escape: the same value, safe to show."""
+
 Verdict = Literal["ALLOW", "DENY", "REQUIRE_APPROVAL"]
 Code = Literal[
     "ALLOWED",

@@ -9,7 +9,8 @@ v1=<hex>``, the HMAC-SHA256 of ``<timestamp>.<body>`` under the secret: a receiv
 it, and refuses old timestamps so a captured request cannot be replayed.
 
 Text an agent chose is inert in both: control and format characters escaped
-(``toolgate._core.inert``); in Slack's mrkdwn also ``&``, ``<`` and ``>`` as entities, inside
+(``toolgate._core.inert``; in the JSON body's arguments as JSON escapes, so they stay the
+same JSON); in Slack's mrkdwn also ``&``, ``<`` and ``>`` as entities, inside
 code spans that the text cannot close, so no mention, link or formatting comes from an agent.
 
 A flood of approvals cannot hold back another caller's: ``workers`` threads deliver at once,
@@ -32,7 +33,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from toolgate._core import inert
+from toolgate._core import inert, inert_json
 from toolgate.approvals import ApprovalStore, Row
 from toolgate.background import Background
 
@@ -49,8 +50,9 @@ DEFAULT_WORKERS = 4
 #: Seconds a receiver has to answer one delivery, by default.
 DEFAULT_TIMEOUT_S = 5.0
 
-#: Fields of an approval an agent chose (the rest is the policy's or toolgate's own).
-AGENT_TEXT = ("server", "tool", "session", "agent", "arguments")
+#: Fields of an approval an agent chose, besides its arguments (the rest is the policy's or
+#: toolgate's own).
+AGENT_TEXT = ("server", "tool", "session", "agent")
 
 
 def signature(secret: bytes, timestamp: str, body: bytes) -> str:
@@ -83,6 +85,9 @@ def payload(row: Row, now_ms: int, fmt: str, admin: str) -> bytes:
     for name in AGENT_TEXT:
         if approval[name] is not None:
             approval[name] = inert(approval[name])
+    # The arguments stay the JSON they are (when not cut), their unsafe characters escaped
+    # the JSON way.
+    approval["arguments"] = inert_json(row.arguments)
     body = {"type": "approval.opened", "approval": approval}
     return json.dumps(body, sort_keys=True).encode()
 
