@@ -13,6 +13,7 @@ import hmac
 import http.server
 import json
 import signal
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 import pytest
 import toolgate
 from conftest import policy
-from sidecar import PATIENCE, Sidecar, free_port, toolgate_cli, wait_for
+from sidecar import PATIENCE, TOOLGATE, Sidecar, free_port, toolgate_cli, wait_for
 
 pytestmark = pytest.mark.usefixtures("transport")
 
@@ -55,11 +56,13 @@ def admin(tmp_path: Path) -> Path:
 class Approving:
     """A sidecar with approvals on: state in ``dir/state``, admin tokens from ``dir``."""
 
-    def __init__(self, dir: Path, *extra: str, admin_port: int | None = None) -> None:
+    def __init__(
+        self, dir: Path, *extra: str, admin_port: int | None = None, doc: Any = DOC
+    ) -> None:
         self.dir = dir
         self.admin_port = admin_port or free_port()
         self.sidecar = Sidecar(
-            DOC,
+            doc,
             "--state-dir",
             str(dir / "state"),
             "--admin-listen",
@@ -84,6 +87,23 @@ class Approving:
         if done.returncode != 0:
             return done
         return [json.loads(line) for line in done.stdout.splitlines()]
+
+    def watch(self, who: str, *args: str) -> subprocess.Popen[str]:
+        """``toolgate approvals ARGS watch`` as ``who``, its output a pipe to read lines from."""
+        return subprocess.Popen(
+            [
+                *TOOLGATE,
+                "approvals",
+                "--target",
+                f"127.0.0.1:{self.admin_port}",
+                "--token-file",
+                str(self.dir / f"{who}.token"),
+                *args,
+                "watch",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
 
     def listed(self, state: str) -> list[dict[str, Any]]:
         out = self.approvals("alice", "list", "--state", state)
@@ -184,24 +204,7 @@ def test_a_denied_call_stays_denied_and_anyone_may_decide_a_rule_without_approve
 
 def test_watch_streams_each_new_approval(admin):
     with Approving(admin) as sc:
-        import subprocess
-
-        from sidecar import TOOLGATE
-
-        watch = subprocess.Popen(
-            [
-                *TOOLGATE,
-                "approvals",
-                "--target",
-                f"127.0.0.1:{sc.admin_port}",
-                "--token-file",
-                str(admin / "bob.token"),
-                "--json",
-                "watch",
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        watch = sc.watch("bob", "--json")
         try:
             id = sc.call().approval_id
             assert watch.stdout is not None

@@ -47,9 +47,9 @@ class Setup:
         self.dir = dir
         self.clock = clock or toolgate.ManualClock(1000.0)
         self.engine = make_engine(DOC, clock=self.clock)
-        self.approvals = self.engine.enable_approvals(dir / "approvals.table")
-        self.store = ApprovalStore(dir / "approvals.db")
         self.labels = GrantLabels(load_key(dir / "grant.key"))
+        self.approvals = self.engine.enable_approvals(dir / "approvals.table", key=self.labels.key)
+        self.store = ApprovalStore(dir / "approvals.db")
 
     def call(self, tool: str = "terminate", grant: str = "g", **args: Any) -> toolgate.Decision:
         return self.engine.decide(tool, grant=grant, arguments=args or {"ids": ["i-1"]})
@@ -295,3 +295,106 @@ def test_a_call_runs_only_as_often_as_it_was_approved(tmp_path_factory, steps):
                 decided = s.approve(row.id, approve=action == "approve")
                 if action == "approve":
                     approved[row.id] = decided.deadline_ms
+
+
+def test_metrics_count_by_state_in_sql_without_reading_a_row(tmp_path, monkeypatch):
+    s = Setup(tmp_path)
+    pending = s.call().approval_id
+    approved = s.call(ids=["i-2"]).approval_id
+    s.call(ids=["i-3"])
+    s.record()
+    s.approve(approved)
+    s.approve(s.call(ids=["i-3"]).approval_id, approve=False)
+    assert s.call(ids=["i-2"]).verdict == "ALLOW"
+    s.record()
+    s.call(ids=["i-4"])
+    s.record()
+    s.clock.advance(10 * 60 + 1)  # i-4's approval lapses; so does the pending one
+    import toolgate.approvals as approvals
+
+    def no_rows(raw: Any) -> Any:
+        raise AssertionError("a row was read into Python")
+
+    monkeypatch.setattr(approvals, "_row", no_rows)
+    counts = s.store.count_by_state(s.approvals.now_ms())
+    assert counts == {"PENDING": 0, "APPROVED": 0, "DENIED": 1, "USED": 1, "EXPIRED": 2}
+    assert pending
+
+
+def test_finished_approvals_are_purged_after_the_retention_and_live_ones_kept(tmp_path):
+    s = Setup(tmp_path)
+    used = s.call().approval_id
+    denied = s.call(ids=["i-2"]).approval_id
+    s.record()
+    s.approve(used)
+    s.approve(denied, approve=False)
+    assert s.call().verdict == "ALLOW"
+    s.record()
+    waiting = s.call(ids=["i-3"]).approval_id
+    s.record()
+    hour = 3600 * 1000
+    assert s.store.purge(s.approvals.now_ms(), hour) == 0, "nothing finished an hour ago"
+    s.clock.advance(9 * 60)
+    # Used more than an hour ago, it goes; the denial is in force until its deadline.
+    assert s.store.purge(s.approvals.now_ms() + hour, hour) == 1
+    assert s.store.get(used) is None and s.store.get(denied) is not None
+    s.clock.advance(3 * 3600)
+    assert s.store.purge(s.approvals.now_ms(), hour) == 2
+    assert s.store.list(None, s.approvals.now_ms()) == []
+    assert s.store.changes_after(0) == [], "their changes went with them"
+    assert waiting
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 12), st.sampled_from([None, "PENDING", "EXPIRED"]))
+def test_pages_give_every_approval_once_newest_first(tmp_path_factory, count, size, state):
+    s = Setup(tmp_path_factory.mktemp("pages"))
+    for n in range(count):
+        s.call("restart", grant=f"g-{n % 3}", ids=[f"i-{n}"])
+        s.clock.advance(n % 2)  # some share a creation time
+    s.record()
+    now = s.approvals.now_ms()
+    whole = s.store.list(state, now, limit=1000)
+    paged: list[str] = []
+    token = None
+    while True:
+        page = s.store.page(state, now, size, token)
+        assert len(page.rows) <= size
+        paged += [r.id for r in page.rows]
+        if page.next_token is None:
+            break
+        token = page.next_token
+    assert paged == [r.id for r in whole]
+    assert len(whole) == (0 if state == "EXPIRED" else count)
+
+
+def test_a_store_of_the_first_schema_is_migrated_and_its_arguments_cut(tmp_path):
+    with sqlite3.connect(tmp_path / "approvals.db") as db:
+        db.executescript(
+            "CREATE TABLE approvals (id TEXT PRIMARY KEY, key TEXT NOT NULL, server TEXT,"
+            " tool TEXT NOT NULL, grant_label TEXT, session TEXT, agent TEXT,"
+            " arguments TEXT NOT NULL, arguments_digest TEXT NOT NULL, rule TEXT NOT NULL,"
+            " revision TEXT NOT NULL, approvers TEXT NOT NULL, created_ms INTEGER NOT NULL,"
+            " timeout_ms INTEGER NOT NULL, deadline_ms INTEGER NOT NULL, state TEXT NOT NULL,"
+            " decided_by TEXT, decided_ms INTEGER, reason TEXT, used_ms INTEGER);"
+        )
+        big = json.dumps({"blob": "é" * 600_000}, ensure_ascii=False)
+        db.execute(
+            "INSERT INTO approvals VALUES (?, ?, NULL, 't', NULL, NULL, NULL, ?, 'd', '/r', 'r',"
+            " '[]', 0, 1, 1, 'USED', NULL, NULL, NULL, 1)",
+            ("apr_" + "1" * 32, "0" * 32, big),
+        )
+    store = ApprovalStore(tmp_path / "approvals.db", preview_bytes=101)
+    (row,) = store.list(None, 0)
+    assert row.arguments_cut and row.arguments_bytes == len(big.encode())
+    assert len(row.arguments.encode()) <= 101 and big.startswith(row.arguments)
+    assert ApprovalStore(tmp_path / "approvals.db").get(row.id) == row, "migrated once"
+
+
+def test_an_approvers_reason_is_bounded(tmp_path):
+    s = Setup(tmp_path)
+    id = s.call().approval_id
+    s.record()
+    with pytest.raises(ApprovalError) as info:
+        s.store.decide(id, True, "alice", "x" * 1025, s.approvals.now_ms(), lambda *_: 0)
+    assert info.value.kind == "invalid"

@@ -12,6 +12,10 @@ def inert(text: str) -> str:
     ``\\u{HEX}``, backslashes doubled. For everything an agent sent (tool names, arguments,
     session and agent ids) before a terminal, chat or log shows it."""
 
+def inert_json(json: str) -> str:
+    """Compact JSON text (as the engine writes it) with every character ``inert`` escapes
+    written as a JSON ``\\uXXXX`` escape: the same value, safe to show."""
+
 Verdict = Literal["ALLOW", "DENY", "REQUIRE_APPROVAL"]
 Code = Literal[
     "ALLOWED",
@@ -210,10 +214,21 @@ class Engine:
     def decide_batch_wire(self, request: bytes) -> bytes: ...
     def release_wire(self, request: bytes) -> bytes: ...
     def enable_approvals(
-        self, path: str | os.PathLike[str], *, capacity: int = 4096, queue: int = 4096
+        self,
+        path: str | os.PathLike[str],
+        *,
+        key: bytes,
+        capacity: int = 4096,
+        queue: int = 4096,
+        pending_per_grant: int = 32,
+        pending_per_rule: int = 1024,
+        preview_bytes: int = 2048,
     ) -> Approvals:
         """Run human approvals, with the approvals table in the file ``path`` (made if
-        missing; shared by every worker). Once per engine."""
+        missing; shared by every worker; one of another layout version is set aside). ``key``
+        (32 bytes or more, the same in every process) keys every digest of a call. At most
+        ``pending_per_grant`` pending approvals per grant and ``pending_per_rule`` per rule;
+        approvers see the first ``preview_bytes`` of a call's arguments. Once per engine."""
     def enable_decision_log(
         self,
         path: str | os.PathLike[str] | None,
@@ -328,8 +343,19 @@ class Approvals:
         expired or already decided."""
     def get(self, id: str) -> dict[str, Any] | None: ...
     def slots(self) -> list[dict[str, Any]]: ...
-    def apply(self, id: str, key: str, state: str, created_ms: int, deadline_ms: int) -> bool: ...
+    def apply(
+        self,
+        id: str,
+        key: str,
+        state: str,
+        created_ms: int,
+        deadline_ms: int,
+        owner: str | None = None,
+    ) -> bool: ...
     def forget(self, id: str) -> bool: ...
     def now_ms(self) -> int: ...
+    @property
+    def set_aside(self) -> str | None:
+        """Where opening the table set aside a file of another layout version, or None."""
     @property
     def dropped(self) -> int: ...

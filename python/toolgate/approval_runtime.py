@@ -22,14 +22,18 @@ from prometheus_client.registry import Collector
 
 from toolgate._core import Approvals, Engine
 from toolgate.approvals import (
-    STATES,
+    DEFAULT_PENDING_PER_GRANT,
+    DEFAULT_PENDING_PER_RULE,
+    DEFAULT_PREVIEW_BYTES,
+    DEFAULT_RETENTION_S,
     ApprovalRecorder,
     ApprovalStore,
     GrantLabels,
     load_key,
     reconcile,
 )
-from toolgate.webhook import DeliveryCounts, Notifier
+from toolgate.background import Background
+from toolgate.webhook import DEFAULT_TIMEOUT_S, DEFAULT_WORKERS, DeliveryCounts, Notifier
 
 if TYPE_CHECKING:
     from toolgate.admin import AdminServer
@@ -48,6 +52,15 @@ class ApprovalOptions:
     webhook: str | None = None
     webhook_secret: Path | None = None
     webhook_format: str = "json"
+    webhook_workers: int = DEFAULT_WORKERS
+    webhook_timeout: float = DEFAULT_TIMEOUT_S
+    #: Pending approvals one grant, and one rule, may have at once.
+    pending_per_grant: int = DEFAULT_PENDING_PER_GRANT
+    pending_per_rule: int = DEFAULT_PENDING_PER_RULE
+    #: Bytes of a call's arguments kept and shown.
+    preview_bytes: int = DEFAULT_PREVIEW_BYTES
+    #: Seconds finished approvals are kept.
+    retention_s: float = DEFAULT_RETENTION_S
 
 
 class StateDir:
@@ -87,10 +100,7 @@ class ApprovalCollector(Collector):
         self._deliveries = deliveries
 
     def collect(self) -> Iterator[Metric]:
-        now = self._approvals.now_ms()
-        by_state = dict.fromkeys(STATES, 0)
-        for row in self._store.list(None, now, limit=1 << 30):
-            by_state[row.state(now)] += 1
+        by_state = self._store.count_by_state(self._approvals.now_ms())
         approvals = GaugeMetricFamily(
             "toolgate_approvals", "Approvals in the store, by state.", labels=["state"]
         )
@@ -113,6 +123,20 @@ class ApprovalCollector(Collector):
         )
 
 
+def purger(store: ApprovalStore, approvals: Approvals, retention_s: float) -> Background:
+    """A thread deleting finished approvals past their retention, at every tenth of the
+    retention (between 1 s and a minute)."""
+    retention_ms = int(retention_s * 1000)
+
+    def purge() -> None:
+        purged = store.purge(approvals.now_ms(), retention_ms)
+        if purged:
+            log.info("deleted %d finished approvals past their retention", purged)
+
+    every = min(60.0, max(1.0, retention_s / 10))
+    return Background("approval-purger", purge, every, log, "cannot delete finished approvals")
+
+
 class ApprovalRuntime:
     """Approvals for one process; ``stop()`` undoes ``start``."""
 
@@ -125,17 +149,33 @@ class ApprovalRuntime:
         coordinating: bool,
     ) -> None:
         self.state = StateDir(opts.state_dir)
-        self.approvals = engine.enable_approvals(self.state.table)
-        self.store = ApprovalStore(self.state.store)
         self.labels = GrantLabels(load_key(self.state.key))
+        self.approvals = engine.enable_approvals(
+            self.state.table,
+            key=self.labels.key,
+            pending_per_grant=opts.pending_per_grant,
+            pending_per_rule=opts.pending_per_rule,
+            preview_bytes=opts.preview_bytes,
+        )
+        if self.approvals.set_aside is not None:
+            log.warning(
+                "%s was written by another version of toolgate: set aside as %s; the store"
+                " puts back what it held",
+                self.state.table,
+                self.approvals.set_aside,
+            )
+        self.store = ApprovalStore(self.state.store, preview_bytes=opts.preview_bytes)
         self.deliveries = DeliveryCounts()
         self._recorder = ApprovalRecorder(self.approvals, self.store, self.labels)
         self._serving = serving
         self._admin: AdminServer | None = None
         self._notifier: Notifier | None = None
         self._coordinating = coordinating
+        self._purger: Background | None = None
         if coordinating:
             reconcile(self.approvals, self.store)
+            self.store.purge(self.approvals.now_ms(), int(opts.retention_s * 1000))
+            self._purger = purger(self.store, self.approvals, opts.retention_s)
             if opts.admin_tokens is not None:
                 # The admin listener is a grpcio server, loaded only when one is asked for.
                 from toolgate.admin import AdminServer, ApprovalsService, load_tokens
@@ -156,6 +196,8 @@ class ApprovalRuntime:
                     admin=opts.admin_listen,
                     counts=self.deliveries,
                     now_ms=self.approvals.now_ms,
+                    timeout=opts.webhook_timeout,
+                    workers=opts.webhook_workers,
                 )
 
     def start(self) -> None:
@@ -163,6 +205,8 @@ class ApprovalRuntime:
             self._recorder.start()
         if self._notifier is not None:
             self._notifier.start()
+        if self._purger is not None:
+            self._purger.start()
 
     def collector(self) -> ApprovalCollector:
         return ApprovalCollector(self.store, self.approvals, self.deliveries)
@@ -172,6 +216,8 @@ class ApprovalRuntime:
             self._admin.stop(grace)
         if self._notifier is not None:
             self._notifier.stop()
+        if self._purger is not None:
+            self._purger.stop()
         if self._serving:
             self._recorder.stop()
         if self._coordinating:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from toolgate._core import Approvals
+from toolgate.background import Background
 
 log = logging.getLogger("toolgate.approvals")
 
@@ -40,6 +41,19 @@ _TABLE_STATE = {
     "DENIED": "DENIED",
     "USED": "CONSUMED",
 }
+
+#: Longest reason an approver may give, in characters.
+MAX_REASON = 1024
+
+#: Bytes of a call's arguments the store keeps, by default (the engine's preview).
+DEFAULT_PREVIEW_BYTES = 2048
+
+#: Pending approvals one grant, and one rule (all grants together), may have at once.
+DEFAULT_PENDING_PER_GRANT = 32
+DEFAULT_PENDING_PER_RULE = 1024
+
+#: How long finished approvals (used, denied, expired) are kept, by default: 7 days.
+DEFAULT_RETENTION_S = 7 * 24 * 3600
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS approvals (
@@ -62,8 +76,12 @@ CREATE TABLE IF NOT EXISTS approvals (
     decided_by TEXT,
     decided_ms INTEGER,
     reason TEXT,
-    used_ms INTEGER
+    used_ms INTEGER,
+    arguments_cut INTEGER NOT NULL DEFAULT 0,
+    arguments_bytes INTEGER NOT NULL DEFAULT 0,
+    owner TEXT
 );
+CREATE INDEX IF NOT EXISTS approvals_newest ON approvals (created_ms DESC, id);
 -- Every change to an approval, in order: what watchers and notifiers follow.
 CREATE TABLE IF NOT EXISTS changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -73,9 +91,17 @@ CREATE TABLE IF NOT EXISTS changes (
 """
 
 
+#: Columns added since the first schema, for stores made before them.
+_ADDED = {
+    "arguments_cut": "INTEGER NOT NULL DEFAULT 0",
+    "arguments_bytes": "INTEGER NOT NULL DEFAULT 0",
+    "owner": "TEXT",
+}
+
+
 class ApprovalError(Exception):
     """An approver's decision that cannot be taken: ``kind`` is ``not_found``,
-    ``not_pending`` or ``not_allowed``."""
+    ``not_pending``, ``not_allowed`` or ``invalid``."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
@@ -135,6 +161,12 @@ class Row:
     decided_ms: int | None
     reason: str | None
     used_ms: int | None
+    #: ``arguments`` is a preview of at most the store's preview size: whether the call's
+    #: arguments were longer, and their whole size in bytes.
+    arguments_cut: bool
+    arguments_bytes: int
+    #: Whom it counts against for the pending caps (32 hex digits; None: not known).
+    owner: str | None
 
     def state(self, now_ms: int) -> str:
         live = self.deadline_ms > now_ms
@@ -143,20 +175,77 @@ class Row:
         return self.stored_state
 
     def to_dict(self, now_ms: int) -> dict[str, Any]:
-        d = {k: v for k, v in vars(self).items() if k != "stored_state"}
+        """The approval as approvers see it: never its key or owner (digests of the call,
+        for the engine's table only)."""
+        d = {k: v for k, v in vars(self).items() if k not in _INTERNAL}
         d["state"] = self.state(now_ms)
         return d
+
+
+#: Row fields that are the engine's, not the approvers'.
+_INTERNAL = ("stored_state", "key", "owner")
+
+
+def preview(text: str, max_bytes: int) -> tuple[str, bool]:
+    """``text`` cut to at most ``max_bytes`` of UTF-8 at a character boundary, and whether
+    it was cut (as the engine cuts the arguments it reports)."""
+    raw = text.encode()
+    if len(raw) <= max_bytes:
+        return text, False
+    return raw[:max_bytes].decode(errors="ignore"), True
+
+
+def state_condition(state: str) -> str:
+    """SQL that holds for the rows in ``state`` as approvers see it at ``:now``."""
+    if state == "EXPIRED":
+        return "(state IN ('PENDING', 'APPROVED') AND deadline_ms <= :now)"
+    if state in ("PENDING", "APPROVED"):
+        return f"(state = '{state}' AND deadline_ms > :now)"
+    if state in ("DENIED", "USED"):
+        return f"(state = '{state}')"
+    raise ValueError(f"not an approval state: {state!r}")
+
+
+@dataclass(frozen=True)
+class Page:
+    """Approvals, newest first, and the token of the page after them (None: the last)."""
+
+    rows: list[Row]
+    next_token: str | None
 
 
 class ApprovalStore:
     """Approvals in SQLite. One connection per thread; every write is its own transaction,
     synced to disk before it returns (``synchronous=FULL``)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, preview_bytes: int = DEFAULT_PREVIEW_BYTES) -> None:
         self.path = path
+        self.preview_bytes = preview_bytes
         self._local = threading.local()
         # executescript commits on its own; each statement is idempotent.
         self._db().executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """A store made before the columns ``_ADDED`` gets them, and its arguments, kept in
+        full then, are cut to the preview."""
+        db = self._db()
+        have = {name for _, name, *_ in db.execute("PRAGMA table_info(approvals)")}
+        missing = [column for column in _ADDED if column not in have]
+        if not missing:
+            return
+        with self._write() as db:
+            for column in missing:
+                db.execute(f"ALTER TABLE approvals ADD COLUMN {column} {_ADDED[column]}")
+            rows = db.execute("SELECT id, arguments FROM approvals").fetchall()
+            for id, arguments in rows:
+                shown, cut = preview(arguments, self.preview_bytes)
+                db.execute(
+                    "UPDATE approvals SET arguments = ?, arguments_cut = ?, arguments_bytes = ?"
+                    " WHERE id = ?",
+                    (shown, int(cut), len(arguments.encode()), id),
+                )
+        log.info("approvals store %s: added %s", self.path, ", ".join(missing))
 
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -187,8 +276,8 @@ class ApprovalStore:
             inserted = db.execute(
                 "INSERT OR IGNORE INTO approvals (id, key, server, tool, grant_label, session,"
                 " agent, arguments, arguments_digest, rule, revision, approvers, created_ms,"
-                " timeout_ms, deadline_ms, state) VALUES"
-                " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'PENDING')",
+                " timeout_ms, deadline_ms, state, arguments_cut, arguments_bytes, owner) VALUES"
+                " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'PENDING', ?, ?, ?)",
                 (
                     event["id"],
                     event["key"],
@@ -205,6 +294,9 @@ class ApprovalStore:
                     event["created_ms"],
                     event["expires_ms"] - event["created_ms"],
                     event["expires_ms"],
+                    int(event["arguments_cut"]),
+                    event["arguments_bytes"],
+                    event["owner"],
                 ),
             ).rowcount
             if inserted:
@@ -232,6 +324,8 @@ class ApprovalStore:
         """An approver's decision: recorded, then ``apply(id, approve)`` puts it into the
         engine's table (returning its new deadline), all in one transaction: if the table
         refuses, nothing is recorded. ApprovalError if it cannot be taken."""
+        if len(reason) > MAX_REASON:
+            raise ApprovalError("invalid", f"a reason has at most {MAX_REASON} characters")
         with self._write() as db:
             row = self._get(db, id)
             if row is None:
@@ -260,7 +354,7 @@ class ApprovalStore:
         return decided
 
     def _get(self, db: sqlite3.Connection, id: str) -> Row | None:
-        found = db.execute("SELECT * FROM approvals WHERE id = ?", (id,)).fetchone()
+        found = db.execute(f"SELECT {_SELECT} FROM approvals WHERE id = ?", (id,)).fetchone()
         return _row(found) if found else None
 
     def get(self, id: str) -> Row | None:
@@ -268,21 +362,61 @@ class ApprovalStore:
 
     def list(self, state: str | None, now_ms: int, limit: int = 100) -> list[Row]:
         """Newest first; ``state`` as approvers see it (EXPIRED included)."""
-        rows = self._db().execute("SELECT * FROM approvals ORDER BY created_ms DESC, id")
-        out = []
-        for raw in rows:
-            row = _row(raw)
-            if state is None or row.state(now_ms) == state:
-                out.append(row)
-                if len(out) >= limit:
-                    break
-        return out
+        return self.page(state, now_ms, limit).rows
 
-    def changes_after(self, seq: int) -> list[tuple[int, str, str]]:
-        """``(seq, id, kind)`` of every change after ``seq``, oldest first."""
+    def page(self, state: str | None, now_ms: int, limit: int, after: str | None = None) -> Page:
+        """At most ``limit`` approvals, newest first, from after the page whose
+        ``next_token`` is ``after``; ``state`` as approvers see it. The token names the last
+        row given (its creation time and id), so rows opened meanwhile never shift a page."""
+        where = [state_condition(state)] if state else []
+        params: dict[str, Any] = {"now": now_ms, "limit": limit + 1}
+        if after is not None:
+            params["after_ms"], params["after_id"] = _read_token(after)
+            where.append("(created_ms < :after_ms OR (created_ms = :after_ms AND id > :after_id))")
+        sql = f"SELECT {_SELECT} FROM approvals"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_ms DESC, id LIMIT :limit"
+        rows = [_row(raw) for raw in self._db().execute(sql, params)]
+        if len(rows) <= limit:
+            return Page(rows, None)
+        rows = rows[:limit]
+        return Page(rows, page_token(rows[-1]))
+
+    def count_by_state(self, now_ms: int) -> dict[str, int]:
+        """How many approvals are in each state as approvers see it, counted by SQLite
+        (EXPIRED from the deadlines) without reading any row into Python."""
+        counts = dict.fromkeys(STATES, 0)
+        found = self._db().execute(
+            "SELECT CASE WHEN state IN ('PENDING', 'APPROVED') AND deadline_ms <= ?"
+            " THEN 'EXPIRED' ELSE state END AS shown, COUNT(*) FROM approvals GROUP BY shown",
+            (now_ms,),
+        )
+        for state, n in found:
+            counts[state] = n
+        return counts
+
+    def purge(self, now_ms: int, retention_ms: int) -> int:
+        """Forget approvals finished (used, denied, expired) more than ``retention_ms``
+        ago, and their changes: how many approvals were forgotten."""
+        cutoff = now_ms - retention_ms
+        with self._write() as db:
+            purged = db.execute(
+                "DELETE FROM approvals WHERE CASE state"
+                " WHEN 'USED' THEN COALESCE(used_ms, deadline_ms) ELSE deadline_ms END < ?"
+                " AND (state IN ('USED', 'DENIED') OR deadline_ms <= ?)",
+                (cutoff, now_ms),
+            ).rowcount
+            if purged:
+                db.execute("DELETE FROM changes WHERE id NOT IN (SELECT id FROM approvals)")
+        return purged
+
+    def changes_after(self, seq: int, limit: int = 1000) -> list[tuple[int, str, str]]:
+        """``(seq, id, kind)`` of the first ``limit`` changes after ``seq``, oldest first."""
         return list(
             self._db().execute(
-                "SELECT seq, id, kind FROM changes WHERE seq > ? ORDER BY seq", (seq,)
+                "SELECT seq, id, kind FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
+                (seq, limit),
             )
         )
 
@@ -294,7 +428,8 @@ class ApprovalStore:
         """Approvals not yet used, denied ones and pending or approved ones before their
         deadline: those the engine's table must hold."""
         rows = self._db().execute(
-            "SELECT * FROM approvals WHERE state != 'USED' AND deadline_ms > ?", (now_ms,)
+            f"SELECT {_SELECT} FROM approvals WHERE state != 'USED' AND deadline_ms > ?",
+            (now_ms,),
         )
         for raw in rows:
             yield _row(raw)
@@ -321,13 +456,34 @@ _COLUMNS = [
     "decided_ms",
     "reason",
     "used_ms",
+    "arguments_cut",
+    "arguments_bytes",
+    "owner",
 ]
+
+#: The store's names of ``Row``'s fields, in ``_COLUMNS``' order.
+_STORED_AS = {"grant": "grant_label", "stored_state": "state"}
+_SELECT = ", ".join(_STORED_AS.get(c, c) for c in _COLUMNS)
 
 
 def _row(raw: tuple[Any, ...]) -> Row:
     fields = dict(zip(_COLUMNS, raw, strict=True))
     fields["approvers"] = json.loads(fields["approvers"])
+    fields["arguments_cut"] = bool(fields["arguments_cut"])
     return Row(**fields)
+
+
+def page_token(last: Row) -> str:
+    """The token of the page that starts after ``last``."""
+    return f"{last.created_ms}.{last.id}"
+
+
+def _read_token(token: str) -> tuple[int, str]:
+    """A page token's creation time and id; ValueError if it is not one."""
+    created_ms, _, id = token.partition(".")
+    if not created_ms.isdigit() or not id.startswith("apr_"):
+        raise ValueError(f"not a page token: {token[:64]!r}")
+    return int(created_ms), id
 
 
 def reconcile(approvals: Approvals, store: ApprovalStore) -> None:
@@ -348,11 +504,14 @@ def reconcile(approvals: Approvals, store: ApprovalStore) -> None:
             # A decision the table took but the store never committed (a crash inside
             # decide): nobody knows who took it, so it is undone and asked again.
             approvals.forget(id)
-            approvals.apply(id, row.key, "PENDING", row.created_ms, row.deadline_ms)
+            approvals.apply(id, row.key, "PENDING", row.created_ms, row.deadline_ms, row.owner)
             log.warning("approval %s: its decision was lost in a crash; pending again", id)
     for row in store.open_rows(now):
         table_state = _TABLE_STATE[row.stored_state]
-        if approvals.apply(row.id, row.key, table_state, row.created_ms, row.deadline_ms):
+        put_back = approvals.apply(
+            row.id, row.key, table_state, row.created_ms, row.deadline_ms, row.owner
+        )
+        if put_back:
             log.info("approval %s: the table now holds it as %s", row.id, table_state)
 
 
@@ -364,26 +523,21 @@ class ApprovalRecorder:
         self._approvals = approvals
         self._store = store
         self._labels = labels
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="approval-recorder", daemon=True)
+        self._loop = Background(
+            "approval-recorder",
+            lambda: self.record(self._approvals.next_events(0.2)),
+            0,
+            log,
+            "cannot record approvals",
+        )
 
     def start(self) -> None:
-        self._thread.start()
+        self._loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread.ident is not None:  # started
-            self._thread.join(timeout=5)
+        self._loop.stop()
         # What came in meanwhile is recorded too.
         self.record(self._approvals.next_events(0.0, limit=1 << 20))
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.record(self._approvals.next_events(0.2))
-            except Exception:  # a store error must not end the thread
-                log.exception("cannot record approvals")
-                self._stop.wait(1.0)
 
     def record(self, events: list[dict[str, Any]]) -> None:
         for event in events:

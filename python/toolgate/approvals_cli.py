@@ -12,6 +12,7 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
+from toolgate._core import inert
 from toolgate.addresses import target_address
 from toolgate.v1 import approvals_pb2
 
@@ -21,9 +22,12 @@ def _dict(approval: approvals_pb2.Approval) -> dict[str, Any]:
 
 
 def _line(a: approvals_pb2.Approval) -> str:
-    who = a.agent or a.grant or "-"
+    """One row; every field an agent chose made inert, so a row is one line and shows only
+    what it holds (a newline or an escape sequence in a tool name forges no row)."""
+    who = inert(a.agent or a.grant or "-")
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(a.created_ms / 1000))
-    return f"{a.id}  {a.state:<8}  {when}Z  {who}  {a.tool}  {a.arguments_json}"
+    arguments = inert(a.arguments_json) + (" …(cut)" if a.arguments_cut else "")
+    return f"{inert(a.id)}  {inert(a.state):<8}  {when}Z  {who}  {inert(a.tool)}  {arguments}"
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -51,11 +55,23 @@ def _run(args: argparse.Namespace) -> int:
 def _act(args: argparse.Namespace, stub: Any, metadata: Any) -> int:
     emit = (lambda a: print(json.dumps(_dict(a)))) if args.json else (lambda a: print(_line(a)))
     if args.action == "list":
-        request = approvals_pb2.ListApprovalsRequest(state=args.state or "", limit=args.limit)
-        for a in stub.List(request, metadata=metadata, timeout=args.timeout).approvals:
-            emit(a)
+        # Page by page (each well within gRPC's message limit), up to --limit.
+        left, token = args.limit, ""
+        while left > 0:
+            request = approvals_pb2.ListApprovalsRequest(
+                state=args.state or "", limit=min(left, 1000), page_token=token
+            )
+            page = stub.List(request, metadata=metadata, timeout=args.timeout)
+            for a in page.approvals[:left]:
+                emit(a)
+            left -= len(page.approvals)
+            token = page.next_page_token
+            if not token:
+                break
     elif args.action == "show":
-        a = stub.Get(approvals_pb2.GetApprovalRequest(id=args.id), metadata=metadata)
+        a = stub.Get(
+            approvals_pb2.GetApprovalRequest(id=args.id), metadata=metadata, timeout=args.timeout
+        )
         print(json.dumps(_dict(a), indent=None if args.json else 2))
     elif args.action in ("approve", "deny"):
         request = approvals_pb2.DecideApprovalRequest(id=args.id, reason=args.reason or "")

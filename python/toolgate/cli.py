@@ -14,6 +14,24 @@ from toolgate.addresses import listen_address, metrics_address, target_address
 from toolgate.call_options import add_call_options, parse_arguments, parse_attributes
 
 
+def _number(kind: Callable[[str], Any], least: float, what: str) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not value >= least:
+            raise argparse.ArgumentTypeError(f"must be {what}: {text!r}")
+        return value
+
+    return parse
+
+
+positive_int = _number(int, 1, "at least 1")
+positive_float = _number(float, 1e-9, "more than 0")
+non_negative_float = _number(float, 0, "0 or more")
+
+
 def _validate(args: argparse.Namespace) -> int:
     from toolgate.envoy_authz import parse_subject_source
 
@@ -180,6 +198,12 @@ def _serve(args: argparse.Namespace) -> int:
             if args.approval_webhook_secret
             else None,
             webhook_format=args.approval_webhook_format,
+            webhook_workers=args.approval_webhook_workers,
+            webhook_timeout=args.approval_webhook_timeout,
+            pending_per_grant=args.approval_pending_per_grant,
+            pending_per_rule=args.approval_pending_per_rule,
+            preview_bytes=args.approval_preview_bytes,
+            retention_s=args.approval_retention,
         )
         return serve(options)
     except PolicyError as err:
@@ -487,6 +511,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="Envoy's with_request_body.max_request_bytes: a body of this size without "
         "content-length may have been cut, and is refused (default: %(default)s)",
     )
+    from toolgate.approvals import (
+        DEFAULT_PENDING_PER_GRANT,
+        DEFAULT_PENDING_PER_RULE,
+        DEFAULT_PREVIEW_BYTES,
+        DEFAULT_RETENTION_S,
+    )
+    from toolgate.webhook import DEFAULT_TIMEOUT_S, DEFAULT_WORKERS
+
     approvals = serve.add_argument_group(
         "approvals", "human approval of calls whose rule says require_approval"
     )
@@ -522,6 +554,53 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["json", "slack"],
         default="json",
         help="the webhook's body: toolgate's JSON, or Slack-compatible text (default: %(default)s)",
+    )
+    approvals.add_argument(
+        "--approval-webhook-workers",
+        type=positive_int,
+        default=DEFAULT_WORKERS,
+        metavar="N",
+        help="webhook deliveries under way at once, first attempts before retries, one grant's "
+        "at a time in turn (default: %(default)s)",
+    )
+    approvals.add_argument(
+        "--approval-webhook-timeout",
+        type=positive_float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="SECONDS",
+        help="how long the receiver has to answer one delivery (default: %(default)s)",
+    )
+    approvals.add_argument(
+        "--approval-pending-per-grant",
+        type=positive_int,
+        default=DEFAULT_PENDING_PER_GRANT,
+        metavar="N",
+        help="pending approvals one grant may have at once; past it a call needing approval is "
+        "refused without opening one (default: %(default)s)",
+    )
+    approvals.add_argument(
+        "--approval-pending-per-rule",
+        type=positive_int,
+        default=DEFAULT_PENDING_PER_RULE,
+        metavar="N",
+        help="pending approvals one rule may have at once, all grants together "
+        "(default: %(default)s)",
+    )
+    approvals.add_argument(
+        "--approval-preview-bytes",
+        type=positive_int,
+        default=DEFAULT_PREVIEW_BYTES,
+        metavar="BYTES",
+        help="bytes of a call's arguments kept and shown to approvers; the store keeps their "
+        "SHA-256 and size, never more (default: %(default)s)",
+    )
+    approvals.add_argument(
+        "--approval-retention",
+        type=non_negative_float,
+        default=DEFAULT_RETENTION_S,
+        metavar="SECONDS",
+        help="how long used, denied and expired approvals are kept, then deleted "
+        "(default: %(default)s, 7 days)",
     )
     decisions = serve.add_argument_group(
         "decision log", "one JSON line per decision, hash-chained (toolgate log verify)"

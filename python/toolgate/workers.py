@@ -132,6 +132,15 @@ def worker_command(opts: ServeOptions, index: int, shared: Path) -> list[str]:
         ]
     if opts.approvals.state_dir is not None:
         args += ["--state-dir", str(opts.approvals.state_dir)]
+    # What each worker's engine enforces when a call opens an approval.
+    args += [
+        "--approval-pending-per-grant",
+        str(opts.approvals.pending_per_grant),
+        "--approval-pending-per-rule",
+        str(opts.approvals.pending_per_rule),
+        "--approval-preview-bytes",
+        str(opts.approvals.preview_bytes),
+    ]
     if opts.decision_log is not None:
         args += [
             "--decision-log",

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btoolgate/v1/approvals.proto\x12\x0btoolgate.v1\"\xc9\x02\n\x08\x41pproval\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06server\x18\x03 \x01(\t\x12\x0c\n\x04tool\x18\x04 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x05 \x01(\t\x12\x18\n\x10\x61rguments_digest\x18\x06 \x01(\t\x12\r\n\x05grant\x18\x07 \x01(\t\x12\x0f\n\x07session\x18\x08 \x01(\t\x12\r\n\x05\x61gent\x18\t \x01(\t\x12\x0c\n\x04rule\x18\n \x01(\t\x12\x10\n\x08revision\x18\x0b \x01(\t\x12\x11\n\tapprovers\x18\x0c \x03(\t\x12\x12\n\ncreated_ms\x18\r \x01(\x03\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x0e \x01(\x03\x12\x12\n\ndecided_by\x18\x0f \x01(\t\x12\x12\n\ndecided_ms\x18\x10 \x01(\x03\x12\x0e\n\x06reason\x18\x11 \x01(\t\x12\x0f\n\x07used_ms\x18\x12 \x01(\x03\"4\n\x14ListApprovalsRequest\x12\r\n\x05state\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"A\n\x15ListApprovalsResponse\x12(\n\tapprovals\x18\x01 \x03(\x0b\x32\x15.toolgate.v1.Approval\" \n\x12GetApprovalRequest\x12\n\n\x02id\x18\x01 \x01(\t\"3\n\x15\x44\x65\x63ideApprovalRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"0\n\x15WatchApprovalsRequest\x12\x17\n\x0finclude_pending\x18\x01 \x01(\x08\x32\xe8\x02\n\tApprovals\x12M\n\x04List\x12!.toolgate.v1.ListApprovalsRequest\x1a\".toolgate.v1.ListApprovalsResponse\x12=\n\x03Get\x12\x1f.toolgate.v1.GetApprovalRequest\x1a\x15.toolgate.v1.Approval\x12\x44\n\x07\x41pprove\x12\".toolgate.v1.DecideApprovalRequest\x1a\x15.toolgate.v1.Approval\x12\x41\n\x04\x44\x65ny\x12\".toolgate.v1.DecideApprovalRequest\x1a\x15.toolgate.v1.Approval\x12\x44\n\x05Watch\x12\".toolgate.v1.WatchApprovalsRequest\x1a\x15.toolgate.v1.Approval0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btoolgate/v1/approvals.proto\x12\x0btoolgate.v1\"\xf9\x02\n\x08\x41pproval\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06server\x18\x03 \x01(\t\x12\x0c\n\x04tool\x18\x04 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x05 \x01(\t\x12\x18\n\x10\x61rguments_digest\x18\x06 \x01(\t\x12\r\n\x05grant\x18\x07 \x01(\t\x12\x0f\n\x07session\x18\x08 \x01(\t\x12\r\n\x05\x61gent\x18\t \x01(\t\x12\x0c\n\x04rule\x18\n \x01(\t\x12\x10\n\x08revision\x18\x0b \x01(\t\x12\x11\n\tapprovers\x18\x0c \x03(\t\x12\x12\n\ncreated_ms\x18\r \x01(\x03\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x0e \x01(\x03\x12\x12\n\ndecided_by\x18\x0f \x01(\t\x12\x12\n\ndecided_ms\x18\x10 \x01(\x03\x12\x0e\n\x06reason\x18\x11 \x01(\t\x12\x0f\n\x07used_ms\x18\x12 \x01(\x03\x12\x15\n\rarguments_cut\x18\x13 \x01(\x08\x12\x17\n\x0f\x61rguments_bytes\x18\x14 \x01(\x04\"H\n\x14ListApprovalsRequest\x12\r\n\x05state\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"Z\n\x15ListApprovalsResponse\x12(\n\tapprovals\x18\x01 \x03(\x0b\x32\x15.toolgate.v1.Approval\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\" \n\x12GetApprovalRequest\x12\n\n\x02id\x18\x01 \x01(\t\"3\n\x15\x44\x65\x63ideApprovalRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"0\n\x15WatchApprovalsRequest\x12\x17\n\x0finclude_pending\x18\x01 \x01(\x08\x32\xe8\x02\n\tApprovals\x12M\n\x04List\x12!.toolgate.v1.ListApprovalsRequest\x1a\".toolgate.v1.ListApprovalsResponse\x12=\n\x03Get\x12\x1f.toolgate.v1.GetApprovalRequest\x1a\x15.toolgate.v1.Approval\x12\x44\n\x07\x41pprove\x12\".toolgate.v1.DecideApprovalRequest\x1a\x15.toolgate.v1.Approval\x12\x41\n\x04\x44\x65ny\x12\".toolgate.v1.DecideApprovalRequest\x1a\x15.toolgate.v1.Approval\x12\x44\n\x05Watch\x12\".toolgate.v1.WatchApprovalsRequest\x1a\x15.toolgate.v1.Approval0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,17 +32,17 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'toolgate.v1.approvals_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_APPROVAL']._serialized_start=45
-  _globals['_APPROVAL']._serialized_end=374
-  _globals['_LISTAPPROVALSREQUEST']._serialized_start=376
-  _globals['_LISTAPPROVALSREQUEST']._serialized_end=428
-  _globals['_LISTAPPROVALSRESPONSE']._serialized_start=430
-  _globals['_LISTAPPROVALSRESPONSE']._serialized_end=495
-  _globals['_GETAPPROVALREQUEST']._serialized_start=497
-  _globals['_GETAPPROVALREQUEST']._serialized_end=529
-  _globals['_DECIDEAPPROVALREQUEST']._serialized_start=531
-  _globals['_DECIDEAPPROVALREQUEST']._serialized_end=582
-  _globals['_WATCHAPPROVALSREQUEST']._serialized_start=584
-  _globals['_WATCHAPPROVALSREQUEST']._serialized_end=632
-  _globals['_APPROVALS']._serialized_start=635
-  _globals['_APPROVALS']._serialized_end=995
+  _globals['_APPROVAL']._serialized_end=422
+  _globals['_LISTAPPROVALSREQUEST']._serialized_start=424
+  _globals['_LISTAPPROVALSREQUEST']._serialized_end=496
+  _globals['_LISTAPPROVALSRESPONSE']._serialized_start=498
+  _globals['_LISTAPPROVALSRESPONSE']._serialized_end=588
+  _globals['_GETAPPROVALREQUEST']._serialized_start=590
+  _globals['_GETAPPROVALREQUEST']._serialized_end=622
+  _globals['_DECIDEAPPROVALREQUEST']._serialized_start=624
+  _globals['_DECIDEAPPROVALREQUEST']._serialized_end=675
+  _globals['_WATCHAPPROVALSREQUEST']._serialized_start=677
+  _globals['_WATCHAPPROVALSREQUEST']._serialized_end=725
+  _globals['_APPROVALS']._serialized_start=728
+  _globals['_APPROVALS']._serialized_end=1088
 # @@protoc_insertion_point(module_scope)

@@ -65,7 +65,7 @@ class ApprovalsServicer:
     """Missing associated documentation comment in .proto file."""
 
     def List(self, request, context):
-        """Approvals, newest first.
+        """Approvals, newest first, a page at a time (a page fits well within gRPC's 4 MiB).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -92,7 +92,8 @@ class ApprovalsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Watch(self, request, context):
-        """Approvals as they are opened and change, until the caller hangs up.
+        """Approvals as they are opened and change, until the caller hangs up: one approval per
+        message.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -7,7 +7,7 @@ use pyo3::types::PyDict;
 use std::sync::Arc;
 use std::time::Duration;
 use toolgate_core::approval::{
-    ApprovalEvent, ApprovalEvents, ApprovalId, ApprovalKey, Slot, State,
+    ApprovalEvent, ApprovalEvents, ApprovalId, ApprovalKey, Owner, Slot, State,
 };
 use toolgate_core::Engine;
 
@@ -16,6 +16,8 @@ use toolgate_core::Engine;
 pub struct PyApprovals {
     pub(crate) engine: Arc<Engine>,
     pub(crate) events: ApprovalEvents,
+    /// A table file of another layout version that opening this one set aside.
+    pub(crate) set_aside: Option<std::path::PathBuf>,
 }
 
 fn id_of(text: &str) -> PyResult<ApprovalId> {
@@ -100,7 +102,10 @@ impl PyApprovals {
                         d.set_item("session", o.session)?;
                         d.set_item("agent", o.agent)?;
                         d.set_item("arguments", o.arguments)?;
+                        d.set_item("arguments_cut", o.arguments_cut)?;
+                        d.set_item("arguments_bytes", o.arguments_bytes)?;
                         d.set_item("arguments_digest", o.arguments_digest)?;
+                        d.set_item("owner", o.owner.to_hex())?;
                         d.set_item("rule", o.rule)?;
                         d.set_item("revision", o.revision)?;
                         d.set_item("created_ms", o.created_ms)?;
@@ -152,7 +157,9 @@ impl PyApprovals {
     }
 
     /// Make the table hold this approval as the durable store knows it (see
-    /// ApprovalTable.apply). True if anything changed.
+    /// ApprovalTable.apply), counting against `owner` (as its news named it; None: no one).
+    /// True if anything changed.
+    #[pyo3(signature = (id, key, state, created_ms, deadline_ms, owner = None))]
     fn apply(
         &self,
         id: &str,
@@ -160,9 +167,16 @@ impl PyApprovals {
         state: &str,
         created_ms: u64,
         deadline_ms: u64,
+        owner: Option<&str>,
     ) -> PyResult<bool> {
         let key =
             ApprovalKey::parse(key).ok_or_else(|| PyValueError::new_err("bad approval key"))?;
+        let owner = match owner {
+            None => Owner::default(),
+            Some(text) => {
+                Owner::parse(text).ok_or_else(|| PyValueError::new_err("bad approval owner"))?
+            }
+        };
         let slot = Slot {
             key,
             id: id_of(id)?,
@@ -170,7 +184,9 @@ impl PyApprovals {
             created_ms,
             deadline_ms,
         };
-        Ok(self.table().apply(&slot, self.engine.clock().wall_ms()))
+        Ok(self
+            .table()
+            .apply_owned(&slot, owner, self.engine.clock().wall_ms()))
     }
 
     /// Drop an approval the durable store never heard of.
@@ -181,6 +197,13 @@ impl PyApprovals {
     /// Now, on the engine's clock, in milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64 {
         self.engine.clock().wall_ms()
+    }
+
+    /// Where a table file of another layout version was set aside when this one was
+    /// opened (its approvals are put back from the store), or None.
+    #[getter]
+    fn set_aside(&self) -> Option<std::path::PathBuf> {
+        self.set_aside.clone()
     }
 
     /// News dropped because the queue was full (never drained fast enough).

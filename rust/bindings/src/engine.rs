@@ -10,7 +10,11 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 use std::path::PathBuf;
 use std::sync::Arc;
-use toolgate_core::approval::{ApprovalTable, Approvals};
+use toolgate_core::approval::{
+    ApprovalSettings, ApprovalTable, Approvals, CallDigests, Caps, DEFAULT_PENDING_PER_GRANT,
+    DEFAULT_PENDING_PER_RULE,
+};
+use toolgate_core::approval_text::DEFAULT_PREVIEW_BYTES;
 use toolgate_core::args::parse_json_arguments;
 use toolgate_core::clock::Clock;
 use toolgate_core::counter::CounterTable;
@@ -377,23 +381,50 @@ impl PyEngine {
 
     /// Run human approvals for `require_approval` rules, with the approvals table in the
     /// file at `path` (created with `capacity` slots if missing; every worker maps the same
-    /// file). Returns the object the control plane drains news from and records decisions
-    /// through. Once per engine.
-    #[pyo3(signature = (path, *, capacity = 4096, queue = 4096))]
+    /// file). `key` is the deployment's secret, which keys every digest of a call (every
+    /// process sharing the table passes the same). At most `pending_per_grant` pending
+    /// approvals per grant and `pending_per_rule` per rule; approvers are shown the first
+    /// `preview_bytes` of a call's arguments. Returns the object the control plane drains
+    /// news from and records decisions through. Once per engine.
+    #[pyo3(signature = (
+        path, *, key, capacity = 4096, queue = 4096,
+        pending_per_grant = DEFAULT_PENDING_PER_GRANT,
+        pending_per_rule = DEFAULT_PENDING_PER_RULE,
+        preview_bytes = DEFAULT_PREVIEW_BYTES,
+    ))]
+    #[allow(clippy::too_many_arguments)]
     fn enable_approvals(
         &self,
         path: PathBuf,
+        key: Vec<u8>,
         capacity: usize,
         queue: usize,
+        pending_per_grant: usize,
+        pending_per_rule: usize,
+        preview_bytes: usize,
     ) -> PyResult<PyApprovals> {
+        if key.len() < 32 {
+            return Err(PyValueError::new_err("the key has at least 32 bytes"));
+        }
         let table = ApprovalTable::open_file(&path, capacity).map_err(PyValueError::new_err)?;
-        let (approvals, events) = Approvals::new(Arc::new(table), queue);
+        let set_aside = table.set_aside().map(|p| p.to_path_buf());
+        let settings = ApprovalSettings {
+            digests: CallDigests::new(&key),
+            caps: Caps {
+                per_grant: pending_per_grant.max(1),
+                per_rule: pending_per_rule.max(1),
+            },
+            preview_bytes,
+            queue,
+        };
+        let (approvals, events) = Approvals::with_settings(Arc::new(table), settings);
         self.inner
             .enable_approvals(approvals)
             .map_err(PyValueError::new_err)?;
         Ok(PyApprovals {
             engine: self.inner.clone(),
             events,
+            set_aside,
         })
     }
 

@@ -25,6 +25,13 @@ fn inert(text: &str) -> String {
     toolgate_core::inert::escape(text).into_owned()
 }
 
+/// JSON text an agent sent with each character `inert` would escape written as a JSON
+/// `\uXXXX` escape instead: the same JSON value, safe to show (`toolgate_core::inert`).
+#[pyfunction]
+fn inert_json(json: &str) -> String {
+    toolgate_core::inert::escape_in_json(json).into_owned()
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::PyEngine>()?;
@@ -43,6 +50,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(mcp::read_mcp_request, m)?)?;
     m.add_function(wrap_pyfunction!(document::read_document, m)?)?;
     m.add_function(wrap_pyfunction!(inert, m)?)?;
+    m.add_function(wrap_pyfunction!(inert_json, m)?)?;
     m.add("PolicyError", m.py().get_type::<policy::PolicyError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     // The git commit built from, or "" if unknown (build.rs).

@@ -1,34 +1,44 @@
 //! Human approval of calls whose rule says `require_approval`: which call waits for one, and
 //! that an approved call runs once.
 //!
-//! A call is identified by its [`ApprovalKey`]: a digest of its server, tool, subject and
-//! canonical arguments. The [`ApprovalTable`] holds one slot per call waiting for or holding
+//! A call is identified by its [`ApprovalKey`]: a digest, keyed with the deployment's secret
+//! (the grant is a credential), of its server, tool, subject and canonical arguments. The
+//! [`ApprovalTable`] holds one slot per call waiting for or holding
 //! an approval, in a [`Region`]: process memory, or a file that every worker process maps
 //! (and that outlives them, so an approval used before a crash stays used). A slot is
 //! `PENDING` until an approver decides, then `APPROVED` (the identical call may run once
 //! before its deadline) or `DENIED`; running it makes it `CONSUMED`. Every change happens
 //! under one [`PidLock`]: approvals are rare, and a call that needs one is decided in
 //! microseconds either way.
+//!
+//! Each slot also names its [`Owner`] (the caller's grant and the rule that asks), so that
+//! pending approvals are capped per grant and per rule ([`Caps`]): one caller, or a flood
+//! through one rule, cannot take every slot.
 
 use crate::counter::region::HEADER_WORDS;
 use crate::counter::Region;
 use crate::mapping::{self, Mapping};
 use crate::pid_lock::PidLock;
+use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::fs::OpenOptions;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 
-/// "TGAP" + layout version 1.
-const MAGIC: u64 = 0x5447_4150_0000_0001;
+/// "TGAP" in the high half of the magic word, the layout's version in the low half.
+const MAGIC_TAG: u64 = 0x5447_4150_0000_0000;
+/// Version 2 added each slot's owner words.
+const VERSION: u64 = 2;
+const MAGIC: u64 = MAGIC_TAG | VERSION;
 const MAGIC_WORD: usize = 0;
 const CAPACITY_WORD: usize = 1;
 const LOCK_WORD: usize = 2;
 
-const SLOT_WORDS: usize = 8;
+const SLOT_WORDS: usize = 10;
 // Word offsets inside a slot.
 const KEY0: usize = 0;
 const KEY1: usize = 1;
@@ -37,6 +47,13 @@ const ID_HI: usize = 3;
 const ID_LO: usize = 4;
 const CREATED: usize = 5;
 const DEADLINE: usize = 6;
+const OWNER_GRANT: usize = 7;
+const OWNER_RULE: usize = 8;
+
+/// Pending approvals one grant may have at once, by default.
+pub const DEFAULT_PENDING_PER_GRANT: usize = 32;
+/// Pending approvals one rule may have at once (all grants together), by default.
+pub const DEFAULT_PENDING_PER_RULE: usize = 1024;
 
 /// Where an approval stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,11 +140,7 @@ impl fmt::Display for ApprovalKey {
 
 impl ApprovalKey {
     pub fn parse(text: &str) -> Option<ApprovalKey> {
-        if text.len() != 32 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        let word = |r: std::ops::Range<usize>| u64::from_str_radix(&text[r], 16).ok();
-        Some(ApprovalKey([word(0..16)?, word(16..32)?]))
+        parse_words(text).map(ApprovalKey)
     }
 }
 
@@ -142,32 +155,124 @@ pub struct Call<'a> {
     pub arguments: &'a str,
 }
 
-impl ApprovalKey {
-    pub fn of(call: &Call<'_>) -> ApprovalKey {
-        let mut h = Sha256::new();
-        for part in [
-            call.server,
-            Some(call.tool),
-            call.grant,
-            call.session,
-            call.agent,
-            Some(call.arguments),
-        ] {
+/// Who a pending approval counts against: the caller's grant and the rule that asks, as
+/// keyed 64-bit digests (0: not known, as for an approval put back from the store).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Owner {
+    pub grant: u64,
+    pub rule: u64,
+}
+
+impl Owner {
+    /// The owner as text (32 hex digits), for the store.
+    pub fn to_hex(self) -> String {
+        format!("{:016x}{:016x}", self.grant, self.rule)
+    }
+
+    pub fn parse(text: &str) -> Option<Owner> {
+        let [grant, rule] = parse_words(text)?;
+        Some(Owner { grant, rule })
+    }
+}
+
+/// How many pending approvals one grant, and one rule, may have at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caps {
+    pub per_grant: usize,
+    pub per_rule: usize,
+}
+
+impl Default for Caps {
+    fn default() -> Caps {
+        Caps {
+            per_grant: DEFAULT_PENDING_PER_GRANT,
+            per_rule: DEFAULT_PENDING_PER_RULE,
+        }
+    }
+}
+
+/// Digests of calls, keyed with the deployment's secret: a call's grant is a credential,
+/// and an unkeyed digest of it (beside the other fields it was hashed with) could be
+/// reversed by trying guesses.
+#[derive(Clone)]
+pub struct CallDigests {
+    mac: Hmac<Sha256>,
+}
+
+impl CallDigests {
+    pub fn new(secret: &[u8]) -> CallDigests {
+        CallDigests {
+            mac: Hmac::new_from_slice(secret).expect("HMAC takes any key length"),
+        }
+    }
+
+    /// A random secret: for a table no other process shares.
+    pub fn random() -> CallDigests {
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret).expect("the system's random source works");
+        CallDigests::new(&secret)
+    }
+
+    fn digest<'a>(
+        &self,
+        domain: &[u8],
+        parts: impl IntoIterator<Item = Option<&'a str>>,
+    ) -> [u8; 32] {
+        let mut mac = self.mac.clone();
+        mac.update(domain);
+        for part in parts {
             // Length-prefixed, and absent told apart from empty.
             match part {
                 Some(p) => {
-                    h.update([1]);
-                    h.update((p.len() as u64).to_be_bytes());
-                    h.update(p.as_bytes());
+                    mac.update(&[1]);
+                    mac.update(&(p.len() as u64).to_be_bytes());
+                    mac.update(p.as_bytes());
                 }
-                None => h.update([0]),
+                None => mac.update(&[0]),
             }
         }
-        let d = h.finalize();
-        let word = |i: usize| u64::from_be_bytes(d[i..i + 8].try_into().expect("8 bytes"));
-        // 0 marks an empty slot.
-        ApprovalKey([word(0).max(1), word(8)])
+        mac.finalize().into_bytes().into()
     }
+
+    /// Which call an approval is for.
+    pub fn key(&self, call: &Call<'_>) -> ApprovalKey {
+        let d = self.digest(
+            b"toolgate approval key\0",
+            [
+                call.server,
+                Some(call.tool),
+                call.grant,
+                call.session,
+                call.agent,
+                Some(call.arguments),
+            ],
+        );
+        // 0 marks an empty slot.
+        ApprovalKey([word(&d, 0).max(1), word(&d, 8)])
+    }
+
+    /// Whom a pending approval of `grant`'s call through rule `rule` counts against.
+    pub fn owner(&self, grant: Option<&str>, rule: &str) -> Owner {
+        let g = self.digest(b"toolgate approval grant\0", [grant]);
+        let r = self.digest(b"toolgate approval rule\0", [Some(rule)]);
+        Owner {
+            grant: word(&g, 0).max(1),
+            rule: word(&r, 0).max(1),
+        }
+    }
+}
+
+fn word(d: &[u8; 32], i: usize) -> u64 {
+    u64::from_be_bytes(d[i..i + 8].try_into().expect("8 bytes"))
+}
+
+/// Two 64-bit words written as 32 hex digits.
+fn parse_words(text: &str) -> Option<[u64; 2]> {
+    if text.len() != 32 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let word = |r: std::ops::Range<usize>| u64::from_str_radix(&text[r], 16).ok();
+    Some([word(0..16)?, word(16..32)?])
 }
 
 /// The JSON text of `value` with object keys sorted at every depth and no whitespace: equal
@@ -236,6 +341,35 @@ pub enum Standing {
     Denied { id: ApprovalId, until_ms: u64 },
 }
 
+/// A call asking for approval: which call, whom it counts against, how long it may wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ask {
+    pub key: ApprovalKey,
+    pub owner: Owner,
+    pub timeout_ms: u64,
+}
+
+/// Why no approval could be opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoRoom {
+    /// Every slot of the table is taken.
+    Table,
+    /// The caller's grant has this many pending already.
+    Grant(usize),
+    /// The rule has this many pending already.
+    Rule(usize),
+}
+
+impl fmt::Display for NoRoom {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NoRoom::Table => f.write_str("too many are waiting"),
+            NoRoom::Grant(n) => write!(f, "this caller has {n} waiting already, the most it may"),
+            NoRoom::Rule(n) => write!(f, "this rule has {n} waiting already, the most it may"),
+        }
+    }
+}
+
 /// An approval as the table holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Slot {
@@ -266,10 +400,23 @@ impl fmt::Display for DecideError {
     }
 }
 
+/// The layout version of an approvals file written by another version of toolgate; `None`
+/// for this version's, an empty file, or one that is no approvals file at all.
+fn other_version(file: &std::fs::File) -> Option<u64> {
+    let mut magic = [0u8; 8];
+    file.read_exact_at(&mut magic, 0).ok()?;
+    // Words are native-endian in the mapped file.
+    let magic = u64::from_ne_bytes(magic);
+    let version = magic & 0xFFFF_FFFF;
+    (magic & !0xFFFF_FFFF == MAGIC_TAG && version != VERSION).then_some(version)
+}
+
 /// The approvals of one deployment.
 pub struct ApprovalTable {
     region: Region,
     capacity: usize,
+    /// Where `open_file` moved a file of another layout version, for the caller to tell.
+    set_aside: Option<std::path::PathBuf>,
 }
 
 impl ApprovalTable {
@@ -283,26 +430,50 @@ impl ApprovalTable {
         let region = Region::allocate(Self::required_words(capacity));
         region.header(CAPACITY_WORD).store(capacity as u64, SeqCst);
         region.header(MAGIC_WORD).store(MAGIC, SeqCst);
-        ApprovalTable { region, capacity }
+        ApprovalTable {
+            region,
+            capacity,
+            set_aside: None,
+        }
     }
 
     /// The table in the file at `path`, created with `capacity` slots if it does not exist.
-    /// A file every process of a deployment maps; it keeps its state when they exit.
+    /// A file every process of a deployment maps; it keeps its state when they exit. A file
+    /// of another layout version is set aside (renamed `PATH.vN.old`) and a new one made:
+    /// the durable store's reconcile at start puts back what it held.
     pub fn open_file(path: &Path, capacity: usize) -> Result<ApprovalTable, String> {
         let fail = |what: &str, e: std::io::Error| format!("{}: {what}: {e}", path.display());
         let capacity = capacity.max(1);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|e| fail("cannot open", e))?;
-        // Creating and sizing race between processes starting together: serialise them.
-        // SAFETY: flock on a file descriptor we own.
-        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX) } != 0 {
-            return Err(fail("cannot lock", std::io::Error::last_os_error()));
-        }
+        let mut set_aside = None;
+        let file = loop {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map_err(|e| fail("cannot open", e))?;
+            // Creating, sizing and setting aside race between processes starting together:
+            // serialise them.
+            // SAFETY: flock on a file descriptor we own.
+            if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX) } != 0 {
+                return Err(fail("cannot lock", std::io::Error::last_os_error()));
+            }
+            // Another process set this file aside while we waited for its lock: open anew.
+            let ours = file.metadata().map_err(|e| fail("cannot stat", e))?;
+            match std::fs::metadata(path) {
+                Ok(now) if (now.dev(), now.ino()) == (ours.dev(), ours.ino()) => {}
+                _ => continue,
+            }
+            match other_version(&file) {
+                Some(version) => {
+                    let aside = path.with_extension(format!("table.v{version}.old"));
+                    std::fs::rename(path, &aside).map_err(|e| fail("cannot set aside", e))?;
+                    set_aside = Some(aside);
+                }
+                None => break file,
+            }
+        };
         let mut bytes = file.metadata().map_err(|e| fail("cannot stat", e))?.len() as usize;
         if bytes == 0 {
             bytes = Self::required_words(capacity) * 8;
@@ -320,10 +491,7 @@ impl ApprovalTable {
             mapping.word(CAPACITY_WORD).store(slots as u64, SeqCst);
             mapping.word(MAGIC_WORD).store(MAGIC, SeqCst);
         } else if magic != MAGIC {
-            return Err(format!(
-                "{}: not a toolgate approvals file (or another version of one)",
-                path.display()
-            ));
+            return Err(format!("{}: not a toolgate approvals file", path.display()));
         }
         let slots = mapping.word(CAPACITY_WORD).load(SeqCst) as usize;
         if Self::required_words(slots) * 8 != bytes {
@@ -339,11 +507,17 @@ impl ApprovalTable {
         Ok(ApprovalTable {
             region,
             capacity: slots,
+            set_aside,
         })
     }
 
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// The file of another layout version that opening this one set aside, if any.
+    pub fn set_aside(&self) -> Option<&Path> {
+        self.set_aside.as_deref()
     }
 
     fn word(&self, slot: usize, field: usize) -> &std::sync::atomic::AtomicU64 {
@@ -362,7 +536,7 @@ impl ApprovalTable {
         })
     }
 
-    fn write(&self, slot: usize, s: &Slot) {
+    fn write(&self, slot: usize, s: &Slot, owner: Owner) {
         let w = |f, v| self.word(slot, f).store(v, SeqCst);
         w(KEY0, s.key.0[0]);
         w(KEY1, s.key.0[1]);
@@ -370,9 +544,42 @@ impl ApprovalTable {
         w(ID_LO, s.id.0 as u64);
         w(CREATED, s.created_ms);
         w(DEADLINE, s.deadline_ms);
+        w(OWNER_GRANT, owner.grant);
+        w(OWNER_RULE, owner.rule);
         // Last: a slot whose writer died half-way keeps its old state, which its deadline
         // ends; under the lock no one reads it meanwhile.
         w(STATE, s.state.word());
+    }
+
+    fn owner(&self, slot: usize) -> Owner {
+        Owner {
+            grant: self.word(slot, OWNER_GRANT).load(SeqCst),
+            rule: self.word(slot, OWNER_RULE).load(SeqCst),
+        }
+    }
+
+    /// Whether `owner` may open one more pending approval under `caps`: a scan of the
+    /// table, made only when a call opens one (rare, and under the lock anyway).
+    fn room_for(&self, owner: Owner, caps: Caps, now_ms: u64) -> Result<(), NoRoom> {
+        let (mut grant, mut rule) = (0, 0);
+        for slot in 0..self.capacity {
+            let pending = self
+                .read(slot)
+                .is_some_and(|s| s.state == State::Pending && s.deadline_ms > now_ms);
+            if !pending {
+                continue;
+            }
+            let o = self.owner(slot);
+            grant += usize::from(owner.grant != 0 && o.grant == owner.grant);
+            rule += usize::from(owner.rule != 0 && o.rule == owner.rule);
+        }
+        if grant >= caps.per_grant {
+            return Err(NoRoom::Grant(caps.per_grant));
+        }
+        if rule >= caps.per_rule {
+            return Err(NoRoom::Rule(caps.per_rule));
+        }
+        Ok(())
     }
 
     /// The slots on `key`'s probe sequence: the live one holding it, and the first that a
@@ -399,7 +606,7 @@ impl ApprovalTable {
 
     /// A call that needs approval: its standing, creating a pending approval (id from
     /// `new_id`, expiring after `timeout_ms`) when there is none. `None` when the table
-    /// has no room.
+    /// has no room. (No owner, no caps: see [`ApprovalTable::request_as`].)
     pub fn request(
         &self,
         key: ApprovalKey,
@@ -407,13 +614,34 @@ impl ApprovalTable {
         timeout_ms: u64,
         new_id: impl FnOnce() -> ApprovalId,
     ) -> Option<Standing> {
+        let ask = Ask {
+            key,
+            owner: Owner::default(),
+            timeout_ms,
+        };
+        let uncapped = Caps {
+            per_grant: usize::MAX,
+            per_rule: usize::MAX,
+        };
+        self.request_as(&ask, uncapped, now_ms, new_id).ok()
+    }
+
+    /// A call that needs approval: its standing, creating a pending approval for
+    /// `ask.owner` (id from `new_id`) when there is none and `caps` leave it room.
+    pub fn request_as(
+        &self,
+        ask: &Ask,
+        caps: Caps,
+        now_ms: u64,
+        new_id: impl FnOnce() -> ApprovalId,
+    ) -> Result<Standing, NoRoom> {
         let _lock = PidLock::acquire(self.region.header(LOCK_WORD));
-        let (live, free) = self.probe(key, now_ms);
+        let (live, free) = self.probe(ask.key, now_ms);
         if let Some(slot) = live {
             let s = self.read(slot).expect("a live slot has a state");
             match s.state {
                 State::Pending => {
-                    return Some(Standing::Pending {
+                    return Ok(Standing::Pending {
                         id: s.id,
                         created_ms: s.created_ms,
                         expires_ms: s.deadline_ms,
@@ -421,13 +649,13 @@ impl ApprovalTable {
                     })
                 }
                 State::Approved => {
-                    return Some(Standing::Approved {
+                    return Ok(Standing::Approved {
                         id: s.id,
                         until_ms: s.deadline_ms,
                     })
                 }
                 State::Denied => {
-                    return Some(Standing::Denied {
+                    return Ok(Standing::Denied {
                         id: s.id,
                         until_ms: s.deadline_ms,
                     })
@@ -436,16 +664,17 @@ impl ApprovalTable {
                 State::Consumed => {}
             }
         }
-        let slot = live.or(free)?;
+        let slot = live.or(free).ok_or(NoRoom::Table)?;
+        self.room_for(ask.owner, caps, now_ms)?;
         let fresh = Slot {
-            key,
+            key: ask.key,
             id: new_id(),
             state: State::Pending,
             created_ms: now_ms,
-            deadline_ms: now_ms.saturating_add(timeout_ms),
+            deadline_ms: now_ms.saturating_add(ask.timeout_ms),
         };
-        self.write(slot, &fresh);
-        Some(Standing::Pending {
+        self.write(slot, &fresh, ask.owner);
+        Ok(Standing::Pending {
             id: fresh.id,
             created_ms: now_ms,
             expires_ms: fresh.deadline_ms,
@@ -489,7 +718,7 @@ impl ApprovalTable {
         };
         let timeout_ms = s.deadline_ms - s.created_ms;
         s.deadline_ms = now_ms.saturating_add(timeout_ms);
-        self.write(slot, &s);
+        self.write(slot, &s, self.owner(slot));
         Ok(s)
     }
 
@@ -513,6 +742,12 @@ impl ApprovalTable {
     /// later (pending, then approved or denied, then consumed); an approval the table lacks
     /// is put back while it is live and there is room. True if anything changed.
     pub fn apply(&self, s: &Slot, now_ms: u64) -> bool {
+        self.apply_owned(s, Owner::default(), now_ms)
+    }
+
+    /// [`ApprovalTable::apply`], an approval put back counting against `owner` (its owner
+    /// as the store recorded it).
+    pub fn apply_owned(&self, s: &Slot, owner: Owner, now_ms: u64) -> bool {
         let _lock = PidLock::acquire(self.region.header(LOCK_WORD));
         let order = |state: State| match state {
             State::Pending => 0,
@@ -525,13 +760,11 @@ impl ApprovalTable {
             if order(s.state) <= order(held.state) {
                 return false;
             }
-            self.write(
-                i,
-                &Slot {
-                    key: held.key,
-                    ..*s
-                },
-            );
+            let slot = Slot {
+                key: held.key,
+                ..*s
+            };
+            self.write(i, &slot, self.owner(i));
             return true;
         }
         if s.deadline_ms <= now_ms {
@@ -540,7 +773,7 @@ impl ApprovalTable {
         match self.probe(s.key, now_ms) {
             (Some(_), _) | (None, None) => false,
             (None, Some(slot)) => {
-                self.write(slot, s);
+                self.write(slot, s, owner);
                 true
             }
         }
@@ -577,17 +810,26 @@ pub enum ApprovalEvent {
 pub struct Opened {
     pub id: ApprovalId,
     pub key: ApprovalKey,
+    /// Cut to a bounded preview, as `session` and `agent` are.
     pub server: Option<String>,
     pub tool: String,
     pub grant: Option<String>,
     /// The grant is a verified identity, shown as it is; otherwise a credential, of which
     /// only a keyed hash may be shown.
     pub grant_verified: bool,
+    /// Ids the agent chose, cut to a bounded preview
+    /// ([`crate::approval_text::shown_id`]).
     pub session: Option<String>,
     pub agent: Option<String>,
-    /// The arguments' canonical JSON, and its SHA-256.
+    /// The arguments' canonical JSON cut to the preview size (`arguments_cut` when it was
+    /// cut), the whole text's size in bytes, and its SHA-256: the news never carries
+    /// arguments larger than the preview.
     pub arguments: String,
+    pub arguments_cut: bool,
+    pub arguments_bytes: u64,
     pub arguments_digest: String,
+    /// Whom it counts against for the pending caps.
+    pub owner: Owner,
     /// The rule that asks for approval (a JSON pointer), and the policy's revision.
     pub rule: String,
     pub revision: String,
@@ -597,11 +839,36 @@ pub struct Opened {
     pub approvers: Vec<String>,
 }
 
-/// What an engine needs to run approvals: the table, and a bounded queue for their news.
-/// Sending never waits: when the queue is full the news is dropped and counted (the
-/// approval itself is in the table either way).
+/// How a deployment runs approvals.
+#[derive(Clone)]
+pub struct ApprovalSettings {
+    /// Keys every digest of a call (the deployment's secret).
+    pub digests: CallDigests,
+    pub caps: Caps,
+    /// Bytes of a call's arguments approvers are shown.
+    pub preview_bytes: usize,
+    /// News waiting for the control plane, at most.
+    pub queue: usize,
+}
+
+impl ApprovalSettings {
+    /// Default caps and preview, with a random secret: for a table no other process shares.
+    pub fn private(queue: usize) -> ApprovalSettings {
+        ApprovalSettings {
+            digests: CallDigests::random(),
+            caps: Caps::default(),
+            preview_bytes: crate::approval_text::DEFAULT_PREVIEW_BYTES,
+            queue,
+        }
+    }
+}
+
+/// What an engine needs to run approvals: the table, how they run, and a bounded queue for
+/// their news. Sending never waits: when the queue is full the news is dropped and counted
+/// (the approval itself is in the table either way).
 pub struct Approvals {
     pub table: Arc<ApprovalTable>,
+    pub settings: ApprovalSettings,
     sender: std::sync::mpsc::SyncSender<ApprovalEvent>,
     dropped: std::sync::atomic::AtomicU64,
 }
@@ -610,10 +877,19 @@ pub struct Approvals {
 pub struct ApprovalEvents(std::sync::Mutex<std::sync::mpsc::Receiver<ApprovalEvent>>);
 
 impl Approvals {
+    /// Approvals on a table private to this process ([`ApprovalSettings::private`]).
     pub fn new(table: Arc<ApprovalTable>, queue: usize) -> (Approvals, ApprovalEvents) {
-        let (sender, receiver) = std::sync::mpsc::sync_channel(queue.max(1));
+        Approvals::with_settings(table, ApprovalSettings::private(queue))
+    }
+
+    pub fn with_settings(
+        table: Arc<ApprovalTable>,
+        settings: ApprovalSettings,
+    ) -> (Approvals, ApprovalEvents) {
+        let (sender, receiver) = std::sync::mpsc::sync_channel(settings.queue.max(1));
         let approvals = Approvals {
             table,
+            settings,
             sender,
             dropped: std::sync::atomic::AtomicU64::new(0),
         };
@@ -647,8 +923,12 @@ mod tests {
 
     const MIN: u64 = 60_000;
 
+    fn digests() -> CallDigests {
+        CallDigests::new(b"the deployment's secret")
+    }
+
     fn key(n: u8) -> ApprovalKey {
-        ApprovalKey::of(&Call {
+        digests().key(&Call {
             server: None,
             tool: "transfer",
             grant: Some("g"),
@@ -744,6 +1024,101 @@ mod tests {
     }
 
     #[test]
+    fn pending_approvals_are_capped_per_grant_and_per_rule() {
+        let t = ApprovalTable::new(64);
+        let d = digests();
+        let caps = Caps {
+            per_grant: 2,
+            per_rule: 3,
+        };
+        let ask = |n: u8, grant: &str, rule: &str| Ask {
+            key: d.key(&Call {
+                server: None,
+                tool: "t",
+                grant: Some(grant),
+                session: None,
+                agent: None,
+                arguments: &n.to_string(),
+            }),
+            owner: d.owner(Some(grant), rule),
+            timeout_ms: MIN,
+        };
+        let open = |a: &Ask, now| t.request_as(a, caps, now, ApprovalId::random);
+        assert!(open(&ask(1, "mallory", "/tools/a"), 0).is_ok());
+        assert!(open(&ask(2, "mallory", "/tools/a"), 0).is_ok());
+        assert_eq!(
+            open(&ask(3, "mallory", "/tools/b"), 0),
+            Err(NoRoom::Grant(2))
+        );
+        // The same call again is not a new approval: it is never refused for the caps.
+        assert!(open(&ask(1, "mallory", "/tools/a"), 0).is_ok());
+        assert!(open(&ask(4, "alice", "/tools/a"), 0).is_ok());
+        assert_eq!(open(&ask(5, "bob", "/tools/a"), 0), Err(NoRoom::Rule(3)));
+        assert!(open(&ask(6, "bob", "/tools/b"), 0).is_ok(), "another rule");
+        // Decided approvals no longer count; nor do lapsed ones.
+        let first = t.request(
+            ask(1, "mallory", "/tools/a").key,
+            0,
+            MIN,
+            ApprovalId::random,
+        );
+        let Some(Standing::Pending { id, .. }) = first else {
+            panic!("{first:?}")
+        };
+        t.decide(id, false, 1).unwrap();
+        assert!(open(&ask(7, "mallory", "/tools/c"), 2).is_ok());
+        assert!(
+            open(&ask(8, "mallory", "/tools/c"), MIN + 1).is_ok(),
+            "the rest lapsed"
+        );
+    }
+
+    #[test]
+    fn keys_and_owners_are_keyed_with_the_deployments_secret() {
+        let call = Call {
+            server: None,
+            tool: "t",
+            grant: Some("sk-live-1234"),
+            session: None,
+            agent: None,
+            arguments: "{}",
+        };
+        let other = CallDigests::new(b"another deployment's secret");
+        assert_ne!(digests().key(&call), other.key(&call));
+        assert_ne!(
+            digests().owner(call.grant, "/r"),
+            other.owner(call.grant, "/r")
+        );
+        assert_eq!(digests().key(&call), digests().key(&call));
+        let owner = digests().owner(call.grant, "/r");
+        assert_eq!(Owner::parse(&owner.to_hex()), Some(owner));
+    }
+
+    #[test]
+    fn a_file_of_another_layout_is_set_aside_and_made_anew() {
+        let path =
+            std::env::temp_dir().join(format!("toolgate-approvals-v1-{}", std::process::id()));
+        let aside = path.with_extension("table.v1.old");
+        let _ = std::fs::remove_file(&aside);
+        // A version 1 file: its magic word, then a header and 8-word slots.
+        let mut v1 = vec![0u8; (HEADER_WORDS + 4 * 8) * 8];
+        v1[..8].copy_from_slice(&(MAGIC_TAG | 1).to_ne_bytes());
+        v1[8..16].copy_from_slice(&4u64.to_ne_bytes());
+        std::fs::write(&path, &v1).unwrap();
+        let t = ApprovalTable::open_file(&path, 8).unwrap();
+        assert_eq!(t.capacity(), 8);
+        assert_eq!(t.set_aside(), Some(aside.as_path()));
+        assert_eq!(std::fs::read(&aside).unwrap(), v1, "kept as it was");
+        pending(&t, key(1), 0);
+        drop(t);
+        let again = ApprovalTable::open_file(&path, 8).unwrap();
+        assert_eq!(again.set_aside(), None, "this version's file is kept");
+        assert_eq!(again.slots().len(), 1);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::remove_file(&aside).unwrap();
+    }
+
+    #[test]
     fn racing_copies_of_an_approved_call_run_once() {
         let t = Arc::new(ApprovalTable::new(64));
         let k = key(7);
@@ -836,7 +1211,7 @@ mod tests {
             assert_eq!(ApprovalId::parse(bad), None, "{bad}");
         }
         let call = |grant, arguments| {
-            ApprovalKey::of(&Call {
+            digests().key(&Call {
                 server: None,
                 tool: "t",
                 grant,

@@ -2,9 +2,10 @@
 //! across reloads), and a clock.
 
 use crate::approval::{
-    canonical_json, digest_hex, ApprovalEvent, ApprovalId, ApprovalKey, Approvals,
+    canonical_json, digest_hex, ApprovalEvent, ApprovalId, ApprovalKey, Approvals, Ask,
     Call as ApprovalCall, Opened, Standing,
 };
+use crate::approval_text::{is_mcp_tool_name, preview, shown_id};
 use crate::args::ArgValue;
 use crate::clock::Clock;
 use crate::clock::MonotonicClock;
@@ -535,6 +536,12 @@ impl Engine {
         req: &Request<'_, A>,
         out: &Draft<'_>,
     ) -> Gate {
+        // A person reads the tool's name: only names MCP allows reach an approval.
+        if !is_mcp_tool_name(req.tool) {
+            let reason = "the tool name is not one MCP allows (1 to 128 of A-Z a-z 0-9 _ - .): \
+                          no approval is opened for it";
+            return Gate::Stop(out.finish(Code::InvalidRequest, reason, r.pointer));
+        }
         // An approval is for these exact arguments, as an approver sees them.
         let Some(json) = req
             .args
@@ -554,34 +561,45 @@ impl Engine {
             agent: req.subject.agent,
             arguments: &arguments,
         };
-        let key = ApprovalKey::of(&call);
+        let settings = &a.settings;
+        let policy = out.policy;
+        let rule = policy.text(r.pointer);
+        let ask = Ask {
+            key: settings.digests.key(&call),
+            owner: settings.digests.owner(req.subject.grant, rule),
+            timeout_ms: r.approval_timeout_ms,
+        };
         let now_ms = self.clock.wall_ms();
         let standing = a
             .table
-            .request(key, now_ms, r.approval_timeout_ms, ApprovalId::random);
-        let policy = out.policy;
+            .request_as(&ask, settings.caps, now_ms, ApprovalId::random);
         let asked = sentence(policy.text(r.approval_reason));
+        let key = ask.key;
         let mut d = match standing {
-            Some(Standing::Approved { id, .. }) => return Gate::Run { key, id },
-            Some(Standing::Pending {
+            Ok(Standing::Approved { id, .. }) => return Gate::Run { key, id },
+            Ok(Standing::Pending {
                 id,
                 created_ms,
                 expires_ms,
                 new,
             }) => {
                 if new {
+                    let (shown, cut) = preview(&arguments, settings.preview_bytes);
                     a.emit(ApprovalEvent::Opened(Box::new(Opened {
                         id,
                         key,
-                        server: req.server.map(str::to_owned),
+                        server: req.server.map(shown_id),
                         tool: req.tool.to_owned(),
                         grant: req.subject.grant.map(str::to_owned),
                         grant_verified: req.subject.grant_verified,
-                        session: req.subject.session.map(str::to_owned),
-                        agent: req.subject.agent.map(str::to_owned),
+                        session: req.subject.session.map(shown_id),
+                        agent: req.subject.agent.map(shown_id),
+                        arguments: shown.to_owned(),
+                        arguments_cut: cut,
+                        arguments_bytes: arguments.len() as u64,
                         arguments_digest: digest_hex(&arguments),
-                        arguments,
-                        rule: policy.text(r.pointer).to_owned(),
+                        owner: ask.owner,
+                        rule: rule.to_owned(),
                         revision: policy.revision.to_string(),
                         created_ms,
                         expires_ms,
@@ -597,14 +615,14 @@ impl Engine {
                 d.approval = Some(id);
                 d
             }
-            Some(Standing::Denied { id, .. }) => {
+            Ok(Standing::Denied { id, .. }) => {
                 let reason = format!("{asked} Approval {id} of this call was refused.");
                 let mut d = out.finish(Code::ApprovalDenied, reason, r.pointer);
                 d.approval = Some(id);
                 d
             }
-            None => {
-                let reason = format!("{asked} No approval could be opened: too many are waiting.");
+            Err(no_room) => {
+                let reason = format!("{asked} No approval could be opened: {no_room}.");
                 out.finish(Code::ApprovalRequired, reason, r.pointer)
             }
         };

@@ -70,6 +70,29 @@ pub fn escape(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// Compact JSON text (no whitespace between tokens, as toolgate writes it) with each unsafe
+/// character written as the JSON escape `\uXXXX` (a surrogate pair past U+FFFF): the same
+/// JSON value, inert. In such text an unsafe character can only stand inside a string, where
+/// the escape means the character itself; every other character, backslashes included, is
+/// kept.
+pub fn escape_in_json(json: &str) -> Cow<'_, str> {
+    if !json.chars().any(is_unsafe) {
+        return Cow::Borrowed(json);
+    }
+    let mut out = String::with_capacity(json.len() + 12);
+    let mut units = [0u16; 2];
+    for c in json.chars() {
+        if is_unsafe(c) {
+            for unit in c.encode_utf16(&mut units) {
+                let _ = write!(out, "\\u{unit:04x}");
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,6 +122,18 @@ mod tests {
             let out = escape(&text);
             prop_assert!(!out.chars().any(is_unsafe));
             prop_assert_eq!(unescape(&out), text);
+        }
+    }
+
+    proptest! {
+        /// JSON made inert reads back as the same value and holds no unsafe character.
+        #[test]
+        fn json_made_inert_is_the_same_value(text in any::<String>(), key in any::<String>()) {
+            let json = serde_json::json!({ key: [text] }).to_string();
+            let out = escape_in_json(&json);
+            prop_assert!(!out.chars().any(is_unsafe));
+            let back: serde_json::Value = serde_json::from_str(&out).unwrap();
+            prop_assert_eq!(back, serde_json::from_str::<serde_json::Value>(&json).unwrap());
         }
     }
 

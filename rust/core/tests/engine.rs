@@ -578,4 +578,55 @@ mod approvals {
             (Verdict::RequireApproval, Code::ApprovalRequired, None)
         );
     }
+
+    /// A gate behind a glob: any tool name an agent makes up can reach it.
+    const GLOB_POLICY: &str = r#"{"version": "1", "tools": {
+        "term*": {"action": "require_approval"}}}"#;
+
+    #[test]
+    fn a_tool_name_mcp_does_not_allow_never_opens_an_approval() {
+        let (engine, _clock) = engine(GLOB_POLICY);
+        let (approvals, events) = Approvals::new(Arc::new(ApprovalTable::new(64)), 64);
+        engine.enable_approvals(approvals).unwrap();
+        let args = serde_json::json!({});
+        let long = format!("term{}", "x".repeat(125));
+        for forged in [
+            "terminate\n\u{1b}[2Kapr_0  PENDING  harmless",
+            "term inate",
+            "term<!channel>",
+            "term\u{202e}",
+            long.as_str(),
+        ] {
+            let d = decide_args(&engine, forged, &args);
+            assert_eq!(d.code, Code::InvalidRequest, "{forged:?}");
+            assert_eq!(d.approval, None);
+        }
+        assert_eq!(events.next(Duration::ZERO), None, "no approval was opened");
+        let d = decide_args(&engine, "terminate.v2", &args);
+        assert_eq!(d.code, Code::ApprovalRequired);
+    }
+
+    #[test]
+    fn the_news_of_a_large_call_carries_a_bounded_preview_only() {
+        let (engine, _clock) = engine(GLOB_POLICY);
+        let (approvals, events) = Approvals::new(Arc::new(ApprovalTable::new(64)), 64);
+        engine.enable_approvals(approvals).unwrap();
+        let preview = engine.approvals().unwrap().settings.preview_bytes;
+        // Two-byte characters, so a cut at the byte bound would split one.
+        let big = "é".repeat(1 << 19);
+        let d = decide_args(&engine, "terminate", &serde_json::json!({"note": big}));
+        assert_eq!(d.code, Code::ApprovalRequired);
+        match events.next(Duration::ZERO) {
+            Some(ApprovalEvent::Opened(o)) => {
+                assert!(o.arguments.len() <= preview && o.arguments_cut);
+                assert!(o.arguments.starts_with(r#"{"note":"éé"#));
+                assert_eq!(
+                    o.arguments_bytes,
+                    (big.len() + r#"{"note":""}"#.len()) as u64
+                );
+                assert_eq!(o.arguments_digest.len(), 64);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }
