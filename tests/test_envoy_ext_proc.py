@@ -247,11 +247,22 @@ LINGER = {
 }
 
 
+#: charge's spend, given back for tool errors too: the catalog's charge declines unmoved.
+TOOL_ERRORS_BACK = policy(
+    {
+        "charge": {
+            "release_on_failure": "tool_error",
+            "limits": [limit("spend", 100, "day", cost="args.amount")],
+        }
+    }
+)
+
+
 @pytest.mark.parametrize("json_answers", [False, True], ids=["sse", "json"])
 def test_a_failed_call_gives_its_spend_back(transport, json_answers):
     with (
         CatalogServer(tools=3, json=json_answers) as catalog,
-        Sidecar(CATALOG_POLICY) as sidecar,
+        Sidecar(TOOL_ERRORS_BACK) as sidecar,
         deployed(EXT_PROC, sidecar.port, catalog.port, LINGER) as envoy,
     ):
         headers = {"authorization": "Bearer spender"}
@@ -272,6 +283,23 @@ def test_a_failed_call_gives_its_spend_back(transport, json_answers):
         active = "cluster.toolgate-answers.upstream_rq_active"
         wait_for(lambda: envoy.stat(active) == 0 or None)
         assert envoy.stat("cluster.toolgate-answers.upstream_rq_total") >= 4
+
+
+def test_a_tool_error_keeps_the_call_counted_by_default(transport):
+    """A server may act and then report an error: by default only calls that did not run
+    (an HTTP or JSON-RPC error) come back, so 3 a minute stays 3 a minute."""
+    three = policy({"charge": {"limits": [limit("charges", 3, "minute")]}})
+    with (
+        CatalogServer(tools=3) as catalog,
+        Sidecar(three) as sidecar,
+        deployed(EXT_PROC, sidecar.port, catalog.port) as envoy,
+    ):
+        headers = {"authorization": "Bearer spender"}
+        charges = [("charge", {"amount": 1, "outcome": "tool_error"})] * 8
+        results = call(envoy.url(), headers, charges)
+        codes = [(r.meta or {}).get("toolgate/decision", {}).get("code", "ran") for r in results]
+        assert codes == ["ran"] * 3 + ["RATE_LIMITED"] * 5
+        assert sum(sidecar.series(RELEASED).values()) == 0
 
 
 def test_a_rule_can_keep_failed_calls_counted(transport):

@@ -4,8 +4,8 @@
 use crate::counter::{to_units, CounterKey, Granularity};
 use crate::matcher::NameMatcher;
 use crate::policy::{
-    Action, ConditionItem, DefaultAction, Limit, Mode, PathRoot, Policy, Rule, Scope, Section,
-    Segment,
+    Action, ConditionItem, DefaultAction, Limit, Mode, PathRoot, Policy, Release, Rule, Scope,
+    Section, Segment,
 };
 use ahash::AHashMap;
 
@@ -97,7 +97,7 @@ pub struct CompiledRule {
     /// Argument paths the decision log writes in clear.
     pub log: Vec<crate::policy::Path>,
     /// `release_on_failure` as written (`None`: not written).
-    pub release_on_failure: Option<bool>,
+    pub release_on_failure: Option<Release>,
     /// Some condition reads the caller (`subject.*`): the rule can treat callers apart.
     pub reads_subject: bool,
 }
@@ -157,14 +157,14 @@ impl CompiledPolicy {
         &self.limits[id.0 as usize]
     }
 
-    /// Whether a call of `tool` that fails upstream gives its limits back: the tool's rule's
-    /// `release_on_failure`, else `all_tools`', else yes.
-    pub fn releases_on_failure(&self, server: Option<&str>, tool: &str) -> bool {
+    /// Which failures of a call of `tool` upstream give its limits back: the tool's rule's
+    /// `release_on_failure`, else `all_tools`', else [`Release::Failed`].
+    pub fn releases_on_failure(&self, server: Option<&str>, tool: &str) -> Release {
         let section = self.section(server);
         let rule = section.tools.lookup(tool).map(|i| &section.rules[*i]);
         rule.and_then(|r| r.release_on_failure)
             .or_else(|| section.all_tools.as_ref()?.release_on_failure)
-            .unwrap_or(true)
+            .unwrap_or_default()
     }
 
     #[inline]

@@ -406,10 +406,19 @@ fn the_answers_to_follow_are_lists_and_calls_that_hold_a_reservation() {
         assert_eq!(reply.status, 400);
     }
     let counted = tool_call(json!(3), "create-ami", json!({}));
-    let Follow::CallOutcome { id, reservation } = follow(&e, &counted) else {
+    let Follow::CallOutcome {
+        id,
+        reservation,
+        tool_errors,
+    } = follow(&e, &counted)
+    else {
         panic!("a counted call is followed")
     };
     assert_eq!(id, json!(3));
+    assert!(
+        !tool_errors,
+        "by default a tool error keeps the call counted"
+    );
     assert!(e.release(reservation), "the reservation is the call's");
     // Nothing counted, nothing to give back.
     let uncounted = tool_call(json!(4), "list_images", json!({}));
@@ -422,7 +431,9 @@ fn a_rule_can_keep_failed_calls_counted() {
       "tools": {
         "kept": {"limits": [{"counter": "k", "window": "minute", "max": 5, "scope": "grant"}]},
         "given": {"release_on_failure": true,
-                  "limits": [{"counter": "g", "window": "minute", "max": 5, "scope": "grant"}]}
+                  "limits": [{"counter": "g", "window": "minute", "max": 5, "scope": "grant"}]},
+        "tool": {"release_on_failure": "tool_error",
+                  "limits": [{"counter": "t", "window": "minute", "max": 5, "scope": "grant"}]}
       }}"#;
     let clock = Arc::new(ManualClock::new(1_000_000_000_000));
     let policy = Policy::from_json_str(policy).expect("valid policy");
@@ -433,6 +444,16 @@ fn a_rule_can_keep_failed_calls_counted() {
     );
     assert!(matches!(
         follow(&e, &tool_call(json!(2), "given", json!({}))),
-        Follow::CallOutcome { .. }
+        Follow::CallOutcome {
+            tool_errors: false,
+            ..
+        }
+    ));
+    assert!(matches!(
+        follow(&e, &tool_call(json!(3), "tool", json!({}))),
+        Follow::CallOutcome {
+            tool_errors: true,
+            ..
+        }
     ));
 }

@@ -797,7 +797,7 @@ fn wrong_types() {
             "{\"version\": \"1\",\n \"tools\": {\"t\": {\"release_on_failure\": \"no\"}}}",
             "/tools/t/release_on_failure",
             2,
-            "expected true or false, found a string",
+            "expected true, false or \"tool_error\", found a string",
         ),
         (
             "{\"version\": \"1\",\n \"default\": \"maybe\"}",

@@ -34,7 +34,7 @@ use std::sync::Arc;
 use toolgate_core::compile::CompiledPolicy;
 use toolgate_core::mcp::answer::{error_message, Framing};
 use toolgate_core::mcp::listing::{ListFilter, ListReport, Reading, INTERNAL_ERROR};
-use toolgate_core::mcp::outcome::{CallWatcher, Outcome};
+use toolgate_core::mcp::outcome::{CallWatcher, Failure, Outcome};
 use toolgate_core::mcp::Follow;
 use toolgate_core::visibility::Visibility;
 use toolgate_core::{Engine, Subject};
@@ -104,11 +104,16 @@ pub fn exchange_metadata(follow: &Follow, caller: impl FnOnce() -> Caller) -> Op
             }
             put("grant_verified", Kind::BoolValue(caller.grant_verified));
         }
-        Follow::CallOutcome { id, reservation } => {
+        Follow::CallOutcome {
+            id,
+            reservation,
+            tool_errors,
+        } => {
             put("exchange", Kind::StringValue("tools/call".into()));
             put("id", Kind::StringValue(id.to_string()));
             // A string: Struct numbers are doubles, and ids use all 64 bits.
             put("reservation", Kind::StringValue(reservation.to_string()));
+            put("tool_errors", Kind::BoolValue(*tool_errors));
         }
     }
     let mut metadata = Struct::default();
@@ -159,13 +164,13 @@ fn read_metadata(metadata: Option<&Metadata>) -> Option<(Follow, Caller)> {
         }
         "tools/call" => {
             let reservation = text("reservation")?.parse().ok()?;
-            Some((
-                Follow::CallOutcome {
-                    id: id?,
-                    reservation,
-                },
-                Caller::default(),
-            ))
+            let tool_errors = note.fields.get("tool_errors").and_then(|v| v.kind.as_ref());
+            let follow = Follow::CallOutcome {
+                id: id?,
+                reservation,
+                tool_errors: matches!(tool_errors, Some(Kind::BoolValue(true))),
+            };
+            Some((follow, Caller::default()))
         }
         _ => None,
     }
@@ -201,6 +206,8 @@ enum State {
     Call {
         watcher: CallWatcher,
         reservation: u64,
+        /// A result with `isError` gives the reservation back too.
+        tool_errors: bool,
         released: bool,
     },
 }
@@ -244,9 +251,17 @@ impl Exchange {
                     filter: None,
                     counted: ListReport::default(),
                 },
-                Some((Follow::CallOutcome { id, reservation }, _)) => State::Call {
+                Some((
+                    Follow::CallOutcome {
+                        id,
+                        reservation,
+                        tool_errors,
+                    },
+                    _,
+                )) => State::Call {
                     watcher: CallWatcher::new(id),
                     reservation,
+                    tool_errors,
                     released: false,
                 },
                 _ => State::Unknown,
@@ -316,13 +331,14 @@ impl Exchange {
             State::Call {
                 watcher,
                 reservation,
+                tool_errors,
                 released,
             } => {
                 let status = header(headers.headers.as_ref(), ":status")
                     .and_then(|s| s.parse::<u16>().ok())
                     .unwrap_or(0);
                 watcher.head(status, Some(content_type));
-                give_back(engine, watcher, *reservation, released);
+                give_back(engine, watcher, *reservation, *tool_errors, released);
             }
         }
         Response::ResponseHeaders(HeadersResponse {
@@ -355,6 +371,7 @@ impl Exchange {
             State::Call {
                 watcher,
                 reservation,
+                tool_errors,
                 released,
             } => {
                 // Without the headers (the deployed route skips them: one message fewer),
@@ -365,7 +382,7 @@ impl Exchange {
                     }
                 }
                 watcher.feed(&body.body, body.end_of_stream);
-                give_back(engine, watcher, *reservation, released);
+                give_back(engine, watcher, *reservation, *tool_errors, released);
             }
             _ => {}
         }
@@ -392,10 +409,17 @@ fn count_lists(engine: &Engine, report: &ListReport, counted: &mut ListReport) {
     counted.clone_from(report);
 }
 
-/// Give the reservation back once the call is known to have failed.
-fn give_back(engine: &Engine, watcher: &CallWatcher, reservation: u64, released: &mut bool) {
+/// Give the reservation back once the call is known to have failed (by a tool error only
+/// when the rule says so: a tool may report an error after it acted).
+fn give_back(
+    engine: &Engine,
+    watcher: &CallWatcher,
+    reservation: u64,
+    tool_errors: bool,
+    released: &mut bool,
+) {
     if let Outcome::Failed(failure) = watcher.outcome() {
-        if !*released {
+        if !*released && (tool_errors || failure != Failure::ToolError) {
             *released = true;
             if engine.release(reservation) {
                 engine.stats().count_released(failure);

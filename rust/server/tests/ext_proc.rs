@@ -205,6 +205,7 @@ fn a_failed_call_gives_its_reservation_back_once() {
     let follow = Follow::CallOutcome {
         id: json!("c1"),
         reservation: d.reservation.unwrap(),
+        tool_errors: true,
     };
     let md = Some(metadata(&follow, Caller::default()));
     let mut exchange = Exchange::default();
@@ -242,6 +243,45 @@ fn a_failed_call_gives_its_reservation_back_once() {
         again.process(&e, &message(&md, request, true));
     }
     assert_eq!(e.stats().released_on_failure()[2], ("tool_error", 1));
+}
+
+#[test]
+fn a_tool_error_keeps_the_call_counted_unless_the_rule_gives_it_back() {
+    let answers: [(&[u8], &str); 2] = [
+        (
+            br#"{"jsonrpc":"2.0","id":1,"result":{"isError":true,"content":[]}}"#,
+            "tool_error",
+        ),
+        (
+            br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32000,"message":"no"}}"#,
+            "jsonrpc_error",
+        ),
+    ];
+    for tool_errors in [false, true] {
+        for (answer, failure) in answers {
+            let e = spend_engine();
+            let d = pay(&e);
+            let follow = Follow::CallOutcome {
+                id: json!(1),
+                reservation: d.reservation.unwrap(),
+                tool_errors,
+            };
+            let md = Some(metadata(&follow, Caller::default()));
+            let mut exchange = Exchange::default();
+            for request in [headers(200, "application/json"), body(answer, true)] {
+                exchange.process(&e, &message(&md, request, true));
+            }
+            // A tool may report an error after it acted (sent the mail, moved the money):
+            // only a rule that says so gives such a call back.
+            let given_back = failure == "jsonrpc_error" || tool_errors;
+            let expected = if given_back {
+                Verdict::Allow
+            } else {
+                Verdict::Deny
+            };
+            assert_eq!(pay(&e).verdict, expected, "{failure} {tool_errors}");
+        }
+    }
 }
 
 #[test]
@@ -437,6 +477,7 @@ fn without_headers_the_status_comes_as_an_attribute_of_the_body() {
     let follow = Follow::CallOutcome {
         id: json!(1),
         reservation: d.reservation.unwrap(),
+        tool_errors: false,
     };
     let md = Some(metadata(&follow, Caller::default()));
     let mut first = message(&md, body(b"upstream overloaded", false), true);

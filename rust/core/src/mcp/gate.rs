@@ -10,6 +10,7 @@ use super::request::{parse_request, McpRequest, Refusal, INVALID_REQUEST};
 use crate::condition::Subject;
 use crate::decision::{Code, Decision, Verdict};
 use crate::engine::{Engine, Request};
+use crate::policy::Release;
 // The gate answers for a proxy's authorization hook: Envoy's ext_authz.
 use crate::stats::Api;
 use serde_json::Value;
@@ -132,15 +133,13 @@ pub fn check(engine: &Engine, call: &HttpCall<'_>) -> Gate {
     );
     match decision.verdict {
         Verdict::Allow => {
+            let release = decision.policy().releases_on_failure(call.server, tool);
             let follow = match (id, decision.reservation) {
-                (Some(id), Some(reservation))
-                    if decision.policy().releases_on_failure(call.server, tool) =>
-                {
-                    Follow::CallOutcome {
-                        id: id.clone(),
-                        reservation,
-                    }
-                }
+                (Some(id), Some(reservation)) if release != Release::Never => Follow::CallOutcome {
+                    id: id.clone(),
+                    reservation,
+                    tool_errors: release == Release::ToolError,
+                },
                 _ => Follow::Nothing,
             };
             Gate::Forward {
@@ -172,10 +171,12 @@ pub enum Follow {
         id: Option<Value>,
     },
     /// An allowed `tools/call` holding `reservation`: give it back if the answer says the
-    /// call failed ([`super::outcome`]).
+    /// call failed ([`super::outcome`]): by an HTTP or JSON-RPC error, or, with
+    /// `tool_errors`, by a result with `isError` too (the rule's `release_on_failure`).
     CallOutcome {
         id: Value,
         reservation: u64,
+        tool_errors: bool,
     },
 }
 

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use super::source::{parse_json, parse_yaml, Member, Node, NodeValue};
 use super::{
     pointer_token, Action, Approval, Compare, Condition, ConditionItem, DefaultAction, Limit, Mode,
-    NamePattern, Op, Path, PathRoot, Policy, Rule, Scope, Section, Segment,
+    NamePattern, Op, Path, PathRoot, Policy, Release, Rule, Scope, Section, Segment,
 };
 
 /// One problem in a policy document.
@@ -289,11 +289,13 @@ impl Loader {
         }
     }
 
-    fn boolean(&mut self, node: &Node, pointer: &str) -> Option<bool> {
-        match node.value {
-            NodeValue::Bool(b) => Some(b),
+    fn release(&mut self, node: &Node, pointer: &str) -> Option<Release> {
+        match &node.value {
+            NodeValue::Bool(true) => Some(Release::Failed),
+            NodeValue::Bool(false) => Some(Release::Never),
+            NodeValue::String(s) if s == "tool_error" => Some(Release::ToolError),
             _ => {
-                self.expected(node, pointer, "true or false");
+                self.expected(node, pointer, "true, false or \"tool_error\"");
                 None
             }
         }
@@ -543,7 +545,7 @@ impl Loader {
                     rule.approval = self.approval(value, &at);
                 }
                 "log" => rule.log = self.log_paths(value, &at),
-                "release_on_failure" => rule.release_on_failure = self.boolean(value, &at),
+                "release_on_failure" => rule.release_on_failure = self.release(value, &at),
                 _ => {}
             }
         }

@@ -89,9 +89,23 @@ pub struct Rule {
     pub approval: Option<Approval>,
     /// Argument paths the decision log writes in clear (`log: [args.amount]`).
     pub log: Vec<Path>,
-    /// Whether a call that fails upstream gives its limits back (a proxy that sees the
-    /// answer releases the reservation); `None` inherits `all_tools`', then true.
-    pub release_on_failure: Option<bool>,
+    /// Which upstream failures give a call's limits back (a proxy that sees the answer
+    /// releases the reservation); `None` inherits `all_tools`', then [`Release::Failed`].
+    pub release_on_failure: Option<Release>,
+}
+
+/// `release_on_failure`: which failed calls give their limits back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Release {
+    /// `false`: none; a call counts once it was let through.
+    Never,
+    /// `true`, the default: calls the server did not run, by what the protocol says: an
+    /// HTTP error status or a JSON-RPC error.
+    #[default]
+    Failed,
+    /// `"tool_error"`: those, and a result with `isError: true`, which a tool may return
+    /// after it acted.
+    ToolError,
 }
 
 /// `approval` of a `require_approval` rule; enforced by a later component.

@@ -139,7 +139,10 @@ mod tests {
         );
         assert_eq!(
             notes(doc, true),
-            ["/all_tools/limits/0", "/servers/b/tools/t/deny_if/0/conditions/0"]
+            [
+                "/all_tools/limits/0",
+                "/servers/b/tools/t/deny_if/0/conditions/0"
+            ]
         );
         let clean = r#"{"version": "1", "tools": {"t": {"limits": [
             {"counter": "g", "window": "day", "max": 9, "scope": "grant"}]}}}"#;
