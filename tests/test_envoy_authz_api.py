@@ -377,6 +377,31 @@ def test_a_verified_grant_is_the_issuer_and_subject_and_needs_a_verified_token()
         assert status == 401
 
 
+def test_made_up_tokens_cannot_take_the_counter_table_from_anyone_else():
+    doc = policy(
+        {
+            "pay": {"limits": [limit("pay", 2, window="day")]},
+            "ping": {"limits": [limit("pings", 5, scope="global")]},
+        }
+    )
+    with Sidecar(doc, "--capacity", "64") as s:
+        authz = Authz(s)
+        allowed(authz(call_body("pay"), headers=bearer("alice-token")))
+        # A flood of made-up bearer tokens, each counted for a day: half the table, no more.
+        flood = [authz(call_body("pay"), headers=bearer(f"made-up-{i}")) for i in range(100)]
+        counted = [r for r in flood if r.status.code == code_pb2.OK]
+        assert len(counted) == 64 // 2 - 1  # alice holds one client slot
+        _, _, body = denied(flood[-1])
+        assert "counter table is full" in decision_meta(body)["reason"]
+        assert s.metric("toolgate_counter_table_client_slots") == 32
+        # A counter no client chooses still finds room, and alice is counted as before.
+        allowed(authz(call_body("ping"), headers=bearer("made-up-0")))
+        allowed(authz(call_body("pay"), headers=bearer("alice-token")))
+        _, _, body = denied(authz(call_body("pay"), headers=bearer("alice-token")))
+        assert decision_meta(body)["code"] == "RATE_LIMITED"
+        assert "at most 2 calls per 1d per grant" in decision_meta(body)["reason"]
+
+
 def test_bad_header_configuration_is_refused_at_start(tmp_path):
     from sidecar import toolgate_cli
 

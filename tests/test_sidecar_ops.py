@@ -145,6 +145,7 @@ def test_metrics_text_is_valid_prometheus_exposition():
         "toolgate_policy_last_reload_success_timestamp_seconds": "gauge",
         "toolgate_build_info": "gauge",
         "toolgate_counter_table_slots_used": "gauge",
+        "toolgate_counter_table_client_slots": "gauge",
         "toolgate_counter_table_slots_capacity": "gauge",
         "toolgate_counter_table_full_total": "counter",
         "toolgate_decision_log_lines_total": "counter",

@@ -158,6 +158,12 @@ class EngineCollector(Collector):
             value=stats["table_occupied"],
         )
         yield GaugeMetricFamily(
+            "toolgate_counter_table_client_slots",
+            "Counter-table slots holding a key a client chose (an unverified credential, a"
+            " session or agent id); at most half the table.",
+            value=stats["table_client_slots"],
+        )
+        yield GaugeMetricFamily(
             "toolgate_counter_table_slots_capacity",
             "Counter-table slots in all.",
             value=stats["table_capacity"],

@@ -613,6 +613,7 @@ impl PyEngine {
         d.set_item("log_dropped", self.inner.stats().log_dropped())?;
         d.set_item("table_capacity", self.inner.table().capacity())?;
         d.set_item("table_occupied", self.inner.table().occupied())?;
+        d.set_item("table_client_slots", self.inner.table().client_slots())?;
         let outcomes: Vec<(&str, &str, &str, u64)> = self
             .inner
             .stats()

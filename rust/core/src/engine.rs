@@ -786,7 +786,14 @@ fn want<'p, A: ArgValue + Clone>(
     };
     Ok(Want {
         limit,
-        key: CounterKey::new(limit.identity, value.as_bytes(), limit.granularity),
+        key: CounterKey::new(limit.identity, value.as_bytes(), limit.granularity).chosen_by_client(
+            match limit.info.scope {
+                // What any client can make up at will: only its share of the table.
+                Scope::Grant => !s.grant_verified,
+                Scope::Session | Scope::Agent => true,
+                Scope::Server | Scope::Global => false,
+            },
+        ),
         amount,
     })
 }

@@ -43,53 +43,6 @@ pub fn bearer_token(value: &str) -> Result<Cow<'_, str>, Refused> {
 
 const BASE64URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
-/// One spelling for the spellings of a token that base64 decoders read as the same bytes,
-/// so that they are one grant: JWT libraries (PyJWT, and Go's and JavaScript's default
-/// decoders) ignore `=` padding, read `+` and `/` as `-` and `_`, and drop the bits of a
-/// segment's last character that make no whole byte (`…QQ` and `…QR` decode alike). Each
-/// `.`-separated segment that is base64 gets no padding, the URL alphabet, and those bits
-/// zeroed. Distinct tokens that merge this way would share one count: stricter, never looser.
-pub fn canonical_token(token: &str) -> Cow<'_, str> {
-    let body = token.trim_end_matches('=');
-    let mut out: Option<Vec<u8>> = None;
-    let mut start = 0;
-    for segment in body.split('.') {
-        let bytes = segment.as_bytes();
-        let sextet = |b: u8| match b {
-            b'+' => Some(62),
-            b'/' => Some(63),
-            _ => BASE64URL.iter().position(|&c| c == b).map(|i| i as u8),
-        };
-        let values: Option<Vec<u8>> = bytes.iter().map(|&b| sextet(b)).collect();
-        if let Some(mut values) = values {
-            // Bits past the last whole byte: 4 of the last sextet after 2 characters, 2
-            // after 3 (a length of 1 is no base64 at all, and is left as it is).
-            let spare = match bytes.len() % 4 {
-                2 => 0b1111,
-                3 => 0b11,
-                _ => 0,
-            };
-            if let Some(last) = values.last_mut() {
-                *last &= !spare;
-            }
-            let spelled: Vec<u8> = values.iter().map(|&v| BASE64URL[usize::from(v)]).collect();
-            if spelled != bytes {
-                let out = out.get_or_insert_with(|| token.as_bytes().to_vec());
-                out[start..start + bytes.len()].copy_from_slice(&spelled);
-            }
-        }
-        start += bytes.len() + 1;
-    }
-    match out {
-        Some(mut out) => {
-            out.truncate(body.len());
-            Cow::Owned(String::from_utf8(out).expect("ASCII in, ASCII out"))
-        }
-        None if body.len() == token.len() => Cow::Borrowed(token),
-        None => Cow::Borrowed(body),
-    }
-}
-
 /// RFC 6750's `b64token`: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
 fn is_b64token(token: &str) -> bool {
     let body = token.trim_end_matches('=');
@@ -97,6 +50,67 @@ fn is_b64token(token: &str) -> bool {
         && body
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+}
+
+/// One spelling for the spellings of a JWT that base64 decoders read as the same bytes, so
+/// that they are one grant: JWT libraries (PyJWT, and Go's and JavaScript's default base64
+/// decoders) ignore `=` padding, read `+` and `/` as `-` and `_`, and drop the bits of a
+/// segment's last character that make no whole byte (`…QQ` and `…QR` decode alike). Each
+/// segment of a token shaped as a JWT (3 or 5 base64 segments, the first a JSON object) gets
+/// no padding, the URL alphabet, and those bits zeroed. Any other token is an opaque string
+/// that its verifier compares as it is: it is left as it is.
+pub fn canonical_token(token: &str) -> Cow<'_, str> {
+    let body = token.trim_end_matches('=');
+    let segments: Vec<&str> = body.split('.').collect();
+    let Some(sextets) = segments
+        .iter()
+        .map(|s| s.bytes().map(sextet).collect::<Option<Vec<u8>>>())
+        .collect::<Option<Vec<Vec<u8>>>>()
+    else {
+        return Cow::Borrowed(token);
+    };
+    if !matches!(segments.len(), 3 | 5) || !opens_an_object(&sextets[0]) {
+        return Cow::Borrowed(token);
+    }
+    let mut out = String::with_capacity(body.len());
+    for (i, mut values) in sextets.into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        // Bits past the last whole byte: 4 of the last sextet after 2 characters, 2 after 3.
+        let spare = match values.len() % 4 {
+            2 => 0b1111,
+            3 => 0b11,
+            _ => 0,
+        };
+        if let Some(last) = values.last_mut() {
+            *last &= !spare;
+        }
+        out.extend(
+            values
+                .iter()
+                .map(|&v| char::from(BASE64URL[usize::from(v)])),
+        );
+    }
+    if out == token {
+        Cow::Borrowed(token)
+    } else {
+        Cow::Owned(out)
+    }
+}
+
+/// A base64 character's value, in either alphabet.
+fn sextet(b: u8) -> Option<u8> {
+    match b {
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => BASE64URL.iter().position(|&c| c == b).map(|i| i as u8),
+    }
+}
+
+/// Whether base64 `values` decode to text that opens with `{` (a JWT's header).
+fn opens_an_object(values: &[u8]) -> bool {
+    values.len() >= 2 && ((values[0] << 2) | (values[1] >> 4)) == b'{'
 }
 
 /// The payload of the JWT that `jwt_authn` verified and stored under `payload_key` (its
@@ -157,7 +171,11 @@ mod tests {
         for (value, token) in [
             ("Bearer abc", "abc"),
             ("bearer abc", "abc"),
-            ("BEARER a-b.c_d~e+f/g==", "a-Y.c_d~e+f/g"),
+            ("BEARER a-b.c_d~e+f/g==", "a-b.c_d~e+f/g=="),
+            (
+                "bearer eyJh.eyJz.c2lnbmF0dXJlIQ==",
+                "eyJh.eyJz.c2lnbmF0dXJlIQ",
+            ),
             ("Bearer   abcd", "abcd"),
         ] {
             assert_eq!(bearer_token(value).as_deref(), Ok(token), "{value:?}");
@@ -194,12 +212,15 @@ mod tests {
         ] {
             assert_eq!(canonical_token(same), canonical_token(jwt), "{same}");
         }
-        assert_eq!(canonical_token("a+b/"), "a-b_");
+        assert_eq!(canonical_token("eyJh.a+b/.cQ=="), "eyJh.a-b_.cQ");
         assert_ne!(
             canonical_token(jwt),
             canonical_token("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJiIn0.c2lnbmF0dXJlIQ")
         );
-        assert!(matches!(canonical_token("abcd.efgh"), Cow::Borrowed(_)));
+        // An opaque token is compared as it is by its verifier: every spelling is its own.
+        for opaque in ["made-up-12", "made-up-13", "abc=", "a+b/", "abcd.efgh.ijkl"] {
+            assert!(matches!(canonical_token(opaque), Cow::Borrowed(t) if t == opaque));
+        }
     }
 
     fn base64(bytes: &[u8], standard: bool) -> String {
@@ -230,27 +251,32 @@ mod tests {
             prop_assert_eq!(bearer_token(&value).unwrap(), canonical_token(&token));
         }
 
-        /// Bytes written in base64 however a client likes (either alphabet, padded or not,
-        /// any spare bits in the last character) give one grant, and different bytes give
-        /// different grants.
+        /// A JWT written in base64 however a client likes (either alphabet, padded or not,
+        /// any spare bits in each segment's last character) gives one grant, and different
+        /// bytes give different grants.
         #[test]
-        fn one_encoding_of_bytes_one_grant(
-            segments in prop::collection::vec(prop::collection::vec(any::<u8>(), 1..24), 1..4),
-            standard in any::<bool>(), pad in 0usize..3, noise in 0u8..16,
+        fn one_encoding_of_a_jwt_one_grant(
+            segments in prop::collection::vec(prop::collection::vec(any::<u8>(), 1..24), 2..3),
+            standard in any::<bool>(), pad in 0usize..3, noise in prop::collection::vec(0u8..16, 3),
             other in prop::collection::vec(any::<u8>(), 1..24),
         ) {
+            let mut segments = segments;
+            segments.insert(0, br#"{"alg":"HS256"}"#.to_vec());
             let plain: Vec<String> = segments.iter().map(|s| base64(s, false)).collect();
-            let mut spelled: Vec<String> = segments.iter().map(|s| base64(s, standard)).collect();
-            let last = spelled.last_mut().unwrap();
-            let spare = match last.len() % 4 { 2 => 15, 3 => 3, _ => 0 };
             let alphabet = if standard { b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/" } else { BASE64URL };
-            let end = last.pop().unwrap() as u8;
-            let v = alphabet.iter().position(|&c| c == end).unwrap() as u8;
-            last.push(alphabet[usize::from(v | (noise & spare))] as char);
+            let spelled: Vec<String> = segments.iter().zip(&noise).map(|(s, n)| {
+                let mut text = base64(s, standard);
+                let spare = match text.len() % 4 { 2 => 15, 3 => 3, _ => 0 };
+                let end = text.pop().unwrap() as u8;
+                let v = alphabet.iter().position(|&c| c == end).unwrap() as u8;
+                text.push(alphabet[usize::from(v | (n & spare))] as char);
+                text
+            }).collect();
             let token = format!("{}{}", spelled.join("."), "=".repeat(pad));
             let value = format!("Bearer {token}");
             let plain = plain.join(".");
             prop_assert_eq!(bearer_token(&value).unwrap(), canonical_token(&plain));
+            prop_assert_eq!(canonical_token(&plain), plain.as_str());
             if other != *segments.last().unwrap() {
                 let mut changed: Vec<String> = segments.iter().map(|s| base64(s, false)).collect();
                 *changed.last_mut().unwrap() = base64(&other, false);

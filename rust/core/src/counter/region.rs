@@ -22,6 +22,10 @@ pub mod header {
     pub const OCCUPIED: usize = 5;
     /// Times a key found no free slot.
     pub const FULL_EVENTS: usize = 6;
+    /// Slots counted as holding a client-chosen key ([`super::super::table`]).
+    pub const CLIENT_SLOTS: usize = 7;
+    /// The second (plus one) of the last sweep for expired client-chosen slots.
+    pub const LAST_SWEEP: usize = 8;
 }
 
 /// "TGCT" + layout version 2 (2: the reservation log in 64-byte lines).

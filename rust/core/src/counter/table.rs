@@ -6,6 +6,12 @@
 //! its owner's process id and is taken over when that process has died, so a crashed worker
 //! cannot leave it held. A key that finds no slot within [`MAX_PROBE`] is refused: the
 //! caller denies (fails closed).
+//!
+//! Keys a client chooses (an unverified credential, a session or agent id) may hold at most
+//! half the slots ([`CLIENT_SHARE`]): a flood of made-up credentials fills that half and
+//! no more, so trusted keys (verified identities, `server` and `global` counters) and every
+//! key already counted keep their room. When the half is full, the table sweeps it (at
+//! most once a second) for slots whose windows have expired before it refuses a new one.
 
 use super::region::{header, Region, HEADER_WORDS, MAGIC};
 use super::reservation::{ReservationLog, LINE_WORDS, MAX_SLOTS};
@@ -28,11 +34,17 @@ const SEEDS: [u64; 4] = [
     0x2545_f491_4f6c_dd1d,
 ];
 
+/// Which part of the table client-chosen keys may hold: one slot in this many.
+pub const CLIENT_SHARE: usize = 2;
+
 /// A counter's identity (counter name, window, scope kind) plus the scope's value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CounterKey {
     pub hash: u64,
     pub granularity: Granularity,
+    /// The scope's value is one a client can make up at will: it may take only the
+    /// client-chosen share of the table.
+    pub client_chosen: bool,
 }
 
 impl CounterKey {
@@ -58,7 +70,19 @@ impl CounterKey {
         if hash == 0 || hash == RECLAIMING {
             hash = 0x9e37_79b9_7f4a_7c15;
         }
-        CounterKey { hash, granularity }
+        CounterKey {
+            hash,
+            granularity,
+            client_chosen: false,
+        }
+    }
+
+    /// This key, marked as one a client chose (see [`CounterKey::client_chosen`]).
+    pub fn chosen_by_client(self, client_chosen: bool) -> CounterKey {
+        CounterKey {
+            client_chosen,
+            ..self
+        }
     }
 }
 
@@ -152,6 +176,16 @@ impl CounterTable {
         self.region.load(header::FULL_EVENTS)
     }
 
+    /// Slots counted as holding a client-chosen key (live, or expired and not yet swept).
+    pub fn client_slots(&self) -> u64 {
+        self.region.load(header::CLIENT_SLOTS)
+    }
+
+    /// The most slots client-chosen keys may hold.
+    pub fn client_cap(&self) -> u64 {
+        (self.capacity() / CLIENT_SHARE).max(1) as u64
+    }
+
     pub(crate) fn region(&self) -> &Region {
         &self.region
     }
@@ -209,13 +243,18 @@ impl CounterTable {
         if let Some(s) = self.find(key) {
             return Ok(s);
         }
+        if key.client_chosen && !self.client_room(now_ns) {
+            self.region.header(header::FULL_EVENTS).fetch_add(1, SeqCst);
+            return Err(TableFull);
+        }
         for s in self.probe(key.hash) {
             let slot = self.slot(s);
             let current = slot.word(KEY).load(SeqCst);
             if current == 0 {
-                slot.reset(key.granularity, now_ns);
+                slot.reset(key.granularity, now_ns, key.client_chosen);
                 slot.word(KEY).store(key.hash, SeqCst);
                 self.region.header(header::OCCUPIED).fetch_add(1, SeqCst);
+                self.count_client(key.client_chosen, 1);
                 return Ok(s);
             }
             if (current == RECLAIMING || slot.expired(now_ns))
@@ -231,19 +270,72 @@ impl CounterTable {
     /// Hand an expired slot to `key`. Under the insert lock, so only this thread changes keys;
     /// users of the old key may still be adding, which the head CAS detects.
     fn reclaim(&self, slot: Slot<'_>, old: u64, key: &CounterKey, now_ns: u64) -> bool {
+        if !self.release_slot(slot, old, key.granularity, now_ns) {
+            return false;
+        }
+        slot.reset(key.granularity, now_ns, key.client_chosen);
+        slot.word(KEY).store(key.hash, SeqCst);
+        self.count_client(key.client_chosen, 1);
+        true
+    }
+
+    /// Take an expired slot from its key (whose users then see it moved), leaving it free
+    /// (`RECLAIMING`) for the next key that probes through it. False if the key came back to
+    /// life meanwhile. Under the insert lock.
+    fn release_slot(&self, slot: Slot<'_>, old: u64, g: Granularity, now_ns: u64) -> bool {
         if old != RECLAIMING {
             // Users re-read the key after the head; from here on they see the slot moved.
             slot.word(KEY).store(RECLAIMING, SeqCst);
             let head = slot.head_word();
-            if !slot.expired(now_ns) || !slot.try_replace_head(head, key.granularity, now_ns) {
+            if !slot.expired(now_ns) || !slot.try_replace_head(head, g, now_ns) {
                 // Someone added to the old key meanwhile: it is live again.
                 slot.word(KEY).store(old, SeqCst);
                 return false;
             }
         }
-        slot.reset(key.granularity, now_ns);
-        slot.word(KEY).store(key.hash, SeqCst);
+        if slot.client_chosen() {
+            slot.clear_client_chosen();
+            self.count_client(true, -1);
+        }
         true
+    }
+
+    fn count_client(&self, client_chosen: bool, by: i64) {
+        if client_chosen {
+            let word = self.region.header(header::CLIENT_SLOTS);
+            if by > 0 {
+                word.fetch_add(by as u64, SeqCst);
+            } else {
+                word.fetch_sub(by.unsigned_abs(), SeqCst);
+            }
+        }
+    }
+
+    /// Whether a client-chosen key may take one more slot: under the share, or under it
+    /// again once the client-chosen slots whose windows have expired are freed (looked for
+    /// at most once a second: a flood is then refused at the cost of a load). Under the
+    /// insert lock.
+    fn client_room(&self, now_ns: u64) -> bool {
+        if self.client_slots() < self.client_cap() {
+            return true;
+        }
+        let second = now_ns / 1_000_000_000 + 1;
+        let last = self.region.header(header::LAST_SWEEP);
+        if last.load(SeqCst) >= second {
+            return false;
+        }
+        last.store(second, SeqCst);
+        for i in 0..self.capacity() {
+            let slot = self.slot(SlotRef(i as u32));
+            let key = slot.word(KEY).load(SeqCst);
+            if key != 0 && key != RECLAIMING && slot.client_chosen() && slot.expired(now_ns) {
+                let g = Granularity {
+                    bucket_ns: slot.bucket_ns(),
+                };
+                self.release_slot(slot, key, g, now_ns);
+            }
+        }
+        self.client_slots() < self.client_cap()
     }
 }
 
@@ -294,6 +386,56 @@ mod tests {
         let s = t.find_or_insert(&k, 120_000 * NS).unwrap();
         assert_eq!(t.slot(s).peek(k.hash, g, 120_000 * NS).unwrap().used, 0);
         assert_eq!(t.occupied(), 4);
+    }
+
+    #[test]
+    fn client_chosen_keys_fill_only_their_share() {
+        let t = CounterTable::new(64, 16);
+        let g = Granularity::for_window_ms(60_000);
+        let made_up = |i: usize| key(1, &format!("tok-{i}")).chosen_by_client(true);
+        // A flood of made-up credentials: half the table, then refused.
+        let mut taken = 0;
+        for i in 0..200 {
+            if let Ok(s) = t.find_or_insert(&made_up(i), 0) {
+                t.slot(s).reserve(made_up(i).hash, g, 0, 1, 10).unwrap();
+                taken += 1;
+            }
+        }
+        assert_eq!(taken, 32);
+        assert_eq!(t.client_slots(), 32);
+        // Keys already counted keep their slot; trusted keys still find room.
+        assert!(t.find_or_insert(&made_up(0), 1).is_ok());
+        for i in 0..16 {
+            assert!(t.find_or_insert(&key(2, &i.to_string()), 1).is_ok(), "{i}");
+        }
+        // Once the flood's windows have expired, its slots are swept for new callers...
+        let later = 120_000 * NS;
+        assert!(t.find_or_insert(&made_up(500), later).is_ok());
+        assert_eq!(t.client_slots(), 1);
+        // ...and the sweep freed them for anyone: the old keys start again from nothing.
+        let again = t.find_or_insert(&made_up(0), later).unwrap();
+        assert_eq!(
+            t.slot(again).peek(made_up(0).hash, g, later).unwrap().used,
+            0
+        );
+    }
+
+    #[test]
+    fn the_share_is_swept_at_most_once_a_second() {
+        let t = CounterTable::new(4, 4);
+        let g = Granularity::for_window_ms(1000);
+        let made_up =
+            |i: usize| CounterKey::new(1, format!("t{i}").as_bytes(), g).chosen_by_client(true);
+        for i in 0..2 {
+            let s = t.find_or_insert(&made_up(i), 0).unwrap();
+            t.slot(s).reserve(made_up(i).hash, g, 0, 1, 10).unwrap();
+        }
+        // Full at 5 s: the sweep runs (the windows expired) and frees both.
+        assert!(t.find_or_insert(&made_up(2), 5_000 * NS).is_ok());
+        assert!(t.find_or_insert(&made_up(3), 5_000 * NS).is_ok());
+        // Full again within the same second: no second sweep, refused.
+        assert_eq!(t.find_or_insert(&made_up(4), 5_500 * NS), Err(TableFull));
+        assert_eq!(t.client_slots(), 2);
     }
 
     #[test]

@@ -28,6 +28,11 @@ const RING: usize = 3;
 const SEALED: usize = RING + BUCKETS as usize;
 const RING_LEN: u64 = BUCKETS;
 
+/// In the granularity word: the slot's key is one a client chose (an unverified credential,
+/// a session or agent id), which may take only part of the table. Bucket lengths stay far
+/// below this bit.
+const CLIENT_CHOSEN: u64 = 1 << 63;
+
 const COUNT_BITS: u32 = 40;
 const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
 const TAG_BITS: u32 = 24;
@@ -371,7 +376,7 @@ impl<'a> Slot<'a> {
 
     /// True when nothing in this slot can count any more at `now_ns`.
     pub(crate) fn expired(&self, now_ns: u64) -> bool {
-        let bucket_ns = self.word(GRAN).load(SeqCst);
+        let bucket_ns = self.word(GRAN).load(SeqCst) & !CLIENT_CHOSEN;
         if bucket_ns == 0 {
             return true;
         }
@@ -382,15 +387,32 @@ impl<'a> Slot<'a> {
         absolute(n, tag_of(head)) + BUCKETS + 2 <= n
     }
 
-    /// Prepare the slot for a new key; the caller publishes the key afterwards.
-    pub(crate) fn reset(&self, g: Granularity, now_ns: u64) {
+    /// Prepare the slot for a new key (`client_chosen`: one a client can make up); the
+    /// caller publishes the key afterwards.
+    pub(crate) fn reset(&self, g: Granularity, now_ns: u64, client_chosen: bool) {
         for i in 0..RING_LEN as usize {
             self.word(RING + i).store(0, SeqCst);
         }
         // A fresh window has nothing sealed.
         self.word(SEALED).store(pack(g.bucket(now_ns), 0), SeqCst);
-        self.word(GRAN).store(g.bucket_ns, SeqCst);
+        let class = if client_chosen { CLIENT_CHOSEN } else { 0 };
+        self.word(GRAN).store(g.bucket_ns | class, SeqCst);
         self.word(HEAD).store(pack(g.bucket(now_ns), 0), SeqCst);
+    }
+
+    /// The slot's bucket length.
+    pub(crate) fn bucket_ns(&self) -> u64 {
+        self.word(GRAN).load(SeqCst) & !CLIENT_CHOSEN
+    }
+
+    /// Whether the slot's key is one a client chose ([`Self::reset`]).
+    pub(crate) fn client_chosen(&self) -> bool {
+        self.word(GRAN).load(SeqCst) & CLIENT_CHOSEN != 0
+    }
+
+    /// The slot no longer counts as a client's (it is being handed on).
+    pub(crate) fn clear_client_chosen(&self) {
+        self.word(GRAN).fetch_and(!CLIENT_CHOSEN, SeqCst);
     }
 
     pub(crate) fn head_word(&self) -> u64 {
