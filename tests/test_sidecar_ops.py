@@ -122,9 +122,13 @@ def test_metrics_per_tool_when_asked():
             s.client.decide("create-ami", grant="a")
         s.client.decide("nope")
         s.client.decide_batch([{"tool": "nope"}, {"tool": "terminate_instances"}])
+        # A name the policy does not know, or one MCP does not allow (a label a dashboard
+        # would show as it is; list_* allows it), is no series of its own.
+        s.client.decide("list_\x1b[2K\nfake-row")
         assert s.series("toolgate_tool_decisions_total") == {
             labels(tool="create-ami", verdict="ALLOW"): 3,
-            labels(tool="nope", verdict="DENY"): 2,
+            labels(tool="_other", verdict="DENY"): 2,
+            labels(tool="_other", verdict="ALLOW"): 1,
             labels(tool="terminate_instances", verdict="REQUIRE_APPROVAL"): 1,
         }
 

@@ -17,7 +17,7 @@ use crate::decision::{Code, Decision, Limits, Text, Verdict};
 use crate::decision_log::{DecisionLog, Record};
 use crate::limiter::{self, Want};
 use crate::policy::{Action, Compare, ConditionItem, Policy, Scope};
-use crate::stats::{Api, Stats};
+use crate::stats::{Api, Stats, OTHER_TOOLS};
 use crate::store::CounterStore;
 use crate::trace::{LimitsEnd, List, NoTrace, Trace};
 use arc_swap::ArcSwap;
@@ -226,7 +226,12 @@ impl Engine {
         drop(policy);
         self.stats.count(api, &decision);
         if self.stats.per_tool_enabled() {
-            self.stats.count_tool(req.tool, decision.verdict);
+            // A label a dashboard shows: only names MCP allows, of tools the policy knows; a
+            // name a client made up is not worth a series of its own (nor able to crowd out
+            // the real ones).
+            let named = decision.code != Code::DefaultDeny && is_mcp_tool_name(req.tool);
+            self.stats
+                .count_tool(if named { req.tool } else { OTHER_TOOLS }, decision.verdict);
         }
         if let (Some(log), Some(started)) = (log, started) {
             let took = self.clock.now_ns().saturating_sub(started);
