@@ -963,12 +963,12 @@ def test_bad_cost_is_an_invalid_request_and_consumes_nothing(arguments):
 
 def test_spend_limit_in_the_example_policy():
     engine = make_engine(EXAMPLES / "policy.json")
-    d = engine.decide("transfer_funds", agent="bot-1", arguments={"amount": 250, "currency": "USD"})
+    d = engine.decide("transfer_funds", grant="bot-1", arguments={"amount": 250, "currency": "USD"})
     assert (d.verdict, d.code, d.rule) == ("ALLOW", "ALLOWED", "/tools/transfer_funds")
     assert d.limits[0].remaining == 4750.0
     assert engine.release(d.reservation) is True
     d = engine.decide(
-        "transfer_funds", agent="bot-1", arguments={"amount": 1000, "currency": "USD"}
+        "transfer_funds", grant="bot-1", arguments={"amount": 1000, "currency": "USD"}
     )
     assert (d.code, d.rule) == ("CONDITION_FAILED", "/tools/transfer_funds/require/1")
 

@@ -248,7 +248,7 @@ def test_shadow_findings_are_steps():
 
 
 def test_explain_command_text_and_json():
-    args = ["--policy", EXAMPLE_JSON, "--tool", "transfer_funds", "--agent", "bot-1"]
+    args = ["--policy", EXAMPLE_JSON, "--tool", "transfer_funds", "--grant", "bot-1"]
     args += ["--args", '{"amount": 250, "currency": "USD"}']
     result = run_toolgate("explain", *args)
     assert result.returncode == 0, result.stderr

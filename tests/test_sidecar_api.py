@@ -142,15 +142,15 @@ def test_decisions_match_the_local_engine():
 
 
 def test_spend_limit_over_grpc(sc):
-    agent = fresh("spender")
+    grant = fresh("spender")
     spend = {"currency": "USD"}
     amounts = [900, 900, 900, 900, 900, 900]  # 5400 > the 5000 a day
     codes = [
-        sc.client.decide("transfer_funds", agent=agent, arguments={**spend, "amount": a}).code
+        sc.client.decide("transfer_funds", grant=grant, arguments={**spend, "amount": a}).code
         for a in amounts
     ]
     assert codes == ["ALLOWED"] * 5 + ["RATE_LIMITED"]
-    last = sc.client.decide("transfer_funds", agent=agent, arguments={**spend, "amount": 500})
+    last = sc.client.decide("transfer_funds", grant=grant, arguments={**spend, "amount": 500})
     assert last.code == "ALLOWED"
     assert last.limits[0].remaining == 0
 
@@ -261,13 +261,13 @@ def test_release_of_a_reservation_the_log_has_forgotten_is_false():
 
 
 def test_release_of_a_spend_gives_the_amount_back(sc):
-    agent = fresh("spender")
+    grant = fresh("spender")
     call = {"currency": "USD", "amount": 999}
-    held = [sc.client.decide("transfer_funds", agent=agent, arguments=call) for _ in range(5)]
+    held = [sc.client.decide("transfer_funds", grant=grant, arguments=call) for _ in range(5)]
     assert [d.limits[0].remaining for d in held] == [4001, 3002, 2003, 1004, 5]
-    assert sc.client.decide("transfer_funds", agent=agent, arguments=call).code == "RATE_LIMITED"
+    assert sc.client.decide("transfer_funds", grant=grant, arguments=call).code == "RATE_LIMITED"
     assert sc.client.release(held[2].reservation) is True
-    after = sc.client.decide("transfer_funds", agent=agent, arguments=call)
+    after = sc.client.decide("transfer_funds", grant=grant, arguments=call)
     assert after.code == "ALLOWED"
     assert after.limits[0].remaining == 5
 
