@@ -180,6 +180,101 @@ def test_every_decision_is_written_or_counted_as_dropped(tmp_path):
     assert stats["logged"] + stats["log_dropped"] == 5000
 
 
+def chain_line(previous: bytes, size: int) -> bytes:
+    """A line of the chain after ``previous`` (a line as written, without its newline),
+    padded to about ``size`` bytes: what an older sidecar, whose lines had no bound, wrote."""
+    before = json.loads(previous)
+    line = {"seq": before["seq"] + 1, "pad": "x" * size}
+    line["prev"] = hashlib.sha256(previous).hexdigest()
+    return json.dumps(line, separators=(",", ":")).encode()
+
+
+@pytest.mark.parametrize("size", [64 * 1024, 1024 * 1024])
+def test_a_restart_goes_on_from_a_last_line_of_any_length(tmp_path, size):
+    path = tmp_path / "decisions.jsonl"
+    engine = logging_engine(path)
+    engine.decide("lookup", grant="g")
+    assert engine.sync_decision_log(PATIENCE)
+    del engine
+    last = path.read_bytes().splitlines()[-1]
+    with path.open("ab") as f:
+        f.write(chain_line(last, size) + b"\n")
+    restarted = make_engine(DOC)
+    assert restarted.enable_decision_log(path, grant_key=KEY) is None
+    restarted.decide("lookup", grant="g")
+    assert restarted.sync_decision_log(PATIENCE)
+    assert [line["seq"] for line in lines(path)] == [1, 2, 3]
+    result = verify(log_files(path))
+    assert (result.problem, result.breaks) == (None, [])
+
+
+UNREADABLE_ENDS = {
+    "cut": lambda last: last[: len(last) // 2],
+    "cut_json": lambda last: b'{"seq":3,"id":"ab',
+    "garbage": lambda last: b"\x00\xffgarbage\n",
+    "lines": lambda last: b"not json\n[1]\n{}\n\n",
+    "long_garbage": lambda last: b"g" * (1 << 20) + b"\n",
+}
+
+
+@pytest.mark.parametrize("end", sorted(UNREADABLE_ENDS))
+def test_a_restart_after_an_unreadable_end_notes_a_break_and_goes_on(tmp_path, end):
+    """A line cut by a crash, or bytes another program wrote after the last line: the chain
+    is not started over. The restarted sidecar goes on from the last line of the chain, after
+    a break line that names the bytes in between exactly; verify reports where they are."""
+    path = tmp_path / "decisions.jsonl"
+    engine = logging_engine(path)
+    for i in range(3):
+        engine.decide("lookup", grant=f"g{i}")
+    assert engine.sync_decision_log(PATIENCE)
+    del engine
+    raw = path.read_bytes()
+    last = raw.splitlines()[-1]
+    if end.startswith("cut"):
+        raw = raw[: -len(last) - 1]  # the third line never made it whole
+    unreadable = UNREADABLE_ENDS[end](last)
+    path.write_bytes(raw + unreadable)
+    good = raw.count(b"\n")
+    restarted = make_engine(DOC)
+    note = restarted.enable_decision_log(path, grant_key=KEY)
+    assert note is not None and f"after seq {good} " in note and str(path) in note, note
+    restarted.decide("lookup", grant="h")
+    assert restarted.sync_decision_log(PATIENCE)
+    after = path.read_bytes()[len(raw + unreadable) :].splitlines()
+    if not unreadable.endswith(b"\n"):
+        assert after[0] == b"", "the cut line is ended before the break line"
+        after = after[1:]
+    brk, decision = (json.loads(line) for line in after)
+    assert (brk["seq"], decision["seq"]) == (good + 1, good + 2)
+    ended = unreadable if unreadable.endswith(b"\n") else unreadable + b"\n"
+    assert brk["break"] == {
+        "lines": ended.count(b"\n"),
+        "bytes": len(ended),
+        "sha256": hashlib.sha256(ended).hexdigest(),
+    }
+    result = verify(log_files(path))
+    assert result.problem is None and result.decisions == good + 1
+    (noted,) = result.breaks
+    assert noted.startswith(f"{path}:{good + 1}: "), noted
+    done = toolgate_cli("log", "verify", path)
+    assert done.returncode == 0 and "1 break(s) noted" in done.stdout, done.stdout
+    assert f"break {path}:{good + 1}: " in done.stdout
+    # The skipped bytes are what the break line says, no other.
+    tampered = bytearray(path.read_bytes())
+    tampered[len(raw)] ^= 0x01
+    path.write_bytes(bytes(tampered))
+    problem = verify(log_files(path)).problem
+    assert problem is not None and problem.startswith(f"{path}:{good + 1}: "), problem
+
+
+def test_a_file_that_is_not_a_decision_log_is_not_appended_to(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("some notes\nof someone's\n")
+    with pytest.raises(OSError, match=r"notes\.txt: no line of it is a decision-log line"):
+        make_engine(DOC).enable_decision_log(path, grant_key=KEY)
+    assert path.read_text() == "some notes\nof someone's\n"
+
+
 @pytest.fixture(scope="module")
 def written_log(tmp_path_factory) -> list[bytes]:
     path = tmp_path_factory.mktemp("log") / "decisions.jsonl"

@@ -400,6 +400,8 @@ impl PyEngine {
     /// Write decisions to a log: one JSON line each, hash-chained, by a writer thread
     /// (`path` None: stdout). `filter` is `all` or `denials`; files rotate past
     /// `rotate_bytes` (0: never); grants are hashed under `grant_key`. Once per engine.
+    /// Returns what the log held after its last line of the chain, now accounted for by a
+    /// break line (None: nothing). OSError if it cannot be opened, or is not a decision log.
     #[pyo3(signature = (path, *, grant_key, filter = "all", rotate_bytes = 0, queue = 65536))]
     fn enable_decision_log(
         &self,
@@ -408,7 +410,7 @@ impl PyEngine {
         filter: &str,
         rotate_bytes: u64,
         queue: usize,
-    ) -> PyResult<()> {
+    ) -> PyResult<Option<String>> {
         let filter = Filter::parse(filter).ok_or_else(|| {
             PyValueError::new_err(format!("filter must be all or denials, not {filter:?}"))
         })?;
@@ -420,9 +422,11 @@ impl PyEngine {
             grant_key,
         })
         .map_err(|e| PyOSError::new_err(format!("cannot open the decision log: {e}")))?;
+        let restart_break = log.restart_break().map(str::to_owned);
         self.inner
             .enable_decision_log(log)
-            .map_err(PyValueError::new_err)
+            .map_err(PyValueError::new_err)?;
+        Ok(restart_break)
     }
 
     /// Wait until every decision logged so far is written out; False on timeout (or no log).

@@ -15,6 +15,7 @@
 
 mod arguments;
 mod sink;
+mod tail;
 mod writer;
 
 pub use arguments::write_arguments;
@@ -98,6 +99,7 @@ pub struct DecisionLog {
     written: Arc<AtomicU64>,
     head: Arc<Mutex<Head>>,
     writer: Option<JoinHandle<()>>,
+    restart_break: Option<String>,
 }
 
 /// The last line written: its `seq` and SHA-256. Published outside the log (the sidecar's
@@ -112,10 +114,10 @@ pub struct Head {
 impl DecisionLog {
     /// Open the log (continuing the chain of an existing file) and start its writer.
     pub fn open(settings: Settings) -> io::Result<DecisionLog> {
-        let sink = Sink::open(settings.path.clone(), settings.rotate_bytes)?;
+        let (sink, restart_break) = Sink::open(settings.path.clone(), settings.rotate_bytes)?;
         let (tx, rx) = sync_channel(settings.queue.max(1));
         let dropped = Arc::new(AtomicU64::new(0));
-        let written = Arc::new(AtomicU64::new(0));
+        let written = Arc::new(AtomicU64::new(u64::from(restart_break.is_some())));
         let head = Arc::new(Mutex::new(Head {
             seq: sink.seq,
             sha256: sink.prev.clone(),
@@ -141,7 +143,14 @@ impl DecisionLog {
             written,
             head,
             writer: Some(handle),
+            restart_break,
         })
+    }
+
+    /// What the log held after its last chain point when it was opened, which its first
+    /// line now accounts for as a break (None: nothing; the chain went on as it was).
+    pub fn restart_break(&self) -> Option<&str> {
+        self.restart_break.as_deref()
     }
 
     /// The last line written out (flushed or not).
@@ -204,6 +213,12 @@ fn hex(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len() * 2);
     push_hex(&mut out, bytes);
     out
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn push_hex_bytes(out: &mut Vec<u8>, bytes: &[u8]) {

@@ -1,11 +1,11 @@
 //! Where lines go: a file appended to (its chain continued from the last line found), or
 //! stdout; files rotate by size, and the chain and `seq` go on across them.
 
-use super::{hex, push_hex, GENESIS};
-use serde_json::Value;
+use super::tail::{self, Skipped};
+use super::{hex, now_ms, push_hex, GENESIS};
 use sha2::{Digest, Sha256};
-use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
+use std::fs::OpenOptions;
+use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 /// The file (or stdout) being written, where the chain stands, and rotation.
@@ -21,12 +21,18 @@ pub(super) struct Sink {
 }
 
 impl Sink {
-    pub(super) fn open(path: Option<PathBuf>, rotate_bytes: u64) -> io::Result<Sink> {
+    /// Open the log at `path` (None: stdout), continuing its chain ([`tail::find`]). What
+    /// follows the last chain point without being a line of the chain is kept, and a break
+    /// line, written first, accounts for it; the returned text says so, for people.
+    pub(super) fn open(
+        path: Option<PathBuf>,
+        rotate_bytes: u64,
+    ) -> io::Result<(Sink, Option<String>)> {
         let mut random = [0u8; 6];
         getrandom::fill(&mut random).map_err(|e| io::Error::other(e.to_string()))?;
         let run = hex(&random);
         let Some(path) = path else {
-            return Ok(Sink {
+            let sink = Sink {
                 path: None,
                 out: BufWriter::new(Box::new(io::stdout())),
                 bytes: 0,
@@ -34,30 +40,52 @@ impl Sink {
                 seq: 0,
                 prev: GENESIS.to_owned(),
                 run,
-            });
+            };
+            return Ok((sink, None));
         };
-        // The chain goes on from the last line written: this file's, else the newest
-        // rotated file's (rotation happened, then a restart before any new line).
-        let (seq, prev) = match last_line(&path)? {
-            Some(line) => chain_point(&line),
-            None => match newest_rotated(&path) {
-                Some(rotated) => {
-                    last_line(&rotated)?.map_or((0, GENESIS.to_owned()), |l| chain_point(&l))
-                }
-                None => (0, GENESIS.to_owned()),
-            },
-        };
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let tail = tail::find(&path)?;
+        let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
+        if tail.unterminated {
+            file.write_all(b"\n")?;
+        }
         let bytes = file.metadata()?.len();
-        Ok(Sink {
+        let mut sink = Sink {
             path: Some(path),
             out: BufWriter::with_capacity(1 << 16, Box::new(file)),
             bytes,
             rotate_bytes,
-            seq,
-            prev,
+            seq: tail.seq,
+            prev: tail.prev,
             run,
-        })
+        };
+        let Some(skipped) = tail.skipped else {
+            return Ok((sink, None));
+        };
+        sink.note_break(&skipped)?;
+        let note = format!(
+            "{}: {} line(s), {} bytes, after seq {} are not decision-log lines (a line cut \
+             short by a crash, or bytes written by another program): kept, and accounted \
+             for by the break line seq {}",
+            skipped.from,
+            skipped.lines,
+            skipped.bytes,
+            sink.seq - 1,
+            sink.seq
+        );
+        Ok((sink, Some(note)))
+    }
+
+    /// The line that says which bytes before it are not lines of the chain.
+    fn note_break(&mut self, skipped: &Skipped) -> io::Result<()> {
+        let body = format!(
+            "\"time_ms\":{},\"break\":{{\"lines\":{},\"bytes\":{},\"sha256\":\"{}\"}},",
+            now_ms(),
+            skipped.lines,
+            skipped.bytes,
+            skipped.sha256
+        );
+        self.append(body.as_bytes(), &mut Vec::new())?;
+        self.flush()
     }
 
     /// Append one line: `body` is the line's fields as JSON (`"key":value,` pairs, each
@@ -133,40 +161,4 @@ pub fn rotated_files(path: &Path) -> Vec<(u64, PathBuf)> {
         .collect();
     found.sort();
     found
-}
-
-fn newest_rotated(path: &Path) -> Option<PathBuf> {
-    rotated_files(path).pop().map(|(_, p)| p)
-}
-
-/// The last complete line of a file (None if it has none). A line cut by a crash is not
-/// complete: the chain goes on from the line before it, which a verifier reports.
-fn last_line(path: &Path) -> io::Result<Option<String>> {
-    let mut file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let len = file.metadata()?.len();
-    // Lines are short: the last 64 KiB hold the last whole one.
-    let start = len.saturating_sub(1 << 16);
-    file.seek(SeekFrom::Start(start))?;
-    let mut last = None;
-    for line in BufReader::new(file).split(b'\n') {
-        let line = line?;
-        if !line.is_empty() {
-            last = Some(line);
-        }
-    }
-    let Some(last) = last else { return Ok(None) };
-    Ok(Some(String::from_utf8_lossy(&last).into_owned()))
-}
-
-/// `(seq, hash)` of a written line: where the chain goes on from.
-fn chain_point(line: &str) -> (u64, String) {
-    let seq = serde_json::from_str::<Value>(line)
-        .ok()
-        .and_then(|v| v.get("seq").and_then(Value::as_u64))
-        .unwrap_or(0);
-    (seq, hex(&Sha256::digest(line.as_bytes())))
 }

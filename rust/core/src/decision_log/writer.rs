@@ -3,7 +3,7 @@
 
 use super::arguments::{log_paths, write_arguments};
 use super::sink::Sink;
-use super::{push_hex, Head, Message, Record};
+use super::{now_ms, push_hex, Head, Message, Record};
 use crate::decision::Decision;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -227,12 +227,6 @@ fn report(result: io::Result<()>) {
     if let Err(e) = result {
         eprintln!("toolgate decision log: {e}");
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` for milliseconds since the Unix epoch.
