@@ -21,6 +21,7 @@ from conftest import cond, limit, make_engine, policy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sidecar import PATIENCE, Sidecar, toolgate_cli
+from toolgate._core import inert
 from toolgate.decision_log import GENESIS, log_files, verify
 
 KEY = b"k" * 32
@@ -120,6 +121,38 @@ def test_argument_values_and_credentials_stay_out(tmp_path):
         "session": None,
         "agent": None,
     }
+
+
+#: What an agent may send to move a terminal's cursor, recolour, reorder or hide text, or
+#: forge a line: C0 and C1 controls, DEL, bidi overrides, separators, zero-width and tag
+#: characters (above the BMP), and JSON's own quote and backslash.
+AGENT_TEXT = 'x\x1b[2K\r\n\x85\x9b\x7f\u202eevil\u2066\u2028\u2029\u200b\ufeff\U000e0041"\\'
+
+
+def unsafe_characters(text: str) -> list[str]:
+    """The characters of ``text`` that the core's inert rule escapes (a backslash aside)."""
+    return [c for c in text if c != "\\" and inert(c) != c]
+
+
+def test_agent_text_is_written_inert(tmp_path):
+    """Every string of a line (tool, server, subject, reason, argument names, clear values)
+    holds its unsafe characters as JSON escapes, so a person reading the log with ``tail``
+    or ``less`` sees them and nothing acts on them; the JSON reads back as sent."""
+    path = tmp_path / "decisions.jsonl"
+    engine = logging_engine(path)
+    t = AGENT_TEXT
+    arguments = {"amount": 5, "currency": t, t: 1}
+    engine.decide("pay", grant="g", session=t, agent=t, arguments=arguments)
+    engine.decide(t, server=t, grant=t, grant_verified=True, arguments={t: t})
+    assert engine.sync_decision_log(PATIENCE)
+    raw = path.read_text()
+    assert raw.count("\n") == 2 and unsafe_characters(raw.replace("\n", "")) == []
+    pay, other = lines(path)
+    assert (pay["subject"]["session"], pay["subject"]["agent"]) == (t, t)
+    assert pay["args"]["names"] == sorted(arguments)
+    assert pay["args"]["clear"] == {"args.amount": 5, "args.currency": t}
+    assert (other["tool"], other["server"], other["subject"]["grant"]) == (t, t, t)
+    assert other["args"]["names"] == [t]
 
 
 def test_log_paths_must_be_argument_paths():

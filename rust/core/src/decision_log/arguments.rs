@@ -4,6 +4,7 @@
 use super::push_hex_bytes;
 use crate::approval::write_canonical;
 use crate::compile::CompiledPolicy;
+use crate::inert::push_json_string;
 use crate::policy::{Path as ArgPath, Segment};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -34,7 +35,7 @@ pub fn write_arguments(out: &mut Vec<u8>, args: &Value, clear: &[&ArgPath], scra
             if i > 0 {
                 out.push(b',');
             }
-            let _ = serde_json::to_writer(&mut *out, name);
+            push_json_string(out, name);
         }
     }
     scratch.clear();
@@ -51,14 +52,46 @@ pub fn write_arguments(out: &mut Vec<u8>, args: &Value, clear: &[&ArgPath], scra
                     out.push(b',');
                 }
                 first = false;
-                let _ = serde_json::to_writer(&mut *out, &path.text);
+                push_json_string(out, &path.text);
                 out.push(b':');
-                let _ = serde_json::to_writer(&mut *out, v);
+                write_value(out, v);
             }
         }
         out.push(b'}');
     }
     out.push(b'}');
+}
+
+/// `value` as JSON, its strings inert ([`push_json_string`]).
+fn write_value(out: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::String(s) => push_json_string(out, s),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_value(out, v);
+            }
+            out.push(b']');
+        }
+        Value::Object(map) => {
+            out.push(b'{');
+            for (i, (k, v)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                push_json_string(out, k);
+                out.push(b':');
+                write_value(out, v);
+            }
+            out.push(b'}');
+        }
+        scalar => {
+            let _ = serde_json::to_writer(&mut *out, scalar);
+        }
+    }
 }
 
 fn walk<'v>(mut v: &'v Value, segments: &[Segment]) -> Option<&'v Value> {

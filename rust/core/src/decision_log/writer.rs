@@ -5,6 +5,7 @@ use super::arguments::{log_paths, write_arguments};
 use super::sink::Sink;
 use super::{now_ms, push_hex, Head, Message, Record};
 use crate::decision::Decision;
+use crate::inert::push_json_string;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::io::{self, Write};
@@ -208,15 +209,14 @@ impl Writer {
     }
 }
 
-/// `"key":"value",` (the value JSON-escaped), or `"key":null,`.
+/// `"key":"value",` (the value JSON-escaped, unsafe characters too: [`push_json_string`]),
+/// or `"key":null,`.
 fn field(out: &mut Vec<u8>, key: &str, value: Option<&str>) {
     out.push(b'"');
     out.extend_from_slice(key.as_bytes());
     out.extend_from_slice(b"\":");
     match value {
-        Some(v) => {
-            let _ = serde_json::to_writer(&mut *out, v);
-        }
+        Some(v) => push_json_string(out, v),
         None => out.extend_from_slice(b"null"),
     }
     out.push(b',');
