@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import re
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -306,6 +308,55 @@ def test_a_file_that_is_not_a_decision_log_is_not_appended_to(tmp_path):
     with pytest.raises(OSError, match=r"notes\.txt: no line of it is a decision-log line"):
         make_engine(DOC).enable_decision_log(path, grant_key=KEY)
     assert path.read_text() == "some notes\nof someone's\n"
+
+
+def test_a_stalled_sink_holds_few_bytes_whatever_the_arguments(tmp_path):
+    """A writer stuck on a sink nobody reads (a pipe): records wait in its queue, which is
+    bounded in bytes. A record holds what its line will (names capped, the digest, clear
+    values), never the argument tree, so calls with 120 KB of arguments queue a few hundred
+    bytes each; what does not fit is dropped, counted, and noted in the log once the sink
+    moves again."""
+    pipe = tmp_path / "decisions.pipe"
+    os.mkfifo(pipe)
+    reader = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)
+    bound = 256 * 1024
+    engine = make_engine(DOC)
+    engine.enable_decision_log(pipe, grant_key=KEY, queue_bytes=bound)
+    big = {f"k{i:04}": "v" * 100 for i in range(1000)}
+    calls = 3000
+    most = 0
+    for _ in range(calls):
+        engine.decide("lookup", grant="g", arguments=big)
+        most = max(most, engine.stats()["log_queued_bytes"])
+    stats = engine.stats()
+    assert most <= bound
+    assert stats["log_dropped"] > 0, "the queue filled up"
+    records, held = stats["log_queued"], stats["log_queued_bytes"]
+    assert records > 0 and held / records < 2048, (records, held)
+    # The sink moves again: everything queued is written, then the drops are noted.
+    os.set_blocking(reader, True)
+    out = bytearray()
+    drain = threading.Thread(target=read_to_end, args=(reader, out), daemon=True)
+    drain.start()
+    assert engine.sync_decision_log(PATIENCE)
+    assert engine.stats()["log_queued"] == 0
+    del engine
+    drain.join(PATIENCE)
+    os.close(reader)
+    written = tmp_path / "written.jsonl"
+    written.write_bytes(bytes(out))
+    result = verify([written])
+    assert result.problem is None
+    assert (result.decisions, result.dropped) == (stats["logged"], stats["log_dropped"])
+    assert result.decisions + result.dropped == calls
+    line = json.loads(out.splitlines()[0])
+    assert len(line["args"]["names"]) == 64 and line["args"]["names_omitted"] == 1000 - 64
+
+
+def read_to_end(fd: int, out: bytearray) -> None:
+    """Read a pipe into ``out`` until its writer closes it."""
+    while chunk := os.read(fd, 1 << 16):
+        out.extend(chunk)
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,7 @@ fn engine() -> Engine {
         filter: Filter::All,
         rotate_bytes: 0,
         queue: 1 << 16,
+        queue_bytes: 1 << 30,
         grant_key: vec![7; 32],
     })
     .expect("/dev/null opens");

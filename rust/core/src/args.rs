@@ -3,6 +3,7 @@
 
 use crate::mcp::strict_json::{self, StrictError};
 use serde_json::Value;
+use std::borrow::Cow;
 use std::cmp::Ordering;
 
 /// A call's arguments given as JSON text (an API's `arguments_json`), read the way every
@@ -115,6 +116,9 @@ pub trait ArgValue: Sized {
         false
     }
     fn get_index(&self, index: usize) -> Option<Self>;
+    /// An object's members in its own order; `None` for any other value, or an object
+    /// with a key JSON cannot hold (one that is not a string).
+    fn entries(&self) -> Option<Vec<(Cow<'_, str>, Self)>>;
     /// Elements of an array (or entries of an object); 0 for scalars.
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
@@ -144,6 +148,14 @@ impl ArgValue for &Value {
     }
     fn get_index(&self, index: usize) -> Option<Self> {
         self.as_array()?.get(index)
+    }
+    fn entries(&self) -> Option<Vec<(Cow<'_, str>, Self)>> {
+        let members = self.as_object()?.iter();
+        Some(
+            members
+                .map(|(k, v)| (Cow::Borrowed(k.as_str()), v))
+                .collect(),
+        )
     }
     fn len(&self) -> usize {
         match self {

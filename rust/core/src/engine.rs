@@ -13,7 +13,7 @@ use crate::condition::{Facts, Outcome, Problem, Subject};
 use crate::counter::reservation::MAX_PARTS;
 use crate::counter::{to_units, CounterKey, CounterTable, UNITS_PER_CALL};
 use crate::decision::{Code, Decision, Limits, Text, Verdict};
-use crate::decision_log::{DecisionLog, Record};
+use crate::decision_log::{Call, DecisionLog, Record};
 use crate::limiter::{self, Want};
 use crate::policy::{Action, Compare, ConditionItem, Policy, Scope};
 use crate::stats::{Api, Stats};
@@ -193,7 +193,13 @@ impl Engine {
                 attributes: &[],
                 grant_verified: false,
             };
-            self.write_log::<&serde_json::Value>(log, &d, "", None, &none, None, 0);
+            let call = Call::<&serde_json::Value> {
+                tool: None,
+                server: None,
+                subject: &none,
+                args: None,
+            };
+            self.write_log(log, &d, None, &call, 0);
         }
         d
     }
@@ -229,48 +235,32 @@ impl Engine {
         }
         if let (Some(log), Some(started)) = (log, started) {
             let took = self.clock.now_ns().saturating_sub(started);
-            let args = req.args.as_ref();
-            self.write_log(
-                log,
-                &decision,
-                req.tool,
-                req.server,
-                &req.subject,
-                args,
-                took,
-            );
+            let call = Call {
+                tool: Some(req.tool),
+                server: req.server,
+                subject: &req.subject,
+                args: req.args.as_ref(),
+            };
+            self.write_log(log, &decision, None, &call, took);
         }
         decision
     }
 
-    /// Hand a decision's record to the log's writer (if its filter wants it).
-    #[allow(clippy::too_many_arguments)]
-    fn write_log<A: ArgValue>(
+    /// Hand a decision's record to the log's writer (if its filter wants it), made here of
+    /// what its line holds ([`Record::new`]); `reason` is logged instead of the decision's.
+    fn write_log<A: ArgValue + Clone>(
         &self,
         log: &DecisionLog,
         d: &Decision,
-        tool: &str,
-        server: Option<&str>,
-        subject: &Subject<'_>,
-        args: Option<&A>,
+        reason: Option<&str>,
+        call: &Call<'_, A>,
         latency_ns: u64,
     ) {
         if !log.wants(d) {
             return;
         }
-        let queued = log.submit(Record {
-            at_ms: self.clock.wall_ms(),
-            latency_ns,
-            decision: d.clone(),
-            tool: tool.into(),
-            server: server.map(Box::from),
-            grant: subject.grant.map(Box::from),
-            grant_verified: subject.grant_verified,
-            session: subject.session.map(Box::from),
-            agent: subject.agent.map(Box::from),
-            args: args.and_then(ArgValue::to_json),
-        });
-        self.stats.count_logged(queued);
+        let record = Record::new(self.clock.wall_ms(), latency_ns, d, reason, call);
+        self.stats.count_logged(log.submit(record));
     }
 
     /// Rules in shadow mode are evaluated like the others, but what they would deny is only

@@ -3,6 +3,7 @@
 //! Pure Rust with no Python dependency; `rust/bindings` exposes it to Python.
 
 pub mod approval;
+pub mod arg_json;
 pub mod args;
 pub mod clock;
 pub mod compile;

@@ -1,8 +1,9 @@
 //! The decision log: one JSON line per decision, written by its own thread so a decision
 //! never waits on the disk.
 //!
-//! A decision hands its record to a bounded queue (`try_send`: when the writer cannot keep
-//! up, the record is dropped and counted, never waited for). The writer formats each line,
+//! A decision hands its record to a queue bounded in records and in bytes (`try_send`: when
+//! the writer cannot keep up, the record is dropped and counted, never waited for). The
+//! record holds what its line will and no more ([`Record`]). The writer formats each line,
 //! chains it to the one before (`prev`: the SHA-256 of the previous line's bytes), writes
 //! it, and flushes whenever the queue is empty. Lines it never got are noted in the log
 //! itself (a `dropped` line), so a reader knows how many are missing and the chain stays
@@ -14,16 +15,17 @@
 //! verified identity (a JWT claim).
 
 mod arguments;
+mod record;
 mod sink;
 mod tail;
 mod writer;
 
-pub use arguments::write_arguments;
+pub use arguments::{summarize, MAX_CLEAR_BYTES, MAX_NAMES, MAX_NAMES_BYTES};
+pub use record::{Call, Record, MAX_TEXT_BYTES};
 pub use sink::rotated_files;
 pub use writer::rfc3339;
 
 use crate::decision::{Decision, Verdict};
-use serde_json::Value;
 use sink::Sink;
 use std::io;
 use std::path::PathBuf;
@@ -33,6 +35,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use writer::Writer;
+
+/// Records the queue holds by default.
+pub const DEFAULT_QUEUE: usize = 1 << 16;
+/// Bytes of records the queue holds by default: with records of a few hundred bytes the
+/// record bound comes first; records near their caps fill it at a few thousand.
+pub const DEFAULT_QUEUE_BYTES: usize = 16 << 20;
 
 /// The `prev` of a log's first line.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -65,24 +73,10 @@ pub struct Settings {
     pub rotate_bytes: u64,
     /// Records waiting for the writer; more are dropped.
     pub queue: usize,
+    /// Bytes of the records waiting for the writer ([`Record::bytes`]); more are dropped.
+    pub queue_bytes: usize,
     /// The key grants are hashed with (the same as the approvals store's, so the two agree).
     pub grant_key: Vec<u8>,
-}
-
-/// What one decision's line is made from: copied on the decision's thread, formatted on
-/// the writer's.
-pub struct Record {
-    pub at_ms: u64,
-    pub latency_ns: u64,
-    pub decision: Decision,
-    pub tool: Box<str>,
-    pub server: Option<Box<str>>,
-    pub grant: Option<Box<str>>,
-    pub grant_verified: bool,
-    pub session: Option<Box<str>>,
-    pub agent: Option<Box<str>>,
-    /// None: the call had no arguments (or was refused before they were read).
-    pub args: Option<Value>,
 }
 
 enum Message {
@@ -97,9 +91,40 @@ pub struct DecisionLog {
     filter: Filter,
     dropped: Arc<AtomicU64>,
     written: Arc<AtomicU64>,
+    queued: Arc<Queued>,
+    max_queued_bytes: u64,
     head: Arc<Mutex<Head>>,
     writer: Option<JoinHandle<()>>,
     restart_break: Option<String>,
+}
+
+/// The records waiting for the writer and their bytes, in one atomic word so that a
+/// decision pays for one update: the count in the top bits, the bytes below.
+#[derive(Default)]
+struct Queued(AtomicU64);
+
+impl Queued {
+    const SHIFT: u32 = 40;
+    const MAX_BYTES: u64 = (1 << Queued::SHIFT) - 1;
+    const MAX_RECORDS: usize = (1 << (64 - Queued::SHIFT)) - 1;
+
+    /// Count one more record of `bytes`; the records and bytes queued before it.
+    fn add(&self, bytes: u64) -> (u64, u64) {
+        Queued::split(self.0.fetch_add((1 << Queued::SHIFT) + bytes, Relaxed))
+    }
+
+    /// One record of `bytes` fewer.
+    fn remove(&self, bytes: u64) {
+        self.0.fetch_sub((1 << Queued::SHIFT) + bytes, Relaxed);
+    }
+
+    fn get(&self) -> (u64, u64) {
+        Queued::split(self.0.load(Relaxed))
+    }
+
+    fn split(word: u64) -> (u64, u64) {
+        (word >> Queued::SHIFT, word & Queued::MAX_BYTES)
+    }
 }
 
 /// The last line written: its `seq` and SHA-256. Published outside the log (the sidecar's
@@ -115,9 +140,10 @@ impl DecisionLog {
     /// Open the log (continuing the chain of an existing file) and start its writer.
     pub fn open(settings: Settings) -> io::Result<DecisionLog> {
         let (sink, restart_break) = Sink::open(settings.path.clone(), settings.rotate_bytes)?;
-        let (tx, rx) = sync_channel(settings.queue.max(1));
+        let (tx, rx) = sync_channel(settings.queue.clamp(1, Queued::MAX_RECORDS));
         let dropped = Arc::new(AtomicU64::new(0));
         let written = Arc::new(AtomicU64::new(u64::from(restart_break.is_some())));
+        let queued = Arc::new(Queued::default());
         let head = Arc::new(Mutex::new(Head {
             seq: sink.seq,
             sha256: sink.prev.clone(),
@@ -128,9 +154,9 @@ impl DecisionLog {
             key: settings.grant_key,
             dropped: Arc::clone(&dropped),
             written: Arc::clone(&written),
+            queued: Arc::clone(&queued),
             noted_drops: 0,
             labels: ahash::AHashMap::new(),
-            scratch: Vec::with_capacity(1024),
             revision: (0, String::new()),
         };
         let handle = std::thread::Builder::new()
@@ -141,6 +167,8 @@ impl DecisionLog {
             filter: settings.filter,
             dropped,
             written,
+            queued,
+            max_queued_bytes: (settings.queue_bytes as u64).min(Queued::MAX_BYTES),
             head,
             writer: Some(handle),
             restart_break,
@@ -167,15 +195,26 @@ impl DecisionLog {
         }
     }
 
-    /// Queue a record; false (and counted) if the queue is full.
+    /// Queue a record; false (and counted) if the queue is full, in records or in bytes.
     pub fn submit(&self, record: Record) -> bool {
-        match self.tx.try_send(Message::Line(Box::new(record))) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1, Relaxed);
-                false
-            }
+        let size = record.bytes() as u64;
+        let (_, before) = self.queued.add(size);
+        let sent = before + size <= self.max_queued_bytes
+            && match self.tx.try_send(Message::Line(Box::new(record))) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+            };
+        if !sent {
+            self.queued.remove(size);
+            self.dropped.fetch_add(1, Relaxed);
         }
+        sent
+    }
+
+    /// The records queued and not yet formatted, and their bytes ([`Record::bytes`]): at
+    /// most the queue's bounds.
+    pub fn queued(&self) -> (u64, u64) {
+        self.queued.get()
     }
 
     /// Wait until what was queued so far is on disk (flushed); false on timeout.

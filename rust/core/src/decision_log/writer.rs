@@ -1,10 +1,8 @@
 //! The writer thread: formats each record as a line, chains it, writes it, and notes the
 //! records that were dropped.
 
-use super::arguments::{log_paths, write_arguments};
 use super::sink::Sink;
-use super::{now_ms, push_hex, Head, Message, Record};
-use crate::decision::Decision;
+use super::{now_ms, push_hex, Head, Message, Queued, Record};
 use crate::inert::push_json_string;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -20,13 +18,13 @@ pub(super) struct Writer {
     pub(super) key: Vec<u8>,
     pub(super) dropped: Arc<AtomicU64>,
     pub(super) written: Arc<AtomicU64>,
+    /// The records queued and not yet formatted.
+    pub(super) queued: Arc<Queued>,
     /// Drops already noted in the log.
     pub(super) noted_drops: u64,
     /// Grants hashed lately: a few credentials make most calls, and HMAC is the costliest
     /// part of a line.
     pub(super) labels: ahash::AHashMap<Box<str>, Box<str>>,
-    /// The canonical arguments, hashed for their digest.
-    pub(super) scratch: Vec<u8>,
     /// The last policy seen (its address) and its revision's text.
     pub(super) revision: (usize, String),
 }
@@ -76,6 +74,9 @@ impl Writer {
                 self.note_drops(line);
                 body.clear();
                 self.format(&record, body);
+                let size = record.bytes() as u64;
+                drop(record);
+                self.queued.remove(size);
                 report(self.sink.append(body, line));
                 self.written.fetch_add(1, Relaxed);
                 self.publish_head();
@@ -113,20 +114,19 @@ impl Writer {
 
     /// The record's fields, in the documented order.
     fn format(&mut self, r: &Record, out: &mut Vec<u8>) {
-        let d = &r.decision;
         let mut n = itoa::Buffer::new();
         out.extend_from_slice(b"\"time_ms\":");
         out.extend_from_slice(n.format(r.at_ms).as_bytes());
         out.extend_from_slice(b",\"time\":\"");
         rfc3339_into(out, r.at_ms);
         out.extend_from_slice(b"\",\"verdict\":\"");
-        out.extend_from_slice(d.verdict.as_str().as_bytes());
+        out.extend_from_slice(r.verdict.as_str().as_bytes());
         out.extend_from_slice(b"\",\"code\":\"");
-        out.extend_from_slice(d.code.as_str().as_bytes());
+        out.extend_from_slice(r.code.as_str().as_bytes());
         out.extend_from_slice(b"\",");
-        field(out, "rule", Some(d.rule()));
-        field(out, "reason", Some(d.reason()));
-        field(out, "tool", Some(&*r.tool).filter(|t| !t.is_empty()));
+        field(out, "rule", Some(r.text(&r.rule)));
+        field(out, "reason", Some(r.text(&r.reason)));
+        field(out, "tool", r.tool.as_deref());
         field(out, "server", r.server.as_deref());
         out.extend_from_slice(b"\"subject\":{");
         let grant = r
@@ -143,8 +143,8 @@ impl Writer {
         field(out, "agent", r.agent.as_deref());
         out.pop(); // the last comma
         out.extend_from_slice(b"},\"revision\":\"");
-        self.revision(out, d);
-        out.extend_from_slice(if d.shadow {
+        self.revision(out, r);
+        out.extend_from_slice(if r.shadow {
             b"\",\"shadow\":true,\"latency_us\":"
         } else {
             b"\",\"shadow\":false,\"latency_us\":"
@@ -159,11 +159,11 @@ impl Writer {
             b'0' + (frac % 10) as u8,
         ]);
         out.extend_from_slice(b",\"reservation\":");
-        match d.reservation {
+        match r.reservation {
             Some(id) => out.extend_from_slice(n.format(id).as_bytes()),
             None => out.extend_from_slice(b"null"),
         }
-        match d.approval {
+        match r.approval {
             Some(id) => {
                 let _ = write!(out, ",\"approval_id\":\"{id}\",");
             }
@@ -171,20 +171,27 @@ impl Writer {
         }
         out.extend_from_slice(b"\"args\":");
         match &r.args {
-            Some(args) => {
-                let paths = log_paths(&d.policy, &r.tool, r.server.as_deref());
-                write_arguments(out, args, &paths, &mut self.scratch);
-            }
+            Some(args) => out.extend_from_slice(args),
             None => out.extend_from_slice(b"null"),
         }
         out.push(b',');
+        if !r.cut.is_empty() {
+            out.extend_from_slice(b"\"cut\":{");
+            for (i, (field, len)) in r.cut.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                let _ = write!(out, "\"{field}\":{len}");
+            }
+            out.extend_from_slice(b"},");
+        }
     }
 
     /// The policy revision's text, kept while the policy stays the same.
-    fn revision(&mut self, out: &mut Vec<u8>, d: &Decision) {
-        let id = Arc::as_ptr(&d.policy) as usize;
+    fn revision(&mut self, out: &mut Vec<u8>, r: &Record) {
+        let id = Arc::as_ptr(&r.policy) as usize;
         if self.revision.0 != id {
-            self.revision = (id, d.policy.revision.to_string());
+            self.revision = (id, r.policy.revision.to_string());
         }
         out.extend_from_slice(self.revision.1.as_bytes());
     }
