@@ -120,7 +120,8 @@ impl PyEngine {
                     Ok(s) => s.to_str()?.as_bytes(),
                     Err(_) => a.cast::<PyBytes>()?.as_bytes(),
                 };
-                let value = parse_json_arguments(text).map_err(PyValueError::new_err)?;
+                let value =
+                    parse_json_arguments(text).map_err(|e| PyValueError::new_err(e.told))?;
                 self.inner.decide_traced(
                     Api::Engine,
                     &Request {

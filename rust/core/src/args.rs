@@ -11,15 +11,45 @@ use std::cmp::Ordering;
 /// ([`crate::mcp::strict_json`]): the caller forwards this text to the tool's server, and a
 /// duplicate key, a case variant of a key or a number beyond 2^53 would let that server read
 /// other arguments than the ones decided.
-pub fn parse_json_arguments(json: &[u8]) -> Result<Value, String> {
+pub fn parse_json_arguments(json: &[u8]) -> Result<Value, ArgumentsRefused> {
+    let refused = |what: &str, e: &StrictError| ArgumentsRefused {
+        told: format!("{what}: {e}"),
+        logged: format!("{what}: {}", e.unquoted()),
+    };
     match strict_json::parse(json) {
         Ok(v) if v.is_object() => Ok(v),
-        Ok(_) => Err("arguments must be a JSON object".into()),
-        Err(StrictError::Syntax(m)) => Err(format!("arguments are not valid JSON: {m}")),
+        Ok(_) => Err(ArgumentsRefused::plain(
+            "arguments must be a JSON object".into(),
+        )),
+        Err(e @ StrictError::Syntax(_)) => Err(refused("arguments are not valid JSON", &e)),
         Err(e @ StrictError::Ambiguous { .. }) => {
-            Err(format!("arguments could be read two ways: {e}"))
+            Err(refused("arguments could be read two ways", &e))
         }
-        Err(StrictError::TooLarge(m)) => Err(format!("arguments are too large: {m}")),
+        Err(e @ StrictError::TooLarge(_)) => Err(refused("arguments are too large", &e)),
+    }
+}
+
+/// Arguments refused: why, as the caller is told (naming the key or number at fault), and
+/// as the decision log writes it (no key, value or place of the arguments).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArgumentsRefused {
+    pub told: String,
+    pub logged: String,
+}
+
+impl ArgumentsRefused {
+    /// A refusal whose text quotes nothing of the arguments.
+    pub fn plain(why: String) -> ArgumentsRefused {
+        ArgumentsRefused {
+            logged: why.clone(),
+            told: why,
+        }
+    }
+}
+
+impl std::fmt::Display for ArgumentsRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.told)
     }
 }
 

@@ -27,6 +27,29 @@ use std::sync::{Arc, OnceLock};
 pub const DEFAULT_CAPACITY: usize = 1 << 16;
 pub const DEFAULT_RESERVATIONS: usize = 1 << 16;
 
+/// A request refused before the policy could decide it: why, and what is known of its call.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Undecidable<'a> {
+    /// Why, as the caller is told: it may quote what the caller sent.
+    pub reason: &'a str,
+    /// Why, as the decision log writes it, when `reason` quotes the arguments: the log
+    /// never holds an argument's key or value that a rule's `log` does not name.
+    pub logged: Option<&'a str>,
+    pub tool: Option<&'a str>,
+    pub server: Option<&'a str>,
+    pub subject: Subject<'a>,
+}
+
+impl<'a> Undecidable<'a> {
+    /// Refused for `reason`, which quotes nothing of the arguments; nothing known of the call.
+    pub fn new(reason: &'a str) -> Undecidable<'a> {
+        Undecidable {
+            reason,
+            ..Undecidable::default()
+        }
+    }
+}
+
 /// One call to decide on.
 pub struct Request<'a, A> {
     pub tool: &'a str,
@@ -177,29 +200,22 @@ impl Engine {
     /// Refuse a request that cannot be decided (malformed before it reaches the policy),
     /// counted like any decision.
     pub fn refuse(&self, reason: &str) -> Decision {
-        self.refuse_via(Api::Engine, reason)
+        self.refuse_via(Api::Engine, &Undecidable::new(reason))
     }
 
-    /// [`Engine::refuse`], counted as served by `api`.
-    pub fn refuse_via(&self, api: Api, reason: &str) -> Decision {
+    /// [`Engine::refuse`] of a request of `api`, logged with what is known of its call.
+    pub fn refuse_via(&self, api: Api, request: &Undecidable<'_>) -> Decision {
         let policy = self.policy.load();
-        let d = Draft { policy: &policy }.finish(Code::InvalidRequest, reason, "");
+        let d = Draft { policy: &policy }.finish(Code::InvalidRequest, request.reason, "");
         self.stats.count(api, &d);
         if let Some(log) = self.log.get() {
-            let none = Subject {
-                grant: None,
-                session: None,
-                agent: None,
-                attributes: &[],
-                grant_verified: false,
-            };
             let call = Call::<&serde_json::Value> {
-                tool: None,
-                server: None,
-                subject: &none,
+                tool: request.tool,
+                server: request.server,
+                subject: &request.subject,
                 args: None,
             };
-            self.write_log(log, &d, None, &call, 0);
+            self.write_log(log, &d, request.logged, &call, 0);
         }
         d
     }
@@ -750,8 +766,12 @@ fn want<'p, A: ArgValue + Clone>(
                 .as_num()
                 .ok_or_else(|| bad(&format!("is {}", v.kind().name())))?
                 .as_f64();
-            if n.is_nan() || n < 0.0 {
-                return Err(bad(&format!("is {n}")));
+            // The reason names what is wrong, not the value: it is logged.
+            if n.is_nan() {
+                return Err(bad("is not a number"));
+            }
+            if n < 0.0 {
+                return Err(bad("is negative"));
             }
             to_units(n).ok_or_else(|| bad("is too large"))?
         }

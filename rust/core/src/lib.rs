@@ -30,5 +30,5 @@ pub mod visibility;
 pub use clock::{Clock, ManualClock, MonotonicClock};
 pub use condition::Subject;
 pub use decision::{Code, Decision, LimitState, Verdict};
-pub use engine::{Engine, Request};
+pub use engine::{Engine, Request, Undecidable};
 pub use policy::{Policy, PolicyError, PolicyErrors};
