@@ -43,7 +43,8 @@ pub fn digest_members<A: ArgValue>(sorted_members: &[(Cow<'_, str>, A)]) -> Opti
 
 fn hashed(write: impl FnOnce(&mut Text) -> Result<(), Stop>) -> Option<[u8; 32]> {
     let mut text = Text {
-        bytes: Vec::with_capacity(BLOCK),
+        // Grown up to a block as the text needs: most arguments are a few hundred bytes.
+        bytes: Vec::with_capacity(256),
         hasher: Some(Sha256::new()),
         max: usize::MAX,
         style: Style::Canonical,
