@@ -49,20 +49,18 @@ pub fn summarize<A: ArgValue + Clone>(args: &A, clear: &[&ArgPath]) -> Vec<u8> {
         None => arg_json::digest(args),
     };
     let members = members.unwrap_or_default();
-    out.extend_from_slice(b"{\"names\":[");
-    let (mut listed, mut bytes) = (0, 0);
-    for (name, _) in &members {
-        bytes += name.len();
-        if listed == MAX_NAMES || bytes > MAX_NAMES_BYTES {
-            break;
-        }
-        if listed > 0 {
-            out.push(b',');
-        }
-        push_json_string(&mut out, name);
-        listed += 1;
-    }
-    out.push(b']');
+    // The names, in order, while they fit the caps.
+    let mut bytes = 0;
+    let listed = members
+        .iter()
+        .take(MAX_NAMES)
+        .take_while(|(name, _)| {
+            bytes += name.len();
+            bytes <= MAX_NAMES_BYTES
+        })
+        .count();
+    out.extend_from_slice(b"{\"names\":");
+    push_strings(&mut out, members[..listed].iter().map(|(name, _)| &**name));
     if listed < members.len() {
         out.extend_from_slice(b",\"names_omitted\":");
         out.extend_from_slice(
@@ -111,15 +109,21 @@ fn write_clear<A: ArgValue + Clone>(out: &mut Vec<u8>, args: &A, clear: &[&ArgPa
     }
     out.push(b'}');
     if !omitted.is_empty() {
-        out.extend_from_slice(b",\"clear_omitted\":[");
-        for (i, path) in omitted.into_iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            push_json_string(out, path);
-        }
-        out.push(b']');
+        out.extend_from_slice(b",\"clear_omitted\":");
+        push_strings(out, omitted.into_iter());
     }
+}
+
+/// A JSON array of `items`, each written inert.
+fn push_strings<'s>(out: &mut Vec<u8>, items: impl Iterator<Item = &'s str>) {
+    out.push(b'[');
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        push_json_string(out, item);
+    }
+    out.push(b']');
 }
 
 /// The value at a path, by exact keys.
