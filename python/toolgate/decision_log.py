@@ -130,9 +130,12 @@ def verify(
                         f" the sidecar at a restart (noted at {where})"
                     )
                     unreadable = None
-                elif note is not None:
+                elif note is not None and (from_start or out.lines > 0):
                     out.problem = f"{where}: a break line, but nothing before it was skipped"
                     return out
+                elif note is not None:
+                    # A partial chain may start at a break: what it skipped is older.
+                    out.breaks.append(f"{where}: a break, whose skipped bytes are before it")
                 seq, prev = record["seq"], record.get("prev")
                 if out.first_seq is None:
                     out.first_seq = seq
