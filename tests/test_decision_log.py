@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import re
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from conftest import cond, limit, make_engine, policy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sidecar import PATIENCE, Sidecar, toolgate_cli
+from toolgate._core import inert
 from toolgate.decision_log import GENESIS, log_files, verify
 
 KEY = b"k" * 32
@@ -122,6 +125,38 @@ def test_argument_values_and_credentials_stay_out(tmp_path):
     }
 
 
+#: What an agent may send to move a terminal's cursor, recolour, reorder or hide text, or
+#: forge a line: C0 and C1 controls, DEL, bidi overrides, separators, zero-width and tag
+#: characters (above the BMP), and JSON's own quote and backslash.
+AGENT_TEXT = 'x\x1b[2K\r\n\x85\x9b\x7f\u202eevil\u2066\u2028\u2029\u200b\ufeff\U000e0041"\\'
+
+
+def unsafe_characters(text: str) -> list[str]:
+    """The characters of ``text`` that the core's inert rule escapes (a backslash aside)."""
+    return [c for c in text if c != "\\" and inert(c) != c]
+
+
+def test_agent_text_is_written_inert(tmp_path):
+    """Every string of a line (tool, server, subject, reason, argument names, clear values)
+    holds its unsafe characters as JSON escapes, so a person reading the log with ``tail``
+    or ``less`` sees them and nothing acts on them; the JSON reads back as sent."""
+    path = tmp_path / "decisions.jsonl"
+    engine = logging_engine(path)
+    t = AGENT_TEXT
+    arguments = {"amount": 5, "currency": t, t: 1}
+    engine.decide("pay", grant="g", session=t, agent=t, arguments=arguments)
+    engine.decide(t, server=t, grant=t, grant_verified=True, arguments={t: t})
+    assert engine.sync_decision_log(PATIENCE)
+    raw = path.read_text()
+    assert raw.count("\n") == 2 and unsafe_characters(raw.replace("\n", "")) == []
+    pay, other = lines(path)
+    assert (pay["subject"]["session"], pay["subject"]["agent"]) == (t, t)
+    assert pay["args"]["names"] == sorted(arguments)
+    assert pay["args"]["clear"] == {"args.amount": 5, "args.currency": t}
+    assert (other["tool"], other["server"], other["subject"]["grant"]) == (t, t, t)
+    assert other["args"]["names"] == [t]
+
+
 def test_log_paths_must_be_argument_paths():
     for bad in (["subject.grant"], ["tool"], "args.amount", [""], ["args"]):
         doc = policy({"pay": {"log": bad}})
@@ -178,6 +213,158 @@ def test_every_decision_is_written_or_counted_as_dropped(tmp_path):
     assert result.decisions == stats["logged"]
     assert result.dropped == stats["log_dropped"]
     assert stats["logged"] + stats["log_dropped"] == 5000
+
+
+def chain_line(previous: bytes, size: int) -> bytes:
+    """A line of the chain after ``previous`` (a line as written, without its newline),
+    padded to about ``size`` bytes: what an older sidecar, whose lines had no bound, wrote."""
+    before = json.loads(previous)
+    line = {"seq": before["seq"] + 1, "pad": "x" * size}
+    line["prev"] = hashlib.sha256(previous).hexdigest()
+    return json.dumps(line, separators=(",", ":")).encode()
+
+
+@pytest.mark.parametrize("size", [64 * 1024, 1024 * 1024])
+def test_a_restart_goes_on_from_a_last_line_of_any_length(tmp_path, size):
+    path = tmp_path / "decisions.jsonl"
+    engine = logging_engine(path)
+    engine.decide("lookup", grant="g")
+    assert engine.sync_decision_log(PATIENCE)
+    del engine
+    last = path.read_bytes().splitlines()[-1]
+    with path.open("ab") as f:
+        f.write(chain_line(last, size) + b"\n")
+    restarted = make_engine(DOC)
+    assert restarted.enable_decision_log(path, grant_key=KEY) is None
+    restarted.decide("lookup", grant="g")
+    assert restarted.sync_decision_log(PATIENCE)
+    assert [line["seq"] for line in lines(path)] == [1, 2, 3]
+    result = verify(log_files(path))
+    assert (result.problem, result.breaks) == (None, [])
+
+
+UNREADABLE_ENDS = {
+    "cut": lambda last: last[: len(last) // 2],
+    "cut_json": lambda last: b'{"seq":3,"id":"ab',
+    "garbage": lambda last: b"\x00\xffgarbage\n",
+    "lines": lambda last: b"not json\n[1]\n{}\n\n",
+    "long_garbage": lambda last: b"g" * (1 << 20) + b"\n",
+}
+
+
+@pytest.mark.parametrize("end", sorted(UNREADABLE_ENDS))
+def test_a_restart_after_an_unreadable_end_notes_a_break_and_goes_on(tmp_path, end):
+    """A line cut by a crash, or bytes another program wrote after the last line: the chain
+    is not started over. The restarted sidecar goes on from the last line of the chain, after
+    a break line that names the bytes in between exactly; verify reports where they are."""
+    path = tmp_path / "decisions.jsonl"
+    engine = logging_engine(path)
+    for i in range(3):
+        engine.decide("lookup", grant=f"g{i}")
+    assert engine.sync_decision_log(PATIENCE)
+    del engine
+    raw = path.read_bytes()
+    last = raw.splitlines()[-1]
+    if end.startswith("cut"):
+        raw = raw[: -len(last) - 1]  # the third line never made it whole
+    unreadable = UNREADABLE_ENDS[end](last)
+    path.write_bytes(raw + unreadable)
+    good = raw.count(b"\n")
+    restarted = make_engine(DOC)
+    note = restarted.enable_decision_log(path, grant_key=KEY)
+    assert note is not None and f"after seq {good} " in note and str(path) in note, note
+    restarted.decide("lookup", grant="h")
+    assert restarted.sync_decision_log(PATIENCE)
+    after = path.read_bytes()[len(raw + unreadable) :].splitlines()
+    if not unreadable.endswith(b"\n"):
+        assert after[0] == b"", "the cut line is ended before the break line"
+        after = after[1:]
+    brk, decision = (json.loads(line) for line in after)
+    assert (brk["seq"], decision["seq"]) == (good + 1, good + 2)
+    ended = unreadable if unreadable.endswith(b"\n") else unreadable + b"\n"
+    assert brk["break"] == {
+        "lines": ended.count(b"\n"),
+        "bytes": len(ended),
+        "sha256": hashlib.sha256(ended).hexdigest(),
+    }
+    result = verify(log_files(path))
+    assert result.problem is None and result.decisions == good + 1
+    (noted,) = result.breaks
+    assert noted.startswith(f"{path}:{good + 1}: "), noted
+    done = toolgate_cli("log", "verify", path)
+    assert done.returncode == 0 and "1 break(s) noted" in done.stdout, done.stdout
+    assert f"break {path}:{good + 1}: " in done.stdout
+    # Checked alone, the newest file may start at a break whose bytes are in an older file.
+    pieces = path.read_bytes().split(b"\n")
+    at = next(i for i, piece in enumerate(pieces) if b'"break":' in piece)
+    tail = tmp_path / "tail.jsonl"
+    tail.write_bytes(b"\n".join(pieces[at:]))
+    partial = verify([tail], from_start=False)
+    assert partial.problem is None and len(partial.breaks) == 1, partial
+    assert verify([tail]).problem is not None
+    # The skipped bytes are what the break line says, no other.
+    tampered = bytearray(path.read_bytes())
+    tampered[len(raw)] ^= 0x01
+    path.write_bytes(bytes(tampered))
+    problem = verify(log_files(path)).problem
+    assert problem is not None and problem.startswith(f"{path}:{good + 1}: "), problem
+
+
+def test_a_file_that_is_not_a_decision_log_is_not_appended_to(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("some notes\nof someone's\n")
+    with pytest.raises(OSError, match=r"notes\.txt: no line of it is a decision-log line"):
+        make_engine(DOC).enable_decision_log(path, grant_key=KEY)
+    assert path.read_text() == "some notes\nof someone's\n"
+
+
+def test_a_stalled_sink_holds_few_bytes_whatever_the_arguments(tmp_path):
+    """A writer stuck on a sink nobody reads (a pipe): records wait in its queue, which is
+    bounded in bytes. A record holds what its line will (names capped, the digest, clear
+    values), never the argument tree, so calls with 120 KB of arguments queue a few hundred
+    bytes each; what does not fit is dropped, counted, and noted in the log once the sink
+    moves again."""
+    pipe = tmp_path / "decisions.pipe"
+    os.mkfifo(pipe)
+    reader = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)
+    bound = 256 * 1024
+    engine = make_engine(DOC)
+    engine.enable_decision_log(pipe, grant_key=KEY, queue_bytes=bound)
+    big = {f"k{i:04}": "v" * 100 for i in range(1000)}
+    calls = 3000
+    most = 0
+    for _ in range(calls):
+        engine.decide("lookup", grant="g", arguments=big)
+        most = max(most, engine.stats()["log_queued_bytes"])
+    stats = engine.stats()
+    assert most <= bound
+    assert stats["log_dropped"] > 0, "the queue filled up"
+    records, held = stats["log_queued"], stats["log_queued_bytes"]
+    assert records > 0 and held / records < 2048, (records, held)
+    # The sink moves again: everything queued is written, then the drops are noted.
+    os.set_blocking(reader, True)
+    out = bytearray()
+    drain = threading.Thread(target=read_to_end, args=(reader, out), daemon=True)
+    drain.start()
+    assert engine.sync_decision_log(PATIENCE)
+    assert engine.stats()["log_queued"] == 0
+    del engine
+    drain.join(PATIENCE)
+    os.close(reader)
+    written = tmp_path / "written.jsonl"
+    written.write_bytes(bytes(out))
+    result = verify([written])
+    assert result.problem is None
+    assert (result.decisions, result.dropped) == (stats["logged"], stats["log_dropped"])
+    assert result.decisions + result.dropped == calls
+    line = json.loads(out.splitlines()[0])
+    assert len(line["args"]["names"]) == 64 and line["args"]["names_omitted"] == 1000 - 64
+
+
+def read_to_end(fd: int, out: bytearray) -> None:
+    """Read a pipe into ``out`` until its writer closes it."""
+    while chunk := os.read(fd, 1 << 16):
+        out.extend(chunk)
 
 
 @pytest.fixture(scope="module")

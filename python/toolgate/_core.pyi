@@ -237,10 +237,16 @@ class Engine:
         filter: str = "all",
         rotate_bytes: int = 0,
         queue: int = 65536,
-    ) -> None:
+        queue_bytes: int = 16777216,
+    ) -> str | None:
         """Write decisions as hash-chained JSON lines to ``path`` (None: stdout) from a
         writer thread; ``filter`` is ``all`` or ``denials``; grants hashed under
-        ``grant_key``. Once per engine."""
+        ``grant_key``. The writer's queue holds at most ``queue`` records and
+        ``queue_bytes`` bytes of them (what waits: ``stats()["log_queued"]`` and
+        ``["log_queued_bytes"]``); more are dropped, counted and noted in the log. Once per
+        engine. Returns what the log held after its last line of the chain (a line cut by a
+        crash...), now accounted for by a break line, or None. OSError if it cannot be
+        opened or is not a decision log."""
     def decision_log_head(self) -> tuple[int, str] | None:
         """``(seq, sha256)`` of the decision log's last line (None without a log)."""
     def sync_decision_log(self, timeout: float) -> bool:

@@ -7,7 +7,11 @@ zeros for the very first). A line edited, removed or inserted breaks the chain a
 point. The newest lines are protected by the head: the sidecar logs the ``seq`` and hash of
 the last line (every minute while it changes, and when it stops); given as ``--head``, a
 line at or before it cut or rewritten is found too. Lines the sidecar dropped (its disk too
-slow) are not a break: a line ``{"dropped": N}`` says how many are missing there.
+slow) are not a break: a line ``{"dropped": N}`` says how many are missing there. Nor are
+bytes that are not decision-log lines (a line a crash cut short, bytes another program
+appended) when a restarted sidecar accounted for them: the line after them says
+``{"break": {"lines": N, "bytes": B, "sha256": H}}``, and those bytes must be exactly what it
+says; the chain goes on through it from the line before them.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import hashlib
 import json
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +51,43 @@ class Verified:
     dropped: int = 0
     problem: str | None = None
     first_seq: int | None = None
+    #: Where a restarted sidecar skipped bytes that were not lines, and what they were.
+    breaks: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Unreadable:
+    """Pieces of a log that are not decision-log lines, until a break line accounts for them."""
+
+    where: str
+    problem: str
+    lines: int = 0
+    raw: bytearray = field(default_factory=bytearray)
+
+    def add(self, raw: bytes) -> None:
+        self.lines += 1
+        self.raw += raw
+
+    def accounted_for(self, note: Any) -> bool:
+        """Whether a break line's ``note`` names exactly these bytes."""
+        return isinstance(note, dict) and note == {
+            "lines": self.lines,
+            "bytes": len(self.raw),
+            "sha256": hashlib.sha256(self.raw).hexdigest(),
+        }
+
+
+def _unreadable(raw: bytes) -> tuple[str, Any]:
+    """Why a raw line is not a decision-log line ('' if it is one), and its record."""
+    if not raw.endswith(b"\n"):
+        return "the line is cut short (no newline)", None
+    try:
+        record: Any = json.loads(raw[:-1])
+    except ValueError:
+        return "not a JSON line", None
+    if not isinstance(record, dict) or not isinstance(record.get("seq"), int):
+        return "not a decision-log line (no seq)", None
+    return "", record
 
 
 def parse_head(text: str) -> tuple[int, str]:
@@ -68,22 +109,33 @@ def verify(
     prev_hash: str | None = GENESIS if from_start else None
     prev_seq: int | None = 0 if from_start else None
     anchored = False
+    unreadable: _Unreadable | None = None
     for f in files:
         with f.open("rb") as handle:
             for number, raw in enumerate(handle, 1):
                 where = f"{f}:{number}"
-                if not raw.endswith(b"\n"):
-                    out.problem = f"{where}: the line is cut short (no newline)"
+                problem, record = _unreadable(raw)
+                if problem:
+                    unreadable = unreadable or _Unreadable(where, problem)
+                    unreadable.add(raw)
+                    continue
+                note = record.get("break")
+                if unreadable is not None:
+                    if not unreadable.accounted_for(note):
+                        out.problem = f"{unreadable.where}: {unreadable.problem}"
+                        return out
+                    out.breaks.append(
+                        f"{unreadable.where}: {unreadable.lines} line(s), {len(unreadable.raw)}"
+                        f" bytes, not decision-log lines ({unreadable.problem}), skipped by"
+                        f" the sidecar at a restart (noted at {where})"
+                    )
+                    unreadable = None
+                elif note is not None and (from_start or out.lines > 0):
+                    out.problem = f"{where}: a break line, but nothing before it was skipped"
                     return out
-                line = raw[:-1]
-                try:
-                    record: Any = json.loads(line)
-                except ValueError:
-                    out.problem = f"{where}: not a JSON line"
-                    return out
-                if not isinstance(record, dict) or not isinstance(record.get("seq"), int):
-                    out.problem = f"{where}: not a decision-log line (no seq)"
-                    return out
+                elif note is not None:
+                    # A partial chain may start at a break: what it skipped is older.
+                    out.breaks.append(f"{where}: a break, whose skipped bytes are before it")
                 seq, prev = record["seq"], record.get("prev")
                 if out.first_seq is None:
                     out.first_seq = seq
@@ -99,7 +151,7 @@ def verify(
                         " (a line was changed, removed or inserted)"
                     )
                     return out
-                prev_hash = hashlib.sha256(line).hexdigest()
+                prev_hash = hashlib.sha256(raw[:-1]).hexdigest()
                 prev_seq = seq
                 if head is not None and seq == head[0]:
                     if prev_hash != head[1]:
@@ -109,8 +161,11 @@ def verify(
                 out.lines += 1
                 if "dropped" in record:
                     out.dropped += int(record["dropped"])
-                else:
+                elif note is None:
                     out.decisions += 1
+    if unreadable is not None:
+        out.problem = f"{unreadable.where}: {unreadable.problem}"
+        return out
     if head is not None and not anchored:
         out.problem = f"the log ends before seq {head[0]}, the head given: lines were cut"
     return out
@@ -138,7 +193,10 @@ def _verify_command(args: argparse.Namespace) -> int:
             if result.dropped
             else ""
         )
+        + (f", {len(result.breaks)} break(s) noted at restarts" if result.breaks else "")
     )
+    for noted in result.breaks:
+        print(f"break {noted}")
     return 0
 
 

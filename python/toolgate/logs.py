@@ -1,4 +1,10 @@
-"""Logging for the sidecar: plain text or JSON lines, each record with the policy revision."""
+"""Logging for the sidecar: plain text or JSON lines, each record with the policy revision.
+
+A record can hold text from agents or callers (a tool name, an approval's reason, an error
+quoting a request), so either format is inert: a person reading the log in a terminal sees
+control, format and separator characters escaped, never acted on, and one record never
+passes for two.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,8 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+
+from toolgate._core import inert
 
 
 class _RevisionFilter(logging.Filter):
@@ -19,8 +27,27 @@ class _RevisionFilter(logging.Filter):
         return True
 
 
+class InertTextFormatter(logging.Formatter):
+    """A line per record, its message written inert (``toolgate._core.inert``); a traceback
+    follows on lines of its own, each inert and marked ``  | `` so none passes for a record."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.message = inert(record.getMessage())
+        if self.usesTime():
+            record.asctime = self.formatTime(record, self.datefmt)
+        line = self.formatMessage(record)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        stack = self.formatStack(record.stack_info) if record.stack_info else None
+        for more in (record.exc_text, stack):
+            if more:
+                line += "".join(f"\n  | {inert(part)}" for part in more.split("\n"))
+        return line
+
+
 class JsonLinesFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, msg, revision (and exc if any)."""
+    """One JSON object per line: ts, level, logger, msg, revision (and exc if any). ASCII
+    only: every character beyond it, and every control character, is a ``\\u`` escape."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -33,7 +60,8 @@ class JsonLinesFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
+        # json.dumps escapes what is not ASCII and C0 controls, but writes DEL as it is.
+        return json.dumps(entry).replace("\x7f", "\\u007f")
 
 
 def configure(fmt: str, level: str, revision: Callable[[], str]) -> None:
@@ -44,7 +72,7 @@ def configure(fmt: str, level: str, revision: Callable[[], str]) -> None:
         handler.setFormatter(JsonLinesFormatter())
     else:
         handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s [rev %(revision)s] %(message)s")
+            InertTextFormatter("%(asctime)s %(levelname)s %(name)s [rev %(revision)s] %(message)s")
         )
     root = logging.getLogger("toolgate")
     root.handlers[:] = [handler]

@@ -93,13 +93,15 @@ def decision_log_path(opts: ServeOptions) -> Path | None:
 
 def enable_decision_log(engine: Engine, opts: ServeOptions, grant_key: bytes) -> None:
     path = decision_log_path(opts)
-    engine.enable_decision_log(
+    restart_break = engine.enable_decision_log(
         path,
         grant_key=grant_key,
         filter=opts.decision_log_filter,
         rotate_bytes=opts.decision_log_rotate_bytes,
     )
     log.info("decision log: %s (%s decisions)", path or "stdout", opts.decision_log_filter)
+    if restart_break is not None:
+        log.warning("decision log: %s", restart_break)
 
 
 #: Seconds between logging the decision log's head (while it changes).

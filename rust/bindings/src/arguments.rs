@@ -4,6 +4,7 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use serde_json::Value;
+use std::borrow::Cow;
 use std::cell::RefCell;
 use toolgate_core::args::{ArgValue, Kind, Num};
 use toolgate_core::mcp::fold::fold_eq;
@@ -112,6 +113,16 @@ impl<'py> ArgValue for PyArg<'py> {
         }
         let tuple = self.0.cast::<PyTuple>().ok()?;
         tuple.get_item(index).ok().map(PyArg)
+    }
+
+    fn entries(&self) -> Option<Vec<(Cow<'_, str>, Self)>> {
+        let dict = self.0.cast::<PyDict>().ok()?;
+        dict.iter()
+            .map(|(k, v)| {
+                let key = k.cast::<PyString>().ok()?.to_str().ok()?.to_owned();
+                Some((Cow::Owned(key), PyArg(v)))
+            })
+            .collect()
     }
 
     fn len(&self) -> usize {

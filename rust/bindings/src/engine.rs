@@ -18,7 +18,9 @@ use toolgate_core::approval_text::DEFAULT_PREVIEW_BYTES;
 use toolgate_core::args::parse_json_arguments;
 use toolgate_core::clock::Clock;
 use toolgate_core::counter::CounterTable;
-use toolgate_core::decision_log::{DecisionLog, Filter, Settings};
+use toolgate_core::decision_log::{
+    DecisionLog, Filter, Settings, DEFAULT_QUEUE, DEFAULT_QUEUE_BYTES,
+};
 use toolgate_core::engine::{DEFAULT_CAPACITY, DEFAULT_RESERVATIONS};
 use toolgate_core::explain::Recorder;
 use toolgate_core::shared::{Layout, SharedState};
@@ -122,7 +124,8 @@ impl PyEngine {
                     Ok(s) => s.to_str()?.as_bytes(),
                     Err(_) => a.cast::<PyBytes>()?.as_bytes(),
                 };
-                let value = parse_json_arguments(text).map_err(PyValueError::new_err)?;
+                let value =
+                    parse_json_arguments(text).map_err(|e| PyValueError::new_err(e.told))?;
                 self.inner.decide_traced(
                     Api::Engine,
                     &Request {
@@ -430,8 +433,12 @@ impl PyEngine {
 
     /// Write decisions to a log: one JSON line each, hash-chained, by a writer thread
     /// (`path` None: stdout). `filter` is `all` or `denials`; files rotate past
-    /// `rotate_bytes` (0: never); grants are hashed under `grant_key`. Once per engine.
-    #[pyo3(signature = (path, *, grant_key, filter = "all", rotate_bytes = 0, queue = 65536))]
+    /// `rotate_bytes` (0: never); grants are hashed under `grant_key`. The writer's queue
+    /// holds at most `queue` records and `queue_bytes` bytes of them; more are dropped (and
+    /// counted, and noted in the log). Once per engine. Returns what the log held after its last line of the chain, now accounted for by a
+    /// break line (None: nothing). OSError if it cannot be opened, or is not a decision log.
+    #[pyo3(signature = (path, *, grant_key, filter = "all", rotate_bytes = 0, queue = DEFAULT_QUEUE, queue_bytes = DEFAULT_QUEUE_BYTES))]
+    #[allow(clippy::too_many_arguments)]
     fn enable_decision_log(
         &self,
         path: Option<PathBuf>,
@@ -439,7 +446,8 @@ impl PyEngine {
         filter: &str,
         rotate_bytes: u64,
         queue: usize,
-    ) -> PyResult<()> {
+        queue_bytes: usize,
+    ) -> PyResult<Option<String>> {
         let filter = Filter::parse(filter).ok_or_else(|| {
             PyValueError::new_err(format!("filter must be all or denials, not {filter:?}"))
         })?;
@@ -448,12 +456,15 @@ impl PyEngine {
             filter,
             rotate_bytes,
             queue,
+            queue_bytes,
             grant_key,
         })
         .map_err(|e| PyOSError::new_err(format!("cannot open the decision log: {e}")))?;
+        let restart_break = log.restart_break().map(str::to_owned);
         self.inner
             .enable_decision_log(log)
-            .map_err(PyValueError::new_err)
+            .map_err(PyValueError::new_err)?;
+        Ok(restart_break)
     }
 
     /// Wait until every decision logged so far is written out; False on timeout (or no log).
@@ -611,6 +622,12 @@ impl PyEngine {
         d.set_item("table_full", self.inner.stats().table_full())?;
         d.set_item("logged", self.inner.stats().logged())?;
         d.set_item("log_dropped", self.inner.stats().log_dropped())?;
+        let (records, bytes) = self
+            .inner
+            .decision_log()
+            .map_or((0, 0), DecisionLog::queued);
+        d.set_item("log_queued", records)?;
+        d.set_item("log_queued_bytes", bytes)?;
         d.set_item("table_capacity", self.inner.table().capacity())?;
         d.set_item("table_occupied", self.inner.table().occupied())?;
         d.set_item("table_client_slots", self.inner.table().client_slots())?;

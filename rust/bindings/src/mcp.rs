@@ -42,7 +42,7 @@ pub fn read_mcp_request<'py>(py: Python<'py>, body: &[u8]) -> PyResult<Bound<'py
         Err(refusal) => {
             out.set_item("kind", "refused")?;
             out.set_item("code", refusal.code)?;
-            out.set_item("message", refusal.message)?;
+            out.set_item("message", &*refusal.message)?;
             out.set_item("id", json(&refusal.id)?)?;
         }
     }

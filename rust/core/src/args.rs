@@ -3,6 +3,7 @@
 
 use crate::mcp::strict_json::{self, StrictError};
 use serde_json::Value;
+use std::borrow::Cow;
 use std::cmp::Ordering;
 
 /// A call's arguments given as JSON text (an API's `arguments_json`), read the way every
@@ -10,15 +11,45 @@ use std::cmp::Ordering;
 /// ([`crate::mcp::strict_json`]): the caller forwards this text to the tool's server, and a
 /// duplicate key, a case variant of a key or a number beyond 2^53 would let that server read
 /// other arguments than the ones decided.
-pub fn parse_json_arguments(json: &[u8]) -> Result<Value, String> {
+pub fn parse_json_arguments(json: &[u8]) -> Result<Value, ArgumentsRefused> {
+    let refused = |what: &str, e: &StrictError| ArgumentsRefused {
+        told: format!("{what}: {e}"),
+        logged: format!("{what}: {}", e.unquoted()),
+    };
     match strict_json::parse(json) {
         Ok(v) if v.is_object() => Ok(v),
-        Ok(_) => Err("arguments must be a JSON object".into()),
-        Err(StrictError::Syntax(m)) => Err(format!("arguments are not valid JSON: {m}")),
+        Ok(_) => Err(ArgumentsRefused::plain(
+            "arguments must be a JSON object".into(),
+        )),
+        Err(e @ StrictError::Syntax(_)) => Err(refused("arguments are not valid JSON", &e)),
         Err(e @ StrictError::Ambiguous { .. }) => {
-            Err(format!("arguments could be read two ways: {e}"))
+            Err(refused("arguments could be read two ways", &e))
         }
-        Err(StrictError::TooLarge(m)) => Err(format!("arguments are too large: {m}")),
+        Err(e @ StrictError::TooLarge(_)) => Err(refused("arguments are too large", &e)),
+    }
+}
+
+/// Arguments refused: why, as the caller is told (naming the key or number at fault), and
+/// as the decision log writes it (no key, value or place of the arguments).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArgumentsRefused {
+    pub told: String,
+    pub logged: String,
+}
+
+impl ArgumentsRefused {
+    /// A refusal whose text quotes nothing of the arguments.
+    pub fn plain(why: String) -> ArgumentsRefused {
+        ArgumentsRefused {
+            logged: why.clone(),
+            told: why,
+        }
+    }
+}
+
+impl std::fmt::Display for ArgumentsRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.told)
     }
 }
 
@@ -115,6 +146,9 @@ pub trait ArgValue: Sized {
         false
     }
     fn get_index(&self, index: usize) -> Option<Self>;
+    /// An object's members in its own order; `None` for any other value, or an object
+    /// with a key JSON cannot hold (one that is not a string).
+    fn entries(&self) -> Option<Vec<(Cow<'_, str>, Self)>>;
     /// Elements of an array (or entries of an object); 0 for scalars.
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
@@ -144,6 +178,14 @@ impl ArgValue for &Value {
     }
     fn get_index(&self, index: usize) -> Option<Self> {
         self.as_array()?.get(index)
+    }
+    fn entries(&self) -> Option<Vec<(Cow<'_, str>, Self)>> {
+        let members = self.as_object()?.iter();
+        Some(
+            members
+                .map(|(k, v)| (Cow::Borrowed(k.as_str()), v))
+                .collect(),
+        )
     }
     fn len(&self) -> usize {
         match self {

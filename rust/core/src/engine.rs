@@ -14,7 +14,7 @@ use crate::condition::{Facts, Outcome, Problem, Subject};
 use crate::counter::reservation::MAX_PARTS;
 use crate::counter::{to_units, CounterKey, CounterTable, UNITS_PER_CALL};
 use crate::decision::{Code, Decision, Limits, Text, Verdict};
-use crate::decision_log::{DecisionLog, Record};
+use crate::decision_log::{Call, DecisionLog, Record};
 use crate::limiter::{self, Want};
 use crate::policy::{Action, Compare, ConditionItem, Policy, Scope};
 use crate::stats::{Api, Stats, OTHER_TOOLS};
@@ -27,6 +27,29 @@ use std::sync::{Arc, OnceLock};
 /// Default counter-table size: slots and reservation-log entries.
 pub const DEFAULT_CAPACITY: usize = 1 << 16;
 pub const DEFAULT_RESERVATIONS: usize = 1 << 16;
+
+/// A request refused before the policy could decide it: why, and what is known of its call.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Undecidable<'a> {
+    /// Why, as the caller is told: it may quote what the caller sent.
+    pub reason: &'a str,
+    /// Why, as the decision log writes it, when `reason` quotes the arguments: the log
+    /// never holds an argument's key or value that a rule's `log` does not name.
+    pub logged: Option<&'a str>,
+    pub tool: Option<&'a str>,
+    pub server: Option<&'a str>,
+    pub subject: Subject<'a>,
+}
+
+impl<'a> Undecidable<'a> {
+    /// Refused for `reason`, which quotes nothing of the arguments; nothing known of the call.
+    pub fn new(reason: &'a str) -> Undecidable<'a> {
+        Undecidable {
+            reason,
+            ..Undecidable::default()
+        }
+    }
+}
 
 /// One call to decide on.
 pub struct Request<'a, A> {
@@ -178,23 +201,22 @@ impl Engine {
     /// Refuse a request that cannot be decided (malformed before it reaches the policy),
     /// counted like any decision.
     pub fn refuse(&self, reason: &str) -> Decision {
-        self.refuse_via(Api::Engine, reason)
+        self.refuse_via(Api::Engine, &Undecidable::new(reason))
     }
 
-    /// [`Engine::refuse`], counted as served by `api`.
-    pub fn refuse_via(&self, api: Api, reason: &str) -> Decision {
+    /// [`Engine::refuse`] of a request of `api`, logged with what is known of its call.
+    pub fn refuse_via(&self, api: Api, request: &Undecidable<'_>) -> Decision {
         let policy = self.policy.load();
-        let d = Draft { policy: &policy }.finish(Code::InvalidRequest, reason, "");
+        let d = Draft { policy: &policy }.finish(Code::InvalidRequest, request.reason, "");
         self.stats.count(api, &d);
         if let Some(log) = self.log.get() {
-            let none = Subject {
-                grant: None,
-                session: None,
-                agent: None,
-                attributes: &[],
-                grant_verified: false,
+            let call = Call::<&serde_json::Value> {
+                tool: request.tool,
+                server: request.server,
+                subject: &request.subject,
+                args: None,
             };
-            self.write_log::<&serde_json::Value>(log, &d, "", None, &none, None, 0);
+            self.write_log(log, &d, request.logged, &call, 0);
         }
         d
     }
@@ -235,48 +257,32 @@ impl Engine {
         }
         if let (Some(log), Some(started)) = (log, started) {
             let took = self.clock.now_ns().saturating_sub(started);
-            let args = req.args.as_ref();
-            self.write_log(
-                log,
-                &decision,
-                req.tool,
-                req.server,
-                &req.subject,
-                args,
-                took,
-            );
+            let call = Call {
+                tool: Some(req.tool),
+                server: req.server,
+                subject: &req.subject,
+                args: req.args.as_ref(),
+            };
+            self.write_log(log, &decision, None, &call, took);
         }
         decision
     }
 
-    /// Hand a decision's record to the log's writer (if its filter wants it).
-    #[allow(clippy::too_many_arguments)]
-    fn write_log<A: ArgValue>(
+    /// Hand a decision's record to the log's writer (if its filter wants it), made here of
+    /// what its line holds ([`Record::new`]); `reason` is logged instead of the decision's.
+    fn write_log<A: ArgValue + Clone>(
         &self,
         log: &DecisionLog,
         d: &Decision,
-        tool: &str,
-        server: Option<&str>,
-        subject: &Subject<'_>,
-        args: Option<&A>,
+        reason: Option<&str>,
+        call: &Call<'_, A>,
         latency_ns: u64,
     ) {
         if !log.wants(d) {
             return;
         }
-        let queued = log.submit(Record {
-            at_ms: self.clock.wall_ms(),
-            latency_ns,
-            decision: d.clone(),
-            tool: tool.into(),
-            server: server.map(Box::from),
-            grant: subject.grant.map(Box::from),
-            grant_verified: subject.grant_verified,
-            session: subject.session.map(Box::from),
-            agent: subject.agent.map(Box::from),
-            args: args.and_then(ArgValue::to_json),
-        });
-        self.stats.count_logged(queued);
+        let record = Record::new(self.clock.wall_ms(), latency_ns, d, reason, call);
+        self.stats.count_logged(log.submit(record));
     }
 
     /// Rules in shadow mode are evaluated like the others, but what they would deny is only
@@ -783,8 +789,12 @@ fn want<'p, A: ArgValue + Clone>(
                 .as_num()
                 .ok_or_else(|| bad(&format!("is {}", v.kind().name())))?
                 .as_f64();
-            if n.is_nan() || n < 0.0 {
-                return Err(bad(&format!("is {n}")));
+            // The reason names what is wrong, not the value: it is logged.
+            if n.is_nan() {
+                return Err(bad("is not a number"));
+            }
+            if n < 0.0 {
+                return Err(bad("is negative"));
             }
             to_units(n).ok_or_else(|| bad("is too large"))?
         }

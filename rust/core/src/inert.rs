@@ -8,7 +8,7 @@
 //! Unicode line and paragraph separators. [`escape`] writes each as `\u{HEX}` and a
 //! backslash as `\\`, so an escape the agent typed itself cannot pass for one of ours; every
 //! other character is kept. The decision log writes the same characters as JSON `\uXXXX`
-//! escapes ([`is_unsafe`]).
+//! escapes ([`push_json_string`]), which serde_json would leave raw.
 
 use std::borrow::Cow;
 use std::fmt::Write;
@@ -93,6 +93,53 @@ pub fn escape_in_json(json: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// `text` as a JSON string, appended to `out`: quotes and backslashes escaped as JSON
+/// requires, and every unsafe character as a `\uXXXX` escape (a surrogate pair above the
+/// Basic Multilingual Plane), so the JSON text itself holds none. Reads back as `text`.
+pub fn push_json_string(out: &mut Vec<u8>, text: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let unit = |out: &mut Vec<u8>, u: u16| {
+        out.extend_from_slice(b"\\u");
+        for shift in [12, 8, 4, 0] {
+            out.push(HEX[usize::from((u >> shift) & 15)]);
+        }
+    };
+    let bytes = text.as_bytes();
+    out.push(b'"');
+    // Safe bytes are copied a run at a time; only an escape breaks a run.
+    let (mut run, mut i) = (0, 0);
+    while i < bytes.len() {
+        let b = bytes[i];
+        let (len, escape) = if b.is_ascii() {
+            (1, b < 0x20 || b == 0x7f || b == b'"' || b == b'\\')
+        } else {
+            let c = text[i..].chars().next().unwrap_or_default();
+            (c.len_utf8(), is_unsafe(c))
+        };
+        if escape {
+            out.extend_from_slice(&bytes[run..i]);
+            match b {
+                b'"' => out.extend_from_slice(b"\\\""),
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                b'\t' => out.extend_from_slice(b"\\t"),
+                _ => {
+                    let mut units = [0u16; 2];
+                    let c = text[i..].chars().next().unwrap_or_default();
+                    for u in c.encode_utf16(&mut units) {
+                        unit(out, *u);
+                    }
+                }
+            }
+            run = i + len;
+        }
+        i += len;
+    }
+    out.extend_from_slice(&bytes[run..]);
+    out.push(b'"');
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,7 +161,35 @@ mod tests {
         assert_eq!(escape("\\u{a}"), "\\\\u{a}");
     }
 
+    #[test]
+    fn json_strings_escape_what_serde_json_leaves_raw() {
+        let json = |text: &str| {
+            let mut out = Vec::new();
+            push_json_string(&mut out, text);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(json("plain ✓ 日本"), "\"plain ✓ 日本\"");
+        assert_eq!(
+            json("a\"b\\c\nd\te\x1b[31m\x7f"),
+            r#""a\"b\\c\nd\te\u001b[31m\u007f""#
+        );
+        assert_eq!(json("x\u{85}y\u{9b}"), r#""x\u0085y\u009b""#);
+        assert_eq!(json("abc\u{202e}fed\u{2028}"), r#""abc\u202efed\u2028""#);
+        assert_eq!(json("tag\u{e0041}"), r#""tag\udb40\udc41""#);
+    }
+
     proptest! {
+        /// Whatever the text, its JSON string holds no unsafe character and reads back as
+        /// the text.
+        #[test]
+        fn json_strings_are_inert_and_read_back(text in any::<String>()) {
+            let mut out = Vec::new();
+            push_json_string(&mut out, &text);
+            let json = std::str::from_utf8(&out).unwrap();
+            prop_assert!(!json.chars().any(is_unsafe), "{json}");
+            prop_assert_eq!(serde_json::from_str::<String>(json).unwrap(), text);
+        }
+
         /// Whatever the text, the escaped form holds no unsafe character, keeps every safe
         /// one in order, and reads back to the text.
         #[test]

@@ -4,6 +4,7 @@
 
 pub mod approval;
 pub mod approval_text;
+pub mod arg_json;
 pub mod args;
 pub mod clock;
 pub mod compile;
@@ -30,5 +31,5 @@ pub mod visibility;
 pub use clock::{Clock, ManualClock, MonotonicClock};
 pub use condition::Subject;
 pub use decision::{Code, Decision, LimitState, Verdict};
-pub use engine::{Engine, Request};
+pub use engine::{Engine, Request, Undecidable};
 pub use policy::{Policy, PolicyError, PolicyErrors};

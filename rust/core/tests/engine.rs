@@ -329,7 +329,7 @@ proptest! {
         };
         let refused = toolgate_core::args::parse_json_arguments(text.as_bytes());
         prop_assert!(
-            refused.as_ref().is_err_and(|e| e.contains("could be read two ways")),
+            refused.as_ref().is_err_and(|e| e.told.contains("could be read two ways")),
             "{} {:?}", text, refused
         );
     }

@@ -23,10 +23,10 @@ use envoy_types::pb::google::rpc::Status;
 use prost::Message;
 use std::time::Instant;
 use toolgate_core::mcp::reply;
-use toolgate_core::mcp::request::{readable_id, Refusal, INVALID_REQUEST};
+use toolgate_core::mcp::request::{readable_id, readable_tool, Refusal, INVALID_REQUEST};
 use toolgate_core::mcp::{self, Gate, HttpCall};
 use toolgate_core::stats::Api;
-use toolgate_core::{Engine, Subject};
+use toolgate_core::{Engine, Subject, Undecidable};
 
 /// The context extension (set per route in Envoy) naming the MCP server behind the route.
 pub const SERVER_EXTENSION: &str = "server";
@@ -109,28 +109,29 @@ fn gate(engine: &Engine, config: &AuthzConfig, request: &CheckRequest) -> (Gate,
     let who = |source: &SubjectSource, credential: bool| {
         subject_part(source, credential, &headers, metadata, config)
     };
-    let (grant, agent) = match (who(&config.grant, true), who(&config.agent, false)) {
-        (Ok(None), _) if matches!(config.grant, SubjectSource::JwtClaim(_)) => {
-            let why = "the verified token has no claim to count the caller on".to_owned();
-            return (
-                unauthenticated(engine, why, readable_id(body_of(http))),
-                None,
-            );
-        }
-        (Ok(grant), Ok(agent)) => (grant, agent),
-        (Err(Refused(why)), _) | (_, Err(Refused(why))) => {
-            return (
-                unauthenticated(engine, why, readable_id(body_of(http))),
-                None,
-            )
-        }
-    };
     let server = attributes
         .and_then(|a| a.context_extensions.get(SERVER_EXTENSION))
         .map(String::as_str)
         .or_else(|| headers.get(&config.server_header))
         .filter(|s| !s.is_empty());
     let body = body_of(http);
+    let (mut grant, agent) = (who(&config.grant, true), who(&config.agent, false));
+    if matches!(config.grant, SubjectSource::JwtClaim(_)) && matches!(grant, Ok(None)) {
+        grant = Err(Refused(
+            "the verified token has no claim to count the caller on".into(),
+        ));
+    }
+    // Who is calling, as far as it was read: a refused part is left out.
+    let subject = Subject {
+        grant: grant.as_ref().ok().and_then(Option::as_deref),
+        session: headers.get(&config.session_header),
+        agent: agent.as_ref().ok().and_then(Option::as_deref),
+        attributes: &[],
+        grant_verified: matches!(config.grant, SubjectSource::JwtClaim(_)),
+    };
+    if let Some(Refused(why)) = grant.as_ref().err().or(agent.as_ref().err()) {
+        return (unauthenticated(engine, why, body, server, subject), None);
+    }
     let call = HttpCall {
         http_method: if http.method.is_empty() {
             "POST"
@@ -140,13 +141,7 @@ fn gate(engine: &Engine, config: &AuthzConfig, request: &CheckRequest) -> (Gate,
         body,
         truncated: was_cut(&headers, body, config.max_request_bytes),
         server,
-        subject: Subject {
-            grant: grant.as_deref(),
-            session: headers.get(&config.session_header),
-            agent: agent.as_deref(),
-            attributes: &[],
-            grant_verified: matches!(config.grant, SubjectSource::JwtClaim(_)),
-        },
+        subject,
         mcp_method: headers.get("mcp-method"),
         mcp_name: headers.get("mcp-name"),
         resumes: headers.all("last-event-id").next().is_some(),
@@ -259,20 +254,36 @@ fn was_cut(headers: &Headers<'_>, body: &[u8], max_request_bytes: usize) -> bool
     }
 }
 
-/// A credential that is not one: refused, never counted.
-fn unauthenticated(engine: &Engine, why: String, id: Option<serde_json::Value>) -> Gate {
+/// A credential that is not one: refused, never counted; logged with what is known of the
+/// caller and, when the body reads as a call, its tool.
+fn unauthenticated(
+    engine: &Engine,
+    why: &str,
+    body: &[u8],
+    server: Option<&str>,
+    known: Subject<'_>,
+) -> Gate {
     let refusal = Refusal {
         code: INVALID_REQUEST,
-        message: why,
-        id,
+        message: why.into(),
+        id: readable_id(body),
+        ambiguity: None,
+        tool: readable_tool(body),
     };
     let mut reply = reply::refused(&refusal, 401);
     reply.headers.push((
         "www-authenticate",
         "Bearer error=\"invalid_request\"".into(),
     ));
+    let request = Undecidable {
+        reason: why,
+        logged: None,
+        tool: refusal.tool.as_deref(),
+        server,
+        subject: known,
+    };
     Gate::Answer {
-        decision: Some(engine.refuse_via(Api::ExtAuthz, &refusal.message)),
+        decision: Some(engine.refuse_via(Api::ExtAuthz, &request)),
         reply,
     }
 }

@@ -4,9 +4,9 @@
 use crate::Malformed;
 use prost::Message;
 use std::time::Instant;
-use toolgate_core::args::parse_json_arguments;
+use toolgate_core::args::{parse_json_arguments, ArgumentsRefused};
 use toolgate_core::stats::Api;
-use toolgate_core::{Code, Decision, Engine, Request, Subject, Verdict};
+use toolgate_core::{Code, Decision, Engine, Request, Subject, Undecidable, Verdict};
 
 pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/toolgate.v1.rs"));
@@ -104,15 +104,25 @@ fn respond(
         attributes: &attributes,
         grant_verified: false,
     };
+    let server = non_empty(&req.server);
     let arguments = match parse_arguments(&req.arguments_json, max_argument_bytes) {
         Ok(a) => a,
-        Err(reason) => return encode(engine.refuse_via(Api::Decider, &reason)),
+        Err(refused) => {
+            let request = Undecidable {
+                reason: &refused.told,
+                logged: Some(&refused.logged),
+                tool: non_empty(&req.tool),
+                server,
+                subject,
+            };
+            return encode(engine.refuse_via(Api::Decider, &request));
+        }
     };
     let decision = engine.decide_via(
         Api::Decider,
         &Request {
             tool: &req.tool,
-            server: non_empty(&req.server),
+            server,
             subject,
             args: arguments.as_ref(),
             dry_run: req.dry_run,
@@ -122,15 +132,18 @@ fn respond(
     encode(decision)
 }
 
-fn parse_arguments(json: &[u8], max_bytes: usize) -> Result<Option<serde_json::Value>, String> {
+fn parse_arguments(
+    json: &[u8],
+    max_bytes: usize,
+) -> Result<Option<serde_json::Value>, ArgumentsRefused> {
     if json.is_empty() {
         return Ok(None);
     }
     if json.len() > max_bytes {
-        return Err(format!(
+        return Err(ArgumentsRefused::plain(format!(
             "arguments are {} bytes, more than the limit of {max_bytes}",
             json.len()
-        ));
+        )));
     }
     parse_json_arguments(json).map(Some)
 }

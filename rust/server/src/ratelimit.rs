@@ -25,7 +25,7 @@ use envoy_types::pb::google::protobuf::Duration;
 use prost::Message;
 use std::time::Instant;
 use toolgate_core::stats::Api;
-use toolgate_core::{Decision, Engine, Request, Subject, Verdict};
+use toolgate_core::{Decision, Engine, Request, Subject, Undecidable, Verdict};
 
 /// Answer one serialized `RateLimitRequest` with a serialized `RateLimitResponse`.
 pub fn should_rate_limit_wire(engine: &Engine, request: &[u8]) -> Result<Vec<u8>, Malformed> {
@@ -46,15 +46,15 @@ struct Call<'a> {
 /// Answer one `ShouldRateLimit`.
 pub fn should_rate_limit(engine: &Engine, request: &RateLimitRequest) -> RateLimitResponse {
     let started = Instant::now();
-    let calls: Result<Vec<Call<'_>>, String> = request
+    let calls: Result<Vec<Call<'_>>, (usize, String)> = request
         .descriptors
         .iter()
         .enumerate()
-        .map(|(i, d)| read(d, request.hits_addend).map_err(|why| format!("descriptor {i}: {why}")))
+        .map(|(i, d)| read(d, request.hits_addend).map_err(|why| (i, why)))
         .collect();
     let response = match calls {
         Ok(calls) => decide(engine, &request.domain, &calls),
-        Err(why) => invalid(engine, request.descriptors.len(), &why),
+        Err((i, why)) => invalid(engine, request, i, &why),
     };
     engine
         .stats()
@@ -157,9 +157,36 @@ fn decide(engine: &Engine, domain: &str, calls: &[Call<'_>]) -> RateLimitRespons
     response
 }
 
-/// An invalid request: every descriptor over the limit, nothing counted.
-fn invalid(engine: &Engine, descriptors: usize, why: &str) -> RateLimitResponse {
-    let decision = engine.refuse_via(Api::RateLimit, why);
+/// An invalid request: every descriptor over the limit, nothing counted. It is logged with
+/// the caller and tool the refused descriptor names (the first of each entry).
+fn invalid(
+    engine: &Engine,
+    request: &RateLimitRequest,
+    refused: usize,
+    why: &str,
+) -> RateLimitResponse {
+    let descriptors = request.descriptors.len();
+    let why = format!("descriptor {refused}: {why}");
+    let entry = |key: &str| {
+        let entries = request.descriptors[refused].entries.iter();
+        entries
+            .filter(|e| e.key == key && !e.value.is_empty())
+            .map(|e| e.value.as_str())
+            .next()
+    };
+    let request = Undecidable {
+        reason: &why,
+        logged: None,
+        tool: entry("tool"),
+        server: Some(request.domain.as_str()).filter(|d| !d.is_empty()),
+        subject: Subject {
+            grant: entry("grant"),
+            session: entry("session"),
+            agent: entry("agent"),
+            ..Subject::default()
+        },
+    };
+    let decision = engine.refuse_via(Api::RateLimit, &request);
     let mut response = RateLimitResponse {
         overall_code: Code::OverLimit as i32,
         statuses: vec![

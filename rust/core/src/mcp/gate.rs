@@ -9,7 +9,7 @@ use super::reply::{self, Reply};
 use super::request::{parse_request, McpRequest, Refusal, INVALID_REQUEST};
 use crate::condition::Subject;
 use crate::decision::{Code, Decision, Verdict};
-use crate::engine::{Engine, Request};
+use crate::engine::{Engine, Request, Undecidable};
 use crate::policy::Release;
 // The gate answers for a proxy's authorization hook: Envoy's ext_authz.
 use crate::stats::Api;
@@ -59,8 +59,10 @@ pub fn check(engine: &Engine, call: &HttpCall<'_>) -> Gate {
             code: INVALID_REQUEST,
             message: "Last-Event-ID resumes a stream with GET only".into(),
             id: None,
+            ambiguity: None,
+            tool: None,
         };
-        return refuse(engine, &refusal, 400);
+        return refuse(engine, call, &refusal, 400);
     }
     // GET opens the server's event stream and DELETE ends a session: no message to read.
     // The GET stream carries the server's own messages, and, resumed, replays earlier
@@ -84,12 +86,14 @@ pub fn check(engine: &Engine, call: &HttpCall<'_>) -> Gate {
                       size limit), so the request cannot be read"
                 .into(),
             id: None,
+            ambiguity: None,
+            tool: None,
         };
-        return refuse(engine, &refusal, 413);
+        return refuse(engine, call, &refusal, 413);
     }
     let request = match parse_request(call.body) {
         Ok(r) => r,
-        Err(refusal) => return refuse(engine, &refusal, 400),
+        Err(refusal) => return refuse(engine, call, &refusal, 400),
     };
     let (id, method, tool, arguments) = match &request {
         McpRequest::ToolCall {
@@ -101,7 +105,7 @@ pub fn check(engine: &Engine, call: &HttpCall<'_>) -> Gate {
         McpRequest::Response { id } => (id, "", None, None),
     };
     if let Some(refusal) = header_mismatch(call, id, method, tool) {
-        return refuse(engine, &refusal, 400);
+        return refuse(engine, call, &refusal, 400);
     }
     let Some(tool) = tool else {
         // A tools/list without an id is a notification, which no server should answer; if
@@ -182,8 +186,16 @@ pub enum Follow {
 
 const TOOLS_LIST: &str = "tools/list";
 
-fn refuse(engine: &Engine, refusal: &Refusal, status: u16) -> Gate {
-    let decision = engine.refuse_via(Api::ExtAuthz, &refusal.message);
+fn refuse(engine: &Engine, call: &HttpCall<'_>, refusal: &Refusal, status: u16) -> Gate {
+    let logged = refusal.logged();
+    let request = Undecidable {
+        reason: &refusal.message,
+        logged: Some(&logged),
+        tool: refusal.tool.as_deref(),
+        server: call.server,
+        subject: call.subject,
+    };
+    let decision = engine.refuse_via(Api::ExtAuthz, &request);
     Gate::Answer {
         reply: reply::refused(refusal, status),
         decision: Some(decision),
@@ -199,8 +211,10 @@ fn header_mismatch(
 ) -> Option<Refusal> {
     let mismatch = |header: &str, sent: &str, body: &str| Refusal {
         code: INVALID_REQUEST,
-        message: format!("the {header} header {sent:?} does not match the body's {body:?}"),
+        message: format!("the {header} header {sent:?} does not match the body's {body:?}").into(),
         id: id.clone(),
+        ambiguity: None,
+        tool: tool.map(Box::from),
     };
     if let Some(sent) = call.mcp_method {
         if sent != method {

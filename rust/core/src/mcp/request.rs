@@ -9,7 +9,7 @@
 //! or `arguments` that are not objects.
 
 use super::fold::{fold_eq, folded};
-use super::strict_json::{self, StrictError};
+use super::strict_json::{self, Ambiguity, StrictError};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 
@@ -42,16 +42,42 @@ pub enum McpRequest {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Refusal {
     pub code: i64,
-    pub message: String,
+    /// Told to the client: it may name a key or a number of the body.
+    pub message: Box<str>,
     /// The request's id, when it could be read.
     pub id: Option<Value>,
+    /// Why the body reads two ways, when that is the refusal: `message` then names a key or
+    /// number of it, which [`Refusal::logged`] leaves out.
+    pub ambiguity: Option<Ambiguity>,
+    /// The tool the body names, when it was read before the refusal.
+    pub tool: Option<Box<str>>,
 }
 
-fn refuse(code: i64, message: impl Into<String>, id: Option<Value>) -> Refusal {
+fn refuse(code: i64, message: impl Into<Box<str>>, id: Option<Value>) -> Refusal {
     Refusal {
         code,
         message: message.into(),
         id,
+        ambiguity: None,
+        tool: None,
+    }
+}
+
+impl Refusal {
+    /// This refusal of a body that names `tool`.
+    fn of_tool(self, tool: &str) -> Refusal {
+        Refusal {
+            tool: Some(tool.into()),
+            ..self
+        }
+    }
+
+    /// The message as the decision log writes it: no key, value or place of the body.
+    pub fn logged(&self) -> Cow<'_, str> {
+        match self.ambiguity {
+            Some(what) => format!("the body could be read two ways: {}", what.describe()).into(),
+            None => Cow::Borrowed(&self.message),
+        }
     }
 }
 
@@ -63,11 +89,14 @@ pub fn parse_request(body: &[u8]) -> Result<McpRequest, Refusal> {
             format!("body is not one JSON value: {m}"),
             None,
         ),
-        StrictError::Ambiguous { .. } => refuse(
-            INVALID_REQUEST,
-            format!("the body could be read two ways: {e}"),
-            readable_id(body),
-        ),
+        StrictError::Ambiguous { what, .. } => Refusal {
+            ambiguity: Some(what),
+            ..refuse(
+                INVALID_REQUEST,
+                format!("the body could be read two ways: {e}"),
+                readable_id(body),
+            )
+        },
         StrictError::TooLarge(m) => refuse(INVALID_REQUEST, m, readable_id(body)),
     })?;
     let mut members = match root {
@@ -161,26 +190,25 @@ pub fn parse_request(body: &[u8]) -> Result<McpRequest, Refusal> {
     };
     if let Some(meta) = params.get("_meta") {
         let Value::Object(meta) = meta else {
-            return Err(refuse(INVALID_PARAMS, "params._meta must be an object", id));
+            let refusal = refuse(INVALID_PARAMS, "params._meta must be an object", id);
+            return Err(refusal.of_tool(&name));
         };
         let token = meta.get("progressToken");
         if token.is_some_and(|t| !(t.is_string() || t.is_i64() || t.is_u64())) {
-            return Err(refuse(
+            let refusal = refuse(
                 INVALID_PARAMS,
                 "params._meta.progressToken must be a string or an integer",
                 id,
-            ));
+            );
+            return Err(refusal.of_tool(&name));
         }
     }
     let arguments = match params.remove("arguments") {
         None => None,
         Some(arguments @ Value::Object(_)) => Some(arguments),
         Some(_) => {
-            return Err(refuse(
-                INVALID_PARAMS,
-                "params.arguments must be an object",
-                id,
-            ))
+            let refusal = refuse(INVALID_PARAMS, "params.arguments must be an object", id);
+            return Err(refusal.of_tool(&name));
         }
     };
     Ok(McpRequest::ToolCall {
@@ -220,6 +248,16 @@ pub fn readable_id(body: &[u8]) -> Option<Value> {
     }
     let id = serde_json::from_slice::<Envelope>(body).ok()?.id?;
     (id.is_string() || id.is_i64() || id.is_u64()).then_some(id)
+}
+
+/// The tool a body names, when it is read that far: to log a request refused for another
+/// reason (its credential) with the call it made.
+pub fn readable_tool(body: &[u8]) -> Option<Box<str>> {
+    match parse_request(body) {
+        Ok(McpRequest::ToolCall { name, .. }) => Some(name.into()),
+        Err(refusal) => refusal.tool,
+        Ok(_) => None,
+    }
 }
 
 /// Refuse a key that a case-insensitive decoder would read as one of `known`, without being

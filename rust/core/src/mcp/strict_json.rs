@@ -38,8 +38,13 @@ const SMALL_OBJECT: usize = 8;
 pub enum StrictError {
     /// Not one JSON value.
     Syntax(String),
-    /// JSON that decoders read differently; `pointer` is where.
-    Ambiguous { pointer: String, message: String },
+    /// JSON that decoders read differently; `pointer` is where, `message` names the key or
+    /// number.
+    Ambiguous {
+        pointer: String,
+        message: String,
+        what: Ambiguity,
+    },
     /// Over [`MAX_KEYS`] or [`MAX_VALUES`].
     TooLarge(String),
 }
@@ -48,10 +53,47 @@ impl fmt::Display for StrictError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StrictError::Syntax(m) | StrictError::TooLarge(m) => f.write_str(m),
-            StrictError::Ambiguous { pointer, message } if pointer.is_empty() => {
-                f.write_str(message)
+            StrictError::Ambiguous {
+                pointer, message, ..
+            } if pointer.is_empty() => f.write_str(message),
+            StrictError::Ambiguous {
+                pointer, message, ..
+            } => write!(f, "{message} at {pointer}"),
+        }
+    }
+}
+
+/// What decoders would read two ways.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ambiguity {
+    DuplicateKey,
+    CaseVariantKeys,
+    UnsafeNumber,
+}
+
+impl Ambiguity {
+    /// What is wrong, naming no key or number.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Ambiguity::DuplicateKey => "a key appears twice in one object",
+            Ambiguity::CaseVariantKeys => {
+                "two keys of one object differ only by case: a case-insensitive decoder reads \
+                 them as one key"
             }
-            StrictError::Ambiguous { pointer, message } => write!(f, "{message} at {pointer}"),
+            Ambiguity::UnsafeNumber => {
+                "a number is beyond 2^53: some decoders read it rounded, others exactly"
+            }
+        }
+    }
+}
+
+impl StrictError {
+    /// The refusal as a log may hold it: what is wrong, never a key, a number or a place of
+    /// the input (a syntax error's message quotes none: it names a line and column).
+    pub fn unquoted(&self) -> &str {
+        match self {
+            StrictError::Syntax(m) | StrictError::TooLarge(m) => m,
+            StrictError::Ambiguous { what, .. } => what.describe(),
         }
     }
 }
@@ -161,6 +203,7 @@ impl State {
                 message: format!(
                     "the number {n} is beyond 2^53: some decoders read it rounded, others exactly"
                 ),
+                what: Ambiguity::UnsafeNumber,
             }));
         }
         Ok(Value::Number(n))
@@ -241,17 +284,19 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
         while let Some(key) = access.next_key::<String>()? {
             state.count_key()?;
             if let Some(twin) = folded.insert(&key, &map) {
-                let message = if twin == key {
-                    format!("duplicate key {key:?}")
+                let (message, what) = if twin == key {
+                    (format!("duplicate key {key:?}"), Ambiguity::DuplicateKey)
                 } else {
-                    format!(
+                    let message = format!(
                         "keys {twin:?} and {key:?} differ only by case: a case-insensitive \
                          decoder reads them as one key"
-                    )
+                    );
+                    (message, Ambiguity::CaseVariantKeys)
                 };
                 return Err(state.refuse(StrictError::Ambiguous {
                     pointer: String::new(),
                     message,
+                    what,
                 }));
             }
             match access.next_value_seed(ValueSeed { state }) {
@@ -317,7 +362,9 @@ mod tests {
 
     fn ambiguous(body: &str) -> (String, String) {
         match parse(body.as_bytes()) {
-            Err(StrictError::Ambiguous { pointer, message }) => (pointer, message),
+            Err(StrictError::Ambiguous {
+                pointer, message, ..
+            }) => (pointer, message),
             other => panic!("{body}: {other:?}"),
         }
     }

@@ -1,0 +1,135 @@
+//! What one decision hands the writer: made on the deciding thread from what its line will
+//! hold and nothing more (the arguments' summary, never their tree; text cut to a length),
+//! so a queued record costs a few hundred bytes whatever the call carried.
+
+use super::arguments::{log_paths, summarize};
+use crate::approval::ApprovalId;
+use crate::args::ArgValue;
+use crate::compile::CompiledPolicy;
+use crate::condition::Subject;
+use crate::decision::{Code, Decision, Text, Verdict};
+use std::sync::Arc;
+
+/// Longest text of a line's tool, server, session, agent, verified grant or reason: a
+/// longer one is cut (at a character boundary) and its length noted in `cut`.
+pub const MAX_TEXT_BYTES: usize = 1024;
+
+/// The call a decision was made on, as far as it is known.
+pub struct Call<'a, A> {
+    pub tool: Option<&'a str>,
+    pub server: Option<&'a str>,
+    pub subject: &'a Subject<'a>,
+    pub args: Option<&'a A>,
+}
+
+/// One decision's line, before it is formatted.
+pub struct Record {
+    pub(super) at_ms: u64,
+    pub(super) latency_ns: u64,
+    pub(super) verdict: Verdict,
+    pub(super) code: Code,
+    pub(super) shadow: bool,
+    pub(super) reservation: Option<u64>,
+    pub(super) approval: Option<ApprovalId>,
+    /// The deciding policy: the rule, a reason of its own and its revision are read there.
+    pub(super) policy: Arc<CompiledPolicy>,
+    pub(super) rule: Text,
+    pub(super) reason: Text,
+    pub(super) tool: Option<Box<str>>,
+    pub(super) server: Option<Box<str>>,
+    /// Whole: the writer hashes it (a verified grant, written as it is, is cut).
+    pub(super) grant: Option<Box<str>>,
+    pub(super) grant_verified: bool,
+    pub(super) session: Option<Box<str>>,
+    pub(super) agent: Option<Box<str>>,
+    /// The fields that were cut, with their whole length in bytes.
+    pub(super) cut: Vec<(&'static str, usize)>,
+    /// The line's `args` object as written ([`summarize`]); None without arguments.
+    pub(super) args: Option<Box<[u8]>>,
+}
+
+impl Record {
+    /// The record of decision `d` on `call`; `reason`, when given, is written instead of
+    /// the decision's (which may quote what the caller sent).
+    pub fn new<A: ArgValue + Clone>(
+        at_ms: u64,
+        latency_ns: u64,
+        d: &Decision,
+        reason: Option<&str>,
+        call: &Call<'_, A>,
+    ) -> Record {
+        let mut cut = Vec::new();
+        let mut text = |field: &'static str, value: Option<&str>| {
+            value.map(|v| {
+                if v.len() > MAX_TEXT_BYTES {
+                    cut.push((field, v.len()));
+                }
+                Box::from(&v[..v.floor_char_boundary(MAX_TEXT_BYTES)])
+            })
+        };
+        let tool = text("tool", call.tool.filter(|t| !t.is_empty()));
+        let server = text("server", call.server);
+        let grant = match call.subject.grant_verified {
+            true => text("grant", call.subject.grant),
+            false => call.subject.grant.map(Box::from),
+        };
+        let session = text("session", call.subject.session);
+        let agent = text("agent", call.subject.agent);
+        let reason = match (reason, &d.reason) {
+            (Some(r), _) => Text::Owned(text("reason", Some(r)).unwrap_or_default()),
+            (None, Text::Owned(r)) => Text::Owned(text("reason", Some(r)).unwrap_or_default()),
+            (None, policy_text) => policy_text.clone(),
+        };
+        let args = call.args.map(|a| {
+            let paths = log_paths(&d.policy, call.tool.unwrap_or_default(), call.server);
+            summarize(a, &paths).into_boxed_slice()
+        });
+        Record {
+            at_ms,
+            latency_ns,
+            verdict: d.verdict,
+            code: d.code,
+            shadow: d.shadow,
+            reservation: d.reservation,
+            approval: d.approval,
+            policy: Arc::clone(&d.policy),
+            rule: d.rule.clone(),
+            reason,
+            tool,
+            server,
+            grant,
+            grant_verified: call.subject.grant_verified,
+            session,
+            agent,
+            cut,
+            args,
+        }
+    }
+
+    /// The bytes the record holds, itself and what it points to: what the queue counts.
+    pub fn bytes(&self) -> usize {
+        let text = |t: &Option<Box<str>>| t.as_ref().map_or(0, |t| t.len());
+        let owned = |t: &Text| match t {
+            Text::Owned(s) => s.len(),
+            Text::Policy(_) => 0,
+        };
+        std::mem::size_of::<Record>()
+            + text(&self.tool)
+            + text(&self.server)
+            + text(&self.grant)
+            + text(&self.session)
+            + text(&self.agent)
+            + owned(&self.rule)
+            + owned(&self.reason)
+            + self.cut.capacity() * std::mem::size_of::<(&str, usize)>()
+            + self.args.as_ref().map_or(0, |a| a.len())
+    }
+
+    /// A text of the deciding policy, or one of this record's.
+    pub(super) fn text<'a>(&'a self, t: &'a Text) -> &'a str {
+        match t {
+            Text::Policy(id) => self.policy.text(*id),
+            Text::Owned(s) => s,
+        }
+    }
+}
