@@ -365,6 +365,8 @@ mod tests {
             (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"n":9007199254740993}}}"#, INVALID_REQUEST, "beyond 2^53"),
             (r#"{"jsonrpc":"2.0","id":1,"method":"tool\u017f/caLL","params":{"name":"t"}}"#, INVALID_REQUEST, "only by case"),
             (r#"{"jsonrpc":"2.0","id":1,"method":"Tools/Call","params":{"name":"t"}}"#, INVALID_REQUEST, "only by case"),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"TOOLS/LIST"}"#, INVALID_REQUEST, "differs from tools/list only by case"),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"tool\u017f/list"}"#, INVALID_REQUEST, "differs from tools/list only by case"),
             (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","Name":"u"}}"#, INVALID_REQUEST, "only by case"),
             (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":["t"]}"#, INVALID_PARAMS, "params must be an object"),
             (r#"{"jsonrpc":"2.0","id":"","method":"tools/call ","params":0}"#, INVALID_PARAMS, "params must be an object"),
