@@ -20,7 +20,6 @@ use crate::counter::Region;
 use crate::mapping::{self, Mapping};
 use crate::pid_lock::PidLock;
 use hmac::{Hmac, Mac};
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::fs::OpenOptions;
@@ -151,7 +150,7 @@ pub struct Call<'a> {
     pub grant: Option<&'a str>,
     pub session: Option<&'a str>,
     pub agent: Option<&'a str>,
-    /// The arguments' canonical JSON ([`canonical_json`]).
+    /// The arguments' canonical JSON ([`crate::arg_json::canonical`]).
     pub arguments: &'a str,
 }
 
@@ -273,48 +272,6 @@ fn parse_words(text: &str) -> Option<[u64; 2]> {
     }
     let word = |r: std::ops::Range<usize>| u64::from_str_radix(&text[r], 16).ok();
     Some([word(0..16)?, word(16..32)?])
-}
-
-/// The JSON text of `value` with object keys sorted at every depth and no whitespace: equal
-/// arguments give equal text however they were spelled.
-pub fn canonical_json(value: &Value) -> String {
-    let mut out = Vec::with_capacity(128);
-    write_canonical(&mut out, value);
-    String::from_utf8(out).expect("JSON is UTF-8")
-}
-
-/// `value` as canonical JSON (object keys sorted, no whitespace), appended to `out`
-/// without building a sorted copy.
-pub fn write_canonical(out: &mut Vec<u8>, value: &Value) {
-    match value {
-        Value::Object(map) => {
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            out.push(b'{');
-            for (i, (k, v)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                let _ = serde_json::to_writer(&mut *out, k);
-                out.push(b':');
-                write_canonical(out, v);
-            }
-            out.push(b'}');
-        }
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, v) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_canonical(out, v);
-            }
-            out.push(b']');
-        }
-        scalar => {
-            let _ = serde_json::to_writer(&mut *out, scalar);
-        }
-    }
 }
 
 /// SHA-256 of `text`, in hex: an argument digest.
@@ -919,7 +876,6 @@ impl ApprovalEvents {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     const MIN: u64 = 60_000;
 
@@ -1223,9 +1179,5 @@ mod tests {
         assert_ne!(call(Some("a"), "{}"), call(Some("b"), "{}"));
         assert_ne!(call(None, "{}"), call(Some(""), "{}"));
         assert_eq!(call(Some("a"), "{}"), call(Some("a"), "{}"));
-        assert_eq!(
-            canonical_json(&json!({"b": 1, "a": {"d": [1, {"f": 2, "e": 3}], "c": null}})),
-            r#"{"a":{"c":null,"d":[1,{"e":3,"f":2}]},"b":1}"#
-        );
     }
 }

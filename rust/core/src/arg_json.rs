@@ -35,6 +35,18 @@ pub fn digest<A: ArgValue>(value: &A) -> Option<[u8; 32]> {
     hashed(|text| text.value(value, MAX_DEPTH))
 }
 
+/// `value`'s canonical JSON text (what [`digest`] hashes), whole; `None` if it is not JSON.
+pub fn canonical<A: ArgValue>(value: &A) -> Option<String> {
+    let mut text = Text {
+        bytes: Vec::with_capacity(256),
+        hasher: None,
+        max: usize::MAX,
+        style: Style::Canonical,
+    };
+    text.value(value, MAX_DEPTH).ok()?;
+    Some(String::from_utf8(text.bytes).expect("JSON text is UTF-8"))
+}
+
 /// The digest of an object given as its members sorted by key, as [`digest`] of that
 /// object would be; `None` if a value is not JSON.
 pub fn digest_members<A: ArgValue>(sorted_members: &[(Cow<'_, str>, A)]) -> Option<[u8; 32]> {
@@ -193,9 +205,37 @@ impl Text {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::approval::canonical_json;
     use proptest::prelude::*;
     use serde_json::{json, Value};
+
+    /// The reference: `value` with its objects' keys sorted, written by serde_json.
+    fn canonical_json(value: &Value) -> String {
+        fn sorted(v: &Value) -> Value {
+            match v {
+                Value::Object(m) => {
+                    let mut keys: Vec<&String> = m.keys().collect();
+                    keys.sort();
+                    Value::Object(
+                        keys.into_iter()
+                            .map(|k| (k.clone(), sorted(&m[k])))
+                            .collect(),
+                    )
+                }
+                Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+                scalar => scalar.clone(),
+            }
+        }
+        serde_json::to_string(&sorted(value)).expect("JSON values serialize")
+    }
+
+    #[test]
+    fn canonical_text_sorts_keys_at_every_depth() {
+        let v = json!({"b": 1, "a": {"d": [1, {"f": 2, "e": 3}], "c": null}});
+        assert_eq!(
+            canonical(&&v).as_deref(),
+            Some(r#"{"a":{"c":null,"d":[1,{"e":3,"f":2}]},"b":1}"#)
+        );
+    }
 
     fn shown(v: &Value, max: usize) -> Result<String, Stop> {
         let mut out = b"x".to_vec();
@@ -251,6 +291,7 @@ mod tests {
         /// reads back as the value.
         #[test]
         fn digests_match_canonical_json_and_shown_values_read_back(v in json_value()) {
+            prop_assert_eq!(canonical(&&v), Some(canonical_json(&v)));
             let canonical = canonical_json(&v);
             let want: [u8; 32] = Sha256::digest(canonical.as_bytes()).into();
             prop_assert_eq!(digest(&&v), Some(want));

@@ -2,10 +2,11 @@
 //! across reloads), and a clock.
 
 use crate::approval::{
-    canonical_json, digest_hex, ApprovalEvent, ApprovalId, ApprovalKey, Approvals, Ask,
-    Call as ApprovalCall, Opened, Standing,
+    digest_hex, ApprovalEvent, ApprovalId, ApprovalKey, Approvals, Ask, Call as ApprovalCall,
+    Opened, Standing,
 };
 use crate::approval_text::{is_mcp_tool_name, preview, shown_id};
+use crate::arg_json;
 use crate::args::ArgValue;
 use crate::clock::Clock;
 use crate::clock::MonotonicClock;
@@ -554,16 +555,15 @@ impl Engine {
             return Gate::Stop(out.finish(Code::InvalidRequest, reason, r.pointer));
         }
         // An approval is for these exact arguments, as an approver sees them.
-        let Some(json) = req
+        let Some(arguments) = req
             .args
             .as_ref()
-            .map_or(Some(serde_json::Value::Null), |a| a.to_json())
+            .map_or(Some("null".to_owned()), arg_json::canonical)
         else {
             let reason = "the arguments cannot be shown to an approver as JSON: they hold a \
                           value JSON cannot hold";
             return Gate::Stop(out.finish(Code::InvalidRequest, reason, r.pointer));
         };
-        let arguments = canonical_json(&json);
         let call = ApprovalCall {
             server: req.server,
             tool: req.tool,
