@@ -17,14 +17,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from conftest import limit, policy
 from redis_server import RedisServer, SentinelServer
 from sidecar import Sidecar, free_port, toolgate_cli, wait_for
 from test_redis import code, decide
 
+ROOT = Path(__file__).resolve().parent.parent
 METRIC = "toolgate_store_counters_evictable"
 #: A daily limit of 2 per grant: once spent, only an evicted counter would allow again.
 DAILY = policy({"create-ami": {"limits": [limit("ami", 2, window="day")]}})
@@ -83,7 +86,7 @@ def test_accepted_eviction_serves_warns_and_reports_the_policy_an_evicted_limit_
     redis: RedisServer,
 ) -> None:
     """The finding: volatile-ttl with a full Redis evicts a spent daily counter, and the limit
-    allows again. With the flag toolgate serves, and the metric says so."""
+    allows again. With the flag toolgate serves, and the metric and its alert say so."""
     redis.cli("CONFIG", "SET", "maxmemory-policy", "volatile-ttl")
     with Sidecar(DAILY, *store_args(redis.url, "--store-accept-eviction")) as sc:
         assert "WARNING" in sc.stderr and "its maxmemory-policy is volatile-ttl" in sc.stderr
@@ -98,6 +101,10 @@ def test_accepted_eviction_serves_warns_and_reports_the_policy_an_evicted_limit_
         assert "toolgate:epoch" in left, left
         # ...and the day's spent limit allows again.
         assert code(decide(sc.target, "create-ami", grant="alice")) == "ALLOWED"
+    # What tells the operator: the shipped alert fires on exactly that sample.
+    alerts = yaml.safe_load((ROOT / "deploy/kubernetes/monitoring/alerts.yaml").read_text())
+    rules = {r["alert"]: r for g in alerts["groups"] for r in g["rules"]}
+    assert rules["ToolgateRedisCanEvictCounters"]["expr"] == f"{METRIC} == 1"
 
 
 def test_a_full_redis_under_noeviction_denies_new_counts_and_forgets_none(
