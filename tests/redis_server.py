@@ -49,10 +49,14 @@ def make_certificates(d: Path) -> Path:
 
 class RedisServer:
     """``redis-server`` on 127.0.0.1, a free port and a temporary directory, with no
-    persistence: a restart starts empty, as a Redis without a volume does."""
+    persistence: a restart starts empty, as a Redis without a volume does. ``config``: more
+    configuration, as ``redis-server`` arguments (``("--maxmemory-policy", "volatile-ttl")``)."""
 
-    def __init__(self, tls: bool = False, replica_of: int | None = None) -> None:
+    def __init__(
+        self, tls: bool = False, replica_of: int | None = None, config: tuple[str, ...] = ()
+    ) -> None:
         self.replica_of = replica_of
+        self.config = config
         self._dir = tempfile.TemporaryDirectory(prefix="toolgate-redis-")
         self.port = free_port()
         #: With ``tls``: TLS only, on ``tls_port``, with a certificate for ``localhost``
@@ -85,6 +89,7 @@ class RedisServer:
                 str(d / "server.key"),
             ]
             args += ["--tls-ca-cert-file", str(d / "ca.pem")]
+        args += self.config
         self.proc = subprocess.Popen(
             dies_with_parent(args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )

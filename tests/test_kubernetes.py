@@ -499,7 +499,12 @@ def test_the_base_with_redis_is_valid_and_points_every_replica_at_its_redis(tmp_
     assert service["spec"]["selector"].items() <= labels.items()
     (server,) = redis["spec"]["containers"]
     assert container_port(server, service_port["targetPort"]) == 6379
-    assert "noeviction" in server["args"]
+    # Full, it refuses writes (nothing evicted) before its container's memory limit is met.
+    assert flag(server["args"], "--maxmemory-policy") == "noeviction"
+    maxmemory = flag(server["args"], "--maxmemory") or "0mb"
+    assert maxmemory.endswith("mb"), maxmemory
+    limit = quantity(server["resources"]["limits"]["memory"])
+    assert 0 < int(maxmemory.removesuffix("mb")) * 2**20 < 0.8 * limit
 
 
 @pytest.mark.parametrize(

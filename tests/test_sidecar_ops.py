@@ -161,6 +161,8 @@ def test_metrics_text_is_valid_prometheus_exposition():
         "toolgate_store_round_trip_seconds": "histogram",
         "toolgate_store_errors_total": "counter",
         "toolgate_store_fallbacks_total": "counter",
+        # No sample without a store (nothing to read), but the family is there.
+        "toolgate_store_counters_evictable": "gauge",
         # Answers followed through Envoy's ext_proc (zeros until an Envoy asks).
         "toolgate_tool_lists_total": "counter",
         "toolgate_tools_unlisted_total": "counter",

@@ -337,6 +337,15 @@ def read_mcp_request(body: bytes) -> dict[str, Any]:
     ``method``, ``name``, ``arguments``), ``other`` (``id``, ``method``), ``response``
     (``id``) or ``refused`` (``code``, ``message``, ``id``)."""
 
+def read_maxmemory_policy(
+    url: str, wait: float
+) -> tuple[Literal["policy", "unreadable", "unreachable"], str]:
+    """The ``maxmemory-policy`` of the Redis primary ``url`` names (found as ``--store`` finds
+    it: Sentinel asked, TLS verified), waiting at most ``wait`` seconds: ``("policy", name)``;
+    ``("unreadable", why)`` when Redis refuses both ``CONFIG GET`` and ``INFO``;
+    ``("unreachable", why)`` when it does not answer. ValueError for a URL that is not a
+    store's."""
+
 class Approvals:
     """An engine's approvals (from ``Engine.enable_approvals``): the control plane drains
     their news, reconciles the table with its store, and records approvers' decisions."""

@@ -170,6 +170,8 @@ def _serve(args: argparse.Namespace) -> int:
         store_unavailable=args.store_unavailable,
         store_mode=args.store_mode,
         store_flush_ms=args.store_flush_ms,
+        store_accept_eviction=args.store_accept_eviction,
+        store_eviction_check_interval=args.store_eviction_check_interval,
         decision_log=args.decision_log,
         decision_log_filter=args.decision_log_filter,
         decision_log_rotate_bytes=int(args.decision_log_rotate_mib * (1 << 20)),
@@ -405,6 +407,22 @@ def build_parser() -> argparse.ArgumentParser:
         default="deny",
         help="when Redis does not answer in time: deny (STORE_UNAVAILABLE, the default) or "
         "count in this pod's own table",
+    )
+    store.add_argument(
+        "--store-accept-eviction",
+        action="store_true",
+        help="serve even on a Redis whose maxmemory-policy can evict counter keys (any but "
+        "noeviction, or one Redis will not tell), which is refused otherwise: a full Redis "
+        "then forgets counts and spent limits allow calls again; logged, and reported in "
+        "toolgate_store_counters_evictable (docs/redis.md)",
+    )
+    store.add_argument(
+        "--store-eviction-check-interval",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how often Redis's maxmemory-policy is read again, to report a change (or a "
+        "failover to a primary that can evict counter keys)",
     )
     serve.add_argument(
         "--reservations",

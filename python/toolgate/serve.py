@@ -25,6 +25,7 @@ from toolgate.cpus import available_cpus
 from toolgate.envoy_authz import CheckSettings
 from toolgate.metrics import ReloadCounts, serve_metrics
 from toolgate.reload import FileVersion, PolicyWatcher, read_version, warn_self_asserted
+from toolgate.store_eviction import EvictionCollector, EvictionWatch
 
 log = logging.getLogger("toolgate.serve")
 
@@ -74,6 +75,10 @@ class ServeOptions:
     #: ``exact`` (a script per decision) or ``cached`` (merged every ``store_flush_ms``).
     store_mode: str = "exact"
     store_flush_ms: int = 5
+    #: Serve on a Redis whose maxmemory-policy can evict counter keys (refused otherwise),
+    #: and how often that policy is read again (toolgate.store_eviction).
+    store_accept_eviction: bool = False
+    store_eviction_check_interval: float = 10.0
     #: Set by the supervisor in each worker: the shared state file and this worker's index.
     shared: Path | None = None
     worker_index: int | None = None
@@ -165,6 +170,19 @@ def use_store(engine: Engine, opts: ServeOptions) -> None:
         )
 
 
+def watch_eviction(opts: ServeOptions) -> EvictionWatch:
+    """Read ``--store``'s eviction policy before serving (ValueError: refused; see
+    toolgate.store_eviction), and keep reading it."""
+    watch = EvictionWatch(
+        opts.store,
+        redact(opts.store),
+        accepted=opts.store_accept_eviction,
+        every=opts.store_eviction_check_interval,
+    )
+    watch.check_at_start()
+    return watch
+
+
 def warn_of_store(engine: Engine, seen: tuple[int, int]) -> tuple[int, int]:
     """Log counter-store failures and local fallbacks since ``seen``; returns the counts."""
     stats = engine.stats()
@@ -223,6 +241,8 @@ def serve(opts: ServeOptions) -> int:
         raise ValueError("--store-timeout-ms must be at least 1")
     if opts.store_flush_ms < 1:
         raise ValueError("--store-flush-ms must be at least 1")
+    if not opts.store_eviction_check_interval > 0:  # also refuses NaN
+        raise ValueError("--store-eviction-check-interval must be positive")
     if opts.workers > 1 and opts.shared is None:
         from toolgate.workers import supervise
 
@@ -242,7 +262,10 @@ def serve(opts: ServeOptions) -> int:
     )
     engine.set_per_tool_metrics(opts.metrics_per_tool)
     logs.configure(opts.log_format, opts.log_level, lambda: engine.revision)
+    eviction = None
     if opts.store != "local":
+        if opts.shared is None:  # a worker leaves it to its supervisor
+            eviction = watch_eviction(opts)
         use_store(engine, opts)
     if opts.policy is None:
         log.warning("no --policy given: serving the built-in deny-everything policy")
@@ -325,7 +348,10 @@ def serve(opts: ServeOptions) -> int:
             return 2
         if opts.shared is None:
             registry.register(approvals.collector())
+            registry.register(EvictionCollector(eviction))
     approvals.start()
+    if eviction is not None:
+        eviction.start()
     if watcher is not None:
         watcher.start()
     # Calls are answered from the moment the port is bound; health says SERVING once the
@@ -362,6 +388,8 @@ def serve(opts: ServeOptions) -> int:
             log.error("the decision log could not be written out in %.1fs", opts.grace)
         log_head(engine, head)
     approvals.stop(opts.grace)
+    if eviction is not None:
+        eviction.stop()
     if watcher is not None:
         watcher.stop()
     log.info("stopped")

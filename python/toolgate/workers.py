@@ -34,7 +34,8 @@ from toolgate._core import Engine, Policy, create_shared_state
 from toolgate.approval_runtime import ApprovalRuntime
 from toolgate.metrics import ReloadCounts, serve_metrics
 from toolgate.reload import FileVersion, PolicyWatcher, warn_self_asserted
-from toolgate.serve import ServeOptions, load_policy, split_host_port
+from toolgate.serve import ServeOptions, load_policy, split_host_port, watch_eviction
+from toolgate.store_eviction import EvictionCollector
 
 log = logging.getLogger("toolgate.workers")
 
@@ -244,6 +245,8 @@ def _run(opts: ServeOptions, policy: Policy, loaded: FileVersion | None, state: 
     except OSError as err:
         log.error("cannot listen on %s: %s", opts.listen, err)
         return 2
+    # The workers count on Redis; the supervisor reads its eviction policy for them all.
+    eviction = watch_eviction(opts) if opts.store != "local" else None
 
     reloads = ReloadCounts()
     per_worker = [Engine(policy, shared=state, worker=i) for i in range(opts.workers)]
@@ -265,7 +268,10 @@ def _run(opts: ServeOptions, policy: Policy, loaded: FileVersion | None, state: 
             return 2
         registry.register(WorkerCollector(per_worker, restarts))
         registry.register(approvals.collector())
+        registry.register(EvictionCollector(eviction))
     approvals.start()
+    if eviction is not None:
+        eviction.start()
 
     # The supervisor's own engine follows the file too, so /metrics shows the revision the
     # workers serve and counts reloads once.
@@ -338,6 +344,8 @@ def _run(opts: ServeOptions, policy: Policy, loaded: FileVersion | None, state: 
             w.proc.kill()
             codes.append(w.proc.wait())
     approvals.stop(opts.grace)
+    if eviction is not None:
+        eviction.stop()
     if watcher is not None:
         watcher.stop()
     log.info("stopped")

@@ -7,6 +7,7 @@ mod decision;
 mod document;
 mod engine;
 mod envoy;
+mod eviction;
 mod mcp;
 mod native;
 mod policy;
@@ -51,6 +52,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(document::read_document, m)?)?;
     m.add_function(wrap_pyfunction!(inert, m)?)?;
     m.add_function(wrap_pyfunction!(inert_json, m)?)?;
+    m.add_function(wrap_pyfunction!(eviction::read_maxmemory_policy, m)?)?;
     m.add("PolicyError", m.py().get_type::<policy::PolicyError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     // The git commit built from, or "" if unknown (build.rs).

@@ -10,6 +10,7 @@ pub mod authz;
 pub mod codec;
 pub mod credential;
 pub mod decider;
+pub mod eviction;
 pub mod ext_proc;
 pub mod grpc;
 pub mod native;

@@ -450,7 +450,7 @@ impl Link {
 }
 
 /// Where the primary is: one address, or whichever server Sentinel names now.
-enum Source {
+pub(crate) enum Source {
     Direct(redis::Client),
     Sentinel {
         sentinel: tokio::sync::Mutex<Sentinel>,
@@ -460,7 +460,7 @@ enum Source {
 }
 
 impl Source {
-    fn parse(url: &str) -> Result<Source, String> {
+    pub(crate) fn parse(url: &str) -> Result<Source, String> {
         let Some(rest) = url.strip_prefix("redis+sentinel://") else {
             return redis::Client::open(url)
                 .map(Source::Direct)
@@ -526,7 +526,7 @@ impl Source {
     }
 
     /// A client for the primary as of now.
-    async fn primary(&self) -> redis::RedisResult<redis::Client> {
+    pub(crate) async fn primary(&self) -> redis::RedisResult<redis::Client> {
         match self {
             Source::Direct(client) => Ok(client.clone()),
             Source::Sentinel {
