@@ -61,41 +61,55 @@ fn is_b64token(token: &str) -> bool {
 /// that its verifier compares as it is: it is left as it is.
 pub fn canonical_token(token: &str) -> Cow<'_, str> {
     let body = token.trim_end_matches('=');
-    let segments: Vec<&str> = body.split('.').collect();
-    let Some(sextets) = segments
-        .iter()
-        .map(|s| s.bytes().map(sextet).collect::<Option<Vec<u8>>>())
-        .collect::<Option<Vec<Vec<u8>>>>()
-    else {
+    let dots = body.bytes().filter(|&b| b == b'.').count();
+    let mut first = body.bytes().map(sextet);
+    let header = (first.next().flatten(), first.next().flatten());
+    if !matches!(dots, 2 | 4) || !matches!(header, (Some(a), Some(b)) if opens_an_object(a, b)) {
         return Cow::Borrowed(token);
-    };
-    if !matches!(segments.len(), 3 | 5) || !opens_an_object(&sextets[0]) {
+    }
+    // Most tokens are written canonically already (every JWT library does): nothing to
+    // copy. A segment that is not base64 makes the token opaque after all.
+    let mut canonical = body.len() == token.len();
+    for segment in body.split('.') {
+        let mut values = segment.bytes().map(sextet);
+        let Some(last) = values.next_back() else {
+            continue;
+        };
+        if values.any(|v| v.is_none()) {
+            return Cow::Borrowed(token);
+        }
+        let Some(last) = last else {
+            return Cow::Borrowed(token);
+        };
+        canonical &= !segment.contains(['+', '/']) && last & spare_bits(segment.len()) == 0;
+    }
+    if canonical {
         return Cow::Borrowed(token);
     }
     let mut out = String::with_capacity(body.len());
-    for (i, mut values) in sextets.into_iter().enumerate() {
+    for (i, segment) in body.split('.').enumerate() {
         if i > 0 {
             out.push('.');
         }
-        // Bits past the last whole byte: 4 of the last sextet after 2 characters, 2 after 3.
-        let spare = match values.len() % 4 {
-            2 => 0b1111,
-            3 => 0b11,
-            _ => 0,
-        };
-        if let Some(last) = values.last_mut() {
-            *last &= !spare;
+        let spare = spare_bits(segment.len());
+        for (n, b) in segment.bytes().enumerate() {
+            let mut v = sextet(b).expect("checked above");
+            if n + 1 == segment.len() {
+                v &= !spare;
+            }
+            out.push(char::from(BASE64URL[usize::from(v)]));
         }
-        out.extend(
-            values
-                .iter()
-                .map(|&v| char::from(BASE64URL[usize::from(v)])),
-        );
     }
-    if out == token {
-        Cow::Borrowed(token)
-    } else {
-        Cow::Owned(out)
+    Cow::Owned(out)
+}
+
+/// Bits of a segment's last character past its last whole byte: 4 after 2 characters (mod
+/// 4), 2 after 3 (a length of 1 mod 4 is no base64 at all).
+fn spare_bits(len: usize) -> u8 {
+    match len % 4 {
+        2 => 0b1111,
+        3 => 0b11,
+        _ => 0,
     }
 }
 
@@ -108,9 +122,10 @@ fn sextet(b: u8) -> Option<u8> {
     }
 }
 
-/// Whether base64 `values` decode to text that opens with `{` (a JWT's header).
-fn opens_an_object(values: &[u8]) -> bool {
-    values.len() >= 2 && ((values[0] << 2) | (values[1] >> 4)) == b'{'
+/// Whether base64 that opens with values `a`, `b` decodes to text that opens with `{` (a
+/// JWT's header).
+fn opens_an_object(a: u8, b: u8) -> bool {
+    ((a << 2) | (b >> 4)) == b'{'
 }
 
 /// The payload of the JWT that `jwt_authn` verified and stored under `payload_key` (its
