@@ -5,10 +5,11 @@ and of calls that fail upstream. Written with the official Python SDK's low-leve
 
 Tools: ``read_NNNN``, ``write_NNNN`` and ``delete_NNNN`` in turn (``--tools`` of them, listed
 ``--page-size`` at a time with ``nextCursor``), plus ``charge``, which takes ``amount`` and
-``outcome``: ``ok`` (a result), ``tool_error`` (a result with ``isError: true``) or
-``jsonrpc_error`` (a JSON-RPC error). ``--json`` answers POSTs with plain JSON, not SSE.
-``tools/list`` results carry cache hints (``cacheScope: "public"``) to clients of the
-2026-07-28 protocol.
+``outcome``: ``ok`` (a result), ``tool_error`` (a result with ``isError: true``),
+``jsonrpc_error`` (a JSON-RPC error raised before it runs: invalid params) or
+``internal_error`` (a JSON-RPC internal error, which may come after it acted). ``--json``
+answers POSTs with plain JSON, not SSE. ``tools/list`` results carry cache hints
+(``cacheScope: "public"``) to clients of the 2026-07-28 protocol.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ def build_server(count: int, page_size: int) -> Server[Any]:
         if params.name == "charge":
             outcome = arguments.get("outcome", "ok")
             if outcome == "jsonrpc_error":
+                raise MCPError(code=-32602, message="the payment was refused: nothing charged")
+            if outcome == "internal_error":
                 raise MCPError(code=-32603, message="the payment provider is down")
             text = f"charged {arguments.get('amount')}"
             return types.CallToolResult(

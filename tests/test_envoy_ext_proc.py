@@ -285,9 +285,10 @@ def test_a_failed_call_gives_its_spend_back(transport, json_answers):
         assert envoy.stat("cluster.toolgate-answers.upstream_rq_total") >= 4
 
 
-def test_a_tool_error_keeps_the_call_counted_by_default(transport):
-    """A server may act and then report an error: by default only calls that did not run
-    (an HTTP or JSON-RPC error) come back, so 3 a minute stays 3 a minute."""
+def test_an_error_that_may_follow_the_act_keeps_the_call_counted_by_default(transport):
+    """A server may act and then report an error: by default only calls refused before they
+    ran (an HTTP 4xx; a JSON-RPC parse, request, method or params error) come back, so 3 a
+    minute stays 3 a minute through tool errors and internal errors."""
     three = policy({"charge": {"limits": [limit("charges", 3, "minute")]}})
     with (
         CatalogServer(tools=3) as catalog,
@@ -295,9 +296,14 @@ def test_a_tool_error_keeps_the_call_counted_by_default(transport):
         deployed(EXT_PROC, sidecar.port, catalog.port) as envoy,
     ):
         headers = {"authorization": "Bearer spender"}
-        charges = [("charge", {"amount": 1, "outcome": "tool_error"})] * 8
-        results = call(envoy.url(), headers, charges)
-        codes = [(r.meta or {}).get("toolgate/decision", {}).get("code", "ran") for r in results]
+        late = [("charge", {"amount": 1, "outcome": o}) for o in ("tool_error", "internal_error")]
+        results = call(envoy.url(), headers, late * 4)
+        codes = [
+            "ran"
+            if isinstance(r, MCPError)
+            else (r.meta or {}).get("toolgate/decision", {}).get("code", "ran")
+            for r in results
+        ]
         assert codes == ["ran"] * 3 + ["RATE_LIMITED"] * 5
         assert sum(sidecar.series(RELEASED).values()) == 0
 
@@ -619,7 +625,7 @@ def test_a_replay_asked_for_on_anything_but_get_is_refused(tmp_path, transport):
 
 def test_an_http_error_gives_the_spend_back(transport):
     def answer(message: dict[str, Any]) -> tuple[int, str, list[bytes]]:
-        return 503, "text/plain", [b"upstream overloaded"]
+        return 429, "text/plain", [b"too many requests"]
 
     with (
         ScriptedUpstream(answer) as upstream,
@@ -631,7 +637,7 @@ def test_an_http_error_gives_the_spend_back(transport):
         for n in range(1, 4):
             # Each failed $60 was given back, or the second would have been refused.
             status, _, _ = send(envoy, "POST", body, headers)
-            assert status == 503
+            assert status == 429
             wait_released(sidecar, "http_status", n)
 
 

@@ -253,7 +253,7 @@ fn a_tool_error_keeps_the_call_counted_unless_the_rule_gives_it_back() {
             "tool_error",
         ),
         (
-            br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32000,"message":"no"}}"#,
+            br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"no"}}"#,
             "jsonrpc_error",
         ),
     ];
@@ -382,8 +382,10 @@ fn hidden_list_body(shape: u8, id: Value, eol: &str) -> Vec<u8> {
     let note = json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"});
     let other = json!({"jsonrpc": "2.0", "id": 77, "result": {"tools": tools}});
     let event = |m: &Value| format!("event: message{eol}id: e1{eol}data: {m}{eol}{eol}");
-    let text = match shape % 10 {
+    let text = match shape % 11 {
         0 => answer.to_string(),
+        // The plainest event: the answer's data line alone.
+        10 => format!("data: {answer}{eol}{eol}"),
         // A batch-like array of answers.
         1 => json!([answer]).to_string(),
         2 => event(&answer),
@@ -408,29 +410,37 @@ fn hidden_list_body(shape: u8, id: Value, eol: &str) -> Vec<u8> {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
     /// However a tool list is framed, encoded, cut or replayed, and whatever the status, no
     /// hidden tool's name reaches the agent, and no content encoding is left on a body the
     /// filter rewrote or refused.
     #[test]
     fn no_hidden_tool_comes_out_by_any_framing(
-        shape in 0u8..10,
+        shape in 0u8..11,
         stream_mode in any::<bool>(),
         status in prop::sample::select(vec![200u16, 202, 400, 404, 500]),
-        content_type in prop::sample::select(vec![
-            "application/json", "text/event-stream", "Application/JSON; charset=utf-8",
-            "TEXT/EVENT-STREAM;charset=utf-8", "text/plain", "", "application/json, text/event-stream",
-        ]),
-        encoding in prop::sample::select(vec![
-            "", "identity", "gzip", "GZIP", "br", "deflate", "identity, gzip", "x-custom", "identity,",
-        ]),
+        content_type in prop_oneof![
+            3 => prop::sample::select(vec!["text/event-stream", "TEXT/EVENT-STREAM;charset=utf-8"]),
+            2 => prop::sample::select(vec!["application/json", "Application/JSON; charset=utf-8"]),
+            1 => prop::sample::select(vec!["text/plain", "", "application/json, text/event-stream"]),
+        ],
+        encoding in prop_oneof![
+            3 => prop::sample::select(vec!["", "identity", "identity,"]),
+            1 => prop::sample::select(vec!["gzip", "GZIP", "br", "deflate", "identity, gzip", "x-custom"]),
+        ],
         twice in any::<bool>(),
+        bom in any::<bool>(),
         eol in prop::sample::select(vec!["\n", "\r\n", "\r"]),
         cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
     ) {
         let e = engine(list_policy());
         let id = (!stream_mode).then(|| json!(5));
         let md = Some(metadata(&Follow::ToolList { id: id.clone() }, Caller::default()));
-        let answer = hidden_list_body(shape, json!(5), eol);
+        let mut answer = hidden_list_body(shape, json!(5), eol);
+        if bom {
+            // A stream may open with a byte order mark, which clients skip.
+            answer.splice(0..0, *b"\xEF\xBB\xBF");
+        }
         let mut cuts: Vec<usize> = cuts.iter().map(|i| i.index(answer.len())).collect();
         cuts.sort_unstable();
         cuts.dedup();
@@ -480,12 +490,12 @@ fn without_headers_the_status_comes_as_an_attribute_of_the_body() {
         tool_errors: false,
     };
     let md = Some(metadata(&follow, Caller::default()));
-    let mut first = message(&md, body(b"upstream overloaded", false), true);
+    let mut first = message(&md, body(b"too many requests", false), true);
     let mut code = Struct::default();
     code.fields.insert(
         "response.code".into(),
         ProtoValue {
-            kind: Some(Kind::NumberValue(503.0)),
+            kind: Some(Kind::NumberValue(429.0)),
         },
     );
     first

@@ -1,11 +1,14 @@
 //! Whether a `tools/call` that was let through ran, read from the server's answer as it
 //! passes back, so that a call which failed upstream can give back what it counted.
 //!
-//! A call failed when the HTTP status is an error (≥ 400: the server refused or broke
-//! before answering), or when its answer is a JSON-RPC error or a result with
-//! `isError: true`. Anything else, including an answer that cannot be read or never
-//! arrives, counts as having run: giving counts back wrongly would let calls over the
-//! limit, keeping them only errs towards denying.
+//! A call did not run when the answer says the server refused it before running it: an HTTP
+//! client-error status (4xx), or a JSON-RPC error of the kinds raised before a handler is
+//! called (parse error, invalid request, unknown method, invalid params). A result with
+//! `isError: true` is a tool error: the tool ran, and may have acted before it failed, so it
+//! is told apart for a rule to decide. Anything else counts as having run: a server error
+//! (5xx, `-32603`), a cancelled call (`-32800`, which a client can cause while its call
+//! runs), an answer that cannot be read or never arrives. Giving counts back wrongly would
+//! let calls over the limit; keeping them only errs towards denying.
 
 use super::answer::Framing;
 use super::sse::{EventSplitter, MAX_EVENT_BYTES};
@@ -13,16 +16,20 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::Value;
 
-/// Why a call is taken as not having run.
+/// How a call failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
-    /// The HTTP answer's status was an error.
+    /// The HTTP answer's status was a client error (4xx): the request was refused.
     HttpStatus(u16),
-    /// The answer was a JSON-RPC error.
+    /// The answer was a JSON-RPC error raised before any handler ran.
     JsonRpcError,
-    /// The answer was a result with `isError: true`.
+    /// The answer was a result with `isError: true`: the tool ran and reported an error.
     ToolError,
 }
+
+/// JSON-RPC errors a server raises before it calls a handler: parse error, invalid
+/// request, method not found, invalid params.
+const REFUSED_BEFORE_RUNNING: [i64; 4] = [-32700, -32600, -32601, -32602];
 
 impl Failure {
     pub fn as_str(self) -> &'static str {
@@ -71,7 +78,14 @@ struct Message {
     id: Option<Value>,
     method: Option<IgnoredAny>,
     result: Option<ToolResult>,
-    error: Option<IgnoredAny>,
+    error: Option<ErrorObject>,
+}
+
+#[derive(Deserialize)]
+struct ErrorObject {
+    code: Option<i64>,
+    #[serde(flatten)]
+    _rest: std::collections::HashMap<String, IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -110,8 +124,11 @@ impl CallWatcher {
             self.reading = Framing::of(content_type).map_or(Reading::Nothing, Reading::Framed);
         }
         if self.outcome == Outcome::Pending {
-            if status >= 400 {
+            if (400..500).contains(&status) {
                 self.outcome = Outcome::Failed(Failure::HttpStatus(status));
+            } else if status >= 500 {
+                // A server error may come after the tool acted (the session ended mid-call).
+                self.outcome = Outcome::Ran;
             } else if self.reading == Reading::Nothing {
                 self.outcome = Outcome::Ran;
             }
@@ -178,7 +195,11 @@ impl CallWatcher {
             return None;
         }
         Some(match (message.error, message.result) {
-            (Some(_), None) => Outcome::Failed(Failure::JsonRpcError),
+            (Some(ErrorObject { code: Some(c), .. }), None)
+                if REFUSED_BEFORE_RUNNING.contains(&c) =>
+            {
+                Outcome::Failed(Failure::JsonRpcError)
+            }
             (
                 None,
                 Some(ToolResult {
@@ -219,10 +240,29 @@ mod tests {
             Outcome::Failed(Failure::ToolError)
         );
         assert_eq!(watch(200, json, ok, json!(4)), Outcome::Ran);
-        assert_eq!(
-            watch(503, "text/plain", "busy", json!(4)),
-            Outcome::Failed(Failure::HttpStatus(503))
-        );
+        for status in [400, 404, 429] {
+            assert_eq!(
+                watch(status, "text/plain", "refused", json!(4)),
+                Outcome::Failed(Failure::HttpStatus(status))
+            );
+        }
+        // What could come after the tool acted keeps the call counted: a server error, a
+        // call cancelled while it ran (the client can ask for that), an internal error.
+        assert_eq!(watch(503, "text/plain", "busy", json!(4)), Outcome::Ran);
+        assert_eq!(watch(500, json, error, json!(4)), Outcome::Ran);
+        for code in ["-32800", "-32603", "-32000", "0", "null"] {
+            let late =
+                format!(r#"{{"jsonrpc":"2.0","id":4,"error":{{"code":{code},"message":"x"}}}}"#);
+            assert_eq!(watch(200, json, &late, json!(4)), Outcome::Ran, "{code}");
+        }
+        for code in REFUSED_BEFORE_RUNNING {
+            let early =
+                format!(r#"{{"jsonrpc":"2.0","id":4,"error":{{"code":{code},"message":"x"}}}}"#);
+            assert_eq!(
+                watch(200, json, &early, json!(4)),
+                Outcome::Failed(Failure::JsonRpcError)
+            );
+        }
         // Another request's answer, or one that cannot be read, is not this call's failure.
         assert_eq!(watch(200, json, error, json!(5)), Outcome::Ran);
         assert_eq!(watch(200, json, "{not json", json!(4)), Outcome::Ran);
@@ -253,7 +293,7 @@ mod tests {
 
     #[test]
     fn without_headers_the_body_says_how_it_is_framed() {
-        let error = r#"{"jsonrpc":"2.0","id":4,"error":{"code":-1,"message":"x"}}"#;
+        let error = r#"{"jsonrpc":"2.0","id":4,"error":{"code":-32601,"message":"x"}}"#;
         let event = format!("data: {error}\n\n");
         for body in [format!("  {error}"), event] {
             let mut w = CallWatcher::new(json!(4));

@@ -7,6 +7,9 @@
 //! (`event`, `id`, `retry`) are kept as they are. A CR at the end of a chunk may be the
 //! first half of a CRLF, so it is only read once the next byte (or the end) is known.
 
+/// A UTF-8 byte order mark, which may open a stream.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
 /// Largest event the splitter holds; a longer one is refused rather than buffered.
 pub const MAX_EVENT_BYTES: usize = 16 << 20;
 
@@ -29,7 +32,16 @@ impl Event {
     /// break): its other fields are kept in their order.
     pub fn with_data(&self, data: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.raw.len().max(data.len() + 16));
-        for line in lines(&self.raw) {
+        // A byte order mark opening the stream stays where it is; the line after it is read
+        // without it, as clients read it.
+        let body = match self.raw.strip_prefix(BOM) {
+            Some(rest) => {
+                out.extend_from_slice(BOM);
+                rest
+            }
+            None => &self.raw,
+        };
+        for line in lines(body) {
             if !line.is_empty() && field(line).0 != b"data" {
                 out.extend_from_slice(line);
                 out.push(b'\n');
@@ -63,7 +75,7 @@ impl EventSplitter {
         self.pending.extend_from_slice(chunk);
         if !self.started && (self.pending.len() >= 3 || end) {
             self.started = true;
-            if self.pending.starts_with(b"\xEF\xBB\xBF") {
+            if self.pending.starts_with(BOM) {
                 // Kept in the raw bytes of the first event, skipped for reading it.
                 self.line_start = 3;
             }
@@ -110,7 +122,7 @@ impl Event {
     fn read(raw: &[u8]) -> Event {
         let mut data: Option<Vec<u8>> = None;
         let mut stray = None;
-        let body = raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw);
+        let body = raw.strip_prefix(BOM).unwrap_or(raw);
         for line in lines(body) {
             let (name, value) = field(line);
             let known =
@@ -207,6 +219,14 @@ mod tests {
         let events = s.feed(b"\n", false).unwrap();
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].raw, b"data: a\r\n\r\n");
+    }
+
+    #[test]
+    fn replaces_data_after_a_byte_order_mark_too() {
+        let mut s = EventSplitter::default();
+        let events = s.feed(b"\xEF\xBB\xBFdata: {\"x\":1}\n\n", true).unwrap();
+        assert_eq!(events[0].data.as_deref(), Some(&b"{\"x\":1}"[..]));
+        assert_eq!(events[0].with_data(b"{}"), b"\xEF\xBB\xBFdata: {}\n\n");
     }
 
     #[test]
