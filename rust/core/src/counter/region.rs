@@ -26,6 +26,9 @@ pub mod header {
     pub const CLIENT_SLOTS: usize = 7;
     /// The second (plus one) of the last sweep for expired client-chosen slots.
     pub const LAST_SWEEP: usize = 8;
+    /// The table's random secret for placing keys (two words).
+    pub const PLACEMENT_0: usize = 9;
+    pub const PLACEMENT_1: usize = 10;
 }
 
 /// "TGCT" + layout version 2 (2: the reservation log in 64-byte lines).

@@ -99,6 +99,9 @@ pub struct CounterTable {
     region: Region,
     mask: usize,
     reservations: ReservationLog,
+    /// Where a key's probe sequence starts: a hash of its hash, keyed with the table's own
+    /// random secret, so no one can make up keys that all start at one place.
+    placement: ahash::RandomState,
 }
 
 impl CounterTable {
@@ -141,6 +144,15 @@ impl CounterTable {
         }
         let magic = region.header(header::MAGIC);
         if magic.load(SeqCst) == 0 {
+            let mut secret = [0u8; 16];
+            getrandom::fill(&mut secret).map_err(|e| format!("no random source: {e}"))?;
+            for (i, word) in [header::PLACEMENT_0, header::PLACEMENT_1]
+                .into_iter()
+                .enumerate()
+            {
+                let bytes = secret[i * 8..i * 8 + 8].try_into().expect("8 bytes");
+                region.header(word).store(u64::from_le_bytes(bytes), SeqCst);
+            }
             region
                 .header(header::CAPACITY)
                 .store(capacity as u64, SeqCst);
@@ -155,7 +167,12 @@ impl CounterTable {
             return Err("counter region holds a table of another layout".into());
         }
         let log_base = HEADER_WORDS + capacity * SLOT_WORDS;
+        let (k0, k1) = (
+            region.load(header::PLACEMENT_0),
+            region.load(header::PLACEMENT_1),
+        );
         Ok(CounterTable {
+            placement: ahash::RandomState::with_seeds(k0, k1, SEEDS[2], SEEDS[3]),
             region,
             mask: capacity - 1,
             reservations: ReservationLog::new(log_base, reservations),
@@ -201,7 +218,7 @@ impl CounterTable {
 
     #[inline]
     fn probe(&self, hash: u64) -> impl Iterator<Item = SlotRef> + '_ {
-        let home = hash as usize;
+        let home = self.home(hash);
         (0..MAX_PROBE.min(self.capacity())).map(move |i| SlotRef(((home + i) & self.mask) as u32))
     }
 
@@ -210,7 +227,7 @@ impl CounterTable {
     /// memory. A hint: it changes nothing.
     #[inline]
     pub fn prefetch(&self, key: &CounterKey) {
-        let home = HEADER_WORDS + (key.hash as usize & self.mask) * SLOT_WORDS;
+        let home = HEADER_WORDS + (self.home(key.hash) & self.mask) * SLOT_WORDS;
         self.region.prefetch(home);
         self.region.prefetch(home + SLOT_WORDS / 2);
     }
@@ -219,6 +236,11 @@ impl CounterTable {
     #[inline]
     pub fn prefetch_reservation(&self) {
         self.reservations.prefetch_next(&self.region);
+    }
+
+    #[inline]
+    fn home(&self, hash: u64) -> usize {
+        self.placement.hash_one(hash) as usize
     }
 
     /// The slot holding `key`, if any. Never blocks.
