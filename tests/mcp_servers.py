@@ -184,6 +184,42 @@ class SeedServer(_Server):
         return [json.loads(line) for line in lines if line.strip()]
 
 
+class PaymentServer(_Server):
+    """tests/mcp_payment_server.py: ``pay`` records each payment in ``runs`` as it makes it,
+    then waits for ``go()`` before it confirms."""
+
+    name = "payments"
+
+    def __init__(self, runs: Path, *, json: bool = False) -> None:
+        self.runs = runs
+        self.flags = ["--json"] if json else []
+        super().__init__()
+
+    def _command(self, port: int) -> tuple[list[str], dict[str, str] | None]:
+        script = TESTS / "mcp_payment_server.py"
+        return [
+            sys.executable,
+            str(script),
+            "--port",
+            str(port),
+            "--runs",
+            str(self.runs),
+            *self.flags,
+        ], None
+
+    def payments(self) -> int:
+        """Payments made so far."""
+        return len(self.runs.read_text().split()) if self.runs.exists() else 0
+
+    def go(self) -> None:
+        """Let every payment waiting, and every one to come, confirm at once."""
+        self.runs.with_name(self.runs.name + ".go").touch()
+
+    def hold(self) -> None:
+        """Payments to come wait again."""
+        self.runs.with_name(self.runs.name + ".go").unlink(missing_ok=True)
+
+
 class CatalogServer(_Server):
     """tests/mcp_catalog_server.py: ``tools`` tools (read_/write_/delete_ in turn) listed
     ``page_size`` at a time, plus ``charge``, which fails on request; JSON answers with

@@ -34,6 +34,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_servers import (
     CatalogServer,
     EverythingServer,
+    PaymentServer,
     SeedServer,
     node_executable,
     texts,
@@ -356,8 +357,7 @@ class ScriptedUpstream:
 
             def do_POST(self) -> None:
                 seen.append({k.lower(): v for k, v in self.headers.items()})
-                length = int(self.headers.get("content-length", 0))
-                status, content_type, chunks = answer(json.loads(self.rfile.read(length)))
+                status, content_type, chunks = answer(json.loads(self._body()))
                 self.send_response(status)
                 self.send_header("content-type", content_type)
                 for name, value in more.items():
@@ -368,6 +368,17 @@ class ScriptedUpstream:
                     self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                     self.wfile.flush()
                 self.wfile.write(b"0\r\n\r\n")
+
+            def _body(self) -> bytes:
+                # A list request comes chunked: toolgate gave it another id (its length).
+                if self.headers.get("transfer-encoding", "").lower() != "chunked":
+                    return self.rfile.read(int(self.headers.get("content-length", 0)))
+                body = b""
+                while size := int(self.rfile.readline().split(b";")[0], 16):
+                    body += self.rfile.read(size)
+                    self.rfile.readline()
+                self.rfile.readline()
+                return body
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -390,9 +401,11 @@ def listing(message_id: Any, names: list[str]) -> bytes:
 
 
 def rpc(method: str, message_id: Any = 1, **params: Any) -> bytes:
-    return json.dumps(
-        {"jsonrpc": "2.0", "id": message_id, "method": method, "params": params}
-    ).encode()
+    """A JSON-RPC request; a notification (no id) for ``message_id=None``."""
+    message = {"jsonrpc": "2.0", "id": message_id, "method": method, "params": params}
+    if message_id is None:
+        del message["id"]
+    return json.dumps(message).encode()
 
 
 HIDE_DELETES = policy({"*": {}}, default="allow", hide=["delete_*"])
@@ -569,9 +582,9 @@ def _open(port: int, method: str, body: bytes | None, headers: dict[str, str]) -
     return connection.getresponse()
 
 
-def _replayed_list(port: int, extra: dict[str, str] | None = None) -> tuple[int, list[str]]:
-    """A session on ``port``: initialize, list the tools, then resume the list's stream from
-    its first event with GET + Last-Event-ID; the status of the GET and what it replayed."""
+def _session(port: int, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """A new session on ``port`` (initialize, then initialized), spoken in plain HTTP: the
+    headers its requests carry."""
     extra = extra or {}
     version = {"mcp-protocol-version": "2025-11-25"}
     hello = rpc(
@@ -585,6 +598,13 @@ def _replayed_list(port: int, extra: dict[str, str] | None = None) -> tuple[int,
     session = {"mcp-session-id": opened.getheader("mcp-session-id"), **version, **extra}
     opened.read()
     _open(port, "POST", rpc("notifications/initialized"), session).read()
+    return session
+
+
+def _replayed_list(port: int, extra: dict[str, str] | None = None) -> tuple[int, list[str]]:
+    """A session on ``port``: list the tools, then resume the list's stream from its first
+    event with GET + Last-Event-ID; the status of the GET and what it replayed."""
+    session = _session(port, extra)
     listed = _open(port, "POST", rpc("tools/list", 1), session).read().decode()
     first = next(line[4:] for line in listed.splitlines() if line.startswith("id: "))
     resumed = _open(port, "GET", None, {**session, "last-event-id": first})
@@ -608,6 +628,118 @@ def test_a_resumed_stream_replays_the_list_filtered(tmp_path, transport):
     (data,) = [line for line in replay if line.startswith("data: ") and '"result"' in line]
     names = [t["name"] for t in json.loads(data[6:])["result"]["tools"]]
     assert "create-ami" in names and "delete_image" not in names
+
+
+def test_no_request_sharing_the_lists_id_is_given_the_list(tmp_path, transport):
+    """A server matches answers to requests by id, per session, and the official Python SDK
+    gives an answer to the request registered last under its id: a tools/list and a ping sent
+    at once with one id could have the list go out as the ping's answer, on the route no
+    filter reads. The list goes to the server under an id of toolgate's own."""
+    with (
+        SeedServer(tmp_path / "seed.jsonl", json=True) as seed,
+        Sidecar(EXAMPLES / "policy.json") as sidecar,
+        deployed(EXT_PROC, sidecar.port, seed.port) as envoy,
+    ):
+        session = _session(envoy.port, {"authorization": "Bearer mallory"})
+        for n in range(20):
+            answers: dict[str, bytes] = {}
+            both = threading.Barrier(2)
+
+            def ask(method: str, id: int, answers=answers, both=both) -> None:
+                both.wait()
+                answers[method] = send(envoy, "POST", rpc(method, id), session)[2]
+
+            threads = [
+                threading.Thread(target=ask, args=(m, 1000 + n)) for m in ("tools/list", "ping")
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert b"delete_image" not in answers["ping"], answers["ping"]
+            listed = json.loads(answers["tools/list"])
+            assert listed["id"] == 1000 + n, "the agent gets its own id back"
+            names = [t["name"] for t in listed["result"]["tools"]]
+            assert "create-ami" in names and "delete_image" not in names
+        # The server saw the list under toolgate's ids, never the client's.
+        lists = [r for r in seed.requests() if '"tools/list"' in r["body"]]
+        assert all(json.loads(r["body"])["id"].startswith("toolgate-") for r in lists)
+
+
+PAY_3 = policy({"pay": {"limits": [limit("pay", 3, "minute")]}})
+
+
+def _pay_while_the_client_interferes(
+    server: PaymentServer, envoy: Any, session: Callable[[], dict[str, str]], interfere: Any
+) -> None:
+    """Eight payments, each interfered with (``interfere(headers, id)``) once it was made and
+    before it is confirmed; the limit lets three through."""
+    for n in range(1, 9):
+        server.hold()
+        headers = session()
+        made = server.payments()
+        call = rpc("tools/call", n, name="pay", arguments={"amount": 100})
+        worker = threading.Thread(target=send, args=(envoy, "POST", call, headers))
+        worker.start()
+        ran = lambda made=made, worker=worker: server.payments() > made or not worker.is_alive()  # noqa: E731
+        wait_for(lambda ran=ran: ran() or None)
+        if server.payments() > made:
+            interfere(headers, n)
+        server.go()
+        worker.join()
+
+
+@pytest.mark.parametrize("json_answers", [False, True], ids=["sse", "json"])
+def test_cancelling_a_running_call_does_not_give_its_count_back(tmp_path, transport, json_answers):
+    """The official SDK answers -32800 to a call cancelled while it runs, and lets the tool
+    finish: the call ran, and stays counted."""
+    with (
+        PaymentServer(tmp_path / "runs", json=json_answers) as server,
+        Sidecar(PAY_3) as sidecar,
+        deployed(EXT_PROC, sidecar.port, server.port) as envoy,
+    ):
+        headers = _session(envoy.port, {"authorization": "Bearer mallory"})
+
+        def cancel(headers: dict[str, str], id: int) -> None:
+            params = {"requestId": id, "reason": "changed my mind"}
+            send(envoy, "POST", rpc("notifications/cancelled", None, **params), headers)
+
+        _pay_while_the_client_interferes(server, envoy, lambda: headers, cancel)
+        assert server.payments() == 3
+        assert sum(sidecar.series(RELEASED).values()) == 0
+
+
+def test_ending_the_session_does_not_give_a_running_calls_count_back(tmp_path, transport):
+    """With JSON answers the official SDK answers 500 to a call whose session the client
+    ends while it runs; the tool finishes all the same."""
+    with (
+        PaymentServer(tmp_path / "runs", json=True) as server,
+        Sidecar(PAY_3) as sidecar,
+        deployed(EXT_PROC, sidecar.port, server.port) as envoy,
+    ):
+
+        def end(headers: dict[str, str], id: int) -> None:
+            send(envoy, "DELETE", b"", headers)
+
+        new = lambda: _session(envoy.port, {"authorization": "Bearer mallory"})  # noqa: E731
+        _pay_while_the_client_interferes(server, envoy, new, end)
+        assert server.payments() == 3
+        assert sum(sidecar.series(RELEASED).values()) == 0
+
+
+def test_a_clients_exchange_header_never_chooses_the_route(tmp_path, transport):
+    """A client's x-toolgate-exchange is removed before Envoy first routes the request, so a
+    request toolgate refuses is answered as toolgate answers it, not by the answers filter."""
+    with (
+        SeedServer(tmp_path / "seed.jsonl") as seed,
+        Sidecar(EXAMPLES / "policy.json") as sidecar,
+        deployed(EXT_PROC, sidecar.port, seed.port) as envoy,
+    ):
+        spoofed = {"authorization": "Bearer m", "x-toolgate-exchange": "tools-list"}
+        hidden = rpc("tools/call", 5, name="delete_image", arguments={"id": "x"})
+        status, _, body = send(envoy, "POST", hidden, spoofed)
+    answer = json.loads(body)
+    assert (status, answer["id"], answer["error"]["code"]) == (200, 5, -32602)
 
 
 def test_a_replay_asked_for_on_anything_but_get_is_refused(tmp_path, transport):

@@ -33,7 +33,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use toolgate_core::compile::CompiledPolicy;
 use toolgate_core::mcp::answer::{error_message, Framing};
-use toolgate_core::mcp::listing::{ListFilter, ListReport, Reading, INTERNAL_ERROR};
+use toolgate_core::mcp::listing::{ListFilter, ListReport, ListRequest, Reading, INTERNAL_ERROR};
 use toolgate_core::mcp::outcome::{CallWatcher, Failure, Outcome};
 use toolgate_core::mcp::Follow;
 use toolgate_core::visibility::Visibility;
@@ -195,6 +195,8 @@ enum State {
     Unknown,
     List {
         id: Option<Value>,
+        /// The id the request went on with, when toolgate gave it one ([`ListRequest`]).
+        upstream_id: Option<Value>,
         caller: Arc<Caller>,
         policy: Arc<CompiledPolicy>,
         /// Made at the answer's headers.
@@ -246,6 +248,7 @@ impl Exchange {
             self.state = match read_metadata(request.metadata_context.as_ref()) {
                 Some((Follow::ToolList { id }, caller)) => State::List {
                     id,
+                    upstream_id: None,
                     caller: Arc::new(caller),
                     policy: engine.policy(),
                     filter: None,
@@ -276,8 +279,8 @@ impl Exchange {
                 self.finished |= body.end_of_stream;
                 self.response_body(engine, body, &request.attributes)
             }
-            Request::RequestHeaders(_) => Response::RequestHeaders(HeadersResponse::default()),
-            Request::RequestBody(_) => Response::RequestBody(BodyResponse::default()),
+            Request::RequestHeaders(_) => self.request_headers(),
+            Request::RequestBody(body) => self.request_body(body),
             Request::RequestTrailers(_) => Response::RequestTrailers(TrailersResponse::default()),
             Request::ResponseTrailers(_) => Response::ResponseTrailers(TrailersResponse::default()),
         };
@@ -287,6 +290,48 @@ impl Exchange {
         Some(ProcessingResponse {
             response: Some(response),
             ..Default::default()
+        })
+    }
+
+    /// A list request's headers: its body will change length.
+    fn request_headers(&mut self) -> Response {
+        let mut mutation = HeaderMutation::default();
+        if let State::List { id: Some(_), .. } = self.state {
+            mutation.remove_headers.push("content-length".into());
+        }
+        Response::RequestHeaders(HeadersResponse {
+            response: Some(CommonResponse {
+                header_mutation: Some(mutation),
+                ..Default::default()
+            }),
+        })
+    }
+
+    /// A list request's whole body (buffered): sent on under an id of toolgate's own, so
+    /// that no other request of the client's can share the id the server answers.
+    fn request_body(&mut self, body: &HttpBody) -> Response {
+        let mut body_mutation = None;
+        if let State::List {
+            id: Some(id),
+            upstream_id,
+            ..
+        } = &mut self.state
+        {
+            match ListRequest::rewrite(&body.body, id) {
+                Ok(request) => {
+                    *upstream_id = Some(request.upstream_id);
+                    body_mutation = Some(BodyMutation {
+                        mutation: Some(Mutation::Body(request.body)),
+                    });
+                }
+                Err(why) => return Response::ImmediateResponse(refusal(&why)),
+            }
+        }
+        Response::RequestBody(BodyResponse {
+            response: Some(CommonResponse {
+                body_mutation,
+                ..Default::default()
+            }),
         })
     }
 
@@ -305,6 +350,7 @@ impl Exchange {
             }
             State::List {
                 id,
+                upstream_id,
                 caller,
                 policy,
                 filter,
@@ -326,7 +372,13 @@ impl Exchange {
                         .set_headers
                         .push(set_header("content-type", "application/json"));
                 }
-                *filter = Some(Box::new(ListFilter::new(reading, id.clone(), visible)));
+                // The server answers the id the request went on with; the agent gets its own.
+                let list = match upstream_id.take() {
+                    Some(ours) => ListFilter::new(reading, Some(ours), visible)
+                        .replying_as(id.clone().unwrap_or(Value::Null)),
+                    None => ListFilter::new(reading, id.clone(), visible),
+                };
+                *filter = Some(Box::new(list));
             }
             State::Call {
                 watcher,

@@ -15,6 +15,12 @@
 //! filtered, and the stream ends there), and a stream that answers no request of its own (a
 //! `GET` stream, where a resumable server replays earlier answers after `Last-Event-ID`):
 //! there every answer that lists tools is filtered, and the stream goes on.
+//!
+//! A server matches answers to requests by id, per session, and a client chooses its ids: a
+//! `tools/list` and another request sent with the same id at once could have the list's
+//! answer go out as the other request's, on a route this filter does not read. So the list
+//! request reaches the server under an id of the proxy's own, which no client can guess
+//! ([`ListRequest`]), and the answer goes back to the agent under the agent's id.
 
 use super::answer::{case_variant, error_message, Framing};
 use super::sse::{EventSplitter, MAX_EVENT_BYTES};
@@ -46,11 +52,43 @@ pub struct ListReport {
 /// carries no message, a content encoding the filter does not read), with why.
 pub type Reading = Result<Framing, String>;
 
+/// A `tools/list` request as the server gets it: under an id of the proxy's own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListRequest {
+    /// The body to send on.
+    pub body: Vec<u8>,
+    /// The id the server answers.
+    pub upstream_id: Value,
+}
+
+impl ListRequest {
+    /// `body`, the request whose id the proxy's check read as `id`, with a fresh id in its
+    /// place. Refused if it is not that request (the check and the body disagree).
+    pub fn rewrite(body: &[u8], id: &Value) -> Result<ListRequest, String> {
+        let Ok(Value::Object(mut message)) = strict_json::parse(body) else {
+            return Err("the tools/list request cannot be read as the check read it".into());
+        };
+        if message.get("id") != Some(id) {
+            return Err("the tools/list request's id is not the one the check read".into());
+        }
+        let mut random = [0u8; 16];
+        getrandom::fill(&mut random).expect("the system's random source works");
+        let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let upstream_id = Value::String(format!("toolgate-{hex}"));
+        message.insert("id".into(), upstream_id.clone());
+        let body = serde_json::to_vec(&message).expect("JSON values always serialize");
+        Ok(ListRequest { body, upstream_id })
+    }
+}
+
 /// One answer stream, filtered as its body arrives.
 pub struct ListFilter<F> {
     reading: Reading,
-    /// The request answered; `None` for a stream that answers no request of its own.
+    /// The request answered, by the id the server got; `None` for a stream that answers no
+    /// request of its own.
     id: Option<Value>,
+    /// The agent's own id for that request, written back in place of `id`.
+    reply_id: Option<Value>,
     visibility: F,
     body: Vec<u8>,
     /// The JSON body went over the limit: what arrives is dropped, the answer refused.
@@ -68,6 +106,7 @@ impl<F: FnMut(&str) -> Visibility> ListFilter<F> {
         ListFilter {
             reading,
             id,
+            reply_id: None,
             visibility,
             body: Vec::new(),
             overflow: false,
@@ -75,6 +114,13 @@ impl<F: FnMut(&str) -> Visibility> ListFilter<F> {
             finished: false,
             report: ListReport::default(),
         }
+    }
+
+    /// The request was sent on under another id ([`ListRequest`]): the agent gets its answer
+    /// under `agent_id`.
+    pub fn replying_as(mut self, agent_id: Value) -> Self {
+        self.reply_id = Some(agent_id);
+        self
     }
 
     /// Take the next part of the body (`end`: the last); return what to send on now.
@@ -178,11 +224,26 @@ impl<F: FnMut(&str) -> Visibility> ListFilter<F> {
             self.finished = true;
         }
         match (message.get("result"), message.get("error")) {
-            // An error lists no tools: it goes on as it is, whatever id it names.
-            (None, Some(Value::Object(_))) => Ok(None),
+            // An error lists no tools: it goes on as it is, whatever id it names (under the
+            // agent's own id when it answers the request).
+            (None, Some(Value::Object(_))) => Ok(self.reply(message, false)),
             (Some(Value::Object(_)), None) => self.result(message),
             _ => Err("the answer must carry either a result object or an error object".into()),
         }
+    }
+
+    /// `message` as it goes to the agent: `None` (as it came) unless it was `changed` or
+    /// answers the request under the proxy's id, which the agent's own id replaces.
+    fn reply(&self, mut message: Map<String, Value>, changed: bool) -> Option<Vec<u8>> {
+        let renamed = match (&self.reply_id, &self.id) {
+            (Some(agent), Some(ours)) if message.get("id") == Some(ours) => {
+                message.insert("id".into(), agent.clone());
+                true
+            }
+            _ => false,
+        };
+        (changed || renamed)
+            .then(|| serde_json::to_vec(&message).expect("JSON values always serialize"))
     }
 
     /// A result: for the request's answer it must list tools; on a stream of earlier
@@ -248,15 +309,10 @@ impl<F: FnMut(&str) -> Visibility> ListFilter<F> {
         }
         let mark_private =
             self.report.per_subject && result.get("cacheScope").is_some_and(|s| s != "private");
-        if removed == 0 && !mark_private {
-            return Ok(None);
-        }
         if mark_private {
             result.insert("cacheScope".into(), "private".into());
         }
-        Ok(Some(
-            serde_json::to_vec(&message).expect("JSON values always serialize"),
-        ))
+        Ok(self.reply(message, removed > 0 || mark_private))
     }
 
     /// The JSON-RPC error sent instead of a refused answer.
@@ -265,11 +321,8 @@ impl<F: FnMut(&str) -> Visibility> ListFilter<F> {
             "the server's tools/list answer was refused by the proxy's policy check: {why}"
         );
         self.report.refused = Some(why);
-        error_message(
-            self.id.as_ref().unwrap_or(&Value::Null),
-            INTERNAL_ERROR,
-            &message,
-        )
+        let id = self.reply_id.as_ref().or(self.id.as_ref());
+        error_message(id.unwrap_or(&Value::Null), INTERNAL_ERROR, &message)
     }
 }
 
@@ -478,6 +531,44 @@ mod tests {
         let mut f = ListFilter::new(Err("no message".into()), Some(json!(1)), hide_delete);
         assert!(f.feed(b"", true).is_empty());
         assert_eq!(f.report.refused, None);
+    }
+
+    #[test]
+    fn the_server_gets_an_id_of_the_proxys_own_and_the_agent_its_own_back() {
+        let sent = br#"{"jsonrpc":"2.0","id":7,"method":"tools/list","params":{"cursor":"c"}}"#;
+        let request = ListRequest::rewrite(sent, &json!(7)).unwrap();
+        let forwarded: Value = serde_json::from_slice(&request.body).unwrap();
+        assert_eq!(forwarded["params"], json!({"cursor": "c"}));
+        assert_eq!(forwarded["id"], request.upstream_id);
+        let fresh = ListRequest::rewrite(sent, &json!(7)).unwrap().upstream_id;
+        assert_ne!(fresh, request.upstream_id, "a new id each time");
+        assert!(
+            ListRequest::rewrite(sent, &json!(8)).is_err(),
+            "not the request checked"
+        );
+        // The answer, filtered or not, an error too, goes back under the agent's id.
+        let up = request.upstream_id.clone();
+        for answer in [
+            json!({"jsonrpc": "2.0", "id": up, "result": {"tools": [{"name": "read"}]}}),
+            json!({"jsonrpc": "2.0", "id": up, "result": {"tools": [{"name": "delete_x"}]}}),
+            json!({"jsonrpc": "2.0", "id": up, "error": {"code": -32601, "message": "no"}}),
+        ] {
+            let mut f = ListFilter::new(Ok(Framing::Json), Some(up.clone()), hide_delete)
+                .replying_as(json!(7));
+            let out: Value =
+                serde_json::from_slice(&f.feed(answer.to_string().as_bytes(), true)).unwrap();
+            assert_eq!(out["id"], 7, "{out}");
+            assert!(!out.to_string().contains("delete_x"));
+        }
+        // The agent's own id on an answer is not the request's: refused, under its id.
+        let mut f = ListFilter::new(Ok(Framing::Json), Some(up), hide_delete).replying_as(json!(7));
+        let stray = json!({"jsonrpc": "2.0", "id": 7, "result": {"tools": []}});
+        let out: Value =
+            serde_json::from_slice(&f.feed(stray.to_string().as_bytes(), true)).unwrap();
+        assert_eq!(
+            (out["id"].clone(), out["error"]["code"].clone()),
+            (json!(7), json!(INTERNAL_ERROR))
+        );
     }
 
     #[test]
