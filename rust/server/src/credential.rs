@@ -116,9 +116,12 @@ fn spare_bits(len: usize) -> u8 {
 /// A base64 character's value, in either alphabet.
 fn sextet(b: u8) -> Option<u8> {
     match b {
-        b'+' => Some(62),
-        b'/' => Some(63),
-        _ => BASE64URL.iter().position(|&c| c == b).map(|i| i as u8),
+        b'A'..=b'Z' => Some(b - b'A'),
+        b'a'..=b'z' => Some(b - b'a' + 26),
+        b'0'..=b'9' => Some(b - b'0' + 52),
+        b'-' | b'+' => Some(62),
+        b'_' | b'/' => Some(63),
+        _ => None,
     }
 }
 
@@ -214,6 +217,15 @@ mod tests {
         ] {
             assert!(bearer_token(value).is_err(), "{value:?}");
         }
+    }
+
+    #[test]
+    fn sextets_are_the_alphabets_positions() {
+        for (i, &c) in BASE64URL.iter().enumerate() {
+            assert_eq!(sextet(c), Some(i as u8));
+        }
+        assert_eq!((sextet(b'+'), sextet(b'/')), (Some(62), Some(63)));
+        assert_eq!((sextet(b'='), sextet(b'.'), sextet(b'~')), (None, None, None));
     }
 
     #[test]
