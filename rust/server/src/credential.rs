@@ -49,7 +49,7 @@ fn is_b64token(token: &str) -> bool {
     !body.is_empty()
         && body
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+            .all(|b| sextet(b).is_some() || b == b'.' || b == b'~')
 }
 
 /// One spelling for the spellings of a JWT that base64 decoders read as the same bytes, so
@@ -60,39 +60,43 @@ fn is_b64token(token: &str) -> bool {
 /// no padding, the URL alphabet, and those bits zeroed. Any other token is an opaque string
 /// that its verifier compares as it is: it is left as it is.
 pub fn canonical_token(token: &str) -> Cow<'_, str> {
-    let body = token.trim_end_matches('=');
-    let dots = body.bytes().filter(|&b| b == b'.').count();
-    let mut first = body.bytes().map(sextet);
-    let header = (first.next().flatten(), first.next().flatten());
-    if !matches!(dots, 2 | 4) || !matches!(header, (Some(a), Some(b)) if opens_an_object(a, b)) {
+    let body = token.trim_end_matches('=').as_bytes();
+    let header = (body.first(), body.get(1));
+    let header = header
+        .0
+        .and_then(|&b| sextet(b))
+        .zip(header.1.and_then(|&b| sextet(b)));
+    if !header.is_some_and(|(a, b)| opens_an_object(a, b)) {
         return Cow::Borrowed(token);
     }
-    // Most tokens are written canonically already (every JWT library does): nothing to
-    // copy. A segment that is not base64 makes the token opaque after all.
+    // One pass: the token's shape, and whether it is written canonically already (as every
+    // JWT library writes it: then there is nothing to copy).
     let mut canonical = body.len() == token.len();
-    for segment in body.split('.') {
-        let mut values = segment.bytes().map(sextet);
-        let Some(last) = values.next_back() else {
-            continue;
-        };
-        if values.any(|v| v.is_none()) {
-            return Cow::Borrowed(token);
+    let (mut dots, mut start) = (0, 0);
+    for (i, &b) in body.iter().enumerate() {
+        match b {
+            b'.' => {
+                canonical &= spare_bits_clear(&body[start..i]);
+                dots += 1;
+                start = i + 1;
+            }
+            b'+' | b'/' => canonical = false,
+            // Not base64: an opaque token after all.
+            _ if sextet(b).is_none() => return Cow::Borrowed(token),
+            _ => {}
         }
-        let Some(last) = last else {
-            return Cow::Borrowed(token);
-        };
-        canonical &= !segment.contains(['+', '/']) && last & spare_bits(segment.len()) == 0;
     }
-    if canonical {
+    canonical &= spare_bits_clear(&body[start..]);
+    if !matches!(dots, 2 | 4) || canonical {
         return Cow::Borrowed(token);
     }
     let mut out = String::with_capacity(body.len());
-    for (i, segment) in body.split('.').enumerate() {
+    for (i, segment) in body.split(|&b| b == b'.').enumerate() {
         if i > 0 {
             out.push('.');
         }
         let spare = spare_bits(segment.len());
-        for (n, b) in segment.bytes().enumerate() {
+        for (n, &b) in segment.iter().enumerate() {
             let mut v = sextet(b).expect("checked above");
             if n + 1 == segment.len() {
                 v &= !spare;
@@ -101,6 +105,14 @@ pub fn canonical_token(token: &str) -> Cow<'_, str> {
         }
     }
     Cow::Owned(out)
+}
+
+/// Whether a base64 segment's last character has no bits set past its last whole byte.
+fn spare_bits_clear(segment: &[u8]) -> bool {
+    segment
+        .last()
+        .and_then(|&b| sextet(b))
+        .is_none_or(|v| v & spare_bits(segment.len()) == 0)
 }
 
 /// Bits of a segment's last character past its last whole byte: 4 after 2 characters (mod
@@ -114,16 +126,24 @@ fn spare_bits(len: usize) -> u8 {
 }
 
 /// A base64 character's value, in either alphabet.
+#[inline]
 fn sextet(b: u8) -> Option<u8> {
-    match b {
-        b'A'..=b'Z' => Some(b - b'A'),
-        b'a'..=b'z' => Some(b - b'a' + 26),
-        b'0'..=b'9' => Some(b - b'0' + 52),
-        b'-' | b'+' => Some(62),
-        b'_' | b'/' => Some(63),
-        _ => None,
-    }
+    let v = SEXTETS[usize::from(b)];
+    (v < 64).then_some(v)
 }
+
+/// Each byte's base64 value, in either alphabet; 255 for a byte that is none.
+const SEXTETS: [u8; 256] = {
+    let mut table = [255u8; 256];
+    let mut i = 0;
+    while i < 64 {
+        table[BASE64URL[i] as usize] = i as u8;
+        i += 1;
+    }
+    table[b'+' as usize] = 62;
+    table[b'/' as usize] = 63;
+    table
+};
 
 /// Whether base64 that opens with values `a`, `b` decodes to text that opens with `{` (a
 /// JWT's header).
@@ -225,7 +245,10 @@ mod tests {
             assert_eq!(sextet(c), Some(i as u8));
         }
         assert_eq!((sextet(b'+'), sextet(b'/')), (Some(62), Some(63)));
-        assert_eq!((sextet(b'='), sextet(b'.'), sextet(b'~')), (None, None, None));
+        assert_eq!(
+            (sextet(b'='), sextet(b'.'), sextet(b'~')),
+            (None, None, None)
+        );
     }
 
     #[test]
