@@ -582,7 +582,7 @@ def _open(port: int, method: str, body: bytes | None, headers: dict[str, str]) -
     return connection.getresponse()
 
 
-def _session(port: int, extra: dict[str, str] | None = None) -> dict[str, str]:
+def _plain_session(port: int, extra: dict[str, str] | None = None) -> dict[str, str]:
     """A new session on ``port`` (initialize, then initialized), spoken in plain HTTP: the
     headers its requests carry."""
     extra = extra or {}
@@ -604,7 +604,7 @@ def _session(port: int, extra: dict[str, str] | None = None) -> dict[str, str]:
 def _replayed_list(port: int, extra: dict[str, str] | None = None) -> tuple[int, list[str]]:
     """A session on ``port``: list the tools, then resume the list's stream from its first
     event with GET + Last-Event-ID; the status of the GET and what it replayed."""
-    session = _session(port, extra)
+    session = _plain_session(port, extra)
     listed = _open(port, "POST", rpc("tools/list", 1), session).read().decode()
     first = next(line[4:] for line in listed.splitlines() if line.startswith("id: "))
     resumed = _open(port, "GET", None, {**session, "last-event-id": first})
@@ -640,7 +640,7 @@ def test_no_request_sharing_the_lists_id_is_given_the_list(tmp_path, transport):
         Sidecar(EXAMPLES / "policy.json") as sidecar,
         deployed(EXT_PROC, sidecar.port, seed.port) as envoy,
     ):
-        session = _session(envoy.port, {"authorization": "Bearer mallory"})
+        session = _plain_session(envoy.port, {"authorization": "Bearer mallory"})
         for n in range(20):
             answers: dict[str, bytes] = {}
             both = threading.Barrier(2)
@@ -698,7 +698,7 @@ def test_cancelling_a_running_call_does_not_give_its_count_back(tmp_path, transp
         Sidecar(PAY_3) as sidecar,
         deployed(EXT_PROC, sidecar.port, server.port) as envoy,
     ):
-        headers = _session(envoy.port, {"authorization": "Bearer mallory"})
+        headers = _plain_session(envoy.port, {"authorization": "Bearer mallory"})
 
         def cancel(headers: dict[str, str], id: int) -> None:
             params = {"requestId": id, "reason": "changed my mind"}
@@ -721,7 +721,7 @@ def test_ending_the_session_does_not_give_a_running_calls_count_back(tmp_path, t
         def end(headers: dict[str, str], id: int) -> None:
             send(envoy, "DELETE", b"", headers)
 
-        new = lambda: _session(envoy.port, {"authorization": "Bearer mallory"})  # noqa: E731
+        new = lambda: _plain_session(envoy.port, {"authorization": "Bearer mallory"})  # noqa: E731
         _pay_while_the_client_interferes(server, envoy, new, end)
         assert server.payments() == 3
         assert sum(sidecar.series(RELEASED).values()) == 0
