@@ -82,8 +82,11 @@ SETTLE = 10.0
 
 CALL_REQUEST = eb.REQUEST_BODY  # tools/call of run_command, as in the other Envoy benches
 CALL_ANSWER = eb.RESULT_BODY.encode()
+#: A string id: toolgate sends the list on under a string id of its own, which the upstream
+#: echoes (see ``upstream_config``).
+LIST_ID = "bench-1"
 LIST_REQUEST = json.dumps(
-    {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, separators=(",", ":")
+    {"jsonrpc": "2.0", "id": LIST_ID, "method": "tools/list"}, separators=(",", ":")
 ).encode()
 #: (verb, how many, whether the bench policy lets the caller see them)
 FAMILIES = (
@@ -128,7 +131,7 @@ def catalogue() -> tuple[list[dict], list[str]]:
 
 TOOLS, VISIBLE = catalogue()
 LIST_ANSWER = json.dumps(
-    {"jsonrpc": "2.0", "id": 1, "result": {"tools": TOOLS}}, separators=(",", ":")
+    {"jsonrpc": "2.0", "id": LIST_ID, "result": {"tools": TOOLS}}, separators=(",", ":")
 ).encode()
 REQUESTS = {"call": CALL_REQUEST, "list": LIST_REQUEST}
 ANSWERS = {"call": CALL_ANSWER, "list": LIST_ANSWER}
@@ -247,6 +250,43 @@ def upstream_config(listen: int, admin: int) -> dict:
         for kind, body in ANSWERS.items()
     ]
     routes.append({"match": {"prefix": "/"}, "direct_response": {"status": 404}})
+    # The list answers the id it was asked with (toolgate sends a list on under an id of its
+    # own): the request's id goes into metadata, and the answer's body is rewritten with it.
+    hcm["http_filters"].insert(
+        0,
+        {
+            "name": "envoy.filters.http.json_to_metadata",
+            "typed_config": {
+                "@type": f"{eb.TYPE}.http.json_to_metadata.v3.JsonToMetadata",
+                "request_rules": {
+                    "rules": [
+                        {
+                            "selectors": [{"key": "id"}],
+                            "on_present": {"metadata_namespace": "bench", "key": "id"},
+                        }
+                    ]
+                },
+            },
+        },
+    )
+    echoing = LIST_ANSWER.decode().replace(
+        f'"id":"{LIST_ID}"', '"id":"%DYNAMIC_METADATA(bench:id)%"', 1
+    )
+    hcm["local_reply_config"] = {
+        "mappers": [
+            {
+                "filter": {
+                    "header_filter": {
+                        "header": {"name": ANSWER_HEADER, "string_match": {"exact": "list"}}
+                    }
+                },
+                "body_format_override": {
+                    "text_format_source": {"inline_string": echoing},
+                    "content_type": "application/json",
+                },
+            }
+        ]
+    }
     hcm["route_config"] = {
         # The default limit on a direct_response body is 4 KiB.
         "max_direct_response_body_size_bytes": 2 * max(len(b) for b in ANSWERS.values()),
