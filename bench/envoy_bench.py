@@ -1,5 +1,5 @@
 """Latency Envoy adds per MCP call with toolgate's ext_authz filter, against the same Envoy
-without it, driven by h2load (DESIGN.md §7).
+without it, driven by h2load (bench/README.md).
 
 One command, run on purpose (never by the tests):
 

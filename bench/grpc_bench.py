@@ -1,4 +1,4 @@
-"""gRPC ``Decide`` against the transport floor, driven by h2load (DESIGN.md §7).
+"""gRPC ``Decide`` against the transport floor, driven by h2load (bench/README.md).
 
 One command, run on purpose (never by the tests):
 

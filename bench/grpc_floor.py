@@ -1,5 +1,5 @@
 """The gRPC transport floor: a grpcio server that answers ``toolgate.v1.Decider/Decide`` with a
-constant, for comparison with ``toolgate serve`` under the same load (DESIGN.md §7).
+constant, for comparison with ``toolgate serve`` under the same load (bench/README.md).
 
 It is set up like the sidecar (python/toolgate/serve.py): a ``ThreadPoolExecutor`` of the same
 size, the same server options (``grpc.so_reuseport`` 0), and a generic handler without

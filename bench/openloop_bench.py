@@ -1,6 +1,6 @@
 """Latency against offered load, open loop: `toolgate serve` with 1 and N workers at a series
-of fixed arrival rates, from a low rate to past saturation (DESIGN.md §7, REFERENCE.md "Load
-generation").
+of fixed arrival rates, from a low rate to past saturation, without coordinated omission
+(bench/README.md).
 
 h2load is closed loop (a connection sends its next request when an answer comes back) and its
 ``--rps`` is bursty, so a slow answer delays the requests behind it and their wait is never

@@ -1,5 +1,5 @@
 """Decisions through the Python API: precedence, conditions, limits, shadow mode, approval,
-reload, servers and malformed requests (DESIGN.md §3-§5)."""
+reload, servers and malformed requests (docs/policy.md, docs/decisions.md, docs/counters.md)."""
 
 from __future__ import annotations
 

@@ -47,7 +47,7 @@ def best_match(name: str, entries: list[str]) -> int | None:
 
 
 def reference_rule(name: str, hide: list[str], tools: list[str]) -> tuple[str, str]:
-    """(code, rule) the precedence of DESIGN.md §3 gives under ``default: deny``."""
+    """(code, rule) the precedence of docs/policy.md gives under ``default: deny``."""
     h = best_match(name, hide)
     if h is not None:
         return "HIDDEN", f"/hide/{h}"
