@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sidecar
 import toolgate
 from go_oracle import GoOracle, build_go_oracle
 
@@ -69,15 +68,6 @@ def errors_of(load: Any, *args: Any) -> list[tuple[str, int | None, str]]:
 
 def codes(decisions: list[toolgate.Decision]) -> list[str]:
     return [d.code for d in decisions]
-
-
-@pytest.fixture(scope="module", params=sidecar.TRANSPORTS)
-def transport(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Each test that starts `toolgate serve` runs once per transport: a module's tests run
-    on one, then on the other (its module-scoped sidecars are started once for each)."""
-    sidecar.use_transport(request.param)
-    yield request.param
-    sidecar.use_transport("native")
 
 
 @pytest.fixture(scope="session")

@@ -39,29 +39,6 @@ DECIDER = "toolgate.v1.Decider"
 #: How long to wait for anything the server does on its own (start, reload, stop).
 PATIENCE = 15.0
 
-#: The transports `toolgate serve` answers on; every sidecar test runs on each (the
-#: `transport` fixture in conftest.py sets which one `Sidecar` and `toolgate_cli` use).
-TRANSPORTS = ("native", "grpcio")
-_transport = ["native"]
-
-
-def use_transport(name: str) -> None:
-    """Start the sidecars that follow on transport ``name``."""
-    assert name in TRANSPORTS, name
-    _transport[0] = name
-
-
-def current_transport() -> str:
-    return _transport[0]
-
-
-def with_transport(args: list[str]) -> list[str]:
-    """``toolgate serve`` arguments with the current transport, unless they name one."""
-    if "--transport" in args:
-        return args
-    return [*args, "--transport", current_transport()]
-
-
 T = TypeVar("T")
 
 _LIVE: set[subprocess.Popen[bytes]] = set()
@@ -206,7 +183,6 @@ class Sidecar:
             ]
             if policy is not None:
                 args += ["--policy", str(policy)]
-            args = with_transport(args)
             self.args = args
             try:
                 self._spawn(args)
@@ -386,10 +362,8 @@ class _PortTaken(AssertionError):
 
 
 def toolgate_cli(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run the ``toolgate`` console script (``serve`` on the current transport)."""
+    """Run the ``toolgate`` console script."""
     argv = [*map(str, args)]
-    if argv[:1] == ["serve"]:
-        argv = with_transport(argv)
     return subprocess.run([*TOOLGATE, *argv], capture_output=True, text=True, timeout=timeout)
 
 

@@ -1,7 +1,7 @@
-"""Approvals in a running sidecar, on both transports: a call needing approval is refused
-with its id; an approver decides with ``toolgate approvals`` on the admin listener (tokens,
-per-rule approvers); the approved call runs once, even when copies race on many connections
-or across ``--workers``; pending and approved state survives SIGKILL; a webhook tells a
+"""Approvals in a running sidecar: a call needing approval is refused with its id; an
+approver decides with ``toolgate approvals`` on the admin listener (tokens, per-rule
+approvers); the approved call runs once, even when copies race on many connections served by
+different threads; pending and approved state survives SIGKILL; a webhook tells a
 receiver, signed, retried. (Below the sidecar: test_approvals_store.py. Through Envoy:
 test_approvals_e2e.py.)
 """
@@ -23,8 +23,6 @@ import pytest
 import toolgate
 from conftest import policy
 from sidecar import PATIENCE, TOOLGATE, Sidecar, free_port, toolgate_cli, wait_for
-
-pytestmark = pytest.mark.usefixtures("transport")
 
 DOC = policy(
     {
@@ -273,8 +271,8 @@ def test_approvals_acknowledged_before_a_sigkill_are_kept(admin):
                 assert first.approval_id == second.approval_id == id
 
 
-def test_with_workers_an_approved_call_runs_once_across_processes(admin):
-    with Approving(admin, "--workers", "2") as sc:
+def test_an_approved_call_runs_once_across_serving_threads(admin):
+    with Approving(admin, "--threads", "4") as sc:
         id = sc.call().approval_id
         wait_listed(sc, id)
         sc.approvals("alice", "approve", id)

@@ -1,5 +1,5 @@
-"""What an unauthenticated agent can do to approvals, through a real sidecar on both
-transports (its admin API, real SQLite, a real HTTP receiver): it cannot deceive an approver
+"""What an unauthenticated agent can do to approvals, through a real sidecar (its
+admin API, real SQLite, a real HTTP receiver): it cannot deceive an approver
 (forged rows, Slack mentions and links), jam the approvals of others (a full table, a
 webhook backlog, messages over gRPC's limit, rows never purged, admin slots held without a
 message), or learn a credential from an approval's key. (The text rules as properties:
@@ -22,13 +22,10 @@ import grpc
 import h2.config
 import h2.connection
 import h2.events
-import pytest
 from conftest import policy
 from sidecar import PATIENCE, TOOLGATE, wait_for
 from test_approvals import TOKENS, Approving, Receiver, admin  # noqa: F401  (a fixture)
 from toolgate.v1 import approvals_pb2, approvals_pb2_grpc
-
-pytestmark = pytest.mark.usefixtures("transport")
 
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED

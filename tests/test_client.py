@@ -1,5 +1,5 @@
-"""``toolgate.Client`` and ``toolgate.AsyncClient`` against a real ``toolgate serve`` (each
-transport): they answer with the engine's own ``Decision`` type (string verdicts and codes,
+"""``toolgate.Client`` and ``toolgate.AsyncClient`` against a real ``toolgate serve``: they
+answer with the engine's own ``Decision`` type (string verdicts and codes,
 limits, retry-after), decide batches, release reservations, and reach a sidecar on a unix
 socket. TLS through a real Envoy that terminates TLS in front of the sidecar, with a CA made in
 the test: the server is verified, a client certificate is sent when asked, a server name can be
@@ -21,10 +21,8 @@ import toolgate
 from certificates import Authority, Issued
 from conftest import EXAMPLES, limit, policy
 from envoy_proxy import Envoy, envoy_executable, free_ports
-from sidecar import _LIVE, PATIENCE, TOOLGATE, Sidecar, dies_with_parent, wait_for, with_transport
+from sidecar import _LIVE, PATIENCE, TOOLGATE, Sidecar, dies_with_parent, wait_for
 from toolgate.v1 import decider_pb2
-
-pytestmark = pytest.mark.usefixtures("transport")
 
 POLICY = policy(
     {
@@ -46,7 +44,7 @@ GRANTS = _names()
 
 
 @pytest.fixture(scope="module")
-def sc(transport: str) -> Iterator[Sidecar]:
+def sc() -> Iterator[Sidecar]:
     with Sidecar(POLICY, metrics=False) as sidecar:
         yield sidecar
 
@@ -192,7 +190,7 @@ def test_both_clients_reach_a_sidecar_on_a_unix_socket(tmp_path: Path):
     path = tmp_path / "toolgate.sock"
     args = [*TOOLGATE, "serve", "--policy", str(EXAMPLES / "policy.json")]
     args += ["--listen", f"unix:{path}", "--metrics-listen", "off", "--admin-listen", "127.0.0.1:0"]
-    proc = subprocess.Popen(dies_with_parent(with_transport(args)), stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(dies_with_parent(args), stderr=subprocess.DEVNULL)
     _LIVE.add(proc)
     try:
         with toolgate.Client(f"unix:{path}", timeout=PATIENCE) as client:

@@ -1,8 +1,8 @@
 """The decision log: one JSON line per decision with the documented fields; argument values
 and credentials kept out unless a rule or a verified identity allows; a hash chain that
 ``toolgate log verify`` checks across rotated files and restarts, and that any edit, removal,
-insertion or reordering of lines breaks; and, in a running sidecar on both transports and
-with ``--workers``, every decision written.
+insertion or reordering of lines breaks; and, in a running sidecar, every decision written,
+whichever serving thread decided it.
 """
 
 from __future__ import annotations
@@ -427,7 +427,6 @@ def test_any_tampering_is_reported(tmp_path_factory, written_log, how, at, salt,
 # --- in a running sidecar ------------------------------------------------------------------
 
 
-@pytest.mark.usefixtures("transport")
 def test_a_sidecar_writes_every_decision_and_the_log_verifies(tmp_path):
     path = tmp_path / "decisions.jsonl"
     with Sidecar(DOC, "--decision-log", str(path)) as sc:
@@ -451,7 +450,6 @@ def test_a_sidecar_writes_every_decision_and_the_log_verifies(tmp_path):
     assert done.returncode == 1 and "lines were cut" in done.stdout
 
 
-@pytest.mark.usefixtures("transport")
 def test_the_sidecar_counts_logged_decisions_in_metrics(tmp_path):
     path = tmp_path / "decisions.jsonl"
     with Sidecar(DOC, "--decision-log", str(path), "--decision-log-filter", "denials") as sc:
@@ -462,24 +460,15 @@ def test_the_sidecar_counts_logged_decisions_in_metrics(tmp_path):
         assert sc.metric("toolgate_decision_log_dropped_total") == 0
 
 
-def test_with_workers_each_writes_its_own_chain(tmp_path):
+def test_every_serving_thread_writes_into_the_one_chain(tmp_path):
     path = tmp_path / "decisions.jsonl"
-    with Sidecar(DOC, "--workers", "2", "--decision-log", str(path)) as sc:
+    with Sidecar(DOC, "--threads", "4", "--decision-log", str(path)) as sc:
         channels = [toolgate.Client(sc.target) for _ in range(8)]
         for i in range(80):
             channels[i % 8].decide("lookup", grant=f"g{i}")
         for c in channels:
             c.close()
         total = sc.metric("toolgate_decision_log_lines_total")
-    files = [tmp_path / f"decisions.jsonl.w{i}" for i in range(2)]
-    counts = []
-    for f in files:
-        result = verify(log_files(f))
-        assert result.problem is None
-        counts.append(result.decisions)
-    assert sum(counts) == 80 == total
-
-
-def test_workers_refuse_a_log_on_stdout():
-    done = toolgate_cli("serve", "--workers", "2", "--decision-log", "-", "--metrics-listen", "off")
-    assert done.returncode == 2 and "needs a file" in done.stderr
+    result = verify(log_files(path))
+    assert result.problem is None
+    assert result.decisions == 80 == total

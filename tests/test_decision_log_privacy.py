@@ -14,13 +14,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import native
 import toolgate
 from conftest import cond, limit, make_engine, policy
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sidecar import PATIENCE
-from toolgate import _core
 from toolgate.v1 import decider_pb2 as pb
 
 KEY = b"k" * 32
@@ -55,7 +55,9 @@ def decide_wire(engine: toolgate.Engine, tool: str, arguments: bytes) -> pb.Deci
     request = pb.DecideRequest(
         tool=tool, subject=pb.Subject(grant="g", session="s-1"), arguments_json=arguments
     )
-    return pb.DecideResponse.FromString(engine.decide_wire(request.SerializeToString()))
+    return pb.DecideResponse.FromString(
+        native.call(engine, native.DECIDE, request.SerializeToString())
+    )
 
 
 def check_request(body: bytes, headers: dict[str, str] | None = None) -> bytes:
@@ -67,7 +69,7 @@ def check_request(body: bytes, headers: dict[str, str] | None = None) -> bytes:
 
 
 def check(engine: toolgate.Engine, body: bytes, headers: dict[str, str] | None = None) -> Any:
-    answer = _core.EnvoyAuthz(engine).check_wire(check_request(body, headers))
+    answer = native.call(engine, native.CHECK, check_request(body, headers))
     return external_auth_pb2.CheckResponse.FromString(answer)
 
 
@@ -159,7 +161,7 @@ def test_refusals_name_the_caller_and_tool_where_known(tmp_path):
     engine = logging_engine(path)
     subject = pb.Subject(grant="g", session="s-9", agent="bot-9")
     request = pb.DecideRequest(tool="ok", server="srv", subject=subject, arguments_json=b"[1]")
-    engine.decide_wire(request.SerializeToString())
+    native.call(engine, native.DECIDE, request.SerializeToString())
     check(engine, call_body("ok", '{"a": 1, "a": 2}'))  # the tool is not read: refused first
     check(engine, call_body("ok", "[1]"))  # read up to the arguments
     check(engine, call_body("ok", "{}"), headers={"mcp-name": "other"})

@@ -23,6 +23,7 @@ import json
 import re
 from typing import Any
 
+import native
 import pydantic_core
 import pytest
 from conftest import cond, policy
@@ -88,9 +89,11 @@ def engine() -> _core.Engine:
 
 def decide_wire(engine: _core.Engine, text: bytes) -> pb.DecideResponse:
     """A toolgate.v1 Decide of ``transfer`` with ``text`` as its arguments_json, through the
-    code both transports run."""
+    native server."""
     request = pb.DecideRequest(tool="transfer", subject=pb.Subject(grant="g"), arguments_json=text)
-    return pb.DecideResponse.FromString(engine.decide_wire(request.SerializeToString()))
+    return pb.DecideResponse.FromString(
+        native.call(engine, native.DECIDE, request.SerializeToString())
+    )
 
 
 def verdict_of(engine: _core.Engine, arguments: Any) -> str:

@@ -19,9 +19,6 @@ from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
 from google.rpc import code_pb2
 from sidecar import Sidecar
 
-# Every test here runs once per transport (native, grpcio).
-pytestmark = pytest.mark.usefixtures("transport")
-
 Ctx = attribute_context_pb2.AttributeContext
 CHECK = "/envoy.service.auth.v3.Authorization/Check"
 
@@ -112,7 +109,7 @@ def bearer(name: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def authz(transport: str):
+def authz():
     with Sidecar(EXAMPLES / "policy.json") as s:
         yield Authz(s)
 

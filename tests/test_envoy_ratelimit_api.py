@@ -18,9 +18,6 @@ from envoy.service.ratelimit.v3 import rls_pb2
 from google.protobuf import wrappers_pb2
 from sidecar import Sidecar
 
-# Every test here runs once per transport (native, grpcio).
-pytestmark = pytest.mark.usefixtures("transport")
-
 Response = rls_pb2.RateLimitResponse
 OK, OVER = Response.OK, Response.OVER_LIMIT
 Descriptor = ratelimit_pb2.RateLimitDescriptor
@@ -52,7 +49,7 @@ def descriptor(hits: int | None = None, **entries: str) -> Descriptor:
 
 
 @pytest.fixture(scope="module")
-def rls(transport: str):
+def rls():
     with Sidecar(POLICY) as s:
         stub = s.channel().unary_unary(
             "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",

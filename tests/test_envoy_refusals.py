@@ -20,9 +20,6 @@ from google.protobuf import wrappers_pb2
 from sidecar import Sidecar
 from test_envoy_authz_api import Authz, allowed, call_body, decision_meta, denied
 
-# Every test here runs once per transport (native, grpcio).
-pytestmark = pytest.mark.usefixtures("transport")
-
 POLICY = policy(
     {
         "transfer": {"deny_if": [cond("args.amount", "gt", 100)]},
@@ -38,7 +35,7 @@ MAX_REQUEST_BYTES = 4096
 
 
 @pytest.fixture(scope="module")
-def sidecar(transport: str):
+def sidecar():
     with Sidecar(POLICY, "--max-request-bytes", str(MAX_REQUEST_BYTES)) as s:
         yield s
 

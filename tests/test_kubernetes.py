@@ -9,9 +9,8 @@ Dockerfile and .dockerignore.
 - ``agreement(objects)`` lists every way the pod's pieces disagree: ports (toolgate's
   --listen, the probes, Envoy's clusters and listeners, containerPorts, the Service),
   mounted paths (--policy, -c, the Node preload: a ConfigMap key under a directory mount,
-  never subPath), resources, security settings, /dev/shm for --workers. It is empty for the
-  base and for the base with the workers component, and each of a list of deliberate breaks
-  is reported.
+  never subPath), resources, security settings. It is empty for the base, and each of a list
+  of deliberate breaks is reported.
 - The pod's processes, run here on loopback with the manifest's own arguments, probe commands
   and ConfigMap files (ports and mount paths moved): the probes pass, a call through Envoy is
   decided by toolgate and reaches the MCP server, a ConfigMap update (the kubelet's ``..data``
@@ -53,7 +52,6 @@ from sidecar import _LIVE, TOOLGATE, ConfigMapVolume, dies_with_parent, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ROOT / "deploy" / "kubernetes"
-WORKERS = BASE / "workers"
 REDIS = BASE / "redis"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
@@ -161,8 +159,8 @@ def objects() -> list[dict[str, Any]]:
     return rendered()
 
 
-def overlay_with_workers(tmp_path: Path, component: Path = WORKERS) -> Path:
-    """An overlay directory: the base plus the workers component (or ``component``)."""
+def overlay_with(tmp_path: Path, component: Path) -> Path:
+    """An overlay directory: the base plus ``component``."""
     rel = os.path.relpath
     (tmp_path / "kustomization.yaml").write_text(
         yaml.safe_dump(
@@ -407,19 +405,6 @@ def agreement(objects: list[dict[str, Any]]) -> list[str]:
     if (annotations or {}).get("prometheus.io/port") != str(m_port):
         out.append(f"the prometheus.io/port annotation is not {m_port}")
 
-    # Workers share a state file in /dev/shm: a memory-backed emptyDir, and a core each.
-    workers = int(flag(tg["args"], "--workers") or 1)
-    if workers > 1:
-        shm = [m for m in tg.get("volumeMounts", []) if m["mountPath"] == "/dev/shm"]
-        volumes = {v["name"]: v for v in spec["volumes"]}
-        dirs = [volumes[m["name"]].get("emptyDir") for m in shm]
-        if not dirs or dirs[0] is None or dirs[0].get("medium") != "Memory":
-            out.append(f"--workers {workers} without a memory emptyDir at /dev/shm")
-        elif "sizeLimit" not in dirs[0]:
-            out.append("/dev/shm has no sizeLimit")
-        if quantity(tg["resources"]["limits"]["cpu"]) < workers:
-            out.append(f"--workers {workers} with a CPU limit below {workers}")
-
     # Every container: requests and limits, and the restricted security settings.
     pod_security = spec.get("securityContext", {})
     for c in spec["containers"]:
@@ -471,14 +456,8 @@ def test_every_object_is_valid_kubernetes(objects):
 
 
 @needs_kubectl
-def test_the_base_with_workers_is_valid_kubernetes(tmp_path):
-    for obj in rendered(overlay_with_workers(tmp_path)):
-        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
-
-
-@needs_kubectl
 def test_the_base_with_redis_is_valid_and_points_every_replica_at_its_redis(tmp_path):
-    objects = rendered(overlay_with_workers(tmp_path, REDIS))
+    objects = rendered(overlay_with(tmp_path, REDIS))
     for obj in objects:
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
     named = {(o["kind"], o["metadata"]["name"]): o for o in objects}
@@ -651,32 +630,6 @@ def test_the_pieces_agree(objects):
     assert agreement(objects) == []
 
 
-@needs_kubectl
-def test_the_pieces_agree_with_workers(tmp_path):
-    with_workers = rendered(overlay_with_workers(tmp_path))
-    assert flag(container(with_workers, "toolgate")["args"], "--workers") == "2"
-    assert agreement(with_workers) == []
-
-
-@needs_kubectl
-def test_the_workers_component_patches_toolgate_only(tmp_path):
-    # Its JSON patch addresses containers by index and tests the name first: with toolgate
-    # elsewhere, rendering fails instead of patching another container.
-    base = tmp_path / "base"
-    shutil.copytree(BASE, base, ignore=shutil.ignore_patterns("workers"))
-    shutil.copytree(WORKERS, tmp_path / "workers")
-    deployment = yaml.safe_load((base / "deployment.yaml").read_text())
-    deployment["spec"]["template"]["spec"]["containers"].reverse()
-    (base / "deployment.yaml").write_text(yaml.safe_dump(deployment))
-    overlay = tmp_path / "overlay"
-    overlay.mkdir()
-    (overlay / "kustomization.yaml").write_text("resources: [../base]\ncomponents: [../workers]\n")
-    done = subprocess.run(
-        [KUBECTL or "kubectl", "kustomize", str(overlay)], capture_output=True, text=True
-    )
-    assert done.returncode != 0 and "test" in done.stderr.lower(), done.stderr
-
-
 def _set_flag(name: str, option: str, value: str) -> Callable[[list[dict[str, Any]]], None]:
     def change(objs: list[dict[str, Any]]) -> None:
         args = container(objs, name)["args"]
@@ -812,7 +765,6 @@ BREAKS: dict[str, tuple[Callable[[list[dict[str, Any]]], None], str]] = {
         _set_flag("toolgate", "--metrics-listen", "127.0.0.1:9464"),
         "metrics containerPort",
     ),
-    "workers-without-shm": (_set_flag("toolgate", "--workers", "2"), "/dev/shm"),
     "no-limits": (_in("toolgate", lambda c: c["resources"].pop("limits")), "no cpu request"),
     "request-above-limit": (
         _in("envoy", lambda c: c["resources"]["requests"].update(memory="1Gi")),

@@ -29,8 +29,10 @@ def test_generated_code_is_current(tmp_path: Path) -> None:
 
 
 def test_rust_and_python_agree_on_the_wire() -> None:
-    """A request built by the generated Python code is decided by the Rust decoder, and
-    its response parses back with every field set."""
+    """A request built by the generated Python code is decided by the Rust server, and its
+    response parses back with every field set."""
+    import grpc
+    from native import DECIDE, RELEASE, call
     from toolgate import Engine
     from toolgate.v1 import decider_pb2
 
@@ -60,7 +62,7 @@ def test_rust_and_python_agree_on_the_wire() -> None:
         arguments_json=b'{"amount": 40}',
     )
     response = decider_pb2.DecideResponse.FromString(
-        engine.decide_wire(request.SerializeToString())
+        call(engine, DECIDE, request.SerializeToString())
     )
     assert response.verdict == decider_pb2.ALLOW
     assert response.code == decider_pb2.ALLOWED
@@ -72,16 +74,19 @@ def test_rust_and_python_agree_on_the_wire() -> None:
     assert (limit.counter, limit.scope, limit.max, limit.remaining) == ("spend", "agent", 100, 60)
 
     request.arguments_json = b'{"amount": 61}'
-    denied = decider_pb2.DecideResponse.FromString(engine.decide_wire(request.SerializeToString()))
+    denied = decider_pb2.DecideResponse.FromString(
+        call(engine, DECIDE, request.SerializeToString())
+    )
     assert denied.verdict == decider_pb2.DENY
     assert denied.code == decider_pb2.RATE_LIMITED
     assert denied.HasField("retry_after_ms") and denied.retry_after_ms > 0
 
     release = decider_pb2.ReleaseRequest(reservation=response.reservation)
     released = decider_pb2.ReleaseResponse.FromString(
-        engine.release_wire(release.SerializeToString())
+        call(engine, RELEASE, release.SerializeToString())
     )
     assert released.released
 
-    with pytest.raises(ValueError, match="malformed"):
-        engine.decide_wire(b"\x12\x02\xff\xfe")  # field 2 (tool) holding invalid UTF-8
+    with pytest.raises(grpc.RpcError) as refused:
+        call(engine, DECIDE, b"\x12\x02\xff\xfe")  # field 2 (tool) holding invalid UTF-8
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT

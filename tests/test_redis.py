@@ -1,5 +1,5 @@
 """``toolgate serve --store redis://...``: one count for every replica, against a real
-``redis-server`` and real ``toolgate serve`` processes ("pods"), on both transports.
+``redis-server`` and real ``toolgate serve`` processes ("pods").
 
 - Two pods (one of them with two workers) on one Redis, 16 clients each: exactly ``max``
   allowed in all. In cached mode, at most the overshoot docs/redis.md states, measured.
@@ -26,8 +26,6 @@ from conftest import limit, policy
 from redis_server import Proxy, RedisServer, SentinelServer
 from sidecar import Sidecar, toolgate_cli, wait_for, write_json
 from toolgate.v1 import decider_pb2, decider_pb2_grpc
-
-pytestmark = pytest.mark.usefixtures("transport")
 
 #: Client connections per pod.
 CLIENTS = 16
@@ -128,10 +126,9 @@ def test_two_pods_on_one_redis_allow_exactly_max_in_all(redis: RedisServer) -> N
     max_calls = 150
     doc = policy({"create-ami": {"limits": [limit("ami", max_calls, window="day")]}})
     with (
-        Sidecar(doc, *store_args(redis.url), "--workers", "2") as a,
+        Sidecar(doc, *store_args(redis.url), "--threads", "2") as a,
         Sidecar(doc, *store_args(redis.url)) as b,
     ):
-        wait_for(lambda: a.stderr.count("serving toolgate.v1.Decider") >= 2 or None)
         codes = Load([a.target, b.target], "create-ami", total=500).run()
         assert codes == {"ALLOWED": max_calls, "RATE_LIMITED": 500 - max_calls}, codes
         allowed = sum(

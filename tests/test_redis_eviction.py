@@ -2,8 +2,8 @@
 "Memory"), against real ``redis-server`` and ``toolgate serve`` processes.
 
 - A policy that can evict counter keys (any but ``noeviction``), or one Redis will not tell,
-  is refused at start, naming ``--store-accept-eviction``: directly, through Sentinel, over
-  TLS, and by the supervisor of ``--workers``. ``CONFIG`` renamed, the policy is read from
+  is refused at start, naming ``--store-accept-eviction``: directly, through Sentinel, and
+  over TLS. ``CONFIG`` renamed, the policy is read from
   ``INFO``.
 - ``noeviction`` serves, reported as 0 in ``toolgate_store_counters_evictable``.
 - With ``--store-accept-eviction`` it serves, warns, and reports 1 with the policy: the
@@ -66,12 +66,9 @@ def spend(sc: Sidecar, grant: str = "alice") -> list[str]:
 
 
 @pytest.mark.parametrize("evicting", ["volatile-ttl", "allkeys-lru"])
-@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["sidecar", "workers"])
-def test_a_redis_that_can_evict_counters_is_refused_at_start(
-    evicting: str, workers: list[str]
-) -> None:
+def test_a_redis_that_can_evict_counters_is_refused_at_start(evicting: str) -> None:
     with RedisServer(config=("--maxmemory-policy", evicting)) as redis:
-        stderr = refused_at_start(redis.url, *workers)
+        stderr = refused_at_start(redis.url)
     assert f"its maxmemory-policy is {evicting}" in stderr, stderr
     assert "Set maxmemory-policy noeviction" in stderr and "--store-accept-eviction" in stderr
 

@@ -14,9 +14,6 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from sidecar import Sidecar, decision_lines, free_port, toolgate_cli
 
-# Every test here runs once per transport (native, grpcio).
-pytestmark = pytest.mark.usefixtures("transport")
-
 POLICY = EXAMPLES / "policy.json"
 REVISION = toolgate.Policy.from_file(POLICY).revision
 
@@ -32,7 +29,7 @@ def fresh(prefix: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def sc(transport: str):
+def sc():
     with Sidecar(POLICY) as s:
         yield s
 

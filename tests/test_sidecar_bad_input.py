@@ -15,9 +15,6 @@ from conftest import cond, limit, policy
 from sidecar import Sidecar
 from toolgate.v1 import decider_pb2
 
-# Every test here runs once per transport (native, grpcio).
-pytestmark = pytest.mark.usefixtures("transport")
-
 ALLOW, DENY = "ALLOW", "DENY"
 INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -42,7 +39,7 @@ REVISION = toolgate.Policy.from_dict(POLICY).revision
 
 
 @pytest.fixture(scope="module")
-def sc(transport: str):
+def sc():
     with Sidecar(POLICY, "--max-argument-bytes", str(MAX_ARGUMENT_BYTES)) as s:
         yield s
 

@@ -31,9 +31,6 @@ from sidecar import (
 )
 from toolgate.v1 import decider_pb2
 
-# Every test here runs once per transport (native, grpcio).
-pytestmark = pytest.mark.usefixtures("transport")
-
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 

@@ -39,8 +39,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    # The client loads grpcio (~11 MiB): imported when first asked for, so a sidecar serving
-    # on the native transport never loads it.
+    # The client loads grpcio (~11 MiB): imported when first asked for, so the sidecar never
+    # loads it.
     if name in ("Client", "AsyncClient"):
         from toolgate import client
 

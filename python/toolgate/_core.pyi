@@ -6,6 +6,10 @@ from typing import Any, Literal
 __version__: str
 #: The git commit the extension was built from; "" when unknown.
 __revision__: str
+#: The gRPC services a health check can name, besides "" (the whole server).
+SERVICES: list[str]
+#: Envoy's ``max_request_bytes`` in the configs this project ships.
+DEFAULT_MAX_REQUEST_BYTES: int
 
 def inert(text: str) -> str:
     """``text`` safe to show a person: control, format and line-separator characters written
@@ -143,12 +147,6 @@ class ManualClock:
     @property
     def now(self) -> float: ...
 
-def create_shared_state(
-    path: str | os.PathLike[str], *, workers: int, capacity: int = ..., reservations: int = ...
-) -> None:
-    """Create the file worker processes share: the counter table and a statistics block per
-    worker. ``path`` must not exist."""
-
 class Engine:
     """Decides tool calls against a policy, with counters that survive reloads."""
 
@@ -160,12 +158,7 @@ class Engine:
         reservations: int = ...,
         clock: ManualClock | None = None,
         max_argument_bytes: int = ...,
-        shared: str | os.PathLike[str] | None = None,
-        worker: int | None = None,
-    ) -> None:
-        """With ``shared`` (a file from ``create_shared_state``) the counters are shared with
-        every engine on that file; ``worker`` names this engine's statistics block (None:
-        ``stats()`` reads the sum of all workers')."""
+    ) -> None: ...
     @staticmethod
     def from_file(
         path: str | os.PathLike[str],
@@ -209,10 +202,6 @@ class Engine:
     ) -> Explanation:
         """Decide as ``decide`` does, through the same code, and say how. A dry run unless
         ``dry_run=False`` (then it counts, as a decision does)."""
-    def decide_wire(self, request: bytes) -> bytes:
-        """Decide a serialized toolgate.v1.DecideRequest; ValueError if malformed."""
-    def decide_batch_wire(self, request: bytes) -> bytes: ...
-    def release_wire(self, request: bytes) -> bytes: ...
     def enable_approvals(
         self,
         path: str | os.PathLike[str],
@@ -225,8 +214,8 @@ class Engine:
         preview_bytes: int = 2048,
     ) -> Approvals:
         """Run human approvals, with the approvals table in the file ``path`` (made if
-        missing; shared by every worker; one of another layout version is set aside). ``key``
-        (32 bytes or more, the same in every process) keys every digest of a call. At most
+        missing; it outlives the process; one of another layout version is set aside). ``key``
+        (32 bytes or more) keys every digest of a call. At most
         ``pending_per_grant`` pending approvals per grant and ``pending_per_rule`` per rule;
         approvers see the first ``preview_bytes`` of a call's arguments. Once per engine."""
     def enable_decision_log(
@@ -279,16 +268,12 @@ class Engine:
     @property
     def policy(self) -> Policy: ...
     def stats(self) -> dict[str, Any]: ...
-    def count_error(self, api: str, code: int) -> None:
-        """Count a call of gRPC API ``api`` (``decider``, ``ext_authz``, ``ratelimit``,
-        ``ext_proc``) answered with error status ``code``; ValueError for another API."""
 
 class EnvoyAuthz:
-    """Answers Envoy's ext_authz ``Check`` on MCP traffic from an engine."""
+    """How the native server reads Envoy's ext_authz ``Check`` requests."""
 
     def __init__(
         self,
-        engine: Engine,
         *,
         grant_header: str = "authorization",
         session_header: str = "mcp-session-id",
@@ -302,28 +287,29 @@ class EnvoyAuthz:
         """Header names are lower case. ``grant_claim``/``agent_claim`` read the grant/agent
         from a claim of the JWT that Envoy's jwt_authn verified; ``max_request_bytes`` is
         Envoy's body limit. ValueError for a bad setting."""
-    def check_wire(self, request: bytes) -> bytes:
-        """Answer a serialized CheckRequest (the GIL is let go meanwhile); ValueError if the
-        bytes are not one."""
 
-class EnvoyRateLimit:
-    """Answers Envoy's rate limit service ``ShouldRateLimit`` from an engine."""
+class NativeServer:
+    """The native data plane: tonic on threads of its own, serving every service on one
+    listener; no Python runs while it answers."""
 
-    def __init__(self, engine: Engine) -> None: ...
-    def should_rate_limit_wire(self, request: bytes) -> bytes:
-        """Answer a serialized RateLimitRequest; ValueError if the bytes are not one."""
-
-class EnvoyExchange:
-    """Follows one Envoy ext_proc ``Process`` stream (one HTTP exchange's answer): filters a
-    ``tools/list`` answer for its caller, gives a failed ``tools/call``'s reservation back.
-    Make one per stream."""
-
-    def __init__(self, engine: Engine) -> None: ...
-    def finished(self) -> bool:
-        """The exchange's answer has ended: end the stream."""
-    def process_wire(self, request: bytes) -> bytes | None:
-        """Answer a serialized ProcessingRequest (None where Envoy expects no answer:
-        observability mode); ValueError if the bytes are not one."""
+    def __init__(
+        self,
+        engine: Engine,
+        authz: EnvoyAuthz,
+        listen: str,
+        *,
+        threads: int,
+        descriptors: list[bytes] = ...,
+        max_message_bytes: int = ...,
+    ) -> None:
+        """Bind ``listen`` (``HOST:PORT`` or ``unix:PATH``) and serve, NOT_SERVING until told
+        otherwise. ValueError for a bad address, OSError if it cannot bind."""
+    @property
+    def address(self) -> str: ...
+    def set_serving(self, serving: bool) -> None:
+        """SERVING or NOT_SERVING on grpc.health.v1; calls are answered either way."""
+    def stop(self, grace: float) -> None:
+        """Refuse new calls, let those in flight finish within ``grace`` seconds."""
 
 def read_document(
     text: str, *, format: Literal["json", "yaml", "auto"] = "auto"

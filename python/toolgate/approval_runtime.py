@@ -1,10 +1,6 @@
-"""Approvals in a running sidecar: which process does what.
-
-Every serving process (the lone sidecar, or each worker) enables approvals on its engine,
-over the one approvals table file in the state directory, and records its engine's news
-into the store. The coordinating process (the lone sidecar, or the supervisor) also
-reconciles the table with the store at start, serves the admin listener, sends the
-webhooks, and exports their metrics.
+"""Approvals in a running sidecar: the engine's approvals over the table file in the state
+directory, its news recorded into the store, the table reconciled with the store at start,
+the admin listener, the webhooks, and their metrics.
 """
 
 from __future__ import annotations
@@ -138,16 +134,9 @@ def purger(store: ApprovalStore, approvals: Approvals, retention_s: float) -> Ba
 
 
 class ApprovalRuntime:
-    """Approvals for one process; ``stop()`` undoes ``start``."""
+    """Approvals for the sidecar; ``stop()`` undoes ``start``."""
 
-    def __init__(
-        self,
-        engine: Engine,
-        opts: ApprovalOptions,
-        *,
-        serving: bool,
-        coordinating: bool,
-    ) -> None:
+    def __init__(self, engine: Engine, opts: ApprovalOptions) -> None:
         self.state = StateDir(opts.state_dir)
         self.labels = GrantLabels(load_key(self.state.key))
         self.approvals = engine.enable_approvals(
@@ -167,46 +156,38 @@ class ApprovalRuntime:
         self.store = ApprovalStore(self.state.store, preview_bytes=opts.preview_bytes)
         self.deliveries = DeliveryCounts()
         self._recorder = ApprovalRecorder(self.approvals, self.store, self.labels)
-        self._serving = serving
         self._admin: AdminServer | None = None
         self._notifier: Notifier | None = None
-        self._coordinating = coordinating
-        self._purger: Background | None = None
-        if coordinating:
-            reconcile(self.approvals, self.store)
-            self.store.purge(self.approvals.now_ms(), int(opts.retention_s * 1000))
-            self._purger = purger(self.store, self.approvals, opts.retention_s)
-            if opts.admin_tokens is not None:
-                # The admin listener is a grpcio server, loaded only when one is asked for.
-                from toolgate.admin import AdminServer, ApprovalsService, load_tokens
+        reconcile(self.approvals, self.store)
+        self.store.purge(self.approvals.now_ms(), int(opts.retention_s * 1000))
+        self._purger = purger(self.store, self.approvals, opts.retention_s)
+        if opts.admin_tokens is not None:
+            # The admin listener is a grpcio server, loaded only when one is asked for.
+            from toolgate.admin import AdminServer, ApprovalsService, load_tokens
 
-                service = ApprovalsService(
-                    self.approvals, self.store, load_tokens(opts.admin_tokens)
-                )
-                self._admin = AdminServer(opts.admin_listen, service)
-            else:
-                log.info("no --admin-tokens: approvals can be opened but not decided")
-            if opts.webhook:
-                secret = opts.webhook_secret.read_bytes().strip() if opts.webhook_secret else None
-                self._notifier = Notifier(
-                    self.store,
-                    opts.webhook,
-                    secret=secret,
-                    fmt=opts.webhook_format,
-                    admin=opts.admin_listen,
-                    counts=self.deliveries,
-                    now_ms=self.approvals.now_ms,
-                    timeout=opts.webhook_timeout,
-                    workers=opts.webhook_workers,
-                )
+            service = ApprovalsService(self.approvals, self.store, load_tokens(opts.admin_tokens))
+            self._admin = AdminServer(opts.admin_listen, service)
+        else:
+            log.info("no --admin-tokens: approvals can be opened but not decided")
+        if opts.webhook:
+            secret = opts.webhook_secret.read_bytes().strip() if opts.webhook_secret else None
+            self._notifier = Notifier(
+                self.store,
+                opts.webhook,
+                secret=secret,
+                fmt=opts.webhook_format,
+                admin=opts.admin_listen,
+                counts=self.deliveries,
+                now_ms=self.approvals.now_ms,
+                timeout=opts.webhook_timeout,
+                workers=opts.webhook_workers,
+            )
 
     def start(self) -> None:
-        if self._serving:
-            self._recorder.start()
+        self._recorder.start()
         if self._notifier is not None:
             self._notifier.start()
-        if self._purger is not None:
-            self._purger.start()
+        self._purger.start()
 
     def collector(self) -> ApprovalCollector:
         return ApprovalCollector(self.store, self.approvals, self.deliveries)
@@ -216,9 +197,6 @@ class ApprovalRuntime:
             self._admin.stop(grace)
         if self._notifier is not None:
             self._notifier.stop()
-        if self._purger is not None:
-            self._purger.stop()
-        if self._serving:
-            self._recorder.stop()
-        if self._coordinating:
-            self.state.remove_if_temporary()
+        self._purger.stop()
+        self._recorder.stop()
+        self.state.remove_if_temporary()

@@ -151,7 +151,6 @@ def _serve(args: argparse.Namespace) -> int:
         policy=Path(args.policy) if args.policy else None,
         listen=args.listen,
         metrics_listen=None if args.metrics_listen == "off" else args.metrics_listen,
-        transport=args.transport,
         threads=args.threads,
         capacity=args.capacity,
         reservations=args.reservations,
@@ -163,7 +162,6 @@ def _serve(args: argparse.Namespace) -> int:
         log_format=args.log_format,
         log_level=args.log_level,
         metrics_per_tool=args.metrics_per_tool,
-        workers=args.workers,
         store=args.store,
         store_prefix=args.store_prefix,
         store_timeout_ms=args.store_timeout_ms,
@@ -175,8 +173,6 @@ def _serve(args: argparse.Namespace) -> int:
         decision_log=args.decision_log,
         decision_log_filter=args.decision_log_filter,
         decision_log_rotate_bytes=int(args.decision_log_rotate_mib * (1 << 20)),
-        shared=Path(args.shared) if args.shared else None,
-        worker_index=args.worker_index,
     )
     try:
         options.check = CheckSettings(
@@ -334,31 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="Prometheus /metrics over HTTP, or 'off'",
     )
     serve.add_argument(
-        "--transport",
-        choices=["native", "grpcio"],
-        default="native",
-        help="native: the Rust gRPC server, no Python per call; grpcio: Python's grpcio "
-        "server, the reference (default: %(default)s)",
-    )
-    serve.add_argument(
         "--threads",
         type=int,
         default=None,
         metavar="N",
-        help="serving threads (default: native, the CPUs this process may use, counting its "
-        "affinity and cgroup quota; grpcio, 8)",
+        help="serving threads, each serving the connections dealt to it (default: the CPUs "
+        "this process may use, counting its affinity and cgroup quota)",
     )
-    serve.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        metavar="N",
-        help="worker processes sharing the port and one counter table (default 1; "
-        "set it to the cores the sidecar may use)",
-    )
-    # Set by the supervisor of --workers in each worker it starts.
-    serve.add_argument("--shared", help=argparse.SUPPRESS)
-    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     serve.add_argument(
         "--capacity", type=int, default=1 << 16, metavar="N", help="counter-table slots"
     )
@@ -626,8 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
     decisions.add_argument(
         "--decision-log",
         metavar="FILE",
-        help="append each decision to FILE ('-': stdout); with --workers, each worker "
-        "writes FILE.wN",
+        help="append each decision to FILE ('-': stdout)",
     )
     decisions.add_argument(
         "--decision-log-filter",

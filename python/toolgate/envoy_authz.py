@@ -1,28 +1,17 @@
-"""Envoy's external authorization API (``envoy.service.auth.v3.Authorization/Check``) on MCP
-Streamable HTTP traffic.
+"""How the sidecar reads Envoy's external authorization requests
+(``envoy.service.auth.v3.Authorization/Check``) on MCP Streamable HTTP traffic: who is
+calling comes from configured headers or from the claims of a JWT that Envoy verified.
 
 Envoy sends each request's headers and body (``with_request_body``, ``pack_as_bytes``); the
-Rust core reads the JSON-RPC body, decides a ``tools/call`` and, when the call may not run,
-writes the JSON-RPC answer that Envoy sends to the client instead of forwarding. The request
-bytes go to Rust whole, which lets go of the GIL while it reads them. Who is calling comes
-from configured headers or from the claims of a JWT that Envoy verified (:class:`CheckSettings`).
+Rust data plane reads the JSON-RPC body, decides a ``tools/call`` and, when the call may not
+run, writes the JSON-RPC answer that Envoy sends to the client instead of forwarding.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from toolgate._core import Engine, EnvoyAuthz
-from toolgate.service import unary_bytes_handler
-
-if TYPE_CHECKING:
-    import grpc
-
-SERVICE_NAME = "envoy.service.auth.v3.Authorization"
-
-#: Envoy's ``max_request_bytes`` in the configs this project ships.
-DEFAULT_MAX_REQUEST_BYTES = 1 << 20
+from toolgate._core import DEFAULT_MAX_REQUEST_BYTES
 
 
 @dataclass(frozen=True)
@@ -73,12 +62,3 @@ def parse_subject_source(text: str) -> str | None:
     if kind != "jwt" or not sep or not claim:
         raise ValueError(f"expected 'header' or 'jwt:CLAIM', got {text!r}")
     return claim
-
-
-def authorization_handler(authz: EnvoyAuthz, engine: Engine) -> grpc.GenericRpcHandler:
-    """The ``Check`` handler of the grpcio transport, answered by ``authz``."""
-    import grpc
-
-    return grpc.method_handlers_generic_handler(
-        SERVICE_NAME, {"Check": unary_bytes_handler(authz.check_wire, engine, "ext_authz")}
-    )

@@ -81,20 +81,19 @@ class ReloadStateCollector(Collector):
 class BuildInfoCollector(Collector):
     """``toolgate_build_info``: what is running, as labels of a constant 1."""
 
-    def __init__(self, transport: str) -> None:
+    def __init__(self) -> None:
         self._labels = {
             "version": __version__,
             # The git commit the extension was built from; "unknown" for a build without one.
             "revision": __revision__ or "unknown",
-            "transport": transport,
             "python": platform.python_version(),
         }
 
     def collect(self) -> Iterator[Metric]:
         info = GaugeMetricFamily(
             "toolgate_build_info",
-            "toolgate's version, the source revision it was built from, the gRPC transport "
-            "serving, and the Python running it; always 1.",
+            "toolgate's version, the source revision it was built from, and the Python "
+            "running it; always 1.",
             labels=list(self._labels),
         )
         info.add_metric(list(self._labels.values()), 1)
@@ -250,13 +249,11 @@ def serve_metrics(
     host: str,
     port: int,
     per_tool: bool = False,
-    *,
-    transport: str,
 ) -> CollectorRegistry:
     """Serve ``/metrics`` over HTTP on ``host:port`` from a background thread."""
     registry = CollectorRegistry()
     registry.register(EngineCollector(engine, reloads, per_tool))
     registry.register(ReloadStateCollector(reloads))
-    registry.register(BuildInfoCollector(transport))
+    registry.register(BuildInfoCollector())
     start_http_server(port, addr=host, registry=registry)
     return registry

@@ -1,12 +1,11 @@
 """``toolgate serve``: the decision sidecar.
 
-One process: the ``toolgate.v1.Decider`` gRPC service, Envoy's ext_authz and rate limit
-services, ``grpc.health.v1.Health`` and server reflection on one address, served by the Rust
-data plane (or, with ``--transport grpcio``, by Python's grpcio); Prometheus ``/metrics`` on
-another; hot reload of the policy file on change and on SIGHUP; and a graceful stop on
-SIGTERM (NOT_SERVING for a drain period while still answering, then refuse new calls,
-finish in-flight ones, exit 0). Python owns all of this; no Python runs per call on the
-native transport.
+One process: the ``toolgate.v1.Decider`` gRPC service, Envoy's ext_authz, ext_proc and rate
+limit services, ``grpc.health.v1.Health`` and server reflection on one address, served by the
+Rust data plane (one thread per CPU, toolgate.transport); Prometheus ``/metrics`` on another;
+hot reload of the policy file on change and on SIGHUP; and a graceful stop on SIGTERM
+(NOT_SERVING for a drain period while still answering, then refuse new calls, finish
+in-flight ones, exit 0). Python owns all of this; no Python runs per call.
 """
 
 from __future__ import annotations
@@ -38,9 +37,7 @@ class ServeOptions:
     policy: Path | None = None
     listen: str = "127.0.0.1:50051"
     metrics_listen: str | None = "127.0.0.1:9464"
-    #: ``native`` (the Rust data plane) or ``grpcio`` (the pure-Python reference).
-    transport: str = "native"
-    #: Serving threads; None: the default of the transport (``default_threads``).
+    #: Serving threads; None: one per CPU this process may use.
     threads: int | None = None
     capacity: int = 1 << 16
     reservations: int = 1 << 16
@@ -63,11 +60,9 @@ class ServeOptions:
     decision_log: str | None = None
     decision_log_filter: str = "all"
     decision_log_rotate_bytes: int = 100 << 20
-    #: Worker processes on one port; more than 1 runs a supervisor (toolgate.workers).
-    workers: int = 1
-    #: Where limits are counted: ``local`` (this process's table, or the workers' shared
-    #: one) or ``redis://...`` (docs/redis.md), with its key prefix, the time a decision
-    #: waits for it, and what happens past that (``deny`` or ``local``).
+    #: Where limits are counted: ``local`` (this process's table) or ``redis://...``
+    #: (docs/redis.md), with its key prefix, the time a decision waits for it, and what
+    #: happens past that (``deny`` or ``local``).
     store: str = "local"
     store_prefix: str = "toolgate:"
     store_timeout_ms: int = 5
@@ -79,21 +74,12 @@ class ServeOptions:
     #: and how often that policy is read again (toolgate.store_eviction).
     store_accept_eviction: bool = False
     store_eviction_check_interval: float = 10.0
-    #: Set by the supervisor in each worker: the shared state file and this worker's index.
-    shared: Path | None = None
-    worker_index: int | None = None
 
 
 def decision_log_path(opts: ServeOptions) -> Path | None:
-    """Where this process writes its decision log (None: stdout). Each worker of a
-    supervisor writes its own file, ``PATH.wN``: one writer per hash chain."""
+    """Where the decision log is written (None: stdout)."""
     assert opts.decision_log is not None
-    if opts.decision_log == "-":
-        return None
-    path = Path(opts.decision_log)
-    if opts.worker_index is not None:
-        path = path.with_name(f"{path.name}.w{opts.worker_index}")
-    return path
+    return None if opts.decision_log == "-" else Path(opts.decision_log)
 
 
 def enable_decision_log(engine: Engine, opts: ServeOptions, grant_key: bytes) -> None:
@@ -198,12 +184,6 @@ def warn_of_store(engine: Engine, seen: tuple[int, int]) -> tuple[int, int]:
     return errors, fallbacks
 
 
-def default_threads(kind: str) -> int:
-    """native: one thread per CPU this process may use (each decides what lands on it);
-    grpcio: a pool of 8 handler threads (a call holds its thread while Python runs)."""
-    return available_cpus() if kind == "native" else 8
-
-
 def split_host_port(address: str) -> tuple[str, int]:
     """``127.0.0.1:9464`` or ``[::1]:9464`` → (host, port); ValueError saying what is wrong."""
     return parse_host_port(address, allow_port_zero=True)
@@ -228,8 +208,6 @@ def serve(opts: ServeOptions) -> int:
         raise ValueError("--reload-interval must be positive; --drain and --grace not negative")
     if not opts.reload_settle >= 0:  # also refuses NaN, which would never settle
         raise ValueError("--reload-settle must not be negative")
-    if opts.workers < 1:
-        raise ValueError("--workers must be at least 1")
     if opts.threads is not None and opts.threads < 1:
         raise ValueError("--threads must be at least 1")
     if opts.store != "local" and not opts.store.startswith(STORE_SCHEMES):
@@ -243,33 +221,22 @@ def serve(opts: ServeOptions) -> int:
         raise ValueError("--store-flush-ms must be at least 1")
     if not opts.store_eviction_check_interval > 0:  # also refuses NaN
         raise ValueError("--store-eviction-check-interval must be positive")
-    if opts.workers > 1 and opts.shared is None:
-        from toolgate.workers import supervise
-
-        return supervise(opts)
-    if opts.shared is not None:
-        from toolgate.workers import die_with_supervisor
-
-        die_with_supervisor()
     policy, loaded = load_policy(opts)
     engine = Engine(
         policy,
         capacity=opts.capacity,
         reservations=opts.reservations,
         max_argument_bytes=opts.max_argument_bytes,
-        shared=opts.shared,
-        worker=opts.worker_index,
     )
     engine.set_per_tool_metrics(opts.metrics_per_tool)
     logs.configure(opts.log_format, opts.log_level, lambda: engine.revision)
     eviction = None
     if opts.store != "local":
-        if opts.shared is None:  # a worker leaves it to its supervisor
-            eviction = watch_eviction(opts)
+        eviction = watch_eviction(opts)
         use_store(engine, opts)
     if opts.policy is None:
         log.warning("no --policy given: serving the built-in deny-everything policy")
-    elif opts.shared is None:  # a worker leaves it to its supervisor
+    else:
         warn_self_asserted(opts.policy, policy, opts.check.agent_claim is not None)
 
     reloads = ReloadCounts()
@@ -300,10 +267,7 @@ def serve(opts: ServeOptions) -> int:
         )
 
     try:
-        # A worker serves; the lone sidecar also coordinates (admin listener, webhooks).
-        approvals = ApprovalRuntime(
-            engine, opts.approvals, serving=True, coordinating=opts.shared is None
-        )
+        approvals = ApprovalRuntime(engine, opts.approvals)
     except (OSError, ValueError) as err:
         log.error("approvals: %s", err)
         return 2
@@ -315,15 +279,8 @@ def serve(opts: ServeOptions) -> int:
             approvals.stop(0)
             return 2
     try:
-        # SO_REUSEPORT only for workers of one supervisor, which share the port on purpose:
-        # a second lone sidecar on the same port must fail, not share it silently.
         server = transport.start(
-            opts.transport,
-            engine,
-            opts.check,
-            opts.listen,
-            threads=opts.threads or default_threads(opts.transport),
-            reuse_port=opts.shared is not None,
+            engine, opts.check, opts.listen, threads=opts.threads or available_cpus()
         )
     except OSError as err:
         log.error("%s", err)
@@ -339,16 +296,14 @@ def serve(opts: ServeOptions) -> int:
                 host,
                 metrics_port,
                 per_tool=opts.metrics_per_tool,
-                transport=opts.transport,
             )
         except OSError as err:
             log.error("cannot serve metrics on %s: %s", opts.metrics_listen, err)
             server.stop(0)
             approvals.stop(0)
             return 2
-        if opts.shared is None:
-            registry.register(approvals.collector())
-            registry.register(EvictionCollector(eviction))
+        registry.register(approvals.collector())
+        registry.register(EvictionCollector(eviction))
     approvals.start()
     if eviction is not None:
         eviction.start()
@@ -359,10 +314,10 @@ def serve(opts: ServeOptions) -> int:
     server.set_serving(True)
 
     log.info(
-        "serving %s on %s (%s transport; metrics on %s), policy %s",
+        "serving %s on %s (%d threads; metrics on %s), policy %s",
         ", ".join(transport.SERVICES),
         server.address,
-        opts.transport,
+        opts.threads or available_cpus(),
         opts.metrics_listen or "off",
         opts.policy or "built-in deny-everything",
     )

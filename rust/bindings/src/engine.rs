@@ -23,12 +23,10 @@ use toolgate_core::decision_log::{
 };
 use toolgate_core::engine::{DEFAULT_CAPACITY, DEFAULT_RESERVATIONS};
 use toolgate_core::explain::Recorder;
-use toolgate_core::shared::{Layout, SharedState};
 use toolgate_core::stats::Api;
 use toolgate_core::trace::{NoTrace, Trace};
 use toolgate_core::MonotonicClock;
 use toolgate_core::{Decision, Engine, Request, Subject};
-use toolgate_server::decider as wire;
 
 /// Decides tool calls against a policy, with counters that survive reloads.
 #[pyclass(name = "Engine", module = "toolgate._core", frozen)]
@@ -45,10 +43,6 @@ pub const DEFAULT_MAX_ARGUMENT_BYTES: usize = 1 << 20;
 pub struct Storage<'a> {
     pub capacity: usize,
     pub reservations: usize,
-    /// A shared state file (see `create_shared_state`): its table, and worker `worker`'s
-    /// statistics block, or with no worker the sum of all blocks.
-    pub shared: Option<PathBuf>,
-    pub worker: Option<usize>,
     pub clock: Option<&'a Bound<'a, PyManualClock>>,
 }
 
@@ -162,21 +156,8 @@ impl PyEngine {
             Some(c) => c.get().inner.clone(),
             None => Arc::new(MonotonicClock),
         };
-        let engine = match (&storage.shared, storage.worker) {
-            (None, None) => CounterTable::try_new(storage.capacity, storage.reservations)
-                .and_then(|table| Engine::new(policy, Arc::new(table), clock)),
-            (None, Some(_)) => Err("worker needs shared".to_owned()),
-            (Some(path), worker) => {
-                let state = SharedState::open(path).map_err(PyValueError::new_err)?;
-                let table = Arc::new(state.table().map_err(PyValueError::new_err)?);
-                let stats = match worker {
-                    Some(i) => state.worker_stats(i).map_err(PyValueError::new_err)?,
-                    None => state.total_stats(),
-                };
-                Engine::with_stats(policy, table, clock, stats)
-            }
-        };
-        engine
+        CounterTable::try_new(storage.capacity, storage.reservations)
+            .and_then(|table| Engine::new(policy, Arc::new(table), clock))
             .map(|inner| PyEngine {
                 inner: Arc::new(inner),
                 max_argument_bytes,
@@ -185,40 +166,11 @@ impl PyEngine {
     }
 }
 
-/// Create a shared state file for `workers` worker processes: the counter table they all
-/// count in, and a statistics block for each. `path` must not exist (use /dev/shm).
-#[pyfunction]
-#[pyo3(signature = (path, *, workers, capacity = DEFAULT_CAPACITY, reservations = DEFAULT_RESERVATIONS))]
-pub fn create_shared_state(
-    path: PathBuf,
-    workers: usize,
-    capacity: usize,
-    reservations: usize,
-) -> PyResult<()> {
-    if capacity == 0 || reservations == 0 || workers == 0 {
-        return Err(PyValueError::new_err(
-            "capacity, reservations and workers must be positive",
-        ));
-    }
-    let layout = Layout {
-        capacity,
-        reservations,
-        workers,
-    };
-    SharedState::create(&path, layout)
-        .map(|_| ())
-        .map_err(PyValueError::new_err)
-}
-
 #[pymethods]
 impl PyEngine {
     /// `policy` is a Policy, a dict, or a path to a JSON/YAML file.
-    /// With `shared` (a file from `create_shared_state`), the counters are those of every
-    /// engine on that file, and `capacity`/`reservations` come from it; `worker` says whose
-    /// statistics block this engine counts into (none: it reads the sum of all blocks).
     #[new]
-    #[pyo3(signature = (policy, *, capacity = DEFAULT_CAPACITY, reservations = DEFAULT_RESERVATIONS, clock = None, max_argument_bytes = DEFAULT_MAX_ARGUMENT_BYTES, shared = None, worker = None))]
-    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (policy, *, capacity = DEFAULT_CAPACITY, reservations = DEFAULT_RESERVATIONS, clock = None, max_argument_bytes = DEFAULT_MAX_ARGUMENT_BYTES))]
     fn new(
         py: Python<'_>,
         policy: &Bound<'_, PyAny>,
@@ -226,14 +178,10 @@ impl PyEngine {
         reservations: usize,
         clock: Option<&Bound<'_, PyManualClock>>,
         max_argument_bytes: usize,
-        shared: Option<PathBuf>,
-        worker: Option<usize>,
     ) -> PyResult<Self> {
         let storage = Storage {
             capacity,
             reservations,
-            shared,
-            worker,
             clock,
         };
         Self::build(coerce(py, policy)?, storage, max_argument_bytes)
@@ -254,8 +202,6 @@ impl PyEngine {
         let storage = Storage {
             capacity,
             reservations,
-            shared: None,
-            worker: None,
             clock,
         };
         Self::build(policy, storage, max_argument_bytes)
@@ -336,56 +282,10 @@ impl PyEngine {
         })
     }
 
-    /// Decide a serialized `toolgate.v1.DecideRequest`; returns a serialized
-    /// `DecideResponse`. Raises ValueError if the bytes are not a valid message.
-    ///
-    /// Holds the GIL: the call takes about a microsecond, and releasing the GIL for that
-    /// long hands it to another handler thread, whose return costs a futex wake-up (measured:
-    /// more context switches per request than the transport floor, and lower throughput).
-    /// With a counter store on the network (Redis), the GIL is released while it answers.
-    fn decide_wire<'py>(&self, py: Python<'py>, request: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
-        let decide = || wire::decide(&self.inner, self.max_argument_bytes, request);
-        let out = if self.inner.store_blocks() {
-            py.detach(decide)
-        } else {
-            decide()
-        };
-        out.map(|b| PyBytes::new(py, &b))
-            .map_err(|e| PyValueError::new_err(e.0))
-    }
-
-    /// Decide a serialized `DecideBatchRequest`; returns a serialized `DecideBatchResponse`.
-    fn decide_batch_wire<'py>(
-        &self,
-        py: Python<'py>,
-        request: &[u8],
-    ) -> PyResult<Bound<'py, PyBytes>> {
-        let decide = || wire::decide_batch(&self.inner, self.max_argument_bytes, request);
-        let out = if self.inner.store_blocks() {
-            py.detach(decide)
-        } else {
-            decide()
-        };
-        out.map(|b| PyBytes::new(py, &b))
-            .map_err(|e| PyValueError::new_err(e.0))
-    }
-
-    /// Release by a serialized `ReleaseRequest`; returns a serialized `ReleaseResponse`.
-    fn release_wire<'py>(&self, py: Python<'py>, request: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
-        let release = || wire::release(&self.inner, request);
-        let out = if self.inner.store_blocks() {
-            py.detach(release)
-        } else {
-            release()
-        };
-        out.map(|b| PyBytes::new(py, &b))
-            .map_err(|e| PyValueError::new_err(e.0))
-    }
-
     /// Run human approvals for `require_approval` rules, with the approvals table in the
-    /// file at `path` (created with `capacity` slots if missing; every worker maps the same
-    /// file). `key` is the deployment's secret, which keys every digest of a call (every
-    /// process sharing the table passes the same). At most `pending_per_grant` pending
+    /// file at `path` (created with `capacity` slots if missing; it outlives the process, so an
+    /// approval used before a crash stays used). `key` is the deployment's secret, which keys
+    /// every digest of a call. At most `pending_per_grant` pending
     /// approvals per grant and `pending_per_rule` per rule; approvers are shown the first
     /// `preview_bytes` of a call's arguments. Returns the object the control plane drains
     /// news from and records decisions through. Once per engine.
@@ -597,17 +497,6 @@ impl PyEngine {
         PyPolicy {
             inner: self.inner.policy().source.clone(),
         }
-    }
-
-    /// Count a call of gRPC API `api` (`decider`, `ext_authz`, `ratelimit`, `ext_proc`)
-    /// answered with the error status `code` (a transport that answers outside the core).
-    fn count_error(&self, api: &str, code: usize) -> PyResult<()> {
-        let api = Api::ALL
-            .into_iter()
-            .find(|a| a.as_str() == api)
-            .ok_or_else(|| PyValueError::new_err(format!("unknown API {api:?}")))?;
-        self.inner.stats().count_error(api, code);
-        Ok(())
     }
 
     /// Decisions so far by code, plus shadow decisions and table-full denials.

@@ -43,16 +43,20 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<decision::PyLimitState>()?;
     m.add_class::<decision::PyExplanation>()?;
     m.add_class::<envoy::PyEnvoyAuthz>()?;
-    m.add_class::<envoy::PyEnvoyRateLimit>()?;
-    m.add_class::<envoy::PyEnvoyExchange>()?;
     m.add_class::<native::PyNativeServer>()?;
     m.add_class::<clock::PyManualClock>()?;
-    m.add_function(wrap_pyfunction!(engine::create_shared_state, m)?)?;
     m.add_function(wrap_pyfunction!(mcp::read_mcp_request, m)?)?;
     m.add_function(wrap_pyfunction!(document::read_document, m)?)?;
     m.add_function(wrap_pyfunction!(inert, m)?)?;
     m.add_function(wrap_pyfunction!(inert_json, m)?)?;
     m.add_function(wrap_pyfunction!(eviction::read_maxmemory_policy, m)?)?;
+    // The gRPC services a health check can name, besides "" (the whole server).
+    m.add("SERVICES", toolgate_server::native::SERVICES.to_vec())?;
+    // Envoy's `max_request_bytes` in the configs this project ships.
+    m.add(
+        "DEFAULT_MAX_REQUEST_BYTES",
+        toolgate_server::authz::DEFAULT_MAX_REQUEST_BYTES,
+    )?;
     m.add("PolicyError", m.py().get_type::<policy::PolicyError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     // The git commit built from, or "" if unknown (build.rs).

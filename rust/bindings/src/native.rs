@@ -23,7 +23,7 @@ impl PyNativeServer {
     /// Check requests are read; `descriptors` are encoded FileDescriptorSets of the Envoy
     /// services, for reflection. ValueError for a bad address, OSError if it cannot bind.
     #[new]
-    #[pyo3(signature = (engine, authz, listen, *, threads, reuse_port = false, descriptors = Vec::new(), max_message_bytes = 4 << 20))]
+    #[pyo3(signature = (engine, authz, listen, *, threads, descriptors = Vec::new(), max_message_bytes = 4 << 20))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -31,7 +31,6 @@ impl PyNativeServer {
         authz: PyRef<'_, PyEnvoyAuthz>,
         listen: &str,
         threads: usize,
-        reuse_port: bool,
         descriptors: Vec<Vec<u8>>,
         max_message_bytes: usize,
     ) -> PyResult<Self> {
@@ -42,7 +41,6 @@ impl PyNativeServer {
         let config = Config {
             listen,
             threads,
-            reuse_port,
             max_argument_bytes: engine.max_argument_bytes,
             max_message_bytes,
             authz: authz.config.clone(),

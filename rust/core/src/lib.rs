@@ -22,7 +22,6 @@ pub mod matcher;
 pub mod mcp;
 pub mod pid_lock;
 pub mod policy;
-pub mod shared;
 pub mod stats;
 pub mod store;
 pub mod trace;

@@ -1,5 +1,6 @@
 //! The native transport's floor, for the benchmarks (bench/wire_bench.py): the sidecar's
-//! stack (tonic on a tokio runtime of `--threads` worker threads, TCP_NODELAY, one listener)
+//! stack (tonic on `--threads` serving threads, connections dealt out by one acceptor,
+//! TCP_NODELAY: `toolgate_server::connection`)
 //! serving `toolgate.v1.Decider/Decide` and Envoy's `Authorization/Check` with constant
 //! answers, and Envoy's `ExternalProcessor/Process` by changing nothing (each message let
 //! through, or in observability mode not answered; the stream ended with the answer, as
@@ -30,8 +31,8 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio_stream::Stream;
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
+use toolgate_server::connection::{Bound, Serving};
 use toolgate_server::decider::pb::{
     self, decider_server::Decider, decider_server::DeciderServer, DecideBatchRequest,
     DecideBatchResponse, DecideRequest, DecideResponse, ReleaseRequest, ReleaseResponse,
@@ -221,30 +222,27 @@ fn main() {
         );
         std::process::exit(2);
     });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads)
-        .thread_name("floor-grpc")
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    let result: Result<(), String> = runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-        let address = listener.local_addr().map_err(|e| e.to_string())?;
+    let router = tonic::transport::Server::builder()
+        .add_service(DeciderServer::new(Floor {
+            answer: args.answer,
+        }))
+        .add_service(AuthorizationServer::new(CheckFloor {
+            answer: args.check_answer,
+        }))
+        .add_service(ExternalProcessorServer::new(ProcessFloor));
+    let result: Result<(), String> = Bound::tcp(args.listen).and_then(|bound| {
+        let address = bound.address()?;
+        let serving = Serving::start(bound, args.threads, move |incoming, signal| {
+            router
+                .clone()
+                .serve_with_incoming_shutdown(incoming, signal)
+        })?;
         println!("floor: listening on {address}, {} threads", args.threads);
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        tonic::transport::Server::builder()
-            .add_service(DeciderServer::new(Floor {
-                answer: args.answer,
-            }))
-            .add_service(AuthorizationServer::new(CheckFloor {
-                answer: args.check_answer,
-            }))
-            .add_service(ExternalProcessorServer::new(ProcessFloor))
-            .serve_with_incoming(incoming)
-            .await
-            .map_err(|e| format!("the server failed: {e}"))
+        // Runs until killed.
+        loop {
+            std::thread::park();
+            let _ = &serving;
+        }
     });
     if let Err(e) = result {
         eprintln!("floor: {e}");

@@ -9,7 +9,6 @@
 
 use crate::credential::{self, Refused};
 use crate::ext_proc::{exchange_header, exchange_metadata, Caller, EXCHANGE_HEADER};
-use crate::Malformed;
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption, Metadata};
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
@@ -20,7 +19,6 @@ use envoy_types::pb::envoy::service::auth::v3::{
 };
 use envoy_types::pb::google::protobuf::Struct;
 use envoy_types::pb::google::rpc::Status;
-use prost::Message;
 use std::time::Instant;
 use toolgate_core::mcp::reply;
 use toolgate_core::mcp::request::{readable_id, readable_tool, Refusal, INVALID_REQUEST};
@@ -74,16 +72,6 @@ impl Default for AuthzConfig {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
         }
     }
-}
-
-/// Answer one serialized `CheckRequest` with a serialized `CheckResponse`.
-pub fn check_wire(
-    engine: &Engine,
-    config: &AuthzConfig,
-    request: &[u8],
-) -> Result<Vec<u8>, Malformed> {
-    let request = CheckRequest::decode(request)?;
-    Ok(check(engine, config, &request).encode_to_vec())
 }
 
 /// Answer one Check.

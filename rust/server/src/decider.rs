@@ -1,8 +1,6 @@
 //! The `toolgate.v1` gRPC messages, decoded and encoded in Rust: the sidecar hands each
 //! request's bytes here and sends back the bytes it gets, so a decision costs Python one call.
 
-use crate::Malformed;
-use prost::Message;
 use std::time::Instant;
 use toolgate_core::args::{parse_json_arguments, ArgumentsRefused};
 use toolgate_core::stats::Api;
@@ -14,16 +12,6 @@ pub mod pb {
 
 /// Descriptors of the toolgate.v1 schema, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/toolgate.v1.bin"));
-
-/// Decide one serialized `DecideRequest`.
-pub fn decide(
-    engine: &Engine,
-    max_argument_bytes: usize,
-    request: &[u8],
-) -> Result<Vec<u8>, Malformed> {
-    let req = pb::DecideRequest::decode(request)?;
-    Ok(decide_message(engine, max_argument_bytes, &req).encode_to_vec())
-}
 
 /// Decide one `DecideRequest`.
 pub fn decide_message(
@@ -37,16 +25,6 @@ pub fn decide_message(
         .stats()
         .record_duration(started.elapsed().as_nanos() as u64);
     response
-}
-
-/// Decide every request of a serialized `DecideBatchRequest`, in order.
-pub fn decide_batch(
-    engine: &Engine,
-    max_argument_bytes: usize,
-    request: &[u8],
-) -> Result<Vec<u8>, Malformed> {
-    let batch = pb::DecideBatchRequest::decode(request)?;
-    Ok(decide_batch_message(engine, max_argument_bytes, &batch).encode_to_vec())
 }
 
 /// Decide every request of a `DecideBatchRequest`, in order.
@@ -65,12 +43,6 @@ pub fn decide_batch_message(
         .stats()
         .record_duration(started.elapsed().as_nanos() as u64);
     pb::DecideBatchResponse { responses }
-}
-
-/// Give back a reservation, from a serialized `ReleaseRequest`.
-pub fn release(engine: &Engine, request: &[u8]) -> Result<Vec<u8>, Malformed> {
-    let req = pb::ReleaseRequest::decode(request)?;
-    Ok(release_message(engine, &req).encode_to_vec())
 }
 
 /// Give back a reservation.

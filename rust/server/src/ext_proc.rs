@@ -12,7 +12,6 @@
 //!   sent), which the Envoy config routes on, so that processing is turned on only for the
 //!   exchanges that need it and everything else pays nothing.
 
-use crate::Malformed;
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{
     HeaderMap, HeaderValue, HeaderValueOption, Metadata,
@@ -27,7 +26,6 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 };
 use envoy_types::pb::google::protobuf::value::Kind;
 use envoy_types::pb::google::protobuf::{Struct, Value as ProtoValue};
-use prost::Message;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -215,17 +213,6 @@ enum State {
 }
 
 impl Exchange {
-    /// Answer one serialized `ProcessingRequest`: the serialized `ProcessingResponse`, or
-    /// `None` where Envoy expects no answer (observability mode).
-    pub fn process_wire(
-        &mut self,
-        engine: &Engine,
-        request: &[u8],
-    ) -> Result<Option<Vec<u8>>, Malformed> {
-        let request = ProcessingRequest::decode(request)?;
-        Ok(self.process(engine, &request).map(|r| r.encode_to_vec()))
-    }
-
     /// Whether the stream has nothing more to do (the answer has ended, or a call's outcome is
     /// known): the server should end it then. Envoy does not end a stream in observability
     /// mode until its deferred close timeout (5 s), and every stream left open counts against

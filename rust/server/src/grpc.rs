@@ -177,15 +177,21 @@ pub fn grpc_timeout(value: &str) -> Option<Duration> {
     })
 }
 
-/// Run a decision on this thread. A decision that asks Redis waits for its answer on this
-/// thread: for a fast round trip that is cheaper than handing the call to another thread.
-/// While Redis is slow, the runtime first hands this thread's other tasks to another
-/// thread, so the calls that need no count go on.
-fn deciding<T>(engine: &Engine, decide: impl FnOnce() -> T) -> T {
+/// Run a decision. A decision that asks Redis waits for its answer on this thread: for a
+/// fast round trip that is cheaper than handing the call to another thread. While Redis is
+/// slow, it waits on a blocking thread instead, so the other calls this thread serves (those
+/// that need no count) go on.
+async fn deciding<T, F>(engine: &Engine, decide: F) -> Result<T, Status>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
     if engine.store_slow() {
-        tokio::task::block_in_place(decide)
+        tokio::task::spawn_blocking(decide)
+            .await
+            .map_err(|_| Status::internal("the decision failed"))
     } else {
-        decide()
+        Ok(decide())
     }
 }
 
@@ -202,9 +208,11 @@ impl pb::decider_server::Decider for DeciderService {
         request: Request<pb::DecideRequest>,
     ) -> Result<Response<pb::DecideResponse>, Status> {
         check_deadline(&request)?;
-        let response = deciding(&self.engine, || {
-            decider::decide_message(&self.engine, self.max_argument_bytes, request.get_ref())
-        });
+        let (engine, max, request) = (self.engine.clone(), self.max_argument_bytes, request);
+        let response = deciding(&self.engine, move || {
+            decider::decide_message(&engine, max, request.get_ref())
+        })
+        .await?;
         Ok(Response::new(response))
     }
 
@@ -213,9 +221,11 @@ impl pb::decider_server::Decider for DeciderService {
         request: Request<pb::DecideBatchRequest>,
     ) -> Result<Response<pb::DecideBatchResponse>, Status> {
         check_deadline(&request)?;
-        let response = deciding(&self.engine, || {
-            decider::decide_batch_message(&self.engine, self.max_argument_bytes, request.get_ref())
-        });
+        let (engine, max, request) = (self.engine.clone(), self.max_argument_bytes, request);
+        let response = deciding(&self.engine, move || {
+            decider::decide_batch_message(&engine, max, request.get_ref())
+        })
+        .await?;
         Ok(Response::new(response))
     }
 
@@ -224,9 +234,11 @@ impl pb::decider_server::Decider for DeciderService {
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
         check_deadline(&request)?;
-        let response = deciding(&self.engine, || {
-            decider::release_message(&self.engine, request.get_ref())
-        });
+        let engine = self.engine.clone();
+        let response = deciding(&self.engine, move || {
+            decider::release_message(&engine, request.get_ref())
+        })
+        .await?;
         Ok(Response::new(response))
     }
 }
@@ -234,7 +246,7 @@ impl pb::decider_server::Decider for DeciderService {
 /// `envoy.service.auth.v3.Authorization`.
 pub struct AuthorizationService {
     pub engine: Arc<Engine>,
-    pub config: AuthzConfig,
+    pub config: Arc<AuthzConfig>,
 }
 
 #[tonic::async_trait]
@@ -244,9 +256,11 @@ impl envoy::authorization_server::Authorization for AuthorizationService {
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
         check_deadline(&request)?;
-        let response = deciding(&self.engine, || {
-            authz::check(&self.engine, &self.config, request.get_ref())
-        });
+        let (engine, config) = (self.engine.clone(), self.config.clone());
+        let response = deciding(&self.engine, move || {
+            authz::check(&engine, &config, request.get_ref())
+        })
+        .await?;
         Ok(Response::new(response))
     }
 }
@@ -268,7 +282,8 @@ impl envoy::external_processor_server::ExternalProcessor for ExternalProcessorSe
         Ok(Response::new(Answers {
             engine: Arc::clone(&self.engine),
             messages: request.into_inner(),
-            exchange: Exchange::default(),
+            exchange: Some(Exchange::default()),
+            off_thread: None,
         }))
     }
 }
@@ -278,7 +293,9 @@ impl envoy::external_processor_server::ExternalProcessor for ExternalProcessorSe
 pub struct Answers {
     engine: Arc<Engine>,
     messages: Streaming<ProcessingRequest>,
-    exchange: Exchange,
+    /// None while a message is processed on a blocking thread (see [`deciding`]).
+    exchange: Option<Exchange>,
+    off_thread: Option<tokio::task::JoinHandle<(Exchange, Option<ProcessingResponse>)>>,
 }
 
 impl Stream for Answers {
@@ -287,7 +304,22 @@ impl Stream for Answers {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         loop {
-            if this.exchange.finished() {
+            if let Some(processing) = &mut this.off_thread {
+                let Ok((exchange, answer)) = std::task::ready!(Pin::new(processing).poll(cx))
+                else {
+                    this.off_thread = None;
+                    return Poll::Ready(Some(Err(Status::internal("the exchange failed"))));
+                };
+                this.off_thread = None;
+                this.exchange = Some(exchange);
+                if let Some(answer) = answer {
+                    return Poll::Ready(Some(Ok(answer)));
+                }
+            }
+            let Some(exchange) = &mut this.exchange else {
+                return Poll::Ready(None);
+            };
+            if exchange.finished() {
                 return Poll::Ready(None);
             }
             let message = match std::task::ready!(Pin::new(&mut this.messages).poll_next(cx)) {
@@ -300,9 +332,18 @@ impl Stream for Answers {
                     return Poll::Ready(Some(Err(status)));
                 }
             };
-            // A failed call may give its reservation back, which can ask Redis.
-            let (engine, exchange) = (&this.engine, &mut this.exchange);
-            if let Some(answer) = deciding(engine, || exchange.process(engine, &message)) {
+            // A failed call may give its reservation back, which can ask Redis: while Redis
+            // is slow, on a blocking thread (as `deciding` does).
+            if this.engine.store_slow() {
+                let (engine, mut exchange) = (this.engine.clone(), this.exchange.take());
+                this.off_thread = Some(tokio::task::spawn_blocking(move || {
+                    let mut exchange = exchange.take().unwrap_or_default();
+                    let answer = exchange.process(&engine, &message);
+                    (exchange, answer)
+                }));
+                continue;
+            }
+            if let Some(answer) = exchange.process(&this.engine, &message) {
                 return Poll::Ready(Some(Ok(answer)));
             }
         }
@@ -321,9 +362,11 @@ impl envoy::rate_limit_service_server::RateLimitService for RateLimiter {
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
         check_deadline(&request)?;
-        let response = deciding(&self.engine, || {
-            ratelimit::should_rate_limit(&self.engine, request.get_ref())
-        });
+        let engine = self.engine.clone();
+        let response = deciding(&self.engine, move || {
+            ratelimit::should_rate_limit(&engine, request.get_ref())
+        })
+        .await?;
         Ok(Response::new(response))
     }
 }

@@ -1,4 +1,5 @@
-//! The sidecar's native data plane: tonic on a tokio runtime with threads of its own, serving
+//! The sidecar's native data plane: tonic on threads of its own (one current-thread runtime
+//! each, [`crate::connection`]), serving
 //! every service on one listener (TCP, or a Unix socket for a proxy in the same pod):
 //! `toolgate.v1.Decider`, Envoy's `Authorization`, `ExternalProcessor` and
 //! `RateLimitService`, `grpc.health.v1`
@@ -7,6 +8,7 @@
 //! drives health and shutdown through [`Server::set_serving`] and [`Server::stop`].
 
 use crate::authz::AuthzConfig;
+use crate::connection::{Bound, Serving};
 use crate::decider::{self, pb::decider_server::DeciderServer};
 use crate::grpc::envoy::authorization_server::AuthorizationServer;
 use crate::grpc::envoy::external_processor_server::ExternalProcessorServer;
@@ -23,10 +25,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::runtime::Runtime;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-use tokio_stream::wrappers::UnixListenerStream;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 use toolgate_core::Engine;
@@ -64,10 +62,8 @@ impl Listen {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: Listen,
-    /// The runtime's threads: each decides the calls that land on it.
+    /// Serving threads: each serves the connections dealt to it, to the end.
     pub threads: usize,
-    /// Share the port with other processes (`--workers`): SO_REUSEPORT.
-    pub reuse_port: bool,
     pub max_argument_bytes: usize,
     /// Largest request message (gRPC's default, as grpcio's: 4 MiB).
     pub max_message_bytes: usize,
@@ -79,10 +75,10 @@ pub struct Config {
 
 /// A running server.
 pub struct Server {
-    runtime: Runtime,
+    /// Runs what the owner asks of the server (health); calls are served on other threads.
+    control: Runtime,
     health: HealthReporter,
-    shutdown: Option<oneshot::Sender<()>>,
-    serving: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    serving: Serving,
     address: String,
 }
 
@@ -92,9 +88,12 @@ impl Server {
         if config.threads == 0 {
             return Err("threads must be at least 1".into());
         }
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(config.threads)
-            .thread_name("toolgate-grpc")
+        let bound = match &config.listen {
+            Listen::Tcp(addr) => Bound::tcp(*addr)?,
+            Listen::Unix(path) => Bound::unix(path)?,
+        };
+        let address = bound.address()?;
+        let control = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the gRPC runtime: {e}"))?;
@@ -133,7 +132,7 @@ impl Server {
             .add_service(
                 AuthorizationServer::new(AuthorizationService {
                     engine: engine.clone(),
-                    config: config.authz.clone(),
+                    config: Arc::new(config.authz.clone()),
                 })
                 .max_decoding_message_size(max),
             )
@@ -146,38 +145,15 @@ impl Server {
             .add_service(
                 RateLimitServiceServer::new(RateLimiter { engine }).max_decoding_message_size(max),
             );
-        let (shutdown, stopped) = oneshot::channel::<()>();
-        let signal = async {
-            let _ = stopped.await;
-        };
-        let (serving, address) = match &config.listen {
-            Listen::Tcp(addr) => {
-                let listener = runtime.block_on(bind_tcp(*addr, config.reuse_port))?;
-                let address = listener
-                    .local_addr()
-                    .map_err(|e| e.to_string())?
-                    .to_string();
-                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-                let task = router.serve_with_incoming_shutdown(incoming, signal);
-                (runtime.spawn(task), address)
-            }
-            Listen::Unix(path) => {
-                if config.reuse_port {
-                    return Err("a unix socket cannot be shared by worker processes: use \
-                                --threads, or listen on HOST:PORT"
-                        .into());
-                }
-                let listener = runtime.block_on(bind_unix(path))?;
-                let incoming = UnixListenerStream::new(listener);
-                let task = router.serve_with_incoming_shutdown(incoming, signal);
-                (runtime.spawn(task), format!("unix:{}", path.display()))
-            }
-        };
+        let serving = Serving::start(bound, config.threads, move |incoming, signal| {
+            router
+                .clone()
+                .serve_with_incoming_shutdown(incoming, signal)
+        })?;
         let server = Server {
-            runtime,
+            control,
             health,
-            shutdown: Some(shutdown),
-            serving: Some(serving),
+            serving,
             address,
         };
         // NOT_SERVING until the owner says it is ready (calls are answered meanwhile).
@@ -198,7 +174,7 @@ impl Server {
         } else {
             ServingStatus::NotServing
         };
-        self.runtime.block_on(async {
+        self.control.block_on(async {
             for service in std::iter::once("").chain(SERVICES) {
                 self.health.set_service_status(service, status).await;
             }
@@ -206,53 +182,9 @@ impl Server {
     }
 
     /// Stop accepting calls, let those in flight finish for up to `grace`, then stop.
-    pub fn stop(mut self, grace: Duration) -> Result<(), String> {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        let outcome = match self.serving.take() {
-            Some(serving) => self
-                .runtime
-                .block_on(async { tokio::time::timeout(grace, serving).await }),
-            None => return Ok(()),
-        };
-        self.runtime.shutdown_timeout(Duration::from_millis(100));
-        match outcome {
-            Ok(Ok(Ok(()))) | Err(_) => Ok(()),
-            Ok(Ok(Err(e))) => Err(format!("the gRPC server failed: {e}")),
-            Ok(Err(e)) => Err(format!("the gRPC server task failed: {e}")),
-        }
+    pub fn stop(self, grace: Duration) -> Result<(), String> {
+        self.serving.stop(grace)
     }
-}
-
-async fn bind_tcp(addr: SocketAddr, reuse_port: bool) -> Result<tokio::net::TcpListener, String> {
-    let fail = |e: std::io::Error| format!("cannot listen on {addr}: {e}");
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )
-    .map_err(fail)?;
-    socket.set_reuse_address(true).map_err(fail)?;
-    // Off for a lone sidecar: a second one on the same port must fail, not share it.
-    socket.set_reuse_port(reuse_port).map_err(fail)?;
-    socket.set_nonblocking(true).map_err(fail)?;
-    socket.bind(&addr.into()).map_err(fail)?;
-    socket.listen(1024).map_err(fail)?;
-    tokio::net::TcpListener::from_std(socket.into()).map_err(fail)
-}
-
-async fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener, String> {
-    use std::os::unix::fs::FileTypeExt;
-    // A socket file left by a sidecar that is gone would make bind fail; anything else at
-    // that path is not ours to remove.
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if meta.file_type().is_socket() && std::os::unix::net::UnixStream::connect(path).is_err() {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-    tokio::net::UnixListener::bind(path)
-        .map_err(|e| format!("cannot listen on unix:{}: {e}", path.display()))
 }
 
 /// The descriptors reflection describes: toolgate.v1, grpc.health.v1 and the given sets (a

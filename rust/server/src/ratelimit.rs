@@ -13,7 +13,6 @@
 //! a descriptor the policy denies is OVER_LIMIT, and so is an invalid request. Descriptors
 //! are all-or-nothing: when one is over, what the others reserved is given back.
 
-use crate::Malformed;
 use envoy_types::pb::envoy::config::core::v3::HeaderValue;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit;
@@ -22,16 +21,9 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
 };
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use envoy_types::pb::google::protobuf::Duration;
-use prost::Message;
 use std::time::Instant;
 use toolgate_core::stats::Api;
 use toolgate_core::{Decision, Engine, Request, Subject, Undecidable, Verdict};
-
-/// Answer one serialized `RateLimitRequest` with a serialized `RateLimitResponse`.
-pub fn should_rate_limit_wire(engine: &Engine, request: &[u8]) -> Result<Vec<u8>, Malformed> {
-    let request = RateLimitRequest::decode(request)?;
-    Ok(should_rate_limit(engine, &request).encode_to_vec())
-}
 
 /// One descriptor, read and checked.
 struct Call<'a> {

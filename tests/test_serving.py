@@ -1,6 +1,6 @@
-"""What is particular to the transports `toolgate serve` answers on (native, grpcio): unix
-sockets, calls whose deadline has passed, the thread count. Everything else they share is
-tested on both by the sidecar test modules (the `transport` fixture)."""
+"""How `toolgate serve` serves: unix sockets, calls whose deadline has passed, the thread
+count, connections dealt to every serving thread, what it loads, and gRPC errors counted by
+API and status."""
 
 from __future__ import annotations
 
@@ -17,11 +17,9 @@ import h2.events
 import pytest
 import toolgate
 from conftest import EXAMPLES
-from sidecar import PATIENCE, TOOLGATE, Sidecar, dies_with_parent, with_transport
+from sidecar import PATIENCE, TOOLGATE, Sidecar, dies_with_parent
 from toolgate.cpus import available_cpus, cgroup_cpu_quota
 from toolgate.v1 import decider_pb2
-
-pytestmark = pytest.mark.usefixtures("transport")
 
 
 def test_serves_on_a_unix_socket(tmp_path: Path):
@@ -36,7 +34,7 @@ def test_serves_on_a_unix_socket(tmp_path: Path):
         "--metrics-listen",
         "off",
     ]
-    proc = subprocess.Popen(dies_with_parent(with_transport(args)), stderr=subprocess.PIPE)
+    proc = subprocess.Popen(dies_with_parent(args), stderr=subprocess.PIPE)
     try:
         client = toolgate.Client(f"unix:{path}")
         deadline = time.monotonic() + PATIENCE
@@ -91,7 +89,7 @@ def grpc_call(port: int, path: str, message: bytes, headers: list[tuple[str, str
 def test_a_call_whose_deadline_has_passed_is_not_decided():
     """A proxy that has given up (its deadline passed while the call waited) must not have
     the call counted: it never runs. A 1 ns timeout has always passed by the time a handler
-    runs, whatever the transport."""
+    runs."""
     with Sidecar(EXAMPLES / "policy.json") as s:
         request = decider_pb2.DecideRequest(
             tool="create-ami", subject=decider_pb2.Subject(grant="late")
@@ -108,6 +106,39 @@ def test_a_call_whose_deadline_has_passed_is_not_decided():
             s.metric("toolgate_decisions_total", api="decider", verdict="ALLOW", code="ALLOWED")
             == 1
         )
+
+
+def serving_threads(pid: int) -> dict[str, int]:
+    """The sidecar's serving threads by name, each with the nanoseconds it has run."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        name = (task / "comm").read_text().strip()
+        if name.startswith("toolgate-grpc"):
+            out[name] = int((task / "schedstat").read_text().split()[0])
+    return out
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_connections_are_dealt_to_every_serving_thread(threads: int):
+    """Each serving thread serves the connections dealt to it, in turn: with a connection
+    per call, every thread decides calls, and every call is answered."""
+    with Sidecar(EXAMPLES / "policy.json", "--threads", str(threads)) as s:
+        assert s.proc is not None
+        before = serving_threads(s.proc.pid)
+        assert len(before) == threads, before
+        calls = 10 * threads
+        for n in range(calls):
+            request = decider_pb2.DecideRequest(
+                tool="create-ami", subject=decider_pb2.Subject(grant=f"g{n}")
+            ).SerializeToString()
+            answer = grpc_call(s.port, "/toolgate.v1.Decider/Decide", request, [])
+            assert answer["grpc-status"] == "0", answer
+        ran = {name: n - before[name] for name, n in serving_threads(s.proc.pid).items()}
+        assert all(ns > 0 for ns in ran.values()), ran
+        decided = s.metric(
+            "toolgate_decisions_total", api="decider", verdict="ALLOW", code="ALLOWED"
+        )
+        assert decided == calls
 
 
 # --- how many threads by default ------------------------------------------------------------
@@ -156,7 +187,7 @@ def test_available_cpus_is_at_least_one_and_at_most_the_affinity():
     assert 1 <= available_cpus() <= len(os.sched_getaffinity(0))
 
 
-def test_only_the_grpcio_transport_loads_grpcio(transport: str):
+def test_the_sidecar_never_loads_grpcio():
     """The native data plane serves every API (and /metrics, reloads, health) without loading
     grpcio: ~11 MiB of an idle sidecar's memory that it does not need."""
     with Sidecar(EXAMPLES / "policy.json") as sidecar:
@@ -169,10 +200,10 @@ def test_only_the_grpcio_transport_loads_grpcio(transport: str):
         )
         assert sidecar.proc is not None
         maps = Path(f"/proc/{sidecar.proc.pid}/maps").read_text()
-    assert ("cygrpc" in maps) == (transport == "grpcio"), maps
+    assert "cygrpc" not in maps, maps
 
 
-def test_metrics_name_the_api_of_each_decision_and_error(transport: str):
+def test_metrics_name_the_api_of_each_decision_and_error():
     """Decisions carry the API that asked; gRPC errors are counted by API and status."""
     from envoy.service.auth.v3 import external_auth_pb2
     from envoy.service.ratelimit.v3 import rls_pb2
@@ -214,11 +245,10 @@ def test_metrics_name_the_api_of_each_decision_and_error(transport: str):
             ("ext_authz", "INVALID_ARGUMENT"): 1,
             ("decider", "DEADLINE_EXCEEDED"): 1,
         }
-        # A message over gRPC's 4 MiB is refused before any handler runs: the native data
-        # plane counts it, grpcio refuses it inside its own C core, where no handler sees it.
+        # A message over gRPC's 4 MiB is refused before any handler runs, and counted.
         big = decider_pb2.DecideRequest(tool="x" * (5 << 20)).SerializeToString()
         with pytest.raises(grpc.RpcError) as info:
             s.raw("Decide")(big, timeout=30)
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         over = s.metric("toolgate_grpc_errors_total", api="decider", status="RESOURCE_EXHAUSTED")
-        assert over == (1 if transport == "native" else None)
+        assert over == 1
