@@ -65,7 +65,7 @@ pub struct Config {
     /// Serving threads: each serves the connections dealt to it, to the end.
     pub threads: usize,
     pub max_argument_bytes: usize,
-    /// Largest request message (gRPC's default, as grpcio's: 4 MiB).
+    /// Largest request message (gRPC's default: 4 MiB).
     pub max_message_bytes: usize,
     pub authz: AuthzConfig,
     /// Encoded `FileDescriptorSet`s of the Envoy services, for reflection (toolgate.v1's
