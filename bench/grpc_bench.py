@@ -223,6 +223,9 @@ def start_server(
 
 
 def toolgate_exe() -> str:
+    """The ``toolgate`` measured: ``$TOOLGATE_EXE`` (another build), else this checkout's."""
+    if os.environ.get("TOOLGATE_EXE"):
+        return os.environ["TOOLGATE_EXE"]
     local = ROOT / ".venv" / "bin" / "toolgate"
     found = str(local) if local.exists() else shutil.which("toolgate")
     if not found:

@@ -181,8 +181,6 @@ def toolgate_cmd(policy: Path, port: int) -> list[str]:
     return [
         gb.toolgate_exe(),
         "serve",
-        "--transport",
-        "native",
         "--policy",
         str(policy),
         "--metrics-listen",
@@ -617,7 +615,7 @@ def main() -> int:
     }
     block = [
         gb.written_by("peers_bench.py") + ". toolgate: "
-        "`toolgate serve --transport native` (2 threads, the default here). Peers: "
+        "`toolgate serve` (2 threads, the default here). Peers: "
         + "; ".join(f"{k} {' '.join(v)}" for k, v in versions.items() if k in pairs)
         + f". Saturated: h2load `-t 1 -c {args.c} -m {args.m}`, {args.sat_seconds:g} s; "
         f"offered: open loop, {args.conns} connections, {args.offered_seconds:g} s at "

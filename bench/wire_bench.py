@@ -1,34 +1,30 @@
-"""Microseconds on the wire: the native transport against its floors, ``--threads`` against
-``--workers``, and the sidecar's idle memory. Driven by h2load; run on purpose, never by the
-tests.
+"""Microseconds on the wire: the native data plane against its floor, this build against
+another, and the sidecar's idle memory. Driven by h2load; run on purpose, never by the tests.
 
-Parts (``--part``, repeatable; default all):
+Parts (``--part``, repeatable; default floor and rss):
 
-- ``floor``: ``toolgate serve`` (native, the default transport) against a Rust
-  constant-answer server on the same stack (``rust/server/examples/floor.rs``: tonic on
-  tokio, the same ``--threads``), the grpcio transport (``--transport grpcio``) and the
-  grpcio floor (``bench/grpc_floor.py``). Both floors answer the sidecar's own answer to the
-  bench request, so the bytes on the wire match. One request in flight (``-c 1 -m 1``, n
-  requests) and saturated (``-c 16 -m 8``, time-bounded ``-D``), the servers taking
-  turns with the order rotated each run. One in flight, native and the Rust floor differ by
-  a few µs while runs spread by ±30%, so that pair runs ``--single-runs`` times (31) and its
-  ratio comes with a 95% confidence interval for the median. Aims: native p50 one in
-  flight ≤ 1.1x the Rust floor's; saturated ≥ 0.85x the Rust floor's; native saturated
-  ≥ 10x the grpcio transport.
-- ``threads``: the native transport as one process with ``--threads 2`` against
-  ``--workers 2`` (each worker with its default threads) and ``--workers 2 --threads 1``,
-  saturated, interleaved: throughput and CPU per call.
+- ``floor``: ``toolgate serve`` against a Rust constant-answer server on the same stack
+  (``rust/server/examples/floor.rs``: tonic on the sidecar's own serving threads, the same
+  ``--threads``), which answers the sidecar's own answer to the bench request, so the bytes
+  on the wire match. One request in flight (``-c 1 -m 1``, n requests) and saturated
+  (``-c 16 -m 8``, time-bounded ``-D``), the servers taking turns with the order rotated each
+  run. One in flight the two differ by a few µs while runs spread by ±30%, so that load runs
+  ``--single-runs`` times (31) and its ratio comes with a 95% confidence interval for the
+  median. Aims: p50 one in flight ≤ 1.1x the floor's; saturated ≥ 0.85x the floor's.
+- ``before``: this build against another ``toolgate`` executable (``--before EXE``, e.g. the
+  previous commit installed in a venv of its own), same options, interleaved: one in flight
+  and saturated, throughput, latency and CPU per call, and idle memory of both.
 - ``rss``: VmRSS of ``toolgate serve --policy examples/policy.json`` (default table), idle,
-  a few seconds after it first answers (aim ≤ 60 MiB); the grpcio transport beside it.
+  a few seconds after it first answers (aim ≤ 60 MiB).
 
 Each load run waits for the machine to be quiet first (``grpc_bench.wait_quiet``, up to
 ``--quiet-wait`` s), records how busy it was and the hypervisor's steal, and checks the
 sidecar's limit counted every completed call (h2load counts gRPC errors as successes).
 Server CPU per call is utime + stime of the server's processes (all threads) from /proc.
 
-    .venv/bin/python bench/wire_bench.py                      # all parts, writes RESULTS.md
+    .venv/bin/python bench/wire_bench.py                      # floor and rss, writes RESULTS.md
     .venv/bin/python bench/wire_bench.py --part floor --print # one part, print only
-    .venv/bin/python bench/wire_bench.py --runs 1 --single-runs 3 -n1 3000 --sat-seconds 3 --print
+    .venv/bin/python bench/wire_bench.py --part before --before OTHER/.venv/bin/toolgate --print
 """
 
 from __future__ import annotations
@@ -49,11 +45,10 @@ FLOOR_BIN = ROOT / "target" / "release" / "examples" / "floor"
 EXAMPLE_POLICY = ROOT / "examples" / "policy.json"
 JSON_OUT = ROOT / "target" / "bench-wire.json"
 BEGIN, END = "<!-- BEGIN wire -->", "<!-- END wire -->"
-SECTION = "## Microseconds on the wire: native transport, floors, threads, memory"
+SECTION = "## Microseconds on the wire: native data plane, floor, memory"
 X = gb.X
 AIM_P50 = 1.1
 AIM_SAT = 0.85
-AIM_GRPCIO = 10.0
 AIM_RSS_MIB = 60
 
 
@@ -65,9 +60,11 @@ def build_floor() -> None:
     )
 
 
-def serve_cmd(port: int, *extra: str, policy: Path = gb.POLICY) -> list[str]:
+def serve_cmd(
+    port: int, *extra: str, policy: Path = gb.POLICY, exe: str | None = None
+) -> list[str]:
     return [
-        gb.toolgate_exe(),
+        exe or gb.toolgate_exe(),
         "serve",
         "--policy",
         str(policy),
@@ -167,75 +164,38 @@ def fmt_ratio_ci(xs: list[float]) -> str:
 # --- parts ---------------------------------------------------------------------------------
 
 
-def part_floor(args, workdir: Path, body: Path, response: Path, out: dict) -> list[str]:
+def part_floor(args, workdir: Path, body: Path, out: dict) -> list[str]:
     t = str(args.threads)
     servers: dict[str, gb.Server] = {}
-    names = ["native", "floor-rust", "grpcio", "floor-grpcio"]
+    names = ["native", "floor-rust"]
     try:
         p = gb.free_port()
         servers["native"] = gb.start_server(
             "decide-native",
-            serve_cmd(p, "--transport", "native", "--threads", t),
+            serve_cmd(p, "--threads", t),
             p,
             workdir,
             gb.decide_request(dry_run=True),
         )
+        # The floor answers what the sidecar answers the bench request.
+        response = workdir / "response.bin"
+        response.write_bytes(gb.call_raw(p, gb.decide_request()))
         p = gb.free_port()
+        floor = [str(FLOOR_BIN), "--listen", f"127.0.0.1:{p}", "--threads", t]
+        floor += ["--response", str(response)]
         servers["floor-rust"] = gb.start_server(
-            "floor-rust",
-            [
-                str(FLOOR_BIN),
-                "--listen",
-                f"127.0.0.1:{p}",
-                "--threads",
-                t,
-                "--response",
-                str(response),
-            ],
-            p,
-            workdir,
-            gb.decide_request(),
+            "floor-rust", floor, p, workdir, gb.decide_request()
         )
-        p = gb.free_port()
-        servers["grpcio"] = gb.start_server(
-            "decide-grpcio",
-            serve_cmd(p, "--transport", "grpcio"),
-            p,
-            workdir,
-            gb.decide_request(dry_run=True),
-        )
-        p = gb.free_port()
-        servers["floor-grpcio"] = gb.start_server(
-            "floor-grpcio",
-            [
-                sys.executable,
-                str(gb.FLOOR_SCRIPT),
-                "--listen",
-                f"127.0.0.1:{p}",
-                "--response",
-                str(response),
-            ],
-            p,
-            workdir,
-            gb.decide_request(),
-        )
-        for name in ("floor-rust", "floor-grpcio"):
-            if gb.call_raw(servers[name].port, gb.decide_request()) != response.read_bytes():
-                raise RuntimeError(f"{name}'s answer differs from the sidecar's")
         warm(servers, body, args)
-        # One in flight the Rust pair differs by a few µs against a spread between runs of
-        # ±20%: it gets more runs (each the pair back to back) than the grpcio pair.
-        rust, grpcio = names[:2], names[2:]
         single = [("single", 1, 1)]
-        runs = interleave(servers, rust, body, workdir, args, single, args.single_runs)
-        runs += interleave(servers, grpcio, body, workdir, args, single)
+        runs = interleave(servers, names, body, workdir, args, single, args.single_runs)
         runs += interleave(servers, names, body, workdir, args, [("saturated", args.c, args.m)])
     finally:
         for s in servers.values():
             s.stop()
     rows = [
-        "| load | metric | native | Rust floor | grpcio transport | grpcio floor |",
-        "|---|---|---:|---:|---:|---:|",
+        "| load | metric | native | Rust floor |",
+        "|---|---|---:|---:|",
     ]
     for load, label in (("single", "one in flight"), ("saturated", "saturated")):
         for attr in ("rps", "p50", "p99", "server_cpu_us"):
@@ -244,9 +204,7 @@ def part_floor(args, workdir: Path, body: Path, response: Path, out: dict) -> li
             rows.append(f"| {label} | {metric} | " + " | ".join(cells) + " |")
     p50 = per_run_ratios(runs, "single", "native", "floor-rust", "p50")
     sat = per_run_ratios(runs, "saturated", "native", "floor-rust", "rps")
-    vs_grpcio = per_run_ratios(runs, "saturated", "native", "grpcio", "rps")
     cpu = per_run_ratios(runs, "saturated", "native", "floor-rust", "server_cpu_us")
-    grpcio_floor = per_run_ratios(runs, "saturated", "grpcio", "floor-grpcio", "rps")
 
     def verdict(xs, aim, higher):
         return gb.verdict(statistics.median(xs), aim, higher) if xs else "\u2013"
@@ -263,10 +221,7 @@ def part_floor(args, workdir: Path, body: Path, response: Path, out: dict) -> li
         f"{verdict(p50, AIM_P50, False)} |",
         f"| native / Rust floor, saturated req/s | {fmt_ratio(sat)} | ≥ {AIM_SAT}{X} | "
         f"{verdict(sat, AIM_SAT, True)} |",
-        f"| native / grpcio transport, saturated req/s | {fmt_ratio(vs_grpcio)} | "
-        f"≥ {AIM_GRPCIO:g}{X} | {verdict(vs_grpcio, AIM_GRPCIO, True)} |",
         f"| native / Rust floor, server CPU per call, saturated | {fmt_ratio(cpu)} | | |",
-        f"| grpcio transport / grpcio floor, saturated req/s | {fmt_ratio(grpcio_floor)} | | |",
         "",
         busy_line(runs),
     ]
@@ -278,70 +233,47 @@ def part_floor(args, workdir: Path, body: Path, response: Path, out: dict) -> li
             for n in names
             for load in ("single", "saturated")
         },
-        "ratios": {
-            "p50_native_floor": p50,
-            "sat_native_floor": sat,
-            "sat_native_grpcio": vs_grpcio,
-            "cpu_native_floor": cpu,
-        },
+        "ratios": {"p50_native_floor": p50, "sat_native_floor": sat, "cpu_native_floor": cpu},
     }
     return rows
 
 
-def part_threads(args, workdir: Path, body: Path, out: dict) -> list[str]:
-    configs = {
-        "threads-2": ["--threads", "2"],
-        "workers-2": ["--workers", "2"],
-        "workers-2-threads-1": ["--workers", "2", "--threads", "1"],
-    }
+def part_before(args, workdir: Path, body: Path, out: dict) -> list[str]:
+    if not args.before:
+        raise SystemExit("--part before needs --before EXE")
+    exes = {"before": args.before, "this build": gb.toolgate_exe()}
     servers: dict[str, gb.Server] = {}
+    names = list(exes)
     try:
-        for name, extra in configs.items():
+        for name, exe in exes.items():
             p = gb.free_port()
-            workers = 2 if "--workers" in extra else 1
+            cmd = serve_cmd(p, "--threads", str(args.threads), exe=exe)
             servers[name] = gb.start_server(
-                f"decide-{name}",
-                serve_cmd(p, "--transport", "native", *extra),
-                p,
-                workdir,
-                gb.decide_request(dry_run=True),
-                workers=workers,
+                f"decide-{name.replace(' ', '-')}", cmd, p, workdir, gb.decide_request(True)
             )
         warm(servers, body, args)
-        runs = interleave(
-            servers, list(configs), body, workdir, args, [("saturated", args.c, args.m)]
-        )
+        loads = [("single", 1, 1), ("saturated", args.c, args.m)]
+        runs = interleave(servers, names, body, workdir, args, loads)
     finally:
         for s in servers.values():
             s.stop()
-    names = list(configs)
     rows = [
-        "| config | processes \u00d7 threads | req/s | p50 | p99 | server CPU / call | "
-        "server cores busy | req/s vs `--threads 2` | CPU/call vs `--threads 2` |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| load | metric | before | this build | this build / before (per run) |",
+        "|---|---|---:|---:|---|",
     ]
-    shape = {
-        "threads-2": "1 \u00d7 2",
-        "workers-2": "2 \u00d7 2",
-        "workers-2-threads-1": "2 \u00d7 1",
-    }
-    flags = {k: " ".join(v) for k, v in configs.items()}
-    for n in names:
-        rr = per_run_ratios(runs, "saturated", n, "threads-2", "rps")
-        cr = per_run_ratios(runs, "saturated", n, "threads-2", "server_cpu_us")
-        rows.append(
-            f"| `{flags[n]}` | {shape[n]} | {med(runs, 'saturated', n, 'rps'):,.0f} | "
-            f"{gb.fmt_us(med(runs, 'saturated', n, 'p50'))} | "
-            f"{gb.fmt_us(med(runs, 'saturated', n, 'p99'))} | "
-            f"{med(runs, 'saturated', n, 'server_cpu_us'):.1f} µs | "
-            f"{med(runs, 'saturated', n, 'server_cores'):.2f} | "
-            f"{fmt_ratio(rr) if n != 'threads-2' else '1'} | "
-            f"{fmt_ratio(cr) if n != 'threads-2' else '1'} |"
-        )
-    rows += ["", busy_line(runs)]
-    out["threads"] = {
-        n: {a: med(runs, "saturated", n, a) for a in ("rps", "p50", "p99", "server_cpu_us")}
+    for load, label in (("single", "one in flight"), ("saturated", "saturated")):
+        for attr in ("rps", "p50", "p99", "server_cpu_us"):
+            cells = [gb.show(attr, med(runs, load, n, attr)) for n in names]
+            ratio = fmt_ratio(per_run_ratios(runs, load, "this build", "before", attr))
+            metric = {"rps": "req/s", "server_cpu_us": "server CPU / call"}.get(attr, attr)
+            rows.append(f"| {label} | {metric} | " + " | ".join(cells) + f" | {ratio} |")
+    rss = {name: idle_rss_mib(args, workdir, exe) for name, exe in exes.items()}
+    rows.append(f"| idle | VmRSS | {rss['before']:.1f} MiB | {rss['this build']:.1f} MiB | |")
+    rows += ["", f"`--before {Path(args.before).name}`: the other build.", busy_line(runs)]
+    out["before"] = {
+        n: {a: med(runs, load, n, a) for a in ("rps", "p50", "server_cpu_us")}
         for n in names
+        for load in ("single", "saturated")
     }
     return rows
 
@@ -359,41 +291,41 @@ def rss_kib(pids: list[int]) -> int:
     return total
 
 
-def part_rss(args, workdir: Path, out: dict) -> list[str]:
+def idle_rss_mib(args, workdir: Path, exe: str | None = None) -> float:
+    """VmRSS of ``toolgate serve`` on the example policy, idle after one dry-run Decide and
+    one /metrics scrape."""
     from toolgate.v1 import decider_pb2 as pb
 
     probe = pb.DecideRequest(
         tool="describe_instances", subject=pb.Subject(grant="g"), dry_run=True
     ).SerializeToString()
-    rows = [
-        "| transport | VmRSS after start (idle) | aim |",
-        "|---|---:|---|",
-    ]
-    out["rss"] = {}
-    for transport in ("native", "grpcio"):
-        p, mp = gb.free_port(), gb.free_port()
-        cmd = serve_cmd(p, "--transport", transport, policy=EXAMPLE_POLICY)
-        cmd[cmd.index("--metrics-listen") + 1] = f"127.0.0.1:{mp}"
-        s = gb.start_server(f"rss-{transport}", cmd, p, workdir, probe)
-        try:
-            metrics = urllib.request.urlopen(f"http://127.0.0.1:{mp}/metrics", timeout=5).read()
-            if b"toolgate_decisions_total" not in metrics:
-                raise RuntimeError(f"{transport}: /metrics does not count decisions")
-            time.sleep(args.rss_settle)
-            kib = rss_kib(s.pids())
-        finally:
-            s.stop()
-        mib = kib / 1024
-        out["rss"][transport] = mib
-        aim = f"≤ {AIM_RSS_MIB} MiB: {gb.verdict(mib, AIM_RSS_MIB, False)}"
-        rows.append(f"| {transport} | {mib:.1f} MiB | {aim if transport == 'native' else ''} |")
-    rows += [
+    p, mp = gb.free_port(), gb.free_port()
+    cmd = serve_cmd(p, policy=EXAMPLE_POLICY, exe=exe)
+    cmd[cmd.index("--metrics-listen") + 1] = f"127.0.0.1:{mp}"
+    s = gb.start_server(f"rss-{p}", cmd, p, workdir, probe)
+    try:
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{mp}/metrics", timeout=5).read()
+        if b"toolgate_decisions_total" not in metrics:
+            raise RuntimeError("/metrics does not count decisions")
+        time.sleep(args.rss_settle)
+        return rss_kib(s.pids()) / 1024
+    finally:
+        s.stop()
+
+
+def part_rss(args, workdir: Path, out: dict) -> list[str]:
+    mib = idle_rss_mib(args, workdir)
+    out["rss"] = {"native": mib}
+    aim = f"≤ {AIM_RSS_MIB} MiB: {gb.verdict(mib, AIM_RSS_MIB, False)}"
+    return [
+        "| VmRSS after start (idle) | aim |",
+        "|---:|---|",
+        f"| {mib:.1f} MiB | {aim} |",
         "",
         f"`toolgate serve --policy examples/policy.json` (default counter table, "
         f"{2**16:,} slots; /metrics on), one dry-run Decide answered and /metrics scraped "
         f"once, then {args.rss_settle:g} s idle; VmRSS of the process from /proc/PID/status.",
     ]
-    return rows
 
 
 # --- main ----------------------------------------------------------------------------------
@@ -401,7 +333,8 @@ def part_rss(args, workdir: Path, out: dict) -> list[str]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--part", action="append", choices=["floor", "threads", "rss"])
+    p.add_argument("--part", action="append", choices=["floor", "before", "rss"])
+    p.add_argument("--before", metavar="EXE", help="--part before: the other build's toolgate")
     p.add_argument("--threads", type=int, default=2, help="native and Rust floor threads (2)")
     p.add_argument("-n1", "--n-single", type=int, default=10_000, help="one in flight, per run")
     p.add_argument("--sat-seconds", type=float, default=5.0, help="saturated run, h2load -D")
@@ -419,32 +352,28 @@ def main() -> int:
     p.add_argument("--no-build", action="store_true", help="don't (re)build the Rust floor")
     p.add_argument("--print", dest="write", action="store_false", help="don't write RESULTS.md")
     args = p.parse_args()
-    parts = args.part or ["floor", "threads", "rss"]
+    parts = args.part or ["floor", "rss"]
     if "floor" in parts and not args.no_build:
         build_floor()
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="wire-bench-"))
     body = workdir / "decide.body"
     body.write_bytes(gb.grpc_frame(gb.decide_request()))
-    from toolgate._core import Engine
-
-    response = workdir / "response.bin"
-    response.write_bytes(Engine.from_file(gb.POLICY).decide_wire(gb.decide_request()))
     out: dict = {"when": time.time()}
     lines = [
         gb.written_by("wire_bench.py") + "; "
         f"h2load `-t 1`, one in flight `-c 1 -m 1` \u00d7 {args.n_single:,} requests, saturated "
         f"`-c {args.c} -m {args.m}` for {args.sat_seconds:g} s; {args.runs} runs, medians "
         f"({args.single_runs} runs of native and Rust floor one in flight); "
-        f"native and Rust floor `--threads {args.threads}`, grpcio 8 threads.",
+        f"native and Rust floor `--threads {args.threads}`.",
     ]
     try:
         if "floor" in parts:
-            lines += ["", "**Native vs floors vs grpcio** (`--part floor`)", ""]
-            lines += part_floor(args, workdir, body, response, out)
-        if "threads" in parts:
-            lines += ["", "**`--threads` vs `--workers`**, saturated (`--part threads`)", ""]
-            lines += part_threads(args, workdir, body, out)
+            lines += ["", "**Native vs its floor** (`--part floor`)", ""]
+            lines += part_floor(args, workdir, body, out)
+        if "before" in parts:
+            lines += ["", "**This build against another** (`--part before`)", ""]
+            lines += part_before(args, workdir, body, out)
         if "rss" in parts:
             lines += ["", "**Idle memory** (`--part rss`)", ""]
             lines += part_rss(args, workdir, out)
