@@ -8,7 +8,14 @@ gRPC sidecar (``toolgate serve``) and its clients (``Client``, ``AsyncClient``).
     'ALLOW'
 """
 
+import os
 from typing import TYPE_CHECKING
+
+# The extension allocates with mimalloc, which by default commits each arena it reserves up
+# front: ~3 MiB of resident memory per serving thread that stays unused. Committed as used
+# instead, an idle sidecar holds ~16 MiB less, at no measured cost per call (bench/RESULTS.md).
+# Read once, when the extension loads; an operator's own setting wins.
+os.environ.setdefault("MIMALLOC_ARENA_EAGER_COMMIT", "0")
 
 from toolgate._core import (
     Decision,
