@@ -1,7 +1,33 @@
 """Type stubs for the Rust extension module."""
 
 import os
-from typing import Any, Literal
+from typing import Any, Literal, final
+
+__all__ = [
+    "CODES",
+    "DEFAULT_MAX_REQUEST_BYTES",
+    "MAX_MAX",
+    "SERVICES",
+    "VERDICTS",
+    "Approvals",
+    "Decision",
+    "Engine",
+    "EnvoyAuthz",
+    "Explanation",
+    "LimitState",
+    "ManualClock",
+    "NativeServer",
+    "Policy",
+    "PolicyError",
+    "ValidationError",
+    "__revision__",
+    "__version__",
+    "inert",
+    "inert_json",
+    "read_document",
+    "read_maxmemory_policy",
+    "read_mcp_request",
+]
 
 __version__: str
 #: The git commit the extension was built from; "" when unknown.
@@ -10,6 +36,11 @@ __revision__: str
 SERVICES: list[str]
 #: Envoy's ``max_request_bytes`` in the configs this project ships.
 DEFAULT_MAX_REQUEST_BYTES: int
+#: The largest ``max`` a limit may have.
+MAX_MAX: float
+#: Every verdict and every decision code, as the wire and the decision log name them.
+VERDICTS: list[str]
+CODES: list[str]
 
 def inert(text: str) -> str:
     """``text`` safe to show a person: control, format and line-separator characters written
@@ -34,6 +65,7 @@ Code = Literal[
     "STORE_UNAVAILABLE",
 ]
 
+@final
 class ValidationError:
     """One validation problem: where it is and what is wrong."""
 
@@ -49,13 +81,21 @@ class PolicyError(ValueError):
 
     errors: list[ValidationError]
 
+@final
 class Policy:
     """A validated policy document."""
 
     @staticmethod
     def from_file(path: str | os.PathLike[str]) -> Policy: ...
     @staticmethod
-    def from_str(text: str, format: Literal["json", "yaml", "auto"] = "auto") -> Policy: ...
+    def from_str(
+        text: str,
+        format: Literal["json", "yaml", "auto"] = "auto",
+        *,
+        path: str | os.PathLike[str] | None = None,
+    ) -> Policy:
+        """``auto``: by ``path``'s extension when given (the file the text was read from),
+        else JSON when the text starts with ``{`` or ``[`` (after a byte-order mark)."""
     @staticmethod
     def from_dict(document: dict[str, Any]) -> Policy: ...
     @property
@@ -68,6 +108,7 @@ class Policy:
 
 PolicySource = Policy | dict[str, Any] | str | os.PathLike[str]
 
+@final
 class LimitState:
     """The state of one limit a decision touched."""
 
@@ -87,6 +128,7 @@ class LimitState:
     def reset_in_ms(self) -> int: ...
     def to_dict(self) -> dict[str, Any]: ...
 
+@final
 class Decision:
     """The answer for one tool call: from ``Engine.decide``, or from a sidecar through
     ``toolgate.Client``."""
@@ -125,6 +167,7 @@ class Decision:
         (REQUIRE_APPROVAL), used by this allowed call, or refused (APPROVAL_DENIED)."""
     def to_dict(self) -> dict[str, Any]: ...
 
+@final
 class Explanation:
     """How one call was decided (``Engine.explain``): the decision and the steps the engine
     took to it, each a dict with a ``step`` key: ``section``, ``hide``, ``rule``, ``rules``,
@@ -139,26 +182,28 @@ class Explanation:
     def steps(self) -> list[dict[str, Any]]: ...
     def to_dict(self) -> dict[str, Any]: ...
 
+@final
 class ManualClock:
     """A clock that moves only when told to."""
 
-    def __init__(self, start: float = 0.0) -> None: ...
+    def __new__(cls, start: float = 0.0) -> ManualClock: ...
     def advance(self, seconds: float) -> None: ...
     @property
     def now(self) -> float: ...
 
+@final
 class Engine:
     """Decides tool calls against a policy, with counters that survive reloads."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         policy: PolicySource,
         *,
         capacity: int = ...,
         reservations: int = ...,
         clock: ManualClock | None = None,
         max_argument_bytes: int = ...,
-    ) -> None: ...
+    ) -> Engine: ...
     @staticmethod
     def from_file(
         path: str | os.PathLike[str],
@@ -209,9 +254,9 @@ class Engine:
         key: bytes,
         capacity: int = 4096,
         queue: int = 4096,
-        pending_per_grant: int = 32,
-        pending_per_rule: int = 1024,
-        preview_bytes: int = 2048,
+        pending_per_grant: int = ...,
+        pending_per_rule: int = ...,
+        preview_bytes: int = ...,
     ) -> Approvals:
         """Run human approvals, with the approvals table in the file ``path`` (made if
         missing; it outlives the process; one of another layout version is set aside). ``key``
@@ -225,8 +270,8 @@ class Engine:
         grant_key: bytes,
         filter: str = "all",
         rotate_bytes: int = 0,
-        queue: int = 65536,
-        queue_bytes: int = 16777216,
+        queue: int = ...,
+        queue_bytes: int = ...,
     ) -> str | None:
         """Write decisions as hash-chained JSON lines to ``path`` (None: stdout) from a
         writer thread; ``filter`` is ``all`` or ``denials``; grants hashed under
@@ -269,11 +314,12 @@ class Engine:
     def policy(self) -> Policy: ...
     def stats(self) -> dict[str, Any]: ...
 
+@final
 class EnvoyAuthz:
     """How the native server reads Envoy's ext_authz ``Check`` requests."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         *,
         grant_header: str = "authorization",
         session_header: str = "mcp-session-id",
@@ -282,18 +328,19 @@ class EnvoyAuthz:
         grant_claim: str | None = None,
         agent_claim: str | None = None,
         jwt_payload_key: str = "jwt_payload",
-        max_request_bytes: int = 1048576,
-    ) -> None:
+        max_request_bytes: int = ...,
+    ) -> EnvoyAuthz:
         """Header names are lower case. ``grant_claim``/``agent_claim`` read the grant/agent
         from a claim of the JWT that Envoy's jwt_authn verified; ``max_request_bytes`` is
         Envoy's body limit. ValueError for a bad setting."""
 
+@final
 class NativeServer:
     """The native data plane: tonic on threads of its own, serving every service on one
     listener; no Python runs while it answers."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         engine: Engine,
         authz: EnvoyAuthz,
         listen: str,
@@ -301,7 +348,7 @@ class NativeServer:
         threads: int,
         descriptors: list[bytes] = ...,
         max_message_bytes: int = ...,
-    ) -> None:
+    ) -> NativeServer:
         """Bind ``listen`` (``HOST:PORT`` or ``unix:PATH``) and serve, NOT_SERVING until told
         otherwise. ValueError for a bad address, OSError if it cannot bind."""
     @property
@@ -312,7 +359,10 @@ class NativeServer:
         """Refuse new calls, let those in flight finish within ``grace`` seconds."""
 
 def read_document(
-    text: str, *, format: Literal["json", "yaml", "auto"] = "auto"
+    text: str,
+    *,
+    format: Literal["json", "yaml", "auto"] = "auto",
+    path: str | os.PathLike[str] | None = None,
 ) -> tuple[Any, dict[str, int]]:
     """JSON or YAML read as policies are (duplicate keys and aliases refused): the document,
     and each value's JSON pointer mapped to its line. ValueError, with the line, if it is not
@@ -332,6 +382,7 @@ def read_maxmemory_policy(
     ``("unreachable", why)`` when it does not answer. ValueError for a URL that is not a
     store's."""
 
+@final
 class Approvals:
     """An engine's approvals (from ``Engine.enable_approvals``): the control plane drains
     their news, reconciles the table with its store, and records approvers' decisions."""

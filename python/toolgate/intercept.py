@@ -35,13 +35,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from toolgate import Policy, PolicyError
-from toolgate._core import read_document
+from toolgate._core import MAX_MAX, read_document
 from toolgate.suggest import policy_key, to_yaml
 
 WINDOWS = ("minute", "hour", "day")
 OPERATORS = ("eq", "neq", "in", "not_in", "lt", "lte", "gt", "gte", "regex", "contains", "exists")
-#: Largest `max` policy v1 accepts.
-MAX_MAX = 1e9
 #: Policy v1 counts costs in thousandths.
 COST_STEP = 0.001
 

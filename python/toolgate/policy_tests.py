@@ -39,22 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from toolgate import Engine, ManualClock, PolicyError
-from toolgate._core import read_document
+from toolgate._core import CODES, VERDICTS, read_document
 from toolgate.explain import render
 
-VERDICTS = ("ALLOW", "DENY", "REQUIRE_APPROVAL")
-CODES = (
-    "ALLOWED",
-    "HIDDEN",
-    "DEFAULT_DENY",
-    "RULE_DENY",
-    "CONDITION_FAILED",
-    "RATE_LIMITED",
-    "APPROVAL_REQUIRED",
-    "INVALID_REQUEST",
-    "APPROVAL_DENIED",
-    "STORE_UNAVAILABLE",
-)
 #: Where every case's clock starts, in seconds: far from zero, so no window reaches before it.
 CLOCK_START = 1_000_000.0
 
@@ -354,9 +341,8 @@ def read_test_file(path: str | Path) -> TestFile:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise BadTestFile(str(path), [f"cannot read: {err}"]) from None
-    fmt = {".json": "json", ".yaml": "yaml", ".yml": "yaml"}.get(path.suffix.lower(), "auto")
     try:
-        document, lines = read_document(text, format=fmt)
+        document, lines = read_document(text, path=path)
     except ValueError as err:
         raise BadTestFile(str(path), [str(err)]) from None
     r = _Reader(path, lines)

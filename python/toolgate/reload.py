@@ -64,17 +64,10 @@ def read_version(path: Path) -> FileVersion | None:
 
 
 def parse_policy(path: Path, content: bytes) -> Policy:
-    """``content``, read from ``path``, as a policy: the format chosen as ``Policy.from_file``
-    chooses it (by extension, otherwise JSON if it starts with ``{``). Parsing the bytes that
-    were checked, rather than reading the file again, loads exactly what settled."""
-    text = content.decode("utf-8")
-    suffix = path.suffix.lower()
-    if suffix in (".yaml", ".yml"):
-        return Policy.from_str(text, format="yaml")
-    if suffix == ".json":
-        return Policy.from_str(text, format="json")
-    looks_like_json = text.lstrip("\ufeff").lstrip().startswith("{")
-    return Policy.from_str(text, format="json" if looks_like_json else "yaml")
+    """``content``, read from ``path``, as a policy, in the format ``Policy.from_file`` would
+    choose for it. Parsing the bytes that were checked, rather than reading the file again,
+    loads exactly what settled."""
+    return Policy.from_str(content.decode("utf-8"), path=path)
 
 
 @dataclass(frozen=True)

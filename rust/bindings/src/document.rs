@@ -6,38 +6,28 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use toolgate_core::policy::pointer_token;
-use toolgate_core::policy::source::{parse_json, parse_yaml, Node, NodeValue};
+use toolgate_core::policy::source::{Format, Node, NodeValue};
 
-/// Parse `text` (`format`: `json`, `yaml`, or `auto`: JSON when it starts with `{` or `[`).
+/// Parse `text` (`format`: `json`, `yaml`, or `auto`: by `path`'s extension if given, the
+/// file the text was read from, else JSON when it starts with `{` or `[`; as policies are).
 /// Returns the document as Python values and a dict from each value's JSON pointer to its
 /// 1-based line. Raises ValueError with the line of a syntax error.
 #[pyfunction]
-#[pyo3(signature = (text, *, format = "auto"))]
+#[pyo3(signature = (text, *, format = "auto", path = None))]
 pub fn read_document<'py>(
     py: Python<'py>,
     text: &str,
     format: &str,
+    path: Option<std::path::PathBuf>,
 ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyDict>)> {
-    let start = text.trim_start_matches('\u{feff}').trim_start();
-    let yaml = match format {
-        "json" => false,
-        "yaml" => true,
-        "auto" => !(start.starts_with('{') || start.starts_with('[')),
-        other => {
-            return Err(PyValueError::new_err(format!(
-                "format must be json, yaml or auto, not {other:?}"
-            )))
-        }
-    };
-    let node = if yaml {
-        parse_yaml(text)
-    } else {
-        parse_json(text)
-    }
-    .map_err(|e| match e.line {
-        Some(line) => PyValueError::new_err(format!("line {line}: {}", e.message)),
-        None => PyValueError::new_err(e.message),
-    })?;
+    let name = path.as_deref().and_then(|p| p.file_name()?.to_str());
+    let node = Format::choose(format, name, text)
+        .map_err(PyValueError::new_err)?
+        .parse(text)
+        .map_err(|e| match e.line {
+            Some(line) => PyValueError::new_err(format!("line {line}: {}", e.message)),
+            None => PyValueError::new_err(e.message),
+        })?;
     let lines = PyDict::new(py);
     let value = to_python(py, &node, &mut String::new(), &lines)?;
     Ok((value, lines))

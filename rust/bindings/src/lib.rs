@@ -57,6 +57,18 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "DEFAULT_MAX_REQUEST_BYTES",
         toolgate_server::authz::DEFAULT_MAX_REQUEST_BYTES,
     )?;
+    // Every verdict and decision code, by name (the wire's and the decision log's).
+    let names = |all: &[&'static str]| all.to_vec();
+    m.add(
+        "VERDICTS",
+        names(&toolgate_core::Verdict::ALL.map(toolgate_core::Verdict::as_str)),
+    )?;
+    m.add(
+        "CODES",
+        names(&toolgate_core::Code::ALL.map(toolgate_core::Code::as_str)),
+    )?;
+    // The largest `max` a limit may have.
+    m.add("MAX_MAX", toolgate_core::policy::MAX_MAX)?;
     m.add("PolicyError", m.py().get_type::<policy::PolicyError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     // The git commit built from, or "" if unknown (build.rs).

@@ -6,6 +6,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 use std::path::PathBuf;
+use toolgate_core::policy::source::Format;
 use toolgate_core::policy::{Policy, PolicyErrors};
 
 create_exception!(
@@ -88,26 +89,19 @@ impl PyPolicy {
             .map_err(|e| policy_error(py, e))
     }
 
-    /// Load from text: `format` is "json", "yaml", or "auto" (JSON if it starts with `{`).
+    /// Load from text: `format` is "json", "yaml", or "auto" (by `path`'s extension if given,
+    /// the file the text was read from; else JSON if it starts with `{` or `[`).
     #[staticmethod]
-    #[pyo3(signature = (text, format = "auto"))]
-    fn from_str(py: Python<'_>, text: &str, format: &str) -> PyResult<PyPolicy> {
-        let yaml = match format {
-            "json" => false,
-            "yaml" => true,
-            "auto" => !text.trim_start().starts_with('{'),
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "format must be json, yaml or auto, not {other:?}"
-                )))
-            }
-        };
-        let loaded = if yaml {
-            Policy::from_yaml_str(text)
-        } else {
-            Policy::from_json_str(text)
-        };
-        loaded
+    #[pyo3(signature = (text, format = "auto", *, path = None))]
+    fn from_str(
+        py: Python<'_>,
+        text: &str,
+        format: &str,
+        path: Option<PathBuf>,
+    ) -> PyResult<PyPolicy> {
+        let name = path.as_deref().and_then(|p| p.file_name()?.to_str());
+        Format::choose(format, name, text).map_err(PyValueError::new_err)?;
+        Policy::from_text(text, format, name)
             .map(|inner| PyPolicy { inner })
             .map_err(|e| policy_error(py, e))
     }

@@ -11,6 +11,8 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    pub const ALL: [Verdict; 3] = [Verdict::Allow, Verdict::Deny, Verdict::RequireApproval];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Verdict::Allow => "ALLOW",

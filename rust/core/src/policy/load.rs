@@ -11,7 +11,7 @@ use regex::Regex;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::source::{parse_json, parse_yaml, Member, Node, NodeValue};
+use super::source::{parse_json, parse_yaml, Format, Member, Node, NodeValue};
 use super::{
     pointer_token, Action, Approval, Compare, Condition, ConditionItem, DefaultAction, Limit, Mode,
     NamePattern, Op, Path, PathRoot, Policy, Release, Rule, Scope, Section, Segment,
@@ -78,28 +78,26 @@ impl Policy {
         Policy::from_node(&Node::from_json_value(value))
     }
 
-    /// Load a file: YAML for `.yaml`/`.yml`, JSON for `.json`, otherwise JSON when the text
-    /// starts with `{` and YAML when it does not.
+    /// Load a file, in the format [`Format::choose`] picks for its name and text.
     pub fn from_path(path: &std::path::Path) -> Result<Policy, PolicyErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
             pointer: String::new(),
             line: None,
             message: format!("cannot read {}: {e}", path.display()),
         })?;
-        let extension = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .map(str::to_ascii_lowercase);
-        let looks_like_json = text
-            .trim_start_matches('\u{feff}')
-            .trim_start()
-            .starts_with('{');
-        match extension.as_deref() {
-            Some("yaml" | "yml") => Policy::from_yaml_str(&text),
-            Some("json") => Policy::from_json_str(&text),
-            _ if looks_like_json => Policy::from_json_str(&text),
-            _ => Policy::from_yaml_str(&text),
-        }
+        let name = path.file_name().and_then(|n| n.to_str());
+        Policy::from_text(&text, "auto", name)
+    }
+
+    /// Load text: `format` is `json`, `yaml` or `auto`, chosen with `name` (a file name, if
+    /// the text is a file's) by [`Format::choose`].
+    pub fn from_text(text: &str, format: &str, name: Option<&str>) -> Result<Policy, PolicyErrors> {
+        let format = Format::choose(format, name, text).map_err(|message| PolicyError {
+            pointer: String::new(),
+            line: None,
+            message,
+        })?;
+        Policy::from_node(&format.parse(text)?)
     }
 
     /// Validate a parsed document.
@@ -126,7 +124,7 @@ fn revision(node: &Node) -> String {
 /// Most limits one call can be checked against: a rule's own, and its rule plus `all_tools`.
 const MAX_LIMITS: usize = 8;
 /// Largest `max` of a limit.
-const MAX_MAX: f64 = 1e9;
+pub const MAX_MAX: f64 = 1e9;
 /// Longest window or timeout accepted, in ms (2^53, where f64 stops being exact).
 const MAX_WINDOW_MS: u64 = 1 << 53;
 

@@ -8,7 +8,7 @@ pub mod load;
 pub mod self_asserted;
 pub mod source;
 
-pub use load::{PolicyError, PolicyErrors};
+pub use load::{PolicyError, PolicyErrors, MAX_MAX};
 
 use serde_json::Value;
 

@@ -176,6 +176,51 @@ fn duplicate_key(parent: &str, key: &str, line: Option<u32>) -> PolicyError {
     }
 }
 
+/// How a document is written. Every reader of policy text (files, strings, policy tests,
+/// imports; in Rust and through the binding) chooses it here, so they cannot disagree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Yaml,
+}
+
+impl Format {
+    /// `asked` is `json`, `yaml` or `auto`. For `auto`, a file name ending `.json`, `.yaml` or
+    /// `.yml` decides; otherwise the text is JSON when it starts (after a byte-order mark and
+    /// whitespace) with `{` or `[`, and YAML when it does not.
+    pub fn choose(asked: &str, name: Option<&str>, text: &str) -> Result<Format, String> {
+        match asked {
+            "json" => return Ok(Format::Json),
+            "yaml" => return Ok(Format::Yaml),
+            "auto" => {}
+            other => return Err(format!("format must be json, yaml or auto, not {other:?}")),
+        }
+        let extension = name
+            .and_then(|n| n.rsplit_once('.'))
+            .map(|(_, e)| e.to_ascii_lowercase());
+        Ok(match extension.as_deref() {
+            Some("json") => Format::Json,
+            Some("yaml" | "yml") => Format::Yaml,
+            _ => {
+                let start = text.trim_start_matches('\u{feff}').trim_start();
+                if start.starts_with('{') || start.starts_with('[') {
+                    Format::Json
+                } else {
+                    Format::Yaml
+                }
+            }
+        })
+    }
+
+    /// Parse `text` written this way.
+    pub fn parse(self, text: &str) -> Result<Node, PolicyError> {
+        match self {
+            Format::Json => parse_json(text),
+            Format::Yaml => parse_yaml(text),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // JSON
 // ---------------------------------------------------------------------------------------------
@@ -521,6 +566,8 @@ impl JsonParser<'_> {
 /// 1.2 core schema; quoted and block scalars are strings. Duplicate keys, non-string keys,
 /// aliases and multiple documents are errors. An empty document is `null`.
 pub fn parse_yaml(text: &str) -> Result<Node, PolicyError> {
+    // A leading byte-order mark is no part of the document (YAML 1.2, 5.2), as for JSON.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut events = EventLog::default();
     let mut parser = Parser::new_from_str(text);
     if let Err(e) = parser.load(&mut events, true) {
