@@ -8,6 +8,7 @@
 //! left to right.
 
 use crate::args::{json_equal, ArgValue, Kind, Num};
+pub use crate::evaluation::{Outcome, Problem};
 use crate::mcp::strict_json::reads_two_ways;
 use crate::policy::{Compare, Condition, Op, PathRoot, Segment};
 use crate::trace::{NoTrace, Trace};
@@ -36,57 +37,6 @@ pub struct Facts<'a, A> {
     /// There are no arguments yet (a tool list is filtered before any call is made): an
     /// argument path is [`Problem::NotYetKnown`], not missing.
     pub args_unknown: bool,
-}
-
-/// Why a condition could not be evaluated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Problem {
-    Missing,
-    /// Another key of the object folds like the path's key (or, in a Python dict, is not a
-    /// string): a case-insensitive decoder upstream could read it as the path, so the path's
-    /// value is not known.
-    CaseVariant,
-    /// A value decoders read differently: an integer beyond 2^53 (rounded by JavaScript and
-    /// by Go into `any`, exact in Python), an object in it with keys that fold alike, or a
-    /// value JSON cannot hold.
-    Ambiguous,
-    WrongType(Kind),
-    /// An argument path, read before there are arguments ([`Facts::args_unknown`]).
-    NotYetKnown,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub enum Outcome<'p> {
-    Holds,
-    Fails,
-    Unevaluable(&'p Compare, Problem),
-}
-
-impl Problem {
-    pub fn describe(self, c: &Compare) -> String {
-        match self {
-            Problem::Missing => format!("{} is missing", c.path.text),
-            Problem::CaseVariant => format!(
-                "{} cannot be read one way: the object holds another key that a decoder \
-                 could read as it (one differing only by case, or one that is not a string)",
-                c.path.text
-            ),
-            Problem::Ambiguous => format!(
-                "{} could be read two ways: it holds a number beyond 2^53, which some \
-                 decoders round, keys that differ only by case, or a value JSON cannot hold",
-                c.path.text
-            ),
-            Problem::NotYetKnown => format!("{} is not known before the call", c.path.text),
-            Problem::WrongType(kind) => {
-                format!(
-                    "{} is {}, which `{}` cannot compare",
-                    c.path.text,
-                    kind.name(),
-                    c.op.name()
-                )
-            }
-        }
-    }
 }
 
 /// A resolved path: an argument value, or one of the request's strings.

@@ -13,6 +13,7 @@ pub mod counter;
 pub mod decision;
 pub mod decision_log;
 pub mod engine;
+pub mod evaluation;
 pub mod explain;
 pub mod glob;
 pub mod inert;

@@ -4,20 +4,13 @@
 //! given back before the call is denied. Between the two, another call may see the brief
 //! extra count and be denied too: the error is always towards denying, never allowing.
 
-use crate::compile::CompiledLimit;
 use crate::counter::reservation::{Part, MAX_PARTS};
 use crate::counter::window::Refused;
-use crate::counter::{CounterKey, CounterTable, WindowState};
+use crate::counter::{CounterTable, WindowState};
 use crate::decision::{LimitState, Limits};
+pub use crate::evaluation::Want;
 use crate::trace::{NoTrace, Trace};
 use arrayvec::ArrayVec;
-
-/// One limit as it applies to one call.
-pub struct Want<'p> {
-    pub limit: &'p CompiledLimit,
-    pub key: CounterKey,
-    pub amount: u64,
-}
 
 /// The parts one call reserved, kept on the stack (a call touches at most 8 limits).
 pub type Parts = ArrayVec<Part, MAX_PARTS>;

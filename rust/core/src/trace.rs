@@ -9,9 +9,8 @@
 //! that `NoTrace` never calls). `crate::explain::Recorder` is the one that listens.
 
 use crate::compile::{CompiledPolicy, CompiledRule, CompiledSection, TextId};
-use crate::condition::Outcome;
 use crate::decision::{Decision, LimitState};
-use crate::limiter::Want;
+use crate::evaluation::{Outcome, Want};
 use crate::matcher::Found;
 use crate::policy::{Compare, Condition, ConditionItem};
 use serde_json::Value;
