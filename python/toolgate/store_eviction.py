@@ -7,8 +7,7 @@ The sidecar reads the policy of the primary it counts on before it serves, and r
 start on any other (or on one Redis will not tell) unless ``--store-accept-eviction``; then
 again every ``--store-eviction-check-interval`` seconds, on a thread of its own (never per
 decision), so a ``CONFIG SET`` or a failover to a primary set up otherwise is logged and
-reported in ``toolgate_store_counters_evictable``. With ``--workers`` the supervisor does this
-once for all of them.
+reported in ``toolgate_store_counters_evictable``.
 """
 
 from __future__ import annotations
