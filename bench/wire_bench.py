@@ -186,6 +186,8 @@ def part_floor(args, workdir: Path, body: Path, out: dict) -> list[str]:
         servers["floor-rust"] = gb.start_server(
             "floor-rust", floor, p, workdir, gb.decide_request()
         )
+        if gb.call_raw(p, gb.decide_request()) != response.read_bytes():
+            raise RuntimeError("the floor's answer differs from the sidecar's")
         warm(servers, body, args)
         single = [("single", 1, 1)]
         runs = interleave(servers, names, body, workdir, args, single, args.single_runs)
