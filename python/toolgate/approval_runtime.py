@@ -16,11 +16,14 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from toolgate._core import Approvals, Engine
-from toolgate.approvals import (
+from toolgate._core import (
     DEFAULT_PENDING_PER_GRANT,
     DEFAULT_PENDING_PER_RULE,
     DEFAULT_PREVIEW_BYTES,
+    Approvals,
+    Engine,
+)
+from toolgate.approvals import (
     DEFAULT_RETENTION_S,
     ApprovalRecorder,
     ApprovalStore,

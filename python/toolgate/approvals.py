@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from toolgate._core import Approvals
+from toolgate._core import DEFAULT_PREVIEW_BYTES, Approvals
 from toolgate.background import Background
 
 log = logging.getLogger("toolgate.approvals")
@@ -44,13 +44,6 @@ _TABLE_STATE = {
 
 #: Longest reason an approver may give, in characters.
 MAX_REASON = 1024
-
-#: Bytes of a call's arguments the store keeps, by default (the engine's preview).
-DEFAULT_PREVIEW_BYTES = 2048
-
-#: Pending approvals one grant, and one rule (all grants together), may have at once.
-DEFAULT_PENDING_PER_GRANT = 32
-DEFAULT_PENDING_PER_RULE = 1024
 
 #: How long finished approvals (used, denied, expired) are kept, by default: 7 days.
 DEFAULT_RETENTION_S = 7 * 24 * 3600

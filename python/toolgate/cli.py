@@ -246,7 +246,16 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
+def subject_source(claim: str | None) -> str:
+    """``--grant-from``/``--agent-from``'s text for a claim (None: the header)."""
+    return "header" if claim is None else f"jwt:{claim}"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from toolgate.serve import ServeOptions
+
+    # Every serve option's default is ServeOptions'.
+    defaults = ServeOptions()
     parser = Parser(
         prog="toolgate",
         description="Decide whether an AI agent's MCP tool calls may run: serve decisions to a "
@@ -299,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument(
         "--target",
         type=target_address,
-        default="127.0.0.1:50051",
+        default=defaults.listen,
         metavar="HOST:PORT",
         help="the sidecar's --listen (HOST:PORT or unix:PATH)",
     )
@@ -318,34 +327,34 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--listen",
         type=listen_address,
-        default="127.0.0.1:50051",
+        default=defaults.listen,
         metavar="HOST:PORT",
         help="gRPC: HOST:PORT ([IPv6]:PORT; port 0 for any free one) or unix:PATH",
     )
     serve.add_argument(
         "--metrics-listen",
         type=metrics_address,
-        default="127.0.0.1:9464",
+        default=defaults.metrics_listen,
         metavar="HOST:PORT",
         help="Prometheus /metrics over HTTP, or 'off'",
     )
     serve.add_argument(
         "--threads",
         type=int,
-        default=None,
+        default=defaults.threads,
         metavar="N",
         help="serving threads, each serving the connections dealt to it (default: the CPUs "
         "this process may use, counting its affinity and cgroup quota)",
     )
     serve.add_argument(
-        "--capacity", type=int, default=1 << 16, metavar="N", help="counter-table slots"
+        "--capacity", type=int, default=defaults.capacity, metavar="N", help="counter-table slots"
     )
     store = serve.add_argument_group(
         "counter store", "where limits are counted: this pod's table, or Redis shared by all"
     )
     store.add_argument(
         "--store",
-        default="local",
+        default=defaults.store,
         metavar="local|redis://[USER:PASSWORD@]HOST:PORT/DB",
         help="local: this pod's table (default); redis://...: one count for every replica "
         "on that Redis, rediss://... over TLS, redis+sentinel://HOST:PORT[,...]/SERVICE/DB "
@@ -353,21 +362,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     store.add_argument(
         "--store-prefix",
-        default="toolgate:",
+        default=defaults.store_prefix,
         metavar="PREFIX",
         help="put before every Redis key, so deployments can share one Redis",
     )
     store.add_argument(
         "--store-timeout-ms",
         type=int,
-        default=5,
+        default=defaults.store_timeout_ms,
         metavar="MS",
         help="how long a decision waits for Redis (default: %(default)s)",
     )
     store.add_argument(
         "--store-mode",
         choices=["exact", "cached"],
-        default="exact",
+        default=defaults.store_mode,
         help="exact: one Redis script per decision, never over a limit (default); cached: "
         "decide on a local copy merged with Redis every --store-flush-ms (faster; may "
         "overshoot, docs/redis.md)",
@@ -375,14 +384,14 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument(
         "--store-flush-ms",
         type=int,
-        default=5,
+        default=defaults.store_flush_ms,
         metavar="MS",
         help="cached mode: how often counts are merged with Redis (default: %(default)s)",
     )
     store.add_argument(
         "--store-unavailable",
         choices=["deny", "local"],
-        default="deny",
+        default=defaults.store_unavailable,
         help="when Redis does not answer in time: deny (STORE_UNAVAILABLE, the default) or "
         "count in this pod's own table",
     )
@@ -397,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument(
         "--store-eviction-check-interval",
         type=float,
-        default=10.0,
+        default=defaults.store_eviction_check_interval,
         metavar="SECONDS",
         help="how often Redis's maxmemory-policy is read again, to report a change (or a "
         "failover to a primary that can evict counter keys)",
@@ -405,28 +414,28 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--reservations",
         type=int,
-        default=1 << 16,
+        default=defaults.reservations,
         metavar="N",
         help="reservation log lines (64 bytes each; a call with up to two limits takes one)",
     )
     serve.add_argument(
         "--max-argument-bytes",
         type=int,
-        default=1 << 20,
+        default=defaults.max_argument_bytes,
         metavar="N",
         help="larger arguments are refused",
     )
     serve.add_argument(
         "--reload-interval",
         type=float,
-        default=1.0,
+        default=defaults.reload_interval,
         metavar="SECONDS",
         help="how often the policy file is looked at for changes",
     )
     serve.add_argument(
         "--reload-settle",
         type=float,
-        default=0.5,
+        default=defaults.reload_settle,
         metavar="SECONDS",
         help="load a policy file edited in place only once it has been unchanged this long, "
         "as it may be half-written before; a file renamed into place, and SIGHUP, load at "
@@ -435,25 +444,28 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--drain",
         type=float,
-        default=1.0,
+        default=defaults.drain,
         metavar="SECONDS",
         help="on SIGTERM, report NOT_SERVING for this long while still answering",
     )
     serve.add_argument(
         "--grace",
         type=float,
-        default=10.0,
+        default=defaults.grace,
         metavar="SECONDS",
         help="how long in-flight calls may take on SIGTERM",
     )
     serve.add_argument(
-        "--log-format", choices=["text", "json"], default="text", help="the sidecar's own logs"
+        "--log-format",
+        choices=["text", "json"],
+        default=defaults.log_format,
+        help="the sidecar's own logs",
     )
     serve.add_argument(
         "--log-level",
         type=str.lower,
         choices=["debug", "info", "warning", "error", "critical"],
-        default="info",
+        default=defaults.log_level,
         help="the least severe level logged",
     )
     serve.add_argument(
@@ -466,55 +478,52 @@ def build_parser() -> argparse.ArgumentParser:
     )
     headers.add_argument(
         "--grant-header",
-        default="authorization",
+        default=defaults.check.headers.grant,
         metavar="NAME",
         help="the grant (credential); for authorization, the Bearer token (default: %(default)s)",
     )
     headers.add_argument(
-        "--session-header", default="mcp-session-id", metavar="NAME", help="the session"
+        "--session-header",
+        default=defaults.check.headers.session,
+        metavar="NAME",
+        help="the session",
     )
-    headers.add_argument("--agent-header", default="x-agent-id", metavar="NAME", help="the agent")
+    headers.add_argument(
+        "--agent-header", default=defaults.check.headers.agent, metavar="NAME", help="the agent"
+    )
     headers.add_argument(
         "--server-header",
-        default="x-mcp-server",
+        default=defaults.check.headers.server,
         metavar="NAME",
         help="the MCP server id, when the route sets no 'server' context extension",
     )
     headers.add_argument(
         "--grant-from",
-        default="header",
+        default=subject_source(defaults.check.grant_claim),
         metavar="SOURCE",
         help="'header' (--grant-header) or 'jwt:CLAIM': a claim of the JWT that Envoy's "
         "jwt_authn filter verified (default: %(default)s)",
     )
     headers.add_argument(
         "--agent-from",
-        default="header",
+        default=subject_source(defaults.check.agent_claim),
         metavar="SOURCE",
         help="'header' (--agent-header) or 'jwt:CLAIM' (default: %(default)s)",
     )
     headers.add_argument(
         "--jwt-payload-key",
-        default="jwt_payload",
+        default=defaults.check.jwt_payload_key,
         metavar="KEY",
         help="jwt_authn's payload_in_metadata, where the claims are read (default: %(default)s)",
     )
     headers.add_argument(
         "--max-request-bytes",
         type=int,
-        default=1 << 20,
+        default=defaults.check.max_request_bytes,
         metavar="N",
         help="Envoy's with_request_body.max_request_bytes: a body of this size without "
         "content-length may have been cut, and is refused (default: %(default)s)",
     )
-    from toolgate.approvals import (
-        DEFAULT_PENDING_PER_GRANT,
-        DEFAULT_PENDING_PER_RULE,
-        DEFAULT_PREVIEW_BYTES,
-        DEFAULT_RETENTION_S,
-    )
-    from toolgate.webhook import DEFAULT_TIMEOUT_S, DEFAULT_WORKERS
-
     approvals = serve.add_argument_group(
         "approvals", "human approval of calls whose rule says require_approval"
     )
@@ -527,7 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     approvals.add_argument(
         "--admin-listen",
         type=listen_address,
-        default="127.0.0.1:50052",
+        default=defaults.approvals.admin_listen,
         metavar="HOST:PORT",
         help="the admin listener: the toolgate.v1.Approvals service (default: %(default)s)",
     )
@@ -548,13 +557,13 @@ def build_parser() -> argparse.ArgumentParser:
     approvals.add_argument(
         "--approval-webhook-format",
         choices=["json", "slack"],
-        default="json",
+        default=defaults.approvals.webhook_format,
         help="the webhook's body: toolgate's JSON, or Slack-compatible text (default: %(default)s)",
     )
     approvals.add_argument(
         "--approval-webhook-workers",
         type=positive_int,
-        default=DEFAULT_WORKERS,
+        default=defaults.approvals.webhook_workers,
         metavar="N",
         help="webhook deliveries under way at once, first attempts before retries, one grant's "
         "at a time in turn (default: %(default)s)",
@@ -562,14 +571,14 @@ def build_parser() -> argparse.ArgumentParser:
     approvals.add_argument(
         "--approval-webhook-timeout",
         type=positive_float,
-        default=DEFAULT_TIMEOUT_S,
+        default=defaults.approvals.webhook_timeout,
         metavar="SECONDS",
         help="how long the receiver has to answer one delivery (default: %(default)s)",
     )
     approvals.add_argument(
         "--approval-pending-per-grant",
         type=positive_int,
-        default=DEFAULT_PENDING_PER_GRANT,
+        default=defaults.approvals.pending_per_grant,
         metavar="N",
         help="pending approvals one grant may have at once; past it a call needing approval is "
         "refused without opening one (default: %(default)s)",
@@ -577,7 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
     approvals.add_argument(
         "--approval-pending-per-rule",
         type=positive_int,
-        default=DEFAULT_PENDING_PER_RULE,
+        default=defaults.approvals.pending_per_rule,
         metavar="N",
         help="pending approvals one rule may have at once, all grants together "
         "(default: %(default)s)",
@@ -585,7 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
     approvals.add_argument(
         "--approval-preview-bytes",
         type=positive_int,
-        default=DEFAULT_PREVIEW_BYTES,
+        default=defaults.approvals.preview_bytes,
         metavar="BYTES",
         help="bytes of a call's arguments kept and shown to approvers; the store keeps their "
         "SHA-256 and size, never more (default: %(default)s)",
@@ -593,7 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
     approvals.add_argument(
         "--approval-retention",
         type=non_negative_float,
-        default=DEFAULT_RETENTION_S,
+        default=defaults.approvals.retention_s,
         metavar="SECONDS",
         help="how long used, denied and expired approvals are kept, then deleted "
         "(default: %(default)s, 7 days)",
@@ -609,14 +618,14 @@ def build_parser() -> argparse.ArgumentParser:
     decisions.add_argument(
         "--decision-log-filter",
         choices=["all", "denials"],
-        default="all",
+        default=defaults.decision_log_filter,
         help="all decisions, or only those that are not a plain ALLOW (denials, approvals "
         "asked for, refused or used) (default: %(default)s)",
     )
     decisions.add_argument(
         "--decision-log-rotate-mib",
         type=float,
-        default=100.0,
+        default=defaults.decision_log_rotate_bytes / (1 << 20),
         metavar="MIB",
         help="start FILE anew past this size, the old one kept as FILE.N, the chain going on "
         "(0: never; default %(default)s)",

@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from toolgate._core import DEFAULT_MAX_REQUEST_BYTES
+from toolgate._core import (
+    DEFAULT_AGENT_HEADER,
+    DEFAULT_GRANT_HEADER,
+    DEFAULT_JWT_PAYLOAD_KEY,
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_SERVER_HEADER,
+    DEFAULT_SESSION_HEADER,
+)
 
 
 @dataclass(frozen=True)
@@ -24,10 +31,10 @@ class SubjectHeaders:
     context extension.
     """
 
-    grant: str = "authorization"
-    session: str = "mcp-session-id"
-    agent: str = "x-agent-id"
-    server: str = "x-mcp-server"
+    grant: str = DEFAULT_GRANT_HEADER
+    session: str = DEFAULT_SESSION_HEADER
+    agent: str = DEFAULT_AGENT_HEADER
+    server: str = DEFAULT_SERVER_HEADER
 
     def __post_init__(self) -> None:
         for name, header in vars(self).items():
@@ -49,7 +56,7 @@ class CheckSettings:
     headers: SubjectHeaders = field(default_factory=SubjectHeaders)
     grant_claim: str | None = None
     agent_claim: str | None = None
-    jwt_payload_key: str = "jwt_payload"
+    jwt_payload_key: str = DEFAULT_JWT_PAYLOAD_KEY
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
 
 

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from toolgate import Engine, PolicyError
+from toolgate._core import format_seconds, format_window
 from toolgate.call_options import add_call_options, parse_arguments, parse_attributes
 
 _INDENT = "   "
@@ -31,13 +32,6 @@ def _number(n: Any) -> str:
     if isinstance(n, float) and n.is_integer():
         return str(int(n))
     return str(n)
-
-
-def _window(ms: int) -> str:
-    for size, unit in ((86_400_000, "d"), (3_600_000, "h"), (60_000, "m"), (1000, "s")):
-        if ms % size == 0:
-            return f"{ms // size}{unit}"
-    return f"{ms}ms"
 
 
 def _condition_lines(node: Mapping[str, Any], depth: int) -> list[str]:
@@ -65,7 +59,7 @@ def _limit_line(limit: Mapping[str, Any]) -> str:
     unit = f" of {limit['cost']}" if limit.get("cost") else ""
     text = (
         f"{limit['counter']} ({limit['rule']}): at most {_number(limit['max'])}{unit} "
-        f"{whose} in {_window(limit['window_ms'])}"
+        f"{whose} in {format_window(limit['window_ms'])}"
     )
     if "used" in limit:
         text += (
@@ -127,7 +121,7 @@ def _step_lines(step: Mapping[str, Any]) -> list[str]:
         group = "shadow limits" if step["shadow"] else "limits"
         lines = [f"{group}: {step['outcome']}"]
         if step.get("retry_after_ms") is not None:
-            lines[0] += f"; retry in {step['retry_after_ms'] / 1000:.1f}s"
+            lines[0] += f"; retry in {format_seconds(step['retry_after_ms'])}"
         lines.extend(_INDENT + _limit_line(limit) for limit in step["limits"])
         return lines
     if kind == "approval":

@@ -17,7 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from toolgate import logs, transport
-from toolgate._core import Engine, Policy
+from toolgate._core import (
+    DEFAULT_CAPACITY,
+    DEFAULT_MAX_ARGUMENT_BYTES,
+    DEFAULT_RESERVATIONS,
+    DEFAULT_STORE_FLUSH_MS,
+    DEFAULT_STORE_PREFIX,
+    DEFAULT_STORE_TIMEOUT_MS,
+    Engine,
+    Policy,
+)
 from toolgate.addresses import check_listen, parse_host_port
 from toolgate.approval_runtime import ApprovalOptions, ApprovalRuntime
 from toolgate.cpus import available_cpus
@@ -39,9 +48,9 @@ class ServeOptions:
     metrics_listen: str | None = "127.0.0.1:9464"
     #: Serving threads; None: one per CPU this process may use.
     threads: int | None = None
-    capacity: int = 1 << 16
-    reservations: int = 1 << 16
-    max_argument_bytes: int = 1 << 20
+    capacity: int = DEFAULT_CAPACITY
+    reservations: int = DEFAULT_RESERVATIONS
+    max_argument_bytes: int = DEFAULT_MAX_ARGUMENT_BYTES
     reload_interval: float = 1.0
     #: An in-place edit of the policy file is loaded once unchanged for this long (it may be
     #: half-written before); 0 loads it at once. Renames and SIGHUP load at once.
@@ -64,12 +73,12 @@ class ServeOptions:
     #: (docs/redis.md), with its key prefix, the time a decision waits for it, and what
     #: happens past that (``deny`` or ``local``).
     store: str = "local"
-    store_prefix: str = "toolgate:"
-    store_timeout_ms: int = 5
+    store_prefix: str = DEFAULT_STORE_PREFIX
+    store_timeout_ms: int = DEFAULT_STORE_TIMEOUT_MS
     store_unavailable: str = "deny"
     #: ``exact`` (a script per decision) or ``cached`` (merged every ``store_flush_ms``).
     store_mode: str = "exact"
-    store_flush_ms: int = 5
+    store_flush_ms: int = DEFAULT_STORE_FLUSH_MS
     #: Serve on a Redis whose maxmemory-policy can evict counter keys (refused otherwise),
     #: and how often that policy is read again (toolgate.store_eviction).
     store_accept_eviction: bool = False
