@@ -16,7 +16,7 @@ import toolgate
 from conftest import limit, make_engine, policy
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from toolgate.approvals import (
+from toolgate.sidecar.approvals.store import (
     ApprovalError,
     ApprovalRecorder,
     ApprovalStore,
@@ -311,7 +311,7 @@ def test_metrics_count_by_state_in_sql_without_reading_a_row(tmp_path, monkeypat
     s.call(ids=["i-4"])
     s.record()
     s.clock.advance(10 * 60 + 1)  # i-4's approval lapses; so does the pending one
-    import toolgate.approvals as approvals
+    import toolgate.sidecar.approvals.store as approvals
 
     def no_rows(raw: Any) -> Any:
         raise AssertionError("a row was read into Python")

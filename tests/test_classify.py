@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from toolgate.classify import (
+from toolgate.scanner.classify import (
     _RANK,
     CATEGORIES,
     COMPUTE_NOUNS,

@@ -16,8 +16,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_cli import TOOLGATE
 from test_cli import toolgate as run
-from toolgate.addresses import check_listen, check_target, parse_host_port
-from toolgate.cli import HelpFormatter, build_parser
+from toolgate.cli.main import HelpFormatter, build_parser
+from toolgate.sidecar.addresses import check_listen, check_target, parse_host_port
 
 # --- version and help ------------------------------------------------------------------------
 
@@ -158,7 +158,7 @@ def test_serve_on_an_impossible_port_exits_before_serving(option: str):
 
 
 def test_serve_options_from_python_are_checked_too():
-    from toolgate.serve import ServeOptions, serve
+    from toolgate.sidecar.serve import ServeOptions, serve
 
     for options in (
         ServeOptions(listen="127.0.0.1:99999"),

@@ -13,7 +13,7 @@ from conftest import EXAMPLES, limit, policy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_cli import toolgate as run_toolgate
-from toolgate.policy_tests import (
+from toolgate.authoring.policy_tests.cases import (
     CLOCK_START,
     BadTestFile,
     parse_duration,

@@ -17,7 +17,7 @@ from typing import Any
 
 from toolgate import Engine, PolicyError
 from toolgate._core import format_seconds, format_window
-from toolgate.call_options import add_call_options, parse_arguments, parse_attributes
+from toolgate.cli.call_options import add_call_options, parse_arguments, parse_attributes
 
 _INDENT = "   "
 

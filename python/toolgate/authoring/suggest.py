@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from toolgate.classify import CATEGORIES, Category, Classification
+from toolgate.scanner.classify import CATEGORIES, Category, Classification
 
 #: What a category's tools get. ``limit``: allowed up to the category's maximum per window.
 Treatment = Literal["allow", "limit", "require_approval", "deny", "hide"]

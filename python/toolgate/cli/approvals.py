@@ -13,7 +13,7 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 
 from toolgate._core import inert
-from toolgate.addresses import target_address
+from toolgate.sidecar.addresses import target_address
 from toolgate.v1 import approvals_pb2
 
 

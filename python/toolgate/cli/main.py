@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from toolgate import Engine, Policy, PolicyError, __version__
-from toolgate.addresses import listen_address, metrics_address, target_address
-from toolgate.call_options import add_call_options, parse_arguments, parse_attributes
+from toolgate.cli.call_options import add_call_options, parse_arguments, parse_attributes
+from toolgate.sidecar.addresses import listen_address, metrics_address, target_address
 
 
 def _number(kind: Callable[[str], Any], least: float, what: str) -> Callable[[str], Any]:
@@ -33,7 +33,7 @@ non_negative_float = _number(float, 0, "0 or more")
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from toolgate.envoy_authz import parse_subject_source
+    from toolgate.sidecar.envoy_authz import parse_subject_source
 
     try:
         agent_verified = parse_subject_source(args.agent_from) is not None
@@ -143,9 +143,9 @@ def _health(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from toolgate.approval_runtime import ApprovalOptions
-    from toolgate.envoy_authz import CheckSettings, SubjectHeaders, parse_subject_source
-    from toolgate.serve import ServeOptions, serve
+    from toolgate.sidecar.approvals.runtime import ApprovalOptions
+    from toolgate.sidecar.envoy_authz import CheckSettings, SubjectHeaders, parse_subject_source
+    from toolgate.sidecar.serve import ServeOptions, serve
 
     options = ServeOptions(
         policy=Path(args.policy) if args.policy else None,
@@ -252,7 +252,7 @@ def subject_source(claim: str | None) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from toolgate.serve import ServeOptions
+    from toolgate.sidecar.serve import ServeOptions
 
     # Every serve option's default is ServeOptions'.
     defaults = ServeOptions()
@@ -633,22 +633,22 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
 
     # scan and suggest: reading a server's tools, classifying them, a starter policy.
-    from toolgate.scan_cli import add_commands
+    from toolgate.cli.scan import add_commands
 
     add_commands(sub)
 
-    from toolgate.approvals_cli import add_command as add_approvals
+    from toolgate.cli.approvals import add_command as add_approvals
 
     add_approvals(sub)
 
-    from toolgate.decision_log import add_command as add_log
+    from toolgate.sidecar.decision_log import add_command as add_log
 
     add_log(sub)
 
     # Writing policies: test files of cases, the trace of one decision, importing Intercept's.
-    from toolgate.explain import add_command as add_explain
-    from toolgate.intercept import add_command as add_import
-    from toolgate.policy_tests import add_command as add_test
+    from toolgate.authoring.explain import add_command as add_explain
+    from toolgate.authoring.intercept.convert import add_command as add_import
+    from toolgate.authoring.policy_tests.cases import add_command as add_test
 
     add_test(sub)
     add_explain(sub)
@@ -663,7 +663,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     return int(args.run(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from toolgate import Policy, PolicyError
-from toolgate.classify import (
+from toolgate.authoring.suggest import TREATMENTS, Options, suggest, to_json, to_yaml
+from toolgate.scanner.classify import (
     CATEGORIES,
     RISK,
     SENSITIVE_READ_RISK,
@@ -28,8 +29,7 @@ from toolgate.classify import (
     Evidence,
     classify_all,
 )
-from toolgate.scan import DEFAULT_TIMEOUT, Scan, ScanError, scan_file, scan_stdio, scan_url
-from toolgate.suggest import TREATMENTS, Options, suggest, to_json, to_yaml
+from toolgate.scanner.scan import DEFAULT_TIMEOUT, Scan, ScanError, scan_file, scan_stdio, scan_url
 
 
 def _category(text: str) -> Category:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from toolgate._core import Engine, Policy, PolicyError
-from toolgate.metrics import ReloadCounts
+from toolgate.sidecar.metrics import ReloadCounts
 
 log = logging.getLogger("toolgate.reload")
 

@@ -2,8 +2,8 @@
 
 One process: the ``toolgate.v1.Decider`` gRPC service, Envoy's ext_authz, ext_proc and rate
 limit services, ``grpc.health.v1.Health`` and server reflection on one address, served by the
-Rust data plane (one thread per CPU, toolgate.transport); Prometheus ``/metrics`` on another;
-hot reload of the policy file on change and on SIGHUP; and a graceful stop on SIGTERM
+Rust data plane (one thread per CPU, toolgate.sidecar.transport); Prometheus ``/metrics`` on
+another; hot reload of the policy file on change and on SIGHUP; and a graceful stop on SIGTERM
 (NOT_SERVING for a drain period while still answering, then refuse new calls, finish
 in-flight ones, exit 0). Python owns all of this; no Python runs per call.
 """
@@ -16,7 +16,6 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from toolgate import logs, transport
 from toolgate._core import (
     DEFAULT_CAPACITY,
     DEFAULT_MAX_ARGUMENT_BYTES,
@@ -27,13 +26,14 @@ from toolgate._core import (
     Engine,
     Policy,
 )
-from toolgate.addresses import check_listen, parse_host_port
-from toolgate.approval_runtime import ApprovalOptions, ApprovalRuntime
-from toolgate.cpus import available_cpus
-from toolgate.envoy_authz import CheckSettings
-from toolgate.metrics import ReloadCounts, serve_metrics
-from toolgate.reload import FileVersion, PolicyWatcher, read_version, warn_self_asserted
-from toolgate.store_eviction import EvictionCollector, EvictionWatch
+from toolgate.sidecar import logs, transport
+from toolgate.sidecar.addresses import check_listen, parse_host_port
+from toolgate.sidecar.approvals.runtime import ApprovalOptions, ApprovalRuntime
+from toolgate.sidecar.cpus import available_cpus
+from toolgate.sidecar.envoy_authz import CheckSettings
+from toolgate.sidecar.metrics import ReloadCounts, serve_metrics
+from toolgate.sidecar.reload import FileVersion, PolicyWatcher, read_version, warn_self_asserted
+from toolgate.sidecar.store_eviction import EvictionCollector, EvictionWatch
 
 log = logging.getLogger("toolgate.serve")
 
@@ -80,7 +80,7 @@ class ServeOptions:
     store_mode: str = "exact"
     store_flush_ms: int = DEFAULT_STORE_FLUSH_MS
     #: Serve on a Redis whose maxmemory-policy can evict counter keys (refused otherwise),
-    #: and how often that policy is read again (toolgate.store_eviction).
+    #: and how often that policy is read again (toolgate.sidecar.store_eviction).
     store_accept_eviction: bool = False
     store_eviction_check_interval: float = 10.0
 
@@ -167,7 +167,7 @@ def use_store(engine: Engine, opts: ServeOptions) -> None:
 
 def watch_eviction(opts: ServeOptions) -> EvictionWatch:
     """Read ``--store``'s eviction policy before serving (ValueError: refused; see
-    toolgate.store_eviction), and keep reading it."""
+    toolgate.sidecar.store_eviction), and keep reading it."""
     watch = EvictionWatch(
         opts.store,
         redact(opts.store),

@@ -21,7 +21,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from toolgate._core import read_maxmemory_policy
-from toolgate.background import Background
+from toolgate.sidecar.background import Background
 
 log = logging.getLogger("toolgate.store")
 

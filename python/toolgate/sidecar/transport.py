@@ -14,7 +14,7 @@ from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import FileDescriptor
 
 from toolgate._core import SERVICES, Engine, EnvoyAuthz, NativeServer
-from toolgate.envoy_authz import CheckSettings
+from toolgate.sidecar.envoy_authz import CheckSettings
 
 __all__ = ["SERVICES", "envoy_descriptors", "start"]
 

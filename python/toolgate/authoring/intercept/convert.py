@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 from toolgate import Policy, PolicyError
 from toolgate._core import MAX_MAX, read_document
-from toolgate.suggest import policy_key, to_yaml
+from toolgate.authoring.suggest import policy_key, to_yaml
 
 WINDOWS = ("minute", "hour", "day")
 OPERATORS = ("eq", "neq", "in", "not_in", "lt", "lte", "gt", "gte", "regex", "contains", "exists")

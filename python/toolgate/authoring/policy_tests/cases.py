@@ -40,7 +40,7 @@ from typing import Any
 
 from toolgate import Engine, ManualClock, PolicyError
 from toolgate._core import CODES, VERDICTS, read_document
-from toolgate.explain import render
+from toolgate.authoring.explain import render
 
 #: Where every case's clock starts, in seconds: far from zero, so no window reaches before it.
 CLOCK_START = 1_000_000.0

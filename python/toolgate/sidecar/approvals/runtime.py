@@ -23,7 +23,7 @@ from toolgate._core import (
     Approvals,
     Engine,
 )
-from toolgate.approvals import (
+from toolgate.sidecar.approvals.store import (
     DEFAULT_RETENTION_S,
     ApprovalRecorder,
     ApprovalStore,
@@ -31,11 +31,16 @@ from toolgate.approvals import (
     load_key,
     reconcile,
 )
-from toolgate.background import Background
-from toolgate.webhook import DEFAULT_TIMEOUT_S, DEFAULT_WORKERS, DeliveryCounts, Notifier
+from toolgate.sidecar.approvals.webhook import (
+    DEFAULT_TIMEOUT_S,
+    DEFAULT_WORKERS,
+    DeliveryCounts,
+    Notifier,
+)
+from toolgate.sidecar.background import Background
 
 if TYPE_CHECKING:
-    from toolgate.admin import AdminServer
+    from toolgate.sidecar.approvals.admin import AdminServer
 
 log = logging.getLogger("toolgate.approvals")
 
@@ -166,7 +171,7 @@ class ApprovalRuntime:
         self._purger = purger(self.store, self.approvals, opts.retention_s)
         if opts.admin_tokens is not None:
             # The admin listener is a grpcio server, loaded only when one is asked for.
-            from toolgate.admin import AdminServer, ApprovalsService, load_tokens
+            from toolgate.sidecar.approvals.admin import AdminServer, ApprovalsService, load_tokens
 
             service = ApprovalsService(self.approvals, self.store, load_tokens(opts.admin_tokens))
             self._admin = AdminServer(opts.admin_listen, service)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from toolgate._core import DEFAULT_PREVIEW_BYTES, Approvals
-from toolgate.background import Background
+from toolgate.sidecar.background import Background
 
 log = logging.getLogger("toolgate.approvals")
 

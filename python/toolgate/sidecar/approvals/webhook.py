@@ -34,8 +34,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from toolgate._core import inert, inert_json
-from toolgate.approvals import ApprovalStore, Row
-from toolgate.background import Background
+from toolgate.sidecar.approvals.store import ApprovalStore, Row
+from toolgate.sidecar.background import Background
 
 log = logging.getLogger("toolgate.webhook")
 
