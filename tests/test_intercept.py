@@ -25,7 +25,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_cli import toolgate as run_toolgate
 from toolgate._core import read_document
-from toolgate.authoring.intercept.convert import InterceptError, convert, convert_file, convert_text
+from toolgate.authoring.intercept.convert import convert, convert_file, convert_text
+from toolgate.authoring.intercept.read import InterceptError
 
 DATA = Path(__file__).resolve().parent / "data" / "intercept"
 WINDOW_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}

@@ -14,12 +14,12 @@ else. Counter names may be any non-empty string; ``<tool>_rate`` is unique per t
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from toolgate.authoring import policy_text
+from toolgate.authoring.policy_text import policy_key
 from toolgate.scanner.classify import CATEGORIES, Category, Classification
 
 #: What a category's tools get. ``limit``: allowed up to the category's maximum per window.
@@ -77,15 +77,6 @@ class Options:
             raise ValueError(f"scope must be one of {', '.join(SCOPES)}, not {self.scope!r}")
 
 
-_GLOB_CHARS = re.compile(r"([*?\[])")
-
-
-def policy_key(name: str) -> str:
-    """The policy key that matches exactly the tool ``name``: the name itself, or, if it holds
-    glob characters, a glob with each of them in a one-character class (``a*b`` → ``a[*]b``)."""
-    return _GLOB_CHARS.sub(r"[\1]", name)
-
-
 def counter_name(name: str) -> str:
     """The rate counter of a tool: ``<tool>_rate``, as in PolicyLayer's examples."""
     return f"{name}_rate"
@@ -128,39 +119,6 @@ def suggest(
     return policy
 
 
-# --- output --------------------------------------------------------------------------------------
-
-
-def to_json(policy: Mapping[str, Any]) -> str:
-    """The policy as PolicyLayer writes it: two-space indented JSON."""
-    return json.dumps(policy, indent=2, ensure_ascii=False) + "\n"
-
-
-def _flow(value: Any) -> str:
-    # JSON is YAML's flow style: a double-quoted JSON string, number, list or object is valid YAML.
-    return json.dumps(value, ensure_ascii=False)
-
-
-def _emit(lines: list[str], head: str, value: Any, indent: int, notes: Mapping[str, str]) -> None:
-    """``head`` (``key:`` or ``-``) and ``value`` as block YAML at ``indent`` spaces; a key or
-    list item found in ``notes`` gets its note as a comment line above it."""
-    pad = " " * indent
-    if isinstance(value, Mapping) and value and head != "-":
-        lines.append(f"{pad}{head}")
-        for key, item in value.items():
-            if key in notes:
-                lines.append(f"{pad}  # {notes[key]}")
-            _emit(lines, f"{_flow(str(key))}:", item, indent + 2, {})
-    elif isinstance(value, list) and value:
-        lines.append(f"{pad}{head}")
-        for item in value:
-            if isinstance(item, str) and item in notes:
-                lines.append(f"{pad}  # {notes[item]}")
-            _emit(lines, "-", item, indent + 2, {})
-    else:
-        lines.append(f"{pad}{head} {_flow(value)}")
-
-
 def to_yaml(
     policy: Mapping[str, Any], classifications: Sequence[Classification] | None = None
 ) -> str:
@@ -173,7 +131,4 @@ def to_yaml(
         )
         for c in classifications or ()
     }
-    lines: list[str] = []
-    for key, value in policy.items():
-        _emit(lines, f"{key}:", value, 0, notes if key in ("tools", "hide") else {})
-    return "\n".join(lines) + "\n"
+    return policy_text.to_yaml(policy, notes)

@@ -69,3 +69,8 @@ def parse_subject_source(text: str) -> str | None:
     if kind != "jwt" or not sep or not claim:
         raise ValueError(f"expected 'header' or 'jwt:CLAIM', got {text!r}")
     return claim
+
+
+def format_subject_source(claim: str | None) -> str:
+    """The ``--grant-from``/``--agent-from`` text for a claim (None: the header)."""
+    return "header" if claim is None else f"jwt:{claim}"

@@ -13,25 +13,15 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from toolgate._core import (
-    DEFAULT_CAPACITY,
-    DEFAULT_MAX_ARGUMENT_BYTES,
-    DEFAULT_RESERVATIONS,
-    DEFAULT_STORE_FLUSH_MS,
-    DEFAULT_STORE_PREFIX,
-    DEFAULT_STORE_TIMEOUT_MS,
-    Engine,
-    Policy,
-)
+from toolgate._core import Engine, Policy
 from toolgate.sidecar import logs, transport
 from toolgate.sidecar.addresses import check_listen, parse_host_port
-from toolgate.sidecar.approvals.runtime import ApprovalOptions, ApprovalRuntime
+from toolgate.sidecar.approvals.runtime import ApprovalRuntime
 from toolgate.sidecar.cpus import available_cpus
-from toolgate.sidecar.envoy_authz import CheckSettings
 from toolgate.sidecar.metrics import ReloadCounts, serve_metrics
+from toolgate.sidecar.options import ServeOptions
 from toolgate.sidecar.reload import FileVersion, PolicyWatcher, read_version, warn_self_asserted
 from toolgate.sidecar.store_eviction import EvictionCollector, EvictionWatch
 
@@ -39,50 +29,6 @@ log = logging.getLogger("toolgate.serve")
 
 #: The policy served when none is given: nothing is allowed.
 DENY_EVERYTHING = {"version": "1", "default": "deny"}
-
-
-@dataclass
-class ServeOptions:
-    policy: Path | None = None
-    listen: str = "127.0.0.1:50051"
-    metrics_listen: str | None = "127.0.0.1:9464"
-    #: Serving threads; None: one per CPU this process may use.
-    threads: int | None = None
-    capacity: int = DEFAULT_CAPACITY
-    reservations: int = DEFAULT_RESERVATIONS
-    max_argument_bytes: int = DEFAULT_MAX_ARGUMENT_BYTES
-    reload_interval: float = 1.0
-    #: An in-place edit of the policy file is loaded once unchanged for this long (it may be
-    #: half-written before); 0 loads it at once. Renames and SIGHUP load at once.
-    reload_settle: float = 0.5
-    drain: float = 1.0
-    grace: float = 10.0
-    log_format: str = "text"
-    log_level: str = "info"
-    metrics_per_tool: bool = False
-    #: How ext_authz Check requests are read (subject headers, JWT claims, body limit).
-    check: CheckSettings = field(default_factory=CheckSettings)
-    #: Human approvals: the state directory, the admin listener, the webhook.
-    approvals: ApprovalOptions = field(default_factory=ApprovalOptions)
-    #: The decision log: a file, ``-`` for stdout, None for none; which decisions; the size
-    #: at which a file rotates (0: never).
-    decision_log: str | None = None
-    decision_log_filter: str = "all"
-    decision_log_rotate_bytes: int = 100 << 20
-    #: Where limits are counted: ``local`` (this process's table) or ``redis://...``
-    #: (docs/redis.md), with its key prefix, the time a decision waits for it, and what
-    #: happens past that (``deny`` or ``local``).
-    store: str = "local"
-    store_prefix: str = DEFAULT_STORE_PREFIX
-    store_timeout_ms: int = DEFAULT_STORE_TIMEOUT_MS
-    store_unavailable: str = "deny"
-    #: ``exact`` (a script per decision) or ``cached`` (merged every ``store_flush_ms``).
-    store_mode: str = "exact"
-    store_flush_ms: int = DEFAULT_STORE_FLUSH_MS
-    #: Serve on a Redis whose maxmemory-policy can evict counter keys (refused otherwise),
-    #: and how often that policy is read again (toolgate.sidecar.store_eviction).
-    store_accept_eviction: bool = False
-    store_eviction_check_interval: float = 10.0
 
 
 def decision_log_path(opts: ServeOptions) -> Path | None:

@@ -9,62 +9,28 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from toolgate._core import (
-    DEFAULT_PENDING_PER_GRANT,
-    DEFAULT_PENDING_PER_RULE,
-    DEFAULT_PREVIEW_BYTES,
-    Approvals,
-    Engine,
-)
+from toolgate._core import Approvals, Engine
+from toolgate.sidecar.approvals.options import ApprovalOptions
 from toolgate.sidecar.approvals.store import (
-    DEFAULT_RETENTION_S,
     ApprovalRecorder,
     ApprovalStore,
     GrantLabels,
     load_key,
     reconcile,
 )
-from toolgate.sidecar.approvals.webhook import (
-    DEFAULT_TIMEOUT_S,
-    DEFAULT_WORKERS,
-    DeliveryCounts,
-    Notifier,
-)
+from toolgate.sidecar.approvals.webhook import DeliveryCounts, Notifier
 from toolgate.sidecar.background import Background
 
 if TYPE_CHECKING:
     from toolgate.sidecar.approvals.admin import AdminServer
 
 log = logging.getLogger("toolgate.approvals")
-
-
-@dataclass
-class ApprovalOptions:
-    #: Where approvals live (the table file, the SQLite store, the credential-hashing key);
-    #: None: a private temporary directory, gone when the sidecar stops.
-    state_dir: Path | None = None
-    admin_listen: str = "127.0.0.1:50052"
-    #: ``NAME TOKEN`` lines; without it there is no admin listener (nobody can approve).
-    admin_tokens: Path | None = None
-    webhook: str | None = None
-    webhook_secret: Path | None = None
-    webhook_format: str = "json"
-    webhook_workers: int = DEFAULT_WORKERS
-    webhook_timeout: float = DEFAULT_TIMEOUT_S
-    #: Pending approvals one grant, and one rule, may have at once.
-    pending_per_grant: int = DEFAULT_PENDING_PER_GRANT
-    pending_per_rule: int = DEFAULT_PENDING_PER_RULE
-    #: Bytes of a call's arguments kept and shown.
-    preview_bytes: int = DEFAULT_PREVIEW_BYTES
-    #: Seconds finished approvals are kept.
-    retention_s: float = DEFAULT_RETENTION_S
 
 
 class StateDir:

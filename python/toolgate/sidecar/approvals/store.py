@@ -45,9 +45,6 @@ _TABLE_STATE = {
 #: Longest reason an approver may give, in characters.
 MAX_REASON = 1024
 
-#: How long finished approvals (used, denied, expired) are kept, by default: 7 days.
-DEFAULT_RETENTION_S = 7 * 24 * 3600
-
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS approvals (
     id TEXT PRIMARY KEY,

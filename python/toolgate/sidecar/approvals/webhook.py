@@ -44,12 +44,6 @@ FORMATS = ("json", "slack")
 #: Seconds before each retry of a failed delivery; given up after the last.
 BACKOFF = (1, 2, 4, 8, 16, 32, 60, 60)
 
-#: Deliveries under way at once, by default.
-DEFAULT_WORKERS = 4
-
-#: Seconds a receiver has to answer one delivery, by default.
-DEFAULT_TIMEOUT_S = 5.0
-
 #: Fields of an approval an agent chose, besides its arguments (the rest is the policy's or
 #: toolgate's own).
 AGENT_TEXT = ("server", "tool", "session", "agent")
@@ -181,14 +175,14 @@ class Notifier:
         url: str,
         *,
         secret: bytes | None,
-        fmt: str = "json",
-        admin: str = "127.0.0.1:50052",
+        fmt: str,
+        admin: str,
         counts: DeliveryCounts | None = None,
         now_ms: Callable[[], int] | None = None,
         poll: float = 0.2,
         backoff: tuple[float, ...] = BACKOFF,
-        timeout: float = DEFAULT_TIMEOUT_S,
-        workers: int = DEFAULT_WORKERS,
+        timeout: float,
+        workers: int,
     ) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"webhook format must be one of {', '.join(FORMATS)}")
