@@ -16,14 +16,9 @@ import toolgate
 from conftest import limit, make_engine, policy
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from toolgate.sidecar.approvals.store import (
-    ApprovalError,
-    ApprovalRecorder,
-    ApprovalStore,
-    GrantLabels,
-    load_key,
-    reconcile,
-)
+from toolgate.sidecar.approvals.grant_labels import GrantLabels, load_key
+from toolgate.sidecar.approvals.recorder import ApprovalRecorder, reconcile
+from toolgate.sidecar.approvals.store import ApprovalError, ApprovalStore
 
 MIN = 60_000
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from toolgate.cli.approvals import _line
 from toolgate.sidecar.approvals.admin import approval_message
-from toolgate.sidecar.approvals.store import Row
+from toolgate.sidecar.approvals.rows import Row
 from toolgate.sidecar.approvals.webhook import payload
 
 #: What a display may act on: controls, format characters, line and paragraph separators.

@@ -27,7 +27,8 @@ from typing import Any
 import grpc
 
 from toolgate._core import Approvals, inert
-from toolgate.sidecar.approvals.store import STATES, ApprovalError, ApprovalStore, Row, page_token
+from toolgate.sidecar.approvals.rows import STATES, Row, page_token
+from toolgate.sidecar.approvals.store import ApprovalError, ApprovalStore
 from toolgate.v1 import approvals_pb2, approvals_pb2_grpc
 
 log = logging.getLogger("toolgate.admin")

@@ -16,14 +16,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from toolgate._core import Approvals, Engine
+from toolgate.sidecar.approvals.grant_labels import GrantLabels, load_key
 from toolgate.sidecar.approvals.options import ApprovalOptions
-from toolgate.sidecar.approvals.store import (
-    ApprovalRecorder,
-    ApprovalStore,
-    GrantLabels,
-    load_key,
-    reconcile,
-)
+from toolgate.sidecar.approvals.recorder import ApprovalRecorder, reconcile
+from toolgate.sidecar.approvals.store import ApprovalStore
 from toolgate.sidecar.approvals.webhook import DeliveryCounts, Notifier
 from toolgate.sidecar.background import Background
 

@@ -1,46 +1,23 @@
-"""Human approvals, the control plane's side: the durable store (SQLite in ``--state-dir``),
-the thread that records the engine's news of approvals into it, and reconciling the store
-with the engine's approvals table when the sidecar starts.
-
-The engine decides on its approvals table (a file every worker maps): a call opens a pending
-approval there, and an approved call uses it there, without waiting on anything else. The
-store keeps what approvers see and what auditors ask about (the call, who approved it, when
-it ran), filled from the engine's news by a thread of each serving process, and written
-first when an approver decides. After a crash between the two, ``reconcile`` brings them
-together again.
+"""Human approvals, the control plane's side: the durable store (SQLite in ``--state-dir``) of
+what approvers see and what auditors ask about (the call, who approved it, when it ran),
+written first when an approver decides.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
-import os
-import secrets
 import sqlite3
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from toolgate._core import DEFAULT_PREVIEW_BYTES, Approvals
-from toolgate.sidecar.background import Background
+from toolgate._core import DEFAULT_PREVIEW_BYTES
+from toolgate.sidecar.approvals.grant_labels import GrantLabels
+from toolgate.sidecar.approvals.rows import STATES, Page, Row, page_token, read_page_token
 
 log = logging.getLogger("toolgate.approvals")
-
-#: States as approvers see them. USED: the approved call ran. EXPIRED: PENDING or APPROVED
-#: past its deadline (computed when read, never stored).
-STATES = ("PENDING", "APPROVED", "DENIED", "USED", "EXPIRED")
-
-#: The table's name for USED.
-_TABLE_STATE = {
-    "PENDING": "PENDING",
-    "APPROVED": "APPROVED",
-    "DENIED": "DENIED",
-    "USED": "CONSUMED",
-}
 
 #: Longest reason an approver may give, in characters.
 MAX_REASON = 1024
@@ -98,84 +75,6 @@ class ApprovalError(Exception):
         self.kind = kind
 
 
-def load_key(path: Path) -> bytes:
-    """The deployment's key for hashing credentials, made (random, readable by its owner
-    only) the first time: every process of a deployment, and every restart, hash alike."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        key = path.read_bytes()
-        if len(key) < 32:
-            raise ValueError(f"{path}: a key file holds at least 32 bytes") from None
-        return key
-    with os.fdopen(fd, "wb") as f:
-        f.write(secrets.token_bytes(32))
-    return path.read_bytes()
-
-
-@dataclass(frozen=True)
-class GrantLabels:
-    """How a grant is shown: a verified identity (a JWT claim) as it is; a credential only
-    as a keyed hash, never in clear."""
-
-    key: bytes
-
-    def label(self, grant: str | None, verified: bool) -> str | None:
-        if grant is None or verified:
-            return grant
-        digest = hmac.new(self.key, grant.encode(), hashlib.sha256).hexdigest()
-        return f"hmac-sha256:{digest[:32]}"
-
-
-@dataclass(frozen=True)
-class Row:
-    """One approval as the store holds it."""
-
-    id: str
-    key: str
-    server: str | None
-    tool: str
-    grant: str | None
-    session: str | None
-    agent: str | None
-    arguments: str
-    arguments_digest: str
-    rule: str
-    revision: str
-    approvers: list[str]
-    created_ms: int
-    timeout_ms: int
-    deadline_ms: int
-    stored_state: str
-    decided_by: str | None
-    decided_ms: int | None
-    reason: str | None
-    used_ms: int | None
-    #: ``arguments`` is a preview of at most the store's preview size: whether the call's
-    #: arguments were longer, and their whole size in bytes.
-    arguments_cut: bool
-    arguments_bytes: int
-    #: Whom it counts against for the pending caps (32 hex digits; None: not known).
-    owner: str | None
-
-    def state(self, now_ms: int) -> str:
-        live = self.deadline_ms > now_ms
-        if self.stored_state in ("PENDING", "APPROVED") and not live:
-            return "EXPIRED"
-        return self.stored_state
-
-    def to_dict(self, now_ms: int) -> dict[str, Any]:
-        """The approval as approvers see it: never its key or owner (digests of the call,
-        for the engine's table only)."""
-        d = {k: v for k, v in vars(self).items() if k not in _INTERNAL}
-        d["state"] = self.state(now_ms)
-        return d
-
-
-#: Row fields that are the engine's, not the approvers'.
-_INTERNAL = ("stored_state", "key", "owner")
-
-
 def preview(text: str, max_bytes: int) -> tuple[str, bool]:
     """``text`` cut to at most ``max_bytes`` of UTF-8 at a character boundary, and whether
     it was cut (as the engine cuts the arguments it reports)."""
@@ -194,14 +93,6 @@ def state_condition(state: str) -> str:
     if state in ("DENIED", "USED"):
         return f"(state = '{state}')"
     raise ValueError(f"not an approval state: {state!r}")
-
-
-@dataclass(frozen=True)
-class Page:
-    """Approvals, newest first, and the token of the page after them (None: the last)."""
-
-    rows: list[Row]
-    next_token: str | None
 
 
 class ApprovalStore:
@@ -361,7 +252,7 @@ class ApprovalStore:
         where = [state_condition(state)] if state else []
         params: dict[str, Any] = {"now": now_ms, "limit": limit + 1}
         if after is not None:
-            params["after_ms"], params["after_id"] = _read_token(after)
+            params["after_ms"], params["after_id"] = read_page_token(after)
             where.append("(created_ms < :after_ms OR (created_ms = :after_ms AND id > :after_id))")
         sql = f"SELECT {_SELECT} FROM approvals"
         if where:
@@ -461,77 +352,3 @@ def _row(raw: tuple[Any, ...]) -> Row:
     fields["approvers"] = json.loads(fields["approvers"])
     fields["arguments_cut"] = bool(fields["arguments_cut"])
     return Row(**fields)
-
-
-def page_token(last: Row) -> str:
-    """The token of the page that starts after ``last``."""
-    return f"{last.created_ms}.{last.id}"
-
-
-def _read_token(token: str) -> tuple[int, str]:
-    """A page token's creation time and id; ValueError if it is not one."""
-    created_ms, _, id = token.partition(".")
-    if not created_ms.isdigit() or not id.startswith("apr_"):
-        raise ValueError(f"not a page token: {token[:64]!r}")
-    return int(created_ms), id
-
-
-def reconcile(approvals: Approvals, store: ApprovalStore) -> None:
-    """Bring the engine's table and the store together after a restart: the table is right
-    about use (an approved call ran even if its news was lost), the store about decisions
-    (recorded before the table heard of them), and an approval the store never heard of
-    (its news lost) is dropped from the table, so its call opens one approvers can see."""
-    now = approvals.now_ms()
-    held = {s["id"]: s for s in approvals.slots()}
-    for id, slot in held.items():
-        row = store.get(id)
-        if row is None:
-            if slot["state"] == "PENDING" and approvals.forget(id):
-                log.warning("dropped approval %s: its details were lost in a crash", id)
-        elif slot["state"] == "CONSUMED" and row.stored_state != "USED":
-            store.record_used(id, None)
-        elif slot["state"] in ("APPROVED", "DENIED") and row.stored_state == "PENDING":
-            # A decision the table took but the store never committed (a crash inside
-            # decide): nobody knows who took it, so it is undone and asked again.
-            approvals.forget(id)
-            approvals.apply(id, row.key, "PENDING", row.created_ms, row.deadline_ms, row.owner)
-            log.warning("approval %s: its decision was lost in a crash; pending again", id)
-    for row in store.open_rows(now):
-        table_state = _TABLE_STATE[row.stored_state]
-        put_back = approvals.apply(
-            row.id, row.key, table_state, row.created_ms, row.deadline_ms, row.owner
-        )
-        if put_back:
-            log.info("approval %s: the table now holds it as %s", row.id, table_state)
-
-
-class ApprovalRecorder:
-    """A thread that records an engine's news of approvals into the store: each serving
-    process runs one, so a decision never waits on SQLite."""
-
-    def __init__(self, approvals: Approvals, store: ApprovalStore, labels: GrantLabels) -> None:
-        self._approvals = approvals
-        self._store = store
-        self._labels = labels
-        self._loop = Background(
-            "approval-recorder",
-            lambda: self.record(self._approvals.next_events(0.2)),
-            0,
-            log,
-            "cannot record approvals",
-        )
-
-    def start(self) -> None:
-        self._loop.start()
-
-    def stop(self) -> None:
-        self._loop.stop()
-        # What came in meanwhile is recorded too.
-        self.record(self._approvals.next_events(0.0, limit=1 << 20))
-
-    def record(self, events: list[dict[str, Any]]) -> None:
-        for event in events:
-            if event["event"] == "opened":
-                self._store.record_opened(event, self._labels)
-            else:
-                self._store.record_used(event["id"], event["at_ms"])

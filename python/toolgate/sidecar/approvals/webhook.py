@@ -34,7 +34,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from toolgate._core import inert, inert_json
-from toolgate.sidecar.approvals.store import ApprovalStore, Row
+from toolgate.sidecar.approvals.rows import Row
+from toolgate.sidecar.approvals.store import ApprovalStore
 from toolgate.sidecar.background import Background
 
 log = logging.getLogger("toolgate.webhook")
