@@ -16,7 +16,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_cli import TOOLGATE
 from test_cli import toolgate as run
-from toolgate.cli.main import HelpFormatter, build_parser
+from toolgate.cli.main import build_parser
+from toolgate.cli.parser import HelpFormatter
 from toolgate.sidecar.addresses import check_listen, check_target, parse_host_port
 
 # --- version and help ------------------------------------------------------------------------
@@ -158,7 +159,8 @@ def test_serve_on_an_impossible_port_exits_before_serving(option: str):
 
 
 def test_serve_options_from_python_are_checked_too():
-    from toolgate.sidecar.serve import ServeOptions, serve
+    from toolgate.sidecar.options import ServeOptions
+    from toolgate.sidecar.serve import serve
 
     for options in (
         ServeOptions(listen="127.0.0.1:99999"),

@@ -20,7 +20,8 @@ from typing import Any, Literal
 
 from toolgate.authoring import policy_text
 from toolgate.authoring.policy_text import policy_key
-from toolgate.scanner.classify import CATEGORIES, Category, Classification
+from toolgate.scanner.categories import CATEGORIES, Category
+from toolgate.scanner.classify import Classification
 
 #: What a category's tools get. ``limit``: allowed up to the category's maximum per window.
 Treatment = Literal["allow", "limit", "require_approval", "deny", "hide"]

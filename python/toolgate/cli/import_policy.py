@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from toolgate.authoring.intercept.convert import InterceptError, convert_file, to_yaml_with_notes
+from toolgate.authoring.intercept.convert import convert_file, to_yaml_with_notes
+from toolgate.authoring.intercept.read import InterceptError
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -16,12 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from toolgate.scanner.classify import (
-    CATEGORIES,
-    Category,
-    Classification,
-    classify_all,
-)
+from toolgate.scanner.categories import CATEGORIES, Category
+from toolgate.scanner.classify import Classification, classify_all
 from toolgate.scanner.scan import DEFAULT_TIMEOUT, Scan, ScanError, scan_file, scan_stdio, scan_url
 
 

@@ -16,13 +16,9 @@ from toolgate import Policy, PolicyError
 from toolgate.authoring.policy_text import to_json
 from toolgate.authoring.suggest import SCOPES, TREATMENTS, Options, suggest, to_yaml
 from toolgate.cli.scan import add_source, category_named, pairs, read_source, table
-from toolgate.scanner.classify import (
-    RISK,
-    SENSITIVE_READ_RISK,
-    Classification,
-    Evidence,
-    classify_all,
-)
+from toolgate.scanner.categories import RISK, SENSITIVE_READ_RISK
+from toolgate.scanner.classify import Classification, classify_all
+from toolgate.scanner.evidence import Evidence
 from toolgate.scanner.scan import ScanError
 
 
