@@ -243,3 +243,10 @@ def test_the_cli_error_is_argparse_error_not_a_traceback():
         "toolgate health: error: argument --target: the port must be 1-65535, got '123456' in "
         "'localhost:123456'"
     )
+
+
+def test_serve_without_options_serves_the_defaults_of_serve_options():
+    from toolgate.cli.serve import options
+    from toolgate.sidecar.options import ServeOptions
+
+    assert options(build_parser().parse_args(["serve"])) == ServeOptions()

@@ -14,6 +14,8 @@ from google.protobuf.json_format import MessageToDict
 
 from toolgate._core import inert
 from toolgate.sidecar.addresses import target_address
+from toolgate.sidecar.approvals.options import ApprovalOptions
+from toolgate.sidecar.approvals.rows import STATES
 from toolgate.v1 import approvals_pb2
 
 
@@ -86,13 +88,14 @@ def _act(args: argparse.Namespace, stub: Any, metadata: Any) -> int:
 
 
 def add_command(sub: Any) -> None:
+    """Register ``toolgate approvals`` on the CLI's subparsers."""
     p = sub.add_parser(
         "approvals", help="list, show, approve or deny approvals on a sidecar's admin listener"
     )
     p.add_argument(
         "--target",
         type=target_address,
-        default="127.0.0.1:50052",
+        default=ApprovalOptions().admin_listen,
         metavar="HOST:PORT",
         help="the sidecar's --admin-listen (default: %(default)s)",
     )
@@ -110,7 +113,7 @@ def add_command(sub: Any) -> None:
     listing = actions.add_parser("list", help="approvals, newest first")
     listing.add_argument(
         "--state",
-        choices=["PENDING", "APPROVED", "DENIED", "USED", "EXPIRED"],
+        choices=STATES,
         help="only approvals in this state (default: all)",
     )
     listing.add_argument("--limit", type=int, default=100, metavar="N", help="at most N")
