@@ -376,7 +376,8 @@ class EnvoyAuthz:
         jwt_payload_key: str | None = None,
         max_request_bytes: int = ...,
     ) -> EnvoyAuthz:
-        """Header names are lower case. ``grant_claim``/``agent_claim`` read the grant/agent
+        """Header names are lower case; one not given is its ``DEFAULT_*_HEADER`` (the payload
+        key, ``DEFAULT_JWT_PAYLOAD_KEY``). ``grant_claim``/``agent_claim`` read the grant/agent
         from a claim of the JWT that Envoy's jwt_authn verified; ``max_request_bytes`` is
         Envoy's body limit. ValueError for a bad setting."""
 
