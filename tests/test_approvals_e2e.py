@@ -24,7 +24,7 @@ from mcp_servers import SeedServer, texts
 from sidecar import PATIENCE, Sidecar, free_port, toolgate_cli, wait_for
 from test_approvals import TOKENS, Receiver
 from test_envoy_e2e import calls_in_one_session, decision_of, tool_calls
-from toolgate.decision_log import log_files, verify
+from toolgate.sidecar.decision_log import log_files, verify
 
 pytestmark = [
     pytest.mark.skipif(

@@ -16,14 +16,9 @@ import toolgate
 from conftest import limit, make_engine, policy
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from toolgate.approvals import (
-    ApprovalError,
-    ApprovalRecorder,
-    ApprovalStore,
-    GrantLabels,
-    load_key,
-    reconcile,
-)
+from toolgate.sidecar.approvals.grant_labels import GrantLabels, load_key
+from toolgate.sidecar.approvals.recorder import ApprovalRecorder, reconcile
+from toolgate.sidecar.approvals.store import ApprovalError, ApprovalStore
 
 MIN = 60_000
 
@@ -311,7 +306,7 @@ def test_metrics_count_by_state_in_sql_without_reading_a_row(tmp_path, monkeypat
     s.call(ids=["i-4"])
     s.record()
     s.clock.advance(10 * 60 + 1)  # i-4's approval lapses; so does the pending one
-    import toolgate.approvals as approvals
+    import toolgate.sidecar.approvals.store as approvals
 
     def no_rows(raw: Any) -> Any:
         raise AssertionError("a row was read into Python")

@@ -11,10 +11,10 @@ import unicodedata
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from toolgate.admin import approval_message
-from toolgate.approvals import Row
-from toolgate.approvals_cli import _line
-from toolgate.webhook import payload
+from toolgate.cli.approvals import _line
+from toolgate.sidecar.approvals.admin import approval_message
+from toolgate.sidecar.approvals.rows import Row
+from toolgate.sidecar.approvals.webhook import payload
 
 #: What a display may act on: controls, format characters, line and paragraph separators.
 UNSAFE = ("Cc", "Cf", "Zl", "Zp")

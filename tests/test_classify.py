@@ -13,15 +13,14 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from toolgate.classify import (
-    _RANK,
-    CATEGORIES,
+from toolgate.scanner.categories import CATEGORIES, RISK
+from toolgate.scanner.categories import RANK as _RANK
+from toolgate.scanner.classify import classify
+from toolgate.scanner.vocabulary import (
     COMPUTE_NOUNS,
     DESCRIPTION_FILLER,
     FINANCIAL_NOUNS,
-    RISK,
     VERBS,
-    classify,
     name_words,
 )
 

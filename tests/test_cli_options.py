@@ -16,8 +16,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_cli import TOOLGATE
 from test_cli import toolgate as run
-from toolgate.addresses import check_listen, check_target, parse_host_port
-from toolgate.cli import HelpFormatter, build_parser
+from toolgate.cli.main import build_parser
+from toolgate.cli.parser import HelpFormatter
+from toolgate.sidecar.addresses import check_listen, check_target, parse_host_port
 
 # --- version and help ------------------------------------------------------------------------
 
@@ -158,7 +159,8 @@ def test_serve_on_an_impossible_port_exits_before_serving(option: str):
 
 
 def test_serve_options_from_python_are_checked_too():
-    from toolgate.serve import ServeOptions, serve
+    from toolgate.sidecar.options import ServeOptions
+    from toolgate.sidecar.serve import serve
 
     for options in (
         ServeOptions(listen="127.0.0.1:99999"),
@@ -241,3 +243,10 @@ def test_the_cli_error_is_argparse_error_not_a_traceback():
         "toolgate health: error: argument --target: the port must be 1-65535, got '123456' in "
         "'localhost:123456'"
     )
+
+
+def test_serve_without_options_serves_the_defaults_of_serve_options():
+    from toolgate.cli.serve import options
+    from toolgate.sidecar.options import ServeOptions
+
+    assert options(build_parser().parse_args(["serve"])) == ServeOptions()

@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sidecar import PATIENCE, Sidecar, toolgate_cli
 from toolgate._core import inert
-from toolgate.decision_log import GENESIS, log_files, verify
+from toolgate.sidecar.decision_log import GENESIS, log_files, verify
 
 KEY = b"k" * 32
 

@@ -10,7 +10,7 @@ from conftest import EXAMPLES, START, cond, limit, make_engine, policy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_cli import toolgate as run_toolgate
-from toolgate.explain import render
+from toolgate.authoring.explain import render
 
 EXAMPLE_JSON = EXAMPLES / "policy.json"
 

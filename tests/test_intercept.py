@@ -25,7 +25,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_cli import toolgate as run_toolgate
 from toolgate._core import read_document
-from toolgate.intercept import InterceptError, convert, convert_file, convert_text
+from toolgate.authoring.intercept.convert import convert, convert_file, convert_text
+from toolgate.authoring.intercept.read import InterceptError
 
 DATA = Path(__file__).resolve().parent / "data" / "intercept"
 WINDOW_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
@@ -455,7 +456,7 @@ def test_exact_conversions_have_no_notes():
 
 
 def test_argument_paths():
-    from toolgate.intercept import args_path
+    from toolgate.authoring.intercept.convert import args_path
 
     assert args_path("args.a.b") == "args.a.b"
     assert args_path("args.key with space") == "args.key with space"

@@ -9,7 +9,7 @@ import logging
 import sys
 
 from toolgate._core import inert
-from toolgate.logs import InertTextFormatter, JsonLinesFormatter
+from toolgate.sidecar.logs import InertTextFormatter, JsonLinesFormatter
 
 AGENT_TEXT = "x\x1b[2K\r\n2026-01-01 INFO forged\x85\x9b\x7f\u202eevil\u2028\u200b\U000e0041"
 

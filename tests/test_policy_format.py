@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from toolgate import Policy
 from toolgate._core import read_document
-from toolgate.reload import parse_policy
+from toolgate.sidecar.reload import parse_policy
 
 TOOL = st.from_regex(r"[a-z][a-z0-9_-]{0,12}", fullmatch=True)
 ACTION = st.sampled_from(["allow", "deny", "require_approval"])

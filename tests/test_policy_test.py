@@ -13,13 +13,8 @@ from conftest import EXAMPLES, limit, policy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_cli import toolgate as run_toolgate
-from toolgate.policy_tests import (
-    CLOCK_START,
-    BadTestFile,
-    parse_duration,
-    read_test_file,
-    run,
-)
+from toolgate.authoring.policy_tests.cases import BadTestFile, parse_duration, read_test_file
+from toolgate.authoring.policy_tests.run import CLOCK_START, run
 
 #: The example policies (invalid-policy.json is there to show a refusal).
 EXAMPLE_POLICIES = sorted(

@@ -17,8 +17,8 @@ import pytest
 import toolgate
 from conftest import EXAMPLES
 from sidecar import ConfigMapVolume, write_atomically
-from toolgate.metrics import ReloadCounts
-from toolgate.reload import PolicyWatcher, parse_policy, read_version
+from toolgate.sidecar.metrics import ReloadCounts
+from toolgate.sidecar.reload import PolicyWatcher, parse_policy, read_version
 
 SETTLE = 10.0
 INTERVAL = 1.0

@@ -16,10 +16,10 @@ import toolgate
 from conftest import make_engine
 from mcp_servers import EverythingServer, node_executable
 from test_classify import labelled
-from toolgate.classify import classify_all
-from toolgate.cli import main
-from toolgate.scan import ScanError, normalise_tools, scan_file, scan_stdio, scan_url
-from toolgate.suggest import suggest, to_yaml
+from toolgate.authoring.suggest import suggest, to_yaml
+from toolgate.cli.main import main
+from toolgate.scanner.classify import classify_all
+from toolgate.scanner.scan import ScanError, normalise_tools, scan_file, scan_stdio, scan_url
 
 needs_node = pytest.mark.skipif(node_executable() is None, reason="no node executable (Node 20+)")
 
@@ -251,8 +251,8 @@ def test_the_sdk_is_needed_only_to_scan_a_server(tmp_path: Path) -> None:
         """
         import sys
         sys.modules["mcp"] = None  # import mcp fails
-        from toolgate.cli import build_parser
-        from toolgate.scan import ScanError, scan_file, scan_url
+        from toolgate.cli.main import build_parser
+        from toolgate.scanner.scan import ScanError, scan_file, scan_url
         build_parser()
         assert len(scan_file("tools.json").tools) == 2
         try:

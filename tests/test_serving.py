@@ -18,7 +18,7 @@ import pytest
 import toolgate
 from conftest import EXAMPLES
 from sidecar import PATIENCE, TOOLGATE, Sidecar, dies_with_parent
-from toolgate.cpus import available_cpus, cgroup_cpu_quota
+from toolgate.sidecar.cpus import available_cpus, cgroup_cpu_quota
 from toolgate.v1 import decider_pb2
 
 

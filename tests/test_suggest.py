@@ -14,9 +14,10 @@ from conftest import SEEDS, make_engine
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_classify import SEED_TOOLS, labelled
-from toolgate.classify import classify, classify_all
-from toolgate.cli import main
-from toolgate.suggest import Options, policy_key, suggest, to_json, to_yaml
+from toolgate.authoring.policy_text import policy_key, to_json
+from toolgate.authoring.suggest import Options, suggest, to_yaml
+from toolgate.cli.main import main
+from toolgate.scanner.classify import classify, classify_all
 
 GRANT = {"grant": "alice"}
 

@@ -5,7 +5,22 @@ from typing import Any, Literal, final
 
 __all__ = [
     "CODES",
+    "DECIDER",
+    "DEFAULT_AGENT_HEADER",
+    "DEFAULT_CAPACITY",
+    "DEFAULT_GRANT_HEADER",
+    "DEFAULT_JWT_PAYLOAD_KEY",
+    "DEFAULT_MAX_ARGUMENT_BYTES",
     "DEFAULT_MAX_REQUEST_BYTES",
+    "DEFAULT_PENDING_PER_GRANT",
+    "DEFAULT_PENDING_PER_RULE",
+    "DEFAULT_PREVIEW_BYTES",
+    "DEFAULT_RESERVATIONS",
+    "DEFAULT_SERVER_HEADER",
+    "DEFAULT_SESSION_HEADER",
+    "DEFAULT_STORE_FLUSH_MS",
+    "DEFAULT_STORE_PREFIX",
+    "DEFAULT_STORE_TIMEOUT_MS",
     "MAX_MAX",
     "SERVICES",
     "VERDICTS",
@@ -22,6 +37,8 @@ __all__ = [
     "ValidationError",
     "__revision__",
     "__version__",
+    "format_seconds",
+    "format_window",
     "inert",
     "inert_json",
     "read_document",
@@ -34,13 +51,42 @@ __version__: str
 __revision__: str
 #: The gRPC services a health check can name, besides "" (the whole server).
 SERVICES: list[str]
+#: The decision service's full name (``toolgate.v1.Decider``).
+DECIDER: str
 #: Envoy's ``max_request_bytes`` in the configs this project ships.
 DEFAULT_MAX_REQUEST_BYTES: int
+#: The headers that carry the grant, session, agent and MCP server in Envoy's ``Check``
+#: requests, and where Envoy's jwt_authn puts a token's claims, unless configured otherwise.
+DEFAULT_GRANT_HEADER: str
+DEFAULT_SESSION_HEADER: str
+DEFAULT_AGENT_HEADER: str
+DEFAULT_SERVER_HEADER: str
+DEFAULT_JWT_PAYLOAD_KEY: str
+#: An engine's counter-table slots and reservation log lines, and the largest arguments a
+#: wire request may carry, unless given.
+DEFAULT_CAPACITY: int
+DEFAULT_RESERVATIONS: int
+DEFAULT_MAX_ARGUMENT_BYTES: int
+#: ``Engine.use_store``'s key prefix, wait for Redis and cached mode's merge interval.
+DEFAULT_STORE_PREFIX: str
+DEFAULT_STORE_TIMEOUT_MS: int
+DEFAULT_STORE_FLUSH_MS: int
+#: Pending approvals one grant, and one rule, may have at once; bytes of a call's arguments
+#: kept to show approvers.
+DEFAULT_PENDING_PER_GRANT: int
+DEFAULT_PENDING_PER_RULE: int
+DEFAULT_PREVIEW_BYTES: int
 #: The largest ``max`` a limit may have.
 MAX_MAX: float
 #: Every verdict and every decision code, as the wire and the decision log name them.
 VERDICTS: list[str]
 CODES: list[str]
+
+def format_window(ms: int) -> str:
+    """A window for people, in its largest whole unit: ``1m``, ``90s``, ``1500ms``."""
+
+def format_seconds(ms: int) -> str:
+    """A wait for people, in seconds to a tenth: ``1.5s``."""
 
 def inert(text: str) -> str:
     """``text`` safe to show a person: control, format and line-separator characters written
@@ -292,13 +338,13 @@ class Engine:
         self,
         url: str,
         *,
-        prefix: str = "toolgate:",
-        timeout_ms: int = 5,
+        prefix: str = ...,
+        timeout_ms: int = ...,
         unavailable: Literal["deny", "local"] = "deny",
         connect_wait: float = 2.0,
         clock: Literal["redis", "engine"] = "redis",
         mode: Literal["exact", "cached"] = "exact",
-        flush_ms: int = 5,
+        flush_ms: int = ...,
     ) -> bool:
         """Count on Redis instead of this engine's table (every engine on the same Redis and
         prefix shares one count). A decision waits at most ``timeout_ms`` for Redis; past
@@ -321,16 +367,17 @@ class EnvoyAuthz:
     def __new__(
         cls,
         *,
-        grant_header: str = "authorization",
-        session_header: str = "mcp-session-id",
-        agent_header: str = "x-agent-id",
-        server_header: str = "x-mcp-server",
+        grant_header: str | None = None,
+        session_header: str | None = None,
+        agent_header: str | None = None,
+        server_header: str | None = None,
         grant_claim: str | None = None,
         agent_claim: str | None = None,
-        jwt_payload_key: str = "jwt_payload",
+        jwt_payload_key: str | None = None,
         max_request_bytes: int = ...,
     ) -> EnvoyAuthz:
-        """Header names are lower case. ``grant_claim``/``agent_claim`` read the grant/agent
+        """Header names are lower case; one not given is its ``DEFAULT_*_HEADER`` (the payload
+        key, ``DEFAULT_JWT_PAYLOAD_KEY``). ``grant_claim``/``agent_claim`` read the grant/agent
         from a claim of the JWT that Envoy's jwt_authn verified; ``max_request_bytes`` is
         Envoy's body limit. ValueError for a bad setting."""
 

@@ -21,15 +21,15 @@ from typing import Any, ClassVar, TypedDict, Unpack
 import grpc
 import grpc.aio
 
-from toolgate._core import Decision
+from toolgate._core import DECIDER, Decision
 from toolgate.v1 import decider_pb2
 
 #: A PEM document: its bytes, or the path of a file holding it.
 Pem = bytes | str | os.PathLike[str]
 
-_DECIDE = "/toolgate.v1.Decider/Decide"
-_DECIDE_BATCH = "/toolgate.v1.Decider/DecideBatch"
-_RELEASE = "/toolgate.v1.Decider/Release"
+_DECIDE = f"/{DECIDER}/Decide"
+_DECIDE_BATCH = f"/{DECIDER}/DecideBatch"
+_RELEASE = f"/{DECIDER}/Release"
 
 
 class CallOptions(TypedDict, total=False):

@@ -39,6 +39,12 @@ pub struct PyEngine {
 /// Largest `arguments_json` a wire request may carry unless configured otherwise.
 pub const DEFAULT_MAX_ARGUMENT_BYTES: usize = 1 << 20;
 
+/// `use_store`'s defaults: what goes before every Redis key, how long a decision waits for
+/// Redis, and how often cached mode merges its counts.
+pub const DEFAULT_STORE_PREFIX: &str = "toolgate:";
+pub const DEFAULT_STORE_TIMEOUT_MS: u64 = 5;
+pub const DEFAULT_STORE_FLUSH_MS: u64 = 5;
+
 /// Where an engine keeps its counters and statistics.
 pub struct Storage<'a> {
     pub capacity: usize,
@@ -404,7 +410,7 @@ impl PyEngine {
     /// `clock="engine"` takes time from the engine's clock instead of Redis's (tests).
     /// `mode="cached"` decides on a local copy of the counts, merged with Redis every
     /// `flush_ms` (no round trip per decision; see docs/redis.md for its overshoot).
-    #[pyo3(signature = (url, *, prefix = "toolgate:", timeout_ms = 5, unavailable = "deny", connect_wait = 2.0, clock = "redis", mode = "exact", flush_ms = 5))]
+    #[pyo3(signature = (url, *, prefix = DEFAULT_STORE_PREFIX, timeout_ms = DEFAULT_STORE_TIMEOUT_MS, unavailable = "deny", connect_wait = 2.0, clock = "redis", mode = "exact", flush_ms = DEFAULT_STORE_FLUSH_MS))]
     #[allow(clippy::too_many_arguments)]
     fn use_store(
         &self,

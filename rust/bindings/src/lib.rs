@@ -26,6 +26,18 @@ fn inert(text: &str) -> String {
     toolgate_core::inert::escape(text).into_owned()
 }
 
+/// A window for people: `1m`, `90s`, `1500ms` (as the engine's reasons write it).
+#[pyfunction]
+fn format_window(ms: u64) -> String {
+    toolgate_core::engine::format_window(ms)
+}
+
+/// A wait for people, in seconds to a tenth: `1.5s` (as the engine's reasons write it).
+#[pyfunction]
+fn format_seconds(ms: u64) -> String {
+    toolgate_core::engine::format_seconds(ms)
+}
+
 /// JSON text an agent sent with each character `inert` would escape written as a JSON
 /// `\uXXXX` escape instead: the same JSON value, safe to show (`toolgate_core::inert`).
 #[pyfunction]
@@ -50,8 +62,50 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(inert, m)?)?;
     m.add_function(wrap_pyfunction!(inert_json, m)?)?;
     m.add_function(wrap_pyfunction!(eviction::read_maxmemory_policy, m)?)?;
+    m.add_function(wrap_pyfunction!(format_window, m)?)?;
+    m.add_function(wrap_pyfunction!(format_seconds, m)?)?;
     // The gRPC services a health check can name, besides "" (the whole server).
     m.add("SERVICES", toolgate_server::native::SERVICES.to_vec())?;
+    // The decision service's full name, as its schema (proto/toolgate/v1) gives it.
+    m.add(
+        "DECIDER",
+        toolgate_server::decider::pb::decider_server::SERVICE_NAME,
+    )?;
+    // The engine's defaults: counter-table slots, reservation log lines, the largest
+    // arguments a wire request may carry, and the counter store's.
+    m.add("DEFAULT_CAPACITY", toolgate_core::engine::DEFAULT_CAPACITY)?;
+    m.add(
+        "DEFAULT_RESERVATIONS",
+        toolgate_core::engine::DEFAULT_RESERVATIONS,
+    )?;
+    m.add(
+        "DEFAULT_MAX_ARGUMENT_BYTES",
+        engine::DEFAULT_MAX_ARGUMENT_BYTES,
+    )?;
+    m.add("DEFAULT_STORE_PREFIX", engine::DEFAULT_STORE_PREFIX)?;
+    m.add("DEFAULT_STORE_TIMEOUT_MS", engine::DEFAULT_STORE_TIMEOUT_MS)?;
+    m.add("DEFAULT_STORE_FLUSH_MS", engine::DEFAULT_STORE_FLUSH_MS)?;
+    // Approvals' defaults: pending approvals per grant and per rule, bytes of a call's
+    // arguments kept to show approvers.
+    m.add(
+        "DEFAULT_PENDING_PER_GRANT",
+        toolgate_core::approval::DEFAULT_PENDING_PER_GRANT,
+    )?;
+    m.add(
+        "DEFAULT_PENDING_PER_RULE",
+        toolgate_core::approval::DEFAULT_PENDING_PER_RULE,
+    )?;
+    m.add(
+        "DEFAULT_PREVIEW_BYTES",
+        toolgate_core::approval_text::DEFAULT_PREVIEW_BYTES,
+    )?;
+    // Which request headers carry the subject, and where jwt_authn's claims are, by default.
+    let authz = envoy::Defaults::new();
+    m.add("DEFAULT_GRANT_HEADER", authz.grant)?;
+    m.add("DEFAULT_SESSION_HEADER", authz.session)?;
+    m.add("DEFAULT_AGENT_HEADER", authz.agent)?;
+    m.add("DEFAULT_SERVER_HEADER", authz.server)?;
+    m.add("DEFAULT_JWT_PAYLOAD_KEY", authz.jwt_payload_key)?;
     // Envoy's `max_request_bytes` in the configs this project ships.
     m.add(
         "DEFAULT_MAX_REQUEST_BYTES",

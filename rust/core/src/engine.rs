@@ -823,13 +823,13 @@ fn rate_limited_reason(limit: &CompiledLimit, retry_after_ms: Option<u64>) -> St
         limit.info.scope.as_str()
     );
     match retry_after_ms {
-        Some(ms) => format!("{base}; retry in {:.1}s", ms as f64 / 1000.0),
+        Some(ms) => format!("{base}; retry in {}", format_seconds(ms)),
         None => format!("{base}; this call's cost exceeds the limit itself"),
     }
 }
 
-/// A window for people: `1m`, `90s`, `1500ms`.
-fn format_window(ms: u64) -> String {
+/// A window for people: `1m`, `90s`, `1500ms` (the extension's `format_window`).
+pub fn format_window(ms: u64) -> String {
     const UNITS: [(u64, &str); 4] = [
         (86_400_000, "d"),
         (3_600_000, "h"),
@@ -840,4 +840,9 @@ fn format_window(ms: u64) -> String {
         Some((n, unit)) => format!("{}{unit}", ms / n),
         None => format!("{ms}ms"),
     }
+}
+
+/// A wait for people, in seconds to a tenth: `1.5s` (the extension's `format_seconds`).
+pub fn format_seconds(ms: u64) -> String {
+    format!("{:.1}s", ms as f64 / 1000.0)
 }

@@ -5,7 +5,7 @@
 
 Installs every pinned package below into DIR (default: a temporary directory; give one to reuse
 the installs), starts each server over stdio with dummy credentials (listing tools calls no API),
-reads its tools/list with ``toolgate.scan`` and merges the tools into labelled_tools.json:
+reads its tools/list with ``toolgate.scanner.scan`` and merges the tools into labelled_tools.json:
 
 - a tool already there keeps its ``label`` and ``why``; its definition is refreshed;
 - a new tool is added with ``label: null``, to be labelled by hand (by what the tool does,
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from toolgate.scan import scan_stdio
+from toolgate.scanner.scan import scan_stdio
 
 HERE = Path(__file__).resolve().parent
 LABELLED = HERE / "labelled_tools.json"

@@ -1,0 +1,1 @@
+"""Converting PolicyLayer's Intercept policies to policy v1 (``toolgate import intercept``)."""

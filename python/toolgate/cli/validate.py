@@ -1,0 +1,57 @@
+"""``toolgate validate``: check policy files, one line per error."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from toolgate import Policy, PolicyError
+from toolgate.sidecar.envoy_authz import CheckSettings, format_subject_source, parse_subject_source
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        agent_verified = parse_subject_source(args.agent_from) is not None
+    except ValueError as err:
+        print(f"toolgate validate: --agent-from: {err}", file=sys.stderr)
+        return 2
+    failed = False
+    for path in args.files:
+        try:
+            policy = Policy.from_file(path)
+        except PolicyError as err:
+            failed = True
+            for e in err.errors:
+                pointer = e.pointer or "/"
+                where = f" (line {e.line})" if e.line is not None else ""
+                print(f"{path}: {pointer}: {e.message}{where}")
+        else:
+            if not args.quiet:
+                # Not errors: limits and conditions a client can dodge by what it says.
+                for note in policy.self_asserted(agent_verified):
+                    print(f"{path}: {note.pointer}: note: {note.message}", file=sys.stderr)
+                print(f"{path}: ok", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def add_command(sub: Any) -> None:
+    """Register ``toolgate validate`` on the CLI's subparsers."""
+    validate = sub.add_parser(
+        "validate",
+        help="check policy files; one line per error: FILE: /pointer: message (and notes of "
+        "limits a client can dodge by the session or agent id it sends)",
+    )
+    validate.add_argument("files", nargs="+", metavar="FILE")
+    validate.add_argument(
+        "-q", "--quiet", action="store_true", help="print nothing for valid files"
+    )
+    validate.add_argument(
+        "--agent-from",
+        default=format_subject_source(CheckSettings().agent_claim),
+        metavar="SOURCE",
+        help="where the sidecar takes the agent from, as `toolgate serve --agent-from`: with "
+        "'jwt:CLAIM' (a verified token), limits and conditions on the agent are not pointed "
+        "out as ones a client can dodge (default: %(default)s)",
+    )
+    validate.set_defaults(run=_run)

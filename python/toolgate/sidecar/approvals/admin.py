@@ -1,0 +1,326 @@
+"""The admin listener (``toolgate serve --admin-listen``): the ``toolgate.v1.Approvals``
+service, for approvers, apart from the decision API.
+
+Every call carries ``authorization: Bearer <token>``; ``--admin-tokens FILE`` holds lines of
+``NAME TOKEN``, and the name is who approved or denied. A rule that lists ``approvers``
+accepts a decision from those names only. Rare calls on a separate port: grpcio is enough.
+
+No caller can hold the listener for others. grpcio runs a server's interceptors on its
+event thread, from the call's headers, before it gives the call a concurrency slot's thread
+and before that thread waits for the request message; so the token is checked there, and a
+call without a valid one is refused at once. A call with one must send its message within
+``MESSAGE_WAIT_S`` or is cancelled, and at most ``WATCH_STREAMS`` of the ``ADMIN_SLOTS``
+slots stream Watch at once, so List, Get, Approve and Deny always find a slot.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from toolgate._core import Approvals, inert
+from toolgate.sidecar.approvals.rows import STATES, Row, page_token
+from toolgate.sidecar.approvals.store import ApprovalError, ApprovalStore
+from toolgate.v1 import approvals_pb2, approvals_pb2_grpc
+
+log = logging.getLogger("toolgate.admin")
+
+#: How often Watch looks for changes.
+WATCH_POLL_SECONDS = 0.2
+
+#: Calls served at once; past it a call is refused (RESOURCE_EXHAUSTED), not queued.
+ADMIN_SLOTS = 16
+#: Watch streams at once: the other slots stay free for List, Get, Approve and Deny.
+WATCH_STREAMS = 8
+#: Seconds an authenticated call has to send its request message before it is cancelled.
+MESSAGE_WAIT_S = 5.0
+#: A List page holds at most this many approvals and bytes: well within gRPC's 4 MiB.
+PAGE_MAX = 1000
+PAGE_BYTES = 1 << 20
+
+_UNAUTHENTICATED = "a valid admin token is required"
+
+
+def load_tokens(path: Path) -> dict[str, str]:
+    """``NAME TOKEN`` per line (``#`` comments, blank lines ignored) → token: name.
+    ValueError for a malformed file: a name or token given twice, a line that is not two
+    words, a token shorter than 16 characters."""
+    tokens: dict[str, str] = {}
+    names: set[str] = set()
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            raise ValueError(f"{path}:{number}: expected NAME TOKEN")
+        name, token = parts
+        if len(token) < 16:
+            raise ValueError(f"{path}:{number}: a token has at least 16 characters")
+        if token in tokens or name in names:
+            raise ValueError(f"{path}:{number}: {name} or its token is given twice")
+        tokens[token] = name
+        names.add(name)
+    if not tokens:
+        raise ValueError(f"{path}: no tokens")
+    return tokens
+
+
+def approval_message(row: Row, now_ms: int) -> approvals_pb2.Approval:
+    return approvals_pb2.Approval(
+        id=row.id,
+        state=row.state(now_ms),
+        server=row.server or "",
+        tool=row.tool,
+        arguments_json=row.arguments,
+        arguments_digest=row.arguments_digest,
+        grant=row.grant or "",
+        session=row.session or "",
+        agent=row.agent or "",
+        rule=row.rule,
+        revision=row.revision,
+        approvers=row.approvers,
+        created_ms=row.created_ms,
+        deadline_ms=row.deadline_ms,
+        decided_by=row.decided_by or "",
+        decided_ms=row.decided_ms or 0,
+        reason=row.reason or "",
+        used_ms=row.used_ms or 0,
+        arguments_cut=row.arguments_cut,
+        arguments_bytes=row.arguments_bytes,
+    )
+
+
+_STATUS = {
+    "not_found": grpc.StatusCode.NOT_FOUND,
+    "not_pending": grpc.StatusCode.FAILED_PRECONDITION,
+    "not_allowed": grpc.StatusCode.PERMISSION_DENIED,
+    "invalid": grpc.StatusCode.INVALID_ARGUMENT,
+}
+
+
+def caller(tokens: dict[str, str], metadata: Any) -> str | None:
+    """The name of the admin token a call's metadata carries, or None."""
+    sent = next((v for k, v in metadata or () if k == "authorization"), "")
+    scheme, _, token = (sent if isinstance(sent, str) else "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    found = None
+    for known, name in tokens.items():
+        # Every token compared, each in constant time.
+        if hmac.compare_digest(known.encode(), token.strip().encode()):
+            found = name
+    return found
+
+
+class ApprovalsService(approvals_pb2_grpc.ApprovalsServicer):
+    def __init__(self, approvals: Approvals, store: ApprovalStore, tokens: dict[str, str]) -> None:
+        self._approvals = approvals
+        self._store = store
+        self.tokens = tokens
+
+    def _caller(self, context: grpc.ServicerContext) -> str:
+        """The admin token's name, or abort UNAUTHENTICATED (the interceptor checked it
+        already; a service mounted without it stays closed)."""
+        name = caller(self.tokens, context.invocation_metadata())
+        if name is None:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, _UNAUTHENTICATED)
+        assert name is not None
+        return name
+
+    def _now(self) -> int:
+        return self._approvals.now_ms()
+
+    def List(self, request, context):
+        self._caller(context)
+        state = request.state or None
+        if state is not None and state not in STATES:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"not a state: {state[:32]!r}")
+        limit = min(request.limit or 100, PAGE_MAX)
+        now = self._now()
+        try:
+            page = self._store.page(state, now, limit, request.page_token or None)
+        except ValueError as err:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        response = approvals_pb2.ListApprovalsResponse(next_page_token=page.next_token or "")
+        size = 0
+        for row in page.rows:
+            message = approval_message(row, now)
+            size += message.ByteSize()
+            if size > PAGE_BYTES and response.approvals:
+                # The page is full: the next one starts after the last row it holds.
+                response.next_page_token = page_token(page.rows[len(response.approvals) - 1])
+                break
+            response.approvals.append(message)
+        return response
+
+    def Get(self, request, context):
+        self._caller(context)
+        row = self._store.get(request.id)
+        if row is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no approval {request.id}")
+        return approval_message(row, self._now())
+
+    def _decide(self, request, context, approve: bool):
+        who = self._caller(context)
+        try:
+            row = self._store.decide(
+                request.id,
+                approve,
+                who,
+                request.reason,
+                self._now(),
+                lambda id, ok: self._approvals.decide(id, ok)["deadline_ms"],
+            )
+        except ApprovalError as err:
+            context.abort(_STATUS[err.kind], str(err))
+        log.info(
+            "approval %s %s by %s%s",
+            request.id,
+            "approved" if approve else "denied",
+            who,
+            # One log line, whatever the reason holds.
+            f": {inert(request.reason)}" if request.reason else "",
+        )
+        return approval_message(row, self._now())
+
+    def Approve(self, request, context):
+        return self._decide(request, context, True)
+
+    def Deny(self, request, context):
+        return self._decide(request, context, False)
+
+    def Watch(self, request, context) -> Iterator[approvals_pb2.Approval]:
+        self._caller(context)
+        seq = self._store.last_change()
+        if request.include_pending:
+            # A page at a time: however many are pending, only one page is held here.
+            after = None
+            while True:
+                page = self._store.page("PENDING", self._now(), 100, after)
+                for row in page.rows:
+                    yield approval_message(row, self._now())
+                if page.next_token is None:
+                    break
+                after = page.next_token
+        while context.is_active():
+            for change, id, _ in self._store.changes_after(seq):
+                seq = change
+                row = self._store.get(id)
+                if row is not None:
+                    yield approval_message(row, self._now())
+            time.sleep(WATCH_POLL_SECONDS)
+
+
+class Gatekeeper(grpc.ServerInterceptor):
+    """Refuses a call without a valid admin token from its headers, before grpcio gives it
+    a slot's thread (which would wait for its request message); bounds how long a call with
+    one may wait for its message, and how many Watch streams run at once."""
+
+    def __init__(self, tokens: dict[str, str]) -> None:
+        self._tokens = tokens
+        self._watches = threading.BoundedSemaphore(WATCH_STREAMS)
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        if caller(self._tokens, details.invocation_metadata) is None:
+            return _refused(handler)
+        if handler.response_streaming:
+            assert handler.unary_stream is not None
+            return grpc.stream_stream_rpc_method_handler(
+                self._watch(handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        assert handler.unary_unary is not None
+        return grpc.stream_unary_rpc_method_handler(
+            _unary(handler.unary_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _watch(self, behavior: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+        def bounded(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+            if not self._watches.acquire(blocking=False):
+                context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"{WATCH_STREAMS} Watch streams are open already",
+                )
+            try:
+                yield from behavior(_message(requests, context), context)
+            finally:
+                self._watches.release()
+
+        return bounded
+
+
+def _refused(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """A handler that answers UNAUTHENTICATED without reading the request: served as a
+    streaming request, its thread never waits for a message."""
+
+    def refuse(_requests: Iterator[Any], context: grpc.ServicerContext) -> None:
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, _UNAUTHENTICATED)
+
+    if handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(refuse)
+    return grpc.stream_unary_rpc_method_handler(refuse)
+
+
+def _message(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+    """The call's one request message, the call cancelled if it is not sent within
+    MESSAGE_WAIT_S (grpcio's own wait for it has no bound)."""
+    timer = threading.Timer(MESSAGE_WAIT_S, context.cancel)
+    timer.daemon = True
+    timer.start()
+    try:
+        return next(requests)
+    except StopIteration:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a request message is required")
+    finally:
+        timer.cancel()
+
+
+def _unary(behavior: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[..., Any]:
+    def bounded(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+        return behavior(_message(requests, context), context)
+
+    return bounded
+
+
+class AdminServer:
+    """The admin listener, serving the Approvals service."""
+
+    def __init__(self, listen: str, service: ApprovalsService) -> None:
+        # Beyond ADMIN_SLOTS calls are refused (RESOURCE_EXHAUSTED) rather than queued.
+        self._server = grpc.server(
+            ThreadPoolExecutor(max_workers=ADMIN_SLOTS, thread_name_prefix="admin"),
+            interceptors=[Gatekeeper(service.tokens)],
+            options=[("grpc.so_reuseport", 0)],
+            maximum_concurrent_rpcs=ADMIN_SLOTS,
+        )
+        approvals_pb2_grpc.add_ApprovalsServicer_to_server(service, self._server)
+        try:
+            port = self._server.add_insecure_port(listen)
+        except RuntimeError as err:
+            raise OSError(f"cannot listen on {listen} (admin): {err}") from err
+        if port == 0:
+            raise OSError(f"cannot listen on {listen} (admin)")
+        self.address = listen
+        self._server.start()
+
+    def stop(self, grace: float) -> None:
+        self._server.stop(grace).wait()

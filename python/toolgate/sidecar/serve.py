@@ -1,0 +1,306 @@
+"""``toolgate serve``: the decision sidecar.
+
+One process: the ``toolgate.v1.Decider`` gRPC service, Envoy's ext_authz, ext_proc and rate
+limit services, ``grpc.health.v1.Health`` and server reflection on one address, served by the
+Rust data plane (one thread per CPU, toolgate.sidecar.transport); Prometheus ``/metrics`` on
+another; hot reload of the policy file on change and on SIGHUP; and a graceful stop on SIGTERM
+(NOT_SERVING for a drain period while still answering, then refuse new calls, finish
+in-flight ones, exit 0). Python owns all of this; no Python runs per call.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+
+from toolgate._core import Engine, Policy
+from toolgate.sidecar import logs, transport
+from toolgate.sidecar.addresses import check_listen, parse_host_port
+from toolgate.sidecar.approvals.runtime import ApprovalRuntime
+from toolgate.sidecar.cpus import available_cpus
+from toolgate.sidecar.metrics import ReloadCounts, serve_metrics
+from toolgate.sidecar.options import ServeOptions
+from toolgate.sidecar.reload import FileVersion, PolicyWatcher, read_version, warn_self_asserted
+from toolgate.sidecar.store_eviction import EvictionCollector, EvictionWatch
+
+log = logging.getLogger("toolgate.serve")
+
+#: The policy served when none is given: nothing is allowed.
+DENY_EVERYTHING = {"version": "1", "default": "deny"}
+
+
+def decision_log_path(opts: ServeOptions) -> Path | None:
+    """Where the decision log is written (None: stdout)."""
+    assert opts.decision_log is not None
+    return None if opts.decision_log == "-" else Path(opts.decision_log)
+
+
+def enable_decision_log(engine: Engine, opts: ServeOptions, grant_key: bytes) -> None:
+    path = decision_log_path(opts)
+    restart_break = engine.enable_decision_log(
+        path,
+        grant_key=grant_key,
+        filter=opts.decision_log_filter,
+        rotate_bytes=opts.decision_log_rotate_bytes,
+    )
+    log.info("decision log: %s (%s decisions)", path or "stdout", opts.decision_log_filter)
+    if restart_break is not None:
+        log.warning("decision log: %s", restart_break)
+
+
+#: Seconds between logging the decision log's head (while it changes).
+HEAD_EVERY = 60
+
+
+def log_head(engine: Engine, last: tuple[int, str] | None) -> tuple[int, str] | None:
+    """Log the decision log's head if it moved: kept apart from the decision log (with the
+    sidecar's own logs), it anchors the chain for ``toolgate log verify --head``."""
+    head = engine.decision_log_head()
+    if head is not None and head != last and head[0] > 0:
+        log.info("decision log head %d:%s", *head)
+    return head
+
+
+def warn_of_drops(engine: Engine, seen: int) -> int:
+    """Log decision-log lines dropped since ``seen``; returns the count now."""
+    dropped = engine.stats()["log_dropped"]
+    if dropped > seen:
+        log.warning(
+            "decision log: %d decisions dropped (the disk cannot keep up); the log notes it",
+            dropped - seen,
+        )
+    return dropped
+
+
+def redact(url: str) -> str:
+    """A store URL without its password."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest:
+        return f"{scheme}://***@{rest.rpartition('@')[2]}"
+    return url
+
+
+#: The store URLs ``--store`` takes besides ``local``.
+STORE_SCHEMES = ("redis://", "rediss://", "redis+sentinel://")
+
+
+def use_store(engine: Engine, opts: ServeOptions) -> None:
+    """Count on ``--store`` (Redis) instead of this process's table."""
+    if opts.store_timeout_ms < 1:
+        raise ValueError("--store-timeout-ms must be at least 1")
+    connected = engine.use_store(
+        opts.store,
+        prefix=opts.store_prefix,
+        timeout_ms=opts.store_timeout_ms,
+        unavailable=opts.store_unavailable,
+        mode=opts.store_mode,
+        flush_ms=opts.store_flush_ms,
+    )
+    where = redact(opts.store)
+    if connected:
+        log.info("counting on %s (%s mode, prefix %r)", where, opts.store_mode, opts.store_prefix)
+    else:
+        log.warning(
+            "counter store %s is unreachable; retrying. Meanwhile calls with limits are %s",
+            where,
+            "denied (STORE_UNAVAILABLE)"
+            if opts.store_unavailable == "deny"
+            else "counted in this pod's own table",
+        )
+
+
+def watch_eviction(opts: ServeOptions) -> EvictionWatch:
+    """Read ``--store``'s eviction policy before serving (ValueError: refused; see
+    toolgate.sidecar.store_eviction), and keep reading it."""
+    watch = EvictionWatch(
+        opts.store,
+        redact(opts.store),
+        accepted=opts.store_accept_eviction,
+        every=opts.store_eviction_check_interval,
+    )
+    watch.check_at_start()
+    return watch
+
+
+def warn_of_store(engine: Engine, seen: tuple[int, int]) -> tuple[int, int]:
+    """Log counter-store failures and local fallbacks since ``seen``; returns the counts."""
+    stats = engine.stats()
+    errors, fallbacks = sum(stats["store_errors"].values()), stats["store_fallbacks"]
+    if errors > seen[0]:
+        kinds = ", ".join(f"{k} {n}" for k, n in stats["store_errors"].items() if n)
+        log.warning("counter store: %d calls failed (so far: %s)", errors - seen[0], kinds)
+    if fallbacks > seen[1]:
+        log.warning(
+            "counter store unavailable: %d decisions counted in this pod's own table",
+            fallbacks - seen[1],
+        )
+    return errors, fallbacks
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """``127.0.0.1:9464`` or ``[::1]:9464`` → (host, port); ValueError saying what is wrong."""
+    return parse_host_port(address, allow_port_zero=True)
+
+
+def load_policy(opts: ServeOptions) -> tuple[Policy, FileVersion | None]:
+    """The policy to serve, and its file as read just before the policy was read from it
+    (where the policy watcher starts from: a change made in between is seen as new)."""
+    version = read_version(opts.policy) if opts.policy else None
+    policy = Policy.from_file(opts.policy) if opts.policy else Policy.from_dict(DENY_EVERYTHING)
+    return policy, version
+
+
+def serve(opts: ServeOptions) -> int:
+    # Addresses first (the command line checked them already; ServeOptions may come from
+    # elsewhere): a bad one must stop the sidecar before anything starts.
+    check_listen(opts.listen)
+    if opts.metrics_listen:
+        split_host_port(opts.metrics_listen)
+    check_listen(opts.approvals.admin_listen)
+    if opts.reload_interval <= 0 or opts.drain < 0 or opts.grace < 0:
+        raise ValueError("--reload-interval must be positive; --drain and --grace not negative")
+    if not opts.reload_settle >= 0:  # also refuses NaN, which would never settle
+        raise ValueError("--reload-settle must not be negative")
+    if opts.threads is not None and opts.threads < 1:
+        raise ValueError("--threads must be at least 1")
+    if opts.store != "local" and not opts.store.startswith(STORE_SCHEMES):
+        raise ValueError(
+            "--store is local, redis://HOST:PORT/DB, rediss://HOST:PORT/DB or "
+            f"redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE/DB, got {redact(opts.store)!r}"
+        )
+    if opts.store_timeout_ms < 1:
+        raise ValueError("--store-timeout-ms must be at least 1")
+    if opts.store_flush_ms < 1:
+        raise ValueError("--store-flush-ms must be at least 1")
+    if not opts.store_eviction_check_interval > 0:  # also refuses NaN
+        raise ValueError("--store-eviction-check-interval must be positive")
+    policy, loaded = load_policy(opts)
+    engine = Engine(
+        policy,
+        capacity=opts.capacity,
+        reservations=opts.reservations,
+        max_argument_bytes=opts.max_argument_bytes,
+    )
+    engine.set_per_tool_metrics(opts.metrics_per_tool)
+    logs.configure(opts.log_format, opts.log_level, lambda: engine.revision)
+    eviction = None
+    if opts.store != "local":
+        eviction = watch_eviction(opts)
+        use_store(engine, opts)
+    if opts.policy is None:
+        log.warning("no --policy given: serving the built-in deny-everything policy")
+    else:
+        warn_self_asserted(opts.policy, policy, opts.check.agent_claim is not None)
+
+    reloads = ReloadCounts()
+    watcher = None
+    if opts.policy is not None:
+        watcher = PolicyWatcher(
+            opts.policy,
+            engine,
+            reloads,
+            interval=opts.reload_interval,
+            loaded=loaded,
+            settle=opts.reload_settle,
+            agent_verified=opts.check.agent_claim is not None,
+        )
+
+    # Signal handlers before the server exists: a SIGTERM or SIGHUP sent as soon as the port
+    # answers must not meet the default action (which kills the process).
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if watcher is not None:
+        signal.signal(signal.SIGHUP, lambda *_: watcher.trigger())
+    else:
+        # SIGHUP's default action would kill the sidecar; with no file there is nothing to
+        # reload, so say so and keep serving.
+        signal.signal(
+            signal.SIGHUP, lambda *_: log.warning("SIGHUP ignored: no --policy file to reload")
+        )
+
+    try:
+        approvals = ApprovalRuntime(engine, opts.approvals)
+    except (OSError, ValueError) as err:
+        log.error("approvals: %s", err)
+        return 2
+    if opts.decision_log is not None:
+        try:
+            enable_decision_log(engine, opts, approvals.labels.key)
+        except (OSError, ValueError) as err:
+            log.error("%s", err)
+            approvals.stop(0)
+            return 2
+    try:
+        server = transport.start(
+            engine, opts.check, opts.listen, threads=opts.threads or available_cpus()
+        )
+    except OSError as err:
+        log.error("%s", err)
+        approvals.stop(0)
+        return 2
+
+    if opts.metrics_listen:
+        host, metrics_port = split_host_port(opts.metrics_listen)
+        try:
+            registry = serve_metrics(
+                engine,
+                reloads,
+                host,
+                metrics_port,
+                per_tool=opts.metrics_per_tool,
+            )
+        except OSError as err:
+            log.error("cannot serve metrics on %s: %s", opts.metrics_listen, err)
+            server.stop(0)
+            approvals.stop(0)
+            return 2
+        registry.register(approvals.collector())
+        registry.register(EvictionCollector(eviction))
+    approvals.start()
+    if eviction is not None:
+        eviction.start()
+    if watcher is not None:
+        watcher.start()
+    # Calls are answered from the moment the port is bound; health says SERVING once the
+    # metrics and the policy watcher are up too.
+    server.set_serving(True)
+
+    log.info(
+        "serving %s on %s (%d threads; metrics on %s), policy %s",
+        ", ".join(transport.SERVICES),
+        server.address,
+        opts.threads or available_cpus(),
+        opts.metrics_listen or "off",
+        opts.policy or "built-in deny-everything",
+    )
+
+    dropped, head, ticks, store_seen = 0, None, 0, (0, 0)
+    while not stop.wait(1.0):
+        ticks += 1
+        if opts.store != "local":
+            store_seen = warn_of_store(engine, store_seen)
+        if opts.decision_log is not None:
+            dropped = warn_of_drops(engine, dropped)
+            if ticks % HEAD_EVERY == 0:
+                head = log_head(engine, head)
+    # NOT_SERVING first, while still answering, so health checkers see it and proxies stop
+    # sending; then refuse new calls and let in-flight ones finish.
+    log.info("stopping: NOT_SERVING for %.1fs, then finishing in-flight calls", opts.drain)
+    server.set_serving(False)
+    stop.clear()
+    stop.wait(opts.drain)
+    server.stop(opts.grace)
+    if opts.decision_log is not None:
+        if not engine.sync_decision_log(opts.grace):
+            log.error("the decision log could not be written out in %.1fs", opts.grace)
+        log_head(engine, head)
+    approvals.stop(opts.grace)
+    if eviction is not None:
+        eviction.stop()
+    if watcher is not None:
+        watcher.stop()
+    log.info("stopped")
+    return 0
