@@ -57,7 +57,7 @@ def main() -> int:
     p.add_argument("--quiet-wait", type=float, default=20.0)
     args = p.parse_args()
 
-    from toolgate.decision_log import log_files, verify
+    from toolgate.sidecar.decision_log import log_files, verify
 
     workdir = Path(tempfile.mkdtemp(prefix="toolgate-logbench-"))
     body = workdir / "decide.bin"

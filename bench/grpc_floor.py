@@ -1,7 +1,7 @@
 """The gRPC transport floor: a grpcio server that answers ``toolgate.v1.Decider/Decide`` with a
 constant, for comparison with ``toolgate serve`` under the same load (bench/README.md).
 
-It is set up like the sidecar (python/toolgate/serve.py): a ``ThreadPoolExecutor`` of the same
+It is set up as the sidecar's former grpcio transport was: a ``ThreadPoolExecutor`` of the same
 size, the same server options (``grpc.so_reuseport`` 0), and a generic handler without
 (de)serializers, so the handler sees raw request bytes and returns raw response bytes. The only
 difference is the handler's body: a constant instead of ``engine.decide_wire(request)``.
