@@ -5,18 +5,15 @@ API and status."""
 from __future__ import annotations
 
 import os
-import socket
-import struct
 import subprocess
 import time
 from pathlib import Path
 
 import grpc
-import h2.connection
-import h2.events
 import pytest
 import toolgate
 from conftest import EXAMPLES
+from h2_client import RawGrpc
 from sidecar import PATIENCE, TOOLGATE, Sidecar, dies_with_parent
 from toolgate.sidecar.cpus import available_cpus, cgroup_cpu_quota
 from toolgate.v1 import decider_pb2
@@ -53,37 +50,10 @@ def test_serves_on_a_unix_socket(tmp_path: Path):
 
 
 def grpc_call(port: int, path: str, message: bytes, headers: list[tuple[str, str]]) -> dict:
-    """One unary gRPC call over a raw HTTP/2 connection (so any header can be sent, which
-    gRPC clients do not allow for ``grpc-timeout``); returns the response headers and
-    trailers merged."""
-    conn = h2.connection.H2Connection()
-    with socket.create_connection(("127.0.0.1", port), timeout=PATIENCE) as sock:
-        conn.initiate_connection()
-        stream = conn.get_next_available_stream_id()
-        conn.send_headers(
-            stream,
-            [
-                (":method", "POST"),
-                (":scheme", "http"),
-                (":path", path),
-                (":authority", f"127.0.0.1:{port}"),
-                ("content-type", "application/grpc"),
-                ("te", "trailers"),
-                *headers,
-            ],
-        )
-        conn.send_data(stream, b"\0" + struct.pack(">I", len(message)) + message, end_stream=True)
-        sock.sendall(conn.data_to_send())
-        answer: dict[str, str] = {}
-        while True:
-            data = sock.recv(65536)
-            assert data, "connection closed before the call ended"
-            for event in conn.receive_data(data):
-                if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
-                    answer.update((k.decode(), v.decode()) for k, v in event.headers)
-                if isinstance(event, h2.events.StreamEnded):
-                    return answer
-            sock.sendall(conn.data_to_send())
+    """One unary call over a raw HTTP/2 connection (gRPC clients do not let a test send any
+    ``grpc-timeout``); its response headers and trailers merged."""
+    with RawGrpc(port) as conn:
+        return conn.call(path, message, headers)
 
 
 def test_a_call_whose_deadline_has_passed_is_not_decided():

@@ -11,7 +11,6 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -19,6 +18,7 @@ import pytest
 import toolgate
 from conftest import EXAMPLES, limit, policy
 from grpc_health.v1 import health_pb2
+from h2_client import RawGrpc
 from sidecar import (
     PATIENCE,
     ConfigMapVolume,
@@ -176,28 +176,13 @@ def _not_serving(s: Sidecar) -> Any:
     return h if h in (NOT_SERVING, grpc.StatusCode.UNAVAILABLE) else None
 
 
-def open_held_call(s: Sidecar, request: bytes) -> tuple[grpc.Future, threading.Event]:
-    """Open a Decide call whose request message is held back until the returned event is set.
-
-    Decide is unary on the server; calling it as client-streaming lets the test keep the
-    message back while the call is already open on the server. A second call on the same
-    connection, answered, shows the server has taken in the held call's headers before it
-    (HTTP/2 frames arrive in order, and calls are handed to handlers in order).
-    """
-    channel = s.channel()
-    held = channel.stream_unary(
-        "/toolgate.v1.Decider/Decide", request_serializer=None, response_deserializer=None
-    )
-    send = threading.Event()
-
-    def requests() -> Iterator[bytes]:
-        send.wait(PATIENCE)
-        yield request
-
-    future = held.future(requests(), timeout=30)
-    s.raw("Decide", channel)(decider_pb2.DecideRequest(tool="describe_x").SerializeToString())
-    assert not future.done()
-    return future, send
+def open_held_call(s: Sidecar) -> tuple[RawGrpc, int]:
+    """Open a Decide call on a connection of its own, its message held back: the server has
+    read its headers (a PING sent after them is acknowledged), so the call is open there."""
+    conn = RawGrpc(s.port)
+    stream = conn.open("/toolgate.v1.Decider/Decide")
+    conn.ping()
+    return conn, stream
 
 
 def test_sigterm_finishes_the_call_in_flight_then_exits_0():
@@ -208,9 +193,13 @@ def test_sigterm_finishes_the_call_in_flight_then_exits_0():
         request = decider_pb2.DecideRequest(
             tool="create-ami", subject=decider_pb2.Subject(grant="g")
         ).SerializeToString()
-        in_flight, send = open_held_call(s, request)
-        try:
+        conn, stream = open_held_call(s)
+        with conn:
             s.signal(signal.SIGTERM)
+            # The held call's connection is told to open no more calls, as a graceful stop
+            # says: a GOAWAY without error that still counts the held call as taken.
+            last, error = conn.wait_goaway()
+            assert (error, last >= stream) == (0, True)
             wait_for(lambda: _not_serving(s))
             # New calls are refused, but the server waits for the open one.
             with pytest.raises(grpc.RpcError) as refused, toolgate.Client(s.target) as late:
@@ -220,12 +209,13 @@ def test_sigterm_finishes_the_call_in_flight_then_exits_0():
                 grpc.StatusCode.CANCELLED,
             )
             assert s.alive
-            assert not in_flight.done()
-        finally:
-            send.set()
-        answer = decider_pb2.DecideResponse.FromString(in_flight.result(timeout=PATIENCE))
-        assert (answer.verdict, answer.code) == (decider_pb2.ALLOW, decider_pb2.ALLOWED)
-        assert answer.limits[0].remaining == 29
+            assert stream not in conn.ended
+            conn.send(stream, request)
+            answer = conn.wait(stream)
+            assert answer.get("grpc-status") == "0", answer
+            reply = decider_pb2.DecideResponse.FromString(conn.bodies[stream][5:])
+        assert (reply.verdict, reply.code) == (decider_pb2.ALLOW, decider_pb2.ALLOWED)
+        assert reply.limits[0].remaining == 29
         assert s.wait(timeout=PATIENCE) == 0
         assert "stopping: NOT_SERVING" in s.stderr
         assert s.stderr.rstrip().endswith("stopped")
@@ -246,19 +236,17 @@ def test_sigterm_reports_not_serving_while_draining_then_exits_0():
 
 
 def test_sigterm_grace_expires_cancels_the_straggler_exits_0():
-    """A call still open when the grace period ends is cancelled, and the process exits 0
+    """A call still open when the grace period ends is cut off, and the process exits 0
     rather than hang."""
     with Sidecar(EXAMPLE, grace=1.0) as s:
-        straggler, send = open_held_call(s, b"")
-        try:
+        conn, stream = open_held_call(s)
+        with conn:
             s.signal(signal.SIGTERM)
             assert s.wait(timeout=PATIENCE) == 0
-            with pytest.raises(grpc.RpcError) as cut:
-                straggler.result(timeout=PATIENCE)
-            assert cut.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+            with pytest.raises(ConnectionError):
+                conn.wait(stream)
+            assert "grpc-status" not in conn.answers.get(stream, {})
             assert s.stderr.rstrip().endswith("stopped")
-        finally:
-            send.set()
 
 
 def test_sigterm_under_load_every_call_answered_or_refused():
