@@ -164,6 +164,20 @@ def fmt_ratio_ci(xs: list[float]) -> str:
 # --- parts ---------------------------------------------------------------------------------
 
 
+def metric_rows(runs, names, ratio_of: tuple[str, str] | None = None) -> list[str]:
+    """A table row per load and metric: each server's median, and with ``ratio_of`` the
+    median of that pair's per-run ratios."""
+    rows = []
+    for load, label in (("single", "one in flight"), ("saturated", "saturated")):
+        for attr in ("rps", "p50", "p99", "server_cpu_us"):
+            cells = [gb.show(attr, med(runs, load, n, attr)) for n in names]
+            if ratio_of:
+                cells.append(fmt_ratio(per_run_ratios(runs, load, *ratio_of, attr)))
+            metric = {"rps": "req/s", "server_cpu_us": "server CPU / call"}.get(attr, attr)
+            rows.append(f"| {label} | {metric} | " + " | ".join(cells) + " |")
+    return rows
+
+
 def part_floor(args, workdir: Path, body: Path, out: dict) -> list[str]:
     t = str(args.threads)
     servers: dict[str, gb.Server] = {}
@@ -199,11 +213,7 @@ def part_floor(args, workdir: Path, body: Path, out: dict) -> list[str]:
         "| load | metric | native | Rust floor |",
         "|---|---|---:|---:|",
     ]
-    for load, label in (("single", "one in flight"), ("saturated", "saturated")):
-        for attr in ("rps", "p50", "p99", "server_cpu_us"):
-            cells = [gb.show(attr, med(runs, load, n, attr)) for n in names]
-            metric = {"rps": "req/s", "server_cpu_us": "server CPU / call"}.get(attr, attr)
-            rows.append(f"| {label} | {metric} | " + " | ".join(cells) + " |")
+    rows += metric_rows(runs, names)
     p50 = per_run_ratios(runs, "single", "native", "floor-rust", "p50")
     sat = per_run_ratios(runs, "saturated", "native", "floor-rust", "rps")
     cpu = per_run_ratios(runs, "saturated", "native", "floor-rust", "server_cpu_us")
@@ -263,12 +273,7 @@ def part_before(args, workdir: Path, body: Path, out: dict) -> list[str]:
         "| load | metric | before | this build | this build / before (per run) |",
         "|---|---|---:|---:|---|",
     ]
-    for load, label in (("single", "one in flight"), ("saturated", "saturated")):
-        for attr in ("rps", "p50", "p99", "server_cpu_us"):
-            cells = [gb.show(attr, med(runs, load, n, attr)) for n in names]
-            ratio = fmt_ratio(per_run_ratios(runs, load, "this build", "before", attr))
-            metric = {"rps": "req/s", "server_cpu_us": "server CPU / call"}.get(attr, attr)
-            rows.append(f"| {label} | {metric} | " + " | ".join(cells) + f" | {ratio} |")
+    rows += metric_rows(runs, names, ratio_of=("this build", "before"))
     rss = {name: idle_rss_mib(args, workdir, exe) for name, exe in exes.items()}
     rows.append(f"| idle | VmRSS | {rss['before']:.1f} MiB | {rss['this build']:.1f} MiB | |")
     rows += ["", f"`--before {Path(args.before).name}`: the other build.", busy_line(runs)]

@@ -233,10 +233,9 @@ def serve(opts: ServeOptions) -> int:
             log.error("%s", err)
             approvals.stop(0)
             return 2
+    threads = opts.threads or available_cpus()
     try:
-        server = transport.start(
-            engine, opts.check, opts.listen, threads=opts.threads or available_cpus()
-        )
+        server = transport.start(engine, opts.check, opts.listen, threads=threads)
     except OSError as err:
         log.error("%s", err)
         approvals.stop(0)
@@ -272,7 +271,7 @@ def serve(opts: ServeOptions) -> int:
         "serving %s on %s (%d threads; metrics on %s), policy %s",
         ", ".join(transport.SERVICES),
         server.address,
-        opts.threads or available_cpus(),
+        threads,
         opts.metrics_listen or "off",
         opts.policy or "built-in deny-everything",
     )

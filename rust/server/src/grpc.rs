@@ -129,7 +129,8 @@ where
 }
 
 /// tonic answers a request message over the size limit OUT_OF_RANGE; gRPC's own servers
-/// answer RESOURCE_EXHAUSTED, as gRPC's status code guide asks. The status travels in a trailers-only response's headers.
+/// answer RESOURCE_EXHAUSTED, as gRPC's status code guide asks. The status travels in a
+/// trailers-only response's headers.
 pub fn size_limit_status<B>(mut response: http::Response<B>) -> http::Response<B> {
     let headers = response.headers_mut();
     let over_limit = headers.get("grpc-status").is_some_and(|v| v == "11")
