@@ -58,6 +58,14 @@ def make_engine(
     return toolgate.Engine(document, clock=clock or toolgate.ManualClock(START), **kwargs)
 
 
+def make_sidecar(
+    document: Any, clock: toolgate.ManualClock | None = None, **options: Any
+) -> toolgate._core.Sidecar:
+    """A sidecar (not serving) on a manual clock (a fresh one at START unless given), with
+    ``options`` (``Sidecar``'s)."""
+    return toolgate._core.Sidecar(document, clock=clock or toolgate.ManualClock(START), **options)
+
+
 def errors_of(load: Any, *args: Any) -> list[tuple[str, int | None, str]]:
     """Call ``load(*args)``, which must raise PolicyError, and return its errors as
     ``(pointer, line, message)`` tuples."""

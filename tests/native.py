@@ -1,27 +1,32 @@
-"""An engine the test holds, served by the native data plane in this process on 127.0.0.1
-(the server ``toolgate serve`` runs): for tests that drive gRPC messages at an engine they
-set up themselves, without a subprocess."""
+"""A sidecar the test assembles (the one ``toolgate serve`` runs), served in this process on
+127.0.0.1: for tests that drive gRPC messages at a policy, clock and decision log they set
+up themselves, without a subprocess."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
-from toolgate._core import Engine
-from toolgate.sidecar import transport
-from toolgate.sidecar.envoy_authz import CheckSettings
+from toolgate._core import Engine, Sidecar
 
 DECIDE = "/toolgate.v1.Decider/Decide"
 RELEASE = "/toolgate.v1.Decider/Release"
 CHECK = "/envoy.service.auth.v3.Authorization/Check"
 
-# One server per engine, kept for the session (an engine lives as long as its test module).
-_served: dict[int, tuple[Engine, object, grpc.Channel]] = {}
+# Each served sidecar and a channel to it, by its engine (kept for the session: a sidecar
+# lives as long as its test or module).
+_served: dict[int, tuple[Sidecar, grpc.Channel]] = {}
+
+
+def served(policy: Any, **options: Any) -> Sidecar:
+    """A sidecar on ``policy`` with ``options`` (``Sidecar``'s), answering on 127.0.0.1."""
+    sidecar = Sidecar(policy, listen="127.0.0.1:0", **options)
+    _served[id(sidecar.engine)] = (sidecar, grpc.insecure_channel(sidecar.serve()))
+    return sidecar
 
 
 def call(engine: Engine, method: str, request: bytes) -> bytes:
-    """Send ``request`` (a serialized message) to ``method`` of ``engine``'s server and return
-    the serialized answer; grpc.RpcError for an error status."""
-    if id(engine) not in _served:
-        server = transport.start(engine, CheckSettings(), "127.0.0.1:0", threads=1)
-        _served[id(engine)] = (engine, server, grpc.insecure_channel(server.address))
-    channel = _served[id(engine)][2]
-    return channel.unary_unary(method)(request, timeout=30)
+    """Send ``request`` (a serialized message) to ``method`` of the served sidecar whose
+    engine is ``engine``, and return the serialized answer; grpc.RpcError for an error
+    status."""
+    return _served[id(engine)][1].unary_unary(method)(request, timeout=30)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import toolgate
-from conftest import limit, make_engine, policy
+from conftest import limit, make_sidecar, policy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from toolgate.sidecar.approvals.grant_labels import GrantLabels, load_key
@@ -41,9 +41,17 @@ class Setup:
     def __init__(self, dir: Path, clock: toolgate.ManualClock | None = None) -> None:
         self.dir = dir
         self.clock = clock or toolgate.ManualClock(1000.0)
-        self.engine = make_engine(DOC, clock=self.clock)
         self.labels = GrantLabels(load_key(dir / "grant.key"))
-        self.approvals = self.engine.enable_approvals(dir / "approvals.table", key=self.labels.key)
+        self.sidecar = make_sidecar(
+            DOC,
+            clock=self.clock,
+            approvals_table=dir / "approvals.table",
+            approvals_key=self.labels.key,
+        )
+        self.engine = self.sidecar.engine
+        approvals = self.sidecar.take_approvals()
+        assert approvals is not None
+        self.approvals = approvals
         self.store = ApprovalStore(dir / "approvals.db")
 
     def call(self, tool: str = "terminate", grant: str = "g", **args: Any) -> toolgate.Decision:

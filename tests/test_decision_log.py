@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import toolgate
-from conftest import cond, limit, make_engine, policy
+from conftest import cond, limit, make_sidecar, policy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sidecar import PATIENCE, Sidecar, toolgate_cli
@@ -66,22 +66,24 @@ def lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for f in log_files(path) for line in f.read_text().splitlines()]
 
 
-def logging_engine(path: Path, **kwargs: Any) -> toolgate.Engine:
-    engine = make_engine(DOC)
-    engine.enable_decision_log(path, grant_key=KEY, **kwargs)
-    return engine
+def logging_sidecar(path: Path, **options: Any) -> toolgate._core.Sidecar:
+    """A sidecar on DOC (not serving) writing its decisions to ``path``; ``options`` are
+    ``Sidecar``'s ``decision_log_*`` ones, without the prefix."""
+    options = {f"decision_log_{k}": v for k, v in options.items()}
+    return make_sidecar(DOC, decision_log=path, grant_key=KEY, **options)
 
 
 def test_each_decision_is_a_line_with_the_documented_fields(tmp_path):
     path = tmp_path / "decisions.jsonl"
-    engine = logging_engine(path)
+    engine_sidecar = logging_sidecar(path)
+    engine = engine_sidecar.engine
     allowed = engine.decide(
         "pay", grant="sk-live-secret", session="s1", arguments={"amount": 5, "to": "acct-9"}
     )
     denied = engine.decide("pay", grant="sk-live-secret", arguments={"amount": 500, "to": "x"})
     engine.decide("nope", agent="bot")
     engine.decide("pay", grant="g", arguments={"amount": 1}, dry_run=True)
-    assert engine.sync_decision_log(PATIENCE)
+    assert engine_sidecar.sync_decision_log(PATIENCE)
     first, second, third = lines(path)  # the dry run authorizes nothing: not logged
     assert set(first) == FIELDS
     assert (first["seq"], first["prev"]) == (1, GENESIS)
@@ -99,12 +101,13 @@ def test_each_decision_is_a_line_with_the_documented_fields(tmp_path):
 
 def test_argument_values_and_credentials_stay_out(tmp_path):
     path = tmp_path / "decisions.jsonl"
-    engine = logging_engine(path)
+    engine_sidecar = logging_sidecar(path)
+    engine = engine_sidecar.engine
     args = {"amount": 5, "currency": "EUR", "to": "acct-9", "memo": "private note"}
     engine.decide("pay", grant="sk-live-secret", arguments=args)
     engine.decide("lookup", grant="sk-live-secret", arguments={"q": "private query"})
     engine.decide("lookup", grant="alice@example.com", grant_verified=True)
-    assert engine.sync_decision_log(PATIENCE)
+    assert engine_sidecar.sync_decision_log(PATIENCE)
     text = path.read_text()
     for secret in ("sk-live-secret", "acct-9", "private note", "private query"):
         assert secret not in text
@@ -141,12 +144,13 @@ def test_agent_text_is_written_inert(tmp_path):
     holds its unsafe characters as JSON escapes, so a person reading the log with ``tail``
     or ``less`` sees them and nothing acts on them; the JSON reads back as sent."""
     path = tmp_path / "decisions.jsonl"
-    engine = logging_engine(path)
+    engine_sidecar = logging_sidecar(path)
+    engine = engine_sidecar.engine
     t = AGENT_TEXT
     arguments = {"amount": 5, "currency": t, t: 1}
     engine.decide("pay", grant="g", session=t, agent=t, arguments=arguments)
     engine.decide(t, server=t, grant=t, grant_verified=True, arguments={t: t})
-    assert engine.sync_decision_log(PATIENCE)
+    assert engine_sidecar.sync_decision_log(PATIENCE)
     raw = path.read_text()
     assert raw.count("\n") == 2 and unsafe_characters(raw.replace("\n", "")) == []
     pay, other = lines(path)
@@ -167,28 +171,31 @@ def test_log_paths_must_be_argument_paths():
 
 def test_the_denials_filter_keeps_everything_but_plain_allows(tmp_path):
     path = tmp_path / "decisions.jsonl"
-    engine = logging_engine(path, filter="denials")
+    engine_sidecar = logging_sidecar(path, filter="denials")
+    engine = engine_sidecar.engine
     engine.decide("lookup", grant="g")
     engine.decide("pay", grant="g", arguments={"amount": 500})
     engine.decide("terminate", grant="g")
-    assert engine.sync_decision_log(PATIENCE)
+    assert engine_sidecar.sync_decision_log(PATIENCE)
     assert [line["code"] for line in lines(path)] == ["CONDITION_FAILED", "APPROVAL_REQUIRED"]
     with pytest.raises(ValueError):
-        make_engine(DOC).enable_decision_log(tmp_path / "x", grant_key=KEY, filter="some")
+        logging_sidecar(tmp_path / "x", filter="some")
 
 
 def test_the_chain_goes_on_across_rotations_and_restarts(tmp_path):
     path = tmp_path / "decisions.jsonl"
-    engine = logging_engine(path, rotate_bytes=2000)
+    engine_sidecar = logging_sidecar(path, rotate_bytes=2000)
+    engine = engine_sidecar.engine
     for i in range(40):
         engine.decide("lookup", grant=f"g{i}")
-    assert engine.sync_decision_log(PATIENCE)
-    del engine
+    assert engine_sidecar.sync_decision_log(PATIENCE)
+    del engine, engine_sidecar
     assert len(log_files(path)) > 3, "rotated"
-    restarted = logging_engine(path, rotate_bytes=2000)
+    restarted_sidecar = logging_sidecar(path, rotate_bytes=2000)
+    restarted = restarted_sidecar.engine
     for i in range(10):
         restarted.decide("lookup", grant=f"h{i}")
-    assert restarted.sync_decision_log(PATIENCE)
+    assert restarted_sidecar.sync_decision_log(PATIENCE)
     result = verify(log_files(path))
     assert (result.problem, result.lines, result.decisions) == (None, 50, 50)
     assert [line["seq"] for line in lines(path)] == list(range(1, 51))
@@ -203,10 +210,11 @@ def test_every_decision_is_written_or_counted_as_dropped(tmp_path):
     """A queue of one against a burst: what the writer could not take is counted, noted in
     the log, and the chain stays whole."""
     path = tmp_path / "decisions.jsonl"
-    engine = logging_engine(path, queue=1)
+    engine_sidecar = logging_sidecar(path, queue=1)
+    engine = engine_sidecar.engine
     for i in range(5000):
         engine.decide("lookup", grant=f"g{i % 7}")
-    assert engine.sync_decision_log(PATIENCE)
+    assert engine_sidecar.sync_decision_log(PATIENCE)
     stats = engine.stats()
     result = verify(log_files(path))
     assert result.problem is None
@@ -227,17 +235,19 @@ def chain_line(previous: bytes, size: int) -> bytes:
 @pytest.mark.parametrize("size", [64 * 1024, 1024 * 1024])
 def test_a_restart_goes_on_from_a_last_line_of_any_length(tmp_path, size):
     path = tmp_path / "decisions.jsonl"
-    engine = logging_engine(path)
+    engine_sidecar = logging_sidecar(path)
+    engine = engine_sidecar.engine
     engine.decide("lookup", grant="g")
-    assert engine.sync_decision_log(PATIENCE)
-    del engine
+    assert engine_sidecar.sync_decision_log(PATIENCE)
+    del engine, engine_sidecar
     last = path.read_bytes().splitlines()[-1]
     with path.open("ab") as f:
         f.write(chain_line(last, size) + b"\n")
-    restarted = make_engine(DOC)
-    assert restarted.enable_decision_log(path, grant_key=KEY) is None
+    restarted_sidecar = logging_sidecar(path)
+    assert restarted_sidecar.decision_log_break is None
+    restarted = restarted_sidecar.engine
     restarted.decide("lookup", grant="g")
-    assert restarted.sync_decision_log(PATIENCE)
+    assert restarted_sidecar.sync_decision_log(PATIENCE)
     assert [line["seq"] for line in lines(path)] == [1, 2, 3]
     result = verify(log_files(path))
     assert (result.problem, result.breaks) == (None, [])
@@ -258,11 +268,12 @@ def test_a_restart_after_an_unreadable_end_notes_a_break_and_goes_on(tmp_path, e
     is not started over. The restarted sidecar goes on from the last line of the chain, after
     a break line that names the bytes in between exactly; verify reports where they are."""
     path = tmp_path / "decisions.jsonl"
-    engine = logging_engine(path)
+    engine_sidecar = logging_sidecar(path)
+    engine = engine_sidecar.engine
     for i in range(3):
         engine.decide("lookup", grant=f"g{i}")
-    assert engine.sync_decision_log(PATIENCE)
-    del engine
+    assert engine_sidecar.sync_decision_log(PATIENCE)
+    del engine, engine_sidecar
     raw = path.read_bytes()
     last = raw.splitlines()[-1]
     if end.startswith("cut"):
@@ -270,11 +281,12 @@ def test_a_restart_after_an_unreadable_end_notes_a_break_and_goes_on(tmp_path, e
     unreadable = UNREADABLE_ENDS[end](last)
     path.write_bytes(raw + unreadable)
     good = raw.count(b"\n")
-    restarted = make_engine(DOC)
-    note = restarted.enable_decision_log(path, grant_key=KEY)
+    restarted_sidecar = logging_sidecar(path)
+    note = restarted_sidecar.decision_log_break
+    restarted = restarted_sidecar.engine
     assert note is not None and f"after seq {good} " in note and str(path) in note, note
     restarted.decide("lookup", grant="h")
-    assert restarted.sync_decision_log(PATIENCE)
+    assert restarted_sidecar.sync_decision_log(PATIENCE)
     after = path.read_bytes()[len(raw + unreadable) :].splitlines()
     if not unreadable.endswith(b"\n"):
         assert after[0] == b"", "the cut line is ended before the break line"
@@ -314,7 +326,7 @@ def test_a_file_that_is_not_a_decision_log_is_not_appended_to(tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text("some notes\nof someone's\n")
     with pytest.raises(OSError, match=r"notes\.txt: no line of it is a decision-log line"):
-        make_engine(DOC).enable_decision_log(path, grant_key=KEY)
+        logging_sidecar(path)
     assert path.read_text() == "some notes\nof someone's\n"
 
 
@@ -328,8 +340,8 @@ def test_a_stalled_sink_holds_few_bytes_whatever_the_arguments(tmp_path):
     os.mkfifo(pipe)
     reader = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)
     bound = 256 * 1024
-    engine = make_engine(DOC)
-    engine.enable_decision_log(pipe, grant_key=KEY, queue_bytes=bound)
+    engine_sidecar = logging_sidecar(pipe, queue_bytes=bound)
+    engine = engine_sidecar.engine
     big = {f"k{i:04}": "v" * 100 for i in range(1000)}
     calls = 3000
     most = 0
@@ -346,9 +358,9 @@ def test_a_stalled_sink_holds_few_bytes_whatever_the_arguments(tmp_path):
     out = bytearray()
     drain = threading.Thread(target=read_to_end, args=(reader, out), daemon=True)
     drain.start()
-    assert engine.sync_decision_log(PATIENCE)
+    assert engine_sidecar.sync_decision_log(PATIENCE)
     assert engine.stats()["log_queued"] == 0
-    del engine
+    del engine, engine_sidecar
     drain.join(PATIENCE)
     os.close(reader)
     written = tmp_path / "written.jsonl"
@@ -370,10 +382,11 @@ def read_to_end(fd: int, out: bytearray) -> None:
 @pytest.fixture(scope="module")
 def written_log(tmp_path_factory) -> list[bytes]:
     path = tmp_path_factory.mktemp("log") / "decisions.jsonl"
-    engine = logging_engine(path)
+    engine_sidecar = logging_sidecar(path)
+    engine = engine_sidecar.engine
     for i in range(12):
         engine.decide("pay", grant=f"g{i}", arguments={"amount": i * 20})
-    assert engine.sync_decision_log(PATIENCE)
+    assert engine_sidecar.sync_decision_log(PATIENCE)
     return path.read_bytes().splitlines(keepends=True)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import native
 import toolgate
-from conftest import cond, limit, make_engine, policy
+from conftest import START, cond, limit, policy
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -45,10 +45,10 @@ AMOUNT = st.integers(10**6, 10**9).map(lambda n: -(n + 0.371))
 HUGE = st.integers(2**53 + 1, 2**60)
 
 
-def logging_engine(path: Path) -> toolgate.Engine:
-    engine = make_engine(DOC)
-    engine.enable_decision_log(path, grant_key=KEY)
-    return engine
+def logging_sidecar(path: Path) -> toolgate._core.Sidecar:
+    """A sidecar on DOC, served, writing its decisions to ``path``."""
+    clock = toolgate.ManualClock(START)
+    return native.served(DOC, clock=clock, decision_log=path, grant_key=KEY)
 
 
 def decide_wire(engine: toolgate.Engine, tool: str, arguments: bytes) -> pb.DecideResponse:
@@ -92,7 +92,8 @@ def lines(path: Path) -> list[dict[str, Any]]:
 )
 def test_argument_values_are_never_logged(tmp_path_factory, tokens, amount, huge, data):
     path = tmp_path_factory.mktemp("privacy") / "decisions.jsonl"
-    engine = logging_engine(path)
+    sidecar = logging_sidecar(path)
+    engine = sidecar.engine
     *strings, shown = tokens
     s1, s2, s3, s4, k1, k2 = strings
     # The values in random places: top level, nested, in an array, under a nested key.
@@ -139,7 +140,7 @@ def test_argument_values_are_never_logged(tmp_path_factory, tokens, amount, huge
     check(engine, cut[:-3], headers={"content-length": str(len(cut))})
     check(engine, call_body("ok", f'{{"a": "{s1}"')[:-2])  # not JSON
 
-    assert engine.sync_decision_log(PATIENCE)
+    assert sidecar.sync_decision_log(PATIENCE)
     text = path.read_text()
     logged = lines(path)
     assert len(logged) == 9 + 8 + 7, "every decision is logged"
@@ -158,7 +159,8 @@ def test_refusals_name_the_caller_and_tool_where_known(tmp_path):
     a Check's session, agent and server, and its body's tool when the body was read that far;
     for a credential that is not one, everything but the credential."""
     path = tmp_path / "decisions.jsonl"
-    engine = logging_engine(path)
+    sidecar = logging_sidecar(path)
+    engine = sidecar.engine
     subject = pb.Subject(grant="g", session="s-9", agent="bot-9")
     request = pb.DecideRequest(tool="ok", server="srv", subject=subject, arguments_json=b"[1]")
     native.call(engine, native.DECIDE, request.SerializeToString())
@@ -168,7 +170,7 @@ def test_refusals_name_the_caller_and_tool_where_known(tmp_path):
     check(engine, call_body("ok", "{}"), headers={"authorization": "Basic abc"})
     cut = call_body("ok", "{}")
     check(engine, cut, headers={"content-length": str(len(cut) + 1)})
-    assert engine.sync_decision_log(PATIENCE)
+    assert sidecar.sync_decision_log(PATIENCE)
     logged = lines(path)
     assert {line["code"] for line in logged} == {"INVALID_REQUEST"}
     tools = [line["tool"] for line in logged]

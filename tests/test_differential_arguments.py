@@ -84,7 +84,7 @@ POLICY = policy(
 
 @pytest.fixture(scope="module")
 def engine() -> _core.Engine:
-    return _core.Engine(_core.Policy.from_dict(POLICY))
+    return native.served(_core.Policy.from_dict(POLICY)).engine
 
 
 def decide_wire(engine: _core.Engine, text: bytes) -> pb.DecideResponse:

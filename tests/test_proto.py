@@ -32,11 +32,10 @@ def test_rust_and_python_agree_on_the_wire() -> None:
     """A request built by the generated Python code is decided by the Rust server, and its
     response parses back with every field set."""
     import grpc
-    from native import DECIDE, RELEASE, call
-    from toolgate import Engine
+    from native import DECIDE, RELEASE, call, served
     from toolgate.v1 import decider_pb2
 
-    engine = Engine(
+    engine = served(
         {
             "version": "1",
             "tools": {
@@ -54,7 +53,7 @@ def test_rust_and_python_agree_on_the_wire() -> None:
                 }
             },
         }
-    )
+    ).engine
     request = decider_pb2.DecideRequest(
         server="billing",
         tool="pay",

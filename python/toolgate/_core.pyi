@@ -31,9 +31,9 @@ __all__ = [
     "Explanation",
     "LimitState",
     "ManualClock",
-    "NativeServer",
     "Policy",
     "PolicyError",
+    "Sidecar",
     "ValidationError",
     "__revision__",
     "__version__",
@@ -248,7 +248,6 @@ class Engine:
         capacity: int = ...,
         reservations: int = ...,
         clock: ManualClock | None = None,
-        max_argument_bytes: int = ...,
     ) -> Engine: ...
     @staticmethod
     def from_file(
@@ -257,7 +256,6 @@ class Engine:
         capacity: int = ...,
         reservations: int = ...,
         clock: ManualClock | None = None,
-        max_argument_bytes: int = ...,
     ) -> Engine: ...
     def decide(
         self,
@@ -293,66 +291,9 @@ class Engine:
     ) -> Explanation:
         """Decide as ``decide`` does, through the same code, and say how. A dry run unless
         ``dry_run=False`` (then it counts, as a decision does)."""
-    def enable_approvals(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        key: bytes,
-        capacity: int = 4096,
-        queue: int = 4096,
-        pending_per_grant: int = ...,
-        pending_per_rule: int = ...,
-        preview_bytes: int = ...,
-    ) -> Approvals:
-        """Run human approvals, with the approvals table in the file ``path`` (made if
-        missing; it outlives the process; one of another layout version is set aside). ``key``
-        (32 bytes or more) keys every digest of a call. At most
-        ``pending_per_grant`` pending approvals per grant and ``pending_per_rule`` per rule;
-        approvers see the first ``preview_bytes`` of a call's arguments. Once per engine."""
-    def enable_decision_log(
-        self,
-        path: str | os.PathLike[str] | None,
-        *,
-        grant_key: bytes,
-        filter: str = "all",
-        rotate_bytes: int = 0,
-        queue: int = ...,
-        queue_bytes: int = ...,
-    ) -> str | None:
-        """Write decisions as hash-chained JSON lines to ``path`` (None: stdout) from a
-        writer thread; ``filter`` is ``all`` or ``denials``; grants hashed under
-        ``grant_key``. The writer's queue holds at most ``queue`` records and
-        ``queue_bytes`` bytes of them (what waits: ``stats()["log_queued"]`` and
-        ``["log_queued_bytes"]``); more are dropped, counted and noted in the log. Once per
-        engine. Returns what the log held after its last line of the chain (a line cut by a
-        crash...), now accounted for by a break line, or None. OSError if it cannot be
-        opened or is not a decision log."""
-    def decision_log_head(self) -> tuple[int, str] | None:
-        """``(seq, sha256)`` of the decision log's last line (None without a log)."""
-    def sync_decision_log(self, timeout: float) -> bool:
-        """Wait until every decision logged so far is written out; False on timeout."""
     def refuse(self, reason: str) -> Decision:
         """An INVALID_REQUEST decision for a request that cannot be decided (counted)."""
     def release(self, reservation: int) -> bool: ...
-    def use_store(
-        self,
-        url: str,
-        *,
-        prefix: str = ...,
-        timeout_ms: int = ...,
-        unavailable: Literal["deny", "local"] = "deny",
-        connect_wait: float = 2.0,
-        clock: Literal["redis", "engine"] = "redis",
-        mode: Literal["exact", "cached"] = "exact",
-        flush_ms: int = ...,
-    ) -> bool:
-        """Count on Redis instead of this engine's table (every engine on the same Redis and
-        prefix shares one count). A decision waits at most ``timeout_ms`` for Redis; past
-        that it is STORE_UNAVAILABLE (``unavailable="deny"``) or counted in this engine's
-        table (``"local"``). ``mode="cached"`` decides on a local copy merged with Redis
-        every ``flush_ms`` (no round trip per decision; docs/redis.md bounds its overshoot).
-        Returns whether the first connection was made within ``connect_wait`` seconds."""
-    def set_per_tool_metrics(self, enabled: bool) -> None: ...
     def reload(self, policy: PolicySource) -> str: ...
     @property
     def revision(self) -> str: ...
@@ -382,24 +323,77 @@ class EnvoyAuthz:
         Envoy's body limit. ValueError for a bad setting."""
 
 @final
-class NativeServer:
-    """The native data plane: tonic on threads of its own, serving every service on one
-    listener; no Python runs while it answers."""
+class Sidecar:
+    """The sidecar, assembled in one step from its options: an engine, where it counts, its
+    decision log and approvals, and the server that answers on them (``serve()``)."""
 
     def __new__(
         cls,
-        engine: Engine,
-        authz: EnvoyAuthz,
-        listen: str,
+        policy: PolicySource,
         *,
-        threads: int,
+        capacity: int = ...,
+        reservations: int = ...,
+        max_argument_bytes: int = ...,
+        per_tool_metrics: bool = False,
+        store: str | None = None,
+        store_prefix: str = ...,
+        store_timeout_ms: int = ...,
+        store_unavailable: Literal["deny", "local"] = "deny",
+        store_mode: Literal["exact", "cached"] = "exact",
+        store_flush_ms: int = ...,
+        store_connect_wait: float = 2.0,
+        store_clock: Literal["redis", "engine"] = "redis",
+        decision_log: str | os.PathLike[str] | None = None,
+        grant_key: bytes = ...,
+        decision_log_filter: Literal["all", "denials"] = "all",
+        decision_log_rotate_bytes: int = 0,
+        decision_log_queue: int = ...,
+        decision_log_queue_bytes: int = ...,
+        approvals_table: str | os.PathLike[str] | None = None,
+        approvals_key: bytes = ...,
+        approvals_capacity: int = 4096,
+        approvals_queue: int = 4096,
+        pending_per_grant: int = ...,
+        pending_per_rule: int = ...,
+        preview_bytes: int = ...,
+        listen: str | None = None,
+        threads: int = 1,
+        authz: EnvoyAuthz | None = None,
         descriptors: list[bytes] = ...,
         max_message_bytes: int = ...,
-    ) -> NativeServer:
-        """Bind ``listen`` (``HOST:PORT`` or ``unix:PATH``) and serve, NOT_SERVING until told
-        otherwise. ValueError for a bad address, OSError if it cannot bind."""
+        clock: ManualClock | None = None,
+    ) -> Sidecar:
+        """Counts in a table of ``capacity`` slots, or on Redis at ``store`` (``redis://``,
+        ``rediss://``, ``redis+sentinel://``): a decision waits at most ``store_timeout_ms``,
+        then is STORE_UNAVAILABLE (``store_unavailable="deny"``) or counted in the table
+        (``"local"``); ``store_mode="cached"`` decides on a local copy merged every
+        ``store_flush_ms`` (docs/redis.md). Writes decisions as hash-chained JSON lines to
+        ``decision_log`` (``-``: stdout), grants hashed under ``grant_key``; its queue holds
+        at most ``decision_log_queue`` records and ``decision_log_queue_bytes`` bytes (more
+        are dropped, counted and noted in the log). Runs approvals with their table in the
+        file ``approvals_table`` (made if missing; it outlives the process; one of another
+        layout version is set aside), every digest of a call keyed with ``approvals_key``
+        (32 bytes or more). ``serve()`` binds ``listen`` (``HOST:PORT`` or ``unix:PATH``)
+        with ``threads`` serving threads. ValueError for wrong options, OSError for a file
+        that cannot be opened."""
     @property
-    def address(self) -> str: ...
+    def engine(self) -> Engine: ...
+    @property
+    def store_connected(self) -> bool:
+        """Whether the counter store was reached within ``store_connect_wait``."""
+    def take_approvals(self) -> Approvals | None:
+        """The approvals, for the control plane (None without ``approvals_table``); once."""
+    @property
+    def decision_log_break(self) -> str | None:
+        """What the log held after its last line of the chain when it was opened (a line
+        cut by a crash...), now accounted for by a break line; None: nothing."""
+    def decision_log_head(self) -> tuple[int, str] | None:
+        """``(seq, sha256)`` of the decision log's last line (None without a log)."""
+    def sync_decision_log(self, timeout: float) -> bool:
+        """Wait until every decision logged so far is written out; False on timeout."""
+    def serve(self) -> str:
+        """Bind and answer calls, NOT_SERVING until told otherwise; the address it
+        listens on. ValueError without ``listen``, OSError if it cannot bind."""
     def set_serving(self, serving: bool) -> None:
         """SERVING or NOT_SERVING on grpc.health.v1; calls are answered either way."""
     def stop(self, grace: float) -> None:
@@ -431,7 +425,7 @@ def read_maxmemory_policy(
 
 @final
 class Approvals:
-    """An engine's approvals (from ``Engine.enable_approvals``): the control plane drains
+    """A sidecar's approvals (from ``Sidecar.take_approvals``): the control plane drains
     their news, reconciles the table with its store, and records approvers' decisions."""
 
     def next_events(self, timeout: float, limit: int = 256) -> list[dict[str, Any]]:

@@ -2,10 +2,11 @@
 
 One process: the ``toolgate.v1.Decider`` gRPC service, Envoy's ext_authz, ext_proc and rate
 limit services, ``grpc.health.v1.Health`` and server reflection on one address, served by the
-Rust data plane (one thread per CPU, toolgate.sidecar.transport); Prometheus ``/metrics`` on
-another; hot reload of the policy file on change and on SIGHUP; and a graceful stop on SIGTERM
-(NOT_SERVING for a drain period while still answering, then refuse new calls, finish
-in-flight ones, exit 0). Python owns all of this; no Python runs per call.
+sidecar the extension assembles (one serving thread per CPU, toolgate.sidecar.assembly);
+Prometheus ``/metrics`` on another; hot reload of the policy file on change and on SIGHUP;
+and a graceful stop on SIGTERM (NOT_SERVING for a drain period while still answering, then
+refuse new calls, finish in-flight ones, exit 0). Python owns all of this; no Python runs
+per call.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from pathlib import Path
 
-from toolgate._core import Engine, Policy
-from toolgate.sidecar import logs, transport
+from toolgate._core import Engine, Policy, Sidecar
+from toolgate.sidecar import logs
 from toolgate.sidecar.addresses import check_listen, parse_host_port
-from toolgate.sidecar.approvals.runtime import ApprovalRuntime
+from toolgate.sidecar.approvals.grant_labels import GrantLabels, load_key
+from toolgate.sidecar.approvals.runtime import ApprovalRuntime, StateDir
+from toolgate.sidecar.assembly import SERVICES, assemble
 from toolgate.sidecar.cpus import available_cpus
 from toolgate.sidecar.metrics import ReloadCounts, serve_metrics
 from toolgate.sidecar.options import ServeOptions
@@ -31,33 +33,14 @@ log = logging.getLogger("toolgate.serve")
 DENY_EVERYTHING = {"version": "1", "default": "deny"}
 
 
-def decision_log_path(opts: ServeOptions) -> Path | None:
-    """Where the decision log is written (None: stdout)."""
-    assert opts.decision_log is not None
-    return None if opts.decision_log == "-" else Path(opts.decision_log)
-
-
-def enable_decision_log(engine: Engine, opts: ServeOptions, grant_key: bytes) -> None:
-    path = decision_log_path(opts)
-    restart_break = engine.enable_decision_log(
-        path,
-        grant_key=grant_key,
-        filter=opts.decision_log_filter,
-        rotate_bytes=opts.decision_log_rotate_bytes,
-    )
-    log.info("decision log: %s (%s decisions)", path or "stdout", opts.decision_log_filter)
-    if restart_break is not None:
-        log.warning("decision log: %s", restart_break)
-
-
 #: Seconds between logging the decision log's head (while it changes).
 HEAD_EVERY = 60
 
 
-def log_head(engine: Engine, last: tuple[int, str] | None) -> tuple[int, str] | None:
+def log_head(sidecar: Sidecar, last: tuple[int, str] | None) -> tuple[int, str] | None:
     """Log the decision log's head if it moved: kept apart from the decision log (with the
     sidecar's own logs), it anchors the chain for ``toolgate log verify --head``."""
-    head = engine.decision_log_head()
+    head = sidecar.decision_log_head()
     if head is not None and head != last and head[0] > 0:
         log.info("decision log head %d:%s", *head)
     return head
@@ -82,24 +65,10 @@ def redact(url: str) -> str:
     return url
 
 
-#: The store URLs ``--store`` takes besides ``local``.
-STORE_SCHEMES = ("redis://", "rediss://", "redis+sentinel://")
-
-
-def use_store(engine: Engine, opts: ServeOptions) -> None:
-    """Count on ``--store`` (Redis) instead of this process's table."""
-    if opts.store_timeout_ms < 1:
-        raise ValueError("--store-timeout-ms must be at least 1")
-    connected = engine.use_store(
-        opts.store,
-        prefix=opts.store_prefix,
-        timeout_ms=opts.store_timeout_ms,
-        unavailable=opts.store_unavailable,
-        mode=opts.store_mode,
-        flush_ms=opts.store_flush_ms,
-    )
+def report_store(sidecar: Sidecar, opts: ServeOptions) -> None:
+    """Say where limits are counted, and what happens while Redis is unreachable."""
     where = redact(opts.store)
-    if connected:
+    if sidecar.store_connected:
         log.info("counting on %s (%s mode, prefix %r)", where, opts.store_mode, opts.store_prefix)
     else:
         log.warning(
@@ -165,34 +134,45 @@ def serve(opts: ServeOptions) -> int:
         raise ValueError("--reload-settle must not be negative")
     if opts.threads is not None and opts.threads < 1:
         raise ValueError("--threads must be at least 1")
-    if opts.store != "local" and not opts.store.startswith(STORE_SCHEMES):
-        raise ValueError(
-            "--store is local, redis://HOST:PORT/DB, rediss://HOST:PORT/DB or "
-            f"redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE/DB, got {redact(opts.store)!r}"
-        )
-    if opts.store_timeout_ms < 1:
-        raise ValueError("--store-timeout-ms must be at least 1")
-    if opts.store_flush_ms < 1:
-        raise ValueError("--store-flush-ms must be at least 1")
     if not opts.store_eviction_check_interval > 0:  # also refuses NaN
         raise ValueError("--store-eviction-check-interval must be positive")
     policy, loaded = load_policy(opts)
-    engine = Engine(
-        policy,
-        capacity=opts.capacity,
-        reservations=opts.reservations,
-        max_argument_bytes=opts.max_argument_bytes,
-    )
-    engine.set_per_tool_metrics(opts.metrics_per_tool)
+    state = StateDir(opts.approvals.state_dir)
+    try:
+        labels = GrantLabels(load_key(state.key))
+        threads = opts.threads or available_cpus()
+        sidecar = assemble(
+            policy, opts, threads=threads, key=labels.key, approvals_table=state.table
+        )
+    except OSError as err:
+        log.error("%s", err)
+        state.remove_if_temporary()
+        return 2
+    except BaseException:
+        state.remove_if_temporary()
+        raise
+    engine = sidecar.engine
     logs.configure(opts.log_format, opts.log_level, lambda: engine.revision)
     eviction = None
     if opts.store != "local":
-        eviction = watch_eviction(opts)
-        use_store(engine, opts)
+        try:
+            eviction = watch_eviction(opts)
+        except BaseException:
+            state.remove_if_temporary()
+            raise
+        report_store(sidecar, opts)
     if opts.policy is None:
         log.warning("no --policy given: serving the built-in deny-everything policy")
     else:
         warn_self_asserted(opts.policy, policy, opts.check.agent_claim is not None)
+    if opts.decision_log is not None:
+        log.info(
+            "decision log: %s (%s decisions)",
+            "stdout" if opts.decision_log == "-" else opts.decision_log,
+            opts.decision_log_filter,
+        )
+        if sidecar.decision_log_break is not None:
+            log.warning("decision log: %s", sidecar.decision_log_break)
 
     reloads = ReloadCounts()
     watcher = None
@@ -221,21 +201,18 @@ def serve(opts: ServeOptions) -> int:
             signal.SIGHUP, lambda *_: log.warning("SIGHUP ignored: no --policy file to reload")
         )
 
+    # The approvals are put in order (reconciled with their durable store) before the first
+    # call is decided.
+    taken = sidecar.take_approvals()
+    assert taken is not None
     try:
-        approvals = ApprovalRuntime(engine, opts.approvals)
+        approvals = ApprovalRuntime(taken, state, labels, opts.approvals)
     except (OSError, ValueError) as err:
         log.error("approvals: %s", err)
+        state.remove_if_temporary()
         return 2
-    if opts.decision_log is not None:
-        try:
-            enable_decision_log(engine, opts, approvals.labels.key)
-        except (OSError, ValueError) as err:
-            log.error("%s", err)
-            approvals.stop(0)
-            return 2
-    threads = opts.threads or available_cpus()
     try:
-        server = transport.start(engine, opts.check, opts.listen, threads=threads)
+        address = sidecar.serve()
     except OSError as err:
         log.error("%s", err)
         approvals.stop(0)
@@ -253,7 +230,7 @@ def serve(opts: ServeOptions) -> int:
             )
         except OSError as err:
             log.error("cannot serve metrics on %s: %s", opts.metrics_listen, err)
-            server.stop(0)
+            sidecar.stop(0)
             approvals.stop(0)
             return 2
         registry.register(approvals.collector())
@@ -265,12 +242,12 @@ def serve(opts: ServeOptions) -> int:
         watcher.start()
     # Calls are answered from the moment the port is bound; health says SERVING once the
     # metrics and the policy watcher are up too.
-    server.set_serving(True)
+    sidecar.set_serving(True)
 
     log.info(
         "serving %s on %s (%d threads; metrics on %s), policy %s",
-        ", ".join(transport.SERVICES),
-        server.address,
+        ", ".join(SERVICES),
+        address,
         threads,
         opts.metrics_listen or "off",
         opts.policy or "built-in deny-everything",
@@ -284,18 +261,18 @@ def serve(opts: ServeOptions) -> int:
         if opts.decision_log is not None:
             dropped = warn_of_drops(engine, dropped)
             if ticks % HEAD_EVERY == 0:
-                head = log_head(engine, head)
+                head = log_head(sidecar, head)
     # NOT_SERVING first, while still answering, so health checkers see it and proxies stop
     # sending; then refuse new calls and let in-flight ones finish.
     log.info("stopping: NOT_SERVING for %.1fs, then finishing in-flight calls", opts.drain)
-    server.set_serving(False)
+    sidecar.set_serving(False)
     stop.clear()
     stop.wait(opts.drain)
-    server.stop(opts.grace)
+    sidecar.stop(opts.grace)
     if opts.decision_log is not None:
-        if not engine.sync_decision_log(opts.grace):
+        if not sidecar.sync_decision_log(opts.grace):
             log.error("the decision log could not be written out in %.1fs", opts.grace)
-        log_head(engine, head)
+        log_head(sidecar, head)
     approvals.stop(opts.grace)
     if eviction is not None:
         eviction.stop()

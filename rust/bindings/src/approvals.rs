@@ -6,16 +6,18 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use std::sync::Arc;
 use std::time::Duration;
-use toolgate_core::approval::{
-    ApprovalEvent, ApprovalEvents, ApprovalId, ApprovalKey, Owner, Slot, State,
-};
-use toolgate_core::Engine;
+use toolgate_core::approval::{ApprovalEvent, ApprovalId, ApprovalKey, Owner};
+use toolgate_core::Clock;
+use toolgate_runtime::approvals::table::{ApprovalTable, Slot, State};
+use toolgate_runtime::approvals::{ApprovalEvents, Approvals};
 
-/// The approvals of an engine (from `Engine.enable_approvals`).
+/// A sidecar's approvals (from `Sidecar.take_approvals`).
 #[pyclass(name = "Approvals", module = "toolgate._core", frozen)]
 pub struct PyApprovals {
-    pub(crate) engine: Arc<Engine>,
+    pub(crate) approvals: Arc<Approvals>,
     pub(crate) events: ApprovalEvents,
+    /// The engine's clock.
+    pub(crate) clock: Arc<dyn Clock>,
     /// A table file of another layout version that opening this one set aside.
     pub(crate) set_aside: Option<std::path::PathBuf>,
 }
@@ -50,12 +52,8 @@ fn slot_dict<'py>(py: Python<'py>, s: &Slot) -> PyResult<Bound<'py, PyDict>> {
 }
 
 impl PyApprovals {
-    fn table(&self) -> &toolgate_core::approval::ApprovalTable {
-        &self
-            .engine
-            .approvals()
-            .expect("enabled before this object exists")
-            .table
+    fn table(&self) -> &ApprovalTable {
+        &self.approvals.table
     }
 }
 
@@ -131,7 +129,7 @@ impl PyApprovals {
         id: &str,
         approve: bool,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let now = self.engine.clock().wall_ms();
+        let now = self.clock.wall_ms();
         let slot = self
             .table()
             .decide(id_of(id)?, approve, now)
@@ -184,9 +182,7 @@ impl PyApprovals {
             created_ms,
             deadline_ms,
         };
-        Ok(self
-            .table()
-            .apply_owned(&slot, owner, self.engine.clock().wall_ms()))
+        Ok(self.table().apply_owned(&slot, owner, self.clock.wall_ms()))
     }
 
     /// Drop an approval the durable store never heard of.
@@ -196,7 +192,7 @@ impl PyApprovals {
 
     /// Now, on the engine's clock, in milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64 {
-        self.engine.clock().wall_ms()
+        self.clock.wall_ms()
     }
 
     /// Where a table file of another layout version was set aside when this one was
@@ -209,6 +205,6 @@ impl PyApprovals {
     /// News dropped because the queue was full (never drained fast enough).
     #[getter]
     fn dropped(&self) -> u64 {
-        self.engine.approvals().map_or(0, |a| a.dropped())
+        self.approvals.dropped()
     }
 }

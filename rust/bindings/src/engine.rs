@@ -1,26 +1,17 @@
 //! The engine as a Python class.
 
-use crate::approvals::PyApprovals;
 use crate::arguments::PyArg;
 use crate::clock::PyManualClock;
 use crate::decision::{PyDecision, PyExplanation};
 use crate::policy::{coerce, PyPolicy};
-use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 use std::path::PathBuf;
 use std::sync::Arc;
-use toolgate_core::approval::{
-    ApprovalSettings, ApprovalTable, Approvals, CallDigests, Caps, DEFAULT_PENDING_PER_GRANT,
-    DEFAULT_PENDING_PER_RULE,
-};
-use toolgate_core::approval_text::DEFAULT_PREVIEW_BYTES;
 use toolgate_core::args::parse_json_arguments;
 use toolgate_core::clock::Clock;
 use toolgate_core::counter::CounterTable;
-use toolgate_core::decision_log::{
-    DecisionLog, Filter, Settings, DEFAULT_QUEUE, DEFAULT_QUEUE_BYTES,
-};
 use toolgate_core::engine::{DEFAULT_CAPACITY, DEFAULT_RESERVATIONS};
 use toolgate_core::explain::Recorder;
 use toolgate_core::stats::Api;
@@ -31,19 +22,9 @@ use toolgate_core::{Decision, Engine, Request, Subject};
 /// Decides tool calls against a policy, with counters that survive reloads.
 #[pyclass(name = "Engine", module = "toolgate._core", frozen)]
 pub struct PyEngine {
-    /// Shared with the native server's threads, which decide on it.
+    /// Shared with the sidecar's serving threads, which decide on it.
     pub(crate) inner: Arc<Engine>,
-    pub(crate) max_argument_bytes: usize,
 }
-
-/// Largest `arguments_json` a wire request may carry unless configured otherwise.
-pub const DEFAULT_MAX_ARGUMENT_BYTES: usize = 1 << 20;
-
-/// `use_store`'s defaults: what goes before every Redis key, how long a decision waits for
-/// Redis, and how often cached mode merges its counts.
-pub const DEFAULT_STORE_PREFIX: &str = "toolgate:";
-pub const DEFAULT_STORE_TIMEOUT_MS: u64 = 5;
-pub const DEFAULT_STORE_FLUSH_MS: u64 = 5;
 
 /// Where an engine keeps its counters and statistics.
 pub struct Storage<'a> {
@@ -148,11 +129,7 @@ impl PyEngine {
         Ok(decision)
     }
 
-    fn build(
-        policy: toolgate_core::Policy,
-        storage: Storage<'_>,
-        max_argument_bytes: usize,
-    ) -> PyResult<Self> {
+    fn build(policy: toolgate_core::Policy, storage: Storage<'_>) -> PyResult<Self> {
         if storage.capacity == 0 || storage.reservations == 0 {
             return Err(PyValueError::new_err(
                 "capacity and reservations must be positive",
@@ -166,7 +143,6 @@ impl PyEngine {
             .and_then(|table| Engine::new(policy, Arc::new(table), clock))
             .map(|inner| PyEngine {
                 inner: Arc::new(inner),
-                max_argument_bytes,
             })
             .map_err(PyValueError::new_err)
     }
@@ -176,32 +152,30 @@ impl PyEngine {
 impl PyEngine {
     /// `policy` is a Policy, a dict, or a path to a JSON/YAML file.
     #[new]
-    #[pyo3(signature = (policy, *, capacity = DEFAULT_CAPACITY, reservations = DEFAULT_RESERVATIONS, clock = None, max_argument_bytes = DEFAULT_MAX_ARGUMENT_BYTES))]
+    #[pyo3(signature = (policy, *, capacity = DEFAULT_CAPACITY, reservations = DEFAULT_RESERVATIONS, clock = None))]
     fn new(
         py: Python<'_>,
         policy: &Bound<'_, PyAny>,
         capacity: usize,
         reservations: usize,
         clock: Option<&Bound<'_, PyManualClock>>,
-        max_argument_bytes: usize,
     ) -> PyResult<Self> {
         let storage = Storage {
             capacity,
             reservations,
             clock,
         };
-        Self::build(coerce(py, policy)?, storage, max_argument_bytes)
+        Self::build(coerce(py, policy)?, storage)
     }
 
     #[staticmethod]
-    #[pyo3(signature = (path, *, capacity = DEFAULT_CAPACITY, reservations = DEFAULT_RESERVATIONS, clock = None, max_argument_bytes = DEFAULT_MAX_ARGUMENT_BYTES))]
+    #[pyo3(signature = (path, *, capacity = DEFAULT_CAPACITY, reservations = DEFAULT_RESERVATIONS, clock = None))]
     fn from_file(
         py: Python<'_>,
         path: PathBuf,
         capacity: usize,
         reservations: usize,
         clock: Option<&Bound<'_, PyManualClock>>,
-        max_argument_bytes: usize,
     ) -> PyResult<Self> {
         let policy = toolgate_core::Policy::from_path(&path)
             .map_err(|e| crate::policy::policy_error(py, e))?;
@@ -210,7 +184,7 @@ impl PyEngine {
             reservations,
             clock,
         };
-        Self::build(policy, storage, max_argument_bytes)
+        Self::build(policy, storage)
     }
 
     /// Decide one call. `arguments` is a dict, JSON text, or None.
@@ -288,109 +262,6 @@ impl PyEngine {
         })
     }
 
-    /// Run human approvals for `require_approval` rules, with the approvals table in the
-    /// file at `path` (created with `capacity` slots if missing; it outlives the process, so an
-    /// approval used before a crash stays used). `key` is the deployment's secret, which keys
-    /// every digest of a call. At most `pending_per_grant` pending
-    /// approvals per grant and `pending_per_rule` per rule; approvers are shown the first
-    /// `preview_bytes` of a call's arguments. Returns the object the control plane drains
-    /// news from and records decisions through. Once per engine.
-    #[pyo3(signature = (
-        path, *, key, capacity = 4096, queue = 4096,
-        pending_per_grant = DEFAULT_PENDING_PER_GRANT,
-        pending_per_rule = DEFAULT_PENDING_PER_RULE,
-        preview_bytes = DEFAULT_PREVIEW_BYTES,
-    ))]
-    #[allow(clippy::too_many_arguments)]
-    fn enable_approvals(
-        &self,
-        path: PathBuf,
-        key: Vec<u8>,
-        capacity: usize,
-        queue: usize,
-        pending_per_grant: usize,
-        pending_per_rule: usize,
-        preview_bytes: usize,
-    ) -> PyResult<PyApprovals> {
-        if key.len() < 32 {
-            return Err(PyValueError::new_err("the key has at least 32 bytes"));
-        }
-        let table = ApprovalTable::open_file(&path, capacity).map_err(PyValueError::new_err)?;
-        let set_aside = table.set_aside().map(|p| p.to_path_buf());
-        let settings = ApprovalSettings {
-            digests: CallDigests::new(&key),
-            caps: Caps {
-                per_grant: pending_per_grant.max(1),
-                per_rule: pending_per_rule.max(1),
-            },
-            preview_bytes,
-            queue,
-        };
-        let (approvals, events) = Approvals::with_settings(Arc::new(table), settings);
-        self.inner
-            .enable_approvals(approvals)
-            .map_err(PyValueError::new_err)?;
-        Ok(PyApprovals {
-            engine: self.inner.clone(),
-            events,
-            set_aside,
-        })
-    }
-
-    /// Write decisions to a log: one JSON line each, hash-chained, by a writer thread
-    /// (`path` None: stdout). `filter` is `all` or `denials`; files rotate past
-    /// `rotate_bytes` (0: never); grants are hashed under `grant_key`. The writer's queue
-    /// holds at most `queue` records and `queue_bytes` bytes of them; more are dropped (and
-    /// counted, and noted in the log). Once per engine. Returns what the log held after its last line of the chain, now accounted for by a
-    /// break line (None: nothing). OSError if it cannot be opened, or is not a decision log.
-    #[pyo3(signature = (path, *, grant_key, filter = "all", rotate_bytes = 0, queue = DEFAULT_QUEUE, queue_bytes = DEFAULT_QUEUE_BYTES))]
-    #[allow(clippy::too_many_arguments)]
-    fn enable_decision_log(
-        &self,
-        path: Option<PathBuf>,
-        grant_key: Vec<u8>,
-        filter: &str,
-        rotate_bytes: u64,
-        queue: usize,
-        queue_bytes: usize,
-    ) -> PyResult<Option<String>> {
-        let filter = Filter::parse(filter).ok_or_else(|| {
-            PyValueError::new_err(format!("filter must be all or denials, not {filter:?}"))
-        })?;
-        let log = DecisionLog::open(Settings {
-            path,
-            filter,
-            rotate_bytes,
-            queue,
-            queue_bytes,
-            grant_key,
-        })
-        .map_err(|e| PyOSError::new_err(format!("cannot open the decision log: {e}")))?;
-        let restart_break = log.restart_break().map(str::to_owned);
-        self.inner
-            .enable_decision_log(log)
-            .map_err(PyValueError::new_err)?;
-        Ok(restart_break)
-    }
-
-    /// Wait until every decision logged so far is written out; False on timeout (or no log).
-    fn sync_decision_log(&self, py: Python<'_>, timeout: f64) -> bool {
-        let Some(log) = self.inner.decision_log() else {
-            return false;
-        };
-        let wait = std::time::Duration::from_secs_f64(timeout.max(0.0));
-        py.detach(|| log.sync(wait))
-    }
-
-    /// `(seq, sha256)` of the decision log's last line, or None without a log: published
-    /// elsewhere, it anchors the chain (`toolgate log verify --head`).
-    fn decision_log_head(&self) -> Option<(u64, String)> {
-        self.inner.decision_log().map(|l| {
-            let h = l.head();
-            (h.seq, h.sha256)
-        })
-    }
-
     /// An INVALID_REQUEST decision for a request that cannot be decided, counted like any.
     fn refuse(&self, reason: &str) -> PyDecision {
         PyDecision::local(self.inner.refuse(reason))
@@ -401,84 +272,6 @@ impl PyEngine {
         py.detach(|| self.inner.release(reservation))
     }
 
-    /// Count on Redis (`redis://[user:password@]host:port/db`) instead of this engine's
-    /// table: every engine on the same Redis and `prefix` shares one count. A decision
-    /// waits at most `timeout_ms` for Redis; past that (or without a connection) it is
-    /// STORE_UNAVAILABLE (`unavailable="deny"`) or counted in this engine's table
-    /// (`"local"`). Waits up to `connect_wait` seconds for the first connection and returns
-    /// whether it was made (decisions answer as Redis being unavailable until it is).
-    /// `clock="engine"` takes time from the engine's clock instead of Redis's (tests).
-    /// `mode="cached"` decides on a local copy of the counts, merged with Redis every
-    /// `flush_ms` (no round trip per decision; see docs/redis.md for its overshoot).
-    #[pyo3(signature = (url, *, prefix = DEFAULT_STORE_PREFIX, timeout_ms = DEFAULT_STORE_TIMEOUT_MS, unavailable = "deny", connect_wait = 2.0, clock = "redis", mode = "exact", flush_ms = DEFAULT_STORE_FLUSH_MS))]
-    #[allow(clippy::too_many_arguments)]
-    fn use_store(
-        &self,
-        py: Python<'_>,
-        url: &str,
-        prefix: &str,
-        timeout_ms: u64,
-        unavailable: &str,
-        connect_wait: f64,
-        clock: &str,
-        mode: &str,
-        flush_ms: u64,
-    ) -> PyResult<bool> {
-        use toolgate_server::store::{Mode, RedisConfig, RedisStore, TimeSource, Unavailable};
-        let mode = match (mode, flush_ms) {
-            ("exact", _) => Mode::Exact,
-            ("cached", 1..) => Mode::Cached {
-                flush: std::time::Duration::from_millis(flush_ms),
-            },
-            ("cached", 0) => return Err(PyValueError::new_err("flush_ms must be positive")),
-            _ => return Err(PyValueError::new_err("mode must be exact or cached")),
-        };
-        if !url.starts_with("redis://")
-            && !url.starts_with("rediss://")
-            && !url.starts_with("redis+sentinel://")
-            && !url.starts_with("redis+unix://")
-            && !url.starts_with("unix://")
-        {
-            return Err(PyValueError::new_err(format!(
-                "a store is local, redis://[user:password@]host:port/db, rediss://... or \
-                 redis+sentinel://host:port[,host:port...]/service/db, got {url:?}"
-            )));
-        }
-        if timeout_ms == 0 {
-            return Err(PyValueError::new_err(
-                "the store's timeout must be positive",
-            ));
-        }
-        if !(connect_wait.is_finite() && connect_wait >= 0.0) {
-            return Err(PyValueError::new_err(
-                "connect_wait must be a non-negative number",
-            ));
-        }
-        let time = match clock {
-            "redis" => TimeSource::Redis,
-            "engine" => TimeSource::Engine,
-            _ => return Err(PyValueError::new_err("clock must be redis or engine")),
-        };
-        let config = RedisConfig {
-            url: url.to_owned(),
-            prefix: prefix.to_owned(),
-            timeout: std::time::Duration::from_millis(timeout_ms),
-            unavailable: Unavailable::parse(unavailable).map_err(PyValueError::new_err)?,
-            time,
-            mode,
-        };
-        let table = self.inner.table_arc();
-        let wait = std::time::Duration::from_secs_f64(connect_wait);
-        let store = py
-            .detach(|| RedisStore::connect(config, table, wait))
-            .map_err(PyValueError::new_err)?;
-        let connected = store.connected();
-        self.inner
-            .enable_store(Arc::new(store))
-            .map_err(PyValueError::new_err)?;
-        Ok(connected)
-    }
-
     /// Validate and swap in a new policy (a Policy, dict or path); counters are kept.
     /// Returns the new revision. On error the old policy stays and PolicyError is raised.
     fn reload(&self, py: Python<'_>, policy: &Bound<'_, PyAny>) -> PyResult<String> {
@@ -486,11 +279,6 @@ impl PyEngine {
         let revision = policy.revision.clone();
         self.inner.reload(policy).map_err(PyValueError::new_err)?;
         Ok(revision)
-    }
-
-    /// Count decisions per tool as well (for `--metrics-per-tool`).
-    fn set_per_tool_metrics(&self, enabled: bool) {
-        self.inner.stats().set_per_tool(enabled);
     }
 
     #[getter]
@@ -517,10 +305,7 @@ impl PyEngine {
         d.set_item("table_full", self.inner.stats().table_full())?;
         d.set_item("logged", self.inner.stats().logged())?;
         d.set_item("log_dropped", self.inner.stats().log_dropped())?;
-        let (records, bytes) = self
-            .inner
-            .decision_log()
-            .map_or((0, 0), DecisionLog::queued);
+        let (records, bytes) = self.inner.decision_log().map_or((0, 0), |l| l.queued());
         d.set_item("log_queued", records)?;
         d.set_item("log_queued_bytes", bytes)?;
         d.set_item("table_capacity", self.inner.table().capacity())?;

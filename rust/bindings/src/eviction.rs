@@ -1,9 +1,9 @@
-//! Reading Redis's eviction policy for `toolgate serve --store` (toolgate_server::eviction).
+//! Reading Redis's eviction policy for `toolgate serve --store` (toolgate_runtime::store::eviction).
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use std::time::Duration;
-use toolgate_server::eviction::{self, Reading};
+use toolgate_runtime::store::eviction::{self, Reading};
 
 /// The `maxmemory-policy` of the Redis primary `url` names (as `--store` finds it: Sentinel
 /// asked, TLS verified), waiting at most `wait` seconds: `("policy", name)`, `("unreadable",

@@ -9,8 +9,8 @@ mod engine;
 mod envoy;
 mod eviction;
 mod mcp;
-mod native;
 mod policy;
+mod sidecar;
 
 use pyo3::prelude::*;
 
@@ -55,7 +55,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<decision::PyLimitState>()?;
     m.add_class::<decision::PyExplanation>()?;
     m.add_class::<envoy::PyEnvoyAuthz>()?;
-    m.add_class::<native::PyNativeServer>()?;
+    m.add_class::<sidecar::PySidecar>()?;
     m.add_class::<clock::PyManualClock>()?;
     m.add_function(wrap_pyfunction!(mcp::read_mcp_request, m)?)?;
     m.add_function(wrap_pyfunction!(document::read_document, m)?)?;
@@ -65,7 +65,12 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(format_window, m)?)?;
     m.add_function(wrap_pyfunction!(format_seconds, m)?)?;
     // The gRPC services a health check can name, besides "" (the whole server).
-    m.add("SERVICES", toolgate_server::native::SERVICES.to_vec())?;
+    m.add(
+        "SERVICES",
+        toolgate_server::grpc::SERVICES
+            .map(|(name, _)| name)
+            .to_vec(),
+    )?;
     // The decision service's full name, as its schema (proto/toolgate/v1) gives it.
     m.add(
         "DECIDER",
@@ -80,11 +85,20 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     )?;
     m.add(
         "DEFAULT_MAX_ARGUMENT_BYTES",
-        engine::DEFAULT_MAX_ARGUMENT_BYTES,
+        toolgate_server::native::DEFAULT_MAX_ARGUMENT_BYTES,
     )?;
-    m.add("DEFAULT_STORE_PREFIX", engine::DEFAULT_STORE_PREFIX)?;
-    m.add("DEFAULT_STORE_TIMEOUT_MS", engine::DEFAULT_STORE_TIMEOUT_MS)?;
-    m.add("DEFAULT_STORE_FLUSH_MS", engine::DEFAULT_STORE_FLUSH_MS)?;
+    m.add(
+        "DEFAULT_STORE_PREFIX",
+        toolgate_runtime::store::DEFAULT_PREFIX,
+    )?;
+    m.add(
+        "DEFAULT_STORE_TIMEOUT_MS",
+        toolgate_runtime::store::DEFAULT_TIMEOUT_MS,
+    )?;
+    m.add(
+        "DEFAULT_STORE_FLUSH_MS",
+        toolgate_runtime::store::DEFAULT_FLUSH_MS,
+    )?;
     // Approvals' defaults: pending approvals per grant and per rule, bytes of a call's
     // arguments kept to show approvers.
     m.add(

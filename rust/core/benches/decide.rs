@@ -272,40 +272,6 @@ fn tools(c: &mut Criterion) {
     g.finish();
 }
 
-/// What a `require_approval` call costs over a plain denial: the approval gate hashes the
-/// call's canonical arguments and looks it up in the shared approvals table (under its
-/// lock). `pending`: the same call again while its approval waits (the usual retry);
-/// `deny`: a rule with `action: deny`, the reference.
-fn approval(c: &mut Criterion) {
-    use toolgate_core::approval::{ApprovalTable, Approvals};
-    let mut tools = serde_json::Map::new();
-    tools.insert(
-        "terminate".into(),
-        json!({"action": "require_approval", "reason": "needs a human"}),
-    );
-    tools.insert("forbidden".into(), json!({"action": "deny"}));
-    let engine = engine(policy(tools), CAPACITY);
-    // Events are drained by nobody here: a full queue drops news, as it may in production,
-    // and only the first call of the case opens an approval anyway.
-    let (approvals, _events) = Approvals::new(Arc::new(ApprovalTable::new(4096)), 16);
-    engine.enable_approvals(approvals).unwrap();
-    let args = json!({"ids": ["i-0123456789abcdef0"], "region": "eu-west-1"});
-    let mut g = c.benchmark_group("decide/approval");
-    g.bench_function("deny", |b| {
-        b.iter(|| {
-            let code = decide_one(&engine, black_box("forbidden"), "bench-grant", &args);
-            assert_eq!(code, Code::RuleDeny);
-        })
-    });
-    g.bench_function("pending", |b| {
-        b.iter(|| {
-            let code = decide_one(&engine, black_box("terminate"), "bench-grant", &args);
-            assert_eq!(code, Code::ApprovalRequired);
-        })
-    });
-    g.finish();
-}
-
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(30)
@@ -316,6 +282,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = one_limit_one_regex, no_limit, keys, tools, approval
+    targets = one_limit_one_regex, no_limit, keys, tools
 }
 criterion_main!(benches);

@@ -2,7 +2,7 @@
 //! across reloads), and a clock.
 
 use crate::approval::{
-    digest_hex, ApprovalEvent, ApprovalId, ApprovalKey, Approvals, Ask, Call as ApprovalCall,
+    digest_hex, ApprovalDesk, ApprovalEvent, ApprovalId, ApprovalKey, Ask, Call as ApprovalCall,
     Opened, Standing,
 };
 use crate::approval_text::{is_mcp_tool_name, preview, shown_id};
@@ -15,7 +15,7 @@ use crate::condition::{Facts, Outcome, Problem, Subject};
 use crate::counter::reservation::MAX_PARTS;
 use crate::counter::{to_units, CounterKey, CounterTable, UNITS_PER_CALL};
 use crate::decision::{Code, Decision, Limits, Text, Verdict};
-use crate::decision_log::{Call, DecisionLog, Record};
+use crate::decision_log::{Call, DecisionSink, Record};
 use crate::limiter::{self, Want};
 use crate::policy::{Action, Compare, ConditionItem, Policy, Scope};
 use crate::stats::{Api, Stats, OTHER_TOOLS};
@@ -73,9 +73,9 @@ pub struct Engine {
     clock: Arc<dyn Clock>,
     stats: Stats,
     /// Set once, by the sidecar: without it a `require_approval` call is only denied.
-    approvals: OnceLock<Approvals>,
+    approvals: OnceLock<Arc<dyn ApprovalDesk>>,
     /// Set once, by the sidecar's `--decision-log`.
-    log: OnceLock<DecisionLog>,
+    log: OnceLock<Arc<dyn DecisionSink>>,
     /// Set once, by the sidecar's `--store`: where counts are kept instead of `table`.
     store: OnceLock<Arc<dyn CounterStore>>,
 }
@@ -94,22 +94,12 @@ impl Engine {
         table: Arc<CounterTable>,
         clock: Arc<dyn Clock>,
     ) -> Result<Engine, String> {
-        Engine::with_stats(policy, table, clock, Stats::default())
-    }
-
-    /// An engine counting its statistics into `stats` (a worker's block of a shared state).
-    pub fn with_stats(
-        policy: Policy,
-        table: Arc<CounterTable>,
-        clock: Arc<dyn Clock>,
-        stats: Stats,
-    ) -> Result<Engine, String> {
         let compiled = CompiledPolicy::compile(policy)?;
         Ok(Engine {
             policy: ArcSwap::from_pointee(compiled),
             table,
             clock,
-            stats,
+            stats: Stats::default(),
             approvals: OnceLock::new(),
             log: OnceLock::new(),
             store: OnceLock::new(),
@@ -117,18 +107,18 @@ impl Engine {
     }
 
     /// Write every decision (as `log` filters them) to `log` (once; an error after that).
-    pub fn enable_decision_log(&self, log: DecisionLog) -> Result<(), String> {
+    pub fn enable_decision_log(&self, log: Arc<dyn DecisionSink>) -> Result<(), String> {
         self.log
             .set(log)
             .map_err(|_| "the decision log is already enabled".to_owned())
     }
 
-    pub fn decision_log(&self) -> Option<&DecisionLog> {
-        self.log.get()
+    pub fn decision_log(&self) -> Option<&dyn DecisionSink> {
+        self.log.get().map(|l| &**l)
     }
 
     /// Run human approvals for `require_approval` rules (once; an error after that).
-    pub fn enable_approvals(&self, approvals: Approvals) -> Result<(), String> {
+    pub fn enable_approvals(&self, approvals: Arc<dyn ApprovalDesk>) -> Result<(), String> {
         self.approvals
             .set(approvals)
             .map_err(|_| "approvals are already enabled".to_owned())
@@ -156,13 +146,13 @@ impl Engine {
         Arc::clone(&self.table)
     }
 
-    pub fn approvals(&self) -> Option<&Approvals> {
-        self.approvals.get()
+    pub fn approvals(&self) -> Option<&dyn ApprovalDesk> {
+        self.approvals.get().map(|a| &**a)
     }
 
     /// The clock decisions read.
-    pub fn clock(&self) -> &dyn Clock {
-        &*self.clock
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        Arc::clone(&self.clock)
     }
 
     /// An engine with a process-local table of the default size and the monotonic clock.
@@ -210,7 +200,7 @@ impl Engine {
         let policy = self.policy.load();
         let d = Draft { policy: &policy }.finish(Code::InvalidRequest, request.reason, "");
         self.stats.count(api, &d);
-        if let Some(log) = self.log.get() {
+        if let Some(log) = self.decision_log() {
             let call = Call::<&serde_json::Value> {
                 tool: request.tool,
                 server: request.server,
@@ -241,7 +231,7 @@ impl Engine {
         trace: &mut T,
     ) -> Decision {
         // A dry run authorizes nothing: it is not logged.
-        let log = self.log.get().filter(|_| !req.dry_run);
+        let log = self.decision_log().filter(|_| !req.dry_run);
         let started = log.map(|_| self.clock.now_ns());
         let policy = self.policy.load();
         let decision = self.decide_in(&policy, req, trace);
@@ -273,7 +263,7 @@ impl Engine {
     /// what its line holds ([`Record::new`]); `reason` is logged instead of the decision's.
     fn write_log<A: ArgValue + Clone>(
         &self,
-        log: &DecisionLog,
+        log: &dyn DecisionSink,
         d: &Decision,
         reason: Option<&str>,
         call: &Call<'_, A>,
@@ -401,11 +391,11 @@ impl Engine {
         let needs_approval = |r: &&CompiledRule| r.action == Action::RequireApproval;
         let approval = rules.clone().filter(needs_approval).find(|r| !shadowed(r));
         if let Some(r) = approval {
-            trace.approval(policy, r, self.approvals.get().is_some() && !req.dry_run);
+            trace.approval(policy, r, self.approvals().is_some() && !req.dry_run);
         }
         // An approval-gated call runs later, if at all: it consumes counters then. One that
         // holds an approval runs now, as an allowed call.
-        let gate = match (approval, self.approvals.get()) {
+        let gate = match (approval, self.approvals()) {
             (Some(r), Some(a)) if !req.dry_run => match self.approval_gate(a, r, req, &out) {
                 Gate::Stop(d) => return d,
                 run => Some(run),
@@ -486,11 +476,10 @@ impl Engine {
             Some(s) => s.record(&parts),
         };
         let mut used = None;
-        if let (Some(Gate::Run { key, id }), Some(a), Some(r)) =
-            (gate, self.approvals.get(), approval)
+        if let (Some(Gate::Run { key, id }), Some(a), Some(r)) = (gate, self.approvals(), approval)
         {
             let now_ms = self.clock.wall_ms();
-            if !a.table.consume(key, id, now_ms) {
+            if !a.consume(key, id, now_ms) {
                 // Another copy of the call used the approval first: this one asks anew.
                 if let Some(reservation) = reservation {
                     self.release(reservation);
@@ -543,7 +532,7 @@ impl Engine {
     /// stops, waiting for one (opened now if there was none), refused, or without room.
     fn approval_gate<A: ArgValue + Clone>(
         &self,
-        a: &Approvals,
+        a: &dyn ApprovalDesk,
         r: &CompiledRule,
         req: &Request<'_, A>,
         out: &Draft<'_>,
@@ -572,7 +561,7 @@ impl Engine {
             agent: req.subject.agent,
             arguments: &arguments,
         };
-        let settings = &a.settings;
+        let settings = a.settings();
         let policy = out.policy;
         let rule = policy.text(r.pointer);
         let ask = Ask {
@@ -581,9 +570,7 @@ impl Engine {
             timeout_ms: r.approval_timeout_ms,
         };
         let now_ms = self.clock.wall_ms();
-        let standing = a
-            .table
-            .request_as(&ask, settings.caps, now_ms, ApprovalId::random);
+        let standing = a.request(&ask, now_ms);
         let asked = sentence(policy.text(r.approval_reason));
         let key = ask.key;
         let mut d = match standing {

@@ -1,10 +1,9 @@
 //! Decision counts and latencies kept in atomics, so the hot path never touches a metrics
 //! library; a Prometheus collector reads them at scrape time.
 
-use crate::counter::Region;
 use crate::decision::{Code, Decision, Verdict};
 use crate::mcp::outcome::Failure;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
 const VERDICTS: [Verdict; 3] = [Verdict::Allow, Verdict::Deny, Verdict::RequireApproval];
@@ -43,18 +42,6 @@ impl Api {
             Api::RateLimit => "ratelimit",
             Api::ExtProc => "ext_proc",
         }
-    }
-
-    /// The API a gRPC method path belongs to (`/package.Service/Method`).
-    pub fn of_path(path: &str) -> Option<Api> {
-        let service = path.strip_prefix('/')?.split('/').next()?;
-        Some(match service {
-            "toolgate.v1.Decider" => Api::Decider,
-            "envoy.service.auth.v3.Authorization" => Api::ExtAuthz,
-            "envoy.service.ratelimit.v3.RateLimitService" => Api::RateLimit,
-            "envoy.service.ext_proc.v3.ExternalProcessor" => Api::ExtProc,
-            _ => return None,
-        })
     }
 }
 
@@ -140,22 +127,20 @@ impl StoreError {
     }
 }
 
-/// Words one statistics block takes (rounded up to whole 128-byte blocks), so worker
-/// processes can each keep theirs in a shared mapping.
-pub const STATS_BLOCK_WORDS: usize = cell::USED.div_ceil(16) * 16;
-
-/// Decision statistics. Counted into one block of atomics; read from that block, or, for a
-/// supervisor of worker processes, summed over every worker's block in a shared mapping.
+/// Decision statistics: one atomic cell per figure.
 pub struct Stats {
-    own: Region,
-    read: Vec<Region>,
+    cells: Box<[AtomicU64]>,
     per_tool_enabled: AtomicBool,
     per_tool: Mutex<ahash::AHashMap<Box<str>, [u64; VERDICTS.len()]>>,
 }
 
 impl Default for Stats {
     fn default() -> Stats {
-        Stats::counting_into(Region::allocate(STATS_BLOCK_WORDS))
+        Stats {
+            cells: (0..cell::USED).map(|_| AtomicU64::new(0)).collect(),
+            per_tool_enabled: AtomicBool::new(false),
+            per_tool: Mutex::new(Default::default()),
+        }
     }
 }
 
@@ -186,38 +171,13 @@ fn verdict_index(v: Verdict) -> usize {
 }
 
 impl Stats {
-    /// Statistics counted into (and read from) `block`, of [`STATS_BLOCK_WORDS`] words.
-    pub fn counting_into(block: Region) -> Stats {
-        assert!(block.words() >= cell::USED, "statistics block too small");
-        Stats {
-            own: block,
-            read: Vec::new(),
-            per_tool_enabled: AtomicBool::new(false),
-            per_tool: Mutex::new(Default::default()),
-        }
-    }
-
-    /// Statistics that read the sum of `blocks` (each worker's); what this process itself
-    /// counts goes to a private block and is not part of the sum.
-    pub fn summing(blocks: Vec<Region>) -> Stats {
-        assert!(blocks.iter().all(|b| b.words() >= cell::USED));
-        Stats {
-            read: blocks,
-            ..Stats::default()
-        }
-    }
-
     fn sum(&self, index: usize) -> u64 {
-        if self.read.is_empty() {
-            self.own.word(index).load(Relaxed)
-        } else {
-            self.read.iter().map(|b| b.word(index).load(Relaxed)).sum()
-        }
+        self.cells[index].load(Relaxed)
     }
 
     #[inline]
     fn add(&self, index: usize, n: u64) {
-        self.own.word(index).fetch_add(n, Relaxed);
+        self.cells[index].fetch_add(n, Relaxed);
     }
 
     #[inline]
@@ -460,34 +420,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_summing_view_adds_every_block_and_not_its_own() {
-        let blocks: Vec<Region> = (0..3)
-            .map(|_| Region::allocate(STATS_BLOCK_WORDS))
-            .collect();
-        // SAFETY: views of live process memory, read and written only atomically.
-        let view = |r: &Region| unsafe { Region::from_raw(r.word(0).as_ptr(), STATS_BLOCK_WORDS) };
-        let workers: Vec<Stats> = blocks
-            .iter()
-            .map(|b| Stats::counting_into(view(b)))
-            .collect();
-        let total = Stats::summing(blocks.iter().map(view).collect());
-        for (i, w) in workers.iter().enumerate() {
-            for _ in 0..=i {
-                w.count_table_full();
-                w.record_duration(2_000);
-            }
-        }
-        total.count_table_full();
-        assert_eq!(total.table_full(), 1 + 2 + 3);
-        assert_eq!(total.durations().count, 6);
-        assert_eq!(workers[1].table_full(), 2);
-    }
-
-    #[test]
     fn errors_are_counted_by_api_and_status_and_ok_is_none() {
         let s = Stats::default();
-        let path = "/envoy.service.auth.v3.Authorization/Check";
-        let api = Api::of_path(path).unwrap();
+        let api = Api::ExtAuthz;
         s.count_error(api, 3);
         s.count_error(api, 3);
         s.count_error(Api::Decider, 4);
@@ -500,8 +435,6 @@ mod tests {
                 (Api::ExtAuthz, "INVALID_ARGUMENT", 2)
             ]
         );
-        assert_eq!(Api::of_path("/grpc.health.v1.Health/Check"), None);
-        assert_eq!(Api::of_path("nope"), None);
     }
 
     #[test]

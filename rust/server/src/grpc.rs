@@ -66,6 +66,27 @@ where
     }
 }
 
+/// The services a health check can name (besides `""`, the whole server), and the API their
+/// calls are counted under.
+pub const SERVICES: [(&str, Api); 4] = [
+    ("toolgate.v1.Decider", Api::Decider),
+    ("envoy.service.auth.v3.Authorization", Api::ExtAuthz),
+    ("envoy.service.ext_proc.v3.ExternalProcessor", Api::ExtProc),
+    (
+        "envoy.service.ratelimit.v3.RateLimitService",
+        Api::RateLimit,
+    ),
+];
+
+/// The API of a gRPC method path (`/package.Service/Method`) among [`SERVICES`].
+pub fn api_of_path(path: &str) -> Option<Api> {
+    let service = path.strip_prefix('/')?.split('/').next()?;
+    SERVICES
+        .iter()
+        .find(|(s, _)| *s == service)
+        .map(|(_, api)| *api)
+}
+
 /// A tower layer over every call: the status it is answered with is made right (see
 /// [`size_limit_status`]) and, when it is an error of one of toolgate's APIs, counted in the
 /// engine's statistics. Errors come as trailers-only answers, whose status is a header; an
@@ -90,7 +111,7 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         Answered {
-            api: Api::of_path(request.uri().path()),
+            api: api_of_path(request.uri().path()),
             engine: Arc::clone(&self.engine),
             inner: self.inner.call(request),
         }

@@ -15,7 +15,7 @@ use crate::grpc::envoy::external_processor_server::ExternalProcessorServer;
 use crate::grpc::envoy::rate_limit_service_server::RateLimitServiceServer;
 use crate::grpc::{
     AnswerStatus, AuthorizationService, DeciderService, ExternalProcessorService, RateLimiter,
-    StampArrival,
+    StampArrival, SERVICES,
 };
 use prost::Message;
 use prost_types::FileDescriptorSet;
@@ -29,13 +29,10 @@ use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 use toolgate_core::Engine;
 
-/// The services a health check can name (besides `""`, the whole server).
-pub const SERVICES: [&str; 4] = [
-    "toolgate.v1.Decider",
-    "envoy.service.auth.v3.Authorization",
-    "envoy.service.ext_proc.v3.ExternalProcessor",
-    "envoy.service.ratelimit.v3.RateLimitService",
-];
+/// The largest `arguments_json` a request may carry unless configured otherwise.
+pub const DEFAULT_MAX_ARGUMENT_BYTES: usize = 1 << 20;
+/// The largest request message by default (gRPC's own default).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 << 20;
 
 /// Where to listen: `HOST:PORT` (`[::1]:PORT` for IPv6) or `unix:PATH`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,7 +172,7 @@ impl Server {
             ServingStatus::NotServing
         };
         self.control.block_on(async {
-            for service in std::iter::once("").chain(SERVICES) {
+            for service in std::iter::once("").chain(SERVICES.map(|(name, _)| name)) {
                 self.health.set_service_status(service, status).await;
             }
         });

@@ -1,5 +1,5 @@
-"""Approvals in a running sidecar: the engine's approvals over the table file in the state
-directory, its news recorded into the store, the table reconciled with the store at start,
+"""Approvals in a running sidecar: the sidecar's approvals over the table file in the state
+directory, their news recorded into the store, the table reconciled with the store at start,
 the admin listener, the webhooks, and their metrics.
 """
 
@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from toolgate._core import Approvals, Engine
-from toolgate.sidecar.approvals.grant_labels import GrantLabels, load_key
+from toolgate._core import Approvals
+from toolgate.sidecar.approvals.grant_labels import GrantLabels
 from toolgate.sidecar.approvals.options import ApprovalOptions
 from toolgate.sidecar.approvals.recorder import ApprovalRecorder, reconcile
 from toolgate.sidecar.approvals.store import ApprovalStore
@@ -106,16 +106,13 @@ def purger(store: ApprovalStore, approvals: Approvals, retention_s: float) -> Ba
 class ApprovalRuntime:
     """Approvals for the sidecar; ``stop()`` undoes ``start``."""
 
-    def __init__(self, engine: Engine, opts: ApprovalOptions) -> None:
-        self.state = StateDir(opts.state_dir)
-        self.labels = GrantLabels(load_key(self.state.key))
-        self.approvals = engine.enable_approvals(
-            self.state.table,
-            key=self.labels.key,
-            pending_per_grant=opts.pending_per_grant,
-            pending_per_rule=opts.pending_per_rule,
-            preview_bytes=opts.preview_bytes,
-        )
+    def __init__(
+        self, approvals: Approvals, state: StateDir, labels: GrantLabels, opts: ApprovalOptions
+    ) -> None:
+        """``approvals``: the sidecar's, over ``state.table``, keyed with ``labels.key``."""
+        self.state = state
+        self.labels = labels
+        self.approvals = approvals
         if self.approvals.set_aside is not None:
             log.warning(
                 "%s was written by another version of toolgate: set aside as %s; the store"

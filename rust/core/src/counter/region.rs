@@ -1,7 +1,8 @@
 //! The memory a counter table lives in: a flat array of `AtomicU64` words.
 //!
 //! Every piece of state is a 64-bit atomic at a fixed offset, with no pointers inside, so the
-//! same layout works in process memory and in a shared mapping used by several processes.
+//! same layout works in process memory and in a file mapped into memory (the approvals table
+//! keeps its state across restarts that way).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -11,11 +12,8 @@ pub const HEADER_WORDS: usize = 16;
 
 /// Header word offsets.
 pub mod header {
-    pub const MAGIC: usize = 0;
     pub const CAPACITY: usize = 1;
     pub const RESERVATIONS: usize = 2;
-    /// Owner of the insert lock: `pid << 32 | tag`, or 0.
-    pub const INSERT_LOCK: usize = 3;
     /// Next reservation sequence number.
     pub const RESERVATION_CURSOR: usize = 4;
     /// Slots that hold (or held) a key.
@@ -26,13 +24,7 @@ pub mod header {
     pub const CLIENT_SLOTS: usize = 7;
     /// The second (plus one) of the last sweep for expired client-chosen slots.
     pub const LAST_SWEEP: usize = 8;
-    /// The table's random secret for placing keys (two words).
-    pub const PLACEMENT_0: usize = 9;
-    pub const PLACEMENT_1: usize = 10;
 }
-
-/// "TGCT" + layout version 2 (2: the reservation log in 64-byte lines).
-pub const MAGIC: u64 = 0x5447_4354_0000_0002;
 
 /// 128 bytes of words, aligned so that a 16-word slot (after the 16-word header) sits in
 /// exactly two cache lines instead of straddling three.
@@ -81,25 +73,12 @@ impl Region {
         }
     }
 
-    /// Memory owned by someone else, such as a shared mapping.
-    ///
-    /// # Safety
-    /// `base` must point to `words` 8-byte-aligned, initialised `u64`s that stay mapped for
-    /// the life of the region and are only ever accessed atomically.
-    pub unsafe fn from_raw(base: *mut u64, words: usize) -> Region {
-        Region {
-            base: base as *const AtomicU64,
-            words,
-            _owned: None,
-            _mapping: None,
-        }
-    }
-
     /// Part of a mapping, which stays mapped as long as this region (or another holding
     /// `mapping`) lives.
     ///
     /// # Safety
-    /// As for [`Region::from_raw`]; `mapping` must own the memory at `base`.
+    /// `base` must point to `words` 8-byte-aligned, initialised `u64`s, owned by `mapping`,
+    /// that are only ever accessed atomically.
     pub unsafe fn in_mapping(
         base: *mut u64,
         words: usize,

@@ -2,9 +2,8 @@
 //!
 //! Lookups of existing keys take no lock: they scan the key's probe sequence up to the first
 //! empty slot. Claiming a slot for a new key (an empty one, or one whose window has expired)
-//! is serialised by an insert lock so a key can never end up in two slots. The lock records
-//! its owner's process id and is taken over when that process has died, so a crashed worker
-//! cannot leave it held. A key that finds no slot within [`MAX_PROBE`] is refused: the
+//! is serialised by an insert lock so a key can never end up in two slots. A key that finds
+//! no slot within [`MAX_PROBE`] is refused: the
 //! caller denies (fails closed).
 //!
 //! Keys a client chooses (an unverified credential, a session or agent id) may hold at most
@@ -13,12 +12,12 @@
 //! key already counted keep their room. When the half is full, the table sweeps it (at
 //! most once a second) for slots whose windows have expired before it refuses a new one.
 
-use super::region::{header, Region, HEADER_WORDS, MAGIC};
+use super::region::{header, Region, HEADER_WORDS};
 use super::reservation::{ReservationLog, LINE_WORDS, MAX_SLOTS};
 use super::window::{Granularity, Slot, KEY, SLOT_WORDS};
-use crate::pid_lock::PidLock;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::Ordering::SeqCst;
+use std::sync::Mutex;
 
 /// Slots examined for one key before the table counts as full.
 pub const MAX_PROBE: usize = 64;
@@ -102,6 +101,8 @@ pub struct CounterTable {
     /// Where a key's probe sequence starts: a hash of its hash, keyed with the table's own
     /// random secret, so no one can make up keys that all start at one place.
     placement: ahash::RandomState,
+    /// Serialises claiming slots for new keys.
+    insert: Mutex<()>,
 }
 
 impl CounterTable {
@@ -123,59 +124,23 @@ impl CounterTable {
         // Checked before allocating, which a huge size would make fail.
         check_slots(capacity)?;
         let region = Region::allocate(Self::required_words(capacity, reservations));
-        Self::in_region(region, capacity, reservations)
-    }
-
-    /// A table in the given memory: initialised if all zero, else checked against the layout.
-    pub fn in_region(
-        region: Region,
-        capacity: usize,
-        reservations: usize,
-    ) -> Result<CounterTable, String> {
-        let capacity = capacity.max(1).next_power_of_two();
-        check_slots(capacity)?;
         let reservations = ReservationLog::lines_for_capacity(reservations);
-        if region.words() < Self::required_words(capacity, reservations) {
-            return Err(format!(
-                "counter region has {} words, a table of {capacity} slots needs {}",
-                region.words(),
-                Self::required_words(capacity, reservations)
-            ));
-        }
-        let magic = region.header(header::MAGIC);
-        if magic.load(SeqCst) == 0 {
-            let mut secret = [0u8; 16];
-            getrandom::fill(&mut secret).map_err(|e| format!("no random source: {e}"))?;
-            for (i, word) in [header::PLACEMENT_0, header::PLACEMENT_1]
-                .into_iter()
-                .enumerate()
-            {
-                let bytes = secret[i * 8..i * 8 + 8].try_into().expect("8 bytes");
-                region.header(word).store(u64::from_le_bytes(bytes), SeqCst);
-            }
-            region
-                .header(header::CAPACITY)
-                .store(capacity as u64, SeqCst);
-            region
-                .header(header::RESERVATIONS)
-                .store(reservations as u64, SeqCst);
-            magic.store(MAGIC, SeqCst);
-        } else if magic.load(SeqCst) != MAGIC
-            || region.load(header::CAPACITY) != capacity as u64
-            || region.load(header::RESERVATIONS) != reservations as u64
-        {
-            return Err("counter region holds a table of another layout".into());
-        }
+        let mut secret = [0u8; 16];
+        getrandom::fill(&mut secret).map_err(|e| format!("no random source: {e}"))?;
+        let word = |i: usize| u64::from_le_bytes(secret[i * 8..i * 8 + 8].try_into().expect("8"));
+        region
+            .header(header::CAPACITY)
+            .store(capacity as u64, SeqCst);
+        region
+            .header(header::RESERVATIONS)
+            .store(reservations as u64, SeqCst);
         let log_base = HEADER_WORDS + capacity * SLOT_WORDS;
-        let (k0, k1) = (
-            region.load(header::PLACEMENT_0),
-            region.load(header::PLACEMENT_1),
-        );
         Ok(CounterTable {
-            placement: ahash::RandomState::with_seeds(k0, k1, SEEDS[2], SEEDS[3]),
+            placement: ahash::RandomState::with_seeds(word(0), word(1), SEEDS[2], SEEDS[3]),
             region,
             mask: capacity - 1,
             reservations: ReservationLog::new(log_base, reservations),
+            insert: Mutex::new(()),
         })
     }
 
@@ -261,7 +226,8 @@ impl CounterTable {
         if let Some(s) = self.find(key) {
             return Ok(s);
         }
-        let _lock = PidLock::acquire(self.region.header(header::INSERT_LOCK));
+        // A panic under the lock leaves no half-made insert: every step is an atomic store.
+        let _lock = self.insert.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = self.find(key) {
             return Ok(s);
         }
@@ -458,15 +424,5 @@ mod tests {
         // Full again within the same second: no second sweep, refused.
         assert_eq!(t.find_or_insert(&made_up(4), 5_500 * NS), Err(TableFull));
         assert_eq!(t.client_slots(), 2);
-    }
-
-    #[test]
-    fn dead_owner_does_not_hold_the_insert_lock() {
-        let t = CounterTable::new(8, 4);
-        // A pid far above pid_max stands for a process that has died holding the lock.
-        t.region()
-            .header(header::INSERT_LOCK)
-            .store((4_000_000_000u64 << 32) | 1, SeqCst);
-        assert!(t.find_or_insert(&key(1, "a"), 0).is_ok());
     }
 }

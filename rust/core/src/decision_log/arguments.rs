@@ -141,7 +141,7 @@ fn walk<A: ArgValue + Clone>(args: &A, segments: &[Segment]) -> Option<A> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decision_log::hex;
+    use crate::decision_log::push_hex;
     use serde_json::{json, Value};
     use sha2::{Digest, Sha256};
 
@@ -165,7 +165,9 @@ mod tests {
         assert!(!plain.to_string().contains("acct-9"));
         assert!(plain.get("clear").is_none());
         let canonical = r#"{"amount":5000,"memo":{"text":"secret"},"to":"acct-9"}"#;
-        assert_eq!(plain["digest"], hex(&Sha256::digest(canonical.as_bytes())));
+        let mut digest = String::new();
+        push_hex(&mut digest, &Sha256::digest(canonical.as_bytes()));
+        assert_eq!(plain["digest"], digest);
         // Key order does not change the digest.
         let reordered = json!({"memo": {"text": "secret"}, "amount": 5000, "to": "acct-9"});
         assert_eq!(arguments(&reordered, &[])["digest"], plain["digest"]);

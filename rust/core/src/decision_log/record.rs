@@ -24,28 +24,28 @@ pub struct Call<'a, A> {
 
 /// One decision's line, before it is formatted.
 pub struct Record {
-    pub(super) at_ms: u64,
-    pub(super) latency_ns: u64,
-    pub(super) verdict: Verdict,
-    pub(super) code: Code,
-    pub(super) shadow: bool,
-    pub(super) reservation: Option<u64>,
-    pub(super) approval: Option<ApprovalId>,
+    pub at_ms: u64,
+    pub latency_ns: u64,
+    pub verdict: Verdict,
+    pub code: Code,
+    pub shadow: bool,
+    pub reservation: Option<u64>,
+    pub approval: Option<ApprovalId>,
     /// The deciding policy: the rule, a reason of its own and its revision are read there.
-    pub(super) policy: Arc<CompiledPolicy>,
-    pub(super) rule: Text,
-    pub(super) reason: Text,
-    pub(super) tool: Option<Box<str>>,
-    pub(super) server: Option<Box<str>>,
+    pub policy: Arc<CompiledPolicy>,
+    pub rule: Text,
+    pub reason: Text,
+    pub tool: Option<Box<str>>,
+    pub server: Option<Box<str>>,
     /// Whole: the writer hashes it (a verified grant, written as it is, is cut).
-    pub(super) grant: Option<Box<str>>,
-    pub(super) grant_verified: bool,
-    pub(super) session: Option<Box<str>>,
-    pub(super) agent: Option<Box<str>>,
+    pub grant: Option<Box<str>>,
+    pub grant_verified: bool,
+    pub session: Option<Box<str>>,
+    pub agent: Option<Box<str>>,
     /// The fields that were cut, with their whole length in bytes.
-    pub(super) cut: Vec<(&'static str, usize)>,
+    pub cut: Vec<(&'static str, usize)>,
     /// The line's `args` object as written ([`summarize`]); None without arguments.
-    pub(super) args: Option<Box<[u8]>>,
+    pub args: Option<Box<[u8]>>,
 }
 
 impl Record {
@@ -126,7 +126,7 @@ impl Record {
     }
 
     /// A text of the deciding policy, or one of this record's.
-    pub(super) fn text<'a>(&'a self, t: &'a Text) -> &'a str {
+    pub fn text<'a>(&'a self, t: &'a Text) -> &'a str {
         match t {
             Text::Policy(id) => self.policy.text(*id),
             Text::Owned(s) => s,

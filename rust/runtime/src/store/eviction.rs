@@ -9,7 +9,7 @@
 //! the store would count on: the URL's, or the primary Sentinel names now, over TLS for
 //! `rediss://`.
 
-use crate::store::Source;
+use super::link::Source;
 use std::time::Duration;
 
 /// The one policy under which Redis never evicts a key.

@@ -9,7 +9,7 @@
 //! (`CLOCK_PROCESS_CPUTIME_ID`) up to the point every line is written, divided by the
 //! decisions made.
 //!
-//! Run: `cargo bench -p toolgate-core --bench decision_log` (see bench/README.md).
+//! Run: `cargo bench -p toolgate-runtime --bench decision_log` (see bench/README.md).
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use serde_json::{json, Value};
@@ -18,10 +18,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use toolgate_core::counter::CounterTable;
-use toolgate_core::decision_log::{DecisionLog, Filter, Settings};
+use toolgate_core::decision_log::Filter;
 use toolgate_core::{Code, Engine, MonotonicClock, Policy, Request, Subject};
+use toolgate_runtime::decision_log::{DecisionLog, Settings};
 
-fn engine() -> Engine {
+fn engine() -> (Engine, Arc<DecisionLog>) {
     let doc = json!({"version": "1", "default": "deny", "tools": {"lookup": {}}});
     let policy = Policy::from_json_str(&doc.to_string()).expect("bench policy is valid");
     let table = Arc::new(CounterTable::new(1 << 16, 1 << 16));
@@ -35,8 +36,9 @@ fn engine() -> Engine {
         grant_key: vec![7; 32],
     })
     .expect("/dev/null opens");
-    engine.enable_decision_log(log).expect("once");
-    engine
+    let log = Arc::new(log);
+    engine.enable_decision_log(log.clone()).expect("once");
+    (engine, log)
 }
 
 /// Decisions between waits for the writer: far fewer than the queue holds.
@@ -67,7 +69,7 @@ fn cases() -> Vec<(&'static str, Option<Value>)> {
 }
 
 fn logged(c: &mut Criterion) {
-    let engine = engine();
+    let (engine, log) = engine();
     let mut g = c.benchmark_group("decision_log");
     for (name, args) in cases() {
         let request = Request {
@@ -82,7 +84,6 @@ fn logged(c: &mut Criterion) {
             hits: None,
         };
         assert_eq!(engine.decide(&request).code, Code::Allowed);
-        let log = engine.decision_log().expect("enabled");
         for (what, clock) in [
             ("thread", libc::CLOCK_THREAD_CPUTIME_ID),
             ("process", libc::CLOCK_PROCESS_CPUTIME_ID),

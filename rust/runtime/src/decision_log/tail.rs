@@ -4,13 +4,14 @@
 //! short, bytes another program wrote). Those bytes are kept and accounted for by a break
 //! line ([`Skipped`]), never a reason to start the chain over at `seq` 1.
 
-use super::{hex, rotated_files, GENESIS};
+use super::{hex, rotated_files};
 use serde::de::{self, Deserializer as _, IgnoredAny, MapAccess, Visitor};
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
+use toolgate_core::decision_log::GENESIS;
 
 /// How much of a file is read at a time, backwards or forwards.
 const BLOCK: usize = 1 << 16;

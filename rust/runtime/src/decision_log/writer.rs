@@ -2,8 +2,7 @@
 //! records that were dropped.
 
 use super::sink::Sink;
-use super::{now_ms, push_hex, Head, Message, Queued, Record};
-use crate::inert::push_json_string;
+use super::{now_ms, Head, Message, Queued};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::io::{self, Write};
@@ -11,6 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use toolgate_core::decision_log::{push_hex, Record};
+use toolgate_core::inert::push_json_string;
 
 pub(super) struct Writer {
     pub(super) sink: Sink,

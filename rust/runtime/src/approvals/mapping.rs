@@ -1,11 +1,11 @@
 //! A file mapped into memory shared between processes, read and written only as 64-bit
-//! atomics: the counter table's state file and the approvals file live in one.
+//! atomics: the approvals table lives in one.
 
-use crate::counter::Region;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use toolgate_core::counter::Region;
 
 /// A shared mapping, unmapped when the last region inside it is dropped.
 pub struct Mapping {
@@ -50,10 +50,6 @@ impl Mapping {
         assert!(index * 8 < self.bytes);
         // SAFETY: in bounds, 8-byte aligned (mmap is page-aligned), accessed atomically.
         unsafe { AtomicU64::from_ptr(self.base.add(index)) }
-    }
-
-    pub fn bytes(&self) -> usize {
-        self.bytes
     }
 }
 

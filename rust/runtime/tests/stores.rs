@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use toolgate_core::counter::CounterTable;
 use toolgate_core::{Code, Decision, Engine, ManualClock, Policy, Request, Subject, Verdict};
-use toolgate_server::store::{Mode, RedisConfig, RedisStore, TimeSource, Unavailable};
+use toolgate_runtime::store::{Mode, RedisConfig, RedisStore, TimeSource, Unavailable};
 
 struct RedisServer {
     child: Child,

@@ -2,11 +2,12 @@
 //! stdout; files rotate by size, and the chain and `seq` go on across them.
 
 use super::tail::{self, Skipped};
-use super::{hex, now_ms, push_hex, GENESIS};
+use super::{hex, now_ms};
 use sha2::{Digest, Sha256};
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use toolgate_core::decision_log::{push_hex, GENESIS};
 
 /// The file (or stdout) being written, where the chain stands, and rotation.
 pub(super) struct Sink {

@@ -1,0 +1,183 @@
+//! The sidecar, assembled once from one [`Options`] value: the engine and where it counts,
+//! its decision log and approvals, and the server that answers on them. `toolgate serve`
+//! (Python) hands it the options and keeps the control plane (policy reloads, metrics,
+//! signals, the approvals' durable store); any Rust program can assemble the same sidecar.
+//!
+//! Assembly and serving are two steps, so that the owner can put its house in order (the
+//! approvals' reconcile with their durable store) before the first call is decided.
+
+use crate::native::{Config, Server};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use toolgate_core::approval::ApprovalSettings;
+use toolgate_core::counter::CounterTable;
+use toolgate_core::{Clock, Engine, Policy};
+use toolgate_runtime::approvals::table::ApprovalTable;
+use toolgate_runtime::approvals::{ApprovalEvents, Approvals};
+use toolgate_runtime::decision_log::{self, DecisionLog};
+use toolgate_runtime::store::{RedisConfig, RedisStore};
+
+/// Where limits are counted.
+pub enum Store {
+    /// This process's table of atomics.
+    Local,
+    /// Redis, shared by every replica; waits up to `connect_wait` for the first connection.
+    Redis {
+        config: RedisConfig,
+        connect_wait: Duration,
+    },
+}
+
+/// Human approvals: the table's file (made with `capacity` slots if missing) and how they run.
+pub struct ApprovalOptions {
+    pub table: PathBuf,
+    pub capacity: usize,
+    pub settings: ApprovalSettings,
+}
+
+/// Everything a sidecar is made of.
+pub struct Options {
+    /// Counter-table slots and reservation-log entries.
+    pub capacity: usize,
+    pub reservations: usize,
+    /// Count decisions per tool as well (`--metrics-per-tool`).
+    pub per_tool_metrics: bool,
+    pub store: Store,
+    pub decision_log: Option<decision_log::Settings>,
+    pub approvals: Option<ApprovalOptions>,
+    /// How to serve; `None`: an engine with its parts, answering no one over the network.
+    pub serve: Option<Config>,
+}
+
+/// Why a sidecar could not be assembled or served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// The options are wrong.
+    Invalid(String),
+    /// A file or socket could not be opened.
+    Io(String),
+}
+
+/// An assembled sidecar.
+pub struct Sidecar {
+    pub engine: Arc<Engine>,
+    pub decision_log: Option<Arc<DecisionLog>>,
+    pub approvals: Option<Arc<Approvals>>,
+    /// News of approvals, for the control plane (taken once).
+    approval_events: Mutex<Option<ApprovalEvents>>,
+    /// A table file of another layout version that opening the approvals table set aside.
+    pub approvals_set_aside: Option<PathBuf>,
+    /// Whether the store's first connection was made (Redis; always true for the table).
+    pub store_connected: bool,
+    serve: Option<Config>,
+    server: Mutex<Option<Server>>,
+}
+
+impl Sidecar {
+    pub fn assemble(
+        policy: Policy,
+        options: Options,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Sidecar, Error> {
+        let table = CounterTable::try_new(options.capacity, options.reservations)
+            .map_err(Error::Invalid)?;
+        let engine = Arc::new(Engine::new(policy, Arc::new(table), clock).map_err(Error::Invalid)?);
+        engine.stats().set_per_tool(options.per_tool_metrics);
+        let store_connected = match options.store {
+            Store::Local => true,
+            Store::Redis {
+                config,
+                connect_wait,
+            } => {
+                let store = RedisStore::connect(config, engine.table_arc(), connect_wait)
+                    .map_err(Error::Invalid)?;
+                let connected = store.connected();
+                engine
+                    .enable_store(Arc::new(store))
+                    .map_err(Error::Invalid)?;
+                connected
+            }
+        };
+        let (mut approvals, mut approval_events, mut approvals_set_aside) = (None, None, None);
+        if let Some(a) = options.approvals {
+            let table = ApprovalTable::open_file(&a.table, a.capacity).map_err(Error::Io)?;
+            approvals_set_aside = table.set_aside().map(|p| p.to_path_buf());
+            let (desk, events) = Approvals::with_settings(Arc::new(table), a.settings);
+            let desk = Arc::new(desk);
+            engine
+                .enable_approvals(desk.clone())
+                .map_err(Error::Invalid)?;
+            approvals = Some(desk);
+            approval_events = Some(events);
+        }
+        let decision_log = match options.decision_log {
+            None => None,
+            Some(settings) => {
+                let log = DecisionLog::open(settings)
+                    .map_err(|e| Error::Io(format!("cannot open the decision log: {e}")))?;
+                let log = Arc::new(log);
+                engine
+                    .enable_decision_log(log.clone())
+                    .map_err(Error::Invalid)?;
+                Some(log)
+            }
+        };
+        Ok(Sidecar {
+            engine,
+            decision_log,
+            approvals,
+            approval_events: Mutex::new(approval_events),
+            approvals_set_aside,
+            store_connected,
+            serve: options.serve,
+            server: Mutex::new(None),
+        })
+    }
+
+    /// The approvals' news (once: the control plane's recorder drains it).
+    pub fn take_approval_events(&self) -> Option<ApprovalEvents> {
+        lock(&self.approval_events).take()
+    }
+
+    /// Bind and start answering calls (health says NOT_SERVING until [`Sidecar::set_serving`]);
+    /// the address it listens on.
+    pub fn serve(&self) -> Result<String, Error> {
+        let config = self
+            .serve
+            .clone()
+            .ok_or_else(|| Error::Invalid("no address to serve on".into()))?;
+        let mut server = lock(&self.server);
+        if server.is_some() {
+            return Err(Error::Invalid("already serving".into()));
+        }
+        let started = Server::start(self.engine.clone(), config).map_err(Error::Io)?;
+        let address = started.address().to_owned();
+        *server = Some(started);
+        Ok(address)
+    }
+
+    /// Report SERVING or NOT_SERVING on grpc.health.v1 (calls are answered either way).
+    pub fn set_serving(&self, serving: bool) {
+        if let Some(server) = lock(&self.server).as_ref() {
+            server.set_serving(serving);
+        }
+    }
+
+    /// Stop accepting calls and wait up to `grace` for those in flight. Idempotent.
+    pub fn stop(&self, grace: Duration) -> Result<(), String> {
+        let server = lock(&self.server).take();
+        server.map_or(Ok(()), |s| s.stop(grace))
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.stop(Duration::ZERO);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave what it guards half-changed: recover it.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
