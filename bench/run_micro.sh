@@ -35,6 +35,7 @@ for arg in "$@"; do
         --no-python) run_python=0 ;;
         --no-build) build=0 ;;
         --print) write=0 ;;
+        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
         *) echo "unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
