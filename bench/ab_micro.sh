@@ -16,6 +16,7 @@
 # minimum is the closest a run gets to what the code itself costs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+[[ ${1:-} == -h || ${1:-} == --help ]] && { sed -n '2,16p' "$0"; exit 0; }
 
 base=${1:?usage: bench/ab_micro.sh BASE [HEAD] [ROUNDS] [FILTER]}
 head=${2:-HEAD}

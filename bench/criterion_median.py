@@ -6,9 +6,9 @@ run_micro.sh calls it after each repeated run of a target case, since criterion 
 the latest run's estimates.
 """
 
+import argparse
 import json
 import pathlib
-import sys
 
 
 def latest_median(criterion_dir: pathlib.Path, bench_id: str) -> float:
@@ -20,5 +20,9 @@ def latest_median(criterion_dir: pathlib.Path, bench_id: str) -> float:
 
 
 if __name__ == "__main__":
-    directory, bench_id, round_no = pathlib.Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-    print(f"{bench_id} {round_no} {latest_median(directory, bench_id):.3f}")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("criterion_dir", type=pathlib.Path, help="criterion's output directory")
+    p.add_argument("bench_id", help="the benchmark's full id, e.g. decide/keys/1")
+    p.add_argument("round", type=int, help="which run of it this is")
+    a = p.parse_args()
+    print(f"{a.bench_id} {a.round} {latest_median(a.criterion_dir, a.bench_id):.3f}")

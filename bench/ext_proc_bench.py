@@ -2,9 +2,9 @@
 outcome followed, so a failed call gives its limits back) and a ``tools/list`` of 100 tools
 (filtered for the caller). Run on purpose, never by the tests.
 
-It reuses bench/envoy_bench.py's pieces. Four Envoys, each built from a deployed config as
-Envoy parses it (``/config_dump``), the filters and their settings exactly as deployed, only
-ports, the server id and the upstream swapped:
+Five Envoys, each built from a deployed config as Envoy parses it (``/config_dump``), the
+filters and their settings exactly as deployed, only ports, the server id and the upstream
+swapped:
 
 - ``plain``: deploy/envoy/mcp-ext-authz.yaml without the ext_authz filter;
 - ``authz``: deploy/envoy/mcp-ext-authz.yaml (ext_authz alone);
@@ -12,7 +12,9 @@ ports, the server id and the upstream swapped:
   routes toolgate's Check picks: ``tools-list`` waits for toolgate, STREAMED; ``tools-call``
   in observability mode, Envoy does not wait);
 - ``authz+proc-sync``: the same with ``observability_mode`` off on ``toolgate.outcomes``: what
-  following a call would cost if Envoy waited for toolgate (tools/call only).
+  following a call would cost if Envoy waited for toolgate (tools/call only);
+- ``authz+proc-floor``: ``authz+proc`` with its ext_proc streams sent to
+  rust/server/examples/floor.rs, which does nothing with them (tools/call only).
 
 Every route goes to the deployed ``mcp`` cluster (HTTP/1.1), served by one more Envoy
 (``--concurrency 1``) answering with constants picked by the request header
@@ -20,14 +22,14 @@ Every route goes to the deployed ``mcp`` cluster (HTTP/1.1), served by one more 
 policy lets the caller see 66 (``delete_*`` hidden, ``create_*`` denied by default). A separate
 Envoy, not a ``direct_response`` on the MCP route, so the route is the deployed proxied one
 and every config pays the same upstream hop (Envoy does run ext_proc on a ``direct_response``
-too: a probe shows it). One sidecar, ``toolgate serve --transport native`` with
-bench/policy_grpc.json plus ``hide`` and two allowed globs, ``--metrics-listen`` on (read
-between runs only). h2load over h2c, one in flight (``-c 1 -m 1``) and loaded (``-c 4 -m 2``),
-the configs taking turns with the order rotated each run, after the machine is quiet and no
-request is left open to the sidecar (ext_proc streams of the run before). Every run
-checked: all HTTP 200, the response bytes (every answer the right one, filtered through
-``authz+proc``), Envoy's ext_authz, ext_proc and cluster counters (circuit breakers
-included), the sidecar's limit count (tools/call) and its tool-list and release counters.
+too: a probe shows it). One sidecar, ``toolgate serve`` with bench/policy_grpc.json plus
+``hide`` and two allowed globs, ``--metrics-listen`` on (read between runs only). h2load over
+h2c, one in flight (``-c 1 -m 1``) and loaded (``-c 4 -m 2``), the configs taking turns with
+the order rotated each run, after the machine is quiet and no request is left open to the
+sidecar (ext_proc streams of the run before). Every run checked: all HTTP 200, the response
+bytes (every answer the right one, filtered through ``authz+proc``), Envoy's ext_authz,
+ext_proc and cluster counters (circuit breakers included), the sidecar's limit count
+(tools/call) and its tool-list and release counters.
 Added = config - baseline per run (the configs of a run ran back to back), median over the
 runs. Aim: ext_proc adds ≤ 0.1 ms at p50 to a tools/call over ext_authz alone.
 
@@ -40,37 +42,31 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import envoy_bench as eb
-import grpc_bench as gb
+import harness as h
+from harness import envoy as ev
 from prometheus_client.parser import text_string_to_metric_families
-from wire_bench import build_floor
 
-BEGIN, END = "<!-- BEGIN ext-proc -->", "<!-- END ext-proc -->"
 SECTION = "## ext_proc: filtering tool lists and following calls"
 DEPLOYED = {
-    "authz": gb.ROOT / "deploy" / "envoy" / "mcp-ext-authz.yaml",
-    "proc": gb.ROOT / "deploy" / "envoy" / "mcp-ext-authz-ext-proc.yaml",
+    "authz": ev.DEPLOYED,
+    "proc": h.ROOT / "deploy" / "envoy" / "mcp-ext-authz-ext-proc.yaml",
 }
 AIM_ADDED_P50_US = 100.0
-X, MINUS = gb.X, "\u2212"
+X, MINUS = h.X, h.MINUS
 CONFIGS = ["plain", "authz", "authz+proc", "authz+proc-sync", "authz+proc-floor"]
 #: Which configs each exchange runs through: the -sync and -floor variants follow tools/call
 #: answers only (the floor filters no list).
 EXCHANGES = {"call": CONFIGS, "list": CONFIGS[:3]}
 #: The configs whose ext_proc is toolgate's (the floor's lets everything through).
 FILTERING = ("authz+proc", "authz+proc-sync")
-FLOOR_BIN = gb.ROOT / "target" / "release" / "examples" / "floor"
 LOADS = (("single", "one in flight"), ("loaded", "loaded"))
 ANSWER_HEADER = "x-bench-answer"  # the upstream's route: which constant it answers
 #: After the last answer, how long the counters may take to reach what the run must show: an
@@ -80,8 +76,8 @@ SETTLE = 10.0
 
 # --- the MCP exchange ------------------------------------------------------------------------
 
-CALL_REQUEST = eb.REQUEST_BODY  # tools/call of run_command, as in the other Envoy benches
-CALL_ANSWER = eb.RESULT_BODY.encode()
+CALL_REQUEST = ev.REQUEST_BODY  # tools/call of run_command, as in the other Envoy benches
+CALL_ANSWER = ev.RESULT_BODY.encode()
 #: A string id: toolgate sends the list on under a string id of its own, which the upstream
 #: echoes (see ``upstream_config``).
 LIST_ID = "bench-1"
@@ -112,7 +108,9 @@ def tool(name: str, description: str, properties: dict[str, str]) -> dict:
 
 def catalogue() -> tuple[list[dict], list[str]]:
     """The upstream's 100 tools, families interleaved, and the names the caller may see."""
-    tools = [tool(eb.TOOL, "Run a shell command on the build host.", {"command": "The command."})]
+    tools = [
+        tool("run_command", "Run a shell command on the build host.", {"command": "The command."})
+    ]
     for i in range(max(n for _, n, _ in FAMILIES)):
         for verb, count, _ in FAMILIES:
             if i < count:
@@ -125,7 +123,9 @@ def catalogue() -> tuple[list[dict], list[str]]:
                     )
                 )
     visible = {verb for verb, _, shown in FAMILIES if shown}
-    shown = [t["name"] for t in tools if t["name"] == eb.TOOL or t["name"].split("_")[0] in visible]
+    shown = [
+        t["name"] for t in tools if t["name"] == "run_command" or t["name"].split("_")[0] in visible
+    ]
     return tools, shown
 
 
@@ -143,7 +143,7 @@ def bench_policy(workdir: Path) -> Path:
     every call holds a reservation and goes through the tools-call route) plus what a tool
     list is filtered by: ``delete_*`` hidden, ``describe_*`` and ``list_*`` allowed, the rest
     denied by default."""
-    policy = json.loads(eb.POLICY.read_text())
+    policy = json.loads(h.POLICY.read_text())
     policy["hide"] = ["delete_*"]
     policy["tools"].update({"describe_*": {}, "list_*": {}})
     path = workdir / "policy.json"
@@ -154,26 +154,6 @@ def bench_policy(workdir: Path) -> Path:
 # --- Envoy configs ---------------------------------------------------------------------------
 
 
-def deployed_config(path: Path, workdir: Path) -> dict:
-    """envoy_bench.deployed_config for any deployed file: its listener and clusters as Envoy
-    parsed them, from ``/config_dump`` of an Envoy run on free ports."""
-    text = eb._PORT_VALUE.sub(lambda m: f"{m.group(1)}{gb.free_port()}", path.read_text())
-    admin = int(re.search(r"admin:.*?port_value:\s*(\d+)", text, re.S).group(1))
-    rendered = workdir / f"deployed-{path.stem}.yaml"
-    rendered.write_text(text)
-    envoy = eb.start_envoy(f"deployed-{path.stem}", rendered, admin, workdir)
-    try:
-        listeners = json.loads(eb.envoy_admin(admin, "/config_dump?resource=static_listeners"))
-        clusters = json.loads(eb.envoy_admin(admin, "/config_dump?resource=static_clusters"))
-    finally:
-        envoy.stop()
-    (listener,) = [eb._unwrap(c["listener"]) for c in listeners["configs"]]
-    return {
-        "listener": listener,
-        "clusters": {c["cluster"]["name"]: eb._unwrap(c["cluster"]) for c in clusters["configs"]},
-    }
-
-
 def proc_config(
     deployed: dict, *, sync: bool, listen: int, admin: int, toolgate: int, upstream: int,
     answers: int | None = None,
@@ -182,14 +162,14 @@ def proc_config(
     ``sync``: toolgate.outcomes without observability mode (Envoy waits for toolgate);
     ``answers``: where the ext_proc streams go (default: toolgate)."""
     listener = copy.deepcopy(deployed["listener"])
-    eb._set_port(listener["address"], listen)
-    hcm = eb._hcm(listener)
+    ev.set_port(listener["address"], listen)
+    hcm = ev.hcm_of(listener)
     (vhost,) = hcm["route_config"]["virtual_hosts"]
     used = set()
     for route in vhost["routes"]:
         # Envoy redacts context_extensions in /config_dump: set the bench's server id.
-        route["typed_per_filter_config"][eb.EXT_AUTHZ]["check_settings"]["context_extensions"] = {
-            "server": eb.SERVER_ID
+        route["typed_per_filter_config"][ev.EXT_AUTHZ]["check_settings"]["context_extensions"] = {
+            "server": ev.SERVER_ID
         }
         used.add(route["route"]["cluster"])
     if sync:
@@ -202,24 +182,18 @@ def proc_config(
     sidecar_clusters = []
     for name, port in (("toolgate", toolgate), ("toolgate-answers", answers or toolgate)):
         cluster = copy.deepcopy(deployed["clusters"][name])
-        eb._set_endpoint_port(cluster, port)
+        ev.set_endpoint_port(cluster, port)
         sidecar_clusters.append(cluster)
     mcp = copy.deepcopy(deployed["clusters"]["mcp"])
-    eb._set_endpoint_port(mcp, upstream)
-    if "[redacted]" in json.dumps(listener):
-        raise RuntimeError("a redacted field is left in the listener config")
-    return {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
-        "stats_flush_interval": "1s",
-        "static_resources": {"listeners": [listener], "clusters": [*sidecar_clusters, mcp]},
-    }
+    ev.set_endpoint_port(mcp, upstream)
+    return ev.bootstrap(admin, listener, [*sidecar_clusters, mcp])
 
 
 def envoy_config(
     name: str, deployed: dict, listen: int, admin: int, tport: int, uport: int, fport: int
 ) -> dict:
     if name in ("plain", "authz"):
-        return eb.bench_config(
+        return ev.bench_config(
             deployed["authz"], authz=name == "authz", listen=listen, admin=admin,
             toolgate=tport, upstream=uport,
         )  # fmt: skip
@@ -230,12 +204,12 @@ def envoy_config(
 
 
 def upstream_config(listen: int, admin: int) -> dict:
-    """envoy_bench's stand-in MCP server (an Envoy answering constants over HTTP/1.1), its
+    """harness.envoy's stand-in MCP server (an Envoy answering constants over HTTP/1.1), its
     answer picked by ``x-bench-answer``; anything else is a 404."""
-    cfg = eb.upstream_config(listen, admin)
+    cfg = ev.upstream_config(listen, admin)
     (lst,) = cfg["static_resources"]["listeners"]
     (chain,) = lst["filter_chains"]
-    (hcm,) = [f["typed_config"] for f in chain["filters"] if f["name"] == eb.HCM]
+    (hcm,) = [f["typed_config"] for f in chain["filters"] if f["name"] == ev.HCM]
     routes = [
         {
             "match": {
@@ -257,7 +231,7 @@ def upstream_config(listen: int, admin: int) -> dict:
         {
             "name": "envoy.filters.http.json_to_metadata",
             "typed_config": {
-                "@type": f"{eb.TYPE}.http.json_to_metadata.v3.JsonToMetadata",
+                "@type": f"{ev.TYPE}.http.json_to_metadata.v3.JsonToMetadata",
                 "request_rules": {
                     "rules": [
                         {
@@ -298,29 +272,15 @@ def upstream_config(listen: int, admin: int) -> dict:
 # --- processes and counters -------------------------------------------------------------------
 
 
-def sidecar(policy: Path, workdir: Path, extra: list[str]) -> gb.Server:
-    port, mport = gb.free_port(), gb.free_port()
-    cmd = [gb.toolgate_exe(), "serve", "--transport", "native", "--policy", str(policy)]
-    cmd += ["--metrics-listen", f"127.0.0.1:{mport}", "--listen", f"127.0.0.1:{port}"]
-    cmd += ["--drain", "0", *extra]
-    return gb.start_server(
-        "toolgate", cmd, port, workdir, eb.decide_request(dry_run=True), metrics_port=mport
-    )
+def sidecar(policy: Path, workdir: Path, extra: list[str]) -> h.Server:
+    port, mport = h.free_port(), h.free_port()
+    cmd = h.serve_cmd(port, *extra, policy=policy, metrics=mport)
+    probe = h.decide_request(True, ev.GRANT, ev.SERVER_ID)
+    return h.start_grpc("toolgate", cmd, port, workdir, probe, metrics_port=mport)
 
 
-def envoy_stats(server: gb.Server) -> dict[str, int]:
-    """Counters under http.mcp. (ext_authz, ext_proc, downstream) and the toolgate,
-    toolgate-answers and mcp clusters (text /stats, integers only)."""
-    text = eb.envoy_admin(
-        server.admin,
-        "/stats?filter=^(http\\.mcp\\.|cluster\\.(toolgate|toolgate-answers|mcp)\\.)",
-    )
-    out = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(": ")
-        if value.strip().isdigit():
-            out[name] = int(value)
-    return out
+def envoy_stats(envoy: h.Server) -> dict[str, int]:
+    return ev.stats(envoy, "toolgate|toolgate-answers|mcp")
 
 
 SIDECAR_COUNTERS = (
@@ -332,9 +292,8 @@ SIDECAR_COUNTERS = (
 
 def sidecar_counts(port: int) -> dict[str, float]:
     """The sidecar's tool-list and release counters from its /metrics, ``name{labels}``."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     out = {}
-    for family in text_string_to_metric_families(text):
+    for family in text_string_to_metric_families(h.scrape(port)):
         for s in family.samples:
             if s.name in SIDECAR_COUNTERS:
                 labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
@@ -342,17 +301,12 @@ def sidecar_counts(port: int) -> dict[str, float]:
     return out
 
 
-def diff(after: dict, before: dict) -> dict:
-    return {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
-
-
 # --- runs ------------------------------------------------------------------------------------
 
 
 @dataclass
-class Run(eb.Run):
+class Run(ev.Run):
     exchange: str = "call"
-    data: int = 0  # response body bytes h2load received
     answer: int = 0  # bytes each answer must have
     settled: float = 0.0  # s from the last answer until the counters showed what they must
     open: int = 0  # requests Envoy still holds open to the sidecar
@@ -360,12 +314,11 @@ class Run(eb.Run):
 
     @property
     def proc(self) -> bool:
-        return "+proc" in self.config
+        return "+proc" in self.name
 
 
-def h2load_cmd(url: str, body: Path, kind: str, c: int, m: int, n: int) -> list[str]:
-    cmd = eb.h2load_cmd(url, body, c, m, n)
-    return [*cmd[:-1], "-H", f"{ANSWER_HEADER}: {kind}", cmd[-1]]
+def headers(kind: str) -> tuple[str, ...]:
+    return (*ev.H2LOAD_HEADERS, f"{ANSWER_HEADER}: {kind}")
 
 
 def verify(r: Run) -> None:
@@ -433,50 +386,17 @@ def verify(r: Run) -> None:
         problems.append(f"toolgate's limit counted {r.counted} (want {n})")
 
 
-def read_h2load(run, cmd: list[str], proc: subprocess.CompletedProcess, log: Path) -> int:
-    """Fill ``run`` from h2load's summary and per-request log (which it then removes);
-    return how many requests completed (at least 1, to divide by)."""
-    if proc.returncode != 0:
-        raise RuntimeError(f"h2load failed: {' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}")
-    summary = gb.parse_summary(proc.stdout)
-    durations, statuses = gb.read_log(log)
-    log.unlink()
-    run.rps = summary["rps"]
-    run.succeeded = int(summary.get("succeeded", len(durations)))
-    run.failed = int(summary.get("failed", 0))
-    run.statuses = dict(statuses)
-    run.data = int(m.group(1)) if (m := re.search(r"\((\d+)\) data", proc.stdout)) else -1
-    run.p50, run.p99, run.p999 = (gb.percentile(durations, q) for q in (0.5, 0.99, 0.999))
-    return max(len(durations), 1)
-
-
 def run_h2load(
-    envoy: gb.Server, toolgate: gb.Server, upstream: gb.Server, body: Path, run: Run,
-    workdir: Path, timeout: float, quiet: tuple,
+    envoy: h.Server, toolgate: h.Server, upstream: h.Server, body: Path, run: Run,
+    workdir: Path, args,
 ) -> Run:  # fmt: skip
-    log = workdir / f"{run.exchange}-{run.load}-{run.config}-{run.index}.log"
     url = f"http://127.0.0.1:{envoy.port}/mcp"
-    cmd = [*h2load_cmd(url, body, run.exchange, run.c, run.m, run.n), "--log-file", str(log)]
     call = run.counts and run.exchange == "call"
-    run.quiet_before = gb.wait_quiet(*quiet)
     idle(envoy)
     s0, m0 = envoy_stats(envoy), sidecar_counts(toolgate.metrics_port)
-    c0 = eb.counted(toolgate.port) if call else None
-    _, st0 = gb.cpu_ticks()
-    e0, t0, u0 = envoy.cpu_seconds(), toolgate.cpu_seconds(), upstream.cpu_seconds()
-    ecs0, tcs0 = envoy.context_switches(), toolgate.context_switches()
-    w0 = time.monotonic()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    wall = time.monotonic() - w0
-    e1, t1, u1 = envoy.cpu_seconds(), toolgate.cpu_seconds(), upstream.cpu_seconds()
-    ecs1, tcs1 = envoy.context_switches(), toolgate.context_switches()
-    _, st1 = gb.cpu_ticks()
-    done = read_h2load(run, cmd, proc, log)
-    run.envoy_cpu_us = (e1 - e0) / done * 1e6
-    run.toolgate_cpu_us = (t1 - t0) / done * 1e6
-    run.upstream_cpu_us = (u1 - u0) / done * 1e6
-    run.envoy_cs, run.toolgate_cs = (ecs1 - ecs0) / done, (tcs1 - tcs0) / done
-    run.steal_cores = (st1 - st0) / gb.CLK_TCK / wall
+    c0 = ev.counted(toolgate) if call else None
+    servers = {"envoy": envoy, "toolgate": toolgate, "upstream": upstream}
+    h.h2load(run, url, body, workdir, servers, args, headers(run.exchange))
     # An observability-mode stream ends after its answer went out: read the counters until
     # they show what they must, or SETTLE has passed (then the run fails its checks).
     done_at = time.monotonic()
@@ -485,12 +405,12 @@ def run_h2load(
         run.settled = time.monotonic() - done_at
         run.problems = []
         now = envoy_stats(envoy)
-        run.delta = diff(now, s0)
+        run.delta = ev.diff(now, s0)
         # A stream counts as completed before it ends; the gauge says when it has.
         run.open = open_requests(now)
-        run.sidecar = diff(sidecar_counts(toolgate.metrics_port), m0)
+        run.sidecar = ev.diff(sidecar_counts(toolgate.metrics_port), m0)
         if call:
-            run.counted = eb.counted(toolgate.port) - c0
+            run.counted = ev.counted(toolgate) - c0
         verify(run)
         if not run.problems or time.monotonic() > deadline:
             return run
@@ -503,7 +423,7 @@ def open_requests(stats: dict) -> int:
     return sum(stats.get(f"cluster.{c}.upstream_rq_active", 0) for c in clusters)
 
 
-def idle(envoy: gb.Server) -> None:
+def idle(envoy: h.Server) -> None:
     """Wait until Envoy holds no request open to the sidecar (ext_proc streams of
     earlier exchanges), so a run starts from the same state whatever ran before it."""
     deadline = time.monotonic() + SETTLE
@@ -516,23 +436,18 @@ def idle(envoy: gb.Server) -> None:
 # --- checks by hand --------------------------------------------------------------------------
 
 
-def exchange(envoy: gb.Server, kind: str) -> tuple[int, dict[str, str], bytes]:
+def exchange(envoy: h.Server, kind: str) -> tuple[int, dict[str, str], bytes]:
     """One request by hand (HTTP/1.1): status, headers (lower case), body."""
-    headers = {**dict(eb.HEADERS), ANSWER_HEADER: kind}
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{envoy.port}/mcp", data=REQUESTS[kind], headers=headers
-    )
-    with urllib.request.urlopen(req, timeout=5) as resp:
-        return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
+    return ev.post(envoy, REQUESTS[kind], **{ANSWER_HEADER: kind})
 
 
-def probe(name: str, envoy: gb.Server) -> tuple[str, dict[str, bytes]]:
+def probe(name: str, envoy: h.Server) -> tuple[str, dict[str, bytes]]:
     """A tools/call and a tools/list through one config: the call's answer is the upstream's;
     the list is whole, or through ext_proc exactly the tools the caller may see. Returns a
     description and the answers (the run checks compare their sizes)."""
     authz = name != "plain"
     status, headers, body = exchange(envoy, "call")
-    ours = {k: v for k, v in headers.items() if k.startswith(eb.TOOLGATE_HEADERS)}
+    ours = {k: v for k, v in headers.items() if k.startswith(ev.TOOLGATE_HEADERS)}
     if status != 200 or body != CALL_ANSWER or authz != bool(ours):
         raise RuntimeError(f"{name}: tools/call answered {status} {ours} {body!r}")
     if authz and ours.get("x-toolgate-code") != "ALLOWED":
@@ -556,28 +471,21 @@ def probe(name: str, envoy: gb.Server) -> tuple[str, dict[str, bytes]]:
 def direct_response_probe(deployed: dict, tport: int, workdir: Path) -> str:
     """Whether ext_proc sees an answer Envoy makes itself: the authz+proc config with its
     routes answering the tools/list by ``direct_response`` instead of the upstream."""
-    port, admin = gb.free_port(), gb.free_port()
+    port, admin = h.free_port(), h.free_port()
     cfg = proc_config(
         deployed["proc"], sync=False, listen=port, admin=admin, toolgate=tport, upstream=1
     )
-    hcm = eb._hcm(cfg["static_resources"]["listeners"][0])
+    hcm = ev.hcm_of(cfg["static_resources"]["listeners"][0])
     hcm["route_config"]["max_direct_response_body_size_bytes"] = 2 * len(LIST_ANSWER)
     for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:
-        del route["route"]
-        route["direct_response"] = {"status": 200, "body": {"inline_string": LIST_ANSWER.decode()}}
-        route["response_headers_to_add"] = [
-            {
-                "header": {"key": "content-type", "value": "application/json"},
-                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-            }
-        ]
+        ev.direct(route, LIST_ANSWER.decode())
     path = workdir / "direct-response.json"
     path.write_text(json.dumps(cfg, indent=1))
-    envoy = eb.start_envoy("direct-response", path, admin, workdir, port=port)
+    envoy = ev.start("direct-response", path, admin, workdir, port=port)
     try:
         s0 = envoy_stats(envoy)
         status, _, listed = exchange(envoy, "list")
-        streams = diff(envoy_stats(envoy), s0).get("http.mcp.ext_proc.streams_started", 0)
+        streams = ev.diff(envoy_stats(envoy), s0).get("http.mcp.ext_proc.streams_started", 0)
     finally:
         envoy.stop()
     n = len(json.loads(listed).get("result", {}).get("tools", []))
@@ -590,30 +498,12 @@ def direct_response_probe(deployed: dict, tport: int, workdir: Path) -> str:
 # --- report ----------------------------------------------------------------------------------
 
 
-def write_block(block: str) -> None:
-    """Replace the text between the markers in RESULTS.md (re-read just before: other scripts
-    rewrite other blocks). The markers are put there by hand, under SECTION."""
-    text = eb.RESULTS.read_text()
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
-    if not pattern.search(text):
-        raise SystemExit(missing_markers())
-    eb.RESULTS.write_text(pattern.sub(lambda _: f"{BEGIN}\n{block}\n{END}", text))
-    print(f"\nrewrote the {BEGIN} block of {eb.RESULTS}", file=sys.stderr)
-
-
-def missing_markers() -> str:
-    return (
-        f"{eb.RESULTS} has no {BEGIN} ... {END} block: add it under a section\n\n"
-        f"{SECTION}\n\n{BEGIN}\n{END}\n\nor run with --print"
-    )
-
-
 def report(args, runs: list[Run], probes: list[str], sizes: dict, elapsed: float) -> str:
     def pick(exchange, load, name, i=None):
         return [
             r
             for r in runs
-            if (r.exchange, r.load, r.config) == (exchange, load, name) and i in (None, r.index)
+            if (r.exchange, r.load, r.name) == (exchange, load, name) and i in (None, r.index)
         ]
 
     def med(exchange, load, name, attr):
@@ -636,9 +526,6 @@ def report(args, runs: list[Run], probes: list[str], sizes: dict, elapsed: float
                 out.append(getattr(a[0], attr) / getattr(b[0], attr))
         return out
 
-    def us(v: float) -> str:
-        return ("+" if v >= 0 else MINUS) + gb.fmt_us(abs(v))
-
     diffs = (
         ("authz+proc", "authz"),
         ("authz+proc-floor", "authz"),
@@ -649,7 +536,7 @@ def report(args, runs: list[Run], probes: list[str], sizes: dict, elapsed: float
     head = " | ".join(f"{a} {MINUS} {b}" for a, b in diffs)
     hidden = len(TOOLS) - len(VISIBLE)
     lines = [
-        gb.written_by("ext_proc_bench.py") + f"; one in flight `-c 1 -m 1` x "
+        h.written_by("ext_proc_bench.py") + f"; one in flight `-c 1 -m 1` x "
         f"{args.n_single:,}, loaded `-c {args.c} -m {args.m}` x {args.n_loaded:,} per run, "
         f"{args.runs} runs, medians; the differences are medians of the per-run differences "
         "(ratios for req/s).",
@@ -666,7 +553,7 @@ def report(args, runs: list[Run], probes: list[str], sizes: dict, elapsed: float
         f"{len(CALL_ANSWER)}-byte tools/call result, or a {len(LIST_ANSWER):,}-byte tools/list "
         f"of {len(TOOLS)} tools, {hidden} of which the caller may not see (`delete_*` hidden, "
         f"`create_*` denied by default), so through ext_proc {len(sizes['list']):,} bytes. "
-        "Sidecar: `toolgate serve --transport native`, bench/policy_grpc.json plus `hide` and "
+        "Sidecar: `toolgate serve`, bench/policy_grpc.json plus `hide` and "
         "two allowed globs (run_command's 1e9-a-day limit makes every call hold a "
         "reservation, so it takes the tools-call route)"
         + (f", {' '.join(args.sidecar_arg)}" if args.sidecar_arg else "")
@@ -696,7 +583,7 @@ def report(args, runs: list[Run], probes: list[str], sizes: dict, elapsed: float
                     elif attr.endswith("cpu_us"):
                         cells.append(f"{v:.0f} µs")
                     else:
-                        cells.append(gb.fmt_us(v))
+                        cells.append(h.fmt_us(v))
                 for a, b in diffs:
                     if a not in configs:
                         adds.append("")
@@ -704,7 +591,9 @@ def report(args, runs: list[Run], probes: list[str], sizes: dict, elapsed: float
                         adds.append(f"{statistics.median(ratio(ex, load, a, b, attr)):.2f}{X}")
                     else:
                         v = statistics.median(added(ex, load, a, b, attr))
-                        cell = f"{v:+.0f} µs".replace("-", MINUS) if "cpu" in attr else us(v)
+                        cell = (
+                            f"{v:+.0f} µs".replace("-", MINUS) if "cpu" in attr else h.fmt_added(v)
+                        )
                         adds.append(f"**{cell}**" if (a, b) == diffs[0] else cell)
                 lines.append(
                     f"| {EXCHANGE_NAMES[ex]} | {label} | {metric} | {' | '.join(cells)} | "
@@ -715,13 +604,13 @@ def report(args, runs: list[Run], probes: list[str], sizes: dict, elapsed: float
         runs_ = added("call", load, "authz+proc", "authz", "p50")
         v = statistics.median(runs_)
         return (
-            f"**{us(v)}** ({gb.verdict(v, AIM_ADDED_P50_US, False)}; runs "
-            + ", ".join(us(x) for x in runs_)
+            f"**{h.fmt_added(v)}** ({h.verdict(v, AIM_ADDED_P50_US, False)}; runs "
+            + ", ".join(h.fmt_added(x) for x in runs_)
             + ")"
         )
 
     def at(ex, name, load):
-        return us(statistics.median(added(ex, load, name, "authz", "p50")))
+        return h.fmt_added(statistics.median(added(ex, load, name, "authz", "p50")))
 
     lines += [
         "",
@@ -753,7 +642,7 @@ def report(args, runs: list[Run], probes: list[str], sizes: dict, elapsed: float
         "(and not otherwise), no list refused, no reservation released. The counters showed "
         "all this, after each run's last answer, within "
         + ", ".join(
-            f"{max(r.settled for r in runs if (r.exchange, r.config) == (ex, name)):.1f} s "
+            f"{max(r.settled for r in runs if (r.exchange, r.name) == (ex, name)):.1f} s "
             f"({EXCHANGE_NAMES[ex].split()[0]}, {name})"
             for ex, configs in EXCHANGES.items()
             for name in configs
@@ -762,9 +651,7 @@ def report(args, runs: list[Run], probes: list[str], sizes: dict, elapsed: float
         + " (Envoy closes an observability-mode ext_proc stream that the server has not "
         "ended `deferred_close_timeout`, 5 s by default, after its exchange).",
         "",
-        f"Machine: busy before each run {min(r.quiet_before for r in runs):.2f}\u2013"
-        f"{max(r.quiet_before for r in runs):.2f} cores, steal up to "
-        f"{max(r.steal_cores for r in runs):.2f}. Took {elapsed:.0f} s.",
+        h.busy_line(runs) + f" Took {elapsed:.0f} s.",
     ]
     return "\n".join(lines)
 
@@ -786,74 +673,66 @@ def main() -> int:
         default=[],
         help="an extra argument for the sidecar (repeatable), e.g. --sidecar-arg=--threads=1",
     )
+    p.add_argument("--no-build", action="store_true", help="don't (re)build the Rust floor")
     p.add_argument("--print", dest="write", action="store_false", help="don't write RESULTS.md")
     args = p.parse_args()
     if not shutil.which("h2load"):
         raise SystemExit("h2load not found: apt-get install -y nghttp2-client")
-    if args.write and not re.search(
-        re.escape(BEGIN) + ".*?" + re.escape(END), eb.RESULTS.read_text(), re.S
-    ):
-        raise SystemExit(missing_markers())
     started = time.monotonic()
-    build_floor()
+    if not args.no_build:
+        h.build_floor()
     workdir = Path(tempfile.mkdtemp(prefix="ext-proc-bench-"))
     bodies = {}
     for kind, request in REQUESTS.items():
         bodies[kind] = workdir / f"tools-{kind}.json"
         bodies[kind].write_bytes(request)
-    servers: dict[str, gb.Server] = {}
+    servers: dict[str, h.Server] = {}
     runs: list[Run] = []
     try:
-        deployed = {k: deployed_config(path, workdir) for k, path in DEPLOYED.items()}
+        deployed = {k: ev.deployed_config(path, workdir) for k, path in DEPLOYED.items()}
         servers["toolgate"] = tg = sidecar(bench_policy(workdir), workdir, args.sidecar_arg)
-        fport = gb.free_port()
-        floor_cmd = [str(FLOOR_BIN), "--listen", f"127.0.0.1:{fport}", *args.sidecar_arg]
-        servers["floor"] = gb.start_server(
-            "floor", floor_cmd, fport, workdir, eb.decide_request(dry_run=True)
-        )
-        uport, uadmin = gb.free_port(), gb.free_port()
+        fport = h.free_port()
+        floor_cmd = [str(h.FLOOR_BIN), "--listen", f"127.0.0.1:{fport}", *args.sidecar_arg]
+        servers["floor"] = h.start_grpc("floor", floor_cmd, fport, workdir)
+        uport, uadmin = h.free_port(), h.free_port()
         path = workdir / "upstream.json"
         path.write_text(json.dumps(upstream_config(uport, uadmin), indent=1))
-        servers["upstream"] = eb.start_envoy(
+        servers["upstream"] = ev.start(
             "upstream", path, uadmin, workdir, "--concurrency", "1", port=uport
         )
         for name in CONFIGS:
-            port, admin = gb.free_port(), gb.free_port()
+            port, admin = h.free_port(), h.free_port()
             path = workdir / f"{name}.json"
             cfg = envoy_config(name, deployed, port, admin, tg.port, uport, fport)
             path.write_text(json.dumps(cfg, indent=1))
-            servers[name] = eb.start_envoy(name, path, admin, workdir, port=port)
+            servers[name] = ev.start(name, path, admin, workdir, port=port)
         probes, answers = [], {}
         for name in CONFIGS:
             shown, answers[name] = probe(name, servers[name])
             probes.append(f"{name}: {shown}")
-        probes.append(f"`rm -rf /`, authz+proc: {eb.deny_probe(servers['authz+proc'])}")
+        probes.append(f"`rm -rf /`, authz+proc: {ev.deny_probe(servers['authz+proc'])}")
         probes.append(direct_response_probe(deployed, tg.port, workdir))
         for ex, configs in EXCHANGES.items():
-            for name in configs:
-                url = f"http://127.0.0.1:{servers[name].port}/mcp"
-                cmd = h2load_cmd(url, bodies[ex], ex, args.c, args.m, args.warmup)
-                subprocess.run(cmd, capture_output=True, timeout=args.timeout, check=True)
+            urls = [f"http://127.0.0.1:{servers[name].port}/mcp" for name in configs]
+            h.warm(urls, bodies[ex], args.warmup, args, headers(ex))
         for name in CONFIGS:
             idle(servers[name])
-        quiet = (args.quiet_wait, args.quiet)
         for ex, configs in EXCHANGES.items():
             for load, c, m, n in (
                 ("single", 1, 1, args.n_single),
                 ("loaded", args.c, args.m, args.n_loaded),
             ):
                 for i in range(1, args.runs + 1):
-                    for name in gb.rotated(configs, i):
-                        r = Run(load, name, i, n, c, m, exchange=ex)
+                    for name in h.rotated(configs, i):
+                        r = Run(name, load, i, c, m, n, exchange=ex)
                         r.answer = len(answers[name][ex])
                         run_h2load(
-                            servers[name], tg, servers["upstream"], bodies[ex], r, workdir,
-                            args.timeout, quiet,
-                        )  # fmt: skip
+                            servers[name], tg, servers["upstream"], bodies[ex], r, workdir, args
+                        )
                         runs.append(r)
                         print(
                             f"{ex:4} {load:6} {name:15} run {i}: {r.rps:8,.0f} req/s  p50 "
-                            f"{gb.fmt_us(r.p50):>8}  p99 {gb.fmt_us(r.p99):>8}  envoy "
+                            f"{h.fmt_us(r.p50):>8}  p99 {h.fmt_us(r.p99):>8}  envoy "
                             f"{r.envoy_cpu_us:4.0f} µs  toolgate {r.toolgate_cpu_us:4.0f} µs  "
                             f"upstream {r.upstream_cpu_us:4.0f} µs  busy "
                             f"{r.quiet_before:.2f}  steal {r.steal_cores:.2f}  settled "
@@ -867,11 +746,8 @@ def main() -> int:
         for s in servers.values():
             s.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-    sizes = answers["authz+proc"]
-    block = report(args, runs, probes, sizes, time.monotonic() - started)
-    print(block)
-    if args.write:
-        write_block(block)
+    block = report(args, runs, probes, answers["authz+proc"], time.monotonic() - started)
+    h.publish("ext-proc", block, "ext_proc_bench.py", SECTION, args.write)
     return 0
 
 

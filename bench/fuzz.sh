@@ -15,6 +15,7 @@
 # runs, corpus size, crashes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+[[ ${1:-} == -h || ${1:-} == --help ]] && { sed -n '2,14p' "$0"; exit 0; }
 
 seconds=${1:-600}
 shift || true

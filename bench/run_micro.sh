@@ -10,6 +10,7 @@
 #   bench/run_micro.sh --no-build      # time the installed extension as it is (no maturin)
 #   PY_ARGS="-n 100000 -r 5" bench/run_micro.sh   # extra arguments for python_decide.py
 #   CODE_LABEL="commit abc1234" bench/run_micro.sh # how RESULTS.md names the code measured
+#   PYTHON=path/to/python bench/run_micro.sh      # the interpreter (default .venv/bin/python)
 #
 # The machine may be shared. Each Rust benchmark and the Python run are measured alone, after
 # waiting (up to QUIET_WAIT seconds, default 120) for the CPU to be quiet, and the CPU pressure
@@ -34,10 +35,12 @@ for arg in "$@"; do
         --no-python) run_python=0 ;;
         --no-build) build=0 ;;
         --print) write=0 ;;
+        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
         *) echo "unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
 
+py="${PYTHON:-.venv/bin/python}"
 target_dir="${CARGO_TARGET_DIR:-target}"
 py_json="$target_dir/bench-python.json"
 repeats="$target_dir/bench-repeats.txt"
@@ -97,7 +100,7 @@ if [[ $run_rust == 1 ]]; then
     bench_one() { # ID ROUND: measure one benchmark; note a repeated one's median for ROUND
         measured "rust:$1" cargo bench -q -p toolgate-core --bench decide -- --exact "$1"
         if [[ " ${repeated_ids[*]} " == *" $1 "* ]]; then
-            .venv/bin/python bench/criterion_median.py "$target_dir/criterion" "$1" "$2" >> "$repeats"
+            "$py" bench/criterion_median.py "$target_dir/criterion" "$1" "$2" >> "$repeats"
         fi
     }
     # Repeat rounds go at even intervals through the suite (round 1 is the suite itself).
@@ -118,14 +121,17 @@ fi
 
 if [[ $run_python == 1 ]]; then
     if [[ $build == 1 ]]; then
-        .venv/bin/python -m maturin develop --release -q
+        "$py" -m maturin develop --release -q
     fi
     # shellcheck disable=SC2086
-    measured python .venv/bin/python bench/python_decide.py --json "$py_json" ${PY_ARGS:-}
+    measured python "$py" bench/python_decide.py --json "$py_json" ${PY_ARGS:-}
 fi
 
-.venv/bin/python - "$target_dir" "$py_json" "$write" "$pressure" "$repeats" <<'PY'
-import datetime, json, os, pathlib, re, statistics, subprocess, sys
+"$py" - "$target_dir" "$py_json" "$write" "$pressure" "$repeats" <<'PY'
+import datetime, json, os, pathlib, statistics, subprocess, sys
+
+sys.path.insert(0, "bench")
+import harness
 
 target_dir, py_json, write = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3] == "1"
 pressure, repeats_file = pathlib.Path(sys.argv[4]), pathlib.Path(sys.argv[5])
@@ -301,20 +307,10 @@ t.append(f"- Tool count, globs, 10 → 10,000 tools (Rust): "
          f"{growth('decide/tools/globs/10', 'decide/tools/globs/10000')}.")
 targets_block = "\n".join(t)
 
-blocks = {"rust": rust_block, "python": py_block, "targets": targets_block}
-results = pathlib.Path("bench/RESULTS.md")
-if not write or not results.exists():
-    for k, v in blocks.items():
-        print(f"\n<!-- BEGIN {k} -->\n{v}\n<!-- END {k} -->")
-    sys.exit(0)
-text = results.read_text()
-for k, v in blocks.items():
-    pattern = re.compile(rf"(<!-- BEGIN {k} -->).*?(<!-- END {k} -->)", re.S)
-    if not pattern.search(text):
-        print(f"RESULTS.md has no {k} block; printing it instead:\n{v}", file=sys.stderr)
-        continue
-    text = pattern.sub(lambda m: m.group(1) + "\n" + v + "\n" + m.group(2), text)
-results.write_text(text)
-print(f"rewrote {results}; the hand-written analysis may need updating against:\n")
-print(rust_block + "\n\n" + py_block + "\n\n" + targets_block)
+for k, v in {"rust": rust_block, "python": py_block, "targets": targets_block}.items():
+    print(f"\n<!-- BEGIN {k} -->\n{v}\n<!-- END {k} -->")
+    if write:
+        harness.write_block(k, v)
+if write:
+    print("\nthe hand-written analysis around the blocks may need updating against these figures")
 PY
