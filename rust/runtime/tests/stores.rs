@@ -1,9 +1,14 @@
-//! The Redis counter store against a real `redis-server` (Debian's package; scripts/test
-//! installs it): the exact-mode script decides every call as the local table does (a
+//! Every counter store: the local table, and Redis (a real `redis-server`, Debian's package;
+//! scripts/test installs it) in exact and cached mode.
+//!
+//! Each behaviour every store promises runs on every store (as Limitador runs each of its
+//! scenarios on each storage): never more than `max` in any window, all of a call's limits
+//! or none, a reservation given back once, threads racing on one key get exactly `max`.
+//! Then Redis alone: the exact-mode script decides every call as the local table does (a
 //! differential property test on generated calls, costs, times and releases), keys expire
-//! and carry the prefix, threads racing on one key get exactly `max`, an unreachable Redis
-//! is answered within the budget (denied, or counted locally), and a Redis that lost its
-//! counts refuses for one window.
+//! and carry the prefix, two replicas racing on one key get exactly `max`, an unreachable
+//! Redis is answered within the budget (denied, or counted locally), and a Redis that lost
+//! its counts refuses for one window.
 
 use proptest::prelude::*;
 use std::net::TcpListener;
@@ -114,6 +119,140 @@ fn call(engine: &Engine, tool: &str, grant: &str, hits: Option<u32>) -> Decision
         dry_run: false,
         hits,
     })
+}
+
+/// The stores every behaviour below runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Store {
+    Local,
+    RedisExact,
+    RedisCached,
+}
+
+const STORES: [Store; 3] = [Store::Local, Store::RedisExact, Store::RedisCached];
+
+/// An engine on `json` counting on `store` (on `redis` for its Redis kinds), with time from
+/// `clock` everywhere, so the stores are driven alike.
+fn engine_on(store: Store, json: &str, clock: Arc<ManualClock>, redis: &RedisServer) -> Engine {
+    let mut c = config(
+        redis.url(),
+        &format!("every{}:", unique()),
+        TimeSource::Engine,
+        Unavailable::Deny,
+    );
+    let e = match store {
+        Store::Local => return engine(json, clock),
+        Store::RedisExact => redis_engine(json, clock, c),
+        Store::RedisCached => {
+            c.mode = Mode::Cached {
+                flush: Duration::from_millis(2),
+            };
+            redis_engine(json, clock, c)
+        }
+    };
+    if store == Store::RedisCached {
+        // The first merge, before which a cached replica does not decide.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    e
+}
+
+#[test]
+fn every_store_allows_at_most_max_in_any_window() {
+    let redis = RedisServer::start();
+    for store in STORES {
+        let clock = Arc::new(ManualClock::new(1_700_000_000_000_000_000));
+        let e = engine_on(store, &two_counters(4, 100), clock.clone(), &redis);
+        // A call every 0.3 s for 12 s: in any 3 s window, at most 4 of them.
+        let mut allowed_at = Vec::new();
+        for i in 0..40u64 {
+            if call(&e, "a", "g", None).verdict == Verdict::Allow {
+                allowed_at.push(i * 300);
+            }
+            clock.advance_ns(300_000_000);
+        }
+        for (i, start) in allowed_at.iter().enumerate() {
+            let within = allowed_at[i..].iter().take_while(|t| **t < start + 3000);
+            assert!(within.count() <= 4, "{store:?}: {allowed_at:?}");
+        }
+        // The window slides: calls are allowed again as old ones leave it.
+        assert!(allowed_at.len() >= 12, "{store:?}: {allowed_at:?}");
+    }
+}
+
+#[test]
+fn every_store_takes_all_of_a_calls_limits_or_none() {
+    let redis = RedisServer::start();
+    for store in STORES {
+        let clock = Arc::new(ManualClock::new(1_700_000_000_000_000_000));
+        let e = engine_on(store, &two_counters(2, 3), clock, &redis);
+        assert_eq!(call(&e, "a", "g", None).code, Code::Allowed, "{store:?}");
+        assert_eq!(call(&e, "a", "g", None).code, Code::Allowed, "{store:?}");
+        // A is full: the call on A and B is denied, and B keeps its room.
+        let d = call(&e, "ab", "g", None);
+        assert_eq!(d.code, Code::RateLimited, "{store:?}");
+        for _ in 0..3 {
+            assert_eq!(call(&e, "b", "g", None).code, Code::Allowed, "{store:?}");
+        }
+        assert_eq!(
+            call(&e, "b", "g", None).code,
+            Code::RateLimited,
+            "{store:?}"
+        );
+    }
+}
+
+#[test]
+fn every_store_gives_a_reservation_back_once() {
+    let redis = RedisServer::start();
+    for store in STORES {
+        let clock = Arc::new(ManualClock::new(1_700_000_000_000_000_000));
+        let e = engine_on(store, &two_counters(1, 100), clock, &redis);
+        let d = call(&e, "a", "g", None);
+        assert_eq!(d.code, Code::Allowed, "{store:?}");
+        let Some(id) = d.reservation else {
+            // The cached mode counts in its copy and merges later: there is no
+            // reservation to give back, and it says so by giving none.
+            assert_eq!(store, Store::RedisCached);
+            continue;
+        };
+        assert_eq!(
+            call(&e, "a", "g", None).code,
+            Code::RateLimited,
+            "{store:?}"
+        );
+        assert!(e.release(id), "{store:?}");
+        assert!(!e.release(id), "{store:?}: given back twice");
+        assert_eq!(call(&e, "a", "g", None).code, Code::Allowed, "{store:?}");
+        assert_eq!(
+            call(&e, "a", "g", None).code,
+            Code::RateLimited,
+            "{store:?}"
+        );
+    }
+}
+
+#[test]
+fn every_store_gives_threads_racing_on_one_key_exactly_max() {
+    let redis = RedisServer::start();
+    let json = r#"{"version": "1", "tools": {"t": {"limits": [{"counter": "T", "window": "1m", "max": 37, "scope": "grant"}]}}}"#;
+    for store in STORES {
+        let clock = Arc::new(ManualClock::new(1_700_000_000_000_000_000));
+        let e = engine_on(store, json, clock, &redis);
+        let allowed: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        (0..20)
+                            .filter(|_| call(&e, "t", "g", None).verdict == Verdict::Allow)
+                            .count()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(allowed, 37, "{store:?}");
+    }
 }
 
 /// Tool `a` counts on A (3 s windows), `b` on B (a minute), `ab` on both; windows are
@@ -303,7 +442,7 @@ fn keys_carry_the_prefix_and_expire_after_their_window() {
 }
 
 #[test]
-fn threads_racing_on_one_key_get_exactly_max() {
+fn two_replicas_racing_on_one_key_get_exactly_max() {
     let redis = RedisServer::start();
     let json = r#"{"version": "1", "tools": {"t": {"limits": [{"counter": "T", "window": "1m", "max": 37, "scope": "grant"}]}}}"#;
     let clock = Arc::new(ManualClock::new(0));
