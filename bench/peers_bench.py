@@ -8,8 +8,10 @@ For each pair (``--pair``, repeatable; default both):
 1. **Same answers first.** Both servers start on a small-limit configuration and answer the
    same requests; the bench stops (exit 1) unless every answer is the expected one on both:
    - rate limit: ``run_command`` for one grant 4 times against a limit of 3 (OK, OK, OK,
-     OVER_LIMIT), another grant (OK), a tool the policy does not list (OVER_LIMIT: toolgate's
-     default deny; Limitador's limit of 0 on every other tool);
+     OVER_LIMIT), another grant (OK). Limitador has the one limit the measured call meets
+     (Limitador at its latest release, configured as its users would); toolgate's default
+     deny of other tools has no equivalent there without a second limit, so it is not
+     compared;
    - ext_authz: ``tools/call`` of ``run_command`` with ``ls -la`` (allowed) and ``rm -rf /``
      (denied), of a tool the policy does not list (denied), ``tools/list`` and ``initialize``
      (allowed); allowed is gRPC status 0, denied anything else.
@@ -131,8 +133,7 @@ def same_answers(pair: str, workdir: Path) -> list[str]:
         if pair == "limitador":
             cases = [(f"{TOOL}, grant a, call {i}", h.rls_request("a")) for i in (1, 2, 3, 4)]
             cases += [(f"{TOOL}, grant b", h.rls_request("b"))]
-            cases += [("delete_everything (not in the policy)", h.rls_request("a", "delete_all"))]
-            expected = ["OK", "OK", "OK", "OVER_LIMIT", "OK", "OVER_LIMIT"]
+            expected = ["OK", "OK", "OK", "OVER_LIMIT", "OK"]
             method, read = h.RLS, h.rls_code
         else:
             cases = [

@@ -142,9 +142,11 @@ def rls_policy(workdir: Path, limit: int) -> Path:
     return path
 
 
-def limitador_limits(workdir: Path, limit: int, deny_others: bool = True) -> Path:
-    """The same limit for Limitador; ``deny_others``: every other tool a limit of 0 (as
-    toolgate's default deny, OVER_LIMIT)."""
+def limitador_limits(workdir: Path, limit: int, deny_others: bool = False) -> Path:
+    """The limit the measured call meets, for Limitador: one limit, as Limitador's users
+    would write it. ``deny_others`` adds a second, a limit of 0 on every other tool (as
+    toolgate's default deny, OVER_LIMIT): a CEL condition more per call, which toolgate's
+    default deny does not cost, so never in the headline."""
     path = workdir / f"limits-{limit}.yaml"
     text = f"""---
 - namespace: toolgate

@@ -20,7 +20,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 PEERS=$ROOT/target/peers
 BIN=$PEERS/bin
-LIMITADOR_COMMIT=2981b2bd389d42cf668519f9aa981a53541c4278 # main, 2026 (server 2.4.0-dev)
+LIMITADOR_COMMIT=4d119ffab9c18bb63559b125174c9562dddcb801 # tag server-v2.4.0, the latest release
 OPA_ENVOY_VERSION=v1.15.2-envoy
 mkdir -p "$BIN"
 

@@ -1,6 +1,10 @@
-//! toolgate core: policy language, compiled matching, sliding-window counters, decisions.
+//! toolgate core: policy language, compiled matching, sliding-window counters, decisions,
+//! MCP reading, explanations.
 //!
-//! Pure Rust with no Python dependency; `rust/bindings` exposes it to Python.
+//! Pure: no threads, files or sockets, and no Python. What does I/O (the decision log's
+//! writer, the approvals table's file, counters on Redis) is `toolgate_runtime`, behind the
+//! interfaces defined here ([`decision_log::DecisionSink`], [`approval::ApprovalDesk`],
+//! [`store::CounterStore`]).
 
 pub mod approval;
 pub mod approval_text;

@@ -1,6 +1,7 @@
 //! toolgate's gRPC services over the decision core: `toolgate.v1.Decider`, Envoy's external
-//! authorization (`Check`) and rate limit (`ShouldRateLimit`) APIs, and [`native`], the
-//! server that serves them with tonic.
+//! authorization (`Check`), external processing and rate limit (`ShouldRateLimit`) APIs;
+//! [`native`], the server that serves them with tonic; and [`sidecar`], the whole sidecar
+//! assembled from one options value.
 //!
 //! Each service reads a request message, decides it with a [`toolgate_core::Engine`] and
 //! writes the response message.
