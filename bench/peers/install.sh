@@ -54,9 +54,11 @@ install_limitador() {
     local paths=(Cargo.toml Cargo.lock limitador limitador-server)
     { git --git-dir="$src" archive "$LIMITADOR_COMMIT" "${paths[@]}" 2>/dev/null ||
         git -C "$src" archive "$LIMITADOR_COMMIT" "${paths[@]}"; } | tar -x -C "$tree"
+    # The tag's Cargo.lock lags its manifests by the release's own version bump: the build
+    # adjusts that entry and keeps every other locked version (so no --locked).
     # GIT_CEILING_DIRECTORIES: its build script asks git for a hash; not this repository's.
     (cd "$tree" && GIT_CEILING_DIRECTORIES=$PEERS/src CARGO_TARGET_DIR=$PEERS/limitador-target \
-        cargo build --release --locked -p limitador-server)
+        cargo build --release -p limitador-server)
     cp "$PEERS/limitador-target/release/limitador-server" "$BIN/"
     echo "$LIMITADOR_COMMIT" >"$stamp"
     "$BIN/limitador-server" --version

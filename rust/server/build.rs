@@ -1,7 +1,8 @@
-//! Generate the gRPC code: toolgate.v1's messages and `Decider` service from its schema
-//! (protox: no protoc needed), keeping its descriptors for server reflection; and servers
-//! for Envoy's `Authorization` and `RateLimitService` over envoy-types' messages. Every
-//! service decodes requests with `crate::codec::ProstCodec`.
+//! Generate the gRPC code: toolgate.v1's messages and `Decider` service, and agentgateway's
+//! ExtMCP messages and `ExtMcp` service, from their schemas in proto/ (protox: no protoc
+//! needed), keeping their descriptors for server reflection; and servers for Envoy's
+//! `Authorization`, `ExternalProcessor` and `RateLimitService` over envoy-types' messages.
+//! Every service decodes requests with `crate::codec::ProstCodec`.
 
 use prost::Message;
 use tonic_build::manual::{Method, Service};
@@ -10,15 +11,25 @@ const CODEC: &str = "crate::codec::ProstCodec";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let file = root.join("toolgate/v1/decider.proto");
-    println!("cargo:rerun-if-changed={}", file.display());
-    let descriptors = protox::compile([&file], [&root])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(out.join("toolgate.v1.bin"), descriptors.encode_to_vec())?;
-    tonic_prost_build::configure()
-        .build_client(false)
-        .codec_path(CODEC)
-        .compile_fds(descriptors)?;
+    for (schema, bin) in [
+        ("toolgate/v1/decider.proto", "toolgate.v1.bin"),
+        ("agentgateway/ext_mcp.proto", "ext_mcp.bin"),
+    ] {
+        let file = root.join(schema);
+        println!("cargo:rerun-if-changed={}", file.display());
+        let descriptors = protox::compile([&file], [&root])?;
+        std::fs::write(out.join(bin), descriptors.encode_to_vec())?;
+        tonic_prost_build::configure()
+            .build_client(false)
+            .codec_path(CODEC)
+            // The Struct of envoy-types, which the credential readers take.
+            .extern_path(
+                ".google.protobuf.Struct",
+                "::envoy_types::pb::google::protobuf::Struct",
+            )
+            .compile_fds(descriptors)?;
+    }
 
     let envoy = "::envoy_types::pb::envoy::service";
     let unary = |name: &str, route: &str, input: String, output: String| {

@@ -112,8 +112,8 @@ class EngineCollector(Collector):
         stats = self._engine.stats()
         decisions = CounterMetricFamily(
             "toolgate_decisions",
-            "Decisions made, by the API that asked (decider, ext_authz, ratelimit; engine: "
-            "in-process), verdict and code.",
+            "Decisions made, by the API that asked (decider, ext_authz, ratelimit, extmcp; "
+            "engine: in-process), verdict and code.",
             labels=["api", "verdict", "code"],
         )
         for api, verdict, code, count in stats["outcomes"]:
@@ -121,8 +121,8 @@ class EngineCollector(Collector):
         yield decisions
         errors = CounterMetricFamily(
             "toolgate_grpc_errors",
-            "Calls answered with a gRPC error, by API (decider, ext_authz, ratelimit, ext_proc) "
-            "and status (INVALID_ARGUMENT, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED...).",
+            "Calls answered with a gRPC error, by API (decider, ext_authz, ratelimit, ext_proc, "
+            "extmcp) and status (INVALID_ARGUMENT, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED...).",
             labels=["api", "status"],
         )
         for api, status, count in stats["errors"]:
@@ -207,8 +207,9 @@ class EngineCollector(Collector):
         )
         lists = CounterMetricFamily(
             "toolgate_tool_lists",
-            "tools/list answers followed through Envoy's ext_proc: filtered for their caller, "
-            "or refused (unreadable; the agent got a JSON-RPC error).",
+            "tools/list answers filtered on their way to the agent (Envoy's ext_proc, "
+            "agentgateway's ExtMCP): filtered for their caller, or refused (unreadable; the "
+            "agent got a JSON-RPC error).",
             labels=["result"],
         )
         lists.add_metric(["filtered"], stats["lists_filtered"])

@@ -1,7 +1,8 @@
 """``toolgate serve``: the decision sidecar.
 
 One process: the ``toolgate.v1.Decider`` gRPC service, Envoy's ext_authz, ext_proc and rate
-limit services, ``grpc.health.v1.Health`` and server reflection on one address, served by the
+limit services, agentgateway's ExtMCP, ``grpc.health.v1.Health`` and server reflection on one
+address, served by the
 sidecar the extension assembles (one serving thread per CPU, toolgate.sidecar.assembly);
 Prometheus ``/metrics`` on another; hot reload of the policy file on change and on SIGHUP;
 and a graceful stop on SIGTERM (NOT_SERVING for a drain period while still answering, then

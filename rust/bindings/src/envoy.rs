@@ -3,7 +3,7 @@
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use toolgate_server::authz::{AuthzConfig, SubjectSource, DEFAULT_MAX_REQUEST_BYTES};
+use toolgate_server::subject::{AuthzConfig, SubjectSource, DEFAULT_MAX_REQUEST_BYTES};
 
 /// The header names and payload key of `AuthzConfig::default()`, where they are written once:
 /// the binding's defaults and the extension's `DEFAULT_*_HEADER` constants read them here.

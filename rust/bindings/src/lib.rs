@@ -123,7 +123,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // Envoy's `max_request_bytes` in the configs this project ships.
     m.add(
         "DEFAULT_MAX_REQUEST_BYTES",
-        toolgate_server::authz::DEFAULT_MAX_REQUEST_BYTES,
+        toolgate_server::subject::DEFAULT_MAX_REQUEST_BYTES,
     )?;
     // Every verdict and decision code, by name (the wire's and the decision log's).
     let names = |all: &[&'static str]| all.to_vec();

@@ -23,15 +23,18 @@ pub enum Api {
     ExtAuthz,
     RateLimit,
     ExtProc,
+    /// agentgateway's ExtMCP (`agentgateway.dev.ext_mcp.ExtMcp`).
+    ExtMcp,
 }
 
 impl Api {
-    pub const ALL: [Api; 5] = [
+    pub const ALL: [Api; 6] = [
         Api::Engine,
         Api::Decider,
         Api::ExtAuthz,
         Api::RateLimit,
         Api::ExtProc,
+        Api::ExtMcp,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -41,6 +44,7 @@ impl Api {
             Api::ExtAuthz => "ext_authz",
             Api::RateLimit => "ratelimit",
             Api::ExtProc => "ext_proc",
+            Api::ExtMcp => "extmcp",
         }
     }
 }

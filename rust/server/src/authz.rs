@@ -7,8 +7,8 @@
 //! calling comes from configured headers, or from the claims of a JWT that Envoy's
 //! `jwt_authn` filter verified ([`SubjectSource`]).
 
-use crate::credential::{self, Refused};
 use crate::ext_proc::{exchange_header, exchange_metadata, Caller, EXCHANGE_HEADER};
+use crate::subject::{AuthzConfig, CallerFacts, ReadSubject};
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption, Metadata};
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
@@ -30,49 +30,8 @@ use toolgate_core::{Engine, Subject, Undecidable};
 pub const SERVER_EXTENSION: &str = "server";
 /// Envoy marks a body it cut at `max_request_bytes` (`allow_partial_message`) this way.
 pub const PARTIAL_BODY_HEADER: &str = "x-envoy-auth-partial-body";
-/// Envoy's default `max_request_bytes` in the configs this project ships.
-pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1 << 20;
-
 const GRPC_OK: i32 = 0;
 const GRPC_PERMISSION_DENIED: i32 = 7;
-
-/// Where one part of the subject comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SubjectSource {
-    /// A request header (lower case, as Envoy sends it). For `authorization`, the token of a
-    /// `Bearer` value; for any other header, the whole value.
-    Header(String),
-    /// A claim of the JWT payload that `jwt_authn` verified and stored in the request's
-    /// metadata (its `payload_in_metadata` key is [`AuthzConfig::jwt_payload_key`]).
-    JwtClaim(String),
-}
-
-/// How Check requests are read.
-#[derive(Debug, Clone)]
-pub struct AuthzConfig {
-    pub grant: SubjectSource,
-    pub agent: SubjectSource,
-    pub session_header: String,
-    /// The header naming the MCP server when the route sets no `server` extension.
-    pub server_header: String,
-    pub jwt_payload_key: String,
-    /// Envoy's `max_request_bytes`: a body of this size without a `content-length` may have
-    /// been cut there, and is refused.
-    pub max_request_bytes: usize,
-}
-
-impl Default for AuthzConfig {
-    fn default() -> Self {
-        AuthzConfig {
-            grant: SubjectSource::Header("authorization".into()),
-            agent: SubjectSource::Header("x-agent-id".into()),
-            session_header: "mcp-session-id".into(),
-            server_header: "x-mcp-server".into(),
-            jwt_payload_key: "jwt_payload".into(),
-            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
-        }
-    }
-}
 
 /// Answer one Check.
 pub fn check(engine: &Engine, config: &AuthzConfig, request: &CheckRequest) -> CheckResponse {
@@ -94,30 +53,15 @@ fn gate(engine: &Engine, config: &AuthzConfig, request: &CheckRequest) -> (Gate,
         .unwrap_or(&default_http);
     let headers = Headers(http);
     let metadata = attributes.and_then(|a| a.metadata_context.as_ref());
-    let who = |source: &SubjectSource, credential: bool| {
-        subject_part(source, credential, &headers, metadata, config)
-    };
     let server = attributes
         .and_then(|a| a.context_extensions.get(SERVER_EXTENSION))
         .map(String::as_str)
         .or_else(|| headers.get(&config.server_header))
         .filter(|s| !s.is_empty());
     let body = body_of(http);
-    let (mut grant, agent) = (who(&config.grant, true), who(&config.agent, false));
-    if matches!(config.grant, SubjectSource::JwtClaim(_)) && matches!(grant, Ok(None)) {
-        grant = Err(Refused(
-            "the verified token has no claim to count the caller on".into(),
-        ));
-    }
-    // Who is calling, as far as it was read: a refused part is left out.
-    let subject = Subject {
-        grant: grant.as_ref().ok().and_then(Option::as_deref),
-        session: headers.get(&config.session_header),
-        agent: agent.as_ref().ok().and_then(Option::as_deref),
-        attributes: &[],
-        grant_verified: matches!(config.grant, SubjectSource::JwtClaim(_)),
-    };
-    if let Some(Refused(why)) = grant.as_ref().err().or(agent.as_ref().err()) {
+    let read = ReadSubject::read(&CheckFacts { headers, metadata }, config);
+    let subject = read.subject();
+    if let Some(why) = read.refused() {
         return (unauthenticated(engine, why, body, server, subject), None);
     }
     let call = HttpCall {
@@ -159,6 +103,7 @@ fn body_of(http: &HttpRequest) -> &[u8] {
 
 /// The request's headers, as Envoy sends them: in `headers`, or with `encode_raw_headers`
 /// in `header_map`.
+#[derive(Clone, Copy)]
 struct Headers<'a>(&'a HttpRequest);
 
 impl<'a> Headers<'a> {
@@ -187,42 +132,20 @@ impl<'a> Headers<'a> {
     }
 }
 
-/// One part of the subject, from where the configuration says. A `credential` (the grant)
-/// taken from a verified token is its issuer and claim together ([`credential::verified_identity`]).
-fn subject_part(
-    source: &SubjectSource,
-    credential: bool,
-    headers: &Headers<'_>,
-    metadata: Option<&Metadata>,
-    config: &AuthzConfig,
-) -> Result<Option<String>, Refused> {
-    match source {
-        // Without a verified token there is no one to count on: every caller would share
-        // one absent identity (its limits, its approvals).
-        SubjectSource::JwtClaim(claim) => {
-            match credential::jwt_payload(metadata, &config.jwt_payload_key) {
-                Some(payload) if credential => credential::verified_identity(payload, claim),
-                Some(payload) => {
-                    credential::verified_claim(payload, claim).map(|c| c.map(str::to_owned))
-                }
-                None => Err(Refused(format!(
-                    "the request carries no verified token (the proxy's jwt_authn payload \
-                     {:?}) to take the caller's {claim:?} from",
-                    config.jwt_payload_key
-                ))),
-            }
-        }
-        SubjectSource::Header(name) if name == "authorization" => {
-            let mut values = headers.all(name);
-            match (values.next(), values.next()) {
-                (None, _) => Ok(None),
-                (Some(_), Some(_)) => Err(Refused(
-                    "the Authorization header is sent more than once".into(),
-                )),
-                (Some(value), None) => credential::bearer_token(value).map(|t| Some(t.into())),
-            }
-        }
-        SubjectSource::Header(name) => Ok(headers.get(name).map(str::to_owned)),
+/// What a Check request tells of its caller: its headers, and the payload of the token
+/// Envoy's `jwt_authn` verified (in the `envoy.filters.http.jwt_authn` metadata).
+struct CheckFacts<'a> {
+    headers: Headers<'a>,
+    metadata: Option<&'a Metadata>,
+}
+
+impl<'a> CallerFacts<'a> for CheckFacts<'a> {
+    fn header_values(&self, name: &str) -> Vec<&'a str> {
+        self.headers.all(name).collect()
+    }
+
+    fn verified_payload(&self, key: &str) -> Option<&'a Struct> {
+        crate::credential::jwt_payload(self.metadata, key)
     }
 }
 
@@ -364,7 +287,13 @@ mod tests {
     fn repeated_authorization_headers_are_refused_in_either_encoding() {
         let config = AuthzConfig::default();
         let joined = http(&[("authorization", "Bearer a,Bearer b")]);
-        let grant = |h: &HttpRequest| subject_part(&config.grant, true, &Headers(h), None, &config);
+        let grant = |h: &HttpRequest| {
+            let facts = CheckFacts {
+                headers: Headers(h),
+                metadata: None,
+            };
+            ReadSubject::read(&facts, &config).grant
+        };
         assert!(grant(&joined).is_err());
         let raw = HttpRequest {
             header_map: Some(HeaderMap {

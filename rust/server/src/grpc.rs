@@ -1,16 +1,19 @@
 //! The services as tonic serves them: toolgate.v1 `Decider`, Envoy's `Authorization`,
-//! `ExternalProcessor` and `RateLimitService`, each deciding in the request's own task (a
-//! decision takes about a microsecond: handing it to another thread would cost more).
+//! `ExternalProcessor` and `RateLimitService`, agentgateway's `ExtMcp`, each deciding in the
+//! request's own task (a decision takes about a microsecond: handing it to another thread
+//! would cost more).
 //!
 //! A call whose deadline passed before its handler ran is answered `DEADLINE_EXCEEDED` and
 //! not decided: the caller (a proxy that has already answered 503) has given up, so counting
 //! it would spend a limit on a call that never runs. Arrival is stamped by [`StampArrival`]
 //! when the connection reads the request, before the request waits for a thread.
 
-use crate::authz::{self, AuthzConfig};
+use crate::authz;
 use crate::decider::{self, pb};
+use crate::ext_mcp::{self, ExtMcpConfig};
 use crate::ext_proc::Exchange;
 use crate::ratelimit;
+use crate::subject::AuthzConfig;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
@@ -68,7 +71,7 @@ where
 
 /// The services a health check can name (besides `""`, the whole server), and the API their
 /// calls are counted under.
-pub const SERVICES: [(&str, Api); 4] = [
+pub const SERVICES: [(&str, Api); 5] = [
     ("toolgate.v1.Decider", Api::Decider),
     ("envoy.service.auth.v3.Authorization", Api::ExtAuthz),
     ("envoy.service.ext_proc.v3.ExternalProcessor", Api::ExtProc),
@@ -76,6 +79,7 @@ pub const SERVICES: [(&str, Api); 4] = [
         "envoy.service.ratelimit.v3.RateLimitService",
         Api::RateLimit,
     ),
+    ("agentgateway.dev.ext_mcp.ExtMcp", Api::ExtMcp),
 ];
 
 /// The API of a gRPC method path (`/package.Service/Method`) among [`SERVICES`].
@@ -386,6 +390,41 @@ impl envoy::rate_limit_service_server::RateLimitService for RateLimiter {
         let engine = self.engine.clone();
         let response = deciding(&self.engine, move || {
             ratelimit::should_rate_limit(&engine, request.get_ref())
+        })
+        .await?;
+        Ok(Response::new(response))
+    }
+}
+
+/// `agentgateway.dev.ext_mcp.ExtMcp`.
+pub struct ExtMcpService {
+    pub engine: Arc<Engine>,
+    pub config: Arc<ExtMcpConfig>,
+}
+
+#[tonic::async_trait]
+impl ext_mcp::pb::ext_mcp_server::ExtMcp for ExtMcpService {
+    async fn check_request(
+        &self,
+        request: Request<ext_mcp::pb::McpRequest>,
+    ) -> Result<Response<ext_mcp::pb::McpRequestResult>, Status> {
+        check_deadline(&request)?;
+        let (engine, config) = (self.engine.clone(), self.config.clone());
+        let response = deciding(&self.engine, move || {
+            ext_mcp::check_request(&engine, &config, request.get_ref())
+        })
+        .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn check_response(
+        &self,
+        request: Request<ext_mcp::pb::McpResponse>,
+    ) -> Result<Response<ext_mcp::pb::McpResponseResult>, Status> {
+        check_deadline(&request)?;
+        let (engine, config) = (self.engine.clone(), self.config.clone());
+        let response = deciding(&self.engine, move || {
+            ext_mcp::check_response(&engine, &config, request.get_ref())
         })
         .await?;
         Ok(Response::new(response))

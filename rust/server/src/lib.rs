@@ -1,5 +1,6 @@
 //! toolgate's gRPC services over the decision core: `toolgate.v1.Decider`, Envoy's external
-//! authorization (`Check`), external processing and rate limit (`ShouldRateLimit`) APIs;
+//! authorization (`Check`), external processing and rate limit (`ShouldRateLimit`) APIs,
+//! and agentgateway's ExtMCP;
 //! [`native`], the server that serves them with tonic; and [`sidecar`], the whole sidecar
 //! assembled from one options value.
 //!
@@ -11,8 +12,10 @@ pub mod codec;
 pub mod connection;
 pub mod credential;
 pub mod decider;
+pub mod ext_mcp;
 pub mod ext_proc;
 pub mod grpc;
 pub mod native;
 pub mod ratelimit;
 pub mod sidecar;
+pub mod subject;

@@ -7,16 +7,17 @@
 //! (the Python sidecar) keeps the engine, reloads its policy, reads its statistics, and
 //! drives health and shutdown through [`Server::set_serving`] and [`Server::stop`].
 
-use crate::authz::AuthzConfig;
 use crate::connection::{Bound, Serving};
 use crate::decider::{self, pb::decider_server::DeciderServer};
+use crate::ext_mcp::{self, pb::ext_mcp_server::ExtMcpServer, ExtMcpConfig};
 use crate::grpc::envoy::authorization_server::AuthorizationServer;
 use crate::grpc::envoy::external_processor_server::ExternalProcessorServer;
 use crate::grpc::envoy::rate_limit_service_server::RateLimitServiceServer;
 use crate::grpc::{
-    AnswerStatus, AuthorizationService, DeciderService, ExternalProcessorService, RateLimiter,
-    StampArrival, SERVICES,
+    AnswerStatus, AuthorizationService, DeciderService, ExtMcpService, ExternalProcessorService,
+    RateLimiter, StampArrival, SERVICES,
 };
+use crate::subject::AuthzConfig;
 use prost::Message;
 use prost_types::FileDescriptorSet;
 use std::collections::HashSet;
@@ -140,6 +141,13 @@ impl Server {
                 .max_decoding_message_size(max),
             )
             .add_service(
+                ExtMcpServer::new(ExtMcpService {
+                    engine: engine.clone(),
+                    config: Arc::new(ExtMcpConfig::new(config.authz.clone())),
+                })
+                .max_decoding_message_size(max),
+            )
+            .add_service(
                 RateLimitServiceServer::new(RateLimiter { engine }).max_decoding_message_size(max),
             );
         let serving = Serving::start(bound, config.threads, move |incoming, signal| {
@@ -191,6 +199,7 @@ fn reflected_files(extra: &[Vec<u8>]) -> Result<FileDescriptorSet, String> {
     let mut seen = HashSet::new();
     let built_in = [
         decider::FILE_DESCRIPTOR_SET,
+        ext_mcp::FILE_DESCRIPTOR_SET,
         tonic_health::pb::FILE_DESCRIPTOR_SET,
     ];
     for encoded in built_in.into_iter().chain(extra.iter().map(Vec::as_slice)) {

@@ -274,45 +274,8 @@ impl<F: FnMut(&str) -> Visibility> ListFilter<F> {
         let Some(Value::Object(result)) = message.get_mut("result") else {
             unreachable!("checked by the caller");
         };
-        if let Some(key) = case_variant(result, &RESULT_KEYS) {
-            return Err(format!(
-                "the result's key {key:?} differs from a known key only by case"
-            ));
-        }
-        let Some(Value::Array(tools)) = result.get_mut("tools") else {
-            return Err("the result has no \"tools\" list".into());
-        };
-        let mut keep = Vec::with_capacity(tools.len());
-        for (i, tool) in tools.iter().enumerate() {
-            let Value::Object(tool) = tool else {
-                return Err(format!("tools[{i}] is not an object"));
-            };
-            if let Some(key) = case_variant(tool, &TOOL_KEYS) {
-                return Err(format!(
-                    "tools[{i}] has a key {key:?} that differs from \"name\" only by case"
-                ));
-            }
-            let Some(Value::String(name)) = tool.get("name") else {
-                return Err(format!("tools[{i}] has no string \"name\""));
-            };
-            let seen = (self.visibility)(name);
-            self.report.per_subject |= seen.per_subject;
-            keep.push(seen.shown());
-        }
-        let removed = keep.iter().filter(|k| !**k).count();
-        self.report.lists += 1;
-        self.report.removed += removed;
-        self.report.shown += keep.len() - removed;
-        if removed > 0 {
-            let mut keep = keep.into_iter();
-            tools.retain(|_| keep.next().unwrap_or(false));
-        }
-        let mark_private =
-            self.report.per_subject && result.get("cacheScope").is_some_and(|s| s != "private");
-        if mark_private {
-            result.insert("cacheScope".into(), "private".into());
-        }
-        Ok(self.reply(message, removed > 0 || mark_private))
+        let changed = filter_result(result, &mut self.visibility, &mut self.report)?;
+        Ok(self.reply(message, changed))
     }
 
     /// The JSON-RPC error sent instead of a refused answer.
@@ -324,6 +287,57 @@ impl<F: FnMut(&str) -> Visibility> ListFilter<F> {
         let id = self.reply_id.as_ref().or(self.id.as_ref());
         error_message(id.unwrap_or(&Value::Null), INTERNAL_ERROR, &message)
     }
+}
+
+/// Filter one `tools/list` result in place, deciding each tool with `visibility` and
+/// counting in `report`: true if it changed. Refused (why) when it cannot be read as a list
+/// of tools with names, as a client would read it.
+pub fn filter_result<F: FnMut(&str) -> Visibility>(
+    result: &mut Map<String, Value>,
+    mut visibility: F,
+    report: &mut ListReport,
+) -> Result<bool, String> {
+    if let Some(key) = case_variant(result, &RESULT_KEYS) {
+        return Err(format!(
+            "the result's key {key:?} differs from a known key only by case"
+        ));
+    }
+    let Some(Value::Array(tools)) = result.get_mut("tools") else {
+        return Err("the result has no \"tools\" list".into());
+    };
+    let mut keep = Vec::with_capacity(tools.len());
+    let mut per_subject = false;
+    for (i, tool) in tools.iter().enumerate() {
+        let Value::Object(tool) = tool else {
+            return Err(format!("tools[{i}] is not an object"));
+        };
+        if let Some(key) = case_variant(tool, &TOOL_KEYS) {
+            return Err(format!(
+                "tools[{i}] has a key {key:?} that differs from \"name\" only by case"
+            ));
+        }
+        let Some(Value::String(name)) = tool.get("name") else {
+            return Err(format!("tools[{i}] has no string \"name\""));
+        };
+        let seen = visibility(name);
+        per_subject |= seen.per_subject;
+        keep.push(seen.shown());
+    }
+    let removed = keep.iter().filter(|k| !**k).count();
+    report.per_subject |= per_subject;
+    report.lists += 1;
+    report.removed += removed;
+    report.shown += keep.len() - removed;
+    if removed > 0 {
+        let mut keep = keep.into_iter();
+        tools.retain(|_| keep.next().unwrap_or(false));
+    }
+    let mark_private =
+        report.per_subject && result.get("cacheScope").is_some_and(|s| s != "private");
+    if mark_private {
+        result.insert("cacheScope".into(), "private".into());
+    }
+    Ok(removed > 0 || mark_private)
 }
 
 /// A message as one event of a stream.

@@ -34,8 +34,9 @@ fn id_or_null(id: &Option<Value>) -> Value {
     id.clone().unwrap_or(Value::Null)
 }
 
-/// A denied call: a tool result with `isError`, the reason as text, the details in `_meta`.
-pub fn denied(id: &Option<Value>, d: &Decision) -> Reply {
+/// A decision's details, as a program reads them: verdict, code, reason, rule, retry-after
+/// for a limit, approval id for an approval, and the policy's revision.
+pub fn details(d: &Decision) -> Map<String, Value> {
     let mut details = Map::new();
     details.insert("verdict".into(), d.verdict.as_str().into());
     details.insert("code".into(), d.code.as_str().into());
@@ -48,6 +49,12 @@ pub fn denied(id: &Option<Value>, d: &Decision) -> Reply {
         details.insert("approval_id".into(), id.to_string().into());
     }
     details.insert("revision".into(), d.revision().into());
+    details
+}
+
+/// A denied call: a tool result with `isError`, the reason as text, the details in `_meta`.
+pub fn denied(id: &Option<Value>, d: &Decision) -> Reply {
+    let details = details(d);
     let message = json!({
         "jsonrpc": "2.0",
         "id": id_or_null(id),

@@ -172,11 +172,53 @@ pub fn parse_request(body: &[u8]) -> Result<McpRequest, Refusal> {
     if id.is_none() {
         return Err(refuse(INVALID_REQUEST, "tools/call needs an id", None));
     }
-    let mut params = match members.remove("params") {
+    let params = match members.remove("params") {
         Some(Value::Object(params)) => params,
         Some(_) => return Err(refuse(INVALID_PARAMS, "params must be an object", id)),
         None => return Err(refuse(INVALID_PARAMS, "tools/call needs params", id)),
     };
+    let (name, arguments) = call_params(params, &id)?;
+    Ok(McpRequest::ToolCall {
+        id,
+        name,
+        arguments,
+    })
+}
+
+/// Read a `tools/call`'s `params` alone, strictly, as a gateway that parsed the JSON-RPC
+/// message itself hands them on (agentgateway's ExtMCP): the tool's name and arguments.
+pub fn parse_call_params(params: &[u8]) -> Result<(String, Option<Value>), Refusal> {
+    let params = match strict_json::parse(params) {
+        Ok(Value::Object(params)) => params,
+        Ok(_) => return Err(refuse(INVALID_PARAMS, "params must be an object", None)),
+        Err(e @ StrictError::Ambiguous { what, .. }) => {
+            return Err(Refusal {
+                ambiguity: Some(what),
+                ..refuse(
+                    INVALID_PARAMS,
+                    format!("the params could be read two ways: {e}"),
+                    None,
+                )
+            })
+        }
+        Err(StrictError::Syntax(m)) => {
+            return Err(refuse(
+                INVALID_PARAMS,
+                format!("params are not one JSON value: {m}"),
+                None,
+            ))
+        }
+        Err(StrictError::TooLarge(m)) => return Err(refuse(INVALID_PARAMS, m, None)),
+    };
+    call_params(params, &None)
+}
+
+/// A call's `params`: only the keys MCP defines, a non-empty name, object arguments.
+fn call_params(
+    mut params: Map<String, Value>,
+    id: &Option<Value>,
+) -> Result<(String, Option<Value>), Refusal> {
+    let id = id.clone();
     check_known_keys(&params, &CALL_KEYS, "params", &id)?;
     let name = match params.remove("name") {
         Some(Value::String(n)) if !n.is_empty() => n,
@@ -211,11 +253,7 @@ pub fn parse_request(body: &[u8]) -> Result<McpRequest, Refusal> {
             return Err(refusal.of_tool(&name));
         }
     };
-    Ok(McpRequest::ToolCall {
-        id,
-        name,
-        arguments,
-    })
+    Ok((name, arguments))
 }
 
 /// A client's answer to a server request: a `result`, or an `error` with an integer `code`

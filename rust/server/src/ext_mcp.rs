@@ -1,0 +1,476 @@
+//! agentgateway's ExtMCP (`agentgateway.dev.ext_mcp.ExtMcp`): an MCP-aware policy hook
+//! that agentgateway's `mcpGuardrails` calls before a method reaches an MCP server
+//! (`CheckRequest`) and on its result (`CheckResponse`). agentgateway fronts Streamable HTTP
+//! and stdio servers alike, and multiplexes several behind one endpoint; it hands toolgate
+//! the method, the server's name in its own (unmuxed) namespace, the JSON-RPC `params` or
+//! `result`, the client's headers, and `metadata_context`, values its configuration computes
+//! in CEL (verified JWT claims among them).
+//!
+//! - `tools/call`, request: decided as Envoy's `Check` decides it, from the same engine
+//!   (policy, counters, approvals, decision log), the params read strictly (anything two
+//!   decoders could read differently is refused). A denial is an `AuthorizationError`:
+//!   `RESOURCE_EXHAUSTED` for limits, `PERMISSION_DENIED` otherwise, its reason for the
+//!   model and, as the JSON-RPC error's `data`, the decision's details under
+//!   `toolgate/decision` (code, rule, retry-after, approval id), as the Envoy path gives
+//!   them in `_meta`. A hidden tool is answered as an unknown one.
+//! - `tools/list`, response: the (possibly merged) list filtered for the caller, as the
+//!   ext_proc filter filters it; `nextCursor` kept, `cacheScope` made private when the
+//!   filtering depended on the caller.
+//! - `tools/call`, response: a result with `isError: true` gives the call's reservation back
+//!   when its rule says `release_on_failure: tool_error`. The reservation travels from the
+//!   request hook as `metadata` ([`RELEASE_KEY`]), which agentgateway's CEL exposes as
+//!   `mcpGuardrails.toolgate_release` for the processor's own `metadata` to send back; it
+//!   is signed with this process's key, so only a reservation this sidecar made is given
+//!   back. Without it the call stays counted. JSON-RPC errors skip agentgateway's response
+//!   hook, so they give nothing back.
+//! - Every other method passes.
+//!
+//! Who is calling comes from the headers agentgateway forwards, or, where it forwards none
+//! (stdio upstreams, the response hook), from `metadata_context` entries named like those
+//! headers ([`crate::subject`]).
+
+use crate::credential::Refused;
+use crate::subject::{AuthzConfig, CallerFacts, ReadSubject};
+use envoy_types::pb::google::protobuf::value::Kind;
+use envoy_types::pb::google::protobuf::{Struct, Value as ProtoValue};
+use hmac::{Hmac, Mac};
+use pb::authorization_error::Code as ErrorCode;
+use pb::{mcp_request_result, mcp_response_result};
+use sha2::Sha256;
+use std::time::Instant;
+use toolgate_core::mcp::listing::{filter_result, ListReport};
+use toolgate_core::mcp::outcome::Failure;
+use toolgate_core::mcp::reply::{details, META_KEY};
+use toolgate_core::mcp::request::{parse_call_params, Refusal, INVALID_PARAMS};
+use toolgate_core::policy::Release;
+use toolgate_core::stats::Api;
+use toolgate_core::visibility::Visibility;
+use toolgate_core::{Code, Decision, Engine, Request, Subject, Undecidable, Verdict};
+
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/agentgateway.dev.ext_mcp.rs"));
+}
+
+/// Descriptors of the ExtMCP schema, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ext_mcp.bin"));
+
+/// The request hook's `metadata` key carrying a call's signed reservation to the response
+/// hook (configured as `metadata: {toolgate_release: "mcpGuardrails.toolgate_release"}`).
+pub const RELEASE_KEY: &str = "toolgate_release";
+
+const TOOLS_CALL: &str = "tools/call";
+const TOOLS_LIST: &str = "tools/list";
+/// agentgateway's separator between a server's name and its tool's in a multiplexed list.
+const MUX_DELIMITER: char = '_';
+
+/// What the service needs beside the engine: how callers are read, and the key that signs
+/// reservations handed to agentgateway.
+pub struct ExtMcpConfig {
+    pub authz: AuthzConfig,
+    release_key: Hmac<Sha256>,
+}
+
+impl ExtMcpConfig {
+    /// With a fresh random key: a reservation can be given back by this process only.
+    pub fn new(authz: AuthzConfig) -> ExtMcpConfig {
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key).expect("the system's random source works");
+        ExtMcpConfig {
+            authz,
+            release_key: Hmac::new_from_slice(&key).expect("HMAC takes any key length"),
+        }
+    }
+
+    fn sign(&self, reservation: u64) -> String {
+        let mut mac = self.release_key.clone();
+        mac.update(&reservation.to_be_bytes());
+        let tag: [u8; 32] = mac.finalize().into_bytes().into();
+        let tag: String = tag[..16].iter().map(|b| format!("{b:02x}")).collect();
+        format!("{reservation}.{tag}")
+    }
+
+    /// The reservation a token this process signed names; `None` for anything else.
+    fn verify(&self, token: &str) -> Option<u64> {
+        let (reservation, _) = token.split_once('.')?;
+        let reservation = reservation.parse::<u64>().ok()?;
+        let expected = self.sign(reservation);
+        // Same length by construction; compared in full whatever the first difference.
+        let same = expected
+            .bytes()
+            .zip(token.bytes())
+            .fold(expected.len() == token.len(), |same, (a, b)| {
+                same & (a == b)
+            });
+        same.then_some(reservation)
+    }
+}
+
+/// What an ExtMCP message tells of its caller: the forwarded headers (raw bytes; one that is
+/// not UTF-8 can match no name and is read as the replacement character, so it is refused
+/// where it matters), then `metadata_context`'s entries named like a header, and the
+/// verified token's payload under the configured key.
+struct McpFacts<'a> {
+    headers: &'a [pb::McpHeader],
+    metadata: Option<&'a Struct>,
+}
+
+impl<'a> CallerFacts<'a> for McpFacts<'a> {
+    fn header_values(&self, name: &str) -> Vec<&'a str> {
+        let sent: Vec<&'a str> = self
+            .headers
+            .iter()
+            .filter(|h| h.key.eq_ignore_ascii_case(name))
+            .map(|h| std::str::from_utf8(&h.value).unwrap_or("\u{fffd}"))
+            .collect();
+        if !sent.is_empty() {
+            return sent;
+        }
+        match self
+            .metadata
+            .and_then(|m| m.fields.get(name))
+            .map(|v| &v.kind)
+        {
+            Some(Some(Kind::StringValue(s))) => vec![s.as_str()],
+            // Present but not a string: read as a value no reader takes.
+            Some(_) => vec!["\u{fffd}"],
+            None => Vec::new(),
+        }
+    }
+
+    fn verified_payload(&self, key: &str) -> Option<&'a Struct> {
+        match self.metadata?.fields.get(key).map(|v| &v.kind) {
+            Some(Some(Kind::StructValue(s))) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// Answer one `CheckRequest`.
+pub fn check_request(
+    engine: &Engine,
+    config: &ExtMcpConfig,
+    request: &pb::McpRequest,
+) -> pb::McpRequestResult {
+    if request.method != TOOLS_CALL {
+        return pass(None);
+    }
+    let started = Instant::now();
+    let answer = decide_call(engine, config, request);
+    engine
+        .stats()
+        .record_duration(started.elapsed().as_nanos() as u64);
+    answer
+}
+
+fn decide_call(
+    engine: &Engine,
+    config: &ExtMcpConfig,
+    request: &pb::McpRequest,
+) -> pb::McpRequestResult {
+    let facts = McpFacts {
+        headers: &request.headers,
+        metadata: request.metadata_context.as_ref(),
+    };
+    let read = ReadSubject::read(&facts, &config.authz);
+    let subject = read.subject();
+    // A call goes to one server; its name is the policy's `servers` key.
+    let server = match &request.service_names[..] {
+        [one] => Some(one.as_str()).filter(|s| !s.is_empty()),
+        _ => {
+            let why = "a tools/call must name exactly one server";
+            return refuse(engine, why, None, None, subject, ErrorCode::Invalid);
+        }
+    };
+    if let Some(why) = read.refused() {
+        return refuse(engine, why, None, server, subject, ErrorCode::Invalid);
+    }
+    let Some(params) = request.mcp_request.as_deref() else {
+        let why = "tools/call needs params";
+        return refuse(engine, why, None, server, subject, ErrorCode::Invalid);
+    };
+    let (tool, arguments) = match parse_call_params(params) {
+        Ok(call) => call,
+        Err(refusal) => return refuse_params(engine, &refusal, server, subject),
+    };
+    let decision = engine.decide_via(
+        Api::ExtMcp,
+        &Request {
+            tool: &tool,
+            server,
+            subject,
+            args: arguments.as_ref(),
+            dry_run: false,
+            hits: None,
+        },
+    );
+    answer(config, &decision, server, &tool)
+}
+
+/// What agentgateway is told of a decision.
+fn answer(
+    config: &ExtMcpConfig,
+    d: &Decision,
+    server: Option<&str>,
+    tool: &str,
+) -> pb::McpRequestResult {
+    match d.verdict {
+        Verdict::Allow => {
+            let release = d.policy().releases_on_failure(server, tool);
+            let token = d
+                .reservation
+                .filter(|_| release == Release::ToolError)
+                .map(|r| config.sign(r));
+            pass(token)
+        }
+        // Answered as a tool that does not exist: no details to tell it apart.
+        _ if d.code == Code::Hidden => {
+            error(ErrorCode::Invalid, format!("Unknown tool: {tool}"), None)
+        }
+        _ => {
+            let code = match d.code {
+                Code::RateLimited | Code::StoreUnavailable => ErrorCode::ResourceExhausted,
+                _ => ErrorCode::PermissionDenied,
+            };
+            let data = serde_json::json!({ META_KEY: details(d) });
+            error(code, d.reason().to_owned(), Some(data))
+        }
+    }
+}
+
+fn pass(release: Option<String>) -> pb::McpRequestResult {
+    let metadata = release.map(|token| Struct {
+        fields: [(RELEASE_KEY.to_owned(), string_value(token))].into(),
+    });
+    pb::McpRequestResult {
+        result: Some(mcp_request_result::Result::Pass(pb::Pass {})),
+        header_mutation: None,
+        metadata,
+    }
+}
+
+fn error(code: ErrorCode, reason: String, data: Option<serde_json::Value>) -> pb::McpRequestResult {
+    pb::McpRequestResult {
+        result: Some(mcp_request_result::Result::Error(pb::AuthorizationError {
+            code: code as i32,
+            reason,
+            mcp_error: data.map(|d| serde_json::to_vec(&d).expect("JSON values serialize")),
+        })),
+        header_mutation: None,
+        metadata: None,
+    }
+}
+
+/// A call refused before any decision: counted and logged as INVALID_REQUEST with what is
+/// known of it.
+fn refuse(
+    engine: &Engine,
+    why: &str,
+    tool: Option<&str>,
+    server: Option<&str>,
+    subject: Subject<'_>,
+    code: ErrorCode,
+) -> pb::McpRequestResult {
+    let request = Undecidable {
+        reason: why,
+        logged: None,
+        tool,
+        server,
+        subject,
+    };
+    let d = engine.refuse_via(Api::ExtMcp, &request);
+    let data = serde_json::json!({ META_KEY: details(&d) });
+    error(code, why.to_owned(), Some(data))
+}
+
+fn refuse_params(
+    engine: &Engine,
+    refusal: &Refusal,
+    server: Option<&str>,
+    subject: Subject<'_>,
+) -> pb::McpRequestResult {
+    let logged = refusal.logged();
+    let request = Undecidable {
+        reason: &refusal.message,
+        logged: Some(&logged),
+        tool: refusal.tool.as_deref(),
+        server,
+        subject,
+    };
+    let d = engine.refuse_via(Api::ExtMcp, &request);
+    let data = serde_json::json!({ META_KEY: details(&d), "jsonrpc_code": INVALID_PARAMS });
+    error(ErrorCode::Invalid, refusal.message.to_string(), Some(data))
+}
+
+/// Answer one `CheckResponse`.
+pub fn check_response(
+    engine: &Engine,
+    config: &ExtMcpConfig,
+    response: &pb::McpResponse,
+) -> pb::McpResponseResult {
+    match response.method.as_str() {
+        TOOLS_LIST => {
+            let started = Instant::now();
+            let answer = filter_list(engine, config, response);
+            engine
+                .stats()
+                .record_duration(started.elapsed().as_nanos() as u64);
+            answer
+        }
+        TOOLS_CALL => {
+            give_back_on_tool_error(engine, config, response);
+            response_pass()
+        }
+        _ => response_pass(),
+    }
+}
+
+fn response_pass() -> pb::McpResponseResult {
+    pb::McpResponseResult {
+        result: Some(mcp_response_result::Result::Pass(pb::Pass {})),
+    }
+}
+
+/// The list as this caller may see it; an answer that cannot be read is not passed on.
+fn filter_list(
+    engine: &Engine,
+    config: &ExtMcpConfig,
+    response: &pb::McpResponse,
+) -> pb::McpResponseResult {
+    let refused = |why: String| {
+        engine.stats().count_list(0, true);
+        let message = format!(
+            "the server's tools/list answer was refused by the proxy's policy check: {why}"
+        );
+        pb::McpResponseResult {
+            result: Some(mcp_response_result::Result::Error(pb::AuthorizationError {
+                code: ErrorCode::Unknown as i32,
+                reason: message,
+                mcp_error: None,
+            })),
+        }
+    };
+    let facts = McpFacts {
+        headers: &[],
+        metadata: response.metadata_context.as_ref(),
+    };
+    let read = ReadSubject::read(&facts, &config.authz);
+    if let Some(Refused(why)) = read.grant.as_ref().err().or(read.agent.as_ref().err()) {
+        return refused(format!("the caller cannot be read: {why}"));
+    }
+    let mut result = match toolgate_core::mcp::strict_json::parse(&response.mcp_response) {
+        Ok(serde_json::Value::Object(result)) => result,
+        Ok(_) => return refused("the result is not a JSON object".into()),
+        Err(e) => return refused(format!("the result cannot be read: {e}")),
+    };
+    let policy = engine.policy();
+    let subject = read.subject();
+    let servers = &response.service_names;
+    let visible = |name: &str| visibility_in(&policy, servers, name, subject);
+    let mut report = ListReport::default();
+    let changed = match filter_result(&mut result, visible, &mut report) {
+        Ok(changed) => changed,
+        Err(why) => return refused(why),
+    };
+    engine.stats().count_list(0, false);
+    engine.stats().count_list_removed(report.removed);
+    if !changed {
+        return response_pass();
+    }
+    pb::McpResponseResult {
+        result: Some(mcp_response_result::Result::Mutated(
+            serde_json::to_vec(&result).expect("JSON values serialize"),
+        )),
+    }
+}
+
+/// Whether `subject` sees tool `name` of a list agentgateway merged from `servers`: with one
+/// server, its own name; with several, `SERVER_TOOL` as agentgateway prefixes it. A name of
+/// no listed server (agentgateway's unprefixed modes) is shown only if every listed server's
+/// section would show it.
+fn visibility_in(
+    policy: &toolgate_core::compile::CompiledPolicy,
+    servers: &[String],
+    name: &str,
+    subject: Subject<'_>,
+) -> Visibility {
+    match servers {
+        [] => policy.visibility(name, None, subject),
+        [one] => policy.visibility(name, Some(one), subject),
+        many => {
+            let prefixed = name
+                .split_once(MUX_DELIMITER)
+                .filter(|(server, _)| many.iter().any(|s| s == server));
+            if let Some((server, tool)) = prefixed {
+                return policy.visibility(tool, Some(server), subject);
+            }
+            let mut seen = Visibility {
+                removed: None,
+                per_subject: false,
+            };
+            for server in many {
+                let v = policy.visibility(name, Some(server), subject);
+                seen.per_subject |= v.per_subject;
+                seen.removed = seen.removed.or(v.removed);
+            }
+            seen
+        }
+    }
+}
+
+/// A `tools/call` result with `isError: true`: give back the reservation the request hook
+/// signed, if it came back.
+fn give_back_on_tool_error(engine: &Engine, config: &ExtMcpConfig, response: &pb::McpResponse) {
+    let token = response
+        .metadata_context
+        .as_ref()
+        .and_then(|m| m.fields.get(RELEASE_KEY))
+        .and_then(|v| match &v.kind {
+            Some(Kind::StringValue(s)) => Some(s.as_str()),
+            _ => None,
+        });
+    let Some(reservation) = token.and_then(|t| config.verify(t)) else {
+        return;
+    };
+    #[derive(serde::Deserialize)]
+    struct ToolResult {
+        #[serde(rename = "isError")]
+        is_error: Option<bool>,
+    }
+    // A result that repeats `isError` fails to read, and counts as a success (kept counted).
+    let failed = serde_json::from_slice::<ToolResult>(&response.mcp_response)
+        .is_ok_and(|r| r.is_error == Some(true));
+    if failed && engine.release(reservation) {
+        engine.stats().count_released(Failure::ToolError);
+    }
+}
+
+fn string_value(s: String) -> ProtoValue {
+    ProtoValue {
+        kind: Some(Kind::StringValue(s)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_release_token_is_this_process_s_own_and_names_its_reservation() {
+        let config = ExtMcpConfig::new(AuthzConfig::default());
+        let token = config.sign(42);
+        assert_eq!(config.verify(&token), Some(42));
+        let other = ExtMcpConfig::new(AuthzConfig::default());
+        assert_eq!(other.verify(&token), None, "another process's key");
+        let (_, tag) = token.split_once('.').unwrap();
+        for forged in [
+            format!("43.{tag}"),
+            "42".to_owned(),
+            "42.".to_owned(),
+            format!("42.{tag}0"),
+            format!("042.{tag}"),
+            String::new(),
+        ] {
+            assert_eq!(config.verify(&forged), None, "{forged:?}");
+        }
+    }
+}

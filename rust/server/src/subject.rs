@@ -1,0 +1,147 @@
+//! Who is calling: a call's grant, session and agent, read from a proxy's request as the
+//! sidecar is configured (`--grant-from`, `--agent-from` and the header names). Envoy's
+//! `Check` and agentgateway's ExtMCP carry headers and verified claims each their own way;
+//! both are read here, through [`CallerFacts`], so a caller is the same caller on either.
+
+use crate::credential::{self, Refused};
+use envoy_types::pb::google::protobuf::Struct;
+use toolgate_core::Subject;
+
+/// Where one part of the subject comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubjectSource {
+    /// A request header (lower case). For `authorization`, the token of a `Bearer` value;
+    /// for any other header, the whole value.
+    Header(String),
+    /// A claim of the JWT payload the proxy verified and passed on under
+    /// [`AuthzConfig::jwt_payload_key`] (Envoy: `jwt_authn`'s `payload_in_metadata`;
+    /// agentgateway: a `metadata` entry whose CEL is `jwt`).
+    JwtClaim(String),
+}
+
+/// How callers are read, and Envoy's body limit.
+#[derive(Debug, Clone)]
+pub struct AuthzConfig {
+    pub grant: SubjectSource,
+    pub agent: SubjectSource,
+    pub session_header: String,
+    /// The header naming the MCP server when the route sets no `server` extension.
+    pub server_header: String,
+    pub jwt_payload_key: String,
+    /// Envoy's `max_request_bytes`: a body of this size without a `content-length` may have
+    /// been cut there, and is refused.
+    pub max_request_bytes: usize,
+}
+
+/// Envoy's default `max_request_bytes` in the configs this project ships.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1 << 20;
+
+impl Default for AuthzConfig {
+    fn default() -> Self {
+        AuthzConfig {
+            grant: SubjectSource::Header("authorization".into()),
+            agent: SubjectSource::Header("x-agent-id".into()),
+            session_header: "mcp-session-id".into(),
+            server_header: "x-mcp-server".into(),
+            jwt_payload_key: "jwt_payload".into(),
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+        }
+    }
+}
+
+/// What a proxy tells of a caller.
+pub trait CallerFacts<'a> {
+    /// Every value of header `name` (lower case), in order.
+    fn header_values(&self, name: &str) -> Vec<&'a str>;
+
+    /// The payload of the token the proxy verified, passed on under `key`.
+    fn verified_payload(&self, key: &str) -> Option<&'a Struct>;
+
+    /// Header `name`'s value when it is sent once and is not empty.
+    fn header(&self, name: &str) -> Option<&'a str> {
+        self.header_values(name)
+            .into_iter()
+            .next()
+            .filter(|v| !v.is_empty())
+    }
+}
+
+/// A caller as read: a part that could not be read is refused, with why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadSubject<'a> {
+    pub grant: Result<Option<String>, Refused>,
+    pub agent: Result<Option<String>, Refused>,
+    pub session: Option<&'a str>,
+    pub grant_verified: bool,
+}
+
+impl<'a> ReadSubject<'a> {
+    /// Read the caller from `facts` as `config` says.
+    pub fn read(facts: &impl CallerFacts<'a>, config: &AuthzConfig) -> ReadSubject<'a> {
+        let mut grant = part(&config.grant, true, facts, config);
+        if matches!(config.grant, SubjectSource::JwtClaim(_)) && matches!(grant, Ok(None)) {
+            grant = Err(Refused(
+                "the verified token has no claim to count the caller on".into(),
+            ));
+        }
+        ReadSubject {
+            grant,
+            agent: part(&config.agent, false, facts, config),
+            session: facts.header(&config.session_header),
+            grant_verified: matches!(config.grant, SubjectSource::JwtClaim(_)),
+        }
+    }
+
+    /// The subject, as far as it was read: a refused part is left out.
+    pub fn subject(&self) -> Subject<'_> {
+        Subject {
+            grant: self.grant.as_ref().ok().and_then(Option::as_deref),
+            session: self.session,
+            agent: self.agent.as_ref().ok().and_then(Option::as_deref),
+            attributes: &[],
+            grant_verified: self.grant_verified,
+        }
+    }
+
+    /// Why the caller is refused, if a part of it was.
+    pub fn refused(&self) -> Option<&str> {
+        let refused = self.grant.as_ref().err().or(self.agent.as_ref().err());
+        refused.map(|Refused(why)| why.as_str())
+    }
+}
+
+/// One part of the subject, from where the configuration says. A `credential` (the grant)
+/// taken from a verified token is its issuer and claim together
+/// ([`credential::verified_identity`]).
+fn part<'a>(
+    source: &SubjectSource,
+    credential: bool,
+    facts: &impl CallerFacts<'a>,
+    config: &AuthzConfig,
+) -> Result<Option<String>, Refused> {
+    match source {
+        // Without a verified token there is no one to count on: every caller would share
+        // one absent identity (its limits, its approvals).
+        SubjectSource::JwtClaim(claim) => match facts.verified_payload(&config.jwt_payload_key) {
+            Some(payload) if credential => credential::verified_identity(payload, claim),
+            Some(payload) => {
+                credential::verified_claim(payload, claim).map(|c| c.map(str::to_owned))
+            }
+            None => Err(Refused(format!(
+                "the request carries no verified token (the proxy's verified JWT payload \
+                 {:?}) to take the caller's {claim:?} from",
+                config.jwt_payload_key
+            ))),
+        },
+        SubjectSource::Header(name) if name == "authorization" => {
+            match facts.header_values(name)[..] {
+                [] => Ok(None),
+                [value] => credential::bearer_token(value).map(|t| Some(t.into())),
+                _ => Err(Refused(
+                    "the Authorization header is sent more than once".into(),
+                )),
+            }
+        }
+        SubjectSource::Header(name) => Ok(facts.header(name).map(str::to_owned)),
+    }
+}
