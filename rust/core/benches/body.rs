@@ -140,12 +140,36 @@ fn bodies(c: &mut Criterion) {
     g.finish();
 }
 
+/// The strict reader beside serde_json reading the same bytes into a `Value` (the yardstick:
+/// what reading JSON costs at all), by shape.
+fn readers(c: &mut Criterion) {
+    let size: usize = std::env::var("BODY_BYTES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1 << 20);
+    let mut g = c.benchmark_group("reader");
+    g.throughput(Throughput::Bytes(size as u64));
+    for (name, data) in shapes(size - 200) {
+        let body = call(&data, size);
+        if serde_json::from_slice::<serde_json::Value>(&body).is_err() {
+            continue;
+        }
+        g.bench_function(format!("{name}/serde_json"), |b| {
+            b.iter(|| serde_json::from_slice::<serde_json::Value>(black_box(&body)))
+        });
+        g.bench_function(format!("{name}/strict"), |b| {
+            b.iter(|| mcp::strict_json::parse(black_box(&body)))
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
         .sample_size(20);
-    targets = bodies
+    targets = bodies, readers
 }
 criterion_main!(benches);
