@@ -1,11 +1,18 @@
-"""What every command's parser shares: help that shows each option's default, and option
-types for numbers with a least value."""
+"""What every command's parser shares: help that shows each option's default, option types for
+numbers with a least value, and errors that name the command they belong to (a mistyped
+option of ``toolgate serve`` is reported with ``toolgate serve``'s usage, and the option it
+was probably meant to be)."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
-from typing import Any
+import difflib
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+#: A usage longer than this many lines is shortened in error messages to the command and a
+#: pointer to its --help (``toolgate serve`` has sixty options).
+USAGE_LINES = 4
 
 
 def _number(kind: Callable[[str], Any], least: float, what: str) -> Callable[[str], Any]:
@@ -42,8 +49,38 @@ class HelpFormatter(argparse.HelpFormatter):
 
 
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose help, and every subcommand's, shows the defaults."""
+    """An ArgumentParser whose help, and every subcommand's, shows the defaults, and whose
+    errors are its own: an option no parser knows is reported by the innermost command it
+    was given to, with that command's usage (argparse leaves them to the top level)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
+        # The innermost command's name, for messages of errors met while it runs.
+        self.set_defaults(command_name=self.prog)
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(_unrecognized(self, extras))
+        return parsed, extras
+
+    def error(self, message: str) -> NoReturn:
+        usage = self.format_usage()
+        if usage.count("\n") > USAGE_LINES:
+            usage = f"usage: {self.prog} [options] ...; '{self.prog} --help' lists them\n"
+        self.exit(2, f"{usage}{self.prog}: error: {message}\n")
+
+
+def _unrecognized(parser: argparse.ArgumentParser, extras: list[str]) -> str:
+    """ "unrecognized arguments: ...", naming the option a mistyped one was probably meant as."""
+    message = f"unrecognized arguments: {' '.join(extras)}"
+    known = [s for a in parser._actions for s in a.option_strings if s.startswith("--")]
+    for extra in extras:
+        if extra.startswith("--"):
+            close = difflib.get_close_matches(extra.partition("=")[0], known, n=1, cutoff=0.7)
+            if close:
+                return f"{message} (did you mean {close[0]}?)"
+    return message
