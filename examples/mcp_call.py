@@ -5,13 +5,15 @@
 
 One session (the initialize handshake), ``--repeat`` calls; a denial shows its reason and the
 decision toolgate put under ``_meta``. ``--list`` first prints the tools the server lists
-(every page). Needs ``pip install mcp``.
+(every page). Needs ``pip install mcp``. A proxy that cannot be reached, or Ctrl-C, ends it
+with one line on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import anyio
 import httpx2
@@ -62,7 +64,21 @@ def main() -> None:
     parser.add_argument("--list", action="store_true", help="print the listed tools first")
     args = parser.parse_args()
     arguments = json.loads(args.arguments)
-    anyio.run(run, args.url, args.tool, arguments, args.token, args.repeat, args.list)
+    try:
+        anyio.run(run, args.url, args.tool, arguments, args.token, args.repeat, args.list)
+    except KeyboardInterrupt:
+        print("mcp_call.py: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as err:
+        sys.exit(f"mcp_call.py: {args.url}: {innermost(err)}")
+
+
+def innermost(err: BaseException) -> str:
+    """The first error inside the task groups the MCP client nests it in, in one line."""
+    while isinstance(err, BaseExceptionGroup) and err.exceptions:
+        err = err.exceptions[0]
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 if __name__ == "__main__":

@@ -265,4 +265,4 @@ def test_the_sdk_is_needed_only_to_scan_a_server(tmp_path: Path) -> None:
         [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
-    assert "pip install 'mcp>=2'" in done.stdout
+    assert "pip install 'toolgate[scan]'" in done.stdout

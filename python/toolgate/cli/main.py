@@ -4,6 +4,9 @@ is a module of this folder; this one puts them together."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import sys
 from collections.abc import Sequence
 
 from toolgate import __version__
@@ -55,10 +58,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Python packages of the optional extras, and the extra that installs each (the MCP SDK
+#: and what it is used with, for reading servers' tools).
+EXTRAS = {"mcp": "scan", "anyio": "scan", "httpx2": "scan", "pydantic": "scan"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
-    return int(args.run(args))
+    """Run the command ``argv`` names. Whatever stops it early is one line on stderr and an
+    exit status, never a traceback: Ctrl-C (130), a reader that closed our stdout (141, as
+    SIGPIPE would), a package the command needs that is not installed (1)."""
+    name = "toolgate"
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 0
+        name = args.command_name
+        return int(args.run(args))
+    except KeyboardInterrupt:
+        _forget_stdout()
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`toolgate decide ... | head -1`): nothing more to say to it.
+        _forget_stdout()
+        return 141
+    except ModuleNotFoundError as err:
+        top = (err.name or "").partition(".")[0]
+        extra = EXTRAS.get(top)
+        how = (
+            f"which toolgate's '{extra}' extra installs: pip install 'toolgate[{extra}]'"
+            if extra
+            else "which toolgate depends on: reinstall toolgate"
+        )
+        print(f"{name}: needs the Python package {top!r}, {how}", file=sys.stderr)
+        return 1
+
+
+def _forget_stdout() -> None:
+    """Point stdout at /dev/null, so that what is still buffered for a closed pipe is not
+    written at exit (which would print an exception of its own)."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)

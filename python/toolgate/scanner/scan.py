@@ -135,13 +135,26 @@ def scan_file(path: str | Path) -> Scan:
 # --- talking to servers --------------------------------------------------------------------------
 
 
+#: What reading a server needs: the official MCP SDK and the libraries it is driven with
+#: here, all installed by toolgate's ``scan`` extra.
+SDK_PACKAGES = ("mcp", "anyio", "httpx2")
+
+
 def _sdk() -> Any:
-    try:
-        import mcp
-    except ImportError as err:
+    """The MCP SDK, or ScanError naming what is missing and how to install it."""
+    missing = []
+    for name in SDK_PACKAGES:
+        try:
+            __import__(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
         raise ScanError(
-            "scanning a server needs the official MCP Python SDK: pip install 'mcp>=2'"
-        ) from err
+            "reading a server's tools needs the official MCP Python SDK, which toolgate's "
+            f"'scan' extra installs: pip install 'toolgate[scan]' (missing: {', '.join(missing)})"
+        )
+    import mcp
+
     return mcp
 
 
@@ -261,15 +274,15 @@ def _tail(errlog: Any, lines: int = 20) -> str:
 
 def scan_url(url: str, **kwargs: Any) -> Scan:
     """:func:`scan_url_async`, run to completion."""
+    _sdk()
     import anyio
 
-    _sdk()
     return anyio.run(lambda: scan_url_async(url, **kwargs))
 
 
 def scan_stdio(command: Sequence[str], **kwargs: Any) -> Scan:
     """:func:`scan_stdio_async`, run to completion."""
+    _sdk()
     import anyio
 
-    _sdk()
     return anyio.run(lambda: scan_stdio_async(command, **kwargs))
