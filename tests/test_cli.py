@@ -70,10 +70,10 @@ def test_the_console_script_is_installed():
 def test_validate_examples_exits_0():
     result = toolgate("validate", EXAMPLE_JSON, EXAMPLE_YAML)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout == ""
+    # Results on stdout; notes, like errors, on stderr.
+    assert result.stdout.splitlines() == [f"{EXAMPLE_JSON}: ok", f"{EXAMPLE_YAML}: ok"]
     # The YAML example's rate limit per session is pointed out: a client chooses its id.
-    ok, note, ok_yaml = result.stderr.splitlines()
-    assert (ok, ok_yaml) == (f"{EXAMPLE_JSON}: ok", f"{EXAMPLE_YAML}: ok")
+    (note,) = result.stderr.splitlines()
     assert note.startswith(f"{EXAMPLE_YAML}: /all_tools/limits/0: note: counts per session id")
 
 
@@ -98,7 +98,8 @@ def test_validate_points_out_what_a_client_asserts_about_itself(tmp_path):
     assert all("x-agent-id" in n and "--agent-from jwt:CLAIM" in n for n in notes)
     # With the agent taken from a verified token, there is nothing to point out.
     verified = toolgate("validate", "--agent-from", "jwt:azp", path)
-    assert verified.stderr.splitlines() == [f"{path}: ok"]
+    assert verified.stdout.splitlines() == [f"{path}: ok"]
+    assert verified.stderr == ""
     assert toolgate("validate", "--agent-from", "cookie", path).returncode == 2
 
 
@@ -112,7 +113,8 @@ def test_validate_broken_file_prints_one_line_per_error(tmp_path):
     path.write_text(BROKEN)
     result = toolgate("validate", path)
     assert result.returncode == 1
-    lines = result.stdout.splitlines()
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
     assert len(lines) == 2
     for line in lines:
         assert ERROR_LINE.match(line), line
@@ -128,7 +130,7 @@ def test_validate_relative_path_is_printed_as_given(tmp_path):
     (tmp_path / "broken.json").write_text(BROKEN)
     result = toolgate("validate", "broken.json", cwd=tmp_path)
     assert result.returncode == 1
-    assert all(line.startswith("broken.json: /tools/") for line in result.stdout.splitlines())
+    assert all(line.startswith("broken.json: /tools/") for line in result.stderr.splitlines())
 
 
 def test_validate_several_files_prefixes_each_line_with_its_file(tmp_path):
@@ -138,8 +140,8 @@ def test_validate_several_files_prefixes_each_line_with_its_file(tmp_path):
     second.write_text(BROKEN_YAML)
     result = toolgate("validate", first, EXAMPLE_JSON, second)
     assert result.returncode == 1
-    parsed = [ERROR_LINE.match(line) for line in result.stdout.splitlines()]
-    assert all(parsed), result.stdout
+    parsed = [ERROR_LINE.match(line) for line in result.stderr.splitlines()]
+    assert all(parsed), result.stderr
     got = [(m["file"], m["pointer"], int(m["line"])) for m in parsed]
     assert got == [
         (str(first), "/tools/create-ami/limits/0/window", 5),
@@ -147,7 +149,7 @@ def test_validate_several_files_prefixes_each_line_with_its_file(tmp_path):
         (str(second), "/default", 2),
         (str(second), "/tools/x/require/0/path", 6),
     ]
-    assert f"{EXAMPLE_JSON}: ok" in result.stderr.splitlines()
+    assert result.stdout.splitlines() == [f"{EXAMPLE_JSON}: ok"]
 
 
 def test_validate_whole_document_error_uses_slash(tmp_path):
@@ -155,14 +157,15 @@ def test_validate_whole_document_error_uses_slash(tmp_path):
     path.write_text('{"default": "deny"}\n')
     result = toolgate("validate", path)
     assert result.returncode == 1
-    assert result.stdout.splitlines() == [f'{path}: /: missing required key "version" (line 1)']
+    assert result.stderr.splitlines() == [f'{path}: /: missing required key "version" (line 1)']
 
 
 def test_validate_missing_file_exits_1(tmp_path):
     path = tmp_path / "missing.json"
     result = toolgate("validate", path)
     assert result.returncode == 1
-    assert result.stdout.startswith(f"{path}: /: cannot read ")
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"{path}: /: cannot read ")
 
 
 def test_validate_needs_a_file():

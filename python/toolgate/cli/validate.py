@@ -1,4 +1,5 @@
-"""``toolgate validate``: check policy files, one line per error."""
+"""``toolgate validate``: check policy files: ``FILE: ok`` on stdout for each valid one, one
+line per error on stderr (and notes of limits a client can dodge, also on stderr)."""
 
 from __future__ import annotations
 
@@ -25,13 +26,13 @@ def _run(args: argparse.Namespace) -> int:
             for e in err.errors:
                 pointer = e.pointer or "/"
                 where = f" (line {e.line})" if e.line is not None else ""
-                print(f"{path}: {pointer}: {e.message}{where}")
+                print(f"{path}: {pointer}: {e.message}{where}", file=sys.stderr)
         else:
             if not args.quiet:
                 # Not errors: limits and conditions a client can dodge by what it says.
                 for note in policy.self_asserted(agent_verified):
                     print(f"{path}: {note.pointer}: note: {note.message}", file=sys.stderr)
-                print(f"{path}: ok", file=sys.stderr)
+                print(f"{path}: ok")
     return 1 if failed else 0
 
 
