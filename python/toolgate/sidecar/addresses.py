@@ -58,6 +58,20 @@ def parse_host_port(
     return host, int(port)
 
 
+def join_host_port(host: str, port: int) -> str:
+    """(host, port) → ``127.0.0.1:9464`` or ``[::1]:9464``."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def bound_address(listen: str, port: int) -> str:
+    """The address a server given ``listen`` (port 0: any free one) is bound to, ``port``
+    being the one it got; a ``unix:`` address as it is."""
+    if listen.startswith("unix:"):
+        return listen
+    host, _ = parse_host_port(listen, allow_port_zero=True)
+    return join_host_port(host, port)
+
+
 def _unix_path(text: str) -> str | None:
     """The path of ``unix:PATH`` (None if ``text`` is not one); ValueError for an empty one."""
     if not text.startswith("unix:"):

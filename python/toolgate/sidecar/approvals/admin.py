@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from typing import Any
 import grpc
 
 from toolgate._core import Approvals, inert
+from toolgate.sidecar.addresses import bound_address, parse_host_port
 from toolgate.sidecar.approvals.rows import STATES, Row, page_token
 from toolgate.sidecar.approvals.store import ApprovalError, ApprovalStore
 from toolgate.v1 import approvals_pb2, approvals_pb2_grpc
@@ -301,6 +303,22 @@ def _unary(behavior: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[...
     return bounded
 
 
+def _check_free(listen: str) -> None:
+    """OSError saying why ``listen`` cannot be bound (in use, not this machine's), found by
+    binding it first: grpcio's own failure says only that it failed."""
+    if listen.startswith("unix:"):
+        return
+    host, port = parse_host_port(listen, allow_port_zero=True)
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise OSError(f"cannot listen on {listen} (admin): {err.strerror or err}") from None
+
+
 class AdminServer:
     """The admin listener, serving the Approvals service."""
 
@@ -313,13 +331,15 @@ class AdminServer:
             maximum_concurrent_rpcs=ADMIN_SLOTS,
         )
         approvals_pb2_grpc.add_ApprovalsServicer_to_server(service, self._server)
+        _check_free(listen)
         try:
             port = self._server.add_insecure_port(listen)
         except RuntimeError as err:
             raise OSError(f"cannot listen on {listen} (admin): {err}") from err
         if port == 0:
             raise OSError(f"cannot listen on {listen} (admin)")
-        self.address = listen
+        #: Where it listens: ``listen`` with the port it got (port 0: the one chosen).
+        self.address = bound_address(listen, port)
         self._server.start()
 
     def stop(self, grace: float) -> None:
