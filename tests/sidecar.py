@@ -148,7 +148,10 @@ class Sidecar:
         reload_interval: float = 0.2,
         metrics: bool = True,
         env: dict[str, str] | None = None,
+        stdout: int | None = None,
     ) -> None:
+        """``stdout``: a file descriptor for the process's stdout (default: /dev/null)."""
+        self._stdout = subprocess.DEVNULL if stdout is None else stdout
         self._dir = tempfile.TemporaryDirectory(prefix="toolgate-sidecar-")
         self._env = None if env is None else {**os.environ, **env}
         workdir = Path(self._dir.name)
@@ -200,7 +203,7 @@ class Sidecar:
             self.proc = subprocess.Popen(
                 dies_with_parent(args),
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
+                stdout=self._stdout,
                 stderr=err,
                 env=self._env,
             )
