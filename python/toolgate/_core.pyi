@@ -148,6 +148,10 @@ class Policy:
     def revision(self) -> str: ...
     @property
     def servers(self) -> list[str]: ...
+    @property
+    def needs_approval(self) -> bool:
+        """True when some call could wait for a person's approval: a ``require_approval`` rule
+        in enforce mode, in any section."""
     def self_asserted(self, agent_verified: bool = False) -> list[ValidationError]:
         """Limits and conditions resting on an identity the client asserts (a session id, an
         agent id unless ``agent_verified``), as notes."""

@@ -130,6 +130,13 @@ impl PyPolicy {
             .map_err(|e| policy_error(py, e))
     }
 
+    /// True when some call could wait for a person's approval: a `require_approval` rule in
+    /// enforce mode, in any section.
+    #[getter]
+    fn needs_approval(&self) -> bool {
+        self.inner.needs_approval()
+    }
+
     /// Hex digest identifying this document.
     #[getter]
     fn revision(&self) -> &str {

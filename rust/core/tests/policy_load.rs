@@ -1574,3 +1574,28 @@ fn an_empty_yaml_document_is_not_a_policy() {
         "expected an object, found an array",
     );
 }
+
+// --- what a policy can need ------------------------------------------------------------------
+
+#[test]
+fn a_policy_needs_approval_only_with_an_enforced_require_approval_rule() {
+    let needs = |document: Value| Policy::from_json_value(&document).unwrap().needs_approval();
+    let approval = json!({"action": "require_approval"});
+    assert!(!needs(
+        json!({"version": "1", "tools": {"a": {}, "b": {"action": "deny"}}})
+    ));
+    assert!(needs(json!({"version": "1", "tools": {"a": approval}})));
+    assert!(needs(json!({"version": "1", "all_tools": approval})));
+    let nested = json!({"version": "1", "tools": {"a": approval}});
+    assert!(needs(json!({"version": "1", "servers": {"s": nested}})));
+    // A rule in shadow mode, by itself or by its section, only notes what it would ask.
+    let shadow_rule = json!({"action": "require_approval", "mode": "shadow"});
+    assert!(!needs(json!({"version": "1", "tools": {"a": shadow_rule}})));
+    assert!(!needs(
+        json!({"version": "1", "mode": "shadow", "tools": {"a": approval}})
+    ));
+    let enforced = json!({"action": "require_approval", "mode": "enforce"});
+    assert!(needs(
+        json!({"version": "1", "mode": "shadow", "tools": {"a": enforced}})
+    ));
+}

@@ -45,6 +45,26 @@ pub struct NamePattern {
     pub pointer: String,
 }
 
+impl Policy {
+    /// True when some call could wait for a person's approval: a `require_approval` rule
+    /// in enforce mode (in shadow mode such a rule only notes what it would have asked), in
+    /// any section.
+    pub fn needs_approval(&self) -> bool {
+        std::iter::once(&self.root)
+            .chain(self.servers.iter().map(|(_, section)| section))
+            .any(|section| {
+                section
+                    .all_tools
+                    .iter()
+                    .chain(section.tools.iter().map(|(_, rule)| rule))
+                    .any(|rule| {
+                        rule.action == Action::RequireApproval
+                            && rule.mode.unwrap_or(section.mode) == Mode::Enforce
+                    })
+            })
+    }
+}
+
 impl NamePattern {
     /// True when the text contains glob metacharacters (`*`, `?`, `[`).
     pub fn is_glob(&self) -> bool {
