@@ -250,11 +250,12 @@ def serve_metrics(
     host: str,
     port: int,
     per_tool: bool = False,
-) -> CollectorRegistry:
-    """Serve ``/metrics`` over HTTP on ``host:port`` from a background thread."""
+) -> tuple[CollectorRegistry, int]:
+    """Serve ``/metrics`` over HTTP on ``host:port`` from a background thread; the registry,
+    and the port bound (the one given, or the one the system chose for port 0)."""
     registry = CollectorRegistry()
     registry.register(EngineCollector(engine, reloads, per_tool))
     registry.register(ReloadStateCollector(reloads))
     registry.register(BuildInfoCollector())
-    start_http_server(port, addr=host, registry=registry)
-    return registry
+    server, _ = start_http_server(port, addr=host, registry=registry)
+    return registry, server.server_port

@@ -15,10 +15,11 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from pathlib import Path
 
 from toolgate._core import Engine, Policy, Sidecar
 from toolgate.sidecar import logs
-from toolgate.sidecar.addresses import check_listen, parse_host_port
+from toolgate.sidecar.addresses import check_listen, join_host_port, parse_host_port
 from toolgate.sidecar.approvals.grant_labels import GrantLabels, load_key
 from toolgate.sidecar.approvals.runtime import ApprovalRuntime, StateDir
 from toolgate.sidecar.assembly import SERVICES, assemble
@@ -140,6 +141,9 @@ def serve(opts: ServeOptions) -> int:
     policy, loaded = load_policy(opts)
     state = StateDir(opts.approvals.state_dir)
     try:
+        if opts.decision_log not in (None, "-"):
+            # Made if missing, as the state directory is.
+            Path(opts.decision_log).parent.mkdir(parents=True, exist_ok=True)
         labels = GrantLabels(load_key(state.key))
         threads = opts.threads or available_cpus()
         sidecar = assemble(
@@ -174,6 +178,16 @@ def serve(opts: ServeOptions) -> int:
         )
         if sidecar.decision_log_break is not None:
             log.warning("decision log: %s", sidecar.decision_log_break)
+        if state.temporary:
+            log.warning(
+                "decision log: grants are labelled with a key made for this run, as there is"
+                " no --state-dir: after a restart the same grant has another label"
+            )
+    if policy.needs_approval and opts.approvals.admin_tokens is None:
+        log.warning(
+            "the policy has require_approval rules but there is no --admin-tokens: their"
+            " approvals open and nobody can decide them"
+        )
 
     reloads = ReloadCounts()
     watcher = None
@@ -222,7 +236,7 @@ def serve(opts: ServeOptions) -> int:
     if opts.metrics_listen:
         host, metrics_port = split_host_port(opts.metrics_listen)
         try:
-            registry = serve_metrics(
+            registry, metrics_port = serve_metrics(
                 engine,
                 reloads,
                 host,
@@ -246,13 +260,21 @@ def serve(opts: ServeOptions) -> int:
     sidecar.set_serving(True)
 
     log.info(
-        "serving %s on %s (%d threads; metrics on %s), policy %s",
+        "serving %s on %s (%d threads), policy %s",
         ", ".join(SERVICES),
         address,
         threads,
-        opts.metrics_listen or "off",
         opts.policy or "built-in deny-everything",
     )
+    # Every listener's real address (port 0 is given one by the system).
+    if opts.metrics_listen:
+        log.info("metrics on http://%s/metrics", join_host_port(host, metrics_port))
+    else:
+        log.info("metrics off")
+    if approvals.admin_address is not None:
+        log.info("admin (toolgate.v1.Approvals) on %s", approvals.admin_address)
+    else:
+        log.info("no admin listener (no --admin-tokens)")
 
     dropped, head, ticks, store_seen = 0, None, 0, (0, 0)
     while not stop.wait(1.0):

@@ -134,8 +134,6 @@ class ApprovalRuntime:
 
             service = ApprovalsService(self.approvals, self.store, load_tokens(opts.admin_tokens))
             self._admin = AdminServer(opts.admin_listen, service)
-        else:
-            log.info("no --admin-tokens: approvals can be opened but not decided")
         if opts.webhook:
             secret = opts.webhook_secret.read_bytes().strip() if opts.webhook_secret else None
             self._notifier = Notifier(
@@ -149,6 +147,11 @@ class ApprovalRuntime:
                 timeout=opts.webhook_timeout,
                 workers=opts.webhook_workers,
             )
+
+    @property
+    def admin_address(self) -> str | None:
+        """Where the admin listener listens (its real port), or None without one."""
+        return self._admin.address if self._admin is not None else None
 
     def start(self) -> None:
         self._recorder.start()
