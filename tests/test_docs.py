@@ -63,3 +63,60 @@ def test_the_license_file_is_the_license_the_metadata_names():
     assert (license.get("text") if isinstance(license, dict) else license) == "Apache-2.0"
     cargo = tomllib.loads((ROOT / "Cargo.toml").read_text())
     assert cargo["workspace"]["package"]["license"] == "Apache-2.0"
+
+
+def _slug(heading: str) -> str:
+    """The anchor GitHub gives a heading: its text without markup, lower case, without
+    punctuation, spaces as hyphens."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading)
+    text = re.sub(r"[`*]", "", text).strip().lower()
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    """The anchors of a Markdown file's headings (a repeated one gets -1, -2, ...)."""
+    seen: dict[str, int] = {}
+    out = set()
+    text = re.sub(r"^```.*?^```", "", path.read_text(), flags=re.M | re.S)
+    for m in re.finditer(r"^#{1,6} (.+?)\s*$", text, re.M):
+        slug = _slug(m.group(1))
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        out.add(slug if n == 0 else f"{slug}-{n}")
+    return out
+
+
+def test_headings_get_github_anchors():
+    assert _slug("Walk-through: from nothing to a denied tool call") == (
+        "walk-through-from-nothing-to-a-denied-tool-call"
+    )
+    assert _slug("API: `proto/toolgate/v1/decider.proto`") == "api-prototoolgatev1deciderproto"
+    assert _slug("Envoy's own settings, tried one at a time") == (
+        "envoys-own-settings-tried-one-at-a-time"
+    )
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=[p.relative_to(ROOT).as_posix() for p in DOCS])
+def test_links_to_headings_lead_to_headings_that_exist(doc: Path):
+    broken = []
+    for target in _LINK.findall(doc.read_text()):
+        if re.match(r"[a-z]+:", target) or "#" not in target:
+            continue
+        file, _, anchor = target.partition("#")
+        path = (doc.parent / file).resolve() if file else doc
+        if path.suffix == ".md" and path.is_file() and anchor not in anchors(path):
+            broken.append(target)
+    assert broken == []
+
+
+def test_the_readme_lists_each_document_once():
+    section = README_DOCS.search((ROOT / "README.md").read_text())
+    assert section is not None
+    listed = re.findall(r"^- \[([^\]]+)\]", section.group(1), re.M)
+    assert listed and len(listed) == len(set(listed)), listed
+    # Every document in docs/ is listed.
+    assert {f"docs/{p.name}" for p in ROOT.glob("docs/*.md")} <= set(listed)
+
+
+README_DOCS = re.compile(r"^## Documentation\n(.*?)(?=^## )", re.M | re.S)
