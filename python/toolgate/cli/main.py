@@ -10,19 +10,6 @@ import sys
 from collections.abc import Sequence
 
 from toolgate import __version__
-from toolgate.cli import (
-    approvals,
-    decide,
-    decision_log,
-    explain,
-    health,
-    import_policy,
-    policy_tests,
-    scan,
-    serve,
-    suggest,
-    validate,
-)
 from toolgate.cli.parser import Parser
 
 
@@ -34,6 +21,22 @@ def version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # The commands' modules (protobuf, the policy tools...) are loaded here, inside main()'s
+    # handling of Ctrl-C, not when the console script imports this module.
+    from toolgate.cli import (
+        approvals,
+        decide,
+        decision_log,
+        explain,
+        health,
+        import_policy,
+        policy_tests,
+        scan,
+        serve,
+        suggest,
+        validate,
+    )
+
     parser = Parser(
         prog="toolgate",
         description="Decide whether an AI agent's MCP tool calls may run: serve decisions to a "
