@@ -1,6 +1,6 @@
 """The documentation speaks of the repository only: no file outside it is cited, no word a
 reader cannot look up, every relative link leads to a file in it; and the LICENSE file is the
-license the package metadata names. (That the README's examples run: test_readme.py.)"""
+license the package metadata names. (That their examples run: test_docs_run.py.)"""
 
 from __future__ import annotations
 
