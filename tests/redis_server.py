@@ -186,14 +186,15 @@ class SentinelServer:
 
 
 class Proxy:
-    """A TCP proxy from a free port to ``port``: ``mode`` is ``pass``, ``delay`` (each chunk
-    from the client waits ``delay`` seconds before it goes on) or ``blackhole`` (everything
-    is read and dropped; the connection stays open)."""
+    """A TCP proxy from a free port to ``port``: ``mode`` is ``pass``, ``hold`` (what the
+    client sends waits until ``release()``, then goes on: Redis answers, late) or
+    ``blackhole`` (everything is read and dropped; the connection stays open). Neither
+    depends on how fast the machine is: a held request is answered only when released."""
 
     def __init__(self, port: int) -> None:
         self.target = port
         self.mode = "pass"
-        self.delay = 0.0
+        self._released = threading.Event()
         self._stop = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.settimeout(0.2)
@@ -229,13 +230,18 @@ class Proxy:
             while chunk := src.recv(65536):
                 if toward_redis and self.mode == "blackhole":
                     continue
-                if toward_redis and self.mode == "delay":
-                    time.sleep(self.delay)
+                if toward_redis and self.mode == "hold":
+                    self._released.wait()
                 dst.sendall(chunk)
         with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_WR)
 
+    def release(self) -> None:
+        """Let every held request (and any later one) go on to Redis."""
+        self._released.set()
+
     def close(self) -> None:
+        self.release()
         self._stop.set()
         self._listener.close()
         for s in self._sockets:
