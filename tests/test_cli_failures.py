@@ -24,6 +24,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -521,8 +522,11 @@ def test_ctrl_c_ends_approvals_watch_its_only_way_out(world: World):
     proc = spawn(invocation.fill(world.values(invocation)))
     try:
         assert proc.stdout is not None
-        first = proc.stdout.readline()
-        assert first.startswith("apr_"), first
+        lines_read: list[str] = []
+        reader = threading.Thread(target=lambda: lines_read.append(proc.stdout.readline()))
+        reader.start()
+        reader.join(PATIENCE)  # a bound on waiting for the first row, not a measurement
+        assert lines_read and lines_read[0].startswith("apr_"), lines_read
         os.killpg(proc.pid, signal.SIGINT)
         code, _, err = finish(proc)
     finally:

@@ -37,7 +37,7 @@ def started(*args: str, cwd: Path) -> tuple[subprocess.Popen[bytes], Path]:
         )
     wait_for(
         lambda: proc.poll() is not None or re.search(LAST_LINE, log.read_text()) or None,
-        timeout=PATIENCE,
+        timeout=4 * PATIENCE,  # a bound on waiting on a busy machine, not a measurement
     )
     assert proc.poll() is None, log.read_text()
     return proc, log
