@@ -11,8 +11,9 @@ What a block is:
 - An HTML comment on the line before a block says how it is run: none, run here;
   ``<!-- docs: packaging -->``, run by the packaging tests (podman, as root);
   ``<!-- docs: not run: REASON -->``, not run (a cluster, a registry), only parsed: each
-  ``toolgate`` command by toolgate's own parser, each other program's subcommands by their
-  ``--help``.
+  ``toolgate`` command by toolgate's own parser, each Envoy config by ``envoy --mode
+  validate``, each other program's subcommands by their ``--help`` (a program the reason
+  names, which this machine may not have, may be missing).
 
 How it is run (``DocShell``): one ``bash`` for the whole document, as one terminal, in a
 network namespace of its own (``unshare --net``: the documents' fixed ports, 50051, 9191,

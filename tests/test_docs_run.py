@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tomllib
 import uuid
+from itertools import dropwhile
 from pathlib import Path
 
 import pytest
@@ -252,6 +253,8 @@ def simple_commands(text: str) -> list[list[str]]:
             current = []
         else:
             current.append(w)
+    # Leading NAME=VALUE words set the command's environment.
+    out = [list(dropwhile(lambda w: re.fullmatch(r"[A-Za-z_]\w*=.*", w), c)) for c in out]
     return [c for c in out if c]
 
 
@@ -299,6 +302,8 @@ def test_commands_not_run_here_are_parsed(block: Block, command: Command):
             assert done.returncode == 0, done.stderr[-2000:]
         else:
             path = shutil.which(words[0], path=PATH)
+            if path is None and program in block.reason:
+                continue  # what the block needs and this machine lacks, as it says
             assert path, f"{block.id}: {words[0]} is not installed here"
             sub = subcommands(words)
             done = subprocess.run(
