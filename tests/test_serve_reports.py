@@ -68,7 +68,7 @@ def test_every_listener_is_logged_with_its_real_port(tmp_path: Path):
     try:
         wait_for(lambda: "admin (toolgate.v1.Approvals) on" in log.read_text() or None)
         text = log.read_text()
-        (data,) = re.findall(r"RateLimitService on (127\.0\.0\.1:\d+) ", text)
+        (data,) = re.findall(r"serving .* on (127\.0\.0\.1:\d+) \(\d+ threads\)", text)
         (metrics,) = re.findall(r"metrics on (http://127\.0\.0\.1:\d+/metrics)", text)
         (admin,) = re.findall(r"admin \(toolgate\.v1\.Approvals\) on (127\.0\.0\.1:\d+)", text)
         assert not {data, metrics, admin} & {"127.0.0.1:0", "http://127.0.0.1:0/metrics"}
