@@ -6,9 +6,8 @@ client's headers as raw bytes, and `metadata_context`, the values its CEL comput
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import json
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,9 +25,14 @@ _status = protoc.main(
     ["protoc", f"-I{PROTO}", f"-I{_include}", f"--python_out={_out}", "agentgateway/ext_mcp.proto"]
 )
 assert _status == 0, "proto/agentgateway/ext_mcp.proto does not compile"
-sys.path.insert(0, str(_out))
-pb: Any = importlib.import_module("agentgateway.ext_mcp_pb2")
-sys.path.remove(str(_out))
+# Loaded from its file, under a name of its own: on the tests' path `agentgateway` is
+# tests/agentgateway.py (the gateway's runner), which a package import would find first.
+_spec = importlib.util.spec_from_file_location(
+    "toolgate_test_ext_mcp_pb2", _out / "agentgateway" / "ext_mcp_pb2.py"
+)
+assert _spec is not None and _spec.loader is not None
+pb: Any = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(pb)
 
 SERVICE = "/agentgateway.dev.ext_mcp.ExtMcp"
 Code = pb.AuthorizationError.Code
