@@ -20,16 +20,18 @@ network namespace of its own (``unshare --net``: the documents' fixed ports, 500
 10000..., are free there and nothing else on the machine sees them), in a scratch directory
 holding the repository's top-level files (as links), ``toolgate`` and ``python`` being this
 environment's. A command ending in ``&`` is started as a job, and the next command runs once
-what it serves listens (``READY``); a command that runs until stopped (a server, ``approvals
-watch``) without ``&`` is let run until it listens or has printed what the document shows,
-then stopped with Ctrl-C (SIGINT to its process group), as a reader would. Installing
-(``pip``, a venv) and the project's test scripts are not run (``NOT_RUN``): this environment
-is installed already.
+what it serves listens (``listening_ports``); a command that runs until stopped (a server,
+``approvals watch``) without ``&`` is let run until it listens or has printed what the
+document shows, then stopped with Ctrl-C (SIGINT to its process group), as a reader
+would. Installing (``pip``, a venv) and the project's test scripts are not run
+(``NOT_RUN``): this environment is installed already.
 
 Shown output is compared by shape (``same_output``): a line ``...`` stands for any number of
 lines, ``...`` in a line for anything, a number for any number (a retry time differs from run
 to run), a run of hex digits for any hex of that length (ids, digests, revisions), and a JSON
-object key by key (``...}``: more keys follow).
+object key by key (``...}``: more keys follow). An id a document shows in one command's output
+and then types in a later command (whole, or its first characters and ``…``) is typed as it
+was printed in this run (``as_printed``), as a reader copies it.
 """
 
 from __future__ import annotations
@@ -47,7 +49,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -654,14 +655,6 @@ def run_doctest(path: Path) -> str | None:
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     result = runner.run(test, out=out.append)
     return "".join(out) if result.failed else None
-
-
-def all_commands(docs: list[Path], mode: str) -> Iterator[tuple[Block, Command]]:
-    for doc in docs:
-        for block in blocks(doc):
-            if block.mode == mode:
-                for c in block.commands:
-                    yield block, c
 
 
 if __name__ == "__main__":  # python tests/docs_runner.py FILE: the doctest in FILE
