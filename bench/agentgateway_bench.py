@@ -22,6 +22,11 @@ no stdio target, whose process would dominate), everything else as deployed:
   hooks; tools/list: response hook, the list filtered);
 - ``agw+toolgate-req``: the same with ``tools/call: request`` (no response hook: a tool error
   gives no spend back), tools/call only;
+- ``agw+toolgate-bt``: ``agw+toolgate`` with ``RUST_BACKTRACE=1``, as agentgateway's Helm
+  charts set it: each metadata expression of the processor that finds nothing (no
+  ``x-agent-id`` header, no ``toolgate_release`` yet) is an error, and with it set anyhow
+  captures a backtrace for it. Every other config runs without ``RUST_BACKTRACE`` and
+  ``RUST_LIB_BACKTRACE`` whatever the bench's environment holds;
 - ``agw+pass``: the same processor sent to a constant ExtMCP server (the stand-in with
   ``-extmcp``, ``Pass`` to everything, on Go's HTTP/2 server, not toolgate's stack): what any
   processor costs agentgateway here, the list left whole.
@@ -86,18 +91,26 @@ CEL_RULE = (
     'mcp.tool.name == "run_command" || mcp.tool.name.startsWith("describe_") || '
     'mcp.tool.name.startsWith("list_")'
 )
-AGW_CONFIGS = ["agw", "agw+cel", "agw+toolgate", "agw+toolgate-req", "agw+pass"]
+AGW_CONFIGS = [
+    "agw",
+    "agw+cel",
+    "agw+toolgate",
+    "agw+toolgate-req",
+    "agw+toolgate-bt",
+    "agw+pass",
+]
 #: Ours and ext_proc_bench's names of the Envoy configs.
 ENVOY_CONFIGS = {"envoy": "plain", "envoy+authz": "authz", "envoy+authz+proc": "authz+proc"}
 CONFIGS = AGW_CONFIGS + list(ENVOY_CONFIGS)
 #: The configs each exchange runs through (a list has no request hook to leave out).
 EXCHANGES = {"call": CONFIGS, "list": [c for c in CONFIGS if c != "agw+toolgate-req"]}
 #: The configs whose list is filtered for the caller (the same 66 tools).
-FILTERED = ("agw+cel", "agw+toolgate", "agw+toolgate-req", "envoy+authz+proc")
+FILTERED = ("agw+cel", "agw+toolgate", "agw+toolgate-req", "agw+toolgate-bt", "envoy+authz+proc")
 #: (added, baseline): the differences reported, per run.
 DIFFS = (
     ("agw+toolgate", "agw"),
     ("agw+toolgate-req", "agw"),
+    ("agw+toolgate-bt", "agw+toolgate"),
     ("agw+cel", "agw"),
     ("agw+pass", "agw"),
     ("envoy+authz", "envoy"),
@@ -219,8 +232,12 @@ def start_agw(name: str, cfg: dict, ports: dict[str, int], workdir: Path) -> h.S
             if r.status != 200:
                 raise ValueError("not ready")
 
-    # This build binds 127.0.0.1 over IPv4 only with IPV6_ENABLED=false; env execs it (one pid).
-    cmd = ["env", "IPV6_ENABLED=false", str(AGENTGATEWAY), "-f", str(path)]
+    # This build binds 127.0.0.1 over IPv4 only with IPV6_ENABLED=false; env execs it (one
+    # pid). Backtraces as the config says, not as the bench's environment happens to.
+    env = ["-u", "RUST_BACKTRACE", "-u", "RUST_LIB_BACKTRACE", "IPV6_ENABLED=false"]
+    if name.endswith("-bt"):
+        env.append("RUST_BACKTRACE=1")
+    cmd = ["env", *env, str(AGENTGATEWAY), "-f", str(path)]
     return h.start(name, cmd, workdir, ready, ports["listen"], metrics_port=ports["stats"])
 
 
@@ -495,7 +512,9 @@ def report(args, runs: list[Run], probes: list[str], sizes: dict, elapsed: float
         "`mcpGuardrails`; `agw+cel` with `mcpAuthorization` instead, one rule "
         f"`{CEL_RULE}`; `agw+toolgate` as deployed (tools/call `full`, tools/list "
         "`response`); `agw+toolgate-req` the same with tools/call `request` (no response "
-        "hook, so no spend given back on a tool error); `agw+pass` the same processor on a "
+        "hook, so no spend given back on a tool error); `agw+toolgate-bt` as deployed with "
+        "`RUST_BACKTRACE=1`, as agentgateway's Helm charts set it (every other agentgateway "
+        "runs without it); `agw+pass` the same processor on a "
         "server answering `Pass` to everything (bench/mcp_standin `-extmcp`: Go's HTTP/2 "
         "server, not toolgate's stack). "
         "Envoy as bench/ext_proc_bench.py builds it from deploy/envoy/: `envoy` without "
@@ -577,7 +596,13 @@ def report(args, runs: list[Run], probes: list[str], sizes: dict, elapsed: float
         f"{m('call', 'loaded', 'agw+cel', 'agw')} saturated. A processor answering `Pass` "
         f"to everything: {m('call', 'single', 'agw+pass', 'agw')} one in flight "
         f"(toolgate {MINUS} it, run by run: {m('call', 'single', 'agw+toolgate', 'agw+pass')}), "
-        f"{m('call', 'loaded', 'agw+pass', 'agw')} saturated. A tools/list of "
+        f"{m('call', 'loaded', 'agw+pass', 'agw')} saturated. `RUST_BACKTRACE=1` adds "
+        f"{m('call', 'single', 'agw+toolgate-bt', 'agw+toolgate')} one in flight, "
+        f"{m('call', 'loaded', 'agw+toolgate-bt', 'agw+toolgate')} saturated "
+        f"({h.fmt_ratios(ratios('call', 'loaded', 'agw+toolgate-bt', 'agw+toolgate', 'rps'))}"
+        " the throughput): with it, each of the deployed processor's metadata expressions "
+        "that finds nothing (`x-agent-id` not sent, `toolgate_release` not yet set) captures a "
+        "backtrace, in each hook. A tools/list of "
         f"{len(xp.TOOLS)} tools filtered by toolgate: {m('list', 'single', 'agw+toolgate', 'agw')}"
         f" one in flight, {m('list', 'loaded', 'agw+toolgate', 'agw')} saturated; by the CEL "
         f"rule {m('list', 'single', 'agw+cel', 'agw')} and "
@@ -692,6 +717,7 @@ def main() -> int:
         processors = {
             "agw+toolgate": tg.port,
             "agw+toolgate-req": tg.port,
+            "agw+toolgate-bt": tg.port,
             "agw+pass": servers["pass"].port,
         }
         deployed = {k: ev.deployed_config(path, workdir) for k, path in xp.DEPLOYED.items()}
