@@ -27,6 +27,8 @@ class Code(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INVALID_REQUEST: _ClassVar[Code]
     APPROVAL_DENIED: _ClassVar[Code]
     STORE_UNAVAILABLE: _ClassVar[Code]
+    TOOL_CHANGED: _ClassVar[Code]
+    TOOL_UNPINNED: _ClassVar[Code]
 VERDICT_UNSPECIFIED: Verdict
 ALLOW: Verdict
 DENY: Verdict
@@ -42,6 +44,8 @@ APPROVAL_REQUIRED: Code
 INVALID_REQUEST: Code
 APPROVAL_DENIED: Code
 STORE_UNAVAILABLE: Code
+TOOL_CHANGED: Code
+TOOL_UNPINNED: Code
 
 class Subject(_message.Message):
     __slots__ = ("grant", "agent", "session", "attributes")
@@ -95,7 +99,14 @@ class LimitState(_message.Message):
     def __init__(self, counter: _Optional[str] = ..., rule: _Optional[str] = ..., scope: _Optional[str] = ..., max: _Optional[float] = ..., remaining: _Optional[float] = ..., reset_in_ms: _Optional[int] = ..., window_ms: _Optional[int] = ...) -> None: ...
 
 class DecideResponse(_message.Message):
-    __slots__ = ("verdict", "code", "reason", "rule", "retry_after_ms", "limits", "revision", "shadow", "reservation", "approval_id")
+    __slots__ = ("verdict", "code", "reason", "rule", "retry_after_ms", "limits", "revision", "shadow", "reservation", "approval_id", "marks_read", "marks_set")
+    class MarksReadEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     VERDICT_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +117,8 @@ class DecideResponse(_message.Message):
     SHADOW_FIELD_NUMBER: _ClassVar[int]
     RESERVATION_FIELD_NUMBER: _ClassVar[int]
     APPROVAL_ID_FIELD_NUMBER: _ClassVar[int]
+    MARKS_READ_FIELD_NUMBER: _ClassVar[int]
+    MARKS_SET_FIELD_NUMBER: _ClassVar[int]
     verdict: Verdict
     code: Code
     reason: str
@@ -116,7 +129,9 @@ class DecideResponse(_message.Message):
     shadow: bool
     reservation: int
     approval_id: str
-    def __init__(self, verdict: _Optional[_Union[Verdict, str]] = ..., code: _Optional[_Union[Code, str]] = ..., reason: _Optional[str] = ..., rule: _Optional[str] = ..., retry_after_ms: _Optional[int] = ..., limits: _Optional[_Iterable[_Union[LimitState, _Mapping]]] = ..., revision: _Optional[str] = ..., shadow: _Optional[bool] = ..., reservation: _Optional[int] = ..., approval_id: _Optional[str] = ...) -> None: ...
+    marks_read: _containers.ScalarMap[str, str]
+    marks_set: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, verdict: _Optional[_Union[Verdict, str]] = ..., code: _Optional[_Union[Code, str]] = ..., reason: _Optional[str] = ..., rule: _Optional[str] = ..., retry_after_ms: _Optional[int] = ..., limits: _Optional[_Iterable[_Union[LimitState, _Mapping]]] = ..., revision: _Optional[str] = ..., shadow: _Optional[bool] = ..., reservation: _Optional[int] = ..., approval_id: _Optional[str] = ..., marks_read: _Optional[_Mapping[str, str]] = ..., marks_set: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DecideBatchRequest(_message.Message):
     __slots__ = ("requests",)

@@ -2,17 +2,22 @@
 //! once, counter identities hashed once, and every string a decision returns allocated once.
 
 use crate::counter::{to_units, CounterKey, Granularity};
+use crate::definition::{Digest, DriftKind};
 use crate::matcher::NameMatcher;
+use crate::policy::pins::Pins;
 use crate::policy::{
-    Action, ConditionItem, DefaultAction, Limit, Mode, PathRoot, Policy, Release, Rule, Scope,
-    Section, Segment,
+    Action, ConditionItem, DefaultAction, Limit, MarkRule, Mode, PathRoot, Policy, Release, Rule,
+    Scope, Section, Segment, Unpinned,
 };
 use ahash::AHashMap;
+use std::sync::Arc;
 
 pub struct CompiledPolicy {
     pub revision: Box<str>,
     pub root: CompiledSection,
     pub servers: AHashMap<Box<str>, CompiledSection>,
+    /// Every mark some rule sets, by name: where a condition that reads it finds its counter.
+    pub marks: AHashMap<Box<str>, Arc<CompiledMark>>,
     /// Every string a decision can return, so a decision refers to them by index and keeps
     /// the policy alive with one reference count instead of one per string.
     texts: Vec<Box<str>>,
@@ -72,6 +77,76 @@ pub struct CompiledSection {
     pub default_rule: TextId,
     pub default_deny_reason: TextId,
     pub default_allow_reason: TextId,
+    /// `pins` (the section's own, else the top level's).
+    pub pins: Option<SectionPins>,
+    /// `trust_annotations` (the section's own, else the top level's, else false).
+    pub trust_annotations: bool,
+    /// Some rule reads a tool's definition (`tool.title`, `tool.annotations.*`).
+    pub reads_definitions: bool,
+}
+
+/// A section's `pins`.
+pub struct SectionPins {
+    pub pins: Arc<Pins>,
+    /// `mode: shadow`: a changed or unpinned tool is reported, not withheld.
+    pub shadow: bool,
+    pub unpinned_hidden: bool,
+    /// The pointer of `pins`, the rule a pins denial names.
+    pub pointer: TextId,
+}
+
+/// A tool a section's pins withhold: how it departs from its pin, and why, as the agent is
+/// told.
+pub struct Withheld {
+    pub kind: DriftKind,
+    pub pinned: Option<Digest>,
+    pub reason: String,
+}
+
+impl SectionPins {
+    /// Whether `tool` of `server` is withheld: listed (as `listed`, its definition's digest
+    /// as last listed) other than pinned, or without a pin where unpinned tools are
+    /// withheld. A tool not listed since this process started is judged by its pin alone.
+    pub fn withheld(
+        &self,
+        server: Option<&str>,
+        tool: &str,
+        listed: Option<&Digest>,
+    ) -> Option<Withheld> {
+        let pin = self.pins.get(server, tool);
+        match (pin, listed) {
+            (Some(pin), Some(seen)) if pin.digest != *seen => Some(Withheld {
+                kind: DriftKind::Changed,
+                pinned: Some(pin.digest),
+                reason: format!(
+                    "tool {tool:?} changed since it was pinned (pinned {}, listed now as {}): it \
+                     is withheld until someone reviews it and pins it again",
+                    pin.digest.short(),
+                    seen.short()
+                ),
+            }),
+            (None, _) if self.unpinned_hidden => Some(Withheld {
+                kind: DriftKind::Unpinned,
+                pinned: None,
+                reason: format!(
+                    "tool {tool:?} has no pin: it is withheld until someone reviews it and pins it"
+                ),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// A mark some rule sets: its counter (the mark's ttl is the window), and what the rule's
+/// want of it reserves (one unit, never refused).
+pub struct CompiledMark {
+    pub name: Box<str>,
+    pub scope: Scope,
+    pub ttl_ms: u64,
+    pub identity: u64,
+    pub granularity: Granularity,
+    /// As a limit with no ceiling, for the reservation it joins.
+    pub limit: CompiledLimit,
 }
 
 /// An approval's timeout when the rule gives none: 15 minutes.
@@ -100,6 +175,12 @@ pub struct CompiledRule {
     pub release_on_failure: Option<Release>,
     /// Some condition reads the caller (`subject.*`): the rule can treat callers apart.
     pub reads_subject: bool,
+    /// Marks the rule sets when it allows a call.
+    pub marks: Vec<Arc<CompiledMark>>,
+    /// Some condition reads marks (`marks`, `marks.NAME`): known only once they are read.
+    pub reads_marks: bool,
+    /// The marks the conditions read (every mark of the policy for `marks`), once compiled.
+    pub mark_reads: Vec<Arc<CompiledMark>>,
 }
 
 /// A `require` or `deny_if` item, with the denial it gives: when a `require` item does
@@ -132,15 +213,33 @@ pub struct CompiledLimit {
 impl CompiledPolicy {
     pub fn compile(policy: Policy) -> Result<CompiledPolicy, String> {
         let mut tables = Tables::default();
-        let root = compile_section(&policy.root, &mut tables)?;
+        let mut marks = AHashMap::new();
+        let inherited = Inherited {
+            pins: policy.root.pins.as_ref(),
+            trust_annotations: policy.root.trust_annotations,
+        };
+        let ctx = Context {
+            policy: &policy,
+            inherited,
+        };
+        let mut root = compile_section(&policy.root, &ctx, &mut tables, &mut marks)?;
         let mut servers = AHashMap::new();
         for (id, section) in &policy.servers {
-            servers.insert(id.as_str().into(), compile_section(section, &mut tables)?);
+            let compiled = compile_section(section, &ctx, &mut tables, &mut marks)?;
+            servers.insert(id.as_str().into(), compiled);
+        }
+        // Which marks each rule reads, now that every mark is known.
+        fill_mark_reads(&policy.root, &mut root, &marks);
+        for (id, section) in &policy.servers {
+            if let Some(compiled) = servers.get_mut(id.as_str()) {
+                fill_mark_reads(section, compiled, &marks);
+            }
         }
         Ok(CompiledPolicy {
             revision: policy.revision.as_str().into(),
             root,
             servers,
+            marks,
             texts: tables.texts,
             limits: tables.limits,
             source: policy,
@@ -175,7 +274,26 @@ impl CompiledPolicy {
     }
 }
 
-fn compile_section(section: &Section, tables: &mut Tables) -> Result<CompiledSection, String> {
+/// What a server section takes from the top level when it does not say, and the pins files
+/// the policy read.
+struct Context<'p> {
+    policy: &'p Policy,
+    inherited: Inherited<'p>,
+}
+
+struct Inherited<'p> {
+    pins: Option<&'p crate::policy::PinsRule>,
+    trust_annotations: Option<bool>,
+}
+
+type Marks = AHashMap<Box<str>, Arc<CompiledMark>>;
+
+fn compile_section(
+    section: &Section,
+    ctx: &Context<'_>,
+    tables: &mut Tables,
+    marks: &mut Marks,
+) -> Result<CompiledSection, String> {
     let hide = NameMatcher::new(
         section
             .hide
@@ -186,9 +304,35 @@ fn compile_section(section: &Section, tables: &mut Tables) -> Result<CompiledSec
     let mut rules = Vec::with_capacity(section.tools.len());
     let mut names = Vec::with_capacity(section.tools.len());
     for (i, (name, rule)) in section.tools.iter().enumerate() {
-        rules.push(compile_rule(rule, Some(&name.text), tables));
+        rules.push(compile_rule(rule, Some(&name.text), tables, marks));
         names.push((name.text.as_str(), i));
     }
+    let all_tools = section
+        .all_tools
+        .as_ref()
+        .map(|r| compile_rule(r, None, tables, marks));
+    let pins = match section.pins.as_ref().or(ctx.inherited.pins) {
+        None => None,
+        Some(rule) => {
+            let file = ctx.policy.pins.iter().find(|f| f.file == rule.file);
+            let file = file.ok_or_else(|| format!("the pins file {:?} was not read", rule.file))?;
+            Some(SectionPins {
+                pins: Arc::clone(&file.pins),
+                shadow: rule.mode == Mode::Shadow,
+                unpinned_hidden: rule.unpinned == Unpinned::Hide,
+                pointer: tables.text(rule.pointer.as_str()),
+            })
+        }
+    };
+    let reads = |root| {
+        section
+            .tools
+            .iter()
+            .map(|(_, r)| r)
+            .chain(&section.all_tools)
+            .flat_map(|r| r.require.iter().chain(&r.deny_if))
+            .any(|item| item.reads(root))
+    };
     Ok(CompiledSection {
         pointer: section.pointer.as_str().into(),
         default_allow: section.default == DefaultAction::Allow,
@@ -196,19 +340,28 @@ fn compile_section(section: &Section, tables: &mut Tables) -> Result<CompiledSec
         hide,
         tools: NameMatcher::new(names)?,
         rules,
-        all_tools: section
-            .all_tools
-            .as_ref()
-            .map(|r| compile_rule(r, None, tables)),
+        all_tools,
         default_deny_reason: tables.text("denied by default: the policy does not allow this tool"),
         default_allow_reason: tables.text("allowed by default"),
         default_rule: tables.text(format!("{}/default", section.pointer)),
+        pins,
+        trust_annotations: section
+            .trust_annotations
+            .or(ctx.inherited.trust_annotations)
+            .unwrap_or(false),
+        reads_definitions: reads(PathRoot::Tool),
     })
 }
 
-fn compile_rule(rule: &Rule, tool: Option<&str>, tables: &mut Tables) -> CompiledRule {
+fn compile_rule(
+    rule: &Rule,
+    tool: Option<&str>,
+    tables: &mut Tables,
+    marks: &mut Marks,
+) -> CompiledRule {
     let what = tool.map_or_else(|| "all tools".to_owned(), |t| format!("tool {t:?}"));
     let own = |fallback: String| rule.reason.clone().unwrap_or(fallback);
+    let conditions = || rule.require.iter().chain(&rule.deny_if);
     CompiledRule {
         pointer: tables.text(rule.pointer.as_str()),
         action: rule.action,
@@ -245,13 +398,99 @@ fn compile_rule(rule: &Rule, tool: Option<&str>, tables: &mut Tables) -> Compile
             .collect(),
         log: rule.log.clone(),
         release_on_failure: rule.release_on_failure,
-        reads_subject: rule
-            .require
+        reads_subject: conditions().any(|item| item.reads(PathRoot::Subject)),
+        marks: rule
+            .marks
             .iter()
-            .chain(&rule.deny_if)
-            .any(|item| item.reads(PathRoot::Subject)),
+            .map(|m| compile_mark(m, tables, marks))
+            .collect(),
+        reads_marks: conditions().any(|item| item.reads(PathRoot::Marks)),
+        mark_reads: Vec::new(),
     }
 }
+
+fn fill_mark_reads(section: &Section, compiled: &mut CompiledSection, marks: &Marks) {
+    for ((_, rule), c) in section.tools.iter().zip(&mut compiled.rules) {
+        c.mark_reads = mark_reads(rule, marks);
+    }
+    if let (Some(rule), Some(c)) = (&section.all_tools, &mut compiled.all_tools) {
+        c.mark_reads = mark_reads(rule, marks);
+    }
+}
+
+/// The marks `rule`'s conditions read: each `marks.NAME`, or every mark for `marks`.
+fn mark_reads(rule: &Rule, marks: &Marks) -> Vec<Arc<CompiledMark>> {
+    let compares: Vec<&crate::policy::Compare> = rule
+        .require
+        .iter()
+        .chain(&rule.deny_if)
+        .flat_map(|item| item.compares())
+        .filter(|c| c.path.root == PathRoot::Marks)
+        .collect();
+    let mut out: Vec<Arc<CompiledMark>> = Vec::new();
+    let mut add = |m: &Arc<CompiledMark>| {
+        if !out.iter().any(|o| Arc::ptr_eq(o, m)) {
+            out.push(Arc::clone(m));
+        }
+    };
+    for c in compares {
+        match &c.path.segments[..] {
+            [Segment::Key(name)] => {
+                if let Some(m) = marks.get(name.as_str()) {
+                    add(m);
+                }
+            }
+            _ => marks.values().for_each(&mut add),
+        }
+    }
+    out
+}
+
+/// One mark (the first rule that sets it compiles it; the loader made sure every rule that
+/// sets it agrees).
+fn compile_mark(mark: &MarkRule, tables: &mut Tables, marks: &mut Marks) -> Arc<CompiledMark> {
+    if let Some(m) = marks.get(mark.name.as_str()) {
+        return Arc::clone(m);
+    }
+    let granularity = Granularity::for_window_ms(mark.ttl_ms);
+    let identity = CounterKey::identity(&[
+        b"mark\0",
+        mark.name.as_bytes(),
+        &mark.ttl_ms.to_le_bytes(),
+        mark.scope.as_str().as_bytes(),
+    ]);
+    let info = LimitInfo {
+        counter: tables.text(format!("mark:{}", mark.name)),
+        rule: tables.text(mark.pointer.as_str()),
+        scope: mark.scope,
+        max: f64::INFINITY,
+        window_ms: mark.ttl_ms,
+    };
+    let compiled = Arc::new(CompiledMark {
+        name: mark.name.as_str().into(),
+        scope: mark.scope,
+        ttl_ms: mark.ttl_ms,
+        identity,
+        granularity,
+        limit: CompiledLimit {
+            id: tables.limit(info.clone()),
+            info,
+            counter_name: format!("mark:{}", mark.name).into(),
+            identity,
+            granularity,
+            // Never refused: one unit per call that sets it, far below any bucket's capacity.
+            max_units: MARK_CEILING,
+            cost: None,
+            cost_text: None,
+            cost_pointer: tables.text(mark.pointer.as_str()),
+        },
+    });
+    marks.insert(mark.name.as_str().into(), Arc::clone(&compiled));
+    compiled
+}
+
+/// What a mark's counter may hold: a mark counts one unit per call that sets it.
+pub const MARK_CEILING: u64 = 1 << 39;
 
 /// The item, and what its denial says: the group's `on_deny`, else the rule's `reason`,
 /// else which condition (or group) `verb`.

@@ -8,7 +8,9 @@
 //! left to right.
 
 use crate::args::{json_equal, ArgValue, Kind, Num};
+use crate::definition::{Definition, Hints};
 pub use crate::evaluation::{Outcome, Problem};
+pub use crate::marks::{MarkState, Marks};
 use crate::mcp::strict_json::reads_two_ways;
 use crate::policy::{Compare, Condition, Op, PathRoot, Segment};
 use crate::trace::{NoTrace, Trace};
@@ -37,12 +39,23 @@ pub struct Facts<'a, A> {
     /// There are no arguments yet (a tool list is filtered before any call is made): an
     /// argument path is [`Problem::NotYetKnown`], not missing.
     pub args_unknown: bool,
+    /// The tool's definition as its server last listed it (or as it was pinned), for
+    /// `tool.title` and `tool.annotations.*`; `trusted` when the policy trusts the server's
+    /// annotations (else every hint reads as MCP's default, and the title as missing).
+    pub definition: Option<&'a Definition>,
+    pub trusted: bool,
+    /// The marks the call can see: `None` until they are read (a mark path is then
+    /// [`Problem::NotYetKnown`]).
+    pub marks: Option<&'a Marks>,
 }
 
-/// A resolved path: an argument value, or one of the request's strings.
+/// A resolved path: an argument value, one of the request's strings, a tool's hint, or the
+/// names of the marks set.
 enum Resolved<'a, A> {
     Arg(A),
     Text(&'a str),
+    Bool(bool),
+    Names(Vec<&'a str>),
 }
 
 impl<A: ArgValue> Resolved<'_, A> {
@@ -50,30 +63,36 @@ impl<A: ArgValue> Resolved<'_, A> {
         match self {
             Resolved::Arg(a) => a.kind(),
             Resolved::Text(_) => Kind::String,
+            Resolved::Bool(_) => Kind::Bool,
+            Resolved::Names(_) => Kind::Array,
         }
     }
     fn as_str(&self) -> Option<&str> {
         match self {
             Resolved::Arg(a) => a.as_str(),
             Resolved::Text(s) => Some(s),
+            _ => None,
         }
     }
     fn as_num(&self) -> Option<Num> {
         match self {
             Resolved::Arg(a) => a.as_num(),
-            Resolved::Text(_) => None,
+            _ => None,
         }
     }
     fn as_bool(&self) -> Option<bool> {
         match self {
             Resolved::Arg(a) => a.as_bool(),
-            Resolved::Text(_) => None,
+            Resolved::Bool(b) => Some(*b),
+            _ => None,
         }
     }
     fn to_json(&self) -> Option<Value> {
         match self {
             Resolved::Arg(a) => a.to_json(),
             Resolved::Text(s) => Some(Value::String((*s).to_owned())),
+            Resolved::Bool(b) => Some(Value::Bool(*b)),
+            Resolved::Names(names) => Some(names.iter().map(|n| Value::from(*n)).collect()),
         }
     }
     /// The number, if every decoder reads it as this one.
@@ -88,10 +107,28 @@ impl<A: ArgValue> Resolved<'_, A> {
 }
 
 impl<'a, A: ArgValue + Clone> Facts<'a, A> {
+    /// These facts, with the marks read.
+    pub fn with_marks<'m>(&self, marks: &'m Marks) -> Facts<'m, A>
+    where
+        'a: 'm,
+    {
+        Facts {
+            tool: self.tool,
+            server: self.server,
+            subject: self.subject,
+            args: self.args.clone(),
+            args_unknown: self.args_unknown,
+            definition: self.definition,
+            trusted: self.trusted,
+            marks: Some(marks),
+        }
+    }
+
     fn resolve(&self, c: &Compare) -> Result<Resolved<'a, A>, Problem> {
         let segs = &c.path.segments;
         let text = match c.path.root {
-            PathRoot::Tool => Some(self.tool),
+            PathRoot::Tool => return self.tool_path(segs),
+            PathRoot::Marks => return self.mark_path(segs),
             PathRoot::Server => self.server,
             PathRoot::Subject => {
                 let s = &self.subject;
@@ -110,6 +147,48 @@ impl<'a, A: ArgValue + Clone> Facts<'a, A> {
             PathRoot::Args => return self.arg(segs).map(Resolved::Arg),
         };
         text.map(Resolved::Text).ok_or(Problem::Missing)
+    }
+
+    /// `tool` (its name), `tool.title`, `tool.annotations.HINT`.
+    fn tool_path(&self, segs: &[Segment]) -> Result<Resolved<'a, A>, Problem> {
+        let definition = self.definition.filter(|_| self.trusted);
+        match segs {
+            [] => Ok(Resolved::Text(self.tool)),
+            [Segment::Key(k)] if k == "title" => definition
+                .and_then(|d| d.title.as_deref())
+                .map(Resolved::Text)
+                .ok_or(Problem::Missing),
+            [Segment::Key(_), Segment::Key(hint)] => {
+                let hints = definition.map_or(Hints::default(), |d| d.hints);
+                hints.get(hint).map(Resolved::Bool).ok_or(Problem::Missing)
+            }
+            _ => Err(Problem::Missing),
+        }
+    }
+
+    /// `marks` (the names of the marks set) or `marks.NAME` (present when it is set).
+    fn mark_path(&self, segs: &[Segment]) -> Result<Resolved<'a, A>, Problem> {
+        let marks = self.marks.ok_or(Problem::NotYetKnown)?;
+        let problem = |state| match state {
+            MarkState::NoScope => Some(Problem::NoScope),
+            MarkState::Unread => Some(Problem::Unread),
+            MarkState::Set | MarkState::Unset => None,
+        };
+        match segs {
+            [] => {
+                if let Some(p) = marks.0.iter().find_map(|(_, s)| problem(*s)) {
+                    return Err(p);
+                }
+                let set = marks.0.iter().filter(|(_, s)| *s == MarkState::Set);
+                Ok(Resolved::Names(set.map(|(n, _)| &**n).collect()))
+            }
+            [Segment::Key(name)] => match marks.get(name) {
+                Some(MarkState::Set) => Ok(Resolved::Bool(true)),
+                Some(MarkState::Unset) | None => Err(Problem::Missing),
+                Some(state) => Err(problem(state).unwrap_or(Problem::Missing)),
+            },
+            _ => Err(Problem::Missing),
+        }
     }
 
     /// Walk an argument path; also used for a limit's `cost`. Fails with
@@ -203,9 +282,13 @@ impl<'a, A: ArgValue + Clone> Facts<'a, A> {
         let outcome = if c.op == Op::Exists {
             let want = c.value.as_bool().unwrap_or(true);
             match resolved {
-                Err(p @ (Problem::CaseVariant | Problem::Ambiguous | Problem::NotYetKnown)) => {
-                    Outcome::Unevaluable(c, p)
-                }
+                Err(
+                    p @ (Problem::CaseVariant
+                    | Problem::Ambiguous
+                    | Problem::NotYetKnown
+                    | Problem::NoScope
+                    | Problem::Unread),
+                ) => Outcome::Unevaluable(c, p),
                 ref r if r.is_ok() == want => Outcome::Holds,
                 _ => Outcome::Fails,
             }
@@ -307,6 +390,7 @@ fn contains<A: ArgValue>(v: &Resolved<'_, A>, operand: &Value) -> Result<bool, P
         (_, Value::String(needle)) if v.kind() == Kind::String => {
             Ok(v.as_str().unwrap_or_default().contains(needle.as_str()))
         }
+        (Resolved::Names(names), Value::String(name)) => Ok(names.contains(&name.as_str())),
         (Resolved::Arg(a), _) if a.kind() == Kind::Array => {
             // Every element is looked at: one that reads two ways makes the answer unknown
             // wherever it sits.

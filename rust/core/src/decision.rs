@@ -38,10 +38,24 @@ pub enum Code {
     /// The shared counter store (Redis) did not answer within its budget: the call's limits
     /// could not be counted, so it is denied (`--store-unavailable deny`).
     StoreUnavailable,
+    /// The tool's server listed it differently from its pin: withheld until pinned again.
+    ToolChanged,
+    /// The tool has no pin, and the policy's `pins` withholds unpinned tools.
+    ToolUnpinned,
+}
+
+impl From<crate::definition::DriftKind> for Code {
+    /// What a call of a tool its pins withhold is denied with.
+    fn from(kind: crate::definition::DriftKind) -> Code {
+        match kind {
+            crate::definition::DriftKind::Changed => Code::ToolChanged,
+            crate::definition::DriftKind::Unpinned => Code::ToolUnpinned,
+        }
+    }
 }
 
 impl Code {
-    pub const ALL: [Code; 10] = [
+    pub const ALL: [Code; 12] = [
         Code::Allowed,
         Code::Hidden,
         Code::DefaultDeny,
@@ -52,6 +66,8 @@ impl Code {
         Code::InvalidRequest,
         Code::ApprovalDenied,
         Code::StoreUnavailable,
+        Code::ToolChanged,
+        Code::ToolUnpinned,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -66,6 +82,8 @@ impl Code {
             Code::InvalidRequest => "INVALID_REQUEST",
             Code::ApprovalDenied => "APPROVAL_DENIED",
             Code::StoreUnavailable => "STORE_UNAVAILABLE",
+            Code::ToolChanged => "TOOL_CHANGED",
+            Code::ToolUnpinned => "TOOL_UNPINNED",
         }
     }
 
@@ -147,6 +165,8 @@ pub struct Decision {
     /// The human approval this decision is about: waiting for (REQUIRE_APPROVAL), used
     /// (an approved call, ALLOW) or refused (APPROVAL_DENIED).
     pub approval: Option<crate::approval::ApprovalId>,
+    /// The marks the decision read and set; `None` when its rules use none.
+    pub marks: Option<Box<crate::marks::MarksSeen>>,
     pub(crate) policy: Arc<CompiledPolicy>,
 }
 

@@ -10,14 +10,18 @@ use crate::arg_json;
 use crate::args::ArgValue;
 use crate::clock::Clock;
 use crate::clock::MonotonicClock;
-use crate::compile::{CompiledLimit, CompiledPolicy, CompiledRule, ConditionDenial, TextId};
+use crate::compile::{
+    CompiledLimit, CompiledMark, CompiledPolicy, CompiledRule, ConditionDenial, TextId,
+};
 use crate::condition::{Facts, Outcome, Problem, Subject};
-use crate::counter::reservation::MAX_PARTS;
+use crate::counter::reservation::{Part, MAX_PARTS};
 use crate::counter::{to_units, CounterKey, CounterTable, UNITS_PER_CALL};
 use crate::decision::{Code, Decision, Limits, Text, Verdict};
 use crate::decision_log::{Call, DecisionSink, Record};
 use crate::limiter::{self, Want};
+use crate::marks::{MarkState, Marks, MarksSeen, Read, ReadBits, MAX_READS};
 use crate::policy::{Action, Compare, ConditionItem, Policy, Scope};
+use crate::sightings::Sightings;
 use crate::stats::{Api, Stats, OTHER_TOOLS};
 use crate::store::CounterStore;
 use crate::trace::{LimitsEnd, List, NoTrace, Trace};
@@ -78,6 +82,8 @@ pub struct Engine {
     log: OnceLock<Arc<dyn DecisionSink>>,
     /// Set once, by the sidecar's `--store`: where counts are kept instead of `table`.
     store: OnceLock<Arc<dyn CounterStore>>,
+    /// The tool definitions servers last listed (kept across reloads, as counters are).
+    sightings: Sightings,
 }
 
 /// What an approval-gated call may do.
@@ -103,6 +109,7 @@ impl Engine {
             approvals: OnceLock::new(),
             log: OnceLock::new(),
             store: OnceLock::new(),
+            sightings: Sightings::default(),
         })
     }
 
@@ -261,7 +268,7 @@ impl Engine {
 
     /// Hand a decision's record to the log's writer (if its filter wants it), made here of
     /// what its line holds ([`Record::new`]); `reason` is logged instead of the decision's.
-    fn write_log<A: ArgValue + Clone>(
+    pub(crate) fn write_log<A: ArgValue + Clone>(
         &self,
         log: &dyn DecisionSink,
         d: &Decision,
@@ -269,10 +276,24 @@ impl Engine {
         call: &Call<'_, A>,
         latency_ns: u64,
     ) {
+        self.write_drift(log, d, reason, call, latency_ns, None);
+    }
+
+    /// [`Engine::write_log`] of a tool list's drift from a pin (`drift`).
+    pub(crate) fn write_drift<A: ArgValue + Clone>(
+        &self,
+        log: &dyn DecisionSink,
+        d: &Decision,
+        reason: Option<&str>,
+        call: &Call<'_, A>,
+        latency_ns: u64,
+        drift: Option<crate::definition::Drift>,
+    ) {
         if !log.wants(d) {
             return;
         }
-        let record = Record::new(self.clock.wall_ms(), latency_ns, d, reason, call);
+        let mut record = Record::new(self.clock.wall_ms(), latency_ns, d, reason, call);
+        record.drift = drift;
         self.stats.count_logged(log.submit(record));
     }
 
@@ -326,6 +347,23 @@ impl Engine {
             );
             deny!(section.shadow, d);
         }
+        // Pinned definitions: a tool its server listed other than pinned, or one with no pin
+        // (`unpinned: hide`), is withheld.
+        let listed = (section.pins.is_some() || section.reads_definitions)
+            .then(|| self.sightings.get(req.server, req.tool))
+            .flatten();
+        if let Some(p) = &section.pins {
+            if let Some(w) = p.withheld(req.server, req.tool, listed.as_ref().map(|d| &d.digest)) {
+                deny!(
+                    p.shadow || section.shadow,
+                    out.finish(Code::from(w.kind), w.reason, p.pointer)
+                );
+            }
+        }
+        let definition = listed.as_deref().or_else(|| {
+            let pin = section.pins.as_ref()?.pins.get(req.server, req.tool)?;
+            pin.definition.as_ref()
+        });
         trace.rules(policy, rule, section.all_tools.as_ref());
         let rules = [rule, section.all_tools.as_ref()];
         let rules = rules.iter().flatten().copied();
@@ -335,6 +373,9 @@ impl Engine {
             subject: req.subject,
             args: req.args.clone(),
             args_unknown: false,
+            definition,
+            trusted: section.trust_annotations,
+            marks: None,
         };
 
         for r in rules.clone().filter(|r| r.action == Action::Deny) {
@@ -348,7 +389,8 @@ impl Engine {
         // without room must not stop the enforcing ones from counting, nor the reverse.
         // The counter keys are made before the conditions run, so that their slots load
         // from memory meanwhile (a large table misses the cache); a key that cannot be
-        // made is still reported after the conditions.
+        // made is still reported after the conditions. The marks a call sets join the
+        // enforcing limits, last: set with them, given back with them.
         let mut enforced: ArrayVec<Want<'_>, MAX_PARTS> = ArrayVec::new();
         let mut observed: ArrayVec<Want<'_>, MAX_PARTS> = ArrayVec::new();
         let mut unkeyed: Option<Decision> = None;
@@ -376,22 +418,71 @@ impl Engine {
                 }
             }
         }
+        let limit_count = enforced.len();
+        if unkeyed.is_none() {
+            for mark in rules.clone().flat_map(|r| &r.marks) {
+                let w = match mark_key(mark, &req.subject) {
+                    Ok(key) => Want {
+                        limit: &mark.limit,
+                        key,
+                        amount: MARK_UNITS,
+                    },
+                    Err(reason) => {
+                        unkeyed =
+                            Some(out.finish(Code::InvalidRequest, reason, mark.limit.info.rule));
+                        break;
+                    }
+                };
+                if enforced.try_push(w).is_err() {
+                    let d = out.finish(Code::InvalidRequest, "too many limits and marks", "");
+                    unkeyed = Some(d);
+                    break;
+                }
+            }
+        }
 
         if !enforced.is_empty() && !req.dry_run {
             self.table.prefetch_reservation();
         }
+        // A rule whose conditions read marks waits for them: they are read with the
+        // reservation, in one step (one round trip to a shared store).
+        let mut deferred: ArrayVec<&CompiledRule, 2> = ArrayVec::new();
         for r in rules.clone() {
-            if let Some(d) = check_conditions(&out, r, &facts, trace) {
-                deny!(shadowed(r), d);
+            match check_conditions(&out, r, &facts, trace) {
+                Checked::Pass => {}
+                Checked::Deny(d) => deny!(shadowed(r), d),
+                Checked::AwaitMarks => deferred.push(r),
             }
         }
         if let Some(d) = unkeyed {
             return d;
         }
+        let mut reading = MarkReads::of(&deferred, &req.subject);
         let needs_approval = |r: &&CompiledRule| r.action == Action::RequireApproval;
         let approval = rules.clone().filter(needs_approval).find(|r| !shadowed(r));
         if let Some(r) = approval {
             trace.approval(policy, r, self.approvals().is_some() && !req.dry_run);
+        }
+        let gated = approval.is_some() && self.approvals().is_some() && !req.dry_run;
+        if gated && !deferred.is_empty() {
+            // An approval is asked for a call its conditions allow: read the marks first.
+            let now_ns = self.clock.now_ns();
+            let (parts, limits) = (&mut limiter::Parts::new(), &mut Limits::new());
+            let (found, bits) =
+                self.reserve_group(&[], &reading.reads, now_ns, false, parts, limits, trace);
+            if let limiter::Outcome::Unavailable { reason, .. } = found {
+                let mut d = out.finish(Code::StoreUnavailable, reason, section.default_rule);
+                d.retry_after_ms = Some(1000);
+                return d;
+            }
+            let known = facts.with_marks(reading.fill(bits));
+            for r in std::mem::take(&mut deferred) {
+                match check_conditions(&out, r, &known, trace) {
+                    Checked::Pass => {}
+                    Checked::Deny(d) => deny!(shadowed(r), d),
+                    Checked::AwaitMarks => return unread(&out, r),
+                }
+            }
         }
         // An approval-gated call runs later, if at all: it consumes counters then. One that
         // holds an approval runs now, as an allowed call.
@@ -405,35 +496,50 @@ impl Engine {
         let consume = !req.dry_run && (approval.is_none() || gate.is_some());
         let mut parts = limiter::Parts::new();
         let mut limits = Limits::new();
-        if !enforced.is_empty() || !observed.is_empty() {
+        // A limit's denial when marks are still to be judged: conditions come first.
+        let mut held: Option<(Decision, bool)> = None;
+        let reads = if deferred.is_empty() {
+            Vec::new()
+        } else {
+            std::mem::take(&mut reading.reads)
+        };
+        let mut bits = ReadBits::default();
+        if !enforced.is_empty() || !observed.is_empty() || !reads.is_empty() {
             // The clock is read only for calls that count.
             let now_ns = self.clock.now_ns();
             limits.reserve(enforced.len() + observed.len());
             for (wants, shadow) in [(&enforced, false), (&observed, true)] {
-                if wants.is_empty() {
+                let group_reads = if shadow { &[][..] } else { &reads[..] };
+                if wants.is_empty() && group_reads.is_empty() {
                     continue;
                 }
                 trace.limits_begin(policy, wants, shadow, consume);
-                let outcome = match self.store.get() {
-                    None => limiter::reserve_traced(
-                        &self.table,
-                        wants,
-                        now_ns,
-                        consume,
-                        &mut parts,
-                        &mut limits,
-                        trace,
-                    ),
-                    Some(s) => {
-                        s.reserve(&self.stats, wants, now_ns, consume, &mut parts, &mut limits)
+                let before = limits.len();
+                let (outcome, read) = self.reserve_group(
+                    wants,
+                    group_reads,
+                    now_ns,
+                    consume,
+                    &mut parts,
+                    &mut limits,
+                    trace,
+                );
+                if !shadow {
+                    // What the marks set count is not a limit of the call's.
+                    limits.truncate((before + limit_count).min(limits.len()));
+                }
+                if !group_reads.is_empty() {
+                    bits = read;
+                }
+                let denial = match outcome {
+                    limiter::Outcome::Reserved => {
+                        trace.limits_end(LimitsEnd::Reserved, &limits);
+                        None
                     }
-                };
-                match outcome {
-                    limiter::Outcome::Reserved => trace.limits_end(LimitsEnd::Reserved, &limits),
                     // Enforcing limits go first, so a denial here has consumed nothing.
                     limiter::Outcome::Denied {
                         retry_after_ms,
-                        limits: l,
+                        limits: mut l,
                         failing,
                     } => {
                         let limit = wants[failing].limit;
@@ -445,12 +551,15 @@ impl Engine {
                             retry_after_ms,
                         };
                         trace.limits_end(end, &l);
+                        if !shadow {
+                            l.truncate(limit_count.min(l.len()));
+                        }
                         if shadow {
                             limits.extend(l);
                         } else {
                             d.limits = l;
                         }
-                        deny!(shadow, d);
+                        Some(d)
                     }
                     limiter::Outcome::TableFull { failing } => {
                         trace.limits_end(LimitsEnd::TableFull { failing }, &[]);
@@ -459,17 +568,50 @@ impl Engine {
                         let mut d =
                             out.finish(Code::RateLimited, reason, wants[failing].limit.info.rule);
                         d.retry_after_ms = Some(1000);
-                        deny!(shadow, d);
+                        Some(d)
                     }
                     limiter::Outcome::Unavailable { failing, reason } => {
                         trace.limits_end(LimitsEnd::Unavailable { failing }, &[]);
-                        let rule = wants[failing].limit.info.rule;
+                        let rule = wants
+                            .get(failing)
+                            .map_or(section.default_rule, |w| w.limit.info.rule);
                         let mut d = out.finish(Code::StoreUnavailable, reason, rule);
                         d.retry_after_ms = Some(1000);
-                        deny!(shadow, d);
+                        Some(d)
                     }
+                };
+                match denial {
+                    Some(d) if !shadow && !deferred.is_empty() => held = Some((d, shadow)),
+                    Some(d) => deny!(shadow, d),
+                    None => {}
+                }
+                if held.is_some() {
+                    break;
                 }
             }
+        }
+        // The marks are known: the conditions that read them decide now, before a limit's
+        // denial (conditions come first), and a call they deny gives back what it reserved.
+        if !deferred.is_empty() {
+            reading.reads = reads;
+            let known = facts.with_marks(reading.fill(bits));
+            for r in deferred.iter().copied() {
+                let d = match check_conditions(&out, r, &known, trace) {
+                    Checked::Pass => continue,
+                    Checked::Deny(d) => d,
+                    Checked::AwaitMarks => unread(&out, r),
+                };
+                if !shadowed(r) {
+                    self.give_back(&parts);
+                    let mut d = d;
+                    d.marks = reading.seen(Vec::new());
+                    return d;
+                }
+                deny!(true, d);
+            }
+        }
+        if let Some((d, shadow)) = held {
+            deny!(shadow, d);
         }
         let reservation = match self.store.get() {
             None => limiter::record(&self.table, &parts),
@@ -525,7 +667,58 @@ impl Engine {
         d.limits = limits;
         d.reservation = reservation;
         d.approval = used;
+        let set = match d.verdict {
+            Verdict::Allow => set_marks(rules.clone()),
+            _ => Vec::new(),
+        };
+        d.marks = reading.seen(set);
         d
+    }
+
+    /// Reserve one group of a call's wants and read `reads`, in the store (one step).
+    #[allow(clippy::too_many_arguments)]
+    fn reserve_group<T: Trace>(
+        &self,
+        wants: &[Want<'_>],
+        reads: &[Read],
+        now_ns: u64,
+        consume: bool,
+        parts: &mut limiter::Parts,
+        limits: &mut Limits,
+        trace: &mut T,
+    ) -> (limiter::Outcome, ReadBits) {
+        match self.store.get() {
+            None => {
+                let outcome = limiter::reserve_traced(
+                    &self.table,
+                    wants,
+                    now_ns,
+                    consume,
+                    parts,
+                    limits,
+                    trace,
+                );
+                (outcome, limiter::read(&self.table, reads, now_ns))
+            }
+            Some(s) => s.reserve(&self.stats, wants, reads, now_ns, consume, parts, limits),
+        }
+    }
+
+    /// Give back what a call reserved and then did not run.
+    fn give_back(&self, parts: &[Part]) {
+        match self.store.get() {
+            None => limiter::give_back(&self.table, parts),
+            Some(s) => {
+                if let Some(id) = s.record(parts) {
+                    s.release(&self.stats, id);
+                }
+            }
+        }
+    }
+
+    /// The tool definitions servers last listed.
+    pub fn sightings(&self) -> &Sightings {
+        &self.sightings
     }
 
     /// Where an approval-gated call stands: it may run on an approval it holds, or it
@@ -638,12 +831,17 @@ fn sentence(text: &str) -> String {
 }
 
 /// Builds decisions that keep the deciding policy alive.
-struct Draft<'a> {
-    policy: &'a Arc<CompiledPolicy>,
+pub(crate) struct Draft<'a> {
+    pub(crate) policy: &'a Arc<CompiledPolicy>,
 }
 
 impl Draft<'_> {
-    fn finish(&self, code: Code, reason: impl Into<Text>, rule: impl Into<Text>) -> Decision {
+    pub(crate) fn finish(
+        &self,
+        code: Code,
+        reason: impl Into<Text>,
+        rule: impl Into<Text>,
+    ) -> Decision {
         Decision {
             verdict: code.verdict(),
             code,
@@ -654,9 +852,18 @@ impl Draft<'_> {
             shadow: false,
             reservation: None,
             approval: None,
+            marks: None,
             policy: Arc::clone(self.policy),
         }
     }
+}
+
+/// How a rule's conditions came out for a call.
+enum Checked {
+    Pass,
+    Deny(Decision),
+    /// They read marks, which are not read yet.
+    AwaitMarks,
 }
 
 fn check_conditions<A: ArgValue + Clone, T: Trace>(
@@ -664,19 +871,134 @@ fn check_conditions<A: ArgValue + Clone, T: Trace>(
     r: &CompiledRule,
     facts: &Facts<'_, A>,
     trace: &mut T,
-) -> Option<Decision> {
+) -> Checked {
     match evaluate_conditions(out.policy, r, facts, trace) {
-        Conditions::Pass => None,
-        Conditions::Denied(d) => Some(out.finish(Code::ConditionFailed, d.reason, d.pointer)),
+        Conditions::Pass => Checked::Pass,
+        Conditions::Denied(d) => {
+            Checked::Deny(out.finish(Code::ConditionFailed, d.reason, d.pointer))
+        }
+        Conditions::Unevaluable(_, Problem::NotYetKnown) if facts.marks.is_none() => {
+            Checked::AwaitMarks
+        }
         Conditions::Unevaluable(c, p) => {
             let detail = format!("condition cannot be evaluated: {}", p.describe(c));
             let reason: Text = match &r.reason {
                 Some(reason) => format!("{reason} ({detail})").into(),
                 None => detail.into(),
             };
-            Some(out.finish(Code::ConditionFailed, reason, c.pointer.as_str()))
+            Checked::Deny(out.finish(Code::ConditionFailed, reason, c.pointer.as_str()))
         }
     }
+}
+
+/// A rule whose conditions still wait for marks once they were read: never allowed.
+fn unread(out: &Draft<'_>, r: &CompiledRule) -> Decision {
+    let reason = "the marks this rule reads could not be read, so the call is denied";
+    out.finish(Code::ConditionFailed, reason, r.pointer)
+}
+
+/// Units a call that sets a mark adds to its counter.
+const MARK_UNITS: u64 = 1;
+
+/// The marks the deferred rules read: a counter read for each the call names a scope value
+/// for, and what each was found to be.
+struct MarkReads {
+    reads: Vec<Read>,
+    marks: Marks,
+    /// For each mark, its read's index (none when the call names no scope value for it).
+    index: Vec<Option<usize>>,
+}
+
+impl MarkReads {
+    fn of(rules: &[&CompiledRule], subject: &Subject<'_>) -> MarkReads {
+        let mut out = MarkReads {
+            reads: Vec::new(),
+            marks: Marks::default(),
+            index: Vec::new(),
+        };
+        for mark in rules.iter().flat_map(|r| &r.mark_reads) {
+            if out.marks.0.iter().any(|(n, _)| *n == mark.name) {
+                continue;
+            }
+            let read = mark_key(mark, subject).ok().map(|key| Read {
+                key,
+                window_ms: mark.ttl_ms,
+            });
+            let index = read.map(|r| {
+                out.reads.push(r);
+                out.reads.len() - 1
+            });
+            let state = if index.is_some() {
+                MarkState::Unset
+            } else {
+                MarkState::NoScope
+            };
+            out.marks.0.push((mark.name.clone(), state));
+            out.index.push(index);
+        }
+        out.reads.truncate(MAX_READS);
+        out
+    }
+
+    /// What a decision reports of its marks: those read, and `set`.
+    fn seen(&self, set: Vec<Box<str>>) -> Option<Box<MarksSeen>> {
+        if self.marks.0.is_empty() && set.is_empty() {
+            return None;
+        }
+        Some(Box::new(MarksSeen {
+            read: self.marks.0.clone(),
+            set,
+        }))
+    }
+
+    /// The marks, as the reads found them.
+    fn fill(&mut self, bits: ReadBits) -> &Marks {
+        for ((_, state), index) in self.marks.0.iter_mut().zip(&self.index) {
+            let Some(i) = *index else { continue };
+            *state = if i >= MAX_READS || bits.unknown & (1 << i) != 0 {
+                MarkState::Unread
+            } else if bits.set & (1 << i) != 0 {
+                MarkState::Set
+            } else {
+                MarkState::Unset
+            };
+        }
+        &self.marks
+    }
+}
+
+/// The names of the marks `rules` set, once each.
+fn set_marks<'r>(rules: impl Iterator<Item = &'r CompiledRule>) -> Vec<Box<str>> {
+    let mut names: Vec<Box<str>> = Vec::new();
+    for mark in rules.flat_map(|r| &r.marks) {
+        if !names.contains(&mark.name) {
+            names.push(mark.name.clone());
+        }
+    }
+    names
+}
+
+/// The counter key of `mark` for this caller, or why there is none.
+fn mark_key(mark: &CompiledMark, s: &Subject<'_>) -> Result<CounterKey, String> {
+    let value = match mark.scope {
+        Scope::Grant => s.grant,
+        Scope::Session => s.session,
+        Scope::Agent => s.agent,
+        Scope::Server | Scope::Global => Some(""),
+    };
+    let Some(value) = value.filter(|v| !v.is_empty()) else {
+        return Err(format!(
+            "mark {:?} is kept per {}, but the request names no {}",
+            &*mark.name,
+            mark.scope.as_str(),
+            mark.scope.as_str()
+        ));
+    };
+    let client_chosen = !matches!(mark.scope, Scope::Grant) || !s.grant_verified;
+    Ok(
+        CounterKey::new(mark.identity, value.as_bytes(), mark.granularity)
+            .chosen_by_client(client_chosen),
+    )
 }
 
 /// How a rule's `deny_if` and `require` came out for a call.

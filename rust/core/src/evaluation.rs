@@ -20,8 +20,15 @@ pub enum Problem {
     /// value JSON cannot hold.
     Ambiguous,
     WrongType(Kind),
-    /// An argument path, read before there are arguments ([`Facts::args_unknown`]).
+    /// An argument path, read before there are arguments ([`Facts::args_unknown`]), or a
+    /// mark, read before the marks are.
     NotYetKnown,
+    /// A mark kept per session (agent, grant), read by a call that names none: whose mark
+    /// it would be is not known.
+    NoScope,
+    /// A mark the counter store could not read yet (a cached copy that has not heard from
+    /// the other replicas).
+    Unread,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -46,6 +53,16 @@ impl Problem {
                 c.path.text
             ),
             Problem::NotYetKnown => format!("{} is not known before the call", c.path.text),
+            Problem::Unread => format!(
+                "{} cannot be read yet: the counter store's copy has not heard from the other \
+                 replicas",
+                c.path.text
+            ),
+            Problem::NoScope => format!(
+                "{} is kept per caller, and the call names none of its kind (session, agent \
+                 or grant)",
+                c.path.text
+            ),
             Problem::WrongType(kind) => {
                 format!(
                     "{} is {}, which `{}` cannot compare",

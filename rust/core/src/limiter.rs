@@ -9,6 +9,7 @@ use crate::counter::window::Refused;
 use crate::counter::{CounterTable, WindowState};
 use crate::decision::{LimitState, Limits};
 pub use crate::evaluation::Want;
+use crate::marks::{Read, ReadBits};
 use crate::trace::{NoTrace, Trace};
 use arrayvec::ArrayVec;
 
@@ -136,6 +137,20 @@ pub fn reserve_traced<T: Trace>(
         limits.push(state(want, r.used, reset_ns));
     }
     Outcome::Reserved
+}
+
+/// Which of `reads` count anything in their windows now (a counter no slot holds counts
+/// nothing).
+pub fn read(table: &CounterTable, reads: &[Read], now_ns: u64) -> ReadBits {
+    let set = reads.iter().enumerate().fold(0, |bits, (i, read)| {
+        let key = &read.key;
+        let used = table
+            .find(key)
+            .and_then(|slot| table.slot(slot).peek(key.hash, key.granularity, now_ns))
+            .map_or(0, |w| w.used);
+        bits | (u64::from(used > 0) << i)
+    });
+    ReadBits { set, unknown: 0 }
 }
 
 /// Record reserved parts in the reservation log; `None` when there is nothing to give back

@@ -1,7 +1,9 @@
 //! Decision counts and latencies kept in atomics, so the hot path never touches a metrics
 //! library; a Prometheus collector reads them at scrape time.
 
+use crate::approval_text::is_mcp_tool_name;
 use crate::decision::{Code, Decision, Verdict};
+use crate::definition::DriftKind;
 use crate::mcp::outcome::Failure;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
@@ -131,11 +133,16 @@ impl StoreError {
     }
 }
 
+/// Drifts per (server, tool), by [`DriftKind`].
+type DriftCounts = ahash::AHashMap<(Box<str>, Box<str>), [u64; DriftKind::ALL.len()]>;
+
 /// Decision statistics: one atomic cell per figure.
 pub struct Stats {
     cells: Box<[AtomicU64]>,
     per_tool_enabled: AtomicBool,
     per_tool: Mutex<ahash::AHashMap<Box<str>, [u64; VERDICTS.len()]>>,
+    /// Drifts from pins, per (server, tool): rare, so a lock is cheap.
+    drift: Mutex<DriftCounts>,
 }
 
 impl Default for Stats {
@@ -144,6 +151,7 @@ impl Default for Stats {
             cells: (0..cell::USED).map(|_| AtomicU64::new(0)).collect(),
             per_tool_enabled: AtomicBool::new(false),
             per_tool: Mutex::new(Default::default()),
+            drift: Mutex::new(Default::default()),
         }
     }
 }
@@ -232,6 +240,35 @@ impl Stats {
             })
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// A tool of `server` (`""`: none named) listed other than pinned. Tool names come from
+    /// servers: past [`MAX_TRACKED_TOOLS`] pairs, and for names MCP does not allow, the
+    /// tool is counted as [`OTHER_TOOLS`].
+    pub fn count_drift(&self, server: &str, tool: &str, kind: DriftKind) {
+        let mut map = self.drift.lock().unwrap_or_else(|e| e.into_inner());
+        let mut key = (Box::<str>::from(server), Box::<str>::from(tool));
+        if !is_mcp_tool_name(tool) || (!map.contains_key(&key) && map.len() >= MAX_TRACKED_TOOLS) {
+            key.1 = OTHER_TOOLS.into();
+        }
+        map.entry(key).or_default()[kind as usize] += 1;
+    }
+
+    /// Drifts per (server, tool, kind).
+    pub fn drift(&self) -> Vec<(String, String, DriftKind, u64)> {
+        let map = self.drift.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<_> = map
+            .iter()
+            .flat_map(|((server, tool), counts)| {
+                DriftKind::ALL
+                    .iter()
+                    .zip(counts)
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(k, n)| (server.to_string(), tool.to_string(), *k, *n))
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         out
     }
 

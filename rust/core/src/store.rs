@@ -13,6 +13,7 @@ use crate::counter::reservation::Part;
 use crate::counter::CounterTable;
 use crate::decision::Limits;
 use crate::limiter::{self, Outcome, Parts, Want};
+use crate::marks::{Read, ReadBits};
 use crate::stats::Stats;
 
 /// Reservation ids of a remote store carry this bit; the table's never do (they are a log
@@ -27,16 +28,20 @@ pub trait CounterStore: Send + Sync {
     /// Reserve every one of `wants` (with `consume == false`, only check that each would
     /// fit), appending what was consumed to `parts` and each limit's state to `limits`; on
     /// a denial nothing of this call stays consumed and both are left as they were.
-    /// `stats` counts the store's round trips, errors and fallbacks.
+    /// In the same step, read each counter of `reads` (at most [`MAX_READS`]): whether it
+    /// counts anything in its window (a mark is set), whether the wants fit or not. `stats` counts the store's round trips, errors and
+    /// fallbacks.
+    #[allow(clippy::too_many_arguments)]
     fn reserve(
         &self,
         stats: &Stats,
         wants: &[Want<'_>],
+        reads: &[Read],
         now_ns: u64,
         consume: bool,
         parts: &mut Parts,
         limits: &mut Limits,
-    ) -> Outcome;
+    ) -> (Outcome, ReadBits);
 
     /// The reservation id of a decision's `parts` (`None`: nothing to give back).
     fn record(&self, parts: &[Part]) -> Option<u64>;
@@ -63,12 +68,14 @@ impl CounterStore for CounterTable {
         &self,
         _stats: &Stats,
         wants: &[Want<'_>],
+        reads: &[Read],
         now_ns: u64,
         consume: bool,
         parts: &mut Parts,
         limits: &mut Limits,
-    ) -> Outcome {
-        limiter::reserve(self, wants, now_ns, consume, parts, limits)
+    ) -> (Outcome, ReadBits) {
+        let outcome = limiter::reserve(self, wants, now_ns, consume, parts, limits);
+        (outcome, limiter::read(self, reads, now_ns))
     }
 
     fn record(&self, parts: &[Part]) -> Option<u64> {

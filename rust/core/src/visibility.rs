@@ -13,6 +13,7 @@
 use crate::compile::{CompiledPolicy, CompiledRule};
 use crate::condition::{Facts, Problem, Subject};
 use crate::decision::Code;
+use crate::definition::Definition;
 use crate::engine::{evaluate_conditions, Conditions};
 use crate::policy::Action;
 use crate::trace::NoTrace;
@@ -35,8 +36,15 @@ impl Visibility {
 }
 
 impl CompiledPolicy {
-    /// Whether `subject` sees `tool` of `server` listed.
-    pub fn visibility(&self, tool: &str, server: Option<&str>, subject: Subject<'_>) -> Visibility {
+    /// Whether `subject` sees `tool` of `server` listed, the tool defined as `definition`
+    /// (for conditions that read its title or annotations).
+    pub fn visibility(
+        &self,
+        tool: &str,
+        server: Option<&str>,
+        subject: Subject<'_>,
+        definition: Option<&Definition>,
+    ) -> Visibility {
         let section = self.section(server);
         let removed = |code, per_subject| Visibility {
             removed: Some(code),
@@ -65,6 +73,9 @@ impl CompiledPolicy {
             subject,
             args: None,
             args_unknown: true,
+            definition,
+            trusted: section.trust_annotations,
+            marks: None,
         };
         let mut per_subject = false;
         for r in rules {

@@ -1139,11 +1139,11 @@ fn bad_paths() {
     for (path, needle) in [
         (
             "env.x",
-            "path must start with args., subject., server or tool",
+            "path must start with args., subject., server, tool or marks",
         ),
         (
             "argument.x",
-            "path must start with args., subject., server or tool",
+            "path must start with args., subject., server, tool or marks",
         ),
         ("args", "args needs at least one segment"),
         ("args..x", "empty segment"),
@@ -1368,7 +1368,7 @@ fn too_many_limits() {
         json_errors(&text),
         "/tools/t/limits",
         6,
-        "this rule has 6 limits and all_tools has 3",
+        "this rule has 6 limits and marks and all_tools has 3",
     );
 }
 

@@ -136,7 +136,7 @@ proptest! {
                         grant: Some("g"),
                         ..Default::default()
                     };
-                    let seen = compiled.visibility(tool, server, subject);
+                    let seen = compiled.visibility(tool, server, subject, None);
                     if !seen.shown() {
                         for args in &argument_sets {
                             prop_assert!(
@@ -178,14 +178,14 @@ fn argument_conditions_keep_a_tool_and_caller_conditions_remove_it() {
         agent: Some("ops"),
         ..Default::default()
     };
-    let removed = |tool, s| p.visibility(tool, None, s).removed;
+    let removed = |tool, s| p.visibility(tool, None, s, None).removed;
     assert_eq!(removed("run", bot), None);
     assert_eq!(removed("wire", bot), None);
     assert_eq!(removed("admin", ops), None);
     assert_eq!(removed("admin", bot), Some(Code::ConditionFailed));
-    assert!(p.visibility("admin", None, bot).per_subject);
+    assert!(p.visibility("admin", None, bot, None).per_subject);
     assert_eq!(removed("secret_key", ops), Some(Code::Hidden));
     assert_eq!(removed("drop", ops), Some(Code::RuleDeny));
     assert_eq!(removed("other", ops), Some(Code::DefaultDeny));
-    assert!(!p.visibility("other", None, ops).per_subject);
+    assert!(!p.visibility("other", None, ops, None).per_subject);
 }

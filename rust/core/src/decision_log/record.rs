@@ -8,6 +8,8 @@ use crate::args::ArgValue;
 use crate::compile::CompiledPolicy;
 use crate::condition::Subject;
 use crate::decision::{Code, Decision, Text, Verdict};
+use crate::definition::Drift;
+use crate::marks::MarksSeen;
 use std::sync::Arc;
 
 /// Longest text of a line's tool, server, session, agent, verified grant or reason: a
@@ -46,6 +48,10 @@ pub struct Record {
     pub cut: Vec<(&'static str, usize)>,
     /// The line's `args` object as written ([`summarize`]); None without arguments.
     pub args: Option<Box<[u8]>>,
+    /// The marks the decision read and set.
+    pub marks: Option<Box<MarksSeen>>,
+    /// A tool list's tool that departs from its pin: both digests.
+    pub drift: Option<Drift>,
 }
 
 impl Record {
@@ -103,6 +109,8 @@ impl Record {
             agent,
             cut,
             args,
+            marks: d.marks.clone(),
+            drift: None,
         }
     }
 
@@ -123,6 +131,10 @@ impl Record {
             + owned(&self.reason)
             + self.cut.capacity() * std::mem::size_of::<(&str, usize)>()
             + self.args.as_ref().map_or(0, |a| a.len())
+            + self.marks.as_ref().map_or(0, |m| {
+                let names = m.read.iter().map(|(n, _)| n).chain(&m.set);
+                std::mem::size_of::<MarksSeen>() + names.map(|n| n.len() + 24).sum::<usize>()
+            })
     }
 
     /// A text of the deciding policy, or one of this record's.

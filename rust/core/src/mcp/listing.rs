@@ -33,7 +33,9 @@ pub const INTERNAL_ERROR: i64 = -32603;
 
 const MESSAGE_KEYS: [&str; 6] = ["jsonrpc", "id", "method", "params", "result", "error"];
 const RESULT_KEYS: [&str; 5] = ["tools", "nextCursor", "cacheScope", "ttlMs", "_meta"];
-const TOOL_KEYS: [&str; 1] = ["name"];
+/// A tool's members a client reads, and a pin's digest covers
+/// ([`crate::definition::DIGESTED`]): none may have a spelling that differs only by case.
+const TOOL_KEYS: [&str; 6] = crate::definition::DIGESTED;
 
 /// What filtering one answer did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -99,7 +101,7 @@ pub struct ListFilter<F> {
     pub report: ListReport,
 }
 
-impl<F: FnMut(&str) -> Visibility> ListFilter<F> {
+impl<F: FnMut(&str, &Map<String, Value>) -> Visibility> ListFilter<F> {
     /// A filter for the answer to request `id` (`None`: every answer on the stream),
     /// deciding each tool with `visibility`.
     pub fn new(reading: Reading, id: Option<Value>, visibility: F) -> Self {
@@ -289,10 +291,11 @@ impl<F: FnMut(&str) -> Visibility> ListFilter<F> {
     }
 }
 
-/// Filter one `tools/list` result in place, deciding each tool with `visibility` and
+/// Filter one `tools/list` result in place, deciding each tool (by its name and object) with
+/// `visibility` and
 /// counting in `report`: true if it changed. Refused (why) when it cannot be read as a list
 /// of tools with names, as a client would read it.
-pub fn filter_result<F: FnMut(&str) -> Visibility>(
+pub fn filter_result<F: FnMut(&str, &Map<String, Value>) -> Visibility>(
     result: &mut Map<String, Value>,
     mut visibility: F,
     report: &mut ListReport,
@@ -313,13 +316,13 @@ pub fn filter_result<F: FnMut(&str) -> Visibility>(
         };
         if let Some(key) = case_variant(tool, &TOOL_KEYS) {
             return Err(format!(
-                "tools[{i}] has a key {key:?} that differs from \"name\" only by case"
+                "tools[{i}] has a key {key:?} that differs from a known key only by case"
             ));
         }
         let Some(Value::String(name)) = tool.get("name") else {
             return Err(format!("tools[{i}] has no string \"name\""));
         };
-        let seen = visibility(name);
+        let seen = visibility(name, tool);
         per_subject |= seen.per_subject;
         keep.push(seen.shown());
     }
@@ -354,7 +357,7 @@ mod tests {
     use crate::decision::Code;
     use serde_json::json;
 
-    fn hide_delete(name: &str) -> Visibility {
+    fn hide_delete(name: &str, _: &Map<String, Value>) -> Visibility {
         Visibility {
             removed: name.starts_with("delete").then_some(Code::Hidden),
             per_subject: false,
@@ -424,7 +427,7 @@ mod tests {
 
     #[test]
     fn marks_a_per_caller_list_private_when_it_says_how_to_cache() {
-        let per = |_: &str| Visibility {
+        let per = |_: &str, _: &Map<String, Value>| Visibility {
             removed: None,
             per_subject: true,
         };

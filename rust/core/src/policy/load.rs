@@ -11,11 +11,14 @@ use regex::Regex;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::pins::Pins;
 use super::source::{parse_json, parse_yaml, Format, Member, Node, NodeValue};
 use super::{
-    pointer_token, Action, Approval, Compare, Condition, ConditionItem, DefaultAction, Limit, Mode,
-    NamePattern, Op, Path, PathRoot, Policy, Release, Rule, Scope, Section, Segment,
+    pointer_token, Action, Approval, Compare, Condition, ConditionItem, DefaultAction, Limit,
+    MarkRule, Mode, NamePattern, Op, Path, PathRoot, PinsFile, PinsRule, Policy, Release, Rule,
+    Scope, Section, Segment, Unpinned,
 };
+use crate::definition::Hints;
 
 /// One problem in a policy document.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,38 +89,71 @@ impl Policy {
             message: format!("cannot read {}: {e}", path.display()),
         })?;
         let name = path.file_name().and_then(|n| n.to_str());
-        Policy::from_text(&text, "auto", name)
+        let format = Format::choose("auto", name, &text).map_err(|message| PolicyError {
+            pointer: String::new(),
+            line: None,
+            message,
+        })?;
+        let base = path.parent().unwrap_or(std::path::Path::new(""));
+        Policy::load(&format.parse(&text)?, base)
     }
 
-    /// Load text: `format` is `json`, `yaml` or `auto`, chosen with `name` (a file name, if
-    /// the text is a file's) by [`Format::choose`].
-    pub fn from_text(text: &str, format: &str, name: Option<&str>) -> Result<Policy, PolicyErrors> {
+    /// Load text: `format` is `json`, `yaml` or `auto`, chosen with `path` (the file the text
+    /// was read from, if any: its name picks the format, its directory is where pins files
+    /// are read) by [`Format::choose`].
+    pub fn from_text(
+        text: &str,
+        format: &str,
+        path: Option<&std::path::Path>,
+    ) -> Result<Policy, PolicyErrors> {
+        let name = path.and_then(|p| p.file_name()?.to_str());
         let format = Format::choose(format, name, text).map_err(|message| PolicyError {
             pointer: String::new(),
             line: None,
             message,
         })?;
-        Policy::from_node(&format.parse(text)?)
+        let base = path
+            .and_then(|p| p.parent())
+            .unwrap_or(std::path::Path::new(""));
+        Policy::load(&format.parse(text)?, base)
     }
 
-    /// Validate a parsed document.
+    /// Validate a parsed document; a pins file it names is read relative to the working
+    /// directory.
     pub fn from_node(node: &Node) -> Result<Policy, PolicyErrors> {
+        Policy::load(node, std::path::Path::new(""))
+    }
+
+    /// Validate a parsed document, reading the pins files it names relative to `base`.
+    fn load(node: &Node, base: &std::path::Path) -> Result<Policy, PolicyErrors> {
         let mut loader = Loader::default();
         let (root, servers) = loader.section(node, "", true);
+        loader.check_mark_reads();
+        let pins = loader.read_pins(&root, &servers, base);
         if !loader.errors.is_empty() {
             return Err(PolicyErrors(loader.errors));
         }
         Ok(Policy {
             root,
             servers,
-            revision: revision(node),
+            revision: revision(node, &pins),
+            pins,
         })
     }
 }
 
-/// First 16 hex digits of the SHA-256 of the document's canonical JSON.
-fn revision(node: &Node) -> String {
-    let digest = Sha256::digest(node.to_canonical_json().as_bytes());
+/// First 16 hex digits of the SHA-256 of the document's canonical JSON and of each pins
+/// file it read: a new pin is a new revision.
+fn revision(node: &Node, pins: &[PinsFile]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(node.to_canonical_json().as_bytes());
+    for file in pins {
+        hasher.update([0]);
+        hasher.update(file.file.as_bytes());
+        hasher.update([0]);
+        hasher.update(file.digest);
+    }
+    let digest = hasher.finalize();
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
@@ -136,6 +172,8 @@ const SECTION_KEYS: &[&str] = &[
     "tools",
     "servers",
     "mode",
+    "pins",
+    "trust_annotations",
 ];
 const RULE_KEYS: &[&str] = &[
     "action",
@@ -147,7 +185,14 @@ const RULE_KEYS: &[&str] = &[
     "approval",
     "log",
     "release_on_failure",
+    "marks",
 ];
+const PINS_KEYS: &[&str] = &["file", "mode", "unpinned"];
+const MARK_KEYS: &[&str] = &["name", "scope", "ttl"];
+/// Most marks one call may set, with its limits: what one reservation holds.
+const MAX_SETS: usize = MAX_LIMITS;
+/// Most distinct marks a policy names: what one call may read at once.
+const MAX_MARKS: usize = crate::marks::MAX_READS;
 const LIMIT_KEYS: &[&str] = &["counter", "window", "max", "scope", "cost"];
 const APPROVAL_KEYS: &[&str] = &["timeout", "approvers"];
 const GROUP_KEYS: &[&str] = &["conditions", "on_deny"];
@@ -163,6 +208,13 @@ const ACTIONS: &[(&str, Action)] = &[
     ("allow", Action::Allow),
     ("deny", Action::Deny),
     ("require_approval", Action::RequireApproval),
+];
+const UNPINNED: &[(&str, Unpinned)] = &[("hide", Unpinned::Hide), ("allow", Unpinned::Allow)];
+/// Whose a mark is: the caller's, by one of the scopes limits count on.
+const MARK_SCOPES: &[(&str, Scope)] = &[
+    ("session", Scope::Session),
+    ("grant", Scope::Grant),
+    ("agent", Scope::Agent),
 ];
 const SCOPES: &[(&str, Scope)] = &[
     ("grant", Scope::Grant),
@@ -193,6 +245,10 @@ struct CounterDef {
 struct Loader {
     errors: Vec<PolicyError>,
     counters: HashMap<String, CounterDef>,
+    /// Each mark's first definition, which every later one must agree with.
+    marks: HashMap<String, MarkRule>,
+    /// Marks conditions read (`marks.NAME`), with where: each must be set by some rule.
+    mark_reads: Vec<(String, String, Option<u32>)>,
 }
 
 impl Loader {
@@ -349,6 +405,8 @@ impl Loader {
             hide: Vec::new(),
             all_tools: None,
             tools: Vec::new(),
+            pins: None,
+            trust_annotations: None,
         };
         let mut servers = Vec::new();
         let Some(members) = self.strict_object(node, pointer, SECTION_KEYS) else {
@@ -371,6 +429,11 @@ impl Loader {
                 "hide" => section.hide = self.hide(value, &at),
                 "all_tools" => section.all_tools = Some(self.rule(value, &at)),
                 "tools" => section.tools = self.tools(value, &at),
+                "pins" => section.pins = self.pins(value, &at),
+                "trust_annotations" => match &value.value {
+                    NodeValue::Bool(b) => section.trust_annotations = Some(*b),
+                    _ => self.expected(value, &at, "true or false"),
+                },
                 "servers" if top => servers = self.servers(value, &at),
                 "servers" => self.error(
                     at,
@@ -481,14 +544,24 @@ impl Loader {
     /// A call is checked against its tool rule's limits plus `all_tools`' limits; cap the sum.
     /// Counts come from the raw arrays so that invalid entries still count.
     fn check_combined_limits(&mut self, section: &Node, pointer: &str) {
-        let limits_of = |rule: &Node| match rule.get("limits").map(|m| &m.value) {
-            Some(Node {
-                value: NodeValue::Array(items),
-                line,
-            }) => Some((items.len(), *line)),
-            _ => None,
+        // What one call reserves: the limits and marks of its rule and of all_tools, and
+        // where a rule lists them (its limits, else its marks).
+        let sets_of = |rule: &Node| {
+            let mut total = 0;
+            let mut at = None;
+            for key in ["limits", "marks"] {
+                if let Some(Node {
+                    value: NodeValue::Array(items),
+                    line,
+                }) = rule.get(key).map(|m| &m.value)
+                {
+                    total += items.len();
+                    at = at.or(Some((key, *line)));
+                }
+            }
+            at.map(|at| (total, at))
         };
-        let Some((global, _)) = section.get("all_tools").and_then(|m| limits_of(&m.value)) else {
+        let Some((global, _)) = section.get("all_tools").and_then(|m| sets_of(&m.value)) else {
             return;
         };
         let Some(NodeValue::Object(tools)) = section.get("tools").map(|m| &m.value.value) else {
@@ -496,17 +569,17 @@ impl Loader {
         };
         let tools_pointer = child(pointer, "tools");
         for tool in tools {
-            let Some((own, line)) = limits_of(&tool.value) else {
+            let Some((own, (key, line))) = sets_of(&tool.value) else {
                 continue;
             };
             // A rule or all_tools over the cap on its own is reported where it is defined.
-            if own <= MAX_LIMITS && global <= MAX_LIMITS && own + global > MAX_LIMITS {
+            if own <= MAX_SETS && global <= MAX_SETS && own + global > MAX_SETS {
                 self.error(
-                    child(&child(&tools_pointer, &tool.key), "limits"),
+                    child(&child(&tools_pointer, &tool.key), key),
                     line,
                     format!(
-                        "this rule has {own} limits and all_tools has {global}; \
-                         at most {MAX_LIMITS} limits may apply to one call"
+                        "this rule has {own} limits and marks and all_tools has {global}; \
+                         at most {MAX_SETS} limits and marks may apply to one call"
                     ),
                 );
             }
@@ -544,8 +617,20 @@ impl Loader {
                 }
                 "log" => rule.log = self.log_paths(value, &at),
                 "release_on_failure" => rule.release_on_failure = self.release(value, &at),
+                "marks" => rule.marks = self.marks(value, &at),
                 _ => {}
             }
+        }
+        // Over the limits' own cap is reported at `limits`.
+        if rule.limits.len() <= MAX_LIMITS && rule.limits.len() + rule.marks.len() > MAX_SETS {
+            self.error(
+                pointer,
+                node.line,
+                format!(
+                    "a rule may set at most {MAX_SETS} limits and marks together, found {}",
+                    rule.limits.len() + rule.marks.len()
+                ),
+            );
         }
         if let Some(m) = approval_member {
             // With an invalid action the mismatch is already reported.
@@ -604,6 +689,149 @@ impl Loader {
             }
         }
         Some(approval)
+    }
+
+    // --- pins and marks ---------------------------------------------------------------------
+
+    fn pins(&mut self, node: &Node, pointer: &str) -> Option<PinsRule> {
+        let members = self.strict_object(node, pointer, PINS_KEYS)?;
+        let file = self
+            .required(members, node, pointer, "file")
+            .and_then(|m| self.non_empty_string(&m.value, &child(pointer, "file")))?;
+        let mut rule = PinsRule {
+            pointer: pointer.to_owned(),
+            file: file.to_owned(),
+            mode: Mode::Enforce,
+            unpinned: Unpinned::Hide,
+        };
+        for m in members {
+            let at = child(pointer, &m.key);
+            match m.key.as_str() {
+                "mode" => rule.mode = self.choice(&m.value, &at, "mode", MODES)?,
+                "unpinned" => rule.unpinned = self.choice(&m.value, &at, "unpinned", UNPINNED)?,
+                _ => {}
+            }
+        }
+        Some(rule)
+    }
+
+    /// Read each pins file the sections name, once, relative to `base`.
+    fn read_pins(
+        &mut self,
+        root: &Section,
+        servers: &[(String, Section)],
+        base: &std::path::Path,
+    ) -> Vec<PinsFile> {
+        let mut files: Vec<PinsFile> = Vec::new();
+        let sections = std::iter::once(root).chain(servers.iter().map(|(_, s)| s));
+        for rule in sections.filter_map(|s| s.pins.as_ref()) {
+            if files.iter().any(|f| f.file == rule.file) {
+                continue;
+            }
+            let path = base.join(&rule.file);
+            let at = child(&rule.pointer, "file");
+            let text = match std::fs::read(&path) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    let message = format!("cannot read the pins file {}: {e}", path.display());
+                    self.error(at, None, message);
+                    continue;
+                }
+            };
+            let parsed = std::str::from_utf8(&text)
+                .map_err(|_| "the pins file is not UTF-8 text".to_owned())
+                .and_then(|t| Pins::from_json_str(t).map_err(|e| e.to_string()));
+            match parsed {
+                Ok(pins) => files.push(PinsFile {
+                    file: rule.file.clone(),
+                    digest: Sha256::digest(&text).into(),
+                    path,
+                    pins: std::sync::Arc::new(pins),
+                }),
+                Err(e) => {
+                    let message = format!("the pins file {} is not valid: {e}", path.display());
+                    self.error(at, None, message);
+                }
+            }
+        }
+        files
+    }
+
+    fn marks(&mut self, node: &Node, pointer: &str) -> Vec<MarkRule> {
+        let Some(items) = self.array(node, pointer) else {
+            return Vec::new();
+        };
+        let mut marks = Vec::new();
+        for (i, entry) in items.iter().enumerate() {
+            let at = item(pointer, i);
+            if let Some(mark) = self.clean(|l| l.mark(entry, &at)).flatten() {
+                marks.push(mark);
+            }
+        }
+        marks
+    }
+
+    fn mark(&mut self, node: &Node, pointer: &str) -> Option<MarkRule> {
+        let members = self.strict_object(node, pointer, MARK_KEYS)?;
+        let name = self
+            .required(members, node, pointer, "name")
+            .and_then(|m| self.non_empty_string(&m.value, &child(pointer, "name")));
+        let scope = self
+            .required(members, node, pointer, "scope")
+            .and_then(|m| {
+                self.choice(
+                    &m.value,
+                    &child(pointer, "scope"),
+                    "mark scope",
+                    MARK_SCOPES,
+                )
+            });
+        let ttl_ms = self.required(members, node, pointer, "ttl").and_then(|m| {
+            duration_ms(&m.value)
+                .map_err(|e| self.error(child(pointer, "ttl"), m.value.line, e))
+                .ok()
+        });
+        let mark = MarkRule {
+            pointer: pointer.to_owned(),
+            name: name?.to_owned(),
+            scope: scope?,
+            ttl_ms: ttl_ms?,
+        };
+        match self.marks.get(&mark.name) {
+            None => {
+                self.marks.insert(mark.name.clone(), mark.clone());
+            }
+            Some(first) if (first.scope, first.ttl_ms) != (mark.scope, mark.ttl_ms) => {
+                let message = format!(
+                    "mark {:?} conflicts with its first definition at {}: a mark has one scope \
+                     and one ttl",
+                    mark.name, first.pointer
+                );
+                self.error(pointer, node.line, message);
+                return None;
+            }
+            Some(_) => {}
+        }
+        Some(mark)
+    }
+
+    /// Every mark a condition reads is one some rule sets.
+    fn check_mark_reads(&mut self) {
+        if self.marks.len() > MAX_MARKS {
+            let message = format!(
+                "a policy may name at most {MAX_MARKS} marks (a call reads them in one step), \
+                 found {}",
+                self.marks.len()
+            );
+            self.error("", None, message);
+        }
+        let reads = std::mem::take(&mut self.mark_reads);
+        for (name, pointer, line) in reads {
+            if !self.marks.contains_key(&name) {
+                let message = format!("no rule sets the mark {name:?} (marks: [{{name: ...}}])");
+                self.error(pointer, line, message);
+            }
+        }
     }
 
     // --- limits -----------------------------------------------------------------------------
@@ -870,9 +1098,13 @@ impl Loader {
         let path = path_member.and_then(|m| {
             let at = child(pointer, "path");
             let text = self.string(&m.value, &at)?;
-            Path::parse(text)
+            let path = Path::parse(text)
                 .map_err(|e| self.error(&at, m.value.line, e))
-                .ok()
+                .ok()?;
+            if let (PathRoot::Marks, [Segment::Key(name)]) = (path.root, &path.segments[..]) {
+                self.mark_reads.push((name.clone(), at, m.value.line));
+            }
+            Some(path)
         });
         let op = op_member.and_then(|m| {
             let at = child(pointer, "op");
@@ -1096,7 +1328,7 @@ fn limit_max(node: &Node, has_cost: bool) -> Result<f64, String> {
 
 // --- condition paths -------------------------------------------------------------------------
 
-const ROOT_ERROR: &str = "path must start with args., subject., server or tool";
+const ROOT_ERROR: &str = "path must start with args., subject., server, tool or marks";
 const SUBJECT_FIELDS: &str =
     "subject.grant, subject.session, subject.agent or subject.attributes.<key>";
 
@@ -1111,6 +1343,7 @@ impl Path {
             "subject" => PathRoot::Subject,
             "server" => PathRoot::Server,
             "tool" => PathRoot::Tool,
+            "marks" => PathRoot::Marks,
             _ => return Err(format!("{ROOT_ERROR}, found {text:?}")),
         };
         let segments = parse_segments(rest).map_err(|e| format!("invalid path {text:?}: {e}"))?;
@@ -1120,18 +1353,49 @@ impl Path {
             }
             PathRoot::Args => {}
             PathRoot::Subject => check_subject(&segments)?,
-            PathRoot::Server | PathRoot::Tool if !segments.is_empty() => {
+            PathRoot::Server if !segments.is_empty() => {
                 return Err(format!(
                     "{root_name} takes no further segments, found {text:?}"
                 ));
             }
-            PathRoot::Server | PathRoot::Tool => {}
+            PathRoot::Server => {}
+            PathRoot::Tool => check_tool(&segments)?,
+            PathRoot::Marks => match &segments[..] {
+                [] | [Segment::Key(_)] => {}
+                _ => {
+                    return Err(format!(
+                        "marks takes at most one key, a mark's name, found {text:?}"
+                    ))
+                }
+            },
         }
         Ok(Path {
             root,
             segments,
             text: text.to_owned(),
         })
+    }
+}
+
+/// `tool` (its name), `tool.title`, `tool.annotations.HINT`.
+fn check_tool(segments: &[Segment]) -> Result<(), String> {
+    match segments {
+        [] => Ok(()),
+        [Segment::Key(k)] if k == "title" => Ok(()),
+        [Segment::Key(k), Segment::Key(hint)] if k == "annotations" => {
+            if Hints::NAMES.contains(&hint.as_str()) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "unknown annotation {hint:?}; expected one of: {}",
+                    Hints::NAMES.join(", ")
+                ))
+            }
+        }
+        _ => Err(format!(
+            "tool takes no segment, title, or annotations.<hint> ({})",
+            Hints::NAMES.join(", ")
+        )),
     }
 }
 
@@ -1277,7 +1541,7 @@ mod tests {
         }
         assert_eq!(
             Path::parse("env.x").unwrap_err(),
-            "path must start with args., subject., server or tool, found \"env.x\""
+            "path must start with args., subject., server, tool or marks, found \"env.x\""
         );
     }
 

@@ -5,12 +5,14 @@
 //! The model is plain data; `crate::compile` turns it into the structures decisions run on.
 
 pub mod load;
+pub mod pins;
 pub mod self_asserted;
 pub mod source;
 
 pub use load::{PolicyError, PolicyErrors, MAX_MAX};
 
 use serde_json::Value;
+use std::sync::Arc;
 
 /// A whole policy document: the top-level section plus optional per-server sections.
 #[derive(Debug, Clone)]
@@ -19,8 +21,23 @@ pub struct Policy {
     pub root: Section,
     /// `servers`: server id → full section, in document order.
     pub servers: Vec<(String, Section)>,
-    /// Hex digest identifying the loaded document (first 16 hex digits of a SHA-256).
+    /// Hex digest identifying the loaded document and the pins files it names (first 16 hex
+    /// digits of a SHA-256).
     pub revision: String,
+    /// The pins files the sections' `pins` name, read when the policy was loaded.
+    pub pins: Vec<PinsFile>,
+}
+
+/// A pins file as a policy loaded it.
+#[derive(Debug, Clone)]
+pub struct PinsFile {
+    /// As `pins.file` names it.
+    pub file: String,
+    /// Where it was read from.
+    pub path: std::path::PathBuf,
+    /// SHA-256 of its bytes, part of the policy's revision.
+    pub digest: [u8; 32],
+    pub pins: Arc<pins::Pins>,
 }
 
 /// One policy section: the top level, or `servers/<id>`.
@@ -35,6 +52,45 @@ pub struct Section {
     pub all_tools: Option<Rule>,
     /// `tools`: name or glob → rule, in document order.
     pub tools: Vec<(NamePattern, Rule)>,
+    /// `pins`: hold servers' tools to their pinned definitions. A server section without
+    /// its own takes the top level's.
+    pub pins: Option<PinsRule>,
+    /// `trust_annotations`: the server's tool annotations are read as it gives them
+    /// (`tool.annotations.*`); otherwise as MCP's defaults, whatever the server says. A
+    /// server section without its own takes the top level's.
+    pub trust_annotations: Option<bool>,
+}
+
+/// `pins`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinsRule {
+    pub pointer: String,
+    /// The pins file, relative to the policy file's directory.
+    pub file: String,
+    /// `enforce` (the default): a changed or unpinned tool is withheld and its calls
+    /// denied; `shadow`: only reported.
+    pub mode: Mode,
+    pub unpinned: Unpinned,
+}
+
+/// What happens to a tool with no pin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Unpinned {
+    /// Withheld and denied (`TOOL_UNPINNED`), as a changed tool is.
+    #[default]
+    Hide,
+    /// Judged by the policy alone.
+    Allow,
+}
+
+/// An entry of a rule's `marks`: set on the caller's session, grant or agent when the rule
+/// allows a call, for `ttl`, for conditions to read (`marks.NAME`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MarkRule {
+    pub pointer: String,
+    pub name: String,
+    pub scope: Scope,
+    pub ttl_ms: u64,
 }
 
 /// A tool name or glob as written in the policy.
@@ -112,6 +168,8 @@ pub struct Rule {
     /// Which upstream failures give a call's limits back (a proxy that sees the answer
     /// releases the reservation); `None` inherits `all_tools`', then [`Release::Failed`].
     pub release_on_failure: Option<Release>,
+    /// Marks the rule sets on the caller when it allows a call.
+    pub marks: Vec<MarkRule>,
 }
 
 /// `release_on_failure`: which failed calls give their limits back.
@@ -192,6 +250,23 @@ impl ConditionItem {
             ConditionItem::Condition(c) => c.reads(root),
             ConditionItem::Group { conditions, .. } => conditions.iter().any(|c| c.reads(root)),
         }
+    }
+
+    /// Every comparison in this item.
+    pub fn compares(&self) -> Vec<&Compare> {
+        let mut out = Vec::new();
+        let mut stack: Vec<&Condition> = match self {
+            ConditionItem::Condition(c) => vec![c],
+            ConditionItem::Group { conditions, .. } => conditions.iter().collect(),
+        };
+        while let Some(c) = stack.pop() {
+            match c {
+                Condition::Compare(compare) => out.push(compare),
+                Condition::All { items, .. } | Condition::Any { items, .. } => stack.extend(items),
+                Condition::Not { item, .. } => stack.push(item),
+            }
+        }
+        out
     }
 }
 
@@ -308,7 +383,9 @@ impl Op {
 pub struct Path {
     pub root: PathRoot,
     /// Segments after the root. For `subject`, the first is `grant`, `session`, `agent` or
-    /// `attributes` (then exactly one more key); for `server` and `tool`, none.
+    /// `attributes` (then exactly one more key); for `server`, none; for `tool`, none (its
+    /// name), `title`, or `annotations` and a hint; for `marks`, none (the names of the
+    /// marks set) or one (a mark).
     pub segments: Vec<Segment>,
     /// The path as written, for messages.
     pub text: String,
@@ -320,6 +397,7 @@ pub enum PathRoot {
     Subject,
     Server,
     Tool,
+    Marks,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,96 @@
+//! Pinned tool definitions: each tool of a `tools/list` answer is held to its pin, and
+//! every call to the definition its server last listed.
+//!
+//! A tool listed other than pinned (`TOOL_CHANGED`), or with no pin where a policy's `pins`
+//! withholds unpinned tools (`TOOL_UNPINNED`), is taken out of the list, and its calls are
+//! denied with the same code until it is pinned again
+//! ([`SectionPins::withheld`](crate::compile::SectionPins::withheld), which the engine reads).
+//! Each drift is counted once per change of what the server lists (not once per list),
+//! and logged with both digests.
+
+use crate::compile::CompiledPolicy;
+use crate::condition::Subject;
+use crate::decision::{Code, Decision, Verdict};
+use crate::decision_log::Call;
+use crate::definition::{Definition, Drift};
+use crate::engine::{Draft, Engine};
+use crate::sightings::Seen;
+use crate::visibility::Visibility;
+use serde_json::{Map, Value};
+use std::sync::Arc;
+
+impl Engine {
+    /// Whether `subject` sees tool `name` of `server`, as `tool` (its object in the
+    /// answer) defines it. Where the server's section pins tools or reads definitions, the
+    /// definition is recorded for the calls that follow, and held to its pin.
+    pub fn list_tool(
+        &self,
+        policy: &Arc<CompiledPolicy>,
+        server: Option<&str>,
+        subject: Subject<'_>,
+        name: &str,
+        tool: &Map<String, Value>,
+    ) -> Visibility {
+        let section = policy.section(server);
+        // A policy that pins nothing and reads no definition pays nothing here.
+        if section.pins.is_none() && !section.reads_definitions {
+            return policy.visibility(name, server, subject, None);
+        }
+        let Some(definition) = Definition::read(tool) else {
+            return Visibility {
+                removed: Some(Code::InvalidRequest),
+                per_subject: false,
+            };
+        };
+        let seen = self.sightings().record(server, name, &definition);
+        if let Some(p) = &section.pins {
+            if let Some(w) = p.withheld(server, name, Some(&definition.digest)) {
+                let shadow = p.shadow || section.shadow;
+                let code = Code::from(w.kind);
+                if seen != Seen::Same {
+                    let drift = Drift {
+                        kind: w.kind,
+                        pinned: w.pinned,
+                        listed: definition.digest,
+                    };
+                    let mut d = Draft { policy }.finish(code, w.reason, p.pointer);
+                    if shadow {
+                        d.verdict = Verdict::Allow;
+                        d.shadow = true;
+                    }
+                    self.note_drift(server, subject, name, drift, &d);
+                }
+                if !shadow {
+                    return Visibility {
+                        removed: Some(code),
+                        per_subject: false,
+                    };
+                }
+            }
+        }
+        policy.visibility(name, server, subject, Some(&definition))
+    }
+
+    /// Count and log one drift (the first list that shows it), as decision `d` on the tool.
+    fn note_drift(
+        &self,
+        server: Option<&str>,
+        subject: Subject<'_>,
+        name: &str,
+        drift: Drift,
+        d: &Decision,
+    ) {
+        self.stats()
+            .count_drift(server.unwrap_or(""), name, drift.kind);
+        let Some(log) = self.decision_log() else {
+            return;
+        };
+        let call = Call::<&Value> {
+            tool: Some(name),
+            server,
+            subject: &subject,
+            args: None,
+        };
+        self.write_drift(log, d, None, &call, 0, Some(drift));
+    }
+}
