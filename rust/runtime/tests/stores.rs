@@ -255,6 +255,154 @@ fn every_store_gives_threads_racing_on_one_key_exactly_max() {
     }
 }
 
+/// Reading the CRM marks the caller's grant; mail may not leave a marked grant.
+const TRIFECTA: &str = r#"{"version": "1", "tools": {
+    "crm_read": {"marks": [{"name": "private_data", "scope": "grant", "ttl": "1m"}]},
+    "send_email": {"deny_if": [{"path": "marks.private_data", "op": "exists"}]}}}"#;
+
+#[test]
+fn every_store_keeps_marks_and_gives_them_back() {
+    let redis = RedisServer::start();
+    for store in STORES {
+        let clock = Arc::new(ManualClock::new(1_700_000_000_000_000_000));
+        let e = engine_on(store, TRIFECTA, clock.clone(), &redis);
+        assert_eq!(
+            call(&e, "send_email", "g", None).code,
+            Code::Allowed,
+            "{store:?}"
+        );
+        let read = call(&e, "crm_read", "g", None);
+        assert_eq!(read.code, Code::Allowed, "{store:?}");
+        let d = call(&e, "send_email", "g", None);
+        assert_eq!(d.code, Code::ConditionFailed, "{store:?}");
+        assert_eq!(
+            call(&e, "send_email", "h", None).code,
+            Code::Allowed,
+            "{store:?}"
+        );
+        if let Some(id) = read.reservation {
+            assert!(e.release(id), "{store:?}");
+            let d = call(&e, "send_email", "g", None);
+            assert_eq!(d.code, Code::Allowed, "{store:?}: the mark was given back");
+        } else {
+            assert_eq!(
+                store,
+                Store::RedisCached,
+                "only the cached mode gives no reservation"
+            );
+        }
+        // A mark is gone once its ttl (and at most a twelfth more) has passed.
+        call(&e, "crm_read", "k", None);
+        clock.advance_ns(60_000_000_000 + 5_000_000_001);
+        if store == Store::RedisCached {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            call(&e, "send_email", "k", None).code,
+            Code::Allowed,
+            "{store:?}"
+        );
+    }
+}
+
+/// A mark one replica sets is seen by the next decision of another: exactly (the marks
+/// travel in the script that reserves), or, cached, on the first read of it there (read
+/// through to Redis, since that copy has not merged it yet).
+#[test]
+fn a_mark_set_on_one_replica_is_seen_on_another() {
+    let redis = RedisServer::start();
+    for mode in [
+        Mode::Exact,
+        Mode::Cached {
+            flush: Duration::from_millis(2),
+        },
+    ] {
+        let clock = Arc::new(ManualClock::new(1_700_000_000_000_000_000));
+        let prefix = format!("marks{}:", unique());
+        let replica = || {
+            let mut c = config(redis.url(), &prefix, TimeSource::Engine, Unavailable::Deny);
+            c.mode = mode;
+            redis_engine(TRIFECTA, clock.clone(), c)
+        };
+        let (a, b) = (replica(), replica());
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(call(&a, "crm_read", "g", None).code, Code::Allowed);
+        if mode != Mode::Exact {
+            // The cached replica sends its counts at its next merge.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(
+            call(&b, "send_email", "g", None).code,
+            Code::ConditionFailed,
+            "{mode:?}"
+        );
+        assert_eq!(
+            call(&b, "send_email", "h", None).code,
+            Code::Allowed,
+            "{mode:?}"
+        );
+    }
+}
+
+/// The race across replicas: one marks a grant while the other checks it. A check that
+/// starts after the marking call returned never runs.
+#[test]
+fn a_check_on_one_replica_racing_a_mark_on_another_never_runs_after_it() {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let redis = RedisServer::start();
+    let clock = Arc::new(ManualClock::new(0));
+    let replica = || {
+        let c = config(
+            redis.url(),
+            "markrace:",
+            TimeSource::Redis,
+            Unavailable::Deny,
+        );
+        Arc::new(redis_engine(TRIFECTA, clock.clone(), c))
+    };
+    let (a, b) = (replica(), replica());
+    let rounds = 300;
+    let barrier = Arc::new(std::sync::Barrier::new(2));
+    let marked: Arc<Vec<AtomicBool>> =
+        Arc::new((0..rounds).map(|_| AtomicBool::new(false)).collect());
+    let marker = {
+        let (barrier, marked) = (Arc::clone(&barrier), Arc::clone(&marked));
+        std::thread::spawn(move || {
+            for i in 0..rounds {
+                barrier.wait();
+                assert_eq!(
+                    call(&a, "crm_read", &format!("g{i}"), None).code,
+                    Code::Allowed
+                );
+                marked[i].store(true, SeqCst);
+            }
+        })
+    };
+    let mut after = 0;
+    for i in 0..rounds {
+        barrier.wait();
+        for _ in 0..(i * 37 % 20_000) {
+            std::hint::spin_loop();
+        }
+        let started_after_mark = marked[i].load(SeqCst);
+        let d = call(&b, "send_email", &format!("g{i}"), None);
+        if started_after_mark {
+            after += 1;
+            assert_eq!(
+                d.verdict,
+                Verdict::Deny,
+                "round {i}: checked after the mark, allowed"
+            );
+        }
+    }
+    marker.join().unwrap();
+    for i in 0..rounds {
+        let d = call(&b, "send_email", &format!("g{i}"), None);
+        assert_eq!(d.verdict, Verdict::Deny, "round {i}");
+    }
+    eprintln!("checks after the mark: {after} of {rounds}");
+}
+
 /// Tool `a` counts on A (3 s windows), `b` on B (a minute), `ab` on both; windows are
 /// whole multiples of 3 ms, so the table's nanosecond sub-buckets and the script's
 /// microsecond ones are the same.

@@ -176,6 +176,38 @@ impl Writer {
             None => out.extend_from_slice(b"null"),
         }
         out.push(b',');
+        if let Some(marks) = &r.marks {
+            // Mark names are the policy's own, escaped as any string.
+            out.extend_from_slice(b"\"marks\":{\"read\":{");
+            for (i, (name, state)) in marks.read.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                push_json_string(out, name);
+                out.push(b':');
+                push_json_string(out, state.as_str());
+            }
+            out.extend_from_slice(b"},\"set\":[");
+            for (i, name) in marks.set.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                push_json_string(out, name);
+            }
+            out.extend_from_slice(b"]},");
+        }
+        if let Some(drift) = &r.drift {
+            out.extend_from_slice(b"\"drift\":{\"kind\":\"");
+            out.extend_from_slice(drift.kind.as_str().as_bytes());
+            out.extend_from_slice(b"\",\"pinned\":");
+            match drift.pinned {
+                Some(d) => {
+                    let _ = write!(out, "\"{d}\"");
+                }
+                None => out.extend_from_slice(b"null"),
+            }
+            let _ = write!(out, ",\"listed\":\"{}\"}},", drift.listed);
+        }
         if !r.cut.is_empty() {
             out.extend_from_slice(b"\"cut\":{");
             for (i, (field, len)) in r.cut.iter().enumerate() {

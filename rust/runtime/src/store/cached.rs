@@ -6,12 +6,14 @@ use super::scripts::MERGE;
 use super::{wall_us, RedisStore, TimeSource, DENY_REASON, SLACK_MS, TIMEOUTS_BEFORE_RECONNECT};
 use arrayvec::ArrayVec;
 use redis::Script;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 use toolgate_core::counter::reservation::MAX_PARTS;
 use toolgate_core::decision::Limits;
 use toolgate_core::limiter::{self, Outcome, Parts, Want};
+use toolgate_core::marks::{Read, ReadBits};
 use toolgate_core::stats::{Stats, StoreError};
 
 /// One counter key as a cached replica sees it.
@@ -27,9 +29,25 @@ pub(super) struct Cached {
     /// Being merged now (counted until the merge's answer replaces `merged`).
     merging: Vec<(u64, u64)>,
     last_us: u64,
+    /// A merge has answered for this key: `merged` holds everyone's counts.
+    merged_once: bool,
 }
 
 impl Cached {
+    fn new(key: String, window_us: u64, g_us: u64, now_us: u64) -> Cached {
+        Cached {
+            key,
+            window_us,
+            g_us,
+            newest: now_us / g_us,
+            merged: [0; 13],
+            pending: Vec::new(),
+            merging: Vec::new(),
+            last_us: now_us,
+            merged_once: false,
+        }
+    }
+
     /// The 13 sub-buckets ending at the newest one (this replica's and everyone's merged),
     /// and that newest sub-bucket.
     fn window(&self, now_us: u64) -> (u64, [u64; 13]) {
@@ -138,6 +156,7 @@ impl RedisStore {
                                 e.newest = values[14 * i];
                                 e.merged.copy_from_slice(&values[14 * i + 1..14 * i + 14]);
                                 e.merging.clear();
+                                e.merged_once = true;
                             }
                         }
                         cache.merged_at_us.store(wall_us(), Relaxed);
@@ -170,11 +189,12 @@ impl RedisStore {
         cache: &Cache,
         stats: &Stats,
         wants: &[Want<'_>],
+        reads: &[Read],
         now_ns: u64,
         consume: bool,
         parts: &mut Parts,
         limits: &mut Limits,
-    ) -> Outcome {
+    ) -> (Outcome, ReadBits) {
         let now = match self.config.time {
             TimeSource::Redis => wall_us(),
             TimeSource::Engine => {
@@ -187,25 +207,83 @@ impl RedisStore {
         if merged_at == 0 || wall_us().saturating_sub(merged_at) > stale {
             // Nothing merged for a long while: Redis is away, and this copy is stale.
             stats.count_store_error(StoreError::Connection);
-            return self.unavailable(stats, wants, now_ns, consume, parts, limits, DENY_REASON);
+            let reason = DENY_REASON;
+            return self.unavailable(stats, wants, reads, now_ns, consume, parts, limits, reason);
         }
         let mut entries = cache.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut bits = self.read_copy(&mut entries, reads, now);
+        if bits.unknown != 0 {
+            // A mark this copy has not merged yet (the first read of it here): asked of
+            // Redis once, in one round trip, without the copy's lock held meanwhile.
+            drop(entries);
+            bits = self.read_through(stats, reads, bits, now_ns);
+            entries = cache.entries.lock().unwrap_or_else(|e| e.into_inner());
+        }
+        let outcome = self.reserve_copy(&mut entries, wants, now, consume, limits);
+        (outcome, bits)
+    }
+
+    /// `bits` with its unknown reads asked of Redis; those it cannot answer stay unknown.
+    fn read_through(&self, stats: &Stats, reads: &[Read], bits: ReadBits, now_ns: u64) -> ReadBits {
+        let asked: Vec<(usize, Read)> = (0..reads.len())
+            .filter(|i| bits.unknown & (1 << i) != 0)
+            .map(|i| (i, reads[i]))
+            .collect();
+        let only: Vec<Read> = asked.iter().map(|(_, r)| *r).collect();
+        let (parts, limits) = (&mut Parts::new(), &mut Limits::new());
+        let (outcome, found) = self.reserve_exact(stats, &[], &only, now_ns, false, parts, limits);
+        if matches!(outcome, Outcome::Unavailable { .. }) {
+            return bits;
+        }
+        let mut out = ReadBits {
+            set: bits.set,
+            unknown: 0,
+        };
+        for (j, (i, _)) in asked.iter().enumerate() {
+            out.set |= ((found.set >> j) & 1) << i;
+        }
+        out
+    }
+
+    /// What the local copy says of each counter read; one the copy had not merged yet (its
+    /// first read here) is not known, and is merged from then on.
+    fn read_copy(&self, entries: &mut HashMap<u64, Cached>, reads: &[Read], now: u64) -> ReadBits {
+        let mut bits = ReadBits::default();
+        for (i, read) in reads.iter().enumerate() {
+            let window_us = read.window_ms.max(1).saturating_mul(1000);
+            let g = window_us.div_ceil(12);
+            let e = entries
+                .entry(read.key.hash)
+                .or_insert_with(|| Cached::new(self.key_of(read.key.hash), window_us, g, now));
+            e.last_us = e.last_us.max(now);
+            // This replica's own counts are known either way; the others' once merged.
+            if e.window(now).1.iter().any(|c| *c > 0) {
+                bits.set |= 1 << i;
+            } else if !e.merged_once {
+                bits.unknown |= 1 << i;
+            }
+        }
+        bits
+    }
+
+    /// Reserve `wants` in the local copy.
+    fn reserve_copy(
+        &self,
+        entries: &mut HashMap<u64, Cached>,
+        wants: &[Want<'_>],
+        now: u64,
+        consume: bool,
+        limits: &mut Limits,
+    ) -> Outcome {
         // Per limit: its sub-bucket now, units in its window, when it empties, and (if it
         // has no room) how long until it would have (None: never).
         let mut seen: ArrayVec<(u64, u64, u64, Option<Option<u64>>), MAX_PARTS> = ArrayVec::new();
         for w in wants {
             let window_us = w.limit.info.window_ms.max(1).saturating_mul(1000);
             let g = window_us.div_ceil(12);
-            let e = entries.entry(w.key.hash).or_insert_with(|| Cached {
-                key: self.counter_key(w),
-                window_us,
-                g_us: g,
-                newest: now / g,
-                merged: [0; 13],
-                pending: Vec::new(),
-                merging: Vec::new(),
-                last_us: now,
-            });
+            let e = entries
+                .entry(w.key.hash)
+                .or_insert_with(|| Cached::new(self.key_of(w.key.hash), window_us, g, now));
             e.last_us = e.last_us.max(now);
             let (b, counts) = e.window(now);
             let used: u64 = counts.iter().sum();

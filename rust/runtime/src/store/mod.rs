@@ -38,6 +38,7 @@ use toolgate_core::counter::reservation::Part;
 use toolgate_core::counter::CounterTable;
 use toolgate_core::decision::Limits;
 use toolgate_core::limiter::{self, Outcome, Parts, Want};
+use toolgate_core::marks::{Read, ReadBits};
 use toolgate_core::stats::{Stats, StoreError};
 use toolgate_core::store::{CounterStore, REMOTE_RESERVATION, REMOTE_SLOT};
 
@@ -363,50 +364,56 @@ impl RedisStore {
         Err(failed)
     }
 
-    fn counter_key(&self, want: &Want<'_>) -> String {
-        format!("{}c:{:016x}", self.config.prefix, want.key.hash)
+    /// The Redis key of the counter whose key hash is `hash`.
+    fn key_of(&self, hash: u64) -> String {
+        format!("{}c:{:016x}", self.config.prefix, hash)
     }
 
-    /// What to answer when Redis cannot be asked.
+    /// What to answer when Redis cannot be asked: denied, or counted (and read) in this
+    /// process's own table.
     #[allow(clippy::too_many_arguments)]
     fn unavailable(
         &self,
         stats: &Stats,
         wants: &[Want<'_>],
+        reads: &[Read],
         now_ns: u64,
         consume: bool,
         parts: &mut Parts,
         limits: &mut Limits,
         reason: &'static str,
-    ) -> Outcome {
+    ) -> (Outcome, ReadBits) {
         match self.config.unavailable {
-            Unavailable::Deny => Outcome::Unavailable { failing: 0, reason },
+            Unavailable::Deny => (
+                Outcome::Unavailable { failing: 0, reason },
+                ReadBits::default(),
+            ),
             Unavailable::Local => {
                 stats.count_store_fallback();
-                limiter::reserve(&self.table, wants, now_ns, consume, parts, limits)
+                let outcome = limiter::reserve(&self.table, wants, now_ns, consume, parts, limits);
+                (outcome, limiter::read(&self.table, reads, now_ns))
             }
         }
     }
-}
 
-impl CounterStore for RedisStore {
-    fn reserve(
+    /// The exact mode's decision: one script, one round trip, every replica's counts.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn reserve_exact(
         &self,
         stats: &Stats,
         wants: &[Want<'_>],
+        reads: &[Read],
         now_ns: u64,
         consume: bool,
         parts: &mut Parts,
         limits: &mut Limits,
-    ) -> Outcome {
-        if let Some(cache) = &self.cache {
-            return self.reserve_cached(cache, stats, wants, now_ns, consume, parts, limits);
-        }
+    ) -> (Outcome, ReadBits) {
         let p = &self.config.prefix;
-        let mut keys = Vec::with_capacity(wants.len() + 2);
+        let mut keys = Vec::with_capacity(wants.len() + reads.len() + 2);
         keys.push(format!("{p}epoch"));
         keys.push(format!("{p}lost"));
-        keys.extend(wants.iter().map(|w| self.counter_key(w)));
+        keys.extend(wants.iter().map(|w| self.key_of(w.key.hash)));
+        keys.extend(reads.iter().map(|r| self.key_of(r.key.hash)));
         // A decision's shadow limits join the reservation its enforced limits made.
         let join = parts
             .iter()
@@ -423,6 +430,7 @@ impl CounterStore for RedisStore {
             join.to_string(),
             p.clone(),
             SLACK_MS.to_string(),
+            reads.len().to_string(),
         ];
         for w in wants {
             let window_us = w.limit.info.window_ms.max(1).saturating_mul(1000);
@@ -431,23 +439,49 @@ impl CounterStore for RedisStore {
             args.push(w.limit.max_units.to_string());
             args.push(w.amount.to_string());
         }
+        for read in reads {
+            let window_us = read.window_ms.max(1).saturating_mul(1000);
+            args.push(window_us.to_string());
+            args.push(window_us.div_ceil(12).to_string());
+        }
         let values = match self.run(stats, &self.link.reserve, keys, args) {
             Ok(v) => v,
             Err(_) => {
-                return self.unavailable(stats, wants, now_ns, consume, parts, limits, DENY_REASON)
+                return self.unavailable(
+                    stats,
+                    wants,
+                    reads,
+                    now_ns,
+                    consume,
+                    parts,
+                    limits,
+                    DENY_REASON,
+                );
             }
         };
-        let n = wants.len();
+        let (n, r) = (wants.len(), reads.len());
         let us = |v: i64| (v.max(0) as u64).saturating_mul(1000);
         let malformed = |stats: &Stats| {
             stats.count_store_error(StoreError::Reply);
-            Outcome::Unavailable {
-                failing: 0,
-                reason: DENY_REASON,
-            }
+            let failing = 0;
+            (
+                Outcome::Unavailable {
+                    failing,
+                    reason: DENY_REASON,
+                },
+                ReadBits::default(),
+            )
+        };
+        // The reads come last, one 0/1 each.
+        let seen = |tail: &[i64]| ReadBits {
+            set: tail
+                .iter()
+                .enumerate()
+                .fold(0u64, |bits, (i, v)| bits | (u64::from(*v == 1) << i)),
+            unknown: 0,
         };
         match values.first() {
-            Some(1) if values.len() == 3 + 2 * n => {
+            Some(1) if values.len() == 3 + 2 * n + r => {
                 self.known_epoch.store(values[1] as u64, Relaxed);
                 for (i, w) in wants.iter().enumerate() {
                     let used = values[3 + 2 * i].max(0) as u64;
@@ -458,7 +492,7 @@ impl CounterStore for RedisStore {
                         limits.push(limiter::state_of(w, used + w.amount, reset));
                     }
                 }
-                if consume && join == 0 {
+                if consume && join == 0 && n > 0 {
                     parts.push(Part {
                         slot: REMOTE_SLOT,
                         key: values[2] as u64,
@@ -466,9 +500,9 @@ impl CounterStore for RedisStore {
                         amount: 0,
                     });
                 }
-                Outcome::Reserved
+                (Outcome::Reserved, seen(&values[3 + 2 * n..]))
             }
-            Some(0) if values.len() == 2 + 3 * n => {
+            Some(0) if values.len() == 2 + 3 * n + r => {
                 self.known_epoch.store(values[1] as u64, Relaxed);
                 let mut retry: Option<u64> = Some(0);
                 let mut failing = None;
@@ -487,23 +521,48 @@ impl CounterStore for RedisStore {
                     };
                 }
                 match failing {
-                    Some(failing) => Outcome::Denied {
-                        retry_after_ms: retry.map(|ns| ns.div_ceil(1_000_000).max(1)),
-                        limits: states,
-                        failing,
-                    },
+                    Some(failing) => (
+                        Outcome::Denied {
+                            retry_after_ms: retry.map(|ns| ns.div_ceil(1_000_000).max(1)),
+                            limits: states,
+                            failing,
+                        },
+                        seen(&values[2 + 3 * n..]),
+                    ),
                     None => malformed(stats),
                 }
             }
             Some(2) if values.len() == 3 => {
                 self.known_epoch.store(values[1] as u64, Relaxed);
+                // A read's index comes after the limits': a mark the loss may have taken.
                 let failing = (values[2].max(0) as usize).min(n.saturating_sub(1));
-                Outcome::Unavailable {
+                let outcome = Outcome::Unavailable {
                     failing,
                     reason: LOST_REASON,
-                }
+                };
+                (outcome, ReadBits::default())
             }
             _ => malformed(stats),
+        }
+    }
+}
+
+impl CounterStore for RedisStore {
+    fn reserve(
+        &self,
+        stats: &Stats,
+        wants: &[Want<'_>],
+        reads: &[Read],
+        now_ns: u64,
+        consume: bool,
+        parts: &mut Parts,
+        limits: &mut Limits,
+    ) -> (Outcome, ReadBits) {
+        match &self.cache {
+            Some(cache) => {
+                self.reserve_cached(cache, stats, wants, reads, now_ns, consume, parts, limits)
+            }
+            None => self.reserve_exact(stats, wants, reads, now_ns, consume, parts, limits),
         }
     }
 

@@ -20,13 +20,34 @@ elseif known ~= 0 and born ~= known and born > lost then
   lost = born
   redis.call('SET', KEYS[2], string.format('%.0f', lost))
 end
-local n = #KEYS - 2
+local reads = tonumber(ARGV[7])
+local n = #KEYS - 2 - reads
+-- The counters read (marks): 1 when one counts anything in its window, whatever the
+-- limits find; a read within a window of a loss of counts is not known.
+local seen = {}
+for j = 1, reads do
+  local a = 8 + n * 4 + (j - 1) * 2
+  local w = tonumber(ARGV[a])
+  local g = tonumber(ARGV[a + 1])
+  if lost >= 0 and now < lost + w + g then
+    return {2, born, n + j - 1}
+  end
+  local lo = math.floor(now / g) - 12
+  local h = redis.call('HGETALL', KEYS[2 + n + j])
+  local any = 0
+  for k = 1, #h, 2 do
+    if tonumber(h[k]) >= lo and tonumber(h[k + 1]) > 0 then
+      any = 1
+    end
+  end
+  seen[j] = any
+end
 local out = {}
 local fits = true
 local newest = {}
 local life = 0
 for i = 1, n do
-  local a = 6 + (i - 1) * 4
+  local a = 7 + (i - 1) * 4
   local w = tonumber(ARGV[a + 1])
   local g = tonumber(ARGV[a + 2])
   local max = tonumber(ARGV[a + 3])
@@ -87,14 +108,16 @@ end
 if not fits then
   local r = {0, born}
   for _, v in ipairs(out) do r[#r + 1] = v end
+  for j = 1, reads do r[#r + 1] = seen[j] end
   return r
 end
 local r = {1, born, 0}
-if not consume then
+if not consume or n == 0 then
   for i = 1, n do
     r[#r + 1] = out[(i - 1) * 3 + 1]
     r[#r + 1] = out[(i - 1) * 3 + 2]
   end
+  for j = 1, reads do r[#r + 1] = seen[j] end
   return r
 end
 local id = ARGV[4]
@@ -103,7 +126,7 @@ if id == '0' then
 end
 local rkey = ARGV[5] .. 'r:' .. id
 for i = 1, n do
-  local a = 6 + (i - 1) * 4
+  local a = 7 + (i - 1) * 4
   local key = KEYS[i + 2]
   local bucket = string.format('%.0f', newest[i])
   redis.call('HINCRBY', key, bucket, ARGV[a + 4])
@@ -116,4 +139,5 @@ end
 local ttl = redis.call('PTTL', rkey)
 redis.call('PEXPIRE', rkey, string.format('%.0f', math.max(life, ttl)))
 r[3] = tonumber(id)
+for j = 1, reads do r[#r + 1] = seen[j] end
 return r
