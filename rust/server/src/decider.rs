@@ -147,6 +147,18 @@ fn encode(d: Decision) -> pb::DecideResponse {
         shadow: d.shadow,
         reservation: d.reservation.unwrap_or(0),
         approval_id: d.approval.map(|id| id.to_string()).unwrap_or_default(),
+        marks_read: d
+            .marks
+            .iter()
+            .flat_map(|m| &m.read)
+            .map(|(name, state)| (name.to_string(), state.as_str().to_owned()))
+            .collect(),
+        marks_set: d
+            .marks
+            .iter()
+            .flat_map(|m| &m.set)
+            .map(|name| name.to_string())
+            .collect(),
     }
 }
 
@@ -170,5 +182,7 @@ fn code(c: Code) -> pb::Code {
         Code::InvalidRequest => pb::Code::InvalidRequest,
         Code::ApprovalDenied => pb::Code::ApprovalDenied,
         Code::StoreUnavailable => pb::Code::StoreUnavailable,
+        Code::ToolChanged => pb::Code::ToolChanged,
+        Code::ToolUnpinned => pb::Code::ToolUnpinned,
     }
 }

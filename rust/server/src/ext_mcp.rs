@@ -37,7 +37,9 @@ use hmac::{Hmac, Mac};
 use pb::authorization_error::Code as ErrorCode;
 use pb::{mcp_request_result, mcp_response_result};
 use sha2::Sha256;
+use std::sync::Arc;
 use std::time::Instant;
+use toolgate_core::compile::CompiledPolicy;
 use toolgate_core::mcp::listing::{filter_result, ListReport};
 use toolgate_core::mcp::outcome::Failure;
 use toolgate_core::mcp::reply::{details, META_KEY};
@@ -365,7 +367,9 @@ fn filter_list(
     let policy = engine.policy();
     let subject = read.subject();
     let servers = &response.service_names;
-    let visible = |name: &str| visibility_in(&policy, servers, name, subject);
+    let visible = |name: &str, tool: &serde_json::Map<String, serde_json::Value>| {
+        visibility_in(engine, &policy, servers, name, tool, subject)
+    };
     let mut report = ListReport::default();
     let changed = match filter_result(&mut result, visible, &mut report) {
         Ok(changed) => changed,
@@ -388,27 +392,31 @@ fn filter_list(
 /// no listed server (agentgateway's unprefixed modes) is shown only if every listed server's
 /// section would show it.
 fn visibility_in(
-    policy: &toolgate_core::compile::CompiledPolicy,
+    engine: &Engine,
+    policy: &Arc<CompiledPolicy>,
     servers: &[String],
     name: &str,
+    tool: &serde_json::Map<String, serde_json::Value>,
     subject: Subject<'_>,
 ) -> Visibility {
+    let of =
+        |server: Option<&str>, name: &str| engine.list_tool(policy, server, subject, name, tool);
     match servers {
-        [] => policy.visibility(name, None, subject),
-        [one] => policy.visibility(name, Some(one), subject),
+        [] => of(None, name),
+        [one] => of(Some(one), name),
         many => {
             let prefixed = name
                 .split_once(MUX_DELIMITER)
                 .filter(|(server, _)| many.iter().any(|s| s == server));
             if let Some((server, tool)) = prefixed {
-                return policy.visibility(tool, Some(server), subject);
+                return of(Some(server), tool);
             }
             let mut seen = Visibility {
                 removed: None,
                 per_subject: false,
             };
             for server in many {
-                let v = policy.visibility(name, Some(server), subject);
+                let v = of(Some(server), name);
                 seen.per_subject |= v.per_subject;
                 seen.removed = seen.removed.or(v.removed);
             }

@@ -26,7 +26,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 };
 use envoy_types::pb::google::protobuf::value::Kind;
 use envoy_types::pb::google::protobuf::{Struct, Value as ProtoValue};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 use toolgate_core::compile::CompiledPolicy;
@@ -174,7 +174,7 @@ fn read_metadata(metadata: Option<&Metadata>) -> Option<(Follow, Caller)> {
     }
 }
 
-type Visible = Box<dyn FnMut(&str) -> Visibility + Send>;
+type Visible = Box<dyn FnMut(&str, &Map<String, Value>) -> Visibility + Send>;
 
 /// One exchange's answer, followed message by message.
 #[derive(Default)]
@@ -228,7 +228,7 @@ impl Exchange {
     /// Answer one message of the stream.
     pub fn process(
         &mut self,
-        engine: &Engine,
+        engine: &Arc<Engine>,
         request: &ProcessingRequest,
     ) -> Option<ProcessingResponse> {
         if let State::New = self.state {
@@ -322,7 +322,7 @@ impl Exchange {
         })
     }
 
-    fn response_headers(&mut self, engine: &Engine, headers: &HttpHeaders) -> Response {
+    fn response_headers(&mut self, engine: &Arc<Engine>, headers: &HttpHeaders) -> Response {
         let content_type = header(headers.headers.as_ref(), "content-type").unwrap_or("");
         let mut mutation = HeaderMutation::default();
         match &mut self.state {
@@ -346,8 +346,10 @@ impl Exchange {
                 // Whatever the status: an error page could carry a list as well as a 200.
                 let reading = list_reading(headers.headers.as_ref(), content_type);
                 let (caller, policy) = (Arc::clone(caller), Arc::clone(policy));
-                let visible: Visible = Box::new(move |tool: &str| {
-                    policy.visibility(tool, caller.server.as_deref(), caller.subject())
+                let engine = Arc::clone(engine);
+                let visible: Visible = Box::new(move |tool: &str, object: &Map<String, Value>| {
+                    let server = caller.server.as_deref();
+                    engine.list_tool(&policy, server, caller.subject(), tool, object)
                 });
                 // The body changes length; an answer the filter cannot read becomes a
                 // JSON-RPC error, in plain JSON: the encoding it claimed is taken off, or

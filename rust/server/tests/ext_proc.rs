@@ -18,10 +18,10 @@ use toolgate_core::mcp::Follow;
 use toolgate_core::{Decision, Engine, ManualClock, Policy, Request as Call, Subject, Verdict};
 use toolgate_server::ext_proc::{exchange_metadata, Caller, Exchange, METADATA_NAMESPACE};
 
-fn engine(policy: Value) -> Engine {
+fn engine(policy: Value) -> Arc<Engine> {
     let policy = Policy::from_json_str(&policy.to_string()).unwrap();
     let clock = Arc::new(ManualClock::new(1_000_000_000_000));
-    Engine::new(policy, Arc::new(CounterTable::new(256, 256)), clock).unwrap()
+    Arc::new(Engine::new(policy, Arc::new(CounterTable::new(256, 256)), clock).unwrap())
 }
 
 fn metadata(follow: &Follow, caller: Caller) -> Metadata {
@@ -89,7 +89,7 @@ fn list_policy() -> Value {
 }
 
 /// Run one list answer through a stream, its body cut at `cuts`; the bytes sent on.
-fn filter(engine: &Engine, agent: &str, answer: &[u8], cuts: &[usize], sse: bool) -> Vec<u8> {
+fn filter(engine: &Arc<Engine>, agent: &str, answer: &[u8], cuts: &[usize], sse: bool) -> Vec<u8> {
     let follow = Follow::ToolList { id: Some(json!(5)) };
     let caller = Caller {
         agent: Some(agent.into()),
@@ -179,7 +179,7 @@ proptest! {
 }
 
 /// `pay`, limited to one call a day across all callers.
-fn spend_engine() -> Engine {
+fn spend_engine() -> Arc<Engine> {
     engine(json!({"version": "1", "tools": {"pay": {"limits": [
         {"counter": "spend", "window": "day", "max": 1, "scope": "global"}]}}}))
 }
@@ -336,7 +336,7 @@ fn an_error_answer_to_a_list_passes_and_an_unreadable_one_is_replaced_whatever_i
 /// byte sent on, its body cut at `cuts`.
 #[allow(clippy::too_many_arguments)]
 fn exchange_bytes(
-    e: &Engine,
+    e: &Arc<Engine>,
     exchange: &mut Exchange,
     md: &Option<Metadata>,
     status: u16,
