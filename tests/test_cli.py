@@ -122,7 +122,7 @@ def test_validate_broken_file_prints_one_line_per_error(tmp_path):
     assert lines[0].endswith(" (line 5)")
     assert lines[1] == (
         f'{path}: /tools/b/actoin: unknown key "actoin"; expected one of: action, reason, mode, '
-        "limits, require, deny_if, approval, log, release_on_failure (line 7)"
+        "limits, require, deny_if, approval, log, release_on_failure, marks (line 7)"
     )
 
 
@@ -213,9 +213,11 @@ def test_decide_prints_every_field():
         "shadow",
         "reservation",
         "approval_id",
+        "marks",
     }
     assert (d["verdict"], d["code"], d["rule"]) == ("DENY", "DEFAULT_DENY", "/default")
     assert d["approval_id"] is None
+    assert d["marks"] is None  # the policy has no marks
 
 
 @pytest.mark.parametrize(

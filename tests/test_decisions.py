@@ -1497,6 +1497,7 @@ def test_decision_to_dict_matches_its_attributes():
         "shadow": False,
         "reservation": d.reservation,
         "approval_id": None,
+        "marks": None,
     }
     assert json.loads(json.dumps(d.to_dict())) == d.to_dict()
 

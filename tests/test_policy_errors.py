@@ -345,7 +345,7 @@ CASES: list[tuple[str, Any, str, str]] = [
         "path-env",
         condition_doc(cond("env.x", "eq", 1)),
         "/tools/t/require/0/path",
-        "path must start with args., subject., server or tool",
+        "path must start with args., subject., server, tool or marks",
     ),
     (
         "path-bare-args",
@@ -437,7 +437,7 @@ CASES: list[tuple[str, Any, str, str]] = [
             all_tools={"limits": [limit(f"g{i}", 1) for i in range(4)]},
         ),
         "/tools/t/limits",
-        "at most 8 limits may apply to one call",
+        "at most 8 limits and marks may apply to one call",
     ),
 ]
 

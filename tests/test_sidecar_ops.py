@@ -164,6 +164,8 @@ def test_metrics_text_is_valid_prometheus_exposition():
         "toolgate_tool_lists_total": "counter",
         "toolgate_tools_unlisted_total": "counter",
         "toolgate_reservations_released_on_failure_total": "counter",
+        # No sample until a listed tool departs from its pin.
+        "toolgate_tool_drift_total": "counter",
     }
 
 

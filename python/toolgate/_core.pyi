@@ -1,6 +1,7 @@
 """Type stubs for the Rust extension module."""
 
 import os
+from pathlib import Path
 from typing import Any, Literal, final
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "read_document",
     "read_maxmemory_policy",
     "read_mcp_request",
+    "tool_digest",
 ]
 
 __version__: str
@@ -97,6 +99,11 @@ def inert_json(json: str) -> str:
     """Compact JSON text (as the engine writes it) with every character ``inert`` escapes
     written as a JSON ``\\uXXXX`` escape: the same value, safe to show."""
 
+def tool_digest(tool: str) -> str:
+    """The digest a pin records of one tool definition (JSON text of one tool object of a
+    ``tools/list`` answer): ``sha256:`` and 64 hex digits, over its name, title,
+    description, input and output schema and annotations as canonical JSON."""
+
 Verdict = Literal["ALLOW", "DENY", "REQUIRE_APPROVAL"]
 Code = Literal[
     "ALLOWED",
@@ -109,6 +116,8 @@ Code = Literal[
     "INVALID_REQUEST",
     "APPROVAL_DENIED",
     "STORE_UNAVAILABLE",
+    "TOOL_CHANGED",
+    "TOOL_UNPINNED",
 ]
 
 @final
@@ -152,6 +161,9 @@ class Policy:
     def needs_approval(self) -> bool:
         """True when some call could wait for a person's approval: a ``require_approval`` rule
         in enforce mode, in any section."""
+    @property
+    def pins_files(self) -> list[Path]:
+        """The pins files the policy read (``pins.file``, relative to its directory)."""
     def self_asserted(self, agent_verified: bool = False) -> list[ValidationError]:
         """Limits and conditions resting on an identity the client asserts (a session id, an
         agent id unless ``agent_verified``), as notes."""
@@ -215,6 +227,10 @@ class Decision:
     def approval_id(self) -> str | None:
         """The human approval this decision is about (``apr_…``): waited for
         (REQUIRE_APPROVAL), used by this allowed call, or refused (APPROVAL_DENIED)."""
+    @property
+    def marks(self) -> dict[str, Any] | None:
+        """The session marks the decision read and set: ``{"read": {name: "set" | "unset" |
+        "no_scope" | "unread"}, "set": [name, ...]}``; None when its rules use none."""
     def to_dict(self) -> dict[str, Any]: ...
 
 @final
@@ -295,6 +311,20 @@ class Engine:
     ) -> Explanation:
         """Decide as ``decide`` does, through the same code, and say how. A dry run unless
         ``dry_run=False`` (then it counts, as a decision does)."""
+    def list_tools(
+        self,
+        tools: str,
+        *,
+        server: str | None = None,
+        grant: str | None = None,
+        session: str | None = None,
+        agent: str | None = None,
+        attributes: dict[str, str] | None = None,
+        grant_verified: bool = False,
+    ) -> list[tuple[str, Code | None]]:
+        """Filter a ``tools/list`` answer's tools (JSON text of the array) as the sidecar
+        does for this caller: each tool's name and None (shown) or the code its calls would
+        be denied with. Each definition is recorded, and held to its pin, for later calls."""
     def refuse(self, reason: str) -> Decision:
         """An INVALID_REQUEST decision for a request that cannot be decided (counted)."""
     def release(self, reservation: int) -> bool: ...

@@ -220,6 +220,17 @@ class EngineCollector(Collector):
             "Tools taken out of tools/list answers: ones the caller can never call.",
             value=stats["tools_unlisted"],
         )
+        drift = CounterMetricFamily(
+            "toolgate_tool_drift",
+            "Listed tools that depart from their pins (the policy's pins): changed since "
+            "pinned, or unpinned where unpinned tools are withheld; counted once per change of "
+            "what the server lists. server is the policy's server id (empty: none named); a "
+            "tool name MCP does not allow, or past 1000 tools, counts as _other.",
+            labels=["server", "tool", "kind"],
+        )
+        for server, tool, kind, count in stats["drift"]:
+            drift.add_metric([server, tool, kind], count)
+        yield drift
         released = CounterMetricFamily(
             "toolgate_reservations_released_on_failure",
             "Reservations given back because the call failed upstream, by how it failed: "

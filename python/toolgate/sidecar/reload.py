@@ -12,6 +12,10 @@ half-written file from a finished one. A new file (another inode: a rename over 
 ConfigMap's ``..data`` swap) was written in full before it appeared, and is loaded at once.
 The same file changed in place may still be being written: it is loaded only once it has
 stayed unchanged for the settle period. SIGHUP loads at once: the operator says it is done.
+
+The pins files a policy names (``pins.file``) are part of it: a change to one reloads the
+policy as it stands. ``toolgate pin`` replaces a pins file whole (a rename), and a pins file
+cut short is not valid JSON, so a change there is loaded at once.
 """
 
 from __future__ import annotations
@@ -61,6 +65,17 @@ def read_version(path: Path) -> FileVersion | None:
         digest=hashlib.sha256(content).hexdigest(),
         content=content,
     )
+
+
+def pins_digests(paths: list[Path]) -> dict[Path, str | None]:
+    """Each pins file's content digest now (None: it cannot be read)."""
+    out: dict[Path, str | None] = {}
+    for p in paths:
+        try:
+            out[p] = hashlib.sha256(p.read_bytes()).hexdigest()
+        except OSError:
+            out[p] = None
+    return out
 
 
 def parse_policy(path: Path, content: bytes) -> Policy:
@@ -117,6 +132,8 @@ class PolicyWatcher:
         # The file could not be read at some check since: a file that then appears under a
         # new identity was created in place (removed, then written), not renamed in whole.
         self._went_missing = loaded is None
+        # The loaded policy's pins files as last tried.
+        self._pins = pins_digests(engine.policy.pins_files)
         self._edit: InPlaceEdit | None = None
         self._thread = threading.Thread(target=self._run, name="policy-watcher", daemon=True)
 
@@ -166,6 +183,10 @@ class PolicyWatcher:
         if forced:
             self._load(current)
             return
+        if current.digest == self._tried_digest and pins_digests(list(self._pins)) != self._pins:
+            log.info("a pins file of policy %s changed; reloading it", self._path)
+            self._load(current)
+            return
         if current.digest == self._tried_digest:
             # Nothing new (or an edit put back what is loaded); follow a rename of the same
             # content so that later in-place edits of the new file are recognised as such.
@@ -195,6 +216,7 @@ class PolicyWatcher:
         self._tried_identity = version.identity
         self._went_missing = False
         self._edit = None
+        self._pins = pins_digests(list(self._pins))
         self.reload(version.content)
 
     def reload(self, content: bytes) -> bool:
@@ -221,6 +243,7 @@ class PolicyWatcher:
             log.error("cannot reload policy %s: %s; keeping revision %s", self._path, err, old)
             return False
         self._reloads.add("success")
+        self._pins = pins_digests(policy.pins_files)
         log.info("policy reloaded: revision %s -> %s", old, policy.revision)
         warn_self_asserted(self._path, policy, self._agent_verified)
         return True

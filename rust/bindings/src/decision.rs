@@ -83,6 +83,8 @@ pub struct Received {
     shadow: bool,
     reservation: Option<u64>,
     approval_id: Option<String>,
+    marks_read: Vec<(String, String)>,
+    marks_set: Vec<String>,
 }
 
 impl Received {
@@ -124,6 +126,12 @@ impl Received {
             shadow: r.shadow,
             reservation: (r.reservation != 0).then_some(r.reservation),
             approval_id: (!r.approval_id.is_empty()).then_some(r.approval_id),
+            marks_read: {
+                let mut read: Vec<_> = r.marks_read.into_iter().collect();
+                read.sort();
+                read
+            },
+            marks_set: r.marks_set,
         })
     }
 }
@@ -261,6 +269,40 @@ impl PyDecision {
             Source::Received(r) => r.approval_id.clone(),
         }
     }
+    /// The session marks the decision read (`{"read": {name: "set" | "unset" | "no_scope" |
+    /// "unread"}, "set": [name, ...]}`); `None` when its rules use none.
+    #[getter]
+    fn marks<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let (read, set): (Vec<(&str, &str)>, Vec<&str>) = match &self.0 {
+            Source::Local(d) => match &d.marks {
+                None => return Ok(None),
+                Some(m) => (
+                    m.read.iter().map(|(n, s)| (&**n, s.as_str())).collect(),
+                    m.set.iter().map(|n| &**n).collect(),
+                ),
+            },
+            Source::Received(r) => {
+                if r.marks_read.is_empty() && r.marks_set.is_empty() {
+                    return Ok(None);
+                }
+                (
+                    r.marks_read
+                        .iter()
+                        .map(|(n, s)| (n.as_str(), s.as_str()))
+                        .collect(),
+                    r.marks_set.iter().map(String::as_str).collect(),
+                )
+            }
+        };
+        let out = PyDict::new(py);
+        let read_dict = PyDict::new(py);
+        for (name, state) in read {
+            read_dict.set_item(name, state)?;
+        }
+        out.set_item("read", read_dict)?;
+        out.set_item("set", set)?;
+        Ok(Some(out))
+    }
     fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
         d.set_item("verdict", self.verdict())?;
@@ -274,6 +316,7 @@ impl PyDecision {
         d.set_item("shadow", self.shadow())?;
         d.set_item("reservation", self.reservation())?;
         d.set_item("approval_id", self.approval_id())?;
+        d.set_item("marks", self.marks(py)?)?;
         Ok(d)
     }
     fn __repr__(&self) -> String {

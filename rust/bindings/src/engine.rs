@@ -262,6 +262,55 @@ impl PyEngine {
         })
     }
 
+    /// Filter a `tools/list` answer's `tools` (JSON text of the array, as a server lists
+    /// them) as the sidecar does for this caller: each tool's name, and `None` if it is shown
+    /// or the code every call of it would be denied with. Each definition is recorded, and
+    /// held to its pin, for the calls that follow. ValueError if the text is not an array of
+    /// tool objects with names, read one way.
+    #[pyo3(signature = (tools, *, server = None, grant = None, session = None, agent = None, attributes = None, grant_verified = false))]
+    #[allow(clippy::too_many_arguments)]
+    fn list_tools(
+        &self,
+        tools: &str,
+        server: Option<&str>,
+        grant: Option<&str>,
+        session: Option<&str>,
+        agent: Option<&str>,
+        attributes: Option<std::collections::HashMap<String, String>>,
+        grant_verified: bool,
+    ) -> PyResult<Vec<(String, Option<&'static str>)>> {
+        let mut result = serde_json::Map::new();
+        let parsed = toolgate_core::mcp::strict_json::parse(tools.as_bytes())
+            .map_err(|e| PyValueError::new_err(format!("the tools cannot be read: {e}")))?;
+        result.insert("tools".into(), parsed);
+        let pairs: Vec<(&str, &str)> = attributes
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let subject = Subject {
+            grant,
+            session,
+            agent,
+            attributes: &pairs,
+            grant_verified,
+        };
+        let policy = self.inner.policy();
+        let mut seen = Vec::new();
+        let mut report = toolgate_core::mcp::listing::ListReport::default();
+        toolgate_core::mcp::listing::filter_result(
+            &mut result,
+            |name, tool| {
+                let v = self.inner.list_tool(&policy, server, subject, name, tool);
+                seen.push((name.to_owned(), v.removed.map(|c| c.as_str())));
+                v
+            },
+            &mut report,
+        )
+        .map_err(PyValueError::new_err)?;
+        Ok(seen)
+    }
+
     /// An INVALID_REQUEST decision for a request that cannot be decided, counted like any.
     fn refuse(&self, reason: &str) -> PyDecision {
         PyDecision::local(self.inner.refuse(reason))
@@ -319,6 +368,14 @@ impl PyEngine {
             .map(|(api, v, c, n)| (api.as_str(), v.as_str(), c.as_str(), n))
             .collect();
         d.set_item("outcomes", outcomes)?;
+        let drift: Vec<(String, String, &str, u64)> = self
+            .inner
+            .stats()
+            .drift()
+            .into_iter()
+            .map(|(server, tool, kind, n)| (server, tool, kind.as_str(), n))
+            .collect();
+        d.set_item("drift", drift)?;
         let errors: Vec<(&str, &str, u64)> = self
             .inner
             .stats()

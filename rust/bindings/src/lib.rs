@@ -12,6 +12,7 @@ mod mcp;
 mod policy;
 mod sidecar;
 
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 /// The data plane's threads allocate and free across each other (the decision log's writer
@@ -45,6 +46,22 @@ fn inert_json(json: &str) -> String {
     toolgate_core::inert::escape_in_json(json).into_owned()
 }
 
+/// The digest a pin records of one tool definition (JSON text of one tool object of a
+/// `tools/list` answer): `sha256:` and 64 hex digits. ValueError if it is not one object,
+/// read one way.
+#[pyfunction]
+fn tool_digest(tool: &str) -> PyResult<String> {
+    match toolgate_core::mcp::strict_json::parse(tool.as_bytes()) {
+        Ok(serde_json::Value::Object(t)) => toolgate_core::definition::digest(&t)
+            .map(|d| d.to_string())
+            .ok_or_else(|| PyValueError::new_err("the tool holds a value JSON cannot")),
+        Ok(_) => Err(PyValueError::new_err("a tool definition is a JSON object")),
+        Err(e) => Err(PyValueError::new_err(format!(
+            "the tool cannot be read: {e}"
+        ))),
+    }
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::PyEngine>()?;
@@ -61,6 +78,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(document::read_document, m)?)?;
     m.add_function(wrap_pyfunction!(inert, m)?)?;
     m.add_function(wrap_pyfunction!(inert_json, m)?)?;
+    m.add_function(wrap_pyfunction!(tool_digest, m)?)?;
     m.add_function(wrap_pyfunction!(eviction::read_maxmemory_policy, m)?)?;
     m.add_function(wrap_pyfunction!(format_window, m)?)?;
     m.add_function(wrap_pyfunction!(format_seconds, m)?)?;

@@ -101,7 +101,7 @@ impl PyPolicy {
     ) -> PyResult<PyPolicy> {
         let name = path.as_deref().and_then(|p| p.file_name()?.to_str());
         Format::choose(format, name, text).map_err(PyValueError::new_err)?;
-        Policy::from_text(text, format, name)
+        Policy::from_text(text, format, path.as_deref())
             .map(|inner| PyPolicy { inner })
             .map_err(|e| policy_error(py, e))
     }
@@ -141,6 +141,13 @@ impl PyPolicy {
     #[getter]
     fn revision(&self) -> &str {
         &self.inner.revision
+    }
+
+    /// The pins files the policy read (`pins.file`, relative to the policy's directory), as
+    /// paths: a reload watches them with the policy.
+    #[getter]
+    fn pins_files(&self) -> Vec<PathBuf> {
+        self.inner.pins.iter().map(|f| f.path.clone()).collect()
     }
 
     /// Server ids that have their own section.
