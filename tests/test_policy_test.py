@@ -16,12 +16,13 @@ from test_cli import toolgate as run_toolgate
 from toolgate.authoring.policy_tests.cases import BadTestFile, parse_duration, read_test_file
 from toolgate.authoring.policy_tests.run import CLOCK_START, run
 
-#: The example policies (invalid-policy.json is there to show a refusal).
+#: The example policies, named policy.* or *-policy.* (invalid-policy.json is there to show a
+#: refusal; beside a policy may be its pins and saved tool lists).
 EXAMPLE_POLICIES = sorted(
     p
-    for p in EXAMPLES.iterdir()
+    for p in EXAMPLES.rglob("*")
     if p.suffix in (".json", ".yaml")
-    and ".tests." not in p.name
+    and (p.stem == "policy" or p.stem.endswith("-policy"))
     and p.name != "invalid-policy.json"
 )
 

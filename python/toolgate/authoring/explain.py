@@ -139,6 +139,20 @@ def _step_lines(step: Mapping[str, Any]) -> list[str]:
     return [json.dumps(step)]
 
 
+def marks_line(marks: Mapping[str, Any] | None, *, dry_run: bool) -> str | None:
+    """The session marks a decision read (and what each was) and set, or None if it used
+    none."""
+    if not marks:
+        return None
+    parts = []
+    if marks["read"]:
+        read = ", ".join(f"{name} ({state})" for name, state in sorted(marks["read"].items()))
+        parts.append(f"read {read}")
+    if marks["set"]:
+        parts.append(("would set " if dry_run else "set ") + ", ".join(marks["set"]))
+    return "marks: " + "; ".join(parts) if parts else None
+
+
 def render(steps: Iterable[Mapping[str, Any]]) -> str:
     """The steps as numbered lines of text."""
     out: list[str] = []

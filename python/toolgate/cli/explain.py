@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from toolgate import Engine, PolicyError
-from toolgate.authoring.explain import render
+from toolgate.authoring.explain import marks_line, render
 from toolgate.cli.call_options import add_call_options, parse_arguments, parse_attributes
 
 
@@ -43,6 +43,8 @@ def _run(args: argparse.Namespace) -> int:
     # The same call decided (and counted) first, to see where the limits then stand.
     for _ in range(args.after):
         engine.decide(args.tool, **call)
+    for tool in args.before:
+        engine.decide(tool, **{**call, "arguments": None})
     explanation = engine.explain(args.tool, dry_run=not args.consume, **call)
     if args.json:
         print(json.dumps(explanation.to_dict(), indent=2, ensure_ascii=False))
@@ -50,6 +52,9 @@ def _run(args: argparse.Namespace) -> int:
         counted = "counted" if args.consume else "a dry run: nothing counted"
         print(f"{args.policy} (revision {engine.revision}), tool {args.tool!r}, {counted}")
         sys.stdout.write(render(explanation.steps))
+        marks = marks_line(explanation.decision.marks, dry_run=not args.consume)
+        if marks is not None:
+            print(marks)
     return 0
 
 
@@ -71,6 +76,14 @@ def add_command(sub: Any) -> None:
         default=0,
         metavar="N",
         help="decide the same call N times first, counting them (e.g. to see a limit deny)",
+    )
+    explain.add_argument(
+        "--before",
+        action="append",
+        default=[],
+        metavar="TOOL",
+        help="decide a call of TOOL first, by the same caller and counted (repeatable): e.g. "
+        "--before crm_read to see the marks it sets read",
     )
     explain.add_argument(
         "--consume",

@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         explain,
         health,
         import_policy,
+        pin,
         policy_tests,
         scan,
         serve,
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Reading a server's tools, classifying them, a starter policy.
     scan.add_command(sub)
     suggest.add_command(sub)
+    pin.add_command(sub)
     approvals.add_command(sub)
     decision_log.add_command(sub)
     # Writing policies: test files of cases, the trace of one decision, importing Intercept's.

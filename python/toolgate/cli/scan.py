@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -48,6 +49,9 @@ def add_source(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--url", metavar="URL", help="e.g. http://127.0.0.1:3001/mcp")
     source.add_argument("--file", metavar="FILE", help="a saved tools/list result (JSON)")
     source.add_argument(
+        "--stdio", metavar="CMD", help="start this stdio server, e.g. --stdio 'uvx X' (or -- CMD)"
+    )
+    source.add_argument(
         "command", nargs="*", metavar="-- COMMAND", help="start this stdio server, e.g. -- uvx X"
     )
     parser.add_argument(
@@ -69,9 +73,13 @@ def add_source(parser: argparse.ArgumentParser) -> None:
 
 
 def read_source(args: argparse.Namespace, prog: str) -> Scan:
-    chosen = [x for x in (args.url, args.file, args.command or None) if x is not None]
+    chosen = [x for x in (args.url, args.file, args.stdio, args.command or None) if x is not None]
     if len(chosen) != 1:
-        raise ScanError(f"{prog}: give exactly one of --url URL, --file FILE or -- COMMAND ...")
+        raise ScanError(
+            f"{prog}: give exactly one of --url URL, --file FILE, --stdio CMD or -- COMMAND ..."
+        )
+    if args.stdio is not None:
+        args.command = shlex.split(args.stdio)
     if args.file is not None:
         result = scan_file(args.file)
     elif args.url is not None:

@@ -46,10 +46,13 @@ class Scan:
     server: dict[str, str] | None = None
     pages: int = 1
     notes: list[str] = field(default_factory=list)
+    #: The tool objects as the server listed them, every member kept: what a pin records.
+    listed: list[dict[str, Any]] = field(default_factory=list)
 
     def tools_list(self) -> dict[str, Any]:
-        """The tools as one ``tools/list`` result, the form :func:`scan_file` reads back."""
-        return {"tools": self.tools}
+        """The tools as one ``tools/list`` result, as listed (every member kept), the form
+        :func:`scan_file` reads back."""
+        return {"tools": self.listed or self.tools}
 
 
 # --- normalising ---------------------------------------------------------------------------------
@@ -129,7 +132,8 @@ def scan_file(path: str | Path) -> Scan:
         )
     notes: list[str] = []
     raw = [tool for page in pages for tool in page["tools"]]
-    return Scan(source, normalise_tools(raw, notes), pages=len(pages), notes=notes)
+    listed = [dict(t) for t in raw if isinstance(t, Mapping)]
+    return Scan(source, normalise_tools(raw, notes), pages=len(pages), notes=notes, listed=listed)
 
 
 # --- talking to servers --------------------------------------------------------------------------
@@ -186,7 +190,8 @@ async def _read(session: Any, source: str) -> Scan:
     notes: list[str] = []
     info = init.server_info
     server = {"name": info.name, "version": info.version} if info is not None else None
-    return Scan(source, normalise_tools(dicts, notes), server=server, pages=pages, notes=notes)
+    tools = normalise_tools(dicts, notes)
+    return Scan(source, tools, server=server, pages=pages, notes=notes, listed=dicts)
 
 
 def _describe(err: BaseException) -> str:

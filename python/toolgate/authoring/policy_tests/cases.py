@@ -19,6 +19,12 @@ waiting::
       - name: a case of one step may leave out `steps`
         call: {tool: describe_images}
         expect: {verdict: ALLOW, code: ALLOWED}
+      - name: a tool listed unlike its pin is removed, and its calls denied
+        steps:
+          - list: {server: crm, file: tools-changed.json}   # or tools: [{name: ...}, ...]
+            expect: {shown: [crm_read], removed: {send_email: TOOL_CHANGED}}
+          - call: {tool: send_email, server: crm}
+            expect: {code: TOOL_CHANGED}
 
 Each call is decided through ``Engine.explain`` (counting, as a decision does), so a failure
 is shown with how the call was decided (toolgate.authoring.policy_tests.run).
@@ -34,11 +40,15 @@ from pathlib import Path
 from typing import Any
 
 from toolgate._core import CODES, VERDICTS, read_document
+from toolgate.scanner.scan import ScanError, scan_file
 
 _FILE_KEYS = {"policy", "cases"}
-_CASE_KEYS = {"name", "steps", "call", "expect", "repeat", "advance", "every", "release", "dry_run"}
-_STEP_KEYS = {"name", "call", "expect", "repeat", "advance", "every", "release", "dry_run"}
+_STEP_KEYS = {"name", "call", "list", "expect", "repeat", "advance", "every", "release", "dry_run"}
+_CASE_KEYS = _STEP_KEYS | {"steps"}
 _CALL_KEYS = {"tool", "server", "subject", "arguments", "hits"}
+_LIST_KEYS = {"server", "subject", "tools", "file"}
+_LIST_EXPECT_KEYS = {"shown", "removed"}
+_MARK_STATES = {"set", "unset", "no_scope", "unread"}
 _SUBJECT_KEYS = {"grant", "session", "agent", "attributes", "grant_verified"}
 _EXPECT_KEYS = {
     "verdict",
@@ -49,6 +59,8 @@ _EXPECT_KEYS = {
     "shadow",
     "retry_after_ms",
     "remaining",
+    "marks_read",
+    "marks_set",
 }
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -80,14 +92,24 @@ class Call:
 
 
 @dataclass
+class Listing:
+    """A ``tools/list`` answer passing the sidecar for a caller (the tools as JSON objects)."""
+
+    tools: list[dict[str, Any]]
+    subject: Call
+
+
+@dataclass
 class Step:
     """A call made ``repeat`` times (``every`` seconds apart) after moving the clock
-    ``advance`` seconds; each decision is checked against ``expect``."""
+    ``advance`` seconds, each decision checked against ``expect``; or a tool list filtered,
+    what it shows and removes checked against ``expect``."""
 
     where: str
     name: str | None
     call: Call | None
     expect: dict[str, Any]
+    listing: Listing | None = None
     repeat: int = 1
     advance: float = 0.0
     every: float = 0.0
@@ -184,25 +206,7 @@ class _Reader:
         tool = self.string(c.get("tool"), f"{pointer}/tool", optional=False)
         server = self.string(c.get("server"), f"{pointer}/server")
         call = Call(tool=tool or "", server=server)
-        subject = c.get("subject")
-        if subject is not None:
-            s = self.mapping(subject, f"{pointer}/subject", _SUBJECT_KEYS)
-            if s is not None:
-                call.grant = self.string(s.get("grant"), f"{pointer}/subject/grant")
-                call.session = self.string(s.get("session"), f"{pointer}/subject/session")
-                call.agent = self.string(s.get("agent"), f"{pointer}/subject/agent")
-                call.grant_verified = self.boolean(
-                    s.get("grant_verified"), f"{pointer}/subject/grant_verified"
-                )
-                attributes = s.get("attributes")
-                if attributes is not None:
-                    at = f"{pointer}/subject/attributes"
-                    if not isinstance(attributes, dict) or not all(
-                        isinstance(v, str) for v in attributes.values()
-                    ):
-                        self.problem(at, "must map names to strings")
-                    else:
-                        call.attributes = dict(attributes)
+        self.subject(c.get("subject"), pointer, call)
         arguments = c.get("arguments")
         if arguments is not None and not isinstance(arguments, dict):
             self.problem(f"{pointer}/arguments", f"must be a mapping, not {_kind(arguments)}")
@@ -216,6 +220,71 @@ class _Reader:
         else:
             call.hits = hits
         return call
+
+    def subject(self, subject: Any, pointer: str, call: Call) -> None:
+        """The caller: ``subject``'s grant, session, agent and attributes into ``call``."""
+        if subject is None:
+            return
+        s = self.mapping(subject, f"{pointer}/subject", _SUBJECT_KEYS)
+        if s is None:
+            return
+        call.grant = self.string(s.get("grant"), f"{pointer}/subject/grant")
+        call.session = self.string(s.get("session"), f"{pointer}/subject/session")
+        call.agent = self.string(s.get("agent"), f"{pointer}/subject/agent")
+        call.grant_verified = self.boolean(
+            s.get("grant_verified"), f"{pointer}/subject/grant_verified"
+        )
+        attributes = s.get("attributes")
+        if attributes is not None:
+            at = f"{pointer}/subject/attributes"
+            if not isinstance(attributes, dict) or not all(
+                isinstance(v, str) for v in attributes.values()
+            ):
+                self.problem(at, "must map names to strings")
+            else:
+                call.attributes = dict(attributes)
+
+    def listing(self, value: Any, pointer: str) -> Listing | None:
+        c = self.mapping(value, pointer, _LIST_KEYS)
+        if c is None:
+            return None
+        subject = Call(tool="", server=self.string(c.get("server"), f"{pointer}/server"))
+        self.subject(c.get("subject"), pointer, subject)
+        if ("tools" in c) == ("file" in c):
+            self.problem(pointer, "needs tools (a list of tool objects) or file, not both")
+            return None
+        tools: Any = c.get("tools")
+        if "file" in c:
+            name = self.string(c["file"], f"{pointer}/file", optional=False)
+            if name is None:
+                return None
+            try:
+                tools = scan_file(self.path.parent / name).listed
+            except ScanError as err:
+                self.problem(f"{pointer}/file", str(err))
+                return None
+        if not isinstance(tools, list) or not all(
+            isinstance(t, dict) and isinstance(t.get("name"), str) for t in tools
+        ):
+            self.problem(f"{pointer}/tools", "must be a list of tool objects, each with a name")
+            return None
+        return Listing(tools=tools, subject=subject)
+
+    def list_expect(self, value: Any, pointer: str) -> dict[str, Any]:
+        e = self.mapping(value if value is not None else {}, pointer, _LIST_EXPECT_KEYS)
+        if e is None:
+            return {}
+        shown = e.get("shown")
+        if shown is not None and not (
+            isinstance(shown, list) and all(isinstance(n, str) for n in shown)
+        ):
+            self.problem(f"{pointer}/shown", "must be a list of tool names")
+        removed = e.get("removed")
+        if removed is not None and not (
+            isinstance(removed, dict) and all(c in CODES for c in removed.values())
+        ):
+            self.problem(f"{pointer}/removed", f"must map tool names to codes ({', '.join(CODES)})")
+        return dict(e)
 
     def expect(self, value: Any, pointer: str) -> dict[str, Any]:
         if value is None:
@@ -245,6 +314,17 @@ class _Reader:
                     "must be a number (the reported limit's room) or a mapping from counter "
                     "names to numbers",
                 )
+        read = e.get("marks_read")
+        if read is not None and not (
+            isinstance(read, dict) and all(v in _MARK_STATES for v in read.values())
+        ):
+            states = ", ".join(sorted(_MARK_STATES))
+            self.problem(f"{pointer}/marks_read", f"must map mark names to one of {states}")
+        marks_set = e.get("marks_set")
+        if marks_set is not None and not (
+            isinstance(marks_set, list) and all(isinstance(n, str) for n in marks_set)
+        ):
+            self.problem(f"{pointer}/marks_set", "must be a list of mark names")
         return dict(e)
 
     def _retry(self, value: Any, pointer: str) -> None:
@@ -264,18 +344,26 @@ class _Reader:
         if isinstance(repeat, bool) or not isinstance(repeat, int) or not 1 <= repeat <= 100_000:
             self.problem(f"{pointer}/repeat", "must be a whole number from 1 to 100000")
             repeat = 1
-        call = None
-        if "call" in value:
-            call = self.call(value["call"], f"{pointer}/call")
-        elif "expect" in value or "repeat" in value:
-            self.problem(pointer, "expect and repeat need a call")
-        elif "advance" not in value:
-            self.problem(pointer, "a step has a call, or only an advance of the clock")
+        call = listing = None
+        if "list" in value:
+            if "call" in value or {"repeat", "release", "dry_run"} & set(value):
+                self.problem(pointer, "a list step has no call, repeat, release or dry_run")
+            listing = self.listing(value["list"], f"{pointer}/list")
+            expect = self.list_expect(value.get("expect"), f"{pointer}/expect")
+        else:
+            if "call" in value:
+                call = self.call(value["call"], f"{pointer}/call")
+            elif "expect" in value or "repeat" in value:
+                self.problem(pointer, "expect and repeat need a call or a list")
+            elif "advance" not in value:
+                self.problem(pointer, "a step has a call, a list, or only an advance of the clock")
+            expect = self.expect(value.get("expect"), f"{pointer}/expect")
         return Step(
             where=pointer,
             name=self.string(value.get("name"), f"{pointer}/name"),
             call=call,
-            expect=self.expect(value.get("expect"), f"{pointer}/expect"),
+            listing=listing,
+            expect=expect,
             repeat=repeat,
             advance=self.duration(value.get("advance"), f"{pointer}/advance"),
             every=self.duration(value.get("every"), f"{pointer}/every"),

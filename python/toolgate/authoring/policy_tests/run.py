@@ -3,6 +3,7 @@ says so, every decision compared with what the case expects."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from toolgate import Engine, ManualClock
-from toolgate.authoring.policy_tests.cases import Case, TestFile
+from toolgate.authoring.policy_tests.cases import Case, Step, TestFile
 
 #: Where every case's clock starts, in seconds: far from zero, so no window reaches before it.
 CLOCK_START = 1_000_000.0
@@ -99,7 +100,47 @@ def compare(expect: Mapping[str, Any], decision: Mapping[str, Any]) -> list[str]
                 out.append(
                     f"remaining ({limit['counter']}): expected {want}, got {limit['remaining']}"
                 )
+    if "marks_read" in expect or "marks_set" in expect:
+        marks = decision.get("marks") or {"read": {}, "set": []}
+        if "marks_read" in expect and marks["read"] != expect["marks_read"]:
+            out.append(f"marks_read: expected {expect['marks_read']!r}, got {marks['read']!r}")
+        if "marks_set" in expect and sorted(marks["set"]) != sorted(expect["marks_set"]):
+            out.append(f"marks_set: expected {expect['marks_set']!r}, got {marks['set']!r}")
     return out
+
+
+def compare_list(expect: Mapping[str, Any], shown: Sequence[tuple[str, str | None]]) -> list[str]:
+    """What in a filtered list differs from ``expect``: the names shown, the codes of those
+    removed."""
+    out: list[str] = []
+    names = [name for name, code in shown if code is None]
+    removed = {name: code for name, code in shown if code is not None}
+    if "shown" in expect and sorted(names) != sorted(expect["shown"]):
+        out.append(f"shown: expected {sorted(expect['shown'])!r}, got {sorted(names)!r}")
+    if "removed" in expect and removed != expect["removed"]:
+        out.append(f"removed: expected {expect['removed']!r}, got {removed!r}")
+    return out
+
+
+def _list(engine: Engine, step: Step) -> Failure | None:
+    """Filter a step's tool list as the sidecar would; a failure when it is not as expected."""
+    assert step.listing is not None
+    s = step.listing.subject
+    shown = engine.list_tools(
+        json.dumps(step.listing.tools),
+        server=s.server,
+        grant=s.grant,
+        session=s.session,
+        agent=s.agent,
+        attributes=s.attributes,
+        grant_verified=s.grant_verified,
+    )
+    mismatches = compare_list(step.expect, shown)
+    if not mismatches:
+        return None
+    at = f"{step.where} ({step.name})" if step.name else step.where
+    listed = {"tools": [{"name": n, "removed": c} for n, c in shown]}
+    return Failure(at, 1, 1, "tools/list", mismatches, listed, [])
 
 
 def run_case(case: Case, policy: Path) -> CaseResult:
@@ -108,6 +149,10 @@ def run_case(case: Case, policy: Path) -> CaseResult:
     engine = Engine.from_file(policy, clock=clock)
     for step in case.steps:
         clock.advance(step.advance)
+        if step.listing is not None:
+            failure = _list(engine, step)
+            if failure is not None:
+                return CaseResult(case.name, failure)
         if step.call is None:
             continue
         c = step.call
