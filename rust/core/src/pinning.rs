@@ -43,6 +43,7 @@ impl Engine {
             };
         };
         let seen = self.sightings().record(server, name, &definition);
+        let mut withheld = None;
         if let Some(p) = &section.pins {
             if let Some(w) = p.withheld(server, name, Some(&definition.digest)) {
                 let shadow = p.shadow || section.shadow;
@@ -60,15 +61,19 @@ impl Engine {
                     }
                     self.note_drift(server, subject, name, drift, &d);
                 }
-                if !shadow {
-                    return Visibility {
-                        removed: Some(code),
-                        per_subject: false,
-                    };
-                }
+                withheld = (!shadow).then_some(code);
             }
         }
-        policy.visibility(name, server, subject, Some(&definition))
+        // The policy's own reason first, as a call gets it (hidden, denied by default), so
+        // that a list and a call of the same tool name the same code.
+        let visibility = policy.visibility(name, server, subject, Some(&definition));
+        match withheld {
+            Some(code) if visibility.removed.is_none() => Visibility {
+                removed: Some(code),
+                per_subject: false,
+            },
+            _ => visibility,
+        }
     }
 
     /// Count and log one drift (the first list that shows it), as decision `d` on the tool.
