@@ -283,3 +283,20 @@ def test_explain_command_errors():
     assert result.returncode == 2 and "must be a JSON object" in result.stderr
     result = run_toolgate("explain", "--policy", "/nonexistent.json", "--tool", "t")
     assert result.returncode == 2 and "/nonexistent.json" in result.stderr
+
+
+def test_explain_shows_the_marks_a_decision_read_and_set():
+    crm = ["--policy", EXAMPLES / "crm" / "policy.yaml", "--server", "crm", "--session", "s1"]
+    fresh = run_toolgate("explain", *crm, "--tool", "send_email")
+    assert fresh.returncode == 0, fresh.stderr
+    assert fresh.stdout.splitlines()[-1] == "marks: read private_data (unset)"
+    after_read = run_toolgate("explain", *crm, "--tool", "send_email", "--before", "crm_read")
+    lines = after_read.stdout.splitlines()
+    assert lines[-1] == "marks: read private_data (set)"
+    assert "decision: DENY CONDITION_FAILED" in lines[-2]
+    reader = run_toolgate("explain", *crm, "--tool", "crm_read")
+    assert reader.stdout.splitlines()[-1] == "marks: would set private_data"
+    counted = run_toolgate("explain", *crm, "--tool", "crm_read", "--consume")
+    assert counted.stdout.splitlines()[-1] == "marks: set private_data"
+    no_marks = run_toolgate("explain", "--policy", EXAMPLE_JSON, "--tool", "create-ami")
+    assert not any(line.startswith("marks:") for line in no_marks.stdout.splitlines())

@@ -366,3 +366,61 @@ def test_a_case_runs_as_the_api_decides(tmp_path_factory, case_steps, with_remai
     assert failure is not None
     assert failure.step.startswith(f"/cases/0/steps/{target}")
     assert failure.mismatches[0].startswith("verdict: expected")
+
+
+# --- list steps and marks ------------------------------------------------------------------------
+
+PINNED_LIST = """\
+policy: ../../examples/crm/policy.yaml
+cases:
+  - name: a wrong expectation of a list fails, naming what differs
+    steps:
+      - list: {server: crm, tools: [{name: crm_read}, {name: mystery}]}
+        expect: {shown: [crm_read], removed: {mystery: TOOL_CHANGED}}
+  - name: marks expected wrongly fail too
+    call: {tool: crm_read, server: crm, subject: {session: s}, arguments: {contact_id: c-1}}
+    expect: {marks_set: [tests_passed]}
+"""
+
+
+def test_list_steps_and_marks_report_what_differs(tmp_path: Path):
+    crm = tmp_path / "a" / "b"
+    crm.mkdir(parents=True)
+    # The test file names the example policy relative to itself.
+    tests = write(crm, "pinned.tests.yaml", PINNED_LIST.replace("../../examples", str(EXAMPLES)))
+    result = run_toolgate("test", tests)
+    assert result.returncode == 1, result.stdout + result.stderr
+    out = result.stdout
+    assert "shown: expected ['crm_read'], got []" in out
+    got = "{'crm_read': 'TOOL_CHANGED', 'mystery': 'DEFAULT_DENY'}"
+    assert f"removed: expected {{'mystery': 'TOOL_CHANGED'}}, got {got}" in out
+    assert "marks_set: expected ['tests_passed'], got ['private_data']" in out
+    assert out.splitlines()[-1].startswith("0 passed, 2 failed")
+
+
+@pytest.mark.parametrize(
+    ("step", "problem"),
+    [
+        (
+            "{list: {tools: [{name: a}], file: x.json}}",
+            "needs tools (a list of tool objects) or file",
+        ),
+        ("{list: {tools: [{title: a}]}}", "must be a list of tool objects, each with a name"),
+        ("{list: {file: none.json}}", "none.json"),
+        ("{list: {tools: []}, expect: {removed: {a: NOPE}}}", "must map tool names to codes"),
+        ("{list: {tools: []}, expect: {verdict: ALLOW}}", "unknown key 'verdict'"),
+        ("{list: {tools: []}, call: {tool: a}}", "a list step has no call"),
+        ("{call: {tool: a}, expect: {marks_read: {m: maybe}}}", "must map mark names to one of"),
+        ("{call: {tool: a}, expect: {marks_set: m}}", "must be a list of mark names"),
+    ],
+)
+def test_bad_list_and_marks_steps_are_refused(tmp_path: Path, step: str, problem: str):
+    write(tmp_path, "p.json", json.dumps(policy({"a": {}})))
+    path = write(
+        tmp_path,
+        "t.tests.yaml",
+        f"policy: p.json\ncases:\n  - name: c\n    steps:\n      - {step}\n",
+    )
+    with pytest.raises(BadTestFile) as err:
+        read_test_file(path)
+    assert problem in str(err.value)

@@ -37,7 +37,7 @@ def _loads_and_decides(tools: list[dict[str, Any]]) -> dict[str, Any]:
     codes = {"Destructive": "HIDDEN", "Financial": "APPROVAL_REQUIRED"}
     for c in classifications:
         want = "APPROVAL_REQUIRED" if c.sensitive else codes.get(c.category, "ALLOWED")
-        assert engine.decide(c.name, grant="g").code == want
+        assert engine.decide(c.name, grant="g", session=c.name).code == want  # flow rules
     return policy
 
 

@@ -72,7 +72,8 @@ def test_policy_for_every_scanned_set_loads(source: str) -> None:
     for c in classifications:
         # A sensitive read (its answer holds secrets) waits for a person's approval.
         want = "APPROVAL_REQUIRED" if c.sensitive else DEFAULT_DECISION[c.category]
-        assert engine.decide(c.name, **GRANT).code == want, c
+        # Each in a session of its own: a read may mark its session (flow rules).
+        assert engine.decide(c.name, **GRANT, session=c.name).code == want, c
 
 
 def _tool(name: str, category: str) -> dict[str, Any]:
@@ -289,3 +290,84 @@ def test_sensitive_reads_get_a_stricter_rule(
     assert "# Read (sensitive read) (high risk" in yaml_text
     assert main(["suggest", "-q", "--file", str(path), "--max", "sensitive=0"]) == 1
     assert "sensitive=0" in capsys.readouterr().err
+
+
+# --- flow rules ----------------------------------------------------------------------------------
+
+CRM_TOOLS = json.loads((Path(__file__).parent.parent / "examples/crm/tools.json").read_text())
+
+
+def _annotations(tools: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {t["name"]: t.get("annotations", {}) for t in tools}
+
+
+def test_readers_of_private_data_mark_the_session_and_open_world_writers_stay_out() -> None:
+    tools = CRM_TOOLS["tools"]
+    policy = suggest(classify_all(tools), annotations=_annotations(tools))
+    rules = policy["tools"]
+    assert rules["crm_read"]["marks"] == [{"name": "private_data", "scope": "session", "ttl": "8h"}]
+    for writer in ("send_email", "deploy", "run_tests"):
+        assert "marks" not in rules[writer]
+    engine = make_engine(policy)
+    assert engine.decide("send_email", grant="g", session="s").code == "ALLOWED"
+    assert engine.decide("crm_read", grant="g", session="s").code == "ALLOWED"
+    denied = engine.decide("send_email", grant="g", session="s")
+    assert denied.code == "CONDITION_FAILED"
+    assert "read private data" in denied.reason
+    assert engine.decide("send_email", grant="g", session="other").code == "ALLOWED"
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["Read", "Write", "Execute", "Destructive", "Financial"]),
+            st.sampled_from([None, True, False]),
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_flow_rules_mark_only_closed_world_reads_and_guard_only_open_world_writers(
+    kinds: list[tuple[str, bool | None]],
+) -> None:
+    tools = []
+    for i, (category, open_world) in enumerate(kinds):
+        tool = _tool(f"t{i}", category)
+        if open_world is not None:
+            tool = {
+                **tool,
+                "annotations": {**tool.get("annotations", {}), "openWorldHint": open_world},
+            }
+        tools.append(tool)
+    classifications = classify_all(tools)
+    policy = suggest(classifications, annotations=_annotations(tools))
+    toolgate.Policy.from_dict(policy)
+    rules = policy["tools"]
+    runs = {k for k, r in rules.items() if r.get("action") != "deny"}
+    readers = {
+        c.name
+        for c, t in zip(classifications, tools, strict=True)
+        if c.name in runs
+        and c.category == "Read"
+        and (c.sensitive or t.get("annotations", {}).get("openWorldHint") is False)
+    }
+    writers = {
+        c.name
+        for c, t in zip(classifications, tools, strict=True)
+        if c.name in runs
+        and c.category != "Read"
+        and t.get("annotations", {}).get("openWorldHint") is not False
+    }
+    marked = {k for k, r in rules.items() if "marks" in r}
+    guarded = {k for k, r in rules.items() if "deny_if" in r}
+    if readers and writers:
+        assert (marked, guarded) == (readers, writers)
+    else:
+        assert marked == guarded == set()
+    assert suggest(classifications, Options(flow_rules=False), _annotations(tools)) == suggest(
+        classifications, Options(flow_rules=False)
+    )
+    assert not any(
+        "marks" in r for r in suggest(classifications, Options(flow_rules=False))["tools"].values()
+    )

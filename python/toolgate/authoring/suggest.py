@@ -4,6 +4,11 @@ By default: ``default: deny``; Read tools allowed; Write tools limited to 30 cal
 grant and Execute tools to 10 (counter ``<tool>_rate``, as PolicyLayer's examples name theirs);
 Destructive tools hidden; Financial tools require approval. :class:`Options` changes any of these.
 
+Flow rules, where the tools hold both sides of the "lethal trifecta": a reader of private
+data (a sensitive read, or a read the server says stays in its own world,
+``openWorldHint: false``) marks the session, and every tool that writes to the outside world
+(not Read, and not ``openWorldHint: false``) is denied in a marked session.
+
     >>> policy = suggest(classify_all(tools))
     >>> toolgate.Policy.from_dict(policy)       # always loads
 
@@ -62,6 +67,10 @@ class Options:
     scope: str = "grant"
     #: Text shown to the agent when a tool is denied, with ``{category}`` and ``{reason}``.
     deny_reason: str = "{category} tool, denied by the starter policy ({reason})"
+    #: Mark sessions that read private data, and keep open-world writers out of them.
+    flow_rules: bool = True
+    #: How long a session stays marked after it read private data.
+    mark_ttl: str = "8h"
 
     def __post_init__(self) -> None:
         for category, treatment in self.treatment.items():
@@ -83,11 +92,40 @@ def counter_name(name: str) -> str:
     return f"{name}_rate"
 
 
+#: The mark a session gets from reading private data.
+PRIVATE_DATA = "private_data"
+
+#: The reason an open-world writer is denied in a marked session.
+FLOW_REASON = (
+    "This session has read private data; tools that reach the outside world may not run in it."
+)
+
+
+def _open_world(annotations: Mapping[str, Any]) -> bool:
+    """MCP's default: a tool reaches the outside world unless it says it does not."""
+    return annotations.get("openWorldHint") is not False
+
+
+def reads_private_data(c: Classification, annotations: Mapping[str, Any]) -> bool:
+    """A sensitive read, or a read that stays within its server's own (private) world."""
+    return c.category == "Read" and (c.sensitive or not _open_world(annotations))
+
+
+def writes_outside(c: Classification, annotations: Mapping[str, Any]) -> bool:
+    """A tool that changes something and may reach the outside world."""
+    return c.category != "Read" and _open_world(annotations)
+
+
 def suggest(
-    classifications: Iterable[Classification], options: Options | None = None
+    classifications: Iterable[Classification],
+    options: Options | None = None,
+    annotations: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """A policy document (a dict, in PolicyLayer's key order) for the classified tools."""
+    """A policy document (a dict, in PolicyLayer's key order) for the classified tools;
+    ``annotations`` (each tool's, by name) decide the flow rules."""
     options = options or Options()
+    annotations = annotations or {}
+    classifications = list(classifications)
     tools: dict[str, Any] = {}
     hide: list[str] = []
     for c in classifications:
@@ -113,11 +151,44 @@ def suggest(
             category = f"{c.category} (sensitive)" if c.sensitive else c.category
             reason = options.deny_reason.format(category=category, reason=c.reason)
             tools[key] = {"action": "deny", "reason": reason}
+    if options.flow_rules:
+        _add_flow_rules(tools, classifications, annotations, options)
     policy: dict[str, Any] = {"version": "1", "default": options.default}
     if hide:
         policy["hide"] = hide
     policy["tools"] = tools
     return policy
+
+
+def _add_flow_rules(
+    tools: dict[str, Any],
+    classifications: Sequence[Classification],
+    annotations: Mapping[str, Mapping[str, Any]],
+    options: Options,
+) -> None:
+    """Readers of private data mark the session; open-world writers require no such mark.
+    Only where both kinds are among the tools the policy lets run."""
+    runs = {k for k, rule in tools.items() if rule.get("action") != "deny"}
+    hints = {c.name: annotations.get(c.name, {}) for c in classifications}
+    readers = [
+        policy_key(c.name)
+        for c in classifications
+        if policy_key(c.name) in runs and reads_private_data(c, hints[c.name])
+    ]
+    writers = [
+        policy_key(c.name)
+        for c in classifications
+        if policy_key(c.name) in runs and writes_outside(c, hints[c.name])
+    ]
+    if not readers or not writers:
+        return
+    mark = {"name": PRIVATE_DATA, "scope": "session", "ttl": options.mark_ttl}
+    for key in readers:
+        tools[key]["marks"] = [dict(mark)]
+    marked = {"path": f"marks.{PRIVATE_DATA}", "op": "exists"}
+    for key in writers:
+        # A group, so that its reason is this rule's alone (not the limits').
+        tools[key]["deny_if"] = [{"conditions": [marked], "on_deny": FLOW_REASON}]
 
 
 def to_yaml(

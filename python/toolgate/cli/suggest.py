@@ -23,7 +23,13 @@ from toolgate.scanner.scan import ScanError
 
 
 def _options(args: argparse.Namespace) -> Options:
-    options = Options(default=args.default, window=args.window, scope=args.scope)
+    options = Options(
+        default=args.default,
+        window=args.window,
+        scope=args.scope,
+        flow_rules=not args.no_flow_rules,
+        mark_ttl=args.mark_ttl,
+    )
     for name, treatment in pairs(args.treat, "--treat"):
         if treatment not in TREATMENTS:
             raise argparse.ArgumentTypeError(
@@ -84,7 +90,8 @@ def _run(args: argparse.Namespace) -> int:
     except (ScanError, argparse.ArgumentTypeError, ValueError) as err:
         print(err, file=sys.stderr)
         return 1
-    policy = suggest(classifications, options)
+    annotations = {t["name"]: t["annotations"] for t in result.tools}
+    policy = suggest(classifications, options, annotations)
     try:
         Policy.from_dict(policy)
     except PolicyError as err:  # an option made it invalid (say, --window 5x)
@@ -146,6 +153,18 @@ def add_command(sub: Any) -> None:
         default=defaults.scope,
         choices=SCOPES,
         help="whose counter a limit is",
+    )
+    rules.add_argument(
+        "--no-flow-rules",
+        action="store_true",
+        help="do not mark sessions that read private data, nor keep open-world writers out "
+        "of them",
+    )
+    rules.add_argument(
+        "--mark-ttl",
+        default=defaults.mark_ttl,
+        metavar="DURATION",
+        help="how long a session stays marked after reading private data (default %(default)s)",
     )
     rules.add_argument(
         "--set",
