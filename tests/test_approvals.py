@@ -384,3 +384,47 @@ def test_bad_admin_tokens_files_are_refused_at_start(tmp_path):
             tmp_path / "state",
         )
         assert done.returncode == 2 and why in done.stderr, (content, done.stderr)
+
+
+MARKED = policy(
+    {
+        # Exporting the CRM waits for a person; once approved and run, it marks the session.
+        "crm_export": {
+            "action": "require_approval",
+            "marks": [{"name": "private_data", "scope": "session", "ttl": "8h"}],
+        },
+        # Mail leaving a marked session waits for a person too.
+        "send_email": {
+            "action": "require_approval",
+            "require": [{"path": "marks", "op": "not_contains", "value": "private_data"}],
+        },
+        "list_images": {},
+    }
+)
+
+
+def test_an_approval_gated_call_sets_its_marks_only_when_the_approved_call_runs(admin):
+    with Approving(admin, doc=MARKED) as sc:
+        client = sc.sidecar.client
+        mail = client.decide("send_email", grant="k", session="s")
+        assert mail.code == "APPROVAL_REQUIRED"
+        assert mail.marks == {"read": {"private_data": "unset"}, "set": []}
+
+        export = client.decide("crm_export", grant="k", session="s")
+        assert export.code == "APPROVAL_REQUIRED"
+        assert export.marks is None, "waiting for approval sets nothing (and it read none)"
+        # Mail is still only waiting for its approval: the session is not marked.
+        assert client.decide("send_email", grant="k", session="s").code == "APPROVAL_REQUIRED"
+
+        wait_listed(sc, export.approval_id)
+        sc.approvals("alice", "approve", export.approval_id)
+        ran = client.decide("crm_export", grant="k", session="s")
+        assert (ran.verdict, ran.approval_id) == ("ALLOW", export.approval_id)
+        assert ran.marks == {"read": {}, "set": ["private_data"]}
+
+        # Marked now: mail from this session is refused outright, before any approval.
+        refused = client.decide("send_email", grant="k", session="s")
+        assert (refused.verdict, refused.code) == ("DENY", "CONDITION_FAILED")
+        assert refused.approval_id is None
+        assert refused.marks == {"read": {"private_data": "set"}, "set": []}
+        assert client.decide("send_email", grant="k", session="t").code == "APPROVAL_REQUIRED"

@@ -230,7 +230,7 @@ class Decision:
     @property
     def marks(self) -> dict[str, Any] | None:
         """The session marks the decision read and set: ``{"read": {name: "set" | "unset" |
-        "no_scope" | "unread"}, "set": [name, ...]}``; None when its rules use none."""
+        "no_scope" | "unread"}, "set": [name, ...]}``; None when it read and set none."""
     def to_dict(self) -> dict[str, Any]: ...
 
 @final

@@ -270,7 +270,7 @@ impl PyDecision {
         }
     }
     /// The session marks the decision read (`{"read": {name: "set" | "unset" | "no_scope" |
-    /// "unread"}, "set": [name, ...]}`); `None` when its rules use none.
+    /// "unread"}, "set": [name, ...]}`); `None` when it read and set none.
     #[getter]
     fn marks<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
         let (read, set): (Vec<(&str, &str)>, Vec<&str>) = match &self.0 {

@@ -477,18 +477,29 @@ impl Engine {
             }
             let known = facts.with_marks(reading.fill(bits));
             for r in std::mem::take(&mut deferred) {
-                match check_conditions(&out, r, &known, trace) {
-                    Checked::Pass => {}
-                    Checked::Deny(d) => deny!(shadowed(r), d),
-                    Checked::AwaitMarks => return unread(&out, r),
-                }
+                let d = match check_conditions(&out, r, &known, trace) {
+                    Checked::Pass => continue,
+                    Checked::Deny(d) if shadowed(r) => {
+                        deny!(true, d);
+                        continue;
+                    }
+                    Checked::Deny(d) => d,
+                    Checked::AwaitMarks => unread(&out, r),
+                };
+                let mut d = d;
+                d.marks = reading.seen(Vec::new());
+                return d;
             }
         }
         // An approval-gated call runs later, if at all: it consumes counters then. One that
         // holds an approval runs now, as an allowed call.
         let gate = match (approval, self.approvals()) {
             (Some(r), Some(a)) if !req.dry_run => match self.approval_gate(a, r, req, &out) {
-                Gate::Stop(d) => return d,
+                Gate::Stop(mut d) => {
+                    // Waiting for a person sets nothing; what it read was read.
+                    d.marks = reading.seen(Vec::new());
+                    return d;
+                }
                 run => Some(run),
             },
             _ => None,
