@@ -93,6 +93,11 @@ impl Hints {
     ];
 }
 
+/// Longest title kept: a definition is kept for as long as the process runs, and a server
+/// chooses its title. A longer one is not kept, and reads as missing (a condition on it,
+/// `exists` aside, cannot be evaluated and denies).
+pub const MAX_TITLE_BYTES: usize = 1024;
+
 /// What toolgate keeps of a tool's definition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Definition {
@@ -108,7 +113,7 @@ impl Definition {
         Some(Definition {
             digest: digest(tool)?,
             title: match tool.get("title") {
-                Some(Value::String(t)) => Some(t.as_str().into()),
+                Some(Value::String(t)) if t.len() <= MAX_TITLE_BYTES => Some(t.as_str().into()),
                 _ => None,
             },
             hints: hints(tool.get("annotations")),

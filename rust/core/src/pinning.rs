@@ -42,7 +42,11 @@ impl Engine {
                 per_subject: false,
             };
         };
-        let seen = self.sightings().record(server, name, &definition);
+        let pinned = section
+            .pins
+            .as_ref()
+            .is_some_and(|p| p.pins.get(server, name).is_some());
+        let seen = self.sightings().record(server, name, &definition, pinned);
         let mut withheld = None;
         if let Some(p) = &section.pins {
             if let Some(w) = p.withheld(server, name, Some(&definition.digest)) {
@@ -64,11 +68,12 @@ impl Engine {
                 withheld = (!shadow).then_some(code);
             }
         }
-        // The policy's own reason first, as a call gets it (hidden, denied by default), so
-        // that a list and a call of the same tool name the same code.
+        // In the order a call is checked: the policy's hiding and default, then the pins,
+        // then the rules' actions and conditions; so a list and a call of the same tool
+        // name the same code.
         let visibility = policy.visibility(name, server, subject, Some(&definition));
         match withheld {
-            Some(code) if visibility.removed.is_none() => Visibility {
+            Some(code) if !visibility.removed.is_some_and(checked_before_pins) => Visibility {
                 removed: Some(code),
                 per_subject: false,
             },
@@ -98,4 +103,13 @@ impl Engine {
         };
         self.write_drift(log, d, None, &call, 0, Some(drift));
     }
+}
+
+/// Whether a call denied with `code` was denied before its pin was looked at
+/// ([`Engine::decide`] checks the name, hiding and the default first).
+fn checked_before_pins(code: Code) -> bool {
+    matches!(
+        code,
+        Code::InvalidRequest | Code::Hidden | Code::DefaultDeny
+    )
 }

@@ -5,9 +5,10 @@
 //! Nothing passes unread: whatever the HTTP status, media type or content encoding, the body
 //! must be empty or read as JSON-RPC messages, each answer among them filtered. Fail closed:
 //! an answer that cannot be read as one JSON-RPC message (bad JSON, keys a case-insensitive
-//! client reads differently, a tool without a string `name`, a body over the limit, bytes in
-//! an encoding or framing the filter does not read) is not forwarded: the agent gets a
-//! JSON-RPC error instead. Pagination is untouched (`nextCursor` is kept, even when a page is
+//! client reads differently, a tool without a string `name`, one name listed with two
+//! definitions, a body over the limit, bytes in an encoding or framing the filter does not
+//! read) is not forwarded: the agent gets a JSON-RPC error instead, and none of its tools
+//! is recorded. Pagination is untouched (`nextCursor` is kept, even when a page is
 //! emptied), and an answer that says how it may be cached (`cacheScope`, MCP 2026-07-28) is
 //! marked `"private"` when the filtering depended on who asked.
 //!
@@ -27,6 +28,7 @@ use super::sse::{EventSplitter, MAX_EVENT_BYTES};
 use super::strict_json;
 use crate::visibility::Visibility;
 use serde_json::{Map, Value};
+use std::collections::HashMap;
 
 /// JSON-RPC's "internal error": the proxy could not pass the answer on.
 pub const INTERNAL_ERROR: i64 = -32603;
@@ -308,8 +310,11 @@ pub fn filter_result<F: FnMut(&str, &Map<String, Value>) -> Visibility>(
     let Some(Value::Array(tools)) = result.get_mut("tools") else {
         return Err("the result has no \"tools\" list".into());
     };
-    let mut keep = Vec::with_capacity(tools.len());
-    let mut per_subject = false;
+    // Every tool is read before any is judged: judging records its definition for the
+    // calls that follow, and nothing of an answer that is refused may count.
+    let mut named: Vec<(&str, &Map<String, Value>)> = Vec::with_capacity(tools.len());
+    let mut first: HashMap<&str, (usize, &Map<String, Value>)> =
+        HashMap::with_capacity(tools.len());
     for (i, tool) in tools.iter().enumerate() {
         let Value::Object(tool) = tool else {
             return Err(format!("tools[{i}] is not an object"));
@@ -322,6 +327,24 @@ pub fn filter_result<F: FnMut(&str, &Map<String, Value>) -> Visibility>(
         let Some(Value::String(name)) = tool.get("name") else {
             return Err(format!("tools[{i}] has no string \"name\""));
         };
+        // One name, two definitions: clients keep the first or the last, and calls would be
+        // held to whichever was judged last. (The name is not quoted: a server chose it.)
+        match first.get(name.as_str()) {
+            Some((j, other)) if *other != tool => {
+                return Err(format!(
+                    "tools[{i}] has the name of tools[{j}] but another definition"
+                ));
+            }
+            Some(_) => {}
+            None => {
+                first.insert(name, (i, tool));
+            }
+        }
+        named.push((name, tool));
+    }
+    let mut keep = Vec::with_capacity(named.len());
+    let mut per_subject = false;
+    for (name, tool) in named {
         let seen = visibility(name, tool);
         per_subject |= seen.per_subject;
         keep.push(seen.shown());
