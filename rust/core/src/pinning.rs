@@ -31,6 +31,33 @@ impl Engine {
         name: &str,
         tool: &Map<String, Value>,
     ) -> Visibility {
+        self.judge_listed(policy, server, subject, name, tool, Owner::Known)
+    }
+
+    /// As [`list_tool`](Self::list_tool), for a tool of a list merged from several servers
+    /// under its bare name, which any of them may have listed: it is held to `server`'s
+    /// pin, but recorded for `server`'s calls only when it departs from that pin, so that
+    /// one server cannot list another's pinned definition over a change recorded for it.
+    pub fn list_tool_of_unknown_owner(
+        &self,
+        policy: &Arc<CompiledPolicy>,
+        server: Option<&str>,
+        subject: Subject<'_>,
+        name: &str,
+        tool: &Map<String, Value>,
+    ) -> Visibility {
+        self.judge_listed(policy, server, subject, name, tool, Owner::Unknown)
+    }
+
+    fn judge_listed(
+        &self,
+        policy: &Arc<CompiledPolicy>,
+        server: Option<&str>,
+        subject: Subject<'_>,
+        name: &str,
+        tool: &Map<String, Value>,
+        owner: Owner,
+    ) -> Visibility {
         let section = policy.section(server);
         // A policy that pins nothing and reads no definition pays nothing here.
         if section.pins.is_none() && !section.reads_definitions {
@@ -46,10 +73,17 @@ impl Engine {
             .pins
             .as_ref()
             .is_some_and(|p| p.pins.get(server, name).is_some());
-        let seen = self.sightings().record(server, name, &definition, pinned);
+        let departs = section
+            .pins
+            .as_ref()
+            .and_then(|p| p.withheld(server, name, Some(&definition.digest)));
+        let seen = match (owner, &departs) {
+            (Owner::Unknown, None) => Seen::Same,
+            _ => self.sightings().record(server, name, &definition, pinned),
+        };
         let mut withheld = None;
         if let Some(p) = &section.pins {
-            if let Some(w) = p.withheld(server, name, Some(&definition.digest)) {
+            if let Some(w) = departs {
                 let shadow = p.shadow || section.shadow;
                 let code = Code::from(w.kind);
                 if seen != Seen::Same {
@@ -103,6 +137,13 @@ impl Engine {
         };
         self.write_drift(log, d, None, &call, 0, Some(drift));
     }
+}
+
+/// Whether the server a listed tool came from is known.
+#[derive(Clone, Copy)]
+enum Owner {
+    Known,
+    Unknown,
 }
 
 /// Whether a call denied with `code` was denied before its pin was looked at

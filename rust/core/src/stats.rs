@@ -245,12 +245,17 @@ impl Stats {
 
     /// A tool of `server` (`""`: none named) listed other than pinned. Tool names come from
     /// servers: past [`MAX_TRACKED_TOOLS`] pairs, and for names MCP does not allow, the
-    /// tool is counted as [`OTHER_TOOLS`].
+    /// tool is counted as [`OTHER_TOOLS`], and past that a new server too: the rows stay
+    /// at most [`MAX_TRACKED_TOOLS`] + 1.
     pub fn count_drift(&self, server: &str, tool: &str, kind: DriftKind) {
         let mut map = self.drift.lock().unwrap_or_else(|e| e.into_inner());
         let mut key = (Box::<str>::from(server), Box::<str>::from(tool));
         if !is_mcp_tool_name(tool) || (!map.contains_key(&key) && map.len() >= MAX_TRACKED_TOOLS) {
             key.1 = OTHER_TOOLS.into();
+            // Server ids may come from a client's header: once full, new ones share a row.
+            if !map.contains_key(&key) && map.len() >= MAX_TRACKED_TOOLS {
+                key.0 = OTHER_TOOLS.into();
+            }
         }
         map.entry(key).or_default()[kind as usize] += 1;
     }
@@ -459,6 +464,28 @@ impl Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drift_rows_stay_bounded_whatever_servers_and_tools_are_named() {
+        let s = Stats::default();
+        for i in 0..3 * MAX_TRACKED_TOOLS {
+            s.count_drift(
+                &format!("server-{i}"),
+                &format!("tool_{i}"),
+                DriftKind::Changed,
+            );
+        }
+        let rows = s.drift();
+        assert_eq!(rows.len(), MAX_TRACKED_TOOLS + 1);
+        let total: u64 = rows.iter().map(|r| r.3).sum();
+        assert_eq!(total, 3 * MAX_TRACKED_TOOLS as u64, "nothing uncounted");
+        assert!(rows.contains(&(
+            OTHER_TOOLS.into(),
+            OTHER_TOOLS.into(),
+            DriftKind::Changed,
+            2 * MAX_TRACKED_TOOLS as u64
+        )));
+    }
 
     #[test]
     fn errors_are_counted_by_api_and_status_and_ok_is_none() {

@@ -416,7 +416,8 @@ fn visibility_in(
                 per_subject: false,
             };
             for server in many {
-                let v = of(Some(server), name);
+                let v =
+                    engine.list_tool_of_unknown_owner(policy, Some(server), subject, name, tool);
                 seen.per_subject |= v.per_subject;
                 seen.removed = seen.removed.or(v.removed);
             }
