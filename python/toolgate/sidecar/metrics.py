@@ -225,7 +225,8 @@ class EngineCollector(Collector):
             "Listed tools that depart from their pins (the policy's pins): changed since "
             "pinned, or unpinned where unpinned tools are withheld; counted once per change of "
             "what the server lists. server is the policy's server id (empty: none named); a "
-            "tool name MCP does not allow, or past 1000 tools, counts as _other.",
+            "tool name MCP does not allow, or past 1000 rows, counts as _other (and a new server "
+            "then too).",
             labels=["server", "tool", "kind"],
         )
         for server, tool, kind, count in stats["drift"]:
