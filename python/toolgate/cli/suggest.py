@@ -157,8 +157,7 @@ def add_command(sub: Any) -> None:
     rules.add_argument(
         "--no-flow-rules",
         action="store_true",
-        help="do not mark sessions that read private data, nor keep open-world writers out "
-        "of them",
+        help="do not mark sessions that read private data, nor keep open-world writers out of them",
     )
     rules.add_argument(
         "--mark-ttl",
