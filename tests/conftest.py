@@ -1,5 +1,5 @@
 """Shared helpers for the toolgate tests: policy builders, an engine factory on a manual clock,
-and the seed policies copied literally from the product documentation."""
+and PolicyLayer's example policies copied literally from its documentation."""
 
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ def engine_for(clock: toolgate.ManualClock):
 # The policy JSON of each example in PolicyLayer's documentation, copied literally, with the
 # tool it names and its per-minute, per-grant maximum.
 
-SEED_CREATE_AMI = """{
+POLICYLAYER_CREATE_AMI = """{
 "version": "1",
 "default": "deny",
 "tools": {
@@ -123,7 +123,7 @@ SEED_CREATE_AMI = """{
 }
 }"""
 
-SEED_CREATE_ACCESS_KEY = """{
+POLICYLAYER_CREATE_ACCESS_KEY = """{
 "version": "1",
 "default": "deny",
 "tools": {
@@ -140,7 +140,7 @@ SEED_CREATE_ACCESS_KEY = """{
 }
 }"""
 
-SEED_VM_CREATE_IMAGE = """{
+POLICYLAYER_VM_CREATE_IMAGE = """{
   "version": "1",
   "default": "deny",
   "tools": {
@@ -157,7 +157,7 @@ SEED_VM_CREATE_IMAGE = """{
   }
 }"""
 
-SEED_UPDATE_IMAGE_SET_METADATA = """{
+POLICYLAYER_UPDATE_IMAGE_SET_METADATA = """{
   "version": "1",
   "default": "deny",
   "tools": {
@@ -174,7 +174,7 @@ SEED_UPDATE_IMAGE_SET_METADATA = """{
   }
 }"""
 
-SEED_STREAM_GROUP_CREATE = """{
+POLICYLAYER_STREAM_GROUP_CREATE = """{
 "version": "1",
 "default": "deny",
 "tools": {
@@ -192,17 +192,17 @@ SEED_STREAM_GROUP_CREATE = """{
 }"""
 
 #: (policy text, tool, counter, max per minute per grant)
-SEEDS: list[tuple[str, str, str, int]] = [
-    (SEED_CREATE_AMI, "create-ami", "create-ami_rate", 30),
-    (SEED_CREATE_ACCESS_KEY, "create_access_key", "create_access_key_rate", 30),
-    (SEED_VM_CREATE_IMAGE, "vm_create_image", "vm_create_image_rate", 10),
+POLICYLAYER_EXAMPLES: list[tuple[str, str, str, int]] = [
+    (POLICYLAYER_CREATE_AMI, "create-ami", "create-ami_rate", 30),
+    (POLICYLAYER_CREATE_ACCESS_KEY, "create_access_key", "create_access_key_rate", 30),
+    (POLICYLAYER_VM_CREATE_IMAGE, "vm_create_image", "vm_create_image_rate", 10),
     (
-        SEED_UPDATE_IMAGE_SET_METADATA,
+        POLICYLAYER_UPDATE_IMAGE_SET_METADATA,
         "update_image_set_metadata",
         "update_image_set_metadata_rate",
         30,
     ),
-    (SEED_STREAM_GROUP_CREATE, "stream_group_create", "stream_group_create_rate", 30),
+    (POLICYLAYER_STREAM_GROUP_CREATE, "stream_group_create", "stream_group_create_rate", 30),
 ]
 
-SEED_TOOLS = [tool for _, tool, _, _ in SEEDS]
+POLICYLAYER_TOOLS = [tool for _, tool, _, _ in POLICYLAYER_EXAMPLES]

@@ -35,7 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 def build_server() -> MCPServer:
-    server = MCPServer("toolgate-seed", version="1.0.0", log_level="WARNING")
+    server = MCPServer("toolgate-example", version="1.0.0", log_level="WARNING")
 
     @server.tool(name="create-ami", annotations=ToolAnnotations(destructiveHint=False))
     def create_ami(name: str) -> str:
@@ -140,8 +140,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument(
         "--log",
-        default=os.environ.get("MCP_SEED_LOG"),
-        help="append one JSON line per HTTP request here (default: $MCP_SEED_LOG)",
+        default=os.environ.get("MCP_EXAMPLE_LOG"),
+        help="append one JSON line per HTTP request here (default: $MCP_EXAMPLE_LOG)",
     )
     parser.add_argument("--json", action="store_true", help="answer POSTs with JSON, not SSE")
     parser.add_argument("--stateless", action="store_true", help="no sessions")
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gzip", action="store_true", help="compress answers when accepted")
     args = parser.parse_args(argv)
     if not args.log:
-        parser.error("--log (or MCP_SEED_LOG) is required")
+        parser.error("--log (or MCP_EXAMPLE_LOG) is required")
 
     host = "127.0.0.1"
     app: Any = build_server().streamable_http_app(

@@ -1,7 +1,7 @@
 """Real MCP servers for the end-to-end tests, each a subprocess on a free 127.0.0.1 port, ready
 (accepting connections) when the constructor returns and stopped when its ``with`` block ends:
 
-- ``SeedServer(log_path)``: tests/mcp_example_server.py (official Python SDK), the example tools,
+- ``ExampleServer(log_path)``: tests/mcp_example_server.py (official Python SDK), the example tools,
   every HTTP request it receives logged as a JSON line to ``log_path`` (see ``requests()``).
 - ``CatalogServer(tools, page_size)``: tests/mcp_catalog_server.py (the SDK's low-level
   server), a large tool list served in pages, and a tool that fails on request.
@@ -41,7 +41,7 @@ from mcp.client.streamable_http import streamable_http_client
 from sidecar import _LIVE, dies_with_parent, free_port
 
 TESTS = Path(__file__).resolve().parent
-SEED_SCRIPT = TESTS / "mcp_example_server.py"
+EXAMPLE_SCRIPT = TESTS / "mcp_example_server.py"
 CATALOG_SCRIPT = TESTS / "mcp_catalog_server.py"
 NODE_DIR = TESTS / "node"
 EVERYTHING_BIN = (
@@ -150,12 +150,12 @@ class _Exited(AssertionError):
     pass
 
 
-class SeedServer(_Server):
+class ExampleServer(_Server):
     """tests/mcp_example_server.py. ``json=True`` answers POSTs with JSON instead of SSE;
     ``stateless=True`` serves without sessions; ``resumable=True`` replays streams after
     ``Last-Event-ID``; ``gzip=True`` compresses answers for clients that accept it."""
 
-    name = "seed"
+    name = "example"
 
     def __init__(
         self,
@@ -172,7 +172,14 @@ class SeedServer(_Server):
         super().__init__()
 
     def _command(self, port: int) -> tuple[list[str], dict[str, str] | None]:
-        args = [sys.executable, str(SEED_SCRIPT), "--port", str(port), "--log", str(self.log_path)]
+        args = [
+            sys.executable,
+            str(EXAMPLE_SCRIPT),
+            "--port",
+            str(port),
+            "--log",
+            str(self.log_path),
+        ]
         return [*args, *self.flags], None
 
     def requests(self) -> list[dict[str, Any]]:

@@ -1,5 +1,5 @@
 """Human approval end to end: the official MCP client calls through a real Envoy (the
-deployed ext_authz config) to the seed MCP server, with ``toolgate serve`` deciding on the
+deployed ext_authz config) to the example MCP server, with ``toolgate serve`` deciding on the
 bundled example policy, whose ``terminate_instances`` needs an approval.
 
 The call is refused with its approval id; a webhook receiver gets the signed notification;
@@ -20,7 +20,7 @@ import anyio
 import pytest
 from conftest import EXAMPLES
 from envoy_proxy import EXT_AUTHZ, deployed, envoy_executable
-from mcp_servers import SeedServer, texts
+from mcp_servers import ExampleServer, texts
 from sidecar import PATIENCE, Sidecar, free_port, toolgate_cli, wait_for
 from test_approvals import TOKENS, Receiver
 from test_envoy_e2e import calls_in_one_session, decision_of, tool_calls
@@ -36,14 +36,14 @@ SECRET = b"e2e-webhook-secret-0123456789"
 
 
 @pytest.fixture(scope="module")
-def seed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeedServer]:
-    log = tmp_path_factory.mktemp("seed") / "requests.jsonl"
-    with SeedServer(log) as server:
+def example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExampleServer]:
+    log = tmp_path_factory.mktemp("example") / "requests.jsonl"
+    with ExampleServer(log) as server:
         yield server
 
 
 def test_a_call_needing_approval_runs_once_after_an_approver_says_yes(
-    seed: SeedServer, tmp_path: Path
+    example: ExampleServer, tmp_path: Path
 ):
     (tmp_path / "tokens").write_text("".join(f"{n} {t}\n" for n, t in TOKENS.items()))
     (tmp_path / "alice.token").write_text(TOKENS["alice"])
@@ -69,7 +69,7 @@ def test_a_call_needing_approval_runs_once_after_an_approver_says_yes(
             "--decision-log",
             str(decisions),
         ) as sidecar,
-        deployed(EXT_AUTHZ, sidecar.port, seed.port) as envoy,
+        deployed(EXT_AUTHZ, sidecar.port, example.port) as envoy,
     ):
         approval: dict[str, str] = {}
 
@@ -81,7 +81,7 @@ def test_a_call_needing_approval_runs_once_after_an_approver_says_yes(
             assert (d["verdict"], d["code"]) == ("REQUIRE_APPROVAL", "APPROVAL_REQUIRED")
             id = approval["id"] = d["approval_id"]
             assert id.startswith("apr_") and id in texts(refused)[0]
-            assert tool_calls(seed, marker) == []
+            assert tool_calls(example, marker) == []
             # 2. The webhook receiver is told, signed.
             wait_for(lambda: len(receiver.posts) >= 1, timeout=30)
             ((headers, body),) = receiver.posts
@@ -108,7 +108,7 @@ def test_a_call_needing_approval_runs_once_after_an_approver_says_yes(
         id = approval["id"]
         # 4. The retried call reaches the server, once; 5. a third try is refused again.
         assert not ran.is_error and marker in texts(ran)[0]
-        assert len(tool_calls(seed, marker)) == 1
+        assert len(tool_calls(example, marker)) == 1
         d3 = decision_of(again)
         assert d3["code"] == "APPROVAL_REQUIRED" and d3["approval_id"] != id
         sidecar.signal(signal.SIGTERM)

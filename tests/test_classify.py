@@ -1,6 +1,6 @@
-"""The risk classifier: the seeds' tools, its invariants, and its accuracy on the labelled set of
-real tools (tests/data/labelled/). ``python tests/test_classify.py`` prints the accuracy and the
-confusion matrices as Markdown, for docs/scan.md."""
+"""The risk classifier: PolicyLayer's example tools, its invariants, and its accuracy on the
+labelled set of real tools (tests/data/labelled/). ``python tests/test_classify.py`` prints the
+accuracy and the confusion matrices as Markdown, for docs/scan.md."""
 
 from __future__ import annotations
 
@@ -28,8 +28,9 @@ LABELLED = Path(__file__).resolve().parent / "data" / "labelled" / "labelled_too
 #: Tools of servers the rules were not written against (tests/data/unseen/README.md).
 UNSEEN = Path(__file__).resolve().parent / "data" / "unseen" / "tools.json"
 
-#: The seeds' tools as their documents describe them, and the catalogue's category and risk.
-SEED_TOOLS = [
+#: PolicyLayer's example tools as its examples describe them, and the catalogue's category and
+#: risk.
+POLICYLAYER_EXAMPLE_TOOLS = [
     ({"name": "create-ami", "description": "Create an AMI"}, "Write", "medium"),
     ({"name": "create_access_key", "description": ""}, "Write", "medium"),
     (
@@ -46,8 +47,10 @@ SEED_TOOLS = [
 ]
 
 
-@pytest.mark.parametrize(("tool", "category", "risk"), SEED_TOOLS, ids=lambda x: str(x)[:30])
-def test_seed_tools_are_classified_as_their_documents_say(
+@pytest.mark.parametrize(
+    ("tool", "category", "risk"), POLICYLAYER_EXAMPLE_TOOLS, ids=lambda x: str(x)[:30]
+)
+def test_policylayer_example_tools_are_classified_as_its_examples_say(
     tool: dict[str, Any], category: str, risk: str
 ) -> None:
     c = classify(tool)
@@ -467,7 +470,7 @@ ACCURACY_FLOOR = 0.94
 def test_labelled_set_is_complete() -> None:
     entries = labelled()
     assert len(entries) >= 100
-    real = [t for t in entries if not t["source"].startswith("seed")]
+    real = [t for t in entries if not t["source"].startswith("policylayer-example")]
     assert len(real) >= 100
     keys = [(t["source"], t["name"]) for t in entries]
     assert len(keys) == len(set(keys)), "a tool is listed twice"
@@ -492,9 +495,9 @@ def test_destructive_and_financial_tools_are_never_read() -> None:
     assert matrix[("Financial", "Read")] == 0
 
 
-def test_seed_entries_agree_with_the_seed_catalogue() -> None:
+def test_policylayer_example_entries_agree_with_its_catalogue() -> None:
     for t in labelled():
-        if t["source"].startswith("seed"):
+        if t["source"].startswith("policylayer-example"):
             assert classify(t).category == t["label"], t["name"]
 
 
@@ -595,11 +598,11 @@ def unseen_report() -> str:
 
 def report() -> str:
     entries = labelled()
-    real = [t for t in entries if not t["source"].startswith("seed")]
+    real = [t for t in entries if not t["source"].startswith("policylayer-example")]
     out = []
     for title, rows, ann in [
         (f"All {len(entries)} labelled tools", entries, True),
-        (f"The {len(real)} real tools (without the seeds' five)", real, True),
+        (f"The {len(real)} real tools (without PolicyLayer's five)", real, True),
         (f"All {len(entries)} with their annotations removed", entries, False),
     ]:
         m = confusion(rows, annotations=ann)

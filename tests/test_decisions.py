@@ -11,8 +11,8 @@ import pytest
 import toolgate
 from conftest import (
     EXAMPLES,
-    SEED_TOOLS,
-    SEEDS,
+    POLICYLAYER_EXAMPLES,
+    POLICYLAYER_TOOLS,
     START,
     codes,
     cond,
@@ -695,11 +695,11 @@ def test_tool_path_under_a_glob_rule():
     assert engine.decide("db_table_drop").code == "CONDITION_FAILED"
 
 
-# --- limits: the create-ami seed ---------------------------------------------------------------
+# --- limits: PolicyLayer's create-ami example --------------------------------------------------
 
 
 def test_create_ami_thirty_per_minute_per_grant(clock):
-    engine = make_engine(toolgate.Policy.from_str(SEEDS[0][0]), clock)
+    engine = make_engine(toolgate.Policy.from_str(POLICYLAYER_EXAMPLES[0][0]), clock)
     allowed = [engine.decide("create-ami", grant="alice") for _ in range(30)]
     assert all(d.verdict == "ALLOW" and d.code == "ALLOWED" for d in allowed)
     assert [d.limits[0].remaining for d in allowed] == [float(29 - i) for i in range(30)]
@@ -1524,11 +1524,13 @@ def test_revision_ignores_whitespace_and_comments():
     assert a.revision == b.revision == c.revision
 
 
-# --- the seed policies -------------------------------------------------------------------------
+# --- PolicyLayer's example policies ------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("text", "tool", "counter", "max_"), SEEDS, ids=SEED_TOOLS)
-def test_seed_policy_decisions(clock, text, tool, counter, max_):
+@pytest.mark.parametrize(
+    ("text", "tool", "counter", "max_"), POLICYLAYER_EXAMPLES, ids=POLICYLAYER_TOOLS
+)
+def test_policylayer_example_policy_decisions(clock, text, tool, counter, max_):
     engine = make_engine(toolgate.Policy.from_str(text), clock)
     decisions = [engine.decide(tool, grant="g1") for _ in range(max_ + 1)]
     assert codes(decisions) == ["ALLOWED"] * max_ + ["RATE_LIMITED"]
@@ -1539,15 +1541,19 @@ def test_seed_policy_decisions(clock, text, tool, counter, max_):
     assert 0 < last.retry_after_ms <= 65_000
     assert engine.decide(tool, grant="g2").code == "ALLOWED"
     assert engine.decide(tool).code == "INVALID_REQUEST"  # scope grant: a grant is needed
-    for other in [*[t for t in SEED_TOOLS if t != tool], "list_buckets", "delete_everything"]:
+    for other in [
+        *[t for t in POLICYLAYER_TOOLS if t != tool],
+        "list_buckets",
+        "delete_everything",
+    ]:
         d = engine.decide(other, grant="g1")
         assert (d.verdict, d.code, d.rule) == ("DENY", "DEFAULT_DENY", "/default")
     clock.advance(last.retry_after_ms / 1000)
     assert engine.decide(tool, grant="g1").code == "ALLOWED"
 
 
-def test_seed_policies_from_a_dict_and_yaml_decide_alike():
-    for text, tool, counter, max_ in SEEDS:
+def test_policylayer_example_policies_from_a_dict_and_yaml_decide_alike():
+    for text, tool, counter, max_ in POLICYLAYER_EXAMPLES:
         yaml_text = (
             f'version: "1"\ndefault: deny\ntools:\n  {tool}:\n    limits:\n'
             f"      - {{counter: {counter}, window: minute, max: {max_}, scope: grant}}\n"

@@ -124,9 +124,9 @@ def test_allowed_call_passes_with_headers_naming_decision_and_rule(authz):
 
 def test_31st_create_ami_in_a_minute_is_rate_limited_per_bearer_token(authz):
     for _ in range(30):
-        allowed(authz(call_body("create-ami"), headers=bearer("t-seed")))
+        allowed(authz(call_body("create-ami"), headers=bearer("t-example")))
     status, h, body = denied(
-        authz(call_body("create-ami", id="the-31st"), headers=bearer("t-seed"))
+        authz(call_body("create-ami", id="the-31st"), headers=bearer("t-example"))
     )
     assert status == 200
     assert body["id"] == "the-31st"

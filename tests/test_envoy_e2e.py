@@ -1,5 +1,5 @@
 """End to end: the official MCP client talks through a real Envoy, running the deployed configs
-(deploy/envoy/), to real MCP servers (the seed server on the Python SDK, and the reference
+(deploy/envoy/), to real MCP servers (the example server on the Python SDK, and the reference
 Node server-everything), with a real ``toolgate serve`` deciding.
 
 ext_authz: an allowed tool returns its real result; a denied one returns ``isError`` with the
@@ -28,7 +28,7 @@ from envoy_proxy import EXT_AUTHZ, RATELIMIT, deployed, envoy_executable, free_p
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
-from mcp_servers import EverythingServer, SeedServer, mcp_session, node_executable, texts
+from mcp_servers import EverythingServer, ExampleServer, mcp_session, node_executable, texts
 from sidecar import Sidecar, wait_for
 
 pytestmark = [
@@ -47,10 +47,10 @@ def call_body(name: str, arguments: dict[str, Any], id: int = 1) -> bytes:
     return json.dumps(message).encode()
 
 
-def tool_calls(seed: SeedServer, marker: str = "") -> list[dict[str, Any]]:
-    """The tools/call messages the seed server received whose body contains ``marker``."""
+def tool_calls(example: ExampleServer, marker: str = "") -> list[dict[str, Any]]:
+    """The tools/call messages the example server received whose body contains ``marker``."""
     out = []
-    for r in seed.requests():
+    for r in example.requests():
         if marker in r["body"]:
             try:
                 message = json.loads(r["body"])
@@ -99,40 +99,40 @@ def decision_of(result: types.CallToolResult) -> dict[str, Any]:
     return meta[META]
 
 
-# --- ext_authz in front of the seed server ------------------------------------------------
+# --- ext_authz in front of the example server ---------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def seed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeedServer]:
-    log = tmp_path_factory.mktemp("seed") / "requests.jsonl"
-    with SeedServer(log) as server:
+def example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExampleServer]:
+    log = tmp_path_factory.mktemp("example") / "requests.jsonl"
+    with ExampleServer(log) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
-def gate(seed: SeedServer):
+def gate(example: ExampleServer):
     """The example policy's sidecar, and Envoy with the deployed ext_authz config."""
     with (
         Sidecar(EXAMPLES / "policy.json") as sidecar,
-        deployed(EXT_AUTHZ, sidecar.port, seed.port) as envoy,
+        deployed(EXT_AUTHZ, sidecar.port, example.port) as envoy,
     ):
         yield envoy
 
 
-def test_allowed_tool_returns_its_real_result(seed, gate):
+def test_allowed_tool_returns_its_real_result(example, gate):
     (result,) = anyio.run(
         calls_in_one_session, gate.url(), "alice-allowed", [("create-ami", {"name": "web"})]
     )
     assert not result.is_error
     assert texts(result)[0].startswith("created ami-")
-    assert len(tool_calls(seed, '"web"')) == 1
+    assert len(tool_calls(example, '"web"')) == 1
     # The newest protocol revision (no handshake, Mcp-Method / Mcp-Name headers) passes too.
     session = partial(mcp_session, headers={"authorization": "Bearer b"}, mode="2026-07-28")
     out = anyio.run(session, gate.url(), "create-ami", {"name": "web-2026"})
     assert texts(out["result"])[0].startswith("created ami-")
 
 
-def test_allowed_response_names_the_decision_and_rule(seed, gate):
+def test_allowed_response_names_the_decision_and_rule(example, gate):
     # A stateless-looking raw POST: the server refuses it for want of a session, but the
     # decision headers ext_authz added are on whatever comes back.
     _, headers, _ = send(
@@ -142,7 +142,7 @@ def test_allowed_response_names_the_decision_and_rule(seed, gate):
     assert headers["x-toolgate-rule"] == "/tools/list_*"
 
 
-def test_denied_tool_returns_is_error_with_the_reason(seed, gate):
+def test_denied_tool_returns_is_error_with_the_reason(example, gate):
     calls = [
         ("run_command", {"command": "rm -rf /srv"}),
         ("transfer_funds", {"amount": 5000, "currency": "USD"}),
@@ -155,11 +155,11 @@ def test_denied_tool_returns_is_error_with_the_reason(seed, gate):
     assert decision_of(run)["rule"] == "/tools/run_command/deny_if/0"
     assert decision_of(transfer)["code"] == "CONDITION_FAILED"
     assert decision_of(terminate)["code"] == "APPROVAL_REQUIRED"
-    assert tool_calls(seed, "rm -rf /srv") == []
-    assert tool_calls(seed, "i-e2e") == []
+    assert tool_calls(example, "rm -rf /srv") == []
+    assert tool_calls(example, "i-e2e") == []
 
 
-def test_31st_create_ami_in_a_minute_is_refused_while_another_grant_passes(seed, gate):
+def test_31st_create_ami_in_a_minute_is_refused_while_another_grant_passes(example, gate):
     calls = [("create-ami", {"name": f"burst-{i}"}) for i in range(31)]
     results = anyio.run(calls_in_one_session, gate.url(), "alice-burst", calls)
     assert [r.is_error for r in results[:30]] == [False] * 30
@@ -167,8 +167,8 @@ def test_31st_create_ami_in_a_minute_is_refused_while_another_grant_passes(seed,
     assert refused["code"] == "RATE_LIMITED"
     assert 0 < refused["retry_after_ms"] <= 65_000
     assert "create-ami_rate" in texts(results[30])[0]
-    assert len(tool_calls(seed, '"burst-')) == 30
-    assert tool_calls(seed, '"burst-30"') == []
+    assert len(tool_calls(example, '"burst-')) == 30
+    assert tool_calls(example, '"burst-30"') == []
     (other,) = anyio.run(
         calls_in_one_session, gate.url(), "bob-burst", [("create-ami", {"name": "bob-1"})]
     )
@@ -189,14 +189,14 @@ def test_rate_limited_http_answer_carries_retry_after_and_ratelimit_headers(gate
     assert headers["ratelimit-policy"] == "30;w=60"
 
 
-def test_a_hidden_tool_is_unknown(seed, gate):
+def test_a_hidden_tool_is_unknown(example, gate):
     (error,) = anyio.run(
         calls_in_one_session, gate.url(), "alice-hidden", [("delete_image", {"id": "img-e2e"})]
     )
     assert isinstance(error, MCPError)
     assert error.code == -32602
     assert error.message == "Unknown tool: delete_image"
-    assert tool_calls(seed, "img-e2e") == []
+    assert tool_calls(example, "img-e2e") == []
 
 
 MALFORMED = [
@@ -224,7 +224,7 @@ MALFORMED = [
 ]
 
 
-def test_malformed_bodies_never_reach_the_server(seed, gate):
+def test_malformed_bodies_never_reach_the_server(example, gate):
     for body, status in MALFORMED:
         got, headers, answer = send(gate, "POST", body, {"authorization": "Bearer m"})
         assert got == status, body
@@ -242,7 +242,7 @@ def test_malformed_bodies_never_reach_the_server(seed, gate):
         {"authorization": "Bearer m", "mcp-method": "tools/call", "mcp-name": "list_images"},
     )
     assert got == 400
-    reached = [r["body"] for r in seed.requests() if "bad-" in r["body"]]
+    reached = [r["body"] for r in example.requests() if "bad-" in r["body"]]
     assert reached == []
 
 
@@ -260,9 +260,9 @@ def stopped(pid: int) -> bool:
 
 @pytest.mark.parametrize("trouble", ["stopped", "hung"])
 def test_envoy_fails_closed_without_the_sidecar(tmp_path: Path, trouble: str):
-    with SeedServer(tmp_path / "seed.jsonl") as seed:
+    with ExampleServer(tmp_path / "example.jsonl") as example:
         sidecar = Sidecar(EXAMPLES / "policy.json")
-        with sidecar, deployed(EXT_AUTHZ, sidecar.port, seed.port) as envoy:
+        with sidecar, deployed(EXT_AUTHZ, sidecar.port, example.port) as envoy:
             token = {"authorization": "Bearer closed"}
             status, _, _ = send(envoy, "POST", call_body("create-ami", {"name": "before"}), token)
             assert status in (200, 400)  # decided and forwarded (no session: the server's 400)
@@ -288,8 +288,8 @@ def test_envoy_fails_closed_without_the_sidecar(tmp_path: Path, trouble: str):
         )
         assert stats["http.mcp.ext_authz.error"] >= 1
         assert stats.get("http.mcp.ext_authz.failure_mode_allowed", 0) == 0
-        assert tool_calls(seed, "before") != []
-        assert tool_calls(seed, marker) == []
+        assert tool_calls(example, "before") != []
+        assert tool_calls(example, marker) == []
 
 
 # --- ext_authz in front of server-everything -----------------------------------------------
@@ -334,9 +334,9 @@ RLS_POLICY = policy(
 
 def test_rate_limit_service_gets_429_once_the_limit_is_reached(tmp_path: Path):
     with (
-        SeedServer(tmp_path / "seed.jsonl", json=True, stateless=True) as seed,
+        ExampleServer(tmp_path / "example.jsonl", json=True, stateless=True) as example,
         Sidecar(RLS_POLICY) as sidecar,
-        deployed(RATELIMIT, sidecar.port, seed.port) as envoy,
+        deployed(RATELIMIT, sidecar.port, example.port) as envoy,
     ):
 
         def post(grant: str, marker: str) -> tuple[int, dict[str, str]]:
@@ -349,17 +349,17 @@ def test_rate_limit_service_gets_429_once_the_limit_is_reached(tmp_path: Path):
         assert statuses[0][1]["x-ratelimit-limit"].startswith("3")
         assert statuses[3][1]["x-toolgate-code"] == "RATE_LIMITED"
         assert post("bob", "rl-bob")[0] == 200
-        assert len(tool_calls(seed, '"rl-')) == 4  # alice's three and bob's one
-        assert tool_calls(seed, '"rl-3"') == []
+        assert len(tool_calls(example, '"rl-')) == 4  # alice's three and bob's one
+        assert tool_calls(example, '"rl-3"') == []
         assert envoy.stats()["cluster.mcp.ratelimit.over_limit"] == 1
 
 
 def test_rate_limit_filter_fails_closed_without_the_sidecar(tmp_path: Path):
     with (
-        SeedServer(tmp_path / "seed.jsonl", json=True, stateless=True) as seed,
-        deployed(RATELIMIT, free_port(), seed.port) as envoy,
+        ExampleServer(tmp_path / "example.jsonl", json=True, stateless=True) as example,
+        deployed(RATELIMIT, free_port(), example.port) as envoy,
     ):
         headers = {"mcp-name": "create-ami", "x-grant": "alice"}
         status, _, _ = send(envoy, "POST", call_body("create-ami", {"name": "rl-down"}), headers)
         assert status == 503
-        assert tool_calls(seed, "rl-down") == []
+        assert tool_calls(example, "rl-down") == []

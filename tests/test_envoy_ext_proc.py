@@ -34,8 +34,8 @@ from mcp.shared.exceptions import MCPError
 from mcp_servers import (
     CatalogServer,
     EverythingServer,
+    ExampleServer,
     PaymentServer,
-    SeedServer,
     node_executable,
     texts,
 )
@@ -103,23 +103,23 @@ def call(url: str, headers: dict[str, str], calls: list[tuple[str, dict[str, Any
 
 
 @pytest.fixture(scope="module", params=["sse", "json"])
-def seed_gate(
+def example_gate(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[SeedServer, Sidecar, Any]]:
-    """The example policy's sidecar and the deployed config in front of the seed server,
+) -> Iterator[tuple[ExampleServer, Sidecar, Any]]:
+    """The example policy's sidecar and the deployed config in front of the example server,
     answering with SSE or with JSON."""
-    log = tmp_path_factory.mktemp("seed") / "requests.jsonl"
+    log = tmp_path_factory.mktemp("example") / "requests.jsonl"
     with (
-        SeedServer(log, json=request.param == "json") as seed,
+        ExampleServer(log, json=request.param == "json") as example,
         Sidecar(EXAMPLES / "policy.json") as sidecar,
-        deployed(EXT_PROC, sidecar.port, seed.port) as envoy,
+        deployed(EXT_PROC, sidecar.port, example.port) as envoy,
     ):
-        yield seed, sidecar, envoy
+        yield example, sidecar, envoy
 
 
-def test_a_hidden_tool_is_not_listed(seed_gate):
-    seed, sidecar, envoy = seed_gate
-    everything = set(list_all(seed.url)[0])
+def test_a_hidden_tool_is_not_listed(example_gate):
+    example, sidecar, envoy = example_gate
+    everything = set(list_all(example.url)[0])
     assert "delete_image" in everything
     names, _ = list_all(envoy.url(), {"authorization": "Bearer alice"})
     # The example policy hides delete_*; the rest it allows, or decides by arguments
@@ -132,8 +132,8 @@ def test_a_hidden_tool_is_not_listed(seed_gate):
     assert "ami-" in texts(result)[0]
 
 
-def test_the_newest_protocol_gets_the_filtered_list_too(seed_gate):
-    _, _, envoy = seed_gate
+def test_the_newest_protocol_gets_the_filtered_list_too(example_gate):
+    _, _, envoy = example_gate
 
     async def listed() -> list[str]:
         async with httpx2.AsyncClient(headers={"authorization": "Bearer b"}) as http:
@@ -542,17 +542,17 @@ def test_a_compressed_list_is_refused_in_plain_json_and_none_is_asked_for(coding
 
 
 def test_a_server_that_compresses_when_asked_lists_filtered_to_the_official_client(tmp_path):
-    with SeedServer(tmp_path / "seed.jsonl", json=True, stateless=True, gzip=True) as seed:
+    with ExampleServer(tmp_path / "example.jsonl", json=True, stateless=True, gzip=True) as example:
         # Asked directly, the server compresses: the proxy has to keep it from doing so.
         direct = httpx2.post(
-            seed.url,
+            example.url,
             content=rpc("tools/list", 1),
             headers={"accept": ACCEPT, "content-type": "application/json"},
         )
         assert direct.headers["content-encoding"] == "gzip"
         with (
             Sidecar(EXAMPLES / "policy.json") as sidecar,
-            deployed(EXT_PROC, sidecar.port, seed.port) as envoy,
+            deployed(EXT_PROC, sidecar.port, example.port) as envoy,
         ):
             names, _ = list_all(envoy.url(), {"authorization": "Bearer alice"})
             assert sidecar.metric(LISTS, result="refused") == 0
@@ -611,13 +611,13 @@ def _replayed_list(port: int, extra: dict[str, str] | None = None) -> tuple[int,
 
 
 def test_a_resumed_stream_replays_the_list_filtered(tmp_path):
-    with SeedServer(tmp_path / "seed.jsonl", resumable=True) as seed:
+    with ExampleServer(tmp_path / "example.jsonl", resumable=True) as example:
         # Asked directly, the server replays the list answer, hidden tool and all.
-        status, replay = _replayed_list(seed.port)
+        status, replay = _replayed_list(example.port)
         assert status == 200 and any("delete_image" in line for line in replay)
         with (
             Sidecar(EXAMPLES / "policy.json") as sidecar,
-            deployed(EXT_PROC, sidecar.port, seed.port) as envoy,
+            deployed(EXT_PROC, sidecar.port, example.port) as envoy,
         ):
             status, replay = _replayed_list(envoy.port, {"authorization": "Bearer alice"})
             assert sidecar.metric(LISTS, result="filtered") >= 2
@@ -633,9 +633,9 @@ def test_no_request_sharing_the_lists_id_is_given_the_list(tmp_path):
     at once with one id could have the list go out as the ping's answer, on the route no
     filter reads. The list goes to the server under an id of toolgate's own."""
     with (
-        SeedServer(tmp_path / "seed.jsonl", json=True) as seed,
+        ExampleServer(tmp_path / "example.jsonl", json=True) as example,
         Sidecar(EXAMPLES / "policy.json") as sidecar,
-        deployed(EXT_PROC, sidecar.port, seed.port) as envoy,
+        deployed(EXT_PROC, sidecar.port, example.port) as envoy,
     ):
         session = _plain_session(envoy.port, {"authorization": "Bearer mallory"})
         for n in range(20):
@@ -659,7 +659,7 @@ def test_no_request_sharing_the_lists_id_is_given_the_list(tmp_path):
             names = [t["name"] for t in listed["result"]["tools"]]
             assert "create-ami" in names and "delete_image" not in names
         # The server saw the list under toolgate's ids, never the client's.
-        lists = [r for r in seed.requests() if '"tools/list"' in r["body"]]
+        lists = [r for r in example.requests() if '"tools/list"' in r["body"]]
         assert all(json.loads(r["body"])["id"].startswith("toolgate-") for r in lists)
 
 
@@ -728,9 +728,9 @@ def test_a_clients_exchange_header_never_chooses_the_route(tmp_path):
     """A client's x-toolgate-exchange is removed before Envoy first routes the request, so a
     request toolgate refuses is answered as toolgate answers it, not by the answers filter."""
     with (
-        SeedServer(tmp_path / "seed.jsonl") as seed,
+        ExampleServer(tmp_path / "example.jsonl") as example,
         Sidecar(EXAMPLES / "policy.json") as sidecar,
-        deployed(EXT_PROC, sidecar.port, seed.port) as envoy,
+        deployed(EXT_PROC, sidecar.port, example.port) as envoy,
     ):
         spoofed = {"authorization": "Bearer m", "x-toolgate-exchange": "tools-list"}
         hidden = rpc("tools/call", 5, name="delete_image", arguments={"id": "x"})
@@ -741,15 +741,15 @@ def test_a_clients_exchange_header_never_chooses_the_route(tmp_path):
 
 def test_a_replay_asked_for_on_anything_but_get_is_refused(tmp_path):
     with (
-        SeedServer(tmp_path / "seed.jsonl") as seed,
+        ExampleServer(tmp_path / "example.jsonl") as example,
         Sidecar(EXAMPLES / "policy.json") as sidecar,
-        deployed(EXT_PROC, sidecar.port, seed.port) as envoy,
+        deployed(EXT_PROC, sidecar.port, example.port) as envoy,
     ):
         for method, body in [("POST", rpc("tools/list", 3)), ("DELETE", b"")]:
             status, _, out = send(envoy, method, body, {"last-event-id": "1"})
             assert status == 400, method
             assert "Last-Event-ID" in json.loads(out)["error"]["message"]
-        assert seed.requests() == []
+        assert example.requests() == []
 
 
 def test_an_http_error_gives_the_spend_back():

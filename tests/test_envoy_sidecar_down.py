@@ -35,7 +35,7 @@ from envoy_proxy import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mcp.shared.exceptions import MCPError
-from mcp_servers import SeedServer
+from mcp_servers import ExampleServer
 from sidecar import Sidecar
 from test_envoy_e2e import calls_in_one_session, tool_calls
 from test_envoy_e2e_attacks import Issuer, _jwks, post
@@ -69,9 +69,9 @@ def unavailable(id: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeedServer]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExampleServer]:
     log = tmp_path_factory.mktemp("mcp") / "requests.jsonl"
-    with SeedServer(log, json=True, stateless=True) as mcp:
+    with ExampleServer(log, json=True, stateless=True) as mcp:
         yield mcp
 
 
@@ -100,7 +100,7 @@ def test_every_deployed_config_is_run_here():
 
 @pytest.fixture(scope="module", params=list(CONFIGS))
 def nobody_home(
-    request: pytest.FixtureRequest, server: SeedServer, issuer: Issuer
+    request: pytest.FixtureRequest, server: ExampleServer, issuer: Issuer
 ) -> Iterator[tuple[Envoy, list[tuple[str, str]]]]:
     """A deployed config whose toolgate port nothing listens on, and the headers a request
     needs to get as far as asking toolgate."""
@@ -140,7 +140,7 @@ BODIES = {
 @pytest.mark.parametrize(("body", "id"), BODIES.values(), ids=BODIES.keys())
 def test_each_config_answers_a_json_rpc_error_with_the_id(
     nobody_home: tuple[Envoy, list[tuple[str, str]]],
-    server: SeedServer,
+    server: ExampleServer,
     body: Callable[[str], str],
     id: Any,
 ):
@@ -172,7 +172,7 @@ def test_the_id_is_read_whatever_the_content_type(
 
 
 def test_bodies_envoy_does_not_read_get_null_ids(
-    nobody_home: tuple[Envoy, list[tuple[str, str]]], server: SeedServer
+    nobody_home: tuple[Envoy, list[tuple[str, str]]], server: ExampleServer
 ):
     """Bodies of a million bytes or more, and chunked ones (no Content-Length), are not read
     for an id: they go on to toolgate as they would without the id reader."""
@@ -190,7 +190,7 @@ def test_bodies_envoy_does_not_read_get_null_ids(
 
 
 @pytest.fixture(scope="module")
-def ext_authz_down(server: SeedServer) -> Iterator[Envoy]:
+def ext_authz_down(server: ExampleServer) -> Iterator[Envoy]:
     with deployed(EXT_AUTHZ, free_port(), server.port) as envoy:
         yield envoy
 
@@ -218,7 +218,7 @@ def test_any_string_or_number_id_comes_back_as_it_was(ext_authz_down: Envoy, id:
 
 @pytest.mark.parametrize("trouble", ["stopped", "hung"])
 def test_the_mcp_client_reads_the_error(tmp_path: Path, trouble: str):
-    with SeedServer(tmp_path / "mcp.jsonl") as mcp:
+    with ExampleServer(tmp_path / "mcp.jsonl") as mcp:
         sidecar = Sidecar(EXAMPLES / "policy.json")
         with sidecar, deployed(EXT_AUTHZ, sidecar.port, mcp.port) as envoy:
             assert sidecar.proc is not None
@@ -253,7 +253,7 @@ def leaves(err: BaseException) -> list[BaseException]:
 
 def test_the_mcp_client_reads_it_from_the_first_request_too(tmp_path: Path):
     with (
-        SeedServer(tmp_path / "mcp.jsonl") as mcp,
+        ExampleServer(tmp_path / "mcp.jsonl") as mcp,
         deployed(EXT_AUTHZ, free_port(), mcp.port) as envoy,
         pytest.raises(BaseException) as failed,
     ):

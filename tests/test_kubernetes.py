@@ -45,7 +45,7 @@ import pytest
 import toolgate
 import yaml
 from envoy_proxy import Envoy, envoy_executable, free_ports, render, send, validate
-from mcp_servers import SeedServer
+from mcp_servers import ExampleServer
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 from sidecar import _LIVE, TOOLGATE, ConfigMapVolume, dies_with_parent, wait_for
@@ -802,13 +802,13 @@ def test_each_break_is_reported(objects, name):
 
 class Pod:
     """The pod's three processes on loopback, from the rendered objects: toolgate with the
-    manifest's arguments, Envoy with the ConfigMap's config, and the seed MCP server in place of
-    the placeholder; ports moved to free ones, mount paths under ``root``."""
+    manifest's arguments, Envoy with the ConfigMap's config, and the example MCP server in place
+    of the placeholder; ports moved to free ones, mount paths under ``root``."""
 
-    def __init__(self, objects: list[dict[str, Any]], root: Path, seed: SeedServer) -> None:
+    def __init__(self, objects: list[dict[str, Any]], root: Path, server: ExampleServer) -> None:
         self.objects = objects
         self.root = root
-        self.seed = seed
+        self.server = server
         spec = pod_spec(objects)
         volumes = {v["name"]: v for v in spec["volumes"]}
         maps = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ConfigMap"}
@@ -820,7 +820,9 @@ class Pod:
                     where = root / m["mountPath"].lstrip("/")
                     data = maps[source["name"]]["data"]
                     self.mounts[m["mountPath"]] = ConfigMapVolume(where, data)
-        self.ports = free_ports([LISTEN, PROBES, ADMIN, TOOLGATE_PORT, METRICS]) | {MCP: seed.port}
+        self.ports = free_ports([LISTEN, PROBES, ADMIN, TOOLGATE_PORT, METRICS]) | {
+            MCP: server.port
+        }
         self.procs: list[subprocess.Popen[bytes]] = []
         self.logs = root / "logs"
         self.logs.mkdir()
@@ -903,8 +905,8 @@ def _http_get(port: int, path: str) -> int | None:
 
 @pytest.fixture
 def pod(objects, tmp_path) -> Iterator[Pod]:
-    with SeedServer(tmp_path / "seed.jsonl") as seed:
-        running = Pod(objects, tmp_path / "pod", seed)
+    with ExampleServer(tmp_path / "example.jsonl") as example:
+        running = Pod(objects, tmp_path / "pod", example)
         try:
             yield running
         finally:
@@ -934,8 +936,8 @@ def test_the_pod_runs_as_configured(objects, pod):
         # An allowed one is forwarded to the MCP server (which refuses it for want of a session).
         status, headers, _ = send(envoy, "POST", _call("create-ami", {"name": "web-k8s"}), grant)
         assert headers["x-toolgate-code"] == "ALLOWED" and status != 503
-        assert any("web-k8s" in r["body"] for r in pod.seed.requests())
-        assert not any("rm -rf" in r["body"] for r in pod.seed.requests())
+        assert any("web-k8s" in r["body"] for r in pod.server.requests())
+        assert not any("rm -rf" in r["body"] for r in pod.server.requests())
 
         # The ConfigMap is edited: the kubelet swaps ..data; toolgate reloads, Envoy sees it.
         tg = container(objects, "toolgate")

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import toolgate
-from conftest import EXAMPLES, SEEDS, cond, errors_of, limit, policy
+from conftest import EXAMPLES, POLICYLAYER_EXAMPLES, cond, errors_of, limit, policy
 
 
 def rule_doc(rule: dict[str, Any]) -> dict[str, Any]:
@@ -705,11 +705,13 @@ def test_from_str_rejects_an_unknown_format():
         toolgate.Policy.from_str("{}", "toml")
 
 
-# --- the seeds and examples load ---------------------------------------------------------------
+# --- PolicyLayer's examples and ours load ------------------------------------------------------
 
 
-@pytest.mark.parametrize("text", [s[0] for s in SEEDS], ids=[s[1] for s in SEEDS])
-def test_seed_policies_load_unchanged(text):
+@pytest.mark.parametrize(
+    "text", [s[0] for s in POLICYLAYER_EXAMPLES], ids=[s[1] for s in POLICYLAYER_EXAMPLES]
+)
+def test_policylayer_example_policies_load_unchanged(text):
     p = toolgate.Policy.from_str(text)
     assert len(p.revision) == 16
     assert p.servers == []

@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 import pytest
 import toolgate
-from conftest import EXAMPLES, SEED_CREATE_AMI
+from conftest import EXAMPLES, POLICYLAYER_CREATE_AMI
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from sidecar import Sidecar, decision_lines, free_port, toolgate_cli
@@ -49,9 +49,9 @@ def comparable(d: dict[str, Any]) -> dict[str, Any]:
 # --- Decide ------------------------------------------------------------------------------------
 
 
-def test_seed_create_ami_30_per_minute_per_grant(sc):
-    """The seed policy: 30 calls allowed per grant in a minute, the 31st rate-limited with a
-    retry-after, and another grant unaffected."""
+def test_policylayer_create_ami_30_per_minute_per_grant(sc):
+    """PolicyLayer's example policy: 30 calls allowed per grant in a minute, the 31st
+    rate-limited with a retry-after, and another grant unaffected."""
     alice, bob = fresh("alice"), fresh("bob")
     for i in range(30):
         r = sc.client.decide("create-ami", grant=alice)
@@ -81,10 +81,10 @@ def test_seed_create_ami_30_per_minute_per_grant(sc):
     assert sc.client.decide("create-ami", grant=alice).code == "RATE_LIMITED"
 
 
-def test_seed_policy_text_served_verbatim(tmp_path):
-    """The seed's JSON, exactly as the gateway's documentation prints it, served as a file."""
-    path = tmp_path / "seed.json"
-    path.write_text(SEED_CREATE_AMI)
+def test_policylayer_example_policy_text_served_verbatim(tmp_path):
+    """The example's JSON, exactly as PolicyLayer's documentation prints it, served as a file."""
+    path = tmp_path / "example.json"
+    path.write_text(POLICYLAYER_CREATE_AMI)
     with Sidecar(path, metrics=False) as s:
         codes = [s.client.decide("create-ami", grant="g").code for _ in range(31)]
         assert codes == ["ALLOWED"] * 30 + ["RATE_LIMITED"]

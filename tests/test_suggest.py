@@ -1,5 +1,5 @@
-"""Starter policies from classified tools: the seeds' format, loading for every scanned set, and
-deciding as the categories say on a real engine."""
+"""Starter policies from classified tools: PolicyLayer's format, loading for every scanned set,
+and deciding as the categories say on a real engine."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 import toolgate
-from conftest import SEEDS, make_engine
+from conftest import POLICYLAYER_EXAMPLES, make_engine
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_classify import SEED_TOOLS, labelled
+from test_classify import POLICYLAYER_EXAMPLE_TOOLS, labelled
 from toolgate.authoring.policy_text import policy_key, to_json
 from toolgate.authoring.suggest import Options, suggest, to_yaml
 from toolgate.cli.main import main
@@ -32,14 +32,14 @@ DEFAULT_DECISION = {
 
 
 @pytest.mark.parametrize(
-    ("text", "tool", "counter", "per_minute"), SEEDS, ids=lambda x: str(x)[:20]
+    ("text", "tool", "counter", "per_minute"), POLICYLAYER_EXAMPLES, ids=lambda x: str(x)[:20]
 )
-def test_seed_tools_get_the_seeds_policy(
+def test_policylayer_example_tools_get_its_policy(
     text: str, tool: str, counter: str, per_minute: int
 ) -> None:
-    """Each seed document's tool, scanned alone, gives exactly the policy its document
+    """Each PolicyLayer example's tool, scanned alone, gives exactly the policy the example
     recommends: Write 30 per minute, Execute (vm_create_image) 10."""
-    (definition,) = [t for t, _, _ in SEED_TOOLS if t["name"] == tool]
+    (definition,) = [t for t, _, _ in POLICYLAYER_EXAMPLE_TOOLS if t["name"] == tool]
     policy = suggest([classify(definition)])
     assert policy == json.loads(text)
     assert policy["tools"][tool]["limits"][0] == {
@@ -203,8 +203,8 @@ def test_policy_key() -> None:
     assert policy_key("a*b?c[d]") == "a[*]b[?]c[[]d]"
 
 
-def test_json_is_the_seeds_style() -> None:
-    (definition,) = [t for t, _, _ in SEED_TOOLS if t["name"] == "vm_create_image"]
+def test_json_is_policylayers_style() -> None:
+    (definition,) = [t for t, _, _ in POLICYLAYER_EXAMPLE_TOOLS if t["name"] == "vm_create_image"]
     text = to_json(suggest([classify(definition)]))
     assert text.startswith('{\n  "version": "1",\n  "default": "deny",\n  "tools": {\n')
 

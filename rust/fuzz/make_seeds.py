@@ -18,7 +18,7 @@ from google.protobuf import struct_pb2, wrappers_pb2
 from toolgate.v1 import decider_pb2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
-from conftest import SEEDS  # the policies of PolicyLayer's documentation
+from conftest import POLICYLAYER_EXAMPLES  # the policies of PolicyLayer's documentation
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED_DIR = ROOT / "rust" / "fuzz" / "seeds"
@@ -110,7 +110,7 @@ def write(target: str, seeds: list[bytes]) -> None:
 def main() -> None:
     write("body_reader", [json.dumps(b).encode() for b in BODIES] + RAW_BODIES)
     policies = [p.read_bytes() for p in sorted((ROOT / "examples").glob("policy.*"))]
-    policies += [text.encode() for _, _, text, _ in SEEDS]
+    policies += [text.encode() for text, _, _, _ in POLICYLAYER_EXAMPLES]
     write("policy_loader", policies)
     write("wire_decoder", wire_seeds())
 

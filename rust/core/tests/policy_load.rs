@@ -1,5 +1,5 @@
-//! Loading policies: the seed documents, every feature, and every kind of validation error
-//! with its exact pointer and line.
+//! Loading policies: PolicyLayer's example policies, every feature, and every kind of
+//! validation error with its exact pointer and line.
 
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -9,10 +9,11 @@ use toolgate_core::policy::{
     Scope, Segment,
 };
 
-// --- the seeds ---------------------------------------------------------------------------------
+// --- PolicyLayer's example policies -------------------------------------------------------
 
-/// The policy JSON of each seed document, copied literally, with its tool, counter and max.
-const SEEDS: [(&str, &str, &str, f64); 5] = [
+/// The policy JSON of each of PolicyLayer's example policies, copied literally, with its
+/// tool, counter and max.
+const POLICYLAYER_EXAMPLES: [(&str, &str, &str, f64); 5] = [
     (
         r#"{
 "version": "1",
@@ -120,8 +121,8 @@ const SEEDS: [(&str, &str, &str, f64); 5] = [
     ),
 ];
 
-/// The same policy as a seed, written as YAML by hand.
-fn seed_as_yaml(tool: &str, counter: &str, max: f64) -> String {
+/// The same policy as one of PolicyLayer's examples, written as YAML by hand.
+fn example_as_yaml(tool: &str, counter: &str, max: f64) -> String {
     format!(
         "# recommended rule for {tool}
 version: \"1\"
@@ -138,8 +139,8 @@ tools:
 }
 
 #[test]
-fn every_seed_policy_loads_unchanged() {
-    for (text, tool, counter, max) in SEEDS {
+fn every_policylayer_example_loads_unchanged() {
+    for (text, tool, counter, max) in POLICYLAYER_EXAMPLES {
         let policy = Policy::from_json_str(text).unwrap_or_else(|e| panic!("{tool}: {e}"));
         let root = &policy.root;
         assert_eq!(root.pointer, "");
@@ -170,21 +171,21 @@ fn every_seed_policy_loads_unchanged() {
 }
 
 #[test]
-fn seed_policies_in_yaml_load_to_the_same_model() {
-    for (text, tool, counter, max) in SEEDS {
+fn policylayer_examples_in_yaml_load_to_the_same_model() {
+    for (text, tool, counter, max) in POLICYLAYER_EXAMPLES {
         let from_json = Policy::from_json_str(text).unwrap();
-        let from_yaml = Policy::from_yaml_str(&seed_as_yaml(tool, counter, max)).unwrap();
+        let from_yaml = Policy::from_yaml_str(&example_as_yaml(tool, counter, max)).unwrap();
         // The model has no PartialEq (it holds compiled regexes); Debug shows every field.
         assert_eq!(format!("{from_json:?}"), format!("{from_yaml:?}"));
         assert_eq!(from_json.revision, from_yaml.revision);
     }
-    let revisions: std::collections::HashSet<_> = SEEDS
+    let revisions: std::collections::HashSet<_> = POLICYLAYER_EXAMPLES
         .iter()
         .map(|(text, ..)| Policy::from_json_str(text).unwrap().revision)
         .collect();
     assert_eq!(
         revisions.len(),
-        SEEDS.len(),
+        POLICYLAYER_EXAMPLES.len(),
         "different policies, different revisions"
     );
 }
@@ -1431,8 +1432,8 @@ fn errors_of_a_json_value_have_no_line() {
 fn from_path_picks_the_format() {
     let dir = std::env::temp_dir().join(format!("toolgate-policy-load-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (seed, tool, counter, max) = SEEDS[0];
-    let yaml = seed_as_yaml(tool, counter, max);
+    let (seed, tool, counter, max) = POLICYLAYER_EXAMPLES[0];
+    let yaml = example_as_yaml(tool, counter, max);
     let cases = [
         ("p.json", seed),
         ("p.yaml", yaml.as_str()),

@@ -10,7 +10,8 @@ reads its tools/list with ``toolgate.scanner.scan`` and merges the tools into la
 - a tool already there keeps its ``label`` and ``why``; its definition is refreshed;
 - a new tool is added with ``label: null``, to be labelled by hand (by what the tool does,
   never to fit the classifier); the test refuses a file with an unlabelled tool;
-- entries whose source is not a package below (the seed documents' tools) are kept as they are.
+- entries whose source is not a package below (the tools of PolicyLayer's examples) are kept as
+  they are.
 
 Needs npm, network access to the npm registry and PyPI, and a few minutes.
 """
