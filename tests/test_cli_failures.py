@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mcp_servers import SeedServer
+from mcp_servers import ExampleServer
 from sidecar import TOOLGATE, Sidecar, free_port
 from toolgate.cli.main import build_parser, main
 
@@ -140,6 +140,10 @@ INVOCATIONS = [
     Invocation("scan -- COMMAND", ("scan", "--timeout", str(PATIENCE), "--", "{program}")),
     Invocation("suggest --file", ("suggest", "-q", "--file", "{tools}")),
     Invocation("suggest --url", ("suggest", "-q", "--url", "{url}", "--timeout", str(PATIENCE))),
+    Invocation("pin --file", ("pin", "--pins", "{pins}", "--file", "{tools}")),
+    Invocation(
+        "pin --url", ("pin", "--pins", "{pins}", "--url", "{url}", "--timeout", str(PATIENCE))
+    ),
     Invocation("approvals list", _admin("--timeout", str(PATIENCE), "list")),
     Invocation("approvals show", _admin("--timeout", str(PATIENCE), "show", "{approval}")),
     Invocation("approvals approve", _admin("--timeout", str(PATIENCE), "approve", "{approval}")),
@@ -198,6 +202,7 @@ class World:
         self.files = {
             "policy": str(work / "policy.json"),
             "tools": str(work / "tools.json"),
+            "pins": str(work / "pins.json"),
             "token": str(work / "alice.token"),
             "tokens": str(work / "admin-tokens"),
             "secret": str(work / "webhook.secret"),
@@ -268,7 +273,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             "--state-dir",
             str(work / "state"),
         ) as sidecar,
-        SeedServer(work / "mcp-requests.jsonl") as mcp,
+        ExampleServer(work / "mcp-requests.jsonl") as mcp,
     ):
         yield World(work, sidecar, admin, mcp.url)
 
@@ -602,7 +607,7 @@ def test_without_the_scan_extra(world: World, invocation, tmp_path):
     if invocation.name == "approvals watch":
         pytest.skip("streams until stopped (its Ctrl-C has a test of its own)")
     code, out, err = run(invocation.fill(world.values(invocation)), env=env)
-    needs_sdk = invocation.name in {"scan --url", "scan -- COMMAND", "suggest --url"}
+    needs_sdk = invocation.name in {"scan --url", "scan -- COMMAND", "suggest --url", "pin --url"}
     if needs_sdk:
         said = assert_one_sentence(code, err)
         assert "pip install 'toolgate[scan]'" in said, said
