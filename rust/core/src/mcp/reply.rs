@@ -53,12 +53,15 @@ pub fn details(d: &Decision) -> Map<String, Value> {
 }
 
 /// A denied call: a tool result with `isError`, the reason as text, the details in `_meta`.
+/// `resultType` is MCP 2026-07-28's (its clients refuse a result without it; older ones
+/// ignore it).
 pub fn denied(id: &Option<Value>, d: &Decision) -> Reply {
     let details = details(d);
     let message = json!({
         "jsonrpc": "2.0",
         "id": id_or_null(id),
         "result": {
+            "resultType": "complete",
             "content": [{"type": "text", "text": d.reason()}],
             "isError": true,
             "_meta": {META_KEY: details},
