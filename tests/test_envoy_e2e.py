@@ -159,6 +159,17 @@ def test_denied_tool_returns_is_error_with_the_reason(example, gate):
     assert tool_calls(example, "i-e2e") == []
 
 
+def test_a_2026_client_reads_a_denial_as_a_tool_result(example, gate):
+    # The official client of MCP 2026-07-28 refuses a result without resultType: the denial
+    # must be a result it can read, not a validation error.
+    session = partial(mcp_session, headers={"authorization": "Bearer b26"}, mode="2026-07-28")
+    out = anyio.run(session, gate.url(), "run_command", {"command": "rm -rf /2026"})
+    assert out["result"].is_error
+    assert texts(out["result"]) == ["Destructive shell commands are not allowed."]
+    assert decision_of(out["result"])["code"] == "CONDITION_FAILED"
+    assert tool_calls(example, "rm -rf /2026") == []
+
+
 def test_31st_create_ami_in_a_minute_is_refused_while_another_grant_passes(example, gate):
     calls = [("create-ami", {"name": f"burst-{i}"}) for i in range(31)]
     results = anyio.run(calls_in_one_session, gate.url(), "alice-burst", calls)
