@@ -2,7 +2,8 @@
 //!
 //! Every case decides one call of a tool whose rule has one rate limit (scope `grant`,
 //! `max` 1e9 per minute, so it never denies unless the case is about denying) and one
-//! `deny_if` regex condition on `args.command`, except the `no_limit` references. Each
+//! `deny_if` regex condition on `args.command`, except the `no_limit` references; the
+//! `marks` cases add a session mark to that rule (read, or set). Each
 //! iteration is one `Engine::decide` on the real clock (`clock_gettime`), and includes
 //! building and dropping the returned `Decision`; on the allow path it also writes a
 //! reservation-log entry, as in production.
@@ -272,6 +273,79 @@ fn tools(c: &mut Criterion) {
     g.finish();
 }
 
+/// What a session mark costs beside the same call without it: `reference` is
+/// `one_limit_one_regex/allow`'s rule; `read_unset` adds a `deny_if` on `marks.tainted`
+/// (scope `grant`), which the call's grant has not set, so it is allowed; `read_set` the
+/// same call from a grant that set the mark (denied, `CONDITION_FAILED`, after the read);
+/// `set` is the reference rule setting a mark when it allows (one unit more reserved, on the
+/// mark's counter, in the same step as the limit).
+fn marks(c: &mut Criterion) {
+    let safe = json!({"command": SAFE_COMMAND});
+    let mut g = c.benchmark_group("decide/marks");
+    let mark = json!({"name": "tainted", "scope": "grant", "ttl": "1h"});
+    let with = |extra: Value| {
+        let mut r = rule("run_command_rate", 1_000_000_000);
+        for (k, v) in extra.as_object().expect("an object") {
+            match (r.get_mut(k), v) {
+                (Some(Value::Array(have)), Value::Array(more)) => have.extend(more.clone()),
+                _ => {
+                    r[k] = v.clone();
+                }
+            }
+        }
+        r
+    };
+
+    let reference = LazyCell::new(|| {
+        let e = engine(single(rule("run_command_rate", 1_000_000_000)), CAPACITY);
+        assert_eq!(decide_one(&e, "run_command", "g", &safe), Code::Allowed);
+        e
+    });
+    g.bench_function("reference", |b| {
+        let e = &*reference;
+        b.iter(|| e.decide(black_box(&request("run_command", "g", &safe))))
+    });
+
+    let reads = LazyCell::new(|| {
+        let mut tools = serde_json::Map::new();
+        tools.insert(
+            "run_command".into(),
+            with(json!({"deny_if": [{"path": "marks.tainted", "op": "exists"}]})),
+        );
+        tools.insert("taint".into(), json!({"marks": [mark]}));
+        let e = engine(policy(tools), CAPACITY);
+        assert_eq!(decide_one(&e, "run_command", "g", &safe), Code::Allowed);
+        assert_eq!(decide_one(&e, "taint", "t", &safe), Code::Allowed);
+        assert_eq!(
+            decide_one(&e, "run_command", "t", &safe),
+            Code::ConditionFailed
+        );
+        e
+    });
+    g.bench_function("read_unset", |b| {
+        let e = &*reads;
+        b.iter(|| e.decide(black_box(&request("run_command", "g", &safe))))
+    });
+    g.bench_function("read_set", |b| {
+        let e = &*reads;
+        b.iter(|| e.decide(black_box(&request("run_command", "t", &safe))))
+    });
+
+    let sets = LazyCell::new(|| {
+        let e = engine(single(with(json!({"marks": [mark]}))), CAPACITY);
+        let d = e.decide(&request("run_command", "g", &safe));
+        assert_eq!(d.code, Code::Allowed);
+        let set = d.marks.expect("the decision reports its marks").set;
+        assert_eq!(set, vec![Box::<str>::from("tainted")]);
+        e
+    });
+    g.bench_function("set", |b| {
+        let e = &*sets;
+        b.iter(|| e.decide(black_box(&request("run_command", "g", &safe))))
+    });
+    g.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(30)
@@ -282,6 +356,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = one_limit_one_regex, no_limit, keys, tools
+    targets = one_limit_one_regex, no_limit, keys, tools, marks
 }
 criterion_main!(benches);

@@ -403,6 +403,178 @@ fn a_check_on_one_replica_racing_a_mark_on_another_never_runs_after_it() {
     eprintln!("checks after the mark: {after} of {rounds}");
 }
 
+/// A limit, and the same limit with a mark read, set, or both.
+const LIMIT_AND_MARKS: &str = r#"{"version": "1", "tools": {
+    "limited": {"limits": [{"counter": "L", "window": "1m", "max": 1000, "scope": "grant"}]},
+    "reads": {"limits": [{"counter": "L", "window": "1m", "max": 1000, "scope": "grant"}],
+              "deny_if": [{"path": "marks.private_data", "op": "exists"}]},
+    "sets": {"limits": [{"counter": "L", "window": "1m", "max": 1000, "scope": "grant"}],
+             "marks": [{"name": "private_data", "scope": "grant", "ttl": "1m"}]},
+    "reads_and_sets": {"limits": [{"counter": "L", "window": "1m", "max": 1000, "scope": "grant"}],
+                       "deny_if": [{"path": "marks.private_data", "op": "exists"}],
+                       "marks": [{"name": "reviewed", "scope": "grant", "ttl": "1m"}]}}}"#;
+
+/// A connection to Redis that speaks RESP itself, so that it sends nothing but what it is
+/// told (a client library may greet the server with commands of its own).
+struct Raw {
+    reader: std::io::BufReader<std::net::TcpStream>,
+    writer: std::net::TcpStream,
+}
+
+impl Raw {
+    fn connect(redis: &RedisServer) -> Raw {
+        let stream = std::net::TcpStream::connect(("127.0.0.1", redis.port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Raw {
+            reader: std::io::BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+        }
+    }
+
+    fn addr(&self) -> String {
+        self.writer.local_addr().unwrap().to_string()
+    }
+
+    fn line(&mut self) -> String {
+        use std::io::BufRead;
+        let mut line = String::new();
+        self.reader.read_line(&mut line).unwrap();
+        assert!(line.ends_with("\r\n"), "a whole line from Redis: {line:?}");
+        line.truncate(line.len() - 2);
+        line
+    }
+
+    /// Send one command; its reply, a status or a bulk string.
+    fn cmd(&mut self, args: &[&str]) -> String {
+        use std::io::{Read, Write};
+        let mut out = format!("*{}\r\n", args.len());
+        for a in args {
+            out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        self.writer.write_all(out.as_bytes()).unwrap();
+        let head = self.line();
+        match head.split_at(1) {
+            ("+", status) => status.to_owned(),
+            ("$", len) => {
+                let mut body = vec![0; len.parse::<usize>().unwrap() + 2];
+                self.reader.read_exact(&mut body).unwrap();
+                body.truncate(body.len() - 2);
+                String::from_utf8(body).unwrap()
+            }
+            _ => panic!("unexpected reply to {args:?}: {head:?}"),
+        }
+    }
+}
+
+/// Marks travel in the script that reserves a call's limits: on Redis in exact mode, a call
+/// with a limit and a mark (read, set, or both) that is allowed costs the one round trip a
+/// call with just the limit costs: the reserving script, once. Counted by Redis, not timed:
+/// every command a client sent (`MONITOR`, where the scripts' own commands show as `lua`'s),
+/// and `INFO commandstats`' count of scripts run.
+///
+/// A call denied by a mark it read costs one more: the script reserved its limit as it read
+/// the mark, and the denied call gives that back (the release script), where a call denied
+/// by its limit reserved nothing. Asserted as it is, so a change shows here.
+#[test]
+fn marks_ride_in_the_reserving_script() {
+    use toolgate_runtime::store::scripts::{RELEASE, RESERVE};
+    let redis = RedisServer::start();
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000_000_000));
+    let c = config(
+        redis.url(),
+        "roundtrips:",
+        TimeSource::Engine,
+        Unavailable::Deny,
+    );
+    let e = redis_engine(LIMIT_AND_MARKS, clock, c);
+    // The deciding thread's own connection is made, and the scripts loaded, by its first
+    // calls: not what is counted.
+    assert_eq!(call(&e, "limited", "warm", None).code, Code::Allowed);
+    assert_eq!(call(&e, "sets", "warm", None).code, Code::Allowed);
+    assert_eq!(call(&e, "reads", "warm", None).code, Code::ConditionFailed);
+    let scripts = [
+        (redis::Script::new(RESERVE).get_hash().to_owned(), "reserve"),
+        (redis::Script::new(RELEASE).get_hash().to_owned(), "release"),
+    ];
+
+    let mut monitor = Raw::connect(&redis);
+    assert_eq!(monitor.cmd(&["MONITOR"]), "OK");
+    let mut control = Raw::connect(&redis);
+    let ours = format!("[0 {}]", control.addr());
+    // What the clients other than `control` sent while `decide` ran `n` decisions (a
+    // script by its name), and how many scripts (EVALSHA, EVAL) Redis ran meanwhile.
+    let mut count = |name: &str, n: usize, decide: &mut dyn FnMut()| -> (Vec<String>, u64) {
+        assert_eq!(control.cmd(&["CONFIG", "RESETSTAT"]), "OK");
+        for _ in 0..n {
+            decide();
+        }
+        let end = format!("end-of-{name}");
+        assert_eq!(control.cmd(&["ECHO", &end]), end);
+        let mut sent = Vec::new();
+        loop {
+            let line = monitor.line();
+            if line.contains(&ours) {
+                if line.contains(&end) {
+                    break;
+                }
+                continue;
+            }
+            if line.contains(" [0 lua] ") {
+                continue;
+            }
+            // `+TIME [DB ADDR] "command" "argument" ...`
+            let words: Vec<&str> = line.split('"').skip(1).step_by(2).collect();
+            let command = words.first().map_or(line.clone(), |c| c.to_lowercase());
+            let script = scripts
+                .iter()
+                .find(|(sha, _)| words.get(1) == Some(&sha.as_str()));
+            sent.push(match (command.as_str(), script) {
+                ("evalsha", Some((_, script))) => format!("evalsha {script}"),
+                _ => command,
+            });
+        }
+        let stats = control.cmd(&["INFO", "commandstats"]);
+        let scripts_run = stats
+            .lines()
+            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+            .map(|l| {
+                let calls = l.split(['=', ',']).nth(1).unwrap();
+                calls.parse::<u64>().unwrap()
+            })
+            .sum();
+        (sent, scripts_run)
+    };
+
+    const N: usize = 5;
+    let one = vec!["evalsha reserve"];
+    let two = vec!["evalsha reserve", "evalsha release"];
+    let cases = [
+        ("limited", "a", Code::Allowed, &one),
+        ("reads", "a", Code::Allowed, &one),
+        ("sets", "b", Code::Allowed, &one),
+        ("reads_and_sets", "c", Code::Allowed, &one),
+        ("reads", "b", Code::ConditionFailed, &two),
+    ];
+    for (tool, grant, code, per_call) in cases {
+        let name = format!("{tool}-{grant}");
+        let (sent, scripts_run) = count(&name, N, &mut || {
+            let d = call(&e, tool, grant, None);
+            assert_eq!(d.code, code, "{tool} for {grant}: {}", d.reason());
+        });
+        eprintln!(
+            "{tool} ({grant}, {code:?}): {N} decisions, {scripts_run} scripts run, sent {sent:?}"
+        );
+        assert_eq!(sent, per_call.repeat(N), "{tool} for {grant}");
+        assert_eq!(
+            scripts_run,
+            (per_call.len() * N) as u64,
+            "{tool} for {grant}"
+        );
+    }
+}
+
 /// Tool `a` counts on A (3 s windows), `b` on B (a minute), `ab` on both; windows are
 /// whole multiples of 3 ms, so the table's nanosecond sub-buckets and the script's
 /// microsecond ones are the same.

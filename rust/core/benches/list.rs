@@ -1,0 +1,216 @@
+//! What holding a `tools/list` answer to pins costs the list filter: the same 100-tool
+//! answer filtered by a policy without pins, by the same policy with a pins file pinning
+//! every tool as listed (the steady state: each tool's definition is digested and found as
+//! pinned and as last listed), and with one tool listed other than pinned (withheld,
+//! `TOOL_CHANGED`; its drift was counted on the first list, so later lists only withhold).
+//! `definitions_only` reads the 100 definitions alone (digests, titles, hints): the part of
+//! pinning's cost that grows with the tools' size.
+//!
+//! Each iteration is what the ext_proc filter (rust/server/src/ext_proc.rs) does with one
+//! answer: a [`ListFilter`] fed the whole JSON body, every tool judged by
+//! [`Engine::list_tool`], the filtered answer written. The answer is bench/ext_proc_bench.py's
+//! catalogue (run_command and four families of cloud tools, each with a description and an
+//! `inputSchema` of two described properties), with MCP annotations added to each tool; the
+//! policy is that bench's (`delete_*` hidden, `describe_*` and `list_*` allowed, the rest
+//! denied by default).
+//!
+//! Run: `cargo bench -p toolgate-core --bench list` (see bench/README.md).
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use serde_json::{json, Map, Value};
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use toolgate_core::definition::{digest, Definition};
+use toolgate_core::mcp::answer::Framing;
+use toolgate_core::mcp::listing::{ListFilter, ListReport};
+use toolgate_core::{Engine, Policy, Subject};
+
+/// (verb, how many): bench/ext_proc_bench.py's families, interleaved as there.
+const FAMILIES: [(&str, usize); 4] = [
+    ("describe", 35),
+    ("list", 30),
+    ("delete", 20),
+    ("create", 14),
+];
+const NOUNS: [&str; 7] = [
+    "instance", "volume", "snapshot", "bucket", "queue", "table", "image",
+];
+const LIST_ID: &str = "bench-1";
+
+fn tool(name: &str, description: &str, properties: &[(&str, &str)], annotations: Value) -> Value {
+    let props: Map<String, Value> = properties
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), json!({"type": "string", "description": v})))
+        .collect();
+    json!({
+        "name": name,
+        "description": description,
+        "inputSchema": {"type": "object", "properties": props, "required": [properties[0].0]},
+        "annotations": annotations,
+    })
+}
+
+/// The upstream's 100 tools.
+fn catalogue() -> Vec<Value> {
+    let mut tools = vec![tool(
+        "run_command",
+        "Run a shell command on the build host.",
+        &[("command", "The command.")],
+        json!({"openWorldHint": false}),
+    )];
+    for i in 0..35 {
+        for (verb, count) in FAMILIES {
+            if i >= count {
+                continue;
+            }
+            let noun = NOUNS[i % NOUNS.len()];
+            // What such a server says of its tools (the hints it leaves out keep MCP's
+            // defaults).
+            let annotations = match verb {
+                "describe" | "list" => json!({"readOnlyHint": true}),
+                "delete" => json!({"destructiveHint": true}),
+                _ => json!({"readOnlyHint": false, "destructiveHint": false}),
+            };
+            tools.push(tool(
+                &format!("{verb}_{noun}_{i:02}"),
+                &format!(
+                    "{}{} one {noun} of the current project (set {i}).",
+                    verb[..1].to_uppercase(),
+                    &verb[1..]
+                ),
+                &[
+                    ("id", &format!("The {noun}'s id.")),
+                    ("region", "Where it lives."),
+                ],
+                annotations,
+            ));
+        }
+    }
+    assert_eq!(tools.len(), 100);
+    tools
+}
+
+fn answer(tools: &[Value]) -> Vec<u8> {
+    serde_json::to_vec(&json!({"jsonrpc": "2.0", "id": LIST_ID, "result": {"tools": tools}}))
+        .expect("JSON values always serialize")
+}
+
+/// A pins file pinning `tools` (for calls that name no server).
+fn pins_file(name: &str, tools: &[Value]) -> PathBuf {
+    let entries: Map<String, Value> = tools
+        .iter()
+        .map(|t| {
+            let object = t.as_object().expect("a tool is an object");
+            let d = digest(object).expect("a tool digests");
+            let name = t["name"].as_str().expect("a tool has a name");
+            (
+                name.to_owned(),
+                json!({"digest": d.to_string(), "definition": t}),
+            )
+        })
+        .collect();
+    let dir = std::env::temp_dir().join(format!("toolgate-bench-list-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let path = dir.join(name);
+    let file = json!({"version": "1", "tools": entries});
+    std::fs::write(&path, file.to_string()).expect("the pins file is written");
+    path
+}
+
+/// bench/ext_proc_bench.py's policy, with `pins` if given.
+fn engine(pins: Option<&PathBuf>) -> Arc<Engine> {
+    let mut doc = json!({"version": "1", "default": "deny",
+        "hide": ["delete_*"],
+        "tools": {
+            "run_command": {
+                "deny_if": [{"conditions": [{"path": "args.command", "op": "regex",
+                                             "value": "(^|\\s)(rm|mkfs|dd)\\s"}],
+                             "on_deny": "Destructive shell commands are not allowed."}],
+                "limits": [{"counter": "run_command_rate", "window": "day",
+                            "max": 1_000_000_000u64, "scope": "grant"}]},
+            "describe_*": {}, "list_*": {}}});
+    if let Some(file) = pins {
+        doc["pins"] = json!({"file": file, "mode": "enforce", "unpinned": "hide"});
+    }
+    let policy = Policy::from_json_str(&doc.to_string()).expect("bench policy is valid");
+    Arc::new(Engine::with_defaults(policy).expect("bench policy compiles"))
+}
+
+/// Filter one answer as the ext_proc filter does: the filtered body and what it did.
+fn filter(engine: &Engine, body: &[u8]) -> (Vec<u8>, ListReport) {
+    let policy = engine.policy();
+    let subject = Subject {
+        grant: Some("g"),
+        ..Default::default()
+    };
+    let visible = |name: &str, tool: &Map<String, Value>| {
+        engine.list_tool(&policy, None, subject, name, tool)
+    };
+    let mut f = ListFilter::new(Ok(Framing::Json), Some(json!(LIST_ID)), visible);
+    let out = f.feed(body, true);
+    (out, f.report)
+}
+
+fn list(c: &mut Criterion) {
+    let tools = catalogue();
+    let body = answer(&tools);
+    let all = pins_file("all.json", &tools);
+    // The pin of a tool the caller may see differs from what the server lists: a rug pull.
+    let mut reviewed = tools.clone();
+    reviewed[1]["description"] = "Describe one instance (reviewed wording).".into();
+    let one_changed = pins_file("one-changed.json", &reviewed);
+
+    let cases = [
+        ("no_pins", engine(None), 65 + 1),
+        ("pinned", engine(Some(&all)), 65 + 1),
+        ("one_changed", engine(Some(&one_changed)), 65),
+    ];
+    let mut g = c.benchmark_group("list/100_tools");
+    for (name, e, shown) in &cases {
+        // The first list records every definition (and counts the drift); then each list
+        // finds them as last listed.
+        for _ in 0..2 {
+            let (out, report) = filter(e, &body);
+            assert_eq!(
+                (report.lists, report.shown, report.removed),
+                (1, *shown, 100 - shown),
+                "{name}"
+            );
+            assert!(report.refused.is_none(), "{name}: {:?}", report.refused);
+            assert!(out.len() < body.len());
+        }
+        g.bench_function(*name, |b| b.iter(|| filter(e, black_box(&body))));
+    }
+    // Where pinning's time goes: reading the 100 definitions alone (canonical JSON and
+    // SHA-256 of each tool, its title and hints), with no filter around it.
+    let objects: Vec<Map<String, Value>> = tools
+        .iter()
+        .map(|t| t.as_object().expect("a tool is an object").clone())
+        .collect();
+    g.bench_function("definitions_only", |b| {
+        b.iter(|| {
+            for t in black_box(&objects) {
+                black_box(Definition::read(t).expect("a tool reads"));
+            }
+        })
+    });
+    g.finish();
+    let _ = std::fs::remove_dir_all(all.parent().expect("in a directory"));
+    eprintln!("list answer: {} tools, {} bytes", tools.len(), body.len());
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(30)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = list
+}
+criterion_main!(benches);
