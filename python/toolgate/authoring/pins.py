@@ -21,10 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from toolgate._core import inert, tool_digest
-
-#: The members of a tool a digest covers: what the model reads and what a policy can test.
-DIGESTED = ("name", "title", "description", "inputSchema", "outputSchema", "annotations")
+from toolgate._core import DIGESTED, inert, tool_digest
 
 
 class PinsError(Exception):

@@ -97,6 +97,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // The engine's defaults: counter-table slots, reservation log lines, the largest
     // arguments a wire request may carry, and the counter store's.
     m.add("DEFAULT_CAPACITY", toolgate_core::engine::DEFAULT_CAPACITY)?;
+    // The members of a tool definition a pin digests (and keeps).
+    m.add("DIGESTED", toolgate_core::definition::DIGESTED.to_vec())?;
     m.add(
         "DEFAULT_RESERVATIONS",
         toolgate_core::engine::DEFAULT_RESERVATIONS,

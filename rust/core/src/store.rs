@@ -29,8 +29,8 @@ pub trait CounterStore: Send + Sync {
     /// fit), appending what was consumed to `parts` and each limit's state to `limits`; on
     /// a denial nothing of this call stays consumed and both are left as they were.
     /// In the same step, read each counter of `reads` (at most [`MAX_READS`]): whether it
-    /// counts anything in its window (a mark is set), whether the wants fit or not. `stats` counts the store's round trips, errors and
-    /// fallbacks.
+    /// counts anything in its window (a mark is set), whether the wants fit or not.
+    /// `stats` counts the store's round trips, errors and fallbacks.
     #[allow(clippy::too_many_arguments)]
     fn reserve(
         &self,
