@@ -160,6 +160,27 @@ def test_pin_then_diff_says_what_changed_inertly_and_exits_as_diff_does(tmp_path
     assert broken.returncode == 2 and "missing.json" in broken.stderr
 
 
+def test_pinning_what_is_pinned_leaves_the_file_alone(tmp_path):
+    # The same listing again changes nothing: the file is not rewritten (a watching sidecar
+    # does not reload it, and a checked-in pins file stays as committed).
+    pins_file = tmp_path / "pins.json"
+    args = ("pin", "--pins", pins_file, "--server", "crm", "--file", CRM / "tools.json")
+    assert run_toolgate(*args).returncode == 0
+    before = pins_file.stat()
+    os.utime(pins_file, ns=(before.st_atime_ns, before.st_mtime_ns - 10**9))
+    stamped = pins_file.stat()
+    again = run_toolgate(*args)
+    assert "0 added, 0 changed, 0 dropped, 4 unchanged" in again.stdout
+    after = pins_file.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (stamped.st_ino, stamped.st_mtime_ns)
+    # The example's own pins file is as toolgate writes it: pinning it anew changes no byte.
+    committed = (CRM / "pins.json").read_text()
+    copy = tmp_path / "example-pins.json"
+    copy.write_text(committed)
+    run_toolgate("pin", "--pins", copy, "--server", "crm", "--file", CRM / "tools.json")
+    assert copy.read_text() == committed
+
+
 def test_pin_one_tool_after_review_leaves_the_others(tmp_path):
     pins_file = tmp_path / "pins.json"
     run_toolgate("pin", "--pins", pins_file, "--server", "crm", "--file", CRM / "tools.json")

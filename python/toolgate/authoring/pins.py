@@ -12,6 +12,7 @@ what the sidecar computes from the same listing, byte for byte.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import os
@@ -221,8 +222,12 @@ def pinned(
 
 
 def write(path: Path, document: Mapping[str, Any]) -> None:
-    """Write the pins file whole or not at all (a reload never reads half of it)."""
+    """Write the pins file whole or not at all (a reload never reads half of it); a file
+    that already holds exactly this is left alone (nor reloaded by a sidecar watching it)."""
     text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        if path.read_text(encoding="utf-8") == text:
+            return
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         mode = path.stat().st_mode & 0o777
