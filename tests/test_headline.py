@@ -47,11 +47,12 @@ def test_a_rerun_table_is_quoted_anew(tmp_path: Path):
     """What the other end of a benchmark rerun does: new figures in the table, the quotes
     rewritten from them."""
     rows = headline.headline_rows(TABLE)
-    old, new = "**1.65\u00d7**", "**1.71\u00d7**"
+    # Whatever the table says today, the rerun says 9.99 times.
+    old, new = re.search(r"\*\*[^*]+\*\*", rows["limitador"]).group(0), "**9.99\u00d7**"
     newer = TABLE.replace(rows["limitador"], rows["limitador"].replace(old, new))
     doc = "x <!-- headline: peers -->old<!-- /headline --> y"
     text, stale = headline.rewrite(doc, headline.headline_rows(newer), tmp_path / "d.md")
-    assert text.startswith("x <!-- headline: peers -->1.71\u00d7 Limitador's rate-limit")
+    assert text.startswith("x <!-- headline: peers -->9.99\u00d7 Limitador's rate-limit")
     assert text.endswith("<!-- /headline --> y")
     assert [s.name for s in stale] == ["peers"]
     # Rewritten, nothing is stale any more.
