@@ -173,6 +173,13 @@ class EngineCollector(Collector):
             value=stats["table_full"],
         )
         yield CounterMetricFamily(
+            "toolgate_confirmed_calls",
+            "Calls that ran on their user's confirmation in their MCP client "
+            "(require_confirmation); the questions and refusals are toolgate_decisions_total's "
+            "CONFIRMATION_* codes.",
+            value=stats["confirmed"],
+        )
+        yield CounterMetricFamily(
             "toolgate_decision_log_lines",
             "Decisions handed to the decision log (--decision-log).",
             value=stats["logged"],

@@ -29,6 +29,11 @@ class Code(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STORE_UNAVAILABLE: _ClassVar[Code]
     TOOL_CHANGED: _ClassVar[Code]
     TOOL_UNPINNED: _ClassVar[Code]
+    CONFIRMATION_REQUIRED: _ClassVar[Code]
+    CONFIRMATION_DECLINED: _ClassVar[Code]
+    CONFIRMATION_EXPIRED: _ClassVar[Code]
+    CONFIRMATION_INVALID: _ClassVar[Code]
+    CONFIRMATION_UNAVAILABLE: _ClassVar[Code]
 VERDICT_UNSPECIFIED: Verdict
 ALLOW: Verdict
 DENY: Verdict
@@ -46,6 +51,11 @@ APPROVAL_DENIED: Code
 STORE_UNAVAILABLE: Code
 TOOL_CHANGED: Code
 TOOL_UNPINNED: Code
+CONFIRMATION_REQUIRED: Code
+CONFIRMATION_DECLINED: Code
+CONFIRMATION_EXPIRED: Code
+CONFIRMATION_INVALID: Code
+CONFIRMATION_UNAVAILABLE: Code
 
 class Subject(_message.Message):
     __slots__ = ("grant", "agent", "session", "attributes")

@@ -85,6 +85,7 @@ impl PyEngine {
                     args: None,
                     dry_run,
                     hits,
+                    confirm: None,
                 },
                 trace,
             ),
@@ -97,6 +98,7 @@ impl PyEngine {
                     args: Some(PyArg(a.clone())),
                     dry_run,
                     hits,
+                    confirm: None,
                 },
                 trace,
             ),
@@ -116,6 +118,7 @@ impl PyEngine {
                         args: Some(&value),
                         dry_run,
                         hits,
+                        confirm: None,
                     },
                     trace,
                 )
@@ -352,6 +355,7 @@ impl PyEngine {
         d.set_item("decisions", codes)?;
         d.set_item("shadow", self.inner.stats().shadow())?;
         d.set_item("table_full", self.inner.stats().table_full())?;
+        d.set_item("confirmed", self.inner.stats().confirmed())?;
         d.set_item("logged", self.inner.stats().logged())?;
         d.set_item("log_dropped", self.inner.stats().log_dropped())?;
         let (records, bytes) = self.inner.decision_log().map_or((0, 0), |l| l.queued());

@@ -23,6 +23,7 @@ pub fn read_mcp_request<'py>(py: Python<'py>, body: &[u8]) -> PyResult<Bound<'py
             id,
             name,
             arguments,
+            ..
         }) => {
             out.set_item("kind", "call")?;
             out.set_item("id", json(&id)?)?;

@@ -40,7 +40,8 @@ impl PySidecar {
     /// `capacity` slots, or on Redis with `store` (a `redis://`, `rediss://` or
     /// `redis+sentinel://` URL and the `store_*` settings; `store_clock="engine"` takes time
     /// from the engine's clock, for tests). Writes decisions to `decision_log` (a path, or
-    /// `-` for stdout) with grants hashed under `grant_key`. Runs approvals with their table
+    /// `-` for stdout) with grants hashed under `grant_key`, which also keys the tokens of
+    /// users' confirmations (replicas given the same key accept each other's). Runs approvals with their table
     /// in the file `approvals_table`, every digest of a call keyed with `approvals_key`.
     /// Serves on `listen` (`HOST:PORT` or `unix:PATH`) once `serve()` is called; `authz`
     /// says how Check requests are read, `descriptors` are encoded FileDescriptorSets of the
@@ -132,6 +133,8 @@ impl PySidecar {
                 }
             }
         };
+        // Empty: a key of the engine's own.
+        let confirmation_secret = grant_key.clone();
         let decision_log = match decision_log {
             None => None,
             Some(path) => Some(decision_log::Settings {
@@ -203,6 +206,12 @@ impl PySidecar {
         let inner = py
             .detach(|| Sidecar::assemble(policy, options, clock))
             .map_err(raise)?;
+        if !confirmation_secret.is_empty() {
+            inner
+                .engine
+                .set_confirmation_key(&confirmation_secret)
+                .map_err(PyValueError::new_err)?;
+        }
         let engine = Py::new(
             py,
             PyEngine {

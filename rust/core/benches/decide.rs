@@ -69,6 +69,7 @@ fn request<'a>(tool: &'a str, grant: &'a str, args: &'a Value) -> Request<'a, &'
         args: Some(args),
         dry_run: false,
         hits: None,
+        confirm: None,
     }
 }
 

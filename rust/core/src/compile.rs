@@ -149,6 +149,20 @@ pub struct CompiledMark {
     pub limit: CompiledLimit,
 }
 
+/// A `require_confirmation` rule's question, its time to answer and its fallback; and the
+/// counter that sees each confirmation used once (a limit of one call per nonce).
+pub struct CompiledConfirmation {
+    pub pieces: Vec<crate::policy::Piece>,
+    pub timeout_ms: u64,
+    pub fallback: crate::policy::Fallback,
+    /// Why a call is asked: the rule's `reason`, or a default.
+    pub asked_reason: TextId,
+    pub once: CompiledLimit,
+}
+
+/// How long a user may take to answer when the rule gives no `timeout`: 5 minutes.
+pub const DEFAULT_CONFIRMATION_TIMEOUT_MS: u64 = 5 * 60 * 1000;
+
 /// An approval's timeout when the rule gives none: 15 minutes.
 pub const DEFAULT_APPROVAL_TIMEOUT_MS: u64 = 15 * 60 * 1000;
 
@@ -181,6 +195,8 @@ pub struct CompiledRule {
     pub reads_marks: bool,
     /// The marks the conditions read (every mark of the policy for `marks`), once compiled.
     pub mark_reads: Vec<Arc<CompiledMark>>,
+    /// A `require_confirmation` rule's.
+    pub confirmation: Option<Box<CompiledConfirmation>>,
 }
 
 /// A `require` or `deny_if` item, with the denial it gives: when a `require` item does
@@ -406,7 +422,59 @@ fn compile_rule(
             .collect(),
         reads_marks: conditions().any(|item| item.reads(PathRoot::Marks)),
         mark_reads: Vec::new(),
+        confirmation: rule
+            .confirmation
+            .as_ref()
+            .filter(|_| rule.action == Action::RequireConfirmation)
+            .map(|c| compile_confirmation(rule, c, &what, tables)),
     }
+}
+
+fn compile_confirmation(
+    rule: &Rule,
+    c: &crate::policy::Confirmation,
+    what: &str,
+    tables: &mut Tables,
+) -> Box<CompiledConfirmation> {
+    let timeout_ms = c.timeout_ms.unwrap_or(DEFAULT_CONFIRMATION_TIMEOUT_MS);
+    let pieces = if c.message.is_some() {
+        c.pieces.clone()
+    } else {
+        vec![crate::policy::Piece::Text(format!(
+            "Allow {what} to run with the arguments the agent sent?"
+        ))]
+    };
+    // One unit per nonce, in a window as long as a token lives: a second use within it
+    // finds no room.
+    let identity = CounterKey::identity(&[b"confirmation\0", &timeout_ms.to_le_bytes()]);
+    let granularity = Granularity::for_window_ms(timeout_ms);
+    let info = LimitInfo {
+        counter: tables.text("confirmation"),
+        rule: tables.text(rule.pointer.as_str()),
+        scope: Scope::Global,
+        max: 1.0,
+        window_ms: timeout_ms,
+    };
+    let reason = rule.reason.clone().unwrap_or_else(|| {
+        format!("{what} runs only once the user confirms it in their MCP client")
+    });
+    Box::new(CompiledConfirmation {
+        pieces,
+        timeout_ms,
+        fallback: c.fallback,
+        asked_reason: tables.text(reason),
+        once: CompiledLimit {
+            id: tables.limit(info.clone()),
+            info,
+            counter_name: "confirmation".into(),
+            identity,
+            granularity,
+            max_units: crate::counter::UNITS_PER_CALL,
+            cost: None,
+            cost_text: None,
+            cost_pointer: tables.text(rule.pointer.as_str()),
+        },
+    })
 }
 
 fn fill_mark_reads(section: &Section, compiled: &mut CompiledSection, marks: &Marks) {

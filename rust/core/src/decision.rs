@@ -42,6 +42,19 @@ pub enum Code {
     ToolChanged,
     /// The tool has no pin, and the policy's `pins` withholds unpinned tools.
     ToolUnpinned,
+    /// The user is asked to confirm the call in their MCP client (an input-required result
+    /// behind Envoy); the call runs when they confirm it.
+    ConfirmationRequired,
+    /// The user declined the call in their client.
+    ConfirmationDeclined,
+    /// The user's confirmation came back after its time to answer.
+    ConfirmationExpired,
+    /// The confirmation is not this call's (changed arguments, another caller, another
+    /// policy), was altered, or was already used.
+    ConfirmationInvalid,
+    /// The call needs the user's confirmation and its client cannot be asked; the rule's
+    /// fallback is to deny.
+    ConfirmationUnavailable,
 }
 
 impl From<crate::definition::DriftKind> for Code {
@@ -55,7 +68,7 @@ impl From<crate::definition::DriftKind> for Code {
 }
 
 impl Code {
-    pub const ALL: [Code; 12] = [
+    pub const ALL: [Code; 17] = [
         Code::Allowed,
         Code::Hidden,
         Code::DefaultDeny,
@@ -68,6 +81,11 @@ impl Code {
         Code::StoreUnavailable,
         Code::ToolChanged,
         Code::ToolUnpinned,
+        Code::ConfirmationRequired,
+        Code::ConfirmationDeclined,
+        Code::ConfirmationExpired,
+        Code::ConfirmationInvalid,
+        Code::ConfirmationUnavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -84,6 +102,11 @@ impl Code {
             Code::StoreUnavailable => "STORE_UNAVAILABLE",
             Code::ToolChanged => "TOOL_CHANGED",
             Code::ToolUnpinned => "TOOL_UNPINNED",
+            Code::ConfirmationRequired => "CONFIRMATION_REQUIRED",
+            Code::ConfirmationDeclined => "CONFIRMATION_DECLINED",
+            Code::ConfirmationExpired => "CONFIRMATION_EXPIRED",
+            Code::ConfirmationInvalid => "CONFIRMATION_INVALID",
+            Code::ConfirmationUnavailable => "CONFIRMATION_UNAVAILABLE",
         }
     }
 
@@ -167,7 +190,28 @@ pub struct Decision {
     pub approval: Option<crate::approval::ApprovalId>,
     /// The marks the decision read and set; `None` when its rules use none.
     pub marks: Option<Box<crate::marks::MarksSeen>>,
+    /// The user's confirmation in their client: asked for, or given (an allowed call).
+    pub confirmation: Option<Box<Confirmation>>,
     pub(crate) policy: Arc<CompiledPolicy>,
+}
+
+/// Where a call's confirmation by its user stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Confirmation {
+    /// The user is asked `question`; their answer comes back under `token`.
+    Asked { token: String, question: String },
+    /// The user confirmed the call: it runs.
+    Confirmed,
+}
+
+impl Confirmation {
+    /// As the decision log writes it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Confirmation::Asked { .. } => "asked",
+            Confirmation::Confirmed => "confirmed",
+        }
+    }
 }
 
 impl Decision {

@@ -11,16 +11,18 @@ use crate::args::ArgValue;
 use crate::clock::Clock;
 use crate::clock::MonotonicClock;
 use crate::compile::{
-    CompiledLimit, CompiledMark, CompiledPolicy, CompiledRule, ConditionDenial, TextId,
+    CompiledConfirmation, CompiledLimit, CompiledMark, CompiledPolicy, CompiledRule,
+    ConditionDenial, TextId,
 };
 use crate::condition::{Facts, Outcome, Problem, Subject};
+use crate::confirmation::{self, ConfirmKey, Confirming, FIRST_REVISION};
 use crate::counter::reservation::{Part, MAX_PARTS};
 use crate::counter::{to_units, CounterKey, CounterTable, UNITS_PER_CALL};
-use crate::decision::{Code, Decision, Limits, Text, Verdict};
+use crate::decision::{Code, Confirmation, Decision, Limits, Text, Verdict};
 use crate::decision_log::{Call, DecisionSink, Record};
 use crate::limiter::{self, Want};
 use crate::marks::{MarkState, Marks, MarksSeen, Read, ReadBits, MAX_READS};
-use crate::policy::{Action, Compare, ConditionItem, Policy, Scope};
+use crate::policy::{Action, Compare, ConditionItem, Fallback, Policy, Scope};
 use crate::sightings::Sightings;
 use crate::stats::{Api, Stats, OTHER_TOOLS};
 use crate::store::CounterStore;
@@ -67,6 +69,9 @@ pub struct Request<'a, A> {
     /// What each limit counts for this call instead of 1 call or its `cost`: Envoy's
     /// rate-limit `hits_addend`, for proxies that weigh calls themselves.
     pub hits: Option<u32>,
+    /// Whether the client can confirm the call itself, and its answer; `None`: it cannot
+    /// (a `require_confirmation` rule's fallback decides).
+    pub confirm: Option<&'a Confirming>,
 }
 
 pub struct Engine {
@@ -84,6 +89,16 @@ pub struct Engine {
     store: OnceLock<Arc<dyn CounterStore>>,
     /// The tool definitions servers last listed (kept across reloads, as counters are).
     sightings: Sightings,
+    /// What confirmation tokens are signed with: set once by the sidecar, else random.
+    confirm_key: OnceLock<ConfirmKey>,
+}
+
+/// What a call its user must confirm may do.
+enum Confirmed<'p> {
+    /// The user confirmed it: it runs, using its confirmation's nonce (`Want`) once.
+    Run(Want<'p>),
+    /// It is asked, or its answer is refused.
+    Stop(Decision),
 }
 
 /// What an approval-gated call may do.
@@ -110,7 +125,20 @@ impl Engine {
             log: OnceLock::new(),
             store: OnceLock::new(),
             sightings: Sightings::default(),
+            confirm_key: OnceLock::new(),
         })
+    }
+
+    /// Sign confirmation tokens with a key derived from `secret` (once; an error after
+    /// that, or after the first token): replicas given the same secret accept each other's.
+    pub fn set_confirmation_key(&self, secret: &[u8]) -> Result<(), String> {
+        self.confirm_key
+            .set(ConfirmKey::derived(secret))
+            .map_err(|_| "the confirmation key is already set".to_owned())
+    }
+
+    fn confirm_key(&self) -> &ConfirmKey {
+        self.confirm_key.get_or_init(ConfirmKey::random)
     }
 
     /// Write every decision (as `log` filters them) to `log` (once; an error after that).
@@ -458,12 +486,27 @@ impl Engine {
             return d;
         }
         let mut reading = MarkReads::of(&deferred, &req.subject);
-        let needs_approval = |r: &&CompiledRule| r.action == Action::RequireApproval;
+        // A rule that asks the user falls back, for a client that cannot be asked, to an
+        // approval (`fallback: approval`) or a denial.
+        let can_ask = req.confirm.is_some_and(|c| c.can_ask);
+        let to_approver = |r: &&CompiledRule| {
+            let fallback = r.confirmation.as_ref().map(|c| c.fallback);
+            !can_ask && fallback == Some(Fallback::Approval)
+        };
+        let needs_approval =
+            |r: &&CompiledRule| r.action == Action::RequireApproval || to_approver(r);
         let approval = rules.clone().filter(needs_approval).find(|r| !shadowed(r));
         if let Some(r) = approval {
             trace.approval(policy, r, self.approvals().is_some() && !req.dry_run);
         }
-        let gated = approval.is_some() && self.approvals().is_some() && !req.dry_run;
+        let asks_user = |r: &&CompiledRule| r.confirmation.is_some() && !to_approver(r);
+        let confirming = rules.clone().filter(asks_user).find(|r| !shadowed(r));
+        let confirms = |r: &&CompiledRule| r.confirmation.is_some() && !shadowed(r);
+        if let Some(r) = rules.clone().find(confirms) {
+            trace.confirmation(policy, r, can_ask);
+        }
+        let gated = !req.dry_run
+            && ((approval.is_some() && self.approvals().is_some()) || confirming.is_some());
         if gated && !deferred.is_empty() {
             // An approval is asked for a call its conditions allow: read the marks first.
             let now_ns = self.clock.now_ns();
@@ -504,6 +547,29 @@ impl Engine {
             },
             _ => None,
         };
+        // The user is asked, or their answer refused, before anything is counted; a call
+        // they confirmed uses its confirmation once, with its limits (a second use finds
+        // no room).
+        let mut once_at = None;
+        // A dry run asks nothing and uses nothing, but says what the call would get.
+        if let (Some(r), Some(c)) = (
+            confirming,
+            confirming.and_then(|r| r.confirmation.as_deref()),
+        ) {
+            match self.confirmation_gate(r, c, req, &out) {
+                Confirmed::Stop(mut d) => {
+                    d.marks = reading.seen(Vec::new());
+                    return d;
+                }
+                Confirmed::Run(once) => {
+                    if enforced.try_push(once).is_err() {
+                        let reason = "too many limits and marks with a confirmation";
+                        return out.finish(Code::InvalidRequest, reason, r.pointer);
+                    }
+                    once_at = Some(enforced.len() - 1);
+                }
+            }
+        }
         let consume = !req.dry_run && (approval.is_none() || gate.is_some());
         let mut parts = limiter::Parts::new();
         let mut limits = Limits::new();
@@ -554,9 +620,17 @@ impl Engine {
                         failing,
                     } => {
                         let limit = wants[failing].limit;
-                        let reason = rate_limited_reason(limit, retry_after_ms);
-                        let mut d = out.finish(Code::RateLimited, reason, limit.info.rule);
-                        d.retry_after_ms = retry_after_ms;
+                        let mut d = if !shadow && once_at == Some(failing) {
+                            let reason = "This confirmation was already used: a confirmed call \
+                                          runs once. Send the call again without it to ask \
+                                          the user anew.";
+                            out.finish(Code::ConfirmationInvalid, reason, limit.info.rule)
+                        } else {
+                            let reason = rate_limited_reason(limit, retry_after_ms);
+                            let mut d = out.finish(Code::RateLimited, reason, limit.info.rule);
+                            d.retry_after_ms = retry_after_ms;
+                            d
+                        };
                         let end = LimitsEnd::Denied {
                             failing,
                             retry_after_ms,
@@ -650,6 +724,11 @@ impl Engine {
         if let Some(r) = rules.clone().filter(needs_approval).find(|r| shadowed(r)) {
             finding.get_or_insert(out.finish(Code::ApprovalRequired, r.approval_reason, r.pointer));
         }
+        if let Some(r) = rules.clone().filter(asks_user).find(|r| shadowed(r)) {
+            let c = r.confirmation.as_deref().map(|c| c.asked_reason);
+            let reason = c.unwrap_or(r.approval_reason);
+            finding.get_or_insert(out.finish(Code::ConfirmationRequired, reason, r.pointer));
+        }
 
         let mut d = match (finding, approval) {
             (Some(mut d), _) => {
@@ -665,16 +744,29 @@ impl Engine {
                 // Approvals are not running (or a dry run): the call is only denied.
                 None => out.finish(Code::ApprovalRequired, r.approval_reason, r.pointer),
             },
-            (None, None) => {
-                let (reason, pointer) = match rule {
-                    Some(r) => (r.allowed_reason, r.pointer),
-                    None => (section.default_allow_reason, section.default_rule),
-                };
-                let mut d = out.finish(Code::Allowed, reason, pointer);
-                d.shadow = rule.map_or(section.shadow, shadowed);
-                d
-            }
+            (None, None) => match confirming.filter(|_| once_at.is_some()) {
+                Some(r) => {
+                    let reason = format!(
+                        "allowed: the user confirmed it in their MCP client ({})",
+                        policy.text(r.pointer)
+                    );
+                    out.finish(Code::Allowed, reason, r.pointer)
+                }
+                None => {
+                    let (reason, pointer) = match rule {
+                        Some(r) => (r.allowed_reason, r.pointer),
+                        None => (section.default_allow_reason, section.default_rule),
+                    };
+                    let mut d = out.finish(Code::Allowed, reason, pointer);
+                    d.shadow = rule.map_or(section.shadow, shadowed);
+                    d
+                }
+            },
         };
+        if once_at.is_some() && d.code == Code::Allowed && !req.dry_run {
+            d.confirmation = Some(Box::new(Confirmation::Confirmed));
+            self.stats.count_confirmed();
+        }
         d.limits = limits;
         d.reservation = reservation;
         d.approval = used;
@@ -730,6 +822,85 @@ impl Engine {
     /// The tool definitions servers last listed.
     pub fn sightings(&self) -> &Sightings {
         &self.sightings
+    }
+
+    /// Where a call its user must confirm stands: asked (a new token and the question), its
+    /// answer refused (not this call's, expired, declined), or confirmed: it runs, using
+    /// the token's nonce once. A client that cannot be asked is denied (the fallback to an
+    /// approval was routed to the approval gate).
+    fn confirmation_gate<'p, A: ArgValue + Clone>(
+        &self,
+        r: &'p CompiledRule,
+        c: &'p CompiledConfirmation,
+        req: &Request<'_, A>,
+        out: &Draft<'_>,
+    ) -> Confirmed<'p> {
+        let policy = out.policy;
+        let asked = sentence(policy.text(c.asked_reason));
+        let Some(confirming) = req.confirm.filter(|k| k.can_ask) else {
+            let reason = format!(
+                "{asked} This request cannot ask the user: its client did not declare MCP \
+                 {FIRST_REVISION} or later with form elicitation, or its gateway cannot \
+                 answer in the server's place."
+            );
+            return Confirmed::Stop(out.finish(Code::ConfirmationUnavailable, reason, r.pointer));
+        };
+        // A person reads the tool's name in the question.
+        if !is_mcp_tool_name(req.tool) {
+            let reason = "the tool name is not one MCP allows (1 to 128 of A-Z a-z 0-9 _ - .): \
+                          the user is not asked about it";
+            return Confirmed::Stop(out.finish(Code::InvalidRequest, reason, r.pointer));
+        }
+        let rule = policy.text(r.pointer);
+        let args = req.args.as_ref();
+        let s = &req.subject;
+        let caller = [s.grant, s.session, s.agent];
+        let call =
+            confirmation::binding(&policy.revision, rule, req.server, req.tool, caller, args);
+        let Some(call) = call else {
+            let reason = "the arguments hold a value JSON cannot hold: the user cannot be \
+                          shown them";
+            return Confirmed::Stop(out.finish(Code::InvalidRequest, reason, r.pointer));
+        };
+        let key = self.confirm_key();
+        let now_ms = self.clock.wall_ms();
+        let Some(answer) = &confirming.answer else {
+            let token = key.mint(&call, now_ms.saturating_add(c.timeout_ms));
+            let question = confirmation::render(&c.pieces, args);
+            let left_s = c.timeout_ms.div_ceil(1000);
+            let reason = format!(
+                "{asked} The user is asked to confirm it in their MCP client (an answer is \
+                 taken for {left_s} s)."
+            );
+            let mut d = out.finish(Code::ConfirmationRequired, reason, r.pointer);
+            d.confirmation = Some(Box::new(Confirmation::Asked { token, question }));
+            return Confirmed::Stop(d);
+        };
+        let again = "Send the call again without it to ask the user anew.";
+        let Some(minted) = key.verify(&answer.token, &call) else {
+            let reason = format!(
+                "The confirmation this call carries is not for it: the tool, its arguments, \
+                 its server, the caller or the policy changed since the user was asked, or \
+                 the answer was altered. {again}"
+            );
+            return Confirmed::Stop(out.finish(Code::ConfirmationInvalid, reason, r.pointer));
+        };
+        if now_ms > minted.expires_ms {
+            let reason = format!("The user's confirmation of this call has expired. {again}");
+            return Confirmed::Stop(out.finish(Code::ConfirmationExpired, reason, r.pointer));
+        }
+        if !answer.yes {
+            let reason = format!("{asked} The user declined it in their MCP client.");
+            return Confirmed::Stop(out.finish(Code::ConfirmationDeclined, reason, r.pointer));
+        }
+        let key = CounterKey::new(c.once.identity, &minted.nonce, c.once.granularity)
+            // Clients mint as many as they ask for: bounded like keys they choose.
+            .chosen_by_client(true);
+        Confirmed::Run(Want {
+            limit: &c.once,
+            key,
+            amount: UNITS_PER_CALL,
+        })
     }
 
     /// Where an approval-gated call stands: it may run on an approval it holds, or it
@@ -864,6 +1035,7 @@ impl Draft<'_> {
             reservation: None,
             approval: None,
             marks: None,
+            confirmation: None,
             policy: Arc::clone(self.policy),
         }
     }

@@ -88,6 +88,7 @@ fn action_name(action: Action) -> &'static str {
         Action::Allow => "allow",
         Action::Deny => "deny",
         Action::RequireApproval => "require_approval",
+        Action::RequireConfirmation => "require_confirmation",
     }
 }
 
@@ -483,6 +484,23 @@ impl Trace for Recorder {
             } else {
                 "the rule requires a human's approval; approvals are not running here (or this is a dry run), so the call is only answered APPROVAL_REQUIRED"
             },
+        }));
+    }
+
+    fn confirmation(&mut self, policy: &CompiledPolicy, rule: &CompiledRule, can_ask: bool) {
+        let fallback = rule.confirmation.as_ref().map(|c| c.fallback);
+        let why = if can_ask {
+            "the rule asks the user to confirm the call in their MCP client: the call is answered with a question (input required) and runs when the user confirms it"
+        } else if fallback == Some(crate::policy::Fallback::Approval) {
+            "the rule asks the user to confirm the call, and this client cannot be asked: its fallback asks an approver instead"
+        } else {
+            "the rule asks the user to confirm the call, and this client cannot be asked (no MCP 2026-07-28 client with form elicitation here): its fallback denies the call (CONFIRMATION_UNAVAILABLE)"
+        };
+        self.steps.push(json!({
+            "step": "confirmation",
+            "rule": rule_pointer(policy, rule),
+            "can_ask": can_ask,
+            "why": why,
         }));
     }
 

@@ -13,6 +13,7 @@ pub mod args;
 pub mod clock;
 pub mod compile;
 pub mod condition;
+pub mod confirmation;
 pub mod counter;
 pub mod decision;
 pub mod decision_log;

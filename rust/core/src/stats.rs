@@ -78,8 +78,10 @@ mod cell {
     use super::{Api, Code, DURATION_BUCKETS_NS, VERDICTS};
     pub const SHADOW: usize = Api::ALL.len() * VERDICTS.len() * Code::ALL.len();
     pub const TABLE_FULL: usize = SHADOW + 1;
+    /// Calls that ran on their user's confirmation.
+    pub const CONFIRMED: usize = TABLE_FULL + 1;
     /// Per bucket (not cumulative); the last counts everything above the largest bound.
-    pub const BUCKETS: usize = TABLE_FULL + 1;
+    pub const BUCKETS: usize = CONFIRMED + 1;
     pub const DURATION_SUM_NS: usize = BUCKETS + DURATION_BUCKETS_NS.len() + 1;
     /// Decisions handed to the decision log, and those it dropped (its queue full).
     pub const LOGGED: usize = DURATION_SUM_NS + 1;
@@ -281,6 +283,10 @@ impl Stats {
         self.add(cell::TABLE_FULL, 1);
     }
 
+    pub fn count_confirmed(&self) {
+        self.add(cell::CONFIRMED, 1);
+    }
+
     /// A decision handed to the decision log (`queued`), or dropped (its queue full).
     pub fn count_logged(&self, queued: bool) {
         self.add(
@@ -439,6 +445,11 @@ impl Stats {
     /// Denials because the counter table had no free slot.
     pub fn table_full(&self) -> u64 {
         self.sum(cell::TABLE_FULL)
+    }
+
+    /// Calls that ran on their user's confirmation (an ALLOWED decision each).
+    pub fn confirmed(&self) -> u64 {
+        self.sum(cell::CONFIRMED)
     }
 
     pub fn durations(&self) -> DurationSnapshot {

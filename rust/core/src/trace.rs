@@ -160,6 +160,11 @@ pub trait Trace {
     #[inline(always)]
     fn approval(&mut self, policy: &CompiledPolicy, rule: &CompiledRule, running: bool) {}
 
+    /// The rule that asks the user to confirm the call, and whether this client can be
+    /// asked.
+    #[inline(always)]
+    fn confirmation(&mut self, policy: &CompiledPolicy, rule: &CompiledRule, can_ask: bool) {}
+
     /// The decision.
     #[inline(always)]
     fn decided(&mut self, decision: &Decision) {}

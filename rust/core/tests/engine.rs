@@ -26,6 +26,7 @@ fn call(engine: &Engine, tool: &str) -> toolgate_core::Decision {
         args: None,
         dry_run: false,
         hits: None,
+        confirm: None,
     })
 }
 
@@ -195,6 +196,7 @@ fn a_condition_speaks_before_a_missing_scope_value() {
             args: Some(&args),
             dry_run: false,
             hits: None,
+            confirm: None,
         })
     };
     assert_eq!(decide(None, "rm -rf /").code, Code::ConditionFailed);
@@ -226,6 +228,7 @@ fn remaining_room_is_exact_to_a_thousandth() {
             args: Some(&args),
             dry_run,
             hits: None,
+            confirm: None,
         })
     };
     assert_eq!(decide(true).limits[0].remaining(), 0.2);
@@ -244,6 +247,7 @@ fn decide_args(engine: &Engine, tool: &str, args: &serde_json::Value) -> toolgat
         args: Some(args),
         dry_run: false,
         hits: None,
+        confirm: None,
     })
 }
 

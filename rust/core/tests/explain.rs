@@ -303,6 +303,7 @@ fn decide(engine: &Engine, c: &Call, recorder: Option<&mut Recorder>) -> Decisio
         args: c.args.as_ref(),
         dry_run: c.dry_run,
         hits: None,
+        confirm: None,
     };
     match recorder {
         Some(r) => engine.decide_traced(Api::Engine, &req, r),

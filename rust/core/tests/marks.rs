@@ -44,6 +44,7 @@ fn call(engine: &Engine, tool: &str, session: Option<&str>, dry_run: bool) -> De
         args: None,
         dry_run,
         hits: None,
+        confirm: None,
     })
 }
 
@@ -181,6 +182,7 @@ fn marks_are_kept_per_scope_grant_and_agent_too() {
             args: None,
             dry_run: false,
             hits: None,
+            confirm: None,
         })
         .verdict
     };

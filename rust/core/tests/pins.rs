@@ -72,6 +72,7 @@ fn call(e: &Engine, server: Option<&str>, tool: &str) -> Decision {
         args: None,
         dry_run: false,
         hits: None,
+        confirm: None,
     })
 }
 
@@ -222,6 +223,7 @@ fn an_open_world_writer_may_not_run_in_a_marked_session() {
             args: None,
             dry_run: false,
             hits: None,
+            confirm: None,
         })
     };
     assert_eq!(in_session("send_email").verdict, Verdict::Allow);

@@ -127,6 +127,7 @@ fn call_as(e: &Engine, server: Option<&str>, tool: &str, subject: Subject<'_>) -
         args: None,
         dry_run: false,
         hits: None,
+        confirm: None,
     })
 }
 
@@ -795,6 +796,7 @@ fn no_call_that_does_not_run_sets_a_mark() {
         args: None,
         dry_run: true,
         hits: None,
+        confirm: None,
     });
     assert_eq!(dry.verdict, Verdict::Allow);
     assert_eq!(

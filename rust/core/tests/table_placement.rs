@@ -34,6 +34,7 @@ fn decide(engine: &Engine, tool: &str, grant: &str, verified: bool) -> Verdict {
         args: None,
         dry_run: false,
         hits: None,
+        confirm: None,
     };
     engine.decide(&request).verdict
 }

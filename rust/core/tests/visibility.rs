@@ -109,6 +109,7 @@ fn denied_by_rules(
         args,
         dry_run: true,
         hits: None,
+        confirm: None,
     });
     d.verdict == Verdict::Deny
         && matches!(

@@ -28,6 +28,7 @@ fuzz_target!(|text: &str| {
                 args: Some(&args),
                 dry_run: false,
                 hits: None,
+                confirm: None,
             });
         }
     }

@@ -25,6 +25,7 @@ fn decide_one(engine: &Engine, tool: &str, grant: &str, args: &Value) -> Code {
             args: Some(args),
             dry_run: false,
             hits: None,
+            confirm: None,
         })
         .code
 }

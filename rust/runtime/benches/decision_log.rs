@@ -82,6 +82,7 @@ fn logged(c: &mut Criterion) {
             args: args.as_ref(),
             dry_run: false,
             hits: None,
+            confirm: None,
         };
         assert_eq!(engine.decide(&request).code, Code::Allowed);
         for (what, clock) in [

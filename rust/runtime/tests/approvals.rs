@@ -23,6 +23,7 @@ fn decide_args(engine: &Engine, tool: &str, args: &serde_json::Value) -> toolgat
         args: Some(args),
         dry_run: false,
         hits: None,
+        confirm: None,
     })
 }
 
@@ -151,6 +152,7 @@ fn a_dry_run_opens_no_approval_and_uses_none() {
         args: Some(&args),
         dry_run: true,
         hits: None,
+        confirm: None,
     };
     assert_eq!(engine.decide(&req).code, Code::ApprovalRequired);
     req.dry_run = false;

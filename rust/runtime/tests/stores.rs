@@ -118,6 +118,7 @@ fn call(engine: &Engine, tool: &str, grant: &str, hits: Option<u32>) -> Decision
         args: None,
         dry_run: false,
         hits,
+        confirm: None,
     })
 }
 

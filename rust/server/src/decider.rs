@@ -99,6 +99,7 @@ fn respond(
             args: arguments.as_ref(),
             dry_run: req.dry_run,
             hits: None,
+            confirm: None,
         },
     );
     encode(decision)
@@ -184,5 +185,10 @@ fn code(c: Code) -> pb::Code {
         Code::StoreUnavailable => pb::Code::StoreUnavailable,
         Code::ToolChanged => pb::Code::ToolChanged,
         Code::ToolUnpinned => pb::Code::ToolUnpinned,
+        Code::ConfirmationRequired => pb::Code::ConfirmationRequired,
+        Code::ConfirmationDeclined => pb::Code::ConfirmationDeclined,
+        Code::ConfirmationExpired => pb::Code::ConfirmationExpired,
+        Code::ConfirmationInvalid => pb::Code::ConfirmationInvalid,
+        Code::ConfirmationUnavailable => pb::Code::ConfirmationUnavailable,
     }
 }

@@ -203,6 +203,7 @@ fn decide_call(
             args: arguments.as_ref(),
             dry_run: false,
             hits: None,
+            confirm: None,
         },
     );
     answer(config, &decision, server, &tool)

@@ -118,6 +118,7 @@ fn decide(engine: &Engine, domain: &str, calls: &[Call<'_>]) -> RateLimitRespons
                     args: None,
                     dry_run: false,
                     hits: Some(c.hits),
+                    confirm: None,
                 },
             )
         })

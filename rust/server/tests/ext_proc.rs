@@ -192,6 +192,7 @@ fn pay(e: &Engine) -> Decision {
         args: None,
         dry_run: false,
         hits: None,
+        confirm: None,
     })
 }
 

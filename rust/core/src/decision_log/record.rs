@@ -52,6 +52,8 @@ pub struct Record {
     pub marks: Option<Box<MarksSeen>>,
     /// A tool list's tool that departs from its pin: both digests.
     pub drift: Option<Drift>,
+    /// The user's confirmation: asked for, or given (never the question or its token).
+    pub confirmation: Option<&'static str>,
 }
 
 impl Record {
@@ -111,6 +113,7 @@ impl Record {
             args,
             marks: d.marks.clone(),
             drift: None,
+            confirmation: d.confirmation.as_deref().map(|c| c.as_str()),
         }
     }
 

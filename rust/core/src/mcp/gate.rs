@@ -95,14 +95,21 @@ pub fn check(engine: &Engine, call: &HttpCall<'_>) -> Gate {
         Ok(r) => r,
         Err(refusal) => return refuse(engine, call, &refusal, 400),
     };
-    let (id, method, tool, arguments) = match &request {
+    let (id, method, tool, arguments, confirm) = match &request {
         McpRequest::ToolCall {
             id,
             name,
             arguments,
-        } => (id, "tools/call", Some(name.as_str()), arguments.as_ref()),
-        McpRequest::Other { id, method } => (id, method.as_str(), None, None),
-        McpRequest::Response { id } => (id, "", None, None),
+            confirm,
+        } => (
+            id,
+            "tools/call",
+            Some(name.as_str()),
+            arguments.as_ref(),
+            Some(confirm),
+        ),
+        McpRequest::Other { id, method } => (id, method.as_str(), None, None, None),
+        McpRequest::Response { id } => (id, "", None, None, None),
     };
     if let Some(refusal) = header_mismatch(call, id, method, tool) {
         return refuse(engine, call, &refusal, 400);
@@ -133,6 +140,7 @@ pub fn check(engine: &Engine, call: &HttpCall<'_>) -> Gate {
             args: arguments,
             dry_run: false,
             hits: None,
+            confirm,
         },
     );
     match decision.verdict {
@@ -150,6 +158,13 @@ pub fn check(engine: &Engine, call: &HttpCall<'_>) -> Gate {
                 headers: reply::allowed_headers(&decision),
                 decision: Some(decision),
                 follow,
+            }
+        }
+        // The user is asked in their client: the question is the call's result.
+        _ if decision.code == Code::ConfirmationRequired && decision.confirmation.is_some() => {
+            Gate::Answer {
+                reply: reply::input_required(id, &decision),
+                decision: Some(decision),
             }
         }
         // Reported as the protocol reports a tool that does not exist.

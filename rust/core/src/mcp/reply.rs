@@ -7,7 +7,8 @@
 //! and a body that cannot be read is a JSON-RPC protocol error.
 
 use super::request::{Refusal, INVALID_PARAMS};
-use crate::decision::{Code, Decision};
+use crate::confirmation::FIELD;
+use crate::decision::{Code, Confirmation, Decision};
 use serde_json::{json, Map, Value};
 
 /// The `_meta` key under which a denial's details travel.
@@ -65,6 +66,40 @@ pub fn denied(id: &Option<Value>, d: &Decision) -> Reply {
             "content": [{"type": "text", "text": d.reason()}],
             "isError": true,
             "_meta": {META_KEY: details},
+        },
+    });
+    json_reply(200, decision_headers(d), &message)
+}
+
+/// A call its user must confirm: MCP 2026-07-28's input-required result, asking the client
+/// to put a yes/no form to the user. The form's key is toolgate's token (the answer comes
+/// back under it); there is no `requestState`, which the server would refuse when the
+/// confirmed call reaches it.
+pub fn input_required(id: &Option<Value>, d: &Decision) -> Reply {
+    let Some(Confirmation::Asked { token, question }) = d.confirmation.as_deref() else {
+        return denied(id, d);
+    };
+    let form = json!({
+        "method": "elicitation/create",
+        "params": {
+            "mode": "form",
+            "message": question,
+            "requestedSchema": {
+                "type": "object",
+                "properties": {FIELD: {"type": "boolean", "title": "Allow this call?"}},
+                "required": [FIELD],
+            },
+        },
+    });
+    let mut requests = Map::new();
+    requests.insert(token.clone(), form);
+    let message = json!({
+        "jsonrpc": "2.0",
+        "id": id_or_null(id),
+        "result": {
+            "resultType": "input_required",
+            "inputRequests": requests,
+            "_meta": {META_KEY: details(d)},
         },
     });
     json_reply(200, decision_headers(d), &message)

@@ -10,6 +10,7 @@
 
 use super::fold::{fold_eq, folded};
 use super::strict_json::{self, Ambiguity, StrictError};
+use crate::confirmation::{Answer, Confirming, FIRST_REVISION, TOKEN_PREFIX};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 
@@ -18,8 +19,24 @@ pub const PARSE_ERROR: i64 = -32700;
 pub const INVALID_REQUEST: i64 = -32600;
 pub const INVALID_PARAMS: i64 = -32602;
 
-const REQUEST_KEYS: [&str; 6] = ["jsonrpc", "id", "method", "params", "result", "error"];
-const CALL_KEYS: [&str; 3] = ["name", "arguments", "_meta"];
+/// The keys MCP defines, each with its case folding.
+const REQUEST_KEYS: [(&str, &str); 6] = [
+    ("jsonrpc", "jsonrpc"),
+    ("id", "id"),
+    ("method", "method"),
+    ("params", "params"),
+    ("result", "result"),
+    ("error", "error"),
+];
+const CALL_KEYS: [(&str, &str); 5] = [
+    ("name", "name"),
+    ("arguments", "arguments"),
+    ("_meta", "_meta"),
+    ("inputResponses", "inputresponses"),
+    ("requestState", "requeststate"),
+];
+const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+const META_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
 const TOOLS_CALL: &str = "tools/call";
 const TOOLS_LIST: &str = "tools/list";
 
@@ -31,6 +48,8 @@ pub enum McpRequest {
         id: Option<Value>,
         name: String,
         arguments: Option<Value>,
+        /// Whether the client can confirm the call itself, and its answer if it carries one.
+        confirm: Confirming,
     },
     /// Any other method: not ours to decide.
     Other { id: Option<Value>, method: String },
@@ -177,11 +196,12 @@ pub fn parse_request(body: &[u8]) -> Result<McpRequest, Refusal> {
         Some(_) => return Err(refuse(INVALID_PARAMS, "params must be an object", id)),
         None => return Err(refuse(INVALID_PARAMS, "tools/call needs params", id)),
     };
-    let (name, arguments) = call_params(params, &id)?;
+    let (name, arguments, confirm) = call_params(params, &id)?;
     Ok(McpRequest::ToolCall {
         id,
         name,
         arguments,
+        confirm,
     })
 }
 
@@ -210,14 +230,16 @@ pub fn parse_call_params(params: &[u8]) -> Result<(String, Option<Value>), Refus
         }
         Err(StrictError::TooLarge(m)) => return Err(refuse(INVALID_PARAMS, m, None)),
     };
-    call_params(params, &None)
+    // A gateway that cannot answer in the server's place cannot ask the user either.
+    call_params(params, &None).map(|(name, arguments, _)| (name, arguments))
 }
 
-/// A call's `params`: only the keys MCP defines, a non-empty name, object arguments.
+/// A call's `params`: only the keys MCP defines, a non-empty name, object arguments; and
+/// what the client says of confirming it.
 fn call_params(
     mut params: Map<String, Value>,
     id: &Option<Value>,
-) -> Result<(String, Option<Value>), Refusal> {
+) -> Result<(String, Option<Value>, Confirming), Refusal> {
     let id = id.clone();
     check_known_keys(&params, &CALL_KEYS, "params", &id)?;
     let name = match params.remove("name") {
@@ -253,7 +275,79 @@ fn call_params(
             return Err(refusal.of_tool(&name));
         }
     };
-    Ok((name, arguments))
+    let confirm = confirming(&params).map_err(|m| refuse(INVALID_PARAMS, m, id).of_tool(&name))?;
+    Ok((name, arguments, confirm))
+}
+
+/// What a call says of confirming it in the client (MCP 2026-07-28): whether the client can
+/// be asked (its revision and form elicitation, declared in the request's own `_meta`), and
+/// its answer to toolgate's question, the one input response under a key toolgate minted.
+/// Other input responses are the server's business and pass as they are.
+fn confirming(params: &Map<String, Value>) -> Result<Confirming, &'static str> {
+    let meta = params.get("_meta").and_then(Value::as_object);
+    let revision = meta
+        .and_then(|m| m.get(META_VERSION))
+        .and_then(Value::as_str);
+    // Revisions are dates, YYYY-MM-DD: compared as text, later is greater.
+    let recent = revision.is_some_and(|r| {
+        r.len() == FIRST_REVISION.len()
+            && r.bytes().all(|b| b.is_ascii_digit() || b == b'-')
+            && r >= FIRST_REVISION
+    });
+    let elicitation = meta
+        .and_then(|m| m.get(META_CAPABILITIES))
+        .and_then(|c| c.get("elicitation"))
+        .and_then(Value::as_object);
+    // An empty elicitation capability means form; a client that names modes must name it.
+    let form = elicitation.is_some_and(|e| e.contains_key("form") || !e.contains_key("url"));
+    let answer = match params.get("inputResponses") {
+        None => None,
+        Some(Value::Object(responses)) => {
+            let mut ours = responses
+                .iter()
+                .filter(|(k, _)| k.starts_with(TOKEN_PREFIX));
+            let first = ours.next();
+            if ours.next().is_some() {
+                return Err("params.inputResponses answers more than one of toolgate's questions");
+            }
+            match first {
+                None => None,
+                Some((token, answer)) => Some(read_answer(token, answer)?),
+            }
+        }
+        Some(_) => return Err("params.inputResponses must be an object"),
+    };
+    Ok(Confirming {
+        can_ask: recent && form,
+        answer,
+    })
+}
+
+/// An answer to toolgate's form: `{"action": "accept", "content": {"approve": true}}` is a
+/// yes; a decline, a cancel, or an accepted form without that tick is a no.
+fn read_answer(token: &str, answer: &Value) -> Result<Answer, &'static str> {
+    let bad = "an answer to toolgate's question must be {\"action\": \"accept\" | \"decline\" \
+               | \"cancel\", \"content\": {\"approve\": true | false}}";
+    let Value::Object(answer) = answer else {
+        return Err(bad);
+    };
+    let action = match answer.get("action").and_then(Value::as_str) {
+        Some(a @ ("accept" | "decline" | "cancel")) => a,
+        _ => return Err(bad),
+    };
+    let approve = match answer.get("content") {
+        None => None,
+        Some(Value::Object(content)) => match content.get("approve") {
+            None => None,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(_) => return Err(bad),
+        },
+        Some(_) => return Err(bad),
+    };
+    Ok(Answer {
+        token: token.to_owned(),
+        yes: action == "accept" && approve == Some(true),
+    })
 }
 
 /// A client's answer to a server request: a `result`, or an `error` with an integer `code`
@@ -298,20 +392,18 @@ pub fn readable_tool(body: &[u8]) -> Option<Box<str>> {
     }
 }
 
-/// Refuse a key that a case-insensitive decoder would read as one of `known`, without being
-/// it. (Two such keys in one object were already refused as folding alike.)
+/// Refuse a key that a case-insensitive decoder would read as one of `known` (each given
+/// with its folding), without being it. (Two such keys in one object were already refused
+/// as folding alike.)
 fn check_known_keys(
     members: &Map<String, Value>,
-    known: &[&str],
+    known: &[(&str, &str)],
     what: &str,
     id: &Option<Value>,
 ) -> Result<(), Refusal> {
     for key in members.keys() {
-        // A key that is its own folding matches a known key only by being it.
-        let Cow::Owned(fold) = folded(key) else {
-            continue;
-        };
-        if let Some(k) = known.iter().find(|k| **k == fold && **k != key) {
+        let fold = folded(key);
+        if let Some((k, _)) = known.iter().find(|(k, f)| *f == fold && k != key) {
             return Err(refuse(
                 INVALID_REQUEST,
                 format!("{what} key {key:?} differs from {k:?} only by case"),
@@ -341,7 +433,8 @@ mod tests {
             Ok(McpRequest::ToolCall {
                 id: Some(json!(7)),
                 name: "create-ami".into(),
-                arguments: Some(json!({"a": {"b": [1]}}))
+                arguments: Some(json!({"a": {"b": [1]}})),
+                confirm: Confirming::default(),
             })
         );
         let no_args = call(
@@ -352,7 +445,8 @@ mod tests {
             Ok(McpRequest::ToolCall {
                 id: Some(json!("x")),
                 name: "t".into(),
-                arguments: None
+                arguments: None,
+                confirm: Confirming::default(),
             })
         );
     }
@@ -452,7 +546,27 @@ mod tests {
                               "params": {"name": name, "arguments": {key.clone(): n}}});
             let parsed = parse_request(body.to_string().as_bytes());
             proptest::prop_assert_eq!(parsed, Ok(McpRequest::ToolCall {
-                id: Some(json!(n)), name: name.clone(), arguments: Some(json!({key: n})) }));
+                id: Some(json!(n)), name: name.clone(), arguments: Some(json!({key: n})),
+                confirm: Confirming::default() }));
+        }
+    }
+
+    #[test]
+    fn known_keys_are_given_with_their_folding() {
+        for (key, fold) in REQUEST_KEYS.iter().chain(&CALL_KEYS) {
+            assert_eq!(folded(key), *fold);
+        }
+        for variant in [
+            "inputresponses",
+            "INPUTRESPONSES",
+            "requeststate",
+            "RequestState",
+        ] {
+            let body = format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t","{variant}":{{}}}}}}"#
+            );
+            let refusal = call(&body).expect_err(&body);
+            assert!(refusal.message.contains("only by case"), "{refusal:?}");
         }
     }
 

@@ -14,9 +14,9 @@ use sha2::{Digest, Sha256};
 use super::pins::Pins;
 use super::source::{parse_json, parse_yaml, Format, Member, Node, NodeValue};
 use super::{
-    pointer_token, Action, Approval, Compare, Condition, ConditionItem, DefaultAction, Limit,
-    MarkRule, Mode, NamePattern, Op, Path, PathRoot, PinsFile, PinsRule, Policy, Release, Rule,
-    Scope, Section, Segment, Unpinned,
+    pointer_token, Action, Approval, Compare, Condition, ConditionItem, Confirmation,
+    DefaultAction, Fallback, Limit, MarkRule, Mode, NamePattern, Op, Path, PathRoot, PinsFile,
+    PinsRule, Policy, Release, Rule, Scope, Section, Segment, Unpinned,
 };
 use crate::definition::Hints;
 
@@ -183,6 +183,7 @@ const RULE_KEYS: &[&str] = &[
     "require",
     "deny_if",
     "approval",
+    "confirmation",
     "log",
     "release_on_failure",
     "marks",
@@ -195,6 +196,13 @@ const MAX_SETS: usize = MAX_LIMITS;
 const MAX_MARKS: usize = crate::marks::MAX_READS;
 const LIMIT_KEYS: &[&str] = &["counter", "window", "max", "scope", "cost"];
 const APPROVAL_KEYS: &[&str] = &["timeout", "approvers"];
+const CONFIRMATION_KEYS: &[&str] = &["message", "timeout", "fallback"];
+const FALLBACKS: &[(&str, Fallback)] =
+    &[("deny", Fallback::Deny), ("approval", Fallback::Approval)];
+/// Longest question a policy may write, in bytes (arguments shown in it come on top).
+const MAX_QUESTION_BYTES: usize = 1024;
+/// Longest a user may take to answer: a day.
+const MAX_CONFIRMATION_TIMEOUT_MS: u64 = 24 * 3600 * 1000;
 const GROUP_KEYS: &[&str] = &["conditions", "on_deny"];
 const COMPARE_KEYS: &[&str] = &["path", "op", "value"];
 const COMBINATOR_KEYS: &[&str] = &["all", "any", "not"];
@@ -208,6 +216,7 @@ const ACTIONS: &[(&str, Action)] = &[
     ("allow", Action::Allow),
     ("deny", Action::Deny),
     ("require_approval", Action::RequireApproval),
+    ("require_confirmation", Action::RequireConfirmation),
 ];
 const UNPINNED: &[(&str, Unpinned)] = &[("hide", Unpinned::Hide), ("allow", Unpinned::Allow)];
 /// Whose a mark is: the caller's, by one of the scopes limits count on.
@@ -598,6 +607,7 @@ impl Loader {
         };
         let mut action_ok = true;
         let mut approval_member = None;
+        let mut confirmation_member = None;
         for m in members {
             let at = child(pointer, &m.key);
             let value = &m.value;
@@ -614,6 +624,10 @@ impl Loader {
                 "approval" => {
                     approval_member = Some(m);
                     rule.approval = self.approval(value, &at);
+                }
+                "confirmation" => {
+                    confirmation_member = Some(m);
+                    rule.confirmation = self.confirmation(value, &at);
                 }
                 "log" => rule.log = self.log_paths(value, &at),
                 "release_on_failure" => rule.release_on_failure = self.release(value, &at),
@@ -632,13 +646,26 @@ impl Loader {
                 ),
             );
         }
+        if rule.action == Action::RequireConfirmation && rule.confirmation.is_none() {
+            rule.confirmation = Some(Confirmation::default());
+        }
         if let Some(m) = approval_member {
             // With an invalid action the mismatch is already reported.
-            if action_ok && rule.action != Action::RequireApproval {
+            if action_ok && !rule.asks_approval() {
                 self.error(
                     child(pointer, "approval"),
                     m.key_line,
-                    "\"approval\" is only valid with action \"require_approval\"",
+                    "\"approval\" is only valid with action \"require_approval\", or \
+                     \"require_confirmation\" whose fallback is \"approval\"",
+                );
+            }
+        }
+        if let Some(m) = confirmation_member {
+            if action_ok && rule.action != Action::RequireConfirmation {
+                self.error(
+                    child(pointer, "confirmation"),
+                    m.key_line,
+                    "\"confirmation\" is only valid with action \"require_confirmation\"",
                 );
             }
         }
@@ -663,6 +690,47 @@ impl Loader {
             }
         }
         paths
+    }
+
+    fn confirmation(&mut self, node: &Node, pointer: &str) -> Option<Confirmation> {
+        let members = self.strict_object(node, pointer, CONFIRMATION_KEYS)?;
+        let mut confirmation = Confirmation::default();
+        for m in members {
+            let at = child(pointer, &m.key);
+            match m.key.as_str() {
+                "message" => {
+                    let Some(text) = self.non_empty_string(&m.value, &at) else {
+                        continue;
+                    };
+                    if text.len() > MAX_QUESTION_BYTES {
+                        let why = format!("a question has at most {MAX_QUESTION_BYTES} bytes");
+                        self.error(at, m.value.line, why);
+                        continue;
+                    }
+                    match super::parse_question(text) {
+                        Ok(pieces) => {
+                            confirmation.message = Some(text.to_owned());
+                            confirmation.pieces = pieces;
+                        }
+                        Err(e) => self.error(at, m.value.line, e),
+                    }
+                }
+                "timeout" => match duration_ms(&m.value) {
+                    Ok(ms) if ms <= MAX_CONFIRMATION_TIMEOUT_MS => {
+                        confirmation.timeout_ms = Some(ms)
+                    }
+                    Ok(_) => self.error(at, m.value.line, "at most a day (24h)"),
+                    Err(e) => self.error(at, m.value.line, e),
+                },
+                "fallback" => {
+                    if let Some(f) = self.choice(&m.value, &at, "fallback", FALLBACKS) {
+                        confirmation.fallback = f;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Some(confirmation)
     }
 
     fn approval(&mut self, node: &Node, pointer: &str) -> Option<Approval> {

@@ -114,10 +114,23 @@ impl Policy {
                     .iter()
                     .chain(section.tools.iter().map(|(_, rule)| rule))
                     .any(|rule| {
-                        rule.action == Action::RequireApproval
-                            && rule.mode.unwrap_or(section.mode) == Mode::Enforce
+                        rule.asks_approval() && rule.mode.unwrap_or(section.mode) == Mode::Enforce
                     })
             })
+    }
+}
+
+impl Rule {
+    /// The rule can send a call to an approver: `require_approval`, or
+    /// `require_confirmation` whose fallback is an approval.
+    pub fn asks_approval(&self) -> bool {
+        match self.action {
+            Action::RequireApproval => true,
+            Action::RequireConfirmation => {
+                self.confirmation.as_ref().map(|c| c.fallback) == Some(Fallback::Approval)
+            }
+            Action::Allow | Action::Deny => false,
+        }
     }
 }
 
@@ -148,6 +161,8 @@ pub enum Action {
     Allow,
     Deny,
     RequireApproval,
+    /// Ask the user in their own MCP client ([`Confirmation`]).
+    RequireConfirmation,
 }
 
 /// A rule: `tools[name]` or `all_tools`.
@@ -163,6 +178,8 @@ pub struct Rule {
     pub require: Vec<ConditionItem>,
     pub deny_if: Vec<ConditionItem>,
     pub approval: Option<Approval>,
+    /// `confirmation` of a `require_confirmation` rule (its defaults when not written).
+    pub confirmation: Option<Confirmation>,
     /// Argument paths the decision log writes in clear (`log: [args.amount]`).
     pub log: Vec<Path>,
     /// Which upstream failures give a call's limits back (a proxy that sees the answer
@@ -191,6 +208,73 @@ pub enum Release {
 pub struct Approval {
     pub timeout_ms: Option<u64>,
     pub approvers: Vec<String>,
+}
+
+/// `confirmation` of a `require_confirmation` rule: the question the user is asked, how
+/// long the answer may take, and what a client that cannot be asked gets.
+#[derive(Debug, Clone, Default)]
+pub struct Confirmation {
+    /// The question as written, with `{args.…}` placeholders; `None`: the default one.
+    pub message: Option<String>,
+    pub pieces: Vec<Piece>,
+    pub timeout_ms: Option<u64>,
+    pub fallback: Fallback,
+}
+
+/// One piece of a question: text of the policy's, or the value at an argument path.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Piece {
+    Text(String),
+    Arg(Path),
+}
+
+/// Parse a question: `{args.PATH}` puts the argument there; `{{` and `}}` are braces.
+pub fn parse_question(text: &str) -> Result<Vec<Piece>, String> {
+    let mut pieces = Vec::new();
+    let mut literal = String::new();
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if rest.starts_with("{{") || rest.starts_with("}}") {
+            literal.push(c);
+            rest = &rest[2..];
+        } else if c == '{' {
+            let end = rest
+                .find('}')
+                .ok_or_else(|| "a \"{\" is not closed (write \"{{\" for a brace)".to_owned())?;
+            let inner = rest[1..end].trim();
+            let path = Path::parse(inner).map_err(|e| format!("{{{inner}}}: {e}"))?;
+            if path.root != PathRoot::Args {
+                return Err(format!(
+                    "{{{inner}}}: a question names argument paths (args.…) only"
+                ));
+            }
+            if !literal.is_empty() {
+                pieces.push(Piece::Text(std::mem::take(&mut literal)));
+            }
+            pieces.push(Piece::Arg(path));
+            rest = &rest[end + 1..];
+        } else if c == '}' {
+            return Err("a \"}\" has no \"{\" (write \"}}\" for a brace)".to_owned());
+        } else {
+            literal.push(c);
+            rest = &rest[c.len_utf8()..];
+        }
+    }
+    if !literal.is_empty() {
+        pieces.push(Piece::Text(literal));
+    }
+    Ok(pieces)
+}
+
+/// What a call gets when its client cannot be asked (an earlier MCP revision, no form
+/// elicitation, or a gateway that cannot answer in the server's place).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fallback {
+    /// Denied, saying why (`CONFIRMATION_UNAVAILABLE`).
+    #[default]
+    Deny,
+    /// Out of band: the rule asks for a human's approval instead (its `approval`).
+    Approval,
 }
 
 /// Whose counter a limit counts on.

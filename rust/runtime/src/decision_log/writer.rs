@@ -196,6 +196,9 @@ impl Writer {
             }
             out.extend_from_slice(b"]},");
         }
+        if let Some(step) = r.confirmation {
+            let _ = write!(out, "\"confirmation\":\"{step}\",");
+        }
         if let Some(drift) = &r.drift {
             out.extend_from_slice(b"\"drift\":{\"kind\":\"");
             out.extend_from_slice(drift.kind.as_str().as_bytes());
