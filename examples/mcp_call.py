@@ -5,7 +5,9 @@
 
 One session (the initialize handshake), ``--repeat`` calls; a denial shows its reason and the
 decision toolgate put under ``_meta``. ``--list`` first prints the tools the server lists
-(every page). Needs ``pip install mcp``. A proxy that cannot be reached, or Ctrl-C, ends it
+(every page). ``--confirm yes|no`` speaks MCP 2026-07-28 instead, as a client whose user
+answers every question (an elicitation form) with yes or no: each question is printed with
+the answer. Needs ``pip install mcp``. A proxy that cannot be reached, or Ctrl-C, ends it
 with one line on stderr.
 """
 
@@ -18,9 +20,44 @@ import sys
 import anyio
 import httpx2
 import mcp.types as types
-from mcp import ClientSession
+from mcp import Client, ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
+
+
+def user_who_says(answer: str):
+    """An elicitation handler: prints each question and answers it ``answer``."""
+
+    async def handler(context, params: types.ElicitRequestParams) -> types.ElicitResult:
+        print(f"asked: {params.message} -> {answer}")
+        if answer == "yes":
+            return types.ElicitResult(action="accept", content={"approve": True})
+        return types.ElicitResult(action="decline")
+
+    return handler
+
+
+async def run_confirming(url: str, tool: str, arguments: dict, token: str, answer: str) -> None:
+    headers = {"authorization": f"Bearer {token}"}
+    async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0)) as http:
+        transport = streamable_http_client(url, http_client=http)
+        client = Client(transport, mode="2026-07-28", elicitation_callback=user_who_says(answer))
+        async with client:
+            try:
+                result = await client.call_tool(tool, arguments)
+            except MCPError as err:
+                print(f"1: error {err.code}: {err.message}")
+                return
+            show(1, result)
+
+
+def show(i: int, result: types.CallToolResult) -> None:
+    text = " ".join(c.text for c in result.content if c.type == "text")
+    if result.is_error:
+        decision = (result.meta or {}).get("toolgate/decision", {})
+        print(f"{i}: DENIED {decision.get('code')}: {text}")
+    else:
+        print(f"{i}: ok: {text}")
 
 
 async def run(url: str, tool: str, arguments: dict, token: str, repeat: int, listing: bool) -> None:
@@ -46,12 +83,7 @@ async def run(url: str, tool: str, arguments: dict, token: str, repeat: int, lis
             except MCPError as err:
                 print(f"{i}: error {err.code}: {err.message}")
                 continue
-            text = " ".join(c.text for c in result.content if c.type == "text")
-            if result.is_error:
-                decision = (result.meta or {}).get("toolgate/decision", {})
-                print(f"{i}: DENIED {decision.get('code')}: {text}")
-            else:
-                print(f"{i}: ok: {text}")
+            show(i, result)
 
 
 def main() -> None:
@@ -62,10 +94,18 @@ def main() -> None:
     parser.add_argument("--token", default="alice", help="sent as Authorization: Bearer TOKEN")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--list", action="store_true", help="print the listed tools first")
+    parser.add_argument(
+        "--confirm",
+        choices=["yes", "no"],
+        help="speak MCP 2026-07-28, the user answering every question so",
+    )
     args = parser.parse_args()
     arguments = json.loads(args.arguments)
     try:
-        anyio.run(run, args.url, args.tool, arguments, args.token, args.repeat, args.list)
+        if args.confirm:
+            anyio.run(run_confirming, args.url, args.tool, arguments, args.token, args.confirm)
+        else:
+            anyio.run(run, args.url, args.tool, arguments, args.token, args.repeat, args.list)
     except KeyboardInterrupt:
         print("mcp_call.py: interrupted", file=sys.stderr)
         sys.exit(130)

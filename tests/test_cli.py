@@ -122,7 +122,7 @@ def test_validate_broken_file_prints_one_line_per_error(tmp_path):
     assert lines[0].endswith(" (line 5)")
     assert lines[1] == (
         f'{path}: /tools/b/actoin: unknown key "actoin"; expected one of: action, reason, mode, '
-        "limits, require, deny_if, approval, log, release_on_failure, marks (line 7)"
+        "limits, require, deny_if, approval, confirmation, log, release_on_failure, marks (line 7)"
     )
 
 
