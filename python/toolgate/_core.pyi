@@ -316,6 +316,7 @@ class Engine:
         dry_run: bool = True,
         hits: int | None = None,
         grant_verified: bool = False,
+        can_confirm: bool = False,
     ) -> Explanation:
         """Decide as ``decide`` does, through the same code, and say how. A dry run unless
         ``dry_run=False`` (then it counts, as a decision does)."""

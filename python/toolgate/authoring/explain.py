@@ -122,6 +122,8 @@ def _step_lines(step: Mapping[str, Any]) -> list[str]:
         return lines
     if kind == "approval":
         return [f"approval: {step['rule']}: {step['why']}"]
+    if kind == "confirmation":
+        return [f"confirmation: {step['rule']}: {step['why']}"]
     if kind == "shadow":
         return [
             f"shadow: would be {step['code']} by {step['rule']} ({step['reason']}); {step['why']}"

@@ -45,7 +45,9 @@ def _run(args: argparse.Namespace) -> int:
         engine.decide(args.tool, **call)
     for tool in args.before:
         engine.decide(tool, **{**call, "arguments": None})
-    explanation = engine.explain(args.tool, dry_run=not args.consume, **call)
+    explanation = engine.explain(
+        args.tool, dry_run=not args.consume, can_confirm=args.client_confirms, **call
+    )
     if args.json:
         print(json.dumps(explanation.to_dict(), indent=2, ensure_ascii=False))
     else:
@@ -84,6 +86,12 @@ def add_command(sub: Any) -> None:
         metavar="TOOL",
         help="decide a call of TOOL first, by the same caller and counted (repeatable): e.g. "
         "--before crm_read to see the marks it sets read",
+    )
+    explain.add_argument(
+        "--client-confirms",
+        action="store_true",
+        help="the client can be asked to confirm the call (MCP 2026-07-28 with form "
+        "elicitation): show the question a require_confirmation rule asks, not its fallback",
     )
     explain.add_argument(
         "--consume",

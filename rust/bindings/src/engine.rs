@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use toolgate_core::args::parse_json_arguments;
 use toolgate_core::clock::Clock;
+use toolgate_core::confirmation::Confirming;
 use toolgate_core::counter::CounterTable;
 use toolgate_core::engine::{DEFAULT_CAPACITY, DEFAULT_RESERVATIONS};
 use toolgate_core::explain::Recorder;
@@ -43,6 +44,8 @@ struct Call<'a> {
     dry_run: bool,
     hits: Option<u32>,
     grant_verified: bool,
+    /// The client can be asked to confirm a call (MCP 2026-07-28 with form elicitation).
+    can_confirm: bool,
 }
 
 impl PyEngine {
@@ -75,6 +78,11 @@ impl PyEngine {
             grant_verified: call.grant_verified,
         };
         let (tool, server, dry_run, hits) = (call.tool, call.server, call.dry_run, call.hits);
+        let asking = Confirming {
+            can_ask: true,
+            answer: None,
+        };
+        let confirm = call.can_confirm.then_some(&asking);
         let decision = match arguments {
             None => self.inner.decide_traced::<PyArg<'_>, T>(
                 Api::Engine,
@@ -85,7 +93,7 @@ impl PyEngine {
                     args: None,
                     dry_run,
                     hits,
-                    confirm: None,
+                    confirm,
                 },
                 trace,
             ),
@@ -98,7 +106,7 @@ impl PyEngine {
                     args: Some(PyArg(a.clone())),
                     dry_run,
                     hits,
-                    confirm: None,
+                    confirm,
                 },
                 trace,
             ),
@@ -118,7 +126,7 @@ impl PyEngine {
                         args: Some(&value),
                         dry_run,
                         hits,
-                        confirm: None,
+                        confirm,
                     },
                     trace,
                 )
@@ -217,6 +225,7 @@ impl PyEngine {
             dry_run,
             hits,
             grant_verified,
+            can_confirm: false,
         };
         self.run(&call, attributes, arguments, &mut NoTrace)
             .map(PyDecision::local)
@@ -225,7 +234,7 @@ impl PyEngine {
     /// Decide one call as `decide` does, and say how: the section, the rule and why it won,
     /// each condition with the value it saw, each limit with its count, the decision.
     /// A dry run unless `dry_run=False` (then it counts, like `decide`).
-    #[pyo3(signature = (tool, *, server = None, grant = None, session = None, agent = None, attributes = None, arguments = None, dry_run = true, hits = None, grant_verified = false))]
+    #[pyo3(signature = (tool, *, server = None, grant = None, session = None, agent = None, attributes = None, arguments = None, dry_run = true, hits = None, grant_verified = false, can_confirm = false))]
     #[allow(clippy::too_many_arguments)]
     fn explain(
         &self,
@@ -239,6 +248,7 @@ impl PyEngine {
         dry_run: bool,
         hits: Option<u32>,
         grant_verified: bool,
+        can_confirm: bool,
     ) -> PyResult<PyExplanation> {
         let call = Call {
             tool,
@@ -249,6 +259,7 @@ impl PyEngine {
             dry_run,
             hits,
             grant_verified,
+            can_confirm,
         };
         let subject = Subject {
             grant,
