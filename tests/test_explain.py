@@ -300,3 +300,17 @@ def test_explain_shows_the_marks_a_decision_read_and_set():
     assert counted.stdout.splitlines()[-1] == "marks: set private_data"
     no_marks = run_toolgate("explain", "--policy", EXAMPLE_JSON, "--tool", "create-ami")
     assert not any(line.startswith("marks:") for line in no_marks.stdout.splitlines())
+
+
+def test_a_confirmation_shows_its_fallback_or_its_question():
+    confirm = str(EXAMPLES / "confirm-policy.yaml")
+    call = ("explain", "--policy", confirm, "--tool", "delete_image", "--args", '{"id": "a"}')
+    fallback = run_toolgate(*call)
+    assert fallback.returncode == 0, fallback.stderr
+    assert "confirmation: /tools/delete_image: " in fallback.stdout
+    assert "decision: DENY CONFIRMATION_UNAVAILABLE" in fallback.stdout
+    asked = run_toolgate(*call, "--client-confirms")
+    assert "decision: DENY CONFIRMATION_REQUIRED" in asked.stdout
+    approval = run_toolgate(*call[:4], "terminate_instances", "--client-confirms", "--json")
+    steps = json.loads(approval.stdout)["steps"]
+    assert [s["can_ask"] for s in steps if s["step"] == "confirmation"] == [True]

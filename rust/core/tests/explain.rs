@@ -136,7 +136,14 @@ fn item() -> impl Strategy<Value = Value> {
 
 fn rule() -> impl Strategy<Value = Value> {
     (
-        prop::sample::select(vec!["allow", "allow", "allow", "deny", "require_approval"]),
+        prop::sample::select(vec![
+            "allow",
+            "allow",
+            "allow",
+            "deny",
+            "require_approval",
+            "require_confirmation",
+        ]),
         prop::option::weighted(0.2, any::<bool>()),
         prop::collection::vec(item(), 0..2),
         prop::collection::vec(item(), 0..2),
@@ -407,6 +414,29 @@ fn step<'a>(steps: &'a [Value], name: &str) -> &'a Value {
         .iter()
         .find(|s| s["step"] == name)
         .unwrap_or_else(|| panic!("no {name} step in {steps:#?}"))
+}
+
+#[test]
+fn the_confirmation_step_says_who_is_asked_and_what_follows() {
+    let doc = json!({"version": "1", "tools": {
+        "drop": {"action": "require_confirmation"},
+        "wipe": {"action": "require_confirmation", "confirmation": {"fallback": "approval"}}}});
+    let (d, steps) = explain(&doc, &simple("drop"));
+    assert_eq!(d.code.as_str(), "CONFIRMATION_UNAVAILABLE");
+    let confirmation = step(&steps, "confirmation");
+    assert_eq!(confirmation["rule"], "/tools/drop");
+    assert_eq!(confirmation["can_ask"], false);
+    assert!(confirmation["why"]
+        .as_str()
+        .unwrap()
+        .contains("denies the call"));
+    let (d, steps) = explain(&doc, &simple("wipe"));
+    assert_eq!(d.code.as_str(), "APPROVAL_REQUIRED");
+    let why = step(&steps, "confirmation")["why"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(why.contains("asks an approver instead"), "{why}");
 }
 
 #[test]

@@ -869,3 +869,78 @@ fn a_redis_that_lost_its_counts_refuses_for_one_window() {
     assert_eq!(call(&fresh, "t", "g", None).code, Code::Allowed);
     assert_eq!(call(&e, "t", "g", None).code, Code::RateLimited);
 }
+
+/// A user's yes is used once across replicas that share the key and the store (exact mode):
+/// both replicas racing with the same answer run the call once between them.
+#[test]
+fn a_confirmation_runs_once_across_replicas() {
+    use toolgate_core::confirmation::{Answer, Confirming};
+    let redis = RedisServer::start();
+    let json = r#"{"version": "1", "default": "allow", "tools": {"drop_db": {"action": "require_confirmation"}}}"#;
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000_000_000));
+    let replicas: Vec<Arc<Engine>> = (0..2)
+        .map(|_| {
+            let c = config(
+                redis.url(),
+                "confirm:",
+                TimeSource::Engine,
+                Unavailable::Deny,
+            );
+            let e = redis_engine(json, clock.clone(), c);
+            e.set_confirmation_key(b"one deployment secret").unwrap();
+            Arc::new(e)
+        })
+        .collect();
+    let args = serde_json::json!({"name": "prod"});
+    let decide = |e: &Engine, confirm: &Confirming| {
+        e.decide(&Request {
+            tool: "drop_db",
+            server: None,
+            subject: Subject {
+                grant: Some("g"),
+                ..Default::default()
+            },
+            args: Some(&args),
+            dry_run: false,
+            hits: None,
+            confirm: Some(confirm),
+        })
+    };
+    for round in 0..20 {
+        let asking = Confirming {
+            can_ask: true,
+            answer: None,
+        };
+        let asked = decide(&replicas[round % 2], &asking);
+        assert_eq!(asked.code, Code::ConfirmationRequired);
+        let Some(toolgate_core::decision::Confirmation::Asked { token, .. }) =
+            asked.confirmation.as_deref()
+        else {
+            panic!("no question: {asked:?}");
+        };
+        let yes = Confirming {
+            can_ask: true,
+            answer: Some(Answer {
+                token: token.clone(),
+                yes: true,
+            }),
+        };
+        let codes: Vec<Code> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|i| {
+                    let (e, yes) = (&replicas[i % 2], &yes);
+                    s.spawn(move || decide(e, yes).code)
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(
+            codes.iter().filter(|c| **c == Code::Allowed).count(),
+            1,
+            "round {round}: {codes:?}"
+        );
+        assert!(codes
+            .iter()
+            .all(|c| matches!(c, Code::Allowed | Code::ConfirmationInvalid)));
+    }
+}
