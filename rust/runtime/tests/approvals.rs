@@ -249,3 +249,59 @@ fn the_news_of_a_large_call_carries_a_bounded_preview_only() {
         other => panic!("{other:?}"),
     }
 }
+
+/// An approval and a user's confirmation on one call: the approval first, then the user is
+/// asked; the call runs once on both, and asking the user uses neither.
+#[test]
+fn a_call_needing_an_approval_and_a_confirmation_runs_once_on_both() {
+    use toolgate_core::confirmation::{Answer, Confirming};
+    use toolgate_core::decision::Confirmation;
+    let (engine, clock) = engine(
+        r#"{"version": "1", "all_tools": {"action": "require_confirmation"}, "tools": {
+            "wire": {"action": "require_approval"}}}"#,
+    );
+    let table = Arc::new(ApprovalTable::new(64));
+    let (approvals, _events) = Approvals::new(table.clone(), 64);
+    engine.enable_approvals(Arc::new(approvals)).unwrap();
+    let args = serde_json::json!({"to": "acct-9"});
+    let decide = |confirm: &Confirming| {
+        engine.decide(&Request {
+            tool: "wire",
+            server: None,
+            subject: Subject {
+                grant: Some("g"),
+                ..Default::default()
+            },
+            args: Some(&args),
+            dry_run: false,
+            hits: None,
+            confirm: Some(confirm),
+        })
+    };
+    let asking = Confirming {
+        can_ask: true,
+        answer: None,
+    };
+    let pending = decide(&asking);
+    assert_eq!(pending.code, Code::ApprovalRequired, "the approval first");
+    let id = pending.approval.unwrap();
+    table.decide(id, true, clock.wall_ms()).unwrap();
+    let asked = decide(&asking);
+    assert_eq!(asked.code, Code::ConfirmationRequired);
+    let Some(Confirmation::Asked { token, .. }) = asked.confirmation.as_deref() else {
+        panic!("{asked:?}");
+    };
+    // Asking the user did not use the approval: it is asked again, by the same approval.
+    assert_eq!(decide(&asking).code, Code::ConfirmationRequired);
+    let yes = Confirming {
+        can_ask: true,
+        answer: Some(Answer {
+            token: token.clone(),
+            yes: true,
+        }),
+    };
+    let ran = decide(&yes);
+    assert_eq!((ran.code, ran.approval), (Code::Allowed, Some(id)));
+    // Both are used: the same answer again is refused, and a new call needs a new approval.
+    assert_eq!(decide(&yes).code, Code::ApprovalRequired);
+}
