@@ -83,6 +83,11 @@ pub struct CompiledSection {
     pub trust_annotations: bool,
     /// Some rule reads a tool's definition (`tool.title`, `tool.annotations.*`).
     pub reads_definitions: bool,
+    /// Some rule sets or reads marks: without, a decision skips them altogether.
+    pub uses_marks: bool,
+    /// Some rule asks a person (`require_approval`, `require_confirmation`): without, a
+    /// decision skips looking for one.
+    pub asks: bool,
 }
 
 /// A section's `pins`.
@@ -349,6 +354,20 @@ fn compile_section(
             .flat_map(|r| r.require.iter().chain(&r.deny_if))
             .any(|item| item.reads(root))
     };
+    let every_rule = || {
+        section
+            .tools
+            .iter()
+            .map(|(_, r)| r)
+            .chain(&section.all_tools)
+    };
+    let uses_marks = reads(PathRoot::Marks) || every_rule().any(|r| !r.marks.is_empty());
+    let asks = every_rule().any(|r| {
+        matches!(
+            r.action,
+            Action::RequireApproval | Action::RequireConfirmation
+        )
+    });
     Ok(CompiledSection {
         pointer: section.pointer.as_str().into(),
         default_allow: section.default == DefaultAction::Allow,
@@ -366,6 +385,8 @@ fn compile_section(
             .or(ctx.inherited.trust_annotations)
             .unwrap_or(false),
         reads_definitions: reads(PathRoot::Tool),
+        uses_marks,
+        asks,
     })
 }
 

@@ -447,7 +447,9 @@ impl Engine {
             }
         }
         let limit_count = enforced.len();
-        if unkeyed.is_none() {
+        // A section whose rules use no marks and ask nobody pays nothing for them.
+        let (marked, asks) = (section.uses_marks, section.asks);
+        if unkeyed.is_none() && marked {
             for mark in rules.clone().flat_map(|r| &r.marks) {
                 let w = match mark_key(mark, &req.subject) {
                     Ok(key) => Want {
@@ -485,7 +487,8 @@ impl Engine {
         if let Some(d) = unkeyed {
             return d;
         }
-        let mut reading = MarkReads::of(&deferred, &req.subject);
+        // Only a section that uses marks has marks to read (its drop costs a decision too).
+        let mut reading = marked.then(|| MarkReads::of(&deferred, &req.subject));
         // A rule that asks the user falls back, for a client that cannot be asked, to an
         // approval (`fallback: approval`) or a denial.
         let can_ask = req.confirm.is_some_and(|c| c.can_ask);
@@ -495,15 +498,21 @@ impl Engine {
         };
         let needs_approval =
             |r: &&CompiledRule| r.action == Action::RequireApproval || to_approver(r);
-        let approval = rules.clone().filter(needs_approval).find(|r| !shadowed(r));
+        let approval = match asks {
+            true => rules.clone().filter(needs_approval).find(|r| !shadowed(r)),
+            false => None,
+        };
         if let Some(r) = approval {
             trace.approval(policy, r, self.approvals().is_some() && !req.dry_run);
         }
         let asks_user = |r: &&CompiledRule| r.confirmation.is_some() && !to_approver(r);
-        let confirming = rules.clone().filter(asks_user).find(|r| !shadowed(r));
-        let confirms = |r: &&CompiledRule| r.confirmation.is_some() && !shadowed(r);
-        if let Some(r) = rules.clone().find(confirms) {
-            trace.confirmation(policy, r, can_ask);
+        let mut confirming = None;
+        if asks {
+            confirming = rules.clone().filter(asks_user).find(|r| !shadowed(r));
+            let enforced = |r: &&CompiledRule| r.confirmation.is_some() && !shadowed(r);
+            if let Some(r) = rules.clone().find(enforced) {
+                trace.confirmation(policy, r, can_ask);
+            }
         }
         let gated = !req.dry_run
             && ((approval.is_some() && self.approvals().is_some()) || confirming.is_some());
@@ -511,14 +520,17 @@ impl Engine {
             // An approval is asked for a call its conditions allow: read the marks first.
             let now_ns = self.clock.now_ns();
             let (parts, limits) = (&mut limiter::Parts::new(), &mut Limits::new());
-            let (found, bits) =
-                self.reserve_group(&[], &reading.reads, now_ns, false, parts, limits, trace);
+            let reads = reading.as_ref().map_or(&[][..], |r| &r.reads[..]);
+            let (found, bits) = self.reserve_group(&[], reads, now_ns, false, parts, limits, trace);
             if let limiter::Outcome::Unavailable { reason, .. } = found {
                 let mut d = out.finish(Code::StoreUnavailable, reason, section.default_rule);
                 d.retry_after_ms = Some(1000);
                 return d;
             }
-            let known = facts.with_marks(reading.fill(bits));
+            let mark_reads = reading
+                .as_mut()
+                .expect("rules that read marks are in its section");
+            let known = facts.with_marks(mark_reads.fill(bits));
             for r in std::mem::take(&mut deferred) {
                 let d = match check_conditions(&out, r, &known, trace) {
                     Checked::Pass => continue,
@@ -530,7 +542,7 @@ impl Engine {
                     Checked::AwaitMarks => unread(&out, r),
                 };
                 let mut d = d;
-                d.marks = reading.seen(Vec::new());
+                d.marks = mark_reads.seen(Vec::new());
                 return d;
             }
         }
@@ -540,10 +552,12 @@ impl Engine {
             (Some(r), Some(a)) if !req.dry_run => match self.approval_gate(a, r, req, &out) {
                 Gate::Stop(mut d) => {
                     // Waiting for a person sets nothing; what it read was read.
-                    d.marks = reading.seen(Vec::new());
+                    d.marks = MarkReads::seen_of(&reading, Vec::new());
                     return d;
                 }
-                run => Some(run),
+                // The approval it holds, kept apart from the gate (which holds a whole
+                // decision, copied at every move).
+                Gate::Run { key, id } => Some((key, id)),
             },
             _ => None,
         };
@@ -558,7 +572,7 @@ impl Engine {
         ) {
             match self.confirmation_gate(r, c, req, &out) {
                 Confirmed::Stop(mut d) => {
-                    d.marks = reading.seen(Vec::new());
+                    d.marks = MarkReads::seen_of(&reading, Vec::new());
                     return d;
                 }
                 Confirmed::Run(once) => {
@@ -578,7 +592,10 @@ impl Engine {
         let reads = if deferred.is_empty() {
             Vec::new()
         } else {
-            std::mem::take(&mut reading.reads)
+            reading
+                .as_mut()
+                .map(|r| std::mem::take(&mut r.reads))
+                .unwrap_or_default()
         };
         let mut bits = ReadBits::default();
         if !enforced.is_empty() || !observed.is_empty() || !reads.is_empty() {
@@ -678,8 +695,11 @@ impl Engine {
         // The marks are known: the conditions that read them decide now, before a limit's
         // denial (conditions come first), and a call they deny gives back what it reserved.
         if !deferred.is_empty() {
-            reading.reads = reads;
-            let known = facts.with_marks(reading.fill(bits));
+            let mark_reads = reading
+                .as_mut()
+                .expect("rules that read marks are in its section");
+            mark_reads.reads = reads;
+            let known = facts.with_marks(mark_reads.fill(bits));
             for r in deferred.iter().copied() {
                 let d = match check_conditions(&out, r, &known, trace) {
                     Checked::Pass => continue,
@@ -689,7 +709,7 @@ impl Engine {
                 if !shadowed(r) {
                     self.give_back(&parts);
                     let mut d = d;
-                    d.marks = reading.seen(Vec::new());
+                    d.marks = mark_reads.seen(Vec::new());
                     return d;
                 }
                 deny!(true, d);
@@ -703,8 +723,7 @@ impl Engine {
             Some(s) => s.record(&parts),
         };
         let mut used = None;
-        if let (Some(Gate::Run { key, id }), Some(a), Some(r)) = (gate, self.approvals(), approval)
-        {
+        if let (Some((key, id)), Some(a), Some(r)) = (gate, self.approvals(), approval) {
             let now_ms = self.clock.wall_ms();
             if !a.consume(key, id, now_ms) {
                 // Another copy of the call used the approval first: this one asks anew.
@@ -721,13 +740,16 @@ impl Engine {
             a.emit(ApprovalEvent::Used { id, at_ms: now_ms });
             used = Some(id);
         }
-        if let Some(r) = rules.clone().filter(needs_approval).find(|r| shadowed(r)) {
-            finding.get_or_insert(out.finish(Code::ApprovalRequired, r.approval_reason, r.pointer));
-        }
-        if let Some(r) = rules.clone().filter(asks_user).find(|r| shadowed(r)) {
-            let c = r.confirmation.as_deref().map(|c| c.asked_reason);
-            let reason = c.unwrap_or(r.approval_reason);
-            finding.get_or_insert(out.finish(Code::ConfirmationRequired, reason, r.pointer));
+        if asks {
+            if let Some(r) = rules.clone().filter(needs_approval).find(|r| shadowed(r)) {
+                let d = out.finish(Code::ApprovalRequired, r.approval_reason, r.pointer);
+                finding.get_or_insert(d);
+            }
+            if let Some(r) = rules.clone().filter(asks_user).find(|r| shadowed(r)) {
+                let c = r.confirmation.as_deref().map(|c| c.asked_reason);
+                let reason = c.unwrap_or(r.approval_reason);
+                finding.get_or_insert(out.finish(Code::ConfirmationRequired, reason, r.pointer));
+            }
         }
 
         let mut d = match (finding, approval) {
@@ -770,11 +792,13 @@ impl Engine {
         d.limits = limits;
         d.reservation = reservation;
         d.approval = used;
-        let set = match d.verdict {
-            Verdict::Allow => set_marks(rules.clone()),
-            _ => Vec::new(),
-        };
-        d.marks = reading.seen(set);
+        if marked {
+            let set = match d.verdict {
+                Verdict::Allow => set_marks(rules.clone()),
+                _ => Vec::new(),
+            };
+            d.marks = MarkReads::seen_of(&reading, set);
+        }
         d
     }
 
@@ -1121,6 +1145,11 @@ impl MarkReads {
         }
         out.reads.truncate(MAX_READS);
         out
+    }
+
+    /// [`MarkReads::seen`] of a section's reads (none where it uses no marks).
+    fn seen_of(reading: &Option<MarkReads>, set: Vec<Box<str>>) -> Option<Box<MarksSeen>> {
+        reading.as_ref().and_then(|r| r.seen(set))
     }
 
     /// What a decision reports of its marks: those read, and `set`.
