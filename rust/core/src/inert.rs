@@ -13,29 +13,36 @@
 use std::borrow::Cow;
 use std::fmt::Write;
 
-/// Unicode's format characters (general category Cf, Unicode 15.1).
-const FORMAT: [(u32, u32); 22] = [
+/// Unicode's format characters (general category Cf, Unicode 15.1), and the other default
+/// ignorable code points (DerivedCoreProperties' Default_Ignorable_Code_Point: variation
+/// selectors, Hangul fillers, the combining grapheme joiner, reserved tag-block characters),
+/// which displays draw as nothing: text shown to a person as `ami-1` must not hide more.
+const FORMAT: &[(u32, u32)] = &[
     (0x00AD, 0x00AD),
+    (0x034F, 0x034F),
     (0x0600, 0x0605),
     (0x061C, 0x061C),
     (0x06DD, 0x06DD),
     (0x070F, 0x070F),
     (0x0890, 0x0891),
     (0x08E2, 0x08E2),
-    (0x180E, 0x180E),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
     (0x200B, 0x200F),
     (0x202A, 0x202E),
-    (0x2060, 0x2064),
-    (0x2066, 0x206F),
+    (0x2060, 0x206F),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
     (0xFEFF, 0xFEFF),
-    (0xFFF9, 0xFFFB),
+    (0xFFA0, 0xFFA0),
+    (0xFFF0, 0xFFFB),
     (0x110BD, 0x110BD),
     (0x110CD, 0x110CD),
     (0x13430, 0x1343F),
     (0x1BCA0, 0x1BCA3),
     (0x1D173, 0x1D17A),
-    (0xE0001, 0xE0001),
-    (0xE0020, 0xE007F),
+    (0xE0000, 0xE0FFF),
     // Line and paragraph separators (Zl, Zp): line breaks to many displays.
     (0x2028, 0x2029),
 ];
