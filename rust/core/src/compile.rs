@@ -154,8 +154,9 @@ pub struct CompiledMark {
     pub limit: CompiledLimit,
 }
 
-/// A `require_confirmation` rule's question, its time to answer and its fallback; and the
-/// counter that sees each confirmation used once (a limit of one call per nonce).
+/// A `require_confirmation` rule's question (empty: the default one, made per call), its
+/// time to answer and its fallback; and the counters that see each confirmation used once
+/// (a limit of one call per nonce) and cap one caller's.
 pub struct CompiledConfirmation {
     pub pieces: Vec<crate::policy::Piece>,
     pub timeout_ms: u64,
@@ -163,7 +164,14 @@ pub struct CompiledConfirmation {
     /// Why a call is asked: the rule's `reason`, or a default.
     pub asked_reason: TextId,
     pub once: CompiledLimit,
+    /// At most [`MAX_CONFIRMED_PER_CALLER`] confirmed calls per grant while their nonces are
+    /// remembered.
+    pub per_caller: CompiledLimit,
 }
+
+/// Confirmed calls one grant may make while their nonces are remembered (twice the rule's
+/// timeout); calls without a grant share one count.
+pub const MAX_CONFIRMED_PER_CALLER: u32 = 1000;
 
 /// How long a user may take to answer when the rule gives no `timeout`: 5 minutes.
 pub const DEFAULT_CONFIRMATION_TIMEOUT_MS: u64 = 5 * 60 * 1000;
@@ -229,6 +237,10 @@ pub struct CompiledLimit {
     pub cost: Option<Vec<Segment>>,
     pub cost_text: Option<Box<str>>,
     pub cost_pointer: TextId,
+    /// A confirmation's nonce: counted on the shared store or not at all (never in a
+    /// replica's own table while the store is away, where a second replica could count it
+    /// again).
+    pub once: bool,
 }
 
 impl CompiledPolicy {
@@ -458,43 +470,56 @@ fn compile_confirmation(
     tables: &mut Tables,
 ) -> Box<CompiledConfirmation> {
     let timeout_ms = c.timeout_ms.unwrap_or(DEFAULT_CONFIRMATION_TIMEOUT_MS);
-    let pieces = if c.message.is_some() {
-        c.pieces.clone()
-    } else {
-        vec![crate::policy::Piece::Text(format!(
-            "Allow {what} to run with the arguments the agent sent?"
-        ))]
+    // A used nonce is remembered for twice a token's life: a replica whose clock (or the
+    // store's) runs up to one timeout apart from the asking one still finds it used.
+    let remembered_ms = timeout_ms.saturating_mul(2);
+    let granularity = Granularity::for_window_ms(remembered_ms);
+    let mut limit = |counter: &str, scope: Scope, max: f64, once: bool| {
+        let identity = CounterKey::identity(&[
+            b"confirmation\0",
+            counter.as_bytes(),
+            &remembered_ms.to_le_bytes(),
+        ]);
+        let info = LimitInfo {
+            counter: tables.text(counter),
+            rule: tables.text(rule.pointer.as_str()),
+            scope,
+            max,
+            window_ms: remembered_ms,
+        };
+        CompiledLimit {
+            id: tables.limit(info.clone()),
+            info,
+            counter_name: counter.into(),
+            identity,
+            granularity,
+            max_units: to_units(max).unwrap_or(0),
+            cost: None,
+            cost_text: None,
+            cost_pointer: tables.text(rule.pointer.as_str()),
+            once,
+        }
     };
-    // One unit per nonce, in a window as long as a token lives: a second use within it
-    // finds no room.
-    let identity = CounterKey::identity(&[b"confirmation\0", &timeout_ms.to_le_bytes()]);
-    let granularity = Granularity::for_window_ms(timeout_ms);
-    let info = LimitInfo {
-        counter: tables.text("confirmation"),
-        rule: tables.text(rule.pointer.as_str()),
-        scope: Scope::Global,
-        max: 1.0,
-        window_ms: timeout_ms,
-    };
+    // One unit per nonce: a second use within the window finds no room.
+    let once = limit("confirmation", Scope::Global, 1.0, true);
+    // Each used nonce holds a counter slot; one caller's are capped so that a client that
+    // confirms its own calls cannot crowd out everyone else's.
+    let per_caller = limit(
+        "confirmations",
+        Scope::Grant,
+        f64::from(MAX_CONFIRMED_PER_CALLER),
+        false,
+    );
     let reason = rule.reason.clone().unwrap_or_else(|| {
         format!("{what} runs only once the user confirms it in their MCP client")
     });
     Box::new(CompiledConfirmation {
-        pieces,
+        pieces: c.pieces.clone(),
         timeout_ms,
         fallback: c.fallback,
         asked_reason: tables.text(reason),
-        once: CompiledLimit {
-            id: tables.limit(info.clone()),
-            info,
-            counter_name: "confirmation".into(),
-            identity,
-            granularity,
-            max_units: crate::counter::UNITS_PER_CALL,
-            cost: None,
-            cost_text: None,
-            cost_pointer: tables.text(rule.pointer.as_str()),
-        },
+        once,
+        per_caller,
     })
 }
 
@@ -572,6 +597,7 @@ fn compile_mark(mark: &MarkRule, tables: &mut Tables, marks: &mut Marks) -> Arc<
             cost: None,
             cost_text: None,
             cost_pointer: tables.text(mark.pointer.as_str()),
+            once: false,
         },
     });
     marks.insert(mark.name.as_str().into(), Arc::clone(&compiled));
@@ -640,5 +666,6 @@ fn compile_limit(limit: &Limit, tables: &mut Tables) -> CompiledLimit {
         cost: limit.cost.as_ref().map(|p| p.segments.clone()),
         cost_text: limit.cost.as_ref().map(|p| p.text.as_str().into()),
         cost_pointer: tables.text(format!("{}/cost", limit.pointer)),
+        once: false,
     }
 }

@@ -218,19 +218,46 @@ pub fn render<A: ArgValue + Clone>(pieces: &[Piece], args: Option<&A>) -> String
     out
 }
 
+/// The question a rule without a `message` asks: the tool, and the arguments as JSON (at most
+/// [`MAX_ARGUMENTS_BYTES`], saying how much more there was), inert. The tool's name is one MCP
+/// allows (checked before anyone is asked).
+pub fn default_question<A: ArgValue + Clone>(tool: &str, args: Option<&A>) -> String {
+    let arguments = match args {
+        None => "no arguments".to_owned(),
+        Some(a) => cut_inert(json_text(a), MAX_ARGUMENTS_BYTES),
+    };
+    format!("Allow the tool \"{tool}\" to run with {arguments}?")
+}
+
+/// Longest text of the arguments a default question shows, before escaping.
+pub const MAX_ARGUMENTS_BYTES: usize = 1024;
+
 fn shown<A: ArgValue>(value: &A) -> String {
     let text = match value.as_str() {
         Some(s) => s.to_owned(),
-        None => {
-            let mut json = Vec::new();
-            match arg_json::push_shown(&mut json, value, 4 * MAX_VALUE_BYTES) {
-                Ok(()) => String::from_utf8(json).unwrap_or_default(),
-                Err(_) => return "(too long to show)".to_owned(),
-            }
-        }
+        None => json_text(value),
     };
-    let cut = if text.len() > MAX_VALUE_BYTES {
-        format!("{}…", &text[..text.floor_char_boundary(MAX_VALUE_BYTES)])
+    cut_inert(text, MAX_VALUE_BYTES)
+}
+
+/// `value` as JSON for a person (strings inert), whole: a long value is cut after.
+fn json_text<A: ArgValue>(value: &A) -> String {
+    let mut json = Vec::new();
+    match arg_json::push_shown(&mut json, value, usize::MAX) {
+        Ok(()) => String::from_utf8(json).unwrap_or_default(),
+        Err(_) => "(a value JSON cannot show)".to_owned(),
+    }
+}
+
+/// `text` cut to `max` bytes (at a character boundary), saying how long it was, with every
+/// character a display could act on written `\u{HEX}`.
+fn cut_inert(text: String, max: usize) -> String {
+    let cut = if text.len() > max {
+        format!(
+            "{}… (cut: {} bytes in all)",
+            &text[..text.floor_char_boundary(max)],
+            text.len()
+        )
     } else {
         text
     };
@@ -333,7 +360,11 @@ mod tests {
         );
         let long = json!({"amount": "x".repeat(1000), "currency": [1, {"a": 2}], "to": null});
         let shown = render(&pieces, Some(&&long));
-        assert!(shown.starts_with(&format!("Transfer {}…", "x".repeat(MAX_VALUE_BYTES))));
+        let cut = format!(
+            "Transfer {}… (cut: 1000 bytes in all)",
+            "x".repeat(MAX_VALUE_BYTES)
+        );
+        assert!(shown.starts_with(&cut), "{shown}");
         assert!(shown.ends_with(" [1,{\"a\":2}] to null?"), "{shown}");
         assert_eq!(
             parse_question("{{literal}} {args.a}").unwrap(),

@@ -95,8 +95,9 @@ pub struct Engine {
 
 /// What a call its user must confirm may do.
 enum Confirmed<'p> {
-    /// The user confirmed it: it runs, using its confirmation's nonce (`Want`) once.
-    Run(Want<'p>),
+    /// The user confirmed it: it runs, using its confirmation's nonce once and one of its
+    /// caller's confirmed calls (the wants).
+    Run([Want<'p>; 2]),
     /// It is asked, or its answer is refused.
     Stop(Decision),
 }
@@ -575,12 +576,15 @@ impl Engine {
                     d.marks = MarkReads::seen_of(&reading, Vec::new());
                     return d;
                 }
-                Confirmed::Run(once) => {
-                    if enforced.try_push(once).is_err() {
-                        let reason = "too many limits and marks with a confirmation";
-                        return out.finish(Code::InvalidRequest, reason, r.pointer);
+                Confirmed::Run(wants) => {
+                    for w in wants {
+                        if enforced.try_push(w).is_err() {
+                            let reason = "too many limits and marks with a confirmation";
+                            return out.finish(Code::InvalidRequest, reason, r.pointer);
+                        }
                     }
-                    once_at = Some(enforced.len() - 1);
+                    // The nonce is the first of the two.
+                    once_at = Some(enforced.len() - 2);
                 }
             }
         }
@@ -745,7 +749,10 @@ impl Engine {
                 let d = out.finish(Code::ApprovalRequired, r.approval_reason, r.pointer);
                 finding.get_or_insert(d);
             }
-            if let Some(r) = rules.clone().filter(asks_user).find(|r| shadowed(r)) {
+            // A call its user confirmed meets a shadow confirmation rule too.
+            let confirmed = once_at.is_some();
+            let shadow_asks = |r: &&CompiledRule| !confirmed && asks_user(r) && shadowed(r);
+            if let Some(r) = rules.clone().find(shadow_asks) {
                 let c = r.confirmation.as_deref().map(|c| c.asked_reason);
                 let reason = c.unwrap_or(r.approval_reason);
                 finding.get_or_insert(out.finish(Code::ConfirmationRequired, reason, r.pointer));
@@ -785,7 +792,7 @@ impl Engine {
                 }
             },
         };
-        if once_at.is_some() && d.code == Code::Allowed && !req.dry_run {
+        if once_at.is_some() && d.verdict == Verdict::Allow && !req.dry_run {
             d.confirmation = Some(Box::new(Confirmation::Confirmed));
             self.stats.count_confirmed();
         }
@@ -890,7 +897,11 @@ impl Engine {
         let now_ms = self.clock.wall_ms();
         let Some(answer) = &confirming.answer else {
             let token = key.mint(&call, now_ms.saturating_add(c.timeout_ms));
-            let question = confirmation::render(&c.pieces, args);
+            let question = match c.pieces.is_empty() {
+                // The policy wrote none: the tool and the very arguments a yes runs.
+                true => confirmation::default_question(req.tool, args),
+                false => confirmation::render(&c.pieces, args),
+            };
             let left_s = c.timeout_ms.div_ceil(1000);
             let reason = format!(
                 "{asked} The user is asked to confirm it in their MCP client (an answer is \
@@ -913,6 +924,15 @@ impl Engine {
             let reason = format!("The user's confirmation of this call has expired. {again}");
             return Confirmed::Stop(out.finish(Code::ConfirmationExpired, reason, r.pointer));
         }
+        // Minted further ahead than a token lives: the asking replica's clock is more than a
+        // timeout ahead of this one's, beyond what the used nonces are remembered for.
+        if minted.expires_ms > now_ms.saturating_add(c.timeout_ms) {
+            let reason = format!(
+                "The confirmation this call carries was made by a sidecar whose clock is ahead \
+                 of this one's by more than the time to answer. {again}"
+            );
+            return Confirmed::Stop(out.finish(Code::ConfirmationInvalid, reason, r.pointer));
+        }
         if !answer.yes {
             let reason = format!("{asked} The user declined it in their MCP client.");
             return Confirmed::Stop(out.finish(Code::ConfirmationDeclined, reason, r.pointer));
@@ -920,11 +940,25 @@ impl Engine {
         let key = CounterKey::new(c.once.identity, &minted.nonce, c.once.granularity)
             // Clients mint as many as they ask for: bounded like keys they choose.
             .chosen_by_client(true);
-        Confirmed::Run(Want {
-            limit: &c.once,
-            key,
-            amount: UNITS_PER_CALL,
-        })
+        let grant = req.subject.grant.unwrap_or_default();
+        let caller = CounterKey::new(
+            c.per_caller.identity,
+            grant.as_bytes(),
+            c.per_caller.granularity,
+        )
+        .chosen_by_client(!req.subject.grant_verified);
+        Confirmed::Run([
+            Want {
+                limit: &c.once,
+                key,
+                amount: UNITS_PER_CALL,
+            },
+            Want {
+                limit: &c.per_caller,
+                key: caller,
+                amount: UNITS_PER_CALL,
+            },
+        ])
     }
 
     /// Where an approval-gated call stands: it may run on an approval it holds, or it

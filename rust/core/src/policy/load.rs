@@ -192,6 +192,9 @@ const PINS_KEYS: &[&str] = &["file", "mode", "unpinned"];
 const MARK_KEYS: &[&str] = &["name", "scope", "ttl"];
 /// Most marks one call may set, with its limits: what one reservation holds.
 const MAX_SETS: usize = MAX_LIMITS;
+/// What a confirmed call reserves besides its limits and marks: its nonce and its caller's
+/// count of confirmed calls.
+const CONFIRMATION_SETS: usize = 2;
 /// Most distinct marks a policy names: what one call may read at once.
 const MAX_MARKS: usize = crate::marks::MAX_READS;
 const LIMIT_KEYS: &[&str] = &["counter", "window", "max", "scope", "cost"];
@@ -568,6 +571,12 @@ impl Loader {
                     at = at.or(Some((key, *line)));
                 }
             }
+            if let Some(m) = rule.get("action") {
+                if matches!(&m.value.value, NodeValue::String(a) if a == "require_confirmation") {
+                    total += CONFIRMATION_SETS;
+                    at = at.or(Some(("action", m.value.line)));
+                }
+            }
             at.map(|at| (total, at))
         };
         let Some((global, _)) = section.get("all_tools").and_then(|m| sets_of(&m.value)) else {
@@ -636,13 +645,16 @@ impl Loader {
             }
         }
         // Over the limits' own cap is reported at `limits`.
-        if rule.limits.len() <= MAX_LIMITS && rule.limits.len() + rule.marks.len() > MAX_SETS {
+        let confirming =
+            CONFIRMATION_SETS * usize::from(rule.action == Action::RequireConfirmation);
+        let sets = rule.limits.len() + rule.marks.len() + confirming;
+        if rule.limits.len() <= MAX_LIMITS && sets > MAX_SETS {
             self.error(
                 pointer,
                 node.line,
                 format!(
-                    "a rule may set at most {MAX_SETS} limits and marks together, found {}",
-                    rule.limits.len() + rule.marks.len()
+                    "a rule may set at most {MAX_SETS} limits and marks together (a \
+                     confirmation takes {CONFIRMATION_SETS}), found {sets}"
                 ),
             );
         }

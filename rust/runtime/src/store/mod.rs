@@ -383,12 +383,19 @@ impl RedisStore {
         limits: &mut Limits,
         reason: &'static str,
     ) -> (Outcome, ReadBits) {
-        match self.config.unavailable {
-            Unavailable::Deny => (
+        // A confirmation's nonce counted here would be unknown to the store once it is back:
+        // the same answer would run again. Such a call waits for the store.
+        let once = wants.iter().position(|w| w.limit.once);
+        match (self.config.unavailable, once) {
+            (Unavailable::Deny, _) => (
                 Outcome::Unavailable { failing: 0, reason },
                 ReadBits::default(),
             ),
-            Unavailable::Local => {
+            (Unavailable::Local, Some(failing)) => (
+                Outcome::Unavailable { failing, reason },
+                ReadBits::default(),
+            ),
+            (Unavailable::Local, None) => {
                 stats.count_store_fallback();
                 let outcome = limiter::reserve(&self.table, wants, now_ns, consume, parts, limits);
                 (outcome, limiter::read(&self.table, reads, now_ns))
