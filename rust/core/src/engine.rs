@@ -1107,6 +1107,7 @@ enum Checked {
     AwaitMarks,
 }
 
+#[inline(always)]
 fn check_conditions<A: ArgValue + Clone, T: Trace>(
     out: &Draft<'_>,
     r: &CompiledRule,
