@@ -1,0 +1,55 @@
+"""Check a musllinux wheel's extension as auditwheel would on a musl host: built for ARCH,
+needing musl's libc alone (no other library to bundle), and no symbol versioned for glibc.
+
+    python scripts/musl_wheel_check.py WHEEL ARCH
+
+Exits 1, saying why, when the extension is not so; prints what it read otherwise.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import zipfile
+
+from elftools.elf.dynamic import DynamicSection
+from elftools.elf.elffile import ELFFile
+from elftools.elf.gnuversions import GNUVerNeedSection
+
+MACHINES = {"x86_64": "EM_X86_64", "aarch64": "EM_AARCH64"}
+
+
+def main(wheel: str, arch: str) -> int:
+    with zipfile.ZipFile(wheel) as z:
+        (so,) = [n for n in z.namelist() if n.endswith(".so")]
+        elf = ELFFile(io.BytesIO(z.read(so)))
+    needed = sorted(
+        tag.needed
+        for section in elf.iter_sections()
+        if isinstance(section, DynamicSection)
+        for tag in section.iter_tags()
+        if tag.entry.d_tag == "DT_NEEDED"
+    )
+    versions = sorted(
+        aux.name
+        for section in elf.iter_sections()
+        if isinstance(section, GNUVerNeedSection)
+        for _, auxes in section.iter_versions()
+        for aux in auxes
+    )
+    problems = []
+    if elf["e_machine"] != MACHINES[arch]:
+        problems.append(f"built for {elf['e_machine']}, not {arch}")
+    if needed != ["libc.so"]:
+        problems.append(f"needs {needed}, not musl's libc.so alone")
+    if any(v.startswith("GLIBC") for v in versions):
+        problems.append(f"has glibc-versioned symbols: {versions}")
+    if problems:
+        print(f"{wheel}: {so}: " + "; ".join(problems), file=sys.stderr)
+        return 1
+    print(f"{wheel}: {so}: {elf['e_machine']}, needs {needed}, no versioned symbols")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:]))
