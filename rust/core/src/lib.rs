@@ -9,6 +9,7 @@
 pub mod approval;
 pub mod approval_text;
 pub mod arg_json;
+pub mod arg_path;
 pub mod args;
 pub mod clock;
 pub mod compile;

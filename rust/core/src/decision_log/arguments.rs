@@ -5,10 +5,11 @@
 
 use super::push_hex_bytes;
 use crate::arg_json::{self, Stop};
+use crate::arg_path::walk;
 use crate::args::ArgValue;
 use crate::compile::CompiledPolicy;
 use crate::inert::push_json_string;
-use crate::policy::{Path as ArgPath, Segment};
+use crate::policy::Path as ArgPath;
 
 /// Most argument names a line lists.
 pub const MAX_NAMES: usize = 64;
@@ -127,17 +128,6 @@ fn push_strings<'s>(out: &mut Vec<u8>, items: impl Iterator<Item = &'s str>) {
 }
 
 /// The value at a path, by exact keys.
-fn walk<A: ArgValue + Clone>(args: &A, segments: &[Segment]) -> Option<A> {
-    let mut v = args.clone();
-    for s in segments {
-        v = match s {
-            Segment::Key(k) => v.get_key(k)?,
-            Segment::Index(i) => v.get_index(*i)?,
-        };
-    }
-    Some(v)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

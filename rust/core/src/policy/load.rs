@@ -720,10 +720,7 @@ impl Loader {
                         continue;
                     }
                     match super::parse_question(text) {
-                        Ok(pieces) => {
-                            confirmation.message = Some(text.to_owned());
-                            confirmation.pieces = pieces;
-                        }
+                        Ok(pieces) => confirmation.pieces = pieces,
                         Err(e) => self.error(at, m.value.line, e),
                     }
                 }

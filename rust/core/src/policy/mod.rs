@@ -214,8 +214,8 @@ pub struct Approval {
 /// long the answer may take, and what a client that cannot be asked gets.
 #[derive(Debug, Clone, Default)]
 pub struct Confirmation {
-    /// The question as written, with `{args.…}` placeholders; `None`: the default one.
-    pub message: Option<String>,
+    /// The question, parsed from `message` (its `{args.…}` placeholders apart); empty: none
+    /// was written, and the default one is asked.
     pub pieces: Vec<Piece>,
     pub timeout_ms: Option<u64>,
     pub fallback: Fallback,
