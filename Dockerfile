@@ -7,6 +7,10 @@
 #   docker build -t toolgate:0.1.0 .
 #   docker run --rm -i toolgate:0.1.0 validate /dev/stdin < examples/policy.json
 #
+# For ARM nodes: `bash scripts/build-wheel --target aarch64-unknown-linux-gnu`, then
+# `docker build --platform linux/arm64 --build-arg WHEEL=<that wheel's file name> .` (the RUN
+# steps run under emulation: qemu-user-static registered with binfmt_misc).
+#
 # BASE is any Debian bookworm image: one with Python 3.11+ (the default, from a public registry),
 # or a bare Debian, on which Debian's python3 (3.11) is installed. scripts/build-image builds on
 # a base made with debootstrap, for machines that reach no image registry. Bookworm either way:
@@ -33,11 +37,14 @@ RUN groupadd --gid 10001 toolgate \
 # --- install: the wheel and its dependencies into the environment ----------------------------
 FROM python AS install
 ARG VERSION=0.1.0
+# The wheel for the image's architecture, a file name in dist/ (scripts/build-image names it);
+# by default the one manylinux wheel there.
+ARG WHEEL=toolgate-${VERSION}-cp311-abi3-manylinux*.whl
 # Build-time only, for pip behind a TLS-intercepting proxy or a mirror: a CA bundle to trust
 # (scripts/build-image mounts the host's when PIP_CERT is set) and an index.
 ARG PIP_CERT
 ARG PIP_INDEX_URL
-COPY dist/toolgate-${VERSION}-cp311-abi3-manylinux*.whl /tmp/wheels/
+COPY dist/${WHEEL} /tmp/wheels/
 RUN /opt/toolgate/bin/pip install /tmp/wheels/toolgate-*.whl
 
 # --- runtime: the environment without the wheel file or pip's leftovers ----------------------

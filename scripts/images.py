@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import os
 import shutil
 import subprocess
 import tomllib
@@ -24,6 +25,9 @@ IMAGES = ROOT / "tests" / "images"
 BASE_IMAGE = "localhost/debian-base:bookworm"
 VERSION = tomllib.loads((ROOT / "Cargo.toml").read_text())["workspace"]["package"]["version"]
 TOOLGATE_IMAGE = f"localhost/toolgate:{VERSION}"
+#: The image for ARM nodes, and the arm64 base it is built on (scripts/build-image --arch arm64).
+TOOLGATE_IMAGE_ARM64 = f"{TOOLGATE_IMAGE}-arm64"
+BASE_IMAGE_ARM64 = f"{BASE_IMAGE}-arm64"
 NODE_IMAGE = "localhost/toolgate-test-node:local"
 INPUTS_LABEL = "toolgate.test.inputs"
 
@@ -66,23 +70,33 @@ def podman(
     return done
 
 
-def require_base_image() -> None:
+def require_base_image(base: str = BASE_IMAGE) -> None:
     podman_path()
-    if podman("image", "exists", BASE_IMAGE, check=False).returncode != 0:
-        raise Unavailable(f"no {BASE_IMAGE} (bash scripts/containers-setup)")
+    if podman("image", "exists", base, check=False).returncode != 0:
+        raise Unavailable(f"no {base} (bash scripts/containers-setup)")
 
 
-def build_wheel() -> Path:
-    """The wheel of this checkout, built by scripts/build-wheel (cargo builds nothing when the
-    sources have not changed)."""
+#: scripts/build-wheel's arguments and environment for each image architecture: arm64 from the
+#: aarch64 wheel, built with the ``wheel-check`` profile here (the release code, built faster).
+WHEEL_BUILDS: dict[str, tuple[list[str], dict[str, str]]] = {
+    "amd64": ([], {}),
+    "arm64": (["--target", "aarch64-unknown-linux-gnu"], {"TOOLGATE_WHEEL_PROFILE": "wheel-check"}),
+}
+
+
+def build_wheel(arch: str = "amd64") -> Path:
+    """The wheel of this checkout for ``arch``, built by scripts/build-wheel (cargo builds
+    nothing when the sources have not changed)."""
     if shutil.which("cargo") is None:
         raise Unavailable("no cargo: scripts/build-wheel compiles the extension")
+    args, env = WHEEL_BUILDS[arch]
     done = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "build-wheel")],
+        ["bash", str(ROOT / "scripts" / "build-wheel"), *args],
         capture_output=True,
         text=True,
         timeout=1800,
         cwd=ROOT,
+        env={**os.environ, **env},
     )
     if done.returncode != 0:
         raise RuntimeError(f"scripts/build-wheel failed:\n{done.stderr[-4000:]}")
@@ -147,32 +161,31 @@ def build_image(
     return tag
 
 
-def toolgate_image() -> str:
+def toolgate_image(arch: str = "amd64") -> str:
     """The repository's Dockerfile, built by scripts/build-image on the local base from this
-    checkout's wheel."""
-    require_base_image()
-    wheel = build_wheel()
-    digest = _digest([ROOT / "Dockerfile", ROOT / ".dockerignore", wheel], VERSION)
-    if _cached(TOOLGATE_IMAGE, digest):
-        return TOOLGATE_IMAGE
-    old = _image_id(TOOLGATE_IMAGE)
-    done = subprocess.run(
-        [
-            "bash",
-            str(ROOT / "scripts" / "build-image"),
-            TOOLGATE_IMAGE,
-            f"--label={INPUTS_LABEL}={digest}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        cwd=ROOT,
+    checkout's wheel: for this machine (amd64) or for ARM nodes (arm64, on the arm64 base)."""
+    tag, base = (
+        (TOOLGATE_IMAGE_ARM64, BASE_IMAGE_ARM64)
+        if arch == "arm64"
+        else (TOOLGATE_IMAGE, BASE_IMAGE)
     )
+    require_base_image(base)
+    wheel = build_wheel(arch)
+    digest = _digest([ROOT / "Dockerfile", ROOT / ".dockerignore", wheel], VERSION)
+    if _cached(tag, digest):
+        return tag
+    old = _image_id(tag)
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "build-image"), "--arch", arch, tag,
+         f"--label={INPUTS_LABEL}={digest}"],
+        capture_output=True, text=True, timeout=1800, cwd=ROOT,
+        env={**os.environ, **WHEEL_BUILDS[arch][1]},
+    )  # fmt: skip
     if done.returncode != 0:
         output = done.stdout[-4000:] + done.stderr[-4000:]
         raise RuntimeError(f"scripts/build-image failed:\n{output}")
-    _drop_replaced(TOOLGATE_IMAGE, old)
-    return TOOLGATE_IMAGE
+    _drop_replaced(tag, old)
+    return tag
 
 
 def envoy_image(workdir: Path) -> str:

@@ -29,6 +29,7 @@ from images import (
     NODE_IMAGE,
     ROOT,
     TOOLGATE_IMAGE,
+    TOOLGATE_IMAGE_ARM64,
     ULIMITS,
     VERSION,
     Unavailable,
@@ -44,6 +45,7 @@ __all__ = [
     "NODE_IMAGE",
     "ROOT",
     "TOOLGATE_IMAGE",
+    "TOOLGATE_IMAGE_ARM64",
     "ULIMITS",
     "VERSION",
 ]
@@ -93,8 +95,8 @@ def build_image(
     return _or_skip(images.build_image, tag, containerfile, context, inputs, args)
 
 
-def toolgate_image() -> str:
-    return _or_skip(images.toolgate_image)
+def toolgate_image(arch: str = "amd64") -> str:
+    return _or_skip(images.toolgate_image, arch)
 
 
 def envoy_image(workdir: Path) -> str:

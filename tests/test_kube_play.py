@@ -15,7 +15,9 @@ existing Deployment (deploy/kubernetes/example):
   written into the pod's ConfigMap volume as the kubelet would: toolgate picks it up, and the
   call that was denied is allowed (or the reverse);
 - with the component, Prometheus' scrape path works: Envoy's probes port serves toolgate's
-  /metrics, counting those decisions.
+  /metrics, counting those decisions;
+- the component with toolgate's arm64 image (ARM nodes), run under qemu-user-static, is ready
+  and decides as the amd64 one does.
 
 The pod runs in its own network namespace (``--network none``: nothing of it is reachable from
 the host); the client and the network probes run in that namespace (``nsenter``), on its
@@ -39,8 +41,10 @@ from built import (
     NODE_IMAGE,
     ROOT,
     TOOLGATE_IMAGE,
+    TOOLGATE_IMAGE_ARM64,
     envoy_image,
     node_image,
+    podman,
     toolgate_image,
     unavailable,
 )
@@ -150,3 +154,20 @@ def test_the_sidecars_component_plays_beside_an_existing_server(images, prefix, 
             timeout=30,
         )
         assert pod.probes_pass()
+
+
+def test_the_arm64_image_plays_as_the_sidecar(images, prefix, tmp_path):
+    # ARM nodes: the same component with toolgate's arm64 image, run under qemu-user-static.
+    arm64 = {**images, "toolgate": toolgate_image("arm64")}
+    pod = played(EXAMPLE, arm64, prefix, tmp_path)
+    assert pod.container("toolgate")["image"] == TOOLGATE_IMAGE_ARM64
+    envoy = pod.container("toolgate-envoy")
+    url = f"http://127.0.0.1:{pod.port(envoy, 'toolgate-mcp')}/mcp"
+    with pod:
+        wait_for(pod.probes_pass, timeout=300, interval=1)
+        assert call(pod, url, "echo", {"message": "hi"}) == "1: ok: Echo: hi"
+        denied = call(pod, url, "get-env", {})
+        assert denied.startswith("1: DENIED DEFAULT_DENY:"), denied
+        # The sidecar that decided is an arm64 process.
+        machine = podman("exec", f"{pod.pod}-toolgate", "uname", "-m").stdout.strip()
+        assert machine == "aarch64"
