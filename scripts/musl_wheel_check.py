@@ -1,5 +1,7 @@
 """Check a musllinux wheel's extension as auditwheel would on a musl host: built for ARCH,
-needing musl's libc alone (no other library to bundle), and no symbol versioned for glibc.
+needing musl's libc alone (no other library to bundle), and no symbol versioned for glibc; and
+as musl's loader would: no initial-exec thread-locals (DF_STATIC_TLS), which it refuses in a
+library loaded with dlopen, as Python loads an extension.
 
     python scripts/musl_wheel_check.py WHEEL ARCH
 
@@ -17,19 +19,21 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.gnuversions import GNUVerNeedSection
 
 MACHINES = {"x86_64": "EM_X86_64", "aarch64": "EM_AARCH64"}
+DF_STATIC_TLS = 0x10
 
 
 def main(wheel: str, arch: str) -> int:
     with zipfile.ZipFile(wheel) as z:
         (so,) = [n for n in z.namelist() if n.endswith(".so")]
         elf = ELFFile(io.BytesIO(z.read(so)))
-    needed = sorted(
-        tag.needed
+    tags = [
+        tag
         for section in elf.iter_sections()
         if isinstance(section, DynamicSection)
         for tag in section.iter_tags()
-        if tag.entry.d_tag == "DT_NEEDED"
-    )
+    ]
+    needed = sorted(tag.needed for tag in tags if tag.entry.d_tag == "DT_NEEDED")
+    flags = sum(tag.entry.d_val for tag in tags if tag.entry.d_tag == "DT_FLAGS")
     versions = sorted(
         aux.name
         for section in elf.iter_sections()
@@ -42,12 +46,14 @@ def main(wheel: str, arch: str) -> int:
         problems.append(f"built for {elf['e_machine']}, not {arch}")
     if needed != ["libc.so"]:
         problems.append(f"needs {needed}, not musl's libc.so alone")
+    if flags & DF_STATIC_TLS:
+        problems.append("uses initial-exec thread-locals (DF_STATIC_TLS): musl cannot dlopen it")
     if any(v.startswith("GLIBC") for v in versions):
         problems.append(f"has glibc-versioned symbols: {versions}")
     if problems:
         print(f"{wheel}: {so}: " + "; ".join(problems), file=sys.stderr)
         return 1
-    print(f"{wheel}: {so}: {elf['e_machine']}, needs {needed}, no versioned symbols")
+    print(f"{wheel}: {so}: {elf['e_machine']}, needs {needed}, no versioned symbols, no static TLS")
     return 0
 
 

@@ -606,6 +606,8 @@ def test_without_the_scan_extra(world: World, invocation, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     if invocation.name == "approvals watch":
         pytest.skip("streams until stopped (its Ctrl-C has a test of its own)")
+    if invocation.name == "approvals list":
+        world.approval()  # something to list, whichever tests ran before
     code, out, err = run(invocation.fill(world.values(invocation)), env=env)
     needs_sdk = invocation.name in {"scan --url", "scan -- COMMAND", "suggest --url", "pin --url"}
     if needs_sdk:
@@ -614,6 +616,34 @@ def test_without_the_scan_extra(world: World, invocation, tmp_path):
     else:
         assert (code, "Traceback" in err) == (0, False), err
         assert out
+
+
+#: A Python built without some of its own modules (as a Python built without OpenSSL's or
+#: SQLite's headers is): importing them fails.
+WITHOUT_STDLIB_MODULE = """\
+import importlib.abc, sys
+
+class _NotBuilt(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == {module!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+        return None
+
+sys.meta_path.insert(0, _NotBuilt())
+"""
+
+
+@pytest.mark.parametrize("module", ["_ssl", "_sqlite3"])
+def test_a_python_without_a_standard_module_serve_needs(module, tmp_path):
+    """Said as what it is, one sentence naming the module, not as a package to reinstall."""
+    (tmp_path / "sitecustomize.py").write_text(WITHOUT_STDLIB_MODULE.format(module=module))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    argv = ["serve", "--policy", str(EXAMPLES / "policy.json"), "--listen", "127.0.0.1:0",
+            "--metrics-listen", "off"]  # fmt: skip
+    code, _, err = run(argv, env=env)
+    said = assert_one_sentence(code, err, serves=True)
+    assert f"built without its standard {module.lstrip('_')!r} module" in said, said
+    assert "reinstall" not in said
 
 
 # --- a mistyped option ------------------------------------------------------------------------

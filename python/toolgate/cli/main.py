@@ -92,6 +92,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModuleNotFoundError as err:
         top = (err.name or "").partition(".")[0]
         extra = EXTRAS.get(top)
+        if top in sys.stdlib_module_names:
+            # A Python built without one of its own modules (ssl, sqlite3 need their libraries).
+            module = top.lstrip("_")
+            print(
+                f"{name}: this Python was built without its standard {module!r} module, "
+                f"which toolgate needs: use a Python that has it (import {module})",
+                file=sys.stderr,
+            )
+            return 1
         how = (
             f"which toolgate's '{extra}' extra installs: pip install 'toolgate[{extra}]'"
             if extra
