@@ -71,6 +71,8 @@ fn shapes(budget: usize) -> Vec<(&'static str, String)> {
     let escapes = format!("\"{}\"", "\\u00e9\\n\\\"".repeat(budget / 12));
     let numbers = fill("[", "]", budget, |i| format!("-1.{i:015}e-{}", i % 300));
     let one_object = fill("{", "}", budget, |i| format!(r#""key{i}":0"#));
+    // Upper-case ASCII keys: each is folded (lowered) to compare it with the others.
+    let upper_keys = fill("{", "}", budget, |i| format!(r#""KEY{i}":0"#));
     let small_objects = fill("[", "]", budget, |i| {
         fill("{", "}", 200, |k| format!(r#""k{k}x{i}":1"#))
     });
@@ -79,6 +81,16 @@ fn shapes(budget: usize) -> Vec<(&'static str, String)> {
     let folded_keys = fill("[", "]", budget, |i| {
         fill("{", "}", 400, |k| {
             format!("\"{}{k}x{i}\":1", "ſΣΚǅ".repeat(5))
+        })
+    });
+    // The same with letters outside the Basic Multilingual Plane (Deseret, four bytes each),
+    // whose folding is not in the BMP table.
+    let folded_astral_keys = fill("[", "]", budget, |i| {
+        fill("{", "}", 400, |k| {
+            format!(
+                "\"{}{k}x{i}\":1",
+                "\u{10400}\u{10401}\u{10428}\u{10429}".repeat(3)
+            )
         })
     });
     // 127 nested arrays (serde_json's limit is 128), side by side.
@@ -93,8 +105,10 @@ fn shapes(budget: usize) -> Vec<(&'static str, String)> {
         ("escapes", escapes),
         ("numbers", numbers),
         ("one_object_many_keys", one_object),
+        ("one_object_upper_keys", upper_keys),
         ("small_objects", small_objects),
         ("folded_keys", folded_keys),
+        ("folded_astral_keys", folded_astral_keys),
         ("deep_nesting", deep),
         ("keys_over_cap", keys_over_cap),
         ("values_over_cap", values_over_cap),
