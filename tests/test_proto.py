@@ -1,4 +1,6 @@
-"""The generated Python code for proto/toolgate/v1 must match what scripts/gen_proto makes."""
+"""The generated code must match what scripts/gen_proto makes: the Python code for
+proto/toolgate/v1, and Envoy's services' descriptors that the native server's reflection
+serves (from the xds-protos package, a test dependency)."""
 
 import filecmp
 import os
@@ -19,7 +21,14 @@ GENERATED = [
 def test_generated_code_is_current(tmp_path: Path) -> None:
     pytest.importorskip("grpc_tools", reason="grpcio-tools is a test dependency")
     env = {**os.environ, "PYTHON": sys.executable}
-    subprocess.run([str(ROOT / "scripts/gen_proto"), str(tmp_path)], check=True, env=env)
+    descriptors = tmp_path / "envoy_services.binpb"
+    subprocess.run(
+        [str(ROOT / "scripts/gen_proto"), str(tmp_path), str(descriptors)], check=True, env=env
+    )
+    committed = ROOT / "rust/server/envoy_services.binpb"
+    assert descriptors.read_bytes() == committed.read_bytes(), (
+        f"{committed} is stale: run scripts/gen_proto and commit the result"
+    )
     for name in GENERATED:
         fresh = tmp_path / "toolgate/v1" / name
         committed = ROOT / "python/toolgate/v1" / name

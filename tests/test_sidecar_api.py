@@ -318,6 +318,49 @@ def test_reflection_lists_the_services(sc):
     assert {"toolgate.v1.Decider", "grpc.health.v1.Health"} <= names
 
 
+ENVOY_SERVICES = {
+    "envoy.service.auth.v3.Authorization": ["Check"],
+    "envoy.service.ext_proc.v3.ExternalProcessor": ["Process"],
+    "envoy.service.ratelimit.v3.RateLimitService": ["ShouldRateLimit"],
+}
+
+
+def test_reflection_lists_envoys_services(sc):
+    response = _reflect(sc, reflection_pb2.ServerReflectionRequest(list_services=""))
+    names = {s.name for s in response.list_services_response.service}
+    assert set(ENVOY_SERVICES) <= names
+
+
+@pytest.mark.parametrize("symbol", sorted(ENVOY_SERVICES))
+def test_reflection_describes_envoys_services_and_what_they_import(sc, symbol):
+    """Each, and the files it imports, so a client (grpcurl) can build its messages."""
+    from google.protobuf import descriptor_pb2
+
+    request = reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol)
+    response = _reflect(sc, request)
+    files = [
+        descriptor_pb2.FileDescriptorProto.FromString(raw)
+        for raw in response.file_descriptor_response.file_descriptor_proto
+    ]
+    package, _, name = symbol.rpartition(".")
+    (service,) = [s for f in files if f.package == package for s in f.service if s.name == name]
+    assert [m.name for m in service.method] == ENVOY_SERVICES[symbol]
+    # Every file it imports, transitively, can be had by name (as grpcurl asks for them).
+    have = {f.name: f for f in files}
+    wanted = [d for f in files for d in f.dependency]
+    while wanted:
+        name = wanted.pop()
+        if name in have:
+            continue
+        by_name = reflection_pb2.ServerReflectionRequest(file_by_filename=name)
+        raw = _reflect(sc, by_name).file_descriptor_response.file_descriptor_proto
+        got = [descriptor_pb2.FileDescriptorProto.FromString(r) for r in raw]
+        assert name in {g.name for g in got}, f"{name} is not served"
+        for g in got:
+            have[g.name] = g
+            wanted.extend(g.dependency)
+
+
 def test_reflection_describes_the_decider(sc):
     request = reflection_pb2.ServerReflectionRequest(file_containing_symbol="toolgate.v1.Decider")
     response = _reflect(sc, request)

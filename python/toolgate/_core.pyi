@@ -402,7 +402,6 @@ class Sidecar:
         listen: str | None = None,
         threads: int = 1,
         authz: EnvoyAuthz | None = None,
-        descriptors: list[bytes] = ...,
         max_message_bytes: int = ...,
         clock: ManualClock | None = None,
     ) -> Sidecar:

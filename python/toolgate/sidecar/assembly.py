@@ -9,17 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from envoy.service.auth.v3 import external_auth_pb2
-from envoy.service.ext_proc.v3 import external_processor_pb2
-from envoy.service.ratelimit.v3 import rls_pb2
-from google.protobuf import descriptor_pb2
-from google.protobuf.descriptor import FileDescriptor
-
 from toolgate._core import SERVICES, EnvoyAuthz, Policy, Sidecar
 from toolgate.sidecar.envoy_authz import CheckSettings
 from toolgate.sidecar.options import ServeOptions
 
-__all__ = ["SERVICES", "assemble", "envoy_authz", "envoy_descriptors"]
+__all__ = ["SERVICES", "assemble", "envoy_authz"]
 
 
 def assemble(
@@ -53,28 +47,7 @@ def assemble(
         listen=opts.listen,
         threads=threads,
         authz=envoy_authz(opts.check),
-        descriptors=[envoy_descriptors()],
     )
-
-
-def envoy_descriptors() -> bytes:
-    """Envoy's ext_authz, ext_proc and rate limit services and every file they import, as
-    one encoded FileDescriptorSet, for the native server's reflection."""
-    files = descriptor_pb2.FileDescriptorSet()
-    seen: set[str] = set()
-
-    def add(file: FileDescriptor) -> None:
-        if file.name in seen:
-            return
-        seen.add(file.name)
-        for dependency in file.dependencies:
-            add(dependency)
-        file.CopyToProto(files.file.add())
-
-    add(external_auth_pb2.DESCRIPTOR)
-    add(external_processor_pb2.DESCRIPTOR)
-    add(rls_pb2.DESCRIPTOR)
-    return files.SerializeToString()
 
 
 def envoy_authz(check: CheckSettings) -> EnvoyAuthz:

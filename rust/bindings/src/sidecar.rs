@@ -44,8 +44,7 @@ impl PySidecar {
     /// users' confirmations (replicas given the same key accept each other's). Runs approvals with their table
     /// in the file `approvals_table`, every digest of a call keyed with `approvals_key`.
     /// Serves on `listen` (`HOST:PORT` or `unix:PATH`) once `serve()` is called; `authz`
-    /// says how Check requests are read, `descriptors` are encoded FileDescriptorSets of the
-    /// Envoy services, for reflection. ValueError for wrong options, OSError for a file that
+    /// says how Check requests are read. ValueError for wrong options, OSError for a file that
     /// cannot be opened.
     #[new]
     #[pyo3(signature = (
@@ -64,7 +63,7 @@ impl PySidecar {
         pending_per_grant = toolgate_core::approval::DEFAULT_PENDING_PER_GRANT,
         pending_per_rule = toolgate_core::approval::DEFAULT_PENDING_PER_RULE,
         preview_bytes = toolgate_core::approval_text::DEFAULT_PREVIEW_BYTES,
-        listen = None, threads = 1, authz = None, descriptors = Vec::new(),
+        listen = None, threads = 1, authz = None,
         max_message_bytes = toolgate_server::native::DEFAULT_MAX_MESSAGE_BYTES,
         clock = None,
     ))]
@@ -100,7 +99,6 @@ impl PySidecar {
         listen: Option<&str>,
         threads: usize,
         authz: Option<PyRef<'_, PyEnvoyAuthz>>,
-        descriptors: Vec<Vec<u8>>,
         max_message_bytes: usize,
         clock: Option<&Bound<'_, PyManualClock>>,
     ) -> PyResult<Self> {
@@ -186,7 +184,6 @@ impl PySidecar {
                     max_argument_bytes,
                     max_message_bytes,
                     authz: authz.map(|a| a.config.clone()).unwrap_or_default(),
-                    descriptors,
                 })
             }
         };

@@ -66,9 +66,6 @@ pub struct Config {
     /// Largest request message (gRPC's default: 4 MiB).
     pub max_message_bytes: usize,
     pub authz: AuthzConfig,
-    /// Encoded `FileDescriptorSet`s of the Envoy services, for reflection (toolgate.v1's
-    /// are built in).
-    pub descriptors: Vec<Vec<u8>>,
 }
 
 /// A running server.
@@ -96,7 +93,7 @@ impl Server {
             .build()
             .map_err(|e| format!("cannot start the gRPC runtime: {e}"))?;
         // Both versions of server reflection: grpcurl asks for v1, older clients v1alpha.
-        let files = reflected_files(&config.descriptors)?;
+        let files = reflected_files()?;
         let reflection = |files| {
             tonic_reflection::server::Builder::configure().register_file_descriptor_set(files)
         };
@@ -192,17 +189,23 @@ impl Server {
     }
 }
 
-/// The descriptors reflection describes: toolgate.v1, grpc.health.v1 and the given sets (a
-/// file named twice is taken once).
-fn reflected_files(extra: &[Vec<u8>]) -> Result<FileDescriptorSet, String> {
+/// Envoy's ext_authz, ext_proc and rate limit services and the files they import, made from
+/// the xds-protos package by scripts/gen_proto (envoy-types has their messages, not their
+/// descriptors).
+const ENVOY_SERVICES: &[u8] = include_bytes!("../envoy_services.binpb");
+
+/// The descriptors reflection describes: toolgate.v1, ExtMCP, grpc.health.v1 and Envoy's
+/// services (a file named twice is taken once).
+fn reflected_files() -> Result<FileDescriptorSet, String> {
     let mut files = FileDescriptorSet::default();
     let mut seen = HashSet::new();
     let built_in = [
         decider::FILE_DESCRIPTOR_SET,
         ext_mcp::FILE_DESCRIPTOR_SET,
         tonic_health::pb::FILE_DESCRIPTOR_SET,
+        ENVOY_SERVICES,
     ];
-    for encoded in built_in.into_iter().chain(extra.iter().map(Vec::as_slice)) {
+    for encoded in built_in {
         let set = FileDescriptorSet::decode(encoded)
             .map_err(|e| format!("bad descriptor set for reflection: {e}"))?;
         for file in set.file {
