@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,11 +77,27 @@ def require_base_image(base: str = BASE_IMAGE) -> None:
         raise Unavailable(f"no {base} (bash scripts/containers-setup)")
 
 
-#: scripts/build-wheel's arguments and environment for each image architecture: arm64 from the
-#: aarch64 wheel, built with the ``wheel-check`` profile here (the release code, built faster).
-WHEEL_BUILDS: dict[str, tuple[list[str], dict[str, str]]] = {
-    "amd64": ([], {}),
-    "arm64": (["--target", "aarch64-unknown-linux-gnu"], {"TOOLGATE_WHEEL_PROFILE": "wheel-check"}),
+@dataclass(frozen=True)
+class Arch:
+    """An image architecture: its tag, the base it is built on, and scripts/build-wheel's
+    arguments and environment for its wheel."""
+
+    tag: str
+    base: str
+    wheel_args: tuple[str, ...] = ()
+    wheel_env: dict[str, str] = field(default_factory=dict)
+
+
+#: amd64 (this machine), and arm64 from the aarch64 wheel, built with the ``wheel-check``
+#: profile here (the release code, built faster).
+ARCHES = {
+    "amd64": Arch(TOOLGATE_IMAGE, BASE_IMAGE),
+    "arm64": Arch(
+        TOOLGATE_IMAGE_ARM64,
+        BASE_IMAGE_ARM64,
+        ("--target", "aarch64-unknown-linux-gnu"),
+        {"TOOLGATE_WHEEL_PROFILE": "wheel-check"},
+    ),
 }
 
 
@@ -89,14 +106,14 @@ def build_wheel(arch: str = "amd64") -> Path:
     nothing when the sources have not changed)."""
     if shutil.which("cargo") is None:
         raise Unavailable("no cargo: scripts/build-wheel compiles the extension")
-    args, env = WHEEL_BUILDS[arch]
+    a = ARCHES[arch]
     done = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "build-wheel"), *args],
+        ["bash", str(ROOT / "scripts" / "build-wheel"), *a.wheel_args],
         capture_output=True,
         text=True,
         timeout=1800,
         cwd=ROOT,
-        env={**os.environ, **env},
+        env={**os.environ, **a.wheel_env},
     )
     if done.returncode != 0:
         raise RuntimeError(f"scripts/build-wheel failed:\n{done.stderr[-4000:]}")
@@ -164,12 +181,9 @@ def build_image(
 def toolgate_image(arch: str = "amd64") -> str:
     """The repository's Dockerfile, built by scripts/build-image on the local base from this
     checkout's wheel: for this machine (amd64) or for ARM nodes (arm64, on the arm64 base)."""
-    tag, base = (
-        (TOOLGATE_IMAGE_ARM64, BASE_IMAGE_ARM64)
-        if arch == "arm64"
-        else (TOOLGATE_IMAGE, BASE_IMAGE)
-    )
-    require_base_image(base)
+    a = ARCHES[arch]
+    tag = a.tag
+    require_base_image(a.base)
     wheel = build_wheel(arch)
     digest = _digest([ROOT / "Dockerfile", ROOT / ".dockerignore", wheel], VERSION)
     if _cached(tag, digest):
@@ -179,7 +193,7 @@ def toolgate_image(arch: str = "amd64") -> str:
         ["bash", str(ROOT / "scripts" / "build-image"), "--arch", arch, tag,
          f"--label={INPUTS_LABEL}={digest}"],
         capture_output=True, text=True, timeout=1800, cwd=ROOT,
-        env={**os.environ, **WHEEL_BUILDS[arch][1]},
+        env={**os.environ, **a.wheel_env},
     )  # fmt: skip
     if done.returncode != 0:
         output = done.stdout[-4000:] + done.stderr[-4000:]

@@ -124,17 +124,24 @@ def test_the_base_plays(images, prefix, tmp_path):
         assert pod.probes_pass()
 
 
+def the_example_decides(pod: PlayedPod, patience: float) -> str:
+    """Once the example's pod is ready, echo is allowed through its Envoy and get-env denied by
+    the example policy; returns the MCP URL (the MCP server's own Service now targets Envoy:
+    the pod is reached on Envoy's port)."""
+    url = f"http://127.0.0.1:{pod.port(pod.container('toolgate-envoy'), 'toolgate-mcp')}/mcp"
+    wait_for(pod.probes_pass, timeout=patience, interval=1)
+    assert call(pod, url, "echo", {"message": "hi"}) == "1: ok: Echo: hi"
+    denied = call(pod, url, "get-env", {})
+    assert denied.startswith("1: DENIED DEFAULT_DENY:"), denied
+    return url
+
+
 def test_the_sidecars_component_plays_beside_an_existing_server(images, prefix, tmp_path):
     pod = played(EXAMPLE, images, prefix, tmp_path)
     assert [c["name"] for c in pod.spec["containers"]] == ["toolgate-envoy", "toolgate", "server"]
-    # The MCP server's own Service now targets Envoy; the pod is reached on Envoy's port.
     envoy = pod.container("toolgate-envoy")
-    url = f"http://127.0.0.1:{pod.port(envoy, 'toolgate-mcp')}/mcp"
     with pod:
-        wait_for(pod.probes_pass, timeout=120, interval=1)
-        assert call(pod, url, "echo", {"message": "hi"}) == "1: ok: Echo: hi"
-        denied = call(pod, url, "get-env", {})
-        assert denied.startswith("1: DENIED DEFAULT_DENY:"), denied
+        url = the_example_decides(pod, patience=120)
 
         # Prometheus' scrape: toolgate's /metrics through Envoy's probes port.
         status, metrics = pod.http_get(
@@ -161,13 +168,8 @@ def test_the_arm64_image_plays_as_the_sidecar(images, prefix, tmp_path):
     arm64 = {**images, "toolgate": toolgate_image("arm64")}
     pod = played(EXAMPLE, arm64, prefix, tmp_path)
     assert pod.container("toolgate")["image"] == TOOLGATE_IMAGE_ARM64
-    envoy = pod.container("toolgate-envoy")
-    url = f"http://127.0.0.1:{pod.port(envoy, 'toolgate-mcp')}/mcp"
     with pod:
-        wait_for(pod.probes_pass, timeout=300, interval=1)
-        assert call(pod, url, "echo", {"message": "hi"}) == "1: ok: Echo: hi"
-        denied = call(pod, url, "get-env", {})
-        assert denied.startswith("1: DENIED DEFAULT_DENY:"), denied
+        the_example_decides(pod, patience=300)
         # The sidecar that decided is an arm64 process.
         machine = podman("exec", f"{pod.pod}-toolgate", "uname", "-m").stdout.strip()
         assert machine == "aarch64"

@@ -91,7 +91,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 141
     except ModuleNotFoundError as err:
         top = (err.name or "").partition(".")[0]
-        extra = EXTRAS.get(top)
         if top in sys.stdlib_module_names:
             # A Python built without one of its own modules (ssl, sqlite3 need their libraries).
             module = top.lstrip("_")
@@ -101,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 1
+        extra = EXTRAS.get(top)
         how = (
             f"which toolgate's '{extra}' extra installs: pip install 'toolgate[{extra}]'"
             if extra
