@@ -15,7 +15,7 @@ Parts (``--part``, repeatable; default floor and rss):
   previous commit installed in a venv of its own), same options, interleaved: one in flight
   and saturated, throughput, latency and CPU per call, and idle memory of both.
 - ``rss``: VmRSS of ``toolgate serve --policy examples/policy.json`` (default table), idle,
-  a few seconds after it first answers (aim ≤ 60 MiB).
+  a few seconds after it first answers (aim ≤ 40 MiB).
 
 Every Decide run checks the sidecar's limit counted every completed call (h2load counts gRPC
 errors as successes).
@@ -42,7 +42,7 @@ SECTION = "## Microseconds on the wire: native data plane, floor, memory"
 X = h.X
 AIM_P50 = 1.1
 AIM_SAT = 0.85
-AIM_RSS_MIB = 60
+AIM_RSS_MIB = 40
 METRICS = {"rps": "req/s", "p50": "p50", "p99": "p99", "server_cpu_us": "server CPU / call"}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import os
 import sys
 from collections.abc import Sequence
@@ -20,24 +21,34 @@ def version() -> str:
     return f"toolgate {__version__}" + (f" ({__revision__[:12]})" if __revision__ else "")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    # The commands' modules (protobuf, the policy tools...) are loaded here, inside main()'s
-    # handling of Ctrl-C, not when the console script imports this module.
-    from toolgate.cli import (
-        approvals,
-        decide,
-        decision_log,
-        explain,
-        health,
-        import_policy,
-        pin,
-        policy_tests,
-        scan,
-        serve,
-        suggest,
-        validate,
-    )
+#: Each command, as typed, and the module of this folder that defines it (its
+#: ``add_command``), in the order ``toolgate --help`` lists them.
+COMMANDS = {
+    "validate": "validate",
+    "decide": "decide",
+    "health": "health",
+    "serve": "serve",
+    # Reading a server's tools, classifying them, a starter policy.
+    "scan": "scan",
+    "suggest": "suggest",
+    "pin": "pin",
+    "approvals": "approvals",
+    "log": "decision_log",
+    # Writing policies: test files of cases, the trace of one decision, importing Intercept's.
+    "test": "policy_tests",
+    "explain": "explain",
+    "import": "import_policy",
+}
 
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The parser for the arguments ``argv``. When they start with a command's name, only
+    that command is loaded: a sidecar lives for weeks, and the other commands' imports
+    (protobuf's JSON, the scanner, the policy tools) would hold ~5 MiB of it for nothing.
+    Anything else (``--help``, no command, a mistyped one) loads every command, so help and
+    errors list them all. Loaded here, inside main()'s handling of Ctrl-C, not when the
+    console script imports this module."""
+    named = [argv[0]] if argv and argv[0] in COMMANDS else list(COMMANDS)
     parser = Parser(
         prog="toolgate",
         description="Decide whether an AI agent's MCP tool calls may run: serve decisions to a "
@@ -46,20 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=version())
     # Not required: a bare `toolgate` prints this help (main()).
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    validate.add_command(sub)
-    decide.add_command(sub)
-    health.add_command(sub)
-    serve.add_command(sub)
-    # Reading a server's tools, classifying them, a starter policy.
-    scan.add_command(sub)
-    suggest.add_command(sub)
-    pin.add_command(sub)
-    approvals.add_command(sub)
-    decision_log.add_command(sub)
-    # Writing policies: test files of cases, the trace of one decision, importing Intercept's.
-    policy_tests.add_command(sub)
-    explain.add_command(sub)
-    import_policy.add_command(sub)
+    for name in named:
+        importlib.import_module(f"toolgate.cli.{COMMANDS[name]}").add_command(sub)
     return parser
 
 
@@ -74,8 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     SIGPIPE would), a package the command needs that is not installed (1)."""
     name = "toolgate"
     try:
-        parser = build_parser()
-        args = parser.parse_args(argv)
+        words = sys.argv[1:] if argv is None else list(argv)
+        parser = build_parser(words)
+        args = parser.parse_args(words)
         if args.command is None:
             parser.print_help()
             return 0
