@@ -63,11 +63,19 @@ impl Engine {
         if section.pins.is_none() && !section.reads_definitions {
             return policy.visibility(name, server, subject, None);
         }
-        let Some(definition) = Definition::read(tool) else {
-            return Visibility {
-                removed: Some(Code::InvalidRequest),
-                per_subject: false,
-            };
+        // Listed as last time (the usual case), the definition is the one recorded then.
+        let alike = self.sightings().listed_alike(server, name, tool);
+        let definition = match &alike {
+            Some(known) => Arc::clone(known),
+            None => match Definition::read(tool) {
+                Some(read) => Arc::new(read),
+                None => {
+                    return Visibility {
+                        removed: Some(Code::InvalidRequest),
+                        per_subject: false,
+                    }
+                }
+            },
         };
         let pinned = section
             .pins
@@ -79,7 +87,10 @@ impl Engine {
             .and_then(|p| p.withheld(server, name, Some(&definition.digest)));
         let seen = match (owner, &departs) {
             (Owner::Unknown, None) => Seen::Same,
-            _ => self.sightings().record(server, name, &definition, pinned),
+            _ if alike.is_some() => Seen::Same,
+            _ => self
+                .sightings()
+                .record(server, name, &definition, tool, pinned),
         };
         let mut withheld = None;
         if let Some(p) = &section.pins {
@@ -105,7 +116,7 @@ impl Engine {
         // In the order a call is checked: the policy's hiding and default, then the pins,
         // then the rules' actions and conditions; so a list and a call of the same tool
         // name the same code.
-        let visibility = policy.visibility(name, server, subject, Some(&definition));
+        let visibility = policy.visibility(name, server, subject, Some(&*definition));
         match withheld {
             Some(code) if !visibility.removed.is_some_and(checked_before_pins) => Visibility {
                 removed: Some(code),

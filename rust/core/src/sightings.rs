@@ -9,9 +9,15 @@
 //! [`MAX_UNPINNED_PER_SERVER`] per server and [`MAX_SIGHTINGS`] in all, each with a server
 //! id and name of at most [`MAX_KEY_BYTES`]; one not kept is judged as if never listed
 //! (unpinned, with MCP's default hints).
+//!
+//! A list is mostly what the last one was: each definition is kept with the members it was
+//! read from (up to [`MAX_SOURCE_WEIGHT`] a tool and [`SOURCE_BUDGET`] in all), so a tool
+//! listed as last time is known by comparing it with them, instead of being written out as
+//! canonical JSON and digested again (most of a pinned list's cost).
 
-use crate::definition::Definition;
+use crate::definition::{Definition, DIGESTED};
 use ahash::AHashMap;
+use serde_json::{Map, Number, Value};
 use std::sync::{Arc, RwLock};
 
 /// Most definitions of tools without a pin kept, over every server.
@@ -23,6 +29,11 @@ pub const MAX_UNPINNED_PER_SERVER: usize = 4_096;
 /// names are at most 128 characters): what a server chooses is kept for the life of the
 /// process, so it is kept small.
 pub const MAX_KEY_BYTES: usize = 512;
+/// Largest tool whose members are kept to know it when listed alike ([`weight`]): a larger
+/// one is digested on every list.
+pub const MAX_SOURCE_WEIGHT: usize = 16 * 1024;
+/// Most weight of members kept over every tool: beyond it, tools are digested on every list.
+pub const SOURCE_BUDGET: usize = 4 * 1024 * 1024;
 
 /// What listing one tool changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +47,9 @@ pub enum Seen {
 }
 
 #[derive(Default)]
-pub struct Sightings(RwLock<Table>);
+pub struct Sightings {
+    table: RwLock<Table>,
+}
 
 #[derive(Default)]
 struct Table {
@@ -45,14 +58,56 @@ struct Table {
     named: AHashMap<Box<str>, Server>,
     /// Definitions of tools without a pin kept, over every server.
     unpinned: usize,
+    /// Weight of the members kept, over every server.
+    sources: usize,
 }
 
 #[derive(Default)]
 struct Server {
     /// Tool → its definition as last listed.
-    tools: AHashMap<Box<str>, Arc<Definition>>,
+    tools: AHashMap<Box<str>, Sighting>,
     /// Of them, those recorded without a pin.
     unpinned: usize,
+}
+
+/// A definition as last listed, and the digested members it was read from (`None` when too
+/// heavy to keep).
+#[derive(Clone)]
+struct Sighting {
+    definition: Arc<Definition>,
+    source: Option<Arc<Source>>,
+}
+
+/// The digested members of a tool object, and their [`weight`].
+pub struct Source {
+    members: Vec<Option<Value>>,
+    weight: usize,
+}
+
+impl Source {
+    /// What `tool` holds of [`DIGESTED`].
+    pub fn of(tool: &Map<String, Value>) -> Source {
+        let members: Vec<Option<Value>> = DIGESTED.iter().map(|k| tool.get(*k).cloned()).collect();
+        let weight = members.iter().flatten().map(weight).sum();
+        Source { members, weight }
+    }
+
+    /// Whether `tool` lists these members exactly: equal values, numbers written alike
+    /// (`1` is not `1.0`, nor `0.0` `-0.0`), so the same canonical JSON. Read member by
+    /// member (no lookup by name: each would hash the name).
+    fn lists(&self, tool: &Map<String, Value>) -> bool {
+        let mut found = 0;
+        for (k, v) in tool {
+            let Some(i) = DIGESTED.iter().position(|d| *d == k) else {
+                continue;
+            };
+            match &self.members[i] {
+                Some(kept) if same(v, kept) => found += 1,
+                _ => return false,
+            }
+        }
+        found == self.members.iter().flatten().count()
+    }
 }
 
 impl Table {
@@ -67,29 +122,57 @@ impl Table {
 impl Sightings {
     /// `tool` of `server` as last listed.
     pub fn get(&self, server: Option<&str>, tool: &str) -> Option<Arc<Definition>> {
-        let table = self.0.read().unwrap_or_else(|e| e.into_inner());
+        self.last(server, tool).map(|s| s.definition)
+    }
+
+    fn last(&self, server: Option<&str>, tool: &str) -> Option<Sighting> {
+        let table = self.table.read().unwrap_or_else(|e| e.into_inner());
         table.server(server)?.tools.get(tool).cloned()
     }
 
-    /// Record `tool` of `server` as just listed; `pinned` when the server's pins hold a pin
-    /// for it.
+    /// The definition of `tool` of `server` if `object` lists it exactly as last time.
+    pub fn listed_alike(
+        &self,
+        server: Option<&str>,
+        tool: &str,
+        object: &Map<String, Value>,
+    ) -> Option<Arc<Definition>> {
+        let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+        let kept = table.server(server)?.tools.get(tool)?;
+        kept.source
+            .as_ref()
+            .is_some_and(|s| s.lists(object))
+            .then(|| Arc::clone(&kept.definition))
+    }
+
+    /// Record `tool` of `server` as just listed, read from `object`; `pinned` when the
+    /// server's pins hold a pin for it.
     pub fn record(
         &self,
         server: Option<&str>,
         tool: &str,
-        definition: &Definition,
+        definition: &Arc<Definition>,
+        object: &Map<String, Value>,
         pinned: bool,
     ) -> Seen {
-        if self.get(server, tool).is_some_and(|d| *d == *definition) {
+        let known = |s: &Sighting| {
+            s.definition == *definition && s.source.as_ref().is_some_and(|k| k.lists(object))
+        };
+        if self.last(server, tool).is_some_and(|s| known(&s)) {
             return Seen::Same;
         }
-        let mut table = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let source = Source::of(object);
+        let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
         // Looked at again under the lock: of two lists racing, one records the change.
-        let known = table.server(server).and_then(|s| s.tools.get(tool));
-        let new = match known {
-            Some(d) if **d == *definition => return Seen::Same,
-            Some(_) => false,
-            None => true,
+        let kept = table.server(server).and_then(|s| s.tools.get(tool));
+        let (new, same, freed) = match kept {
+            Some(s) if known(s) => return Seen::Same,
+            Some(s) => (
+                false,
+                s.definition == *definition,
+                s.source.as_ref().map_or(0, |k| k.weight),
+            ),
+            None => (true, false, 0),
         };
         let counted = new && !pinned;
         if counted {
@@ -102,14 +185,66 @@ impl Sightings {
             }
             table.unpinned += 1;
         }
+        table.sources -= freed;
+        let fits =
+            source.weight <= MAX_SOURCE_WEIGHT && table.sources + source.weight <= SOURCE_BUDGET;
+        if fits {
+            table.sources += source.weight;
+        }
         let entry = match server {
             None => &mut table.unnamed,
             Some(id) => table.named.entry(id.into()).or_default(),
         };
         entry.unpinned += usize::from(counted);
-        entry
-            .tools
-            .insert(tool.into(), Arc::new(definition.clone()));
-        Seen::New
+        let sighting = Sighting {
+            definition: Arc::clone(definition),
+            source: fits.then(|| Arc::new(source)),
+        };
+        entry.tools.insert(tool.into(), sighting);
+        // The same definition written otherwise (members in another order): kept as now
+        // written, which the next list most likely repeats; no change to count.
+        if same {
+            Seen::Same
+        } else {
+            Seen::New
+        }
+    }
+}
+
+/// About what a value weighs kept in memory: its strings' bytes and a word or two a node.
+pub fn weight(v: &Value) -> usize {
+    16 + match v {
+        Value::String(s) => s.len(),
+        Value::Array(items) => items.iter().map(weight).sum(),
+        Value::Object(members) => members.iter().map(|(k, v)| 16 + k.len() + weight(v)).sum(),
+        _ => 0,
+    }
+}
+
+/// Equal as canonical JSON writes them: as `==`, but numbers by how JSON holds them.
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => same_number(x, y),
+        (Value::String(x), Value::String(y)) => x == y,
+        (Value::Bool(x), Value::Bool(y)) => x == y,
+        (Value::Null, Value::Null) => true,
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same(a, b))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, a)| y.get(k).is_some_and(|b| same(a, b)))
+        }
+        _ => false,
+    }
+}
+
+/// An unsigned, a negative or a float alike (a float by its bits: `0.0 == -0.0`, but JSON
+/// writes them apart).
+fn same_number(x: &Number, y: &Number) -> bool {
+    match (x.as_u64(), y.as_u64(), x.as_i64(), y.as_i64()) {
+        (Some(a), Some(b), _, _) => a == b,
+        (None, None, Some(a), Some(b)) => a == b,
+        (None, None, None, None) => x.as_f64().map(f64::to_bits) == y.as_f64().map(f64::to_bits),
+        _ => false,
     }
 }

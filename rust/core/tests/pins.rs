@@ -394,3 +394,87 @@ fn a_merged_list_cannot_clear_a_change_recorded_for_another_server() {
         Code::ToolChanged
     );
 }
+
+/// JSON values of every kind, numbers spelled each way serde_json keeps them (`1`, `-1`,
+/// `1.0`, `-0.0`, `0.0`): the members a server may change between two lists.
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        prop_oneof![Just(0.0), Just(-0.0), Just(1.0), Just(-1.5), Just(1e300)]
+            .prop_map(Value::from),
+        "[a-z\u{e9}\"\\\\]{0,6}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+            prop::collection::vec(("[a-c]{1,2}", inner), 0..4)
+                .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+        ]
+    })
+}
+
+/// Two values a server might list one after the other: pairs that any looser reading would
+/// take for one another (a float's sign, an integer as a float, strings or members split at
+/// another place, nesting), or any two.
+fn successive_values() -> impl Strategy<Value = (Value, Value)> {
+    let close = [
+        (json!(0.0), json!(-0.0)),
+        (json!(1), json!(1.0)),
+        (json!(-1), json!(18446744073709551615u64)),
+        (json!(["ab", "c"]), json!(["a", "bc"])),
+        (json!({"a": "b"}), json!({"ab": ""})),
+        (json!([[], []]), json!([[[]]])),
+        (json!({"a": {}, "b": 1}), json!({"a": {"b": 1}})),
+        (json!(null), json!([])),
+        (json!(""), json!({})),
+    ];
+    prop_oneof![
+        prop::sample::select(close.to_vec()).prop_flat_map(|(a, b)| {
+            any::<bool>().prop_map(move |swap| {
+                if swap {
+                    (b.clone(), a.clone())
+                } else {
+                    (a.clone(), b.clone())
+                }
+            })
+        }),
+        (json_value(), json_value()),
+    ]
+}
+
+proptest! {
+    /// A definition known from the last list is reused only when the tool is listed alike:
+    /// however a pinned tool changes from one list to the next (any member, any value, a
+    /// number written as another, members reordered), each list is judged by its own digest,
+    /// and listing it as pinned again shows it again.
+    #[test]
+    fn each_list_is_judged_by_what_it_lists_not_by_the_last(
+        t in definition(),
+        member in "(description|title|inputSchema|outputSchema|annotations|_meta)",
+        (first, second) in successive_values(),
+        reorder in any::<bool>(),
+    ) {
+        let with = |value: &Value| {
+            let mut changed = t.clone();
+            changed.insert(member.clone(), value.clone());
+            if reorder {
+                let Value::Object(r) = reversed(&Value::Object(changed)) else { unreachable!() };
+                return r;
+            }
+            changed
+        };
+        // Pinned with the first value: the second is judged after it was last listed.
+        let pin = with(&first);
+        let file = pins_file(&format!("relist-{}.json", std::process::id()), &[&pin], &[]);
+        let e = engine(pinned(&file, "enforce", "hide"));
+        // Each twice: the second time, the definition recorded by the first is the last one.
+        for listed in [&pin, &pin, &with(&second), &with(&second), &pin] {
+            let want = (digest(listed) != digest(&pin)).then_some(Code::ToolChanged);
+            prop_assert_eq!(list(&e, None, listed), want, "{} {:?}", member, listed);
+        }
+        prop_assert_eq!(call(&e, None, t["name"].as_str().unwrap()).verdict, Verdict::Allow);
+    }
+}
