@@ -6,6 +6,7 @@ after a crash. (The sidecar, the CLI, webhooks and Envoy: test_approvals.py.)
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -323,6 +324,39 @@ def test_metrics_count_by_state_in_sql_without_reading_a_row(tmp_path, monkeypat
     counts = s.store.count_by_state(s.approvals.now_ms())
     assert counts == {"PENDING": 0, "APPROVED": 0, "DENIED": 1, "USED": 1, "EXPIRED": 2}
     assert pending
+
+
+def test_counting_from_a_new_thread_at_each_scrape_holds_no_more_files_open(tmp_path):
+    # /metrics counts the approvals from a new thread at every scrape: a connection per
+    # thread would keep two more files open each time, past the thread's end.
+    s = Setup(tmp_path)
+    s.call()
+    s.record()
+
+    def scrape() -> None:
+        thread = threading.Thread(target=lambda: counted.append(s.store.count_by_state(0)))
+        thread.start()
+        thread.join()
+
+    def open_files() -> list[str]:
+        """This store's files the process holds open (others' come and go meanwhile)."""
+        found = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:  # closed since it was listed
+                continue
+            if target.startswith(str(tmp_path)):
+                found.append(target)
+        return sorted(found)
+
+    counted: list[dict[str, int]] = []
+    scrape()
+    before = open_files()
+    for _ in range(50):
+        scrape()
+    assert open_files() == before
+    assert [c["PENDING"] for c in counted] == [1] * 51
 
 
 def test_finished_approvals_are_purged_after_the_retention_and_live_ones_kept(tmp_path):

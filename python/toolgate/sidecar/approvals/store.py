@@ -96,13 +96,16 @@ def state_condition(state: str) -> str:
 
 
 class ApprovalStore:
-    """Approvals in SQLite. One connection per thread; every write is its own transaction,
-    synced to disk before it returns (``synchronous=FULL``)."""
+    """Approvals in SQLite. One connection per thread (``count_by_state`` aside); every write
+    is its own transaction, synced to disk before it returns (``synchronous=FULL``)."""
 
     def __init__(self, path: Path, *, preview_bytes: int = DEFAULT_PREVIEW_BYTES) -> None:
         self.path = path
         self.preview_bytes = preview_bytes
         self._local = threading.local()
+        # count_by_state's connection, shared by its callers in turn (see there).
+        self._counting = threading.Lock()
+        self._counting_db: sqlite3.Connection | None = None
         # executescript commits on its own; each statement is idempotent.
         self._db().executescript(_SCHEMA)
         self._migrate()
@@ -128,12 +131,18 @@ class ApprovalStore:
                 )
         log.info("approvals store %s: added %s", self.path, ", ".join(missing))
 
+    def _connect(self, *, check_same_thread: bool = True) -> sqlite3.Connection:
+        db = sqlite3.connect(
+            self.path, timeout=30, isolation_level=None, check_same_thread=check_same_thread
+        )
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        return db
+
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
+            db = self._connect()
             self._local.db = db
         return db
 
@@ -266,13 +275,21 @@ class ApprovalStore:
 
     def count_by_state(self, now_ms: int) -> dict[str, int]:
         """How many approvals are in each state as approvers see it, counted by SQLite
-        (EXPIRED from the deadlines) without reading any row into Python."""
+        (EXPIRED from the deadlines) without reading any row into Python.
+
+        On one connection its callers take in turn, not the calling thread's own: /metrics
+        asks from a new thread at every scrape, and a connection per thread was one more per
+        scrape (two open files and a page cache) that outlived its thread: the soak
+        (bench/soak.py) saw the sidecar's open files grow by two a scrape."""
         counts = dict.fromkeys(STATES, 0)
-        found = self._db().execute(
-            "SELECT CASE WHEN state IN ('PENDING', 'APPROVED') AND deadline_ms <= ?"
-            " THEN 'EXPIRED' ELSE state END AS shown, COUNT(*) FROM approvals GROUP BY shown",
-            (now_ms,),
-        )
+        with self._counting:
+            if self._counting_db is None:
+                self._counting_db = self._connect(check_same_thread=False)
+            found = self._counting_db.execute(
+                "SELECT CASE WHEN state IN ('PENDING', 'APPROVED') AND deadline_ms <= ?"
+                " THEN 'EXPIRED' ELSE state END AS shown, COUNT(*) FROM approvals GROUP BY shown",
+                (now_ms,),
+            ).fetchall()
         for state, n in found:
             counts[state] = n
         return counts
