@@ -296,8 +296,15 @@ def build_openloop() -> None:
     if not Path("/usr/include/nghttp2/nghttp2.h").exists():
         sys.exit("nghttp2 headers missing: apt-get install -y libnghttp2-dev")
     OPENLOOP.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [cc, "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(OPENLOOP), str(OPENLOOP_SRC)]
-    subprocess.run([*cmd, "-lnghttp2"], check=True, timeout=300)
+    # Built beside it and renamed over it: a run that starts it meanwhile (the soak in CI
+    # beside the tests) finds the old binary or the new one, never half of one.
+    built = OPENLOOP.with_name(f"{OPENLOOP.name}.{os.getpid()}")
+    cmd = [cc, "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(built), str(OPENLOOP_SRC)]
+    try:
+        subprocess.run([*cmd, "-lnghttp2"], check=True, timeout=300)
+        os.replace(built, OPENLOOP)
+    finally:
+        built.unlink(missing_ok=True)
 
 
 def openloop_cmd(port: int, method: str, message: Path, rate: float, seconds: float, **opts):

@@ -26,6 +26,17 @@
  * Prints one JSON object: percentiles (us), errors by gRPC code, the achieved rate, the
  * scheduler's lag (actual - intended send time) and the generator's own CPU time.
  *
+ * -http drives a plain HTTP/2 endpoint instead (a proxy's listener, h2c): each request POSTs
+ * its body unframed to -method as the :path, with a content-length and every -header
+ * 'name: value'. -body may be given several times: request i sends body i mod k, so a mix
+ * with weights is the files repeated (the warm-up calls send body 0). Each request is then
+ * tallied by its body, the value of the response header -tally-header (or "-"), its HTTP
+ * status and how it ended (ok, timeout, reset), so a caller can check every answer against a
+ * model; errors are by HTTP status (a 2xx answer is ok), "timeout" and "reset".
+ *
+ *   openloop -http -target 127.0.0.1:10000 -method /mcp -header 'content-type: application/json' \
+ *            -body allowed.json -body allowed.json -body denied.json -tally-header x-toolgate-code
+ *
  * Build: cc -O2 -Wall -Wextra -o openloop openloop.c -lnghttp2   (Debian: libnghttp2-dev)
  */
 #define _GNU_SOURCE
@@ -49,6 +60,10 @@
 
 #define MAX_CONNS 1024
 #define PREFIX_MAX 16
+#define MAX_BODIES 256
+#define MAX_HEADERS 32
+#define MAX_VALUES 64 /* distinct values of -tally-header; the rest tallied as "?" */
+#define VALUE_MAX 48
 
 static void die(const char *fmt, ...) {
     va_list ap;
@@ -83,6 +98,8 @@ typedef struct {
     uint8_t bad;     /* the answer did not start with the prefix */
     uint8_t timeout; /* cancelled by us at its deadline */
     uint8_t reset;   /* closed with an HTTP/2 error code */
+    uint16_t body;   /* which -body it sends */
+    uint8_t value;   /* -tally-header's value: an index into values, 0 "-" (absent) */
 } req_t;
 
 typedef struct {
@@ -100,8 +117,18 @@ static size_t nreq, nwarm;
 static conn_t conns[MAX_CONNS];
 static int nconns;
 static int epfd;
-static uint8_t *frame;
-static size_t frame_len;
+static int http_mode;
+static struct {
+    uint8_t *data; /* what is sent: framed for gRPC, as read with -http */
+    size_t len;
+    char length[24]; /* content-length (-http) */
+} bodies[MAX_BODIES];
+static size_t nbodies;
+static nghttp2_nv extra[MAX_HEADERS];
+static size_t nextra;
+static const char *tally_header = "";
+static char values[MAX_VALUES][VALUE_MAX + 1] = {"-", "?"};
+static size_t nvalues = 2;
 static uint8_t prefix[PREFIX_MAX];
 static size_t prefix_len;
 static char path[512], authority[256];
@@ -112,8 +139,11 @@ static size_t done_count;
 
 static ssize_t read_body(nghttp2_session *s, int32_t sid, uint8_t *buf, size_t len,
                          uint32_t *flags, nghttp2_data_source *src, void *ud) {
-    (void)s, (void)sid, (void)ud;
+    (void)ud;
     size_t *off = (size_t *)src->ptr;
+    const req_t *r = nghttp2_session_get_stream_user_data(s, sid);
+    const uint8_t *frame = bodies[r->body].data;
+    size_t frame_len = bodies[r->body].len;
     size_t n = frame_len - *off < len ? frame_len - *off : len;
     memcpy(buf, frame + *off, n);
     *off += n;
@@ -124,6 +154,23 @@ static ssize_t read_body(nghttp2_session *s, int32_t sid, uint8_t *buf, size_t l
 static req_t *req_of(nghttp2_session *s, int32_t sid) {
     void *p = nghttp2_session_get_stream_user_data(s, sid);
     return p ? (req_t *)p : NULL;
+}
+
+/* The index of a -tally-header value in values, added if new; "?" once the table is full.
+ * Bytes that JSON or a reader would trip on are kept as "_", so the table prints as it is. */
+static uint8_t value_index(const uint8_t *value, size_t len) {
+    char v[VALUE_MAX + 1];
+    size_t n = len < VALUE_MAX ? len : VALUE_MAX;
+    for (size_t k = 0; k < n; k++) {
+        uint8_t c = value[k];
+        v[k] = (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') ? (char)c : '_';
+    }
+    v[n] = 0;
+    for (size_t k = 2; k < nvalues; k++)
+        if (!strcmp(values[k], v)) return (uint8_t)k;
+    if (nvalues == MAX_VALUES) return 1;
+    memcpy(values[nvalues], v, n + 1);
+    return (uint8_t)nvalues++;
 }
 
 static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *name,
@@ -138,6 +185,9 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
     v[n] = 0;
     if (namelen == 7 && memcmp(name, ":status", 7) == 0) r->http_status = (int16_t)atoi(v);
     if (namelen == 11 && memcmp(name, "grpc-status", 11) == 0) r->grpc_status = (int8_t)atoi(v);
+    if (*tally_header && namelen == strlen(tally_header) &&
+        memcmp(name, tally_header, namelen) == 0)
+        r->value = value_index(value, valuelen);
     return 0;
 }
 
@@ -146,9 +196,11 @@ static int on_data(nghttp2_session *s, uint8_t flags, int32_t sid, const uint8_t
     (void)flags, (void)ud;
     req_t *r = req_of(s, sid);
     if (!r) return 0;
-    /* The gRPC frame: 5 header bytes, then the message, whose first bytes must match. */
-    for (size_t k = 0; k < len && r->seen < 5 + prefix_len; k++, r->seen++) {
-        if (r->seen >= 5 && data[k] != prefix[r->seen - 5]) r->bad = 1;
+    /* The gRPC frame: 5 header bytes, then the message, whose first bytes must match (with
+     * -http, the body's first bytes). */
+    size_t skip = http_mode ? 0 : 5;
+    for (size_t k = 0; k < len && r->seen < skip + prefix_len; k++, r->seen++) {
+        if (r->seen >= skip && data[k] != prefix[r->seen - skip]) r->bad = 1;
     }
     return 0;
 }
@@ -160,7 +212,7 @@ static int on_close(nghttp2_session *s, int32_t sid, uint32_t error_code, void *
     r->lat = now_ns() - r->intended;
     r->state = ST_DONE;
     if (error_code) r->reset = 1;
-    if (r->seen < 5 + prefix_len) r->bad = 1;
+    if (r->seen < (http_mode ? 0 : 5) + prefix_len) r->bad = 1;
     conns[r->conn].outstanding--;
     done_count++;
     return 0;
@@ -260,21 +312,27 @@ static void submit(size_t i, int ci, int64_t now) {
     char tmo[32];
     int64_t left_ms = (r->intended + timeout_ns - now) / 1000000;
     snprintf(tmo, sizeof tmo, "%lldm", (long long)(left_ms > 1 ? left_ms : 1));
+    r->body = (uint16_t)(i < nreq ? i % nbodies : 0);
 #define NV(n, v) {(uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, strlen(v), NGHTTP2_NV_FLAG_NONE}
-    nghttp2_nv hdrs[] = {
+    nghttp2_nv hdrs[7 + MAX_HEADERS] = {
         NV(":method", "POST"),
         NV(":scheme", "http"),
         NV(":path", path),
         NV(":authority", authority),
-        NV("content-type", "application/grpc"),
-        NV("te", "trailers"),
-        NV("grpc-timeout", tmo),
     };
+    size_t nh = 4;
+    if (http_mode) {
+        hdrs[nh++] = (nghttp2_nv)NV("content-length", bodies[r->body].length);
+    } else {
+        hdrs[nh++] = (nghttp2_nv)NV("content-type", "application/grpc");
+        hdrs[nh++] = (nghttp2_nv)NV("te", "trailers");
+        hdrs[nh++] = (nghttp2_nv)NV("grpc-timeout", tmo);
+    }
 #undef NV
+    for (size_t k = 0; k < nextra; k++) hdrs[nh++] = extra[k];
     body_offsets[i] = 0;
     nghttp2_data_provider prd = {.source.ptr = &body_offsets[i], .read_callback = read_body};
-    int32_t sid = nghttp2_submit_request(c->session, NULL, hdrs, sizeof hdrs / sizeof hdrs[0],
-                                         &prd, r);
+    int32_t sid = nghttp2_submit_request(c->session, NULL, hdrs, nh, &prd, r);
     if (sid < 0) die("nghttp2_submit_request: %s", nghttp2_strerror(sid));
     r->stream_id = sid;
     r->conn = (int16_t)ci;
@@ -359,26 +417,118 @@ static double cpu_seconds(void) {
 }
 
 static void usage(void) {
-    die("usage: openloop -body FILE [-target 127.0.0.1:50051] [-method /pkg.Svc/M] "
-        "[-rate R] [-duration S] [-conns C] [-timeout S] [-warmup N] [-expect-prefix HEX] "
-        "[-pick least|rr] [-max-requests N]");
+    die("usage: openloop -body FILE [-body FILE ...] [-target 127.0.0.1:50051] "
+        "[-method /pkg.Svc/M] [-rate R] [-duration S] [-conns C] [-timeout S] [-warmup N] "
+        "[-expect-prefix HEX] [-pick least|rr] [-max-requests N] "
+        "[-http [-header 'NAME: VALUE' ...] [-tally-header NAME]]");
+}
+
+/* A -body file whole, framed for gRPC (a 0 byte, a 4-byte big-endian length) or, with -http,
+ * as it is. */
+static void read_body_file(const char *file) {
+    if (nbodies == MAX_BODIES) die("-body: at most %d files", MAX_BODIES);
+    FILE *f = fopen(file, "rb");
+    if (!f) die("%s: %s", file, strerror(errno));
+    size_t skip = http_mode ? 0 : 5, cap = 1 << 16, mlen = 0, n;
+    uint8_t *data = malloc(skip + cap);
+    if (!data) die("out of memory");
+    while ((n = fread(data + skip + mlen, 1, cap - mlen, f)) > 0) {
+        mlen += n;
+        if (mlen == cap && !(data = realloc(data, skip + (cap *= 2)))) die("out of memory");
+    }
+    if (ferror(f)) die("%s: read error", file);
+    fclose(f);
+    if (!http_mode) {
+        data[0] = 0;
+        data[1] = (uint8_t)(mlen >> 24), data[2] = (uint8_t)(mlen >> 16);
+        data[3] = (uint8_t)(mlen >> 8), data[4] = (uint8_t)mlen;
+    }
+    bodies[nbodies].data = data;
+    bodies[nbodies].len = skip + mlen;
+    snprintf(bodies[nbodies].length, sizeof bodies[nbodies].length, "%zu", mlen);
+    nbodies++;
+}
+
+/* 'name: value' into an HTTP/2 header (the name lower case, as HTTP/2 requires). */
+static void add_header(const char *spec) {
+    if (nextra == MAX_HEADERS) die("-header: at most %d", MAX_HEADERS);
+    const char *colon = strchr(spec, ':');
+    if (!colon || colon == spec) die("-header: 'NAME: VALUE'");
+    size_t nlen = (size_t)(colon - spec);
+    char *name = malloc(nlen + 1);
+    if (!name) die("out of memory");
+    for (size_t k = 0; k < nlen; k++)
+        name[k] = (char)(spec[k] >= 'A' && spec[k] <= 'Z' ? spec[k] + 32 : spec[k]);
+    name[nlen] = 0;
+    const char *value = colon + 1;
+    while (*value == ' ') value++;
+    extra[nextra++] = (nghttp2_nv){(uint8_t *)name, (uint8_t *)value, nlen, strlen(value),
+                                   NGHTTP2_NV_FLAG_NONE};
+}
+
+static int cmpu64(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+enum { END_OK, END_TIMEOUT, END_RESET };
+static const char *end_names[] = {"ok", "timeout", "reset"};
+
+static int end_of(const req_t *r) {
+    if (r->timeout) return END_TIMEOUT;
+    if (r->reset || r->http_status <= 0) return END_RESET;
+    return END_OK;
+}
+
+/* -http: how many requests of [from, to) ended each way, by (body, -tally-header's value,
+ * HTTP status, end), as a JSON array. */
+static void print_tally(const char *name, size_t from, size_t to, int last) {
+    size_t n = to - from;
+    uint64_t *keys = malloc((n ? n : 1) * sizeof *keys);
+    if (!keys) die("out of memory");
+    for (size_t i = from; i < to; i++) {
+        const req_t *r = &reqs[i];
+        int status = r->http_status > 0 ? r->http_status : 0;
+        keys[i - from] = (uint64_t)r->body << 32 | (uint64_t)r->value << 24 |
+                         (uint64_t)end_of(r) << 16 | (uint64_t)status;
+    }
+    qsort(keys, n, sizeof *keys, cmpu64);
+    printf(" \"%s\": [", name);
+    for (size_t i = 0, count; i < n; i += count) {
+        for (count = 1; i + count < n && keys[i + count] == keys[i]; count++) {
+        }
+        uint64_t k = keys[i];
+        printf("%s\n  {\"body\": %u, \"value\": \"%s\", \"status\": %u, \"end\": \"%s\", "
+               "\"count\": %zu}",
+               i ? "," : "", (unsigned)(k >> 32), values[(k >> 24) & 0xff],
+               (unsigned)(k & 0xffff), end_names[(k >> 16) & 0xff], count);
+    }
+    printf("%s]%s\n", n ? "\n " : "", last ? "" : ",");
+    free(keys);
 }
 
 int main(int argc, char **argv) {
     const char *target = "127.0.0.1:50051", *method = "/toolgate.v1.Decider/Decide";
-    const char *body_file = NULL, *expect = "", *pick = "least";
+    const char *body_files[MAX_BODIES], *expect = "", *pick = "least";
+    size_t nbody_files = 0;
     double rate = 1000, duration = 5, timeout_s = 1.0;
     int warmup = 20;
     long max_requests = 2000000;
     nconns = 16;
     for (int a = 1; a < argc; a++) {
         const char *k = argv[a];
+        if (!strcmp(k, "-http")) {
+            http_mode = 1;
+            continue;
+        }
         if (a + 1 >= argc) usage();
         const char *v = argv[++a];
         if (!strcmp(k, "-target")) target = v;
         else if (!strcmp(k, "-method")) method = v;
-        else if (!strcmp(k, "-body")) body_file = v;
-        else if (!strcmp(k, "-rate")) rate = atof(v);
+        else if (!strcmp(k, "-body")) {
+            if (nbody_files == MAX_BODIES) die("-body: at most %d files", MAX_BODIES);
+            body_files[nbody_files++] = v;
+        } else if (!strcmp(k, "-rate")) rate = atof(v);
         else if (!strcmp(k, "-duration")) duration = atof(v);
         else if (!strcmp(k, "-conns")) nconns = atoi(v);
         else if (!strcmp(k, "-timeout")) timeout_s = atof(v);
@@ -386,30 +536,23 @@ int main(int argc, char **argv) {
         else if (!strcmp(k, "-expect-prefix")) expect = v;
         else if (!strcmp(k, "-pick")) pick = v;
         else if (!strcmp(k, "-max-requests")) max_requests = atol(v);
+        else if (!strcmp(k, "-header")) add_header(v);
+        else if (!strcmp(k, "-tally-header")) tally_header = v;
         else usage();
     }
     int least = !strcmp(pick, "least");
     if (!least && strcmp(pick, "rr")) die("-pick: least or rr");
-    if (!body_file || rate <= 0 || duration <= 0 || nconns < 1 || nconns > MAX_CONNS ||
+    if (!nbody_files || rate <= 0 || duration <= 0 || nconns < 1 || nconns > MAX_CONNS ||
         timeout_s <= 0 || warmup < 0)
         usage();
+    if (*tally_header && !http_mode) die("-tally-header: with -http only");
     nreq = (size_t)(rate * duration);
     if (nreq < 1 || (long)nreq > max_requests)
         die("%zu requests: out of bounds (1 to -max-requests %ld)", nreq, max_requests);
     timeout_ns = (int64_t)(timeout_s * 1e9);
 
-    /* The request: read the message, frame it once. */
-    FILE *f = fopen(body_file, "rb");
-    if (!f) die("%s: %s", body_file, strerror(errno));
-    uint8_t msg[1 << 16];
-    size_t mlen = fread(msg, 1, sizeof msg, f);
-    fclose(f);
-    frame_len = 5 + mlen;
-    frame = malloc(frame_len);
-    frame[0] = 0;
-    frame[1] = (uint8_t)(mlen >> 24), frame[2] = (uint8_t)(mlen >> 16);
-    frame[3] = (uint8_t)(mlen >> 8), frame[4] = (uint8_t)mlen;
-    memcpy(frame + 5, msg, mlen);
+    /* The requests: each body read and framed once. */
+    for (size_t k = 0; k < nbody_files; k++) read_body_file(body_files[k]);
     prefix_len = strlen(expect) / 2;
     if (prefix_len > PREFIX_MAX) die("-expect-prefix: at most %d bytes", PREFIX_MAX);
     for (size_t k = 0; k < prefix_len; k++) {
@@ -433,7 +576,7 @@ int main(int argc, char **argv) {
     epfd = epoll_create1(0);
     for (int c = 0; c < nconns; c++) connect_one(&conns[c], host, port);
 
-    /* Warm-up: each connection, one call at a time (not measured). */
+    /* Warm-up: each connection, one call at a time (not measured; body 0). */
     int tf = 0;
     for (int c = 0; c < nconns; c++) {
         for (int w = 0; w < warmup; w++) {
@@ -446,14 +589,15 @@ int main(int argc, char **argv) {
                 poll_once(10, -1, &tf);
                 if (now_ns() - t > 10 * (int64_t)1000000000) die("warm-up call timed out");
             }
-            if (reqs[i].http_status != 200 || reqs[i].grpc_status != 0 || reqs[i].reset)
+            if (http_mode ? reqs[i].http_status / 100 != 2 || reqs[i].reset
+                          : reqs[i].http_status != 200 || reqs[i].grpc_status != 0 ||
+                                reqs[i].reset)
                 die("warm-up call failed: HTTP %d, grpc-status %d", reqs[i].http_status,
                     reqs[i].grpc_status);
             conns[c].sent--;
         }
     }
     done_count = 0;
-
     int tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK);
     struct epoll_event tev = {.events = EPOLLIN, .data.u32 = UINT32_MAX};
     epoll_ctl(epfd, EPOLL_CTL_ADD, tfd, &tev);
@@ -505,19 +649,24 @@ int main(int argc, char **argv) {
     /* --- results --- */
     size_t ok = 0, bad = 0, late = 0;
     size_t errs[18] = {0}; /* by gRPC code; [17]: no status (reset, not HTTP 200) */
+    size_t http_errs[600] = {0}; /* -http: [0] timeouts, [1] resets, [status] not 2xx */
     int64_t last_ok = 0;
     int64_t *lat = malloc(nreq * sizeof *lat), *lag = malloc(nreq * sizeof *lag);
     for (size_t i = 0; i < nreq; i++) {
         req_t *r = &reqs[i];
         int code;
-        if (r->timeout) code = 4; /* DeadlineExceeded */
+        if (http_mode) {
+            int end = end_of(r), status = r->http_status;
+            code = end == END_OK && status / 100 == 2 ? 0 : 1;
+            if (code) http_errs[end == END_TIMEOUT ? 0 : end == END_RESET ? 1 : status % 600]++;
+        } else if (r->timeout) code = 4; /* DeadlineExceeded */
         else if (r->http_status == 200 && r->grpc_status >= 0 && !r->reset) code = r->grpc_status;
         else code = 17;
         if (code == 0) {
             ok++;
             if (r->bad) bad++;
             if (r->intended + r->lat > last_ok) last_ok = r->intended + r->lat;
-        } else {
+        } else if (!http_mode) {
             errs[code > 17 ? 17 : code]++;
         }
         if (r->lag > 1000000) late++;
@@ -536,10 +685,20 @@ int main(int argc, char **argv) {
         printf("%s\"%s\": %zu", first ? "" : ", ", k == 17 ? "NoStatus" : code_name(k), errs[k]);
         first = 0;
     }
+    for (int k = 0; k < 600; k++) {
+        if (!http_errs[k]) continue;
+        if (k < 2) printf("%s\"%s\": %zu", first ? "" : ", ", end_names[k + 1], http_errs[k]);
+        else printf("%s\"HTTP %d\": %zu", first ? "" : ", ", k, http_errs[k]);
+        first = 0;
+    }
     printf("},\n \"bad_answers\": %zu,\n \"achieved_rps\": %.3f,\n", bad,
            last_ok > t0 ? (double)ok / ((double)(last_ok - t0) / 1e9) : 0.0);
     print_percentiles("latency_us", lat, nreq, 0);
     print_percentiles("lag_us", lag, nreq, 0);
+    if (http_mode) {
+        print_tally("tally", 0, nreq, 0);
+        print_tally("warmup_tally", nreq, nreq + nwarm, 0);
+    }
     printf(" \"late_over_1ms\": %zu,\n \"cpu_s\": %.6f,\n \"wall_s\": %.6f\n}\n", late, cpu,
            (double)(end - t0) / 1e9);
     for (int c = 0; c < nconns; c++) {
