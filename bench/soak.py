@@ -347,15 +347,11 @@ def envoy_counts(envoy: h.Server, upstream: h.Server) -> dict[str, int]:
     return out
 
 
-def diff(after: dict, before: dict) -> dict:
-    return {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
-
-
 def settled(read, before: dict, want: dict) -> dict:
     """``read() - before`` once it shows ``want`` (or SETTLE_S has passed)."""
     deadline = time.monotonic() + SETTLE_S
     while True:
-        got = diff(read(), before)
+        got = ev.diff(read(), before)
         if not compare("", want, got) or time.monotonic() > deadline:
             return got
         time.sleep(0.05)

@@ -101,10 +101,9 @@ def all_series() -> list[Series]:
 
 
 def one_run(s: Series, server: h.Server, rate: float, workdir: Path, args) -> dict:
-    """One open-loop run at ``rate``."""
-    message = workdir / f"{s.key}.msg"
-    message.write_bytes(s.request)
+    """One open-loop run at ``rate`` (the request is in WORKDIR/KEY.msg)."""
     run = h.Run(s.key, "offered", len(s.points) + 1)
+    message = workdir / f"{s.key}.msg"
     cmd = h.openloop_cmd(
         server.port, s.method, message, rate, args.seconds, conns=args.conns, timeout="2",
         warmup=200, expect_prefix=s.prefix,
@@ -284,6 +283,7 @@ def main() -> int:
     try:
         for s in series:
             s.prefix = h.call(servers[s.server].port, s.request, s.method)[:2].hex()
+            (workdir / f"{s.key}.msg").write_bytes(s.request)
         sweep(series, servers, rates, workdir, args)
         versions = {
             "limitador": h.sh([str(peers.PEERS / "limitador-server"), "--version"]),

@@ -79,14 +79,14 @@ struct Sighting {
 }
 
 /// The digested members of a tool object, and their [`weight`].
-pub struct Source {
+struct Source {
     members: Vec<Option<Value>>,
     weight: usize,
 }
 
 impl Source {
     /// What `tool` holds of [`DIGESTED`].
-    pub fn of(tool: &Map<String, Value>) -> Source {
+    fn of(tool: &Map<String, Value>) -> Source {
         let members: Vec<Option<Value>> = DIGESTED.iter().map(|k| tool.get(*k).cloned()).collect();
         let weight = members.iter().flatten().map(weight).sum();
         Source { members, weight }
@@ -212,7 +212,7 @@ impl Sightings {
 }
 
 /// About what a value weighs kept in memory: its strings' bytes and a word or two a node.
-pub fn weight(v: &Value) -> usize {
+fn weight(v: &Value) -> usize {
     16 + match v {
         Value::String(s) => s.len(),
         Value::Array(items) => items.iter().map(weight).sum(),
