@@ -23,6 +23,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use toolgate_core::definition::{digest, Definition};
+use toolgate_core::listed::ListedTool;
 use toolgate_core::mcp::answer::Framing;
 use toolgate_core::mcp::listing::{ListFilter, ListReport};
 use toolgate_core::{Engine, Policy, Subject};
@@ -145,9 +146,8 @@ fn filter(engine: &Engine, body: &[u8]) -> (Vec<u8>, ListReport) {
         grant: Some("g"),
         ..Default::default()
     };
-    let visible = |name: &str, tool: &Map<String, Value>| {
-        engine.list_tool(&policy, None, subject, name, tool)
-    };
+    let visible =
+        |name: &str, tool: &ListedTool<'_>| engine.list_tool(&policy, None, subject, name, tool);
     let mut f = ListFilter::new(Ok(Framing::Json), Some(json!(LIST_ID)), visible);
     let out = f.feed(body, true);
     (out, f.report)

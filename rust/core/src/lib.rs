@@ -25,6 +25,7 @@ pub mod explain;
 pub mod glob;
 pub mod inert;
 pub mod limiter;
+pub mod listed;
 pub mod marks;
 pub mod matcher;
 pub mod mcp;

@@ -14,9 +14,10 @@ use crate::decision::{Code, Decision, Verdict};
 use crate::decision_log::Call;
 use crate::definition::{Definition, Drift};
 use crate::engine::{Draft, Engine};
+use crate::listed::ListedTool;
 use crate::sightings::Seen;
 use crate::visibility::Visibility;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::sync::Arc;
 
 impl Engine {
@@ -29,7 +30,7 @@ impl Engine {
         server: Option<&str>,
         subject: Subject<'_>,
         name: &str,
-        tool: &Map<String, Value>,
+        tool: &ListedTool<'_>,
     ) -> Visibility {
         self.judge_listed(policy, server, subject, name, tool, Owner::Known)
     }
@@ -44,7 +45,7 @@ impl Engine {
         server: Option<&str>,
         subject: Subject<'_>,
         name: &str,
-        tool: &Map<String, Value>,
+        tool: &ListedTool<'_>,
     ) -> Visibility {
         self.judge_listed(policy, server, subject, name, tool, Owner::Unknown)
     }
@@ -55,7 +56,7 @@ impl Engine {
         server: Option<&str>,
         subject: Subject<'_>,
         name: &str,
-        tool: &Map<String, Value>,
+        tool: &ListedTool<'_>,
         owner: Owner,
     ) -> Visibility {
         let section = policy.section(server);
@@ -67,7 +68,7 @@ impl Engine {
         let alike = self.sightings().listed_alike(server, name, tool);
         let definition = match &alike {
             Some(known) => Arc::clone(known),
-            None => match Definition::read(tool) {
+            None => match Definition::read(tool.object()) {
                 Some(read) => Arc::new(read),
                 None => {
                     return Visibility {

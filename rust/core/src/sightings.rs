@@ -10,12 +10,14 @@
 //! id and name of at most [`MAX_KEY_BYTES`]; one not kept is judged as if never listed
 //! (unpinned, with MCP's default hints).
 //!
-//! A list is mostly what the last one was: each definition is kept with the members it was
-//! read from (up to [`MAX_SOURCE_WEIGHT`] a tool and [`SOURCE_BUDGET`] in all), so a tool
-//! listed as last time is known by comparing it with them, instead of being written out as
-//! canonical JSON and digested again (most of a pinned list's cost).
+//! A list is mostly what the last one was: each definition is kept with what it was read
+//! from (the tool's text as listed, or its members; up to [`MAX_SOURCE_WEIGHT`] a tool and
+//! [`SOURCE_BUDGET`] in all), so a tool listed as last time is known by comparing bytes,
+//! instead of being read into an object, written out as canonical JSON and digested again
+//! (most of a pinned list's cost).
 
 use crate::definition::{Definition, DIGESTED};
+use crate::listed::ListedTool;
 use ahash::AHashMap;
 use serde_json::{Map, Number, Value};
 use std::sync::{Arc, RwLock};
@@ -78,36 +80,71 @@ struct Sighting {
     source: Option<Arc<Source>>,
 }
 
-/// The digested members of a tool object, and their [`weight`].
+/// What a tool was listed as, to know it when listed alike: the text it was listed as when
+/// the filter read it from an answer's bytes (the usual case: a server lists what it listed
+/// last time, byte for byte), else the digested members of its object; and its [`weight`].
 struct Source {
-    members: Vec<Option<Value>>,
+    kept: Kept,
     weight: usize,
 }
 
-impl Source {
-    /// What `tool` holds of [`DIGESTED`].
-    fn of(tool: &Map<String, Value>) -> Source {
-        let members: Vec<Option<Value>> = DIGESTED.iter().map(|k| tool.get(*k).cloned()).collect();
-        let weight = members.iter().flatten().map(weight).sum();
-        Source { members, weight }
-    }
+enum Kept {
+    Text(Box<[u8]>),
+    Members(Vec<Option<Value>>),
+}
 
-    /// Whether `tool` lists these members exactly: equal values, numbers written alike
-    /// (`1` is not `1.0`, nor `0.0` `-0.0`), so the same canonical JSON. Read member by
-    /// member (no lookup by name: each would hash the name).
-    fn lists(&self, tool: &Map<String, Value>) -> bool {
-        let mut found = 0;
-        for (k, v) in tool {
-            let Some(i) = DIGESTED.iter().position(|d| *d == k) else {
-                continue;
-            };
-            match &self.members[i] {
-                Some(kept) if same(v, kept) => found += 1,
-                _ => return false,
+impl Source {
+    fn of(tool: &ListedTool<'_>) -> Source {
+        match tool.text() {
+            Some(text) => Source {
+                kept: Kept::Text(text.into()),
+                weight: 16 + text.len(),
+            },
+            None => {
+                let members = members(tool.object());
+                let weight = members.iter().flatten().map(weight).sum();
+                Source {
+                    kept: Kept::Members(members),
+                    weight,
+                }
             }
         }
-        found == self.members.iter().flatten().count()
     }
+
+    /// Whether `tool` is listed as kept: in the same text, or with the same members.
+    fn matches(&self, tool: &ListedTool<'_>) -> bool {
+        match (&self.kept, tool.text()) {
+            (Kept::Text(kept), Some(text)) if **kept == *text => true,
+            (Kept::Text(kept), _) => {
+                let kept: Map<String, Value> =
+                    serde_json::from_slice(kept).expect("kept text was read strictly");
+                lists(&members(&kept), tool.object())
+            }
+            (Kept::Members(kept), _) => lists(kept, tool.object()),
+        }
+    }
+}
+
+/// What `tool` holds of [`DIGESTED`].
+fn members(tool: &Map<String, Value>) -> Vec<Option<Value>> {
+    DIGESTED.iter().map(|k| tool.get(*k).cloned()).collect()
+}
+
+/// Whether `tool` lists `members` exactly: equal values, numbers written alike (`1` is not
+/// `1.0`, nor `0.0` `-0.0`), so the same canonical JSON. Read member by member (no lookup
+/// by name: each would hash the name).
+fn lists(members: &[Option<Value>], tool: &Map<String, Value>) -> bool {
+    let mut found = 0;
+    for (k, v) in tool {
+        let Some(i) = DIGESTED.iter().position(|d| *d == k) else {
+            continue;
+        };
+        match &members[i] {
+            Some(kept) if same(v, kept) => found += 1,
+            _ => return false,
+        }
+    }
+    found == members.iter().flatten().count()
 }
 
 impl Table {
@@ -130,38 +167,38 @@ impl Sightings {
         table.server(server)?.tools.get(tool).cloned()
     }
 
-    /// The definition of `tool` of `server` if `object` lists it exactly as last time.
+    /// The definition of `tool` of `server` if `listed` lists it exactly as last time.
     pub fn listed_alike(
         &self,
         server: Option<&str>,
         tool: &str,
-        object: &Map<String, Value>,
+        listed: &ListedTool<'_>,
     ) -> Option<Arc<Definition>> {
         let table = self.table.read().unwrap_or_else(|e| e.into_inner());
         let kept = table.server(server)?.tools.get(tool)?;
         kept.source
             .as_ref()
-            .is_some_and(|s| s.lists(object))
+            .is_some_and(|s| s.matches(listed))
             .then(|| Arc::clone(&kept.definition))
     }
 
-    /// Record `tool` of `server` as just listed, read from `object`; `pinned` when the
+    /// Record `tool` of `server` as just listed, read from `listed`; `pinned` when the
     /// server's pins hold a pin for it.
     pub fn record(
         &self,
         server: Option<&str>,
         tool: &str,
         definition: &Arc<Definition>,
-        object: &Map<String, Value>,
+        listed: &ListedTool<'_>,
         pinned: bool,
     ) -> Seen {
         let known = |s: &Sighting| {
-            s.definition == *definition && s.source.as_ref().is_some_and(|k| k.lists(object))
+            s.definition == *definition && s.source.as_ref().is_some_and(|k| k.matches(listed))
         };
         if self.last(server, tool).is_some_and(|s| known(&s)) {
             return Seen::Same;
         }
-        let source = Source::of(object);
+        let source = Source::of(listed);
         let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
         // Looked at again under the lock: of two lists racing, one records the change.
         let kept = table.server(server).and_then(|s| s.tools.get(tool));

@@ -7,6 +7,7 @@ use serde_json::{json, Map, Value};
 use std::path::PathBuf;
 use std::sync::Arc;
 use toolgate_core::definition::{digest, DriftKind};
+use toolgate_core::listed::ListedTool;
 use toolgate_core::{Code, Decision, Engine, Policy, Request, Subject, Verdict};
 
 fn object(v: Value) -> Map<String, Value> {
@@ -60,7 +61,16 @@ fn pinned(file: &PathBuf, mode: &str, unpinned: &str) -> Value {
 
 fn list(e: &Engine, server: Option<&str>, tool: &Map<String, Value>) -> Option<Code> {
     let name = tool["name"].as_str().unwrap();
-    e.list_tool(&e.policy(), server, Subject::default(), name, tool)
+    e.list_tool(&e.policy(), server, Subject::default(), name, &tool.into())
+        .removed
+}
+
+/// As [`list`], the tool read from the text of an answer, as the ext_proc filter reads it.
+fn list_text(e: &Engine, server: Option<&str>, tool: &Map<String, Value>) -> Option<Code> {
+    let name = tool["name"].as_str().unwrap();
+    let text = serde_json::to_vec(tool).unwrap();
+    let listed = ListedTool::from_text(&text);
+    e.list_tool(&e.policy(), server, Subject::default(), name, &listed)
         .removed
 }
 
@@ -368,7 +378,7 @@ fn a_merged_list_cannot_clear_a_change_recorded_for_another_server() {
             Some("crm"),
             Subject::default(),
             "send_email",
-            tool,
+            &tool.into(),
         )
         .removed
     };
@@ -386,7 +396,7 @@ fn a_merged_list_cannot_clear_a_change_recorded_for_another_server() {
         Some("crm"),
         Subject::default(),
         "send_email",
-        &pulled,
+        &(&pulled).into(),
     );
     assert_eq!(listed.removed, Some(Code::ToolChanged));
     assert_eq!(
@@ -456,6 +466,7 @@ proptest! {
         member in "(description|title|inputSchema|outputSchema|annotations|_meta)",
         (first, second) in successive_values(),
         reorder in any::<bool>(),
+        as_text in proptest::collection::vec(any::<bool>(), 5),
     ) {
         let with = |value: &Value| {
             let mut changed = t.clone();
@@ -471,9 +482,12 @@ proptest! {
         let file = pins_file(&format!("relist-{}.json", std::process::id()), &[&pin], &[]);
         let e = engine(pinned(&file, "enforce", "hide"));
         // Each twice: the second time, the definition recorded by the first is the last one.
-        for listed in [&pin, &pin, &with(&second), &with(&second), &pin] {
+        // Each read from an answer's text or given as an object, in any mix.
+        let lists = [&pin, &pin, &with(&second), &with(&second), &pin];
+        for (listed, as_text) in lists.into_iter().zip(as_text) {
             let want = (digest(listed) != digest(&pin)).then_some(Code::ToolChanged);
-            prop_assert_eq!(list(&e, None, listed), want, "{} {:?}", member, listed);
+            let got = if as_text { list_text(&e, None, listed) } else { list(&e, None, listed) };
+            prop_assert_eq!(got, want, "{} {:?}", member, listed);
         }
         prop_assert_eq!(call(&e, None, t["name"].as_str().unwrap()).verdict, Verdict::Allow);
     }

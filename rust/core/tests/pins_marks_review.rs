@@ -15,6 +15,7 @@ use toolgate_core::approval::{
 };
 use toolgate_core::counter::CounterTable;
 use toolgate_core::definition::{digest, DriftKind};
+use toolgate_core::listed::ListedTool;
 use toolgate_core::marks::MarkState;
 use toolgate_core::mcp::listing::{filter_result, ListReport};
 use toolgate_core::mcp::strict_json;
@@ -99,7 +100,7 @@ fn caller() -> Subject<'static> {
 
 fn list(e: &Engine, server: Option<&str>, tool: &Map<String, Value>) -> Option<Code> {
     let name = tool["name"].as_str().unwrap();
-    e.list_tool(&e.policy(), server, caller(), name, tool)
+    e.list_tool(&e.policy(), server, caller(), name, &tool.into())
         .removed
 }
 
@@ -114,7 +115,7 @@ fn list_answer(
     let tools: Vec<Value> = tools.into_iter().map(Value::Object).collect();
     let mut result = object(json!({ "tools": tools }));
     let visible =
-        |name: &str, tool: &Map<String, Value>| e.list_tool(&policy, server, caller(), name, tool);
+        |name: &str, tool: &ListedTool<'_>| e.list_tool(&policy, server, caller(), name, tool);
     filter_result(&mut result, visible, &mut ListReport::default())?;
     Ok(result["tools"].as_array().unwrap().clone())
 }
@@ -380,7 +381,7 @@ proptest! {
                 _ => continue,
             };
             let name = format!("t{i}");
-            let v = e.list_tool(&e.policy(), c.server, subject, &name, &t);
+            let v = e.list_tool(&e.policy(), c.server, subject, &name, &(&t).into());
             removed.push((name, v.removed));
         }
         for (name, removed) in removed {

@@ -40,6 +40,7 @@ use sha2::Sha256;
 use std::sync::Arc;
 use std::time::Instant;
 use toolgate_core::compile::CompiledPolicy;
+use toolgate_core::listed::ListedTool;
 use toolgate_core::mcp::listing::{filter_result, ListReport};
 use toolgate_core::mcp::outcome::Failure;
 use toolgate_core::mcp::reply::{details, META_KEY};
@@ -368,7 +369,7 @@ fn filter_list(
     let policy = engine.policy();
     let subject = read.subject();
     let servers = &response.service_names;
-    let visible = |name: &str, tool: &serde_json::Map<String, serde_json::Value>| {
+    let visible = |name: &str, tool: &ListedTool<'_>| {
         visibility_in(engine, &policy, servers, name, tool, subject)
     };
     let mut report = ListReport::default();
@@ -397,7 +398,7 @@ fn visibility_in(
     policy: &Arc<CompiledPolicy>,
     servers: &[String],
     name: &str,
-    tool: &serde_json::Map<String, serde_json::Value>,
+    tool: &ListedTool<'_>,
     subject: Subject<'_>,
 ) -> Visibility {
     let of =

@@ -26,10 +26,11 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 };
 use envoy_types::pb::google::protobuf::value::Kind;
 use envoy_types::pb::google::protobuf::{Struct, Value as ProtoValue};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
 use toolgate_core::compile::CompiledPolicy;
+use toolgate_core::listed::ListedTool;
 use toolgate_core::mcp::answer::{error_message, Framing};
 use toolgate_core::mcp::listing::{ListFilter, ListReport, ListRequest, Reading, INTERNAL_ERROR};
 use toolgate_core::mcp::outcome::{CallWatcher, Failure, Outcome};
@@ -174,7 +175,7 @@ fn read_metadata(metadata: Option<&Metadata>) -> Option<(Follow, Caller)> {
     }
 }
 
-type Visible = Box<dyn FnMut(&str, &Map<String, Value>) -> Visibility + Send>;
+type Visible = Box<dyn FnMut(&str, &ListedTool<'_>) -> Visibility + Send>;
 
 /// One exchange's answer, followed message by message.
 #[derive(Default)]
@@ -347,7 +348,7 @@ impl Exchange {
                 let reading = list_reading(headers.headers.as_ref(), content_type);
                 let (caller, policy) = (Arc::clone(caller), Arc::clone(policy));
                 let engine = Arc::clone(engine);
-                let visible: Visible = Box::new(move |tool: &str, object: &Map<String, Value>| {
+                let visible: Visible = Box::new(move |tool: &str, object: &ListedTool<'_>| {
                     let server = caller.server.as_deref();
                     engine.list_tool(&policy, server, caller.subject(), tool, object)
                 });

@@ -24,11 +24,14 @@
 //! ([`ListRequest`]), and the answer goes back to the agent under the agent's id.
 
 use super::answer::{case_variant, error_message, Framing};
+use super::spans::{self, Keys, Kind, Listing};
 use super::sse::{EventSplitter, MAX_EVENT_BYTES};
 use super::strict_json;
+use crate::listed::ListedTool;
 use crate::visibility::Visibility;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
+use std::ops::Range;
 
 /// JSON-RPC's "internal error": the proxy could not pass the answer on.
 pub const INTERNAL_ERROR: i64 = -32603;
@@ -38,6 +41,11 @@ const RESULT_KEYS: [&str; 5] = ["tools", "nextCursor", "cacheScope", "ttlMs", "_
 /// A tool's members a client reads, and a pin's digest covers
 /// ([`crate::definition::DIGESTED`]): none may have a spelling that differs only by case.
 const TOOL_KEYS: [&str; 6] = crate::definition::DIGESTED;
+const KEYS: Keys = Keys {
+    message: &MESSAGE_KEYS,
+    result: &RESULT_KEYS,
+    tool: &TOOL_KEYS,
+};
 
 /// What filtering one answer did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -103,7 +111,7 @@ pub struct ListFilter<F> {
     pub report: ListReport,
 }
 
-impl<F: FnMut(&str, &Map<String, Value>) -> Visibility> ListFilter<F> {
+impl<F: FnMut(&str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
     /// A filter for the answer to request `id` (`None`: every answer on the stream),
     /// deciding each tool with `visibility`.
     pub fn new(reading: Reading, id: Option<Value>, visibility: F) -> Self {
@@ -206,18 +214,18 @@ impl<F: FnMut(&str, &Map<String, Value>) -> Visibility> ListFilter<F> {
     /// Read one message of the stream: `None` to pass it on as it is, or the filtered
     /// message. A request or notification of the server's passes; an answer is filtered.
     fn message(&mut self, bytes: &[u8]) -> Result<Option<Vec<u8>>, String> {
-        let message = match strict_json::parse(bytes) {
-            Ok(Value::Object(m)) => m,
+        let message = match spans::read(bytes, &KEYS) {
+            Ok(m) if m.object => m,
             Ok(_) => return Err("a message of the answer is not a JSON object".into()),
             Err(e) => return Err(format!("the answer cannot be read: {e}")),
         };
-        if let Some(key) = case_variant(&message, &MESSAGE_KEYS) {
+        if let Some(key) = &message.variant {
             return Err(format!(
                 "the answer's key {key:?} differs from a JSON-RPC key only by case"
             ));
         }
-        let answers = message.contains_key("result") || message.contains_key("error");
-        if message.contains_key("method") {
+        let answers = message.result.is_some() || message.error.is_some();
+        if message.method {
             if answers {
                 return Err("a message carries both a method and a result or error".into());
             }
@@ -227,59 +235,90 @@ impl<F: FnMut(&str, &Map<String, Value>) -> Visibility> ListFilter<F> {
             // The answer to the request: it ends what this stream has to carry.
             self.finished = true;
         }
-        match (message.get("result"), message.get("error")) {
+        let answer = Answer {
+            bytes,
+            id: message.id.clone().map(|span| {
+                let id = serde_json::from_slice(&bytes[span.clone()]).expect("read strictly");
+                (span, id)
+            }),
+        };
+        match (message.result, message.error) {
             // An error lists no tools: it goes on as it is, whatever id it names (under the
             // agent's own id when it answers the request).
-            (None, Some(Value::Object(_))) => Ok(self.reply(message, false)),
-            (Some(Value::Object(_)), None) => self.result(message),
+            (None, Some(Kind::Object)) => Ok(self.reply(&answer, Vec::new())),
+            (Some(Kind::Object), None) => self.result(&answer, &message.listing),
             _ => Err("the answer must carry either a result object or an error object".into()),
         }
     }
 
-    /// `message` as it goes to the agent: `None` (as it came) unless it was `changed` or
-    /// answers the request under the proxy's id, which the agent's own id replaces.
-    fn reply(&self, mut message: Map<String, Value>, changed: bool) -> Option<Vec<u8>> {
-        let renamed = match (&self.reply_id, &self.id) {
-            (Some(agent), Some(ours)) if message.get("id") == Some(ours) => {
-                message.insert("id".into(), agent.clone());
-                true
+    /// The answer as it goes to the agent, with `edits`: `None` (as it came) unless it was
+    /// edited or answers the request under the proxy's id, which the agent's own replaces.
+    fn reply(&self, answer: &Answer<'_>, mut edits: Vec<Edit>) -> Option<Vec<u8>> {
+        if let (Some(agent), Some(ours), Some((span, id))) = (&self.reply_id, &self.id, &answer.id)
+        {
+            if id == ours {
+                let agent = serde_json::to_vec(agent).expect("JSON values always serialize");
+                edits.push((span.clone(), agent));
             }
-            _ => false,
-        };
-        (changed || renamed)
-            .then(|| serde_json::to_vec(&message).expect("JSON values always serialize"))
+        }
+        (!edits.is_empty()).then(|| edit(answer.bytes, edits))
     }
 
     /// A result: for the request's answer it must list tools; on a stream of earlier
     /// answers, only one that lists tools is filtered.
-    fn result(&mut self, message: Map<String, Value>) -> Result<Option<Vec<u8>>, String> {
+    fn result(
+        &mut self,
+        answer: &Answer<'_>,
+        listing: &Listing<'_>,
+    ) -> Result<Option<Vec<u8>>, String> {
+        let id = answer.id.as_ref().map(|(_, id)| id);
         match &self.id {
-            Some(id) if message.get("id") != Some(id) => Err(format!(
-                "the answer's id {} is not the request's {id}",
-                message.get("id").unwrap_or(&Value::Null),
+            Some(ours) if id != Some(ours) => Err(format!(
+                "the answer's id {} is not the request's {ours}",
+                id.unwrap_or(&Value::Null),
             )),
-            Some(_) => self.filter(message),
-            None => {
-                let Some(Value::Object(result)) = message.get("result") else {
-                    unreachable!("checked by the caller");
-                };
-                let lists =
-                    result.contains_key("tools") || case_variant(result, &["tools"]).is_some();
-                if lists {
-                    self.filter(message)
-                } else {
-                    Ok(None)
-                }
-            }
+            None if listing.tools.is_none() && !listing.tools_variant => Ok(None),
+            _ => self.filter(answer, listing),
         }
     }
 
-    fn filter(&mut self, mut message: Map<String, Value>) -> Result<Option<Vec<u8>>, String> {
-        let Some(Value::Object(result)) = message.get_mut("result") else {
-            unreachable!("checked by the caller");
+    fn filter(
+        &mut self,
+        answer: &Answer<'_>,
+        listing: &Listing<'_>,
+    ) -> Result<Option<Vec<u8>>, String> {
+        if let Some(key) = &listing.variant {
+            return Err(variant_in_result(key));
+        }
+        let Some(Ok(tools)) = &listing.tools else {
+            return Err(NO_TOOLS.into());
         };
-        let changed = filter_result(result, &mut self.visibility, &mut self.report)?;
-        Ok(self.reply(message, changed))
+        let entries = tools.iter().map(|t| Entry {
+            tool: t
+                .object
+                .then(|| ListedTool::from_text(&answer.bytes[t.span.clone()])),
+            variant: t.variant.as_deref(),
+            name: t.name.as_deref(),
+        });
+        let keep = judge(entries, &mut self.visibility, &mut self.report)?;
+        let mut edits = Vec::new();
+        if keep.iter().any(|k| !k) {
+            let (first, last) = (&tools[0].span, &tools[tools.len() - 1].span);
+            let mut kept = Vec::with_capacity(last.end - first.start);
+            for (t, _) in tools.iter().zip(&keep).filter(|(_, k)| **k) {
+                if !kept.is_empty() {
+                    kept.push(b',');
+                }
+                kept.extend_from_slice(&answer.bytes[t.span.clone()]);
+            }
+            edits.push((first.start..last.end, kept));
+        }
+        if let Some((span, false)) = &listing.cache_scope {
+            if self.report.per_subject {
+                edits.push((span.clone(), b"\"private\"".to_vec()));
+            }
+        }
+        Ok(self.reply(answer, edits))
     }
 
     /// The JSON-RPC error sent instead of a refused answer.
@@ -294,67 +333,37 @@ impl<F: FnMut(&str, &Map<String, Value>) -> Visibility> ListFilter<F> {
 }
 
 /// Filter one `tools/list` result in place, deciding each tool (by its name and object) with
-/// `visibility` and
-/// counting in `report`: true if it changed. Refused (why) when it cannot be read as a list
-/// of tools with names, as a client would read it.
-pub fn filter_result<F: FnMut(&str, &Map<String, Value>) -> Visibility>(
+/// `visibility` and counting in `report`: true if it changed. Refused (why) when it cannot be
+/// read as a list of tools with names, as a client would read it.
+pub fn filter_result<F: FnMut(&str, &ListedTool<'_>) -> Visibility>(
     result: &mut Map<String, Value>,
     mut visibility: F,
     report: &mut ListReport,
 ) -> Result<bool, String> {
     if let Some(key) = case_variant(result, &RESULT_KEYS) {
-        return Err(format!(
-            "the result's key {key:?} differs from a known key only by case"
-        ));
+        return Err(variant_in_result(key));
     }
-    let Some(Value::Array(tools)) = result.get_mut("tools") else {
-        return Err("the result has no \"tools\" list".into());
+    let Some(Value::Array(tools)) = result.get("tools") else {
+        return Err(NO_TOOLS.into());
     };
-    // Every tool is read before any is judged: judging records its definition for the
-    // calls that follow, and nothing of an answer that is refused may count.
-    let mut named: Vec<(&str, &Map<String, Value>)> = Vec::with_capacity(tools.len());
-    let mut first: HashMap<&str, (usize, &Map<String, Value>)> =
-        HashMap::with_capacity(tools.len());
-    for (i, tool) in tools.iter().enumerate() {
-        let Value::Object(tool) = tool else {
-            return Err(format!("tools[{i}] is not an object"));
+    let entries = tools.iter().map(|tool| match tool {
+        Value::Object(tool) => Entry {
+            variant: case_variant(tool, &TOOL_KEYS),
+            name: tool.get("name").and_then(Value::as_str),
+            tool: Some(ListedTool::from(tool)),
+        },
+        _ => Entry {
+            tool: None,
+            variant: None,
+            name: None,
+        },
+    });
+    let keep = judge(entries, &mut visibility, report)?;
+    let removed = keep.iter().any(|k| !k);
+    if removed {
+        let Some(Value::Array(tools)) = result.get_mut("tools") else {
+            unreachable!("read above");
         };
-        if let Some(key) = case_variant(tool, &TOOL_KEYS) {
-            return Err(format!(
-                "tools[{i}] has a key {key:?} that differs from a known key only by case"
-            ));
-        }
-        let Some(Value::String(name)) = tool.get("name") else {
-            return Err(format!("tools[{i}] has no string \"name\""));
-        };
-        // One name, two definitions: clients keep the first or the last, and calls would be
-        // held to whichever was judged last. (The name is not quoted: a server chose it.)
-        match first.get(name.as_str()) {
-            Some((j, other)) if *other != tool => {
-                return Err(format!(
-                    "tools[{i}] has the name of tools[{j}] but another definition"
-                ));
-            }
-            Some(_) => {}
-            None => {
-                first.insert(name, (i, tool));
-            }
-        }
-        named.push((name, tool));
-    }
-    let mut keep = Vec::with_capacity(named.len());
-    let mut per_subject = false;
-    for (name, tool) in named {
-        let seen = visibility(name, tool);
-        per_subject |= seen.per_subject;
-        keep.push(seen.shown());
-    }
-    let removed = keep.iter().filter(|k| !**k).count();
-    report.per_subject |= per_subject;
-    report.lists += 1;
-    report.removed += removed;
-    report.shown += keep.len() - removed;
-    if removed > 0 {
         let mut keep = keep.into_iter();
         tools.retain(|_| keep.next().unwrap_or(false));
     }
@@ -363,7 +372,98 @@ pub fn filter_result<F: FnMut(&str, &Map<String, Value>) -> Visibility>(
     if mark_private {
         result.insert("cacheScope".into(), "private".into());
     }
-    Ok(removed > 0 || mark_private)
+    Ok(removed || mark_private)
+}
+
+/// One entry of a `tools` array, as either reader found it.
+struct Entry<'t> {
+    /// The tool, when the entry is an object.
+    tool: Option<ListedTool<'t>>,
+    /// Its first key that is a known tool key but for case.
+    variant: Option<&'t str>,
+    /// Its `name`, when that is a string.
+    name: Option<&'t str>,
+}
+
+/// Judge every entry of a list, counting in `report`: which to keep. Refused (why) when
+/// an entry is no tool with a name, or one name is listed with two definitions.
+fn judge<'t, F: FnMut(&str, &ListedTool<'_>) -> Visibility>(
+    entries: impl ExactSizeIterator<Item = Entry<'t>>,
+    visibility: &mut F,
+    report: &mut ListReport,
+) -> Result<Vec<bool>, String> {
+    // Every tool is read before any is judged: judging records its definition for the
+    // calls that follow, and nothing of an answer that is refused may count.
+    let mut named: Vec<(&str, ListedTool<'t>)> = Vec::with_capacity(entries.len());
+    let mut first: HashMap<&str, usize, ahash::RandomState> =
+        HashMap::with_capacity_and_hasher(entries.len(), ahash::RandomState::new());
+    for (i, entry) in entries.enumerate() {
+        let Some(tool) = entry.tool else {
+            return Err(format!("tools[{i}] is not an object"));
+        };
+        if let Some(key) = entry.variant {
+            return Err(format!(
+                "tools[{i}] has a key {key:?} that differs from a known key only by case"
+            ));
+        }
+        let Some(name) = entry.name else {
+            return Err(format!("tools[{i}] has no string \"name\""));
+        };
+        // One name, two definitions: clients keep the first or the last, and calls would be
+        // held to whichever was judged last. (The name is not quoted: a server chose it.)
+        match first.get(name) {
+            Some(&j) if !named[j].1.alike(&tool) => {
+                return Err(format!(
+                    "tools[{i}] has the name of tools[{j}] but another definition"
+                ));
+            }
+            Some(_) => {}
+            None => {
+                first.insert(name, named.len());
+            }
+        }
+        named.push((name, tool));
+    }
+    let mut keep = Vec::with_capacity(named.len());
+    for (name, tool) in &named {
+        let seen = visibility(name, tool);
+        report.per_subject |= seen.per_subject;
+        keep.push(seen.shown());
+    }
+    let removed = keep.iter().filter(|k| !**k).count();
+    report.lists += 1;
+    report.removed += removed;
+    report.shown += keep.len() - removed;
+    Ok(keep)
+}
+
+const NO_TOOLS: &str = "the result has no \"tools\" list";
+
+fn variant_in_result(key: &str) -> String {
+    format!("the result's key {key:?} differs from a known key only by case")
+}
+
+/// One message as read: its bytes, and its id's span and value.
+struct Answer<'a> {
+    bytes: &'a [u8],
+    id: Option<(Range<usize>, Value)>,
+}
+
+/// A span of a message and what replaces it.
+type Edit = (Range<usize>, Vec<u8>);
+
+/// `bytes` with `edits` (spans that do not overlap) made.
+fn edit(bytes: &[u8], mut edits: Vec<Edit>) -> Vec<u8> {
+    edits.sort_by_key(|(span, _)| span.start);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    for (span, with) in edits {
+        out.extend_from_slice(&bytes[at..span.start]);
+        out.extend_from_slice(&with);
+        at = span.end;
+    }
+    out.extend_from_slice(&bytes[at..]);
+    out
 }
 
 /// A message as one event of a stream.
@@ -380,7 +480,7 @@ mod tests {
     use crate::decision::Code;
     use serde_json::json;
 
-    fn hide_delete(name: &str, _: &Map<String, Value>) -> Visibility {
+    fn hide_delete(name: &str, _: &ListedTool<'_>) -> Visibility {
         Visibility {
             removed: name.starts_with("delete").then_some(Code::Hidden),
             per_subject: false,
@@ -450,7 +550,7 @@ mod tests {
 
     #[test]
     fn marks_a_per_caller_list_private_when_it_says_how_to_cache() {
-        let per = |_: &str, _: &Map<String, Value>| Visibility {
+        let per = |_: &str, _: &ListedTool<'_>| Visibility {
             removed: None,
             per_subject: true,
         };
@@ -617,5 +717,96 @@ mod tests {
         assert!(f.feed(b"<html>", false).is_empty());
         let out: Value = serde_json::from_slice(&f.feed(b"</html>", true)).unwrap();
         assert_eq!(out["error"]["code"], INTERNAL_ERROR);
+    }
+
+    /// A tool of a generated list: names that repeat (with the same definition, its
+    /// members in another order, or another one), and now and then no tool at all, no
+    /// name, or a key that differs from a known one only by case.
+    fn listed_entry() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let names = proptest::sample::select(vec!["read", "delete_x", "list", "delete_y", "é"]);
+        let words = proptest::sample::select(vec!["Reads.", "Reads!", "\u{2028}\"x\""]);
+        let tool = (names, words, any::<bool>(), 0u8..12).prop_map(|(name, words, flip, odd)| {
+            let mut t = Map::new();
+            let members = [("name", json!(name)), ("description", json!(words))];
+            for (k, v) in if flip { [1, 0] } else { [0, 1] }.map(|i| members[i].clone()) {
+                t.insert(k.into(), v);
+            }
+            match odd {
+                0 => {
+                    t.insert("Description".into(), json!("x"));
+                }
+                1 => {
+                    t.remove("name");
+                }
+                2 => {
+                    t.insert("name".into(), json!(3));
+                }
+                3 => {
+                    t.insert("inputSchema".into(), json!({"type": "object", "n": 1.5}));
+                }
+                _ => {}
+            }
+            Value::Object(t)
+        });
+        prop_oneof![10 => tool, 1 => Just(json!(5)), 1 => Just(json!([]))]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
+
+        /// The filter reads an answer's bytes, `filter_result` a tree of it: whatever the
+        /// list, both keep the same tools, mark the same cache scope, count alike and refuse
+        /// the same answers; and the answer goes back under the agent's id.
+        #[test]
+        fn filters_the_bytes_as_the_tree_is_filtered(
+            tools in proptest::collection::vec(listed_entry(), 0..10),
+            scope in proptest::option::of(proptest::sample::select(vec![json!("public"), json!("private"), json!(3)])),
+            per_subject in proptest::prelude::any::<bool>(),
+            pretty in proptest::prelude::any::<bool>(),
+            renamed in proptest::prelude::any::<bool>(),
+        ) {
+            let mut result = Map::new();
+            result.insert("tools".into(), Value::Array(tools));
+            result.insert("nextCursor".into(), json!("n"));
+            if let Some(scope) = scope {
+                result.insert("cacheScope".into(), scope);
+            }
+            let ours = if renamed { json!("toolgate-1") } else { json!(5) };
+            let message = json!({"jsonrpc": "2.0", "id": ours, "result": result});
+            let text = if pretty {
+                serde_json::to_string_pretty(&message).unwrap()
+            } else {
+                message.to_string()
+            };
+            let visible = |name: &str, _: &ListedTool<'_>| Visibility {
+                removed: name.starts_with("delete").then_some(Code::Hidden),
+                per_subject,
+            };
+            let mut f = ListFilter::new(Ok(Framing::Json), Some(ours.clone()), visible);
+            if renamed {
+                f = f.replying_as(json!(5));
+            }
+            let out = f.feed(text.as_bytes(), true);
+            let mut tree = result.clone();
+            let mut report = ListReport::default();
+            let expected = filter_result(&mut tree, visible, &mut report);
+            let got: Value = serde_json::from_slice(&out).unwrap();
+            proptest::prop_assert_eq!(&got["id"], &json!(5));
+            match expected {
+                Err(why) => {
+                    proptest::prop_assert!(f.report.refused.is_some(), "{} not refused: {}", text, why);
+                    proptest::prop_assert_eq!(&got["error"]["code"], &json!(INTERNAL_ERROR));
+                }
+                Ok(changed) => {
+                    proptest::prop_assert_eq!(&f.report, &report, "{}", text);
+                    proptest::prop_assert_eq!(&got["result"], &Value::Object(tree), "{}", text);
+                    // What is not changed goes on byte for byte.
+                    if !changed && !renamed {
+                        proptest::prop_assert_eq!(&out, text.as_bytes());
+                    }
+                }
+            }
+        }
     }
 }

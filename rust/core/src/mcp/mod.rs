@@ -8,6 +8,7 @@ pub mod listing;
 pub mod outcome;
 pub mod reply;
 pub mod request;
+pub mod spans;
 pub mod sse;
 pub mod strict_json;
 

@@ -1,0 +1,713 @@
+//! One message of a server's answer, read as strictly as [`super::strict_json`] reads a
+//! request (the same refusals: not one JSON value, keys that fold alike, numbers beyond
+//! 2^53, nesting past serde_json's limit, too many keys or values), but into where its parts
+//! lie in the bytes instead of into a tree of values.
+//!
+//! A `tools/list` answer is mostly tool definitions that the filter passes on untouched: it
+//! needs each tool's name and where the tool begins and ends, so it can write the kept ones
+//! back as they came. Building a tree for all of it (maps, strings, then writing them out
+//! again) was most of what filtering a list cost. jiter does the tokenizing; this module
+//! walks every value, checks what [`super::strict_json`] checks, and notes the spans.
+//!
+//! Keys of one object are compared by a hash of their folded form (a per-process seed): a
+//! twin always hashes alike, so none is missed; two different keys hashing alike (odds of
+//! 2^-64 a pair, unpredictable to a sender) would only refuse an answer, never pass one. A
+//! twin found, both keys are read again from where they were written to say which it is.
+
+use super::fold::fold_char;
+use super::strict_json::{Ambiguity, StrictError, MAX_KEYS, MAX_SAFE_INTEGER, MAX_VALUES};
+use ahash::{AHashMap, RandomState};
+use arrayvec::ArrayString;
+use jiter::{Jiter, JiterError, Peek};
+use smallvec::SmallVec;
+use std::borrow::Cow;
+use std::collections::hash_map::Entry;
+use std::ops::Range;
+use std::sync::OnceLock;
+
+/// Deepest nesting of arrays and objects read: serde_json's limit, so the request reader and
+/// this one refuse alike.
+const MAX_DEPTH: usize = 127;
+/// Objects with at most this many keys compare hashes in a list instead of a set.
+const SMALL_OBJECT: usize = 8;
+
+/// What kind of JSON value a member holds, where only that matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Object,
+    Other,
+}
+
+/// One message: its JSON-RPC members, and for a result object, what it lists.
+#[derive(Debug, Default)]
+pub struct Message<'a> {
+    /// The message is a JSON object.
+    pub object: bool,
+    /// The first key that is a JSON-RPC key but for case.
+    pub variant: Option<Box<str>>,
+    pub method: bool,
+    /// The span of `id`'s value.
+    pub id: Option<Range<usize>>,
+    pub result: Option<Kind>,
+    pub error: Option<Kind>,
+    /// What a result object holds (when `result` is one).
+    pub listing: Listing<'a>,
+}
+
+/// What a result object holds that a tool list's filter reads.
+#[derive(Debug, Default)]
+pub struct Listing<'a> {
+    /// The first key that is a known result key but for case.
+    pub variant: Option<Box<str>>,
+    /// Some key is `tools` but for case.
+    pub tools_variant: bool,
+    /// `tools`: its entries if it is an array (`Some(Err(()))` if not).
+    pub tools: Option<Result<Vec<Tool<'a>>, ()>>,
+    /// The span of `cacheScope`'s value, and whether that is the string `"private"`.
+    pub cache_scope: Option<(Range<usize>, bool)>,
+}
+
+/// One entry of a `tools` array.
+#[derive(Debug)]
+pub struct Tool<'a> {
+    pub span: Range<usize>,
+    pub object: bool,
+    /// The first key that is a known tool key but for case.
+    pub variant: Option<Box<str>>,
+    /// `name`, when it is a string.
+    pub name: Option<Cow<'a, str>>,
+}
+
+/// Read `body` as one message, noting the case variants of `keys` at each level.
+pub fn read<'a>(body: &'a [u8], keys: &Keys) -> Result<Message<'a>, StrictError> {
+    let mut r = Reader {
+        jiter: Jiter::new(body),
+        body,
+        keys: 0,
+        values: 0,
+        known: keys,
+        fold: Vec::new(),
+    };
+    let message = r.message()?;
+    r.jiter.finish().map_err(syntax)?;
+    Ok(message)
+}
+
+/// The known keys at each level of a message.
+pub struct Keys {
+    pub message: &'static [&'static str],
+    pub result: &'static [&'static str],
+    pub tool: &'static [&'static str],
+}
+
+struct Reader<'a, 'k> {
+    jiter: Jiter<'a>,
+    body: &'a [u8],
+    keys: usize,
+    values: usize,
+    known: &'k Keys,
+    /// Scratch for one key's folded form.
+    fold: Vec<u8>,
+}
+
+/// The keys of one object seen so far: a hash of each one's folded form, and where it was
+/// written (to tell a repeated key from a case variant, when one is found).
+#[derive(Default)]
+struct ObjectKeys {
+    small: SmallVec<[(u64, usize); SMALL_OBJECT]>,
+    large: Option<AHashMap<u64, usize>>,
+}
+
+impl ObjectKeys {
+    /// Add a key by the hash of its folding and where it was written: where a key that
+    /// folds alike was, if one was.
+    fn insert(&mut self, folded: u64, at: usize) -> Option<usize> {
+        if let Some(large) = &mut self.large {
+            return match large.entry(folded) {
+                Entry::Occupied(twin) => Some(*twin.get()),
+                Entry::Vacant(slot) => {
+                    slot.insert(at);
+                    None
+                }
+            };
+        }
+        if let Some(&(_, twin)) = self.small.iter().find(|(f, _)| *f == folded) {
+            return Some(twin);
+        }
+        if self.small.len() < SMALL_OBJECT {
+            self.small.push((folded, at));
+            return None;
+        }
+        let mut large: AHashMap<u64, usize> = self.small.drain(..).collect();
+        large.insert(folded, at);
+        self.large = Some(large);
+        None
+    }
+}
+
+/// The hashing of keys: seeded once per process.
+fn hasher() -> &'static RandomState {
+    static SEED: OnceLock<RandomState> = OnceLock::new();
+    SEED.get_or_init(RandomState::new)
+}
+
+fn syntax(e: JiterError) -> StrictError {
+    StrictError::Syntax(e.to_string())
+}
+
+fn ambiguous(what: Ambiguity) -> StrictError {
+    StrictError::Ambiguous {
+        pointer: String::new(),
+        message: what.describe().into(),
+        what,
+    }
+}
+
+impl<'a> Reader<'a, '_> {
+    fn count_value(&mut self) -> Result<(), StrictError> {
+        self.values += 1;
+        if self.values > MAX_VALUES {
+            return Err(StrictError::TooLarge(format!(
+                "the JSON holds more than {MAX_VALUES} values"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Note one key of an object: `key` as the reader last read it, written at `at` (where
+    /// the reader was before it). Its folding is left in `self.fold`.
+    fn key(&mut self, seen: &mut ObjectKeys, key: &str, at: usize) -> Result<(), StrictError> {
+        self.keys += 1;
+        if self.keys > MAX_KEYS {
+            return Err(StrictError::TooLarge(format!(
+                "the JSON holds more than {MAX_KEYS} object keys"
+            )));
+        }
+        self.fold.clear();
+        if key.is_ascii() {
+            self.fold
+                .extend(key.bytes().map(|b| b.to_ascii_lowercase()));
+        } else {
+            let mut utf8 = [0u8; 4];
+            for c in key.chars() {
+                self.fold
+                    .extend_from_slice(fold_char(c).encode_utf8(&mut utf8).as_bytes());
+            }
+        }
+        let Some(twin) = seen.insert(hasher().hash_one(&self.fold[..]), at) else {
+            return Ok(());
+        };
+        let what = if self.key_at(twin).as_deref() == Some(key) {
+            Ambiguity::DuplicateKey
+        } else {
+            Ambiguity::CaseVariantKeys
+        };
+        Err(ambiguous(what))
+    }
+
+    /// The key written first after `at` (past white space and a `{` or `,`).
+    fn key_at(&self, at: usize) -> Option<String> {
+        let rest = self.body.get(at..)?;
+        let start = rest.iter().position(|b| *b == b'"')?;
+        let mut strings = serde_json::Deserializer::from_slice(&rest[start..]).into_iter();
+        strings.next()?.ok()
+    }
+
+    /// Whether the key just noted is one of `known` but for case (all of them ASCII).
+    fn variant(&self, key: &str, known: &[&str]) -> bool {
+        known
+            .iter()
+            .any(|k| k.as_bytes().eq_ignore_ascii_case(&self.fold) && *k != key)
+    }
+
+    /// Read the next value whatever it is; `depth` is the nesting it is in.
+    fn value(&mut self, peek: Peek, depth: usize) -> Result<(), StrictError> {
+        self.count_value()?;
+        match peek {
+            Peek::Null => self.jiter.known_null().map_err(syntax),
+            Peek::True | Peek::False => self.jiter.known_bool(peek).map(drop).map_err(syntax),
+            Peek::String => self.jiter.known_str().map(drop).map_err(syntax),
+            Peek::Array => {
+                let depth = deeper(depth)?;
+                let mut next = self.jiter.known_array().map_err(syntax)?;
+                while let Some(peek) = next {
+                    self.value(peek, depth)?;
+                    next = self.jiter.array_step().map_err(syntax)?;
+                }
+                Ok(())
+            }
+            Peek::Object => {
+                let depth = deeper(depth)?;
+                let mut seen = ObjectKeys::default();
+                let mut at = self.jiter.current_index();
+                let mut key = self.jiter.known_object().map_err(syntax)?.map(copy_small);
+                while let Some(k) = key {
+                    self.key(&mut seen, &k, at)?;
+                    let peek = self.jiter.peek().map_err(syntax)?;
+                    self.value(peek, depth)?;
+                    at = self.jiter.current_index();
+                    key = self.jiter.next_key().map_err(syntax)?.map(copy_small);
+                }
+                Ok(())
+            }
+            _ => self.number(peek),
+        }
+    }
+
+    /// A number, refused when some decoder would read it rounded.
+    fn number(&mut self, peek: Peek) -> Result<(), StrictError> {
+        let text = self.jiter.known_number_bytes(peek).map_err(syntax)?;
+        let text = std::str::from_utf8(text).map_err(|e| StrictError::Syntax(e.to_string()))?;
+        let digits = text.strip_prefix('-').unwrap_or(text);
+        let magnitude = if digits.bytes().all(|b| b.is_ascii_digit()) {
+            // An integer: exact while it fits 64 bits, and past them plainly too large.
+            match digits.parse::<u64>() {
+                Ok(n) => n as f64,
+                Err(_) => f64::INFINITY,
+            }
+        } else {
+            let f: f64 = text
+                .parse()
+                .map_err(|_| StrictError::Syntax(format!("{text:?} is not a number")))?;
+            if !f.is_finite() {
+                return Err(StrictError::Syntax("number out of range".into()));
+            }
+            f.abs()
+        };
+        if magnitude > MAX_SAFE_INTEGER as f64 {
+            return Err(ambiguous(Ambiguity::UnsafeNumber));
+        }
+        Ok(())
+    }
+
+    /// The span of the value that starts at the next token, read whatever it is.
+    fn spanned(&mut self, depth: usize) -> Result<(Range<usize>, Peek), StrictError> {
+        let peek = self.jiter.peek().map_err(syntax)?;
+        let start = self.jiter.current_index();
+        self.value(peek, depth)?;
+        Ok((start..self.jiter.current_index(), peek))
+    }
+
+    fn message(&mut self) -> Result<Message<'a>, StrictError> {
+        let mut m = Message::default();
+        let peek = self.jiter.peek().map_err(syntax)?;
+        if peek != Peek::Object {
+            self.value(peek, 0)?;
+            return Ok(m);
+        }
+        m.object = true;
+        self.count_value()?;
+        let mut seen = ObjectKeys::default();
+        let mut at = self.jiter.current_index();
+        let mut key = self.jiter.known_object().map_err(syntax)?.map(copy_small);
+        while let Some(k) = key {
+            self.key(&mut seen, &k, at)?;
+            if m.variant.is_none() && self.variant(&k, self.known.message) {
+                m.variant = Some(k.as_str().into());
+            }
+            let peek = self.jiter.peek().map_err(syntax)?;
+            match k.as_str() {
+                "result" if peek == Peek::Object => {
+                    m.result = Some(Kind::Object);
+                    m.listing = self.result()?;
+                }
+                "id" => m.id = Some(self.spanned(1)?.0),
+                _ => {
+                    self.value(peek, 1)?;
+                    let kind = if peek == Peek::Object {
+                        Kind::Object
+                    } else {
+                        Kind::Other
+                    };
+                    match k.as_str() {
+                        "method" => m.method = true,
+                        "result" => m.result = Some(kind),
+                        "error" => m.error = Some(kind),
+                        _ => {}
+                    }
+                }
+            }
+            at = self.jiter.current_index();
+            key = self.jiter.next_key().map_err(syntax)?.map(copy_small);
+        }
+        Ok(m)
+    }
+
+    /// A result object (depth 1 → 2).
+    fn result(&mut self) -> Result<Listing<'a>, StrictError> {
+        let mut listing = Listing::default();
+        self.count_value()?;
+        let mut seen = ObjectKeys::default();
+        let mut at = self.jiter.current_index();
+        let mut key = self.jiter.known_object().map_err(syntax)?.map(copy_small);
+        while let Some(k) = key {
+            self.key(&mut seen, &k, at)?;
+            if self.variant(&k, self.known.result) {
+                listing.tools_variant |= self.variant(&k, &["tools"]);
+                listing.variant.get_or_insert_with(|| k.as_str().into());
+            }
+            match k.as_str() {
+                "tools" => {
+                    let peek = self.jiter.peek().map_err(syntax)?;
+                    if peek == Peek::Array {
+                        listing.tools = Some(Ok(self.tools()?));
+                    } else {
+                        self.value(peek, 2)?;
+                        listing.tools = Some(Err(()));
+                    }
+                }
+                "cacheScope" => {
+                    let (span, _) = self.spanned(2)?;
+                    let private = &self.body[span.clone()] == b"\"private\"";
+                    listing.cache_scope = Some((span, private));
+                }
+                _ => {
+                    let peek = self.jiter.peek().map_err(syntax)?;
+                    self.value(peek, 2)?;
+                }
+            }
+            at = self.jiter.current_index();
+            key = self.jiter.next_key().map_err(syntax)?.map(copy_small);
+        }
+        Ok(listing)
+    }
+
+    /// A `tools` array (depth 2 → 3): each entry's span, and for an object its name.
+    fn tools(&mut self) -> Result<Vec<Tool<'a>>, StrictError> {
+        self.count_value()?;
+        let mut tools = Vec::new();
+        let mut next = self.jiter.known_array().map_err(syntax)?;
+        while let Some(peek) = next {
+            let start = self.jiter.current_index();
+            let mut tool = Tool {
+                span: start..start,
+                object: peek == Peek::Object,
+                variant: None,
+                name: None,
+            };
+            if tool.object {
+                self.tool(&mut tool)?;
+            } else {
+                self.value(peek, 3)?;
+            }
+            tool.span.end = self.jiter.current_index();
+            tools.push(tool);
+            next = self.jiter.array_step().map_err(syntax)?;
+        }
+        Ok(tools)
+    }
+
+    /// One tool object (depth 3 → 4).
+    fn tool(&mut self, tool: &mut Tool<'a>) -> Result<(), StrictError> {
+        self.count_value()?;
+        let mut seen = ObjectKeys::default();
+        let mut at = self.jiter.current_index();
+        let mut key = self.jiter.known_object().map_err(syntax)?.map(copy_small);
+        while let Some(k) = key {
+            self.key(&mut seen, &k, at)?;
+            if tool.variant.is_none() && self.variant(&k, self.known.tool) {
+                tool.variant = Some(k.as_str().into());
+            }
+            let (span, peek) = self.spanned(4)?;
+            if k.as_str() == "name" && peek == Peek::String {
+                tool.name = Some(self.string(span));
+            }
+            at = self.jiter.current_index();
+            key = self.jiter.next_key().map_err(syntax)?.map(copy_small);
+        }
+        Ok(())
+    }
+
+    /// The string whose JSON text is at `span` (read already): borrowed when it has no
+    /// escapes.
+    fn string(&self, span: Range<usize>) -> Cow<'a, str> {
+        let text = &self.body[span.start + 1..span.end - 1];
+        match std::str::from_utf8(text) {
+            Ok(s) if !text.contains(&b'\\') => Cow::Borrowed(s),
+            _ => Cow::Owned(
+                serde_json::from_slice(&self.body[span]).expect("a string read strictly reads"),
+            ),
+        }
+    }
+}
+
+/// One level deeper than `depth`, or refused past serde_json's limit.
+fn deeper(depth: usize) -> Result<usize, StrictError> {
+    if depth >= MAX_DEPTH {
+        return Err(StrictError::Syntax("recursion limit exceeded".into()));
+    }
+    Ok(depth + 1)
+}
+
+/// A key as read, kept while its value is read (jiter lends it only until then): on the
+/// stack for the usual short key.
+enum KeyText {
+    Short(ArrayString<48>),
+    Long(String),
+}
+
+impl KeyText {
+    fn as_str(&self) -> &str {
+        match self {
+            KeyText::Short(s) => s,
+            KeyText::Long(s) => s,
+        }
+    }
+}
+
+impl std::ops::Deref for KeyText {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+fn copy_small(key: &str) -> KeyText {
+    match ArrayString::from(key) {
+        Ok(short) => KeyText::Short(short),
+        Err(_) => KeyText::Long(key.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::strict_json;
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
+
+    const KEYS: Keys = Keys {
+        message: &["jsonrpc", "id", "method", "params", "result", "error"],
+        result: &["tools", "nextCursor", "cacheScope", "ttlMs", "_meta"],
+        tool: &["name", "description"],
+    };
+
+    /// The verdict of a reader: read, or refused as what.
+    fn verdict<T>(r: Result<T, StrictError>) -> Result<(), Option<Ambiguity>> {
+        match r {
+            Ok(_) => Ok(()),
+            Err(StrictError::Ambiguous { what, .. }) => Err(Some(what)),
+            Err(_) => Err(None),
+        }
+    }
+
+    /// Both read `body`, or both refuse it; when it is well-formed JSON, for the same
+    /// ambiguity. (Broken text may be refused for another of its faults first: serde_json
+    /// reads a key before the colon after it, jiter both at once.)
+    fn agree(body: &[u8]) -> Result<(), TestCaseError> {
+        let ours = verdict(read(body, &KEYS));
+        let theirs = verdict(strict_json::parse(body));
+        let text = String::from_utf8_lossy(body);
+        prop_assert_eq!(
+            ours.is_ok(),
+            theirs.is_ok(),
+            "{:?}: {:?} {:?}",
+            text,
+            ours,
+            theirs
+        );
+        if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
+            prop_assert_eq!(ours, theirs, "{:?}", text);
+        }
+        Ok(())
+    }
+
+    /// JSON whose keys often fold alike or repeat, whose numbers reach past 2^53, with
+    /// strings that need escapes.
+    fn tricky_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<u64>().prop_map(|n| json!(n)),
+            (-(MAX_SAFE_INTEGER as i64)..=MAX_SAFE_INTEGER as i64).prop_map(|n| json!(n)),
+            (-1e17f64..1e17).prop_map(|f| json!(f)),
+            "\\PC{0,6}".prop_map(Value::String),
+            "[\"\\\\\u{0}-\u{1f}\u{7f}é\u{2028}]{0,4}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 40, 5, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                proptest::collection::vec(("[aAsSkKſ\u{212a}\"é]{1,3}", inner), 0..5).prop_map(
+                    |members| {
+                        // Written by hand below, so keys may repeat: a Map would merge them.
+                        Value::Array(vec![Value::String("\u{0}obj".into()), json!(members)])
+                    }
+                ),
+            ]
+        })
+    }
+
+    /// `v` as JSON text; `[ "\0obj", [[k, v]...] ]` is written as an object with those members,
+    /// repeated keys and all; `pretty` adds white space.
+    fn write(v: &Value, pretty: bool, out: &mut String) {
+        let gap = if pretty { "\n  " } else { "" };
+        match v {
+            Value::Array(items) if items.first() == Some(&json!("\u{0}obj")) => {
+                out.push('{');
+                for (i, m) in items[1].as_array().unwrap().iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(gap);
+                    out.push_str(&m[0].to_string());
+                    out.push_str(if pretty { ": " } else { ":" });
+                    write(&m[1], pretty, out);
+                }
+                out.push('}');
+            }
+            Value::Array(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(gap);
+                    write(item, pretty, out);
+                }
+                out.push(']');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+
+    /// Bytes that change what JSON text means where they land.
+    fn stray_byte() -> impl Strategy<Value = u8> {
+        prop_oneof![
+            proptest::sample::select(b"{}[]\",:\\ \t\r\n0123456789eE.-+tfnulx".to_vec()),
+            Just(0x00u8),
+            Just(0x1f),
+            Just(0x7f),
+            Just(0x80),
+            Just(0xc3),
+            Just(0xef),
+            Just(0xff),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Whatever the text, valid or broken by a few stray bytes, this reader reads it or
+        /// refuses it as the request reader does (and for the same ambiguity).
+        #[test]
+        fn refuses_what_the_request_reader_refuses(
+            v in tricky_json(),
+            pretty in any::<bool>(),
+            edits in proptest::collection::vec((any::<proptest::sample::Index>(), stray_byte(), 0u8..3), 0..3),
+        ) {
+            let mut text = String::new();
+            write(&v, pretty, &mut text);
+            let mut body = text.into_bytes();
+            for (at, byte, how) in edits {
+                let i = at.index(body.len() + 1);
+                match how {
+                    0 => body.insert(i, byte),
+                    1 if i < body.len() => body[i] = byte,
+                    _ if i < body.len() => {
+                        body.remove(i);
+                    }
+                    _ => {}
+                }
+            }
+            agree(&body)?;
+        }
+    }
+
+    #[test]
+    fn refuses_at_the_same_limits() {
+        for depth in [126, 127, 128, 129] {
+            let deep = "[".repeat(depth) + &"]".repeat(depth);
+            agree(deep.as_bytes()).unwrap();
+            let objects = "{\"a\":".repeat(depth) + "1" + &"}".repeat(depth);
+            agree(objects.as_bytes()).unwrap();
+        }
+        assert!(read(("[".repeat(127) + &"]".repeat(127)).as_bytes(), &KEYS).is_ok());
+        for n in [MAX_VALUES - 1, MAX_VALUES] {
+            let body = format!("[{}]", vec!["0"; n].join(","));
+            agree(body.as_bytes()).unwrap();
+        }
+        for n in [MAX_KEYS, MAX_KEYS + 1] {
+            let keys: Vec<String> = (0..n).map(|i| format!("\"k{i}\":0")).collect();
+            agree(format!("{{{}}}", keys.join(",")).as_bytes()).unwrap();
+        }
+        for n in [
+            "9007199254740991",
+            "-9007199254740991",
+            "9007199254740992",
+            "9007199254740991.5",
+            "9.007199254740991e15",
+            "9.007199254740993e15",
+            "18446744073709551616",
+            "1e308",
+            "1e309",
+            "-0",
+            "0.0e-400",
+            "01",
+            "1.",
+            ".5",
+            "+1",
+            "-",
+            "1e",
+            "Infinity",
+            "NaN",
+        ] {
+            agree(format!("{{\"n\": {n}}}").as_bytes()).unwrap();
+        }
+        for body in [
+            &b"\xef\xbb\xbf{}"[..],
+            b"{} x",
+            b"",
+            b" ",
+            b"{\"a\":\"\\ud800\"}",
+        ] {
+            agree(body).unwrap();
+        }
+        // A twin among few keys and among many (hashed), written plainly or escaped: told
+        // apart as a repeat or a case variant as the request reader tells them.
+        for many in [2, 20] {
+            let keys: Vec<String> = (0..many).map(|i| format!("\"k{i}\": {i}")).collect();
+            for twin in [
+                r#""k1""#,
+                r#""K1""#,
+                r#""\u006b1""#,
+                r#""\u212a1""#,
+                r#""k1 ""#,
+            ] {
+                let body = format!("{{{}, {twin}: [1]}}", keys.join(", "));
+                agree(body.as_bytes()).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn notes_where_a_list_lies() {
+        let body =
+            br#"{"jsonrpc": "2.0", "id": 7, "result": {"tools": [ {"name": "a", "x": [1]}, 5,
+            {"Name": "b"}, {"name": "c\u0041"} ], "cacheScope": "public", "ttlMS": 1}}"#;
+        let m = read(body, &KEYS).unwrap();
+        assert!(m.object && !m.method && m.variant.is_none());
+        assert_eq!(&body[m.id.unwrap()], b"7");
+        assert_eq!(m.result, Some(Kind::Object));
+        let tools = m.listing.tools.unwrap().unwrap();
+        let text = |t: &Tool| {
+            std::str::from_utf8(&body[t.span.clone()])
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(text(&tools[0]), r#"{"name": "a", "x": [1]}"#);
+        assert_eq!(tools[0].name.as_deref(), Some("a"));
+        assert!(!tools[1].object && text(&tools[1]) == "5");
+        assert_eq!(tools[2].variant.as_deref(), Some("Name"));
+        assert_eq!(tools[2].name, None);
+        assert_eq!(tools[3].name.as_deref(), Some("cA"), "escapes decoded");
+        let (scope, private) = m.listing.cache_scope.unwrap();
+        assert_eq!((&body[scope], private), (&b"\"public\""[..], false));
+        assert_eq!(m.listing.variant.as_deref(), Some("ttlMS"));
+        assert!(!m.listing.tools_variant);
+        let hidden = read(br#"{"id": 1, "result": {"ttlMS": 1, "Tools": []}}"#, &KEYS).unwrap();
+        assert_eq!(hidden.listing.variant.as_deref(), Some("ttlMS"));
+        assert!(hidden.listing.tools_variant && hidden.listing.tools.is_none());
+    }
+}
