@@ -1,10 +1,11 @@
 //! What holding a `tools/list` answer to pins costs the list filter: the same 100-tool
 //! answer filtered by a policy without pins, by the same policy with a pins file pinning
-//! every tool as listed (the steady state: each tool's definition is digested and found as
-//! pinned and as last listed), and with one tool listed other than pinned (withheld,
+//! every tool as listed (the steady state: each tool is found listed as last time, and its
+//! definition as pinned), and with one tool listed other than pinned (withheld,
 //! `TOOL_CHANGED`; its drift was counted on the first list, so later lists only withhold).
-//! `definitions_only` reads the 100 definitions alone (digests, titles, hints): the part of
-//! pinning's cost that grows with the tools' size.
+//! `definitions_only` reads the 100 definitions alone (digests, titles, hints): what pinning
+//! would cost if each tool were digested again. `list/1000_tools` filters ten times the tools
+//! (the same catalogue, renamed), which should take ten times as long.
 //!
 //! Each iteration is what the ext_proc filter (rust/server/src/ext_proc.rs) does with one
 //! answer: a [`ListFilter`] fed the whole JSON body, every tool judged by
@@ -197,8 +198,36 @@ fn list(c: &mut Criterion) {
         })
     });
     g.finish();
+
+    // Ten times the tools: the filter's time must grow as the answer does.
+    let many: Vec<Value> = (0..10)
+        .flat_map(|k| {
+            tools.iter().map(move |t| {
+                let mut t = t.clone();
+                t["name"] = format!("{}_r{k}", t["name"].as_str().expect("named")).into();
+                t
+            })
+        })
+        .collect();
+    let many_body = answer(&many);
+    let all_many = pins_file("all-1000.json", &many);
+    let mut g = c.benchmark_group("list/1000_tools");
+    for (name, e) in [("no_pins", engine(None)), ("pinned", engine(Some(&all_many)))] {
+        for _ in 0..2 {
+            let (_, report) = filter(&e, &many_body);
+            assert_eq!((report.shown, report.removed), (660, 340), "{name}");
+        }
+        g.bench_function(name, |b| b.iter(|| filter(&e, black_box(&many_body))));
+    }
+    g.finish();
     let _ = std::fs::remove_dir_all(all.parent().expect("in a directory"));
-    eprintln!("list answer: {} tools, {} bytes", tools.len(), body.len());
+    eprintln!(
+        "list answers: {} tools, {} bytes; {} tools, {} bytes",
+        tools.len(),
+        body.len(),
+        many.len(),
+        many_body.len()
+    );
 }
 
 fn config() -> Criterion {
