@@ -212,7 +212,10 @@ fn list(c: &mut Criterion) {
     let many_body = answer(&many);
     let all_many = pins_file("all-1000.json", &many);
     let mut g = c.benchmark_group("list/1000_tools");
-    for (name, e) in [("no_pins", engine(None)), ("pinned", engine(Some(&all_many)))] {
+    for (name, e) in [
+        ("no_pins", engine(None)),
+        ("pinned", engine(Some(&all_many))),
+    ] {
         for _ in 0..2 {
             let (_, report) = filter(&e, &many_body);
             assert_eq!((report.shown, report.removed), (660, 340), "{name}");

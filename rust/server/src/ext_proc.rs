@@ -281,7 +281,8 @@ impl Exchange {
         })
     }
 
-    /// A list request's headers: its body will change length.
+    /// A list request's headers (the deployed configs do not send them: Envoy then drops the
+    /// length itself): its body will change length.
     fn request_headers(&mut self) -> Response {
         let mut mutation = HeaderMutation::default();
         if let State::List { id: Some(_), .. } = self.state {
