@@ -7,7 +7,9 @@
 //! needs each tool's name and where the tool begins and ends, so it can write the kept ones
 //! back as they came. Building a tree for all of it (maps, strings, then writing them out
 //! again) was most of what filtering a list cost. jiter does the tokenizing; this module
-//! walks every value, checks what [`super::strict_json`] checks, and notes the spans.
+//! walks every value, checks what [`super::strict_json`] checks, and notes the spans. One
+//! refusal is its own: jiter reads no number whose integer part runs to 4,300 digits (Python's
+//! bound on integers), however small the number, so an answer holding one is refused whole.
 //!
 //! Keys of one object are compared by a hash of their folded form (a per-process seed): a
 //! twin always hashes alike, so none is missed; two different keys hashing alike (odds of

@@ -1,0 +1,478 @@
+//! A hostile server against the `tools/list` filter: hidden tools (`delete*`) must never reach
+//! the agent, what goes on must read to a client as the filter judged it, and the span reader
+//! must refuse what the request reader refuses. `a_long_integer_part_...` fails on the current
+//! code (a flaw, failing closed); `multi_line_data_...` and `a_long_event_line_...` failed on
+//! 8487679 and pass since f3eac09, which fixed what they show.
+
+use proptest::prelude::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+use toolgate_core::listed::ListedTool;
+use toolgate_core::mcp::answer::Framing;
+use toolgate_core::mcp::listing::{filter_result, ListFilter, ListReport, INTERNAL_ERROR};
+use toolgate_core::mcp::{spans, strict_json};
+use toolgate_core::visibility::Visibility;
+use toolgate_core::Code;
+
+/// The keys the filter knows (listing.rs), of which a case variant is refused.
+const KEYS: spans::Keys = spans::Keys {
+    message: &["jsonrpc", "id", "method", "params", "result", "error"],
+    result: &["tools", "nextCursor", "cacheScope", "ttlMs", "_meta"],
+    tool: &toolgate_core::definition::DIGESTED,
+};
+
+/// Hides `delete*`; a tool whose name ends in `x` is shown or hidden by who asks. Reads the
+/// tool's object, as a pin does: its text must read again.
+fn hide(name: &str, tool: &ListedTool<'_>) -> Visibility {
+    assert!(tool.object().get("name").is_some());
+    let removed = name.starts_with("delete").then_some(Code::Hidden);
+    let per_subject = name.ends_with('x');
+    Visibility {
+        removed,
+        per_subject,
+    }
+}
+
+fn filter(framing: Framing, body: &[u8]) -> (Vec<u8>, ListReport) {
+    let mut f = ListFilter::new(Ok(framing), Some(json!(1)), hide);
+    let out = f.feed(body, true);
+    (out, f.report)
+}
+
+/// Whether the span reader and the request reader read `body`: they must agree.
+fn verdicts(body: &[u8]) -> (bool, bool) {
+    let ours = spans::read(body, &KEYS).is_ok();
+    (ours, strict_json::parse(body).is_ok())
+}
+
+/// The filter's answer to `body`: `None` if refused, else the result it sends (null for a
+/// server's request or an error, which go on as they came). No hidden tool may be in it.
+fn judged(body: &[u8]) -> Option<Value> {
+    let (out, report) = filter(Framing::Json, body);
+    let message: Value = serde_json::from_slice(&out).expect("the filter writes JSON");
+    if report.refused.is_some() {
+        assert_eq!(message["error"]["code"], INTERNAL_ERROR);
+        return None;
+    }
+    if message.get("method").is_some() || message.get("error").is_some() {
+        assert_eq!(out, body, "a request or an error goes on as it came");
+        return Some(Value::Null);
+    }
+    let tools = message["result"]["tools"].as_array().expect("a list");
+    let names = tools.iter().filter_map(|t| t["name"].as_str());
+    assert!(names.clone().all(|n| !n.starts_with("delete")), "{names:?}");
+    Some(message["result"].clone())
+}
+
+fn only_read() -> Value {
+    json!([{"name": "read"}])
+}
+
+fn list(tools: &str) -> String {
+    format!(r#"{{"jsonrpc":"2.0","id":1,"result":{{"tools":[{tools}]}}}}"#)
+}
+
+/// The data of each event a WHATWG client dispatches from `stream`.
+fn client_events(stream: &[u8]) -> Vec<Vec<u8>> {
+    let mut rest = stream.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(stream);
+    let (mut events, mut data) = (Vec::new(), Vec::new());
+    while let Some(at) = rest.iter().position(|b| *b == b'\n' || *b == b'\r') {
+        let line = &rest[..at];
+        rest = &rest[at + 1 + usize::from(rest[at..].starts_with(b"\r\n"))..];
+        if line.is_empty() && !data.is_empty() {
+            data.pop();
+            events.push(std::mem::take(&mut data));
+        }
+        if let Some(value) = line
+            .strip_prefix(b"data:")
+            .or((line == b"data").then_some(&[][..]))
+        {
+            data.extend_from_slice(value.strip_prefix(b" ").unwrap_or(value));
+            data.push(b'\n');
+        }
+    }
+    events
+}
+
+#[test]
+fn escapes_in_names_and_keys_are_decoded_before_judging() {
+    let removed = [
+        r#"{"name":"delete\u005fx"}"#,
+        r#"{"n\u0061me":"delete_x"}"#,
+        r#"{"\u006e\u0061\u006d\u0065":"\u0064elete"}"#,
+        r#"{"name":"delete\ud83d\ude00"}"#,
+        r#"{"name":"\u0064\u0065\u006c\u0065\u0074\u0065"}"#,
+    ];
+    for tool in removed {
+        let body = list(&format!(r#"{tool},{{"name":"read"}}"#));
+        let result = judged(body.as_bytes()).expect("read");
+        assert_eq!(result["tools"], only_read(), "{body}");
+    }
+    let refused = [
+        r#"{"name":"read","name":"delete"}"#,
+        r#"{"name":"read","n\u0061me":"delete"}"#,
+        r#"{"NAME":"delete","name":"read"}"#,
+        r#"{"name":"read","Name":"delete"}"#,
+        r#"{"name":"delete\ud83d"}"#,
+        r#"{"name":"delete\udc00x"}"#,
+        r#"{"name":"delete\ud800\u0041"}"#,
+        r#"{"name":"read","deſcription":"x"}"#,
+        r#"{"name":"delete"},{"name":"delete","x":1}"#,
+        r#""delete""#,
+    ];
+    for tool in refused {
+        let body = list(tool);
+        assert_eq!(judged(body.as_bytes()), None, "{body}");
+    }
+}
+
+#[test]
+fn key_twins_are_refused_at_every_level_and_object_size() {
+    let twins = [("k", "K"), ("k", "\u{212a}"), ("ks", "k\u{17f}")];
+    for (a, b) in twins
+        .into_iter()
+        .chain([("a", r"\u0061"), ("id", "\u{131}d"), ("ǆ", "ǅ")])
+    {
+        // Up to 8 keys are compared in a list, past that by a hash set.
+        for fillers in [0, 6, 7, 8, 9, 20] {
+            for first in [0, fillers / 2, fillers] {
+                let mut keys: Vec<String> = (0..fillers).map(|i| format!("\"f{i}\":{i}")).collect();
+                keys.insert(first, format!("\"{a}\":1"));
+                keys.push(format!("\"{b}\":2"));
+                let object = format!("{{{}}}", keys.join(","));
+                for body in [
+                    format!(r#"{{"jsonrpc":"2.0","x":{object},"id":1,"result":{{"tools":[]}}}}"#),
+                    format!(r#"{{"id":1,"result":{{"tools":[],"_meta":{object}}}}}"#),
+                    list(&format!(r#"{{"name":"read","inputSchema":{object}}}"#)),
+                    list(&format!(r#"{{"name":"read","x":[[{object}]]}}"#)),
+                ] {
+                    assert_eq!(verdicts(body.as_bytes()), (false, false), "{body}");
+                    assert_eq!(judged(body.as_bytes()), None, "{body}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn lists_in_odd_places_and_odd_messages_are_refused() {
+    let (d, t) = (r#"{"name":"delete"}"#, r#"{"tools":[{"name":"delete_x"}]}"#);
+    for body in [
+        format!(r#"{{"id":1,"result":{t},"result":{t}}}"#),
+        format!(r#"{{"id":1,"result":{{"tools":[],"Tools":[{d}]}}}}"#),
+        format!(r#"{{"id":1,"result":{{"toolſ":[{d}],"tools":[]}}}}"#),
+        format!(r#"{{"id":1,"result":{{"_meta":{t}}}}}"#),
+        format!(r#"{{"id":1,"result":{{"tools":{{"0":{d}}}}}}}"#),
+        format!(r#"{{"id":1,"result":{{"tools":[[{d}]]}}}}"#),
+        format!(r#"{{"id":1,"result":{t},"error":{{"code":1,"message":"m"}}}}"#),
+        format!(r#"{{"id":1,"result":{t},"error":null}}"#),
+        format!(r#"{{"id":1,"method":"x","result":{t}}}"#),
+        format!(r#"{{"id":1,"method":null,"result":{t}}}"#),
+        format!(r#"{{"ID":1,"id":1,"result":{t}}}"#),
+        format!(r#"{{"id":1,"Result":{t},"result":{{"tools":[]}}}}"#),
+        format!(r#"{{"id":1.0,"result":{t}}}"#),
+        format!(r#"{{"id":-0,"result":{t}}}"#),
+        format!(r#"{{"id":"1","result":{t}}}"#),
+        format!(r#"{{"id":{{"a":1}},"result":{t}}}"#),
+        format!(r#"{{"result":{t}}}"#),
+        format!(r#"[{{"id":1,"result":{t}}}]"#),
+    ] {
+        assert_eq!(judged(body.as_bytes()), None, "{body}");
+    }
+}
+
+#[test]
+fn text_that_is_not_one_strict_json_value_is_refused() {
+    let list = list(r#"{"name":"delete_x"},{"name":"read"}"#).into_bytes();
+    let at = list.iter().position(|b| *b == b'[').unwrap() + 1;
+    let name = list.windows(6).position(|w| w == b"delete").unwrap() + 6;
+    let key = list.windows(6).position(|w| w == b"\"name\"").unwrap() + 3;
+    let mut bodies = Vec::new();
+    for space in b"\x0c|\x0b|\xc2\xa0|\x00|\xe2\x80\xa8".split(|b| *b == b'|') {
+        bodies.push([&list[..at], space, &list[at..]].concat());
+    }
+    let bytes = b"\xff|\xc0\xae|\xed\xa0\x80|\xf4\x90\x80\x80|\xc3|\x01|\t|\n|\\x|\\u00G0";
+    for byte in bytes.split(|b| *b == b'|') {
+        bodies.push([&list[..name], byte, &list[name..]].concat());
+        bodies.push([&list[..key], byte, &list[key..]].concat());
+    }
+    bodies.push([&b"\xef\xbb\xbf"[..], &list].concat());
+    bodies.push([&list[..], b" x"].concat());
+    bodies.push([&list[..], &list].concat());
+    bodies.push(list[..list.len() - 1].to_vec());
+    for body in bodies {
+        assert_eq!(verdicts(&body), (false, false), "{body:?}");
+        assert_eq!(judged(&body), None, "{body:?}");
+    }
+}
+
+/// The one place the two readers part: jiter refuses a number whose integer part runs to
+/// 4,300 digits (its bound, as Python's on integers), however small the number:
+/// `1000…0e-4300` is 1.0 to serde_json. The list filter refuses such an answer whole (fail
+/// closed), one digit fewer passes.
+#[test]
+fn a_number_with_an_integer_part_of_4300_digits_refuses_the_list() {
+    let one = format!("1{}e-4300", "0".repeat(4300));
+    let body = list(&format!(r#"{{"name":"read","x":{one}}}"#));
+    assert_eq!(verdicts(body.as_bytes()), (false, true));
+    assert_eq!(judged(body.as_bytes()), None);
+    let shorter = format!("1{}e-4299", "0".repeat(4299));
+    let body = list(&format!(r#"{{"name":"read","x":{shorter}}}"#));
+    assert_eq!(verdicts(body.as_bytes()), (true, true));
+}
+
+#[test]
+fn nesting_inside_a_list_is_limited_as_serde_json_limits_it() {
+    // The message, result, tools array and tool take four levels: 123 more reach 127.
+    for k in 120..=126 {
+        let deep = format!("{}{}", "[".repeat(k), "]".repeat(k));
+        let error = format!(r#"{{"id":1,"error":{{"code":1,"message":"m","data":[[{deep}]]}}}}"#);
+        let body = list(&format!(r#"{{"name":"read","x":{deep}}}"#));
+        assert_eq!(verdicts(error.as_bytes()), (k <= 123, k <= 123), "{k}");
+        assert_eq!(verdicts(body.as_bytes()), (k <= 123, k <= 123), "{k}");
+        assert_eq!(judged(body.as_bytes()).is_some(), k <= 123, "{k}");
+    }
+}
+
+/// This thread's CPU time (Linux), so a loaded machine does not skew what is measured.
+fn cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    let ns = stat.split(' ').next().and_then(|n| n.parse().ok());
+    Duration::from_nanos(ns.unwrap_or(0))
+}
+
+#[test]
+fn many_tiny_tools_up_to_the_key_limit_take_linear_time() {
+    let body = |n: usize| {
+        let name = |i: usize| format!(r#"{{"name":"{}{i}"}}"#, ["delete", "r"][i % 2]);
+        list(&(0..n).map(name).collect::<Vec<_>>().join(","))
+    };
+    // Three keys in the message, one in the result, one in each tool: 100,000 in all.
+    let (most, over) = (body(99_996), body(99_997));
+    assert_eq!(verdicts(over.as_bytes()), (false, false));
+    assert_eq!(judged(over.as_bytes()), None);
+    let result = judged(most.as_bytes()).expect("read");
+    assert_eq!(result["tools"].as_array().unwrap().len(), 49_998);
+    let time = |b: &str| {
+        let start = cpu();
+        filter(Framing::Json, b.as_bytes());
+        cpu() - start
+    };
+    let (t1, t8) = (time(&body(12_000)), time(&most));
+    assert!(t8 < t1 * 40 + Duration::from_millis(50), "{t1:?} {t8:?}");
+}
+
+#[test]
+fn the_answer_goes_back_under_the_agents_id_however_the_server_writes_ours() {
+    let tools = r#""result":{"tools":[{"name":"delete"},{"name":"read"}]}"#;
+    let answer = |id: &str| {
+        let ours = ListFilter::new(Ok(Framing::Json), Some(json!("toolgate-1")), hide);
+        let mut f = ours.replying_as(json!(7));
+        let body = format!(r#"{{"jsonrpc":"2.0","id":{id},{tools}}}"#);
+        let out: Value = serde_json::from_slice(&f.feed(body.as_bytes(), true)).unwrap();
+        assert_eq!(out["id"], 7, "{body}");
+        assert!(!out.to_string().contains("delete"), "{body}");
+        (out["result"]["tools"].clone(), f.report.refused.is_some())
+    };
+    for id in r#""toolgate-1" "toolgate\u002d1" "\u0074oolgate-1""#.split(' ') {
+        assert_eq!(answer(id), (only_read(), false), "{id}");
+    }
+    for id in r#"7 "toolgate-2" "toolgate-1","id":"toolgate-1" ["toolgate-1"]"#.split(' ') {
+        assert_eq!(answer(id), (Value::Null, true), "{id}");
+    }
+}
+
+#[test]
+fn event_stream_framing_tricks_hide_nothing() {
+    let answer = list(r#"{"name":"delete_x"},{"name":"read"}"#);
+    let note = r#"{"jsonrpc":"2.0","method":"n"}"#;
+    for s in [
+        format!("event: message\r\ndata: {answer}\r\n\r\n"),
+        format!("data:{answer}\r\r"),
+        format!("\u{feff}: hi\nretry: 5\nid: 3\ndata: {answer}\n\n"),
+        format!("data: {note}\n\ndata: {answer}\n\ndata: {answer}\n\n"),
+    ] {
+        for cut in 0..s.len() {
+            let mut f = ListFilter::new(Ok(Framing::EventStream), Some(json!(1)), hide);
+            let mut out = f.feed(&s.as_bytes()[..cut], false);
+            out.extend(f.feed(&s.as_bytes()[cut..], true));
+            let text = String::from_utf8_lossy(&out).into_owned();
+            assert!(!text.contains("delete"), "{s:?}: {text:?}");
+            let events = client_events(&out);
+            let last: Value = serde_json::from_slice(events.last().unwrap()).unwrap_or_default();
+            assert_eq!(last["result"]["tools"], only_read(), "{text:?}");
+        }
+    }
+    for s in [
+        format!("Data: {answer}\n\n"),
+        format!("data: {answer}\n {answer}\n\n"),
+        format!("data: {answer}\ndata: {answer}\n\n"),
+        format!("data: {}\n\n", &answer[..answer.len() - 1]),
+    ] {
+        let mut f = ListFilter::new(Ok(Framing::EventStream), Some(json!(1)), hide);
+        let out = f.feed(s.as_bytes(), true);
+        assert!(f.report.refused.is_some(), "{s:?}");
+        assert!(!String::from_utf8_lossy(&out).contains("delete"), "{s:?}");
+    }
+}
+
+/// Failed before f3eac09: an answer whose JSON spans several `data:` lines (joined by LF, as
+/// the format says) was filtered as one message, but its bytes, LFs and all, were written back
+/// as one `data:` line (sse.rs `Event::with_data`): a client reads only the text before the
+/// first LF, a message cut short. Every list answer is edited, if only for the agent's id.
+#[test]
+fn multi_line_data_events_reach_the_client_whole() {
+    let ours = r#"{"jsonrpc":"2.0","id":"toolgate-1","result":{"tools":["#;
+    let answer = [ours, r#"{"name":"delete_x"},"#, r#"{"name":"read"}]}}"#];
+    for stream in [
+        format!("data: {}\n\n", answer.join("\ndata: ")),
+        // Nothing removed, but the id is the agent's; an empty data line makes the text's LF.
+        format!("data\ndata: {ours}{}\n\n", answer[2]),
+    ] {
+        let ours = ListFilter::new(Ok(Framing::EventStream), Some(json!("toolgate-1")), hide);
+        let out = ours.replying_as(json!(7)).feed(stream.as_bytes(), true);
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let got: Value = serde_json::from_slice(&client_events(&out)[0]).unwrap_or_default();
+        assert_eq!(got["id"], 7, "{text:?}");
+        assert_eq!(got["result"]["tools"], only_read(), "{text:?}");
+    }
+}
+
+/// Failed before f3eac09: the event splitter scanned the whole unfinished line again for
+/// every chunk (sse.rs `EventSplitter::feed`), so a server sending one long line in small
+/// chunks made the work quadratic: 16 MiB in 1 KiB chunks is ~128 GiB scanned.
+#[test]
+fn a_long_event_line_in_small_chunks_is_split_in_linear_time() {
+    let mut line = b"data: ".to_vec();
+    line.resize(256 << 10, b' ');
+    let time = |chunk: usize| {
+        let mut f = ListFilter::new(Ok(Framing::EventStream), Some(json!(1)), hide);
+        let start = cpu();
+        line.chunks(chunk).for_each(|c| drop(f.feed(c, false)));
+        cpu() - start
+    };
+    let (whole, chunked) = (time(line.len()), time(64));
+    let linear = whole * 20 + Duration::from_millis(100);
+    assert!(chunked < linear, "{whole:?} {chunked:?}");
+}
+
+/// A JSON string, each character written as an escape where `mask` says.
+fn enc(s: &str, mask: u64) -> String {
+    let mut out = String::from("\"");
+    for (i, c) in s.chars().enumerate() {
+        match mask >> (i % 64) & 1 {
+            1 => c
+                .encode_utf16(&mut [0; 2])
+                .iter()
+                .for_each(|u| out += &format!("\\u{u:04x}")),
+            _ => out.push(c),
+        }
+    }
+    out + "\""
+}
+
+/// Mostly one of `plain`, now and then one of `odd` (each split at white space).
+fn word(plain: &'static str, odd: &'static str) -> impl Strategy<Value = &'static str> {
+    let pick = |s: &'static str| prop::sample::select(s.split_whitespace().collect::<Vec<_>>());
+    prop_oneof![6 => pick(plain), 1 => pick(odd)]
+}
+
+/// Members, shuffled, as a JSON object.
+fn object(members: Vec<String>) -> impl Strategy<Value = String> {
+    Just(members)
+        .prop_shuffle()
+        .prop_map(|m| format!("{{{}}}", m.join(",")))
+}
+
+/// A tool: a name (escaped here and there) or none, keys that fold like known ones, numbers
+/// at the limits (or not numbers), and up to 11 more keys (past 8, compared by hash).
+fn tool() -> impl Strategy<Value = String> {
+    let names = "read delete_x delete list é x\u{1F600}";
+    let name = (word(names, names), any::<u64>());
+    let keys = word(
+        "description title x k s a b c",
+        "Description deſcription X \u{212a} ſ NAME",
+    );
+    let odd = r#"{"a":{"A":1}} 9007199254740992 1E400 0e999999999999 -1e309 9007199254740991
+        -9007199254740992 9007199254740992e0 9007199254740991.4999999999999999 9007199254740991.5
+        4e-324 18446744073709551616 1.7976931348623157e308 01 1. - +1 .5 1e 0x10 NaN -Infinity"#;
+    let values = word(r#"1 -0 1e-400 1.5 "d" null [[1]] {"a":{"b":1}}"#, odd);
+    let member = (keys, any::<u64>(), values).prop_map(|(k, m, v)| format!("{}:{v}", enc(k, m)));
+    let name = name.prop_map(|(n, m)| format!("\"name\":{}", enc(n, m & m >> 7)));
+    let members = prop::collection::vec(member, 0..3);
+    (prop::option::weighted(0.95, name), members, 0usize..12).prop_flat_map(|(n, mut m, f)| {
+        m.extend(n.into_iter().chain((0..f).map(|i| format!("\"f{i}\":{i}"))));
+        object(m)
+    })
+}
+
+fn message() -> impl Strategy<Value = String> {
+    let tools = prop::collection::vec(tool(), 0..6);
+    let extra = word(
+        r#""nextCursor":"c" "cacheScope":"public" "_meta":{} "cacheScope":"private""#,
+        r#""Tools":[] "toolſ":[] "tools":[] "ttlMS":1"#,
+    );
+    let result = (tools, prop::collection::vec(extra, 0..2)).prop_flat_map(|(t, extra)| {
+        let mut m: Vec<String> = extra.into_iter().map(String::from).collect();
+        m.push(format!("\"tools\":[{}]", t.join(",")));
+        object(m)
+    });
+    let id = word("1", r#"1.0 "1" {"a":1} -0"#);
+    let top = word(
+        r#""params":{} "_x":1"#,
+        r#""method":"x" "error":{} "ID":1 "Result":{} "result":{}"#,
+    );
+    (result, id, prop::option::weighted(0.3, top)).prop_flat_map(|(r, id, top)| {
+        let mut m = vec![r#""jsonrpc":"2.0""#.into(), format!("\"id\":{id}")];
+        m.push(format!("\"result\":{r}"));
+        m.extend(top.map(String::from));
+        object(m)
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 1500, failure_persistence: None, ..ProptestConfig::default()
+    })]
+
+    /// Generated answers, with white space or a stray byte added: both readers agree, no
+    /// hidden tool goes on, what goes on is what the tree filter keeps (byte for byte when
+    /// it keeps all), and an event stream carries exactly what the JSON body does.
+    #[test]
+    fn generated_answers_are_read_filtered_and_framed_alike(
+        text in message(),
+        ws in prop::collection::vec(prop::sample::select(vec![" ", "\n", "\t", "\r\n"]), 0..4),
+        stray in prop::option::weighted(0.2, (any::<prop::sample::Index>(),
+            prop::sample::select(b"\x0b\x0c\xa0\xc3\x00\"\\,:{}[]".to_vec()))),
+    ) {
+        let mut text = text.into_bytes();
+        for (i, w) in ws.iter().enumerate() {
+            let mut gaps = text.iter().enumerate().filter(|(_, b)| b",:[{".contains(b));
+            if let Some((at, _)) = gaps.nth(i * 3) {
+                text.splice(at + 1..at + 1, w.bytes());
+            }
+        }
+        if let Some((at, byte)) = stray {
+            text.insert(at.index(text.len() + 1), byte);
+        }
+        let (ours, theirs) = verdicts(&text);
+        prop_assert_eq!(ours, theirs, "{:?}", String::from_utf8_lossy(&text));
+        let (out, report) = filter(Framing::Json, &text);
+        if let Some(result) = judged(&text).filter(|r| !r.is_null()) {
+            let Ok(Value::Object(mut tree)) = strict_json::parse(&text) else { panic!("read") };
+            let Some(Value::Object(mut kept)) = tree.remove("result") else { panic!("result") };
+            let mut theirs = ListReport::default();
+            let changed = filter_result(&mut kept, hide, &mut theirs);
+            prop_assert_eq!(&report, &theirs);
+            prop_assert_eq!(result, Value::Object(kept));
+            prop_assert!(changed.is_ok());
+            if changed == Ok(false) {
+                prop_assert_eq!(&out, &text);
+            }
+        }
+        let line: Vec<u8> = text.iter().map(|&b| if b"\r\n".contains(&b) { b' ' } else { b }).collect();
+        let stream = [&b"event: message\ndata: "[..], &line, b"\n\n"].concat();
+        let (sse, _) = filter(Framing::EventStream, &stream);
+        prop_assert_eq!(client_events(&sse), vec![filter(Framing::Json, &line).0]);
+    }
+}
