@@ -21,7 +21,7 @@ use crate::counter::{to_units, CounterKey, CounterTable, UNITS_PER_CALL};
 use crate::decision::{Code, Confirmation, Decision, Limits, Text, Verdict};
 use crate::decision_log::{Call, DecisionSink, Record};
 use crate::limiter::{self, Want};
-use crate::marks::{MarkState, Marks, MarksSeen, Read, ReadBits, MAX_READS};
+use crate::marks::{MarkNames, MarkState, Marks, MarksSeen, Read, ReadBits, MAX_READS};
 use crate::policy::{Action, Compare, ConditionItem, Fallback, Policy, Scope};
 use crate::sightings::Sightings;
 use crate::stats::{Api, Stats, OTHER_TOOLS};
@@ -29,6 +29,7 @@ use crate::store::CounterStore;
 use crate::trace::{LimitsEnd, List, NoTrace, Trace};
 use arc_swap::ArcSwap;
 use arrayvec::ArrayVec;
+use smallvec::SmallVec;
 use std::sync::{Arc, OnceLock};
 
 /// Default counter-table size: slots and reservation-log entries.
@@ -543,7 +544,7 @@ impl Engine {
                     Checked::AwaitMarks => unread(&out, r),
                 };
                 let mut d = d;
-                d.marks = mark_reads.seen(Vec::new());
+                d.marks = mark_reads.seen(MarkNames::new());
                 return d;
             }
         }
@@ -553,7 +554,7 @@ impl Engine {
             (Some(r), Some(a)) if !req.dry_run => match self.approval_gate(a, r, req, &out) {
                 Gate::Stop(mut d) => {
                     // Waiting for a person sets nothing; what it read was read.
-                    d.marks = MarkReads::seen_of(&reading, Vec::new());
+                    d.marks = MarkReads::seen_of(&reading, MarkNames::new());
                     return d;
                 }
                 // The approval it holds, kept apart from the gate (which holds a whole
@@ -573,7 +574,7 @@ impl Engine {
         ) {
             match self.confirmation_gate(r, c, req, &out) {
                 Confirmed::Stop(mut d) => {
-                    d.marks = MarkReads::seen_of(&reading, Vec::new());
+                    d.marks = MarkReads::seen_of(&reading, MarkNames::new());
                     return d;
                 }
                 Confirmed::Run(wants) => {
@@ -594,7 +595,7 @@ impl Engine {
         // A limit's denial when marks are still to be judged: conditions come first.
         let mut held: Option<(Decision, bool)> = None;
         let reads = if deferred.is_empty() {
-            Vec::new()
+            SmallVec::new()
         } else {
             reading
                 .as_mut()
@@ -713,7 +714,7 @@ impl Engine {
                 if !shadowed(r) {
                     self.give_back(&parts);
                     let mut d = d;
-                    d.marks = mark_reads.seen(Vec::new());
+                    d.marks = mark_reads.seen(MarkNames::new());
                     return d;
                 }
                 deny!(true, d);
@@ -802,7 +803,7 @@ impl Engine {
         if marked {
             let set = match d.verdict {
                 Verdict::Allow => set_marks(rules.clone()),
-                _ => Vec::new(),
+                _ => MarkNames::new(),
             };
             d.marks = MarkReads::seen_of(&reading, set);
         }
@@ -1145,18 +1146,18 @@ const MARK_UNITS: u64 = 1;
 /// The marks the deferred rules read: a counter read for each the call names a scope value
 /// for, and what each was found to be.
 struct MarkReads {
-    reads: Vec<Read>,
+    reads: SmallVec<[Read; 2]>,
     marks: Marks,
     /// For each mark, its read's index (none when the call names no scope value for it).
-    index: Vec<Option<usize>>,
+    index: SmallVec<[Option<usize>; 2]>,
 }
 
 impl MarkReads {
     fn of(rules: &[&CompiledRule], subject: &Subject<'_>) -> MarkReads {
         let mut out = MarkReads {
-            reads: Vec::new(),
+            reads: SmallVec::new(),
             marks: Marks::default(),
-            index: Vec::new(),
+            index: SmallVec::new(),
         };
         for mark in rules.iter().flat_map(|r| &r.mark_reads) {
             if out.marks.0.iter().any(|(n, _)| *n == mark.name) {
@@ -1183,12 +1184,12 @@ impl MarkReads {
     }
 
     /// [`MarkReads::seen`] of a section's reads (none where it uses no marks).
-    fn seen_of(reading: &Option<MarkReads>, set: Vec<Box<str>>) -> Option<Box<MarksSeen>> {
+    fn seen_of(reading: &Option<MarkReads>, set: MarkNames) -> Option<Box<MarksSeen>> {
         reading.as_ref().and_then(|r| r.seen(set))
     }
 
     /// What a decision reports of its marks: those read, and `set`.
-    fn seen(&self, set: Vec<Box<str>>) -> Option<Box<MarksSeen>> {
+    fn seen(&self, set: MarkNames) -> Option<Box<MarksSeen>> {
         if self.marks.0.is_empty() && set.is_empty() {
             return None;
         }
@@ -1215,8 +1216,8 @@ impl MarkReads {
 }
 
 /// The names of the marks `rules` set, once each.
-fn set_marks<'r>(rules: impl Iterator<Item = &'r CompiledRule>) -> Vec<Box<str>> {
-    let mut names: Vec<Box<str>> = Vec::new();
+fn set_marks<'r>(rules: impl Iterator<Item = &'r CompiledRule>) -> MarkNames {
+    let mut names = MarkNames::new();
     for mark in rules.flat_map(|r| &r.marks) {
         if !names.contains(&mark.name) {
             names.push(mark.name.clone());
