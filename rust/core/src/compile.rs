@@ -145,8 +145,7 @@ impl SectionPins {
 /// A mark some rule sets: its counter (the mark's ttl is the window), and what the rule's
 /// want of it reserves (one unit, never refused).
 pub struct CompiledMark {
-    /// Shared with every decision that reads or sets it (no copy per decision).
-    pub name: Arc<str>,
+    pub name: Box<str>,
     pub scope: Scope,
     pub ttl_ms: u64,
     pub identity: u64,

@@ -21,7 +21,7 @@ use crate::counter::{to_units, CounterKey, CounterTable, UNITS_PER_CALL};
 use crate::decision::{Code, Confirmation, Decision, Limits, Text, Verdict};
 use crate::decision_log::{Call, DecisionSink, Record};
 use crate::limiter::{self, Want};
-use crate::marks::{MarkNames, MarkState, Marks, MarksSeen, Read, ReadBits, MAX_READS};
+use crate::marks::{MarkState, Marks, MarksSeen, Read, ReadBits, MAX_READS};
 use crate::policy::{Action, Compare, ConditionItem, Fallback, Policy, Scope};
 use crate::sightings::Sightings;
 use crate::stats::{Api, Stats, OTHER_TOOLS};
@@ -29,7 +29,6 @@ use crate::store::CounterStore;
 use crate::trace::{LimitsEnd, List, NoTrace, Trace};
 use arc_swap::ArcSwap;
 use arrayvec::ArrayVec;
-use smallvec::SmallVec;
 use std::sync::{Arc, OnceLock};
 
 /// Default counter-table size: slots and reservation-log entries.
@@ -544,7 +543,7 @@ impl Engine {
                     Checked::AwaitMarks => unread(&out, r),
                 };
                 let mut d = d;
-                d.marks = mark_reads.seen(MarkNames::new());
+                d.marks = mark_reads.seen(Vec::new());
                 return d;
             }
         }
@@ -554,7 +553,7 @@ impl Engine {
             (Some(r), Some(a)) if !req.dry_run => match self.approval_gate(a, r, req, &out) {
                 Gate::Stop(mut d) => {
                     // Waiting for a person sets nothing; what it read was read.
-                    d.marks = MarkReads::seen_of(&reading, MarkNames::new());
+                    d.marks = MarkReads::seen_of(&reading, Vec::new());
                     return d;
                 }
                 // The approval it holds, kept apart from the gate (which holds a whole
@@ -574,7 +573,7 @@ impl Engine {
         ) {
             match self.confirmation_gate(r, c, req, &out) {
                 Confirmed::Stop(mut d) => {
-                    d.marks = MarkReads::seen_of(&reading, MarkNames::new());
+                    d.marks = MarkReads::seen_of(&reading, Vec::new());
                     return d;
                 }
                 Confirmed::Run(wants) => {
@@ -595,7 +594,7 @@ impl Engine {
         // A limit's denial when marks are still to be judged: conditions come first.
         let mut held: Option<(Decision, bool)> = None;
         let reads = if deferred.is_empty() {
-            SmallVec::new()
+            Vec::new()
         } else {
             reading
                 .as_mut()
@@ -714,7 +713,7 @@ impl Engine {
                 if !shadowed(r) {
                     self.give_back(&parts);
                     let mut d = d;
-                    d.marks = mark_reads.seen(MarkNames::new());
+                    d.marks = mark_reads.seen(Vec::new());
                     return d;
                 }
                 deny!(true, d);
@@ -803,7 +802,7 @@ impl Engine {
         if marked {
             let set = match d.verdict {
                 Verdict::Allow => set_marks(rules.clone()),
-                _ => MarkNames::new(),
+                _ => Vec::new(),
             };
             d.marks = MarkReads::seen_of(&reading, set);
         }
@@ -1146,18 +1145,18 @@ const MARK_UNITS: u64 = 1;
 /// The marks the deferred rules read: a counter read for each the call names a scope value
 /// for, and what each was found to be.
 struct MarkReads {
-    reads: SmallVec<[Read; 2]>,
+    reads: Vec<Read>,
     marks: Marks,
     /// For each mark, its read's index (none when the call names no scope value for it).
-    index: SmallVec<[Option<usize>; 2]>,
+    index: Vec<Option<usize>>,
 }
 
 impl MarkReads {
     fn of(rules: &[&CompiledRule], subject: &Subject<'_>) -> MarkReads {
         let mut out = MarkReads {
-            reads: SmallVec::new(),
+            reads: Vec::new(),
             marks: Marks::default(),
-            index: SmallVec::new(),
+            index: Vec::new(),
         };
         for mark in rules.iter().flat_map(|r| &r.mark_reads) {
             if out.marks.0.iter().any(|(n, _)| *n == mark.name) {
@@ -1184,12 +1183,12 @@ impl MarkReads {
     }
 
     /// [`MarkReads::seen`] of a section's reads (none where it uses no marks).
-    fn seen_of(reading: &Option<MarkReads>, set: MarkNames) -> Option<Box<MarksSeen>> {
+    fn seen_of(reading: &Option<MarkReads>, set: Vec<Box<str>>) -> Option<Box<MarksSeen>> {
         reading.as_ref().and_then(|r| r.seen(set))
     }
 
     /// What a decision reports of its marks: those read, and `set`.
-    fn seen(&self, set: MarkNames) -> Option<Box<MarksSeen>> {
+    fn seen(&self, set: Vec<Box<str>>) -> Option<Box<MarksSeen>> {
         if self.marks.0.is_empty() && set.is_empty() {
             return None;
         }
@@ -1216,8 +1215,8 @@ impl MarkReads {
 }
 
 /// The names of the marks `rules` set, once each.
-fn set_marks<'r>(rules: impl Iterator<Item = &'r CompiledRule>) -> MarkNames {
-    let mut names = MarkNames::new();
+fn set_marks<'r>(rules: impl Iterator<Item = &'r CompiledRule>) -> Vec<Box<str>> {
+    let mut names: Vec<Box<str>> = Vec::new();
     for mark in rules.flat_map(|r| &r.marks) {
         if !names.contains(&mark.name) {
             names.push(mark.name.clone());

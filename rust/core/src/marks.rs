@@ -6,20 +6,10 @@
 //! mark is read in the same step, and on the same store, as the call's limits are reserved.
 
 use crate::counter::CounterKey;
-use smallvec::SmallVec;
-use std::sync::Arc;
-
-/// Marks one call reads or sets, kept inline up to this many (no allocation per decision).
-const INLINE: usize = 2;
-
-/// Mark names, shared with the compiled policy.
-pub type MarkNames = SmallVec<[Arc<str>; INLINE]>;
-/// Marks and what reading each found.
-pub type MarkStates = SmallVec<[(Arc<str>, MarkState); INLINE]>;
 
 /// The marks one call read, by name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Marks(pub MarkStates);
+pub struct Marks(pub Vec<(Box<str>, MarkState)>);
 
 /// What reading a mark found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,8 +44,8 @@ impl Marks {
 /// allowed; a dry run's would be).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MarksSeen {
-    pub read: MarkStates,
-    pub set: MarkNames,
+    pub read: Vec<(Box<str>, MarkState)>,
+    pub set: Vec<Box<str>>,
 }
 
 /// Most counters one call reads besides those it reserves (marks), one bit each.

@@ -58,7 +58,7 @@ fn a_marked_session_cannot_send_and_other_sessions_can() {
     let read = call(&e, "crm_read", Some("s1"), false);
     assert_eq!(read.verdict, Verdict::Allow);
     assert_eq!(
-        read.marks.as_ref().unwrap().set.to_vec(),
+        read.marks.as_ref().unwrap().set,
         vec!["private_data".into()]
     );
     let sent = call(&e, "send_email", Some("s1"), false);
@@ -71,10 +71,7 @@ fn a_marked_session_cannot_send_and_other_sessions_can() {
         "mail may not leave a session that read private data"
     );
     let marks = sent.marks.as_ref().unwrap();
-    assert_eq!(
-        marks.read.to_vec(),
-        vec![("private_data".into(), MarkState::Set)]
-    );
+    assert_eq!(marks.read, vec![("private_data".into(), MarkState::Set)]);
     assert!(marks.set.is_empty(), "a denied call sets nothing");
     assert_eq!(
         call(&e, "send_email", Some("s2"), false).verdict,
@@ -137,7 +134,7 @@ fn a_mark_is_given_back_with_the_reservation_of_a_call_that_failed() {
 fn a_dry_run_says_what_it_would_set_and_sets_nothing() {
     let (e, _) = engine(trifecta());
     let d = call(&e, "crm_read", Some("s"), true);
-    assert_eq!(d.marks.unwrap().set.to_vec(), vec!["private_data".into()]);
+    assert_eq!(d.marks.unwrap().set, vec!["private_data".into()]);
     assert_eq!(
         call(&e, "send_email", Some("s"), false).verdict,
         Verdict::Allow
@@ -159,7 +156,7 @@ fn without_the_scope_a_mark_is_neither_set_nor_read() {
     assert_eq!(sent.code, Code::ConditionFailed);
     assert!(sent.reason().contains("names none"), "{}", sent.reason());
     assert_eq!(
-        sent.marks.unwrap().read.to_vec(),
+        sent.marks.unwrap().read,
         vec![("private_data".into(), MarkState::NoScope)]
     );
 }

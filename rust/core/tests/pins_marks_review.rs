@@ -875,6 +875,6 @@ fn a_call_waiting_for_approval_sets_no_mark_and_the_approved_one_does() {
     desk.approved.store(true, SeqCst);
     let ran = in_session(&e, "deploy", "s");
     assert_eq!(ran.verdict, Verdict::Allow, "{}", ran.reason());
-    assert_eq!(ran.marks.unwrap().set.to_vec(), vec!["deployed".into()]);
+    assert_eq!(ran.marks.unwrap().set, vec!["deployed".into()]);
     assert_eq!(in_session(&e, "announce", "s").verdict, Verdict::Allow);
 }
