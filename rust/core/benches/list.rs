@@ -218,7 +218,8 @@ fn list(c: &mut Criterion) {
     ] {
         for _ in 0..2 {
             let (_, report) = filter(&e, &many_body);
-            assert_eq!((report.shown, report.removed), (660, 340), "{name}");
+            // The renamed run_command has no rule of its own: denied by default, so hidden.
+            assert_eq!((report.shown, report.removed), (650, 350), "{name}");
         }
         g.bench_function(name, |b| b.iter(|| filter(&e, black_box(&many_body))));
     }
