@@ -240,17 +240,10 @@ impl<'a> Reader<'a, '_> {
             }
             Peek::Object => {
                 let depth = deeper(depth)?;
-                let mut seen = ObjectKeys::default();
-                let mut at = self.jiter.current_index();
-                let mut key = self.jiter.known_object().map_err(syntax)?.map(copy_small);
-                while let Some(k) = key {
-                    self.key(&mut seen, &k, at)?;
-                    let peek = self.jiter.peek().map_err(syntax)?;
-                    self.value(peek, depth)?;
-                    at = self.jiter.current_index();
-                    key = self.jiter.next_key().map_err(syntax)?.map(copy_small);
-                }
-                Ok(())
+                self.object(|r, _| {
+                    let peek = r.jiter.peek().map_err(syntax)?;
+                    r.value(peek, depth)
+                })
             }
             _ => self.number(peek),
         }
@@ -299,29 +292,25 @@ impl<'a> Reader<'a, '_> {
         }
         m.object = true;
         self.count_value()?;
-        let mut seen = ObjectKeys::default();
-        let mut at = self.jiter.current_index();
-        let mut key = self.jiter.known_object().map_err(syntax)?.map(copy_small);
-        while let Some(k) = key {
-            self.key(&mut seen, &k, at)?;
-            if m.variant.is_none() && self.variant(&k, self.known.message) {
-                m.variant = Some(k.as_str().into());
+        self.object(|r, k| {
+            if m.variant.is_none() && r.variant(k, r.known.message) {
+                m.variant = Some(k.into());
             }
-            let peek = self.jiter.peek().map_err(syntax)?;
-            match k.as_str() {
+            let peek = r.jiter.peek().map_err(syntax)?;
+            match k {
                 "result" if peek == Peek::Object => {
                     m.result = Some(Kind::Object);
-                    m.listing = self.result()?;
+                    m.listing = r.result()?;
                 }
-                "id" => m.id = Some(self.spanned(1)?.0),
+                "id" => m.id = Some(r.spanned(1)?.0),
                 _ => {
-                    self.value(peek, 1)?;
+                    r.value(peek, 1)?;
                     let kind = if peek == Peek::Object {
                         Kind::Object
                     } else {
                         Kind::Other
                     };
-                    match k.as_str() {
+                    match k {
                         "method" => m.method = true,
                         "result" => m.result = Some(kind),
                         "error" => m.error = Some(kind),
@@ -329,9 +318,8 @@ impl<'a> Reader<'a, '_> {
                     }
                 }
             }
-            at = self.jiter.current_index();
-            key = self.jiter.next_key().map_err(syntax)?.map(copy_small);
-        }
+            Ok(())
+        })?;
         Ok(m)
     }
 
@@ -339,38 +327,32 @@ impl<'a> Reader<'a, '_> {
     fn result(&mut self) -> Result<Listing<'a>, StrictError> {
         let mut listing = Listing::default();
         self.count_value()?;
-        let mut seen = ObjectKeys::default();
-        let mut at = self.jiter.current_index();
-        let mut key = self.jiter.known_object().map_err(syntax)?.map(copy_small);
-        while let Some(k) = key {
-            self.key(&mut seen, &k, at)?;
-            if self.variant(&k, self.known.result) {
-                listing.tools_variant |= self.variant(&k, &["tools"]);
-                listing.variant.get_or_insert_with(|| k.as_str().into());
+        self.object(|r, k| {
+            if r.variant(k, r.known.result) {
+                listing.tools_variant |= r.variant(k, &["tools"]);
+                listing.variant.get_or_insert_with(|| k.into());
             }
-            match k.as_str() {
+            match k {
                 "tools" => {
-                    let peek = self.jiter.peek().map_err(syntax)?;
+                    let peek = r.jiter.peek().map_err(syntax)?;
                     if peek == Peek::Array {
-                        listing.tools = Some(Ok(self.tools()?));
+                        listing.tools = Some(Ok(r.tools()?));
                     } else {
-                        self.value(peek, 2)?;
+                        r.value(peek, 2)?;
                         listing.tools = Some(Err(()));
                     }
                 }
                 "cacheScope" => {
-                    let (span, _) = self.spanned(2)?;
-                    let private = &self.body[span.clone()] == b"\"private\"";
+                    let (span, _) = r.spanned(2)?;
+                    let private = &r.body[span.clone()] == b"\"private\"";
                     listing.cache_scope = Some((span, private));
                 }
                 _ => {
-                    let peek = self.jiter.peek().map_err(syntax)?;
-                    self.value(peek, 2)?;
+                    r.spanned(2)?;
                 }
             }
-            at = self.jiter.current_index();
-            key = self.jiter.next_key().map_err(syntax)?.map(copy_small);
-        }
+            Ok(())
+        })?;
         Ok(listing)
     }
 
@@ -402,18 +384,30 @@ impl<'a> Reader<'a, '_> {
     /// One tool object (depth 3 → 4).
     fn tool(&mut self, tool: &mut Tool<'a>) -> Result<(), StrictError> {
         self.count_value()?;
+        self.object(|r, k| {
+            if tool.variant.is_none() && r.variant(k, r.known.tool) {
+                tool.variant = Some(k.into());
+            }
+            let (span, peek) = r.spanned(4)?;
+            if k == "name" && peek == Peek::String {
+                tool.name = Some(r.string(span));
+            }
+            Ok(())
+        })
+    }
+
+    /// An object's members (the reader at its `{`): each key checked against the others,
+    /// then `member` reads its value.
+    fn object(
+        &mut self,
+        mut member: impl FnMut(&mut Self, &str) -> Result<(), StrictError>,
+    ) -> Result<(), StrictError> {
         let mut seen = ObjectKeys::default();
         let mut at = self.jiter.current_index();
         let mut key = self.jiter.known_object().map_err(syntax)?.map(copy_small);
         while let Some(k) = key {
             self.key(&mut seen, &k, at)?;
-            if tool.variant.is_none() && self.variant(&k, self.known.tool) {
-                tool.variant = Some(k.as_str().into());
-            }
-            let (span, peek) = self.spanned(4)?;
-            if k.as_str() == "name" && peek == Peek::String {
-                tool.name = Some(self.string(span));
-            }
+            member(self, &k)?;
             at = self.jiter.current_index();
             key = self.jiter.next_key().map_err(syntax)?.map(copy_small);
         }
