@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -251,6 +252,64 @@ def test_a_slow_or_silent_redis_is_answered_within_the_budget(redis: RedisServer
         )
         counted = decide(sc.target, "create-ami", dry_run=True).limits[0].remaining
         assert 1000 - counted - 1 >= (allowed or 0)
+
+
+#: Blocking threads a serving thread may decide on while Redis is slow (connection.rs).
+DECIDING_THREADS = 48
+
+
+def deciding_threads(pid: int) -> int:
+    tasks = Path(f"/proc/{pid}/task").iterdir()
+    return sum(1 for t in tasks if (t / "comm").read_text().strip() == "toolgate-decide")
+
+
+def test_a_slow_redis_grows_a_bounded_set_of_deciding_threads_that_stay(
+    redis: RedisServer,
+) -> None:
+    """While Redis is slow, decisions wait for it on blocking threads, each holding a Redis
+    connection: however many calls are in flight, at most ``DECIDING_THREADS`` per serving
+    thread (the rest queue, and are answered), and they stay once made: a thread that
+    exits closes its connection, and the next slow spell would pay a connect per thread
+    inside the calls' budgets."""
+    doc = policy({"create-ami": {"limits": [limit("ami", 1000, window="hour")]}})
+    with (
+        Proxy(redis.port) as proxy,
+        Sidecar(doc, "--threads", "1", *store_args(proxy.url, timeout_ms=2000)) as sc,
+    ):
+        assert sc.proc is not None
+        assert code(decide(sc.target, "create-ami")) == "ALLOWED"
+        proxy.mode = "hold"
+        # One late answer marks Redis slow: from then on decisions go to the blocking threads.
+        assert code(decide(sc.target, "create-ami")) == "STORE_UNAVAILABLE"
+        peak, stop = [0], threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                peak[0] = max(peak[0], deciding_threads(sc.proc.pid))
+                time.sleep(0.01)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        calls = 3 * DECIDING_THREADS
+        channels = [stub(sc.target) for _ in range(4)]
+        request = decider_pb2.DecideRequest(
+            tool="create-ami", subject=decider_pb2.Subject(grant="g")
+        )
+        futures = [channels[n % 4][1].Decide.future(request, timeout=60) for n in range(calls)]
+        codes = Counter(code(f.result()) for f in futures)
+        stop.set()
+        sampler.join()
+        for channel, _ in channels:
+            channel.close()
+        assert codes == {"STORE_UNAVAILABLE": calls}, codes
+        # 144 calls held at once fill the threads to their bound, and no further.
+        assert peak[0] == DECIDING_THREADS, peak[0]
+        proxy.mode = "pass"
+        proxy.release()
+        wait_for(lambda: code(decide(sc.target, "create-ami")) == "ALLOWED" or None)
+        made = deciding_threads(sc.proc.pid)
+        time.sleep(11)  # past tokio's default keep-alive of 10 s for an idle blocking thread
+        assert deciding_threads(sc.proc.pid) == made >= 1
 
 
 def test_reload_and_a_new_pod_keep_counts_and_releases_cross_pods(

@@ -19,8 +19,8 @@
 //! connection of its own. This store's runtime keeps the link: it finds the primary (one
 //! address, or Sentinel's answer), loads the scripts, resolves the address the deciding
 //! threads connect to, reconnects with backoff, and runs the cached mode's merges. While
-//! round trips are slow the native server decides under `block_in_place`, so other calls
-//! go on.
+//! round trips are slow the native server decides on one of a few blocking threads, so other
+//! calls go on.
 
 mod cached;
 pub mod eviction;
