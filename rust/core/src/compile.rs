@@ -554,7 +554,13 @@ fn mark_reads(rule: &Rule, marks: &Marks) -> Vec<Arc<CompiledMark>> {
                     add(m);
                 }
             }
-            _ => marks.values().for_each(&mut add),
+            // Every mark, by name: the order reads are made and reported in is the same
+            // wherever the policy is compiled (a map's is not).
+            _ => {
+                let mut all: Vec<&Arc<CompiledMark>> = marks.values().collect();
+                all.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+                all.into_iter().for_each(&mut add);
+            }
         }
     }
     out

@@ -21,7 +21,9 @@ use crate::counter::{to_units, CounterKey, CounterTable, UNITS_PER_CALL};
 use crate::decision::{Code, Confirmation, Decision, Limits, Text, Verdict};
 use crate::decision_log::{Call, DecisionSink, Record};
 use crate::limiter::{self, Want};
-use crate::marks::{MarkState, Marks, MarksSeen, Read, ReadBits, MAX_READS};
+use crate::marks::{
+    Denying, MarkState, Marks, MarksSeen, Read, ReadBits, MAX_JUDGED_READS, MAX_READS,
+};
 use crate::policy::{Action, Compare, ConditionItem, Fallback, Policy, Scope};
 use crate::sightings::Sightings;
 use crate::stats::{Api, Stats, OTHER_TOOLS};
@@ -522,7 +524,9 @@ impl Engine {
             let now_ns = self.clock.now_ns();
             let (parts, limits) = (&mut limiter::Parts::new(), &mut Limits::new());
             let reads = reading.as_ref().map_or(&[][..], |r| &r.reads[..]);
-            let (found, bits) = self.reserve_group(&[], reads, now_ns, false, parts, limits, trace);
+            let nothing = Denying::default();
+            let (found, bits) =
+                self.reserve_group(&[], reads, nothing, now_ns, false, parts, limits, trace);
             if let limiter::Outcome::Unavailable { reason, .. } = found {
                 let mut d = out.finish(Code::StoreUnavailable, reason, section.default_rule);
                 d.retry_after_ms = Some(1000);
@@ -602,6 +606,18 @@ impl Engine {
                 .unwrap_or_default()
         };
         let mut bits = ReadBits::default();
+        // Where giving a reservation back is a round trip of its own, the store is told which
+        // marks deny the call, and reserves nothing for such a call.
+        let judged =
+            consume && !reads.is_empty() && self.store.get().is_some_and(|s| s.judges_marks());
+        let denying = match (judged, reading.as_mut()) {
+            (true, Some(mark_reads)) => {
+                let enforcing = deferred.iter().copied().filter(|r| !shadowed(r));
+                denying(&out, enforcing, mark_reads, reads.len(), &facts)
+            }
+            _ => Denying::default(),
+        };
+        let mut marks_deny = false;
         if !enforced.is_empty() || !observed.is_empty() || !reads.is_empty() {
             // The clock is read only for calls that count.
             let now_ns = self.clock.now_ns();
@@ -616,6 +632,7 @@ impl Engine {
                 let (outcome, read) = self.reserve_group(
                     wants,
                     group_reads,
+                    if shadow { Denying::default() } else { denying },
                     now_ns,
                     consume,
                     &mut parts,
@@ -632,6 +649,12 @@ impl Engine {
                 let denial = match outcome {
                     limiter::Outcome::Reserved => {
                         trace.limits_end(LimitsEnd::Reserved, &limits);
+                        None
+                    }
+                    // Nothing reserved: the conditions below deny the call.
+                    limiter::Outcome::MarksDeny => {
+                        trace.limits_end(LimitsEnd::MarksDeny, &[]);
+                        marks_deny = true;
                         None
                     }
                     // Enforcing limits go first, so a denial here has consumed nothing.
@@ -691,7 +714,7 @@ impl Engine {
                     Some(d) => deny!(shadow, d),
                     None => {}
                 }
-                if held.is_some() {
+                if held.is_some() || marks_deny {
                     break;
                 }
             }
@@ -717,6 +740,12 @@ impl Engine {
                     return d;
                 }
                 deny!(true, d);
+            }
+            if marks_deny {
+                // The store judged the marks as these rules do: not reached.
+                let reason = "the counter store judged this call's marks otherwise than the \
+                              policy does, so nothing was counted and the call is denied";
+                return out.finish(Code::StoreUnavailable, reason, section.default_rule);
             }
         }
         if let Some((d, shadow)) = held {
@@ -815,6 +844,7 @@ impl Engine {
         &self,
         wants: &[Want<'_>],
         reads: &[Read],
+        denying: Denying,
         now_ns: u64,
         consume: bool,
         parts: &mut limiter::Parts,
@@ -832,9 +862,18 @@ impl Engine {
                     limits,
                     trace,
                 );
-                (outcome, limiter::read(&self.table, reads, now_ns))
+                (outcome, limiter::read(&self.table, reads, parts, now_ns))
             }
-            Some(s) => s.reserve(&self.stats, wants, reads, now_ns, consume, parts, limits),
+            Some(s) => s.reserve(
+                &self.stats,
+                wants,
+                reads,
+                denying,
+                now_ns,
+                consume,
+                parts,
+                limits,
+            ),
         }
     }
 
@@ -1131,6 +1170,39 @@ fn check_conditions<A: ArgValue + Clone, T: Trace>(
             Checked::Deny(out.finish(Code::ConditionFailed, reason, c.pointer.as_str()))
         }
     }
+}
+
+/// Which combinations of the marks read make one of `rules` deny the call (see [`Denying`]),
+/// judged as [`check_conditions`] judges them once the marks are known: anything but a pass
+/// denies.
+fn denying<'r, A: ArgValue + Clone>(
+    out: &Draft<'_>,
+    rules: impl Iterator<Item = &'r CompiledRule> + Clone,
+    mark_reads: &mut MarkReads,
+    reads: usize,
+    facts: &Facts<'_, A>,
+) -> Denying {
+    if reads > MAX_JUDGED_READS {
+        return Denying::default();
+    }
+    let mut mask = 0;
+    for combo in 0..1u64 << reads {
+        let found = ReadBits {
+            set: combo,
+            unknown: 0,
+        };
+        let known = facts.with_marks(mark_reads.fill(found));
+        let passes = |r: &CompiledRule| {
+            matches!(
+                evaluate_conditions(out.policy, r, &known, &mut NoTrace),
+                Conditions::Pass
+            )
+        };
+        if !rules.clone().all(passes) {
+            mask |= 1 << combo;
+        }
+    }
+    Denying(mask)
 }
 
 /// A rule whose conditions still wait for marks once they were read: never allowed.

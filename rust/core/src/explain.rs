@@ -436,6 +436,7 @@ impl Trace for Recorder {
             LimitsEnd::Denied { .. } => "denied: nothing counted",
             LimitsEnd::TableFull { .. } => "denied: the counter table is full",
             LimitsEnd::Unavailable { .. } => "denied: the counter store did not answer",
+            LimitsEnd::MarksDeny => "not judged: the marks read deny the call, nothing counted",
         };
         group.insert("outcome".into(), outcome.into());
         match end {
@@ -449,7 +450,7 @@ impl Trace for Recorder {
             LimitsEnd::TableFull { failing } | LimitsEnd::Unavailable { failing } => {
                 group.insert("failing".into(), failing.into());
             }
-            LimitsEnd::Reserved => {}
+            LimitsEnd::Reserved | LimitsEnd::MarksDeny => {}
         }
         if let Some(Value::Array(limits)) = group.get_mut("limits") {
             // Reserved: the group's states are the last ones; denied: one per limit.

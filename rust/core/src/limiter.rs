@@ -27,6 +27,9 @@ pub enum Outcome {
     },
     /// A counter found no slot in the table; nothing of this call is consumed.
     TableFull { failing: usize },
+    /// The marks read deny the call (a combination the caller's [`crate::marks::Denying`]
+    /// names): nothing was reserved, nor any limit judged.
+    MarksDeny,
     /// The counter store could not be asked in time (see [`crate::store`]); this call is
     /// denied, though it may have been counted (an unanswered script may have run).
     Unavailable {
@@ -139,16 +142,27 @@ pub fn reserve_traced<T: Trace>(
     Outcome::Reserved
 }
 
-/// Which of `reads` count anything in their windows now (a counter no slot holds counts
-/// nothing).
-pub fn read(table: &CounterTable, reads: &[Read], now_ns: u64) -> ReadBits {
+/// Which of `reads` count anything in their windows now besides `own`, the parts the call
+/// reading them has just reserved (a counter no slot holds counts nothing). Read after the
+/// reservation, so that of two calls that each set a mark and read the other's, at least
+/// one sees the other; but a call does not see its own mark: it is judged as the Redis
+/// script judges it, before anything of it is counted.
+pub fn read(table: &CounterTable, reads: &[Read], own: &[Part], now_ns: u64) -> ReadBits {
     let set = reads.iter().enumerate().fold(0, |bits, (i, read)| {
         let key = &read.key;
+        let Some(slot) = table.find(key) else {
+            return bits;
+        };
         let used = table
-            .find(key)
-            .and_then(|slot| table.slot(slot).peek(key.hash, key.granularity, now_ns))
+            .slot(slot)
+            .peek(key.hash, key.granularity, now_ns)
             .map_or(0, |w| w.used);
-        bits | (u64::from(used > 0) << i)
+        let mine: u64 = own
+            .iter()
+            .filter(|p| p.slot == slot.0 && p.key == key.hash)
+            .map(|p| p.amount)
+            .sum();
+        bits | (u64::from(used > mine) << i)
     });
     ReadBits { set, unknown: 0 }
 }

@@ -58,10 +58,59 @@ pub struct Read {
     pub window_ms: u64,
 }
 
+/// The combinations of a call's reads that its conditions deny: bit `c` set when the call
+/// is denied with the reads found as `c` (bit `i` of `c` for `reads[i]`). A store that sees
+/// the reads before it reserves (the Redis script) then reserves nothing for a call its
+/// marks deny, instead of reserving and giving back in a second round trip. Known for up
+/// to [`MAX_JUDGED_READS`] reads; with more, or none known, nothing is skipped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Denying(pub u64);
+
+/// Most reads whose combinations [`Denying`] covers (2^6 = 64 bits).
+pub const MAX_JUDGED_READS: usize = 6;
+
+impl Denying {
+    /// Whether reads found as `set` deny the call.
+    pub fn denies(self, set: u64) -> bool {
+        set < 64 && self.0 & (1 << set) != 0
+    }
+
+    /// One character per combination, `1` where it denies ('' when none does): what the
+    /// Redis script is given (a Lua number holds only 53 bits).
+    pub fn as_flags(self, reads: usize) -> String {
+        if self.0 == 0 || reads > MAX_JUDGED_READS {
+            return String::new();
+        }
+        (0..1u64 << reads)
+            .map(|c| if self.denies(c) { '1' } else { '0' })
+            .collect()
+    }
+}
+
 /// What the reads found, bit `i` for `reads[i]`: the counter counts something (`set`), or
 /// the store cannot say (`unknown`: a cached copy not merged with the others' counts yet).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReadBits {
     pub set: u64,
     pub unknown: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flags_name_each_combination_that_denies_in_order() {
+        // Reads 0 and 1: denied where read 0 is set (combinations 1 and 3).
+        let denying = Denying(0b1010);
+        assert_eq!(denying.as_flags(2), "0101");
+        assert!(denying.denies(3) && !denying.denies(2) && !denying.denies(64));
+        assert_eq!(Denying(0).as_flags(2), "", "none denies: nothing to judge");
+        assert_eq!(Denying(u64::MAX).as_flags(6).len(), 64);
+        assert_eq!(
+            Denying(1).as_flags(MAX_JUDGED_READS + 1),
+            "",
+            "too many reads"
+        );
+    }
 }

@@ -13,7 +13,7 @@ use crate::counter::reservation::Part;
 use crate::counter::CounterTable;
 use crate::decision::Limits;
 use crate::limiter::{self, Outcome, Parts, Want};
-use crate::marks::{Read, ReadBits};
+use crate::marks::{Denying, Read, ReadBits};
 use crate::stats::Stats;
 
 /// Reservation ids of a remote store carry this bit; the table's never do (they are a log
@@ -30,6 +30,8 @@ pub trait CounterStore: Send + Sync {
     /// a denial nothing of this call stays consumed and both are left as they were.
     /// In the same step, read each counter of `reads` (at most [`MAX_READS`]): whether it
     /// counts anything in its window (a mark is set), whether the wants fit or not.
+    /// A store that reads before it reserves may answer [`Outcome::MarksDeny`] for reads
+    /// found as a combination `denying` names, having reserved nothing; others ignore it.
     /// `stats` counts the store's round trips, errors and fallbacks.
     #[allow(clippy::too_many_arguments)]
     fn reserve(
@@ -37,6 +39,7 @@ pub trait CounterStore: Send + Sync {
         stats: &Stats,
         wants: &[Want<'_>],
         reads: &[Read],
+        denying: Denying,
         now_ns: u64,
         consume: bool,
         parts: &mut Parts,
@@ -55,6 +58,11 @@ pub trait CounterStore: Send + Sync {
         true
     }
 
+    /// Whether it can use [`Denying`]: a store whose give-back is a round trip of its own.
+    fn judges_marks(&self) -> bool {
+        false
+    }
+
     /// Whether its waits are long now (the store answers slowly or not at all), so a server
     /// should hand the deciding thread's other work to another thread before deciding. A
     /// hand-off costs more than a fast round trip, so it is made only when it pays.
@@ -69,13 +77,14 @@ impl CounterStore for CounterTable {
         _stats: &Stats,
         wants: &[Want<'_>],
         reads: &[Read],
+        _denying: Denying,
         now_ns: u64,
         consume: bool,
         parts: &mut Parts,
         limits: &mut Limits,
     ) -> (Outcome, ReadBits) {
         let outcome = limiter::reserve(self, wants, now_ns, consume, parts, limits);
-        (outcome, limiter::read(self, reads, now_ns))
+        (outcome, limiter::read(self, reads, parts, now_ns))
     }
 
     fn record(&self, parts: &[Part]) -> Option<u64> {

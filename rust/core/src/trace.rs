@@ -47,6 +47,8 @@ pub enum LimitsEnd {
     TableFull { failing: usize },
     /// The counter store did not answer for limit `failing`.
     Unavailable { failing: usize },
+    /// The marks read deny the call: no limit was judged, nothing counted.
+    MarksDeny,
 }
 
 /// Listens to a decision being made. Every method has an empty default.

@@ -13,7 +13,7 @@ use std::time::Duration;
 use toolgate_core::counter::reservation::MAX_PARTS;
 use toolgate_core::decision::Limits;
 use toolgate_core::limiter::{self, Outcome, Parts, Want};
-use toolgate_core::marks::{Read, ReadBits};
+use toolgate_core::marks::{Denying, Read, ReadBits};
 use toolgate_core::stats::{Stats, StoreError};
 
 /// One counter key as a cached replica sees it.
@@ -231,7 +231,16 @@ impl RedisStore {
             .collect();
         let only: Vec<Read> = asked.iter().map(|(_, r)| *r).collect();
         let (parts, limits) = (&mut Parts::new(), &mut Limits::new());
-        let (outcome, found) = self.reserve_exact(stats, &[], &only, now_ns, false, parts, limits);
+        let (outcome, found) = self.reserve_exact(
+            stats,
+            &[],
+            &only,
+            Denying::default(),
+            now_ns,
+            false,
+            parts,
+            limits,
+        );
         if matches!(outcome, Outcome::Unavailable { .. }) {
             return bits;
         }

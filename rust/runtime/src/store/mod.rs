@@ -38,7 +38,7 @@ use toolgate_core::counter::reservation::Part;
 use toolgate_core::counter::CounterTable;
 use toolgate_core::decision::Limits;
 use toolgate_core::limiter::{self, Outcome, Parts, Want};
-use toolgate_core::marks::{Read, ReadBits};
+use toolgate_core::marks::{Denying, Read, ReadBits};
 use toolgate_core::stats::{Stats, StoreError};
 use toolgate_core::store::{CounterStore, REMOTE_RESERVATION, REMOTE_SLOT};
 
@@ -398,7 +398,7 @@ impl RedisStore {
             (Unavailable::Local, None) => {
                 stats.count_store_fallback();
                 let outcome = limiter::reserve(&self.table, wants, now_ns, consume, parts, limits);
-                (outcome, limiter::read(&self.table, reads, now_ns))
+                (outcome, limiter::read(&self.table, reads, parts, now_ns))
             }
         }
     }
@@ -410,6 +410,7 @@ impl RedisStore {
         stats: &Stats,
         wants: &[Want<'_>],
         reads: &[Read],
+        denying: Denying,
         now_ns: u64,
         consume: bool,
         parts: &mut Parts,
@@ -451,6 +452,7 @@ impl RedisStore {
             args.push(window_us.to_string());
             args.push(window_us.div_ceil(12).to_string());
         }
+        args.push(denying.as_flags(reads.len()));
         let values = match self.run(stats, &self.link.reserve, keys, args) {
             Ok(v) => v,
             Err(_) => {
@@ -539,6 +541,11 @@ impl RedisStore {
                     None => malformed(stats),
                 }
             }
+            // The marks deny the call: nothing reserved, no limit judged.
+            Some(3) if values.len() == 2 + r => {
+                self.known_epoch.store(values[1] as u64, Relaxed);
+                (Outcome::MarksDeny, seen(&values[2..]))
+            }
             Some(2) if values.len() == 3 => {
                 self.known_epoch.store(values[1] as u64, Relaxed);
                 // A read's index comes after the limits': a mark the loss may have taken.
@@ -560,6 +567,7 @@ impl CounterStore for RedisStore {
         stats: &Stats,
         wants: &[Want<'_>],
         reads: &[Read],
+        denying: Denying,
         now_ns: u64,
         consume: bool,
         parts: &mut Parts,
@@ -569,8 +577,14 @@ impl CounterStore for RedisStore {
             Some(cache) => {
                 self.reserve_cached(cache, stats, wants, reads, now_ns, consume, parts, limits)
             }
-            None => self.reserve_exact(stats, wants, reads, now_ns, consume, parts, limits),
+            None => {
+                self.reserve_exact(stats, wants, reads, denying, now_ns, consume, parts, limits)
+            }
         }
+    }
+
+    fn judges_marks(&self) -> bool {
+        self.cache.is_none()
     }
 
     fn record(&self, parts: &[Part]) -> Option<u64> {

@@ -42,6 +42,18 @@ for j = 1, reads do
   end
   seen[j] = any
 end
+-- The combinations of marks that deny the call ('1' at 1 + the reads found as bits): such a
+-- call is denied by its conditions, so nothing is reserved for it.
+local denying = ARGV[8 + n * 4 + reads * 2] or ''
+if consume and denying ~= '' then
+  local c = 0
+  for j = reads, 1, -1 do c = c * 2 + seen[j] end
+  if string.byte(denying, c + 1) == 49 then
+    local r = {3, born}
+    for j = 1, reads do r[#r + 1] = seen[j] end
+    return r
+  end
+end
 local out = {}
 local fits = true
 local newest = {}
