@@ -608,8 +608,7 @@ impl Engine {
         let mut bits = ReadBits::default();
         // Where giving a reservation back is a round trip of its own, the store is told which
         // marks deny the call, and reserves nothing for such a call.
-        let judged =
-            consume && !reads.is_empty() && self.store.get().is_some_and(|s| s.judges_marks());
+        let judged = consume && !reads.is_empty() && self.store_blocks();
         let denying = match (judged, reading.as_mut()) {
             (true, Some(mark_reads)) => {
                 let enforcing = deferred.iter().copied().filter(|r| !shadowed(r));

@@ -53,14 +53,10 @@ pub trait CounterStore: Send + Sync {
     fn release(&self, stats: &Stats, id: u64) -> bool;
 
     /// Whether a decision may wait on the network (a caller then lets other threads run
-    /// meanwhile, e.g. releases Python's GIL).
+    /// meanwhile, e.g. releases Python's GIL). Such a store's give-back is a round trip of its
+    /// own, so the engine tells it which marks deny a call ([`Denying`]).
     fn blocks(&self) -> bool {
         true
-    }
-
-    /// Whether it can use [`Denying`]: a store whose give-back is a round trip of its own.
-    fn judges_marks(&self) -> bool {
-        false
     }
 
     /// Whether its waits are long now (the store answers slowly or not at all), so a server

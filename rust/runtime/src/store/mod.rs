@@ -583,10 +583,6 @@ impl CounterStore for RedisStore {
         }
     }
 
-    fn judges_marks(&self) -> bool {
-        self.cache.is_none()
-    }
-
     fn record(&self, parts: &[Part]) -> Option<u64> {
         match parts.iter().find(|p| p.slot == REMOTE_SLOT) {
             Some(p) => Some(p.key | REMOTE_RESERVATION),
