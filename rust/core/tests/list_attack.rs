@@ -234,11 +234,18 @@ fn nesting_inside_a_list_is_limited_as_serde_json_limits_it() {
     }
 }
 
-/// This thread's CPU time (Linux), so a loaded machine does not skew what is measured.
+/// This thread's CPU time, so a loaded machine does not skew what is measured. (Its
+/// `schedstat` is only brought up to date at the scheduler's tick: a run shorter than a tick
+/// could read as 0 ns.)
 fn cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
-    let ns = stat.split(' ').next().and_then(|n| n.parse().ok());
-    Duration::from_nanos(ns.unwrap_or(0))
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec for the call to write.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    assert_eq!(rc, 0, "CLOCK_THREAD_CPUTIME_ID");
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
 #[test]
@@ -258,7 +265,10 @@ fn many_tiny_tools_up_to_the_key_limit_take_linear_time() {
         filter(Framing::Json, b.as_bytes());
         cpu() - start
     };
-    let (t1, t8) = (time(&body(12_000)), time(&most));
+    // The least of a few runs: what the work costs, not what a busy machine added to it.
+    let least = |b: &str| (0..3).map(|_| time(b)).min().unwrap();
+    let (t1, t8) = (least(&body(12_000)), least(&most));
+    assert!(t1 > Duration::ZERO, "the clock measured nothing");
     assert!(t8 < t1 * 40 + Duration::from_millis(50), "{t1:?} {t8:?}");
 }
 
