@@ -25,13 +25,13 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import harness as h
+from harness import redis
 
 BIG = 1_000_000_000
 FLUSH_MS = 5
@@ -76,20 +76,6 @@ def load(server: h.Server, body: Path, run: h.Run, args) -> h.Run:
     return run
 
 
-def redis_round_trip_us(port: int) -> float:
-    """p50 of one client's PING, µs (redis-benchmark's latency summary)."""
-    out = subprocess.run(
-        ["redis-benchmark", "-p", str(port), "-c", "1", "-n", "20000", "-t", "ping", "--csv"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    ).stdout
-    rows = [line.replace('"', "").split(",") for line in out.splitlines()]
-    header, *data = rows
-    p50 = header.index("p50_latency_ms")
-    return statistics.median(float(r[p50]) for r in data) * 1000
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--limitador", help="limitador-server binary (omit: toolgate only)")
@@ -111,21 +97,13 @@ def main() -> int:
     trips: list[float] = []
     with tempfile.TemporaryDirectory(prefix="toolgate-redis-bench-") as tmp:
         workdir = Path(tmp)
-        redis_port = h.free_port()
-        redis = subprocess.Popen(
-            [
-                *("redis-server", "--port", str(redis_port), "--bind", "127.0.0.1"),
-                *("--save", "", "--appendonly", "no", "--dir", tmp),
-            ],
-            stdout=subprocess.DEVNULL,
-        )
+        store = redis.start(workdir)
         try:
-            time.sleep(0.5)
-            url = f"redis://127.0.0.1:{redis_port}/0"
+            url = redis.url(store)
             body = workdir / "request.bin"
             body.write_bytes(h.grpc_frame(h.rls_request(h.GRANT)))
             for i in range(1, args.runs + 1):
-                trips.append(redis_round_trip_us(redis_port))
+                trips.append(redis.round_trip_us(store.port))
                 for name in h.rotated(names, i):
                     port = h.free_port()
                     server = start(
@@ -145,8 +123,7 @@ def main() -> int:
                         file=sys.stderr,
                     )
         finally:
-            redis.kill()
-            redis.wait()
+            store.stop()
     med = {
         n: (h.med(runs, "p50", name=n, load="single"), h.med(runs, "p99", name=n, load="single"),
             h.med(runs, "rps", name=n, load="saturated"))

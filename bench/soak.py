@@ -73,7 +73,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -87,7 +86,9 @@ from pathlib import Path
 import harness as h
 import toolgate
 from harness import envoy as ev
+from harness import redis
 from prometheus_client.parser import text_string_to_metric_families
+from toolgate._core import DEFAULT_STORE_TIMEOUT_MS
 
 #: (class, tool, arguments, weight, the x-toolgate-code values the model allows).
 MIX = (
@@ -277,35 +278,11 @@ def toolgate_want(counts: Counter) -> dict[str, float]:
 # --- servers and what they show ----------------------------------------------------------------
 
 
-def redis_info(port: int) -> dict[str, str]:
-    """INFO of a redis-server on 127.0.0.1, over a plain socket (a bulk string reply)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(b"INFO\r\n")
-        data = b""
-        while b"\r\n" not in data:
-            data += s.recv(65536) or sys.exit("redis-server closed the connection")
-        head, _, data = data.partition(b"\r\n")
-        if not head.startswith(b"$"):
-            raise ValueError(f"INFO answered {head!r}")
-        while len(data) < int(head[1:]):
-            data += s.recv(65536) or sys.exit("redis-server closed the connection")
-    text = data[: int(head[1:])].decode()
-    return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-
-
-def start_redis(workdir: Path) -> h.Server:
-    exe = shutil.which("redis-server") or sys.exit("redis-server not found: apt-get install")
-    port = h.free_port()
-    cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    cmd += ["--dir", str(workdir)]
-    return h.start("redis", cmd, workdir, lambda: redis_info(port), port)
-
-
-def sidecar(path: Path, workdir: Path, args, redis: h.Server | None) -> h.Server:
+def sidecar(path: Path, workdir: Path, args, store: h.Server | None) -> h.Server:
     port, mport = h.free_port(), h.free_port()
     extra = ["--state-dir", str(workdir / "state"), "--reload-interval", "0.5"]
-    if redis is not None:
-        extra += ["--store", f"redis://127.0.0.1:{redis.port}/0"]
+    if store is not None:
+        extra += ["--store", redis.url(store)]
         extra += ["--store-timeout-ms", str(args.store_timeout_ms)]
     cmd = h.serve_cmd(port, *extra, policy=path, metrics=mport)
     probe = h.decide_request(True, ev.GRANT, ev.SERVER_ID)
@@ -477,7 +454,7 @@ def sample(
         "problems": problems,
     }
     if "redis" in servers:
-        s["redis_used_memory"] = int(redis_info(servers["redis"].port)["used_memory"])
+        s["redis_used_memory"] = int(redis.info(servers["redis"].port)["used_memory"])
     return s
 
 
@@ -571,8 +548,11 @@ def report(result: dict) -> str:
         used = span(lambda x: f"{x['redis_used_memory'] / 2**20:.2f}")
         rss += f" Redis used_memory {used} MiB;"
     fd = " ".join(f"{n} {span(lambda x, n=n: x['fds'][n])};" for n in s[0]["fds"])
+    ms = result.get("store_timeout_ms")
+    budget = f" (store budget {ms} ms)" if ms else ""
     lines = [
-        f"Soak, `--store {result['store']}`: {result['minutes']:g} min at {result['rate']:,.0f} "
+        f"Soak, `--store {result['store']}`{budget}: {result['minutes']:g} min at "
+        f"{result['rate']:,.0f} "
         f"calls/s ({result['rate_from']}), {len(s)} samples of {result['sample_s']:g} s "
         f"({warm} of warm-up), the policy reloaded {result['reloads_written']} times "
         f"(every {result['reload_s']:g} s; {result['final'].get('reloads_loaded', 0):g} "
@@ -606,7 +586,7 @@ def run(args) -> dict:
     try:
         h.build_openloop()
         if args.store == "redis":
-            servers["redis"] = start_redis(workdir)
+            servers["redis"] = redis.start(workdir)
         mix = bodies()
         classes = [c for c, _ in mix]
         files = []
@@ -674,6 +654,7 @@ def run(args) -> dict:
         problems, final = final_checks(tg, reloader, base)
         result = {
             "store": args.store,
+            "store_timeout_ms": args.store_timeout_ms if args.store == "redis" else None,
             "minutes": args.minutes,
             "rate": args.rate,
             "rate_from": rate_from,
@@ -726,7 +707,9 @@ def main() -> int:
     p.add_argument("--conns", type=int, default=4, help="the generator's connections (4)")
     p.add_argument("--request-timeout", type=float, default=5.0, help="per call, s (5)")
     p.add_argument("--authz-timeout", type=float, help="ext_authz's (deployed: 0.1 s)")
-    p.add_argument("--store-timeout-ms", type=int, help="the sidecar's (default 5)")
+    p.add_argument(
+        "--store-timeout-ms", type=int, help=f"the sidecar's ({DEFAULT_STORE_TIMEOUT_MS})"
+    )
     p.add_argument("--check", action="store_true", help="CI: only invariants set the status")
     p.add_argument("--json", type=Path, help="default: target/soak-STORE.json")
     p.add_argument("--keep", action="store_true", help="keep the logs and files")
@@ -734,7 +717,7 @@ def main() -> int:
     if args.check:
         args.authz_timeout = args.authz_timeout or CHECK_AUTHZ_TIMEOUT_S
         args.store_timeout_ms = args.store_timeout_ms or CHECK_STORE_TIMEOUT_MS
-    args.store_timeout_ms = args.store_timeout_ms or 5
+    args.store_timeout_ms = args.store_timeout_ms or DEFAULT_STORE_TIMEOUT_MS
     # SIGTERM (CI, a timeout) cleans up as Ctrl-C does: every server stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     result = run(args)
