@@ -163,7 +163,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "allInOne-everything": merged(
         MONITORING, {"networkPolicy": {"enabled": True}, "store": {"redis": {"enabled": True}}}
     ),
-    "allInOne-store-url": {"store": {"url": "redis://redis.example:6379/0"}},
+    "allInOne-store-url": {"store": {"url": "redis://redis.example:6379/0", "timeoutMs": 50}},
     "allInOne-store-secret": {"store": {"existingSecret": "toolgate-store"}},
     "allInOne-existing-policy": {"existingPolicyConfigMap": "my-policy"},
     "sidecars": SIDECARS,
@@ -543,6 +543,8 @@ def test_redis_of_the_charts_is_every_replicas_store(renderings):
     args = containers(deployment["spec"]["template"])["toolgate"]["args"]
     assert flag(args, "--store") == "redis://toolgate-redis:6379/0"
     assert flag(args, "--store-unavailable") == "deny"
+    # The budget is toolgate's own default unless set (one owner of that figure).
+    assert "--store-timeout-ms" not in args
     assert deployment["spec"]["replicas"] == 3
     service = named(objects, "Service", "toolgate-redis")
     redis = named(objects, "Deployment", "toolgate-redis")
@@ -560,6 +562,7 @@ def test_redis_of_the_charts_is_every_replicas_store(renderings):
 def test_a_redis_of_yours_by_url_or_secret(renderings):
     args = containers(pod(renderings["allInOne-store-url"]))["toolgate"]["args"]
     assert flag(args, "--store") == "redis://redis.example:6379/0"
+    assert flag(args, "--store-timeout-ms") == "50"
     toolgate = containers(pod(renderings["allInOne-store-secret"]))["toolgate"]
     # The URL (with its password) stays in the Secret: the kubelet expands $(TOOLGATE_STORE).
     assert flag(toolgate["args"], "--store") == "$(TOOLGATE_STORE)"

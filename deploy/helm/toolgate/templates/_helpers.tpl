@@ -134,8 +134,10 @@ capabilities: {drop: [ALL]}
 {{- end }}
 - --store-unavailable
 - {{ $.Values.store.unavailable }}
+{{- with $.Values.store.timeoutMs }}
 - --store-timeout-ms
-- {{ $.Values.store.timeoutMs | quote }}
+- {{ . | quote }}
+{{- end }}
 {{- end }}
 {{- range $.Values.toolgate.extraArgs }}
 - {{ . | quote }}

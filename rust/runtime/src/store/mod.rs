@@ -44,8 +44,11 @@ use toolgate_core::store::{CounterStore, REMOTE_RESERVATION, REMOTE_SLOT};
 
 /// What goes before every Redis key by default.
 pub const DEFAULT_PREFIX: &str = "toolgate:";
-/// How long a decision waits for Redis by default, in milliseconds.
-pub const DEFAULT_TIMEOUT_MS: u64 = 5;
+/// How long a decision waits for Redis by default, in milliseconds: Envoy's own rate-limit
+/// filter's default wait for its service, a fifth of the deployed ext_authz timeout (so the
+/// proxy gets toolgate's reasoned denial, not its own timeout), and wide enough for a busy
+/// machine's slow spells (5 ms denied calls in an hour at half of saturation).
+pub const DEFAULT_TIMEOUT_MS: u64 = 20;
 /// How often the cached mode merges its counts by default, in milliseconds.
 pub const DEFAULT_FLUSH_MS: u64 = 5;
 
