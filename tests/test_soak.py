@@ -146,14 +146,17 @@ def test_a_counter_one_off_is_a_mismatch():
     assert soak.compare("toolgate", tg, {**tg, "store_fallbacks": 1}) != []
 
 
-def sample(i: int, errors: int = 0, problems=(), rss=40.0, p99=1000.0, fds=30) -> dict:
+def sample(
+    i: int, errors: int = 0, problems=(), rss=40.0, p99=1000.0, fds=30, deciding=0, redis=20
+) -> dict:
     return {
         "index": i,
         "errors": errors,
         "problems": list(problems),
         "rss_mib": {"toolgate": rss},
         "p99_us": p99,
-        "fds": {"toolgate": fds},
+        "fds": {"toolgate": fds, "redis": redis, "envoy": 35},
+        "deciding_threads": deciding,
     }
 
 
@@ -170,3 +173,19 @@ def test_invariants_set_the_exit_status_and_speed_only_without_check():
     result = {"aims": soak.aims(slow, 2)}
     assert soak.failed(result, check=False) == ["rss_growth", "p99_drift"]
     assert soak.failed(result, check=True) == []
+
+
+def test_deciding_threads_may_add_their_redis_connections_and_nothing_more():
+    steady = [sample(i) for i in range(10)]
+    # A slow spell of Redis: 7 more deciding threads, each with its connection, on both ends.
+    grown = [*steady[:6], *(sample(i, fds=37, redis=27, deciding=7) for i in range(6, 10))]
+    assert soak.aims(grown, 2)["fds"]["met"]
+    # More fds than the threads explain (beyond the slack), on either end: a leak.
+    over = 7 + soak.FD_SLACK + 1
+    for leak in ({"fds": 30 + over}, {"redis": 20 + over}):
+        leaky = [*steady[:9], sample(9, **({"fds": 37, "redis": 27, "deciding": 7} | leak))]
+        assert not soak.aims(leaky, 2)["fds"]["met"], leak
+    # Envoy's fds are its own: deciding threads do not excuse them.
+    fds = {"toolgate": 30, "redis": 20, "envoy": 44}
+    envoy = [*steady[:9], {**sample(9, deciding=9), "fds": fds}]
+    assert soak.aims(envoy, 2)["fds"]["value"] == {"envoy": 44}
