@@ -337,7 +337,7 @@ fn marks(c: &mut Criterion) {
         let d = e.decide(&request("run_command", "g", &safe));
         assert_eq!(d.code, Code::Allowed);
         let set = d.marks.expect("the decision reports its marks").set;
-        assert_eq!(set, vec![Box::<str>::from("tainted")]);
+        assert_eq!(set, vec![std::sync::Arc::<str>::from("tainted")]);
         e
     });
     g.bench_function("set", |b| {

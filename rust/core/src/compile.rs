@@ -145,7 +145,7 @@ impl SectionPins {
 /// A mark some rule sets: its counter (the mark's ttl is the window), and what the rule's
 /// want of it reserves (one unit, never refused).
 pub struct CompiledMark {
-    pub name: Box<str>,
+    pub name: Arc<str>,
     pub scope: Scope,
     pub ttl_ms: u64,
     pub identity: u64,

@@ -31,6 +31,7 @@ use crate::store::CounterStore;
 use crate::trace::{LimitsEnd, List, NoTrace, Trace};
 use arc_swap::ArcSwap;
 use arrayvec::ArrayVec;
+use smallvec::SmallVec;
 use std::sync::{Arc, OnceLock};
 
 /// Default counter-table size: slots and reservation-log entries.
@@ -547,7 +548,7 @@ impl Engine {
                     Checked::AwaitMarks => unread(&out, r),
                 };
                 let mut d = d;
-                d.marks = mark_reads.seen(Vec::new());
+                d.marks = MarkReads::seen(reading.take(), Vec::new());
                 return d;
             }
         }
@@ -557,7 +558,7 @@ impl Engine {
             (Some(r), Some(a)) if !req.dry_run => match self.approval_gate(a, r, req, &out) {
                 Gate::Stop(mut d) => {
                     // Waiting for a person sets nothing; what it read was read.
-                    d.marks = MarkReads::seen_of(&reading, Vec::new());
+                    d.marks = MarkReads::seen(reading.take(), Vec::new());
                     return d;
                 }
                 // The approval it holds, kept apart from the gate (which holds a whole
@@ -577,7 +578,7 @@ impl Engine {
         ) {
             match self.confirmation_gate(r, c, req, &out) {
                 Confirmed::Stop(mut d) => {
-                    d.marks = MarkReads::seen_of(&reading, Vec::new());
+                    d.marks = MarkReads::seen(reading.take(), Vec::new());
                     return d;
                 }
                 Confirmed::Run(wants) => {
@@ -598,7 +599,7 @@ impl Engine {
         // A limit's denial when marks are still to be judged: conditions come first.
         let mut held: Option<(Decision, bool)> = None;
         let reads = if deferred.is_empty() {
-            Vec::new()
+            Reads::new()
         } else {
             reading
                 .as_mut()
@@ -735,7 +736,7 @@ impl Engine {
                 if !shadowed(r) {
                     self.give_back(&parts);
                     let mut d = d;
-                    d.marks = mark_reads.seen(Vec::new());
+                    d.marks = MarkReads::seen(reading.take(), Vec::new());
                     return d;
                 }
                 deny!(true, d);
@@ -832,7 +833,7 @@ impl Engine {
                 Verdict::Allow => set_marks(rules.clone()),
                 _ => Vec::new(),
             };
-            d.marks = MarkReads::seen_of(&reading, set);
+            d.marks = MarkReads::seen(reading.take(), set);
         }
         d
     }
@@ -1214,65 +1215,61 @@ fn unread(out: &Draft<'_>, r: &CompiledRule) -> Decision {
 const MARK_UNITS: u64 = 1;
 
 /// The marks the deferred rules read: a counter read for each the call names a scope value
-/// for, and what each was found to be.
+/// for, and what each was found to be. Built per decision that reads marks, so nothing in
+/// it is copied from the policy but counter keys: names are shared, and the reads of one
+/// or two marks stay inline.
 struct MarkReads {
-    reads: Vec<Read>,
+    /// One per mark whose state is not [`MarkState::NoScope`], in the marks' order.
+    reads: Reads,
     marks: Marks,
-    /// For each mark, its read's index (none when the call names no scope value for it).
-    index: Vec<Option<usize>>,
 }
+
+/// A call's mark reads (a rule reads few).
+type Reads = SmallVec<[Read; 2]>;
 
 impl MarkReads {
     fn of(rules: &[&CompiledRule], subject: &Subject<'_>) -> MarkReads {
         let mut out = MarkReads {
-            reads: Vec::new(),
+            reads: Reads::new(),
             marks: Marks::default(),
-            index: Vec::new(),
         };
         for mark in rules.iter().flat_map(|r| &r.mark_reads) {
             if out.marks.0.iter().any(|(n, _)| *n == mark.name) {
                 continue;
             }
-            let read = mark_key(mark, subject).ok().map(|key| Read {
-                key,
-                window_ms: mark.ttl_ms,
-            });
-            let index = read.map(|r| {
-                out.reads.push(r);
-                out.reads.len() - 1
-            });
-            let state = if index.is_some() {
-                MarkState::Unset
-            } else {
-                MarkState::NoScope
+            let state = match mark_key(mark, subject) {
+                Ok(key) => {
+                    out.reads.push(Read {
+                        key,
+                        window_ms: mark.ttl_ms,
+                    });
+                    MarkState::Unset
+                }
+                Err(_) => MarkState::NoScope,
             };
-            out.marks.0.push((mark.name.clone(), state));
-            out.index.push(index);
+            out.marks.0.push((Arc::clone(&mark.name), state));
         }
         out.reads.truncate(MAX_READS);
         out
     }
 
-    /// [`MarkReads::seen`] of a section's reads (none where it uses no marks).
-    fn seen_of(reading: &Option<MarkReads>, set: Vec<Box<str>>) -> Option<Box<MarksSeen>> {
-        reading.as_ref().and_then(|r| r.seen(set))
-    }
-
-    /// What a decision reports of its marks: those read, and `set`.
-    fn seen(&self, set: Vec<Box<str>>) -> Option<Box<MarksSeen>> {
-        if self.marks.0.is_empty() && set.is_empty() {
+    /// What a decision reports of the marks `reading` read, and `set`: none where the
+    /// section uses no marks, or none were read or set.
+    fn seen(reading: Option<MarkReads>, set: Vec<Arc<str>>) -> Option<Box<MarksSeen>> {
+        let read = reading.map(|r| r.marks.0).unwrap_or_default();
+        if read.is_empty() && set.is_empty() {
             return None;
         }
-        Some(Box::new(MarksSeen {
-            read: self.marks.0.clone(),
-            set,
-        }))
+        Some(Box::new(MarksSeen { read, set }))
     }
 
-    /// The marks, as the reads found them.
+    /// The marks, as the reads found them: the `i`th mark with a read has bit `i`.
     fn fill(&mut self, bits: ReadBits) -> &Marks {
-        for ((_, state), index) in self.marks.0.iter_mut().zip(&self.index) {
-            let Some(i) = *index else { continue };
+        let mut i = 0;
+        for (_, state) in self.marks.0.iter_mut() {
+            if *state == MarkState::NoScope {
+                continue;
+            }
             *state = if i >= MAX_READS || bits.unknown & (1 << i) != 0 {
                 MarkState::Unread
             } else if bits.set & (1 << i) != 0 {
@@ -1280,17 +1277,18 @@ impl MarkReads {
             } else {
                 MarkState::Unset
             };
+            i += 1;
         }
         &self.marks
     }
 }
 
 /// The names of the marks `rules` set, once each.
-fn set_marks<'r>(rules: impl Iterator<Item = &'r CompiledRule>) -> Vec<Box<str>> {
-    let mut names: Vec<Box<str>> = Vec::new();
+fn set_marks<'r>(rules: impl Iterator<Item = &'r CompiledRule>) -> Vec<Arc<str>> {
+    let mut names: Vec<Arc<str>> = Vec::new();
     for mark in rules.flat_map(|r| &r.marks) {
         if !names.contains(&mark.name) {
-            names.push(mark.name.clone());
+            names.push(Arc::clone(&mark.name));
         }
     }
     names

@@ -6,10 +6,11 @@
 //! mark is read in the same step, and on the same store, as the call's limits are reserved.
 
 use crate::counter::CounterKey;
+use std::sync::Arc;
 
-/// The marks one call read, by name.
+/// The marks one call read, by name (the policy's, shared: a decision copies no name).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Marks(pub Vec<(Box<str>, MarkState)>);
+pub struct Marks(pub Vec<(Arc<str>, MarkState)>);
 
 /// What reading a mark found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,8 +45,8 @@ impl Marks {
 /// allowed; a dry run's would be).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MarksSeen {
-    pub read: Vec<(Box<str>, MarkState)>,
-    pub set: Vec<Box<str>>,
+    pub read: Vec<(Arc<str>, MarkState)>,
+    pub set: Vec<Arc<str>>,
 }
 
 /// Most counters one call reads besides those it reserves (marks), one bit each.
