@@ -31,6 +31,7 @@ use crate::store::CounterStore;
 use crate::trace::{LimitsEnd, List, NoTrace, Trace};
 use arc_swap::ArcSwap;
 use arrayvec::ArrayVec;
+use smallvec::SmallVec;
 use std::sync::{Arc, OnceLock};
 
 /// Default counter-table size: slots and reservation-log entries.
@@ -1215,15 +1216,16 @@ const MARK_UNITS: u64 = 1;
 
 /// The marks the deferred rules read: a counter read for each the call names a scope value
 /// for, and what each was found to be. Built per decision that reads marks, so nothing in
-/// it is copied from the policy but counter keys: names are shared.
+/// it is copied from the policy but counter keys: names are shared, and the reads and marks
+/// of a rule that reads one or two stay inline.
 struct MarkReads {
     /// One per mark whose state is not [`MarkState::NoScope`], in the marks' order.
     reads: Reads,
     marks: Marks,
 }
 
-/// A call's mark reads.
-type Reads = Vec<Read>;
+/// A call's mark reads (a rule reads few).
+type Reads = SmallVec<[Read; 2]>;
 
 impl MarkReads {
     fn of(rules: &[&CompiledRule], subject: &Subject<'_>) -> MarkReads {

@@ -6,11 +6,16 @@
 //! mark is read in the same step, and on the same store, as the call's limits are reserved.
 
 use crate::counter::CounterKey;
+use smallvec::SmallVec;
 use std::sync::Arc;
 
 /// The marks one call read, by name (the policy's, shared: a decision copies no name).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Marks(pub Vec<(Arc<str>, MarkState)>);
+pub struct Marks(pub MarksRead);
+
+/// Marks by name and what reading each found: inline for the one or two a rule reads, so
+/// a decision that reports them allocates only the report.
+pub type MarksRead = SmallVec<[(Arc<str>, MarkState); 2]>;
 
 /// What reading a mark found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +50,7 @@ impl Marks {
 /// allowed; a dry run's would be).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MarksSeen {
-    pub read: Vec<(Arc<str>, MarkState)>,
+    pub read: MarksRead,
     pub set: Vec<Arc<str>>,
 }
 

@@ -321,7 +321,7 @@ fn every_store_judges_a_call_before_its_own_mark() {
         let first = call(&e, "once", "g", None);
         assert_eq!(first.code, Code::Allowed, "{store:?}: {}", first.reason());
         let read = &first.marks.as_ref().expect("marks read").read;
-        assert_eq!(read, &[("done".into(), MarkState::Unset)], "{store:?}");
+        assert_eq!(&read[..], &[("done".into(), MarkState::Unset)], "{store:?}");
         assert_eq!(
             call(&e, "once", "g", None).code,
             Code::ConditionFailed,
