@@ -71,7 +71,7 @@ fn a_marked_session_cannot_send_and_other_sessions_can() {
         "mail may not leave a session that read private data"
     );
     let marks = sent.marks.as_ref().unwrap();
-    assert_eq!(marks.read, vec![("private_data".into(), MarkState::Set)]);
+    assert_eq!(&marks.read[..], &[("private_data".into(), MarkState::Set)]);
     assert!(marks.set.is_empty(), "a denied call sets nothing");
     assert_eq!(
         call(&e, "send_email", Some("s2"), false).verdict,
@@ -156,8 +156,8 @@ fn without_the_scope_a_mark_is_neither_set_nor_read() {
     assert_eq!(sent.code, Code::ConditionFailed);
     assert!(sent.reason().contains("names none"), "{}", sent.reason());
     assert_eq!(
-        sent.marks.unwrap().read,
-        vec![("private_data".into(), MarkState::NoScope)]
+        &sent.marks.unwrap().read[..],
+        &[("private_data".into(), MarkState::NoScope)]
     );
 }
 
