@@ -480,12 +480,13 @@ impl Engine {
         }
         // A rule whose conditions read marks waits for them: they are read with the
         // reservation, in one step (one round trip to a shared store).
-        let mut deferred: ArrayVec<&CompiledRule, 2> = ArrayVec::new();
+        // Each with the item its conditions stopped at: those before it are not judged again.
+        let mut deferred: ArrayVec<(&CompiledRule, usize), 2> = ArrayVec::new();
         for r in rules.clone() {
-            match check_conditions(&out, r, &facts, trace) {
+            match check_conditions(&out, r, 0, &facts, trace) {
                 Checked::Pass => {}
                 Checked::Deny(d) => deny!(shadowed(r), d),
-                Checked::AwaitMarks => deferred.push(r),
+                Checked::AwaitMarks(at) => deferred.push((r, at)),
             }
         }
         if let Some(d) = unkeyed {
@@ -537,15 +538,15 @@ impl Engine {
                 .as_mut()
                 .expect("rules that read marks are in its section");
             let known = facts.with_marks(mark_reads.fill(bits));
-            for r in std::mem::take(&mut deferred) {
-                let d = match check_conditions(&out, r, &known, trace) {
+            for (r, at) in std::mem::take(&mut deferred) {
+                let d = match check_conditions(&out, r, at, &known, trace) {
                     Checked::Pass => continue,
                     Checked::Deny(d) if shadowed(r) => {
                         deny!(true, d);
                         continue;
                     }
                     Checked::Deny(d) => d,
-                    Checked::AwaitMarks => unread(&out, r),
+                    Checked::AwaitMarks(_) => unread(&out, r),
                 };
                 let mut d = d;
                 d.marks = MarkReads::seen(reading.take(), Vec::new());
@@ -612,7 +613,7 @@ impl Engine {
         let judged = consume && !reads.is_empty() && self.store_blocks();
         let denying = match (judged, reading.as_mut()) {
             (true, Some(mark_reads)) => {
-                let enforcing = deferred.iter().copied().filter(|r| !shadowed(r));
+                let enforcing = deferred.iter().copied().filter(|(r, _)| !shadowed(r));
                 denying(&out, enforcing, mark_reads, reads.len(), &facts)
             }
             _ => Denying::default(),
@@ -727,11 +728,11 @@ impl Engine {
                 .expect("rules that read marks are in its section");
             mark_reads.reads = reads;
             let known = facts.with_marks(mark_reads.fill(bits));
-            for r in deferred.iter().copied() {
-                let d = match check_conditions(&out, r, &known, trace) {
+            for (r, at) in deferred.iter().copied() {
+                let d = match check_conditions(&out, r, at, &known, trace) {
                     Checked::Pass => continue,
                     Checked::Deny(d) => d,
-                    Checked::AwaitMarks => unread(&out, r),
+                    Checked::AwaitMarks(_) => unread(&out, r),
                 };
                 if !shadowed(r) {
                     self.give_back(&parts);
@@ -1142,24 +1143,26 @@ impl Draft<'_> {
 enum Checked {
     Pass,
     Deny(Decision),
-    /// They read marks, which are not read yet.
-    AwaitMarks,
+    /// They read marks, which are not read yet: judged again from this item once they are.
+    AwaitMarks(usize),
 }
 
 #[inline(always)]
 fn check_conditions<A: ArgValue + Clone, T: Trace>(
     out: &Draft<'_>,
     r: &CompiledRule,
+    start: usize,
     facts: &Facts<'_, A>,
     trace: &mut T,
 ) -> Checked {
-    match evaluate_conditions(out.policy, r, facts, trace) {
+    let (conditions, at) = evaluate_conditions_from(out.policy, r, start, facts, trace);
+    match conditions {
         Conditions::Pass => Checked::Pass,
         Conditions::Denied(d) => {
             Checked::Deny(out.finish(Code::ConditionFailed, d.reason, d.pointer))
         }
         Conditions::Unevaluable(_, Problem::NotYetKnown) if facts.marks.is_none() => {
-            Checked::AwaitMarks
+            Checked::AwaitMarks(at)
         }
         Conditions::Unevaluable(c, p) => {
             let detail = format!("condition cannot be evaluated: {}", p.describe(c));
@@ -1177,7 +1180,7 @@ fn check_conditions<A: ArgValue + Clone, T: Trace>(
 /// denies.
 fn denying<'r, A: ArgValue + Clone>(
     out: &Draft<'_>,
-    rules: impl Iterator<Item = &'r CompiledRule> + Clone,
+    rules: impl Iterator<Item = (&'r CompiledRule, usize)> + Clone,
     mark_reads: &mut MarkReads,
     reads: usize,
     facts: &Facts<'_, A>,
@@ -1192,9 +1195,9 @@ fn denying<'r, A: ArgValue + Clone>(
             unknown: 0,
         };
         let known = facts.with_marks(mark_reads.fill(found));
-        let passes = |r: &CompiledRule| {
+        let passes = |(r, at): (&CompiledRule, usize)| {
             matches!(
-                evaluate_conditions(out.policy, r, &known, &mut NoTrace),
+                evaluate_conditions_from(out.policy, r, at, &known, &mut NoTrace).0,
                 Conditions::Pass
             )
         };
@@ -1228,12 +1231,12 @@ struct MarkReads {
 type Reads = SmallVec<[Read; 2]>;
 
 impl MarkReads {
-    fn of(rules: &[&CompiledRule], subject: &Subject<'_>) -> MarkReads {
+    fn of(rules: &[(&CompiledRule, usize)], subject: &Subject<'_>) -> MarkReads {
         let mut out = MarkReads {
             reads: Reads::new(),
             marks: Marks::default(),
         };
-        for mark in rules.iter().flat_map(|r| &r.mark_reads) {
+        for mark in rules.iter().flat_map(|(r, _)| &r.mark_reads) {
             if out.marks.0.iter().any(|(n, _)| *n == mark.name) {
                 continue;
             }
@@ -1334,6 +1337,20 @@ pub(crate) fn evaluate_conditions<'p, A: ArgValue + Clone, T: Trace>(
     facts: &Facts<'_, A>,
     trace: &mut T,
 ) -> Conditions<'p> {
+    evaluate_conditions_from(policy, r, 0, facts, trace).0
+}
+
+/// [`evaluate_conditions`] from the `start`th item on (`deny_if`'s, then `require`'s): the
+/// items before it are known to pass whatever the marks (they passed before the marks
+/// were read, and reading marks only settles items that waited for them). Also returns
+/// the item it stopped at.
+fn evaluate_conditions_from<'p, A: ArgValue + Clone, T: Trace>(
+    policy: &CompiledPolicy,
+    r: &'p CompiledRule,
+    start: usize,
+    facts: &Facts<'_, A>,
+    trace: &mut T,
+) -> (Conditions<'p>, usize) {
     // A group holds when all its conditions hold; a bare condition is a group of one.
     let mut eval = |list: List, index: usize, item: &'p ConditionItem| {
         trace.item_begin(policy, r, list, index, item);
@@ -1348,21 +1365,23 @@ pub(crate) fn evaluate_conditions<'p, A: ArgValue + Clone, T: Trace>(
         trace.item_end(outcome, denies);
         outcome
     };
-    for (i, c) in r.deny_if.iter().enumerate() {
+    let denying = r.deny_if.len();
+    for (i, c) in r.deny_if.iter().enumerate().skip(start) {
         match eval(List::DenyIf, i, &c.item) {
-            Outcome::Holds => return Conditions::Denied(&c.denial),
+            Outcome::Holds => return (Conditions::Denied(&c.denial), i),
             Outcome::Fails => {}
-            Outcome::Unevaluable(c, p) => return Conditions::Unevaluable(c, p),
+            Outcome::Unevaluable(c, p) => return (Conditions::Unevaluable(c, p), i),
         }
     }
-    for (i, c) in r.require.iter().enumerate() {
+    let skip = start.saturating_sub(denying);
+    for (i, c) in r.require.iter().enumerate().skip(skip) {
         match eval(List::Require, i, &c.item) {
             Outcome::Holds => {}
-            Outcome::Fails => return Conditions::Denied(&c.denial),
-            Outcome::Unevaluable(c, p) => return Conditions::Unevaluable(c, p),
+            Outcome::Fails => return (Conditions::Denied(&c.denial), denying + i),
+            Outcome::Unevaluable(c, p) => return (Conditions::Unevaluable(c, p), denying + i),
         }
     }
-    Conditions::Pass
+    (Conditions::Pass, denying + r.require.len())
 }
 
 /// The counter key and amount one limit needs for this call.

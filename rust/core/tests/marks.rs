@@ -315,3 +315,77 @@ proptest! {
         }
     }
 }
+
+/// One condition of a generated rule: on the call's arguments, or on a mark.
+#[derive(Debug, Clone)]
+enum Item {
+    /// `args.a` equals this.
+    Arg(u8),
+    /// The mark `m` is set (`deny_if`: `marks.m exists`; `require`: `marks contains "m"`).
+    Mark,
+}
+
+fn item(list: &str, it: &Item) -> Value {
+    match (list, it) {
+        (_, Item::Arg(v)) => json!({"path": "args.a", "op": "eq", "value": v}),
+        ("deny_if", Item::Mark) => json!({"path": "marks.m", "op": "exists"}),
+        (_, Item::Mark) => json!({"path": "marks", "op": "contains", "value": "m"}),
+    }
+}
+
+proptest! {
+    /// A rule's conditions are judged in order, the first that denies naming the denial,
+    /// wherever its mark conditions stand among the others: those before the first one that
+    /// waits for the marks are not judged again once the marks are read, and none of them
+    /// is skipped. Each combination is decided as the conditions say, item by item.
+    #[test]
+    fn conditions_around_a_mark_decide_in_their_order(
+        deny_if in proptest::collection::vec(
+            prop_oneof![(0u8..2).prop_map(Item::Arg), Just(Item::Mark)], 0..4),
+        require in proptest::collection::vec(
+            prop_oneof![(0u8..2).prop_map(Item::Arg), Just(Item::Mark)], 0..4),
+        a in 0u8..2,
+        set in any::<bool>(),
+    ) {
+        let rule = json!({
+            "deny_if": deny_if.iter().map(|i| item("deny_if", i)).collect::<Vec<_>>(),
+            "require": require.iter().map(|i| item("require", i)).collect::<Vec<_>>(),
+        });
+        let (e, _) = engine(json!({"version": "1", "default": "deny", "tools": {
+            "mark": {"marks": [{"name": "m", "scope": "session", "ttl": "1h"}]},
+            "act": rule,
+        }}));
+        if set {
+            prop_assert_eq!(call(&e, "mark", Some("s"), false).code, Code::Allowed);
+        }
+        let holds = |it: &Item| match it {
+            Item::Arg(v) => *v == a,
+            Item::Mark => set,
+        };
+        let want = deny_if
+            .iter()
+            .position(holds)
+            .map(|i| format!("/tools/act/deny_if/{i}"))
+            .or_else(|| {
+                let i = require.iter().position(|it| !holds(it))?;
+                Some(format!("/tools/act/require/{i}"))
+            });
+        let args = json!({"a": a});
+        let d = e.decide(&Request {
+            tool: "act",
+            server: None,
+            subject: Subject { session: Some("s"), ..Default::default() },
+            args: Some(&args),
+            dry_run: false,
+            hits: None,
+            confirm: None,
+        });
+        match want {
+            None => prop_assert_eq!(d.code, Code::Allowed, "{}", d.reason()),
+            Some(pointer) => {
+                prop_assert_eq!(d.code, Code::ConditionFailed, "{}", d.reason());
+                prop_assert_eq!(d.rule(), pointer.as_str());
+            }
+        }
+    }
+}
