@@ -537,11 +537,8 @@ def aims(samples: list[dict], warmup: int) -> dict:
         name: max(steady_fds(s)[name] for s in samples[: max(warmup, 1)]) + FD_SLACK
         for name in samples[0]["fds"]
     }
-    fd_over = {
-        name: steady_fds(samples[-1])[name]
-        for name, limit in fd_limits.items()
-        if steady_fds(samples[-1])[name] > limit
-    }
+    last = steady_fds(samples[-1])
+    fd_over = {name: last[name] for name, limit in fd_limits.items() if last[name] > limit}
     errors = sum(s["errors"] for s in samples)
     mismatches = sum(len(s["problems"]) for s in samples)
     return {
