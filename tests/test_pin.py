@@ -42,7 +42,28 @@ def removed(engine: toolgate.Engine, tools: list[dict[str, Any]], server: str | 
 
 names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12)
 json_leaf = st.one_of(st.booleans(), st.integers(-(2**40), 2**40), st.text(max_size=8), st.none())
-schemas = st.dictionaries(
+
+
+def folded(key: str) -> str:
+    """`key` as a case-insensitive decoder reads it (each character the one-character lower
+    case of its one-character upper case): the reader refuses objects whose keys fold alike."""
+
+    def one(c: str, mapped: str) -> str:
+        return mapped if len(mapped) == 1 else c
+
+    return "".join(one(u, u.lower()) for u in (one(c, c.upper()) for c in key))
+
+
+def objects(keys: st.SearchStrategy[str], values: st.SearchStrategy[Any], max_size: int):
+    """Objects the reader takes: no two keys fold alike (nor casefold alike, to be safe)."""
+    return st.lists(
+        st.tuples(keys, values),
+        max_size=max_size,
+        unique_by=(lambda kv: folded(kv[0]), lambda kv: kv[0].casefold()),
+    ).map(dict)
+
+
+schemas = objects(
     st.text(min_size=1, max_size=6),
     st.fixed_dictionaries({"type": st.sampled_from(["string", "number"])}),
     max_size=4,
@@ -56,7 +77,7 @@ definitions = st.fixed_dictionaries(
             st.booleans(),
         ),
         "outputSchema": schemas,
-        "_meta": st.dictionaries(st.text(max_size=5), json_leaf, max_size=2),
+        "_meta": objects(st.text(max_size=5), json_leaf, max_size=2),
     },
 )
 
