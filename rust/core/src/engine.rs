@@ -841,6 +841,7 @@ impl Engine {
 
     /// Reserve one group of a call's wants and read `reads`, in the store (one step).
     #[allow(clippy::too_many_arguments)]
+    #[inline]
     fn reserve_group<T: Trace>(
         &self,
         wants: &[Want<'_>],
@@ -863,7 +864,12 @@ impl Engine {
                     limits,
                     trace,
                 );
-                (outcome, limiter::read(&self.table, reads, parts, now_ns))
+                let read = if reads.is_empty() {
+                    ReadBits::default()
+                } else {
+                    limiter::read(&self.table, reads, parts, now_ns)
+                };
+                (outcome, read)
             }
             Some(s) => s.reserve(
                 &self.stats,
@@ -1344,6 +1350,7 @@ pub(crate) fn evaluate_conditions<'p, A: ArgValue + Clone, T: Trace>(
 /// items before it are known to pass whatever the marks (they passed before the marks
 /// were read, and reading marks only settles items that waited for them). Also returns
 /// the item it stopped at.
+#[inline(always)]
 fn evaluate_conditions_from<'p, A: ArgValue + Clone, T: Trace>(
     policy: &CompiledPolicy,
     r: &'p CompiledRule,

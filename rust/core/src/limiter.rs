@@ -171,6 +171,7 @@ pub fn read(table: &CounterTable, reads: &[Read], own: &[Part], now_ns: u64) -> 
 /// (or, rarely, the log could not take them: see [`ReservationLog::record`]).
 ///
 /// [`ReservationLog::record`]: crate::counter::reservation::ReservationLog::record
+#[inline]
 pub fn record(table: &CounterTable, parts: &[Part]) -> Option<u64> {
     if parts.is_empty() {
         return None;
