@@ -59,7 +59,7 @@ impl CounterKey {
     }
 
     /// The key for one scope value (a grant, a session, ...) of a counter.
-    #[inline]
+    #[inline(always)]
     pub fn new(identity: u64, scope_value: &[u8], granularity: Granularity) -> CounterKey {
         let mut h =
             ahash::RandomState::with_seeds(SEEDS[0], SEEDS[1], SEEDS[2], SEEDS[3]).build_hasher();
