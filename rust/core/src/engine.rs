@@ -1464,36 +1464,60 @@ fn want<'p, A: ArgValue + Clone>(
     })
 }
 
+/// A rate-limited call's reason, written into one allocation: the denial path of a flood of
+/// calls makes one for each.
 fn rate_limited_reason(limit: &CompiledLimit, retry_after_ms: Option<u64>) -> String {
+    use std::fmt::Write;
     let unit = if limit.cost.is_some() { "" } else { " calls" };
-    let base = format!(
+    let mut reason = String::with_capacity(128);
+    // Writing to a String cannot fail.
+    let _ = write!(
+        reason,
         "rate limit {:?} reached: at most {}{unit} per {} per {}",
         &*limit.counter_name,
         limit.info.max,
-        format_window(limit.info.window_ms),
+        Window(limit.info.window_ms),
         limit.info.scope.as_str()
     );
-    match retry_after_ms {
-        Some(ms) => format!("{base}; retry in {}", format_seconds(ms)),
-        None => format!("{base}; this call's cost exceeds the limit itself"),
-    }
+    let _ = match retry_after_ms {
+        Some(ms) => write!(reason, "; retry in {}", Seconds(ms)),
+        None => write!(reason, "; this call's cost exceeds the limit itself"),
+    };
+    reason
 }
 
 /// A window for people: `1m`, `90s`, `1500ms` (the extension's `format_window`).
-pub fn format_window(ms: u64) -> String {
-    const UNITS: [(u64, &str); 4] = [
-        (86_400_000, "d"),
-        (3_600_000, "h"),
-        (60_000, "m"),
-        (1000, "s"),
-    ];
-    match UNITS.iter().find(|(n, _)| ms.is_multiple_of(*n)) {
-        Some((n, unit)) => format!("{}{unit}", ms / n),
-        None => format!("{ms}ms"),
+pub struct Window(pub u64);
+
+impl std::fmt::Display for Window {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const UNITS: [(u64, &str); 4] = [
+            (86_400_000, "d"),
+            (3_600_000, "h"),
+            (60_000, "m"),
+            (1000, "s"),
+        ];
+        let ms = self.0;
+        match UNITS.iter().find(|(n, _)| ms.is_multiple_of(*n)) {
+            Some((n, unit)) => write!(f, "{}{unit}", ms / n),
+            None => write!(f, "{ms}ms"),
+        }
     }
 }
 
 /// A wait for people, in seconds to a tenth: `1.5s` (the extension's `format_seconds`).
+pub struct Seconds(pub u64);
+
+impl std::fmt::Display for Seconds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.1}s", self.0 as f64 / 1000.0)
+    }
+}
+
+pub fn format_window(ms: u64) -> String {
+    Window(ms).to_string()
+}
+
 pub fn format_seconds(ms: u64) -> String {
-    format!("{:.1}s", ms as f64 / 1000.0)
+    Seconds(ms).to_string()
 }

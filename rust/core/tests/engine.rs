@@ -403,3 +403,38 @@ fn integers_within_2_53_compare_as_usual() {
         Verdict::Deny
     );
 }
+
+/// A rate-limited call's reason, word for word: the counter, its room, window and scope, and
+/// when to retry (or that the call's cost alone is over the limit).
+#[test]
+fn a_rate_limited_reason_says_what_is_full_and_when_to_retry() {
+    let policy = r#"{"version": "1", "tools": {
+        "a": {"limits": [{"counter": "runs", "max": 1, "window": 90, "scope": "grant"}]},
+        "b": {"limits": [{"counter": "spend", "max": 5, "window": 86400, "scope": "grant",
+                          "cost": "args.amount"}]}}}"#;
+    let (engine, _) = engine(policy);
+    assert_eq!(call(&engine, "a").code, Code::Allowed);
+    let d = call(&engine, "a");
+    assert_eq!(
+        d.reason(),
+        "rate limit \"runs\" reached: at most 1 calls per 90s per grant; retry in 95.0s"
+    );
+    let args = serde_json::json!({"amount": 6});
+    let d = engine.decide(&Request {
+        tool: "b",
+        server: None,
+        subject: Subject {
+            grant: Some("g"),
+            ..Default::default()
+        },
+        args: Some(&args),
+        dry_run: false,
+        hits: None,
+        confirm: None,
+    });
+    assert_eq!(
+        d.reason(),
+        "rate limit \"spend\" reached: at most 5 per 1d per grant; this call's cost exceeds \
+         the limit itself"
+    );
+}
