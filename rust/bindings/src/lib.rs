@@ -30,13 +30,13 @@ fn inert(text: &str) -> String {
 /// A window for people: `1m`, `90s`, `1500ms` (as the engine's reasons write it).
 #[pyfunction]
 fn format_window(ms: u64) -> String {
-    toolgate_core::engine::format_window(ms)
+    toolgate_core::engine::Window(ms).to_string()
 }
 
 /// A wait for people, in seconds to a tenth: `1.5s` (as the engine's reasons write it).
 #[pyfunction]
 fn format_seconds(ms: u64) -> String {
-    toolgate_core::engine::format_seconds(ms)
+    toolgate_core::engine::Seconds(ms).to_string()
 }
 
 /// JSON text an agent sent with each character `inert` would escape written as a JSON

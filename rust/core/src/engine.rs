@@ -1513,11 +1513,3 @@ impl std::fmt::Display for Seconds {
         write!(f, "{:.1}s", self.0 as f64 / 1000.0)
     }
 }
-
-pub fn format_window(ms: u64) -> String {
-    Window(ms).to_string()
-}
-
-pub fn format_seconds(ms: u64) -> String {
-    Seconds(ms).to_string()
-}
