@@ -15,15 +15,24 @@ fn engine(json: &str) -> (Engine, Arc<ManualClock>) {
 }
 
 fn call(engine: &Engine, tool: &str) -> toolgate_core::Decision {
+    call_with(engine, tool, None)
+}
+
+/// A call of grant `g` with these arguments.
+fn call_with(
+    engine: &Engine,
+    tool: &str,
+    args: Option<&serde_json::Value>,
+) -> toolgate_core::Decision {
     let subject = Subject {
         grant: Some("g"),
         ..Default::default()
     };
-    engine.decide::<&serde_json::Value>(&Request {
+    engine.decide(&Request {
         tool,
         server: None,
         subject,
-        args: None,
+        args,
         dry_run: false,
         hits: None,
         confirm: None,
@@ -419,19 +428,7 @@ fn a_rate_limited_reason_says_what_is_full_and_when_to_retry() {
         d.reason(),
         "rate limit \"runs\" reached: at most 1 calls per 90s per grant; retry in 95.0s"
     );
-    let args = serde_json::json!({"amount": 6});
-    let d = engine.decide(&Request {
-        tool: "b",
-        server: None,
-        subject: Subject {
-            grant: Some("g"),
-            ..Default::default()
-        },
-        args: Some(&args),
-        dry_run: false,
-        hits: None,
-        confirm: None,
-    });
+    let d = call_with(&engine, "b", Some(&serde_json::json!({"amount": 6})));
     assert_eq!(
         d.reason(),
         "rate limit \"spend\" reached: at most 5 per 1d per grant; this call's cost exceeds \
