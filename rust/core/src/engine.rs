@@ -864,6 +864,8 @@ impl Engine {
                     limits,
                     trace,
                 );
+                // Checked here, not in `read`: so the call is left out (measured: inlining
+                // `read` or checking inside it made the whole decision dearer).
                 let read = if reads.is_empty() {
                     ReadBits::default()
                 } else {
