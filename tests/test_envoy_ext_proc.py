@@ -465,15 +465,14 @@ UNREADABLE = {
         "text/event-stream",
         b'data: {"jsonrpc":"2.0","id":7,"result":{"tools":[' + TOOL + b"]\n\n",
     ),
-    "not-json": (200, "text/html", b'{"jsonrpc":"2.0","id":7,"result":{"tools":[' + TOOL + b"]}}"),
     # An error status is no reason to pass a body unread.
     "error-page": (
         500,
         "text/html",
-        b'{"jsonrpc":"2.0","id":7,"result":{"tools":[' + TOOL + b"]}}",
+        b"<html><pre>" + LIST_7 + b"</pre></html>",
     ),
-    # Bytes that are no event stream, labelled as one (clients skip lines they cannot read).
-    "json-as-event-stream": (200, "text/event-stream", LIST_7),
+    # A line that is no field of the event format before the answer (clients skip it).
+    "stray-line": (200, "text/event-stream", b"junk\ndata: " + LIST_7 + b"\n\n"),
 }
 
 
@@ -489,15 +488,63 @@ def test_an_answer_that_cannot_be_read_is_refused(answer_status, content_type, b
         status, headers, out = send(envoy, "POST", rpc("tools/list", 7))
         assert sidecar.metric(LISTS, result="refused") == 1
     assert status == answer_status
-    text = out.decode()
-    assert "delete_all" not in text
-    if content_type == "text/event-stream" and text.startswith("event:"):
-        text = text.split("data: ", 1)[1]
-    else:
-        assert headers["content-type"] == "application/json"
-    error = json.loads(text)
+    assert headers["content-type"] == content_type
+    (error,) = client_messages(out)
     assert error["id"] == 7
     assert error["error"]["code"] == -32603
+    assert b"delete_all" not in out
+
+
+def client_messages(body: bytes) -> list[Any]:
+    """What MCP clients read in ``body``: one JSON message, or an event stream's messages
+    (whichever the answer's headers say, the filtered body must show the same to both)."""
+    try:
+        return [json.loads(body)]
+    except ValueError:
+        pass
+    text = body.decode("utf-8", "replace").replace("\r\n", "\n").replace("\r", "\n")
+    found = []
+    for event in text.split("\n\n"):
+        data = [
+            line[5:].removeprefix(" ") for line in event.split("\n") if line.startswith("data:")
+        ]
+        if data:
+            found.append(json.loads("\n".join(data)))
+    return found
+
+
+AS_READ = {
+    # What the headers say about the body does not change how it is read: a client that
+    # believes them reads nothing in it.
+    "json-as-page": (200, "text/html", LIST_7),
+    "json-as-error-page": (500, "text/html", LIST_7),
+    "json-as-event-stream": (200, "text/event-stream", LIST_7),
+    "events-as-json": (200, "application/json", b"event: message\ndata: " + LIST_7 + b"\n\n"),
+    "json-after-blank-lines": (200, "application/json", b"\r\n\n  " + LIST_7),
+}
+
+
+@pytest.mark.parametrize("answer_status, content_type, body", AS_READ.values(), ids=AS_READ.keys())
+def test_an_answer_is_filtered_in_the_framing_its_bytes_show(answer_status, content_type, body):
+    listed = body.replace(TOOL, TOOL + b',{"name":"read"}')
+    # The server gets toolgate's id: the answer names it.
+    with (
+        ScriptedUpstream(
+            lambda m: (answer_status, content_type, [listed.replace(b'"id":7', _id(m))])
+        ) as upstream,
+        Sidecar(HIDE_DELETES) as sidecar,
+        deployed(EXT_PROC, sidecar.port, upstream.port) as envoy,
+    ):
+        status, headers, out = send(envoy, "POST", rpc("tools/list", 7))
+        assert sidecar.metric(LISTS, result="refused") == 0
+    assert (status, headers["content-type"]) == (answer_status, content_type)
+    assert b"delete_all" not in out
+    (message,) = client_messages(out)
+    assert message == {"jsonrpc": "2.0", "id": 7, "result": {"tools": [{"name": "read"}]}}
+
+
+def _id(message: dict[str, Any]) -> bytes:
+    return b'"id":' + json.dumps(message["id"]).encode()
 
 
 def _compress(coding: str, data: bytes) -> bytes:
@@ -511,7 +558,7 @@ def _compress(coding: str, data: bytes) -> bytes:
 
 @pytest.mark.parametrize("coding", ["gzip", "deflate", "br"])
 @pytest.mark.parametrize("framing", ["application/json", "text/event-stream"])
-def test_a_compressed_list_is_refused_in_plain_json_and_none_is_asked_for(coding, framing):
+def test_no_client_decodes_a_list_the_filter_did_not_read(coding, framing):
     names = ["read", "delete_all"]
 
     def answer(message: dict[str, Any]) -> tuple[int, str, list[bytes]]:
@@ -528,17 +575,24 @@ def test_a_compressed_list_is_refused_in_plain_json_and_none_is_asked_for(coding
         # httpx, and so the official SDK, offers gzip by default.
         offer = {"accept-encoding": "gzip, deflate, br"}
         status, headers, out = send(envoy, "POST", rpc("tools/list", 7), offer)
-        assert sidecar.metric(LISTS, result="refused") == 1
+        refused = sidecar.metric(LISTS, result="refused")
     # The server was offered plain bytes only...
     (seen,) = upstream.headers
     assert "accept-encoding" not in seen
-    # ...and what it compressed anyway reaches the agent as a refusal it can read.
+    # ...and the client is not told to decode what it gets: the bytes the filter read. Those
+    # compressed anyway are neither JSON nor events: refused, in the event framing; a body
+    # only labelled as encoded is plain, and filtered.
     assert status == 200
     assert "content-encoding" not in headers
-    assert headers["content-type"] == "application/json"
-    error = json.loads(out)
-    assert (error["id"], error["error"]["code"]) == (7, -32603)
     assert b"delete_all" not in out
+    (message,) = client_messages(out)
+    assert message["id"] == 7
+    if coding == "br":
+        assert refused == 0
+        assert [t["name"] for t in message["result"]["tools"]] == ["read"]
+    else:
+        assert refused == 1
+        assert message["error"]["code"] == -32603
 
 
 def test_a_server_that_compresses_when_asked_lists_filtered_to_the_official_client(tmp_path):

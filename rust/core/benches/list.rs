@@ -25,7 +25,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use toolgate_core::definition::{digest, Definition};
 use toolgate_core::listed::ListedTool;
-use toolgate_core::mcp::answer::Framing;
 use toolgate_core::mcp::listing::{ListFilter, ListReport};
 use toolgate_core::{Engine, Policy, Subject};
 
@@ -149,7 +148,7 @@ fn filter(engine: &Engine, body: &[u8]) -> (Vec<u8>, ListReport) {
     };
     let visible =
         |name: &str, tool: &ListedTool<'_>| engine.list_tool(&policy, None, subject, name, tool);
-    let mut f = ListFilter::new(Ok(Framing::Json), Some(json!(LIST_ID)), visible);
+    let mut f = ListFilter::new(Some(json!(LIST_ID)), visible);
     let out = f.feed(body, true);
     (out, f.report)
 }

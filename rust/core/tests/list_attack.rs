@@ -33,8 +33,8 @@ fn hide(name: &str, tool: &ListedTool<'_>) -> Visibility {
     }
 }
 
-fn filter(framing: Framing, body: &[u8]) -> (Vec<u8>, ListReport) {
-    let mut f = ListFilter::new(Ok(framing), Some(json!(1)), hide);
+fn filter(body: &[u8]) -> (Vec<u8>, ListReport) {
+    let mut f = ListFilter::new(Some(json!(1)), hide);
     let out = f.feed(body, true);
     (out, f.report)
 }
@@ -48,8 +48,18 @@ fn verdicts(body: &[u8]) -> (bool, bool) {
 /// The filter's answer to `body`: `None` if refused, else the result it sends (null for a
 /// server's request or an error, which go on as they came). No hidden tool may be in it.
 fn judged(body: &[u8]) -> Option<Value> {
-    let (out, report) = filter(Framing::Json, body);
-    let message: Value = serde_json::from_slice(&out).expect("the filter writes JSON");
+    let (out, report) = filter(body);
+    // The answer goes on in the framing its first bytes show: one that does not open a JSON
+    // message is read as an event stream, refused unless it is only comments (no message).
+    let message = match Framing::sniff(body) {
+        Some(Framing::EventStream) => client_events(&out).concat(),
+        _ => out.clone(),
+    };
+    if message.is_empty() && report.refused.is_none() {
+        assert!(client_messages(&out).is_empty(), "{out:?}");
+        return None;
+    }
+    let message: Value = serde_json::from_slice(&message).expect("the filter writes JSON");
     if report.refused.is_some() {
         assert_eq!(message["error"]["code"], INTERNAL_ERROR);
         return None;
@@ -262,7 +272,7 @@ fn many_tiny_tools_up_to_the_key_limit_take_linear_time() {
     assert_eq!(result["tools"].as_array().unwrap().len(), 49_998);
     let time = |b: &str| {
         let start = cpu();
-        filter(Framing::Json, b.as_bytes());
+        filter(b.as_bytes());
         cpu() - start
     };
     // The least of a few runs: what the work costs, not what a busy machine added to it.
@@ -276,7 +286,7 @@ fn many_tiny_tools_up_to_the_key_limit_take_linear_time() {
 fn the_answer_goes_back_under_the_agents_id_however_the_server_writes_ours() {
     let tools = r#""result":{"tools":[{"name":"delete"},{"name":"read"}]}"#;
     let answer = |id: &str| {
-        let ours = ListFilter::new(Ok(Framing::Json), Some(json!("toolgate-1")), hide);
+        let ours = ListFilter::new(Some(json!("toolgate-1")), hide);
         let mut f = ours.replying_as(json!(7));
         let body = format!(r#"{{"jsonrpc":"2.0","id":{id},{tools}}}"#);
         let out: Value = serde_json::from_slice(&f.feed(body.as_bytes(), true)).unwrap();
@@ -303,7 +313,7 @@ fn event_stream_framing_tricks_hide_nothing() {
         format!("data: {note}\n\ndata: {answer}\n\ndata: {answer}\n\n"),
     ] {
         for cut in 0..s.len() {
-            let mut f = ListFilter::new(Ok(Framing::EventStream), Some(json!(1)), hide);
+            let mut f = ListFilter::new(Some(json!(1)), hide);
             let mut out = f.feed(&s.as_bytes()[..cut], false);
             out.extend(f.feed(&s.as_bytes()[cut..], true));
             let text = String::from_utf8_lossy(&out).into_owned();
@@ -319,7 +329,7 @@ fn event_stream_framing_tricks_hide_nothing() {
         format!("data: {answer}\ndata: {answer}\n\n"),
         format!("data: {}\n\n", &answer[..answer.len() - 1]),
     ] {
-        let mut f = ListFilter::new(Ok(Framing::EventStream), Some(json!(1)), hide);
+        let mut f = ListFilter::new(Some(json!(1)), hide);
         let out = f.feed(s.as_bytes(), true);
         assert!(f.report.refused.is_some(), "{s:?}");
         assert!(!String::from_utf8_lossy(&out).contains("delete"), "{s:?}");
@@ -339,7 +349,7 @@ fn multi_line_data_events_reach_the_client_whole() {
         // Nothing removed, but the id is the agent's; an empty data line makes the text's LF.
         format!("data\ndata: {ours}{}\n\n", answer[2]),
     ] {
-        let ours = ListFilter::new(Ok(Framing::EventStream), Some(json!("toolgate-1")), hide);
+        let ours = ListFilter::new(Some(json!("toolgate-1")), hide);
         let out = ours.replying_as(json!(7)).feed(stream.as_bytes(), true);
         let text = String::from_utf8_lossy(&out).into_owned();
         let got: Value = serde_json::from_slice(&client_events(&out)[0]).unwrap_or_default();
@@ -356,7 +366,7 @@ fn a_long_event_line_in_small_chunks_is_split_in_linear_time() {
     let mut line = b"data: ".to_vec();
     line.resize(256 << 10, b' ');
     let time = |chunk: usize| {
-        let mut f = ListFilter::new(Ok(Framing::EventStream), Some(json!(1)), hide);
+        let mut f = ListFilter::new(Some(json!(1)), hide);
         let start = cpu();
         line.chunks(chunk).for_each(|c| drop(f.feed(c, false)));
         cpu() - start
@@ -467,7 +477,7 @@ proptest! {
         }
         let (ours, theirs) = verdicts(&text);
         prop_assert_eq!(ours, theirs, "{:?}", String::from_utf8_lossy(&text));
-        let (out, report) = filter(Framing::Json, &text);
+        let (out, report) = filter(&text);
         if let Some(result) = judged(&text).filter(|r| !r.is_null()) {
             let Ok(Value::Object(mut tree)) = strict_json::parse(&text) else { panic!("read") };
             let Some(Value::Object(mut kept)) = tree.remove("result") else { panic!("result") };
@@ -482,7 +492,82 @@ proptest! {
         }
         let line: Vec<u8> = text.iter().map(|&b| if b"\r\n".contains(&b) { b' ' } else { b }).collect();
         let stream = [&b"event: message\ndata: "[..], &line, b"\n\n"].concat();
-        let (sse, _) = filter(Framing::EventStream, &stream);
-        prop_assert_eq!(client_events(&sse), vec![filter(Framing::Json, &line).0]);
+        let (sse, _) = filter(&stream);
+        if Framing::sniff(&line) == Some(Framing::Json) {
+            prop_assert_eq!(client_events(&sse), vec![filter(&line).0]);
+        } else {
+            prop_assert!(judged(&line).is_none());
+            let sent: Value = serde_json::from_slice(&client_events(&sse)[0]).unwrap();
+            prop_assert_eq!(&sent["error"]["code"], INTERNAL_ERROR);
+        }
+    }
+}
+
+/// What a client reading `sent` as one JSON message gets (a byte order mark skipped, as some
+/// JSON readers do), and what one reading it as an event stream gets: the messages.
+fn client_messages(sent: &[u8]) -> Vec<Value> {
+    let json = sent.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(sent);
+    let events = client_events(sent);
+    let read = events.iter().map(|e| serde_json::from_slice(e));
+    let whole = serde_json::from_slice(json);
+    read.chain([whole]).filter_map(Result::ok).collect()
+}
+
+/// A body pieced together from parts of both framings, in any order: the framing the filter
+/// reads is not the one some client reads.
+fn mixed_body() -> impl Strategy<Value = Vec<u8>> {
+    let answer = list(r#"{"name":"delete_x"},{"name":"read"}"#);
+    let parts = vec![
+        answer.clone(),
+        format!("data: {answer}\n\n"),
+        format!("data: {answer}\n"),
+        "event: message\n".into(),
+        ": comment\n".into(),
+        "id: 4\n".into(),
+        "\u{feff}".into(),
+        " ".into(),
+        "\t".into(),
+        "\n".into(),
+        "\r\n".into(),
+        "\r".into(),
+        "{".into(),
+        "}".into(),
+        "[".into(),
+        "]".into(),
+        ",".into(),
+        "data".into(),
+        "\x1f\u{8b}".into(),
+    ];
+    prop::collection::vec(prop::sample::select(parts), 1..8).prop_map(|p| p.concat().into_bytes())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 3000, failure_persistence: None, ..ProptestConfig::default()
+    })]
+
+    /// Whatever the body's framing and whichever framing a client reads it in (the headers
+    /// may say either, or the proxy may not send them), no client gets a hidden tool, however
+    /// the body is cut.
+    #[test]
+    fn no_framing_a_client_reads_shows_a_hidden_tool(
+        body in mixed_body(),
+        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..3),
+    ) {
+        let mut at: Vec<usize> = cuts.iter().map(|c| c.index(body.len() + 1)).collect();
+        at.sort_unstable();
+        let mut f = ListFilter::new(Some(json!(1)), hide);
+        let (mut sent, mut from) = (Vec::new(), 0);
+        for to in at {
+            sent.extend(f.feed(&body[from..to], false));
+            from = to;
+        }
+        sent.extend(f.feed(&body[from..], true));
+        for message in client_messages(&sent) {
+            prop_assert!(
+                !message.to_string().contains("delete"),
+                "{:?} sent {:?}", String::from_utf8_lossy(&body), String::from_utf8_lossy(&sent)
+            );
+        }
     }
 }

@@ -31,8 +31,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use toolgate_core::compile::CompiledPolicy;
 use toolgate_core::listed::ListedTool;
-use toolgate_core::mcp::answer::{error_message, Framing};
-use toolgate_core::mcp::listing::{ListFilter, ListReport, ListRequest, Reading, INTERNAL_ERROR};
+use toolgate_core::mcp::answer::error_message;
+use toolgate_core::mcp::listing::{ListFilter, ListReport, ListRequest, INTERNAL_ERROR};
 use toolgate_core::mcp::outcome::{CallWatcher, Failure, Outcome};
 use toolgate_core::mcp::Follow;
 use toolgate_core::visibility::Visibility;
@@ -198,7 +198,8 @@ enum State {
         upstream_id: Option<Value>,
         caller: Arc<Caller>,
         policy: Arc<CompiledPolicy>,
-        /// Made at the answer's headers.
+        /// Made at the first part of the answer's body: the deployed route does not send
+        /// the headers (one message fewer), and the filter reads the framing from the body.
         filter: Option<Box<ListFilter<Visible>>>,
         /// What of the filter's report is already in the statistics: a stream that stays
         /// open (a server's GET stream) is counted answer by answer.
@@ -329,47 +330,13 @@ impl Exchange {
         let mut mutation = HeaderMutation::default();
         match &mut self.state {
             State::New => unreachable!("set before the first message is handled"),
-            State::Unknown => {
-                // Filtering was asked for (this route processes answers), but no Check said
-                // for whom: the answer cannot be let through unread.
-                return Response::ImmediateResponse(refusal(
-                    "the proxy has no toolgate decision for this exchange (ext_authz must run \
-                     before ext_proc, with its metadata forwarded)",
-                ));
-            }
-            State::List {
-                id,
-                upstream_id,
-                caller,
-                policy,
-                filter,
-                ..
-            } => {
-                // Whatever the status: an error page could carry a list as well as a 200.
-                let reading = list_reading(headers.headers.as_ref(), content_type);
-                let (caller, policy) = (Arc::clone(caller), Arc::clone(policy));
-                let engine = Arc::clone(engine);
-                let visible: Visible = Box::new(move |tool: &str, object: &ListedTool<'_>| {
-                    let server = caller.server.as_deref();
-                    engine.list_tool(&policy, server, caller.subject(), tool, object)
-                });
-                // The body changes length; an answer the filter cannot read becomes a
-                // JSON-RPC error, in plain JSON: the encoding it claimed is taken off, or
-                // the client could not read the refusal.
+            State::Unknown => return Response::ImmediateResponse(no_decision()),
+            State::List { .. } => {
+                // When a config sends a list answer's headers: its body changes length, and
+                // the client must not decode bytes the filter did not read (the deployed
+                // route removes the encoding itself).
                 mutation.remove_headers.push("content-length".into());
-                if reading.is_err() {
-                    mutation.remove_headers.push("content-encoding".into());
-                    mutation
-                        .set_headers
-                        .push(set_header("content-type", "application/json"));
-                }
-                // The server answers the id the request went on with; the agent gets its own.
-                let list = match upstream_id.take() {
-                    Some(ours) => ListFilter::new(reading, Some(ours), visible)
-                        .replying_as(id.clone().unwrap_or(Value::Null)),
-                    None => ListFilter::new(reading, id.clone(), visible),
-                };
-                *filter = Some(Box::new(list));
+                mutation.remove_headers.push("content-encoding".into());
             }
             State::Call {
                 watcher,
@@ -394,17 +361,33 @@ impl Exchange {
 
     fn response_body(
         &mut self,
-        engine: &Engine,
+        engine: &Arc<Engine>,
         body: &HttpBody,
         attributes: &HashMap<String, Struct>,
     ) -> Response {
         let mut body_mutation = None;
         match &mut self.state {
+            // Filtering was asked for, but no Check said for whom: the answer cannot be let
+            // through unread (its headers may have gone on: Envoy then resets the stream).
+            State::Unknown => return Response::ImmediateResponse(no_decision()),
             State::List {
-                filter: Some(filter),
+                id,
+                upstream_id,
+                caller,
+                policy,
+                filter,
                 counted,
-                ..
             } => {
+                let filter = filter.get_or_insert_with(|| {
+                    let visible = visible(engine, caller, policy);
+                    // The server answers the id the request went on with; the agent gets
+                    // its own.
+                    Box::new(match upstream_id.take() {
+                        Some(ours) => ListFilter::new(Some(ours), visible)
+                            .replying_as(id.clone().unwrap_or(Value::Null)),
+                        None => ListFilter::new(id.clone(), visible),
+                    })
+                });
                 let out = filter.feed(&body.body, body.end_of_stream);
                 count_lists(engine, &filter.report, counted);
                 body_mutation = Some(BodyMutation {
@@ -471,39 +454,22 @@ fn give_back(
     }
 }
 
-/// How a list answer's body can be read, from its headers: refused when the body is
-/// encoded (compressed: the filter reads only plain bytes, and a stream of compressed bytes
-/// holds no event it would see), when its media type carries no message, or when it names
-/// its media type or encoding twice (a client may read either).
-fn list_reading(headers: Option<&HeaderMap>, content_type: &str) -> Reading {
-    let all = |name: &'static str| {
-        headers
-            .into_iter()
-            .flat_map(|m| &m.headers)
-            .filter(move |h| h.key.eq_ignore_ascii_case(name))
-            .map(header_value)
-    };
-    if all("content-type").count() > 1 {
-        return Err("the answer names its content-type twice".into());
-    }
-    for (name, plain) in [
-        ("content-encoding", &["identity"][..]),
-        ("transfer-encoding", &["identity", "chunked"][..]),
-    ] {
-        for value in all(name) {
-            let coded = value
-                .split(',')
-                .map(str::trim)
-                .find(|c| !c.is_empty() && !plain.iter().any(|p| c.eq_ignore_ascii_case(p)));
-            if let Some(coding) = coded {
-                return Err(format!(
-                    "the answer is sent with {name} {coding:?}, which the filter does not read"
-                ));
-            }
-        }
-    }
-    Framing::of(content_type)
-        .ok_or_else(|| "the answer's content-type carries no MCP message".to_owned())
+/// Whether `caller` may see each listed tool, under the policy of the Check that let the
+/// list request through.
+fn visible(engine: &Arc<Engine>, caller: &Arc<Caller>, policy: &Arc<CompiledPolicy>) -> Visible {
+    let (engine, caller, policy) = (Arc::clone(engine), Arc::clone(caller), Arc::clone(policy));
+    Box::new(move |tool: &str, object: &ListedTool<'_>| {
+        let server = caller.server.as_deref();
+        engine.list_tool(&policy, server, caller.subject(), tool, object)
+    })
+}
+
+/// The answer of an exchange that no Check followed, on a route that processes answers.
+fn no_decision() -> ImmediateResponse {
+    refusal(
+        "the proxy has no toolgate decision for this exchange (ext_authz must run before \
+         ext_proc, with its metadata forwarded)",
+    )
 }
 
 /// The whole answer replaced by a JSON-RPC error (the request's id is not known here).

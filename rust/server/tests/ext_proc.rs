@@ -88,8 +88,15 @@ fn list_policy() -> Value {
         "run": {"deny_if": [{"path": "args.command", "op": "contains", "value": "rm"}]}}})
 }
 
-/// Run one list answer through a stream, its body cut at `cuts`; the bytes sent on.
-fn filter(engine: &Arc<Engine>, agent: &str, answer: &[u8], cuts: &[usize], sse: bool) -> Vec<u8> {
+/// Run one list answer through a stream, its body cut at `cuts`, its headers sent first when
+/// `sse` says how they name it (the deployed route sends none); the bytes sent on.
+fn filter(
+    engine: &Arc<Engine>,
+    agent: &str,
+    answer: &[u8],
+    cuts: &[usize],
+    sse: Option<bool>,
+) -> Vec<u8> {
     let follow = Follow::ToolList { id: Some(json!(5)) };
     let caller = Caller {
         agent: Some(agent.into()),
@@ -97,19 +104,24 @@ fn filter(engine: &Arc<Engine>, agent: &str, answer: &[u8], cuts: &[usize], sse:
     };
     let md = Some(metadata(&follow, caller));
     let mut exchange = Exchange::default();
-    let content_type = if sse {
-        "text/event-stream"
-    } else {
-        "application/json"
-    };
-    let head = exchange
-        .process(engine, &message(&md, headers(200, content_type), false))
-        .unwrap();
-    let Some(Response::ResponseHeaders(h)) = head.response else {
-        panic!("{head:?}")
-    };
-    let mutation = h.response.unwrap().header_mutation.unwrap();
-    assert_eq!(mutation.remove_headers, ["content-length"]);
+    if let Some(sse) = sse {
+        let content_type = if sse {
+            "text/event-stream"
+        } else {
+            "application/json"
+        };
+        let head = exchange
+            .process(engine, &message(&md, headers(200, content_type), false))
+            .unwrap();
+        let Some(Response::ResponseHeaders(h)) = head.response else {
+            panic!("{head:?}")
+        };
+        let mutation = h.response.unwrap().header_mutation.unwrap();
+        assert_eq!(
+            mutation.remove_headers,
+            ["content-length", "content-encoding"]
+        );
+    }
     let mut out = Vec::new();
     let mut from = 0;
     for &cut in cuts.iter().chain(std::iter::once(&answer.len())) {
@@ -144,11 +156,11 @@ fn a_list_is_filtered_for_the_caller_the_check_named() {
         {"name": "read"}, {"name": "admin"}, {"name": "run"}, {"name": "delete_x"}, {"name": "other"}]}});
     let bytes = answer.to_string().into_bytes();
     assert_eq!(
-        listed(&filter(&e, "ops", &bytes, &[7], false), false),
+        listed(&filter(&e, "ops", &bytes, &[7], None), false),
         ["read", "admin", "run"]
     );
     assert_eq!(
-        listed(&filter(&e, "bot", &bytes, &[], false), false),
+        listed(&filter(&e, "bot", &bytes, &[], Some(false)), false),
         ["read", "run"]
     );
     let (filtered, refused, unlisted) = e.stats().lists();
@@ -156,12 +168,14 @@ fn a_list_is_filtered_for_the_caller_the_check_named() {
 }
 
 proptest! {
-    /// Wherever Envoy cuts the body, JSON or event stream, the same tools come out.
+    /// Wherever Envoy cuts the body, JSON or event stream, with its headers or without, the
+    /// same tools come out.
     #[test]
     fn cutting_the_body_does_not_change_the_list(
         tools in prop::collection::vec(prop::sample::select(vec!["read", "admin", "run", "delete_x", "zz"]), 0..8),
         cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
         sse in any::<bool>(),
+        headed in any::<bool>(),
     ) {
         let e = engine(list_policy());
         let answer = json!({"jsonrpc": "2.0", "id": 5, "result": {"tools":
@@ -174,7 +188,7 @@ proptest! {
         cuts.sort_unstable();
         cuts.dedup();
         let want: Vec<String> = tools.iter().filter(|t| ["read", "run"].contains(t)).map(|t| t.to_string()).collect();
-        prop_assert_eq!(listed(&filter(&e, "bot", &bytes, &cuts, sse), sse), want);
+        prop_assert_eq!(listed(&filter(&e, "bot", &bytes, &cuts, headed.then_some(sse)), sse), want);
     }
 }
 
@@ -298,6 +312,32 @@ fn an_answer_without_a_note_is_refused_where_envoy_waits() {
     assert_eq!(refusal.status.unwrap().code, 502);
     let error: Value = serde_json::from_slice(&refusal.body).unwrap();
     assert_eq!(error["error"]["code"], -32603);
+    // Without the headers (the deployed list route skips them), at the body's first part.
+    let mut exchange = Exchange::default();
+    let r = exchange
+        .process(&e, &message(&None, body(b"{", false), false))
+        .unwrap();
+    assert!(
+        matches!(r.response, Some(Response::ImmediateResponse(_))),
+        "{r:?}"
+    );
+}
+
+/// The messages a client reads in `out`: one JSON message, or an event stream's.
+fn client_messages(out: &[u8]) -> Vec<Value> {
+    if let Ok(message) = serde_json::from_slice(out) {
+        return vec![message];
+    }
+    let text = String::from_utf8_lossy(out).replace("\r\n", "\n");
+    let data = |event: &str| -> Option<String> {
+        let lines: Vec<&str> = event
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .collect();
+        (!lines.is_empty()).then(|| lines.join("\n"))
+    };
+    let events = text.split("\n\n").filter_map(data);
+    events.map(|d| serde_json::from_str(&d).unwrap()).collect()
 }
 
 #[test]
@@ -312,40 +352,36 @@ fn an_error_answer_to_a_list_passes_and_an_unreadable_one_is_replaced_whatever_i
         (404, "text/html", br#"{"tools":[{"name":"delete_x"}]}"#),
     ] {
         let mut exchange = Exchange::default();
-        let (head, out) = exchange_bytes(
-            &e,
-            &mut exchange,
-            &md,
-            status,
-            &[("content-type", content_type)],
-            sent,
-            &[],
-        );
+        let head = [("content-type", content_type)];
+        let (_, out) = exchange_bytes(&e, &mut exchange, &md, status, Some(&head), sent, &[]);
         assert!(exchange.finished());
         if sent == error {
             assert_eq!(out, error, "a JSON-RPC error lists nothing: it passes");
         } else {
-            assert!(head.remove_headers.contains(&"content-encoding".to_owned()));
-            let refusal: Value = serde_json::from_slice(&out).unwrap();
+            // In the framing the body showed: JSON for the object, events for the text.
+            let messages = client_messages(&out);
+            let [refusal] = &messages[..] else {
+                panic!("{messages:?}")
+            };
             assert_eq!(refusal["error"]["code"], -32603, "{status} {content_type}");
             assert_eq!(refusal["id"], 5);
         }
     }
 }
 
-/// One answer through a fresh stream: the header mutation Envoy is told, and every body
-/// byte sent on, its body cut at `cuts`.
+/// One answer through a fresh stream, its headers first if sent: the header mutation Envoy
+/// is told then, and every body byte sent on, its body cut at `cuts`.
 #[allow(clippy::too_many_arguments)]
 fn exchange_bytes(
     e: &Arc<Engine>,
     exchange: &mut Exchange,
     md: &Option<Metadata>,
     status: u16,
-    sent_headers: &[(&str, &str)],
+    sent_headers: Option<&[(&str, &str)]>,
     answer: &[u8],
     cuts: &[usize],
 ) -> (
-    envoy_types::pb::envoy::service::ext_proc::v3::HeaderMutation,
+    Option<envoy_types::pb::envoy::service::ext_proc::v3::HeaderMutation>,
     Vec<u8>,
 ) {
     let header = |k: &str, v: &str| HeaderValue {
@@ -353,17 +389,19 @@ fn exchange_bytes(
         raw_value: v.as_bytes().to_vec(),
         ..Default::default()
     };
-    let mut all = vec![header(":status", &status.to_string())];
-    all.extend(sent_headers.iter().map(|(k, v)| header(k, v)));
-    let head = Request::ResponseHeaders(HttpHeaders {
-        headers: Some(HeaderMap { headers: all }),
-        ..Default::default()
+    let mutation = sent_headers.map(|sent| {
+        let mut all = vec![header(":status", &status.to_string())];
+        all.extend(sent.iter().map(|(k, v)| header(k, v)));
+        let head = Request::ResponseHeaders(HttpHeaders {
+            headers: Some(HeaderMap { headers: all }),
+            ..Default::default()
+        });
+        let r = exchange.process(e, &message(md, head, false)).unwrap();
+        let Some(Response::ResponseHeaders(h)) = r.response else {
+            panic!("{r:?}")
+        };
+        h.response.unwrap().header_mutation.unwrap()
     });
-    let r = exchange.process(e, &message(md, head, false)).unwrap();
-    let Some(Response::ResponseHeaders(h)) = r.response else {
-        panic!("{r:?}")
-    };
-    let mutation = h.response.unwrap().header_mutation.unwrap();
     let mut out = Vec::new();
     let mut from = 0;
     for &cut in cuts.iter().chain(std::iter::once(&answer.len())) {
@@ -412,9 +450,9 @@ fn hidden_list_body(shape: u8, id: Value, eol: &str) -> Vec<u8> {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(1024))]
-    /// However a tool list is framed, encoded, cut or replayed, and whatever the status, no
-    /// hidden tool's name reaches the agent, and no content encoding is left on a body the
-    /// filter rewrote or refused.
+    /// However a tool list is framed, labelled, encoded, cut or replayed, and whatever the
+    /// status, no hidden tool's name reaches the agent, and when the headers are sent, no
+    /// content encoding is left on what the filter read.
     #[test]
     fn no_hidden_tool_comes_out_by_any_framing(
         shape in 0u8..11,
@@ -430,6 +468,7 @@ proptest! {
             1 => prop::sample::select(vec!["gzip", "GZIP", "br", "deflate", "identity, gzip", "x-custom"]),
         ],
         twice in any::<bool>(),
+        headed in any::<bool>(),
         bom in any::<bool>(),
         eol in prop::sample::select(vec!["\n", "\r\n", "\r"]),
         cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
@@ -453,12 +492,12 @@ proptest! {
             sent.push(("content-encoding", encoding));
         }
         let mut exchange = Exchange::default();
-        let (head, out) = exchange_bytes(&e, &mut exchange, &md, status, &sent, &answer, &cuts);
+        let sent = headed.then_some(&sent[..]);
+        let (head, out) = exchange_bytes(&e, &mut exchange, &md, status, sent, &answer, &cuts);
         let text = String::from_utf8_lossy(&out);
         prop_assert!(!text.contains("delete_x"), "{}", text);
-        let coded = encoding.split(',').any(|c| !c.trim().is_empty() && !c.trim().eq_ignore_ascii_case("identity"));
-        if coded {
-            prop_assert!(head.remove_headers.contains(&"content-encoding".to_owned()));
+        if let Some(head) = head {
+            prop_assert_eq!(head.remove_headers, ["content-length", "content-encoding"]);
         }
     }
 }

@@ -5,7 +5,7 @@
 use super::fold::fold_eq;
 use serde_json::{Map, Value};
 
-/// How an answer's body is framed, from its `content-type`.
+/// How an answer's body is framed: from its `content-type`, or from its first bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
     Json,
@@ -23,6 +23,25 @@ impl Framing {
         } else {
             None
         }
+    }
+
+    /// The framing `body`'s first bytes show: a JSON message opens with `{` (a batch with
+    /// `[`), after any JSON whitespace; anything else is read as an event stream. `None`
+    /// while only whitespace has come, which both framings allow.
+    ///
+    /// Read from the bytes, not the headers, the framing cannot differ from a client's:
+    /// no valid JSON text holds an event (its lines start with whitespace or a JSON token,
+    /// never `data`), and an event stream that is only events and comments is no valid JSON
+    /// text, so a body that passes in the framing read here carries nothing to a client
+    /// that reads the other.
+    pub fn sniff(body: &[u8]) -> Option<Framing> {
+        let first = body
+            .iter()
+            .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))?;
+        Some(match first {
+            b'{' | b'[' => Framing::Json,
+            _ => Framing::EventStream,
+        })
     }
 }
 
@@ -65,6 +84,19 @@ mod tests {
         assert_eq!(Framing::of("Text/Event-Stream"), Some(Framing::EventStream));
         assert_eq!(Framing::of("text/plain"), None);
         assert_eq!(Framing::of(""), None);
+    }
+
+    #[test]
+    fn sniffs_the_framing_past_whitespace() {
+        assert_eq!(Framing::sniff(b" \r\n\t{"), Some(Framing::Json));
+        assert_eq!(Framing::sniff(b"["), Some(Framing::Json));
+        assert_eq!(Framing::sniff(b"\n\ndata: {}"), Some(Framing::EventStream));
+        // Not JSON whitespace: a form feed, a byte order mark (which an event stream may open
+        // with, and the event reader strips).
+        assert_eq!(Framing::sniff(b"\x0c{"), Some(Framing::EventStream));
+        assert_eq!(Framing::sniff(b"\xEF\xBB\xBF{"), Some(Framing::EventStream));
+        assert_eq!(Framing::sniff(b" \r\n"), None);
+        assert_eq!(Framing::sniff(b""), None);
     }
 
     #[test]

@@ -2,13 +2,16 @@
 //! can never call ([`crate::visibility`]) are taken out, so the agent neither tries them nor
 //! learns that they exist.
 //!
-//! Nothing passes unread: whatever the HTTP status, media type or content encoding, the body
-//! must be empty or read as JSON-RPC messages, each answer among them filtered. Fail closed:
-//! an answer that cannot be read as one JSON-RPC message (bad JSON, keys a case-insensitive
+//! Nothing passes unread: whatever the HTTP status or headers, the body must be empty or
+//! read as JSON-RPC messages, each answer among them filtered. Its framing (one JSON message
+//! or an event stream) is read from its first bytes ([`Framing::sniff`]), not from its
+//! `content-type`: the proxy need not send the answer's headers, and a body that passes in
+//! the framing read carries nothing to a client that reads the other. Fail closed: an
+//! answer that cannot be read as one JSON-RPC message (bad JSON, keys a case-insensitive
 //! client reads differently, a tool without a string `name`, one name listed with two
-//! definitions, a body over the limit, bytes in an encoding or framing the filter does not
-//! read) is not forwarded: the agent gets a JSON-RPC error instead, and none of its tools
-//! is recorded. Pagination is untouched (`nextCursor` is kept, even when a page is
+//! definitions, a body over the limit, bytes that are neither JSON nor events, such as a
+//! compressed body) is not forwarded: the agent gets a JSON-RPC error instead, in the
+//! body's framing, and none of its tools is recorded. Pagination is untouched (`nextCursor` is kept, even when a page is
 //! emptied), and an answer that says how it may be cached (`cacheScope`, MCP 2026-07-28) is
 //! marked `"private"` when the filtering depended on who asked.
 //!
@@ -60,10 +63,6 @@ pub struct ListReport {
     pub refused: Option<String>,
 }
 
-/// How the body is read: a framing, or refused whatever it holds (a media type that
-/// carries no message, a content encoding the filter does not read), with why.
-pub type Reading = Result<Framing, String>;
-
 /// A `tools/list` request as the server gets it: under an id of the proxy's own.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListRequest {
@@ -95,7 +94,9 @@ impl ListRequest {
 
 /// One answer stream, filtered as its body arrives.
 pub struct ListFilter<F> {
-    reading: Reading,
+    /// Read from the body's first bytes other than whitespace; until then, `body` holds the
+    /// whitespace.
+    framing: Option<Framing>,
     /// The request answered, by the id the server got; `None` for a stream that answers no
     /// request of its own.
     id: Option<Value>,
@@ -114,9 +115,9 @@ pub struct ListFilter<F> {
 impl<F: FnMut(&str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
     /// A filter for the answer to request `id` (`None`: every answer on the stream),
     /// deciding each tool with `visibility`.
-    pub fn new(reading: Reading, id: Option<Value>, visibility: F) -> Self {
+    pub fn new(id: Option<Value>, visibility: F) -> Self {
         ListFilter {
-            reading,
+            framing: None,
             id,
             reply_id: None,
             visibility,
@@ -137,9 +138,33 @@ impl<F: FnMut(&str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
 
     /// Take the next part of the body (`end`: the last); return what to send on now.
     pub fn feed(&mut self, chunk: &[u8], end: bool) -> Vec<u8> {
-        match self.reading {
-            Ok(Framing::EventStream) => self.feed_events(chunk, end),
-            _ => self.feed_json(chunk, end),
+        if let Some(framing) = self.framing {
+            return self.feed_in(framing, chunk, end);
+        }
+        let framing = match Framing::sniff(chunk) {
+            Some(framing) => framing,
+            // Only whitespace to the end, or more of it than a message may hold: read as JSON,
+            // which passes an empty body and refuses the rest.
+            None if end || self.body.len() + chunk.len() > MAX_EVENT_BYTES => Framing::Json,
+            None => {
+                self.body.extend_from_slice(chunk);
+                return Vec::new();
+            }
+        };
+        self.framing = Some(framing);
+        if framing == Framing::EventStream && !self.body.is_empty() {
+            // The whitespace held goes to the event reader first.
+            let mut held = std::mem::take(&mut self.body);
+            held.extend_from_slice(chunk);
+            return self.feed_in(framing, &held, end);
+        }
+        self.feed_in(framing, chunk, end)
+    }
+
+    fn feed_in(&mut self, framing: Framing, chunk: &[u8], end: bool) -> Vec<u8> {
+        match framing {
+            Framing::Json => self.feed_json(chunk, end),
+            Framing::EventStream => self.feed_events(chunk, end),
         }
     }
 
@@ -162,9 +187,6 @@ impl<F: FnMut(&str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
         // An empty body lists nothing (an accepted notification, a 204, a bare error status).
         if body.is_empty() {
             return body;
-        }
-        if let Err(why) = &self.reading {
-            return self.refuse(why.clone());
         }
         match self.message(&body) {
             Ok(Some(filtered)) => filtered,
@@ -488,7 +510,7 @@ mod tests {
     }
 
     fn filter_json(body: &Value, id: Value) -> (Value, ListReport) {
-        let mut f = ListFilter::new(Ok(Framing::Json), Some(id), hide_delete);
+        let mut f = ListFilter::new(Some(id), hide_delete);
         let out = f.feed(body.to_string().as_bytes(), true);
         (serde_json::from_slice(&out).unwrap(), f.report)
     }
@@ -529,7 +551,7 @@ mod tests {
             assert_eq!(out["id"], 1);
             assert!(report.refused.is_some(), "{body}");
         }
-        let mut f = ListFilter::new(Ok(Framing::Json), Some(json!(1)), hide_delete);
+        let mut f = ListFilter::new(Some(json!(1)), hide_delete);
         let dup = br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"a","name":"delete"}]}}"#;
         let out: Value = serde_json::from_slice(&f.feed(dup, true)).unwrap();
         assert_eq!(out["error"]["code"], INTERNAL_ERROR);
@@ -541,7 +563,7 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32601,"message":"no"}}"#,
             r#"{"jsonrpc": "2.0", "id": 1, "result": {"tools": [{"name": "read", "x": 1.50}]}}"#,
         ] {
-            let mut f = ListFilter::new(Ok(Framing::Json), Some(json!(1)), hide_delete);
+            let mut f = ListFilter::new(Some(json!(1)), hide_delete);
             let mut out = f.feed(&body.as_bytes()[..5], false);
             out.extend(f.feed(&body.as_bytes()[5..], true));
             assert_eq!(out, body.as_bytes());
@@ -556,14 +578,14 @@ mod tests {
         };
         let body = json!({"jsonrpc": "2.0", "id": 1, "result": {
             "tools": [{"name": "a"}], "cacheScope": "public", "ttlMs": 60000}});
-        let mut f = ListFilter::new(Ok(Framing::Json), Some(json!(1)), per);
+        let mut f = ListFilter::new(Some(json!(1)), per);
         let out: Value =
             serde_json::from_slice(&f.feed(body.to_string().as_bytes(), true)).unwrap();
         assert_eq!(out["result"]["cacheScope"], "private");
         assert_eq!(out["result"]["ttlMs"], 60000);
         // A legacy answer (no cache hints) gets none.
         let legacy = json!({"jsonrpc": "2.0", "id": 1, "result": {"tools": [{"name": "a"}]}});
-        let mut f = ListFilter::new(Ok(Framing::Json), Some(json!(1)), per);
+        let mut f = ListFilter::new(Some(json!(1)), per);
         let out = f.feed(legacy.to_string().as_bytes(), true);
         assert_eq!(out, legacy.to_string().as_bytes());
     }
@@ -576,7 +598,7 @@ mod tests {
             ": hi\n\nevent: message\ndata: {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}}\n\nevent: message\nid: e1\ndata: {answer}\n\n"
         );
         for cut in 0..stream.len() {
-            let mut f = ListFilter::new(Ok(Framing::EventStream), Some(json!(9)), hide_delete);
+            let mut f = ListFilter::new(Some(json!(9)), hide_delete);
             let mut out = f.feed(&stream.as_bytes()[..cut], false);
             out.extend(f.feed(&stream.as_bytes()[cut..], true));
             let text = String::from_utf8(out).unwrap();
@@ -594,7 +616,7 @@ mod tests {
     #[test]
     fn refuses_an_unreadable_answer_event_and_drops_what_follows() {
         let stream = "event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":9,\"result\":{\"tools\":[{\"name\":\"a\"}],\"tools\":[]}}\n\ndata: more\n\n";
-        let mut f = ListFilter::new(Ok(Framing::EventStream), Some(json!(9)), hide_delete);
+        let mut f = ListFilter::new(Some(json!(9)), hide_delete);
         let out = String::from_utf8(f.feed(stream.as_bytes(), true)).unwrap();
         let data = out.strip_prefix("event: message\ndata: ").unwrap();
         let error: Value = serde_json::from_str(data.trim()).unwrap();
@@ -603,7 +625,7 @@ mod tests {
     }
 
     fn stream(s: &str, id: Option<Value>) -> (String, ListReport) {
-        let mut f = ListFilter::new(Ok(Framing::EventStream), id, hide_delete);
+        let mut f = ListFilter::new(id, hide_delete);
         let out = f.feed(s.as_bytes(), true);
         (String::from_utf8(out).unwrap(), f.report)
     }
@@ -638,16 +660,23 @@ mod tests {
     fn bytes_that_are_no_event_stream_are_refused_not_passed() {
         let answer =
             json!({"jsonrpc": "2.0", "id": 9, "result": {"tools": [{"name": "delete_x"}]}});
-        // A JSON body, or compressed bytes, labelled as an event stream.
+        // Compressed bytes, a page, a JSON message after a line of something else.
         for body in [
-            answer.to_string(),
             format!("\x1f\u{8b}\x08junk\n{answer}\n\n"),
+            format!("<html>\ndata: {answer}\n\n"),
+            format!("data: {{}}\n\n{answer}\n\n"),
         ] {
             for id in [Some(json!(9)), None] {
                 let (out, report) = stream(&body, id);
                 assert!(!out.contains("delete_x"), "{out}");
                 assert!(report.refused.is_some(), "{body:?}");
             }
+        }
+        // A JSON body is read as JSON, whatever its headers said: filtered.
+        for id in [Some(json!(9)), None] {
+            let (out, report) = stream(&answer.to_string(), id);
+            assert!(!out.contains("delete_x"), "{out}");
+            assert_eq!((report.removed, report.refused), (1, None));
         }
     }
 
@@ -665,10 +694,11 @@ mod tests {
     fn errors_and_empty_bodies_pass_whatever_id_they_name() {
         let error =
             r#"{"jsonrpc":"2.0","id":"server-error","error":{"code":-32600,"message":"Bad"}}"#;
-        let mut f = ListFilter::new(Ok(Framing::Json), Some(json!(1)), hide_delete);
+        let mut f = ListFilter::new(Some(json!(1)), hide_delete);
         assert_eq!(f.feed(error.as_bytes(), true), error.as_bytes());
-        // An empty body, even in a media type that carries no message: nothing to list.
-        let mut f = ListFilter::new(Err("no message".into()), Some(json!(1)), hide_delete);
+        // An empty body (a 202, a bare error status): nothing to list.
+        let mut f = ListFilter::new(Some(json!(1)), hide_delete);
+        assert!(f.feed(b"", false).is_empty());
         assert!(f.feed(b"", true).is_empty());
         assert_eq!(f.report.refused, None);
     }
@@ -693,15 +723,14 @@ mod tests {
             json!({"jsonrpc": "2.0", "id": up, "result": {"tools": [{"name": "delete_x"}]}}),
             json!({"jsonrpc": "2.0", "id": up, "error": {"code": -32601, "message": "no"}}),
         ] {
-            let mut f = ListFilter::new(Ok(Framing::Json), Some(up.clone()), hide_delete)
-                .replying_as(json!(7));
+            let mut f = ListFilter::new(Some(up.clone()), hide_delete).replying_as(json!(7));
             let out: Value =
                 serde_json::from_slice(&f.feed(answer.to_string().as_bytes(), true)).unwrap();
             assert_eq!(out["id"], 7, "{out}");
             assert!(!out.to_string().contains("delete_x"));
         }
         // The agent's own id on an answer is not the request's: refused, under its id.
-        let mut f = ListFilter::new(Ok(Framing::Json), Some(up), hide_delete).replying_as(json!(7));
+        let mut f = ListFilter::new(Some(up), hide_delete).replying_as(json!(7));
         let stray = json!({"jsonrpc": "2.0", "id": 7, "result": {"tools": []}});
         let out: Value =
             serde_json::from_slice(&f.feed(stray.to_string().as_bytes(), true)).unwrap();
@@ -713,10 +742,51 @@ mod tests {
 
     #[test]
     fn refuses_a_body_that_carries_no_message() {
-        let mut f = ListFilter::new(Err("no message".into()), Some(json!(1)), hide_delete);
+        // Neither JSON nor events (a page, compressed bytes): refused, as an event.
+        let mut f = ListFilter::new(Some(json!(1)), hide_delete);
         assert!(f.feed(b"<html>", false).is_empty());
-        let out: Value = serde_json::from_slice(&f.feed(b"</html>", true)).unwrap();
+        let out = f.feed(b"</html>\n", true);
+        let data = out.strip_prefix(b"event: message\ndata: ").unwrap();
+        let error: Value = serde_json::from_slice(data.trim_ascii()).unwrap();
+        assert_eq!(error["error"]["code"], INTERNAL_ERROR);
+        assert!(f.report.refused.unwrap().contains("no field of the format"));
+    }
+
+    #[test]
+    fn reads_the_framing_from_the_first_bytes_past_whitespace() {
+        let answer = json!({"jsonrpc": "2.0", "id": 1, "result": {
+            "tools": [{"name": "delete_x"}, {"name": "read"}]}});
+        for body in [
+            format!("\r\n \t{answer}"),
+            format!("\n\nevent: message\ndata: {answer}\n\n"),
+        ] {
+            // Whitespace alone says nothing: it is held, in chunks cut anywhere.
+            for cut in 0..body.len() {
+                let mut f = ListFilter::new(Some(json!(1)), hide_delete);
+                let mut out = f.feed(&body.as_bytes()[..cut], false);
+                out.extend(f.feed(&body.as_bytes()[cut..], true));
+                let text = String::from_utf8(out).unwrap();
+                assert!(!text.contains("delete"), "{text:?}");
+                assert!(text.contains(r#""tools":[{"name":"read"}]"#), "{text:?}");
+                assert_eq!(
+                    text.starts_with("\n\nevent:"),
+                    body.starts_with("\n\nevent:")
+                );
+                assert_eq!((f.report.removed, f.report.refused), (1, None));
+            }
+        }
+        // Whitespace alone, or too much of it, is refused.
+        let mut f = ListFilter::new(Some(json!(1)), hide_delete);
+        assert!(f.feed(b"\r\n", false).is_empty());
+        let out: Value = serde_json::from_slice(&f.feed(b" ", true)).unwrap();
         assert_eq!(out["error"]["code"], INTERNAL_ERROR);
+        let mut f = ListFilter::new(Some(json!(1)), hide_delete);
+        let spaces = vec![b' '; MAX_EVENT_BYTES / 2 + 1];
+        assert!(f.feed(&spaces, false).is_empty());
+        assert!(f.feed(&spaces, false).is_empty());
+        assert!(f.feed(b"{}", false).is_empty());
+        let out: Value = serde_json::from_slice(&f.feed(b"", true)).unwrap();
+        assert!(out["error"]["message"].as_str().unwrap().contains("bytes"));
     }
 
     /// A tool of a generated list: names that repeat (with the same definition, its
@@ -783,7 +853,7 @@ mod tests {
                 removed: name.starts_with("delete").then_some(Code::Hidden),
                 per_subject,
             };
-            let mut f = ListFilter::new(Ok(Framing::Json), Some(ours.clone()), visible);
+            let mut f = ListFilter::new(Some(ours.clone()), visible);
             if renamed {
                 f = f.replying_as(json!(5));
             }

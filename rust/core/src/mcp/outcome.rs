@@ -53,7 +53,7 @@ pub enum Outcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Reading {
     /// Not known yet: from the content type when it is given, else from the body's first
-    /// byte (a JSON message opens with `{`; anything else is read as an event stream).
+    /// bytes ([`Framing::sniff`]).
     Unknown,
     Framed(Framing),
     /// A media type that carries no message.
@@ -142,12 +142,7 @@ impl CallWatcher {
             return self.outcome;
         }
         if self.reading == Reading::Unknown {
-            if let Some(first) = chunk.iter().find(|b| !b.is_ascii_whitespace()) {
-                let framing = if *first == b'{' {
-                    Framing::Json
-                } else {
-                    Framing::EventStream
-                };
+            if let Some(framing) = Framing::sniff(chunk) {
                 self.reading = Reading::Framed(framing);
             }
         }
