@@ -13,6 +13,7 @@ servers, with a real ``toolgate serve``:
 
 from __future__ import annotations
 
+import base64
 import gzip
 import http.client
 import json
@@ -558,7 +559,7 @@ def _compress(coding: str, data: bytes) -> bytes:
 
 @pytest.mark.parametrize("coding", ["gzip", "deflate", "br"])
 @pytest.mark.parametrize("framing", ["application/json", "text/event-stream"])
-def test_no_client_decodes_a_list_the_filter_did_not_read(coding, framing):
+def test_a_compressed_list_is_refused_in_plain_json_and_none_is_asked_for(coding, framing):
     names = ["read", "delete_all"]
 
     def answer(message: dict[str, Any]) -> tuple[int, str, list[bytes]]:
@@ -575,24 +576,56 @@ def test_no_client_decodes_a_list_the_filter_did_not_read(coding, framing):
         # httpx, and so the official SDK, offers gzip by default.
         offer = {"accept-encoding": "gzip, deflate, br"}
         status, headers, out = send(envoy, "POST", rpc("tools/list", 7), offer)
-        refused = sidecar.metric(LISTS, result="refused")
+        assert sidecar.metric(LISTS, result="refused") == 1
     # The server was offered plain bytes only...
     (seen,) = upstream.headers
     assert "accept-encoding" not in seen
-    # ...and the client is not told to decode what it gets: the bytes the filter read. Those
-    # compressed anyway are neither JSON nor events: refused, in the event framing; a body
-    # only labelled as encoded is plain, and filtered.
+    # ...and what it compressed anyway reaches the agent as a refusal it can read.
     assert status == 200
     assert "content-encoding" not in headers
+    assert headers["content-type"] == "application/json"
+    error = json.loads(out)
+    assert (error["id"], error["error"]["code"]) == (7, -32603)
     assert b"delete_all" not in out
-    (message,) = client_messages(out)
-    assert message["id"] == 7
-    if coding == "br":
-        assert refused == 0
-        assert [t["name"] for t in message["result"]["tools"]] == ["read"]
-    else:
-        assert refused == 1
-        assert message["error"]["code"] == -32603
+
+
+def _utf7(text: str) -> bytes:
+    """``text`` as one UTF-7 shifted block: base64 of its UTF-16, which hides every byte."""
+    return b"+" + base64.b64encode(text.encode("utf-16-be")).rstrip(b"=") + b"-"
+
+
+def _smuggled(charset: str, message_id: Any) -> tuple[str, bytes]:
+    """A list with a hidden tool that a client decoding by ``charset`` reads as an event,
+    in bytes the filter reads as something harmless: a comment, or a JSON list whose one
+    tool's description holds the event."""
+    event = "\ndata: " + listing(message_id, ["read", "delete_all"]).decode() + "\n\n"
+    if charset == "utf-7":
+        return "text/event-stream; charset=utf-7", b":" + _utf7(event) + b"\n\n"
+    if charset == "cp037":
+        return "text/event-stream; charset=CP037", b":" + event.encode("cp037") + b"\n\n"
+    tool = {"name": "read", "description": _utf7(event).decode()}
+    body = {"jsonrpc": "2.0", "id": message_id, "result": {"tools": [tool]}}
+    return 'text/event-stream;charset="utf-7"', json.dumps(body).encode()
+
+
+@pytest.mark.parametrize("charset", ["utf-7", "cp037", "json-in-utf-7"])
+def test_a_list_a_client_would_decode_in_another_charset_is_refused(charset):
+    # The official Python SDK decodes an event stream by the charset its content-type names.
+    def answer(message: dict[str, Any]) -> tuple[int, str, list[bytes]]:
+        content_type, body = _smuggled(charset, message["id"])
+        return 200, content_type, [body]
+
+    with (
+        ScriptedUpstream(answer) as upstream,
+        Sidecar(HIDE_DELETES) as sidecar,
+        deployed(EXT_PROC, sidecar.port, upstream.port) as envoy,
+    ):
+        status, headers, out = send(envoy, "POST", rpc("tools/list", 7))
+        assert sidecar.metric(LISTS, result="refused") == 1
+    assert (status, headers["content-type"]) == (200, "application/json")
+    error = json.loads(out)
+    assert (error["id"], error["error"]["code"]) == (7, -32603)
+    assert "charset" in error["error"]["message"]
 
 
 def test_a_server_that_compresses_when_asked_lists_filtered_to_the_official_client(tmp_path):

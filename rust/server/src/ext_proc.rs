@@ -31,7 +31,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use toolgate_core::compile::CompiledPolicy;
 use toolgate_core::listed::ListedTool;
-use toolgate_core::mcp::answer::error_message;
+use toolgate_core::mcp::answer::{error_message, read_as_utf8};
 use toolgate_core::mcp::listing::{ListFilter, ListReport, ListRequest, INTERNAL_ERROR};
 use toolgate_core::mcp::outcome::{CallWatcher, Failure, Outcome};
 use toolgate_core::mcp::Follow;
@@ -198,8 +198,7 @@ enum State {
         upstream_id: Option<Value>,
         caller: Arc<Caller>,
         policy: Arc<CompiledPolicy>,
-        /// Made at the first part of the answer's body: the deployed route does not send
-        /// the headers (one message fewer), and the filter reads the framing from the body.
+        /// Made at the answer's headers, which say how a client decodes the body.
         filter: Option<Box<ListFilter<Visible>>>,
         /// What of the filter's report is already in the statistics: a stream that stays
         /// open (a server's GET stream) is counted answer by answer.
@@ -331,12 +330,34 @@ impl Exchange {
         match &mut self.state {
             State::New => unreachable!("set before the first message is handled"),
             State::Unknown => return Response::ImmediateResponse(no_decision()),
-            State::List { .. } => {
-                // When a config sends a list answer's headers: its body changes length, and
-                // the client must not decode bytes the filter did not read (the deployed
-                // route removes the encoding itself).
+            State::List {
+                id,
+                upstream_id,
+                caller,
+                policy,
+                filter,
+                ..
+            } => {
+                // The body changes length, and the client must not decode bytes the filter did
+                // not read (a body compressed anyway is refused, readably).
                 mutation.remove_headers.push("content-length".into());
                 mutation.remove_headers.push("content-encoding".into());
+                let visible = visible(engine, caller, policy);
+                // The server answers the id the request went on with; the agent gets its own.
+                let mut list = match upstream_id.take() {
+                    Some(ours) => ListFilter::new(Some(ours), visible)
+                        .replying_as(id.clone().unwrap_or(Value::Null)),
+                    None => ListFilter::new(id.clone(), visible),
+                };
+                // Whatever the status: an error page could carry a list as well as a 200.
+                if let Err(why) = decoded_as_read(headers.headers.as_ref()) {
+                    // Refused in plain JSON, which the client can then read.
+                    mutation
+                        .set_headers
+                        .push(set_header("content-type", "application/json"));
+                    list = list.refusing(why);
+                }
+                *filter = Some(Box::new(list));
             }
             State::Call {
                 watcher,
@@ -370,24 +391,19 @@ impl Exchange {
             // Filtering was asked for, but no Check said for whom: the answer cannot be let
             // through unread (its headers may have gone on: Envoy then resets the stream).
             State::Unknown => return Response::ImmediateResponse(no_decision()),
+            // The route must send the answer's headers first: without them, how a client
+            // decodes the body is not known.
+            State::List { filter: None, .. } => {
+                return Response::ImmediateResponse(refusal(
+                    "the proxy sent no headers for this tools/list answer (its ext_proc \
+                     response_header_mode must be SEND)",
+                ));
+            }
             State::List {
-                id,
-                upstream_id,
-                caller,
-                policy,
-                filter,
+                filter: Some(filter),
                 counted,
+                ..
             } => {
-                let filter = filter.get_or_insert_with(|| {
-                    let visible = visible(engine, caller, policy);
-                    // The server answers the id the request went on with; the agent gets
-                    // its own.
-                    Box::new(match upstream_id.take() {
-                        Some(ours) => ListFilter::new(Some(ours), visible)
-                            .replying_as(id.clone().unwrap_or(Value::Null)),
-                        None => ListFilter::new(id.clone(), visible),
-                    })
-                });
                 let out = filter.feed(&body.body, body.end_of_stream);
                 count_lists(engine, &filter.report, counted);
                 body_mutation = Some(BodyMutation {
@@ -451,6 +467,44 @@ fn give_back(
                 engine.stats().count_released(failure);
             }
         }
+    }
+}
+
+/// Whether a client reads the answer as the filter does, by its headers: plain bytes (the
+/// filter reads no compressed body), one media type (a client may read either of two),
+/// decoded as UTF-8. Its framing, JSON or events, the filter reads from the body itself
+/// ([`ListFilter`]).
+fn decoded_as_read(headers: Option<&HeaderMap>) -> Result<(), String> {
+    let all = |name: &'static str| {
+        headers
+            .into_iter()
+            .flat_map(|m| &m.headers)
+            .filter(move |h| h.key.eq_ignore_ascii_case(name))
+            .map(header_value)
+    };
+    for (name, plain) in [
+        ("content-encoding", &["identity"][..]),
+        ("transfer-encoding", &["identity", "chunked"][..]),
+    ] {
+        for value in all(name) {
+            let coded = value
+                .split(',')
+                .map(str::trim)
+                .find(|c| !c.is_empty() && !plain.iter().any(|p| c.eq_ignore_ascii_case(p)));
+            if let Some(coding) = coded {
+                return Err(format!(
+                    "the answer is sent with {name} {coding:?}, which the filter does not read"
+                ));
+            }
+        }
+    }
+    let mut types = all("content-type");
+    match (types.next(), types.next()) {
+        (Some(_), Some(_)) => Err("the answer names its content-type twice".into()),
+        (Some(content_type), None) if !read_as_utf8(content_type) => {
+            Err("the answer's content-type names a charset other than UTF-8".into())
+        }
+        _ => Ok(()),
     }
 }
 

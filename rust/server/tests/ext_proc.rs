@@ -88,15 +88,9 @@ fn list_policy() -> Value {
         "run": {"deny_if": [{"path": "args.command", "op": "contains", "value": "rm"}]}}})
 }
 
-/// Run one list answer through a stream, its body cut at `cuts`, its headers sent first when
-/// `sse` says how they name it (the deployed route sends none); the bytes sent on.
-fn filter(
-    engine: &Arc<Engine>,
-    agent: &str,
-    answer: &[u8],
-    cuts: &[usize],
-    sse: Option<bool>,
-) -> Vec<u8> {
+/// Run one list answer through a stream, its body cut at `cuts`, its headers naming an event
+/// stream or JSON by `sse` (the filter reads the framing from the body); the bytes sent on.
+fn filter(engine: &Arc<Engine>, agent: &str, answer: &[u8], cuts: &[usize], sse: bool) -> Vec<u8> {
     let follow = Follow::ToolList { id: Some(json!(5)) };
     let caller = Caller {
         agent: Some(agent.into()),
@@ -104,24 +98,22 @@ fn filter(
     };
     let md = Some(metadata(&follow, caller));
     let mut exchange = Exchange::default();
-    if let Some(sse) = sse {
-        let content_type = if sse {
-            "text/event-stream"
-        } else {
-            "application/json"
-        };
-        let head = exchange
-            .process(engine, &message(&md, headers(200, content_type), false))
-            .unwrap();
-        let Some(Response::ResponseHeaders(h)) = head.response else {
-            panic!("{head:?}")
-        };
-        let mutation = h.response.unwrap().header_mutation.unwrap();
-        assert_eq!(
-            mutation.remove_headers,
-            ["content-length", "content-encoding"]
-        );
-    }
+    let content_type = if sse {
+        "text/event-stream"
+    } else {
+        "application/json"
+    };
+    let head = exchange
+        .process(engine, &message(&md, headers(200, content_type), false))
+        .unwrap();
+    let Some(Response::ResponseHeaders(h)) = head.response else {
+        panic!("{head:?}")
+    };
+    let mutation = h.response.unwrap().header_mutation.unwrap();
+    assert_eq!(
+        mutation.remove_headers,
+        ["content-length", "content-encoding"]
+    );
     let mut out = Vec::new();
     let mut from = 0;
     for &cut in cuts.iter().chain(std::iter::once(&answer.len())) {
@@ -156,11 +148,11 @@ fn a_list_is_filtered_for_the_caller_the_check_named() {
         {"name": "read"}, {"name": "admin"}, {"name": "run"}, {"name": "delete_x"}, {"name": "other"}]}});
     let bytes = answer.to_string().into_bytes();
     assert_eq!(
-        listed(&filter(&e, "ops", &bytes, &[7], None), false),
+        listed(&filter(&e, "ops", &bytes, &[7], false), false),
         ["read", "admin", "run"]
     );
     assert_eq!(
-        listed(&filter(&e, "bot", &bytes, &[], Some(false)), false),
+        listed(&filter(&e, "bot", &bytes, &[], true), false),
         ["read", "run"]
     );
     let (filtered, refused, unlisted) = e.stats().lists();
@@ -168,14 +160,14 @@ fn a_list_is_filtered_for_the_caller_the_check_named() {
 }
 
 proptest! {
-    /// Wherever Envoy cuts the body, JSON or event stream, with its headers or without, the
+    /// Wherever Envoy cuts the body, JSON or event stream, whichever its headers name, the
     /// same tools come out.
     #[test]
     fn cutting_the_body_does_not_change_the_list(
         tools in prop::collection::vec(prop::sample::select(vec!["read", "admin", "run", "delete_x", "zz"]), 0..8),
         cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
         sse in any::<bool>(),
-        headed in any::<bool>(),
+        labelled_sse in any::<bool>(),
     ) {
         let e = engine(list_policy());
         let answer = json!({"jsonrpc": "2.0", "id": 5, "result": {"tools":
@@ -188,7 +180,7 @@ proptest! {
         cuts.sort_unstable();
         cuts.dedup();
         let want: Vec<String> = tools.iter().filter(|t| ["read", "run"].contains(t)).map(|t| t.to_string()).collect();
-        prop_assert_eq!(listed(&filter(&e, "bot", &bytes, &cuts, headed.then_some(sse)), sse), want);
+        prop_assert_eq!(listed(&filter(&e, "bot", &bytes, &cuts, labelled_sse), sse), want);
     }
 }
 
@@ -312,7 +304,7 @@ fn an_answer_without_a_note_is_refused_where_envoy_waits() {
     assert_eq!(refusal.status.unwrap().code, 502);
     let error: Value = serde_json::from_slice(&refusal.body).unwrap();
     assert_eq!(error["error"]["code"], -32603);
-    // Without the headers (the deployed list route skips them), at the body's first part.
+    // Without the headers (a route that skips them), at the body's first part.
     let mut exchange = Exchange::default();
     let r = exchange
         .process(&e, &message(&None, body(b"{", false), false))
@@ -321,6 +313,24 @@ fn an_answer_without_a_note_is_refused_where_envoy_waits() {
         matches!(r.response, Some(Response::ImmediateResponse(_))),
         "{r:?}"
     );
+}
+
+#[test]
+fn a_list_whose_headers_were_not_sent_is_refused() {
+    // Without them, how a client decodes the body (its charset) is not known.
+    let e = engine(list_policy());
+    let md = Some(metadata(
+        &Follow::ToolList { id: Some(json!(1)) },
+        Caller::default(),
+    ));
+    let mut exchange = Exchange::default();
+    let r = exchange
+        .process(&e, &message(&md, body(b"{}", true), false))
+        .unwrap();
+    let Some(Response::ImmediateResponse(refusal)) = r.response else {
+        panic!("{r:?}")
+    };
+    assert!(String::from_utf8_lossy(&refusal.body).contains("response_header_mode"));
 }
 
 /// The messages a client reads in `out`: one JSON message, or an event stream's.
@@ -353,7 +363,7 @@ fn an_error_answer_to_a_list_passes_and_an_unreadable_one_is_replaced_whatever_i
     ] {
         let mut exchange = Exchange::default();
         let head = [("content-type", content_type)];
-        let (_, out) = exchange_bytes(&e, &mut exchange, &md, status, Some(&head), sent, &[]);
+        let (_, out) = exchange_bytes(&e, &mut exchange, &md, status, &head, sent, &[]);
         assert!(exchange.finished());
         if sent == error {
             assert_eq!(out, error, "a JSON-RPC error lists nothing: it passes");
@@ -369,19 +379,19 @@ fn an_error_answer_to_a_list_passes_and_an_unreadable_one_is_replaced_whatever_i
     }
 }
 
-/// One answer through a fresh stream, its headers first if sent: the header mutation Envoy
-/// is told then, and every body byte sent on, its body cut at `cuts`.
+/// One answer through a fresh stream: the header mutation Envoy is told, and every body
+/// byte sent on, its body cut at `cuts`.
 #[allow(clippy::too_many_arguments)]
 fn exchange_bytes(
     e: &Arc<Engine>,
     exchange: &mut Exchange,
     md: &Option<Metadata>,
     status: u16,
-    sent_headers: Option<&[(&str, &str)]>,
+    sent_headers: &[(&str, &str)],
     answer: &[u8],
     cuts: &[usize],
 ) -> (
-    Option<envoy_types::pb::envoy::service::ext_proc::v3::HeaderMutation>,
+    envoy_types::pb::envoy::service::ext_proc::v3::HeaderMutation,
     Vec<u8>,
 ) {
     let header = |k: &str, v: &str| HeaderValue {
@@ -389,19 +399,17 @@ fn exchange_bytes(
         raw_value: v.as_bytes().to_vec(),
         ..Default::default()
     };
-    let mutation = sent_headers.map(|sent| {
-        let mut all = vec![header(":status", &status.to_string())];
-        all.extend(sent.iter().map(|(k, v)| header(k, v)));
-        let head = Request::ResponseHeaders(HttpHeaders {
-            headers: Some(HeaderMap { headers: all }),
-            ..Default::default()
-        });
-        let r = exchange.process(e, &message(md, head, false)).unwrap();
-        let Some(Response::ResponseHeaders(h)) = r.response else {
-            panic!("{r:?}")
-        };
-        h.response.unwrap().header_mutation.unwrap()
+    let mut all = vec![header(":status", &status.to_string())];
+    all.extend(sent_headers.iter().map(|(k, v)| header(k, v)));
+    let head = Request::ResponseHeaders(HttpHeaders {
+        headers: Some(HeaderMap { headers: all }),
+        ..Default::default()
     });
+    let r = exchange.process(e, &message(md, head, false)).unwrap();
+    let Some(Response::ResponseHeaders(h)) = r.response else {
+        panic!("{r:?}")
+    };
+    let mutation = h.response.unwrap().header_mutation.unwrap();
     let mut out = Vec::new();
     let mut from = 0;
     for &cut in cuts.iter().chain(std::iter::once(&answer.len())) {
@@ -451,8 +459,9 @@ fn hidden_list_body(shape: u8, id: Value, eol: &str) -> Vec<u8> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(1024))]
     /// However a tool list is framed, labelled, encoded, cut or replayed, and whatever the
-    /// status, no hidden tool's name reaches the agent, and when the headers are sent, no
-    /// content encoding is left on what the filter read.
+    /// status, no hidden tool's name reaches the agent, no content encoding is left on what
+    /// the filter read, and a body a client would decode otherwise (compressed, in another
+    /// charset, as either of two media types) is refused in plain JSON.
     #[test]
     fn no_hidden_tool_comes_out_by_any_framing(
         shape in 0u8..11,
@@ -462,13 +471,13 @@ proptest! {
             3 => prop::sample::select(vec!["text/event-stream", "TEXT/EVENT-STREAM;charset=utf-8"]),
             2 => prop::sample::select(vec!["application/json", "Application/JSON; charset=utf-8"]),
             1 => prop::sample::select(vec!["text/plain", "", "application/json, text/event-stream"]),
+            1 => prop::sample::select(vec!["text/event-stream; charset=utf-7", "application/json;charset=CP037"]),
         ],
         encoding in prop_oneof![
             3 => prop::sample::select(vec!["", "identity", "identity,"]),
             1 => prop::sample::select(vec!["gzip", "GZIP", "br", "deflate", "identity, gzip", "x-custom"]),
         ],
         twice in any::<bool>(),
-        headed in any::<bool>(),
         bom in any::<bool>(),
         eol in prop::sample::select(vec!["\n", "\r\n", "\r"]),
         cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
@@ -492,12 +501,19 @@ proptest! {
             sent.push(("content-encoding", encoding));
         }
         let mut exchange = Exchange::default();
-        let sent = headed.then_some(&sent[..]);
-        let (head, out) = exchange_bytes(&e, &mut exchange, &md, status, sent, &answer, &cuts);
+        let (head, out) = exchange_bytes(&e, &mut exchange, &md, status, &sent, &answer, &cuts);
         let text = String::from_utf8_lossy(&out);
         prop_assert!(!text.contains("delete_x"), "{}", text);
-        if let Some(head) = head {
-            prop_assert_eq!(head.remove_headers, ["content-length", "content-encoding"]);
+        prop_assert_eq!(&head.remove_headers, &["content-length", "content-encoding"]);
+        let other_charset = ["utf-7", "cp037"].iter().any(|c| content_type.to_ascii_lowercase().contains(c));
+        let coded = encoding
+            .split(',')
+            .any(|c| !c.trim().is_empty() && !c.trim().eq_ignore_ascii_case("identity"));
+        // Headers that say a client reads the body otherwise: refused in plain JSON.
+        if twice || other_charset || coded {
+            let refusal: Value = serde_json::from_slice(&out).unwrap();
+            prop_assert_eq!(&refusal["error"]["code"], -32603);
+            prop_assert_eq!(&head.set_headers[0].header.as_ref().unwrap().key, "content-type");
         }
     }
 }

@@ -45,6 +45,26 @@ impl Framing {
     }
 }
 
+/// Whether a client decodes a body sent with `content_type` as UTF-8, as the filters read it:
+/// no `charset`, or `utf-8` / `us-ascii`. Some clients decode an event stream by the charset
+/// it names (the official Python SDK does), and in UTF-7 or EBCDIC, bytes the filters read as
+/// one comment are an event to such a client.
+pub fn read_as_utf8(content_type: &str) -> bool {
+    let mut charsets = content_type.split(';').skip(1).filter_map(|parameter| {
+        let (name, value) = parameter.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("charset")
+            .then(|| value.trim().trim_matches('"'))
+    });
+    match (charsets.next(), charsets.next()) {
+        (None, _) => true,
+        (Some(charset), None) => ["utf-8", "us-ascii"]
+            .iter()
+            .any(|c| charset.eq_ignore_ascii_case(c)),
+        (Some(_), Some(_)) => false,
+    }
+}
+
 /// A message is an answer when it has a `result` or an `error` (and no `method`).
 pub fn is_answer(message: &Map<String, Value>) -> bool {
     !message.contains_key("method")
@@ -84,6 +104,29 @@ mod tests {
         assert_eq!(Framing::of("Text/Event-Stream"), Some(Framing::EventStream));
         assert_eq!(Framing::of("text/plain"), None);
         assert_eq!(Framing::of(""), None);
+    }
+
+    #[test]
+    fn reads_only_utf8_charsets_as_utf8() {
+        for plain in [
+            "text/event-stream",
+            "application/json; charset=utf-8",
+            "text/event-stream;Charset=\"UTF-8\"",
+            "text/event-stream; charset=us-ascii",
+            "",
+        ] {
+            assert!(read_as_utf8(plain), "{plain}");
+        }
+        for other in [
+            "text/event-stream; charset=utf-7",
+            "text/event-stream; charset=cp037",
+            "text/event-stream; charset=utf-16",
+            "application/json; charset=latin1",
+            "text/event-stream; charset=utf-8; charset=utf-7",
+            "text/event-stream; charset=",
+        ] {
+            assert!(!read_as_utf8(other), "{other}");
+        }
     }
 
     #[test]

@@ -107,8 +107,10 @@ pub struct ListFilter<F> {
     /// The JSON body went over the limit: what arrives is dropped, the answer refused.
     overflow: bool,
     events: EventSplitter,
-    /// The answer has been passed on (or refused): nothing after it is.
+    /// The answer has been passed on (or refused): nothing after it is, or is held.
     finished: bool,
+    /// The answer's headers say a client would read it otherwise: refused whatever it holds.
+    refusal: Option<String>,
     pub report: ListReport,
 }
 
@@ -125,8 +127,17 @@ impl<F: FnMut(&str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
             overflow: false,
             events: EventSplitter::default(),
             finished: false,
+            refusal: None,
             report: ListReport::default(),
         }
+    }
+
+    /// The answer's headers say a client would read the body otherwise than the filter (in
+    /// another character set, as another media type): whatever it holds is refused, as a
+    /// JSON message.
+    pub fn refusing(mut self, why: String) -> Self {
+        self.refusal = Some(why);
+        self
     }
 
     /// The request was sent on under another id ([`ListRequest`]): the agent gets its answer
@@ -138,6 +149,18 @@ impl<F: FnMut(&str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
 
     /// Take the next part of the body (`end`: the last); return what to send on now.
     pub fn feed(&mut self, chunk: &[u8], end: bool) -> Vec<u8> {
+        if self.finished {
+            // Nothing more goes on, so nothing more is read or held (a stream may go on).
+            return Vec::new();
+        }
+        if let Some(why) = &self.refusal {
+            // An empty body lists nothing.
+            if chunk.is_empty() {
+                return Vec::new();
+            }
+            self.finished = true;
+            return self.refuse(why.clone());
+        }
         if let Some(framing) = self.framing {
             return self.feed_in(framing, chunk, end);
         }
@@ -162,10 +185,21 @@ impl<F: FnMut(&str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
     }
 
     fn feed_in(&mut self, framing: Framing, chunk: &[u8], end: bool) -> Vec<u8> {
-        match framing {
+        let out = match framing {
             Framing::Json => self.feed_json(chunk, end),
             Framing::EventStream => self.feed_events(chunk, end),
+        };
+        if self.finished {
+            // What was held after the answer goes nowhere.
+            self.events = EventSplitter::default();
+            self.body = Vec::new();
         }
+        out
+    }
+
+    /// Bytes held until the rest of a message arrives.
+    pub fn held(&self) -> usize {
+        self.body.capacity() + self.events.held()
     }
 
     fn feed_json(&mut self, chunk: &[u8], end: bool) -> Vec<u8> {
@@ -198,7 +232,6 @@ impl<F: FnMut(&str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
     fn feed_events(&mut self, chunk: &[u8], end: bool) -> Vec<u8> {
         let events = match self.events.feed(chunk, end) {
             Ok(events) => events,
-            Err(_) if self.finished => return Vec::new(),
             Err(_) => {
                 self.finished = true;
                 let why = format!("an event of the answer is over {MAX_EVENT_BYTES} bytes");
@@ -750,6 +783,38 @@ mod tests {
         let error: Value = serde_json::from_slice(data.trim_ascii()).unwrap();
         assert_eq!(error["error"]["code"], INTERNAL_ERROR);
         assert!(f.report.refused.unwrap().contains("no field of the format"));
+    }
+
+    #[test]
+    fn nothing_is_held_once_the_answer_is_passed_on_or_refused() {
+        let answer = json!({"jsonrpc": "2.0", "id": 1, "result": {"tools": []}});
+        let mib = vec![b'a'; 1 << 20];
+        // A stream that goes on after its answer, after a refused event, after a refused
+        // JSON body: a line without end, 40 MiB of it, is neither held nor passed on.
+        for (id, opening) in [
+            (Some(json!(1)), format!("data: {answer}\n\ndata: ")),
+            (None, "data: ".to_owned()),
+            (Some(json!(1)), "{".to_owned()),
+        ] {
+            let mut f = ListFilter::new(id, hide_delete);
+            let mut out = f.feed(opening.as_bytes(), false);
+            let mut most = 0;
+            for _ in 0..40 {
+                out.extend(f.feed(&mib, false));
+                most = most.max(f.held());
+            }
+            out.extend(f.feed(b"\n\n", true));
+            assert!(most <= 2 * MAX_EVENT_BYTES, "{opening:?}: held {most}");
+            assert!(out.len() < 1024, "{opening:?}: sent {}", out.len());
+            assert_eq!(f.held(), 0, "{opening:?}");
+        }
+        // Headers that refuse the answer: nothing of the body is held or passed.
+        let mut f = ListFilter::new(Some(json!(1)), hide_delete).refusing("charset".into());
+        assert!(f.feed(b"", false).is_empty());
+        let out: Value = serde_json::from_slice(&f.feed(&mib, false)).unwrap();
+        assert_eq!(out["error"]["code"], INTERNAL_ERROR);
+        assert!(f.feed(&mib, true).is_empty());
+        assert_eq!(f.held(), 0);
     }
 
     #[test]

@@ -76,6 +76,11 @@ pub struct EventSplitter {
 }
 
 impl EventSplitter {
+    /// Bytes held for events not yet complete.
+    pub fn held(&self) -> usize {
+        self.pending.capacity()
+    }
+
     /// Add `chunk`, returning the events it completes. With `end`, the stream is over: a
     /// last event left without its empty line is returned too (its bytes must not vanish).
     pub fn feed(&mut self, chunk: &[u8], end: bool) -> Result<Vec<Event>, TooLong> {
