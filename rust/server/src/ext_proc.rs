@@ -28,6 +28,7 @@ use envoy_types::pb::google::protobuf::value::Kind;
 use envoy_types::pb::google::protobuf::{Struct, Value as ProtoValue};
 use serde_json::Value;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use toolgate_core::compile::CompiledPolicy;
 use toolgate_core::listed::ListedTool;
@@ -177,12 +178,67 @@ fn read_metadata(metadata: Option<&Metadata>) -> Option<(Follow, Caller)> {
 
 type Visible = Box<dyn FnMut(&str, &ListedTool<'_>) -> Visibility + Send>;
 
+/// The bytes all exchanges hold between messages (a list's message or event not yet whole,
+/// a call's answer read so far), against one limit for the server: each may hold a message
+/// of up to 16 MiB and Envoy keeps up to 20,000 streams open (a `GET` stream per session),
+/// so without it servers that never end their events could take all memory. An exchange
+/// that would go over stops reading: a list is refused, a call counts as run.
+pub struct HeldBytes {
+    total: AtomicUsize,
+    limit: usize,
+}
+
+impl HeldBytes {
+    /// Room for a few largest messages at once, well inside the sidecar's memory limit.
+    pub const LIMIT: usize = 128 << 20;
+
+    pub fn new(limit: usize) -> Arc<HeldBytes> {
+        Arc::new(HeldBytes {
+            total: AtomicUsize::new(0),
+            limit,
+        })
+    }
+
+    pub fn total(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// One exchange, which held `held` bytes, now holds `now`: false if that takes the total
+    /// over the limit (counted all the same: the exchange gives up and holds nothing then).
+    fn hold(&self, held: &mut usize, now: usize) -> bool {
+        let within = if now >= *held {
+            let more = now - *held;
+            self.total.fetch_add(more, Ordering::Relaxed) + more <= self.limit
+        } else {
+            self.total.fetch_sub(*held - now, Ordering::Relaxed);
+            true
+        };
+        *held = now;
+        within
+    }
+}
+
 /// One exchange's answer, followed message by message.
-#[derive(Default)]
 pub struct Exchange {
     state: State,
     /// The answer's last message has been handled: the stream has nothing more to carry.
     finished: bool,
+    budget: Arc<HeldBytes>,
+    /// What this exchange holds of the budget.
+    held: usize,
+}
+
+impl Default for Exchange {
+    /// An exchange with a budget of its own.
+    fn default() -> Self {
+        Exchange::new(HeldBytes::new(HeldBytes::LIMIT))
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        self.budget.hold(&mut self.held, 0);
+    }
 }
 
 #[derive(Default)]
@@ -214,6 +270,16 @@ enum State {
 }
 
 impl Exchange {
+    /// An exchange holding its unfinished messages against `budget`.
+    pub fn new(budget: Arc<HeldBytes>) -> Self {
+        Exchange {
+            state: State::default(),
+            finished: false,
+            budget,
+            held: 0,
+        }
+    }
+
     /// Whether the stream has nothing more to do (the answer has ended, or a call's outcome is
     /// known): the server should end it then. Envoy does not end a stream in observability
     /// mode until its deferred close timeout (5 s), and every stream left open counts against
@@ -404,7 +470,12 @@ impl Exchange {
                 counted,
                 ..
             } => {
-                let out = filter.feed(&body.body, body.end_of_stream);
+                let mut out = filter.feed(&body.body, body.end_of_stream);
+                if !self.budget.hold(&mut self.held, filter.held()) {
+                    let why = "the proxy holds as many unfinished answers as it may";
+                    out.extend(filter.give_up(why.into()));
+                    self.budget.hold(&mut self.held, 0);
+                }
                 count_lists(engine, &filter.report, counted);
                 body_mutation = Some(BodyMutation {
                     mutation: Some(Mutation::Body(out)),
@@ -424,6 +495,10 @@ impl Exchange {
                     }
                 }
                 watcher.feed(&body.body, body.end_of_stream);
+                if !self.budget.hold(&mut self.held, watcher.held()) {
+                    watcher.give_up();
+                    self.budget.hold(&mut self.held, 0);
+                }
                 give_back(engine, watcher, *reservation, *tool_errors, released);
             }
             _ => {}

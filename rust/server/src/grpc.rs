@@ -11,7 +11,7 @@
 use crate::authz;
 use crate::decider::{self, pb};
 use crate::ext_mcp::{self, ExtMcpConfig};
-use crate::ext_proc::Exchange;
+use crate::ext_proc::{Exchange, HeldBytes};
 use crate::ratelimit;
 use crate::subject::AuthzConfig;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
@@ -294,6 +294,8 @@ impl envoy::authorization_server::Authorization for AuthorizationService {
 /// message answered in turn on the stream's task.
 pub struct ExternalProcessorService {
     pub engine: Arc<Engine>,
+    /// What all streams hold between messages.
+    pub held: Arc<HeldBytes>,
 }
 
 #[tonic::async_trait]
@@ -307,7 +309,7 @@ impl envoy::external_processor_server::ExternalProcessor for ExternalProcessorSe
         Ok(Response::new(Answers {
             engine: Arc::clone(&self.engine),
             messages: request.into_inner(),
-            exchange: Some(Exchange::default()),
+            exchange: Some(Exchange::new(Arc::clone(&self.held))),
             off_thread: None,
         }))
     }

@@ -10,6 +10,7 @@
 use crate::connection::{Bound, Serving};
 use crate::decider::{self, pb::decider_server::DeciderServer};
 use crate::ext_mcp::{self, pb::ext_mcp_server::ExtMcpServer, ExtMcpConfig};
+use crate::ext_proc::HeldBytes;
 use crate::grpc::envoy::authorization_server::AuthorizationServer;
 use crate::grpc::envoy::external_processor_server::ExternalProcessorServer;
 use crate::grpc::envoy::rate_limit_service_server::RateLimitServiceServer;
@@ -134,6 +135,7 @@ impl Server {
             .add_service(
                 ExternalProcessorServer::new(ExternalProcessorService {
                     engine: engine.clone(),
+                    held: HeldBytes::new(HeldBytes::LIMIT),
                 })
                 .max_decoding_message_size(max),
             )

@@ -562,3 +562,40 @@ fn without_headers_the_status_comes_as_an_attribute_of_the_body() {
     assert!(exchange.finished(), "the status alone says the call failed");
     assert_eq!(e.stats().released_on_failure()[0], ("http_status", 1));
 }
+
+#[test]
+fn streams_hold_unfinished_answers_within_one_budget() {
+    use toolgate_server::ext_proc::HeldBytes;
+    let e = engine(list_policy());
+    let budget = HeldBytes::new(4 << 20);
+    let open = |id: Option<Value>| {
+        let md = Some(metadata(&Follow::ToolList { id }, Caller::default()));
+        let mut exchange = Exchange::new(budget.clone());
+        let head = headers(200, "text/event-stream");
+        exchange.process(&e, &message(&md, head, false)).unwrap();
+        (exchange, md)
+    };
+    // Two GET streams, each with an event that never ends: the first holds 3 MiB...
+    let (mut first, md1) = open(None);
+    let mut line = b"data: ".to_vec();
+    line.resize(3 << 20, b' ');
+    let r = first.process(&e, &message(&md1, body(&line, false), false));
+    assert!(sent_body(&r.unwrap()).is_empty());
+    assert!(budget.total() >= 3 << 20);
+    // ...so the second, going over the budget, is refused and holds nothing.
+    let (mut second, md2) = open(None);
+    let r = second.process(&e, &message(&md2, body(&line, false), false));
+    let out = sent_body(&r.unwrap());
+    let text = String::from_utf8(out).unwrap();
+    let error: Value = serde_json::from_str(text.split("data: ").nth(1).unwrap().trim()).unwrap();
+    assert_eq!(error["error"]["code"], -32603);
+    let r = second.process(&e, &message(&md2, body(&line, false), false));
+    assert!(sent_body(&r.unwrap()).is_empty());
+    assert!(budget.total() < 4 << 20);
+    // The first goes on; when the streams end, their bytes are given back.
+    let r = first.process(&e, &message(&md1, body(b"\n\n", false), false));
+    let out = sent_body(&r.unwrap());
+    assert_eq!(out.len(), line.len() + 2);
+    drop((first, second));
+    assert_eq!(budget.total(), 0);
+}

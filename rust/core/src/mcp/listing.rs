@@ -197,9 +197,25 @@ impl<F: FnMut(&str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
         out
     }
 
+    /// Stop reading: the answer is refused (in the body's framing) unless it has gone on,
+    /// and nothing more is held or passed. Empty if nothing is left to say.
+    pub fn give_up(&mut self, why: String) -> Vec<u8> {
+        if self.finished {
+            return Vec::new();
+        }
+        self.finished = true;
+        self.events = EventSplitter::default();
+        self.body = Vec::new();
+        let refusal = self.refuse(why);
+        match self.framing {
+            Some(Framing::EventStream) => event(&refusal),
+            _ => refusal,
+        }
+    }
+
     /// Bytes held until the rest of a message arrives.
     pub fn held(&self) -> usize {
-        self.body.capacity() + self.events.held()
+        self.body.len() + self.events.held()
     }
 
     fn feed_json(&mut self, chunk: &[u8], end: bool) -> Vec<u8> {

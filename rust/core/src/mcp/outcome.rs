@@ -136,6 +136,20 @@ impl CallWatcher {
         self.outcome
     }
 
+    /// Bytes held until the rest of the answer arrives.
+    pub fn held(&self) -> usize {
+        self.body.len() + self.events.held()
+    }
+
+    /// Stop reading: the call counts as run (its reservation kept), and nothing is held.
+    pub fn give_up(&mut self) {
+        if self.outcome == Outcome::Pending {
+            self.outcome = Outcome::Ran;
+        }
+        self.body = Vec::new();
+        self.events = EventSplitter::default();
+    }
+
     /// The next part of the body (`end`: the last) arrived.
     pub fn feed(&mut self, chunk: &[u8], end: bool) -> Outcome {
         if self.outcome != Outcome::Pending {

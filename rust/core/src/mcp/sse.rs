@@ -78,7 +78,7 @@ pub struct EventSplitter {
 impl EventSplitter {
     /// Bytes held for events not yet complete.
     pub fn held(&self) -> usize {
-        self.pending.capacity()
+        self.pending.len()
     }
 
     /// Add `chunk`, returning the events it completes. With `end`, the stream is over: a
@@ -131,6 +131,10 @@ impl EventSplitter {
             self.line_start = consumed;
         }
         self.pending.drain(..consumed);
+        // A stream that stays open keeps no room for its largest event.
+        if self.pending.capacity() > (64 << 10).max(4 * self.pending.len()) {
+            self.pending.shrink_to(2 * self.pending.len());
+        }
         self.line_start -= consumed;
         self.searched = self.searched.saturating_sub(consumed);
         if self.pending.len() > MAX_EVENT_BYTES {
