@@ -14,6 +14,8 @@ servers, with a real ``toolgate serve``:
 from __future__ import annotations
 
 import base64
+import codecs
+import email.message
 import gzip
 import http.client
 import json
@@ -29,6 +31,8 @@ import mcp.types as types
 import pytest
 from conftest import EXAMPLES, cond, limit, policy
 from envoy_proxy import ACCEPT, DEPLOY, deployed, envoy_executable, send
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mcp import Client, ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
@@ -626,6 +630,75 @@ def test_a_list_a_client_would_decode_in_another_charset_is_refused(charset):
     error = json.loads(out)
     assert (error["id"], error["error"]["code"]) == (7, -32603)
     assert "charset" in error["error"]["message"]
+
+
+# Pieces of content types, spelled as MIME parsers read them in more than one way.
+_TYPE_PIECES = [
+    "text/event-stream",
+    "application/json",
+    ";",
+    " ",
+    "charset",
+    "CharSet",
+    "=",
+    "utf-8",
+    "utf-7",
+    "us-ascii",
+    "cp037",
+    '"',
+    "'",
+    "*",
+    "0",
+    "*1",
+    "; charset=",
+    ";charset*=",
+    "; charset*0=",
+    "(c)",
+    "\\",
+    ",",
+    "x",
+]
+
+
+def _client_charset(content_type: str) -> str:
+    """The codec the official Python SDK decodes an event stream with: httpx reads the
+    charset with the standard library's MIME parser, and an unknown one is UTF-8."""
+    message = email.message.Message()
+    message["content-type"] = content_type
+    charset = message.get_content_charset(failobj=None)
+    try:
+        return codecs.lookup(charset).name if charset else "utf-8"
+    except LookupError:
+        return "utf-8"
+
+
+def test_no_content_type_a_client_decodes_otherwise_lets_a_list_through():
+    content_type = ["text/event-stream"]
+
+    def answer(message: dict[str, Any]) -> tuple[int, str, list[bytes]]:
+        return 200, content_type[0], [_smuggled("utf-7", message["id"])[1]]
+
+    with (
+        ScriptedUpstream(answer) as upstream,
+        Sidecar(HIDE_DELETES) as sidecar,
+        deployed(EXT_PROC, sidecar.port, upstream.port) as envoy,
+    ):
+
+        @settings(max_examples=300, deadline=None, derandomize=True)
+        @given(st.lists(st.sampled_from(_TYPE_PIECES), min_size=1, max_size=12).map("".join))
+        def passes_only_as_utf8(spelled: str) -> None:
+            content_type[0] = spelled
+            status, headers, out = send(envoy, "POST", rpc("tools/list", 7))
+            if status >= 500 and "content-type" not in headers:
+                return  # Envoy refused the header itself.
+            if out.startswith(b":"):
+                # Passed as the server sent it: the client must decode it as the filter read it.
+                sent = headers.get("content-type", "")
+                assert _client_charset(sent) in ("utf-8", "ascii"), sent
+            else:
+                assert json.loads(out)["error"]["code"] == -32603
+
+        passes_only_as_utf8()
 
 
 def test_a_server_that_compresses_when_asked_lists_filtered_to_the_official_client(tmp_path):
