@@ -657,12 +657,25 @@ _TYPE_PIECES = [
     "\\",
     ",",
     "x",
+    # Bytes beyond ASCII (the upstream writes its headers in Latin-1).
+    "\xff",
+    "\x80",
+    "\u00e9",
 ]
 
 
 def _client_charset(content_type: str) -> str:
-    """The codec the official Python SDK decodes an event stream with: httpx reads the
-    charset with the standard library's MIME parser, and an unknown one is UTF-8."""
+    """The codec the official Python SDK decodes an event stream with, for a header as
+    http.client gives it (Latin-1): httpx decodes header bytes as ASCII, else UTF-8, else
+    Latin-1, reads the charset with the standard library's MIME parser, and takes an
+    unknown one for UTF-8."""
+    raw = content_type.encode("latin-1")
+    for encoding in ("ascii", "utf-8", "latin-1"):
+        try:
+            content_type = raw.decode(encoding)
+            break
+        except UnicodeDecodeError:
+            continue
     message = email.message.Message()
     message["content-type"] = content_type
     charset = message.get_content_charset(failobj=None)

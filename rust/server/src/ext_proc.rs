@@ -189,8 +189,9 @@ pub struct HeldBytes {
 }
 
 impl HeldBytes {
-    /// Room for a few largest messages at once, well inside the sidecar's memory limit.
-    pub const LIMIT: usize = 128 << 20;
+    /// Room for three of the largest messages at once: with what the allocator keeps beside
+    /// them (up to about twice) and the work of reading one, inside the sidecar's 256 MiB.
+    pub const LIMIT: usize = 48 << 20;
 
     pub fn new(limit: usize) -> Arc<HeldBytes> {
         Arc::new(HeldBytes {
@@ -550,13 +551,22 @@ fn give_back(
 /// decoded as UTF-8. Its framing, JSON or events, the filter reads from the body itself
 /// ([`ListFilter`]).
 fn decoded_as_read(headers: Option<&HeaderMap>) -> Result<(), String> {
-    let all = |name: &'static str| {
+    let named = |name: &'static str| {
         headers
             .into_iter()
             .flat_map(|m| &m.headers)
             .filter(move |h| h.key.eq_ignore_ascii_case(name))
-            .map(header_value)
     };
+    let all = |name: &'static str| named(name).map(header_value);
+    // A byte outside visible ASCII is read as Latin-1 by some clients (httpx, and so the
+    // official Python SDK), as nothing by others: such a value cannot be checked.
+    for name in ["content-type", "content-encoding", "transfer-encoding"] {
+        if named(name).any(|h| !visible_ascii(h)) {
+            return Err(format!(
+                "the answer's {name} holds bytes other than visible ASCII"
+            ));
+        }
+    }
     for (name, plain) in [
         ("content-encoding", &["identity"][..]),
         ("transfer-encoding", &["identity", "chunked"][..]),
@@ -648,6 +658,18 @@ fn header<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
         .iter()
         .find(|h| h.key.eq_ignore_ascii_case(name))?;
     Some(header_value(h))
+}
+
+/// Whether `h`'s value is only visible ASCII, spaces and tabs.
+fn visible_ascii(h: &HeaderValue) -> bool {
+    let bytes = if h.raw_value.is_empty() {
+        h.value.as_bytes()
+    } else {
+        &h.raw_value
+    };
+    bytes
+        .iter()
+        .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
 }
 
 /// `h`'s value as text; one that is not UTF-8 reads as a value no check accepts.

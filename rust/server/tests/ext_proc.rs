@@ -599,3 +599,47 @@ fn streams_hold_unfinished_answers_within_one_budget() {
     drop((first, second));
     assert_eq!(budget.total(), 0);
 }
+
+#[test]
+fn a_list_whose_headers_hold_bytes_beyond_visible_ascii_is_refused() {
+    // httpx reads such a value as Latin-1 and finds the charset in it; a UTF-8 reading finds
+    // nothing it can check.
+    let e = engine(list_policy());
+    let md = Some(metadata(
+        &Follow::ToolList { id: Some(json!(5)) },
+        Caller::default(),
+    ));
+    for (name, value) in [
+        (
+            "content-type",
+            &b"text/event-stream; charset=utf-7; x=\xff"[..],
+        ),
+        ("content-type", b"text/event-stream; x=\xc3\xa9"),
+        ("content-type", b"text/event-stream\x00; charset=utf-7"),
+        ("content-encoding", b"identity\x80"),
+    ] {
+        let mut exchange = Exchange::default();
+        let head = Request::ResponseHeaders(HttpHeaders {
+            headers: Some(HeaderMap {
+                headers: vec![HeaderValue {
+                    key: name.into(),
+                    raw_value: value.to_vec(),
+                    ..Default::default()
+                }],
+            }),
+            ..Default::default()
+        });
+        let r = exchange.process(&e, &message(&md, head, false)).unwrap();
+        let Some(Response::ResponseHeaders(h)) = r.response else {
+            panic!("{r:?}")
+        };
+        let set = &h.response.unwrap().header_mutation.unwrap().set_headers;
+        assert_eq!(
+            set[0].header.as_ref().unwrap().raw_value,
+            b"application/json"
+        );
+        let r = exchange.process(&e, &message(&md, body(b": a comment\n\n", true), false));
+        let refusal: Value = serde_json::from_slice(&sent_body(&r.unwrap())).unwrap();
+        assert_eq!(refusal["error"]["code"], -32603, "{value:?}");
+    }
+}
