@@ -207,7 +207,11 @@ impl HeldBytes {
     /// One exchange, which held `held` bytes, now holds `now`: false if that takes the total
     /// over the limit (counted all the same: the exchange gives up and holds nothing then).
     fn hold(&self, held: &mut usize, now: usize) -> bool {
-        let within = if now >= *held {
+        // Most parts change nothing (an answer read whole): the shared count is only read.
+        if now == *held {
+            return self.total() <= self.limit;
+        }
+        let within = if now > *held {
             let more = now - *held;
             self.total.fetch_add(more, Ordering::Relaxed) + more <= self.limit
         } else {
@@ -672,7 +676,8 @@ fn visible_ascii(h: &HeaderValue) -> bool {
         .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
 }
 
-/// `h`'s value as text; one that is not UTF-8 reads as a value no check accepts.
+/// `h`'s value as text; one that is not UTF-8 reads as U+FFFD (a list's headers with such
+/// bytes are refused before they are read: [`visible_ascii`]).
 fn header_value(h: &HeaderValue) -> &str {
     if h.raw_value.is_empty() {
         &h.value

@@ -2,17 +2,17 @@
 //! can never call ([`crate::visibility`]) are taken out, so the agent neither tries them nor
 //! learns that they exist.
 //!
-//! Nothing passes unread: whatever the HTTP status or headers, the body must be empty or
-//! read as JSON-RPC messages, each answer among them filtered. Its framing (one JSON message
-//! or an event stream) is read from its first bytes ([`Framing::sniff`]), not from its
-//! `content-type`: the proxy need not send the answer's headers, and a body that passes in
-//! the framing read carries nothing to a client that reads the other. Fail closed: an
-//! answer that cannot be read as one JSON-RPC message (bad JSON, keys a case-insensitive
-//! client reads differently, a tool without a string `name`, one name listed with two
-//! definitions, a body over the limit, bytes that are neither JSON nor events, such as a
-//! compressed body) is not forwarded: the agent gets a JSON-RPC error instead, in the
-//! body's framing, and none of its tools is recorded. Pagination is untouched (`nextCursor` is kept, even when a page is
-//! emptied), and an answer that says how it may be cached (`cacheScope`, MCP 2026-07-28) is
+//! Nothing passes unread: whatever the HTTP status, the body must be empty or read as
+//! JSON-RPC messages, each answer among them filtered. Its framing (one JSON message or an
+//! event stream) is read from its first bytes ([`Framing::sniff`]), not from its
+//! `content-type`: a body that passes in the framing read carries nothing to a client that
+//! reads the other. What the headers say of how a client decodes the bytes (a charset, an
+//! encoding) the proxy checks ([`ListFilter::refusing`]). Fail closed: an answer that cannot
+//! be read as one JSON-RPC message (bad JSON, keys a case-insensitive client reads
+//! differently, a tool without a string `name`, one name listed with two definitions, a body
+//! over the limit, bytes that are neither JSON nor events) is not forwarded: the agent gets
+//! a JSON-RPC error instead, in the body's framing, and none of its tools is recorded.
+//! Pagination is untouched (`nextCursor` is kept, even when a page is emptied), and an answer that says how it may be cached (`cacheScope`, MCP 2026-07-28) is
 //! marked `"private"` when the filtering depended on who asked.
 //!
 //! Two kinds of stream: the answer to one `tools/list` request (its id known: that answer is
@@ -158,8 +158,7 @@ impl<F: FnMut(&str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
             if chunk.is_empty() {
                 return Vec::new();
             }
-            self.finished = true;
-            return self.refuse(why.clone());
+            return self.give_up(why.clone());
         }
         if let Some(framing) = self.framing {
             return self.feed_in(framing, chunk, end);
@@ -190,11 +189,15 @@ impl<F: FnMut(&str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
             Framing::EventStream => self.feed_events(chunk, end),
         };
         if self.finished {
-            // What was held after the answer goes nowhere.
-            self.events = EventSplitter::default();
-            self.body = Vec::new();
+            self.drop_held();
         }
         out
+    }
+
+    /// What was held after the answer goes nowhere.
+    fn drop_held(&mut self) {
+        self.events = EventSplitter::default();
+        self.body = Vec::new();
     }
 
     /// Stop reading: the answer is refused (in the body's framing) unless it has gone on,
@@ -204,8 +207,7 @@ impl<F: FnMut(&str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
             return Vec::new();
         }
         self.finished = true;
-        self.events = EventSplitter::default();
-        self.body = Vec::new();
+        self.drop_held();
         let refusal = self.refuse(why);
         match self.framing {
             Some(Framing::EventStream) => event(&refusal),
