@@ -9,17 +9,11 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use toolgate_core::listed::ListedTool;
 use toolgate_core::mcp::answer::Framing;
-use toolgate_core::mcp::listing::{filter_result, ListFilter, ListReport, INTERNAL_ERROR};
+use toolgate_core::mcp::listing::{filter_result, ListFilter, ListReport, INTERNAL_ERROR, KEYS};
 use toolgate_core::mcp::{spans, strict_json};
 use toolgate_core::visibility::Visibility;
 use toolgate_core::Code;
 
-/// The keys the filter knows (listing.rs), of which a case variant is refused.
-const KEYS: spans::Keys = spans::Keys {
-    message: &["jsonrpc", "id", "method", "params", "result", "error"],
-    result: &["tools", "nextCursor", "cacheScope", "ttlMs", "_meta"],
-    tool: &toolgate_core::definition::DIGESTED,
-};
 
 /// Hides `delete*`; a tool whose name ends in `x` is shown or hidden by who asks. Reads the
 /// tool's object, as a pin does: its text must read again.

@@ -27,7 +27,7 @@
 //! ([`ListRequest`]), and the answer goes back to the agent under the agent's id.
 
 use super::answer::{case_variant, error_message, Framing};
-use super::spans::{self, Keys, Kind, Listing};
+use super::spans::{self, known, Keys, Kind, Listing};
 use super::sse::{EventSplitter, MAX_EVENT_BYTES};
 use super::strict_json;
 use crate::listed::ListedTool;
@@ -44,10 +44,11 @@ const RESULT_KEYS: [&str; 5] = ["tools", "nextCursor", "cacheScope", "ttlMs", "_
 /// A tool's members a client reads, and a pin's digest covers
 /// ([`crate::definition::DIGESTED`]): none may have a spelling that differs only by case.
 const TOOL_KEYS: [&str; 6] = crate::definition::DIGESTED;
-const KEYS: Keys = Keys {
-    message: &MESSAGE_KEYS,
-    result: &RESULT_KEYS,
-    tool: &TOOL_KEYS,
+/// The keys the filter knows at each level, of which a case variant is refused.
+pub const KEYS: Keys = Keys {
+    message: &known(MESSAGE_KEYS),
+    result: &known(RESULT_KEYS),
+    tool: &known(TOOL_KEYS),
 };
 
 /// What filtering one answer did.

@@ -11,10 +11,12 @@
 //! refusal is its own: jiter reads no number whose integer part runs to 4,300 digits (Python's
 //! bound on integers), however small the number, so an answer holding one is refused whole.
 //!
-//! Keys of one object are compared by a hash of their folded form (a per-process seed): a
-//! twin always hashes alike, so none is missed; two different keys hashing alike (odds of
-//! 2^-64 a pair, unpredictable to a sender) would only refuse an answer, never pass one. A
-//! twin found, both keys are read again from where they were written to say which it is.
+//! Keys of one object are compared by their folded form ([`Folded`]): the folded bytes
+//! themselves when they fit in 16 (nearly every key a server writes), else a hash of them
+//! (a per-process seed). A twin folds to the same bytes, so none is missed; two different
+//! long keys hashing alike (odds of 2^-64 a pair, unpredictable to a sender) would only
+//! refuse an answer, never pass one. A twin found, both keys are read again from where they
+//! were written to say which it is.
 
 use super::fold::fold_char;
 use super::strict_json::{Ambiguity, StrictError, MAX_KEYS, MAX_SAFE_INTEGER, MAX_VALUES};
@@ -97,9 +99,77 @@ pub fn read<'a>(body: &'a [u8], keys: &Keys) -> Result<Message<'a>, StrictError>
 
 /// The known keys at each level of a message.
 pub struct Keys {
-    pub message: &'static [&'static str],
-    pub result: &'static [&'static str],
-    pub tool: &'static [&'static str],
+    pub message: &'static [Known],
+    pub result: &'static [Known],
+    pub tool: &'static [Known],
+}
+
+/// A known key (ASCII, at most 16 bytes), with its folded form made once.
+#[derive(Debug, Clone, Copy)]
+pub struct Known {
+    text: &'static str,
+    folded: Folded,
+}
+
+/// `keys` with their folded forms, for a [`Keys`].
+pub const fn known<const N: usize>(keys: [&'static str; N]) -> [Known; N] {
+    let mut out = [Known {
+        text: "",
+        folded: Folded { bytes: 0, len: 0 },
+    }; N];
+    let mut i = 0;
+    while i < N {
+        let text = keys[i].as_bytes();
+        assert!(
+            text.len() <= 16 && text.is_ascii(),
+            "a known key is short ASCII"
+        );
+        let mut packed = [0u8; 16];
+        let mut j = 0;
+        while j < text.len() {
+            packed[j] = text[j].to_ascii_lowercase();
+            j += 1;
+        }
+        out[i] = Known {
+            text: keys[i],
+            folded: Folded {
+                bytes: u128::from_le_bytes(packed),
+                len: text.len(),
+            },
+        };
+        i += 1;
+    }
+    out
+}
+
+/// `tools`, to tell a case variant of it from other known result keys.
+const TOOLS: [Known; 1] = known(["tools"]);
+
+/// A key as a case-insensitive decoder reads it: its folded bytes, packed, when there are at
+/// most 16 of them (`len` ≤ 16), else a hash of them (`len` > 16). Keys that fold alike have
+/// the same folded bytes, and so the same `Folded`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Folded {
+    bytes: u128,
+    len: usize,
+}
+
+impl Folded {
+    /// Folded bytes (already folded) as a `Folded`.
+    fn of(folded: &[u8]) -> Folded {
+        if folded.len() > 16 {
+            return Folded {
+                bytes: u128::from(hasher().hash_one(folded)),
+                len: folded.len(),
+            };
+        }
+        let mut packed = [0u8; 16];
+        packed[..folded.len()].copy_from_slice(folded);
+        Folded {
+            bytes: u128::from_le_bytes(packed),
+            len: folded.len(),
+        }
+    }
 }
 
 struct Reader<'a, 'k> {
@@ -112,18 +182,18 @@ struct Reader<'a, 'k> {
     fold: Vec<u8>,
 }
 
-/// The keys of one object seen so far: a hash of each one's folded form, and where it was
-/// written (to tell a repeated key from a case variant, when one is found).
+/// The keys of one object seen so far: each one's folded form, and where it was written (to
+/// tell a repeated key from a case variant, when one is found).
 #[derive(Default)]
 struct ObjectKeys {
-    small: SmallVec<[(u64, usize); SMALL_OBJECT]>,
-    large: Option<AHashMap<u64, usize>>,
+    small: SmallVec<[(Folded, usize); SMALL_OBJECT]>,
+    large: Option<AHashMap<Folded, usize>>,
 }
 
 impl ObjectKeys {
-    /// Add a key by the hash of its folding and where it was written: where a key that
-    /// folds alike was, if one was.
-    fn insert(&mut self, folded: u64, at: usize) -> Option<usize> {
+    /// Add a key by its folded form and where it was written: where a key that folds alike
+    /// was, if one was.
+    fn insert(&mut self, folded: Folded, at: usize) -> Option<usize> {
         if let Some(large) = &mut self.large {
             return match large.entry(folded) {
                 Entry::Occupied(twin) => Some(*twin.get()),
@@ -140,7 +210,7 @@ impl ObjectKeys {
             self.small.push((folded, at));
             return None;
         }
-        let mut large: AHashMap<u64, usize> = self.small.drain(..).collect();
+        let mut large: AHashMap<Folded, usize> = self.small.drain(..).collect();
         large.insert(folded, at);
         self.large = Some(large);
         None
@@ -177,27 +247,17 @@ impl<'a> Reader<'a, '_> {
     }
 
     /// Note one key of an object: `key` as the reader last read it, written at `at` (where
-    /// the reader was before it). Its folding is left in `self.fold`.
-    fn key(&mut self, seen: &mut ObjectKeys, key: &str, at: usize) -> Result<(), StrictError> {
+    /// the reader was before it). Its folded form is returned.
+    fn key(&mut self, seen: &mut ObjectKeys, key: &str, at: usize) -> Result<Folded, StrictError> {
         self.keys += 1;
         if self.keys > MAX_KEYS {
             return Err(StrictError::TooLarge(format!(
                 "the JSON holds more than {MAX_KEYS} object keys"
             )));
         }
-        self.fold.clear();
-        if key.is_ascii() {
-            self.fold
-                .extend(key.bytes().map(|b| b.to_ascii_lowercase()));
-        } else {
-            let mut utf8 = [0u8; 4];
-            for c in key.chars() {
-                self.fold
-                    .extend_from_slice(fold_char(c).encode_utf8(&mut utf8).as_bytes());
-            }
-        }
-        let Some(twin) = seen.insert(hasher().hash_one(&self.fold[..]), at) else {
-            return Ok(());
+        let folded = self.folded(key);
+        let Some(twin) = seen.insert(folded, at) else {
+            return Ok(folded);
         };
         let what = if self.key_at(twin).as_deref() == Some(key) {
             Ambiguity::DuplicateKey
@@ -205,6 +265,29 @@ impl<'a> Reader<'a, '_> {
             Ambiguity::CaseVariantKeys
         };
         Err(ambiguous(what))
+    }
+
+    /// `key` as a case-insensitive decoder reads it.
+    fn folded(&mut self, key: &str) -> Folded {
+        let text = key.as_bytes();
+        if text.len() <= 16 {
+            let mut packed = [0u8; 16];
+            packed[..text.len()].copy_from_slice(text);
+            if let Some(bytes) = ascii_lowercase(u128::from_le_bytes(packed)) {
+                // Most keys: folded in place, all 16 bytes at once.
+                return Folded {
+                    bytes,
+                    len: text.len(),
+                };
+            }
+        }
+        self.fold.clear();
+        let mut utf8 = [0u8; 4];
+        for c in key.chars() {
+            self.fold
+                .extend_from_slice(fold_char(c).encode_utf8(&mut utf8).as_bytes());
+        }
+        Folded::of(&self.fold)
     }
 
     /// The key written first after `at` (past white space and a `{` or `,`).
@@ -215,11 +298,9 @@ impl<'a> Reader<'a, '_> {
         strings.next()?.ok()
     }
 
-    /// Whether the key just noted is one of `known` but for case (all of them ASCII).
-    fn variant(&self, key: &str, known: &[&str]) -> bool {
-        known
-            .iter()
-            .any(|k| k.as_bytes().eq_ignore_ascii_case(&self.fold) && *k != key)
+    /// Whether `key` (folded as `folded`) is one of `known` but for case.
+    fn variant(key: &str, folded: Folded, known: &[Known]) -> bool {
+        known.iter().any(|k| k.folded == folded && k.text != key)
     }
 
     /// Read the next value whatever it is; `depth` is the nesting it is in.
@@ -240,7 +321,7 @@ impl<'a> Reader<'a, '_> {
             }
             Peek::Object => {
                 let depth = deeper(depth)?;
-                self.object(|r, _| {
+                self.object(|r, _, _| {
                     let peek = r.jiter.peek().map_err(syntax)?;
                     r.value(peek, depth)
                 })
@@ -292,8 +373,8 @@ impl<'a> Reader<'a, '_> {
         }
         m.object = true;
         self.count_value()?;
-        self.object(|r, k| {
-            if m.variant.is_none() && r.variant(k, r.known.message) {
+        self.object(|r, k, folded| {
+            if m.variant.is_none() && Self::variant(k, folded, r.known.message) {
                 m.variant = Some(k.into());
             }
             let peek = r.jiter.peek().map_err(syntax)?;
@@ -327,9 +408,9 @@ impl<'a> Reader<'a, '_> {
     fn result(&mut self) -> Result<Listing<'a>, StrictError> {
         let mut listing = Listing::default();
         self.count_value()?;
-        self.object(|r, k| {
-            if r.variant(k, r.known.result) {
-                listing.tools_variant |= r.variant(k, &["tools"]);
+        self.object(|r, k, folded| {
+            if Self::variant(k, folded, r.known.result) {
+                listing.tools_variant |= Self::variant(k, folded, &TOOLS);
                 listing.variant.get_or_insert_with(|| k.into());
             }
             match k {
@@ -384,8 +465,8 @@ impl<'a> Reader<'a, '_> {
     /// One tool object (depth 3 → 4).
     fn tool(&mut self, tool: &mut Tool<'a>) -> Result<(), StrictError> {
         self.count_value()?;
-        self.object(|r, k| {
-            if tool.variant.is_none() && r.variant(k, r.known.tool) {
+        self.object(|r, k, folded| {
+            if tool.variant.is_none() && Self::variant(k, folded, r.known.tool) {
                 tool.variant = Some(k.into());
             }
             let (span, peek) = r.spanned(4)?;
@@ -400,14 +481,14 @@ impl<'a> Reader<'a, '_> {
     /// then `member` reads its value.
     fn object(
         &mut self,
-        mut member: impl FnMut(&mut Self, &str) -> Result<(), StrictError>,
+        mut member: impl FnMut(&mut Self, &str, Folded) -> Result<(), StrictError>,
     ) -> Result<(), StrictError> {
         let mut seen = ObjectKeys::default();
         let mut at = self.jiter.current_index();
         let mut key = self.jiter.known_object().map_err(syntax)?.map(copy_small);
         while let Some(k) = key {
-            self.key(&mut seen, &k, at)?;
-            member(self, &k)?;
+            let folded = self.key(&mut seen, &k, at)?;
+            member(self, &k, folded)?;
             at = self.jiter.current_index();
             key = self.jiter.next_key().map_err(syntax)?.map(copy_small);
         }
@@ -425,6 +506,22 @@ impl<'a> Reader<'a, '_> {
             ),
         }
     }
+}
+
+/// 16 bytes packed in a `u128`, each ASCII letter in lower case; `None` if a byte is not
+/// ASCII. Per byte (all under 0x80, so no sum carries into the next): the top bit of
+/// `b + 0x3f` is set when `b >= b'A'`, that of `b + 0x25` when `b > b'Z'`; a capital gains
+/// 0x20.
+fn ascii_lowercase(bytes: u128) -> Option<u128> {
+    const ONES: u128 = u128::MAX / 0xff;
+    const TOP: u128 = ONES * 0x80;
+    if bytes & TOP != 0 {
+        return None;
+    }
+    let from_a = bytes + ONES * u128::from(0x80 - b'A');
+    let past_z = bytes + ONES * u128::from(0x80 - b'Z' - 1);
+    let capital = from_a & !past_z & TOP;
+    Some(bytes | (capital >> 2))
 }
 
 /// One level deeper than `depth`, or refused past serde_json's limit.
@@ -474,9 +571,9 @@ mod tests {
     use serde_json::{json, Value};
 
     const KEYS: Keys = Keys {
-        message: &["jsonrpc", "id", "method", "params", "result", "error"],
-        result: &["tools", "nextCursor", "cacheScope", "ttlMs", "_meta"],
-        tool: &["name", "description"],
+        message: &known(["jsonrpc", "id", "method", "params", "result", "error"]),
+        result: &known(["tools", "nextCursor", "cacheScope", "ttlMs", "_meta"]),
+        tool: &known(["name", "description"]),
     };
 
     /// The verdict of a reader: read, or refused as what.
@@ -674,6 +771,60 @@ mod tests {
                 let body = format!("{{{}, {twin}: [1]}}", keys.join(", "));
                 agree(body.as_bytes()).unwrap();
             }
+        }
+    }
+
+    proptest! {
+        /// Folding 16 packed bytes at once is folding each byte, for every byte there is.
+        #[test]
+        fn packed_bytes_fold_as_each_byte_does(bytes in any::<[u8; 16]>()) {
+            let each = bytes.map(|b| b.to_ascii_lowercase());
+            let expected = bytes.is_ascii().then(|| u128::from_le_bytes(each));
+            prop_assert_eq!(ascii_lowercase(u128::from_le_bytes(bytes)), expected);
+        }
+    }
+
+    #[test]
+    fn folds_every_ascii_byte_as_the_standard_library_does() {
+        for b in 0u8..=0x7f {
+            for at in [0, 7, 15] {
+                let mut bytes = [b'a'; 16];
+                bytes[at] = b;
+                let folded = ascii_lowercase(u128::from_le_bytes(bytes)).unwrap();
+                assert_eq!(folded.to_le_bytes()[at], b.to_ascii_lowercase(), "{b:#x}");
+            }
+        }
+    }
+
+    /// A twin is found whichever way each key's folded form is made: packed in place (short
+    /// ASCII), packed after folding (non-ASCII folding to 16 bytes or fewer), or hashed (longer),
+    /// at the lengths where one way gives way to the other.
+    #[test]
+    fn finds_twins_across_the_ways_keys_are_folded() {
+        for len in [1, 15, 16, 17, 40] {
+            let rest = "k".repeat(len - 1);
+            let plain = format!("k{rest}");
+            for twin in [
+                format!("K{rest}"),
+                format!("\u{212a}{rest}"),
+                format!("\\u212a{rest}"),
+                format!("\\u004b{rest}"),
+                plain.clone(),
+            ] {
+                for others in [0, 12] {
+                    let keys: Vec<String> = (0..others).map(|i| format!("\"o{i}\": {i}")).collect();
+                    let body = format!(
+                        "{{{}\"{plain}\": 1, \"{twin}\": 2}}",
+                        keys.iter().map(|k| format!("{k}, ")).collect::<String>()
+                    );
+                    assert!(read(body.as_bytes(), &KEYS).is_err(), "{body}");
+                    agree(body.as_bytes()).unwrap();
+                }
+            }
+            // Keys one letter apart are not twins, at every length.
+            let other = format!("{rest}j");
+            let body = format!("{{\"{plain}\": 1, \"{other}\": 2}}");
+            assert!(read(body.as_bytes(), &KEYS).is_ok(), "{body}");
         }
     }
 
