@@ -455,7 +455,7 @@ def probe(name: str, envoy: h.Server) -> tuple[str, dict[str, bytes]]:
     if authz and ours.get("x-toolgate-code") != "ALLOWED":
         raise RuntimeError(f"{name}: tools/call answered with toolgate's headers {ours}")
     status, _, listed = exchange(envoy, "list")
-    result = json.loads(listed).get("result", {})
+    result = ev.message(listed).get("result", {})
     names = [t["name"] for t in result.get("tools", [])]
     want = VISIBLE if name in FILTERING else [t["name"] for t in TOOLS]
     if status != 200 or names != want:
@@ -490,7 +490,7 @@ def direct_response_probe(deployed: dict, tport: int, workdir: Path) -> str:
         streams = ev.diff(envoy_stats(envoy), s0).get("http.mcp.ext_proc.streams_started", 0)
     finally:
         envoy.stop()
-    n = len(json.loads(listed).get("result", {}).get("tools", []))
+    n = len(ev.message(listed).get("result", {}).get("tools", []))
     return (
         f"a tools/list answered by a `direct_response` on the ext_proc route: {status}, "
         f"{n} of {len(TOOLS)} tools, {streams} ext_proc stream(s)"

@@ -8,7 +8,9 @@ servers, with a real ``toolgate serve``:
   depended on the caller;
 - a ``tools/call`` that fails upstream (``isError``, a JSON-RPC error, an HTTP error) gives its
   spend back, so the next call that fits the budget passes; a rule can turn that off;
-- an answer toolgate cannot read is never passed on: the agent gets a JSON-RPC error.
+- an answer toolgate cannot read is never passed on: the agent gets a JSON-RPC error;
+- a list reaches the agent as an event stream, ``text/event-stream`` with no charset and no
+  content encoding, whatever the server's headers said.
 """
 
 from __future__ import annotations
@@ -493,7 +495,7 @@ def test_an_answer_that_cannot_be_read_is_refused(answer_status, content_type, b
         status, headers, out = send(envoy, "POST", rpc("tools/list", 7))
         assert sidecar.metric(LISTS, result="refused") == 1
     assert status == answer_status
-    assert headers["content-type"] == content_type
+    assert headers["content-type"] == "text/event-stream"
     (error,) = client_messages(out)
     assert error["id"] == 7
     assert error["error"]["code"] == -32603
@@ -501,12 +503,8 @@ def test_an_answer_that_cannot_be_read_is_refused(answer_status, content_type, b
 
 
 def client_messages(body: bytes) -> list[Any]:
-    """What MCP clients read in ``body``: one JSON message, or an event stream's messages
-    (whichever the answer's headers say, the filtered body must show the same to both)."""
-    try:
-        return [json.loads(body)]
-    except ValueError:
-        pass
+    """What MCP clients read in ``body``, a list's answer: the messages of an event stream
+    decoded as UTF-8 (the media type the agent is told, with no charset)."""
     text = body.decode("utf-8", "replace").replace("\r\n", "\n").replace("\r", "\n")
     found = []
     for event in text.split("\n\n"):
@@ -519,8 +517,8 @@ def client_messages(body: bytes) -> list[Any]:
 
 
 AS_READ = {
-    # What the headers say about the body does not change how it is read: a client that
-    # believes them reads nothing in it.
+    # What the server's headers say about the body does not change how it is read, nor what
+    # the agent is told it gets: an event stream.
     "json-as-page": (200, "text/html", LIST_7),
     "json-as-error-page": (500, "text/html", LIST_7),
     "json-as-event-stream": (200, "text/event-stream", LIST_7),
@@ -542,7 +540,7 @@ def test_an_answer_is_filtered_in_the_framing_its_bytes_show(answer_status, cont
     ):
         status, headers, out = send(envoy, "POST", rpc("tools/list", 7))
         assert sidecar.metric(LISTS, result="refused") == 0
-    assert (status, headers["content-type"]) == (answer_status, content_type)
+    assert (status, headers["content-type"]) == (answer_status, "text/event-stream")
     assert b"delete_all" not in out
     (message,) = client_messages(out)
     assert message == {"jsonrpc": "2.0", "id": 7, "result": {"tools": [{"name": "read"}]}}
@@ -553,7 +551,7 @@ def _id(message: dict[str, Any]) -> bytes:
 
 
 def _compress(coding: str, data: bytes) -> bytes:
-    """``data`` in ``coding``; ``br`` is only labelled (the filter must refuse it unread)."""
+    """``data`` in ``coding``; ``br`` is only named (the bytes stay plain)."""
     if coding == "gzip":
         return gzip.compress(data)
     if coding == "deflate":
@@ -563,7 +561,7 @@ def _compress(coding: str, data: bytes) -> bytes:
 
 @pytest.mark.parametrize("coding", ["gzip", "deflate", "br"])
 @pytest.mark.parametrize("framing", ["application/json", "text/event-stream"])
-def test_a_compressed_list_is_refused_in_plain_json_and_none_is_asked_for(coding, framing):
+def test_a_compressed_list_is_refused_readably_and_none_is_asked_for(coding, framing):
     names = ["read", "delete_all"]
 
     def answer(message: dict[str, Any]) -> tuple[int, str, list[bytes]]:
@@ -580,17 +578,23 @@ def test_a_compressed_list_is_refused_in_plain_json_and_none_is_asked_for(coding
         # httpx, and so the official SDK, offers gzip by default.
         offer = {"accept-encoding": "gzip, deflate, br"}
         status, headers, out = send(envoy, "POST", rpc("tools/list", 7), offer)
-        assert sidecar.metric(LISTS, result="refused") == 1
+        refused = sidecar.metric(LISTS, result="refused")
     # The server was offered plain bytes only...
     (seen,) = upstream.headers
     assert "accept-encoding" not in seen
-    # ...and what it compressed anyway reaches the agent as a refusal it can read.
+    # ...and the agent is never told to decode what the filter read: compressed bytes reach
+    # it as a refusal it can read, plain bytes that only named an encoding as the list.
     assert status == 200
     assert "content-encoding" not in headers
-    assert headers["content-type"] == "application/json"
-    error = json.loads(out)
-    assert (error["id"], error["error"]["code"]) == (7, -32603)
+    assert headers["content-type"] == "text/event-stream"
+    (message,) = client_messages(out)
     assert b"delete_all" not in out
+    if coding == "br":
+        assert refused == 0
+        assert [t["name"] for t in message["result"]["tools"]] == ["read"]
+    else:
+        assert refused == 1
+        assert (message["id"], message["error"]["code"]) == (7, -32603)
 
 
 def _utf7(text: str) -> bytes:
@@ -612,9 +616,17 @@ def _smuggled(charset: str, message_id: Any) -> tuple[str, bytes]:
     return 'text/event-stream;charset="utf-7"', json.dumps(body).encode()
 
 
+def _as_the_client_reads(headers: dict[str, str], out: bytes) -> list[Any]:
+    """The messages the official Python SDK reads in an answer: decoded by the charset the
+    content type the agent got names."""
+    charset = _client_charset(headers.get("content-type", ""))
+    return client_messages(out.decode(charset, "replace").encode())
+
+
 @pytest.mark.parametrize("charset", ["utf-7", "cp037", "json-in-utf-7"])
-def test_a_list_a_client_would_decode_in_another_charset_is_refused(charset):
-    # The official Python SDK decodes an event stream by the charset its content-type names.
+def test_a_list_a_client_would_decode_in_another_charset_reaches_it_as_utf8(charset):
+    # The official Python SDK decodes an event stream by the charset its content-type names:
+    # the agent is told the filter's own media type, which names none.
     def answer(message: dict[str, Any]) -> tuple[int, str, list[bytes]]:
         content_type, body = _smuggled(charset, message["id"])
         return 200, content_type, [body]
@@ -625,11 +637,11 @@ def test_a_list_a_client_would_decode_in_another_charset_is_refused(charset):
         deployed(EXT_PROC, sidecar.port, upstream.port) as envoy,
     ):
         status, headers, out = send(envoy, "POST", rpc("tools/list", 7))
-        assert sidecar.metric(LISTS, result="refused") == 1
-    assert (status, headers["content-type"]) == (200, "application/json")
-    error = json.loads(out)
-    assert (error["id"], error["error"]["code"]) == (7, -32603)
-    assert "charset" in error["error"]["message"]
+    assert (status, headers["content-type"]) == (200, "text/event-stream")
+    # The hidden event is in the bytes only as the server's charset writes it.
+    assert _client_charset(headers["content-type"]) == "utf-8"
+    read = _as_the_client_reads(headers, out)
+    assert all("delete_all" not in json.dumps(m) for m in read), read
 
 
 # Pieces of content types, spelled as MIME parsers read them in more than one way.
@@ -685,7 +697,7 @@ def _client_charset(content_type: str) -> str:
         return "utf-8"
 
 
-def test_no_content_type_a_client_decodes_otherwise_lets_a_list_through():
+def test_no_content_type_a_server_names_changes_how_the_agent_reads_the_list():
     content_type = ["text/event-stream"]
 
     def answer(message: dict[str, Any]) -> tuple[int, str, list[bytes]]:
@@ -699,19 +711,19 @@ def test_no_content_type_a_client_decodes_otherwise_lets_a_list_through():
 
         @settings(max_examples=300, deadline=None, derandomize=True)
         @given(st.lists(st.sampled_from(_TYPE_PIECES), min_size=1, max_size=12).map("".join))
-        def passes_only_as_utf8(spelled: str) -> None:
+        def read_as_utf8(spelled: str) -> None:
             content_type[0] = spelled
             status, headers, out = send(envoy, "POST", rpc("tools/list", 7))
             if status >= 500 and "content-type" not in headers:
                 return  # Envoy refused the header itself.
-            if out.startswith(b":"):
-                # Passed as the server sent it: the client must decode it as the filter read it.
-                sent = headers.get("content-type", "")
-                assert _client_charset(sent) in ("utf-8", "ascii"), sent
-            else:
-                assert json.loads(out)["error"]["code"] == -32603
+            # Whatever the server named, the agent is told an event stream, which it decodes
+            # as the filter read it.
+            assert headers["content-type"] == "text/event-stream", spelled
+            assert _client_charset(headers["content-type"]) == "utf-8"
+            read = _as_the_client_reads(headers, out)
+            assert all("delete_all" not in json.dumps(m) for m in read), read
 
-        passes_only_as_utf8()
+        read_as_utf8()
 
 
 def test_a_server_that_compresses_when_asked_lists_filtered_to_the_official_client(tmp_path):
@@ -827,7 +839,7 @@ def test_no_request_sharing_the_lists_id_is_given_the_list(tmp_path):
             for t in threads:
                 t.join()
             assert b"delete_image" not in answers["ping"], answers["ping"]
-            listed = json.loads(answers["tools/list"])
+            (listed,) = client_messages(answers["tools/list"])
             assert listed["id"] == 1000 + n, "the agent gets its own id back"
             names = [t["name"] for t in listed["result"]["tools"]]
             assert "create-ami" in names and "delete_image" not in names
@@ -957,7 +969,8 @@ def test_a_client_cannot_choose_how_its_answer_is_processed():
     ):
         # A list sent as if it needed nothing is filtered all the same...
         _, _, body = send(envoy, "POST", rpc("tools/list", 1), {"x-toolgate-exchange": "none"})
-        assert [t["name"] for t in json.loads(body)["result"]["tools"]] == ["read"]
+        (listed,) = client_messages(body)
+        assert [t["name"] for t in listed["result"]["tools"]] == ["read"]
         # ...and a call sent as if it were a list is not read as one.
         call_body = rpc("tools/call", 2, name="read", arguments={})
         _, _, body = send(envoy, "POST", call_body, {"x-toolgate-exchange": "tools-list"})

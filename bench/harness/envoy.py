@@ -315,6 +315,16 @@ def post(envoy: h.Server, body: bytes, **headers: str) -> tuple[int, dict[str, s
         return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
 
 
+def message(body: bytes) -> dict:
+    """The one JSON-RPC message of an answer: a JSON body, or an event stream's (a filtered
+    list reaches the agent as one) data lines joined."""
+    if body.lstrip()[:1] in (b"{", b"["):
+        return json.loads(body)
+    lines = body.decode().replace("\r\n", "\n").split("\n")
+    data = [x[5:].removeprefix(" ") for x in lines if x.startswith("data:")]
+    return json.loads("\n".join(data))
+
+
 def probe(envoy: h.Server, authz: bool) -> str:
     """One call by hand: status, body, and toolgate's decision headers (which headers an
     allowed Check adds is toolgate's business: shown, not prescribed)."""

@@ -10,10 +10,10 @@ use std::time::Duration;
 use toolgate_core::listed::ListedTool;
 use toolgate_core::mcp::answer::Framing;
 use toolgate_core::mcp::listing::{filter_result, ListFilter, ListReport, INTERNAL_ERROR, KEYS};
+use toolgate_core::mcp::sse::message_event;
 use toolgate_core::mcp::{spans, strict_json};
 use toolgate_core::visibility::Visibility;
 use toolgate_core::Code;
-
 
 /// Hides `delete*`; a tool whose name ends in `x` is shown or hidden by who asks. Reads the
 /// tool's object, as a pin does: its text must read again.
@@ -43,12 +43,9 @@ fn verdicts(body: &[u8]) -> (bool, bool) {
 /// server's request or an error, which go on as they came). No hidden tool may be in it.
 fn judged(body: &[u8]) -> Option<Value> {
     let (out, report) = filter(body);
-    // The answer goes on in the framing its first bytes show: one that does not open a JSON
-    // message is read as an event stream, refused unless it is only comments (no message).
-    let message = match Framing::sniff(body) {
-        Some(Framing::EventStream) => client_events(&out).concat(),
-        _ => out.clone(),
-    };
+    // The answer goes on as an event stream whatever its framing: one that does not open a
+    // JSON message is read as one, refused unless it is only comments (no message).
+    let message = client_events(&out).concat();
     if message.is_empty() && report.refused.is_none() {
         assert!(client_messages(&out).is_empty(), "{out:?}");
         return None;
@@ -59,13 +56,26 @@ fn judged(body: &[u8]) -> Option<Value> {
         return None;
     }
     if message.get("method").is_some() || message.get("error").is_some() {
-        assert_eq!(out, body, "a request or an error goes on as it came");
+        assert_eq!(
+            out,
+            as_came(body),
+            "a request or an error goes on as it came"
+        );
         return Some(Value::Null);
     }
     let tools = message["result"]["tools"].as_array().expect("a list");
     let names = tools.iter().filter_map(|t| t["name"].as_str());
     assert!(names.clone().all(|n| !n.starts_with("delete")), "{names:?}");
     Some(message["result"].clone())
+}
+
+/// What the filter sends for a body it passes unchanged: an event stream as it came, a JSON
+/// message as one event.
+fn as_came(body: &[u8]) -> Vec<u8> {
+    match Framing::sniff(body) {
+        Some(Framing::Json) => message_event(body),
+        _ => body.to_vec(),
+    }
 }
 
 fn only_read() -> Value {
@@ -283,7 +293,8 @@ fn the_answer_goes_back_under_the_agents_id_however_the_server_writes_ours() {
         let ours = ListFilter::new(Some(json!("toolgate-1")), hide);
         let mut f = ours.replying_as(json!(7));
         let body = format!(r#"{{"jsonrpc":"2.0","id":{id},{tools}}}"#);
-        let out: Value = serde_json::from_slice(&f.feed(body.as_bytes(), true)).unwrap();
+        let sent = client_events(&f.feed(body.as_bytes(), true));
+        let out: Value = serde_json::from_slice(&sent[0]).unwrap();
         assert_eq!(out["id"], 7, "{body}");
         assert!(!out.to_string().contains("delete"), "{body}");
         (out["result"]["tools"].clone(), f.report.refused.is_some())
@@ -481,14 +492,14 @@ proptest! {
             prop_assert_eq!(result, Value::Object(kept));
             prop_assert!(changed.is_ok());
             if changed == Ok(false) {
-                prop_assert_eq!(&out, &text);
+                prop_assert_eq!(&out, &as_came(&text));
             }
         }
         let line: Vec<u8> = text.iter().map(|&b| if b"\r\n".contains(&b) { b' ' } else { b }).collect();
         let stream = [&b"event: message\ndata: "[..], &line, b"\n\n"].concat();
         let (sse, _) = filter(&stream);
         if Framing::sniff(&line) == Some(Framing::Json) {
-            prop_assert_eq!(client_events(&sse), vec![filter(&line).0]);
+            prop_assert_eq!(client_events(&sse), client_events(&filter(&line).0));
         } else {
             prop_assert!(judged(&line).is_none());
             let sent: Value = serde_json::from_slice(&client_events(&sse)[0]).unwrap();

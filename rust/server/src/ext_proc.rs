@@ -32,12 +32,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use toolgate_core::compile::CompiledPolicy;
 use toolgate_core::listed::ListedTool;
-use toolgate_core::mcp::answer::{error_message, read_as_utf8};
+use toolgate_core::mcp::answer::error_message;
 use toolgate_core::mcp::listing::{ListFilter, ListReport, ListRequest, INTERNAL_ERROR};
 use toolgate_core::mcp::outcome::{CallWatcher, Failure, Outcome};
+use toolgate_core::mcp::sse::message_event;
 use toolgate_core::mcp::Follow;
 use toolgate_core::visibility::Visibility;
 use toolgate_core::{Engine, Subject};
+
+/// The media type of a filtered list's answer ([`ListFilter`] writes an event stream), which
+/// fixes how a client reads it: UTF-8 (an event stream has no other charset), not compressed.
+/// The deployed routes set it (`response_headers_to_add`) and take off `content-encoding`.
+pub const LIST_ANSWER_TYPE: &str = "text/event-stream";
 
 /// The request header the Envoy config routes on: [`exchange_header`]'s values.
 pub const EXCHANGE_HEADER: &str = "x-toolgate-exchange";
@@ -259,7 +265,7 @@ enum State {
         upstream_id: Option<Value>,
         caller: Arc<Caller>,
         policy: Arc<CompiledPolicy>,
-        /// Made at the answer's headers, which say how a client decodes the body.
+        /// Made at the answer's first message (its headers, when the route sends them).
         filter: Option<Box<ListFilter<Visible>>>,
         /// What of the filter's report is already in the statistics: a stream that stays
         /// open (a server's GET stream) is counted answer by answer.
@@ -384,7 +390,7 @@ impl Exchange {
                         mutation: Some(Mutation::Body(request.body)),
                     });
                 }
-                Err(why) => return Response::ImmediateResponse(refusal(&why)),
+                Err(why) => return Response::ImmediateResponse(list_refusal(id, &why)),
             }
         }
         Response::RequestBody(BodyResponse {
@@ -409,26 +415,15 @@ impl Exchange {
                 filter,
                 ..
             } => {
-                // The body changes length, and the client must not decode bytes the filter did
-                // not read (a body compressed anyway is refused, readably).
+                // What goes to the agent is the filter's event stream, as it is: the server's
+                // length, encoding and media type (with any charset) go. (The deployed routes
+                // skip this message and do the same themselves: [`LIST_ANSWER_TYPE`].)
                 mutation.remove_headers.push("content-length".into());
                 mutation.remove_headers.push("content-encoding".into());
-                let visible = visible(engine, caller, policy);
-                // The server answers the id the request went on with; the agent gets its own.
-                let mut list = match upstream_id.take() {
-                    Some(ours) => ListFilter::new(Some(ours), visible)
-                        .replying_as(id.clone().unwrap_or(Value::Null)),
-                    None => ListFilter::new(id.clone(), visible),
-                };
-                // Whatever the status: an error page could carry a list as well as a 200.
-                if let Err(why) = decoded_as_read(headers.headers.as_ref()) {
-                    // Refused in plain JSON, which the client can then read.
-                    mutation
-                        .set_headers
-                        .push(set_header("content-type", "application/json"));
-                    list = list.refusing(why);
-                }
-                *filter = Some(Box::new(list));
+                mutation
+                    .set_headers
+                    .push(set_header("content-type", LIST_ANSWER_TYPE));
+                *filter = Some(list_filter(engine, id, upstream_id, caller, policy));
             }
             State::Call {
                 watcher,
@@ -462,19 +457,18 @@ impl Exchange {
             // Filtering was asked for, but no Check said for whom: the answer cannot be let
             // through unread (its headers may have gone on: Envoy then resets the stream).
             State::Unknown => return Response::ImmediateResponse(no_decision()),
-            // The route must send the answer's headers first: without them, how a client
-            // decodes the body is not known.
-            State::List { filter: None, .. } => {
-                return Response::ImmediateResponse(refusal(
-                    "the proxy sent no headers for this tools/list answer (its ext_proc \
-                     response_header_mode must be SEND)",
-                ));
-            }
             State::List {
-                filter: Some(filter),
+                id,
+                upstream_id,
+                caller,
+                policy,
+                filter,
                 counted,
-                ..
             } => {
+                // Without the headers (the deployed routes skip them: one message fewer), the
+                // route sets the media type and takes off any encoding itself.
+                let filter = filter
+                    .get_or_insert_with(|| list_filter(engine, id, upstream_id, caller, policy));
                 let mut out = filter.feed(&body.body, body.end_of_stream);
                 if !self.budget.hold(&mut self.held, filter.held()) {
                     let why = "the proxy holds as many unfinished answers as it may";
@@ -550,51 +544,22 @@ fn give_back(
     }
 }
 
-/// Whether a client reads the answer as the filter does, by its headers: plain bytes (the
-/// filter reads no compressed body), one media type (a client may read either of two),
-/// decoded as UTF-8. Its framing, JSON or events, the filter reads from the body itself
-/// ([`ListFilter`]).
-fn decoded_as_read(headers: Option<&HeaderMap>) -> Result<(), String> {
-    let named = |name: &'static str| {
-        headers
-            .into_iter()
-            .flat_map(|m| &m.headers)
-            .filter(move |h| h.key.eq_ignore_ascii_case(name))
-    };
-    let all = |name: &'static str| named(name).map(header_value);
-    // A byte outside visible ASCII is read as Latin-1 by some clients (httpx, and so the
-    // official Python SDK), as nothing by others: such a value cannot be checked.
-    for name in ["content-type", "content-encoding", "transfer-encoding"] {
-        if named(name).any(|h| !visible_ascii(h)) {
-            return Err(format!(
-                "the answer's {name} holds bytes other than visible ASCII"
-            ));
+/// The filter for a list's answer: the server answers the id the request went on with
+/// (toolgate's, [`ListRequest`]), and the agent gets its own back.
+fn list_filter(
+    engine: &Arc<Engine>,
+    id: &Option<Value>,
+    upstream_id: &mut Option<Value>,
+    caller: &Arc<Caller>,
+    policy: &Arc<CompiledPolicy>,
+) -> Box<ListFilter<Visible>> {
+    let visible = visible(engine, caller, policy);
+    Box::new(match upstream_id.take() {
+        Some(ours) => {
+            ListFilter::new(Some(ours), visible).replying_as(id.clone().unwrap_or(Value::Null))
         }
-    }
-    for (name, plain) in [
-        ("content-encoding", &["identity"][..]),
-        ("transfer-encoding", &["identity", "chunked"][..]),
-    ] {
-        for value in all(name) {
-            let coded = value
-                .split(',')
-                .map(str::trim)
-                .find(|c| !c.is_empty() && !plain.iter().any(|p| c.eq_ignore_ascii_case(p)));
-            if let Some(coding) = coded {
-                return Err(format!(
-                    "the answer is sent with {name} {coding:?}, which the filter does not read"
-                ));
-            }
-        }
-    }
-    let mut types = all("content-type");
-    match (types.next(), types.next()) {
-        (Some(_), Some(_)) => Err("the answer names its content-type twice".into()),
-        (Some(content_type), None) if !read_as_utf8(content_type) => {
-            Err("the answer's content-type names a charset other than UTF-8".into())
-        }
-        _ => Ok(()),
-    }
+        None => ListFilter::new(id.clone(), visible),
+    })
 }
 
 /// Whether `caller` may see each listed tool, under the policy of the Check that let the
@@ -625,6 +590,21 @@ fn refusal(message: &str) -> ImmediateResponse {
         }),
         body: error_message(&Value::Null, INTERNAL_ERROR, message),
         details: "toolgate_no_decision".into(),
+        ..Default::default()
+    }
+}
+
+/// A list's answer replaced before the request went on: an error event for `id`, in the
+/// media type of every list's answer ([`LIST_ANSWER_TYPE`]).
+fn list_refusal(id: &Value, message: &str) -> ImmediateResponse {
+    ImmediateResponse {
+        status: Some(HttpStatus { code: 502 }),
+        headers: Some(HeaderMutation {
+            set_headers: vec![set_header("content-type", LIST_ANSWER_TYPE)],
+            ..Default::default()
+        }),
+        body: message_event(&error_message(id, INTERNAL_ERROR, message)),
+        details: "toolgate_list_refused".into(),
         ..Default::default()
     }
 }
@@ -664,20 +644,7 @@ fn header<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
     Some(header_value(h))
 }
 
-/// Whether `h`'s value is only visible ASCII, spaces and tabs.
-fn visible_ascii(h: &HeaderValue) -> bool {
-    let bytes = if h.raw_value.is_empty() {
-        h.value.as_bytes()
-    } else {
-        &h.raw_value
-    };
-    bytes
-        .iter()
-        .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
-}
-
-/// `h`'s value as text; one that is not UTF-8 reads as U+FFFD (a list's headers with such
-/// bytes are refused before they are read: [`visible_ascii`]).
+/// `h`'s value as text; one that is not UTF-8 reads as U+FFFD.
 fn header_value(h: &HeaderValue) -> &str {
     if h.raw_value.is_empty() {
         &h.value

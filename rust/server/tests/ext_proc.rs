@@ -14,6 +14,7 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use toolgate_core::counter::CounterTable;
+use toolgate_core::mcp::sse::{message_event, EventSplitter};
 use toolgate_core::mcp::Follow;
 use toolgate_core::{Decision, Engine, ManualClock, Policy, Request as Call, Subject, Verdict};
 use toolgate_server::ext_proc::{exchange_metadata, Caller, Exchange, METADATA_NAMESPACE};
@@ -88,9 +89,16 @@ fn list_policy() -> Value {
         "run": {"deny_if": [{"path": "args.command", "op": "contains", "value": "rm"}]}}})
 }
 
-/// Run one list answer through a stream, its body cut at `cuts`, its headers naming an event
-/// stream or JSON by `sse` (the filter reads the framing from the body); the bytes sent on.
-fn filter(engine: &Arc<Engine>, agent: &str, answer: &[u8], cuts: &[usize], sse: bool) -> Vec<u8> {
+/// Run one list answer through a stream, its body cut at `cuts`, after headers naming JSON
+/// (the filter reads the framing from the body) when `with_headers` (the deployed routes skip
+/// them); the bytes sent on.
+fn filter(
+    engine: &Arc<Engine>,
+    agent: &str,
+    answer: &[u8],
+    cuts: &[usize],
+    with_headers: bool,
+) -> Vec<u8> {
     let follow = Follow::ToolList { id: Some(json!(5)) };
     let caller = Caller {
         agent: Some(agent.into()),
@@ -98,22 +106,18 @@ fn filter(engine: &Arc<Engine>, agent: &str, answer: &[u8], cuts: &[usize], sse:
     };
     let md = Some(metadata(&follow, caller));
     let mut exchange = Exchange::default();
-    let content_type = if sse {
-        "text/event-stream"
-    } else {
-        "application/json"
-    };
-    let head = exchange
-        .process(engine, &message(&md, headers(200, content_type), false))
-        .unwrap();
-    let Some(Response::ResponseHeaders(h)) = head.response else {
-        panic!("{head:?}")
-    };
-    let mutation = h.response.unwrap().header_mutation.unwrap();
-    assert_eq!(
-        mutation.remove_headers,
-        ["content-length", "content-encoding"]
-    );
+    if with_headers {
+        let head = exchange
+            .process(
+                engine,
+                &message(&md, headers(200, "application/json"), false),
+            )
+            .unwrap();
+        let Some(Response::ResponseHeaders(h)) = head.response else {
+            panic!("{head:?}")
+        };
+        assert_is_event_stream(&h.response.unwrap().header_mutation.unwrap());
+    }
     let mut out = Vec::new();
     let mut from = 0;
     for &cut in cuts.iter().chain(std::iter::once(&answer.len())) {
@@ -125,14 +129,30 @@ fn filter(engine: &Arc<Engine>, agent: &str, answer: &[u8], cuts: &[usize], sse:
     out
 }
 
-fn listed(out: &[u8], sse: bool) -> Vec<String> {
-    let text = std::str::from_utf8(out).unwrap();
-    let json = if sse {
-        text.split("data: ").nth(1).unwrap().trim()
-    } else {
-        text
+/// The header mutation of a list's answer: whatever the server said, the agent gets a plain
+/// event stream (the filter's), its length unknown.
+fn assert_is_event_stream(
+    mutation: &envoy_types::pb::envoy::service::ext_proc::v3::HeaderMutation,
+) {
+    assert_eq!(
+        mutation.remove_headers,
+        ["content-length", "content-encoding"]
+    );
+    let set: Vec<(&str, &[u8])> = mutation
+        .set_headers
+        .iter()
+        .map(|h| {
+            let h = h.header.as_ref().unwrap();
+            (h.key.as_str(), &h.raw_value[..])
+        })
+        .collect();
+    assert_eq!(set, [("content-type", &b"text/event-stream"[..])]);
+}
+
+fn listed(out: &[u8]) -> Vec<String> {
+    let [v] = &client_messages(out)[..] else {
+        panic!("{:?}", String::from_utf8_lossy(out))
     };
-    let v: Value = serde_json::from_str(json).unwrap();
     v["result"]["tools"]
         .as_array()
         .unwrap()
@@ -148,11 +168,11 @@ fn a_list_is_filtered_for_the_caller_the_check_named() {
         {"name": "read"}, {"name": "admin"}, {"name": "run"}, {"name": "delete_x"}, {"name": "other"}]}});
     let bytes = answer.to_string().into_bytes();
     assert_eq!(
-        listed(&filter(&e, "ops", &bytes, &[7], false), false),
+        listed(&filter(&e, "ops", &bytes, &[7], true)),
         ["read", "admin", "run"]
     );
     assert_eq!(
-        listed(&filter(&e, "bot", &bytes, &[], true), false),
+        listed(&filter(&e, "bot", &bytes, &[], false)),
         ["read", "run"]
     );
     let (filtered, refused, unlisted) = e.stats().lists();
@@ -160,14 +180,14 @@ fn a_list_is_filtered_for_the_caller_the_check_named() {
 }
 
 proptest! {
-    /// Wherever Envoy cuts the body, JSON or event stream, whichever its headers name, the
+    /// Wherever Envoy cuts the body, JSON or event stream, with its headers sent or not, the
     /// same tools come out.
     #[test]
     fn cutting_the_body_does_not_change_the_list(
         tools in prop::collection::vec(prop::sample::select(vec!["read", "admin", "run", "delete_x", "zz"]), 0..8),
         cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
         sse in any::<bool>(),
-        labelled_sse in any::<bool>(),
+        with_headers in any::<bool>(),
     ) {
         let e = engine(list_policy());
         let answer = json!({"jsonrpc": "2.0", "id": 5, "result": {"tools":
@@ -180,7 +200,7 @@ proptest! {
         cuts.sort_unstable();
         cuts.dedup();
         let want: Vec<String> = tools.iter().filter(|t| ["read", "run"].contains(t)).map(|t| t.to_string()).collect();
-        prop_assert_eq!(listed(&filter(&e, "bot", &bytes, &cuts, labelled_sse), sse), want);
+        prop_assert_eq!(listed(&filter(&e, "bot", &bytes, &cuts, with_headers)), want);
     }
 }
 
@@ -315,39 +335,11 @@ fn an_answer_without_a_note_is_refused_where_envoy_waits() {
     );
 }
 
-#[test]
-fn a_list_whose_headers_were_not_sent_is_refused() {
-    // Without them, how a client decodes the body (its charset) is not known.
-    let e = engine(list_policy());
-    let md = Some(metadata(
-        &Follow::ToolList { id: Some(json!(1)) },
-        Caller::default(),
-    ));
-    let mut exchange = Exchange::default();
-    let r = exchange
-        .process(&e, &message(&md, body(b"{}", true), false))
-        .unwrap();
-    let Some(Response::ImmediateResponse(refusal)) = r.response else {
-        panic!("{r:?}")
-    };
-    assert!(String::from_utf8_lossy(&refusal.body).contains("response_header_mode"));
-}
-
-/// The messages a client reads in `out`: one JSON message, or an event stream's.
+/// The messages a client reads in `out`, an event stream (the media type the agent is told).
 fn client_messages(out: &[u8]) -> Vec<Value> {
-    if let Ok(message) = serde_json::from_slice(out) {
-        return vec![message];
-    }
-    let text = String::from_utf8_lossy(out).replace("\r\n", "\n");
-    let data = |event: &str| -> Option<String> {
-        let lines: Vec<&str> = event
-            .lines()
-            .filter_map(|l| l.strip_prefix("data: "))
-            .collect();
-        (!lines.is_empty()).then(|| lines.join("\n"))
-    };
-    let events = text.split("\n\n").filter_map(data);
-    events.map(|d| serde_json::from_str(&d).unwrap()).collect()
+    let events = EventSplitter::default().feed(out, true).unwrap();
+    let data = events.into_iter().filter_map(|e| e.data);
+    data.map(|d| serde_json::from_slice(&d).unwrap()).collect()
 }
 
 #[test]
@@ -366,9 +358,9 @@ fn an_error_answer_to_a_list_passes_and_an_unreadable_one_is_replaced_whatever_i
         let (_, out) = exchange_bytes(&e, &mut exchange, &md, status, &head, sent, &[]);
         assert!(exchange.finished());
         if sent == error {
-            assert_eq!(out, error, "a JSON-RPC error lists nothing: it passes");
+            let passed = message_event(error);
+            assert_eq!(out, passed, "a JSON-RPC error lists nothing: it passes");
         } else {
-            // In the framing the body showed: JSON for the object, events for the text.
             let messages = client_messages(&out);
             let [refusal] = &messages[..] else {
                 panic!("{messages:?}")
@@ -459,9 +451,8 @@ fn hidden_list_body(shape: u8, id: Value, eol: &str) -> Vec<u8> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(1024))]
     /// However a tool list is framed, labelled, encoded, cut or replayed, and whatever the
-    /// status, no hidden tool's name reaches the agent, no content encoding is left on what
-    /// the filter read, and a body a client would decode otherwise (compressed, in another
-    /// charset, as either of two media types) is refused in plain JSON.
+    /// status, no hidden tool's name reaches the agent, and the agent is told it gets a plain
+    /// event stream, whatever media type, charset or encoding the server named.
     #[test]
     fn no_hidden_tool_comes_out_by_any_framing(
         shape in 0u8..11,
@@ -504,16 +495,9 @@ proptest! {
         let (head, out) = exchange_bytes(&e, &mut exchange, &md, status, &sent, &answer, &cuts);
         let text = String::from_utf8_lossy(&out);
         prop_assert!(!text.contains("delete_x"), "{}", text);
-        prop_assert_eq!(&head.remove_headers, &["content-length", "content-encoding"]);
-        let other_charset = ["utf-7", "cp037"].iter().any(|c| content_type.to_ascii_lowercase().contains(c));
-        let coded = encoding
-            .split(',')
-            .any(|c| !c.trim().is_empty() && !c.trim().eq_ignore_ascii_case("identity"));
-        // Headers that say a client reads the body otherwise: refused in plain JSON.
-        if twice || other_charset || coded {
-            let refusal: Value = serde_json::from_slice(&out).unwrap();
-            prop_assert_eq!(&refusal["error"]["code"], -32603);
-            prop_assert_eq!(&head.set_headers[0].header.as_ref().unwrap().key, "content-type");
+        assert_is_event_stream(&head);
+        for m in client_messages(&out) {
+            prop_assert!(!m.to_string().contains("delete_x"), "{}", m);
         }
     }
 }
@@ -601,14 +585,17 @@ fn streams_hold_unfinished_answers_within_one_budget() {
 }
 
 #[test]
-fn a_list_whose_headers_hold_bytes_beyond_visible_ascii_is_refused() {
-    // httpx reads such a value as Latin-1 and finds the charset in it; a UTF-8 reading finds
-    // nothing it can check.
+fn the_agent_gets_an_event_stream_whatever_bytes_the_servers_headers_hold() {
+    // A charset a client decodes by (httpx reads a value with bytes beyond ASCII as Latin-1
+    // and finds the charset in it), an encoding: the media type the agent is told is the
+    // filter's own, and the encoding goes.
     let e = engine(list_policy());
     let md = Some(metadata(
         &Follow::ToolList { id: Some(json!(5)) },
         Caller::default(),
     ));
+    let answer =
+        br#"{"jsonrpc":"2.0","id":5,"result":{"tools":[{"name":"read"},{"name":"delete_x"}]}}"#;
     for (name, value) in [
         (
             "content-type",
@@ -616,7 +603,9 @@ fn a_list_whose_headers_hold_bytes_beyond_visible_ascii_is_refused() {
         ),
         ("content-type", b"text/event-stream; x=\xc3\xa9"),
         ("content-type", b"text/event-stream\x00; charset=utf-7"),
+        ("content-type", b"application/json; charset=cp037"),
         ("content-encoding", b"identity\x80"),
+        ("content-encoding", b"gzip"),
     ] {
         let mut exchange = Exchange::default();
         let head = Request::ResponseHeaders(HttpHeaders {
@@ -633,13 +622,85 @@ fn a_list_whose_headers_hold_bytes_beyond_visible_ascii_is_refused() {
         let Some(Response::ResponseHeaders(h)) = r.response else {
             panic!("{r:?}")
         };
-        let set = &h.response.unwrap().header_mutation.unwrap().set_headers;
-        assert_eq!(
-            set[0].header.as_ref().unwrap().raw_value,
-            b"application/json"
-        );
-        let r = exchange.process(&e, &message(&md, body(b": a comment\n\n", true), false));
-        let refusal: Value = serde_json::from_slice(&sent_body(&r.unwrap())).unwrap();
-        assert_eq!(refusal["error"]["code"], -32603, "{value:?}");
+        assert_is_event_stream(&h.response.unwrap().header_mutation.unwrap());
+        let r = exchange.process(&e, &message(&md, body(answer, true), false));
+        assert_eq!(listed(&sent_body(&r.unwrap())), ["read"], "{value:?}");
     }
+}
+
+#[test]
+fn a_list_request_goes_on_under_toolgates_id_or_is_refused_as_an_event() {
+    let e = engine(list_policy());
+    let md = Some(metadata(
+        &Follow::ToolList { id: Some(json!(5)) },
+        Caller::default(),
+    ));
+    let request = |bytes: &[u8]| {
+        Request::RequestBody(HttpBody {
+            body: bytes.to_vec(),
+            end_of_stream: true,
+            ..Default::default()
+        })
+    };
+    // The body the Check read: it goes on under an id no client chose...
+    let mut exchange = Exchange::default();
+    let r = exchange
+        .process(
+            &e,
+            &message(
+                &md,
+                request(br#"{"jsonrpc":"2.0","id":5,"method":"tools/list"}"#),
+                false,
+            ),
+        )
+        .unwrap();
+    let Some(Response::RequestBody(b)) = r.response else {
+        panic!("{r:?}")
+    };
+    let Some(Mutation::Body(sent)) = b.response.unwrap().body_mutation.unwrap().mutation else {
+        panic!("no body")
+    };
+    let sent: Value = serde_json::from_slice(&sent).unwrap();
+    let ours = sent["id"].as_str().unwrap().to_owned();
+    assert!(ours.starts_with("toolgate-"), "{sent}");
+    // ...and its answer, under that id, comes back under the agent's.
+    let answer = json!({"jsonrpc": "2.0", "id": ours, "result": {"tools": [{"name": "read"}, {"name": "delete_x"}]}});
+    let r = exchange.process(
+        &e,
+        &message(&md, body(answer.to_string().as_bytes(), true), false),
+    );
+    let [m] = &client_messages(&sent_body(&r.unwrap()))[..] else {
+        panic!()
+    };
+    assert_eq!(
+        (&m["id"], &m["result"]["tools"]),
+        (&json!(5), &json!([{"name": "read"}]))
+    );
+    // A body that is not the one checked: refused before it goes on, as an event.
+    let mut exchange = Exchange::default();
+    let r = exchange
+        .process(
+            &e,
+            &message(
+                &md,
+                request(br#"{"jsonrpc":"2.0","id":6,"method":"tools/list"}"#),
+                false,
+            ),
+        )
+        .unwrap();
+    let Some(Response::ImmediateResponse(refusal)) = r.response else {
+        panic!("{r:?}")
+    };
+    let set = &refusal.headers.unwrap().set_headers;
+    assert_eq!(
+        set[0].header.as_ref().unwrap().raw_value,
+        b"text/event-stream"
+    );
+    let [error] = &client_messages(&refusal.body)[..] else {
+        panic!()
+    };
+    assert_eq!(
+        (&error["id"], &error["error"]["code"]),
+        (&json!(5), &json!(-32603))
+    );
 }

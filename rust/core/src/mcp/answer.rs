@@ -45,43 +45,6 @@ impl Framing {
     }
 }
 
-/// Whether a client decodes a body sent with `content_type` as UTF-8, as the filters read it:
-/// no `charset`, or `utf-8` / `us-ascii`. Some clients decode an event stream by the charset
-/// it names (the official Python SDK does), and in UTF-7 or EBCDIC, bytes the filters read as
-/// one comment are an event to such a client. Parameters are read strictly: anything a MIME
-/// parser might read a charset out of otherwise (RFC 2231's `charset*` and `charset*0`,
-/// comments, quoted pairs, a parameter without a value, two charsets) is refused.
-pub fn read_as_utf8(content_type: &str) -> bool {
-    if content_type.contains(['(', ')', '\\', '\'']) {
-        return false;
-    }
-    let mut charset = None;
-    for parameter in content_type.split(';').skip(1) {
-        let parameter = parameter.trim();
-        if parameter.is_empty() {
-            continue;
-        }
-        let Some((name, value)) = parameter.split_once('=') else {
-            return false;
-        };
-        let name = name.trim();
-        let token = |b: u8| b.is_ascii_alphanumeric() || b"-_.+".contains(&b);
-        if name.is_empty() || !name.bytes().all(token) {
-            return false;
-        }
-        if name.eq_ignore_ascii_case("charset") && charset.replace(value.trim()).is_some() {
-            return false;
-        }
-    }
-    charset.is_none_or(|c| {
-        let c = c
-            .strip_prefix('"')
-            .and_then(|c| c.strip_suffix('"'))
-            .unwrap_or(c);
-        c.eq_ignore_ascii_case("utf-8") || c.eq_ignore_ascii_case("us-ascii")
-    })
-}
-
 /// A message is an answer when it has a `result` or an `error` (and no `method`).
 pub fn is_answer(message: &Map<String, Value>) -> bool {
     !message.contains_key("method")
@@ -121,39 +84,6 @@ mod tests {
         assert_eq!(Framing::of("Text/Event-Stream"), Some(Framing::EventStream));
         assert_eq!(Framing::of("text/plain"), None);
         assert_eq!(Framing::of(""), None);
-    }
-
-    #[test]
-    fn reads_only_utf8_charsets_as_utf8() {
-        for plain in [
-            "text/event-stream",
-            "application/json; charset=utf-8",
-            "text/event-stream;Charset=\"UTF-8\"",
-            "text/event-stream; charset=us-ascii",
-            "",
-        ] {
-            assert!(read_as_utf8(plain), "{plain}");
-        }
-        for other in [
-            "text/event-stream; charset=utf-7",
-            "text/event-stream; charset=cp037",
-            "text/event-stream; charset=utf-16",
-            "application/json; charset=latin1",
-            "text/event-stream; charset=utf-8; charset=utf-7",
-            "text/event-stream; charset=utf-8; Charset=utf-8",
-            "text/event-stream; charset=",
-            // What Python's email parser (and so httpx) reads a charset out of.
-            "text/event-stream; charset*0=utf; charset*1=-7",
-            "text/event-stream; charset*=utf-7''",
-            "text/event-stream (c); charset=utf-7",
-            "text/event-stream; charset='utf-8'",
-            "text/event-stream; charset=\"utf\\-8\"",
-            "text/event-stream; x=\"a;charset=utf-7\"",
-            "text/event-stream; charset",
-            "text/event-stream, text/html; charset=utf-7",
-        ] {
-            assert!(!read_as_utf8(other), "{other}");
-        }
     }
 
     #[test]

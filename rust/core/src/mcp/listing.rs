@@ -5,14 +5,18 @@
 //! Nothing passes unread: whatever the HTTP status, the body must be empty or read as
 //! JSON-RPC messages, each answer among them filtered. Its framing (one JSON message or an
 //! event stream) is read from its first bytes ([`Framing::sniff`]), not from its
-//! `content-type`: a body that passes in the framing read carries nothing to a client that
-//! reads the other. What the headers say of how a client decodes the bytes (a charset, an
-//! encoding) the proxy checks ([`ListFilter::refusing`]). Fail closed: an answer that cannot
-//! be read as one JSON-RPC message (bad JSON, keys a case-insensitive client reads
-//! differently, a tool without a string `name`, one name listed with two definitions, a body
-//! over the limit, bytes that are neither JSON nor events) is not forwarded: the agent gets
-//! a JSON-RPC error instead, in the body's framing, and none of its tools is recorded.
-//! Pagination is untouched (`nextCursor` is kept, even when a page is emptied), and an answer that says how it may be cached (`cacheScope`, MCP 2026-07-28) is
+//! `content-type`, and what goes to the agent is always an event stream, which every MCP
+//! client reads (a client must accept either answer to a `POST`, and a `GET` stream is one):
+//! a JSON answer goes on as one `message` event. So how a client reads the bytes is fixed by
+//! the proxy, not by the server: the answer's media type is `text/event-stream` with no
+//! charset (an event stream is UTF-8), and it has no content encoding. A server that names
+//! another charset (in UTF-7 or EBCDIC, bytes the filter reads as a comment would be an event
+//! to a client decoding by it) or compresses its answer changes nothing a client reads.
+//! Fail closed: an answer that cannot be read as one JSON-RPC message (bad JSON, keys a
+//! case-insensitive client reads differently, a tool without a string `name`, one name
+//! listed with two definitions, a body over the limit, bytes that are neither JSON nor
+//! events, a compressed body) is not forwarded: the agent gets a JSON-RPC error event
+//! instead, and none of its tools is recorded. Pagination is untouched (`nextCursor` is kept, even when a page is emptied), and an answer that says how it may be cached (`cacheScope`, MCP 2026-07-28) is
 //! marked `"private"` when the filtering depended on who asked.
 //!
 //! Two kinds of stream: the answer to one `tools/list` request (its id known: that answer is
@@ -28,7 +32,7 @@
 
 use super::answer::{case_variant, error_message, Framing};
 use super::spans::{self, known, Keys, Kind, Listing};
-use super::sse::{EventSplitter, MAX_EVENT_BYTES};
+use super::sse::{message_event, EventSplitter, MAX_EVENT_BYTES};
 use super::strict_json;
 use crate::listed::ListedTool;
 use crate::visibility::Visibility;
@@ -110,8 +114,6 @@ pub struct ListFilter<F> {
     events: EventSplitter,
     /// The answer has been passed on (or refused): nothing after it is, or is held.
     finished: bool,
-    /// The answer's headers say a client would read it otherwise: refused whatever it holds.
-    refusal: Option<String>,
     pub report: ListReport,
 }
 
@@ -128,17 +130,8 @@ impl<F: FnMut(&str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
             overflow: false,
             events: EventSplitter::default(),
             finished: false,
-            refusal: None,
             report: ListReport::default(),
         }
-    }
-
-    /// The answer's headers say a client would read the body otherwise than the filter (in
-    /// another character set, as another media type): whatever it holds is refused, as a
-    /// JSON message.
-    pub fn refusing(mut self, why: String) -> Self {
-        self.refusal = Some(why);
-        self
     }
 
     /// The request was sent on under another id ([`ListRequest`]): the agent gets its answer
@@ -153,13 +146,6 @@ impl<F: FnMut(&str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
         if self.finished {
             // Nothing more goes on, so nothing more is read or held (a stream may go on).
             return Vec::new();
-        }
-        if let Some(why) = &self.refusal {
-            // An empty body lists nothing.
-            if chunk.is_empty() {
-                return Vec::new();
-            }
-            return self.give_up(why.clone());
         }
         if let Some(framing) = self.framing {
             return self.feed_in(framing, chunk, end);
@@ -209,11 +195,7 @@ impl<F: FnMut(&str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
         }
         self.finished = true;
         self.drop_held();
-        let refusal = self.refuse(why);
-        match self.framing {
-            Some(Framing::EventStream) => event(&refusal),
-            _ => refusal,
-        }
+        message_event(&self.refuse(why))
     }
 
     /// Bytes held until the rest of a message arrives.
@@ -235,17 +217,19 @@ impl<F: FnMut(&str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
         let body = std::mem::take(&mut self.body);
         self.finished = true;
         if self.overflow {
-            return self.refuse(format!("the answer is over {MAX_EVENT_BYTES} bytes"));
+            let why = format!("the answer is over {MAX_EVENT_BYTES} bytes");
+            return message_event(&self.refuse(why));
         }
         // An empty body lists nothing (an accepted notification, a 204, a bare error status).
         if body.is_empty() {
             return body;
         }
-        match self.message(&body) {
+        let message = match self.message(&body) {
             Ok(Some(filtered)) => filtered,
             Ok(None) => body,
             Err(why) => self.refuse(why),
-        }
+        };
+        message_event(&message)
     }
 
     fn feed_events(&mut self, chunk: &[u8], end: bool) -> Vec<u8> {
@@ -254,7 +238,7 @@ impl<F: FnMut(&str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
             Err(_) => {
                 self.finished = true;
                 let why = format!("an event of the answer is over {MAX_EVENT_BYTES} bytes");
-                return event(&self.refuse(why));
+                return message_event(&self.refuse(why));
             }
         };
         let mut out = Vec::new();
@@ -278,7 +262,7 @@ impl<F: FnMut(&str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
                 Ok(None) => out.extend_from_slice(&e.raw),
                 Err(why) => {
                     self.finished = true;
-                    out.extend_from_slice(&event(&self.refuse(why)));
+                    out.extend_from_slice(&message_event(&self.refuse(why)));
                 }
             }
         }
@@ -540,14 +524,6 @@ fn edit(bytes: &[u8], mut edits: Vec<Edit>) -> Vec<u8> {
     out
 }
 
-/// A message as one event of a stream.
-fn event(message: &[u8]) -> Vec<u8> {
-    let mut out = b"event: message\ndata: ".to_vec();
-    out.extend_from_slice(message);
-    out.extend_from_slice(b"\n\n");
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -561,10 +537,18 @@ mod tests {
         }
     }
 
+    /// The one message the filter wrote, read as a client reads an event stream.
+    fn message_of(out: &[u8]) -> Value {
+        let events = EventSplitter::default().feed(out, true).unwrap();
+        let data: Vec<Vec<u8>> = events.into_iter().filter_map(|e| e.data).collect();
+        assert_eq!(data.len(), 1, "{:?}", String::from_utf8_lossy(out));
+        serde_json::from_slice(&data[0]).unwrap()
+    }
+
     fn filter_json(body: &Value, id: Value) -> (Value, ListReport) {
         let mut f = ListFilter::new(Some(id), hide_delete);
         let out = f.feed(body.to_string().as_bytes(), true);
-        (serde_json::from_slice(&out).unwrap(), f.report)
+        (message_of(&out), f.report)
     }
 
     #[test]
@@ -605,7 +589,7 @@ mod tests {
         }
         let mut f = ListFilter::new(Some(json!(1)), hide_delete);
         let dup = br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"a","name":"delete"}]}}"#;
-        let out: Value = serde_json::from_slice(&f.feed(dup, true)).unwrap();
+        let out = message_of(&f.feed(dup, true));
         assert_eq!(out["error"]["code"], INTERNAL_ERROR);
     }
 
@@ -618,7 +602,7 @@ mod tests {
             let mut f = ListFilter::new(Some(json!(1)), hide_delete);
             let mut out = f.feed(&body.as_bytes()[..5], false);
             out.extend(f.feed(&body.as_bytes()[5..], true));
-            assert_eq!(out, body.as_bytes());
+            assert_eq!(out, message_event(body.as_bytes()));
         }
     }
 
@@ -631,15 +615,14 @@ mod tests {
         let body = json!({"jsonrpc": "2.0", "id": 1, "result": {
             "tools": [{"name": "a"}], "cacheScope": "public", "ttlMs": 60000}});
         let mut f = ListFilter::new(Some(json!(1)), per);
-        let out: Value =
-            serde_json::from_slice(&f.feed(body.to_string().as_bytes(), true)).unwrap();
+        let out = message_of(&f.feed(body.to_string().as_bytes(), true));
         assert_eq!(out["result"]["cacheScope"], "private");
         assert_eq!(out["result"]["ttlMs"], 60000);
         // A legacy answer (no cache hints) gets none.
         let legacy = json!({"jsonrpc": "2.0", "id": 1, "result": {"tools": [{"name": "a"}]}});
         let mut f = ListFilter::new(Some(json!(1)), per);
         let out = f.feed(legacy.to_string().as_bytes(), true);
-        assert_eq!(out, legacy.to_string().as_bytes());
+        assert_eq!(out, message_event(legacy.to_string().as_bytes()));
     }
 
     #[test]
@@ -747,7 +730,10 @@ mod tests {
         let error =
             r#"{"jsonrpc":"2.0","id":"server-error","error":{"code":-32600,"message":"Bad"}}"#;
         let mut f = ListFilter::new(Some(json!(1)), hide_delete);
-        assert_eq!(f.feed(error.as_bytes(), true), error.as_bytes());
+        assert_eq!(
+            f.feed(error.as_bytes(), true),
+            message_event(error.as_bytes())
+        );
         // An empty body (a 202, a bare error status): nothing to list.
         let mut f = ListFilter::new(Some(json!(1)), hide_delete);
         assert!(f.feed(b"", false).is_empty());
@@ -776,16 +762,14 @@ mod tests {
             json!({"jsonrpc": "2.0", "id": up, "error": {"code": -32601, "message": "no"}}),
         ] {
             let mut f = ListFilter::new(Some(up.clone()), hide_delete).replying_as(json!(7));
-            let out: Value =
-                serde_json::from_slice(&f.feed(answer.to_string().as_bytes(), true)).unwrap();
+            let out = message_of(&f.feed(answer.to_string().as_bytes(), true));
             assert_eq!(out["id"], 7, "{out}");
             assert!(!out.to_string().contains("delete_x"));
         }
         // The agent's own id on an answer is not the request's: refused, under its id.
         let mut f = ListFilter::new(Some(up), hide_delete).replying_as(json!(7));
         let stray = json!({"jsonrpc": "2.0", "id": 7, "result": {"tools": []}});
-        let out: Value =
-            serde_json::from_slice(&f.feed(stray.to_string().as_bytes(), true)).unwrap();
+        let out = message_of(&f.feed(stray.to_string().as_bytes(), true));
         assert_eq!(
             (out["id"].clone(), out["error"]["code"].clone()),
             (json!(7), json!(INTERNAL_ERROR))
@@ -827,13 +811,6 @@ mod tests {
             assert!(out.len() < 1024, "{opening:?}: sent {}", out.len());
             assert_eq!(f.held(), 0, "{opening:?}");
         }
-        // Headers that refuse the answer: nothing of the body is held or passed.
-        let mut f = ListFilter::new(Some(json!(1)), hide_delete).refusing("charset".into());
-        assert!(f.feed(b"", false).is_empty());
-        let out: Value = serde_json::from_slice(&f.feed(&mib, false)).unwrap();
-        assert_eq!(out["error"]["code"], INTERNAL_ERROR);
-        assert!(f.feed(&mib, true).is_empty());
-        assert_eq!(f.held(), 0);
     }
 
     #[test]
@@ -852,24 +829,27 @@ mod tests {
                 let text = String::from_utf8(out).unwrap();
                 assert!(!text.contains("delete"), "{text:?}");
                 assert!(text.contains(r#""tools":[{"name":"read"}]"#), "{text:?}");
-                assert_eq!(
-                    text.starts_with("\n\nevent:"),
-                    body.starts_with("\n\nevent:")
-                );
+                // An event stream's events keep their bytes; a JSON answer becomes one.
+                let opening = if body.starts_with("\n\nevent:") {
+                    "\n\nevent: message\ndata: "
+                } else {
+                    "event: message\ndata: "
+                };
+                assert!(text.starts_with(opening), "{text:?}");
                 assert_eq!((f.report.removed, f.report.refused), (1, None));
             }
         }
         // Whitespace alone, or too much of it, is refused.
         let mut f = ListFilter::new(Some(json!(1)), hide_delete);
         assert!(f.feed(b"\r\n", false).is_empty());
-        let out: Value = serde_json::from_slice(&f.feed(b" ", true)).unwrap();
+        let out = message_of(&f.feed(b" ", true));
         assert_eq!(out["error"]["code"], INTERNAL_ERROR);
         let mut f = ListFilter::new(Some(json!(1)), hide_delete);
         let spaces = vec![b' '; MAX_EVENT_BYTES / 2 + 1];
         assert!(f.feed(&spaces, false).is_empty());
         assert!(f.feed(&spaces, false).is_empty());
         assert!(f.feed(b"{}", false).is_empty());
-        let out: Value = serde_json::from_slice(&f.feed(b"", true)).unwrap();
+        let out = message_of(&f.feed(b"", true));
         assert!(out["error"]["message"].as_str().unwrap().contains("bytes"));
     }
 
@@ -945,7 +925,7 @@ mod tests {
             let mut tree = result.clone();
             let mut report = ListReport::default();
             let expected = filter_result(&mut tree, visible, &mut report);
-            let got: Value = serde_json::from_slice(&out).unwrap();
+            let got = message_of(&out);
             proptest::prop_assert_eq!(&got["id"], &json!(5));
             match expected {
                 Err(why) => {
@@ -957,7 +937,7 @@ mod tests {
                     proptest::prop_assert_eq!(&got["result"], &Value::Object(tree), "{}", text);
                     // What is not changed goes on byte for byte.
                     if !changed && !renamed {
-                        proptest::prop_assert_eq!(&out, text.as_bytes());
+                        proptest::prop_assert_eq!(&out, &message_event(text.as_bytes()));
                     }
                 }
             }

@@ -29,8 +29,7 @@ pub struct Event {
 
 impl Event {
     /// The event with its data replaced by `data`: its other fields are kept in their order,
-    /// and each line of `data` goes in a `data:` line of its own (one holding a line break
-    /// would end the field there: a client would read the message cut short).
+    /// and each line of `data` goes in a `data:` line of its own ([`data_lines`]).
     pub fn with_data(&self, data: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.raw.len().max(data.len() + 16));
         // A byte order mark opening the stream stays where it is; the line after it is read
@@ -48,13 +47,29 @@ impl Event {
                 out.push(b'\n');
             }
         }
-        for line in data.split(|&b| b == b'\n' || b == b'\r') {
-            out.extend_from_slice(b"data: ");
-            out.extend_from_slice(line);
-            out.push(b'\n');
-        }
+        data_lines(&mut out, data);
         out.push(b'\n');
         out
+    }
+}
+
+/// `message` (one JSON-RPC message) as an event of type `message`, as MCP servers send them.
+pub fn message_event(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + 32);
+    out.extend_from_slice(b"event: message\n");
+    data_lines(&mut out, message);
+    out.push(b'\n');
+    out
+}
+
+/// Each line of `data` in a `data:` line of its own (one holding a line break would end the
+/// field there: a client would read the message cut short). A client joins them with LF, so
+/// a JSON text's line breaks come back as white space.
+fn data_lines(out: &mut Vec<u8>, data: &[u8]) {
+    for line in data.split(|&b| b == b'\n' || b == b'\r') {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line);
+        out.push(b'\n');
     }
 }
 
