@@ -66,11 +66,18 @@ pub fn message_event(message: &[u8]) -> Vec<u8> {
 /// field there: a client would read the message cut short). A client joins them with LF, so
 /// a JSON text's line breaks come back as white space.
 fn data_lines(out: &mut Vec<u8>, data: &[u8]) {
-    for line in data.split(|&b| b == b'\n' || b == b'\r') {
+    let mut from = 0;
+    for at in memchr::memchr2_iter(b'\n', b'\r', data).chain([data.len()]) {
         out.extend_from_slice(b"data: ");
-        out.extend_from_slice(line);
+        out.extend_from_slice(&data[from..at]);
         out.push(b'\n');
+        from = at + 1;
     }
+}
+
+/// Where the first line end (LF or CR) in `bytes` is.
+fn line_end(bytes: &[u8]) -> Option<usize> {
+    memchr::memchr2(b'\n', b'\r', bytes)
 }
 
 /// Why a stream was refused.
@@ -114,9 +121,7 @@ impl EventSplitter {
         let mut consumed = 0;
         loop {
             let from = self.line_start.max(self.searched);
-            let found = self.pending[from..]
-                .iter()
-                .position(|&b| b == b'\n' || b == b'\r');
+            let found = line_end(&self.pending[from..]);
             let Some(found) = found else {
                 self.searched = self.pending.len();
                 break;
@@ -196,10 +201,7 @@ fn lines(raw: &[u8]) -> impl Iterator<Item = &[u8]> {
         if rest.is_empty() {
             return None;
         }
-        let at = rest
-            .iter()
-            .position(|&b| b == b'\n' || b == b'\r')
-            .unwrap_or(rest.len());
+        let at = line_end(rest).unwrap_or(rest.len());
         let line = &rest[..at];
         let end_len = match (rest.get(at), rest.get(at + 1)) {
             (Some(b'\r'), Some(b'\n')) => 2,
