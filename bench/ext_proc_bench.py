@@ -35,6 +35,11 @@ runs. Aim: ext_proc adds ≤ 0.1 ms at p50 to a tools/call over ext_authz alone.
 
     .venv/bin/python bench/ext_proc_bench.py          # writes its block of RESULTS.md
     .venv/bin/python bench/ext_proc_bench.py --runs 1 -n1 500 -nl 1000 --print   # quick
+
+``--before OLD`` measures a change to the list exchange instead: OLD is another checkout with
+its own .venv (its ``toolgate`` and its deploy/envoy/mcp-ext-authz-ext-proc.yaml), and two
+``authz+proc`` stacks, OLD's and this tree's, take turns for ``--runs`` rounds of ``-n1``
+lists one in flight; printed: each round, and the medians of the per-round differences.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -658,6 +664,76 @@ def report(args, runs: list[Run], probes: list[str], sizes: dict, elapsed: float
     return "\n".join(lines)
 
 
+def pair_lists(args, old: Path) -> int:
+    """``--before OLD``: this tree's list exchange against OLD's, in paired rounds."""
+    workdir = Path(tempfile.mkdtemp(prefix="ext-proc-before-"))
+    body = workdir / "tools-list.json"
+    body.write_bytes(REQUESTS["list"])
+    trees = {"before": old, "after": h.ROOT}
+    servers: dict[str, h.Server] = {}
+    rows: dict[str, list[Run]] = {"before": [], "after": []}
+    try:
+        policy = bench_policy(workdir)
+        uport, uadmin = h.free_port(), h.free_port()
+        path = workdir / "upstream.json"
+        path.write_text(json.dumps(upstream_config(uport, uadmin), indent=1))
+        servers["upstream"] = ev.start(
+            "upstream", path, uadmin, workdir, "--concurrency", "1", port=uport
+        )
+        answers = {}
+        for side, tree in trees.items():
+            # The sidecar is started from $TOOLGATE_EXE: each tree's own build.
+            os.environ["TOOLGATE_EXE"] = str(tree / ".venv" / "bin" / "toolgate")
+            try:
+                servers[f"toolgate-{side}"] = tg = sidecar(policy, workdir, args.sidecar_arg)
+            finally:
+                del os.environ["TOOLGATE_EXE"]
+            config = tree / DEPLOYED["proc"].relative_to(h.ROOT)
+            deployed = ev.deployed_config(config, workdir)
+            port, admin = h.free_port(), h.free_port()
+            cfg = proc_config(
+                deployed, sync=False, listen=port, admin=admin, toolgate=tg.port, upstream=uport
+            )
+            path = workdir / f"{side}.json"
+            path.write_text(json.dumps(cfg, indent=1))
+            servers[side] = ev.start(side, path, admin, workdir, port=port)
+            _, answers[side] = probe("authz+proc", servers[side])
+        urls = [f"http://127.0.0.1:{servers[side].port}/mcp" for side in trees]
+        h.warm(urls, body, args.warmup, args, headers("list"))
+        for i in range(1, args.runs + 1):
+            for side in h.rotated(list(trees), i):
+                r = Run("authz+proc", "single", i, 1, 1, args.n_single, exchange="list")
+                r.answer = len(answers[side]["list"])
+                tg = servers[f"toolgate-{side}"]
+                run_h2load(servers[side], tg, servers["upstream"], body, r, workdir, args)
+                if r.problems:
+                    raise SystemExit(f"{side} round {i} failed its checks: {r.problems}")
+                rows[side].append(r)
+                print(
+                    f"round {i} {side:6}: p50 {h.fmt_us(r.p50):>8}  envoy {r.envoy_cpu_us:4.0f} "
+                    f"µs  toolgate {r.toolgate_cpu_us:4.0f} µs",
+                    file=sys.stderr,
+                )
+    finally:
+        for s in servers.values():
+            s.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    pairs = list(zip(rows["before"], rows["after"], strict=True))
+    med = statistics.median
+    p50 = med(b.p50 - a.p50 for a, b in pairs)
+    ratio = med(b.p50 / a.p50 for a, b in pairs)
+    tg = med(b.toolgate_cpu_us - a.toolgate_cpu_us for a, b in pairs)
+    envoy = med(b.envoy_cpu_us - a.envoy_cpu_us for a, b in pairs)
+    print(
+        f"tools/list of {len(TOOLS)} tools, one in flight, {args.runs} paired rounds of "
+        f"{args.n_single:,} (before: {old}): p50 {h.fmt_us(med(a.p50 for a, _ in pairs))} -> "
+        f"{h.fmt_us(med(b.p50 for _, b in pairs))}, per round {h.fmt_added(p50)} ({ratio:.2f}{X}); "
+        f"toolgate CPU {tg:+.0f} µs, Envoy CPU "
+        f"{envoy:+.0f} µs a list. {h.busy_line(rows['before'] + rows['after'])}"
+    )
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("-n1", "--n-single", type=int, default=4_000, help="one in flight, per run")
@@ -677,9 +753,14 @@ def main() -> int:
     )
     p.add_argument("--no-build", action="store_true", help="don't (re)build the Rust floor")
     p.add_argument("--print", dest="write", action="store_false", help="don't write RESULTS.md")
+    p.add_argument(
+        "--before", type=Path, help="another checkout (with its .venv): lists, paired rounds"
+    )
     args = p.parse_args()
     if not shutil.which("h2load"):
         raise SystemExit("h2load not found: apt-get install -y nghttp2-client")
+    if args.before:
+        return pair_lists(args, args.before.resolve())
     started = time.monotonic()
     if not args.no_build:
         h.build_floor()

@@ -635,25 +635,19 @@ fn a_list_request_goes_on_under_toolgates_id_or_is_refused_as_an_event() {
         &Follow::ToolList { id: Some(json!(5)) },
         Caller::default(),
     ));
-    let request = |bytes: &[u8]| {
-        Request::RequestBody(HttpBody {
-            body: bytes.to_vec(),
+    // A fresh exchange's answer to the list request with JSON-RPC id `id`.
+    let request = |exchange: &mut Exchange, id: u32| {
+        let sent = json!({"jsonrpc": "2.0", "id": id, "method": "tools/list"});
+        let sent = Request::RequestBody(HttpBody {
+            body: sent.to_string().into_bytes(),
             end_of_stream: true,
             ..Default::default()
-        })
+        });
+        exchange.process(&e, &message(&md, sent, false)).unwrap()
     };
     // The body the Check read: it goes on under an id no client chose...
     let mut exchange = Exchange::default();
-    let r = exchange
-        .process(
-            &e,
-            &message(
-                &md,
-                request(br#"{"jsonrpc":"2.0","id":5,"method":"tools/list"}"#),
-                false,
-            ),
-        )
-        .unwrap();
+    let r = request(&mut exchange, 5);
     let Some(Response::RequestBody(b)) = r.response else {
         panic!("{r:?}")
     };
@@ -677,17 +671,7 @@ fn a_list_request_goes_on_under_toolgates_id_or_is_refused_as_an_event() {
         (&json!(5), &json!([{"name": "read"}]))
     );
     // A body that is not the one checked: refused before it goes on, as an event.
-    let mut exchange = Exchange::default();
-    let r = exchange
-        .process(
-            &e,
-            &message(
-                &md,
-                request(br#"{"jsonrpc":"2.0","id":6,"method":"tools/list"}"#),
-                false,
-            ),
-        )
-        .unwrap();
+    let r = request(&mut Exchange::default(), 6);
     let Some(Response::ImmediateResponse(refusal)) = r.response else {
         panic!("{r:?}")
     };
