@@ -595,10 +595,11 @@ fn refusal(message: &str) -> ImmediateResponse {
 }
 
 /// A list's answer replaced before the request went on: an error event for `id`, in the
-/// media type of every list's answer ([`LIST_ANSWER_TYPE`]).
+/// media type of every list's answer ([`LIST_ANSWER_TYPE`]), at status 200 (clients read
+/// the body of an error status only when it is plain JSON).
 fn list_refusal(id: &Value, message: &str) -> ImmediateResponse {
     ImmediateResponse {
-        status: Some(HttpStatus { code: 502 }),
+        status: Some(HttpStatus { code: 200 }),
         headers: Some(HeaderMutation {
             set_headers: vec![set_header("content-type", LIST_ANSWER_TYPE)],
             ..Default::default()

@@ -249,7 +249,8 @@ impl<F: FnMut(&str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
             }
             let outcome = match (&e.stray, &e.data) {
                 (Some(line), _) => Err(format!(
-                    "the event stream has a line that is no field of the format: {:?}",
+                    "the event stream has a line that is no field of the format, or that \
+                     some clients read as two: {:?}",
                     String::from_utf8_lossy(&line[..line.len().min(40)])
                 )),
                 // No data (a comment, an `id:` for resuming, a keep-alive): no message.
@@ -712,6 +713,36 @@ mod tests {
             let (out, report) = stream(&answer.to_string(), id);
             assert!(!out.contains("delete_x"), "{out}");
             assert_eq!((report.removed, report.refused), (1, None));
+        }
+    }
+
+    /// Characters Python's `str.splitlines` ends a line at, beside CR and LF.
+    const OTHER_LINE_ENDS: [&str; 8] = [
+        "\u{b}", "\u{c}", "\u{1c}", "\u{1d}", "\u{1e}", "\u{85}", "\u{2028}", "\u{2029}",
+    ];
+
+    #[test]
+    fn a_line_some_clients_split_is_refused_where_it_goes_on_as_it_came() {
+        let hidden =
+            json!({"jsonrpc": "2.0", "id": 9, "result": {"tools": [{"name": "delete_x"}]}});
+        let answer = json!({"jsonrpc": "2.0", "id": 9, "result": {"tools": [{"name": "read"}]}});
+        for end in OTHER_LINE_ENDS {
+            // A comment, or a field that goes on as it came, holding a list for a client that
+            // splits there.
+            for line in [": c", "event: message", "id: 1", "retry: 1"] {
+                let body = format!("{line}{end}data: {hidden}{end}{end}\n\ndata: {answer}\n\n");
+                let (out, report) = stream(&body, Some(json!(9)));
+                assert!(!out.contains("delete_x"), "{end:?} {line}: {out:?}");
+                assert!(report.refused.is_some(), "{end:?} {line}");
+            }
+            // Inside a JSON string of the data, it stays there: no client reads a message in
+            // what is left of the line.
+            let kept = json!({"jsonrpc": "2.0", "id": 9, "result": {"tools": [
+                {"name": "read", "description": format!("a{end}{end}data: {hidden}")}]}});
+            let (out, report) = stream(&format!("data: {kept}\n\n"), Some(json!(9)));
+            assert_eq!((report.refused, report.shown), (None, 1), "{end:?}");
+            // (JSON writes the control characters escaped; NEL, LS and PS go raw.)
+            assert_eq!(out.contains(end), !end.is_ascii(), "{end:?}");
         }
     }
 

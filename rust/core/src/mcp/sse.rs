@@ -23,7 +23,8 @@ pub struct Event {
     pub data: Option<Vec<u8>>,
     /// The first line that is neither empty, a comment nor one of the format's fields
     /// (`data`, `event`, `id`, `retry`): clients skip such lines, so bytes that are not an
-    /// event stream at all (a JSON body, a compressed one) read as a few of them.
+    /// event stream at all (a JSON body, a compressed one) read as a few of them. Or the
+    /// first line other than data that some clients split in two ([`splits_elsewhere`]).
     pub stray: Option<Vec<u8>>,
 }
 
@@ -173,7 +174,10 @@ impl Event {
             let (name, value) = field(line);
             let known =
                 line.is_empty() || matches!(name, b"" | b"data" | b"event" | b"id" | b"retry");
-            if !known && stray.is_none() {
+            // A data line is a JSON message, read strictly: one split inside a string reads
+            // as no message. Any other line goes on as it came.
+            let split = name != b"data" && splits_elsewhere(line);
+            if (!known || split) && stray.is_none() {
                 stray = Some(line.to_vec());
             }
             if name == b"data" && !line.is_empty() {
@@ -192,6 +196,19 @@ impl Event {
             stray,
         }
     }
+}
+
+/// Whether `line` holds a character some clients end a line at besides CR and LF: Python's
+/// `str.splitlines` (httpx's `aiter_lines`, which event-stream readers have been built on)
+/// also splits at VT, FF, FS, GS, RS, NEL, LS and PS, so a comment holding one could hide an
+/// event from the filter and show it to such a client.
+fn splits_elsewhere(line: &[u8]) -> bool {
+    line.iter().enumerate().any(|(i, &b)| match b {
+        0x0b | 0x0c | 0x1c..=0x1e => true,
+        0xc2 => line.get(i + 1) == Some(&0x85),
+        0xe2 => matches!(line.get(i + 1..i + 3), Some([0x80, 0xa8 | 0xa9])),
+        _ => false,
+    })
 }
 
 /// The lines of `raw`, without their ends (CRLF, LF or CR).
