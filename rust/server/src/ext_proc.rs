@@ -265,7 +265,7 @@ enum State {
         upstream_id: Option<Value>,
         caller: Arc<Caller>,
         policy: Arc<CompiledPolicy>,
-        /// Made at the answer's first message (its headers, when the route sends them).
+        /// Made at the answer's first part of the body, whether its headers came or not.
         filter: Option<Box<ListFilter<Visible>>>,
         /// What of the filter's report is already in the statistics: a stream that stays
         /// open (a server's GET stream) is counted answer by answer.
@@ -407,14 +407,7 @@ impl Exchange {
         match &mut self.state {
             State::New => unreachable!("set before the first message is handled"),
             State::Unknown => return Response::ImmediateResponse(no_decision()),
-            State::List {
-                id,
-                upstream_id,
-                caller,
-                policy,
-                filter,
-                ..
-            } => {
+            State::List { .. } => {
                 // What goes to the agent is the filter's event stream, as it is: the server's
                 // length, encoding and media type (with any charset) go. (The deployed routes
                 // skip this message and do the same themselves: [`LIST_ANSWER_TYPE`].)
@@ -423,7 +416,6 @@ impl Exchange {
                 mutation
                     .set_headers
                     .push(set_header("content-type", LIST_ANSWER_TYPE));
-                *filter = Some(list_filter(engine, id, upstream_id, caller, policy));
             }
             State::Call {
                 watcher,
@@ -465,8 +457,8 @@ impl Exchange {
                 filter,
                 counted,
             } => {
-                // Without the headers (the deployed routes skip them: one message fewer), the
-                // route sets the media type and takes off any encoding itself.
+                // The headers may have come or not (the deployed routes skip them: one message
+                // fewer, the route setting the media type and taking off any encoding itself).
                 let filter = filter
                     .get_or_insert_with(|| list_filter(engine, id, upstream_id, caller, policy));
                 let mut out = filter.feed(&body.body, body.end_of_stream);

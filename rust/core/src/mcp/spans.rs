@@ -163,10 +163,8 @@ impl Folded {
                 len: folded.len(),
             };
         }
-        let mut packed = [0u8; 16];
-        packed[..folded.len()].copy_from_slice(folded);
         Folded {
-            bytes: u128::from_le_bytes(packed),
+            bytes: packed(folded),
             len: folded.len(),
         }
     }
@@ -271,9 +269,7 @@ impl<'a> Reader<'a, '_> {
     fn folded(&mut self, key: &str) -> Folded {
         let text = key.as_bytes();
         if text.len() <= 16 {
-            let mut packed = [0u8; 16];
-            packed[..text.len()].copy_from_slice(text);
-            if let Some(bytes) = ascii_lowercase(u128::from_le_bytes(packed)) {
+            if let Some(bytes) = ascii_lowercase(packed(text)) {
                 // Most keys: folded in place, all 16 bytes at once.
                 return Folded {
                     bytes,
@@ -506,6 +502,13 @@ impl<'a> Reader<'a, '_> {
             ),
         }
     }
+}
+
+/// At most 16 bytes in a `u128`, zeros after them.
+fn packed(bytes: &[u8]) -> u128 {
+    let mut packed = [0u8; 16];
+    packed[..bytes.len()].copy_from_slice(bytes);
+    u128::from_le_bytes(packed)
 }
 
 /// 16 bytes packed in a `u128`, each ASCII letter in lower case; `None` if a byte is not
