@@ -14,7 +14,9 @@ swapped:
 - ``authz+proc-sync``: the same with ``observability_mode`` off on ``toolgate.outcomes``: what
   following a call would cost if Envoy waited for toolgate (tools/call only);
 - ``authz+proc-floor``: ``authz+proc`` with its ext_proc streams sent to
-  rust/server/examples/floor.rs, which does nothing with them (tools/call only).
+  rust/server/examples/floor.rs, which does nothing with them, but for answering a list with
+  toolgate's filtered one, unread (``--list-answer``): the same messages and bytes on the
+  wire as toolgate's, without the reading.
 
 Every route goes to the deployed ``mcp`` cluster (HTTP/1.1), served by one more Envoy
 (``--concurrency 1``) answering with constants picked by the request header
@@ -68,11 +70,13 @@ DEPLOYED = {
 AIM_ADDED_P50_US = 100.0
 X, MINUS = h.X, h.MINUS
 CONFIGS = ["plain", "authz", "authz+proc", "authz+proc-sync", "authz+proc-floor"]
-#: Which configs each exchange runs through: the -sync and -floor variants follow tools/call
-#: answers only (the floor filters no list).
-EXCHANGES = {"call": CONFIGS, "list": CONFIGS[:3]}
-#: The configs whose ext_proc is toolgate's (the floor's lets everything through).
+#: Which configs each exchange runs through: the -sync variant differs on tools/call answers
+#: only.
+EXCHANGES = {"call": CONFIGS, "list": [*CONFIGS[:3], "authz+proc-floor"]}
+#: The configs whose ext_proc is toolgate's (the floor's reads nothing).
 FILTERING = ("authz+proc", "authz+proc-sync")
+#: The configs whose agent gets the filtered list: toolgate's, and the floor's copy of it.
+LISTS_FILTERED = (*FILTERING, "authz+proc-floor")
 LOADS = (("single", "one in flight"), ("loaded", "loaded"))
 ANSWER_HEADER = "x-bench-answer"  # the upstream's route: which constant it answers
 #: After the last answer, how long the counters may take to reach what the run must show: an
@@ -316,6 +320,7 @@ class Run(ev.Run):
     answer: int = 0  # bytes each answer must have
     settled: float = 0.0  # s from the last answer until the counters showed what they must
     open: int = 0  # requests Envoy still holds open to the sidecar
+    floor_cpu_us: float = 0.0  # the floor's CPU a request (its configs; set by per_call)
     sidecar: dict = field(default_factory=dict)  # the sidecar's counters, after - before
 
     @property
@@ -377,7 +382,8 @@ def verify(r: Run) -> None:
         problems.append("ext_authz counters moved on the plain config")
     if not r.proc and any(k.startswith("http.mcp.ext_proc.") for k in d):
         problems.append("ext_proc counters moved without ext_proc")
-    filtered = r.proc and r.exchange == "list"
+    # toolgate filters the list through its ext_proc configs (the floor only copies it).
+    filtered = r.proc and r.exchange == "list" and not r.name.endswith("-floor")
     hidden = len(TOOLS) - len(VISIBLE)
     sidecar_want = {
         'toolgate_tool_lists_total{result="filtered"}': n if filtered else 0,
@@ -395,15 +401,19 @@ def verify(r: Run) -> None:
 def run_h2load(
     envoy: h.Server, toolgate: h.Server, upstream: h.Server, body: Path, run: Run,
     workdir: Path, args, request_headers: tuple[str, ...] | None = None,
+    floor: h.Server | None = None,
 ) -> Run:  # fmt: skip
     """One h2load run through Envoy, checked (``verify``) once the counters settle; the
-    request's headers are ``headers(run.exchange)`` unless given."""
+    request's headers are ``headers(run.exchange)`` unless given; ``floor``, if given, is
+    watched too."""
     url = f"http://127.0.0.1:{envoy.port}/mcp"
     call = run.counts and run.exchange == "call"
     idle(envoy)
     s0, m0 = envoy_stats(envoy), sidecar_counts(toolgate.metrics_port)
     c0 = ev.counted(toolgate) if call else None
     servers = {"envoy": envoy, "toolgate": toolgate, "upstream": upstream}
+    if floor:
+        servers["floor"] = floor
     h.h2load(run, url, body, workdir, servers, args, request_headers or headers(run.exchange))
     # An observability-mode stream ends after its answer went out: read the counters until
     # they show what they must, or SETTLE has passed (then the run fails its checks).
@@ -463,10 +473,10 @@ def probe(name: str, envoy: h.Server) -> tuple[str, dict[str, bytes]]:
     status, _, listed = exchange(envoy, "list")
     result = ev.message(listed).get("result", {})
     names = [t["name"] for t in result.get("tools", [])]
-    want = VISIBLE if name in FILTERING else [t["name"] for t in TOOLS]
+    want = VISIBLE if name in LISTS_FILTERED else [t["name"] for t in TOOLS]
     if status != 200 or names != want:
         raise RuntimeError(f"{name}: tools/list answered {status} with {len(names)} tools")
-    if name not in FILTERING and listed != LIST_ANSWER:
+    if name not in LISTS_FILTERED and listed != LIST_ANSWER:
         raise RuntimeError(f"{name}: the tools/list answer was changed without toolgate")
     marks = {k: v for k, v in result.items() if k != "tools"}
     shown = f"tools/call 200 `x-toolgate-code: {ours['x-toolgate-code']}`" if authz else ""
@@ -556,8 +566,10 @@ def report(args, runs: list[Run], probes: list[str], sizes: dict, elapsed: float
         "tools/call answer; not deployed), `authz+proc-floor` the same config with its ext_proc "
         "streams sent to a server on toolgate's stack that does nothing with them "
         "(rust/server/examples/floor.rs: it ends each stream after the answer's first part; "
-        "what any ext_proc server costs Envoy here). Upstream: the deployed `mcp` cluster "
-        "(HTTP/1.1) on one more Envoy (`--concurrency 1`) answering constants: a "
+        "what any ext_proc server costs Envoy here), but for answering a tools/list with "
+        "toolgate's filtered list, unread (`--list-answer`: the same messages and bytes as "
+        "toolgate's; the floor of filtering a list through ext_proc). Upstream: the deployed "
+        "`mcp` cluster (HTTP/1.1) on one more Envoy (`--concurrency 1`) answering constants: a "
         f"{len(CALL_ANSWER)}-byte tools/call result, or a {len(LIST_ANSWER):,}-byte tools/list "
         f"of {len(TOOLS)} tools, {hidden} of which the caller may not see (`delete_*` hidden, "
         f"`create_*` denied by default), so through ext_proc {len(sizes['list']):,} bytes. "
@@ -580,6 +592,7 @@ def report(args, runs: list[Run], probes: list[str], sizes: dict, elapsed: float
                 ("rps", "req/s"),
                 ("envoy_cpu_us", "Envoy CPU / req"),
                 ("toolgate_cpu_us", "toolgate CPU / req"),
+                ("floor_cpu_us", "floor CPU / req"),
             ):
                 cells, adds = [], []
                 for name in CONFIGS:
@@ -620,6 +633,14 @@ def report(args, runs: list[Run], probes: list[str], sizes: dict, elapsed: float
     def at(ex, name, load):
         return h.fmt_added(statistics.median(added(ex, load, name, "authz", "p50")))
 
+    def cpu(ex, name, load, attr):
+        return f"{statistics.median(added(ex, load, name, 'authz', attr)):+.0f} µs".replace(
+            "-", MINUS
+        )
+
+    def floor_cpu(ex, load):
+        return f"{med(ex, load, 'authz+proc-floor', 'floor_cpu_us'):.0f} µs"
+
     lines += [
         "",
         f"ext_proc added at p50 to a tools/call over ext_authz alone (aim ≤ "
@@ -631,7 +652,15 @@ def report(args, runs: list[Run], probes: list[str], sizes: dict, elapsed: float
         f"{at('call', 'authz+proc-sync', 'single')} one in flight, "
         f"{at('call', 'authz+proc-sync', 'loaded')} loaded. Filtering a tools/list of "
         f"{len(TOOLS)} tools: {at('list', 'authz+proc', 'single')} one in flight, "
-        f"{at('list', 'authz+proc', 'loaded')} loaded.",
+        f"{at('list', 'authz+proc', 'loaded')} loaded, with "
+        f"{cpu('list', 'authz+proc', 'single', 'toolgate_cpu_us')} of toolgate's CPU a list "
+        f"({cpu('list', 'authz+proc', 'loaded', 'toolgate_cpu_us')} loaded); the floor "
+        "answering it with the same filtered bytes, unread: "
+        f"{at('list', 'authz+proc-floor', 'single')} one in flight, "
+        f"{at('list', 'authz+proc-floor', 'loaded')} loaded, with {floor_cpu('list', 'single')} "
+        f"of the floor's CPU a list ({floor_cpu('list', 'loaded')} loaded) and Envoy's "
+        f"{cpu('list', 'authz+proc-floor', 'single', 'envoy_cpu_us')} "
+        f"(toolgate's config {cpu('list', 'authz+proc', 'single', 'envoy_cpu_us')}).",
         "",
         "Checks: by hand (HTTP/1.1) before the runs: "
         + "; ".join(probes)
@@ -776,7 +805,6 @@ def main() -> int:
         servers["toolgate"] = tg = sidecar(bench_policy(workdir), workdir, args.sidecar_arg)
         fport = h.free_port()
         floor_cmd = [str(h.FLOOR_BIN), "--listen", f"127.0.0.1:{fport}", *args.sidecar_arg]
-        servers["floor"] = h.start_grpc("floor", floor_cmd, fport, workdir)
         uport, uadmin = h.free_port(), h.free_port()
         path = workdir / "upstream.json"
         path.write_text(json.dumps(upstream_config(uport, uadmin), indent=1))
@@ -791,6 +819,13 @@ def main() -> int:
             servers[name] = ev.start(name, path, admin, workdir, port=port)
         probes, answers = [], {}
         for name in CONFIGS:
+            if name == "authz+proc-floor":
+                # The floor answers a list with toolgate's filtered one (probed just before):
+                # the same bytes on the wire.
+                listed = workdir / "filtered-list"
+                listed.write_bytes(answers["authz+proc"]["list"])
+                cmd = [*floor_cmd, "--list-answer", str(listed)]
+                servers["floor"] = h.start_grpc("floor", cmd, fport, workdir)
             shown, answers[name] = probe(name, servers[name])
             probes.append(f"{name}: {shown}")
         probes.append(f"`rm -rf /`, authz+proc: {ev.deny_probe(servers['authz+proc'])}")
@@ -809,15 +844,18 @@ def main() -> int:
                     for name in h.rotated(configs, i):
                         r = Run(name, load, i, c, m, n, exchange=ex)
                         r.answer = len(answers[name][ex])
+                        floor = servers["floor"] if name == "authz+proc-floor" else None
                         run_h2load(
-                            servers[name], tg, servers["upstream"], bodies[ex], r, workdir, args
-                        )
+                            servers[name], tg, servers["upstream"], bodies[ex], r, workdir, args,
+                            floor=floor,
+                        )  # fmt: skip
                         runs.append(r)
                         print(
                             f"{ex:4} {load:6} {name:15} run {i}: {r.rps:8,.0f} req/s  p50 "
                             f"{h.fmt_us(r.p50):>8}  p99 {h.fmt_us(r.p99):>8}  envoy "
                             f"{r.envoy_cpu_us:4.0f} µs  toolgate {r.toolgate_cpu_us:4.0f} µs  "
-                            f"upstream {r.upstream_cpu_us:4.0f} µs  busy "
+                            f"upstream {r.upstream_cpu_us:4.0f} µs  floor "
+                            f"{r.floor_cpu_us:4.0f} µs  busy "
                             f"{r.quiet_before:.2f}  steal {r.steal_cores:.2f}  settled "
                             f"{r.settled:.1f} s  "
                             f"{'; '.join(r.problems) or 'ok'}",

@@ -15,20 +15,27 @@
 //! `--response FILE`: a serialized `DecideResponse` to answer (the benchmark passes the
 //! sidecar's own answer to its request, so the bytes on the wire match); default, an ALLOW
 //! with one limit state shaped like it. `--check-response FILE`: a serialized
-//! `CheckResponse` to answer `Check` with (default: OK, nothing else). Runs until killed.
+//! `CheckResponse` to answer `Check` with (default: OK, nothing else). `--list-answer FILE`:
+//! an answer's body is replaced with the file's bytes (its last part carries them, the parts
+//! before it are emptied), as a list filter sends back its answer: the benchmark passes
+//! toolgate's own filtered list, so the bytes on the wire match (default: let through).
+//! Runs until killed.
 //!
 //! It allocates with mimalloc, as the sidecar's extension does, so the two differ only in
 //! what the sidecar does per call.
 
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
+use envoy_types::pb::envoy::service::ext_proc::v3::body_mutation::Mutation;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Part;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as Reply;
 use envoy_types::pb::envoy::service::ext_proc::v3::{
-    BodyResponse, HeadersResponse, ProcessingRequest, ProcessingResponse, TrailersResponse,
+    BodyMutation, BodyResponse, CommonResponse, HeadersResponse, ProcessingRequest,
+    ProcessingResponse, TrailersResponse,
 };
 use prost::Message;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
@@ -82,7 +89,10 @@ impl Authorization for CheckFloor {
     }
 }
 
-struct ProcessFloor;
+struct ProcessFloor {
+    /// What every answer's body is replaced with, if anything.
+    list_answer: Option<Arc<[u8]>>,
+}
 
 #[tonic::async_trait]
 impl ExternalProcessor for ProcessFloor {
@@ -94,16 +104,39 @@ impl ExternalProcessor for ProcessFloor {
     ) -> Result<Response<Replies>, Status> {
         Ok(Response::new(Replies {
             messages: request.into_inner(),
+            list_answer: self.list_answer.clone(),
             done: false,
         }))
     }
 }
 
-/// Lets every message through unchanged, and ends the stream after the answer's first part
-/// of body (or headers with nothing after them): the least an ext_proc server can do.
+/// Lets every message through unchanged (or replaces the answer's body with `list_answer`),
+/// and ends the stream after the answer's first part of body (its last, when replacing it),
+/// or headers with nothing after them: the least an ext_proc server can do.
 struct Replies {
     messages: Streaming<ProcessingRequest>,
+    list_answer: Option<Arc<[u8]>>,
     done: bool,
+}
+
+impl Replies {
+    /// The reply to one part of the answer's body.
+    fn answer_body(&mut self, end_of_stream: bool) -> BodyResponse {
+        let Some(answer) = &self.list_answer else {
+            self.done = true;
+            return BodyResponse::default();
+        };
+        self.done = end_of_stream;
+        let body = if end_of_stream { answer.to_vec() } else { Vec::new() };
+        BodyResponse {
+            response: Some(CommonResponse {
+                body_mutation: Some(BodyMutation {
+                    mutation: Some(Mutation::Body(body)),
+                }),
+                ..Default::default()
+            }),
+        }
+    }
 }
 
 impl Stream for Replies {
@@ -124,10 +157,7 @@ impl Stream for Replies {
                     self.done = h.end_of_stream;
                     Reply::ResponseHeaders(HeadersResponse::default())
                 }
-                Some(Part::ResponseBody(_)) => {
-                    self.done = true;
-                    Reply::ResponseBody(BodyResponse::default())
-                }
+                Some(Part::ResponseBody(b)) => Reply::ResponseBody(self.answer_body(b.end_of_stream)),
                 Some(Part::RequestHeaders(_)) => Reply::RequestHeaders(HeadersResponse::default()),
                 Some(Part::RequestBody(_)) => Reply::RequestBody(BodyResponse::default()),
                 Some(Part::RequestTrailers(_)) => {
@@ -174,6 +204,7 @@ struct Args {
     threads: usize,
     answer: DecideResponse,
     check_answer: CheckResponse,
+    list_answer: Option<Arc<[u8]>>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -181,6 +212,7 @@ fn parse_args() -> Result<Args, String> {
     let mut threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut answer = default_answer();
     let mut check_answer = CheckResponse::default();
+    let mut list_answer = None;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or(format!("{flag} needs a value"));
@@ -199,6 +231,11 @@ fn parse_args() -> Result<Args, String> {
                 check_answer = CheckResponse::decode(bytes.as_slice())
                     .map_err(|e| format!("{path}: not a CheckResponse: {e}"))?;
             }
+            "--list-answer" => {
+                let path = value()?;
+                let bytes = std::fs::read(&path).map_err(|e| format!("{path}: {e}"))?;
+                list_answer = Some(Arc::from(bytes));
+            }
             _ => return Err(format!("unknown argument {flag:?}")),
         }
     }
@@ -210,6 +247,7 @@ fn parse_args() -> Result<Args, String> {
         threads,
         answer,
         check_answer,
+        list_answer,
     })
 }
 
@@ -218,7 +256,7 @@ fn main() {
         eprintln!("floor: {e}");
         eprintln!(
             "usage: floor [--listen HOST:PORT] [--threads N] [--response FILE] \
-             [--check-response FILE]"
+             [--check-response FILE] [--list-answer FILE]"
         );
         std::process::exit(2);
     });
@@ -229,7 +267,9 @@ fn main() {
         .add_service(AuthorizationServer::new(CheckFloor {
             answer: args.check_answer,
         }))
-        .add_service(ExternalProcessorServer::new(ProcessFloor));
+        .add_service(ExternalProcessorServer::new(ProcessFloor {
+            list_answer: args.list_answer,
+        }));
     let result: Result<(), String> = Bound::tcp(args.listen).and_then(|bound| {
         let address = bound.address()?;
         let serving = Serving::start(bound, args.threads, move |incoming, signal| {
