@@ -127,7 +127,11 @@ impl Replies {
             return BodyResponse::default();
         };
         self.done = end_of_stream;
-        let body = if end_of_stream { answer.to_vec() } else { Vec::new() };
+        let body = if end_of_stream {
+            answer.to_vec()
+        } else {
+            Vec::new()
+        };
         BodyResponse {
             response: Some(CommonResponse {
                 body_mutation: Some(BodyMutation {
@@ -157,7 +161,9 @@ impl Stream for Replies {
                     self.done = h.end_of_stream;
                     Reply::ResponseHeaders(HeadersResponse::default())
                 }
-                Some(Part::ResponseBody(b)) => Reply::ResponseBody(self.answer_body(b.end_of_stream)),
+                Some(Part::ResponseBody(b)) => {
+                    Reply::ResponseBody(self.answer_body(b.end_of_stream))
+                }
                 Some(Part::RequestHeaders(_)) => Reply::RequestHeaders(HeadersResponse::default()),
                 Some(Part::RequestBody(_)) => Reply::RequestBody(BodyResponse::default()),
                 Some(Part::RequestTrailers(_)) => {
