@@ -79,6 +79,10 @@ class RawGrpc:
         """Send the call's one message and end the request."""
         self.sock.sendall(DataFrame(stream, frame(message), flags=["END_STREAM"]).serialize())
 
+    def send_bytes(self, stream: int, data: bytes) -> None:
+        """Send ``data`` on the call as it is (part of a message, say), the request left open."""
+        self.sock.sendall(DataFrame(stream, data).serialize())
+
     def ping(self) -> None:
         """Return once the server has acknowledged a PING: frames are read in order, so by
         then it has read every frame sent before it (a call's headers: the call is open)."""

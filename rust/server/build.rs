@@ -2,12 +2,15 @@
 //! ExtMCP messages and `ExtMcp` service, from their schemas in proto/ (protox: no protoc
 //! needed), keeping their descriptors for server reflection; and servers for Envoy's
 //! `Authorization`, `ExternalProcessor` and `RateLimitService` over envoy-types' messages.
-//! Every service decodes requests with `crate::codec::ProstCodec`.
+//! Every service decodes requests with `crate::codec::ProstCodec` (ext_proc's streams with its
+//! `StreamCodec`).
 
 use prost::Message;
 use tonic_build::manual::{Method, Service};
 
 const CODEC: &str = "crate::codec::ProstCodec";
+/// For ext_proc's streams, which stay open (a `GET` stream for as long as its session).
+const STREAM_CODEC: &str = "crate::codec::StreamCodec";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
@@ -61,7 +64,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .route_name("Process")
                     .input_type(format!("{envoy}::ext_proc::v3::ProcessingRequest"))
                     .output_type(format!("{envoy}::ext_proc::v3::ProcessingResponse"))
-                    .codec_path(CODEC)
+                    .codec_path(STREAM_CODEC)
                     .client_streaming()
                     .server_streaming()
                     .build(),

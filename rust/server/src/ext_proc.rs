@@ -12,6 +12,7 @@
 //!   sent), which the Envoy config routes on, so that processing is turned on only for the
 //!   exchanges that need it and everything else pays nothing.
 
+use crate::held::HeldBytes;
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{
     HeaderMap, HeaderValue, HeaderValueOption, Metadata,
@@ -28,7 +29,6 @@ use envoy_types::pb::google::protobuf::value::Kind;
 use envoy_types::pb::google::protobuf::{Struct, Value as ProtoValue};
 use serde_json::Value;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use toolgate_core::compile::CompiledPolicy;
 use toolgate_core::listed::ListedTool;
@@ -184,56 +184,15 @@ fn read_metadata(metadata: Option<&Metadata>) -> Option<(Follow, Caller)> {
 
 type Visible = Box<dyn FnMut(&str, &ListedTool<'_>) -> Visibility + Send>;
 
-/// The bytes all exchanges hold between messages (a list's message or event not yet whole,
-/// a call's answer read so far), against one limit for the server: each may hold a message
-/// of up to 16 MiB and Envoy keeps up to 20,000 streams open (a `GET` stream per session),
-/// so without it servers that never end their events could take all memory. An exchange
-/// that would go over stops reading: a list is refused, a call counts as run.
-pub struct HeldBytes {
-    total: AtomicUsize,
-    limit: usize,
-}
-
-impl HeldBytes {
-    /// Room for three of the largest messages at once: with what the allocator keeps beside
-    /// them (up to about twice) and the work of reading one, inside the sidecar's 256 MiB.
-    pub const LIMIT: usize = 48 << 20;
-
-    pub fn new(limit: usize) -> Arc<HeldBytes> {
-        Arc::new(HeldBytes {
-            total: AtomicUsize::new(0),
-            limit,
-        })
-    }
-
-    pub fn total(&self) -> usize {
-        self.total.load(Ordering::Relaxed)
-    }
-
-    /// One exchange, which held `held` bytes, now holds `now`: false if that takes the total
-    /// over the limit (counted all the same: the exchange gives up and holds nothing then).
-    fn hold(&self, held: &mut usize, now: usize) -> bool {
-        // Most parts change nothing (an answer read whole): the shared count is only read.
-        if now == *held {
-            return self.total() <= self.limit;
-        }
-        let within = if now > *held {
-            let more = now - *held;
-            self.total.fetch_add(more, Ordering::Relaxed) + more <= self.limit
-        } else {
-            self.total.fetch_sub(*held - now, Ordering::Relaxed);
-            true
-        };
-        *held = now;
-        within
-    }
-}
-
 /// One exchange's answer, followed message by message.
 pub struct Exchange {
     state: State,
     /// The answer's last message has been handled: the stream has nothing more to carry.
     finished: bool,
+    /// The sidecar's budget ([`HeldBytes`], which also charges each stream what the gRPC
+    /// layer keeps for it), here for what the exchange itself holds: a list's message or
+    /// event not yet whole, or a call's answer read so far (up to 16 MiB each). An exchange
+    /// that would go over stops reading: a list is refused, a call counts as run.
     budget: Arc<HeldBytes>,
     /// What this exchange holds of the budget.
     held: usize,

@@ -11,7 +11,8 @@
 use crate::authz;
 use crate::decider::{self, pb};
 use crate::ext_mcp::{self, ExtMcpConfig};
-use crate::ext_proc::{Exchange, HeldBytes};
+use crate::ext_proc::Exchange;
+use crate::held::HeldBytes;
 use crate::ratelimit;
 use crate::subject::AuthzConfig;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};

@@ -15,6 +15,7 @@ pub mod decider;
 pub mod ext_mcp;
 pub mod ext_proc;
 pub mod grpc;
+pub mod held;
 pub mod native;
 pub mod ratelimit;
 pub mod sidecar;

@@ -10,7 +10,6 @@
 use crate::connection::{Bound, Serving};
 use crate::decider::{self, pb::decider_server::DeciderServer};
 use crate::ext_mcp::{self, pb::ext_mcp_server::ExtMcpServer, ExtMcpConfig};
-use crate::ext_proc::HeldBytes;
 use crate::grpc::envoy::authorization_server::AuthorizationServer;
 use crate::grpc::envoy::external_processor_server::ExternalProcessorServer;
 use crate::grpc::envoy::rate_limit_service_server::RateLimitServiceServer;
@@ -18,6 +17,7 @@ use crate::grpc::{
     AnswerStatus, AuthorizationService, DeciderService, ExtMcpService, ExternalProcessorService,
     RateLimiter, StampArrival, SERVICES,
 };
+use crate::held::{HeldBytes, HoldCalls};
 use crate::subject::AuthzConfig;
 use prost::Message;
 use prost_types::FileDescriptorSet;
@@ -106,7 +106,10 @@ impl Server {
             .map_err(|e| format!("cannot build server reflection: {e}"))?;
         let (health, health_service) = tonic_health::server::health_reporter();
         let max = config.max_message_bytes;
+        // One budget for all that calls hold: the gRPC layer's buffers, unfinished answers.
+        let held = HeldBytes::new(HeldBytes::LIMIT);
         let router = tonic::transport::Server::builder()
+            .layer(tower::layer::layer_fn(HoldCalls::layer(&held)))
             .layer(tower::layer::layer_fn(StampArrival))
             .layer(tower::layer::layer_fn({
                 let engine = engine.clone();
@@ -135,7 +138,7 @@ impl Server {
             .add_service(
                 ExternalProcessorServer::new(ExternalProcessorService {
                     engine: engine.clone(),
-                    held: HeldBytes::new(HeldBytes::LIMIT),
+                    held,
                 })
                 .max_decoding_message_size(max),
             )

@@ -549,7 +549,7 @@ fn without_headers_the_status_comes_as_an_attribute_of_the_body() {
 
 #[test]
 fn streams_hold_unfinished_answers_within_one_budget() {
-    use toolgate_server::ext_proc::HeldBytes;
+    use toolgate_server::held::HeldBytes;
     let e = engine(list_policy());
     let budget = HeldBytes::new(4 << 20);
     let open = |id: Option<Value>| {

@@ -1,0 +1,469 @@
+//! What the sidecar holds for its callers, against one limit ([`HeldBytes`]): every call's
+//! share of the gRPC layer's buffers ([`HoldCalls`]) and, for ext_proc streams, the answers
+//! not yet whole ([`crate::ext_proc`]).
+//!
+//! tonic keeps, for each call while it is open, a buffer as large as the largest message it
+//! has been sent (it reserves a message's declared length as soon as its 5-byte header
+//! arrives) and one as large as the largest it has answered; neither shrinks. A client that
+//! opens many calls, or sends large or half-sent messages and keeps them open, would so take
+//! the sidecar's memory without limit. Each call is charged a fixed share for being open,
+//! plus its largest message each way; a call that would take the total over the limit is
+//! ended with `RESOURCE_EXHAUSTED`, which frees what it held. Past the limit the sidecar
+//! refuses calls (failing closed) rather than growing.
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tonic::body::Body;
+use tonic::Status;
+
+/// The bytes held for callers, against one limit for the server. A holder of at most
+/// [`HeldBytes::SMALL`] (an open call with small messages: every Check, decision and list
+/// request) may go past it into [`HeldBytes::HEADROOM`], so that callers holding large
+/// messages, who can fill the limit, do not keep the small calls out.
+pub struct HeldBytes {
+    total: AtomicUsize,
+    limit: usize,
+}
+
+impl HeldBytes {
+    /// Within the sidecar's 256 MiB with what the allocator keeps beside it: the idle
+    /// process (about 40 MiB), and the streams Envoy may keep open (up to 20,000 `GET`
+    /// streams at [`CALL_BYTES`] each) with three of the largest messages.
+    pub const LIMIT: usize = 128 << 20;
+    /// Room past the limit for small holders only.
+    pub const HEADROOM: usize = 32 << 20;
+    /// The most a small holder holds.
+    pub const SMALL: usize = 64 << 10;
+
+    pub fn new(limit: usize) -> Arc<HeldBytes> {
+        Arc::new(HeldBytes {
+            total: AtomicUsize::new(0),
+            limit,
+        })
+    }
+
+    pub fn total(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// One holder, which held `held` bytes, now holds `now`: false if that takes the total
+    /// over the limit (the headroom's end for a small holder); counted all the same: the
+    /// holder gives up and holds less then.
+    pub fn hold(&self, held: &mut usize, now: usize) -> bool {
+        let limit = self.limit_for(now);
+        // Most changes are none (an answer read whole): the shared count is only read.
+        if now == *held {
+            return self.total() <= limit;
+        }
+        let within = if now > *held {
+            let more = now - *held;
+            self.total.fetch_add(more, Ordering::Relaxed) + more <= limit
+        } else {
+            self.total.fetch_sub(*held - now, Ordering::Relaxed);
+            true
+        };
+        *held = now;
+        within
+    }
+
+    fn limit_for(&self, holding: usize) -> usize {
+        if holding <= Self::SMALL {
+            self.limit + Self::HEADROOM
+        } else {
+            self.limit
+        }
+    }
+}
+
+/// What an open call holds besides its messages, measured: an ext_proc stream that has been
+/// sent one small message takes about this much of the sidecar's memory (tonic's two
+/// buffers at their starting size, hyper's and h2's state for the stream, the handler).
+pub const CALL_BYTES: usize = 6 << 10;
+
+/// Messages up to this size stay within a call's buffers as they start out (1 KiB for a
+/// stream, 8 KiB for a unary call): [`CALL_BYTES`] has them.
+const IN_SHARE: usize = 1 << 10;
+
+/// A tower layer over every call: its request and response bodies charged to [`HeldBytes`].
+/// The budget is borrowed for the process's life, not counted: tonic clones the layer for
+/// every call, and a count shared by the serving threads would be two more atomic writes a
+/// call (see [`HoldCalls::new`]).
+#[derive(Clone)]
+pub struct HoldCalls<S> {
+    inner: S,
+    held: &'static HeldBytes,
+}
+
+impl<S> HoldCalls<S> {
+    /// Keeps one reference to `held` for the rest of the process (a few bytes per server).
+    pub fn layer(held: &Arc<HeldBytes>) -> impl Fn(S) -> HoldCalls<S> + Clone {
+        let held: &'static HeldBytes = Box::leak(Box::new(Arc::clone(held)));
+        move |inner| HoldCalls { inner, held }
+    }
+}
+
+impl<S> tower::Service<http::Request<Body>> for HoldCalls<S>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Held<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        // Only a stream's answers grow the buffer of a call that stays open: a unary answer is
+        // one small message, gone with its call.
+        let held = self.held;
+        let answers = request.uri().path().starts_with(STREAMING).then_some(held);
+        let request = request.map(|body| Body::new(Charged::new(body, held, CALL_BYTES)));
+        Held {
+            answers,
+            inner: self.inner.call(request),
+        }
+    }
+}
+
+/// The service whose calls are streams that stay open (ext_proc's `Process`).
+const STREAMING: &str = "/envoy.service.ext_proc.v3.ExternalProcessor/";
+
+pin_project_lite::pin_project! {
+    /// The answer of [`HoldCalls`]'s inner service: a stream's body charged too.
+    pub struct Held<F> {
+        answers: Option<&'static HeldBytes>,
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F, E> std::future::Future for Held<F>
+where
+    F: std::future::Future<Output = Result<http::Response<Body>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let answer = std::task::ready!(this.inner.poll(cx));
+        let Some(held) = this.answers.take() else {
+            return Poll::Ready(answer);
+        };
+        Poll::Ready(
+            answer.map(|response| response.map(|body| Body::new(Charged::new(body, held, 0)))),
+        )
+    }
+}
+
+/// One body of a call, charged its fixed share and its largest message.
+struct Charged {
+    inner: Body,
+    held: &'static HeldBytes,
+    /// What this body holds of the budget.
+    holding: usize,
+    fixed: usize,
+    frames: Framing,
+    standing: Standing,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    Within,
+    /// Over the limit, the error not given yet.
+    Refused,
+    /// The error given: nothing more is read.
+    Ended,
+}
+
+impl Charged {
+    fn new(inner: Body, held: &'static HeldBytes, fixed: usize) -> Charged {
+        let mut holding = 0;
+        let standing = if fixed > 0 && !held.hold(&mut holding, fixed) {
+            held.hold(&mut holding, 0);
+            Standing::Refused
+        } else {
+            Standing::Within
+        };
+        Charged {
+            inner,
+            held,
+            holding,
+            fixed,
+            frames: Framing::default(),
+            standing,
+        }
+    }
+}
+
+impl Drop for Charged {
+    fn drop(&mut self) {
+        self.held.hold(&mut self.holding, 0);
+    }
+}
+
+fn exhausted() -> Status {
+    Status::resource_exhausted(
+        "the sidecar holds as much for its callers as it may: try again later",
+    )
+}
+
+impl http_body::Body for Charged {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = &mut *self;
+        match this.standing {
+            Standing::Within => {}
+            Standing::Refused => {
+                this.standing = Standing::Ended;
+                return Poll::Ready(Some(Err(exhausted())));
+            }
+            Standing::Ended => return Poll::Ready(None),
+        }
+        let frame = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        if let Some(data) = frame.as_ref().and_then(|f| f.as_ref().ok()?.data_ref()) {
+            this.frames.read(data);
+            let now = this.fixed + this.frames.largest.saturating_sub(IN_SHARE);
+            if now > this.holding && !this.held.hold(&mut this.holding, now) {
+                // Ending the call frees what tonic holds for it.
+                this.held.hold(&mut this.holding, 0);
+                this.standing = Standing::Ended;
+                return Poll::Ready(Some(Err(exhausted())));
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.standing == Standing::Ended || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Where a reader is in gRPC's framing (each message a flag byte, a 4-byte big-endian
+/// length, then that many bytes), and the largest length declared so far.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Framing {
+    header: [u8; 5],
+    /// Bytes of the current header read (0 to 5).
+    in_header: usize,
+    /// Bytes of the current message still to come.
+    remaining: usize,
+    largest: usize,
+}
+
+impl Framing {
+    /// Read the next bytes of the stream: headers are read, messages skipped.
+    fn read(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.remaining > 0 {
+                let skip = self.remaining.min(data.len());
+                self.remaining -= skip;
+                data = &data[skip..];
+                continue;
+            }
+            let take = (5 - self.in_header).min(data.len());
+            self.header[self.in_header..self.in_header + take].copy_from_slice(&data[..take]);
+            self.in_header += take;
+            data = &data[take..];
+            if self.in_header == 5 {
+                let len = u32::from_be_bytes([
+                    self.header[1],
+                    self.header[2],
+                    self.header[3],
+                    self.header[4],
+                ]) as usize;
+                self.largest = self.largest.max(len);
+                self.remaining = len;
+                self.in_header = 0;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body::Body as _;
+    use proptest::prelude::*;
+
+    fn framed(messages: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for m in messages {
+            out.push(0);
+            out.extend_from_slice(&(m.len() as u32).to_be_bytes());
+            out.extend_from_slice(m);
+        }
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn the_largest_message_is_found_however_the_bytes_are_split(
+            sizes in proptest::collection::vec(0usize..3000, 1..12),
+            cuts in proptest::collection::vec(0usize..40_000, 0..30),
+        ) {
+            let messages: Vec<Vec<u8>> = sizes.iter().map(|n| vec![7u8; *n]).collect();
+            let bytes = framed(&messages);
+            let mut at: Vec<usize> = cuts.into_iter().map(|c| c % (bytes.len() + 1)).collect();
+            at.extend([0, bytes.len()]);
+            at.sort_unstable();
+            let mut framing = Framing::default();
+            for pair in at.windows(2) {
+                framing.read(&bytes[pair[0]..pair[1]]);
+            }
+            prop_assert_eq!(framing.largest, *sizes.iter().max().unwrap());
+            // Between messages: nothing pending.
+            prop_assert_eq!((framing.in_header, framing.remaining), (0, 0));
+        }
+    }
+
+    /// A request body of the given frames.
+    struct Frames(std::collections::VecDeque<Bytes>);
+
+    impl http_body::Body for Frames {
+        type Data = Bytes;
+        type Error = Status;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+            Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    fn charged(frames: Vec<Vec<u8>>, budget: &'static HeldBytes) -> Charged {
+        let frames = Frames(frames.into_iter().map(Bytes::from).collect());
+        Charged::new(Body::new(frames), budget, CALL_BYTES)
+    }
+
+    fn leaked(budget: Arc<HeldBytes>) -> &'static HeldBytes {
+        Box::leak(Box::new(budget))
+    }
+
+    fn next(body: &mut Charged) -> Option<Result<Frame<Bytes>, Status>> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match Pin::new(body).poll_frame(&mut cx) {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => unreachable!("the test body is always ready"),
+        }
+    }
+
+    #[test]
+    fn a_call_holds_its_largest_message_while_open_and_is_refused_past_the_limit() {
+        let budget = leaked(HeldBytes::new(1 << 20));
+        let bytes = framed(&[vec![1; 1000], vec![2; 300_000], vec![3; 10]]);
+        let (first, rest) = bytes.split_at(700);
+        let mut body = charged(vec![first.to_vec(), rest.to_vec()], budget);
+        assert_eq!(budget.total(), CALL_BYTES, "an open call holds its share");
+        while let Some(frame) = next(&mut body) {
+            assert!(frame.is_ok());
+        }
+        assert_eq!(budget.total(), CALL_BYTES + 300_000 - IN_SHARE);
+        drop(body);
+        assert_eq!(budget.total(), 0, "given back when the call ends");
+
+        // Declared past the limit: refused as the header arrives, holding nothing after.
+        let mut big = charged(vec![vec![0, 0, 0x20, 0, 0, 9]], budget);
+        let refused = next(&mut big).unwrap().unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(budget.total(), 0);
+        assert!(next(&mut big).is_none());
+
+        // A call opened while the budget is full is refused before anything is read.
+        let full = leaked(HeldBytes::new(1 << 20));
+        let mut holders = vec![0; 1 + HeldBytes::HEADROOM / HeldBytes::SMALL];
+        assert!(full.hold(&mut holders[0], 1 << 20));
+        for held in &mut holders[1..] {
+            assert!(full.hold(held, HeldBytes::SMALL));
+        }
+        let mut late = charged(vec![framed(&[vec![1]])], full);
+        assert_eq!(
+            next(&mut late).unwrap().unwrap_err().code(),
+            tonic::Code::ResourceExhausted
+        );
+        assert!(next(&mut late).is_none());
+        drop(late);
+        for held in &mut holders {
+            full.hold(held, 0);
+        }
+        assert_eq!(full.total(), 0);
+    }
+
+    proptest! {
+        #[test]
+        fn the_total_stays_within_the_limit_however_calls_come_and_go(
+            steps in proptest::collection::vec((0usize..64, 0usize..(300 << 10)), 1..400),
+        ) {
+            // Holders growing and giving back in any order, past the limit: a charge let in
+            // leaves the total within its limit (the headroom's end for a small holder), a
+            // refused one is given back at once, and all comes back to nothing.
+            let budget = HeldBytes::new(1 << 20);
+            let mut holders = vec![0usize; 64];
+            for (holder, size) in steps {
+                let wanted = if size % 3 == 0 { 0 } else { size };
+                let grew = wanted > holders[holder];
+                let within = budget.hold(&mut holders[holder], wanted);
+                if within && grew {
+                    prop_assert!(budget.total() <= budget.limit_for(wanted));
+                }
+                let ceiling = (1 << 20) + HeldBytes::HEADROOM + wanted;
+                prop_assert!(budget.total() <= ceiling, "{} > {ceiling}", budget.total());
+                if !within {
+                    budget.hold(&mut holders[holder], 0);
+                }
+            }
+            for held in &mut holders {
+                budget.hold(held, 0);
+            }
+            prop_assert_eq!(budget.total(), 0);
+        }
+    }
+
+    #[test]
+    fn a_declared_length_counts_before_its_bytes_come() {
+        // tonic reserves a message's length when its header arrives.
+        let mut framing = Framing::default();
+        framing.read(&[0, 0, 0x40, 0, 0]);
+        assert_eq!(framing.largest, 4 << 20);
+        framing.read(&[1, 2, 3]);
+        assert_eq!(framing.remaining, (4 << 20) - 3);
+    }
+
+    #[test]
+    fn large_holders_stop_at_the_limit_and_small_ones_at_the_headroom() {
+        const MIB: usize = 1 << 20;
+        let budget = HeldBytes::new(4 * MIB);
+        let (mut a, mut b) = (0, 0);
+        assert!(budget.hold(&mut a, 3 * MIB));
+        assert!(!budget.hold(&mut b, 2 * MIB), "5 MiB > 4 MiB");
+        assert!(budget.hold(&mut b, 0));
+        assert!(budget.hold(&mut b, MIB));
+        // The limit is full; small holders go on into the headroom, to its end.
+        let mut small = vec![0; HeldBytes::HEADROOM / HeldBytes::SMALL];
+        for held in &mut small {
+            assert!(budget.hold(held, HeldBytes::SMALL));
+        }
+        let mut one_more = 0;
+        assert!(!budget.hold(&mut one_more, 1));
+        assert!(budget.hold(&mut one_more, 0));
+        for held in small.iter_mut().chain([&mut a, &mut b]) {
+            assert!(budget.hold(held, 0));
+        }
+        assert_eq!(budget.total(), 0);
+    }
+}

@@ -1,0 +1,192 @@
+"""What callers can make the sidecar hold, against a real ``toolgate serve``: open calls,
+messages declared and half sent, ext_proc streams that keep large parts open. Each is charged
+to one budget (128 MiB: docs/sidecar.md); past it calls are refused with RESOURCE_EXHAUSTED,
+the sidecar stays within its memory and keeps deciding, and what a call held comes back when
+it ends."""
+
+from __future__ import annotations
+
+import queue
+import struct
+import threading
+from collections.abc import Callable, Iterator
+
+import grpc
+import pytest
+from google.protobuf import struct_pb2
+from h2_client import RawGrpc
+from sidecar import PATIENCE, Sidecar
+from toolgate.v1 import decider_pb2
+
+DECIDE = "/toolgate.v1.Decider/Decide"
+PROCESS = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
+BUDGET = 128 << 20
+HEADROOM = 32 << 20
+#: The sidecar's memory limit as deployed (deploy/kubernetes, the Helm chart).
+MEMORY_LIMIT_KIB = 256 << 10
+RESOURCE_EXHAUSTED = str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])
+
+POLICY = {"version": "1", "default": "deny", "tools": {"read": {}}}
+
+
+@pytest.fixture(scope="module")
+def sc() -> Iterator[Sidecar]:
+    with Sidecar(POLICY) as s:
+        yield s
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+
+
+def still_deciding(sc: Sidecar) -> None:
+    assert sc.alive, sc.stderr
+    assert sc.client.decide("read").verdict == "ALLOW"
+
+
+def half_sent(sc: Sidecar, calls: int, declared: int) -> tuple[list[int], list[int]]:
+    """Open ``calls`` Decide calls on one connection, each sending the header of a message of
+    ``declared`` bytes and one byte of it; returns (refused, still open) once every call the
+    budget cannot hold has been refused, then closes the connection."""
+    with RawGrpc(sc.port) as conn:
+        streams = []
+        for _ in range(calls):
+            s = conn.open(DECIDE)
+            conn.send_bytes(s, b"\0" + struct.pack(">I", declared) + b"x")
+            streams.append(s)
+        fit = BUDGET // declared
+        while len(conn.ended) < calls - fit - 1:
+            conn._read()
+        conn.ping()
+        refused = [s for s in streams if s in conn.ended]
+        for s in refused:
+            assert conn.answers[s].get("grpc-status") == RESOURCE_EXHAUSTED, conn.answers[s]
+        return refused, [s for s in streams if s not in conn.ended]
+
+
+def test_messages_half_sent_are_charged_what_they_declare_and_given_back(sc):
+    """tonic reserves a message's declared length when its header arrives: 4 MB declared and
+    one byte sent, 60 times, would reserve 240 MB. The budget holds 33 such calls; the rest
+    are refused at once, and closing the connection gives every byte back (a second round
+    holds as many)."""
+    before = rss_kib(sc.proc.pid)
+    refused, held = half_sent(sc, 60, 4_000_000)
+    assert 30 <= len(held) <= BUDGET // 4_000_000, (len(held), len(refused))
+    assert rss_kib(sc.proc.pid) < MEMORY_LIMIT_KIB
+    still_deciding(sc)
+    _, again_held = half_sent(sc, 60, 4_000_000)
+    assert len(again_held) >= len(held) - 1, "what the first round held was not given back"
+    assert rss_kib(sc.proc.pid) - before < BUDGET // 1024 * 2
+    still_deciding(sc)
+
+
+def list_part(size: int) -> bytes:
+    """An ext_proc message as Envoy sends a tools/list answer's part (the Check's note in its
+    metadata): ``size`` bytes of an event that does not end."""
+
+    def varint(v: int) -> bytes:
+        out = b""
+        while True:
+            b, v = v & 0x7F, v >> 7
+            if not v:
+                return out + bytes([b])
+            out += bytes([b | 0x80])
+
+    def field(number: int, payload: bytes) -> bytes:
+        return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+    note = struct_pb2.Struct()
+    note.update({"exchange": "tools/list", "grant_verified": False})
+    namespace = struct_pb2.Struct()
+    namespace["toolgate"] = note
+    entry = field(1, b"envoy.filters.http.ext_authz") + field(2, namespace.SerializeToString())
+    body = field(1, b"data: " + b" " * (size - 6))
+    return field(5, body) + field(8, field(1, entry))
+
+
+def open_streams(port: int, count: int, message: bytes) -> tuple[dict[str, int], Callable]:
+    """``count`` ext_proc streams, each sent ``message`` and kept open: how each ended up
+    (answered, or the status it was refused with), and what ends them all."""
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.insecure_channel(f"127.0.0.1:{port}", options=options) for _ in range(4)]
+    outcomes: queue.Queue[str] = queue.Queue()
+    senders: list[tuple[queue.Queue[bytes | None], grpc.Future]] = []
+    for i in range(count):
+        requests: queue.Queue[bytes | None] = queue.Queue()
+        requests.put(message)
+        call = channels[i % len(channels)].stream_stream(PROCESS)(iter(requests.get, None))
+
+        def read(call=call) -> None:
+            try:
+                next(iter(call))
+                outcomes.put("answered")
+            except grpc.RpcError as e:
+                outcomes.put(e.code().name)
+
+        threading.Thread(target=read, daemon=True).start()
+        # Kept: grpcio cancels a call that is garbage collected.
+        senders.append((requests, call))
+
+    def close() -> None:
+        for requests, _ in senders:
+            requests.put(None)
+        for channel in channels:
+            channel.close()
+
+    seen: dict[str, int] = {}
+    try:
+        for _ in range(count):
+            outcome = outcomes.get(timeout=PATIENCE * 4)
+            seen[outcome] = seen.get(outcome, 0) + 1
+    except BaseException:
+        close()
+        raise
+    return seen, close
+
+
+def test_streams_that_keep_large_parts_open_stay_within_the_budget(sc):
+    """A server that sends many answers' 2 MB parts and never ends them: each stream holds the
+    part twice (tonic's buffer and the event not yet whole). Without the budget 100 such
+    streams took the sidecar past its memory limit; with it, those past the budget are refused
+    and the sidecar stays within its memory, deciding."""
+    seen, close = open_streams(sc.port, 100, list_part(2_000_000))
+    try:
+        assert seen.get("RESOURCE_EXHAUSTED", 0) > 0, seen
+        assert set(seen) <= {"answered", "RESOURCE_EXHAUSTED"}, seen
+        assert rss_kib(sc.proc.pid) < MEMORY_LIMIT_KIB
+        still_deciding(sc)
+    finally:
+        close()
+    # Given back: as many streams fit again.
+    again, close = open_streams(sc.port, 100, list_part(2_000_000))
+    close()
+    assert again.get("answered", 0) >= seen.get("answered", 0) - 2, (seen, again)
+    still_deciding(sc)
+
+
+def test_small_calls_go_on_beside_large_ones_up_to_the_headroom(sc):
+    """Large messages stop at the budget; small calls (every Check and decision) go on past
+    it into a headroom of 32 MiB, so a caller holding large messages cannot keep them out;
+    the headroom has an end too, past which small calls are refused as well."""
+    request = decider_pb2.DecideRequest(tool="read").SerializeToString()
+    with RawGrpc(sc.port) as large:
+        for _ in range(BUDGET // 4_000_000 + 2):
+            large.send_bytes(large.open(DECIDE), b"\0" + struct.pack(">I", 4_000_000) + b"x")
+        large.ping()
+        with RawGrpc(sc.port) as other:
+            assert other.call(DECIDE, request).get("grpc-status") == "0"
+        # Small half-sent calls (60 KB declared) fill the headroom: about 32 MiB of them.
+        with RawGrpc(sc.port) as small:
+            streams = []
+            for _ in range(HEADROOM // 60_000 + 200):
+                s = small.open(DECIDE)
+                small.send_bytes(s, b"\0" + struct.pack(">I", 60_000) + b"x")
+                streams.append(s)
+            while len(small.ended) < 100:
+                small._read()
+            assert all(
+                small.answers[s].get("grpc-status") == RESOURCE_EXHAUSTED for s in small.ended
+            )
+            assert rss_kib(sc.proc.pid) < MEMORY_LIMIT_KIB
+    still_deciding(sc)
