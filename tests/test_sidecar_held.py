@@ -71,8 +71,12 @@ def test_messages_half_sent_are_charged_what_they_declare_and_given_back(sc):
     are refused at once, and closing the connection gives every byte back (a second round
     holds as many)."""
     before = rss_kib(sc.proc.pid)
+    counted = sc.metric("toolgate_grpc_errors_total", api="decider", status="RESOURCE_EXHAUSTED")
     refused, held = half_sent(sc, 60, 4_000_000)
     assert 30 <= len(held) <= BUDGET // 4_000_000, (len(held), len(refused))
+    assert sc.metric("toolgate_grpc_errors_total", api="decider", status="RESOURCE_EXHAUSTED") == (
+        counted or 0
+    ) + len(refused)
     assert rss_kib(sc.proc.pid) < MEMORY_LIMIT_KIB
     still_deciding(sc)
     _, again_held = half_sent(sc, 60, 4_000_000)
