@@ -6,10 +6,11 @@
 //! has been sent (it reserves a message's declared length as soon as its 5-byte header
 //! arrives) and one as large as the largest it has answered; neither shrinks. A client that
 //! opens many calls, or sends large or half-sent messages and keeps them open, would so take
-//! the sidecar's memory without limit. Each call is charged a fixed share for being open,
-//! plus its largest message each way; a call that would take the total over the limit is
-//! ended with `RESOURCE_EXHAUSTED`, which frees what it held. Past the limit the sidecar
-//! refuses calls (failing closed) rather than growing.
+//! the sidecar's memory without limit; so would calls whose answers the client never takes.
+//! Each call is charged a fixed share while its request is open and another while its answer
+//! is (until it has gone out), plus its largest message each way; a call that would take the
+//! total over the limit is ended with `RESOURCE_EXHAUSTED`, which frees what it held. Past
+//! the limit the sidecar refuses calls (failing closed) rather than growing.
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
@@ -30,12 +31,15 @@ pub struct HeldBytes {
 }
 
 impl HeldBytes {
-    /// Within the sidecar's 256 MiB with what the allocator keeps beside it: the idle
-    /// process (about 40 MiB), and the streams Envoy may keep open (up to 20,000 `GET`
-    /// streams at [`CALL_BYTES`] each) with three of the largest messages.
-    pub const LIMIT: usize = 128 << 20;
-    /// Room past the limit for small holders only.
-    pub const HEADROOM: usize = 32 << 20;
+    /// For large holders. Large messages cost the process more than their bytes (the
+    /// allocator keeps what it freed for the next: an outside review measured 300 MiB of RSS
+    /// after waves of streams holding 128 MiB of 1 MiB messages), so they get the least room.
+    pub const LIMIT: usize = 48 << 20;
+    /// Room past the limit for small holders only: open calls and streams, whose charge is
+    /// what they take (up to 20,000 `GET` streams through the shipped Envoy configs, 117 MiB
+    /// at [`STREAM_SHARE`] each). With the limit and the idle process (about 37 MiB), within
+    /// the sidecar's 256 MiB.
+    pub const HEADROOM: usize = 96 << 20;
     /// The most a small holder holds.
     pub const SMALL: usize = 64 << 10;
 
@@ -51,10 +55,16 @@ impl HeldBytes {
     }
 
     /// One holder, which held `held` bytes, now holds `now`: false if that takes the total
-    /// over the limit (the headroom's end for a small holder); counted all the same: the
-    /// holder gives up and holds less then.
+    /// over the limit (the headroom's end for a small holder); counted all the same (but for
+    /// a holding past the limit on its own, not counted): the holder gives up and holds less
+    /// then.
     pub fn hold(&self, held: &mut usize, now: usize) -> bool {
         let limit = self.limit_for(now);
+        // Past the limit on its own (a length of 4 GiB declared): refused without being
+        // counted, so the total never shows other holders more than there is.
+        if now > limit {
+            return false;
+        }
         // Most changes are none (an answer read whole): the shared count is only read.
         if now == *held {
             return self.total() <= limit;
@@ -79,13 +89,19 @@ impl HeldBytes {
     }
 }
 
-/// What an open call holds besides its messages, measured: an ext_proc stream that has been
-/// sent one small message takes about this much of the sidecar's memory (tonic's two
-/// buffers at their starting size, hyper's and h2's state for the stream, the handler).
-pub const CALL_BYTES: usize = 6 << 10;
+/// What an open unary call holds besides its message, measured (an outside review: 9.3 KiB a
+/// call whose message had not come; tonic's 8 KiB buffer to start with, hyper's and h2's
+/// state for the stream, the handler).
+pub const CALL_SHARE: usize = 10 << 10;
+/// What a unary call's answer holds until it has gone out (measured: 50,000 answers a client
+/// never took, 5.8 KiB each).
+pub const ANSWER_SHARE: usize = 6 << 10;
+/// What an open ext_proc stream holds besides its messages, measured: 5.2 KiB for a stream
+/// sent one small message (tonic's buffers at 1 KiB to start with, the stream's state).
+pub const STREAM_SHARE: usize = 6 << 10;
 
 /// Messages up to this size stay within a call's buffers as they start out (1 KiB for a
-/// stream, 8 KiB for a unary call): [`CALL_BYTES`] has them.
+/// stream, 8 KiB for a unary call): the shares have them.
 const IN_SHARE: usize = 1 << 10;
 
 /// A tower layer over every call: its request and response bodies charged to [`HeldBytes`].
@@ -119,13 +135,18 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        // Only a stream's answers grow the buffer of a call that stays open: a unary answer is
-        // one small message, gone with its call.
         let held = self.held;
-        let answers = request.uri().path().starts_with(STREAMING).then_some(held);
-        let request = request.map(|body| Body::new(Charged::new(body, held, CALL_BYTES)));
+        // A stream's answers may grow its buffer; a unary answer is one small message, and
+        // holds its share until it has gone out (a client that never takes it).
+        let (asked, answered) = if request.uri().path().starts_with(STREAMING) {
+            (STREAM_SHARE, 0)
+        } else {
+            (CALL_SHARE, ANSWER_SHARE)
+        };
+        let request = request.map(|body| Body::new(Charged::new(body, held, asked)));
         Held {
-            answers,
+            held,
+            answered,
             inner: self.inner.call(request),
         }
     }
@@ -135,9 +156,10 @@ where
 const STREAMING: &str = "/envoy.service.ext_proc.v3.ExternalProcessor/";
 
 pin_project_lite::pin_project! {
-    /// The answer of [`HoldCalls`]'s inner service: a stream's body charged too.
+    /// The answer of [`HoldCalls`]'s inner service: its body charged too.
     pub struct Held<F> {
-        answers: Option<&'static HeldBytes>,
+        held: &'static HeldBytes,
+        answered: usize,
         #[pin]
         inner: F,
     }
@@ -152,11 +174,10 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let answer = std::task::ready!(this.inner.poll(cx));
-        let Some(held) = this.answers.take() else {
-            return Poll::Ready(answer);
-        };
+        let (held, fixed) = (*this.held, *this.answered);
         Poll::Ready(
-            answer.map(|response| response.map(|body| Body::new(Charged::new(body, held, 0)))),
+            answer
+                .map(|response| response.map(|body| Body::new(Charged::answer(body, held, fixed)))),
         )
     }
 }
@@ -182,6 +203,7 @@ enum Standing {
 }
 
 impl Charged {
+    /// A request's body: refused at once if its share does not fit.
     fn new(inner: Body, held: &'static HeldBytes, fixed: usize) -> Charged {
         let mut holding = 0;
         let standing = if fixed > 0 && !held.hold(&mut holding, fixed) {
@@ -190,6 +212,24 @@ impl Charged {
         } else {
             Standing::Within
         };
+        Charged::with(inner, held, holding, fixed, standing)
+    }
+
+    /// An answer's body: its share counted, never refused (the call has been decided and
+    /// what it holds is already taken; while the total is over, new calls are refused).
+    fn answer(inner: Body, held: &'static HeldBytes, fixed: usize) -> Charged {
+        let mut holding = 0;
+        held.hold(&mut holding, fixed);
+        Charged::with(inner, held, holding, fixed, Standing::Within)
+    }
+
+    fn with(
+        inner: Body,
+        held: &'static HeldBytes,
+        holding: usize,
+        fixed: usize,
+        standing: Standing,
+    ) -> Charged {
         Charged {
             inner,
             held,
@@ -348,7 +388,7 @@ mod tests {
 
     fn charged(frames: Vec<Vec<u8>>, budget: &'static HeldBytes) -> Charged {
         let frames = Frames(frames.into_iter().map(Bytes::from).collect());
-        Charged::new(Body::new(frames), budget, CALL_BYTES)
+        Charged::new(Body::new(frames), budget, CALL_SHARE)
     }
 
     fn leaked(budget: Arc<HeldBytes>) -> &'static HeldBytes {
@@ -369,11 +409,11 @@ mod tests {
         let bytes = framed(&[vec![1; 1000], vec![2; 300_000], vec![3; 10]]);
         let (first, rest) = bytes.split_at(700);
         let mut body = charged(vec![first.to_vec(), rest.to_vec()], budget);
-        assert_eq!(budget.total(), CALL_BYTES, "an open call holds its share");
+        assert_eq!(budget.total(), CALL_SHARE, "an open call holds its share");
         while let Some(frame) = next(&mut body) {
             assert!(frame.is_ok());
         }
-        assert_eq!(budget.total(), CALL_BYTES + 300_000 - IN_SHARE);
+        assert_eq!(budget.total(), CALL_SHARE + 300_000 - IN_SHARE);
         drop(body);
         assert_eq!(budget.total(), 0, "given back when the call ends");
 
@@ -461,6 +501,10 @@ mod tests {
         let mut one_more = 0;
         assert!(!budget.hold(&mut one_more, 1));
         assert!(budget.hold(&mut one_more, 0));
+        // A holding past the limit on its own (a length of 4 GiB declared) is not counted.
+        let before = budget.total();
+        assert!(!budget.hold(&mut one_more, u32::MAX as usize));
+        assert_eq!((budget.total(), one_more), (before, 0));
         for held in small.iter_mut().chain([&mut a, &mut b]) {
             assert!(budget.hold(held, 0));
         }
