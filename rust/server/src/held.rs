@@ -21,12 +21,15 @@ use std::task::{Context, Poll};
 use tonic::body::Body;
 use tonic::Status;
 
-/// The bytes held for callers, against one limit for the server. A holder of at most
-/// [`HeldBytes::SMALL`] (an open call with small messages: every Check, decision and list
-/// request) may go past it into [`HeldBytes::HEADROOM`], so that callers holding large
-/// messages, who can fill the limit, do not keep the small calls out.
+/// The bytes held for callers, against limits for the server: what large holders (more than
+/// [`HeldBytes::SMALL`] each) hold together stays within the limit, and what all hold within
+/// the limit and [`HeldBytes::HEADROOM`]. So callers holding large messages, who can fill
+/// their limit, do not keep out the small calls (every Check, decision and list request, every
+/// open stream), and the many small holders do not keep out the large.
 pub struct HeldBytes {
     total: AtomicUsize,
+    /// What the large holders hold, of `total`.
+    large: AtomicUsize,
     limit: usize,
 }
 
@@ -46,6 +49,7 @@ impl HeldBytes {
     pub fn new(limit: usize) -> Arc<HeldBytes> {
         Arc::new(HeldBytes {
             total: AtomicUsize::new(0),
+            large: AtomicUsize::new(0),
             limit,
         })
     }
@@ -54,24 +58,37 @@ impl HeldBytes {
         self.total.load(Ordering::Relaxed)
     }
 
-    /// One holder, which held `held` bytes, now holds `now`: false if that takes the total
-    /// over the limit (the headroom's end for a small holder); counted all the same (but for
-    /// a holding past the limit on its own, not counted): the holder gives up and holds less
-    /// then.
+    /// One holder, which held `held` bytes, now holds `now`: false if that takes what is
+    /// held over a limit (the large holders' limit for a large holder, the headroom's end for
+    /// all); counted all the same (but for a holding past the limit on its own, not counted):
+    /// the holder gives up and holds less then.
     pub fn hold(&self, held: &mut usize, now: usize) -> bool {
-        let limit = self.limit_for(now);
+        let all = self.limit + Self::HEADROOM;
         // Past the limit on its own (a length of 4 GiB declared): refused without being
-        // counted, so the total never shows other holders more than there is.
-        if now > limit {
+        // counted, so the totals never show other holders more than there is.
+        if now > self.limit && now > Self::SMALL || now > all {
             return false;
         }
-        // Most changes are none (an answer read whole): the shared count is only read.
+        // Most changes are none (an answer read whole): the shared counts are only read.
         if now == *held {
-            return self.total() <= limit;
+            return self.total() <= all && (now <= Self::SMALL || self.large() <= self.limit);
         }
+        let (was, is) = (large(*held), large(now));
+        let large_after = match (was > 0, is > 0) {
+            (false, false) => 0,
+            _ if is >= was => {
+                let more = is - was;
+                self.large.fetch_add(more, Ordering::Relaxed) + more
+            }
+            _ => {
+                self.large.fetch_sub(was - is, Ordering::Relaxed);
+                0
+            }
+        };
         let within = if now > *held {
             let more = now - *held;
-            self.total.fetch_add(more, Ordering::Relaxed) + more <= limit
+            let total = self.total.fetch_add(more, Ordering::Relaxed) + more;
+            total <= all && (is == 0 || large_after <= self.limit)
         } else {
             self.total.fetch_sub(*held - now, Ordering::Relaxed);
             true
@@ -80,12 +97,17 @@ impl HeldBytes {
         within
     }
 
-    fn limit_for(&self, holding: usize) -> usize {
-        if holding <= Self::SMALL {
-            self.limit + Self::HEADROOM
-        } else {
-            self.limit
-        }
+    fn large(&self) -> usize {
+        self.large.load(Ordering::Relaxed)
+    }
+}
+
+/// What of a holding counts as large: all of it past [`HeldBytes::SMALL`], none below.
+fn large(holding: usize) -> usize {
+    if holding > HeldBytes::SMALL {
+        holding
+    } else {
+        0
     }
 }
 
@@ -107,7 +129,7 @@ const IN_SHARE: usize = 1 << 10;
 /// A tower layer over every call: its request and response bodies charged to [`HeldBytes`].
 /// The budget is borrowed for the process's life, not counted: tonic clones the layer for
 /// every call, and a count shared by the serving threads would be two more atomic writes a
-/// call (see [`HoldCalls::new`]).
+/// call (see [`HoldCalls::layer`]).
 #[derive(Clone)]
 pub struct HoldCalls<S> {
     inner: S,
@@ -189,6 +211,8 @@ struct Charged {
     /// What this body holds of the budget.
     holding: usize,
     fixed: usize,
+    /// A request is refused past the budget; an answer only counted.
+    refuses: bool,
     frames: Framing,
     standing: Standing,
 }
@@ -212,15 +236,15 @@ impl Charged {
         } else {
             Standing::Within
         };
-        Charged::with(inner, held, holding, fixed, standing)
+        Charged::with(inner, held, holding, fixed, standing, true)
     }
 
-    /// An answer's body: its share counted, never refused (the call has been decided and
-    /// what it holds is already taken; while the total is over, new calls are refused).
+    /// An answer's body: counted, never refused (the call has been decided and what the
+    /// answer holds is already taken; while the total is over, new calls are refused).
     fn answer(inner: Body, held: &'static HeldBytes, fixed: usize) -> Charged {
         let mut holding = 0;
         held.hold(&mut holding, fixed);
-        Charged::with(inner, held, holding, fixed, Standing::Within)
+        Charged::with(inner, held, holding, fixed, Standing::Within, false)
     }
 
     fn with(
@@ -229,12 +253,14 @@ impl Charged {
         holding: usize,
         fixed: usize,
         standing: Standing,
+        refuses: bool,
     ) -> Charged {
         Charged {
             inner,
             held,
             holding,
             fixed,
+            refuses,
             frames: Framing::default(),
             standing,
         }
@@ -274,7 +300,7 @@ impl http_body::Body for Charged {
         if let Some(data) = frame.as_ref().and_then(|f| f.as_ref().ok()?.data_ref()) {
             this.frames.read(data);
             let now = this.fixed + this.frames.largest.saturating_sub(IN_SHARE);
-            if now > this.holding && !this.held.hold(&mut this.holding, now) {
+            if now > this.holding && !this.held.hold(&mut this.holding, now) && this.refuses {
                 // Ending the call frees what tonic holds for it.
                 this.held.hold(&mut this.holding, 0);
                 this.standing = Standing::Ended;
@@ -458,11 +484,13 @@ mod tests {
                 let wanted = if size % 3 == 0 { 0 } else { size };
                 let grew = wanted > holders[holder];
                 let within = budget.hold(&mut holders[holder], wanted);
+                let all = (1 << 20) + HeldBytes::HEADROOM;
                 if within && grew {
-                    prop_assert!(budget.total() <= budget.limit_for(wanted));
+                    prop_assert!(budget.total() <= all);
+                    prop_assert!(wanted <= HeldBytes::SMALL || budget.large() <= 1 << 20);
                 }
-                let ceiling = (1 << 20) + HeldBytes::HEADROOM + wanted;
-                prop_assert!(budget.total() <= ceiling, "{} > {ceiling}", budget.total());
+                prop_assert!(budget.total() <= all + wanted, "{} > {}", budget.total(), all);
+                prop_assert!(budget.large() <= (1 << 20) + wanted);
                 if !within {
                     budget.hold(&mut holders[holder], 0);
                 }
@@ -470,7 +498,7 @@ mod tests {
             for held in &mut holders {
                 budget.hold(held, 0);
             }
-            prop_assert_eq!(budget.total(), 0);
+            prop_assert_eq!((budget.total(), budget.large()), (0, 0));
         }
     }
 
@@ -498,6 +526,14 @@ mod tests {
         for held in &mut small {
             assert!(budget.hold(held, HeldBytes::SMALL));
         }
+        // Small holders past the limit do not keep a large one out of its own.
+        let mut c = 0;
+        assert!(budget.hold(&mut b, 0));
+        assert!(
+            budget.hold(&mut c, MIB),
+            "large: 4 MiB with a, within the limit"
+        );
+        assert!(budget.hold(&mut c, 0) && budget.hold(&mut b, MIB));
         let mut one_more = 0;
         assert!(!budget.hold(&mut one_more, 1));
         assert!(budget.hold(&mut one_more, 0));
