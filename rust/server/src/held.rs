@@ -1,4 +1,4 @@
-//! What the sidecar holds for its callers, against one limit ([`HeldBytes`]): every call's
+//! What the sidecar holds for its callers, against one budget ([`HeldBytes`]): every call's
 //! share of the gRPC layer's buffers ([`HoldCalls`]) and, for ext_proc streams, the answers
 //! not yet whole ([`crate::ext_proc`]).
 //!
@@ -8,9 +8,9 @@
 //! opens many calls, or sends large or half-sent messages and keeps them open, would so take
 //! the sidecar's memory without limit; so would calls whose answers the client never takes.
 //! Each call is charged a fixed share while its request is open and another while its answer
-//! is (until it has gone out), plus its largest message each way; a call that would take the
-//! total over the limit is ended with `RESOURCE_EXHAUSTED`, which frees what it held. Past
-//! the limit the sidecar refuses calls (failing closed) rather than growing.
+//! is (until it has gone out), plus its largest message each way; a request that would take
+//! what is held past the budget is ended with `RESOURCE_EXHAUSTED`, which frees what it held.
+//! Past the budget the sidecar refuses calls (failing closed) rather than growing.
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
@@ -38,10 +38,11 @@ impl HeldBytes {
     /// allocator keeps what it freed for the next: an outside review measured 300 MiB of RSS
     /// after waves of streams holding 128 MiB of 1 MiB messages), so they get the least room.
     pub const LIMIT: usize = 48 << 20;
-    /// Room past the limit for small holders only: open calls and streams, whose charge is
-    /// what they take (up to 20,000 `GET` streams through the shipped Envoy configs, 117 MiB
-    /// at [`STREAM_SHARE`] each). With the limit and the idle process (about 37 MiB), within
-    /// the sidecar's 256 MiB.
+    /// What all holders may hold beyond [`HeldBytes::LIMIT`], together: room the large cannot
+    /// take from the small (open calls and streams, whose charge is what they take: up to
+    /// 20,000 `GET` streams through the shipped Envoy configs, 117 MiB at [`STREAM_SHARE`]
+    /// each). With the limit and the idle process (about 37 MiB), within the sidecar's 256
+    /// MiB.
     pub const HEADROOM: usize = 96 << 20;
     /// The most a small holder holds.
     pub const SMALL: usize = 64 << 10;
