@@ -10,6 +10,7 @@ once took, so VmRSS after one attack says little about the next."""
 
 from __future__ import annotations
 
+import selectors
 import struct
 from collections.abc import Iterator
 
@@ -23,7 +24,7 @@ from hyperframe.frame import (
     RstStreamFrame,
     SettingsFrame,
 )
-from sidecar import Sidecar
+from sidecar import PATIENCE, Sidecar
 from test_sidecar_held import (
     BUDGET,
     DECIDE,
@@ -107,6 +108,26 @@ def settled_rss(sidecar: Sidecar, conn: RawGrpc) -> int:
         read_for(conn, 0.5)
         most = max(most, rss_kib(sidecar.proc.pid))
     return most
+
+
+def read_all(conns: list[RawGrpc], quiet: float) -> None:
+    """Read (and record) what the server sends on any of ``conns`` until none of them has
+    sent anything for ``quiet`` seconds: one wait over every socket, not one per socket."""
+    selector = selectors.DefaultSelector()
+    for conn in conns:
+        # A frame whose first bytes came is read whole (the server writes whole frames).
+        conn.sock.settimeout(PATIENCE)
+        selector.register(conn.sock, selectors.EVENT_READ, conn)
+    try:
+        while events := selector.select(quiet):
+            for key, _ in events:
+                conn = key.data
+                conn._read()
+                # Frames already buffered are read too: the socket will not show them.
+                while len(conn._buffer) >= 9:
+                    conn._read()
+    finally:
+        selector.close()
 
 
 def read_for(conn: RawGrpc, seconds: float) -> None:
@@ -243,13 +264,9 @@ def ext_proc_wave(sidecar: Sidecar, connections: int = 300) -> tuple[int, int]:
         rss = rss_kib(sidecar.proc.pid)
         still_deciding(sidecar)
         held = 0
-        for conn in conns:
-            read_for(conn, 0.02)
         # A held stream is answered nothing (its answer cannot go out); a refusal may come
-        # late on a busy machine: the silent ones are read again, longer.
-        for conn in conns:
-            if "grpc-status" not in conn.answers.get(1, {}):
-                read_for(conn, 0.2)
+        # late on a busy machine: read until the server has been quiet for a while.
+        read_all(conns, 2)
         for conn in conns:
             status = conn.answers.get(1, {}).get("grpc-status")
             assert status in (None, RESOURCE_EXHAUSTED), conn.answers
