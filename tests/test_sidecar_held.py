@@ -90,9 +90,9 @@ def test_messages_half_sent_are_charged_what_they_declare_and_given_back(sc):
     still_deciding(sc)
 
 
-def list_part(size: int) -> bytes:
+def list_part(size: int, server: str | None = None) -> bytes:
     """An ext_proc message as Envoy sends a tools/list answer's part (the Check's note in its
-    metadata): ``size`` bytes of an event that does not end."""
+    metadata, naming ``server`` if given): ``size`` bytes of an event that does not end."""
 
     def varint(v: int) -> bytes:
         out = b""
@@ -107,6 +107,8 @@ def list_part(size: int) -> bytes:
 
     note = struct_pb2.Struct()
     note.update({"exchange": "tools/list", "grant_verified": False})
+    if server is not None:
+        note["server"] = server
     namespace = struct_pb2.Struct()
     namespace["toolgate"] = note
     entry = field(1, b"envoy.filters.http.ext_authz") + field(2, namespace.SerializeToString())
@@ -203,3 +205,22 @@ def test_small_calls_go_on_beside_large_ones_up_to_the_headroom(sc):
             )
             assert rss_kib(sc.proc.pid) < MEMORY_LIMIT_KIB
     still_deciding(sc)
+
+
+def test_one_servers_answers_leave_room_for_the_others(sc):
+    """An MCP server whose answers mean harm (many 2 MB parts of events that never end, each
+    held twice: the stream's buffer and the event) fills its own room, half of what large
+    holders get, and no more: its streams past it are ended RESOURCE_EXHAUSTED, while another
+    server's answers of the same size are still read. Before rooms, the one server took all
+    48 MiB (12 such streams) and the other's were refused."""
+    evil, close_evil = open_streams(sc.port, 30, list_part(2_000_000, server="evil"))
+    try:
+        assert set(evil) == {"answered", "RESOURCE_EXHAUSTED"}, evil
+        assert evil["answered"] <= (BUDGET // 2) // 4_000_000, evil
+        good, close_good = open_streams(sc.port, 3, list_part(2_000_000, server="good"))
+        close_good()
+        assert good == {"answered": 3}, good
+        assert rss_kib(sc.proc.pid) < MEMORY_LIMIT_KIB
+        still_deciding(sc)
+    finally:
+        close_evil()

@@ -12,7 +12,7 @@
 //!   sent), which the Envoy config routes on, so that processing is turned on only for the
 //!   exchanges that need it and everything else pays nothing.
 
-use crate::held::HeldBytes;
+use crate::held::{large, HeldBytes, Room};
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{
     HeaderMap, HeaderValue, HeaderValueOption, Metadata,
@@ -27,6 +27,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 };
 use envoy_types::pb::google::protobuf::value::Kind;
 use envoy_types::pb::google::protobuf::{Struct, Value as ProtoValue};
+use prost::Message;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -83,23 +84,30 @@ impl Caller {
     }
 }
 
-/// The Check's dynamic metadata for what the answer needs, or `None` if nothing.
+/// The Check's dynamic metadata for what the answer needs, or `None` if nothing: for a list
+/// the caller, for a call its reservation, for both the MCP server (whose room the
+/// exchange holds its answer in: [`HeldBytes::room`]).
 pub fn exchange_metadata(follow: &Follow, caller: impl FnOnce() -> Caller) -> Option<Struct> {
     let mut note = Struct::default();
     let mut put = |key: &str, kind: Kind| {
         note.fields
             .insert(key.to_owned(), ProtoValue { kind: Some(kind) });
     };
+    if matches!(follow, Follow::Nothing) {
+        return None;
+    }
+    let caller = caller();
+    if let Some(server) = caller.server {
+        put("server", Kind::StringValue(server));
+    }
     match follow {
-        Follow::Nothing => return None,
+        Follow::Nothing => {}
         Follow::ToolList { id } => {
             put("exchange", Kind::StringValue("tools/list".into()));
             if let Some(id) = id {
                 put("id", Kind::StringValue(id.to_string()));
             }
-            let caller = caller();
             for (key, value) in [
-                ("server", caller.server),
                 ("grant", caller.grant),
                 ("session", caller.session),
                 ("agent", caller.agent),
@@ -176,7 +184,11 @@ fn read_metadata(metadata: Option<&Metadata>) -> Option<(Follow, Caller)> {
                 reservation,
                 tool_errors: matches!(tool_errors, Some(Kind::BoolValue(true))),
             };
-            Some((follow, Caller::default()))
+            let caller = Caller {
+                server: text("server"),
+                ..Caller::default()
+            };
+            Some((follow, caller))
         }
         _ => None,
     }
@@ -196,6 +208,14 @@ pub struct Exchange {
     budget: Arc<HeldBytes>,
     /// What this exchange holds of the budget.
     held: usize,
+    /// Its MCP server's room ([`HeldBytes::room`]), once the Check's note has named it, and
+    /// what this exchange holds of it: the large part of `held`, and of the largest message
+    /// the stream was sent (the gRPC layer keeps a buffer that large while it is open).
+    room: Option<Arc<Room>>,
+    in_room: usize,
+    largest: usize,
+    /// The room was full: the stream is to end (`RESOURCE_EXHAUSTED`), which frees it all.
+    out_of_room: bool,
 }
 
 impl Default for Exchange {
@@ -208,6 +228,9 @@ impl Default for Exchange {
 impl Drop for Exchange {
     fn drop(&mut self) {
         self.budget.hold(&mut self.held, 0);
+        if let Some(room) = &self.room {
+            room.hold(&mut self.in_room, 0);
+        }
     }
 }
 
@@ -247,7 +270,34 @@ impl Exchange {
             finished: false,
             budget,
             held: 0,
+            room: None,
+            in_room: 0,
+            largest: 0,
+            out_of_room: false,
         }
+    }
+
+    /// Whether the exchange's MCP server has filled its room ([`HeldBytes::room`]): the stream
+    /// should end with `RESOURCE_EXHAUSTED` (Envoy then fails the exchange closed), freeing
+    /// what it holds.
+    pub fn out_of_room(&self) -> bool {
+        self.out_of_room
+    }
+
+    /// Charge the room what the exchange holds now; false, with the exchange ended, if the
+    /// room is full.
+    fn within_room(&mut self) -> bool {
+        let Some(room) = &self.room else {
+            return true;
+        };
+        if room.hold(&mut self.in_room, large(self.held) + large(self.largest)) {
+            return true;
+        }
+        room.hold(&mut self.in_room, 0);
+        self.budget.hold(&mut self.held, 0);
+        self.out_of_room = true;
+        self.finished = true;
+        false
     }
 
     /// Whether the stream has nothing more to do (the answer has ended, or a call's outcome is
@@ -262,14 +312,19 @@ impl Exchange {
         self.finished || decided
     }
 
-    /// Answer one message of the stream.
+    /// Answer one message of the stream (none in observability mode, or when the exchange's
+    /// server has filled its room: [`Exchange::out_of_room`]).
     pub fn process(
         &mut self,
         engine: &Arc<Engine>,
         request: &ProcessingRequest,
     ) -> Option<ProcessingResponse> {
         if let State::New = self.state {
-            self.state = match read_metadata(request.metadata_context.as_ref()) {
+            let note = read_metadata(request.metadata_context.as_ref());
+            if let Some((_, caller)) = &note {
+                self.room = Some(self.budget.room(caller.server.as_deref().unwrap_or("")));
+            }
+            self.state = match note {
                 Some((Follow::ToolList { id }, caller)) => State::List {
                     id,
                     upstream_id: None,
@@ -294,6 +349,11 @@ impl Exchange {
                 _ => State::Unknown,
             };
         }
+        // A message past the room is not read.
+        self.largest = self.largest.max(request.encoded_len());
+        if !self.within_room() {
+            return None;
+        }
         let response = match request.request.as_ref()? {
             Request::ResponseHeaders(headers) => {
                 self.finished |= headers.end_of_stream;
@@ -308,6 +368,9 @@ impl Exchange {
             Request::RequestTrailers(_) => Response::RequestTrailers(TrailersResponse::default()),
             Request::ResponseTrailers(_) => Response::ResponseTrailers(TrailersResponse::default()),
         };
+        if !self.within_room() {
+            return None;
+        }
         if request.observability_mode {
             return None;
         }

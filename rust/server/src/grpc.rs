@@ -339,6 +339,9 @@ impl Stream for Answers {
                     return Poll::Ready(Some(Err(Status::internal("the exchange failed"))));
                 };
                 this.off_thread = None;
+                if exchange.out_of_room() {
+                    return Poll::Ready(Some(Err(this.out_of_room())));
+                }
                 this.exchange = Some(exchange);
                 if let Some(answer) = answer {
                     return Poll::Ready(Some(Ok(answer)));
@@ -371,10 +374,29 @@ impl Stream for Answers {
                 }));
                 continue;
             }
-            if let Some(answer) = exchange.process(&this.engine, &message) {
+            let answer = exchange.process(&this.engine, &message);
+            if exchange.out_of_room() {
+                // Dropping the exchange gives back all it held.
+                this.exchange = None;
+                return Poll::Ready(Some(Err(this.out_of_room())));
+            }
+            if let Some(answer) = answer {
                 return Poll::Ready(Some(Ok(answer)));
             }
         }
+    }
+}
+
+impl Answers {
+    /// The end of a stream whose MCP server has filled its room: counted as an error.
+    fn out_of_room(&self) -> Status {
+        let status = Status::resource_exhausted(
+            "this MCP server's answers hold as much of the sidecar as one server may",
+        );
+        self.engine
+            .stats()
+            .count_error(Api::ExtProc, status.code() as usize);
+        status
     }
 }
 

@@ -11,12 +11,16 @@
 //! is (until it has gone out), plus its largest message each way; a request that would take
 //! what is held past the budget is ended with `RESOURCE_EXHAUSTED`, which frees what it held.
 //! Past the budget the sidecar refuses calls (failing closed) rather than growing.
+//!
+//! Within it, each MCP server's ext_proc streams share a [`Room`] for what they hold that is
+//! large, so that one server whose answers mean harm cannot fill the budget for all.
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use tonic::body::Body;
 use tonic::Status;
@@ -31,6 +35,8 @@ pub struct HeldBytes {
     /// What the large holders hold, of `total`.
     large: AtomicUsize,
     limit: usize,
+    /// Each MCP server's room, while one of its exchanges is open.
+    rooms: Mutex<HashMap<Box<str>, Weak<Room>>>,
 }
 
 impl HeldBytes {
@@ -52,7 +58,29 @@ impl HeldBytes {
             total: AtomicUsize::new(0),
             large: AtomicUsize::new(0),
             limit,
+            rooms: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The room of the MCP server named `server`, shared by its open exchanges: half the
+    /// large holders' limit, so that one server whose answers mean harm (large parts, events
+    /// that never end) cannot take all of it from the others.
+    pub fn room(&self, server: &str) -> Arc<Room> {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(room) = rooms.get(server).and_then(Weak::upgrade) {
+            return room;
+        }
+        // Rooms no exchange holds go when the table has grown: it stays as large as the
+        // servers with exchanges open (each of which the budget charges).
+        if rooms.len() >= 64 && rooms.len().is_power_of_two() {
+            rooms.retain(|_, room| room.strong_count() > 0);
+        }
+        let room = Arc::new(Room {
+            large: AtomicUsize::new(0),
+            limit: self.limit / 2,
+        });
+        rooms.insert(server.into(), Arc::downgrade(&room));
+        room
     }
 
     pub fn total(&self) -> usize {
@@ -103,8 +131,45 @@ impl HeldBytes {
     }
 }
 
+/// What one MCP server's exchanges hold that is large (their answers' unfinished messages and
+/// the largest part each stream was sent, each counted when over [`HeldBytes::SMALL`]),
+/// within a part of the large holders' limit ([`HeldBytes::room`]).
+pub struct Room {
+    large: AtomicUsize,
+    limit: usize,
+}
+
+impl Room {
+    /// One exchange, whose large holdings were `held`, now has `now`: false if that takes the
+    /// room past its limit (counted all the same, unless past it on its own: the exchange
+    /// then ends, giving all it held back).
+    pub fn hold(&self, held: &mut usize, now: usize) -> bool {
+        if now > self.limit {
+            return false;
+        }
+        let within = if now >= *held {
+            let more = now - *held;
+            let large = if more == 0 {
+                self.large.load(Ordering::Relaxed)
+            } else {
+                self.large.fetch_add(more, Ordering::Relaxed) + more
+            };
+            large <= self.limit
+        } else {
+            self.large.fetch_sub(*held - now, Ordering::Relaxed);
+            true
+        };
+        *held = now;
+        within
+    }
+
+    pub fn held(&self) -> usize {
+        self.large.load(Ordering::Relaxed)
+    }
+}
+
 /// What of a holding counts as large: all of it past [`HeldBytes::SMALL`], none below.
-fn large(holding: usize) -> usize {
+pub fn large(holding: usize) -> usize {
     if holding > HeldBytes::SMALL {
         holding
     } else {
@@ -546,5 +611,45 @@ mod tests {
             assert!(budget.hold(held, 0));
         }
         assert_eq!(budget.total(), 0);
+    }
+
+    #[test]
+    fn a_servers_exchanges_share_one_room_of_half_the_limit() {
+        let budget = HeldBytes::new(8 << 20);
+        let (a, again, b) = (budget.room("a"), budget.room("a"), budget.room("b"));
+        assert!(Arc::ptr_eq(&a, &again) && !Arc::ptr_eq(&a, &b));
+        let (mut one, mut two, mut other) = (0, 0, 0);
+        assert!(a.hold(&mut one, 3 << 20));
+        // The second exchange of "a" goes past its 4 MiB (counted, for the caller to give up)...
+        assert!(!again.hold(&mut two, 2 << 20));
+        assert_eq!(a.held(), 5 << 20);
+        assert!(again.hold(&mut two, 0));
+        // ...while "b" has its own room; a holding past a room on its own is not counted.
+        assert!(b.hold(&mut other, 4 << 20));
+        assert!(!b.hold(&mut other, (4 << 20) + 1));
+        assert_eq!((b.held(), other), (4 << 20, 4 << 20));
+        for (room, held) in [(&a, &mut one), (&b, &mut other)] {
+            assert!(room.hold(held, 0));
+        }
+        assert_eq!(a.held() + b.held(), 0);
+    }
+
+    #[test]
+    fn rooms_no_exchange_holds_are_forgotten() {
+        let budget = HeldBytes::new(8 << 20);
+        let kept = budget.room("kept");
+        let mut held = 0;
+        assert!(kept.hold(&mut held, 1 << 20));
+        // Servers named one after another, each room let go at once (names a Check would
+        // take from the proxy's config; a table that kept them all would grow with each).
+        for i in 0..10_000 {
+            drop(budget.room(&format!("server-{i}")));
+        }
+        let rooms = budget.rooms.lock().unwrap();
+        assert!(rooms.len() <= 128, "{} rooms kept", rooms.len());
+        drop(rooms);
+        // A room still held is the same room, with what it holds.
+        assert!(Arc::ptr_eq(&kept, &budget.room("kept")));
+        assert_eq!(budget.room("kept").held(), 1 << 20);
     }
 }

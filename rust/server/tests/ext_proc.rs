@@ -547,41 +547,140 @@ fn without_headers_the_status_comes_as_an_attribute_of_the_body() {
     assert_eq!(e.stats().released_on_failure()[0], ("http_status", 1));
 }
 
+/// A list's answer on a stream for `server`, after its headers: the exchange and its note.
+fn open_list(
+    e: &Arc<Engine>,
+    budget: &Arc<toolgate_server::held::HeldBytes>,
+    server: &str,
+) -> (Exchange, Option<Metadata>) {
+    let caller = Caller {
+        server: Some(server.into()),
+        ..Default::default()
+    };
+    let md = Some(metadata(&Follow::ToolList { id: None }, caller));
+    let mut exchange = Exchange::new(budget.clone());
+    let head = headers(200, "text/event-stream");
+    exchange.process(e, &message(&md, head, false)).unwrap();
+    (exchange, md)
+}
+
+/// An event's first `size` bytes: a data line that has not ended.
+fn unfinished_event(size: usize) -> Vec<u8> {
+    let mut line = b"data: ".to_vec();
+    line.resize(size, b' ');
+    line
+}
+
 #[test]
 fn streams_hold_unfinished_answers_within_one_budget() {
     use toolgate_server::held::HeldBytes;
     let e = engine(list_policy());
     let budget = HeldBytes::new(4 << 20);
-    let open = |id: Option<Value>| {
-        let md = Some(metadata(&Follow::ToolList { id }, Caller::default()));
-        let mut exchange = Exchange::new(budget.clone());
-        let head = headers(200, "text/event-stream");
-        exchange.process(&e, &message(&md, head, false)).unwrap();
-        (exchange, md)
-    };
-    // Two GET streams, each with an event that never ends: the first holds 3 MiB...
-    let (mut first, md1) = open(None);
-    let mut line = b"data: ".to_vec();
-    line.resize(3 << 20, b' ');
-    let r = first.process(&e, &message(&md1, body(&line, false), false));
-    assert!(sent_body(&r.unwrap()).is_empty());
+    // GET streams of five servers, each with an event that never ends (each within its
+    // server's room): the first four hold 0.9 MiB each...
+    let line = unfinished_event((9 << 20) / 10);
+    let mut open = Vec::new();
+    for server in ["a", "b", "c", "d"] {
+        let (mut exchange, md) = open_list(&e, &budget, server);
+        let r = exchange.process(&e, &message(&md, body(&line, false), false));
+        assert!(sent_body(&r.unwrap()).is_empty());
+        open.push((exchange, md));
+    }
     assert!(budget.total() >= 3 << 20);
-    // ...so the second, going over the budget, is refused and holds nothing.
-    let (mut second, md2) = open(None);
-    let r = second.process(&e, &message(&md2, body(&line, false), false));
+    // ...so the fifth, going over the budget, is refused and holds nothing.
+    let (mut third, md3) = open_list(&e, &budget, "e");
+    let r = third.process(&e, &message(&md3, body(&line, false), false));
     let out = sent_body(&r.unwrap());
     let text = String::from_utf8(out).unwrap();
     let error: Value = serde_json::from_str(text.split("data: ").nth(1).unwrap().trim()).unwrap();
     assert_eq!(error["error"]["code"], -32603);
-    let r = second.process(&e, &message(&md2, body(&line, false), false));
+    let r = third.process(&e, &message(&md3, body(&line, false), false));
     assert!(sent_body(&r.unwrap()).is_empty());
     assert!(budget.total() < 4 << 20);
     // The first goes on; when the streams end, their bytes are given back.
-    let r = first.process(&e, &message(&md1, body(b"\n\n", false), false));
+    let (first, md1) = &mut open[0];
+    let r = first.process(&e, &message(md1, body(b"\n\n", false), false));
     let out = sent_body(&r.unwrap());
     assert_eq!(out.len(), line.len() + 2);
-    drop((first, second));
+    drop((open, third));
     assert_eq!(budget.total(), 0);
+}
+
+#[test]
+fn one_server_holds_at_most_half_the_large_holders_limit() {
+    use toolgate_server::held::HeldBytes;
+    let e = engine(list_policy());
+    let budget = HeldBytes::new(8 << 20);
+    // A server's stream sent a 3 MiB event whole: passed on, but the gRPC layer keeps a
+    // buffer that large for the stream, so its room holds it.
+    let (mut whole, md) = open_list(&e, &budget, "evil");
+    let mut event = unfinished_event(3 << 20);
+    event.extend_from_slice(b"\n\n");
+    let r = whole.process(&e, &message(&md, body(&event, false), false));
+    assert_eq!(sent_body(&r.unwrap()).len(), event.len());
+    assert!(!whole.out_of_room());
+    assert!(budget.room("evil").held() >= 3 << 20);
+    // A second stream of the same server, with an event that never ends: past its room of
+    // 4 MiB, so the stream is to end (nothing sent on), and it gives back all it held.
+    let (mut unfinished, md2) = open_list(&e, &budget, "evil");
+    let line = unfinished_event(3 << 20);
+    assert!(unfinished
+        .process(&e, &message(&md2, body(&line, false), false))
+        .is_none());
+    assert!(unfinished.out_of_room() && unfinished.finished());
+    assert!(budget.room("evil").held() < 4 << 20);
+    drop(unfinished);
+    // Another server's unfinished event is within its own room (its 1.5 MiB held twice: the
+    // part, and the stream's buffer) and the budget.
+    let line = unfinished_event(3 << 19);
+    let (mut other, md3) = open_list(&e, &budget, "good");
+    let r = other.process(&e, &message(&md3, body(&line, false), false));
+    assert!(sent_body(&r.unwrap()).is_empty());
+    assert!(!other.out_of_room());
+    let r = other.process(&e, &message(&md3, body(b"\n\n", false), false));
+    assert_eq!(sent_body(&r.unwrap()).len(), line.len() + 2);
+    // A message larger than the room on its own is not read.
+    let (mut huge, md4) = open_list(&e, &budget, "good");
+    assert!(huge
+        .process(
+            &e,
+            &message(&md4, body(&unfinished_event(5 << 20), false), false)
+        )
+        .is_none());
+    assert!(huge.out_of_room());
+    drop((whole, other, huge));
+    assert_eq!(budget.total(), 0);
+    assert_eq!(budget.room("evil").held() + budget.room("good").held(), 0);
+}
+
+/// The note of a call names its server too, so a call's answer is held in that server's room.
+#[test]
+fn a_calls_answer_is_held_in_its_servers_room() {
+    use toolgate_server::held::HeldBytes;
+    let e = engine(list_policy());
+    let budget = HeldBytes::new(8 << 20);
+    let follow = Follow::CallOutcome {
+        id: json!(1),
+        reservation: 7,
+        tool_errors: true,
+    };
+    let caller = Caller {
+        server: Some("evil".into()),
+        ..Default::default()
+    };
+    let md = Some(metadata(&follow, caller));
+    let mut calls: Vec<Exchange> = Vec::new();
+    let part = vec![b' '; 3 << 19];
+    for _ in 0..2 {
+        let mut exchange = Exchange::new(budget.clone());
+        exchange.process(&e, &message(&md, headers(200, "application/json"), true));
+        exchange.process(&e, &message(&md, body(&part, false), true));
+        calls.push(exchange);
+    }
+    assert!(!calls[0].out_of_room(), "the first is within the room");
+    assert!(calls[1].out_of_room(), "the second is past it");
+    drop(calls);
+    assert_eq!(budget.room("evil").held(), 0);
 }
 
 #[test]
