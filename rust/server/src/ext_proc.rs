@@ -12,7 +12,7 @@
 //!   sent), which the Envoy config routes on, so that processing is turned on only for the
 //!   exchanges that need it and everything else pays nothing.
 
-use crate::held::{large, HeldBytes, Room};
+use crate::held::{stream_buffer, HeldBytes, Room};
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{
     HeaderMap, HeaderValue, HeaderValueOption, Metadata,
@@ -209,8 +209,8 @@ pub struct Exchange {
     /// What this exchange holds of the budget.
     held: usize,
     /// Its MCP server's room ([`HeldBytes::room`]), once the Check's note has named it, and
-    /// what this exchange holds of it: the large part of `held`, and of the largest message
-    /// the stream was sent (the gRPC layer keeps a buffer that large while it is open).
+    /// what this exchange holds of it: `held`, and the buffer the gRPC layer keeps for the
+    /// largest message the stream was sent (as long as it is open).
     room: Option<Arc<Room>>,
     in_room: usize,
     largest: usize,
@@ -228,8 +228,9 @@ impl Default for Exchange {
 impl Drop for Exchange {
     fn drop(&mut self) {
         self.budget.hold(&mut self.held, 0);
-        if let Some(room) = &self.room {
+        if let Some(room) = self.room.take() {
             room.hold(&mut self.in_room, 0);
+            self.budget.leave(room);
         }
     }
 }
@@ -290,7 +291,8 @@ impl Exchange {
         let Some(room) = &self.room else {
             return true;
         };
-        if room.hold(&mut self.in_room, large(self.held) + large(self.largest)) {
+        let now = self.held + stream_buffer(self.largest);
+        if room.hold(&mut self.in_room, now) {
             return true;
         }
         room.hold(&mut self.in_room, 0);

@@ -29,12 +29,10 @@ use tonic::Status;
 /// [`HeldBytes::SMALL`] each) hold together stays within the limit, and what all hold within
 /// the limit and [`HeldBytes::HEADROOM`]. So callers holding large messages, who can fill
 /// their limit, do not keep out the small calls (every Check, decision and list request, every
-/// open stream), and the many small holders do not keep out the large.
+/// open stream), and the many small holders do not keep out the large. Within it, each MCP
+/// server's exchanges share a [`Room`] with half of each limit.
 pub struct HeldBytes {
-    total: AtomicUsize,
-    /// What the large holders hold, of `total`.
-    large: AtomicUsize,
-    limit: usize,
+    all: Ledger,
     /// Each MCP server's room, while one of its exchanges is open.
     rooms: Mutex<HashMap<Box<str>, Weak<Room>>>,
 }
@@ -52,35 +50,78 @@ impl HeldBytes {
     pub const HEADROOM: usize = 96 << 20;
     /// The most a small holder holds.
     pub const SMALL: usize = 64 << 10;
+    /// Server names longer than this share one room: a name is the route's (the operator's),
+    /// and a longer one, which only a caller could have sent, is not kept once per name.
+    pub const NAME: usize = 128;
 
     pub fn new(limit: usize) -> Arc<HeldBytes> {
         Arc::new(HeldBytes {
-            total: AtomicUsize::new(0),
-            large: AtomicUsize::new(0),
-            limit,
+            all: Ledger::new(limit, Self::HEADROOM),
             rooms: Mutex::new(HashMap::new()),
         })
     }
 
-    /// The room of the MCP server named `server`, shared by its open exchanges: half the
-    /// large holders' limit, so that one server whose answers mean harm (large parts, events
-    /// that never end) cannot take all of it from the others.
+    /// The room of the MCP server named `server`, shared by its open exchanges, each of which
+    /// gives it back with [`HeldBytes::leave`]: half of each limit, so that one server whose
+    /// answers mean harm (large parts, events that never end, many streams) cannot take all
+    /// of either from the others.
     pub fn room(&self, server: &str) -> Arc<Room> {
+        let key = if server.len() > Self::NAME {
+            "\0long"
+        } else {
+            server
+        };
         let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(room) = rooms.get(server).and_then(Weak::upgrade) {
+        if let Some(room) = rooms.get(key).and_then(Weak::upgrade) {
             return room;
         }
-        // Rooms no exchange holds go when the table has grown: it stays as large as the
-        // servers with exchanges open (each of which the budget charges).
-        if rooms.len() >= 64 && rooms.len().is_power_of_two() {
-            rooms.retain(|_, room| room.strong_count() > 0);
-        }
         let room = Arc::new(Room {
-            large: AtomicUsize::new(0),
-            limit: self.limit / 2,
+            ledger: Ledger::new(self.all.limit / 2, self.all.headroom / 2),
+            key: key.into(),
         });
-        rooms.insert(server.into(), Arc::downgrade(&room));
+        rooms.insert(key.into(), Arc::downgrade(&room));
         room
+    }
+
+    /// An exchange's part in its room ends: the room is forgotten once no exchange holds it,
+    /// so the table is as large as the servers with exchanges open.
+    pub fn leave(&self, room: Arc<Room>) {
+        // Under the lock, where rooms are also found: the count cannot grow meanwhile.
+        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        if Arc::strong_count(&room) == 1 {
+            rooms.remove(&room.key);
+        }
+        drop(room);
+    }
+
+    pub fn total(&self) -> usize {
+        self.all.total()
+    }
+
+    /// One holder, which held `held` bytes, now holds `now` ([`Ledger::hold`]).
+    pub fn hold(&self, held: &mut usize, now: usize) -> bool {
+        self.all.hold(held, now)
+    }
+}
+
+/// Bytes held against two limits: one for what large holders (more than [`HeldBytes::SMALL`]
+/// each) hold together, one for what all hold (the limit and a headroom).
+pub struct Ledger {
+    total: AtomicUsize,
+    /// What the large holders hold, of `total`.
+    large: AtomicUsize,
+    limit: usize,
+    headroom: usize,
+}
+
+impl Ledger {
+    fn new(limit: usize, headroom: usize) -> Ledger {
+        Ledger {
+            total: AtomicUsize::new(0),
+            large: AtomicUsize::new(0),
+            limit,
+            headroom,
+        }
     }
 
     pub fn total(&self) -> usize {
@@ -92,15 +133,15 @@ impl HeldBytes {
     /// all); counted all the same (but for a holding past the limit on its own, not counted):
     /// the holder gives up and holds less then.
     pub fn hold(&self, held: &mut usize, now: usize) -> bool {
-        let all = self.limit + Self::HEADROOM;
+        let all = self.limit + self.headroom;
         // Past the limit on its own (a length of 4 GiB declared): refused without being
         // counted, so the totals never show other holders more than there is.
-        if now > self.limit && now > Self::SMALL || now > all {
+        if now > self.limit && now > HeldBytes::SMALL || now > all {
             return false;
         }
         // Most changes are none (an answer read whole): the shared counts are only read.
         if now == *held {
-            return self.total() <= all && (now <= Self::SMALL || self.large() <= self.limit);
+            return self.total() <= all && (now <= HeldBytes::SMALL || self.large() <= self.limit);
         }
         let (was, is) = (large(*held), large(now));
         let large_after = match (was > 0, is > 0) {
@@ -131,50 +172,38 @@ impl HeldBytes {
     }
 }
 
-/// What one MCP server's exchanges hold that is large (their answers' unfinished messages and
-/// the largest part each stream was sent, each counted when over [`HeldBytes::SMALL`]),
-/// within a part of the large holders' limit ([`HeldBytes::room`]).
+/// What one MCP server's ext_proc exchanges hold (their answers' unfinished messages, and the
+/// buffer each stream keeps for the largest part it was sent), within half of each of the
+/// budget's limits ([`HeldBytes::room`]).
 pub struct Room {
-    large: AtomicUsize,
-    limit: usize,
+    ledger: Ledger,
+    key: Box<str>,
 }
 
 impl Room {
-    /// One exchange, whose large holdings were `held`, now has `now`: false if that takes the
-    /// room past its limit (counted all the same, unless past it on its own: the exchange
-    /// then ends, giving all it held back).
+    /// One exchange, which held `held` bytes of the room, now holds `now` ([`Ledger::hold`]).
     pub fn hold(&self, held: &mut usize, now: usize) -> bool {
-        if now > self.limit {
-            return false;
-        }
-        let within = if now >= *held {
-            let more = now - *held;
-            let large = if more == 0 {
-                self.large.load(Ordering::Relaxed)
-            } else {
-                self.large.fetch_add(more, Ordering::Relaxed) + more
-            };
-            large <= self.limit
-        } else {
-            self.large.fetch_sub(*held - now, Ordering::Relaxed);
-            true
-        };
-        *held = now;
-        within
+        self.ledger.hold(held, now)
     }
 
     pub fn held(&self) -> usize {
-        self.large.load(Ordering::Relaxed)
+        self.ledger.total()
     }
 }
 
 /// What of a holding counts as large: all of it past [`HeldBytes::SMALL`], none below.
-pub fn large(holding: usize) -> usize {
+fn large(holding: usize) -> usize {
     if holding > HeldBytes::SMALL {
         holding
     } else {
         0
     }
+}
+
+/// What the gRPC layer keeps for a stream whose largest message was `largest` bytes, beyond
+/// the share it is charged anyway.
+pub fn stream_buffer(largest: usize) -> usize {
+    largest.saturating_sub(IN_SHARE)
 }
 
 /// What an open unary call holds besides its message, measured (an outside review: 9.3 KiB a
@@ -553,10 +582,10 @@ mod tests {
                 let all = (1 << 20) + HeldBytes::HEADROOM;
                 if within && grew {
                     prop_assert!(budget.total() <= all);
-                    prop_assert!(wanted <= HeldBytes::SMALL || budget.large() <= 1 << 20);
+                    prop_assert!(wanted <= HeldBytes::SMALL || budget.all.large() <= 1 << 20);
                 }
                 prop_assert!(budget.total() <= all + wanted, "{} > {}", budget.total(), all);
-                prop_assert!(budget.large() <= (1 << 20) + wanted);
+                prop_assert!(budget.all.large() <= (1 << 20) + wanted);
                 if !within {
                     budget.hold(&mut holders[holder], 0);
                 }
@@ -564,7 +593,7 @@ mod tests {
             for held in &mut holders {
                 budget.hold(held, 0);
             }
-            prop_assert_eq!((budget.total(), budget.large()), (0, 0));
+            prop_assert_eq!((budget.total(), budget.all.large()), (0, 0));
         }
     }
 
@@ -614,7 +643,7 @@ mod tests {
     }
 
     #[test]
-    fn a_servers_exchanges_share_one_room_of_half_the_limit() {
+    fn a_servers_exchanges_share_one_room_of_half_each_limit() {
         let budget = HeldBytes::new(8 << 20);
         let (a, again, b) = (budget.room("a"), budget.room("a"), budget.room("b"));
         assert!(Arc::ptr_eq(&a, &again) && !Arc::ptr_eq(&a, &b));
@@ -632,24 +661,57 @@ mod tests {
             assert!(room.hold(held, 0));
         }
         assert_eq!(a.held() + b.held(), 0);
+        // Small holdings fill half the headroom and the room's limit (52 MiB), no more.
+        let mut small = vec![0; (52 << 20) / HeldBytes::SMALL + 1];
+        let mut fits = 0;
+        for held in small.iter_mut() {
+            if !a.hold(held, HeldBytes::SMALL) {
+                break;
+            }
+            fits += 1;
+        }
+        assert_eq!(fits, (52 << 20) / HeldBytes::SMALL);
     }
 
     #[test]
-    fn rooms_no_exchange_holds_are_forgotten() {
+    fn rooms_are_forgotten_when_their_last_exchange_leaves() {
         let budget = HeldBytes::new(8 << 20);
         let kept = budget.room("kept");
         let mut held = 0;
         assert!(kept.hold(&mut held, 1 << 20));
-        // Servers named one after another, each room let go at once (names a Check would
-        // take from the proxy's config; a table that kept them all would grow with each).
+        // Servers named one after another, each room left at once.
         for i in 0..10_000 {
-            drop(budget.room(&format!("server-{i}")));
+            budget.leave(budget.room(&format!("server-{i}")));
         }
-        let rooms = budget.rooms.lock().unwrap();
-        assert!(rooms.len() <= 128, "{} rooms kept", rooms.len());
-        drop(rooms);
+        // Two exchanges of one server: the room stays until the second leaves.
+        let (first, second) = (budget.room("two"), budget.room("two"));
+        budget.leave(first);
+        assert!(Arc::ptr_eq(&second, &budget.room("two")));
+        budget.leave(second);
+        let names: Vec<String> = budget
+            .rooms
+            .lock()
+            .unwrap()
+            .keys()
+            .map(|k| k.to_string())
+            .collect();
+        assert_eq!(names, ["kept"]);
         // A room still held is the same room, with what it holds.
         assert!(Arc::ptr_eq(&kept, &budget.room("kept")));
         assert_eq!(budget.room("kept").held(), 1 << 20);
+    }
+
+    #[test]
+    fn long_server_names_share_one_room_and_are_not_kept() {
+        let budget = HeldBytes::new(8 << 20);
+        let (long, longer) = ("x".repeat(HeldBytes::NAME + 1), "y".repeat(4 << 20));
+        let (one, two) = (budget.room(&long), budget.room(&longer));
+        assert!(Arc::ptr_eq(&one, &two));
+        let kept: usize = budget.rooms.lock().unwrap().keys().map(|k| k.len()).sum();
+        assert!(kept < 16, "{kept} bytes of names kept");
+        assert!(!Arc::ptr_eq(
+            &budget.room(&"x".repeat(HeldBytes::NAME)),
+            &one
+        ));
     }
 }
