@@ -4,6 +4,14 @@ and PolicyLayer's example policies copied literally from its documentation."""
 from __future__ import annotations
 
 import os
+import signal
+
+# A run started in the background of a shell without job control (`cmd &` in a script) has
+# SIGINT ignored, and every child would inherit that: the tests send SIGINT as a terminal
+# does, to processes that take it as a terminal's job would. Handled here, it is the default
+# again in each program the tests start.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # The tests start many subprocesses from a process with gRPC threads; gRPC's fork handlers
 # only matter to processes that fork and keep using gRPC, which these never do. Set before

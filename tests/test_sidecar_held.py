@@ -213,10 +213,14 @@ def test_one_servers_answers_leave_room_for_the_others(sc):
     holders get, and no more: its streams past it are ended RESOURCE_EXHAUSTED, while another
     server's answers of the same size are still read. Before rooms, the one server took all
     48 MiB (12 such streams) and the other's were refused."""
+    refusals = ("toolgate_grpc_errors_total", {"api": "ext_proc", "status": "RESOURCE_EXHAUSTED"})
+    counted = sc.metric(refusals[0], **refusals[1]) or 0
     evil, close_evil = open_streams(sc.port, 30, list_part(2_000_000, server="evil"))
     try:
         assert set(evil) == {"answered", "RESOURCE_EXHAUSTED"}, evil
         assert evil["answered"] <= (BUDGET // 2) // 4_000_000, evil
+        # Each stream ended is counted, whichever limit ended it.
+        assert sc.metric(refusals[0], **refusals[1]) == counted + evil["RESOURCE_EXHAUSTED"]
         good, close_good = open_streams(sc.port, 3, list_part(2_000_000, server="good"))
         close_good()
         assert good == {"answered": 3}, good
