@@ -12,7 +12,7 @@
 //!   sent), which the Envoy config routes on, so that processing is turned on only for the
 //!   exchanges that need it and everything else pays nothing.
 
-use crate::held::{stream_buffer, HeldBytes, Room};
+use crate::held::{stream_buffer, HeldBytes, Room, STREAM_SHARE};
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{
     HeaderMap, HeaderValue, HeaderValueOption, Metadata,
@@ -140,8 +140,10 @@ pub fn exchange_metadata(follow: &Follow, caller: impl FnOnce() -> Caller) -> Op
     Some(metadata)
 }
 
-/// Read back what [`exchange_metadata`] wrote, as Envoy forwards it.
-fn read_metadata(metadata: Option<&Metadata>) -> Option<(Follow, Caller)> {
+/// Read back what [`exchange_metadata`] wrote, as Envoy forwards it; with the bytes of its text
+/// the exchange keeps (a caller's grant, session and agent come from its headers: tens of
+/// kilobytes, each stream).
+fn read_metadata(metadata: Option<&Metadata>) -> Option<(Follow, Caller, usize)> {
     let note = match &metadata?
         .filter_metadata
         .get(METADATA_NAMESPACE)?
@@ -156,6 +158,13 @@ fn read_metadata(metadata: Option<&Metadata>) -> Option<(Follow, Caller)> {
         Some(Kind::StringValue(s)) => Some(s.clone()),
         _ => None,
     };
+    let kept = ["id", "server", "grant", "session", "agent"]
+        .iter()
+        .filter_map(|key| match note.fields.get(*key)?.kind.as_ref()? {
+            Kind::StringValue(s) => Some(s.len()),
+            _ => None,
+        })
+        .sum();
     // An id that is there must read back; a list stream may have none.
     let id: Option<Value> = match text("id") {
         Some(id) => Some(serde_json::from_str(&id).ok()?),
@@ -174,7 +183,7 @@ fn read_metadata(metadata: Option<&Metadata>) -> Option<(Follow, Caller)> {
                 agent: text("agent"),
                 grant_verified: matches!(verified, Some(Kind::BoolValue(true))),
             };
-            Some((Follow::ToolList { id }, caller))
+            Some((Follow::ToolList { id }, caller, kept))
         }
         "tools/call" => {
             let reservation = text("reservation")?.parse().ok()?;
@@ -188,7 +197,7 @@ fn read_metadata(metadata: Option<&Metadata>) -> Option<(Follow, Caller)> {
                 server: text("server"),
                 ..Caller::default()
             };
-            Some((follow, caller))
+            Some((follow, caller, kept))
         }
         _ => None,
     }
@@ -206,15 +215,20 @@ pub struct Exchange {
     /// event not yet whole, or a call's answer read so far (up to 16 MiB each). An exchange
     /// that would go over stops reading: a list is refused, a call counts as run.
     budget: Arc<HeldBytes>,
-    /// What this exchange holds of the budget.
+    /// What this exchange holds of the budget: its answer's unfinished message and the text
+    /// of the note it keeps.
     held: usize,
+    /// The bytes of the note's text the exchange keeps.
+    note: usize,
     /// Its MCP server's room ([`HeldBytes::room`]), once the Check's note has named it, and
-    /// what this exchange holds of it: `held`, and the buffer the gRPC layer keeps for the
-    /// largest message the stream was sent (as long as it is open).
+    /// what the stream holds of it, each holding as the budget charges it: the gRPC layer's
+    /// buffers for the stream's largest message each way (as long as it is open), and `held`.
     room: Option<Arc<Room>>,
-    in_room: usize,
-    largest: usize,
-    /// The room was full: the stream is to end (`RESOURCE_EXHAUSTED`), which frees it all.
+    in_room: [usize; 3],
+    largest_in: usize,
+    largest_out: usize,
+    /// The room (or the budget, for the note) was full: the stream is to end
+    /// (`RESOURCE_EXHAUSTED`), which frees it all.
     out_of_room: bool,
 }
 
@@ -229,7 +243,9 @@ impl Drop for Exchange {
     fn drop(&mut self) {
         self.budget.hold(&mut self.held, 0);
         if let Some(room) = self.room.take() {
-            room.hold(&mut self.in_room, 0);
+            for held in &mut self.in_room {
+                room.hold(held, 0);
+            }
             self.budget.leave(room);
         }
     }
@@ -271,9 +287,11 @@ impl Exchange {
             finished: false,
             budget,
             held: 0,
+            note: 0,
             room: None,
-            in_room: 0,
-            largest: 0,
+            in_room: [0; 3],
+            largest_in: 0,
+            largest_out: 0,
             out_of_room: false,
         }
     }
@@ -285,21 +303,44 @@ impl Exchange {
         self.out_of_room
     }
 
-    /// Charge the room what the exchange holds now; false, with the exchange ended, if the
-    /// room is full.
+    /// Charge the room what the stream holds now, as the budget does (so that what is large
+    /// to one is large to the other); false, with the exchange ended, if the room is full.
     fn within_room(&mut self) -> bool {
         let Some(room) = &self.room else {
             return true;
         };
-        let now = self.held + stream_buffer(self.largest);
-        if room.hold(&mut self.in_room, now) {
+        let holdings = [
+            STREAM_SHARE + stream_buffer(self.largest_in),
+            stream_buffer(self.largest_out),
+            self.held,
+        ];
+        // What shrinks is given back before what grows is taken (an event passed on moves
+        // from the unfinished message to the answer's buffer).
+        let mut within = true;
+        for shrinking in [true, false] {
+            for (held, now) in self.in_room.iter_mut().zip(holdings) {
+                if (now < *held) == shrinking {
+                    within &= room.hold(held, now);
+                }
+            }
+        }
+        if within {
             return true;
         }
-        room.hold(&mut self.in_room, 0);
+        self.end();
+        false
+    }
+
+    /// Give back all the exchange holds: its stream is to end.
+    fn end(&mut self) {
+        if let Some(room) = &self.room {
+            for held in &mut self.in_room {
+                room.hold(held, 0);
+            }
+        }
         self.budget.hold(&mut self.held, 0);
         self.out_of_room = true;
         self.finished = true;
-        false
     }
 
     /// Whether the stream has nothing more to do (the answer has ended, or a call's outcome is
@@ -323,11 +364,16 @@ impl Exchange {
     ) -> Option<ProcessingResponse> {
         if let State::New = self.state {
             let note = read_metadata(request.metadata_context.as_ref());
-            if let Some((_, caller)) = &note {
+            if let Some((_, caller, kept)) = &note {
                 self.room = Some(self.budget.room(caller.server.as_deref().unwrap_or("")));
+                self.note = *kept;
+                if !self.budget.hold(&mut self.held, self.note) {
+                    self.end();
+                    return None;
+                }
             }
             self.state = match note {
-                Some((Follow::ToolList { id }, caller)) => State::List {
+                Some((Follow::ToolList { id }, caller, _)) => State::List {
                     id,
                     upstream_id: None,
                     caller: Arc::new(caller),
@@ -342,6 +388,7 @@ impl Exchange {
                         tool_errors,
                     },
                     _,
+                    _,
                 )) => State::Call {
                     watcher: CallWatcher::new(id),
                     reservation,
@@ -352,7 +399,7 @@ impl Exchange {
             };
         }
         // A message past the room is not read.
-        self.largest = self.largest.max(request.encoded_len());
+        self.largest_in = self.largest_in.max(request.encoded_len());
         if !self.within_room() {
             return None;
         }
@@ -370,16 +417,16 @@ impl Exchange {
             Request::RequestTrailers(_) => Response::RequestTrailers(TrailersResponse::default()),
             Request::ResponseTrailers(_) => Response::ResponseTrailers(TrailersResponse::default()),
         };
-        if !self.within_room() {
-            return None;
-        }
         if request.observability_mode {
+            self.within_room();
             return None;
         }
-        Some(ProcessingResponse {
+        let response = ProcessingResponse {
             response: Some(response),
             ..Default::default()
-        })
+        };
+        self.largest_out = self.largest_out.max(response.encoded_len());
+        self.within_room().then_some(response)
     }
 
     /// A list request's headers (the deployed configs do not send them: Envoy then drops the
@@ -486,10 +533,10 @@ impl Exchange {
                 let filter = filter
                     .get_or_insert_with(|| list_filter(engine, id, upstream_id, caller, policy));
                 let mut out = filter.feed(&body.body, body.end_of_stream);
-                if !self.budget.hold(&mut self.held, filter.held()) {
+                if !self.budget.hold(&mut self.held, filter.held() + self.note) {
                     let why = "the proxy holds as many unfinished answers as it may";
                     out.extend(filter.give_up(why.into()));
-                    self.budget.hold(&mut self.held, 0);
+                    self.budget.hold(&mut self.held, self.note);
                 }
                 count_lists(engine, &filter.report, counted);
                 body_mutation = Some(BodyMutation {
@@ -510,9 +557,9 @@ impl Exchange {
                     }
                 }
                 watcher.feed(&body.body, body.end_of_stream);
-                if !self.budget.hold(&mut self.held, watcher.held()) {
+                if !self.budget.hold(&mut self.held, watcher.held() + self.note) {
                     watcher.give_up();
-                    self.budget.hold(&mut self.held, 0);
+                    self.budget.hold(&mut self.held, self.note);
                 }
                 give_back(engine, watcher, *reservation, *tool_errors, released);
             }

@@ -612,19 +612,19 @@ fn one_server_holds_at_most_half_the_large_holders_limit() {
     let e = engine(list_policy());
     let budget = HeldBytes::new(8 << 20);
     let (evil, good) = (budget.room("evil"), budget.room("good"));
-    // A server's stream sent a 3 MiB event whole: passed on, but the gRPC layer keeps a
-    // buffer that large for the stream, so its room holds it.
+    // A server's stream sent a 1.5 MiB event whole: passed on, but the gRPC layer keeps
+    // buffers that large for the stream each way, so its room holds them.
     let (mut whole, md) = open_list(&e, &budget, "evil");
-    let mut event = unfinished_event(3 << 20);
+    let mut event = unfinished_event(3 << 19);
     event.extend_from_slice(b"\n\n");
     let r = whole.process(&e, &message(&md, body(&event, false), false));
     assert_eq!(sent_body(&r.unwrap()).len(), event.len());
     assert!(!whole.out_of_room());
-    assert!(evil.held() >= (3 << 20) - 1024);
+    assert!(evil.held() >= (3 << 20) - 2048);
     // A second stream of the same server, with an event that never ends: past its room of
     // 4 MiB, so the stream is to end (nothing sent on), and it gives back all it held.
     let (mut unfinished, md2) = open_list(&e, &budget, "evil");
-    let line = unfinished_event(3 << 20);
+    let line = unfinished_event(3 << 19);
     assert!(unfinished
         .process(&e, &message(&md2, body(&line, false), false))
         .is_none());
