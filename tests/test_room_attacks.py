@@ -7,7 +7,7 @@ refuse another server's lists, or crash it.
 
 The first two tests failed against 96c7c95 (findings) and pass since: a room is forgotten
 when its last exchange leaves, server names past 128 bytes share one room, and a room
-counts every holding, small ones too, within half of each of the budget's two limits. The
+counts every holding, small ones too, within half the large holders' limit and the headroom. The
 rest are attacks it withstood. Each test that measures memory or fills the whole budget
 starts its own sidecar."""
 

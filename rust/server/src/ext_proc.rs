@@ -158,18 +158,26 @@ fn read_metadata(metadata: Option<&Metadata>) -> Option<(Follow, Caller, usize)>
         Some(Kind::StringValue(s)) => Some(s.clone()),
         _ => None,
     };
-    let kept = ["id", "server", "grant", "session", "agent"]
+    // The id twice: a list's filter answers under a copy of it.
+    let kept = ["id", "id", "server", "grant", "session", "agent"]
         .iter()
         .filter_map(|key| match note.fields.get(*key)?.kind.as_ref()? {
             Kind::StringValue(s) => Some(s.len()),
             _ => None,
         })
         .sum();
-    // An id that is there must read back; a list stream may have none.
+    // An id that is there must read back as the Check wrote it, a string or an integer (any
+    // other value's text would be charged for far less than it takes read); a list stream
+    // may have none.
     let id: Option<Value> = match text("id") {
         Some(id) => Some(serde_json::from_str(&id).ok()?),
         None => None,
     };
+    if let Some(id) = &id {
+        if !(id.is_string() || id.is_i64() || id.is_u64()) {
+            return None;
+        }
+    }
     match text("exchange")?.as_str() {
         "tools/list" => {
             let verified = note

@@ -30,7 +30,7 @@ use tonic::Status;
 /// the limit and [`HeldBytes::HEADROOM`]. So callers holding large messages, who can fill
 /// their limit, do not keep out the small calls (every Check, decision and list request, every
 /// open stream), and the many small holders do not keep out the large. Within it, each MCP
-/// server's exchanges share a [`Room`] with half of each limit.
+/// server's exchanges share a [`Room`] with half the large holders' limit.
 pub struct HeldBytes {
     all: Ledger,
     /// Each MCP server's room, while one of its exchanges is open.
@@ -62,9 +62,9 @@ impl HeldBytes {
     }
 
     /// The room of the MCP server named `server`, shared by its open exchanges, each of which
-    /// gives it back with [`HeldBytes::leave`]: half of each limit, so that one server whose
-    /// answers mean harm (large parts, events that never end, many streams) cannot take all
-    /// of either from the others.
+    /// gives it back with [`HeldBytes::leave`]: half the large holders' limit and the
+    /// headroom, so that one server whose answers mean harm (large parts, events that never
+    /// end, many streams) cannot take all of either limit from the others.
     pub fn room(&self, server: &str) -> Arc<Room> {
         let key = if server.len() > Self::NAME {
             "\0long"
@@ -75,8 +75,11 @@ impl HeldBytes {
         if let Some(room) = rooms.get(key).and_then(Weak::upgrade) {
             return room;
         }
+        // Half the large holders' limit; all of the headroom, which holds the streams the
+        // proxy lets open (20,000 through the shipped configs, of every server together), so
+        // that no number of plain streams it lets one server open fills that server's room.
         let room = Arc::new(Room {
-            ledger: Ledger::new(self.all.limit / 2, self.all.headroom / 2),
+            ledger: Ledger::new(self.all.limit / 2, self.all.headroom),
             key: key.into(),
         });
         rooms.insert(key.into(), Arc::downgrade(&room));
@@ -172,9 +175,9 @@ impl Ledger {
     }
 }
 
-/// What one MCP server's ext_proc exchanges hold (their answers' unfinished messages, and the
-/// buffer each stream keeps for the largest part it was sent), within half of each of the
-/// budget's limits ([`HeldBytes::room`]).
+/// What one MCP server's ext_proc exchanges hold (their streams' buffers, their answers'
+/// unfinished messages, the notes they keep), within half the large holders' limit and the
+/// headroom ([`HeldBytes::room`]).
 pub struct Room {
     ledger: Ledger,
     key: Box<str>,
@@ -643,7 +646,7 @@ mod tests {
     }
 
     #[test]
-    fn a_servers_exchanges_share_one_room_of_half_each_limit() {
+    fn a_servers_exchanges_share_one_room_of_half_the_large_holders_limit() {
         let budget = HeldBytes::new(8 << 20);
         let (a, again, b) = (budget.room("a"), budget.room("a"), budget.room("b"));
         assert!(Arc::ptr_eq(&a, &again) && !Arc::ptr_eq(&a, &b));
@@ -661,8 +664,8 @@ mod tests {
             assert!(room.hold(held, 0));
         }
         assert_eq!(a.held() + b.held(), 0);
-        // Small holdings fill half the headroom and the room's limit (52 MiB), no more.
-        let mut small = vec![0; (52 << 20) / HeldBytes::SMALL + 1];
+        // Small holdings fill the headroom and the room's limit (100 MiB), no more.
+        let mut small = vec![0; (100 << 20) / HeldBytes::SMALL + 1];
         let mut fits = 0;
         for held in small.iter_mut() {
             if !a.hold(held, HeldBytes::SMALL) {
@@ -670,7 +673,7 @@ mod tests {
             }
             fits += 1;
         }
-        assert_eq!(fits, (52 << 20) / HeldBytes::SMALL);
+        assert_eq!(fits, (100 << 20) / HeldBytes::SMALL);
     }
 
     #[test]

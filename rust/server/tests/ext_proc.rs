@@ -335,6 +335,33 @@ fn an_answer_without_a_note_is_refused_where_envoy_waits() {
     );
 }
 
+/// A note's id is read back only as the Check writes one, a string or an integer: any other
+/// value (an array, which as values takes many times its text) leaves the answer refused.
+#[test]
+fn a_note_whose_id_no_check_would_write_is_no_note() {
+    let e = engine(list_policy());
+    for (id, read) in [
+        (json!("a"), true),
+        (json!(7), true),
+        (json!([0, 0, 0]), false),
+        (json!({"a": 1}), false),
+        (json!(1.5), false),
+    ] {
+        let md = Some(metadata(
+            &Follow::ToolList {
+                id: Some(id.clone()),
+            },
+            Caller::default(),
+        ));
+        let mut exchange = Exchange::default();
+        let r = exchange
+            .process(&e, &message(&md, body(b"{", false), false))
+            .unwrap();
+        let refused = matches!(r.response, Some(Response::ImmediateResponse(_)));
+        assert_eq!(refused, !read, "{id}: {r:?}");
+    }
+}
+
 /// The messages a client reads in `out`, an event stream (the media type the agent is told).
 fn client_messages(out: &[u8]) -> Vec<Value> {
     let events = EventSplitter::default().feed(out, true).unwrap();
