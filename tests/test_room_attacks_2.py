@@ -22,13 +22,13 @@ from typing import Any
 import grpc
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2
-from google.protobuf import struct_pb2
 from sidecar import Sidecar
 from test_room_attacks import ROOM_STREAMS, call_note, one_stream
 from test_sidecar_held import (
     MEMORY_LIMIT_KIB,
     POLICY,
     PROCESS,
+    ext_proc_message,
     list_part,
     open_streams,
     rss_kib,
@@ -48,29 +48,10 @@ def shared() -> Iterator[Sidecar]:
         yield s
 
 
-def _varint(v: int) -> bytes:
-    out = b""
-    while True:
-        b, v = v & 0x7F, v >> 7
-        if not v:
-            return out + bytes([b])
-        out += bytes([b | 0x80])
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
 def body_part(body: bytes, note: dict[str, Any] | None) -> bytes:
     """An ext_proc message carrying ``body`` as a part of an answer's body (not its last),
     with ``note`` as the Check's note in its metadata (none if ``None``)."""
-    message = _field(5, _field(1, body))
-    if note is None:
-        return message
-    namespace = struct_pb2.Struct()
-    namespace["toolgate"] = note
-    entry = _field(1, b"envoy.filters.http.ext_authz") + _field(2, namespace.SerializeToString())
-    return message + _field(8, _field(1, entry))
+    return ext_proc_message(body, note)
 
 
 def events(size: int) -> bytes:

@@ -10,10 +10,11 @@ import queue
 import struct
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import struct_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2
 from h2_client import RawGrpc
 from sidecar import PATIENCE, Sidecar
 from toolgate.v1 import decider_pb2
@@ -90,30 +91,24 @@ def test_messages_half_sent_are_charged_what_they_declare_and_given_back(sc):
     still_deciding(sc)
 
 
+def ext_proc_message(body: bytes, note: dict[str, Any] | None) -> bytes:
+    """An ext_proc message as Envoy sends an answer's part (not its last): ``body``, with
+    ``note`` as the Check's note in its metadata (none if ``None``)."""
+    request = external_processor_pb2.ProcessingRequest()
+    request.response_body.body = body
+    if note is not None:
+        namespace = request.metadata_context.filter_metadata["envoy.filters.http.ext_authz"]
+        namespace.update({"toolgate": note})
+    return request.SerializeToString()
+
+
 def list_part(size: int, server: str | None = None) -> bytes:
     """An ext_proc message as Envoy sends a tools/list answer's part (the Check's note in its
     metadata, naming ``server`` if given): ``size`` bytes of an event that does not end."""
-
-    def varint(v: int) -> bytes:
-        out = b""
-        while True:
-            b, v = v & 0x7F, v >> 7
-            if not v:
-                return out + bytes([b])
-            out += bytes([b | 0x80])
-
-    def field(number: int, payload: bytes) -> bytes:
-        return varint(number << 3 | 2) + varint(len(payload)) + payload
-
-    note = struct_pb2.Struct()
-    note.update({"exchange": "tools/list", "grant_verified": False})
+    note: dict[str, Any] = {"exchange": "tools/list", "grant_verified": False}
     if server is not None:
         note["server"] = server
-    namespace = struct_pb2.Struct()
-    namespace["toolgate"] = note
-    entry = field(1, b"envoy.filters.http.ext_authz") + field(2, namespace.SerializeToString())
-    body = field(1, b"data: " + b" " * (size - 6))
-    return field(5, body) + field(8, field(1, entry))
+    return ext_proc_message(b"data: " + b" " * (size - 6), note)
 
 
 def open_streams(port: int, count: int, message: bytes) -> tuple[dict[str, int], Callable]:
