@@ -12,8 +12,9 @@
 //! what is held past the budget is ended with `RESOURCE_EXHAUSTED`, which frees what it held.
 //! Past the budget the sidecar refuses calls (failing closed) rather than growing.
 //!
-//! Within it, each MCP server's ext_proc streams share a [`Room`] for what they hold that is
-//! large, so that one server whose answers mean harm cannot fill the budget for all.
+//! Within it, each MCP server's ext_proc streams share a [`Room`] for all they hold, charged
+//! as the budget charges it, so that one server whose answers mean harm cannot fill the
+//! budget for all.
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
