@@ -137,11 +137,21 @@ def _image_id(tag: str) -> str | None:
     return found.stdout.strip() if found.returncode == 0 else None
 
 
-def _drop_replaced(tag: str, old: str | None) -> None:
-    """Remove the image ``tag`` named before a rebuild (and its build stages), so rebuilds
-    do not pile up unnamed images."""
+def dangling() -> set[str]:
+    """The unnamed images that no image is built on: what builds leave behind."""
+    found = podman("images", "--filter", "dangling=true", "--quiet", "--no-trunc", check=False)
+    return set(found.stdout.split()) if found.returncode == 0 else set()
+
+
+def _drop_replaced(tag: str, old: str | None, left_before: set[str]) -> None:
+    """Remove the image ``tag`` named before a rebuild, and what this build left unnamed
+    (the layers of stages the image only copies from; ``podman rmi`` takes their unnamed
+    parents with them), so rebuilds do not pile up unnamed images. Layers the image is
+    built on stay, and with them the build cache of its first stages."""
     if old is not None and _image_id(tag) != old:
         podman("rmi", old, check=False)
+    for leftover in dangling() - left_before:
+        podman("rmi", leftover, check=False)
 
 
 def _cached(tag: str, digest: str) -> bool:
@@ -160,6 +170,7 @@ def build_image(
     if _cached(tag, digest):
         return tag
     old = _image_id(tag)
+    left_before = dangling()
     build_args = [f"--build-arg={k}={v}" for k, v in args.items()]
     podman(
         "build",
@@ -174,7 +185,7 @@ def build_image(
         str(context),
         timeout=1800,
     )
-    _drop_replaced(tag, old)
+    _drop_replaced(tag, old, left_before)
     return tag
 
 
@@ -189,6 +200,7 @@ def toolgate_image(arch: str = "amd64") -> str:
     if _cached(tag, digest):
         return tag
     old = _image_id(tag)
+    left_before = dangling()
     done = subprocess.run(
         ["bash", str(ROOT / "scripts" / "build-image"), "--arch", arch, tag,
          f"--label={INPUTS_LABEL}={digest}"],
@@ -198,7 +210,7 @@ def toolgate_image(arch: str = "amd64") -> str:
     if done.returncode != 0:
         output = done.stdout[-4000:] + done.stderr[-4000:]
         raise RuntimeError(f"scripts/build-image failed:\n{output}")
-    _drop_replaced(tag, old)
+    _drop_replaced(tag, old, left_before)
     return tag
 
 
