@@ -68,6 +68,22 @@ def dies_with_parent(args: list[str]) -> list[str]:
     return [_SETPRIV, "--pdeathsig", "KILL", *args] if _SETPRIV else args
 
 
+def hang(pid: int) -> None:
+    """Stop ``pid`` (SIGSTOP) as a hung process, and wait until every thread has stopped:
+    kill() returns once one thread is told, and until it takes the signal the others go on
+    serving (on a busy machine, long enough to answer the next call). SIGCONT resumes it."""
+    os.kill(pid, signal.SIGSTOP)
+
+    def all_stopped() -> bool:
+        states = [
+            (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            for task in Path(f"/proc/{pid}/task").iterdir()
+        ]
+        return all(state == "T" for state in states)
+
+    wait_for(lambda: all_stopped() or None)
+
+
 def free_port() -> int:
     """A port that was free on 127.0.0.1 a moment ago (bind to 0, read it, close)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

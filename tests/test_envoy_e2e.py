@@ -29,7 +29,7 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_servers import EverythingServer, ExampleServer, mcp_session, node_executable, texts
-from sidecar import Sidecar, wait_for
+from sidecar import Sidecar, hang
 
 pytestmark = [
     pytest.mark.skipif(
@@ -260,15 +260,6 @@ def test_malformed_bodies_never_reach_the_server(example, gate):
 # --- failing closed ------------------------------------------------------------------------
 
 
-def stopped(pid: int) -> bool:
-    """Every thread of ``pid`` is stopped (state T in /proc)."""
-    states = [
-        (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        for task in Path(f"/proc/{pid}/task").iterdir()
-    ]
-    return all(state == "T" for state in states)
-
-
 @pytest.mark.parametrize("trouble", ["stopped", "hung"])
 def test_envoy_fails_closed_without_the_sidecar(tmp_path: Path, trouble: str):
     with ExampleServer(tmp_path / "example.jsonl") as example:
@@ -281,9 +272,7 @@ def test_envoy_fails_closed_without_the_sidecar(tmp_path: Path, trouble: str):
             if trouble == "stopped":
                 sidecar.stop()
             else:
-                os.kill(sidecar.proc.pid, signal.SIGSTOP)
-                # kill() returns before every thread has stopped: wait until they all have.
-                wait_for(lambda: stopped(sidecar.proc.pid) or None)
+                hang(sidecar.proc.pid)
             try:
                 marker = f"after-{trouble}"
                 status, _, body = send(

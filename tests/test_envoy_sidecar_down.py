@@ -36,7 +36,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mcp.shared.exceptions import MCPError
 from mcp_servers import ExampleServer
-from sidecar import Sidecar
+from sidecar import Sidecar, hang
 from test_envoy_e2e import calls_in_one_session, tool_calls
 from test_envoy_e2e_attacks import Issuer, _jwks, post
 
@@ -228,7 +228,7 @@ def test_the_mcp_client_reads_the_error(tmp_path: Path, trouble: str):
                 if i == 0 and trouble == "stopped":
                     sidecar.stop()
                 elif i == 0:
-                    os.kill(pid, signal.SIGSTOP)
+                    hang(pid)
 
             try:
                 calls = [("create-ami", {"name": "before"}), ("create-ami", {"name": "after"})]
