@@ -42,16 +42,10 @@ SERVER_OF = {"authz-unix": "tg-unix", "authz-floor": "floor"}
 def envoy_config(
     deployed: dict, name: str, listen: int, admin: int, tport: int, sock: str, fport: int
 ):
-    port = fport if name == "authz-floor" else tport
-    cfg = ev.bench_config(
+    port = {"authz-floor": fport, "authz-unix": sock}.get(name, tport)
+    return ev.bench_config(
         deployed, authz=name != "plain", listen=listen, admin=admin, toolgate=port
     )
-    if name == "authz-unix":
-        (tg,) = [c for c in cfg["static_resources"]["clusters"] if c["name"] == "toolgate"]
-        (group,) = tg["load_assignment"]["endpoints"]
-        (lb,) = group["lb_endpoints"]
-        lb["endpoint"]["address"] = {"pipe": {"path": sock}}
-    return cfg
 
 
 def main() -> int:
@@ -117,7 +111,7 @@ def main() -> int:
             port, admin = h.free_port(), h.free_port()
             path = workdir / f"{name}.json"
             path.write_text(
-                json.dumps(envoy_config(deployed, name, port, admin, tport, sock[5:], fport))
+                json.dumps(envoy_config(deployed, name, port, admin, tport, sock, fport))
             )
             servers[name] = ev.start(name, path, admin, workdir, *args.envoy_arg, port=port)
         probes = [f"{n}: {ev.probe(servers[n], n != 'plain')}" for n in CONFIGS]

@@ -165,8 +165,8 @@ def bench_policy(workdir: Path) -> Path:
 
 
 def proc_config(
-    deployed: dict, *, sync: bool, listen: int, admin: int, toolgate: int, upstream: int,
-    answers: int | None = None,
+    deployed: dict, *, sync: bool, listen: int, admin: int, toolgate: int | str, upstream: int,
+    answers: int | str | None = None,
 ) -> dict:  # fmt: skip
     """The ext_authz + ext_proc listener on these ports, every route's server id the bench's;
     ``sync``: toolgate.outcomes without observability mode (Envoy waits for toolgate);
@@ -200,7 +200,13 @@ def proc_config(
 
 
 def envoy_config(
-    name: str, deployed: dict, listen: int, admin: int, tport: int, uport: int, fport: int
+    name: str,
+    deployed: dict,
+    listen: int,
+    admin: int,
+    tport: int | str,
+    uport: int,
+    fport: int | str,
 ) -> dict:
     if name in ("plain", "authz"):
         return ev.bench_config(
@@ -282,8 +288,10 @@ def upstream_config(listen: int, admin: int) -> dict:
 # --- processes and counters -------------------------------------------------------------------
 
 
-def sidecar(policy: Path, workdir: Path, extra: list[str]) -> h.Server:
-    port, mport = h.free_port(), h.free_port()
+def sidecar(policy: Path, workdir: Path, extra: list[str], unix: bool = False) -> h.Server:
+    """``toolgate serve`` on a port of 127.0.0.1, or with ``unix`` on a socket in ``workdir``."""
+    port = f"unix:{workdir / 'toolgate.sock'}" if unix else h.free_port()
+    mport = h.free_port()
     cmd = h.serve_cmd(port, *extra, policy=policy, metrics=mport)
     probe = h.decide_request(True, ev.GRANT, ev.SERVER_ID)
     return h.start_grpc("toolgate", cmd, port, workdir, probe, metrics_port=mport)
@@ -577,7 +585,13 @@ def report(args, runs: list[Run], probes: list[str], sizes: dict, elapsed: float
         "two allowed globs (run_command's 1e9-a-day limit makes every call hold a "
         "reservation, so it takes the tools-call route)"
         + (f", {' '.join(args.sidecar_arg)}" if args.sidecar_arg else "")
-        + ".",
+        + "."
+        + (
+            " toolgate and the floor on unix sockets (`--unix`: each cluster's endpoint a "
+            "`pipe`), not the deployed loopback TCP."
+            if args.unix
+            else ""
+        ),
         "",
         f"| exchange | load | metric | {' | '.join(CONFIGS)} | {head} |",
         "|---|---|---|" + "---:|" * (len(CONFIGS) + len(diffs)),
@@ -785,7 +799,15 @@ def main() -> int:
     p.add_argument(
         "--before", type=Path, help="another checkout (with its .venv): lists, paired rounds"
     )
+    p.add_argument(
+        "--unix",
+        action="store_true",
+        help="Envoy reaches toolgate and the floor on unix sockets, not loopback TCP "
+        "(prints its block: RESULTS.md keeps the deployed TCP's)",
+    )
     args = p.parse_args()
+    if args.unix:
+        args.write = False
     if not shutil.which("h2load"):
         raise SystemExit("h2load not found: apt-get install -y nghttp2-client")
     if args.before:
@@ -802,9 +824,11 @@ def main() -> int:
     runs: list[Run] = []
     try:
         deployed = {k: ev.deployed_config(path, workdir) for k, path in DEPLOYED.items()}
-        servers["toolgate"] = tg = sidecar(bench_policy(workdir), workdir, args.sidecar_arg)
-        fport = h.free_port()
-        floor_cmd = [str(h.FLOOR_BIN), "--listen", f"127.0.0.1:{fport}", *args.sidecar_arg]
+        policy = bench_policy(workdir)
+        servers["toolgate"] = tg = sidecar(policy, workdir, args.sidecar_arg, args.unix)
+        fport = f"unix:{workdir / 'floor.sock'}" if args.unix else h.free_port()
+        flisten = fport if args.unix else f"127.0.0.1:{fport}"
+        floor_cmd = [str(h.FLOOR_BIN), "--listen", flisten, *args.sidecar_arg]
         uport, uadmin = h.free_port(), h.free_port()
         path = workdir / "upstream.json"
         path.write_text(json.dumps(upstream_config(uport, uadmin), indent=1))

@@ -121,10 +121,14 @@ def set_port(address: dict, port: int) -> None:
     address["socket_address"]["port_value"] = port
 
 
-def set_endpoint_port(cluster: dict, port: int) -> None:
+def set_endpoint_port(cluster: dict, port: int | str) -> None:
+    """Point ``cluster``'s one endpoint at a port of 127.0.0.1, or at a ``unix:PATH`` socket."""
     (group,) = cluster["load_assignment"]["endpoints"]
     (lb,) = group["lb_endpoints"]
-    set_port(lb["endpoint"]["address"], port)
+    if isinstance(port, str):
+        lb["endpoint"]["address"] = {"pipe": {"path": port.removeprefix("unix:")}}
+    else:
+        set_port(lb["endpoint"]["address"], port)
 
 
 def bootstrap(admin: int, listener: dict, clusters: list[dict]) -> dict:
@@ -139,7 +143,7 @@ def bootstrap(admin: int, listener: dict, clusters: list[dict]) -> dict:
 
 
 def bench_config(
-    deployed: dict, *, authz: bool, listen: int, admin: int, toolgate: int,
+    deployed: dict, *, authz: bool, listen: int, admin: int, toolgate: int | str,
     upstream: int | None = None,
 ) -> dict:  # fmt: skip
     """A bootstrap from the deployed ext_authz listener and clusters, on the given ports.

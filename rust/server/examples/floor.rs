@@ -10,6 +10,7 @@
 //! ```sh
 //! cargo build --release -p toolgate-server --example floor
 //! target/release/examples/floor --listen 127.0.0.1:50071 --threads 2 [--response FILE]
+//! target/release/examples/floor --listen unix:/tmp/floor.sock    # a unix socket, as the sidecar's
 //! ```
 //!
 //! `--response FILE`: a serialized `DecideResponse` to answer (the benchmark passes the
@@ -33,7 +34,6 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
     ProcessingResponse, TrailersResponse,
 };
 use prost::Message;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -48,6 +48,7 @@ use toolgate_server::grpc::envoy::authorization_server::{Authorization, Authoriz
 use toolgate_server::grpc::envoy::external_processor_server::{
     ExternalProcessor, ExternalProcessorServer,
 };
+use toolgate_server::native::Listen;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -206,7 +207,7 @@ fn default_answer() -> DecideResponse {
 }
 
 struct Args {
-    listen: SocketAddr,
+    listen: Listen,
     threads: usize,
     answer: DecideResponse,
     check_answer: CheckResponse,
@@ -214,7 +215,7 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut listen: SocketAddr = "127.0.0.1:50071".parse().expect("a valid address");
+    let mut listen = Listen::Tcp("127.0.0.1:50071".parse().expect("a valid address"));
     let mut threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut answer = default_answer();
     let mut check_answer = CheckResponse::default();
@@ -223,7 +224,9 @@ fn parse_args() -> Result<Args, String> {
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
-            "--listen" => listen = value()?.parse().map_err(|e| format!("--listen: {e}"))?,
+            "--listen" => {
+                listen = Listen::parse(&value()?).map_err(|e| format!("--listen: {e}"))?
+            }
             "--threads" => threads = value()?.parse().map_err(|e| format!("--threads: {e}"))?,
             "--response" => {
                 let path = value()?;
@@ -261,7 +264,7 @@ fn main() {
     let args = parse_args().unwrap_or_else(|e| {
         eprintln!("floor: {e}");
         eprintln!(
-            "usage: floor [--listen HOST:PORT] [--threads N] [--response FILE] \
+            "usage: floor [--listen HOST:PORT | unix:PATH] [--threads N] [--response FILE] \
              [--check-response FILE] [--list-answer FILE]"
         );
         std::process::exit(2);
@@ -276,7 +279,11 @@ fn main() {
         .add_service(ExternalProcessorServer::new(ProcessFloor {
             list_answer: args.list_answer,
         }));
-    let result: Result<(), String> = Bound::tcp(args.listen).and_then(|bound| {
+    let bound = match &args.listen {
+        Listen::Tcp(address) => Bound::tcp(*address),
+        Listen::Unix(path) => Bound::unix(path),
+    };
+    let result: Result<(), String> = bound.and_then(|bound| {
         let address = bound.address()?;
         let serving = Serving::start(bound, args.threads, move |incoming, signal| {
             router
