@@ -5,7 +5,11 @@
 //! `TOOL_CHANGED`; its drift was counted on the first list, so later lists only withhold).
 //! `definitions_only` reads the 100 definitions alone (digests, titles, hints): what pinning
 //! would cost if each tool were digested again. `list/1000_tools` filters ten times the tools
-//! (the same catalogue, renamed), which should take ten times as long.
+//! (the same catalogue, renamed), which should take ten times as long. Those cases read each
+//! answer anew, as the first list of a server's tools is read; `known` and `known_pinned`
+//! find it among the answers the engine read before (`KnownAnswers`), as the sidecar finds a
+//! list fetched again unchanged under a new request id: its tools are still judged one by
+//! one and the answer written, but it is not read again.
 //!
 //! Each iteration is what the ext_proc filter (rust/server/src/ext_proc.rs) does with one
 //! answer: a [`ListFilter`] fed the whole JSON body, every tool judged by
@@ -140,7 +144,9 @@ fn engine(pins: Option<&PathBuf>) -> Arc<Engine> {
 }
 
 /// Filter one answer as the ext_proc filter does: the filtered body and what it did.
-fn filter(engine: &Engine, body: &[u8]) -> (Vec<u8>, ListReport) {
+/// `known`: the answer may be found among those the engine read before (the sidecar's way:
+/// a list fetched again unchanged is not read again), else it is read anew.
+fn filter(engine: &Engine, body: &[u8], known: bool) -> (Vec<u8>, ListReport) {
     let policy = engine.policy();
     let subject = Subject {
         grant: Some("g"),
@@ -149,6 +155,9 @@ fn filter(engine: &Engine, body: &[u8]) -> (Vec<u8>, ListReport) {
     let visible =
         |name: &str, tool: &ListedTool<'_>| engine.list_tool(&policy, None, subject, name, tool);
     let mut f = ListFilter::new(Some(json!(LIST_ID)), visible);
+    if known {
+        f = f.remembering(engine.known_answers());
+    }
     let out = f.feed(body, true);
     (out, f.report)
 }
@@ -163,16 +172,18 @@ fn list(c: &mut Criterion) {
     let one_changed = pins_file("one-changed.json", &reviewed);
 
     let cases = [
-        ("no_pins", engine(None), 65 + 1),
-        ("pinned", engine(Some(&all)), 65 + 1),
-        ("one_changed", engine(Some(&one_changed)), 65),
+        ("no_pins", engine(None), 65 + 1, false),
+        ("pinned", engine(Some(&all)), 65 + 1, false),
+        ("one_changed", engine(Some(&one_changed)), 65, false),
+        ("known", engine(None), 65 + 1, true),
+        ("known_pinned", engine(Some(&all)), 65 + 1, true),
     ];
     let mut g = c.benchmark_group("list/100_tools");
-    for (name, e, shown) in &cases {
+    for (name, e, shown, known) in &cases {
         // The first list records every definition (and counts the drift); then each list
-        // finds them as last listed.
+        // finds them as last listed (and, `known`, the answer as last read).
         for _ in 0..2 {
-            let (out, report) = filter(e, &body);
+            let (out, report) = filter(e, &body, *known);
             assert_eq!(
                 (report.lists, report.shown, report.removed),
                 (1, *shown, 100 - shown),
@@ -181,7 +192,7 @@ fn list(c: &mut Criterion) {
             assert!(report.refused.is_none(), "{name}: {:?}", report.refused);
             assert!(out.len() < body.len());
         }
-        g.bench_function(*name, |b| b.iter(|| filter(e, black_box(&body))));
+        g.bench_function(*name, |b| b.iter(|| filter(e, black_box(&body), *known)));
     }
     // Where pinning's time goes: reading the 100 definitions alone (canonical JSON and
     // SHA-256 of each tool, its title and hints), with no filter around it.
@@ -211,16 +222,19 @@ fn list(c: &mut Criterion) {
     let many_body = answer(&many);
     let all_many = pins_file("all-1000.json", &many);
     let mut g = c.benchmark_group("list/1000_tools");
-    for (name, e) in [
-        ("no_pins", engine(None)),
-        ("pinned", engine(Some(&all_many))),
+    for (name, e, known) in [
+        ("no_pins", engine(None), false),
+        ("pinned", engine(Some(&all_many)), false),
+        ("known", engine(None), true),
     ] {
         for _ in 0..2 {
-            let (_, report) = filter(&e, &many_body);
+            let (_, report) = filter(&e, &many_body, known);
             // The renamed run_command has no rule of its own: denied by default, so hidden.
             assert_eq!((report.shown, report.removed), (650, 350), "{name}");
         }
-        g.bench_function(name, |b| b.iter(|| filter(&e, black_box(&many_body))));
+        g.bench_function(name, |b| {
+            b.iter(|| filter(&e, black_box(&many_body), known))
+        });
     }
     g.finish();
     let _ = std::fs::remove_dir_all(all.parent().expect("in a directory"));

@@ -24,6 +24,7 @@ use crate::limiter::{self, Want};
 use crate::marks::{
     Denying, MarkState, Marks, MarksSeen, Read, ReadBits, MAX_JUDGED_READS, MAX_READS,
 };
+use crate::mcp::known_answers::KnownAnswers;
 use crate::policy::{Action, Compare, ConditionItem, Fallback, Policy, Scope};
 use crate::sightings::Sightings;
 use crate::stats::{Api, Stats, OTHER_TOOLS};
@@ -92,6 +93,8 @@ pub struct Engine {
     store: OnceLock<Arc<dyn CounterStore>>,
     /// The tool definitions servers last listed (kept across reloads, as counters are).
     sightings: Sightings,
+    /// The `tools/list` answers read last, so the same answer is not read again.
+    known_answers: Arc<KnownAnswers>,
     /// What confirmation tokens are signed with: set once by the sidecar, else random.
     confirm_key: OnceLock<ConfirmKey>,
 }
@@ -129,6 +132,7 @@ impl Engine {
             log: OnceLock::new(),
             store: OnceLock::new(),
             sightings: Sightings::default(),
+            known_answers: Arc::default(),
             confirm_key: OnceLock::new(),
         })
     }
@@ -901,6 +905,11 @@ impl Engine {
     /// The tool definitions servers last listed.
     pub fn sightings(&self) -> &Sightings {
         &self.sightings
+    }
+
+    /// The `tools/list` answers read last, for the list filters to find again.
+    pub fn known_answers(&self) -> Arc<KnownAnswers> {
+        Arc::clone(&self.known_answers)
     }
 
     /// Where a call its user must confirm stands: asked (a new token and the question), its

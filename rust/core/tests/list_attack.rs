@@ -6,9 +6,11 @@
 
 use proptest::prelude::*;
 use serde_json::{json, Value};
+use std::sync::Arc;
 use std::time::Duration;
 use toolgate_core::listed::ListedTool;
 use toolgate_core::mcp::answer::Framing;
+use toolgate_core::mcp::known_answers::KnownAnswers;
 use toolgate_core::mcp::listing::{filter_result, ListFilter, ListReport, INTERNAL_ERROR, KEYS};
 use toolgate_core::mcp::sse::message_event;
 use toolgate_core::mcp::{spans, strict_json};
@@ -505,6 +507,60 @@ proptest! {
             let sent: Value = serde_json::from_slice(&client_events(&sse)[0]).unwrap();
             prop_assert_eq!(&sent["error"]["code"], INTERNAL_ERROR);
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 1500, failure_persistence: None, ..ProptestConfig::default()
+    })]
+
+    /// A list answer read before is kept, and the same answer under the next request's id is
+    /// not read again: whatever the answer, the next one (the same under another id, with any
+    /// byte changed, or with an id of another length) is filtered exactly as if read anew.
+    /// Padded, the answers share their middle bytes (the table's hint, away from the id), so
+    /// the same answer is found again and one found by its hint must still be the same; a
+    /// short one's hint covers its id, so it is read anew.
+    #[test]
+    fn an_answer_read_before_is_filtered_as_if_read_anew(
+        text in message(),
+        padded in any::<bool>(),
+        change in prop::option::weighted(0.5, (any::<prop::sample::Index>(),
+            prop::sample::select(b"ayz12\" ,{}[]:".to_vec()))),
+        next_id in prop::sample::select(vec!["2", "1", "22"]),
+    ) {
+        let text = if padded {
+            format!(r#"{{"_p":"{}",{}"#, "p".repeat(4000), &text[1..])
+        } else {
+            text
+        };
+        let known = Arc::new(KnownAnswers::default());
+        let remembering = |id: &Value, bytes: &[u8]| {
+            let mut f = ListFilter::new(Some(id.clone()), hide).remembering(Arc::clone(&known));
+            (f.feed(bytes, true), f.report)
+        };
+        let anew = |id: &Value, bytes: &[u8]| {
+            let mut f = ListFilter::new(Some(id.clone()), hide);
+            (f.feed(bytes, true), f.report)
+        };
+        prop_assert_eq!(remembering(&json!(1), text.as_bytes()), anew(&json!(1), text.as_bytes()));
+        let first_kept = known.held().0 == 1;
+        let mut next = text.replacen(r#""id":1,"#, &format!(r#""id":{next_id},"#), 1);
+        if !next.contains(&format!(r#""id":{next_id},"#)) {
+            next = next.replacen(r#""id":1}"#, &format!(r#""id":{next_id}}}"#), 1);
+        }
+        let mut next = next.into_bytes();
+        if let Some((at, byte)) = change {
+            let at = at.index(next.len());
+            next[at] = byte;
+        }
+        let id: Value = serde_json::from_str(next_id).unwrap();
+        if padded && first_kept && change.is_none() && next_id != "22" {
+            // The same answer under the next id (of the same length): found, not read.
+            let written = next_id.as_bytes();
+            prop_assert!(known.recall(&next, written).is_some(), "{}", text);
+        }
+        prop_assert_eq!(remembering(&id, &next), anew(&id, &next), "{}", text);
     }
 }
 

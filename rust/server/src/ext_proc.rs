@@ -625,12 +625,13 @@ fn list_filter(
     policy: &Arc<CompiledPolicy>,
 ) -> Box<ListFilter<Visible>> {
     let visible = visible(engine, caller, policy);
-    Box::new(match upstream_id.take() {
+    let filter = match upstream_id.take() {
         Some(ours) => {
             ListFilter::new(Some(ours), visible).replying_as(id.clone().unwrap_or(Value::Null))
         }
         None => ListFilter::new(id.clone(), visible),
-    })
+    };
+    Box::new(filter.remembering(engine.known_answers()))
 }
 
 /// Whether `caller` may see each listed tool, under the policy of the Check that let the

@@ -31,6 +31,7 @@
 //! ([`ListRequest`]), and the answer goes back to the agent under the agent's id.
 
 use super::answer::{case_variant, error_message, Framing};
+use super::known_answers::KnownAnswers;
 use super::spans::{self, known, Keys, Kind, Listing};
 use super::sse::{message_event, EventSplitter, MAX_EVENT_BYTES};
 use super::strict_json;
@@ -39,6 +40,7 @@ use crate::visibility::Visibility;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::ops::Range;
+use std::sync::Arc;
 
 /// JSON-RPC's "internal error": the proxy could not pass the answer on.
 pub const INTERNAL_ERROR: i64 = -32603;
@@ -107,6 +109,8 @@ pub struct ListFilter<F> {
     id: Option<Value>,
     /// The agent's own id for that request, written back in place of `id`.
     reply_id: Option<Value>,
+    /// Answers read before, and `id` as serde_json writes it (how they are found again).
+    known: Option<(Arc<KnownAnswers>, Vec<u8>)>,
     visibility: F,
     body: Vec<u8>,
     /// The JSON body went over the limit: what arrives is dropped, the answer refused.
@@ -125,6 +129,7 @@ impl<F: FnMut(&str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
             framing: None,
             id,
             reply_id: None,
+            known: None,
             visibility,
             body: Vec::new(),
             overflow: false,
@@ -138,6 +143,26 @@ impl<F: FnMut(&str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
     /// under `agent_id`.
     pub fn replying_as(mut self, agent_id: Value) -> Self {
         self.reply_id = Some(agent_id);
+        self
+    }
+
+    /// The answer to the request is looked up in `known` before it is read, and kept there
+    /// once read: the same answer under another request's id is not read again. Only for a
+    /// request whose id is a string or an integer the strict reader reads (toolgate's own are
+    /// strings): another id's text could read otherwise than the text it replaces. (A stream
+    /// that answers no request of its own reads every answer.)
+    pub fn remembering(mut self, known: Arc<KnownAnswers>) -> Self {
+        let plain = |id: &Value| match id {
+            Value::String(_) => true,
+            Value::Number(n) => n
+                .as_i64()
+                .is_some_and(|n| n.unsigned_abs() <= strict_json::MAX_SAFE_INTEGER),
+            _ => false,
+        };
+        if let Some(id) = self.id.as_ref().filter(|id| plain(id)) {
+            let text = serde_json::to_vec(id).expect("JSON values always serialize");
+            self.known = Some((known, text));
+        }
         self
     }
 
@@ -273,10 +298,9 @@ impl<F: FnMut(&str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
     /// Read one message of the stream: `None` to pass it on as it is, or the filtered
     /// message. A request or notification of the server's passes; an answer is filtered.
     fn message(&mut self, bytes: &[u8]) -> Result<Option<Vec<u8>>, String> {
-        let message = match spans::read(bytes, &KEYS) {
-            Ok(m) if m.object => m,
-            Ok(_) => return Err("a message of the answer is not a JSON object".into()),
-            Err(e) => return Err(format!("the answer cannot be read: {e}")),
+        let message = match self.read(bytes)? {
+            m if m.object => m,
+            _ => return Err("a message of the answer is not a JSON object".into()),
         };
         if let Some(key) = &message.variant {
             return Err(format!(
@@ -308,6 +332,21 @@ impl<F: FnMut(&str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
             (Some(Kind::Object), None) => self.result(&answer, &message.listing),
             _ => Err("the answer must carry either a result object or an error object".into()),
         }
+    }
+
+    /// One message as the strict reader finds it: found again if it is an answer read before
+    /// under another id, else read (and kept).
+    fn read<'b>(&self, bytes: &'b [u8]) -> Result<spans::Message<'b>, String> {
+        let known = self.known.as_ref();
+        if let Some(message) = known.and_then(|(known, id)| known.recall(bytes, id)) {
+            return Ok(message);
+        }
+        let message =
+            spans::read(bytes, &KEYS).map_err(|e| format!("the answer cannot be read: {e}"))?;
+        if let Some((known, id)) = known {
+            known.keep(bytes, &message, id);
+        }
+        Ok(message)
     }
 
     /// The answer as it goes to the agent, with `edits`: `None` (as it came) unless it was

@@ -4,6 +4,7 @@
 pub mod answer;
 pub mod fold;
 pub mod gate;
+pub mod known_answers;
 pub mod listing;
 pub mod outcome;
 pub mod reply;

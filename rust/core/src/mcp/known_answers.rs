@@ -1,0 +1,401 @@
+//! Answers read before. A server whose tools have not changed answers each `tools/list` with
+//! the same bytes but for the id, and the id is toolgate's own, fresh for each request
+//! ([`super::listing::ListRequest`]); agents fetch lists again on every `list_changed` and
+//! every discovery round. Reading an answer strictly is most of what filtering it costs, so
+//! what the reader found in an answer is kept with its bytes, and the same answer under
+//! another request's id is not read again.
+//!
+//! Sameness is exact: a new answer is known when it is byte for byte a kept one with the kept
+//! id's text replaced by the new id's, each as serde_json writes it, at the same length. The
+//! strict reader would then find in it exactly what it found before, at the same places: the
+//! id is one JSON string or integer either way, so no key, nesting or count differs (the list
+//! filter looks up only answers to requests whose id is a string or an integer within 2^53,
+//! whose text the reader takes as it takes the kept one's). A kept
+//! answer is looked up by its length and a hash of bytes from its middle, where no id is
+//! (servers write the id first or last): a hint only, since a wrong hint is a comparison that
+//! fails. The table is bounded in answers and in memory (an answer's bytes and what was found
+//! in it, which for a list of many tiny entries is the larger), and forgets the oldest first;
+//! a server that sends ever new lists only makes its own lists read anew.
+
+use super::spans::{Kind, Listing, Message, Tool};
+use ahash::RandomState;
+use std::borrow::Cow;
+use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// Answers kept at most.
+pub const MAX_ANSWERS: usize = 64;
+/// Memory of kept answers at most, all together: their bytes and what was found in them.
+pub const MAX_BYTES: usize = 8 << 20;
+/// The largest answer kept, so counted (a list of 1,000 tools is about 320 KB, and 370 KB
+/// with what was found in it).
+pub const MAX_ANSWER_BYTES: usize = 1 << 20;
+/// How many bytes from the middle of an answer its hint hashes.
+const HINT_BYTES: usize = 256;
+
+/// A table of answers read before: shared by every list filter of a process.
+pub struct KnownAnswers {
+    table: Mutex<Table>,
+    hash: RandomState,
+}
+
+#[derive(Default)]
+struct Table {
+    by_hint: HashMap<Hint, Arc<Kept>>,
+    /// The kept answers' hints, oldest first.
+    order: VecDeque<Hint>,
+    bytes: usize,
+}
+
+/// An answer's length, and a hash of the bytes at its middle.
+type Hint = (usize, u64);
+
+/// One answer as it came, and what the strict reader found in it.
+struct Kept {
+    /// The memory it holds, as the table counts it.
+    size: usize,
+    bytes: Box<[u8]>,
+    /// Where its id is: the text replaced when the answer comes again.
+    id: Range<usize>,
+    message: KeptMessage,
+}
+
+/// A [`Message`] that owns what it names: spans of the kept bytes.
+struct KeptMessage {
+    variant: Option<Box<str>>,
+    method: bool,
+    result: Option<Kind>,
+    error: Option<Kind>,
+    listing: Option<KeptListing>,
+}
+
+struct KeptListing {
+    variant: Option<Box<str>>,
+    tools_variant: bool,
+    tools: Option<Result<Vec<KeptTool>, ()>>,
+    cache_scope: Option<(Range<usize>, bool)>,
+}
+
+struct KeptTool {
+    span: Range<usize>,
+    object: bool,
+    variant: Option<Box<str>>,
+    name: Option<KeptName>,
+}
+
+/// A tool's name: where it is written (no escapes), or its text.
+enum KeptName {
+    At(Range<usize>),
+    Text(Box<str>),
+}
+
+impl Default for KnownAnswers {
+    fn default() -> Self {
+        KnownAnswers {
+            table: Mutex::default(),
+            hash: RandomState::new(),
+        }
+    }
+}
+
+impl KnownAnswers {
+    fn hint(&self, bytes: &[u8]) -> Hint {
+        let start = (bytes.len() / 2).saturating_sub(HINT_BYTES / 2);
+        let end = (start + HINT_BYTES).min(bytes.len());
+        (bytes.len(), self.hash.hash_one(&bytes[start..end]))
+    }
+
+    /// What the strict reader found in `bytes`, if they are a kept answer with its id's text
+    /// replaced by `id` (the request's id as serde_json writes it).
+    pub fn recall<'a>(&self, bytes: &'a [u8], id: &[u8]) -> Option<Message<'a>> {
+        let kept = {
+            let table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+            Arc::clone(table.by_hint.get(&self.hint(bytes))?)
+        };
+        let at = kept.id.clone();
+        let same = bytes.len() == kept.bytes.len()
+            && bytes.get(at.clone()) == Some(id)
+            && bytes[..at.start] == kept.bytes[..at.start]
+            && bytes[at.end..] == kept.bytes[at.end..];
+        if !same {
+            return None;
+        }
+        Some(kept.message.lend(bytes, at))
+    }
+
+    /// Keep `message`, read from `bytes`, whose id is `id` (as serde_json writes it) at the
+    /// span the reader found: a later answer differing only in its id is not read again.
+    pub fn keep(&self, bytes: &[u8], message: &Message<'_>, id: &[u8]) {
+        let Some(at) = message.id.clone() else {
+            return;
+        };
+        if !message.object || bytes.len() > MAX_ANSWER_BYTES || bytes.get(at.clone()) != Some(id) {
+            return;
+        }
+        let Some(kept) = KeptMessage::of(bytes, message) else {
+            return;
+        };
+        // A list of many small entries holds more in what was found than in its bytes.
+        let size = std::mem::size_of::<Kept>() + bytes.len() + kept.size();
+        if size > MAX_ANSWER_BYTES {
+            return;
+        }
+        let hint = self.hint(bytes);
+        let kept = Arc::new(Kept {
+            size,
+            bytes: bytes.into(),
+            id: at,
+            message: kept,
+        });
+        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(old) = table.by_hint.insert(hint, kept) {
+            // The same hint: the new answer takes the old one's place in the order.
+            table.bytes -= old.size;
+            table.order.retain(|h| *h != hint);
+        }
+        table.bytes += size;
+        table.order.push_back(hint);
+        while table.order.len() > MAX_ANSWERS || table.bytes > MAX_BYTES {
+            let Some(oldest) = table.order.pop_front() else {
+                break;
+            };
+            if let Some(old) = table.by_hint.remove(&oldest) {
+                table.bytes -= old.size;
+            }
+        }
+    }
+
+    /// Answers kept, and the memory they hold (their bytes and what was found in them).
+    pub fn held(&self) -> (usize, usize) {
+        let table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        (table.by_hint.len(), table.bytes)
+    }
+}
+
+impl KeptMessage {
+    /// The memory it holds beyond its own struct.
+    fn size(&self) -> usize {
+        let text = |t: &Option<Box<str>>| t.as_ref().map_or(0, |t| t.len());
+        let tools = match self.listing.as_ref().and_then(|l| l.tools.as_ref()) {
+            Some(Ok(tools)) => tools
+                .iter()
+                .map(|t| {
+                    let name = match &t.name {
+                        Some(KeptName::Text(name)) => name.len(),
+                        _ => 0,
+                    };
+                    std::mem::size_of::<KeptTool>() + text(&t.variant) + name
+                })
+                .sum(),
+            _ => 0,
+        };
+        let listing = self
+            .listing
+            .as_ref()
+            .map_or(0, |l| std::mem::size_of::<KeptListing>() + text(&l.variant));
+        text(&self.variant) + listing + tools
+    }
+
+    /// `message` as read from `bytes`, its names as spans; `None` if a name borrowed from
+    /// elsewhere (never: the reader lends names from the bytes it reads).
+    fn of(bytes: &[u8], message: &Message<'_>) -> Option<KeptMessage> {
+        let listing = &message.listing;
+        let tools = match &listing.tools {
+            None => None,
+            Some(Err(())) => Some(Err(())),
+            Some(Ok(tools)) => Some(Ok(tools
+                .iter()
+                .map(|t| KeptTool::of(bytes, t))
+                .collect::<Option<Vec<_>>>()?)),
+        };
+        let empty = listing.variant.is_none()
+            && !listing.tools_variant
+            && tools.is_none()
+            && listing.cache_scope.is_none();
+        Some(KeptMessage {
+            variant: message.variant.clone(),
+            method: message.method,
+            result: message.result,
+            error: message.error,
+            listing: (!empty).then(|| KeptListing {
+                variant: listing.variant.clone(),
+                tools_variant: listing.tools_variant,
+                tools,
+                cache_scope: listing.cache_scope.clone(),
+            }),
+        })
+    }
+
+    /// The message as the reader would find it in `bytes` (the kept answer's, but for the id
+    /// at `id`).
+    fn lend<'a>(&self, bytes: &'a [u8], id: Range<usize>) -> Message<'a> {
+        Message {
+            object: true,
+            variant: self.variant.clone(),
+            method: self.method,
+            id: Some(id),
+            result: self.result,
+            error: self.error,
+            listing: match &self.listing {
+                None => Listing::default(),
+                Some(l) => Listing {
+                    variant: l.variant.clone(),
+                    tools_variant: l.tools_variant,
+                    tools: l.tools.as_ref().map(|tools| {
+                        tools
+                            .as_ref()
+                            .map(|tools| tools.iter().map(|t| t.lend(bytes)).collect())
+                            .map_err(|_| ())
+                    }),
+                    cache_scope: l.cache_scope.clone(),
+                },
+            },
+        }
+    }
+}
+
+impl KeptTool {
+    fn of(bytes: &[u8], tool: &Tool<'_>) -> Option<KeptTool> {
+        let name = match &tool.name {
+            None => None,
+            Some(Cow::Owned(text)) => Some(KeptName::Text(text.as_str().into())),
+            Some(Cow::Borrowed(text)) => {
+                let start = (text.as_ptr() as usize).checked_sub(bytes.as_ptr() as usize)?;
+                let span = start..start + text.len();
+                let same = bytes.get(span.clone())? == text.as_bytes();
+                Some(same.then_some(KeptName::At(span))?)
+            }
+        };
+        Some(KeptTool {
+            span: tool.span.clone(),
+            object: tool.object,
+            variant: tool.variant.clone(),
+            name,
+        })
+    }
+
+    fn lend<'a>(&self, bytes: &'a [u8]) -> Tool<'a> {
+        Tool {
+            span: self.span.clone(),
+            object: self.object,
+            variant: self.variant.clone(),
+            name: self.name.as_ref().map(|name| match name {
+                KeptName::At(span) => Cow::Borrowed(
+                    std::str::from_utf8(&bytes[span.clone()])
+                        .expect("the kept bytes, whose name was read as text"),
+                ),
+                KeptName::Text(text) => Cow::Owned(text.to_string()),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mcp::listing::KEYS;
+    use crate::mcp::spans::read;
+
+    /// A list answer of `tools` under `id` (written as given), padded so its id is far from
+    /// its middle.
+    fn answer(id: &str, tools: &str) -> Vec<u8> {
+        let pad = "x".repeat(600);
+        format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{"tools":[{tools}],"_meta":{{"p":"{pad}"}}}}}}"#)
+            .into_bytes()
+    }
+
+    fn kept(known: &KnownAnswers, bytes: &[u8], id: &str) {
+        let message = read(bytes, &KEYS).expect("a readable answer");
+        known.keep(bytes, &message, id.as_bytes());
+    }
+
+    /// What the reader finds, as text: spans, names and flags.
+    fn shown(m: &Message<'_>) -> String {
+        format!("{m:?}")
+    }
+
+    #[test]
+    fn the_same_answer_under_another_id_is_found_as_read() {
+        let known = KnownAnswers::default();
+        let tools = r#"{"name":"read","description":"r"},{"name":"dele\u0074e","x":[1,{"a":2}]}"#;
+        let first = answer(r#""toolgate-aaaa""#, tools);
+        kept(&known, &first, r#""toolgate-aaaa""#);
+        let again = answer(r#""toolgate-bbbb""#, tools);
+        let found = known.recall(&again, br#""toolgate-bbbb""#).expect("found");
+        assert_eq!(shown(&found), shown(&read(&again, &KEYS).unwrap()));
+        // Its names are the new bytes' (or their decoded text), not the kept answer's.
+        let tools = found.listing.tools.as_ref().unwrap().as_ref().unwrap();
+        assert_eq!(tools[0].name.as_deref(), Some("read"));
+        assert_eq!(tools[1].name.as_deref(), Some("delete"));
+    }
+
+    #[test]
+    fn any_other_byte_or_id_is_read_anew() {
+        let known = KnownAnswers::default();
+        let tools = r#"{"name":"read"},{"name":"delete_x"}"#;
+        kept(
+            &known,
+            &answer(r#""toolgate-aaaa""#, tools),
+            r#""toolgate-aaaa""#,
+        );
+        let id = br#""toolgate-bbbb""#;
+        // Another byte anywhere but the id, at the same length (and so, mostly, the same hint).
+        let again = answer(r#""toolgate-bbbb""#, tools);
+        for at in 0..again.len() {
+            let mut other = again.clone();
+            other[at] = if other[at] == b'y' { b'z' } else { b'y' };
+            let id_at = 23..23 + id.len();
+            if !id_at.contains(&at) {
+                assert!(known.recall(&other, id).is_none(), "{at}");
+            }
+        }
+        // The id the request went on with, not another of the same length.
+        assert!(known.recall(&again, br#""toolgate-cccc""#).is_none());
+        // Another length of id: another length of answer.
+        let longer = answer(r#""toolgate-bbbbb""#, tools);
+        assert!(known.recall(&longer, br#""toolgate-bbbbb""#).is_none());
+    }
+
+    #[test]
+    fn only_an_answer_whose_id_is_written_as_the_request_was_is_kept() {
+        let known = KnownAnswers::default();
+        let tools = r#"{"name":"read"}"#;
+        // The server wrote the id with an escape: the same value, other text.
+        kept(
+            &known,
+            &answer(r#""toolgate-\u0061aaa""#, tools),
+            r#""toolgate-aaaa""#,
+        );
+        // No id at all.
+        let none = br#"{"jsonrpc":"2.0","result":{"tools":[]}}"#;
+        kept(&known, none, r#""toolgate-aaaa""#);
+        assert_eq!(known.held(), (0, 0));
+    }
+
+    #[test]
+    fn the_table_is_bounded_in_answers_and_bytes() {
+        let known = KnownAnswers::default();
+        for i in 0..MAX_ANSWERS * 3 {
+            let tools: Vec<String> = (0..40)
+                .map(|k| format!(r#"{{"name":"t{i}_{k}"}}"#))
+                .collect();
+            kept(&known, &answer(r#""t""#, &tools.join(",")), r#""t""#);
+        }
+        assert_eq!(known.held().0, MAX_ANSWERS);
+        // Large answers: no more bytes than the bound, and none over the largest kept.
+        let big = |i: usize, size: usize| {
+            let half = "d".repeat(size / 2);
+            let tools = format!(r#"{{"name":"t","d":"{half}{i:08}{half}"}}"#);
+            answer(r#""t""#, &tools)
+        };
+        for i in 0..40 {
+            kept(&known, &big(i, MAX_ANSWER_BYTES / 2), r#""t""#);
+            assert!(known.held().1 <= MAX_BYTES);
+        }
+        assert!(known.held().0 >= MAX_BYTES / MAX_ANSWER_BYTES);
+        let before = known.held();
+        kept(&known, &big(99, MAX_ANSWER_BYTES), r#""t""#);
+        assert_eq!(known.held(), before);
+    }
+}
