@@ -294,8 +294,14 @@ impl KeptTool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mcp::listing::KEYS;
-    use crate::mcp::spans::read;
+    use crate::mcp::spans::{known, read, Keys};
+
+    /// The keys whose case variants the reader notes (the list filter's are more).
+    const KEYS: Keys = Keys {
+        message: &known(["jsonrpc", "id", "result"]),
+        result: &known(["tools"]),
+        tool: &known(["name"]),
+    };
 
     /// A list answer of `tools` under `id` (written as given), padded so its id is far from
     /// its middle.
