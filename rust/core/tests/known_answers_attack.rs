@@ -14,6 +14,9 @@
 //! - `kept_answers_hold_no_more_memory_than_held_says`: what the table held beside the bytes
 //!   (a 64-byte record a tool) was not counted: ~30x `held()`.
 
+mod generated;
+
+use generated::{enc, object, word};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{json, Map, Value};
@@ -293,64 +296,21 @@ proptest! {
 // Regression tests: ids as production has them (toolgate's strings, an agent's string or safe
 // integer), and the attacks of the brief.
 
-/// Mostly one of `plain`, now and then one of `odd`.
-fn word(plain: &'static str, odd: &'static str) -> impl Strategy<Value = &'static str> {
-    let pick = |s: &'static str| prop::sample::select(s.split_whitespace().collect::<Vec<_>>());
-    prop_oneof![6 => pick(plain), 1 => pick(odd)]
-}
-
-/// A JSON string, characters escaped where `mask` says.
-fn enc(s: &str, mask: u64) -> String {
-    let mut out = String::from("\"");
-    for (i, c) in s.chars().enumerate() {
-        match mask >> (i % 64) & 1 {
-            1 => c
-                .encode_utf16(&mut [0; 2])
-                .iter()
-                .for_each(|u| out += &format!("\\u{u:04x}")),
-            _ => out.push(c),
-        }
-    }
-    out + "\""
-}
-
-fn object(members: Vec<String>) -> impl Strategy<Value = String> {
-    Just(members)
-        .prop_shuffle()
-        .prop_map(|m| format!("{{{}}}", m.join(",")))
-}
-
-/// A tool as list_attack.rs generates them (names escaped, twin keys, odd numbers).
+/// A tool as list_attack.rs generates them (names escaped, twin keys, odd numbers), the
+/// request's id (`@ID@`) now and then among its values and its name (`@IDNAME@`).
 fn tool() -> impl Strategy<Value = String> {
-    let names = "read delete_x delete list é x\u{1F600} @IDNAME@";
-    let name = (word(names, names), any::<u64>());
-    let keys = word(
-        "description title x k s a b c",
-        "Description deſcription X \u{212a} ſ NAME",
-    );
     let odd = r#"{"a":{"A":1}} 9007199254740992 1E400 -1e309 9007199254740991 01 1. NaN"#;
-    let values = word(r#"1 -0 1.5 "d" null [[1]] {"a":{"b":1}} @ID@"#, odd);
-    let member = (keys, any::<u64>(), values).prop_map(|(k, m, v)| format!("{}:{v}", enc(k, m)));
-    let name = name.prop_map(|(n, m)| format!("\"name\":{}", enc(n, m & m >> 7)));
-    let members = prop::collection::vec(member, 0..3);
-    (prop::option::weighted(0.95, name), members, 0usize..12).prop_flat_map(|(n, mut m, f)| {
-        m.extend(n.into_iter().chain((0..f).map(|i| format!("\"f{i}\":{i}"))));
-        object(m)
-    })
+    let values = r#"1 -0 1.5 "d" null [[1]] {"a":{"b":1}} @ID@"#;
+    generated::tool(
+        "read delete_x delete list é x\u{1F600} @IDNAME@",
+        values,
+        odd,
+    )
 }
 
 /// An answer with `@ID@` where its id goes (now and then another id, or none).
 fn template() -> impl Strategy<Value = String> {
-    let tools = prop::collection::vec(tool(), 0..6);
-    let extra = word(
-        r#""nextCursor":"c" "cacheScope":"public" "_meta":{} "cacheScope":"private""#,
-        r#""Tools":[] "toolſ":[] "tools":[] "ttlMS":1"#,
-    );
-    let result = (tools, prop::collection::vec(extra, 0..2)).prop_flat_map(|(t, extra)| {
-        let mut m: Vec<String> = extra.into_iter().map(String::from).collect();
-        m.push(format!("\"tools\":[{}]", t.join(",")));
-        object(m)
-    });
+    let result = generated::result(tool());
     let id = word("@ID@", r#"1 "1" {"a":1} -0 [@ID@] @ID@,"ID":1"#);
     let top = word(
         r#""params":{} "_x":1 "_y":@ID@"#,
