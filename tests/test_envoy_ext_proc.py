@@ -795,6 +795,23 @@ def _replayed_list(port: int, extra: dict[str, str] | None = None) -> tuple[int,
     return resumed.status, lines
 
 
+def test_a_list_fetched_again_unchanged_is_found_not_read_again(example_gate):
+    """The server answers the same tools/list with the same bytes but for the id (toolgate's
+    own, fresh each time): the sidecar finds the second answer among those it read, and the
+    agent gets the same filtered list."""
+    _, sidecar, envoy = example_gate
+    alice = {"authorization": "Bearer alice"}
+    first, _ = list_all(envoy.url(), alice)
+    before = sidecar.metric("toolgate_tool_lists_recalled_total")
+    filtered = sidecar.metric(LISTS, result="filtered")
+    second, pages = list_all(envoy.url(), alice)
+    assert second == first and "delete_image" not in second and first
+    assert sidecar.metric(LISTS, result="filtered") == filtered + pages
+    assert sidecar.metric("toolgate_tool_lists_recalled_total") == before + pages
+    assert sidecar.metric("toolgate_known_answers") >= 1
+    assert sidecar.metric("toolgate_known_answer_bytes") > 0
+
+
 def test_a_resumed_stream_replays_the_list_filtered(tmp_path):
     with ExampleServer(tmp_path / "example.jsonl", resumable=True) as example:
         # Asked directly, the server replays the list answer, hidden tool and all.

@@ -164,6 +164,9 @@ def test_metrics_text_is_valid_prometheus_exposition():
         # Answers followed through Envoy's ext_proc (zeros until an Envoy asks).
         "toolgate_tool_lists_total": "counter",
         "toolgate_tools_unlisted_total": "counter",
+        "toolgate_tool_lists_recalled_total": "counter",
+        "toolgate_known_answers": "gauge",
+        "toolgate_known_answer_bytes": "gauge",
         "toolgate_reservations_released_on_failure_total": "counter",
         # No sample until a listed tool departs from its pin.
         "toolgate_tool_drift_total": "counter",

@@ -227,6 +227,23 @@ class EngineCollector(Collector):
             "Tools taken out of tools/list answers: ones the caller can never call.",
             value=stats["tools_unlisted"],
         )
+        yield CounterMetricFamily(
+            "toolgate_tool_lists_recalled",
+            "tools/list answers found among those read before (the same bytes but for the "
+            "request's id) and so not read again; their tools still judged for the caller.",
+            value=stats["lists_recalled"],
+        )
+        yield GaugeMetricFamily(
+            "toolgate_known_answers",
+            "tools/list answers kept to be found again (at most 64).",
+            value=stats["known_answers"],
+        )
+        yield GaugeMetricFamily(
+            "toolgate_known_answer_bytes",
+            "Memory the kept tools/list answers hold: their bytes and what was read in them "
+            "(at most 8 MiB).",
+            value=stats["known_answer_bytes"],
+        )
         drift = CounterMetricFamily(
             "toolgate_tool_drift",
             "Listed tools that depart from their pins (the policy's pins): changed since "

@@ -22,6 +22,7 @@ use ahash::RandomState;
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// Answers kept at most.
@@ -38,6 +39,8 @@ const HINT_BYTES: usize = 256;
 pub struct KnownAnswers {
     table: Mutex<Table>,
     hash: RandomState,
+    /// Answers found again, not read.
+    recalled: AtomicU64,
 }
 
 #[derive(Default)]
@@ -95,6 +98,7 @@ impl Default for KnownAnswers {
         KnownAnswers {
             table: Mutex::default(),
             hash: RandomState::new(),
+            recalled: AtomicU64::new(0),
         }
     }
 }
@@ -121,6 +125,7 @@ impl KnownAnswers {
         if !same {
             return None;
         }
+        self.recalled.fetch_add(1, Ordering::Relaxed);
         Some(kept.message.lend(bytes, at))
     }
 
@@ -164,6 +169,11 @@ impl KnownAnswers {
                 table.bytes -= old.size;
             }
         }
+    }
+
+    /// How many answers were found again (and not read).
+    pub fn recalled(&self) -> u64 {
+        self.recalled.load(Ordering::Relaxed)
     }
 
     /// Answers kept, and the memory they hold (their bytes and what was found in them).
@@ -328,7 +338,9 @@ mod tests {
         let first = answer(r#""toolgate-aaaa""#, tools);
         kept(&known, &first, r#""toolgate-aaaa""#);
         let again = answer(r#""toolgate-bbbb""#, tools);
+        assert_eq!(known.recalled(), 0);
         let found = known.recall(&again, br#""toolgate-bbbb""#).expect("found");
+        assert_eq!(known.recalled(), 1);
         assert_eq!(shown(&found), shown(&read(&again, &KEYS).unwrap()));
         // Its names are the new bytes' (or their decoded text), not the kept answer's.
         let tools = found.listing.tools.as_ref().unwrap().as_ref().unwrap();
@@ -361,6 +373,7 @@ mod tests {
         // Another length of id: another length of answer.
         let longer = answer(r#""toolgate-bbbbb""#, tools);
         assert!(known.recall(&longer, br#""toolgate-bbbbb""#).is_none());
+        assert_eq!(known.recalled(), 0, "nothing was found again");
     }
 
     #[test]
