@@ -17,9 +17,8 @@
 //! in it, which for a list of many tiny entries is the larger), and forgets the oldest first;
 //! a server that sends ever new lists only makes its own lists read anew.
 
-use super::spans::{Kind, Listing, Message, Tool};
+use super::spans::{Message, Name, Tool};
 use ahash::RandomState;
-use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,43 +53,15 @@ struct Table {
 /// An answer's length, and a hash of the bytes at its middle.
 type Hint = (usize, u64);
 
-/// One answer as it came, and what the strict reader found in it.
+/// One answer as it came, and what the strict reader found in it (spans of its bytes, which
+/// are those of the same answer under another id).
 struct Kept {
     /// The memory it holds, as the table counts it.
     size: usize,
     bytes: Box<[u8]>,
     /// Where its id is: the text replaced when the answer comes again.
     id: Range<usize>,
-    message: KeptMessage,
-}
-
-/// A [`Message`] that owns what it names: spans of the kept bytes.
-struct KeptMessage {
-    variant: Option<Box<str>>,
-    method: bool,
-    result: Option<Kind>,
-    error: Option<Kind>,
-    listing: Option<KeptListing>,
-}
-
-struct KeptListing {
-    variant: Option<Box<str>>,
-    tools_variant: bool,
-    tools: Option<Result<Vec<KeptTool>, ()>>,
-    cache_scope: Option<(Range<usize>, bool)>,
-}
-
-struct KeptTool {
-    span: Range<usize>,
-    object: bool,
-    variant: Option<Box<str>>,
-    name: Option<KeptName>,
-}
-
-/// A tool's name: where it is written (no escapes), or its text.
-enum KeptName {
-    At(Range<usize>),
-    Text(Box<str>),
+    message: Message,
 }
 
 impl Default for KnownAnswers {
@@ -112,7 +83,7 @@ impl KnownAnswers {
 
     /// What the strict reader found in `bytes`, if they are a kept answer with its id's text
     /// replaced by `id` (the request's id as serde_json writes it).
-    pub fn recall<'a>(&self, bytes: &'a [u8], id: &[u8]) -> Option<Message<'a>> {
+    pub fn recall(&self, bytes: &[u8], id: &[u8]) -> Option<Message> {
         let kept = {
             let table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
             Arc::clone(table.by_hint.get(&self.hint(bytes))?)
@@ -126,23 +97,20 @@ impl KnownAnswers {
             return None;
         }
         self.recalled.fetch_add(1, Ordering::Relaxed);
-        Some(kept.message.lend(bytes, at))
+        Some(kept.message.clone())
     }
 
     /// Keep `message`, read from `bytes`, whose id is `id` (as serde_json writes it) at the
     /// span the reader found: a later answer differing only in its id is not read again.
-    pub fn keep(&self, bytes: &[u8], message: &Message<'_>, id: &[u8]) {
+    pub fn keep(&self, bytes: &[u8], message: &Message, id: &[u8]) {
         let Some(at) = message.id.clone() else {
             return;
         };
         if !message.object || bytes.len() > MAX_ANSWER_BYTES || bytes.get(at.clone()) != Some(id) {
             return;
         }
-        let Some(kept) = KeptMessage::of(bytes, message) else {
-            return;
-        };
         // A list of many small entries holds more in what was found than in its bytes.
-        let size = std::mem::size_of::<Kept>() + bytes.len() + kept.size();
+        let size = std::mem::size_of::<Kept>() + bytes.len() + held_by(message);
         if size > MAX_ANSWER_BYTES {
             return;
         }
@@ -151,7 +119,7 @@ impl KnownAnswers {
             size,
             bytes: bytes.into(),
             id: at,
-            message: kept,
+            message: message.clone(),
         });
         let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(old) = table.by_hint.insert(hint, kept) {
@@ -183,122 +151,21 @@ impl KnownAnswers {
     }
 }
 
-impl KeptMessage {
-    /// The memory it holds beyond its own struct.
-    fn size(&self) -> usize {
-        let text = |t: &Option<Box<str>>| t.as_ref().map_or(0, |t| t.len());
-        let tools = match self.listing.as_ref().and_then(|l| l.tools.as_ref()) {
-            Some(Ok(tools)) => tools
-                .iter()
-                .map(|t| {
-                    let name = match &t.name {
-                        Some(KeptName::Text(name)) => name.len(),
-                        _ => 0,
-                    };
-                    std::mem::size_of::<KeptTool>() + text(&t.variant) + name
-                })
-                .sum(),
+/// The memory `message` holds beyond its own struct: its tools, and the texts it owns.
+fn held_by(message: &Message) -> usize {
+    let text = |t: &Option<Box<str>>| t.as_ref().map_or(0, |t| t.len());
+    let tool = |t: &Tool| {
+        let name = match &t.name {
+            Some(Name::Decoded(name)) => name.len(),
             _ => 0,
         };
-        let listing = self
-            .listing
-            .as_ref()
-            .map_or(0, |l| std::mem::size_of::<KeptListing>() + text(&l.variant));
-        text(&self.variant) + listing + tools
-    }
-
-    /// `message` as read from `bytes`, its names as spans; `None` if a name borrowed from
-    /// elsewhere (never: the reader lends names from the bytes it reads).
-    fn of(bytes: &[u8], message: &Message<'_>) -> Option<KeptMessage> {
-        let listing = &message.listing;
-        let tools = match &listing.tools {
-            None => None,
-            Some(Err(())) => Some(Err(())),
-            Some(Ok(tools)) => Some(Ok(tools
-                .iter()
-                .map(|t| KeptTool::of(bytes, t))
-                .collect::<Option<Vec<_>>>()?)),
-        };
-        let empty = listing.variant.is_none()
-            && !listing.tools_variant
-            && tools.is_none()
-            && listing.cache_scope.is_none();
-        Some(KeptMessage {
-            variant: message.variant.clone(),
-            method: message.method,
-            result: message.result,
-            error: message.error,
-            listing: (!empty).then(|| KeptListing {
-                variant: listing.variant.clone(),
-                tools_variant: listing.tools_variant,
-                tools,
-                cache_scope: listing.cache_scope.clone(),
-            }),
-        })
-    }
-
-    /// The message as the reader would find it in `bytes` (the kept answer's, but for the id
-    /// at `id`).
-    fn lend<'a>(&self, bytes: &'a [u8], id: Range<usize>) -> Message<'a> {
-        Message {
-            object: true,
-            variant: self.variant.clone(),
-            method: self.method,
-            id: Some(id),
-            result: self.result,
-            error: self.error,
-            listing: match &self.listing {
-                None => Listing::default(),
-                Some(l) => Listing {
-                    variant: l.variant.clone(),
-                    tools_variant: l.tools_variant,
-                    tools: l.tools.as_ref().map(|tools| {
-                        tools
-                            .as_ref()
-                            .map(|tools| tools.iter().map(|t| t.lend(bytes)).collect())
-                            .map_err(|_| ())
-                    }),
-                    cache_scope: l.cache_scope.clone(),
-                },
-            },
-        }
-    }
-}
-
-impl KeptTool {
-    fn of(bytes: &[u8], tool: &Tool<'_>) -> Option<KeptTool> {
-        let name = match &tool.name {
-            None => None,
-            Some(Cow::Owned(text)) => Some(KeptName::Text(text.as_str().into())),
-            Some(Cow::Borrowed(text)) => {
-                let start = (text.as_ptr() as usize).checked_sub(bytes.as_ptr() as usize)?;
-                let span = start..start + text.len();
-                let same = bytes.get(span.clone())? == text.as_bytes();
-                Some(same.then_some(KeptName::At(span))?)
-            }
-        };
-        Some(KeptTool {
-            span: tool.span.clone(),
-            object: tool.object,
-            variant: tool.variant.clone(),
-            name,
-        })
-    }
-
-    fn lend<'a>(&self, bytes: &'a [u8]) -> Tool<'a> {
-        Tool {
-            span: self.span.clone(),
-            object: self.object,
-            variant: self.variant.clone(),
-            name: self.name.as_ref().map(|name| match name {
-                KeptName::At(span) => Cow::Borrowed(
-                    std::str::from_utf8(&bytes[span.clone()])
-                        .expect("the kept bytes, whose name was read as text"),
-                ),
-                KeptName::Text(text) => Cow::Owned(text.to_string()),
-            }),
-        }
-    }
+        std::mem::size_of::<Tool>() + text(&t.variant) + name
+    };
+    let tools = match &message.listing.tools {
+        Some(Ok(tools)) => tools.iter().map(tool).sum(),
+        _ => 0,
+    };
+    text(&message.variant) + text(&message.listing.variant) + tools
 }
 
 #[cfg(test)]
@@ -327,7 +194,7 @@ mod tests {
     }
 
     /// What the reader finds, as text: spans, names and flags.
-    fn shown(m: &Message<'_>) -> String {
+    fn shown(m: &Message) -> String {
         format!("{m:?}")
     }
 
@@ -342,10 +209,11 @@ mod tests {
         let found = known.recall(&again, br#""toolgate-bbbb""#).expect("found");
         assert_eq!(known.recalled(), 1);
         assert_eq!(shown(&found), shown(&read(&again, &KEYS).unwrap()));
-        // Its names are the new bytes' (or their decoded text), not the kept answer's.
+        // Its names read from the new bytes (or as decoded text).
         let tools = found.listing.tools.as_ref().unwrap().as_ref().unwrap();
-        assert_eq!(tools[0].name.as_deref(), Some("read"));
-        assert_eq!(tools[1].name.as_deref(), Some("delete"));
+        let name = |i: usize| tools[i].name.as_ref().map(|n| n.text(&again));
+        assert_eq!(name(0), Some("read"));
+        assert_eq!(name(1), Some("delete"));
     }
 
     #[test]

@@ -336,7 +336,7 @@ impl<F: FnMut(&str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
 
     /// One message as the strict reader finds it: found again if it is an answer read before
     /// under another id, else read (and kept).
-    fn read<'b>(&self, bytes: &'b [u8]) -> Result<spans::Message<'b>, String> {
+    fn read(&self, bytes: &[u8]) -> Result<spans::Message, String> {
         let known = self.known.as_ref();
         if let Some(message) = known.and_then(|(known, id)| known.recall(bytes, id)) {
             return Ok(message);
@@ -367,7 +367,7 @@ impl<F: FnMut(&str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
     fn result(
         &mut self,
         answer: &Answer<'_>,
-        listing: &Listing<'_>,
+        listing: &Listing,
     ) -> Result<Option<Vec<u8>>, String> {
         let id = answer.id.as_ref().map(|(_, id)| id);
         match &self.id {
@@ -383,7 +383,7 @@ impl<F: FnMut(&str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
     fn filter(
         &mut self,
         answer: &Answer<'_>,
-        listing: &Listing<'_>,
+        listing: &Listing,
     ) -> Result<Option<Vec<u8>>, String> {
         if let Some(key) = &listing.variant {
             return Err(variant_in_result(key));
@@ -396,7 +396,7 @@ impl<F: FnMut(&str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
                 .object
                 .then(|| ListedTool::from_text(&answer.bytes[t.span.clone()])),
             variant: t.variant.as_deref(),
-            name: t.name.as_deref(),
+            name: t.name.as_ref().map(|name| name.text(answer.bytes)),
         });
         let keep = judge(entries, &mut self.visibility, &mut self.report)?;
         let mut edits = Vec::new();

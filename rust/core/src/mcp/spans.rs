@@ -24,7 +24,6 @@ use ahash::{AHashMap, RandomState};
 use arrayvec::ArrayString;
 use jiter::{Jiter, JiterError, Peek};
 use smallvec::SmallVec;
-use std::borrow::Cow;
 use std::collections::hash_map::Entry;
 use std::ops::Range;
 use std::sync::OnceLock;
@@ -43,8 +42,8 @@ pub enum Kind {
 }
 
 /// One message: its JSON-RPC members, and for a result object, what it lists.
-#[derive(Debug, Default)]
-pub struct Message<'a> {
+#[derive(Debug, Default, Clone)]
+pub struct Message {
     /// The message is a JSON object.
     pub object: bool,
     /// The first key that is a JSON-RPC key but for case.
@@ -55,35 +54,52 @@ pub struct Message<'a> {
     pub result: Option<Kind>,
     pub error: Option<Kind>,
     /// What a result object holds (when `result` is one).
-    pub listing: Listing<'a>,
+    pub listing: Listing,
 }
 
 /// What a result object holds that a tool list's filter reads.
-#[derive(Debug, Default)]
-pub struct Listing<'a> {
+#[derive(Debug, Default, Clone)]
+pub struct Listing {
     /// The first key that is a known result key but for case.
     pub variant: Option<Box<str>>,
     /// Some key is `tools` but for case.
     pub tools_variant: bool,
     /// `tools`: its entries if it is an array (`Some(Err(()))` if not).
-    pub tools: Option<Result<Vec<Tool<'a>>, ()>>,
+    pub tools: Option<Result<Vec<Tool>, ()>>,
     /// The span of `cacheScope`'s value, and whether that is the string `"private"`.
     pub cache_scope: Option<(Range<usize>, bool)>,
 }
 
 /// One entry of a `tools` array.
-#[derive(Debug)]
-pub struct Tool<'a> {
+#[derive(Debug, Clone)]
+pub struct Tool {
     pub span: Range<usize>,
     pub object: bool,
     /// The first key that is a known tool key but for case.
     pub variant: Option<Box<str>>,
     /// `name`, when it is a string.
-    pub name: Option<Cow<'a, str>>,
+    pub name: Option<Name>,
+}
+
+/// A string read: where its text is in the bytes (when it has no escapes), or its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Name {
+    At(Range<usize>),
+    Decoded(Box<str>),
+}
+
+impl Name {
+    /// Its text, `body` being the bytes it was read from (or the same bytes again).
+    pub fn text<'b>(&'b self, body: &'b [u8]) -> &'b str {
+        match self {
+            Name::At(span) => std::str::from_utf8(&body[span.clone()]).expect("read as text"),
+            Name::Decoded(text) => text,
+        }
+    }
 }
 
 /// Read `body` as one message, noting the case variants of `keys` at each level.
-pub fn read<'a>(body: &'a [u8], keys: &Keys) -> Result<Message<'a>, StrictError> {
+pub fn read(body: &[u8], keys: &Keys) -> Result<Message, StrictError> {
     let mut r = Reader {
         jiter: Jiter::new(body),
         body,
@@ -360,7 +376,7 @@ impl<'a> Reader<'a, '_> {
         Ok((start..self.jiter.current_index(), peek))
     }
 
-    fn message(&mut self) -> Result<Message<'a>, StrictError> {
+    fn message(&mut self) -> Result<Message, StrictError> {
         let mut m = Message::default();
         let peek = self.jiter.peek().map_err(syntax)?;
         if peek != Peek::Object {
@@ -401,7 +417,7 @@ impl<'a> Reader<'a, '_> {
     }
 
     /// A result object (depth 1 → 2).
-    fn result(&mut self) -> Result<Listing<'a>, StrictError> {
+    fn result(&mut self) -> Result<Listing, StrictError> {
         let mut listing = Listing::default();
         self.count_value()?;
         self.object(|r, k, folded| {
@@ -434,7 +450,7 @@ impl<'a> Reader<'a, '_> {
     }
 
     /// A `tools` array (depth 2 → 3): each entry's span, and for an object its name.
-    fn tools(&mut self) -> Result<Vec<Tool<'a>>, StrictError> {
+    fn tools(&mut self) -> Result<Vec<Tool>, StrictError> {
         self.count_value()?;
         let mut tools = Vec::new();
         let mut next = self.jiter.known_array().map_err(syntax)?;
@@ -459,7 +475,7 @@ impl<'a> Reader<'a, '_> {
     }
 
     /// One tool object (depth 3 → 4).
-    fn tool(&mut self, tool: &mut Tool<'a>) -> Result<(), StrictError> {
+    fn tool(&mut self, tool: &mut Tool) -> Result<(), StrictError> {
         self.count_value()?;
         self.object(|r, k, folded| {
             if tool.variant.is_none() && Self::variant(k, folded, r.known.tool) {
@@ -491,16 +507,17 @@ impl<'a> Reader<'a, '_> {
         Ok(())
     }
 
-    /// The string whose JSON text is at `span` (read already): borrowed when it has no
-    /// escapes.
-    fn string(&self, span: Range<usize>) -> Cow<'a, str> {
-        let text = &self.body[span.start + 1..span.end - 1];
-        match std::str::from_utf8(text) {
-            Ok(s) if !text.contains(&b'\\') => Cow::Borrowed(s),
-            _ => Cow::Owned(
-                serde_json::from_slice(&self.body[span]).expect("a string read strictly reads"),
-            ),
+    /// The string whose JSON text is at `span` (read already): where its text is when it
+    /// has no escapes.
+    fn string(&self, span: Range<usize>) -> Name {
+        let inside = span.start + 1..span.end - 1;
+        let text = &self.body[inside.clone()];
+        if std::str::from_utf8(text).is_ok() && !text.contains(&b'\\') {
+            return Name::At(inside);
         }
+        let decoded: String =
+            serde_json::from_slice(&self.body[span]).expect("a string read strictly reads");
+        Name::Decoded(decoded.into())
     }
 }
 
@@ -847,11 +864,12 @@ mod tests {
                 .to_owned()
         };
         assert_eq!(text(&tools[0]), r#"{"name": "a", "x": [1]}"#);
-        assert_eq!(tools[0].name.as_deref(), Some("a"));
+        let name = |t: &Tool| t.name.as_ref().map(|n| n.text(body).to_owned());
+        assert_eq!(name(&tools[0]).as_deref(), Some("a"));
         assert!(!tools[1].object && text(&tools[1]) == "5");
         assert_eq!(tools[2].variant.as_deref(), Some("Name"));
         assert_eq!(tools[2].name, None);
-        assert_eq!(tools[3].name.as_deref(), Some("cA"), "escapes decoded");
+        assert_eq!(name(&tools[3]).as_deref(), Some("cA"), "escapes decoded");
         let (scope, private) = m.listing.cache_scope.unwrap();
         assert_eq!((&body[scope], private), (&b"\"public\""[..], false));
         assert_eq!(m.listing.variant.as_deref(), Some("ttlMS"));
