@@ -9,7 +9,7 @@ swapped:
 - ``plain``: deploy/envoy/mcp-ext-authz.yaml without the ext_authz filter;
 - ``authz``: deploy/envoy/mcp-ext-authz.yaml (ext_authz alone);
 - ``authz+proc``: deploy/envoy/mcp-ext-authz-ext-proc.yaml (ext_authz, then ext_proc on the
-  routes toolgate's Check picks: ``tools-list`` waits for toolgate, STREAMED; ``tools-call``
+  routes toolgate's Check picks: ``list`` waits for toolgate, STREAMED; ``tools-call``
   in observability mode, Envoy does not wait);
 - ``authz+proc-sync``: the same with ``observability_mode`` off on ``toolgate.outcomes``: what
   following a call would cost if Envoy waited for toolgate (tools/call only);

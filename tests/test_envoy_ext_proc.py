@@ -934,7 +934,7 @@ def test_a_clients_exchange_header_never_chooses_the_route(tmp_path):
         Sidecar(EXAMPLES / "policy.json") as sidecar,
         deployed(EXT_PROC, sidecar.port, example.port) as envoy,
     ):
-        spoofed = {"authorization": "Bearer m", "x-toolgate-exchange": "tools-list"}
+        spoofed = {"authorization": "Bearer m", "x-toolgate-exchange": "list"}
         hidden = rpc("tools/call", 5, name="delete_image", arguments={"id": "x"})
         status, _, body = send(envoy, "POST", hidden, spoofed)
     answer = json.loads(body)
@@ -990,7 +990,7 @@ def test_a_client_cannot_choose_how_its_answer_is_processed():
         assert [t["name"] for t in listed["result"]["tools"]] == ["read"]
         # ...and a call sent as if it were a list is not read as one.
         call_body = rpc("tools/call", 2, name="read", arguments={})
-        _, _, body = send(envoy, "POST", call_body, {"x-toolgate-exchange": "tools-list"})
+        _, _, body = send(envoy, "POST", call_body, {"x-toolgate-exchange": "list"})
         assert json.loads(body)["result"] == {"tools": "not a list"}
         assert sidecar.metric(LISTS, result="refused") == 0
     # The header is toolgate's and Envoy's: the server never sees it.

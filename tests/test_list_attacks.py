@@ -1,5 +1,5 @@
 """Attacks on the filtering of ``tools/list`` answers through Envoy's ext_proc (the deployed
-tools-list route: the answer's headers are not sent to toolgate, the route sets
+list route: the answer's headers are not sent to toolgate, the route sets
 ``content-type: text/event-stream`` and removes ``content-encoding``, and toolgate writes an
 event stream whatever framing the server used).
 

@@ -17,6 +17,7 @@ use toolgate_core::engine::{DEFAULT_CAPACITY, DEFAULT_RESERVATIONS};
 use toolgate_core::explain::Recorder;
 use toolgate_core::stats::Api;
 use toolgate_core::trace::{NoTrace, Trace};
+use toolgate_core::Kind;
 use toolgate_core::MonotonicClock;
 use toolgate_core::{Decision, Engine, Request, Subject};
 
@@ -87,7 +88,8 @@ impl PyEngine {
             None => self.inner.decide_traced::<PyArg<'_>, T>(
                 Api::Engine,
                 &Request {
-                    tool,
+                    kind: Kind::Tool,
+                    name: tool,
                     server,
                     subject,
                     args: None,
@@ -100,7 +102,8 @@ impl PyEngine {
             Some(a) if a.is_instance_of::<PyDict>() => self.inner.decide_traced(
                 Api::Engine,
                 &Request {
-                    tool,
+                    kind: Kind::Tool,
+                    name: tool,
                     server,
                     subject,
                     args: Some(PyArg(a.clone())),
@@ -120,7 +123,8 @@ impl PyEngine {
                 self.inner.decide_traced(
                     Api::Engine,
                     &Request {
-                        tool,
+                        kind: Kind::Tool,
+                        name: tool,
                         server,
                         subject,
                         args: Some(&value),
@@ -313,8 +317,9 @@ impl PyEngine {
         let mut seen = Vec::new();
         let mut report = toolgate_core::mcp::listing::ListReport::default();
         toolgate_core::mcp::listing::filter_result(
+            toolgate_core::kind::Listed::Tools,
             &mut result,
-            |name, tool| {
+            |_, name, tool| {
                 let v = self.inner.list_tool(&policy, server, subject, name, tool);
                 seen.push((name.to_owned(), v.removed.map(|c| c.as_str())));
                 v

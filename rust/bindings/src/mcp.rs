@@ -5,8 +5,9 @@ use pyo3::types::PyDict;
 use toolgate_core::mcp::{parse_request, McpRequest};
 
 /// Read one JSON-RPC request body as the Envoy gate does. Returns a dict whose `kind` is
-/// `call` (with `id`, `method`, `name`, `arguments`), `other` (`id`, `method`), `response`
-/// (`id`) or `refused` (`code`, `message`, `id`).
+/// `call` (with `id`, `method`, `name`, `arguments`), `named` (`id`, `method`, `named`: what
+/// it names, `name`, `arguments`), `listen` (`id`, `uris`), `other` (`id`, `method`),
+/// `response` (`id`) or `refused` (`code`, `message`, `id`).
 #[pyfunction]
 pub fn read_mcp_request<'py>(py: Python<'py>, body: &[u8]) -> PyResult<Bound<'py, PyDict>> {
     let out = PyDict::new(py);
@@ -30,6 +31,25 @@ pub fn read_mcp_request<'py>(py: Python<'py>, body: &[u8]) -> PyResult<Bound<'py
             out.set_item("method", "tools/call")?;
             out.set_item("name", name)?;
             out.set_item("arguments", json(&arguments)?)?;
+        }
+        Ok(McpRequest::Named {
+            id,
+            method,
+            kind,
+            name,
+            args,
+        }) => {
+            out.set_item("kind", "named")?;
+            out.set_item("id", json(&id)?)?;
+            out.set_item("method", method)?;
+            out.set_item("named", kind.as_str())?;
+            out.set_item("name", name)?;
+            out.set_item("arguments", json(&args)?)?;
+        }
+        Ok(McpRequest::Listen { id, uris }) => {
+            out.set_item("kind", "listen")?;
+            out.set_item("id", json(&id)?)?;
+            out.set_item("uris", uris)?;
         }
         Ok(McpRequest::Other { id, method }) => {
             out.set_item("kind", "other")?;

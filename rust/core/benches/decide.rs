@@ -17,6 +17,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 use toolgate_core::counter::CounterTable;
+use toolgate_core::Kind;
 use toolgate_core::{Code, Engine, MonotonicClock, Policy, Request, Subject};
 
 /// The regex condition every measured rule carries (the example policy's `run_command` one).
@@ -60,7 +61,8 @@ fn single(rule: Value) -> Policy {
 
 fn request<'a>(tool: &'a str, grant: &'a str, args: &'a Value) -> Request<'a, &'a Value> {
     Request {
-        tool,
+        kind: Kind::Tool,
+        name: tool,
         server: None,
         subject: Subject {
             grant: Some(grant),

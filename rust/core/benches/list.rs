@@ -28,6 +28,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use toolgate_core::definition::{digest, Definition};
+use toolgate_core::kind::Listed;
 use toolgate_core::listed::ListedTool;
 use toolgate_core::mcp::listing::{ListFilter, ListReport};
 use toolgate_core::{Engine, Policy, Subject};
@@ -152,9 +153,10 @@ fn filter(engine: &Engine, body: &[u8], known: bool) -> (Vec<u8>, ListReport) {
         grant: Some("g"),
         ..Default::default()
     };
-    let visible =
-        |name: &str, tool: &ListedTool<'_>| engine.list_tool(&policy, None, subject, name, tool);
-    let mut f = ListFilter::new(Some(json!(LIST_ID)), visible);
+    let visible = |_: Listed, name: &str, tool: &ListedTool<'_>| {
+        engine.list_tool(&policy, None, subject, name, tool)
+    };
+    let mut f = ListFilter::new(Some(json!(LIST_ID)), Some(Listed::Tools), visible);
     if known {
         f = f.remembering(engine.known_answers());
     }

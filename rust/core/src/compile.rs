@@ -3,6 +3,7 @@
 
 use crate::counter::{to_units, CounterKey, Granularity};
 use crate::definition::{Digest, DriftKind};
+use crate::kind::Kind;
 use crate::matcher::NameMatcher;
 use crate::policy::pins::Pins;
 use crate::policy::{
@@ -70,12 +71,12 @@ pub struct CompiledSection {
     pub pointer: Box<str>,
     pub default_allow: bool,
     pub shadow: bool,
-    pub hide: NameMatcher<TextId>,
-    pub tools: NameMatcher<usize>,
+    /// Each kind's names, in [`Kind::ALL`]'s order ([`CompiledSection::names`]).
+    names: [Namespace; 4],
+    /// Every kind's rules, which the namespaces' matchers index.
     pub rules: Vec<CompiledRule>,
     pub all_tools: Option<CompiledRule>,
     pub default_rule: TextId,
-    pub default_deny_reason: TextId,
     pub default_allow_reason: TextId,
     /// `pins` (the section's own, else the top level's).
     pub pins: Option<SectionPins>,
@@ -88,6 +89,29 @@ pub struct CompiledSection {
     /// Some rule asks a person (`require_approval`, `require_confirmation`): without, a
     /// decision skips looking for one.
     pub asks: bool,
+}
+
+/// What a section says of one kind's names: which are hidden, and which rule each finds.
+pub struct Namespace {
+    pub hide: NameMatcher<TextId>,
+    /// Name or glob → index in [`CompiledSection::rules`].
+    pub rules: NameMatcher<usize>,
+    /// Why a name no rule finds is denied, under `default: deny`.
+    pub default_deny_reason: TextId,
+}
+
+impl CompiledSection {
+    #[inline]
+    pub fn names(&self, kind: Kind) -> &Namespace {
+        &self.names[kind as usize]
+    }
+
+    /// The rule `name` of `kind` finds, if any.
+    #[inline]
+    pub fn rule(&self, kind: Kind, name: &str) -> Option<&CompiledRule> {
+        let index = self.names(kind).rules.lookup(name)?;
+        Some(&self.rules[*index])
+    }
 }
 
 /// A section's `pins`.
@@ -293,7 +317,7 @@ impl CompiledPolicy {
     /// `release_on_failure`, else `all_tools`', else [`Release::Failed`].
     pub fn releases_on_failure(&self, server: Option<&str>, tool: &str) -> Release {
         let section = self.section(server);
-        let rule = section.tools.lookup(tool).map(|i| &section.rules[*i]);
+        let rule = section.rule(Kind::Tool, tool);
         rule.and_then(|r| r.release_on_failure)
             .or_else(|| section.all_tools.as_ref()?.release_on_failure)
             .unwrap_or_default()
@@ -327,19 +351,29 @@ fn compile_section(
     tables: &mut Tables,
     marks: &mut Marks,
 ) -> Result<CompiledSection, String> {
-    let hide = NameMatcher::new(
-        section
-            .hide
-            .iter()
-            .map(|h| (h.text.as_str(), tables.text(h.pointer.as_str())))
-            .collect::<Vec<_>>(),
-    )?;
-    let mut rules = Vec::with_capacity(section.tools.len());
-    let mut names = Vec::with_capacity(section.tools.len());
-    for (i, (name, rule)) in section.tools.iter().enumerate() {
-        rules.push(compile_rule(rule, Some(&name.text), tables, marks));
-        names.push((name.text.as_str(), i));
-    }
+    let mut rules = Vec::new();
+    let mut namespace = |kind: Kind, rules: &mut Vec<CompiledRule>| {
+        let hidden = section.hide.of(kind).iter();
+        let hide = hidden.map(|h| (h.text.as_str(), tables.text(h.pointer.as_str())));
+        let hide = NameMatcher::new(hide.collect::<Vec<_>>())?;
+        let mut names = Vec::new();
+        for (name, rule) in section.rules(kind) {
+            names.push((name.text.as_str(), rules.len()));
+            rules.push(compile_rule(rule, Some((kind, &name.text)), tables, marks));
+        }
+        let reason = format!("denied by default: the policy does not allow this {kind}");
+        Ok::<_, String>(Namespace {
+            hide,
+            rules: NameMatcher::new(names)?,
+            default_deny_reason: tables.text(reason),
+        })
+    };
+    let names = [
+        namespace(Kind::Tool, &mut rules)?,
+        namespace(Kind::Resource, &mut rules)?,
+        namespace(Kind::Prompt, &mut rules)?,
+        namespace(Kind::Method, &mut rules)?,
+    ];
     let all_tools = section
         .all_tools
         .as_ref()
@@ -359,20 +393,11 @@ fn compile_section(
     };
     let reads = |root| {
         section
-            .tools
-            .iter()
-            .map(|(_, r)| r)
-            .chain(&section.all_tools)
+            .every_rule()
             .flat_map(|r| r.require.iter().chain(&r.deny_if))
             .any(|item| item.reads(root))
     };
-    let every_rule = || {
-        section
-            .tools
-            .iter()
-            .map(|(_, r)| r)
-            .chain(&section.all_tools)
-    };
+    let every_rule = || section.every_rule();
     let uses_marks = reads(PathRoot::Marks) || every_rule().any(|r| !r.marks.is_empty());
     let asks = every_rule().any(|r| {
         matches!(
@@ -384,11 +409,9 @@ fn compile_section(
         pointer: section.pointer.as_str().into(),
         default_allow: section.default == DefaultAction::Allow,
         shadow: section.mode == Mode::Shadow,
-        hide,
-        tools: NameMatcher::new(names)?,
+        names,
         rules,
         all_tools,
-        default_deny_reason: tables.text("denied by default: the policy does not allow this tool"),
         default_allow_reason: tables.text("allowed by default"),
         default_rule: tables.text(format!("{}/default", section.pointer)),
         pins,
@@ -402,13 +425,14 @@ fn compile_section(
     })
 }
 
+/// A rule of `named`'s kind and name (`None`: `all_tools`).
 fn compile_rule(
     rule: &Rule,
-    tool: Option<&str>,
+    named: Option<(Kind, &str)>,
     tables: &mut Tables,
     marks: &mut Marks,
 ) -> CompiledRule {
-    let what = tool.map_or_else(|| "all tools".to_owned(), |t| format!("tool {t:?}"));
+    let what = named.map_or_else(|| "all tools".to_owned(), |(k, n)| format!("{k} {n:?}"));
     let own = |fallback: String| rule.reason.clone().unwrap_or(fallback);
     let conditions = || rule.require.iter().chain(&rule.deny_if);
     CompiledRule {
@@ -524,10 +548,9 @@ fn compile_confirmation(
 }
 
 fn fill_mark_reads(section: &Section, compiled: &mut CompiledSection, marks: &Marks) {
-    for ((_, rule), c) in section.tools.iter().zip(&mut compiled.rules) {
-        c.mark_reads = mark_reads(rule, marks);
-    }
-    if let (Some(rule), Some(c)) = (&section.all_tools, &mut compiled.all_tools) {
+    // The rules were compiled in the order `every_rule` gives them, all_tools last.
+    let compiled_rules = compiled.rules.iter_mut().chain(&mut compiled.all_tools);
+    for (rule, c) in section.every_rule().zip(compiled_rules) {
         c.mark_reads = mark_reads(rule, marks);
     }
 }

@@ -20,6 +20,7 @@ use crate::counter::reservation::{Part, MAX_PARTS};
 use crate::counter::{to_units, CounterKey, CounterTable, UNITS_PER_CALL};
 use crate::decision::{Code, Confirmation, Decision, Limits, Text, Verdict};
 use crate::decision_log::{Call, DecisionSink, Record};
+use crate::kind::Kind;
 use crate::limiter::{self, Want};
 use crate::marks::{
     Denying, MarkState, Marks, MarksSeen, Read, ReadBits, MAX_JUDGED_READS, MAX_READS,
@@ -47,7 +48,9 @@ pub struct Undecidable<'a> {
     /// Why, as the decision log writes it, when `reason` quotes the arguments: the log
     /// never holds an argument's key or value that a rule's `log` does not name.
     pub logged: Option<&'a str>,
-    pub tool: Option<&'a str>,
+    /// What the request named, when that was read: a tool, a resource...
+    pub kind: Kind,
+    pub name: Option<&'a str>,
     pub server: Option<&'a str>,
     pub subject: Subject<'a>,
 }
@@ -62,9 +65,12 @@ impl<'a> Undecidable<'a> {
     }
 }
 
-/// One call to decide on.
+/// One call to decide on: of a tool, or a request for a resource, a prompt or a method.
 pub struct Request<'a, A> {
-    pub tool: &'a str,
+    /// What `name` names, and so which rules find it.
+    pub kind: Kind,
+    /// The tool's name, the resource's URI, the prompt's name, or the method.
+    pub name: &'a str,
     pub server: Option<&'a str>,
     pub subject: Subject<'a>,
     pub args: Option<A>,
@@ -245,7 +251,8 @@ impl Engine {
         self.stats.count(api, &d);
         if let Some(log) = self.decision_log() {
             let call = Call::<&serde_json::Value> {
-                tool: request.tool,
+                kind: request.kind,
+                name: request.name,
                 server: request.server,
                 subject: &request.subject,
                 args: None,
@@ -285,14 +292,17 @@ impl Engine {
             // A label a dashboard shows: only names MCP allows, of tools the policy knows; a
             // name a client made up is not worth a series of its own (nor able to crowd out
             // the real ones).
-            let named = decision.code != Code::DefaultDeny && is_mcp_tool_name(req.tool);
-            self.stats
-                .count_tool(if named { req.tool } else { OTHER_TOOLS }, decision.verdict);
+            let named = decision.code != Code::DefaultDeny && is_mcp_tool_name(req.name);
+            if req.kind == Kind::Tool {
+                self.stats
+                    .count_tool(if named { req.name } else { OTHER_TOOLS }, decision.verdict);
+            }
         }
         if let (Some(log), Some(started)) = (log, started) {
             let took = self.clock.now_ns().saturating_sub(started);
             let call = Call {
-                tool: Some(req.tool),
+                kind: req.kind,
+                name: Some(req.name),
                 server: req.server,
                 subject: &req.subject,
                 args: req.args.as_ref(),
@@ -359,37 +369,41 @@ impl Engine {
             }};
         }
 
-        if req.tool.is_empty() {
-            return out.finish(Code::InvalidRequest, "tool name is empty", "");
+        let (kind, name) = (req.kind, req.name);
+        if name.is_empty() {
+            return out.finish(Code::InvalidRequest, format!("{kind} name is empty"), "");
         }
         trace.section(policy, req.server, section);
-        let hidden = section.hide.find(req.tool);
-        trace.hide(policy, section, req.tool, hidden.as_ref());
+        let names = section.names(kind);
+        let hidden = names.hide.find(name);
+        trace.hide(policy, section, kind, name, hidden.as_ref());
         if let Some(found) = hidden {
-            let reason = format!("tool {:?} is hidden by policy", req.tool);
+            let reason = format!("{kind} {name:?} is hidden by policy");
             deny!(
                 section.shadow,
                 out.finish(Code::Hidden, reason, *found.value)
             );
         }
-        let found = section.tools.find(req.tool);
-        trace.rule(policy, section, req.tool, found.as_ref());
+        let found = names.rules.find(name);
+        trace.rule(policy, section, kind, name, found.as_ref());
         let rule = found.map(|f| &section.rules[*f.value]);
         if rule.is_none() && !section.default_allow {
             let d = out.finish(
                 Code::DefaultDeny,
-                section.default_deny_reason,
+                names.default_deny_reason,
                 section.default_rule,
             );
             deny!(section.shadow, d);
         }
         // Pinned definitions: a tool its server listed other than pinned, or one with no pin
-        // (`unpinned: hide`), is withheld.
-        let listed = (section.pins.is_some() || section.reads_definitions)
-            .then(|| self.sightings.get(req.server, req.tool))
+        // (`unpinned: hide`), is withheld. Only tools have definitions.
+        let tool = kind == Kind::Tool;
+        let pins = section.pins.as_ref().filter(|_| tool);
+        let listed = (pins.is_some() || (tool && section.reads_definitions))
+            .then(|| self.sightings.get(req.server, name))
             .flatten();
-        if let Some(p) = &section.pins {
-            if let Some(w) = p.withheld(req.server, req.tool, listed.as_ref().map(|d| &d.digest)) {
+        if let Some(p) = pins {
+            if let Some(w) = p.withheld(req.server, name, listed.as_ref().map(|d| &d.digest)) {
                 deny!(
                     p.shadow || section.shadow,
                     out.finish(Code::from(w.kind), w.reason, p.pointer)
@@ -397,14 +411,16 @@ impl Engine {
             }
         }
         let definition = listed.as_deref().or_else(|| {
-            let pin = section.pins.as_ref()?.pins.get(req.server, req.tool)?;
+            let pin = pins?.pins.get(req.server, name)?;
             pin.definition.as_ref()
         });
-        trace.rules(policy, rule, section.all_tools.as_ref());
-        let rules = [rule, section.all_tools.as_ref()];
+        // `all_tools` is for tools' calls.
+        let all_tools = section.all_tools.as_ref().filter(|_| tool);
+        trace.rules(policy, rule, all_tools);
+        let rules = [rule, all_tools];
         let rules = rules.iter().flatten().copied();
         let facts = Facts {
-            tool: req.tool,
+            tool: name,
             server: req.server,
             subject: req.subject,
             args: req.args.clone(),
@@ -934,7 +950,7 @@ impl Engine {
             return Confirmed::Stop(out.finish(Code::ConfirmationUnavailable, reason, r.pointer));
         };
         // A person reads the tool's name in the question.
-        if !is_mcp_tool_name(req.tool) {
+        if !is_mcp_tool_name(req.name) {
             let reason = "the tool name is not one MCP allows (1 to 128 of A-Z a-z 0-9 _ - .): \
                           the user is not asked about it";
             return Confirmed::Stop(out.finish(Code::InvalidRequest, reason, r.pointer));
@@ -944,7 +960,7 @@ impl Engine {
         let s = &req.subject;
         let caller = [s.grant, s.session, s.agent];
         let call =
-            confirmation::binding(&policy.revision, rule, req.server, req.tool, caller, args);
+            confirmation::binding(&policy.revision, rule, req.server, req.name, caller, args);
         let Some(call) = call else {
             let reason = "the arguments hold a value JSON cannot hold: the user cannot be \
                           shown them";
@@ -956,7 +972,7 @@ impl Engine {
             let token = key.mint(&call, now_ms.saturating_add(c.timeout_ms));
             let question = match c.pieces.is_empty() {
                 // The policy wrote none: the tool and the very arguments a yes runs.
-                true => confirmation::default_question(req.tool, args),
+                true => confirmation::default_question(req.name, args),
                 false => confirmation::render(&c.pieces, args),
             };
             let left_s = c.timeout_ms.div_ceil(1000);
@@ -1028,7 +1044,7 @@ impl Engine {
         out: &Draft<'_>,
     ) -> Gate {
         // A person reads the tool's name: only names MCP allows reach an approval.
-        if !is_mcp_tool_name(req.tool) {
+        if !is_mcp_tool_name(req.name) {
             let reason = "the tool name is not one MCP allows (1 to 128 of A-Z a-z 0-9 _ - .): \
                           no approval is opened for it";
             return Gate::Stop(out.finish(Code::InvalidRequest, reason, r.pointer));
@@ -1045,7 +1061,7 @@ impl Engine {
         };
         let call = ApprovalCall {
             server: req.server,
-            tool: req.tool,
+            tool: req.name,
             grant: req.subject.grant,
             session: req.subject.session,
             agent: req.subject.agent,
@@ -1077,7 +1093,7 @@ impl Engine {
                         id,
                         key,
                         server: req.server.map(shown_id),
-                        tool: req.tool.to_owned(),
+                        tool: req.name.to_owned(),
                         grant: req.subject.grant.map(str::to_owned),
                         grant_verified: req.subject.grant_verified,
                         session: req.subject.session.map(shown_id),

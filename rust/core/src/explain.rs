@@ -21,6 +21,7 @@ use crate::compile::{CompiledPolicy, CompiledRule, CompiledSection, TextId};
 use crate::condition::{Outcome, Subject};
 use crate::counter::from_units;
 use crate::decision::{Decision, LimitState};
+use crate::kind::Kind;
 use crate::limiter::Want;
 use crate::matcher::{Found, MatchKind};
 use crate::policy::{Action, Compare, Condition, ConditionItem, Scope};
@@ -176,14 +177,16 @@ impl Trace for Recorder {
         &mut self,
         policy: &CompiledPolicy,
         section: &CompiledSection,
-        tool: &str,
+        kind: Kind,
+        name: &str,
         found: Option<&Found<'_, TextId>>,
     ) {
         let step = match found {
             Some(f) => {
                 let others: Vec<Value> = section
+                    .names(kind)
                     .hide
-                    .matching(tool)
+                    .matching(name)
                     .iter()
                     .filter(|o| o.value != f.value)
                     .map(|o| found_json(o, policy.text(*o.value)))
@@ -192,7 +195,7 @@ impl Trace for Recorder {
                     "step": "hide",
                     "matched": found_json(f, policy.text(*f.value)),
                     "others": others,
-                    "why": format!("{:?} matches the tool: hidden before any rule is read", f.pattern),
+                    "why": format!("{:?} matches the {kind}: hidden before any rule is read", f.pattern),
                 })
             }
             None => json!({"step": "hide", "matched": null, "why": "no hide entry matches"}),
@@ -204,15 +207,17 @@ impl Trace for Recorder {
         &mut self,
         policy: &CompiledPolicy,
         section: &CompiledSection,
-        tool: &str,
+        kind: Kind,
+        name: &str,
         found: Option<&Found<'_, usize>>,
     ) {
         let pointer = |i: usize| rule_pointer(policy, &section.rules[i]);
-        let step = match found {
+        let mut step = match found {
             Some(f) => {
                 let others: Vec<Value> = section
-                    .tools
-                    .matching(tool)
+                    .names(kind)
+                    .rules
+                    .matching(name)
                     .iter()
                     .filter(|o| o.value != f.value)
                     .map(|o| {
@@ -223,21 +228,20 @@ impl Trace for Recorder {
                     .collect();
                 json!({
                     "step": "rule",
-                    "tool": tool,
                     "matched": found_json(f, &pointer(*f.value)),
                     "why": why_won(f, others.len()),
                     "others": others,
                 })
             }
             None => {
+                let key = kind.section_key();
                 let default = if section.default_allow {
-                    "no tools entry matches; default: allow"
+                    format!("no {key} entry matches; default: allow")
                 } else {
-                    "no tools entry matches; default: deny (DEFAULT_DENY)"
+                    format!("no {key} entry matches; default: deny (DEFAULT_DENY)")
                 };
                 json!({
                     "step": "rule",
-                    "tool": tool,
                     "matched": null,
                     "why": default,
                     "default": if section.default_allow { "allow" } else { "deny" },
@@ -245,6 +249,8 @@ impl Trace for Recorder {
                 })
             }
         };
+        // The name under what it names: "tool", "resource", "prompt", "method".
+        step[kind.as_str()] = name.into();
         self.steps.push(step);
     }
 

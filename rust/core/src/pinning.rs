@@ -14,6 +14,7 @@ use crate::decision::{Code, Decision, Verdict};
 use crate::decision_log::Call;
 use crate::definition::{Definition, Drift};
 use crate::engine::{Draft, Engine};
+use crate::kind::Kind;
 use crate::listed::ListedTool;
 use crate::sightings::Seen;
 use crate::visibility::Visibility;
@@ -62,7 +63,7 @@ impl Engine {
         let section = policy.section(server);
         // A policy that pins nothing and reads no definition pays nothing here.
         if section.pins.is_none() && !section.reads_definitions {
-            return policy.visibility(name, server, subject, None);
+            return policy.visibility(Kind::Tool, name, server, subject, None);
         }
         // Listed as last time (the usual case), the definition is the one recorded then.
         let alike = self.sightings().listed_alike(server, name, tool);
@@ -117,7 +118,7 @@ impl Engine {
         // In the order a call is checked: the policy's hiding and default, then the pins,
         // then the rules' actions and conditions; so a list and a call of the same tool
         // name the same code.
-        let visibility = policy.visibility(name, server, subject, Some(&*definition));
+        let visibility = policy.visibility(Kind::Tool, name, server, subject, Some(&*definition));
         match withheld {
             Some(code) if !visibility.removed.is_some_and(checked_before_pins) => Visibility {
                 removed: Some(code),
@@ -142,7 +143,8 @@ impl Engine {
             return;
         };
         let call = Call::<&Value> {
-            tool: Some(name),
+            kind: Kind::Tool,
+            name: Some(name),
             server,
             subject: &subject,
             args: None,

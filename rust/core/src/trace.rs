@@ -11,6 +11,7 @@
 use crate::compile::{CompiledPolicy, CompiledRule, CompiledSection, TextId};
 use crate::decision::{Decision, LimitState};
 use crate::evaluation::{Outcome, Want};
+use crate::kind::Kind;
 use crate::matcher::Found;
 use crate::policy::{Compare, Condition, ConditionItem};
 use serde_json::Value;
@@ -64,24 +65,26 @@ pub trait Trace {
     ) {
     }
 
-    /// The `hide` lookup and the entry that matched, if any.
+    /// The `hide` lookup of `name`, of `kind`, and the entry that matched, if any.
     #[inline(always)]
     fn hide(
         &mut self,
         policy: &CompiledPolicy,
         section: &CompiledSection,
-        tool: &str,
+        kind: Kind,
+        name: &str,
         found: Option<&Found<'_, TextId>>,
     ) {
     }
 
-    /// The `tools` lookup and the rule that won, if any.
+    /// The lookup of `name` among `kind`'s rules (`tools`...) and the rule that won, if any.
     #[inline(always)]
     fn rule(
         &mut self,
         policy: &CompiledPolicy,
         section: &CompiledSection,
-        tool: &str,
+        kind: Kind,
+        name: &str,
         found: Option<&Found<'_, usize>>,
     ) {
     }

@@ -1,5 +1,5 @@
 //! Which tools a caller sees in a tool list (`tools/list`): the ones it could be allowed to
-//! call at all.
+//! call at all; and so for resources and prompts in theirs.
 //!
 //! Decided with the compiled policy and the condition evaluator that decide calls, before
 //! any call exists: a tool is removed only when every call of it by this caller would be
@@ -15,6 +15,7 @@ use crate::condition::{Facts, Problem, Subject};
 use crate::decision::Code;
 use crate::definition::Definition;
 use crate::engine::{evaluate_conditions, Conditions};
+use crate::kind::Kind;
 use crate::policy::Action;
 use crate::trace::NoTrace;
 use serde_json::Value;
@@ -36,11 +37,12 @@ impl Visibility {
 }
 
 impl CompiledPolicy {
-    /// Whether `subject` sees `tool` of `server` listed, the tool defined as `definition`
-    /// (for conditions that read its title or annotations).
+    /// Whether `subject` sees `name`, of `kind`, of `server` listed; a tool defined as
+    /// `definition` (for conditions that read its title or annotations).
     pub fn visibility(
         &self,
-        tool: &str,
+        kind: Kind,
+        name: &str,
         server: Option<&str>,
         subject: Subject<'_>,
         definition: Option<&Definition>,
@@ -50,25 +52,26 @@ impl CompiledPolicy {
             removed: Some(code),
             per_subject,
         };
-        if tool.is_empty() {
+        if name.is_empty() {
             return removed(Code::InvalidRequest, false);
         }
         // Hiding and the default follow the section's mode; a shadow section denies nothing.
-        if !section.shadow && section.hide.lookup(tool).is_some() {
+        if !section.shadow && section.names(kind).hide.lookup(name).is_some() {
             return removed(Code::Hidden, false);
         }
-        let rule = section.tools.lookup(tool).map(|i| &section.rules[*i]);
+        let rule = section.rule(kind, name);
         if rule.is_none() && !section.default_allow && !section.shadow {
             return removed(Code::DefaultDeny, false);
         }
         let enforcing = |r: &&CompiledRule| !r.shadow.unwrap_or(section.shadow);
-        let rules = [rule, section.all_tools.as_ref()];
+        let all_tools = section.all_tools.as_ref().filter(|_| kind == Kind::Tool);
+        let rules = [rule, all_tools];
         let rules = rules.into_iter().flatten().filter(enforcing);
         if rules.clone().any(|r| r.action == Action::Deny) {
             return removed(Code::RuleDeny, false);
         }
         let facts = Facts::<&Value> {
-            tool,
+            tool: name,
             server,
             subject,
             args: None,

@@ -8,6 +8,7 @@ use std::sync::{Arc, Barrier};
 use toolgate_core::confirmation::TOKEN_PREFIX;
 use toolgate_core::counter::CounterTable;
 use toolgate_core::mcp::gate::{check, Gate, HttpCall};
+use toolgate_core::Kind;
 use toolgate_core::{Code, Engine, ManualClock, Policy, Subject, Verdict};
 
 const START_NS: u64 = 1_000_000_000_000_000;
@@ -248,7 +249,8 @@ fn a_shadow_confirmation_only_notes_it() {
 fn a_dry_run_says_what_the_call_would_be_answered() {
     let (e, _) = engine(policy());
     let d = e.decide::<&Value>(&toolgate_core::Request {
-        tool: "delete_db",
+        kind: Kind::Tool,
+        name: "delete_db",
         server: None,
         subject: Subject::default(),
         args: None,

@@ -20,6 +20,7 @@ use toolgate_core::approval::{
 use toolgate_core::confirmation::{Answer, Confirming, TOKEN_PREFIX};
 use toolgate_core::counter::CounterTable;
 use toolgate_core::mcp::gate::{check, Gate, HttpCall};
+use toolgate_core::Kind;
 use toolgate_core::{Clock, Code, Engine, ManualClock, Policy, Request, Subject, Verdict};
 
 const START_NS: u64 = 1_800_000_000_000_000_000;
@@ -889,7 +890,8 @@ fn a_dry_run_with_a_yes_uses_nothing() {
     };
     for _ in 0..3 {
         let d = e.decide(&Request {
-            tool: "delete_db",
+            kind: Kind::Tool,
+            name: "delete_db",
             server: None,
             subject: Subject {
                 grant: Some("g"),

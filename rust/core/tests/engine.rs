@@ -5,6 +5,7 @@ use proptest::prelude::*;
 use std::sync::Arc;
 use toolgate_core::counter::CounterTable;
 use toolgate_core::matcher::NameMatcher;
+use toolgate_core::Kind;
 use toolgate_core::{Code, Engine, ManualClock, Policy, Request, Subject, Verdict};
 
 fn engine(json: &str) -> (Engine, Arc<ManualClock>) {
@@ -29,7 +30,8 @@ fn call_with(
         ..Default::default()
     };
     engine.decide(&Request {
-        tool,
+        kind: Kind::Tool,
+        name: tool,
         server: None,
         subject,
         args,
@@ -196,7 +198,8 @@ fn a_condition_speaks_before_a_missing_scope_value() {
     let decide = |grant: Option<&str>, command: &str| {
         let args = serde_json::json!({ "command": command });
         engine.decide(&Request {
-            tool: "run",
+            kind: Kind::Tool,
+            name: "run",
             server: None,
             subject: Subject {
                 grant,
@@ -228,7 +231,8 @@ fn remaining_room_is_exact_to_a_thousandth() {
     let args = serde_json::json!({"usd": 0.1});
     let decide = |dry_run| {
         engine.decide(&Request {
-            tool: "pay",
+            kind: Kind::Tool,
+            name: "pay",
             server: None,
             subject: Subject {
                 grant: Some("g"),
@@ -247,7 +251,8 @@ fn remaining_room_is_exact_to_a_thousandth() {
 
 fn decide_args(engine: &Engine, tool: &str, args: &serde_json::Value) -> toolgate_core::Decision {
     engine.decide(&Request {
-        tool,
+        kind: Kind::Tool,
+        name: tool,
         server: None,
         subject: Subject {
             grant: Some("g"),

@@ -9,6 +9,7 @@ use toolgate_core::counter::CounterTable;
 use toolgate_core::explain::Recorder;
 use toolgate_core::matcher::NameMatcher;
 use toolgate_core::stats::Api;
+use toolgate_core::Kind;
 use toolgate_core::{Decision, Engine, ManualClock, Policy, Request, Subject};
 
 const TOOLS: [&str; 7] = [
@@ -304,7 +305,8 @@ fn decide(engine: &Engine, c: &Call, recorder: Option<&mut Recorder>) -> Decisio
         grant_verified: false,
     };
     let req = Request {
-        tool: c.tool,
+        kind: Kind::Tool,
+        name: c.tool,
         server: c.server,
         subject,
         args: c.args.as_ref(),

@@ -24,6 +24,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use toolgate_core::kind::Listed;
 use toolgate_core::listed::ListedTool;
 use toolgate_core::mcp::known_answers::{KnownAnswers, MAX_ANSWERS, MAX_ANSWER_BYTES, MAX_BYTES};
 use toolgate_core::mcp::listing::{ListFilter, ListReport, KEYS};
@@ -83,7 +84,7 @@ fn live() -> isize {
 // Filtering with and without the table.
 
 /// Hides `delete*`; a name ending in `x` depends on who asks.
-fn hide(name: &str, tool: &ListedTool<'_>) -> Visibility {
+fn hide(_: Listed, name: &str, tool: &ListedTool<'_>) -> Visibility {
     assert!(tool.object().get("name").is_some());
     Visibility {
         removed: name.starts_with("delete").then_some(Code::Hidden),
@@ -121,7 +122,7 @@ fn run(
     body: &[u8],
     cut: usize,
 ) -> Out {
-    let mut f = ListFilter::new(Some(id.clone()), hide);
+    let mut f = ListFilter::new(Some(id.clone()), Some(Listed::Tools), hide);
     if let Some(r) = reply {
         f = f.replying_as(r.clone());
     }
@@ -548,9 +549,9 @@ fn a_stream_answering_no_request_keeps_nothing() {
     let id = toolgate(1);
     let answer = padded(&text(&id), TEMPLATE_TOOLS);
     let body = format!("data: {answer}\n\ndata: {answer}\n\n");
-    let mut f = ListFilter::new(None, hide).remembering(Arc::clone(&known));
+    let mut f = ListFilter::new(None, None, hide).remembering(Arc::clone(&known));
     let out = f.feed(body.as_bytes(), true);
-    let mut g = ListFilter::new(None, hide);
+    let mut g = ListFilter::new(None, None, hide);
     assert_eq!(
         (Sent(out), f.report),
         (Sent(g.feed(body.as_bytes(), true)), g.report)
@@ -817,7 +818,8 @@ fn kept_answers_hold_no_more_memory_than_held_says() {
                 r#"{{"jsonrpc":"2.0","id":{},"result":{{"tools":[{entries}]}},"_{i}":0}}"#,
                 text(&id)
             );
-            let mut f = ListFilter::new(Some(id), hide).remembering(Arc::clone(&known));
+            let mut f = ListFilter::new(Some(id), Some(Listed::Tools), hide)
+                .remembering(Arc::clone(&known));
             let _ = f.feed(body.as_bytes(), true);
         }
         let retained = (live() - before).max(0) as usize;

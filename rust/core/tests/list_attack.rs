@@ -11,6 +11,7 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
+use toolgate_core::kind::Listed;
 use toolgate_core::listed::ListedTool;
 use toolgate_core::mcp::answer::Framing;
 use toolgate_core::mcp::known_answers::KnownAnswers;
@@ -22,7 +23,7 @@ use toolgate_core::Code;
 
 /// Hides `delete*`; a tool whose name ends in `x` is shown or hidden by who asks. Reads the
 /// tool's object, as a pin does: its text must read again.
-fn hide(name: &str, tool: &ListedTool<'_>) -> Visibility {
+fn hide(_: Listed, name: &str, tool: &ListedTool<'_>) -> Visibility {
     assert!(tool.object().get("name").is_some());
     let removed = name.starts_with("delete").then_some(Code::Hidden);
     let per_subject = name.ends_with('x');
@@ -33,7 +34,7 @@ fn hide(name: &str, tool: &ListedTool<'_>) -> Visibility {
 }
 
 fn filter(body: &[u8]) -> (Vec<u8>, ListReport) {
-    let mut f = ListFilter::new(Some(json!(1)), hide);
+    let mut f = ListFilter::new(Some(json!(1)), Some(Listed::Tools), hide);
     let out = f.feed(body, true);
     (out, f.report)
 }
@@ -295,7 +296,7 @@ fn many_tiny_tools_up_to_the_key_limit_take_linear_time() {
 fn the_answer_goes_back_under_the_agents_id_however_the_server_writes_ours() {
     let tools = r#""result":{"tools":[{"name":"delete"},{"name":"read"}]}"#;
     let answer = |id: &str| {
-        let ours = ListFilter::new(Some(json!("toolgate-1")), hide);
+        let ours = ListFilter::new(Some(json!("toolgate-1")), Some(Listed::Tools), hide);
         let mut f = ours.replying_as(json!(7));
         let body = format!(r#"{{"jsonrpc":"2.0","id":{id},{tools}}}"#);
         let sent = client_events(&f.feed(body.as_bytes(), true));
@@ -323,7 +324,7 @@ fn event_stream_framing_tricks_hide_nothing() {
         format!("data: {note}\n\ndata: {answer}\n\ndata: {answer}\n\n"),
     ] {
         for cut in 0..s.len() {
-            let mut f = ListFilter::new(Some(json!(1)), hide);
+            let mut f = ListFilter::new(Some(json!(1)), Some(Listed::Tools), hide);
             let mut out = f.feed(&s.as_bytes()[..cut], false);
             out.extend(f.feed(&s.as_bytes()[cut..], true));
             let text = String::from_utf8_lossy(&out).into_owned();
@@ -339,7 +340,7 @@ fn event_stream_framing_tricks_hide_nothing() {
         format!("data: {answer}\ndata: {answer}\n\n"),
         format!("data: {}\n\n", &answer[..answer.len() - 1]),
     ] {
-        let mut f = ListFilter::new(Some(json!(1)), hide);
+        let mut f = ListFilter::new(Some(json!(1)), Some(Listed::Tools), hide);
         let out = f.feed(s.as_bytes(), true);
         assert!(f.report.refused.is_some(), "{s:?}");
         assert!(!String::from_utf8_lossy(&out).contains("delete"), "{s:?}");
@@ -359,7 +360,7 @@ fn multi_line_data_events_reach_the_client_whole() {
         // Nothing removed, but the id is the agent's; an empty data line makes the text's LF.
         format!("data\ndata: {ours}{}\n\n", answer[2]),
     ] {
-        let ours = ListFilter::new(Some(json!("toolgate-1")), hide);
+        let ours = ListFilter::new(Some(json!("toolgate-1")), Some(Listed::Tools), hide);
         let out = ours.replying_as(json!(7)).feed(stream.as_bytes(), true);
         let text = String::from_utf8_lossy(&out).into_owned();
         let got: Value = serde_json::from_slice(&client_events(&out)[0]).unwrap_or_default();
@@ -376,7 +377,7 @@ fn a_long_event_line_in_small_chunks_is_split_in_linear_time() {
     let mut line = b"data: ".to_vec();
     line.resize(256 << 10, b' ');
     let time = |chunk: usize| {
-        let mut f = ListFilter::new(Some(json!(1)), hide);
+        let mut f = ListFilter::new(Some(json!(1)), Some(Listed::Tools), hide);
         let start = cpu();
         line.chunks(chunk).for_each(|c| drop(f.feed(c, false)));
         cpu() - start
@@ -443,7 +444,7 @@ proptest! {
             let Ok(Value::Object(mut tree)) = strict_json::parse(&text) else { panic!("read") };
             let Some(Value::Object(mut kept)) = tree.remove("result") else { panic!("result") };
             let mut theirs = ListReport::default();
-            let changed = filter_result(&mut kept, hide, &mut theirs);
+            let changed = filter_result(Listed::Tools, &mut kept, hide, &mut theirs);
             prop_assert_eq!(&report, &theirs);
             prop_assert_eq!(result, Value::Object(kept));
             prop_assert!(changed.is_ok());
@@ -490,11 +491,11 @@ proptest! {
         };
         let known = Arc::new(KnownAnswers::default());
         let remembering = |id: &Value, bytes: &[u8]| {
-            let mut f = ListFilter::new(Some(id.clone()), hide).remembering(Arc::clone(&known));
+            let mut f = ListFilter::new(Some(id.clone()), Some(Listed::Tools), hide).remembering(Arc::clone(&known));
             (f.feed(bytes, true), f.report)
         };
         let anew = |id: &Value, bytes: &[u8]| {
-            let mut f = ListFilter::new(Some(id.clone()), hide);
+            let mut f = ListFilter::new(Some(id.clone()), Some(Listed::Tools), hide);
             (f.feed(bytes, true), f.report)
         };
         prop_assert_eq!(remembering(&json!(1), text.as_bytes()), anew(&json!(1), text.as_bytes()));
@@ -571,7 +572,7 @@ proptest! {
     ) {
         let mut at: Vec<usize> = cuts.iter().map(|c| c.index(body.len() + 1)).collect();
         at.sort_unstable();
-        let mut f = ListFilter::new(Some(json!(1)), hide);
+        let mut f = ListFilter::new(Some(json!(1)), Some(Listed::Tools), hide);
         let (mut sent, mut from) = (Vec::new(), 0);
         for to in at {
             sent.extend(f.feed(&body[from..to], false));

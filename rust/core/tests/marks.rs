@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Barrier};
 use toolgate_core::counter::CounterTable;
 use toolgate_core::marks::MarkState;
+use toolgate_core::Kind;
 use toolgate_core::{Code, Decision, Engine, ManualClock, Policy, Request, Subject, Verdict};
 
 fn engine(policy: Value) -> (Arc<Engine>, Arc<ManualClock>) {
@@ -35,7 +36,8 @@ fn trifecta() -> Value {
 
 fn call(engine: &Engine, tool: &str, session: Option<&str>, dry_run: bool) -> Decision {
     engine.decide::<&Value>(&Request {
-        tool,
+        kind: Kind::Tool,
+        name: tool,
         server: None,
         subject: Subject {
             session,
@@ -176,7 +178,8 @@ fn marks_are_kept_per_scope_grant_and_agent_too() {
     };
     let decide = |tool, subject| {
         e.decide::<&Value>(&Request {
-            tool,
+            kind: Kind::Tool,
+            name: tool,
             server: None,
             subject,
             args: None,
@@ -372,7 +375,8 @@ proptest! {
             });
         let args = json!({"a": a});
         let d = e.decide(&Request {
-            tool: "act",
+            kind: Kind::Tool,
+            name: "act",
             server: None,
             subject: Subject { session: Some("s"), ..Default::default() },
             args: Some(&args),

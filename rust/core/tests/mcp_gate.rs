@@ -4,6 +4,7 @@
 use serde_json::{json, Value};
 use std::sync::Arc;
 use toolgate_core::counter::CounterTable;
+use toolgate_core::kind::Listed;
 use toolgate_core::mcp::{check, Follow, Gate, HttpCall};
 use toolgate_core::{Code, Engine, ManualClock, Policy, Subject};
 
@@ -371,13 +372,20 @@ fn the_answers_to_follow_are_lists_and_calls_that_hold_a_reservation() {
     let list = json!({"jsonrpc": "2.0", "id": "l", "method": "tools/list"}).to_string();
     assert_eq!(
         follow(&e, &list),
-        Follow::ToolList {
-            id: Some(json!("l"))
+        Follow::List {
+            id: Some(json!("l")),
+            listed: Some(Listed::Tools),
         }
     );
     // A notification gets no answer; should a server send one, it is filtered all the same.
     let notification = json!({"jsonrpc": "2.0", "method": "tools/list"}).to_string();
-    assert_eq!(follow(&e, &notification), Follow::ToolList { id: None });
+    assert_eq!(
+        follow(&e, &notification),
+        Follow::List {
+            id: None,
+            listed: None
+        }
+    );
     // A server's GET stream (resumed or not) may replay earlier answers: each is filtered.
     for resumes in [false, true] {
         let stream = HttpCall {
@@ -389,7 +397,13 @@ fn the_answers_to_follow_are_lists_and_calls_that_hold_a_reservation() {
         let Gate::Forward { follow, .. } = check(&e, &stream) else {
             panic!("a GET stream is forwarded")
         };
-        assert_eq!(follow, Follow::ToolList { id: None });
+        assert_eq!(
+            follow,
+            Follow::List {
+                id: None,
+                listed: None
+            }
+        );
     }
     // A replay asked for on any other request would come back unfiltered: refused.
     for method in ["POST", "DELETE", "PUT"] {

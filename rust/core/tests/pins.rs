@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use toolgate_core::definition::{digest, DriftKind};
 use toolgate_core::listed::ListedTool;
+use toolgate_core::Kind;
 use toolgate_core::{Code, Decision, Engine, Policy, Request, Subject, Verdict};
 
 fn object(v: Value) -> Map<String, Value> {
@@ -76,7 +77,8 @@ fn list_text(e: &Engine, server: Option<&str>, tool: &Map<String, Value>) -> Opt
 
 fn call(e: &Engine, server: Option<&str>, tool: &str) -> Decision {
     e.decide::<&Value>(&Request {
-        tool,
+        kind: Kind::Tool,
+        name: tool,
         server,
         subject: Subject::default(),
         args: None,
@@ -224,7 +226,8 @@ fn an_open_world_writer_may_not_run_in_a_marked_session() {
     list(&e, None, &send());
     let in_session = |tool| {
         e.decide::<&Value>(&Request {
-            tool,
+            kind: Kind::Tool,
+            name: tool,
             server: None,
             subject: Subject {
                 session: Some("s"),

@@ -15,12 +15,14 @@ use toolgate_core::approval::{
 };
 use toolgate_core::counter::CounterTable;
 use toolgate_core::definition::{digest, DriftKind};
+use toolgate_core::kind::Listed;
 use toolgate_core::listed::ListedTool;
 use toolgate_core::marks::MarkState;
 use toolgate_core::mcp::fold::folded;
 use toolgate_core::mcp::listing::{filter_result, ListReport};
 use toolgate_core::mcp::strict_json;
 use toolgate_core::sightings::MAX_SIGHTINGS;
+use toolgate_core::Kind;
 use toolgate_core::{Code, Decision, Engine, ManualClock, Policy, Request, Subject, Verdict};
 
 // --- helpers -------------------------------------------------------------------------------
@@ -115,15 +117,22 @@ fn list_answer(
     let policy = e.policy();
     let tools: Vec<Value> = tools.into_iter().map(Value::Object).collect();
     let mut result = object(json!({ "tools": tools }));
-    let visible =
-        |name: &str, tool: &ListedTool<'_>| e.list_tool(&policy, server, caller(), name, tool);
-    filter_result(&mut result, visible, &mut ListReport::default())?;
+    let visible = |_: Listed, name: &str, tool: &ListedTool<'_>| {
+        e.list_tool(&policy, server, caller(), name, tool)
+    };
+    filter_result(
+        Listed::Tools,
+        &mut result,
+        visible,
+        &mut ListReport::default(),
+    )?;
     Ok(result["tools"].as_array().unwrap().clone())
 }
 
 fn call_as(e: &Engine, server: Option<&str>, tool: &str, subject: Subject<'_>) -> Decision {
     e.decide::<&Value>(&Request {
-        tool,
+        kind: Kind::Tool,
+        name: tool,
         server,
         subject,
         args: None,
@@ -798,7 +807,8 @@ fn no_call_that_does_not_run_sets_a_mark() {
     );
     // A dry run.
     let dry = e.decide::<&Value>(&Request {
-        tool: "crm_read",
+        kind: Kind::Tool,
+        name: "crm_read",
         server: None,
         subject: who("ok"),
         args: None,

@@ -146,7 +146,9 @@ fn every_policylayer_example_loads_unchanged() {
         assert_eq!(root.pointer, "");
         assert_eq!(root.default, DefaultAction::Deny);
         assert_eq!(root.mode, Mode::Enforce);
-        assert!(root.hide.is_empty() && root.all_tools.is_none() && policy.servers.is_empty());
+        assert!(
+            root.hide.tools.is_empty() && root.all_tools.is_none() && policy.servers.is_empty()
+        );
         assert_eq!(root.tools.len(), 1);
         let (name, rule) = &root.tools[0];
         assert_eq!(name.text, tool);
@@ -410,6 +412,7 @@ fn a_policy_using_every_feature_loads() {
     assert_eq!(root.mode, Mode::Shadow);
     let hide: Vec<(&str, &str, bool)> = root
         .hide
+        .tools
         .iter()
         .map(|h| (h.text.as_str(), h.pointer.as_str(), h.is_glob()))
         .collect();
@@ -555,7 +558,7 @@ fn a_policy_using_every_feature_loads() {
         (id.as_str(), fs.pointer.as_str(), fs.default, fs.mode),
         ("fs", "/servers/fs", DefaultAction::Deny, Mode::Enforce)
     );
-    assert_eq!(fs.hide[0].pointer, "/servers/fs/hide/0");
+    assert_eq!(fs.hide.tools[0].pointer, "/servers/fs/hide/0");
     let fs_all = fs.all_tools.as_ref().unwrap();
     assert_eq!(
         (fs_all.mode, fs_all.limits[0].window_ms),

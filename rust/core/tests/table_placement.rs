@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 use toolgate_core::counter::{CounterKey, CounterTable, Granularity};
-use toolgate_core::{Engine, ManualClock, Policy, Request, Subject, Verdict};
+use toolgate_core::{Engine, Kind, ManualClock, Policy, Request, Subject, Verdict};
 
 const CAP: usize = 4096;
 const MINUTE: u64 = 60_000;
@@ -24,7 +24,8 @@ fn key(counter: &str, scope: &str, value: &str) -> CounterKey {
 
 fn decide(engine: &Engine, tool: &str, grant: &str, verified: bool) -> Verdict {
     let request = Request::<&serde_json::Value> {
-        tool,
+        kind: Kind::Tool,
+        name: tool,
         server: None,
         subject: Subject {
             grant: Some(grant),

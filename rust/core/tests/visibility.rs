@@ -5,6 +5,7 @@
 
 use proptest::prelude::*;
 use serde_json::{json, Value};
+use toolgate_core::Kind;
 use toolgate_core::{Code, Engine, Policy, Request, Subject, Verdict};
 
 const TOOLS: [&str; 7] = [
@@ -103,7 +104,8 @@ fn denied_by_rules(
     args: Option<&Value>,
 ) -> bool {
     let d = engine.decide(&Request {
-        tool,
+        kind: Kind::Tool,
+        name: tool,
         server,
         subject,
         args,
@@ -137,7 +139,7 @@ proptest! {
                         grant: Some("g"),
                         ..Default::default()
                     };
-                    let seen = compiled.visibility(tool, server, subject, None);
+                    let seen = compiled.visibility(Kind::Tool, tool, server, subject, None);
                     if !seen.shown() {
                         for args in &argument_sets {
                             prop_assert!(
@@ -179,14 +181,20 @@ fn argument_conditions_keep_a_tool_and_caller_conditions_remove_it() {
         agent: Some("ops"),
         ..Default::default()
     };
-    let removed = |tool, s| p.visibility(tool, None, s, None).removed;
+    let removed = |tool, s| p.visibility(Kind::Tool, tool, None, s, None).removed;
     assert_eq!(removed("run", bot), None);
     assert_eq!(removed("wire", bot), None);
     assert_eq!(removed("admin", ops), None);
     assert_eq!(removed("admin", bot), Some(Code::ConditionFailed));
-    assert!(p.visibility("admin", None, bot, None).per_subject);
+    assert!(
+        p.visibility(Kind::Tool, "admin", None, bot, None)
+            .per_subject
+    );
     assert_eq!(removed("secret_key", ops), Some(Code::Hidden));
     assert_eq!(removed("drop", ops), Some(Code::RuleDeny));
     assert_eq!(removed("other", ops), Some(Code::DefaultDeny));
-    assert!(!p.visibility("other", None, ops, None).per_subject);
+    assert!(
+        !p.visibility(Kind::Tool, "other", None, ops, None)
+            .per_subject
+    );
 }

@@ -2,6 +2,7 @@
 //! compiles, and decides a call.
 #![no_main]
 
+use toolgate_core::Kind;
 use libfuzzer_sys::fuzz_target;
 use std::sync::Arc;
 use toolgate_core::counter::CounterTable;
@@ -17,7 +18,8 @@ fuzz_target!(|text: &str| {
         let tools = ["create-ami", "transfer_funds", "delete_repo", "x"];
         for tool in tools {
             engine.decide(&Request {
-                tool,
+                kind: Kind::Tool,
+            name: tool,
                 server: Some("seed"),
                 subject: Subject {
                     grant: Some("g"),

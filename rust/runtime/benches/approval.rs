@@ -9,6 +9,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 use toolgate_core::counter::CounterTable;
+use toolgate_core::Kind;
 use toolgate_core::{Code, Engine, MonotonicClock, Policy, Request, Subject};
 use toolgate_runtime::approvals::table::ApprovalTable;
 use toolgate_runtime::approvals::Approvals;
@@ -16,7 +17,8 @@ use toolgate_runtime::approvals::Approvals;
 fn decide_one(engine: &Engine, tool: &str, grant: &str, args: &Value) -> Code {
     engine
         .decide(&Request {
-            tool,
+            kind: Kind::Tool,
+            name: tool,
             server: None,
             subject: Subject {
                 grant: Some(grant),

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use toolgate_core::counter::CounterTable;
 use toolgate_core::decision_log::Filter;
+use toolgate_core::Kind;
 use toolgate_core::{Code, Engine, MonotonicClock, Policy, Request, Subject};
 use toolgate_runtime::decision_log::{DecisionLog, Settings};
 
@@ -73,7 +74,8 @@ fn logged(c: &mut Criterion) {
     let mut g = c.benchmark_group("decision_log");
     for (name, args) in cases() {
         let request = Request {
-            tool: "lookup",
+            kind: Kind::Tool,
+            name: "lookup",
             server: None,
             subject: Subject {
                 grant: Some("sk-bench"),

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use toolgate_core::counter::CounterTable;
+use toolgate_core::Kind;
 use toolgate_core::{Code, Engine, ManualClock, Policy, Request, Subject, Verdict};
 
 fn engine(json: &str) -> (Engine, Arc<ManualClock>) {
@@ -14,7 +15,8 @@ fn engine(json: &str) -> (Engine, Arc<ManualClock>) {
 
 fn decide_args(engine: &Engine, tool: &str, args: &serde_json::Value) -> toolgate_core::Decision {
     engine.decide(&Request {
-        tool,
+        kind: Kind::Tool,
+        name: tool,
         server: None,
         subject: Subject {
             grant: Some("g"),
@@ -143,7 +145,8 @@ fn a_dry_run_opens_no_approval_and_uses_none() {
     table.decide(id, true, clock.wall_ms()).unwrap();
     let args = serde_json::json!({"amount": 3, "to": "acct-1"});
     let mut req = Request {
-        tool: "transfer",
+        kind: Kind::Tool,
+        name: "transfer",
         server: None,
         subject: Subject {
             grant: Some("g"),
@@ -266,7 +269,8 @@ fn a_call_needing_an_approval_and_a_confirmation_runs_once_on_both() {
     let args = serde_json::json!({"to": "acct-9"});
     let decide = |confirm: &Confirming| {
         engine.decide(&Request {
-            tool: "wire",
+            kind: Kind::Tool,
+            name: "wire",
             server: None,
             subject: Subject {
                 grant: Some("g"),

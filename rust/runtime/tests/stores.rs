@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use toolgate_core::counter::CounterTable;
 use toolgate_core::marks::MarkState;
+use toolgate_core::Kind;
 use toolgate_core::{Code, Decision, Engine, ManualClock, Policy, Request, Subject, Verdict};
 use toolgate_runtime::store::{Mode, RedisConfig, RedisStore, TimeSource, Unavailable};
 
@@ -110,7 +111,8 @@ fn redis_engine(json: &str, clock: Arc<ManualClock>, config: RedisConfig) -> Eng
 
 fn call(engine: &Engine, tool: &str, grant: &str, hits: Option<u32>) -> Decision {
     engine.decide::<&serde_json::Value>(&Request {
-        tool,
+        kind: Kind::Tool,
+        name: tool,
         server: None,
         subject: Subject {
             grant: Some(grant),
@@ -979,7 +981,8 @@ fn a_confirmation_runs_once_across_replicas() {
     let args = serde_json::json!({"name": "prod"});
     let decide = |e: &Engine, confirm: &Confirming| {
         e.decide(&Request {
-            tool: "drop_db",
+            kind: Kind::Tool,
+            name: "drop_db",
             server: None,
             subject: Subject {
                 grant: Some("g"),

@@ -24,6 +24,7 @@ use toolgate_core::mcp::reply;
 use toolgate_core::mcp::request::{readable_id, readable_tool, Refusal, INVALID_REQUEST};
 use toolgate_core::mcp::{self, Gate, HttpCall};
 use toolgate_core::stats::Api;
+use toolgate_core::Kind;
 use toolgate_core::{Engine, Subject, Undecidable};
 
 /// The context extension (set per route in Envoy) naming the MCP server behind the route.
@@ -189,7 +190,8 @@ fn unauthenticated(
     let request = Undecidable {
         reason: why,
         logged: None,
-        tool: refusal.tool.as_deref(),
+        kind: Kind::Tool,
+        name: refusal.tool.as_deref(),
         server,
         subject: known,
     };

@@ -4,6 +4,7 @@
 use std::time::Instant;
 use toolgate_core::args::{parse_json_arguments, ArgumentsRefused};
 use toolgate_core::stats::Api;
+use toolgate_core::Kind;
 use toolgate_core::{Code, Decision, Engine, Request, Subject, Undecidable, Verdict};
 
 pub mod pb {
@@ -83,7 +84,8 @@ fn respond(
             let request = Undecidable {
                 reason: &refused.told,
                 logged: Some(&refused.logged),
-                tool: non_empty(&req.tool),
+                kind: Kind::Tool,
+                name: non_empty(&req.tool),
                 server,
                 subject,
             };
@@ -93,7 +95,8 @@ fn respond(
     let decision = engine.decide_via(
         Api::Decider,
         &Request {
-            tool: &req.tool,
+            kind: Kind::Tool,
+            name: &req.tool,
             server,
             subject,
             args: arguments.as_ref(),

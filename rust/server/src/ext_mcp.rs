@@ -6,16 +6,19 @@
 //! `result`, the client's headers, and `metadata_context`, values its configuration computes
 //! in CEL (verified JWT claims among them).
 //!
-//! - `tools/call`, request: decided as Envoy's `Check` decides it, from the same engine
-//!   (policy, counters, approvals, decision log), the params read strictly (anything two
-//!   decoders could read differently is refused). A denial is an `AuthorizationError`:
+//! - Every method but the protocol's plumbing, request: decided as Envoy's `Check` decides
+//!   it, from the same engine (policy, counters, approvals, decision log), the params read
+//!   strictly (anything two decoders could read differently is refused): `tools/call` by its
+//!   tool, `resources/read` by its URI, `prompts/get` by its prompt, any other method by its
+//!   name ([`toolgate_core::mcp::request`]). A denial is an `AuthorizationError`:
 //!   `RESOURCE_EXHAUSTED` for limits, `PERMISSION_DENIED` otherwise, its reason for the
 //!   model and, as the JSON-RPC error's `data`, the decision's details under
 //!   `toolgate/decision` (code, rule, retry-after, approval id), as the Envoy path gives
-//!   them in `_meta`. A hidden tool is answered as an unknown one.
-//! - `tools/list`, response: the (possibly merged) list filtered for the caller, as the
-//!   ext_proc filter filters it; `nextCursor` kept, `cacheScope` made private when the
-//!   filtering depended on the caller.
+//!   them in `_meta`. A hidden tool (resource, prompt) is answered as an unknown one.
+//! - The lists (`tools/list`, `resources/list`, `resources/templates/list`, `prompts/list`),
+//!   response: the (possibly merged) list filtered for the caller, as the ext_proc filter
+//!   filters it; `nextCursor` kept, `cacheScope` made private when the filtering depended on
+//!   the caller.
 //! - `tools/call`, response: a result with `isError: true` gives the call's reservation back
 //!   when its rule says `release_on_failure: tool_error`. The reservation travels from the
 //!   request hook as `metadata` ([`RELEASE_KEY`]), which agentgateway's CEL exposes as
@@ -23,7 +26,7 @@
 //!   is signed with this process's key, so only a reservation this sidecar made is given
 //!   back. Without it the call stays counted. JSON-RPC errors skip agentgateway's response
 //!   hook, so they give nothing back.
-//! - Every other method passes.
+//! - The protocol's plumbing (`ping`, `initialize`, notifications) passes.
 //!
 //! Who is calling comes from the headers agentgateway forwards, or, where it forwards none
 //! (stdio upstreams, the response hook), from `metadata_context` entries named like those
@@ -40,11 +43,13 @@ use sha2::Sha256;
 use std::sync::Arc;
 use std::time::Instant;
 use toolgate_core::compile::CompiledPolicy;
+use toolgate_core::kind::{Kind as Named, Listed};
 use toolgate_core::listed::ListedTool;
+use toolgate_core::mcp::gate::decide_reads;
 use toolgate_core::mcp::listing::{filter_result, ListReport};
 use toolgate_core::mcp::outcome::Failure;
-use toolgate_core::mcp::reply::{details, META_KEY};
-use toolgate_core::mcp::request::{parse_call_params, Refusal, INVALID_PARAMS};
+use toolgate_core::mcp::reply::{details, unknown_error, META_KEY};
+use toolgate_core::mcp::request::{parse_params, McpRequest, Refusal, INVALID_PARAMS, PASSING};
 use toolgate_core::policy::Release;
 use toolgate_core::stats::Api;
 use toolgate_core::visibility::Visibility;
@@ -62,7 +67,6 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 pub const RELEASE_KEY: &str = "toolgate_release";
 
 const TOOLS_CALL: &str = "tools/call";
-const TOOLS_LIST: &str = "tools/list";
 /// agentgateway's separator between a server's name and its tool's in a multiplexed list.
 const MUX_DELIMITER: char = '_';
 
@@ -154,18 +158,19 @@ pub fn check_request(
     config: &ExtMcpConfig,
     request: &pb::McpRequest,
 ) -> pb::McpRequestResult {
-    if request.method != TOOLS_CALL {
+    let method = request.method.as_str();
+    if PASSING.contains(&method) || method.starts_with("notifications/") {
         return pass(None);
     }
     let started = Instant::now();
-    let answer = decide_call(engine, config, request);
+    let answer = decide(engine, config, request);
     engine
         .stats()
         .record_duration(started.elapsed().as_nanos() as u64);
     answer
 }
 
-fn decide_call(
+fn decide(
     engine: &Engine,
     config: &ExtMcpConfig,
     request: &pb::McpRequest,
@@ -176,59 +181,75 @@ fn decide_call(
     };
     let read = ReadSubject::read(&facts, &config.authz);
     let subject = read.subject();
-    // A call goes to one server; its name is the policy's `servers` key.
+    // A request goes to one server; its name is the policy's `servers` key.
     let server = match &request.service_names[..] {
         [one] => Some(one.as_str()).filter(|s| !s.is_empty()),
         _ => {
-            let why = "a tools/call must name exactly one server";
-            return refuse(engine, why, None, None, subject, ErrorCode::Invalid);
+            let why = format!("a {} request must name exactly one server", request.method);
+            return refuse(engine, &why, None, None, subject, ErrorCode::Invalid);
         }
     };
     if let Some(why) = read.refused() {
         return refuse(engine, why, None, server, subject, ErrorCode::Invalid);
     }
-    let Some(params) = request.mcp_request.as_deref() else {
-        let why = "tools/call needs params";
-        return refuse(engine, why, None, server, subject, ErrorCode::Invalid);
-    };
-    let (tool, arguments) = match parse_call_params(params) {
-        Ok(call) => call,
+    let asked = match parse_params(&request.method, request.mcp_request.as_deref()) {
+        Ok(asked) => asked,
         Err(refusal) => return refuse_params(engine, &refusal, server, subject),
+    };
+    let (kind, name, args) = match &asked {
+        McpRequest::ToolCall {
+            name, arguments, ..
+        } => (Named::Tool, name, arguments),
+        McpRequest::Named {
+            kind, name, args, ..
+        } => (*kind, name, args),
+        McpRequest::Listen { uris, .. } => {
+            let (d, uri) = decide_reads(engine, Api::ExtMcp, uris, server, subject);
+            return answer(config, &d, server, Named::Resource, uri);
+        }
+        McpRequest::Other { .. } | McpRequest::Response { .. } => return pass(None),
     };
     let decision = engine.decide_via(
         Api::ExtMcp,
         &Request {
-            tool: &tool,
+            kind,
+            name,
             server,
             subject,
-            args: arguments.as_ref(),
+            args: args.as_ref(),
             dry_run: false,
             hits: None,
             confirm: None,
         },
     );
-    answer(config, &decision, server, &tool)
+    answer(config, &decision, server, kind, name)
 }
 
-/// What agentgateway is told of a decision.
+/// What agentgateway is told of a decision on `name`, of `kind`.
 fn answer(
     config: &ExtMcpConfig,
     d: &Decision,
     server: Option<&str>,
-    tool: &str,
+    kind: Named,
+    name: &str,
 ) -> pb::McpRequestResult {
     match d.verdict {
         Verdict::Allow => {
-            let release = d.policy().releases_on_failure(server, tool);
+            // Only a tool's call has an outcome to give limits back on.
+            let release = match kind {
+                Named::Tool => d.policy().releases_on_failure(server, name),
+                _ => Release::Never,
+            };
             let token = d
                 .reservation
                 .filter(|_| release == Release::ToolError)
                 .map(|r| config.sign(r));
             pass(token)
         }
-        // Answered as a tool that does not exist: no details to tell it apart.
+        // Answered as one that does not exist: no details to tell it apart.
         _ if d.code == Code::Hidden => {
-            error(ErrorCode::Invalid, format!("Unknown tool: {tool}"), None)
+            let (_, message) = unknown_error(kind, name);
+            error(ErrorCode::Invalid, message, None)
         }
         _ => {
             let code = match d.code {
@@ -277,7 +298,8 @@ fn refuse(
     let request = Undecidable {
         reason: why,
         logged: None,
-        tool,
+        kind: Named::Tool,
+        name: tool,
         server,
         subject,
     };
@@ -296,7 +318,8 @@ fn refuse_params(
     let request = Undecidable {
         reason: &refusal.message,
         logged: Some(&logged),
-        tool: refusal.tool.as_deref(),
+        kind: Named::Tool,
+        name: refusal.tool.as_deref(),
         server,
         subject,
     };
@@ -311,15 +334,16 @@ pub fn check_response(
     config: &ExtMcpConfig,
     response: &pb::McpResponse,
 ) -> pb::McpResponseResult {
-    match response.method.as_str() {
-        TOOLS_LIST => {
-            let started = Instant::now();
-            let answer = filter_list(engine, config, response);
-            engine
-                .stats()
-                .record_duration(started.elapsed().as_nanos() as u64);
-            answer
-        }
+    let method = response.method.as_str();
+    if let Some(listed) = Listed::of_method(method) {
+        let started = Instant::now();
+        let answer = filter_list(engine, config, response, listed);
+        engine
+            .stats()
+            .record_duration(started.elapsed().as_nanos() as u64);
+        return answer;
+    }
+    match method {
         TOOLS_CALL => {
             give_back_on_tool_error(engine, config, response);
             response_pass()
@@ -334,16 +358,19 @@ fn response_pass() -> pb::McpResponseResult {
     }
 }
 
-/// The list as this caller may see it; an answer that cannot be read is not passed on.
+/// The list (of `listed`) as this caller may see it; an answer that cannot be read is not
+/// passed on.
 fn filter_list(
     engine: &Engine,
     config: &ExtMcpConfig,
     response: &pb::McpResponse,
+    listed: Listed,
 ) -> pb::McpResponseResult {
     let refused = |why: String| {
         engine.stats().count_list(0, true);
         let message = format!(
-            "the server's tools/list answer was refused by the proxy's policy check: {why}"
+            "the server's {} answer was refused by the proxy's policy check: {why}",
+            listed.method()
         );
         pb::McpResponseResult {
             result: Some(mcp_response_result::Result::Error(pb::AuthorizationError {
@@ -369,11 +396,11 @@ fn filter_list(
     let policy = engine.policy();
     let subject = read.subject();
     let servers = &response.service_names;
-    let visible = |name: &str, tool: &ListedTool<'_>| {
-        visibility_in(engine, &policy, servers, name, tool, subject)
+    let visible = |listed: Listed, name: &str, entry: &ListedTool<'_>| {
+        visibility_in(engine, &policy, servers, listed, name, entry, subject)
     };
     let mut report = ListReport::default();
-    let changed = match filter_result(&mut result, visible, &mut report) {
+    let changed = match filter_result(listed, &mut result, visible, &mut report) {
         Ok(changed) => changed,
         Err(why) => return refused(why),
     };
@@ -389,18 +416,48 @@ fn filter_list(
     }
 }
 
-/// Whether `subject` sees tool `name` of a list agentgateway merged from `servers`: with one
-/// server, its own name; with several, `SERVER_TOOL` as agentgateway prefixes it. A name of
-/// no listed server (agentgateway's unprefixed modes) is shown only if every listed server's
-/// section would show it.
+/// Whether `subject` sees `name` (a tool, a resource, a template or a prompt, as `listed`
+/// says) of a list agentgateway merged from `servers`: with one server, its own name; with
+/// several, a tool or prompt as `SERVER_NAME`, as agentgateway prefixes it. A name of no
+/// listed server (agentgateway's unprefixed modes, and resources, whose URIs it rewrites
+/// its own way) is shown only if every listed server's section would show it.
 fn visibility_in(
     engine: &Engine,
     policy: &Arc<CompiledPolicy>,
     servers: &[String],
+    listed: Listed,
     name: &str,
     tool: &ListedTool<'_>,
     subject: Subject<'_>,
 ) -> Visibility {
+    if listed != Listed::Tools {
+        let kind = listed.kind();
+        let of =
+            |server: Option<&str>, name: &str| policy.visibility(kind, name, server, subject, None);
+        let prefixed = match servers {
+            [_, _, ..] if listed == Listed::Prompts => name
+                .split_once(MUX_DELIMITER)
+                .filter(|(server, _)| servers.iter().any(|s| s == server)),
+            _ => None,
+        };
+        return match (servers, prefixed) {
+            ([], _) => of(None, name),
+            ([one], _) => of(Some(one), name),
+            (_, Some((server, name))) => of(Some(server), name),
+            (many, None) => {
+                let mut seen = Visibility {
+                    removed: None,
+                    per_subject: false,
+                };
+                for server in many {
+                    let v = of(Some(server), name);
+                    seen.per_subject |= v.per_subject;
+                    seen.removed = seen.removed.or(v.removed);
+                }
+                seen
+            }
+        };
+    }
     let of =
         |server: Option<&str>, name: &str| engine.list_tool(policy, server, subject, name, tool);
     match servers {

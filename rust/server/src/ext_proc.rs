@@ -32,6 +32,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
 use toolgate_core::compile::CompiledPolicy;
+use toolgate_core::kind::Listed;
 use toolgate_core::listed::ListedTool;
 use toolgate_core::mcp::answer::error_message;
 use toolgate_core::mcp::listing::{ListFilter, ListReport, ListRequest, INTERNAL_ERROR};
@@ -57,7 +58,7 @@ pub const METADATA_KEY: &str = "toolgate";
 pub fn exchange_header(follow: &Follow) -> &'static str {
     match follow {
         Follow::Nothing => "none",
-        Follow::ToolList { .. } => "tools-list",
+        Follow::List { .. } => "list",
         Follow::CallOutcome { .. } => "tools-call",
     }
 }
@@ -102,8 +103,10 @@ pub fn exchange_metadata(follow: &Follow, caller: impl FnOnce() -> Caller) -> Op
     }
     match follow {
         Follow::Nothing => {}
-        Follow::ToolList { id } => {
-            put("exchange", Kind::StringValue("tools/list".into()));
+        Follow::List { id, listed } => {
+            // The list's method, or "list" for a stream of whatever lists.
+            let exchange = listed.map_or(STREAM, Listed::method);
+            put("exchange", Kind::StringValue(exchange.into()));
             if let Some(id) = id {
                 put("id", Kind::StringValue(id.to_string()));
             }
@@ -178,8 +181,10 @@ fn read_metadata(metadata: Option<&Metadata>) -> Option<(Follow, Caller, usize)>
             return None;
         }
     }
-    match text("exchange")?.as_str() {
-        "tools/list" => {
+    let exchange = text("exchange")?;
+    let listed = Listed::of_method(&exchange);
+    match exchange.as_str() {
+        _ if listed.is_some() || exchange == STREAM => {
             let verified = note
                 .fields
                 .get("grant_verified")
@@ -191,7 +196,9 @@ fn read_metadata(metadata: Option<&Metadata>) -> Option<(Follow, Caller, usize)>
                 agent: text("agent"),
                 grant_verified: matches!(verified, Some(Kind::BoolValue(true))),
             };
-            Some((Follow::ToolList { id }, caller, kept))
+            // A list's answer is to its request: with no id, a stream.
+            let listed = listed.filter(|_| id.is_some());
+            Some((Follow::List { id, listed }, caller, kept))
         }
         "tools/call" => {
             let reservation = text("reservation")?.parse().ok()?;
@@ -211,7 +218,10 @@ fn read_metadata(metadata: Option<&Metadata>) -> Option<(Follow, Caller, usize)>
     }
 }
 
-type Visible = Box<dyn FnMut(&str, &ListedTool<'_>) -> Visibility + Send>;
+type Visible = Box<dyn FnMut(Listed, &str, &ListedTool<'_>) -> Visibility + Send>;
+
+/// The note's exchange for a stream that answers no request of its own (a `GET`).
+const STREAM: &str = "list";
 
 /// One exchange's answer, followed message by message.
 pub struct Exchange {
@@ -268,6 +278,8 @@ enum State {
     Unknown,
     List {
         id: Option<Value>,
+        /// What the answer to `id` lists; `None` for a stream.
+        listed: Option<Listed>,
         /// The id the request went on with, when toolgate gave it one ([`ListRequest`]).
         upstream_id: Option<Value>,
         caller: Arc<Caller>,
@@ -381,8 +393,9 @@ impl Exchange {
                 }
             }
             self.state = match note {
-                Some((Follow::ToolList { id }, caller, _)) => State::List {
+                Some((Follow::List { id, listed }, caller, _)) => State::List {
                     id,
+                    listed,
                     upstream_id: None,
                     caller: Arc::new(caller),
                     policy: engine.policy(),
@@ -530,6 +543,7 @@ impl Exchange {
             State::Unknown => return Response::ImmediateResponse(no_decision()),
             State::List {
                 id,
+                listed,
                 upstream_id,
                 caller,
                 policy,
@@ -538,8 +552,9 @@ impl Exchange {
             } => {
                 // The headers may have come or not (the deployed routes skip them: one message
                 // fewer, the route setting the media type and taking off any encoding itself).
-                let filter = filter
-                    .get_or_insert_with(|| list_filter(engine, id, upstream_id, caller, policy));
+                let filter = filter.get_or_insert_with(|| {
+                    list_filter(engine, id, *listed, upstream_id, caller, policy)
+                });
                 let mut out = filter.feed(&body.body, body.end_of_stream);
                 if !self.budget.hold(&mut self.held, filter.held() + self.note) {
                     let why = "the proxy holds as many unfinished answers as it may";
@@ -620,27 +635,31 @@ fn give_back(
 fn list_filter(
     engine: &Arc<Engine>,
     id: &Option<Value>,
+    listed: Option<Listed>,
     upstream_id: &mut Option<Value>,
     caller: &Arc<Caller>,
     policy: &Arc<CompiledPolicy>,
 ) -> Box<ListFilter<Visible>> {
     let visible = visible(engine, caller, policy);
     let filter = match upstream_id.take() {
-        Some(ours) => {
-            ListFilter::new(Some(ours), visible).replying_as(id.clone().unwrap_or(Value::Null))
-        }
-        None => ListFilter::new(id.clone(), visible),
+        Some(ours) => ListFilter::new(Some(ours), listed, visible)
+            .replying_as(id.clone().unwrap_or(Value::Null)),
+        None => ListFilter::new(id.clone(), listed, visible),
     };
     Box::new(filter.remembering(engine.known_answers()))
 }
 
-/// Whether `caller` may see each listed tool, under the policy of the Check that let the
-/// list request through.
+/// Whether `caller` may see each listed tool (resource, template, prompt), under the policy
+/// of the Check that let the list request through.
 fn visible(engine: &Arc<Engine>, caller: &Arc<Caller>, policy: &Arc<CompiledPolicy>) -> Visible {
     let (engine, caller, policy) = (Arc::clone(engine), Arc::clone(caller), Arc::clone(policy));
-    Box::new(move |tool: &str, object: &ListedTool<'_>| {
+    Box::new(move |listed: Listed, name: &str, object: &ListedTool<'_>| {
         let server = caller.server.as_deref();
-        engine.list_tool(&policy, server, caller.subject(), tool, object)
+        match listed {
+            // A tool's definition is recorded for its calls (pins, annotations).
+            Listed::Tools => engine.list_tool(&policy, server, caller.subject(), name, object),
+            _ => policy.visibility(listed.kind(), name, server, caller.subject(), None),
+        }
     })
 }
 

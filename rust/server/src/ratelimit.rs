@@ -23,6 +23,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimit
 use envoy_types::pb::google::protobuf::Duration;
 use std::time::Instant;
 use toolgate_core::stats::Api;
+use toolgate_core::Kind;
 use toolgate_core::{Decision, Engine, Request, Subject, Undecidable, Verdict};
 
 /// One descriptor, read and checked.
@@ -106,7 +107,8 @@ fn decide(engine: &Engine, domain: &str, calls: &[Call<'_>]) -> RateLimitRespons
             engine.decide_via::<&serde_json::Value>(
                 Api::RateLimit,
                 &Request {
-                    tool: c.tool,
+                    kind: Kind::Tool,
+                    name: c.tool,
                     server: Some(domain).filter(|d| !d.is_empty()),
                     subject: Subject {
                         grant: c.grant,
@@ -170,7 +172,8 @@ fn invalid(
     let request = Undecidable {
         reason: &why,
         logged: None,
-        tool: entry("tool"),
+        kind: Kind::Tool,
+        name: entry("tool"),
         server: Some(request.domain.as_str()).filter(|d| !d.is_empty()),
         subject: Subject {
             grant: entry("grant"),

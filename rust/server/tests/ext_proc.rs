@@ -14,9 +14,12 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use toolgate_core::counter::CounterTable;
+use toolgate_core::kind::Listed;
 use toolgate_core::mcp::sse::{message_event, EventSplitter};
 use toolgate_core::mcp::Follow;
-use toolgate_core::{Decision, Engine, ManualClock, Policy, Request as Call, Subject, Verdict};
+use toolgate_core::{
+    Decision, Engine, Kind, ManualClock, Policy, Request as Call, Subject, Verdict,
+};
 use toolgate_server::ext_proc::{exchange_metadata, Caller, Exchange, METADATA_NAMESPACE};
 
 fn engine(policy: Value) -> Arc<Engine> {
@@ -99,7 +102,10 @@ fn filter(
     cuts: &[usize],
     with_headers: bool,
 ) -> Vec<u8> {
-    let follow = Follow::ToolList { id: Some(json!(5)) };
+    let follow = Follow::List {
+        id: Some(json!(5)),
+        listed: Some(Listed::Tools),
+    };
     let caller = Caller {
         agent: Some(agent.into()),
         ..Default::default()
@@ -212,7 +218,8 @@ fn spend_engine() -> Arc<Engine> {
 
 fn pay(e: &Engine) -> Decision {
     e.decide::<&Value>(&Call {
-        tool: "pay",
+        kind: Kind::Tool,
+        name: "pay",
         server: None,
         subject: Subject::default(),
         args: None,
@@ -348,8 +355,9 @@ fn a_note_whose_id_no_check_would_write_is_no_note() {
         (json!(1.5), false),
     ] {
         let md = Some(metadata(
-            &Follow::ToolList {
+            &Follow::List {
                 id: Some(id.clone()),
+                listed: Some(Listed::Tools),
             },
             Caller::default(),
         ));
@@ -372,7 +380,10 @@ fn client_messages(out: &[u8]) -> Vec<Value> {
 #[test]
 fn an_error_answer_to_a_list_passes_and_an_unreadable_one_is_replaced_whatever_its_status() {
     let e = engine(list_policy());
-    let follow = Follow::ToolList { id: Some(json!(5)) };
+    let follow = Follow::List {
+        id: Some(json!(5)),
+        listed: Some(Listed::Tools),
+    };
     let md = Some(metadata(&follow, Caller::default()));
     let error = br#"{"jsonrpc":"2.0","id":"server-error","error":{"code":-32600,"message":"Bad"}}"#;
     for (status, content_type, sent) in [
@@ -502,7 +513,7 @@ proptest! {
     ) {
         let e = engine(list_policy());
         let id = (!stream_mode).then(|| json!(5));
-        let md = Some(metadata(&Follow::ToolList { id: id.clone() }, Caller::default()));
+        let md = Some(metadata(&Follow::List { listed: id.as_ref().map(|_| Listed::Tools), id: id.clone() }, Caller::default()));
         let mut answer = hidden_list_body(shape, json!(5), eol);
         if bom {
             // A stream may open with a byte order mark, which clients skip.
@@ -533,7 +544,10 @@ proptest! {
 fn an_answer_without_a_body_ends_with_its_headers() {
     let e = engine(list_policy());
     let md = Some(metadata(
-        &Follow::ToolList { id: Some(json!(1)) },
+        &Follow::List {
+            id: Some(json!(1)),
+            listed: Some(Listed::Tools),
+        },
         Caller::default(),
     ));
     let mut exchange = Exchange::default();
@@ -584,7 +598,13 @@ fn open_list(
         server: Some(server.into()),
         ..Default::default()
     };
-    let md = Some(metadata(&Follow::ToolList { id: None }, caller));
+    let md = Some(metadata(
+        &Follow::List {
+            id: None,
+            listed: None,
+        },
+        caller,
+    ));
     let mut exchange = Exchange::new(budget.clone());
     let head = headers(200, "text/event-stream");
     exchange.process(e, &message(&md, head, false)).unwrap();
@@ -720,7 +740,10 @@ fn the_agent_gets_an_event_stream_whatever_bytes_the_servers_headers_hold() {
     // filter's own, and the encoding goes.
     let e = engine(list_policy());
     let md = Some(metadata(
-        &Follow::ToolList { id: Some(json!(5)) },
+        &Follow::List {
+            id: Some(json!(5)),
+            listed: Some(Listed::Tools),
+        },
         Caller::default(),
     ));
     let answer =
@@ -761,7 +784,10 @@ fn the_agent_gets_an_event_stream_whatever_bytes_the_servers_headers_hold() {
 fn a_list_request_goes_on_under_toolgates_id_or_is_refused_as_an_event() {
     let e = engine(list_policy());
     let md = Some(metadata(
-        &Follow::ToolList { id: Some(json!(5)) },
+        &Follow::List {
+            id: Some(json!(5)),
+            listed: Some(Listed::Tools),
+        },
         Caller::default(),
     ));
     // A fresh exchange's answer to the list request with JSON-RPC id `id`.

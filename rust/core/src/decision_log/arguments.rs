@@ -9,6 +9,7 @@ use crate::arg_path::walk;
 use crate::args::ArgValue;
 use crate::compile::CompiledPolicy;
 use crate::inert::push_json_string;
+use crate::kind::Kind;
 use crate::policy::Path as ArgPath;
 
 /// Most argument names a line lists.
@@ -18,15 +19,17 @@ pub const MAX_NAMES_BYTES: usize = 2048;
 /// Longest clear value (its JSON text, escaped); a longer one is named in `clear_omitted`.
 pub const MAX_CLEAR_BYTES: usize = 1024;
 
-/// The paths the deciding rules name in `log`: the tool's rule's, then `all_tools`'.
+/// The paths the deciding rules name in `log`: the rule's of `name` (of `kind`), then, for a
+/// tool, `all_tools`'.
 pub(super) fn log_paths<'p>(
     policy: &'p CompiledPolicy,
-    tool: &str,
+    kind: Kind,
+    name: &str,
     server: Option<&str>,
 ) -> Vec<&'p ArgPath> {
     let section = policy.section(server);
-    let rule = section.tools.lookup(tool).map(|i| &section.rules[*i]);
-    [rule, section.all_tools.as_ref()]
+    let all_tools = section.all_tools.as_ref().filter(|_| kind == Kind::Tool);
+    [section.rule(kind, name), all_tools]
         .into_iter()
         .flatten()
         .flat_map(|r| r.log.iter())

@@ -9,6 +9,7 @@ use crate::compile::CompiledPolicy;
 use crate::condition::Subject;
 use crate::decision::{Code, Decision, Text, Verdict};
 use crate::definition::Drift;
+use crate::kind::Kind;
 use crate::marks::MarksSeen;
 use std::sync::Arc;
 
@@ -18,7 +19,9 @@ pub const MAX_TEXT_BYTES: usize = 1024;
 
 /// The call a decision was made on, as far as it is known.
 pub struct Call<'a, A> {
-    pub tool: Option<&'a str>,
+    /// What `name` names: a tool, a resource, a prompt, a method.
+    pub kind: Kind,
+    pub name: Option<&'a str>,
     pub server: Option<&'a str>,
     pub subject: &'a Subject<'a>,
     pub args: Option<&'a A>,
@@ -37,7 +40,9 @@ pub struct Record {
     pub policy: Arc<CompiledPolicy>,
     pub rule: Text,
     pub reason: Text,
-    pub tool: Option<Box<str>>,
+    /// The tool, resource, prompt or method decided: written under its kind's name.
+    pub kind: Kind,
+    pub name: Option<Box<str>>,
     pub server: Option<Box<str>>,
     /// Whole: the writer hashes it (a verified grant, written as it is, is cut).
     pub grant: Option<Box<str>>,
@@ -75,7 +80,7 @@ impl Record {
                 Box::from(&v[..v.floor_char_boundary(MAX_TEXT_BYTES)])
             })
         };
-        let tool = text("tool", call.tool.filter(|t| !t.is_empty()));
+        let name = text(call.kind.as_str(), call.name.filter(|t| !t.is_empty()));
         let server = text("server", call.server);
         let grant = match call.subject.grant_verified {
             true => text("grant", call.subject.grant),
@@ -89,7 +94,8 @@ impl Record {
             (None, policy_text) => policy_text.clone(),
         };
         let args = call.args.map(|a| {
-            let paths = log_paths(&d.policy, call.tool.unwrap_or_default(), call.server);
+            let name = call.name.unwrap_or_default();
+            let paths = log_paths(&d.policy, call.kind, name, call.server);
             summarize(a, &paths).into_boxed_slice()
         });
         Record {
@@ -103,7 +109,8 @@ impl Record {
             policy: Arc::clone(&d.policy),
             rule: d.rule.clone(),
             reason,
-            tool,
+            kind: call.kind,
+            name,
             server,
             grant,
             grant_verified: call.subject.grant_verified,
@@ -125,7 +132,7 @@ impl Record {
             Text::Policy(_) => 0,
         };
         std::mem::size_of::<Record>()
-            + text(&self.tool)
+            + text(&self.name)
             + text(&self.server)
             + text(&self.grant)
             + text(&self.session)

@@ -10,6 +10,8 @@ use super::request::{parse_request, McpRequest, Refusal, INVALID_REQUEST};
 use crate::condition::Subject;
 use crate::decision::{Code, Decision, Verdict};
 use crate::engine::{Engine, Request, Undecidable};
+use crate::kind::Kind;
+use crate::kind::Listed;
 use crate::policy::Release;
 // The gate answers for a proxy's authorization hook: Envoy's ext_authz.
 use crate::stats::Api;
@@ -36,7 +38,7 @@ pub struct HttpCall<'a> {
 #[derive(Debug)]
 pub enum Gate {
     /// Send the request on, adding `headers` to the response the client gets. `decision` is
-    /// `None` when there was nothing to decide (not a `tools/call`).
+    /// `None` when there was nothing to decide (the protocol's plumbing, a list).
     Forward {
         headers: Vec<(&'static str, String)>,
         decision: Option<Decision>,
@@ -66,10 +68,13 @@ pub fn check(engine: &Engine, call: &HttpCall<'_>) -> Gate {
     }
     // GET opens the server's event stream and DELETE ends a session: no message to read.
     // The GET stream carries the server's own messages, and, resumed, replays earlier
-    // answers: each one that lists tools is filtered.
+    // answers: each one that lists something is filtered.
     if call.body.is_empty() && !call.http_method.eq_ignore_ascii_case("POST") {
         let follow = if get {
-            Follow::ToolList { id: None }
+            Follow::List {
+                id: None,
+                listed: None,
+            }
         } else {
             Follow::Nothing
         };
@@ -95,7 +100,7 @@ pub fn check(engine: &Engine, call: &HttpCall<'_>) -> Gate {
         Ok(r) => r,
         Err(refusal) => return refuse(engine, call, &refusal, 400),
     };
-    let (id, method, tool, arguments, confirm) = match &request {
+    let (id, method, kind, name, args, confirm) = match &request {
         McpRequest::ToolCall {
             id,
             name,
@@ -103,27 +108,65 @@ pub fn check(engine: &Engine, call: &HttpCall<'_>) -> Gate {
             confirm,
         } => (
             id,
-            "tools/call",
+            TOOLS_CALL,
+            Kind::Tool,
             Some(name.as_str()),
             arguments.as_ref(),
             Some(confirm),
         ),
-        McpRequest::Other { id, method } => (id, method.as_str(), None, None, None),
-        McpRequest::Response { id } => (id, "", None, None, None),
+        McpRequest::Named {
+            id,
+            method,
+            kind,
+            name,
+            args,
+        } => (
+            id,
+            method.as_str(),
+            *kind,
+            Some(name.as_str()),
+            args.as_ref(),
+            None,
+        ),
+        McpRequest::Listen { id, uris } => {
+            let (d, uri) = decide_reads(engine, Api::ExtAuthz, uris, call.server, call.subject);
+            return match d.verdict {
+                Verdict::Allow => Gate::Forward {
+                    headers: reply::allowed_headers(&d),
+                    decision: Some(d),
+                    follow: Follow::Nothing,
+                },
+                _ if d.code == Code::Hidden => Gate::Answer {
+                    reply: reply::unknown(id, Kind::Resource, uri),
+                    decision: Some(d),
+                },
+                _ => Gate::Answer {
+                    reply: reply::denied_request(id, &d),
+                    decision: Some(d),
+                },
+            };
+        }
+        McpRequest::Other { id, method } => (id, method.as_str(), Kind::Method, None, None, None),
+        McpRequest::Response { id } => (id, "", Kind::Method, None, None, None),
     };
-    if let Some(refusal) = header_mismatch(call, id, method, tool) {
+    if let Some(refusal) = header_mismatch(call, id, method, name) {
         return refuse(engine, call, &refusal, 400);
     }
-    let Some(tool) = tool else {
-        // A tools/list without an id is a notification, which no server should answer; if
-        // one does, every answer on the stream is filtered.
-        // A GET's body, if any, is not what its server answers: it opens a stream.
-        let follow = if get {
-            Follow::ToolList { id: None }
-        } else if method == TOOLS_LIST {
-            Follow::ToolList { id: id.clone() }
-        } else {
-            Follow::Nothing
+    let Some(name) = name else {
+        // A list's answer is filtered; a GET's body, if any, is not what its server answers:
+        // it opens a stream, where every answer that lists something is filtered.
+        let follow = match Listed::of_method(method) {
+            _ if get => Follow::List {
+                id: None,
+                listed: None,
+            },
+            // A list without an id is a notification, which no server should answer; if one
+            // does, every answer on the stream is filtered.
+            Some(listed) => Follow::List {
+                id: id.clone(),
+                listed: id.as_ref().map(|_| listed),
+            },
+            None => Follow::Nothing,
         };
         return Gate::Forward {
             headers: Vec::new(),
@@ -134,18 +177,24 @@ pub fn check(engine: &Engine, call: &HttpCall<'_>) -> Gate {
     let decision = engine.decide_via::<&Value>(
         Api::ExtAuthz,
         &Request {
-            tool,
+            kind,
+            name,
             server: call.server,
             subject: call.subject,
-            args: arguments,
+            args,
             dry_run: false,
             hits: None,
             confirm,
         },
     );
+    let tool = kind == Kind::Tool;
     match decision.verdict {
         Verdict::Allow => {
-            let release = decision.policy().releases_on_failure(call.server, tool);
+            let release = match tool {
+                true => decision.policy().releases_on_failure(call.server, name),
+                // Only a tool's call has an outcome to read.
+                false => Release::Never,
+            };
             let follow = match (id, decision.reservation) {
                 (Some(id), Some(reservation)) if release != Release::Never => Follow::CallOutcome {
                     id: id.clone(),
@@ -167,27 +216,73 @@ pub fn check(engine: &Engine, call: &HttpCall<'_>) -> Gate {
                 decision: Some(decision),
             }
         }
-        // Reported as the protocol reports a tool that does not exist.
+        // Reported as the protocol reports a tool (resource, prompt) that does not exist.
         _ if decision.code == Code::Hidden => Gate::Answer {
-            reply: reply::unknown_tool(id, tool),
+            reply: reply::unknown(id, kind, name),
             decision: Some(decision),
         },
-        _ => Gate::Answer {
+        _ if tool => Gate::Answer {
             reply: reply::denied(id, &decision),
             decision: Some(decision),
         },
+        _ => Gate::Answer {
+            reply: reply::denied_request(id, &decision),
+            decision: Some(decision),
+        },
     }
+}
+
+/// Decide a request that reads several resources (a `subscriptions/listen`): each is
+/// decided as a read of it; the first one not allowed decides the request, and what the
+/// reads before it reserved is given back. Allowed, the last read's decision. With the URI
+/// the decision is on.
+pub fn decide_reads<'u>(
+    engine: &Engine,
+    api: Api,
+    uris: &'u [String],
+    server: Option<&str>,
+    subject: crate::condition::Subject<'_>,
+) -> (Decision, &'u str) {
+    let mut reserved = Vec::new();
+    let mut last = None;
+    for uri in uris {
+        let d = engine.decide_via::<&Value>(
+            api,
+            &Request {
+                kind: Kind::Resource,
+                name: uri,
+                server,
+                subject,
+                args: None,
+                dry_run: false,
+                hits: None,
+                confirm: None,
+            },
+        );
+        if d.verdict != Verdict::Allow {
+            for r in reserved {
+                engine.release(r);
+            }
+            return (d, uri);
+        }
+        reserved.extend(d.reservation);
+        last = Some((d, uri.as_str()));
+    }
+    last.expect("a listen that names no resource passes undecided")
 }
 
 /// What a proxy that also sees the server's answer should do with it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Follow {
     Nothing,
-    /// A `tools/list`, or a stream of the server's (`GET`): filter the answer for this
-    /// caller ([`super::listing`]). `id`: the request's; `None` for a stream that answers
-    /// no request of its own, where every answer that lists tools is filtered.
-    ToolList {
+    /// A list (`tools/list`, `resources/list`, `resources/templates/list`, `prompts/list`),
+    /// or a stream of the server's (`GET`): filter the answer for this caller
+    /// ([`super::listing`]). `id`: the request's, whose answer must list what `listed`
+    /// says; `None` for a stream that answers no request of its own, where every answer
+    /// that lists something is filtered.
+    List {
         id: Option<Value>,
+        listed: Option<Listed>,
     },
     /// An allowed `tools/call` holding `reservation`: give it back if the answer says the
     /// call failed ([`super::outcome`]): by an HTTP or JSON-RPC error, or, with
@@ -199,14 +294,15 @@ pub enum Follow {
     },
 }
 
-const TOOLS_LIST: &str = "tools/list";
+const TOOLS_CALL: &str = "tools/call";
 
 fn refuse(engine: &Engine, call: &HttpCall<'_>, refusal: &Refusal, status: u16) -> Gate {
     let logged = refusal.logged();
     let request = Undecidable {
         reason: &refusal.message,
         logged: Some(&logged),
-        tool: refusal.tool.as_deref(),
+        kind: Kind::Tool,
+        name: refusal.tool.as_deref(),
         server: call.server,
         subject: call.subject,
     };
@@ -217,13 +313,23 @@ fn refuse(engine: &Engine, call: &HttpCall<'_>, refusal: &Refusal, status: u16) 
     }
 }
 
-/// The headers mirror the body (MCP 2026-07-28); decide on the body, refuse a mismatch.
+/// The headers mirror the body (MCP 2026-07-28): `Mcp-Method` the method, `Mcp-Name` the
+/// tool's, prompt's or resource's name for a method that names one; decide on the body,
+/// refuse a mismatch.
 fn header_mismatch(
     call: &HttpCall<'_>,
     id: &Option<Value>,
     method: &str,
-    tool: Option<&str>,
+    name: Option<&str>,
 ) -> Option<Refusal> {
+    let mirrored = [
+        "tools/call",
+        "prompts/get",
+        "resources/read",
+        "resources/subscribe",
+    ];
+    let tool = name.filter(|_| method == TOOLS_CALL);
+    let name = name.filter(|_| mirrored.contains(&method));
     let mismatch = |header: &str, sent: &str, body: &str| Refusal {
         code: INVALID_REQUEST,
         message: format!("the {header} header {sent:?} does not match the body's {body:?}").into(),
@@ -236,7 +342,7 @@ fn header_mismatch(
             return Some(mismatch("Mcp-Method", sent, method));
         }
     }
-    match (call.mcp_name, tool) {
+    match (call.mcp_name, name) {
         (Some(sent), Some(name)) if sent != name => Some(mismatch("Mcp-Name", sent, name)),
         _ => None,
     }

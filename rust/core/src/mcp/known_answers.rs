@@ -17,7 +17,7 @@
 //! in it, which for a list of many tiny entries is the larger), and forgets the oldest first;
 //! a server that sends ever new lists only makes its own lists read anew.
 
-use super::spans::{Message, Name, Tool};
+use super::spans::{Entry, Message, Name};
 use ahash::RandomState;
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
@@ -151,18 +151,18 @@ impl KnownAnswers {
     }
 }
 
-/// The memory `message` holds beyond its own struct: its tools, and the texts it owns.
+/// The memory `message` holds beyond its own struct: its entries, and the texts it owns.
 fn held_by(message: &Message) -> usize {
     let text = |t: &Option<Box<str>>| t.as_ref().map_or(0, |t| t.len());
-    let tool = |t: &Tool| {
+    let entry = |t: &Entry| {
         let name = match &t.name {
             Some(Name::Decoded(name)) => name.len(),
             _ => 0,
         };
-        std::mem::size_of::<Tool>() + text(&t.variant) + name
+        std::mem::size_of::<Entry>() + text(&t.variant) + name
     };
-    let tools = match &message.listing.tools {
-        Some(Ok(tools)) => tools.iter().map(tool).sum(),
+    let tools = match &message.listing.entries {
+        Some((_, Ok(entries))) => entries.iter().map(entry).sum(),
         _ => 0,
     };
     text(&message.variant) + text(&message.listing.variant) + tools
@@ -176,8 +176,8 @@ mod tests {
     /// The keys whose case variants the reader notes (the list filter's are more).
     const KEYS: Keys = Keys {
         message: &known(["jsonrpc", "id", "result"]),
-        result: &known(["tools"]),
-        tool: &known(["name"]),
+        result: &known(["nextCursor"]),
+        entry: [&known(["name"]); 4],
     };
 
     /// A list answer of `tools` under `id` (written as given), padded so its id is far from
@@ -210,7 +210,7 @@ mod tests {
         assert_eq!(known.recalled(), 1);
         assert_eq!(shown(&found), shown(&read(&again, &KEYS).unwrap()));
         // Its names read from the new bytes (or as decoded text).
-        let tools = found.listing.tools.as_ref().unwrap().as_ref().unwrap();
+        let tools = found.listing.entries.as_ref().unwrap().1.as_ref().unwrap();
         let name = |i: usize| tools[i].name.as_ref().map(|n| n.text(&again));
         assert_eq!(name(0), Some("read"));
         assert_eq!(name(1), Some("delete"));

@@ -1,6 +1,8 @@
-//! Filtering a server's `tools/list` answer on its way to the agent: the tools this caller
-//! can never call ([`crate::visibility`]) are taken out, so the agent neither tries them nor
-//! learns that they exist.
+//! Filtering a server's list answers (`tools/list`, `resources/list`,
+//! `resources/templates/list`, `prompts/list`) on their way to the agent: the tools this
+//! caller can never call, and the resources and prompts it can never get
+//! ([`crate::visibility`]), are taken out, so the agent neither tries them nor learns that
+//! they exist.
 //!
 //! Nothing passes unread: whatever the HTTP status, the body must be empty or read as
 //! JSON-RPC messages, each answer among them filtered. Its framing (one JSON message or an
@@ -13,16 +15,17 @@
 //! another charset (in UTF-7 or EBCDIC, bytes the filter reads as a comment would be an event
 //! to a client decoding by it) or compresses its answer changes nothing a client reads.
 //! Fail closed: an answer that cannot be read as one JSON-RPC message (bad JSON, keys a
-//! case-insensitive client reads differently, a tool without a string `name`, one name
-//! listed with two definitions, a body over the limit, bytes that are neither JSON nor
+//! case-insensitive client reads differently, an entry without a string name (`name`, or
+//! `uri`/`uriTemplate` for resources), one name listed with two definitions, a body over the limit, bytes that are neither JSON nor
 //! events, a compressed body) is not forwarded: the agent gets a JSON-RPC error event
 //! instead, and none of its tools is recorded. Pagination is untouched (`nextCursor` is kept, even when a page is emptied), and an answer that says how it may be cached (`cacheScope`, MCP 2026-07-28) is
 //! marked `"private"` when the filtering depended on who asked.
 //!
-//! Two kinds of stream: the answer to one `tools/list` request (its id known: that answer is
-//! filtered, and the stream ends there), and a stream that answers no request of its own (a
-//! `GET` stream, where a resumable server replays earlier answers after `Last-Event-ID`):
-//! there every answer that lists tools is filtered, and the stream goes on.
+//! Two kinds of stream: the answer to one list request (its id known: that answer is
+//! filtered, and must list what the method lists; the stream ends there), and a stream that
+//! answers no request of its own (a `GET` stream, where a resumable server replays earlier
+//! answers after `Last-Event-ID`): there every answer that lists something is filtered, and
+//! the stream goes on.
 //!
 //! A server matches answers to requests by id, per session, and a client chooses its ids: a
 //! `tools/list` and another request sent with the same id at once could have the list's
@@ -35,6 +38,7 @@ use super::known_answers::KnownAnswers;
 use super::spans::{self, known, Keys, Kind, Listing};
 use super::sse::{message_event, EventSplitter, MAX_EVENT_BYTES};
 use super::strict_json;
+use crate::kind::Listed;
 use crate::listed::ListedTool;
 use crate::visibility::Visibility;
 use serde_json::{Map, Value};
@@ -46,21 +50,58 @@ use std::sync::Arc;
 pub const INTERNAL_ERROR: i64 = -32603;
 
 const MESSAGE_KEYS: [&str; 6] = ["jsonrpc", "id", "method", "params", "result", "error"];
-const RESULT_KEYS: [&str; 5] = ["tools", "nextCursor", "cacheScope", "ttlMs", "_meta"];
+/// A result's keys besides the lists' members (whose case variants are refused too).
+const RESULT_KEYS: [&str; 4] = ["nextCursor", "cacheScope", "ttlMs", "_meta"];
 /// A tool's members a client reads, and a pin's digest covers
 /// ([`crate::definition::DIGESTED`]): none may have a spelling that differs only by case.
 const TOOL_KEYS: [&str; 6] = crate::definition::DIGESTED;
+/// A resource's, a template's and a prompt's members a client reads (MCP's schema).
+const RESOURCE_KEYS: [&str; 8] = [
+    "uri",
+    "name",
+    "title",
+    "description",
+    "mimeType",
+    "size",
+    "annotations",
+    "icons",
+];
+const TEMPLATE_KEYS: [&str; 7] = [
+    "uriTemplate",
+    "name",
+    "title",
+    "description",
+    "mimeType",
+    "annotations",
+    "icons",
+];
+const PROMPT_KEYS: [&str; 5] = ["name", "title", "description", "arguments", "icons"];
+/// The keys of an entry of `listed`.
+fn entry_keys(listed: Listed) -> &'static [&'static str] {
+    match listed {
+        Listed::Tools => &TOOL_KEYS,
+        Listed::Resources => &RESOURCE_KEYS,
+        Listed::ResourceTemplates => &TEMPLATE_KEYS,
+        Listed::Prompts => &PROMPT_KEYS,
+    }
+}
+
 /// The keys the filter knows at each level, of which a case variant is refused.
 pub const KEYS: Keys = Keys {
     message: &known(MESSAGE_KEYS),
     result: &known(RESULT_KEYS),
-    tool: &known(TOOL_KEYS),
+    entry: [
+        &known(TOOL_KEYS),
+        &known(RESOURCE_KEYS),
+        &known(TEMPLATE_KEYS),
+        &known(PROMPT_KEYS),
+    ],
 };
 
 /// What filtering one answer did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ListReport {
-    /// Answers listing tools that were read (and filtered).
+    /// Answers that list something that were read (and filtered).
     pub lists: usize,
     pub shown: usize,
     pub removed: usize,
@@ -107,6 +148,8 @@ pub struct ListFilter<F> {
     /// The request answered, by the id the server got; `None` for a stream that answers no
     /// request of its own.
     id: Option<Value>,
+    /// What the answer to the request lists (its method's list); `None`: whatever it lists.
+    listed: Option<Listed>,
     /// The agent's own id for that request, written back in place of `id`.
     reply_id: Option<Value>,
     /// Answers read before, and `id` as serde_json writes it (how they are found again).
@@ -121,13 +164,14 @@ pub struct ListFilter<F> {
     pub report: ListReport,
 }
 
-impl<F: FnMut(&str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
-    /// A filter for the answer to request `id` (`None`: every answer on the stream),
-    /// deciding each tool with `visibility`.
-    pub fn new(id: Option<Value>, visibility: F) -> Self {
+impl<F: FnMut(Listed, &str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
+    /// A filter for the answer to request `id`, which lists `listed` (`None`: every answer
+    /// on the stream, whatever it lists), deciding each entry with `visibility`.
+    pub fn new(id: Option<Value>, listed: Option<Listed>, visibility: F) -> Self {
         ListFilter {
             framing: None,
             id,
+            listed,
             reply_id: None,
             known: None,
             visibility,
@@ -362,8 +406,8 @@ impl<F: FnMut(&str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
         (!edits.is_empty()).then(|| edit(answer.bytes, edits))
     }
 
-    /// A result: for the request's answer it must list tools; on a stream of earlier
-    /// answers, only one that lists tools is filtered.
+    /// A result: for the request's answer it must list what its method lists; on a stream
+    /// of earlier answers, only one that lists something is filtered.
     fn result(
         &mut self,
         answer: &Answer<'_>,
@@ -375,7 +419,7 @@ impl<F: FnMut(&str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
                 "the answer's id {} is not the request's {ours}",
                 id.unwrap_or(&Value::Null),
             )),
-            None if listing.tools.is_none() && !listing.tools_variant => Ok(None),
+            None if listing.entries.is_none() && !listing.member_variant => Ok(None),
             _ => self.filter(answer, listing),
         }
     }
@@ -388,9 +432,15 @@ impl<F: FnMut(&str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
         if let Some(key) = &listing.variant {
             return Err(variant_in_result(key));
         }
-        let Some(Ok(tools)) = &listing.tools else {
-            return Err(NO_TOOLS.into());
+        if listing.lists_twice {
+            return Err(LISTS_TWICE.into());
+        }
+        let tools = match (&listing.entries, self.listed) {
+            (Some((listed, Ok(tools))), None) => (*listed, tools),
+            (Some((listed, Ok(tools))), Some(expected)) if *listed == expected => (expected, tools),
+            (_, expected) => return Err(no_list(expected)),
         };
+        let (listed, tools) = tools;
         let entries = tools.iter().map(|t| Entry {
             tool: t
                 .object
@@ -398,7 +448,7 @@ impl<F: FnMut(&str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
             variant: t.variant.as_deref(),
             name: t.name.as_ref().map(|name| name.text(answer.bytes)),
         });
-        let keep = judge(entries, &mut self.visibility, &mut self.report)?;
+        let keep = judge(listed, entries, &mut self.visibility, &mut self.report)?;
         let mut edits = Vec::new();
         if keep.iter().any(|k| !k) {
             let (first, last) = (&tools[0].span, &tools[tools.len() - 1].span);
@@ -421,19 +471,20 @@ impl<F: FnMut(&str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
 
     /// The JSON-RPC error sent instead of a refused answer.
     fn refuse(&mut self, why: String) -> Vec<u8> {
-        let message = format!(
-            "the server's tools/list answer was refused by the proxy's policy check: {why}"
-        );
+        let method = self.listed.map_or("list", Listed::method);
+        let message =
+            format!("the server's {method} answer was refused by the proxy's policy check: {why}");
         self.report.refused = Some(why);
         let id = self.reply_id.as_ref().or(self.id.as_ref());
         error_message(id.unwrap_or(&Value::Null), INTERNAL_ERROR, &message)
     }
 }
 
-/// Filter one `tools/list` result in place, deciding each tool (by its name and object) with
-/// `visibility` and counting in `report`: true if it changed. Refused (why) when it cannot be
-/// read as a list of tools with names, as a client would read it.
-pub fn filter_result<F: FnMut(&str, &ListedTool<'_>) -> Visibility>(
+/// Filter one list result (of `listed`) in place, deciding each entry (by its name and
+/// object) with `visibility` and counting in `report`: true if it changed. Refused (why) when
+/// it cannot be read as such a list with names, as a client would read it.
+pub fn filter_result<F: FnMut(Listed, &str, &ListedTool<'_>) -> Visibility>(
+    listed: Listed,
     result: &mut Map<String, Value>,
     mut visibility: F,
     report: &mut ListReport,
@@ -441,14 +492,22 @@ pub fn filter_result<F: FnMut(&str, &ListedTool<'_>) -> Visibility>(
     if let Some(key) = case_variant(result, &RESULT_KEYS) {
         return Err(variant_in_result(key));
     }
-    let Some(Value::Array(tools)) = result.get("tools") else {
-        return Err(NO_TOOLS.into());
+    let members = Listed::ALL.map(|l| l.member());
+    if let Some(key) = case_variant(result, &members) {
+        return Err(variant_in_result(key));
+    }
+    if members.iter().filter(|m| result.contains_key(**m)).count() > 1 {
+        return Err(LISTS_TWICE.into());
+    }
+    let Some(Value::Array(entries)) = result.get(listed.member()) else {
+        return Err(no_list(Some(listed)));
     };
-    let entries = tools.iter().map(|tool| match tool {
-        Value::Object(tool) => Entry {
-            variant: case_variant(tool, &TOOL_KEYS),
-            name: tool.get("name").and_then(Value::as_str),
-            tool: Some(ListedTool::from(tool)),
+    let keys = entry_keys(listed);
+    let entries = entries.iter().map(|entry| match entry {
+        Value::Object(entry) => Entry {
+            variant: case_variant(entry, keys),
+            name: entry.get(listed.name_key()).and_then(Value::as_str),
+            tool: Some(ListedTool::from(entry)),
         },
         _ => Entry {
             tool: None,
@@ -456,14 +515,14 @@ pub fn filter_result<F: FnMut(&str, &ListedTool<'_>) -> Visibility>(
             name: None,
         },
     });
-    let keep = judge(entries, &mut visibility, report)?;
+    let keep = judge(listed, entries, &mut visibility, report)?;
     let removed = keep.iter().any(|k| !k);
     if removed {
-        let Some(Value::Array(tools)) = result.get_mut("tools") else {
+        let Some(Value::Array(entries)) = result.get_mut(listed.member()) else {
             unreachable!("read above");
         };
         let mut keep = keep.into_iter();
-        tools.retain(|_| keep.next().unwrap_or(false));
+        entries.retain(|_| keep.next().unwrap_or(false));
     }
     let mark_private =
         report.per_subject && result.get("cacheScope").is_some_and(|s| s != "private");
@@ -473,19 +532,20 @@ pub fn filter_result<F: FnMut(&str, &ListedTool<'_>) -> Visibility>(
     Ok(removed || mark_private)
 }
 
-/// One entry of a `tools` array, as either reader found it.
+/// One entry of a list's array, as either reader found it.
 struct Entry<'t> {
-    /// The tool, when the entry is an object.
+    /// The entry, when it is an object.
     tool: Option<ListedTool<'t>>,
-    /// Its first key that is a known tool key but for case.
+    /// Its first key that is a known key of such an entry but for case.
     variant: Option<&'t str>,
-    /// Its `name`, when that is a string.
+    /// Its name (`name`, `uri`, `uriTemplate`), when that is a string.
     name: Option<&'t str>,
 }
 
-/// Judge every entry of a list, counting in `report`: which to keep. Refused (why) when
-/// an entry is no tool with a name, or one name is listed with two definitions.
-fn judge<'t, F: FnMut(&str, &ListedTool<'_>) -> Visibility>(
+/// Judge every entry of a list of `listed`, counting in `report`: which to keep. Refused
+/// (why) when an entry is no object with a name, or one name is listed with two definitions.
+fn judge<'t, F: FnMut(Listed, &str, &ListedTool<'_>) -> Visibility>(
+    listed: Listed,
     entries: impl ExactSizeIterator<Item = Entry<'t>>,
     visibility: &mut F,
     report: &mut ListReport,
@@ -495,24 +555,25 @@ fn judge<'t, F: FnMut(&str, &ListedTool<'_>) -> Visibility>(
     let mut named: Vec<(&str, ListedTool<'t>)> = Vec::with_capacity(entries.len());
     let mut first: HashMap<&str, usize, ahash::RandomState> =
         HashMap::with_capacity_and_hasher(entries.len(), ahash::RandomState::new());
+    let (member, name_key) = (listed.member(), listed.name_key());
     for (i, entry) in entries.enumerate() {
         let Some(tool) = entry.tool else {
-            return Err(format!("tools[{i}] is not an object"));
+            return Err(format!("{member}[{i}] is not an object"));
         };
         if let Some(key) = entry.variant {
             return Err(format!(
-                "tools[{i}] has a key {key:?} that differs from a known key only by case"
+                "{member}[{i}] has a key {key:?} that differs from a known key only by case"
             ));
         }
         let Some(name) = entry.name else {
-            return Err(format!("tools[{i}] has no string \"name\""));
+            return Err(format!("{member}[{i}] has no string {name_key:?}"));
         };
         // One name, two definitions: clients keep the first or the last, and calls would be
         // held to whichever was judged last. (The name is not quoted: a server chose it.)
         match first.get(name) {
             Some(&j) if !named[j].1.alike(&tool) => {
                 return Err(format!(
-                    "tools[{i}] has the name of tools[{j}] but another definition"
+                    "{member}[{i}] has the name of {member}[{j}] but another definition"
                 ));
             }
             Some(_) => {}
@@ -524,7 +585,7 @@ fn judge<'t, F: FnMut(&str, &ListedTool<'_>) -> Visibility>(
     }
     let mut keep = Vec::with_capacity(named.len());
     for (name, tool) in &named {
-        let seen = visibility(name, tool);
+        let seen = visibility(listed, name, tool);
         report.per_subject |= seen.per_subject;
         keep.push(seen.shown());
     }
@@ -535,7 +596,15 @@ fn judge<'t, F: FnMut(&str, &ListedTool<'_>) -> Visibility>(
     Ok(keep)
 }
 
-const NO_TOOLS: &str = "the result has no \"tools\" list";
+/// Why a result is refused that lists nothing it should.
+fn no_list(expected: Option<Listed>) -> String {
+    match expected {
+        Some(listed) => format!("the result has no {:?} list", listed.member()),
+        None => "the result has no list".into(),
+    }
+}
+
+const LISTS_TWICE: &str = "the result holds two lists (a client could read either)";
 
 fn variant_in_result(key: &str) -> String {
     format!("the result's key {key:?} differs from a known key only by case")
@@ -570,7 +639,7 @@ mod tests {
     use crate::decision::Code;
     use serde_json::json;
 
-    fn hide_delete(name: &str, _: &ListedTool<'_>) -> Visibility {
+    fn hide_delete(_: Listed, name: &str, _: &ListedTool<'_>) -> Visibility {
         Visibility {
             removed: name.starts_with("delete").then_some(Code::Hidden),
             per_subject: false,
@@ -586,7 +655,7 @@ mod tests {
     }
 
     fn filter_json(body: &Value, id: Value) -> (Value, ListReport) {
-        let mut f = ListFilter::new(Some(id), hide_delete);
+        let mut f = ListFilter::new(Some(id), Some(Listed::Tools), hide_delete);
         let out = f.feed(body.to_string().as_bytes(), true);
         (message_of(&out), f.report)
     }
@@ -627,7 +696,7 @@ mod tests {
             assert_eq!(out["id"], 1);
             assert!(report.refused.is_some(), "{body}");
         }
-        let mut f = ListFilter::new(Some(json!(1)), hide_delete);
+        let mut f = ListFilter::new(Some(json!(1)), Some(Listed::Tools), hide_delete);
         let dup = br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"a","name":"delete"}]}}"#;
         let out = message_of(&f.feed(dup, true));
         assert_eq!(out["error"]["code"], INTERNAL_ERROR);
@@ -639,7 +708,7 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32601,"message":"no"}}"#,
             r#"{"jsonrpc": "2.0", "id": 1, "result": {"tools": [{"name": "read", "x": 1.50}]}}"#,
         ] {
-            let mut f = ListFilter::new(Some(json!(1)), hide_delete);
+            let mut f = ListFilter::new(Some(json!(1)), Some(Listed::Tools), hide_delete);
             let mut out = f.feed(&body.as_bytes()[..5], false);
             out.extend(f.feed(&body.as_bytes()[5..], true));
             assert_eq!(out, message_event(body.as_bytes()));
@@ -648,19 +717,19 @@ mod tests {
 
     #[test]
     fn marks_a_per_caller_list_private_when_it_says_how_to_cache() {
-        let per = |_: &str, _: &ListedTool<'_>| Visibility {
+        let per = |_: Listed, _: &str, _: &ListedTool<'_>| Visibility {
             removed: None,
             per_subject: true,
         };
         let body = json!({"jsonrpc": "2.0", "id": 1, "result": {
             "tools": [{"name": "a"}], "cacheScope": "public", "ttlMs": 60000}});
-        let mut f = ListFilter::new(Some(json!(1)), per);
+        let mut f = ListFilter::new(Some(json!(1)), Some(Listed::Tools), per);
         let out = message_of(&f.feed(body.to_string().as_bytes(), true));
         assert_eq!(out["result"]["cacheScope"], "private");
         assert_eq!(out["result"]["ttlMs"], 60000);
         // A legacy answer (no cache hints) gets none.
         let legacy = json!({"jsonrpc": "2.0", "id": 1, "result": {"tools": [{"name": "a"}]}});
-        let mut f = ListFilter::new(Some(json!(1)), per);
+        let mut f = ListFilter::new(Some(json!(1)), Some(Listed::Tools), per);
         let out = f.feed(legacy.to_string().as_bytes(), true);
         assert_eq!(out, message_event(legacy.to_string().as_bytes()));
     }
@@ -673,7 +742,7 @@ mod tests {
             ": hi\n\nevent: message\ndata: {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}}\n\nevent: message\nid: e1\ndata: {answer}\n\n"
         );
         for cut in 0..stream.len() {
-            let mut f = ListFilter::new(Some(json!(9)), hide_delete);
+            let mut f = ListFilter::new(Some(json!(9)), Some(Listed::Tools), hide_delete);
             let mut out = f.feed(&stream.as_bytes()[..cut], false);
             out.extend(f.feed(&stream.as_bytes()[cut..], true));
             let text = String::from_utf8(out).unwrap();
@@ -691,7 +760,7 @@ mod tests {
     #[test]
     fn refuses_an_unreadable_answer_event_and_drops_what_follows() {
         let stream = "event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":9,\"result\":{\"tools\":[{\"name\":\"a\"}],\"tools\":[]}}\n\ndata: more\n\n";
-        let mut f = ListFilter::new(Some(json!(9)), hide_delete);
+        let mut f = ListFilter::new(Some(json!(9)), Some(Listed::Tools), hide_delete);
         let out = String::from_utf8(f.feed(stream.as_bytes(), true)).unwrap();
         let data = out.strip_prefix("event: message\ndata: ").unwrap();
         let error: Value = serde_json::from_str(data.trim()).unwrap();
@@ -700,7 +769,8 @@ mod tests {
     }
 
     fn stream(s: &str, id: Option<Value>) -> (String, ListReport) {
-        let mut f = ListFilter::new(id, hide_delete);
+        let listed = id.as_ref().map(|_| Listed::Tools);
+        let mut f = ListFilter::new(id, listed, hide_delete);
         let out = f.feed(s.as_bytes(), true);
         (String::from_utf8(out).unwrap(), f.report)
     }
@@ -799,13 +869,13 @@ mod tests {
     fn errors_and_empty_bodies_pass_whatever_id_they_name() {
         let error =
             r#"{"jsonrpc":"2.0","id":"server-error","error":{"code":-32600,"message":"Bad"}}"#;
-        let mut f = ListFilter::new(Some(json!(1)), hide_delete);
+        let mut f = ListFilter::new(Some(json!(1)), Some(Listed::Tools), hide_delete);
         assert_eq!(
             f.feed(error.as_bytes(), true),
             message_event(error.as_bytes())
         );
         // An empty body (a 202, a bare error status): nothing to list.
-        let mut f = ListFilter::new(Some(json!(1)), hide_delete);
+        let mut f = ListFilter::new(Some(json!(1)), Some(Listed::Tools), hide_delete);
         assert!(f.feed(b"", false).is_empty());
         assert!(f.feed(b"", true).is_empty());
         assert_eq!(f.report.refused, None);
@@ -831,13 +901,15 @@ mod tests {
             json!({"jsonrpc": "2.0", "id": up, "result": {"tools": [{"name": "delete_x"}]}}),
             json!({"jsonrpc": "2.0", "id": up, "error": {"code": -32601, "message": "no"}}),
         ] {
-            let mut f = ListFilter::new(Some(up.clone()), hide_delete).replying_as(json!(7));
+            let mut f = ListFilter::new(Some(up.clone()), Some(Listed::Tools), hide_delete)
+                .replying_as(json!(7));
             let out = message_of(&f.feed(answer.to_string().as_bytes(), true));
             assert_eq!(out["id"], 7, "{out}");
             assert!(!out.to_string().contains("delete_x"));
         }
         // The agent's own id on an answer is not the request's: refused, under its id.
-        let mut f = ListFilter::new(Some(up), hide_delete).replying_as(json!(7));
+        let mut f =
+            ListFilter::new(Some(up), Some(Listed::Tools), hide_delete).replying_as(json!(7));
         let stray = json!({"jsonrpc": "2.0", "id": 7, "result": {"tools": []}});
         let out = message_of(&f.feed(stray.to_string().as_bytes(), true));
         assert_eq!(
@@ -849,7 +921,7 @@ mod tests {
     #[test]
     fn refuses_a_body_that_carries_no_message() {
         // Neither JSON nor events (a page, compressed bytes): refused, as an event.
-        let mut f = ListFilter::new(Some(json!(1)), hide_delete);
+        let mut f = ListFilter::new(Some(json!(1)), Some(Listed::Tools), hide_delete);
         assert!(f.feed(b"<html>", false).is_empty());
         let out = f.feed(b"</html>\n", true);
         let data = out.strip_prefix(b"event: message\ndata: ").unwrap();
@@ -869,7 +941,8 @@ mod tests {
             (None, "data: ".to_owned()),
             (Some(json!(1)), "{".to_owned()),
         ] {
-            let mut f = ListFilter::new(id, hide_delete);
+            let listed = id.as_ref().map(|_| Listed::Tools);
+            let mut f = ListFilter::new(id, listed, hide_delete);
             let mut out = f.feed(opening.as_bytes(), false);
             let mut most = 0;
             for _ in 0..40 {
@@ -893,7 +966,7 @@ mod tests {
         ] {
             // Whitespace alone says nothing: it is held, in chunks cut anywhere.
             for cut in 0..body.len() {
-                let mut f = ListFilter::new(Some(json!(1)), hide_delete);
+                let mut f = ListFilter::new(Some(json!(1)), Some(Listed::Tools), hide_delete);
                 let mut out = f.feed(&body.as_bytes()[..cut], false);
                 out.extend(f.feed(&body.as_bytes()[cut..], true));
                 let text = String::from_utf8(out).unwrap();
@@ -910,11 +983,11 @@ mod tests {
             }
         }
         // Whitespace alone, or too much of it, is refused.
-        let mut f = ListFilter::new(Some(json!(1)), hide_delete);
+        let mut f = ListFilter::new(Some(json!(1)), Some(Listed::Tools), hide_delete);
         assert!(f.feed(b"\r\n", false).is_empty());
         let out = message_of(&f.feed(b" ", true));
         assert_eq!(out["error"]["code"], INTERNAL_ERROR);
-        let mut f = ListFilter::new(Some(json!(1)), hide_delete);
+        let mut f = ListFilter::new(Some(json!(1)), Some(Listed::Tools), hide_delete);
         let spaces = vec![b' '; MAX_EVENT_BYTES / 2 + 1];
         assert!(f.feed(&spaces, false).is_empty());
         assert!(f.feed(&spaces, false).is_empty());
@@ -983,18 +1056,18 @@ mod tests {
             } else {
                 message.to_string()
             };
-            let visible = |name: &str, _: &ListedTool<'_>| Visibility {
+            let visible = |_: Listed, name: &str, _: &ListedTool<'_>| Visibility {
                 removed: name.starts_with("delete").then_some(Code::Hidden),
                 per_subject,
             };
-            let mut f = ListFilter::new(Some(ours.clone()), visible);
+            let mut f = ListFilter::new(Some(ours.clone()), Some(Listed::Tools), visible);
             if renamed {
                 f = f.replying_as(json!(5));
             }
             let out = f.feed(text.as_bytes(), true);
             let mut tree = result.clone();
             let mut report = ListReport::default();
-            let expected = filter_result(&mut tree, visible, &mut report);
+            let expected = filter_result(Listed::Tools, &mut tree, visible, &mut report);
             let got = message_of(&out);
             proptest::prop_assert_eq!(&got["id"], &json!(5));
             match expected {

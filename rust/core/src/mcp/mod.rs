@@ -12,6 +12,7 @@ pub mod request;
 pub mod spans;
 pub mod sse;
 pub mod strict_json;
+pub mod uri;
 
 pub use gate::{check, Follow, Gate, HttpCall};
 pub use reply::Reply;

@@ -9,6 +9,7 @@
 use super::request::{Refusal, INVALID_PARAMS};
 use crate::confirmation::FIELD;
 use crate::decision::{Code, Confirmation, Decision};
+use crate::kind::Kind;
 use serde_json::{json, Map, Value};
 
 /// The `_meta` key under which a denial's details travel.
@@ -107,12 +108,49 @@ pub fn input_required(id: &Option<Value>, d: &Decision) -> Reply {
 
 /// A hidden tool, answered as the protocol answers a tool that does not exist.
 pub fn unknown_tool(id: &Option<Value>, name: &str) -> Reply {
+    unknown(id, Kind::Tool, name)
+}
+
+/// A hidden tool, resource or prompt, answered as the protocol answers one that does not
+/// exist: an invalid-params error for a tool or a prompt, "resource not found" (-32002) for
+/// a resource.
+pub fn unknown(id: &Option<Value>, kind: Kind, name: &str) -> Reply {
+    let (code, message) = unknown_error(kind, name);
     let message = json!({
         "jsonrpc": "2.0",
         "id": id_or_null(id),
-        "error": {"code": INVALID_PARAMS, "message": format!("Unknown tool: {name}")},
+        "error": {"code": code, "message": message},
     });
     json_reply(200, Vec::new(), &message)
+}
+
+/// The JSON-RPC error code and message of a `kind` named `name` that does not exist.
+pub fn unknown_error(kind: Kind, name: &str) -> (i64, String) {
+    match kind {
+        Kind::Resource => (RESOURCE_NOT_FOUND, format!("Resource not found: {name}")),
+        Kind::Prompt => (INVALID_PARAMS, format!("Unknown prompt: {name}")),
+        Kind::Method => (METHOD_NOT_FOUND, format!("Method not found: {name}")),
+        Kind::Tool => (INVALID_PARAMS, format!("Unknown tool: {name}")),
+    }
+}
+
+/// MCP's error for a resource that does not exist.
+pub const RESOURCE_NOT_FOUND: i64 = -32002;
+/// JSON-RPC's error for a method the server does not have.
+pub const METHOD_NOT_FOUND: i64 = -32601;
+/// The JSON-RPC error of a request the policy denied (what agentgateway answers for a
+/// guardrail's refusal too): a request other than a tool's call has no result to carry it.
+pub const DENIED: i64 = -32001;
+
+/// A denied request for a resource, a prompt or a method: a JSON-RPC error whose message is
+/// the reason and whose `data` holds the details, as a denied call's `_meta` does.
+pub fn denied_request(id: &Option<Value>, d: &Decision) -> Reply {
+    let message = json!({
+        "jsonrpc": "2.0",
+        "id": id_or_null(id),
+        "error": {"code": DENIED, "message": d.reason(), "data": {META_KEY: details(d)}},
+    });
+    json_reply(200, decision_headers(d), &message)
 }
 
 /// A body refused before any decision: a JSON-RPC error. `status` is 400, or 413 when the

@@ -1,4 +1,13 @@
-//! Reading an MCP `tools/call` out of a JSON-RPC request body, strictly.
+//! Reading an MCP request out of a JSON-RPC request body, strictly: what it asks for, and
+//! what the policy decides it by.
+//!
+//! Every method is decided, but the protocol's own plumbing: `tools/call` by its tool;
+//! `resources/read` and `resources/subscribe` by their resource's URI (in one spelling:
+//! [`super::uri`]); `prompts/get` by its prompt; `completion/complete` by the prompt or
+//! resource it completes for; `subscriptions/listen` (MCP 2026-07-28) as a read of each
+//! resource it asks updates of; any other method by its name. `ping`, `initialize`,
+//! `server/discover`, `resources/unsubscribe`, notifications and the list methods pass
+//! (their answers are filtered), and so do a client's answers to the server's requests.
 //!
 //! A proxy forwards the original bytes, so the body must mean one thing only: anything the
 //! upstream server might read differently from us is refused rather than judged. Refused:
@@ -11,6 +20,7 @@
 use super::fold::{fold_eq, folded};
 use super::strict_json::{self, Ambiguity, StrictError};
 use crate::confirmation::{Answer, Confirming, FIRST_REVISION, TOKEN_PREFIX};
+use crate::kind::Kind;
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 
@@ -35,10 +45,63 @@ const CALL_KEYS: [(&str, &str); 5] = [
     ("inputResponses", "inputresponses"),
     ("requestState", "requeststate"),
 ];
+const RESOURCE_KEYS: [(&str, &str); 2] = [("uri", "uri"), ("_meta", "_meta")];
+const PROMPT_KEYS: [(&str, &str); 3] = [
+    ("name", "name"),
+    ("arguments", "arguments"),
+    ("_meta", "_meta"),
+];
+const COMPLETE_KEYS: [(&str, &str); 4] = [
+    ("ref", "ref"),
+    ("argument", "argument"),
+    ("context", "context"),
+    ("_meta", "_meta"),
+];
+const REF_KEYS: [(&str, &str); 3] = [("type", "type"), ("name", "name"), ("uri", "uri")];
+const LISTEN_KEYS: [(&str, &str); 2] = [("notifications", "notifications"), ("_meta", "_meta")];
+const LISTENED_KEYS: [(&str, &str); 1] = [("resourceSubscriptions", "resourcesubscriptions")];
+const LISTEN: &str = "subscriptions/listen";
 const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 const META_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
 const TOOLS_CALL: &str = "tools/call";
-const TOOLS_LIST: &str = "tools/list";
+const NOTIFICATIONS: &str = "notifications/";
+
+/// The protocol's plumbing, which passes undecided: a list's answer is filtered for its
+/// caller instead, and the others touch nothing a policy names.
+pub const PASSING: [&str; 8] = [
+    "ping",
+    "initialize",
+    "server/discover",
+    "tools/list",
+    "resources/list",
+    "resources/templates/list",
+    "prompts/list",
+    "resources/unsubscribe",
+];
+
+/// The methods MCP defines for clients to send, besides notifications: a case variant of one
+/// is refused (a lenient server could route it there).
+const KNOWN_METHODS: &[&str] = &[
+    "ping",
+    "initialize",
+    "server/discover",
+    "subscriptions/listen",
+    "tools/list",
+    "resources/list",
+    "resources/templates/list",
+    "prompts/list",
+    "resources/unsubscribe",
+    TOOLS_CALL,
+    "resources/read",
+    "resources/subscribe",
+    "prompts/get",
+    "completion/complete",
+    "logging/setLevel",
+    "tasks/get",
+    "tasks/result",
+    "tasks/cancel",
+    "tasks/list",
+];
 
 /// What a request body asks for.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,7 +114,23 @@ pub enum McpRequest {
         /// Whether the client can confirm the call itself, and its answer if it carries one.
         confirm: Confirming,
     },
-    /// Any other method: not ours to decide.
+    /// A request decided by what it names: a resource, a prompt, or (for a method that names
+    /// neither) the method itself. `args` are what conditions read as `args.*`: a prompt's
+    /// arguments, or the request's params.
+    Named {
+        id: Option<Value>,
+        method: String,
+        kind: Kind,
+        name: String,
+        args: Option<Value>,
+    },
+    /// `subscriptions/listen` (MCP 2026-07-28) asking for updates of resources: decided as a
+    /// read of each (a listen that names none is plumbing).
+    Listen {
+        id: Option<Value>,
+        uris: Vec<String>,
+    },
+    /// The protocol's plumbing ([`PASSING`], notifications): not decided.
     Other { id: Option<Value>, method: String },
     /// The client's answer to a request of the server's (sampling, elicitation...).
     Response { id: Option<Value> },
@@ -172,29 +251,66 @@ pub fn parse_request(body: &[u8]) -> Result<McpRequest, Refusal> {
     if members.get("params").is_some_and(|p| !p.is_object()) {
         return Err(refuse(INVALID_PARAMS, "params must be an object", id));
     }
-    if method != TOOLS_CALL {
-        // Another method is forwarded as is; a case variant of ours could still be routed
-        // to it by a lenient server, so that is refused.
-        if let Some(ours) = [TOOLS_CALL, TOOLS_LIST]
-            .into_iter()
-            .find(|m| fold_eq(&method, m) && method != *m)
-        {
-            return Err(refuse(
-                INVALID_REQUEST,
-                format!("method {method:?} differs from {ours} only by case"),
-                id,
-            ));
-        }
-        return Ok(McpRequest::Other { id, method });
-    }
     // A call without an id would be a notification, which gets no answer to deny with.
-    if id.is_none() {
+    if method == TOOLS_CALL && id.is_none() {
         return Err(refuse(INVALID_REQUEST, "tools/call needs an id", None));
     }
     let params = match members.remove("params") {
-        Some(Value::Object(params)) => params,
+        Some(Value::Object(params)) => Some(params),
         Some(_) => return Err(refuse(INVALID_PARAMS, "params must be an object", id)),
-        None => return Err(refuse(INVALID_PARAMS, "tools/call needs params", id)),
+        None => None,
+    };
+    asked(id, method, params)
+}
+
+/// What a request of `method` with `params` asks, its id being `id`: the protocol's
+/// plumbing (it passes), or what the policy decides it by.
+fn asked(
+    id: Option<Value>,
+    method: String,
+    params: Option<Map<String, Value>>,
+) -> Result<McpRequest, Refusal> {
+    if let Some(ours) = KNOWN_METHODS
+        .iter()
+        .find(|m| fold_eq(&method, m) && method != **m)
+    {
+        return Err(refuse(
+            INVALID_REQUEST,
+            format!("method {method:?} differs from {ours} only by case"),
+            id,
+        ));
+    }
+    let notification = folded(&method).starts_with(NOTIFICATIONS);
+    if notification && !method.starts_with(NOTIFICATIONS) {
+        return Err(refuse(
+            INVALID_REQUEST,
+            format!("method {method:?} differs from a notification's only by case"),
+            id,
+        ));
+    }
+    // Plumbing passes; so does a notification (it gets no answer), unless it has an id.
+    if PASSING.contains(&method.as_str()) || (notification && id.is_none()) {
+        return Ok(McpRequest::Other { id, method });
+    }
+    if method == LISTEN {
+        let uris = listened(params.as_ref(), &id)?;
+        if uris.is_empty() {
+            return Ok(McpRequest::Other { id, method });
+        }
+        return Ok(McpRequest::Listen { id, uris });
+    }
+    if method != TOOLS_CALL {
+        let (kind, name, args) = named(&method, params, &id)?;
+        return Ok(McpRequest::Named {
+            id,
+            method,
+            kind,
+            name,
+            args,
+        });
+    }
+    let Some(params) = params else {
+        return Err(refuse(INVALID_PARAMS, "tools/call needs params", id));
     };
     let (name, arguments, confirm) = call_params(params, &id)?;
     Ok(McpRequest::ToolCall {
@@ -205,13 +321,108 @@ pub fn parse_request(body: &[u8]) -> Result<McpRequest, Refusal> {
     })
 }
 
-/// Read a `tools/call`'s `params` alone, strictly, as a gateway that parsed the JSON-RPC
-/// message itself hands them on (agentgateway's ExtMCP): the tool's name and arguments.
-pub fn parse_call_params(params: &[u8]) -> Result<(String, Option<Value>), Refusal> {
-    let params = match strict_json::parse(params) {
-        Ok(Value::Object(params)) => params,
-        Ok(_) => return Err(refuse(INVALID_PARAMS, "params must be an object", None)),
-        Err(e @ StrictError::Ambiguous { what, .. }) => {
+/// What a request other than `tools/call` names, and the arguments its conditions read.
+/// `resources/read`, `resources/subscribe`, `prompts/get` and `completion/complete` must
+/// name their resource or prompt as MCP says, each key only as MCP spells it.
+pub fn named(
+    method: &str,
+    params: Option<Map<String, Value>>,
+    id: &Option<Value>,
+) -> Result<(Kind, String, Option<Value>), Refusal> {
+    let bad = |why: String| refuse(INVALID_PARAMS, why, id.clone());
+    let needs = |what: &str| bad(format!("{method} needs params with {what}"));
+    match method {
+        "resources/read" | "resources/subscribe" => {
+            let params = params.ok_or_else(|| needs("a \"uri\""))?;
+            check_known_keys(&params, &RESOURCE_KEYS, "params", id)?;
+            let uri = resource_uri(params.get("uri"), id)?;
+            Ok((Kind::Resource, uri, Some(Value::Object(params))))
+        }
+        "prompts/get" => {
+            let mut params = params.ok_or_else(|| needs("a \"name\""))?;
+            check_known_keys(&params, &PROMPT_KEYS, "params", id)?;
+            let name = match params.remove("name") {
+                Some(Value::String(n)) if !n.is_empty() => n,
+                _ => return Err(bad("params.name must be a non-empty string".into())),
+            };
+            let arguments = match params.remove("arguments") {
+                None => None,
+                Some(arguments @ Value::Object(_)) => Some(arguments),
+                Some(_) => return Err(bad("params.arguments must be an object".into())),
+            };
+            Ok((Kind::Prompt, name, arguments))
+        }
+        "completion/complete" => {
+            let params = params.ok_or_else(|| needs("a \"ref\""))?;
+            check_known_keys(&params, &COMPLETE_KEYS, "params", id)?;
+            let Some(Value::Object(reference)) = params.get("ref") else {
+                return Err(bad("params.ref must be an object".into()));
+            };
+            check_known_keys(reference, &REF_KEYS, "params.ref", id)?;
+            let (kind, name) = match reference.get("type").and_then(Value::as_str) {
+                Some("ref/prompt") => match reference.get("name") {
+                    Some(Value::String(n)) if !n.is_empty() => (Kind::Prompt, n.clone()),
+                    _ => return Err(bad("params.ref.name must be a non-empty string".into())),
+                },
+                Some("ref/resource") => (Kind::Resource, resource_uri(reference.get("uri"), id)?),
+                _ => {
+                    let why = "params.ref.type must be \"ref/prompt\" or \"ref/resource\"";
+                    return Err(bad(why.into()));
+                }
+            };
+            Ok((kind, name, Some(Value::Object(params))))
+        }
+        _ => Ok((Kind::Method, method.to_owned(), params.map(Value::Object))),
+    }
+}
+
+/// The resources a `subscriptions/listen` asks updates of: its
+/// `notifications.resourceSubscriptions`, each a URI in its one spelling.
+fn listened(
+    params: Option<&Map<String, Value>>,
+    id: &Option<Value>,
+) -> Result<Vec<String>, Refusal> {
+    let bad = |why: &str| Err(refuse(INVALID_PARAMS, why, id.clone()));
+    let Some(params) = params else {
+        return Ok(Vec::new());
+    };
+    check_known_keys(params, &LISTEN_KEYS, "params", id)?;
+    let notifications = match params.get("notifications") {
+        None => return Ok(Vec::new()),
+        Some(Value::Object(n)) => n,
+        Some(_) => return bad("params.notifications must be an object"),
+    };
+    check_known_keys(notifications, &LISTENED_KEYS, "params.notifications", id)?;
+    match notifications.get("resourceSubscriptions") {
+        None => Ok(Vec::new()),
+        Some(Value::Array(uris)) => uris.iter().map(|u| resource_uri(Some(u), id)).collect(),
+        Some(_) => bad("params.notifications.resourceSubscriptions must be an array"),
+    }
+}
+
+/// A resource URI as requests must write it: a string in its one spelling.
+fn resource_uri(uri: Option<&Value>, id: &Option<Value>) -> Result<String, Refusal> {
+    let Some(Value::String(uri)) = uri else {
+        return Err(refuse(
+            INVALID_PARAMS,
+            "the resource URI must be a string",
+            id.clone(),
+        ));
+    };
+    super::uri::check(uri).map_err(|why| refuse(INVALID_PARAMS, why, id.clone()))?;
+    Ok(uri.clone())
+}
+
+/// Read a request's `params` alone, strictly, as a gateway that parsed the JSON-RPC message
+/// itself hands them on with its method (agentgateway's ExtMCP): what the request asks. It
+/// carries no id, and a gateway that cannot answer in the server's place cannot ask the
+/// user to confirm a call.
+pub fn parse_params(method: &str, params: Option<&[u8]>) -> Result<McpRequest, Refusal> {
+    let params = match params.map(strict_json::parse) {
+        None => None,
+        Some(Ok(Value::Object(params))) => Some(params),
+        Some(Ok(_)) => return Err(refuse(INVALID_PARAMS, "params must be an object", None)),
+        Some(Err(e @ StrictError::Ambiguous { what, .. })) => {
             return Err(Refusal {
                 ambiguity: Some(what),
                 ..refuse(
@@ -221,17 +432,29 @@ pub fn parse_call_params(params: &[u8]) -> Result<(String, Option<Value>), Refus
                 )
             })
         }
-        Err(StrictError::Syntax(m)) => {
+        Some(Err(StrictError::Syntax(m))) => {
             return Err(refuse(
                 INVALID_PARAMS,
                 format!("params are not one JSON value: {m}"),
                 None,
             ))
         }
-        Err(StrictError::TooLarge(m)) => return Err(refuse(INVALID_PARAMS, m, None)),
+        Some(Err(StrictError::TooLarge(m))) => return Err(refuse(INVALID_PARAMS, m, None)),
     };
-    // A gateway that cannot answer in the server's place cannot ask the user either.
-    call_params(params, &None).map(|(name, arguments, _)| (name, arguments))
+    match asked(None, method.to_owned(), params)? {
+        McpRequest::ToolCall {
+            id,
+            name,
+            arguments,
+            ..
+        } => Ok(McpRequest::ToolCall {
+            id,
+            name,
+            arguments,
+            confirm: Confirming::default(),
+        }),
+        other => Ok(other),
+    }
 }
 
 /// A call's `params`: only the keys MCP defines, a non-empty name, object arguments; and

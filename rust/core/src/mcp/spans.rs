@@ -3,8 +3,8 @@
 //! 2^53, nesting past serde_json's limit, too many keys or values), but into where its parts
 //! lie in the bytes instead of into a tree of values.
 //!
-//! A `tools/list` answer is mostly tool definitions that the filter passes on untouched: it
-//! needs each tool's name and where the tool begins and ends, so it can write the kept ones
+//! A list's answer (`tools/list`, `resources/list`...) is mostly definitions that the filter
+//! passes on untouched: it needs each entry's name and where the entry begins and ends, so it can write the kept ones
 //! back as they came. Building a tree for all of it (maps, strings, then writing them out
 //! again) was most of what filtering a list cost. jiter does the tokenizing; this module
 //! walks every value, checks what [`super::strict_json`] checks, and notes the spans. One
@@ -20,11 +20,12 @@
 
 use super::fold::fold_char;
 use super::strict_json::{Ambiguity, StrictError, MAX_KEYS, MAX_SAFE_INTEGER, MAX_VALUES};
+use crate::kind::Listed;
 use ahash::{AHashMap, RandomState};
 use arrayvec::ArrayString;
 use jiter::{Jiter, JiterError, Peek};
 use smallvec::SmallVec;
-use std::collections::hash_map::Entry;
+use std::collections::hash_map::Entry as MapEntry;
 use std::ops::Range;
 use std::sync::OnceLock;
 
@@ -57,27 +58,30 @@ pub struct Message {
     pub listing: Listing,
 }
 
-/// What a result object holds that a tool list's filter reads.
+/// What a result object holds that a list's filter reads.
 #[derive(Debug, Default, Clone)]
 pub struct Listing {
-    /// The first key that is a known result key but for case.
+    /// The first key that is a known result key (or a list's member) but for case.
     pub variant: Option<Box<str>>,
-    /// Some key is `tools` but for case.
-    pub tools_variant: bool,
-    /// `tools`: its entries if it is an array (`Some(Err(()))` if not).
-    pub tools: Option<Result<Vec<Tool>, ()>>,
+    /// Some key is a list's member (`tools`, `resources`...) but for case.
+    pub member_variant: bool,
+    /// What the result lists, by the member it has, with that member's entries if it is an
+    /// array (`Err(())` if not). With two lists' members, the last.
+    pub entries: Option<(Listed, Result<Vec<Entry>, ()>)>,
+    /// The result has more than one list's member: it lists two things at once.
+    pub lists_twice: bool,
     /// The span of `cacheScope`'s value, and whether that is the string `"private"`.
     pub cache_scope: Option<(Range<usize>, bool)>,
 }
 
-/// One entry of a `tools` array.
+/// One entry of a list's array (a tool, a resource, a template, a prompt).
 #[derive(Debug, Clone)]
-pub struct Tool {
+pub struct Entry {
     pub span: Range<usize>,
     pub object: bool,
-    /// The first key that is a known tool key but for case.
+    /// The first key that is a known key of the entry but for case.
     pub variant: Option<Box<str>>,
-    /// `name`, when it is a string.
+    /// Its name (`name`, `uri` or `uriTemplate`, as the list says), when it is a string.
     pub name: Option<Name>,
 }
 
@@ -113,11 +117,13 @@ pub fn read(body: &[u8], keys: &Keys) -> Result<Message, StrictError> {
     Ok(message)
 }
 
-/// The known keys at each level of a message.
+/// The known keys at each level of a message: of an entry, by what the list lists (in
+/// [`Listed::ALL`]'s order). A list's member is known at the result's level, whatever
+/// `result` says.
 pub struct Keys {
     pub message: &'static [Known],
     pub result: &'static [Known],
-    pub tool: &'static [Known],
+    pub entry: [&'static [Known]; 4],
 }
 
 /// A known key (ASCII, at most 16 bytes), with its folded form made once.
@@ -158,8 +164,12 @@ pub const fn known<const N: usize>(keys: [&'static str; N]) -> [Known; N] {
     out
 }
 
-/// `tools`, to tell a case variant of it from other known result keys.
-const TOOLS: [Known; 1] = known(["tools"]);
+/// The lists' members (`tools`, `resources`, `resourceTemplates`, `prompts`) folded, to
+/// tell a case variant of one (`resourceTemplates` is too long for a [`Known`]).
+fn members() -> &'static [Folded; 4] {
+    static MEMBERS: OnceLock<[Folded; 4]> = OnceLock::new();
+    MEMBERS.get_or_init(|| Listed::ALL.map(|l| Folded::of(l.member().to_lowercase().as_bytes())))
+}
 
 /// A key as a case-insensitive decoder reads it: its folded bytes, packed, when there are at
 /// most 16 of them (`len` ≤ 16), else a hash of them (`len` > 16). Keys that fold alike have
@@ -210,8 +220,8 @@ impl ObjectKeys {
     fn insert(&mut self, folded: Folded, at: usize) -> Option<usize> {
         if let Some(large) = &mut self.large {
             return match large.entry(folded) {
-                Entry::Occupied(twin) => Some(*twin.get()),
-                Entry::Vacant(slot) => {
+                MapEntry::Occupied(twin) => Some(*twin.get()),
+                MapEntry::Vacant(slot) => {
                     slot.insert(at);
                     None
                 }
@@ -421,21 +431,25 @@ impl<'a> Reader<'a, '_> {
         let mut listing = Listing::default();
         self.count_value()?;
         self.object(|r, k, folded| {
-            if Self::variant(k, folded, r.known.result) {
-                listing.tools_variant |= Self::variant(k, folded, &TOOLS);
+            let member = Listed::of_member(k);
+            let member_variant = member.is_none() && members().contains(&folded);
+            if member_variant || Self::variant(k, folded, r.known.result) {
+                listing.member_variant |= member_variant;
                 listing.variant.get_or_insert_with(|| k.into());
             }
-            match k {
-                "tools" => {
+            match (k, member) {
+                (_, Some(listed)) => {
                     let peek = r.jiter.peek().map_err(syntax)?;
-                    if peek == Peek::Array {
-                        listing.tools = Some(Ok(r.tools()?));
+                    let entries = if peek == Peek::Array {
+                        Ok(r.entries(listed)?)
                     } else {
                         r.value(peek, 2)?;
-                        listing.tools = Some(Err(()));
-                    }
+                        Err(())
+                    };
+                    listing.lists_twice |= listing.entries.is_some();
+                    listing.entries = Some((listed, entries));
                 }
-                "cacheScope" => {
+                ("cacheScope", _) => {
                     let (span, _) = r.spanned(2)?;
                     let private = &r.body[span.clone()] == b"\"private\"";
                     listing.cache_scope = Some((span, private));
@@ -449,41 +463,43 @@ impl<'a> Reader<'a, '_> {
         Ok(listing)
     }
 
-    /// A `tools` array (depth 2 → 3): each entry's span, and for an object its name.
-    fn tools(&mut self) -> Result<Vec<Tool>, StrictError> {
+    /// A list's array (depth 2 → 3): each entry's span, and for an object its name.
+    fn entries(&mut self, listed: Listed) -> Result<Vec<Entry>, StrictError> {
         self.count_value()?;
-        let mut tools = Vec::new();
+        let mut entries = Vec::new();
         let mut next = self.jiter.known_array().map_err(syntax)?;
         while let Some(peek) = next {
             let start = self.jiter.current_index();
-            let mut tool = Tool {
+            let mut entry = Entry {
                 span: start..start,
                 object: peek == Peek::Object,
                 variant: None,
                 name: None,
             };
-            if tool.object {
-                self.tool(&mut tool)?;
+            if entry.object {
+                self.entry(&mut entry, listed)?;
             } else {
                 self.value(peek, 3)?;
             }
-            tool.span.end = self.jiter.current_index();
-            tools.push(tool);
+            entry.span.end = self.jiter.current_index();
+            entries.push(entry);
             next = self.jiter.array_step().map_err(syntax)?;
         }
-        Ok(tools)
+        Ok(entries)
     }
 
-    /// One tool object (depth 3 → 4).
-    fn tool(&mut self, tool: &mut Tool) -> Result<(), StrictError> {
+    /// One entry object (depth 3 → 4).
+    fn entry(&mut self, entry: &mut Entry, listed: Listed) -> Result<(), StrictError> {
         self.count_value()?;
+        let known = self.known.entry[listed as usize];
+        let name_key = listed.name_key();
         self.object(|r, k, folded| {
-            if tool.variant.is_none() && Self::variant(k, folded, r.known.tool) {
-                tool.variant = Some(k.into());
+            if entry.variant.is_none() && Self::variant(k, folded, known) {
+                entry.variant = Some(k.into());
             }
             let (span, peek) = r.spanned(4)?;
-            if k == "name" && peek == Peek::String {
-                tool.name = Some(r.string(span));
+            if k == name_key && peek == Peek::String {
+                entry.name = Some(r.string(span));
             }
             Ok(())
         })
@@ -592,8 +608,13 @@ mod tests {
 
     const KEYS: Keys = Keys {
         message: &known(["jsonrpc", "id", "method", "params", "result", "error"]),
-        result: &known(["tools", "nextCursor", "cacheScope", "ttlMs", "_meta"]),
-        tool: &known(["name", "description"]),
+        result: &known(["nextCursor", "cacheScope", "ttlMs", "_meta"]),
+        entry: [
+            &known(["name", "description"]),
+            &known(["uri", "name"]),
+            &known(["uriTemplate", "name"]),
+            &known(["name", "arguments"]),
+        ],
     };
 
     /// The verdict of a reader: read, or refused as what.
@@ -857,14 +878,16 @@ mod tests {
         assert!(m.object && !m.method && m.variant.is_none());
         assert_eq!(&body[m.id.unwrap()], b"7");
         assert_eq!(m.result, Some(Kind::Object));
-        let tools = m.listing.tools.unwrap().unwrap();
-        let text = |t: &Tool| {
+        let (listed, tools) = m.listing.entries.unwrap();
+        assert_eq!(listed, Listed::Tools);
+        let tools = tools.unwrap();
+        let text = |t: &Entry| {
             std::str::from_utf8(&body[t.span.clone()])
                 .unwrap()
                 .to_owned()
         };
         assert_eq!(text(&tools[0]), r#"{"name": "a", "x": [1]}"#);
-        let name = |t: &Tool| t.name.as_ref().map(|n| n.text(body).to_owned());
+        let name = |t: &Entry| t.name.as_ref().map(|n| n.text(body).to_owned());
         assert_eq!(name(&tools[0]).as_deref(), Some("a"));
         assert!(!tools[1].object && text(&tools[1]) == "5");
         assert_eq!(tools[2].variant.as_deref(), Some("Name"));
@@ -873,9 +896,38 @@ mod tests {
         let (scope, private) = m.listing.cache_scope.unwrap();
         assert_eq!((&body[scope], private), (&b"\"public\""[..], false));
         assert_eq!(m.listing.variant.as_deref(), Some("ttlMS"));
-        assert!(!m.listing.tools_variant);
+        assert!(!m.listing.member_variant && !m.listing.lists_twice);
         let hidden = read(br#"{"id": 1, "result": {"ttlMS": 1, "Tools": []}}"#, &KEYS).unwrap();
         assert_eq!(hidden.listing.variant.as_deref(), Some("ttlMS"));
-        assert!(hidden.listing.tools_variant && hidden.listing.tools.is_none());
+        assert!(hidden.listing.member_variant && hidden.listing.entries.is_none());
+    }
+
+    #[test]
+    fn reads_every_list_by_its_member_and_name_key() {
+        for listed in Listed::ALL {
+            let (member, key) = (listed.member(), listed.name_key());
+            let body = format!(
+                r#"{{"id": 1, "result": {{"{member}": [{{"{key}": "x://a"}}, {{"name2": 1}}]}}}}"#
+            );
+            let m = read(body.as_bytes(), &KEYS).unwrap();
+            let (found, entries) = m.listing.entries.unwrap();
+            assert_eq!(found, listed);
+            let entries = entries.unwrap();
+            let name = entries[0].name.as_ref().map(|n| n.text(body.as_bytes()));
+            assert_eq!(name, Some("x://a"), "{body}");
+            assert_eq!(entries[1].name, None);
+            // A case variant of the member, however it folds, is noted, not read.
+            let upper = member.to_uppercase();
+            let body = format!(r#"{{"id": 1, "result": {{"{upper}": []}}}}"#);
+            let m = read(body.as_bytes(), &KEYS).unwrap();
+            assert!(
+                m.listing.member_variant && m.listing.entries.is_none(),
+                "{body}"
+            );
+        }
+        let body = r#"{"id": 1, "result": {"resourceTemplateſ": [], "x": 1}}"#;
+        assert!(read(body.as_bytes(), &KEYS).unwrap().listing.member_variant);
+        let twice = br#"{"id": 1, "result": {"tools": [], "prompts": []}}"#;
+        assert!(read(twice, &KEYS).unwrap().listing.lists_twice);
     }
 }

@@ -15,10 +15,11 @@ use super::pins::Pins;
 use super::source::{parse_json, parse_yaml, Format, Member, Node, NodeValue};
 use super::{
     pointer_token, Action, Approval, Compare, Condition, ConditionItem, Confirmation,
-    DefaultAction, Fallback, Limit, MarkRule, Mode, NamePattern, Op, Path, PathRoot, PinsFile,
-    PinsRule, Policy, Release, Rule, Scope, Section, Segment, Unpinned,
+    DefaultAction, Fallback, Hide, Limit, MarkRule, Mode, NamePattern, Op, Path, PathRoot,
+    PinsFile, PinsRule, Policy, Release, Rule, Scope, Section, Segment, Unpinned,
 };
 use crate::definition::Hints;
+use crate::kind::Kind;
 
 /// One problem in a policy document.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,6 +171,9 @@ const SECTION_KEYS: &[&str] = &[
     "hide",
     "all_tools",
     "tools",
+    "resources",
+    "prompts",
+    "methods",
     "servers",
     "mode",
     "pins",
@@ -188,6 +192,7 @@ const RULE_KEYS: &[&str] = &[
     "release_on_failure",
     "marks",
 ];
+const HIDE_KEYS: &[&str] = &["tools", "resources", "prompts"];
 const PINS_KEYS: &[&str] = &["file", "mode", "unpinned"];
 const MARK_KEYS: &[&str] = &["name", "scope", "ttl"];
 /// Most marks one call may set, with its limits: what one reservation holds.
@@ -414,9 +419,12 @@ impl Loader {
             pointer: pointer.to_owned(),
             default: DefaultAction::default(),
             mode: Mode::default(),
-            hide: Vec::new(),
+            hide: Hide::default(),
             all_tools: None,
             tools: Vec::new(),
+            resources: Vec::new(),
+            prompts: Vec::new(),
+            methods: Vec::new(),
             pins: None,
             trust_annotations: None,
         };
@@ -439,8 +447,11 @@ impl Loader {
                 }
                 "mode" => section.mode = self.choice(value, &at, "mode", MODES).unwrap_or_default(),
                 "hide" => section.hide = self.hide(value, &at),
-                "all_tools" => section.all_tools = Some(self.rule(value, &at)),
-                "tools" => section.tools = self.tools(value, &at),
+                "all_tools" => section.all_tools = Some(self.rule(value, &at, Kind::Tool)),
+                "tools" => section.tools = self.named_rules(value, &at, Kind::Tool),
+                "resources" => section.resources = self.named_rules(value, &at, Kind::Resource),
+                "prompts" => section.prompts = self.named_rules(value, &at, Kind::Prompt),
+                "methods" => section.methods = self.named_rules(value, &at, Kind::Method),
                 "pins" => section.pins = self.pins(value, &at),
                 "trust_annotations" => match &value.value {
                     NodeValue::Bool(b) => section.trust_annotations = Some(*b),
@@ -476,7 +487,31 @@ impl Loader {
         }
     }
 
-    fn hide(&mut self, node: &Node, pointer: &str) -> Vec<NamePattern> {
+    /// `hide`: a list of tools, or an object of lists by kind.
+    fn hide(&mut self, node: &Node, pointer: &str) -> Hide {
+        let mut hide = Hide::default();
+        if !matches!(node.value, NodeValue::Object(_)) {
+            hide.tools = self.hidden(node, pointer);
+            return hide;
+        }
+        let Some(members) = self.strict_object(node, pointer, HIDE_KEYS) else {
+            return hide;
+        };
+        for m in members {
+            let at = child(pointer, &m.key);
+            let list = self.hidden(&m.value, &at);
+            match m.key.as_str() {
+                "tools" => hide.tools = list,
+                "resources" => hide.resources = list,
+                "prompts" => hide.prompts = list,
+                _ => {} // reported by strict_object
+            }
+        }
+        hide
+    }
+
+    /// One list of names and globs to hide.
+    fn hidden(&mut self, node: &Node, pointer: &str) -> Vec<NamePattern> {
         let Some(items) = self.array(node, pointer) else {
             return Vec::new();
         };
@@ -510,22 +545,35 @@ impl Loader {
         true
     }
 
-    fn tools(&mut self, node: &Node, pointer: &str) -> Vec<(NamePattern, Rule)> {
+    /// `tools`, `resources`, `prompts` or `methods`: names or globs of `kind`, each with its
+    /// rule.
+    fn named_rules(&mut self, node: &Node, pointer: &str, kind: Kind) -> Vec<(NamePattern, Rule)> {
         let Some(members) = self.object(node, pointer) else {
             return Vec::new();
         };
-        let mut tools = Vec::new();
+        let mut rules = Vec::new();
         for m in members {
             let at = child(pointer, &m.key);
             let name_ok = if m.key.is_empty() {
-                self.error(&at, m.key_line, "tool name must not be empty");
+                self.error(&at, m.key_line, format!("{kind} name must not be empty"));
                 false
+            } else if kind == Kind::Resource && !crate::glob::is_glob(&m.key) {
+                // Requests name resources in one spelling only: a key in another would
+                // never match.
+                match crate::mcp::uri::check(&m.key) {
+                    Ok(()) => true,
+                    Err(why) => {
+                        let why = format!("{why}: requests naming it that way are refused");
+                        self.error(&at, m.key_line, why);
+                        false
+                    }
+                }
             } else {
                 self.check_glob_name(&m.key, &at, m.key_line)
             };
-            let rule = self.rule(&m.value, &at);
+            let rule = self.rule(&m.value, &at, kind);
             if name_ok {
-                tools.push((
+                rules.push((
                     NamePattern {
                         text: m.key.clone(),
                         pointer: at,
@@ -534,7 +582,7 @@ impl Loader {
                 ));
             }
         }
-        tools
+        rules
     }
 
     fn servers(&mut self, node: &Node, pointer: &str) -> Vec<(String, Section)> {
@@ -606,7 +654,9 @@ impl Loader {
 
     // --- rules ------------------------------------------------------------------------------
 
-    fn rule(&mut self, node: &Node, pointer: &str) -> Rule {
+    /// A rule for things of `kind`: only a tool's call can be asked about, given back when
+    /// it fails, or judged by its definition (`tool.*`).
+    fn rule(&mut self, node: &Node, pointer: &str, kind: Kind) -> Rule {
         let mut rule = Rule {
             pointer: pointer.to_owned(),
             ..Rule::default()
@@ -658,6 +708,9 @@ impl Loader {
                 ),
             );
         }
+        if kind != Kind::Tool {
+            self.check_not_a_tool_rule(&rule, members, kind);
+        }
         if rule.action == Action::RequireConfirmation && rule.confirmation.is_none() {
             rule.confirmation = Some(Confirmation::default());
         }
@@ -682,6 +735,36 @@ impl Loader {
             }
         }
         rule
+    }
+
+    /// What a rule for a resource, a prompt or a method cannot say.
+    fn check_not_a_tool_rule(&mut self, rule: &Rule, members: &[Member], kind: Kind) {
+        for m in members {
+            let at = child(&rule.pointer, &m.key);
+            let why = match m.key.as_str() {
+                "action" if rule.asks_approval() || rule.action == Action::RequireConfirmation => {
+                    format!(
+                        "a {kind} rule's action is \"allow\" or \"deny\": approvals and \
+                         confirmations are for tool calls"
+                    )
+                }
+                "release_on_failure" => {
+                    format!("a {kind} rule gives nothing back: only a tool call's failure is read")
+                }
+                "require" | "deny_if" => {
+                    let items = match m.key.as_str() {
+                        "require" => &rule.require,
+                        _ => &rule.deny_if,
+                    };
+                    if !items.iter().any(|item| item.reads(PathRoot::Tool)) {
+                        continue;
+                    }
+                    format!("a {kind} rule's conditions cannot read tool.*: it names no tool")
+                }
+                _ => continue,
+            };
+            self.error(at, m.key_line, why);
+        }
     }
 
     /// `log`: argument paths the decision log writes in clear.

@@ -11,6 +11,7 @@ pub mod source;
 
 pub use load::{PolicyError, PolicyErrors, MAX_MAX};
 
+use crate::kind::Kind;
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -47,11 +48,18 @@ pub struct Section {
     pub pointer: String,
     pub default: DefaultAction,
     pub mode: Mode,
-    /// `hide`: exact names and globs, with the pointer of each entry (`/hide/0`).
-    pub hide: Vec<NamePattern>,
+    /// `hide`: the tools, resources and prompts taken out of lists and denied first.
+    pub hide: Hide,
     pub all_tools: Option<Rule>,
     /// `tools`: name or glob → rule, in document order.
     pub tools: Vec<(NamePattern, Rule)>,
+    /// `resources`: URI or glob → rule, in document order.
+    pub resources: Vec<(NamePattern, Rule)>,
+    /// `prompts`: name or glob → rule, in document order.
+    pub prompts: Vec<(NamePattern, Rule)>,
+    /// `methods`: MCP method name or glob → rule, for the methods that name no tool,
+    /// resource or prompt.
+    pub methods: Vec<(NamePattern, Rule)>,
     /// `pins`: hold servers' tools to their pinned definitions. A server section without
     /// its own takes the top level's.
     pub pins: Option<PinsRule>,
@@ -59,6 +67,47 @@ pub struct Section {
     /// (`tool.annotations.*`); otherwise as MCP's defaults, whatever the server says. A
     /// server section without its own takes the top level's.
     pub trust_annotations: Option<bool>,
+}
+
+/// `hide`: a list of tool names and globs, or `{tools, resources, prompts}`, each such a
+/// list; entries with their pointers (`/hide/0`, `/hide/resources/0`).
+#[derive(Debug, Clone, Default)]
+pub struct Hide {
+    pub tools: Vec<NamePattern>,
+    pub resources: Vec<NamePattern>,
+    pub prompts: Vec<NamePattern>,
+}
+
+impl Hide {
+    /// The entries that hide things of `kind` (none hides a method).
+    pub fn of(&self, kind: Kind) -> &[NamePattern] {
+        match kind {
+            Kind::Tool => &self.tools,
+            Kind::Resource => &self.resources,
+            Kind::Prompt => &self.prompts,
+            Kind::Method => &[],
+        }
+    }
+}
+
+impl Section {
+    /// The rules for things of `kind`, by name or glob.
+    pub fn rules(&self, kind: Kind) -> &[(NamePattern, Rule)] {
+        match kind {
+            Kind::Tool => &self.tools,
+            Kind::Resource => &self.resources,
+            Kind::Prompt => &self.prompts,
+            Kind::Method => &self.methods,
+        }
+    }
+
+    /// Every rule of the section: each kind's in order, then `all_tools`.
+    pub fn every_rule(&self) -> impl Iterator<Item = &Rule> + Clone {
+        Kind::ALL
+            .into_iter()
+            .flat_map(|kind| self.rules(kind).iter().map(|(_, rule)| rule))
+            .chain(&self.all_tools)
+    }
 }
 
 /// `pins`.
@@ -109,13 +158,9 @@ impl Policy {
         std::iter::once(&self.root)
             .chain(self.servers.iter().map(|(_, section)| section))
             .any(|section| {
-                section
-                    .all_tools
-                    .iter()
-                    .chain(section.tools.iter().map(|(_, rule)| rule))
-                    .any(|rule| {
-                        rule.asks_approval() && rule.mode.unwrap_or(section.mode) == Mode::Enforce
-                    })
+                section.every_rule().any(|rule| {
+                    rule.asks_approval() && rule.mode.unwrap_or(section.mode) == Mode::Enforce
+                })
             })
     }
 }

@@ -127,7 +127,7 @@ impl Writer {
         out.extend_from_slice(b"\",");
         field(out, "rule", Some(r.text(&r.rule)));
         field(out, "reason", Some(r.text(&r.reason)));
-        field(out, "tool", r.tool.as_deref());
+        field(out, r.kind.as_str(), r.name.as_deref());
         field(out, "server", r.server.as_deref());
         out.extend_from_slice(b"\"subject\":{");
         let grant = r
