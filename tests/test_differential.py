@@ -213,7 +213,9 @@ class Readings:
                     out.append(f"{who} reads tool {r.get('name')!r}, toolgate {tg['name']!r}")
                 elif not json_equal(r.get("arguments"), tg["arguments"]):
                     out.append(f"{who} reads other arguments: {r.get('arguments')!r}")
-        elif kind == "other":
+        elif kind in ("other", "named", "listen"):
+            # A request decided by what it names (a resource, a prompt, a method) or passed as
+            # plumbing: every reader routes it to the same method.
             expected = "notification" if tg["id"] is None else "request"
             for who, r in readers:
                 if r.get("method") != tg["method"]:

@@ -168,14 +168,77 @@ def test_a_call_names_exactly_one_server_and_each_server_has_its_policy(gw: ExtM
         assert decision(answer)["code"] == "INVALID_REQUEST"
 
 
-def test_other_methods_pass_without_a_decision(gw: ExtMcp) -> None:
+def test_the_plumbing_passes_and_every_other_method_is_decided(gw: ExtMcp) -> None:
     for method, params in [
         ("tools/list", None),
         ("initialize", {"protocolVersion": "2025-06-18", "capabilities": {}}),
-        ("prompts/get", {"name": "secret_prompt"}),
-        ("resources/read", {"uri": "file:///x"}),
+        ("server/discover", {}),
+        ("ping", None),
+        ("notifications/initialized", None),
     ]:
         assert outcome(gw.request(method, params)) == "pass", method
+    # The policy names no resource, prompt or method: under default deny, each is denied.
+    for method, params in [
+        ("prompts/get", {"name": "secret_prompt"}),
+        ("resources/read", {"uri": "file:///x"}),
+        ("completion/complete", {"ref": {"type": "ref/prompt", "name": "p"}}),
+        ("tasks/get", {"taskId": "t"}),
+        ("x-vendor/exec", {}),
+    ]:
+        answer = gw.request(method, params, headers=bearer("t-methods"))
+        assert answer.error.code == Code.PERMISSION_DENIED, method
+        assert decision(answer)["code"] == "DEFAULT_DENY", method
+    # Another spelling of a resource's URI is refused, not decided.
+    answer = gw.request("resources/read", {"uri": "file:///a/../x"}, headers=bearer("t-methods"))
+    assert answer.error.code == Code.INVALID
+    assert decision(answer)["code"] == "INVALID_REQUEST"
+
+
+def test_resources_prompts_and_their_lists_follow_their_rules(tmp_path: Path) -> None:
+    document = policy(
+        {},
+        hide={"prompts": ["secret_*"]},
+        resources={"file:///public/*": {}, "file:///etc/*": {"action": "deny"}},
+        prompts={"*": {}},
+    )
+    with Sidecar(document) as sidecar, ExtMcp(sidecar.target) as gw:
+        read = gw.request("resources/read", {"uri": "file:///public/a"})
+        assert outcome(read) == "pass"
+        denied = gw.request("resources/read", {"uri": "file:///etc/hosts"})
+        assert decision(denied)["code"] == "RULE_DENY"
+        hidden = gw.request("prompts/get", {"name": "secret_x"})
+        assert (hidden.error.code, hidden.error.reason) == (
+            Code.INVALID,
+            "Unknown prompt: secret_x",
+        )
+        listen = gw.request(
+            "subscriptions/listen",
+            {"notifications": {"resourceSubscriptions": ["file:///public/a", "file:///etc/a"]}},
+        )
+        assert decision(listen)["code"] == "RULE_DENY"
+        lists = {
+            "resources/list": {
+                "resources": [
+                    {"uri": "file:///public/a", "name": "a"},
+                    {"uri": "file:///etc/hosts", "name": "h"},
+                ]
+            },
+            "resources/templates/list": {
+                "resourceTemplates": [{"uriTemplate": "file:///etc/{n}", "name": "e"}]
+            },
+            "prompts/list": {"prompts": [{"name": "secret_x"}, {"name": "review"}]},
+        }
+        shown = {}
+        for method, result in lists.items():
+            answer = gw.response(method, result)
+            assert outcome(answer) == "mutated", method
+            shown[method] = json.loads(answer.mutated)
+        assert shown["resources/list"]["resources"] == [{"uri": "file:///public/a", "name": "a"}]
+        assert shown["resources/templates/list"]["resourceTemplates"] == []
+        assert shown["prompts/list"]["prompts"] == [{"name": "review"}]
+        # A list answer that lists something else is refused.
+        wrong = gw.response("prompts/list", {"tools": []})
+        assert outcome(wrong) == "error"
 
 
 # --- who is calling ----------------------------------------------------------------------------

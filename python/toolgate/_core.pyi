@@ -298,11 +298,13 @@ class Engine:
         dry_run: bool = False,
         hits: int | None = None,
         grant_verified: bool = False,
+        kind: str = "tool",
     ) -> Decision:
-        """``arguments`` as JSON text is read strictly: ValueError if it is not a JSON object or
-        could be read two ways (a key twice, keys differing only by case, a number beyond
-        2^53). ``grant_verified``: the grant is a verified identity (a JWT claim) that
-        approvals and logs may show as it is, not a credential."""
+        """``kind``: what ``tool`` names, ``"tool"``, ``"resource"`` (its URI), ``"prompt"``
+        or ``"method"``. ``arguments`` as JSON text is read strictly: ValueError if it is not a
+        JSON object or could be read two ways (a key twice, keys differing only by case, a
+        number beyond 2^53). ``grant_verified``: the grant is a verified identity (a JWT
+        claim) that approvals and logs may show as it is, not a credential."""
     def explain(
         self,
         tool: str,
@@ -317,6 +319,7 @@ class Engine:
         hits: int | None = None,
         grant_verified: bool = False,
         can_confirm: bool = False,
+        kind: str = "tool",
     ) -> Explanation:
         """Decide as ``decide`` does, through the same code, and say how. A dry run unless
         ``dry_run=False`` (then it counts, as a decision does)."""

@@ -8,7 +8,9 @@
 //
 // Every tools/call it executes is appended to the -log file as one JSON line: the tool, the
 // arguments as its handler bound them, the request id and the Authorization header it got.
-// That file is what the tests read to see exactly what ran behind the proxy.
+// So is every resource it reads (its path as a file server resolves the URI: unescaped,
+// cleaned), prompt it renders, completion it answers and vendor method it runs, with the
+// method. That file is what the tests read to see exactly what ran behind the proxy.
 //
 //	go_mcp_server -listen 127.0.0.1:8000 -log calls.jsonl
 package main
@@ -21,7 +23,10 @@ import (
 	"io"
 	"log"
 	"net/http"
+	"net/url"
 	"os"
+	"path"
+	"strings"
 	"sync"
 )
 
@@ -90,6 +95,43 @@ var tools = map[string]tool{
 // toolOrder is the order of tools/list.
 var toolOrder = []string{"read_file", "transfer", "push", "drop_database", "create-ami"}
 
+// files are the resources, by path: file URIs are served as a file server serves paths.
+var files = map[string]string{
+	"/public/readme.txt": "welcome",
+	"/etc/hosts":         "127.0.0.1 localhost",
+	"/etc/shadow":        "root:$6$secret",
+}
+
+// fileOrder is the order of resources/list.
+var fileOrder = []string{"/public/readme.txt", "/etc/hosts", "/etc/shadow"}
+
+// prompts are the prompts, by name.
+var prompts = []string{"review", "internal_audit"}
+
+// resourceParams are resources/read's and resources/subscribe's params.
+type resourceParams struct {
+	URI string `json:"uri"`
+}
+
+// promptParams are prompts/get's params.
+type promptParams struct {
+	Name      string            `json:"name"`
+	Arguments map[string]string `json:"arguments"`
+}
+
+// filePath is the file a file URI names, as a file server reads it: the path unescaped and
+// cleaned ("/tmp/../etc/shadow" is "/etc/shadow"), the scheme and "localhost" in any case.
+func filePath(uri string) (string, error) {
+	u, err := url.Parse(uri)
+	if err != nil {
+		return "", err
+	}
+	if !strings.EqualFold(u.Scheme, "file") || (u.Host != "" && !strings.EqualFold(u.Host, "localhost")) {
+		return "", fmt.Errorf("not a local file URI: %s", uri)
+	}
+	return path.Clean("/" + strings.ReplaceAll(u.Path, "\\", "/")), nil
+}
+
 type server struct {
 	mu  sync.Mutex
 	log *os.File
@@ -98,9 +140,14 @@ type server struct {
 // executed appends one line per executed call. It is written before the answer is sent, so a
 // client that has its answer finds the line.
 func (s *server) executed(id any, name string, args any, authorization string) error {
-	line, err := json.Marshal(map[string]any{
+	return s.logged(map[string]any{
 		"id": id, "tool": name, "arguments": args, "authorization": authorization,
 	})
+}
+
+// logged appends one line for something the server did.
+func (s *server) logged(entry map[string]any) error {
+	line, err := json.Marshal(entry)
 	if err != nil {
 		return err
 	}
@@ -165,8 +212,10 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		reply(w, http.StatusOK, msg.ID, map[string]any{
 			"protocolVersion": p.ProtocolVersion,
-			"capabilities":    map[string]any{"tools": map[string]any{}},
-			"serverInfo":      map[string]any{"name": "toolgate-test-go-mcp-server", "version": "1.0.0"},
+			"capabilities": map[string]any{
+				"tools": map[string]any{}, "resources": map[string]any{"subscribe": true}, "prompts": map[string]any{},
+			},
+			"serverInfo": map[string]any{"name": "toolgate-test-go-mcp-server", "version": "1.0.0"},
 		}, nil)
 	case "ping":
 		reply(w, http.StatusOK, msg.ID, map[string]any{}, nil)
@@ -180,6 +229,38 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		reply(w, http.StatusOK, msg.ID, map[string]any{"tools": list}, nil)
 	case "tools/call":
 		s.call(w, r, msg)
+	case "resources/list":
+		list := make([]map[string]any, 0, len(fileOrder))
+		for _, name := range fileOrder {
+			list = append(list, map[string]any{"uri": "file://" + name, "name": path.Base(name)})
+		}
+		reply(w, http.StatusOK, msg.ID, map[string]any{"resources": list}, nil)
+	case "resources/templates/list":
+		reply(w, http.StatusOK, msg.ID, map[string]any{"resourceTemplates": []map[string]any{
+			{"uriTemplate": "file:///public/{name}", "name": "public"},
+			{"uriTemplate": "file:///etc/{name}", "name": "system"},
+		}}, nil)
+	case "resources/read", "resources/subscribe":
+		s.read(w, msg)
+	case "prompts/list":
+		list := make([]map[string]any, 0, len(prompts))
+		for _, name := range prompts {
+			list = append(list, map[string]any{"name": name})
+		}
+		reply(w, http.StatusOK, msg.ID, map[string]any{"prompts": list}, nil)
+	case "prompts/get":
+		var p promptParams
+		if err := json.Unmarshal(msg.Params, &p); err != nil {
+			reply(w, http.StatusOK, msg.ID, nil, &rpcError{-32602, "Invalid params: " + err.Error()})
+			return
+		}
+		_ = s.logged(map[string]any{"id": msg.ID, "method": msg.Method, "prompt": p.Name, "arguments": p.Arguments})
+		reply(w, http.StatusOK, msg.ID, map[string]any{"messages": []map[string]any{
+			{"role": "user", "content": map[string]any{"type": "text", "text": "prompt " + p.Name}},
+		}}, nil)
+	case "completion/complete", "x-vendor/exec", "tasks/get", "logging/setLevel":
+		_ = s.logged(map[string]any{"id": msg.ID, "method": msg.Method, "params": msg.Params})
+		reply(w, http.StatusOK, msg.ID, map[string]any{}, nil)
 	default:
 		reply(w, http.StatusOK, msg.ID, nil, &rpcError{-32601, "Method not found: " + msg.Method})
 	}
@@ -210,6 +291,29 @@ func (s *server) call(w http.ResponseWriter, r *http.Request, msg envelope) {
 	reply(w, http.StatusOK, msg.ID, map[string]any{
 		"content": []map[string]any{{"type": "text", "text": text}},
 	}, nil)
+}
+
+// read serves a file URI's contents (resources/read), or subscribes to it.
+func (s *server) read(w http.ResponseWriter, msg envelope) {
+	var p resourceParams
+	if err := json.Unmarshal(msg.Params, &p); err != nil {
+		reply(w, http.StatusOK, msg.ID, nil, &rpcError{-32602, "Invalid params: " + err.Error()})
+		return
+	}
+	name, err := filePath(p.URI)
+	text, ok := files[name]
+	if err != nil || !ok {
+		reply(w, http.StatusOK, msg.ID, nil, &rpcError{-32002, "Resource not found: " + p.URI})
+		return
+	}
+	_ = s.logged(map[string]any{"id": msg.ID, "method": msg.Method, "uri": p.URI, "path": name})
+	if msg.Method == "resources/subscribe" {
+		reply(w, http.StatusOK, msg.ID, map[string]any{}, nil)
+		return
+	}
+	reply(w, http.StatusOK, msg.ID, map[string]any{"contents": []map[string]any{
+		{"uri": p.URI, "mimeType": "text/plain", "text": text},
+	}}, nil)
 }
 
 func main() {

@@ -37,6 +37,8 @@ pub struct Storage<'a> {
 
 /// The parts of a call besides its attributes and arguments.
 struct Call<'a> {
+    /// What `tool` names: a tool, or a resource's URI, a prompt, a method.
+    kind: Kind,
     tool: &'a str,
     server: Option<&'a str>,
     grant: Option<&'a str>,
@@ -47,6 +49,15 @@ struct Call<'a> {
     grant_verified: bool,
     /// The client can be asked to confirm a call (MCP 2026-07-28 with form elicitation).
     can_confirm: bool,
+}
+
+/// A kind as Python names it.
+fn kind_of(kind: &str) -> PyResult<Kind> {
+    Kind::parse(kind).ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "kind must be \"tool\", \"resource\", \"prompt\" or \"method\", not {kind:?}"
+        ))
+    })
 }
 
 impl PyEngine {
@@ -88,7 +99,7 @@ impl PyEngine {
             None => self.inner.decide_traced::<PyArg<'_>, T>(
                 Api::Engine,
                 &Request {
-                    kind: Kind::Tool,
+                    kind: call.kind,
                     name: tool,
                     server,
                     subject,
@@ -102,7 +113,7 @@ impl PyEngine {
             Some(a) if a.is_instance_of::<PyDict>() => self.inner.decide_traced(
                 Api::Engine,
                 &Request {
-                    kind: Kind::Tool,
+                    kind: call.kind,
                     name: tool,
                     server,
                     subject,
@@ -123,7 +134,7 @@ impl PyEngine {
                 self.inner.decide_traced(
                     Api::Engine,
                     &Request {
-                        kind: Kind::Tool,
+                        kind: call.kind,
                         name: tool,
                         server,
                         subject,
@@ -204,8 +215,9 @@ impl PyEngine {
 
     /// Decide one call. `arguments` is a dict, JSON text, or None.
     /// `grant_verified`: the grant is a verified identity (a JWT claim) that approvals and
-    /// logs may show as it is, not a credential.
-    #[pyo3(signature = (tool, *, server = None, grant = None, session = None, agent = None, attributes = None, arguments = None, dry_run = false, hits = None, grant_verified = false))]
+    /// logs may show as it is, not a credential. `kind`: what `tool` names, `"tool"` (the
+    /// default), `"resource"` (a URI), `"prompt"` or `"method"`.
+    #[pyo3(signature = (tool, *, server = None, grant = None, session = None, agent = None, attributes = None, arguments = None, dry_run = false, hits = None, grant_verified = false, kind = "tool"))]
     #[allow(clippy::too_many_arguments)]
     fn decide(
         &self,
@@ -219,8 +231,10 @@ impl PyEngine {
         dry_run: bool,
         hits: Option<u32>,
         grant_verified: bool,
+        kind: &str,
     ) -> PyResult<PyDecision> {
         let call = Call {
+            kind: kind_of(kind)?,
             tool,
             server,
             grant,
@@ -238,7 +252,7 @@ impl PyEngine {
     /// Decide one call as `decide` does, and say how: the section, the rule and why it won,
     /// each condition with the value it saw, each limit with its count, the decision.
     /// A dry run unless `dry_run=False` (then it counts, like `decide`).
-    #[pyo3(signature = (tool, *, server = None, grant = None, session = None, agent = None, attributes = None, arguments = None, dry_run = true, hits = None, grant_verified = false, can_confirm = false))]
+    #[pyo3(signature = (tool, *, server = None, grant = None, session = None, agent = None, attributes = None, arguments = None, dry_run = true, hits = None, grant_verified = false, can_confirm = false, kind = "tool"))]
     #[allow(clippy::too_many_arguments)]
     fn explain(
         &self,
@@ -253,8 +267,10 @@ impl PyEngine {
         hits: Option<u32>,
         grant_verified: bool,
         can_confirm: bool,
+        kind: &str,
     ) -> PyResult<PyExplanation> {
         let call = Call {
+            kind: kind_of(kind)?,
             tool,
             server,
             grant,

@@ -6,7 +6,7 @@ use toolgate_core::mcp::{parse_request, McpRequest};
 
 /// Read one JSON-RPC request body as the Envoy gate does. Returns a dict whose `kind` is
 /// `call` (with `id`, `method`, `name`, `arguments`), `named` (`id`, `method`, `named`: what
-/// it names, `name`, `arguments`), `listen` (`id`, `uris`), `other` (`id`, `method`),
+/// it names, `name`, `arguments`), `listen` (`id`, `method`, `uris`), `other` (`id`, `method`),
 /// `response` (`id`) or `refused` (`code`, `message`, `id`).
 #[pyfunction]
 pub fn read_mcp_request<'py>(py: Python<'py>, body: &[u8]) -> PyResult<Bound<'py, PyDict>> {
@@ -49,6 +49,7 @@ pub fn read_mcp_request<'py>(py: Python<'py>, body: &[u8]) -> PyResult<Bound<'py
         Ok(McpRequest::Listen { id, uris }) => {
             out.set_item("kind", "listen")?;
             out.set_item("id", json(&id)?)?;
+            out.set_item("method", "subscriptions/listen")?;
             out.set_item("uris", uris)?;
         }
         Ok(McpRequest::Other { id, method }) => {

@@ -45,7 +45,9 @@ from toolgate.scanner.scan import ScanError, scan_file
 _FILE_KEYS = {"policy", "cases"}
 _STEP_KEYS = {"name", "call", "list", "expect", "repeat", "advance", "every", "release", "dry_run"}
 _CASE_KEYS = _STEP_KEYS | {"steps"}
-_CALL_KEYS = {"tool", "server", "subject", "arguments", "hits"}
+#: What a call names: exactly one of these, by its kind.
+_NAMED = ("tool", "resource", "prompt", "method")
+_CALL_KEYS = {*_NAMED, "server", "subject", "arguments", "hits"}
 _LIST_KEYS = {"server", "subject", "tools", "file"}
 _LIST_EXPECT_KEYS = {"shown", "removed"}
 _MARK_STATES = {"set", "unset", "no_scope", "unread"}
@@ -81,6 +83,8 @@ class BadTestFile(ValueError):
 @dataclass
 class Call:
     tool: str
+    #: What ``tool`` names: a tool, a resource (its URI), a prompt or a method.
+    kind: str = "tool"
     server: str | None = None
     grant: str | None = None
     session: str | None = None
@@ -203,9 +207,13 @@ class _Reader:
         c = self.mapping(value, pointer, _CALL_KEYS)
         if c is None:
             return None
-        tool = self.string(c.get("tool"), f"{pointer}/tool", optional=False)
+        named = [k for k in _NAMED if k in c]
+        if len(named) != 1:
+            self.problem(pointer, f"needs exactly one of {', '.join(_NAMED)}")
+        kind = named[0] if named else "tool"
+        tool = self.string(c.get(kind), f"{pointer}/{kind}", optional=False)
         server = self.string(c.get("server"), f"{pointer}/server")
-        call = Call(tool=tool or "", server=server)
+        call = Call(tool=tool or "", kind=kind, server=server)
         self.subject(c.get("subject"), pointer, call)
         arguments = c.get("arguments")
         if arguments is not None and not isinstance(arguments, dict):

@@ -170,6 +170,7 @@ def run_case(case: Case, policy: Path) -> CaseResult:
                 dry_run=step.dry_run,
                 hits=c.hits,
                 grant_verified=c.grant_verified,
+                kind=c.kind,
             )
             decision = explanation.decision
             if step.release and decision.reservation is not None:
