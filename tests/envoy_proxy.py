@@ -25,6 +25,7 @@ from collections.abc import Hashable, Iterable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
+import yaml
 from sidecar import _LIVE, dies_with_parent, free_port, wait_for
 
 #: The deployable configs.
@@ -264,11 +265,17 @@ ACCEPT = "application/json, text/event-stream"
 
 
 def deployed(
-    path: Path, toolgate_port: int, mcp_port: int, edits: Mapping[str, str] | None = None
+    path: Path,
+    toolgate_port: int,
+    mcp_port: int,
+    edits: Mapping[str, str] | None = None,
+    more_servers: Mapping[str, int] | None = None,
 ) -> Envoy:
     """Envoy running the deployed config at ``path`` on free ports, with toolgate at
     ``toolgate_port`` and the MCP server at ``mcp_port``. ``edits``: ``{old: new}`` text
-    replacements (a smaller body limit, the test's keys), each ``old`` found exactly once."""
+    replacements (a smaller body limit, the test's keys), each ``old`` found exactly once.
+    ``more_servers``: ``{id: port}``, more MCP servers behind the same listener
+    (``with_servers``)."""
     # A port picked free can be taken before Envoy binds it: try a few times.
     for attempt in range(3):
         ports = free_ports([ADMIN, LISTEN])
@@ -279,12 +286,46 @@ def deployed(
             if count != 1:
                 raise ValueError(f"{path}: {old!r} occurs {count} times, not once")
             text = text.replace(old, new)
+        if more_servers:
+            text = with_servers(text, more_servers)
         try:
             return Envoy(text, ports[ADMIN], port=ports[LISTEN])
         except AssertionError as err:
             if attempt == 2 or "ddress already in use" not in str(err):
                 raise
     raise AssertionError("unreachable")
+
+
+def with_servers(text: str, servers: Mapping[str, int]) -> str:
+    """A deployed config with more MCP servers behind its listener, as its comments say to add
+    them: for each ``{id: port}``, a copy of every ``/mcp`` route under ``/ID`` (rewritten to
+    ``/mcp`` upstream) whose ext_authz names the server ``id``, to a cluster of its own."""
+    config = yaml.safe_load(text)
+    (listener,) = config["static_resources"]["listeners"]
+    (chain,) = listener["filter_chains"]
+    manager = chain["filters"][0]["typed_config"]
+    (host,) = manager["route_config"]["virtual_hosts"]
+    clusters = config["static_resources"]["clusters"]
+    (mcp,) = [c for c in clusters if c["name"] == "mcp"]
+    routes = []
+    for server, port in servers.items():
+        for route in host["routes"]:
+            if route["match"].get("prefix") != "/mcp":
+                continue
+            copy = yaml.safe_load(yaml.safe_dump(route))
+            copy["match"]["prefix"] = f"/{server}"
+            copy["route"] |= {"cluster": server, "prefix_rewrite": "/mcp"}
+            authz = copy["typed_per_filter_config"]["envoy.filters.http.ext_authz"]
+            authz["check_settings"]["context_extensions"] = {"server": server}
+            routes.append(copy)
+        cluster = yaml.safe_load(yaml.safe_dump(mcp))
+        cluster["name"] = cluster["load_assignment"]["cluster_name"] = server
+        (endpoints,) = cluster["load_assignment"]["endpoints"]
+        (endpoint,) = endpoints["lb_endpoints"]
+        endpoint["endpoint"]["address"]["socket_address"]["port_value"] = port
+        clusters.append(cluster)
+    host["routes"] = routes + host["routes"]
+    return yaml.safe_dump(config, sort_keys=False)
 
 
 _LISTENER_ADDRESS = re.compile(
@@ -315,14 +356,18 @@ def sidecar_timeout(path: Path) -> float:
 
 
 def send(
-    envoy: Envoy, method: str, body: bytes = b"", headers: dict[str, str] | None = None
+    envoy: Envoy,
+    method: str,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+    path: str = "/mcp",
 ) -> tuple[int, dict[str, str], bytes]:
-    """One HTTP/1.1 request to Envoy's ``/mcp``: (status, lower-case headers, body)."""
+    """One HTTP/1.1 request to Envoy's ``path``: (status, lower-case headers, body)."""
     assert envoy.port is not None
     connection = http.client.HTTPConnection("127.0.0.1", envoy.port, timeout=30)
     try:
         all_headers = {"accept": ACCEPT, "content-type": "application/json", **(headers or {})}
-        connection.request(method, "/mcp", body=body or None, headers=all_headers)
+        connection.request(method, path, body=body or None, headers=all_headers)
         response = connection.getresponse()
         data = response.read()
         return response.status, {k.lower(): v for k, v in response.getheaders()}, data

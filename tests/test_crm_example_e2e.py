@@ -1,22 +1,24 @@
 """End to end: the worked example of docs/policy.md (examples/crm/) behind a real Envoy running
 the deployed ext_authz + ext_proc config (deploy/envoy/mcp-ext-authz-ext-proc.yaml, its route
-naming the server ``crm``), with a real ``toolgate serve`` on the example's policy and pins, in
-front of the example's own MCP server started with ``--rug-pull`` (from its second
-``tools/list`` on, ``send_email``'s description and schema change). Each test runs with the
+naming the server ``crm``, and the same routes under ``/mail`` for the second server, ``mail``),
+with a real ``toolgate serve`` on the example's policy and pins, in front of the example's own
+MCP servers: the CRM server started with ``--rug-pull`` (from its second ``tools/list`` on,
+``send_email``'s description and schema change) and the mail server. Each test runs with the
 in-memory store and with Redis:
 
-- the trifecta: in one MCP session ``send_email`` runs before ``crm_read`` and is refused after
-  it (never reaching the server), while another session may still send;
-- ``deploy`` is refused before ``run_tests`` in a session and runs after it;
+- the trifecta: a caller's ``send_email`` runs before its ``crm_read`` and is refused after it
+  (never reaching the server), and so is ``send_mail`` on the other server, under a new or
+  made-up session id too; another caller may still send;
+- ``deploy`` is refused before ``run_tests`` and runs after it, per caller;
 - the rug pull: the first list shows the four tools as reviewed, the second lacks the changed
-  ``send_email`` and its calls are refused (``TOOL_CHANGED``) even in a fresh session; the
-  drift is counted and logged once, with both digests;
-- a session mark set through one sidecar is seen by a second sidecar on the same Redis (and,
-  with the in-memory store, by none but the sidecar that set it).
+  ``send_email`` and its calls are refused (``TOOL_CHANGED``) for every caller; the drift is
+  counted and logged once, with both digests;
+- a mark set through one sidecar is seen by a second sidecar on the same Redis (and, with the
+  in-memory store, by none but the sidecar that set it).
 
-Calls are sent as raw JSON-RPC over HTTP in sessions opened through Envoy (``initialize``):
-the official client lists the tools before its first call of a tool, and each list counts
-towards the rug pull. Lists use the official client.
+Calls are sent as an MCP 2026-07-28 client sends them: raw JSON-RPC over HTTP, no
+``initialize``, no session, the protocol revision in ``params._meta``, the caller's bearer
+token (its grant) on each. Lists use the official client.
 """
 
 from __future__ import annotations
@@ -58,8 +60,9 @@ AS_CRM = {"context_extensions: {server: example}": "context_extensions: {server:
 
 TOOLS = ["crm_read", "send_email", "run_tests", "deploy"]
 MAIL = {"to": "a@example.com", "subject": "hi", "body": "hello"}
-MAIL_REASON = "Mail may not leave a session that has read private CRM data."
-DEPLOY_REASON = "deploy runs only after run_tests passed in this session."
+MAIL_REASON = "Mail may not leave a caller that has read private CRM data."
+DEPLOY_REASON = "deploy runs only after run_tests passed for this caller."
+REVISION = "2026-07-28"
 META = "toolgate/decision"
 DRIFT = "toolgate_tool_drift_total"
 CLIENT = {"name": "toolgate-tests", "version": "1"}
@@ -79,18 +82,19 @@ def changed_digest(tool: str) -> str:
     return tool_digest(json.dumps(definition))
 
 
-# --- the example's MCP server, with a request log -------------------------------------------
+# --- the example's MCP servers, with a request log -------------------------------------------
 
 
-class CrmServer(_Server):
-    """examples/crm/crm_server.py run by its own ``main`` with ``--rug-pull``, every HTTP request
-    it receives logged (tests/mcp_example_server.py's ``RequestLog``, wrapped around the app
-    ``main`` hands to uvicorn) before the SDK sees it, so a test can show a call never reached
-    it."""
+class ExampleServer(_Server):
+    """An example server (``script`` in examples/crm/) run by its own ``main``, every HTTP
+    request it receives logged (tests/mcp_example_server.py's ``RequestLog``, wrapped around the
+    app ``main`` hands to uvicorn) before the SDK sees it, so a test can show a call never
+    reached it."""
 
-    name = "crm"
-
-    def __init__(self, log_path: Path) -> None:
+    def __init__(self, script: str, log_path: Path, *args: str) -> None:
+        self.name = script
+        self.script = script
+        self.args = args
         self.log_path = log_path
         super().__init__()
 
@@ -99,72 +103,76 @@ class CrmServer(_Server):
             [
                 "import sys, uvicorn",
                 f"sys.path[:0] = [{str(CRM)!r}, {str(TESTS)!r}]",
-                "import crm_server",
+                f"import {self.script} as server",
                 "from mcp_example_server import RequestLog",
                 f"log = {str(self.log_path)!r}",
                 "run = uvicorn.run",
                 "uvicorn.run = lambda app, **kw: run(RequestLog(app, log), **kw)",
-                f"crm_server.main(['--port', '{port}', '--rug-pull'])",
+                f"server.main(['--port', '{port}', *{list(self.args)!r}])",
             ]
         )
         return [sys.executable, "-c", code], None
 
-    def calls(self, session: str) -> list[dict[str, Any]]:
-        """The ``params`` (``name``, ``arguments``) of every tools/call the server received in
-        MCP session ``session``, oldest first."""
+    def calls(self, grant: str) -> list[dict[str, Any]]:
+        """The ``params`` (``name``, ``arguments``) of every tools/call the server received
+        from the caller whose token is ``grant``, oldest first."""
         if not self.log_path.exists():
             return []
         *lines, _partial = self.log_path.read_text().split("\n")
         out = []
         for line in lines:
             entry = json.loads(line)
-            if entry["headers"].get("mcp-session-id") != session:
+            if entry["headers"].get("authorization") != f"Bearer {grant}":
                 continue
             message = json.loads(entry["body"]) if entry["body"] else None
             if isinstance(message, dict) and message.get("method") == "tools/call":
-                out.append(message["params"])
+                params = message["params"]
+                out.append({"name": params["name"], "arguments": params["arguments"]})
         return out
 
-    def called(self, session: str) -> list[str]:
-        """The tools the server ran in ``session``, in order."""
-        return [params["name"] for params in self.calls(session)]
+    def called(self, grant: str) -> list[str]:
+        """The tools the server ran for ``grant``, in order."""
+        return [params["name"] for params in self.calls(grant)]
 
 
 # --- the agent's side ---------------------------------------------------------------------------
 
+_grants = itertools.count(1)
 
-class McpSession:
-    """One MCP session opened through Envoy (``initialize``, ``notifications/initialized``) and
-    driven with raw JSON-RPC POSTs; ``id`` is the server's ``Mcp-Session-Id``, which toolgate
-    reads as the session its marks belong to."""
 
-    def __init__(self, envoy: Envoy, grant: str = "alice") -> None:
+class Agent:
+    """A caller, as an MCP 2026-07-28 client: every request stands alone (no ``initialize``,
+    no session), carrying the protocol revision in ``params._meta`` and the caller's bearer
+    token, which toolgate reads as its grant. ``session``: an ``Mcp-Session-Id`` to send
+    anyway (a made-up one: no server issued it)."""
+
+    def __init__(self, envoy: Envoy, grant: str | None = None) -> None:
         self.envoy = envoy
-        self.grant = grant
+        self.grant = grant or f"agent-{next(_grants)}"
         self._ids = itertools.count(1)
-        self.id = ""
-        params = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": CLIENT}
-        status, headers, body = self._post({"method": "initialize", "params": params})
-        assert status == 200, body
-        self.id = headers["mcp-session-id"]
-        status, _, body = self._post({"method": "notifications/initialized"}, notification=True)
-        assert status == 202, body
 
-    def _post(
-        self, message: dict[str, Any], notification: bool = False
-    ) -> tuple[int, dict[str, str], bytes]:
-        message = {"jsonrpc": "2.0", **message}
-        if not notification:
-            message["id"] = next(self._ids)
-        headers = {"authorization": f"Bearer {self.grant}"}
-        if self.id:
-            headers["mcp-session-id"] = self.id
-        return send(self.envoy, "POST", json.dumps(message).encode(), headers)
-
-    def call(self, tool: str, **arguments: Any) -> dict[str, Any]:
-        """``tools/call``: the JSON-RPC ``result`` (a tool result; a refusal is one too)."""
-        request = {"method": "tools/call", "params": {"name": tool, "arguments": arguments}}
-        status, _, body = self._post(request)
+    def call(
+        self, tool: str, server: str = "crm", session: str | None = None, **arguments: Any
+    ) -> dict[str, Any]:
+        """``tools/call`` on ``server`` (``crm`` at ``/mcp``, ``mail`` at ``/mail``): the
+        JSON-RPC ``result`` (a tool result; a refusal is one too)."""
+        meta = {
+            "io.modelcontextprotocol/protocolVersion": REVISION,
+            "io.modelcontextprotocol/clientCapabilities": {},
+        }
+        params = {"name": tool, "arguments": arguments, "_meta": meta}
+        message = {"jsonrpc": "2.0", "id": next(self._ids), "method": "tools/call"}
+        message["params"] = params
+        headers = {
+            "authorization": f"Bearer {self.grant}",
+            "mcp-protocol-version": REVISION,
+            "mcp-method": "tools/call",
+            "mcp-name": tool,
+        }
+        if session is not None:
+            headers["mcp-session-id"] = session
+        path = "/mcp" if server == "crm" else f"/{server}"
+        status, _, body = send(self.envoy, "POST", json.dumps(message).encode(), headers, path)
         assert status == 200, body
         reply = json.loads(body)
         assert "result" in reply, reply
@@ -219,13 +227,14 @@ class Store(NamedTuple):
 
 @dataclass
 class Gate:
-    crm: CrmServer
+    crm: ExampleServer
+    mail: ExampleServer
     sidecar: Sidecar
     envoy: Envoy
     decision_log: Path
 
-    def session(self) -> McpSession:
-        return McpSession(self.envoy)
+    def agent(self) -> Agent:
+        return Agent(self.envoy)
 
     def list_tools(self) -> list[str]:
         """The tool names the agent is shown through Envoy."""
@@ -238,12 +247,12 @@ class Gate:
         *lines, _partial = self.decision_log.read_text().split("\n")
         return [json.loads(line) for line in lines if line]
 
-    def record(self, session: str, tool: str, code: str) -> dict[str, Any]:
+    def record(self, server: str, tool: str, code: str) -> dict[str, Any]:
         """Wait for the log's record of a decision (the log is written behind the answers)."""
 
         def found() -> dict[str, Any] | None:
             for r in self.records():
-                if (r["subject"]["session"], r["tool"], r["code"]) == (session, tool, code):
+                if (r.get("server"), r["tool"], r["code"]) == (server, tool, code):
                     return r
             return None
 
@@ -254,11 +263,12 @@ class Gate:
 def running_gate(workdir: Path, store: Store) -> Iterator[Gate]:
     decision_log = workdir / "decisions.jsonl"
     with (
-        CrmServer(workdir / "requests.jsonl") as crm,
+        ExampleServer("crm_server", workdir / "crm.jsonl", "--rug-pull") as crm,
+        ExampleServer("mail_server", workdir / "mail.jsonl") as mail,
         Sidecar(POLICY, *store.args, "--decision-log", str(decision_log)) as sidecar,
-        deployed(EXT_PROC, sidecar.port, crm.port, AS_CRM) as envoy,
+        deployed(EXT_PROC, sidecar.port, crm.port, AS_CRM, {"mail": mail.port}) as envoy,
     ):
-        yield Gate(crm, sidecar, envoy, decision_log)
+        yield Gate(crm, mail, sidecar, envoy, decision_log)
 
 
 @pytest.fixture(scope="module", params=["local", "redis"])
@@ -275,7 +285,7 @@ def store(request: pytest.FixtureRequest) -> Iterator[Store]:
 @pytest.fixture(scope="module")
 def gate(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gate]:
     """One stack per store, for the tests that never list the tools (a list moves the server
-    towards its rug pull): they judge every call by its pin, and use sessions of their own."""
+    towards its rug pull): they judge every call by its pin, and use callers of their own."""
     with running_gate(tmp_path_factory.mktemp(f"crm-{store.name}"), store) as g:
         yield g
 
@@ -283,9 +293,10 @@ def gate(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gat
 # --- the trifecta ---------------------------------------------------------------------------
 
 
-def test_mail_may_not_leave_a_session_that_read_the_crm(gate):
-    agent = gate.session()
+def test_mail_may_not_leave_a_caller_that_read_the_crm(gate):
+    agent = gate.agent()
     assert ran(agent.call("send_email", **MAIL)) == "sent 'hi' to a@example.com"
+    assert ran(agent.call("send_mail", "mail", **MAIL)) == "mailed 'hi' to a@example.com"
     assert ran(agent.call("crm_read", contact_id="c-1")).startswith("Ada Example")
     leak = {"to": "out@example.net", "subject": "fyi", "body": "Ada, renewal in March"}
     decision = refusal(agent.call("send_email", **leak))
@@ -293,34 +304,39 @@ def test_mail_may_not_leave_a_session_that_read_the_crm(gate):
     assert decision["code"] == "CONDITION_FAILED"
     assert decision["reason"] == MAIL_REASON
     assert decision["rule"] == "/servers/crm/tools/send_email/deny_if/0"
-    # The refused call never reached the server; the two allowed ones did.
-    assert gate.crm.calls(agent.id) == [
+    # Nor through the other server behind the same proxy, whatever session id it names.
+    for session in (None, "s-new", "made-up-session"):
+        decision = refusal(agent.call("send_mail", "mail", session=session, **leak))
+        assert (decision["code"], decision["reason"]) == ("CONDITION_FAILED", MAIL_REASON)
+        assert decision["rule"] == "/servers/mail/tools/send_mail/deny_if/0"
+    # The refused calls never reached the servers; the allowed ones did.
+    assert gate.crm.calls(agent.grant) == [
         {"name": "send_email", "arguments": MAIL},
         {"name": "crm_read", "arguments": {"contact_id": "c-1"}},
     ]
-    logged = gate.record(agent.id, "send_email", "CONDITION_FAILED")
-    assert logged["server"] == "crm"
+    assert gate.mail.called(agent.grant) == ["send_mail"]
+    logged = gate.record("mail", "send_mail", "CONDITION_FAILED")
     assert logged["marks"] == {"read": {"private_data": "set"}, "set": []}
-    # Another session read nothing: it may send.
-    other = gate.session()
-    assert ran(other.call("send_email", **MAIL)) == "sent 'hi' to a@example.com"
-    assert gate.crm.called(other.id) == ["send_email"]
+    # Another caller read nothing: it may send.
+    other = gate.agent()
+    assert ran(other.call("send_mail", "mail", **MAIL)) == "mailed 'hi' to a@example.com"
+    assert gate.mail.called(other.grant) == ["send_mail"]
     # ...and the first stays marked.
     assert refusal(agent.call("send_email", **MAIL))["code"] == "CONDITION_FAILED"
-    assert gate.crm.called(agent.id) == ["send_email", "crm_read"]
+    assert gate.crm.called(agent.grant) == ["send_email", "crm_read"]
 
 
-def test_deploy_runs_only_after_run_tests_in_the_same_session(gate):
-    agent = gate.session()
+def test_deploy_runs_only_after_run_tests_by_the_same_caller(gate):
+    agent = gate.agent()
     early = refusal(agent.call("deploy", version="1.2"))
     assert (early["code"], early["reason"]) == ("CONDITION_FAILED", DEPLOY_REASON)
     assert ran(agent.call("run_tests")) == "all: 42 passed"
     assert ran(agent.call("deploy", version="1.2")) == "deployed 1.2"
-    assert gate.crm.called(agent.id) == ["run_tests", "deploy"]
-    # The mark is the session's: another session has not run the tests.
-    other = gate.session()
+    assert gate.crm.called(agent.grant) == ["run_tests", "deploy"]
+    # The mark is the caller's: another caller has not run the tests.
+    other = gate.agent()
     assert refusal(other.call("deploy", version="1.3"))["code"] == "CONDITION_FAILED"
-    assert gate.crm.called(other.id) == []
+    assert gate.crm.called(other.grant) == []
 
 
 # --- marks across sidecars ----------------------------------------------------------------------
@@ -330,11 +346,11 @@ def test_a_mark_is_seen_by_every_sidecar_of_the_store(store, gate):
     """Two sidecars on one Redis are replicas: a mark set through either holds at both. On the
     in-memory store each sidecar has marks of its own."""
     shared = store.name == "redis"
-    reader = gate.session()
+    reader = gate.agent()
     assert ran(reader.call("crm_read", contact_id="c-1")).startswith("Ada Example")
     with Sidecar(POLICY, *store.args) as replica:
         # Set through Envoy's sidecar, read by the replica.
-        mail = replica.client.decide("send_email", server="crm", session=reader.id, arguments=MAIL)
+        mail = replica.client.decide("send_mail", server="mail", grant=reader.grant, arguments=MAIL)
         if shared:
             assert (mail.verdict, mail.code, mail.reason) == (
                 "DENY",
@@ -348,9 +364,9 @@ def test_a_mark_is_seen_by_every_sidecar_of_the_store(store, gate):
                 {"read": {"private_data": "unset"}, "set": []},
             )
         # Set through the replica, read by Envoy's sidecar.
-        writer = gate.session()
+        writer = gate.agent()
         read = replica.client.decide(
-            "crm_read", server="crm", session=writer.id, arguments={"contact_id": "c-2"}
+            "crm_read", server="crm", grant=writer.grant, arguments={"contact_id": "c-2"}
         )
         assert read.verdict == "ALLOW"
         assert read.marks == {"read": {}, "set": ["private_data"]}
@@ -358,10 +374,10 @@ def test_a_mark_is_seen_by_every_sidecar_of_the_store(store, gate):
         if shared:
             decision = refusal(result)
             assert (decision["code"], decision["reason"]) == ("CONDITION_FAILED", MAIL_REASON)
-            assert gate.crm.called(writer.id) == []
+            assert gate.crm.called(writer.grant) == []
         else:
             assert ran(result) == "sent 'hi' to a@example.com"
-            assert gate.crm.called(writer.id) == ["send_email"]
+            assert gate.crm.called(writer.grant) == ["send_email"]
 
 
 # --- the rug pull -------------------------------------------------------------------------------
@@ -379,23 +395,23 @@ def test_a_rug_pull_is_withheld_from_the_list_and_its_calls_refused(store, tmp_p
         assert "bcc" in served.input_schema["properties"]
         assert "archive@outside.example" in (served.description or "")
 
-        # Its calls are refused, even in a session that never read the CRM.
-        fresh = gate.session()
+        # Its calls are refused, even for a caller that never read the CRM.
+        fresh = gate.agent()
         decision = refusal(fresh.call("send_email", **MAIL))
         assert (decision["verdict"], decision["code"]) == ("DENY", "TOOL_CHANGED")
         assert decision["rule"] == "/servers/crm/pins"
-        assert gate.crm.calls(fresh.id) == []
+        assert gate.crm.calls(fresh.grant) == []
         # The tools as pinned still run.
         assert ran(fresh.call("run_tests")) == "all: 42 passed"
-        assert gate.crm.called(fresh.id) == ["run_tests"]
+        assert gate.crm.called(fresh.grant) == ["run_tests"]
 
         # Listed again (still changed): withheld again, but the drift is counted once.
         assert gate.list_tools() == [t for t in TOOLS if t != "send_email"]
-        last = gate.session()
+        last = gate.agent()
         assert refusal(last.call("send_email", **MAIL))["code"] == "TOOL_CHANGED"
         # The log is written in decision order: once this call's record is there, every list's
-        # is too.
-        gate.record(last.id, "send_email", "TOOL_CHANGED")
+        # is too. (Drift records are written under the list's caller, not this one's.)
+        wait_for(lambda: sum(r["code"] == "TOOL_CHANGED" for r in gate.records()) >= 3)
         series = {frozenset({"server": "crm", "tool": "send_email", "kind": "changed"}.items()): 1}
         assert gate.sidecar.series(DRIFT) == series
         drifts = [r for r in gate.records() if "drift" in r]

@@ -286,7 +286,7 @@ def test_explain_command_errors():
 
 
 def test_explain_shows_the_marks_a_decision_read_and_set():
-    crm = ["--policy", EXAMPLES / "crm" / "policy.yaml", "--server", "crm", "--session", "s1"]
+    crm = ["--policy", EXAMPLES / "crm" / "policy.yaml", "--server", "crm", "--grant", "alice"]
     fresh = run_toolgate("explain", *crm, "--tool", "send_email")
     assert fresh.returncode == 0, fresh.stderr
     assert fresh.stdout.splitlines()[-1] == "marks: read private_data (unset)"

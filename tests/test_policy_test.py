@@ -378,7 +378,7 @@ cases:
       - list: {server: crm, tools: [{name: crm_read}, {name: mystery}]}
         expect: {shown: [crm_read], removed: {mystery: TOOL_CHANGED}}
   - name: marks expected wrongly fail too
-    call: {tool: crm_read, server: crm, subject: {session: s}, arguments: {contact_id: c-1}}
+    call: {tool: crm_read, server: crm, subject: {grant: g}, arguments: {contact_id: c-1}}
     expect: {marks_set: [tests_passed]}
 """
 

@@ -72,8 +72,8 @@ def test_policy_for_every_scanned_set_loads(source: str) -> None:
     for c in classifications:
         # A sensitive read (its answer holds secrets) waits for a person's approval.
         want = "APPROVAL_REQUIRED" if c.sensitive else DEFAULT_DECISION[c.category]
-        # Each in a session of its own: a read may mark its session (flow rules).
-        assert engine.decide(c.name, **GRANT, session=c.name).code == want, c
+        # Each by a caller of its own: a read may mark its caller (flow rules).
+        assert engine.decide(c.name, grant=f"{GRANT['grant']}-{c.name}").code == want, c
 
 
 def _tool(name: str, category: str) -> dict[str, Any]:
@@ -301,20 +301,22 @@ def _annotations(tools: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {t["name"]: t.get("annotations", {}) for t in tools}
 
 
-def test_readers_of_private_data_mark_the_session_and_open_world_writers_stay_out() -> None:
+def test_readers_of_private_data_mark_the_caller_and_open_world_writers_stay_out() -> None:
     tools = CRM_TOOLS["tools"]
     policy = suggest(classify_all(tools), annotations=_annotations(tools))
     rules = policy["tools"]
-    assert rules["crm_read"]["marks"] == [{"name": "private_data", "scope": "session", "ttl": "8h"}]
+    assert rules["crm_read"]["marks"] == [{"name": "private_data", "scope": "grant", "ttl": "8h"}]
     for writer in ("send_email", "deploy", "run_tests"):
         assert "marks" not in rules[writer]
     engine = make_engine(policy)
     assert engine.decide("send_email", grant="g", session="s").code == "ALLOWED"
     assert engine.decide("crm_read", grant="g", session="s").code == "ALLOWED"
-    denied = engine.decide("send_email", grant="g", session="s")
-    assert denied.code == "CONDITION_FAILED"
-    assert "read private data" in denied.reason
-    assert engine.decide("send_email", grant="g", session="other").code == "ALLOWED"
+    # The caller is marked, whatever session id it sends, or none.
+    for session in ("s", "other", None):
+        denied = engine.decide("send_email", grant="g", session=session)
+        assert denied.code == "CONDITION_FAILED"
+        assert "read private data" in denied.reason
+    assert engine.decide("send_email", grant="h", session="s").code == "ALLOWED"
 
 
 @settings(max_examples=60, deadline=None)

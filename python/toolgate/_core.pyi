@@ -172,7 +172,9 @@ class Policy:
     @property
     def pins_files(self) -> list[Path]:
         """The pins files the policy read (``pins.file``, relative to its directory)."""
-    def self_asserted(self, agent_verified: bool = False) -> list[ValidationError]:
+    def self_asserted(
+        self, agent_verified: bool = False, session_verified: bool = False
+    ) -> list[ValidationError]:
         """Limits and conditions resting on an identity the client asserts (a session id, an
         agent id unless ``agent_verified``), as notes."""
 
@@ -359,14 +361,15 @@ class EnvoyAuthz:
         agent_header: str | None = None,
         server_header: str | None = None,
         grant_claim: str | None = None,
+        session_claim: str | None = None,
         agent_claim: str | None = None,
         jwt_payload_key: str | None = None,
         max_request_bytes: int = ...,
     ) -> EnvoyAuthz:
         """Header names are lower case; one not given is its ``DEFAULT_*_HEADER`` (the payload
-        key, ``DEFAULT_JWT_PAYLOAD_KEY``). ``grant_claim``/``agent_claim`` read the grant/agent
-        from a claim of the JWT that Envoy's jwt_authn verified; ``max_request_bytes`` is
-        Envoy's body limit. ValueError for a bad setting."""
+        key, ``DEFAULT_JWT_PAYLOAD_KEY``). ``grant_claim``/``session_claim``/``agent_claim``
+        read the grant/session/agent from a claim of the JWT that Envoy's jwt_authn verified;
+        ``max_request_bytes`` is Envoy's body limit. ValueError for a bad setting."""
 
 @final
 class Sidecar:

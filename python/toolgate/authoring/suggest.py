@@ -6,8 +6,10 @@ Destructive tools hidden; Financial tools require approval. :class:`Options` cha
 
 Flow rules, where the tools hold both sides of the "lethal trifecta": a reader of private
 data (a sensitive read, or a read the server says stays in its own world,
-``openWorldHint: false``) marks the session, and every tool that writes to the outside world
-(not Read, and not ``openWorldHint: false``) is denied in a marked session.
+``openWorldHint: false``) marks its caller (its grant: a client cannot shed the mark by
+sending another session id, nor sending none, as MCP 2026-07-28 clients do), and every tool
+that writes to the outside world (not Read, and not ``openWorldHint: false``) is denied to a
+marked caller.
 
     >>> policy = suggest(classify_all(tools))
     >>> toolgate.Policy.from_dict(policy)       # always loads
@@ -67,9 +69,9 @@ class Options:
     scope: str = "grant"
     #: Text shown to the agent when a tool is denied, with ``{category}`` and ``{reason}``.
     deny_reason: str = "{category} tool, denied by the starter policy ({reason})"
-    #: Mark sessions that read private data, and keep open-world writers out of them.
+    #: Mark callers that read private data, and keep open-world writers from them.
     flow_rules: bool = True
-    #: How long a session stays marked after it read private data.
+    #: How long a caller stays marked after it read private data.
     mark_ttl: str = "8h"
 
     def __post_init__(self) -> None:
@@ -92,12 +94,12 @@ def counter_name(name: str) -> str:
     return f"{name}_rate"
 
 
-#: The mark a session gets from reading private data.
+#: The mark a caller gets from reading private data.
 PRIVATE_DATA = "private_data"
 
-#: The reason an open-world writer is denied in a marked session.
+#: The reason an open-world writer is denied to a marked caller.
 FLOW_REASON = (
-    "This session has read private data; tools that reach the outside world may not run in it."
+    "This caller has read private data; tools that reach the outside world may not run for it."
 )
 
 
@@ -166,7 +168,7 @@ def _add_flow_rules(
     annotations: Mapping[str, Mapping[str, Any]],
     options: Options,
 ) -> None:
-    """Readers of private data mark the session; open-world writers require no such mark.
+    """Readers of private data mark their caller; open-world writers require no such mark.
     Only where both kinds are among the tools the policy lets run."""
     runs = {k for k, rule in tools.items() if rule.get("action") != "deny"}
     hints = {c.name: annotations.get(c.name, {}) for c in classifications}
@@ -182,7 +184,7 @@ def _add_flow_rules(
     ]
     if not readers or not writers:
         return
-    mark = {"name": PRIVATE_DATA, "scope": "session", "ttl": options.mark_ttl}
+    mark = {"name": PRIVATE_DATA, "scope": "grant", "ttl": options.mark_ttl}
     for key in readers:
         tools[key]["marks"] = [dict(mark)]
     marked = {"path": f"marks.{PRIVATE_DATA}", "op": "exists"}

@@ -58,6 +58,7 @@ def options(args: argparse.Namespace) -> ServeOptions:
             server=args.server_header,
         ),
         grant_claim=parse_subject_source(args.grant_from),
+        session_claim=parse_subject_source(args.session_from),
         agent_claim=parse_subject_source(args.agent_from),
         jwt_payload_key=args.jwt_payload_key,
         max_request_bytes=args.max_request_bytes,
@@ -283,6 +284,13 @@ def add_command(sub: Any) -> None:
         metavar="SOURCE",
         help="'header' (--grant-header) or 'jwt:CLAIM': a claim of the JWT that Envoy's "
         "jwt_authn filter verified (default: %(default)s)",
+    )
+    headers.add_argument(
+        "--session-from",
+        default=format_subject_source(defaults.check.session_claim),
+        metavar="SOURCE",
+        help="'header' (--session-header) or 'jwt:CLAIM', e.g. jwt:sid: MCP 2026-07-28 "
+        "clients send no session header (default: %(default)s)",
     )
     headers.add_argument(
         "--agent-from",

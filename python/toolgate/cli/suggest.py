@@ -157,13 +157,13 @@ def add_command(sub: Any) -> None:
     rules.add_argument(
         "--no-flow-rules",
         action="store_true",
-        help="do not mark sessions that read private data, nor keep open-world writers out of them",
+        help="do not mark callers that read private data, nor keep open-world writers from them",
     )
     rules.add_argument(
         "--mark-ttl",
         default=defaults.mark_ttl,
         metavar="DURATION",
-        help="how long a session stays marked after reading private data (default %(default)s)",
+        help="how long a caller stays marked after reading private data (default %(default)s)",
     )
     rules.add_argument(
         "--set",

@@ -12,11 +12,13 @@ from toolgate.sidecar.envoy_authz import CheckSettings, format_subject_source, p
 
 
 def _run(args: argparse.Namespace) -> int:
-    try:
-        agent_verified = parse_subject_source(args.agent_from) is not None
-    except ValueError as err:
-        print(f"toolgate validate: --agent-from: {err}", file=sys.stderr)
-        return 2
+    verified = []
+    for option, text in (("--agent-from", args.agent_from), ("--session-from", args.session_from)):
+        try:
+            verified.append(parse_subject_source(text) is not None)
+        except ValueError as err:
+            print(f"toolgate validate: {option}: {err}", file=sys.stderr)
+            return 2
     failed = False
     for path in args.files:
         try:
@@ -29,8 +31,8 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"{path}: {pointer}: {e.message}{where}", file=sys.stderr)
         else:
             if not args.quiet:
-                # Not errors: limits and conditions a client can dodge by what it says.
-                for note in policy.self_asserted(agent_verified):
+                # Not errors: limits, marks and conditions a client can dodge by what it says.
+                for note in policy.self_asserted(*verified):
                     print(f"{path}: {note.pointer}: note: {note.message}", file=sys.stderr)
                 print(f"{path}: ok")
     return 1 if failed else 0
@@ -54,5 +56,12 @@ def add_command(sub: Any) -> None:
         help="where the sidecar takes the agent from, as `toolgate serve --agent-from`: with "
         "'jwt:CLAIM' (a verified token), limits and conditions on the agent are not pointed "
         "out as ones a client can dodge (default: %(default)s)",
+    )
+    validate.add_argument(
+        "--session-from",
+        default=format_subject_source(CheckSettings().session_claim),
+        metavar="SOURCE",
+        help="where the sidecar takes the session from, as `toolgate serve --session-from` "
+        "(default: %(default)s)",
     )
     validate.set_defaults(run=_run)

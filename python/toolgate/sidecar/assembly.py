@@ -59,6 +59,7 @@ def envoy_authz(check: CheckSettings) -> EnvoyAuthz:
         agent_header=h.agent,
         server_header=h.server,
         grant_claim=check.grant_claim,
+        session_claim=check.session_claim,
         agent_claim=check.agent_claim,
         jwt_payload_key=check.jwt_payload_key,
         max_request_bytes=check.max_request_bytes,

@@ -46,8 +46,8 @@ class SubjectHeaders:
 class CheckSettings:
     """How ``Check`` requests are read.
 
-    ``grant_claim``/``agent_claim``: take the grant/agent from this claim of the JWT that
-    Envoy's ``jwt_authn`` filter verified (its ``payload_in_metadata`` is
+    ``grant_claim``/``session_claim``/``agent_claim``: take the grant/session/agent from this
+    claim of the JWT that Envoy's ``jwt_authn`` filter verified (its ``payload_in_metadata`` is
     ``jwt_payload_key``) instead of a header. ``max_request_bytes``: Envoy's
     ``with_request_body.max_request_bytes``; a body of that size without ``content-length``
     may have been cut there and is refused.
@@ -55,14 +55,15 @@ class CheckSettings:
 
     headers: SubjectHeaders = field(default_factory=SubjectHeaders)
     grant_claim: str | None = None
+    session_claim: str | None = None
     agent_claim: str | None = None
     jwt_payload_key: str = DEFAULT_JWT_PAYLOAD_KEY
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
 
 
 def parse_subject_source(text: str) -> str | None:
-    """``--grant-from``/``--agent-from``: ``header`` (the configured header) → None, or
-    ``jwt:CLAIM`` → the claim."""
+    """``--grant-from``/``--session-from``/``--agent-from``: ``header`` (the configured
+    header) → None, or ``jwt:CLAIM`` → the claim."""
     if text == "header":
         return None
     kind, sep, claim = text.partition(":")
@@ -72,5 +73,6 @@ def parse_subject_source(text: str) -> str | None:
 
 
 def format_subject_source(claim: str | None) -> str:
-    """The ``--grant-from``/``--agent-from`` text for a claim (None: the header)."""
+    """The ``--grant-from``/``--session-from``/``--agent-from`` text for a claim (None: the
+    header)."""
     return "header" if claim is None else f"jwt:{claim}"

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from toolgate._core import Engine, Policy, PolicyError
+from toolgate.sidecar.envoy_authz import CheckSettings
 from toolgate.sidecar.metrics import ReloadCounts
 
 log = logging.getLogger("toolgate.reload")
@@ -111,10 +112,10 @@ class PolicyWatcher:
         loaded: FileVersion | None = None,
         settle: float = 0.0,
         now: Callable[[], float] = time.monotonic,
-        agent_verified: bool = False,
+        check: CheckSettings | None = None,
     ) -> None:
         self._path = path
-        self._agent_verified = agent_verified
+        self._check = check or CheckSettings()
         self._engine = engine
         self._reloads = reloads
         self._interval = interval
@@ -245,12 +246,14 @@ class PolicyWatcher:
         self._reloads.add("success")
         self._pins = pins_digests(policy.pins_files)
         log.info("policy reloaded: revision %s -> %s", old, policy.revision)
-        warn_self_asserted(self._path, policy, self._agent_verified)
+        warn_self_asserted(self._path, policy, self._check)
         return True
 
 
-def warn_self_asserted(path: Path, policy: Policy, agent_verified: bool) -> None:
-    """Log each limit and condition of ``policy`` that rests on an identity the client
-    asserts about itself (a session id; an agent id unless it comes from a verified token)."""
-    for note in policy.self_asserted(agent_verified):
+def warn_self_asserted(path: Path, policy: Policy, check: CheckSettings) -> None:
+    """Log each limit, mark and condition of ``policy`` that rests on an identity the client
+    asserts about itself (a session id or an agent id, unless ``check`` takes it from a
+    verified token)."""
+    verified = check.agent_claim is not None, check.session_claim is not None
+    for note in policy.self_asserted(*verified):
         log.warning("%s: %s: %s", path, note.pointer, note.message)

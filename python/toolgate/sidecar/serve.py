@@ -169,7 +169,7 @@ def serve(opts: ServeOptions) -> int:
     if opts.policy is None:
         log.warning("no --policy given: serving the built-in deny-everything policy")
     else:
-        warn_self_asserted(opts.policy, policy, opts.check.agent_claim is not None)
+        warn_self_asserted(opts.policy, policy, opts.check)
     if opts.decision_log is not None:
         log.info(
             "decision log: %s (%s decisions)",
@@ -199,7 +199,7 @@ def serve(opts: ServeOptions) -> int:
             interval=opts.reload_interval,
             loaded=loaded,
             settle=opts.reload_settle,
-            agent_verified=opts.check.agent_claim is not None,
+            check=opts.check,
         )
 
     # Signal handlers before the server exists: a SIGTERM or SIGHUP sent as soon as the port

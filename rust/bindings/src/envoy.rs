@@ -21,7 +21,7 @@ impl Defaults {
         Defaults {
             grant: default_header(config.grant),
             agent: default_header(config.agent),
-            session: config.session_header,
+            session: default_header(config.session),
             server: config.server_header,
             jwt_payload_key: config.jwt_payload_key,
         }
@@ -62,13 +62,13 @@ pub struct PyEnvoyAuthz {
 
 #[pymethods]
 impl PyEnvoyAuthz {
-    /// Headers are lower-case names. `grant_claim`/`agent_claim` take the grant/agent from a
-    /// claim of the JWT that Envoy's jwt_authn verified (stored under `jwt_payload_key`)
-    /// instead of a header. `max_request_bytes` is Envoy's `with_request_body` limit.
+    /// Headers are lower-case names. `grant_claim`/`session_claim`/`agent_claim` take the
+    /// grant/session/agent from a claim of the JWT that Envoy's jwt_authn verified (stored
+    /// under `jwt_payload_key`) instead of a header. `max_request_bytes` is Envoy's `with_request_body` limit.
     /// A name left out (None) is `AuthzConfig::default()`'s, as `DEFAULT_*_HEADER` and
     /// `DEFAULT_JWT_PAYLOAD_KEY` export it.
     #[new]
-    #[pyo3(signature = (*, grant_header = None, session_header = None, agent_header = None, server_header = None, grant_claim = None, agent_claim = None, jwt_payload_key = None, max_request_bytes = DEFAULT_MAX_REQUEST_BYTES))]
+    #[pyo3(signature = (*, grant_header = None, session_header = None, agent_header = None, server_header = None, grant_claim = None, session_claim = None, agent_claim = None, jwt_payload_key = None, max_request_bytes = DEFAULT_MAX_REQUEST_BYTES))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         grant_header: Option<&str>,
@@ -76,6 +76,7 @@ impl PyEnvoyAuthz {
         agent_header: Option<&str>,
         server_header: Option<&str>,
         grant_claim: Option<&str>,
+        session_claim: Option<&str>,
         agent_claim: Option<&str>,
         jwt_payload_key: Option<&str>,
         max_request_bytes: usize,
@@ -95,7 +96,11 @@ impl PyEnvoyAuthz {
                 agent_header.unwrap_or(&defaults.agent),
                 agent_claim,
             )?,
-            session_header: header("session", session_header.unwrap_or(&defaults.session))?,
+            session: source(
+                "session",
+                session_header.unwrap_or(&defaults.session),
+                session_claim,
+            )?,
             server_header: header("server", server_header.unwrap_or(&defaults.server))?,
             jwt_payload_key: jwt_payload_key
                 .unwrap_or(&defaults.jwt_payload_key)

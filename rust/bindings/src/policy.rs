@@ -106,11 +106,16 @@ impl PyPolicy {
             .map_err(|e| policy_error(py, e))
     }
 
-    /// Every limit and condition that rests on an identity the client asserts about itself
-    /// (a session id, an agent id unless `agent_verified`), as `(pointer, message)` notes.
-    #[pyo3(signature = (agent_verified = false))]
-    fn self_asserted(&self, agent_verified: bool) -> Vec<ValidationError> {
-        toolgate_core::policy::self_asserted::self_asserted(&self.inner, agent_verified)
+    /// Every limit, mark and condition that rests on an identity the client asserts about
+    /// itself (a session id unless `session_verified`, an agent id unless `agent_verified`),
+    /// as `(pointer, message)` notes.
+    #[pyo3(signature = (agent_verified = false, session_verified = false))]
+    fn self_asserted(&self, agent_verified: bool, session_verified: bool) -> Vec<ValidationError> {
+        let verified = toolgate_core::policy::self_asserted::Verified {
+            session: session_verified,
+            agent: agent_verified,
+        };
+        toolgate_core::policy::self_asserted::self_asserted(&self.inner, verified)
             .into_iter()
             .map(|n| ValidationError {
                 pointer: n.pointer,

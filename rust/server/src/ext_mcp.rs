@@ -32,7 +32,6 @@
 //! (stdio upstreams, the response hook), from `metadata_context` entries named like those
 //! headers ([`crate::subject`]).
 
-use crate::credential::Refused;
 use crate::subject::{AuthzConfig, CallerFacts, ReadSubject};
 use envoy_types::pb::google::protobuf::value::Kind;
 use envoy_types::pb::google::protobuf::{Struct, Value as ProtoValue};
@@ -385,7 +384,7 @@ fn filter_list(
         metadata: response.metadata_context.as_ref(),
     };
     let read = ReadSubject::read(&facts, &config.authz);
-    if let Some(Refused(why)) = read.grant.as_ref().err().or(read.agent.as_ref().err()) {
+    if let Some(why) = read.refused() {
         return refused(format!("the caller cannot be read: {why}"));
     }
     let mut result = match toolgate_core::mcp::strict_json::parse(&response.mcp_response) {

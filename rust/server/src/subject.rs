@@ -1,10 +1,14 @@
 //! Who is calling: a call's grant, session and agent, read from a proxy's request as the
-//! sidecar is configured (`--grant-from`, `--agent-from` and the header names). Envoy's
+//! sidecar is configured (`--grant-from`, `--session-from`, `--agent-from` and the header
+//! names). A header is the client's to choose; a claim of a token the proxy verified is not.
+//! MCP 2026-07-28 clients send no session header at all: their session, if any, is a claim
+//! of their token (`--session-from jwt:sid`). Envoy's
 //! `Check` and agentgateway's ExtMCP carry headers and verified claims each their own way;
 //! both are read here, through [`CallerFacts`], so a caller is the same caller on either.
 
 use crate::credential::{self, Refused};
 use envoy_types::pb::google::protobuf::Struct;
+use std::borrow::Cow;
 use toolgate_core::Subject;
 
 /// Where one part of the subject comes from.
@@ -24,7 +28,7 @@ pub enum SubjectSource {
 pub struct AuthzConfig {
     pub grant: SubjectSource,
     pub agent: SubjectSource,
-    pub session_header: String,
+    pub session: SubjectSource,
     /// The header naming the MCP server when the route sets no `server` extension.
     pub server_header: String,
     pub jwt_payload_key: String,
@@ -41,7 +45,7 @@ impl Default for AuthzConfig {
         AuthzConfig {
             grant: SubjectSource::Header("authorization".into()),
             agent: SubjectSource::Header("x-agent-id".into()),
-            session_header: "mcp-session-id".into(),
+            session: SubjectSource::Header("mcp-session-id".into()),
             server_header: "x-mcp-server".into(),
             jwt_payload_key: "jwt_payload".into(),
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
@@ -71,7 +75,8 @@ pub trait CallerFacts<'a> {
 pub struct ReadSubject<'a> {
     pub grant: Result<Option<String>, Refused>,
     pub agent: Result<Option<String>, Refused>,
-    pub session: Option<&'a str>,
+    /// A header's value as it came; a claim's, copied.
+    pub session: Result<Option<Cow<'a, str>>, Refused>,
     pub grant_verified: bool,
 }
 
@@ -84,10 +89,14 @@ impl<'a> ReadSubject<'a> {
                 "the verified token has no claim to count the caller on".into(),
             ));
         }
+        let session = match &config.session {
+            SubjectSource::Header(name) => Ok(facts.header(name).map(Cow::Borrowed)),
+            claim => part(claim, false, facts, config).map(|s| s.map(Cow::Owned)),
+        };
         ReadSubject {
             grant,
             agent: part(&config.agent, false, facts, config),
-            session: facts.header(&config.session_header),
+            session,
             grant_verified: matches!(config.grant, SubjectSource::JwtClaim(_)),
         }
     }
@@ -96,7 +105,7 @@ impl<'a> ReadSubject<'a> {
     pub fn subject(&self) -> Subject<'_> {
         Subject {
             grant: self.grant.as_ref().ok().and_then(Option::as_deref),
-            session: self.session,
+            session: self.session.as_ref().ok().and_then(Option::as_deref),
             agent: self.agent.as_ref().ok().and_then(Option::as_deref),
             attributes: &[],
             grant_verified: self.grant_verified,
@@ -105,7 +114,9 @@ impl<'a> ReadSubject<'a> {
 
     /// Why the caller is refused, if a part of it was.
     pub fn refused(&self) -> Option<&str> {
-        let refused = self.grant.as_ref().err().or(self.agent.as_ref().err());
+        let refused = (self.grant.as_ref().err())
+            .or(self.agent.as_ref().err())
+            .or(self.session.as_ref().err());
         refused.map(|Refused(why)| why.as_str())
     }
 }

@@ -1,13 +1,15 @@
 //! Where a policy counts or decides on what a client says about itself.
 //!
-//! A session id (`Mcp-Session-Id`) and, unless the sidecar takes it from a verified token
-//! (`--agent-from jwt:CLAIM`), an agent id (`x-agent-id`) are whatever the client sends: a
-//! limit counted per session or per agent is reset by sending another id, and a condition on
-//! either is met by sending the id it wants. Such uses are not errors (a per-session rate
-//! limit on a harmless tool is a fine courtesy), but a reader must know, so `toolgate
-//! validate` and `toolgate serve` point them out.
+//! Unless the sidecar takes them from a verified token (`--session-from jwt:CLAIM`,
+//! `--agent-from jwt:CLAIM`), a session id (`Mcp-Session-Id`, which MCP 2026-07-28 clients do
+//! not send at all) and an agent id (`x-agent-id`) are whatever the client sends: a limit
+//! counted per session or per agent is reset by sending another id, a mark kept per session
+//! or agent is shed by sending another (or none), and a condition on either is met by sending
+//! the id it wants. Such uses are not errors (a per-session rate limit on a harmless tool is
+//! a fine courtesy), but a reader must know, so `toolgate validate` and `toolgate serve`
+//! point them out.
 
-use super::{Condition, ConditionItem, Path, PathRoot, Policy, Rule, Scope, Section, Segment};
+use super::{Condition, ConditionItem, Path, PathRoot, Policy, Scope, Segment};
 
 /// One use of a self-asserted identity: where it is, and what it means.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,15 +18,33 @@ pub struct Note {
     pub message: String,
 }
 
-/// Every limit and condition of `policy` that rests on an identity the client asserts;
-/// `agent_verified`: the agent comes from a verified token.
-pub fn self_asserted(policy: &Policy, agent_verified: bool) -> Vec<Note> {
+/// Which identities come from a verified token rather than from what the client sends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Verified {
+    pub session: bool,
+    pub agent: bool,
+}
+
+/// Every limit, mark and condition of `policy` that rests on an identity the client asserts.
+pub fn self_asserted(policy: &Policy, verified: Verified) -> Vec<Note> {
     let mut notes = Vec::new();
     let sections = std::iter::once(&policy.root).chain(policy.servers.iter().map(|(_, s)| s));
     for section in sections {
-        for rule in rules(section) {
+        for rule in section.every_rule() {
+            for mark in &rule.marks {
+                if let Some(what) = asserted(mark.scope, verified) {
+                    notes.push(Note {
+                        pointer: mark.pointer.clone(),
+                        message: format!(
+                            "is kept per {what}: a client that sends another id, or none, \
+                             sheds it; keep a mark that must hold per grant{}",
+                            advice(mark.scope)
+                        ),
+                    });
+                }
+            }
             for limit in &rule.limits {
-                if let Some(what) = asserted(limit.scope, agent_verified) {
+                if let Some(what) = asserted(limit.scope, verified) {
                     notes.push(Note {
                         pointer: limit.pointer.clone(),
                         message: format!(
@@ -38,7 +58,7 @@ pub fn self_asserted(policy: &Policy, agent_verified: bool) -> Vec<Note> {
             for item in rule.require.iter().chain(&rule.deny_if) {
                 conditions(item, &mut |c| {
                     if let Some(scope) = subject_scope(&c.path) {
-                        if let Some(what) = asserted(scope, agent_verified) {
+                        if let Some(what) = asserted(scope, verified) {
                             notes.push(Note {
                                 pointer: c.pointer.clone(),
                                 message: format!(
@@ -56,18 +76,13 @@ pub fn self_asserted(policy: &Policy, agent_verified: bool) -> Vec<Note> {
     notes
 }
 
-fn rules(section: &Section) -> impl Iterator<Item = &Rule> {
-    section
-        .all_tools
-        .iter()
-        .chain(section.tools.iter().map(|(_, r)| r))
-}
-
 /// What the client asserts for `scope`, as a reader knows it.
-fn asserted(scope: Scope, agent_verified: bool) -> Option<&'static str> {
+fn asserted(scope: Scope, verified: Verified) -> Option<&'static str> {
     match scope {
-        Scope::Session => Some("session id the client sends (Mcp-Session-Id)"),
-        Scope::Agent if !agent_verified => Some("agent id the client sends (x-agent-id)"),
+        Scope::Session if !verified.session => {
+            Some("session id the client sends (Mcp-Session-Id; MCP 2026-07-28 clients send none)")
+        }
+        Scope::Agent if !verified.agent => Some("agent id the client sends (x-agent-id)"),
         _ => None,
     }
 }
@@ -75,6 +90,9 @@ fn asserted(scope: Scope, agent_verified: bool) -> Option<&'static str> {
 fn advice(scope: Scope) -> &'static str {
     match scope {
         Scope::Agent => ", or take the agent from a verified token (--agent-from jwt:CLAIM)",
+        Scope::Session => {
+            ", or take the session from a verified token (--session-from jwt:CLAIM, e.g. sid)"
+        }
         _ => "",
     }
 }
@@ -111,7 +129,11 @@ mod tests {
 
     fn notes(json: &str, agent_verified: bool) -> Vec<String> {
         let policy = Policy::from_json_str(json).unwrap();
-        self_asserted(&policy, agent_verified)
+        let verified = Verified {
+            session: false,
+            agent: agent_verified,
+        };
+        self_asserted(&policy, verified)
             .into_iter()
             .map(|n| n.pointer)
             .collect()
@@ -147,5 +169,23 @@ mod tests {
         let clean = r#"{"version": "1", "tools": {"t": {"limits": [
             {"counter": "g", "window": "day", "max": 9, "scope": "grant"}]}}}"#;
         assert!(notes(clean, false).is_empty());
+    }
+
+    #[test]
+    fn points_out_marks_a_client_can_shed_in_every_kind_of_rule() {
+        let doc = r#"{"version": "1",
+          "tools": {"read": {"marks": [{"name": "p", "scope": "session", "ttl": "1h"}]}},
+          "resources": {"crm://*": {"marks": [{"name": "q", "scope": "agent", "ttl": "1h"},
+                                              {"name": "r", "scope": "grant", "ttl": "1h"}]}}}"#;
+        assert_eq!(
+            notes(doc, false),
+            ["/tools/read/marks/0", "/resources/crm:~1~1*/marks/0"]
+        );
+        let policy = Policy::from_json_str(doc).unwrap();
+        let both = Verified {
+            session: true,
+            agent: true,
+        };
+        assert!(self_asserted(&policy, both).is_empty());
     }
 }
