@@ -239,6 +239,16 @@ def test_resources_prompts_and_their_lists_follow_their_rules(tmp_path: Path) ->
         # A list answer that lists something else is refused.
         wrong = gw.response("prompts/list", {"tools": []})
         assert outcome(wrong) == "error"
+        # What agentgateway sends on before asking is decided on its answer, by its method.
+        for method in ("completion/complete", "resources/subscribe", "tasks/get"):
+            answered = gw.response(method, {"completion": {"values": ["x"]}})
+            assert outcome(answered) == "error", method
+            assert answered.error.code == Code.PERMISSION_DENIED, method
+    allowing = policy({}, methods={"completion/complete": {}})
+    with Sidecar(allowing) as sidecar, ExtMcp(sidecar.target) as gw:
+        answered = gw.response("completion/complete", {"completion": {"values": ["x"]}})
+        assert outcome(answered) == "pass"
+        assert outcome(gw.response("tasks/get", {"taskId": "t"})) == "error"
 
 
 # --- who is calling ----------------------------------------------------------------------------

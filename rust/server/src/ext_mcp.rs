@@ -347,6 +347,61 @@ pub fn check_response(
             give_back_on_tool_error(engine, config, response);
             response_pass()
         }
+        _ if DECIDED_ON_THE_ANSWER.contains(&method) || method.starts_with("tasks/") => {
+            decide_answered(engine, config, response)
+        }
+        _ => response_pass(),
+    }
+}
+
+/// Methods agentgateway (1.4) sends to their server without asking its request hook: they
+/// are decided when their answer comes back, which it hands over without the request's
+/// params. So each is decided by its method's name (the policy's `methods`), not by the
+/// resource or prompt it names; a denial takes the answer's place.
+const DECIDED_ON_THE_ANSWER: [&str; 2] = ["resources/subscribe", "completion/complete"];
+
+/// Decide a request from its answer: by its method, for the caller the metadata names.
+fn decide_answered(
+    engine: &Engine,
+    config: &ExtMcpConfig,
+    response: &pb::McpResponse,
+) -> pb::McpResponseResult {
+    let facts = McpFacts {
+        headers: &[],
+        metadata: response.metadata_context.as_ref(),
+    };
+    let read = ReadSubject::read(&facts, &config.authz);
+    let server = match &response.service_names[..] {
+        [one] => Some(one.as_str()).filter(|s| !s.is_empty()),
+        _ => None,
+    };
+    let refused = |code: ErrorCode, reason: String| pb::McpResponseResult {
+        result: Some(mcp_response_result::Result::Error(pb::AuthorizationError {
+            code: code as i32,
+            reason,
+            mcp_error: None,
+        })),
+    };
+    if let Some(why) = read.refused() {
+        return refused(ErrorCode::Invalid, format!("the caller cannot be read: {why}"));
+    }
+    let d = engine.decide_via::<&serde_json::Value>(
+        Api::ExtMcp,
+        &Request {
+            kind: Named::Method,
+            name: &response.method,
+            server,
+            subject: read.subject(),
+            args: None,
+            dry_run: false,
+            hits: None,
+            confirm: None,
+        },
+    );
+    match answer(config, &d, server, Named::Method, &response.method).result {
+        Some(mcp_request_result::Result::Error(e)) => pb::McpResponseResult {
+            result: Some(mcp_response_result::Result::Error(e)),
+        },
         _ => response_pass(),
     }
 }
