@@ -38,7 +38,7 @@ import mcp.types as types
 import pytest
 from conftest import EXAMPLES
 from envoy_proxy import DEPLOY, Envoy, deployed, envoy_executable, send
-from mcp import ClientSession
+from mcp import Client, ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp_servers import TESTS, _Server
 from redis_server import RedisServer
@@ -426,3 +426,58 @@ def test_a_rug_pull_is_withheld_from_the_list_and_its_calls_refused(store, tmp_p
         assert drift["drift"]["pinned"] == pinned_digest("send_email")
         assert drift["drift"]["listed"] == changed_digest("send_email")
         assert drift["drift"]["pinned"] != drift["drift"]["listed"]
+
+
+# --- resources and prompts, with the official client ---------------------------------------
+
+
+def test_a_2026_client_reads_resources_and_prompts_as_the_policy_says(gate):
+    """The official Python SDK's client on MCP 2026-07-28 (no handshake, no session),
+    through Envoy: a contact's resource is read and marks its caller, so its mail is refused
+    on the other server; what the policy does not allow is neither listed nor read."""
+    grant = f"sdk-{next(_grants)}"
+    crm, mail = gate.envoy.url(), gate.envoy.url("/mail")
+
+    async def run() -> dict[str, Any]:
+        headers = {"authorization": f"Bearer {grant}"}
+        timeouts = httpx2.Timeout(30.0, read=300.0)
+        out: dict[str, Any] = {}
+        async with (
+            httpx2.AsyncClient(headers=headers, timeout=timeouts) as http,
+            Client(streamable_http_client(crm, http_client=http), mode=REVISION) as c,
+        ):
+            with anyio.fail_after(60):
+                out["resources"] = (await c.list_resources()).resources
+                out["templates"] = (await c.list_resource_templates()).resource_templates
+                out["prompts"] = (await c.list_prompts()).prompts
+                out["export"] = await refused(c.read_resource("crm://export"))
+                out["everyone"] = await refused(c.get_prompt("write_to_everyone"))
+                out["summary"] = await c.get_prompt("summarize_contact", {"contact_id": "c-1"})
+                out["mail before"] = await m_send(http, mail)
+                out["contact"] = await c.read_resource("crm://contacts/c-1")
+                out["mail after"] = await m_send(http, mail)
+        return out
+
+    async def m_send(http: httpx2.AsyncClient, url: str) -> types.CallToolResult:
+        async with Client(streamable_http_client(url, http_client=http), mode=REVISION) as m:
+            return await m.call_tool("send_mail", MAIL)
+
+    async def refused(request: Any) -> str:
+        with pytest.raises(Exception) as raised:
+            await request
+        return str(raised.value)
+
+    out = anyio.run(run)
+    # crm://export has no rule (default deny): not listed; nor is the denied prompt.
+    assert [str(r.uri) for r in out["resources"]] == []
+    assert [t.uri_template for t in out["templates"]] == ["crm://contacts/{contact_id}"]
+    assert [p.name for p in out["prompts"]] == ["summarize_contact"]
+    assert "denied by default" in out["export"]
+    assert "Mass mailings are drafted by people." in out["everyone"]
+    assert "c-1" in out["summary"].messages[0].content.text
+    assert out["mail before"].is_error is False
+    assert "Ada Example" in out["contact"].contents[0].text
+    after = out["mail after"]
+    assert after.is_error is True
+    assert after.meta[META]["reason"] == MAIL_REASON
+    assert after.meta[META]["rule"] == "/servers/mail/tools/send_mail/deny_if/0"

@@ -1,6 +1,8 @@
 """The worked example's MCP server (official Python SDK, Streamable HTTP at ``/mcp`` on
-127.0.0.1): a CRM reader, a mail sender, a test runner and a deploy tool. Nothing is real:
-the CRM holds two made-up contacts, mail goes nowhere, tests always pass.
+127.0.0.1): a CRM reader, a mail sender, a test runner and a deploy tool; each contact as a
+resource (``crm://contacts/{contact_id}``) and the whole CRM as one (``crm://export``); and
+two prompts. Nothing is real: the CRM holds two made-up contacts, mail goes nowhere, tests
+always pass.
 
     python examples/crm/crm_server.py --port 8000
     python examples/crm/crm_server.py --port 8000 --rug-pull
@@ -55,6 +57,27 @@ def build_server(*, rug_pull: bool = False) -> MCPServer:
         return CONTACTS.get(contact_id, "no such contact")
 
     server.add_tool(send_email, annotations=MAIL)
+
+    # The same private data as crm_read, as resources.
+    @server.resource("crm://contacts/{contact_id}")
+    def contact(contact_id: str) -> str:
+        """One contact of the CRM."""
+        return CONTACTS.get(contact_id, "no such contact")
+
+    @server.resource("crm://export")
+    def export() -> str:
+        """Every contact of the CRM."""
+        return "\n".join(CONTACTS.values())
+
+    @server.prompt()
+    def summarize_contact(contact_id: str) -> str:
+        """Summarize one contact for a sales call."""
+        return f"Summarize the CRM contact {contact_id} in three lines."
+
+    @server.prompt()
+    def write_to_everyone() -> str:
+        """Draft a mail to every contact."""
+        return "Draft one mail for each contact in the CRM."
 
     @server.tool(annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=False))
     def run_tests(suite: str = "all") -> str:
