@@ -3,7 +3,8 @@
 //! Every case decides one call of a tool whose rule has one rate limit (scope `grant`,
 //! `max` 1e9 per minute, so it never denies unless the case is about denying) and one
 //! `deny_if` regex condition on `args.command`, except the `no_limit` references; the
-//! `marks` cases add a session mark to that rule (read, or set). Each
+//! `marks` cases add a session mark to that rule (read, or set); the `kinds` cases decide the
+//! same rule for a tool, a resource and a prompt. Each
 //! iteration is one `Engine::decide` on the real clock (`clock_gettime`), and includes
 //! building and dropping the returned `Decision`; on the allow path it also writes a
 //! reservation-log entry, as in production.
@@ -356,9 +357,42 @@ fn config() -> Criterion {
         .measurement_time(Duration::from_secs(3))
 }
 
+/// The same rule (one limit, one regex on an argument, an exact key) for a tool's call, a
+/// resource's read and a prompt's get: what a request costs by what it names.
+fn kinds(c: &mut Criterion) {
+    let rule = |counter: &str, path: &str| {
+        json!({
+            "deny_if": [{"path": path, "op": "regex", "value": REGEX}],
+            "limits": [{"counter": counter, "window": "minute", "max": 1_000_000_000, "scope": "grant"}]
+        })
+    };
+    let doc = json!({"version": "1", "default": "deny",
+        "tools": {"run_command": rule("tool_rate", "args.command")},
+        "resources": {"file:///srv/run": rule("resource_rate", "args.uri")},
+        "prompts": {"run_command": rule("prompt_rate", "args.command")}});
+    let e = engine(Policy::from_json_str(&doc.to_string()).unwrap(), CAPACITY);
+    let command = json!({"command": SAFE_COMMAND});
+    let read = json!({"uri": "file:///srv/run"});
+    let cases = [
+        ("tool", Kind::Tool, "run_command", &command),
+        ("resource", Kind::Resource, "file:///srv/run", &read),
+        ("prompt", Kind::Prompt, "run_command", &command),
+    ];
+    let mut g = c.benchmark_group("decide/kinds");
+    for (label, kind, name, args) in cases {
+        let req = Request {
+            kind,
+            ..request(name, "g", args)
+        };
+        assert_eq!(e.decide(&req).code, Code::Allowed, "{label}");
+        g.bench_function(label, |b| b.iter(|| e.decide(black_box(&req))));
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = config();
-    targets = one_limit_one_regex, no_limit, keys, tools, marks
+    targets = one_limit_one_regex, no_limit, keys, tools, marks, kinds
 }
 criterion_main!(benches);

@@ -383,7 +383,10 @@ fn decide_answered(
         })),
     };
     if let Some(why) = read.refused() {
-        return refused(ErrorCode::Invalid, format!("the caller cannot be read: {why}"));
+        return refused(
+            ErrorCode::Invalid,
+            format!("the caller cannot be read: {why}"),
+        );
     }
     let d = engine.decide_via::<&serde_json::Value>(
         Api::ExtMcp,
