@@ -70,10 +70,16 @@ for line in open(sys.argv[1]):
     rnd, side, name, ns = line.split()
     runs[name].setdefault(side, {})[rnd] = float(ns)
 print(f"{'benchmark':50} {'base':>8} {'head':>8} {'head/base':>10} {'min base':>9} {'min head':>9}")
+def cell(values, fmt):
+    # A benchmark one side does not have (new, or removed) shows "-" there.
+    return format(values, fmt) if values is not None else f"{'-':>{fmt.split('.')[0]}}"
 for name, sides in runs.items():
     base, head = sides.get("base", {}), sides.get("head", {})
     ratios = [head[r] / base[r] for r in base if r in head]
-    print(f"{name:50} {statistics.median(base.values()):8.0f} {statistics.median(head.values()):8.0f}"
-          f" {statistics.median(ratios):10.2f} {min(base.values()):9.0f} {min(head.values()):9.0f}")
+    med = lambda v: statistics.median(v) if v else None
+    low = lambda v: min(v) if v else None
+    print(f"{name:50} {cell(med(base.values()), '8.0f')} {cell(med(head.values()), '8.0f')}"
+          f" {cell(med(ratios), '10.2f')} {cell(low(base.values()), '9.0f')}"
+          f" {cell(low(head.values()), '9.0f')}")
 PY
 rm -f "$out"
