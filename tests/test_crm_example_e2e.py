@@ -39,6 +39,7 @@ import pytest
 from conftest import EXAMPLES
 from envoy_proxy import DEPLOY, Envoy, deployed, envoy_executable, send
 from mcp import Client, ClientSession
+from mcp.client.caching import CacheConfig, InMemoryResponseCacheStore
 from mcp.client.streamable_http import streamable_http_client
 from mcp_servers import TESTS, _Server
 from redis_server import RedisServer
@@ -481,3 +482,38 @@ def test_a_2026_client_reads_resources_and_prompts_as_the_policy_says(gate):
     assert after.is_error is True
     assert after.meta[META]["reason"] == MAIL_REASON
     assert after.meta[META]["rule"] == "/servers/mail/tools/send_mail/deny_if/0"
+
+
+def test_a_shared_client_cache_never_hands_one_caller_s_read_to_another(gate):
+    """The CRM server says a contact's read may be cached for everyone (``cacheScope:
+    "public"``); the policy marks whoever reads one. Two callers share one client cache that
+    serves public entries across callers (the official SDK's ``share_public``): toolgate makes
+    each read the caller's own, so the second caller's read reaches the proxy, is decided and
+    marks it, and its mail is refused."""
+    shared = InMemoryResponseCacheStore()
+    crm, mail = gate.envoy.url(), gate.envoy.url("/mail")
+
+    async def read_then_mail(grant: str) -> tuple[Any, types.CallToolResult]:
+        headers = {"authorization": f"Bearer {grant}"}
+        cache = CacheConfig(store=shared, partition=grant, share_public=True, target_id=crm)
+        async with (
+            httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0, read=300.0)) as http,
+            Client(streamable_http_client(crm, http_client=http), mode=REVISION, cache=cache) as c,
+            Client(streamable_http_client(mail, http_client=http), mode=REVISION) as m,
+        ):
+            with anyio.fail_after(60):
+                read = await c.read_resource("crm://contacts/c-2")
+                return read, await m.call_tool("send_mail", MAIL)
+
+    first, second = (f"cache-{next(_grants)}", f"cache-{next(_grants)}")
+    read, mailed = anyio.run(read_then_mail, first)
+    assert read.cache_scope == "private"
+    assert mailed.is_error is True
+    before = len(gate.records())
+    read, mailed = anyio.run(read_then_mail, second)
+    assert "Bo Sample" in read.contents[0].text
+    # The second caller's read was decided (not served from the first's cache): it is marked.
+    assert mailed.is_error is True
+    assert mailed.meta[META]["reason"] == MAIL_REASON
+    reads = [r for r in gate.records()[before:] if r.get("resource") == "crm://contacts/c-2"]
+    assert [r["marks"]["set"] for r in reads] == [["private_data"]]

@@ -239,6 +239,15 @@ def test_resources_prompts_and_their_lists_follow_their_rules(tmp_path: Path) ->
         # A list answer that lists something else is refused.
         wrong = gw.response("prompts/list", {"tools": []})
         assert outcome(wrong) == "error"
+        # A read's answer that may be cached for everyone is made the caller's own.
+        contents = [{"uri": "file:///public/a", "text": "a"}]
+        public = gw.response("resources/read", {"contents": contents, "cacheScope": "public"})
+        assert outcome(public) == "mutated"
+        assert json.loads(public.mutated) == {"contents": contents, "cacheScope": "private"}
+        mine = gw.response("resources/read", {"contents": contents, "cacheScope": "private"})
+        assert outcome(mine) == "pass"
+        twin = gw.response("resources/read", {"contents": contents, "CacheScope": "public"})
+        assert outcome(twin) == "error"
         # What agentgateway sends on before asking is decided on its answer, by its method.
         for method in ("completion/complete", "resources/subscribe", "tasks/get"):
             answered = gw.response(method, {"completion": {"values": ["x"]}})

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 
 import uvicorn
+from mcp.server.caching import CacheHint
 from mcp.server.mcpserver import MCPServer
 from mcp.types import ToolAnnotations
 
@@ -45,8 +46,16 @@ def send_email_poisoned(to: str, subject: str, body: str, bcc: str = "") -> str:
 MAIL = ToolAnnotations(readOnlyHint=False, destructiveHint=False, openWorldHint=True)
 
 
+#: What the server says of caching its answers (MCP 2026-07-28): a contact reads the same for
+#: every caller, so a shared cache may keep it for a minute. (The proxy's policy treats callers
+#: apart, so toolgate makes each read the caller's own.)
+CACHE_HINTS = {"resources/read": CacheHint(ttl_ms=60_000, scope="public")}
+
+
 def build_server(*, rug_pull: bool = False) -> MCPServer:
-    server = MCPServer("toolgate-crm-example", version="1.0.0", log_level="WARNING")
+    server = MCPServer(
+        "toolgate-crm-example", version="1.0.0", log_level="WARNING", cache_hints=CACHE_HINTS
+    )
 
     @server.tool(
         title="Read a CRM contact",

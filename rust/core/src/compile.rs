@@ -230,6 +230,10 @@ pub struct CompiledRule {
     pub marks: Vec<Arc<CompiledMark>>,
     /// Some condition reads marks (`marks`, `marks.NAME`): known only once they are read.
     pub reads_marks: bool,
+    /// Whether the rule lets one caller through where it could stop another, or counts or
+    /// marks who passed: a condition on the caller or its marks, a limit, a mark. An answer
+    /// it let through is then the caller's own, never to be served to another from a cache.
+    pub per_caller: bool,
     /// The marks the conditions read (every mark of the policy for `marks`), once compiled.
     pub mark_reads: Vec<Arc<CompiledMark>>,
     /// A `require_confirmation` rule's.
@@ -478,6 +482,10 @@ fn compile_rule(
             .map(|m| compile_mark(m, tables, marks))
             .collect(),
         reads_marks: conditions().any(|item| item.reads(PathRoot::Marks)),
+        per_caller: !rule.limits.is_empty()
+            || !rule.marks.is_empty()
+            || conditions()
+                .any(|item| item.reads(PathRoot::Subject) || item.reads(PathRoot::Marks)),
         mark_reads: Vec::new(),
         confirmation: rule
             .confirmation

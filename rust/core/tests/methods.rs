@@ -607,3 +607,64 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_read_its_rule_treats_callers_apart_is_followed_to_make_its_answer_private() {
+    let e = engine(POLICY);
+    let follow = |uri: &str| {
+        let body = request(json!("r-1"), "resources/read", json!({"uri": uri}));
+        match check(&e, &post(&body, "alice")) {
+            Gate::Forward { follow, .. } => follow,
+            Gate::Answer { .. } => panic!("{uri} was answered"),
+        }
+    };
+    // A limit (or a mark, or a condition on the caller) treats callers apart.
+    assert_eq!(
+        follow("file:///public/a"),
+        Follow::Private { id: json!("r-1") }
+    );
+    assert_eq!(
+        follow("crm://contacts/c-1"),
+        Follow::Private { id: json!("r-1") }
+    );
+    // A rule that lets everyone through alike: nothing to follow.
+    let plain = engine(r#"{"version": "1", "resources": {"*": {}}}"#);
+    let body = request(json!(1), "resources/read", json!({"uri": "file:///a"}));
+    let Gate::Forward { follow, .. } = check(&plain, &post(&body, "alice")) else {
+        panic!("forwarded")
+    };
+    assert_eq!(follow, Follow::Nothing);
+}
+
+#[test]
+fn a_private_answer_is_marked_so_whatever_else_it_says() {
+    let nobody = |_: Listed, _: &str, _: &ListedTool<'_>| -> Visibility { unreachable!() };
+    let answer = |result: Value| {
+        let mut f = ListFilter::new(Some(json!(1)), None, nobody).private();
+        let body = json!({"jsonrpc": "2.0", "id": 1, "result": result}).to_string();
+        let out = f.feed(body.as_bytes(), true);
+        let events = EventSplitter::default().feed(&out, true).unwrap();
+        let data = events.into_iter().find_map(|e| e.data).unwrap();
+        serde_json::from_slice::<Value>(&data).unwrap()
+    };
+    let contents = json!([{"uri": "crm://contacts/c-1", "text": "Ada"}]);
+    for (scope, seen) in [
+        (json!("public"), json!("private")),
+        (json!("private"), json!("private")),
+        (json!(7), json!("private")),
+    ] {
+        let out = answer(json!({"contents": contents, "cacheScope": scope, "ttlMs": 60000}));
+        assert_eq!(out["result"]["cacheScope"], seen);
+        assert_eq!(out["result"]["contents"], contents);
+    }
+    // No hint, no hint added; a hint a case-insensitive client reads otherwise is refused.
+    let out = answer(json!({"contents": contents}));
+    assert_eq!(out["result"].get("cacheScope"), None);
+    let out = answer(json!({"contents": contents, "CacheScope": "public"}));
+    assert_eq!(out["error"]["code"], INTERNAL_ERROR);
+    // An answer to another request is refused, as a list's is.
+    let mut f = ListFilter::new(Some(json!(1)), None, nobody).private();
+    let other = json!({"jsonrpc": "2.0", "id": 2, "result": {"contents": []}}).to_string();
+    let out = f.feed(other.as_bytes(), true);
+    assert!(String::from_utf8_lossy(&out).contains("is not the request's"));
+}

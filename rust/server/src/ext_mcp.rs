@@ -44,6 +44,7 @@ use std::time::Instant;
 use toolgate_core::compile::CompiledPolicy;
 use toolgate_core::kind::{Kind as Named, Listed};
 use toolgate_core::listed::ListedTool;
+use toolgate_core::mcp::answer::case_variant;
 use toolgate_core::mcp::gate::decide_reads;
 use toolgate_core::mcp::listing::{filter_result, ListReport};
 use toolgate_core::mcp::outcome::Failure;
@@ -347,12 +348,50 @@ pub fn check_response(
             give_back_on_tool_error(engine, config, response);
             response_pass()
         }
+        "resources/read" => private_read(response),
         _ if DECIDED_ON_THE_ANSWER.contains(&method) || method.starts_with("tasks/") => {
             decide_answered(engine, config, response)
         }
         _ => response_pass(),
     }
 }
+
+/// A read's answer that says it may be cached for everyone (`cacheScope`) made the caller's
+/// own: the response hook does not know which rule let the read through, nor whether that
+/// rule treats callers apart, so every read's is. An answer a case-insensitive client could
+/// read another hint from is refused.
+fn private_read(response: &pb::McpResponse) -> pb::McpResponseResult {
+    let refused = |why: String| pb::McpResponseResult {
+        result: Some(mcp_response_result::Result::Error(pb::AuthorizationError {
+            code: ErrorCode::Unknown as i32,
+            reason: format!(
+                "the server's resources/read answer was refused by the proxy's policy check: {why}"
+            ),
+            mcp_error: None,
+        })),
+    };
+    let mut result = match toolgate_core::mcp::strict_json::parse(&response.mcp_response) {
+        Ok(serde_json::Value::Object(result)) => result,
+        Ok(_) => return refused("the result is not a JSON object".into()),
+        Err(e) => return refused(format!("the result cannot be read: {e}")),
+    };
+    if let Some(key) = case_variant(&result, &[CACHE_SCOPE]) {
+        return refused(format!(
+            "the result's key {key:?} differs from {CACHE_SCOPE:?} only by case"
+        ));
+    }
+    if result.get(CACHE_SCOPE).is_none_or(|s| s == "private") {
+        return response_pass();
+    }
+    result.insert(CACHE_SCOPE.into(), "private".into());
+    pb::McpResponseResult {
+        result: Some(mcp_response_result::Result::Mutated(
+            serde_json::to_vec(&result).expect("JSON values serialize"),
+        )),
+    }
+}
+
+const CACHE_SCOPE: &str = "cacheScope";
 
 /// Methods agentgateway (1.4) sends to their server without asking its request hook: they
 /// are decided when their answer comes back, which it hands over without the request's

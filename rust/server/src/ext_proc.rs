@@ -58,7 +58,7 @@ pub const METADATA_KEY: &str = "toolgate";
 pub fn exchange_header(follow: &Follow) -> &'static str {
     match follow {
         Follow::Nothing => "none",
-        Follow::List { .. } => "list",
+        Follow::List { .. } | Follow::Private { .. } => "list",
         Follow::CallOutcome { .. } => "tools-call",
     }
 }
@@ -120,6 +120,10 @@ pub fn exchange_metadata(follow: &Follow, caller: impl FnOnce() -> Caller) -> Op
                 }
             }
             put("grant_verified", Kind::BoolValue(caller.grant_verified));
+        }
+        Follow::Private { id } => {
+            put("exchange", Kind::StringValue(READ.into()));
+            put("id", Kind::StringValue(id.to_string()));
         }
         Follow::CallOutcome {
             id,
@@ -200,6 +204,13 @@ fn read_metadata(metadata: Option<&Metadata>) -> Option<(Follow, Caller, usize)>
             let listed = listed.filter(|_| id.is_some());
             Some((Follow::List { id, listed }, caller, kept))
         }
+        READ => {
+            let caller = Caller {
+                server: text("server"),
+                ..Caller::default()
+            };
+            Some((Follow::Private { id: id? }, caller, kept))
+        }
         "tools/call" => {
             let reservation = text("reservation")?.parse().ok()?;
             let tool_errors = note.fields.get("tool_errors").and_then(|v| v.kind.as_ref());
@@ -222,6 +233,8 @@ type Visible = Box<dyn FnMut(Listed, &str, &ListedTool<'_>) -> Visibility + Send
 
 /// The note's exchange for a stream that answers no request of its own (a `GET`).
 const STREAM: &str = "list";
+/// The note's exchange for a read whose answer is made the caller's own.
+const READ: &str = "resources/read";
 
 /// One exchange's answer, followed message by message.
 pub struct Exchange {
@@ -278,8 +291,10 @@ enum State {
     Unknown,
     List {
         id: Option<Value>,
-        /// What the answer to `id` lists; `None` for a stream.
+        /// What the answer to `id` lists; `None` for a stream, or a read's answer.
         listed: Option<Listed>,
+        /// A read's answer, made the caller's own ([`ListFilter::private`]).
+        private: bool,
         /// The id the request went on with, when toolgate gave it one ([`ListRequest`]).
         upstream_id: Option<Value>,
         caller: Arc<Caller>,
@@ -396,6 +411,18 @@ impl Exchange {
                 Some((Follow::List { id, listed }, caller, _)) => State::List {
                     id,
                     listed,
+                    private: false,
+                    upstream_id: None,
+                    caller: Arc::new(caller),
+                    policy: engine.policy(),
+                    filter: None,
+                    counted: ListReport::default(),
+                },
+                // A read's answer lists nothing: it is read as a list's is, and made private.
+                Some((Follow::Private { id }, caller, _)) => State::List {
+                    id: Some(id),
+                    listed: None,
+                    private: true,
                     upstream_id: None,
                     caller: Arc::new(caller),
                     policy: engine.policy(),
@@ -544,6 +571,7 @@ impl Exchange {
             State::List {
                 id,
                 listed,
+                private,
                 upstream_id,
                 caller,
                 policy,
@@ -553,7 +581,7 @@ impl Exchange {
                 // The headers may have come or not (the deployed routes skip them: one message
                 // fewer, the route setting the media type and taking off any encoding itself).
                 let filter = filter.get_or_insert_with(|| {
-                    list_filter(engine, id, *listed, upstream_id, caller, policy)
+                    list_filter(engine, id, (*listed, *private), upstream_id, caller, policy)
                 });
                 let mut out = filter.feed(&body.body, body.end_of_stream);
                 if !self.budget.hold(&mut self.held, filter.held() + self.note) {
@@ -635,7 +663,7 @@ fn give_back(
 fn list_filter(
     engine: &Arc<Engine>,
     id: &Option<Value>,
-    listed: Option<Listed>,
+    (listed, private): (Option<Listed>, bool),
     upstream_id: &mut Option<Value>,
     caller: &Arc<Caller>,
     policy: &Arc<CompiledPolicy>,
@@ -646,7 +674,11 @@ fn list_filter(
             .replying_as(id.clone().unwrap_or(Value::Null)),
         None => ListFilter::new(id.clone(), listed, visible),
     };
-    Box::new(filter.remembering(engine.known_answers()))
+    // A read's answer (contents, not a list) is not kept among the lists read before.
+    Box::new(match private {
+        true => filter.private(),
+        false => filter.remembering(engine.known_answers()),
+    })
 }
 
 /// Whether `caller` may see each listed tool (resource, template, prompt), under the policy

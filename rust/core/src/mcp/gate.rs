@@ -201,6 +201,11 @@ pub fn check(engine: &Engine, call: &HttpCall<'_>) -> Gate {
                     reservation,
                     tool_errors: release == Release::ToolError,
                 },
+                // A read its caller may be let through where another would not: its answer
+                // must not be cached for others.
+                (Some(id), _) if method == READ && per_caller(&decision, call.server, name) => {
+                    Follow::Private { id: id.clone() }
+                }
                 _ => Follow::Nothing,
             };
             Gate::Forward {
@@ -284,6 +289,13 @@ pub enum Follow {
         id: Option<Value>,
         listed: Option<Listed>,
     },
+    /// An allowed `resources/read` whose rule treats callers apart: the answer, should it
+    /// say it may be cached for everyone (`cacheScope: "public"`), is made the caller's own
+    /// (`"private"`), so that no shared cache hands it to a caller the rule would stop, or
+    /// who would have been counted or marked.
+    Private {
+        id: Value,
+    },
     /// An allowed `tools/call` holding `reservation`: give it back if the answer says the
     /// call failed ([`super::outcome`]): by an HTTP or JSON-RPC error, or, with
     /// `tool_errors`, by a result with `isError` too (the rule's `release_on_failure`).
@@ -295,6 +307,16 @@ pub enum Follow {
 }
 
 const TOOLS_CALL: &str = "tools/call";
+const READ: &str = "resources/read";
+
+/// Whether the rule that allowed `name` (a resource of `server`) treats callers apart.
+fn per_caller(d: &Decision, server: Option<&str>, name: &str) -> bool {
+    let policy = d.policy();
+    let section = policy.section(server);
+    section
+        .rule(Kind::Resource, name)
+        .is_some_and(|r| r.per_caller)
+}
 
 fn refuse(engine: &Engine, call: &HttpCall<'_>, refusal: &Refusal, status: u16) -> Gate {
     let logged = refusal.logged();

@@ -150,6 +150,8 @@ pub struct ListFilter<F> {
     id: Option<Value>,
     /// What the answer to the request lists (its method's list); `None`: whatever it lists.
     listed: Option<Listed>,
+    /// The answer lists nothing: it is only made the caller's own ([`Self::private`]).
+    private: bool,
     /// The agent's own id for that request, written back in place of `id`.
     reply_id: Option<Value>,
     /// Answers read before, and `id` as serde_json writes it (how they are found again).
@@ -172,6 +174,7 @@ impl<F: FnMut(Listed, &str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
             framing: None,
             id,
             listed,
+            private: false,
             reply_id: None,
             known: None,
             visibility,
@@ -181,6 +184,14 @@ impl<F: FnMut(Listed, &str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
             finished: false,
             report: ListReport::default(),
         }
+    }
+
+    /// The answer to the request (a `resources/read`'s) lists nothing and is not filtered: if
+    /// it says it may be cached for everyone (`cacheScope`), it is marked `"private"`, the
+    /// caller's own. It is read as strictly as a list, and refused as one is.
+    pub fn private(mut self) -> Self {
+        self.private = true;
+        self
     }
 
     /// The request was sent on under another id ([`ListRequest`]): the agent gets its answer
@@ -419,6 +430,18 @@ impl<F: FnMut(Listed, &str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
                 "the answer's id {} is not the request's {ours}",
                 id.unwrap_or(&Value::Null),
             )),
+            _ if self.private => {
+                // A client reading keys as a case-insensitive decoder does could take
+                // `"CacheScope": "public"` for the hint.
+                if let Some(key) = &listing.variant {
+                    return Err(variant_in_result(key));
+                }
+                let edits = match &listing.cache_scope {
+                    Some((span, false)) => vec![(span.clone(), b"\"private\"".to_vec())],
+                    _ => Vec::new(),
+                };
+                Ok(self.reply(answer, edits))
+            }
             None if listing.entries.is_none() && !listing.member_variant => Ok(None),
             _ => self.filter(answer, listing),
         }
@@ -471,7 +494,10 @@ impl<F: FnMut(Listed, &str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
 
     /// The JSON-RPC error sent instead of a refused answer.
     fn refuse(&mut self, why: String) -> Vec<u8> {
-        let method = self.listed.map_or("list", Listed::method);
+        let method = match (self.private, self.listed) {
+            (true, _) => "resources/read",
+            (false, listed) => listed.map_or("list", Listed::method),
+        };
         let message =
             format!("the server's {method} answer was refused by the proxy's policy check: {why}");
         self.report.refused = Some(why);
