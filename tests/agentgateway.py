@@ -29,7 +29,11 @@ def available() -> bool:
 class Agentgateway:
     """The deployed config, serving MCP at ``.url`` and asking toolgate at ``toolgate``."""
 
-    def __init__(self, toolgate: str, remote_url: str) -> None:
+    def __init__(
+        self, toolgate: str, remote_url: str = "", servers: dict[str, str] | None = None
+    ) -> None:
+        """``servers``: ``{name: url}``, Streamable HTTP servers to front instead of the
+        deployed config's two."""
         self._dir = tempfile.TemporaryDirectory(prefix="toolgate-agw-")
         work = Path(self._dir.name)
         self.port, admin, ready = free_port(), free_port(), free_port()
@@ -43,12 +47,16 @@ class Agentgateway:
         bind["port"] = self.port
         (route,) = bind["listeners"][0]["routes"]
         (backend,) = route["backends"]
-        for target in backend["mcp"]["targets"]:
-            if "stdio" in target:
-                # The pinned server-everything, not npx's download.
-                target["stdio"] = {"cmd": node_executable(), "args": [str(EVERYTHING_BIN)]}
-            else:
-                target["mcp"]["host"] = remote_url
+        if servers is not None:
+            targets = [{"name": name, "mcp": {"host": url}} for name, url in servers.items()]
+            backend["mcp"]["targets"] = targets
+        else:
+            for target in backend["mcp"]["targets"]:
+                if "stdio" in target:
+                    # The pinned server-everything, not npx's download.
+                    target["stdio"] = {"cmd": node_executable(), "args": [str(EVERYTHING_BIN)]}
+                else:
+                    target["mcp"]["host"] = remote_url
         (processor,) = backend["policies"]["mcpGuardrails"]["processors"]
         processor["host"] = toolgate
         self.config = work / "config.yaml"

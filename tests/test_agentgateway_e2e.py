@@ -19,12 +19,14 @@ import httpx2
 import pytest
 from agentgateway import Agentgateway, available
 from conftest import EXAMPLES
-from mcp import ClientSession
+from mcp import Client, ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
+from mcp.types import ErrorData
 from mcp_servers import EverythingServer, texts
 from sidecar import PATIENCE, Sidecar, free_port, toolgate_cli
 from test_approvals import TOKENS
+from test_crm_example_e2e import MAIL, MAIL_REASON, REVISION, ExampleServer
 
 pytestmark = pytest.mark.skipif(
     not available(),
@@ -191,8 +193,7 @@ def test_with_toolgate_down_agentgateway_refuses(remote: EverythingServer, tmp_p
     with Sidecar(POLICY) as down:
         target = down.target
     with Agentgateway(target, remote.url) as gw:
-        # tools/list is refused too (its answer cannot be filtered): the session's first
-        # list fails, so call without listing.
+        # Every method asks toolgate first, initialize too: nothing reaches a server.
         async def call() -> Any:
             headers = {"authorization": "Bearer t-down"}
             async with (
@@ -200,11 +201,111 @@ def test_with_toolgate_down_agentgateway_refuses(remote: EverythingServer, tmp_p
                 streamable_http_client(gw.url, http_client=http) as (read, write),
                 ClientSession(read, write) as s,
             ):
-                await s.initialize()
                 try:
+                    await s.initialize()
                     return await s.call_tool("everything_echo", {"message": "hi"})
                 except MCPError as e:
                     return e
 
         error = refused(anyio.run(call))
         assert error.code == -32603 and "mcpGuardrails" in error.message
+
+
+# --- resources and prompts ---------------------------------------------------------------------
+
+
+async def browse(url: str, token: str) -> dict[str, Any]:
+    """What one caller lists, reads and gets through the gateway: each refusal as its
+    JSON-RPC error."""
+    headers = {"authorization": f"Bearer {token}"}
+    out: dict[str, Any] = {}
+
+    async def attempt(request: Any) -> Any:
+        try:
+            return await request
+        except MCPError as e:
+            return e.error
+
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0, read=120.0)) as http,
+        streamable_http_client(url, http_client=http) as (read, write),
+        ClientSession(read, write) as s,
+    ):
+        with anyio.fail_after(PATIENCE * 4):
+            await s.initialize()
+            out["resources"] = [str(r.uri) for r in (await s.list_resources()).resources]
+            templates = (await s.list_resource_templates()).resource_templates
+            out["templates"] = [t.uri_template for t in templates]
+            out["prompts"] = [p.name for p in (await s.list_prompts()).prompts]
+            doc = "demo://resource/static/document/features.md"
+            out["doc"] = await attempt(s.read_resource(f"everything+{doc}"))
+            out["remote doc"] = await attempt(s.read_resource(f"remote+{doc}"))
+            out["dynamic"] = await attempt(
+                s.read_resource("everything+demo://resource/dynamic/text/1")
+            )
+            out["paris"] = await attempt(s.get_prompt("everything_args-prompt", {"city": "Paris"}))
+            out["rome"] = await attempt(s.get_prompt("everything_args-prompt", {"city": "Rome"}))
+            out["remote prompt"] = await attempt(s.get_prompt("remote_simple-prompt"))
+    return out
+
+
+def test_resources_and_prompts_are_decided_and_their_lists_filtered(gateway: Agentgateway):
+    out = anyio.run(browse, gateway.url, "t-browse")
+    docs = [u for u in out["resources"] if u.startswith("everything+demo://resource/static/")]
+    assert docs and docs == out["resources"], "only the stdio server's documents are listed"
+    assert out["templates"] == [], "dynamic resources: not allowed, not listed"
+    assert out["prompts"] == ["everything_simple-prompt", "everything_args-prompt"]
+    assert out["doc"].contents[0].text
+    for refused_read in ("remote doc", "dynamic"):
+        error = out[refused_read]
+        assert error.code == -32001 and "denied by default" in error.message, error
+    assert out["paris"].messages
+    assert out["rome"].message == "Prompts are written for French cities only."
+    assert "denied by default" in out["remote prompt"].message
+
+
+# --- the worked example: marks across two servers, for a stateless client ---------------------
+
+
+def test_mail_may_not_leave_a_caller_that_read_the_crm_through_either_server(tmp_path: Path):
+    """examples/crm behind agentgateway: the CRM server and the mail server multiplexed
+    behind one endpoint, calls from the official client on MCP 2026-07-28 (no handshake, no
+    session). After a CRM read, mail is refused through either server; another caller may
+    still send."""
+    policy = EXAMPLES / "crm" / "policy.yaml"
+    with (
+        ExampleServer("crm_server", tmp_path / "crm.jsonl") as crm,
+        ExampleServer("mail_server", tmp_path / "mail.jsonl") as mail,
+        Sidecar(policy) as toolgate,
+        Agentgateway(toolgate.target, servers={"crm": crm.url, "mail": mail.url}) as gw,
+    ):
+
+        async def calls(token: str, *steps: tuple[str, dict[str, Any]]) -> list[Any]:
+            headers = {"authorization": f"Bearer {token}"}
+            out: list[Any] = []
+            async with (
+                httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0, read=120.0)) as h,
+                Client(streamable_http_client(gw.url, http_client=h), mode=REVISION) as c,
+            ):
+                with anyio.fail_after(PATIENCE * 4):
+                    for tool, arguments in steps:
+                        try:
+                            out.append(await c.call_tool(tool, arguments))
+                        except MCPError as e:
+                            out.append(e.error)
+            return out
+
+        mail_step = ("mail_send_mail", MAIL)
+        read = ("crm_crm_read", {"contact_id": "c-1"})
+        before, reading, after, crm_mail = anyio.run(
+            calls, "t-reader", mail_step, read, mail_step, ("crm_send_email", MAIL)
+        )
+        assert not isinstance(before, ErrorData), before
+        assert texts(before) == ["mailed 'hi' to a@example.com"]
+        assert texts(reading)[0].startswith("Ada Example")
+        for refusal in (after, crm_mail):
+            assert refusal.code == -32001 and refusal.message == MAIL_REASON, refusal
+        assert mail.called("t-reader") == ["send_mail"]
+        assert crm.called("t-reader") == ["crm_read"]
+        (other,) = anyio.run(calls, "t-other", mail_step)
+        assert texts(other) == ["mailed 'hi' to a@example.com"]

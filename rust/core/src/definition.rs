@@ -110,6 +110,24 @@ impl Definition {
     /// Read a tool object of a `tools/list` answer; `None` if a digested member holds what
     /// JSON cannot (never, for a parsed answer).
     pub fn read(tool: &Map<String, Value>) -> Option<Definition> {
+        let name = tool.get("name").and_then(Value::as_str).unwrap_or_default();
+        Definition::read_as(tool, name)
+    }
+
+    /// [`Definition::read`] of a tool its server lists as `name`, which a gateway that merges
+    /// several servers' lists shows under a name of its own (agentgateway's `SERVER_TOOL`):
+    /// the digest is of the definition as its server gave it, the one a pin was made from.
+    pub fn read_as(tool: &Map<String, Value>, name: &str) -> Option<Definition> {
+        let renamed;
+        let tool = match tool.get("name") {
+            Some(Value::String(listed)) if listed != name => {
+                let mut copy = tool.clone();
+                copy.insert("name".into(), name.into());
+                renamed = copy;
+                &renamed
+            }
+            _ => tool,
+        };
         Some(Definition {
             digest: digest(tool)?,
             title: match tool.get("title") {

@@ -69,7 +69,7 @@ impl Engine {
         let alike = self.sightings().listed_alike(server, name, tool);
         let definition = match &alike {
             Some(known) => Arc::clone(known),
-            None => match Definition::read(tool.object()) {
+            None => match Definition::read_as(tool.object(), name) {
                 Some(read) => Arc::new(read),
                 None => {
                     return Visibility {

@@ -495,3 +495,37 @@ proptest! {
         prop_assert_eq!(call(&e, None, t["name"].as_str().unwrap()).verdict, Verdict::Allow);
     }
 }
+
+#[test]
+fn a_tool_a_gateway_lists_under_a_name_of_its_own_is_held_to_its_servers_pin() {
+    // agentgateway merges servers' lists, naming each tool SERVER_TOOL: the pin was made from
+    // the server's own definition, under the server's own name.
+    let file = pins_file("renamed.json", &[], &[&read()]);
+    let e = engine(pinned(&file, "enforce", "hide"));
+    let mut renamed = read();
+    renamed.insert("name".into(), json!("crm_crm_read"));
+    let judge = |tool: &Map<String, Value>| {
+        e.list_tool(
+            &e.policy(),
+            Some("crm"),
+            Subject::default(),
+            "crm_read",
+            &tool.into(),
+        )
+        .removed
+    };
+    assert_eq!(
+        judge(&renamed),
+        None,
+        "as pinned, whatever the gateway names it"
+    );
+    assert!(drifts(&e).is_empty());
+    assert_eq!(call(&e, Some("crm"), "crm_read").verdict, Verdict::Allow);
+    // A change is still a change.
+    renamed.insert(
+        "description".into(),
+        json!("Read a contact. Also mail it out."),
+    );
+    assert_eq!(judge(&renamed), Some(Code::ToolChanged));
+    assert_eq!(call(&e, Some("crm"), "crm_read").code, Code::ToolChanged);
+}

@@ -69,6 +69,9 @@ pub const RELEASE_KEY: &str = "toolgate_release";
 const TOOLS_CALL: &str = "tools/call";
 /// agentgateway's separator between a server's name and its tool's in a multiplexed list.
 const MUX_DELIMITER: char = '_';
+/// agentgateway's separator between a server's name and a resource's URI in a multiplexed
+/// list (`everything+demo://...`).
+const RESOURCE_MUX_DELIMITER: char = '+';
 
 /// What the service needs beside the engine: how callers are read, and the key that signs
 /// reservations handed to agentgateway.
@@ -514,9 +517,10 @@ fn filter_list(
 
 /// Whether `subject` sees `name` (a tool, a resource, a template or a prompt, as `listed`
 /// says) of a list agentgateway merged from `servers`: with one server, its own name; with
-/// several, a tool or prompt as `SERVER_NAME`, as agentgateway prefixes it. A name of no
-/// listed server (agentgateway's unprefixed modes, and resources, whose URIs it rewrites
-/// its own way) is shown only if every listed server's section would show it.
+/// several, a tool or prompt as `SERVER_NAME` and a resource or template as `SERVER+URI`, as
+/// agentgateway writes them. A name of no listed server (agentgateway's unprefixed modes,
+/// and the UI resources it names its own way) is shown only if every listed server's section
+/// would show it.
 fn visibility_in(
     engine: &Engine,
     policy: &Arc<CompiledPolicy>,
@@ -530,9 +534,14 @@ fn visibility_in(
         let kind = listed.kind();
         let of =
             |server: Option<&str>, name: &str| policy.visibility(kind, name, server, subject, None);
+        // agentgateway names a prompt `SERVER_NAME` and a resource `SERVER+URI`.
+        let delimiter = match listed {
+            Listed::Prompts => MUX_DELIMITER,
+            _ => RESOURCE_MUX_DELIMITER,
+        };
         let prefixed = match servers {
-            [_, _, ..] if listed == Listed::Prompts => name
-                .split_once(MUX_DELIMITER)
+            [_, _, ..] => name
+                .split_once(delimiter)
                 .filter(|(server, _)| servers.iter().any(|s| s == server)),
             _ => None,
         };
