@@ -30,10 +30,14 @@ class Agentgateway:
     """The deployed config, serving MCP at ``.url`` and asking toolgate at ``toolgate``."""
 
     def __init__(
-        self, toolgate: str, remote_url: str = "", servers: dict[str, str] | None = None
+        self,
+        toolgate: str,
+        remote_url: str = "",
+        servers: dict[str, str] | None = None,
+        guardrails: bool = True,
     ) -> None:
         """``servers``: ``{name: url}``, Streamable HTTP servers to front instead of the
-        deployed config's two."""
+        deployed config's two. ``guardrails=False``: agentgateway alone, asking nobody."""
         self._dir = tempfile.TemporaryDirectory(prefix="toolgate-agw-")
         work = Path(self._dir.name)
         self.port, admin, ready = free_port(), free_port(), free_port()
@@ -57,8 +61,11 @@ class Agentgateway:
                     target["stdio"] = {"cmd": node_executable(), "args": [str(EVERYTHING_BIN)]}
                 else:
                     target["mcp"]["host"] = remote_url
-        (processor,) = backend["policies"]["mcpGuardrails"]["processors"]
-        processor["host"] = toolgate
+        if guardrails:
+            (processor,) = backend["policies"]["mcpGuardrails"]["processors"]
+            processor["host"] = toolgate
+        else:
+            del backend["policies"]
         self.config = work / "config.yaml"
         self.config.write_text(yaml.safe_dump(config))
         self.log = work / "agentgateway.log"

@@ -270,12 +270,16 @@ def deployed(
     mcp_port: int,
     edits: Mapping[str, str] | None = None,
     more_servers: Mapping[str, int] | None = None,
+    patient: bool = False,
 ) -> Envoy:
     """Envoy running the deployed config at ``path`` on free ports, with toolgate at
     ``toolgate_port`` and the MCP server at ``mcp_port``. ``edits``: ``{old: new}`` text
     replacements (a smaller body limit, the test's keys), each ``old`` found exactly once.
     ``more_servers``: ``{id: port}``, more MCP servers behind the same listener
-    (``with_servers``)."""
+    (``with_servers``). ``patient``: toolgate's calls time out after 10 s, not the
+    deployed 0.1 s: on a machine whose cores are busy a Check can take longer, and Envoy then
+    fails closed, as deployed; a test comparing what passes with what passes directly must
+    not count that."""
     # A port picked free can be taken before Envoy binds it: try a few times.
     for attempt in range(3):
         ports = free_ports([ADMIN, LISTEN])
@@ -288,6 +292,8 @@ def deployed(
             text = text.replace(old, new)
         if more_servers:
             text = with_servers(text, more_servers)
+        if patient:
+            text = re.sub(r"(timeout: )0\.1s\b", r"\g<1>10s", text)
         try:
             return Envoy(text, ports[ADMIN], port=ports[LISTEN])
         except AssertionError as err:

@@ -10,6 +10,7 @@
 //! point them out.
 
 use super::{Condition, ConditionItem, Path, PathRoot, Policy, Scope, Segment};
+use crate::kind::Kind;
 
 /// One use of a self-asserted identity: where it is, and what it means.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +31,11 @@ pub fn self_asserted(policy: &Policy, verified: Verified) -> Vec<Note> {
     let mut notes = Vec::new();
     let sections = std::iter::once(&policy.root).chain(policy.servers.iter().map(|(_, s)| s));
     for section in sections {
-        for rule in section.every_rule() {
+        // `all_tools` first, as the document usually writes it.
+        let kinds = Kind::ALL
+            .into_iter()
+            .flat_map(|k| section.rules(k).iter().map(|(_, r)| r));
+        for rule in section.all_tools.iter().chain(kinds) {
             for mark in &rule.marks {
                 if let Some(what) = asserted(mark.scope, verified) {
                     notes.push(Note {
