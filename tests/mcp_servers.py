@@ -47,6 +47,10 @@ NODE_DIR = TESTS / "node"
 EVERYTHING_BIN = (
     NODE_DIR / "node_modules" / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
 )
+#: The conformance suite's command and the Node.js (22) it runs on, from the same lock file.
+NODE_BIN = NODE_DIR / "node_modules" / ".bin"
+#: What tests/node installs: each must be there, or ``npm ci`` runs.
+NODE_INSTALLED = (EVERYTHING_BIN, NODE_BIN / "conformance", NODE_BIN / "node")
 #: Preload that pins Node's listen() to 127.0.0.1 (server-everything binds all interfaces).
 LOOPBACK = NODE_DIR / "loopback.mjs"
 
@@ -310,7 +314,7 @@ def node_executable() -> str | None:
 
 def ensure_node_modules() -> None:
     """Install tests/node's pinned packages (``npm ci``, from the lock file) if they are not."""
-    if EVERYTHING_BIN.exists():
+    if all(path.exists() for path in NODE_INSTALLED):
         return
     npm = shutil.which("npm")
     if npm is None:
@@ -322,7 +326,7 @@ def ensure_node_modules() -> None:
         text=True,
         timeout=600,
     )
-    if done.returncode != 0 or not EVERYTHING_BIN.exists():
+    if done.returncode != 0 or not all(path.exists() for path in NODE_INSTALLED):
         raise AssertionError(f"npm ci in {NODE_DIR} failed:\n{done.stdout}\n{done.stderr}")
 
 

