@@ -288,15 +288,13 @@ impl Engine {
         trace.decided(&decision);
         drop(policy);
         self.stats.count(api, &decision);
-        if self.stats.per_tool_enabled() {
+        if self.stats.per_tool_enabled() && req.kind == Kind::Tool {
             // A label a dashboard shows: only names MCP allows, of tools the policy knows; a
             // name a client made up is not worth a series of its own (nor able to crowd out
             // the real ones).
             let named = decision.code != Code::DefaultDeny && is_mcp_tool_name(req.name);
-            if req.kind == Kind::Tool {
-                self.stats
-                    .count_tool(if named { req.name } else { OTHER_TOOLS }, decision.verdict);
-            }
+            self.stats
+                .count_tool(if named { req.name } else { OTHER_TOOLS }, decision.verdict);
         }
         if let (Some(log), Some(started)) = (log, started) {
             let took = self.clock.now_ns().saturating_sub(started);

@@ -125,10 +125,10 @@ impl ListRequest {
     /// place. Refused if it is not that request (the check and the body disagree).
     pub fn rewrite(body: &[u8], id: &Value) -> Result<ListRequest, String> {
         let Ok(Value::Object(mut message)) = strict_json::parse(body) else {
-            return Err("the tools/list request cannot be read as the check read it".into());
+            return Err("the request cannot be read as the check read it".into());
         };
         if message.get("id") != Some(id) {
-            return Err("the tools/list request's id is not the one the check read".into());
+            return Err("the request's id is not the one the check read".into());
         }
         let mut random = [0u8; 16];
         getrandom::fill(&mut random).expect("the system's random source works");
