@@ -124,7 +124,7 @@ def test_what_the_go_server_reads_as_the_hidden_file_never_reaches_it(
             assert len(reads(upstream)) == before + 1, f"{what} reached the server"
 
 
-def test_the_one_spelling_is_hidden_and_what_follows_a_query_is_no_path(
+def test_the_one_spelling_is_hidden_and_a_file_uri_takes_no_query(
     go_binary: Path, tmp_path: Path
 ) -> None:
     with gated(go_binary, tmp_path) as (envoy, upstream):
@@ -136,9 +136,11 @@ def test_the_one_spelling_is_hidden_and_what_follows_a_query_is_no_path(
         }
         denied = through(envoy, json.dumps({**read, "params": {"uri": "file:///etc/hosts"}}))
         assert denied["error"]["code"] == -32001
-        # Dot segments after "?" are the query: allowed by "*", read as /public/readme.txt.
+        # A file server reads no query: the file with one is the file without it, refused.
         uri = "file:///public/readme.txt?/../../etc/shadow"
-        ok = through(envoy, json.dumps({**read, "params": {"uri": uri}}))
+        refused = through(envoy, json.dumps({**read, "params": {"uri": uri}}))
+        assert refused["error"]["code"] == -32602, refused
+        ok = through(envoy, json.dumps({**read, "params": {"uri": "file:///public/readme.txt"}}))
         assert ok["result"]["contents"][0]["text"] == "welcome"
         assert reads(upstream) == ["/public/readme.txt"]
         # The lists show neither the hidden file nor the denied directory.

@@ -52,7 +52,9 @@ impl CompiledPolicy {
             removed: Some(code),
             per_subject,
         };
-        if name.is_empty() {
+        // A resource in a spelling its reads would be refused in is no resource to show.
+        let unreadable = kind == Kind::Resource && crate::mcp::uri::check_template(name).is_err();
+        if name.is_empty() || unreadable {
             return removed(Code::InvalidRequest, false);
         }
         // Hiding and the default follow the section's mode; a shadow section denies nothing.

@@ -45,7 +45,7 @@ use toolgate_core::compile::CompiledPolicy;
 use toolgate_core::kind::{Kind as Named, Listed};
 use toolgate_core::listed::ListedTool;
 use toolgate_core::mcp::answer::case_variant;
-use toolgate_core::mcp::gate::decide_reads;
+use toolgate_core::mcp::gate::{also_by_method, decide_reads};
 use toolgate_core::mcp::listing::{filter_result, ListReport};
 use toolgate_core::mcp::outcome::Failure;
 use toolgate_core::mcp::reply::{details, unknown_error, META_KEY};
@@ -225,6 +225,15 @@ fn decide(
             confirm: None,
         },
     );
+    let (decision, kind, name) = also_by_method(
+        engine,
+        Api::ExtMcp,
+        (decision, kind, name),
+        &request.method,
+        args.as_ref(),
+        server,
+        subject,
+    );
     answer(config, &decision, server, kind, name)
 }
 
@@ -400,7 +409,7 @@ const CACHE_SCOPE: &str = "cacheScope";
 /// are decided when their answer comes back, which it hands over without the request's
 /// params. So each is decided by its method's name (the policy's `methods`), not by the
 /// resource or prompt it names; a denial takes the answer's place.
-const DECIDED_ON_THE_ANSWER: [&str; 2] = ["resources/subscribe", "completion/complete"];
+const DECIDED_ON_THE_ANSWER: [&str; 2] = toolgate_core::mcp::gate::ALSO_BY_METHOD;
 
 /// Decide a request from its answer: by its method, for the caller the metadata names.
 fn decide_answered(

@@ -187,6 +187,15 @@ pub fn check(engine: &Engine, call: &HttpCall<'_>) -> Gate {
             confirm,
         },
     );
+    let (decision, kind, name) = also_by_method(
+        engine,
+        Api::ExtAuthz,
+        (decision, kind, name),
+        method,
+        args,
+        call.server,
+        call.subject,
+    );
     let tool = kind == Kind::Tool;
     match decision.verdict {
         Verdict::Allow => {
@@ -235,6 +244,55 @@ pub fn check(engine: &Engine, call: &HttpCall<'_>) -> Gate {
             decision: Some(decision),
         },
     }
+}
+
+/// Methods decided by what they name and, where a `methods` rule matches the method too, by
+/// that rule as well: agentgateway, which hands over no params for them, decides them by it
+/// alone, so a rule written for it holds behind every proxy.
+pub const ALSO_BY_METHOD: [&str; 2] = ["resources/subscribe", "completion/complete"];
+
+/// `named`, the decision of a request of `method` on what it names (`kind`, `name`); for a
+/// method of [`ALSO_BY_METHOD`] that it allowed and a `methods` rule matches, the decision
+/// by that rule if it does not allow (what the first reserved is then given back). With
+/// what the deciding decision is on.
+#[allow(clippy::too_many_arguments)]
+pub fn also_by_method<'n>(
+    engine: &Engine,
+    api: Api,
+    named: (Decision, Kind, &'n str),
+    method: &'n str,
+    args: Option<&Value>,
+    server: Option<&str>,
+    subject: crate::condition::Subject<'_>,
+) -> (Decision, Kind, &'n str) {
+    let (d, ..) = &named;
+    let by_method = d.verdict == Verdict::Allow
+        && ALSO_BY_METHOD.contains(&method)
+        && d.policy()
+            .section(server)
+            .rule(Kind::Method, method)
+            .is_some();
+    if !by_method {
+        return named;
+    }
+    let request = Request {
+        kind: Kind::Method,
+        name: method,
+        server,
+        subject,
+        args,
+        dry_run: false,
+        hits: None,
+        confirm: None,
+    };
+    let d = engine.decide_via(api, &request);
+    if d.verdict == Verdict::Allow {
+        return named;
+    }
+    if let Some(reservation) = named.0.reservation {
+        engine.release(reservation);
+    }
+    (d, Kind::Method, method)
 }
 
 /// Decide a request that reads several resources (a `subscriptions/listen`): each is

@@ -335,7 +335,7 @@ pub fn named(
         "resources/read" | "resources/subscribe" => {
             let params = params.ok_or_else(|| needs("a \"uri\""))?;
             check_known_keys(&params, &RESOURCE_KEYS, "params", id)?;
-            let uri = resource_uri(params.get("uri"), id)?;
+            let uri = resource_uri(params.get("uri"), false, id)?;
             Ok((Kind::Resource, uri, Some(Value::Object(params))))
         }
         "prompts/get" => {
@@ -364,7 +364,10 @@ pub fn named(
                     Some(Value::String(n)) if !n.is_empty() => (Kind::Prompt, n.clone()),
                     _ => return Err(bad("params.ref.name must be a non-empty string".into())),
                 },
-                Some("ref/resource") => (Kind::Resource, resource_uri(reference.get("uri"), id)?),
+                Some("ref/resource") => {
+                    let template = resource_uri(reference.get("uri"), true, id)?;
+                    (Kind::Resource, template)
+                }
                 _ => {
                     let why = "params.ref.type must be \"ref/prompt\" or \"ref/resource\"";
                     return Err(bad(why.into()));
@@ -395,13 +398,21 @@ fn listened(
     check_known_keys(notifications, &LISTENED_KEYS, "params.notifications", id)?;
     match notifications.get("resourceSubscriptions") {
         None => Ok(Vec::new()),
-        Some(Value::Array(uris)) => uris.iter().map(|u| resource_uri(Some(u), id)).collect(),
+        Some(Value::Array(uris)) => uris
+            .iter()
+            .map(|u| resource_uri(Some(u), false, id))
+            .collect(),
         Some(_) => bad("params.notifications.resourceSubscriptions must be an array"),
     }
 }
 
-/// A resource URI as requests must write it: a string in its one spelling.
-fn resource_uri(uri: Option<&Value>, id: &Option<Value>) -> Result<String, Refusal> {
+/// A resource URI (or, `template`, a URI template) as requests must write it: a string in
+/// its one spelling.
+fn resource_uri(
+    uri: Option<&Value>,
+    template: bool,
+    id: &Option<Value>,
+) -> Result<String, Refusal> {
     let Some(Value::String(uri)) = uri else {
         return Err(refuse(
             INVALID_PARAMS,
@@ -409,7 +420,11 @@ fn resource_uri(uri: Option<&Value>, id: &Option<Value>) -> Result<String, Refus
             id.clone(),
         ));
     };
-    super::uri::check(uri).map_err(|why| refuse(INVALID_PARAMS, why, id.clone()))?;
+    let checked = match template {
+        true => super::uri::check_template(uri),
+        false => super::uri::check(uri),
+    };
+    checked.map_err(|why| refuse(INVALID_PARAMS, why, id.clone()))?;
     Ok(uri.clone())
 }
 

@@ -500,6 +500,13 @@ impl Loader {
         for m in members {
             let at = child(pointer, &m.key);
             let list = self.hidden(&m.value, &at);
+            if m.key == "resources" {
+                for entry in &list {
+                    if let Some(why) = never_matched(Kind::Resource, &entry.text) {
+                        self.error(&entry.pointer, m.key_line, why);
+                    }
+                }
+            }
             match m.key.as_str() {
                 "tools" => hide.tools = list,
                 "resources" => hide.resources = list,
@@ -557,10 +564,13 @@ impl Loader {
             let name_ok = if m.key.is_empty() {
                 self.error(&at, m.key_line, format!("{kind} name must not be empty"));
                 false
+            } else if let Some(why) = never_matched(kind, &m.key) {
+                self.error(&at, m.key_line, why);
+                false
             } else if kind == Kind::Resource && !crate::glob::is_glob(&m.key) {
                 // Requests name resources in one spelling only: a key in another would
                 // never match.
-                match crate::mcp::uri::check(&m.key) {
+                match crate::mcp::uri::check_template(&m.key) {
                     Ok(()) => true,
                     Err(why) => {
                         let why = format!("{why}: requests naming it that way are refused");
@@ -1383,6 +1393,55 @@ const WINDOW_FORMS: &str = "second, minute, hour, day, a number of seconds, \
                             or a duration such as \"90s\", \"10m\", \"1h30m\"";
 
 /// A window or timeout in ms: a unit name, a number of seconds, or a duration string.
+/// Why a key of `kind` would never find what its writer means, if it would not: a glob over
+/// URIs whose `[...]` holds a `:` (an IPv6 host's brackets, read as a class of characters:
+/// `[[]` is a literal `[`); or a method a `methods` rule never decides, as what it names
+/// decides it or it passes as the protocol's plumbing.
+fn never_matched(kind: Kind, key: &str) -> Option<String> {
+    match kind {
+        Kind::Resource => {
+            // What requests must escape, a pattern must too: it is matched against their text.
+            if let Some(c) = key.chars().find(|c| !c.is_ascii() || c.is_ascii_control()) {
+                return Some(format!(
+                    "a resource pattern is matched against URIs in their one spelling, where \
+                     {c:?} is percent-encoded (UTF-8, upper case hex): write it so"
+                ));
+            }
+            let mut classes = key.split('[').skip(1);
+            let ipv6 = classes.any(|c| c.split(']').next().unwrap_or(c).contains(':'));
+            (crate::glob::is_glob(key) && ipv6).then(|| {
+                "a \"[...]\" in a resource pattern is a class of characters, not an IPv6 \
+                 host's brackets: write \"[[]\" for \"[\" (and \"]\" as it is)"
+                    .to_owned()
+            })
+        }
+        Kind::Method => {
+            let decided = [
+                "tools/call",
+                "resources/read",
+                "prompts/get",
+                "subscriptions/listen",
+            ];
+            let plumbing = crate::mcp::request::PASSING.contains(&key)
+                || (key.starts_with("notifications/") && !crate::glob::is_glob(key));
+            if decided.contains(&key) {
+                Some(format!(
+                    "{key} is decided by what it names (tools, resources, prompts): a methods \
+                     rule for it never applies"
+                ))
+            } else if plumbing {
+                Some(format!(
+                    "{key} is the protocol's plumbing and passes undecided (lists are filtered): \
+                     a methods rule for it never applies"
+                ))
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
 fn duration_ms(node: &Node) -> Result<u64, String> {
     let ms = match &node.value {
         NodeValue::String(s) => match s.as_str() {
