@@ -113,7 +113,11 @@ def build_server() -> MCPServer:
         message = types.SamplingMessage(
             role="user", content=types.TextContent(type="text", text=prompt)
         )
-        result = await ctx.session.create_message([message], max_tokens=100)
+        # On the call's own stream (as elicitation below): without the request's id, the SDK
+        # sends it on the client's GET stream, which may not be open yet (it is dropped).
+        result = await ctx.session.create_message(
+            [message], max_tokens=100, related_request_id=ctx.request_id
+        )
         text = result.content.text if isinstance(result.content, types.TextContent) else ""
         return f"LLM response: {text}"
 
