@@ -19,6 +19,8 @@ pub struct CompiledPolicy {
     pub servers: AHashMap<Box<str>, CompiledSection>,
     /// Every mark some rule sets, by name: where a condition that reads it finds its counter.
     pub marks: AHashMap<Box<str>, Arc<CompiledMark>>,
+    /// Whose each task is ([`crate::tasks`]): the counter a created task is noted in.
+    pub task_owner: CompiledLimit,
     /// Every string a decision can return, so a decision refers to them by index and keeps
     /// the policy alive with one reference count instead of one per string.
     texts: Vec<Box<str>>,
@@ -296,11 +298,13 @@ impl CompiledPolicy {
                 fill_mark_reads(section, compiled, &marks);
             }
         }
+        let task_owner = compile_task_owner(&mut tables);
         Ok(CompiledPolicy {
             revision: policy.revision.as_str().into(),
             root,
             servers,
             marks,
+            task_owner,
             texts: tables.texts,
             limits: tables.limits,
             source: policy,
@@ -639,6 +643,34 @@ fn compile_mark(mark: &MarkRule, tables: &mut Tables, marks: &mut Marks) -> Arc<
     });
     marks.insert(mark.name.as_str().into(), Arc::clone(&compiled));
     compiled
+}
+
+/// The counter a created task is noted in under its creator ([`crate::tasks`]): the same in
+/// every policy, so a reload forgets no task.
+fn compile_task_owner(tables: &mut Tables) -> CompiledLimit {
+    let window_ms = crate::tasks::KEEP_MS;
+    let identity = CounterKey::identity(&[b"task owner\0", &window_ms.to_le_bytes()]);
+    let granularity = Granularity::for_window_ms(window_ms);
+    let info = LimitInfo {
+        counter: tables.text("task owner"),
+        rule: tables.text(""),
+        scope: Scope::Grant,
+        max: f64::INFINITY,
+        window_ms,
+    };
+    CompiledLimit {
+        id: tables.limit(info.clone()),
+        info,
+        counter_name: "task owner".into(),
+        identity,
+        granularity,
+        // Never refused: one unit per task noted.
+        max_units: MARK_CEILING,
+        cost: None,
+        cost_text: None,
+        cost_pointer: tables.text(""),
+        once: false,
+    }
 }
 
 /// What a mark's counter may hold: a mark counts one unit per call that sets it.

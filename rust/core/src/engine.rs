@@ -393,6 +393,10 @@ impl Engine {
             );
             deny!(section.shadow, d);
         }
+        // A task is reached only by the caller that created it.
+        if let Some((code, reason)) = crate::tasks::screen(self, req) {
+            deny!(section.shadow, out.finish(code, reason, ""));
+        }
         // Pinned definitions: a tool its server listed other than pinned, or one with no pin
         // (`unpinned: hide`), is withheld. Only tools have definitions.
         let tool = kind == Kind::Tool;
@@ -902,6 +906,21 @@ impl Engine {
                 limits,
             ),
         }
+    }
+
+    /// Reserve `wants` and read `reads` in the store, with no marks to judge and nothing to
+    /// trace: for counters that are not a rule's (a task's creator, [`crate::tasks`]).
+    pub(crate) fn reserve_in_store(
+        &self,
+        wants: &[Want<'_>],
+        reads: &[Read],
+        now_ns: u64,
+        consume: bool,
+        parts: &mut limiter::Parts,
+        limits: &mut Limits,
+    ) -> (limiter::Outcome, ReadBits) {
+        let (denying, trace) = (Denying(0), &mut NoTrace);
+        self.reserve_group(wants, reads, denying, now_ns, consume, parts, limits, trace)
     }
 
     /// Give back what a call reserved and then did not run.

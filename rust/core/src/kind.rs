@@ -65,14 +65,18 @@ pub enum Listed {
     Resources,
     ResourceTemplates,
     Prompts,
+    /// `tasks/list` (the task extension): each caller is shown the tasks it created
+    /// ([`crate::tasks`]), not what a rule says.
+    Tasks,
 }
 
 impl Listed {
-    pub const ALL: [Listed; 4] = [
+    pub const ALL: [Listed; 5] = [
         Listed::Tools,
         Listed::Resources,
         Listed::ResourceTemplates,
         Listed::Prompts,
+        Listed::Tasks,
     ];
 
     /// The method whose answer this is.
@@ -82,6 +86,7 @@ impl Listed {
             Listed::Resources => "resources/list",
             Listed::ResourceTemplates => "resources/templates/list",
             Listed::Prompts => "prompts/list",
+            Listed::Tasks => "tasks/list",
         }
     }
 
@@ -96,6 +101,7 @@ impl Listed {
             Listed::Resources => "resources",
             Listed::ResourceTemplates => "resourceTemplates",
             Listed::Prompts => "prompts",
+            Listed::Tasks => "tasks",
         }
     }
 
@@ -109,6 +115,7 @@ impl Listed {
             Listed::Tools | Listed::Prompts => "name",
             Listed::Resources => "uri",
             Listed::ResourceTemplates => "uriTemplate",
+            Listed::Tasks => "taskId",
         }
     }
 
@@ -118,6 +125,8 @@ impl Listed {
             Listed::Tools => Kind::Tool,
             Listed::Resources | Listed::ResourceTemplates => Kind::Resource,
             Listed::Prompts => Kind::Prompt,
+            // A task is reached by the method that reaches it, whose rule it answers to.
+            Listed::Tasks => Kind::Method,
         }
     }
 }

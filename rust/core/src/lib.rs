@@ -35,6 +35,7 @@ pub mod policy;
 pub mod sightings;
 pub mod stats;
 pub mod store;
+pub mod tasks;
 pub mod trace;
 pub mod visibility;
 

@@ -422,8 +422,9 @@ fn the_answers_to_follow_are_lists_and_calls_that_hold_a_reservation() {
     let counted = tool_call(json!(3), "create-ami", json!({}));
     let Follow::CallOutcome {
         id,
-        reservation,
+        reservation: Some(reservation),
         tool_errors,
+        task: false,
     } = follow(&e, &counted)
     else {
         panic!("a counted call is followed")

@@ -100,12 +100,14 @@ pub fn check(engine: &Engine, call: &HttpCall<'_>) -> Gate {
         Ok(r) => r,
         Err(refusal) => return refuse(engine, call, &refusal, 400),
     };
+    let task = matches!(request, McpRequest::ToolCall { task: true, .. });
     let (id, method, kind, name, args, confirm) = match &request {
         McpRequest::ToolCall {
             id,
             name,
             arguments,
             confirm,
+            ..
         } => (
             id,
             TOOLS_CALL,
@@ -204,17 +206,25 @@ pub fn check(engine: &Engine, call: &HttpCall<'_>) -> Gate {
                 // Only a tool's call has an outcome to read.
                 false => Release::Never,
             };
-            let follow = match (id, decision.reservation) {
-                (Some(id), Some(reservation)) if release != Release::Never => Follow::CallOutcome {
+            let reservation = decision.reservation.filter(|_| release != Release::Never);
+            let follow = match id {
+                // A call that may give its limits back, or whose task is to be noted.
+                Some(id) if reservation.is_some() || (tool && task) => Follow::CallOutcome {
                     id: id.clone(),
                     reservation,
                     tool_errors: release == Release::ToolError,
+                    task,
                 },
                 // A read its caller may be let through where another would not: its answer
                 // must not be cached for others.
-                (Some(id), _) if method == READ && per_caller(&decision, call.server, name) => {
+                Some(id) if method == READ && per_caller(&decision, call.server, name) => {
                     Follow::Private { id: id.clone() }
                 }
+                // The caller is shown the tasks it created.
+                Some(id) if method == Listed::Tasks.method() => Follow::List {
+                    id: Some(id.clone()),
+                    listed: Some(Listed::Tasks),
+                },
                 _ => Follow::Nothing,
             };
             Gate::Forward {
@@ -354,13 +364,16 @@ pub enum Follow {
     Private {
         id: Value,
     },
-    /// An allowed `tools/call` holding `reservation`: give it back if the answer says the
+    /// An allowed `tools/call`. Holding `reservation`: give it back if the answer says the
     /// call failed ([`super::outcome`]): by an HTTP or JSON-RPC error, or, with
     /// `tool_errors`, by a result with `isError` too (the rule's `release_on_failure`).
+    /// Asking for a `task`: note the task its answer creates as the caller's
+    /// ([`crate::tasks`]).
     CallOutcome {
         id: Value,
-        reservation: u64,
+        reservation: Option<u64>,
         tool_errors: bool,
+        task: bool,
     },
 }
 

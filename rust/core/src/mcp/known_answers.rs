@@ -177,7 +177,7 @@ mod tests {
     const KEYS: Keys = Keys {
         message: &known(["jsonrpc", "id", "result"]),
         result: &known(["nextCursor"]),
-        entry: [&known(["name"]); 4],
+        entry: [&known(["name"]); 5],
     };
 
     /// A list answer of `tools` under `id` (written as given), padded so its id is far from

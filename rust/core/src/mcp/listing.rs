@@ -76,6 +76,16 @@ const TEMPLATE_KEYS: [&str; 7] = [
     "icons",
 ];
 const PROMPT_KEYS: [&str; 5] = ["name", "title", "description", "arguments", "icons"];
+/// A task's members (the task extension's schema).
+const TASK_KEYS: [&str; 7] = [
+    "taskId",
+    "status",
+    "statusMessage",
+    "createdAt",
+    "lastUpdatedAt",
+    "ttl",
+    "pollInterval",
+];
 /// The keys of an entry of `listed`.
 fn entry_keys(listed: Listed) -> &'static [&'static str] {
     match listed {
@@ -83,6 +93,7 @@ fn entry_keys(listed: Listed) -> &'static [&'static str] {
         Listed::Resources => &RESOURCE_KEYS,
         Listed::ResourceTemplates => &TEMPLATE_KEYS,
         Listed::Prompts => &PROMPT_KEYS,
+        Listed::Tasks => &TASK_KEYS,
     }
 }
 
@@ -95,6 +106,7 @@ pub const KEYS: Keys = Keys {
         &known(RESOURCE_KEYS),
         &known(TEMPLATE_KEYS),
         &known(PROMPT_KEYS),
+        &known(TASK_KEYS),
     ],
 };
 

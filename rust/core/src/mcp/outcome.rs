@@ -69,6 +69,8 @@ pub struct CallWatcher {
     body: Vec<u8>,
     events: EventSplitter,
     outcome: Outcome,
+    /// The id of the task the answer created (a call that asked for one).
+    task: Option<String>,
 }
 
 /// The parts of a JSON-RPC message that say whether a call failed; the rest is skipped
@@ -92,6 +94,14 @@ struct ErrorObject {
 struct ToolResult {
     #[serde(rename = "isError")]
     is_error: Option<bool>,
+    /// A task-augmented call's answer (`CreateTaskResult`).
+    task: Option<CreatedTask>,
+}
+
+#[derive(Deserialize)]
+struct CreatedTask {
+    #[serde(rename = "taskId")]
+    task_id: Option<String>,
 }
 
 impl CallWatcher {
@@ -104,11 +114,18 @@ impl CallWatcher {
             body: Vec::new(),
             events: EventSplitter::default(),
             outcome: Outcome::Pending,
+            task: None,
         }
     }
 
     pub fn outcome(&self) -> Outcome {
         self.outcome
+    }
+
+    /// The id of the task the answer created, once it is read (a call that asked for one is
+    /// answered with one; a call that asked for none never is).
+    pub fn created_task(&self) -> Option<&str> {
+        self.task.as_deref()
     }
 
     /// Whether the answer's status has been seen.
@@ -169,8 +186,8 @@ impl CallWatcher {
                 if self.body.len() > MAX_EVENT_BYTES {
                     self.outcome = Outcome::Ran;
                 } else if end || closed {
-                    match self.answer(&self.body) {
-                        Some(outcome) => self.outcome = outcome,
+                    match answer(&self.id, &self.body) {
+                        Some((outcome, task)) => (self.outcome, self.task) = (outcome, task),
                         None if end => self.outcome = Outcome::Ran,
                         None => {}
                     }
@@ -180,8 +197,8 @@ impl CallWatcher {
                 Ok(events) => {
                     let answers = events.iter().filter_map(|e| e.data.as_deref());
                     for data in answers {
-                        if let Some(outcome) = self.answer(data) {
-                            self.outcome = outcome;
+                        if let Some((outcome, task)) = answer(&self.id, data) {
+                            (self.outcome, self.task) = (outcome, task);
                             break;
                         }
                     }
@@ -196,28 +213,29 @@ impl CallWatcher {
         }
         self.outcome
     }
+}
 
-    /// The outcome if `data` is the answer to the request; `None` if it is another message.
-    fn answer(&self, data: &[u8]) -> Option<Outcome> {
-        let message: Message = serde_json::from_slice(data).ok()?;
-        if message.method.is_some() || message.id.as_ref() != Some(&self.id) {
-            return None;
-        }
-        Some(match (message.error, message.result) {
-            (Some(ErrorObject { code: Some(c), .. }), None)
-                if REFUSED_BEFORE_RUNNING.contains(&c) =>
-            {
-                Outcome::Failed(Failure::JsonRpcError)
-            }
-            (
-                None,
-                Some(ToolResult {
-                    is_error: Some(true),
-                }),
-            ) => Outcome::Failed(Failure::ToolError),
-            _ => Outcome::Ran,
-        })
+/// The outcome if `data` is the answer to request `id`, with the id of the task it created;
+/// `None` if it is another message.
+fn answer(id: &Value, data: &[u8]) -> Option<(Outcome, Option<String>)> {
+    let message: Message = serde_json::from_slice(data).ok()?;
+    if message.method.is_some() || message.id.as_ref() != Some(id) {
+        return None;
     }
+    Some(match (message.error, message.result) {
+        (Some(ErrorObject { code: Some(c), .. }), None) if REFUSED_BEFORE_RUNNING.contains(&c) => {
+            (Outcome::Failed(Failure::JsonRpcError), None)
+        }
+        (
+            None,
+            Some(ToolResult {
+                is_error: Some(true),
+                ..
+            }),
+        ) => (Outcome::Failed(Failure::ToolError), None),
+        (None, Some(ToolResult { task, .. })) => (Outcome::Ran, task.and_then(|t| t.task_id)),
+        _ => (Outcome::Ran, None),
+    })
 }
 
 #[cfg(test)]

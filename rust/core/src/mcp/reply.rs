@@ -129,6 +129,11 @@ pub fn unknown_error(kind: Kind, name: &str) -> (i64, String) {
     match kind {
         Kind::Resource => (RESOURCE_NOT_FOUND, format!("Resource not found: {name}")),
         Kind::Prompt => (INVALID_PARAMS, format!("Unknown prompt: {name}")),
+        // A task the caller did not create ([`crate::tasks`]), as servers answer one that
+        // does not exist.
+        Kind::Method if crate::tasks::METHODS.contains(&name) => {
+            (INVALID_PARAMS, "Task not found".to_owned())
+        }
         Kind::Method => (METHOD_NOT_FOUND, format!("Method not found: {name}")),
         Kind::Tool => (INVALID_PARAMS, format!("Unknown tool: {name}")),
     }

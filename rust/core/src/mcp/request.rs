@@ -38,13 +38,16 @@ const REQUEST_KEYS: [(&str, &str); 6] = [
     ("result", "result"),
     ("error", "error"),
 ];
-const CALL_KEYS: [(&str, &str); 5] = [
+const CALL_KEYS: [(&str, &str); 6] = [
     ("name", "name"),
     ("arguments", "arguments"),
     ("_meta", "_meta"),
     ("inputResponses", "inputresponses"),
     ("requestState", "requeststate"),
+    ("task", "task"),
 ];
+/// The params of a request that reaches one task ([`crate::tasks::METHODS`]).
+const TASK_KEYS: [(&str, &str); 2] = [("taskId", "taskid"), ("_meta", "_meta")];
 const RESOURCE_KEYS: [(&str, &str); 2] = [("uri", "uri"), ("_meta", "_meta")];
 const PROMPT_KEYS: [(&str, &str); 3] = [
     ("name", "name"),
@@ -113,6 +116,9 @@ pub enum McpRequest {
         arguments: Option<Value>,
         /// Whether the client can confirm the call itself, and its answer if it carries one.
         confirm: Confirming,
+        /// It asks for a task (the task extension): its server answers with a task to poll,
+        /// whose id is noted as the caller's ([`crate::tasks`]).
+        task: bool,
     },
     /// A request decided by what it names: a resource, a prompt, or (for a method that names
     /// neither) the method itself. `args` are what conditions read as `args.*`: a prompt's
@@ -312,12 +318,13 @@ fn asked(
     let Some(params) = params else {
         return Err(refuse(INVALID_PARAMS, "tools/call needs params", id));
     };
-    let (name, arguments, confirm) = call_params(params, &id)?;
+    let (name, arguments, confirm, task) = call_params(params, &id)?;
     Ok(McpRequest::ToolCall {
         id,
         name,
         arguments,
         confirm,
+        task,
     })
 }
 
@@ -374,6 +381,15 @@ pub fn named(
                 }
             };
             Ok((kind, name, Some(Value::Object(params))))
+        }
+        _ if crate::tasks::METHODS.contains(&method) => {
+            let params = params.ok_or_else(|| needs("a \"taskId\""))?;
+            check_known_keys(&params, &TASK_KEYS, "params", id)?;
+            match params.get("taskId") {
+                Some(Value::String(t)) if !t.is_empty() => {}
+                _ => return Err(bad("params.taskId must be a non-empty string".into())),
+            }
+            Ok((Kind::Method, method.to_owned(), Some(Value::Object(params))))
         }
         _ => Ok((Kind::Method, method.to_owned(), params.map(Value::Object))),
     }
@@ -461,12 +477,14 @@ pub fn parse_params(method: &str, params: Option<&[u8]>) -> Result<McpRequest, R
             id,
             name,
             arguments,
+            task,
             ..
         } => Ok(McpRequest::ToolCall {
             id,
             name,
             arguments,
             confirm: Confirming::default(),
+            task,
         }),
         other => Ok(other),
     }
@@ -477,7 +495,7 @@ pub fn parse_params(method: &str, params: Option<&[u8]>) -> Result<McpRequest, R
 fn call_params(
     mut params: Map<String, Value>,
     id: &Option<Value>,
-) -> Result<(String, Option<Value>, Confirming), Refusal> {
+) -> Result<(String, Option<Value>, Confirming, bool), Refusal> {
     let id = id.clone();
     check_known_keys(&params, &CALL_KEYS, "params", &id)?;
     let name = match params.remove("name") {
@@ -513,8 +531,16 @@ fn call_params(
             return Err(refusal.of_tool(&name));
         }
     };
+    let task = match params.get("task") {
+        None => false,
+        Some(Value::Object(_)) => true,
+        Some(_) => {
+            let refusal = refuse(INVALID_PARAMS, "params.task must be an object", id);
+            return Err(refusal.of_tool(&name));
+        }
+    };
     let confirm = confirming(&params).map_err(|m| refuse(INVALID_PARAMS, m, id).of_tool(&name))?;
-    Ok((name, arguments, confirm))
+    Ok((name, arguments, confirm, task))
 }
 
 /// What a call says of confirming it in the client (MCP 2026-07-28): whether the client can
@@ -673,6 +699,7 @@ mod tests {
                 name: "create-ami".into(),
                 arguments: Some(json!({"a": {"b": [1]}})),
                 confirm: Confirming::default(),
+                task: false,
             })
         );
         let no_args = call(
@@ -685,6 +712,7 @@ mod tests {
                 name: "t".into(),
                 arguments: None,
                 confirm: Confirming::default(),
+                task: false,
             })
         );
     }
@@ -785,7 +813,7 @@ mod tests {
             let parsed = parse_request(body.to_string().as_bytes());
             proptest::prop_assert_eq!(parsed, Ok(McpRequest::ToolCall {
                 id: Some(json!(n)), name: name.clone(), arguments: Some(json!({key: n})),
-                confirm: Confirming::default() }));
+                confirm: Confirming::default(), task: false }));
         }
     }
 

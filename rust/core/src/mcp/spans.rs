@@ -123,7 +123,7 @@ pub fn read(body: &[u8], keys: &Keys) -> Result<Message, StrictError> {
 pub struct Keys {
     pub message: &'static [Known],
     pub result: &'static [Known],
-    pub entry: [&'static [Known]; 4],
+    pub entry: [&'static [Known]; 5],
 }
 
 /// A known key (ASCII, at most 16 bytes), with its folded form made once.
@@ -164,10 +164,10 @@ pub const fn known<const N: usize>(keys: [&'static str; N]) -> [Known; N] {
     out
 }
 
-/// The lists' members (`tools`, `resources`, `resourceTemplates`, `prompts`) folded, to
-/// tell a case variant of one (`resourceTemplates` is too long for a [`Known`]).
-fn members() -> &'static [Folded; 4] {
-    static MEMBERS: OnceLock<[Folded; 4]> = OnceLock::new();
+/// The lists' members (`tools`, `resources`, `resourceTemplates`, `prompts`, `tasks`)
+/// folded, to tell a case variant of one (`resourceTemplates` is too long for a [`Known`]).
+fn members() -> &'static [Folded; 5] {
+    static MEMBERS: OnceLock<[Folded; 5]> = OnceLock::new();
     MEMBERS.get_or_init(|| Listed::ALL.map(|l| Folded::of(l.member().to_lowercase().as_bytes())))
 }
 
@@ -614,6 +614,7 @@ mod tests {
             &known(["uri", "name"]),
             &known(["uriTemplate", "name"]),
             &known(["name", "arguments"]),
+            &known(["taskId", "status"]),
         ],
     };
 
