@@ -260,6 +260,51 @@ def test_resources_prompts_and_their_lists_follow_their_rules(tmp_path: Path) ->
         assert outcome(gw.response("tasks/get", {"taskId": "t"})) == "error"
 
 
+def test_a_task_is_reached_only_by_the_caller_whose_call_created_it() -> None:
+    """Behind agentgateway the task methods reach their server first: each is decided on its
+    answer, by the task the answer is of; a created task is noted as its caller's as the
+    call's answer passes."""
+    document = policy({"research": {}}, methods={"tasks/*": {}})
+    alice, mallory = (
+        {"authorization": "Bearer alice"},
+        {"authorization": "Bearer mallory"},
+    )
+    related = "io.modelcontextprotocol/related-task"
+    with Sidecar(document) as sidecar, ExtMcp(sidecar.target) as gw:
+        created = {"task": {"taskId": "t-a", "status": "working"}}
+        assert outcome(gw.response("tools/call", created, metadata=alice)) == "pass"
+        answers = {
+            "tasks/get": {"taskId": "t-a", "status": "working"},
+            "tasks/cancel": {"taskId": "t-a", "status": "cancelled"},
+            "tasks/result": {"content": [], "_meta": {related: {"taskId": "t-a"}}},
+        }
+        for method, answer in answers.items():
+            assert outcome(gw.response(method, answer, metadata=alice)) == "pass", method
+            refused = gw.response(method, answer, metadata=mallory)
+            assert outcome(refused) == "error", method
+            assert refused.error.reason == "Task not found", method
+            # On another server, the same id is another task.
+            other = gw.response(method, answer, servers=["other"], metadata=alice)
+            assert outcome(other) == "error", method
+        # An answer that names its task in no one way is refused.
+        for answer in (
+            {"content": []},
+            {"content": [], "_meta": {related: {"taskId": 7}}},
+            b'{"taskId": "t-a", "taskId": "t-b"}',
+        ):
+            assert outcome(gw.response("tasks/result", answer, metadata=alice)) == "error"
+        listed = {"tasks": [{"taskId": "t-a"}, {"taskId": "t-b"}]}
+        mine = gw.response("tasks/list", listed, metadata=alice)
+        assert json.loads(mine.mutated)["tasks"] == [{"taskId": "t-a"}]
+        theirs = gw.response("tasks/list", listed, metadata=mallory)
+        assert json.loads(theirs.mutated)["tasks"] == []
+    # Without a methods rule for them, the task methods follow the default first.
+    with Sidecar(policy({"research": {}})) as sidecar, ExtMcp(sidecar.target) as gw:
+        assert outcome(gw.response("tools/call", created, metadata=alice)) == "pass"
+        denied = gw.response("tasks/list", listed, metadata=alice)
+        assert decision(denied)["code"] == "DEFAULT_DENY"
+
+
 # --- who is calling ----------------------------------------------------------------------------
 
 

@@ -348,6 +348,13 @@ pub fn check_response(
 ) -> pb::McpResponseResult {
     let method = response.method.as_str();
     if let Some(listed) = Listed::of_method(method) {
+        // A task list is a method's answer first: decided by the method's rule.
+        if listed == Listed::Tasks {
+            let decided = decide_answered(engine, config, response);
+            if matches!(decided.result, Some(mcp_response_result::Result::Error(_))) {
+                return decided;
+            }
+        }
         let started = Instant::now();
         let answer = filter_list(engine, config, response, listed);
         engine
@@ -422,10 +429,7 @@ fn decide_answered(
         metadata: response.metadata_context.as_ref(),
     };
     let read = ReadSubject::read(&facts, &config.authz);
-    let server = match &response.service_names[..] {
-        [one] => Some(one.as_str()).filter(|s| !s.is_empty()),
-        _ => None,
-    };
+    let server = answering_server(response);
     let refused = |code: ErrorCode, reason: String| pb::McpResponseResult {
         result: Some(mcp_response_result::Result::Error(pb::AuthorizationError {
             code: code as i32,
@@ -439,6 +443,8 @@ fn decide_answered(
             format!("the caller cannot be read: {why}"),
         );
     }
+    // A task's request is decided by the task its answer is of.
+    let args = answered_task(&response.method, &response.mcp_response);
     let d = engine.decide_via::<&serde_json::Value>(
         Api::ExtMcp,
         &Request {
@@ -446,7 +452,7 @@ fn decide_answered(
             name: &response.method,
             server,
             subject: read.subject(),
-            args: None,
+            args: args.as_ref(),
             dry_run: false,
             hits: None,
             confirm: None,
@@ -459,6 +465,40 @@ fn decide_answered(
         _ => response_pass(),
     }
 }
+
+/// The server that answered, when agentgateway names one (where a created task is noted).
+fn answering_server(response: &pb::McpResponse) -> Option<&str> {
+    one_server(&response.service_names)
+}
+
+fn one_server(servers: &[String]) -> Option<&str> {
+    match servers {
+        [one] => Some(one.as_str()).filter(|s| !s.is_empty()),
+        _ => None,
+    }
+}
+
+/// The params a task's request is decided with, `{"taskId": ...}`, read from its answer: a
+/// task (`tasks/get`, `tasks/cancel`) or the result of one, which names its task in `_meta`
+/// (`tasks/result`). `None` for any other answer, or one that names no task (then refused).
+fn answered_task(method: &str, answer: &[u8]) -> Option<serde_json::Value> {
+    use serde_json::Value;
+    if !toolgate_core::tasks::METHODS.contains(&method) {
+        return None;
+    }
+    let Ok(Value::Object(result)) = toolgate_core::mcp::strict_json::parse(answer) else {
+        return None;
+    };
+    let task = match method {
+        "tasks/result" => result.get("_meta")?.get(RELATED_TASK)?,
+        _ => &Value::Object(result.clone()),
+    };
+    let task_id = task.get("taskId")?.as_str()?;
+    Some(serde_json::json!({ "taskId": task_id }))
+}
+
+/// Where a task's result names its task.
+const RELATED_TASK: &str = "io.modelcontextprotocol/related-task";
 
 fn response_pass() -> pb::McpResponseResult {
     pb::McpResponseResult {
@@ -539,6 +579,11 @@ fn visibility_in(
     tool: &ListedTool<'_>,
     subject: Subject<'_>,
 ) -> Visibility {
+    if listed == Listed::Tasks {
+        return engine
+            .task_owner(one_server(servers), subject, name)
+            .visibility();
+    }
     if listed != Listed::Tools {
         let kind = listed.kind();
         let of =
@@ -610,17 +655,35 @@ fn give_back_on_tool_error(engine: &Engine, config: &ExtMcpConfig, response: &pb
             Some(Kind::StringValue(s)) => Some(s.as_str()),
             _ => None,
         });
-    let Some(reservation) = token.and_then(|t| config.verify(t)) else {
-        return;
-    };
     #[derive(serde::Deserialize)]
     struct ToolResult {
         #[serde(rename = "isError")]
         is_error: Option<bool>,
+        task: Option<CreatedTask>,
     }
-    // A result that repeats `isError` fails to read, and counts as a success (kept counted).
-    let failed = serde_json::from_slice::<ToolResult>(&response.mcp_response)
-        .is_ok_and(|r| r.is_error == Some(true));
+    #[derive(serde::Deserialize)]
+    struct CreatedTask {
+        #[serde(rename = "taskId")]
+        task_id: String,
+    }
+    // A result that repeats `isError` (or `task`) fails to read, and counts as a success
+    // (kept counted) that created no task.
+    let result = serde_json::from_slice::<ToolResult>(&response.mcp_response).ok();
+    if let Some(task) = result.as_ref().and_then(|r| r.task.as_ref()) {
+        // Noted as the caller's before its id reaches the client.
+        let facts = McpFacts {
+            headers: &[],
+            metadata: response.metadata_context.as_ref(),
+        };
+        let read = ReadSubject::read(&facts, &config.authz);
+        if read.refused().is_none() {
+            engine.note_task(answering_server(response), read.subject(), &task.task_id);
+        }
+    }
+    let Some(reservation) = token.and_then(|t| config.verify(t)) else {
+        return;
+    };
+    let failed = result.is_some_and(|r| r.is_error == Some(true));
     if failed && engine.release(reservation) {
         engine.stats().count_released(Failure::ToolError);
     }

@@ -59,6 +59,8 @@ pub fn exchange_header(follow: &Follow) -> &'static str {
     match follow {
         Follow::Nothing => "none",
         Follow::List { .. } | Follow::Private { .. } => "list",
+        // Envoy waits for a task's answer, so that the task is noted before its id goes on.
+        Follow::CallOutcome { task: true, .. } => "task",
         Follow::CallOutcome { .. } => "tools-call",
     }
 }
@@ -98,8 +100,8 @@ pub fn exchange_metadata(follow: &Follow, caller: impl FnOnce() -> Caller) -> Op
         return None;
     }
     let caller = caller();
-    if let Some(server) = caller.server {
-        put("server", Kind::StringValue(server));
+    if let Some(server) = &caller.server {
+        put("server", Kind::StringValue(server.clone()));
     }
     match follow {
         Follow::Nothing => {}
@@ -110,16 +112,7 @@ pub fn exchange_metadata(follow: &Follow, caller: impl FnOnce() -> Caller) -> Op
             if let Some(id) = id {
                 put("id", Kind::StringValue(id.to_string()));
             }
-            for (key, value) in [
-                ("grant", caller.grant),
-                ("session", caller.session),
-                ("agent", caller.agent),
-            ] {
-                if let Some(v) = value {
-                    put(key, Kind::StringValue(v));
-                }
-            }
-            put("grant_verified", Kind::BoolValue(caller.grant_verified));
+            put_caller(&mut put, caller);
         }
         Follow::Private { id } => {
             put("exchange", Kind::StringValue(READ.into()));
@@ -129,12 +122,20 @@ pub fn exchange_metadata(follow: &Follow, caller: impl FnOnce() -> Caller) -> Op
             id,
             reservation,
             tool_errors,
+            task,
         } => {
             put("exchange", Kind::StringValue("tools/call".into()));
             put("id", Kind::StringValue(id.to_string()));
-            // A string: Struct numbers are doubles, and ids use all 64 bits.
-            put("reservation", Kind::StringValue(reservation.to_string()));
+            if let Some(reservation) = reservation {
+                // A string: Struct numbers are doubles, and ids use all 64 bits.
+                put("reservation", Kind::StringValue(reservation.to_string()));
+            }
             put("tool_errors", Kind::BoolValue(*tool_errors));
+            // Whose the task the answer creates will be.
+            put("task", Kind::BoolValue(*task));
+            if *task {
+                put_caller(&mut put, caller);
+            }
         }
     }
     let mut metadata = Struct::default();
@@ -145,6 +146,20 @@ pub fn exchange_metadata(follow: &Follow, caller: impl FnOnce() -> Caller) -> Op
         },
     );
     Some(metadata)
+}
+
+/// Put the caller a list is filtered for, or a task noted under, in the note.
+fn put_caller(put: &mut impl FnMut(&str, Kind), caller: Caller) {
+    for (key, value) in [
+        ("grant", caller.grant),
+        ("session", caller.session),
+        ("agent", caller.agent),
+    ] {
+        if let Some(v) = value {
+            put(key, Kind::StringValue(v));
+        }
+    }
+    put("grant_verified", Kind::BoolValue(caller.grant_verified));
 }
 
 /// Read back what [`exchange_metadata`] wrote, as Envoy forwards it; with the bytes of its text
@@ -185,21 +200,22 @@ fn read_metadata(metadata: Option<&Metadata>) -> Option<(Follow, Caller, usize)>
             return None;
         }
     }
+    let flag = |key: &str| {
+        let value = note.fields.get(key).and_then(|v| v.kind.as_ref());
+        matches!(value, Some(Kind::BoolValue(true)))
+    };
+    let caller = || Caller {
+        server: text("server"),
+        grant: text("grant"),
+        session: text("session"),
+        agent: text("agent"),
+        grant_verified: flag("grant_verified"),
+    };
     let exchange = text("exchange")?;
     let listed = Listed::of_method(&exchange);
     match exchange.as_str() {
         _ if listed.is_some() || exchange == STREAM => {
-            let verified = note
-                .fields
-                .get("grant_verified")
-                .and_then(|v| v.kind.as_ref());
-            let caller = Caller {
-                server: text("server"),
-                grant: text("grant"),
-                session: text("session"),
-                agent: text("agent"),
-                grant_verified: matches!(verified, Some(Kind::BoolValue(true))),
-            };
+            let caller = caller();
             // A list's answer is to its request: with no id, a stream.
             let listed = listed.filter(|_| id.is_some());
             Some((Follow::List { id, listed }, caller, kept))
@@ -212,18 +228,18 @@ fn read_metadata(metadata: Option<&Metadata>) -> Option<(Follow, Caller, usize)>
             Some((Follow::Private { id: id? }, caller, kept))
         }
         "tools/call" => {
-            let reservation = text("reservation")?.parse().ok()?;
-            let tool_errors = note.fields.get("tool_errors").and_then(|v| v.kind.as_ref());
+            // A reservation that is there must read back as written.
+            let reservation = match text("reservation") {
+                Some(r) => Some(r.parse().ok()?),
+                None => None,
+            };
             let follow = Follow::CallOutcome {
                 id: id?,
                 reservation,
-                tool_errors: matches!(tool_errors, Some(Kind::BoolValue(true))),
+                tool_errors: flag("tool_errors"),
+                task: flag("task"),
             };
-            let caller = Caller {
-                server: text("server"),
-                ..Caller::default()
-            };
-            Some((follow, caller, kept))
+            Some((follow, caller(), kept))
         }
         _ => None,
     }
@@ -305,13 +321,43 @@ enum State {
         /// open (a server's GET stream) is counted answer by answer.
         counted: ListReport,
     },
-    Call {
-        watcher: CallWatcher,
-        reservation: u64,
-        /// A result with `isError` gives the reservation back too.
-        tool_errors: bool,
-        released: bool,
-    },
+    Call(CallAnswer),
+}
+
+/// A `tools/call`'s answer, followed to give its reservation back if the call failed and to
+/// note the task it created as its caller's.
+struct CallAnswer {
+    watcher: CallWatcher,
+    reservation: Option<u64>,
+    /// A result with `isError` gives the reservation back too.
+    tool_errors: bool,
+    released: bool,
+    /// Whose the task the answer creates is; `None` once noted, or if the call asked for none.
+    task_of: Option<Caller>,
+}
+
+impl CallAnswer {
+    /// Act on what the answer has said so far: give the reservation back once the call is
+    /// known to have failed (by a tool error only when the rule says so: a tool may report
+    /// an error after it acted), and note a created task before its id reaches the client.
+    fn settle(&mut self, engine: &Engine) {
+        if let (Outcome::Failed(failure), Some(reservation)) =
+            (self.watcher.outcome(), self.reservation)
+        {
+            if !self.released && (self.tool_errors || failure != Failure::ToolError) {
+                self.released = true;
+                if engine.release(reservation) {
+                    engine.stats().count_released(failure);
+                }
+            }
+        }
+        if let Some(task_id) = self.watcher.created_task() {
+            if let Some(caller) = self.task_of.take() {
+                let server = caller.server.as_deref();
+                engine.note_task(server, caller.subject(), task_id);
+            }
+        }
+    }
 }
 
 impl Exchange {
@@ -385,8 +431,8 @@ impl Exchange {
     pub fn finished(&self) -> bool {
         // A call's outcome is known as soon as its answer is read: a client that goes away
         // then never lets Envoy send the end of the body.
-        let decided = matches!(&self.state, State::Call { watcher, .. }
-            if watcher.outcome() != Outcome::Pending);
+        let decided = matches!(&self.state, State::Call(call)
+            if call.watcher.outcome() != Outcome::Pending);
         self.finished || decided
     }
 
@@ -434,15 +480,17 @@ impl Exchange {
                         id,
                         reservation,
                         tool_errors,
+                        task,
                     },
+                    caller,
                     _,
-                    _,
-                )) => State::Call {
+                )) => State::Call(CallAnswer {
                     watcher: CallWatcher::new(id),
                     reservation,
                     tool_errors,
                     released: false,
-                },
+                    task_of: task.then_some(caller),
+                }),
                 _ => State::Unknown,
             };
         }
@@ -536,17 +584,12 @@ impl Exchange {
                     .set_headers
                     .push(set_header("content-type", LIST_ANSWER_TYPE));
             }
-            State::Call {
-                watcher,
-                reservation,
-                tool_errors,
-                released,
-            } => {
+            State::Call(call) => {
                 let status = header(headers.headers.as_ref(), ":status")
                     .and_then(|s| s.parse::<u16>().ok())
                     .unwrap_or(0);
-                watcher.head(status, Some(content_type));
-                give_back(engine, watcher, *reservation, *tool_errors, released);
+                call.watcher.head(status, Some(content_type));
+                call.settle(engine);
             }
         }
         Response::ResponseHeaders(HeadersResponse {
@@ -594,12 +637,8 @@ impl Exchange {
                     mutation: Some(Mutation::Body(out)),
                 });
             }
-            State::Call {
-                watcher,
-                reservation,
-                tool_errors,
-                released,
-            } => {
+            State::Call(call) => {
+                let watcher = &mut call.watcher;
                 // Without the headers (the deployed route skips them: one message fewer),
                 // the status comes as an attribute of the first part of the body.
                 if !watcher.headed() {
@@ -612,7 +651,7 @@ impl Exchange {
                     watcher.give_up();
                     self.budget.hold(&mut self.held, self.note);
                 }
-                give_back(engine, watcher, *reservation, *tool_errors, released);
+                call.settle(engine);
             }
             _ => {}
         }
@@ -637,25 +676,6 @@ fn count_lists(engine: &Engine, report: &ListReport, counted: &mut ListReport) {
     }
     stats.count_list_removed(report.removed - counted.removed);
     counted.clone_from(report);
-}
-
-/// Give the reservation back once the call is known to have failed (by a tool error only
-/// when the rule says so: a tool may report an error after it acted).
-fn give_back(
-    engine: &Engine,
-    watcher: &CallWatcher,
-    reservation: u64,
-    tool_errors: bool,
-    released: &mut bool,
-) {
-    if let Outcome::Failed(failure) = watcher.outcome() {
-        if !*released && (tool_errors || failure != Failure::ToolError) {
-            *released = true;
-            if engine.release(reservation) {
-                engine.stats().count_released(failure);
-            }
-        }
-    }
 }
 
 /// The filter for a list's answer: the server answers the id the request went on with
@@ -690,6 +710,10 @@ fn visible(engine: &Arc<Engine>, caller: &Arc<Caller>, policy: &Arc<CompiledPoli
         match listed {
             // A tool's definition is recorded for its calls (pins, annotations).
             Listed::Tools => engine.list_tool(&policy, server, caller.subject(), name, object),
+            // A caller is shown the tasks it created, whatever their rule.
+            Listed::Tasks => engine
+                .task_owner(server, caller.subject(), name)
+                .visibility(),
             _ => policy.visibility(listed.kind(), name, server, caller.subject(), None),
         }
     })

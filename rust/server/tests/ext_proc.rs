@@ -238,8 +238,9 @@ fn a_failed_call_gives_its_reservation_back_once() {
     assert_eq!(pay().verdict, Verdict::Deny, "the limit of one is used");
     let follow = Follow::CallOutcome {
         id: json!("c1"),
-        reservation: d.reservation.unwrap(),
+        reservation: d.reservation,
         tool_errors: true,
+        task: false,
     };
     let md = Some(metadata(&follow, Caller::default()));
     let mut exchange = Exchange::default();
@@ -297,8 +298,9 @@ fn a_tool_error_keeps_the_call_counted_unless_the_rule_gives_it_back() {
             let d = pay(&e);
             let follow = Follow::CallOutcome {
                 id: json!(1),
-                reservation: d.reservation.unwrap(),
+                reservation: d.reservation,
                 tool_errors,
+                task: false,
             };
             let md = Some(metadata(&follow, Caller::default()));
             let mut exchange = Exchange::default();
@@ -567,8 +569,9 @@ fn without_headers_the_status_comes_as_an_attribute_of_the_body() {
     let d = pay(&e);
     let follow = Follow::CallOutcome {
         id: json!(1),
-        reservation: d.reservation.unwrap(),
+        reservation: d.reservation,
         tool_errors: false,
+        task: false,
     };
     let md = Some(metadata(&follow, Caller::default()));
     let mut first = message(&md, body(b"too many requests", false), true);
@@ -709,8 +712,9 @@ fn a_calls_answer_is_held_in_its_servers_room() {
     let budget = HeldBytes::new(8 << 20);
     let follow = Follow::CallOutcome {
         id: json!(1),
-        reservation: 7,
+        reservation: Some(7),
         tool_errors: true,
+        task: false,
     };
     let caller = Caller {
         server: Some("evil".into()),
