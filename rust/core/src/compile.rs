@@ -19,8 +19,10 @@ pub struct CompiledPolicy {
     pub servers: AHashMap<Box<str>, CompiledSection>,
     /// Every mark some rule sets, by name: where a condition that reads it finds its counter.
     pub marks: AHashMap<Box<str>, Arc<CompiledMark>>,
-    /// Whose each task is ([`crate::tasks`]): the counter a created task is noted in.
+    /// Whose each task is ([`crate::tasks`]): the counter a created task is noted in, and
+    /// the one that caps how many one caller has noted.
     pub task_owner: CompiledLimit,
+    pub tasks_per_caller: CompiledLimit,
     /// Every string a decision can return, so a decision refers to them by index and keeps
     /// the policy alive with one reference count instead of one per string.
     texts: Vec<Box<str>>,
@@ -298,13 +300,14 @@ impl CompiledPolicy {
                 fill_mark_reads(section, compiled, &marks);
             }
         }
-        let task_owner = compile_task_owner(&mut tables);
+        let [task_owner, tasks_per_caller] = compile_task_owner(&mut tables);
         Ok(CompiledPolicy {
             revision: policy.revision.as_str().into(),
             root,
             servers,
             marks,
             task_owner,
+            tasks_per_caller,
             texts: tables.texts,
             limits: tables.limits,
             source: policy,
@@ -645,32 +648,36 @@ fn compile_mark(mark: &MarkRule, tables: &mut Tables, marks: &mut Marks) -> Arc<
     compiled
 }
 
-/// The counter a created task is noted in under its creator ([`crate::tasks`]): the same in
-/// every policy, so a reload forgets no task.
-fn compile_task_owner(tables: &mut Tables) -> CompiledLimit {
+/// The counter a created task is noted in under its creator ([`crate::tasks`]), and the one
+/// that caps how many tasks one caller has noted (each note holds a slot of the table): the
+/// same in every policy, so a reload forgets no task.
+fn compile_task_owner(tables: &mut Tables) -> [CompiledLimit; 2] {
     let window_ms = crate::tasks::KEEP_MS;
-    let identity = CounterKey::identity(&[b"task owner\0", &window_ms.to_le_bytes()]);
     let granularity = Granularity::for_window_ms(window_ms);
-    let info = LimitInfo {
-        counter: tables.text("task owner"),
-        rule: tables.text(""),
-        scope: Scope::Grant,
-        max: f64::INFINITY,
-        window_ms,
-    };
-    CompiledLimit {
-        id: tables.limit(info.clone()),
-        info,
-        counter_name: "task owner".into(),
-        identity,
-        granularity,
-        // Never refused: one unit per task noted.
-        max_units: MARK_CEILING,
-        cost: None,
-        cost_text: None,
-        cost_pointer: tables.text(""),
-        once: false,
-    }
+    let per_caller = f64::from(crate::tasks::MAX_PER_CALLER);
+    [("task owner", f64::INFINITY), ("tasks noted", per_caller)].map(|(counter, max)| {
+        let identity = CounterKey::identity(&[counter.as_bytes(), &window_ms.to_le_bytes()]);
+        let info = LimitInfo {
+            counter: tables.text(counter),
+            rule: tables.text(""),
+            scope: Scope::Grant,
+            max,
+            window_ms,
+        };
+        CompiledLimit {
+            id: tables.limit(info.clone()),
+            info,
+            counter_name: counter.into(),
+            identity,
+            granularity,
+            // A note is never refused: one unit per task.
+            max_units: to_units(max).unwrap_or(MARK_CEILING),
+            cost: None,
+            cost_text: None,
+            cost_pointer: tables.text(""),
+            once: false,
+        }
+    })
 }
 
 /// What a mark's counter may hold: a mark counts one unit per call that sets it.

@@ -246,8 +246,13 @@ impl Engine {
 
     /// [`Engine::refuse`] of a request of `api`, logged with what is known of its call.
     pub fn refuse_via(&self, api: Api, request: &Undecidable<'_>) -> Decision {
+        self.refuse_as(api, Code::InvalidRequest, request)
+    }
+
+    /// [`Engine::refuse_via`] with `code`: what refused it before any rule could.
+    pub(crate) fn refuse_as(&self, api: Api, code: Code, request: &Undecidable<'_>) -> Decision {
         let policy = self.policy.load();
-        let d = Draft { policy: &policy }.finish(Code::InvalidRequest, request.reason, "");
+        let d = Draft { policy: &policy }.finish(code, request.reason, "");
         self.stats.count(api, &d);
         if let Some(log) = self.decision_log() {
             let call = Call::<&serde_json::Value> {

@@ -12,12 +12,14 @@
 use crate::args::ArgValue;
 use crate::condition::Subject;
 use crate::counter::{CounterKey, UNITS_PER_CALL};
+use crate::decision::Decision;
 use crate::decision::{Code, Limits};
-use crate::engine::{Engine, Request};
+use crate::engine::{Engine, Request, Undecidable};
 use crate::evaluation::Want;
 use crate::kind::Kind;
 use crate::limiter::{Outcome, Parts};
 use crate::marks::Read;
+use crate::stats::Api;
 use crate::visibility::Visibility;
 
 /// How long a task is known as its creator's at least (a counter's sliding window: it is
@@ -25,8 +27,17 @@ use crate::visibility::Visibility;
 /// through the proxy (refused as unknown), never by another caller.
 pub const KEEP_MS: u64 = 24 * 3600 * 1000;
 
+/// Tasks one caller may have noted within [`KEEP_MS`]: each note holds a slot of the
+/// counter table, which the caller's may not crowd. A task over it is noted for no one (its
+/// requests are refused as for a task that does not exist).
+pub const MAX_PER_CALLER: u32 = 1000;
+
 /// The methods that reach one task by the `taskId` of their params.
 pub const METHODS: [&str; 3] = ["tasks/get", "tasks/result", "tasks/cancel"];
+
+const FOREIGN: &str = "the task is not one this caller created";
+const UNKNOWN_OWNER: &str =
+    "the counter store could not say whose the task is, so the request is denied";
 
 /// Whether the caller created the task, or could not be told (the store did not answer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,20 +80,52 @@ fn key(engine: &Engine, server: Option<&str>, subject: Subject<'_>, task_id: &st
 }
 
 impl Engine {
+    /// A request its params' `_meta` relates to task `task_id` (a server looks the task up
+    /// and queues the request's answer on it): refused as for a task that does not exist
+    /// unless its caller created the task; `None` when it may go on to be decided.
+    pub fn screen_related(
+        &self,
+        api: Api,
+        task_id: &str,
+        request: &Undecidable<'_>,
+    ) -> Option<Decision> {
+        let (code, reason) = match self.task_owner(request.server, request.subject, task_id) {
+            Owner::Caller => return None,
+            Owner::Other => (Code::Hidden, FOREIGN),
+            Owner::Unknown => (Code::StoreUnavailable, UNKNOWN_OWNER),
+        };
+        let request = Undecidable {
+            reason,
+            logged: None,
+            ..*request
+        };
+        Some(self.refuse_as(api, code, &request))
+    }
+
     /// Note task `task_id`, which `server` just created for `subject`'s call, as that
     /// caller's. False if it could not be noted (the table is full, the store is away): no
     /// one then reaches the task through the proxy.
     pub fn note_task(&self, server: Option<&str>, subject: Subject<'_>, task_id: &str) -> bool {
         let policy = self.policy();
-        let want = Want {
-            limit: &policy.task_owner,
-            key: key(self, server, subject, task_id),
-            amount: UNITS_PER_CALL,
-        };
+        let cap = &policy.tasks_per_caller;
+        let grant = subject.grant.unwrap_or("");
+        let wants = [
+            Want {
+                limit: &policy.task_owner,
+                key: key(self, server, subject, task_id),
+                amount: UNITS_PER_CALL,
+            },
+            Want {
+                limit: cap,
+                key: CounterKey::new(cap.identity, grant.as_bytes(), cap.granularity)
+                    .chosen_by_client(!subject.grant_verified),
+                amount: UNITS_PER_CALL,
+            },
+        ];
         let (mut parts, mut limits) = (Parts::new(), Limits::default());
         let now_ns = self.clock().now_ns();
         let (outcome, _) =
-            self.reserve_in_store(&[want], &[], now_ns, true, &mut parts, &mut limits);
+            self.reserve_in_store(&wants, &[], now_ns, true, &mut parts, &mut limits);
         matches!(outcome, Outcome::Reserved)
     }
 
@@ -122,10 +165,7 @@ pub(crate) fn screen<A: ArgValue>(
     match engine.task_owner(req.server, req.subject, task_id) {
         Owner::Caller => None,
         // Answered as a task that does not exist: whether it does is another caller's.
-        Owner::Other => Some((Code::Hidden, "the task is not one this caller created")),
-        Owner::Unknown => Some((
-            Code::StoreUnavailable,
-            "the counter store could not say whose the task is, so the request is denied",
-        )),
+        Owner::Other => Some((Code::Hidden, FOREIGN)),
+        Owner::Unknown => Some((Code::StoreUnavailable, UNKNOWN_OWNER)),
     }
 }

@@ -10,9 +10,10 @@ use toolgate_core::kind::Listed;
 use toolgate_core::listed::ListedTool;
 use toolgate_core::mcp::listing::ListFilter;
 use toolgate_core::mcp::outcome::{CallWatcher, Outcome};
+use toolgate_core::mcp::request::RELATED_TASK;
 use toolgate_core::mcp::sse::EventSplitter;
 use toolgate_core::mcp::{check, Follow, Gate, HttpCall};
-use toolgate_core::tasks::{Owner, KEEP_MS, METHODS};
+use toolgate_core::tasks::{Owner, KEEP_MS, MAX_PER_CALLER, METHODS};
 use toolgate_core::{Code, Engine, ManualClock, Policy, Subject, Verdict};
 
 const POLICY: &str = r#"
@@ -312,4 +313,71 @@ fn a_task_list_entry_in_two_spellings_is_refused() {
     let data = events.into_iter().find_map(|e| e.data).unwrap();
     let message: Value = serde_json::from_slice(&data).unwrap();
     assert!(message.get("error").is_some(), "{message}");
+}
+
+#[test]
+fn a_request_related_to_a_task_reaches_it_only_for_its_creator() {
+    let (e, _) = engine();
+    assert!(e.note_task(None, subject("alice"), "t-1"));
+    let related = |task: Value| json!({"_meta": {RELATED_TASK: {"taskId": task}}});
+    // Whatever the method, plumbing or not: a server queues its answer on the task.
+    for (method, mut params) in [
+        ("ping", json!({})),
+        ("tools/call", json!({"name": "lookup"})),
+        ("tasks/list", json!({})),
+        (
+            "notifications/progress",
+            json!({"progressToken": 1, "progress": 1}),
+        ),
+    ] {
+        params["_meta"] = related(json!("t-1"))["_meta"].clone();
+        let mut body = request(method, params);
+        if method.starts_with("notifications/") {
+            let mut message: Value = serde_json::from_str(&body).unwrap();
+            message.as_object_mut().unwrap().remove("id");
+            body = message.to_string();
+        }
+        assert!(
+            outcome(&e, &body, "alice", None).is_ok(),
+            "{method}: its creator"
+        );
+        assert_eq!(
+            outcome(&e, &body, "mallory", None),
+            Err((-32602, Code::Hidden)),
+            "{method}: another caller"
+        );
+    }
+    // Named in one spelling only.
+    for meta in [
+        json!({RELATED_TASK: "t-1"}),
+        json!({RELATED_TASK: {"taskId": 1}}),
+        json!({RELATED_TASK: {"taskid": "t-1"}}),
+        json!({RELATED_TASK: {}}),
+        json!({"io.modelcontextprotocol/Related-Task": {"taskId": "t-2"}}),
+    ] {
+        let body = request("ping", json!({"_meta": meta}));
+        assert!(
+            matches!(outcome(&e, &body, "alice", None), Err((-32602 | -32600, _))),
+            "{meta}"
+        );
+    }
+}
+
+#[test]
+fn one_caller_notes_a_bounded_number_of_tasks() {
+    let (e, _) = engine();
+    for i in 0..MAX_PER_CALLER {
+        assert!(e.note_task(None, subject("mallory"), &format!("m-{i}")));
+    }
+    assert!(!e.note_task(None, subject("mallory"), "m-over"));
+    assert_eq!(
+        e.task_owner(None, subject("mallory"), "m-over"),
+        Owner::Other,
+        "a task over the cap is no one's"
+    );
+    assert!(
+        e.note_task(None, subject("alice"), "a-1"),
+        "another caller's room"
+    );
+    assert_eq!(e.task_owner(None, subject("alice"), "a-1"), Owner::Caller);
 }

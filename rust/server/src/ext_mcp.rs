@@ -49,7 +49,9 @@ use toolgate_core::mcp::gate::{also_by_method, decide_reads};
 use toolgate_core::mcp::listing::{filter_result, ListReport};
 use toolgate_core::mcp::outcome::Failure;
 use toolgate_core::mcp::reply::{details, unknown_error, META_KEY};
-use toolgate_core::mcp::request::{parse_params, McpRequest, Refusal, INVALID_PARAMS, PASSING};
+use toolgate_core::mcp::request::{
+    parse_params_related, McpRequest, Refusal, INVALID_PARAMS, PASSING,
+};
 use toolgate_core::policy::Release;
 use toolgate_core::stats::Api;
 use toolgate_core::visibility::Visibility;
@@ -195,10 +197,24 @@ fn decide(
     if let Some(why) = read.refused() {
         return refuse(engine, why, None, server, subject, ErrorCode::Invalid);
     }
-    let asked = match parse_params(&request.method, request.mcp_request.as_deref()) {
-        Ok(asked) => asked,
+    let asked = match parse_params_related(&request.method, request.mcp_request.as_deref()) {
+        Ok(parsed) => parsed,
         Err(refusal) => return refuse_params(engine, &refusal, server, subject),
     };
+    // A request related to a task reaches it only for the task's creator.
+    if let Some(task) = &asked.related_task {
+        let refused = Undecidable {
+            server,
+            subject,
+            kind: Named::Method,
+            ..Undecidable::new("")
+        };
+        if let Some(d) = engine.screen_related(Api::ExtMcp, task, &refused) {
+            let method = toolgate_core::tasks::METHODS[0];
+            return answer(config, &d, server, Named::Method, method);
+        }
+    }
+    let asked = asked.request;
     let (kind, name, args) = match &asked {
         McpRequest::ToolCall {
             name, arguments, ..

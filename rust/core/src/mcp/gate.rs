@@ -6,7 +6,7 @@
 //! nothing is forwarded without having been read.
 
 use super::reply::{self, Reply};
-use super::request::{parse_request, McpRequest, Refusal, INVALID_REQUEST};
+use super::request::{parse_message, McpRequest, Refusal, INVALID_REQUEST};
 use crate::condition::Subject;
 use crate::decision::{Code, Decision, Verdict};
 use crate::engine::{Engine, Request, Undecidable};
@@ -96,10 +96,26 @@ pub fn check(engine: &Engine, call: &HttpCall<'_>) -> Gate {
         };
         return refuse(engine, call, &refusal, 413);
     }
-    let request = match parse_request(call.body) {
-        Ok(r) => r,
+    let (request, related_task) = match parse_message(call.body) {
+        Ok(m) => (m.request, m.related_task),
         Err(refusal) => return refuse(engine, call, &refusal, 400),
     };
+    // A request related to a task reaches it only for the task's creator.
+    if let Some(task) = related_task {
+        let request_id = request.id();
+        let refused = Undecidable {
+            server: call.server,
+            subject: call.subject,
+            kind: Kind::Method,
+            ..Undecidable::new("")
+        };
+        if let Some(d) = engine.screen_related(Api::ExtAuthz, &task, &refused) {
+            return Gate::Answer {
+                reply: reply::unknown(&request_id, Kind::Method, crate::tasks::METHODS[0]),
+                decision: Some(d),
+            };
+        }
+    }
     let task = matches!(request, McpRequest::ToolCall { task: true, .. });
     let (id, method, kind, name, args, confirm) = match &request {
         McpRequest::ToolCall {

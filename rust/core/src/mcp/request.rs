@@ -185,8 +185,38 @@ impl Refusal {
     }
 }
 
+impl McpRequest {
+    /// The message's id (`None`: a notification).
+    pub fn id(&self) -> Option<Value> {
+        match self {
+            McpRequest::ToolCall { id, .. }
+            | McpRequest::Named { id, .. }
+            | McpRequest::Listen { id, .. }
+            | McpRequest::Other { id, .. }
+            | McpRequest::Response { id } => id.clone(),
+        }
+    }
+}
+
 /// Parse one JSON-RPC request body.
 pub fn parse_request(body: &[u8]) -> Result<McpRequest, Refusal> {
+    parse_message(body).map(|m| m.request)
+}
+
+/// A request as read: what it asks, and the task its params' `_meta` relates it to (MCP's
+/// `io.modelcontextprotocol/related-task`): a server looks that task up and queues the
+/// request's answer on it, so only the task's creator may send it ([`crate::tasks`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed {
+    pub request: McpRequest,
+    pub related_task: Option<String>,
+}
+
+/// Where a request's `_meta` names the task it relates to.
+pub const RELATED_TASK: &str = "io.modelcontextprotocol/related-task";
+
+/// [`parse_request`], with the task the request relates to.
+pub fn parse_message(body: &[u8]) -> Result<Parsed, Refusal> {
     let root = strict_json::parse(body).map_err(|e| match e {
         StrictError::Syntax(m) => refuse(
             PARSE_ERROR,
@@ -248,7 +278,10 @@ pub fn parse_request(body: &[u8]) -> Result<McpRequest, Refusal> {
         }
         None if answers && id.is_some() => {
             check_answer(&members, &id)?;
-            return Ok(McpRequest::Response { id });
+            return Ok(Parsed {
+                request: McpRequest::Response { id },
+                related_task: None,
+            });
         }
         _ => return Err(refuse(INVALID_REQUEST, "method must be a string", id)),
     };
@@ -266,8 +299,43 @@ pub fn parse_request(body: &[u8]) -> Result<McpRequest, Refusal> {
         Some(_) => return Err(refuse(INVALID_PARAMS, "params must be an object", id)),
         None => None,
     };
-    asked(id, method, params)
+    let related_task = related_task(params.as_ref(), &id)?;
+    let request = asked(id, method, params)?;
+    Ok(Parsed {
+        request,
+        related_task,
+    })
 }
+
+/// The task `params` relate the request to, read in one spelling: `_meta`'s
+/// [`RELATED_TASK`], an object whose `taskId` is a non-empty string.
+fn related_task(
+    params: Option<&Map<String, Value>>,
+    id: &Option<Value>,
+) -> Result<Option<String>, Refusal> {
+    let Some(meta) = params
+        .and_then(|p| p.get("_meta"))
+        .and_then(Value::as_object)
+    else {
+        return Ok(None);
+    };
+    check_known_keys(meta, &[(RELATED_TASK, RELATED_FOLDED)], "params._meta", id)?;
+    let Some(related) = meta.get(RELATED_TASK) else {
+        return Ok(None);
+    };
+    let bad = || {
+        let why = format!("params._meta[{RELATED_TASK:?}] must name its task in \"taskId\"");
+        refuse(INVALID_PARAMS, why, id.clone())
+    };
+    let related = related.as_object().ok_or_else(bad)?;
+    check_known_keys(related, &TASK_KEYS[..1], "the related task", id)?;
+    match related.get("taskId") {
+        Some(Value::String(t)) if !t.is_empty() => Ok(Some(t.clone())),
+        _ => Err(bad()),
+    }
+}
+
+const RELATED_FOLDED: &str = "io.modelcontextprotocol/related-task";
 
 /// What a request of `method` with `params` asks, its id being `id`: the protocol's
 /// plumbing (it passes), or what the policy decides it by.
@@ -449,6 +517,11 @@ fn resource_uri(
 /// carries no id, and a gateway that cannot answer in the server's place cannot ask the
 /// user to confirm a call.
 pub fn parse_params(method: &str, params: Option<&[u8]>) -> Result<McpRequest, Refusal> {
+    parse_params_related(method, params).map(|m| m.request)
+}
+
+/// [`parse_params`], with the task the request relates to.
+pub fn parse_params_related(method: &str, params: Option<&[u8]>) -> Result<Parsed, Refusal> {
     let params = match params.map(strict_json::parse) {
         None => None,
         Some(Ok(Value::Object(params))) => Some(params),
@@ -472,22 +545,27 @@ pub fn parse_params(method: &str, params: Option<&[u8]>) -> Result<McpRequest, R
         }
         Some(Err(StrictError::TooLarge(m))) => return Err(refuse(INVALID_PARAMS, m, None)),
     };
-    match asked(None, method.to_owned(), params)? {
+    let related_task = related_task(params.as_ref(), &None)?;
+    let request = match asked(None, method.to_owned(), params)? {
         McpRequest::ToolCall {
             id,
             name,
             arguments,
             task,
             ..
-        } => Ok(McpRequest::ToolCall {
+        } => McpRequest::ToolCall {
             id,
             name,
             arguments,
             confirm: Confirming::default(),
             task,
-        }),
-        other => Ok(other),
-    }
+        },
+        other => other,
+    };
+    Ok(Parsed {
+        request,
+        related_task,
+    })
 }
 
 /// A call's `params`: only the keys MCP defines, a non-empty name, object arguments; and
