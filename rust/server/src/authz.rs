@@ -7,8 +7,9 @@
 //! calling comes from configured headers, or from the claims of a JWT that Envoy's
 //! `jwt_authn` filter verified ([`SubjectSource`]).
 
+use crate::credential::Refused;
 use crate::ext_proc::{exchange_header, exchange_metadata, Caller, EXCHANGE_HEADER};
-use crate::subject::{AuthzConfig, CallerFacts, ReadSubject};
+use crate::subject::{single_header, AuthzConfig, CallerFacts, ReadSubject};
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption, Metadata};
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
@@ -54,16 +55,27 @@ fn gate(engine: &Engine, config: &AuthzConfig, request: &CheckRequest) -> (Gate,
         .unwrap_or(&default_http);
     let headers = Headers(http);
     let metadata = attributes.and_then(|a| a.metadata_context.as_ref());
-    let server = attributes
+    let facts = CheckFacts { headers, metadata };
+    let extension = attributes
         .and_then(|a| a.context_extensions.get(SERVER_EXTENSION))
         .map(String::as_str)
-        .or_else(|| headers.get(&config.server_header))
         .filter(|s| !s.is_empty());
+    let server_header = match extension {
+        Some(_) => Ok(None),
+        None => single_header(&facts, &config.server_header),
+    };
+    let server = extension.or(server_header.as_ref().ok().copied().flatten());
     let body = body_of(http);
-    let read = ReadSubject::read(&CheckFacts { headers, metadata }, config);
+    let read = ReadSubject::read(&facts, config);
     let subject = read.subject();
-    if let Some(why) = read.refused() {
-        return (unauthenticated(engine, why, body, server, subject), None);
+    let refused = server_header
+        .as_ref()
+        .err()
+        .map(|Refused(why)| why.as_str());
+    if let Some(why) = read.refused().or(refused) {
+        let credential = read.grant.is_err();
+        let gate = unreadable_caller(engine, why, credential, body, server, subject);
+        return (gate, None);
     }
     let call = HttpCall {
         http_method: if http.method.is_empty() {
@@ -166,11 +178,13 @@ fn was_cut(headers: &Headers<'_>, body: &[u8], max_request_bytes: usize) -> bool
     }
 }
 
-/// A credential that is not one: refused, never counted; logged with what is known of the
-/// caller and, when the body reads as a call, its tool.
-fn unauthenticated(
+/// A caller that cannot be read one way (a credential that is not one, an identity header
+/// sent twice): refused, never counted; logged with what is known of the caller and, when the
+/// body reads as a call, its tool.
+fn unreadable_caller(
     engine: &Engine,
     why: &str,
+    credential: bool,
     body: &[u8],
     server: Option<&str>,
     known: Subject<'_>,
@@ -182,11 +196,15 @@ fn unauthenticated(
         ambiguity: None,
         tool: readable_tool(body),
     };
-    let mut reply = reply::refused(&refusal, 401);
-    reply.headers.push((
-        "www-authenticate",
-        "Bearer error=\"invalid_request\"".into(),
-    ));
+    // A credential that is not one is a 401 that says how to authenticate; another part of
+    // the caller (a session, an agent, the server) sent two ways, a bad request.
+    let mut reply = reply::refused(&refusal, if credential { 401 } else { 400 });
+    if credential {
+        reply.headers.push((
+            "www-authenticate",
+            "Bearer error=\"invalid_request\"".into(),
+        ));
+    }
     let request = Undecidable {
         reason: why,
         logged: None,

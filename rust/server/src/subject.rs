@@ -90,7 +90,7 @@ impl<'a> ReadSubject<'a> {
             ));
         }
         let session = match &config.session {
-            SubjectSource::Header(name) => Ok(facts.header(name).map(Cow::Borrowed)),
+            SubjectSource::Header(name) => single_header(facts, name).map(|s| s.map(Cow::Borrowed)),
             claim => part(claim, false, facts, config).map(|s| s.map(Cow::Owned)),
         };
         ReadSubject {
@@ -153,6 +153,76 @@ fn part<'a>(
                 )),
             }
         }
-        SubjectSource::Header(name) => Ok(facts.header(name).map(str::to_owned)),
+        SubjectSource::Header(name) => single_header(facts, name).map(|v| v.map(str::to_owned)),
+    }
+}
+
+/// Header `name`'s value when it is sent once (`None`: not sent, or empty). A header sent
+/// more than once is refused, and so is one value with a comma, which Envoy makes of a
+/// header sent twice: a server reads one of the values, so the caller (its session, agent
+/// or server) would be read two ways.
+pub fn single_header<'a>(
+    facts: &impl CallerFacts<'a>,
+    name: &str,
+) -> Result<Option<&'a str>, Refused> {
+    match facts.header_values(name)[..] {
+        [] => Ok(None),
+        [value] if value.contains(',') => Err(Refused(format!(
+            "the {name} header holds a comma: it may be two headers joined, read two ways"
+        ))),
+        [value] => Ok(Some(value).filter(|v| !v.is_empty())),
+        _ => Err(Refused(format!("the {name} header is sent more than once"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Headers as a proxy hands them over: every value of a name, in order.
+    struct Sent(Vec<(String, String)>);
+
+    impl<'a> CallerFacts<'a> for &'a Sent {
+        fn header_values(&self, name: &str) -> Vec<&'a str> {
+            let Sent(headers) = *self;
+            headers
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+                .collect()
+        }
+
+        fn verified_payload(&self, _: &str) -> Option<&'a Struct> {
+            None
+        }
+    }
+
+    proptest! {
+        /// The session and the agent are each read from one header instance, or refused:
+        /// never the first of several, nor a value Envoy may have joined from two.
+        #[test]
+        fn an_identity_header_is_one_instance_or_refused(
+            sessions in proptest::collection::vec("[a-f0-9,-]{0,6}", 0..3),
+            agents in proptest::collection::vec("[a-z,]{1,4}", 0..3),
+        ) {
+            let mut headers: Vec<(String, String)> =
+                vec![("authorization".into(), "Bearer t".into())];
+            headers.extend(sessions.iter().map(|v| ("mcp-session-id".into(), v.clone())));
+            headers.extend(agents.iter().map(|v| ("x-agent-id".into(), v.clone())));
+            let sent = Sent(headers);
+            let read = ReadSubject::read(&&sent, &AuthzConfig::default());
+            let expect = |values: &[String]| match values {
+                [] => Ok(None),
+                [one] if one.contains(',') => Err(()),
+                [one] => Ok(Some(one.clone()).filter(|v| !v.is_empty())),
+                _ => Err(()),
+            };
+            let session = read.session.as_ref().map(|s| s.as_ref().map(|v| v.to_string()));
+            prop_assert_eq!(session.map_err(|_| ()), expect(&sessions));
+            prop_assert_eq!(read.agent.clone().map_err(|_| ()), expect(&agents));
+            let refused = expect(&sessions).is_err() || expect(&agents).is_err();
+            prop_assert_eq!(read.refused().is_some(), refused);
+        }
     }
 }
