@@ -511,6 +511,70 @@ def test_attack_a_yes_used_while_redis_is_away_is_not_used_again_after(tmp_path)
         assert code_of(message) == "CONFIRMATION_INVALID", message
 
 
+# --- 1 (durable). one yes, one run: across restarts and replicas ---------------------------
+
+CONFIRMED = {
+    "version": "1",
+    "default": "allow",
+    "tools": {"delete_image": {"action": "require_confirmation"}},
+}
+
+
+def asked_token(sc: Sidecar, args: str) -> str:
+    """The token of toolgate's question for ``delete_image(args)``, asked of ``sc``."""
+    forwarded, asked = check(sc, body_of("delete_image", args))
+    assert not forwarded
+    ((token, _),) = asked["result"]["inputRequests"].items()
+    return token
+
+
+def runs(sidecars: list[Sidecar], args: str, token: str) -> list[str]:
+    """Each sidecar's answer to the same yes: ``ran`` or the code it was refused with."""
+    out = []
+    for sc in sidecars:
+        forwarded, message = check(sc, body_of("delete_image", args, yes(token)))
+        out.append("ran" if forwarded else code_of(message))
+    return out
+
+
+def test_attack_a_yes_runs_once_across_a_restart_with_a_local_store(tmp_path):
+    """The state directory's key is shared by restarts (and by replicas given one Secret),
+    while uses counted in a process's own table are not: with a local store, an answer is
+    the asking process's own, and a restart asks again."""
+    state = ("--state-dir", str(tmp_path / "state"))
+    args = '{"id":"ami-restart"}'
+    with Sidecar(CONFIRMED, *state) as first:
+        token = asked_token(first, args)
+        assert runs([first, first], args, token) == ["ran", "CONFIRMATION_INVALID"]
+        unused = asked_token(first, '{"id":"ami-unused"}')
+    with Sidecar(CONFIRMED, *state) as again, Sidecar(CONFIRMED, *state) as replica:
+        assert runs([again, replica], args, token) == ["CONFIRMATION_INVALID"] * 2
+        # An answer not used before the restart is asked anew too, never run on a copy.
+        assert runs([again], '{"id":"ami-unused"}', unused) == ["CONFIRMATION_INVALID"]
+
+
+@pytest.mark.parametrize("mode", ["exact", "cached"])
+def test_attack_a_yes_runs_once_across_replicas_sharing_redis(tmp_path, mode):
+    """Replicas sharing Redis and the key accept each other's answers, and count each use
+    in Redis itself, the cached mode too (its copy is merged only every flush)."""
+    state = ("--state-dir", str(tmp_path / "state"))
+    store = ["--store-mode", mode]
+    if mode == "cached":
+        store += ["--store-flush-ms", "2000"]
+    with RedisServer() as redis:
+        options = (*state, "--store", redis.url, *store)
+        with (
+            Sidecar(CONFIRMED, *options) as a,
+            Sidecar(CONFIRMED, *options) as b,
+            Sidecar(CONFIRMED, *options) as c,
+        ):
+            for n, order in enumerate(([a, b, c], [c, b, a], [b, b, a])):
+                args = json.dumps({"id": f"ami-{mode}-{n}"})
+                token = asked_token(order[0], args)
+                outcomes = runs(order, args, token)
+                assert sorted(outcomes) == ["CONFIRMATION_INVALID"] * 2 + ["ran"], outcomes
+
+
 # --- 2 (reload). a yes after the policy changed ---------------------------------------------
 
 

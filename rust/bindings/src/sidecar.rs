@@ -131,8 +131,14 @@ impl PySidecar {
                 }
             }
         };
-        // Empty: a key of the engine's own.
-        let confirmation_secret = grant_key.clone();
+        // Empty: a key of the engine's own. A used answer is known where its use was counted:
+        // with counts in this process only, answers are this process's own (a key made at
+        // start), so that a restart or another replica sharing the key file cannot run one
+        // yes again; with Redis, every replica counts uses there and shares the key.
+        let confirmation_secret = match store {
+            Store::Local => Vec::new(),
+            Store::Redis { .. } => grant_key.clone(),
+        };
         let decision_log = match decision_log {
             None => None,
             Some(path) => Some(decision_log::Settings {

@@ -577,12 +577,12 @@ impl CounterStore for RedisStore {
         limits: &mut Limits,
     ) -> (Outcome, ReadBits) {
         match &self.cache {
-            Some(cache) => {
+            // A confirmation's nonce is counted in Redis itself, in every mode: a copy merged
+            // only every flush would let two replicas each run the same answer once.
+            Some(cache) if !wants.iter().any(|w| w.limit.once) => {
                 self.reserve_cached(cache, stats, wants, reads, now_ns, consume, parts, limits)
             }
-            None => {
-                self.reserve_exact(stats, wants, reads, denying, now_ns, consume, parts, limits)
-            }
+            _ => self.reserve_exact(stats, wants, reads, denying, now_ns, consume, parts, limits),
         }
     }
 
