@@ -179,7 +179,10 @@ impl Text {
         self.check()
     }
 
-    /// A number as serde_json writes it: integers exactly, others as the shortest double.
+    /// A number as serde_json writes it: integers exactly, others as the shortest double. In
+    /// the canonical form a number is its value: a double that is a whole number within 64
+    /// bits is written as that integer (`320.0` as `320`, `-0.0` as `0`), so a client or
+    /// server that writes integers as floats digests alike.
     fn number(&mut self, n: Num) -> Result<(), Stop> {
         let mut digits = itoa::Buffer::new();
         let float = match n {
@@ -189,6 +192,16 @@ impl Text {
                 // Beyond 64 bits: written as the double it is nearest to, as JSON holds it.
                 _ => i as f64,
             },
+            Num::Float(f) if self.style == Style::Canonical && f.fract() == 0.0 => {
+                // Exact: every double of this size is a whole number that fits.
+                if (-(2f64.powi(63))..2f64.powi(63)).contains(&f) {
+                    return self.digits(digits.format(f as i64));
+                }
+                if (0.0..2f64.powi(64)).contains(&f) {
+                    return self.digits(digits.format(f as u64));
+                }
+                f
+            }
             Num::Float(f) => f,
         };
         let n = serde_json::Number::from_f64(float).ok_or(Stop::NotJson)?;
@@ -222,10 +235,44 @@ mod tests {
                     )
                 }
                 Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+                // Numbers by value: a whole double within 64 bits is that integer.
+                Value::Number(n) => match n.as_f64() {
+                    Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 2f64.powi(63) => {
+                        Value::from(f as i64)
+                    }
+                    Some(f)
+                        if n.is_f64() && f.fract() == 0.0 && (0.0..2f64.powi(64)).contains(&f) =>
+                    {
+                        Value::from(f as u64)
+                    }
+                    _ => v.clone(),
+                },
                 scalar => scalar.clone(),
             }
         }
         serde_json::to_string(&sorted(value)).expect("JSON values serialize")
+    }
+
+    /// `v` with every integer written as a float of the same value where one holds it.
+    fn floats_for_integers(v: &Value) -> Value {
+        match v {
+            Value::Object(m) => Value::Object(
+                m.iter()
+                    .map(|(k, v)| (k.clone(), floats_for_integers(v)))
+                    .collect(),
+            ),
+            Value::Array(items) => Value::Array(items.iter().map(floats_for_integers).collect()),
+            Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+                (Some(i), _) if (i as f64) as i64 == i && i as f64 != 2f64.powi(63) => {
+                    Value::from(i as f64)
+                }
+                (None, Some(u)) if (u as f64) as u64 == u && u as f64 != 2f64.powi(64) => {
+                    Value::from(u as f64)
+                }
+                _ => v.clone(),
+            },
+            other => other.clone(),
+        }
     }
 
     #[test]
@@ -297,6 +344,16 @@ mod tests {
             prop_assert_eq!(digest(&&v), Some(want));
             let text = shown(&v, usize::MAX).unwrap();
             prop_assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), v);
+        }
+
+        /// Numbers by value, in every canonical form (pins, approvals, confirmations): an
+        /// integer and the float of the same value digest alike; another value does not.
+        #[test]
+        fn an_integer_and_its_float_digest_alike(v in json_value(), n in any::<i32>()) {
+            prop_assert_eq!(digest(&&floats_for_integers(&v)), digest(&&v));
+            let (int, float) = (json!({"amount": n}), json!({"amount": f64::from(n)}));
+            prop_assert_eq!(digest(&&int), digest(&&float));
+            prop_assert_ne!(digest(&&int), digest(&&json!({"amount": f64::from(n) + 0.5})));
         }
     }
 }
