@@ -219,7 +219,9 @@ def test_a_header_block_that_never_ends_is_refused(shared):
         read_for(conn, 2)
         conn._read()
     conn.sock.close()
-    assert sent < 100, sent
+    # Sent before the close was seen: what the kernel's buffers took while a busy sidecar had
+    # not read yet (164 frames on a loaded machine), far from the 2000 a buffering one takes.
+    assert sent < 1000, sent
     still_deciding(shared)
     assert rss_kib(shared.proc.pid) < MEMORY_LIMIT_KIB
 
