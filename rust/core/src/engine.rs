@@ -2,8 +2,8 @@
 //! across reloads), and a clock.
 
 use crate::approval::{
-    digest_hex, ApprovalDesk, ApprovalEvent, ApprovalId, ApprovalKey, Ask, Call as ApprovalCall,
-    Opened, Standing,
+    ApprovalDesk, ApprovalEvent, ApprovalId, ApprovalKey, Ask, Call as ApprovalCall, Opened,
+    Standing,
 };
 use crate::approval_text::{is_mcp_tool_name, preview, shown_id};
 use crate::arg_json;
@@ -30,6 +30,7 @@ use crate::policy::{Action, Compare, ConditionItem, Fallback, Policy, Scope};
 use crate::sightings::Sightings;
 use crate::stats::{Api, Stats, OTHER_TOOLS};
 use crate::store::CounterStore;
+use crate::tasks::{self, Owner};
 use crate::trace::{LimitsEnd, List, NoTrace, Trace};
 use arc_swap::ArcSwap;
 use arrayvec::ArrayVec;
@@ -341,7 +342,8 @@ impl Engine {
         if !log.wants(d) {
             return;
         }
-        let mut record = Record::new(self.clock.wall_ms(), latency_ns, d, reason, call);
+        let digests = log.digests();
+        let mut record = Record::new(self.clock.wall_ms(), latency_ns, d, reason, call, digests);
         record.drift = drift;
         self.stats.count_logged(log.submit(record));
     }
@@ -399,7 +401,7 @@ impl Engine {
             deny!(section.shadow, d);
         }
         // A task is reached only by the caller that created it.
-        if let Some((code, reason)) = crate::tasks::screen(self, req) {
+        if let Some((code, reason)) = self.task_screen(req) {
             deny!(section.shadow, out.finish(code, reason, ""));
         }
         // Pinned definitions: a tool its server listed other than pinned, or one with no pin
@@ -913,6 +915,97 @@ impl Engine {
         }
     }
 
+    /// A request its params' `_meta` relates to task `task_id` (a server looks the task up
+    /// and queues the request's answer on it): refused as for a task that does not exist
+    /// unless its caller created the task; `None` when it may go on to be decided.
+    pub fn screen_related(
+        &self,
+        api: Api,
+        task_id: &str,
+        request: &Undecidable<'_>,
+    ) -> Option<Decision> {
+        let (code, reason) = match self.task_owner(request.server, request.subject, task_id) {
+            Owner::Caller => return None,
+            Owner::Other => (Code::Hidden, tasks::FOREIGN),
+            Owner::Unknown => (Code::StoreUnavailable, tasks::UNKNOWN_OWNER),
+        };
+        let request = Undecidable {
+            reason,
+            logged: None,
+            ..*request
+        };
+        Some(self.refuse_as(api, code, &request))
+    }
+
+    /// Note task `task_id`, which `server` just created for `subject`'s call, as that
+    /// caller's ([`crate::tasks`]). False if it could not be noted (the caller has noted as
+    /// many as it may, the table is full, the store is away): no one then reaches the task
+    /// through the proxy.
+    pub fn note_task(&self, server: Option<&str>, subject: Subject<'_>, task_id: &str) -> bool {
+        let policy = self.policy();
+        let (owner, cap) = (&policy.task_owner, &policy.tasks_per_caller);
+        let grant = (subject.grant, subject.grant_verified);
+        let wants = [
+            Want {
+                limit: owner,
+                key: tasks::key((owner.identity, owner.granularity), server, grant, task_id),
+                amount: UNITS_PER_CALL,
+            },
+            Want {
+                limit: cap,
+                key: CounterKey::new(
+                    cap.identity,
+                    subject.grant.unwrap_or("").as_bytes(),
+                    cap.granularity,
+                )
+                .chosen_by_client(!subject.grant_verified),
+                amount: UNITS_PER_CALL,
+            },
+        ];
+        let (mut parts, mut limits) = (limiter::Parts::new(), Limits::default());
+        let now_ns = self.clock.now_ns();
+        let (outcome, _) =
+            self.reserve_in_store(&wants, &[], now_ns, true, &mut parts, &mut limits);
+        matches!(outcome, limiter::Outcome::Reserved)
+    }
+
+    /// Whether `subject` created task `task_id` of `server`.
+    pub fn task_owner(&self, server: Option<&str>, subject: Subject<'_>, task_id: &str) -> Owner {
+        let owner = &self.policy.load().task_owner;
+        let grant = (subject.grant, subject.grant_verified);
+        let read = Read {
+            key: tasks::key((owner.identity, owner.granularity), server, grant, task_id),
+            window_ms: tasks::KEEP_MS,
+        };
+        let (mut parts, mut limits) = (limiter::Parts::new(), Limits::default());
+        let now_ns = self.clock.now_ns();
+        let (_, bits) = self.reserve_in_store(&[], &[read], now_ns, false, &mut parts, &mut limits);
+        match (bits.unknown & 1, bits.set & 1) {
+            (1, _) => Owner::Unknown,
+            (_, 1) => Owner::Caller,
+            _ => Owner::Other,
+        }
+    }
+
+    /// Why a request that reaches one task may not, after its method's rule allowed it: it
+    /// names none, or not one its caller created. `None`: it may go on.
+    fn task_screen<A: ArgValue>(&self, req: &Request<'_, A>) -> Option<(Code, &'static str)> {
+        if req.kind != Kind::Method || !tasks::METHODS.contains(&req.name) {
+            return None;
+        }
+        let task_id = req.args.as_ref().and_then(|a| a.get_key("taskId"));
+        let Some(task_id) = task_id.as_ref().and_then(ArgValue::as_str) else {
+            let reason = "the request names no task (params.taskId)";
+            return Some((Code::InvalidRequest, reason));
+        };
+        match self.task_owner(req.server, req.subject, task_id) {
+            Owner::Caller => None,
+            // Answered as a task that does not exist: whether it does is another caller's.
+            Owner::Other => Some((Code::Hidden, tasks::FOREIGN)),
+            Owner::Unknown => Some((Code::StoreUnavailable, tasks::UNKNOWN_OWNER)),
+        }
+    }
+
     /// Reserve `wants` and read `reads` in the store, with no marks to judge and nothing to
     /// trace: for counters that are not a rule's (a task's creator, [`crate::tasks`]).
     pub(crate) fn reserve_in_store(
@@ -1123,7 +1216,7 @@ impl Engine {
                         arguments: shown.to_owned(),
                         arguments_cut: cut,
                         arguments_bytes: arguments.len() as u64,
-                        arguments_digest: digest_hex(&arguments),
+                        arguments_digest: a.settings().digests.arguments_hex(&arguments),
                         owner: ask.owner,
                         rule: rule.to_owned(),
                         revision: policy.revision.to_string(),

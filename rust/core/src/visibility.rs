@@ -36,6 +36,23 @@ impl Visibility {
     }
 }
 
+impl crate::tasks::Owner {
+    /// Whether a task list shows the task: to its creator only, so the list is the caller's
+    /// own (never cached for another).
+    pub fn visibility(self) -> Visibility {
+        use crate::tasks::Owner;
+        let removed = match self {
+            Owner::Caller => None,
+            Owner::Other => Some(Code::Hidden),
+            Owner::Unknown => Some(Code::StoreUnavailable),
+        };
+        Visibility {
+            removed,
+            per_subject: true,
+        }
+    }
+}
+
 impl CompiledPolicy {
     /// Whether `subject` sees `name`, of `kind`, of `server` listed; a tool defined as
     /// `definition` (for conditions that read its title or annotations).
