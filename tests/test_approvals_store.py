@@ -85,7 +85,8 @@ def test_a_pending_approval_is_stored_with_everything_an_approver_needs(tmp_path
     assert row is not None
     assert (row.tool, row.rule, row.revision) == ("terminate", "/tools/terminate", d.revision)
     assert json.loads(row.arguments) == {"ids": ["i-1", "i-2"]}
-    assert len(row.arguments_digest) == 64 and row.approvers == ["alice"]
+    assert row.arguments_digest.startswith("hmac-sha256:") and row.approvers == ["alice"]
+    assert len(row.arguments_digest) == len("hmac-sha256:") + 64
     assert row.deadline_ms - row.created_ms == 10 * MIN
     # The grant is a credential: only its keyed hash is stored.
     assert row.grant.startswith("hmac-sha256:") and row.grant != "g"

@@ -208,15 +208,23 @@ def test_attack_one_yes_runs_one_call_whatever_the_bytes(example, gate):
         codes.append(code_of(message))
     assert codes.count("RAN") == 1 and ran(example, "ami-bytes") == 1, codes
     assert set(codes) <= {"RAN", "CONFIRMATION_INVALID"}, codes
-    # Numbers a Python server reads as another type are another call.
+    # Numbers by value, as in every canonical form: 5.0 is 5 (the yes runs one of them), a
+    # string "5" or another number is another call.
     args = '{"amount":5,"currency":"EUR","memo":"m-num"}'
     t, question = ask(gate, "u-bytes", "transfer_funds", args)
     assert question == "Transfer 5 EUR?"
-    for other in ("5.0", "5e0", '"5"', "50e-1"):
+    for other in ('"5"', "5.5", "50"):
         changed = args.replace(":5,", f":{other},")
         _, message = post(gate, "u-bytes", body_of("transfer_funds", changed, yes(t)))
         assert code_of(message) == "CONFIRMATION_INVALID", (other, message)
     assert ran(example, "m-num") == 0
+    codes = []
+    for i, same in enumerate(("5.0", "5e0", "50e-1")):
+        changed = args.replace(":5,", f":{same},")
+        _, message = post(gate, "u-bytes", body_of("transfer_funds", changed, yes(t), id=30 + i))
+        codes.append(code_of(message))
+    assert codes == ["RAN", "CONFIRMATION_INVALID", "CONFIRMATION_INVALID"], codes
+    assert ran(example, "m-num") == 1
 
 
 def test_attack_a_yes_is_for_its_caller_and_tool(example, gate):

@@ -23,7 +23,7 @@ from conftest import cond, limit, make_sidecar, policy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sidecar import PATIENCE, Sidecar, toolgate_cli
-from toolgate._core import inert
+from toolgate._core import argument_digest, inert
 from toolgate.sidecar.decision_log import GENESIS, log_files, verify
 
 KEY = b"k" * 32
@@ -116,7 +116,10 @@ def test_argument_values_and_credentials_stay_out(tmp_path):
     assert pay["args"]["clear"] == {"args.amount": 5, "args.currency": "EUR"}
     assert pay["args"]["names"] == ["amount", "currency", "memo", "to"]
     canonical = json.dumps(args, sort_keys=True, separators=(",", ":"))
-    assert pay["args"]["digest"] == hashlib.sha256(canonical.encode()).hexdigest()
+    # Keyed, as the grant is: an argument may be a secret a plain digest gives away.
+    keyed = hmac.new(KEY, b"toolgate arguments\0" + canonical.encode(), hashlib.sha256)
+    assert pay["args"]["digest"] == f"hmac-sha256:{keyed.hexdigest()}"
+    assert pay["args"]["digest"] == argument_digest(KEY, json.dumps(args))
     assert "clear" not in lookup["args"]
     want = hmac.new(KEY, b"sk-live-secret", hashlib.sha256).hexdigest()[:32]
     assert pay["subject"]["grant"] == f"hmac-sha256:{want}"

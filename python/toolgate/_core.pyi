@@ -39,6 +39,7 @@ __all__ = [
     "ValidationError",
     "__revision__",
     "__version__",
+    "argument_digest",
     "format_seconds",
     "format_window",
     "inert",
@@ -101,6 +102,11 @@ def inert(text: str) -> str:
 def inert_json(json: str) -> str:
     """Compact JSON text (as the engine writes it) with every character ``inert`` escapes
     written as a JSON ``\\uXXXX`` escape: the same value, safe to show."""
+
+def argument_digest(key: bytes, arguments: str) -> str:
+    """The digest of a call's arguments (JSON text) as the decision log, the approvals store
+    and webhooks write it under ``key`` (the state directory's ``grant.key``):
+    ``hmac-sha256:`` and 64 hex digits. ValueError if the text is not one JSON value."""
 
 def tool_digest(tool: str) -> str:
     """The digest a pin records of one tool definition (JSON text of one tool object of a

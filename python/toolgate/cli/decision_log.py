@@ -1,4 +1,5 @@
-"""``toolgate log verify``: check a decision log's hash chain, across its rotated files."""
+"""``toolgate log verify``: check a decision log's hash chain, across its rotated files.
+``toolgate log digest``: the keyed digest a line holds of known arguments, to check it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from toolgate._core import argument_digest
 from toolgate.sidecar.decision_log import log_files, parse_head, verify
 
 
@@ -39,6 +41,21 @@ def _verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _digest(args: argparse.Namespace) -> int:
+    key_file = Path(args.state_dir) / "grant.key"
+    try:
+        key = key_file.read_bytes()
+    except OSError as err:
+        print(f"toolgate log digest: cannot read {key_file}: {err.strerror}", file=sys.stderr)
+        return 2
+    try:
+        print(argument_digest(key, args.arguments))
+    except ValueError as err:
+        print(f"toolgate log digest: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def add_command(sub: Any) -> None:
     """Register ``toolgate log`` on the CLI's subparsers."""
     p = sub.add_parser("log", help="work with a decision log (--decision-log)")
@@ -63,3 +80,13 @@ def add_command(sub: Any) -> None:
         "line, unchanged",
     )
     v.set_defaults(run=_verify)
+    d = actions.add_parser(
+        "digest",
+        help="the digest a line holds of known arguments (args.digest), to check it",
+        description="Print the keyed digest the decision log, the approvals store and "
+        "webhooks write of ARGUMENTS (JSON), under the sidecar's key (STATE_DIR/grant.key): "
+        "equal to a line's args.digest if and only if the call's arguments were these.",
+    )
+    d.add_argument("arguments", metavar="ARGUMENTS", help="the arguments, JSON: '{\"pin\": 1234}'")
+    d.add_argument("--state-dir", required=True, help="the sidecar's --state-dir")
+    d.set_defaults(run=_digest)

@@ -62,6 +62,20 @@ fn tool_digest(tool: &str) -> PyResult<String> {
     }
 }
 
+/// The digest of a call's arguments (JSON text) as the decision log, the approvals store
+/// and webhooks write it under `key` (the state directory's `grant.key`):
+/// `hmac-sha256:` and 64 hex digits, for an auditor to check a known value against a line.
+/// ValueError if the text is not one JSON value, read one way.
+#[pyfunction]
+fn argument_digest(key: &[u8], arguments: &str) -> PyResult<String> {
+    let value = toolgate_core::mcp::strict_json::parse(arguments.as_bytes())
+        .map_err(|e| PyValueError::new_err(format!("the arguments cannot be read: {e}")))?;
+    let mac = toolgate_core::approval::CallDigests::new(key).arguments();
+    toolgate_core::arg_json::keyed_digest(&&value, &mac)
+        .map(|d| toolgate_core::approval::keyed_hex(&d))
+        .ok_or_else(|| PyValueError::new_err("the arguments hold a value JSON cannot"))
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::PyEngine>()?;
@@ -79,6 +93,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(inert, m)?)?;
     m.add_function(wrap_pyfunction!(inert_json, m)?)?;
     m.add_function(wrap_pyfunction!(tool_digest, m)?)?;
+    m.add_function(wrap_pyfunction!(argument_digest, m)?)?;
     m.add_function(wrap_pyfunction!(eviction::read_maxmemory_policy, m)?)?;
     m.add_function(wrap_pyfunction!(format_window, m)?)?;
     m.add_function(wrap_pyfunction!(format_seconds, m)?)?;

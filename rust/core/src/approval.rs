@@ -12,7 +12,7 @@
 //! flood through one rule, cannot take every slot.
 
 use hmac::{Hmac, Mac};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use std::fmt;
 
 /// Pending approvals one grant may have at once, by default.
@@ -156,6 +156,23 @@ impl CallDigests {
         mac.finalize().into_bytes().into()
     }
 
+    /// The key a call's arguments are digested under wherever the digest leaves the process
+    /// (the decision log, the approvals store, webhooks): an argument may be a secret (a PIN,
+    /// a card's last digits) that a plain digest gives away to guesses.
+    pub fn arguments(&self) -> Hmac<Sha256> {
+        let mut mac = self.mac.clone();
+        mac.update(b"toolgate arguments\0");
+        mac
+    }
+
+    /// The keyed digest of arguments given as their canonical JSON text, as written:
+    /// `hmac-sha256:` and 64 hex digits.
+    pub fn arguments_hex(&self, canonical: &str) -> String {
+        let mut mac = self.arguments();
+        mac.update(canonical.as_bytes());
+        keyed_hex(&mac.finalize().into_bytes())
+    }
+
     /// Which call an approval is for.
     pub fn key(&self, call: &Call<'_>) -> ApprovalKey {
         let d = self.digest(
@@ -197,12 +214,10 @@ fn parse_words(text: &str) -> Option<[u64; 2]> {
     Some([word(0..16)?, word(16..32)?])
 }
 
-/// SHA-256 of `text`, in hex: an argument digest.
-pub fn digest_hex(text: &str) -> String {
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+/// A keyed digest as it is written: `hmac-sha256:` and its hex digits.
+pub fn keyed_hex(digest: &[u8]) -> String {
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("hmac-sha256:{hex}")
 }
 
 /// What a call that needs approval finds.

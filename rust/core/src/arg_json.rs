@@ -5,6 +5,7 @@
 
 use crate::args::{ArgValue, Kind, Num};
 use crate::inert::push_json_string;
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 
@@ -32,7 +33,18 @@ enum Style {
 /// SHA-256 of `value`'s canonical JSON; `None` if it is not JSON. Streamed: the text is
 /// hashed a block at a time, never held whole.
 pub fn digest<A: ArgValue>(value: &A) -> Option<[u8; 32]> {
-    hashed(|text| text.value(value, MAX_DEPTH))
+    hashed(Hash::Plain(Sha256::new()), |text| {
+        text.value(value, MAX_DEPTH)
+    })
+}
+
+/// [`digest`] under a key: `mac` (already fed its domain) over the canonical JSON. What
+/// leaves the process of arguments, which may be secrets a plain digest gives away to
+/// guesses.
+pub fn keyed_digest<A: ArgValue>(value: &A, mac: &Hmac<Sha256>) -> Option<[u8; 32]> {
+    hashed(Hash::Keyed(mac.clone()), |text| {
+        text.value(value, MAX_DEPTH)
+    })
 }
 
 /// `value`'s canonical JSON text (what [`digest`] hashes), whole; `None` if it is not JSON.
@@ -50,21 +62,53 @@ pub fn canonical<A: ArgValue>(value: &A) -> Option<String> {
 /// The digest of an object given as its members sorted by key, as [`digest`] of that
 /// object would be; `None` if a value is not JSON.
 pub fn digest_members<A: ArgValue>(sorted_members: &[(Cow<'_, str>, A)]) -> Option<[u8; 32]> {
-    hashed(|text| text.members(sorted_members, MAX_DEPTH - 1))
+    let plain = Hash::Plain(Sha256::new());
+    hashed(plain, |text| text.members(sorted_members, MAX_DEPTH - 1))
 }
 
-fn hashed(write: impl FnOnce(&mut Text) -> Result<(), Stop>) -> Option<[u8; 32]> {
+/// [`digest_members`] under a key, as [`keyed_digest`].
+pub fn keyed_digest_members<A: ArgValue>(
+    sorted_members: &[(Cow<'_, str>, A)],
+    mac: &Hmac<Sha256>,
+) -> Option<[u8; 32]> {
+    let keyed = Hash::Keyed(mac.clone());
+    hashed(keyed, |text| text.members(sorted_members, MAX_DEPTH - 1))
+}
+
+/// What the canonical text is hashed with.
+enum Hash {
+    Plain(Sha256),
+    Keyed(Hmac<Sha256>),
+}
+
+impl Hash {
+    fn update(&mut self, bytes: &[u8]) {
+        match self {
+            Hash::Plain(h) => Digest::update(h, bytes),
+            Hash::Keyed(m) => Mac::update(m, bytes),
+        }
+    }
+
+    fn finish(self) -> [u8; 32] {
+        match self {
+            Hash::Plain(h) => h.finalize().into(),
+            Hash::Keyed(m) => m.finalize().into_bytes().into(),
+        }
+    }
+}
+
+fn hashed(hash: Hash, write: impl FnOnce(&mut Text) -> Result<(), Stop>) -> Option<[u8; 32]> {
     let mut text = Text {
         // Grown up to a block as the text needs: most arguments are a few hundred bytes.
         bytes: Vec::with_capacity(256),
-        hasher: Some(Sha256::new()),
+        hasher: Some(hash),
         max: usize::MAX,
         style: Style::Canonical,
     };
     write(&mut text).ok()?;
     let mut hasher = text.hasher.take()?;
     hasher.update(&text.bytes);
-    Some(hasher.finalize().into())
+    Some(hasher.finish())
 }
 
 /// `value` as JSON for people to read (its own member order, strings inert), appended to
@@ -92,7 +136,7 @@ const BLOCK: usize = 4096;
 /// Text being written: hashed a block at a time, or kept up to `max` bytes.
 struct Text {
     bytes: Vec<u8>,
-    hasher: Option<Sha256>,
+    hasher: Option<Hash>,
     max: usize,
     style: Style,
 }

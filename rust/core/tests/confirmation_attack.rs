@@ -298,8 +298,9 @@ fn other_spellings_of_the_token_never_run_the_call_twice() {
 
 /// Arguments spelt otherwise but the same JSON (key order, whitespace, `\u` escapes) are the
 /// same call: all decoders read them alike, so the user's yes covers them. But a yes runs
-/// one call whichever spelling comes first. `1` against `1.0`, `1e2` against `100`: another
-/// call (Python servers read an int and a float), refused.
+/// one call whichever spelling comes first. Numbers are by value, as in every canonical
+/// form: `1.0` and `1e0` are `1` (a schema-validating server reads them alike), while
+/// `"1"`, `true` or `[1]` are another call, refused.
 #[test]
 fn one_yes_runs_one_call_whatever_the_arguments_spelling() {
     let (e, _) = engine(&policy());
@@ -320,10 +321,14 @@ fn one_yes_runs_one_call_whatever_the_arguments_spelling() {
     }
     assert_eq!(ran, 1, "one yes, one run");
 
+    for by_value in [r#"{"name":"x","n":1.0}"#, r#"{"name":"x","n":1e0}"#] {
+        let t = ask(&e, "delete_db", r#"{"name":"x","n":1}"#);
+        let got = send(&e, &raw("delete_db", by_value, CAPABLE, Some(&yes(&t))));
+        assert_eq!(got, RAN, "{by_value}: the same number");
+    }
     let t = ask(&e, "delete_db", r#"{"name":"x","n":1}"#);
     for other in [
-        r#"{"name":"x","n":1.0}"#,
-        r#"{"name":"x","n":1e0}"#,
+        r#"{"name":"x","n":1.5}"#,
         r#"{"name":"x","n":"1"}"#,
         r#"{"name":"x","n":true}"#,
         r#"{"name":"x","n":[1]}"#,

@@ -596,10 +596,10 @@ proptest! {
     }
 }
 
-/// A number written otherwise (`1.0` or `1e0` for `1`) digests otherwise: a false alarm at
-/// worst, never a changed definition taken for the pinned one.
+/// Numbers by value: `1.0`, `1e0` or `10e-1` for `1` is the pinned definition (no false
+/// alarm for a server that writes integers as floats); another number is a changed one.
 #[test]
-fn a_number_written_otherwise_is_withheld_not_passed() {
+fn a_number_is_pinned_by_its_value() {
     let pinned_tool = object(json!({"name": "paged", "inputSchema": {"type": "object",
         "properties": {"page": {"type": "integer", "minimum": 1}}}}));
     let file = pins_file(&[&pinned_tool], &[]);
@@ -613,8 +613,11 @@ fn a_number_written_otherwise_is_withheld_not_passed() {
         Value::Object(m) => m,
         _ => unreachable!(),
     };
-    assert_eq!(list(&e, None, &read("1")), None);
-    for other in ["1.0", "1e0", "10e-1"] {
+    for same in ["1", "1.0", "1e0", "10e-1"] {
+        assert_eq!(list(&e, None, &read(same)), None, "{same}");
+        assert_ne!(call(&e, None, "paged").code, Code::ToolChanged, "{same}");
+    }
+    for other in ["1.5", "2", "0"] {
         assert_eq!(
             list(&e, None, &read(other)),
             Some(Code::ToolChanged),

@@ -4,6 +4,7 @@
 //! copied nor handed to the writer.
 
 use super::push_hex_bytes;
+use crate::approval::CallDigests;
 use crate::arg_json::{self, Stop};
 use crate::arg_path::walk;
 use crate::args::ArgValue;
@@ -38,19 +39,28 @@ pub(super) fn log_paths<'p>(
 
 /// The `args` object of a line: `names`, the top-level names sorted, the first of them up
 /// to [`MAX_NAMES`] and [`MAX_NAMES_BYTES`] (`names_omitted`: how many more there are);
-/// `digest`, the SHA-256 of the arguments' canonical JSON (`null` if they are not JSON);
+/// `digest`, the HMAC-SHA-256 of the arguments' canonical JSON under `digests`' key,
+/// `hmac-sha256:` and 64 hex digits (without a key, their SHA-256 in hex; `null` if they are
+/// not JSON);
 /// and, when `clear` lists paths, `clear`: the value at each path that has one, if its JSON
 /// takes at most [`MAX_CLEAR_BYTES`] (`clear_omitted`: the paths whose value did not).
-pub fn summarize<A: ArgValue + Clone>(args: &A, clear: &[&ArgPath]) -> Vec<u8> {
+pub fn summarize<A: ArgValue + Clone>(
+    args: &A,
+    clear: &[&ArgPath],
+    digests: Option<&CallDigests>,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(160);
     let mut members = args.entries();
     if let Some(m) = &mut members {
         m.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     }
     // The members sorted once serve both the names and the digest.
-    let digest = match &members {
-        Some(m) => arg_json::digest_members(m),
-        None => arg_json::digest(args),
+    let key = digests.map(CallDigests::arguments);
+    let digest = match (&members, &key) {
+        (Some(m), Some(key)) => arg_json::keyed_digest_members(m, key),
+        (None, Some(key)) => arg_json::keyed_digest(args, key),
+        (Some(m), None) => arg_json::digest_members(m),
+        (None, None) => arg_json::digest(args),
     };
     let members = members.unwrap_or_default();
     // The names, in order, while they fit the caps.
@@ -76,6 +86,9 @@ pub fn summarize<A: ArgValue + Clone>(args: &A, clear: &[&ArgPath]) -> Vec<u8> {
     match digest {
         Some(d) => {
             out.extend_from_slice(b",\"digest\":\"");
+            if key.is_some() {
+                out.extend_from_slice(b"hmac-sha256:");
+            }
             push_hex_bytes(&mut out, &d);
             out.push(b'"');
         }
@@ -139,7 +152,7 @@ mod tests {
     use sha2::{Digest, Sha256};
 
     fn arguments(args: &Value, clear: &[&ArgPath]) -> Value {
-        serde_json::from_slice(&summarize(&args, clear)).expect("valid JSON")
+        serde_json::from_slice(&summarize(&args, clear, None)).expect("valid JSON")
     }
 
     #[test]

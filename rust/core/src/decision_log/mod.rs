@@ -59,6 +59,12 @@ pub trait DecisionSink: Send + Sync {
 
     /// The records taken and not yet written, and their bytes ([`Record::bytes`]).
     fn queued(&self) -> (u64, u64);
+
+    /// What a line's arguments are digested under (the deployment's key); `None`: a plain
+    /// SHA-256 (a log no key was given for).
+    fn digests(&self) -> Option<&crate::approval::CallDigests> {
+        None
+    }
 }
 
 /// Lower-case hex of `bytes`, appended to `out`.

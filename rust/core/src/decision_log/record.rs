@@ -4,6 +4,7 @@
 
 use super::arguments::{log_paths, summarize};
 use crate::approval::ApprovalId;
+use crate::approval::CallDigests;
 use crate::args::ArgValue;
 use crate::compile::CompiledPolicy;
 use crate::condition::Subject;
@@ -70,6 +71,7 @@ impl Record {
         d: &Decision,
         reason: Option<&str>,
         call: &Call<'_, A>,
+        digests: Option<&CallDigests>,
     ) -> Record {
         let mut cut = Vec::new();
         let mut text = |field: &'static str, value: Option<&str>| {
@@ -96,7 +98,7 @@ impl Record {
         let args = call.args.map(|a| {
             let name = call.name.unwrap_or_default();
             let paths = log_paths(&d.policy, call.kind, name, call.server);
-            summarize(a, &paths).into_boxed_slice()
+            summarize(a, &paths, digests).into_boxed_slice()
         });
         Record {
             at_ms,

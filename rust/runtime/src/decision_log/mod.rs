@@ -24,6 +24,7 @@ use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
+use toolgate_core::approval::CallDigests;
 use toolgate_core::decision::Decision;
 use toolgate_core::decision_log::{push_hex, DecisionSink, Filter, Record};
 use writer::Writer;
@@ -59,6 +60,8 @@ enum Message {
 pub struct DecisionLog {
     tx: SyncSender<Message>,
     filter: Filter,
+    /// What each line's arguments are digested under.
+    digests: CallDigests,
     dropped: Arc<AtomicU64>,
     written: Arc<AtomicU64>,
     queued: Arc<Queued>,
@@ -118,6 +121,12 @@ impl DecisionLog {
             seq: sink.seq,
             sha256: sink.prev.clone(),
         }));
+        // Arguments are digested under the same key as grants (a log given none: a key of
+        // this process's own, so no digest of them can be checked against guesses).
+        let digests = match settings.grant_key.is_empty() {
+            true => CallDigests::random(),
+            false => CallDigests::new(&settings.grant_key),
+        };
         let writer = Writer {
             head: Arc::clone(&head),
             sink,
@@ -135,6 +144,7 @@ impl DecisionLog {
         Ok(DecisionLog {
             tx,
             filter: settings.filter,
+            digests,
             dropped,
             written,
             queued,
@@ -216,6 +226,10 @@ impl DecisionSink for DecisionLog {
     /// At most the queue's bounds.
     fn queued(&self) -> (u64, u64) {
         self.queued.get()
+    }
+
+    fn digests(&self) -> Option<&CallDigests> {
+        Some(&self.digests)
     }
 }
 
