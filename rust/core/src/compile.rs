@@ -512,32 +512,21 @@ fn compile_confirmation(
     // A used nonce is remembered for twice a token's life: a replica whose clock (or the
     // store's) runs up to one timeout apart from the asking one still finds it used.
     let remembered_ms = timeout_ms.saturating_mul(2);
-    let granularity = Granularity::for_window_ms(remembered_ms);
     let mut limit = |counter: &str, scope: Scope, max: f64, once: bool| {
         let identity = CounterKey::identity(&[
             b"confirmation\0",
             counter.as_bytes(),
             &remembered_ms.to_le_bytes(),
         ]);
-        let info = LimitInfo {
-            counter: tables.text(counter),
-            rule: tables.text(rule.pointer.as_str()),
+        let counted = Counted {
+            counter,
+            identity,
             scope,
             max,
             window_ms: remembered_ms,
-        };
-        CompiledLimit {
-            id: tables.limit(info.clone()),
-            info,
-            counter_name: counter.into(),
-            identity,
-            granularity,
-            max_units: to_units(max).unwrap_or(0),
-            cost: None,
-            cost_text: None,
-            cost_pointer: tables.text(rule.pointer.as_str()),
             once,
-        }
+        };
+        internal_limit(tables, rule.pointer.as_str(), counted)
     };
     // One unit per nonce: a second use within the window finds no room.
     let once = limit("confirmation", Scope::Global, 1.0, true);
@@ -653,31 +642,53 @@ fn compile_mark(mark: &MarkRule, tables: &mut Tables, marks: &mut Marks) -> Arc<
 /// same in every policy, so a reload forgets no task.
 fn compile_task_owner(tables: &mut Tables) -> [CompiledLimit; 2] {
     let window_ms = crate::tasks::KEEP_MS;
-    let granularity = Granularity::for_window_ms(window_ms);
     let per_caller = f64::from(crate::tasks::MAX_PER_CALLER);
     [("task owner", f64::INFINITY), ("tasks noted", per_caller)].map(|(counter, max)| {
         let identity = CounterKey::identity(&[counter.as_bytes(), &window_ms.to_le_bytes()]);
-        let info = LimitInfo {
-            counter: tables.text(counter),
-            rule: tables.text(""),
+        let counted = Counted {
+            counter,
+            identity,
             scope: Scope::Grant,
             max,
             window_ms,
-        };
-        CompiledLimit {
-            id: tables.limit(info.clone()),
-            info,
-            counter_name: counter.into(),
-            identity,
-            granularity,
-            // A note is never refused: one unit per task.
-            max_units: to_units(max).unwrap_or(MARK_CEILING),
-            cost: None,
-            cost_text: None,
-            cost_pointer: tables.text(""),
             once: false,
-        }
+        };
+        internal_limit(tables, "", counted)
     })
+}
+
+/// A counter the engine keeps for itself, not one a rule names: a confirmation's nonces,
+/// a task's creator.
+struct Counted<'a> {
+    counter: &'a str,
+    identity: u64,
+    scope: Scope,
+    /// Infinite: never refused (one unit per use, far below a bucket's capacity).
+    max: f64,
+    window_ms: u64,
+    once: bool,
+}
+
+fn internal_limit(tables: &mut Tables, pointer: &str, c: Counted<'_>) -> CompiledLimit {
+    let info = LimitInfo {
+        counter: tables.text(c.counter),
+        rule: tables.text(pointer),
+        scope: c.scope,
+        max: c.max,
+        window_ms: c.window_ms,
+    };
+    CompiledLimit {
+        id: tables.limit(info.clone()),
+        info,
+        counter_name: c.counter.into(),
+        identity: c.identity,
+        granularity: Granularity::for_window_ms(c.window_ms),
+        max_units: to_units(c.max).unwrap_or(MARK_CEILING),
+        cost: None,
+        cost_text: None,
+        cost_pointer: tables.text(pointer),
+        once: c.once,
+    }
 }
 
 /// What a mark's counter may hold: a mark counts one unit per call that sets it.
