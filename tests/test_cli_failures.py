@@ -150,6 +150,7 @@ INVOCATIONS = [
     Invocation("approvals deny", _admin("--timeout", str(PATIENCE), "deny", "{approval}")),
     Invocation("approvals watch", _admin("watch")),
     Invocation("log verify", ("log", "verify", "{log}")),
+    Invocation("log digest", ("log", "digest", "--state-dir", "{state}", '{"name": "web"}')),
     Invocation("test", ("test", "{testfile}")),
     Invocation(
         "explain",
@@ -226,6 +227,7 @@ class World:
         out["target"] = self.sidecar.target
         out["admin"] = self.admin
         out["url"] = self.mcp_url
+        out["state"] = str(self.work / "state")
         out["program"] = [sys.executable, "-m", "mcp_server_time"]
         for name in ("listen", "metrics", "admin_listen"):
             out[name] = "127.0.0.1:0"
