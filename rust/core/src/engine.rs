@@ -924,11 +924,8 @@ impl Engine {
         task_id: &str,
         request: &Undecidable<'_>,
     ) -> Option<Decision> {
-        let (code, reason) = match self.task_owner(request.server, request.subject, task_id) {
-            Owner::Caller => return None,
-            Owner::Other => (Code::Hidden, tasks::FOREIGN),
-            Owner::Unknown => (Code::StoreUnavailable, tasks::UNKNOWN_OWNER),
-        };
+        let owner = self.task_owner(request.server, request.subject, task_id);
+        let (code, reason) = refusal(owner)?;
         let request = Undecidable {
             reason,
             logged: None,
@@ -998,12 +995,7 @@ impl Engine {
             let reason = "the request names no task (params.taskId)";
             return Some((Code::InvalidRequest, reason));
         };
-        match self.task_owner(req.server, req.subject, task_id) {
-            Owner::Caller => None,
-            // Answered as a task that does not exist: whether it does is another caller's.
-            Owner::Other => Some((Code::Hidden, tasks::FOREIGN)),
-            Owner::Unknown => Some((Code::StoreUnavailable, tasks::UNKNOWN_OWNER)),
-        }
+        refusal(self.task_owner(req.server, req.subject, task_id))
     }
 
     /// Reserve `wants` and read `reads` in the store, with no marks to judge and nothing to
@@ -1431,6 +1423,17 @@ impl MarkReads {
             i += 1;
         }
         &self.marks
+    }
+}
+
+/// Why a caller whose standing towards a task is `owner` may not reach it; `None`: it
+/// created it. Another's task is answered as one that does not exist: whether it does is
+/// the other caller's business.
+fn refusal(owner: Owner) -> Option<(Code, &'static str)> {
+    match owner {
+        Owner::Caller => None,
+        Owner::Other => Some((Code::Hidden, tasks::FOREIGN)),
+        Owner::Unknown => Some((Code::StoreUnavailable, tasks::UNKNOWN_OWNER)),
     }
 }
 
