@@ -3,13 +3,20 @@
 //! when set (a build from an archive, which has no .git), else the git commit checked out,
 //! else empty (unknown).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
+
+/// The crate's directory, read when the script runs: the script's binary is shared by every
+/// checkout that builds into one kept target directory (scripts/build-cache.sh), so a path
+/// compiled into it would name whichever checkout built it first.
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+}
 
 fn git(args: &[&str]) -> Option<String> {
     let out = Command::new("git")
         .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(manifest_dir())
         .output()
         .ok()?;
     let text = String::from_utf8(out.stdout).ok()?;
@@ -20,7 +27,7 @@ fn git(args: &[&str]) -> Option<String> {
 /// directory when it is not in a linked worktree).
 fn git_file(name: &str) -> Option<PathBuf> {
     let path = PathBuf::from(git(&["rev-parse", "--git-path", name])?);
-    Some(Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
+    Some(manifest_dir().join(path))
 }
 
 fn main() {

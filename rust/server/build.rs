@@ -13,7 +13,9 @@ const CODEC: &str = "crate::codec::ProstCodec";
 const STREAM_CODEC: &str = "crate::codec::StreamCodec";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read when the script runs, not compiled in: one kept target directory serves every
+    // checkout (scripts/build-cache.sh), and with it this script's binary.
+    let root = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     for (schema, bin) in [
         ("toolgate/v1/decider.proto", "toolgate.v1.bin"),
