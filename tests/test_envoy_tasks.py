@@ -43,6 +43,11 @@ POLICY = policy(
 )
 
 
+#: What MCP servers (and toolgate, for a session that is another caller's) answer a request
+#: in a session they do not know, with HTTP 404.
+SESSION_NOT_FOUND = {"code": -32001, "message": "Session not found"}
+
+
 class Caller:
     """One caller's requests through Envoy: its bearer token, in a session of its own or,
     ``session``, in another's."""
@@ -115,22 +120,26 @@ def test_a_task_is_reached_only_by_the_caller_that_created_it(envoy: Envoy) -> N
     listed = alice.post("tasks/list", {})["result"]["tasks"]
     assert [t["taskId"] for t in listed] == [task_id]
 
-    # Another caller in alice's own session: the server would answer it, toolgate does not.
+    # Another caller in alice's own session, where the server would answer it: the session
+    # is alice's, and mallory is answered as for a session that does not exist.
     mallory = Caller(envoy, "mallory", session=alice.session)
-    for method in ("tasks/get", "tasks/result", "tasks/cancel"):
-        refused = mallory.post(method, {"taskId": task_id})
-        assert refused["error"] == {"code": -32602, "message": "Task not found"}, method
-    assert mallory.post("tasks/list", {})["result"]["tasks"] == []
+    for method in ("tasks/get", "tasks/result", "tasks/cancel", "tasks/list"):
+        status, _, body = mallory.post(method, {"taskId": task_id}, raw=True)
+        assert status == 404, (method, status, body)
+        assert json.loads(body)["error"] == SESSION_NOT_FOUND, method
     # The cancel never reached the server: alice's task runs on.
     status = alice.post("tasks/get", {"taskId": task_id})["result"]["status"]
     assert status != "cancelled"
 
-    # Mallory's own task is mallory's, and not alice's, even in mallory's session.
+    # Mallory's own task is mallory's, and not alice's; and alice in mallory's session is
+    # answered as mallory was in hers.
     mine = Caller(envoy, "mallory")
     own = mine.research()["result"]["task"]["taskId"]
     assert mine.post("tasks/get", {"taskId": own})["result"]["taskId"] == own
+    assert alice.post("tasks/get", {"taskId": own})["error"]["message"] == "Task not found"
     intruder = Caller(envoy, "alice", session=mine.session)
-    assert intruder.post("tasks/get", {"taskId": own})["error"]["message"] == "Task not found"
+    status, _, body = intruder.post("tasks/get", {"taskId": own}, raw=True)
+    assert (status, json.loads(body)["error"]) == (404, SESSION_NOT_FOUND)
     assert [t["taskId"] for t in alice.post("tasks/list", {})["result"]["tasks"]] == [task_id]
 
 

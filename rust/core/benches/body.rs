@@ -116,6 +116,10 @@ fn shapes(budget: usize) -> Vec<(&'static str, String)> {
 }
 
 fn check(engine: &Engine, body: &[u8]) -> Gate {
+    check_in(engine, body, Subject::default(), None)
+}
+
+fn check_in(engine: &Engine, body: &[u8], subject: Subject, mcp_session: Option<&str>) -> Gate {
     mcp::check(
         engine,
         &HttpCall {
@@ -123,12 +127,37 @@ fn check(engine: &Engine, body: &[u8]) -> Gate {
             body,
             truncated: false,
             server: None,
-            subject: Subject::default(),
+            subject,
             mcp_method: None,
             mcp_name: None,
             resumes: false,
+            mcp_session,
         },
     )
+}
+
+/// What holding a session adds to a small allowed call: the read of who holds it.
+fn sessions(c: &mut Criterion) {
+    let engine = engine();
+    let body = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"write_file","arguments":{"path":"/tmp/x"}}}"#;
+    let alice = Subject {
+        grant: Some("alice"),
+        ..Subject::default()
+    };
+    let mut g = c.benchmark_group("session");
+    for (name, session) in [
+        ("none", None),
+        ("held", Some("a1b2c3d4e5f60718293a4b5c6d7e8f90")),
+    ] {
+        assert!(matches!(
+            check_in(&engine, body, alice, session),
+            Gate::Forward { .. }
+        ));
+        g.bench_function(name, |b| {
+            b.iter(|| check_in(&engine, black_box(body), alice, session))
+        });
+    }
+    g.finish();
 }
 
 fn bodies(c: &mut Criterion) {
@@ -184,6 +213,6 @@ criterion_group! {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
         .sample_size(20);
-    targets = bodies, readers
+    targets = bodies, readers, sessions
 }
 criterion_main!(benches);

@@ -19,10 +19,11 @@ pub struct CompiledPolicy {
     pub servers: AHashMap<Box<str>, CompiledSection>,
     /// Every mark some rule sets, by name: where a condition that reads it finds its counter.
     pub marks: AHashMap<Box<str>, Arc<CompiledMark>>,
-    /// Whose each task is ([`crate::tasks`]): the counter a created task is noted in, and
-    /// the one that caps how many one caller has noted.
-    pub task_owner: CompiledLimit,
-    pub tasks_per_caller: CompiledLimit,
+    /// Whose each task is ([`crate::tasks`]) and each session ([`crate::sessions`]).
+    pub tasks: Owned,
+    pub sessions: Owned,
+    /// The counter that holds a session for the first caller to use it: at most one unit.
+    pub session_claim: CompiledLimit,
     /// Every string a decision can return, so a decision refers to them by index and keeps
     /// the policy alive with one reference count instead of one per string.
     texts: Vec<Box<str>>,
@@ -300,14 +301,32 @@ impl CompiledPolicy {
                 fill_mark_reads(section, compiled, &marks);
             }
         }
-        let [task_owner, tasks_per_caller] = compile_task_owner(&mut tables);
+        let tasks = Owned::compile(
+            &mut tables,
+            ["task owner", "tasks noted"],
+            crate::tasks::KEEP_MS,
+            crate::tasks::MAX_PER_CALLER,
+        );
+        let sessions = Owned::compile(
+            &mut tables,
+            ["session owner", "sessions held"],
+            crate::sessions::KEEP_MS,
+            crate::sessions::MAX_PER_CALLER,
+        );
+        let session_claim = internal_counter(
+            &mut tables,
+            "session claimed",
+            1.0,
+            crate::sessions::KEEP_MS,
+        );
         Ok(CompiledPolicy {
             revision: policy.revision.as_str().into(),
             root,
             servers,
             marks,
-            task_owner,
-            tasks_per_caller,
+            tasks,
+            sessions,
+            session_claim,
             texts: tables.texts,
             limits: tables.limits,
             source: policy,
@@ -637,28 +656,40 @@ fn compile_mark(mark: &MarkRule, tables: &mut Tables, marks: &mut Marks) -> Arc<
     compiled
 }
 
-/// The counter a created task is noted in under its creator ([`crate::tasks`]), and the one
-/// that caps how many tasks one caller has noted (each note holds a slot of the table): the
-/// same in every policy, so a reload forgets no task.
-fn compile_task_owner(tables: &mut Tables) -> [CompiledLimit; 2] {
-    let window_ms = crate::tasks::KEEP_MS;
-    let per_caller = f64::from(crate::tasks::MAX_PER_CALLER);
-    [("task owner", f64::INFINITY), ("tasks noted", per_caller)].map(|(counter, max)| {
-        let identity = CounterKey::identity(&[counter.as_bytes(), &window_ms.to_le_bytes()]);
-        let counted = Counted {
-            counter,
-            identity,
-            scope: Scope::Grant,
-            max,
-            window_ms,
-            once: false,
-        };
-        internal_limit(tables, "", counted)
-    })
+/// Where the proxy notes whose a thing a server handed out is ([`crate::owner`]): the
+/// counter it is noted in under its caller, and the one that caps how many one caller has
+/// noted (each note holds a slot of the table). The same in every policy, so a reload forgets
+/// nothing.
+pub struct Owned {
+    pub owner: CompiledLimit,
+    pub per_caller: CompiledLimit,
+}
+
+impl Owned {
+    fn compile(tables: &mut Tables, names: [&str; 2], window_ms: u64, per_caller: u32) -> Owned {
+        let [owner, per_caller] = [(names[0], f64::INFINITY), (names[1], f64::from(per_caller))]
+            .map(|(counter, max)| internal_counter(tables, counter, max, window_ms));
+        Owned { owner, per_caller }
+    }
+}
+
+/// An internal counter named `counter`, of `max` units (infinite: never refused) in
+/// `window_ms`.
+fn internal_counter(tables: &mut Tables, counter: &str, max: f64, window_ms: u64) -> CompiledLimit {
+    let identity = CounterKey::identity(&[counter.as_bytes(), &window_ms.to_le_bytes()]);
+    let counted = Counted {
+        counter,
+        identity,
+        scope: Scope::Grant,
+        max,
+        window_ms,
+        once: false,
+    };
+    internal_limit(tables, "", counted)
 }
 
 /// A counter the engine keeps for itself, not one a rule names: a confirmation's nonces,
-/// a task's creator.
+/// a task's creator, a session's holder.
 struct Counted<'a> {
     counter: &'a str,
     identity: u64,

@@ -12,7 +12,7 @@ use crate::clock::Clock;
 use crate::clock::MonotonicClock;
 use crate::compile::{
     CompiledConfirmation, CompiledLimit, CompiledMark, CompiledPolicy, CompiledRule,
-    ConditionDenial, TextId,
+    ConditionDenial, Owned, TextId,
 };
 use crate::condition::{Facts, Outcome, Problem, Subject};
 use crate::confirmation::{self, ConfirmKey, Confirming, FIRST_REVISION};
@@ -26,11 +26,13 @@ use crate::marks::{
     Denying, MarkState, Marks, MarksSeen, Read, ReadBits, MAX_JUDGED_READS, MAX_READS,
 };
 use crate::mcp::known_answers::KnownAnswers;
+use crate::owner::{self, Owner};
 use crate::policy::{Action, Compare, ConditionItem, Fallback, Policy, Scope};
+use crate::sessions;
 use crate::sightings::Sightings;
 use crate::stats::{Api, Stats, OTHER_TOOLS};
 use crate::store::CounterStore;
-use crate::tasks::{self, Owner};
+use crate::tasks;
 use crate::trace::{LimitsEnd, List, NoTrace, Trace};
 use arc_swap::ArcSwap;
 use arrayvec::ArrayVec;
@@ -940,12 +942,80 @@ impl Engine {
     /// through the proxy.
     pub fn note_task(&self, server: Option<&str>, subject: Subject<'_>, task_id: &str) -> bool {
         let policy = self.policy();
-        let (owner, cap) = (&policy.task_owner, &policy.tasks_per_caller);
-        let grant = (subject.grant, subject.grant_verified);
-        let wants = [
+        self.note_owner(&policy.tasks, None, server, subject, task_id)
+    }
+
+    /// Whether `subject` created task `task_id` of `server`.
+    pub fn task_owner(&self, server: Option<&str>, subject: Subject<'_>, task_id: &str) -> Owner {
+        let policy = self.policy.load();
+        self.owner(&policy.tasks, tasks::KEEP_MS, server, subject, task_id)
+    }
+
+    /// Whose MCP session `session` of `server` is ([`crate::sessions`]): the caller's if it
+    /// holds it or is the first to use it (it holds it from then on). With the refusal
+    /// otherwise: as a session that does not exist (hidden), or for a store that did not
+    /// answer, or a session that could not be held.
+    pub fn screen_session(
+        &self,
+        api: Api,
+        session: &str,
+        request: &Undecidable<'_>,
+    ) -> Option<Decision> {
+        let (server, subject) = (request.server, request.subject);
+        let policy = self.policy.load();
+        let held = |e: &Self| {
+            e.owner(
+                &policy.sessions,
+                sessions::KEEP_MS,
+                server,
+                subject,
+                session,
+            )
+        };
+        let (code, reason) = match held(self) {
+            Owner::Caller => return None,
+            Owner::Unknown => (Code::StoreUnavailable, sessions::UNKNOWN_OWNER),
+            Owner::Other => {
+                let claim = Some(&policy.session_claim);
+                if self.note_owner(&policy.sessions, claim, server, subject, session) {
+                    return None;
+                }
+                // Claimed by another caller, or by this one's other request just now.
+                match held(self) {
+                    Owner::Caller => return None,
+                    Owner::Other if self.claimed(&policy.session_claim, server, session) => {
+                        (Code::Hidden, sessions::FOREIGN)
+                    }
+                    Owner::Other => (Code::RateLimited, sessions::NOT_HELD),
+                    Owner::Unknown => (Code::StoreUnavailable, sessions::UNKNOWN_OWNER),
+                }
+            }
+        };
+        let request = Undecidable {
+            reason,
+            logged: None,
+            ..*request
+        };
+        Some(self.refuse_as(api, code, &request))
+    }
+
+    /// Note `id` of `server` as `subject`'s in `owned` ([`crate::owner`]), and, with `claim`,
+    /// hold it there for no one else. False if it could not be: claimed already, over the
+    /// caller's cap, no slot in the table, the store away.
+    fn note_owner(
+        &self,
+        owned: &Owned,
+        claim: Option<&CompiledLimit>,
+        server: Option<&str>,
+        subject: Subject<'_>,
+        id: &str,
+    ) -> bool {
+        let grant = Some((subject.grant, subject.grant_verified));
+        let (owner, cap) = (&owned.owner, &owned.per_caller);
+        let mut wants = vec![
             Want {
                 limit: owner,
-                key: tasks::key((owner.identity, owner.granularity), server, grant, task_id),
+                key: owner::key((owner.identity, owner.granularity), server, grant, id),
                 amount: UNITS_PER_CALL,
             },
             Want {
@@ -959,6 +1029,13 @@ impl Engine {
                 amount: UNITS_PER_CALL,
             },
         ];
+        if let Some(claim) = claim {
+            wants.push(Want {
+                limit: claim,
+                key: owner::key((claim.identity, claim.granularity), server, None, id),
+                amount: UNITS_PER_CALL,
+            });
+        }
         let (mut parts, mut limits) = (limiter::Parts::new(), Limits::default());
         let now_ns = self.clock.now_ns();
         let (outcome, _) =
@@ -966,22 +1043,39 @@ impl Engine {
         matches!(outcome, limiter::Outcome::Reserved)
     }
 
-    /// Whether `subject` created task `task_id` of `server`.
-    pub fn task_owner(&self, server: Option<&str>, subject: Subject<'_>, task_id: &str) -> Owner {
-        let owner = &self.policy.load().task_owner;
-        let grant = (subject.grant, subject.grant_verified);
-        let read = Read {
-            key: tasks::key((owner.identity, owner.granularity), server, grant, task_id),
-            window_ms: tasks::KEEP_MS,
-        };
+    /// Whether `subject` holds `id` of `server` in `owned`, noted within `keep_ms`.
+    fn owner(
+        &self,
+        owned: &Owned,
+        keep_ms: u64,
+        server: Option<&str>,
+        subject: Subject<'_>,
+        id: &str,
+    ) -> Owner {
+        let owner = &owned.owner;
+        let grant = Some((subject.grant, subject.grant_verified));
+        let key = owner::key((owner.identity, owner.granularity), server, grant, id);
+        match self.read_one(key, keep_ms) {
+            None => Owner::Unknown,
+            Some(true) => Owner::Caller,
+            Some(false) => Owner::Other,
+        }
+    }
+
+    /// Whether some caller holds session `id` of `server` (`claim`'s counter is spent).
+    fn claimed(&self, claim: &CompiledLimit, server: Option<&str>, id: &str) -> bool {
+        let key = owner::key((claim.identity, claim.granularity), server, None, id);
+        self.read_one(key, sessions::KEEP_MS) != Some(false)
+    }
+
+    /// Whether counter `key` holds anything within `window_ms`; `None`: the store did not
+    /// answer.
+    fn read_one(&self, key: CounterKey, window_ms: u64) -> Option<bool> {
+        let read = Read { key, window_ms };
         let (mut parts, mut limits) = (limiter::Parts::new(), Limits::default());
         let now_ns = self.clock.now_ns();
         let (_, bits) = self.reserve_in_store(&[], &[read], now_ns, false, &mut parts, &mut limits);
-        match (bits.unknown & 1, bits.set & 1) {
-            (1, _) => Owner::Unknown,
-            (_, 1) => Owner::Caller,
-            _ => Owner::Other,
-        }
+        (bits.unknown & 1 == 0).then_some(bits.set & 1 == 1)
     }
 
     /// Why a request that reaches one task may not, after its method's rule allowed it: it

@@ -4,12 +4,10 @@
 //! client has no session: anyone who learns a task's id could read its result or cancel it.
 //!
 //! So the proxy that sees a created task's id pass back notes it under the caller who asked
-//! (its grant, as limits count it: [`crate::Engine::note_task`]), and a request for a task is decided, after its
+//! (its grant, as limits count it: [`crate::Engine::note_task`], [`crate::owner`]), and a request for a task is decided, after its
 //! method's rule, by whether the caller's note of that task is there: one unit in a counter
 //! of the engine's store, kept [`KEEP_MS`], so replicas sharing Redis share it too. A caller
 //! is shown nothing of another's task: it is answered as a task that does not exist.
-
-use crate::counter::{CounterKey, Granularity};
 
 /// How long a task is known as its creator's at least (a counter's sliding window: it is
 /// gone within twice that). A task its server keeps longer is then reached by no one
@@ -30,29 +28,4 @@ pub const FOREIGN: &str = "the task is not one this caller created";
 pub const UNKNOWN_OWNER: &str =
     "the counter store could not say whose the task is, so the request is denied";
 
-/// Whether the caller created the task, or could not be told (the store did not answer).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Owner {
-    Caller,
-    Other,
-    Unknown,
-}
-
-/// The counter (of `identity`, `granularity`: the policy's task-owner counter) that notes
-/// `task_id` of `server` as created by `grant` (every caller without one is one caller),
-/// kept apart from keys a client may choose as limits' are.
-pub fn key(
-    (identity, granularity): (u64, Granularity),
-    server: Option<&str>,
-    (grant, grant_verified): (Option<&str>, bool),
-    task_id: &str,
-) -> CounterKey {
-    let (server, grant) = (server.unwrap_or(""), grant.unwrap_or(""));
-    let mut value = Vec::with_capacity(16 + server.len() + grant.len() + task_id.len());
-    for part in [server, grant] {
-        value.extend_from_slice(&(part.len() as u64).to_le_bytes());
-        value.extend_from_slice(part.as_bytes());
-    }
-    value.extend_from_slice(task_id.as_bytes());
-    CounterKey::new(identity, &value, granularity).chosen_by_client(!grant_verified)
-}
+pub use crate::owner::Owner;

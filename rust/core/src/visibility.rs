@@ -36,11 +36,11 @@ impl Visibility {
     }
 }
 
-impl crate::tasks::Owner {
+impl crate::owner::Owner {
     /// Whether a task list shows the task: to its creator only, so the list is the caller's
     /// own (never cached for another).
     pub fn visibility(self) -> Visibility {
-        use crate::tasks::Owner;
+        use crate::owner::Owner;
         let removed = match self {
             Owner::Caller => None,
             Owner::Other => Some(Code::Hidden),

@@ -55,6 +55,7 @@ fn send(engine: &Engine, grant: &str, body: &[u8]) -> (Code, Option<Value>) {
         mcp_method: None,
         mcp_name: None,
         resumes: false,
+        mcp_session: None,
     };
     match check(engine, &call) {
         Gate::Forward { decision, .. } => (decision.map_or(Code::Allowed, |d| d.code), None),

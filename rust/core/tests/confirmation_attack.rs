@@ -91,6 +91,7 @@ fn send_as(engine: &Engine, who: Who<'_>, body: &[u8]) -> (Code, bool, Option<Va
         mcp_method: None,
         mcp_name: None,
         resumes: false,
+        mcp_session: None,
     };
     match check(engine, &call) {
         Gate::Forward { decision, .. } => (decision.map_or(Code::Allowed, |d| d.code), true, None),
@@ -531,6 +532,7 @@ fn replays_after_a_limit_a_release_and_expiry() {
         mcp_method: None,
         mcp_name: None,
         resumes: false,
+        mcp_session: None,
     };
     let reservation = match check(&e, &call) {
         Gate::Forward { decision, .. } => decision.unwrap().reservation.unwrap(),

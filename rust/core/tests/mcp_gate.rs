@@ -37,6 +37,7 @@ fn post<'a>(body: &'a str, grant: &'a str) -> HttpCall<'a> {
         mcp_method: None,
         mcp_name: None,
         resumes: false,
+        mcp_session: None,
     }
 }
 
@@ -412,6 +413,7 @@ fn the_answers_to_follow_are_lists_and_calls_that_hold_a_reservation() {
             http_method: method,
             body: body.as_bytes(),
             resumes: true,
+            mcp_session: None,
             ..post("", "g")
         };
         let Gate::Answer { reply, .. } = check(&e, &resumed) else {

@@ -73,6 +73,7 @@ fn post<'a>(body: &'a str, grant: &'a str) -> HttpCall<'a> {
         mcp_method: None,
         mcp_name: None,
         resumes: false,
+        mcp_session: None,
     }
 }
 

@@ -29,6 +29,7 @@ fn post(body: &str) -> HttpCall<'_> {
         mcp_method: None,
         mcp_name: None,
         resumes: false,
+        mcp_session: None,
     }
 }
 

@@ -54,6 +54,7 @@ fn post<'a>(body: &'a str, grant: &'a str, server: Option<&'a str>) -> HttpCall<
         mcp_method: None,
         mcp_name: None,
         resumes: false,
+        mcp_session: None,
     }
 }
 

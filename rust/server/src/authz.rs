@@ -9,7 +9,7 @@
 
 use crate::credential::Refused;
 use crate::ext_proc::{exchange_header, exchange_metadata, Caller, EXCHANGE_HEADER};
-use crate::subject::{single_header, AuthzConfig, CallerFacts, ReadSubject};
+use crate::subject::{single_header, AuthzConfig, CallerFacts, ReadSubject, MCP_SESSION_HEADER};
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption, Metadata};
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
@@ -68,9 +68,11 @@ fn gate(engine: &Engine, config: &AuthzConfig, request: &CheckRequest) -> (Gate,
     let body = body_of(http);
     let read = ReadSubject::read(&facts, config);
     let subject = read.subject();
-    let refused = server_header
-        .as_ref()
-        .err()
+    // The protocol's session, whatever the limits count as one (`--session-from`): read as
+    // its server reads it, from one header instance.
+    let mcp_session = single_header(&facts, MCP_SESSION_HEADER);
+    let refused = (server_header.as_ref().err())
+        .or(mcp_session.as_ref().err())
         .map(|Refused(why)| why.as_str());
     if let Some(why) = read.refused().or(refused) {
         let credential = read.grant.is_err();
@@ -90,6 +92,7 @@ fn gate(engine: &Engine, config: &AuthzConfig, request: &CheckRequest) -> (Gate,
         mcp_method: headers.get("mcp-method"),
         mcp_name: headers.get("mcp-name"),
         resumes: headers.all("last-event-id").next().is_some(),
+        mcp_session: mcp_session.ok().flatten(),
     };
     let gate = mcp::check(engine, &call);
     let note = match &gate {
@@ -334,5 +337,51 @@ mod tests {
             Ok(Some("a".into()))
         );
         assert_eq!(grant(&http(&[])), Ok(None));
+    }
+
+    /// The protocol's session is read from one header instance and held by the first caller
+    /// to send it, whatever `--session-from` makes the limits' session.
+    #[test]
+    fn an_mcp_session_is_read_once_and_held_by_its_first_caller() {
+        use envoy_types::pb::envoy::service::auth::v3::attribute_context::Request as Req;
+        use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+        use std::sync::Arc;
+        use toolgate_core::counter::CounterTable;
+        use toolgate_core::{ManualClock, Policy};
+        let policy = Policy::from_yaml_str("version: \"1\"\ndefault: allow\n").unwrap();
+        let clock = Arc::new(ManualClock::new(1_000_000_000_000));
+        let engine = Engine::new(policy, Arc::new(CounterTable::new(1024, 64)), clock).unwrap();
+        let config = AuthzConfig {
+            session: crate::subject::SubjectSource::Header("x-session".into()),
+            ..AuthzConfig::default()
+        };
+        let status = |headers: &[(&str, &str)]| {
+            let request = CheckRequest {
+                attributes: Some(AttributeContext {
+                    request: Some(Req {
+                        http: Some(HttpRequest {
+                            method: "GET".into(),
+                            ..http(headers)
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            };
+            match gate(&engine, &config, &request).0 {
+                Gate::Forward { .. } => 200,
+                Gate::Answer { reply, .. } => reply.status,
+            }
+        };
+        let alice = ("authorization", "Bearer alice");
+        let mallory = ("authorization", "Bearer mallory");
+        assert_eq!(status(&[alice, ("mcp-session-id", "s-1")]), 200);
+        assert_eq!(
+            status(&[alice, ("mcp-session-id", "s-1"), ("x-session", "x")]),
+            200
+        );
+        assert_eq!(status(&[mallory, ("mcp-session-id", "s-1")]), 404);
+        assert_eq!(status(&[mallory, ("mcp-session-id", "s-1,s-2")]), 400);
+        assert_eq!(status(&[mallory, ("mcp-session-id", "s-2")]), 200);
     }
 }

@@ -37,6 +37,9 @@ pub struct AuthzConfig {
     pub max_request_bytes: usize,
 }
 
+/// MCP's session header (2025 revisions), lower case.
+pub const MCP_SESSION_HEADER: &str = "mcp-session-id";
+
 /// Envoy's default `max_request_bytes` in the configs this project ships.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1 << 20;
 
@@ -45,7 +48,7 @@ impl Default for AuthzConfig {
         AuthzConfig {
             grant: SubjectSource::Header("authorization".into()),
             agent: SubjectSource::Header("x-agent-id".into()),
-            session: SubjectSource::Header("mcp-session-id".into()),
+            session: SubjectSource::Header(MCP_SESSION_HEADER.into()),
             server_header: "x-mcp-server".into(),
             jwt_payload_key: "jwt_payload".into(),
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,

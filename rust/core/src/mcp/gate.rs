@@ -32,6 +32,9 @@ pub struct HttpCall<'a> {
     pub mcp_name: Option<&'a str>,
     /// The request carries `Last-Event-ID`: it asks the server to replay a stream's events.
     pub resumes: bool,
+    /// The `Mcp-Session-Id` header (2025 revisions), sent once: the session is reached by
+    /// the caller that holds it only ([`crate::sessions`]).
+    pub mcp_session: Option<&'a str>,
 }
 
 /// What the proxy must do.
@@ -53,6 +56,22 @@ pub enum Gate {
 
 /// Decide one request.
 pub fn check(engine: &Engine, call: &HttpCall<'_>) -> Gate {
+    // Another caller's session is answered as one the server does not know, whatever the
+    // request: a POST, the GET of its stream or its replay, the DELETE that ends it.
+    if let Some(session) = call.mcp_session {
+        let request = Undecidable {
+            server: call.server,
+            subject: call.subject,
+            kind: Kind::Method,
+            ..Undecidable::new("")
+        };
+        if let Some(d) = engine.screen_session(Api::ExtAuthz, session, &request) {
+            return Gate::Answer {
+                reply: reply::session_refused(&d),
+                decision: Some(d),
+            };
+        }
+    }
     let get = call.http_method.eq_ignore_ascii_case("GET");
     // Servers replay a stream on GET only: a replay on any other request would come back on
     // a route whose answer is not filtered.

@@ -158,6 +158,26 @@ pub fn denied_request(id: &Option<Value>, d: &Decision) -> Reply {
     json_reply(200, decision_headers(d), &message)
 }
 
+/// A request in a session the caller does not hold ([`crate::sessions`]): another caller's
+/// is answered as MCP servers answer a session they do not know (HTTP 404, on which a client
+/// starts a new session); one that could not be held or told, as a denied request (429, 503).
+pub fn session_refused(d: &Decision) -> Reply {
+    let (status, code, message, headers) = match d.code {
+        Code::Hidden => (404, SESSION_NOT_FOUND, "Session not found", Vec::new()),
+        Code::RateLimited => (429, DENIED, d.reason(), decision_headers(d)),
+        _ => (503, DENIED, d.reason(), decision_headers(d)),
+    };
+    let message = json!({
+        "jsonrpc": "2.0",
+        "id": null,
+        "error": {"code": code, "message": message},
+    });
+    json_reply(status, headers, &message)
+}
+
+/// The JSON-RPC code MCP's SDKs answer a session they do not know with.
+pub const SESSION_NOT_FOUND: i64 = -32001;
+
 /// A body refused before any decision: a JSON-RPC error. `status` is 400, or 413 when the
 /// proxy cut the body.
 pub fn refused(refusal: &Refusal, status: u16) -> Reply {

@@ -1,0 +1,36 @@
+//! Whose a thing a server handed out is: a task ([`crate::tasks`]) or a session
+//! ([`crate::sessions`]). The proxy notes each under the caller it was handed to (its grant,
+//! as limits count it), as one unit in a counter of the engine's store, so replicas sharing
+//! Redis share the note; a request that names it is then let through for that caller only.
+
+use crate::counter::{CounterKey, Granularity};
+
+/// Whether the thing is the caller's, or could not be told (the store did not answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    Caller,
+    Other,
+    Unknown,
+}
+
+/// The counter (of `identity`, `granularity`) that notes `id` of `server` as handed to
+/// `grant` (every caller without one is one caller), kept apart from keys a client may choose
+/// as limits' are. Without a grant (`None`): the counter of `id` whoever holds it.
+pub fn key(
+    (identity, granularity): (u64, Granularity),
+    server: Option<&str>,
+    grant: Option<(Option<&str>, bool)>,
+    id: &str,
+) -> CounterKey {
+    let server = server.unwrap_or("");
+    let (grant, verified) = grant.map_or(("", false), |(g, v)| (g.unwrap_or(""), v));
+    let mut value = Vec::with_capacity(17 + server.len() + grant.len() + id.len());
+    for part in [server, grant] {
+        value.extend_from_slice(&(part.len() as u64).to_le_bytes());
+        value.extend_from_slice(part.as_bytes());
+    }
+    // A grant a client sent is never the verified one of the same spelling.
+    value.push(u8::from(verified));
+    value.extend_from_slice(id.as_bytes());
+    CounterKey::new(identity, &value, granularity).chosen_by_client(!verified)
+}
