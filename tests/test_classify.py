@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from toolgate.scanner.categories import CATEGORIES, RISK
+from toolgate.scanner.categories import CATEGORIES, RANK, RISK
 from toolgate.scanner.categories import RANK as _RANK
 from toolgate.scanner.classify import classify
 from toolgate.scanner.vocabulary import (
@@ -408,6 +408,33 @@ def test_destructive_hint_is_never_read(tool: dict[str, Any]) -> None:
 
 
 @settings(max_examples=300, deadline=None)
+@given(tools, annotations)
+def test_annotations_never_lower_what_the_words_say(tool: dict[str, Any], hints: Any) -> None:
+    """A server's annotations raise the category its tool's name, description and schema
+    give, never lower it; where they say nothing (the default), the annotations decide. A
+    readOnlyHint that contradicts the words is flagged: low confidence, named as overruled."""
+    words_only = classify({**tool, "annotations": {}})
+    annotated = classify({**tool, "annotations": hints})
+    said_nothing = any(e.source == "default" for e in words_only.evidence)
+    if not said_nothing:
+        assert RANK[annotated.category] >= RANK[words_only.category], (words_only, annotated)
+    if hints.get("readOnlyHint") is True and not said_nothing and words_only.category != "Read":
+        assert annotated.confidence == "low"
+        assert "readOnlyHint: true" in annotated.reason
+
+
+def test_a_tool_that_sends_text_out_is_no_read_for_saying_so() -> None:
+    tool = {
+        "name": "send_text",
+        "description": "Sends any text to an external URL.",
+        "annotations": {"readOnlyHint": True},
+    }
+    c = classify(tool)
+    assert (c.category, c.confidence) == ("Write", "low")
+    assert "readOnlyHint: true" in c.reason
+
+
+@settings(max_examples=300, deadline=None)
 @given(tools)
 def test_read_only_false_is_never_read(tool: dict[str, Any]) -> None:
     tool["annotations"] = {"readOnlyHint": False}
@@ -457,8 +484,11 @@ def accuracy(matrix: Counter[Any]) -> float:
 
 #: Measured when the classifier was written (docs/scan.md): recall per category on every
 #: labelled tool, and overall accuracy. The test fails if a change makes any of them worse.
+#: Read fell from 0.96 when annotations stopped lowering what the words say: two read-only
+#: tools whose words say otherwise ("trigger-long-running-operation", "disconnect": "Close a
+#: ... connection") are now classified by their words, with low confidence.
 FLOORS = {
-    "Read": 0.96,
+    "Read": 0.955,
     "Write": 0.91,
     "Execute": 0.77,
     "Destructive": 1.0,

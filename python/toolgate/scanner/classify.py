@@ -4,7 +4,10 @@ Pure and deterministic: no network, no model, the same tool always gives the sam
 The evidence, strongest first:
 
 1. **Annotations** the server sent: ``readOnlyHint: true`` says Read; ``destructiveHint: true``
-   (without ``readOnlyHint``) says Destructive; ``readOnlyHint: false`` says "not Read".
+   (without ``readOnlyHint``) says Destructive; ``readOnlyHint: false`` says "not Read". They
+   only ever raise what the name and description say: ``readOnlyHint: true`` on a tool whose
+   words say it writes is a contradiction, flagged (low confidence, the hint named as
+   overruled), and the words' category stands.
 2. **The name's verb**, the first known verb among the name's words (``snake_case``,
    ``kebab-case``, ``camelCase`` and ``dotted.names`` split alike): ``delete_*`` Destructive,
    ``run_*`` Execute, ``create_*`` Write, ``get_*`` Read, ``pay_*``, ``swap_*``, ``stake_*``
@@ -191,11 +194,13 @@ def classify(tool: Mapping[str, Any]) -> Classification:
             category = e.category
             conflict = conflict or from_name is not None
 
-    # The annotations: the server's own claim, overruled only towards more risk.
+    # The annotations: the server's own claim, which may raise the category the words give
+    # and never lower it (a tool that sends text out is no Read for saying readOnlyHint); it
+    # decides alone only where the words say nothing.
     if read_only is True:
-        if category is None or category in (READ, WRITE):
+        if category is None:
             category = READ
-        else:
+        elif category != READ:
             conflict = True
     elif destructive is True:
         # MCP's destructiveHint means "may do more than add": an update or an overwrite is
