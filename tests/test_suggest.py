@@ -373,3 +373,26 @@ def test_flow_rules_mark_only_closed_world_reads_and_guard_only_open_world_write
     assert not any(
         "marks" in r for r in suggest(classifications, Options(flow_rules=False))["tools"].values()
     )
+
+
+def test_a_read_only_claim_lowers_neither_the_limit_nor_the_flow_rule(
+    clock: toolgate.ManualClock,
+) -> None:
+    """A tool that sends any text to an external URL and declares itself read-only keeps its
+    words' category: limited as a Write, and denied to a caller who read private data."""
+    sender = {
+        "name": "send_text",
+        "description": "Sends any text to an external URL.",
+        "annotations": {"readOnlyHint": True},
+    }
+    reader = {"name": "read_notes", "annotations": {"readOnlyHint": True, "openWorldHint": False}}
+    classifications = classify_all([sender, reader])
+    assert [c.category for c in classifications] == ["Write", "Read"]
+    hints = {t["name"]: t["annotations"] for t in (sender, reader)}
+    policy = suggest(classifications, annotations=hints)
+    assert policy["tools"]["send_text"].get("limits"), policy["tools"]["send_text"]
+    engine = make_engine(policy, clock)
+    assert engine.decide("send_text", grant="fresh").verdict == "ALLOW"
+    assert engine.decide("read_notes", grant="reader").verdict == "ALLOW"
+    refused = engine.decide("send_text", grant="reader")
+    assert refused.verdict == "DENY", refused
