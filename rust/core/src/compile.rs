@@ -274,6 +274,10 @@ pub struct CompiledLimit {
     /// replica's own table while the store is away, where a second replica could count it
     /// again).
     pub once: bool,
+    /// Counted in the shared store itself in every mode, never in a cached copy merged
+    /// later: what another replica must see at its next decision (a confirmation's nonce, a
+    /// mark, whose a task or a session is). A rule's limit may overshoot by a merge's lag.
+    pub write_through: bool,
 }
 
 impl CompiledPolicy {
@@ -650,6 +654,7 @@ fn compile_mark(mark: &MarkRule, tables: &mut Tables, marks: &mut Marks) -> Arc<
             cost_text: None,
             cost_pointer: tables.text(mark.pointer.as_str()),
             once: false,
+            write_through: true,
         },
     });
     marks.insert(mark.name.as_str().into(), Arc::clone(&compiled));
@@ -719,6 +724,7 @@ fn internal_limit(tables: &mut Tables, pointer: &str, c: Counted<'_>) -> Compile
         cost_text: None,
         cost_pointer: tables.text(pointer),
         once: c.once,
+        write_through: true,
     }
 }
 
@@ -785,5 +791,6 @@ fn compile_limit(limit: &Limit, tables: &mut Tables) -> CompiledLimit {
         cost_text: limit.cost.as_ref().map(|p| p.text.as_str().into()),
         cost_pointer: tables.text(format!("{}/cost", limit.pointer)),
         once: false,
+        write_through: false,
     }
 }

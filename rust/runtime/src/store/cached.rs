@@ -29,8 +29,6 @@ pub(super) struct Cached {
     /// Being merged now (counted until the merge's answer replaces `merged`).
     merging: Vec<(u64, u64)>,
     last_us: u64,
-    /// A merge has answered for this key: `merged` holds everyone's counts.
-    merged_once: bool,
 }
 
 impl Cached {
@@ -44,7 +42,6 @@ impl Cached {
             pending: Vec::new(),
             merging: Vec::new(),
             last_us: now_us,
-            merged_once: false,
         }
     }
 
@@ -156,7 +153,6 @@ impl RedisStore {
                                 e.newest = values[14 * i];
                                 e.merged.copy_from_slice(&values[14 * i + 1..14 * i + 14]);
                                 e.merging.clear();
-                                e.merged_once = true;
                             }
                         }
                         cache.merged_at_us.store(wall_us(), Relaxed);
@@ -213,8 +209,8 @@ impl RedisStore {
         let mut entries = cache.entries.lock().unwrap_or_else(|e| e.into_inner());
         let mut bits = self.read_copy(&mut entries, reads, now);
         if bits.unknown != 0 {
-            // A mark this copy has not merged yet (the first read of it here): asked of
-            // Redis once, in one round trip, without the copy's lock held meanwhile.
+            // Counters this copy does not show set (a mark, whose a task or session is):
+            // asked of Redis, in one round trip, without the copy's lock held meanwhile.
             drop(entries);
             bits = self.read_through(stats, reads, bits, now_ns);
             entries = cache.entries.lock().unwrap_or_else(|e| e.into_inner());
@@ -254,8 +250,8 @@ impl RedisStore {
         out
     }
 
-    /// What the local copy says of each counter read; one the copy had not merged yet (its
-    /// first read here) is not known, and is merged from then on.
+    /// What the local copy says of each counter read: set, or not known (to be asked of
+    /// Redis). Each is merged from then on.
     fn read_copy(&self, entries: &mut HashMap<u64, Cached>, reads: &[Read], now: u64) -> ReadBits {
         let mut bits = ReadBits::default();
         for (i, read) in reads.iter().enumerate() {
@@ -265,10 +261,12 @@ impl RedisStore {
                 .entry(read.key.hash)
                 .or_insert_with(|| Cached::new(self.key_of(read.key.hash), window_us, g, now));
             e.last_us = e.last_us.max(now);
-            // This replica's own counts are known either way; the others' once merged.
+            // Set here, it is set (what is read only ever grows, and is dropped by time
+            // alike everywhere). Unset here, another replica may have set it since the last
+            // merge: asked of Redis, where what sets it is counted at once (`write_through`).
             if e.window(now).1.iter().any(|c| *c > 0) {
                 bits.set |= 1 << i;
-            } else if !e.merged_once {
+            } else {
                 bits.unknown |= 1 << i;
             }
         }

@@ -577,9 +577,11 @@ impl CounterStore for RedisStore {
         limits: &mut Limits,
     ) -> (Outcome, ReadBits) {
         match &self.cache {
-            // A confirmation's nonce is counted in Redis itself, in every mode: a copy merged
-            // only every flush would let two replicas each run the same answer once.
-            Some(cache) if !wants.iter().any(|w| w.limit.once) => {
+            // What another replica must see at its next decision is counted in Redis itself,
+            // in every mode: a confirmation's nonce (a copy merged only every flush would let
+            // two replicas each run the same answer once), a mark, whose a task or a session
+            // is.
+            Some(cache) if !wants.iter().any(|w| w.limit.write_through) => {
                 self.reserve_cached(cache, stats, wants, reads, now_ns, consume, parts, limits)
             }
             _ => self.reserve_exact(stats, wants, reads, denying, now_ns, consume, parts, limits),
