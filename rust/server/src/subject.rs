@@ -163,7 +163,8 @@ fn part<'a>(
 /// Header `name`'s value when it is sent once (`None`: not sent, or empty). A header sent
 /// more than once is refused, and so is one value with a comma, which Envoy makes of a
 /// header sent twice: a server reads one of the values, so the caller (its session, agent
-/// or server) would be read two ways.
+/// or server) would be read two ways; and one with spaces or tabs around it, which servers
+/// trim.
 pub fn single_header<'a>(
     facts: &impl CallerFacts<'a>,
     name: &str,
@@ -173,6 +174,14 @@ pub fn single_header<'a>(
         [value] if value.contains(',') => Err(Refused(format!(
             "the {name} header holds a comma: it may be two headers joined, read two ways"
         ))),
+        // Envoy passes an HTTP/2 value as sent, and servers trim it: " s" would be a
+        // session of its own here and the server's "s" there.
+        [value] if value.starts_with([' ', '\t']) || value.ends_with([' ', '\t']) => {
+            Err(Refused(format!(
+                "the {name} header has spaces or tabs around its value, which servers read \
+                 without them"
+            )))
+        }
         [value] => Ok(Some(value).filter(|v| !v.is_empty())),
         _ => Err(Refused(format!("the {name} header is sent more than once"))),
     }
@@ -203,11 +212,12 @@ mod tests {
 
     proptest! {
         /// The session and the agent are each read from one header instance, or refused:
-        /// never the first of several, nor a value Envoy may have joined from two.
+        /// never the first of several, nor a value Envoy may have joined from two, nor one
+        /// padded with spaces or tabs (which servers trim).
         #[test]
         fn an_identity_header_is_one_instance_or_refused(
-            sessions in proptest::collection::vec("[a-f0-9,-]{0,6}", 0..3),
-            agents in proptest::collection::vec("[a-z,]{1,4}", 0..3),
+            sessions in proptest::collection::vec("[ \t]?[a-f0-9,-]{0,6}[ \t]?", 0..3),
+            agents in proptest::collection::vec("[ \t]?[a-z,]{1,4}[ \t]?", 0..3),
         ) {
             let mut headers: Vec<(String, String)> =
                 vec![("authorization".into(), "Bearer t".into())];
@@ -218,6 +228,8 @@ mod tests {
             let expect = |values: &[String]| match values {
                 [] => Ok(None),
                 [one] if one.contains(',') => Err(()),
+                // Servers trim what Envoy may pass padded (HTTP/2).
+                [one] if one.trim_matches([' ', '\t']) != one => Err(()),
                 [one] => Ok(Some(one.clone()).filter(|v| !v.is_empty())),
                 _ => Err(()),
             };
