@@ -84,7 +84,9 @@ def sidecar(log_path: Path) -> Iterator[Sidecar]:
 
 @pytest.fixture(scope="module")
 def gate(example: ExampleServer, sidecar: Sidecar):
-    with deployed(EXT_AUTHZ, sidecar.port, example.port) as envoy:
+    # Patient: a 20,000-key answer is read within the shipped 0.1 s on an idle machine, not
+    # always on a busy one, and these tests are of what is decided, not how fast.
+    with deployed(EXT_AUTHZ, sidecar.port, example.port, patient=True) as envoy:
         yield envoy
 
 
