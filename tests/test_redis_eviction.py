@@ -61,6 +61,11 @@ def evicted_by_a_write(redis: RedisServer) -> bool:
     return not any(k.startswith(("toolgate:c:", "toolgate:r:")) for k in left)
 
 
+def counters(redis: RedisServer) -> set[str]:
+    """toolgate's counter keys in ``redis``."""
+    return set(filter(lambda k: k.startswith("toolgate:c:"), redis.keys()))
+
+
 def spend(sc: Sidecar, grant: str = "alice") -> list[str]:
     return [code(decide(sc.target, "create-ami", grant=grant)) for _ in range(3)]
 
@@ -129,6 +134,35 @@ def test_a_policy_changed_while_serving_is_logged_and_reported(redis: RedisServe
         wait_for(lambda: "ERROR" in sc.stderr and "maxmemory-policy is allkeys-lru" in sc.stderr)
         redis.cli("CONFIG", "SET", "maxmemory-policy", "noeviction")
         wait_for(lambda: sc.series(METRIC) == {frozenset({("policy", "noeviction")}): 0})
+
+
+@pytest.mark.parametrize("outage", ["deny", "local"])
+@pytest.mark.parametrize("evicting", ["volatile-ttl", "allkeys-lru"])
+def test_while_redis_may_evict_counters_limits_follow_the_outage_behaviour(
+    redis: RedisServer, evicting: str, outage: str
+) -> None:
+    """A policy set to evict while serving: no call is counted in a Redis that may evict
+    its counter (whose loss would allow a spent limit again) until noeviction is back; the
+    calls then follow ``--store-unavailable``: denied, or counted in the sidecar's table."""
+    args = store_args(redis.url, *QUICK_CHECKS, "--store-unavailable", outage)
+    with Sidecar(DAILY, *args) as sc:
+        assert spend(sc) == ["ALLOWED", "ALLOWED", "RATE_LIMITED"]
+        redis.cli("CONFIG", "SET", "maxmemory-policy", evicting)
+        wait_for(lambda: "limits follow the store's outage behaviour" in sc.stderr)
+        if outage == "deny":
+            assert spend(sc, "dave") == ["STORE_UNAVAILABLE"] * 3
+            assert code(decide(sc.target, "create-ami")) == "STORE_UNAVAILABLE"
+        else:
+            # Counted in the sidecar's own table.
+            assert spend(sc, "dave") == ["ALLOWED", "ALLOWED", "RATE_LIMITED"]
+        before = counters(redis)
+        spend(sc, "erin")
+        assert counters(redis) == before
+        redis.cli("CONFIG", "SET", "maxmemory-policy", "noeviction")
+        wait_for(lambda: "maxmemory-policy noeviction now" in sc.stderr)
+        assert code(decide(sc.target, "create-ami", grant="frank")) == "ALLOWED"
+        # Alice's spent limit was never lost: Redis still has it.
+        assert code(decide(sc.target, "create-ami", grant="alice")) == "RATE_LIMITED"
 
 
 def test_a_redis_unreachable_at_start_is_read_once_it_answers() -> None:

@@ -435,6 +435,9 @@ class Sidecar:
     @property
     def store_connected(self) -> bool:
         """Whether the counter store was reached within ``store_connect_wait``."""
+    def set_store_evictable(self, evictable: bool) -> None:
+        """Whether Redis may evict counter keys now (and that was not accepted): while it
+        may, limits follow the store's outage behaviour. Nothing for the local table."""
     def take_approvals(self) -> Approvals | None:
         """The approvals, for the control plane (None without ``approvals_table``); once."""
     @property

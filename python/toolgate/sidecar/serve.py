@@ -82,14 +82,16 @@ def report_store(sidecar: Sidecar, opts: ServeOptions) -> None:
         )
 
 
-def watch_eviction(opts: ServeOptions) -> EvictionWatch:
+def watch_eviction(opts: ServeOptions, sidecar: Sidecar) -> EvictionWatch:
     """Read ``--store``'s eviction policy before serving (ValueError: refused; see
-    toolgate.sidecar.store_eviction), and keep reading it."""
+    toolgate.sidecar.store_eviction), and keep reading it: while Redis may evict counters
+    unaccepted, ``sidecar``'s limits follow the store's outage behaviour."""
     watch = EvictionWatch(
         opts.store,
         redact(opts.store),
         accepted=opts.store_accept_eviction,
         every=opts.store_eviction_check_interval,
+        refuse_limits=sidecar.set_store_evictable,
     )
     watch.check_at_start()
     return watch
@@ -161,7 +163,7 @@ def serve(opts: ServeOptions) -> int:
     eviction = None
     if opts.store != "local":
         try:
-            eviction = watch_eviction(opts)
+            eviction = watch_eviction(opts, sidecar)
         except BaseException:
             state.remove_if_temporary()
             raise

@@ -7,13 +7,14 @@ The sidecar reads the policy of the primary it counts on before it serves, and r
 start on any other (or on one Redis will not tell) unless ``--store-accept-eviction``; then
 again every ``--store-eviction-check-interval`` seconds, on a thread of its own (never per
 decision), so a ``CONFIG SET`` or a failover to a primary set up otherwise is logged and
-reported in ``toolgate_store_counters_evictable``.
+reported in ``toolgate_store_counters_evictable``; and, unless accepted, limits follow the
+store's outage behaviour (``--store-unavailable``) until Redis keeps every key again.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -68,13 +69,24 @@ def read(url: str, wait: float = READ_WAIT_S) -> Reading:
 
 class EvictionWatch:
     """Reads the policy of the Redis at ``url`` (``where``: the URL without its password) at
-    start and every ``every`` seconds; ``accepted``: ``--store-accept-eviction``."""
+    start and every ``every`` seconds; ``accepted``: ``--store-accept-eviction``.
+    ``refuse_limits(True)`` is called when Redis comes to evict counter keys unaccepted (the
+    store then treats limits as in an outage), ``refuse_limits(False)`` when it stops."""
 
-    def __init__(self, url: str, where: str, *, accepted: bool, every: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        where: str,
+        *,
+        accepted: bool,
+        every: float,
+        refuse_limits: Callable[[bool], None] = lambda _: None,
+    ) -> None:
         self._url = url
         self._where = where
         self._accepted = accepted
         self._every = every
+        self._refuse_limits = refuse_limits
         #: The last policy Redis told (None: it has not answered yet).
         self.last: Reading | None = None
         self._loop = Background(
@@ -122,11 +134,14 @@ class EvictionWatch:
             return
         if not reading.evictable:
             log.info("counter store %s: maxmemory-policy %s now", self._where, NO_EVICTION)
+            self._refuse_limits(False)
         elif self._accepted:
             log.warning("counter store %s: %s (%s)", self._where, reading.risk(), ACCEPT_OPTION)
         else:
+            self._refuse_limits(True)
             log.error(
-                "counter store %s: %s. Set maxmemory-policy %s on that Redis",
+                "counter store %s: %s. Until maxmemory-policy is %s again on that Redis, "
+                "limits follow the store's outage behaviour (--store-unavailable)",
                 self._where,
                 reading.risk(),
                 NO_EVICTION,

@@ -236,6 +236,15 @@ impl PySidecar {
         self.inner.store_connected
     }
 
+    /// Tell the Redis store whether Redis may evict counter keys now (its `maxmemory-policy`
+    /// read again, and not accepted): while it may, limits follow the store's outage
+    /// behaviour. Nothing for the local table.
+    fn set_store_evictable(&self, evictable: bool) {
+        if let Some(store) = &self.inner.redis {
+            store.set_evictable(evictable);
+        }
+    }
+
     /// The approvals, for the control plane (None without `approvals_table`). Once: their
     /// news can be drained by one owner only.
     fn take_approvals(&self) -> PyResult<Option<PyApprovals>> {

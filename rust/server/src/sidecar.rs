@@ -70,6 +70,8 @@ pub struct Sidecar {
     pub approvals_set_aside: Option<PathBuf>,
     /// Whether the store's first connection was made (Redis; always true for the table).
     pub store_connected: bool,
+    /// The Redis store, for the control plane to tell it what it learns of Redis.
+    pub redis: Option<Arc<RedisStore>>,
     serve: Option<Config>,
     server: Mutex<Option<Server>>,
 }
@@ -84,19 +86,17 @@ impl Sidecar {
             .map_err(Error::Invalid)?;
         let engine = Arc::new(Engine::new(policy, Arc::new(table), clock).map_err(Error::Invalid)?);
         engine.stats().set_per_tool(options.per_tool_metrics);
-        let store_connected = match options.store {
-            Store::Local => true,
+        let (store_connected, redis) = match options.store {
+            Store::Local => (true, None),
             Store::Redis {
                 config,
                 connect_wait,
             } => {
                 let store = RedisStore::connect(config, engine.table_arc(), connect_wait)
                     .map_err(Error::Invalid)?;
-                let connected = store.connected();
-                engine
-                    .enable_store(Arc::new(store))
-                    .map_err(Error::Invalid)?;
-                connected
+                let (connected, store) = (store.connected(), Arc::new(store));
+                engine.enable_store(store.clone()).map_err(Error::Invalid)?;
+                (connected, Some(store))
             }
         };
         let (mut approvals, mut approval_events, mut approvals_set_aside) = (None, None, None);
@@ -130,6 +130,7 @@ impl Sidecar {
             approval_events: Mutex::new(approval_events),
             approvals_set_aside,
             store_connected,
+            redis,
             serve: options.serve,
             server: Mutex::new(None),
         })

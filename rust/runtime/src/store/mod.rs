@@ -176,6 +176,9 @@ const TIMEOUTS_BEFORE_RECONNECT: u32 = 3;
 
 const DENY_REASON: &str = "the counter store (Redis) did not answer within its time budget, \
      so this call's limits cannot be counted and it is denied";
+const EVICTABLE_REASON: &str = "the counter store's Redis may evict counter keys now (its \
+     maxmemory-policy is not noeviction), and an evicted counter would allow its calls again: \
+     until that is set back, this call's limits cannot be counted and it is denied";
 const LOST_REASON: &str = "the counter store (Redis) lost its counts (it restarted empty); \
      until one window of this limit has passed since, its count is unknown and calls are denied";
 
@@ -209,6 +212,8 @@ pub struct RedisStore {
     table: Arc<CounterTable>,
     /// The cached mode's local copy of the counts.
     cache: Option<Arc<Cache>>,
+    /// Redis may evict counter keys now ([`RedisStore::set_evictable`]).
+    evictable: AtomicBool,
 }
 
 impl RedisStore {
@@ -259,6 +264,7 @@ impl RedisStore {
                 Mode::Exact => None,
                 Mode::Cached { flush } => Some(Arc::new(Cache::new(flush))),
             },
+            evictable: AtomicBool::new(false),
         };
         store.reconnect();
         store.start_merging();
@@ -267,6 +273,13 @@ impl RedisStore {
             std::thread::sleep(Duration::from_millis(10));
         }
         Ok(store)
+    }
+
+    /// Whether Redis may evict counter keys, as last read of its `maxmemory-policy`
+    /// ([`eviction`]): while it may (and that was not accepted), limits follow the outage
+    /// behaviour ([`Unavailable`]), as a counter evicted would allow its calls again.
+    pub fn set_evictable(&self, evictable: bool) {
+        self.evictable.store(evictable, Relaxed);
     }
 
     pub fn connected(&self) -> bool {
@@ -576,6 +589,10 @@ impl CounterStore for RedisStore {
         parts: &mut Parts,
         limits: &mut Limits,
     ) -> (Outcome, ReadBits) {
+        if self.evictable.load(Relaxed) {
+            let reason = EVICTABLE_REASON;
+            return self.unavailable(stats, wants, reads, now_ns, consume, parts, limits, reason);
+        }
         match &self.cache {
             // What another replica must see at its next decision is counted in Redis itself,
             // in every mode: a confirmation's nonce (a copy merged only every flush would let
