@@ -343,6 +343,18 @@ def test_a_rule_can_keep_failed_calls_counted():
 # --- answers that are not what they should be -------------------------------------------------
 
 
+def request_body(handler: BaseHTTPRequestHandler) -> bytes:
+    """The body of the request ``handler`` reads: by its length, or chunked."""
+    if handler.headers.get("transfer-encoding", "").lower() != "chunked":
+        return handler.rfile.read(int(handler.headers.get("content-length", 0) or 0))
+    body = b""
+    while size := int(handler.rfile.readline().split(b";")[0], 16):
+        body += handler.rfile.read(size)
+        handler.rfile.readline()
+    handler.rfile.readline()
+    return body
+
+
 class ScriptedUpstream:
     """An HTTP server standing in for an MCP server: each POST is answered by
     ``answer(message) -> (status, content_type, chunks)``, the chunks written and flushed
@@ -377,14 +389,7 @@ class ScriptedUpstream:
 
             def _body(self) -> bytes:
                 # A list request comes chunked: toolgate gave it another id (its length).
-                if self.headers.get("transfer-encoding", "").lower() != "chunked":
-                    return self.rfile.read(int(self.headers.get("content-length", 0)))
-                body = b""
-                while size := int(self.rfile.readline().split(b";")[0], 16):
-                    body += self.rfile.read(size)
-                    self.rfile.readline()
-                self.rfile.readline()
-                return body
+                return request_body(self)
 
             def log_message(self, *args: Any) -> None:
                 pass

@@ -38,6 +38,8 @@ from conftest import policy
 from envoy_proxy import DEPLOY, Envoy, deployed, envoy_executable
 from mcp_servers import EverythingServer, node_executable
 from sidecar import Sidecar
+from test_envoy_ext_proc import request_body
+from test_tasks_attacks import rpc
 
 EXT_PROC = DEPLOY / "mcp-ext-authz-ext-proc.yaml"
 REVISION = "2025-11-25"
@@ -110,14 +112,7 @@ class RecordingUpstream:
             do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = do_OPTIONS = do_HEAD = _any
 
             def _body(self) -> bytes:
-                if self.headers.get("transfer-encoding", "").lower() != "chunked":
-                    return self.rfile.read(int(self.headers.get("content-length", 0) or 0))
-                body = b""
-                while size := int(self.rfile.readline().split(b";")[0], 16):
-                    body += self.rfile.read(size)
-                    self.rfile.readline()
-                self.rfile.readline()
-                return body
+                return request_body(self)
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -270,16 +265,6 @@ def h2c(
                     status, done = None, True
             sock.sendall(connection.data_to_send())
         return Reply(status, got, out)
-
-
-def rpc(method: str, params: Any = None, message_id: Any = 1) -> bytes:
-    """A JSON-RPC request (a notification for ``message_id=None``)."""
-    message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
-    if message_id is not None:
-        message["id"] = message_id
-    if params is not None:
-        message["params"] = params
-    return json.dumps(message).encode()
 
 
 def common(authorization: str | None, session: str) -> list[tuple[str, str]]:

@@ -180,7 +180,7 @@ class Peer:
             time.sleep(0.3)
 
 
-def rpc(method: str, params: Any, message_id: Any) -> bytes:
+def rpc(method: str, params: Any = None, message_id: Any = 1) -> bytes:
     """A JSON-RPC request (a notification for ``message_id=None``; no params for None)."""
     message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
     if message_id is not None:
