@@ -104,6 +104,8 @@ pub struct Engine {
     sightings: Sightings,
     /// The `tools/list` answers read last, so the same answer is not read again.
     known_answers: Arc<KnownAnswers>,
+    /// Sessions seen held lately, asked of a shared store once per [`sessions::SEEN_HELD_MS`].
+    seen_held: sessions::SeenHeld,
     /// What confirmation tokens are signed with: set once by the sidecar, else random.
     confirm_key: OnceLock<ConfirmKey>,
 }
@@ -142,6 +144,7 @@ impl Engine {
             store: OnceLock::new(),
             sightings: Sightings::default(),
             known_answers: Arc::default(),
+            seen_held: sessions::SeenHeld::default(),
             confirm_key: OnceLock::new(),
         })
     }
@@ -963,6 +966,36 @@ impl Engine {
     ) -> Option<Decision> {
         let (server, subject) = (request.server, request.subject);
         let policy = self.policy.load();
+        let owner = &policy.sessions.owner;
+        let grant = Some((subject.grant, subject.grant_verified));
+        let note = owner::key((owner.identity, owner.granularity), server, grant, session);
+        // With a shared store, a session seen held lately is not asked of it again.
+        let (remote, now_ms) = (self.store.get().is_some(), self.clock.now_ns() / 1_000_000);
+        if remote && self.seen_held.holds(note.hash, now_ms) {
+            return None;
+        }
+        let Err((code, reason)) = self.hold_session(&policy, server, subject, session) else {
+            if remote {
+                self.seen_held.saw(note.hash, now_ms);
+            }
+            return None;
+        };
+        let request = Undecidable {
+            reason,
+            logged: None,
+            ..*request
+        };
+        Some(self.refuse_as(api, code, &request))
+    }
+
+    /// Whether `subject` holds `session` of `server`, holding it if no one does; why not.
+    fn hold_session(
+        &self,
+        policy: &CompiledPolicy,
+        server: Option<&str>,
+        subject: Subject<'_>,
+        session: &str,
+    ) -> Result<(), (Code, &'static str)> {
         let held = |e: &Self| {
             e.owner(
                 &policy.sessions,
@@ -972,31 +1005,25 @@ impl Engine {
                 session,
             )
         };
-        let (code, reason) = match held(self) {
-            Owner::Caller => return None,
-            Owner::Unknown => (Code::StoreUnavailable, sessions::UNKNOWN_OWNER),
+        match held(self) {
+            Owner::Caller => Ok(()),
+            Owner::Unknown => Err((Code::StoreUnavailable, sessions::UNKNOWN_OWNER)),
             Owner::Other => {
                 let claim = Some(&policy.session_claim);
                 if self.note_owner(&policy.sessions, claim, server, subject, session) {
-                    return None;
+                    return Ok(());
                 }
                 // Claimed by another caller, or by this one's other request just now.
                 match held(self) {
-                    Owner::Caller => return None,
+                    Owner::Caller => Ok(()),
                     Owner::Other if self.claimed(&policy.session_claim, server, session) => {
-                        (Code::Hidden, sessions::FOREIGN)
+                        Err((Code::Hidden, sessions::FOREIGN))
                     }
-                    Owner::Other => (Code::RateLimited, sessions::NOT_HELD),
-                    Owner::Unknown => (Code::StoreUnavailable, sessions::UNKNOWN_OWNER),
+                    Owner::Other => Err((Code::RateLimited, sessions::NOT_HELD)),
+                    Owner::Unknown => Err((Code::StoreUnavailable, sessions::UNKNOWN_OWNER)),
                 }
             }
-        };
-        let request = Undecidable {
-            reason,
-            logged: None,
-            ..*request
-        };
-        Some(self.refuse_as(api, code, &request))
+        }
     }
 
     /// Note `id` of `server` as `subject`'s in `owned` ([`crate::owner`]), and, with `claim`,
@@ -1074,8 +1101,11 @@ impl Engine {
         let read = Read { key, window_ms };
         let (mut parts, mut limits) = (limiter::Parts::new(), Limits::default());
         let now_ns = self.clock.now_ns();
-        let (_, bits) = self.reserve_in_store(&[], &[read], now_ns, false, &mut parts, &mut limits);
-        (bits.unknown & 1 == 0).then_some(bits.set & 1 == 1)
+        let (outcome, bits) =
+            self.reserve_in_store(&[], &[read], now_ns, false, &mut parts, &mut limits);
+        // A store that did not answer tells nothing, whatever its bits say.
+        let answered = !matches!(outcome, limiter::Outcome::Unavailable { .. });
+        (answered && bits.unknown & 1 == 0).then_some(bits.set & 1 == 1)
     }
 
     /// Why a request that reaches one task may not, after its method's rule allowed it: it

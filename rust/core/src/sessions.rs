@@ -29,3 +29,34 @@ pub const NOT_HELD: &str = "the caller holds as many MCP sessions as it may in a
      counter table is full: a new session is refused";
 
 pub use crate::owner::Owner;
+
+/// How long a session seen held by a caller is taken as held without asking a shared store
+/// again: far below [`KEEP_MS`], so a holder changes under it only in the moments a note
+/// runs out, or when Redis loses its counts.
+pub const SEEN_HELD_MS: u64 = 5_000;
+
+/// Sessions seen held, at most this many (forgotten all at once past it).
+pub const SEEN_HELD_MAX: usize = 1 << 16;
+
+/// The sessions this process saw held lately, by their note's counter key: with a shared
+/// store, a request in a session its caller holds would otherwise wait on a Redis round trip
+/// of its own.
+#[derive(Default)]
+pub struct SeenHeld(std::sync::Mutex<ahash::AHashMap<u64, u64>>);
+
+impl SeenHeld {
+    /// Whether note `key` was seen held within [`SEEN_HELD_MS`] before `now_ms`.
+    pub fn holds(&self, key: u64, now_ms: u64) -> bool {
+        let seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        seen.get(&key).is_some_and(|until| *until > now_ms)
+    }
+
+    /// Note `key` seen held at `now_ms`.
+    pub fn saw(&self, key: u64, now_ms: u64) {
+        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() >= SEEN_HELD_MAX {
+            seen.clear();
+        }
+        seen.insert(key, now_ms.saturating_add(SEEN_HELD_MS));
+    }
+}

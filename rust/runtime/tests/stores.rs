@@ -419,6 +419,39 @@ fn cached_a_mark_or_a_session_held_on_one_replica_is_seen_at_once_on_another() {
     assert_eq!(refused(&b, "alice"), None);
 }
 
+/// With a shared store, a session seen held is taken as held for a few seconds without
+/// asking Redis again (a round trip per request otherwise); never a session no one was seen
+/// holding, and never past that time.
+#[test]
+fn a_session_seen_held_is_not_asked_of_redis_again_for_a_while() {
+    let mut redis = RedisServer::start();
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000_000_000));
+    let prefix = format!("seen{}:", unique());
+    let c = config(redis.url(), &prefix, TimeSource::Engine, Unavailable::Deny);
+    let e = redis_engine(TRIFECTA, clock.clone(), c);
+    let refused = |grant: &'static str| {
+        let request = toolgate_core::Undecidable {
+            server: Some("crm"),
+            subject: toolgate_core::Subject {
+                grant: Some(grant),
+                ..Default::default()
+            },
+            ..toolgate_core::Undecidable::new("")
+        };
+        e.screen_session(toolgate_core::stats::Api::ExtAuthz, "s-1", &request)
+            .map(|d| d.code)
+    };
+    assert_eq!(refused("alice"), None);
+    assert_eq!(refused("mallory"), Some(Code::Hidden));
+    // Redis gone: alice's session was seen held just now; no one else's is taken as held.
+    redis.child.kill().unwrap();
+    redis.child.wait().unwrap();
+    assert_eq!(refused("alice"), None);
+    assert_eq!(refused("mallory"), Some(Code::StoreUnavailable));
+    clock.advance_ns(toolgate_core::sessions::SEEN_HELD_MS * 1_000_000);
+    assert_eq!(refused("alice"), Some(Code::StoreUnavailable));
+}
+
 /// The race across replicas: one marks a grant while the other checks it. A check that
 /// starts after the marking call returned never runs.
 #[test]
