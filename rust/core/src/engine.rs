@@ -945,13 +945,17 @@ impl Engine {
     /// through the proxy.
     pub fn note_task(&self, server: Option<&str>, subject: Subject<'_>, task_id: &str) -> bool {
         let policy = self.policy();
-        self.note_owner(&policy.tasks, None, server, subject, task_id)
+        let note = owner_key(&policy.tasks, server, subject, task_id);
+        self.note_owner(&policy.tasks, note, None, server, subject, task_id)
     }
 
     /// Whether `subject` created task `task_id` of `server`.
     pub fn task_owner(&self, server: Option<&str>, subject: Subject<'_>, task_id: &str) -> Owner {
         let policy = self.policy.load();
-        self.owner(&policy.tasks, tasks::KEEP_MS, server, subject, task_id)
+        self.holder(
+            owner_key(&policy.tasks, server, subject, task_id),
+            tasks::KEEP_MS,
+        )
     }
 
     /// Whose MCP session `session` of `server` is ([`crate::sessions`]): the caller's if it
@@ -966,15 +970,13 @@ impl Engine {
     ) -> Option<Decision> {
         let (server, subject) = (request.server, request.subject);
         let policy = self.policy.load();
-        let owner = &policy.sessions.owner;
-        let grant = Some((subject.grant, subject.grant_verified));
-        let note = owner::key((owner.identity, owner.granularity), server, grant, session);
+        let note = owner_key(&policy.sessions, server, subject, session);
         // With a shared store, a session seen held lately is not asked of it again.
         let (remote, now_ms) = (self.store.get().is_some(), self.clock.now_ns() / 1_000_000);
         if remote && self.seen_held.holds(note.hash, now_ms) {
             return None;
         }
-        let Err((code, reason)) = self.hold_session(&policy, server, subject, session) else {
+        let Err((code, reason)) = self.hold_session(&policy, note, server, subject, session) else {
             if remote {
                 self.seen_held.saw(note.hash, now_ms);
             }
@@ -992,25 +994,18 @@ impl Engine {
     fn hold_session(
         &self,
         policy: &CompiledPolicy,
+        note: CounterKey,
         server: Option<&str>,
         subject: Subject<'_>,
         session: &str,
     ) -> Result<(), (Code, &'static str)> {
-        let held = |e: &Self| {
-            e.owner(
-                &policy.sessions,
-                sessions::KEEP_MS,
-                server,
-                subject,
-                session,
-            )
-        };
+        let held = |e: &Self| e.holder(note, sessions::KEEP_MS);
         match held(self) {
             Owner::Caller => Ok(()),
             Owner::Unknown => Err((Code::StoreUnavailable, sessions::UNKNOWN_OWNER)),
             Owner::Other => {
                 let claim = Some(&policy.session_claim);
-                if self.note_owner(&policy.sessions, claim, server, subject, session) {
+                if self.note_owner(&policy.sessions, note, claim, server, subject, session) {
                     return Ok(());
                 }
                 // Claimed by another caller, or by this one's other request just now.
@@ -1026,23 +1021,23 @@ impl Engine {
         }
     }
 
-    /// Note `id` of `server` as `subject`'s in `owned` ([`crate::owner`]), and, with `claim`,
-    /// hold it there for no one else. False if it could not be: claimed already, over the
-    /// caller's cap, no slot in the table, the store away.
+    /// Note `id` of `server` as `subject`'s in `owned` (its counter `note`,
+    /// [`owner_key`]), and, with `claim`, hold it there for no one else. False if it could
+    /// not be: claimed already, over the caller's cap, no slot in the table, the store away.
     fn note_owner(
         &self,
         owned: &Owned,
+        note: CounterKey,
         claim: Option<&CompiledLimit>,
         server: Option<&str>,
         subject: Subject<'_>,
         id: &str,
     ) -> bool {
-        let grant = Some((subject.grant, subject.grant_verified));
         let (owner, cap) = (&owned.owner, &owned.per_caller);
         let mut wants = vec![
             Want {
                 limit: owner,
-                key: owner::key((owner.identity, owner.granularity), server, grant, id),
+                key: note,
                 amount: UNITS_PER_CALL,
             },
             Want {
@@ -1070,19 +1065,10 @@ impl Engine {
         matches!(outcome, limiter::Outcome::Reserved)
     }
 
-    /// Whether `subject` holds `id` of `server` in `owned`, noted within `keep_ms`.
-    fn owner(
-        &self,
-        owned: &Owned,
-        keep_ms: u64,
-        server: Option<&str>,
-        subject: Subject<'_>,
-        id: &str,
-    ) -> Owner {
-        let owner = &owned.owner;
-        let grant = Some((subject.grant, subject.grant_verified));
-        let key = owner::key((owner.identity, owner.granularity), server, grant, id);
-        match self.read_one(key, keep_ms) {
+    /// Whether the caller whose note is `note` ([`owner_key`]) holds its thing, noted within
+    /// `keep_ms`.
+    fn holder(&self, note: CounterKey, keep_ms: u64) -> Owner {
+        match self.read_one(note, keep_ms) {
             None => Owner::Unknown,
             Some(true) => Owner::Caller,
             Some(false) => Owner::Other,
@@ -1553,6 +1539,12 @@ impl MarkReads {
 /// Why a caller whose standing towards a task is `owner` may not reach it; `None`: it
 /// created it. Another's task is answered as one that does not exist: whether it does is
 /// the other caller's business.
+/// The counter that notes `id` of `server` in `owned` as `subject`'s ([`crate::owner`]).
+fn owner_key(owned: &Owned, server: Option<&str>, subject: Subject<'_>, id: &str) -> CounterKey {
+    let (owner, grant) = (&owned.owner, (subject.grant, subject.grant_verified));
+    owner::key((owner.identity, owner.granularity), server, Some(grant), id)
+}
+
 fn refusal(owner: Owner) -> Option<(Code, &'static str)> {
     match owner {
         Owner::Caller => None,

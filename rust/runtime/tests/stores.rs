@@ -290,6 +290,11 @@ fn every_store_keeps_marks_and_gives_them_back() {
             .reservation
             .expect("a call that sets a mark holds a reservation");
         assert!(e.release(id), "{store:?}");
+        if store == Store::RedisCached {
+            // A copy that merged the mark before it was given back shows it set (which can
+            // only deny) until its next merge.
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let d = call(&e, "send_email", "g", None);
         assert_eq!(d.code, Code::Allowed, "{store:?}: the mark was given back");
         // A mark is gone once its ttl (and at most a twelfth more) has passed.
