@@ -12,12 +12,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 import pytest
 import toolgate
 from conftest import EXAMPLES
 from sidecar import ConfigMapVolume, write_atomically
+from toolgate.sidecar.file_writes import UNKNOWN
 from toolgate.sidecar.metrics import ReloadCounts
 from toolgate.sidecar.reload import PolicyWatcher, parse_policy, read_version
 
@@ -199,7 +201,8 @@ def test_one_log_line_per_in_place_edit(watched: Watched, caplog: pytest.LogCapt
         watched.clock.advance(SETTLE / 10)
     waiting = [r.getMessage() for r in caplog.records if "changed in place" in r.getMessage()]
     assert waiting == [
-        f"policy {watched.path} changed in place; loading it once unchanged for {SETTLE:g}s"
+        f"policy {watched.path} changed in place; loading it once its writer has closed it"
+        f" and it has stayed unchanged for {SETTLE:g}s"
     ]
 
 
@@ -316,6 +319,65 @@ def test_no_cut_written_in_place_is_ever_loaded(tmp_path: Path, cut: str):
     assert watched.check() == revision(FULL)
     # One load: the whole file, never the cut.
     assert (watched.successes, watched.failures) == (1, 0)
+
+
+needs_inotify = pytest.mark.skipif(sys.platform != "linux", reason="writers are seen on Linux")
+
+
+@needs_inotify
+@pytest.mark.parametrize("created", [False, True], ids=["over-the-file", "removed-then-created"])
+@pytest.mark.parametrize("cut", VALID_CUTS, ids=lambda cut: f"{cut.count(chr(10))}-lines")
+def test_no_cut_is_loaded_while_its_writer_pauses_however_long(
+    tmp_path: Path, cut: str, created: bool
+):
+    """The writer keeps the file open on the cut for many settle periods: the file reads the
+    same all that time, and still the cut is never loaded. Nor when the file was removed and
+    written again with no check in between (no sign that it went missing)."""
+    watched = Watched(tmp_path / "policy.yaml")
+    if created:
+        watched.path.unlink()
+    with watched.path.open("w") as writer:
+        writer.write(cut)
+        writer.flush()
+        for _ in range(10):
+            assert watched.check() == revision(OLD)
+            watched.clock.advance(SETTLE)
+        writer.write(FULL[len(cut) :])
+        writer.flush()
+        watched.clock.advance(SETTLE)
+        assert watched.check() == revision(OLD)
+    # Closed: loaded once unchanged for the settle period, counted from its last change.
+    assert watched.check() == revision(OLD)
+    watched.clock.advance(SETTLE)
+    assert watched.check() == revision(FULL)
+    assert (watched.successes, watched.failures) == (1, 0)
+
+
+@needs_inotify
+def test_settle_0_still_waits_for_the_writer_to_close(tmp_path: Path):
+    watched = Watched(tmp_path / "policy.yaml", settle=0)
+    with watched.path.open("r+") as writer:
+        writer.truncate()
+        writer.write(VALID_CUTS[0])
+        writer.flush()
+        assert watched.check() == revision(OLD)
+        assert watched.watcher.next_wait() == INTERVAL  # waits without spinning
+    assert watched.check() == revision(VALID_CUTS[0])
+
+
+def test_without_word_from_the_kernel_the_settle_period_decides(
+    watched: Watched, monkeypatch: pytest.MonkeyPatch
+):
+    """Where writers cannot be seen (another platform, no inotify instance left), an edit that
+    stays unchanged for the settle period is taken as complete, as the docs say."""
+    monkeypatch.setattr(watched.watcher._writes, "look", lambda path: UNKNOWN)
+    with watched.path.open("r+") as writer:
+        writer.truncate()
+        writer.write(NEW)
+        writer.flush()
+        assert watched.check() == revision(OLD)
+        watched.clock.advance(SETTLE)
+        assert watched.check() == revision(NEW)
 
 
 # --- reading the file ---------------------------------------------------------------------------

@@ -507,7 +507,31 @@ def test_a_half_written_yaml_policy_is_never_served(tmp_path):
         assert s.metric("toolgate_policy_reloads_total", result="success") == 1
         waiting = [line for line in s.stderr.splitlines() if "changed in place" in line]
         assert len(waiting) == 1, waiting
-        assert f"policy {path} changed in place; loading it once unchanged for 3600s" in waiting[0]
+        assert (
+            f"policy {path} changed in place; loading it once its writer has closed it and it"
+            " has stayed unchanged for 3600s" in waiting[0]
+        )
+
+
+def test_a_writer_pausing_longer_than_the_settle_period_is_waited_for(tmp_path):
+    """Settle 0.1 s, and the writer keeps the file open on the cut for many times that: the
+    sidecar goes on serving the old policy until the writer closes the finished file."""
+    path = tmp_path / "policy.yaml"
+    path.write_text(OLD_YAML)
+    with Sidecar(path, "--reload-settle", "0.1") as s:
+        old = s.revision()
+        with path.open("r+") as f:
+            f.truncate()
+            f.write(CUT_YAML)
+            f.flush()
+            wait_for(lambda: "changed in place" in s.stderr)
+            let_it_poll()
+            assert prod_issue(s) == "DEFAULT_DENY"
+            assert s.revision() == old
+            f.write(FULL_YAML[len(CUT_YAML) :])
+        s.wait_revision(toolgate.Policy.from_str(FULL_YAML, format="yaml").revision)
+        assert prod_issue(s) == "CONDITION_FAILED"
+        assert s.metric("toolgate_policy_reloads_total", result="success") == 1
 
 
 def test_a_policy_renamed_into_place_is_loaded_at_once(tmp_path):

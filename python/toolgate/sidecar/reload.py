@@ -10,8 +10,10 @@ Only complete files are loaded. A YAML file cut at a line boundary is often a va
 and a looser one (the cut drops a ``deny_if`` or a limit), so validation cannot tell a
 half-written file from a finished one. A new file (another inode: a rename over the path, a
 ConfigMap's ``..data`` swap) was written in full before it appeared, and is loaded at once.
-The same file changed in place may still be being written: it is loaded only once it has
-stayed unchanged for the settle period. SIGHUP loads at once: the operator says it is done.
+A file changed or created in place may still be being written: it is loaded only once its
+writer has closed it (on Linux, where the kernel reports that: ``file_writes``) and it has
+stayed unchanged for the settle period, so a writer's pause, however long, never loads half a
+file. SIGHUP loads at once: the operator says it is done.
 
 The pins files a policy names (``pins.file``) are part of it: a change to one reloads the
 policy as it stands. ``toolgate pin`` replaces a pins file whole (a rename), and a pins file
@@ -31,6 +33,7 @@ from pathlib import Path
 
 from toolgate._core import Engine, Policy, PolicyError
 from toolgate.sidecar.envoy_authz import CheckSettings
+from toolgate.sidecar.file_writes import FileWrites
 from toolgate.sidecar.metrics import ReloadCounts
 
 log = logging.getLogger("toolgate.reload")
@@ -136,6 +139,8 @@ class PolicyWatcher:
         # The loaded policy's pins files as last tried.
         self._pins = pins_digests(engine.policy.pins_files)
         self._edit: InPlaceEdit | None = None
+        self._writes = FileWrites()
+        self._writes.look(path)
         self._thread = threading.Thread(target=self._run, name="policy-watcher", daemon=True)
 
     def start(self) -> None:
@@ -145,6 +150,7 @@ class PolicyWatcher:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=5)
+        self._writes.close()
 
     def trigger(self) -> None:
         """Reload now, even if the file looks unchanged. Safe to call from a signal handler."""
@@ -166,13 +172,15 @@ class PolicyWatcher:
     def next_wait(self) -> float:
         """Seconds until the next check: while an in-place edit settles, often enough that
         the settle period, not the interval, sets the delay."""
-        if self._edit is not None:
+        if self._edit is not None and self._settle > 0:
             return min(self._interval, self._settle / 4)
         return self._interval
 
     def check(self, forced: bool = False) -> None:
         """One look at the file: load it if it is new and complete (or ``forced``)."""
         current = read_version(self._path)
+        # After the reading: a write that lands in between is seen here, not missed.
+        writes = self._writes.look(self._path)
         if current is None:
             # Mid-swap or deleted: keep serving the loaded policy and look again later.
             self._went_missing = True
@@ -195,20 +203,25 @@ class PolicyWatcher:
             self._went_missing = False
             self._edit = None
             return
-        replaced = current.identity != self._tried_identity and not self._went_missing
-        if replaced or self._settle <= 0:
+        replaced = (
+            current.identity != self._tried_identity
+            and not self._went_missing
+            and not writes.created
+        )
+        if replaced or (self._settle <= 0 and writes.open is not True):
             self._load(current)
             return
         now = self._now()
         if self._edit is None:
             log.info(
-                "policy %s changed in place; loading it once unchanged for %gs",
+                "policy %s changed in place; loading it once its writer has closed it and it"
+                " has stayed unchanged for %gs",
                 self._path,
                 self._settle,
             )
         if self._edit is None or self._edit.version != current:
             self._edit = InPlaceEdit(current, since=now)
-        elif now - self._edit.since >= self._settle:
+        elif now - self._edit.since >= self._settle and writes.open is not True:
             self._load(current)
 
     def _load(self, version: FileVersion) -> None:
@@ -217,6 +230,7 @@ class PolicyWatcher:
         self._tried_identity = version.identity
         self._went_missing = False
         self._edit = None
+        self._writes.loaded()
         self._pins = pins_digests(list(self._pins))
         self.reload(version.content)
 
