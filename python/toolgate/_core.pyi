@@ -22,7 +22,6 @@ __all__ = [
     "DEFAULT_STORE_FLUSH_MS",
     "DEFAULT_STORE_PREFIX",
     "DEFAULT_STORE_TIMEOUT_MS",
-    "DIGESTED",
     "MAX_MAX",
     "SERVICES",
     "VERDICTS",
@@ -86,7 +85,6 @@ MAX_MAX: float
 VERDICTS: list[str]
 CODES: list[str]
 #: The members of a tool definition a pin digests: what the model reads.
-DIGESTED: list[str]
 
 def format_window(ms: int) -> str:
     """A window for people, in its largest whole unit: ``1m``, ``90s``, ``1500ms``."""

@@ -1,6 +1,7 @@
 """Pins files: the tool definitions a person reviewed, per server, that a policy's ``pins``
 holds servers to. Recording them from a server's ``tools/list``, and saying readably what
-changed since (the description's text, the schema's fields, the annotations).
+changed since (the description's text, the schema's fields, the annotations, every other
+member's values).
 
 The digest is the engine's (``toolgate._core.tool_digest``), so a pin written here matches
 what the sidecar computes from the same listing, byte for byte.
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from toolgate._core import DIGESTED, inert, tool_digest
+from toolgate._core import inert, tool_digest
 
 
 class PinsError(Exception):
@@ -38,8 +39,9 @@ def digest(tool: Mapping[str, Any]) -> str:
 
 
 def kept(tool: Mapping[str, Any]) -> dict[str, Any]:
-    """The members of ``tool`` a pin keeps: the digested ones."""
-    return {k: tool[k] for k in DIGESTED if k in tool}
+    """What a pin keeps of ``tool``: all of it, as the digest covers all of it (members
+    sorted, so that a pins file reads the same whatever order a server lists them in)."""
+    return dict(sorted(tool.items()))
 
 
 def read(path: Path) -> dict[str, Any]:
@@ -149,22 +151,74 @@ def describe(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
     old_hints, new_hints = before.get("annotations") or {}, after.get("annotations") or {}
     if old_hints != new_hints and isinstance(old_hints, Mapping) and isinstance(new_hints, Mapping):
         moved = [
-            f"{inert(k)} {_shown(old_hints.get(k))} -> {_shown(new_hints.get(k))}"
+            f"{inert(k)} {_shown(old_hints.get(k, _UNSET))} -> {_shown(new_hints.get(k, _UNSET))}"
             for k in sorted(set(old_hints) | set(new_hints))
             if old_hints.get(k) != new_hints.get(k)
         ]
         lines.append("  annotations: " + ", ".join(moved))
     elif old_hints != new_hints:
         lines.append("  annotations: changed")
+    for key in sorted((set(before) | set(after)) - _DESCRIBED):
+        if key in before and key in after:
+            leaves = _changed_leaves(before[key], after[key])
+            if leaves:
+                lines.append(f"  {inert(key)}: " + "; ".join(leaves))
+        elif key in before or key in after:
+            verb = "added" if key in after else "removed"
+            value = after[key] if key in after else before[key]
+            lines.append(f"  {inert(key)}: {verb} {_shown(value, 120)}")
     return lines
+
+
+#: Members described above in their own terms; every other member is described by its values.
+_DESCRIBED = {"name", "title", "description", "inputSchema", "outputSchema", "annotations"}
+
+
+def _changed_leaves(old: Any, new: Any, path: str = "") -> list[str]:
+    """Where two values differ, by dotted path (``ui.resourceUri "a" -> "b"``), objects
+    walked into and anything else compared as the digest does."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        out: list[str] = []
+        for k in sorted(set(old) | set(new), key=str):
+            out.extend(_changed_leaves(old.get(k, _UNSET), new.get(k, _UNSET), f"{path}{k}."))
+        return out
+    if _canonical(old) == _canonical(new):
+        return []
+    where = inert(path.rstrip(".")) + " " if path else ""
+    return [f"{where}{_shown(old, 120)} -> {_shown(new, 120)}"]
+
+
+_UNSET = object()
+
+
+def _canonical(value: Any) -> str:
+    """As the digest reads a value: keys sorted, a whole float as its integer."""
+    if value is _UNSET:
+        return ""
+
+    def whole(v: Any) -> Any:
+        if isinstance(v, float) and v.is_integer():
+            return int(v)
+        if isinstance(v, Mapping):
+            return {k: whole(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [whole(x) for x in v]
+        return v
+
+    return json.dumps(whole(value), sort_keys=True, ensure_ascii=False)
 
 
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else "" if value is None else json.dumps(value)
 
 
-def _shown(value: Any) -> str:
-    return "(unset)" if value is None else inert(json.dumps(value))
+def _shown(value: Any, limit: int | None = None) -> str:
+    if value is _UNSET:
+        return "(unset)"
+    text = json.dumps(value, ensure_ascii=False)
+    if limit is not None and len(text) > limit:
+        text = text[:limit] + "…"
+    return inert(text)
 
 
 def _fields(schema: Any) -> dict[str, Any]:

@@ -113,7 +113,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // arguments a wire request may carry, and the counter store's.
     m.add("DEFAULT_CAPACITY", toolgate_core::engine::DEFAULT_CAPACITY)?;
     // The members of a tool definition a pin digests (and keeps).
-    m.add("DIGESTED", toolgate_core::definition::DIGESTED.to_vec())?;
     m.add(
         "DEFAULT_RESERVATIONS",
         toolgate_core::engine::DEFAULT_RESERVATIONS,

@@ -11,12 +11,12 @@
 //! (unpinned, with MCP's default hints).
 //!
 //! A list is mostly what the last one was: each definition is kept with what it was read
-//! from (the tool's text as listed, or its members; up to [`MAX_SOURCE_WEIGHT`] a tool and
+//! from (the tool's text as listed, or its object; up to [`MAX_SOURCE_WEIGHT`] a tool and
 //! [`SOURCE_BUDGET`] in all), so a tool listed as last time is known by comparing bytes,
 //! instead of being read into an object, written out as canonical JSON and digested again
 //! (most of a pinned list's cost).
 
-use crate::definition::{Definition, DIGESTED};
+use crate::definition::Definition;
 use crate::listed::ListedTool;
 use ahash::AHashMap;
 use serde_json::{Map, Number, Value};
@@ -72,8 +72,8 @@ struct Server {
     unpinned: usize,
 }
 
-/// A definition as last listed, and the digested members it was read from (`None` when too
-/// heavy to keep).
+/// A definition as last listed, and the object it was read from (`None` when too heavy to
+/// keep).
 #[derive(Clone)]
 struct Sighting {
     definition: Arc<Definition>,
@@ -82,7 +82,7 @@ struct Sighting {
 
 /// What a tool was listed as, to know it when listed alike: the text it was listed as when
 /// the filter read it from an answer's bytes (the usual case: a server lists what it listed
-/// last time, byte for byte), else the digested members of its object; and its [`weight`].
+/// last time, byte for byte), else its object; and its [`weight`].
 struct Source {
     kept: Kept,
     weight: usize,
@@ -90,7 +90,7 @@ struct Source {
 
 enum Kept {
     Text(Box<[u8]>),
-    Members(Vec<Option<Value>>),
+    Object(Map<String, Value>),
 }
 
 impl Source {
@@ -101,50 +101,28 @@ impl Source {
                 weight: 16 + text.len(),
             },
             None => {
-                let members = members(tool.object());
-                let weight = members.iter().flatten().map(weight).sum();
+                let object = tool.object().clone();
+                let weight = weight_of_members(&object);
                 Source {
-                    kept: Kept::Members(members),
+                    kept: Kept::Object(object),
                     weight,
                 }
             }
         }
     }
 
-    /// Whether `tool` is listed as kept: in the same text, or with the same members.
+    /// Whether `tool` is listed as kept: in the same text, or as the same object.
     fn matches(&self, tool: &ListedTool<'_>) -> bool {
         match (&self.kept, tool.text()) {
             (Kept::Text(kept), Some(text)) if **kept == *text => true,
             (Kept::Text(kept), _) => {
                 let kept: Map<String, Value> =
                     serde_json::from_slice(kept).expect("kept text was read strictly");
-                lists(&members(&kept), tool.object())
+                same_members(&kept, tool.object())
             }
-            (Kept::Members(kept), _) => lists(kept, tool.object()),
+            (Kept::Object(kept), _) => same_members(kept, tool.object()),
         }
     }
-}
-
-/// What `tool` holds of [`DIGESTED`].
-fn members(tool: &Map<String, Value>) -> Vec<Option<Value>> {
-    DIGESTED.iter().map(|k| tool.get(*k).cloned()).collect()
-}
-
-/// Whether `tool` lists `members` exactly: equal values, numbers written alike (`1` is not
-/// `1.0`, nor `0.0` `-0.0`), so the same canonical JSON. Read member by member (no lookup
-/// by name: each would hash the name).
-fn lists(members: &[Option<Value>], tool: &Map<String, Value>) -> bool {
-    let mut found = 0;
-    for (k, v) in tool {
-        let Some(i) = DIGESTED.iter().position(|d| *d == k) else {
-            continue;
-        };
-        match &members[i] {
-            Some(kept) if same(v, kept) => found += 1,
-            _ => return false,
-        }
-    }
-    found == members.iter().flatten().count()
 }
 
 impl Table {
@@ -253,9 +231,13 @@ fn weight(v: &Value) -> usize {
     16 + match v {
         Value::String(s) => s.len(),
         Value::Array(items) => items.iter().map(weight).sum(),
-        Value::Object(members) => members.iter().map(|(k, v)| 16 + k.len() + weight(v)).sum(),
+        Value::Object(members) => weight_of_members(members),
         _ => 0,
     }
+}
+
+fn weight_of_members(members: &Map<String, Value>) -> usize {
+    members.iter().map(|(k, v)| 16 + k.len() + weight(v)).sum()
 }
 
 /// Equal as canonical JSON writes them: as `==`, but numbers by how JSON holds them.
@@ -268,11 +250,14 @@ fn same(a: &Value, b: &Value) -> bool {
         (Value::Array(x), Value::Array(y)) => {
             x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same(a, b))
         }
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len() && x.iter().all(|(k, a)| y.get(k).is_some_and(|b| same(a, b)))
-        }
+        (Value::Object(x), Value::Object(y)) => same_members(x, y),
         _ => false,
     }
+}
+
+/// The same members, in any order, each [`same`].
+fn same_members(x: &Map<String, Value>, y: &Map<String, Value>) -> bool {
+    x.len() == y.len() && x.iter().all(|(k, a)| y.get(k).is_some_and(|b| same(a, b)))
 }
 
 /// An unsigned, a negative or a float alike (a float by its bits: `0.0 == -0.0`, but JSON

@@ -341,13 +341,17 @@ fn reversed(v: &Value) -> Value {
 }
 
 proptest! {
-    /// What a model reads of a tool decides its digest: member order and `_meta` never
-    /// change it; a change to any digested member always does.
+    /// What the client receives of a tool decides its digest: member order never changes
+    /// it; a change to any member, or one more member of any name (`_meta`, `icons`,
+    /// `execution`, one MCP has yet to define), always does.
     #[test]
-    fn the_digest_is_of_what_the_model_reads(t in definition(), extra in "[a-z ]{1,10}") {
+    fn the_digest_is_of_the_whole_tool_as_the_client_receives_it(
+        t in definition(),
+        extra in "[a-z ]{1,10}",
+        member in prop::sample::select(vec!["_meta", "icons", "execution", "x-vendor", "Name"]),
+    ) {
         let d = digest(&t).unwrap();
-        let Value::Object(mut same) = reversed(&Value::Object(t.clone())) else { unreachable!() };
-        same.insert("_meta".into(), json!({"note": extra.clone()}));
+        let Value::Object(same) = reversed(&Value::Object(t.clone())) else { unreachable!() };
         prop_assert_eq!(digest(&same).unwrap(), d);
         for member in ["description", "title"] {
             let mut changed = t.clone();
@@ -358,6 +362,12 @@ proptest! {
         let mut schema = t.clone();
         schema["inputSchema"]["properties"][format!("x{extra}")] = json!({"type": "string"});
         prop_assert_ne!(digest(&schema).unwrap(), d);
+        let mut more = t.clone();
+        more.insert(member.into(), json!({"ui": {"resourceUri": format!("ui://{extra}")}}));
+        let with_member = digest(&more).unwrap();
+        prop_assert_ne!(with_member, d, "{} added", member);
+        more[member]["ui"]["resourceUri"] = format!("ui://{extra}/v2").into();
+        prop_assert_ne!(digest(&more).unwrap(), with_member, "{} changed", member);
     }
 }
 
@@ -528,4 +538,61 @@ fn a_tool_a_gateway_lists_under_a_name_of_its_own_is_held_to_its_servers_pin() {
     );
     assert_eq!(judge(&renamed), Some(Code::ToolChanged));
     assert_eq!(call(&e, Some("crm"), "crm_read").code, Code::ToolChanged);
+}
+
+/// A pinned tool listed with any member changed, added or taken away, whatever the member
+/// (the UI an MCP App shows, its icons, how it runs, one MCP has yet to define), is withheld
+/// and its calls denied, read from an object or from an answer's text; listed as pinned
+/// again, it is back.
+#[test]
+fn a_change_to_any_member_withholds_a_pinned_tool() {
+    let mut pinned_tool = send();
+    pinned_tool.insert(
+        "_meta".into(),
+        json!({"ui": {"resourceUri": "ui://mail/compose"}}),
+    );
+    pinned_tool.insert(
+        "icons".into(),
+        json!([{"src": "https://example.com/mail.png"}]),
+    );
+    let file = pins_file("members.json", &[&pinned_tool], &[]);
+    let changes: Vec<(&str, Option<Value>)> = vec![
+        (
+            "_meta",
+            Some(json!({"ui": {"resourceUri": "ui://mail/compose-v2"}})),
+        ),
+        ("_meta", None),
+        (
+            "icons",
+            Some(json!([{"src": "https://evil.example/mail.png"}])),
+        ),
+        ("execution", Some(json!({"taskSupport": "required"}))),
+        ("x-vendor-next", Some(json!("anything"))),
+    ];
+    for read_from_text in [false, true] {
+        let e = engine(pinned(&file, "enforce", "hide"));
+        let listed = |t: &Map<String, Value>| {
+            if read_from_text {
+                list_text(&e, None, t)
+            } else {
+                list(&e, None, t)
+            }
+        };
+        assert_eq!(listed(&pinned_tool), None);
+        for (member, value) in &changes {
+            let mut changed = pinned_tool.clone();
+            match value {
+                Some(v) => changed.insert((*member).into(), v.clone()),
+                None => changed.remove(*member),
+            };
+            assert_eq!(listed(&changed), Some(Code::ToolChanged), "{member}");
+            assert_eq!(
+                call(&e, None, "send_email").code,
+                Code::ToolChanged,
+                "{member}"
+            );
+            assert_eq!(listed(&pinned_tool), None, "{member}");
+            assert_eq!(call(&e, None, "send_email").code, Code::Allowed, "{member}");
+        }
+    }
 }

@@ -52,9 +52,19 @@ pub const INTERNAL_ERROR: i64 = -32603;
 const MESSAGE_KEYS: [&str; 6] = ["jsonrpc", "id", "method", "params", "result", "error"];
 /// A result's keys besides the lists' members (whose case variants are refused too).
 const RESULT_KEYS: [&str; 4] = ["nextCursor", "cacheScope", "ttlMs", "_meta"];
-/// A tool's members a client reads, and a pin's digest covers
-/// ([`crate::definition::DIGESTED`]): none may have a spelling that differs only by case.
-const TOOL_KEYS: [&str; 6] = crate::definition::DIGESTED;
+/// A tool's members a client reads (MCP's schema): none may have a spelling that differs
+/// only by case.
+const TOOL_KEYS: [&str; 9] = [
+    "name",
+    "title",
+    "description",
+    "inputSchema",
+    "outputSchema",
+    "annotations",
+    "icons",
+    "execution",
+    "_meta",
+];
 /// A resource's, a template's and a prompt's members a client reads (MCP's schema).
 const RESOURCE_KEYS: [&str; 8] = [
     "uri",
