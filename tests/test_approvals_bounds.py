@@ -298,9 +298,11 @@ def test_a_webhook_flood_does_not_hold_back_another_callers_approval(admin):  # 
         assert delivered == noise | {real}
 
 
-def _h2_calls(port: int, count: int, token: str | None) -> tuple[socket.socket, Any]:
-    """``count`` List calls on one raw HTTP/2 connection: headers sent, the request message
-    never."""
+def _h2_calls(
+    port: int, count: int, token: str | None, method: str = "List"
+) -> tuple[socket.socket, Any]:
+    """``count`` calls of ``method`` on one raw HTTP/2 connection: headers sent, the request
+    message never."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=PATIENCE)
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     conn.initiate_connection()
@@ -308,7 +310,7 @@ def _h2_calls(port: int, count: int, token: str | None) -> tuple[socket.socket, 
         (":method", "POST"),
         (":scheme", "http"),
         (":authority", f"127.0.0.1:{port}"),
-        (":path", "/toolgate.v1.Approvals/List"),
+        (":path", f"/toolgate.v1.Approvals/{method}"),
         ("content-type", "application/grpc"),
         ("te", "trailers"),
     ]
@@ -342,7 +344,7 @@ def _statuses(sock: socket.socket, conn: Any, count: int) -> dict[int, str]:
     return ended
 
 
-def test_admin_calls_that_never_send_their_message_hold_no_slot(admin):  # noqa: F811
+def test_admin_calls_that_never_send_their_message_hold_no_other_tokens_share(admin):  # noqa: F811
     with Approving(admin, doc=DOC) as sc:
         sc.sidecar.client.decide("terminate", grant="alice")
         # Unauthenticated: refused from their headers, at once, holding nothing.
@@ -352,26 +354,34 @@ def test_admin_calls_that_never_send_their_message_hold_no_slot(admin):  # noqa:
             refused = {str(c.value[0]) for c in (UNAUTHENTICATED, RESOURCE_EXHAUSTED)}
             assert len(statuses) == 20 and set(statuses.values()) <= refused, statuses
             assert len(cli(sc, "alice", "list")) == 1, "an approver is answered meanwhile"
-        # Authenticated ones that never send their message are cancelled (5 s): the
-        # approver is answered once they are, and no later.
-        sock, conn = _h2_calls(sc.admin_port, 20, token=TOKENS["bob"])
-        with sock:
+        # Another token's holder opens every call and Watch stream it can, and never sends a
+        # message: its share is held (and cancelled after 5 s), and the approver, with a
+        # share of her own, is answered at once all the same.
+        calls, calls_conn = _h2_calls(sc.admin_port, 30, token=TOKENS["bob"])
+        watches, watches_conn = _h2_calls(sc.admin_port, 10, TOKENS["bob"], method="Watch")
+        with calls, watches:
             channel, approvals, metadata = stub(sc)
             with channel:
-
-                def answered() -> bool:
-                    try:
-                        approvals.List(
-                            approvals_pb2.ListApprovalsRequest(), metadata=metadata, timeout=5
-                        )
-                        return True
-                    except grpc.RpcError as err:
-                        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
-                        return False
-
-                wait_for(answered, timeout=60, interval=0.5)
-            statuses = _statuses(sock, conn, 20)
-            assert len(statuses) == 20 and "0" not in statuses.values()
+                listed = approvals.List(
+                    approvals_pb2.ListApprovalsRequest(), metadata=metadata, timeout=PATIENCE
+                )
+                (pending,) = listed.approvals
+                stream = approvals.Watch(
+                    approvals_pb2.WatchApprovalsRequest(), metadata=metadata, timeout=PATIENCE
+                )
+                approved = approvals.Approve(
+                    approvals_pb2.DecideApprovalRequest(id=pending.id),
+                    metadata=metadata,
+                    timeout=PATIENCE,
+                )
+                assert approved.state == "APPROVED"
+                assert next(stream).id == pending.id, "her Watch stream was served too"
+                stream.cancel()
+            for sock, conn, count in ((calls, calls_conn, 30), (watches, watches_conn, 10)):
+                statuses = _statuses(sock, conn, count)
+                assert len(statuses) == count and "0" not in statuses.values(), statuses
+                refused_at_once = str(RESOURCE_EXHAUSTED.value[0])
+                assert refused_at_once in statuses.values(), "past the share: refused"
 
 
 def _unkeyed_key(tool: str, grant: str, arguments: str) -> str:

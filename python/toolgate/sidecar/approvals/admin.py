@@ -6,11 +6,12 @@ Every call carries ``authorization: Bearer <token>``; ``--admin-tokens FILE`` ho
 accepts a decision from those names only. Rare calls on a separate port: grpcio is enough.
 
 No caller can hold the listener for others. grpcio runs a server's interceptors on its
-event thread, from the call's headers, before it gives the call a concurrency slot's thread
-and before that thread waits for the request message; so the token is checked there, and a
-call without a valid one is refused at once. A call with one must send its message within
-``MESSAGE_WAIT_S`` or is cancelled, and at most ``WATCH_STREAMS`` of the ``ADMIN_SLOTS``
-slots stream Watch at once, so List, Get, Approve and Deny always find a slot.
+event thread, from the call's headers, before it gives the call a thread and before that
+thread waits for the request message; so the token is checked there, and a call without a
+valid one is refused at once. A call with one holds a share of its own token's (``capacity``:
+a few calls and Watch streams per token, a call over it waiting briefly), and must send its
+message within ``MESSAGE_WAIT_S`` or is cancelled; the threads are as many as every token's
+share needs, so one token's holder never keeps another's approver waiting.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import grpc
 
 from toolgate._core import Approvals, inert
 from toolgate.sidecar.addresses import bound_address, parse_host_port
+from toolgate.sidecar.approvals.capacity import Exhausted, TokenCapacity, threads_for
 from toolgate.sidecar.approvals.rows import STATES, Row, page_token
 from toolgate.sidecar.approvals.store import ApprovalError, ApprovalStore
 from toolgate.v1 import approvals_pb2, approvals_pb2_grpc
@@ -38,10 +40,6 @@ log = logging.getLogger("toolgate.admin")
 #: How often Watch looks for changes.
 WATCH_POLL_SECONDS = 0.2
 
-#: Calls served at once; past it a call is refused (RESOURCE_EXHAUSTED), not queued.
-ADMIN_SLOTS = 16
-#: Watch streams at once: the other slots stay free for List, Get, Approve and Deny.
-WATCH_STREAMS = 8
 #: Seconds an authenticated call has to send its request message before it is cancelled.
 MESSAGE_WAIT_S = 5.0
 #: A List page holds at most this many approvals and bytes: well within gRPC's 4 MiB.
@@ -224,12 +222,13 @@ class ApprovalsService(approvals_pb2_grpc.ApprovalsServicer):
 
 class Gatekeeper(grpc.ServerInterceptor):
     """Refuses a call without a valid admin token from its headers, before grpcio gives it
-    a slot's thread (which would wait for its request message); bounds how long a call with
-    one may wait for its message, and how many Watch streams run at once."""
+    a thread (which would wait for its request message), and a call whose token's share is
+    taken; holds the share of the calls it lets through, and bounds how long one may wait
+    for its message."""
 
-    def __init__(self, tokens: dict[str, str]) -> None:
+    def __init__(self, tokens: dict[str, str], capacity: TokenCapacity | None = None) -> None:
         self._tokens = tokens
-        self._watches = threading.BoundedSemaphore(WATCH_STREAMS)
+        self.capacity = capacity or TokenCapacity()
 
     def intercept_service(
         self,
@@ -239,43 +238,60 @@ class Gatekeeper(grpc.ServerInterceptor):
         handler = continuation(details)
         if handler is None:
             return None
-        if caller(self._tokens, details.invocation_metadata) is None:
-            return _refused(handler)
+        name = caller(self._tokens, details.invocation_metadata)
+        if name is None:
+            return _refused(handler, grpc.StatusCode.UNAUTHENTICATED, _UNAUTHENTICATED)
+        if not self.capacity.admits(name):
+            return _refused(
+                handler,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"admin token {name} has every call of its share open or waiting",
+            )
         if handler.response_streaming:
             assert handler.unary_stream is not None
             return grpc.stream_stream_rpc_method_handler(
-                self._watch(handler.unary_stream),
+                self._watch(name, handler.unary_stream),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         assert handler.unary_unary is not None
         return grpc.stream_unary_rpc_method_handler(
-            _unary(handler.unary_unary),
+            self._unary(name, handler.unary_unary),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
 
-    def _watch(self, behavior: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+    def _watch(
+        self, name: str, behavior: Callable[..., Iterator[Any]]
+    ) -> Callable[..., Iterator[Any]]:
         def bounded(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
-            if not self._watches.acquire(blocking=False):
-                context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"{WATCH_STREAMS} Watch streams are open already",
-                )
             try:
-                yield from behavior(_message(requests, context), context)
-            finally:
-                self._watches.release()
+                with self.capacity.hold(name, watch=True):
+                    yield from behavior(_message(requests, context), context)
+            except Exhausted as err:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
+
+        return bounded
+
+    def _unary(self, name: str, behavior: Callable[[Any, grpc.ServicerContext], Any]) -> Any:
+        def bounded(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+            try:
+                with self.capacity.hold(name, watch=False):
+                    return behavior(_message(requests, context), context)
+            except Exhausted as err:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
 
         return bounded
 
 
-def _refused(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """A handler that answers UNAUTHENTICATED without reading the request: served as a
-    streaming request, its thread never waits for a message."""
+def _refused(
+    handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str
+) -> grpc.RpcMethodHandler:
+    """A handler that answers ``code`` without reading the request: served as a streaming
+    request, its thread never waits for a message."""
 
     def refuse(_requests: Iterator[Any], context: grpc.ServicerContext) -> None:
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, _UNAUTHENTICATED)
+        context.abort(code, message)
 
     if handler.response_streaming:
         return grpc.stream_stream_rpc_method_handler(refuse)
@@ -294,13 +310,6 @@ def _message(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a request message is required")
     finally:
         timer.cancel()
-
-
-def _unary(behavior: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[..., Any]:
-    def bounded(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
-        return behavior(_message(requests, context), context)
-
-    return bounded
 
 
 def _check_free(listen: str) -> None:
@@ -323,12 +332,15 @@ class AdminServer:
     """The admin listener, serving the Approvals service."""
 
     def __init__(self, listen: str, service: ApprovalsService) -> None:
-        # Beyond ADMIN_SLOTS calls are refused (RESOURCE_EXHAUSTED) rather than queued.
+        # A thread for every call of every token's share (made as calls come); a call past
+        # them all is refused (RESOURCE_EXHAUSTED) rather than queued.
+        threads = threads_for(len(service.tokens))
+        self.gatekeeper = Gatekeeper(service.tokens)
         self._server = grpc.server(
-            ThreadPoolExecutor(max_workers=ADMIN_SLOTS, thread_name_prefix="admin"),
-            interceptors=[Gatekeeper(service.tokens)],
+            ThreadPoolExecutor(max_workers=threads, thread_name_prefix="admin"),
+            interceptors=[self.gatekeeper],
             options=[("grpc.so_reuseport", 0)],
-            maximum_concurrent_rpcs=ADMIN_SLOTS,
+            maximum_concurrent_rpcs=threads,
         )
         approvals_pb2_grpc.add_ApprovalsServicer_to_server(service, self._server)
         _check_free(listen)
