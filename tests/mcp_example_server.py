@@ -135,6 +135,29 @@ class RequestLog:
         await self.app(scope, replay, send)
 
 
+class RequireBearer:
+    """ASGI middleware: HTTP 401 for a request whose ``Authorization`` is not ``Bearer`` and
+    one of ``tokens``, as a server that checks the credential it is sent answers."""
+
+    def __init__(self, app: ASGIApp, tokens: list[str]) -> None:
+        self.app = app
+        self.accepted = {f"Bearer {t}".encode() for t in tokens}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        sent = dict(scope.get("headers", [])).get(b"authorization")
+        if scope["type"] != "http" or sent in self.accepted:
+            await self.app(scope, receive, send)
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [(b"www-authenticate", b"Bearer"), (b"content-length", b"0")],
+            }
+        )
+        await send({"type": "http.response.body", "body": b""})
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, required=True)
@@ -147,6 +170,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stateless", action="store_true", help="no sessions")
     parser.add_argument("--resumable", action="store_true", help="replay after Last-Event-ID")
     parser.add_argument("--gzip", action="store_true", help="compress answers when accepted")
+    parser.add_argument(
+        "--bearer",
+        action="append",
+        default=[],
+        metavar="TOKEN",
+        help="accept only requests with this bearer token (repeatable); others get 401",
+    )
     args = parser.parse_args(argv)
     if not args.log:
         parser.error("--log (or MCP_EXAMPLE_LOG) is required")
@@ -163,6 +193,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     if args.gzip:
         app = GZipMiddleware(app, minimum_size=100)
+    if args.bearer:
+        app = RequireBearer(app, args.bearer)
     uvicorn.run(
         RequestLog(app, args.log),
         host=host,

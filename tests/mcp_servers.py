@@ -157,7 +157,8 @@ class _Exited(AssertionError):
 class ExampleServer(_Server):
     """tests/mcp_example_server.py. ``json=True`` answers POSTs with JSON instead of SSE;
     ``stateless=True`` serves without sessions; ``resumable=True`` replays streams after
-    ``Last-Event-ID``; ``gzip=True`` compresses answers for clients that accept it."""
+    ``Last-Event-ID``; ``gzip=True`` compresses answers for clients that accept it; ``bearer``
+    tokens, when given, are the only credentials it accepts (401 otherwise)."""
 
     name = "example"
 
@@ -169,10 +170,12 @@ class ExampleServer(_Server):
         stateless: bool = False,
         resumable: bool = False,
         gzip: bool = False,
+        bearer: tuple[str, ...] = (),
     ):
         self.log_path = Path(log_path)
         flags = {"--json": json, "--stateless": stateless, "--resumable": resumable, "--gzip": gzip}
         self.flags = [flag for flag, on in flags.items() if on]
+        self.flags += [arg for token in bearer for arg in ("--bearer", token)]
         super().__init__()
 
     def _command(self, port: int) -> tuple[list[str], dict[str, str] | None]:

@@ -149,12 +149,17 @@ def test_one_grant_cannot_fill_the_table_nor_one_rule_take_every_slot(admin):  #
         assert "this caller has 32 waiting already" in flood[-1].reason
         assert sc.sidecar.client.decide("terminate", grant="alice").approval_id
 
-        # Many grants through one rule: that rule is capped, the others keep room.
+        # Many grants through one rule: credentials the client chose (these: nothing verified
+        # or vouched for them) take half the rule's room, which keeps the rest for trusted
+        # callers, and the other rules keep theirs.
         many = sc.sidecar.client.decide_batch(
             [{"tool": "terminate", "grant": f"g-{n}", "arguments": {}} for n in range(200)]
         )
-        assert sum(1 for d in many if d.approval_id) == 100 - 33
-        assert "this rule has 100 waiting already" in many[-1].reason
+        assert sum(1 for d in many if d.approval_id) == 50 - 33
+        assert (
+            "callers with an unverified credential have 50 waiting on this rule already"
+            in many[-1].reason
+        )
         assert sc.sidecar.client.decide("restart", grant="alice").approval_id
 
 

@@ -147,6 +147,7 @@ def test_metrics_text_is_valid_prometheus_exposition():
         "toolgate_build_info": "gauge",
         "toolgate_counter_table_slots_used": "gauge",
         "toolgate_counter_table_client_slots": "gauge",
+        "toolgate_vouched_grants": "gauge",
         "toolgate_counter_table_slots_capacity": "gauge",
         "toolgate_counter_table_full_total": "counter",
         "toolgate_confirmed_calls_total": "counter",

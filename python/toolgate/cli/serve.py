@@ -33,6 +33,7 @@ def options(args: argparse.Namespace) -> ServeOptions:
         max_argument_bytes=args.max_argument_bytes,
         reload_interval=args.reload_interval,
         reload_settle=args.reload_settle,
+        grant_vouched_by_server=args.grant_vouched_by_server,
         drain=args.drain,
         grace=args.grace,
         log_format=args.log_format,
@@ -284,6 +285,14 @@ def add_command(sub: Any) -> None:
         metavar="SOURCE",
         help="'header' (--grant-header) or 'jwt:CLAIM': a claim of the JWT that Envoy's "
         "jwt_authn filter verified (default: %(default)s)",
+    )
+    headers.add_argument(
+        "--grant-vouched-by-server",
+        action="store_true",
+        default=defaults.grant_vouched_by_server,
+        help="trust a grant once an MCP server answered its list request (made-up tokens "
+        "then cannot take a real caller's room in the counter table or approvals); only "
+        "where the server checks the credential the client sent",
     )
     headers.add_argument(
         "--session-from",

@@ -163,6 +163,12 @@ class EngineCollector(Collector):
             value=stats["table_client_slots"],
         )
         yield GaugeMetricFamily(
+            "toolgate_vouched_grants",
+            "Grants an MCP server accepted (answered their initialize or a list), with"
+            " --grant-vouched-by-server: trusted with the table's and approvals' room.",
+            value=stats["vouched_grants"],
+        )
+        yield GaugeMetricFamily(
             "toolgate_counter_table_slots_capacity",
             "Counter-table slots in all.",
             value=stats["table_capacity"],

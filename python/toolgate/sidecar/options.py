@@ -40,6 +40,10 @@ class ServeOptions:
     metrics_per_tool: bool = False
     #: How ext_authz Check requests are read (subject headers, JWT claims, body limit).
     check: CheckSettings = field(default_factory=CheckSettings)
+    #: A grant whose list request an MCP server answered is trusted with the counter
+    #: table's and approvals' room (docs/counters.md): only where the server checks the
+    #: credential the client sent.
+    grant_vouched_by_server: bool = False
     #: Human approvals: the state directory, the admin listener, the webhook.
     approvals: ApprovalOptions = field(default_factory=ApprovalOptions)
     #: The decision log: a file, ``-`` for stdout, None for none; which decisions; the size

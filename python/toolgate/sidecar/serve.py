@@ -159,6 +159,8 @@ def serve(opts: ServeOptions) -> int:
         state.remove_if_temporary()
         raise
     engine = sidecar.engine
+    if opts.grant_vouched_by_server:
+        engine.trust_server_answers()
     logs.configure(opts.log_format, opts.log_level, lambda: engine.revision)
     eviction = None
     if opts.store != "local":

@@ -370,6 +370,18 @@ impl PyEngine {
         self.inner.policy().revision.to_string()
     }
 
+    /// Let an MCP server's answer to a caller's list request vouch for the caller's grant
+    /// (``toolgate serve --grant-vouched-by-server``): only where the server checks the
+    /// credential the client sent.
+    fn trust_server_answers(&self) {
+        self.inner.trust_server_answers();
+    }
+
+    /// A server accepted ``grant``: True when it is vouched for now.
+    fn vouch_for(&self, grant: &str) -> bool {
+        self.inner.vouch_for(grant)
+    }
+
     #[getter]
     fn policy(&self) -> PyPolicy {
         PyPolicy {
@@ -396,6 +408,7 @@ impl PyEngine {
         d.set_item("table_capacity", self.inner.table().capacity())?;
         d.set_item("table_occupied", self.inner.table().occupied())?;
         d.set_item("table_client_slots", self.inner.table().client_slots())?;
+        d.set_item("vouched_grants", self.inner.vouched_grants())?;
         let outcomes: Vec<(&str, &str, &str, u64)> = self
             .inner
             .stats()

@@ -86,6 +86,17 @@ pub struct Owner {
 }
 
 impl Owner {
+    /// The grant word's top bit: set when the grant is one the client chose (an unverified
+    /// credential no server vouched for, or none), clear for a trusted one.
+    const CLIENT_CHOSEN: u64 = 1 << 63;
+
+    /// Whether the grant is one the client chose: such approvals may hold only half of a
+    /// rule's and of the table's room, so that made-up credentials cannot crowd out
+    /// trusted callers (`toolgate_runtime`'s approval table).
+    pub fn client_chosen(self) -> bool {
+        self.grant & Owner::CLIENT_CHOSEN != 0
+    }
+
     /// The owner as text (32 hex digits), for the store.
     pub fn to_hex(self) -> String {
         format!("{:016x}{:016x}", self.grant, self.rule)
@@ -190,12 +201,16 @@ impl CallDigests {
         ApprovalKey([word(&d, 0).max(1), word(&d, 8)])
     }
 
-    /// Whom a pending approval of `grant`'s call through rule `rule` counts against.
-    pub fn owner(&self, grant: Option<&str>, rule: &str) -> Owner {
+    /// Whom a pending approval of `grant`'s call through rule `rule` counts against;
+    /// `grant_trusted` when the grant is one a client could not have made up (verified by
+    /// the proxy, or vouched for by a server: [`crate::vouched`]).
+    pub fn owner(&self, grant: Option<&str>, grant_trusted: bool, rule: &str) -> Owner {
         let g = self.digest(b"toolgate approval grant\0", [grant]);
         let r = self.digest(b"toolgate approval rule\0", [Some(rule)]);
+        let chosen = grant.is_none() || !grant_trusted;
+        let grant_word = word(&g, 0) & !Owner::CLIENT_CHOSEN;
         Owner {
-            grant: word(&g, 0).max(1),
+            grant: (grant_word | if chosen { Owner::CLIENT_CHOSEN } else { 0 }).max(1),
             rule: word(&r, 0).max(1),
         }
     }
@@ -253,6 +268,9 @@ pub enum NoRoom {
     Grant(usize),
     /// The rule has this many pending already.
     Rule(usize),
+    /// Callers whose credential the client chose have this many pending on the rule
+    /// already: the rest of the rule's room is kept for trusted callers.
+    ClientChosen(usize),
 }
 
 impl fmt::Display for NoRoom {
@@ -261,6 +279,11 @@ impl fmt::Display for NoRoom {
             NoRoom::Table => f.write_str("too many are waiting"),
             NoRoom::Grant(n) => write!(f, "this caller has {n} waiting already, the most it may"),
             NoRoom::Rule(n) => write!(f, "this rule has {n} waiting already, the most it may"),
+            NoRoom::ClientChosen(n) => write!(
+                f,
+                "callers with an unverified credential have {n} waiting on this rule already, \
+                 the most they may"
+            ),
         }
     }
 }
@@ -371,11 +394,11 @@ mod tests {
         let other = CallDigests::new(b"another deployment's secret");
         assert_ne!(digests().key(&call), other.key(&call));
         assert_ne!(
-            digests().owner(call.grant, "/r"),
-            other.owner(call.grant, "/r")
+            digests().owner(call.grant, false, "/r"),
+            other.owner(call.grant, false, "/r")
         );
         assert_eq!(digests().key(&call), digests().key(&call));
-        let owner = digests().owner(call.grant, "/r");
+        let owner = digests().owner(call.grant, false, "/r");
         assert_eq!(Owner::parse(&owner.to_hex()), Some(owner));
     }
 

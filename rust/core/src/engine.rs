@@ -34,9 +34,11 @@ use crate::stats::{Api, Stats, OTHER_TOOLS};
 use crate::store::CounterStore;
 use crate::tasks;
 use crate::trace::{LimitsEnd, List, NoTrace, Trace};
+use crate::vouched::Vouched;
 use arc_swap::ArcSwap;
 use arrayvec::ArrayVec;
 use smallvec::SmallVec;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 
 /// Default counter-table size: slots and reservation-log entries.
@@ -106,6 +108,10 @@ pub struct Engine {
     known_answers: Arc<KnownAnswers>,
     /// Sessions seen held lately, asked of a shared store once per [`sessions::SEEN_HELD_MS`].
     seen_held: sessions::SeenHeld,
+    /// Grants a server accepted (kept across reloads), once
+    /// [`Engine::trust_server_answers`] says such answers vouch.
+    vouched: Vouched,
+    vouching: AtomicBool,
     /// What confirmation tokens are signed with: set once by the sidecar, else random.
     confirm_key: OnceLock<ConfirmKey>,
 }
@@ -145,6 +151,8 @@ impl Engine {
             sightings: Sightings::default(),
             known_answers: Arc::default(),
             seen_held: sessions::SeenHeld::default(),
+            vouched: Vouched::default(),
+            vouching: AtomicBool::new(false),
             confirm_key: OnceLock::new(),
         })
     }
@@ -460,9 +468,10 @@ impl Engine {
         let mut enforced: ArrayVec<Want<'_>, MAX_PARTS> = ArrayVec::new();
         let mut observed: ArrayVec<Want<'_>, MAX_PARTS> = ArrayVec::new();
         let mut unkeyed: Option<Decision> = None;
+        let grant_trusted = self.grant_trusted_for_room(&req.subject);
         'keys: for r in rules.clone() {
             for limit in &r.limits {
-                let w = match want(limit, req, &facts) {
+                let w = match want(limit, req, &facts, grant_trusted) {
                     Ok(w) => w,
                     Err((reason, pointer)) => {
                         unkeyed = Some(out.finish(Code::InvalidRequest, reason, pointer));
@@ -489,7 +498,7 @@ impl Engine {
         let (marked, asks) = (section.uses_marks, section.asks);
         if unkeyed.is_none() && marked {
             for mark in rules.clone().flat_map(|r| &r.marks) {
-                let w = match mark_key(mark, &req.subject) {
+                let w = match mark_key(mark, &req.subject, grant_trusted) {
                     Ok(key) => Want {
                         limit: &mark.limit,
                         key,
@@ -1034,10 +1043,13 @@ impl Engine {
         id: &str,
     ) -> bool {
         let (owner, cap) = (&owned.owner, &owned.per_caller);
+        // A grant a server vouched for keeps its notes where a verified one does: its
+        // per-caller cap bounds them.
+        let trusted = self.grant_trusted_for_room(&subject);
         let mut wants = vec![
             Want {
                 limit: owner,
-                key: note,
+                key: note.chosen_by_client(note.client_chosen && !trusted),
                 amount: UNITS_PER_CALL,
             },
             Want {
@@ -1047,14 +1059,15 @@ impl Engine {
                     subject.grant.unwrap_or("").as_bytes(),
                     cap.granularity,
                 )
-                .chosen_by_client(!subject.grant_verified),
+                .chosen_by_client(!trusted),
                 amount: UNITS_PER_CALL,
             },
         ];
         if let Some(claim) = claim {
             wants.push(Want {
                 limit: claim,
-                key: owner::key((claim.identity, claim.granularity), server, None, id),
+                key: owner::key((claim.identity, claim.granularity), server, None, id)
+                    .chosen_by_client(!trusted),
                 amount: UNITS_PER_CALL,
             });
         }
@@ -1138,6 +1151,50 @@ impl Engine {
     /// The tool definitions servers last listed.
     pub fn sightings(&self) -> &Sightings {
         &self.sightings
+    }
+
+    /// A server accepted `grant`: it answered its `initialize` with a success, or its list
+    /// request with a list ([`crate::vouched`]).
+    /// Nothing unless the sidecar was told that servers check the credential they are sent
+    /// ([`Engine::trust_server_answers`]). False when the grant is not vouched for.
+    pub fn vouch_for(&self, grant: &str) -> bool {
+        self.vouching.load(Relaxed) && self.vouched.vouch(grant, self.clock.wall_ms())
+    }
+
+    /// Let a server's answers vouch for the caller's grant ([`Engine::vouch_for`]): only where the
+    /// MCP server checks the credential the client sent (a proxy that sends its own in its
+    /// place would have every made-up credential vouched for).
+    pub fn trust_server_answers(&self) {
+        self.vouching.store(true, Relaxed);
+    }
+
+    /// Whether a server's answer to `s`'s request could vouch for its grant: one is told
+    /// that answers vouch, and the grant is one the client could have made up.
+    pub fn may_vouch_for(&self, s: &Subject<'_>) -> bool {
+        self.vouching.load(Relaxed) && !s.grant_verified && s.grant.is_some()
+    }
+
+    /// Grants vouched for now.
+    pub fn vouched_grants(&self) -> usize {
+        self.vouched.len()
+    }
+
+    /// Whether `s`'s grant is one a client could not have made up: verified by the proxy,
+    /// or vouched for by a server.
+    fn grant_trusted(&self, s: &Subject<'_>) -> bool {
+        s.grant_verified
+            || (self.vouching.load(Relaxed)
+                && s.grant
+                    .is_some_and(|g| self.vouched.holds(g, self.clock.wall_ms())))
+    }
+
+    /// [`Engine::grant_trusted`] where only the counter table's room depends on it: asked
+    /// only once the client-chosen share runs short (three quarters taken), so a decision
+    /// pays nothing for it otherwise.
+    fn grant_trusted_for_room(&self, s: &Subject<'_>) -> bool {
+        s.grant_verified
+            || (self.table.client_slots() * 4 >= self.table.client_cap() * 3
+                && self.grant_trusted(s))
     }
 
     /// The `tools/list` answers read last, for the list filters to find again.
@@ -1236,7 +1293,7 @@ impl Engine {
             grant.as_bytes(),
             c.per_caller.granularity,
         )
-        .chosen_by_client(!req.subject.grant_verified);
+        .chosen_by_client(!self.grant_trusted_for_room(&req.subject));
         Confirmed::Run([
             Want {
                 limit: &c.once,
@@ -1289,7 +1346,11 @@ impl Engine {
         let rule = policy.text(r.pointer);
         let ask = Ask {
             key: settings.digests.key(&call),
-            owner: settings.digests.owner(req.subject.grant, rule),
+            owner: settings.digests.owner(
+                req.subject.grant,
+                self.grant_trusted(&req.subject),
+                rule,
+            ),
             timeout_ms: r.approval_timeout_ms,
         };
         let now_ms = self.clock.wall_ms();
@@ -1490,7 +1551,8 @@ impl MarkReads {
             if out.marks.0.iter().any(|(n, _)| *n == mark.name) {
                 continue;
             }
-            let state = match mark_key(mark, subject) {
+            // Read, not counted: where its key would be kept does not matter.
+            let state = match mark_key(mark, subject, subject.grant_verified) {
                 Ok(key) => {
                     out.reads.push(Read {
                         key,
@@ -1564,8 +1626,13 @@ fn set_marks<'r>(rules: impl Iterator<Item = &'r CompiledRule>) -> Vec<Arc<str>>
     names
 }
 
-/// The counter key of `mark` for this caller, or why there is none.
-fn mark_key(mark: &CompiledMark, s: &Subject<'_>) -> Result<CounterKey, String> {
+/// The counter key of `mark` for this caller, or why there is none; `grant_trusted` when
+/// the caller's grant is one a client could not have made up.
+fn mark_key(
+    mark: &CompiledMark,
+    s: &Subject<'_>,
+    grant_trusted: bool,
+) -> Result<CounterKey, String> {
     let value = match mark.scope {
         Scope::Grant => s.grant,
         Scope::Session => s.session,
@@ -1580,7 +1647,7 @@ fn mark_key(mark: &CompiledMark, s: &Subject<'_>) -> Result<CounterKey, String> 
             mark.scope.as_str()
         ));
     };
-    let client_chosen = !matches!(mark.scope, Scope::Grant) || !s.grant_verified;
+    let client_chosen = !matches!(mark.scope, Scope::Grant) || !grant_trusted;
     Ok(
         CounterKey::new(mark.identity, value.as_bytes(), mark.granularity)
             .chosen_by_client(client_chosen),
@@ -1652,11 +1719,13 @@ fn evaluate_conditions_from<'p, A: ArgValue + Clone, T: Trace>(
     (Conditions::Pass, denying + r.require.len())
 }
 
-/// The counter key and amount one limit needs for this call.
+/// The counter key and amount one limit needs for this call; `grant_trusted` when the
+/// caller's grant is one a client could not have made up.
 fn want<'p, A: ArgValue + Clone>(
     limit: &'p CompiledLimit,
     req: &Request<'_, A>,
     facts: &Facts<'_, A>,
+    grant_trusted: bool,
 ) -> Result<Want<'p>, (String, TextId)> {
     let s = &req.subject;
     let value = match limit.info.scope {
@@ -1716,7 +1785,7 @@ fn want<'p, A: ArgValue + Clone>(
         key: CounterKey::new(limit.identity, value.as_bytes(), limit.granularity).chosen_by_client(
             match limit.info.scope {
                 // What any client can make up at will: only its share of the table.
-                Scope::Grant => !s.grant_verified,
+                Scope::Grant => !grant_trusted,
                 Scope::Session | Scope::Agent => true,
                 Scope::Server | Scope::Global => false,
             },

@@ -40,6 +40,7 @@ pub mod store;
 pub mod tasks;
 pub mod trace;
 pub mod visibility;
+pub mod vouched;
 
 pub use clock::{Clock, ManualClock, MonotonicClock};
 pub use condition::Subject;

@@ -311,3 +311,40 @@ fn a_call_needing_an_approval_and_a_confirmation_runs_once_on_both() {
     // Both are used: the same answer again is refused, and a new call needs a new approval.
     assert_eq!(decide(&yes).code, Code::ApprovalRequired);
 }
+
+/// Made-up credentials hold at most half of the approvals table: a caller a server vouched
+/// for still opens one after a flood of them, and a caller nothing vouched for does not.
+#[test]
+fn made_up_credentials_leave_room_for_a_vouched_caller() {
+    let (engine, _clock, _events, table) = approving_engine();
+    engine.trust_server_answers();
+    let as_grant = |grant: &str, n: i64| {
+        engine.decide(&Request {
+            kind: Kind::Tool,
+            name: "transfer",
+            server: None,
+            subject: Subject {
+                grant: Some(grant),
+                ..Default::default()
+            },
+            args: Some(&serde_json::json!({"amount": n, "to": "acct-1"})),
+            dry_run: false,
+            hits: None,
+            confirm: None,
+        })
+    };
+    let opened = (0..48)
+        .filter(|n| as_grant(&format!("made-up-{n}"), *n).approval.is_some())
+        .count();
+    assert_eq!(opened, table.capacity() / 2);
+    let refused = as_grant("never-vouched", 1);
+    assert!(refused.approval.is_none());
+    assert!(
+        refused.reason().contains("too many are waiting"),
+        "{}",
+        refused.reason()
+    );
+    assert!(engine.vouch_for("real"));
+    let real = as_grant("real", 1);
+    assert!(real.approval.is_some(), "{}", real.reason());
+}

@@ -62,6 +62,7 @@ pub fn exchange_header(follow: &Follow) -> &'static str {
         // Envoy waits for a task's answer, so that the task is noted before its id goes on.
         Follow::CallOutcome { task: true, .. } => "task",
         Follow::CallOutcome { .. } => "tools-call",
+        Follow::Opening => "initialize",
     }
 }
 
@@ -136,6 +137,10 @@ pub fn exchange_metadata(follow: &Follow, caller: impl FnOnce() -> Caller) -> Op
             if *task {
                 put_caller(&mut put, caller);
             }
+        }
+        Follow::Opening => {
+            put("exchange", Kind::StringValue(INITIALIZE.into()));
+            put_caller(&mut put, caller);
         }
     }
     let mut metadata = Struct::default();
@@ -241,6 +246,7 @@ fn read_metadata(metadata: Option<&Metadata>) -> Option<(Follow, Caller, usize)>
             };
             Some((follow, caller(), kept))
         }
+        INITIALIZE => Some((Follow::Opening, caller(), kept)),
         _ => None,
     }
 }
@@ -251,6 +257,8 @@ type Visible = Box<dyn FnMut(Listed, &str, &ListedTool<'_>) -> Visibility + Send
 const STREAM: &str = "list";
 /// The note's exchange for a read whose answer is made the caller's own.
 const READ: &str = "resources/read";
+/// The note's exchange for an `initialize` whose answer may vouch for the caller's grant.
+const INITIALIZE: &str = "initialize";
 
 /// One exchange's answer, followed message by message.
 pub struct Exchange {
@@ -322,6 +330,8 @@ enum State {
         counted: ListReport,
     },
     Call(CallAnswer),
+    /// An `initialize`'s answer: a success vouches for the caller's grant.
+    Opening(Caller),
 }
 
 /// A `tools/call`'s answer, followed to give its reservation back if the call failed and to
@@ -491,6 +501,7 @@ impl Exchange {
                     released: false,
                     task_of: task.then_some(caller),
                 }),
+                Some((Follow::Opening, caller, _)) => State::Opening(caller),
                 _ => State::Unknown,
             };
         }
@@ -591,6 +602,14 @@ impl Exchange {
                 call.watcher.head(status, Some(content_type));
                 call.settle(engine);
             }
+            State::Opening(caller) => {
+                let status = header(headers.headers.as_ref(), ":status");
+                if status.is_some_and(|s| s.len() == 3 && s.starts_with('2')) {
+                    if let Some(grant) = caller.grant.as_deref() {
+                        engine.vouch_for(grant);
+                    }
+                }
+            }
         }
         Response::ResponseHeaders(HeadersResponse {
             response: Some(CommonResponse {
@@ -632,7 +651,7 @@ impl Exchange {
                     out.extend(filter.give_up(why.into()));
                     self.budget.hold(&mut self.held, self.note);
                 }
-                count_lists(engine, &filter.report, counted);
+                count_lists(engine, &filter.report, counted, caller);
                 body_mutation = Some(BodyMutation {
                     mutation: Some(Mutation::Body(out)),
                 });
@@ -665,8 +684,14 @@ impl Exchange {
 }
 
 /// Count what the filter did since it was last counted: each list it read, the tools it
-/// took out, and a refusal.
-fn count_lists(engine: &Engine, report: &ListReport, counted: &mut ListReport) {
+/// took out, and a refusal. A list answered vouches for the caller's grant (where the
+/// sidecar is told that servers check it: [`Engine::vouch_for`]).
+fn count_lists(engine: &Engine, report: &ListReport, counted: &mut ListReport, caller: &Caller) {
+    if report.lists > counted.lists && !caller.grant_verified {
+        if let Some(grant) = caller.grant.as_deref() {
+            engine.vouch_for(grant);
+        }
+    }
     let stats = engine.stats();
     for _ in counted.lists..report.lists {
         stats.count_list(0, false);

@@ -847,3 +847,40 @@ fn a_list_request_goes_on_under_toolgates_id_or_is_refused_as_an_event() {
         (&json!(5), &json!(-32603))
     );
 }
+
+/// An `initialize`'s answer vouches for the caller's grant only when the server accepted
+/// it (2xx), and only where the sidecar trusts servers' answers; the note read back is the
+/// one the Check wrote.
+#[test]
+fn an_accepted_initialize_vouches_for_the_callers_grant() {
+    for status in [200u16, 202, 204, 301, 400, 401, 403, 404, 429, 500, 503] {
+        for trusted in [false, true] {
+            let e = engine(list_policy());
+            if trusted {
+                e.trust_server_answers();
+            }
+            let caller = Caller {
+                grant: Some("token-a".into()),
+                ..Caller::default()
+            };
+            let md = Some(metadata(&Follow::Opening, caller));
+            let mut exchange = Exchange::default();
+            // Envoy waits for this answer: the next request must find the grant vouched for.
+            let answer = exchange.process(&e, &message(&md, headers(status, "text/plain"), false));
+            let Some(Response::ResponseHeaders(h)) = answer.and_then(|a| a.response) else {
+                panic!("the headers pass on unchanged");
+            };
+            let mutation = h
+                .response
+                .and_then(|r| r.header_mutation)
+                .unwrap_or_default();
+            assert!(mutation.set_headers.is_empty() && mutation.remove_headers.is_empty());
+            let vouched = trusted && (200..300).contains(&status);
+            assert_eq!(
+                e.vouched_grants(),
+                usize::from(vouched),
+                "{status} {trusted}"
+            );
+        }
+    }
+}

@@ -203,6 +203,7 @@ pub fn check(engine: &Engine, call: &HttpCall<'_>) -> Gate {
                 id: id.clone(),
                 listed: id.as_ref().map(|_| listed),
             },
+            None if method == INITIALIZE && engine.may_vouch_for(&call.subject) => Follow::Opening,
             None => Follow::Nothing,
         };
         return Gate::Forward {
@@ -410,9 +411,13 @@ pub enum Follow {
         tool_errors: bool,
         task: bool,
     },
+    /// An `initialize` of a caller whose grant a server's answer may vouch for
+    /// ([`crate::vouched`]): the answer's status says whether the server accepted it.
+    Opening,
 }
 
 const TOOLS_CALL: &str = "tools/call";
+const INITIALIZE: &str = "initialize";
 const READ: &str = "resources/read";
 
 /// Whether the rule that allowed `name` (a resource of `server`) treats callers apart.

@@ -272,8 +272,12 @@ impl ApprovalTable {
 
     /// Whether `owner` may open one more pending approval under `caps`: a scan of the
     /// table, made only when a call opens one (rare, and under the lock anyway).
+    ///
+    /// Callers whose credential the client chose (a made-up bearer token costs nothing) may
+    /// hold at most half of a rule's room and half of the table, so the other half is
+    /// always there for trusted callers ([`Owner::client_chosen`]).
     fn room_for(&self, owner: Owner, caps: Caps, now_ms: u64) -> Result<(), NoRoom> {
-        let (mut grant, mut rule) = (0, 0);
+        let (mut grant, mut rule, mut chosen_rule, mut chosen) = (0, 0, 0, 0);
         for slot in 0..self.capacity {
             let pending = self
                 .read(slot)
@@ -282,14 +286,26 @@ impl ApprovalTable {
                 continue;
             }
             let o = self.owner(slot);
+            let same_rule = owner.rule != 0 && o.rule == owner.rule;
             grant += usize::from(owner.grant != 0 && o.grant == owner.grant);
-            rule += usize::from(owner.rule != 0 && o.rule == owner.rule);
+            rule += usize::from(same_rule);
+            chosen_rule += usize::from(same_rule && o.client_chosen());
+            chosen += usize::from(o.client_chosen());
         }
         if grant >= caps.per_grant {
             return Err(NoRoom::Grant(caps.per_grant));
         }
         if rule >= caps.per_rule {
             return Err(NoRoom::Rule(caps.per_rule));
+        }
+        if owner.client_chosen() {
+            let share = caps.per_rule.div_ceil(2);
+            if chosen_rule >= share {
+                return Err(NoRoom::ClientChosen(share));
+            }
+            if chosen >= self.capacity.div_ceil(2) {
+                return Err(NoRoom::Table);
+            }
         }
         Ok(())
     }
@@ -623,6 +639,7 @@ mod tests {
             per_grant: 2,
             per_rule: 3,
         };
+        // Trusted grants: the rule's whole room is theirs.
         let ask = |n: u8, grant: &str, rule: &str| Ask {
             key: d.key(&Call {
                 server: None,
@@ -632,7 +649,7 @@ mod tests {
                 agent: None,
                 arguments: &n.to_string(),
             }),
-            owner: d.owner(Some(grant), rule),
+            owner: d.owner(Some(grant), true, rule),
             timeout_ms: MIN,
         };
         let open = |a: &Ask, now| t.request_as(a, caps, now, ApprovalId::random);
@@ -663,6 +680,61 @@ mod tests {
             open(&ask(8, "mallory", "/tools/c"), MIN + 1).is_ok(),
             "the rest lapsed"
         );
+    }
+
+    proptest::proptest! {
+        /// Credentials the client chose never hold more than half of a rule's room nor half
+        /// of the table: whatever they opened first, a trusted caller finds room in every
+        /// rule while trusted callers hold less than the rest.
+        #[test]
+        fn made_up_credentials_leave_half_of_every_rule_to_trusted_ones(
+            asks in proptest::collection::vec((0u8..40, proptest::bool::ANY, 0u8..3), 1..120),
+        ) {
+            let t = ApprovalTable::new(32);
+            let d = digests();
+            let caps = Caps { per_grant: 4, per_rule: 9 };
+            // (rule, chosen) -> pending; every approval opened is pending until the end.
+            let mut held = std::collections::HashMap::<(u8, bool), usize>::new();
+            for (n, (grant, trusted, rule)) in asks.into_iter().enumerate() {
+                // A grant is trusted or not for good, as a credential is.
+                let grant = format!("g{grant}{}", if trusted { "t" } else { "" });
+                let ask = Ask {
+                    key: d.key(&Call {
+                        server: None,
+                        tool: "t",
+                        grant: Some(&grant),
+                        session: None,
+                        agent: None,
+                        arguments: &n.to_string(),
+                    }),
+                    owner: d.owner(Some(&grant), trusted, &format!("/tools/r{rule}")),
+                    timeout_ms: MIN,
+                };
+                let opened = t.request_as(&ask, caps, 0, ApprovalId::random);
+                let in_rule = |held: &std::collections::HashMap<(u8, bool), usize>, chosen| {
+                    held.get(&(rule, chosen)).copied().unwrap_or(0)
+                };
+                let (chosen, trusted_held) = (in_rule(&held, true), in_rule(&held, false));
+                let chosen_all: usize =
+                    held.iter().filter(|((_, c), _)| *c).map(|(_, v)| v).sum();
+                match opened {
+                    Ok(_) => *held.entry((rule, !trusted)).or_default() += 1,
+                    Err(NoRoom::ClientChosen(share)) => {
+                        proptest::prop_assert!(!trusted);
+                        proptest::prop_assert_eq!((share, chosen), (5, 5));
+                    }
+                    Err(NoRoom::Table) if !trusted => {
+                        proptest::prop_assert!(chosen_all >= 16);
+                    }
+                    Err(NoRoom::Rule(_)) => {
+                        proptest::prop_assert_eq!(chosen + trusted_held, 9);
+                    }
+                    Err(NoRoom::Grant(_)) => {}
+                    Err(other) => proptest::prop_assert!(false, "{other:?} for {grant}"),
+                }
+                proptest::prop_assert!(in_rule(&held, true) <= 5);
+            }
+        }
     }
 
     #[test]
