@@ -26,6 +26,8 @@ import pytest
 from conftest import policy
 from envoy_proxy import DEPLOY, Envoy, deployed, envoy_executable
 from ext_mcp import ExtMcp, outcome
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from mcp_servers import EverythingServer, node_executable
 from sidecar import Sidecar
 from test_envoy_ext_proc import ScriptedUpstream
@@ -35,15 +37,6 @@ RESEARCH = "simulate-research-query"
 REVISION = "2025-11-25"
 RELATED = "io.modelcontextprotocol/related-task"
 NOT_FOUND = {"code": -32602, "message": "Task not found"}
-#: Open findings (xfail, strict: each such test passes once it is fixed).
-CURSOR_OPEN = (
-    "open: a tasks/list cursor is the server's, passed as sent: one naming another caller's "
-    "task tells whether it exists"
-)
-NEXT_CURSOR_OPEN = (
-    "open: a filtered tasks/list page keeps the server's nextCursor, which a server may make "
-    "of a task's id"
-)
 #: Tasks one caller may have noted in a day (toolgate_core::tasks::MAX_PER_CALLER).
 MAX_PER_CALLER = 1000
 
@@ -408,30 +401,54 @@ def create(peer: Peer) -> str:
     return peer.ask("tools/call", params)["result"]["task"]["taskId"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=CURSOR_OPEN,
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-def test_a_task_list_cursor_tells_nothing_of_anothers_task(keeper: Envoy) -> None:
+@given(made_up=st.text(max_size=40) | st.sampled_from(["toolgate.cursor.", "toolgate.cursor.00"]))
+def test_a_task_list_cursor_tells_nothing_of_anothers_task(keeper: Envoy, made_up: str) -> None:
+    """The server's cursors are its task ids. Whatever cursor mallory sends (alice's task id,
+    one that names nothing, any text, the proxy's prefix), the answer is the same refusal,
+    and the server never sees it."""
     alice = Peer(keeper, "alice", session="s-alice")
     tid = create(alice)
     mallory = Peer(keeper, "mallory", session="s-mallory")
-    theirs = mallory.ask("tasks/list", {"cursor": tid})
-    none = mallory.ask("tasks/list", {"cursor": "t-none"})
-    assert ("error" in theirs) == ("error" in none), (theirs, none)
+    answers = [mallory.ask("tasks/list", {"cursor": c}) for c in (tid, "t-none", made_up)]
+    errors = [a.get("error") for a in answers]
+    assert all(e is not None and e["code"] == -32602 for e in errors), answers
+    assert len({e["message"] for e in errors}) == 1, errors
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=NEXT_CURSOR_OPEN,
-)
 def test_a_task_list_does_not_name_anothers_task_in_its_cursor(keeper: Envoy) -> None:
     alice = Peer(keeper, "alice", session="s-alice")
     mine = {create(alice) for _ in range(11)}
     mallory = Peer(keeper, "mallory", session="s-mallory")
     listed = mallory.ask("tasks/list", {})["result"]
     assert listed["tasks"] == []
-    assert listed.get("nextCursor") not in mine, listed
+    assert not any(t in listed.get("nextCursor", "") for t in mine), listed
+    # The sealed cursor is mallory's to use, and tells only what the server would have told
+    # mallory: the rest of the list, filtered for mallory.
+    following = mallory.ask("tasks/list", {"cursor": listed["nextCursor"]})["result"]
+    assert following["tasks"] == []
+
+
+def test_a_sealed_cursor_pages_on_for_its_caller_only(keeper: Envoy) -> None:
+    carol = Peer(keeper, "carol", session="s-carol")
+    mine = [create(carol) for _ in range(13)]
+    page = carol.ask("tasks/list", {})["result"]
+    listed, cursors = [t["taskId"] for t in page["tasks"]], []
+    while "nextCursor" in page:
+        cursors.append(page["nextCursor"])
+        page = carol.ask("tasks/list", {"cursor": cursors[-1]})["result"]
+        listed += [t["taskId"] for t in page["tasks"]]
+    assert sorted(listed) == sorted(mine)
+    assert cursors and all(c.startswith("toolgate.cursor.") for c in cursors)
+    assert not any(t in c for t in mine for c in cursors)
+    # Another caller, or the same cursor with one character changed, is refused alike.
+    mallory = Peer(keeper, "mallory", session="s-mallory")
+    stolen = mallory.ask("tasks/list", {"cursor": cursors[0]})
+    flipped = cursors[0][:-1] + ("0" if cursors[0][-1] != "0" else "1")
+    altered = carol.ask("tasks/list", {"cursor": flipped})
+    assert stolen["error"] == altered["error"] and stolen["error"]["code"] == -32602
 
 
 def test_another_caller_cannot_answer_the_tasks_elicitation(envoy: Envoy) -> None:

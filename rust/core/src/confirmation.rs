@@ -54,6 +54,15 @@ impl ConfirmKey {
         }
     }
 
+    /// A key for another use (`label` says which), derived from this one: shared as this
+    /// one is, by replicas given the same secret.
+    pub fn derive(&self, label: &[u8]) -> [u8; 32] {
+        let mut mac = self.mac.clone();
+        mac.update(b"toolgate derived key\0");
+        mac.update(label);
+        mac.finalize().into_bytes().into()
+    }
+
     /// A random key: tokens only this process accepts.
     pub fn random() -> ConfirmKey {
         let mut secret = [0u8; 32];

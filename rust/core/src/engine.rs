@@ -18,6 +18,7 @@ use crate::condition::{Facts, Outcome, Problem, Subject};
 use crate::confirmation::{self, ConfirmKey, Confirming, FIRST_REVISION};
 use crate::counter::reservation::{Part, MAX_PARTS};
 use crate::counter::{to_units, CounterKey, CounterTable, UNITS_PER_CALL};
+use crate::cursors::{self, CursorKey};
 use crate::decision::{Code, Confirmation, Decision, Limits, Text, Verdict};
 use crate::decision_log::{Call, DecisionSink, Record};
 use crate::kind::Kind;
@@ -114,6 +115,8 @@ pub struct Engine {
     vouching: AtomicBool,
     /// What confirmation tokens are signed with: set once by the sidecar, else random.
     confirm_key: OnceLock<ConfirmKey>,
+    /// What task-list cursors are sealed with: derived from `confirm_key`.
+    cursor_key: OnceLock<CursorKey>,
 }
 
 /// What a call its user must confirm may do.
@@ -154,6 +157,7 @@ impl Engine {
             vouched: Vouched::default(),
             vouching: AtomicBool::new(false),
             confirm_key: OnceLock::new(),
+            cursor_key: OnceLock::new(),
         })
     }
 
@@ -167,6 +171,35 @@ impl Engine {
 
     fn confirm_key(&self) -> &ConfirmKey {
         self.confirm_key.get_or_init(ConfirmKey::random)
+    }
+
+    fn cursor_key(&self) -> &CursorKey {
+        self.cursor_key.get_or_init(|| {
+            CursorKey::new(self.confirm_key().derive(b"toolgate task-list cursor v1"))
+        })
+    }
+
+    /// `cursor`, a `tasks/list` answer's `nextCursor` from `server`, sealed for `subject`
+    /// ([`crate::cursors`]).
+    pub fn seal_task_cursor(
+        &self,
+        server: Option<&str>,
+        subject: &Subject<'_>,
+        cursor: &str,
+    ) -> String {
+        let binding = cursors::binding(server, subject.grant, subject.grant_verified);
+        self.cursor_key().seal(&binding, cursor)
+    }
+
+    /// The server's cursor inside `sealed`, if it was sealed for `subject` of `server`.
+    pub fn open_task_cursor(
+        &self,
+        server: Option<&str>,
+        subject: &Subject<'_>,
+        sealed: &str,
+    ) -> Option<String> {
+        let binding = cursors::binding(server, subject.grant, subject.grant_verified);
+        self.cursor_key().open(&binding, sealed)
     }
 
     /// Write every decision (as `log` filters them) to `log` (once; an error after that).

@@ -16,6 +16,7 @@ pub mod compile;
 pub mod condition;
 pub mod confirmation;
 pub mod counter;
+pub mod cursors;
 pub mod decision;
 pub mod decision_log;
 pub mod definition;

@@ -35,8 +35,11 @@ use toolgate_core::compile::CompiledPolicy;
 use toolgate_core::kind::Listed;
 use toolgate_core::listed::ListedTool;
 use toolgate_core::mcp::answer::error_message;
-use toolgate_core::mcp::listing::{ListFilter, ListReport, ListRequest, INTERNAL_ERROR};
+use toolgate_core::mcp::listing::{
+    CursorOpener, ListFilter, ListReport, ListRequest, INTERNAL_ERROR, INVALID_CURSOR,
+};
 use toolgate_core::mcp::outcome::{CallWatcher, Failure, Outcome};
+use toolgate_core::mcp::request::INVALID_PARAMS;
 use toolgate_core::mcp::sse::message_event;
 use toolgate_core::mcp::Follow;
 use toolgate_core::visibility::Visibility;
@@ -520,7 +523,7 @@ impl Exchange {
                 self.response_body(engine, body, &request.attributes)
             }
             Request::RequestHeaders(_) => self.request_headers(),
-            Request::RequestBody(body) => self.request_body(body),
+            Request::RequestBody(body) => self.request_body(engine, body),
             Request::RequestTrailers(_) => Response::RequestTrailers(TrailersResponse::default()),
             Request::ResponseTrailers(_) => Response::ResponseTrailers(TrailersResponse::default()),
         };
@@ -553,22 +556,38 @@ impl Exchange {
 
     /// A list request's whole body (buffered): sent on under an id of toolgate's own, so
     /// that no other request of the client's can share the id the server answers.
-    fn request_body(&mut self, body: &HttpBody) -> Response {
+    fn request_body(&mut self, engine: &Arc<Engine>, body: &HttpBody) -> Response {
         let mut body_mutation = None;
         if let State::List {
             id: Some(id),
+            listed,
             upstream_id,
+            caller,
             ..
         } = &mut self.state
         {
-            match ListRequest::rewrite(&body.body, id) {
+            // A task list's cursor is one toolgate sealed for this caller: opened again for
+            // the server, or the request refused before it reaches the server.
+            let server = caller.server.as_deref();
+            let subject = caller.subject();
+            let open = |sealed: &str| engine.open_task_cursor(server, &subject, sealed);
+            let cursors = (*listed == Some(Listed::Tasks)).then_some(&open as CursorOpener<'_>);
+            match ListRequest::rewrite(&body.body, id, cursors) {
                 Ok(request) => {
                     *upstream_id = Some(request.upstream_id);
                     body_mutation = Some(BodyMutation {
                         mutation: Some(Mutation::Body(request.body)),
                     });
                 }
-                Err(why) => return Response::ImmediateResponse(list_refusal(id, &why)),
+                // A cursor not this caller's is the caller's error, and says nothing more.
+                Err(why) if why == INVALID_CURSOR => {
+                    let message = format!("Invalid params: {why}");
+                    let refusal = list_refusal(id, INVALID_PARAMS, &message);
+                    return Response::ImmediateResponse(refusal);
+                }
+                Err(why) => {
+                    return Response::ImmediateResponse(list_refusal(id, INTERNAL_ERROR, &why))
+                }
             }
         }
         Response::RequestBody(BodyResponse {
@@ -719,6 +738,13 @@ fn list_filter(
             .replying_as(id.clone().unwrap_or(Value::Null)),
         None => ListFilter::new(id.clone(), listed, visible),
     };
+    // A task list's cursor goes to the agent sealed for it ([`toolgate_core::cursors`]), on
+    // the request's own stream or any other that carries such an answer.
+    let (sealer, sealed_for) = (Arc::clone(engine), Arc::clone(caller));
+    let filter = filter.sealing_cursors(Box::new(move |cursor: &str| {
+        let server = sealed_for.server.as_deref();
+        sealer.seal_task_cursor(server, &sealed_for.subject(), cursor)
+    }));
     // A read's answer (contents, not a list) is not kept among the lists read before.
     Box::new(match private {
         true => filter.private(),
@@ -769,14 +795,14 @@ fn refusal(message: &str) -> ImmediateResponse {
 /// A list's answer replaced before the request went on: an error event for `id`, in the
 /// media type of every list's answer ([`LIST_ANSWER_TYPE`]), at status 200 (clients read
 /// the body of an error status only when it is plain JSON).
-fn list_refusal(id: &Value, message: &str) -> ImmediateResponse {
+fn list_refusal(id: &Value, code: i64, message: &str) -> ImmediateResponse {
     ImmediateResponse {
         status: Some(HttpStatus { code: 200 }),
         headers: Some(HeaderMutation {
             set_headers: vec![set_header("content-type", LIST_ANSWER_TYPE)],
             ..Default::default()
         }),
-        body: message_event(&error_message(id, INTERNAL_ERROR, message)),
+        body: message_event(&error_message(id, code, message)),
         details: "toolgate_list_refused".into(),
         ..Default::default()
     }

@@ -48,6 +48,8 @@ use std::sync::Arc;
 
 /// JSON-RPC's "internal error": the proxy could not pass the answer on.
 pub const INTERNAL_ERROR: i64 = -32603;
+/// Why a list request's cursor is refused: the same whatever it names.
+pub const INVALID_CURSOR: &str = "the cursor is not one this caller was given";
 
 const MESSAGE_KEYS: [&str; 6] = ["jsonrpc", "id", "method", "params", "result", "error"];
 /// A result's keys besides the lists' members (whose case variants are refused too).
@@ -142,15 +144,37 @@ pub struct ListRequest {
     pub upstream_id: Value,
 }
 
+/// Opens a sealed cursor for the caller: the server's cursor, or `None`.
+pub type CursorOpener<'a> = &'a dyn Fn(&str) -> Option<String>;
+/// Seals the server's cursor for the caller ([`crate::cursors`]).
+pub type CursorSealer = Box<dyn Fn(&str) -> String + Send>;
+
 impl ListRequest {
     /// `body`, the request whose id the proxy's check read as `id`, with a fresh id in its
-    /// place. Refused if it is not that request (the check and the body disagree).
-    pub fn rewrite(body: &[u8], id: &Value) -> Result<ListRequest, String> {
+    /// place; with `cursors`, its `params.cursor` (one the proxy sealed) opened again for the
+    /// server ([`crate::cursors`]). Refused if it is not that request (the check and the body
+    /// disagree), or its cursor does not open for this caller.
+    pub fn rewrite(
+        body: &[u8],
+        id: &Value,
+        cursors: Option<CursorOpener<'_>>,
+    ) -> Result<ListRequest, String> {
         let Ok(Value::Object(mut message)) = strict_json::parse(body) else {
             return Err("the request cannot be read as the check read it".into());
         };
         if message.get("id") != Some(id) {
             return Err("the request's id is not the one the check read".into());
+        }
+        if let Some(open) = cursors {
+            if let Some(Value::Object(params)) = message.get_mut("params") {
+                if let Some(cursor) = params.get_mut("cursor") {
+                    let opened = cursor.as_str().and_then(open);
+                    let Some(server_cursor) = opened else {
+                        return Err(INVALID_CURSOR.into());
+                    };
+                    *cursor = Value::String(server_cursor);
+                }
+            }
         }
         let mut random = [0u8; 16];
         getrandom::fill(&mut random).expect("the system's random source works");
@@ -185,6 +209,8 @@ pub struct ListFilter<F> {
     events: EventSplitter,
     /// The answer has been passed on (or refused): nothing after it is, or is held.
     finished: bool,
+    /// Seals a `tasks/list` answer's `nextCursor` for the caller ([`crate::cursors`]).
+    seal_cursor: Option<CursorSealer>,
     pub report: ListReport,
 }
 
@@ -204,8 +230,16 @@ impl<F: FnMut(Listed, &str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
             overflow: false,
             events: EventSplitter::default(),
             finished: false,
+            seal_cursor: None,
             report: ListReport::default(),
         }
+    }
+
+    /// A `tasks/list` answer's `nextCursor` goes to the agent as `seal` makes it of the
+    /// server's, which must then be a string.
+    pub fn sealing_cursors(mut self, seal: CursorSealer) -> Self {
+        self.seal_cursor = Some(seal);
+        self
     }
 
     /// The answer to the request (a `resources/read`'s) lists nothing and is not filtered: if
@@ -511,6 +545,16 @@ impl<F: FnMut(Listed, &str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
                 edits.push((span.clone(), b"\"private\"".to_vec()));
             }
         }
+        if let (Some(seal), Some(span), Listed::Tasks) =
+            (&self.seal_cursor, &listing.next_cursor, listed)
+        {
+            let Ok(Value::String(cursor)) = serde_json::from_slice(&answer.bytes[span.clone()])
+            else {
+                return Err("the answer's nextCursor is not a string".into());
+            };
+            let sealed = serde_json::to_vec(&seal(&cursor)).expect("strings serialize");
+            edits.push((span.clone(), sealed));
+        }
         Ok(self.reply(answer, edits))
     }
 
@@ -695,6 +739,45 @@ mod tests {
     }
 
     /// The one message the filter wrote, read as a client reads an event stream.
+    /// A task list's cursor reaches the server only as the proxy opened it for the caller,
+    /// and the server's next one reaches the agent only as the proxy sealed it; anything
+    /// that does not open is refused alike, and a cursor that is not a string is refused.
+    #[test]
+    fn a_task_lists_cursors_are_sealed_and_opened_again() {
+        let open = |c: &str| c.strip_prefix("sealed-").map(str::to_owned);
+        let request = |cursor: Value| {
+            let sent = json!({"jsonrpc": "2.0", "id": 7, "method": "tasks/list",
+                "params": {"cursor": cursor}});
+            ListRequest::rewrite(sent.to_string().as_bytes(), &json!(7), Some(&open))
+        };
+        let forwarded = request(json!("sealed-t9")).unwrap();
+        let body: Value = serde_json::from_slice(&forwarded.body).unwrap();
+        assert_eq!(body["params"]["cursor"], "t9");
+        for bad in [
+            json!("t9"),
+            json!(""),
+            json!(5),
+            json!(null),
+            json!({"c": "sealed-t9"}),
+        ] {
+            assert_eq!(request(bad.clone()).unwrap_err(), INVALID_CURSOR, "{bad}");
+        }
+        let up = forwarded.upstream_id;
+        let seal = |next: Value| {
+            let answer = json!({"jsonrpc": "2.0", "id": up, "result": {
+                "tasks": [{"taskId": "t10", "status": "working"}], "nextCursor": next}});
+            let mut f = ListFilter::new(Some(up.clone()), Some(Listed::Tasks), hide_delete)
+                .replying_as(json!(7))
+                .sealing_cursors(Box::new(|c: &str| format!("sealed-{c}")));
+            message_of(&f.feed(answer.to_string().as_bytes(), true))
+        };
+        let out = seal(json!("t10"));
+        assert_eq!(out["result"]["nextCursor"], "sealed-t10", "{out}");
+        assert_eq!(out["result"]["tasks"][0]["taskId"], "t10");
+        let refused = seal(json!(10));
+        assert_eq!(refused["error"]["code"], INTERNAL_ERROR, "{refused}");
+    }
+
     fn message_of(out: &[u8]) -> Value {
         let events = EventSplitter::default().feed(out, true).unwrap();
         let data: Vec<Vec<u8>> = events.into_iter().filter_map(|e| e.data).collect();
@@ -932,14 +1015,16 @@ mod tests {
     #[test]
     fn the_server_gets_an_id_of_the_proxys_own_and_the_agent_its_own_back() {
         let sent = br#"{"jsonrpc":"2.0","id":7,"method":"tools/list","params":{"cursor":"c"}}"#;
-        let request = ListRequest::rewrite(sent, &json!(7)).unwrap();
+        let request = ListRequest::rewrite(sent, &json!(7), None).unwrap();
         let forwarded: Value = serde_json::from_slice(&request.body).unwrap();
         assert_eq!(forwarded["params"], json!({"cursor": "c"}));
         assert_eq!(forwarded["id"], request.upstream_id);
-        let fresh = ListRequest::rewrite(sent, &json!(7)).unwrap().upstream_id;
+        let fresh = ListRequest::rewrite(sent, &json!(7), None)
+            .unwrap()
+            .upstream_id;
         assert_ne!(fresh, request.upstream_id, "a new id each time");
         assert!(
-            ListRequest::rewrite(sent, &json!(8)).is_err(),
+            ListRequest::rewrite(sent, &json!(8), None).is_err(),
             "not the request checked"
         );
         // The answer, filtered or not, an error too, goes back under the agent's id.

@@ -72,6 +72,8 @@ pub struct Listing {
     pub lists_twice: bool,
     /// The span of `cacheScope`'s value, and whether that is the string `"private"`.
     pub cache_scope: Option<(Range<usize>, bool)>,
+    /// The span of `nextCursor`'s value.
+    pub next_cursor: Option<Range<usize>>,
 }
 
 /// One entry of a list's array (a tool, a resource, a template, a prompt).
@@ -453,6 +455,10 @@ impl<'a> Reader<'a, '_> {
                     let (span, _) = r.spanned(2)?;
                     let private = &r.body[span.clone()] == b"\"private\"";
                     listing.cache_scope = Some((span, private));
+                }
+                ("nextCursor", _) => {
+                    let (span, _) = r.spanned(2)?;
+                    listing.next_cursor = Some(span);
                 }
                 _ => {
                     r.spanned(2)?;
