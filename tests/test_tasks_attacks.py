@@ -402,7 +402,7 @@ def create(peer: Peer) -> str:
 
 
 @settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(made_up=st.text(max_size=40) | st.sampled_from(["toolgate.cursor.", "toolgate.cursor.00"]))
 def test_a_task_list_cursor_tells_nothing_of_anothers_task(keeper: Envoy, made_up: str) -> None:

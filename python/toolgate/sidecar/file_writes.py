@@ -8,8 +8,8 @@ writing (``IN_CLOSE_WRITE``), and whether a name appeared by creation (``IN_CREA
 rename (``IN_MOVED_TO``). The watch is on the directory the policy path resolves into, so a
 file removed and written again in place is seen from its creation.
 
-Elsewhere (no inotify, or no watch to be had) nothing is known, and the watcher relies on
-the settle period alone.
+Elsewhere (no inotify, a Python without ctypes, or no watch to be had) nothing is known, and
+the watcher relies on the settle period alone.
 """
 
 from __future__ import annotations
@@ -17,16 +17,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger("toolgate.reload")
 
-if sys.platform == "linux":
+try:
+    # Linux only; nor on a Python built without ctypes (some musl builds).
     from inotify_simple import INotify
     from inotify_simple import flags as in_flags
-else:  # pragma: no cover - the sidecar's other platforms
+except ImportError:  # pragma: no cover - the settle period alone decides there
     INotify = None
 
 
@@ -56,7 +56,7 @@ class FileWrites:
         if INotify is not None:
             try:
                 self._inotify = INotify(nonblocking=True)
-            except OSError as err:  # the per-user instance limit, a seccomp filter
+            except (OSError, AttributeError) as err:  # the instance limit, seccomp, no inotify
                 log.warning("cannot watch the policy file's writers (%s); settle period only", err)
         self._wd: int | None = None
         # The directory watched and the file's name in it (both resolved through symlinks).

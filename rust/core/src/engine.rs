@@ -1076,8 +1076,8 @@ impl Engine {
         id: &str,
     ) -> bool {
         let (owner, cap) = (&owned.owner, &owned.per_caller);
-        // A grant a server vouched for keeps its notes where a verified one does: its
-        // per-caller cap bounds them.
+        // A grant a server vouched for keeps its notes where a verified one does, bounded
+        // by its per-caller cap (not by a share of the table: docs/envoy.md says so).
         let trusted = self.grant_trusted_for_room(&subject);
         let mut wants = vec![
             Want {
