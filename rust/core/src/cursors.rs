@@ -12,6 +12,7 @@
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use std::fmt::Write;
 
 /// What a sealed cursor starts with.
 pub const PREFIX: &str = "toolgate.cursor.";
@@ -46,7 +47,7 @@ impl CursorKey {
         let mut out = String::with_capacity(PREFIX.len() + 2 * (NONCE_BYTES + sealed.len()));
         out.push_str(PREFIX);
         for b in nonce.iter().chain(&sealed) {
-            out.push_str(&format!("{b:02x}"));
+            write!(out, "{b:02x}").expect("writing to a String cannot fail");
         }
         out
     }
