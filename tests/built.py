@@ -29,7 +29,6 @@ from images import (
     NODE_IMAGE,
     ROOT,
     TOOLGATE_IMAGE,
-    TOOLGATE_IMAGE_ARM64,
     ULIMITS,
     VERSION,
     Unavailable,
@@ -45,7 +44,6 @@ __all__ = [
     "NODE_IMAGE",
     "ROOT",
     "TOOLGATE_IMAGE",
-    "TOOLGATE_IMAGE_ARM64",
     "ULIMITS",
     "VERSION",
 ]

@@ -15,9 +15,11 @@ existing Deployment (deploy/kubernetes/example):
   written into the pod's ConfigMap volume as the kubelet would: toolgate picks it up, and the
   call that was denied is allowed (or the reverse);
 - with the component, Prometheus' scrape path works: Envoy's probes port serves toolgate's
-  /metrics, counting those decisions;
-- the component with toolgate's arm64 image (ARM nodes), run under qemu-user-static, is ready
-  and decides as the amd64 one does.
+  /metrics, counting those decisions.
+
+The manifests do not depend on the node's architecture: the arm64 image's serving decisions
+under qemu-user-static is tests/test_image.py's (a pod of it here took up to three minutes of
+CI and checked nothing more).
 
 The pod runs in its own network namespace (``--network none``: nothing of it is reachable from
 the host); the client and the network probes run in that namespace (``nsenter``), on its
@@ -41,10 +43,8 @@ from built import (
     NODE_IMAGE,
     ROOT,
     TOOLGATE_IMAGE,
-    TOOLGATE_IMAGE_ARM64,
     envoy_image,
     node_image,
-    podman,
     toolgate_image,
     unavailable,
 )
@@ -161,15 +161,3 @@ def test_the_sidecars_component_plays_beside_an_existing_server(images, prefix, 
             timeout=30,
         )
         assert pod.probes_pass()
-
-
-def test_the_arm64_image_plays_as_the_sidecar(images, prefix, tmp_path):
-    # ARM nodes: the same component with toolgate's arm64 image, run under qemu-user-static.
-    arm64 = {**images, "toolgate": toolgate_image("arm64")}
-    pod = played(EXAMPLE, arm64, prefix, tmp_path)
-    assert pod.container("toolgate")["image"] == TOOLGATE_IMAGE_ARM64
-    with pod:
-        the_example_decides(pod, patience=300)
-        # The sidecar that decided is an arm64 process.
-        machine = podman("exec", f"{pod.pod}-toolgate", "uname", "-m").stdout.strip()
-        assert machine == "aarch64"
