@@ -281,7 +281,9 @@ pub struct CompiledLimit {
 }
 
 impl CompiledPolicy {
-    pub fn compile(policy: Policy) -> Result<CompiledPolicy, String> {
+    /// `policy` compiled for an engine whose counter table has `slots` (what one caller's
+    /// notes may hold of it: [`crate::owner::per_caller`]).
+    pub fn compile(policy: Policy, slots: usize) -> Result<CompiledPolicy, String> {
         let mut tables = Tables::default();
         let mut marks = AHashMap::new();
         let inherited = Inherited {
@@ -309,13 +311,13 @@ impl CompiledPolicy {
             &mut tables,
             ["task owner", "tasks noted"],
             crate::tasks::KEEP_MS,
-            crate::tasks::MAX_PER_CALLER,
+            crate::owner::per_caller(crate::tasks::MAX_PER_CALLER, slots),
         );
         let sessions = Owned::compile(
             &mut tables,
             ["session owner", "sessions held"],
             crate::sessions::KEEP_MS,
-            crate::sessions::MAX_PER_CALLER,
+            crate::owner::per_caller(crate::sessions::MAX_PER_CALLER, slots),
         );
         let session_claim = internal_counter(
             &mut tables,

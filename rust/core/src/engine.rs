@@ -142,7 +142,7 @@ impl Engine {
         table: Arc<CounterTable>,
         clock: Arc<dyn Clock>,
     ) -> Result<Engine, String> {
-        let compiled = CompiledPolicy::compile(policy)?;
+        let compiled = CompiledPolicy::compile(policy, table.capacity())?;
         Ok(Engine {
             policy: ArcSwap::from_pointee(compiled),
             table,
@@ -259,8 +259,10 @@ impl Engine {
 
     /// Swap in a new policy; decisions in flight finish on the old one, counters stay.
     pub fn reload(&self, policy: Policy) -> Result<(), String> {
-        self.policy
-            .store(Arc::new(CompiledPolicy::compile(policy)?));
+        self.policy.store(Arc::new(CompiledPolicy::compile(
+            policy,
+            self.table.capacity(),
+        )?));
         Ok(())
     }
 
@@ -1077,25 +1079,21 @@ impl Engine {
     ) -> bool {
         let (owner, cap) = (&owned.owner, &owned.per_caller);
         // A grant a server vouched for keeps its notes where a verified one does, bounded
-        // by its per-caller cap (not by a share of the table: docs/envoy.md says so).
+        // by its per-caller cap, a share of the table ([`owner::per_caller`]).
         let trusted = self.grant_trusted_for_room(&subject);
-        let mut wants = vec![
-            Want {
-                limit: owner,
-                key: note.chosen_by_client(note.client_chosen && !trusted),
-                amount: UNITS_PER_CALL,
-            },
-            Want {
-                limit: cap,
-                key: CounterKey::new(
-                    cap.identity,
-                    subject.grant.unwrap_or("").as_bytes(),
-                    cap.granularity,
-                )
-                .chosen_by_client(!trusted),
-                amount: UNITS_PER_CALL,
-            },
-        ];
+        // The cap first, then the claim, then the note: a want refused leaves the slots the
+        // wants before it took (empty, for their window), so a caller at its cap, or naming
+        // another's session, takes no slot at all, however often it asks.
+        let mut wants = vec![Want {
+            limit: cap,
+            key: CounterKey::new(
+                cap.identity,
+                subject.grant.unwrap_or("").as_bytes(),
+                cap.granularity,
+            )
+            .chosen_by_client(!trusted),
+            amount: UNITS_PER_CALL,
+        }];
         if let Some(claim) = claim {
             wants.push(Want {
                 limit: claim,
@@ -1104,6 +1102,11 @@ impl Engine {
                 amount: UNITS_PER_CALL,
             });
         }
+        wants.push(Want {
+            limit: owner,
+            key: note.chosen_by_client(note.client_chosen && !trusted),
+            amount: UNITS_PER_CALL,
+        });
         let (mut parts, mut limits) = (limiter::Parts::new(), Limits::default());
         let now_ns = self.clock.now_ns();
         let (outcome, _) =

@@ -5,6 +5,18 @@
 
 use crate::counter::{CounterKey, Granularity};
 
+/// One caller's notes of one kind number at most the counter table's slots over this: a
+/// session holds two (its note and its claim), so one caller's hold at most 1/32 of them.
+pub const TABLE_SHARE: usize = 64;
+
+/// How many things one caller may have noted at once in a table of `slots`: `max`, and no
+/// more than [`TABLE_SHARE`] of the table, so that no caller, however trusted, fills it and
+/// leaves the next one no room.
+pub fn per_caller(max: u32, slots: usize) -> u32 {
+    let share = u32::try_from(slots / TABLE_SHARE).unwrap_or(u32::MAX);
+    max.min(share.max(1))
+}
+
 /// Whether the thing is the caller's, or could not be told (the store did not answer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Owner {

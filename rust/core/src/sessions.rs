@@ -15,8 +15,9 @@
 /// is gone within twice that, when the next caller to use the session holds it).
 pub const KEEP_MS: u64 = 24 * 3600 * 1000;
 
-/// Sessions one caller may hold within [`KEEP_MS`]: each holds slots of the counter table,
-/// which one caller's may not crowd. A session over it is refused.
+/// Sessions one caller may hold within [`KEEP_MS`], in a table large enough (else its share
+/// of it: [`crate::owner::per_caller`]): each holds slots of the counter table, which one
+/// caller's may not crowd. A session over it is refused.
 pub const MAX_PER_CALLER: u32 = 10_000;
 
 /// Why another caller's session is not reached.

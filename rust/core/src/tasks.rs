@@ -14,8 +14,9 @@
 /// through the proxy (refused as unknown), never by another caller.
 pub const KEEP_MS: u64 = 24 * 3600 * 1000;
 
-/// Tasks one caller may have noted within [`KEEP_MS`]: each note holds a slot of the
-/// counter table, which the caller's may not crowd. A task over it is noted for no one (its
+/// Tasks one caller may have noted within [`KEEP_MS`], in a table large enough (else its
+/// share of it: [`crate::owner::per_caller`]): each note holds a slot of the counter table,
+/// which the caller's may not crowd. A task over it is noted for no one (its
 /// requests are refused as for a task that does not exist).
 pub const MAX_PER_CALLER: u32 = 1000;
 

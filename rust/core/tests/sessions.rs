@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use toolgate_core::counter::CounterTable;
 use toolgate_core::mcp::{check, Gate, HttpCall};
+use toolgate_core::owner::per_caller;
 use toolgate_core::sessions::{KEEP_MS, MAX_PER_CALLER};
 use toolgate_core::{Code, Engine, ManualClock, Policy, Subject};
 
@@ -200,28 +201,60 @@ fn a_session_unused_past_its_keeping_is_held_by_the_next_caller() {
     )));
 }
 
-#[test]
-fn one_caller_holds_a_bounded_number_of_sessions() {
-    let (e, _) = engine_with(64 * 1024);
-    let alice = Caller("alice", false);
-    for i in 0..MAX_PER_CALLER {
-        let session = format!("a-{i}");
-        assert_eq!(
-            outcome(&e, &call("POST", PING, alice, &session)),
-            Ok(()),
-            "{i}"
-        );
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Whatever the table's size, and verified or not, one caller holds its cap of sessions
+    /// and no more: at most its share of the table, so that another caller always finds
+    /// room for its own.
+    #[test]
+    fn one_caller_holds_a_bounded_number_of_sessions(
+        bits in 6u32..18,
+        verified in any::<bool>(),
+    ) {
+        let slots = 1usize << bits;
+        let cap = per_caller(MAX_PER_CALLER, slots);
+        prop_assert!(cap as usize * 2 <= slots / 32 || cap == 1, "a share of the table");
+        let (e, _) = engine_with(slots);
+        let alice = Caller("alice", verified);
+        for i in 0..cap {
+            let session = format!("a-{i}");
+            prop_assert_eq!(outcome(&e, &call("POST", PING, alice, &session)), Ok(()), "{}", i);
+        }
+        // The next one is refused, as a limit is (not as an unknown session, which a client
+        // would answer by opening another); the ones held still pass, and another caller is
+        // not crowded out.
+        let over = outcome(&e, &call("POST", PING, alice, "a-over"));
+        prop_assert!(matches!(over, Err((429, _, Code::RateLimited))), "{:?}", over);
+        prop_assert_eq!(outcome(&e, &call("POST", PING, alice, "a-0")), Ok(()));
+        // Refused sessions take no slot, however many are asked for.
+        let occupied = e.table().occupied();
+        for i in 0..32 {
+            let more = outcome(&e, &call("POST", PING, alice, &format!("a-more-{i}")));
+            prop_assert!(matches!(more, Err((429, _, Code::RateLimited))), "{:?}", more);
+        }
+        prop_assert_eq!(e.table().occupied(), occupied, "refused sessions took slots");
+        // Nor do another caller's sessions named by a caller: it takes one slot, its count
+        // of sessions, once.
+        let mallory = Caller("mallory", verified);
+        for i in 0..cap {
+            let named = outcome(&e, &call("POST", PING, mallory, &format!("a-{i}")));
+            prop_assert!(is_unknown_session(named), "{:?}", named);
+        }
+        prop_assert!(e.table().occupied() <= occupied + 1);
+        let bob = Caller("bob", verified);
+        prop_assert_eq!(outcome(&e, &call("POST", PING, bob, "b-1")), Ok(()));
+        // The refused session was not held for anyone.
+        let carol = Caller("carol", verified);
+        prop_assert_eq!(outcome(&e, &call("POST", PING, carol, "a-over")), Ok(()));
     }
-    // The next one is refused, as a limit is (not as an unknown session, which a client
-    // would answer by opening another); the ones held still pass, and another caller is
-    // not crowded out.
-    let over = outcome(&e, &call("POST", PING, alice, "a-over"));
-    assert!(matches!(over, Err((429, _, Code::RateLimited))), "{over:?}");
-    assert_eq!(outcome(&e, &call("POST", PING, alice, "a-7")), Ok(()));
-    let bob = Caller("bob", false);
-    assert_eq!(outcome(&e, &call("POST", PING, bob, "b-1")), Ok(()));
-    // The refused session was not held for anyone.
-    assert_eq!(outcome(&e, &call("POST", PING, bob, "a-over")), Ok(()));
+}
+
+#[test]
+fn a_caller_in_a_large_table_holds_its_full_cap() {
+    assert_eq!(per_caller(MAX_PER_CALLER, 1 << 20), MAX_PER_CALLER);
+    assert_eq!(per_caller(MAX_PER_CALLER, 1 << 16), 1024);
+    assert_eq!(per_caller(MAX_PER_CALLER, 1), 1);
 }
 
 #[test]

@@ -13,6 +13,7 @@ use toolgate_core::mcp::outcome::{CallWatcher, Outcome};
 use toolgate_core::mcp::request::RELATED_TASK;
 use toolgate_core::mcp::sse::EventSplitter;
 use toolgate_core::mcp::{check, Follow, Gate, HttpCall};
+use toolgate_core::owner::per_caller;
 use toolgate_core::tasks::{Owner, KEEP_MS, MAX_PER_CALLER, METHODS};
 use toolgate_core::{Code, Engine, ManualClock, Policy, Subject, Verdict};
 
@@ -366,8 +367,10 @@ fn a_request_related_to_a_task_reaches_it_only_for_its_creator() {
 
 #[test]
 fn one_caller_notes_a_bounded_number_of_tasks() {
+    // A 4096-slot table: a caller's share of it (64 tasks) is below the cap.
     let (e, _) = engine();
-    for i in 0..MAX_PER_CALLER {
+    assert_eq!(per_caller(MAX_PER_CALLER, 4096), 64);
+    for i in 0..per_caller(MAX_PER_CALLER, 4096) {
         assert!(e.note_task(None, subject("mallory"), &format!("m-{i}")));
     }
     assert!(!e.note_task(None, subject("mallory"), "m-over"));
