@@ -22,7 +22,9 @@ import grpc
 import h2.config
 import h2.connection
 import h2.events
-from conftest import policy
+import hypothesis.strategies as st
+from conftest import make_engine, policy
+from hypothesis import given, settings
 from sidecar import PATIENCE, TOOLGATE, wait_for
 from test_approvals import TOKENS, Approving, Receiver, admin  # noqa: F401  (a fixture)
 from toolgate._core import argument_digest
@@ -75,6 +77,24 @@ def stub(sc: Approving) -> tuple[grpc.Channel, Any, Any]:
     channel = grpc.insecure_channel(f"127.0.0.1:{sc.admin_port}")
     metadata = (("authorization", f"Bearer {TOKENS['alice']}"),)
     return channel, approvals_pb2_grpc.ApprovalsStub(channel), metadata
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    name=st.text(alphabet=st.characters(codec="utf-8"), max_size=12)
+    | st.text(alphabet="abc_-.", min_size=126, max_size=132)
+)
+def test_an_engine_without_approvals_answers_a_tool_name_as_the_sidecar_does(name):
+    """``toolgate test`` and a local ``decide`` (no admin listener, no approvals) say what the
+    sidecar says for an approval-gated call: a name MCP does not allow is INVALID_REQUEST,
+    never APPROVAL_REQUIRED, so a test case cannot pass on what the sidecar refuses."""
+    engine = make_engine(policy({"*": {"action": "require_approval"}}))
+    mcp = 1 <= len(name) <= 128 and all(c.isascii() and (c.isalnum() or c in "_-.") for c in name)
+    code = engine.decide(name, arguments={}).code
+    if not name:
+        assert code == "INVALID_REQUEST"
+    else:
+        assert code == ("APPROVAL_REQUIRED" if mcp else "INVALID_REQUEST"), name
 
 
 def test_a_forged_tool_name_opens_no_approval_and_agent_text_forges_no_row(admin):  # noqa: F811

@@ -50,8 +50,8 @@ def test_listed_tool_without_action_is_allowed_by_its_rule():
 
 
 def test_tool_named_with_slash_and_tilde_gets_an_escaped_pointer():
-    d = make_engine(policy({"a/b~c": {}})).decide("a/b~c")
-    assert (d.code, d.rule) == ("ALLOWED", "/tools/a~1b~0c")
+    d = make_engine(policy({"a/b~c*": {}})).decide("a/b~c")
+    assert (d.code, d.rule) == ("ALLOWED", "/tools/a~1b~0c*")
 
 
 # --- hide --------------------------------------------------------------------------------------

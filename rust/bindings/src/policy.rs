@@ -155,6 +155,27 @@ impl PyPolicy {
         self.inner.pins.iter().map(|f| f.path.clone()).collect()
     }
 
+    /// The tools the policy's rules name exactly (not by a glob): `(server, name, pointer)`,
+    /// `server` None for the top-level section. What `toolgate validate --tools` looks for in
+    /// a server's listing.
+    fn named_tools(&self) -> Vec<(Option<String>, String, String)> {
+        let sections = std::iter::once((None, &self.inner.root)).chain(
+            self.inner
+                .servers
+                .iter()
+                .map(|(id, section)| (Some(id.clone()), section)),
+        );
+        sections
+            .flat_map(|(server, section)| {
+                section
+                    .tools
+                    .iter()
+                    .filter(|(name, _)| !toolgate_core::glob::is_glob(&name.text))
+                    .map(move |(name, _)| (server.clone(), name.text.clone(), name.pointer.clone()))
+            })
+            .collect()
+    }
+
     /// Server ids that have their own section.
     #[getter]
     fn servers(&self) -> Vec<String> {

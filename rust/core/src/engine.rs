@@ -631,6 +631,16 @@ impl Engine {
                 return d;
             }
         }
+        // A person reads the tool's name: only names MCP allows reach an approval. Refused
+        // whether or not approvals are served here, so that an engine without them (`toolgate
+        // test`, a local `decide`) answers as the sidecar does.
+        if let Some(r) = approval.filter(|_| !is_mcp_tool_name(req.name)) {
+            let reason = "the tool name is not one MCP allows (1 to 128 of A-Z a-z 0-9 _ - .): \
+                          no approval is opened for it";
+            let mut d = out.finish(Code::InvalidRequest, reason, r.pointer);
+            d.marks = MarkReads::seen(reading.take(), Vec::new());
+            return d;
+        }
         // An approval-gated call runs later, if at all: it consumes counters then. One that
         // holds an approval runs now, as an allowed call.
         let gate = match (approval, self.approvals()) {
@@ -1353,12 +1363,7 @@ impl Engine {
         req: &Request<'_, A>,
         out: &Draft<'_>,
     ) -> Gate {
-        // A person reads the tool's name: only names MCP allows reach an approval.
-        if !is_mcp_tool_name(req.name) {
-            let reason = "the tool name is not one MCP allows (1 to 128 of A-Z a-z 0-9 _ - .): \
-                          no approval is opened for it";
-            return Gate::Stop(out.finish(Code::InvalidRequest, reason, r.pointer));
-        }
+        // (Its tool's name is one MCP allows: decide_in refused the others.)
         // An approval is for these exact arguments, as an approver sees them.
         let Some(arguments) = req
             .args

@@ -242,7 +242,7 @@ const FULL_JSON: &str = r#"{
       ]
     },
     "delete_*": {"action": "deny", "reason": "no deletes"},
-    "a/b~c": {}
+    "a/b~c*": {}
   },
   "servers": {
     "fs": {
@@ -341,7 +341,7 @@ tools:
       - conditions:
           - {path: args.amount, op: gte, value: 5000}
   delete_*: {action: deny, reason: no deletes}
-  a/b~c: {}
+  a/b~c*: {}
 servers:
   fs:
     version: '1'
@@ -440,7 +440,7 @@ fn a_policy_using_every_feature_loads() {
             ("github.*", "/tools/github.*"),
             ("transfer_funds", "/tools/transfer_funds"),
             ("delete_*", "/tools/delete_*"),
-            ("a/b~c", "/tools/a~1b~0c"),
+            ("a/b~c*", "/tools/a~1b~0c*"),
         ],
         "document order, pointer-escaped"
     );
@@ -545,10 +545,10 @@ fn a_policy_using_every_feature_loads() {
     }
 
     assert_eq!(tool(&root.tools, "delete_*").action, Action::Deny);
-    let empty = tool(&root.tools, "a/b~c");
+    let empty = tool(&root.tools, "a/b~c*");
     assert_eq!(
         (empty.action, empty.limits.len(), empty.pointer.as_str()),
-        (Action::Allow, 0, "/tools/a~1b~0c")
+        (Action::Allow, 0, "/tools/a~1b~0c*")
     );
 
     // The server section.
@@ -738,8 +738,8 @@ fn unknown_keys_at_every_level() {
     );
     // Tool names are escaped in pointers.
     assert_single(
-        json_errors("{\"version\": \"1\", \"tools\": {\"a/b\": {\"x\": 1}}}"),
-        "/tools/a~1b/x",
+        json_errors("{\"version\": \"1\", \"tools\": {\"a/b*\": {\"x\": 1}}}"),
+        "/tools/a~1b*/x",
         1,
         "unknown key \"x\"",
     );
@@ -1222,7 +1222,7 @@ fn json_syntax_error() {
     assert_single(errors.clone(), "", 4, "column 2");
     assert_eq!(
         errors[0].to_string(),
-        "/: expected a string key (line 4, column 2)"
+        "/: expected a string key at column 2"
     );
     assert_single(
         json_errors("{\"version\":\n // comment\n \"1\"}"),
@@ -1602,4 +1602,32 @@ fn a_policy_needs_approval_only_with_an_enforced_require_approval_rule() {
     assert!(needs(
         json!({"version": "1", "mode": "shadow", "tools": {"a": enforced}})
     ));
+}
+
+proptest! {
+    /// A tool rule's name is one MCP allows (1 to 128 of A-Z a-z 0-9 _ - .), or a glob: any
+    /// other is refused at its pointer, as a name no server keeping to MCP lists (a typo, or
+    /// a space where a dash was meant).
+    #[test]
+    fn a_tool_name_mcp_does_not_allow_is_refused(name in "[ -~]{0,12}|[a-z_.-]{120,136}|.{1,6}") {
+        let policy = json!({"version": "1", "tools": {name.clone(): {"action": "allow"}}});
+        let loaded = Policy::from_json_value(&policy);
+        let glob = name.contains(['*', '?', '[']);
+        let allowed = (1..=128).contains(&name.len())
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+        match loaded {
+            Ok(_) => prop_assert!(allowed || glob, "{:?} loaded", name),
+            Err(errors) => {
+                prop_assert!(!allowed, "{:?} refused: {:?}", name, errors);
+                let pointer = format!("/tools/{}", name.replace('~', "~0").replace('/', "~1"));
+                prop_assert!(errors.0.iter().any(|e| e.pointer == pointer), "{:?}", errors);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_misspelt_tool_name_with_a_space_is_refused_with_its_line() {
+    let errors = json_errors("{\"version\": \"1\",\n\"tools\": {\n\"create ami\": {}}}");
+    assert_single(errors, "/tools/create ami", 3, "not a tool name MCP allows");
 }

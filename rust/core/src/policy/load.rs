@@ -18,6 +18,7 @@ use super::{
     DefaultAction, Fallback, Hide, Limit, MarkRule, Mode, NamePattern, Op, Path, PathRoot,
     PinsFile, PinsRule, Policy, Release, Rule, Scope, Section, Segment, Unpinned,
 };
+use crate::approval_text::{is_mcp_tool_name, MAX_TOOL_NAME};
 use crate::definition::Hints;
 use crate::kind::Kind;
 
@@ -1395,10 +1396,15 @@ const WINDOW_FORMS: &str = "second, minute, hour, day, a number of seconds, \
 /// A window or timeout in ms: a unit name, a number of seconds, or a duration string.
 /// Why a key of `kind` would never find what its writer means, if it would not: a glob over
 /// URIs whose `[...]` holds a `:` (an IPv6 host's brackets, read as a class of characters:
-/// `[[]` is a literal `[`); or a method a `methods` rule never decides, as what it names
+/// `[[]` is a literal `[`); a tool name MCP does not allow (most likely a typo); or a method a `methods` rule never decides, as what it names
 /// decides it or it passes as the protocol's plumbing.
 fn never_matched(kind: Kind, key: &str) -> Option<String> {
     match kind {
+        Kind::Tool if !crate::glob::is_glob(key) && !is_mcp_tool_name(key) => Some(format!(
+            "{key:?} is not a tool name MCP allows (1 to {MAX_TOOL_NAME} of A-Z, a-z, 0-9, \
+             '_', '-' and '.'), so a server that keeps to MCP lists no such tool: for one that \
+             names its tools otherwise, match them with a glob"
+        )),
         Kind::Resource => {
             // What requests must escape, a pattern must too: it is matched against their text.
             if let Some(c) = key.chars().find(|c| !c.is_ascii() || c.is_ascii_control()) {

@@ -160,11 +160,12 @@ fn write_json_string(s: &str, out: &mut String) {
     out.push_str(&serde_json::to_string(s).unwrap_or_default());
 }
 
+/// The line is the error's own (every reader of it prints it once); the column is told.
 fn syntax_error(line: u32, column: u32, message: impl std::fmt::Display) -> PolicyError {
     PolicyError {
         pointer: String::new(),
         line: Some(line),
-        message: format!("{message} (line {line}, column {column})"),
+        message: format!("{message} at column {column}"),
     }
 }
 
