@@ -9,6 +9,9 @@ decision toolgate put under ``_meta``. ``--list`` first prints the tools the ser
 answers every question (an elicitation form) with yes or no: each question is printed with
 the answer. Needs ``pip install mcp``. A proxy that cannot be reached, or Ctrl-C, ends it
 with one line on stderr.
+
+Exits 0 when every call ran, 1 when one was denied or failed, 3 when the proxy could not be
+reached, 130 on Ctrl-C (as ``toolgate``'s commands do).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ def user_who_says(answer: str):
     return handler
 
 
-async def run_confirming(url: str, tool: str, arguments: dict, token: str, answer: str) -> None:
+async def run_confirming(url: str, tool: str, arguments: dict, token: str, answer: str) -> bool:
     headers = {"authorization": f"Bearer {token}"}
     async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0)) as http:
         transport = streamable_http_client(url, http_client=http)
@@ -47,20 +50,22 @@ async def run_confirming(url: str, tool: str, arguments: dict, token: str, answe
                 result = await client.call_tool(tool, arguments)
             except MCPError as err:
                 print(f"1: error {err.code}: {err.message}")
-                return
-            show(1, result)
+                return False
+            return show(1, result)
 
 
-def show(i: int, result: types.CallToolResult) -> None:
+def show(i: int, result: types.CallToolResult) -> bool:
+    """Print one call's result; whether it ran."""
     text = " ".join(c.text for c in result.content if c.type == "text")
     if result.is_error:
         decision = (result.meta or {}).get("toolgate/decision", {})
         print(f"{i}: DENIED {decision.get('code')}: {text}")
-    else:
-        print(f"{i}: ok: {text}")
+        return False
+    print(f"{i}: ok: {text}")
+    return True
 
 
-async def run(url: str, tool: str, arguments: dict, token: str, repeat: int, listing: bool) -> None:
+async def run(url: str, tool: str, arguments: dict, token: str, repeat: int, listing: bool) -> bool:
     headers = {"authorization": f"Bearer {token}"}
     async with (
         httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0, read=300.0)) as http,
@@ -77,13 +82,16 @@ async def run(url: str, tool: str, arguments: dict, token: str, repeat: int, lis
                 if (cursor := page.next_cursor) is None:
                     break
             print("tools:", " ".join(names))
+        ran = True
         for i in range(1, repeat + 1):
             try:
                 result = await session.call_tool(tool, arguments)
             except MCPError as err:
                 print(f"{i}: error {err.code}: {err.message}")
+                ran = False
                 continue
-            show(i, result)
+            ran = show(i, result) and ran
+        return ran
 
 
 def main() -> None:
@@ -103,14 +111,18 @@ def main() -> None:
     arguments = json.loads(args.arguments)
     try:
         if args.confirm:
-            anyio.run(run_confirming, args.url, args.tool, arguments, args.token, args.confirm)
+            ran = anyio.run(
+                run_confirming, args.url, args.tool, arguments, args.token, args.confirm
+            )
         else:
-            anyio.run(run, args.url, args.tool, arguments, args.token, args.repeat, args.list)
+            ran = anyio.run(run, args.url, args.tool, arguments, args.token, args.repeat, args.list)
     except KeyboardInterrupt:
         print("mcp_call.py: interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as err:
-        sys.exit(f"mcp_call.py: {args.url}: {innermost(err)}")
+        print(f"mcp_call.py: {args.url}: {innermost(err)}", file=sys.stderr)
+        sys.exit(3)
+    sys.exit(0 if ran else 1)
 
 
 def innermost(err: BaseException) -> str:

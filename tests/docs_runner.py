@@ -19,10 +19,12 @@ How it is run (``DocShell``): one ``bash`` for the whole document, as one termin
 network namespace of its own (``unshare --net``: the documents' fixed ports, 50051, 9191,
 10000..., are free there and nothing else on the machine sees them), in a scratch directory
 holding the repository's top-level files (as links), ``toolgate`` and ``python`` being this
-environment's. A command ending in ``&`` is started as a job, and the next command runs once
-what it serves listens (``listening_ports``); a command that runs until stopped (a server,
-``approvals watch``) without ``&`` is let run until it listens or has printed what the
-document shows, then stopped with Ctrl-C (SIGINT to its process group), as a reader
+environment's. The commands run as one pasted script would: a command ending in ``&`` is
+started as a job and the next command runs at once, with no wait for what the job serves to
+listen, so a document waits for its servers itself where a reader would need to (toolgate's
+clients wait for a sidecar that is starting: ``--wait``). A command that runs until stopped
+(a server, ``approvals watch``) without ``&`` is let run until it listens or has printed what
+the document shows, then stopped with Ctrl-C (SIGINT to its process group), as a reader
 would. Installing (``pip``, a venv) and the project's test scripts are not run
 (``NOT_RUN``): this environment is installed already.
 
@@ -534,11 +536,11 @@ class DocShell:
         target = f"{text} > {out} 2>&1 < /dev/null" if simple else braced
         self._send("__rc $__status")
         if background:
+            # As pasted: the next command runs at once, whether or not the job listens yet.
             self._send(f'{target} &\necho "__pid__ $!"; echo "__done__ 0"')
             pid = self._marker("__pid__")
             self._wait_done()
             self.jobs.append((command, pid, out))
-            self._wait_ready(command, text, pid, out)
             return Outcome(command, 0, "")
         if runs_until_stopped(text):
             self._send(

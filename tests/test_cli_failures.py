@@ -7,8 +7,11 @@ of a command with actions is taken before the action and after it.
 The cases are generated: ``INVOCATIONS`` says how each command runs when all is well, with its
 inputs as placeholders (``{policy}``, ``{target}``...), and a test checks that it names every
 command the parser has. Each failure is then made at each placeholder of its kind: every file
-missing in turn, every server down in turn; Ctrl-C arrives while the command waits on each
-input (a file that is a FIFO nobody writes, a server that accepts and never answers).
+missing in turn, every server down in turn, every path the command writes put where it cannot
+be written (under a file, a file where a directory goes or the reverse, a read-only place, a
+missing parent); Ctrl-C arrives while the command waits on each input (a file that is a FIFO
+nobody writes, a server that accepts and never answers). Each class ends with its one exit
+status (``toolgate.cli.exits``, the table in docs/sidecar.md).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Any
 import pytest
 from mcp_servers import ExampleServer
 from sidecar import TOOLGATE, Sidecar, free_port
+from toolgate.cli import exits
 from toolgate.cli.main import build_parser, main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +48,15 @@ MCP_CALL = EXAMPLES / "mcp_call.py"
 FILES = {"policy", "tools", "token", "testfile", "log", "intercept", "tokens", "secret"}
 SERVERS = {"target", "admin", "url"}
 LISTENERS = {"listen", "metrics", "admin_listen"}
+#: Paths a command writes, and whether each is a directory (else a file).
+WRITTEN = {
+    "serve_state": True,
+    "decisions": False,
+    "pins": False,
+    "save": False,
+    "output": False,
+    "junit": False,
+}
 
 #: How long anything may take to happen on a busy machine before the test gives up: a bound
 #: on waiting, never a measurement.
@@ -58,6 +71,8 @@ class Invocation:
     argv: tuple[str, ...]
     #: The command only ends when stopped (serve).
     serves: bool = False
+    #: It writes its output to a file it is given, nothing to stdout.
+    to_file: bool = False
 
     @property
     def command(self) -> tuple[str, ...]:
@@ -89,8 +104,13 @@ class Invocation:
         return out
 
 
+#: How long a command that asks a sidecar waits for one to answer, here: a server that is down
+#: is one in every case, and the default (5 s) would only make each case slower.
+WAIT = ("--wait", "1")
+
+
 def _admin(*rest: str) -> tuple[str, ...]:
-    return ("approvals", "--target", "{admin}", "--token-file", "{token}", *rest)
+    return ("approvals", "--target", "{admin}", "--token-file", "{token}", *WAIT, *rest)
 
 
 INVOCATIONS = [
@@ -111,9 +131,9 @@ INVOCATIONS = [
     ),
     Invocation(
         "decide --target",
-        ("decide", "--target", "{target}", "--tool", "list_images", "--repeat", "40"),
+        ("decide", "--target", "{target}", *WAIT, "--tool", "list_images", "--repeat", "40"),
     ),
-    Invocation("health", ("health", "--target", "{target}", "--timeout", str(PATIENCE))),
+    Invocation("health", ("health", "--target", "{target}", *WAIT, "--timeout", str(PATIENCE))),
     Invocation(
         "serve",
         (
@@ -132,13 +152,20 @@ INVOCATIONS = [
             "http://127.0.0.1:9/hook",
             "--approval-webhook-secret",
             "{secret}",
+            "--state-dir",
+            "{serve_state}",
+            "--decision-log",
+            "{decisions}",
         ),
         serves=True,
     ),
-    Invocation("scan --file", ("scan", "--file", "{tools}")),
+    Invocation("scan --file", ("scan", "--file", "{tools}", "--save", "{save}")),
     Invocation("scan --url", ("scan", "--url", "{url}", "--timeout", str(PATIENCE))),
     Invocation("scan -- COMMAND", ("scan", "--timeout", str(PATIENCE), "--", "{program}")),
     Invocation("suggest --file", ("suggest", "-q", "--file", "{tools}")),
+    Invocation(
+        "suggest -o", ("suggest", "-q", "--file", "{tools}", "-o", "{output}"), to_file=True
+    ),
     Invocation("suggest --url", ("suggest", "-q", "--url", "{url}", "--timeout", str(PATIENCE))),
     Invocation("pin --file", ("pin", "--pins", "{pins}", "--file", "{tools}")),
     Invocation(
@@ -151,12 +178,17 @@ INVOCATIONS = [
     Invocation("approvals watch", _admin("watch")),
     Invocation("log verify", ("log", "verify", "{log}")),
     Invocation("log digest", ("log", "digest", "--state-dir", "{state}", '{"name": "web"}')),
-    Invocation("test", ("test", "{testfile}")),
+    Invocation("test", ("test", "{testfile}", "--junit", "{junit}")),
     Invocation(
         "explain",
         ("explain", "--policy", "{policy}", "--tool", "create-ami", "--grant", "a", "--json"),
     ),
     Invocation("import intercept", ("import", "intercept", "{intercept}")),
+    Invocation(
+        "import intercept -o",
+        ("import", "intercept", "{intercept}", "-q", "-o", "{output}"),
+        to_file=True,
+    ),
 ]
 
 
@@ -211,7 +243,7 @@ class World:
             "log": str(work / "decisions.jsonl"),
             "intercept": str(ROOT / "tests" / "data" / "intercept" / "payments.yaml"),
         }
-        self._opened = 0
+        self._opened = self._written = 0
 
     def approval(self) -> str:
         """A new pending approval's id."""
@@ -228,6 +260,12 @@ class World:
         out["admin"] = self.admin
         out["url"] = self.mcp_url
         out["state"] = str(self.work / "state")
+        # What a command writes: new places each time.
+        self._written += 1
+        for name, directory in WRITTEN.items():
+            if name != "pins":
+                written = self.work / "written" / f"{name}-{self._written}"
+                out[name] = str(written if directory else written.with_suffix(".out"))
         out["program"] = [sys.executable, "-m", "mcp_server_time"]
         for name in ("listen", "metrics", "admin_listen"):
             out[name] = "127.0.0.1:0"
@@ -344,6 +382,7 @@ def test_a_missing_file_is_one_line_naming_it(world: World, invocation, placehol
     code, _, err = run(invocation.fill(values))
     said = assert_one_sentence(code, err, serves=invocation.serves)
     assert missing in said, err
+    assert code == exits.UNUSABLE, err
 
 
 def test_a_missing_stdio_server_program_is_one_line(world: World, tmp_path):
@@ -372,6 +411,7 @@ def test_a_server_that_is_down_is_one_line(world: World, invocation, placeholder
         code, _, err = run(invocation.fill(values))
     said = assert_one_sentence(code, err)
     assert address in said or "UNAVAILABLE" in said, said
+    assert code == exits.UNREACHABLE, said
 
 
 # --- a port in use ----------------------------------------------------------------------------
@@ -388,6 +428,65 @@ def test_a_port_in_use_is_one_line_naming_it(world: World, invocation, placehold
         code, _, err = run(invocation.fill(values))
     said = assert_one_sentence(code, err, serves=True)
     assert address in said and "in use" in said, err
+    assert code == exits.UNUSABLE, err
+
+
+# --- a path that cannot be written -------------------------------------------------------------
+
+
+def unwritable(kind: str, directory: bool, work: Path) -> str:
+    """A path of ``kind`` where a command cannot write what ``directory`` says it writes."""
+    work.mkdir(parents=True, exist_ok=True)
+    a_file, a_directory = work / "a-file", work / "a-directory"
+    a_file.write_text("x\n")
+    a_directory.mkdir(exist_ok=True)
+    if kind == "under a file":
+        return str(a_file / "x")
+    if kind == "the other kind":
+        return str(a_file if directory else a_directory)
+    # Read-only: root writes through any mode bits, not into sysfs.
+    if os.geteuid() == 0:
+        return f"/sys/toolgate-test-{os.urandom(4).hex()}/x"
+    read_only = work / "read-only"
+    read_only.mkdir(exist_ok=True)
+    read_only.chmod(0o555)
+    return str(read_only / "x")
+
+
+@pytest.mark.parametrize("kind", ["under a file", "the other kind", "read-only"])
+@pytest.mark.parametrize(("invocation", "placeholder"), cases(set(WRITTEN)))
+def test_a_path_that_cannot_be_written_is_one_line_naming_it(
+    world: World, invocation, placeholder, kind, tmp_path
+):
+    values = world.values(invocation)
+    bad = unwritable(kind, WRITTEN[placeholder], tmp_path)
+    values[placeholder] = bad
+    code, _, err = run(invocation.fill(values))
+    said = assert_one_sentence(code, err, serves=invocation.serves)
+    assert bad in said or str(Path(bad).parent) in said, err
+    assert code == exits.UNUSABLE, err
+
+
+@pytest.mark.parametrize(("invocation", "placeholder"), cases(set(WRITTEN)))
+def test_a_path_whose_directory_is_missing_is_made(world: World, invocation, placeholder, tmp_path):
+    values = world.values(invocation)
+    path = tmp_path / "missing" / "parents" / "x"
+    values[placeholder] = str(path)
+    if not invocation.serves:
+        code, _, err = run(invocation.fill(values))
+        assert "Traceback" not in err, err
+        assert path.exists(), err
+        return
+    proc = spawn(invocation.fill(values))
+    try:
+        deadline = time.monotonic() + PATIENCE
+        while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert path.exists(), proc.poll()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        code, _, err = finish(proc)
+    assert code == 0 and "Traceback" not in err, err
 
 
 # --- Ctrl-C -----------------------------------------------------------------------------------
@@ -547,7 +646,8 @@ def test_ctrl_c_ends_approvals_watch_its_only_way_out(world: World):
 
 
 @pytest.mark.parametrize(
-    "invocation", [pytest.param(i, id=i.name) for i in INVOCATIONS if not i.serves]
+    "invocation",
+    [pytest.param(i, id=i.name) for i in INVOCATIONS if not i.serves and not i.to_file],
 )
 def test_a_closed_stdout_ends_the_command_quietly(world: World, invocation):
     """``toolgate decide ... | head -1``: the reader has gone before the command writes. The
@@ -610,14 +710,15 @@ def test_without_the_scan_extra(world: World, invocation, tmp_path):
         pytest.skip("streams until stopped (its Ctrl-C has a test of its own)")
     if invocation.name == "approvals list":
         world.approval()  # something to list, whichever tests ran before
-    code, out, err = run(invocation.fill(world.values(invocation)), env=env)
+    values = world.values(invocation)
+    code, out, err = run(invocation.fill(values), env=env)
     needs_sdk = invocation.name in {"scan --url", "scan -- COMMAND", "suggest --url", "pin --url"}
     if needs_sdk:
         said = assert_one_sentence(code, err)
         assert "pip install 'toolgate[scan]'" in said, said
     else:
         assert (code, "Traceback" in err) == (0, False), err
-        assert out
+        assert Path(values["output"]).read_text() if invocation.to_file else out
 
 
 #: A Python built without some of its own modules (as a Python built without OpenSSL's or
@@ -752,6 +853,7 @@ def test_mcp_call_to_a_proxy_that_is_down_is_one_line():
         )
     said = assert_one_sentence(done.returncode, done.stderr)
     assert f"127.0.0.1:{port}" in said, said
+    assert done.returncode == exits.UNREACHABLE, said
 
 
 def test_mcp_call_ctrl_c_is_one_line(tmp_path):

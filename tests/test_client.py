@@ -21,7 +21,8 @@ import toolgate
 from certificates import Authority, Issued
 from conftest import EXAMPLES, limit, policy
 from envoy_proxy import Envoy, envoy_executable, free_ports
-from sidecar import _LIVE, PATIENCE, TOOLGATE, Sidecar, dies_with_parent, wait_for
+from sidecar import _LIVE, PATIENCE, TOOLGATE, Sidecar, dies_with_parent, free_port, wait_for
+from toolgate.client import NotListening
 from toolgate.v1 import decider_pb2
 
 POLICY = policy(
@@ -130,6 +131,77 @@ def test_both_clients_fail_with_rpc_errors_when_nothing_answers():
     with pytest.raises(grpc.RpcError) as failed:
         asyncio.run(run())
     assert failed.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+
+
+# --- a sidecar that is starting is waited for -------------------------------------------------
+
+
+def serving(target: str, tmp_path: Path) -> subprocess.Popen[bytes]:
+    """``toolgate serve`` on ``target`` started, not waited for."""
+    (tmp_path / "policy.json").write_text(json.dumps(POLICY))
+    serve = [*TOOLGATE, "serve", "--policy", str(tmp_path / "policy.json"), "--listen", target]
+    return subprocess.Popen(
+        dies_with_parent([*serve, "--metrics-listen", "off"]), stderr=subprocess.DEVNULL
+    )
+
+
+def test_both_clients_wait_for_a_sidecar_started_just_before(tmp_path: Path):
+    """``toolgate serve ... &`` and a client at once, as a pasted script runs them: the client
+    that waits gets its decision, not UNAVAILABLE."""
+    port = free_port()
+    server = serving(f"127.0.0.1:{port}", tmp_path)
+    try:
+        with toolgate.Client(f"127.0.0.1:{port}") as client:
+            client.wait_until_listening(PATIENCE)
+            assert client.decide("create-ami", grant="starting").verdict == "ALLOW"
+
+        async def run() -> str:
+            async with toolgate.AsyncClient(f"127.0.0.1:{port}") as client:
+                await client.wait_until_listening(PATIENCE)
+                return (await client.decide("create-ami", grant="starting")).verdict
+
+        assert asyncio.run(run()) == "ALLOW"
+    finally:
+        server.terminate()
+        server.wait(PATIENCE)
+
+
+def test_both_clients_say_nothing_listens_once_they_have_waited():
+    (port,) = free_ports([0]).values()
+    target = f"127.0.0.1:{port}"
+    with toolgate.Client(target) as client, pytest.raises(NotListening) as said:
+        client.wait_until_listening(0.2)
+    assert target in str(said.value)
+
+    async def run() -> None:
+        async with toolgate.AsyncClient(target) as client:
+            await client.wait_until_listening(0.2)
+
+    with pytest.raises(NotListening) as said:
+        asyncio.run(run())
+    assert target in str(said.value)
+
+
+def test_the_cli_waits_for_a_sidecar_started_after_it(tmp_path: Path):
+    """``toolgate decide --target`` started before the sidecar is: its --wait covers the
+    sidecar's start, and its answer is the decision."""
+    port = free_port()
+    target = f"127.0.0.1:{port}"
+    decide = subprocess.Popen(
+        [*TOOLGATE, "decide", "--target", target, "--wait", str(PATIENCE), "--tool", "delete_all"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    server = serving(target, tmp_path)
+    try:
+        out, err = decide.communicate(timeout=2 * PATIENCE)
+        assert decide.returncode == 0, err
+        assert json.loads(out)["reason"] == "Never."
+    finally:
+        decide.kill()
+        server.terminate()
+        server.wait(PATIENCE)
 
 
 # --- an answer the client cannot read is an error, never a verdict --------------------------

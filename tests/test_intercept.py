@@ -27,6 +27,7 @@ from test_cli import toolgate as run_toolgate
 from toolgate._core import read_document
 from toolgate.authoring.intercept.convert import convert, convert_file, convert_text
 from toolgate.authoring.intercept.read import InterceptError
+from toolgate.cli import exits
 
 DATA = Path(__file__).resolve().parent / "data" / "intercept"
 WINDOW_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
@@ -383,7 +384,7 @@ def test_values_of_another_type_are_denied_and_the_note_says_so():
     engine, _ = converted_engine("operators.yaml")
     assert engine.decide("tag_release", arguments=args).code == "CONDITION_FAILED"
     notes = convert(load("operators.yaml")).notes
-    assert any("never coerces" in n.text and n.kind == "approximated" for n in notes)
+    assert any("never coerces" in n.text and n.kind == "stricter" for n in notes)
 
 
 def test_a_null_argument_exists_for_toolgate_and_the_note_says_so():
@@ -663,14 +664,40 @@ def test_import_command_refuses_an_invalid_policy(tmp_path: Path):
     rule = "      - name: r\n        action: deny\n        rate_limit: 2/hour\n"
     bad.write_text('version: "1"\ntools:\n  t:\n    rules:\n' + rule)
     result = run_toolgate("import", "intercept", bad)
-    assert result.returncode == 1
+    assert result.returncode == exits.UNUSABLE
     assert result.stdout == ""
     assert (
         f'{bad}: line 7: tools.t.rules[0] ("r"): rate_limit cannot be used with action "deny"'
         in result.stderr
     )
     result = run_toolgate("import", "intercept", tmp_path / "missing.yaml")
-    assert result.returncode == 1 and "cannot read" in result.stderr
+    assert result.returncode == exits.UNUSABLE and "cannot read" in result.stderr
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    conditions=st.lists(
+        st.tuples(
+            st.from_regex(r"args\.[a-z]{1,6}(\.[a-z]{1,6})?", fullmatch=True),
+            st.sampled_from(["eq", "neq", "contains"]),
+            st.text(alphabet="abcxyz", min_size=1, max_size=5),
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_strict_passes_argument_conditions_it_converts_exactly(conditions, tmp_path_factory):
+    """``import --strict`` can gate CI on a policy whose rules test arguments: the only note
+    such conditions get, that toolgate refuses a key spelt twice by case, is ``stricter``."""
+    rule = {
+        "name": "r",
+        "conditions": [{"path": path, "op": op, "value": value} for path, op, value in conditions],
+    }
+    source = tmp_path_factory.mktemp("strict") / "policy.yaml"
+    source.write_text(json.dumps({"version": "1", "tools": {"t": {"rules": [rule]}}}))
+    conv = convert_file(source)
+    assert {n.kind for n in conv.notes} <= {"stricter"}, conv.notes
+    assert run_toolgate("import", "intercept", source, "--strict", "-q").returncode == exits.OK
 
 
 def test_amounts_with_fractions_under_lt():

@@ -12,6 +12,7 @@ or the path of a file.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -157,6 +158,28 @@ def aio_channel(target: str, security: Security | None = None) -> grpc.aio.Chann
     return grpc.aio.insecure_channel(target, options=options)
 
 
+class NotListening(ConnectionError):
+    """No sidecar answered at an address within the time given."""
+
+
+def wait_until_listening(ch: grpc.Channel, target: str, seconds: float) -> None:
+    """Return once ``ch`` has connected to ``target``, waiting up to ``seconds`` for a sidecar
+    that is starting; else raise ``NotListening``. 0 does not wait: the first call fails."""
+    if seconds <= 0:
+        return
+    try:
+        grpc.channel_ready_future(ch).result(timeout=seconds)
+    except grpc.FutureTimeoutError:
+        raise not_listening(target, seconds) from None
+
+
+def not_listening(target: str, seconds: float) -> NotListening:
+    return NotListening(
+        f"nothing answered at {target} within {seconds:g}s: is the sidecar running, "
+        "and listening there?"
+    )
+
+
 class _Decider:
     """toolgate.v1.Decider's methods on a channel (grpcio's or grpc.aio's), sending and
     receiving message bytes."""
@@ -181,6 +204,7 @@ class _Decider:
             private_key=private_key,
             server_name=server_name,
         )
+        self._target = target
         self._channel = channel = type(self)._open(target, security)
         self._decide = channel.unary_unary(_DECIDE)
         self._decide_batch = channel.unary_unary(_DECIDE_BATCH)
@@ -212,6 +236,11 @@ class Client(_Decider):
     def release(self, reservation: int) -> bool:
         """Give back a reservation's counters; True if it was held."""
         return _released(self._release(_release(reservation), timeout=self._timeout))
+
+    def wait_until_listening(self, seconds: float) -> None:
+        """Wait up to ``seconds`` for the sidecar to answer (one that is starting); raises
+        ``NotListening`` if it does not."""
+        wait_until_listening(self._channel, self._target, seconds)
 
     def close(self) -> None:
         self._channel.close()
@@ -247,6 +276,16 @@ class AsyncClient(_Decider):
     async def release(self, reservation: int) -> bool:
         """Give back a reservation's counters; True if it was held."""
         return _released(await self._release(_release(reservation), timeout=self._timeout))
+
+    async def wait_until_listening(self, seconds: float) -> None:
+        """Wait up to ``seconds`` for the sidecar to answer (one that is starting); raises
+        ``NotListening`` if it does not."""
+        if seconds <= 0:
+            return
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), seconds)
+        except TimeoutError:
+            raise not_listening(self._target, seconds) from None
 
     async def close(self) -> None:
         await self._channel.close()

@@ -14,6 +14,8 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 
 from toolgate._core import inert
+from toolgate.cli import exits
+from toolgate.cli.parser import WAIT, add_wait
 from toolgate.sidecar.addresses import target_address
 from toolgate.sidecar.approvals.options import ApprovalOptions
 from toolgate.sidecar.approvals.rows import STATES
@@ -37,28 +39,29 @@ def _run(args: argparse.Namespace) -> int:
     # grpcio is loaded by the command that needs it, not by every `toolgate` command.
     import grpc
 
-    from toolgate.client import channel
+    from toolgate.client import channel, wait_until_listening
     from toolgate.v1 import approvals_pb2_grpc
 
     if args.token_file is None:
         print(f"{args.command_name}: --token-file FILE is required", file=sys.stderr)
-        return 2
+        return exits.UNUSABLE
     try:
         token = Path(args.token_file).read_text().strip()
     except OSError as err:
         print(f"{args.command_name}: cannot read the token file: {err}", file=sys.stderr)
-        return 2
+        return exits.UNUSABLE
     metadata = (("authorization", f"Bearer {token}"),)
     with channel(args.target) as ch:
+        wait_until_listening(ch, args.target, args.wait)
         stub = approvals_pb2_grpc.ApprovalsStub(ch)
         try:
             return _act(args, stub, metadata)
         except grpc.RpcError as err:
             print(f"{args.command_name}: {err.code().name}: {err.details()}", file=sys.stderr)
-            return 1
+            return exits.for_rpc(err.code().name)
         except UnknownId as err:
             print(f"{args.command_name}: {err}", file=sys.stderr)
-            return 1
+            return exits.UNUSABLE
 
 
 #: What an approval id is made of: ``apr_`` and 32 hex digits.
@@ -170,6 +173,7 @@ def _add_common(p: argparse.ArgumentParser, *, after_action: bool) -> None:
         metavar="SECONDS",
         help="per call to the sidecar (default: 10.0)",
     )
+    add_wait(p, default=default(WAIT))
 
 
 def add_command(sub: Any) -> None:

@@ -10,7 +10,9 @@ from collections.abc import Callable
 from typing import Any
 
 from toolgate import Engine, PolicyError
+from toolgate.cli import exits
 from toolgate.cli.call_options import add_call_options, parse_arguments, parse_attributes
+from toolgate.cli.parser import add_wait
 from toolgate.sidecar.addresses import target_address
 
 
@@ -24,10 +26,11 @@ def _local_decider(policy: str) -> Callable[..., dict[str, Any]] | None:
     return lambda tool, **fields: engine.decide(tool, **fields).to_dict()
 
 
-def _remote_decider(target: str) -> Callable[..., dict[str, Any]]:
+def _remote_decider(target: str, wait: float) -> Callable[..., dict[str, Any]]:
     from toolgate.client import Client
 
     client = Client(target)
+    client.wait_until_listening(wait)
     return lambda tool, **fields: client.decide(tool, **fields).to_dict()
 
 
@@ -37,8 +40,8 @@ def _run(args: argparse.Namespace) -> int:
             "toolgate decide: give exactly one of --policy FILE or --target HOST:PORT",
             file=sys.stderr,
         )
-        return 1
-    decide = _remote_decider(args.target) if args.target else _local_decider(args.policy)
+        return exits.UNUSABLE
+    decide = _remote_decider(args.target, args.wait) if args.target else _local_decider(args.policy)
     # grpcio only for a remote decision: a local one (and `toolgate serve`) never loads it.
     rpc_error: tuple[type[Exception], ...] = ()
     if args.target:
@@ -46,15 +49,15 @@ def _run(args: argparse.Namespace) -> int:
 
         rpc_error = (grpc.RpcError,)
     if decide is None:
-        return 1
+        return exits.UNUSABLE
     try:
         arguments = parse_arguments(args.args)
     except ValueError as err:
         print(f"toolgate decide: {err}", file=sys.stderr)
-        return 1
+        return exits.UNUSABLE
     if args.repeat < 1:
         print("toolgate decide: --repeat must be at least 1", file=sys.stderr)
-        return 1
+        return exits.UNUSABLE
     for _ in range(args.repeat):
         try:
             decision = decide(
@@ -69,7 +72,7 @@ def _run(args: argparse.Namespace) -> int:
             )
         except rpc_error as err:
             print(f"toolgate decide: {err.code().name}: {err.details()}", file=sys.stderr)
-            return 1
+            return exits.for_rpc(err.code().name)
         print(json.dumps(decision), flush=True)
     return 0
 
@@ -88,6 +91,7 @@ def add_command(sub: Any) -> None:
         help="ask a running sidecar (HOST:PORT or unix:PATH)",
     )
     add_call_options(decide)
+    add_wait(decide)
     decide.add_argument("--repeat", type=int, default=1, metavar="N", help="decide N times")
     decide.add_argument(
         "--dry-run", action="store_true", help="evaluate without consuming counters"

@@ -6,27 +6,31 @@ import argparse
 import sys
 from typing import Any
 
+from toolgate.cli import exits
+from toolgate.cli.parser import add_wait
 from toolgate.sidecar.addresses import target_address
 from toolgate.sidecar.options import ServeOptions
 
 
 def _run(args: argparse.Namespace) -> int:
-    """Exit 0 if the sidecar reports SERVING for the service, 1 otherwise: a probe for
-    containers whose sidecar listens on loopback, where the kubelet's gRPC probe cannot reach."""
+    """Exit 0 if the sidecar reports SERVING for the service, 1 if it answers otherwise, 3 if
+    it does not answer: a probe for containers whose sidecar listens on loopback, where the
+    kubelet's gRPC probe cannot reach."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from toolgate.client import channel
+    from toolgate.client import channel, wait_until_listening
 
     request = health_pb2.HealthCheckRequest(service=args.service)
     label = f"{args.target} {args.service or '(server)'}"
     try:
         with channel(args.target) as health_channel:
+            wait_until_listening(health_channel, args.target, args.wait)
             stub = health_pb2_grpc.HealthStub(health_channel)
             reply = stub.Check(request, timeout=args.timeout)
     except grpc.RpcError as err:
         print(f"{label}: {err.code().name}", file=sys.stderr)
-        return 1
+        return exits.for_rpc(err.code().name)
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     serving = reply.status == health_pb2.HealthCheckResponse.SERVING
     print(f"{label}: {status}", file=sys.stdout if serving else sys.stderr)
@@ -51,4 +55,5 @@ def add_command(sub: Any) -> None:
     health.add_argument(
         "--timeout", type=float, default=3.0, metavar="SECONDS", help="give up after this long"
     )
+    add_wait(health)
     health.set_defaults(run=_run)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from toolgate.authoring.intercept.convert import convert_file, to_yaml_with_notes
 from toolgate.authoring.intercept.read import InterceptError
+from toolgate.cli import exits, written
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -18,13 +18,14 @@ def _run(args: argparse.Namespace) -> int:
     except InterceptError as err:
         for e in err.errors:
             print(f"{args.file}: {e}", file=sys.stderr)
-        return 1
+        return exits.UNUSABLE
     if args.format == "json":
         text = json.dumps(conv.policy, indent=2, ensure_ascii=False) + "\n"
     else:
         text = to_yaml_with_notes(conv, args.file)
     if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
+        if written.write("import", "--output", args.output, text) != exits.OK:
+            return exits.UNUSABLE
     else:
         sys.stdout.write(text)
     if not args.quiet:
@@ -32,7 +33,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{args.file}: {n}", file=sys.stderr)
         exact = "exactly" if conv.exact else "with the approximations above"
         print(f"{args.file}: converted {exact}", file=sys.stderr)
-    return 1 if args.strict and not conv.exact else 0
+    return exits.FAILED if args.strict and not conv.exact else exits.OK
 
 
 def add_command(sub: Any) -> None:

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from toolgate import __version__
+from toolgate.cli import exits
 from toolgate.cli.parser import Parser
 
 
@@ -69,8 +70,8 @@ EXTRAS = {"mcp": "scan", "anyio": "scan", "httpx2": "scan", "pydantic": "scan"}
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command ``argv`` names. Whatever stops it early is one line on stderr and an
-    exit status, never a traceback: Ctrl-C (130), a reader that closed our stdout (141, as
-    SIGPIPE would), a package the command needs that is not installed (1)."""
+    exit status (``exits``), never a traceback: Ctrl-C, a reader that closed our stdout, a
+    sidecar that never answered, a package the command needs that is not installed."""
     name = "toolgate"
     try:
         words = sys.argv[1:] if argv is None else list(argv)
@@ -84,11 +85,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _forget_stdout()
         print(f"{name}: interrupted", file=sys.stderr)
-        return 130
+        return exits.INTERRUPTED
     except BrokenPipeError:
         # The reader went away (`toolgate decide ... | head -1`): nothing more to say to it.
         _forget_stdout()
-        return 141
+        return exits.CLOSED_OUTPUT
+    except ConnectionError as err:
+        # A sidecar that never answered within --wait (toolgate.client.NotListening).
+        print(f"{name}: {err}", file=sys.stderr)
+        return exits.UNREACHABLE
+    except OSError as err:
+        # A path no command said more of: the file and what the system said, no traceback.
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"{name}: {where}{err.strerror or err}", file=sys.stderr)
+        return exits.UNUSABLE
     except ModuleNotFoundError as err:
         top = (err.name or "").partition(".")[0]
         if top in sys.stdlib_module_names:
@@ -99,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"which toolgate needs: use a Python that has it (import {module})",
                 file=sys.stderr,
             )
-            return 1
+            return exits.UNUSABLE
         extra = EXTRAS.get(top)
         how = (
             f"which toolgate's '{extra}' extra installs: pip install 'toolgate[{extra}]'"
@@ -107,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             else "which toolgate depends on: reinstall toolgate"
         )
         print(f"{name}: needs the Python package {top!r}, {how}", file=sys.stderr)
-        return 1
+        return exits.UNUSABLE
 
 
 def _forget_stdout() -> None:

@@ -33,6 +33,23 @@ positive_float = _number(float, 1e-9, "more than 0")
 non_negative_float = _number(float, 0, "0 or more")
 
 
+#: How long a command that asks a sidecar waits by default for one that does not answer yet:
+#: one just started (``toolgate serve ... &``, then ``toolgate decide``).
+WAIT = 5.0
+
+
+def add_wait(parser: argparse.ArgumentParser, default: Any = None) -> None:
+    """``--wait SECONDS``: how long a command that asks a sidecar waits for one that does not
+    answer yet, before saying that nothing listens (``default``: ``WAIT``)."""
+    parser.add_argument(
+        "--wait",
+        type=non_negative_float,
+        default=WAIT if default is None else default,
+        metavar="SECONDS",
+        help=f"wait this long for a sidecar that is starting; 0: not at all (default: {WAIT:g})",
+    )
+
+
 class HelpFormatter(argparse.HelpFormatter):
     """Every option's help ends with its default, unless the help already speaks of it
     (argparse's ArgumentDefaultsHelpFormatter, without "default: None" for options that have

@@ -15,7 +15,8 @@ from typing import Any
 
 from toolgate._core import inert
 from toolgate.authoring import pins
-from toolgate.cli.scan import add_source, read_source
+from toolgate.cli import exits
+from toolgate.cli.scan import add_source, failed, read_source
 from toolgate.scanner.scan import ScanError
 
 
@@ -44,11 +45,10 @@ def _run(args: argparse.Namespace) -> int:
         changes = pins.compare(pins.section(document, args.server), listed)
         if args.diff:
             sys.stdout.write(_report(changes))
-            return 1 if any(c.kind != "same" for c in changes) else 0
+            return exits.FAILED if any(c.kind != "same" for c in changes) else exits.OK
         pins.write(path, pins.pinned(document, args.server, listed, args.tool))
     except (ScanError, pins.PinsError, argparse.ArgumentTypeError) as err:
-        print(err, file=sys.stderr)
-        return 2 if args.diff else 1
+        return failed(err)
     counts = {k: sum(c.kind == k for c in changes) for k in ("same", "changed", "new", "gone")}
     if args.tool:
         counts = {k: sum(c.kind == k and c.name in args.tool for c in changes) for k in counts}

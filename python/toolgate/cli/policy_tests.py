@@ -7,10 +7,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from toolgate import Engine, PolicyError
+from toolgate import Engine, Policy, PolicyError
+from toolgate.authoring.listed_names import unlisted
 from toolgate.authoring.policy_tests.cases import BadTestFile, TestFile, read_test_file
 from toolgate.authoring.policy_tests.report import report_json, report_junit, report_text
 from toolgate.authoring.policy_tests.run import run
+from toolgate.cli import exits, written
+from toolgate.cli.scan import failed as scan_failed
+from toolgate.cli.validate import add_listing_options, server_listings
+from toolgate.scanner.scan import ScanError
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -29,9 +34,18 @@ def _run(args: argparse.Namespace) -> int:
             print(
                 f"{f.path}: names no policy: add `policy: FILE`, or give --policy", file=sys.stderr
             )
+    try:
+        listings = server_listings(args.tools, args.url)
+    except (ScanError, argparse.ArgumentTypeError) as err:
+        return scan_failed(err)
+    unlisted_rules = False
     for policy in dict.fromkeys(policies + [p for f in files for p in f.policies]):
         try:
             Engine.from_file(policy)
+            # Rules naming a tool their server does not list fail the run (a typo).
+            for u in unlisted(Policy.from_file(policy), listings):
+                unlisted_rules = True
+                print(f"{policy}: {u.message()}", file=sys.stderr)
         except PolicyError as err:
             broken = True
             for e in err.errors:
@@ -41,15 +55,16 @@ def _run(args: argparse.Namespace) -> int:
             broken = True
             print(f"{policy}: {err}", file=sys.stderr)
     if broken:
-        return 2
+        return exits.UNUSABLE
     results = run(files, policies)
     if args.format == "json":
         sys.stdout.write(report_json(results))
     else:
         sys.stdout.write(report_text(results, quiet=args.quiet, explain=not args.no_explain))
-    if args.junit:
-        Path(args.junit).write_bytes(report_junit(results))
-    return 0 if all(c.passed for r in results for c in r.cases) else 1
+    if args.junit and written.write("test", "--junit", args.junit, report_junit(results)):
+        return exits.UNUSABLE
+    passed = all(c.passed for r in results for c in r.cases)
+    return exits.OK if passed and not unlisted_rules else exits.FAILED
 
 
 def add_command(sub: Any) -> None:
@@ -77,4 +92,5 @@ def add_command(sub: Any) -> None:
         "--no-explain", action="store_true", help="do not show how a failing call was decided"
     )
     test.add_argument("--junit", metavar="FILE", help="also write the results as JUnit XML")
+    add_listing_options(test)
     test.set_defaults(run=_run)

@@ -14,12 +14,21 @@ import shlex
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
+from toolgate.cli import exits
+from toolgate.cli.written import write_file
 from toolgate.scanner.categories import CATEGORIES, Category
 from toolgate.scanner.classify import Classification, classify_all
-from toolgate.scanner.scan import DEFAULT_TIMEOUT, Scan, ScanError, scan_file, scan_stdio, scan_url
+from toolgate.scanner.scan import (
+    DEFAULT_TIMEOUT,
+    Scan,
+    ScanError,
+    ScanUnreachable,
+    scan_file,
+    scan_stdio,
+    scan_url,
+)
 
 
 def category_named(text: str) -> Category:
@@ -94,7 +103,10 @@ def read_source(args: argparse.Namespace, prog: str) -> Scan:
         env = dict(pairs(args.env, "--env"))
         result = scan_stdio(args.command, env=env, timeout=args.timeout)
     if args.save:
-        Path(args.save).write_text(json.dumps(result.tools_list(), indent=2) + "\n")
+        try:
+            write_file(args.save, json.dumps(result.tools_list(), indent=2) + "\n")
+        except OSError as err:
+            raise ScanError(f"{prog}: --save {args.save}: {err.strerror or err}") from err
     return result
 
 
@@ -128,12 +140,17 @@ def _as_json(scan: Scan, classifications: Sequence[Classification]) -> dict[str,
     }
 
 
+def failed(err: Exception) -> int:
+    """Say why reading the tools (or an option) failed; the exit status for it."""
+    print(err, file=sys.stderr)
+    return exits.UNREACHABLE if isinstance(err, ScanUnreachable) else exits.UNUSABLE
+
+
 def _run(args: argparse.Namespace) -> int:
     try:
         result = read_source(args, "toolgate scan")
     except (ScanError, argparse.ArgumentTypeError) as err:
-        print(err, file=sys.stderr)
-        return 1
+        return failed(err)
     classifications = classify_all(result.tools)
     if args.format == "json":
         print(json.dumps(_as_json(result, classifications), indent=2))

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from toolgate import PolicyError
+from toolgate.cli import exits
 from toolgate.cli.parser import non_negative_float, positive_float, positive_int
 from toolgate.sidecar.addresses import listen_address, metrics_address
 from toolgate.sidecar.approvals.options import ApprovalOptions
@@ -91,12 +92,12 @@ def _run(args: argparse.Namespace) -> int:
         for e in err.errors:
             where = f" (line {e.line})" if e.line is not None else ""
             print(f"{args.policy}: {e.pointer or '/'}: {e.message}{where}", file=sys.stderr)
-        return 1
+        return exits.UNUSABLE
     except (ValueError, OverflowError) as err:
         # A bad option value (--capacity 0, --threads 0, --metrics-listen without a port or
         # with one out of range): a message, not a traceback.
         print(f"toolgate serve: {err}", file=sys.stderr)
-        return 2
+        return exits.UNUSABLE
 
 
 def add_command(sub: Any) -> None:

@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from toolgate import Policy, PolicyError
 from toolgate.authoring.policy_text import to_json
 from toolgate.authoring.suggest import SCOPES, TREATMENTS, Options, suggest, to_yaml
-from toolgate.cli.scan import add_source, category_named, pairs, read_source, table
+from toolgate.cli import exits, written
+from toolgate.cli.scan import add_source, category_named, failed, pairs, read_source, table
 from toolgate.scanner.categories import RISK, SENSITIVE_READ_RISK
 from toolgate.scanner.classify import Classification, classify_all
 from toolgate.scanner.evidence import Evidence
@@ -88,8 +88,7 @@ def _run(args: argparse.Namespace) -> int:
         result = read_source(args, "toolgate suggest")
         classifications = _override(classify_all(result.tools), pairs(args.set, "--set", last=True))
     except (ScanError, argparse.ArgumentTypeError, ValueError) as err:
-        print(err, file=sys.stderr)
-        return 1
+        return failed(err)
     annotations = {t["name"]: t["annotations"] for t in result.tools}
     policy = suggest(classifications, options, annotations)
     try:
@@ -97,12 +96,12 @@ def _run(args: argparse.Namespace) -> int:
     except PolicyError as err:  # an option made it invalid (say, --window 5x)
         for e in err.errors:
             print(f"toolgate suggest: {e.pointer}: {e.message}", file=sys.stderr)
-        return 1
+        return exits.UNUSABLE
     text = to_yaml(policy, classifications) if args.format == "yaml" else to_json(policy)
     if not args.quiet:
         sys.stderr.write(table(result, classifications))
     if args.output:
-        Path(args.output).write_text(text)
+        return written.write("suggest", "--output", args.output, text)
     else:
         sys.stdout.write(text)
     return 0

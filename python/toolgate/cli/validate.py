@@ -8,6 +8,10 @@ import sys
 from typing import Any
 
 from toolgate import Policy, PolicyError
+from toolgate.authoring.listed_names import read_listings, unlisted
+from toolgate.cli import exits
+from toolgate.cli.scan import failed as scan_failed
+from toolgate.scanner.scan import DEFAULT_TIMEOUT, Scan, ScanError, scan_file, scan_url
 from toolgate.sidecar.envoy_authz import CheckSettings, format_subject_source, parse_subject_source
 
 
@@ -18,9 +22,21 @@ def _run(args: argparse.Namespace) -> int:
             verified.append(parse_subject_source(text) is not None)
         except ValueError as err:
             print(f"toolgate validate: {option}: {err}", file=sys.stderr)
-            return 2
-    failed = False
+            return exits.UNUSABLE
+    try:
+        listings = server_listings(args.tools, args.url, args.timeout)
+    except (ScanError, argparse.ArgumentTypeError) as err:
+        return scan_failed(err)
+    failed = unreadable = False
     for path in args.files:
+        try:
+            # A file that cannot be read is no policy to check (2), not one that fails (1).
+            with open(path, "rb"):
+                pass
+        except OSError as err:
+            unreadable = True
+            print(f"{path}: cannot read it: {err.strerror or err}", file=sys.stderr)
+            continue
         try:
             policy = Policy.from_file(path)
         except PolicyError as err:
@@ -30,12 +46,20 @@ def _run(args: argparse.Namespace) -> int:
                 where = f" (line {e.line})" if e.line is not None else ""
                 print(f"{path}: {pointer}: {e.message}{where}", file=sys.stderr)
         else:
+            missing = unlisted(policy, listings)
+            for u in missing:
+                print(f"{path}: {u.message()}", file=sys.stderr)
+            if missing:
+                failed = True
+                continue
             if not args.quiet:
                 # Not errors: limits, marks and conditions a client can dodge by what it says.
                 for note in policy.self_asserted(*verified):
                     print(f"{path}: {note.pointer}: note: {note.message}", file=sys.stderr)
                 print(f"{path}: ok")
-    return 1 if failed else 0
+    if unreadable:
+        return exits.UNUSABLE
+    return exits.FAILED if failed else exits.OK
 
 
 def add_command(sub: Any) -> None:
@@ -64,4 +88,47 @@ def add_command(sub: Any) -> None:
         help="where the sidecar takes the session from, as `toolgate serve --session-from` "
         "(default: %(default)s)",
     )
+    add_listing_options(validate)
+    validate.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help="for reading a --url listing",
+    )
     validate.set_defaults(run=_run)
+
+
+def add_listing_options(parser: argparse.ArgumentParser) -> None:
+    """``--tools [SERVER=]FILE`` and ``--url [SERVER=]URL``: the listings rules are checked
+    against."""
+    parser.add_argument(
+        "--tools",
+        action="append",
+        default=[],
+        metavar="[SERVER=]FILE",
+        help="a server's saved tools/list (as `toolgate scan --save` writes): every rule of its "
+        "section (SERVER's, or the top-level one) must name a tool it lists, else an error "
+        "names the nearest; repeatable",
+    )
+    parser.add_argument(
+        "--url",
+        action="append",
+        default=[],
+        metavar="[SERVER=]URL",
+        help="as --tools, the listing read from a running server (the 'scan' extra)",
+    )
+
+
+def server_listings(
+    files: list[str], urls: list[str], timeout: float = DEFAULT_TIMEOUT
+) -> dict[str | None, set[str]]:
+    """The names each listing given holds, by server."""
+
+    def names(scan: Scan) -> set[str]:
+        return {t["name"] for t in scan.tools if isinstance(t.get("name"), str)}
+
+    listings = read_listings(files, lambda f: names(scan_file(f)))
+    for server, found in read_listings(urls, lambda u: names(scan_url(u, timeout=timeout))).items():
+        listings.setdefault(server, set()).update(found)
+    return listings

@@ -31,6 +31,11 @@ class ScanError(Exception):
     """The tools could not be read: the message says from where and why."""
 
 
+class ScanUnreachable(ScanError):
+    """The server did not answer: nothing listens at its URL, it timed out, or it failed on
+    the way (a ``ScanError`` that is not this one is the input's: a file, a program)."""
+
+
 @dataclass
 class Scan:
     """The tools of one server.
@@ -194,10 +199,16 @@ async def _read(session: Any, source: str) -> Scan:
     return Scan(source, tools, server=server, pages=pages, notes=notes, listed=dicts)
 
 
-def _describe(err: BaseException) -> str:
-    """The innermost useful message of an error the SDK raised (often inside task groups)."""
+def _innermost(err: BaseException) -> BaseException:
+    """The error an error the SDK raised holds (often inside task groups)."""
     while isinstance(err, BaseExceptionGroup) and err.exceptions:
         err = err.exceptions[0]
+    return err
+
+
+def _describe(err: BaseException) -> str:
+    """The innermost useful message of an error the SDK raised."""
+    err = _innermost(err)
     text = str(err)
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
@@ -225,9 +236,9 @@ async def scan_url_async(
     except ScanError:
         raise
     except TimeoutError as err:
-        raise ScanError(f"{url}: no complete answer within {timeout:g}s") from err
+        raise ScanUnreachable(f"{url}: no complete answer within {timeout:g}s") from err
     except Exception as err:
-        raise ScanError(f"{url}: {_describe(err)}") from err
+        raise ScanUnreachable(f"{url}: {_describe(err)}") from err
 
 
 async def scan_stdio_async(
@@ -261,11 +272,15 @@ async def scan_stdio_async(
         except ScanError:
             raise
         except TimeoutError as err:
-            raise ScanError(
+            raise ScanUnreachable(
                 f"{source}: no complete answer within {timeout:g}s{_tail(errlog)}"
             ) from err
         except Exception as err:
-            raise ScanError(f"{source}: {_describe(err)}{_tail(errlog)}") from err
+            # The program itself not there or not executable is the input's fault; a server
+            # that started and then failed did not answer.
+            given = isinstance(_innermost(err), FileNotFoundError | PermissionError)
+            kind = ScanError if given else ScanUnreachable
+            raise kind(f"{source}: {_describe(err)}{_tail(errlog)}") from err
 
 
 def _tail(errlog: Any, lines: int = 20) -> str:

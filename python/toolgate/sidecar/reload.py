@@ -183,6 +183,13 @@ class PolicyWatcher:
         writes = self._writes.look(self._path)
         if current is None:
             # Mid-swap or deleted: keep serving the loaded policy and look again later.
+            if not self._went_missing:
+                log.warning(
+                    "policy %s cannot be read (deleted, or being replaced); serving revision"
+                    " %s until it can",
+                    self._path,
+                    self._engine.revision,
+                )
             self._went_missing = True
             self._edit = None
             if forced:
@@ -243,10 +250,12 @@ class PolicyWatcher:
             self._engine.reload(policy)
         except PolicyError as err:
             self._reloads.add("failure")
+            n = len(err.errors)
             log.error(
-                "policy %s is invalid (%d errors); keeping revision %s",
+                "policy %s is invalid (%d %s); keeping revision %s",
                 self._path,
-                len(err.errors),
+                n,
+                "error" if n == 1 else "errors",
                 old,
             )
             for e in err.errors:

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import logging
 import signal
+import sqlite3
 import threading
 from pathlib import Path
 
 from toolgate._core import Engine, Policy, Sidecar
+from toolgate.cli import exits
 from toolgate.sidecar import logs
 from toolgate.sidecar.addresses import check_listen, join_host_port, parse_host_port
 from toolgate.sidecar.approvals.grant_labels import GrantLabels, load_key
@@ -37,6 +39,11 @@ DENY_EVERYTHING = {"version": "1", "default": "deny"}
 
 #: Seconds between logging the decision log's head (while it changes).
 HEAD_EVERY = 60
+
+
+def _reason(err: OSError) -> str:
+    """What the system said went wrong (``Not a directory``), without Python's spelling."""
+    return err.strerror or str(err)
 
 
 def log_head(sidecar: Sidecar, last: tuple[int, str] | None) -> tuple[int, str] | None:
@@ -141,20 +148,38 @@ def serve(opts: ServeOptions) -> int:
     if not opts.store_eviction_check_interval > 0:  # also refuses NaN
         raise ValueError("--store-eviction-check-interval must be positive")
     policy, loaded = load_policy(opts)
-    state = StateDir(opts.approvals.state_dir)
+    try:
+        state = StateDir(opts.approvals.state_dir)
+    except OSError as err:
+        where = opts.approvals.state_dir
+        log.error("--state-dir %s: cannot make it a directory: %s", where, _reason(err))
+        return exits.UNUSABLE
     try:
         if opts.decision_log not in (None, "-"):
             # Made if missing, as the state directory is.
-            Path(opts.decision_log).parent.mkdir(parents=True, exist_ok=True)
+            parent = Path(opts.decision_log).parent
+            try:
+                parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                log.error(
+                    "--decision-log %s: cannot make its directory %s: %s",
+                    opts.decision_log,
+                    parent,
+                    _reason(err),
+                )
+                state.remove_if_temporary()
+                return exits.UNUSABLE
         labels = GrantLabels(load_key(state.key))
         threads = opts.threads or available_cpus()
         sidecar = assemble(
             policy, opts, threads=threads, key=labels.key, approvals_table=state.table
         )
     except OSError as err:
-        log.error("%s", err)
+        # Files in the state directory (its key, the approvals table) or the decision log.
+        where = f"{err.filename}: " if err.filename else ""
+        log.error("%s%s", where, _reason(err))
         state.remove_if_temporary()
-        return 2
+        return exits.UNUSABLE
     except BaseException:
         state.remove_if_temporary()
         raise
@@ -226,16 +251,17 @@ def serve(opts: ServeOptions) -> int:
     assert taken is not None
     try:
         approvals = ApprovalRuntime(taken, state, labels, opts.approvals)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, sqlite3.Error) as err:
+        # The approvals store in --state-dir (SQLite) or its webhook's secret.
         log.error("approvals: %s", err)
         state.remove_if_temporary()
-        return 2
+        return exits.UNUSABLE
     try:
         address = sidecar.serve()
     except OSError as err:
         log.error("%s", err)
         approvals.stop(0)
-        return 2
+        return exits.UNUSABLE
 
     if opts.metrics_listen:
         host, metrics_port = split_host_port(opts.metrics_listen)
@@ -251,7 +277,7 @@ def serve(opts: ServeOptions) -> int:
             log.error("cannot serve metrics on %s: %s", opts.metrics_listen, err)
             sidecar.stop(0)
             approvals.stop(0)
-            return 2
+            return exits.UNUSABLE
         registry.register(approvals.collector())
         registry.register(EvictionCollector(eviction))
     approvals.start()

@@ -114,8 +114,11 @@ impl Sidecar {
         let decision_log = match options.decision_log {
             None => None,
             Some(settings) => {
-                let log = DecisionLog::open(settings)
-                    .map_err(|e| Error::Io(format!("cannot open the decision log: {e}")))?;
+                let path = settings.path.as_ref().map(|p| p.display().to_string());
+                let log = DecisionLog::open(settings).map_err(|e| {
+                    let path = path.unwrap_or_else(|| "-".to_owned());
+                    Error::Io(format!("--decision-log {path}: cannot open it: {e}"))
+                })?;
                 let log = Arc::new(log);
                 engine
                     .enable_decision_log(log.clone())

@@ -61,7 +61,7 @@ class Conversion:
 
     @property
     def exact(self) -> bool:
-        return not any(n.kind != "ignored" for n in self.notes)
+        return all(n.kind in ("ignored", "stricter") for n in self.notes)
 
 
 def args_path(path: str) -> str:
@@ -95,7 +95,7 @@ class _Converter:
             self.note_once(
                 "types",
                 where,
-                "approximated",
+                "stricter",
                 'Intercept compares numbers by value and anything else by its text ("5" '
                 "equals 5); policy v1 never coerces: an argument whose type differs from the "
                 "operand's cannot be evaluated, and the call is denied (CONDITION_FAILED). "
@@ -112,7 +112,7 @@ class _Converter:
         self.note_once(
             "case",
             where,
-            "approximated",
+            "stricter",
             "policy v1 cannot evaluate an argument path while a key differing from it only "
             "by case is present (an MCP server decoding case-insensitively could read that "
             "one), and denies; Intercept reads the exact key, or treats it as missing.",

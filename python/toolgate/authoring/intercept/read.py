@@ -12,7 +12,9 @@ from toolgate import Policy, PolicyError
 WINDOWS = ("minute", "hour", "day")
 OPERATORS = ("eq", "neq", "in", "not_in", "lt", "lte", "gt", "gte", "regex", "contains", "exists")
 
-NoteKind = Literal["approximated", "not expressible", "ignored"]
+#: ``stricter``: policy v1 refuses where Intercept would decide (an input two readers could
+#: read two ways), and otherwise decides alike: exact for ``import --strict``.
+NoteKind = Literal["approximated", "not expressible", "stricter", "ignored"]
 
 _RULE_KEYS = {"name", "action", "rate_limit", "conditions", "on_deny", "state"}
 _TOP_KEYS = {"version", "description", "default", "hide", "tools"}
