@@ -256,6 +256,64 @@ def test_every_value_is_documented():
     assert text.count("(default:") + text.count("Default:") >= text.count("# --")
 
 
+# --- values.schema.json: a misspelt value is refused ---------------------------------------------
+
+SCHEMA = json.loads((CHART / "values.schema.json").read_text())
+#: Mappings whose keys are the user's (Kubernetes' own fields, labels), not the chart's.
+OPEN = {"resources", "labels", "podLabels", "podAnnotations", "podSpec", "policy", "global"}
+
+
+def value_paths(node: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every key path of the chart's own mappings in ``node`` (values.yaml's)."""
+    paths = []
+    for key, value in node.items():
+        path = (*prefix, key)
+        paths.append(path)
+        if isinstance(value, dict) and key not in OPEN:
+            paths += value_paths(value, path)
+    return paths
+
+
+def schema_paths(node: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    paths = []
+    for key, sub in node.get("properties", {}).items():
+        path = (*prefix, key)
+        paths.append(path)
+        if key not in OPEN:
+            paths += schema_paths(sub, path)
+    return paths
+
+
+VALUE_PATHS = value_paths(yaml.safe_load((CHART / "values.yaml").read_text()))
+
+
+def test_the_schema_names_exactly_the_values():
+    """values.yaml owns which values there are and their defaults; the schema their types."""
+    assert sorted(schema_paths(SCHEMA)) == sorted([*VALUE_PATHS, ("global",)])
+
+
+def misspelt(key: str) -> str:
+    """``key`` with two letters swapped (or one doubled): as a hand slips."""
+    return key[1] + key[0] + key[2:] if key[0] != key[1] else key + key[-1]
+
+
+@pytest.mark.parametrize("path", VALUE_PATHS, ids=".".join)
+def test_a_misspelt_value_is_refused_by_helm(tmp_path, path):
+    values: dict[str, Any] = {}
+    node = values
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+    node[misspelt(path[-1])] = "x"
+    said = refused(tmp_path, values)
+    assert f"additional properties '{misspelt(path[-1])}' not allowed" in said, said
+
+
+def test_a_value_of_the_wrong_type_is_refused_by_helm(tmp_path):
+    assert "replicas" in refused(tmp_path, {"replicas": "three"})
+    assert "port" in refused(tmp_path, {"service": {"port": 70000}})
+    assert "logFormat" in refused(tmp_path, {"toolgate": {"logFormat": "yaml"}})
+
+
 # --- validity, and each option on and off -------------------------------------------------------
 
 
