@@ -23,6 +23,7 @@ import pytest
 import toolgate
 from conftest import policy
 from sidecar import PATIENCE, TOOLGATE, Sidecar, free_port, toolgate_cli, wait_for
+from toolgate.cli import exits
 
 DOC = policy(
     {
@@ -159,7 +160,7 @@ def test_an_approver_approves_with_the_cli_and_the_call_runs_once(admin):
         assert shown["approvers"] == ["alice"] and shown["grant"].startswith("hmac-sha256:")
 
         refused = sc.approvals("mallory", "approve", id)
-        assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr
+        assert refused.returncode == exits.UNUSABLE and "UNAUTHENTICATED" in refused.stderr
         refused = sc.approvals("bob", "approve", id)
         assert refused.returncode == 1 and "PERMISSION_DENIED" in refused.stderr
         assert sc.call().verdict == "REQUIRE_APPROVAL"

@@ -77,6 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         words = sys.argv[1:] if argv is None else list(argv)
         parser = build_parser(words)
         args = parser.parse_args(words)
+        # The words as given: a command whose options also come from elsewhere (serve's
+        # --config and environment) tells which ones the command line gave.
+        args.words = words
         if args.command is None:
             parser.print_help()
             return 0

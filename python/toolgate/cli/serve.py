@@ -10,6 +10,7 @@ from typing import Any
 from toolgate import PolicyError
 from toolgate.cli import exits
 from toolgate.cli.parser import non_negative_float, positive_float, positive_int
+from toolgate.cli.serve_config import ConfigError, layered
 from toolgate.sidecar.addresses import listen_address, metrics_address
 from toolgate.sidecar.approvals.options import ApprovalOptions
 from toolgate.sidecar.approvals.webhook import FORMATS
@@ -86,6 +87,14 @@ def _run(args: argparse.Namespace) -> int:
     # The sidecar's modules only for serving: other commands never load them.
     from toolgate.sidecar.serve import serve
 
+    words = args.words[args.words.index("serve") + 1 :]
+    try:
+        args, warnings = layered(args.serve_parser, args, words)
+    except ConfigError as err:
+        print(f"toolgate serve: {err}", file=sys.stderr)
+        return exits.UNUSABLE
+    for warning in warnings:
+        print(f"toolgate serve: warning: {warning}", file=sys.stderr)
     try:
         return serve(options(args))
     except PolicyError as err:
@@ -103,7 +112,18 @@ def _run(args: argparse.Namespace) -> int:
 def add_command(sub: Any) -> None:
     """Register ``toolgate serve`` on the CLI's subparsers; every default is ServeOptions'."""
     defaults = ServeOptions()
-    serve = sub.add_parser("serve", help="run the decision sidecar (gRPC + /metrics)")
+    serve = sub.add_parser(
+        "serve",
+        help="run the decision sidecar (gRPC + /metrics)",
+        description="Run the decision sidecar. Every option can also be set in a --config file "
+        "(its name without the dashes: 'metrics-listen: off') or by a variable "
+        "(TOOLGATE_METRICS_LISTEN=off); a flag wins over its variable, which wins over the file.",
+    )
+    serve.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a YAML file of options, each as 'name: value' (docs/serve-options.md)",
+    )
     serve.add_argument(
         "--policy", metavar="FILE", help="default: a built-in deny-everything policy"
     )
@@ -428,4 +448,4 @@ def add_command(sub: Any) -> None:
         help="start FILE anew past this size, the old one kept as FILE.N, the chain going on "
         "(0: never; default %(default)s)",
     )
-    serve.set_defaults(run=_run)
+    serve.set_defaults(run=_run, serve_parser=serve)
