@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import EXAMPLES, cond, limit, policy
+from toolgate.cli import exits
 
 EXAMPLE_JSON = EXAMPLES / "policy.json"
 EXAMPLE_YAML = EXAMPLES / "policy.yaml"
@@ -160,12 +161,12 @@ def test_validate_whole_document_error_uses_slash(tmp_path):
     assert result.stderr.splitlines() == [f'{path}: /: missing required key "version" (line 1)']
 
 
-def test_validate_missing_file_exits_1(tmp_path):
+def test_validate_missing_file_is_unusable(tmp_path):
     path = tmp_path / "missing.json"
     result = toolgate("validate", path)
-    assert result.returncode == 1
+    assert result.returncode == exits.UNUSABLE
     assert result.stdout == ""
-    assert result.stderr.startswith(f"{path}: /: cannot read ")
+    assert result.stderr == f"{path}: cannot read it: No such file or directory\n"
 
 
 def test_validate_needs_a_file():
@@ -287,40 +288,40 @@ def test_decide_attributes_server_and_dry_run(tmp_path):
         ('{"a": NaN}', "--args holds NaN, which is not JSON"),
     ],
 )
-def test_decide_invalid_args_exits_1(args, message):
+def test_decide_invalid_args_is_unusable(args, message):
     result = toolgate(
         "decide", "--policy", EXAMPLE_JSON, "--tool", "create-ami", "--grant", "g", "--args", args
     )
-    assert result.returncode == 1
+    assert result.returncode == exits.UNUSABLE
     assert result.stdout == ""
     assert message in result.stderr
 
 
-def test_decide_bad_attr_exits_1():
+def test_decide_bad_attr_is_unusable():
     result = toolgate("decide", "--policy", EXAMPLE_JSON, "--tool", "x", "--attr", "novalue")
-    assert result.returncode == 1
+    assert result.returncode == exits.UNUSABLE
     assert "--attr expects KEY=VALUE" in result.stderr
 
 
-def test_decide_bad_repeat_exits_1():
+def test_decide_bad_repeat_is_unusable():
     result = toolgate("decide", "--policy", EXAMPLE_JSON, "--tool", "x", "--repeat", "0")
-    assert result.returncode == 1
+    assert result.returncode == exits.UNUSABLE
     assert "--repeat" in result.stderr
 
 
-def test_decide_missing_policy_file_exits_1(tmp_path):
+def test_decide_missing_policy_file_is_unusable(tmp_path):
     path = tmp_path / "missing.json"
     result = toolgate("decide", "--policy", path, "--tool", "create-ami")
-    assert result.returncode == 1
+    assert result.returncode == exits.UNUSABLE
     assert result.stdout == ""
     assert "cannot read" in result.stderr and str(path) in result.stderr
 
 
-def test_decide_invalid_policy_exits_1(tmp_path):
+def test_decide_invalid_policy_is_unusable(tmp_path):
     path = tmp_path / "broken.json"
     path.write_text(BROKEN)
     result = toolgate("decide", "--policy", path, "--tool", "create-ami")
-    assert result.returncode == 1
+    assert result.returncode == exits.UNUSABLE
     assert result.stdout == ""
     assert f"{path}: /tools/create-ami/limits/0/window: invalid window" in result.stderr
 

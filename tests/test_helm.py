@@ -690,14 +690,15 @@ def test_the_all_in_one_rendering_plays(built_images, tmp_path):
         wait_for(played.probes_pass, timeout=120, interval=1)
         denied = call(played, url, "run_command", {"command": "rm -rf /"})
         assert denied.startswith("1: DENIED CONDITION_FAILED:"), denied
-        allowed = call(played, url, "create-ami", {"name": "web"})
-        assert allowed == "1: DENIED None: MCP error -32602: Tool create-ami not found", allowed
+        # An allowed call on first install: the placeholder server's echo runs.
+        assert call(played, url, "echo", {"message": "hi"}) == "1: ok: Echo: hi"
         # `helm upgrade` with another policy: the ConfigMap's new content reaches toolgate.
-        changed = json.dumps({"version": "1", "default": "deny", "tools": {"echo": {}}})
+        changed = json.dumps({"version": "1", "default": "deny"})
         new = template(tmp_path, values(changed), release=release)
         name = f"{release}-policy"
         played.update_configmap(name, configmap(new, name))
         wait_for(
-            lambda: call(played, url, "echo", {"message": "hi"}) == "1: ok: Echo: hi", timeout=30
+            lambda: call(played, url, "echo", {"message": "hi"}).startswith("1: DENIED DEFAULT"),
+            timeout=30,
         )
         assert played.probes_pass()

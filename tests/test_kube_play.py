@@ -111,18 +111,17 @@ def test_the_base_plays(images, prefix, tmp_path):
         # The policy (examples/policy.json) denies this one in toolgate...
         denied = call(pod, url, "run_command", {"command": "rm -rf /"})
         assert denied.startswith("1: DENIED CONDITION_FAILED:"), denied
-        # ...allows create-ami, which reaches the MCP server (server-everything has no such
-        # tool: the answer is its own), and knows nothing of echo.
-        # (mcp_call.py prints an error result without toolgate's decision as "DENIED None").
-        allowed = call(pod, url, "create-ami", {"name": "web"})
-        assert allowed == "1: DENIED None: MCP error -32602: Tool create-ami not found", allowed
-        assert call(pod, url, "echo", {"message": "hi"}).startswith("1: DENIED DEFAULT_DENY")
+        # ...allows the placeholder server's echo, which runs: an allowed call on first deploy.
+        assert call(pod, url, "echo", {"message": "hi"}) == "1: ok: Echo: hi"
 
-        # The ConfigMap changes to a policy that allows echo: the new decision reaches Envoy.
-        changed = json.dumps({"version": "1", "default": "deny", "tools": {"echo": {}}})
+        # The ConfigMap changes to a policy that allows nothing: the new decision reaches Envoy.
+        changed = json.dumps({"version": "1", "default": "deny"})
         new = kustomize(overlay(tmp_path / "changed", BASE, images, prefix, policy=changed))
         pod.update_configmap(f"{prefix}toolgate-policy", configmap(new, f"{prefix}toolgate-policy"))
-        wait_for(lambda: call(pod, url, "echo", {"message": "hi"}) == "1: ok: Echo: hi", timeout=30)
+        wait_for(
+            lambda: call(pod, url, "echo", {"message": "hi"}).startswith("1: DENIED DEFAULT_DENY"),
+            timeout=30,
+        )
         assert pod.probes_pass()
 
 

@@ -73,6 +73,8 @@ def test_a_listing_names_its_server_before_an_equals_sign():
     assert split_source("fs=tools.json") == ("fs", "tools.json")
     assert split_source("tools.json") == (None, "tools.json")
     assert split_source("http://127.0.0.1:8000/mcp?a=b") == (None, "http://127.0.0.1:8000/mcp?a=b")
+    # Any server id without "=" (a policy's ids are any text).
+    assert split_source("github:prod=a=b.json") == ("github:prod", "a=b.json")
 
 
 def test_validate_reports_a_misspelt_tool_against_a_saved_listing(tmp_path: Path):

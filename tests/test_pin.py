@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from test_cli import toolgate as run_toolgate
 from toolgate._core import inert
 from toolgate.authoring import pins
+from toolgate.cli import exits
 
 ROOT = Path(__file__).resolve().parent.parent
 CRM = ROOT / "examples" / "crm"
@@ -233,7 +234,9 @@ def test_pin_one_tool_after_review_leaves_the_others(tmp_path):
     unknown = run_toolgate(
         "pin", "--pins", pins_file, "--server", "crm", "--file", changed, "--tool", "nope"
     )
-    assert unknown.returncode == 1 and "not listed and not pinned: nope" in unknown.stderr
+    assert (
+        unknown.returncode == exits.UNUSABLE and "not listed and not pinned: nope" in unknown.stderr
+    )
 
 
 def test_a_name_listed_twice_cannot_be_pinned_and_the_file_is_kept(tmp_path):
@@ -246,7 +249,7 @@ def test_a_name_listed_twice_cannot_be_pinned_and_the_file_is_kept(tmp_path):
         json.dumps([{"name": "a", "description": "x"}, {"name": "a", "description": "y"}])
     )
     result = run_toolgate("pin", "--pins", pins_file, "--file", twice)
-    assert result.returncode == 1 and "listed twice" in result.stderr
+    assert result.returncode == exits.UNUSABLE and "listed twice" in result.stderr
     assert pins_file.read_bytes() == kept
     run_toolgate("pin", "--pins", pins_file, "--file", CRM / "tools-changed.json")
     assert pins_file.stat().st_mode & 0o777 == 0o640, "a re-pin keeps the file's mode"

@@ -17,6 +17,7 @@ from conftest import make_engine
 from mcp_servers import EverythingServer, node_executable
 from test_classify import labelled
 from toolgate.authoring.suggest import suggest, to_yaml
+from toolgate.cli import exits
 from toolgate.cli.main import main
 from toolgate.scanner.classify import classify_all
 from toolgate.scanner.scan import ScanError, normalise_tools, scan_file, scan_stdio, scan_url
@@ -238,9 +239,9 @@ def test_scan_save_then_suggest(
 
 
 def test_scan_needs_exactly_one_source(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["scan"]) == 1
+    assert main(["scan"]) == exits.UNUSABLE
     assert "exactly one" in capsys.readouterr().err
-    assert main(["scan", "--file", "x.json", "--url", "http://127.0.0.1:9/mcp"]) == 1
+    assert main(["scan", "--file", "x.json", "--url", "http://127.0.0.1:9/mcp"]) == exits.UNUSABLE
 
 
 def test_the_sdk_is_needed_only_to_scan_a_server(tmp_path: Path) -> None:

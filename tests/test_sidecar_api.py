@@ -13,6 +13,7 @@ from conftest import EXAMPLES, POLICYLAYER_CREATE_AMI
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from sidecar import Sidecar, decision_lines, free_port, toolgate_cli
+from toolgate.cli import exits
 
 POLICY = EXAMPLES / "policy.json"
 REVISION = toolgate.Policy.from_file(POLICY).revision
@@ -415,10 +416,11 @@ def test_cli_decide_target_prints_the_local_shape(args):
 
 
 def test_cli_decide_target_unreachable_fails_cleanly():
-    result = toolgate_cli("decide", "--target", f"127.0.0.1:{free_port()}", "--tool", "x")
-    assert result.returncode == 1
+    target = f"127.0.0.1:{free_port()}"
+    result = toolgate_cli("decide", "--target", target, "--wait", "0.5", "--tool", "x")
+    assert result.returncode == exits.UNREACHABLE
     assert result.stdout == ""
-    assert "UNAVAILABLE" in result.stderr
+    assert result.stderr.startswith(f"toolgate decide: nothing answered at {target} within 0.5s")
     assert "Traceback" not in result.stderr
 
 
@@ -433,4 +435,4 @@ def test_toolgate_health_exits_0_only_when_serving(sc):
     unknown = toolgate_cli("health", "--target", sc.target, "--service", "no.such.Service")
     assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr
     nobody = toolgate_cli("health", "--target", f"127.0.0.1:{free_port()}", "--timeout", "1")
-    assert nobody.returncode == 1 and "UNAVAILABLE" in nobody.stderr
+    assert nobody.returncode == exits.UNREACHABLE and "UNAVAILABLE" in nobody.stderr

@@ -4,6 +4,7 @@ and deciding as the categories say on a real engine."""
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,12 @@ from hypothesis import strategies as st
 from test_classify import POLICYLAYER_EXAMPLE_TOOLS, labelled
 from toolgate.authoring.policy_text import policy_key, to_json
 from toolgate.authoring.suggest import Options, suggest, to_yaml
+from toolgate.cli import exits
 from toolgate.cli.main import main
 from toolgate.scanner.classify import classify, classify_all
 
+#: A tool name MCP allows.
+MCP_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 GRANT = {"grant": "alice"}
 
 #: The code each category's tools get under the default starter policy.
@@ -164,7 +168,8 @@ def test_glob_characters_in_names_match_only_themselves() -> None:
     assert engine.decide("abc", **GRANT).code == "DEFAULT_DENY"
     assert engine.decide("x[1]", **GRANT).code == "HIDDEN"
     assert engine.decide("x1", **GRANT).code == "DEFAULT_DENY"
-    assert engine.decide("[!y]", **GRANT).code == "APPROVAL_REQUIRED"
+    # Its approval-gated rule matches it, but no approval opens for a name MCP does not allow.
+    assert engine.decide("[!y]", **GRANT).code == "INVALID_REQUEST"
     assert engine.decide("z", **GRANT).code == "DEFAULT_DENY"
     assert engine.decide("aXb", **GRANT).limits[0].counter == "aXb_rate"
 
@@ -193,7 +198,11 @@ def test_any_tool_names_give_a_loading_policy(tools: list[tuple[str, str]]) -> N
     # the annotations alone say: a name such as "RM" reads as a destructive verb.)
     for c in classifications:
         decision = engine.decide(c.name, **GRANT)
-        assert decision.code == DEFAULT_DECISION[c.category], c
+        expected = DEFAULT_DECISION[c.category]
+        # No approval is opened for a name MCP does not allow: a person would read it.
+        if expected == "APPROVAL_REQUIRED" and not MCP_NAME.fullmatch(c.name):
+            expected = "INVALID_REQUEST"
+        assert decision.code == expected, c
         if c.category in ("Write", "Execute"):
             assert [s.counter for s in decision.limits] == [f"{c.name}_rate"]
 
@@ -201,6 +210,9 @@ def test_any_tool_names_give_a_loading_policy(tools: list[tuple[str, str]]) -> N
 def test_policy_key() -> None:
     assert policy_key("create-ami") == "create-ami"
     assert policy_key("a*b?c[d]") == "a[*]b[?]c[[]d]"
+    # A name MCP does not allow is no key a policy takes: a glob matching only it is.
+    assert policy_key("my tool") == "[m]y tool"
+    assert policy_key(": x") == "[:] x"
 
 
 def test_json_is_policylayers_style() -> None:
@@ -252,9 +264,11 @@ def test_cli_suggest_options(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert policy["tools"]["write_x"]["limits"][0]["max"] == 7
 
     for bad in (["--treat", "Write=maybe"], ["--max", "Write=x"], ["--set", "nope=Read"]):
-        assert main(["suggest", "-q", "--file", str(tools), *bad]) == 1
+        assert main(["suggest", "-q", "--file", str(tools), *bad]) == exits.UNUSABLE
         assert capsys.readouterr().err
-    assert main(["suggest", "-q", "--file", str(tools), "--window", "5 fortnights"]) == 1
+    assert (
+        main(["suggest", "-q", "--file", str(tools), "--window", "5 fortnights"]) == exits.UNUSABLE
+    )
     assert "/window" in capsys.readouterr().err
 
 
@@ -288,7 +302,7 @@ def test_sensitive_reads_get_a_stricter_rule(
     assert "limits" in json.loads(capsys.readouterr().out)["tools"]["read_secret"]
     yaml_text = to_yaml(suggest(classify_all([secret])), classify_all([secret]))
     assert "# Read (sensitive read) (high risk" in yaml_text
-    assert main(["suggest", "-q", "--file", str(path), "--max", "sensitive=0"]) == 1
+    assert main(["suggest", "-q", "--file", str(path), "--max", "sensitive=0"]) == exits.UNUSABLE
     assert "sensitive=0" in capsys.readouterr().err
 
 

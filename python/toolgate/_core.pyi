@@ -177,8 +177,8 @@ class Policy:
     def pins_files(self) -> list[Path]:
         """The pins files the policy read (``pins.file``, relative to its directory)."""
     def named_tools(self) -> list[tuple[str | None, str, str]]:
-        """The tools its rules name exactly (not by a glob): ``(server, name, pointer)``,
-        ``server`` None for the top-level section."""
+        """The tools it names exactly (not by a glob), in rules and in ``hide``:
+        ``(server, name, pointer)``, ``server`` None for the top-level section."""
     def self_asserted(
         self, agent_verified: bool = False, session_verified: bool = False
     ) -> list[ValidationError]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -162,15 +163,31 @@ class NotListening(ConnectionError):
     """No sidecar answered at an address within the time given."""
 
 
+#: Waits longer than this are waits without end (gRPC's deadlines overflow far beyond).
+_ENDLESS = 1e6
+
+
+def _wait_timeout(seconds: float) -> float | None:
+    """How long to wait for ``seconds`` (None: without end); ValueError for no duration."""
+    if math.isnan(seconds) or seconds < 0:
+        raise ValueError(f"a wait is 0 or more seconds, got {seconds!r}")
+    return None if seconds >= _ENDLESS else seconds
+
+
 def wait_until_listening(ch: grpc.Channel, target: str, seconds: float) -> None:
     """Return once ``ch`` has connected to ``target``, waiting up to ``seconds`` for a sidecar
     that is starting; else raise ``NotListening``. 0 does not wait: the first call fails."""
-    if seconds <= 0:
+    timeout = _wait_timeout(seconds)
+    if seconds == 0:
         return
+    ready = grpc.channel_ready_future(ch)
     try:
-        grpc.channel_ready_future(ch).result(timeout=seconds)
+        ready.result(timeout=timeout)
     except grpc.FutureTimeoutError:
         raise not_listening(target, seconds) from None
+    finally:
+        # Stops gRPC's thread that watches the channel for it.
+        ready.cancel()
 
 
 def not_listening(target: str, seconds: float) -> NotListening:
@@ -280,10 +297,11 @@ class AsyncClient(_Decider):
     async def wait_until_listening(self, seconds: float) -> None:
         """Wait up to ``seconds`` for the sidecar to answer (one that is starting); raises
         ``NotListening`` if it does not."""
-        if seconds <= 0:
+        timeout = _wait_timeout(seconds)
+        if seconds == 0:
             return
         try:
-            await asyncio.wait_for(self._channel.channel_ready(), seconds)
+            await asyncio.wait_for(self._channel.channel_ready(), timeout)
         except TimeoutError:
             raise not_listening(self._target, seconds) from None
 

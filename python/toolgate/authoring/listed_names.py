@@ -6,14 +6,12 @@ tool it does not list is reported, with the listed name nearest to it."""
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from toolgate._core import Policy, inert
-
-#: ``SERVER=SOURCE``: a listing for the section of server SERVER (else the top-level one).
-_FOR_SERVER = re.compile(r"([A-Za-z0-9_.-]+)=(.+)", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -30,9 +28,14 @@ class Unlisted:
 
 
 def split_source(spec: str) -> tuple[str | None, str]:
-    """``SERVER=SOURCE`` as (SERVER, SOURCE); a bare SOURCE is for the top-level section."""
-    m = _FOR_SERVER.fullmatch(spec)
-    return (m.group(1), m.group(2)) if m else (None, spec)
+    """``SERVER=SOURCE`` as (SERVER, SOURCE): SERVER is what comes before the first ``=``,
+    any server id without one (``github:prod``). A bare SOURCE, for the top-level section, is
+    a URL (``http://...``, whose query may hold ``=``), a file that is there, or a text
+    without ``=``."""
+    if re.match(r"https?://", spec) or os.path.exists(spec) or "=" not in spec:
+        return None, spec
+    server, _, source = spec.partition("=")
+    return server, source
 
 
 def read_listings(
@@ -45,6 +48,13 @@ def read_listings(
         server, source = split_source(spec)
         listings.setdefault(server, set()).update(read(source))
     return listings
+
+
+def sectionless(policy: Policy, listings: Mapping[str | None, Collection[str]]) -> list[str]:
+    """The servers given a listing that have no section of their own in ``policy`` (a typo of
+    one that has, perhaps): each is checked against the top-level section, and said."""
+    own = set(policy.servers)
+    return sorted(s for s in listings if s is not None and s not in own)
 
 
 def unlisted(policy: Policy, listings: Mapping[str | None, Collection[str]]) -> list[Unlisted]:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from toolgate._core import inert, tool_digest
+from toolgate.files import check_regular, read_regular
 
 
 class PinsError(Exception):
@@ -47,11 +48,13 @@ def kept(tool: Mapping[str, Any]) -> dict[str, Any]:
 def read(path: Path) -> dict[str, Any]:
     """A pins file's document, or an empty one when there is no file yet."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular(path).decode("utf-8")
     except FileNotFoundError:
         return {"version": "1", "tools": {}, "servers": {}}
     except OSError as err:
         raise PinsError(f"{path}: {err.strerror or err}") from err
+    except UnicodeDecodeError as err:
+        raise PinsError(f"{path}: not UTF-8: {err}") from err
     try:
         document = json.loads(text)
     except json.JSONDecodeError as err:
@@ -283,6 +286,7 @@ def write(path: Path, document: Mapping[str, Any]) -> None:
         if path.read_text(encoding="utf-8") == text:
             return
     try:
+        check_regular(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             mode = path.stat().st_mode & 0o777

@@ -9,12 +9,24 @@ from collections.abc import Mapping
 from typing import Any
 
 _GLOB_CHARS = re.compile(r"([*?\[])")
+#: A tool name MCP allows, which a policy takes as a key as it is.
+_MCP_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+#: Characters a one-character class holds as themselves.
+_PLAIN_IN_CLASS = re.compile(r"[^\]!^\\\-]")
 
 
 def policy_key(name: str) -> str:
-    """The policy key that matches exactly the tool ``name``: the name itself, or, if it holds
-    glob characters, a glob with each of them in a one-character class (``a*b`` → ``a[*]b``)."""
-    return _GLOB_CHARS.sub(r"[\1]", name)
+    """The policy key that matches exactly the tool ``name``: the name itself; or, if it holds
+    glob characters, a glob with each of them in a one-character class (``a*b`` → ``a[*]b``);
+    or, for any other name MCP does not allow (a policy refuses it as a key, as a typo), a
+    glob with its first character in a class (``my tool`` → ``[m]y tool``)."""
+    if _GLOB_CHARS.search(name):
+        return _GLOB_CHARS.sub(r"[\1]", name)
+    plain = _PLAIN_IN_CLASS.search(name)
+    if _MCP_NAME.fullmatch(name) or plain is None:
+        return name
+    i = plain.start()
+    return f"{name[:i]}[{name[i]}]{name[i + 1 :]}"
 
 
 def to_json(policy: Mapping[str, Any]) -> str:

@@ -16,7 +16,9 @@ marked caller.
 
 Tool names are policy keys, and a key with ``*``, ``?`` or ``[`` is a glob: such names are written
 with each of those characters in a class (``[*]``), which matches exactly the name and nothing
-else. Counter names may be any non-empty string; ``<tool>_rate`` is unique per tool.
+else; a name MCP does not allow otherwise (a space), which a policy refuses as a key, with its
+first character in a class (``[m]y tool``). Counter names may be any non-empty string;
+``<tool>_rate`` is unique per tool.
 """
 
 from __future__ import annotations

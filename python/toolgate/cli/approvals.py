@@ -15,7 +15,7 @@ from google.protobuf.json_format import MessageToDict
 
 from toolgate._core import inert
 from toolgate.cli import exits
-from toolgate.cli.parser import WAIT, add_wait
+from toolgate.cli.parser import WAIT, add_wait, seconds
 from toolgate.sidecar.addresses import target_address
 from toolgate.sidecar.approvals.options import ApprovalOptions
 from toolgate.sidecar.approvals.rows import STATES
@@ -168,7 +168,7 @@ def _add_common(p: argparse.ArgumentParser, *, after_action: bool) -> None:
     )
     p.add_argument(
         "--timeout",
-        type=float,
+        type=seconds,
         default=default(10.0),
         metavar="SECONDS",
         help="per call to the sidecar (default: 10.0)",

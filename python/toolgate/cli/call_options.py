@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from typing import Any
+
+from toolgate.cli import exits
 
 
 def add_call_options(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +38,8 @@ def parse_attributes(pairs: Sequence[str], command: str) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise SystemExit(f"toolgate {command}: --attr expects KEY=VALUE, got {pair!r}")
+            print(f"toolgate {command}: --attr expects KEY=VALUE, got {pair!r}", file=sys.stderr)
+            raise SystemExit(exits.UNUSABLE)
         attributes[key] = value
     return attributes
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from toolgate._core import argument_digest
+from toolgate.cli import exits
 from toolgate.sidecar.decision_log import log_files, parse_head, verify
 
 
@@ -42,18 +43,20 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _digest(args: argparse.Namespace) -> int:
+    from toolgate.sidecar.approvals.grant_labels import read_key
+
     key_file = Path(args.state_dir) / "grant.key"
     try:
-        key = key_file.read_bytes()
+        # The key serve would take, refused as serve refuses it.
+        digest = argument_digest(read_key(key_file), args.arguments)
     except OSError as err:
         print(f"toolgate log digest: cannot read {key_file}: {err.strerror}", file=sys.stderr)
-        return 2
-    try:
-        print(argument_digest(key, args.arguments))
+        return exits.UNUSABLE
     except ValueError as err:
         print(f"toolgate log digest: {err}", file=sys.stderr)
-        return 2
-    return 0
+        return exits.UNUSABLE
+    print(digest)
+    return exits.OK
 
 
 def add_command(sub: Any) -> None:

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from toolgate.cli import exits
-from toolgate.cli.parser import add_wait
+from toolgate.cli.parser import add_wait, seconds
 from toolgate.sidecar.addresses import target_address
 from toolgate.sidecar.options import ServeOptions
 
@@ -30,7 +30,9 @@ def _run(args: argparse.Namespace) -> int:
             reply = stub.Check(request, timeout=args.timeout)
     except grpc.RpcError as err:
         print(f"{label}: {err.code().name}", file=sys.stderr)
-        return exits.for_rpc(err.code().name)
+        # A service the sidecar does not know is one it does not serve: its answer is no.
+        code = err.code().name
+        return exits.FAILED if code == "NOT_FOUND" else exits.for_rpc(code)
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     serving = reply.status == health_pb2.HealthCheckResponse.SERVING
     print(f"{label}: {status}", file=sys.stdout if serving else sys.stderr)
@@ -53,7 +55,8 @@ def add_command(sub: Any) -> None:
         "--service", default="", help='"" for the whole server (default), or a service name'
     )
     health.add_argument(
-        "--timeout", type=float, default=3.0, metavar="SECONDS", help="give up after this long"
+        "--timeout", type=seconds, default=3.0, metavar="SECONDS", help="give up after this long"
     )
-    add_wait(health)
+    # A probe answers at once (the kubelet's timeout is its own); --wait N waits for a start.
+    add_wait(health, default=0.0)
     health.set_defaults(run=_run)

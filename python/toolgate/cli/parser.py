@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
@@ -15,13 +16,16 @@ from typing import Any, NoReturn
 USAGE_LINES = 4
 
 
-def _number(kind: Callable[[str], Any], least: float, what: str) -> Callable[[str], Any]:
+def _number(
+    kind: Callable[[str], Any], least: float, what: str, most: float = math.inf
+) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not value >= least:
+        # Also refuses NaN and infinity, which no count or duration is.
+        if not least <= value <= most or not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"must be {what}: {text!r}")
         return value
 
@@ -31,6 +35,9 @@ def _number(kind: Callable[[str], Any], least: float, what: str) -> Callable[[st
 positive_int = _number(int, 1, "at least 1")
 positive_float = _number(float, 1e-9, "more than 0")
 non_negative_float = _number(float, 0, "0 or more")
+#: A time a command waits on a server: a day at most (gRPC's deadlines overflow far beyond).
+seconds = _number(float, 1e-9, "more than 0 and at most a day (86400)", most=86400)
+wait_seconds = _number(float, 0, "0 or more, and at most a day (86400)", most=86400)
 
 
 #: How long a command that asks a sidecar waits by default for one that does not answer yet:
@@ -43,10 +50,10 @@ def add_wait(parser: argparse.ArgumentParser, default: Any = None) -> None:
     answer yet, before saying that nothing listens (``default``: ``WAIT``)."""
     parser.add_argument(
         "--wait",
-        type=non_negative_float,
+        type=wait_seconds,
         default=WAIT if default is None else default,
         metavar="SECONDS",
-        help=f"wait this long for a sidecar that is starting; 0: not at all (default: {WAIT:g})",
+        help="wait this long for a sidecar that is starting; 0: not at all",
     )
 
 

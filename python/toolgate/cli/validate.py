@@ -8,9 +8,12 @@ import sys
 from typing import Any
 
 from toolgate import Policy, PolicyError
-from toolgate.authoring.listed_names import read_listings, unlisted
+from toolgate._core import inert
+from toolgate.authoring.listed_names import read_listings, sectionless, unlisted
 from toolgate.cli import exits
+from toolgate.cli.parser import seconds
 from toolgate.cli.scan import failed as scan_failed
+from toolgate.files import check_regular
 from toolgate.scanner.scan import DEFAULT_TIMEOUT, Scan, ScanError, scan_file, scan_url
 from toolgate.sidecar.envoy_authz import CheckSettings, format_subject_source, parse_subject_source
 
@@ -31,6 +34,7 @@ def _run(args: argparse.Namespace) -> int:
     for path in args.files:
         try:
             # A file that cannot be read is no policy to check (2), not one that fails (1).
+            check_regular(path)
             with open(path, "rb"):
                 pass
         except OSError as err:
@@ -46,6 +50,12 @@ def _run(args: argparse.Namespace) -> int:
                 where = f" (line {e.line})" if e.line is not None else ""
                 print(f"{path}: {pointer}: {e.message}{where}", file=sys.stderr)
         else:
+            for server in sectionless(policy, listings):
+                print(
+                    f"{path}: note: server {inert(server)} has no section of its own: its "
+                    "listing is checked against the top-level section",
+                    file=sys.stderr,
+                )
             missing = unlisted(policy, listings)
             for u in missing:
                 print(f"{path}: {u.message()}", file=sys.stderr)
@@ -91,7 +101,7 @@ def add_command(sub: Any) -> None:
     add_listing_options(validate)
     validate.add_argument(
         "--timeout",
-        type=float,
+        type=seconds,
         default=DEFAULT_TIMEOUT,
         metavar="SECONDS",
         help="for reading a --url listing",

@@ -4,16 +4,23 @@ be written is one sentence naming the option and the path, and exit status 2."""
 
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 
 from toolgate.cli import exits
+from toolgate.files import check_regular
 
 
 def write_file(path: str, data: str | bytes) -> None:
     """Write ``data`` to ``path``, making its directory if missing; OSError if it cannot."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    check_regular(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        # A file stands where its directory goes (mkdir's own word for it is "exists").
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(target.parent)) from None
     if isinstance(data, bytes):
         target.write_bytes(data)
     else:

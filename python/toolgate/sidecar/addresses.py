@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import re
 from collections.abc import Callable
 
@@ -16,6 +17,8 @@ _LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _PORT = re.compile(r"[0-9]{1,5}")
 
 FORMS = "HOST:PORT"
+#: The longest path a unix socket can be bound or connected at.
+UNIX_PATH_MAX = 107
 
 
 def _check_host(host: str, text: str) -> str:
@@ -79,6 +82,12 @@ def _unix_path(text: str) -> str | None:
     path = text.removeprefix("unix:")
     if not path or "\0" in path:
         raise ValueError(f"unix: needs a socket path, got {text!r}")
+    # A socket's address holds 108 bytes with the NUL that ends it (sockaddr_un on Linux).
+    if len(os.fsencode(path)) > UNIX_PATH_MAX:
+        raise ValueError(
+            f"a unix socket path is at most {UNIX_PATH_MAX} bytes, got "
+            f"{len(os.fsencode(path))}: {text!r}"
+        )
     return path
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from toolgate._core import Engine, Policy, Sidecar
 from toolgate.cli import exits
+from toolgate.files import check_regular
 from toolgate.sidecar import logs
 from toolgate.sidecar.addresses import check_listen, join_host_port, parse_host_port
 from toolgate.sidecar.approvals.grant_labels import GrantLabels, load_key
@@ -158,6 +159,12 @@ def serve(opts: ServeOptions) -> int:
         if opts.decision_log not in (None, "-"):
             # Made if missing, as the state directory is.
             parent = Path(opts.decision_log).parent
+            try:
+                check_regular(opts.decision_log)
+            except OSError as err:
+                log.error("--decision-log %s: %s", opts.decision_log, _reason(err))
+                state.remove_if_temporary()
+                return exits.UNUSABLE
             try:
                 parent.mkdir(parents=True, exist_ok=True)
             except OSError as err:

@@ -155,9 +155,9 @@ impl PyPolicy {
         self.inner.pins.iter().map(|f| f.path.clone()).collect()
     }
 
-    /// The tools the policy's rules name exactly (not by a glob): `(server, name, pointer)`,
-    /// `server` None for the top-level section. What `toolgate validate --tools` looks for in
-    /// a server's listing.
+    /// The tools the policy names exactly (not by a glob), in its rules and its `hide`:
+    /// `(server, name, pointer)`, `server` None for the top-level section. What `toolgate
+    /// validate --tools` looks for in a server's listing.
     fn named_tools(&self) -> Vec<(Option<String>, String, String)> {
         let sections = std::iter::once((None, &self.inner.root)).chain(
             self.inner
@@ -167,11 +167,11 @@ impl PyPolicy {
         );
         sections
             .flat_map(|(server, section)| {
-                section
-                    .tools
-                    .iter()
-                    .filter(|(name, _)| !toolgate_core::glob::is_glob(&name.text))
-                    .map(move |(name, _)| (server.clone(), name.text.clone(), name.pointer.clone()))
+                let ruled = section.tools.iter().map(|(name, _)| name);
+                ruled
+                    .chain(section.hide.of(toolgate_core::Kind::Tool))
+                    .filter(|name| !toolgate_core::glob::is_glob(&name.text))
+                    .map(move |name| (server.clone(), name.text.clone(), name.pointer.clone()))
             })
             .collect()
     }

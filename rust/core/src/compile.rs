@@ -57,6 +57,8 @@ pub struct LimitInfo {
 struct Tables {
     texts: Vec<Box<str>>,
     limits: Vec<LimitInfo>,
+    /// The counter table's slots, of which one caller's notes hold a share.
+    slots: usize,
 }
 
 impl Tables {
@@ -199,7 +201,8 @@ pub struct CompiledConfirmation {
 }
 
 /// Confirmed calls one grant may make while their nonces are remembered (twice the rule's
-/// timeout); calls without a grant share one count.
+/// timeout), in a table large enough (else its share: [`crate::owner::per_caller`]); calls
+/// without a grant share one count.
 pub const MAX_CONFIRMED_PER_CALLER: u32 = 1000;
 
 /// How long a user may take to answer when the rule gives no `timeout`: 5 minutes.
@@ -284,7 +287,10 @@ impl CompiledPolicy {
     /// `policy` compiled for an engine whose counter table has `slots` (what one caller's
     /// notes may hold of it: [`crate::owner::per_caller`]).
     pub fn compile(policy: Policy, slots: usize) -> Result<CompiledPolicy, String> {
-        let mut tables = Tables::default();
+        let mut tables = Tables {
+            slots,
+            ..Tables::default()
+        };
         let mut marks = AHashMap::new();
         let inherited = Inherited {
             pins: policy.root.pins.as_ref(),
@@ -311,13 +317,13 @@ impl CompiledPolicy {
             &mut tables,
             ["task owner", "tasks noted"],
             crate::tasks::KEEP_MS,
-            crate::owner::per_caller(crate::tasks::MAX_PER_CALLER, slots),
+            crate::tasks::MAX_PER_CALLER,
         );
         let sessions = Owned::compile(
             &mut tables,
             ["session owner", "sessions held"],
             crate::sessions::KEEP_MS,
-            crate::owner::per_caller(crate::sessions::MAX_PER_CALLER, slots),
+            crate::sessions::MAX_PER_CALLER,
         );
         let session_claim = internal_counter(
             &mut tables,
@@ -537,6 +543,7 @@ fn compile_confirmation(
     // A used nonce is remembered for twice a token's life: a replica whose clock (or the
     // store's) runs up to one timeout apart from the asking one still finds it used.
     let remembered_ms = timeout_ms.saturating_mul(2);
+    let cap = crate::owner::per_caller(MAX_CONFIRMED_PER_CALLER, tables.slots);
     let mut limit = |counter: &str, scope: Scope, max: f64, once: bool| {
         let identity = CounterKey::identity(&[
             b"confirmation\0",
@@ -555,14 +562,9 @@ fn compile_confirmation(
     };
     // One unit per nonce: a second use within the window finds no room.
     let once = limit("confirmation", Scope::Global, 1.0, true);
-    // Each used nonce holds a counter slot; one caller's are capped so that a client that
-    // confirms its own calls cannot crowd out everyone else's.
-    let per_caller = limit(
-        "confirmations",
-        Scope::Grant,
-        f64::from(MAX_CONFIRMED_PER_CALLER),
-        false,
-    );
+    // Each used nonce holds a counter slot; one caller's are capped, at a share of the
+    // table, so that a client that confirms its own calls cannot crowd out everyone else's.
+    let per_caller = limit("confirmations", Scope::Grant, f64::from(cap), false);
     let reason = rule.reason.clone().unwrap_or_else(|| {
         format!("{what} runs only once the user confirms it in their MCP client")
     });
@@ -669,14 +671,28 @@ fn compile_mark(mark: &MarkRule, tables: &mut Tables, marks: &mut Marks) -> Arc<
 /// nothing.
 pub struct Owned {
     pub owner: CompiledLimit,
+    /// A caller with a grant: its share of the table ([`crate::owner::per_caller`]).
     pub per_caller: CompiledLimit,
+    /// Every caller without a grant, one caller to the proxy: the whole cap (a share would
+    /// leave a deployment without credentials a sixty-fourth of its sessions). Its notes are
+    /// bounded as every key a client chooses is, by the table's client-chosen share.
+    pub anonymous: CompiledLimit,
 }
 
 impl Owned {
-    fn compile(tables: &mut Tables, names: [&str; 2], window_ms: u64, per_caller: u32) -> Owned {
-        let [owner, per_caller] = [(names[0], f64::INFINITY), (names[1], f64::from(per_caller))]
-            .map(|(counter, max)| internal_counter(tables, counter, max, window_ms));
-        Owned { owner, per_caller }
+    fn compile(tables: &mut Tables, names: [&str; 2], window_ms: u64, max: u32) -> Owned {
+        let share = crate::owner::per_caller(max, tables.slots);
+        let [owner, per_caller, anonymous] = [
+            (names[0], f64::INFINITY),
+            (names[1], f64::from(share)),
+            (names[1], f64::from(max)),
+        ]
+        .map(|(counter, max)| internal_counter(tables, counter, max, window_ms));
+        Owned {
+            owner,
+            per_caller,
+            anonymous,
+        }
     }
 }
 

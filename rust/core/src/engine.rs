@@ -677,8 +677,8 @@ impl Engine {
                             return out.finish(Code::InvalidRequest, reason, r.pointer);
                         }
                     }
-                    // The nonce is the first of the two.
-                    once_at = Some(enforced.len() - 2);
+                    // The nonce is the second of the two.
+                    once_at = Some(enforced.len() - 1);
                 }
             }
         }
@@ -1087,7 +1087,11 @@ impl Engine {
         subject: Subject<'_>,
         id: &str,
     ) -> bool {
-        let (owner, cap) = (&owned.owner, &owned.per_caller);
+        let cap = match subject.grant {
+            Some(_) => &owned.per_caller,
+            None => &owned.anonymous,
+        };
+        let owner = &owned.owner;
         // A grant a server vouched for keeps its notes where a verified one does, bounded
         // by its per-caller cap, a share of the table ([`owner::per_caller`]).
         let trusted = self.grant_trusted_for_room(&subject);
@@ -1340,15 +1344,17 @@ impl Engine {
             c.per_caller.granularity,
         )
         .chosen_by_client(!self.grant_trusted_for_room(&req.subject));
+        // The caller's cap before the nonce: a want refused leaves the slots the wants before
+        // it took, so a caller at its cap takes none with each answer it sends.
         Confirmed::Run([
-            Want {
-                limit: &c.once,
-                key,
-                amount: UNITS_PER_CALL,
-            },
             Want {
                 limit: &c.per_caller,
                 key: caller,
+                amount: UNITS_PER_CALL,
+            },
+            Want {
+                limit: &c.once,
+                key,
                 amount: UNITS_PER_CALL,
             },
         ])

@@ -10,6 +10,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from toolgate.files import read_regular
+
 
 def load_key(path: Path) -> bytes:
     """The deployment's key for hashing credentials, made (random, readable by its owner
@@ -17,13 +19,19 @@ def load_key(path: Path) -> bytes:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        key = path.read_bytes()
-        if len(key) < 32:
-            raise ValueError(f"{path}: a key file holds at least 32 bytes") from None
-        return key
+        return read_key(path)
     with os.fdopen(fd, "wb") as f:
         f.write(secrets.token_bytes(32))
-    return path.read_bytes()
+    return read_key(path)
+
+
+def read_key(path: Path) -> bytes:
+    """The key in ``path``: a regular file of at least 32 bytes (ValueError otherwise; OSError
+    if it cannot be read)."""
+    key = read_regular(path, limit=1 << 20)
+    if len(key) < 32:
+        raise ValueError(f"{path}: a key file holds at least 32 bytes")
+    return key
 
 
 @dataclass(frozen=True)
