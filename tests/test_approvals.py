@@ -162,14 +162,14 @@ def test_an_approver_approves_with_the_cli_and_the_call_runs_once(admin):
         refused = sc.approvals("mallory", "approve", id)
         assert refused.returncode == exits.UNUSABLE and "UNAUTHENTICATED" in refused.stderr
         refused = sc.approvals("bob", "approve", id)
-        assert refused.returncode == 1 and "PERMISSION_DENIED" in refused.stderr
+        assert refused.returncode == exits.UNUSABLE and "PERMISSION_DENIED" in refused.stderr
         assert sc.call().verdict == "REQUIRE_APPROVAL"
 
         (approved,) = sc.approvals("alice", "approve", id, "--reason", "change 42")
         assert (approved["state"], approved["decided_by"]) == ("APPROVED", "alice")
         assert approved["reason"] == "change 42"
         again = sc.approvals("alice", "approve", id)
-        assert again.returncode == 1 and "FAILED_PRECONDITION" in again.stderr
+        assert again.returncode == exits.UNUSABLE and "FAILED_PRECONDITION" in again.stderr
 
         # Other arguments are another call: they need their own approval.
         other = sc.call(ids=("i-2",))

@@ -11,8 +11,8 @@ from typing import Any
 _GLOB_CHARS = re.compile(r"([*?\[])")
 #: A tool name MCP allows, which a policy takes as a key as it is.
 _MCP_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
-#: Characters a one-character class holds as themselves.
-_PLAIN_IN_CLASS = re.compile(r"[^\]!^\\\-]")
+#: Characters a one-character class holds as themselves (``[!...]`` negates a class).
+_PLAIN_IN_CLASS = re.compile(r"[^!^]")
 
 
 def policy_key(name: str) -> str:
@@ -27,6 +27,14 @@ def policy_key(name: str) -> str:
         return name
     i = plain.start()
     return f"{name[:i]}[{name[i]}]{name[i + 1 :]}"
+
+
+def has_policy_key(name: str) -> bool:
+    """Whether some key matches exactly the tool ``name`` (not a name made only of ``!`` and
+    ``^``, which MCP does not allow and no one-character class holds)."""
+    return bool(name) and (
+        _MCP_NAME.fullmatch(name) is not None or _PLAIN_IN_CLASS.search(name) is not None
+    )
 
 
 def to_json(policy: Mapping[str, Any]) -> str:

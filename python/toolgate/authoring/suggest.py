@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from toolgate.authoring import policy_text
-from toolgate.authoring.policy_text import policy_key
+from toolgate.authoring.policy_text import has_policy_key, policy_key
 from toolgate.scanner.categories import CATEGORIES, Category
 from toolgate.scanner.classify import Classification
 
@@ -129,7 +129,8 @@ def suggest(
     ``annotations`` (each tool's, by name) decide the flow rules."""
     options = options or Options()
     annotations = annotations or {}
-    classifications = list(classifications)
+    # A tool no key can name alone (its name only '!' and '^') is left to the default.
+    classifications = [c for c in classifications if has_policy_key(c.name)]
     tools: dict[str, Any] = {}
     hide: list[str] = []
     for c in classifications:

@@ -62,10 +62,9 @@ pub fn policy_error(py: Python<'_>, errors: PolicyErrors) -> PyErr {
         .map(ValidationError::__str__)
         .collect::<Vec<_>>()
         .join("\n");
-    let err = PolicyError::new_err(format!(
-        "invalid policy ({} errors):\n{text}",
-        details.len()
-    ));
+    let n = details.len();
+    let errors = if n == 1 { "error" } else { "errors" };
+    let err = PolicyError::new_err(format!("invalid policy ({n} {errors}):\n{text}"));
     if let Ok(list) = PyList::new(py, details) {
         let _ = err.value(py).setattr("errors", list);
     }
