@@ -13,10 +13,10 @@ import argparse
 import difflib
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-import yaml
+from toolgate._core import read_document
+from toolgate.files import read_regular
 
 PREFIX = "TOOLGATE_"
 #: Values a flag without a value (``--metrics-per-tool``) takes from a variable.
@@ -56,14 +56,19 @@ def given_on_command_line(parser: argparse.ArgumentParser, words: Sequence[str])
 
 
 def read_file(path: str) -> dict[str, Any]:
+    """The file's mapping, read as policies are (YAML or JSON; a key twice is refused)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_regular(path).decode("utf-8")
     except OSError as err:
         raise ConfigError(f"--config {path}: {err.strerror or err}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"--config {path}: not UTF-8") from None
+    if not text.strip():
+        return {}
     try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"--config {path}: not YAML: {err}") from None
+        document, _ = read_document(text, format="yaml", path=path)
+    except ValueError as err:
+        raise ConfigError(f"--config {path}: {err}") from None
     if document is None:
         return {}
     if not isinstance(document, dict) or not all(isinstance(k, str) for k in document):
@@ -82,8 +87,8 @@ def _value(action: argparse.Action, raw: Any, where: str) -> Any:
         raise ConfigError(f"{where}: expected true or false, got {raw!r}")
     if isinstance(raw, dict | list) or raw is None:
         raise ConfigError(f"{where}: expected one value, got {raw!r}")
-    # YAML reads `off` as false: the text is what the flag would have been given.
-    text = {True: "on", False: "off"}.get(raw, str(raw)) if isinstance(raw, bool) else str(raw)
+    # A flag's text, as given on the command line (true and false for a word that takes them).
+    text = {True: "true", False: "false"}.get(raw, str(raw)) if isinstance(raw, bool) else str(raw)
     try:
         value = action.type(text) if callable(action.type) else text
     except argparse.ArgumentTypeError as err:
