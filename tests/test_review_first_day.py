@@ -42,9 +42,9 @@ from ext_mcp import ExtMcp
 from google.rpc import code_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sidecar import PATIENCE, Sidecar, free_port
+from test_envoy_authz_api import Authz
 
 CLI = [sys.executable, "-m", "toolgate.cli"]
-CHECK = "/envoy.service.auth.v3.Authorization/Check"
 Ctx = attribute_context_pb2.AttributeContext
 
 # --- helpers --------------------------------------------------------------------------------
@@ -97,16 +97,8 @@ def write(path: Path, document: Any) -> Path:
     return path
 
 
-class Gate:
+class Gate(Authz):
     """ext_authz ``Check`` calls to a sidecar, as Envoy sends them (the body whole)."""
-
-    def __init__(self, sidecar: Sidecar) -> None:
-        self.sidecar = sidecar
-        self.stub = sidecar.channel().unary_unary(
-            CHECK,
-            request_serializer=external_auth_pb2.CheckRequest.SerializeToString,
-            response_deserializer=external_auth_pb2.CheckResponse.FromString,
-        )
 
     def check(self, grant: str | None, body: str, session: str | None = None) -> tuple[bool, Any]:
         """(forwarded, the JSON-RPC message answered otherwise)."""

@@ -4,7 +4,6 @@ and deciding as the categories say on a real engine."""
 from __future__ import annotations
 
 import json
-import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -15,14 +14,13 @@ from conftest import POLICYLAYER_EXAMPLES, make_engine
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_classify import POLICYLAYER_EXAMPLE_TOOLS, labelled
+from toolgate._core import is_mcp_tool_name
 from toolgate.authoring.policy_text import has_policy_key, policy_key, to_json
 from toolgate.authoring.suggest import Options, suggest, to_yaml
 from toolgate.cli import exits
 from toolgate.cli.main import main
 from toolgate.scanner.classify import classify, classify_all
 
-#: A tool name MCP allows.
-MCP_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 GRANT = {"grant": "alice"}
 
 #: The code each category's tools get under the default starter policy.
@@ -200,7 +198,7 @@ def test_any_tool_names_give_a_loading_policy(tools: list[tuple[str, str]]) -> N
         decision = engine.decide(c.name, **GRANT)
         expected = DEFAULT_DECISION[c.category]
         # No approval is opened for a name MCP does not allow: a person would read it.
-        if expected == "APPROVAL_REQUIRED" and not MCP_NAME.fullmatch(c.name):
+        if expected == "APPROVAL_REQUIRED" and not is_mcp_tool_name(c.name):
             expected = "INVALID_REQUEST"
         # A name no key matches alone ("!", "^^") is left to the default.
         if not has_policy_key(c.name):

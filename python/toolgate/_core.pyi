@@ -43,6 +43,7 @@ __all__ = [
     "format_window",
     "inert",
     "inert_json",
+    "is_mcp_tool_name",
     "read_document",
     "read_maxmemory_policy",
     "read_mcp_request",
@@ -96,6 +97,10 @@ def inert(text: str) -> str:
     """``text`` safe to show a person: control, format and line-separator characters written
     ``\\u{HEX}``, backslashes doubled. For everything an agent sent (tool names, arguments,
     session and agent ids) before a terminal, chat or log shows it."""
+
+def is_mcp_tool_name(name: str) -> bool:
+    """Whether ``name`` is a tool name MCP allows (1 to 128 of ``A-Z a-z 0-9 _ - .``): the
+    rule a policy holds its tool keys to."""
 
 def inert_json(json: str) -> str:
     """Compact JSON text (as the engine writes it) with every character ``inert`` escapes

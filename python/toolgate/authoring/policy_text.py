@@ -8,9 +8,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from toolgate._core import is_mcp_tool_name
+
 _GLOB_CHARS = re.compile(r"([*?\[])")
-#: A tool name MCP allows, which a policy takes as a key as it is.
-_MCP_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 #: Characters a one-character class holds as themselves (``[!...]`` negates a class).
 _PLAIN_IN_CLASS = re.compile(r"[^!^]")
 
@@ -23,7 +23,7 @@ def policy_key(name: str) -> str:
     if _GLOB_CHARS.search(name):
         return _GLOB_CHARS.sub(r"[\1]", name)
     plain = _PLAIN_IN_CLASS.search(name)
-    if _MCP_NAME.fullmatch(name) or plain is None:
+    if is_mcp_tool_name(name) or plain is None:
         return name
     i = plain.start()
     return f"{name[:i]}[{name[i]}]{name[i + 1 :]}"
@@ -32,9 +32,7 @@ def policy_key(name: str) -> str:
 def has_policy_key(name: str) -> bool:
     """Whether some key matches exactly the tool ``name`` (not a name made only of ``!`` and
     ``^``, which MCP does not allow and no one-character class holds)."""
-    return bool(name) and (
-        _MCP_NAME.fullmatch(name) is not None or _PLAIN_IN_CLASS.search(name) is not None
-    )
+    return is_mcp_tool_name(name) or _PLAIN_IN_CLASS.search(name) is not None
 
 
 def to_json(policy: Mapping[str, Any]) -> str:

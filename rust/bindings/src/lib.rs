@@ -27,6 +27,13 @@ fn inert(text: &str) -> String {
     toolgate_core::inert::escape(text).into_owned()
 }
 
+/// Whether `name` is a tool name MCP allows (1 to 128 of `A-Z a-z 0-9 _ - .`): the rule
+/// policies hold their tool keys to (`toolgate_core::approval_text`).
+#[pyfunction]
+fn is_mcp_tool_name(name: &str) -> bool {
+    toolgate_core::approval_text::is_mcp_tool_name(name)
+}
+
 /// A window for people: `1m`, `90s`, `1500ms` (as the engine's reasons write it).
 #[pyfunction]
 fn format_window(ms: u64) -> String {
@@ -91,6 +98,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(mcp::read_mcp_request, m)?)?;
     m.add_function(wrap_pyfunction!(document::read_document, m)?)?;
     m.add_function(wrap_pyfunction!(inert, m)?)?;
+    m.add_function(wrap_pyfunction!(is_mcp_tool_name, m)?)?;
     m.add_function(wrap_pyfunction!(inert_json, m)?)?;
     m.add_function(wrap_pyfunction!(tool_digest, m)?)?;
     m.add_function(wrap_pyfunction!(argument_digest, m)?)?;

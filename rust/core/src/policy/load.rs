@@ -1396,8 +1396,9 @@ const WINDOW_FORMS: &str = "second, minute, hour, day, a number of seconds, \
 /// A window or timeout in ms: a unit name, a number of seconds, or a duration string.
 /// Why a key of `kind` would never find what its writer means, if it would not: a glob over
 /// URIs whose `[...]` holds a `:` (an IPv6 host's brackets, read as a class of characters:
-/// `[[]` is a literal `[`); a tool name MCP does not allow (most likely a typo); or a method a `methods` rule never decides, as what it names
-/// decides it or it passes as the protocol's plumbing.
+/// `[[]` is a literal `[`); a tool name MCP does not allow (most likely a typo); or a method
+/// a `methods` rule never decides, as what it names decides it or it passes as the
+/// protocol's plumbing.
 fn never_matched(kind: Kind, key: &str) -> Option<String> {
     match kind {
         Kind::Tool if !crate::glob::is_glob(key) && !is_mcp_tool_name(key) => Some(format!(
