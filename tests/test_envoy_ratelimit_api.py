@@ -163,3 +163,16 @@ def test_a_window_without_an_envoy_unit_reports_unknown_unit(rls):
     assert r.overall_code == OK
     assert r.statuses[0].current_limit.unit == Response.RateLimit.UNKNOWN
     assert r.statuses[0].current_limit.requests_per_unit == 2
+
+
+def test_remote_address_is_the_peer_and_also_an_attribute(rls):
+    """Envoy's ``remote_address`` action: the client's address, by which room for made-up
+    credentials is shared out (docs/counters.md); an entry that is no IP address is refused."""
+    for address in ("192.0.2.1", "2001:db8::1", "::ffff:192.0.2.1"):
+        r = rls(descriptor(tool="create-ami", grant=fresh(), remote_address=address))
+        assert r.overall_code == OK, address
+    for address in ("192.0.2.01", "host.example", "fe80::1%eth0", ""):
+        r = rls(descriptor(tool="create-ami", grant=fresh(), remote_address=address))
+        assert r.overall_code == OVER, address
+        assert headers(r)["x-toolgate-code"] == "INVALID_REQUEST", address
+        assert b'entry "remote_address" is not an IP address' in r.raw_body, address

@@ -23,7 +23,7 @@ from sidecar import PATIENCE, Sidecar
 from test_approvals import TOKENS, Approving, admin  # noqa: F401  (a fixture)
 from test_approvals_bounds import DOC as APPROVAL_DOC
 from test_approvals_bounds import _h2_calls, _statuses
-from test_vouched_grants import CAPACITY, DOC, EXT_PROC, REAL, made_up_flood
+from test_vouched_grants import CAPACITY, DOC, EXT_PROC, FLOODED, REAL, made_up_flood
 from toolgate.v1 import approvals_pb2, approvals_pb2_grpc
 
 needs_envoy = pytest.mark.skipif(
@@ -118,7 +118,7 @@ def test_nothing_a_made_up_token_sends_gets_it_vouched_for(gate):
 def test_a_vouched_grants_trust_does_not_reach_a_made_up_token(gate):
     sidecar, envoy = gate
     made_up_flood(envoy, 40)
-    assert sidecar.metric("toolgate_counter_table_client_slots") == 32
+    assert sidecar.metric("toolgate_counter_table_client_slots") == FLOODED
     status, session = initialize(envoy, bearer(REAL[0]))
     assert status == 200 and session
     assert vouched(sidecar) == 1
@@ -133,14 +133,14 @@ def test_a_vouched_grants_trust_does_not_reach_a_made_up_token(gate):
         status, _, body = send(envoy, "POST", LIST, headers)
         assert status != 200, (sid, body)
     assert vouched(sidecar) == 1
-    assert sidecar.metric("toolgate_counter_table_client_slots") == 32
+    assert sidecar.metric("toolgate_counter_table_client_slots") == FLOODED
 
 
 @needs_envoy
 def test_one_vouched_credential_cannot_take_every_trusted_slot(gate):
     sidecar, envoy = gate
     made_up_flood(envoy, 40)
-    assert sidecar.metric("toolgate_counter_table_client_slots") == 32
+    assert sidecar.metric("toolgate_counter_table_client_slots") == FLOODED
     assert initialize(envoy, bearer(REAL[0]))[0] == 200
     assert vouched(sidecar) == 1
     # The holder of one real token names sessions the server never handed out.

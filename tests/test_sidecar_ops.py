@@ -150,6 +150,7 @@ def test_metrics_text_is_valid_prometheus_exposition():
         "toolgate_vouched_grants": "gauge",
         "toolgate_counter_table_slots_capacity": "gauge",
         "toolgate_counter_table_full_total": "counter",
+        "toolgate_counter_table_peer_refusals_total": "counter",
         "toolgate_confirmed_calls_total": "counter",
         "toolgate_decision_log_lines_total": "counter",
         "toolgate_decision_log_dropped_total": "counter",

@@ -35,7 +35,9 @@ _RELEASE = f"/{DECIDER}/Release"
 
 
 class CallOptions(TypedDict, total=False):
-    """The keywords of ``decide``, as for ``Engine.decide``."""
+    """The keywords of ``decide``, as for ``Engine.decide``; and ``peer_address``, the
+    network address the agent's request came from, by which the counter table's room for
+    unverified credentials is shared out once it runs short (docs/counters.md)."""
 
     server: str | None
     grant: str | None
@@ -44,6 +46,7 @@ class CallOptions(TypedDict, total=False):
     attributes: Mapping[str, str] | None
     arguments: Mapping[str, Any] | str | bytes | None
     dry_run: bool
+    peer_address: str | None
 
 
 class Call(CallOptions, total=False):
@@ -62,6 +65,7 @@ def _request(
     attributes: Mapping[str, str] | None = None,
     arguments: Mapping[str, Any] | str | bytes | None = None,
     dry_run: bool = False,
+    peer_address: str | None = None,
 ) -> decider_pb2.DecideRequest:
     if arguments is None:
         arguments_json = b""
@@ -79,6 +83,7 @@ def _request(
             session=session or "",
             agent=agent or "",
             attributes=dict(attributes or {}),
+            peer_address=peer_address or "",
         ),
         arguments_json=arguments_json,
         dry_run=dry_run,

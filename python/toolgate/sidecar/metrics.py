@@ -179,6 +179,12 @@ class EngineCollector(Collector):
             value=stats["table_full"],
         )
         yield CounterMetricFamily(
+            "toolgate_counter_table_peer_refusals",
+            "New keys a client chose refused because the share for them was three quarters"
+            " taken and the request's network address held its part of it.",
+            value=stats["table_peer_refusals"],
+        )
+        yield CounterMetricFamily(
             "toolgate_confirmed_calls",
             "Calls that ran on their user's confirmation in their MCP client "
             "(require_confirmation); the questions and refusals are toolgate_decisions_total's "

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19toolgate/v1/decider.proto\x12\x0btoolgate.v1\"\xa5\x01\n\x07Subject\x12\r\n\x05grant\x18\x01 \x01(\t\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12\x0f\n\x07session\x18\x03 \x01(\t\x12\x38\n\nattributes\x18\x04 \x03(\x0b\x32$.toolgate.v1.Subject.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"}\n\rDecideRequest\x12\x0e\n\x06server\x18\x01 \x01(\t\x12\x0c\n\x04tool\x18\x02 \x01(\t\x12%\n\x07subject\x18\x03 \x01(\x0b\x32\x14.toolgate.v1.Subject\x12\x16\n\x0e\x61rguments_json\x18\x04 \x01(\x0c\x12\x0f\n\x07\x64ry_run\x18\x05 \x01(\x08\"\x82\x01\n\nLimitState\x12\x0f\n\x07\x63ounter\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\r\n\x05scope\x18\x03 \x01(\t\x12\x0b\n\x03max\x18\x04 \x01(\x01\x12\x11\n\tremaining\x18\x05 \x01(\x01\x12\x13\n\x0breset_in_ms\x18\x06 \x01(\x04\x12\x11\n\twindow_ms\x18\x07 \x01(\x04\"\xa0\x03\n\x0e\x44\x65\x63ideResponse\x12%\n\x07verdict\x18\x01 \x01(\x0e\x32\x14.toolgate.v1.Verdict\x12\x1f\n\x04\x63ode\x18\x02 \x01(\x0e\x32\x11.toolgate.v1.Code\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0c\n\x04rule\x18\x04 \x01(\t\x12\x1b\n\x0eretry_after_ms\x18\x05 \x01(\x04H\x00\x88\x01\x01\x12\'\n\x06limits\x18\x06 \x03(\x0b\x32\x17.toolgate.v1.LimitState\x12\x10\n\x08revision\x18\x07 \x01(\t\x12\x0e\n\x06shadow\x18\x08 \x01(\x08\x12\x13\n\x0breservation\x18\t \x01(\x04\x12\x13\n\x0b\x61pproval_id\x18\n \x01(\t\x12>\n\nmarks_read\x18\x0b \x03(\x0b\x32*.toolgate.v1.DecideResponse.MarksReadEntry\x12\x11\n\tmarks_set\x18\x0c \x03(\t\x1a\x30\n\x0eMarksReadEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x11\n\x0f_retry_after_ms\"B\n\x12\x44\x65\x63ideBatchRequest\x12,\n\x08requests\x18\x01 \x03(\x0b\x32\x1a.toolgate.v1.DecideRequest\"E\n\x13\x44\x65\x63ideBatchResponse\x12.\n\tresponses\x18\x01 \x03(\x0b\x32\x1b.toolgate.v1.DecideResponse\"%\n\x0eReleaseRequest\x12\x13\n\x0breservation\x18\x01 \x01(\x04\"#\n\x0fReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x08*M\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\t\n\x05\x41LLOW\x10\x01\x12\x08\n\x04\x44\x45NY\x10\x02\x12\x14\n\x10REQUIRE_APPROVAL\x10\x03*\x83\x03\n\x04\x43ode\x12\x14\n\x10\x43ODE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x41LLOWED\x10\x01\x12\n\n\x06HIDDEN\x10\x02\x12\x10\n\x0c\x44\x45\x46\x41ULT_DENY\x10\x03\x12\r\n\tRULE_DENY\x10\x04\x12\x14\n\x10\x43ONDITION_FAILED\x10\x05\x12\x10\n\x0cRATE_LIMITED\x10\x06\x12\x15\n\x11\x41PPROVAL_REQUIRED\x10\x07\x12\x13\n\x0fINVALID_REQUEST\x10\x08\x12\x13\n\x0f\x41PPROVAL_DENIED\x10\t\x12\x15\n\x11STORE_UNAVAILABLE\x10\n\x12\x10\n\x0cTOOL_CHANGED\x10\x0b\x12\x11\n\rTOOL_UNPINNED\x10\x0c\x12\x19\n\x15\x43ONFIRMATION_REQUIRED\x10\r\x12\x19\n\x15\x43ONFIRMATION_DECLINED\x10\x0e\x12\x18\n\x14\x43ONFIRMATION_EXPIRED\x10\x0f\x12\x18\n\x14\x43ONFIRMATION_INVALID\x10\x10\x12\x1c\n\x18\x43ONFIRMATION_UNAVAILABLE\x10\x11\x32\xe4\x01\n\x07\x44\x65\x63ider\x12\x41\n\x06\x44\x65\x63ide\x12\x1a.toolgate.v1.DecideRequest\x1a\x1b.toolgate.v1.DecideResponse\x12P\n\x0b\x44\x65\x63ideBatch\x12\x1f.toolgate.v1.DecideBatchRequest\x1a .toolgate.v1.DecideBatchResponse\x12\x44\n\x07Release\x12\x1b.toolgate.v1.ReleaseRequest\x1a\x1c.toolgate.v1.ReleaseResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19toolgate/v1/decider.proto\x12\x0btoolgate.v1\"\xbb\x01\n\x07Subject\x12\r\n\x05grant\x18\x01 \x01(\t\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12\x0f\n\x07session\x18\x03 \x01(\t\x12\x38\n\nattributes\x18\x04 \x03(\x0b\x32$.toolgate.v1.Subject.AttributesEntry\x12\x14\n\x0cpeer_address\x18\x05 \x01(\t\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"}\n\rDecideRequest\x12\x0e\n\x06server\x18\x01 \x01(\t\x12\x0c\n\x04tool\x18\x02 \x01(\t\x12%\n\x07subject\x18\x03 \x01(\x0b\x32\x14.toolgate.v1.Subject\x12\x16\n\x0e\x61rguments_json\x18\x04 \x01(\x0c\x12\x0f\n\x07\x64ry_run\x18\x05 \x01(\x08\"\x82\x01\n\nLimitState\x12\x0f\n\x07\x63ounter\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\r\n\x05scope\x18\x03 \x01(\t\x12\x0b\n\x03max\x18\x04 \x01(\x01\x12\x11\n\tremaining\x18\x05 \x01(\x01\x12\x13\n\x0breset_in_ms\x18\x06 \x01(\x04\x12\x11\n\twindow_ms\x18\x07 \x01(\x04\"\xa0\x03\n\x0e\x44\x65\x63ideResponse\x12%\n\x07verdict\x18\x01 \x01(\x0e\x32\x14.toolgate.v1.Verdict\x12\x1f\n\x04\x63ode\x18\x02 \x01(\x0e\x32\x11.toolgate.v1.Code\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0c\n\x04rule\x18\x04 \x01(\t\x12\x1b\n\x0eretry_after_ms\x18\x05 \x01(\x04H\x00\x88\x01\x01\x12\'\n\x06limits\x18\x06 \x03(\x0b\x32\x17.toolgate.v1.LimitState\x12\x10\n\x08revision\x18\x07 \x01(\t\x12\x0e\n\x06shadow\x18\x08 \x01(\x08\x12\x13\n\x0breservation\x18\t \x01(\x04\x12\x13\n\x0b\x61pproval_id\x18\n \x01(\t\x12>\n\nmarks_read\x18\x0b \x03(\x0b\x32*.toolgate.v1.DecideResponse.MarksReadEntry\x12\x11\n\tmarks_set\x18\x0c \x03(\t\x1a\x30\n\x0eMarksReadEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x11\n\x0f_retry_after_ms\"B\n\x12\x44\x65\x63ideBatchRequest\x12,\n\x08requests\x18\x01 \x03(\x0b\x32\x1a.toolgate.v1.DecideRequest\"E\n\x13\x44\x65\x63ideBatchResponse\x12.\n\tresponses\x18\x01 \x03(\x0b\x32\x1b.toolgate.v1.DecideResponse\"%\n\x0eReleaseRequest\x12\x13\n\x0breservation\x18\x01 \x01(\x04\"#\n\x0fReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x08*M\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\t\n\x05\x41LLOW\x10\x01\x12\x08\n\x04\x44\x45NY\x10\x02\x12\x14\n\x10REQUIRE_APPROVAL\x10\x03*\x83\x03\n\x04\x43ode\x12\x14\n\x10\x43ODE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x41LLOWED\x10\x01\x12\n\n\x06HIDDEN\x10\x02\x12\x10\n\x0c\x44\x45\x46\x41ULT_DENY\x10\x03\x12\r\n\tRULE_DENY\x10\x04\x12\x14\n\x10\x43ONDITION_FAILED\x10\x05\x12\x10\n\x0cRATE_LIMITED\x10\x06\x12\x15\n\x11\x41PPROVAL_REQUIRED\x10\x07\x12\x13\n\x0fINVALID_REQUEST\x10\x08\x12\x13\n\x0f\x41PPROVAL_DENIED\x10\t\x12\x15\n\x11STORE_UNAVAILABLE\x10\n\x12\x10\n\x0cTOOL_CHANGED\x10\x0b\x12\x11\n\rTOOL_UNPINNED\x10\x0c\x12\x19\n\x15\x43ONFIRMATION_REQUIRED\x10\r\x12\x19\n\x15\x43ONFIRMATION_DECLINED\x10\x0e\x12\x18\n\x14\x43ONFIRMATION_EXPIRED\x10\x0f\x12\x18\n\x14\x43ONFIRMATION_INVALID\x10\x10\x12\x1c\n\x18\x43ONFIRMATION_UNAVAILABLE\x10\x11\x32\xe4\x01\n\x07\x44\x65\x63ider\x12\x41\n\x06\x44\x65\x63ide\x12\x1a.toolgate.v1.DecideRequest\x1a\x1b.toolgate.v1.DecideResponse\x12P\n\x0b\x44\x65\x63ideBatch\x12\x1f.toolgate.v1.DecideBatchRequest\x1a .toolgate.v1.DecideBatchResponse\x12\x44\n\x07Release\x12\x1b.toolgate.v1.ReleaseRequest\x1a\x1c.toolgate.v1.ReleaseResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,30 +35,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBJECT_ATTRIBUTESENTRY']._serialized_options = b'8\001'
   _globals['_DECIDERESPONSE_MARKSREADENTRY']._loaded_options = None
   _globals['_DECIDERESPONSE_MARKSREADENTRY']._serialized_options = b'8\001'
-  _globals['_VERDICT']._serialized_start=1104
-  _globals['_VERDICT']._serialized_end=1181
-  _globals['_CODE']._serialized_start=1184
-  _globals['_CODE']._serialized_end=1571
+  _globals['_VERDICT']._serialized_start=1126
+  _globals['_VERDICT']._serialized_end=1203
+  _globals['_CODE']._serialized_start=1206
+  _globals['_CODE']._serialized_end=1593
   _globals['_SUBJECT']._serialized_start=43
-  _globals['_SUBJECT']._serialized_end=208
-  _globals['_SUBJECT_ATTRIBUTESENTRY']._serialized_start=159
-  _globals['_SUBJECT_ATTRIBUTESENTRY']._serialized_end=208
-  _globals['_DECIDEREQUEST']._serialized_start=210
-  _globals['_DECIDEREQUEST']._serialized_end=335
-  _globals['_LIMITSTATE']._serialized_start=338
-  _globals['_LIMITSTATE']._serialized_end=468
-  _globals['_DECIDERESPONSE']._serialized_start=471
-  _globals['_DECIDERESPONSE']._serialized_end=887
-  _globals['_DECIDERESPONSE_MARKSREADENTRY']._serialized_start=820
-  _globals['_DECIDERESPONSE_MARKSREADENTRY']._serialized_end=868
-  _globals['_DECIDEBATCHREQUEST']._serialized_start=889
-  _globals['_DECIDEBATCHREQUEST']._serialized_end=955
-  _globals['_DECIDEBATCHRESPONSE']._serialized_start=957
-  _globals['_DECIDEBATCHRESPONSE']._serialized_end=1026
-  _globals['_RELEASEREQUEST']._serialized_start=1028
-  _globals['_RELEASEREQUEST']._serialized_end=1065
-  _globals['_RELEASERESPONSE']._serialized_start=1067
-  _globals['_RELEASERESPONSE']._serialized_end=1102
-  _globals['_DECIDER']._serialized_start=1574
-  _globals['_DECIDER']._serialized_end=1802
+  _globals['_SUBJECT']._serialized_end=230
+  _globals['_SUBJECT_ATTRIBUTESENTRY']._serialized_start=181
+  _globals['_SUBJECT_ATTRIBUTESENTRY']._serialized_end=230
+  _globals['_DECIDEREQUEST']._serialized_start=232
+  _globals['_DECIDEREQUEST']._serialized_end=357
+  _globals['_LIMITSTATE']._serialized_start=360
+  _globals['_LIMITSTATE']._serialized_end=490
+  _globals['_DECIDERESPONSE']._serialized_start=493
+  _globals['_DECIDERESPONSE']._serialized_end=909
+  _globals['_DECIDERESPONSE_MARKSREADENTRY']._serialized_start=842
+  _globals['_DECIDERESPONSE_MARKSREADENTRY']._serialized_end=890
+  _globals['_DECIDEBATCHREQUEST']._serialized_start=911
+  _globals['_DECIDEBATCHREQUEST']._serialized_end=977
+  _globals['_DECIDEBATCHRESPONSE']._serialized_start=979
+  _globals['_DECIDEBATCHRESPONSE']._serialized_end=1048
+  _globals['_RELEASEREQUEST']._serialized_start=1050
+  _globals['_RELEASEREQUEST']._serialized_end=1087
+  _globals['_RELEASERESPONSE']._serialized_start=1089
+  _globals['_RELEASERESPONSE']._serialized_end=1124
+  _globals['_DECIDER']._serialized_start=1596
+  _globals['_DECIDER']._serialized_end=1824
 # @@protoc_insertion_point(module_scope)

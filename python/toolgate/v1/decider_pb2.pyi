@@ -58,7 +58,7 @@ CONFIRMATION_INVALID: Code
 CONFIRMATION_UNAVAILABLE: Code
 
 class Subject(_message.Message):
-    __slots__ = ("grant", "agent", "session", "attributes")
+    __slots__ = ("grant", "agent", "session", "attributes", "peer_address")
     class AttributesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -70,11 +70,13 @@ class Subject(_message.Message):
     AGENT_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    PEER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     grant: str
     agent: str
     session: str
     attributes: _containers.ScalarMap[str, str]
-    def __init__(self, grant: _Optional[str] = ..., agent: _Optional[str] = ..., session: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    peer_address: str
+    def __init__(self, grant: _Optional[str] = ..., agent: _Optional[str] = ..., session: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ..., peer_address: _Optional[str] = ...) -> None: ...
 
 class DecideRequest(_message.Message):
     __slots__ = ("server", "tool", "subject", "arguments_json", "dry_run")

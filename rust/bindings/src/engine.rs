@@ -13,6 +13,7 @@ use toolgate_core::args::parse_json_arguments;
 use toolgate_core::clock::Clock;
 use toolgate_core::confirmation::Confirming;
 use toolgate_core::counter::CounterTable;
+use toolgate_core::counter::Peer;
 use toolgate_core::engine::{DEFAULT_CAPACITY, DEFAULT_RESERVATIONS};
 use toolgate_core::explain::Recorder;
 use toolgate_core::stats::Api;
@@ -88,6 +89,8 @@ impl PyEngine {
             agent: call.agent,
             attributes: &attribute_pairs,
             grant_verified: call.grant_verified,
+            // Decided in-process (authoring tools, tests): no network address.
+            peer: Peer::UNKNOWN,
         };
         let (tool, server, dry_run, hits) = (call.tool, call.server, call.dry_run, call.hits);
         let asking = Confirming {
@@ -328,6 +331,7 @@ impl PyEngine {
             agent,
             attributes: &pairs,
             grant_verified,
+            peer: Peer::UNKNOWN,
         };
         let policy = self.inner.policy();
         let mut seen = Vec::new();
@@ -408,6 +412,7 @@ impl PyEngine {
         d.set_item("table_capacity", self.inner.table().capacity())?;
         d.set_item("table_occupied", self.inner.table().occupied())?;
         d.set_item("table_client_slots", self.inner.table().client_slots())?;
+        d.set_item("table_peer_refusals", self.inner.table().peer_full_events())?;
         d.set_item("vouched_grants", self.inner.vouched_grants())?;
         let outcomes: Vec<(&str, &str, &str, u64)> = self
             .inner

@@ -8,6 +8,7 @@
 //! left to right.
 
 use crate::args::{json_equal, ArgValue, Kind, Num};
+use crate::counter::Peer;
 use crate::definition::{Definition, Hints};
 pub use crate::evaluation::{Outcome, Problem};
 pub use crate::marks::{MarkState, Marks};
@@ -28,6 +29,9 @@ pub struct Subject<'a> {
     /// may be shown to approvers and written to logs as it is. Otherwise only a keyed hash
     /// of it ever leaves the process.
     pub grant_verified: bool,
+    /// The network address the request came from, as the proxy gives it: new counters a
+    /// client chooses are shared out by it ([`crate::counter::peers`]).
+    pub peer: Peer,
 }
 
 /// Everything a condition path can reach.

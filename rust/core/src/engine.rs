@@ -17,7 +17,7 @@ use crate::compile::{
 use crate::condition::{Facts, Outcome, Problem, Subject};
 use crate::confirmation::{self, ConfirmKey, Confirming, FIRST_REVISION};
 use crate::counter::reservation::{Part, MAX_PARTS};
-use crate::counter::{to_units, CounterKey, CounterTable, UNITS_PER_CALL};
+use crate::counter::{to_units, CounterKey, CounterTable, Peer, UNITS_PER_CALL};
 use crate::cursors::{self, CursorKey};
 use crate::decision::{Code, Confirmation, Decision, Limits, Text, Verdict};
 use crate::decision_log::{Call, DecisionSink, Record};
@@ -605,8 +605,17 @@ impl Engine {
             let (parts, limits) = (&mut limiter::Parts::new(), &mut Limits::new());
             let reads = reading.as_ref().map_or(&[][..], |r| &r.reads[..]);
             let nothing = Denying::default();
-            let (found, bits) =
-                self.reserve_group(&[], reads, nothing, now_ns, false, parts, limits, trace);
+            let (found, bits) = self.reserve_group(
+                &[],
+                Peer::UNKNOWN,
+                reads,
+                nothing,
+                now_ns,
+                false,
+                parts,
+                limits,
+                trace,
+            );
             if let limiter::Outcome::Unavailable { reason, .. } = found {
                 let mut d = out.finish(Code::StoreUnavailable, reason, section.default_rule);
                 d.retry_after_ms = Some(1000);
@@ -720,6 +729,7 @@ impl Engine {
                 let before = limits.len();
                 let (outcome, read) = self.reserve_group(
                     wants,
+                    req.subject.peer,
                     group_reads,
                     if shadow { Denying::default() } else { denying },
                     now_ns,
@@ -933,6 +943,7 @@ impl Engine {
     fn reserve_group<T: Trace>(
         &self,
         wants: &[Want<'_>],
+        peer: Peer,
         reads: &[Read],
         denying: Denying,
         now_ns: u64,
@@ -946,6 +957,7 @@ impl Engine {
                 let outcome = limiter::reserve_traced(
                     &self.table,
                     wants,
+                    peer,
                     now_ns,
                     consume,
                     parts,
@@ -964,6 +976,7 @@ impl Engine {
             Some(s) => s.reserve(
                 &self.stats,
                 wants,
+                peer,
                 reads,
                 denying,
                 now_ns,
@@ -1121,10 +1134,7 @@ impl Engine {
             key: note.chosen_by_client(note.client_chosen && !trusted),
             amount: UNITS_PER_CALL,
         });
-        let (mut parts, mut limits) = (limiter::Parts::new(), Limits::default());
-        let now_ns = self.clock.now_ns();
-        let (outcome, _) =
-            self.reserve_in_store(&wants, &[], now_ns, true, &mut parts, &mut limits);
+        let (outcome, _) = self.reserve_in_store(&wants, subject.peer, &[], true);
         matches!(outcome, limiter::Outcome::Reserved)
     }
 
@@ -1148,10 +1158,7 @@ impl Engine {
     /// answer.
     fn read_one(&self, key: CounterKey, window_ms: u64) -> Option<bool> {
         let read = Read { key, window_ms };
-        let (mut parts, mut limits) = (limiter::Parts::new(), Limits::default());
-        let now_ns = self.clock.now_ns();
-        let (outcome, bits) =
-            self.reserve_in_store(&[], &[read], now_ns, false, &mut parts, &mut limits);
+        let (outcome, bits) = self.reserve_in_store(&[], Peer::UNKNOWN, &[read], false);
         // A store that did not answer tells nothing, whatever its bits say.
         let answered = !matches!(outcome, limiter::Outcome::Unavailable { .. });
         (answered && bits.unknown & 1 == 0).then_some(bits.set & 1 == 1)
@@ -1171,19 +1178,21 @@ impl Engine {
         refusal(self.task_owner(req.server, req.subject, task_id))
     }
 
-    /// Reserve `wants` and read `reads` in the store, with no marks to judge and nothing to
-    /// trace: for counters that are not a rule's (a task's creator, [`crate::tasks`]).
-    pub(crate) fn reserve_in_store(
+    /// Reserve `wants` (new client-chosen keys counted as `peer`'s) and read `reads` in the
+    /// store now, with no marks to judge, nothing to trace and nothing to give back: for
+    /// counters that are not a rule's (whose a session or task is, [`crate::owner`]).
+    fn reserve_in_store(
         &self,
         wants: &[Want<'_>],
+        peer: Peer,
         reads: &[Read],
-        now_ns: u64,
         consume: bool,
-        parts: &mut limiter::Parts,
-        limits: &mut Limits,
     ) -> (limiter::Outcome, ReadBits) {
-        let (denying, trace) = (Denying(0), &mut NoTrace);
-        self.reserve_group(wants, reads, denying, now_ns, consume, parts, limits, trace)
+        let (parts, limits) = (&mut limiter::Parts::new(), &mut Limits::default());
+        let (denying, trace, now_ns) = (Denying(0), &mut NoTrace, self.clock.now_ns());
+        self.reserve_group(
+            wants, peer, reads, denying, now_ns, consume, parts, limits, trace,
+        )
     }
 
     /// Give back what a call reserved and then did not run.

@@ -6,7 +6,7 @@
 
 use crate::counter::reservation::{Part, MAX_PARTS};
 use crate::counter::window::Refused;
-use crate::counter::{CounterTable, WindowState};
+use crate::counter::{CounterTable, Peer, WindowState};
 use crate::decision::{LimitState, Limits};
 pub use crate::evaluation::Want;
 use crate::marks::{Read, ReadBits};
@@ -69,21 +69,35 @@ fn peek(table: &CounterTable, want: &Want<'_>, now_ns: u64) -> Option<WindowStat
 /// Reserve all `wants` (or, with `consume == false`, only check that they would fit),
 /// appending what was consumed to `parts` and each limit's state to `limits`. On a denial,
 /// what this call had reserved is given back and `parts`/`limits` are left as they were.
+/// A new key a client chose is counted as `peer`'s, the request's address.
+#[allow(clippy::too_many_arguments)]
 pub fn reserve(
     table: &CounterTable,
     wants: &[Want<'_>],
+    peer: Peer,
     now_ns: u64,
     consume: bool,
     parts: &mut Parts,
     limits: &mut Limits,
 ) -> Outcome {
-    reserve_traced(table, wants, now_ns, consume, parts, limits, &mut NoTrace)
+    reserve_traced(
+        table,
+        wants,
+        peer,
+        now_ns,
+        consume,
+        parts,
+        limits,
+        &mut NoTrace,
+    )
 }
 
 /// [`reserve`], reporting to `trace` what each limit had counted and whether the call fit.
+#[allow(clippy::too_many_arguments)]
 pub fn reserve_traced<T: Trace>(
     table: &CounterTable,
     wants: &[Want<'_>],
+    peer: Peer,
     now_ns: u64,
     consume: bool,
     parts: &mut Parts,
@@ -111,7 +125,7 @@ pub fn reserve_traced<T: Trace>(
             continue;
         }
         let reserved = loop {
-            let Ok(slot) = table.find_or_insert(&want.key, now_ns) else {
+            let Ok(slot) = table.find_or_insert(&want.key, now_ns, peer) else {
                 undo(parts, limits);
                 return Outcome::TableFull { failing: i };
             };

@@ -10,7 +10,7 @@
 //! docs/counters.md, and gives a reservation back at most once.
 
 use crate::counter::reservation::Part;
-use crate::counter::CounterTable;
+use crate::counter::{CounterTable, Peer};
 use crate::decision::Limits;
 use crate::limiter::{self, Outcome, Parts, Want};
 use crate::marks::{Denying, Read, ReadBits};
@@ -32,12 +32,14 @@ pub trait CounterStore: Send + Sync {
     /// counts anything in its window (a mark is set), whether the wants fit or not.
     /// A store that reads before it reserves may answer [`Outcome::MarksDeny`] for reads
     /// found as a combination `denying` names, having reserved nothing; others ignore it.
-    /// `stats` counts the store's round trips, errors and fallbacks.
+    /// `stats` counts the store's round trips, errors and fallbacks. A table counts a new
+    /// key a client chose as `peer`'s ([`crate::counter::peers`]).
     #[allow(clippy::too_many_arguments)]
     fn reserve(
         &self,
         stats: &Stats,
         wants: &[Want<'_>],
+        peer: Peer,
         reads: &[Read],
         denying: Denying,
         now_ns: u64,
@@ -72,6 +74,7 @@ impl CounterStore for CounterTable {
         &self,
         _stats: &Stats,
         wants: &[Want<'_>],
+        peer: Peer,
         reads: &[Read],
         _denying: Denying,
         now_ns: u64,
@@ -79,7 +82,7 @@ impl CounterStore for CounterTable {
         parts: &mut Parts,
         limits: &mut Limits,
     ) -> (Outcome, ReadBits) {
-        let outcome = limiter::reserve(self, wants, now_ns, consume, parts, limits);
+        let outcome = limiter::reserve(self, wants, peer, now_ns, consume, parts, limits);
         (outcome, limiter::read(self, reads, parts, now_ns))
     }
 

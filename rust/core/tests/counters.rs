@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use toolgate_core::counter::window::Refused;
-use toolgate_core::counter::{CounterKey, CounterTable, Granularity, BUCKETS};
+use toolgate_core::counter::{CounterKey, CounterTable, Granularity, Peer, BUCKETS};
 
 const MS: u64 = 1_000_000;
 
@@ -40,7 +40,7 @@ impl Counter {
         loop {
             let slot = self
                 .table
-                .find_or_insert(&self.key, now_ns)
+                .find_or_insert(&self.key, now_ns, Peer::UNKNOWN)
                 .expect("table has room");
             match self.table.slot(slot).reserve(
                 self.key.hash,
@@ -193,7 +193,7 @@ fn threads_with_a_moving_clock_never_exceed_the_limit() {
 fn release_returns_counts() {
     let table = CounterTable::new(16, 16);
     let key = CounterKey::new(1, b"k", Granularity::for_window_ms(1000));
-    let slot = table.find_or_insert(&key, 0).unwrap();
+    let slot = table.find_or_insert(&key, 0, Peer::UNKNOWN).unwrap();
     let s = table.slot(slot);
     let r: Vec<_> = (0..3)
         .map(|i| {
@@ -220,7 +220,7 @@ fn slots_are_reused_after_expiry() {
         for k in 0..48u64 {
             let key = CounterKey::new(round, &k.to_le_bytes(), g);
             let slot = table
-                .find_or_insert(&key, now)
+                .find_or_insert(&key, now, Peer::UNKNOWN)
                 .expect("expired slots are reused");
             let s = table.slot(slot);
             assert_eq!(s.peek(key.hash, g, now).unwrap().used, 0);

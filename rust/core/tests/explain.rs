@@ -303,6 +303,7 @@ fn decide(engine: &Engine, c: &Call, recorder: Option<&mut Recorder>) -> Decisio
         agent: c.agent,
         attributes: if c.team { &team } else { &[] },
         grant_verified: false,
+        ..Subject::default()
     };
     let req = Request {
         kind: Kind::Tool,

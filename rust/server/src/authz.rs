@@ -11,9 +11,11 @@ use crate::credential::Refused;
 use crate::ext_proc::{exchange_header, exchange_metadata, Caller, EXCHANGE_HEADER};
 use crate::subject::{single_header, AuthzConfig, CallerFacts, ReadSubject, MCP_SESSION_HEADER};
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
-use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption, Metadata};
+use envoy_types::pb::envoy::config::core::v3::{address, HeaderValue, HeaderValueOption, Metadata};
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+    HttpRequest, Peer as EnvoyPeer,
+};
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{
     CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
@@ -21,6 +23,7 @@ use envoy_types::pb::envoy::service::auth::v3::{
 use envoy_types::pb::google::protobuf::Struct;
 use envoy_types::pb::google::rpc::Status;
 use std::time::Instant;
+use toolgate_core::counter::Peer;
 use toolgate_core::mcp::reply;
 use toolgate_core::mcp::request::{readable_id, readable_tool, Refusal, INVALID_REQUEST};
 use toolgate_core::mcp::{self, Gate, HttpCall};
@@ -55,7 +58,12 @@ fn gate(engine: &Engine, config: &AuthzConfig, request: &CheckRequest) -> (Gate,
         .unwrap_or(&default_http);
     let headers = Headers(http);
     let metadata = attributes.and_then(|a| a.metadata_context.as_ref());
-    let facts = CheckFacts { headers, metadata };
+    let source = attributes.and_then(|a| a.source.as_ref());
+    let facts = CheckFacts {
+        headers,
+        metadata,
+        peer: source.map_or(Peer::UNKNOWN, peer_of),
+    };
     let extension = attributes
         .and_then(|a| a.context_extensions.get(SERVER_EXTENSION))
         .map(String::as_str)
@@ -102,6 +110,7 @@ fn gate(engine: &Engine, config: &AuthzConfig, request: &CheckRequest) -> (Gate,
             session: call.subject.session.map(str::to_owned),
             agent: call.subject.agent.map(str::to_owned),
             grant_verified: call.subject.grant_verified,
+            peer: call.subject.peer,
         }),
         Gate::Answer { .. } => None,
     };
@@ -153,6 +162,17 @@ impl<'a> Headers<'a> {
 struct CheckFacts<'a> {
     headers: Headers<'a>,
     metadata: Option<&'a Metadata>,
+    peer: Peer,
+}
+
+/// The request's source as Envoy gives it: its downstream peer (which follows
+/// `X-Forwarded-For` only as far as Envoy's `xff_num_trusted_hops` trusts it).
+fn peer_of(source: &EnvoyPeer) -> Peer {
+    let socket = source.address.as_ref().and_then(|a| match &a.address {
+        Some(address::Address::SocketAddress(s)) => Some(s.address.as_str()),
+        _ => None,
+    });
+    socket.and_then(Peer::parse).unwrap_or(Peer::UNKNOWN)
 }
 
 impl<'a> CallerFacts<'a> for CheckFacts<'a> {
@@ -162,6 +182,10 @@ impl<'a> CallerFacts<'a> for CheckFacts<'a> {
 
     fn verified_payload(&self, key: &str) -> Option<&'a Struct> {
         crate::credential::jwt_payload(self.metadata, key)
+    }
+
+    fn peer(&self) -> Peer {
+        self.peer
     }
 }
 
@@ -314,6 +338,7 @@ mod tests {
             let facts = CheckFacts {
                 headers: Headers(h),
                 metadata: None,
+                peer: Peer::UNKNOWN,
             };
             ReadSubject::read(&facts, &config).grant
         };

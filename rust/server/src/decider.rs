@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 use toolgate_core::args::{parse_json_arguments, ArgumentsRefused};
+use toolgate_core::counter::Peer;
 use toolgate_core::stats::Api;
 use toolgate_core::Kind;
 use toolgate_core::{Code, Decision, Engine, Request, Subject, Undecidable, Verdict};
@@ -61,8 +62,8 @@ fn respond(
     max_argument_bytes: usize,
     req: &pb::DecideRequest,
 ) -> pb::DecideResponse {
-    let subject = req.subject.as_ref();
-    let attributes: Vec<(&str, &str)> = subject
+    let sent = req.subject.as_ref();
+    let attributes: Vec<(&str, &str)> = sent
         .map(|s| {
             s.attributes
                 .iter()
@@ -70,15 +71,19 @@ fn respond(
                 .collect()
         })
         .unwrap_or_default();
+    let address = sent.map_or("", |s| s.peer_address.as_str());
+    let peer = peer_of(address);
     let subject = Subject {
-        grant: subject.and_then(|s| non_empty(&s.grant)),
-        session: subject.and_then(|s| non_empty(&s.session)),
-        agent: subject.and_then(|s| non_empty(&s.agent)),
+        grant: sent.and_then(|s| non_empty(&s.grant)),
+        session: sent.and_then(|s| non_empty(&s.session)),
+        agent: sent.and_then(|s| non_empty(&s.agent)),
         attributes: &attributes,
         grant_verified: false,
+        peer: *peer.as_ref().unwrap_or(&Peer::UNKNOWN),
     };
     let server = non_empty(&req.server);
-    let arguments = match parse_arguments(&req.arguments_json, max_argument_bytes) {
+    let read = peer.and_then(|_| parse_arguments(&req.arguments_json, max_argument_bytes));
+    let arguments = match read {
         Ok(a) => a,
         Err(refused) => {
             let request = Undecidable {
@@ -106,6 +111,16 @@ fn respond(
         },
     );
     encode(decision)
+}
+
+/// The request's `peer_address`: empty for unknown, else an IP address.
+fn peer_of(address: &str) -> Result<Peer, ArgumentsRefused> {
+    if address.is_empty() {
+        return Ok(Peer::UNKNOWN);
+    }
+    Peer::parse(address).ok_or_else(|| {
+        ArgumentsRefused::plain("the subject's peer_address is not an IP address".into())
+    })
 }
 
 fn parse_arguments(

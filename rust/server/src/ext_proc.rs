@@ -32,6 +32,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
 use toolgate_core::compile::CompiledPolicy;
+use toolgate_core::counter::Peer;
 use toolgate_core::kind::Listed;
 use toolgate_core::listed::ListedTool;
 use toolgate_core::mcp::answer::error_message;
@@ -77,6 +78,7 @@ pub struct Caller {
     pub session: Option<String>,
     pub agent: Option<String>,
     pub grant_verified: bool,
+    pub peer: Peer,
 }
 
 impl Caller {
@@ -87,6 +89,7 @@ impl Caller {
             agent: self.agent.as_deref(),
             attributes: &[],
             grant_verified: self.grant_verified,
+            peer: self.peer,
         }
     }
 }
@@ -168,6 +171,9 @@ fn put_caller(put: &mut impl FnMut(&str, Kind), caller: Caller) {
         }
     }
     put("grant_verified", Kind::BoolValue(caller.grant_verified));
+    if let Some(address) = caller.peer.address() {
+        put("peer", Kind::StringValue(address.to_string()));
+    }
 }
 
 /// Read back what [`exchange_metadata`] wrote, as Envoy forwards it; with the bytes of its text
@@ -218,6 +224,9 @@ fn read_metadata(metadata: Option<&Metadata>) -> Option<(Follow, Caller, usize)>
         session: text("session"),
         agent: text("agent"),
         grant_verified: flag("grant_verified"),
+        peer: text("peer")
+            .and_then(|a| Peer::parse(&a))
+            .unwrap_or(Peer::UNKNOWN),
     };
     let exchange = text("exchange")?;
     let listed = Listed::of_method(&exchange);

@@ -22,6 +22,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use envoy_types::pb::google::protobuf::Duration;
 use std::time::Instant;
+use toolgate_core::counter::Peer;
 use toolgate_core::stats::Api;
 use toolgate_core::Kind;
 use toolgate_core::{Decision, Engine, Request, Subject, Undecidable, Verdict};
@@ -33,6 +34,7 @@ struct Call<'a> {
     session: Option<&'a str>,
     agent: Option<&'a str>,
     attributes: Vec<(&'a str, &'a str)>,
+    peer: Peer,
     hits: u32,
 }
 
@@ -78,6 +80,7 @@ fn read(d: &RateLimitDescriptor, request_hits: u32) -> Result<Call<'_>, String> 
         session: None,
         agent: None,
         attributes: Vec::new(),
+        peer: Peer::UNKNOWN,
         hits,
     };
     for (i, entry) in d.entries.iter().enumerate() {
@@ -91,6 +94,12 @@ fn read(d: &RateLimitDescriptor, request_hits: u32) -> Result<Call<'_>, String> 
             "grant" => call.grant = value,
             "session" => call.session = value,
             "agent" => call.agent = value,
+            // Envoy's `remote_address` action: the client's address, also an attribute.
+            "remote_address" => {
+                call.peer = Peer::parse(&entry.value)
+                    .ok_or_else(|| format!("entry {key:?} is not an IP address"))?;
+                call.attributes.push((key, entry.value.as_str()));
+            }
             _ => call.attributes.push((key, entry.value.as_str())),
         }
     }
@@ -116,6 +125,7 @@ fn decide(engine: &Engine, domain: &str, calls: &[Call<'_>]) -> RateLimitRespons
                         agent: c.agent,
                         attributes: &c.attributes,
                         grant_verified: false,
+                        peer: c.peer,
                     },
                     args: None,
                     dry_run: false,

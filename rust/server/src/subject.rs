@@ -9,6 +9,7 @@
 use crate::credential::{self, Refused};
 use envoy_types::pb::google::protobuf::Struct;
 use std::borrow::Cow;
+use toolgate_core::counter::Peer;
 use toolgate_core::Subject;
 
 /// Where one part of the subject comes from.
@@ -64,6 +65,11 @@ pub trait CallerFacts<'a> {
     /// The payload of the token the proxy verified, passed on under `key`.
     fn verified_payload(&self, key: &str) -> Option<&'a Struct>;
 
+    /// The network address the request came from, when the proxy says.
+    fn peer(&self) -> Peer {
+        Peer::UNKNOWN
+    }
+
     /// Header `name`'s value when it is sent once and is not empty.
     fn header(&self, name: &str) -> Option<&'a str> {
         self.header_values(name)
@@ -81,6 +87,7 @@ pub struct ReadSubject<'a> {
     /// A header's value as it came; a claim's, copied.
     pub session: Result<Option<Cow<'a, str>>, Refused>,
     pub grant_verified: bool,
+    pub peer: Peer,
 }
 
 impl<'a> ReadSubject<'a> {
@@ -101,6 +108,7 @@ impl<'a> ReadSubject<'a> {
             agent: part(&config.agent, false, facts, config),
             session,
             grant_verified: matches!(config.grant, SubjectSource::JwtClaim(_)),
+            peer: facts.peer(),
         }
     }
 
@@ -112,6 +120,7 @@ impl<'a> ReadSubject<'a> {
             agent: self.agent.as_ref().ok().and_then(Option::as_deref),
             attributes: &[],
             grant_verified: self.grant_verified,
+            peer: self.peer,
         }
     }
 

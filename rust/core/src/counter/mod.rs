@@ -3,16 +3,19 @@
 //! - [`region`]: the memory the table lives in (process memory or a shared mapping).
 //! - [`window`]: one slot's sliding window: a head bucket plus a ring of sealed buckets.
 //! - [`table`]: open addressing from counter keys to slots, reuse of expired slots.
+//! - [`peers`]: room per network address in the share of keys a client chooses.
 //! - [`reservation`]: a log of what each allowed call reserved, so it can be released.
 //!
 //! Amounts are fixed-point *units*: one call counts [`UNITS_PER_CALL`], a cost of 12.5 counts
 //! 12 500. That keeps spend limits exact to 1/1000 without floats in the atomics.
 
+pub mod peers;
 pub mod region;
 pub mod reservation;
 pub mod table;
 pub mod window;
 
+pub use peers::Peer;
 pub use region::Region;
 pub use table::{CounterKey, CounterTable, SlotRef, TableFull};
 pub use window::{Granularity, WindowState, BUCKETS};

@@ -24,6 +24,8 @@ pub mod header {
     pub const CLIENT_SLOTS: usize = 7;
     /// The second (plus one) of the last sweep for expired client-chosen slots.
     pub const LAST_SWEEP: usize = 8;
+    /// Times a client-chosen key was refused for its address's part of the share.
+    pub const PEER_FULL_EVENTS: usize = 9;
 }
 
 /// 128 bytes of words, aligned so that a 16-word slot (after the 16-word header) sits in

@@ -11,7 +11,10 @@
 //! no more, so trusted keys (verified identities, `server` and `global` counters) and every
 //! key already counted keep their room. When the half is full, the table sweeps it (at
 //! most once a second) for slots whose windows have expired before it refuses a new one.
+//! Once three quarters of the half are taken, one network address's new keys find room
+//! only within its part of it ([`super::peers`]).
 
+use super::peers::{Peer, PeerRoom};
 use super::region::{header, Region, HEADER_WORDS};
 use super::reservation::{ReservationLog, LINE_WORDS, MAX_SLOTS};
 use super::window::{Granularity, Slot, KEY, SLOT_WORDS};
@@ -103,6 +106,8 @@ pub struct CounterTable {
     placement: ahash::RandomState,
     /// Serialises claiming slots for new keys.
     insert: Mutex<()>,
+    /// Which address's client-chosen key each slot holds.
+    peers: PeerRoom,
 }
 
 impl CounterTable {
@@ -141,6 +146,7 @@ impl CounterTable {
             mask: capacity - 1,
             reservations: ReservationLog::new(log_base, reservations),
             insert: Mutex::new(()),
+            peers: PeerRoom::new(capacity, (word(0) ^ word(1), word(1).rotate_left(17))),
         })
     }
 
@@ -166,6 +172,16 @@ impl CounterTable {
     /// The most slots client-chosen keys may hold.
     pub fn client_cap(&self) -> u64 {
         (self.capacity() / CLIENT_SHARE).max(1) as u64
+    }
+
+    /// Client-chosen slots held by keys `peer` brought (as counted: addresses share buckets).
+    pub fn peer_slots(&self, peer: Peer) -> u64 {
+        self.peers.held(peer)
+    }
+
+    /// Times a client-chosen key was refused because its address held its part of the share.
+    pub fn peer_full_events(&self) -> u64 {
+        self.region.load(header::PEER_FULL_EVENTS)
     }
 
     pub(crate) fn region(&self) -> &Region {
@@ -221,8 +237,14 @@ impl CounterTable {
         None
     }
 
-    /// The slot holding `key`, claiming one if there is none.
-    pub fn find_or_insert(&self, key: &CounterKey, now_ns: u64) -> Result<SlotRef, TableFull> {
+    /// The slot holding `key`, claiming one if there is none; a new client-chosen key is
+    /// counted as `peer`'s, the address of the request that brought it.
+    pub fn find_or_insert(
+        &self,
+        key: &CounterKey,
+        now_ns: u64,
+        peer: Peer,
+    ) -> Result<SlotRef, TableFull> {
         if let Some(s) = self.find(key) {
             return Ok(s);
         }
@@ -231,9 +253,21 @@ impl CounterTable {
         if let Some(s) = self.find(key) {
             return Ok(s);
         }
-        if key.client_chosen && !self.client_room(now_ns) {
-            self.region.header(header::FULL_EVENTS).fetch_add(1, SeqCst);
-            return Err(TableFull);
+        if key.client_chosen {
+            if !self.client_room(now_ns) {
+                self.region.header(header::FULL_EVENTS).fetch_add(1, SeqCst);
+                return Err(TableFull);
+            }
+            if !self
+                .peers
+                .room(peer, self.client_slots(), self.client_cap())
+            {
+                self.region.header(header::FULL_EVENTS).fetch_add(1, SeqCst);
+                self.region
+                    .header(header::PEER_FULL_EVENTS)
+                    .fetch_add(1, SeqCst);
+                return Err(TableFull);
+            }
         }
         for s in self.probe(key.hash) {
             let slot = self.slot(s);
@@ -242,11 +276,11 @@ impl CounterTable {
                 slot.reset(key.granularity, now_ns, key.client_chosen);
                 slot.word(KEY).store(key.hash, SeqCst);
                 self.region.header(header::OCCUPIED).fetch_add(1, SeqCst);
-                self.count_client(key.client_chosen, 1);
+                self.hold_client(s, key.client_chosen, peer);
                 return Ok(s);
             }
             if (current == RECLAIMING || slot.expired(now_ns))
-                && self.reclaim(slot, current, key, now_ns)
+                && self.reclaim(s, current, key, now_ns, peer)
             {
                 return Ok(s);
             }
@@ -257,20 +291,22 @@ impl CounterTable {
 
     /// Hand an expired slot to `key`. Under the insert lock, so only this thread changes keys;
     /// users of the old key may still be adding, which the head CAS detects.
-    fn reclaim(&self, slot: Slot<'_>, old: u64, key: &CounterKey, now_ns: u64) -> bool {
-        if !self.release_slot(slot, old, key.granularity, now_ns) {
+    fn reclaim(&self, s: SlotRef, old: u64, key: &CounterKey, now_ns: u64, peer: Peer) -> bool {
+        let slot = self.slot(s);
+        if !self.release_slot(s, old, key.granularity, now_ns) {
             return false;
         }
         slot.reset(key.granularity, now_ns, key.client_chosen);
         slot.word(KEY).store(key.hash, SeqCst);
-        self.count_client(key.client_chosen, 1);
+        self.hold_client(s, key.client_chosen, peer);
         true
     }
 
     /// Take an expired slot from its key (whose users then see it moved), leaving it free
     /// (`RECLAIMING`) for the next key that probes through it. False if the key came back to
     /// life meanwhile. Under the insert lock.
-    fn release_slot(&self, slot: Slot<'_>, old: u64, g: Granularity, now_ns: u64) -> bool {
+    fn release_slot(&self, s: SlotRef, old: u64, g: Granularity, now_ns: u64) -> bool {
+        let slot = self.slot(s);
         if old != RECLAIMING {
             // Users re-read the key after the head; from here on they see the slot moved.
             slot.word(KEY).store(RECLAIMING, SeqCst);
@@ -283,19 +319,21 @@ impl CounterTable {
         }
         if slot.client_chosen() {
             slot.clear_client_chosen();
-            self.count_client(true, -1);
+            self.region
+                .header(header::CLIENT_SLOTS)
+                .fetch_sub(1, SeqCst);
+            self.peers.free(s.0 as usize);
         }
         true
     }
 
-    fn count_client(&self, client_chosen: bool, by: i64) {
+    /// Slot `s` now holds a new key: count it against the share if a client chose it.
+    fn hold_client(&self, s: SlotRef, client_chosen: bool, peer: Peer) {
         if client_chosen {
-            let word = self.region.header(header::CLIENT_SLOTS);
-            if by > 0 {
-                word.fetch_add(by as u64, SeqCst);
-            } else {
-                word.fetch_sub(by.unsigned_abs(), SeqCst);
-            }
+            self.region
+                .header(header::CLIENT_SLOTS)
+                .fetch_add(1, SeqCst);
+            self.peers.hold(s.0 as usize, peer);
         }
     }
 
@@ -314,13 +352,14 @@ impl CounterTable {
         }
         last.store(second, SeqCst);
         for i in 0..self.capacity() {
-            let slot = self.slot(SlotRef(i as u32));
+            let s = SlotRef(i as u32);
+            let slot = self.slot(s);
             let key = slot.word(KEY).load(SeqCst);
             if key != 0 && key != RECLAIMING && slot.client_chosen() && slot.expired(now_ns) {
                 let g = Granularity {
                     bucket_ns: slot.bucket_ns(),
                 };
-                self.release_slot(slot, key, g, now_ns);
+                self.release_slot(s, key, g, now_ns);
             }
         }
         self.client_slots() < self.client_cap()
@@ -340,6 +379,8 @@ pub(crate) fn check_slots(capacity: usize) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::counter::Peer;
+    use proptest::prelude::*;
 
     const NS: u64 = 1_000_000;
 
@@ -350,11 +391,11 @@ mod tests {
     #[test]
     fn finds_what_it_inserted_and_counts_occupancy() {
         let t = CounterTable::new(64, 16);
-        let a = t.find_or_insert(&key(1, "a"), 0).unwrap();
-        let b = t.find_or_insert(&key(1, "b"), 0).unwrap();
+        let a = t.find_or_insert(&key(1, "a"), 0, Peer::UNKNOWN).unwrap();
+        let b = t.find_or_insert(&key(1, "b"), 0, Peer::UNKNOWN).unwrap();
         assert_ne!(a, b);
         assert_eq!(t.find(&key(1, "a")), Some(a));
-        assert_eq!(t.find_or_insert(&key(1, "a"), 0), Ok(a));
+        assert_eq!(t.find_or_insert(&key(1, "a"), 0, Peer::UNKNOWN), Ok(a));
         assert_eq!(t.occupied(), 2);
     }
 
@@ -364,14 +405,17 @@ mod tests {
         let g = Granularity::for_window_ms(60_000);
         for i in 0..4 {
             let k = key(1, &i.to_string());
-            let s = t.find_or_insert(&k, 0).unwrap();
+            let s = t.find_or_insert(&k, 0, Peer::UNKNOWN).unwrap();
             t.slot(s).reserve(k.hash, g, 0, 1, 10).unwrap();
         }
-        assert_eq!(t.find_or_insert(&key(1, "late"), 1000 * NS), Err(TableFull));
+        assert_eq!(
+            t.find_or_insert(&key(1, "late"), 1000 * NS, Peer::UNKNOWN),
+            Err(TableFull)
+        );
         assert_eq!(t.full_events(), 1);
         // Two minutes later every window has expired and the slots are reused.
         let k = key(1, "late");
-        let s = t.find_or_insert(&k, 120_000 * NS).unwrap();
+        let s = t.find_or_insert(&k, 120_000 * NS, Peer::UNKNOWN).unwrap();
         assert_eq!(t.slot(s).peek(k.hash, g, 120_000 * NS).unwrap().used, 0);
         assert_eq!(t.occupied(), 4);
     }
@@ -384,7 +428,7 @@ mod tests {
         // A flood of made-up credentials: half the table, then refused.
         let mut taken = 0;
         for i in 0..200 {
-            if let Ok(s) = t.find_or_insert(&made_up(i), 0) {
+            if let Ok(s) = t.find_or_insert(&made_up(i), 0, Peer::UNKNOWN) {
                 t.slot(s).reserve(made_up(i).hash, g, 0, 1, 10).unwrap();
                 taken += 1;
             }
@@ -392,16 +436,22 @@ mod tests {
         assert_eq!(taken, 32);
         assert_eq!(t.client_slots(), 32);
         // Keys already counted keep their slot; trusted keys still find room.
-        assert!(t.find_or_insert(&made_up(0), 1).is_ok());
+        assert!(t.find_or_insert(&made_up(0), 1, Peer::UNKNOWN).is_ok());
         for i in 0..16 {
-            assert!(t.find_or_insert(&key(2, &i.to_string()), 1).is_ok(), "{i}");
+            assert!(
+                t.find_or_insert(&key(2, &i.to_string()), 1, Peer::UNKNOWN)
+                    .is_ok(),
+                "{i}"
+            );
         }
         // Once the flood's windows have expired, its slots are swept for new callers...
         let later = 120_000 * NS;
-        assert!(t.find_or_insert(&made_up(500), later).is_ok());
+        assert!(t
+            .find_or_insert(&made_up(500), later, Peer::UNKNOWN)
+            .is_ok());
         assert_eq!(t.client_slots(), 1);
         // ...and the sweep freed them for anyone: the old keys start again from nothing.
-        let again = t.find_or_insert(&made_up(0), later).unwrap();
+        let again = t.find_or_insert(&made_up(0), later, Peer::UNKNOWN).unwrap();
         assert_eq!(
             t.slot(again).peek(made_up(0).hash, g, later).unwrap().used,
             0
@@ -415,14 +465,140 @@ mod tests {
         let made_up =
             |i: usize| CounterKey::new(1, format!("t{i}").as_bytes(), g).chosen_by_client(true);
         for i in 0..2 {
-            let s = t.find_or_insert(&made_up(i), 0).unwrap();
+            let s = t.find_or_insert(&made_up(i), 0, Peer::UNKNOWN).unwrap();
             t.slot(s).reserve(made_up(i).hash, g, 0, 1, 10).unwrap();
         }
         // Full at 5 s: the sweep runs (the windows expired) and frees both.
-        assert!(t.find_or_insert(&made_up(2), 5_000 * NS).is_ok());
-        assert!(t.find_or_insert(&made_up(3), 5_000 * NS).is_ok());
+        assert!(t
+            .find_or_insert(&made_up(2), 5_000 * NS, Peer::UNKNOWN)
+            .is_ok());
+        assert!(t
+            .find_or_insert(&made_up(3), 5_000 * NS, Peer::UNKNOWN)
+            .is_ok());
         // Full again within the same second: no second sweep, refused.
-        assert_eq!(t.find_or_insert(&made_up(4), 5_500 * NS), Err(TableFull));
+        assert_eq!(
+            t.find_or_insert(&made_up(4), 5_500 * NS, Peer::UNKNOWN),
+            Err(TableFull)
+        );
         assert_eq!(t.client_slots(), 2);
+    }
+    /// Peers in buckets of their own, so that what one is given says nothing of another.
+    fn apart(t: &CounterTable, n: usize) -> Vec<Peer> {
+        let mut seen = std::collections::HashSet::new();
+        (0u32..)
+            .map(|i| Peer::of(std::net::Ipv4Addr::from(0x0a00_0000 + i).into()))
+            .filter(|p| seen.insert(t.peers.bucket(*p)))
+            .take(n)
+            .collect()
+    }
+
+    #[test]
+    fn a_flood_from_one_address_leaves_the_last_quarter_to_others() {
+        let t = CounterTable::new(2048, 16);
+        let (cap, share) = (
+            t.client_cap(),
+            t.client_cap() / super::super::peers::PEER_SHARE,
+        );
+        let made_up = |who: usize, i: usize| key(1, &format!("{who}-{i}")).chosen_by_client(true);
+        let peers = apart(&t, 18);
+        let (flooder, others) = (peers[0], &peers[1..]);
+        let taken = (0..cap as usize)
+            .take_while(|i| t.find_or_insert(&made_up(0, *i), 0, flooder).is_ok())
+            .count() as u64;
+        assert_eq!(
+            taken,
+            cap - cap / 4,
+            "the flood takes three quarters, no more"
+        );
+        assert_eq!(t.peer_slots(flooder), taken);
+        // The last quarter: a share for each of 16 other addresses.
+        for (n, peer) in others[..16].iter().enumerate() {
+            for i in 0..share as usize {
+                let k = made_up(n + 1, i);
+                assert!(
+                    t.find_or_insert(&k, 0, *peer).is_ok(),
+                    "address {n}, key {i}"
+                );
+            }
+            let over = made_up(n + 1, share as usize);
+            assert_eq!(t.find_or_insert(&over, 0, *peer), Err(TableFull), "{n}");
+        }
+        assert_eq!(t.client_slots(), cap);
+        // Full: the next address is refused, and so is the flood, with any address.
+        assert!(t.find_or_insert(&made_up(17, 0), 0, others[16]).is_err());
+        assert!(t
+            .find_or_insert(&made_up(0, cap as usize), 0, flooder)
+            .is_err());
+        // Keys without an address are bounded by the share alone, and trusted keys by nothing.
+        assert!(t.find_or_insert(&made_up(99, 0), 0, Peer::UNKNOWN).is_err());
+        assert!(t.find_or_insert(&key(2, "trusted"), 0, flooder).is_ok());
+        // Refused for their part: the flood once, and 15 addresses past theirs (the last
+        // found the share itself full).
+        assert_eq!(t.peer_full_events(), 1 + 15);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert { peer: usize, id: u16, client: bool },
+        Wait { ms: u32 },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            8 => (0..6usize, 0..600u16, proptest::bool::weighted(0.8))
+                .prop_map(|(peer, id, client)| Op::Insert { peer, id, client }),
+            1 => (0..90_000u32).prop_map(|ms| Op::Wait { ms }),
+        ]
+    }
+
+    proptest! {
+        /// Whatever keys arrive from whichever addresses, and however windows expire: each
+        /// address's count is the client-chosen slots it brought and still holds, the share
+        /// is never passed, and an address is refused for its part only once the share is
+        /// pressed and that part is taken.
+        #[test]
+        fn peer_counts_follow_the_slots(ops in proptest::collection::vec(op(), 1..400)) {
+            let t = CounterTable::new(256, 16);
+            let g = Granularity::for_window_ms(60_000);
+            let (cap, share) = (t.client_cap(), t.client_cap() / super::super::peers::PEER_SHARE);
+            let mut peers = apart(&t, 5);
+            peers.push(Peer::UNKNOWN);
+            let mut now = 0u64;
+            for op in ops {
+                match op {
+                    Op::Wait { ms } => now += u64::from(ms) * NS,
+                    Op::Insert { peer, id, client } => {
+                        let k = key(1, &id.to_string()).chosen_by_client(client);
+                        let (pressed, held) = (
+                            t.client_slots() >= cap - cap / 4,
+                            t.peer_slots(peers[peer]),
+                        );
+                        let before = t.peer_full_events();
+                        if let Ok(s) = t.find_or_insert(&k, now, peers[peer]) {
+                            let _ = t.slot(s).reserve(k.hash, g, now, 1, u64::MAX >> 24);
+                        }
+                        if t.peer_full_events() > before {
+                            prop_assert!(client && pressed && held >= share.max(1));
+                            prop_assert!(peers[peer].address().is_some());
+                        }
+                    }
+                }
+                prop_assert!(t.client_slots() <= cap);
+                let mut counted = vec![0u64; super::super::peers::PEER_BUCKETS];
+                let mut client_slots = 0;
+                for i in 0..t.capacity() {
+                    let slot = t.slot(SlotRef(i as u32));
+                    let k = slot.word(KEY).load(SeqCst);
+                    if k != 0 && k != RECLAIMING && slot.client_chosen() {
+                        client_slots += 1;
+                        counted[t.peers.bucket_of_slot(i)] += 1;
+                    }
+                }
+                prop_assert_eq!(client_slots, t.client_slots());
+                for p in &peers[..5] {
+                    prop_assert_eq!(counted[t.peers.bucket(*p)], t.peer_slots(*p));
+                }
+            }
+        }
     }
 }

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 use toolgate_core::counter::reservation::MAX_PARTS;
+use toolgate_core::counter::Peer;
 use toolgate_core::decision::Limits;
 use toolgate_core::limiter::{self, Outcome, Parts, Want};
 use toolgate_core::marks::{Denying, Read, ReadBits};
@@ -185,6 +186,7 @@ impl RedisStore {
         cache: &Cache,
         stats: &Stats,
         wants: &[Want<'_>],
+        peer: Peer,
         reads: &[Read],
         now_ns: u64,
         consume: bool,
@@ -204,7 +206,9 @@ impl RedisStore {
             // Nothing merged for a long while: Redis is away, and this copy is stale.
             stats.count_store_error(StoreError::Connection);
             let reason = DENY_REASON;
-            return self.unavailable(stats, wants, reads, now_ns, consume, parts, limits, reason);
+            return self.unavailable(
+                stats, wants, peer, reads, now_ns, consume, parts, limits, reason,
+            );
         }
         let mut entries = cache.entries.lock().unwrap_or_else(|e| e.into_inner());
         let mut bits = self.read_copy(&mut entries, reads, now);
@@ -230,6 +234,7 @@ impl RedisStore {
         let (outcome, found) = self.reserve_exact(
             stats,
             &[],
+            Peer::UNKNOWN,
             &only,
             Denying::default(),
             now_ns,

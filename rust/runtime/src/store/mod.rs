@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use toolgate_core::counter::reservation::Part;
-use toolgate_core::counter::CounterTable;
+use toolgate_core::counter::{CounterTable, Peer};
 use toolgate_core::decision::Limits;
 use toolgate_core::limiter::{self, Outcome, Parts, Want};
 use toolgate_core::marks::{Denying, Read, ReadBits};
@@ -392,6 +392,7 @@ impl RedisStore {
         &self,
         stats: &Stats,
         wants: &[Want<'_>],
+        peer: Peer,
         reads: &[Read],
         now_ns: u64,
         consume: bool,
@@ -413,7 +414,8 @@ impl RedisStore {
             ),
             (Unavailable::Local, None) => {
                 stats.count_store_fallback();
-                let outcome = limiter::reserve(&self.table, wants, now_ns, consume, parts, limits);
+                let outcome =
+                    limiter::reserve(&self.table, wants, peer, now_ns, consume, parts, limits);
                 (outcome, limiter::read(&self.table, reads, parts, now_ns))
             }
         }
@@ -425,6 +427,7 @@ impl RedisStore {
         &self,
         stats: &Stats,
         wants: &[Want<'_>],
+        peer: Peer,
         reads: &[Read],
         denying: Denying,
         now_ns: u64,
@@ -475,6 +478,7 @@ impl RedisStore {
                 return self.unavailable(
                     stats,
                     wants,
+                    peer,
                     reads,
                     now_ns,
                     consume,
@@ -582,6 +586,7 @@ impl CounterStore for RedisStore {
         &self,
         stats: &Stats,
         wants: &[Want<'_>],
+        peer: Peer,
         reads: &[Read],
         denying: Denying,
         now_ns: u64,
@@ -591,17 +596,21 @@ impl CounterStore for RedisStore {
     ) -> (Outcome, ReadBits) {
         if self.evictable.load(Relaxed) {
             let reason = EVICTABLE_REASON;
-            return self.unavailable(stats, wants, reads, now_ns, consume, parts, limits, reason);
+            return self.unavailable(
+                stats, wants, peer, reads, now_ns, consume, parts, limits, reason,
+            );
         }
         match &self.cache {
             // What another replica must see at its next decision is counted in Redis itself,
             // in every mode: a confirmation's nonce (a copy merged only every flush would let
             // two replicas each run the same answer once), a mark, whose a task or a session
             // is.
-            Some(cache) if !wants.iter().any(|w| w.limit.write_through) => {
-                self.reserve_cached(cache, stats, wants, reads, now_ns, consume, parts, limits)
-            }
-            _ => self.reserve_exact(stats, wants, reads, denying, now_ns, consume, parts, limits),
+            Some(cache) if !wants.iter().any(|w| w.limit.write_through) => self.reserve_cached(
+                cache, stats, wants, peer, reads, now_ns, consume, parts, limits,
+            ),
+            _ => self.reserve_exact(
+                stats, wants, peer, reads, denying, now_ns, consume, parts, limits,
+            ),
         }
     }
 
