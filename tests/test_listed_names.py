@@ -18,6 +18,7 @@ from toolgate import Policy
 from toolgate.authoring.listed_names import split_source, unlisted
 from toolgate.cli import exits
 
+ROOT = Path(__file__).resolve().parent.parent
 NAMES = st.text(alphabet="abcdefghij_-.", min_size=1, max_size=10)
 
 
@@ -120,3 +121,64 @@ def test_validate_refuses_a_tool_name_mcp_does_not_allow(tmp_path: Path):
     assert done.returncode == exits.FAILED
     assert done.stderr.startswith('policy.json: /tools/create ami: "create ami" is not a tool')
     assert done.stderr.rstrip().endswith("(line 3)")
+
+
+def _pinned_policy(tmp: Path, ruled: set[str], pinned: set[str], unpinned: str, server: bool):
+    """A policy whose section (the top level, or server ``crm``'s) names ``ruled`` and pins
+    ``pinned`` in pins.json, with ``unpinned`` as its pins' ``unpinned``."""
+    pins = {name: {"digest": "sha256:" + "0" * 64} for name in pinned}
+    doc = {"version": "1", "tools": {}, "servers": {}}
+    if server:
+        doc["servers"] = {"crm": {"tools": pins}}
+    else:
+        doc["tools"] = pins
+    (tmp / "pins.json").write_text(json.dumps(doc))
+    section = {
+        "pins": {"file": "pins.json", "unpinned": unpinned},
+        "tools": {name: {} for name in ruled},
+    }
+    top = policy(servers={"crm": {"version": "1", **section}}) if server else policy(**section)
+    path = tmp / "policy.json"
+    path.write_text(json.dumps(top))
+    return Policy.from_file(path)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    ruled=st.sets(NAMES, min_size=1, max_size=6),
+    pinned=st.sets(NAMES, max_size=8),
+    unpinned=st.sampled_from(["hide", "allow"]),
+    server=st.booleans(),
+)
+def test_a_pins_file_that_withholds_unpinned_tools_is_the_sections_listing(
+    tmp_path_factory, ruled, pinned, unpinned, server
+):
+    loaded = _pinned_policy(tmp_path_factory.mktemp("p"), ruled, pinned, unpinned, server)
+    found = unlisted(loaded, {})
+    if unpinned == "allow":
+        # Pins of some tools only: no listing of what the server has.
+        assert found == []
+        return
+    assert {u.name for u in found} == ruled - pinned
+    assert all(u.pins == "pins.json" and "does not pin" in u.message() for u in found)
+    # A listing given for the section is what it is checked against instead.
+    listed = set(ruled)
+    assert unlisted(loaded, {("crm" if server else None): listed}) == []
+
+
+def test_validate_checks_a_pinned_section_against_its_pins_file(tmp_path: Path):
+    policy_text = (ROOT / "examples/crm/policy.yaml").read_text()
+    assert "crm_read:" in policy_text
+    (tmp_path / "pins.json").write_bytes((ROOT / "examples/crm/pins.json").read_bytes())
+    ok = tmp_path / "policy.yaml"
+    ok.write_text(policy_text)
+    done = toolgate("validate", "-q", str(ok), cwd=tmp_path)
+    assert done.returncode == exits.OK, done.stderr
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(policy_text.replace("crm_read:", "crm_raed:", 1))
+    done = toolgate("validate", str(typo), cwd=tmp_path)
+    assert done.returncode == exits.FAILED
+    assert (
+        "/servers/crm/tools/crm_raed: names crm_raed, which pins.json does not pin, so the tool "
+        "is withheld (unpinned: hide) (nearest pinned: crm_read)"
+    ) in done.stderr

@@ -181,6 +181,10 @@ class Policy:
     @property
     def pins_files(self) -> list[Path]:
         """The pins files the policy read (``pins.file``, relative to its directory)."""
+    def pinned_tools(self) -> list[tuple[str | None, str, list[str]]]:
+        """For each section whose ``pins`` withhold unpinned tools (``unpinned: hide``):
+        ``(server, pins file, the names it pins for that server)``, ``server`` None for the
+        top-level section."""
     def named_tools(self) -> list[tuple[str | None, str, str]]:
         """The tools it names exactly (not by a glob), in rules and in ``hide``:
         ``(server, name, pointer)``, ``server`` None for the top-level section."""

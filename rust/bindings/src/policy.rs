@@ -7,7 +7,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyList;
 use std::path::PathBuf;
 use toolgate_core::policy::source::Format;
-use toolgate_core::policy::{Policy, PolicyErrors};
+use toolgate_core::policy::{Policy, PolicyErrors, Unpinned};
 
 create_exception!(
     _core,
@@ -152,6 +152,35 @@ impl PyPolicy {
     #[getter]
     fn pins_files(&self) -> Vec<PathBuf> {
         self.inner.pins.iter().map(|f| f.path.clone()).collect()
+    }
+
+    /// The tools each section's pins file pins, for the sections whose `pins` withhold a
+    /// tool with no pin (`unpinned: hide`): `(server, pins file, names)`, `server` None for
+    /// the top-level section. Such a file lists every tool the section can reach: what
+    /// `toolgate validate` checks rule names against without a listing of its own.
+    fn pinned_tools(&self) -> Vec<(Option<String>, String, Vec<String>)> {
+        let policy = &self.inner;
+        let root = policy.root.pins.as_ref();
+        let sections = std::iter::once((None, root)).chain(
+            (policy.servers.iter()).map(|(id, s)| (Some(id.as_str()), s.pins.as_ref().or(root))),
+        );
+        sections
+            .filter_map(|(server, rule)| {
+                let rule = rule.filter(|r| r.unpinned == Unpinned::Hide)?;
+                let file = policy.pins.iter().find(|f| f.file == rule.file)?;
+                let pinned = match server {
+                    None => Some(&file.pins.tools),
+                    Some(s) => file.pins.servers.get(s),
+                };
+                let mut names: Vec<String> = pinned
+                    .into_iter()
+                    .flat_map(|t| t.keys())
+                    .map(|n| n.to_string())
+                    .collect();
+                names.sort();
+                Some((server.map(str::to_owned), rule.file.clone(), names))
+            })
+            .collect()
     }
 
     /// The tools the policy names exactly (not by a glob), in its rules and its `hide`:
