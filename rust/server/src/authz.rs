@@ -165,14 +165,21 @@ struct CheckFacts<'a> {
     peer: Peer,
 }
 
-/// The request's source as Envoy gives it: its downstream peer (which follows
-/// `X-Forwarded-For` only as far as Envoy's `xff_num_trusted_hops` trusts it).
+/// The request's source as Envoy gives it: the downstream connection's peer. An IPv6
+/// address's zone is left out; an address that is no IP address (a pipe, an internal
+/// listener) is one opaque address, bounded like any other.
 fn peer_of(source: &EnvoyPeer) -> Peer {
-    let socket = source.address.as_ref().and_then(|a| match &a.address {
-        Some(address::Address::SocketAddress(s)) => Some(s.address.as_str()),
-        _ => None,
-    });
-    socket.and_then(Peer::parse).unwrap_or(Peer::UNKNOWN)
+    match source.address.as_ref().and_then(|a| a.address.as_ref()) {
+        None => Peer::UNKNOWN,
+        Some(address::Address::SocketAddress(s)) => {
+            let ip = s
+                .address
+                .split_once('%')
+                .map_or(s.address.as_str(), |(ip, _)| ip);
+            Peer::parse(ip).unwrap_or(Peer::OPAQUE)
+        }
+        Some(_) => Peer::OPAQUE,
+    }
 }
 
 impl<'a> CallerFacts<'a> for CheckFacts<'a> {

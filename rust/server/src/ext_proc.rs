@@ -171,8 +171,8 @@ fn put_caller(put: &mut impl FnMut(&str, Kind), caller: Caller) {
         }
     }
     put("grant_verified", Kind::BoolValue(caller.grant_verified));
-    if let Some(address) = caller.peer.address() {
-        put("peer", Kind::StringValue(address.to_string()));
+    if let Some(word) = caller.peer.word() {
+        put("peer", Kind::StringValue(format!("{word:x}")));
     }
 }
 
@@ -224,9 +224,8 @@ fn read_metadata(metadata: Option<&Metadata>) -> Option<(Follow, Caller, usize)>
         session: text("session"),
         agent: text("agent"),
         grant_verified: flag("grant_verified"),
-        peer: text("peer")
-            .and_then(|a| Peer::parse(&a))
-            .unwrap_or(Peer::UNKNOWN),
+        peer: (text("peer").and_then(|w| u128::from_str_radix(&w, 16).ok()))
+            .map_or(Peer::UNKNOWN, Peer::from_word),
     };
     let exchange = text("exchange")?;
     let listed = Listed::of_method(&exchange);

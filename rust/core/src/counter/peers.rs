@@ -8,8 +8,11 @@
 //! addresses' new callers, however many credentials one address makes up.
 //!
 //! An address is the proxy's word for the request's source (Envoy's `source.address`); IPv6
-//! addresses count per /64, one subscriber's network. Requests with no address given (a
-//! proxy that sends none) are bounded by the share alone, as before. Addresses are counted
+//! addresses count per /48, one site's network (a subscriber is given a /48 or a /56, so a
+//! /64 is nearly free), except those that carry an IPv4 address (NAT64's `64:ff9b::/96`,
+//! IPv4-mapped), which count as it. An address the proxy gives that is no IP address (a
+//! pipe, an internal listener) counts as one more address. Requests with no address at all
+//! (a proxy that sends none) are bounded by the share alone, as before. Addresses are counted
 //! in [`PEER_BUCKETS`] buckets by a hash keyed with a secret of the process, so a client
 //! cannot aim its addresses at another's bucket.
 
@@ -24,40 +27,49 @@ pub const PEER_SHARE: u64 = 64;
 /// The share is pressed once this part of it is left: 1/4.
 const PRESSED_WHEN_LEFT: u64 = 4;
 
-/// The network address a request came from, as room is shared out by it.
+/// The network address a request came from, as room is shared out by it: an IPv4 address
+/// (below 2^32), an IPv6 /48 (its low 80 bits zero, bit 32 set to tell it from IPv4), or
+/// [`Peer::OPAQUE`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Peer(Option<u128>);
+
+/// NAT64's well-known prefix, `64:ff9b::/96`: the low 32 bits are the IPv4 client's.
+const NAT64: u128 = 0x0064_ff9b << 96;
 
 impl Peer {
     /// No address given.
     pub const UNKNOWN: Peer = Peer(None);
+    /// An address given that is no IP address: one address for all such.
+    pub const OPAQUE: Peer = Peer(Some(u128::MAX));
 
-    /// `addr`'s peer: an IPv4 address (also when written IPv4-mapped), or an IPv6 /64.
+    /// `addr`'s peer: an IPv4 address (also when written IPv4-mapped, or NAT64's), or an
+    /// IPv6 /48.
     pub fn of(addr: IpAddr) -> Peer {
         let bits = match addr {
             IpAddr::V4(v4) => u128::from(u32::from(v4)),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => u128::from(u32::from(v4)),
-                None => (u128::from(v6) >> 64 << 64) | (1 << 32),
+            IpAddr::V6(v6) => match (v6.to_ipv4_mapped(), u128::from(v6)) {
+                (Some(v4), _) => u128::from(u32::from(v4)),
+                (None, bits) if bits >> 32 == NAT64 >> 32 => bits & u128::from(u32::MAX),
+                (None, bits) => (bits >> 80 << 80) | (1 << 32),
             },
         };
         Peer(Some(bits))
     }
 
-    /// The peer of an IP address written as text (Envoy's `socket_address.address`), in
-    /// the one spelling Rust's parser takes (no leading zeros, no zone); `None` otherwise.
+    /// The peer of an IP address written as text, in the one spelling Rust's parser takes
+    /// (no leading zeros, no zone); `None` otherwise.
     pub fn parse(text: &str) -> Option<Peer> {
         text.parse().ok().map(Peer::of)
     }
 
-    /// The address that stands for the peer (an IPv6 network's first address), to pass it
-    /// on; `None` when unknown. [`Peer::of`] of it is the same peer.
-    pub fn address(self) -> Option<IpAddr> {
-        let bits = self.0?;
-        Some(match u32::try_from(bits) {
-            Ok(v4) => IpAddr::V4(v4.into()),
-            Err(_) => IpAddr::V6((bits & !(1 << 32)).into()),
-        })
+    /// The peer as one word, to pass it on (Envoy's dynamic metadata); [`Peer::from_word`]
+    /// reads it back.
+    pub fn word(self) -> Option<u128> {
+        self.0
+    }
+
+    pub fn from_word(word: u128) -> Peer {
+        Peer(Some(word))
     }
 }
 
@@ -129,14 +141,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_peer_per_ipv4_address_and_ipv6_subscriber_network() {
+    fn one_peer_per_ipv4_address_and_ipv6_site() {
         let p = |s: &str| Peer::parse(s).unwrap_or(Peer::UNKNOWN);
         assert_eq!(p("10.0.0.1"), p("::ffff:10.0.0.1"));
+        assert_eq!(p("10.0.0.1"), p("64:ff9b::10.0.0.1"));
+        assert_ne!(p("10.0.0.1"), p("64:ff9b::10.0.0.2"));
         assert_ne!(p("10.0.0.1"), p("10.0.0.2"));
-        assert_eq!(p("2001:db8:1:2::1"), p("2001:db8:1:2:ffff::9"));
-        assert_ne!(p("2001:db8:1:2::1"), p("2001:db8:1:3::1"));
-        // An IPv6 network whose top bits read as an IPv4 address is not that address.
+        // A site's /48, whatever its subnets and hosts (6to4: one IPv4 address's /48).
+        assert_eq!(p("2001:db8:1:2::1"), p("2001:db8:1:ff02:ffff::9"));
+        assert_eq!(p("2002:a00:1::1"), p("2002:a00:1:ffff::1"));
+        assert_ne!(p("2001:db8:1::1"), p("2001:db8:2::1"));
+        // An IPv6 network whose low bits read as an IPv4 address is not that address.
         assert_ne!(p("::a00:1"), p("10.0.0.1"));
+        assert_ne!(Peer::OPAQUE, p("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"));
         for text in [
             "/var/run/envoy.sock",
             "",
@@ -154,8 +171,8 @@ mod tests {
             "::",
         ] {
             let peer = p(text);
-            assert_eq!(Peer::of(peer.address().unwrap()), peer, "{text}");
+            assert_eq!(Peer::from_word(peer.word().unwrap()), peer, "{text}");
         }
-        assert_eq!(Peer::UNKNOWN.address(), None);
+        assert_eq!(Peer::UNKNOWN.word(), None);
     }
 }

@@ -258,10 +258,7 @@ impl CounterTable {
                 self.region.header(header::FULL_EVENTS).fetch_add(1, SeqCst);
                 return Err(TableFull);
             }
-            if !self
-                .peers
-                .room(peer, self.client_slots(), self.client_cap())
-            {
+            if !self.peer_room(peer, now_ns) {
                 self.region.header(header::FULL_EVENTS).fetch_add(1, SeqCst);
                 self.region
                     .header(header::PEER_FULL_EVENTS)
@@ -342,9 +339,25 @@ impl CounterTable {
     /// at most once a second: a flood is then refused at the cost of a load). Under the
     /// insert lock.
     fn client_room(&self, now_ns: u64) -> bool {
-        if self.client_slots() < self.client_cap() {
-            return true;
-        }
+        self.client_slots() < self.client_cap()
+            || (self.sweep(now_ns) && self.client_slots() < self.client_cap())
+    }
+
+    /// Whether `peer` may take one more client-chosen slot: the share is not pressed, or the
+    /// address holds less than its part of it, counted again once expired slots are freed
+    /// (as in [`Self::client_room`]: else keys whose windows have expired would press the
+    /// share, and hold an address's part, until the share filled). Under the insert lock.
+    fn peer_room(&self, peer: Peer, now_ns: u64) -> bool {
+        let room = || {
+            self.peers
+                .room(peer, self.client_slots(), self.client_cap())
+        };
+        room() || (self.sweep(now_ns) && room())
+    }
+
+    /// Free the client-chosen slots whose windows have expired, at most once a second: false
+    /// when one ran within this second already. Under the insert lock.
+    fn sweep(&self, now_ns: u64) -> bool {
         let second = now_ns / 1_000_000_000 + 1;
         let last = self.region.header(header::LAST_SWEEP);
         if last.load(SeqCst) >= second {
@@ -362,7 +375,7 @@ impl CounterTable {
                 self.release_slot(s, key, g, now_ns);
             }
         }
-        self.client_slots() < self.client_cap()
+        true
     }
 }
 
@@ -537,6 +550,32 @@ mod tests {
         assert_eq!(t.peer_full_events(), 1 + 15);
     }
 
+    #[test]
+    fn keys_whose_windows_expired_press_no_one() {
+        let t = CounterTable::new(2048, 16);
+        let made_up = |who: usize, i: usize| key(1, &format!("{who}-{i}")).chosen_by_client(true);
+        let peers = apart(&t, 3);
+        let flooded = (0..2048)
+            .take_while(|i| t.find_or_insert(&made_up(0, *i), 0, peers[0]).is_ok())
+            .count();
+        assert_eq!(flooded as u64, t.client_cap() * 3 / 4);
+        // The flood's minute has passed: the same address, and any other, finds room
+        // again as if nothing had been there, once the expired keys are swept.
+        let later = 200_000 * NS;
+        let share = t.client_cap() / super::super::peers::PEER_SHARE;
+        for (n, peer) in peers.iter().enumerate() {
+            for i in 0..share as usize * 2 {
+                let k = made_up(n + 10, i);
+                assert!(
+                    t.find_or_insert(&k, later, *peer).is_ok(),
+                    "address {n}, key {i}"
+                );
+            }
+        }
+        assert_eq!(t.peer_slots(peers[0]), share * 2);
+        assert_eq!(t.client_slots(), share * 2 * 3);
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Insert { peer: usize, id: u16, client: bool },
@@ -579,7 +618,7 @@ mod tests {
                         }
                         if t.peer_full_events() > before {
                             prop_assert!(client && pressed && held >= share.max(1));
-                            prop_assert!(peers[peer].address().is_some());
+                            prop_assert!(peers[peer].word().is_some());
                         }
                     }
                 }
