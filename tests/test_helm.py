@@ -28,6 +28,7 @@ import copy
 import json
 import os
 import re
+import runpy
 import shutil
 import subprocess
 import tomllib
@@ -35,9 +36,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import hypothesis.strategies as st
 import kubernetes_validate
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
 from test_kubernetes import K8S_VERSION, agreement, rendered
 from test_kubernetes_sidecars import admitted, kustomize
 
@@ -165,6 +168,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
     ),
     "allInOne-store-url": {"store": {"url": "redis://redis.example:6379/0", "timeoutMs": 50}},
     "allInOne-store-secret": {"store": {"existingSecret": "toolgate-store"}},
+    "allInOne-options": {
+        "store": {"existingSecret": "toolgate-store"},
+        "toolgate": {"options": {"capacity": 200000, "metrics-per-tool": True}},
+    },
     "allInOne-existing-policy": {"existingPolicyConfigMap": "my-policy"},
     "sidecars": SIDECARS,
     "sidecars-everything": merged(SIDECARS, MONITORING, {"store": {"redis": {"enabled": True}}}),
@@ -261,6 +268,8 @@ def test_every_value_is_documented():
 SCHEMA = json.loads((CHART / "values.schema.json").read_text())
 #: Mappings whose keys are the user's (Kubernetes' own fields, labels), not the chart's.
 OPEN = {"resources", "labels", "podLabels", "podAnnotations", "podSpec", "policy", "global"}
+#: toolgate.options: keys of toolgate's own, whose schema its parser makes (below).
+OPEN |= {"options"}
 
 
 def value_paths(node: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -312,6 +321,85 @@ def test_a_value_of_the_wrong_type_is_refused_by_helm(tmp_path):
     assert "replicas" in refused(tmp_path, {"replicas": "three"})
     assert "port" in refused(tmp_path, {"service": {"port": 70000}})
     assert "logFormat" in refused(tmp_path, {"toolgate": {"logFormat": "yaml"}})
+
+
+# --- toolgate.options: made from toolgate's parser ----------------------------------------------
+
+GEN_OPTIONS = runpy.run_path(str(ROOT / "scripts" / "gen_helm_options"))
+
+
+def test_the_options_schema_is_the_one_toolgates_parser_makes():
+    assert (CHART / "values.schema.json").read_text() == GEN_OPTIONS["written"](), (
+        "run scripts/gen_helm_options"
+    )
+
+
+def test_the_chart_gives_on_the_command_line_exactly_the_options_it_leaves_out(renderings):
+    given = set()
+    for objects in renderings.values():
+        for o in objects:
+            if o["kind"] == "Deployment" and not o["metadata"]["name"].endswith("-redis"):
+                args = containers(o["spec"]["template"])["toolgate"]["args"]
+                given |= {a[2:] for a in args if a.startswith("--")}
+    assert given == set(GEN_OPTIONS["CHART_SETS"])
+
+
+SERVE_PARSER = GEN_OPTIONS["serve_parser"]()
+
+
+#: Text options drawn, with text each takes (the others are addresses, paths and URLs).
+HEADERS = ["grant-header", "session-header", "agent-header", "server-header", "jwt-payload-key"]
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.data())
+def test_options_reach_toolgate_as_the_values_it_reads(tmp_path, data):
+    """Values the schema admits render as TOOLGATE_* variables that toolgate reads back as
+    the same values (a whole number without a decimal point, a flag as true or false)."""
+    from toolgate.cli.serve_config import layered, options_of, variable
+
+    schema = SCHEMA["properties"]["toolgate"]["properties"]["options"]["properties"]
+    samples = {
+        "integer": st.integers(1, 10**7),
+        "number": st.sampled_from([0.5, 2.0, 30, 0.001, 1500]),
+        "boolean": st.booleans(),
+    }
+    drawable = sorted(n for n, e in schema.items() if e.get("type") != "string") + HEADERS
+    names = data.draw(st.lists(st.sampled_from(drawable), min_size=1, max_size=6, unique=True))
+    options: dict[str, Any] = {}
+    for name in names:
+        entry = schema[name]
+        if "enum" in entry:
+            options[name] = data.draw(st.sampled_from(entry["enum"]))
+        elif entry["type"] == "string":
+            options[name] = "x-caller"
+        else:
+            options[name] = data.draw(samples[entry["type"]])
+    objects = template(tmp_path, {"toolgate": {"options": options}})
+    env = {e["name"]: e["value"] for e in containers(pod(objects))["toolgate"]["env"]}
+    assert set(env) == {variable(n) for n in options}
+    words = ["--policy", "p.json"]
+    read, _ = layered(SERVE_PARSER, SERVE_PARSER.parse_args(words), words, environ=env)
+    actions = options_of(SERVE_PARSER)
+    for name, value in options.items():
+        got = getattr(read, actions[name].dest)
+        if isinstance(value, bool):
+            assert got is value, name
+        elif isinstance(value, int | float):
+            assert got == pytest.approx(value), (name, env)
+        else:
+            assert str(got) == value, name
+
+
+def test_a_misspelt_option_or_one_of_the_charts_is_refused_by_helm(tmp_path):
+    said = refused(tmp_path, {"toolgate": {"options": {"capactiy": 1000}}})
+    assert "additional properties 'capactiy' not allowed" in said, said
+    said = refused(tmp_path, {"toolgate": {"options": {"listen": "0.0.0.0:9191"}}})
+    assert "additional properties 'listen' not allowed" in said, said
+    assert "capacity" in refused(tmp_path, {"toolgate": {"options": {"capacity": "lots"}}})
+    assert "store-mode" in refused(tmp_path, {"toolgate": {"options": {"store-mode": "fast"}}})
 
 
 # --- validity, and each option on and off -------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from toolgate._core import read_document
@@ -135,6 +135,38 @@ def layered(
         if near:
             warnings.append(f"{var} is not an option's variable (did you mean {near[0]}?)")
     return out, warnings
+
+
+def _json_type(action: argparse.Action) -> str:
+    """The JSON type of an option's value: what its type makes of "1" (an int, a float; the
+    option's own checks, such as positive, stay the parser's), else a string."""
+    try:
+        probe = action.type("1") if callable(action.type) else "1"
+    except (argparse.ArgumentTypeError, ValueError, TypeError):
+        return "string"
+    return {int: "integer", float: "number"}.get(type(probe), "string")
+
+
+def schema(parser: argparse.ArgumentParser, leave_out: Collection[str] = ()) -> dict[str, Any]:
+    """A JSON Schema of the options a file or the environment may set, except ``leave_out``
+    (those a deployment sets itself): each option's name, its type (a flag is a boolean, a
+    choice one of its words) and its help. The Helm chart's ``toolgate.options`` is checked
+    against it, so a misspelt option is refused before the pod starts."""
+    properties: dict[str, Any] = {}
+    for name, action in options_of(parser).items():
+        if name in leave_out:
+            continue
+        if isinstance(action, argparse._StoreTrueAction):
+            entry: dict[str, Any] = {"type": "boolean"}
+        elif action.choices is not None:
+            entry = {"enum": [str(c) for c in action.choices]}
+        else:
+            entry = {"type": _json_type(action)}
+        default = action.default
+        text = " ".join((action.help or "").replace("%(default)s", str(default)).split())
+        entry["description"] = text
+        properties[name] = entry
+    return {"type": "object", "additionalProperties": False, "properties": properties}
 
 
 def reference(parser: argparse.ArgumentParser) -> str:

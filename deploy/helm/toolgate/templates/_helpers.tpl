@@ -139,18 +139,24 @@ capabilities: {drop: [ALL]}
 - {{ . | quote }}
 {{- end }}
 {{- end }}
-{{- range $.Values.toolgate.extraArgs }}
-- {{ . | quote }}
-{{- end }}
 {{- end }}
 
-{{/* The store URL from a Secret, as an environment variable for `$(TOOLGATE_STORE)`. */}}
-{{- define "toolgate.storeEnv" -}}
-{{- if and .Values.store.existingSecret (not .Values.store.redis.enabled) (not .Values.store.url) }}
+{{/* toolgate's environment: the store URL from a Secret (for `$(TOOLGATE_STORE)`), and
+toolgate.options, each as its TOOLGATE_* variable (what `toolgate serve` reads for an option
+its command line does not give). A whole number is written without a decimal point. */}}
+{{- define "toolgate.env" -}}
+{{- $secret := and .Values.store.existingSecret (not .Values.store.redis.enabled) (not .Values.store.url) }}
+{{- if or $secret .Values.toolgate.options }}
 env:
+{{- if $secret }}
   - name: TOOLGATE_STORE
     valueFrom:
       secretKeyRef: {name: {{ .Values.store.existingSecret }}, key: {{ .Values.store.existingSecretKey }}}
+{{- end }}
+{{- range $name, $value := .Values.toolgate.options }}
+  - name: {{ printf "TOOLGATE_%s" ($name | upper | replace "-" "_") }}
+    value: {{ ternary ($value | int64 | toString) ($value | toString) (and (kindIs "float64" $value) (eq (floor $value) $value)) | quote }}
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -243,7 +249,7 @@ template's `containers` (README.md, "Sidecars in your own chart"), with the char
   image: {{ include "toolgate.image" (dict "image" .Values.images.toolgate "default" .Chart.AppVersion) }}
   args:
     {{- include "toolgate.serveArgs" (dict "root" . "metrics" "127.0.0.1:9464") | nindent 4 }}
-  {{- with include "toolgate.storeEnv" . | trim }}{{ . | nindent 2 }}{{ end }}
+  {{- with include "toolgate.env" . | trim }}{{ . | nindent 2 }}{{ end }}
   {{- include "toolgate.toolgateRuntime" . | nindent 2 }}
   securityContext:
     runAsNonRoot: true
