@@ -309,3 +309,49 @@ def test_mail_may_not_leave_a_caller_that_read_the_crm_through_either_server(tmp
         assert crm.called("t-reader") == ["crm_read"]
         (other,) = anyio.run(calls, "t-other", mail_step)
         assert texts(other) == ["mailed 'hi' to a@example.com"]
+
+
+def test_room_for_made_up_tokens_is_shared_out_by_the_clients_address(
+    remote: EverythingServer,
+):
+    """The deployed config passes ``source.address``: a flood of made-up tokens from one
+    address stops at three quarters of the table's room for them, and a caller from another
+    address still gets its call through (docs/counters.md)."""
+
+    async def one(token: str, source: str) -> bool:
+        transport = httpx2.AsyncHTTPTransport(local_address=source)
+        headers = {"authorization": f"Bearer {token}"}
+        try:
+            async with (
+                httpx2.AsyncClient(headers=headers, transport=transport, timeout=30.0) as http,
+                streamable_http_client(gw.url, http_client=http) as (read, write),
+                ClientSession(read, write) as s,
+            ):
+                with anyio.fail_after(PATIENCE * 4):
+                    await s.initialize()
+                    answer = await s.call_tool("everything_get-sum", {"a": 1, "b": 2})
+                    return not answer.is_error
+        except Exception:  # refused anywhere in the session: not let through
+            return False
+
+    # A day's window: the flood's counts outlive it however slowly it goes.
+    sums = {"limits": [{"counter": "sums", "window": "day", "max": 3, "scope": "grant"}]}
+    doc = {
+        "version": "1",
+        "default": "deny",
+        "servers": {"everything": {"tools": {"get-sum": sums}}},
+    }
+    with (
+        Sidecar(doc, "--capacity", "256") as sidecar,
+        Agentgateway(sidecar.target, remote.url) as gw,
+    ):
+        # 128 slots for keys a client chose; each made-up token's call takes one.
+        cap, flood = 128, 0
+        while anyio.run(one, f"made-up-{flood}", "127.0.0.2"):
+            flood += 1
+            assert flood < cap, "the flood was never refused"
+        assert flood == cap * 3 // 4
+        assert sidecar.metric("toolgate_counter_table_client_slots") == flood
+        assert (sidecar.metric("toolgate_counter_table_peer_refusals_total") or 0) >= 1
+        assert anyio.run(one, "made-up-after", "127.0.0.2") is False
+        assert anyio.run(one, "a-new-caller", "127.0.0.3") is True

@@ -122,3 +122,41 @@ def test_decide_shares_room_out_by_peer_address(tmp_path: Path):
             refused = client.decide("list_images", grant="odd", peer_address=text)
             assert refused.code == "INVALID_REQUEST", text
             assert "peer_address is not an IP address" in refused.reason
+
+
+def test_extmcp_shares_room_out_by_the_address_agentgateway_passes():
+    """agentgateway's config passes the client's address as ``toolgate_peer``
+    (``source.address``); a header of that name, the client's, is not it."""
+    from ext_mcp import ExtMcp, outcome
+
+    with Sidecar(DOC, "--capacity", CAPACITY) as sidecar, ExtMcp(sidecar.target) as ext:
+
+        def given(peer: object, tag: str, tokens: int, **kw: object) -> int:
+            passed = 0
+            for n in range(tokens):
+                metadata = {} if peer is None else {"toolgate_peer": peer}
+                headers = [("authorization", f"Bearer {tag}-{n}")]
+                result = ext.call("list_images", {}, headers=headers, metadata=metadata, **kw)
+                passed += outcome(result) == "pass"
+            return passed
+
+        assert given("198.51.100.7", "flood", SHARE) == PRESSED
+        # The flood spelling its address otherwise, or as a header, is the same address.
+        assert given("::ffff:198.51.100.7", "mapped", 3) == 0
+        headers_only = [
+            outcome(
+                ext.call(
+                    "list_images",
+                    {},
+                    headers=[("authorization", f"Bearer hdr-{n}"), ("toolgate_peer", "192.0.2.9")],
+                    metadata={"toolgate_peer": "198.51.100.7"},
+                )
+            )
+            for n in range(3)
+        ]
+        assert "pass" not in headers_only
+        others = sorted(given(f"203.0.113.{n}", f"other-{n}", PER_ADDRESS + 1) for n in (1, 2, 3))
+        assert others[-2:] == [PER_ADDRESS, PER_ADDRESS], others
+        # A value that is no IP address is one opaque address, held to its part too.
+        assert given("not-an-address", "opaque", PER_ADDRESS + 3) <= PER_ADDRESS
+        assert given(7, "number", 3) <= PER_ADDRESS

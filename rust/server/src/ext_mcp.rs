@@ -42,6 +42,7 @@ use sha2::Sha256;
 use std::sync::Arc;
 use std::time::Instant;
 use toolgate_core::compile::CompiledPolicy;
+use toolgate_core::counter::Peer;
 use toolgate_core::kind::{Kind as Named, Listed};
 use toolgate_core::listed::ListedTool;
 use toolgate_core::mcp::answer::case_variant;
@@ -155,7 +156,25 @@ impl<'a> CallerFacts<'a> for McpFacts<'a> {
             _ => None,
         }
     }
+
+    /// The client's address, as agentgateway's config puts it in [`PEER_METADATA`]
+    /// (`source.address`): metadata is the gateway's, not the client's. Given but no IP
+    /// address: one opaque address, bounded like any other.
+    fn peer(&self) -> Peer {
+        match self
+            .metadata
+            .and_then(|m| m.fields.get(PEER_METADATA))
+            .map(|v| &v.kind)
+        {
+            None => Peer::UNKNOWN,
+            Some(Some(Kind::StringValue(s))) => Peer::parse(s).unwrap_or(Peer::OPAQUE),
+            Some(_) => Peer::OPAQUE,
+        }
+    }
 }
+
+/// The `metadata` entry agentgateway's config fills with the client's address.
+pub const PEER_METADATA: &str = "toolgate_peer";
 
 /// Answer one `CheckRequest`.
 pub fn check_request(
