@@ -25,9 +25,9 @@ SHARE, PRESSED, PER_ADDRESS = 128, 96, 2
 DOC = policy({"list_images": {"limits": [limit("images", 1000, window="day")]}})
 
 
-def call(port: int, source: str, token: str) -> bool:
-    """One ``tools/call`` with bearer ``token`` from loopback address ``source``: whether
-    toolgate let it through (the server answered it)."""
+def post(port: int, source: str, headers: dict[str, str]) -> bool:
+    """One ``tools/call`` of ``list_images`` to Envoy at ``port``, from loopback address
+    ``source``, with ``headers``: whether toolgate let it through (the server answered it)."""
     body = {
         "jsonrpc": "2.0",
         "id": 1,
@@ -38,20 +38,22 @@ def call(port: int, source: str, token: str) -> bool:
         "127.0.0.1", port, timeout=30, source_address=(source, 0)
     )
     try:
-        headers = {
-            "accept": ACCEPT,
-            "content-type": "application/json",
-            "authorization": f"Bearer {token}",
-        }
-        connection.request("POST", "/mcp", body=json.dumps(body), headers=headers)
+        all_headers = {"accept": ACCEPT, "content-type": "application/json", **headers}
+        connection.request("POST", "/mcp", body=json.dumps(body), headers=all_headers)
         response = connection.getresponse()
         text = response.read().decode()
     finally:
         connection.close()
-    if "counter table is full" in text:
+    # Refused by ext_authz (its reason) or by the rate-limit service (429).
+    if "counter table is full" in text or response.status == 429:
         return False
-    assert response.status == 200 and "toolgate" not in text, text
+    assert response.status == 200 and "toolgate" not in text, (response.status, text)
     return True
+
+
+def call(port: int, source: str, token: str) -> bool:
+    """``post`` with bearer ``token``."""
+    return post(port, source, {"authorization": f"Bearer {token}"})
 
 
 def flood(port: int, source: str, tokens: int, tag: str) -> int:

@@ -13,8 +13,6 @@ Table: 256 slots, 128 for keys a client chose, pressed from 96, then 2 per addre
 
 from __future__ import annotations
 
-import http.client
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,10 +23,11 @@ import test_envoy_authz_api as api
 import toolgate
 from conftest import START, limit, policy
 from envoy.service.auth.v3 import external_auth_pb2
-from envoy_proxy import ACCEPT, DEPLOY, RATELIMIT, deployed, envoy_executable
+from envoy_proxy import DEPLOY, RATELIMIT, deployed, envoy_executable
 from google.rpc import code_pb2
 from mcp_servers import ExampleServer
 from sidecar import Sidecar
+from test_peer_room import post
 from toolgate._core import Sidecar as NativeSidecar
 from toolgate.v1 import decider_pb2
 
@@ -393,29 +392,6 @@ def test_a_check_source_with_a_zone_or_no_ip_address_is_still_one_address(native
 # --- real Envoy: what a client can set -----------------------------------------------------------
 
 
-def post(port: int, headers: dict[str, str], source: str = "127.0.0.2") -> str:
-    body = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "tools/call",
-        "params": {"name": "list_images", "arguments": {}},
-    }
-    connection = http.client.HTTPConnection(
-        "127.0.0.1", port, timeout=30, source_address=(source, 0)
-    )
-    try:
-        all_headers = {"accept": ACCEPT, "content-type": "application/json", **headers}
-        connection.request("POST", "/mcp", body=json.dumps(body), headers=all_headers)
-        response = connection.getresponse()
-        text = response.read().decode()
-    finally:
-        connection.close()
-    if "counter table is full" in text or response.status == 429:
-        return "refused"
-    assert response.status == 200, (response.status, text)
-    return "allowed"
-
-
 def test_envoy_ext_authz_ignores_x_forwarded_for(tmp_path: Path):
     """The shipped ext_authz config sets no ``use_remote_address``, so Envoy takes the
     stream's remote address from X-Forwarded-For; ext_authz's ``source`` is the
@@ -428,18 +404,15 @@ def test_envoy_ext_authz_ignores_x_forwarded_for(tmp_path: Path):
         deployed(DEPLOY / "mcp-ext-authz.yaml", sidecar.port, server.port, patient=True) as envoy,
     ):
         assert envoy.port is not None
-        results = [
-            post(
-                envoy.port,
-                {
-                    "authorization": f"Bearer xff-{k}",
-                    "x-forwarded-for": f"10.{k // 250}.{k % 250}.9",
-                    "x-envoy-external-address": f"10.{k // 250}.{k % 250}.8",
-                },
-            )
+        headers = [
+            {
+                "authorization": f"Bearer xff-{k}",
+                "x-forwarded-for": f"10.{k // 250}.{k % 250}.9",
+                "x-envoy-external-address": f"10.{k // 250}.{k % 250}.8",
+            }
             for k in range(SHARE)
         ]
-        assert results.count("allowed") == PRESSED
+        assert sum(post(envoy.port, "127.0.0.2", h) for h in headers) == PRESSED
 
 
 RLS_DOC = policy(
@@ -448,11 +421,11 @@ RLS_DOC = policy(
 )
 
 
-def test_envoy_rate_limit_counts_the_connection_address_without_x_forwarded_for(
-    tmp_path: Path,
-):
-    """The control for the next test: through the shipped rate-limit config, a flood of
-    made-up grants from one connection address is held to three quarters of the share."""
+@pytest.mark.parametrize("forwarded", [False, True], ids=["plain", "x-forwarded-for"])
+def test_envoy_rate_limit_counts_the_connection_address(tmp_path: Path, forwarded: bool):
+    """Through the shipped rate-limit config, a flood of made-up grants from one connection
+    is held to three quarters of the share, with or without a new X-Forwarded-For on each
+    request (the config sets use_remote_address: the address is the connection's)."""
     if envoy_executable() is None:
         pytest.skip("no envoy executable")
     with (
@@ -461,35 +434,11 @@ def test_envoy_rate_limit_counts_the_connection_address_without_x_forwarded_for(
         deployed(RATELIMIT, sidecar.port, example.port, patient=True) as envoy,
     ):
         assert envoy.port is not None
-        results = [
-            post(envoy.port, {"mcp-name": "list_images", "x-grant": f"plain-{k}"})
+        headers = [
+            {"mcp-name": "list_images", "x-grant": f"grant-{k}"}
+            | ({"x-forwarded-for": f"10.{k // 250}.{k % 250}.9"} if forwarded else {})
             for k in range(SHARE)
         ]
-        assert results.count("allowed") == PRESSED
-
-
-def test_envoy_rate_limit_remote_address_ignores_client_x_forwarded_for(tmp_path: Path):
-    if envoy_executable() is None:
-        pytest.skip("no envoy executable")
-    with (
-        ExampleServer(tmp_path / "example.jsonl", json=True, stateless=True) as example,
-        Sidecar(RLS_DOC, "--capacity", str(CAPACITY)) as sidecar,
-        deployed(RATELIMIT, sidecar.port, example.port, patient=True) as envoy,
-    ):
-        assert envoy.port is not None
-
-        # The flood from one connection address, with a new X-Forwarded-For each time.
-        results = [
-            post(
-                envoy.port,
-                {
-                    "mcp-name": "list_images",
-                    "x-grant": f"xff-{k}",
-                    "x-forwarded-for": f"10.{k // 250}.{k % 250}.9",
-                },
-            )
-            for k in range(SHARE)
-        ]
-        taken = results.count("allowed")
+        taken = sum(post(envoy.port, "127.0.0.2", h) for h in headers)
+        assert taken == PRESSED
         assert sidecar.metric("toolgate_counter_table_client_slots") == taken
-        assert taken <= PRESSED, taken
