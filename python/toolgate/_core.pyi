@@ -44,6 +44,7 @@ __all__ = [
     "inert",
     "inert_json",
     "is_mcp_tool_name",
+    "policy_keys",
     "read_document",
     "read_maxmemory_policy",
     "read_mcp_request",
@@ -101,6 +102,10 @@ def inert(text: str) -> str:
 def is_mcp_tool_name(name: str) -> bool:
     """Whether ``name`` is a tool name MCP allows (1 to 128 of ``A-Z a-z 0-9 _ - .``): the
     rule a policy holds its tool keys to."""
+
+def policy_keys() -> list[tuple[str, list[tuple[str, str]]]]:
+    """Every key of the policy language, by object: ``(heading, [(key, meaning)])``, as the
+    loader accepts them; docs/policy-keys.md is made of them."""
 
 def inert_json(json: str) -> str:
     """Compact JSON text (as the engine writes it) with every character ``inert`` escapes

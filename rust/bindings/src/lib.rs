@@ -34,6 +34,17 @@ fn is_mcp_tool_name(name: &str) -> bool {
     toolgate_core::approval_text::is_mcp_tool_name(name)
 }
 
+/// Every key of the policy language, by object: `(heading, [(key, meaning)])`, as the
+/// loader accepts them (`toolgate_core::policy::keys`); docs/policy-keys.md is made of them.
+#[pyfunction]
+fn policy_keys() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
+    let objects = toolgate_core::policy::keys::OBJECTS.iter();
+    let keys = |keys: &[toolgate_core::policy::keys::Key]| {
+        keys.iter().map(|k| (k.name, k.meaning)).collect()
+    };
+    objects.map(|(heading, k)| (*heading, keys(k))).collect()
+}
+
 /// A window for people: `1m`, `90s`, `1500ms` (as the engine's reasons write it).
 #[pyfunction]
 fn format_window(ms: u64) -> String {
@@ -99,6 +110,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(document::read_document, m)?)?;
     m.add_function(wrap_pyfunction!(inert, m)?)?;
     m.add_function(wrap_pyfunction!(is_mcp_tool_name, m)?)?;
+    m.add_function(wrap_pyfunction!(policy_keys, m)?)?;
     m.add_function(wrap_pyfunction!(inert_json, m)?)?;
     m.add_function(wrap_pyfunction!(tool_digest, m)?)?;
     m.add_function(wrap_pyfunction!(argument_digest, m)?)?;

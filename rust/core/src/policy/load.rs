@@ -11,6 +11,7 @@ use regex::Regex;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::keys;
 use super::pins::Pins;
 use super::source::{parse_json, parse_yaml, Format, Member, Node, NodeValue};
 use super::{
@@ -166,36 +167,6 @@ pub const MAX_MAX: f64 = 1e9;
 /// Longest window or timeout accepted, in ms (2^53, where f64 stops being exact).
 const MAX_WINDOW_MS: u64 = 1 << 53;
 
-const SECTION_KEYS: &[&str] = &[
-    "version",
-    "default",
-    "hide",
-    "all_tools",
-    "tools",
-    "resources",
-    "prompts",
-    "methods",
-    "servers",
-    "mode",
-    "pins",
-    "trust_annotations",
-];
-const RULE_KEYS: &[&str] = &[
-    "action",
-    "reason",
-    "mode",
-    "limits",
-    "require",
-    "deny_if",
-    "approval",
-    "confirmation",
-    "log",
-    "release_on_failure",
-    "marks",
-];
-const HIDE_KEYS: &[&str] = &["tools", "resources", "prompts"];
-const PINS_KEYS: &[&str] = &["file", "mode", "unpinned"];
-const MARK_KEYS: &[&str] = &["name", "scope", "ttl"];
 /// Most marks one call may set, with its limits: what one reservation holds.
 const MAX_SETS: usize = MAX_LIMITS;
 /// What a confirmed call reserves besides its limits and marks: its nonce and its caller's
@@ -203,18 +174,12 @@ const MAX_SETS: usize = MAX_LIMITS;
 const CONFIRMATION_SETS: usize = 2;
 /// Most distinct marks a policy names: what one call may read at once.
 const MAX_MARKS: usize = crate::marks::MAX_READS;
-const LIMIT_KEYS: &[&str] = &["counter", "window", "max", "scope", "cost"];
-const APPROVAL_KEYS: &[&str] = &["timeout", "approvers"];
-const CONFIRMATION_KEYS: &[&str] = &["message", "timeout", "fallback"];
 const FALLBACKS: &[(&str, Fallback)] =
     &[("deny", Fallback::Deny), ("approval", Fallback::Approval)];
 /// Longest question a policy may write, in bytes (arguments shown in it come on top).
 const MAX_QUESTION_BYTES: usize = 1024;
 /// Longest a user may take to answer: a day.
 const MAX_CONFIRMATION_TIMEOUT_MS: u64 = 24 * 3600 * 1000;
-const GROUP_KEYS: &[&str] = &["conditions", "on_deny"];
-const COMPARE_KEYS: &[&str] = &["path", "op", "value"];
-const COMBINATOR_KEYS: &[&str] = &["all", "any", "not"];
 
 const DEFAULTS: &[(&str, DefaultAction)] = &[
     ("allow", DefaultAction::Allow),
@@ -310,17 +275,17 @@ impl Loader {
         &mut self,
         node: &'n Node,
         pointer: &str,
-        known: &[&str],
+        known: &[keys::Key],
     ) -> Option<&'n [Member]> {
         let members = self.object(node, pointer)?;
-        for m in members.iter().filter(|m| !known.contains(&m.key.as_str())) {
+        for m in members.iter().filter(|m| !keys::has(known, &m.key)) {
             self.error(
                 child(pointer, &m.key),
                 m.key_line,
                 format!(
                     "unknown key {:?}; expected one of: {}",
                     m.key,
-                    known.join(", ")
+                    keys::names(known)
                 ),
             );
         }
@@ -430,7 +395,7 @@ impl Loader {
             trust_annotations: None,
         };
         let mut servers = Vec::new();
-        let Some(members) = self.strict_object(node, pointer, SECTION_KEYS) else {
+        let Some(members) = self.strict_object(node, pointer, keys::SECTION) else {
             return (section, servers);
         };
         if top {
@@ -495,7 +460,7 @@ impl Loader {
             hide.tools = self.hidden(node, pointer);
             return hide;
         }
-        let Some(members) = self.strict_object(node, pointer, HIDE_KEYS) else {
+        let Some(members) = self.strict_object(node, pointer, keys::HIDE) else {
             return hide;
         };
         for m in members {
@@ -672,7 +637,7 @@ impl Loader {
             pointer: pointer.to_owned(),
             ..Rule::default()
         };
-        let Some(members) = self.strict_object(node, pointer, RULE_KEYS) else {
+        let Some(members) = self.strict_object(node, pointer, keys::RULE) else {
             return rule;
         };
         let mut action_ok = true;
@@ -799,7 +764,7 @@ impl Loader {
     }
 
     fn confirmation(&mut self, node: &Node, pointer: &str) -> Option<Confirmation> {
-        let members = self.strict_object(node, pointer, CONFIRMATION_KEYS)?;
+        let members = self.strict_object(node, pointer, keys::CONFIRMATION)?;
         let mut confirmation = Confirmation::default();
         for m in members {
             let at = child(pointer, &m.key);
@@ -837,7 +802,7 @@ impl Loader {
     }
 
     fn approval(&mut self, node: &Node, pointer: &str) -> Option<Approval> {
-        let members = self.strict_object(node, pointer, APPROVAL_KEYS)?;
+        let members = self.strict_object(node, pointer, keys::APPROVAL)?;
         let mut approval = Approval::default();
         for m in members {
             let at = child(pointer, &m.key);
@@ -865,7 +830,7 @@ impl Loader {
     // --- pins and marks ---------------------------------------------------------------------
 
     fn pins(&mut self, node: &Node, pointer: &str) -> Option<PinsRule> {
-        let members = self.strict_object(node, pointer, PINS_KEYS)?;
+        let members = self.strict_object(node, pointer, keys::PINS)?;
         let file = self
             .required(members, node, pointer, "file")
             .and_then(|m| self.non_empty_string(&m.value, &child(pointer, "file")))?;
@@ -943,7 +908,7 @@ impl Loader {
     }
 
     fn mark(&mut self, node: &Node, pointer: &str) -> Option<MarkRule> {
-        let members = self.strict_object(node, pointer, MARK_KEYS)?;
+        let members = self.strict_object(node, pointer, keys::MARK)?;
         let name = self
             .required(members, node, pointer, "name")
             .and_then(|m| self.non_empty_string(&m.value, &child(pointer, "name")));
@@ -1030,7 +995,7 @@ impl Loader {
 
     fn limit(&mut self, node: &Node, pointer: &str) -> Option<Limit> {
         let before = self.errors.len();
-        let members = self.strict_object(node, pointer, LIMIT_KEYS)?;
+        let members = self.strict_object(node, pointer, keys::LIMIT)?;
         let counter_member = self.required(members, node, pointer, "counter");
         let window_member = self.required(members, node, pointer, "window");
         let max_member = self.required(members, node, pointer, "max");
@@ -1173,7 +1138,7 @@ impl Loader {
             return self.condition(node, pointer).map(ConditionItem::Condition);
         }
         self.clean(|this| {
-            let members = this.strict_object(node, pointer, GROUP_KEYS)?;
+            let members = this.strict_object(node, pointer, keys::GROUP)?;
             let mut conditions = Some(Vec::new());
             let mut on_deny = None;
             for m in members {
@@ -1211,12 +1176,13 @@ impl Loader {
 
     fn condition_inner(&mut self, node: &Node, pointer: &str) -> Option<Condition> {
         let members = self.object(node, pointer)?;
-        let is = |keys: &[&str], m: &Member| keys.contains(&m.key.as_str());
-        let compare_keys = members.iter().filter(|m| is(COMPARE_KEYS, m)).count();
-        let combinators: Vec<&Member> = members.iter().filter(|m| is(COMBINATOR_KEYS, m)).collect();
+        let is = |known: &[keys::Key], m: &Member| keys::has(known, &m.key);
+        let compare_keys = members.iter().filter(|m| is(keys::COMPARE, m)).count();
+        let combinators: Vec<&Member> =
+            members.iter().filter(|m| is(keys::COMBINATOR, m)).collect();
         for m in members
             .iter()
-            .filter(|m| !is(COMPARE_KEYS, m) && !is(COMBINATOR_KEYS, m))
+            .filter(|m| !is(keys::COMPARE, m) && !is(keys::COMBINATOR, m))
         {
             self.error(
                 child(pointer, &m.key),

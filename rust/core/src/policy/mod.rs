@@ -4,6 +4,7 @@
 //! `load` validates that tree into a [`Policy`], reporting every error with its JSON pointer.
 //! The model is plain data; `crate::compile` turns it into the structures decisions run on.
 
+pub mod keys;
 pub mod load;
 pub mod pins;
 pub mod self_asserted;
