@@ -184,8 +184,9 @@ class Policy:
         """True when some call could wait for a person's approval: a ``require_approval`` rule
         in enforce mode, in any section."""
     @property
-    def pins_files(self) -> list[Path]:
-        """The pins files the policy read (``pins.file``, relative to its directory)."""
+    def pins_loaded(self) -> list[tuple[Path, str]]:
+        """The pins files the policy read (``pins.file``, relative to its directory), each with
+        the SHA-256 (hex) of the bytes it read."""
     def pinned_tools(self) -> list[tuple[str | None, str, list[str]]]:
         """For each section whose ``pins`` withhold unpinned tools (``unpinned: hide``):
         ``(server, pins file, the names it pins for that server)``, ``server`` None for the

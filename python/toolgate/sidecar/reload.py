@@ -136,8 +136,9 @@ class PolicyWatcher:
         # The file could not be read at some check since: a file that then appears under a
         # new identity was created in place (removed, then written), not renamed in whole.
         self._went_missing = loaded is None
-        # The loaded policy's pins files as last tried.
-        self._pins = pins_digests(engine.policy.pins_files)
+        # The loaded policy's pins files, as the policy read them: a change made since it read
+        # them (before this watcher looked) is a change to load.
+        self._pins: dict[Path, str | None] = dict(engine.policy.pins_loaded)
         self._edit: InPlaceEdit | None = None
         self._writes = FileWrites()
         self._writes.look(path)
@@ -267,7 +268,7 @@ class PolicyWatcher:
             log.error("cannot reload policy %s: %s; keeping revision %s", self._path, err, old)
             return False
         self._reloads.add("success")
-        self._pins = pins_digests(policy.pins_files)
+        self._pins = dict(policy.pins_loaded)
         log.info("policy reloaded: revision %s -> %s", old, policy.revision)
         warn_self_asserted(self._path, policy, self._check)
         return True

@@ -147,11 +147,14 @@ impl PyPolicy {
         &self.inner.revision
     }
 
-    /// The pins files the policy read (`pins.file`, relative to the policy's directory), as
-    /// paths: a reload watches them with the policy.
+    /// The pins files the policy read (`pins.file`, relative to the policy's directory), each
+    /// with the SHA-256 (hex) of the bytes it read: a reload watches them for a change from
+    /// what was loaded, not from what a later read found.
     #[getter]
-    fn pins_files(&self) -> Vec<PathBuf> {
-        self.inner.pins.iter().map(|f| f.path.clone()).collect()
+    fn pins_loaded(&self) -> Vec<(PathBuf, String)> {
+        let hex = |d: &[u8; 32]| d.iter().map(|b| format!("{b:02x}")).collect();
+        let files = self.inner.pins.iter();
+        files.map(|f| (f.path.clone(), hex(&f.digest))).collect()
     }
 
     /// The tools each section's pins file pins, for the sections whose `pins` withhold a
