@@ -4,8 +4,8 @@
 //! a flood of them from filling it (sessions are held for a day). A network address costs
 //! more: a TCP connection from it. So once the share is three quarters taken, a new
 //! client-chosen key is let in only while the address the request came from holds less than
-//! [`PEER_SHARE`]'s part of the share; the last quarter then serves at least that many
-//! addresses' new callers, however many credentials one address makes up.
+//! a [`PEER_SHARE`]th of the share; the last quarter then serves the new callers of at least
+//! 16 addresses, however many credentials one address makes up.
 //!
 //! An address is the proxy's word for the request's source (Envoy's `source.address`); IPv6
 //! addresses count per /48, one site's network (a subscriber is given a /48 or a /56, so a
