@@ -43,6 +43,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from test_kubernetes import K8S_VERSION, agreement, rendered
 from test_kubernetes_sidecars import admitted, kustomize
+from toolgate.cli.main import command_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "deploy" / "helm" / "toolgate"
@@ -344,7 +345,7 @@ def test_the_chart_gives_on_the_command_line_exactly_the_options_it_leaves_out(r
     assert given == set(GEN_OPTIONS["CHART_SETS"])
 
 
-SERVE_PARSER = GEN_OPTIONS["serve_parser"]()
+SERVE_PARSER = command_parser("serve")
 
 
 #: Text options drawn, with text each takes (the others are addresses, paths and URLs).

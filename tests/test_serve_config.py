@@ -19,19 +19,13 @@ from conftest import EXAMPLES
 from hypothesis import given, settings
 from sidecar import PATIENCE, TOOLGATE, free_port
 from toolgate.cli import exits
-from toolgate.cli.main import build_parser
+from toolgate.cli.main import command_parser
 from toolgate.cli.serve_config import ConfigError, layered, options_of, reference, variable
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def serve_parser() -> argparse.ArgumentParser:
-    top = build_parser(["serve"])
-    (sub,) = [a for a in top._actions if isinstance(a, argparse._SubParsersAction)]
-    return sub.choices["serve"]
-
-
-PARSER = serve_parser()
+PARSER = command_parser("serve")
 OPTIONS = options_of(PARSER)
 
 #: A value each kind of option takes, as the command line would be given it (and another).

@@ -63,6 +63,14 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     return parser
 
 
+def command_parser(name: str) -> argparse.ArgumentParser:
+    """The parser of command ``name`` alone (``serve``'s: the owner of its options, from
+    which its reference page and the Helm chart's schema are made)."""
+    top = build_parser([name])
+    (sub,) = [a for a in top._actions if isinstance(a, argparse._SubParsersAction)]
+    return sub.choices[name]
+
+
 #: Python packages of the optional extras, and the extra that installs each (the MCP SDK
 #: and what it is used with, for reading servers' tools).
 EXTRAS = {"mcp": "scan", "anyio": "scan", "httpx2": "scan", "pydantic": "scan"}

@@ -99,10 +99,14 @@ impl PeerRoom {
     /// Whether `peer` may take one more client-chosen slot, with `taken` of the share's
     /// `cap` slots taken.
     pub(crate) fn room(&self, peer: Peer, taken: u64, cap: u64) -> bool {
-        let b = self.bucket(peer);
-        b == 0
-            || taken < cap - cap / PRESSED_WHEN_LEFT
-            || u64::from(self.held[b].load(Relaxed)) < (cap / PEER_SHARE).max(1)
+        // The address is hashed only once the share is pressed.
+        if taken < cap - cap / PRESSED_WHEN_LEFT {
+            return true;
+        }
+        match self.bucket(peer) {
+            0 => true,
+            b => u64::from(self.held[b].load(Relaxed)) < (cap / PEER_SHARE).max(1),
+        }
     }
 
     /// Slot `slot` now holds a client-chosen key of `peer`'s.

@@ -510,7 +510,7 @@ mod tests {
         let t = CounterTable::new(2048, 16);
         let (cap, share) = (
             t.client_cap(),
-            t.client_cap() / super::super::peers::PEER_SHARE,
+            t.client_cap() / crate::counter::peers::PEER_SHARE,
         );
         let made_up = |who: usize, i: usize| key(1, &format!("{who}-{i}")).chosen_by_client(true);
         let peers = apart(&t, 18);
@@ -562,7 +562,7 @@ mod tests {
         // The flood's minute has passed: the same address, and any other, finds room
         // again as if nothing had been there, once the expired keys are swept.
         let later = 200_000 * NS;
-        let share = t.client_cap() / super::super::peers::PEER_SHARE;
+        let share = t.client_cap() / crate::counter::peers::PEER_SHARE;
         for (n, peer) in peers.iter().enumerate() {
             for i in 0..share as usize * 2 {
                 let k = made_up(n + 10, i);
@@ -599,7 +599,7 @@ mod tests {
         fn peer_counts_follow_the_slots(ops in proptest::collection::vec(op(), 1..400)) {
             let t = CounterTable::new(256, 16);
             let g = Granularity::for_window_ms(60_000);
-            let (cap, share) = (t.client_cap(), t.client_cap() / super::super::peers::PEER_SHARE);
+            let (cap, share) = (t.client_cap(), t.client_cap() / crate::counter::peers::PEER_SHARE);
             let mut peers = apart(&t, 5);
             peers.push(Peer::UNKNOWN);
             let mut now = 0u64;
