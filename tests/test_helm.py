@@ -562,9 +562,10 @@ def test_the_sidecar_templates_work_in_a_parent_chart(tmp_path, renderings):
     parent = tmp_path / "my-server"
     (parent / "templates").mkdir(parents=True)
     shutil.copytree(CHART, parent / "charts" / "toolgate")
+    version = yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
     (parent / "Chart.yaml").write_text(
         "apiVersion: v2\nname: my-server\nversion: 1.0.0\n"
-        "dependencies:\n  - {name: toolgate, version: 0.1.0}\n"
+        f"dependencies:\n  - {{name: toolgate, version: {version}}}\n"
     )
     values = merged(SIDECARS, {"sidecars": {"createDeployment": False}})
     del values["sidecars"]["containers"], values["sidecars"]["volumes"]

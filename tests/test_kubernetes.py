@@ -1098,7 +1098,9 @@ def test_dockerignore_sends_the_wheel_and_nothing_else():
         ".env",
     ]:
         assert docker_ignores(path, patterns), path
-    assert not docker_ignores("dist/toolgate-0.1.0-cp311-abi3-manylinux_2_34_x86_64.whl", patterns)
+    version = tomllib.loads((ROOT / "Cargo.toml").read_text())["workspace"]["package"]["version"]
+    wheel = f"dist/toolgate-{version}-cp311-abi3-manylinux_2_34_x86_64.whl"
+    assert not docker_ignores(wheel, patterns)
     git = shutil.which("git")
     if git is None or not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
