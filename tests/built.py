@@ -9,9 +9,11 @@ variable is set: CI installs them (scripts/test-packaging), so there it is a fai
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -22,6 +24,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import images
+import release
 from images import (
     BASE_IMAGE,
     ENGINE,
@@ -122,3 +125,28 @@ def wheel_tag(wheel: Path) -> tuple[str, str, str]:
     m = re.fullmatch(r"[^-]+-[^-]+-([^-]+)-([^-]+)-([^-]+)\.whl", wheel.name)
     assert m, wheel.name
     return m.group(1), m.group(2), m.group(3)
+
+
+@functools.cache
+def released() -> release.Artifacts:
+    """This checkout's release, made and checked by ``scripts/release VERSION --no-tag`` (its
+    wheels built with the ``wheel-check`` profile), once per test run: the packaging tests of
+    the wheels and the images test its artifacts."""
+    if os.geteuid() != 0 and shutil.which("podman") is None:
+        unavailable("scripts/release needs root (it installs podman) or podman")
+    out = ROOT / "target" / "release-test" / VERSION
+    done = subprocess.run(
+        ["bash", "scripts/release", VERSION, "--no-tag", "--out", str(out)],
+        cwd=ROOT,
+        env={**os.environ, "TOOLGATE_WHEEL_PROFILE": "wheel-check"},
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return release.Artifacts(out, VERSION)
+
+
+def load_image(archive: Path, tag: str) -> str:
+    """An image archive loaded into podman as ``tag``; the name it carried."""
+    return _or_skip(release.load_image, archive, tag)

@@ -1,4 +1,5 @@
-"""The image the Dockerfile builds, built for real with podman on the local Debian base (the
+"""The release's images (tests/built.py's ``released``): the image the Dockerfile builds, built
+for real with podman on the local Debian base (the
 default base, python:3.11-slim-bookworm, needs a registry this machine cannot reach; the
 Dockerfile installs Debian's Python on a bare Debian instead), for this machine (amd64) and
 for ARM nodes (arm64: from the aarch64 wheel on an arm64 Debian base, built and run under
@@ -19,18 +20,21 @@ from __future__ import annotations
 import json
 import subprocess
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from built import (
     BASE_IMAGE,
     ROOT,
+    VERSION,
     build_image,
     image_user,
+    load_image,
     parse_decision,
     podman,
+    released,
     require_base_image,
-    toolgate_image,
 )
 from images import dangling
 from sidecar import TOOLGATE, free_port, wait_for
@@ -45,8 +49,12 @@ MACHINES = {"amd64": "x86_64", "arm64": "aarch64"}
 
 
 @pytest.fixture(scope="module", params=sorted(MACHINES))
-def image(request: pytest.FixtureRequest) -> str:
-    return toolgate_image(request.param)
+def image(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The release's image for an architecture, loaded from its archive."""
+    tag = f"localhost/toolgate-release-test:{VERSION}-{request.param}"
+    load_image(released().image(request.param), tag)
+    yield tag
+    podman("rmi", tag, check=False)
 
 
 def architecture(image: str) -> str:

@@ -1,5 +1,6 @@
-"""The wheels platform teams install: ``scripts/build-wheel --all`` cross-builds
-``manylinux_2_17`` and ``musllinux_1_2`` wheels for x86_64 and aarch64 (zig as the linker).
+"""The wheels platform teams install, as the release makes them (tests/built.py's ``released``):
+``scripts/build-wheel --all`` cross-builds ``manylinux_2_17`` and ``musllinux_1_2`` wheels for
+x86_64 and aarch64 (zig as the linker).
 
 - Each is named for its tag, and its extension is built for that machine: for manylinux,
   auditwheel (run by the script) finds it consistent with the tag; for musllinux, its ELF
@@ -28,7 +29,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from built import ROOT, VERSION, unavailable, wheel_tag
+from built import ROOT, VERSION, released, unavailable, wheel_tag
 from elftools.elf.elffile import ELFFile
 from sidecar import _LIVE, dies_with_parent, free_port, wait_for
 
@@ -43,25 +44,11 @@ TAGS = {
 
 
 @pytest.fixture(scope="module")
-def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("wheels")
-    env = {**os.environ, "TOOLGATE_WHEEL_DIR": str(out), "TOOLGATE_WHEEL_PROFILE": "wheel-check"}
-    built = subprocess.run(
-        ["bash", "scripts/build-wheel", "--all"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-    )
-    assert built.returncode == 0, built.stderr[-4000:]
-    paths = [Path(line) for line in built.stdout.split()]
-    by_tag = {}
-    for path in paths:
-        *_, platform = wheel_tag(path)
-        # maturin names a manylinux_2_17 wheel for its legacy alias too.
-        by_tag[platform.split(".")[-1]] = path
-    return by_tag
+def wheels() -> dict[str, Path]:
+    """The release's four wheels (scripts/release, which builds them with
+    ``scripts/build-wheel --all``)."""
+    a = released()
+    return {platform: a.wheel(platform) for platform in TAGS}
 
 
 def test_each_wheel_is_tagged_and_built_for_its_platform(wheels):
