@@ -4,8 +4,8 @@
 # sources in the image.
 #
 #   bash scripts/build-wheel                      # dist/toolgate-<version>-cp311-abi3-manylinux_*.whl
-#   docker build -t toolgate:0.1.0 .
-#   docker run --rm -i toolgate:0.1.0 validate /dev/stdin < examples/policy.json
+#   docker build -t toolgate:0.2.0 .
+#   docker run --rm -i toolgate:0.2.0 validate /dev/stdin < examples/policy.json
 #
 # For ARM nodes: `bash scripts/build-wheel --target aarch64-unknown-linux-gnu`, then
 # `docker build --platform linux/arm64 --build-arg WHEEL=<that wheel's file name> .` (the RUN
@@ -36,7 +36,7 @@ RUN groupadd --gid 10001 toolgate \
 
 # --- install: the wheel and its dependencies into the environment ----------------------------
 FROM python AS install
-ARG VERSION=0.1.0
+ARG VERSION=0.2.0
 # The wheel for the image's architecture, a file name in dist/ (scripts/build-image names it);
 # by default the one manylinux wheel there.
 ARG WHEEL=toolgate-${VERSION}-cp311-abi3-manylinux*.whl

@@ -16,7 +16,7 @@ from toolgate.cli.parser import Parser
 
 
 def version() -> str:
-    """``toolgate 0.1.0``, and the source revision it was built from when known."""
+    """``toolgate 0.2.0``, and the source revision it was built from when known."""
     from toolgate._core import __revision__
 
     return f"toolgate {__version__}" + (f" ({__revision__[:12]})" if __revision__ else "")
