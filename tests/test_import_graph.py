@@ -34,10 +34,49 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+def use_paths(code: str, start: int) -> list[list[str]]:
+    """The paths named from ``start`` on, after a ``crate::`` or ``super::``: ``a::b`` alone, or
+    each path of a group, ``a::{b, c::{d, e}}`` giving ``a::b``, ``a::c::d`` and ``a::c::e``."""
+    paths: list[list[str]] = []
+
+    def walk(i: int, prefix: list[str]) -> int:
+        path = list(prefix)
+        while True:
+            m = re.compile(r"\s*(\w+)").match(code, i)
+            if m is None:
+                if code.startswith("{", i):
+                    i += 1
+                    while True:
+                        i = walk(i, path)
+                        i = re.compile(r"\s*").match(code, i).end()
+                        if code.startswith(",", i):
+                            i += 1
+                            if code[i:].lstrip().startswith("}"):
+                                i = code.index("}", i) + 1
+                                return i
+                            continue
+                        if code.startswith("}", i):
+                            return i + 1
+                        return i
+                paths.append(path)
+                return i
+            path.append(m.group(1))
+            i = m.end()
+            if code.startswith("::", i):
+                i += 2
+                continue
+            paths.append(path)
+            return i
+
+    walk(start, [])
+    return [p for p in paths if p and p != ["self"]]
+
+
 def rust_graph(src: Path) -> dict[str, set[str]]:
     """A crate's modules (``mcp::sse`` for ``mcp/sse.rs``; a folder's ``mod.rs`` is the folder)
-    and the ones each names with ``crate::`` in code (not in comments), each name taken as the
-    deepest module it reaches."""
+    and the ones each names in code (not in comments) with ``crate::`` or ``super::`` (each
+    ``super`` one level up from the file's module; a group's paths each), each name taken as
+    the deepest module it reaches."""
     files = {}
     for path in src.rglob("*.rs"):
         parts = path.relative_to(src).with_suffix("").parts
@@ -51,16 +90,23 @@ def rust_graph(src: Path) -> dict[str, set[str]]:
         code = "\n".join(
             line for line in path.read_text().splitlines() if not line.lstrip().startswith("//")
         )
+        here = module.split("::")
         names = set()
-        for reference in re.findall(r"\bcrate::(\w+(?:::\w+)*)", code):
-            parts = reference.split("::")
-            reached = next(
-                ("::".join(parts[:n]) for n in range(len(parts), 0, -1)
-                 if "::".join(parts[:n]) in files),
-                None,
-            )  # fmt: skip
-            if reached is not None:
-                names.add(reached)
+        for m in re.finditer(r"\b(crate|(?:super::)*super)::", code):
+            if m.group(1) == "crate":
+                base: list[str] = []
+            else:
+                ups = m.group(1).count("super")
+                base = here[: len(here) - ups] if ups <= len(here) else []
+            for tail in use_paths(code, m.end()):
+                parts = [*base, *tail]
+                reached = next(
+                    ("::".join(parts[:n]) for n in range(len(parts), 0, -1)
+                     if "::".join(parts[:n]) in files),
+                    None,
+                )  # fmt: skip
+                if reached is not None:
+                    names.add(reached)
         # A module may use its own children and its parent's items: not a circle.
         graph[module] = {
             n for n in names if not n.startswith(module) and not module.startswith(n + "::")
@@ -92,6 +138,23 @@ def test_no_rust_module_circle(crate: Path):
 
 def test_no_python_module_circle():
     assert cycles(python_graph(ROOT / "python" / "toolgate")) == []
+
+
+def test_uses_are_read_with_their_groups_and_supers(tmp_path: Path):
+    (tmp_path / "policy").mkdir()
+    (tmp_path / "policy" / "mod.rs").write_text("pub mod load;\npub mod pins;\n")
+    (tmp_path / "policy" / "load.rs").write_text(
+        "use super::pins::Pins;\nuse super::{error::{E, F}, keys};\n// use crate::mcp;\n"
+    )
+    (tmp_path / "policy" / "pins.rs").write_text("use super::load::{E};\n")
+    (tmp_path / "policy" / "error.rs").write_text("")
+    (tmp_path / "policy" / "keys.rs").write_text("use crate::{kind::Kind, mcp};\n")
+    (tmp_path / "kind.rs").write_text("")
+    (tmp_path / "mcp.rs").write_text("")
+    graph = rust_graph(tmp_path)
+    assert graph["policy::load"] == {"policy::pins", "policy::error", "policy::keys"}
+    assert graph["policy::keys"] == {"kind", "mcp"}
+    assert cycles(graph) == [["policy::load", "policy::pins", "policy::load"]]
 
 
 def test_the_check_finds_a_circle():

@@ -5,12 +5,12 @@
 //! fails validation is left out of the model, which is then discarded anyway.
 
 use std::collections::HashMap;
-use std::fmt;
 
 use regex::Regex;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::error::{PolicyError, PolicyErrors};
 use super::keys;
 use super::pins::Pins;
 use super::source::{parse_json, parse_yaml, Format, Member, Node, NodeValue};
@@ -22,53 +22,6 @@ use super::{
 use crate::approval_text::{is_mcp_tool_name, MAX_TOOL_NAME};
 use crate::definition::Hints;
 use crate::kind::Kind;
-
-/// One problem in a policy document.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyError {
-    /// JSON pointer (RFC 6901) of the offending value or key; `""` is the whole document.
-    pub pointer: String,
-    /// 1-based line in the source text, when the policy came from text.
-    pub line: Option<u32>,
-    pub message: String,
-}
-
-impl fmt::Display for PolicyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let pointer = if self.pointer.is_empty() {
-            "/"
-        } else {
-            &self.pointer
-        };
-        write!(f, "{pointer}: {}", self.message)
-    }
-}
-
-impl std::error::Error for PolicyError {}
-
-/// Every problem found in a policy document, in the order the document was walked.
-#[derive(Debug, Clone)]
-pub struct PolicyErrors(pub Vec<PolicyError>);
-
-impl fmt::Display for PolicyErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for PolicyErrors {}
-
-impl From<PolicyError> for PolicyErrors {
-    fn from(e: PolicyError) -> Self {
-        PolicyErrors(vec![e])
-    }
-}
 
 impl Policy {
     pub fn from_json_str(text: &str) -> Result<Policy, PolicyErrors> {

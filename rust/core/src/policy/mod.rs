@@ -4,13 +4,15 @@
 //! `load` validates that tree into a [`Policy`], reporting every error with its JSON pointer.
 //! The model is plain data; `crate::compile` turns it into the structures decisions run on.
 
+pub mod error;
 pub mod keys;
 pub mod load;
 pub mod pins;
 pub mod self_asserted;
 pub mod source;
 
-pub use load::{PolicyError, PolicyErrors, MAX_MAX};
+pub use error::{PolicyError, PolicyErrors};
+pub use load::MAX_MAX;
 
 use crate::kind::Kind;
 use serde_json::Value;

@@ -12,7 +12,7 @@
 //! name). `definition`, the tool as it was listed, is kept so a change can be shown
 //! readably, and for the title and annotations a policy reads; its digest must be `digest`.
 
-use super::load::{PolicyError, PolicyErrors};
+use super::error::{PolicyError, PolicyErrors};
 use super::pointer_token;
 use super::source::{parse_json, Member, Node, NodeValue};
 use crate::definition::{Definition, Digest};
