@@ -16,6 +16,7 @@ use crate::policy::Release;
 // The gate answers for a proxy's authorization hook: Envoy's ext_authz.
 use crate::stats::Api;
 use serde_json::Value;
+use std::ops::ControlFlow::{self, Break, Continue};
 
 /// One HTTP request as the proxy saw it.
 #[derive(Debug, Clone, Copy)]
@@ -56,85 +57,10 @@ pub enum Gate {
 
 /// Decide one request.
 pub fn check(engine: &Engine, call: &HttpCall<'_>) -> Gate {
-    // Another caller's session is answered as one the server does not know, whatever the
-    // request: a POST, the GET of its stream or its replay, the DELETE that ends it.
-    if let Some(session) = call.mcp_session {
-        let request = Undecidable {
-            server: call.server,
-            subject: call.subject,
-            kind: Kind::Method,
-            ..Undecidable::new("")
-        };
-        if let Some(d) = engine.screen_session(Api::ExtAuthz, session, &request) {
-            return Gate::Answer {
-                reply: reply::session_refused(&d),
-                decision: Some(d),
-            };
-        }
-    }
-    let get = call.http_method.eq_ignore_ascii_case("GET");
-    // Servers replay a stream on GET only: a replay on any other request would come back on
-    // a route whose answer is not filtered.
-    if call.resumes && !get {
-        let refusal = Refusal {
-            code: INVALID_REQUEST,
-            message: "Last-Event-ID resumes a stream with GET only".into(),
-            id: None,
-            ambiguity: None,
-            tool: None,
-        };
-        return refuse(engine, call, &refusal, 400);
-    }
-    // GET opens the server's event stream and DELETE ends a session: no message to read.
-    // The GET stream carries the server's own messages, and, resumed, replays earlier
-    // answers: each one that lists something is filtered.
-    if call.body.is_empty() && !call.http_method.eq_ignore_ascii_case("POST") {
-        let follow = if get {
-            Follow::List {
-                id: None,
-                listed: None,
-            }
-        } else {
-            Follow::Nothing
-        };
-        return Gate::Forward {
-            headers: Vec::new(),
-            decision: None,
-            follow,
-        };
-    }
-    if call.truncated {
-        let refusal = Refusal {
-            code: INVALID_REQUEST,
-            message: "the proxy did not send the whole request body (it is over the proxy's \
-                      size limit), so the request cannot be read"
-                .into(),
-            id: None,
-            ambiguity: None,
-            tool: None,
-        };
-        return refuse(engine, call, &refusal, 413);
-    }
-    let (request, related_task) = match parse_message(call.body) {
-        Ok(m) => (m.request, m.related_task),
-        Err(refusal) => return refuse(engine, call, &refusal, 400),
+    let request = match read(engine, call) {
+        Continue(request) => request,
+        Break(gate) => return gate,
     };
-    // A request related to a task reaches it only for the task's creator.
-    if let Some(task) = related_task {
-        let request_id = request.id();
-        let refused = Undecidable {
-            server: call.server,
-            subject: call.subject,
-            kind: Kind::Method,
-            ..Undecidable::new("")
-        };
-        if let Some(d) = engine.screen_related(Api::ExtAuthz, &task, &refused) {
-            return Gate::Answer {
-                reply: reply::unknown(&request_id, Kind::Method, crate::tasks::METHODS[0]),
-                decision: Some(d),
-            };
-        }
-    }
     let task = matches!(request, McpRequest::ToolCall { task: true, .. });
     let (id, method, kind, name, args, confirm) = match &request {
         McpRequest::ToolCall {
@@ -192,24 +118,10 @@ pub fn check(engine: &Engine, call: &HttpCall<'_>) -> Gate {
     let Some(name) = name else {
         // A list's answer is filtered; a GET's body, if any, is not what its server answers:
         // it opens a stream, where every answer that lists something is filtered.
-        let follow = match Listed::of_method(method) {
-            _ if get => Follow::List {
-                id: None,
-                listed: None,
-            },
-            // A list without an id is a notification, which no server should answer; if one
-            // does, every answer on the stream is filtered.
-            Some(listed) => Follow::List {
-                id: id.clone(),
-                listed: id.as_ref().map(|_| listed),
-            },
-            None if method == INITIALIZE && engine.may_vouch_for(&call.subject) => Follow::Opening,
-            None => Follow::Nothing,
-        };
         return Gate::Forward {
             headers: Vec::new(),
             decision: None,
-            follow,
+            follow: unnamed_follow(engine, call, id, method),
         };
     };
     let decision = engine.decide_via::<&Value>(
@@ -234,6 +146,141 @@ pub fn check(engine: &Engine, call: &HttpCall<'_>) -> Gate {
         call.server,
         call.subject,
     );
+    let asked = Asked {
+        id,
+        method,
+        kind,
+        name,
+        task,
+    };
+    answer(call, decision, &asked)
+}
+
+/// Read: the session, the request's shape and its one JSON-RPC message, and the task it is
+/// related to. `Break`: what the proxy does instead of deciding (refuse the request, or
+/// forward one that has no message to read).
+fn read(engine: &Engine, call: &HttpCall<'_>) -> ControlFlow<Gate, McpRequest> {
+    // Another caller's session is answered as one the server does not know, whatever the
+    // request: a POST, the GET of its stream or its replay, the DELETE that ends it.
+    if let Some(session) = call.mcp_session {
+        let request = Undecidable {
+            server: call.server,
+            subject: call.subject,
+            kind: Kind::Method,
+            ..Undecidable::new("")
+        };
+        if let Some(d) = engine.screen_session(Api::ExtAuthz, session, &request) {
+            return Break(Gate::Answer {
+                reply: reply::session_refused(&d),
+                decision: Some(d),
+            });
+        }
+    }
+    let get = call.http_method.eq_ignore_ascii_case("GET");
+    // Servers replay a stream on GET only: a replay on any other request would come back on
+    // a route whose answer is not filtered.
+    if call.resumes && !get {
+        let refusal = Refusal {
+            code: INVALID_REQUEST,
+            message: "Last-Event-ID resumes a stream with GET only".into(),
+            id: None,
+            ambiguity: None,
+            tool: None,
+        };
+        return Break(refuse(engine, call, &refusal, 400));
+    }
+    // GET opens the server's event stream and DELETE ends a session: no message to read.
+    // The GET stream carries the server's own messages, and, resumed, replays earlier
+    // answers: each one that lists something is filtered.
+    if call.body.is_empty() && !call.http_method.eq_ignore_ascii_case("POST") {
+        let follow = if get {
+            Follow::List {
+                id: None,
+                listed: None,
+            }
+        } else {
+            Follow::Nothing
+        };
+        return Break(Gate::Forward {
+            headers: Vec::new(),
+            decision: None,
+            follow,
+        });
+    }
+    if call.truncated {
+        let refusal = Refusal {
+            code: INVALID_REQUEST,
+            message: "the proxy did not send the whole request body (it is over the proxy's \
+                      size limit), so the request cannot be read"
+                .into(),
+            id: None,
+            ambiguity: None,
+            tool: None,
+        };
+        return Break(refuse(engine, call, &refusal, 413));
+    }
+    let (request, related_task) = match parse_message(call.body) {
+        Ok(m) => (m.request, m.related_task),
+        Err(refusal) => return Break(refuse(engine, call, &refusal, 400)),
+    };
+    // A request related to a task reaches it only for the task's creator.
+    if let Some(task) = related_task {
+        let request_id = request.id();
+        let refused = Undecidable {
+            server: call.server,
+            subject: call.subject,
+            kind: Kind::Method,
+            ..Undecidable::new("")
+        };
+        if let Some(d) = engine.screen_related(Api::ExtAuthz, &task, &refused) {
+            return Break(Gate::Answer {
+                reply: reply::unknown(&request_id, Kind::Method, crate::tasks::METHODS[0]),
+                decision: Some(d),
+            });
+        }
+    }
+    Continue(request)
+}
+
+/// What follows a request that names nothing to decide (a list, the protocol's plumbing).
+fn unnamed_follow(
+    engine: &Engine,
+    call: &HttpCall<'_>,
+    id: &Option<Value>,
+    method: &str,
+) -> Follow {
+    let get = call.http_method.eq_ignore_ascii_case("GET");
+    match Listed::of_method(method) {
+        _ if get => Follow::List {
+            id: None,
+            listed: None,
+        },
+        // A list without an id is a notification, which no server should answer; if one
+        // does, every answer on the stream is filtered.
+        Some(listed) => Follow::List {
+            id: id.clone(),
+            listed: id.as_ref().map(|_| listed),
+        },
+        None if method == INITIALIZE && engine.may_vouch_for(&call.subject) => Follow::Opening,
+        None => Follow::Nothing,
+    }
+}
+
+/// What a decided request asked for: its id, its method, and what it names.
+struct Asked<'a> {
+    id: &'a Option<Value>,
+    method: &'a str,
+    kind: Kind,
+    name: &'a str,
+    /// A tool's call run as a task (its id is noted as the caller's).
+    task: bool,
+}
+
+/// The proxy's part once a request is decided: forward an allowed one, with what to do
+/// with its answer; answer any other in the server's place.
+fn answer(call: &HttpCall<'_>, decision: Decision, asked: &Asked<'_>) -> Gate {
+    let (id, method, kind, name, task) =
+        (asked.id, asked.method, asked.kind, asked.name, asked.task);
     let tool = kind == Kind::Tool;
     match decision.verdict {
         Verdict::Allow => {
