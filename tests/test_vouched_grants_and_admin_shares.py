@@ -1,4 +1,7 @@
-"""Outside review of two surfaces: grants a server vouched for (``toolgate serve
+"""Grants a server vouched for, end to end through the deployed Envoy config, and the admin
+listener's per-token shares.
+
+Outside review of two surfaces: grants a server vouched for (``toolgate serve
 --grant-vouched-by-server``, end to end through the deployed Envoy config in front of the
 example MCP server that accepts only its own bearer tokens), and the admin listener's
 per-token shares.

@@ -1,9 +1,12 @@
-"""A second outside review of the rooms (``HeldBytes::room``, commits 96c7c95 and e6a1b0b:
+"""The rooms keep MCP servers apart: one server's harmful answers cannot make toolgate refuse
+another server's lists, nor keep the budget after its streams end.
+
+A second outside review of the rooms (``HeldBytes::room``, commits 96c7c95 and e6a1b0b:
 each MCP server's ext_proc streams share half of each of the budget's limits), against a
 real ``toolgate serve``: an MCP server whose answers mean harm, or a client with the
 sidecar's gRPC port, trying to make one server's answers refuse another server's lists,
 take the sidecar past its memory (256 MiB as deployed), or keep the budget after streams
-end. The angles of tests/test_room_attacks.py are not repeated.
+end. The angles of tests/test_rooms_bound_memory.py are not repeated.
 
 The first three tests are findings that failed against c1068ce and pass since: what a room
 charged a stream was not what the whole budget charges it (the answers it passed on, its
@@ -23,7 +26,7 @@ import grpc
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2
 from sidecar import Sidecar
-from test_room_attacks import ROOM_STREAMS, call_note, one_stream
+from test_rooms_bound_memory import ROOM_STREAMS, call_note, one_stream
 from test_sidecar_held import (
     MEMORY_LIMIT_KIB,
     POLICY,

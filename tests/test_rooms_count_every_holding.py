@@ -1,7 +1,10 @@
-"""A third outside review of the rooms (``HeldBytes::room``, commits 96c7c95 to 79ee931),
+"""The rooms count everything an exchange holds: on odd paths too, and in streams that step
+around their room.
+
+A third outside review of the rooms (``HeldBytes::room``, commits 96c7c95 to 79ee931),
 against a real ``toolgate serve``: what an exchange holds that neither its room nor the
 budget counts, accounting on odd paths, and streams that step around their room. The angles
-of tests/test_room_attacks.py and tests/test_room_attacks_2.py are not repeated.
+of tests/test_rooms_bound_memory.py and tests/test_rooms_keep_servers_apart.py are not repeated.
 
 Tests marked FINDING failed at 12ed045 and pass since: a note's id must read back as the
 Check writes it (a string or an integer), its text charged twice (a list's filter answers
@@ -17,7 +20,7 @@ import grpc
 import pytest
 from h2_client import RawGrpc, frame
 from sidecar import Sidecar
-from test_room_attacks import ROOM_STREAMS, one_stream, part
+from test_rooms_bound_memory import ROOM_STREAMS, one_stream, part
 from test_sidecar_held import (
     MEMORY_LIMIT_KIB,
     POLICY,

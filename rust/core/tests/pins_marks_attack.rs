@@ -1,3 +1,6 @@
+//! Pinned definitions and session marks against an attacker's spellings, floods and races,
+//! and the promise a list and a call keep to each other.
+//!
 //! An outside review of pinned definitions and session marks, tried as an attacker would:
 //! another spelling of a tool, a tool listed twice, the same definition through other JSON,
 //! a flood of tool names, drift that flips back and forth, a list racing a call, sessions

@@ -1,4 +1,8 @@
-"""An outside review of the rooms of commit 96c7c95 (``HeldBytes::room``: each MCP server's
+"""The rooms of the ext_proc budget (``HeldBytes::room``) bound memory: what an MCP server's
+streams hold is forgotten when they end, and no client or server takes the sidecar past its
+memory or crashes it.
+
+An outside review of the rooms of commit 96c7c95 (``HeldBytes::room``: each MCP server's
 ext_proc streams share half of the large holders' 48 MiB for what they hold that is large),
 against a real ``toolgate serve``: an unauthenticated client with the sidecar's gRPC port, or
 an MCP server whose answers mean harm, trying to take the sidecar past its memory (256 MiB as

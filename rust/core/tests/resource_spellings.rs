@@ -1,3 +1,6 @@
+//! One resource, many spellings: every URI that names a resource otherwise is judged as that
+//! resource, in calls, lists, patterns and `methods` rules.
+//!
 //! What an outside review of every-method decisions found, each now a test of the class it
 //! opened: URIs that name one resource in several spellings (a `file:` without authority, a
 //! trailing `/`, query or fragment, raw and escaped characters, hosts and addresses written

@@ -1,4 +1,7 @@
-"""End to end, what an outside review of every-method decisions found through a real Envoy:
+"""One resource in many spellings, through a real Envoy: every spelling of a hidden or denied
+file that the server would read as that file is refused, and never reaches it.
+
+End to end, what an outside review of every-method decisions found through a real Envoy:
 spellings of a hidden or denied file that the Go server (url.Parse, path.Clean) reads as that
 file (a `file:` without authority, a trailing slash, a query, a fragment) were let through to
 it. Each is refused now and never reaches the server, while the server alone, asked
