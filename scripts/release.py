@@ -36,9 +36,9 @@ ROOT = Path(__file__).resolve().parent.parent
 HELM = ROOT / "target" / "tools" / "bin" / "helm"
 MUSL_PYTHON = Path("/var/tmp/toolgate-musl-python/bin/python3.11")
 POLICY = ROOT / "examples" / "policy.json"
-#: A release version: MAJOR.MINOR.PATCH, optionally with a pre-release (0.3.0-rc.1), as Cargo,
-#: Helm and PEP 440 all read it alike.
-SEMVER = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-(alpha|beta|rc)\.(0|[1-9]\d*))?")
+#: A release version: MAJOR.MINOR.PATCH, which Cargo, Helm and pip write alike (a pre-release
+#: such as 0.3.0-rc.1 is not: pip names its files 0.3.0rc1).
+SEMVER = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)")
 #: Files that write the version, besides Cargo.toml (its workspace version: the one owner), the
 #: lock files (``LOCKS``: cargo updates them), CHANGELOG.md (a section per release) and
 #: bench/RESULTS.md (a measurement names the version it measured). tests/test_release.py checks
@@ -119,7 +119,7 @@ def current_version(root: Path = ROOT) -> str:
 def version_pattern(version: str) -> re.Pattern[str]:
     """``version`` where it is a whole version: not inside a longer one (10.1.0, 0.1.0.1,
     0.1.0-rc.1), with what may follow it (-arm64, a full stop)."""
-    return re.compile(rf"(?<![\d.]){re.escape(version)}(?!\d|\.\d|-(?:alpha|beta|rc)\.)")
+    return re.compile(rf"(?<![\d.]){re.escape(version)}(?!\d|\.\d|-(?:alpha|beta|rc)\b)")
 
 
 def set_version(root: Path, old: str, new: str) -> list[str]:
@@ -145,9 +145,14 @@ def set_version(root: Path, old: str, new: str) -> list[str]:
         if updated != text:
             path.write_text(updated)
             changed.append(name)
-    # The workspace's own crates in each lock file; nothing else moves (--workspace).
+    # The workspace's own crates in each lock file; nothing else moves (--workspace). Offline
+    # first: a machine that built the project has every crate; else the registry is asked.
     for lock in LOCKS:
-        run(["cargo", "update", "--workspace", "--offline", "--quiet"], cwd=(root / lock).parent)
+        update = ["cargo", "update", "--workspace", "--quiet"]
+        try:
+            run([*update, "--offline"], cwd=(root / lock).parent)
+        except ReleaseError:
+            run(update, cwd=(root / lock).parent)
         changed.append(lock)
     return changed
 
@@ -165,7 +170,7 @@ def release_changelog(text: str, version: str, day: datetime.date) -> str:
     body = text[starts[0] + len(UNRELEASED) : end].strip()
     if not body:
         raise ReleaseError("CHANGELOG.md: the Unreleased section is empty: say what changed")
-    if re.search(rf"(?m)^## {re.escape(version)}\b", text):
+    if re.search(rf"(?m)^## {re.escape(version)} \(", text):
         raise ReleaseError(f"CHANGELOG.md already has a section for {version}")
     section = f"{UNRELEASED}\n\n## {version} ({day.isoformat()})\n\n{body}\n\n"
     return text[: starts[0]] + section + text[end:].lstrip("\n")
@@ -189,17 +194,34 @@ def require_clean(root: Path) -> None:
         raise ReleaseError(f"the checkout has changes; commit or stash them first:\n{status}")
 
 
+def committed_version(root: Path) -> str:
+    """The workspace's version at HEAD."""
+    text = git("show", "HEAD:Cargo.toml", root=root)
+    return tomllib.loads(text)["workspace"]["package"]["version"]
+
+
 def prepare(root: Path, version: str, day: datetime.date) -> bool:
-    """Set the version and the changelog; False when the checkout is at ``version`` already."""
+    """Set the version and the changelog. True when the release commit is still to be made:
+    they were set now, or by an earlier run that stopped before committing; False when
+    HEAD is at ``version`` already (its artifacts are made again)."""
     old = current_version(root)
     changelog = root / "CHANGELOG.md"
     if old == version:
         changelog_section(changelog.read_text(), version)
+        if committed_version(root) != version:
+            say(f"the checkout was set to {version} by a run that stopped: going on with it")
+            return True
         say(f"the checkout is at {version}: making its artifacts again")
         return False
     require_clean(root)
-    changed = set_version(root, old, version)
-    changelog.write_text(release_changelog(changelog.read_text(), version, day))
+    # Everything that can refuse is asked before anything is written.
+    text = release_changelog(changelog.read_text(), version, day)
+    try:
+        changed = set_version(root, old, version)
+    except ReleaseError:
+        git("checkout", "--", ".", root=root)
+        raise
+    changelog.write_text(text)
     say(f"{old} -> {version} in {', '.join(changed)}, and CHANGELOG.md")
     return True
 
@@ -210,7 +232,9 @@ def tag(root: Path, version: str, prepared: bool) -> None:
         git("commit", "-q", "-a", "-m", f"release {version}", root=root)
     require_clean(root)
     notes = changelog_section((root / "CHANGELOG.md").read_text(), version)
-    git("tag", "-a", f"v{version}", "-m", f"toolgate {version}\n\n{notes}", root=root)
+    # Verbatim: a changelog's `### Fixed` is not a comment to strip.
+    message = f"toolgate {version}\n\n{notes}"
+    git("tag", "-a", "--cleanup=verbatim", f"v{version}", "-m", message, root=root)
     say(f"tagged v{version} at {git('rev-parse', '--short', 'HEAD', root=root)}")
 
 
@@ -398,7 +422,7 @@ def decides(what: str, client: Client, port: int, proc: subprocess.Popen[bytes])
 
 def reports_version(what: str, args: list[str], version: str, env: dict[str, str] | None = None):
     out = run([*args, "--version"], env=env).strip()
-    if not out.startswith(f"toolgate {version}"):
+    if out.split()[:2] != ["toolgate", version]:
         raise ReleaseError(f"{what}: --version says {out!r}, not toolgate {version}")
 
 
@@ -408,8 +432,10 @@ def fresh_venv(where: Path) -> Path:
 
 
 def without_rust() -> dict[str, str]:
-    """An environment where no Rust toolchain can be found: an install builds nothing."""
-    return {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root")}
+    """This environment (a proxy, an index) with no Rust toolchain to be found: an install
+    builds nothing."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CARGO_HOME", "RUSTUP_HOME")}
+    return {**env, "PATH": "/usr/bin:/bin"}
 
 
 def check_glibc_wheel(a: Artifacts, work: Path) -> Client:
@@ -662,16 +688,21 @@ def check(a: Artifacts) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/release", description=__doc__.splitlines()[0])
-    parser.add_argument("version", help="MAJOR.MINOR.PATCH, or with -alpha.N, -beta.N, -rc.N")
+    parser.add_argument("version", help="MAJOR.MINOR.PATCH")
     parser.add_argument("--out", type=Path, help="where the artifacts go (dist/release/VERSION)")
     parser.add_argument("--no-tag", action="store_true", help="no release commit, no tag")
     args = parser.parse_args(argv)
     version = args.version
     if not SEMVER.fullmatch(version):
-        parser.error(f"{version!r} is no version: MAJOR.MINOR.PATCH[-rc.N]")
+        parser.error(f"{version!r} is no version: MAJOR.MINOR.PATCH")
     try:
-        if not args.no_tag and git("tag", "--list", f"v{version}"):
-            raise ReleaseError(f"the tag v{version} exists already")
+        if not args.no_tag:
+            if git("tag", "--list", f"v{version}"):
+                raise ReleaseError(
+                    f"the tag v{version} exists already (--no-tag makes its artifacts)"
+                )
+            # Who commits and tags is known before an hour of building, not after.
+            git("var", "GIT_COMMITTER_IDENT")
         prepared = prepare(ROOT, version, datetime.date.today())
         out = (args.out or ROOT / "dist" / "release" / version).resolve()
         out.mkdir(parents=True, exist_ok=True)

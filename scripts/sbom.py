@@ -17,6 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from cyclonedx.contrib.license.factories import LicenseFactory
 from cyclonedx.model import HashAlgorithm, HashType
 from cyclonedx.model.bom import Bom
 from cyclonedx.model.component import Component, ComponentType
@@ -60,13 +61,21 @@ def rust_graph() -> tuple[dict[str, dict], dict[str, set[str]]]:
             if node["id"] in packages:
                 continue
             packages[node["id"]] = by_id[node["id"]]
-            # Build scripts' and tests' dependencies are not linked: normal ones only.
+            # Build scripts' and tests' dependencies are not linked, nor procedural macros
+            # (they run in the compiler) and what only they use: normal library ones only.
             deps = {
-                d["pkg"] for d in node["deps"] if any(k["kind"] is None for k in d["dep_kinds"])
+                d["pkg"]
+                for d in node["deps"]
+                if any(k["kind"] is None for k in d["dep_kinds"])
+                and not proc_macro(by_id[d["pkg"]])
             }
             edges.setdefault(node["id"], set()).update(deps)
             todo.extend(deps)
     return packages, edges
+
+
+def proc_macro(package: dict) -> bool:
+    return any("proc-macro" in t["kind"] for t in package["targets"])
 
 
 def lock_checksums() -> dict[tuple[str, str], str]:
@@ -114,11 +123,13 @@ def python_graph(wheel: Path) -> dict[str, dict]:
     return wanted
 
 
-def _license(text: str) -> list[LicenseExpression]:
-    # An SPDX expression only: free text (a whole licence file, say) is left out.
+def _license(text: str) -> list:
+    """A package's licence as CycloneDX reads it: an SPDX id or expression as such, other
+    text as a licence's name; a whole licence file (some packages give one) is left out."""
     text = text.strip()
-    ok = text and len(text) < 100 and "\n" not in text
-    return [LicenseExpression(text)] if ok else []
+    if not text or len(text) > 100 or "\n" in text:
+        return []
+    return [LicenseFactory().make_from_string(text)]
 
 
 def write(path: Path, version: str, wheel: Path) -> None:
@@ -137,13 +148,15 @@ def write(path: Path, version: str, wheel: Path) -> None:
     packages, edges = rust_graph()
     checksums = lock_checksums()
     for pid, p in sorted(packages.items()):
-        purl = PackageURL("cargo", name=p["name"], version=p["version"])
+        # The workspace's own crates are no registry's: they have no package URL.
+        local = p["source"] is None
+        purl = None if local else PackageURL("cargo", name=p["name"], version=p["version"])
         digest = checksums.get((p["name"], p["version"]))
         refs[pid] = Component(
             name=p["name"],
             version=p["version"],
             type=ComponentType.LIBRARY,
-            bom_ref=f"{purl}",
+            bom_ref=f"{p['name']}@{p['version']}" if local else str(purl),
             purl=purl,
             licenses=_license(p.get("license") or ""),
             hashes=[HashType(alg=HashAlgorithm.SHA_256, content=digest)] if digest else [],
@@ -185,7 +198,7 @@ def check(path: Path) -> None:
     if error is not None:
         raise ReleaseError(f"{path.name} is not valid CycloneDX {SPEC}: {error}")
     doc = json.loads(text)
-    purls = {c.get("purl", "") for c in doc.get("components", [])}
-    for needed in ("pkg:cargo/toolgate-core@", "pkg:cargo/tonic@", "pkg:pypi/grpcio@"):
-        if not any(p.startswith(needed) for p in purls):
+    named = {c.get("purl") or c["bom-ref"] for c in doc.get("components", [])}
+    for needed in ("toolgate-core@", "pkg:cargo/tonic@", "pkg:pypi/grpcio@"):
+        if not any(n.startswith(needed) for n in named):
             raise ReleaseError(f"{path.name} lists no {needed}")

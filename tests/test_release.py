@@ -44,20 +44,22 @@ def tracked_files_holding(version: str) -> set[str]:
     return found
 
 
+#: Tracked files whose version numbers are other projects': the Node packages the tests pin,
+#: and the patch a peer is built with.
+FOREIGN = ("tests/node/package-lock.json", "bench/peers/")
+
+
 def test_no_file_shows_the_version_unless_the_release_rewrites_it():
     if not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
     owned = {"Cargo.toml", *release.LOCKS, "CHANGELOG.md", "bench/RESULTS.md"}
-    assert tracked_files_holding(VERSION) - owned - set(VERSIONED) == set()
+    found = {f for f in tracked_files_holding(VERSION) if not f.startswith(FOREIGN)}
+    assert found - owned - set(VERSIONED) == set()
     assert [n for n in VERSIONED if not (ROOT / n).is_file()] == []
 
 
 versions = st.builds(
-    lambda a, b, c, pre: f"{a}.{b}.{c}{pre}",
-    st.integers(0, 30),
-    st.integers(0, 30),
-    st.integers(0, 30),
-    st.sampled_from(["", "-rc.1", "-alpha.2", "-beta.10"]),
+    lambda a, b, c: f"{a}.{b}.{c}", st.integers(0, 30), st.integers(0, 30), st.integers(0, 30)
 )
 
 
@@ -69,12 +71,12 @@ def test_a_version_is_found_only_where_it_is_whole(version):
     # Inside a longer version it is another version.
     for longer in (f"1{version}", f"{version}1", f"{version}.1", f"2.{version}"):
         assert not pattern.search(longer), longer
-    if "-" not in version:
-        assert not pattern.search(f"{version}-rc.3")
+    assert not pattern.search(f"{version}-rc.3")
 
 
 def test_versions_are_refused_unless_every_tool_reads_them_alike():
-    for bad in ("1.2", "01.2.3", "1.2.3-foo.1", "1.2.3+build", "v1.2.3", "1.2.3-rc"):
+    # A pre-release is refused too: pip would name its files otherwise (0.3.0rc1).
+    for bad in ("1.2", "01.2.3", "1.2.3-rc.1", "1.2.3+build", "v1.2.3", "1.2.3-rc"):
         done = subprocess.run(
             [sys.executable, str(ROOT / "scripts" / "release.py"), bad, "--no-tag"],
             capture_output=True,
@@ -84,7 +86,7 @@ def test_versions_are_refused_unless_every_tool_reads_them_alike():
 
 
 changelog_bodies = st.lists(
-    st.text(st.characters(codec="utf-8", exclude_characters="#\r"), min_size=1, max_size=40)
+    st.text(st.characters(codec="utf-8", exclude_characters="\r"), min_size=1, max_size=40)
     .map(str.strip)
     .filter(bool)
     .map(lambda s: f"- {s}"),
@@ -129,7 +131,7 @@ def clone(tmp_path: Path) -> Path:
 
 
 def test_a_release_sets_its_version_everywhere_then_commits_and_tags(clone):
-    new = "7.8.9-rc.1"
+    new = "7.8.9"
     assert release.prepare(clone, new, datetime.date(2026, 11, 27)) is True
     cargo = tomllib.loads((clone / "Cargo.toml").read_text())
     assert cargo["workspace"]["package"]["version"] == new
@@ -166,21 +168,46 @@ def test_a_release_sets_its_version_everywhere_then_commits_and_tags(clone):
     assert release.prepare(clone, new, datetime.date(2026, 11, 28)) is False
 
 
+def test_a_refused_release_changes_nothing_and_a_stopped_one_goes_on(clone):
+    # An empty changelog section is refused before a file is written.
+    text = (clone / "CHANGELOG.md").read_text()
+    body = release.UNRELEASED + "\n"
+    start = text.index(body) + len(body)
+    end = text.find("\n## ", start)
+    (clone / "CHANGELOG.md").write_text(
+        text[:start] + "\n" + text[end + 1 :] if end > 0 else text[:start]
+    )
+    subprocess.run(["git", "-C", str(clone), "commit", "-qam", "nothing to say"], check=True)
+    with pytest.raises(ReleaseError, match="empty"):
+        release.prepare(clone, "7.0.0", datetime.date(2026, 11, 27))
+    status = subprocess.run(
+        ["git", "-C", str(clone), "status", "--porcelain"], capture_output=True, text=True
+    )
+    assert status.stdout == ""
+    # Set but not committed (a build failed): the next run goes on to commit it.
+    subprocess.run(["git", "-C", str(clone), "reset", "-q", "--hard", "HEAD~1"], check=True)
+    assert release.prepare(clone, "7.0.0", datetime.date(2026, 11, 27)) is True
+    assert release.prepare(clone, "7.0.0", datetime.date(2026, 11, 28)) is True
+    release.tag(clone, "7.0.0", prepared=True)
+    assert release.prepare(clone, "7.0.0", datetime.date(2026, 11, 28)) is False
+
+
 def test_a_release_needs_a_clean_checkout_and_a_new_tag(clone):
     (clone / "README.md").write_text((clone / "README.md").read_text() + "\nedited\n")
     with pytest.raises(ReleaseError, match="has changes"):
         release.prepare(clone, "7.0.0", datetime.date(2026, 11, 27))
     # Nothing was changed by the refusal.
     assert release.current_version(clone) == VERSION
+    # A tag that exists is refused before anything is built.
+    subprocess.run(["git", "-C", str(clone), "tag", "-f", "v9.9.9"], check=True)
     done = subprocess.run(
-        [sys.executable, str(clone / "scripts" / "release.py"), VERSION],
+        [sys.executable, str(clone / "scripts" / "release.py"), "9.9.9"],
         capture_output=True,
         text=True,
         cwd=clone,
+        timeout=60,
     )
-    if subprocess.run(["git", "-C", str(clone), "tag", "-l", f"v{VERSION}"],
-                      capture_output=True, text=True).stdout.strip():  # fmt: skip
-        assert done.returncode == 1 and "exists already" in done.stderr, done.stderr
+    assert done.returncode == 1 and "exists already" in done.stderr, done.stderr
 
 
 def test_the_forge_workflows_lint_clean():
@@ -216,11 +243,13 @@ def test_the_release_makes_every_artifact_and_each_passes_its_check():
     # The SBOM lists the crates linked into the extension, not those only tests or build
     # scripts use, and the Python packages an install brings.
     sbom = json.loads(a.sbom.read_text())
-    purls = {c["purl"].split("@")[0] for c in sbom["components"]}
-    for linked in ("pkg:cargo/toolgate-core", "pkg:cargo/pyo3", "pkg:cargo/tonic",
+    purls = {(c.get("purl") or c["bom-ref"]).split("@")[0] for c in sbom["components"]}
+    for linked in ("toolgate-core", "pkg:cargo/pyo3", "pkg:cargo/tonic",
                    "pkg:cargo/redis", "pkg:pypi/grpcio", "pkg:pypi/protobuf"):  # fmt: skip
         assert linked in purls, linked
-    for unlinked in ("pkg:cargo/proptest", "pkg:cargo/tonic-prost-build", "pkg:pypi/pytest"):
+    # Not linked: tests' and build scripts' crates, procedural macros, test tools.
+    for unlinked in ("pkg:cargo/proptest", "pkg:cargo/tonic-prost-build", "pkg:cargo/syn",
+                     "pkg:cargo/pyo3-macros", "pkg:pypi/pytest"):  # fmt: skip
         assert unlinked not in purls, unlinked
     assert sbom["metadata"]["component"]["purl"] == f"pkg:pypi/toolgate@{a.version}"
     crates = [c for c in sbom["components"] if c["purl"].startswith("pkg:cargo/tonic@")]
