@@ -63,6 +63,7 @@ struct Keys<'a> {
 }
 
 /// Who is asked about the call, and what it holds of each.
+#[derive(Default)]
 struct Asked<'a> {
     /// The rule that needs an approval.
     approval: Option<&'a CompiledRule>,
@@ -75,9 +76,15 @@ struct Asked<'a> {
     once_at: Option<usize>,
 }
 
-/// What the call reserved.
-struct Reserved {
-    limits: Limits,
+/// What the steps found that the answer needs: filled in place as they go (moving it, or
+/// the keys and the limits' states, from step to step would copy it each time).
+#[derive(Default)]
+struct Ready<'a> {
+    /// The rule the call's name found.
+    rule: Option<&'a CompiledRule>,
+    rules: Rules<'a>,
+    asked: Asked<'a>,
+    /// What it reserved, to give back if it fails.
     reservation: Option<u64>,
 }
 
@@ -93,6 +100,7 @@ struct Deciding<'a, A, T> {
     finding: Option<Decision>,
     /// The marks the deferred rules read (a section that uses marks).
     reading: Option<MarkReads>,
+    ready: Ready<'a>,
 }
 
 impl Engine {
@@ -111,16 +119,26 @@ impl Engine {
             trace,
             finding: None,
             reading: None,
+            ready: Ready::default(),
         };
-        match deciding.run() {
-            Continue(d) | Break(d) => d,
+        let mut keys = Keys {
+            enforced: ArrayVec::new(),
+            observed: ArrayVec::new(),
+            limit_count: 0,
+            unkeyed: None,
+        };
+        let mut limits = Limits::new();
+        if let Break(d) = deciding.steps(&mut keys, &mut limits) {
+            return d;
         }
+        deciding.finish(limits)
     }
 }
 
 impl<'a, A: ArgValue + Clone, T: Trace> Deciding<'a, A, T> {
+    /// Every step but the answer; `Break` when one decides the call.
     #[inline(always)]
-    fn run(&mut self) -> Step<Decision> {
+    fn steps(&mut self, keys: &mut Keys<'a>, limits: &mut Limits) -> Step<()> {
         let (rule, listed) = self.screen()?;
         let (req, section) = (self.req, self.section);
         let tool = req.kind == Kind::Tool;
@@ -143,11 +161,12 @@ impl<'a, A: ArgValue + Clone, T: Trace> Deciding<'a, A, T> {
             marks: None,
         };
         self.deny_by_action(rules)?;
-        let mut keys = self.key(rules, &facts);
-        let mut deferred = self.judge(rules, &facts, keys.unkeyed.take())?;
-        let asked = self.ask(rules, &facts, &mut keys, &mut deferred)?;
-        let reserved = self.reserve(&facts, &keys, &asked, &deferred)?;
-        self.finish(rule, rules, asked, reserved)
+        (self.ready.rule, self.ready.rules) = (rule, rules);
+        self.key(rules, &facts, keys);
+        let mut deferred = self.judge(rules, &facts, keys)?;
+        self.ask(rules, &facts, keys, &mut deferred)?;
+        self.ready.reservation = self.reserve(&facts, keys, &deferred, limits)?;
+        Continue(())
     }
 
     /// A denial: the decision, unless `shadow`; then a finding, noted, and the steps go on.
@@ -162,12 +181,14 @@ impl<'a, A: ArgValue + Clone, T: Trace> Deciding<'a, A, T> {
     }
 
     /// A decision that stops the call before anything is counted, with the marks read.
+    #[cold]
     fn stop(&mut self, mut d: Decision) -> Decision {
         // Waiting for a person sets nothing; what it read was read.
         d.marks = MarkReads::seen(self.reading.take(), Vec::new());
         d
     }
 
+    #[inline(always)]
     fn shadowed(&self, r: &CompiledRule) -> bool {
         r.shadow.unwrap_or(self.section.shadow)
     }
@@ -251,14 +272,8 @@ impl<'a, A: ArgValue + Clone, T: Trace> Deciding<'a, A, T> {
     /// Key: the counter keys of the call's limits and of the marks it sets. A key that
     /// cannot be made is reported after the conditions.
     #[inline(always)]
-    fn key(&mut self, rules: Rules<'a>, facts: &Facts<'_, A>) -> Keys<'a> {
+    fn key(&mut self, rules: Rules<'a>, facts: &Facts<'_, A>, keys: &mut Keys<'a>) {
         let (engine, req) = (self.engine, self.req);
-        let mut keys = Keys {
-            enforced: ArrayVec::new(),
-            observed: ArrayVec::new(),
-            limit_count: 0,
-            unkeyed: None,
-        };
         let grant_trusted = engine.grant_trusted_for_room(&req.subject);
         'keys: for r in each(rules) {
             for limit in &r.limits {
@@ -315,7 +330,6 @@ impl<'a, A: ArgValue + Clone, T: Trace> Deciding<'a, A, T> {
         if !keys.enforced.is_empty() && !req.dry_run {
             engine.table.prefetch_reservation();
         }
-        keys
     }
 
     /// Judge: the rules' conditions, on what is known before anything is counted. A rule
@@ -326,7 +340,7 @@ impl<'a, A: ArgValue + Clone, T: Trace> Deciding<'a, A, T> {
         &mut self,
         rules: Rules<'a>,
         facts: &Facts<'_, A>,
-        unkeyed: Option<Decision>,
+        keys: &mut Keys<'a>,
     ) -> Step<Deferred<'a>> {
         let mut deferred = Deferred::new();
         for r in each(rules) {
@@ -336,8 +350,9 @@ impl<'a, A: ArgValue + Clone, T: Trace> Deciding<'a, A, T> {
                 Checked::AwaitMarks(at) => deferred.push((r, at)),
             }
         }
-        if let Some(d) = unkeyed {
-            return Break(d);
+        // (Taken only when there is one: a whole decision's copy.)
+        if keys.unkeyed.is_some() {
+            return Break(keys.unkeyed.take().expect("a key could not be made"));
         }
         // Only a section that uses marks has marks to read (its drop costs a decision too).
         if self.section.uses_marks {
@@ -355,7 +370,7 @@ impl<'a, A: ArgValue + Clone, T: Trace> Deciding<'a, A, T> {
         facts: &Facts<'_, A>,
         keys: &mut Keys<'a>,
         deferred: &mut Deferred<'a>,
-    ) -> Step<Asked<'a>> {
+    ) -> Step<()> {
         let (engine, req, policy) = (self.engine, self.req, self.policy);
         let asks = self.section.asks;
         let approval = match asks {
@@ -424,16 +439,18 @@ impl<'a, A: ArgValue + Clone, T: Trace> Deciding<'a, A, T> {
                 }
             }
         }
-        Continue(Asked {
+        self.ready.asked = Asked {
             approval,
             confirming,
             gate,
             once_at,
-        })
+        };
+        Continue(())
     }
 
     /// A call that will ask someone has its marks read and judged first: a person is asked
     /// about a call its conditions allow.
+    #[inline(never)]
     fn judge_marks_first(&mut self, facts: &Facts<'_, A>, deferred: &mut Deferred<'a>) -> Step<()> {
         let engine = self.engine;
         let now_ns = engine.clock.now_ns();
@@ -489,19 +506,21 @@ impl<'a, A: ArgValue + Clone, T: Trace> Deciding<'a, A, T> {
         &mut self,
         facts: &Facts<'_, A>,
         keys: &Keys<'a>,
-        asked: &Asked<'a>,
         deferred: &Deferred<'a>,
-    ) -> Step<Reserved> {
+        limits: &mut Limits,
+    ) -> Step<Option<u64>> {
         let (engine, req, section, policy) = (self.engine, self.req, self.section, self.policy);
+        let asked = &self.ready.asked;
         let consume = !req.dry_run && (asked.approval.is_none() || asked.gate.is_some());
+        let once_at = asked.once_at;
         let mut parts = limiter::Parts::new();
-        let mut limits = Limits::new();
         // A limit's denial when marks are still to be judged: conditions come first.
         let mut held: Option<(Decision, bool)> = None;
-        let mut reading = self.reading.take();
+        // (The marks' reads stay where they are, not moved in and out for every call.)
         let reads = match deferred.is_empty() {
             true => Reads::new(),
-            false => reading
+            false => self
+                .reading
                 .as_mut()
                 .map(|r| std::mem::take(&mut r.reads))
                 .unwrap_or_default(),
@@ -510,9 +529,13 @@ impl<'a, A: ArgValue + Clone, T: Trace> Deciding<'a, A, T> {
         // Where giving a reservation back is a round trip of its own, the store is told which
         // marks deny the call, and reserves nothing for such a call.
         let judged = consume && !reads.is_empty() && engine.store_blocks();
-        let denying = match (judged, reading.as_mut()) {
+        let denying = match (judged, self.reading.as_mut()) {
             (true, Some(mark_reads)) => {
-                let enforcing = deferred.iter().copied().filter(|(r, _)| !self.shadowed(r));
+                let shadow = section.shadow;
+                let enforcing = deferred
+                    .iter()
+                    .copied()
+                    .filter(|(r, _)| !r.shadow.unwrap_or(shadow));
                 denying(&self.out, enforcing, mark_reads, reads.len(), facts)
             }
             _ => Denying::default(),
@@ -538,7 +561,7 @@ impl<'a, A: ArgValue + Clone, T: Trace> Deciding<'a, A, T> {
                     now_ns,
                     consume,
                     &mut parts,
-                    &mut limits,
+                    limits,
                     &mut *self.trace,
                 );
                 if !shadow {
@@ -550,14 +573,8 @@ impl<'a, A: ArgValue + Clone, T: Trace> Deciding<'a, A, T> {
                 }
                 // Nothing reserved: the conditions below deny the call.
                 marks_deny |= matches!(outcome, limiter::Outcome::MarksDeny);
-                let denial = self.limit_denial(
-                    outcome,
-                    wants,
-                    shadow,
-                    asked.once_at,
-                    limit_count,
-                    &mut limits,
-                );
+                let denial =
+                    self.limit_denial(outcome, wants, shadow, once_at, limit_count, limits);
                 match denial {
                     Some(d) if !shadow && !deferred.is_empty() => held = Some((d, shadow)),
                     Some(d) => self.deny(shadow, d)?,
@@ -571,6 +588,7 @@ impl<'a, A: ArgValue + Clone, T: Trace> Deciding<'a, A, T> {
         // The marks are known: the conditions that read them decide now, before a limit's
         // denial (conditions come first), and a call they deny gives back what it reserved.
         if !deferred.is_empty() {
+            let mut reading = self.reading.take();
             let mark_reads = reading
                 .as_mut()
                 .expect("rules that read marks are in its section");
@@ -600,6 +618,7 @@ impl<'a, A: ArgValue + Clone, T: Trace> Deciding<'a, A, T> {
                     section.default_rule,
                 ));
             }
+            self.reading = reading;
         }
         if let Some((d, shadow)) = held {
             self.deny(shadow, d)?;
@@ -608,16 +627,13 @@ impl<'a, A: ArgValue + Clone, T: Trace> Deciding<'a, A, T> {
             None => limiter::record(&engine.table, &parts),
             Some(s) => s.record(&parts),
         };
-        self.reading = reading;
-        Continue(Reserved {
-            limits,
-            reservation,
-        })
+        Continue(reservation)
     }
 
     /// What a group's reservation came to: `None` when it reserved (or the marks deny the
     /// call, which the conditions say), else the denial. A shadow group's limit states join
     /// `limits`; an enforcing one's denial carries its own.
+    #[inline(always)]
     fn limit_denial(
         &mut self,
         outcome: limiter::Outcome,
@@ -693,18 +709,14 @@ impl<'a, A: ArgValue + Clone, T: Trace> Deciding<'a, A, T> {
     /// Finish: the approval the call holds is used, or another copy of the call used it
     /// first; the shadow rules that would have asked someone are noted; and the answer.
     #[inline(always)]
-    fn finish(
-        &mut self,
-        rule: Option<&'a CompiledRule>,
-        rules: Rules<'a>,
-        asked: Asked<'a>,
-        reserved: Reserved,
-    ) -> Step<Decision> {
+    fn finish(&mut self, limits: Limits) -> Decision {
         let (engine, req, policy, section) = (self.engine, self.req, self.policy, self.section);
-        let Reserved {
-            limits,
+        let Ready {
+            rule,
+            rules,
+            ref asked,
             reservation,
-        } = reserved;
+        } = self.ready;
         let mut used = None;
         if let (Some((key, id)), Some(a), Some(r)) =
             (asked.gate, engine.approvals(), asked.approval)
@@ -715,13 +727,13 @@ impl<'a, A: ArgValue + Clone, T: Trace> Deciding<'a, A, T> {
                 if let Some(reservation) = reservation {
                     engine.release(reservation);
                 }
-                return Break(match engine.approval_gate(a, r, req, &self.out) {
+                return match engine.approval_gate(a, r, req, &self.out) {
                     Gate::Stop(d) => d,
                     Gate::Run { .. } => {
                         self.out
                             .finish(Code::ApprovalRequired, r.approval_reason, r.pointer)
                     }
-                });
+                };
             }
             a.emit(ApprovalEvent::Used { id, at_ms: now_ms });
             used = Some(id);
@@ -751,13 +763,15 @@ impl<'a, A: ArgValue + Clone, T: Trace> Deciding<'a, A, T> {
         }
 
         let out = &self.out;
-        let mut d = match (self.finding.take(), asked.approval) {
-            (Some(mut d), _) => {
+        // (The finding is taken out only when there is one: a whole decision's copy.)
+        let mut d = match (self.finding.is_some(), asked.approval) {
+            (true, _) => {
+                let mut d = self.finding.take().expect("a finding is there");
                 d.verdict = Verdict::Allow;
                 d.shadow = true;
                 d
             }
-            (None, Some(r)) => match used {
+            (false, Some(r)) => match used {
                 Some(id) => {
                     let reason = format!("allowed by approval {id} ({})", policy.text(r.pointer));
                     out.finish(Code::Allowed, reason, r.pointer)
@@ -765,7 +779,7 @@ impl<'a, A: ArgValue + Clone, T: Trace> Deciding<'a, A, T> {
                 // Approvals are not running (or a dry run): the call is only denied.
                 None => out.finish(Code::ApprovalRequired, r.approval_reason, r.pointer),
             },
-            (None, None) => match asked.confirming.filter(|_| asked.once_at.is_some()) {
+            (false, None) => match asked.confirming.filter(|_| asked.once_at.is_some()) {
                 Some(r) => {
                     let reason = format!(
                         "allowed: the user confirmed it in their MCP client ({})",
@@ -798,6 +812,6 @@ impl<'a, A: ArgValue + Clone, T: Trace> Deciding<'a, A, T> {
             };
             d.marks = MarkReads::seen(self.reading.take(), set);
         }
-        Continue(d)
+        d
     }
 }
