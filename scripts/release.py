@@ -426,6 +426,23 @@ def reports_version(what: str, args: list[str], version: str, env: dict[str, str
         raise ReleaseError(f"{what}: --version says {out!r}, not toolgate {version}")
 
 
+def sidecar(port: int, policy: str | Path = POLICY) -> list[str]:
+    """`toolgate serve`'s arguments for the checks: the example policy, gRPC on ``port``."""
+    return ["serve", "--policy", str(policy), "--listen", f"127.0.0.1:{port}",
+            "--metrics-listen", "off"]  # fmt: skip
+
+
+def runs(
+    what: str, cli: list[str], version: str, client: Client, env: dict[str, str] | None = None
+) -> None:
+    """``cli``, a toolgate installed from an artifact, says the release's version, and the
+    sidecar it starts decides as the policy says."""
+    reports_version(what, cli, version, env)
+    port = free_port()
+    with serving([*cli, *sidecar(port)], env=env) as proc:
+        decides(what, client, port, proc)
+
+
 def fresh_venv(where: Path) -> Path:
     run([sys.executable, "-m", "venv", str(where)])
     return where / "bin"
@@ -454,21 +471,8 @@ def check_glibc_wheel(a: Artifacts, work: Path) -> Client:
         cwd=work,
     )
     toolgate = bin_ / "toolgate"
-    reports_version("manylinux_2_17_x86_64 wheel", [str(toolgate)], a.version, env)
     client = Client(toolgate)
-    port = free_port()
-    serve = [
-        str(toolgate),
-        "serve",
-        "--policy",
-        str(POLICY),
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--metrics-listen",
-        "off",
-    ]
-    with serving(serve, env=env) as proc:
-        decides("manylinux_2_17_x86_64 wheel", client, port, proc)
+    runs("manylinux_2_17_x86_64 wheel", [str(toolgate)], a.version, client, env)
     return client
 
 
@@ -501,20 +505,7 @@ def check_musl_wheel(a: Artifacts, work: Path, client: Client) -> None:
         "-c",
         "import sys; from toolgate.cli.main import main; sys.argv[0] = 'toolgate'; main()",
     ]
-    reports_version("musllinux_1_2_x86_64 wheel", cli, a.version, env)
-    port = free_port()
-    serve = [
-        *cli,
-        "serve",
-        "--policy",
-        str(POLICY),
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--metrics-listen",
-        "off",
-    ]
-    with serving(serve, env=env) as proc:
-        decides("musllinux_1_2_x86_64 wheel", client, port, proc)
+    runs("musllinux_1_2_x86_64 wheel", cli, a.version, client, env)
 
 
 def check_sdist(a: Artifacts, work: Path, client: Client) -> None:
@@ -551,20 +542,7 @@ def check_sdist(a: Artifacts, work: Path, client: Client) -> None:
     (wheel,) = (work / "sdist-wheel").glob("*.whl")
     bin_ = fresh_venv(work / "sdist-venv")
     run([str(bin_ / "pip"), "install", "-q", str(wheel)], env=without_rust())
-    reports_version("sdist", [str(bin_ / "toolgate")], a.version)
-    port = free_port()
-    serve = [
-        str(bin_ / "toolgate"),
-        "serve",
-        "--policy",
-        str(POLICY),
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--metrics-listen",
-        "off",
-    ]
-    with serving(serve) as proc:
-        decides("sdist", client, port, proc)
+    runs("sdist", [str(bin_ / "toolgate")], a.version, client)
 
 
 def load_image(archive: Path, as_name: str) -> str:
@@ -609,13 +587,7 @@ def check_images(a: Artifacts, client: Client) -> None:
                 "-v",
                 f"{POLICY}:/policy.json:ro",
                 local,
-                "serve",
-                "--policy",
-                "/policy.json",
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--metrics-listen",
-                "off",
+                *sidecar(port, "/policy.json"),
             ]
 
             def stop(_: subprocess.Popen[bytes], name: str = name) -> None:
