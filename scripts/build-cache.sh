@@ -4,12 +4,14 @@
 # native wheel reuses the extension scripts/test built.
 #
 # kept_build_dir NAME prints ~/.cache/toolgate/NAME/<checkout> (made; all of NAME emptied past
-# 8 GiB). Kept per checkout: cargo tells that a crate's sources changed by their times, so a
-# build kept from another checkout whose files are newer would pass for current in this one.
+# 16 GiB: one checkout's release, test and wheel-check builds hold about 7, and each run adds
+# its own crates' artifacts). Kept per checkout: cargo tells that a crate's sources changed by
+# their times, so a build kept from another checkout whose files are newer would pass for
+# current in this one.
 kept_build_dir() {
   local top="${XDG_CACHE_HOME:-$HOME/.cache}/toolgate/$1"
   mkdir -p "$top"
-  if [ "$(du -sk "$top" | cut -f1)" -gt $((8 * 1024 * 1024)) ]; then
+  if [ "$(du -sk "$top" | cut -f1)" -gt $((16 * 1024 * 1024)) ]; then
     rm -rf "${top:?}"/*
   fi
   local dir
