@@ -41,5 +41,8 @@ def test_scripts_test_uses_the_stages_for_everything_it_checks():
     after = text.split(". scripts/stages.sh", 1)[1]
     for check in ("cargo fmt", "clippy", "ruff check", "ruff format", "stubtest", "go_lint"):
         assert check in after
-    assert 'stage "packaging" bash scripts/test-packaging' in after
+    # The packaging stage waits for the release made beside pytest, then runs its tests.
+    assert 'stage "packaging" packaging' in after
+    body = after.split("packaging() {", 1)[1].split("\n}\n", 1)[0]
+    assert 'wait "$RELEASE_PID"' in body and "bash scripts/test-packaging" in body
     assert after.rstrip().endswith("summary")
