@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+import tomllib
 from pathlib import Path
 
 from cyclonedx.contrib.license.factories import LicenseFactory
@@ -79,8 +80,6 @@ def proc_macro(package: dict) -> bool:
 
 
 def lock_checksums() -> dict[tuple[str, str], str]:
-    import tomllib
-
     lock = tomllib.loads((ROOT / "Cargo.lock").read_text())
     return {(p["name"], p["version"]): p["checksum"] for p in lock["package"] if "checksum" in p}
 
