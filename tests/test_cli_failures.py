@@ -489,6 +489,46 @@ def test_a_path_whose_directory_is_missing_is_made(world: World, invocation, pla
     assert code == 0 and "Traceback" not in err, err
 
 
+# --- SIGTERM while starting -------------------------------------------------------------------
+
+
+#: When the SIGTERM is sent: as soon as something starting makes appears, or after a delay
+#: (the delays spread it over imports, the policy, and the listeners).
+MOMENTS = ["state directory made", "decision log made"] + [f"{n * 0.2:.1f}s" for n in range(8)]
+
+
+@pytest.mark.parametrize("moment", MOMENTS)
+def test_a_sigterm_at_any_moment_of_starting_stops_cleanly(moment, tmp_path):
+    """A pod deleted as it starts: whenever SIGTERM lands, serve exits 0 with no traceback and
+    leaves no temporary state directory; or it came before serve began, met the default
+    action, and nothing had been made."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    decisions = tmp_path / "decisions.log"
+    argv = ["serve", "--policy", str(EXAMPLES / "policy.json")]
+    argv += ["--listen", f"127.0.0.1:{free_port()}", "--metrics-listen", "127.0.0.1:0"]
+    argv += ["--drain", "0", "--decision-log", str(decisions)]
+    proc = spawn(argv, env={**os.environ, "TMPDIR": str(scratch)})
+    made = {
+        "state directory made": lambda: any(scratch.iterdir()),
+        "decision log made": decisions.exists,
+    }.get(moment)
+    if made is None:
+        time.sleep(float(moment.removesuffix("s")))
+    else:
+        deadline = time.monotonic() + PATIENCE
+        while not made() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.001)
+    os.killpg(proc.pid, signal.SIGTERM)
+    code, _, err = finish(proc)
+    assert "Traceback" not in err, err
+    if code == -signal.SIGTERM:
+        assert made is None and not decisions.exists() and not any(scratch.iterdir()), err
+    else:
+        assert code == exits.OK, err
+        assert not list(scratch.glob("toolgate-state-*")), err
+
+
 # --- Ctrl-C -----------------------------------------------------------------------------------
 
 

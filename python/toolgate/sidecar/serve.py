@@ -133,7 +133,82 @@ def load_policy(opts: ServeOptions) -> tuple[Policy, FileVersion | None]:
     return policy, version
 
 
+class StoppedWhileStarting(BaseException):
+    """SIGTERM came before the sidecar was serving. A BaseException, as KeyboardInterrupt is:
+    startup is abandoned with the same cleanup Ctrl-C gets, and nothing catches it midway."""
+
+
+def _stop_while_starting(*_: object) -> None:
+    raise StoppedWhileStarting
+
+
+def _announce(
+    opts: ServeOptions,
+    policy: Policy,
+    loaded: FileVersion | None,
+    sidecar: Sidecar,
+    state: StateDir,
+) -> tuple[EvictionWatch | None, ReloadCounts, PolicyWatcher | None]:
+    """The steps between an assembled sidecar and its signal handlers: logging set up, what
+    the operator should know said, the store's eviction watch and the policy watcher made."""
+    engine = sidecar.engine
+    if opts.grant_vouched_by_server:
+        engine.trust_server_answers()
+    logs.configure(opts.log_format, opts.log_level, lambda: engine.revision)
+    eviction = None
+    if opts.store != "local":
+        eviction = watch_eviction(opts, sidecar)
+        report_store(sidecar, opts)
+    if opts.policy is None:
+        log.warning("no --policy given: serving the built-in deny-everything policy")
+    else:
+        warn_self_asserted(opts.policy, policy, opts.check)
+    if opts.decision_log is not None:
+        log.info(
+            "decision log: %s (%s decisions)",
+            "stdout" if opts.decision_log == "-" else opts.decision_log,
+            opts.decision_log_filter,
+        )
+        if sidecar.decision_log_break is not None:
+            log.warning("decision log: %s", sidecar.decision_log_break)
+        if state.temporary:
+            log.warning(
+                "decision log: grants are labelled with a key made for this run, as there is"
+                " no --state-dir: after a restart the same grant has another label"
+            )
+    if policy.needs_approval and opts.approvals.admin_tokens is None:
+        log.warning(
+            "the policy has require_approval rules but there is no --admin-tokens: their"
+            " approvals open and nobody can decide them"
+        )
+
+    reloads = ReloadCounts()
+    watcher = None
+    if opts.policy is not None:
+        watcher = PolicyWatcher(
+            opts.policy,
+            engine,
+            reloads,
+            interval=opts.reload_interval,
+            loaded=loaded,
+            settle=opts.reload_settle,
+            check=opts.check,
+        )
+    return eviction, reloads, watcher
+
+
 def serve(opts: ServeOptions) -> int:
+    # From the first line: a SIGTERM sent while starting (a pod deleted as it starts) must not
+    # meet the default action, which kills the process before it removes what it made.
+    signal.signal(signal.SIGTERM, _stop_while_starting)
+    try:
+        return _serve(opts)
+    except StoppedWhileStarting:
+        log.info("stopped while starting (SIGTERM)")
+        return exits.OK
+
+
+def _serve(opts: ServeOptions) -> int:
     # Addresses first (the command line checked them already; ServeOptions may come from
     # elsewhere): a bad one must stop the sidecar before anything starts.
     check_listen(opts.listen)
@@ -191,55 +266,14 @@ def serve(opts: ServeOptions) -> int:
         state.remove_if_temporary()
         raise
     engine = sidecar.engine
-    if opts.grant_vouched_by_server:
-        engine.trust_server_answers()
-    logs.configure(opts.log_format, opts.log_level, lambda: engine.revision)
-    eviction = None
-    if opts.store != "local":
-        try:
-            eviction = watch_eviction(opts, sidecar)
-        except BaseException:
-            state.remove_if_temporary()
-            raise
-        report_store(sidecar, opts)
-    if opts.policy is None:
-        log.warning("no --policy given: serving the built-in deny-everything policy")
-    else:
-        warn_self_asserted(opts.policy, policy, opts.check)
-    if opts.decision_log is not None:
-        log.info(
-            "decision log: %s (%s decisions)",
-            "stdout" if opts.decision_log == "-" else opts.decision_log,
-            opts.decision_log_filter,
-        )
-        if sidecar.decision_log_break is not None:
-            log.warning("decision log: %s", sidecar.decision_log_break)
-        if state.temporary:
-            log.warning(
-                "decision log: grants are labelled with a key made for this run, as there is"
-                " no --state-dir: after a restart the same grant has another label"
-            )
-    if policy.needs_approval and opts.approvals.admin_tokens is None:
-        log.warning(
-            "the policy has require_approval rules but there is no --admin-tokens: their"
-            " approvals open and nobody can decide them"
-        )
+    try:
+        eviction, reloads, watcher = _announce(opts, policy, loaded, sidecar, state)
+    except BaseException:
+        state.remove_if_temporary()
+        raise
 
-    reloads = ReloadCounts()
-    watcher = None
-    if opts.policy is not None:
-        watcher = PolicyWatcher(
-            opts.policy,
-            engine,
-            reloads,
-            interval=opts.reload_interval,
-            loaded=loaded,
-            settle=opts.reload_settle,
-            check=opts.check,
-        )
-
-    # Signal handlers before the server exists: a SIGTERM or SIGHUP sent as soon as the port
-    # answers must not meet the default action (which kills the process).
+    # From here a SIGTERM is a graceful stop, set before the server exists: one sent as soon as
+    # the port answers drains like any other.
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
