@@ -12,9 +12,8 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from toolgate import Policy
+from toolgate import Engine, Policy
 from toolgate._core import read_document
-from toolgate.sidecar.reload import parse_policy
 
 TOOL = st.from_regex(r"[a-z][a-z0-9_-]{0,12}", fullmatch=True)
 ACTION = st.sampled_from(["allow", "deny", "require_approval"])
@@ -56,7 +55,9 @@ def test_every_reader_reads_the_same_text_as_the_same_policy(
             "from_str": Policy.from_str(text).revision,
             "from_str with path": Policy.from_str(text, path=path).revision,
             "from_file": Policy.from_file(path).revision,
-            "reloader": parse_policy(path, path.read_bytes()).revision,
+            "reloader": Engine(Policy.from_dict({"version": "1"}))
+            .reload_file(path.read_bytes(), path)
+            .revision,
             "read_document": Policy.from_dict(read_document(text, path=path)[0]).revision,
         }
     assert set(revisions.values()) == {expected}, revisions

@@ -13,15 +13,18 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import toolgate
 from conftest import EXAMPLES
 from sidecar import ConfigMapVolume, write_atomically
+from toolgate._core import Reloaded
 from toolgate.sidecar.file_writes import UNKNOWN
 from toolgate.sidecar.metrics import ReloadCounts
-from toolgate.sidecar.reload import PolicyWatcher, parse_policy, read_version
+from toolgate.sidecar.reload import PolicyWatcher, read_version
 
 SETTLE = 10.0
 INTERVAL = 1.0
@@ -383,11 +386,16 @@ def test_without_word_from_the_kernel_the_settle_period_decides(
 # --- reading the file ---------------------------------------------------------------------------
 
 
+def reloaded(path: Path, content: bytes) -> str:
+    """The revision a reload makes of ``content``, read from ``path``."""
+    engine = toolgate.Engine(toolgate.Policy.from_dict({"version": "1"}))
+    return engine.reload_file(content, path).revision
+
+
 @pytest.mark.parametrize("name", ["policy.yaml", "policy.json"])
 def test_the_settled_bytes_parse_as_from_file_reads_the_file(name: str):
     path = EXAMPLES / name
-    parsed = parse_policy(path, path.read_bytes())
-    assert parsed.revision == toolgate.Policy.from_file(path).revision
+    assert reloaded(path, path.read_bytes()) == toolgate.Policy.from_file(path).revision
 
 
 @pytest.mark.parametrize("suffix", ["", ".txt"])
@@ -395,8 +403,7 @@ def test_without_a_known_extension_the_content_decides(tmp_path: Path, suffix: s
     for example in ("policy.yaml", "policy.json"):
         path = tmp_path / f"policy{suffix}"
         path.write_bytes((EXAMPLES / example).read_bytes())
-        parsed = parse_policy(path, path.read_bytes())
-        assert parsed.revision == toolgate.Policy.from_file(path).revision
+        assert reloaded(path, path.read_bytes()) == toolgate.Policy.from_file(path).revision
 
 
 # --- pins files ----------------------------------------------------------------------------------
@@ -430,6 +437,22 @@ def test_a_pins_file_reloads_with_its_policy(tmp_path: Path):
     assert w.engine.list_tools(json.dumps([reviewed])) == [("send_email", "TOOL_CHANGED")]
 
 
+class RePinsAfterReload:
+    """An engine whose reload is followed at once by a re-pin: one that lands after the
+    engine read the pins files and before the watcher records what it loaded."""
+
+    def __init__(self, engine: toolgate.Engine, re_pin: Callable[[], object]) -> None:
+        self._engine, self._re_pin = engine, re_pin
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+    def reload_file(self, *args: Any, **kwargs: Any) -> Reloaded:
+        done = self._engine.reload_file(*args, **kwargs)
+        self._re_pin()
+        return done
+
+
 def test_a_re_pin_between_a_load_and_the_watchers_look_is_loaded(tmp_path: Path):
     """The watcher compares the pins files with what the policy read, not with a read of its
     own: a re-pin that lands after the policy read its pins (at start, or during a reload)
@@ -449,22 +472,19 @@ def test_a_re_pin_between_a_load_and_the_watchers_look_is_loaded(tmp_path: Path)
     engine = toolgate.Engine(toolgate.Policy.from_file(path))
     pin(changed)  # after the engine read the pins, before the watcher exists
     reloads = ReloadCounts()
-    watcher = PolicyWatcher(path, engine, reloads, interval=INTERVAL, settle=SETTLE)
+    re_pins: list[dict] = []  # what the next reload is followed by
+    watched = RePinsAfterReload(engine, lambda: re_pins and pin(re_pins.pop()))
+    watcher = PolicyWatcher(path, watched, reloads, interval=INTERVAL, settle=SETTLE)
     watcher.check()
     assert reloads.snapshot()["success"] == 1
     assert engine.list_tools(json.dumps([changed])) == [("send_email", None)]
 
-    # During a reload: the policy reads its pins, then a re-pin lands before the watcher
+    # During a reload: the engine reads the pins, then a re-pin lands before the watcher
     # records what was loaded.
-    def then_re_pin(path: Path, content: bytes) -> toolgate.Policy:
-        policy = parse_policy(path, content)
-        pin(reviewed)
-        return policy
-
     path.write_text('version: "1"\ndefault: allow\npins: {file: pins.json}\nmode: enforce\n')
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("toolgate.sidecar.reload.parse_policy", then_re_pin)
-        watcher.check(forced=True)
+    re_pins.append(reviewed)
+    watcher.check(forced=True)
+    assert not re_pins
     assert reloads.snapshot()["success"] == 2
     # The engine holds the pins it read (`changed`); the file now pins `reviewed`: the next
     # check sees that and loads it.

@@ -34,6 +34,7 @@ __all__ = [
     "ManualClock",
     "Policy",
     "PolicyError",
+    "Reloaded",
     "Sidecar",
     "ValidationError",
     "__revision__",
@@ -157,6 +158,21 @@ class PolicyError(ValueError):
     """A policy failed validation; ``errors`` lists every problem."""
 
     errors: list[ValidationError]
+
+@final
+class Reloaded:
+    """What a reload made live."""
+
+    @property
+    def revision_before(self) -> str: ...
+    @property
+    def revision(self) -> str: ...
+    @property
+    def pins_loaded(self) -> list[tuple[Path, str]]:
+        """The pins files the new policy read, each with the SHA-256 (hex) of its bytes."""
+    @property
+    def self_asserted(self) -> list[ValidationError]:
+        """Its limits, marks and conditions that rest on an identity the client asserts."""
 
 @final
 class Policy:
@@ -365,6 +381,18 @@ class Engine:
         """An INVALID_REQUEST decision for a request that cannot be decided (counted)."""
     def release(self, reservation: int) -> bool: ...
     def reload(self, policy: PolicySource) -> str: ...
+    def reload_file(
+        self,
+        content: bytes,
+        path: str | os.PathLike[str],
+        *,
+        agent_verified: bool = False,
+        session_verified: bool = False,
+    ) -> Reloaded:
+        """A policy file's bytes, as the reload read them, made the policy in one step: parsed
+        (``path`` picks the format and is where its pins files are read), validated and
+        swapped in, counters kept. Raises PolicyError (or ValueError: not UTF-8), and then
+        the old policy stays."""
     @property
     def revision(self) -> str: ...
     def trust_server_answers(self) -> None: ...

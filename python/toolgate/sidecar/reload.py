@@ -82,13 +82,6 @@ def pins_digests(paths: list[Path]) -> dict[Path, str | None]:
     return out
 
 
-def parse_policy(path: Path, content: bytes) -> Policy:
-    """``content``, read from ``path``, as a policy, in the format ``Policy.from_file`` would
-    choose for it. Parsing the bytes that were checked, rather than reading the file again,
-    loads exactly what settled."""
-    return Policy.from_str(content.decode("utf-8"), path=path)
-
-
 @dataclass(frozen=True)
 class InPlaceEdit:
     """An in-place edit waiting to settle: the file as last read, and since when it reads so."""
@@ -243,14 +236,18 @@ class PolicyWatcher:
         self.reload(version.content)
 
     def reload(self, content: bytes) -> bool:
-        """Validate ``content``, read from the file, and swap it in. Returns whether the new
-        policy is live."""
-        old = self._engine.revision
+        """Validate ``content``, read from the file, and swap it in: one call into the engine,
+        which reads the pins files the policy names and reports the bytes it read (so the next
+        check compares with what was loaded). Returns whether the new policy is live."""
+        agent, session = verified(self._check)
         try:
-            policy = parse_policy(self._path, content)
-            self._engine.reload(policy)
+            # The bytes that were checked, not the file read again: exactly what settled.
+            done = self._engine.reload_file(
+                content, self._path, agent_verified=agent, session_verified=session
+            )
         except PolicyError as err:
             self._reloads.add("failure")
+            old = self._engine.revision  # still live
             n = len(err.errors)
             log.error(
                 "policy %s is invalid (%d %s); keeping revision %s",
@@ -265,19 +262,26 @@ class PolicyWatcher:
             return False
         except ValueError as err:  # not UTF-8, or refused by the engine
             self._reloads.add("failure")
+            old = self._engine.revision  # still live
             log.error("cannot reload policy %s: %s; keeping revision %s", self._path, err, old)
             return False
         self._reloads.add("success")
-        self._pins = dict(policy.pins_loaded)
-        log.info("policy reloaded: revision %s -> %s", old, policy.revision)
-        warn_self_asserted(self._path, policy, self._check)
+        self._pins = dict(done.pins_loaded)
+        log.info("policy reloaded: revision %s -> %s", done.revision_before, done.revision)
+        for note in done.self_asserted:
+            log.warning("%s: %s: %s", self._path, note.pointer, note.message)
         return True
+
+
+def verified(check: CheckSettings) -> tuple[bool, bool]:
+    """Whether the agent id and the session id come from a verified token (else the client
+    asserts them about itself)."""
+    return check.agent_claim is not None, check.session_claim is not None
 
 
 def warn_self_asserted(path: Path, policy: Policy, check: CheckSettings) -> None:
     """Log each limit, mark and condition of ``policy`` that rests on an identity the client
     asserts about itself (a session id or an agent id, unless ``check`` takes it from a
     verified token)."""
-    verified = check.agent_claim is not None, check.session_claim is not None
-    for note in policy.self_asserted(*verified):
+    for note in policy.self_asserted(*verified(check)):
         log.warning("%s: %s: %s", path, note.pointer, note.message)

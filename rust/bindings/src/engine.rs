@@ -22,6 +22,16 @@ use toolgate_core::MonotonicClock;
 use toolgate_core::{Decision, Engine, Request, Subject};
 
 /// Decides tool calls against a policy, with counters that survive reloads.
+/// What a reload made live: the revisions before and after, the pins files the new policy
+/// read (each with the SHA-256 of the bytes it was handed), and its self-asserted notes.
+#[pyclass(module = "toolgate._core", frozen, get_all)]
+pub struct Reloaded {
+    pub revision_before: String,
+    pub revision: String,
+    pub pins_loaded: Vec<(PathBuf, String)>,
+    pub self_asserted: Vec<crate::policy::ValidationError>,
+}
+
 #[pyclass(name = "Engine", module = "toolgate._core", frozen)]
 pub struct PyEngine {
     /// Shared with the sidecar's serving threads, which decide on it.
@@ -205,8 +215,8 @@ impl PyEngine {
         reservations: usize,
         clock: Option<&Bound<'_, PyManualClock>>,
     ) -> PyResult<Self> {
-        let policy = toolgate_core::Policy::from_path(&path)
-            .map_err(|e| crate::policy::policy_error(py, e))?;
+        let policy =
+            crate::policy::load_file(&path).map_err(|e| crate::policy::policy_error(py, e))?;
         let storage = Storage {
             capacity,
             reservations,
@@ -366,6 +376,35 @@ impl PyEngine {
         let revision = policy.revision.clone();
         self.inner.reload(policy).map_err(PyValueError::new_err)?;
         Ok(revision)
+    }
+
+    /// A policy file's bytes, as the reload read them, made the policy in one step: parsed
+    /// (`path` picks the format and is where its pins files are read), validated and swapped
+    /// in, counters kept. On error the old policy stays and PolicyError (or ValueError: not
+    /// UTF-8) is raised.
+    #[pyo3(signature = (content, path, *, agent_verified = false, session_verified = false))]
+    fn reload_file(
+        &self,
+        py: Python<'_>,
+        content: &[u8],
+        path: PathBuf,
+        agent_verified: bool,
+        session_verified: bool,
+    ) -> PyResult<Reloaded> {
+        let text = std::str::from_utf8(content)
+            .map_err(|_| PyValueError::new_err(format!("{} is not UTF-8 text", path.display())))?;
+        let policy =
+            toolgate_core::Policy::from_text(text, "auto", Some(&path), &crate::policy::read_pins)
+                .map_err(|e| crate::policy::policy_error(py, e))?;
+        let before = self.inner.policy().revision.to_string();
+        let reloaded = Reloaded {
+            revision_before: before,
+            revision: policy.revision.clone(),
+            pins_loaded: crate::policy::pins_loaded(&policy),
+            self_asserted: crate::policy::self_asserted(&policy, agent_verified, session_verified),
+        };
+        self.inner.reload(policy).map_err(PyValueError::new_err)?;
+        Ok(reloaded)
     }
 
     #[getter]

@@ -97,6 +97,7 @@ fn argument_digest(key: &[u8], arguments: &str) -> PyResult<String> {
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::PyEngine>()?;
+    m.add_class::<engine::Reloaded>()?;
     m.add_class::<approvals::PyApprovals>()?;
     m.add_class::<policy::PyPolicy>()?;
     m.add_class::<policy::ValidationError>()?;

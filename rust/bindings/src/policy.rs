@@ -5,7 +5,7 @@ use pyo3::create_exception;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyList;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use toolgate_core::policy::source::Format;
 use toolgate_core::policy::{Policy, PolicyErrors, Unpinned};
 
@@ -47,6 +47,51 @@ impl ValidationError {
     }
 }
 
+/// The pins files a policy names, read here, at the edge: the core hashes the bytes it is
+/// handed, so what was loaded is what a reload compares the files with.
+pub fn read_pins(path: &Path) -> std::io::Result<Vec<u8>> {
+    std::fs::read(path)
+}
+
+/// A policy file and its pins files: JSON or YAML by extension, otherwise by content.
+pub fn load_file(path: &Path) -> Result<Policy, PolicyErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        PolicyErrors(vec![toolgate_core::PolicyError {
+            pointer: String::new(),
+            line: None,
+            message: format!("cannot read {}: {e}", path.display()),
+        }])
+    })?;
+    Policy::from_text(&text, "auto", Some(path), &read_pins)
+}
+
+/// Each pins file `policy` read, with the SHA-256 (hex) of the bytes it was handed.
+pub fn pins_loaded(policy: &Policy) -> Vec<(PathBuf, String)> {
+    let hex = |d: &[u8; 32]| d.iter().map(|b| format!("{b:02x}")).collect();
+    let files = policy.pins.iter();
+    files.map(|f| (f.path.clone(), hex(&f.digest))).collect()
+}
+
+/// `policy`'s limits, marks and conditions that rest on an identity the client asserts.
+pub fn self_asserted(
+    policy: &Policy,
+    agent_verified: bool,
+    session_verified: bool,
+) -> Vec<ValidationError> {
+    let verified = toolgate_core::policy::self_asserted::Verified {
+        session: session_verified,
+        agent: agent_verified,
+    };
+    toolgate_core::policy::self_asserted::self_asserted(policy, verified)
+        .into_iter()
+        .map(|n| ValidationError {
+            pointer: n.pointer,
+            line: None,
+            message: n.message,
+        })
+        .collect()
+}
+
 pub fn policy_error(py: Python<'_>, errors: PolicyErrors) -> PyErr {
     let details: Vec<ValidationError> = errors
         .0
@@ -83,7 +128,7 @@ impl PyPolicy {
     /// Load a JSON or YAML file (by extension; otherwise by content).
     #[staticmethod]
     fn from_file(py: Python<'_>, path: PathBuf) -> PyResult<PyPolicy> {
-        Policy::from_path(&path)
+        load_file(&path)
             .map(|inner| PyPolicy { inner })
             .map_err(|e| policy_error(py, e))
     }
@@ -100,7 +145,7 @@ impl PyPolicy {
     ) -> PyResult<PyPolicy> {
         let name = path.as_deref().and_then(|p| p.file_name()?.to_str());
         Format::choose(format, name, text).map_err(PyValueError::new_err)?;
-        Policy::from_text(text, format, path.as_deref())
+        Policy::from_text(text, format, path.as_deref(), &read_pins)
             .map(|inner| PyPolicy { inner })
             .map_err(|e| policy_error(py, e))
     }
@@ -110,18 +155,7 @@ impl PyPolicy {
     /// as `(pointer, message)` notes.
     #[pyo3(signature = (agent_verified = false, session_verified = false))]
     fn self_asserted(&self, agent_verified: bool, session_verified: bool) -> Vec<ValidationError> {
-        let verified = toolgate_core::policy::self_asserted::Verified {
-            session: session_verified,
-            agent: agent_verified,
-        };
-        toolgate_core::policy::self_asserted::self_asserted(&self.inner, verified)
-            .into_iter()
-            .map(|n| ValidationError {
-                pointer: n.pointer,
-                line: None,
-                message: n.message,
-            })
-            .collect()
+        self_asserted(&self.inner, agent_verified, session_verified)
     }
 
     /// Load from a dict (as `json.loads` would give).
@@ -129,7 +163,7 @@ impl PyPolicy {
     fn from_dict(py: Python<'_>, document: &Bound<'_, PyAny>) -> PyResult<PyPolicy> {
         let value = to_json(document)
             .ok_or_else(|| PyValueError::new_err("policy dict holds values that are not JSON (str keys, str/int/float/bool/None/list/dict only, nested at most 128 deep)"))?;
-        Policy::from_json_value(&value)
+        Policy::from_json_value_reading(&value, &read_pins)
             .map(|inner| PyPolicy { inner })
             .map_err(|e| policy_error(py, e))
     }
@@ -152,9 +186,7 @@ impl PyPolicy {
     /// what was loaded, not from what a later read found.
     #[getter]
     fn pins_loaded(&self) -> Vec<(PathBuf, String)> {
-        let hex = |d: &[u8; 32]| d.iter().map(|b| format!("{b:02x}")).collect();
-        let files = self.inner.pins.iter();
-        files.map(|f| (f.path.clone(), hex(&f.digest))).collect()
+        pins_loaded(&self.inner)
     }
 
     /// The tools each section's pins file pins, for the sections whose `pins` withhold a

@@ -33,6 +33,11 @@ use toolgate_core::listed::ListedTool;
 use toolgate_core::mcp::listing::{ListFilter, ListReport};
 use toolgate_core::{Engine, Policy, Subject};
 
+/// Pins files are read by whoever loads the policy (the core reads no file): here, from disk.
+fn read_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    std::fs::read(path)
+}
+
 /// (verb, how many): bench/ext_proc_bench.py's families, interleaved as there.
 const FAMILIES: [(&str, usize); 4] = [
     ("describe", 35),
@@ -140,7 +145,8 @@ fn engine(pins: Option<&PathBuf>) -> Arc<Engine> {
     if let Some(file) = pins {
         doc["pins"] = json!({"file": file, "mode": "enforce", "unpinned": "hide"});
     }
-    let policy = Policy::from_json_str(&doc.to_string()).expect("bench policy is valid");
+    let policy = Policy::from_text(&doc.to_string(), "json", None, &read_file)
+        .expect("bench policy is valid");
     Arc::new(Engine::with_defaults(policy).expect("bench policy compiles"))
 }
 

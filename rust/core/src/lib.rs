@@ -4,7 +4,8 @@
 //! Pure: no threads, files or sockets, and no Python. What does I/O (the decision log's
 //! writer, the approvals table's file, counters on Redis) is `toolgate_runtime`, behind the
 //! interfaces defined here ([`decision_log::DecisionSink`], [`approval::ApprovalDesk`],
-//! [`store::CounterStore`]).
+//! [`store::CounterStore`]); a policy's pins files are read by whoever loads it
+//! ([`policy::ReadFile`]).
 
 pub mod approval;
 pub mod approval_text;

@@ -117,9 +117,14 @@ impl From<Value> for Setup {
     }
 }
 
+/// Pins files are read by whoever loads a policy; these policies name none.
+fn no_files(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    panic!("no pins file is read here: {}", path.display())
+}
+
 /// A policy's text, JSON or YAML.
 fn text(text: &str) -> Setup {
-    Setup::new(Policy::from_text(text, "auto", None).expect("valid policy"))
+    Setup::new(Policy::from_text(text, "auto", None, &no_files).expect("valid policy"))
 }
 
 /// One of the repository's example policies (examples/).
@@ -127,7 +132,9 @@ fn example(name: &str) -> Setup {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../examples")
         .join(name);
-    Setup::new(Policy::from_path(&path).expect("valid example policy"))
+    let text = std::fs::read_to_string(&path).expect("the example is there");
+    let policy = Policy::from_text(&text, "auto", Some(&path), &no_files);
+    Setup::new(policy.expect("valid example policy"))
 }
 
 /// An engine on `setup`'s policy, on a manual clock at [`START_NS`].
@@ -1987,7 +1994,11 @@ fn revision_is_stable_for_the_same_document_and_changes_with_it() {
 
 #[test]
 fn revision_ignores_whitespace_and_comments() {
-    let revision = |text: &str| Policy::from_text(text, "auto", None).unwrap().revision;
+    let revision = |text: &str| {
+        Policy::from_text(text, "auto", None, &no_files)
+            .unwrap()
+            .revision
+    };
     let a = revision(r#"{"version": "1", "tools": {"x": {}}}"#);
     let b = revision("{\n  \"version\":\"1\",\n  \"tools\":{\"x\":{}}\n}\n");
     let c = revision("# a comment\nversion: '1'\ntools:\n  x: {}\n");

@@ -11,6 +11,11 @@ use toolgate_core::listed::ListedTool;
 use toolgate_core::Kind;
 use toolgate_core::{Code, Decision, Engine, Policy, Request, Subject, Verdict};
 
+/// Pins files are read by whoever loads the policy (the core reads no file): here, from disk.
+fn read_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    std::fs::read(path)
+}
+
 fn object(v: Value) -> Map<String, Value> {
     match v {
         Value::Object(m) => m,
@@ -51,7 +56,8 @@ fn pins_file(name: &str, tools: &[&Map<String, Value>], crm: &[&Map<String, Valu
 }
 
 fn engine(policy: Value) -> Arc<Engine> {
-    let policy = Policy::from_json_str(&policy.to_string()).expect("valid policy");
+    let policy =
+        Policy::from_text(&policy.to_string(), "json", None, &read_file).expect("valid policy");
     Arc::new(Engine::with_defaults(policy).unwrap())
 }
 
@@ -271,7 +277,7 @@ fn a_pins_file_is_read_strictly() {
         let path = dir.join(format!("{i}.json"));
         std::fs::write(&path, file.to_string()).unwrap();
         let policy = json!({"version": "1", "pins": {"file": path}});
-        let err = Policy::from_json_str(&policy.to_string())
+        let err = Policy::from_text(&policy.to_string(), "json", None, &read_file)
             .unwrap_err()
             .to_string();
         assert!(
@@ -280,7 +286,7 @@ fn a_pins_file_is_read_strictly() {
         );
     }
     let missing = json!({"version": "1", "pins": {"file": dir.join("none.json")}});
-    let err = Policy::from_json_str(&missing.to_string())
+    let err = Policy::from_text(&missing.to_string(), "json", None, &read_file)
         .unwrap_err()
         .to_string();
     assert!(

@@ -28,6 +28,11 @@ use toolgate_core::sightings::MAX_SIGHTINGS;
 use toolgate_core::Kind;
 use toolgate_core::{Code, Decision, Engine, ManualClock, Policy, Request, Subject, Verdict};
 
+/// Pins files are read by whoever loads the policy (the core reads no file): here, from disk.
+fn read_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    std::fs::read(path)
+}
+
 // --- helpers -------------------------------------------------------------------------------
 
 fn object(v: Value) -> Map<String, Value> {
@@ -85,7 +90,8 @@ fn pins_file(tools: &[&Map<String, Value>], servers: &[(&str, &[&Map<String, Val
 }
 
 fn engine(policy: Value) -> Arc<Engine> {
-    let policy = Policy::from_json_str(&policy.to_string()).expect("valid policy");
+    let policy =
+        Policy::from_text(&policy.to_string(), "json", None, &read_file).expect("valid policy");
     let clock = Arc::new(ManualClock::new(1_000_000_000_000));
     let table = Arc::new(CounterTable::new(1 << 14, 1 << 14));
     Arc::new(Engine::new(policy, table, clock).unwrap())

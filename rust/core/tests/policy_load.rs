@@ -1431,10 +1431,13 @@ fn errors_of_a_json_value_have_no_line() {
     );
 }
 
+/// The core reads no file: the caller hands it the pins files' bytes.
+fn no_files(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    panic!("no pins file is read here: {}", path.display())
+}
+
 #[test]
-fn from_path_picks_the_format() {
-    let dir = std::env::temp_dir().join(format!("toolgate-policy-load-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+fn the_path_picks_the_format() {
     let (seed, tool, counter, max) = POLICYLAYER_EXAMPLES[0];
     let yaml = example_as_yaml(tool, counter, max);
     let cases = [
@@ -1445,24 +1448,68 @@ fn from_path_picks_the_format() {
         ("p", yaml.as_str()),
     ];
     for (name, text) in cases {
-        let path = dir.join(name);
-        std::fs::write(&path, text).unwrap();
-        let policy = Policy::from_path(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let path = std::path::Path::new("/policies").join(name);
+        let policy = Policy::from_text(text, "auto", Some(&path), &no_files)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(policy.root.tools[0].0.text, tool, "{name}");
     }
     // JSON by extension even if it looks like YAML: a YAML document in a .json file fails.
-    let path = dir.join("yaml-in.json");
-    std::fs::write(&path, &yaml).unwrap();
-    assert!(Policy::from_path(&path).is_err());
-    let missing = Policy::from_path(&dir.join("missing.json")).unwrap_err().0;
-    assert_eq!(missing.len(), 1);
-    assert_eq!((missing[0].pointer.as_str(), missing[0].line), ("", None));
-    assert!(
-        missing[0].message.contains("cannot read"),
-        "{}",
-        missing[0].message
+    let path = std::path::Path::new("/policies/yaml-in.json");
+    assert!(Policy::from_text(&yaml, "auto", Some(path), &no_files).is_err());
+}
+
+/// Pins files as the caller hands them: found beside the policy, each asked for once, its
+/// digest the SHA-256 of the bytes handed; one the caller cannot read, or a policy given
+/// without its files, is an error at `/pins/file`.
+#[test]
+fn pins_files_are_the_bytes_the_caller_hands() {
+    use sha2::{Digest, Sha256};
+    let pins = br#"{"version": "1", "tools": {}}"#;
+    let asked = std::cell::RefCell::new(Vec::new());
+    let read = |path: &std::path::Path| {
+        asked.borrow_mut().push(path.to_owned());
+        match path.file_name().and_then(|n| n.to_str()) {
+            Some("pins.json") => Ok(pins.to_vec()),
+            _ => Err(std::io::Error::from(std::io::ErrorKind::NotFound)),
+        }
+    };
+    let text = r#"{"version": "1", "pins": {"file": "pins.json"},
+                   "servers": {"crm": {"pins": {"file": "pins.json"}}}}"#;
+    let path = std::path::Path::new("/policies/p.json");
+    let policy = Policy::from_text(text, "auto", Some(path), &read).expect("valid");
+    assert_eq!(
+        *asked.borrow(),
+        [std::path::Path::new("/policies/pins.json")]
     );
-    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(policy.pins.len(), 1);
+    assert_eq!(
+        policy.pins[0].digest,
+        <[u8; 32]>::from(Sha256::digest(pins))
+    );
+    // Other bytes are another revision.
+    let other = |_: &std::path::Path| Ok(br#"{"version": "1", "tools": {}} "#.to_vec());
+    let again = Policy::from_text(text, "auto", Some(path), &other).expect("valid");
+    assert_ne!(again.revision, policy.revision);
+
+    let missing = r#"{"version": "1", "pins": {"file": "none.json"}}"#;
+    let errors = Policy::from_text(missing, "auto", Some(path), &read)
+        .unwrap_err()
+        .0;
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].pointer, "/pins/file");
+    assert!(
+        errors[0].message.contains("cannot read"),
+        "{}",
+        errors[0].message
+    );
+    let without = Policy::from_json_str(r#"{"version": "1", "pins": {"file": "pins.json"}}"#);
+    let errors = without.unwrap_err().0;
+    assert_eq!(errors[0].pointer, "/pins/file");
+    assert!(
+        errors[0].message.contains("without its files"),
+        "{}",
+        errors[0].message
+    );
 }
 
 // --- the JSON parser agrees with serde_json ----------------------------------------------------

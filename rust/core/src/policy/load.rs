@@ -23,6 +23,23 @@ use crate::approval_text::{is_mcp_tool_name, MAX_TOOL_NAME};
 use crate::definition::Hints;
 use crate::kind::Kind;
 
+/// How a policy's pins files are read: the caller's (the core does no I/O), given the path
+/// `pins.file` names, relative to the policy's directory. The core hashes the bytes it is
+/// handed, so what a reload watches is what was loaded.
+pub type ReadFile<'f> = &'f dyn Fn(&std::path::Path) -> std::io::Result<Vec<u8>>;
+
+/// For documents that are not read with their files: a pins file they name is refused.
+fn no_files(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    let message = format!(
+        "{} is not read: this policy was given without its files",
+        path.display()
+    );
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        message,
+    ))
+}
+
 impl Policy {
     pub fn from_json_str(text: &str) -> Result<Policy, PolicyErrors> {
         Policy::from_node(&parse_json(text)?)
@@ -37,30 +54,24 @@ impl Policy {
         Policy::from_node(&Node::from_json_value(value))
     }
 
-    /// Load a file, in the format [`Format::choose`] picks for its name and text.
-    pub fn from_path(path: &std::path::Path) -> Result<Policy, PolicyErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
-            pointer: String::new(),
-            line: None,
-            message: format!("cannot read {}: {e}", path.display()),
-        })?;
-        let name = path.file_name().and_then(|n| n.to_str());
-        let format = Format::choose("auto", name, &text).map_err(|message| PolicyError {
-            pointer: String::new(),
-            line: None,
-            message,
-        })?;
-        let base = path.parent().unwrap_or(std::path::Path::new(""));
-        Policy::load(&format.parse(&text)?, base)
+    /// A policy given as a JSON value, its pins files read by `read` (relative to the
+    /// working directory).
+    pub fn from_json_value_reading(value: &Value, read: ReadFile) -> Result<Policy, PolicyErrors> {
+        Policy::load(
+            &Node::from_json_value(value),
+            std::path::Path::new(""),
+            read,
+        )
     }
 
     /// Load text: `format` is `json`, `yaml` or `auto`, chosen with `path` (the file the text
     /// was read from, if any: its name picks the format, its directory is where pins files
-    /// are read) by [`Format::choose`].
+    /// are found) by [`Format::choose`]; `read` reads the pins files.
     pub fn from_text(
         text: &str,
         format: &str,
         path: Option<&std::path::Path>,
+        read: ReadFile,
     ) -> Result<Policy, PolicyErrors> {
         let name = path.and_then(|p| p.file_name()?.to_str());
         let format = Format::choose(format, name, text).map_err(|message| PolicyError {
@@ -71,21 +82,20 @@ impl Policy {
         let base = path
             .and_then(|p| p.parent())
             .unwrap_or(std::path::Path::new(""));
-        Policy::load(&format.parse(text)?, base)
+        Policy::load(&format.parse(text)?, base, read)
     }
 
-    /// Validate a parsed document; a pins file it names is read relative to the working
-    /// directory.
+    /// Validate a parsed document given without its files (a pins file it names is refused).
     pub fn from_node(node: &Node) -> Result<Policy, PolicyErrors> {
-        Policy::load(node, std::path::Path::new(""))
+        Policy::load(node, std::path::Path::new(""), &no_files)
     }
 
-    /// Validate a parsed document, reading the pins files it names relative to `base`.
-    fn load(node: &Node, base: &std::path::Path) -> Result<Policy, PolicyErrors> {
+    /// Validate a parsed document, its pins files read by `read` relative to `base`.
+    fn load(node: &Node, base: &std::path::Path, read: ReadFile) -> Result<Policy, PolicyErrors> {
         let mut loader = Loader::default();
         let (root, servers) = loader.section(node, "", true);
         loader.check_mark_reads();
-        let pins = loader.read_pins(&root, &servers, base);
+        let pins = loader.read_pins(&root, &servers, base, read);
         if !loader.errors.is_empty() {
             return Err(PolicyErrors(loader.errors));
         }
@@ -804,12 +814,13 @@ impl Loader {
         Some(rule)
     }
 
-    /// Read each pins file the sections name, once, relative to `base`.
+    /// Read each pins file the sections name, once, relative to `base`, with `read`.
     fn read_pins(
         &mut self,
         root: &Section,
         servers: &[(String, Section)],
         base: &std::path::Path,
+        read: ReadFile,
     ) -> Vec<PinsFile> {
         let mut files: Vec<PinsFile> = Vec::new();
         let sections = std::iter::once(root).chain(servers.iter().map(|(_, s)| s));
@@ -819,7 +830,7 @@ impl Loader {
             }
             let path = base.join(&rule.file);
             let at = child(&rule.pointer, "file");
-            let text = match std::fs::read(&path) {
+            let text = match read(&path) {
                 Ok(bytes) => bytes,
                 Err(e) => {
                     let message = format!("cannot read the pins file {}: {e}", path.display());

@@ -12,7 +12,7 @@ pub mod self_asserted;
 pub mod source;
 
 pub use error::{PolicyError, PolicyErrors};
-pub use load::MAX_MAX;
+pub use load::{ReadFile, MAX_MAX};
 
 use crate::kind::Kind;
 use serde_json::Value;
