@@ -18,6 +18,7 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 # anything imports grpc.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -111,106 +112,28 @@ def engine_for(clock: toolgate.ManualClock):
 
 
 # --- PolicyLayer's example policies ------------------------------------------------------------
-# The policy JSON of each example in PolicyLayer's documentation, copied literally, with the
-# tool it names and its per-minute, per-grant maximum.
+# The policy JSON of each example in PolicyLayer's documentation, copied literally into
+# examples/policylayer/ (the Rust tests read the same files), with the tool it names, its
+# counter and its per-minute, per-grant maximum, as the document says them.
 
-POLICYLAYER_CREATE_AMI = """{
-"version": "1",
-"default": "deny",
-"tools": {
-"create-ami": {
-"limits": [
-{
-"counter": "create-ami_rate",
-"window": "minute",
-"max": 30,
-"scope": "grant"
-}
-]
-}
-}
-}"""
 
-POLICYLAYER_CREATE_ACCESS_KEY = """{
-"version": "1",
-"default": "deny",
-"tools": {
-"create_access_key": {
-"limits": [
-{
-"counter": "create_access_key_rate",
-"window": "minute",
-"max": 30,
-"scope": "grant"
-}
-]
-}
-}
-}"""
+def _policylayer(tool: str) -> tuple[str, str, str, int]:
+    text = (EXAMPLES / "policylayer" / f"{tool}.json").read_text()
+    (limit,) = json.loads(text)["tools"][tool]["limits"]
+    return text, tool, limit["counter"], limit["max"]
 
-POLICYLAYER_VM_CREATE_IMAGE = """{
-  "version": "1",
-  "default": "deny",
-  "tools": {
-    "vm_create_image": {
-      "limits": [
-        {
-          "counter": "vm_create_image_rate",
-          "window": "minute",
-          "max": 10,
-          "scope": "grant"
-        }
-      ]
-    }
-  }
-}"""
-
-POLICYLAYER_UPDATE_IMAGE_SET_METADATA = """{
-  "version": "1",
-  "default": "deny",
-  "tools": {
-    "update_image_set_metadata": {
-      "limits": [
-        {
-          "counter": "update_image_set_metadata_rate",
-          "window": "minute",
-          "max": 30,
-          "scope": "grant"
-        }
-      ]
-    }
-  }
-}"""
-
-POLICYLAYER_STREAM_GROUP_CREATE = """{
-"version": "1",
-"default": "deny",
-"tools": {
-"stream_group_create": {
-"limits": [
-{
-"counter": "stream_group_create_rate",
-"window": "minute",
-"max": 30,
-"scope": "grant"
-}
-]
-}
-}
-}"""
 
 #: (policy text, tool, counter, max per minute per grant)
 POLICYLAYER_EXAMPLES: list[tuple[str, str, str, int]] = [
-    (POLICYLAYER_CREATE_AMI, "create-ami", "create-ami_rate", 30),
-    (POLICYLAYER_CREATE_ACCESS_KEY, "create_access_key", "create_access_key_rate", 30),
-    (POLICYLAYER_VM_CREATE_IMAGE, "vm_create_image", "vm_create_image_rate", 10),
-    (
-        POLICYLAYER_UPDATE_IMAGE_SET_METADATA,
+    _policylayer(tool)
+    for tool in (
+        "create-ami",
+        "create_access_key",
+        "vm_create_image",
         "update_image_set_metadata",
-        "update_image_set_metadata_rate",
-        30,
-    ),
-    (POLICYLAYER_STREAM_GROUP_CREATE, "stream_group_create", "stream_group_create_rate", 30),
+        "stream_group_create",
+    )
 ]
+POLICYLAYER_CREATE_AMI = POLICYLAYER_EXAMPLES[0][0]
 
 POLICYLAYER_TOOLS = [tool for _, tool, _, _ in POLICYLAYER_EXAMPLES]

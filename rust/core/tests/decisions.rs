@@ -2007,122 +2007,9 @@ fn revision_ignores_whitespace_and_comments() {
 }
 
 // --- PolicyLayer's example policies ------------------------------------------------------------
-// The policy JSON of each example in PolicyLayer's documentation, copied literally, with the
-// tool it names and its per-minute, per-grant maximum (as tests/conftest.py has them).
 
-const POLICYLAYER_CREATE_AMI: &str = r#"{
-"version": "1",
-"default": "deny",
-"tools": {
-"create-ami": {
-"limits": [
-{
-"counter": "create-ami_rate",
-"window": "minute",
-"max": 30,
-"scope": "grant"
-}
-]
-}
-}
-}"#;
-
-const POLICYLAYER_CREATE_ACCESS_KEY: &str = r#"{
-"version": "1",
-"default": "deny",
-"tools": {
-"create_access_key": {
-"limits": [
-{
-"counter": "create_access_key_rate",
-"window": "minute",
-"max": 30,
-"scope": "grant"
-}
-]
-}
-}
-}"#;
-
-const POLICYLAYER_VM_CREATE_IMAGE: &str = r#"{
-  "version": "1",
-  "default": "deny",
-  "tools": {
-    "vm_create_image": {
-      "limits": [
-        {
-          "counter": "vm_create_image_rate",
-          "window": "minute",
-          "max": 10,
-          "scope": "grant"
-        }
-      ]
-    }
-  }
-}"#;
-
-const POLICYLAYER_UPDATE_IMAGE_SET_METADATA: &str = r#"{
-  "version": "1",
-  "default": "deny",
-  "tools": {
-    "update_image_set_metadata": {
-      "limits": [
-        {
-          "counter": "update_image_set_metadata_rate",
-          "window": "minute",
-          "max": 30,
-          "scope": "grant"
-        }
-      ]
-    }
-  }
-}"#;
-
-const POLICYLAYER_STREAM_GROUP_CREATE: &str = r#"{
-"version": "1",
-"default": "deny",
-"tools": {
-"stream_group_create": {
-"limits": [
-{
-"counter": "stream_group_create_rate",
-"window": "minute",
-"max": 30,
-"scope": "grant"
-}
-]
-}
-}
-}"#;
-
-/// (policy text, tool, counter, max per minute per grant)
-const POLICYLAYER: [(&str, &str, &str, usize); 5] = [
-    (POLICYLAYER_CREATE_AMI, "create-ami", "create-ami_rate", 30),
-    (
-        POLICYLAYER_CREATE_ACCESS_KEY,
-        "create_access_key",
-        "create_access_key_rate",
-        30,
-    ),
-    (
-        POLICYLAYER_VM_CREATE_IMAGE,
-        "vm_create_image",
-        "vm_create_image_rate",
-        10,
-    ),
-    (
-        POLICYLAYER_UPDATE_IMAGE_SET_METADATA,
-        "update_image_set_metadata",
-        "update_image_set_metadata_rate",
-        30,
-    ),
-    (
-        POLICYLAYER_STREAM_GROUP_CREATE,
-        "stream_group_create",
-        "stream_group_create_rate",
-        30,
-    ),
-];
+mod policylayer;
+use policylayer::EXAMPLES as POLICYLAYER;
 
 #[test]
 fn policylayer_example_policy_decisions() {
@@ -2131,11 +2018,11 @@ fn policylayer_example_policy_decisions() {
         let g1 = tool(name).grant("g1");
         let decisions: Vec<Decision> = (0..=max).map(|_| g1.decide(&engine)).collect();
         let codes: Vec<Code> = decisions.iter().map(|d| d.code).collect();
-        let mut expected = vec![Allowed; max];
+        let mut expected = vec![Allowed; max as usize];
         expected.push(RateLimited);
         assert_eq!(codes, expected, "{name}");
         assert_eq!(decisions[0].rule(), format!("/tools/{name}"));
-        let last = &decisions[max];
+        let last = &decisions[max as usize];
         verdict(Deny)
             .rule(&format!("/tools/{name}/limits/0"))
             .counters(&[counter])
@@ -2177,7 +2064,7 @@ fn policylayer_example_policies_from_a_json_value_and_yaml_decide_alike() {
             let (engine, _) = engine(Setup::new(source));
             let call = tool(name).grant("g");
             let codes: Vec<Code> = (0..=max).map(|_| call.decide(&engine).code).collect();
-            let mut expected = vec![Allowed; max];
+            let mut expected = vec![Allowed; max as usize];
             expected.push(RateLimited);
             assert_eq!(codes, expected, "{name}");
         }

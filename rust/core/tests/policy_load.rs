@@ -11,118 +11,11 @@ use toolgate_core::policy::{
 
 // --- PolicyLayer's example policies -------------------------------------------------------
 
-/// The policy JSON of each of PolicyLayer's example policies, copied literally, with its
-/// tool, counter and max.
-const POLICYLAYER_EXAMPLES: [(&str, &str, &str, f64); 5] = [
-    (
-        r#"{
-"version": "1",
-"default": "deny",
-"tools": {
-"create-ami": {
-"limits": [
-{
-"counter": "create-ami_rate",
-"window": "minute",
-"max": 30,
-"scope": "grant"
-}
-]
-}
-}
-}"#,
-        "create-ami",
-        "create-ami_rate",
-        30.0,
-    ),
-    (
-        r#"{
-"version": "1",
-"default": "deny",
-"tools": {
-"create_access_key": {
-"limits": [
-{
-"counter": "create_access_key_rate",
-"window": "minute",
-"max": 30,
-"scope": "grant"
-}
-]
-}
-}
-}"#,
-        "create_access_key",
-        "create_access_key_rate",
-        30.0,
-    ),
-    (
-        r#"{
-  "version": "1",
-  "default": "deny",
-  "tools": {
-    "vm_create_image": {
-      "limits": [
-        {
-          "counter": "vm_create_image_rate",
-          "window": "minute",
-          "max": 10,
-          "scope": "grant"
-        }
-      ]
-    }
-  }
-}"#,
-        "vm_create_image",
-        "vm_create_image_rate",
-        10.0,
-    ),
-    (
-        r#"{
-  "version": "1",
-  "default": "deny",
-  "tools": {
-    "update_image_set_metadata": {
-      "limits": [
-        {
-          "counter": "update_image_set_metadata_rate",
-          "window": "minute",
-          "max": 30,
-          "scope": "grant"
-        }
-      ]
-    }
-  }
-}"#,
-        "update_image_set_metadata",
-        "update_image_set_metadata_rate",
-        30.0,
-    ),
-    (
-        r#"{
-"version": "1",
-"default": "deny",
-"tools": {
-"stream_group_create": {
-"limits": [
-{
-"counter": "stream_group_create_rate",
-"window": "minute",
-"max": 30,
-"scope": "grant"
-}
-]
-}
-}
-}"#,
-        "stream_group_create",
-        "stream_group_create_rate",
-        30.0,
-    ),
-];
+mod policylayer;
+use policylayer::EXAMPLES as POLICYLAYER_EXAMPLES;
 
 /// The same policy as one of PolicyLayer's examples, written as YAML by hand.
-fn example_as_yaml(tool: &str, counter: &str, max: f64) -> String {
+fn example_as_yaml(tool: &str, counter: &str, max: u32) -> String {
     format!(
         "# recommended rule for {tool}
 version: \"1\"
@@ -165,7 +58,7 @@ fn every_policylayer_example_loads_unchanged() {
         assert_eq!(limit.pointer, format!("/tools/{tool}/limits/0"));
         assert_eq!(limit.counter, counter);
         assert_eq!(limit.window_ms, 60_000);
-        assert_eq!(limit.max, max);
+        assert_eq!(limit.max, f64::from(max));
         assert_eq!(limit.scope, Scope::Grant);
         assert!(limit.cost.is_none());
         assert_eq!(policy.revision.len(), 16);
