@@ -1,6 +1,7 @@
 """Neither language has an import circle: the modules of each Rust crate and of the Python
 package import each other in one direction only (a circle means two concepts that cannot be
-read, tested or moved apart)."""
+read, tested or moved apart). The core's rooms (its folders) say what each is for and, read
+bottom up, are used in one direction but for a handful of arrows."""
 
 from __future__ import annotations
 
@@ -129,6 +130,69 @@ def python_graph(package: Path) -> dict[str, set[str]]:
         graph[module] = names
     modules = set(graph)
     return {m: {n for n in names if n in modules and n != m} for m, names in graph.items()}
+
+
+def room_arrows(graph: dict[str, set[str]]) -> dict[tuple[str, str], list[str]]:
+    """The arrows between rooms (a module's first path segment: ``policy`` for
+    ``policy::load``), each with the module arrows that make it."""
+    arrows: dict[tuple[str, str], list[str]] = {}
+    for module, names in graph.items():
+        for name in names:
+            a, b = module.split("::")[0], name.split("::")[0]
+            if a != b:
+                arrows.setdefault((a, b), []).append(f"{module} -> {name}")
+    return arrows
+
+
+def upward(arrows: dict[tuple[str, str], list[str]]) -> tuple[list[str], list[str]]:
+    """The order of rooms, bottom first, that leaves the fewest module arrows pointing up (to a
+    room above the one they leave), and those arrows: exact, over every subset of rooms."""
+    rooms = sorted({r for pair in arrows for r in pair})
+    weight = {pair: len(v) for pair, v in arrows.items()}
+    best: dict[int, tuple[int, list[str]]] = {0: (0, [])}
+    for members in range(1 << len(rooms)):
+        if members not in best:
+            continue
+        cost, order = best[members]
+        for j, room in enumerate(rooms):
+            if members >> j & 1:
+                continue
+            # `room` goes above every room placed so: their arrows into it point up.
+            up = sum(weight.get((below, room), 0) for below in order)
+            nxt = members | 1 << j
+            if nxt not in best or cost + up < best[nxt][0]:
+                best[nxt] = (cost + up, [*order, room])
+    order = best[(1 << len(rooms)) - 1][1]
+    place = {room: i for i, room in enumerate(order)}
+    ups = [m for (a, b), v in sorted(arrows.items()) if place[b] > place[a] for m in v]
+    return order, ups
+
+
+CORE = ROOT / "rust" / "core" / "src"
+
+
+def test_the_cores_rooms_run_one_way_but_for_a_handful_of_arrows():
+    """The core's modules sit in rooms by concern (rust/core/src's folders, and a few
+    modules every room speaks of); read bottom up, all but a handful of arrows point down."""
+    order, ups = upward(room_arrows(rust_graph(CORE)))
+    assert len(ups) <= 5, (order, ups)
+
+
+def test_every_room_of_the_core_says_what_it_is_for():
+    for room in sorted(CORE.iterdir()):
+        if room.name == "lib.rs":
+            continue
+        first = (room / "mod.rs" if room.is_dir() else room).read_text().splitlines()[0]
+        if room.is_dir() and not (room / "mod.rs").exists():
+            raise AssertionError(f"{room.name}/ has no mod.rs")
+        assert first.startswith("//! "), room.name
+
+
+def test_upward_arrows_are_found_in_the_best_order():
+    arrows = {("a", "b"): ["a::x -> b::y"], ("b", "c"): ["b::y -> c"], ("c", "a"): ["c -> a::x"]}
+    _, ups = upward(arrows)
+    assert len(ups) == 1 and ups[0] in {"a::x -> b::y", "b::y -> c", "c -> a::x"}
+    assert upward({("a", "b"): ["a -> b"]}) == (["b", "a"], [])
 
 
 @pytest.mark.parametrize("crate", CRATES, ids=lambda p: p.parent.name)

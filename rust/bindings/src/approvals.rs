@@ -6,7 +6,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use std::sync::Arc;
 use std::time::Duration;
-use toolgate_core::approval::{ApprovalEvent, ApprovalId, ApprovalKey, Owner};
+use toolgate_core::asking::approval::{ApprovalEvent, ApprovalId, ApprovalKey, Owner};
 use toolgate_core::Clock;
 use toolgate_runtime::approvals::table::{ApprovalTable, Slot, State};
 use toolgate_runtime::approvals::{ApprovalEvents, Approvals};

@@ -6,8 +6,8 @@ use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use serde_json::Value;
 use std::borrow::Cow;
 use std::cell::RefCell;
-use toolgate_core::args::{ArgValue, Kind, Num};
-use toolgate_core::mcp::fold::fold_eq;
+use toolgate_core::json::args::{ArgValue, Kind, Num};
+use toolgate_core::json::fold::fold_eq;
 
 /// Keys a thread remembers as Python strings; the oldest is forgotten first.
 const REMEMBERED_KEYS: usize = 32;

@@ -2,7 +2,7 @@
 
 use pyo3::prelude::*;
 use std::sync::Arc;
-use toolgate_core::clock::{Clock, ManualClock};
+use toolgate_core::counter::clock::{Clock, ManualClock};
 
 /// A clock that moves only when told to; pass it to `Engine(..., clock=...)`.
 #[pyclass(name = "ManualClock", module = "toolgate._core", frozen)]

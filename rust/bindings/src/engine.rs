@@ -9,14 +9,14 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 use std::path::PathBuf;
 use std::sync::Arc;
-use toolgate_core::args::parse_json_arguments;
-use toolgate_core::clock::Clock;
-use toolgate_core::confirmation::Confirming;
+use toolgate_core::asking::confirmation::Confirming;
+use toolgate_core::counter::clock::Clock;
 use toolgate_core::counter::{CounterTable, Peer};
 use toolgate_core::engine::{DEFAULT_CAPACITY, DEFAULT_RESERVATIONS};
-use toolgate_core::explain::Recorder;
-use toolgate_core::stats::Api;
-use toolgate_core::trace::{NoTrace, Trace};
+use toolgate_core::json::args::parse_json_arguments;
+use toolgate_core::observing::explain::Recorder;
+use toolgate_core::observing::stats::Api;
+use toolgate_core::observing::trace::{NoTrace, Trace};
 use toolgate_core::Kind;
 use toolgate_core::MonotonicClock;
 use toolgate_core::{Decision, Engine, Request, Subject};
@@ -326,7 +326,7 @@ impl PyEngine {
         grant_verified: bool,
     ) -> PyResult<Vec<(String, Option<&'static str>)>> {
         let mut result = serde_json::Map::new();
-        let parsed = toolgate_core::mcp::strict_json::parse(tools.as_bytes())
+        let parsed = toolgate_core::json::strict::parse(tools.as_bytes())
             .map_err(|e| PyValueError::new_err(format!("the tools cannot be read: {e}")))?;
         result.insert("tools".into(), parsed);
         let pairs: Vec<(&str, &str)> = attributes
@@ -344,8 +344,8 @@ impl PyEngine {
         };
         let policy = self.inner.policy();
         let mut seen = Vec::new();
-        let mut report = toolgate_core::mcp::listing::ListReport::default();
-        toolgate_core::mcp::listing::filter_result(
+        let mut report = toolgate_core::engine::listing::ListReport::default();
+        toolgate_core::engine::listing::filter_result(
             toolgate_core::kind::Listed::Tools,
             &mut result,
             |_, name, tool| {

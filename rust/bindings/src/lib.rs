@@ -21,17 +21,17 @@ use pyo3::prelude::*;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Text an agent sent, made safe to show a person: control, format and separator
-/// characters written `\u{HEX}`, backslashes doubled (`toolgate_core::inert`).
+/// characters written `\u{HEX}`, backslashes doubled (`toolgate_core::json::inert`).
 #[pyfunction]
 fn inert(text: &str) -> String {
-    toolgate_core::inert::escape(text).into_owned()
+    toolgate_core::json::inert::escape(text).into_owned()
 }
 
 /// Whether `name` is a tool name MCP allows (1 to 128 of `A-Z a-z 0-9 _ - .`): the rule
-/// policies hold their tool keys to (`toolgate_core::approval_text`).
+/// policies hold their tool keys to (`toolgate_core::asking::approval_text`).
 #[pyfunction]
 fn is_mcp_tool_name(name: &str) -> bool {
-    toolgate_core::approval_text::is_mcp_tool_name(name)
+    toolgate_core::kind::is_mcp_tool_name(name)
 }
 
 /// Every key of the policy language, by object: `(heading, [(key, meaning)])`, as the
@@ -58,10 +58,10 @@ fn format_seconds(ms: u64) -> String {
 }
 
 /// JSON text an agent sent with each character `inert` would escape written as a JSON
-/// `\uXXXX` escape instead: the same JSON value, safe to show (`toolgate_core::inert`).
+/// `\uXXXX` escape instead: the same JSON value, safe to show (`toolgate_core::json::inert`).
 #[pyfunction]
 fn inert_json(json: &str) -> String {
-    toolgate_core::inert::escape_in_json(json).into_owned()
+    toolgate_core::json::inert::escape_in_json(json).into_owned()
 }
 
 /// The digest a pin records of one tool definition (JSON text of one tool object of a
@@ -69,8 +69,8 @@ fn inert_json(json: &str) -> String {
 /// read one way.
 #[pyfunction]
 fn tool_digest(tool: &str) -> PyResult<String> {
-    match toolgate_core::mcp::strict_json::parse(tool.as_bytes()) {
-        Ok(serde_json::Value::Object(t)) => toolgate_core::definition::digest(&t)
+    match toolgate_core::json::strict::parse(tool.as_bytes()) {
+        Ok(serde_json::Value::Object(t)) => toolgate_core::definitions::definition::digest(&t)
             .map(|d| d.to_string())
             .ok_or_else(|| PyValueError::new_err("the tool holds a value JSON cannot")),
         Ok(_) => Err(PyValueError::new_err("a tool definition is a JSON object")),
@@ -86,11 +86,11 @@ fn tool_digest(tool: &str) -> PyResult<String> {
 /// ValueError if the text is not one JSON value, read one way.
 #[pyfunction]
 fn argument_digest(key: &[u8], arguments: &str) -> PyResult<String> {
-    let value = toolgate_core::mcp::strict_json::parse(arguments.as_bytes())
+    let value = toolgate_core::json::strict::parse(arguments.as_bytes())
         .map_err(|e| PyValueError::new_err(format!("the arguments cannot be read: {e}")))?;
-    let mac = toolgate_core::approval::CallDigests::new(key).arguments();
-    toolgate_core::arg_json::keyed_digest(&&value, &mac)
-        .map(|d| toolgate_core::approval::keyed_hex(&d))
+    let mac = toolgate_core::asking::approval::CallDigests::new(key).arguments();
+    toolgate_core::json::arg_json::keyed_digest(&&value, &mac)
+        .map(|d| toolgate_core::asking::approval::keyed_hex(&d))
         .ok_or_else(|| PyValueError::new_err("the arguments hold a value JSON cannot"))
 }
 
@@ -158,15 +158,15 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // arguments kept to show approvers.
     m.add(
         "DEFAULT_PENDING_PER_GRANT",
-        toolgate_core::approval::DEFAULT_PENDING_PER_GRANT,
+        toolgate_core::asking::approval::DEFAULT_PENDING_PER_GRANT,
     )?;
     m.add(
         "DEFAULT_PENDING_PER_RULE",
-        toolgate_core::approval::DEFAULT_PENDING_PER_RULE,
+        toolgate_core::asking::approval::DEFAULT_PENDING_PER_RULE,
     )?;
     m.add(
         "DEFAULT_PREVIEW_BYTES",
-        toolgate_core::approval_text::DEFAULT_PREVIEW_BYTES,
+        toolgate_core::asking::approval_text::DEFAULT_PREVIEW_BYTES,
     )?;
     // Which request headers carry the subject, and where jwt_authn's claims are, by default.
     let authz = envoy::Defaults::new();

@@ -233,7 +233,7 @@ impl PyPolicy {
                 let ruled = section.tools.iter().map(|(name, _)| name);
                 ruled
                     .chain(section.hide.of(toolgate_core::Kind::Tool))
-                    .filter(|name| !toolgate_core::glob::is_glob(&name.text))
+                    .filter(|name| !toolgate_core::policy::glob::is_glob(&name.text))
                     .map(move |name| (server.clone(), name.text.clone(), name.pointer.clone()))
             })
             .collect()

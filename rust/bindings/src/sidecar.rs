@@ -11,9 +11,9 @@ use pyo3::prelude::*;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use toolgate_core::approval::{ApprovalSettings, CallDigests, Caps};
-use toolgate_core::decision_log::Filter;
+use toolgate_core::asking::approval::{ApprovalSettings, CallDigests, Caps};
 use toolgate_core::engine::{DEFAULT_CAPACITY, DEFAULT_RESERVATIONS};
+use toolgate_core::observing::decision_log::Filter;
 use toolgate_core::{Clock, MonotonicClock};
 use toolgate_runtime::decision_log::{self, DEFAULT_QUEUE, DEFAULT_QUEUE_BYTES};
 use toolgate_server::native::{Config, Listen, DEFAULT_MAX_ARGUMENT_BYTES};
@@ -60,9 +60,9 @@ impl PySidecar {
         decision_log_queue_bytes = DEFAULT_QUEUE_BYTES,
         approvals_table = None, approvals_key = Vec::new(), approvals_capacity = 4096,
         approvals_queue = 4096,
-        pending_per_grant = toolgate_core::approval::DEFAULT_PENDING_PER_GRANT,
-        pending_per_rule = toolgate_core::approval::DEFAULT_PENDING_PER_RULE,
-        preview_bytes = toolgate_core::approval_text::DEFAULT_PREVIEW_BYTES,
+        pending_per_grant = toolgate_core::asking::approval::DEFAULT_PENDING_PER_GRANT,
+        pending_per_rule = toolgate_core::asking::approval::DEFAULT_PENDING_PER_RULE,
+        preview_bytes = toolgate_core::asking::approval_text::DEFAULT_PREVIEW_BYTES,
         listen = None, threads = 1, authz = None,
         max_message_bytes = toolgate_server::native::DEFAULT_MAX_MESSAGE_BYTES,
         clock = None,

@@ -15,7 +15,8 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 use toolgate_core::counter::CounterTable;
-use toolgate_core::mcp::{self, Gate, HttpCall};
+use toolgate_core::engine::gate::{self, Gate, HttpCall};
+use toolgate_core::json::strict;
 use toolgate_core::{Engine, MonotonicClock, Policy, Subject};
 
 fn engine() -> Engine {
@@ -120,7 +121,7 @@ fn check(engine: &Engine, body: &[u8]) -> Gate {
 }
 
 fn check_in(engine: &Engine, body: &[u8], subject: Subject, mcp_session: Option<&str>) -> Gate {
-    mcp::check(
+    gate::check(
         engine,
         &HttpCall {
             http_method: "POST",
@@ -201,7 +202,7 @@ fn readers(c: &mut Criterion) {
             b.iter(|| serde_json::from_slice::<serde_json::Value>(black_box(&body)))
         });
         g.bench_function(format!("{name}/strict"), |b| {
-            b.iter(|| mcp::strict_json::parse(black_box(&body)))
+            b.iter(|| strict::parse(black_box(&body)))
         });
     }
     g.finish();

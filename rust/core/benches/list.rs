@@ -27,10 +27,10 @@ use std::hint::black_box;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use toolgate_core::definition::{digest, Definition};
+use toolgate_core::definitions::definition::{digest, Definition};
+use toolgate_core::definitions::listed::ListedTool;
+use toolgate_core::engine::listing::{ListFilter, ListReport};
 use toolgate_core::kind::Listed;
-use toolgate_core::listed::ListedTool;
-use toolgate_core::mcp::listing::{ListFilter, ListReport};
 use toolgate_core::{Engine, Policy, Subject};
 
 /// Pins files are read by whoever loads the policy (the core reads no file): here, from disk.

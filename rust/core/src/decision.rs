@@ -1,6 +1,6 @@
 //! What a decision says: verdict, code, reason, rule, limits, reservation.
 
-use crate::compile::{CompiledPolicy, LimitId, LimitInfo, TextId};
+use crate::policy::compile::{CompiledPolicy, LimitId, LimitInfo, TextId};
 use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -57,12 +57,12 @@ pub enum Code {
     ConfirmationUnavailable,
 }
 
-impl From<crate::definition::DriftKind> for Code {
+impl From<crate::definitions::definition::DriftKind> for Code {
     /// What a call of a tool its pins withhold is denied with.
-    fn from(kind: crate::definition::DriftKind) -> Code {
+    fn from(kind: crate::definitions::definition::DriftKind) -> Code {
         match kind {
-            crate::definition::DriftKind::Changed => Code::ToolChanged,
-            crate::definition::DriftKind::Unpinned => Code::ToolUnpinned,
+            crate::definitions::definition::DriftKind::Changed => Code::ToolChanged,
+            crate::definitions::definition::DriftKind::Unpinned => Code::ToolUnpinned,
         }
     }
 }
@@ -187,9 +187,9 @@ pub struct Decision {
     pub reservation: Option<u64>,
     /// The human approval this decision is about: waiting for (REQUIRE_APPROVAL), used
     /// (an approved call, ALLOW) or refused (APPROVAL_DENIED).
-    pub approval: Option<crate::approval::ApprovalId>,
+    pub approval: Option<crate::asking::approval::ApprovalId>,
     /// The marks the decision read and set; `None` when its rules use none.
-    pub marks: Option<Box<crate::marks::MarksSeen>>,
+    pub marks: Option<Box<crate::counter::marks::MarksSeen>>,
     /// The user's confirmation in their client: asked for, or given (an allowed call).
     pub confirmation: Option<Box<Confirmation>>,
     pub(crate) policy: Arc<CompiledPolicy>,

@@ -1,6 +1,22 @@
 //! What an MCP request names, and so which of a policy section's maps finds its rule: a
 //! tool (`tools/call`), a resource (`resources/read`, `resources/subscribe`), a prompt
-//! (`prompts/get`), or, for a method that names none of these, the method itself.
+//! (`prompts/get`), or, for a method that names none of these, the method itself; and the
+//! names MCP allows a tool.
+
+/// Longest tool name MCP allows.
+pub const MAX_TOOL_NAME: usize = 128;
+
+/// Whether `name` is a tool name as the MCP specification (revision 2025-11-25, "Tool
+/// names") asks for: "Tool names SHOULD be between 1 and 128 characters in length
+/// (inclusive)" and "The following SHOULD be the only allowed characters: uppercase and
+/// lowercase ASCII letters (A-Z, a-z), digits (0-9), underscore (_), dash (-), and dot (.)".
+/// A call naming any other tool never opens an approval: a person would read its name.
+pub fn is_mcp_tool_name(name: &str) -> bool {
+    (1..=MAX_TOOL_NAME).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
 
 /// What a decided request names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -66,7 +82,7 @@ pub enum Listed {
     ResourceTemplates,
     Prompts,
     /// `tasks/list` (the task extension): each caller is shown the tasks it created
-    /// ([`crate::tasks`]), not what a rule says.
+    /// ([`crate::owners::tasks`]), not what a rule says.
     Tasks,
 }
 
@@ -127,6 +143,37 @@ impl Listed {
             Listed::Prompts => Kind::Prompt,
             // A task is reached by the method that reaches it, whose rule it answers to.
             Listed::Tasks => Kind::Method,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tool_names_are_those_mcp_allows() {
+        for ok in [
+            "getUser",
+            "DATA_EXPORT_v2",
+            "admin.tools.list",
+            "a",
+            &"x".repeat(128),
+        ] {
+            assert!(is_mcp_tool_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            &"x".repeat(129),
+            "list\n\u{1b}[2Kok",
+            "a b",
+            "a,b",
+            "user/update",
+            "naïve",
+            "<!channel>",
+            "a`b",
+        ] {
+            assert!(!is_mcp_tool_name(bad), "{bad:?}");
         }
     }
 }

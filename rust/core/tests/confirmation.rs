@@ -5,9 +5,9 @@
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use std::sync::{Arc, Barrier};
-use toolgate_core::confirmation::TOKEN_PREFIX;
+use toolgate_core::asking::confirmation::TOKEN_PREFIX;
 use toolgate_core::counter::CounterTable;
-use toolgate_core::mcp::gate::{check, Gate, HttpCall};
+use toolgate_core::engine::gate::{check, Gate, HttpCall};
 use toolgate_core::Kind;
 use toolgate_core::{Code, Engine, ManualClock, Policy, Subject, Verdict};
 

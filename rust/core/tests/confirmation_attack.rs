@@ -1,5 +1,5 @@
 //! An outside review's attacks on `require_confirmation`, through the ext_authz gate
-//! (`mcp::gate::check`) as Envoy drives it. Each test asserts the SAFE behaviour: a failing
+//! (`engine::gate::check`) as Envoy drives it. Each test asserts the SAFE behaviour: a failing
 //! test is a hole.
 //!
 //! 1. a call run without a real yes (other spellings of the answer, of its key, of the
@@ -14,12 +14,12 @@
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Barrier};
-use toolgate_core::approval::{
+use toolgate_core::asking::approval::{
     ApprovalDesk, ApprovalEvent, ApprovalId, ApprovalKey, ApprovalSettings, Ask, NoRoom, Standing,
 };
-use toolgate_core::confirmation::{Answer, Confirming, TOKEN_PREFIX};
+use toolgate_core::asking::confirmation::{Answer, Confirming, TOKEN_PREFIX};
 use toolgate_core::counter::CounterTable;
-use toolgate_core::mcp::gate::{check, Gate, HttpCall};
+use toolgate_core::engine::gate::{check, Gate, HttpCall};
 use toolgate_core::Kind;
 use toolgate_core::{Clock, Code, Engine, ManualClock, Policy, Request, Subject, Verdict};
 
@@ -1093,7 +1093,7 @@ fn a_fallback_approval_runs_once_on_the_approval() {
 /// are capped (MAX_CONFIRMED_PER_CALLER): past it that caller is refused, others run.
 #[test]
 fn one_callers_confirmations_cannot_deny_another_callers() {
-    use toolgate_core::compile::MAX_CONFIRMED_PER_CALLER;
+    use toolgate_core::policy::compile::MAX_CONFIRMED_PER_CALLER;
     let clock = Arc::new(ManualClock::new(START_NS));
     let p = json!({"version": "1", "default": "allow", "tools": {
         "t": {"action": "require_confirmation", "confirmation": {"timeout": "24h"}}}});

@@ -4,7 +4,7 @@
 use proptest::prelude::*;
 use std::sync::Arc;
 use toolgate_core::counter::CounterTable;
-use toolgate_core::matcher::NameMatcher;
+use toolgate_core::policy::matcher::NameMatcher;
 use toolgate_core::Kind;
 use toolgate_core::{Code, Engine, ManualClock, Policy, Request, Subject, Verdict};
 
@@ -345,7 +345,7 @@ proptest! {
         } else {
             format!(r#"{{"outer": {{{}: "bad", "kind": "ok"}}}}"#, serde_json::json!(kind))
         };
-        let refused = toolgate_core::args::parse_json_arguments(text.as_bytes());
+        let refused = toolgate_core::json::args::parse_json_arguments(text.as_bytes());
         prop_assert!(
             refused.as_ref().is_err_and(|e| e.told.contains("could be read two ways")),
             "{} {:?}", text, refused

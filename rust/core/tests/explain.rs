@@ -6,9 +6,9 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use toolgate_core::counter::CounterTable;
-use toolgate_core::explain::Recorder;
-use toolgate_core::matcher::NameMatcher;
-use toolgate_core::stats::Api;
+use toolgate_core::observing::explain::Recorder;
+use toolgate_core::observing::stats::Api;
+use toolgate_core::policy::matcher::NameMatcher;
 use toolgate_core::Kind;
 use toolgate_core::{Decision, Engine, ManualClock, Policy, Request, Subject};
 
@@ -385,7 +385,7 @@ proptest! {
         prop_assert_eq!(all.first().map(|f| *f.value), m.lookup(tool).copied());
         prop_assert_eq!(all.first().copied(), m.find(tool));
         for p in &patterns {
-            let matches = toolgate_core::glob::compile(p).unwrap().is_match(tool);
+            let matches = toolgate_core::policy::glob::compile(p).unwrap().is_match(tool);
             prop_assert_eq!(all.iter().any(|f| f.pattern == *p), matches, "{}", p);
         }
     }

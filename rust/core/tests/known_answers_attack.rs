@@ -24,12 +24,12 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use toolgate_core::definitions::listed::ListedTool;
+use toolgate_core::engine::listing::{ListFilter, ListReport, KEYS};
+use toolgate_core::engine::visibility::Visibility;
 use toolgate_core::kind::Listed;
-use toolgate_core::listed::ListedTool;
 use toolgate_core::mcp::known_answers::{KnownAnswers, MAX_ANSWERS, MAX_ANSWER_BYTES, MAX_BYTES};
-use toolgate_core::mcp::listing::{ListFilter, ListReport, KEYS};
 use toolgate_core::mcp::spans;
-use toolgate_core::visibility::Visibility;
 use toolgate_core::Code;
 
 // ---------------------------------------------------------------------------------------------
@@ -239,7 +239,7 @@ fn an_id_nested_deeper_than_serde_reads_panics_nothing() {
 fn an_id_that_brings_the_answer_over_the_value_limit_is_refused_as_read_anew() {
     // An answer at exactly MAX_VALUES values under a string id: one more value (an id `[0]`
     // in place of `"k"`) is over the limit, read anew.
-    let values = toolgate_core::mcp::strict_json::MAX_VALUES;
+    let values = toolgate_core::json::strict::MAX_VALUES;
     // object, jsonrpc, id, result, tools, 1 tool (2 values), _m array: 8, then the zeros.
     let zeros = values - 8;
     let template = format!(

@@ -11,14 +11,15 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
+use toolgate_core::definitions::listed::ListedTool;
+use toolgate_core::engine::listing::{filter_result, ListFilter, ListReport, INTERNAL_ERROR, KEYS};
+use toolgate_core::engine::visibility::Visibility;
+use toolgate_core::json::strict;
 use toolgate_core::kind::Listed;
-use toolgate_core::listed::ListedTool;
 use toolgate_core::mcp::answer::Framing;
 use toolgate_core::mcp::known_answers::KnownAnswers;
-use toolgate_core::mcp::listing::{filter_result, ListFilter, ListReport, INTERNAL_ERROR, KEYS};
+use toolgate_core::mcp::spans;
 use toolgate_core::mcp::sse::message_event;
-use toolgate_core::mcp::{spans, strict_json};
-use toolgate_core::visibility::Visibility;
 use toolgate_core::Code;
 
 /// Hides `delete*`; a tool whose name ends in `x` is shown or hidden by who asks. Reads the
@@ -42,7 +43,7 @@ fn filter(body: &[u8]) -> (Vec<u8>, ListReport) {
 /// Whether the span reader and the request reader read `body`: they must agree.
 fn verdicts(body: &[u8]) -> (bool, bool) {
     let ours = spans::read(body, &KEYS).is_ok();
-    (ours, strict_json::parse(body).is_ok())
+    (ours, strict::parse(body).is_ok())
 }
 
 /// The filter's answer to `body`: `None` if refused, else the result it sends (null for a
@@ -441,7 +442,7 @@ proptest! {
         prop_assert_eq!(ours, theirs, "{:?}", String::from_utf8_lossy(&text));
         let (out, report) = filter(&text);
         if let Some(result) = judged(&text).filter(|r| !r.is_null()) {
-            let Ok(Value::Object(mut tree)) = strict_json::parse(&text) else { panic!("read") };
+            let Ok(Value::Object(mut tree)) = strict::parse(&text) else { panic!("read") };
             let Some(Value::Object(mut kept)) = tree.remove("result") else { panic!("result") };
             let mut theirs = ListReport::default();
             let changed = filter_result(Listed::Tools, &mut kept, hide, &mut theirs);

@@ -7,8 +7,8 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Barrier};
+use toolgate_core::counter::marks::MarkState;
 use toolgate_core::counter::CounterTable;
-use toolgate_core::marks::MarkState;
 use toolgate_core::Kind;
 use toolgate_core::{Code, Decision, Engine, ManualClock, Policy, Request, Subject, Verdict};
 

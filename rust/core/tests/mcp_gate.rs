@@ -4,8 +4,8 @@
 use serde_json::{json, Value};
 use std::sync::Arc;
 use toolgate_core::counter::CounterTable;
+use toolgate_core::engine::gate::{check, Follow, Gate, HttpCall};
 use toolgate_core::kind::Listed;
-use toolgate_core::mcp::{check, Follow, Gate, HttpCall};
 use toolgate_core::{Code, Engine, ManualClock, Policy, Subject};
 
 const POLICY: &str = r#"{"version": "1", "default": "deny", "hide": ["delete_*"],

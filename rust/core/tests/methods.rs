@@ -6,13 +6,13 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use toolgate_core::counter::CounterTable;
+use toolgate_core::definitions::listed::ListedTool;
+use toolgate_core::engine::gate::{check, Follow, Gate, HttpCall};
+use toolgate_core::engine::listing::{ListFilter, INTERNAL_ERROR};
+use toolgate_core::engine::visibility::Visibility;
 use toolgate_core::kind::Listed;
-use toolgate_core::listed::ListedTool;
-use toolgate_core::mcp::listing::{ListFilter, INTERNAL_ERROR};
 use toolgate_core::mcp::request::PASSING;
 use toolgate_core::mcp::sse::EventSplitter;
-use toolgate_core::mcp::{check, Follow, Gate, HttpCall};
-use toolgate_core::visibility::Visibility;
 use toolgate_core::{Code, Engine, Kind, ManualClock, Policy, Subject};
 
 /// A policy written as PolicyLayer's format writes one: `default: deny`, tools only.

@@ -6,14 +6,14 @@
 use serde_json::{json, Value};
 use std::sync::Arc;
 use toolgate_core::counter::CounterTable;
+use toolgate_core::definitions::listed::ListedTool;
+use toolgate_core::engine::gate::{check, Follow, Gate, HttpCall};
+use toolgate_core::engine::listing::{ListFilter, ListReport, INTERNAL_ERROR};
+use toolgate_core::engine::visibility::Visibility;
 use toolgate_core::kind::Listed;
-use toolgate_core::listed::ListedTool;
-use toolgate_core::mcp::listing::{ListFilter, ListReport, INTERNAL_ERROR};
 use toolgate_core::mcp::request::{parse_params, McpRequest};
 use toolgate_core::mcp::sse::EventSplitter;
 use toolgate_core::mcp::uri;
-use toolgate_core::mcp::{check, Follow, Gate, HttpCall};
-use toolgate_core::visibility::Visibility;
 use toolgate_core::{Code, Engine, Kind, ManualClock, Policy, Subject};
 
 const POLICY: &str = r#"

@@ -6,8 +6,8 @@ use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 use std::path::PathBuf;
 use std::sync::Arc;
-use toolgate_core::definition::{digest, DriftKind};
-use toolgate_core::listed::ListedTool;
+use toolgate_core::definitions::definition::{digest, DriftKind};
+use toolgate_core::definitions::listed::ListedTool;
 use toolgate_core::Kind;
 use toolgate_core::{Code, Decision, Engine, Policy, Request, Subject, Verdict};
 

@@ -13,18 +13,18 @@ use serde_json::{json, Map, Value};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Barrier};
-use toolgate_core::approval::{
+use toolgate_core::asking::approval::{
     ApprovalDesk, ApprovalEvent, ApprovalId, ApprovalKey, ApprovalSettings, Ask, NoRoom, Standing,
 };
+use toolgate_core::counter::marks::MarkState;
 use toolgate_core::counter::CounterTable;
-use toolgate_core::definition::{digest, DriftKind};
+use toolgate_core::definitions::definition::{digest, DriftKind};
+use toolgate_core::definitions::listed::ListedTool;
+use toolgate_core::definitions::sightings::MAX_SIGHTINGS;
+use toolgate_core::engine::listing::{filter_result, ListReport};
+use toolgate_core::json::fold::folded;
+use toolgate_core::json::strict;
 use toolgate_core::kind::Listed;
-use toolgate_core::listed::ListedTool;
-use toolgate_core::marks::MarkState;
-use toolgate_core::mcp::fold::folded;
-use toolgate_core::mcp::listing::{filter_result, ListReport};
-use toolgate_core::mcp::strict_json;
-use toolgate_core::sightings::MAX_SIGHTINGS;
 use toolgate_core::Kind;
 use toolgate_core::{Code, Decision, Engine, ManualClock, Policy, Request, Subject, Verdict};
 
@@ -604,7 +604,7 @@ proptest! {
             (escaped_text(&t), d),
             (escaped_text(&with_meta), meta_digest),
         ] {
-            let Ok(Value::Object(read)) = strict_json::parse(text.as_bytes()) else {
+            let Ok(Value::Object(read)) = strict::parse(text.as_bytes()) else {
                 panic!("{text}");
             };
             prop_assert_eq!(digest(&read).unwrap(), expected, "{}", text);
@@ -625,7 +625,7 @@ fn a_number_is_pinned_by_its_value() {
             r#"{{"name":"paged","inputSchema":{{"type":"object","properties":{{"page":{{"type":"integer","minimum":{n}}}}}}}}}"#
         )
     };
-    let read = |n: &str| match strict_json::parse(text(n).as_bytes()).unwrap() {
+    let read = |n: &str| match strict::parse(text(n).as_bytes()).unwrap() {
         Value::Object(m) => m,
         _ => unreachable!(),
     };
@@ -675,7 +675,7 @@ fn odd_members_are_digested_and_read_as_defaults() {
     }
     // A key twice in a definition is refused before it is digested.
     let twice = br#"{"name":"send_email","description":"Send an email.","description":"x"}"#;
-    assert!(strict_json::parse(twice).is_err());
+    assert!(strict::parse(twice).is_err());
 }
 
 // --- a list racing a call --------------------------------------------------------------------

@@ -10,7 +10,7 @@
 use serde_json::json;
 use std::sync::Arc;
 use toolgate_core::counter::CounterTable;
-use toolgate_core::mcp::{check, Gate, HttpCall};
+use toolgate_core::engine::gate::{check, Gate, HttpCall};
 use toolgate_core::{Engine, ManualClock, Policy, Subject};
 
 fn engine(policy: &str) -> Engine {
@@ -200,11 +200,11 @@ fn finding_5_an_ipv6_host_in_a_resource_key_is_a_character_class() {
 /// (`FILE:///etc/shadow`).
 #[test]
 fn finding_1b_a_list_shows_a_hidden_file_its_server_spells_otherwise() {
+    use toolgate_core::definitions::listed::ListedTool;
+    use toolgate_core::engine::listing::ListFilter;
+    use toolgate_core::engine::visibility::Visibility;
     use toolgate_core::kind::Listed;
-    use toolgate_core::listed::ListedTool;
-    use toolgate_core::mcp::listing::ListFilter;
     use toolgate_core::mcp::sse::EventSplitter;
-    use toolgate_core::visibility::Visibility;
     let e = engine(EVERY_RESOURCE_BUT);
     let policy = e.policy();
     let visible = |l: Listed, name: &str, _: &ListedTool<'_>| -> Visibility {

@@ -7,9 +7,9 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 use toolgate_core::counter::CounterTable;
-use toolgate_core::mcp::{check, Gate, HttpCall};
-use toolgate_core::owner::per_caller;
-use toolgate_core::sessions::{KEEP_MS, MAX_PER_CALLER};
+use toolgate_core::engine::gate::{check, Gate, HttpCall};
+use toolgate_core::owners::per_caller;
+use toolgate_core::owners::sessions::{KEEP_MS, MAX_PER_CALLER};
 use toolgate_core::{Code, Engine, ManualClock, Policy, Subject};
 
 const POLICY: &str = r#"

@@ -6,15 +6,15 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use toolgate_core::counter::CounterTable;
+use toolgate_core::definitions::listed::ListedTool;
+use toolgate_core::engine::gate::{check, Follow, Gate, HttpCall};
+use toolgate_core::engine::listing::ListFilter;
 use toolgate_core::kind::Listed;
-use toolgate_core::listed::ListedTool;
-use toolgate_core::mcp::listing::ListFilter;
 use toolgate_core::mcp::outcome::{CallWatcher, Outcome};
 use toolgate_core::mcp::request::RELATED_TASK;
 use toolgate_core::mcp::sse::EventSplitter;
-use toolgate_core::mcp::{check, Follow, Gate, HttpCall};
-use toolgate_core::owner::per_caller;
-use toolgate_core::tasks::{Owner, KEEP_MS, MAX_PER_CALLER, METHODS};
+use toolgate_core::owners::per_caller;
+use toolgate_core::owners::tasks::{Owner, KEEP_MS, MAX_PER_CALLER, METHODS};
 use toolgate_core::{Code, Engine, ManualClock, Policy, Subject, Verdict};
 
 const POLICY: &str = r#"

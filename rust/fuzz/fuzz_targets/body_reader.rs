@@ -5,12 +5,12 @@
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use toolgate_core::mcp::fold::folded;
-use toolgate_core::mcp::strict_json;
+use toolgate_core::json::fold::folded;
+use toolgate_core::json::strict;
 use toolgate_core::mcp::{parse_request, McpRequest};
 
 fuzz_target!(|body: &[u8]| {
-    let strict = strict_json::parse(body);
+    let strict = strict::parse(body);
     if let Ok(value) = &strict {
         let plain: Value = serde_json::from_slice(body).expect("serde_json reads what we read");
         assert_eq!(&plain, value);

@@ -26,6 +26,7 @@ fuzz_target!(|text: &str| {
                     session: Some("s"),
                     agent: Some("a"),
                     attributes: &[("team", "infra")],
+                    ..Subject::default()
                 },
                 args: Some(&args),
                 dry_run: false,

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use toolgate_core::counter::CounterTable;
-use toolgate_core::decision_log::Filter;
+use toolgate_core::observing::decision_log::Filter;
 use toolgate_core::Kind;
 use toolgate_core::{Code, Engine, MonotonicClock, Policy, Request, Subject};
 use toolgate_runtime::decision_log::{DecisionLog, Settings};

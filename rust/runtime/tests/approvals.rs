@@ -30,7 +30,7 @@ fn decide_args(engine: &Engine, tool: &str, args: &serde_json::Value) -> toolgat
 }
 
 use std::time::Duration;
-use toolgate_core::approval::ApprovalEvent;
+use toolgate_core::asking::approval::ApprovalEvent;
 use toolgate_core::Clock;
 use toolgate_runtime::approvals::table::ApprovalTable;
 use toolgate_runtime::approvals::{ApprovalEvents, Approvals};
@@ -259,7 +259,7 @@ fn the_news_of_a_large_call_carries_a_bounded_preview_only() {
 /// asked; the call runs once on both, and asking the user uses neither.
 #[test]
 fn a_call_needing_an_approval_and_a_confirmation_runs_once_on_both() {
-    use toolgate_core::confirmation::{Answer, Confirming};
+    use toolgate_core::asking::confirmation::{Answer, Confirming};
     use toolgate_core::decision::Confirmation;
     let (engine, clock) = engine(
         r#"{"version": "1", "all_tools": {"action": "require_confirmation"}, "tools": {

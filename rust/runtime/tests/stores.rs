@@ -16,8 +16,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use toolgate_core::counter::marks::MarkState;
 use toolgate_core::counter::CounterTable;
-use toolgate_core::marks::MarkState;
 use toolgate_core::Kind;
 use toolgate_core::{Code, Decision, Engine, ManualClock, Policy, Request, Subject, Verdict};
 use toolgate_runtime::store::{Mode, RedisConfig, RedisStore, TimeSource, Unavailable};
@@ -416,8 +416,12 @@ fn cached_a_mark_or_a_session_held_on_one_replica_is_seen_at_once_on_another() {
             subject: subject(grant),
             ..toolgate_core::Undecidable::new("")
         };
-        e.screen_session(toolgate_core::stats::Api::ExtAuthz, "s-1", &request)
-            .map(|d| d.code)
+        e.screen_session(
+            toolgate_core::observing::stats::Api::ExtAuthz,
+            "s-1",
+            &request,
+        )
+        .map(|d| d.code)
     };
     assert_eq!(refused(&a, "alice"), None);
     assert_eq!(refused(&b, "mallory"), Some(Code::Hidden));
@@ -443,8 +447,12 @@ fn a_session_seen_held_is_not_asked_of_redis_again_for_a_while() {
             },
             ..toolgate_core::Undecidable::new("")
         };
-        e.screen_session(toolgate_core::stats::Api::ExtAuthz, "s-1", &request)
-            .map(|d| d.code)
+        e.screen_session(
+            toolgate_core::observing::stats::Api::ExtAuthz,
+            "s-1",
+            &request,
+        )
+        .map(|d| d.code)
     };
     assert_eq!(refused("alice"), None);
     assert_eq!(refused("mallory"), Some(Code::Hidden));
@@ -453,7 +461,7 @@ fn a_session_seen_held_is_not_asked_of_redis_again_for_a_while() {
     redis.child.wait().unwrap();
     assert_eq!(refused("alice"), None);
     assert_eq!(refused("mallory"), Some(Code::StoreUnavailable));
-    clock.advance_ns(toolgate_core::sessions::SEEN_HELD_MS * 1_000_000);
+    clock.advance_ns(toolgate_core::owners::sessions::SEEN_HELD_MS * 1_000_000);
     assert_eq!(refused("alice"), Some(Code::StoreUnavailable));
 }
 
@@ -1047,7 +1055,7 @@ fn a_redis_that_lost_its_counts_refuses_for_one_window() {
 /// both replicas racing with the same answer run the call once between them.
 #[test]
 fn a_confirmation_runs_once_across_replicas() {
-    use toolgate_core::confirmation::{Answer, Confirming};
+    use toolgate_core::asking::confirmation::{Answer, Confirming};
     let redis = RedisServer::start();
     let json = r#"{"version": "1", "default": "allow", "tools": {"drop_db": {"action": "require_confirmation"}}}"#;
     let clock = Arc::new(ManualClock::new(1_700_000_000_000_000_000));

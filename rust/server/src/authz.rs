@@ -24,10 +24,10 @@ use envoy_types::pb::google::protobuf::Struct;
 use envoy_types::pb::google::rpc::Status;
 use std::time::Instant;
 use toolgate_core::counter::Peer;
+use toolgate_core::engine::gate::{self, Gate, HttpCall};
 use toolgate_core::mcp::reply;
 use toolgate_core::mcp::request::{readable_id, readable_tool, Refusal, INVALID_REQUEST};
-use toolgate_core::mcp::{self, Gate, HttpCall};
-use toolgate_core::stats::Api;
+use toolgate_core::observing::stats::Api;
 use toolgate_core::Kind;
 use toolgate_core::{Engine, Subject, Undecidable};
 
@@ -102,7 +102,7 @@ fn gate(engine: &Engine, config: &AuthzConfig, request: &CheckRequest) -> (Gate,
         resumes: headers.all("last-event-id").next().is_some(),
         mcp_session: mcp_session.ok().flatten(),
     };
-    let gate = mcp::check(engine, &call);
+    let gate = gate::check(engine, &call);
     let note = match &gate {
         Gate::Forward { follow, .. } => exchange_metadata(follow, || Caller {
             server: call.server.map(str::to_owned),

@@ -2,9 +2,9 @@
 //! request's bytes here and sends back the bytes it gets, so a decision costs Python one call.
 
 use std::time::Instant;
-use toolgate_core::args::{parse_json_arguments, ArgumentsRefused};
 use toolgate_core::counter::Peer;
-use toolgate_core::stats::Api;
+use toolgate_core::json::args::{parse_json_arguments, ArgumentsRefused};
+use toolgate_core::observing::stats::Api;
 use toolgate_core::Kind;
 use toolgate_core::{Code, Decision, Engine, Request, Subject, Undecidable, Verdict};
 

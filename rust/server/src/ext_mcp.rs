@@ -41,21 +41,21 @@ use pb::{mcp_request_result, mcp_response_result};
 use sha2::Sha256;
 use std::sync::Arc;
 use std::time::Instant;
-use toolgate_core::compile::CompiledPolicy;
 use toolgate_core::counter::Peer;
+use toolgate_core::definitions::listed::ListedTool;
+use toolgate_core::engine::gate::{also_by_method, decide_reads};
+use toolgate_core::engine::listing::{filter_result, ListReport};
+use toolgate_core::engine::visibility::Visibility;
 use toolgate_core::kind::{Kind as Named, Listed};
-use toolgate_core::listed::ListedTool;
 use toolgate_core::mcp::answer::case_variant;
-use toolgate_core::mcp::gate::{also_by_method, decide_reads};
-use toolgate_core::mcp::listing::{filter_result, ListReport};
 use toolgate_core::mcp::outcome::Failure;
 use toolgate_core::mcp::reply::{details, unknown_error, META_KEY};
 use toolgate_core::mcp::request::{
     parse_params_related, McpRequest, Refusal, INVALID_PARAMS, PASSING,
 };
+use toolgate_core::observing::stats::Api;
+use toolgate_core::policy::compile::CompiledPolicy;
 use toolgate_core::policy::Release;
-use toolgate_core::stats::Api;
-use toolgate_core::visibility::Visibility;
 use toolgate_core::{Code, Decision, Engine, Request, Subject, Undecidable, Verdict};
 
 pub mod pb {
@@ -229,7 +229,7 @@ fn decide(
             ..Undecidable::new("")
         };
         if let Some(d) = engine.screen_related(Api::ExtMcp, task, &refused) {
-            let method = toolgate_core::tasks::METHODS[0];
+            let method = toolgate_core::owners::tasks::METHODS[0];
             return answer(config, &d, server, Named::Method, method);
         }
     }
@@ -424,7 +424,7 @@ fn private_read(response: &pb::McpResponse) -> pb::McpResponseResult {
             mcp_error: None,
         })),
     };
-    let mut result = match toolgate_core::mcp::strict_json::parse(&response.mcp_response) {
+    let mut result = match toolgate_core::json::strict::parse(&response.mcp_response) {
         Ok(serde_json::Value::Object(result)) => result,
         Ok(_) => return refused("the result is not a JSON object".into()),
         Err(e) => return refused(format!("the result cannot be read: {e}")),
@@ -451,7 +451,7 @@ const CACHE_SCOPE: &str = "cacheScope";
 /// are decided when their answer comes back, which it hands over without the request's
 /// params. So each is decided by its method's name (the policy's `methods`), not by the
 /// resource or prompt it names; a denial takes the answer's place.
-const DECIDED_ON_THE_ANSWER: [&str; 2] = toolgate_core::mcp::gate::ALSO_BY_METHOD;
+const DECIDED_ON_THE_ANSWER: [&str; 2] = toolgate_core::engine::gate::ALSO_BY_METHOD;
 
 /// Decide a request from its answer: by its method, for the caller the metadata names.
 fn decide_answered(
@@ -518,10 +518,10 @@ fn one_server(servers: &[String]) -> Option<&str> {
 /// (`tasks/result`). `None` for any other answer, or one that names no task (then refused).
 fn answered_task(method: &str, answer: &[u8]) -> Option<serde_json::Value> {
     use serde_json::Value;
-    if !toolgate_core::tasks::METHODS.contains(&method) {
+    if !toolgate_core::owners::tasks::METHODS.contains(&method) {
         return None;
     }
-    let Ok(Value::Object(result)) = toolgate_core::mcp::strict_json::parse(answer) else {
+    let Ok(Value::Object(result)) = toolgate_core::json::strict::parse(answer) else {
         return None;
     };
     let task = match method {
@@ -571,7 +571,7 @@ fn filter_list(
     if let Some(why) = read.refused() {
         return refused(format!("the caller cannot be read: {why}"));
     }
-    let mut result = match toolgate_core::mcp::strict_json::parse(&response.mcp_response) {
+    let mut result = match toolgate_core::json::strict::parse(&response.mcp_response) {
         Ok(serde_json::Value::Object(result)) => result,
         Ok(_) => return refused("the result is not a JSON object".into()),
         Err(e) => return refused(format!("the result cannot be read: {e}")),

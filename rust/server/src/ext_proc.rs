@@ -31,19 +31,19 @@ use prost::Message;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
-use toolgate_core::compile::CompiledPolicy;
 use toolgate_core::counter::Peer;
-use toolgate_core::kind::Listed;
-use toolgate_core::listed::ListedTool;
-use toolgate_core::mcp::answer::error_message;
-use toolgate_core::mcp::listing::{
+use toolgate_core::definitions::listed::ListedTool;
+use toolgate_core::engine::gate::Follow;
+use toolgate_core::engine::listing::{
     CursorOpener, ListFilter, ListReport, ListRequest, INTERNAL_ERROR, INVALID_CURSOR,
 };
+use toolgate_core::engine::visibility::Visibility;
+use toolgate_core::kind::Listed;
+use toolgate_core::mcp::answer::error_message;
 use toolgate_core::mcp::outcome::{CallWatcher, Failure, Outcome};
 use toolgate_core::mcp::request::INVALID_PARAMS;
 use toolgate_core::mcp::sse::message_event;
-use toolgate_core::mcp::Follow;
-use toolgate_core::visibility::Visibility;
+use toolgate_core::policy::compile::CompiledPolicy;
 use toolgate_core::{Engine, Subject};
 
 /// The media type of a filtered list's answer ([`ListFilter`] writes an event stream), which
@@ -746,7 +746,7 @@ fn list_filter(
             .replying_as(id.clone().unwrap_or(Value::Null)),
         None => ListFilter::new(id.clone(), listed, visible),
     };
-    // A task list's cursor goes to the agent sealed for it ([`toolgate_core::cursors`]), on
+    // A task list's cursor goes to the agent sealed for it ([`toolgate_core::owners::cursors`]), on
     // the request's own stream or any other that carries such an answer.
     let (sealer, sealed_for) = (Arc::clone(engine), Arc::clone(caller));
     let filter = filter.sealing_cursors(Box::new(move |cursor: &str| {

@@ -25,7 +25,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
-use toolgate_core::stats::Api;
+use toolgate_core::observing::stats::Api;
 use toolgate_core::Engine;
 
 /// Envoy's services, generated over envoy-types' messages with [`crate::codec`].

@@ -23,7 +23,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimit
 use envoy_types::pb::google::protobuf::Duration;
 use std::time::Instant;
 use toolgate_core::counter::Peer;
-use toolgate_core::stats::Api;
+use toolgate_core::observing::stats::Api;
 use toolgate_core::Kind;
 use toolgate_core::{Decision, Engine, Request, Subject, Undecidable, Verdict};
 

@@ -10,7 +10,7 @@ use crate::native::{Config, Server};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use toolgate_core::approval::ApprovalSettings;
+use toolgate_core::asking::approval::ApprovalSettings;
 use toolgate_core::counter::CounterTable;
 use toolgate_core::{Clock, Engine, Policy};
 use toolgate_runtime::approvals::table::ApprovalTable;

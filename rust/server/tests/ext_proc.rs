@@ -14,9 +14,9 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use toolgate_core::counter::CounterTable;
+use toolgate_core::engine::gate::Follow;
 use toolgate_core::kind::Listed;
 use toolgate_core::mcp::sse::{message_event, EventSplitter};
-use toolgate_core::mcp::Follow;
 use toolgate_core::{
     Decision, Engine, Kind, ManualClock, Policy, Request as Call, Subject, Verdict,
 };

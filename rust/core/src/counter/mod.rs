@@ -5,10 +5,14 @@
 //! - [`table`]: open addressing from counter keys to slots, reuse of expired slots.
 //! - [`peers`]: room per network address in the share of keys a client chooses.
 //! - [`reservation`]: a log of what each allowed call reserved, so it can be released.
+//! - [`marks`]: session marks, kept as counters: what a call reads and sets.
+//! - [`clock`]: the time the windows slide on.
 //!
 //! Amounts are fixed-point *units*: one call counts [`UNITS_PER_CALL`], a cost of 12.5 counts
 //! 12 500. That keeps spend limits exact to 1/1000 without floats in the atomics.
 
+pub mod clock;
+pub mod marks;
 pub mod peers;
 pub mod region;
 pub mod reservation;

@@ -391,8 +391,8 @@ pub(crate) fn check_slots(capacity: usize) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    use super::Peer;
     use super::*;
-    use crate::counter::Peer;
     use proptest::prelude::*;
 
     const NS: u64 = 1_000_000;

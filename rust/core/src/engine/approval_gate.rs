@@ -1,15 +1,15 @@
 //! Asking an approver: where an approval-gated call stands.
 
 use super::{sentence, Draft, Engine, Request};
-use crate::approval::{
+use crate::asking::approval::{
     ApprovalDesk, ApprovalEvent, ApprovalId, ApprovalKey, Ask, Call as ApprovalCall, Opened,
     Standing,
 };
-use crate::approval_text::{preview, shown_id};
-use crate::arg_json;
-use crate::args::ArgValue;
-use crate::compile::CompiledRule;
+use crate::asking::approval_text::{preview, shown_id};
 use crate::decision::{Code, Decision, Limits};
+use crate::json::arg_json;
+use crate::json::args::ArgValue;
+use crate::policy::compile::CompiledRule;
 
 /// What an approval-gated call may do.
 pub(super) enum Gate {

@@ -1,14 +1,14 @@
 //! Asking the user in their MCP client (MCP 2026-07-28's input-required rounds): where a
 //! call its user must confirm stands.
 
+use super::limiter::Want;
 use super::{sentence, Draft, Engine, Request};
-use crate::approval_text::is_mcp_tool_name;
-use crate::args::ArgValue;
-use crate::compile::{CompiledConfirmation, CompiledRule};
-use crate::confirmation::{self, FIRST_REVISION};
+use crate::asking::confirmation::{self, FIRST_REVISION};
 use crate::counter::{CounterKey, UNITS_PER_CALL};
 use crate::decision::{Code, Confirmation, Decision};
-use crate::limiter::Want;
+use crate::json::args::ArgValue;
+use crate::kind::is_mcp_tool_name;
+use crate::policy::compile::{CompiledConfirmation, CompiledRule};
 
 /// What a call its user must confirm may do.
 pub(super) enum Confirmed<'p> {

@@ -13,24 +13,24 @@ use std::sync::Arc;
 
 use arrayvec::ArrayVec;
 
+use super::condition::Facts;
+use super::limiter::{self, Want};
 use super::{
     check_conditions, denying, mark_key, rate_limited_reason, set_marks, unread, want, Checked,
     Confirmed, Draft, Engine, Gate, MarkReads, Reads, Request, MARK_UNITS,
 };
-use crate::approval::{ApprovalEvent, ApprovalId, ApprovalKey};
-use crate::approval_text::is_mcp_tool_name;
-use crate::args::ArgValue;
-use crate::compile::{CompiledPolicy, CompiledRule, CompiledSection};
-use crate::condition::Facts;
+use crate::asking::approval::{ApprovalEvent, ApprovalId, ApprovalKey};
+use crate::counter::marks::{Denying, ReadBits};
 use crate::counter::reservation::MAX_PARTS;
 use crate::counter::Peer;
 use crate::decision::{Code, Confirmation, Decision, Limits, Verdict};
-use crate::definition::Definition;
+use crate::definitions::definition::Definition;
+use crate::json::args::ArgValue;
+use crate::kind::is_mcp_tool_name;
 use crate::kind::Kind;
-use crate::limiter::{self, Want};
-use crate::marks::{Denying, ReadBits};
+use crate::observing::trace::{LimitsEnd, Trace};
+use crate::policy::compile::{CompiledPolicy, CompiledRule, CompiledSection};
 use crate::policy::{Action, Fallback};
-use crate::trace::{LimitsEnd, Trace};
 
 /// A step's result: `Break` when the decision is made there (a denial, or an answer that
 /// stops the call before it runs).

@@ -2,7 +2,7 @@
 //! message (`application/json`) or an event stream (`text/event-stream`) whose events carry
 //! messages, the answer to the request among them.
 
-use super::fold::fold_eq;
+use crate::json::fold::fold_eq;
 use serde_json::{Map, Value};
 
 /// How an answer's body is framed: from its `content-type`, or from its first bytes.

@@ -1,6 +1,6 @@
 //! Answers read before. A server whose tools have not changed answers each `tools/list` with
 //! the same bytes but for the id, and the id is toolgate's own, fresh for each request
-//! ([`super::listing::ListRequest`]); agents fetch lists again on every `list_changed` and
+//! ([`crate::engine::listing::ListRequest`]); agents fetch lists again on every `list_changed` and
 //! every discovery round. Reading an answer strictly is most of what filtering it costs, so
 //! what the reader found in an answer is kept with its bytes, and the same answer under
 //! another request's id is not read again.

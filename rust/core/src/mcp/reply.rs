@@ -7,7 +7,7 @@
 //! and a body that cannot be read is a JSON-RPC protocol error.
 
 use super::request::{Refusal, INVALID_PARAMS};
-use crate::confirmation::FIELD;
+use crate::asking::confirmation::FIELD;
 use crate::decision::{Code, Confirmation, Decision};
 use crate::kind::Kind;
 use serde_json::{json, Map, Value};
@@ -129,9 +129,9 @@ pub fn unknown_error(kind: Kind, name: &str) -> (i64, String) {
     match kind {
         Kind::Resource => (RESOURCE_NOT_FOUND, format!("Resource not found: {name}")),
         Kind::Prompt => (INVALID_PARAMS, format!("Unknown prompt: {name}")),
-        // A task the caller did not create ([`crate::tasks`]), as servers answer one that
+        // A task the caller did not create ([`crate::owners::tasks`]), as servers answer one that
         // does not exist.
-        Kind::Method if crate::tasks::METHODS.contains(&name) => {
+        Kind::Method if crate::owners::tasks::METHODS.contains(&name) => {
             (INVALID_PARAMS, "Task not found".to_owned())
         }
         Kind::Method => (METHOD_NOT_FOUND, format!("Method not found: {name}")),
@@ -158,7 +158,7 @@ pub fn denied_request(id: &Option<Value>, d: &Decision) -> Reply {
     json_reply(200, decision_headers(d), &message)
 }
 
-/// A request in a session the caller does not hold ([`crate::sessions`]): another caller's
+/// A request in a session the caller does not hold ([`crate::owners::sessions`]): another caller's
 /// is answered as MCP servers answer a session they do not know (HTTP 404, on which a client
 /// starts a new session); one that could not be held or told, as a denied request (429, 503).
 pub fn session_refused(d: &Decision) -> Reply {

@@ -12,14 +12,14 @@
 //! A proxy forwards the original bytes, so the body must mean one thing only: anything the
 //! upstream server might read differently from us is refused rather than judged. Refused:
 //! bodies that are not one JSON object (batches were removed from MCP in 2025-06-18), JSON
-//! that decoders read differently ([`super::strict_json`]: duplicate keys, keys that fold
+//! that decoders read differently ([`crate::json::strict`]: duplicate keys, keys that fold
 //! alike, numbers beyond 2^53), keys that fold to a JSON-RPC or MCP key without being it
 //! (`"METHOD"`, `"paramſ"`: a case-insensitive decoder reads them as that key), and `params`
 //! or `arguments` that are not objects.
 
-use super::fold::{fold_eq, folded};
-use super::strict_json::{self, Ambiguity, StrictError};
-use crate::confirmation::{Answer, Confirming, FIRST_REVISION, TOKEN_PREFIX};
+use crate::asking::confirmation::{Answer, Confirming, FIRST_REVISION, TOKEN_PREFIX};
+use crate::json::fold::{fold_eq, folded};
+use crate::json::strict::{self, Ambiguity, StrictError};
 use crate::kind::Kind;
 use serde_json::{Map, Value};
 use std::borrow::Cow;
@@ -46,7 +46,7 @@ const CALL_KEYS: [(&str, &str); 6] = [
     ("requestState", "requeststate"),
     ("task", "task"),
 ];
-/// The params of a request that reaches one task ([`crate::tasks::METHODS`]).
+/// The params of a request that reaches one task ([`crate::owners::tasks::METHODS`]).
 const TASK_KEYS: [(&str, &str); 2] = [("taskId", "taskid"), ("_meta", "_meta")];
 const RESOURCE_KEYS: [(&str, &str); 2] = [("uri", "uri"), ("_meta", "_meta")];
 const PROMPT_KEYS: [(&str, &str); 3] = [
@@ -117,7 +117,7 @@ pub enum McpRequest {
         /// Whether the client can confirm the call itself, and its answer if it carries one.
         confirm: Confirming,
         /// It asks for a task (the task extension): its server answers with a task to poll,
-        /// whose id is noted as the caller's ([`crate::tasks`]).
+        /// whose id is noted as the caller's ([`crate::owners::tasks`]).
         task: bool,
     },
     /// A request decided by what it names: a resource, a prompt, or (for a method that names
@@ -205,7 +205,7 @@ pub fn parse_request(body: &[u8]) -> Result<McpRequest, Refusal> {
 
 /// A request as read: what it asks, and the task its params' `_meta` relates it to (MCP's
 /// `io.modelcontextprotocol/related-task`): a server looks that task up and queues the
-/// request's answer on it, so only the task's creator may send it ([`crate::tasks`]).
+/// request's answer on it, so only the task's creator may send it ([`crate::owners::tasks`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Parsed {
     pub request: McpRequest,
@@ -217,7 +217,7 @@ pub const RELATED_TASK: &str = "io.modelcontextprotocol/related-task";
 
 /// [`parse_request`], with the task the request relates to.
 pub fn parse_message(body: &[u8]) -> Result<Parsed, Refusal> {
-    let root = strict_json::parse(body).map_err(|e| match e {
+    let root = strict::parse(body).map_err(|e| match e {
         StrictError::Syntax(m) => refuse(
             PARSE_ERROR,
             format!("body is not one JSON value: {m}"),
@@ -450,7 +450,7 @@ pub fn named(
             };
             Ok((kind, name, Some(Value::Object(params))))
         }
-        _ if crate::tasks::METHODS.contains(&method) => {
+        _ if crate::owners::tasks::METHODS.contains(&method) => {
             let params = params.ok_or_else(|| needs("a \"taskId\""))?;
             check_known_keys(&params, &TASK_KEYS, "params", id)?;
             match params.get("taskId") {
@@ -522,7 +522,7 @@ pub fn parse_params(method: &str, params: Option<&[u8]>) -> Result<McpRequest, R
 
 /// [`parse_params`], with the task the request relates to.
 pub fn parse_params_related(method: &str, params: Option<&[u8]>) -> Result<Parsed, Refusal> {
-    let params = match params.map(strict_json::parse) {
+    let params = match params.map(strict::parse) {
         None => None,
         Some(Ok(Value::Object(params))) => Some(params),
         Some(Ok(_)) => return Err(refuse(INVALID_PARAMS, "params must be an object", None)),

@@ -1,4 +1,4 @@
-//! One message of a server's answer, read as strictly as [`super::strict_json`] reads a
+//! One message of a server's answer, read as strictly as [`crate::json::strict`] reads a
 //! request (the same refusals: not one JSON value, keys that fold alike, numbers beyond
 //! 2^53, nesting past serde_json's limit, too many keys or values), but into where its parts
 //! lie in the bytes instead of into a tree of values.
@@ -7,7 +7,7 @@
 //! passes on untouched: it needs each entry's name and where the entry begins and ends, so it can write the kept ones
 //! back as they came. Building a tree for all of it (maps, strings, then writing them out
 //! again) was most of what filtering a list cost. jiter does the tokenizing; this module
-//! walks every value, checks what [`super::strict_json`] checks, and notes the spans. One
+//! walks every value, checks what [`crate::json::strict`] checks, and notes the spans. One
 //! refusal is its own: jiter reads no number whose integer part runs to 4,300 digits (Python's
 //! bound on integers), however small the number, so an answer holding one is refused whole.
 //!
@@ -18,8 +18,8 @@
 //! refuse an answer, never pass one. A twin found, both keys are read again from where they
 //! were written to say which it is.
 
-use super::fold::fold_char;
-use super::strict_json::{Ambiguity, StrictError, MAX_KEYS, MAX_SAFE_INTEGER, MAX_VALUES};
+use crate::json::fold::fold_char;
+use crate::json::strict::{Ambiguity, StrictError, MAX_KEYS, MAX_SAFE_INTEGER, MAX_VALUES};
 use crate::kind::Listed;
 use ahash::{AHashMap, RandomState};
 use arrayvec::ArrayString;
@@ -607,8 +607,8 @@ fn copy_small(key: &str) -> KeyText {
 
 #[cfg(test)]
 mod tests {
-    use super::super::strict_json;
     use super::*;
+    use crate::json::strict;
     use proptest::prelude::*;
     use serde_json::{json, Value};
 
@@ -638,7 +638,7 @@ mod tests {
     /// reads a key before the colon after it, jiter both at once.)
     fn agree(body: &[u8]) -> Result<(), TestCaseError> {
         let ours = verdict(read(body, &KEYS));
-        let theirs = verdict(strict_json::parse(body));
+        let theirs = verdict(strict::parse(body));
         let text = String::from_utf8_lossy(body);
         prop_assert_eq!(
             ours.is_ok(),

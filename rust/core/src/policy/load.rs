@@ -19,9 +19,9 @@ use super::{
     DefaultAction, Fallback, Hide, Limit, MarkRule, Mode, NamePattern, Op, Path, PathRoot,
     PinsFile, PinsRule, Policy, Release, Rule, Scope, Section, Segment, Unpinned,
 };
-use crate::approval_text::{is_mcp_tool_name, MAX_TOOL_NAME};
-use crate::definition::Hints;
+use crate::definitions::definition::Hints;
 use crate::kind::Kind;
+use crate::kind::{is_mcp_tool_name, MAX_TOOL_NAME};
 
 /// How a policy's pins files are read: the caller's (the core does no I/O), given the path
 /// `pins.file` names, relative to the policy's directory. The core hashes the bytes it is
@@ -136,7 +136,7 @@ const MAX_SETS: usize = MAX_LIMITS;
 /// count of confirmed calls.
 const CONFIRMATION_SETS: usize = 2;
 /// Most distinct marks a policy names: what one call may read at once.
-const MAX_MARKS: usize = crate::marks::MAX_READS;
+const MAX_MARKS: usize = crate::counter::marks::MAX_READS;
 const FALLBACKS: &[(&str, Fallback)] =
     &[("deny", Fallback::Deny), ("approval", Fallback::Approval)];
 /// Longest question a policy may write, in bytes (arguments shown in it come on top).
@@ -472,8 +472,8 @@ impl Loader {
     }
 
     fn check_glob_name(&mut self, text: &str, pointer: &str, line: Option<u32>) -> bool {
-        if crate::glob::is_glob(text) {
-            if let Err(e) = crate::glob::compile(text) {
+        if super::glob::is_glob(text) {
+            if let Err(e) = super::glob::compile(text) {
                 self.error(pointer, line, e);
                 return false;
             }
@@ -496,7 +496,7 @@ impl Loader {
             } else if let Some(why) = never_matched(kind, &m.key) {
                 self.error(&at, m.key_line, why);
                 false
-            } else if kind == Kind::Resource && !crate::glob::is_glob(&m.key) {
+            } else if kind == Kind::Resource && !super::glob::is_glob(&m.key) {
                 // Requests name resources in one spelling only: a key in another would
                 // never match.
                 match crate::mcp::uri::check_template(&m.key) {
@@ -1278,7 +1278,7 @@ impl Loader {
                 None
             }
             (Op::Glob, NodeValue::String(s)) => {
-                match crate::glob::compile(s) {
+                match super::glob::compile(s) {
                     Ok(re) => pattern = Some(re),
                     Err(e) => {
                         self.error(at, node.line, e);
@@ -1331,7 +1331,7 @@ const WINDOW_FORMS: &str = "second, minute, hour, day, a number of seconds, \
 /// protocol's plumbing.
 fn never_matched(kind: Kind, key: &str) -> Option<String> {
     match kind {
-        Kind::Tool if !crate::glob::is_glob(key) && !is_mcp_tool_name(key) => Some(format!(
+        Kind::Tool if !super::glob::is_glob(key) && !is_mcp_tool_name(key) => Some(format!(
             "{key:?} is not a tool name MCP allows (1 to {MAX_TOOL_NAME} of A-Z, a-z, 0-9, \
              '_', '-' and '.'), so a server that keeps to MCP lists no such tool: for one that \
              names its tools otherwise, match them with a glob"
@@ -1346,7 +1346,7 @@ fn never_matched(kind: Kind, key: &str) -> Option<String> {
             }
             let mut classes = key.split('[').skip(1);
             let ipv6 = classes.any(|c| c.split(']').next().unwrap_or(c).contains(':'));
-            (crate::glob::is_glob(key) && ipv6).then(|| {
+            (super::glob::is_glob(key) && ipv6).then(|| {
                 "a \"[...]\" in a resource pattern is a class of characters, not an IPv6 \
                  host's brackets: write \"[[]\" for \"[\" (and \"]\" as it is)"
                     .to_owned()
@@ -1360,7 +1360,7 @@ fn never_matched(kind: Kind, key: &str) -> Option<String> {
                 "subscriptions/listen",
             ];
             let plumbing = crate::mcp::request::PASSING.contains(&key)
-                || (key.starts_with("notifications/") && !crate::glob::is_glob(key));
+                || (key.starts_with("notifications/") && !super::glob::is_glob(key));
             if decided.contains(&key) {
                 Some(format!(
                     "{key} is decided by what it names (tools, resources, prompts): a methods \

@@ -2,11 +2,18 @@
 //!
 //! `source` turns JSON or YAML text into a [`source::Node`] tree that remembers line numbers;
 //! `load` validates that tree into a [`Policy`], reporting every error with its JSON pointer.
-//! The model is plain data; `crate::compile` turns it into the structures decisions run on.
+//! The model is plain data; [`compile`] turns it into the structures decisions run on
+//! ([`matcher`] for names, with [`glob`]; [`evaluation`] and [`arg_path`] for what the
+//! conditions read).
 
+pub mod arg_path;
+pub mod compile;
 pub mod error;
+pub mod evaluation;
+pub mod glob;
 pub mod keys;
 pub mod load;
+pub mod matcher;
 pub mod pins;
 pub mod self_asserted;
 pub mod source;
@@ -185,7 +192,7 @@ impl Rule {
 impl NamePattern {
     /// True when the text contains glob metacharacters (`*`, `?`, `[`).
     pub fn is_glob(&self) -> bool {
-        crate::glob::is_glob(&self.text)
+        crate::policy::glob::is_glob(&self.text)
     }
 }
 

@@ -15,7 +15,7 @@
 use super::error::{PolicyError, PolicyErrors};
 use super::pointer_token;
 use super::source::{parse_json, Member, Node, NodeValue};
-use crate::definition::{Definition, Digest};
+use crate::definitions::definition::{Definition, Digest};
 use ahash::AHashMap;
 use serde_json::Value;
 
@@ -206,7 +206,9 @@ mod tests {
 
     fn digest_of(v: Value) -> String {
         let Value::Object(m) = v else { unreachable!() };
-        crate::definition::digest(&m).unwrap().to_string()
+        crate::definitions::definition::digest(&m)
+            .unwrap()
+            .to_string()
     }
 
     #[test]

@@ -9,7 +9,7 @@ pub mod table;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 use table::ApprovalTable;
-use toolgate_core::approval::{
+use toolgate_core::asking::approval::{
     ApprovalDesk, ApprovalEvent, ApprovalId, ApprovalKey, ApprovalSettings, Ask, NoRoom, Standing,
 };
 

@@ -14,7 +14,9 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
-use toolgate_core::approval::{ApprovalId, ApprovalKey, Ask, Caps, NoRoom, Owner, Standing};
+use toolgate_core::asking::approval::{
+    ApprovalId, ApprovalKey, Ask, Caps, NoRoom, Owner, Standing,
+};
 use toolgate_core::counter::region::HEADER_WORDS;
 use toolgate_core::counter::Region;
 
@@ -527,7 +529,7 @@ impl ApprovalTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use toolgate_core::approval::{Call, CallDigests};
+    use toolgate_core::asking::approval::{Call, CallDigests};
 
     const MIN: u64 = 60_000;
 

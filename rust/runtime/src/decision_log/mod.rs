@@ -1,13 +1,13 @@
 //! The decision log's writer: one JSON line per decision, written by its own thread so a
 //! decision never waits on the disk.
 //!
-//! A decision hands its record (`toolgate_core::decision_log::Record`) to a queue bounded in
-//! records and in bytes (`try_send`: when the writer cannot keep up, the record is dropped and
-//! counted, never waited for). The writer formats each line, chains it to the one before
-//! (`prev`: the SHA-256 of the previous line's bytes), writes it, and flushes whenever the
-//! queue is empty. Lines it never got are noted in the log itself (a `dropped` line), so a
-//! reader knows how many are missing and the chain stays whole. Files rotate by size; the
-//! chain and the sequence numbers go on across them.
+//! A decision hands its record (`toolgate_core::observing::decision_log::Record`) to a queue
+//! bounded in records and in bytes (`try_send`: when the writer cannot keep up, the record is
+//! dropped and counted, never waited for). The writer formats each line, chains it to the one
+//! before (`prev`: the SHA-256 of the previous line's bytes), writes it, and flushes whenever the
+//! queue is empty. Lines it never got are noted in the log itself (a `dropped` line), so a reader
+//! knows how many are missing and the chain stays whole. Files rotate by size; the chain and the
+//! sequence numbers go on across them.
 
 mod sink;
 mod tail;
@@ -24,9 +24,9 @@ use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
-use toolgate_core::approval::CallDigests;
+use toolgate_core::asking::approval::CallDigests;
 use toolgate_core::decision::Decision;
-use toolgate_core::decision_log::{push_hex, DecisionSink, Filter, Record};
+use toolgate_core::observing::decision_log::{push_hex, DecisionSink, Filter, Record};
 use writer::Writer;
 
 /// Records the queue holds by default.

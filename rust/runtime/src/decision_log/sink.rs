@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use toolgate_core::decision_log::{push_hex, GENESIS};
+use toolgate_core::observing::decision_log::{push_hex, GENESIS};
 
 /// The file (or stdout) being written, where the chain stands, and rotation.
 pub(super) struct Sink {

@@ -11,7 +11,7 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
-use toolgate_core::decision_log::GENESIS;
+use toolgate_core::observing::decision_log::GENESIS;
 
 /// How much of a file is read at a time, backwards or forwards.
 const BLOCK: usize = 1 << 16;

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use toolgate_core::decision_log::{push_hex, Record};
-use toolgate_core::inert::push_json_string;
+use toolgate_core::json::inert::push_json_string;
+use toolgate_core::observing::decision_log::{push_hex, Record};
 
 pub(super) struct Writer {
     pub(super) sink: Sink,

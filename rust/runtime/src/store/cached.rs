@@ -10,12 +10,12 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
+use toolgate_core::counter::marks::{Denying, Read, ReadBits};
 use toolgate_core::counter::reservation::MAX_PARTS;
 use toolgate_core::counter::Peer;
 use toolgate_core::decision::Limits;
-use toolgate_core::limiter::{self, Outcome, Parts, Want};
-use toolgate_core::marks::{Denying, Read, ReadBits};
-use toolgate_core::stats::{Stats, StoreError};
+use toolgate_core::engine::limiter::{self, Outcome, Parts, Want};
+use toolgate_core::observing::stats::{Stats, StoreError};
 
 /// One counter key as a cached replica sees it.
 pub(super) struct Cached {

@@ -34,13 +34,13 @@ use scripts::{RELEASE, RESERVE};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
+use toolgate_core::counter::marks::{Denying, Read, ReadBits};
 use toolgate_core::counter::reservation::Part;
 use toolgate_core::counter::{CounterTable, Peer};
 use toolgate_core::decision::Limits;
-use toolgate_core::limiter::{self, Outcome, Parts, Want};
-use toolgate_core::marks::{Denying, Read, ReadBits};
-use toolgate_core::stats::{Stats, StoreError};
-use toolgate_core::store::{CounterStore, REMOTE_RESERVATION, REMOTE_SLOT};
+use toolgate_core::engine::limiter::{self, Outcome, Parts, Want};
+use toolgate_core::engine::store::{CounterStore, REMOTE_RESERVATION, REMOTE_SLOT};
+use toolgate_core::observing::stats::{Stats, StoreError};
 
 /// What goes before every Redis key by default.
 pub const DEFAULT_PREFIX: &str = "toolgate:";

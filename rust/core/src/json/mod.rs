@@ -1,0 +1,8 @@
+//! Reading what agents send: JSON text read strictly (one reading, or refused), folding
+//! its spellings, call arguments as values or as text, and text made inert for people.
+
+pub mod arg_json;
+pub mod args;
+pub mod fold;
+pub mod inert;
+pub mod strict;

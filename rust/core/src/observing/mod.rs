@@ -1,0 +1,7 @@
+//! Watching decisions: counts and latencies, the decision log's record, the trace of
+//! one decision's steps, and `toolgate explain`.
+
+pub mod decision_log;
+pub mod explain;
+pub mod stats;
+pub mod trace;
