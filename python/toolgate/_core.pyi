@@ -395,7 +395,6 @@ class Engine:
         the old policy stays."""
     @property
     def revision(self) -> str: ...
-    def trust_server_answers(self) -> None: ...
     def vouch_for(self, grant: str) -> bool: ...
     @property
     def policy(self) -> Policy: ...
@@ -462,6 +461,7 @@ class Sidecar:
         authz: EnvoyAuthz | None = None,
         max_message_bytes: int = ...,
         clock: ManualClock | None = None,
+        trust_server_answers: bool = False,
     ) -> Sidecar:
         """Counts in a table of ``capacity`` slots, or on Redis at ``store`` (``redis://``,
         ``rediss://``, ``redis+sentinel://``): a decision waits at most ``store_timeout_ms``,

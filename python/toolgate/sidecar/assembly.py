@@ -47,6 +47,7 @@ def assemble(
         listen=opts.listen,
         threads=threads,
         authz=envoy_authz(opts.check),
+        trust_server_answers=opts.grant_vouched_by_server,
     )
 
 

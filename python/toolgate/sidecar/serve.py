@@ -152,8 +152,6 @@ def _announce(
     """The steps between an assembled sidecar and its signal handlers: logging set up, what
     the operator should know said, the store's eviction watch and the policy watcher made."""
     engine = sidecar.engine
-    if opts.grant_vouched_by_server:
-        engine.trust_server_answers()
     logs.configure(opts.log_format, opts.log_level, lambda: engine.revision)
     eviction = None
     if opts.store != "local":

@@ -412,13 +412,6 @@ impl PyEngine {
         self.inner.policy().revision.to_string()
     }
 
-    /// Let an MCP server's answer to a caller's list request vouch for the caller's grant
-    /// (``toolgate serve --grant-vouched-by-server``): only where the server checks the
-    /// credential the client sent.
-    fn trust_server_answers(&self) {
-        self.inner.trust_server_answers();
-    }
-
     /// A server accepted ``grant``: True when it is vouched for now.
     fn vouch_for(&self, grant: &str) -> bool {
         self.inner.vouch_for(grant)

@@ -44,8 +44,9 @@ impl PySidecar {
     /// users' confirmations (replicas given the same key accept each other's). Runs approvals with their table
     /// in the file `approvals_table`, every digest of a call keyed with `approvals_key`.
     /// Serves on `listen` (`HOST:PORT` or `unix:PATH`) once `serve()` is called; `authz`
-    /// says how Check requests are read. ValueError for wrong options, OSError for a file that
-    /// cannot be opened.
+    /// says how Check requests are read. `trust_server_answers`: let servers' answers vouch
+    /// for grants (`--grant-vouched-by-server`). ValueError for wrong options, OSError for a
+    /// file that cannot be opened.
     #[new]
     #[pyo3(signature = (
         policy, *, capacity = DEFAULT_CAPACITY, reservations = DEFAULT_RESERVATIONS,
@@ -65,7 +66,7 @@ impl PySidecar {
         preview_bytes = toolgate_core::asking::approval_text::DEFAULT_PREVIEW_BYTES,
         listen = None, threads = 1, authz = None,
         max_message_bytes = toolgate_server::native::DEFAULT_MAX_MESSAGE_BYTES,
-        clock = None,
+        clock = None, trust_server_answers = false,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -101,6 +102,7 @@ impl PySidecar {
         authz: Option<PyRef<'_, PyEnvoyAuthz>>,
         max_message_bytes: usize,
         clock: Option<&Bound<'_, PyManualClock>>,
+        trust_server_answers: bool,
     ) -> PyResult<Self> {
         let policy = coerce(py, policy)?;
         if capacity == 0 || reservations == 0 {
@@ -200,6 +202,8 @@ impl PySidecar {
             store,
             decision_log,
             approvals,
+            confirmation_secret: Some(confirmation_secret).filter(|s| !s.is_empty()),
+            trust_server_answers,
             serve,
         };
         let clock: Arc<dyn Clock> = match clock {
@@ -209,12 +213,6 @@ impl PySidecar {
         let inner = py
             .detach(|| Sidecar::assemble(policy, options, clock))
             .map_err(raise)?;
-        if !confirmation_secret.is_empty() {
-            inner
-                .engine
-                .set_confirmation_key(&confirmation_secret)
-                .map_err(PyValueError::new_err)?;
-        }
         let engine = Py::new(
             py,
             PyEngine {

@@ -22,6 +22,6 @@ pub mod policy;
 pub use counter::clock::{Clock, ManualClock, MonotonicClock};
 pub use decision::{Code, Decision, LimitState, Verdict};
 pub use engine::condition::Subject;
-pub use engine::{Engine, Request, Undecidable};
+pub use engine::{Engine, EngineBuilder, Request, Undecidable};
 pub use kind::Kind;
 pub use policy::{Policy, PolicyError, PolicyErrors};

@@ -14,11 +14,20 @@ use toolgate_core::{Code, Engine, ManualClock, Policy, Subject, Verdict};
 const START_NS: u64 = 1_000_000_000_000_000;
 
 fn engine(policy: Value) -> (Arc<Engine>, Arc<ManualClock>) {
+    engine_keyed(policy, None)
+}
+
+/// An engine whose confirmation tokens are signed with a key derived from `secret` (else
+/// its own).
+fn engine_keyed(policy: Value, secret: Option<&[u8]>) -> (Arc<Engine>, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new(START_NS));
     let policy = Policy::from_json_str(&policy.to_string()).expect("valid policy");
     let table = Arc::new(CounterTable::new(4096, 4096));
-    let engine = Engine::new(policy, table, clock.clone()).unwrap();
-    (Arc::new(engine), clock)
+    let mut builder = Engine::builder(policy, table, clock.clone());
+    if let Some(secret) = secret {
+        builder = builder.confirmation_secret(secret);
+    }
+    (Arc::new(builder.build().unwrap()), clock)
 }
 
 fn policy() -> Value {
@@ -158,14 +167,13 @@ fn an_answer_is_for_its_call_caller_and_time_only() {
 
 #[test]
 fn replicas_with_one_key_accept_each_others_answers() {
-    let (a, _) = engine(policy());
-    let (b, _) = engine(policy());
-    a.set_confirmation_key(b"deployment secret").unwrap();
-    b.set_confirmation_key(b"deployment secret").unwrap();
-    assert!(a.set_confirmation_key(b"again").is_err());
+    let (a, _) = engine_keyed(policy(), Some(b"deployment secret"));
+    let (b, _) = engine_keyed(policy(), Some(b"deployment secret"));
+    let (other, _) = engine_keyed(policy(), Some(b"another deployment's secret"));
     let args = json!({"name": "x"});
     let (token, _) = ask(&a, "g", "delete_db", &args);
     let retry = body("delete_db", &args, CAPABLE, Some(&yes(&token)));
+    assert_eq!(send(&other, "g", &retry).0, Code::ConfirmationInvalid);
     assert_eq!(send(&b, "g", &retry).0, Code::Allowed);
 }
 

@@ -21,16 +21,28 @@ use toolgate_core::asking::confirmation::{Answer, Confirming, TOKEN_PREFIX};
 use toolgate_core::counter::CounterTable;
 use toolgate_core::engine::gate::{check, Gate, HttpCall};
 use toolgate_core::Kind;
-use toolgate_core::{Clock, Code, Engine, ManualClock, Policy, Request, Subject, Verdict};
+use toolgate_core::{
+    Clock, Code, Engine, EngineBuilder, ManualClock, Policy, Request, Subject, Verdict,
+};
 
 const START_NS: u64 = 1_800_000_000_000_000_000;
 
 const CAPABLE: &str = r#"{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{"elicitation":{"form":{}}}}"#;
 
 fn engine_with(policy: &Value, clock: Arc<dyn Clock>) -> Arc<Engine> {
+    Arc::new(builder(policy, clock).build().unwrap())
+}
+
+fn builder(policy: &Value, clock: Arc<dyn Clock>) -> EngineBuilder {
     let policy = Policy::from_json_str(&policy.to_string()).expect("valid policy");
     let table = Arc::new(CounterTable::new(4096, 4096));
-    Arc::new(Engine::new(policy, table, clock).unwrap())
+    Engine::builder(policy, table, clock)
+}
+
+/// An engine on `policy` whose approvals `desk` runs.
+fn approving(policy: &Value, desk: Arc<Desk>) -> Arc<Engine> {
+    let clock = Arc::new(ManualClock::new(START_NS));
+    Arc::new(builder(policy, clock).approvals(desk).build().unwrap())
 }
 
 fn engine(policy: &Value) -> (Arc<Engine>, Arc<ManualClock>) {
@@ -982,9 +994,8 @@ fn confirmation_and_approval_together_need_both() {
                "tools": {"t": {"action": "require_confirmation"}}}),
     ];
     for p in &both {
-        let (e, _) = engine(p);
         let desk = Desk::new();
-        e.enable_approvals(desk.clone()).unwrap();
+        let e = approving(p, desk.clone());
         // Pending: no question yet, nothing runs.
         assert_eq!(
             send(&e, &raw("t", "{}", CAPABLE, None)),
@@ -1068,10 +1079,12 @@ fn no_reason_or_detail_carries_the_token_or_the_question() {
 /// approver, whose approval runs the call once; a stale answer it carries changes nothing.
 #[test]
 fn a_fallback_approval_runs_once_on_the_approval() {
-    let (e, _) = engine(&json!({"version": "1", "default": "allow", "tools": {
-        "t": {"action": "require_confirmation", "confirmation": {"fallback": "approval"}}}}));
     let desk = Desk::new();
-    e.enable_approvals(desk.clone()).unwrap();
+    let e = approving(
+        &json!({"version": "1", "default": "allow", "tools": {
+        "t": {"action": "require_confirmation", "confirmation": {"fallback": "approval"}}}}),
+        desk.clone(),
+    );
     let t = ask(&e, "t", "{}");
     let stale = yes(&t);
     for answers in [None, Some(stale.as_str())] {

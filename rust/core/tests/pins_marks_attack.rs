@@ -26,7 +26,9 @@ use toolgate_core::json::fold::folded;
 use toolgate_core::json::strict;
 use toolgate_core::kind::Listed;
 use toolgate_core::Kind;
-use toolgate_core::{Code, Decision, Engine, ManualClock, Policy, Request, Subject, Verdict};
+use toolgate_core::{
+    Code, Decision, Engine, EngineBuilder, ManualClock, Policy, Request, Subject, Verdict,
+};
 
 /// Pins files are read by whoever loads the policy (the core reads no file): here, from disk.
 fn read_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
@@ -90,11 +92,15 @@ fn pins_file(tools: &[&Map<String, Value>], servers: &[(&str, &[&Map<String, Val
 }
 
 fn engine(policy: Value) -> Arc<Engine> {
+    Arc::new(builder(policy).build().unwrap())
+}
+
+fn builder(policy: Value) -> EngineBuilder {
     let policy =
         Policy::from_text(&policy.to_string(), "json", None, &read_file).expect("valid policy");
     let clock = Arc::new(ManualClock::new(1_000_000_000_000));
     let table = Arc::new(CounterTable::new(1 << 14, 1 << 14));
-    Arc::new(Engine::new(policy, table, clock).unwrap())
+    Engine::builder(policy, table, clock)
 }
 
 fn pinned(file: &PathBuf, mode: &str, unpinned: &str) -> Value {
@@ -894,16 +900,16 @@ impl ApprovalDesk for Desk {
 /// judged by it when it asks; the approved call sets its mark when it runs.
 #[test]
 fn a_call_waiting_for_approval_sets_no_mark_and_the_approved_one_does() {
-    let e = engine(json!({"version": "1", "tools": {
-        "deploy": {"action": "require_approval",
-                   "marks": [{"name": "deployed", "scope": "session", "ttl": "1h"}]},
-        "announce": {"require": [{"path": "marks.deployed", "op": "exists"}]}}}));
     let desk = Arc::new(Desk {
         settings: ApprovalSettings::private(16),
         approved: AtomicBool::new(false),
         id: ApprovalId::random(),
     });
-    e.enable_approvals(desk.clone()).unwrap();
+    let e = builder(json!({"version": "1", "tools": {
+        "deploy": {"action": "require_approval",
+                   "marks": [{"name": "deployed", "scope": "session", "ttl": "1h"}]},
+        "announce": {"require": [{"path": "marks.deployed", "op": "exists"}]}}}));
+    let e = e.approvals(desk.clone()).build().unwrap();
     let pending = in_session(&e, "deploy", "s");
     assert_eq!(pending.code, Code::ApprovalRequired);
     assert!(pending.marks.as_ref().is_none_or(|m| m.set.is_empty()));

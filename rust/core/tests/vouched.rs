@@ -9,13 +9,19 @@ use std::sync::Arc;
 use toolgate_core::counter::CounterTable;
 use toolgate_core::{Code, Engine, Kind, ManualClock, Policy, Request, Subject};
 
-fn engine() -> Arc<Engine> {
+/// An engine whose sidecar trusts servers' answers or not.
+fn engine(trusted: bool) -> Arc<Engine> {
     let policy = json!({"version": "1", "default": "deny", "tools": {"t": {
         "limits": [{"counter": "t", "window": "day", "max": 5, "scope": "grant"}]}}});
     let policy = Policy::from_json_str(&policy.to_string()).unwrap();
     let clock = Arc::new(ManualClock::new(1_000_000_000_000));
     // 64 slots: 32 for keys a client chose.
-    Arc::new(Engine::new(policy, Arc::new(CounterTable::new(64, 64)), clock).unwrap())
+    let builder = Engine::builder(policy, Arc::new(CounterTable::new(64, 64)), clock);
+    let builder = match trusted {
+        true => builder.trust_server_answers(),
+        false => builder,
+    };
+    Arc::new(builder.build().unwrap())
 }
 
 fn call(e: &Engine, grant: &str) -> Code {
@@ -42,10 +48,7 @@ proptest! {
     /// limit), while a grant nothing vouched for is refused once the share is full.
     #[test]
     fn a_vouched_grant_is_counted_past_a_flood(flood in 32usize..120, trusted in any::<bool>()) {
-        let e = engine();
-        if trusted {
-            e.trust_server_answers();
-        }
+        let e = engine(trusted);
         for n in 0..flood {
             let expected = if n < 32 { Code::Allowed } else { Code::RateLimited };
             prop_assert_eq!(call(&e, &format!("made-up-{n}")), expected);

@@ -46,11 +46,13 @@ fn approval(c: &mut Criterion) {
     let doc = json!({"version": "1", "default": "deny", "tools": tools});
     let policy = Policy::from_json_str(&doc.to_string()).expect("bench policy is valid");
     let table = Arc::new(CounterTable::new(1 << 16, 1 << 16));
-    let engine = Engine::new(policy, table, Arc::new(MonotonicClock)).expect("compiles");
     // Events are drained by nobody here: a full queue drops news, as it may in production,
     // and only the first call of the case opens an approval anyway.
     let (approvals, _events) = Approvals::new(Arc::new(ApprovalTable::new(4096)), 16);
-    engine.enable_approvals(Arc::new(approvals)).unwrap();
+    let engine = Engine::builder(policy, table, Arc::new(MonotonicClock))
+        .approvals(Arc::new(approvals))
+        .build()
+        .expect("compiles");
     let args = json!({"ids": ["i-0123456789abcdef0"], "region": "eu-west-1"});
     let mut g = c.benchmark_group("decide/approval");
     g.bench_function("deny", |b| {

@@ -27,7 +27,6 @@ fn engine() -> (Engine, Arc<DecisionLog>) {
     let doc = json!({"version": "1", "default": "deny", "tools": {"lookup": {}}});
     let policy = Policy::from_json_str(&doc.to_string()).expect("bench policy is valid");
     let table = Arc::new(CounterTable::new(1 << 16, 1 << 16));
-    let engine = Engine::new(policy, table, Arc::new(MonotonicClock)).expect("compiles");
     let log = DecisionLog::open(Settings {
         path: Some(PathBuf::from("/dev/null")),
         filter: Filter::All,
@@ -38,7 +37,10 @@ fn engine() -> (Engine, Arc<DecisionLog>) {
     })
     .expect("/dev/null opens");
     let log = Arc::new(log);
-    engine.enable_decision_log(log.clone()).expect("once");
+    let engine = Engine::builder(policy, table, Arc::new(MonotonicClock))
+        .decision_log(log.clone())
+        .build()
+        .expect("compiles");
     (engine, log)
 }
 

@@ -4,13 +4,26 @@
 use std::sync::Arc;
 use toolgate_core::counter::CounterTable;
 use toolgate_core::Kind;
-use toolgate_core::{Code, Engine, ManualClock, Policy, Request, Subject, Verdict};
+use toolgate_core::{Code, Engine, EngineBuilder, ManualClock, Policy, Request, Subject, Verdict};
 
-fn engine(json: &str) -> (Engine, Arc<ManualClock>) {
+fn builder(json: &str) -> (EngineBuilder, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new(1_000_000_000_000));
     let policy = Policy::from_json_str(json).expect("valid policy");
-    let engine = Engine::new(policy, Arc::new(CounterTable::new(256, 256)), clock.clone()).unwrap();
-    (engine, clock)
+    let table = Arc::new(CounterTable::new(256, 256));
+    (Engine::builder(policy, table, clock.clone()), clock)
+}
+
+fn engine(json: &str) -> (Engine, Arc<ManualClock>) {
+    let (builder, clock) = builder(json);
+    (builder.build().unwrap(), clock)
+}
+
+/// The engine `builder` makes, running approvals in a table of 64, with their news.
+fn with_approvals(builder: EngineBuilder) -> (Engine, ApprovalEvents, Arc<ApprovalTable>) {
+    let table = Arc::new(ApprovalTable::new(64));
+    let (approvals, events) = Approvals::new(table.clone(), 64);
+    let engine = builder.approvals(Arc::new(approvals)).build().unwrap();
+    (engine, events, table)
 }
 
 fn decide_args(engine: &Engine, tool: &str, args: &serde_json::Value) -> toolgate_core::Decision {
@@ -41,10 +54,8 @@ const POLICY: &str = r#"{"version": "1", "tools": {
                  "limits": [{"counter": "t", "window": "hour", "max": 5, "scope": "grant"}]}}}"#;
 
 fn approving_engine() -> (Engine, Arc<ManualClock>, ApprovalEvents, Arc<ApprovalTable>) {
-    let (engine, clock) = engine(POLICY);
-    let table = Arc::new(ApprovalTable::new(64));
-    let (approvals, events) = Approvals::new(table.clone(), 64);
-    engine.enable_approvals(Arc::new(approvals)).unwrap();
+    let (builder, clock) = builder(POLICY);
+    let (engine, events, table) = with_approvals(builder);
     (engine, clock, events, table)
 }
 
@@ -208,9 +219,7 @@ const GLOB_POLICY: &str = r#"{"version": "1", "tools": {
 
 #[test]
 fn a_tool_name_mcp_does_not_allow_never_opens_an_approval() {
-    let (engine, _clock) = engine(GLOB_POLICY);
-    let (approvals, events) = Approvals::new(Arc::new(ApprovalTable::new(64)), 64);
-    engine.enable_approvals(Arc::new(approvals)).unwrap();
+    let (engine, events, _) = with_approvals(builder(GLOB_POLICY).0);
     let args = serde_json::json!({});
     let long = format!("term{}", "x".repeat(125));
     for forged in [
@@ -231,9 +240,7 @@ fn a_tool_name_mcp_does_not_allow_never_opens_an_approval() {
 
 #[test]
 fn the_news_of_a_large_call_carries_a_bounded_preview_only() {
-    let (engine, _clock) = engine(GLOB_POLICY);
-    let (approvals, events) = Approvals::new(Arc::new(ApprovalTable::new(64)), 64);
-    engine.enable_approvals(Arc::new(approvals)).unwrap();
+    let (engine, events, _) = with_approvals(builder(GLOB_POLICY).0);
     let preview = engine.approvals().unwrap().settings().preview_bytes;
     // Two-byte characters, so a cut at the byte bound would split one.
     let big = "é".repeat(1 << 19);
@@ -261,13 +268,11 @@ fn the_news_of_a_large_call_carries_a_bounded_preview_only() {
 fn a_call_needing_an_approval_and_a_confirmation_runs_once_on_both() {
     use toolgate_core::asking::confirmation::{Answer, Confirming};
     use toolgate_core::decision::Confirmation;
-    let (engine, clock) = engine(
+    let (builder, clock) = builder(
         r#"{"version": "1", "all_tools": {"action": "require_confirmation"}, "tools": {
             "wire": {"action": "require_approval"}}}"#,
     );
-    let table = Arc::new(ApprovalTable::new(64));
-    let (approvals, _events) = Approvals::new(table.clone(), 64);
-    engine.enable_approvals(Arc::new(approvals)).unwrap();
+    let (engine, _events, table) = with_approvals(builder);
     let args = serde_json::json!({"to": "acct-9"});
     let decide = |confirm: &Confirming| {
         engine.decide(&Request {
@@ -316,8 +321,7 @@ fn a_call_needing_an_approval_and_a_confirmation_runs_once_on_both() {
 /// for still opens one after a flood of them, and a caller nothing vouched for does not.
 #[test]
 fn made_up_credentials_leave_room_for_a_vouched_caller() {
-    let (engine, _clock, _events, table) = approving_engine();
-    engine.trust_server_answers();
+    let (engine, _events, table) = with_approvals(builder(POLICY).0.trust_server_answers());
     let as_grant = |grant: &str, n: i64| {
         engine.decide(&Request {
             kind: Kind::Tool,

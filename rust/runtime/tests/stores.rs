@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 use toolgate_core::counter::marks::MarkState;
 use toolgate_core::counter::CounterTable;
 use toolgate_core::Kind;
-use toolgate_core::{Code, Decision, Engine, ManualClock, Policy, Request, Subject, Verdict};
+use toolgate_core::{
+    Code, Decision, Engine, EngineBuilder, ManualClock, Policy, Request, Subject, Verdict,
+};
 use toolgate_runtime::store::{Mode, RedisConfig, RedisStore, TimeSource, Unavailable};
 
 struct RedisServer {
@@ -96,17 +98,26 @@ fn config(url: String, prefix: &str, time: TimeSource, unavailable: Unavailable)
     }
 }
 
-fn engine(json: &str, clock: Arc<ManualClock>) -> Engine {
+/// An engine to be built on `json`, and the table it counts in (a store falls back to it).
+fn builder(json: &str, clock: Arc<ManualClock>) -> (EngineBuilder, Arc<CounterTable>) {
     let policy = Policy::from_json_str(json).expect("valid policy");
-    Engine::new(policy, Arc::new(CounterTable::new(1024, 1 << 14)), clock).unwrap()
+    let table = Arc::new(CounterTable::new(1024, 1 << 14));
+    (Engine::builder(policy, table.clone(), clock), table)
+}
+
+fn engine(json: &str, clock: Arc<ManualClock>) -> Engine {
+    builder(json, clock).0.build().unwrap()
+}
+
+fn redis_builder(json: &str, clock: Arc<ManualClock>, config: RedisConfig) -> EngineBuilder {
+    let (builder, table) = builder(json, clock);
+    let store = RedisStore::connect(config, table, Duration::from_secs(5)).unwrap();
+    assert!(store.connected(), "no connection to Redis");
+    builder.store(Arc::new(store))
 }
 
 fn redis_engine(json: &str, clock: Arc<ManualClock>, config: RedisConfig) -> Engine {
-    let e = engine(json, clock);
-    let store = RedisStore::connect(config, e.table_arc(), Duration::from_secs(5)).unwrap();
-    assert!(store.connected(), "no connection to Redis");
-    e.enable_store(Arc::new(store)).unwrap();
-    e
+    redis_builder(json, clock, config).build().unwrap()
 }
 
 fn call(engine: &Engine, tool: &str, grant: &str, hits: Option<u32>) -> Decision {
@@ -989,11 +1000,11 @@ fn an_unreachable_redis_denies_within_the_budget_or_counts_locally() {
             [Code::Allowed, Code::Allowed, Code::RateLimited],
         ),
     ] {
-        let e = engine(json, Arc::new(ManualClock::new(1_000_000_000)));
+        let (builder, table) = builder(json, Arc::new(ManualClock::new(1_000_000_000)));
         let mut c = config(url.clone(), "x:", TimeSource::Redis, unavailable);
         c.timeout = Duration::from_millis(20);
-        let store = RedisStore::connect(c, e.table_arc(), Duration::ZERO).unwrap();
-        e.enable_store(Arc::new(store)).unwrap();
+        let store = RedisStore::connect(c, table, Duration::ZERO).unwrap();
+        let e = builder.store(Arc::new(store)).build().unwrap();
         for code in expect {
             let started = Instant::now();
             let d = call(&e, "t", "g", None);
@@ -1067,9 +1078,9 @@ fn a_confirmation_runs_once_across_replicas() {
                 TimeSource::Engine,
                 Unavailable::Deny,
             );
-            let e = redis_engine(json, clock.clone(), c);
-            e.set_confirmation_key(b"one deployment secret").unwrap();
-            Arc::new(e)
+            let e =
+                redis_builder(json, clock.clone(), c).confirmation_secret(b"one deployment secret");
+            Arc::new(e.build().unwrap())
         })
         .collect();
     let args = serde_json::json!({"name": "prod"});

@@ -46,6 +46,11 @@ pub struct Options {
     pub store: Store,
     pub decision_log: Option<decision_log::Settings>,
     pub approvals: Option<ApprovalOptions>,
+    /// What confirmation tokens are signed with (`--confirmation-secret`): replicas given the
+    /// same accept each other's. `None`: a key of this sidecar's own.
+    pub confirmation_secret: Option<Vec<u8>>,
+    /// Let servers' answers vouch for grants (`--grant-vouched-by-server`).
+    pub trust_server_answers: bool,
     /// How to serve; `None`: an engine with its parts, answering no one over the network.
     pub serve: Option<Config>,
 }
@@ -84,18 +89,19 @@ impl Sidecar {
     ) -> Result<Sidecar, Error> {
         let table = CounterTable::try_new(options.capacity, options.reservations)
             .map_err(Error::Invalid)?;
-        let engine = Arc::new(Engine::new(policy, Arc::new(table), clock).map_err(Error::Invalid)?);
-        engine.stats().set_per_tool(options.per_tool_metrics);
+        let table = Arc::new(table);
+        let mut engine = Engine::builder(policy, Arc::clone(&table), clock);
         let (store_connected, redis) = match options.store {
             Store::Local => (true, None),
             Store::Redis {
                 config,
                 connect_wait,
             } => {
-                let store = RedisStore::connect(config, engine.table_arc(), connect_wait)
-                    .map_err(Error::Invalid)?;
+                // The table is where the store falls back to.
+                let store =
+                    RedisStore::connect(config, table, connect_wait).map_err(Error::Invalid)?;
                 let (connected, store) = (store.connected(), Arc::new(store));
-                engine.enable_store(store.clone()).map_err(Error::Invalid)?;
+                engine = engine.store(store.clone());
                 (connected, Some(store))
             }
         };
@@ -105,9 +111,7 @@ impl Sidecar {
             approvals_set_aside = table.set_aside().map(|p| p.to_path_buf());
             let (desk, events) = Approvals::with_settings(Arc::new(table), a.settings);
             let desk = Arc::new(desk);
-            engine
-                .enable_approvals(desk.clone())
-                .map_err(Error::Invalid)?;
+            engine = engine.approvals(desk.clone());
             approvals = Some(desk);
             approval_events = Some(events);
         }
@@ -120,12 +124,18 @@ impl Sidecar {
                     Error::Io(format!("--decision-log {path}: cannot open it: {e}"))
                 })?;
                 let log = Arc::new(log);
-                engine
-                    .enable_decision_log(log.clone())
-                    .map_err(Error::Invalid)?;
+                engine = engine.decision_log(log.clone());
                 Some(log)
             }
         };
+        if let Some(secret) = options.confirmation_secret.as_deref() {
+            engine = engine.confirmation_secret(secret);
+        }
+        if options.trust_server_answers {
+            engine = engine.trust_server_answers();
+        }
+        let engine = Arc::new(engine.build().map_err(Error::Invalid)?);
+        engine.stats().set_per_tool(options.per_tool_metrics);
         Ok(Sidecar {
             engine,
             decision_log,

@@ -18,14 +18,18 @@ use toolgate_core::engine::gate::Follow;
 use toolgate_core::kind::Listed;
 use toolgate_core::mcp::sse::{message_event, EventSplitter};
 use toolgate_core::{
-    Decision, Engine, Kind, ManualClock, Policy, Request as Call, Subject, Verdict,
+    Decision, Engine, EngineBuilder, Kind, ManualClock, Policy, Request as Call, Subject, Verdict,
 };
 use toolgate_server::ext_proc::{exchange_metadata, Caller, Exchange, METADATA_NAMESPACE};
 
 fn engine(policy: Value) -> Arc<Engine> {
+    Arc::new(builder(policy).build().unwrap())
+}
+
+fn builder(policy: Value) -> EngineBuilder {
     let policy = Policy::from_json_str(&policy.to_string()).unwrap();
     let clock = Arc::new(ManualClock::new(1_000_000_000_000));
-    Arc::new(Engine::new(policy, Arc::new(CounterTable::new(256, 256)), clock).unwrap())
+    Engine::builder(policy, Arc::new(CounterTable::new(256, 256)), clock)
 }
 
 fn metadata(follow: &Follow, caller: Caller) -> Metadata {
@@ -855,10 +859,11 @@ fn a_list_request_goes_on_under_toolgates_id_or_is_refused_as_an_event() {
 fn an_accepted_initialize_vouches_for_the_callers_grant() {
     for status in [200u16, 202, 204, 301, 400, 401, 403, 404, 429, 500, 503] {
         for trusted in [false, true] {
-            let e = engine(list_policy());
-            if trusted {
-                e.trust_server_answers();
-            }
+            let e = match trusted {
+                true => builder(list_policy()).trust_server_answers(),
+                false => builder(list_policy()),
+            };
+            let e = Arc::new(e.build().unwrap());
             let caller = Caller {
                 grant: Some("token-a".into()),
                 ..Caller::default()

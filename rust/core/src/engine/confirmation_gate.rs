@@ -58,7 +58,7 @@ impl Engine {
                           shown them";
             return Confirmed::Stop(out.finish(Code::InvalidRequest, reason, r.pointer));
         };
-        let key = self.confirm_key();
+        let key = &self.confirm_key;
         let now_ms = self.clock.wall_ms();
         let Some(answer) = &confirming.answer else {
             let token = key.mint(&call, now_ms.saturating_add(c.timeout_ms));

@@ -623,7 +623,7 @@ impl<'a, A: ArgValue + Clone, T: Trace> Deciding<'a, A, T> {
         if let Some((d, shadow)) = held {
             self.deny(shadow, d)?;
         }
-        let reservation = match engine.store.get() {
+        let reservation = match engine.store.as_ref() {
             None => limiter::record(&engine.table, &parts),
             Some(s) => s.record(&parts),
         };

@@ -35,8 +35,7 @@ use crate::policy::{Compare, ConditionItem, Policy, Scope};
 use arc_swap::ArcSwap;
 use limiter::Want;
 use smallvec::SmallVec;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 mod approval_gate;
 pub mod condition;
@@ -107,69 +106,128 @@ pub struct Engine {
     table: Arc<CounterTable>,
     clock: Arc<dyn Clock>,
     stats: Stats,
-    /// Set once, by the sidecar: without it a `require_approval` call is only denied.
-    approvals: OnceLock<Arc<dyn ApprovalDesk>>,
-    /// Set once, by the sidecar's `--decision-log`.
-    log: OnceLock<Arc<dyn DecisionSink>>,
-    /// Set once, by the sidecar's `--store`: where counts are kept instead of `table`.
-    store: OnceLock<Arc<dyn CounterStore>>,
+    /// Without it a `require_approval` call is only denied.
+    approvals: Option<Arc<dyn ApprovalDesk>>,
+    /// The sidecar's `--decision-log`.
+    log: Option<Arc<dyn DecisionSink>>,
+    /// The sidecar's `--store`: where counts are kept instead of `table`.
+    store: Option<Arc<dyn CounterStore>>,
     /// The tool definitions servers last listed (kept across reloads, as counters are).
     sightings: Sightings,
     /// The `tools/list` answers read last, so the same answer is not read again.
     known_answers: Arc<KnownAnswers>,
     /// Sessions seen held lately, asked of a shared store once per [`sessions::SEEN_HELD_MS`].
     seen_held: sessions::SeenHeld,
-    /// Grants a server accepted (kept across reloads), once
-    /// [`Engine::trust_server_answers`] says such answers vouch.
+    /// Grants a server accepted (kept across reloads), when
+    /// [`EngineBuilder::trust_server_answers`] said such answers vouch.
     vouched: Vouched,
-    vouching: AtomicBool,
-    /// What confirmation tokens are signed with: set once by the sidecar, else random.
-    confirm_key: OnceLock<ConfirmKey>,
+    vouching: bool,
+    /// What confirmation tokens are signed with: derived from the sidecar's secret, else
+    /// random.
+    confirm_key: ConfirmKey,
     /// What task-list cursors are sealed with: derived from `confirm_key`.
-    cursor_key: OnceLock<CursorKey>,
+    cursor_key: CursorKey,
+}
+
+/// An engine's parts, all given before it decides its first call: what the sidecar
+/// assembles it from. [`Engine::new`] is an engine with none of the optional ones.
+pub struct EngineBuilder {
+    policy: Policy,
+    table: Arc<CounterTable>,
+    clock: Arc<dyn Clock>,
+    approvals: Option<Arc<dyn ApprovalDesk>>,
+    log: Option<Arc<dyn DecisionSink>>,
+    store: Option<Arc<dyn CounterStore>>,
+    confirmation_secret: Option<Vec<u8>>,
+    vouching: bool,
+}
+
+impl EngineBuilder {
+    /// Run human approvals for `require_approval` rules.
+    pub fn approvals(mut self, approvals: Arc<dyn ApprovalDesk>) -> Self {
+        self.approvals = Some(approvals);
+        self
+    }
+
+    /// Write every decision (as `log` filters them) to `log`.
+    pub fn decision_log(mut self, log: Arc<dyn DecisionSink>) -> Self {
+        self.log = Some(log);
+        self
+    }
+
+    /// Count in `store` instead of the engine's table (which it falls back to).
+    pub fn store(mut self, store: Arc<dyn CounterStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Sign confirmation tokens with a key derived from `secret`: replicas given the same
+    /// secret accept each other's. Without it, a key of this engine's own.
+    pub fn confirmation_secret(mut self, secret: &[u8]) -> Self {
+        self.confirmation_secret = Some(secret.to_vec());
+        self
+    }
+
+    /// Let a server's answers vouch for the caller's grant ([`Engine::vouch_for`]): only where
+    /// the MCP server checks the credential the client sent (a proxy that sends its own in its
+    /// place would have every made-up credential vouched for).
+    pub fn trust_server_answers(mut self) -> Self {
+        self.vouching = true;
+        self
+    }
+
+    pub fn build(self) -> Result<Engine, String> {
+        let compiled = CompiledPolicy::compile(self.policy, self.table.capacity())?;
+        let confirm_key = match &self.confirmation_secret {
+            Some(secret) => ConfirmKey::derived(secret),
+            None => ConfirmKey::random(),
+        };
+        let cursor_key = CursorKey::new(confirm_key.derive(b"toolgate task-list cursor v1"));
+        Ok(Engine {
+            policy: ArcSwap::from_pointee(compiled),
+            table: self.table,
+            clock: self.clock,
+            stats: Stats::default(),
+            approvals: self.approvals,
+            log: self.log,
+            store: self.store,
+            sightings: Sightings::default(),
+            known_answers: Arc::default(),
+            seen_held: sessions::SeenHeld::default(),
+            vouched: Vouched::default(),
+            vouching: self.vouching,
+            confirm_key,
+            cursor_key,
+        })
+    }
 }
 
 impl Engine {
+    /// An engine on `policy`, counting in `table` on `clock`, with nothing else.
     pub fn new(
         policy: Policy,
         table: Arc<CounterTable>,
         clock: Arc<dyn Clock>,
     ) -> Result<Engine, String> {
-        let compiled = CompiledPolicy::compile(policy, table.capacity())?;
-        Ok(Engine {
-            policy: ArcSwap::from_pointee(compiled),
+        Engine::builder(policy, table, clock).build()
+    }
+
+    /// An engine to be given its optional parts ([`EngineBuilder`]) before it is built.
+    pub fn builder(
+        policy: Policy,
+        table: Arc<CounterTable>,
+        clock: Arc<dyn Clock>,
+    ) -> EngineBuilder {
+        EngineBuilder {
+            policy,
             table,
             clock,
-            stats: Stats::default(),
-            approvals: OnceLock::new(),
-            log: OnceLock::new(),
-            store: OnceLock::new(),
-            sightings: Sightings::default(),
-            known_answers: Arc::default(),
-            seen_held: sessions::SeenHeld::default(),
-            vouched: Vouched::default(),
-            vouching: AtomicBool::new(false),
-            confirm_key: OnceLock::new(),
-            cursor_key: OnceLock::new(),
-        })
-    }
-
-    /// Sign confirmation tokens with a key derived from `secret` (once; an error after
-    /// that, or after the first token): replicas given the same secret accept each other's.
-    pub fn set_confirmation_key(&self, secret: &[u8]) -> Result<(), String> {
-        self.confirm_key
-            .set(ConfirmKey::derived(secret))
-            .map_err(|_| "the confirmation key is already set".to_owned())
-    }
-
-    fn confirm_key(&self) -> &ConfirmKey {
-        self.confirm_key.get_or_init(ConfirmKey::random)
-    }
-
-    fn cursor_key(&self) -> &CursorKey {
-        self.cursor_key.get_or_init(|| {
-            CursorKey::new(self.confirm_key().derive(b"toolgate task-list cursor v1"))
-        })
+            approvals: None,
+            log: None,
+            store: None,
+            confirmation_secret: None,
+            vouching: false,
+        }
     }
 
     /// `cursor`, a `tasks/list` answer's `nextCursor` from `server`, sealed for `subject`
@@ -181,7 +239,7 @@ impl Engine {
         cursor: &str,
     ) -> String {
         let binding = cursors::binding(server, subject.grant, subject.grant_verified);
-        self.cursor_key().seal(&binding, cursor)
+        self.cursor_key.seal(&binding, cursor)
     }
 
     /// The server's cursor inside `sealed`, if it was sealed for `subject` of `server`.
@@ -192,42 +250,21 @@ impl Engine {
         sealed: &str,
     ) -> Option<String> {
         let binding = cursors::binding(server, subject.grant, subject.grant_verified);
-        self.cursor_key().open(&binding, sealed)
-    }
-
-    /// Write every decision (as `log` filters them) to `log` (once; an error after that).
-    pub fn enable_decision_log(&self, log: Arc<dyn DecisionSink>) -> Result<(), String> {
-        self.log
-            .set(log)
-            .map_err(|_| "the decision log is already enabled".to_owned())
+        self.cursor_key.open(&binding, sealed)
     }
 
     pub fn decision_log(&self) -> Option<&dyn DecisionSink> {
-        self.log.get().map(|l| &**l)
-    }
-
-    /// Run human approvals for `require_approval` rules (once; an error after that).
-    pub fn enable_approvals(&self, approvals: Arc<dyn ApprovalDesk>) -> Result<(), String> {
-        self.approvals
-            .set(approvals)
-            .map_err(|_| "approvals are already enabled".to_owned())
-    }
-
-    /// Count in `store` instead of this engine's table (once; an error after that).
-    pub fn enable_store(&self, store: Arc<dyn CounterStore>) -> Result<(), String> {
-        self.store
-            .set(store)
-            .map_err(|_| "a counter store is already set".to_owned())
+        self.log.as_deref()
     }
 
     /// Whether a decision may wait on a remote counter store.
     pub fn store_blocks(&self) -> bool {
-        self.store.get().is_some_and(|s| s.blocks())
+        self.store.as_ref().is_some_and(|s| s.blocks())
     }
 
     /// Whether a remote counter store answers slowly now ([`CounterStore::slow`]).
     pub fn store_slow(&self) -> bool {
-        self.store.get().is_some_and(|s| s.slow())
+        self.store.as_ref().is_some_and(|s| s.slow())
     }
 
     /// The table this engine counts in when it has no store (and a store falls back to).
@@ -236,7 +273,7 @@ impl Engine {
     }
 
     pub fn approvals(&self) -> Option<&dyn ApprovalDesk> {
-        self.approvals.get().map(|a| &**a)
+        self.approvals.as_deref()
     }
 
     /// The clock decisions read.
@@ -274,7 +311,7 @@ impl Engine {
     /// Give back the counters of a reservation (the upstream call failed). True if it was
     /// held; false if unknown, already released, or too old to find.
     pub fn release(&self, reservation: u64) -> bool {
-        match self.store.get() {
+        match self.store.as_ref() {
             None => limiter::release(&self.table, reservation),
             Some(s) => s.release(&self.stats, reservation),
         }
@@ -404,7 +441,7 @@ impl Engine {
         limits: &mut Limits,
         trace: &mut T,
     ) -> (limiter::Outcome, ReadBits) {
-        match self.store.get() {
+        match self.store.as_ref() {
             None => {
                 let outcome = limiter::reserve_traced(
                     &self.table,
@@ -491,7 +528,10 @@ impl Engine {
         let policy = self.policy.load();
         let note = owner_key(&policy.sessions, server, subject, session);
         // With a shared store, a session seen held lately is not asked of it again.
-        let (remote, now_ms) = (self.store.get().is_some(), self.clock.now_ns() / 1_000_000);
+        let (remote, now_ms) = (
+            self.store.as_ref().is_some(),
+            self.clock.now_ns() / 1_000_000,
+        );
         if remote && self.seen_held.holds(note.hash, now_ms) {
             return None;
         }
@@ -649,7 +689,7 @@ impl Engine {
 
     /// Give back what a call reserved and then did not run.
     fn give_back(&self, parts: &[Part]) {
-        match self.store.get() {
+        match self.store.as_ref() {
             None => limiter::give_back(&self.table, parts),
             Some(s) => {
                 if let Some(id) = s.record(parts) {
@@ -667,22 +707,15 @@ impl Engine {
     /// A server accepted `grant`: it answered its `initialize` with a success, or its list
     /// request with a list ([`crate::owners::vouched`]).
     /// Nothing unless the sidecar was told that servers check the credential they are sent
-    /// ([`Engine::trust_server_answers`]). False when the grant is not vouched for.
+    /// ([`EngineBuilder::trust_server_answers`]). False when the grant is not vouched for.
     pub fn vouch_for(&self, grant: &str) -> bool {
-        self.vouching.load(Relaxed) && self.vouched.vouch(grant, self.clock.wall_ms())
-    }
-
-    /// Let a server's answers vouch for the caller's grant ([`Engine::vouch_for`]): only where the
-    /// MCP server checks the credential the client sent (a proxy that sends its own in its
-    /// place would have every made-up credential vouched for).
-    pub fn trust_server_answers(&self) {
-        self.vouching.store(true, Relaxed);
+        self.vouching && self.vouched.vouch(grant, self.clock.wall_ms())
     }
 
     /// Whether a server's answer to `s`'s request could vouch for its grant: one is told
     /// that answers vouch, and the grant is one the client could have made up.
     pub fn may_vouch_for(&self, s: &Subject<'_>) -> bool {
-        self.vouching.load(Relaxed) && !s.grant_verified && s.grant.is_some()
+        self.vouching && !s.grant_verified && s.grant.is_some()
     }
 
     /// Grants vouched for now.
@@ -694,7 +727,7 @@ impl Engine {
     /// or vouched for by a server.
     fn grant_trusted(&self, s: &Subject<'_>) -> bool {
         s.grant_verified
-            || (self.vouching.load(Relaxed)
+            || (self.vouching
                 && s.grant
                     .is_some_and(|g| self.vouched.holds(g, self.clock.wall_ms())))
     }
