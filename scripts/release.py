@@ -508,6 +508,20 @@ def check_musl_wheel(a: Artifacts, work: Path, client: Client) -> None:
     runs("musllinux_1_2_x86_64 wheel", cli, a.version, client, env)
 
 
+def unpack(sdist: Path, into: Path) -> Path:
+    """The sdist's source tree, unpacked under ``into``, every file's time now. Cargo names a
+    workspace crate's build by its path within the workspace, wherever the workspace is, and
+    takes it as fresh when its sources are older than the last build: with the archive's own
+    times, a kept build dir would give the wheel another checkout's crates."""
+    with tarfile.open(sdist) as t:
+        t.extractall(into, filter="data")
+    (source,) = into.iterdir()
+    for path in source.rglob("*"):
+        if path.is_file():
+            os.utime(path)
+    return source
+
+
 def check_sdist(a: Artifacts, work: Path, client: Client) -> None:
     """A wheel built from the sdist alone (what `pip install` of it does, with the wheels'
     profile), installed in a new venv. The build reuses the dependencies of scripts/test's kept
@@ -515,9 +529,7 @@ def check_sdist(a: Artifacts, work: Path, client: Client) -> None:
     # The interpreter scripts/test built with, when there is one: pyo3 is not built again.
     project = ROOT / ".venv" / "bin" / "python"
     interpreter = project if project.exists() else Path(sys.executable)
-    with tarfile.open(a.sdist) as t:
-        t.extractall(work / "sdist", filter="data")
-    (source,) = (work / "sdist").iterdir()
+    source = unpack(a.sdist, work / "sdist")
     env = dict(os.environ)
     cache = os.environ.get("TOOLGATE_BUILD_CACHE")
     if cache:

@@ -271,3 +271,46 @@ def test_image_references_are_completed_as_container_runtimes_do():
         "registry:5000/toolgate:1.0.0": "registry:5000/toolgate:1.0.0",
     }
     assert {k: release.normalized(k) for k in cases} == cases
+
+
+def test_a_wheel_from_the_sdist_builds_the_sdists_own_crates(tmp_path: Path):
+    """The sdist's wheel may be built in a kept build dir that another checkout filled: its
+    crates are built again, not taken as fresh because the archive's files are older than that
+    build (cargo names a workspace crate's build by its path within the workspace)."""
+    import tarfile
+
+    def workspace(root: Path, answer: int) -> Path:
+        (root / "core" / "src").mkdir(parents=True)
+        (root / "app" / "src").mkdir(parents=True)
+        (root / "Cargo.toml").write_text('[workspace]\nmembers = ["core", "app"]\n')
+        for name, deps in [("core", ""), ("app", 'core = { path = "../core" }\n')]:
+            (root / name / "Cargo.toml").write_text(
+                f'[package]\nname = "{name}"\nversion = "0.1.0"\nedition = "2021"\n\n'
+                f"[dependencies]\n{deps}"
+            )
+        (root / "core" / "src" / "lib.rs").write_text(f"pub fn answer() -> u32 {{ {answer} }}\n")
+        (root / "app" / "src" / "main.rs").write_text(
+            'fn main() { println!("{}", core::answer()); }\n'
+        )
+        return root
+
+    def answer(source: Path) -> str:
+        out = subprocess.run(
+            ["cargo", "run", "-q", "-p", "app", "--offline"],
+            cwd=source,
+            env={**release.os.environ, "CARGO_TARGET_DIR": str(tmp_path / "kept")},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout.strip()
+
+    assert answer(workspace(tmp_path / "checkout", 1)) == "1"
+    # The next release's sources, archived with times older than that build.
+    newer = workspace(tmp_path / "staged" / "pkg-2", 2)
+    for path in newer.rglob("*"):
+        release.os.utime(path, (0, 0))
+    sdist = tmp_path / "pkg-2.tar.gz"
+    with tarfile.open(sdist, "w:gz") as t:
+        t.add(newer, arcname="pkg-2")
+    assert answer(release.unpack(sdist, tmp_path / "unpacked")) == "2"
