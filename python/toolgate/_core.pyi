@@ -481,6 +481,9 @@ class Sidecar:
     @property
     def store_connected(self) -> bool:
         """Whether the counter store was reached within ``store_connect_wait``."""
+    def known_answers(self) -> tuple[int, int, int]:
+        """The ``tools/list`` answers the ext_proc service found again, and those it keeps
+        with the bytes they hold: ``(recalled, kept, bytes)``."""
     def set_store_evictable(self, evictable: bool) -> None:
         """Whether Redis may evict counter keys now (and that was not accepted): while it
         may, limits follow the store's outage behaviour. Nothing for the local table."""

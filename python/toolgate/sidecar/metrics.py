@@ -20,7 +20,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from toolgate._core import Engine, __revision__, __version__
+from toolgate._core import Engine, Sidecar, __revision__, __version__
 
 
 class ReloadCounts:
@@ -239,23 +239,6 @@ class EngineCollector(Collector):
             "Tools taken out of tools/list answers: ones the caller can never call.",
             value=stats["tools_unlisted"],
         )
-        yield CounterMetricFamily(
-            "toolgate_tool_lists_recalled",
-            "tools/list answers found among those read before (the same bytes but for the "
-            "request's id) and so not read again; their tools still judged for the caller.",
-            value=stats["lists_recalled"],
-        )
-        yield GaugeMetricFamily(
-            "toolgate_known_answers",
-            "tools/list answers kept to be found again (at most 64).",
-            value=stats["known_answers"],
-        )
-        yield GaugeMetricFamily(
-            "toolgate_known_answer_bytes",
-            "Memory the kept tools/list answers hold: their bytes and what was read in them "
-            "(at most 8 MiB).",
-            value=stats["known_answer_bytes"],
-        )
         drift = CounterMetricFamily(
             "toolgate_tool_drift",
             "Listed tools that depart from their pins (the policy's pins): changed since "
@@ -286,6 +269,33 @@ class EngineCollector(Collector):
             for tool, verdict, count in stats.get("per_tool", []):
                 per_tool.add_metric([tool, verdict], count)
             yield per_tool
+
+
+class KnownAnswersCollector(Collector):
+    """The ext_proc service's known answers: the tools/list answers it keeps to find again."""
+
+    def __init__(self, sidecar: Sidecar) -> None:
+        self._sidecar = sidecar
+
+    def collect(self) -> Iterator[Metric]:
+        recalled, kept, held = self._sidecar.known_answers()
+        yield CounterMetricFamily(
+            "toolgate_tool_lists_recalled",
+            "tools/list answers found among those read before (the same bytes but for the "
+            "request's id) and so not read again; their tools still judged for the caller.",
+            value=recalled,
+        )
+        yield GaugeMetricFamily(
+            "toolgate_known_answers",
+            "tools/list answers kept to be found again (at most 64).",
+            value=kept,
+        )
+        yield GaugeMetricFamily(
+            "toolgate_known_answer_bytes",
+            "Memory the kept tools/list answers hold: their bytes and what was read in them "
+            "(at most 8 MiB).",
+            value=held,
+        )
 
 
 def _bound(seconds: float) -> str:

@@ -27,7 +27,7 @@ from toolgate.sidecar.approvals.grant_labels import GrantLabels, load_key
 from toolgate.sidecar.approvals.runtime import ApprovalRuntime, StateDir
 from toolgate.sidecar.assembly import SERVICES, assemble
 from toolgate.sidecar.cpus import available_cpus
-from toolgate.sidecar.metrics import ReloadCounts, serve_metrics
+from toolgate.sidecar.metrics import KnownAnswersCollector, ReloadCounts, serve_metrics
 from toolgate.sidecar.options import ServeOptions
 from toolgate.sidecar.reload import FileVersion, PolicyWatcher, read_version, warn_self_asserted
 from toolgate.sidecar.store_eviction import EvictionCollector, EvictionWatch
@@ -318,6 +318,7 @@ def _serve(opts: ServeOptions) -> int:
             approvals.stop(0)
             return exits.UNUSABLE
         registry.register(approvals.collector())
+        registry.register(KnownAnswersCollector(sidecar))
         registry.register(EvictionCollector(eviction))
     approvals.start()
     if eviction is not None:

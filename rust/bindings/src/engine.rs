@@ -489,11 +489,6 @@ impl PyEngine {
         d.set_item("lists_filtered", filtered)?;
         d.set_item("lists_refused", refused)?;
         d.set_item("tools_unlisted", unlisted)?;
-        let known = self.inner.known_answers();
-        let (answers, held) = known.held();
-        d.set_item("lists_recalled", known.recalled())?;
-        d.set_item("known_answers", answers)?;
-        d.set_item("known_answer_bytes", held)?;
         let released = PyDict::new(py);
         for (kind, n) in stats.released_on_failure() {
             released.set_item(kind, n)?;

@@ -228,6 +228,12 @@ impl PySidecar {
         self.engine.clone_ref(py)
     }
 
+    /// The `tools/list` answers the ext_proc service found again, and those it keeps with the
+    /// bytes they hold: `(recalled, kept, bytes)`.
+    fn known_answers(&self) -> (u64, usize, usize) {
+        self.inner.known_answers()
+    }
+
     /// Whether the counter store was reached at assembly (always, for the local table).
     #[getter]
     fn store_connected(&self) -> bool {

@@ -7,7 +7,7 @@
 //! would cost if each tool were digested again. `list/1000_tools` filters ten times the tools
 //! (the same catalogue, renamed), which should take ten times as long. Those cases read each
 //! answer anew, as the first list of a server's tools is read; `known` and `known_pinned`
-//! find it among the answers the engine read before (`KnownAnswers`), as the sidecar finds a
+//! find it among the answers read before (`KnownAnswers`, the ext_proc service's), as the sidecar finds a
 //! list fetched again unchanged under a new request id: its tools are still judged one by
 //! one and the answer written, but it is not read again.
 //!
@@ -31,6 +31,7 @@ use toolgate_core::definitions::definition::{digest, Definition};
 use toolgate_core::definitions::listed::ListedTool;
 use toolgate_core::engine::listing::{ListFilter, ListReport};
 use toolgate_core::kind::Listed;
+use toolgate_core::mcp::known_answers::KnownAnswers;
 use toolgate_core::{Engine, Policy, Subject};
 
 /// Pins files are read by whoever loads the policy (the core reads no file): here, from disk.
@@ -151,9 +152,13 @@ fn engine(pins: Option<&PathBuf>) -> Arc<Engine> {
 }
 
 /// Filter one answer as the ext_proc filter does: the filtered body and what it did.
-/// `known`: the answer may be found among those the engine read before (the sidecar's way:
-/// a list fetched again unchanged is not read again), else it is read anew.
-fn filter(engine: &Engine, body: &[u8], known: bool) -> (Vec<u8>, ListReport) {
+/// `known`: the answers read before, among which this one may be found (the sidecar's way:
+/// a list fetched again unchanged is not read again); `None`: it is read anew.
+fn filter(
+    engine: &Engine,
+    body: &[u8],
+    known: Option<&Arc<KnownAnswers>>,
+) -> (Vec<u8>, ListReport) {
     let policy = engine.policy();
     let subject = Subject {
         grant: Some("g"),
@@ -163,8 +168,8 @@ fn filter(engine: &Engine, body: &[u8], known: bool) -> (Vec<u8>, ListReport) {
         engine.list_tool(&policy, None, subject, name, tool)
     };
     let mut f = ListFilter::new(Some(json!(LIST_ID)), Some(Listed::Tools), visible);
-    if known {
-        f = f.remembering(engine.known_answers());
+    if let Some(known) = known {
+        f = f.remembering(Arc::clone(known));
     }
     let out = f.feed(body, true);
     (out, f.report)
@@ -179,19 +184,20 @@ fn list(c: &mut Criterion) {
     reviewed[1]["description"] = "Describe one instance (reviewed wording).".into();
     let one_changed = pins_file("one-changed.json", &reviewed);
 
+    let known = || Some(Arc::<KnownAnswers>::default());
     let cases = [
-        ("no_pins", engine(None), 65 + 1, false),
-        ("pinned", engine(Some(&all)), 65 + 1, false),
-        ("one_changed", engine(Some(&one_changed)), 65, false),
-        ("known", engine(None), 65 + 1, true),
-        ("known_pinned", engine(Some(&all)), 65 + 1, true),
+        ("no_pins", engine(None), 65 + 1, None),
+        ("pinned", engine(Some(&all)), 65 + 1, None),
+        ("one_changed", engine(Some(&one_changed)), 65, None),
+        ("known", engine(None), 65 + 1, known()),
+        ("known_pinned", engine(Some(&all)), 65 + 1, known()),
     ];
     let mut g = c.benchmark_group("list/100_tools");
     for (name, e, shown, known) in &cases {
         // The first list records every definition (and counts the drift); then each list
         // finds them as last listed (and, `known`, the answer as last read).
         for _ in 0..2 {
-            let (out, report) = filter(e, &body, *known);
+            let (out, report) = filter(e, &body, known.as_ref());
             assert_eq!(
                 (report.lists, report.shown, report.removed),
                 (1, *shown, 100 - shown),
@@ -200,7 +206,9 @@ fn list(c: &mut Criterion) {
             assert!(report.refused.is_none(), "{name}: {:?}", report.refused);
             assert!(out.len() < body.len());
         }
-        g.bench_function(*name, |b| b.iter(|| filter(e, black_box(&body), *known)));
+        g.bench_function(*name, |b| {
+            b.iter(|| filter(e, black_box(&body), known.as_ref()))
+        });
     }
     // Where pinning's time goes: reading the 100 definitions alone (canonical JSON and
     // SHA-256 of each tool, its title and hints), with no filter around it.
@@ -231,17 +239,17 @@ fn list(c: &mut Criterion) {
     let all_many = pins_file("all-1000.json", &many);
     let mut g = c.benchmark_group("list/1000_tools");
     for (name, e, known) in [
-        ("no_pins", engine(None), false),
-        ("pinned", engine(Some(&all_many)), false),
-        ("known", engine(None), true),
+        ("no_pins", engine(None), None),
+        ("pinned", engine(Some(&all_many)), None),
+        ("known", engine(None), known()),
     ] {
         for _ in 0..2 {
-            let (_, report) = filter(&e, &many_body, known);
+            let (_, report) = filter(&e, &many_body, known.as_ref());
             // The renamed run_command has no rule of its own: denied by default, so hidden.
             assert_eq!((report.shown, report.removed), (650, 350), "{name}");
         }
         g.bench_function(name, |b| {
-            b.iter(|| filter(&e, black_box(&many_body), known))
+            b.iter(|| filter(&e, black_box(&many_body), known.as_ref()))
         });
     }
     g.finish();

@@ -40,6 +40,7 @@ use toolgate_core::engine::listing::{
 use toolgate_core::engine::visibility::Visibility;
 use toolgate_core::kind::Listed;
 use toolgate_core::mcp::answer::error_message;
+use toolgate_core::mcp::known_answers::KnownAnswers;
 use toolgate_core::mcp::outcome::{CallWatcher, Failure, Outcome};
 use toolgate_core::mcp::request::INVALID_PARAMS;
 use toolgate_core::mcp::sse::message_event;
@@ -296,12 +297,15 @@ pub struct Exchange {
     /// The room (or the budget, for the note) was full: the stream is to end
     /// (`RESOURCE_EXHAUSTED`), which frees it all.
     out_of_room: bool,
+    /// The `tools/list` answers read last, shared by the service's exchanges, so the same
+    /// answer is not read again.
+    known: Arc<KnownAnswers>,
 }
 
 impl Default for Exchange {
-    /// An exchange with a budget of its own.
+    /// An exchange with a budget and known answers of its own.
     fn default() -> Self {
-        Exchange::new(HeldBytes::new(HeldBytes::LIMIT))
+        Exchange::new(HeldBytes::new(HeldBytes::LIMIT), Arc::default())
     }
 }
 
@@ -382,8 +386,9 @@ impl CallAnswer {
 }
 
 impl Exchange {
-    /// An exchange holding its unfinished messages against `budget`.
-    pub fn new(budget: Arc<HeldBytes>) -> Self {
+    /// An exchange holding its unfinished messages against `budget`, remembering the lists
+    /// it reads among `known`.
+    pub fn new(budget: Arc<HeldBytes>, known: Arc<KnownAnswers>) -> Self {
         Exchange {
             state: State::default(),
             finished: false,
@@ -395,6 +400,7 @@ impl Exchange {
             largest_in: 0,
             largest_out: 0,
             out_of_room: false,
+            known,
         }
     }
 
@@ -670,7 +676,8 @@ impl Exchange {
                 // The headers may have come or not (the deployed routes skip them: one message
                 // fewer, the route setting the media type and taking off any encoding itself).
                 let filter = filter.get_or_insert_with(|| {
-                    list_filter(engine, id, (*listed, *private), upstream_id, caller, policy)
+                    let read = (*listed, *private);
+                    list_filter(engine, &self.known, id, read, upstream_id, caller, policy)
                 });
                 let mut out = filter.feed(&body.body, body.end_of_stream);
                 if !self.budget.hold(&mut self.held, filter.held() + self.note) {
@@ -734,6 +741,7 @@ fn count_lists(engine: &Engine, report: &ListReport, counted: &mut ListReport, c
 /// (toolgate's, [`ListRequest`]), and the agent gets its own back.
 fn list_filter(
     engine: &Arc<Engine>,
+    known: &Arc<KnownAnswers>,
     id: &Option<Value>,
     (listed, private): (Option<Listed>, bool),
     upstream_id: &mut Option<Value>,
@@ -756,7 +764,7 @@ fn list_filter(
     // A read's answer (contents, not a list) is not kept among the lists read before.
     Box::new(match private {
         true => filter.private(),
-        false => filter.remembering(engine.known_answers()),
+        false => filter.remembering(Arc::clone(known)),
     })
 }
 

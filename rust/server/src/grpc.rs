@@ -25,6 +25,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
+use toolgate_core::mcp::known_answers::KnownAnswers;
 use toolgate_core::observing::stats::Api;
 use toolgate_core::Engine;
 
@@ -297,6 +298,9 @@ pub struct ExternalProcessorService {
     pub engine: Arc<Engine>,
     /// What all streams hold between messages.
     pub held: Arc<HeldBytes>,
+    /// The `tools/list` answers the streams read last (the service's own: only its list
+    /// filters find them again).
+    pub known: Arc<KnownAnswers>,
 }
 
 #[tonic::async_trait]
@@ -310,7 +314,10 @@ impl envoy::external_processor_server::ExternalProcessor for ExternalProcessorSe
         Ok(Response::new(Answers {
             engine: Arc::clone(&self.engine),
             messages: request.into_inner(),
-            exchange: Some(Exchange::new(Arc::clone(&self.held))),
+            exchange: Some(Exchange::new(
+                Arc::clone(&self.held),
+                Arc::clone(&self.known),
+            )),
             off_thread: None,
         }))
     }

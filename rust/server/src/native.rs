@@ -29,6 +29,7 @@ use std::time::Duration;
 use tokio::runtime::Runtime;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
+use toolgate_core::mcp::known_answers::KnownAnswers;
 use toolgate_core::Engine;
 
 /// The largest `arguments_json` a request may carry unless configured otherwise.
@@ -80,7 +81,12 @@ pub struct Server {
 
 impl Server {
     /// Bind and start serving; health reports NOT_SERVING until [`Server::set_serving`].
-    pub fn start(engine: Arc<Engine>, config: Config) -> Result<Server, String> {
+    /// The ext_proc streams remember the `tools/list` answers they read among `known`.
+    pub fn start(
+        engine: Arc<Engine>,
+        config: Config,
+        known: Arc<KnownAnswers>,
+    ) -> Result<Server, String> {
         if config.threads == 0 {
             return Err("threads must be at least 1".into());
         }
@@ -139,6 +145,7 @@ impl Server {
                 ExternalProcessorServer::new(ExternalProcessorService {
                     engine: engine.clone(),
                     held,
+                    known,
                 })
                 .max_decoding_message_size(max),
             )

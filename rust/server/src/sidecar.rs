@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use toolgate_core::asking::approval::ApprovalSettings;
 use toolgate_core::counter::CounterTable;
+use toolgate_core::mcp::known_answers::KnownAnswers;
 use toolgate_core::{Clock, Engine, Policy};
 use toolgate_runtime::approvals::table::ApprovalTable;
 use toolgate_runtime::approvals::{ApprovalEvents, Approvals};
@@ -79,6 +80,9 @@ pub struct Sidecar {
     pub redis: Option<Arc<RedisStore>>,
     serve: Option<Config>,
     server: Mutex<Option<Server>>,
+    /// The `tools/list` answers the ext_proc service read last, so the same answer is not
+    /// read again (kept across a stop and a new start).
+    known_answers: Arc<KnownAnswers>,
 }
 
 impl Sidecar {
@@ -146,6 +150,7 @@ impl Sidecar {
             redis,
             serve: options.serve,
             server: Mutex::new(None),
+            known_answers: Arc::default(),
         })
     }
 
@@ -165,10 +170,18 @@ impl Sidecar {
         if server.is_some() {
             return Err(Error::Invalid("already serving".into()));
         }
-        let started = Server::start(self.engine.clone(), config).map_err(Error::Io)?;
+        let known = Arc::clone(&self.known_answers);
+        let started = Server::start(self.engine.clone(), config, known).map_err(Error::Io)?;
         let address = started.address().to_owned();
         *server = Some(started);
         Ok(address)
+    }
+
+    /// The `tools/list` answers the ext_proc service found again, and those it keeps with the
+    /// bytes they hold: `(recalled, kept, bytes)`.
+    pub fn known_answers(&self) -> (u64, usize, usize) {
+        let (kept, bytes) = self.known_answers.held();
+        (self.known_answers.recalled(), kept, bytes)
     }
 
     /// Report SERVING or NOT_SERVING on grpc.health.v1 (calls are answered either way).

@@ -612,7 +612,7 @@ fn open_list(
         },
         caller,
     ));
-    let mut exchange = Exchange::new(budget.clone());
+    let mut exchange = Exchange::new(budget.clone(), Arc::default());
     let head = headers(200, "text/event-stream");
     exchange.process(e, &message(&md, head, false)).unwrap();
     (exchange, md)
@@ -729,7 +729,7 @@ fn a_calls_answer_is_held_in_its_servers_room() {
     let mut calls: Vec<Exchange> = Vec::new();
     let part = vec![b' '; 3 << 19];
     for _ in 0..2 {
-        let mut exchange = Exchange::new(budget.clone());
+        let mut exchange = Exchange::new(budget.clone(), Arc::default());
         exchange.process(&e, &message(&md, headers(200, "application/json"), true));
         exchange.process(&e, &message(&md, body(&part, false), true));
         calls.push(exchange);

@@ -19,7 +19,6 @@ use crate::engine::store::CounterStore;
 use crate::json::args::ArgValue;
 use crate::kind::is_mcp_tool_name;
 use crate::kind::Kind;
-use crate::mcp::known_answers::KnownAnswers;
 use crate::observing::decision_log::{Call, DecisionSink, Record};
 use crate::observing::stats::{Api, Stats, OTHER_TOOLS};
 use crate::observing::trace::{List, NoTrace, Trace};
@@ -114,8 +113,6 @@ pub struct Engine {
     store: Option<Arc<dyn CounterStore>>,
     /// The tool definitions servers last listed (kept across reloads, as counters are).
     sightings: Sightings,
-    /// The `tools/list` answers read last, so the same answer is not read again.
-    known_answers: Arc<KnownAnswers>,
     /// Sessions seen held lately, asked of a shared store once per [`sessions::SEEN_HELD_MS`].
     seen_held: sessions::SeenHeld,
     /// Grants a server accepted (kept across reloads), when
@@ -192,7 +189,6 @@ impl EngineBuilder {
             log: self.log,
             store: self.store,
             sightings: Sightings::default(),
-            known_answers: Arc::default(),
             seen_held: sessions::SeenHeld::default(),
             vouched: Vouched::default(),
             vouching: self.vouching,
@@ -739,11 +735,6 @@ impl Engine {
         s.grant_verified
             || (self.table.client_slots() * 4 >= self.table.client_cap() * 3
                 && self.grant_trusted(s))
-    }
-
-    /// The `tools/list` answers read last, for the list filters to find again.
-    pub fn known_answers(&self) -> Arc<KnownAnswers> {
-        Arc::clone(&self.known_answers)
     }
 }
 
