@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from sidecar import PATIENCE, Sidecar, toolgate_cli
 from toolgate._core import argument_digest, inert
 from toolgate.sidecar.decision_log import GENESIS, log_files, verify
+from toolgate.sidecar.metrics import value
 
 KEY = b"k" * 32
 
@@ -60,6 +61,9 @@ FIELDS = {
     "args",
     "prev",
 }
+
+#: The decision log's counters of lines: written, and dropped.
+LINES = ("lines", "dropped")
 
 
 def lines(path: Path) -> list[dict[str, Any]]:
@@ -218,12 +222,11 @@ def test_every_decision_is_written_or_counted_as_dropped(tmp_path):
     for i in range(5000):
         engine.decide("lookup", grant=f"g{i % 7}")
     assert engine_sidecar.sync_decision_log(PATIENCE)
-    stats = engine.stats()
+    logged, dropped = (value(engine.metrics(), f"toolgate_decision_log_{n}") for n in LINES)
     result = verify(log_files(path))
     assert result.problem is None
-    assert result.decisions == stats["logged"]
-    assert result.dropped == stats["log_dropped"]
-    assert stats["logged"] + stats["log_dropped"] == 5000
+    assert (result.decisions, result.dropped) == (logged, dropped)
+    assert logged + dropped == 5000
 
 
 def chain_line(previous: bytes, size: int) -> bytes:
@@ -350,11 +353,13 @@ def test_a_stalled_sink_holds_few_bytes_whatever_the_arguments(tmp_path):
     most = 0
     for _ in range(calls):
         engine.decide("lookup", grant="g", arguments=big)
-        most = max(most, engine.stats()["log_queued_bytes"])
-    stats = engine.stats()
+        most = max(most, value(engine.metrics(), "toolgate_decision_log_queued_bytes"))
+    families = engine.metrics()
+    logged, dropped = (value(families, f"toolgate_decision_log_{n}") for n in LINES)
     assert most <= bound
-    assert stats["log_dropped"] > 0, "the queue filled up"
-    records, held = stats["log_queued"], stats["log_queued_bytes"]
+    assert dropped > 0, "the queue filled up"
+    records = value(families, "toolgate_decision_log_queued")
+    held = value(families, "toolgate_decision_log_queued_bytes")
     assert records > 0 and held / records < 2048, (records, held)
     # The sink moves again: everything queued is written, then the drops are noted.
     os.set_blocking(reader, True)
@@ -362,7 +367,7 @@ def test_a_stalled_sink_holds_few_bytes_whatever_the_arguments(tmp_path):
     drain = threading.Thread(target=read_to_end, args=(reader, out), daemon=True)
     drain.start()
     assert engine_sidecar.sync_decision_log(PATIENCE)
-    assert engine.stats()["log_queued"] == 0
+    assert value(engine.metrics(), "toolgate_decision_log_queued") == 0
     del engine, engine_sidecar
     drain.join(PATIENCE)
     os.close(reader)
@@ -370,7 +375,7 @@ def test_a_stalled_sink_holds_few_bytes_whatever_the_arguments(tmp_path):
     written.write_bytes(bytes(out))
     result = verify([written])
     assert result.problem is None
-    assert (result.decisions, result.dropped) == (stats["logged"], stats["log_dropped"])
+    assert (result.decisions, result.dropped) == (logged, dropped)
     assert result.decisions + result.dropped == calls
     line = json.loads(out.splitlines()[0])
     assert len(line["args"]["names"]) == 64 and line["args"]["names_omitted"] == 1000 - 64

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import toolgate
 from conftest import START, cond, limit, make_engine, policy
+from toolgate.sidecar.metrics import value
 
 # --- matching precedence -----------------------------------------------------------------------
 
@@ -353,7 +354,7 @@ def test_threads_on_one_key_get_exactly_max():
     for t in threads:
         t.join()
     assert sum(allowed) == 100
-    assert engine.stats()["decisions"]["RATE_LIMITED"] == 300
+    assert value(engine.metrics(), "toolgate_decisions", code="RATE_LIMITED") == 300
 
 
 def test_manual_clock():

@@ -29,6 +29,7 @@ from mcp_servers import ExampleServer
 from sidecar import Sidecar
 from test_peer_room import post
 from toolgate._core import Sidecar as NativeSidecar
+from toolgate.sidecar.metrics import value
 from toolgate.v1 import decider_pb2
 
 CAPACITY = 256
@@ -73,8 +74,8 @@ class Native:
         self.channel.close()
         self.sidecar.stop(1.0)
 
-    def stats(self) -> dict[str, Any]:
-        return self.sidecar.engine.stats()
+    def metric(self, name: str) -> float:
+        return value(self.sidecar.engine.metrics(), name)
 
     def request(
         self, grant: str = "", address: str = "", session: str = ""
@@ -130,7 +131,7 @@ def native() -> Iterator[Native]:
 def flood_to_pressure(n: Native, address: str = "198.51.100.7") -> None:
     """One address takes its three quarters of the share."""
     assert n.given(address, "flood", SHARE) == PRESSED
-    assert n.stats()["table_client_slots"] == PRESSED
+    assert n.metric("toolgate_counter_table_client_slots") == PRESSED
 
 
 def socket(address: str):
@@ -182,7 +183,7 @@ def test_every_spelling_of_a_flooding_ipv4_address_counts_as_it(native):
     flood_to_pressure(native)
     for n, text in enumerate(SAME_IPV4):
         assert native.decide(f"spelled-{n}", text) == "RATE_LIMITED", text
-    assert native.stats()["table_client_slots"] == PRESSED
+    assert native.metric("toolgate_counter_table_client_slots") == PRESSED
 
 
 def test_every_spelling_of_one_ipv6_network_counts_as_one(native):
@@ -196,7 +197,7 @@ def test_every_spelling_of_one_ipv6_network_counts_as_one(native):
         ]
     ):
         assert native.decide(f"v6-{n}", text) != "ALLOWED", text
-    assert native.stats()["table_client_slots"] == PRESSED
+    assert native.metric("toolgate_counter_table_client_slots") == PRESSED
 
 
 @pytest.mark.parametrize("text", ODD, ids=range(len(ODD)))
@@ -206,7 +207,7 @@ def test_decide_refuses_an_odd_peer_address_instead_of_ignoring_it(native, text)
     assert decider_pb2.Code.Name(response.code) == "INVALID_REQUEST", text
     assert "peer_address is not an IP address" in response.reason
     # Refused before counting: no slot taken; and the sidecar still answers.
-    assert native.stats()["table_client_slots"] == PRESSED
+    assert native.metric("toolgate_counter_table_client_slots") == PRESSED
     assert native.decide("flood-0", "198.51.100.7") == "ALLOWED"
 
 
@@ -288,11 +289,11 @@ def test_once_the_half_is_swept_the_flooder_finds_room_again(native):
     flood_to_pressure(native)
     for n in range(1, 60):
         native.given(f"192.0.2.{n}", f"other-{n}", 3)
-    assert native.stats()["table_client_slots"] == SHARE
+    assert native.metric("toolgate_counter_table_client_slots") == SHARE
     native.clock.advance(3600)
     assert native.given("198.51.100.7", "back", PRESSED) == PRESSED
     # The sweep freed the flood's old slots too: counted from nothing, held to the same bound.
-    assert native.stats()["table_client_slots"] == PRESSED
+    assert native.metric("toolgate_counter_table_client_slots") == PRESSED
     assert native.given("198.51.100.7", "back-more", 4) == 0
 
 
@@ -303,7 +304,7 @@ def test_swept_counts_start_again_from_what_is_held(native):
     for round in range(4):
         for n in range(1, 60):
             native.given(f"192.0.2.{n}", f"fill-{round}-{n}", 3)
-        assert native.stats()["table_client_slots"] == SHARE
+        assert native.metric("toolgate_counter_table_client_slots") == SHARE
         native.clock.advance(3600)
         # Swept: a flood from a new address takes three quarters again...
         given = native.given("203.0.113.5", f"r{round}", SHARE)
@@ -330,12 +331,12 @@ def test_session_ids_honour_the_bound():
 
 def test_a_refused_request_takes_no_slot(native):
     flood_to_pressure(native)
-    before = native.stats()["table_client_slots"]
+    before = native.metric("toolgate_counter_table_client_slots")
     for k in range(20):
         assert native.decide(f"refused-{k}", "198.51.100.7") == "RATE_LIMITED"
         assert native.decide(f"odd-{k}", "198.51.100.7 ") == "INVALID_REQUEST"
-    assert native.stats()["table_client_slots"] == before
-    assert native.stats()["table_peer_refusals"] >= 20
+    assert native.metric("toolgate_counter_table_client_slots") == before
+    assert native.metric("toolgate_counter_table_peer_refusals") >= 20
 
 
 # --- ext_authz Check: the address Envoy gives ----------------------------------------------------
@@ -344,7 +345,7 @@ def test_a_refused_request_takes_no_slot(native):
 def test_check_counts_the_source_socket_address(native):
     for k in range(SHARE):
         native.check(f"flood-{k}", socket("198.51.100.7"))
-    assert native.stats()["table_client_slots"] == PRESSED
+    assert native.metric("toolgate_counter_table_client_slots") == PRESSED
     assert not native.check("mapped", socket("::ffff:198.51.100.7"))
     others = sorted(
         sum(native.check(f"o{k}-{i}", socket(f"192.0.2.{k}")) for i in range(4))

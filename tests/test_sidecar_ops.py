@@ -154,6 +154,8 @@ def test_metrics_text_is_valid_prometheus_exposition():
         "toolgate_confirmed_calls_total": "counter",
         "toolgate_decision_log_lines_total": "counter",
         "toolgate_decision_log_dropped_total": "counter",
+        "toolgate_decision_log_queued": "gauge",
+        "toolgate_decision_log_queued_bytes": "gauge",
         "toolgate_approvals": "gauge",
         "toolgate_approval_webhook_deliveries_total": "counter",
         "toolgate_approval_events_dropped_total": "counter",

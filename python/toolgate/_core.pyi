@@ -32,6 +32,7 @@ __all__ = [
     "Explanation",
     "LimitState",
     "ManualClock",
+    "MetricFamily",
     "Policy",
     "PolicyError",
     "Reloaded",
@@ -158,6 +159,25 @@ class PolicyError(ValueError):
     """A policy failed validation; ``errors`` lists every problem."""
 
     errors: list[ValidationError]
+
+@final
+class MetricFamily:
+    """One metric family as the core describes it: a histogram's ``buckets`` are its
+    cumulative counts at each upper bound (seconds), its count and its sum; other kinds have
+    ``samples``, each label values and value."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def kind(self) -> Literal["counter", "gauge", "histogram"]: ...
+    @property
+    def help(self) -> str: ...
+    @property
+    def labels(self) -> list[str]: ...
+    @property
+    def samples(self) -> list[tuple[list[str], float]]: ...
+    @property
+    def buckets(self) -> tuple[list[tuple[float, int]], int, float] | None: ...
 
 @final
 class Reloaded:
@@ -398,7 +418,8 @@ class Engine:
     def vouch_for(self, grant: str) -> bool: ...
     @property
     def policy(self) -> Policy: ...
-    def stats(self) -> dict[str, Any]: ...
+    def metrics(self) -> list[MetricFamily]:
+        """The engine's metric families, read now."""
 
 @final
 class EnvoyAuthz:
@@ -481,9 +502,9 @@ class Sidecar:
     @property
     def store_connected(self) -> bool:
         """Whether the counter store was reached within ``store_connect_wait``."""
-    def known_answers(self) -> tuple[int, int, int]:
-        """The ``tools/list`` answers the ext_proc service found again, and those it keeps
-        with the bytes they hold: ``(recalled, kept, bytes)``."""
+    def metrics(self) -> list[MetricFamily]:
+        """The sidecar's metric families (the engine's, and its ext_proc service's), read
+        now."""
     def set_store_evictable(self, evictable: bool) -> None:
         """Whether Redis may evict counter keys now (and that was not accepted): while it
         may, limits follow the store's outage behaviour. Nothing for the local table."""

@@ -1,7 +1,9 @@
 """Prometheus metrics, read from the Rust core's atomics when ``/metrics`` is scraped.
 
-Nothing here runs per decision: the core counts decisions and latencies in atomics, and
-this collector turns a snapshot of them into metric families at scrape time.
+Nothing here runs per decision: the core counts decisions and latencies in atomics and
+describes each family it keeps (name, help, kind, labels, samples: ``Sidecar.metrics()``);
+the collector here writes them out at scrape time, beside the few facts Python keeps itself
+(reloads, the build).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from toolgate._core import Engine, Sidecar, __revision__, __version__
+from toolgate._core import MetricFamily, Sidecar, __revision__, __version__
 
 
 class ReloadCounts:
@@ -54,12 +56,19 @@ class ReloadCounts:
 
 
 class ReloadStateCollector(Collector):
-    """The last reload's time and result, as gauges (alert on a failed one, or a stale one)."""
+    """Reloads by result, and the last one's time and result as gauges (alert on a failed
+    one, or a stale one)."""
 
     def __init__(self, reloads: ReloadCounts) -> None:
         self._reloads = reloads
 
     def collect(self) -> Iterator[Metric]:
+        reloads = CounterMetricFamily(
+            "toolgate_policy_reloads", "Policy reloads, by result.", labels=["result"]
+        )
+        for result, count in sorted(self._reloads.snapshot().items()):
+            reloads.add_metric([result], count)
+        yield reloads
         tried, succeeded, last_success = self._reloads.last()
         yield GaugeMetricFamily(
             "toolgate_policy_last_reload_timestamp_seconds",
@@ -100,202 +109,37 @@ class BuildInfoCollector(Collector):
         yield info
 
 
-class EngineCollector(Collector):
-    """Exports an engine's decision counts, latency histogram and counter-table usage."""
-
-    def __init__(self, engine: Engine, reloads: ReloadCounts, per_tool: bool = False) -> None:
-        self._engine = engine
-        self._reloads = reloads
-        self._per_tool = per_tool
-
-    def collect(self) -> Iterator[Metric]:
-        stats = self._engine.stats()
-        decisions = CounterMetricFamily(
-            "toolgate_decisions",
-            "Decisions made, by the API that asked (decider, ext_authz, ratelimit, extmcp; "
-            "engine: in-process), verdict and code.",
-            labels=["api", "verdict", "code"],
-        )
-        for api, verdict, code, count in stats["outcomes"]:
-            decisions.add_metric([api, verdict, code], count)
-        yield decisions
-        errors = CounterMetricFamily(
-            "toolgate_grpc_errors",
-            "Calls answered with a gRPC error, by API (decider, ext_authz, ratelimit, ext_proc, "
-            "extmcp) and status (INVALID_ARGUMENT, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED...).",
-            labels=["api", "status"],
-        )
-        for api, status, count in stats["errors"]:
-            errors.add_metric([api, status], count)
-        yield errors
-
-        buckets = [(_bound(le), count) for le, count in stats["duration_buckets"]]
-        buckets.append(("+Inf", stats["duration_count"]))
-        yield HistogramMetricFamily(
-            "toolgate_decision_duration_seconds",
-            "Time to serve one decision request in the core: decode, decide, encode.",
-            buckets=buckets,
-            sum_value=stats["duration_sum"],
-        )
-
-        reloads = CounterMetricFamily(
-            "toolgate_policy_reloads", "Policy reloads, by result.", labels=["result"]
-        )
-        for result, count in sorted(self._reloads.snapshot().items()):
-            reloads.add_metric([result], count)
-        yield reloads
-
-        info = GaugeMetricFamily(
-            "toolgate_policy_info", "The loaded policy's revision.", labels=["revision"]
-        )
-        info.add_metric([self._engine.revision], 1)
-        yield info
-
-        yield GaugeMetricFamily(
-            "toolgate_counter_table_slots_used",
-            "Counter-table slots holding a key (live, or expired and not yet reused).",
-            value=stats["table_occupied"],
-        )
-        yield GaugeMetricFamily(
-            "toolgate_counter_table_client_slots",
-            "Counter-table slots holding a key a client chose (an unverified credential, a"
-            " session or agent id); at most half the table.",
-            value=stats["table_client_slots"],
-        )
-        yield GaugeMetricFamily(
-            "toolgate_vouched_grants",
-            "Grants an MCP server accepted (answered their initialize or a list), with"
-            " --grant-vouched-by-server: trusted with the table's and approvals' room.",
-            value=stats["vouched_grants"],
-        )
-        yield GaugeMetricFamily(
-            "toolgate_counter_table_slots_capacity",
-            "Counter-table slots in all.",
-            value=stats["table_capacity"],
-        )
-        yield CounterMetricFamily(
-            "toolgate_counter_table_full",
-            "Calls denied because the counter table had no free slot.",
-            value=stats["table_full"],
-        )
-        yield CounterMetricFamily(
-            "toolgate_counter_table_peer_refusals",
-            "New keys a client chose refused because the share for them was three quarters"
-            " taken and the request's network address held its part of it.",
-            value=stats["table_peer_refusals"],
-        )
-        yield CounterMetricFamily(
-            "toolgate_confirmed_calls",
-            "Calls that ran on their user's confirmation in their MCP client "
-            "(require_confirmation); the questions and refusals are toolgate_decisions_total's "
-            "CONFIRMATION_* codes.",
-            value=stats["confirmed"],
-        )
-        yield CounterMetricFamily(
-            "toolgate_decision_log_lines",
-            "Decisions handed to the decision log (--decision-log).",
-            value=stats["logged"],
-        )
-        yield CounterMetricFamily(
-            "toolgate_decision_log_dropped",
-            "Decisions the decision log dropped because the disk could not keep up.",
-            value=stats["log_dropped"],
-        )
-        trips = [(_bound(le), count) for le, count in stats["store_rtt_buckets"]]
-        trips.append(("+Inf", stats["store_rtt_count"]))
-        yield HistogramMetricFamily(
-            "toolgate_store_round_trip_seconds",
-            "Round trips to the counter store (--store redis://...) that answered in time.",
-            buckets=trips,
-            sum_value=stats["store_rtt_sum"],
-        )
-        errors = CounterMetricFamily(
-            "toolgate_store_errors",
-            "Counter-store calls that failed, by kind: timeout (no answer within "
-            "--store-timeout-ms), connection, reply.",
-            labels=["kind"],
-        )
-        for kind, count in stats["store_errors"].items():
-            errors.add_metric([kind], count)
-        yield errors
-        yield CounterMetricFamily(
-            "toolgate_store_fallbacks",
-            "Decisions counted in this pod's own table because the counter store was "
-            "unavailable (--store-unavailable local).",
-            value=stats["store_fallbacks"],
-        )
-        lists = CounterMetricFamily(
-            "toolgate_tool_lists",
-            "tools/list answers filtered on their way to the agent (Envoy's ext_proc, "
-            "agentgateway's ExtMCP): filtered for their caller, or refused (unreadable; the "
-            "agent got a JSON-RPC error).",
-            labels=["result"],
-        )
-        lists.add_metric(["filtered"], stats["lists_filtered"])
-        lists.add_metric(["refused"], stats["lists_refused"])
-        yield lists
-        yield CounterMetricFamily(
-            "toolgate_tools_unlisted",
-            "Tools taken out of tools/list answers: ones the caller can never call.",
-            value=stats["tools_unlisted"],
-        )
-        drift = CounterMetricFamily(
-            "toolgate_tool_drift",
-            "Listed tools that depart from their pins (the policy's pins): changed since "
-            "pinned, or unpinned where unpinned tools are withheld; counted once per change of "
-            "what the server lists. server is the policy's server id (empty: none named); a "
-            "tool name MCP does not allow, or past 1000 rows, counts as _other (and a new server "
-            "then too).",
-            labels=["server", "tool", "kind"],
-        )
-        for server, tool, kind, count in stats["drift"]:
-            drift.add_metric([server, tool, kind], count)
-        yield drift
-        released = CounterMetricFamily(
-            "toolgate_reservations_released_on_failure",
-            "Reservations given back because the call failed upstream, by how it failed: "
-            "http_status (>= 400), jsonrpc_error, tool_error (isError).",
-            labels=["failure"],
-        )
-        for failure, count in stats["released_on_failure"].items():
-            released.add_metric([failure], count)
-        yield released
-        if self._per_tool:
-            per_tool = CounterMetricFamily(
-                "toolgate_tool_decisions",
-                "Decisions per tool and verdict (opt-in: --metrics-per-tool).",
-                labels=["tool", "verdict"],
-            )
-            for tool, verdict, count in stats.get("per_tool", []):
-                per_tool.add_metric([tool, verdict], count)
-            yield per_tool
-
-
-class KnownAnswersCollector(Collector):
-    """The ext_proc service's known answers: the tools/list answers it keeps to find again."""
+class SidecarCollector(Collector):
+    """Every family the sidecar's Rust side describes, written out as it says."""
 
     def __init__(self, sidecar: Sidecar) -> None:
         self._sidecar = sidecar
 
     def collect(self) -> Iterator[Metric]:
-        recalled, kept, held = self._sidecar.known_answers()
-        yield CounterMetricFamily(
-            "toolgate_tool_lists_recalled",
-            "tools/list answers found among those read before (the same bytes but for the "
-            "request's id) and so not read again; their tools still judged for the caller.",
-            value=recalled,
-        )
-        yield GaugeMetricFamily(
-            "toolgate_known_answers",
-            "tools/list answers kept to be found again (at most 64).",
-            value=kept,
-        )
-        yield GaugeMetricFamily(
-            "toolgate_known_answer_bytes",
-            "Memory the kept tools/list answers hold: their bytes and what was read in them "
-            "(at most 8 MiB).",
-            value=held,
-        )
+        for family in self._sidecar.metrics():
+            yield written(family)
+
+
+def written(family: MetricFamily) -> Metric:
+    """``family`` as prometheus_client's metric family of its kind."""
+    if family.buckets is not None:
+        bounds, count, total = family.buckets
+        buckets = [(_bound(le), n) for le, n in bounds]
+        buckets.append(("+Inf", count))
+        return HistogramMetricFamily(family.name, family.help, buckets=buckets, sum_value=total)
+    kind = CounterMetricFamily if family.kind == "counter" else GaugeMetricFamily
+    out = kind(family.name, family.help, labels=family.labels)
+    for values, value in family.samples:
+        out.add_metric(values, value)
+    return out
+
+
+def value(families: list[MetricFamily], name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples whose labels hold ``labels``: 0 for none."""
+    (family,) = [f for f in families if f.name == name]
+    at = {label: i for i, label in enumerate(family.labels)}
+    held = [v for values, v in family.samples if all(values[at[k]] == w for k, w in labels.items())]
+    return sum(held)
 
 
 def _bound(seconds: float) -> str:
@@ -303,16 +147,12 @@ def _bound(seconds: float) -> str:
 
 
 def serve_metrics(
-    engine: Engine,
-    reloads: ReloadCounts,
-    host: str,
-    port: int,
-    per_tool: bool = False,
+    sidecar: Sidecar, reloads: ReloadCounts, host: str, port: int
 ) -> tuple[CollectorRegistry, int]:
     """Serve ``/metrics`` over HTTP on ``host:port`` from a background thread; the registry,
     and the port bound (the one given, or the one the system chose for port 0)."""
     registry = CollectorRegistry()
-    registry.register(EngineCollector(engine, reloads, per_tool))
+    registry.register(SidecarCollector(sidecar))
     registry.register(ReloadStateCollector(reloads))
     registry.register(BuildInfoCollector())
     server, _ = start_http_server(port, addr=host, registry=registry)

@@ -27,7 +27,7 @@ from toolgate.sidecar.approvals.grant_labels import GrantLabels, load_key
 from toolgate.sidecar.approvals.runtime import ApprovalRuntime, StateDir
 from toolgate.sidecar.assembly import SERVICES, assemble
 from toolgate.sidecar.cpus import available_cpus
-from toolgate.sidecar.metrics import KnownAnswersCollector, ReloadCounts, serve_metrics
+from toolgate.sidecar.metrics import ReloadCounts, serve_metrics, value
 from toolgate.sidecar.options import ServeOptions
 from toolgate.sidecar.reload import FileVersion, PolicyWatcher, read_version, warn_self_asserted
 from toolgate.sidecar.store_eviction import EvictionCollector, EvictionWatch
@@ -58,7 +58,7 @@ def log_head(sidecar: Sidecar, last: tuple[int, str] | None) -> tuple[int, str] 
 
 def warn_of_drops(engine: Engine, seen: int) -> int:
     """Log decision-log lines dropped since ``seen``; returns the count now."""
-    dropped = engine.stats()["log_dropped"]
+    dropped = int(value(engine.metrics(), "toolgate_decision_log_dropped"))
     if dropped > seen:
         log.warning(
             "decision log: %d decisions dropped (the disk cannot keep up); the log notes it",
@@ -107,10 +107,12 @@ def watch_eviction(opts: ServeOptions, sidecar: Sidecar) -> EvictionWatch:
 
 def warn_of_store(engine: Engine, seen: tuple[int, int]) -> tuple[int, int]:
     """Log counter-store failures and local fallbacks since ``seen``; returns the counts."""
-    stats = engine.stats()
-    errors, fallbacks = sum(stats["store_errors"].values()), stats["store_fallbacks"]
+    families = engine.metrics()
+    (failed,) = [f for f in families if f.name == "toolgate_store_errors"]
+    errors = int(sum(n for _, n in failed.samples))
+    fallbacks = int(value(families, "toolgate_store_fallbacks"))
     if errors > seen[0]:
-        kinds = ", ".join(f"{k} {n}" for k, n in stats["store_errors"].items() if n)
+        kinds = ", ".join(f"{kind} {n:.0f}" for (kind,), n in failed.samples if n)
         log.warning("counter store: %d calls failed (so far: %s)", errors - seen[0], kinds)
     if fallbacks > seen[1]:
         log.warning(
@@ -305,20 +307,13 @@ def _serve(opts: ServeOptions) -> int:
     if opts.metrics_listen:
         host, metrics_port = split_host_port(opts.metrics_listen)
         try:
-            registry, metrics_port = serve_metrics(
-                engine,
-                reloads,
-                host,
-                metrics_port,
-                per_tool=opts.metrics_per_tool,
-            )
+            registry, metrics_port = serve_metrics(sidecar, reloads, host, metrics_port)
         except OSError as err:
             log.error("cannot serve metrics on %s: %s", opts.metrics_listen, err)
             sidecar.stop(0)
             approvals.stop(0)
             return exits.UNUSABLE
         registry.register(approvals.collector())
-        registry.register(KnownAnswersCollector(sidecar))
         registry.register(EvictionCollector(eviction))
     approvals.start()
     if eviction is not None:

@@ -9,6 +9,7 @@ mod engine;
 mod envoy;
 mod eviction;
 mod mcp;
+mod metrics;
 mod policy;
 mod sidecar;
 
@@ -98,6 +99,7 @@ fn argument_digest(key: &[u8], arguments: &str) -> PyResult<String> {
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::PyEngine>()?;
     m.add_class::<engine::Reloaded>()?;
+    m.add_class::<metrics::PyMetricFamily>()?;
     m.add_class::<approvals::PyApprovals>()?;
     m.add_class::<policy::PyPolicy>()?;
     m.add_class::<policy::ValidationError>()?;

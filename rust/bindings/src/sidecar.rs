@@ -228,10 +228,9 @@ impl PySidecar {
         self.engine.clone_ref(py)
     }
 
-    /// The `tools/list` answers the ext_proc service found again, and those it keeps with the
-    /// bytes they hold: `(recalled, kept, bytes)`.
-    fn known_answers(&self) -> (u64, usize, usize) {
-        self.inner.known_answers()
+    /// The sidecar's metric families (the engine's, and its ext_proc service's), read now.
+    fn metrics(&self) -> Vec<crate::metrics::PyMetricFamily> {
+        crate::metrics::families(self.inner.metrics())
     }
 
     /// Whether the counter store was reached at assembly (always, for the local table).

@@ -13,6 +13,10 @@ use std::time::Duration;
 use toolgate_core::asking::approval::ApprovalSettings;
 use toolgate_core::counter::CounterTable;
 use toolgate_core::mcp::known_answers::KnownAnswers;
+use toolgate_core::observing::metrics::{
+    Family,
+    MetricKind::{Counter, Gauge},
+};
 use toolgate_core::{Clock, Engine, Policy};
 use toolgate_runtime::approvals::table::ApprovalTable;
 use toolgate_runtime::approvals::{ApprovalEvents, Approvals};
@@ -177,11 +181,33 @@ impl Sidecar {
         Ok(address)
     }
 
-    /// The `tools/list` answers the ext_proc service found again, and those it keeps with the
-    /// bytes they hold: `(recalled, kept, bytes)`.
-    pub fn known_answers(&self) -> (u64, usize, usize) {
+    /// The sidecar's metric families: the engine's, and its ext_proc service's known answers.
+    pub fn metrics(&self) -> Vec<Family> {
+        let mut families = self.engine.metrics();
         let (kept, bytes) = self.known_answers.held();
-        (self.known_answers.recalled(), kept, bytes)
+        families.extend([
+            Family::one(
+                Counter,
+                "toolgate_tool_lists_recalled",
+                "tools/list answers found among those read before (the same bytes but for the \
+                 request's id) and so not read again; their tools still judged for the caller.",
+                self.known_answers.recalled() as f64,
+            ),
+            Family::one(
+                Gauge,
+                "toolgate_known_answers",
+                "tools/list answers kept to be found again (at most 64).",
+                kept as f64,
+            ),
+            Family::one(
+                Gauge,
+                "toolgate_known_answer_bytes",
+                "Memory the kept tools/list answers hold: their bytes and what was read in \
+                 them (at most 8 MiB).",
+                bytes as f64,
+            ),
+        ]);
+        families
     }
 
     /// Report SERVING or NOT_SERVING on grpc.health.v1 (calls are answered either way).

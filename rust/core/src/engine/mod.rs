@@ -43,6 +43,7 @@ mod decide;
 pub mod gate;
 pub mod limiter;
 pub mod listing;
+mod metrics;
 pub mod pinning;
 pub mod store;
 pub mod visibility;

@@ -3,5 +3,6 @@
 
 pub mod decision_log;
 pub mod explain;
+pub mod metrics;
 pub mod stats;
 pub mod trace;
