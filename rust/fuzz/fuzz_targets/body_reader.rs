@@ -27,7 +27,10 @@ fn assert_unambiguous(v: &Value) {
         Value::Object(map) => {
             let mut seen = std::collections::HashSet::new();
             for (k, v) in map {
-                assert!(seen.insert(folded(k).into_owned()), "two keys fold to {k:?}");
+                assert!(
+                    seen.insert(folded(k).into_owned()),
+                    "two keys fold to {k:?}"
+                );
                 assert_unambiguous(v);
             }
         }

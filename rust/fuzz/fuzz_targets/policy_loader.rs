@@ -2,10 +2,10 @@
 //! compiles, and decides a call.
 #![no_main]
 
-use toolgate_core::Kind;
 use libfuzzer_sys::fuzz_target;
 use std::sync::Arc;
 use toolgate_core::counter::CounterTable;
+use toolgate_core::Kind;
 use toolgate_core::{Engine, ManualClock, Policy, Request, Subject};
 
 fuzz_target!(|text: &str| {
@@ -19,7 +19,7 @@ fuzz_target!(|text: &str| {
         for tool in tools {
             engine.decide(&Request {
                 kind: Kind::Tool,
-            name: tool,
+                name: tool,
                 server: Some("seed"),
                 subject: Subject {
                     grant: Some("g"),

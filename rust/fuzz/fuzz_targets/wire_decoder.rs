@@ -1,14 +1,20 @@
 //! The gRPC request messages on any bytes (toolgate.v1 Decide, DecideBatch and Release,
-//! Envoy's Check and ShouldRateLimit): a response or a decode error, never a panic. The
-//! first byte picks the method, the rest is the message.
+//! Envoy's Check and ShouldRateLimit), decoded as the server decodes them and answered: a
+//! response or a decode error, never a panic. The first byte picks the method, the rest is
+//! the message.
 #![no_main]
 
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
+use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use libfuzzer_sys::fuzz_target;
+use prost::Message;
 use std::sync::{Arc, LazyLock};
 use toolgate_core::counter::CounterTable;
 use toolgate_core::{Engine, ManualClock, Policy};
-use toolgate_server::authz::{self, AuthzConfig};
-use toolgate_server::{decider, ratelimit};
+use toolgate_server::authz;
+use toolgate_server::decider::{self, pb};
+use toolgate_server::ratelimit;
+use toolgate_server::subject::AuthzConfig;
 
 static ENGINE: LazyLock<Engine> = LazyLock::new(|| {
     let policy = Policy::from_json_str(include_str!("../../../examples/policy.json"))
@@ -22,11 +28,31 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let engine = &*ENGINE;
-    let _ = match method % 5 {
-        0 => decider::decide(engine, 1 << 16, message),
-        1 => decider::decide_batch(engine, 1 << 16, message),
-        2 => decider::release(engine, message),
-        3 => authz::check_wire(engine, &AuthzConfig::default(), message),
-        _ => ratelimit::should_rate_limit_wire(engine, message),
-    };
+    match method % 5 {
+        0 => {
+            if let Ok(req) = pb::DecideRequest::decode(message) {
+                decider::decide_message(engine, 1 << 16, &req);
+            }
+        }
+        1 => {
+            if let Ok(req) = pb::DecideBatchRequest::decode(message) {
+                decider::decide_batch_message(engine, 1 << 16, &req);
+            }
+        }
+        2 => {
+            if let Ok(req) = pb::ReleaseRequest::decode(message) {
+                decider::release_message(engine, &req);
+            }
+        }
+        3 => {
+            if let Ok(req) = CheckRequest::decode(message) {
+                authz::check(engine, &AuthzConfig::default(), &req);
+            }
+        }
+        _ => {
+            if let Ok(req) = RateLimitRequest::decode(message) {
+                ratelimit::should_rate_limit(engine, &req);
+            }
+        }
+    }
 });
