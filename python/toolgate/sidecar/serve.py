@@ -17,6 +17,7 @@ import signal
 import sqlite3
 import threading
 from pathlib import Path
+from typing import NoReturn
 
 from toolgate._core import Engine, Policy, Sidecar
 from toolgate.cli import exits
@@ -137,11 +138,35 @@ def load_policy(opts: ServeOptions) -> tuple[Policy, FileVersion | None]:
 
 class StoppedWhileStarting(BaseException):
     """SIGTERM came before the sidecar was serving. A BaseException, as KeyboardInterrupt is:
-    startup is abandoned with the same cleanup Ctrl-C gets, and nothing catches it midway."""
+    nothing between the start and its cleanup catches it."""
 
 
-def _stop_while_starting(*_: object) -> None:
-    raise StoppedWhileStarting
+class Starting:
+    """SIGTERM and Ctrl-C while the sidecar starts. Before the start has made anything, the
+    signal stops it at once (a policy read from a pipe nobody writes is abandoned). Once it
+    has made something to remove (a temporary state directory), the signal is noted and the
+    start stops at its next step (``check``), where what it made is removed: a signal that
+    lands in the middle of making it cannot leave it behind. Only the first signal counts."""
+
+    def __init__(self) -> None:
+        self.making = False
+        self.signal: int | None = None
+
+    def handle(self, signum: int, _frame: object) -> None:
+        if self.signal is not None:
+            return
+        self.signal = signum
+        if not self.making:
+            self.stop()
+
+    def check(self) -> None:
+        if self.signal is not None:
+            self.stop()
+
+    def stop(self) -> NoReturn:
+        if self.signal == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise StoppedWhileStarting
 
 
 def _announce(
@@ -199,16 +224,24 @@ def _announce(
 
 def serve(opts: ServeOptions) -> int:
     # From the first line: a SIGTERM sent while starting (a pod deleted as it starts) must not
-    # meet the default action, which kills the process before it removes what it made.
-    signal.signal(signal.SIGTERM, _stop_while_starting)
+    # meet the default action, which kills the process before it removes what it made; a
+    # SIGHUP then has nothing to reload yet (the policy is being read). What was there before
+    # is put back when serve returns.
+    starting = Starting()
+    handlers = {signal.SIGTERM: starting.handle, signal.SIGINT: starting.handle}
+    handlers[signal.SIGHUP] = lambda *_: None
+    before = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
     try:
-        return _serve(opts)
+        return _serve(opts, starting)
     except StoppedWhileStarting:
         log.info("stopped while starting (SIGTERM)")
         return exits.OK
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
 
 
-def _serve(opts: ServeOptions) -> int:
+def _serve(opts: ServeOptions, starting: Starting) -> int:
     # Addresses first (the command line checked them already; ServeOptions may come from
     # elsewhere): a bad one must stop the sidecar before anything starts.
     check_listen(opts.listen)
@@ -224,6 +257,8 @@ def _serve(opts: ServeOptions) -> int:
     if not opts.store_eviction_check_interval > 0:  # also refuses NaN
         raise ValueError("--store-eviction-check-interval must be positive")
     policy, loaded = load_policy(opts)
+    # From here a signal is noted and the start stops at its next step (Starting).
+    starting.making = True
     try:
         state = StateDir(opts.approvals.state_dir)
     except OSError as err:
@@ -231,6 +266,7 @@ def _serve(opts: ServeOptions) -> int:
         log.error("--state-dir %s: cannot make it a directory: %s", where, _reason(err))
         return exits.UNUSABLE
     try:
+        starting.check()
         if opts.decision_log not in (None, "-"):
             # Made if missing, as the state directory is.
             parent = Path(opts.decision_log).parent
@@ -266,25 +302,28 @@ def _serve(opts: ServeOptions) -> int:
         state.remove_if_temporary()
         raise
     engine = sidecar.engine
+    stop = threading.Event()
     try:
+        starting.check()
         eviction, reloads, watcher = _announce(opts, policy, loaded, sidecar, state)
+        starting.check()
+        # From here a SIGTERM is a graceful stop, set before the server exists: one sent as
+        # soon as the port answers drains like any other.
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        if watcher is not None:
+            signal.signal(signal.SIGHUP, lambda *_: watcher.trigger())
+        else:
+            # SIGHUP's default action would kill the sidecar; with no file there is nothing to
+            # reload, so say so and keep serving.
+            signal.signal(
+                signal.SIGHUP, lambda *_: log.warning("SIGHUP ignored: no --policy file to reload")
+            )
+        # A signal that came as the handlers changed.
+        starting.check()
     except BaseException:
         state.remove_if_temporary()
         raise
-
-    # From here a SIGTERM is a graceful stop, set before the server exists: one sent as soon as
-    # the port answers drains like any other.
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    if watcher is not None:
-        signal.signal(signal.SIGHUP, lambda *_: watcher.trigger())
-    else:
-        # SIGHUP's default action would kill the sidecar; with no file there is nothing to
-        # reload, so say so and keep serving.
-        signal.signal(
-            signal.SIGHUP, lambda *_: log.warning("SIGHUP ignored: no --policy file to reload")
-        )
 
     # The approvals are put in order (reconciled with their durable store) before the first
     # call is decided.
@@ -321,8 +360,9 @@ def _serve(opts: ServeOptions) -> int:
     if watcher is not None:
         watcher.start()
     # Calls are answered from the moment the port is bound; health says SERVING once the
-    # metrics and the policy watcher are up too.
-    sidecar.set_serving(True)
+    # metrics and the policy watcher are up too (unless a SIGTERM came meanwhile).
+    if not stop.is_set():
+        sidecar.set_serving(True)
 
     log.info(
         "serving %s on %s (%d threads), policy %s",
