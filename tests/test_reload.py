@@ -437,6 +437,48 @@ def test_a_pins_file_reloads_with_its_policy(tmp_path: Path):
     assert w.engine.list_tools(json.dumps([reviewed])) == [("send_email", "TOOL_CHANGED")]
 
 
+def test_a_pins_file_a_refused_policy_names_is_watched_until_the_policy_loads(tmp_path: Path):
+    """A policy that gains `pins` before its pins file exists is refused; once the file is
+    made (whole, as toolgate pin makes it) the next check loads the policy, with no edit of
+    the policy itself and no SIGHUP."""
+    from toolgate.authoring import pins
+
+    reviewed = {"name": "send_email", "description": "Send an email."}
+    w = Watched(tmp_path / "policy.yaml", 'version: "1"\ndefault: allow\n')
+    write_atomically(
+        w.path, 'version: "1"\ndefault: allow\npins: {file: pins.json, unpinned: hide}\n'
+    )
+    w.check()
+    assert (w.successes, w.failures) == (0, 1)
+    w.check()
+    assert w.failures == 1, "a refused policy is tried once, not at every check"
+    pins_file = tmp_path / "pins.json"
+    pins.write(pins_file, pins.pinned(pins.read(pins_file), None, {"send_email": reviewed}))
+    w.check()
+    assert (w.successes, w.failures) == (1, 1)
+    assert w.engine.list_tools(json.dumps([reviewed])) == [("send_email", None)]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "device"])
+def test_a_pins_file_that_is_no_regular_file_fails_the_reload_at_once(tmp_path: Path, kind: str):
+    """A pipe nobody writes, a directory or a device named as the pins file is refused (the
+    reload fails, the policy in force stays) without the reload or the watcher waiting."""
+    w = Watched(tmp_path / "policy.yaml", 'version: "1"\ndefault: allow\n')
+    served = w.engine.revision
+    target = tmp_path / "pins.json"
+    if kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "directory":
+        target.mkdir()
+    else:
+        target = Path("/dev/zero")
+    write_atomically(w.path, f'version: "1"\ndefault: allow\npins: {{file: {target}}}\n')
+    assert w.check() == served
+    assert (w.successes, w.failures) == (0, 1)
+    w.check()  # the watcher's own look at the pins file does not wait either
+    assert w.failures == 1
+
+
 class RePinsAfterReload:
     """An engine whose reload is followed at once by a re-pin: one that lands after the
     engine read the pins files and before the watcher records what it loaded."""

@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_STORE_FLUSH_MS",
     "DEFAULT_STORE_PREFIX",
     "DEFAULT_STORE_TIMEOUT_MS",
+    "MAX_FILE_BYTES",
     "MAX_MAX",
     "SERVICES",
     "VERDICTS",
@@ -83,6 +84,8 @@ DEFAULT_STORE_FLUSH_MS: int
 DEFAULT_PENDING_PER_GRANT: int
 DEFAULT_PENDING_PER_RULE: int
 DEFAULT_PREVIEW_BYTES: int
+#: The largest file read whole (a pins file, a key, a policy).
+MAX_FILE_BYTES: int
 #: The largest ``max`` a limit may have.
 MAX_MAX: float
 #: Every verdict and every decision code, as the wire and the decision log name them.
@@ -156,9 +159,12 @@ class ValidationError:
     def message(self) -> str: ...
 
 class PolicyError(ValueError):
-    """A policy failed validation; ``errors`` lists every problem."""
+    """A policy failed validation; ``errors`` lists every problem. From
+    ``Engine.reload_file``, ``pins_read`` lists each pins file the policy named with the
+    SHA-256 (hex) of what was read (None: it could not be)."""
 
     errors: list[ValidationError]
+    pins_read: list[tuple[Path, str | None]]
 
 @final
 class MetricFamily:

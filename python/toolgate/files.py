@@ -10,8 +10,11 @@ import os
 import stat
 from pathlib import Path
 
-#: What a file read whole may hold: far above any key, pins file or policy.
-MAX_BYTES = 64 << 20
+from toolgate._core import MAX_FILE_BYTES
+
+#: What a file read whole may hold: far above any key, pins file or policy (the extension's
+#: reader of pins files holds to it too).
+MAX_BYTES = MAX_FILE_BYTES
 
 
 def check_regular(path: str | os.PathLike[str]) -> None:

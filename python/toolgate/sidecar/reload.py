@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from toolgate._core import Engine, Policy, PolicyError
+from toolgate.files import read_regular
 from toolgate.sidecar.envoy_authz import CheckSettings
 from toolgate.sidecar.file_writes import FileWrites
 from toolgate.sidecar.metrics import ReloadCounts
@@ -72,11 +73,12 @@ def read_version(path: Path) -> FileVersion | None:
 
 
 def pins_digests(paths: list[Path]) -> dict[Path, str | None]:
-    """Each pins file's content digest now (None: it cannot be read)."""
+    """Each pins file's content digest now (None: it cannot be read, or is no regular file:
+    a pipe there must not stall the watcher)."""
     out: dict[Path, str | None] = {}
     for p in paths:
         try:
-            out[p] = hashlib.sha256(p.read_bytes()).hexdigest()
+            out[p] = hashlib.sha256(read_regular(p)).hexdigest()
         except OSError:
             out[p] = None
     return out
@@ -232,7 +234,6 @@ class PolicyWatcher:
         self._went_missing = False
         self._edit = None
         self._writes.loaded()
-        self._pins = pins_digests(list(self._pins))
         self.reload(version.content)
 
     def reload(self, content: bytes) -> bool:
@@ -247,6 +248,9 @@ class PolicyWatcher:
             )
         except PolicyError as err:
             self._reloads.add("failure")
+            # The pins files the refused policy named, as they read: one made or changed
+            # later is tried again (a policy that gains `pins` before its file exists).
+            self._pins = dict(getattr(err, "pins_read", []))
             old = self._engine.revision  # still live
             n = len(err.errors)
             log.error(
@@ -262,6 +266,7 @@ class PolicyWatcher:
             return False
         except ValueError as err:  # not UTF-8, or refused by the engine
             self._reloads.add("failure")
+            self._pins = {}
             old = self._engine.revision  # still live
             log.error("cannot reload policy %s: %s; keeping revision %s", self._path, err, old)
             return False

@@ -3,10 +3,11 @@
 use crate::arguments::PyArg;
 use crate::clock::PyManualClock;
 use crate::decision::{PyDecision, PyExplanation};
-use crate::policy::{coerce, PyPolicy};
+use crate::policy::{coerce, hex, PyPolicy};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
+use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::sync::Arc;
 use toolgate_core::asking::confirmation::Confirming;
@@ -381,7 +382,9 @@ impl PyEngine {
     /// A policy file's bytes, as the reload read them, made the policy in one step: parsed
     /// (`path` picks the format and is where its pins files are read), validated and swapped
     /// in, counters kept. On error the old policy stays and PolicyError (or ValueError: not
-    /// UTF-8) is raised.
+    /// UTF-8) is raised; a PolicyError's `pins_read` then lists each pins file the policy
+    /// named, with the SHA-256 of what was read (None: it could not be), for the watcher to
+    /// watch until it can be loaded.
     #[pyo3(signature = (content, path, *, agent_verified = false, session_verified = false))]
     fn reload_file(
         &self,
@@ -393,9 +396,23 @@ impl PyEngine {
     ) -> PyResult<Reloaded> {
         let text = std::str::from_utf8(content)
             .map_err(|_| PyValueError::new_err(format!("{} is not UTF-8 text", path.display())))?;
-        let policy =
-            toolgate_core::Policy::from_text(text, "auto", Some(&path), &crate::policy::read_pins)
-                .map_err(|e| crate::policy::policy_error(py, e))?;
+        // Without the GIL: the files are read meanwhile, and the sidecar goes on serving.
+        let (loaded, read) = py.detach(|| {
+            let read = std::cell::RefCell::new(Vec::new());
+            let reading = |file: &std::path::Path| {
+                let bytes = crate::policy::read_pins(file);
+                let digest = bytes.as_ref().ok().map(|b| hex(&Sha256::digest(b)));
+                read.borrow_mut().push((file.to_path_buf(), digest));
+                bytes
+            };
+            let loaded = toolgate_core::Policy::from_text(text, "auto", Some(&path), &reading);
+            (loaded, read.into_inner())
+        });
+        let policy = loaded.map_err(|e| {
+            let err = crate::policy::policy_error(py, e);
+            let _ = err.value(py).setattr("pins_read", read);
+            err
+        })?;
         let before = self.inner.policy().revision.to_string();
         let reloaded = Reloaded {
             revision_before: before,

@@ -194,6 +194,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     )?;
     // The largest `max` a limit may have.
     m.add("MAX_MAX", toolgate_core::policy::MAX_MAX)?;
+    // The largest file read whole.
+    m.add("MAX_FILE_BYTES", policy::MAX_FILE_BYTES)?;
     m.add("PolicyError", m.py().get_type::<policy::PolicyError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     // The git commit built from, or "" if unknown (build.rs).

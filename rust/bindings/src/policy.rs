@@ -47,10 +47,32 @@ impl ValidationError {
     }
 }
 
+/// What a file read whole may hold (a pins file here; a key, a policy or a pins file in
+/// Python, `toolgate.files`): far above any real one.
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
+
 /// The pins files a policy names, read here, at the edge: the core hashes the bytes it is
-/// handed, so what was loaded is what a reload compares the files with.
+/// handed, so what was loaded is what a reload compares the files with. Only a regular file
+/// of at most [`MAX_FILE_BYTES`]: a pipe nobody writes would stall the reload, a device
+/// would never end.
 pub fn read_pins(path: &Path) -> std::io::Result<Vec<u8>> {
-    std::fs::read(path)
+    use std::io::{Error, ErrorKind, Read};
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking: opening a FIFO does not wait for a writer; it is refused just after.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        let message = format!("larger than {} MiB", MAX_FILE_BYTES >> 20);
+        return Err(Error::new(ErrorKind::FileTooLarge, message));
+    }
+    Ok(bytes)
 }
 
 /// A policy file and its pins files: JSON or YAML by extension, otherwise by content.
@@ -67,9 +89,13 @@ pub fn load_file(path: &Path) -> Result<Policy, PolicyErrors> {
 
 /// Each pins file `policy` read, with the SHA-256 (hex) of the bytes it was handed.
 pub fn pins_loaded(policy: &Policy) -> Vec<(PathBuf, String)> {
-    let hex = |d: &[u8; 32]| d.iter().map(|b| format!("{b:02x}")).collect();
     let files = policy.pins.iter();
     files.map(|f| (f.path.clone(), hex(&f.digest))).collect()
+}
+
+/// A digest as Python's `hashlib` writes it.
+pub fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `policy`'s limits, marks and conditions that rest on an identity the client asserts.

@@ -1571,3 +1571,27 @@ fn a_misspelt_tool_name_with_a_space_is_refused_with_its_line() {
     let errors = json_errors("{\"version\": \"1\",\n\"tools\": {\n\"create ami\": {}}}");
     assert_single(errors, "/tools/create ami", 3, "not a tool name MCP allows");
 }
+
+/// Spellings of one pins file (`pins.json`, `./pins.json`, `.//pins.json`) are one file, read
+/// once: every section that names it holds the same bytes, however the file changes between
+/// reads, and a reload has one digest of it to watch.
+#[test]
+fn a_pins_file_spelt_two_ways_is_read_once() {
+    let reads = std::cell::Cell::new(0u8);
+    // Each read gets other bytes, as a file re-pinned between two reads would.
+    let read = |_: &std::path::Path| {
+        reads.set(reads.get() + 1);
+        let bytes = format!(
+            r#"{{"version": "1", "tools": {{}}}}{}"#,
+            " ".repeat(reads.get().into())
+        );
+        Ok(bytes.into_bytes())
+    };
+    let text = r#"{"version": "1", "pins": {"file": "pins.json"}, "servers": {
+        "crm": {"pins": {"file": "./pins.json"}}, "erp": {"pins": {"file": ".//pins.json"}}}}"#;
+    let path = std::path::Path::new("/policies/p.json");
+    let policy = Policy::from_text(text, "auto", Some(path), &read).expect("valid");
+    assert_eq!(reads.get(), 1);
+    let digests: std::collections::HashSet<_> = policy.pins.iter().map(|f| f.digest).collect();
+    assert_eq!((policy.pins.len(), digests.len()), (3, 1));
+}

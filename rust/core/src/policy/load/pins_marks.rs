@@ -28,7 +28,9 @@ impl Loader {
         Some(rule)
     }
 
-    /// Read each pins file the sections name, once, relative to `base`, with `read`.
+    /// Read each pins file the sections name, once, relative to `base`, with `read`. Two
+    /// spellings of one path (`pins.json`, `./pins.json`) are one file, read once: the
+    /// sections that name it hold the same pins, and a reload watches one digest of it.
     pub(super) fn read_pins(
         &mut self,
         root: &Section,
@@ -39,10 +41,20 @@ impl Loader {
         let mut files: Vec<PinsFile> = Vec::new();
         let sections = std::iter::once(root).chain(servers.iter().map(|(_, s)| s));
         for rule in sections.filter_map(|s| s.pins.as_ref()) {
-            if files.iter().any(|f| f.file == rule.file) {
+            let path = base.join(&rule.file);
+            // (`components` drops a `.` and repeated separators: a spelling, not a place.)
+            let same =
+                |f: &&PinsFile| f.file == rule.file || f.path.components().eq(path.components());
+            if let Some(read) = files.iter().find(same) {
+                if read.file != rule.file {
+                    let file = rule.file.clone();
+                    files.push(PinsFile {
+                        file,
+                        ..read.clone()
+                    });
+                }
                 continue;
             }
-            let path = base.join(&rule.file);
             let at = child(&rule.pointer, "file");
             let text = match read(&path) {
                 Ok(bytes) => bytes,
