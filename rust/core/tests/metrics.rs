@@ -98,3 +98,24 @@ fn the_families_count_the_decisions_made() {
     let per_tool = family(&families, "toolgate_tool_decisions");
     assert_eq!(per_tool.samples, [(vec!["t".into(), "ALLOW".into()], 1.0)]);
 }
+
+/// Per tool, a row is a tool a rule names: under `default: allow`, names a client makes up
+/// count as `_other` and cannot crowd out the tools the policy knows.
+#[test]
+fn made_up_tool_names_do_not_crowd_out_the_named_ones() {
+    let policy = r#"{"version": "1", "default": "allow", "tools": {"search": {}}}"#;
+    let policy = Policy::from_json_str(policy).unwrap();
+    let clock = Arc::new(ManualClock::new(1_000_000_000_000));
+    let e = Engine::new(policy, Arc::new(CounterTable::new(64, 64)), clock).unwrap();
+    e.stats().set_per_tool(true);
+    for n in 0..1100 {
+        assert_eq!(decide(&e, &format!("made_up_{n}"), "g"), Code::Allowed);
+    }
+    assert_eq!(decide(&e, "search", "g"), Code::Allowed);
+    let families = e.metrics();
+    let mut rows = family(&families, "toolgate_tool_decisions").samples.clone();
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    let other = vec!["_other".to_owned(), "ALLOW".to_owned()];
+    let search = vec!["search".to_owned(), "ALLOW".to_owned()];
+    assert_eq!(rows, [(other, 1100.0), (search, 1.0)]);
+}

@@ -367,16 +367,18 @@ impl Engine {
         let policy = self.policy.load();
         let decision = self.decide_in(&policy, req, trace);
         trace.decided(&decision);
-        drop(policy);
-        self.stats.count(api, &decision);
         if self.stats.per_tool_enabled() && req.kind == Kind::Tool {
-            // A label a dashboard shows: only names MCP allows, of tools the policy knows; a
-            // name a client made up is not worth a series of its own (nor able to crowd out
-            // the real ones).
-            let named = decision.code != Code::DefaultDeny && is_mcp_tool_name(req.name);
+            // A label a dashboard shows: only names MCP allows, of tools a rule names; a name
+            // a client made up (decided by the section's default, allowed or denied) is not
+            // worth a series of its own, nor able to crowd out the real ones.
+            let default = policy.section(req.server).default_rule;
+            let by_default = matches!(decision.rule, Text::Policy(id) if id == default);
+            let named = !by_default && is_mcp_tool_name(req.name);
             self.stats
                 .count_tool(if named { req.name } else { OTHER_TOOLS }, decision.verdict);
         }
+        drop(policy);
+        self.stats.count(api, &decision);
         if let (Some(log), Some(started)) = (log, started) {
             let took = self.clock.now_ns().saturating_sub(started);
             let call = Call {
