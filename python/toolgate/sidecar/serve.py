@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 from typing import NoReturn
 
-from toolgate._core import Engine, Policy, Sidecar
+from toolgate._core import MetricFamily, Policy, Sidecar
 from toolgate.cli import exits
 from toolgate.files import check_regular
 from toolgate.sidecar import logs
@@ -57,9 +57,9 @@ def log_head(sidecar: Sidecar, last: tuple[int, str] | None) -> tuple[int, str] 
     return head
 
 
-def warn_of_drops(engine: Engine, seen: int) -> int:
+def warn_of_drops(families: list[MetricFamily], seen: int) -> int:
     """Log decision-log lines dropped since ``seen``; returns the count now."""
-    dropped = int(value(engine.metrics(), "toolgate_decision_log_dropped"))
+    dropped = int(value(families, "toolgate_decision_log_dropped"))
     if dropped > seen:
         log.warning(
             "decision log: %d decisions dropped (the disk cannot keep up); the log notes it",
@@ -106,11 +106,10 @@ def watch_eviction(opts: ServeOptions, sidecar: Sidecar) -> EvictionWatch:
     return watch
 
 
-def warn_of_store(engine: Engine, seen: tuple[int, int]) -> tuple[int, int]:
+def warn_of_store(families: list[MetricFamily], seen: tuple[int, int]) -> tuple[int, int]:
     """Log counter-store failures and local fallbacks since ``seen``; returns the counts."""
-    families = engine.metrics()
     (failed,) = [f for f in families if f.name == "toolgate_store_errors"]
-    errors = int(sum(n for _, n in failed.samples))
+    errors = int(value(families, "toolgate_store_errors"))
     fallbacks = int(value(families, "toolgate_store_fallbacks"))
     if errors > seen[0]:
         kinds = ", ".join(f"{kind} {n:.0f}" for (kind,), n in failed.samples if n)
@@ -384,10 +383,12 @@ def _serve(opts: ServeOptions, starting: Starting) -> int:
     dropped, head, ticks, store_seen = 0, None, 0, (0, 0)
     while not stop.wait(1.0):
         ticks += 1
+        watched = opts.store != "local" or opts.decision_log is not None
+        families = engine.metrics() if watched else []  # read once for every warning
         if opts.store != "local":
-            store_seen = warn_of_store(engine, store_seen)
+            store_seen = warn_of_store(families, store_seen)
         if opts.decision_log is not None:
-            dropped = warn_of_drops(engine, dropped)
+            dropped = warn_of_drops(families, dropped)
             if ticks % HEAD_EVERY == 0:
                 head = log_head(sidecar, head)
     # NOT_SERVING first, while still answering, so health checkers see it and proxies stop

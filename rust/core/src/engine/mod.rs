@@ -264,11 +264,6 @@ impl Engine {
         self.store.as_ref().is_some_and(|s| s.slow())
     }
 
-    /// The table this engine counts in when it has no store (and a store falls back to).
-    pub fn table_arc(&self) -> Arc<CounterTable> {
-        Arc::clone(&self.table)
-    }
-
     pub fn approvals(&self) -> Option<&dyn ApprovalDesk> {
         self.approvals.as_deref()
     }
