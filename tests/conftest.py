@@ -68,11 +68,23 @@ def make_engine(
 
 
 def make_sidecar(
-    document: Any, clock: toolgate.ManualClock | None = None, **options: Any
+    document: Any,
+    clock: toolgate.ManualClock | None = None,
+    *,
+    key: bytes = b"",
+    approvals_table: Path | None = None,
+    **settings: Any,
 ) -> toolgate._core.Sidecar:
-    """A sidecar (not serving) on a manual clock (a fresh one at START unless given), with
-    ``options`` (``Sidecar``'s)."""
-    return toolgate._core.Sidecar(document, clock=clock or toolgate.ManualClock(START), **options)
+    """A sidecar (not serving) on a manual clock (a fresh one at START unless given), keyed
+    with ``key``, with approvals in ``approvals_table`` and ``settings``
+    (``SidecarSettings``')."""
+    return toolgate._core.Sidecar(
+        document,
+        toolgate._core.SidecarSettings(**settings),
+        key=key,
+        approvals_table=approvals_table,
+        clock=clock or toolgate.ManualClock(START),
+    )
 
 
 def errors_of(load: Any, *args: Any) -> list[tuple[str, int | None, str]]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from toolgate._core import Engine, Sidecar
+from toolgate._core import Engine, ManualClock, Sidecar, SidecarSettings
 
 DECIDE = "/toolgate.v1.Decider/Decide"
 RELEASE = "/toolgate.v1.Decider/Release"
@@ -18,9 +18,13 @@ CHECK = "/envoy.service.auth.v3.Authorization/Check"
 _served: dict[int, tuple[Sidecar, grpc.Channel]] = {}
 
 
-def served(policy: Any, **options: Any) -> Sidecar:
-    """A sidecar on ``policy`` with ``options`` (``Sidecar``'s), answering on 127.0.0.1."""
-    sidecar = Sidecar(policy, listen="127.0.0.1:0", **options)
+def served(
+    policy: Any, *, key: bytes = b"", clock: ManualClock | None = None, **settings: Any
+) -> Sidecar:
+    """A sidecar on ``policy`` keyed with ``key``, on ``clock``, with ``settings``
+    (``SidecarSettings``'), answering on 127.0.0.1."""
+    settings = SidecarSettings(listen="127.0.0.1:0", **settings)
+    sidecar = Sidecar(policy, settings, key=key, clock=clock)
     _served[id(sidecar.engine)] = (sidecar, grpc.insecure_channel(sidecar.serve()))
     return sidecar
 

@@ -47,7 +47,7 @@ class Setup:
             DOC,
             clock=self.clock,
             approvals_table=dir / "approvals.table",
-            approvals_key=self.labels.key,
+            key=self.labels.key,
         )
         self.engine = self.sidecar.engine
         approvals = self.sidecar.take_approvals()

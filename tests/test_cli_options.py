@@ -159,15 +159,14 @@ def test_serve_on_an_impossible_port_exits_before_serving(option: str):
 
 
 def test_serve_options_from_python_are_checked_too():
+    from toolgate._core import SidecarSettings
     from toolgate.sidecar.options import ServeOptions
     from toolgate.sidecar.serve import serve
 
-    for options in (
-        ServeOptions(listen="127.0.0.1:99999"),
-        ServeOptions(metrics_listen="127.0.0.1:65536"),
-    ):
-        with pytest.raises(ValueError, match="port must be"):
-            serve(options)
+    with pytest.raises(ValueError, match="--listen: expected HOST:PORT"):
+        SidecarSettings(listen="127.0.0.1:99999")
+    with pytest.raises(ValueError, match="port must be"):
+        serve(ServeOptions(metrics_listen="127.0.0.1:65536"))
 
 
 def test_unix_sockets_are_addresses_where_a_client_or_grpc_server_takes_them():
@@ -250,3 +249,62 @@ def test_serve_without_options_serves_the_defaults_of_serve_options():
     from toolgate.sidecar.options import ServeOptions
 
     assert options(build_parser().parse_args(["serve"])) == ServeOptions()
+
+
+#: The sidecar's settings with no ``toolgate serve`` flag: for programs and tests that
+#: assemble a sidecar themselves.
+NO_FLAG = {
+    "max_message_bytes",
+    "store_connect_wait",
+    "store_clock",
+    "decision_log_queue",
+    "decision_log_queue_bytes",
+    "approvals_capacity",
+    "approvals_queue",
+}
+
+
+def another(name: str, default: object) -> object:
+    """A value of the setting ``name`` that the sidecar takes and is not ``default``."""
+    choices = toolgate._core.SidecarSettings.CHOICES
+    if name in choices:
+        return next(word for word in choices[name] if word != default)
+    special = {
+        "listen": "127.0.0.1:1",
+        "threads": 3,
+        "store": "redis://127.0.0.1:1/0",
+        "decision_log": "-",
+    }
+    if name in special:
+        return special[name]
+    if name.endswith("_from"):
+        return "jwt:claim"
+    if name.endswith("_header"):
+        return "x-another"
+    if isinstance(default, bool):
+        return not default
+    if isinstance(default, int | float):
+        return default * 2
+    return f"{default}-2"
+
+
+def test_every_sidecar_setting_is_a_serve_flag_whose_default_and_value_it_passes_through():
+    """The settings' one owner is the extension: each has a flag (NO_FLAG aside) whose default
+    is the setting's, and a value given on the command line reaches the sidecar as given."""
+    from toolgate.cli.main import command_parser
+    from toolgate.cli.serve import options
+
+    defaults = toolgate._core.SidecarSettings().as_dict()
+    flags = {a.dest: a for a in command_parser("serve")._actions}
+    assert set(defaults) >= NO_FLAG
+    assert set(defaults) - NO_FLAG <= set(flags)
+    words = []
+    for name in sorted(set(defaults) - NO_FLAG):
+        assert flags[name].default == defaults[name], name
+        value = another(name, defaults[name])
+        flag = flags[name].option_strings[-1]
+        words += [flag] if flags[name].nargs == 0 else [flag, str(value)]
+        defaults[name] = value
+    settings = options(build_parser().parse_args(["serve", *words])).sidecar
+    assert settings.as_dict() == defaults
+    assert settings == toolgate._core.SidecarSettings(**defaults)

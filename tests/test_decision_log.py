@@ -72,9 +72,9 @@ def lines(path: Path) -> list[dict[str, Any]]:
 
 def logging_sidecar(path: Path, **options: Any) -> toolgate._core.Sidecar:
     """A sidecar on DOC (not serving) writing its decisions to ``path``; ``options`` are
-    ``Sidecar``'s ``decision_log_*`` ones, without the prefix."""
+    ``SidecarSettings``' ``decision_log_*`` ones, without the prefix."""
     options = {f"decision_log_{k}": v for k, v in options.items()}
-    return make_sidecar(DOC, decision_log=path, grant_key=KEY, **options)
+    return make_sidecar(DOC, decision_log=str(path), key=KEY, **options)
 
 
 def test_each_decision_is_a_line_with_the_documented_fields(tmp_path):
@@ -191,14 +191,14 @@ def test_the_denials_filter_keeps_everything_but_plain_allows(tmp_path):
 
 def test_the_chain_goes_on_across_rotations_and_restarts(tmp_path):
     path = tmp_path / "decisions.jsonl"
-    engine_sidecar = logging_sidecar(path, rotate_bytes=2000)
+    engine_sidecar = logging_sidecar(path, rotate_mib=2000 / (1 << 20))
     engine = engine_sidecar.engine
     for i in range(40):
         engine.decide("lookup", grant=f"g{i}")
     assert engine_sidecar.sync_decision_log(PATIENCE)
     del engine, engine_sidecar
     assert len(log_files(path)) > 3, "rotated"
-    restarted_sidecar = logging_sidecar(path, rotate_bytes=2000)
+    restarted_sidecar = logging_sidecar(path, rotate_mib=2000 / (1 << 20))
     restarted = restarted_sidecar.engine
     for i in range(10):
         restarted.decide("lookup", grant=f"h{i}")

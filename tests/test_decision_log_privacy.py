@@ -48,7 +48,7 @@ HUGE = st.integers(2**53 + 1, 2**60)
 def logging_sidecar(path: Path) -> toolgate._core.Sidecar:
     """A sidecar on DOC, served, writing its decisions to ``path``."""
     clock = toolgate.ManualClock(START)
-    return native.served(DOC, clock=clock, decision_log=path, grant_key=KEY)
+    return native.served(DOC, clock=clock, decision_log=str(path), key=KEY)
 
 
 def decide_wire(engine: toolgate.Engine, tool: str, arguments: bytes) -> pb.DecideResponse:

@@ -29,6 +29,7 @@ from mcp_servers import ExampleServer
 from sidecar import Sidecar
 from test_peer_room import post
 from toolgate._core import Sidecar as NativeSidecar
+from toolgate._core import SidecarSettings
 from toolgate.sidecar.metrics import value
 from toolgate.v1 import decider_pb2
 
@@ -50,9 +51,8 @@ class Native:
 
     def __init__(self, document: Any) -> None:
         self.clock = toolgate.ManualClock(START)
-        self.sidecar = NativeSidecar(
-            document, capacity=CAPACITY, listen="127.0.0.1:0", clock=self.clock
-        )
+        settings = SidecarSettings(capacity=CAPACITY, listen="127.0.0.1:0")
+        self.sidecar = NativeSidecar(document, settings, clock=self.clock)
         self.channel = grpc.insecure_channel(self.sidecar.serve())
         self._decide = self.channel.unary_unary(
             DECIDE,

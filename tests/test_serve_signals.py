@@ -15,13 +15,14 @@ from typing import Any
 
 import pytest
 from conftest import EXAMPLES
+from toolgate._core import SidecarSettings
 from toolgate.cli import exits
 from toolgate.sidecar import serve
 from toolgate.sidecar.approvals.runtime import StateDir
 from toolgate.sidecar.options import ServeOptions
 
 #: The steps of a start, in order, each as the name serve calls it by.
-STEPS = ["load_policy", "StateDir", "assemble", "_announce"]
+STEPS = ["load_policy", "StateDir", "Sidecar", "_announce"]
 SIGNALS = {"SIGTERM": signal.SIGTERM, "SIGINT": signal.SIGINT}
 HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -48,7 +49,10 @@ def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def options() -> ServeOptions:
     return ServeOptions(
-        policy=EXAMPLES / "policy.json", listen="127.0.0.1:0", metrics_listen=None, drain=0
+        policy=EXAMPLES / "policy.json",
+        sidecar=SidecarSettings(listen="127.0.0.1:0"),
+        metrics_listen=None,
+        drain=0,
     )
 
 
@@ -73,7 +77,7 @@ def test_a_signal_at_any_step_of_the_start_stops_it_and_leaves_nothing(
 def test_a_second_signal_during_the_cleanup_does_not_cut_it_short(
     scratch: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    monkeypatch.setattr(serve, "assemble", signalled(serve.assemble, signal.SIGTERM))
+    monkeypatch.setattr(serve, "Sidecar", signalled(serve.Sidecar, signal.SIGTERM))
     remove = StateDir.remove_if_temporary
     monkeypatch.setattr(StateDir, "remove_if_temporary", signalled(remove, signal.SIGTERM, times=2))
     assert serve.serve(options()) == exits.OK
@@ -82,7 +86,7 @@ def test_a_second_signal_during_the_cleanup_does_not_cut_it_short(
 
 def test_handlers_are_put_back_when_the_start_fails(scratch: Path):
     before = {s: signal.getsignal(s) for s in HANDLED}
-    refused = ServeOptions(policy=EXAMPLES / "policy.json", listen="not an address")
+    refused = ServeOptions(policy=EXAMPLES / "policy.json", metrics_listen="not an address")
     with pytest.raises(ValueError):
         serve.serve(refused)
     assert {s: signal.getsignal(s) for s in HANDLED} == before

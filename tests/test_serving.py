@@ -15,7 +15,7 @@ import toolgate
 from conftest import EXAMPLES
 from h2_client import RawGrpc
 from sidecar import PATIENCE, TOOLGATE, Sidecar, dies_with_parent
-from toolgate.sidecar.cpus import available_cpus, cgroup_cpu_quota
+from toolgate._core import SidecarSettings
 from toolgate.v1 import decider_pb2
 
 
@@ -114,47 +114,21 @@ def test_connections_are_dealt_to_every_serving_thread(threads: int):
 # --- how many threads by default ------------------------------------------------------------
 
 
-def cgroup(tmp_path: Path, files: dict[str, str], proc: str) -> tuple[Path, Path]:
-    root = tmp_path / "cgroup"
-    for name, text in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_text(text)
-    proc_cgroup = tmp_path / "proc-self-cgroup"
-    proc_cgroup.write_text(proc)
-    return root, proc_cgroup
-
-
-@pytest.mark.parametrize(
-    ("files", "proc", "quota"),
-    [
-        ({"pod/cpu.max": "150000 100000\n"}, "0::/pod\n", 1.5),
-        ({"pod/cpu.max": "max 100000\n"}, "0::/pod\n", None),
-        # Inside the container's cgroup namespace, its own cgroup is the root.
-        ({"cpu.max": "50000 100000\n"}, "0::/\n", 0.5),
-        (
-            {
-                "cpu/kubepods/cpu.cfs_quota_us": "200000\n",
-                "cpu/kubepods/cpu.cfs_period_us": "100000\n",
-            },
-            "4:cpu,cpuacct:/kubepods\n",
-            2.0,
-        ),
-        (
-            {"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"},
-            "4:cpu,cpuacct:/\n",
-            None,
-        ),
-        ({}, "", None),
-    ],
-    ids=["v2-quota", "v2-max", "v2-root", "v1-quota", "v1-none", "no-cgroup"],
-)
-def test_the_cgroup_cpu_quota_is_read_from_either_cgroup_version(tmp_path, files, proc, quota):
-    root, proc_cgroup = cgroup(tmp_path, files, proc)
-    assert cgroup_cpu_quota(root, proc_cgroup) == quota
-
-
-def test_available_cpus_is_at_least_one_and_at_most_the_affinity():
-    assert 1 <= available_cpus() <= len(os.sched_getaffinity(0))
+def test_by_default_one_thread_serves_per_cpu_the_process_may_use():
+    """Without --threads, the sidecar serves on as many threads as CPUs its affinity (and
+    cgroup quota) leaves it: pinned to one CPU, one thread."""
+    assert 1 <= SidecarSettings().serving_threads() <= len(os.sched_getaffinity(0))
+    assert SidecarSettings(threads=3).serving_threads() == 3
+    # A child keeps the affinity of the process that starts it.
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(before)})
+    try:
+        sidecar = Sidecar(EXAMPLES / "policy.json")
+    finally:
+        os.sched_setaffinity(0, before)
+    with sidecar as s:
+        assert len(serving_threads(s.proc.pid)) == 1
+        assert "(1 threads)" in s.stderr
 
 
 def test_the_sidecar_never_loads_grpcio():

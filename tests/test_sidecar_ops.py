@@ -337,8 +337,8 @@ def test_a_second_sidecar_on_a_taken_port_fails():
 @pytest.mark.parametrize(
     ("option", "message"),
     [
-        (["--capacity", "0"], "capacity and reservations must be positive"),
-        (["--reservations", "0"], "capacity and reservations must be positive"),
+        (["--capacity", "0"], "--capacity must be at least 1"),
+        (["--reservations", "0"], "--reservations must be at least 1"),
         (["--capacity", str(2**24 + 1)], "a counter table has at most 16777216 slots"),
         (["--threads", "0"], "--threads must be at least 1"),
         (["--metrics-listen", "nonsense"], "expected HOST:PORT, got 'nonsense'"),

@@ -7,21 +7,6 @@ from typing import Any, Literal, final
 __all__ = [
     "CODES",
     "DECIDER",
-    "DEFAULT_AGENT_HEADER",
-    "DEFAULT_CAPACITY",
-    "DEFAULT_GRANT_HEADER",
-    "DEFAULT_JWT_PAYLOAD_KEY",
-    "DEFAULT_MAX_ARGUMENT_BYTES",
-    "DEFAULT_MAX_REQUEST_BYTES",
-    "DEFAULT_PENDING_PER_GRANT",
-    "DEFAULT_PENDING_PER_RULE",
-    "DEFAULT_PREVIEW_BYTES",
-    "DEFAULT_RESERVATIONS",
-    "DEFAULT_SERVER_HEADER",
-    "DEFAULT_SESSION_HEADER",
-    "DEFAULT_STORE_FLUSH_MS",
-    "DEFAULT_STORE_PREFIX",
-    "DEFAULT_STORE_TIMEOUT_MS",
     "MAX_FILE_BYTES",
     "MAX_MAX",
     "SERVICES",
@@ -29,7 +14,6 @@ __all__ = [
     "Approvals",
     "Decision",
     "Engine",
-    "EnvoyAuthz",
     "Explanation",
     "LimitState",
     "ManualClock",
@@ -38,6 +22,7 @@ __all__ = [
     "PolicyError",
     "Reloaded",
     "Sidecar",
+    "SidecarSettings",
     "ValidationError",
     "__revision__",
     "__version__",
@@ -61,29 +46,6 @@ __revision__: str
 SERVICES: list[str]
 #: The decision service's full name (``toolgate.v1.Decider``).
 DECIDER: str
-#: Envoy's ``max_request_bytes`` in the configs this project ships.
-DEFAULT_MAX_REQUEST_BYTES: int
-#: The headers that carry the grant, session, agent and MCP server in Envoy's ``Check``
-#: requests, and where Envoy's jwt_authn puts a token's claims, unless configured otherwise.
-DEFAULT_GRANT_HEADER: str
-DEFAULT_SESSION_HEADER: str
-DEFAULT_AGENT_HEADER: str
-DEFAULT_SERVER_HEADER: str
-DEFAULT_JWT_PAYLOAD_KEY: str
-#: An engine's counter-table slots and reservation log lines, and the largest arguments a
-#: wire request may carry, unless given.
-DEFAULT_CAPACITY: int
-DEFAULT_RESERVATIONS: int
-DEFAULT_MAX_ARGUMENT_BYTES: int
-#: ``Engine.use_store``'s key prefix, wait for Redis and cached mode's merge interval.
-DEFAULT_STORE_PREFIX: str
-DEFAULT_STORE_TIMEOUT_MS: int
-DEFAULT_STORE_FLUSH_MS: int
-#: Pending approvals one grant, and one rule, may have at once; bytes of a call's arguments
-#: kept to show approvers.
-DEFAULT_PENDING_PER_GRANT: int
-DEFAULT_PENDING_PER_RULE: int
-DEFAULT_PREVIEW_BYTES: int
 #: The largest file read whole (a pins file, a key, a policy).
 MAX_FILE_BYTES: int
 #: The largest ``max`` a limit may have.
@@ -91,7 +53,6 @@ MAX_MAX: float
 #: Every verdict and every decision code, as the wire and the decision log name them.
 VERDICTS: list[str]
 CODES: list[str]
-#: The members of a tool definition a pin digests: what the model reads.
 
 def format_window(ms: int) -> str:
     """A window for people, in its largest whole unit: ``1m``, ``90s``, ``1500ms``."""
@@ -130,7 +91,6 @@ Verdict = Literal["ALLOW", "DENY", "REQUIRE_APPROVAL"]
 Code = Literal[
     "ALLOWED",
     "HIDDEN",
-    "DEFAULT_DENY",
     "RULE_DENY",
     "CONDITION_FAILED",
     "RATE_LIMITED",
@@ -428,26 +388,66 @@ class Engine:
         """The engine's metric families, read now."""
 
 @final
-class EnvoyAuthz:
-    """How the native server reads Envoy's ext_authz ``Check`` requests."""
+class SidecarSettings:
+    """``toolgate serve``'s options for the sidecar, by their flags' names (``--store-mode``
+    is ``store_mode``); those not given are the defaults. Checked when made: ValueError for
+    an option with no such name, of the wrong type, or with a value the sidecar cannot take,
+    naming its flag."""
 
-    def __new__(
-        cls,
-        *,
-        grant_header: str | None = None,
-        session_header: str | None = None,
-        agent_header: str | None = None,
-        server_header: str | None = None,
-        grant_claim: str | None = None,
-        session_claim: str | None = None,
-        agent_claim: str | None = None,
-        jwt_payload_key: str | None = None,
-        max_request_bytes: int = ...,
-    ) -> EnvoyAuthz:
-        """Header names are lower case; one not given is its ``DEFAULT_*_HEADER`` (the payload
-        key, ``DEFAULT_JWT_PAYLOAD_KEY``). ``grant_claim``/``session_claim``/``agent_claim``
-        read the grant/session/agent from a claim of the JWT that Envoy's jwt_authn verified;
-        ``max_request_bytes`` is Envoy's body limit. ValueError for a bad setting."""
+    #: The options that take one of a few words, and those words.
+    CHOICES: dict[str, list[str]]
+    #: gRPC: ``HOST:PORT`` or ``unix:PATH``.
+    listen: str
+    #: Serving threads; None: one per CPU this process may use.
+    threads: int | None
+    capacity: int
+    reservations: int
+    max_argument_bytes: int
+    max_message_bytes: int
+    metrics_per_tool: bool
+    #: ``local``, or a Redis URL (docs/redis.md), and how it is used.
+    store: str
+    store_prefix: str
+    store_timeout_ms: int
+    store_unavailable: Literal["deny", "local"]
+    store_mode: Literal["exact", "cached"]
+    store_flush_ms: int
+    store_connect_wait: float
+    store_clock: Literal["redis", "engine"]
+    #: A file, ``-`` for stdout, or None.
+    decision_log: str | None
+    decision_log_filter: Literal["all", "denials"]
+    decision_log_rotate_mib: float
+    decision_log_queue: int
+    decision_log_queue_bytes: int
+    approval_pending_per_grant: int
+    approval_pending_per_rule: int
+    approval_preview_bytes: int
+    approvals_capacity: int
+    approvals_queue: int
+    grant_header: str
+    session_header: str
+    agent_header: str
+    server_header: str
+    #: ``header`` or ``jwt:CLAIM``.
+    grant_from: str
+    session_from: str
+    agent_from: str
+    jwt_payload_key: str
+    max_request_bytes: int
+    grant_vouched_by_server: bool
+    def __new__(cls, **options: object) -> SidecarSettings: ...
+    def replace(self, **changes: object) -> SidecarSettings:
+        """These settings with ``changes`` made, checked again."""
+    def as_dict(self) -> dict[str, object]:
+        """Every option's name and value."""
+    def serving_threads(self) -> int:
+        """``threads``, or one per CPU this process may use (its affinity and its cgroup's
+        CPU quota, in whole CPUs)."""
+    @property
+    def verified(self) -> tuple[bool, bool]:
+        """Whether the agent, and the session, come from a claim of a JWT the proxy
+        verified rather than from a header the client chooses."""
 
 @final
 class Sidecar:
@@ -457,52 +457,18 @@ class Sidecar:
     def __new__(
         cls,
         policy: PolicySource,
+        settings: SidecarSettings | None = None,
         *,
-        capacity: int = ...,
-        reservations: int = ...,
-        max_argument_bytes: int = ...,
-        per_tool_metrics: bool = False,
-        store: str | None = None,
-        store_prefix: str = ...,
-        store_timeout_ms: int = ...,
-        store_unavailable: Literal["deny", "local"] = "deny",
-        store_mode: Literal["exact", "cached"] = "exact",
-        store_flush_ms: int = ...,
-        store_connect_wait: float = 2.0,
-        store_clock: Literal["redis", "engine"] = "redis",
-        decision_log: str | os.PathLike[str] | None = None,
-        grant_key: bytes = ...,
-        decision_log_filter: Literal["all", "denials"] = "all",
-        decision_log_rotate_bytes: int = 0,
-        decision_log_queue: int = ...,
-        decision_log_queue_bytes: int = ...,
+        key: bytes = ...,
         approvals_table: str | os.PathLike[str] | None = None,
-        approvals_key: bytes = ...,
-        approvals_capacity: int = 4096,
-        approvals_queue: int = 4096,
-        pending_per_grant: int = ...,
-        pending_per_rule: int = ...,
-        preview_bytes: int = ...,
-        listen: str | None = None,
-        threads: int = 1,
-        authz: EnvoyAuthz | None = None,
-        max_message_bytes: int = ...,
         clock: ManualClock | None = None,
-        trust_server_answers: bool = False,
     ) -> Sidecar:
-        """Counts in a table of ``capacity`` slots, or on Redis at ``store`` (``redis://``,
-        ``rediss://``, ``redis+sentinel://``): a decision waits at most ``store_timeout_ms``,
-        then is STORE_UNAVAILABLE (``store_unavailable="deny"``) or counted in the table
-        (``"local"``); ``store_mode="cached"`` decides on a local copy merged every
-        ``store_flush_ms`` (docs/redis.md). Writes decisions as hash-chained JSON lines to
-        ``decision_log`` (``-``: stdout), grants hashed under ``grant_key``; its queue holds
-        at most ``decision_log_queue`` records and ``decision_log_queue_bytes`` bytes (more
-        are dropped, counted and noted in the log). Runs approvals with their table in the
-        file ``approvals_table`` (made if missing; it outlives the process; one of another
-        layout version is set aside), every digest of a call keyed with ``approvals_key``
-        (32 bytes or more). ``serve()`` binds ``listen`` (``HOST:PORT`` or ``unix:PATH``)
-        with ``threads`` serving threads. ValueError for wrong options, OSError for a file
-        that cannot be opened."""
+        """Made as ``settings`` say (the defaults if None). ``key`` keys every digest of a
+        credential: the decision log's grants, the approvals' calls and, with Redis, users'
+        confirmations. Approvals run with their table in the file ``approvals_table`` (made if
+        missing; it outlives the process; one of another layout version is set aside), the
+        key then 32 bytes or more. ``clock``: a manual clock, for tests. ValueError for wrong
+        options, OSError for a file that cannot be opened."""
     @property
     def engine(self) -> Engine: ...
     @property

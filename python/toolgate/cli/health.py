@@ -6,10 +6,10 @@ import argparse
 import sys
 from typing import Any
 
+from toolgate._core import SidecarSettings
 from toolgate.cli import exits
 from toolgate.cli.parser import add_wait, seconds
 from toolgate.sidecar.addresses import target_address
-from toolgate.sidecar.options import ServeOptions
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -47,7 +47,7 @@ def add_command(sub: Any) -> None:
     health.add_argument(
         "--target",
         type=target_address,
-        default=ServeOptions().listen,
+        default=SidecarSettings().listen,
         metavar="HOST:PORT",
         help="the sidecar's --listen (HOST:PORT or unix:PATH)",
     )

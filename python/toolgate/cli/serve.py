@@ -8,79 +8,51 @@ from pathlib import Path
 from typing import Any
 
 from toolgate import PolicyError
+from toolgate._core import SidecarSettings
 from toolgate.cli import exits
 from toolgate.cli.parser import non_negative_float, positive_float, positive_int
 from toolgate.cli.serve_config import ConfigError, layered
 from toolgate.sidecar.addresses import listen_address, metrics_address
 from toolgate.sidecar.approvals.options import ApprovalOptions
 from toolgate.sidecar.approvals.webhook import FORMATS
-from toolgate.sidecar.envoy_authz import (
-    CheckSettings,
-    SubjectHeaders,
-    format_subject_source,
-    parse_subject_source,
-)
 from toolgate.sidecar.options import ServeOptions
+
+#: The sidecar's settings as they are by default; their names, types, choices and checks are
+#: the extension's.
+SIDECAR = SidecarSettings()
+CHOICES = SidecarSettings.CHOICES
 
 
 def options(args: argparse.Namespace) -> ServeOptions:
-    """The options the command line gives; ValueError for a bad one."""
-    options = ServeOptions(
+    """The options the command line gives; ValueError for a bad one. The sidecar's own are
+    passed through by name to ``SidecarSettings``, which checks them."""
+    given = {name: getattr(args, name) for name in SIDECAR.as_dict() if hasattr(args, name)}
+    return ServeOptions(
         policy=Path(args.policy) if args.policy else None,
-        listen=args.listen,
+        sidecar=SidecarSettings(**given),
         metrics_listen=None if args.metrics_listen == "off" else args.metrics_listen,
-        threads=args.threads,
-        capacity=args.capacity,
-        reservations=args.reservations,
-        max_argument_bytes=args.max_argument_bytes,
         reload_interval=args.reload_interval,
         reload_settle=args.reload_settle,
-        grant_vouched_by_server=args.grant_vouched_by_server,
         drain=args.drain,
         grace=args.grace,
         log_format=args.log_format,
         log_level=args.log_level,
-        metrics_per_tool=args.metrics_per_tool,
-        store=args.store,
-        store_prefix=args.store_prefix,
-        store_timeout_ms=args.store_timeout_ms,
-        store_unavailable=args.store_unavailable,
-        store_mode=args.store_mode,
-        store_flush_ms=args.store_flush_ms,
         store_accept_eviction=args.store_accept_eviction,
         store_eviction_check_interval=args.store_eviction_check_interval,
-        decision_log=args.decision_log,
-        decision_log_filter=args.decision_log_filter,
-        decision_log_rotate_bytes=int(args.decision_log_rotate_mib * (1 << 20)),
-    )
-    options.check = CheckSettings(
-        headers=SubjectHeaders(
-            grant=args.grant_header,
-            session=args.session_header,
-            agent=args.agent_header,
-            server=args.server_header,
+        approvals=ApprovalOptions(
+            state_dir=Path(args.state_dir) if args.state_dir else None,
+            admin_listen=args.admin_listen,
+            admin_tokens=Path(args.admin_tokens) if args.admin_tokens else None,
+            webhook=args.approval_webhook,
+            webhook_secret=Path(args.approval_webhook_secret)
+            if args.approval_webhook_secret
+            else None,
+            webhook_format=args.approval_webhook_format,
+            webhook_workers=args.approval_webhook_workers,
+            webhook_timeout=args.approval_webhook_timeout,
+            retention_s=args.approval_retention,
         ),
-        grant_claim=parse_subject_source(args.grant_from),
-        session_claim=parse_subject_source(args.session_from),
-        agent_claim=parse_subject_source(args.agent_from),
-        jwt_payload_key=args.jwt_payload_key,
-        max_request_bytes=args.max_request_bytes,
     )
-    options.approvals = ApprovalOptions(
-        state_dir=Path(args.state_dir) if args.state_dir else None,
-        admin_listen=args.admin_listen,
-        admin_tokens=Path(args.admin_tokens) if args.admin_tokens else None,
-        webhook=args.approval_webhook,
-        webhook_secret=Path(args.approval_webhook_secret) if args.approval_webhook_secret else None,
-        webhook_format=args.approval_webhook_format,
-        webhook_workers=args.approval_webhook_workers,
-        webhook_timeout=args.approval_webhook_timeout,
-        pending_per_grant=args.approval_pending_per_grant,
-        pending_per_rule=args.approval_pending_per_rule,
-        preview_bytes=args.approval_preview_bytes,
-        retention_s=args.approval_retention,
-    )
-    return options
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -110,7 +82,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def add_command(sub: Any) -> None:
-    """Register ``toolgate serve`` on the CLI's subparsers; every default is ServeOptions'."""
+    """Register ``toolgate serve`` on the CLI's subparsers; every default is ServeOptions' or
+    the sidecar's settings'."""
     defaults = ServeOptions()
     serve = sub.add_parser(
         "serve",
@@ -129,8 +102,9 @@ def add_command(sub: Any) -> None:
     )
     serve.add_argument(
         "--listen",
+        # Read here too, for a message that says what is wrong with the text.
         type=listen_address,
-        default=defaults.listen,
+        default=SIDECAR.listen,
         metavar="HOST:PORT",
         help="gRPC: HOST:PORT ([IPv6]:PORT; port 0 for any free one) or unix:PATH",
     )
@@ -144,20 +118,20 @@ def add_command(sub: Any) -> None:
     serve.add_argument(
         "--threads",
         type=int,
-        default=defaults.threads,
+        default=SIDECAR.threads,
         metavar="N",
         help="serving threads, each serving the connections dealt to it (default: the CPUs "
         "this process may use, counting its affinity and cgroup quota)",
     )
     serve.add_argument(
-        "--capacity", type=int, default=defaults.capacity, metavar="N", help="counter-table slots"
+        "--capacity", type=int, default=SIDECAR.capacity, metavar="N", help="counter-table slots"
     )
     store = serve.add_argument_group(
         "counter store", "where limits are counted: this pod's table, or Redis shared by all"
     )
     store.add_argument(
         "--store",
-        default=defaults.store,
+        default=SIDECAR.store,
         metavar="local|redis://[USER:PASSWORD@]HOST:PORT/DB",
         help="local: this pod's table (default); redis://...: one count for every replica "
         "on that Redis, rediss://... over TLS, redis+sentinel://HOST:PORT[,...]/SERVICE/DB "
@@ -165,21 +139,21 @@ def add_command(sub: Any) -> None:
     )
     store.add_argument(
         "--store-prefix",
-        default=defaults.store_prefix,
+        default=SIDECAR.store_prefix,
         metavar="PREFIX",
         help="put before every Redis key, so deployments can share one Redis",
     )
     store.add_argument(
         "--store-timeout-ms",
         type=int,
-        default=defaults.store_timeout_ms,
+        default=SIDECAR.store_timeout_ms,
         metavar="MS",
         help="how long a decision waits for Redis (default: %(default)s)",
     )
     store.add_argument(
         "--store-mode",
-        choices=["exact", "cached"],
-        default=defaults.store_mode,
+        choices=CHOICES["store_mode"],
+        default=SIDECAR.store_mode,
         help="exact: one Redis script per decision, never over a limit (default); cached: "
         "decide on a local copy merged with Redis every --store-flush-ms (faster; may "
         "overshoot, docs/redis.md)",
@@ -187,14 +161,14 @@ def add_command(sub: Any) -> None:
     store.add_argument(
         "--store-flush-ms",
         type=int,
-        default=defaults.store_flush_ms,
+        default=SIDECAR.store_flush_ms,
         metavar="MS",
         help="cached mode: how often counts are merged with Redis (default: %(default)s)",
     )
     store.add_argument(
         "--store-unavailable",
-        choices=["deny", "local"],
-        default=defaults.store_unavailable,
+        choices=CHOICES["store_unavailable"],
+        default=SIDECAR.store_unavailable,
         help="when Redis does not answer in time: deny (STORE_UNAVAILABLE, the default) or "
         "count in this pod's own table",
     )
@@ -217,14 +191,14 @@ def add_command(sub: Any) -> None:
     serve.add_argument(
         "--reservations",
         type=int,
-        default=defaults.reservations,
+        default=SIDECAR.reservations,
         metavar="N",
         help="reservation log lines (64 bytes each; a call with up to two limits takes one)",
     )
     serve.add_argument(
         "--max-argument-bytes",
         type=int,
-        default=defaults.max_argument_bytes,
+        default=SIDECAR.max_argument_bytes,
         metavar="N",
         help="larger arguments are refused",
     )
@@ -281,28 +255,28 @@ def add_command(sub: Any) -> None:
     )
     headers.add_argument(
         "--grant-header",
-        default=defaults.check.headers.grant,
+        default=SIDECAR.grant_header,
         metavar="NAME",
         help="the grant (credential); for authorization, the Bearer token (default: %(default)s)",
     )
     headers.add_argument(
         "--session-header",
-        default=defaults.check.headers.session,
+        default=SIDECAR.session_header,
         metavar="NAME",
         help="the session",
     )
     headers.add_argument(
-        "--agent-header", default=defaults.check.headers.agent, metavar="NAME", help="the agent"
+        "--agent-header", default=SIDECAR.agent_header, metavar="NAME", help="the agent"
     )
     headers.add_argument(
         "--server-header",
-        default=defaults.check.headers.server,
+        default=SIDECAR.server_header,
         metavar="NAME",
         help="the MCP server id, when the route sets no 'server' context extension",
     )
     headers.add_argument(
         "--grant-from",
-        default=format_subject_source(defaults.check.grant_claim),
+        default=SIDECAR.grant_from,
         metavar="SOURCE",
         help="'header' (--grant-header) or 'jwt:CLAIM': a claim of the JWT that Envoy's "
         "jwt_authn filter verified (default: %(default)s)",
@@ -310,34 +284,34 @@ def add_command(sub: Any) -> None:
     headers.add_argument(
         "--grant-vouched-by-server",
         action="store_true",
-        default=defaults.grant_vouched_by_server,
+        default=SIDECAR.grant_vouched_by_server,
         help="trust a grant once an MCP server answered its list request (made-up tokens "
         "then cannot take a real caller's room in the counter table or approvals); only "
         "where the server checks the credential the client sent",
     )
     headers.add_argument(
         "--session-from",
-        default=format_subject_source(defaults.check.session_claim),
+        default=SIDECAR.session_from,
         metavar="SOURCE",
         help="'header' (--session-header) or 'jwt:CLAIM', e.g. jwt:sid: MCP 2026-07-28 "
         "clients send no session header (default: %(default)s)",
     )
     headers.add_argument(
         "--agent-from",
-        default=format_subject_source(defaults.check.agent_claim),
+        default=SIDECAR.agent_from,
         metavar="SOURCE",
         help="'header' (--agent-header) or 'jwt:CLAIM' (default: %(default)s)",
     )
     headers.add_argument(
         "--jwt-payload-key",
-        default=defaults.check.jwt_payload_key,
+        default=SIDECAR.jwt_payload_key,
         metavar="KEY",
         help="jwt_authn's payload_in_metadata, where the claims are read (default: %(default)s)",
     )
     headers.add_argument(
         "--max-request-bytes",
         type=int,
-        default=defaults.check.max_request_bytes,
+        default=SIDECAR.max_request_bytes,
         metavar="N",
         help="Envoy's with_request_body.max_request_bytes: a body of this size without "
         "content-length may have been cut, and is refused (default: %(default)s)",
@@ -395,24 +369,24 @@ def add_command(sub: Any) -> None:
     )
     approvals.add_argument(
         "--approval-pending-per-grant",
-        type=positive_int,
-        default=defaults.approvals.pending_per_grant,
+        type=int,
+        default=SIDECAR.approval_pending_per_grant,
         metavar="N",
         help="pending approvals one grant may have at once; past it a call needing approval is "
         "refused without opening one (default: %(default)s)",
     )
     approvals.add_argument(
         "--approval-pending-per-rule",
-        type=positive_int,
-        default=defaults.approvals.pending_per_rule,
+        type=int,
+        default=SIDECAR.approval_pending_per_rule,
         metavar="N",
         help="pending approvals one rule may have at once, all grants together "
         "(default: %(default)s)",
     )
     approvals.add_argument(
         "--approval-preview-bytes",
-        type=positive_int,
-        default=defaults.approvals.preview_bytes,
+        type=int,
+        default=SIDECAR.approval_preview_bytes,
         metavar="BYTES",
         help="bytes of a call's arguments kept and shown to approvers; the store keeps their "
         "SHA-256 and size, never more (default: %(default)s)",
@@ -435,15 +409,15 @@ def add_command(sub: Any) -> None:
     )
     decisions.add_argument(
         "--decision-log-filter",
-        choices=["all", "denials"],
-        default=defaults.decision_log_filter,
+        choices=CHOICES["decision_log_filter"],
+        default=SIDECAR.decision_log_filter,
         help="all decisions, or only those that are not a plain ALLOW (denials, approvals "
         "asked for, refused or used) (default: %(default)s)",
     )
     decisions.add_argument(
         "--decision-log-rotate-mib",
         type=float,
-        default=defaults.decision_log_rotate_bytes / (1 << 20),
+        default=SIDECAR.decision_log_rotate_mib,
         metavar="MIB",
         help="start FILE anew past this size, the old one kept as FILE.N, the chain going on "
         "(0: never; default %(default)s)",

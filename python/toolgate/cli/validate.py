@@ -8,24 +8,23 @@ import sys
 from typing import Any
 
 from toolgate import Policy, PolicyError
-from toolgate._core import inert
+from toolgate._core import SidecarSettings, inert
 from toolgate.authoring.listed_names import read_listings, sectionless, unlisted
 from toolgate.cli import exits
 from toolgate.cli.parser import seconds
 from toolgate.cli.scan import failed as scan_failed
 from toolgate.files import check_regular
 from toolgate.scanner.scan import DEFAULT_TIMEOUT, Scan, ScanError, scan_file, scan_url
-from toolgate.sidecar.envoy_authz import CheckSettings, format_subject_source, parse_subject_source
 
 
 def _run(args: argparse.Namespace) -> int:
-    verified = []
-    for option, text in (("--agent-from", args.agent_from), ("--session-from", args.session_from)):
-        try:
-            verified.append(parse_subject_source(text) is not None)
-        except ValueError as err:
-            print(f"toolgate validate: {option}: {err}", file=sys.stderr)
-            return exits.UNUSABLE
+    try:
+        # Read as the sidecar reads them.
+        settings = SidecarSettings(agent_from=args.agent_from, session_from=args.session_from)
+    except ValueError as err:
+        print(f"toolgate validate: {err}", file=sys.stderr)
+        return exits.UNUSABLE
+    verified = settings.verified
     try:
         listings = server_listings(args.tools, args.url, args.timeout)
     except (ScanError, argparse.ArgumentTypeError) as err:
@@ -85,7 +84,7 @@ def add_command(sub: Any) -> None:
     )
     validate.add_argument(
         "--agent-from",
-        default=format_subject_source(CheckSettings().agent_claim),
+        default=SidecarSettings().agent_from,
         metavar="SOURCE",
         help="where the sidecar takes the agent from, as `toolgate serve --agent-from`: with "
         "'jwt:CLAIM' (a verified token), limits and conditions on the agent are not pointed "
@@ -93,7 +92,7 @@ def add_command(sub: Any) -> None:
     )
     validate.add_argument(
         "--session-from",
-        default=format_subject_source(CheckSettings().session_claim),
+        default=SidecarSettings().session_from,
         metavar="SOURCE",
         help="where the sidecar takes the session from, as `toolgate serve --session-from` "
         "(default: %(default)s)",

@@ -33,7 +33,6 @@ from pathlib import Path
 
 from toolgate._core import Engine, Policy, PolicyError
 from toolgate.files import read_regular
-from toolgate.sidecar.envoy_authz import CheckSettings
 from toolgate.sidecar.file_writes import FileWrites
 from toolgate.sidecar.metrics import ReloadCounts
 
@@ -110,10 +109,10 @@ class PolicyWatcher:
         loaded: FileVersion | None = None,
         settle: float = 0.0,
         now: Callable[[], float] = time.monotonic,
-        check: CheckSettings | None = None,
+        verified: tuple[bool, bool] = (False, False),
     ) -> None:
         self._path = path
-        self._check = check or CheckSettings()
+        self._verified = verified
         self._engine = engine
         self._reloads = reloads
         self._interval = interval
@@ -240,7 +239,7 @@ class PolicyWatcher:
         """Validate ``content``, read from the file, and swap it in: one call into the engine,
         which reads the pins files the policy names and reports the bytes it read (so the next
         check compares with what was loaded). Returns whether the new policy is live."""
-        agent, session = verified(self._check)
+        agent, session = self._verified
         try:
             # The bytes that were checked, not the file read again: exactly what settled.
             done = self._engine.reload_file(
@@ -278,15 +277,9 @@ class PolicyWatcher:
         return True
 
 
-def verified(check: CheckSettings) -> tuple[bool, bool]:
-    """Whether the agent id and the session id come from a verified token (else the client
-    asserts them about itself)."""
-    return check.agent_claim is not None, check.session_claim is not None
-
-
-def warn_self_asserted(path: Path, policy: Policy, check: CheckSettings) -> None:
+def warn_self_asserted(path: Path, policy: Policy, verified: tuple[bool, bool]) -> None:
     """Log each limit, mark and condition of ``policy`` that rests on an identity the client
-    asserts about itself (a session id or an agent id, unless ``check`` takes it from a
-    verified token)."""
-    for note in policy.self_asserted(*verified(check)):
+    asserts about itself (a session id or an agent id, unless ``verified``, as
+    ``SidecarSettings.verified`` says, takes it from a verified token)."""
+    for note in policy.self_asserted(*verified):
         log.warning("%s: %s: %s", path, note.pointer, note.message)

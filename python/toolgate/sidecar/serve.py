@@ -3,7 +3,7 @@
 One process: the ``toolgate.v1.Decider`` gRPC service, Envoy's ext_authz, ext_proc and rate
 limit services, agentgateway's ExtMCP, ``grpc.health.v1.Health`` and server reflection on one
 address, served by the
-sidecar the extension assembles (one serving thread per CPU, toolgate.sidecar.assembly);
+sidecar the extension assembles from its settings (one serving thread per CPU);
 Prometheus ``/metrics`` on another; hot reload of the policy file on change and on SIGHUP;
 and a graceful stop on SIGTERM (NOT_SERVING for a drain period while still answering, then
 refuse new calls, finish in-flight ones, exit 0). Python owns all of this; no Python runs
@@ -19,15 +19,13 @@ import threading
 from pathlib import Path
 from typing import NoReturn
 
-from toolgate._core import MetricFamily, Policy, Sidecar
+from toolgate._core import SERVICES, MetricFamily, Policy, Sidecar
 from toolgate.cli import exits
 from toolgate.files import check_regular
 from toolgate.sidecar import logs
 from toolgate.sidecar.addresses import check_listen, join_host_port, parse_host_port
 from toolgate.sidecar.approvals.grant_labels import GrantLabels, load_key
 from toolgate.sidecar.approvals.runtime import ApprovalRuntime, StateDir
-from toolgate.sidecar.assembly import SERVICES, assemble
-from toolgate.sidecar.cpus import available_cpus
 from toolgate.sidecar.metrics import ReloadCounts, serve_metrics, value
 from toolgate.sidecar.options import ServeOptions
 from toolgate.sidecar.reload import FileVersion, PolicyWatcher, read_version, warn_self_asserted
@@ -78,15 +76,18 @@ def redact(url: str) -> str:
 
 def report_store(sidecar: Sidecar, opts: ServeOptions) -> None:
     """Say where limits are counted, and what happens while Redis is unreachable."""
-    where = redact(opts.store)
+    settings = opts.sidecar
+    where = redact(settings.store)
     if sidecar.store_connected:
-        log.info("counting on %s (%s mode, prefix %r)", where, opts.store_mode, opts.store_prefix)
+        log.info(
+            "counting on %s (%s mode, prefix %r)", where, settings.store_mode, settings.store_prefix
+        )
     else:
         log.warning(
             "counter store %s is unreachable; retrying. Meanwhile calls with limits are %s",
             where,
             "denied (STORE_UNAVAILABLE)"
-            if opts.store_unavailable == "deny"
+            if settings.store_unavailable == "deny"
             else "counted in this pod's own table",
         )
 
@@ -96,8 +97,8 @@ def watch_eviction(opts: ServeOptions, sidecar: Sidecar) -> EvictionWatch:
     toolgate.sidecar.store_eviction), and keep reading it: while Redis may evict counters
     unaccepted, ``sidecar``'s limits follow the store's outage behaviour."""
     watch = EvictionWatch(
-        opts.store,
-        redact(opts.store),
+        opts.sidecar.store,
+        redact(opts.sidecar.store),
         accepted=opts.store_accept_eviction,
         every=opts.store_eviction_check_interval,
         refuse_limits=sidecar.set_store_evictable,
@@ -179,19 +180,20 @@ def _announce(
     the operator should know said, the store's eviction watch and the policy watcher made."""
     engine = sidecar.engine
     logs.configure(opts.log_format, opts.log_level, lambda: engine.revision)
+    settings = opts.sidecar
     eviction = None
-    if opts.store != "local":
+    if settings.store != "local":
         eviction = watch_eviction(opts, sidecar)
         report_store(sidecar, opts)
     if opts.policy is None:
         log.warning("no --policy given: serving the built-in deny-everything policy")
     else:
-        warn_self_asserted(opts.policy, policy, opts.check)
-    if opts.decision_log is not None:
+        warn_self_asserted(opts.policy, policy, settings.verified)
+    if settings.decision_log is not None:
         log.info(
             "decision log: %s (%s decisions)",
-            "stdout" if opts.decision_log == "-" else opts.decision_log,
-            opts.decision_log_filter,
+            "stdout" if settings.decision_log == "-" else settings.decision_log,
+            settings.decision_log_filter,
         )
         if sidecar.decision_log_break is not None:
             log.warning("decision log: %s", sidecar.decision_log_break)
@@ -216,7 +218,7 @@ def _announce(
             interval=opts.reload_interval,
             loaded=loaded,
             settle=opts.reload_settle,
-            check=opts.check,
+            verified=settings.verified,
         )
     return eviction, reloads, watcher
 
@@ -241,9 +243,9 @@ def serve(opts: ServeOptions) -> int:
 
 
 def _serve(opts: ServeOptions, starting: Starting) -> int:
-    # Addresses first (the command line checked them already; ServeOptions may come from
-    # elsewhere): a bad one must stop the sidecar before anything starts.
-    check_listen(opts.listen)
+    # The sidecar's settings were checked when made; the control plane's addresses first (the
+    # command line checked them already; ServeOptions may come from elsewhere): a bad one
+    # must stop the sidecar before anything starts.
     if opts.metrics_listen:
         split_host_port(opts.metrics_listen)
     check_listen(opts.approvals.admin_listen)
@@ -251,8 +253,6 @@ def _serve(opts: ServeOptions, starting: Starting) -> int:
         raise ValueError("--reload-interval must be positive; --drain and --grace not negative")
     if not opts.reload_settle >= 0:  # also refuses NaN, which would never settle
         raise ValueError("--reload-settle must not be negative")
-    if opts.threads is not None and opts.threads < 1:
-        raise ValueError("--threads must be at least 1")
     if not opts.store_eviction_check_interval > 0:  # also refuses NaN
         raise ValueError("--store-eviction-check-interval must be positive")
     policy, loaded = load_policy(opts)
@@ -266,13 +266,14 @@ def _serve(opts: ServeOptions, starting: Starting) -> int:
         return exits.UNUSABLE
     try:
         starting.check()
-        if opts.decision_log not in (None, "-"):
+        decision_log = opts.sidecar.decision_log
+        if decision_log not in (None, "-"):
             # Made if missing, as the state directory is.
-            parent = Path(opts.decision_log).parent
+            parent = Path(decision_log).parent
             try:
-                check_regular(opts.decision_log)
+                check_regular(decision_log)
             except OSError as err:
-                log.error("--decision-log %s: %s", opts.decision_log, _reason(err))
+                log.error("--decision-log %s: %s", decision_log, _reason(err))
                 state.remove_if_temporary()
                 return exits.UNUSABLE
             try:
@@ -280,17 +281,14 @@ def _serve(opts: ServeOptions, starting: Starting) -> int:
             except OSError as err:
                 log.error(
                     "--decision-log %s: cannot make its directory %s: %s",
-                    opts.decision_log,
+                    decision_log,
                     parent,
                     _reason(err),
                 )
                 state.remove_if_temporary()
                 return exits.UNUSABLE
         labels = GrantLabels(load_key(state.key))
-        threads = opts.threads or available_cpus()
-        sidecar = assemble(
-            policy, opts, threads=threads, key=labels.key, approvals_table=state.table
-        )
+        sidecar = Sidecar(policy, opts.sidecar, key=labels.key, approvals_table=state.table)
     except OSError as err:
         # Files in the state directory (its key, the approvals table) or the decision log.
         where = f"{err.filename}: " if err.filename else ""
@@ -329,7 +327,13 @@ def _serve(opts: ServeOptions, starting: Starting) -> int:
     taken = sidecar.take_approvals()
     assert taken is not None
     try:
-        approvals = ApprovalRuntime(taken, state, labels, opts.approvals)
+        approvals = ApprovalRuntime(
+            taken,
+            state,
+            labels,
+            opts.approvals,
+            preview_bytes=opts.sidecar.approval_preview_bytes,
+        )
     except (OSError, ValueError, sqlite3.Error) as err:
         # The approvals store in --state-dir (SQLite) or its webhook's secret.
         log.error("approvals: %s", err)
@@ -367,7 +371,7 @@ def _serve(opts: ServeOptions, starting: Starting) -> int:
         "serving %s on %s (%d threads), policy %s",
         ", ".join(SERVICES),
         address,
-        threads,
+        opts.sidecar.serving_threads(),
         opts.policy or "built-in deny-everything",
     )
     # Every listener's real address (port 0 is given one by the system).
@@ -381,13 +385,15 @@ def _serve(opts: ServeOptions, starting: Starting) -> int:
         log.info("no admin listener (no --admin-tokens)")
 
     dropped, head, ticks, store_seen = 0, None, 0, (0, 0)
+    on_redis = opts.sidecar.store != "local"
+    logging_decisions = opts.sidecar.decision_log is not None
     while not stop.wait(1.0):
         ticks += 1
-        watched = opts.store != "local" or opts.decision_log is not None
+        watched = on_redis or logging_decisions
         families = engine.metrics() if watched else []  # read once for every warning
-        if opts.store != "local":
+        if on_redis:
             store_seen = warn_of_store(families, store_seen)
-        if opts.decision_log is not None:
+        if logging_decisions:
             dropped = warn_of_drops(families, dropped)
             if ticks % HEAD_EVERY == 0:
                 head = log_head(sidecar, head)
@@ -398,7 +404,7 @@ def _serve(opts: ServeOptions, starting: Starting) -> int:
     stop.clear()
     stop.wait(opts.drain)
     sidecar.stop(opts.grace)
-    if opts.decision_log is not None:
+    if logging_decisions:
         if not sidecar.sync_decision_log(opts.grace):
             log.error("the decision log could not be written out in %.1fs", opts.grace)
         log_head(sidecar, head)

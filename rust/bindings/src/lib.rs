@@ -6,11 +6,11 @@ mod clock;
 mod decision;
 mod document;
 mod engine;
-mod envoy;
 mod eviction;
 mod mcp;
 mod metrics;
 mod policy;
+mod settings;
 mod sidecar;
 
 use pyo3::exceptions::PyValueError;
@@ -106,7 +106,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<decision::PyDecision>()?;
     m.add_class::<decision::PyLimitState>()?;
     m.add_class::<decision::PyExplanation>()?;
-    m.add_class::<envoy::PyEnvoyAuthz>()?;
+    m.add_class::<settings::PySidecarSettings>()?;
     m.add_class::<sidecar::PySidecar>()?;
     m.add_class::<clock::PyManualClock>()?;
     m.add_function(wrap_pyfunction!(mcp::read_mcp_request, m)?)?;
@@ -131,56 +131,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add(
         "DECIDER",
         toolgate_server::decider::pb::decider_server::SERVICE_NAME,
-    )?;
-    // The engine's defaults: counter-table slots, reservation log lines, the largest
-    // arguments a wire request may carry, and the counter store's.
-    m.add("DEFAULT_CAPACITY", toolgate_core::engine::DEFAULT_CAPACITY)?;
-    // The members of a tool definition a pin digests (and keeps).
-    m.add(
-        "DEFAULT_RESERVATIONS",
-        toolgate_core::engine::DEFAULT_RESERVATIONS,
-    )?;
-    m.add(
-        "DEFAULT_MAX_ARGUMENT_BYTES",
-        toolgate_server::native::DEFAULT_MAX_ARGUMENT_BYTES,
-    )?;
-    m.add(
-        "DEFAULT_STORE_PREFIX",
-        toolgate_runtime::store::DEFAULT_PREFIX,
-    )?;
-    m.add(
-        "DEFAULT_STORE_TIMEOUT_MS",
-        toolgate_runtime::store::DEFAULT_TIMEOUT_MS,
-    )?;
-    m.add(
-        "DEFAULT_STORE_FLUSH_MS",
-        toolgate_runtime::store::DEFAULT_FLUSH_MS,
-    )?;
-    // Approvals' defaults: pending approvals per grant and per rule, bytes of a call's
-    // arguments kept to show approvers.
-    m.add(
-        "DEFAULT_PENDING_PER_GRANT",
-        toolgate_core::asking::approval::DEFAULT_PENDING_PER_GRANT,
-    )?;
-    m.add(
-        "DEFAULT_PENDING_PER_RULE",
-        toolgate_core::asking::approval::DEFAULT_PENDING_PER_RULE,
-    )?;
-    m.add(
-        "DEFAULT_PREVIEW_BYTES",
-        toolgate_core::asking::approval_text::DEFAULT_PREVIEW_BYTES,
-    )?;
-    // Which request headers carry the subject, and where jwt_authn's claims are, by default.
-    let authz = envoy::Defaults::new();
-    m.add("DEFAULT_GRANT_HEADER", authz.grant)?;
-    m.add("DEFAULT_SESSION_HEADER", authz.session)?;
-    m.add("DEFAULT_AGENT_HEADER", authz.agent)?;
-    m.add("DEFAULT_SERVER_HEADER", authz.server)?;
-    m.add("DEFAULT_JWT_PAYLOAD_KEY", authz.jwt_payload_key)?;
-    // Envoy's `max_request_bytes` in the configs this project ships.
-    m.add(
-        "DEFAULT_MAX_REQUEST_BYTES",
-        toolgate_server::subject::DEFAULT_MAX_REQUEST_BYTES,
     )?;
     // Every verdict and decision code, by name (the wire's and the decision log's).
     let names = |all: &[&'static str]| all.to_vec();

@@ -18,5 +18,6 @@ pub mod grpc;
 pub mod held;
 pub mod native;
 pub mod ratelimit;
+pub mod settings;
 pub mod sidecar;
 pub mod subject;

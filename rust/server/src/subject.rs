@@ -38,6 +38,31 @@ pub struct AuthzConfig {
     pub max_request_bytes: usize,
 }
 
+impl SubjectSource {
+    /// `--grant-from`, `--session-from`, `--agent-from`: `header` (the header named
+    /// `header`, which must be a non-empty lower-case name) or `jwt:CLAIM`. `part` names
+    /// the part of the subject in an error.
+    pub fn from_option(text: &str, header: &str, part: &str) -> Result<SubjectSource, String> {
+        match text.split_once(':') {
+            None if text == "header" => header_name(header, part).map(SubjectSource::Header),
+            Some(("jwt", claim)) if !claim.is_empty() => Ok(SubjectSource::JwtClaim(claim.into())),
+            _ => Err(format!(
+                "--{part}-from is 'header' or 'jwt:CLAIM', got {text:?}"
+            )),
+        }
+    }
+}
+
+/// A header name as the proxy sends it: lower case, and not empty.
+pub fn header_name(name: &str, part: &str) -> Result<String, String> {
+    if name.is_empty() || name != name.to_ascii_lowercase() {
+        return Err(format!(
+            "--{part}-header must be a non-empty lower-case name, got {name:?}"
+        ));
+    }
+    Ok(name.to_owned())
+}
+
 /// MCP's session header (2025 revisions), lower case.
 pub const MCP_SESSION_HEADER: &str = "mcp-session-id";
 

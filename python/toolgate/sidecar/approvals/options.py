@@ -1,17 +1,12 @@
 """How the sidecar runs approvals (``toolgate serve``'s approvals options): where they live,
-the admin listener, the webhook, and the bounds on what they keep. The one place their
+the admin listener, the webhook, and how long they are kept (the bounds on what
+pending approvals hold are the sidecar's settings). The one place their
 defaults are written; the command line reads them here."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-
-from toolgate._core import (
-    DEFAULT_PENDING_PER_GRANT,
-    DEFAULT_PENDING_PER_RULE,
-    DEFAULT_PREVIEW_BYTES,
-)
 
 
 @dataclass
@@ -29,10 +24,5 @@ class ApprovalOptions:
     #: Deliveries under way at once, and the seconds a receiver has to answer one.
     webhook_workers: int = 4
     webhook_timeout: float = 5.0
-    #: Pending approvals one grant, and one rule, may have at once.
-    pending_per_grant: int = DEFAULT_PENDING_PER_GRANT
-    pending_per_rule: int = DEFAULT_PENDING_PER_RULE
-    #: Bytes of a call's arguments kept and shown.
-    preview_bytes: int = DEFAULT_PREVIEW_BYTES
     #: Seconds finished approvals (used, denied, expired) are kept: 7 days.
     retention_s: float = 7 * 24 * 3600

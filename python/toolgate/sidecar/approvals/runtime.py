@@ -107,9 +107,16 @@ class ApprovalRuntime:
     """Approvals for the sidecar; ``stop()`` undoes ``start``."""
 
     def __init__(
-        self, approvals: Approvals, state: StateDir, labels: GrantLabels, opts: ApprovalOptions
+        self,
+        approvals: Approvals,
+        state: StateDir,
+        labels: GrantLabels,
+        opts: ApprovalOptions,
+        *,
+        preview_bytes: int,
     ) -> None:
-        """``approvals``: the sidecar's, over ``state.table``, keyed with ``labels.key``."""
+        """``approvals``: the sidecar's, over ``state.table``, keyed with ``labels.key``;
+        ``preview_bytes``: of a call's arguments kept, as the sidecar keeps them."""
         self.state = state
         self.labels = labels
         self.approvals = approvals
@@ -120,7 +127,7 @@ class ApprovalRuntime:
                 self.state.table,
                 self.approvals.set_aside,
             )
-        self.store = ApprovalStore(self.state.store, preview_bytes=opts.preview_bytes)
+        self.store = ApprovalStore(self.state.store, preview_bytes=preview_bytes)
         self.deliveries = DeliveryCounts()
         self._recorder = ApprovalRecorder(self.approvals, self.store, self.labels)
         self._admin: AdminServer | None = None

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from toolgate._core import DEFAULT_PREVIEW_BYTES
+from toolgate._core import SidecarSettings
 from toolgate.sidecar.approvals.grant_labels import GrantLabels
 from toolgate.sidecar.approvals.rows import STATES, Page, Row, page_token, read_page_token
 
@@ -99,9 +99,10 @@ class ApprovalStore:
     """Approvals in SQLite. One connection per thread (``count_by_state`` aside); every write
     is its own transaction, synced to disk before it returns (``synchronous=FULL``)."""
 
-    def __init__(self, path: Path, *, preview_bytes: int = DEFAULT_PREVIEW_BYTES) -> None:
+    def __init__(self, path: Path, *, preview_bytes: int | None = None) -> None:
+        """``preview_bytes``: of a call's arguments kept (the sidecar's default if None)."""
         self.path = path
-        self.preview_bytes = preview_bytes
+        self.preview_bytes = preview_bytes or SidecarSettings().approval_preview_bytes
         self._local = threading.local()
         # count_by_state's connection, shared by its callers in turn (see there).
         self._counting = threading.Lock()

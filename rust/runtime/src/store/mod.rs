@@ -63,6 +63,9 @@ pub enum Unavailable {
 }
 
 impl Unavailable {
+    /// Every choice by its name (`--store-unavailable`), as [`Unavailable::parse`] reads it.
+    pub const NAMES: [&'static str; 2] = ["deny", "local"];
+
     pub fn parse(text: &str) -> Result<Unavailable, String> {
         match text {
             "deny" => Ok(Unavailable::Deny),
@@ -104,6 +107,16 @@ pub struct RedisConfig {
     pub unavailable: Unavailable,
     pub time: TimeSource,
     pub mode: Mode,
+}
+
+impl Mode {
+    /// Every mode by its name (`--store-mode`), as [`RedisConfig::from_options`] reads it.
+    pub const NAMES: [&'static str; 2] = ["exact", "cached"];
+}
+
+impl TimeSource {
+    /// Every clock by its name, as [`RedisConfig::from_options`] reads it.
+    pub const NAMES: [&'static str; 2] = ["redis", "engine"];
 }
 
 impl RedisConfig {

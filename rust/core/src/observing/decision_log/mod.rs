@@ -31,6 +31,9 @@ pub enum Filter {
 }
 
 impl Filter {
+    /// Every filter by its name (`--decision-log-filter`), as [`Filter::parse`] reads it.
+    pub const NAMES: [&'static str; 2] = ["all", "denials"];
+
     pub fn parse(text: &str) -> Option<Filter> {
         match text {
             "all" => Some(Filter::All),
