@@ -91,7 +91,7 @@ import toolgate
 from harness import envoy as ev
 from harness import redis
 from prometheus_client.parser import text_string_to_metric_families
-from toolgate._core import DEFAULT_STORE_TIMEOUT_MS
+from toolgate._core import SidecarSettings
 
 #: (class, tool, arguments, weight, the x-toolgate-code values the model allows).
 MIX = (
@@ -732,7 +732,7 @@ def main() -> int:
     p.add_argument("--request-timeout", type=float, default=5.0, help="per call, s (5)")
     p.add_argument("--authz-timeout", type=float, help="ext_authz's (deployed: 0.1 s)")
     p.add_argument(
-        "--store-timeout-ms", type=int, help=f"the sidecar's ({DEFAULT_STORE_TIMEOUT_MS})"
+        "--store-timeout-ms", type=int, help=f"the sidecar's ({SidecarSettings().store_timeout_ms})"
     )
     p.add_argument("--check", action="store_true", help="CI: only invariants set the status")
     p.add_argument("--json", type=Path, help="default: target/soak-STORE.json")
@@ -741,7 +741,7 @@ def main() -> int:
     if args.check:
         args.authz_timeout = args.authz_timeout or CHECK_AUTHZ_TIMEOUT_S
         args.store_timeout_ms = args.store_timeout_ms or CHECK_STORE_TIMEOUT_MS
-    args.store_timeout_ms = args.store_timeout_ms or DEFAULT_STORE_TIMEOUT_MS
+    args.store_timeout_ms = args.store_timeout_ms or SidecarSettings().store_timeout_ms
     # SIGTERM (CI, a timeout) cleans up as Ctrl-C does: every server stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     result = run(args)
