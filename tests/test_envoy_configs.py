@@ -18,11 +18,13 @@ from envoy_proxy import (
     JWT_EXT_AUTHZ,
     LISTEN,
     MCP,
+    MODULE,
     RATELIMIT,
     TOOLGATE,
     config_ports,
     envoy_executable,
     free_ports,
+    module_env,
     render,
     sidecar_timeout,
     validate,
@@ -39,24 +41,31 @@ CONFIGS = sorted(DEPLOY.glob("*.yaml"))
 
 
 def test_the_deployed_configs_are_there():
-    assert {EXT_AUTHZ, JWT_EXT_AUTHZ, RATELIMIT} <= set(CONFIGS)
+    assert {EXT_AUTHZ, JWT_EXT_AUTHZ, RATELIMIT, MODULE} <= set(CONFIGS)
+
+
+def env_for(path: Path) -> dict[str, str] | None:
+    """What Envoy needs to run ``path``: the module's config finds toolgate's module."""
+    return module_env() if path == MODULE else None
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_deployed_config_validates(path: Path):
-    done = validate(path)
+    done = validate(path, env=env_for(path))
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"configuration '{path}' OK" in done.stdout + done.stderr
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_deployed_config_uses_the_documented_ports(path: Path, tmp_path: Path):
-    assert sorted(config_ports(path)) == sorted([ADMIN, LISTEN, TOOLGATE, MCP])
+    # The module decides in Envoy: no sidecar to reach.
+    sidecar = [] if path == MODULE else [TOOLGATE]
+    assert sorted(config_ports(path)) == sorted([ADMIN, LISTEN, *sidecar, MCP])
     ports = free_ports(config_ports(path))
     rendered = tmp_path / path.name
     rendered.write_text(render(path, ports))
     assert sorted(config_ports(rendered)) == sorted(ports.values())
-    done = validate(rendered)
+    done = validate(rendered, env=env_for(path))
     assert done.returncode == 0, done.stdout + done.stderr
 
 

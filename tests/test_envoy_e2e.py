@@ -24,7 +24,15 @@ import httpx2
 import mcp.types as types
 import pytest
 from conftest import EXAMPLES, limit, policy
-from envoy_proxy import EXT_AUTHZ, RATELIMIT, deployed, envoy_executable, free_port, send
+from envoy_proxy import (
+    EXT_AUTHZ,
+    MODULE,
+    RATELIMIT,
+    deployed,
+    envoy_executable,
+    free_port,
+    send,
+)
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
@@ -109,9 +117,16 @@ def example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExampleServer]
         yield server
 
 
-@pytest.fixture(scope="module")
-def gate(example: ExampleServer):
-    """The example policy's sidecar, and Envoy with the deployed ext_authz config."""
+@pytest.fixture(scope="module", params=["ext_authz", "module"])
+def gate(request: pytest.FixtureRequest, example: ExampleServer):
+    """Envoy deciding with the example policy, as deployed: asking the sidecar over ext_authz
+    (deploy/envoy/mcp-ext-authz.yaml), or with toolgate's module in its own process
+    (deploy/envoy/mcp-dynamic-module.yaml). Every test below holds for both."""
+    if request.param == "module":
+        edits = {"policy: examples/policy.json": f"policy: {EXAMPLES / 'policy.json'}"}
+        with deployed(MODULE, None, example.port, edits, extra_args=("--concurrency", "2")) as e:
+            yield e
+        return
     with (
         Sidecar(EXAMPLES / "policy.json") as sidecar,
         deployed(EXT_AUTHZ, sidecar.port, example.port) as envoy,

@@ -7,7 +7,9 @@
 //!   `toolgate_core::asking::approval::ApprovalDesk`.
 //! - [`store`]: counters on Redis, behind `toolgate_core::engine::store::CounterStore` (the local
 //!   table, `toolgate_core::counter::CounterTable`, is the other store).
+//! - [`policy_file`]: a policy file and its pins files, read for the core.
 
 pub mod approvals;
 pub mod decision_log;
+pub mod policy_file;
 pub mod store;

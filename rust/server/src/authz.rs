@@ -215,7 +215,7 @@ fn was_cut(headers: &Headers<'_>, body: &[u8], max_request_bytes: usize) -> bool
 /// A caller that cannot be read one way (a credential that is not one, an identity header
 /// sent twice): refused, never counted; logged with what is known of the caller and, when the
 /// body reads as a call, its tool.
-fn unreadable_caller(
+pub fn unreadable_caller(
     engine: &Engine,
     why: &str,
     credential: bool,

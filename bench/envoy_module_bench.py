@@ -1,0 +1,185 @@
+"""What toolgate's Envoy module adds per MCP call, against the same Envoy without a filter and
+with ext_authz to the native sidecar. Run on purpose, never by the tests.
+
+Three Envoys from the deployed listener (deploy/envoy/mcp-ext-authz.yaml, as Envoy parses it),
+the ``/mcp`` route answering with a ``direct_response``: ``plain`` (no filter), ``authz-tcp``
+(ext_authz to ``toolgate serve`` on 127.0.0.1) and ``module`` (the dynamic module, built by
+scripts/build-envoy-module, deciding in Envoy's worker with the same policy). h2load over h2c,
+one in flight (``-c 1 -m 1``) and loaded (``-c 4 -m 2``), the configs taking turns with the
+order rotated each run; every run checked (all HTTP 200, Envoy's counters; the sidecar's limit
+for ext_authz), and the module probed to decide (an allowed call passes with its decision's
+headers, a denied one is answered in the server's place). Added = config - plain, per run,
+median over the runs. Aims: ≤ 20 µs added at p50 one in flight; loaded throughput ≥ 0.9 times plain.
+
+    .venv/bin/python bench/envoy_module_bench.py --print
+    .venv/bin/python bench/envoy_module_bench.py --runs 1 -n1 2000 -nl 4000 --print    # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import harness as h
+from harness import envoy as ev
+
+AIM_ADDED_P50_US = 20.0
+AIM_THROUGHPUT = 0.9
+X = h.X
+CONFIGS = ["plain", "authz-tcp", "module"]
+
+
+def module_filter(policy: Path) -> dict:
+    return {
+        "name": "envoy.filters.http.dynamic_modules",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3."
+            "DynamicModuleFilter",
+            "dynamic_module_config": {"name": "toolgate"},
+            "filter_name": "toolgate",
+            "filter_config": {
+                "@type": "type.googleapis.com/google.protobuf.Struct",
+                "value": {"policy": str(policy), "server": ev.SERVER_ID},
+            },
+        },
+    }
+
+
+def envoy_config(deployed: dict, name: str, listen: int, admin: int, tport: int) -> dict:
+    config = ev.bench_config(
+        deployed, authz=name == "authz-tcp", listen=listen, admin=admin, toolgate=tport
+    )
+    if name == "module":
+        (listener,) = config["static_resources"]["listeners"]
+        filters = ev.hcm_of(listener)["http_filters"]
+        filters.insert(len(filters) - 1, module_filter(h.POLICY))
+    return config
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("-n1", "--n-single", type=int, default=5_000, help="one in flight, per run")
+    p.add_argument("-nl", "--n-loaded", type=int, default=10_000, help="loaded, per run")
+    p.add_argument("-c", type=int, default=4)
+    p.add_argument("-m", type=int, default=2)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=2000)
+    p.add_argument("--quiet-wait", type=float, default=30.0)
+    p.add_argument("--quiet", type=float, default=0.3)
+    p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("--print", dest="write", action="store_false")
+    args = p.parse_args()
+    started = time.monotonic()
+    build = ["bash", str(h.ROOT / "scripts" / "build-envoy-module")]
+    module_dir = subprocess.run(build, check=True, capture_output=True, text=True).stdout
+    os.environ["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = module_dir.strip().splitlines()[-1]
+    workdir = Path(tempfile.mkdtemp(prefix="envoy-module-bench-"))
+    body = workdir / "tools-call.json"
+    body.write_bytes(ev.REQUEST_BODY)
+    servers: dict[str, h.Server] = {}
+    runs: list[ev.Run] = []
+    try:
+        deployed = ev.deployed_config(ev.DEPLOYED, workdir)
+        tport = h.free_port()
+        probe = h.decide_request(True, ev.GRANT, ev.SERVER_ID)
+        servers["tg-tcp"] = h.start_grpc("tg-tcp", h.serve_cmd(tport), tport, workdir, probe)
+        for name in CONFIGS:
+            port, admin = h.free_port(), h.free_port()
+            path = workdir / f"{name}.json"
+            path.write_text(json.dumps(envoy_config(deployed, name, port, admin, tport)))
+            servers[name] = ev.start(name, path, admin, workdir, port=port)
+        probes = [f"{n}: {ev.probe(servers[n], n != 'plain')}" for n in CONFIGS]
+        probes += [f"module, `rm -rf /`: {ev.deny_probe(servers['module'])}"]
+        urls = [f"http://127.0.0.1:{servers[n].port}/mcp" for n in CONFIGS]
+        h.warm(urls, body, args.warmup, args, ev.H2LOAD_HEADERS)
+        time.sleep(ev.FLUSH_WAIT)
+        for load, c, m, n in (
+            ("single", 1, 1, args.n_single),
+            ("loaded", args.c, args.m, args.n_loaded),
+        ):
+            for i in range(1, args.runs + 1):
+                for name in h.rotated(CONFIGS, i):
+                    r = ev.run(
+                        ev.Run(name, load, i, c, m, n),
+                        servers[name],
+                        servers["tg-tcp"],
+                        body,
+                        workdir,
+                        args,
+                    )
+                    runs.append(r)
+                    print(
+                        f"{load:6} {name:10} run {i}: {r.rps:8,.0f} req/s  p50 "
+                        f"{h.fmt_us(r.p50):>8}  p99 {h.fmt_us(r.p99):>8}  envoy "
+                        f"{r.envoy_cpu_us:4.0f} µs  busy {r.quiet_before:.2f}  "
+                        f"{'; '.join(r.problems) or 'ok'}",
+                        file=sys.stderr,
+                    )
+                    if r.problems:
+                        raise SystemExit(f"{name} run {i} failed its checks: {r.problems}")
+    finally:
+        for s in servers.values():
+            s.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    def median(xs):
+        return statistics.median(xs) if xs else float("nan")
+
+    def added(load, name, attr):
+        return h.per_run(runs, attr, name, "plain", diff=True, load=load)
+
+    lines = [
+        h.written_by("envoy_module_bench.py") + "; one in "
+        f"flight `-c 1 -m 1` x {args.n_single:,}, loaded `-c {args.c} -m {args.m}` x "
+        f"{args.n_loaded:,} per run, {args.runs} runs, medians.",
+        "",
+        "| load | metric | plain | authz-tcp | module | added, ext_authz | added, module |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for load, label in (("single", "one in flight"), ("loaded", f"{args.c}x{args.m} streams")):
+        for attr, metric in (
+            ("p50", "p50"),
+            ("p99", "p99"),
+            ("rps", "req/s"),
+            ("envoy_cpu_us", "Envoy CPU / call"),
+        ):
+            cells = [h.med(runs, attr, load=load, name=n) for n in CONFIGS]
+            if attr == "rps":
+                shown, add = [f"{v:,.0f}" for v in cells], ["", ""]
+            elif "cpu" in attr:
+                shown, add = [f"{v:.0f} µs" for v in cells], ["", ""]
+            else:
+                shown = [h.fmt_us(v) for v in cells]
+                add = [h.fmt_added(median(added(load, n, attr))) for n in CONFIGS[1:]]
+            lines.append(f"| {label} | {metric} | {' | '.join(shown + add)} |")
+    module = median(added("single", "module", "p50"))
+    authz = median(added("single", "authz-tcp", "p50"))
+    share = median(h.per_run(runs, "rps", "module", "plain", load="loaded"))
+    each = ", ".join(f"{x:+.1f}" for x in added("single", "module", "p50"))
+    lines += [
+        "",
+        f"Added at p50, one in flight (aim ≤ {AIM_ADDED_P50_US:.0f} µs): module "
+        f"**+{module:.1f} µs** ({h.verdict(module, AIM_ADDED_P50_US, False)}; runs {each}), "
+        f"ext_authz to the sidecar +{authz:.0f} µs. Loaded throughput with the module "
+        f"**{share:.2f}{X}** plain's (aim ≥ {AIM_THROUGHPUT}{X}: "
+        f"{h.verdict(share, AIM_THROUGHPUT, True)}).",
+        "",
+        "Checks: " + "; ".join(probes) + ". Every run: all HTTP 200 and Envoy's counters "
+        "matched the calls; ext_authz's also the sidecar's limit count.",
+        "",
+        h.busy_line(runs) + f" Took {time.monotonic() - started:.0f} s.",
+    ]
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

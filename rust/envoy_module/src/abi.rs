@@ -1,0 +1,253 @@
+//! The part of Envoy's dynamic-module C ABI (`abi.h`, ABI version `v0.2.0`, Envoy 1.40) this
+//! module uses, declared here: Envoy's Rust SDK is not on the crate registry, and a git
+//! dependency would not build offline from a clean clone. Envoy resolves the callbacks
+//! against its own exports when it loads the module; a released entry never changes its
+//! signature, so these hold for every Envoy that reports the same ABI version.
+#![allow(non_camel_case_types)]
+
+use std::ffi::c_void;
+
+/// What `envoy_dynamic_module_on_program_init` answers: Envoy warns when it is not its own.
+pub const ABI_VERSION: &[u8] = b"v0.2.0\0";
+
+/// Bytes Envoy owns, valid during the hook that gave them.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EnvoyBuffer {
+    pub ptr: *const u8,
+    pub length: usize,
+}
+
+impl EnvoyBuffer {
+    pub const EMPTY: EnvoyBuffer = EnvoyBuffer {
+        ptr: std::ptr::null(),
+        length: 0,
+    };
+
+    /// # Safety
+    /// Only while Envoy keeps the bytes (the hook that gave them).
+    pub unsafe fn bytes<'a>(self) -> &'a [u8] {
+        if self.ptr.is_null() || self.length == 0 {
+            &[]
+        } else {
+            std::slice::from_raw_parts(self.ptr, self.length)
+        }
+    }
+}
+
+/// Bytes the module owns, read by Envoy during the call.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ModuleBuffer {
+    pub ptr: *const u8,
+    pub length: usize,
+}
+
+impl ModuleBuffer {
+    pub fn of(bytes: &[u8]) -> Self {
+        ModuleBuffer {
+            ptr: bytes.as_ptr(),
+            length: bytes.len(),
+        }
+    }
+}
+
+#[repr(C)]
+pub struct ModuleHeader {
+    pub key: ModuleBuffer,
+    pub value: ModuleBuffer,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EnvoyHeader {
+    pub key: EnvoyBuffer,
+    pub value: EnvoyBuffer,
+}
+
+pub type ConfigEnvoyPtr = *mut c_void;
+pub type ConfigModulePtr = *const c_void;
+pub type FilterEnvoyPtr = *mut c_void;
+pub type FilterModulePtr = *const c_void;
+
+// C enums cross as 32-bit integers.
+pub const REQUEST_HEADER: u32 = 0;
+pub const RESPONSE_HEADER: u32 = 2;
+pub const RECEIVED_REQUEST_BODY: u32 = 0;
+pub const BUFFERED_REQUEST_BODY: u32 = 1;
+pub const HEADERS_CONTINUE: u32 = 0;
+pub const HEADERS_STOP_ITERATION: u32 = 1;
+pub const BODY_CONTINUE: u32 = 0;
+pub const BODY_STOP_ITERATION_AND_BUFFER: u32 = 1;
+pub const BODY_STOP_ITERATION_NO_BUFFER: u32 = 3;
+pub const TRAILERS_CONTINUE: u32 = 0;
+pub const TRAILERS_STOP_ITERATION: u32 = 1;
+pub const LOG_INFO: u32 = 2;
+pub const LOG_ERROR: u32 = 4;
+
+extern "C" {
+    pub fn envoy_dynamic_module_callback_log(level: u32, message: ModuleBuffer);
+    pub fn envoy_dynamic_module_callback_http_get_headers_size(
+        filter: FilterEnvoyPtr,
+        kind: u32,
+    ) -> usize;
+    pub fn envoy_dynamic_module_callback_http_get_headers(
+        filter: FilterEnvoyPtr,
+        kind: u32,
+        headers: *mut EnvoyHeader,
+    ) -> bool;
+    pub fn envoy_dynamic_module_callback_http_add_header(
+        filter: FilterEnvoyPtr,
+        kind: u32,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
+    pub fn envoy_dynamic_module_callback_http_get_body_chunks_size(
+        filter: FilterEnvoyPtr,
+        kind: u32,
+    ) -> usize;
+    pub fn envoy_dynamic_module_callback_http_get_body_chunks(
+        filter: FilterEnvoyPtr,
+        kind: u32,
+        chunks: *mut EnvoyBuffer,
+    ) -> bool;
+    pub fn envoy_dynamic_module_callback_http_get_body_size(
+        filter: FilterEnvoyPtr,
+        kind: u32,
+    ) -> usize;
+    pub fn envoy_dynamic_module_callback_http_received_buffered_request_body(
+        filter: FilterEnvoyPtr,
+    ) -> bool;
+    pub fn envoy_dynamic_module_callback_http_send_response(
+        filter: FilterEnvoyPtr,
+        status: u32,
+        headers: *mut ModuleHeader,
+        headers_size: usize,
+        body: ModuleBuffer,
+        details: ModuleBuffer,
+    );
+}
+
+/// Log `message` in Envoy's log (its `dynamic_modules` logger).
+pub fn log(level: u32, message: &str) {
+    // SAFETY: Envoy reads the message during the call.
+    unsafe { envoy_dynamic_module_callback_log(level, ModuleBuffer::of(message.as_bytes())) }
+}
+
+/// One stream, as Envoy's callbacks reach it: only on the stream's worker, during a hook.
+#[derive(Clone, Copy)]
+pub struct Stream(pub FilterEnvoyPtr);
+
+impl Stream {
+    /// The request's (or the response's) headers, copied: names as Envoy keeps them (lower
+    /// case), values as bytes.
+    pub fn headers(self, kind: u32) -> Vec<(String, Vec<u8>)> {
+        // SAFETY: called on the stream's worker during a hook; the vector holds the size
+        // Envoy gave, and the bytes are copied before the hook returns.
+        unsafe {
+            let n = envoy_dynamic_module_callback_http_get_headers_size(self.0, kind);
+            let mut headers = vec![
+                EnvoyHeader {
+                    key: EnvoyBuffer::EMPTY,
+                    value: EnvoyBuffer::EMPTY,
+                };
+                n
+            ];
+            if n == 0
+                || !envoy_dynamic_module_callback_http_get_headers(
+                    self.0,
+                    kind,
+                    headers.as_mut_ptr(),
+                )
+            {
+                return Vec::new();
+            }
+            let text = |b: EnvoyBuffer| String::from_utf8_lossy(b.bytes()).into_owned();
+            headers
+                .into_iter()
+                .map(|h| (text(h.key), h.value.bytes().to_vec()))
+                .collect()
+        }
+    }
+
+    /// Append the chunks of body `kind` to `out`.
+    pub fn body_into(self, kind: u32, out: &mut Vec<u8>) {
+        // SAFETY: as for `headers`.
+        unsafe {
+            let n = envoy_dynamic_module_callback_http_get_body_chunks_size(self.0, kind);
+            let mut chunks = vec![EnvoyBuffer::EMPTY; n];
+            if n > 0
+                && envoy_dynamic_module_callback_http_get_body_chunks(
+                    self.0,
+                    kind,
+                    chunks.as_mut_ptr(),
+                )
+            {
+                for chunk in chunks {
+                    out.extend_from_slice(chunk.bytes());
+                }
+            }
+        }
+    }
+
+    /// The whole request body at its end: what Envoy buffered, then the last chunk (unless an
+    /// earlier filter buffered it all and the buffer is that chunk).
+    pub fn request_body(self) -> Vec<u8> {
+        let mut body = Vec::new();
+        self.body_into(BUFFERED_REQUEST_BODY, &mut body);
+        // SAFETY: as for `headers`.
+        if !unsafe { envoy_dynamic_module_callback_http_received_buffered_request_body(self.0) } {
+            self.body_into(RECEIVED_REQUEST_BODY, &mut body);
+        }
+        body
+    }
+
+    /// Bytes of the request body so far: what Envoy buffered and the chunk at hand.
+    pub fn request_body_size(self) -> usize {
+        // SAFETY: as for `headers`.
+        unsafe {
+            envoy_dynamic_module_callback_http_get_body_size(self.0, BUFFERED_REQUEST_BODY)
+                + envoy_dynamic_module_callback_http_get_body_size(self.0, RECEIVED_REQUEST_BODY)
+        }
+    }
+
+    pub fn add_header(self, kind: u32, key: &str, value: &str) {
+        // SAFETY: as for `headers`; Envoy copies the bytes.
+        unsafe {
+            envoy_dynamic_module_callback_http_add_header(
+                self.0,
+                kind,
+                ModuleBuffer::of(key.as_bytes()),
+                ModuleBuffer::of(value.as_bytes()),
+            );
+        }
+    }
+
+    /// Answer in the upstream's place; Envoy copies everything.
+    pub fn send_response(
+        self,
+        status: u16,
+        headers: &[(&str, String)],
+        body: &[u8],
+        details: &str,
+    ) {
+        let mut headers: Vec<ModuleHeader> = headers
+            .iter()
+            .map(|(k, v)| ModuleHeader {
+                key: ModuleBuffer::of(k.as_bytes()),
+                value: ModuleBuffer::of(v.as_bytes()),
+            })
+            .collect();
+        // SAFETY: as for `headers`; the vectors outlive the call.
+        unsafe {
+            envoy_dynamic_module_callback_http_send_response(
+                self.0,
+                u32::from(status),
+                headers.as_mut_ptr(),
+                headers.len(),
+                ModuleBuffer::of(body),
+                ModuleBuffer::of(details.as_bytes()),
+            );
+        }
+    }
+}

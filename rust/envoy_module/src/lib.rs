@@ -1,0 +1,278 @@
+//! toolgate inside Envoy: the decision core as an HTTP filter dynamic module
+//! (`envoy.filters.http.dynamic_modules`, module name `toolgate`). Each MCP request is decided
+//! in Envoy's worker thread, with no hop to a sidecar: the same gate as the sidecar's
+//! ext_authz service, the same answers, codes and reasons (docs/envoy.md, "In Envoy's
+//! process").
+//!
+//! The hooks below are Envoy's entry points ([`abi`]); [`config`] reads the filter's
+//! configuration into an engine the worker threads share, and [`filter`] decides one stream.
+//! A panic never unwinds into Envoy: the stream is refused instead (fail closed).
+
+mod abi;
+mod config;
+mod filter;
+
+use abi::*;
+use config::Config;
+use filter::{Filter, Next};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+/// The module's ABI version, for Envoy to check against its own.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const u8 {
+    ABI_VERSION.as_ptr()
+}
+
+/// A filter configuration, on Envoy's main thread: null (refused) when it cannot be read.
+///
+/// # Safety
+/// Envoy's buffers are valid during the call.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
+    _envoy: ConfigEnvoyPtr,
+    _name: EnvoyBuffer,
+    config: EnvoyBuffer,
+) -> ConfigModulePtr {
+    let text = config.bytes();
+    match catch_unwind(|| Config::read(text)) {
+        Ok(Ok(config)) => {
+            log(LOG_INFO, "toolgate: the filter's policy is loaded");
+            Box::into_raw(Box::new(config)) as ConfigModulePtr
+        }
+        Ok(Err(why)) => {
+            log(
+                LOG_ERROR,
+                &format!("toolgate: the filter_config is refused: {why}"),
+            );
+            std::ptr::null()
+        }
+        Err(_) => std::ptr::null(),
+    }
+}
+
+/// # Safety
+/// `config` is one `config_new` made, destroyed once.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(
+    config: ConfigModulePtr,
+) {
+    drop(Box::from_raw(config as *mut Config));
+}
+
+/// # Safety
+/// `config` is live while its filters are.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
+    config: ConfigModulePtr,
+    _envoy: FilterEnvoyPtr,
+) -> FilterModulePtr {
+    let state = (config as *const Config, Filter::default());
+    Box::into_raw(Box::new(state)) as FilterModulePtr
+}
+
+/// # Safety
+/// `filter` is one `filter_new` made, destroyed once.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter: FilterModulePtr) {
+    drop(Box::from_raw(filter as *mut (*const Config, Filter)));
+}
+
+/// Decide, refusing the stream if the module panics: fail closed.
+unsafe fn decide(
+    envoy: FilterEnvoyPtr,
+    filter: FilterModulePtr,
+    body: impl FnOnce(Stream) -> Vec<u8>,
+) -> Next {
+    let (config, state) = &mut *(filter as *mut (*const Config, Filter));
+    let stream = Stream(envoy);
+    let decided = catch_unwind(AssertUnwindSafe(|| {
+        state.decide(&**config, stream, &body(stream))
+    }));
+    decided.unwrap_or_else(|_| {
+        log(LOG_ERROR, "toolgate: the module failed on a request; refused");
+        let body = br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"toolgate could not decide this request"}}"#;
+        stream.send_response(500, &[("content-type", "application/json".into())], body, "toolgate_failed");
+        Next::Answered
+    })
+}
+
+/// # Safety
+/// Called by Envoy on the stream's worker.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
+    envoy: FilterEnvoyPtr,
+    filter: FilterModulePtr,
+    end_of_stream: bool,
+) -> u32 {
+    if !end_of_stream {
+        // Held until the body is whole.
+        return HEADERS_STOP_ITERATION;
+    }
+    match decide(envoy, filter, |_| Vec::new()) {
+        Next::Continue => HEADERS_CONTINUE,
+        Next::Answered => HEADERS_STOP_ITERATION,
+    }
+}
+
+/// # Safety
+/// Called by Envoy on the stream's worker.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
+    envoy: FilterEnvoyPtr,
+    filter: FilterModulePtr,
+    end_of_stream: bool,
+) -> u32 {
+    let (config, _) = &*(filter as *const (*const Config, Filter));
+    let max = (**config).authz.max_request_bytes;
+    // A body over the limit is decided cut at it (and refused, as ext_authz's partial body
+    // is) before Envoy's own buffer limit answers a bare 413.
+    let over = Stream(envoy).request_body_size() > max;
+    if !end_of_stream && !over {
+        return BODY_STOP_ITERATION_AND_BUFFER;
+    }
+    match decide(envoy, filter, Stream::request_body) {
+        Next::Continue => BODY_CONTINUE,
+        Next::Answered => BODY_STOP_ITERATION_NO_BUFFER,
+    }
+}
+
+/// # Safety
+/// Called by Envoy on the stream's worker.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
+    envoy: FilterEnvoyPtr,
+    filter: FilterModulePtr,
+    _end_of_stream: bool,
+) -> u32 {
+    let (_, state) = &mut *(filter as *mut (*const Config, Filter));
+    for (key, value) in state.answer_headers.drain(..) {
+        Stream(envoy).add_header(RESPONSE_HEADER, key, &value);
+    }
+    HEADERS_CONTINUE
+}
+
+/// A request whose body ends with trailers (HTTP/2, chunked HTTP/1) never reaches its body's
+/// end in the body hook: it is decided here, on the body Envoy holds.
+///
+/// # Safety
+/// Called by Envoy on the stream's worker.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
+    envoy: FilterEnvoyPtr,
+    filter: FilterModulePtr,
+) -> u32 {
+    match decide(envoy, filter, Stream::request_body) {
+        Next::Continue => TRAILERS_CONTINUE,
+        Next::Answered => TRAILERS_STOP_ITERATION,
+    }
+}
+
+// The hooks Envoy requires whose events the module does not use yet.
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
+    _: FilterEnvoyPtr,
+    _: FilterModulePtr,
+    _: bool,
+) -> u32 {
+    BODY_CONTINUE
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
+    _: FilterEnvoyPtr,
+    _: FilterModulePtr,
+) -> u32 {
+    TRAILERS_CONTINUE
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
+    _: FilterEnvoyPtr,
+    _: FilterModulePtr,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
+    _: FilterEnvoyPtr,
+    _: FilterModulePtr,
+    _: u64,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
+    _: FilterEnvoyPtr,
+    _: FilterModulePtr,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
+    _: FilterEnvoyPtr,
+    _: FilterModulePtr,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
+    _: FilterEnvoyPtr,
+    _: FilterModulePtr,
+    _: u64,
+    _: u32,
+    _: *const EnvoyHeader,
+    _: usize,
+    _: *const EnvoyBuffer,
+    _: usize,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
+    _: FilterEnvoyPtr,
+    _: FilterModulePtr,
+    _: u64,
+    _: *const EnvoyHeader,
+    _: usize,
+    _: bool,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
+    _: FilterEnvoyPtr,
+    _: FilterModulePtr,
+    _: u64,
+    _: *const EnvoyBuffer,
+    _: usize,
+    _: bool,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
+    _: FilterEnvoyPtr,
+    _: FilterModulePtr,
+    _: u64,
+    _: *const EnvoyHeader,
+    _: usize,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(
+    _: FilterEnvoyPtr,
+    _: FilterModulePtr,
+    _: u64,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
+    _: FilterEnvoyPtr,
+    _: FilterModulePtr,
+    _: u64,
+    _: u32,
+) {
+}

