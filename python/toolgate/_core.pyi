@@ -91,6 +91,7 @@ Verdict = Literal["ALLOW", "DENY", "REQUIRE_APPROVAL"]
 Code = Literal[
     "ALLOWED",
     "HIDDEN",
+    "DEFAULT_DENY",
     "RULE_DENY",
     "CONDITION_FAILED",
     "RATE_LIMITED",
