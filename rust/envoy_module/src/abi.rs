@@ -83,6 +83,8 @@ pub const BODY_STOP_ITERATION_NO_BUFFER: u32 = 3;
 pub const TRAILERS_CONTINUE: u32 = 0;
 pub const TRAILERS_STOP_ITERATION: u32 = 1;
 pub const LOG_INFO: u32 = 2;
+/// `envoy_dynamic_module_type_attribute_id_SourceAddress`: `source.address`.
+pub const ATTRIBUTE_SOURCE_ADDRESS: u32 = 24;
 pub const LOG_ERROR: u32 = 4;
 
 extern "C" {
@@ -96,11 +98,16 @@ extern "C" {
         kind: u32,
         headers: *mut EnvoyHeader,
     ) -> bool;
-    pub fn envoy_dynamic_module_callback_http_add_header(
+    pub fn envoy_dynamic_module_callback_http_set_header(
         filter: FilterEnvoyPtr,
         kind: u32,
         key: ModuleBuffer,
         value: ModuleBuffer,
+    ) -> bool;
+    pub fn envoy_dynamic_module_callback_http_filter_get_attribute_string(
+        filter: FilterEnvoyPtr,
+        attribute: u32,
+        result: *mut EnvoyBuffer,
     ) -> bool;
     pub fn envoy_dynamic_module_callback_http_get_body_chunks_size(
         filter: FilterEnvoyPtr,
@@ -211,10 +218,25 @@ impl Stream {
         }
     }
 
-    pub fn add_header(self, kind: u32, key: &str, value: &str) {
+    /// The downstream connection's peer, `IP:PORT`, when Envoy knows it.
+    pub fn source_address(self) -> Option<String> {
+        let mut out = EnvoyBuffer::EMPTY;
+        // SAFETY: as for `headers`; the bytes are copied before the hook returns.
+        unsafe {
+            envoy_dynamic_module_callback_http_filter_get_attribute_string(
+                self.0,
+                ATTRIBUTE_SOURCE_ADDRESS,
+                &mut out,
+            )
+            .then(|| String::from_utf8_lossy(out.bytes()).into_owned())
+        }
+    }
+
+    /// Set header `key` to `value`, in place of every value it had.
+    pub fn set_header(self, kind: u32, key: &str, value: &str) {
         // SAFETY: as for `headers`; Envoy copies the bytes.
         unsafe {
-            envoy_dynamic_module_callback_http_add_header(
+            envoy_dynamic_module_callback_http_set_header(
                 self.0,
                 kind,
                 ModuleBuffer::of(key.as_bytes()),

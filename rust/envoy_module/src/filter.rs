@@ -10,6 +10,7 @@ use std::time::Instant;
 use toolgate_core::counter::Peer;
 use toolgate_core::engine::gate::{self, Gate, HttpCall};
 use toolgate_server::authz::unreadable_caller;
+use toolgate_server::ext_proc::{exchange_header, EXCHANGE_HEADER};
 use toolgate_server::subject::{single_header, CallerFacts, ReadSubject, MCP_SESSION_HEADER};
 
 /// A stream's state, on its worker thread.
@@ -30,17 +31,58 @@ pub enum Next {
     Answered,
 }
 
-/// The request's headers as Envoy holds them; a value that is not UTF-8 matches no name and
-/// is read as a refusal by the subject's reader.
-struct Headers(Vec<(String, Vec<u8>)>);
+/// The request's headers as ext_authz's `Check` carries them, so that both are read alike:
+/// one value per name, a header sent more than once joined with `,` (a second `Mcp-Name` is
+/// then no match for the body, and a second identity header one that holds a comma), bytes
+/// that are not UTF-8 each read as U+FFFD. And where the request came from.
+struct Headers {
+    joined: Vec<(String, String)>,
+    peer: Peer,
+}
+
+impl Headers {
+    fn read(stream: Stream) -> Headers {
+        let mut joined: Vec<(String, String)> = Vec::new();
+        for (name, value) in stream.headers(REQUEST_HEADER) {
+            let value = String::from_utf8_lossy(&value);
+            match joined.iter_mut().find(|(k, _)| *k == name) {
+                Some((_, all)) => {
+                    all.push(',');
+                    all.push_str(&value);
+                }
+                None => joined.push((name, value.into_owned())),
+            }
+        }
+        Headers {
+            joined,
+            peer: stream
+                .source_address()
+                .map_or(Peer::UNKNOWN, |a| peer_of(&a)),
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        (&self).header(name)
+    }
+}
+
+/// The request's source as Envoy gives it (`source.address`, `IP:PORT` or `[IPv6]:PORT`): the
+/// downstream connection's peer, read as ext_authz's `Check` source is. An IPv6 address's
+/// zone is left out; an address that is no IP address (a pipe, an internal listener) is one
+/// opaque address, bounded like any other.
+fn peer_of(address: &str) -> Peer {
+    let ip = match address.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map_or(v6, |(ip, _)| ip),
+        None => address.rsplit_once(':').map_or(address, |(ip, _)| ip),
+    };
+    let ip = ip.split_once('%').map_or(ip, |(ip, _)| ip);
+    Peer::parse(ip).unwrap_or(Peer::OPAQUE)
+}
 
 impl<'a> CallerFacts<'a> for &'a Headers {
     fn header_values(&self, name: &str) -> Vec<&'a str> {
-        self.0
-            .iter()
-            .filter(|(k, _)| k == name)
-            .map(|(_, v)| std::str::from_utf8(v).unwrap_or("\u{fffd}"))
-            .collect()
+        let found = self.joined.iter().find(|(k, _)| k == name);
+        found.map(|(_, v)| v.as_str()).into_iter().collect()
     }
 
     fn verified_payload(&self, _key: &str) -> Option<&'a Struct> {
@@ -48,13 +90,7 @@ impl<'a> CallerFacts<'a> for &'a Headers {
     }
 
     fn peer(&self) -> Peer {
-        Peer::UNKNOWN
-    }
-}
-
-impl Headers {
-    fn get(&self, name: &str) -> Option<&str> {
-        (&self).header(name)
+        self.peer
     }
 }
 
@@ -80,7 +116,7 @@ impl Filter {
 
     fn decide_once(&mut self, config: &Config, stream: Stream, body: &[u8]) -> Next {
         let started = Instant::now();
-        let headers = Headers(stream.headers(REQUEST_HEADER));
+        let headers = Headers::read(stream);
         let max = config.authz.max_request_bytes;
         let (body, cut) = match body.len() > max {
             true => (&body[..max], true),
@@ -124,7 +160,12 @@ impl Filter {
         let stats = config.engine.stats();
         stats.record_duration(started.elapsed().as_nanos() as u64);
         match gate {
-            Gate::Forward { headers, .. } => {
+            Gate::Forward {
+                headers, follow, ..
+            } => {
+                // Always set, as ext_authz sets it: a client cannot choose what a route that
+                // processes answers sees.
+                stream.set_header(REQUEST_HEADER, EXCHANGE_HEADER, exchange_header(&follow));
                 self.answer_headers = headers;
                 Next::Continue
             }

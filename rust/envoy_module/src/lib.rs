@@ -145,8 +145,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
     _end_of_stream: bool,
 ) -> u32 {
     let (_, state) = &mut *(filter as *mut (*const Config, Filter));
+    // In place of any the server sent, as ext_authz's are: the decision is toolgate's.
     for (key, value) in state.answer_headers.drain(..) {
-        Stream(envoy).add_header(RESPONSE_HEADER, key, &value);
+        Stream(envoy).set_header(RESPONSE_HEADER, key, &value);
     }
     HEADERS_CONTINUE
 }
