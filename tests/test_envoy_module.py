@@ -12,12 +12,14 @@ test_envoy_e2e.py's, run with each.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import h2.config
 import h2.connection
@@ -188,11 +190,12 @@ class Pair:
         return ("answered", status, kept, toolgate, answer)
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
-    where = tmp_path_factory.mktemp("pair")
+@contextlib.contextmanager
+def side_by_side(where: Path, document: Any) -> Iterator[tuple[Envoy, Envoy, ExampleServer]]:
+    """One MCP server (its request log in ``where``), and in front of it Envoy asking the
+    sidecar over ext_authz and Envoy with the module (two workers), both on ``document``."""
     policy_path = where / "policy.json"
-    policy_path.write_text(json.dumps(POLICY))
+    policy_path.write_text(json.dumps(document))
     edits = {POLICY_LINE: f"policy: {policy_path}"}
     with (
         ExampleServer(where / "requests.jsonl", stateless=True, json=True) as server,
@@ -200,6 +203,12 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
         deployed(EXT_AUTHZ, sidecar.port, server.port, patient=True) as authz,
         deployed(MODULE, None, server.port, edits, extra_args=("--concurrency", "2")) as module,
     ):
+        yield authz, module, server
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    with side_by_side(tmp_path_factory.mktemp("pair"), POLICY) as (authz, module, _):
         yield Pair(authz, module)
 
 

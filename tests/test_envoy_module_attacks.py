@@ -56,7 +56,7 @@ from conftest import limit, policy
 from envoy_proxy import EXT_AUTHZ, MODULE, Envoy, deployed, envoy_executable, send
 from mcp_servers import ExampleServer
 from sidecar import Sidecar
-from test_envoy_module import GATE_HEADERS, POLICY, POLICY_LINE
+from test_envoy_module import GATE_HEADERS, POLICY, POLICY_LINE, side_by_side
 from test_envoy_refusals import raw_call
 
 pytestmark = [
@@ -421,16 +421,7 @@ def assert_up(*envoys: Envoy) -> None:
 
 @pytest.fixture(scope="module")
 def both(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Both]:
-    where = tmp_path_factory.mktemp("attacks")
-    policy_path = where / "policy.json"
-    policy_path.write_text(json.dumps(POLICY))
-    edits = {POLICY_LINE: f"policy: {policy_path}"}
-    with (
-        ExampleServer(where / "requests.jsonl", stateless=True, json=True) as server,
-        Sidecar(policy_path) as sidecar,
-        deployed(EXT_AUTHZ, sidecar.port, server.port, patient=True) as authz,
-        deployed(MODULE, None, server.port, edits, extra_args=("--concurrency", "2")) as module,
-    ):
+    with side_by_side(tmp_path_factory.mktemp("attacks"), POLICY) as (authz, module, server):
         yield Both(authz, module, server)
 
 
