@@ -40,6 +40,7 @@ ROWS = {
     "floor": r"against a constant-answer server",
     "ext-authz": r"what Envoy's ext_authz adds",
     "ext-proc": r"what ext_proc adds",
+    "envoy-module": r"what toolgate's Envoy module adds",
     "threads": r"a runtime per serving thread",
     "memory": r"idle memory",
     "core": r"one decision in the Rust core",
@@ -58,6 +59,7 @@ QUOTES = {
     "threads": "{threads}",
     "ext-authz": "{ext-authz}",
     "ext-proc": "{ext-proc}",
+    "envoy-module": "{envoy-module}",
     "redis": "{redis}",
     "memory": "{memory.1}",
 }
