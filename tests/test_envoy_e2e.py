@@ -110,19 +110,26 @@ def decision_of(result: types.CallToolResult) -> dict[str, Any]:
 # --- ext_authz in front of the example server ---------------------------------------------
 
 
+@pytest.fixture(scope="module", params=["ext_authz", "module"])
+def deciding(request: pytest.FixtureRequest) -> str:
+    """Where Envoy decides: asking the sidecar over ext_authz, or with toolgate's module."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExampleServer]:
-    log = tmp_path_factory.mktemp("example") / "requests.jsonl"
+def example(deciding: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExampleServer]:
+    """The example server, a fresh one (and request log) for each way of deciding."""
+    log = tmp_path_factory.mktemp(f"example-{deciding}") / "requests.jsonl"
     with ExampleServer(log) as server:
         yield server
 
 
-@pytest.fixture(scope="module", params=["ext_authz", "module"])
-def gate(request: pytest.FixtureRequest, example: ExampleServer):
+@pytest.fixture(scope="module")
+def gate(deciding: str, example: ExampleServer):
     """Envoy deciding with the example policy, as deployed: asking the sidecar over ext_authz
     (deploy/envoy/mcp-ext-authz.yaml), or with toolgate's module in its own process
     (deploy/envoy/mcp-dynamic-module.yaml). Every test below holds for both."""
-    if request.param == "module":
+    if deciding == "module":
         edits = {"policy: examples/policy.json": f"policy: {EXAMPLES / 'policy.json'}"}
         with deployed(MODULE, None, example.port, edits, extra_args=("--concurrency", "2")) as e:
             yield e

@@ -456,9 +456,9 @@ HTTP1_SHAPES: dict[str, Callable[[bytes], list[bytes | float]]] = {
     ],
     "body-after-a-pause": lambda b: [
         head() + b"Content-Length: %d\r\n\r\n" % len(b),
-        2.0,
+        0.5,
         b[:9],
-        1.0,
+        0.5,
         b[9:],
     ],
     "GET-with-body": lambda b: [with_length(b, b"GET")],
@@ -540,7 +540,7 @@ def h2_shapes(body: bytes) -> dict[str, list[tuple]]:
         ],
         "empty-data-ends": [([bearer], [("data", body, 0, False), ("data", b"", 0, True)])],
         "body-after-a-pause": [
-            ([bearer], [("data", body[:9], 0, False), ("pause", 2.0), ("data", body[9:], 0, True)])
+            ([bearer], [("data", body[:9], 0, False), ("pause", 0.5), ("data", body[9:], 0, True)])
         ],
         "content-length-over": [h2_post(body, bearer, ("content-length", str(len(body) + 9)))],
         "content-length-under": [h2_post(body, bearer, ("content-length", str(len(body) - 9)))],
@@ -636,7 +636,7 @@ def test_a_request_no_route_matches_is_left_to_the_router_as_with_ext_authz(
     def attack(envoy: Envoy, mark: str) -> list[Answer]:
         if request_line == "CONNECT":
             return exchange(
-                envoy, b"CONNECT 127.0.0.1:1 HTTP/1.1\r\nHost: 127.0.0.1:1\r\n\r\n", timeout=3.0
+                envoy, b"CONNECT 127.0.0.1:1 HTTP/1.1\r\nHost: 127.0.0.1:1\r\n\r\n", timeout=1.5
             )
         request = with_length(denied_call(mark)).replace(b"POST /mcp", b"POST /MCP", 1)
         return exchange(envoy, request)

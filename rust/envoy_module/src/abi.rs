@@ -1,4 +1,4 @@
-//! The part of Envoy's dynamic-module C ABI (`abi.h`, ABI version `v0.2.0`, Envoy 1.40) this
+//! The part of Envoy's dynamic-module C ABI (`abi.h`, the ABI version [`ABI_VERSION`], Envoy 1.40) this
 //! module uses, declared here: Envoy's Rust SDK is not on the crate registry, and a git
 //! dependency would not build offline from a clean clone. Envoy resolves the callbacks
 //! against its own exports when it loads the module; a released entry never changes its
