@@ -114,6 +114,11 @@ impl Filter {
         next
     }
 
+    /// The stream's decision, once made.
+    pub fn decided(&self) -> Option<Next> {
+        self.decided
+    }
+
     fn decide_once(&mut self, config: &Config, stream: Stream, body: &[u8]) -> Next {
         let started = Instant::now();
         let headers = Headers::read(stream);

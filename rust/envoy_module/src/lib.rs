@@ -17,6 +17,20 @@ use config::Config;
 use filter::{Filter, Next};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+/// What the module keeps for one stream: the configuration it decides with, and its state.
+struct StreamState {
+    config: *const Config,
+    filter: Filter,
+}
+
+/// The state `filter_new` made for `filter`.
+///
+/// # Safety
+/// `filter` is a live `StreamState`, reached only on its stream's worker.
+unsafe fn state<'a>(filter: FilterModulePtr) -> &'a mut StreamState {
+    &mut *(filter as *mut StreamState)
+}
+
 /// The module's ABI version, for Envoy to check against its own.
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const u8 {
@@ -66,7 +80,10 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
     config: ConfigModulePtr,
     _envoy: FilterEnvoyPtr,
 ) -> FilterModulePtr {
-    let state = (config as *const Config, Filter::default());
+    let state = StreamState {
+        config: config as *const Config,
+        filter: Filter::default(),
+    };
     Box::into_raw(Box::new(state)) as FilterModulePtr
 }
 
@@ -74,7 +91,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
 /// `filter` is one `filter_new` made, destroyed once.
 #[no_mangle]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter: FilterModulePtr) {
-    drop(Box::from_raw(filter as *mut (*const Config, Filter)));
+    drop(Box::from_raw(filter as *mut StreamState));
 }
 
 /// Decide, refusing the stream if the module panics: fail closed.
@@ -83,10 +100,14 @@ unsafe fn decide(
     filter: FilterModulePtr,
     body: impl FnOnce(Stream) -> Vec<u8>,
 ) -> Next {
-    let (config, state) = &mut *(filter as *mut (*const Config, Filter));
+    let StreamState { config, filter } = state(filter);
+    // Decided once: a later hook of the same stream copies no body.
+    if let Some(next) = filter.decided() {
+        return next;
+    }
     let stream = Stream(envoy);
     let decided = catch_unwind(AssertUnwindSafe(|| {
-        state.decide(&**config, stream, &body(stream))
+        filter.decide(&**config, stream, &body(stream))
     }));
     decided.unwrap_or_else(|_| {
         log(LOG_ERROR, "toolgate: the module failed on a request; refused");
@@ -122,8 +143,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
     filter: FilterModulePtr,
     end_of_stream: bool,
 ) -> u32 {
-    let (config, _) = &*(filter as *const (*const Config, Filter));
-    let max = (**config).authz.max_request_bytes;
+    let max = (*state(filter).config).authz.max_request_bytes;
     // A body over the limit is decided cut at it (and refused, as ext_authz's partial body
     // is) before Envoy's own buffer limit answers a bare 413.
     let over = Stream(envoy).request_body_size() > max;
@@ -144,9 +164,8 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
     filter: FilterModulePtr,
     _end_of_stream: bool,
 ) -> u32 {
-    let (_, state) = &mut *(filter as *mut (*const Config, Filter));
     // In place of any the server sent, as ext_authz's are: the decision is toolgate's.
-    for (key, value) in state.answer_headers.drain(..) {
+    for (key, value) in state(filter).filter.answer_headers.drain(..) {
         Stream(envoy).set_header(RESPONSE_HEADER, key, &value);
     }
     HEADERS_CONTINUE
