@@ -104,14 +104,9 @@ fn gate(engine: &Engine, config: &AuthzConfig, request: &CheckRequest) -> (Gate,
     };
     let gate = gate::check(engine, &call);
     let note = match &gate {
-        Gate::Forward { follow, .. } => exchange_metadata(follow, || Caller {
-            server: call.server.map(str::to_owned),
-            grant: call.subject.grant.map(str::to_owned),
-            session: call.subject.session.map(str::to_owned),
-            agent: call.subject.agent.map(str::to_owned),
-            grant_verified: call.subject.grant_verified,
-            peer: call.subject.peer,
-        }),
+        Gate::Forward { follow, .. } => {
+            exchange_metadata(follow, || Caller::of(call.server, &call.subject))
+        }
         Gate::Answer { .. } => None,
     };
     (gate, note)

@@ -1,6 +1,7 @@
 //! Envoy's external processing API (`envoy.service.ext_proc.v3.ExternalProcessor/Process`)
 //! on MCP servers' answers: a `tools/list` answer is filtered for its caller, and a
-//! `tools/call` that failed upstream gives its reservation back.
+//! `tools/call` that failed upstream gives its reservation back ([`crate::answer`], which
+//! this service feeds the answer's messages as Envoy streams them).
 //!
 //! Envoy opens one stream per HTTP exchange, so each stream is one request's answer and
 //! needs no state shared with other streams. What to do with it was settled by the same
@@ -12,6 +13,8 @@
 //!   sent), which the Envoy config routes on, so that processing is turned on only for the
 //!   exchanges that need it and everything else pays nothing.
 
+pub use crate::answer::{Caller, LIST_ANSWER_TYPE};
+use crate::answer::{Follower, Refusal, RequestBody, LIST_ANSWER_DROPS};
 use crate::held::{stream_buffer, HeldBytes, Room, STREAM_SHARE};
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{
@@ -32,25 +35,12 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
 use toolgate_core::counter::Peer;
-use toolgate_core::definitions::listed::ListedTool;
 use toolgate_core::engine::gate::Follow;
-use toolgate_core::engine::listing::{
-    CursorOpener, ListFilter, ListReport, ListRequest, INTERNAL_ERROR, INVALID_CURSOR,
-};
-use toolgate_core::engine::visibility::Visibility;
+use toolgate_core::engine::listing::INTERNAL_ERROR;
 use toolgate_core::kind::Listed;
 use toolgate_core::mcp::answer::error_message;
 use toolgate_core::mcp::known_answers::KnownAnswers;
-use toolgate_core::mcp::outcome::{CallWatcher, Failure, Outcome};
-use toolgate_core::mcp::request::INVALID_PARAMS;
-use toolgate_core::mcp::sse::message_event;
-use toolgate_core::policy::compile::CompiledPolicy;
-use toolgate_core::{Engine, Subject};
-
-/// The media type of a filtered list's answer ([`ListFilter`] writes an event stream), which
-/// fixes how a client reads it: UTF-8 (an event stream has no other charset), not compressed.
-/// The deployed routes set it (`response_headers_to_add`) and take off `content-encoding`.
-pub const LIST_ANSWER_TYPE: &str = "text/event-stream";
+use toolgate_core::Engine;
 
 /// The request header the Envoy config routes on: [`exchange_header`]'s values.
 pub const EXCHANGE_HEADER: &str = "x-toolgate-exchange";
@@ -68,30 +58,6 @@ pub fn exchange_header(follow: &Follow) -> &'static str {
         Follow::CallOutcome { task: true, .. } => "task",
         Follow::CallOutcome { .. } => "tools-call",
         Follow::Opening => "initialize",
-    }
-}
-
-/// The caller and server a tool list is filtered for.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Caller {
-    pub server: Option<String>,
-    pub grant: Option<String>,
-    pub session: Option<String>,
-    pub agent: Option<String>,
-    pub grant_verified: bool,
-    pub peer: Peer,
-}
-
-impl Caller {
-    fn subject(&self) -> Subject<'_> {
-        Subject {
-            grant: self.grant.as_deref(),
-            session: self.session.as_deref(),
-            agent: self.agent.as_deref(),
-            attributes: &[],
-            grant_verified: self.grant_verified,
-            peer: self.peer,
-        }
     }
 }
 
@@ -177,10 +143,8 @@ fn put_caller(put: &mut impl FnMut(&str, Kind), caller: Caller) {
     }
 }
 
-/// Read back what [`exchange_metadata`] wrote, as Envoy forwards it; with the bytes of its text
-/// the exchange keeps (a caller's grant, session and agent come from its headers: tens of
-/// kilobytes, each stream).
-fn read_metadata(metadata: Option<&Metadata>) -> Option<(Follow, Caller, usize)> {
+/// Read back what [`exchange_metadata`] wrote, as Envoy forwards it.
+fn read_metadata(metadata: Option<&Metadata>) -> Option<(Follow, Caller)> {
     let note = match &metadata?
         .filter_metadata
         .get(METADATA_NAMESPACE)?
@@ -195,19 +159,14 @@ fn read_metadata(metadata: Option<&Metadata>) -> Option<(Follow, Caller, usize)>
         Some(Kind::StringValue(s)) => Some(s.clone()),
         _ => None,
     };
-    // The id twice: a list's filter answers under a copy of it.
-    let kept = ["id", "id", "server", "grant", "session", "agent"]
-        .iter()
-        .filter_map(|key| match note.fields.get(*key)?.kind.as_ref()? {
-            Kind::StringValue(s) => Some(s.len()),
-            _ => None,
-        })
-        .sum();
     // An id that is there must read back as the Check wrote it, a string or an integer (any
-    // other value's text would be charged for far less than it takes read); a list stream
-    // may have none.
+    // other value's text would be charged for far less than it takes read, so no other is
+    // read at all: an array of zeros takes 16 times its text); a list stream may have none.
     let id: Option<Value> = match text("id") {
-        Some(id) => Some(serde_json::from_str(&id).ok()?),
+        Some(id) if id.starts_with('"') || id.bytes().all(|b| b.is_ascii_digit() || b == b'-') => {
+            Some(serde_json::from_str(&id).ok()?)
+        }
+        Some(_) => return None,
         None => None,
     };
     if let Some(id) = &id {
@@ -235,14 +194,14 @@ fn read_metadata(metadata: Option<&Metadata>) -> Option<(Follow, Caller, usize)>
             let caller = caller();
             // A list's answer is to its request: with no id, a stream.
             let listed = listed.filter(|_| id.is_some());
-            Some((Follow::List { id, listed }, caller, kept))
+            Some((Follow::List { id, listed }, caller))
         }
         READ => {
             let caller = Caller {
                 server: text("server"),
                 ..Caller::default()
             };
-            Some((Follow::Private { id: id? }, caller, kept))
+            Some((Follow::Private { id: id? }, caller))
         }
         "tools/call" => {
             // A reservation that is there must read back as written.
@@ -256,14 +215,12 @@ fn read_metadata(metadata: Option<&Metadata>) -> Option<(Follow, Caller, usize)>
                 tool_errors: flag("tool_errors"),
                 task: flag("task"),
             };
-            Some((follow, caller(), kept))
+            Some((follow, caller()))
         }
-        INITIALIZE => Some((Follow::Opening, caller(), kept)),
+        INITIALIZE => Some((Follow::Opening, caller())),
         _ => None,
     }
 }
-
-type Visible = Box<dyn FnMut(Listed, &str, &ListedTool<'_>) -> Visibility + Send>;
 
 /// The note's exchange for a stream that answers no request of its own (a `GET`).
 const STREAM: &str = "list";
@@ -278,18 +235,12 @@ pub struct Exchange {
     /// The answer's last message has been handled: the stream has nothing more to carry.
     finished: bool,
     /// The sidecar's budget ([`HeldBytes`], which also charges each stream what the gRPC
-    /// layer keeps for it), here for what the exchange itself holds: a list's message or
-    /// event not yet whole, or a call's answer read so far (up to 16 MiB each). An exchange
-    /// that would go over stops reading: a list is refused, a call counts as run.
+    /// layer keeps for it); the follower holds what the exchange itself keeps against it.
     budget: Arc<HeldBytes>,
-    /// What this exchange holds of the budget: its answer's unfinished message and the text
-    /// of the note it keeps.
-    held: usize,
-    /// The bytes of the note's text the exchange keeps.
-    note: usize,
     /// Its MCP server's room ([`HeldBytes::room`]), once the Check's note has named it, and
     /// what the stream holds of it, each holding as the budget charges it: the gRPC layer's
-    /// buffers for the stream's largest message each way (as long as it is open), and `held`.
+    /// buffers for the stream's largest message each way (as long as it is open), and what
+    /// the follower holds.
     room: Option<Arc<Room>>,
     in_room: [usize; 3],
     largest_in: usize,
@@ -311,7 +262,7 @@ impl Default for Exchange {
 
 impl Drop for Exchange {
     fn drop(&mut self) {
-        self.budget.hold(&mut self.held, 0);
+        self.state = State::Unknown;
         if let Some(room) = self.room.take() {
             for held in &mut self.in_room {
                 room.hold(held, 0);
@@ -326,63 +277,9 @@ enum State {
     /// Nothing has arrived yet.
     #[default]
     New,
-    /// No Check left a note: nothing can be said of this answer.
+    /// No Check left a note (or the exchange has ended): nothing can be said of this answer.
     Unknown,
-    List {
-        id: Option<Value>,
-        /// What the answer to `id` lists; `None` for a stream, or a read's answer.
-        listed: Option<Listed>,
-        /// A read's answer, made the caller's own ([`ListFilter::private`]).
-        private: bool,
-        /// The id the request went on with, when toolgate gave it one ([`ListRequest`]).
-        upstream_id: Option<Value>,
-        caller: Arc<Caller>,
-        policy: Arc<CompiledPolicy>,
-        /// Made at the answer's first part of the body, whether its headers came or not.
-        filter: Option<Box<ListFilter<Visible>>>,
-        /// What of the filter's report is already in the statistics: a stream that stays
-        /// open (a server's GET stream) is counted answer by answer.
-        counted: ListReport,
-    },
-    Call(CallAnswer),
-    /// An `initialize`'s answer: a success vouches for the caller's grant.
-    Opening(Caller),
-}
-
-/// A `tools/call`'s answer, followed to give its reservation back if the call failed and to
-/// note the task it created as its caller's.
-struct CallAnswer {
-    watcher: CallWatcher,
-    reservation: Option<u64>,
-    /// A result with `isError` gives the reservation back too.
-    tool_errors: bool,
-    released: bool,
-    /// Whose the task the answer creates is; `None` once noted, or if the call asked for none.
-    task_of: Option<Caller>,
-}
-
-impl CallAnswer {
-    /// Act on what the answer has said so far: give the reservation back once the call is
-    /// known to have failed (by a tool error only when the rule says so: a tool may report
-    /// an error after it acted), and note a created task before its id reaches the client.
-    fn settle(&mut self, engine: &Engine) {
-        if let (Outcome::Failed(failure), Some(reservation)) =
-            (self.watcher.outcome(), self.reservation)
-        {
-            if !self.released && (self.tool_errors || failure != Failure::ToolError) {
-                self.released = true;
-                if engine.release(reservation) {
-                    engine.stats().count_released(failure);
-                }
-            }
-        }
-        if let Some(task_id) = self.watcher.created_task() {
-            if let Some(caller) = self.task_of.take() {
-                let server = caller.server.as_deref();
-                engine.note_task(server, caller.subject(), task_id);
-            }
-        }
-    }
+    Following(Box<Follower>),
 }
 
 impl Exchange {
@@ -393,8 +290,6 @@ impl Exchange {
             state: State::default(),
             finished: false,
             budget,
-            held: 0,
-            note: 0,
             room: None,
             in_room: [0; 3],
             largest_in: 0,
@@ -411,6 +306,13 @@ impl Exchange {
         self.out_of_room
     }
 
+    fn held(&self) -> usize {
+        match &self.state {
+            State::Following(follower) => follower.held(),
+            _ => 0,
+        }
+    }
+
     /// Charge the room what the stream holds now, as the budget does (so that what is large
     /// to one is large to the other); false, with the exchange ended, if the room is full.
     fn within_room(&mut self) -> bool {
@@ -420,7 +322,7 @@ impl Exchange {
         let holdings = [
             STREAM_SHARE + stream_buffer(self.largest_in),
             stream_buffer(self.largest_out),
-            self.held,
+            self.held(),
         ];
         // What shrinks is given back before what grows is taken (an event passed on moves
         // from the unfinished message to the answer's buffer).
@@ -441,12 +343,13 @@ impl Exchange {
 
     /// Give back all the exchange holds: its stream is to end.
     fn end(&mut self) {
+        // The follower gives back what it holds of the budget.
+        self.state = State::Unknown;
         if let Some(room) = &self.room {
             for held in &mut self.in_room {
                 room.hold(held, 0);
             }
         }
-        self.budget.hold(&mut self.held, 0);
         self.out_of_room = true;
         self.finished = true;
     }
@@ -458,8 +361,7 @@ impl Exchange {
     pub fn finished(&self) -> bool {
         // A call's outcome is known as soon as its answer is read: a client that goes away
         // then never lets Envoy send the end of the body.
-        let decided = matches!(&self.state, State::Call(call)
-            if call.watcher.outcome() != Outcome::Pending);
+        let decided = matches!(&self.state, State::Following(f) if f.outcome_known());
         self.finished || decided
     }
 
@@ -471,56 +373,20 @@ impl Exchange {
         request: &ProcessingRequest,
     ) -> Option<ProcessingResponse> {
         if let State::New = self.state {
-            let note = read_metadata(request.metadata_context.as_ref());
-            if let Some((_, caller, kept)) = &note {
+            self.state = State::Unknown;
+            if let Some((follow, caller)) = read_metadata(request.metadata_context.as_ref()) {
                 self.room = Some(self.budget.room(caller.server.as_deref().unwrap_or("")));
-                self.note = *kept;
-                if !self.budget.hold(&mut self.held, self.note) {
-                    self.end();
-                    return None;
+                let (budget, known) = (Arc::clone(&self.budget), Arc::clone(&self.known));
+                match Follower::new(engine, follow, caller, budget, known) {
+                    Some(follower) => self.state = State::Following(Box::new(follower)),
+                    None => {
+                        self.end();
+                        return None;
+                    }
                 }
             }
-            self.state = match note {
-                Some((Follow::List { id, listed }, caller, _)) => State::List {
-                    id,
-                    listed,
-                    private: false,
-                    upstream_id: None,
-                    caller: Arc::new(caller),
-                    policy: engine.policy(),
-                    filter: None,
-                    counted: ListReport::default(),
-                },
-                // A read's answer lists nothing: it is read as a list's is, and made private.
-                Some((Follow::Private { id }, caller, _)) => State::List {
-                    id: Some(id),
-                    listed: None,
-                    private: true,
-                    upstream_id: None,
-                    caller: Arc::new(caller),
-                    policy: engine.policy(),
-                    filter: None,
-                    counted: ListReport::default(),
-                },
-                Some((
-                    Follow::CallOutcome {
-                        id,
-                        reservation,
-                        tool_errors,
-                        task,
-                    },
-                    caller,
-                    _,
-                )) => State::Call(CallAnswer {
-                    watcher: CallWatcher::new(id),
-                    reservation,
-                    tool_errors,
-                    released: false,
-                    task_of: task.then_some(caller),
-                }),
-                Some((Follow::Opening, caller, _)) => State::Opening(caller),
-                _ => State::Unknown,
-            };
+        } else if self.out_of_room {
+            return None;
         }
         // A message past the room is not read.
         self.largest_in = self.largest_in.max(request.encoded_len());
@@ -557,7 +423,7 @@ impl Exchange {
     /// length itself): its body will change length.
     fn request_headers(&mut self) -> Response {
         let mut mutation = HeaderMutation::default();
-        if let State::List { id: Some(_), .. } = self.state {
+        if matches!(&self.state, State::Following(f) if f.changes_request()) {
             mutation.remove_headers.push("content-length".into());
         }
         Response::RequestHeaders(HeadersResponse {
@@ -568,42 +434,21 @@ impl Exchange {
         })
     }
 
-    /// A list request's whole body (buffered): sent on under an id of toolgate's own, so
-    /// that no other request of the client's can share the id the server answers.
+    /// A list request's whole body (buffered): sent on under an id of toolgate's own.
     fn request_body(&mut self, engine: &Arc<Engine>, body: &HttpBody) -> Response {
-        let mut body_mutation = None;
-        if let State::List {
-            id: Some(id),
-            listed,
-            upstream_id,
-            caller,
-            ..
-        } = &mut self.state
-        {
-            // A task list's cursor is one toolgate sealed for this caller: opened again for
-            // the server, or the request refused before it reaches the server.
-            let server = caller.server.as_deref();
-            let subject = caller.subject();
-            let open = |sealed: &str| engine.open_task_cursor(server, &subject, sealed);
-            let cursors = (*listed == Some(Listed::Tasks)).then_some(&open as CursorOpener<'_>);
-            match ListRequest::rewrite(&body.body, id, cursors) {
-                Ok(request) => {
-                    *upstream_id = Some(request.upstream_id);
-                    body_mutation = Some(BodyMutation {
-                        mutation: Some(Mutation::Body(request.body)),
-                    });
-                }
-                // A cursor not this caller's is the caller's error, and says nothing more.
-                Err(why) if why == INVALID_CURSOR => {
-                    let message = format!("Invalid params: {why}");
-                    let refusal = list_refusal(id, INVALID_PARAMS, &message);
-                    return Response::ImmediateResponse(refusal);
-                }
-                Err(why) => {
-                    return Response::ImmediateResponse(list_refusal(id, INTERNAL_ERROR, &why))
-                }
+        let step = match &mut self.state {
+            State::Following(follower) => follower.request_body(engine, &body.body),
+            _ => RequestBody::Unchanged,
+        };
+        let body_mutation = match step {
+            RequestBody::Unchanged => None,
+            RequestBody::Replaced(body) => Some(BodyMutation {
+                mutation: Some(Mutation::Body(body)),
+            }),
+            RequestBody::Refused(refusal) => {
+                return Response::ImmediateResponse(immediate(refusal));
             }
-        }
+        };
         Response::RequestBody(BodyResponse {
             response: Some(CommonResponse {
                 body_mutation,
@@ -613,36 +458,21 @@ impl Exchange {
     }
 
     fn response_headers(&mut self, engine: &Arc<Engine>, headers: &HttpHeaders) -> Response {
+        let State::Following(follower) = &mut self.state else {
+            return Response::ImmediateResponse(no_decision());
+        };
         let content_type = header(headers.headers.as_ref(), "content-type").unwrap_or("");
+        let status = header(headers.headers.as_ref(), ":status").and_then(|s| s.parse().ok());
+        follower.response_head(engine, status, content_type);
         let mut mutation = HeaderMutation::default();
-        match &mut self.state {
-            State::New => unreachable!("set before the first message is handled"),
-            State::Unknown => return Response::ImmediateResponse(no_decision()),
-            State::List { .. } => {
-                // What goes to the agent is the filter's event stream, as it is: the server's
-                // length, encoding and media type (with any charset) go. (The deployed routes
-                // skip this message and do the same themselves: [`LIST_ANSWER_TYPE`].)
-                mutation.remove_headers.push("content-length".into());
-                mutation.remove_headers.push("content-encoding".into());
-                mutation
-                    .set_headers
-                    .push(set_header("content-type", LIST_ANSWER_TYPE));
-            }
-            State::Call(call) => {
-                let status = header(headers.headers.as_ref(), ":status")
-                    .and_then(|s| s.parse::<u16>().ok())
-                    .unwrap_or(0);
-                call.watcher.head(status, Some(content_type));
-                call.settle(engine);
-            }
-            State::Opening(caller) => {
-                let status = header(headers.headers.as_ref(), ":status");
-                if status.is_some_and(|s| s.len() == 3 && s.starts_with('2')) {
-                    if let Some(grant) = caller.grant.as_deref() {
-                        engine.vouch_for(grant);
-                    }
-                }
-            }
+        if follower.rewrites_answer() {
+            // What goes to the agent is the filter's event stream, as it is: the server's
+            // length, encoding and media type (with any charset) go. (The deployed routes
+            // skip this message and do the same themselves: [`LIST_ANSWER_TYPE`].)
+            mutation.remove_headers = LIST_ANSWER_DROPS.map(str::to_owned).to_vec();
+            mutation
+                .set_headers
+                .push(set_header("content-type", LIST_ANSWER_TYPE));
         }
         Response::ResponseHeaders(HeadersResponse {
             response: Some(CommonResponse {
@@ -658,132 +488,25 @@ impl Exchange {
         body: &HttpBody,
         attributes: &HashMap<String, Struct>,
     ) -> Response {
-        let mut body_mutation = None;
-        match &mut self.state {
-            // Filtering was asked for, but no Check said for whom: the answer cannot be let
-            // through unread (its headers may have gone on: Envoy then resets the stream).
-            State::Unknown => return Response::ImmediateResponse(no_decision()),
-            State::List {
-                id,
-                listed,
-                private,
-                upstream_id,
-                caller,
-                policy,
-                filter,
-                counted,
-            } => {
-                // The headers may have come or not (the deployed routes skip them: one message
-                // fewer, the route setting the media type and taking off any encoding itself).
-                let filter = filter.get_or_insert_with(|| {
-                    let read = (*listed, *private);
-                    list_filter(engine, &self.known, id, read, upstream_id, caller, policy)
-                });
-                let mut out = filter.feed(&body.body, body.end_of_stream);
-                if !self.budget.hold(&mut self.held, filter.held() + self.note) {
-                    let why = "the proxy holds as many unfinished answers as it may";
-                    out.extend(filter.give_up(why.into()));
-                    self.budget.hold(&mut self.held, self.note);
-                }
-                count_lists(engine, &filter.report, counted, caller);
-                body_mutation = Some(BodyMutation {
-                    mutation: Some(Mutation::Body(out)),
-                });
-            }
-            State::Call(call) => {
-                let watcher = &mut call.watcher;
-                // Without the headers (the deployed route skips them: one message fewer),
-                // the status comes as an attribute of the first part of the body.
-                if !watcher.headed() {
-                    if let Some(status) = response_code(attributes) {
-                        watcher.head(status, None);
-                    }
-                }
-                watcher.feed(&body.body, body.end_of_stream);
-                if !self.budget.hold(&mut self.held, watcher.held() + self.note) {
-                    watcher.give_up();
-                    self.budget.hold(&mut self.held, self.note);
-                }
-                call.settle(engine);
-            }
-            _ => {}
-        }
+        // Filtering was asked for, but no Check said for whom: the answer cannot be let
+        // through unread (its headers may have gone on: Envoy then resets the stream).
+        let State::Following(follower) = &mut self.state else {
+            return Response::ImmediateResponse(no_decision());
+        };
+        // The headers may have come or not (the deployed routes skip them: one message fewer,
+        // the route setting the media type and taking off any encoding itself; the status then
+        // comes as an attribute of the first part of the body).
+        let status = || response_code(attributes);
+        let replaced = follower.response_body(engine, &body.body, body.end_of_stream, status);
         Response::ResponseBody(BodyResponse {
             response: Some(CommonResponse {
-                body_mutation,
+                body_mutation: replaced.map(|out| BodyMutation {
+                    mutation: Some(Mutation::Body(out)),
+                }),
                 ..Default::default()
             }),
         })
     }
-}
-
-/// Count what the filter did since it was last counted: each list it read, the tools it
-/// took out, and a refusal. A list answered vouches for the caller's grant (where the
-/// sidecar is told that servers check it: [`Engine::vouch_for`]).
-fn count_lists(engine: &Engine, report: &ListReport, counted: &mut ListReport, caller: &Caller) {
-    if report.lists > counted.lists && !caller.grant_verified {
-        if let Some(grant) = caller.grant.as_deref() {
-            engine.vouch_for(grant);
-        }
-    }
-    let stats = engine.stats();
-    for _ in counted.lists..report.lists {
-        stats.count_list(0, false);
-    }
-    if report.refused.is_some() && counted.refused.is_none() {
-        stats.count_list(0, true);
-    }
-    stats.count_list_removed(report.removed - counted.removed);
-    counted.clone_from(report);
-}
-
-/// The filter for a list's answer: the server answers the id the request went on with
-/// (toolgate's, [`ListRequest`]), and the agent gets its own back.
-fn list_filter(
-    engine: &Arc<Engine>,
-    known: &Arc<KnownAnswers>,
-    id: &Option<Value>,
-    (listed, private): (Option<Listed>, bool),
-    upstream_id: &mut Option<Value>,
-    caller: &Arc<Caller>,
-    policy: &Arc<CompiledPolicy>,
-) -> Box<ListFilter<Visible>> {
-    let visible = visible(engine, caller, policy);
-    let filter = match upstream_id.take() {
-        Some(ours) => ListFilter::new(Some(ours), listed, visible)
-            .replying_as(id.clone().unwrap_or(Value::Null)),
-        None => ListFilter::new(id.clone(), listed, visible),
-    };
-    // A task list's cursor goes to the agent sealed for it ([`toolgate_core::owners::cursors`]), on
-    // the request's own stream or any other that carries such an answer.
-    let (sealer, sealed_for) = (Arc::clone(engine), Arc::clone(caller));
-    let filter = filter.sealing_cursors(Box::new(move |cursor: &str| {
-        let server = sealed_for.server.as_deref();
-        sealer.seal_task_cursor(server, &sealed_for.subject(), cursor)
-    }));
-    // A read's answer (contents, not a list) is not kept among the lists read before.
-    Box::new(match private {
-        true => filter.private(),
-        false => filter.remembering(Arc::clone(known)),
-    })
-}
-
-/// Whether `caller` may see each listed tool (resource, template, prompt), under the policy
-/// of the Check that let the list request through.
-fn visible(engine: &Arc<Engine>, caller: &Arc<Caller>, policy: &Arc<CompiledPolicy>) -> Visible {
-    let (engine, caller, policy) = (Arc::clone(engine), Arc::clone(caller), Arc::clone(policy));
-    Box::new(move |listed: Listed, name: &str, object: &ListedTool<'_>| {
-        let server = caller.server.as_deref();
-        match listed {
-            // A tool's definition is recorded for its calls (pins, annotations).
-            Listed::Tools => engine.list_tool(&policy, server, caller.subject(), name, object),
-            // A caller is shown the tasks it created, whatever their rule.
-            Listed::Tasks => engine
-                .task_owner(server, caller.subject(), name)
-                .visibility(),
-            _ => policy.visibility(listed.kind(), name, server, caller.subject(), None),
-        }
-    })
 }
 
 /// The answer of an exchange that no Check followed, on a route that processes answers.
@@ -808,18 +531,18 @@ fn refusal(message: &str) -> ImmediateResponse {
     }
 }
 
-/// A list's answer replaced before the request went on: an error event for `id`, in the
-/// media type of every list's answer ([`LIST_ANSWER_TYPE`]), at status 200 (clients read
-/// the body of an error status only when it is plain JSON).
-fn list_refusal(id: &Value, code: i64, message: &str) -> ImmediateResponse {
+/// A refusal, as ext_proc sends it in the server's place.
+fn immediate(refusal: Refusal) -> ImmediateResponse {
     ImmediateResponse {
-        status: Some(HttpStatus { code: 200 }),
+        status: Some(HttpStatus {
+            code: refusal.status.into(),
+        }),
         headers: Some(HeaderMutation {
-            set_headers: vec![set_header("content-type", LIST_ANSWER_TYPE)],
+            set_headers: vec![set_header("content-type", refusal.content_type)],
             ..Default::default()
         }),
-        body: message_event(&error_message(id, code, message)),
-        details: "toolgate_list_refused".into(),
+        body: refusal.body,
+        details: refusal.details.into(),
         ..Default::default()
     }
 }

@@ -7,6 +7,7 @@
 //! Each service reads a request message, decides it with a [`toolgate_core::Engine`] and
 //! writes the response message.
 
+pub mod answer;
 pub mod authz;
 pub mod codec;
 pub mod connection;

@@ -356,7 +356,10 @@ fn a_note_whose_id_no_check_would_write_is_no_note() {
     for (id, read) in [
         (json!("a"), true),
         (json!(7), true),
+        (json!(-7), true),
+        (json!(u64::MAX), true),
         (json!([0, 0, 0]), false),
+        (json!(1e3), false),
         (json!({"a": 1}), false),
         (json!(1.5), false),
     ] {
