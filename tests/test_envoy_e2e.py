@@ -28,6 +28,7 @@ from envoy_proxy import (
     EXT_AUTHZ,
     MODULE,
     RATELIMIT,
+    Envoy,
     deployed,
     envoy_executable,
     free_port,
@@ -208,8 +209,21 @@ def test_31st_create_ami_in_a_minute_is_refused_while_another_grant_passes(examp
     assert not other.is_error
 
 
+def opened(gate: Envoy, token: dict[str, str]) -> dict[str, str]:
+    """``token`` with a session the example server opened for it: it runs calls only in one
+    (a call it refuses, with 400, would give its count back where the gate follows answers)."""
+    init = {"protocolVersion": "2025-06-18", "capabilities": {}}
+    init["clientInfo"] = {"name": "raw", "version": "1"}
+    body = json.dumps({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": init})
+    _, headers, _ = send(gate, "POST", body.encode(), token)
+    session = {**token, "mcp-session-id": headers["mcp-session-id"]}
+    note = json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    send(gate, "POST", note.encode(), session)
+    return session
+
+
 def test_rate_limited_http_answer_carries_retry_after_and_ratelimit_headers(gate):
-    token = {"authorization": "Bearer raw-burst"}
+    token = opened(gate, {"authorization": "Bearer raw-burst"})
     for i in range(30):
         send(gate, "POST", call_body("create-ami", {"name": f"raw-{i}"}, id=i), token)
     status, headers, body = send(gate, "POST", call_body("create-ami", {"name": "x"}, 99), token)

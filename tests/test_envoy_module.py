@@ -4,8 +4,9 @@ loaded by the real Envoy 1.40 the tests run.
 Envoy loads the module built from this checkout and finds its ABI version its own; a
 filter_config the module cannot use stops Envoy's start with the module's reason; and for a
 hostile corpus of bodies (generated, and the known fold pairs, duplicates, deep and big
-bodies) Envoy with the module answers exactly as Envoy asking the sidecar over ext_authz:
-the same requests reach the server, and the same answers come back in its place. The
+bodies) Envoy with the module answers exactly as Envoy asking the sidecar over ext_authz and
+ext_proc: the same requests reach the server, the same answers come back in its place, and a
+list's answer is the same bytes (servers' answers are test_envoy_module_answers.py's). The
 walk-throughs that hold for both (allowed, denied, hidden, rate limited, malformed) are
 test_envoy_e2e.py's, run with each.
 """
@@ -28,7 +29,6 @@ import pytest
 from conftest import EXAMPLES, limit, policy
 from envoy_proxy import (
     ACCEPT,
-    EXT_AUTHZ,
     MODULE,
     Envoy,
     deployed,
@@ -42,6 +42,7 @@ from hypothesis import strategies as st
 from mcp_servers import ExampleServer
 from sidecar import Sidecar
 from test_differential import bodies, orbits_for
+from test_envoy_ext_proc import EXT_PROC
 from test_envoy_refusals import FOLDED_KEY_BODIES, raw_call
 
 pytestmark = [
@@ -146,7 +147,7 @@ def test_a_policy_that_does_not_load_stops_envoy_with_its_errors(tmp_path: Path)
     assert f"policy {bad}: /tools/x/limits/0" in log, log
 
 
-# --- the same answers as ext_authz -------------------------------------------------------------
+# --- the same answers as ext_authz and ext_proc ---------------------------------------------
 
 #: Small limits, so the corpus reaches them.
 POLICY = policy(
@@ -164,8 +165,8 @@ GATE_HEADERS = ("content-type", "www-authenticate", "retry-after", "ratelimit-li
 
 
 class Pair:
-    """Envoy asking the sidecar over ext_authz, and Envoy with the module, each with the same
-    policy in front of one MCP server."""
+    """Envoy asking the sidecar over ext_authz and ext_proc, and Envoy with the module, each
+    with the same policy in front of one MCP server."""
 
     def __init__(self, authz: Envoy, module: Envoy) -> None:
         self.authz, self.module = authz, module
@@ -190,7 +191,9 @@ class Pair:
         toolgate = {k: v for k, v in got.items() if k.startswith("x-toolgate-")}
         toolgate.pop("x-toolgate-exchange", None)
         if "x-envoy-upstream-service-time" in got:
-            return ("forwarded", toolgate)
+            # A list's answer is the filter's: the same bytes either way.
+            listed = answer if got.get("content-type") == "text/event-stream" else None
+            return ("forwarded", toolgate, listed)
         kept = {k: got.get(k) for k in GATE_HEADERS}
         # When a limit has room again is a matter of when each was asked.
         kept["retry-after"] = kept["retry-after"] is not None
@@ -202,14 +205,15 @@ class Pair:
 @contextlib.contextmanager
 def side_by_side(where: Path, document: Any) -> Iterator[tuple[Envoy, Envoy, ExampleServer]]:
     """One MCP server (its request log in ``where``), and in front of it Envoy asking the
-    sidecar over ext_authz and Envoy with the module (two workers), both on ``document``."""
+    sidecar over ext_authz and ext_proc and Envoy with the module (two workers), both on
+    ``document``."""
     policy_path = where / "policy.json"
     policy_path.write_text(json.dumps(document))
     edits = {POLICY_LINE: f"policy: {policy_path}"}
     with (
         ExampleServer(where / "requests.jsonl", stateless=True, json=True) as server,
         Sidecar(policy_path) as sidecar,
-        deployed(EXT_AUTHZ, sidecar.port, server.port, patient=True) as authz,
+        deployed(EXT_PROC, sidecar.port, server.port, patient=True) as authz,
         deployed(MODULE, None, server.port, edits, extra_args=("--concurrency", "2")) as module,
     ):
         yield authz, module, server

@@ -75,6 +75,8 @@ pub const REQUEST_HEADER: u32 = 0;
 pub const RESPONSE_HEADER: u32 = 2;
 pub const RECEIVED_REQUEST_BODY: u32 = 0;
 pub const BUFFERED_REQUEST_BODY: u32 = 1;
+pub const RECEIVED_RESPONSE_BODY: u32 = 2;
+pub const BUFFERED_RESPONSE_BODY: u32 = 3;
 pub const HEADERS_CONTINUE: u32 = 0;
 pub const HEADERS_STOP_ITERATION: u32 = 1;
 pub const BODY_CONTINUE: u32 = 0;
@@ -122,6 +124,16 @@ extern "C" {
         filter: FilterEnvoyPtr,
         kind: u32,
     ) -> usize;
+    pub fn envoy_dynamic_module_callback_http_append_body(
+        filter: FilterEnvoyPtr,
+        kind: u32,
+        data: ModuleBuffer,
+    ) -> bool;
+    pub fn envoy_dynamic_module_callback_http_drain_body(
+        filter: FilterEnvoyPtr,
+        kind: u32,
+        bytes: usize,
+    ) -> bool;
     pub fn envoy_dynamic_module_callback_http_received_buffered_request_body(
         filter: FilterEnvoyPtr,
     ) -> bool;
@@ -209,6 +221,34 @@ impl Stream {
         body
     }
 
+    /// The chunk of the response body at hand.
+    pub fn response_chunk(self) -> Vec<u8> {
+        let mut chunk = Vec::new();
+        self.body_into(RECEIVED_RESPONSE_BODY, &mut chunk);
+        chunk
+    }
+
+    /// Put `bytes` in place of the body's parts of the kinds `drained`, as body of kind `into`
+    /// (the chunk at hand, or in the trailers' hook, where there is none, the buffered body).
+    pub fn replace_body(self, drained: &[u32], into: u32, bytes: &[u8]) {
+        // SAFETY: as for `headers`; Envoy copies the bytes.
+        unsafe {
+            for &kind in drained {
+                let size = envoy_dynamic_module_callback_http_get_body_size(self.0, kind);
+                if size > 0 {
+                    envoy_dynamic_module_callback_http_drain_body(self.0, kind, size);
+                }
+            }
+            if !bytes.is_empty() {
+                envoy_dynamic_module_callback_http_append_body(
+                    self.0,
+                    into,
+                    ModuleBuffer::of(bytes),
+                );
+            }
+        }
+    }
+
     /// Bytes of the request body so far: what Envoy buffered and the chunk at hand.
     pub fn request_body_size(self) -> usize {
         // SAFETY: as for `headers`.
@@ -241,6 +281,23 @@ impl Stream {
                 kind,
                 ModuleBuffer::of(key.as_bytes()),
                 ModuleBuffer::of(value.as_bytes()),
+            );
+        }
+    }
+
+    /// Take header `key` away.
+    pub fn remove_header(self, kind: u32, key: &str) {
+        let nothing = ModuleBuffer {
+            ptr: std::ptr::null(),
+            length: 0,
+        };
+        // SAFETY: as for `headers`; a value without bytes removes the header.
+        unsafe {
+            envoy_dynamic_module_callback_http_set_header(
+                self.0,
+                kind,
+                ModuleBuffer::of(key.as_bytes()),
+                nothing,
             );
         }
     }

@@ -12,7 +12,9 @@ use serde_json::{Map, Value};
 use std::path::Path;
 use std::sync::Arc;
 use toolgate_core::counter::CounterTable;
+use toolgate_core::mcp::known_answers::KnownAnswers;
 use toolgate_core::{Engine, MonotonicClock};
+use toolgate_server::held::HeldBytes;
 use toolgate_server::settings::Settings;
 use toolgate_server::subject::AuthzConfig;
 
@@ -35,6 +37,11 @@ pub struct Config {
     pub authz: AuthzConfig,
     /// The MCP server behind the filter's routes, when the configuration names it.
     pub server: Option<String>,
+    /// What the streams' followers of answers may hold at once (unfinished list events, call
+    /// answers read so far), as the sidecar's ext_proc streams do.
+    pub budget: Arc<HeldBytes>,
+    /// The `tools/list` answers read last, so that the same answer is not read again.
+    pub known: Arc<KnownAnswers>,
 }
 
 impl Config {
@@ -81,6 +88,8 @@ impl Config {
             engine: Arc::new(engine),
             authz: settings.authz()?,
             server,
+            budget: HeldBytes::new(HeldBytes::LIMIT),
+            known: Arc::default(),
         })
     }
 }

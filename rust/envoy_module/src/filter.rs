@@ -1,14 +1,17 @@
-//! One MCP request through the filter: its headers held until its body is whole, then the
-//! core's gate decides, as it does for Envoy's ext_authz (`toolgate_server::authz`): the
-//! request goes on (with the headers the answer gains), or the module answers in the
-//! server's place with the same status, headers and JSON-RPC body.
+//! One MCP exchange through the filter: the request's headers held until its body is whole,
+//! then the core's gate decides, as it does for Envoy's ext_authz (`toolgate_server::authz`):
+//! the request goes on (with the headers the answer gains), or the module answers in the
+//! server's place with the same status, headers and JSON-RPC body. The answer is then
+//! followed as the sidecar's ext_proc follows it (`toolgate_server::answer`): a list filtered
+//! for its caller, a failed call's reservation given back.
 
-use crate::abi::{Stream, REQUEST_HEADER};
+use crate::abi::*;
 use crate::config::Config;
 use envoy_types::pb::google::protobuf::Struct;
 use std::time::Instant;
 use toolgate_core::counter::Peer;
-use toolgate_core::engine::gate::{self, Gate, HttpCall};
+use toolgate_core::engine::gate::{self, Follow, Gate, HttpCall};
+use toolgate_server::answer::{Caller, Follower, RequestBody, LIST_ANSWER_DROPS, LIST_ANSWER_TYPE};
 use toolgate_server::authz::unreadable_caller;
 use toolgate_server::ext_proc::{exchange_header, EXCHANGE_HEADER};
 use toolgate_server::subject::{single_header, CallerFacts, ReadSubject, MCP_SESSION_HEADER};
@@ -21,6 +24,11 @@ pub struct Filter {
     /// The request's decision, once made: a stream is decided once, whichever hook sees it
     /// whole first (or over its limit).
     decided: Option<Next>,
+    /// What the decision left to do with the answer.
+    follower: Option<Follower>,
+    /// The module failed on a list's answer: nothing more of it goes to the client (an
+    /// answer it did not filter must not).
+    withheld: bool,
 }
 
 /// What the module does with the request.
@@ -94,6 +102,23 @@ impl<'a> CallerFacts<'a> for &'a Headers {
     }
 }
 
+/// Whether the stream's headers of `kind` have `name`.
+fn has_header(stream: Stream, kind: u32, name: &str) -> bool {
+    stream.headers(kind).iter().any(|(k, _)| k == name)
+}
+
+/// A request refused because the process holds all it may of unfinished answers: tried again
+/// later, it may pass (fail closed, as the sidecar's ext_proc stream ends).
+fn busy(why: &str) -> (u16, [(&'static str, String); 1], Vec<u8>) {
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": null,
+        "error": {"code": -32603, "message": why},
+    });
+    let headers = [("content-type", "application/json".to_owned())];
+    (503, headers, body.to_string().into_bytes())
+}
+
 /// The body is not the length its header declares: decided as the core decides a body cut
 /// at ext_authz's `max_request_bytes`.
 fn was_cut(headers: &Headers, body: &[u8]) -> bool {
@@ -104,14 +129,119 @@ fn was_cut(headers: &Headers, body: &[u8]) -> bool {
 
 impl Filter {
     /// Decide the request whose headers and whole body Envoy holds, and answer it or let it
-    /// go on.
-    pub fn decide(&mut self, config: &Config, stream: Stream, body: &[u8]) -> Next {
+    /// go on; a body sent on changed is put in as body of kind `into`.
+    pub fn decide(&mut self, config: &Config, stream: Stream, body: &[u8], into: u32) -> Next {
         if let Some(next) = self.decided {
             return next;
         }
-        let next = self.decide_once(config, stream, body);
+        let next = match self.decide_once(config, stream, body) {
+            Next::Continue => self.send_on(config, stream, body, into),
+            Next::Answered => Next::Answered,
+        };
         self.decided = Some(next);
         next
+    }
+
+    /// The request as it goes on: a list request under an id of toolgate's own (its length
+    /// then that of its new body), or refused before it reaches the server.
+    fn send_on(&mut self, config: &Config, stream: Stream, body: &[u8], into: u32) -> Next {
+        let Some(follower) = self.follower.as_mut() else {
+            return Next::Continue;
+        };
+        if follower.rewrites_answer() {
+            // The filter reads plain bytes: the server is offered no encoding.
+            stream.remove_header(REQUEST_HEADER, "accept-encoding");
+        }
+        match follower.request_body(&config.engine, body) {
+            RequestBody::Unchanged => Next::Continue,
+            RequestBody::Replaced(body) => {
+                let drained = [BUFFERED_REQUEST_BODY, RECEIVED_REQUEST_BODY];
+                stream.replace_body(&drained, into, &body);
+                if has_header(stream, REQUEST_HEADER, "content-length") {
+                    stream.set_header(REQUEST_HEADER, "content-length", &body.len().to_string());
+                }
+                Next::Continue
+            }
+            RequestBody::Refused(refusal) => {
+                let headers = [("content-type", refusal.content_type.to_owned())];
+                stream.send_response(refusal.status, &headers, &refusal.body, refusal.details);
+                Next::Answered
+            }
+        }
+    }
+
+    /// The answer's headers: the decision's set in place of any the server sent (as
+    /// ext_authz's are: the decision is toolgate's), and the answer's status and media type
+    /// for its follower; a list's answer becomes the filter's event stream.
+    pub fn response_headers(&mut self, config: &Config, stream: Stream) {
+        for (key, value) in self.answer_headers.drain(..) {
+            stream.set_header(RESPONSE_HEADER, key, &value);
+        }
+        let Some(follower) = self.follower.as_mut() else {
+            return;
+        };
+        let headers = stream.headers(RESPONSE_HEADER);
+        let value = |name: &str| {
+            let found = headers.iter().find(|(k, _)| k == name);
+            found.map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        };
+        let status = value(":status").and_then(|s| s.parse().ok());
+        let content_type = value("content-type").unwrap_or_default();
+        follower.response_head(&config.engine, status, &content_type);
+        if follower.rewrites_answer() {
+            for name in LIST_ANSWER_DROPS {
+                stream.remove_header(RESPONSE_HEADER, name);
+            }
+            stream.set_header(RESPONSE_HEADER, "content-type", LIST_ANSWER_TYPE);
+        }
+    }
+
+    /// A chunk of the answer's body (or, `None`, its end at trailers): passed on as its
+    /// follower says, a list's as the filter writes it.
+    pub fn response_body(
+        &mut self,
+        config: &Config,
+        stream: Stream,
+        chunk: Option<Vec<u8>>,
+        end: bool,
+    ) {
+        if self.withheld {
+            stream.replace_body(&[RECEIVED_RESPONSE_BODY], RECEIVED_RESPONSE_BODY, &[]);
+            return;
+        }
+        let Some(follower) = self.follower.as_mut() else {
+            return;
+        };
+        let into = match chunk {
+            Some(_) => RECEIVED_RESPONSE_BODY,
+            None => BUFFERED_RESPONSE_BODY,
+        };
+        let part = chunk.unwrap_or_default();
+        if let Some(out) = follower.response_body(&config.engine, &part, end, || None) {
+            let drained: &[u32] = match into {
+                RECEIVED_RESPONSE_BODY => &[RECEIVED_RESPONSE_BODY],
+                _ => &[],
+            };
+            stream.replace_body(drained, into, &out);
+        }
+    }
+
+    /// Whether the answer is followed (its body must be read).
+    pub fn follows(&self) -> bool {
+        self.follower.is_some()
+    }
+
+    /// The module failed on the answer: a list's goes no further (fail closed); any other
+    /// goes on as the server sent it (its request was decided before it went on).
+    pub fn withhold(&mut self, stream: Stream) {
+        if self
+            .follower
+            .as_ref()
+            .is_some_and(Follower::rewrites_answer)
+        {
+            self.withheld = true;
+            stream.replace_body(&[RECEIVED_RESPONSE_BODY], RECEIVED_RESPONSE_BODY, &[]);
+        }
     }
 
     /// The stream's decision, once made.
@@ -172,6 +302,28 @@ impl Filter {
                 // processes answers sees.
                 stream.set_header(REQUEST_HEADER, EXCHANGE_HEADER, exchange_header(&follow));
                 self.answer_headers = headers;
+                if matches!(follow, Follow::Nothing) {
+                    return Next::Continue;
+                }
+                let reserved = match follow {
+                    Follow::CallOutcome { reservation, .. } => reservation,
+                    _ => None,
+                };
+                let caller = Caller::of(server, &subject);
+                let (budget, known) = (config.budget.clone(), config.known.clone());
+                match Follower::new(&config.engine, follow, caller, budget, known) {
+                    Some(follower) => self.follower = Some(follower),
+                    None => {
+                        // The call does not run: its reservation is given back.
+                        if let Some(reservation) = reserved {
+                            config.engine.release(reservation);
+                        }
+                        let why = "the proxy holds as many unfinished answers as it may";
+                        let (status, headers, body) = busy(why);
+                        stream.send_response(status, &headers, &body, "toolgate_busy");
+                        return Next::Answered;
+                    }
+                }
                 Next::Continue
             }
             Gate::Answer { reply, .. } => {

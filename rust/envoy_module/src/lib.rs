@@ -99,6 +99,7 @@ unsafe fn decide(
     envoy: FilterEnvoyPtr,
     filter: FilterModulePtr,
     body: impl FnOnce(Stream) -> Vec<u8>,
+    into: u32,
 ) -> Next {
     let StreamState { config, filter } = state(filter);
     // Decided once: a later hook of the same stream copies no body.
@@ -107,7 +108,7 @@ unsafe fn decide(
     }
     let stream = Stream(envoy);
     let decided = catch_unwind(AssertUnwindSafe(|| {
-        filter.decide(&**config, stream, &body(stream))
+        filter.decide(&**config, stream, &body(stream), into)
     }));
     decided.unwrap_or_else(|_| {
         log(LOG_ERROR, "toolgate: the module failed on a request; refused");
@@ -129,7 +130,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
         // Held until the body is whole.
         return HEADERS_STOP_ITERATION;
     }
-    match decide(envoy, filter, |_| Vec::new()) {
+    match decide(envoy, filter, |_| Vec::new(), RECEIVED_REQUEST_BODY) {
         Next::Continue => HEADERS_CONTINUE,
         Next::Answered => HEADERS_STOP_ITERATION,
     }
@@ -150,9 +151,24 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
     if !end_of_stream && !over {
         return BODY_STOP_ITERATION_AND_BUFFER;
     }
-    match decide(envoy, filter, Stream::request_body) {
+    match decide(envoy, filter, Stream::request_body, RECEIVED_REQUEST_BODY) {
         Next::Continue => BODY_CONTINUE,
         Next::Answered => BODY_STOP_ITERATION_NO_BUFFER,
+    }
+}
+
+/// Run `step` on the stream's answer; after a panic, a list's answer is withheld
+/// ([`Filter::withhold`]).
+unsafe fn follow(
+    envoy: FilterEnvoyPtr,
+    filter: FilterModulePtr,
+    step: impl FnOnce(&Config, &mut Filter, Stream),
+) {
+    let StreamState { config, filter } = state(filter);
+    let stream = Stream(envoy);
+    if catch_unwind(AssertUnwindSafe(|| step(&**config, filter, stream))).is_err() {
+        log(LOG_ERROR, "toolgate: the module failed on an answer");
+        filter.withhold(stream);
     }
 }
 
@@ -164,11 +180,44 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
     filter: FilterModulePtr,
     _end_of_stream: bool,
 ) -> u32 {
-    // In place of any the server sent, as ext_authz's are: the decision is toolgate's.
-    for (key, value) in state(filter).filter.answer_headers.drain(..) {
-        Stream(envoy).set_header(RESPONSE_HEADER, key, &value);
-    }
+    follow(envoy, filter, |config, filter, stream| {
+        filter.response_headers(config, stream)
+    });
     HEADERS_CONTINUE
+}
+
+/// A chunk of the answer's body, passed on as it comes (a list's filtered event by event).
+///
+/// # Safety
+/// Called by Envoy on the stream's worker.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
+    envoy: FilterEnvoyPtr,
+    filter: FilterModulePtr,
+    end_of_stream: bool,
+) -> u32 {
+    follow(envoy, filter, |config, filter, stream| {
+        if filter.follows() {
+            let chunk = stream.response_chunk();
+            filter.response_body(config, stream, Some(chunk), end_of_stream);
+        }
+    });
+    BODY_CONTINUE
+}
+
+/// An answer that ends with trailers ends its body here.
+///
+/// # Safety
+/// Called by Envoy on the stream's worker.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
+    envoy: FilterEnvoyPtr,
+    filter: FilterModulePtr,
+) -> u32 {
+    follow(envoy, filter, |config, filter, stream| {
+        filter.response_body(config, stream, None, true)
+    });
+    TRAILERS_CONTINUE
 }
 
 /// A request whose body ends with trailers (HTTP/2, chunked HTTP/1) never reaches its body's
@@ -181,30 +230,13 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
     envoy: FilterEnvoyPtr,
     filter: FilterModulePtr,
 ) -> u32 {
-    match decide(envoy, filter, Stream::request_body) {
+    match decide(envoy, filter, Stream::request_body, BUFFERED_REQUEST_BODY) {
         Next::Continue => TRAILERS_CONTINUE,
         Next::Answered => TRAILERS_STOP_ITERATION,
     }
 }
 
 // The hooks Envoy requires whose events the module does not use yet.
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
-    _: FilterEnvoyPtr,
-    _: FilterModulePtr,
-    _: bool,
-) -> u32 {
-    BODY_CONTINUE
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
-    _: FilterEnvoyPtr,
-    _: FilterModulePtr,
-) -> u32 {
-    TRAILERS_CONTINUE
-}
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
