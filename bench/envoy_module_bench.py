@@ -1,17 +1,22 @@
-"""What toolgate's Envoy module adds per MCP call, against the same Envoy without a filter and
-with ext_authz to the native sidecar. Run on purpose, never by the tests.
+"""What toolgate's Envoy module adds per MCP call, against the same Envoy without a filter, with
+Envoy's own buffer filter (the floor of any filter that decides on the whole body), and with
+ext_authz to the native sidecar. Run on purpose, never by the tests.
 
-Three Envoys from the deployed listener (deploy/envoy/mcp-ext-authz.yaml, as Envoy parses it),
-the ``/mcp`` route answering with a ``direct_response``: ``plain`` (no filter), ``authz-tcp``
-(ext_authz to ``toolgate serve`` on 127.0.0.1) and ``module`` (the dynamic module, built by
-scripts/build-envoy-module, deciding in Envoy's worker with the same policy). h2load over h2c,
-one in flight (``-c 1 -m 1``) and loaded (``-c 4 -m 2``), the configs taking turns with the
-order rotated each run; every run checked (all HTTP 200, Envoy's counters; the sidecar's limit
-for ext_authz), and the module probed to decide (an allowed call passes with its decision's
-headers, a denied one is answered in the server's place). Added = config - plain, per run,
-median over the runs. Aims: ≤ 20 µs added at p50 one in flight; loaded throughput ≥ 0.9 times plain.
+Four Envoys from the deployed listener (deploy/envoy/mcp-ext-authz.yaml, as Envoy parses it),
+the ``/mcp`` route answering with a ``direct_response`` (or, ``--upstream``, going on to an
+Envoy standing in for the MCP server): ``plain`` (no filter), ``buffer`` (Envoy's buffer
+filter: the request held until its body is whole, nothing read), ``authz-tcp`` (ext_authz to
+``toolgate serve`` on 127.0.0.1) and ``module`` (the dynamic module, built by
+scripts/build-envoy-module, deciding in Envoy's worker with the same policy). h2load over
+h2c, one in flight (``-c 1 -m 1``) and loaded (``-c 4 -m 2``), the configs taking turns with
+the order rotated each run; every run checked (all HTTP 200, Envoy's counters; the sidecar's
+limit for ext_authz), and the module probed to decide (an allowed call passes with its
+decision's headers, a denied one is answered in the server's place). Added = config - plain,
+per run, median over the runs; the module's own share is module - buffer. Aims: ≤ 20 µs added
+at p50 one in flight; loaded throughput ≥ 0.9 times plain.
 
     .venv/bin/python bench/envoy_module_bench.py --print
+    .venv/bin/python bench/envoy_module_bench.py --upstream --print
     .venv/bin/python bench/envoy_module_bench.py --runs 1 -n1 2000 -nl 4000 --print    # quick
 """
 
@@ -34,7 +39,7 @@ from harness import envoy as ev
 AIM_ADDED_P50_US = 20.0
 AIM_THROUGHPUT = 0.9
 X = h.X
-CONFIGS = ["plain", "authz-tcp", "module"]
+CONFIGS = ["plain", "buffer", "authz-tcp", "module"]
 
 
 def module_filter(policy: Path) -> dict:
@@ -53,14 +58,32 @@ def module_filter(policy: Path) -> dict:
     }
 
 
-def envoy_config(deployed: dict, name: str, listen: int, admin: int, tport: int) -> dict:
+#: Envoy's buffer filter, at the module's body limit.
+BUFFER_FILTER = {
+    "name": "envoy.filters.http.buffer",
+    "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+        "max_request_bytes": 1 << 20,
+    },
+}
+
+
+def envoy_config(
+    deployed: dict, name: str, listen: int, admin: int, tport: int, upstream: int | None
+) -> dict:
     config = ev.bench_config(
-        deployed, authz=name == "authz-tcp", listen=listen, admin=admin, toolgate=tport
+        deployed,
+        authz=name == "authz-tcp",
+        listen=listen,
+        admin=admin,
+        toolgate=tport,
+        upstream=upstream,
     )
-    if name == "module":
+    added = {"module": module_filter(h.POLICY), "buffer": BUFFER_FILTER}.get(name)
+    if added is not None:
         (listener,) = config["static_resources"]["listeners"]
         filters = ev.hcm_of(listener)["http_filters"]
-        filters.insert(len(filters) - 1, module_filter(h.POLICY))
+        filters.insert(len(filters) - 1, added)
     return config
 
 
@@ -75,6 +98,11 @@ def main() -> int:
     p.add_argument("--quiet-wait", type=float, default=30.0)
     p.add_argument("--quiet", type=float, default=0.3)
     p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument(
+        "--upstream",
+        action="store_true",
+        help="the route goes on to an Envoy standing in for the MCP server (else it answers)",
+    )
     p.add_argument("--print", dest="write", action="store_false")
     args = p.parse_args()
     started = time.monotonic()
@@ -91,12 +119,19 @@ def main() -> int:
         tport = h.free_port()
         probe = h.decide_request(True, ev.GRANT, ev.SERVER_ID)
         servers["tg-tcp"] = h.start_grpc("tg-tcp", h.serve_cmd(tport), tport, workdir, probe)
+        uport = None
+        if args.upstream:
+            uport, uadmin = h.free_port(), h.free_port()
+            path = workdir / "upstream.json"
+            path.write_text(json.dumps(ev.upstream_config(uport, uadmin)))
+            servers["upstream"] = ev.start("upstream", path, uadmin, workdir, port=uport)
         for name in CONFIGS:
             port, admin = h.free_port(), h.free_port()
             path = workdir / f"{name}.json"
-            path.write_text(json.dumps(envoy_config(deployed, name, port, admin, tport)))
+            config = envoy_config(deployed, name, port, admin, tport, uport)
+            path.write_text(json.dumps(config))
             servers[name] = ev.start(name, path, admin, workdir, port=port)
-        probes = [f"{n}: {ev.probe(servers[n], n != 'plain')}" for n in CONFIGS]
+        probes = [f"{n}: {ev.probe(servers[n], n in ('authz-tcp', 'module'))}" for n in CONFIGS]
         probes += [f"module, `rm -rf /`: {ev.deny_probe(servers['module'])}"]
         urls = [f"http://127.0.0.1:{servers[n].port}/mcp" for n in CONFIGS]
         h.warm(urls, body, args.warmup, args, ev.H2LOAD_HEADERS)
@@ -137,12 +172,15 @@ def main() -> int:
         return h.per_run(runs, attr, name, "plain", diff=True, load=load)
 
     lines = [
-        h.written_by("envoy_module_bench.py") + "; one in "
+        h.written_by("envoy_module_bench.py")
+        + ("; routes to an upstream Envoy" if args.upstream else "; routes answer directly")
+        + "; one in "
         f"flight `-c 1 -m 1` x {args.n_single:,}, loaded `-c {args.c} -m {args.m}` x "
         f"{args.n_loaded:,} per run, {args.runs} runs, medians.",
         "",
-        "| load | metric | plain | authz-tcp | module | added, ext_authz | added, module |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| load | metric | plain | buffer | authz-tcp | module | added, buffer | added, "
+        "ext_authz | added, module |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for load, label in (("single", "one in flight"), ("loaded", f"{args.c}x{args.m} streams")):
         for attr, metric in (
@@ -153,14 +191,15 @@ def main() -> int:
         ):
             cells = [h.med(runs, attr, load=load, name=n) for n in CONFIGS]
             if attr == "rps":
-                shown, add = [f"{v:,.0f}" for v in cells], ["", ""]
+                shown, add = [f"{v:,.0f}" for v in cells], ["", "", ""]
             elif "cpu" in attr:
-                shown, add = [f"{v:.0f} µs" for v in cells], ["", ""]
+                shown, add = [f"{v:.0f} µs" for v in cells], ["", "", ""]
             else:
                 shown = [h.fmt_us(v) for v in cells]
                 add = [h.fmt_added(median(added(load, n, attr))) for n in CONFIGS[1:]]
             lines.append(f"| {label} | {metric} | {' | '.join(shown + add)} |")
     module = median(added("single", "module", "p50"))
+    own = median(h.per_run(runs, "p50", "module", "buffer", diff=True, load="single"))
     authz = median(added("single", "authz-tcp", "p50"))
     share = median(h.per_run(runs, "rps", "module", "plain", load="loaded"))
     each = ", ".join(f"{x:+.1f}" for x in added("single", "module", "p50"))
@@ -168,7 +207,8 @@ def main() -> int:
         "",
         f"Added at p50, one in flight (aim ≤ {AIM_ADDED_P50_US:.0f} µs): module "
         f"**+{module:.1f} µs** ({h.verdict(module, AIM_ADDED_P50_US, False)}; runs {each}), "
-        f"ext_authz to the sidecar +{authz:.0f} µs. Loaded throughput with the module "
+        f"ext_authz to the sidecar +{authz:.0f} µs; the module over Envoy's buffer filter "
+        f"{own:+.1f} µs. Loaded throughput with the module "
         f"**{share:.2f}{X}** plain's (aim ≥ {AIM_THROUGHPUT}{X}: "
         f"{h.verdict(share, AIM_THROUGHPUT, True)}).",
         "",
