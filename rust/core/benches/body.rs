@@ -17,6 +17,7 @@ use std::time::Duration;
 use toolgate_core::counter::CounterTable;
 use toolgate_core::engine::gate::{self, Gate, HttpCall};
 use toolgate_core::json::strict;
+use toolgate_core::observing::stats::Api;
 use toolgate_core::{Engine, MonotonicClock, Policy, Subject};
 
 fn engine() -> Engine {
@@ -133,6 +134,7 @@ fn check_in(engine: &Engine, body: &[u8], subject: Subject, mcp_session: Option<
             mcp_name: None,
             resumes: false,
             mcp_session,
+            api: Api::ExtAuthz,
         },
     )
 }

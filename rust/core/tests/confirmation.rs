@@ -8,6 +8,7 @@ use std::sync::{Arc, Barrier};
 use toolgate_core::asking::confirmation::TOKEN_PREFIX;
 use toolgate_core::counter::CounterTable;
 use toolgate_core::engine::gate::{check, Gate, HttpCall};
+use toolgate_core::observing::stats::Api;
 use toolgate_core::Kind;
 use toolgate_core::{Code, Engine, ManualClock, Policy, Subject, Verdict};
 
@@ -65,6 +66,7 @@ fn send(engine: &Engine, grant: &str, body: &[u8]) -> (Code, Option<Value>) {
         mcp_name: None,
         resumes: false,
         mcp_session: None,
+        api: Api::ExtAuthz,
     };
     match check(engine, &call) {
         Gate::Forward { decision, .. } => (decision.map_or(Code::Allowed, |d| d.code), None),

@@ -20,6 +20,7 @@ use toolgate_core::asking::approval::{
 use toolgate_core::asking::confirmation::{Answer, Confirming, TOKEN_PREFIX};
 use toolgate_core::counter::CounterTable;
 use toolgate_core::engine::gate::{check, Gate, HttpCall};
+use toolgate_core::observing::stats::Api;
 use toolgate_core::Kind;
 use toolgate_core::{
     Clock, Code, Engine, EngineBuilder, ManualClock, Policy, Request, Subject, Verdict,
@@ -104,6 +105,7 @@ fn send_as(engine: &Engine, who: Who<'_>, body: &[u8]) -> (Code, bool, Option<Va
         mcp_name: None,
         resumes: false,
         mcp_session: None,
+        api: Api::ExtAuthz,
     };
     match check(engine, &call) {
         Gate::Forward { decision, .. } => (decision.map_or(Code::Allowed, |d| d.code), true, None),
@@ -545,6 +547,7 @@ fn replays_after_a_limit_a_release_and_expiry() {
         mcp_name: None,
         resumes: false,
         mcp_session: None,
+        api: Api::ExtAuthz,
     };
     let reservation = match check(&e, &call) {
         Gate::Forward { decision, .. } => decision.unwrap().reservation.unwrap(),

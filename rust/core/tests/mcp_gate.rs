@@ -6,6 +6,7 @@ use std::sync::Arc;
 use toolgate_core::counter::CounterTable;
 use toolgate_core::engine::gate::{check, Follow, Gate, HttpCall};
 use toolgate_core::kind::Listed;
+use toolgate_core::observing::stats::Api;
 use toolgate_core::{Code, Engine, ManualClock, Policy, Subject};
 
 const POLICY: &str = r#"{"version": "1", "default": "deny", "hide": ["delete_*"],
@@ -38,6 +39,7 @@ fn post<'a>(body: &'a str, grant: &'a str) -> HttpCall<'a> {
         mcp_name: None,
         resumes: false,
         mcp_session: None,
+        api: Api::ExtAuthz,
     }
 }
 

@@ -13,6 +13,7 @@ use toolgate_core::engine::visibility::Visibility;
 use toolgate_core::kind::Listed;
 use toolgate_core::mcp::request::PASSING;
 use toolgate_core::mcp::sse::EventSplitter;
+use toolgate_core::observing::stats::Api;
 use toolgate_core::{Code, Engine, Kind, ManualClock, Policy, Subject};
 
 /// A policy written as PolicyLayer's format writes one: `default: deny`, tools only.
@@ -74,6 +75,7 @@ fn post<'a>(body: &'a str, grant: &'a str) -> HttpCall<'a> {
         mcp_name: None,
         resumes: false,
         mcp_session: None,
+        api: Api::ExtAuthz,
     }
 }
 

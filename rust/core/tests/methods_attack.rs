@@ -14,6 +14,7 @@ use toolgate_core::kind::Listed;
 use toolgate_core::mcp::request::{parse_params, McpRequest};
 use toolgate_core::mcp::sse::EventSplitter;
 use toolgate_core::mcp::uri;
+use toolgate_core::observing::stats::Api;
 use toolgate_core::{Code, Engine, Kind, ManualClock, Policy, Subject};
 
 const POLICY: &str = r#"
@@ -59,6 +60,7 @@ fn post(body: &str) -> HttpCall<'_> {
         mcp_name: None,
         resumes: false,
         mcp_session: None,
+        api: Api::ExtAuthz,
     }
 }
 

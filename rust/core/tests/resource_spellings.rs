@@ -11,6 +11,7 @@ use serde_json::json;
 use std::sync::Arc;
 use toolgate_core::counter::CounterTable;
 use toolgate_core::engine::gate::{check, Gate, HttpCall};
+use toolgate_core::observing::stats::Api;
 use toolgate_core::{Engine, ManualClock, Policy, Subject};
 
 fn engine(policy: &str) -> Engine {
@@ -33,6 +34,7 @@ fn post(body: &str) -> HttpCall<'_> {
         mcp_name: None,
         resumes: false,
         mcp_session: None,
+        api: Api::ExtAuthz,
     }
 }
 

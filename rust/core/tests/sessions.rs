@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use toolgate_core::counter::CounterTable;
 use toolgate_core::engine::gate::{check, Gate, HttpCall};
+use toolgate_core::observing::stats::Api;
 use toolgate_core::owners::per_caller;
 use toolgate_core::owners::sessions::{KEEP_MS, MAX_PER_CALLER};
 use toolgate_core::{Code, Engine, ManualClock, Policy, Subject};
@@ -61,6 +62,7 @@ fn call<'a>(method: &'a str, body: &'a str, c: Caller, session: &'a str) -> Http
         mcp_name: None,
         resumes: false,
         mcp_session: Some(session),
+        api: Api::ExtAuthz,
     }
 }
 

@@ -13,6 +13,7 @@ use toolgate_core::kind::Listed;
 use toolgate_core::mcp::outcome::{CallWatcher, Outcome};
 use toolgate_core::mcp::request::RELATED_TASK;
 use toolgate_core::mcp::sse::EventSplitter;
+use toolgate_core::observing::stats::Api;
 use toolgate_core::owners::per_caller;
 use toolgate_core::owners::tasks::{Owner, KEEP_MS, MAX_PER_CALLER, METHODS};
 use toolgate_core::{Code, Engine, ManualClock, Policy, Subject, Verdict};
@@ -56,6 +57,7 @@ fn post<'a>(body: &'a str, grant: &'a str, server: Option<&'a str>) -> HttpCall<
         mcp_name: None,
         resumes: false,
         mcp_session: None,
+        api: Api::ExtAuthz,
     }
 }
 

@@ -84,7 +84,15 @@ fn gate(engine: &Engine, config: &AuthzConfig, request: &CheckRequest) -> (Gate,
         .map(|Refused(why)| why.as_str());
     if let Some(why) = read.refused().or(refused) {
         let credential = read.grant.is_err();
-        let gate = unreadable_caller(engine, why, credential, body, server, subject);
+        let gate = unreadable_caller(
+            engine,
+            Api::ExtAuthz,
+            why,
+            credential,
+            body,
+            server,
+            subject,
+        );
         return (gate, None);
     }
     let call = HttpCall {
@@ -101,6 +109,7 @@ fn gate(engine: &Engine, config: &AuthzConfig, request: &CheckRequest) -> (Gate,
         mcp_name: headers.get("mcp-name"),
         resumes: headers.all("last-event-id").next().is_some(),
         mcp_session: mcp_session.ok().flatten(),
+        api: Api::ExtAuthz,
     };
     let gate = gate::check(engine, &call);
     let note = match &gate {
@@ -212,6 +221,7 @@ fn was_cut(headers: &Headers<'_>, body: &[u8], max_request_bytes: usize) -> bool
 /// body reads as a call, its tool.
 pub fn unreadable_caller(
     engine: &Engine,
+    api: Api,
     why: &str,
     credential: bool,
     body: &[u8],
@@ -243,7 +253,7 @@ pub fn unreadable_caller(
         subject: known,
     };
     Gate::Answer {
-        decision: Some(engine.refuse_via(Api::ExtAuthz, &request)),
+        decision: Some(engine.refuse_via(api, &request)),
         reply,
     }
 }

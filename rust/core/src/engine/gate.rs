@@ -36,6 +36,8 @@ pub struct HttpCall<'a> {
     /// The `Mcp-Session-Id` header (2025 revisions), sent once: the session is reached by
     /// the caller that holds it only ([`crate::owners::sessions`]).
     pub mcp_session: Option<&'a str>,
+    /// Which API asked (Envoy's ext_authz, or toolgate's module in Envoy), for the metrics.
+    pub api: Api,
 }
 
 /// What the proxy must do.
@@ -92,7 +94,7 @@ pub fn check(engine: &Engine, call: &HttpCall<'_>) -> Gate {
             None,
         ),
         McpRequest::Listen { id, uris } => {
-            let (d, uri) = decide_reads(engine, Api::ExtAuthz, uris, call.server, call.subject);
+            let (d, uri) = decide_reads(engine, call.api, uris, call.server, call.subject);
             return match d.verdict {
                 Verdict::Allow => Gate::Forward {
                     headers: reply::allowed_headers(&d),
@@ -125,7 +127,7 @@ pub fn check(engine: &Engine, call: &HttpCall<'_>) -> Gate {
         };
     };
     let decision = engine.decide_via::<&Value>(
-        Api::ExtAuthz,
+        call.api,
         &Request {
             kind,
             name,
@@ -139,7 +141,7 @@ pub fn check(engine: &Engine, call: &HttpCall<'_>) -> Gate {
     );
     let (decision, kind, name) = also_by_method(
         engine,
-        Api::ExtAuthz,
+        call.api,
         (decision, kind, name),
         method,
         args,
@@ -169,7 +171,7 @@ fn read(engine: &Engine, call: &HttpCall<'_>) -> ControlFlow<Gate, McpRequest> {
             kind: Kind::Method,
             ..Undecidable::new("")
         };
-        if let Some(d) = engine.screen_session(Api::ExtAuthz, session, &request) {
+        if let Some(d) = engine.screen_session(call.api, session, &request) {
             return Break(Gate::Answer {
                 reply: reply::session_refused(&d),
                 decision: Some(d),
@@ -232,7 +234,7 @@ fn read(engine: &Engine, call: &HttpCall<'_>) -> ControlFlow<Gate, McpRequest> {
             kind: Kind::Method,
             ..Undecidable::new("")
         };
-        if let Some(d) = engine.screen_related(Api::ExtAuthz, &task, &refused) {
+        if let Some(d) = engine.screen_related(call.api, &task, &refused) {
             return Break(Gate::Answer {
                 reply: reply::unknown(&request_id, Kind::Method, crate::owners::tasks::METHODS[0]),
                 decision: Some(d),
@@ -486,7 +488,7 @@ fn refuse(engine: &Engine, call: &HttpCall<'_>, refusal: &Refusal, status: u16) 
         server: call.server,
         subject: call.subject,
     };
-    let decision = engine.refuse_via(Api::ExtAuthz, &request);
+    let decision = engine.refuse_via(call.api, &request);
     Gate::Answer {
         reply: reply::refused(refusal, status),
         decision: Some(decision),

@@ -33,7 +33,7 @@ impl Engine {
                 Counter,
                 "toolgate_decisions",
                 "Decisions made, by the API that asked (decider, ext_authz, ratelimit, extmcp; \
-                 engine: in-process), verdict and code.",
+                 envoy_module: toolgate inside Envoy; engine: in-process), verdict and code.",
                 &["api", "verdict", "code"],
                 decisions,
             ),

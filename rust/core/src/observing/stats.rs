@@ -27,16 +27,19 @@ pub enum Api {
     ExtProc,
     /// agentgateway's ExtMCP (`agentgateway.dev.ext_mcp.ExtMcp`).
     ExtMcp,
+    /// toolgate's module in Envoy's own process.
+    EnvoyModule,
 }
 
 impl Api {
-    pub const ALL: [Api; 6] = [
+    pub const ALL: [Api; 7] = [
         Api::Engine,
         Api::Decider,
         Api::ExtAuthz,
         Api::RateLimit,
         Api::ExtProc,
         Api::ExtMcp,
+        Api::EnvoyModule,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -47,6 +50,7 @@ impl Api {
             Api::RateLimit => "ratelimit",
             Api::ExtProc => "ext_proc",
             Api::ExtMcp => "extmcp",
+            Api::EnvoyModule => "envoy_module",
         }
     }
 }
