@@ -8,7 +8,7 @@
 //! Envoy streams them to the sidecar, and Envoy's dynamic module as Envoy hands them to the
 //! filter, so both do the same with every answer.
 
-use crate::held::HeldBytes;
+use crate::held::{HeldBytes, Room};
 use serde_json::Value;
 use std::sync::Arc;
 use toolgate_core::counter::Peer;
@@ -113,6 +113,9 @@ pub struct Follower {
     held: usize,
     /// The bytes of the caller's text (its grant, session and agent, the list's id).
     note: usize,
+    /// Its MCP server's room ([`HeldBytes::room`]) and what the follower holds of it, where
+    /// nothing else charges the room for it ([`Follower::in_room`]).
+    room: Option<(Arc<Room>, usize)>,
     /// The lists read last, shared by the followers of one process, so that the same answer
     /// is not read again.
     known: Arc<KnownAnswers>,
@@ -181,6 +184,10 @@ impl CallAnswer {
 impl Drop for Follower {
     fn drop(&mut self) {
         self.budget.hold(&mut self.held, 0);
+        if let Some((room, mut in_room)) = self.room.take() {
+            room.hold(&mut in_room, 0);
+            self.budget.leave(room);
+        }
     }
 }
 
@@ -238,10 +245,38 @@ impl Follower {
             budget,
             held: 0,
             note,
+            room: None,
             known,
         };
         let budget = Arc::clone(&follower.budget);
         budget.hold(&mut follower.held, note).then_some(follower)
+    }
+
+    /// The follower also holds what it holds in the room of `server` (an adapter whose
+    /// transport charges the room nothing itself: Envoy's module): when the room is full, it
+    /// gives up as when the budget is.
+    pub fn in_room(mut self, server: &str) -> Follower {
+        let room = self.budget.room(server);
+        let mut in_room = 0;
+        room.hold(&mut in_room, self.held);
+        self.room = Some((room, in_room));
+        self
+    }
+
+    /// Hold `now` bytes, in the budget and the room: false, holding only the note, if either
+    /// is full.
+    fn hold(&mut self, now: usize) -> bool {
+        let mut within = self.budget.hold(&mut self.held, now);
+        if let Some((room, in_room)) = self.room.as_mut() {
+            within &= room.hold(in_room, now);
+        }
+        if !within {
+            self.budget.hold(&mut self.held, self.note);
+            if let Some((room, in_room)) = self.room.as_mut() {
+                room.hold(in_room, self.note);
+            }
+        }
+        within
     }
 
     /// What the follower holds of the budget now.
@@ -327,13 +362,20 @@ impl Follower {
         end: bool,
         status: impl FnOnce() -> Option<u16>,
     ) -> Option<Vec<u8>> {
-        let Follower {
-            state,
-            budget,
-            held,
-            note,
-            known,
-        } = self;
+        let mut state = std::mem::replace(&mut self.state, State::Nothing);
+        let out = self.follow(&mut state, engine, part, end, status);
+        self.state = state;
+        out
+    }
+
+    fn follow(
+        &mut self,
+        state: &mut State,
+        engine: &Arc<Engine>,
+        part: &[u8],
+        end: bool,
+        status: impl FnOnce() -> Option<u16>,
+    ) -> Option<Vec<u8>> {
         match state {
             State::List {
                 id,
@@ -347,13 +389,12 @@ impl Follower {
             } => {
                 let filter = filter.get_or_insert_with(|| {
                     let read = (*listed, *private);
-                    list_filter(engine, known, id, read, upstream_id, caller, policy)
+                    list_filter(engine, &self.known, id, read, upstream_id, caller, policy)
                 });
                 let mut out = filter.feed(part, end);
-                if !budget.hold(held, filter.held() + *note) {
+                if !self.hold(filter.held() + self.note) {
                     let why = "the proxy holds as many unfinished answers as it may";
                     out.extend(filter.give_up(why.into()));
-                    budget.hold(held, *note);
                 }
                 count_lists(engine, &filter.report, counted, caller);
                 Some(out)
@@ -366,9 +407,8 @@ impl Follower {
                     }
                 }
                 watcher.feed(part, end);
-                if !budget.hold(held, watcher.held() + *note) {
+                if !self.hold(watcher.held() + self.note) {
                     watcher.give_up();
-                    budget.hold(held, *note);
                 }
                 call.settle(engine);
                 None
