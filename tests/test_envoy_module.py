@@ -40,7 +40,7 @@ from envoy_proxy import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mcp_servers import ExampleServer
-from sidecar import Sidecar
+from sidecar import PATIENCE, Sidecar, wait_for
 from test_differential import bodies, orbits_for
 from test_envoy_ext_proc import EXT_PROC
 from test_envoy_refusals import FOLDED_KEY_BODIES, raw_call
@@ -352,3 +352,44 @@ def test_a_call_that_needs_approval_is_never_forwarded_and_opens_none(tmp_path: 
         assert "x-toolgate-approval" not in headers
         assert json.loads(answer)["result"]["isError"] is True
         assert [r for r in server.requests() if "i-module" in r["body"]] == []
+
+
+# --- metrics through Envoy's stats ------------------------------------------------------------
+
+
+def prometheus(envoy: Envoy) -> dict[str, float]:
+    """Envoy's ``/stats/prometheus``: each sample's name and labels as written, its value."""
+    samples = {}
+    for line in envoy.admin("/stats/prometheus").splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
+def test_the_modules_decisions_are_in_envoys_prometheus_stats(tmp_path: Path):
+    """The engine's counters reach Envoy's /stats/prometheus with the sidecar's names (under
+    Envoy's prefix) and labels, api ``envoy_module``, as streams end."""
+    denied = raw_call('{"name":"run_command","arguments":{"command":"rm -rf /"}}')
+    allowed = raw_call('{"name":"list_images","arguments":{}}')
+    plumbing = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
+    with (
+        ExampleServer(tmp_path / "requests.jsonl", stateless=True, json=True) as server,
+        deployed(MODULE, None, server.port, {POLICY_LINE: EXAMPLE_LINE}) as envoy,
+    ):
+        token = {"authorization": "Bearer metrics"}
+        for body in [denied] * 3 + [allowed] * 2:
+            send(envoy, "POST", body, token)
+        decisions = 'envoy_toolgate_decisions_total{api="envoy_module",'
+        deny = decisions + 'verdict="DENY",code="CONDITION_FAILED"}'
+        allow = decisions + 'verdict="ALLOW",code="ALLOWED"}'
+
+        def counted() -> dict[str, float] | None:
+            # A notification is decided by no rule: each ends a stream, which pushes.
+            send(envoy, "POST", plumbing, token)
+            seen = prometheus(envoy)
+            return seen if seen.get(deny) == 3 and seen.get(allow) == 2 else None
+
+        seen = wait_for(counted, timeout=PATIENCE)
+    assert seen["envoy_toolgate_counter_table_slots_capacity{}"] > 0
+    assert not [k for k in seen if "api=" in k and 'api="envoy_module"' not in k]

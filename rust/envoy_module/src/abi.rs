@@ -88,9 +88,39 @@ pub const LOG_INFO: u32 = 2;
 /// `envoy_dynamic_module_type_attribute_id_SourceAddress`: `source.address`.
 pub const ATTRIBUTE_SOURCE_ADDRESS: u32 = 24;
 pub const LOG_ERROR: u32 = 4;
+/// `envoy_dynamic_module_type_metrics_result`'s success.
+pub const METRICS_SUCCESS: u32 = 0;
 
 extern "C" {
     pub fn envoy_dynamic_module_callback_log(level: u32, message: ModuleBuffer);
+    pub fn envoy_dynamic_module_callback_http_filter_config_define_counter(
+        config: ConfigEnvoyPtr,
+        name: ModuleBuffer,
+        label_names: *const ModuleBuffer,
+        label_names_length: usize,
+        id: *mut usize,
+    ) -> u32;
+    pub fn envoy_dynamic_module_callback_http_filter_config_define_gauge(
+        config: ConfigEnvoyPtr,
+        name: ModuleBuffer,
+        label_names: *const ModuleBuffer,
+        label_names_length: usize,
+        id: *mut usize,
+    ) -> u32;
+    pub fn envoy_dynamic_module_callback_http_filter_increment_counter(
+        filter: FilterEnvoyPtr,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+    pub fn envoy_dynamic_module_callback_http_filter_set_gauge(
+        filter: FilterEnvoyPtr,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
     pub fn envoy_dynamic_module_callback_http_get_headers_size(
         filter: FilterEnvoyPtr,
         kind: u32,
@@ -285,6 +315,36 @@ impl Stream {
         }
     }
 
+    /// Add `value` to the counter Envoy defined as `id`, its labels' values `labels`.
+    pub fn increment_counter(self, id: usize, labels: &[String], value: u64) {
+        let labels = buffers(labels);
+        // SAFETY: as for `headers`; Envoy copies the label values.
+        unsafe {
+            envoy_dynamic_module_callback_http_filter_increment_counter(
+                self.0,
+                id,
+                labels.as_ptr(),
+                labels.len(),
+                value,
+            );
+        }
+    }
+
+    /// Set the gauge Envoy defined as `id`, its labels' values `labels`, to `value`.
+    pub fn set_gauge(self, id: usize, labels: &[String], value: u64) {
+        let labels = buffers(labels);
+        // SAFETY: as for `headers`; Envoy copies the label values.
+        unsafe {
+            envoy_dynamic_module_callback_http_filter_set_gauge(
+                self.0,
+                id,
+                labels.as_ptr(),
+                labels.len(),
+                value,
+            );
+        }
+    }
+
     /// Take header `key` away.
     pub fn remove_header(self, kind: u32, key: &str) {
         let nothing = ModuleBuffer {
@@ -329,4 +389,12 @@ impl Stream {
             );
         }
     }
+}
+
+/// `texts` as buffers Envoy reads during a call.
+fn buffers(texts: &[String]) -> Vec<ModuleBuffer> {
+    texts
+        .iter()
+        .map(|t| ModuleBuffer::of(t.as_bytes()))
+        .collect()
 }

@@ -8,6 +8,7 @@
 //! settings by their flags' names, of which the module takes the counter table's size and how
 //! callers are read. A setting the module does not honour yet is refused, not ignored.
 
+use crate::metrics::Metrics;
 use serde_json::{Map, Value};
 use std::path::Path;
 use std::sync::Arc;
@@ -42,6 +43,8 @@ pub struct Config {
     pub budget: Arc<HeldBytes>,
     /// The `tools/list` answers read last, so that the same answer is not read again.
     pub known: Arc<KnownAnswers>,
+    /// The engine's metrics as Envoy's stats, once Envoy has taken their definitions.
+    pub metrics: Option<Metrics>,
 }
 
 impl Config {
@@ -90,6 +93,7 @@ impl Config {
             server,
             budget: HeldBytes::new(HeldBytes::LIMIT),
             known: Arc::default(),
+            metrics: None,
         })
     }
 }

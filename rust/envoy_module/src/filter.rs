@@ -11,6 +11,7 @@ use envoy_types::pb::google::protobuf::Struct;
 use std::time::Instant;
 use toolgate_core::counter::Peer;
 use toolgate_core::engine::gate::{self, Follow, Gate, HttpCall};
+use toolgate_core::observing::stats::Api;
 use toolgate_server::answer::{Caller, Follower, RequestBody, LIST_ANSWER_DROPS, LIST_ANSWER_TYPE};
 use toolgate_server::authz::unreadable_caller;
 use toolgate_server::ext_proc::{exchange_header, EXCHANGE_HEADER};
@@ -226,7 +227,7 @@ impl Filter {
         }
     }
 
-    /// Whether the answer is followed (its body must be read).
+    /// Whether the answer's body must be read: it is followed.
     pub fn follows(&self) -> bool {
         self.follower.is_some()
     }
@@ -275,7 +276,15 @@ impl Filter {
         let gate = match read.refused().or(refused) {
             Some(why) => {
                 let credential = read.grant.is_err();
-                unreadable_caller(&config.engine, why, credential, body, server, subject)
+                unreadable_caller(
+                    &config.engine,
+                    Api::EnvoyModule,
+                    why,
+                    credential,
+                    body,
+                    server,
+                    subject,
+                )
             }
             None => gate::check(
                 &config.engine,
@@ -289,6 +298,7 @@ impl Filter {
                     mcp_name: headers.get("mcp-name"),
                     resumes: !(&headers).header_values("last-event-id").is_empty(),
                     mcp_session: mcp_session.ok().flatten(),
+                    api: Api::EnvoyModule,
                 },
             ),
         };
@@ -312,7 +322,10 @@ impl Filter {
                 let caller = Caller::of(server, &subject);
                 let (budget, known) = (config.budget.clone(), config.known.clone());
                 match Follower::new(&config.engine, follow, caller, budget, known) {
-                    Some(follower) => self.follower = Some(follower),
+                    // Held in its server's room too, shared with the server's other
+                    // exchanges in this Envoy: one server whose answers mean harm fills its
+                    // own room, not the process's budget.
+                    Some(follower) => self.follower = Some(follower.in_room(server.unwrap_or(""))),
                     None => {
                         // The call does not run: its reservation is given back.
                         if let Some(reservation) = reserved {

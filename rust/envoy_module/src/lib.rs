@@ -11,10 +11,12 @@
 mod abi;
 mod config;
 mod filter;
+mod metrics;
 
 use abi::*;
 use config::Config;
 use filter::{Filter, Next};
+use metrics::Metrics;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// What the module keeps for one stream: the configuration it decides with, and its state.
@@ -43,12 +45,17 @@ pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const u8 {
 /// Envoy's buffers are valid during the call.
 #[no_mangle]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
-    _envoy: ConfigEnvoyPtr,
+    envoy: ConfigEnvoyPtr,
     _name: EnvoyBuffer,
     config: EnvoyBuffer,
 ) -> ConfigModulePtr {
     let text = config.bytes();
-    match catch_unwind(|| Config::read(text)) {
+    let read = catch_unwind(|| {
+        let mut config = Config::read(text)?;
+        config.metrics = Some(Metrics::define(envoy, &config.engine));
+        Ok::<_, String>(config)
+    });
+    match read {
         Ok(Ok(config)) => {
             log(LOG_INFO, "toolgate: the filter's policy is loaded");
             Box::into_raw(Box::new(config)) as ConfigModulePtr
@@ -238,11 +245,24 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
 
 // The hooks Envoy requires whose events the module does not use yet.
 
+/// A stream has ended: the engine's numbers go to Envoy's stats (at most once a second).
+///
+/// # Safety
+/// Called by Envoy on the stream's worker.
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
-    _: FilterEnvoyPtr,
-    _: FilterModulePtr,
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
+    envoy: FilterEnvoyPtr,
+    filter: FilterModulePtr,
 ) {
+    let config = &*state(filter).config;
+    if let Some(metrics) = &config.metrics {
+        let pushed = catch_unwind(AssertUnwindSafe(|| {
+            metrics.push(Stream(envoy), &config.engine)
+        }));
+        if pushed.is_err() {
+            log(LOG_ERROR, "toolgate: the module failed pushing its metrics");
+        }
+    }
 }
 
 #[no_mangle]
