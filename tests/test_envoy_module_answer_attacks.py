@@ -91,6 +91,23 @@ def _read_request(conn: socket.socket, pending: bytearray) -> tuple[str, str, di
     return method, path, headers, body
 
 
+def listen(server: Any, serve: Callable[[socket.socket], None]) -> int:
+    """Listen on a free loopback port for ``server`` (its ``sock``, closed on exit), each
+    connection served by ``serve`` on a thread of its own; the port."""
+    server.sock = socket.create_server(("127.0.0.1", 0))
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = server.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return server.sock.getsockname()[1]
+
+
 class RawUpstream:
     """An HTTP/1.1 server that answers each request with the raw pieces ``script`` gives,
     written and flushed one by one; the connection is closed after each answer (the answers
@@ -99,17 +116,7 @@ class RawUpstream:
     def __init__(self, script: RawScript) -> None:
         self.script = script
         self.seen: list[tuple[str, dict[str, str], bytes]] = []
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        self.port = listen(self, self._serve)
 
     def _serve(self, conn: socket.socket) -> None:
         with conn, contextlib.suppress(OSError):
@@ -170,17 +177,7 @@ class H2Upstream:
     def __init__(self, script: Callable[[dict[str, str], bytes], tuple]) -> None:
         self.script = script
         self.seen: list[tuple[dict[str, str], bytes]] = []
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        self.port = listen(self, self._serve)
 
     def _serve(self, conn: socket.socket) -> None:
         config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8")

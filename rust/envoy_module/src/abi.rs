@@ -317,32 +317,28 @@ impl Stream {
 
     /// Add `value` to the counter Envoy defined as `id`, its labels' values `labels`.
     pub fn increment_counter(self, id: usize, labels: &[String], value: u64) {
-        let labels = buffers(labels);
-        // SAFETY: as for `headers`; Envoy copies the label values.
-        unsafe {
-            envoy_dynamic_module_callback_http_filter_increment_counter(
-                self.0,
-                id,
-                labels.as_ptr(),
-                labels.len(),
-                value,
-            );
-        }
+        self.change_stat(
+            envoy_dynamic_module_callback_http_filter_increment_counter,
+            id,
+            labels,
+            value,
+        );
     }
 
     /// Set the gauge Envoy defined as `id`, its labels' values `labels`, to `value`.
     pub fn set_gauge(self, id: usize, labels: &[String], value: u64) {
+        self.change_stat(
+            envoy_dynamic_module_callback_http_filter_set_gauge,
+            id,
+            labels,
+            value,
+        );
+    }
+
+    fn change_stat(self, change: StatChange, id: usize, labels: &[String], value: u64) {
         let labels = buffers(labels);
         // SAFETY: as for `headers`; Envoy copies the label values.
-        unsafe {
-            envoy_dynamic_module_callback_http_filter_set_gauge(
-                self.0,
-                id,
-                labels.as_ptr(),
-                labels.len(),
-                value,
-            );
-        }
+        unsafe { change(self.0, id, labels.as_ptr(), labels.len(), value) };
     }
 
     /// Take header `key` away.
@@ -390,6 +386,10 @@ impl Stream {
         }
     }
 }
+
+/// A callback that changes a stat: a counter's increment, a gauge's value.
+type StatChange =
+    unsafe extern "C" fn(FilterEnvoyPtr, usize, *const ModuleBuffer, usize, u64) -> u32;
 
 /// `texts` as buffers Envoy reads during a call.
 fn buffers(texts: &[String]) -> Vec<ModuleBuffer> {
