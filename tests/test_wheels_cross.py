@@ -14,8 +14,9 @@ x86_64 and aarch64 (zig as the linker).
 - The aarch64 manylinux wheel is installed and run on arm64 Debian under qemu-user-static by
   tests/test_image.py (the arm64 image) and tests/test_kube_play.py (that image in a pod).
 
-The wheels are built with the ``wheel-check`` profile (the release code, without cross-crate
-LTO, to build faster); released wheels are built with ``release`` by the same script.
+The wheels are built with the ``wheel-check`` profile (the release code, less optimised and
+built incrementally, to build faster); released wheels are built with ``release`` by the same
+script.
 """
 
 from __future__ import annotations
