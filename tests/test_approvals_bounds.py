@@ -391,16 +391,19 @@ def test_admin_calls_that_never_send_their_message_hold_no_other_tokens_share(ad
                     approvals_pb2.ListApprovalsRequest(), metadata=metadata, timeout=PATIENCE
                 )
                 (pending,) = listed.approvals
-                stream = approvals.Watch(
-                    approvals_pb2.WatchApprovalsRequest(), metadata=metadata, timeout=PATIENCE
-                )
+                # With the pending one first: once it has come, the stream watches from before
+                # the approval (a Watch served only after it would never see it).
+                watch = approvals_pb2.WatchApprovalsRequest(include_pending=True)
+                stream = approvals.Watch(watch, metadata=metadata, timeout=PATIENCE)
+                assert next(stream).id == pending.id, "her Watch stream was served too"
                 approved = approvals.Approve(
                     approvals_pb2.DecideApprovalRequest(id=pending.id),
                     metadata=metadata,
                     timeout=PATIENCE,
                 )
                 assert approved.state == "APPROVED"
-                assert next(stream).id == pending.id, "her Watch stream was served too"
+                decided = next(stream)
+                assert (decided.id, decided.state) == (pending.id, "APPROVED")
                 stream.cancel()
             for sock, conn, count in ((calls, calls_conn, 30), (watches, watches_conn, 10)):
                 statuses = _statuses(sock, conn, count)
