@@ -160,6 +160,28 @@ def answer(
     return [(head + "\r\n").encode(), *pieces]
 
 
+def lists_at_once(
+    envoy: Envoy, streams: int, meanwhile: Callable[[], None] = lambda: None
+) -> list[Any]:
+    """``streams`` tools/list requests at once, each on a thread of its own, ``meanwhile``
+    run once all have started: each one's (status, headers, body), or the error it met."""
+    results: list[Any] = []
+
+    def one() -> None:
+        try:
+            results.append(send(envoy, "POST", rpc("tools/list", 7)))
+        except (OSError, http.client.HTTPException) as err:
+            results.append(err)
+
+    threads = [threading.Thread(target=one) for _ in range(streams)]
+    for thread in threads:
+        thread.start()
+    meanwhile()
+    for thread in threads:
+        thread.join()
+    return results
+
+
 def upstream_id(body: bytes) -> Any:
     """The id of the JSON-RPC request the server got (toolgate's, for a list)."""
     return json.loads(body)["id"] if body else None
@@ -803,19 +825,7 @@ def test_unfinished_list_events_on_many_streams_stay_within_the_budget(tmp_path:
         deployed(MODULE, None, upstream.port, _policy_edit(tmp_path, HIDE_DELETES)) as envoy,
     ):
         before = _rss(envoy)
-        results: list[Any] = []
-
-        def one() -> None:
-            try:
-                results.append(send(envoy, "POST", rpc("tools/list", 7)))
-            except (OSError, http.client.HTTPException) as err:
-                results.append(err)
-
-        threads = [threading.Thread(target=one) for _ in range(streams)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        results = lists_at_once(envoy, streams)
         peak = _rss(envoy, "VmHWM")
         assert envoy.alive
     assert len(results) == streams
@@ -926,21 +936,12 @@ def test_a_list_withheld_for_a_full_room_still_answers_its_client(tmp_path: Path
         RawUpstream(script) as upstream,
         deployed(MODULE, None, upstream.port, _policy_edit(tmp_path, HIDE_DELETES)) as envoy,
     ):
-        results: list[Any] = []
 
-        def one() -> None:
-            try:
-                results.append(send(envoy, "POST", rpc("tools/list", 7)))
-            except (OSError, http.client.HTTPException) as err:
-                results.append(err)
+        def all_parked_then_release() -> None:
+            wait_for(lambda: len(parked) == streams or None, timeout=60)
+            release.set()
 
-        threads = [threading.Thread(target=one) for _ in range(streams)]
-        for thread in threads:
-            thread.start()
-        wait_for(lambda: len(parked) == streams or None, timeout=60)
-        release.set()
-        for thread in threads:
-            thread.join()
+        results = lists_at_once(envoy, streams, meanwhile=all_parked_then_release)
     assert len(results) == streams
     for status, _, data in results:
         assert status == 200
