@@ -9,17 +9,22 @@ __all__ = [
     "DECIDER",
     "MAX_FILE_BYTES",
     "MAX_MAX",
+    "RELOAD_INTERVAL",
+    "RELOAD_SETTLE",
     "SERVICES",
     "VERDICTS",
     "Approvals",
     "Decision",
     "Engine",
     "Explanation",
+    "FileVersion",
     "LimitState",
+    "Look",
     "ManualClock",
     "MetricFamily",
     "Policy",
     "PolicyError",
+    "PolicyWatch",
     "Reloaded",
     "Sidecar",
     "SidecarSettings",
@@ -36,6 +41,7 @@ __all__ = [
     "read_document",
     "read_maxmemory_policy",
     "read_mcp_request",
+    "read_version",
     "tool_digest",
 ]
 
@@ -145,6 +151,59 @@ class MetricFamily:
     def samples(self) -> list[tuple[list[str], float]]: ...
     @property
     def buckets(self) -> tuple[list[tuple[float, int]], int, float] | None: ...
+
+#: Seconds between looks at a watched policy file, unless told otherwise.
+RELOAD_INTERVAL: float
+#: Seconds an in-place edit of the policy file must read unchanged before it is loaded.
+RELOAD_SETTLE: float
+
+@final
+class FileVersion:
+    """One reading of the policy file through its symlinks; equal readings are of one file
+    with one content, size and mtime."""
+
+    @property
+    def identity(self) -> tuple[int, int]: ...
+    @property
+    def digest(self) -> str: ...
+    @property
+    def content(self) -> bytes: ...
+
+def read_version(path: Path) -> FileVersion | None:
+    """The policy file as it is now (a regular file only); None if it cannot be read."""
+
+@final
+class Look:
+    """What one look at the policy file found."""
+
+    @property
+    def kind(self) -> Literal["unchanged", "unreadable", "settling", "load"]: ...
+    @property
+    def first(self) -> bool: ...
+    @property
+    def pins(self) -> bool: ...
+    @property
+    def why(self) -> str | None: ...
+    @property
+    def content(self) -> bytes | None: ...
+
+@final
+class PolicyWatch:
+    """When the policy file at ``path`` is to be loaded again."""
+
+    def __new__(
+        cls,
+        path: Path,
+        settle: float,
+        loaded: FileVersion | None,
+        pins: list[tuple[Path, str | None]],
+        follow_writers: bool = True,
+    ) -> PolicyWatch: ...
+    @property
+    def unwatched(self) -> str | None: ...
+    def next_wait(self, interval: float) -> float: ...
+    def look(self, forced: bool, now: float) -> Look: ...
+    def tried(self, pins: list[tuple[Path, str | None]]) -> None: ...
 
 @final
 class Reloaded:

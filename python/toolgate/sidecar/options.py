@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from toolgate._core import SidecarSettings
+from toolgate._core import RELOAD_INTERVAL, RELOAD_SETTLE, SidecarSettings
 from toolgate.sidecar.approvals.options import ApprovalOptions
 
 
@@ -18,10 +18,10 @@ class ServeOptions:
     #: requests are read, and the gRPC listener (checked when made).
     sidecar: SidecarSettings = field(default_factory=SidecarSettings)
     metrics_listen: str | None = "127.0.0.1:9464"
-    reload_interval: float = 1.0
+    reload_interval: float = RELOAD_INTERVAL
     #: An in-place edit of the policy file is loaded once unchanged for this long (it may be
     #: half-written before); 0 loads it at once. Renames and SIGHUP load at once.
-    reload_settle: float = 0.5
+    reload_settle: float = RELOAD_SETTLE
     drain: float = 1.0
     grace: float = 10.0
     log_format: str = "text"

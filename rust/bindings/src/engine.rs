@@ -3,11 +3,10 @@
 use crate::arguments::PyArg;
 use crate::clock::PyManualClock;
 use crate::decision::{PyDecision, PyExplanation};
-use crate::policy::{coerce, hex, PyPolicy};
+use crate::policy::{coerce, PyPolicy};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
-use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::sync::Arc;
 use toolgate_core::asking::confirmation::Confirming;
@@ -397,17 +396,7 @@ impl PyEngine {
         let text = std::str::from_utf8(content)
             .map_err(|_| PyValueError::new_err(format!("{} is not UTF-8 text", path.display())))?;
         // Without the GIL: the files are read meanwhile, and the sidecar goes on serving.
-        let (loaded, read) = py.detach(|| {
-            let read = std::cell::RefCell::new(Vec::new());
-            let reading = |file: &std::path::Path| {
-                let bytes = crate::policy::read_pins(file);
-                let digest = bytes.as_ref().ok().map(|b| hex(&Sha256::digest(b)));
-                read.borrow_mut().push((file.to_path_buf(), digest));
-                bytes
-            };
-            let loaded = toolgate_core::Policy::from_text(text, "auto", Some(&path), &reading);
-            (loaded, read.into_inner())
-        });
+        let (loaded, read) = py.detach(|| toolgate_runtime::policy_file::load_text(text, &path));
         let policy = loaded.map_err(|e| {
             let err = crate::policy::policy_error(py, e);
             let _ = err.value(py).setattr("pins_read", read);

@@ -10,6 +10,7 @@ mod eviction;
 mod mcp;
 mod metrics;
 mod policy;
+mod policy_watch;
 mod settings;
 mod sidecar;
 
@@ -109,6 +110,18 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<settings::PySidecarSettings>()?;
     m.add_class::<sidecar::PySidecar>()?;
     m.add_class::<clock::PyManualClock>()?;
+    m.add_class::<policy_watch::PyFileVersion>()?;
+    m.add_class::<policy_watch::PyLook>()?;
+    m.add_class::<policy_watch::PyPolicyWatch>()?;
+    m.add_function(wrap_pyfunction!(policy_watch::read_version, m)?)?;
+    m.add(
+        "RELOAD_INTERVAL",
+        toolgate_runtime::policy_watch::RELOAD_INTERVAL,
+    )?;
+    m.add(
+        "RELOAD_SETTLE",
+        toolgate_runtime::policy_watch::RELOAD_SETTLE,
+    )?;
     m.add_function(wrap_pyfunction!(mcp::read_mcp_request, m)?)?;
     m.add_function(wrap_pyfunction!(document::read_document, m)?)?;
     m.add_function(wrap_pyfunction!(inert, m)?)?;

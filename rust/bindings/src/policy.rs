@@ -47,17 +47,12 @@ impl ValidationError {
     }
 }
 
-pub use toolgate_runtime::policy_file::{load_file, read_pins, MAX_FILE_BYTES};
+pub use toolgate_runtime::policy_file::{hex, load_file, read_regular, MAX_FILE_BYTES};
 
 /// Each pins file `policy` read, with the SHA-256 (hex) of the bytes it was handed.
 pub fn pins_loaded(policy: &Policy) -> Vec<(PathBuf, String)> {
     let files = policy.pins.iter();
     files.map(|f| (f.path.clone(), hex(&f.digest))).collect()
-}
-
-/// A digest as Python's `hashlib` writes it.
-pub fn hex(digest: &[u8]) -> String {
-    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `policy`'s limits, marks and conditions that rest on an identity the client asserts.
@@ -133,7 +128,7 @@ impl PyPolicy {
     ) -> PyResult<PyPolicy> {
         let name = path.as_deref().and_then(|p| p.file_name()?.to_str());
         Format::choose(format, name, text).map_err(PyValueError::new_err)?;
-        Policy::from_text(text, format, path.as_deref(), &read_pins)
+        Policy::from_text(text, format, path.as_deref(), &read_regular)
             .map(|inner| PyPolicy { inner })
             .map_err(|e| policy_error(py, e))
     }
@@ -151,7 +146,7 @@ impl PyPolicy {
     fn from_dict(py: Python<'_>, document: &Bound<'_, PyAny>) -> PyResult<PyPolicy> {
         let value = to_json(document)
             .ok_or_else(|| PyValueError::new_err("policy dict holds values that are not JSON (str keys, str/int/float/bool/None/list/dict only, nested at most 128 deep)"))?;
-        Policy::from_json_value_reading(&value, &read_pins)
+        Policy::from_json_value_reading(&value, &read_regular)
             .map(|inner| PyPolicy { inner })
             .map_err(|e| policy_error(py, e))
     }

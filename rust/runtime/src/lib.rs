@@ -7,9 +7,12 @@
 //!   `toolgate_core::asking::approval::ApprovalDesk`.
 //! - [`store`]: counters on Redis, behind `toolgate_core::engine::store::CounterStore` (the local
 //!   table, `toolgate_core::counter::CounterTable`, is the other store).
-//! - [`policy_file`]: a policy file and its pins files, read for the core.
+//! - [`policy_file`]: a policy file and its pins files, read for the core; [`policy_watch`]
+//!   when to read them again (with [`file_writes`], what the kernel says of their writers).
 
 pub mod approvals;
 pub mod decision_log;
+pub mod file_writes;
 pub mod policy_file;
+pub mod policy_watch;
 pub mod store;
