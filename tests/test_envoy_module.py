@@ -26,7 +26,7 @@ import h2.config
 import h2.connection
 import h2.events
 import pytest
-from conftest import EXAMPLES, limit, policy
+from conftest import EXAMPLES, cond, limit, policy
 from envoy_proxy import (
     ACCEPT,
     MODULE,
@@ -40,7 +40,7 @@ from envoy_proxy import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mcp_servers import ExampleServer
-from sidecar import PATIENCE, Sidecar, wait_for
+from sidecar import PATIENCE, Sidecar, toolgate_cli, wait_for
 from test_differential import bodies, orbits_for
 from test_envoy_ext_proc import EXT_PROC
 from test_envoy_refusals import FOLDED_KEY_BODIES, raw_call
@@ -85,6 +85,9 @@ def test_envoy_loads_the_module_and_finds_its_abi_its_own(tmp_path: Path):
 
 
 SERVER = "server: example"
+#: A new line of the deployed filter_config, and its server line followed by one.
+NEXT = "\n" + " " * 26
+AND = SERVER + NEXT
 
 
 @pytest.mark.parametrize(
@@ -94,20 +97,32 @@ SERVER = "server: example"
             {EXAMPLE_LINE: "policy: /nonexistent/policy.json"},
             "cannot read /nonexistent/policy.json",
         ),
-        ({SERVER: "server: example\n                          store: redis://x"}, 'no "store"'),
+        ({SERVER: AND + "store: redis://x"}, 'no "store"'),
         (
-            {SERVER: "server: example\n                          settings: {store: x}"},
+            {SERVER: AND + "settings: {store: x}"},
             'does not take the setting "store"',
         ),
         (
-            {SERVER: "server: example\n                          settings: {capacity: 0}"},
+            {SERVER: AND + "settings: {capacity: 0}"},
             "--capacity must be at least 1",
         ),
         (
-            {SERVER: "server: example\n                          settings: {agent_header: X}"},
+            {SERVER: AND + "settings: {agent_header: X}"},
             "--agent-header must be a non-empty lower-case name",
         ),
         ({SERVER: "server: 5"}, '"server" is the MCP server'),
+        (
+            {SERVER: AND + "key: /nonexistent/grant.key"},
+            "key file /nonexistent/grant.key",
+        ),
+        (
+            {SERVER: AND + "reload_interval: -1"},
+            '"reload_interval" is a number of seconds',
+        ),
+        (
+            {SERVER: AND + "settings: {decision_log_filter: x}"},
+            "--decision-log-filter is all or denials",
+        ),
     ],
     ids=[
         "missing-policy",
@@ -116,6 +131,9 @@ SERVER = "server: example"
         "bad-setting",
         "bad-header",
         "server",
+        "missing-key",
+        "negative-interval",
+        "bad-log-filter",
     ],
 )
 def test_a_filter_config_the_module_cannot_use_stops_envoy_with_its_reason(
@@ -393,3 +411,126 @@ def test_the_modules_decisions_are_in_envoys_prometheus_stats(tmp_path: Path):
         seen = wait_for(counted, timeout=PATIENCE)
     assert seen["envoy_toolgate_counter_table_slots_capacity{}"] > 0
     assert not [k for k in seen if "api=" in k and 'api="envoy_module"' not in k]
+
+
+# --- the decision log -------------------------------------------------------------------------
+
+#: A log line's fields that differ between two processes deciding the same call.
+OWN_FIELDS = {"seq", "id", "time_ms", "time", "latency_us", "reservation", "prev"}
+
+
+def test_the_module_writes_the_decision_log_as_serve_does(tmp_path: Path):
+    """Given the deployment's key, the module's decision log has the sidecar's lines for the
+    same calls (grants labelled alike, arguments digested alike), in a chain that
+    ``toolgate log verify`` accepts."""
+    document = policy(
+        {
+            "pay": {
+                "log": ["args.amount"],
+                "deny_if": [{"conditions": [cond("args.amount", "gt", 100)]}],
+                "limits": [limit("pay", 2, scope="grant")],
+            }
+        }
+    )
+    policy_path = tmp_path / "policy.json"
+    policy_path.write_text(json.dumps(document))
+    state, module_log, sidecar_log = tmp_path / "state", tmp_path / "m.jsonl", tmp_path / "s.jsonl"
+    settings = f"settings: {{decision_log: {module_log}, decision_log_filter: all}}"
+    edits = {
+        POLICY_LINE: f"policy: {policy_path}",
+        SERVER: AND + f"key: {state / 'grant.key'}" + NEXT + settings,
+    }
+    calls = [raw_call(f'{{"name":"pay","arguments":{{"amount":{n}}}}}') for n in (5, 500, 7, 9)]
+    with (
+        ExampleServer(tmp_path / "requests.jsonl", stateless=True, json=True) as server,
+        Sidecar(policy_path, "--decision-log", str(sidecar_log), "--state-dir", str(state)) as s,
+        deployed(EXT_PROC, s.port, server.port, patient=True) as authz,
+        deployed(MODULE, None, server.port, edits) as module,
+    ):
+        for envoy in (authz, module):
+            for body in calls:
+                send(envoy, "POST", body, {"authorization": "Bearer payer"})
+
+        def written() -> list[list[dict[str, Any]]] | None:
+            logs = [
+                [json.loads(line) for line in p.read_text().splitlines()] if p.exists() else []
+                for p in (sidecar_log, module_log)
+            ]
+            return logs if all(len(lines) == len(calls) for lines in logs) else None
+
+        sidecar_lines, module_lines = wait_for(written, timeout=PATIENCE)
+    assert [line["code"] for line in module_lines] == [
+        "ALLOWED",
+        "CONDITION_FAILED",
+        "ALLOWED",
+        "RATE_LIMITED",
+    ]
+    assert module_lines[0]["subject"]["grant"] != "payer"  # labelled, never in clear
+
+    def shared(lines: list[dict[str, Any]]) -> list[str]:
+        kept = [{k: v for k, v in line.items() if k not in OWN_FIELDS} for line in lines]
+        return [re.sub(r"retry in [0-9.]+s", "retry in Ns", json.dumps(k)) for k in kept]
+
+    assert shared(module_lines) == shared(sidecar_lines)
+    verified = toolgate_cli("log", "verify", str(module_log))
+    assert verified.returncode == 0, verified.stderr
+
+
+# --- reload -----------------------------------------------------------------------------------
+
+
+def test_the_module_reloads_its_policy_file_keeping_counters(tmp_path: Path):
+    """A policy renamed over the configured file is loaded while Envoy runs (two worker
+    threads), its limits' counts kept; an in-place edit once it has settled; an invalid one
+    is refused, keeping the loaded policy, with its reason in Envoy's log. Each is counted in
+    ``envoy_toolgate_policy_reloads_total``."""
+
+    def document(mode: str, **more: Any) -> str:
+        rules = {"pay": {"limits": [limit("pay", 3, scope="grant")]}, **more}
+        return json.dumps(policy(rules, mode=mode))
+
+    policy_path = tmp_path / "policy.json"
+    policy_path.write_text(document("enforce"))
+    edits = {
+        POLICY_LINE: f"policy: {policy_path}",
+        SERVER: AND + "reload_interval: 0.05" + NEXT + "reload_settle: 0.2",
+    }
+    token = {"authorization": "Bearer payer"}
+
+    def code(envoy: Envoy, tool: str) -> str:
+        _, headers, _ = send(envoy, "POST", raw_call(f'{{"name":"{tool}"}}'), token)
+        return headers.get("x-toolgate-code", "?")
+
+    def renamed_over(text: str) -> None:
+        new = tmp_path / "policy.json.new"
+        new.write_text(text)
+        new.rename(policy_path)
+
+    with (
+        ExampleServer(tmp_path / "requests.jsonl", stateless=True, json=True) as server,
+        deployed(MODULE, None, server.port, edits, extra_args=("--concurrency", "2")) as envoy,
+    ):
+        assert [code(envoy, "pay") for _ in range(2)] == ["ALLOWED"] * 2
+        assert code(envoy, "refund") == "DEFAULT_DENY"
+        renamed_over(document("enforce", refund={}))
+        wait_for(lambda: code(envoy, "refund") == "ALLOWED", timeout=PATIENCE)
+        # The counts made under the old policy hold under the new one.
+        assert [code(envoy, "pay") for _ in range(2)] == ["ALLOWED", "RATE_LIMITED"]
+
+        renamed_over("{not json")
+        wait_for(lambda: "is invalid" in envoy.log, timeout=PATIENCE)
+        assert code(envoy, "refund") == "ALLOWED"
+
+        with policy_path.open("r+") as f:  # in place: loaded once it has settled
+            f.truncate()
+            f.write(document("enforce"))
+        wait_for(lambda: code(envoy, "refund") == "DEFAULT_DENY", timeout=PATIENCE)
+
+        reloads = 'envoy_toolgate_policy_reloads_total{result="%s"}'
+
+        def counted() -> bool:
+            send(envoy, "POST", b'{"jsonrpc":"2.0","method":"notifications/initialized"}', token)
+            seen = prometheus(envoy)
+            return seen.get(reloads % "success") == 2 and seen.get(reloads % "failure", 0) >= 1
+
+        wait_for(counted, timeout=PATIENCE)

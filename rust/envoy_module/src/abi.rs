@@ -85,6 +85,7 @@ pub const BODY_STOP_ITERATION_NO_BUFFER: u32 = 3;
 pub const TRAILERS_CONTINUE: u32 = 0;
 pub const TRAILERS_STOP_ITERATION: u32 = 1;
 pub const LOG_INFO: u32 = 2;
+pub const LOG_WARN: u32 = 3;
 /// `envoy_dynamic_module_type_attribute_id_SourceAddress`: `source.address`.
 pub const ATTRIBUTE_SOURCE_ADDRESS: u32 = 24;
 pub const LOG_ERROR: u32 = 4;

@@ -2,19 +2,25 @@
 //! reaches the module as JSON text, a `StringValue` as its string) read once, on Envoy's main
 //! thread, into an engine every worker thread shares.
 //!
-//! `{"policy": "examples/policy.json", "server": "images", "settings": {...}}`: the policy file
-//! (and the pins files it names, read as `toolgate serve` reads them); the MCP server behind
-//! the routes the filter runs on (else the `server_header`'s value); and the sidecar's
-//! settings by their flags' names, of which the module takes the counter table's size and how
-//! callers are read. A setting the module does not honour yet is refused, not ignored.
+//! `{"policy": "examples/policy.json", "server": "images", "key": PATH, "settings": {...}}`:
+//! the policy file (and the pins files it names, read as `toolgate serve` reads them); the MCP
+//! server behind the routes the filter runs on (else the `server_header`'s value); the
+//! deployment's key file (`toolgate serve`'s `STATE_DIR/grant.key`), which the decision log
+//! labels grants with; and the sidecar's settings by their flags' names, of which the module
+//! takes the counter table's size, how callers are read and the decision log's. A setting the
+//! module does not honour yet is refused, not ignored.
 
+use crate::decision_logs;
 use crate::metrics::Metrics;
+use crate::reload::{ReloadCounts, Reloader};
 use serde_json::{Map, Value};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use toolgate_core::counter::CounterTable;
 use toolgate_core::mcp::known_answers::KnownAnswers;
 use toolgate_core::{Engine, MonotonicClock};
+use toolgate_runtime::policy_file::load_text;
+use toolgate_runtime::policy_watch::{read_version, RELOAD_INTERVAL, RELOAD_SETTLE};
 use toolgate_server::held::HeldBytes;
 use toolgate_server::settings::Settings;
 use toolgate_server::subject::AuthzConfig;
@@ -22,7 +28,7 @@ use toolgate_server::subject::AuthzConfig;
 /// The settings the module honours; any other given away from its default is refused.
 /// (Callers are read from headers only: a JWT's claims, `--grant-from jwt:CLAIM`, are not
 /// read yet.)
-const HONOURED: [&str; 7] = [
+const HONOURED: [&str; 12] = [
     "capacity",
     "reservations",
     "grant_header",
@@ -30,7 +36,15 @@ const HONOURED: [&str; 7] = [
     "agent_header",
     "server_header",
     "max_request_bytes",
+    "decision_log",
+    "decision_log_filter",
+    "decision_log_rotate_mib",
+    "decision_log_queue",
+    "decision_log_queue_bytes",
 ];
+
+/// A key file's least size, as `toolgate serve` reads one.
+const MIN_KEY_BYTES: usize = 32;
 
 /// What every stream of the filter decides with.
 pub struct Config {
@@ -45,6 +59,9 @@ pub struct Config {
     pub known: Arc<KnownAnswers>,
     /// The engine's metrics as Envoy's stats, once Envoy has taken their definitions.
     pub metrics: Option<Metrics>,
+    pub reloads: Arc<ReloadCounts>,
+    /// The policy file's watch, stopped with the configuration.
+    _reloader: Option<Reloader>,
 }
 
 impl Config {
@@ -62,6 +79,26 @@ impl Config {
             Some(Value::String(s)) if !s.is_empty() => Some(s),
             Some(_) => return Err("\"server\" is the MCP server's name".into()),
         };
+        let key = match given.remove("key") {
+            // A key of this configuration's own: grants get other labels after a restart.
+            None => {
+                let mut key = vec![0; MIN_KEY_BYTES];
+                getrandom::fill(&mut key).map_err(|e| format!("no random key: {e}"))?;
+                key
+            }
+            Some(Value::String(path)) => read_key(Path::new(&path))?,
+            Some(_) => return Err("\"key\" is the path of the deployment's key file".into()),
+        };
+        let interval = seconds(
+            given.remove("reload_interval"),
+            "reload_interval",
+            RELOAD_INTERVAL,
+        )?;
+        let settle = seconds(
+            given.remove("reload_settle"),
+            "reload_settle",
+            RELOAD_SETTLE,
+        )?;
         let settings = match given.remove("settings") {
             None => Map::new(),
             Some(Value::Object(s)) => s,
@@ -78,22 +115,83 @@ impl Config {
         }
         let settings = Settings::from_json(Value::Object(settings))?;
         settings.check()?;
-        let policy = toolgate_runtime::policy_file::load_file(Path::new(&policy)).map_err(|e| {
+        let path = PathBuf::from(policy);
+        // The bytes the policy is made of are the ones the reload compares the file with.
+        let loaded = read_version(&path).map_err(|e| {
+            format!(
+                "policy {}: cannot read {}: {e}",
+                path.display(),
+                path.display()
+            )
+        })?;
+        let text = std::str::from_utf8(&loaded.content)
+            .map_err(|_| format!("policy {}: not UTF-8 text", path.display()))?;
+        let policy = load_text(text, &path).0.map_err(|e| {
             let errors: Vec<String> =
                 e.0.iter()
                     .map(|e| format!("{}: {}", e.pointer, e.message))
                     .collect();
-            format!("policy {policy}: {}", errors.join("; "))
+            format!("policy {}: {}", path.display(), errors.join("; "))
         })?;
+        let options = settings.options(&key, None)?;
         let table = CounterTable::try_new(settings.capacity, settings.reservations)?;
-        let engine = Engine::builder(policy, Arc::new(table), Arc::new(MonotonicClock)).build()?;
+        let mut engine = Engine::builder(policy, Arc::new(table), Arc::new(MonotonicClock));
+        if let Some(log) = options.decision_log {
+            engine = engine.decision_log(decision_logs::open(log)?);
+        }
+        let engine = Arc::new(engine.build()?);
+        let reloads = Arc::new(ReloadCounts::default());
+        // An interval of 0: the policy is the one read at start.
+        let mut reloader = None;
+        if interval > 0.0 {
+            let counts = Arc::clone(&reloads);
+            let engine = Arc::clone(&engine);
+            reloader = Some(Reloader::start(
+                path, engine, &loaded, interval, settle, counts,
+            )?);
+        }
         Ok(Config {
-            engine: Arc::new(engine),
+            engine,
+            reloads,
+            _reloader: reloader,
             authz: settings.authz()?,
             server,
             budget: HeldBytes::new(HeldBytes::LIMIT),
             known: Arc::default(),
             metrics: None,
         })
+    }
+}
+
+/// The key in `path`: a regular file of at least [`MIN_KEY_BYTES`] bytes.
+fn read_key(path: &Path) -> Result<Vec<u8>, String> {
+    let key = toolgate_runtime::policy_file::read_regular(path)
+        .map_err(|e| format!("key file {}: {e}", path.display()))?;
+    if key.len() < MIN_KEY_BYTES {
+        return Err(format!(
+            "key file {}: a key file holds at least {MIN_KEY_BYTES} bytes",
+            path.display()
+        ));
+    }
+    Ok(key)
+}
+
+/// A number of seconds the configuration gives for `name` (`default` without one). Envoy's
+/// YAML reader hands a plain scalar of a `Struct` over as a string, so `0.5` and `"0.5"` are
+/// the same.
+fn seconds(given: Option<Value>, name: &str, default: f64) -> Result<f64, String> {
+    let Some(given) = given else {
+        return Ok(default);
+    };
+    let read = match &given {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.parse::<f64>().ok(),
+        _ => None,
+    };
+    match read {
+        Some(s) if s.is_finite() && s >= 0.0 => Ok(s),
+        _ => Err(format!(
+            "\"{name}\" is a number of seconds, at least 0, not {given}"
+        )),
     }
 }

@@ -10,8 +10,10 @@
 
 mod abi;
 mod config;
+mod decision_logs;
 mod filter;
 mod metrics;
+mod reload;
 
 use abi::*;
 use config::Config;
@@ -52,7 +54,11 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     let text = config.bytes();
     let read = catch_unwind(|| {
         let mut config = Config::read(text)?;
-        config.metrics = Some(Metrics::define(envoy, &config.engine));
+        config.metrics = Some(Metrics::define(
+            envoy,
+            &config.engine,
+            config.reloads.clone(),
+        ));
         Ok::<_, String>(config)
     });
     match read {

@@ -12,12 +12,16 @@
 //! would not be the sidecar's `toolgate_decision_duration_seconds`.)
 
 use crate::abi::*;
+use crate::reload::ReloadCounts;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use toolgate_core::observing::metrics::{Family, MetricKind};
 use toolgate_core::Engine;
+
+/// The reloads' counter, as Envoy names it under the namespace.
+const RELOADS: &str = "policy_reloads_total";
 
 /// How often the numbers are pushed, at most.
 const EVERY_NANOS: u64 = 1_000_000_000;
@@ -32,6 +36,8 @@ struct Defined {
 /// The engine's families as Envoy's stats, and what was pushed last.
 pub struct Metrics {
     defined: Vec<Defined>,
+    /// `toolgate_policy_reloads_total{result}`, which the module counts, not the engine.
+    reloads: Option<(usize, Arc<ReloadCounts>)>,
     /// Each counter sample's value when last pushed.
     pushed: Mutex<HashMap<(&'static str, Vec<String>), u64>>,
     started: Instant,
@@ -42,7 +48,7 @@ pub struct Metrics {
 impl Metrics {
     /// Define the engine's counter and gauge families in Envoy (only while the filter's
     /// configuration is made). A family Envoy refuses is left out, and logged.
-    pub fn define(envoy: ConfigEnvoyPtr, engine: &Engine) -> Metrics {
+    pub fn define(envoy: ConfigEnvoyPtr, engine: &Engine, counts: Arc<ReloadCounts>) -> Metrics {
         let mut defined = Vec::new();
         for family in engine.metrics() {
             // Under the namespace `toolgate` (the filter's `metrics_namespace`), which Envoy
@@ -65,8 +71,16 @@ impl Metrics {
                 ),
             }
         }
+        let reloads = define(envoy, MetricKind::Counter, RELOADS, &["result"]);
+        if reloads.is_none() {
+            log(
+                LOG_ERROR,
+                &format!("toolgate: Envoy refused the stat {RELOADS}"),
+            );
+        }
         Metrics {
             defined,
+            reloads: reloads.map(|id| (id, counts)),
             pushed: Mutex::new(HashMap::new()),
             started: Instant::now(),
             next: AtomicU64::new(0),
@@ -96,6 +110,18 @@ impl Metrics {
                 continue;
             };
             push_family(stream, defined, &family, &mut pushed);
+        }
+        if let Some((id, counts)) = &self.reloads {
+            for (result, count) in [("success", &counts.success), ("failure", &counts.failure)] {
+                let value = count.load(Ordering::Relaxed);
+                let last = pushed
+                    .entry((RELOADS, vec![result.to_owned()]))
+                    .or_insert(0);
+                if value > *last {
+                    stream.increment_counter(*id, &[result.to_owned()], value - *last);
+                    *last = value;
+                }
+            }
         }
     }
 }
