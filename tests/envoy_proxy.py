@@ -311,12 +311,17 @@ def deployed(
     (``with_servers``). ``patient``: toolgate's calls time out after 10 s, not the
     deployed 0.1 s: on a machine whose cores are busy a Check can take longer, and Envoy then
     fails closed, as deployed; a test comparing what passes with what passes directly must
-    not count that. ``toolgate_port`` None: a config without the sidecar (the module's, which
-    Envoy then finds: ``module_env()``)."""
+    not count that. ``toolgate_port`` None: no sidecar (a port nothing listens on). A config
+    with the module is given what Envoy needs to find it (``module_env()``)."""
+    config = Path(path).read_text()
+    module = "dynamic_modules" in config
     # A port picked free can be taken before Envoy binds it: try a few times.
     for attempt in range(3):
         ports = free_ports([ADMIN, LISTEN])
-        ports |= {MCP: mcp_port} | ({} if toolgate_port is None else {TOOLGATE: toolgate_port})
+        sidecar = {TOOLGATE: toolgate_port} if toolgate_port is not None else {}
+        if toolgate_port is None and f"port_value: {TOOLGATE}" in config:
+            sidecar = free_ports([TOOLGATE])
+        ports |= {MCP: mcp_port} | sidecar
         text = exclusive_listener(render(path, ports), ports[LISTEN])
         for old, new in (edits or {}).items():
             count = text.count(old)
@@ -328,7 +333,7 @@ def deployed(
         if patient:
             text = re.sub(r"(timeout: )0\.1s\b", r"\g<1>10s", text)
         try:
-            env = module_env() if toolgate_port is None else None
+            env = module_env() if module else None
             return Envoy(text, ports[ADMIN], *extra_args, port=ports[LISTEN], env=env)
         except AssertionError as err:
             if attempt == 2 or "ddress already in use" not in str(err):

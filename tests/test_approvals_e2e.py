@@ -1,6 +1,7 @@
 """Human approval end to end: the official MCP client calls through a real Envoy (the
-deployed ext_authz config) to the example MCP server, with ``toolgate serve`` deciding on the
-bundled example policy, whose ``terminate_instances`` needs an approval.
+deployed ext_authz config, and the deployed module config, whose module asks the sidecar
+only about calls that need an approval) to the example MCP server, with ``toolgate serve``
+deciding on the bundled example policy, whose ``terminate_instances`` needs an approval.
 
 The call is refused with its approval id; a webhook receiver gets the signed notification;
 an approver approves it with ``toolgate approvals``; the retried call reaches the server
@@ -19,7 +20,7 @@ from pathlib import Path
 import anyio
 import pytest
 from conftest import EXAMPLES
-from envoy_proxy import EXT_AUTHZ, deployed, envoy_executable
+from envoy_proxy import EXT_AUTHZ, MODULE, deployed, envoy_executable
 from mcp_servers import ExampleServer, texts
 from sidecar import PATIENCE, Sidecar, free_port, toolgate_cli, wait_for
 from test_approvals import TOKENS, Receiver
@@ -42,8 +43,17 @@ def example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExampleServer]
         yield server
 
 
+#: The deployed configs, and what they need to run here: the module's policy path is relative
+#: to the directory Envoy runs in.
+CONFIGS = {
+    "ext_authz": (EXT_AUTHZ, {}),
+    "module": (MODULE, {"policy: examples/policy.json": f"policy: {EXAMPLES / 'policy.json'}"}),
+}
+
+
+@pytest.mark.parametrize("through", CONFIGS)
 def test_a_call_needing_approval_runs_once_after_an_approver_says_yes(
-    example: ExampleServer, tmp_path: Path
+    example: ExampleServer, tmp_path: Path, through: str
 ):
     (tmp_path / "tokens").write_text("".join(f"{n} {t}\n" for n, t in TOKENS.items()))
     (tmp_path / "alice.token").write_text(TOKENS["alice"])
@@ -69,7 +79,7 @@ def test_a_call_needing_approval_runs_once_after_an_approver_says_yes(
             "--decision-log",
             str(decisions),
         ) as sidecar,
-        deployed(EXT_AUTHZ, sidecar.port, example.port) as envoy,
+        deployed(CONFIGS[through][0], sidecar.port, example.port, CONFIGS[through][1]) as envoy,
     ):
         approval: dict[str, str] = {}
 

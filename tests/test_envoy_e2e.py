@@ -128,18 +128,18 @@ def example(deciding: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 @pytest.fixture(scope="module")
 def gate(deciding: str, example: ExampleServer):
     """Envoy deciding with the example policy, as deployed: asking the sidecar over ext_authz
-    (deploy/envoy/mcp-ext-authz.yaml), or with toolgate's module in its own process
-    (deploy/envoy/mcp-dynamic-module.yaml). Every test below holds for both."""
-    if deciding == "module":
-        edits = {"policy: examples/policy.json": f"policy: {EXAMPLES / 'policy.json'}"}
-        with deployed(MODULE, None, example.port, edits, extra_args=("--concurrency", "2")) as e:
-            yield e
-        return
-    with (
-        Sidecar(EXAMPLES / "policy.json") as sidecar,
-        deployed(EXT_AUTHZ, sidecar.port, example.port) as envoy,
-    ):
-        yield envoy
+    (deploy/envoy/mcp-ext-authz.yaml), or with toolgate's module in its own process, which
+    asks the sidecar only about approvals (deploy/envoy/mcp-dynamic-module.yaml). Every test
+    below holds for both."""
+    with Sidecar(EXAMPLES / "policy.json") as sidecar:
+        if deciding == "module":
+            edits = {"policy: examples/policy.json": f"policy: {EXAMPLES / 'policy.json'}"}
+            two = ("--concurrency", "2")
+            with deployed(MODULE, sidecar.port, example.port, edits, extra_args=two) as e:
+                yield e
+            return
+        with deployed(EXT_AUTHZ, sidecar.port, example.port) as envoy:
+            yield envoy
 
 
 def test_allowed_tool_returns_its_real_result(example, gate):

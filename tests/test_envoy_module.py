@@ -357,18 +357,35 @@ def test_limits_are_exact_across_envoys_worker_threads(tmp_path: Path):
     assert codes.count("RATE_LIMITED") == 40, codes
 
 
-def test_a_call_that_needs_approval_is_never_forwarded_and_opens_none(tmp_path: Path):
-    """Approvals live in the sidecar, which the module does not ask yet: such a call is
-    answered APPROVAL_REQUIRED with no approval to decide, and never reaches the server."""
+#: The deployed config's line naming where the sidecar is asked about approvals.
+SIDECAR_LINE = "sidecar: {cluster: toolgate, timeout_ms: 1000}"
+
+
+@pytest.mark.parametrize("sidecar", ["none configured", "not answering"])
+def test_a_call_that_needs_approval_without_a_sidecar_is_never_forwarded(
+    tmp_path: Path, sidecar: str
+):
+    """Approvals live in the sidecar. With none configured, such a call is answered
+    APPROVAL_REQUIRED with no approval to decide; with one configured that does not answer,
+    it is refused as toolgate unavailable (503, its id kept). It never reaches the server."""
+    edits = {POLICY_LINE: EXAMPLE_LINE}
+    if sidecar == "none configured":
+        edits[SIDECAR_LINE] = "# no sidecar"
     with (
         ExampleServer(tmp_path / "requests.jsonl", stateless=True, json=True) as server,
-        deployed(MODULE, None, server.port, {POLICY_LINE: EXAMPLE_LINE}) as envoy,
+        deployed(MODULE, None, server.port, edits) as envoy,
     ):
         body = raw_call('{"name":"terminate_instances","arguments":{"ids":["i-module"]}}')
         status, headers, answer = send(envoy, "POST", body, {"authorization": "Bearer a"})
-        assert (status, headers["x-toolgate-code"]) == (200, "APPROVAL_REQUIRED")
-        assert "x-toolgate-approval" not in headers
-        assert json.loads(answer)["result"]["isError"] is True
+        if sidecar == "none configured":
+            assert (status, headers["x-toolgate-code"]) == (200, "APPROVAL_REQUIRED")
+            assert "x-toolgate-approval" not in headers
+            assert json.loads(answer)["result"]["isError"] is True
+        else:
+            assert status == 503
+            error = json.loads(answer)
+            assert (error["id"], error["error"]["code"]) == (json.loads(body)["id"], -32000)
+            assert "unavailable" in error["error"]["message"]
         assert [r for r in server.requests() if "i-module" in r["body"]] == []
 
 

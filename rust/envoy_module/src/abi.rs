@@ -176,7 +176,22 @@ extern "C" {
         body: ModuleBuffer,
         details: ModuleBuffer,
     );
+    pub fn envoy_dynamic_module_callback_http_filter_http_callout(
+        filter: FilterEnvoyPtr,
+        callout_id: *mut u64,
+        cluster: ModuleBuffer,
+        headers: *mut ModuleHeader,
+        headers_size: usize,
+        body: ModuleBuffer,
+        timeout_milliseconds: u64,
+    ) -> u32;
+    pub fn envoy_dynamic_module_callback_http_filter_continue_decoding(filter: FilterEnvoyPtr);
 }
+
+/// `envoy_dynamic_module_type_http_callout_init_result`'s success.
+pub const CALLOUT_STARTED: u32 = 0;
+/// `envoy_dynamic_module_type_http_callout_result`'s success (an answer came whole).
+pub const CALLOUT_ANSWERED: u32 = 0;
 
 /// Log `message` in Envoy's log (its `dynamic_modules` logger).
 pub fn log(level: u32, message: &str) {
@@ -386,6 +401,85 @@ impl Stream {
             );
         }
     }
+}
+
+impl Stream {
+    /// Send `body` to `cluster` with `headers` (`:method`, `:path` and `host` among them);
+    /// Envoy calls `on_http_filter_http_callout_done` on this stream's worker with the answer.
+    /// The callout's id, or what Envoy's refusal to start it says.
+    pub fn callout(
+        self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout_ms: u64,
+    ) -> Result<u64, u32> {
+        let mut headers: Vec<ModuleHeader> = headers
+            .iter()
+            .map(|(k, v)| ModuleHeader {
+                key: ModuleBuffer::of(k.as_bytes()),
+                value: ModuleBuffer::of(v.as_bytes()),
+            })
+            .collect();
+        let mut id = 0u64;
+        // SAFETY: as for `headers`; Envoy copies the headers and the body.
+        let started = unsafe {
+            envoy_dynamic_module_callback_http_filter_http_callout(
+                self.0,
+                &mut id,
+                ModuleBuffer::of(cluster.as_bytes()),
+                headers.as_mut_ptr(),
+                headers.len(),
+                ModuleBuffer::of(body),
+                timeout_ms,
+            )
+        };
+        match started {
+            CALLOUT_STARTED => Ok(id),
+            refused => Err(refused),
+        }
+    }
+
+    /// Let the request Envoy holds go on (after a hook returned a stop).
+    pub fn continue_decoding(self) {
+        // SAFETY: on the stream's worker, in one of its hooks.
+        unsafe { envoy_dynamic_module_callback_http_filter_continue_decoding(self.0) }
+    }
+}
+
+/// A callout's answer: its headers (names in lower case) and its body.
+pub type CalloutAnswer = (Vec<(String, Vec<u8>)>, Vec<u8>);
+
+/// A callout's answer as Envoy hands it over, copied.
+///
+/// # Safety
+/// `headers` and `chunks` are the arrays (of `n` and `m`) Envoy passed to the hook.
+pub unsafe fn callout_answer(
+    headers: *const EnvoyHeader,
+    n: usize,
+    chunks: *const EnvoyBuffer,
+    m: usize,
+) -> CalloutAnswer {
+    let headers = match headers.is_null() {
+        true => &[][..],
+        false => std::slice::from_raw_parts(headers, n),
+    };
+    let chunks = match chunks.is_null() {
+        true => &[][..],
+        false => std::slice::from_raw_parts(chunks, m),
+    };
+    let headers = headers
+        .iter()
+        .map(|h| {
+            let key = String::from_utf8_lossy(h.key.bytes()).to_ascii_lowercase();
+            (key, h.value.bytes().to_vec())
+        })
+        .collect();
+    let body = chunks
+        .iter()
+        .flat_map(|c| c.bytes().iter().copied())
+        .collect();
+    (headers, body)
 }
 
 /// A callback that changes a stat: a counter's increment, a gauge's value.

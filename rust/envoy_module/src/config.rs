@@ -10,6 +10,7 @@
 //! takes the counter table's size, how callers are read and the decision log's. A setting the
 //! module does not honour yet is refused, not ignored.
 
+use crate::ask_sidecar::Sidecar;
 use crate::decision_logs;
 use crate::metrics::Metrics;
 use crate::reload::{ReloadCounts, Reloader};
@@ -60,6 +61,8 @@ pub struct Config {
     /// The engine's metrics as Envoy's stats, once Envoy has taken their definitions.
     pub metrics: Option<Metrics>,
     pub reloads: Arc<ReloadCounts>,
+    /// Where `toolgate serve` is asked what only it holds (approvals), if anywhere.
+    pub sidecar: Option<Sidecar>,
     /// The policy file's watch, stopped with the configuration.
     _reloader: Option<Reloader>,
 }
@@ -89,6 +92,10 @@ impl Config {
             Some(Value::String(path)) => read_key(Path::new(&path))?,
             Some(_) => return Err("\"key\" is the path of the deployment's key file".into()),
         };
+        let sidecar = given
+            .remove("sidecar")
+            .map(|s| Sidecar::read(&s))
+            .transpose()?;
         let interval = seconds(
             given.remove("reload_interval"),
             "reload_interval",
@@ -153,6 +160,7 @@ impl Config {
         Ok(Config {
             engine,
             reloads,
+            sidecar,
             _reloader: reloader,
             authz: settings.authz()?,
             server,

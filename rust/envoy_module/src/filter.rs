@@ -6,10 +6,14 @@
 //! for its caller, a failed call's reservation given back.
 
 use crate::abi::*;
+use crate::ask_sidecar::{self, Asked, Said};
 use crate::config::Config;
 use envoy_types::pb::google::protobuf::Struct;
+use serde_json::Value;
+use std::borrow::Cow;
 use std::time::Instant;
 use toolgate_core::counter::Peer;
+use toolgate_core::decision::Code;
 use toolgate_core::engine::gate::{self, Follow, Gate, HttpCall};
 use toolgate_core::observing::stats::Api;
 use toolgate_server::answer::{Caller, Follower, RequestBody, LIST_ANSWER_DROPS, LIST_ANSWER_TYPE};
@@ -21,7 +25,7 @@ use toolgate_server::subject::{single_header, CallerFacts, ReadSubject, MCP_SESS
 #[derive(Default)]
 pub struct Filter {
     /// Headers to add to the answer the client gets (the decision's).
-    pub answer_headers: Vec<(&'static str, String)>,
+    pub answer_headers: Vec<(Cow<'static, str>, String)>,
     /// The request's decision, once made: a stream is decided once, whichever hook sees it
     /// whole first (or over its limit).
     decided: Option<Next>,
@@ -30,6 +34,9 @@ pub struct Filter {
     /// The module failed on a list's answer: nothing more of it goes to the client (an
     /// answer it did not filter must not).
     withheld: bool,
+    /// The sidecar is being asked about the request (its callout, and the request's JSON-RPC
+    /// id for an answer if it cannot say).
+    asking: Option<(u64, Option<Value>)>,
 }
 
 /// What the module does with the request.
@@ -38,6 +45,8 @@ pub enum Next {
     Continue,
     /// Answered in the server's place.
     Answered,
+    /// Held while the sidecar is asked ([`Filter::sidecar_said`] lets it go on or answers).
+    Asking,
 }
 
 /// The request's headers as ext_authz's `Check` carries them, so that both are read alike:
@@ -137,7 +146,7 @@ impl Filter {
         }
         let next = match self.decide_once(config, stream, body) {
             Next::Continue => self.send_on(config, stream, body, into),
-            Next::Answered => Next::Answered,
+            other => other,
         };
         self.decided = Some(next);
         next
@@ -176,7 +185,7 @@ impl Filter {
     /// for its follower; a list's answer becomes the filter's event stream.
     pub fn response_headers(&mut self, config: &Config, stream: Stream) {
         for (key, value) in self.answer_headers.drain(..) {
-            stream.set_header(RESPONSE_HEADER, key, &value);
+            stream.set_header(RESPONSE_HEADER, &key, &value);
         }
         let Some(follower) = self.follower.as_mut() else {
             return;
@@ -311,7 +320,7 @@ impl Filter {
                 // Always set, as ext_authz sets it: a client cannot choose what a route that
                 // processes answers sees.
                 stream.set_header(REQUEST_HEADER, EXCHANGE_HEADER, exchange_header(&follow));
-                self.answer_headers = headers;
+                self.answer_headers = headers.into_iter().map(|(k, v)| (k.into(), v)).collect();
                 if matches!(follow, Follow::Nothing) {
                     return Next::Continue;
                 }
@@ -339,10 +348,91 @@ impl Filter {
                 }
                 Next::Continue
             }
-            Gate::Answer { reply, .. } => {
+            Gate::Answer { reply, decision } => {
+                let approval = decision.is_some_and(|d| d.code == Code::ApprovalRequired);
+                if let (true, Some(sidecar)) = (approval, &config.sidecar) {
+                    let source = stream.source_address();
+                    let asked = Asked {
+                        headers: &headers.joined,
+                        body,
+                        server,
+                        source: source.as_deref(),
+                    };
+                    let check = ask_sidecar::check_request(&asked);
+                    let id = reply_id(&reply.body);
+                    return match stream.callout(
+                        &sidecar.cluster,
+                        &sidecar.headers(),
+                        &check,
+                        sidecar.timeout_ms,
+                    ) {
+                        Ok(callout) => {
+                            self.asking = Some((callout, id));
+                            Next::Asking
+                        }
+                        Err(refused) => {
+                            let why = format!("Envoy did not start the callout ({refused})");
+                            self.cannot_ask(stream, id, &why)
+                        }
+                    };
+                }
                 stream.send_response(reply.status, &reply.headers, &reply.body, "toolgate");
                 Next::Answered
             }
         }
     }
+
+    /// The sidecar's answer to the callout `callout` (`None`: the callout ended without one):
+    /// the held request goes on or is answered as it says, or is refused if it said nothing
+    /// that can be read.
+    pub fn sidecar_said(&mut self, stream: Stream, callout: u64, answer: Option<CalloutAnswer>) {
+        let Some((_, id)) = self.asking.take_if(|(asked, _)| *asked == callout) else {
+            return;
+        };
+        let said = match answer {
+            Some((headers, body)) => ask_sidecar::read_answer(&headers, &body),
+            None => Err("the callout ended without an answer (reset, or over its time)".into()),
+        };
+        self.decided = Some(match said {
+            Ok(Said::Forward { request, answer }) => {
+                for (key, value) in request {
+                    stream.set_header(REQUEST_HEADER, &key, &value);
+                }
+                self.answer_headers = answer.into_iter().map(|(k, v)| (k.into(), v)).collect();
+                stream.continue_decoding();
+                Next::Continue
+            }
+            Ok(Said::Answer {
+                status,
+                headers,
+                body,
+            }) => {
+                let headers: Vec<(&str, String)> = headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.clone()))
+                    .collect();
+                stream.send_response(status, &headers, &body, "toolgate_sidecar");
+                Next::Answered
+            }
+            Err(why) => self.cannot_ask(stream, id, &why),
+        });
+    }
+
+    /// The sidecar cannot be asked: the call is refused, 503 (fail closed).
+    fn cannot_ask(&mut self, stream: Stream, id: Option<Value>, why: &str) -> Next {
+        log(
+            LOG_WARN,
+            &format!("toolgate: the sidecar was not asked about a call: {why}"),
+        );
+        let (status, body) = ask_sidecar::unavailable(id);
+        let headers = [("content-type", "application/json".to_owned())];
+        stream.send_response(status, &headers, &body, "toolgate_sidecar_unavailable");
+        Next::Answered
+    }
+}
+
+/// The JSON-RPC id of an answer the core wrote.
+fn reply_id(body: &[u8]) -> Option<Value> {
+    let answer = serde_json::from_slice::<Value>(body).ok()?;
+    answer.get("id").cloned()
 }

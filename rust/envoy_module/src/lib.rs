@@ -9,6 +9,7 @@
 //! A panic never unwinds into Envoy: the stream is refused instead (fail closed).
 
 mod abi;
+mod ask_sidecar;
 mod config;
 mod decision_logs;
 mod filter;
@@ -124,11 +125,21 @@ unsafe fn decide(
         filter.decide(&**config, stream, &body(stream), into)
     }));
     decided.unwrap_or_else(|_| {
-        log(LOG_ERROR, "toolgate: the module failed on a request; refused");
-        let body = br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"toolgate could not decide this request"}}"#;
-        stream.send_response(500, &[("content-type", "application/json".into())], body, "toolgate_failed");
+        failed(stream, "toolgate: the module failed on a request; refused");
         Next::Answered
     })
+}
+
+/// The module panicked deciding the stream's request: it is refused (500), fail closed.
+fn failed(stream: Stream, why: &str) {
+    log(LOG_ERROR, why);
+    let body = br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"toolgate could not decide this request"}}"#;
+    stream.send_response(
+        500,
+        &[("content-type", "application/json".into())],
+        body,
+        "toolgate_failed",
+    );
 }
 
 /// # Safety
@@ -145,7 +156,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     }
     match decide(envoy, filter, |_| Vec::new(), RECEIVED_REQUEST_BODY) {
         Next::Continue => HEADERS_CONTINUE,
-        Next::Answered => HEADERS_STOP_ITERATION,
+        Next::Answered | Next::Asking => HEADERS_STOP_ITERATION,
     }
 }
 
@@ -167,6 +178,8 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
     match decide(envoy, filter, Stream::request_body, RECEIVED_REQUEST_BODY) {
         Next::Continue => BODY_CONTINUE,
         Next::Answered => BODY_STOP_ITERATION_NO_BUFFER,
+        // The body stays in Envoy's buffer, to go on when the sidecar allows.
+        Next::Asking => BODY_STOP_ITERATION_AND_BUFFER,
     }
 }
 
@@ -245,7 +258,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
 ) -> u32 {
     match decide(envoy, filter, Stream::request_body, BUFFERED_REQUEST_BODY) {
         Next::Continue => TRAILERS_CONTINUE,
-        Next::Answered => TRAILERS_STOP_ITERATION,
+        Next::Answered | Next::Asking => TRAILERS_STOP_ITERATION,
     }
 }
 
@@ -293,17 +306,34 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buf
 ) {
 }
 
+/// The sidecar answered a callout (or the callout ended without an answer).
+///
+/// # Safety
+/// Called by Envoy on the stream's worker, with arrays of the sizes it gives.
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
-    _: FilterEnvoyPtr,
-    _: FilterModulePtr,
-    _: u64,
-    _: u32,
-    _: *const EnvoyHeader,
-    _: usize,
-    _: *const EnvoyBuffer,
-    _: usize,
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
+    envoy: FilterEnvoyPtr,
+    filter: FilterModulePtr,
+    callout: u64,
+    result: u32,
+    headers: *const EnvoyHeader,
+    headers_size: usize,
+    chunks: *const EnvoyBuffer,
+    chunks_size: usize,
 ) {
+    let StreamState { filter, .. } = state(filter);
+    let stream = Stream(envoy);
+    let said = catch_unwind(AssertUnwindSafe(|| {
+        let answer = (result == CALLOUT_ANSWERED)
+            .then(|| callout_answer(headers, headers_size, chunks, chunks_size));
+        filter.sidecar_said(stream, callout, answer)
+    }));
+    if said.is_err() {
+        failed(
+            stream,
+            "toolgate: the module failed on the sidecar's answer; refused",
+        );
+    }
 }
 
 #[no_mangle]

@@ -1,0 +1,354 @@
+//! What only `toolgate serve` holds (a person's approval), asked of it from Envoy's process:
+//! a call the module's engine finds needs an approval is sent to the sidecar as Envoy's
+//! ext_authz would send it (a `Check` over gRPC), through Envoy's own HTTP callout to the
+//! cluster the configuration names. The request waits, without holding Envoy's worker thread,
+//! and goes on or is answered as the sidecar says: the approval it opens, its id, and the
+//! approved call allowed once. An answer that is not a whole `CheckResponse` (the sidecar
+//! down, slow, or answering something else) refuses the call (503), fail closed.
+
+use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+use envoy_types::pb::envoy::config::core::v3::{address, Address, SocketAddress};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+use prost::Message;
+use serde_json::Value;
+use std::collections::HashMap;
+
+/// The gRPC method the sidecar's ext_authz service answers.
+const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
+/// The largest answer read: a `CheckResponse` carries one JSON-RPC answer and its headers.
+const MAX_ANSWER_BYTES: usize = 4 << 20;
+
+/// Where the sidecar is: a cluster of Envoy's configuration (HTTP/2), and how long a Check
+/// may take.
+#[derive(Debug, Clone)]
+pub struct Sidecar {
+    pub cluster: String,
+    pub timeout_ms: u64,
+}
+
+impl Sidecar {
+    /// `{"cluster": NAME, "timeout_ms": N}` (the timeout 1000 unless given).
+    pub fn read(given: &Value) -> Result<Sidecar, String> {
+        let wrong = || {
+            "\"sidecar\" is {\"cluster\": NAME, \"timeout_ms\": N}: the cluster of Envoy's \
+             configuration (HTTP/2) where toolgate serve answers ext_authz"
+                .to_owned()
+        };
+        let Value::Object(given) = given else {
+            return Err(wrong());
+        };
+        if given.keys().any(|k| k != "cluster" && k != "timeout_ms") {
+            return Err(wrong());
+        }
+        let cluster = match given.get("cluster") {
+            Some(Value::String(c)) if !c.is_empty() => c.clone(),
+            _ => return Err(wrong()),
+        };
+        // Envoy's YAML reader hands a plain scalar of a `Struct` over as a string.
+        let timeout_ms = match given.get("timeout_ms") {
+            None => 1000,
+            Some(Value::Number(n)) => n.as_u64().ok_or_else(wrong)?,
+            Some(Value::String(s)) => s.parse().map_err(|_| wrong())?,
+            Some(_) => return Err(wrong()),
+        };
+        if timeout_ms == 0 {
+            return Err(wrong());
+        }
+        Ok(Sidecar {
+            cluster,
+            timeout_ms,
+        })
+    }
+
+    /// The callout's headers.
+    pub fn headers(&self) -> [(&str, &str); 5] {
+        [
+            (":method", "POST"),
+            (":path", CHECK_PATH),
+            ("host", &self.cluster),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ]
+    }
+}
+
+/// What is known of the request: its headers (one value per name, as ext_authz's `Check`
+/// carries them), its whole body, the MCP server the configuration names, where it came from.
+pub struct Asked<'a> {
+    pub headers: &'a [(String, String)],
+    pub body: &'a [u8],
+    pub server: Option<&'a str>,
+    pub source: Option<&'a str>,
+}
+
+/// The `Check` for `asked`, framed for gRPC: the request as Envoy's ext_authz sends it with
+/// `with_request_body` and `pack_as_bytes`.
+pub fn check_request(asked: &Asked<'_>) -> Vec<u8> {
+    let header = |name: &str| {
+        let found = asked.headers.iter().find(|(k, _)| k == name);
+        found.map(|(_, v)| v.clone()).unwrap_or_default()
+    };
+    let http = HttpRequest {
+        method: header(":method"),
+        path: header(":path"),
+        host: header(":authority"),
+        headers: asked.headers.iter().cloned().collect(),
+        size: asked.body.len() as i64,
+        raw_body: asked.body.to_vec(),
+        ..Default::default()
+    };
+    let mut context_extensions = HashMap::new();
+    if let Some(server) = asked.server {
+        context_extensions.insert("server".to_owned(), server.to_owned());
+    }
+    let request = CheckRequest {
+        attributes: Some(AttributeContext {
+            source: asked.source.and_then(socket_address).map(|address| Peer {
+                address: Some(address),
+                ..Default::default()
+            }),
+            request: Some(Request {
+                http: Some(http),
+                ..Default::default()
+            }),
+            context_extensions,
+            ..Default::default()
+        }),
+    };
+    let message = request.encode_to_vec();
+    let mut framed = Vec::with_capacity(5 + message.len());
+    framed.push(0); // not compressed
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&message);
+    framed
+}
+
+/// `IP:PORT` or `[IPv6]:PORT` (Envoy's `source.address`) as a socket address.
+fn socket_address(text: &str) -> Option<Address> {
+    let (ip, port) = text.rsplit_once(':')?;
+    let ip = ip
+        .strip_prefix('[')
+        .and_then(|i| i.strip_suffix(']'))
+        .unwrap_or(ip);
+    Some(Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: ip.to_owned(),
+            port_specifier: Some(PortSpecifier::PortValue(port.parse().ok()?)),
+            ..Default::default()
+        })),
+    })
+}
+
+/// What the sidecar said of the call.
+#[derive(Debug, PartialEq)]
+pub enum Said {
+    /// Send it on, with `request` headers set and `answer` headers for the client.
+    Forward {
+        request: Vec<(String, String)>,
+        answer: Vec<(String, String)>,
+    },
+    /// Answer it in the server's place.
+    Answer {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    },
+}
+
+/// The sidecar's answer to a `Check`: a gRPC answer (HTTP 200, `application/grpc`, no
+/// failing `grpc-status` among its headers) whose body is exactly one uncompressed
+/// `CheckResponse`. Anything else is why the call cannot go on.
+pub fn read_answer(headers: &[(String, Vec<u8>)], body: &[u8]) -> Result<Said, String> {
+    let header = |name: &str| {
+        let found = headers.iter().find(|(k, _)| k == name);
+        found.map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    };
+    if header(":status").as_deref() != Some("200") {
+        return Err(format!(
+            "HTTP status {}",
+            header(":status").unwrap_or_default()
+        ));
+    }
+    let grpc = header("content-type").unwrap_or_default();
+    if !(grpc == "application/grpc" || grpc.starts_with("application/grpc+proto")) {
+        return Err(format!("content-type {grpc:?}"));
+    }
+    // A failing call answers with its status in the headers alone (trailers-only).
+    if let Some(status) = header("grpc-status").filter(|s| s != "0") {
+        return Err(format!("gRPC status {status}"));
+    }
+    if body.len() > MAX_ANSWER_BYTES {
+        return Err("an answer too long".into());
+    }
+    let message = match body {
+        [0, a, b, c, d, rest @ ..]
+            if u32::from_be_bytes([*a, *b, *c, *d]) as usize == rest.len() =>
+        {
+            rest
+        }
+        _ => return Err("an answer that is not one gRPC message".into()),
+    };
+    let response =
+        CheckResponse::decode(message).map_err(|e| format!("an unreadable CheckResponse: {e}"))?;
+    let options = |options: &[envoy_types::pb::envoy::config::core::v3::HeaderValueOption]| {
+        let header = options.iter().filter_map(|o| o.header.as_ref());
+        header.map(|h| (h.key.clone(), h.value.clone())).collect()
+    };
+    let allowed = response.status.as_ref().is_some_and(|s| s.code == 0);
+    match (allowed, response.http_response) {
+        (true, Some(HttpResponse::OkResponse(ok))) => Ok(Said::Forward {
+            request: options(&ok.headers),
+            answer: options(&ok.response_headers_to_add),
+        }),
+        (true, None) => Ok(Said::Forward {
+            request: Vec::new(),
+            answer: Vec::new(),
+        }),
+        (false, Some(HttpResponse::DeniedResponse(denied))) => Ok(Said::Answer {
+            status: denied
+                .status
+                .and_then(|s| u16::try_from(s.code).ok())
+                .filter(|s| (200..600).contains(s))
+                .unwrap_or(403),
+            headers: options(&denied.headers),
+            body: denied.body.into_bytes(),
+        }),
+        _ => Err("a CheckResponse that neither allows nor denies".into()),
+    }
+}
+
+/// The JSON-RPC error a client gets when the sidecar could not be asked: 503 (try again), as
+/// Envoy's ext_authz configuration answers when toolgate is unavailable.
+pub fn unavailable(id: Option<Value>) -> (u16, Vec<u8>) {
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": id.unwrap_or(Value::Null),
+        "error": {
+            "code": -32000,
+            "message": "toolgate, the policy check in front of this MCP server, is unavailable: \
+                        the request was not forwarded. Try again later.",
+        },
+    });
+    (503, body.to_string().into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+    use envoy_types::pb::envoy::r#type::v3::HttpStatus;
+    use envoy_types::pb::envoy::service::auth::v3::DeniedHttpResponse;
+    use envoy_types::pb::google::rpc::Status;
+
+    fn grpc(headers: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+        let h = headers
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()));
+        h.collect()
+    }
+
+    fn framed(response: &CheckResponse) -> Vec<u8> {
+        let message = response.encode_to_vec();
+        let mut out = vec![0];
+        out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        out.extend_from_slice(&message);
+        out
+    }
+
+    fn denied() -> CheckResponse {
+        CheckResponse {
+            status: Some(Status {
+                code: 7,
+                ..Default::default()
+            }),
+            http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+                status: Some(HttpStatus { code: 200 }),
+                headers: vec![HeaderValueOption {
+                    header: Some(HeaderValue {
+                        key: "x-toolgate-approval".into(),
+                        value: "apr-1".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+                body: "{}".into(),
+            })),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_denial_is_answered_as_the_sidecar_wrote_it() {
+        let ok = grpc(&[(":status", "200"), ("content-type", "application/grpc")]);
+        let said = read_answer(&ok, &framed(&denied())).unwrap();
+        assert_eq!(
+            said,
+            Said::Answer {
+                status: 200,
+                headers: vec![("x-toolgate-approval".into(), "apr-1".into())],
+                body: b"{}".to_vec()
+            }
+        );
+    }
+
+    #[test]
+    fn anything_but_one_whole_check_response_is_refused() {
+        let ok = grpc(&[(":status", "200"), ("content-type", "application/grpc")]);
+        let body = framed(&denied());
+        // Cut, lengthened, compressed, empty, or with a failing status.
+        let mut longer = body.clone();
+        longer.push(0);
+        let mut compressed = body.clone();
+        compressed[0] = 1;
+        for wrong in [&body[..body.len() - 1], &longer, &compressed, &[][..]] {
+            assert!(read_answer(&ok, wrong).is_err());
+        }
+        let failed = grpc(&[
+            (":status", "200"),
+            ("content-type", "application/grpc"),
+            ("grpc-status", "14"),
+        ]);
+        assert!(read_answer(&failed, &body).is_err());
+        let html = grpc(&[(":status", "200"), ("content-type", "text/html")]);
+        assert!(read_answer(&html, &body).is_err());
+        let gateway = grpc(&[(":status", "503"), ("content-type", "application/grpc")]);
+        assert!(read_answer(&gateway, &body).is_err());
+        // A status that says allowed with a denial's body decides nothing.
+        let mut mixed = denied();
+        mixed.status = Some(Status::default());
+        assert!(read_answer(&ok, &framed(&mixed)).is_err());
+    }
+
+    #[test]
+    fn the_check_carries_the_request_as_ext_authz_sends_it() {
+        let headers = vec![
+            (":method".to_owned(), "POST".to_owned()),
+            (":path".to_owned(), "/mcp".to_owned()),
+            ("authorization".to_owned(), "Bearer a".to_owned()),
+        ];
+        let asked = Asked {
+            headers: &headers,
+            body: b"{\"jsonrpc\":\"2.0\"}",
+            server: Some("images"),
+            source: Some("[::1]:5000"),
+        };
+        let framed = check_request(&asked);
+        let request = CheckRequest::decode(&framed[5..]).unwrap();
+        let attributes = request.attributes.unwrap();
+        let http = attributes.request.unwrap().http.unwrap();
+        assert_eq!(http.raw_body, asked.body);
+        assert_eq!(http.method, "POST");
+        assert_eq!(http.headers["authorization"], "Bearer a");
+        assert_eq!(attributes.context_extensions["server"], "images");
+        let source = attributes.source.unwrap().address.unwrap().address.unwrap();
+        let address::Address::SocketAddress(s) = source else {
+            panic!("a socket address")
+        };
+        assert_eq!(
+            (s.address.as_str(), s.port_specifier),
+            ("::1", Some(PortSpecifier::PortValue(5000)))
+        );
+    }
+}
