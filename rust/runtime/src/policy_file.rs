@@ -21,16 +21,25 @@ pub fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)?;
-    if !file.metadata()?.is_file() {
+    let meta = file.metadata()?;
+    if !meta.is_file() {
         return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(too_large());
     }
     let mut bytes = Vec::new();
     file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > MAX_FILE_BYTES {
-        let message = format!("larger than {} MiB", MAX_FILE_BYTES >> 20);
-        return Err(Error::new(ErrorKind::FileTooLarge, message));
+        return Err(too_large());
     }
     Ok(bytes)
+}
+
+/// A file over [`MAX_FILE_BYTES`], refused (by its size before it is read, or as it grew).
+pub fn too_large() -> Error {
+    let message = format!("larger than {} MiB", MAX_FILE_BYTES >> 20);
+    Error::new(ErrorKind::FileTooLarge, message)
 }
 
 /// A policy file and its pins files: JSON or YAML by extension, otherwise by content.

@@ -19,7 +19,7 @@
 //! cut short is not valid JSON, so a change there is loaded at once.
 
 use crate::file_writes::FileWrites;
-use crate::policy_file::{hex, read_regular, PinsRead, MAX_FILE_BYTES};
+use crate::policy_file::{hex, read_regular, too_large, PinsRead, MAX_FILE_BYTES};
 use sha2::{Digest, Sha256};
 use std::io::{Error, ErrorKind, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -58,14 +58,17 @@ pub fn read_version(path: &Path) -> std::io::Result<FileVersion> {
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)?;
-    if !file.metadata()?.is_file() {
+    let before = file.metadata()?;
+    if !before.is_file() {
         return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    if before.len() > MAX_FILE_BYTES {
+        return Err(too_large());
     }
     let mut content = Vec::new();
     (&file).take(MAX_FILE_BYTES + 1).read_to_end(&mut content)?;
     if content.len() as u64 > MAX_FILE_BYTES {
-        let message = format!("larger than {} MiB", MAX_FILE_BYTES >> 20);
-        return Err(Error::new(ErrorKind::FileTooLarge, message));
+        return Err(too_large());
     }
     // Of the open file, after reading it, so identity and content belong to the same file
     // even if the path is swapped meanwhile.

@@ -4,8 +4,10 @@
 use super::tail::{self, Skipped};
 use super::{hex, now_ms};
 use sha2::{Digest, Sha256};
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use toolgate_core::observing::decision_log::{push_hex, GENESIS};
 
@@ -45,7 +47,7 @@ impl Sink {
             return Ok((sink, None));
         };
         let tail = tail::find(&path)?;
-        let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let mut file = open_log(&path)?;
         if tail.unterminated {
             file.write_all(b"\n")?;
         }
@@ -122,7 +124,7 @@ impl Sink {
         self.out.flush()?;
         let n = rotated_files(&path).last().map_or(1, |(n, _)| n + 1);
         std::fs::rename(&path, numbered(&path, n))?;
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let file = open_log(&path)?;
         self.out = BufWriter::with_capacity(1 << 16, Box::new(file));
         self.bytes = 0;
         Ok(())
@@ -131,6 +133,30 @@ impl Sink {
     pub(super) fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
+}
+
+/// The log at `path` (a file, made if missing; or a pipe a log shipper reads), for
+/// appending. Opened without waiting, so that a pipe nobody reads is refused at once rather
+/// than waited on forever; then made blocking again for writing.
+fn open_log(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ENXIO) => io::Error::new(e.kind(), "a pipe nobody reads"),
+            _ => e,
+        })?;
+    // SAFETY: a valid descriptor this function owns; F_SETFL with flags it read.
+    let done = unsafe {
+        let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK)
+    };
+    if done < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(file)
 }
 
 fn numbered(path: &Path, n: u64) -> PathBuf {
