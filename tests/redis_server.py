@@ -194,6 +194,8 @@ class Proxy:
     def __init__(self, port: int) -> None:
         self.target = port
         self.mode = "pass"
+        #: Set once a request is held (``hold``).
+        self.holding = threading.Event()
         self._released = threading.Event()
         self._stop = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -231,6 +233,7 @@ class Proxy:
                 if toward_redis and self.mode == "blackhole":
                     continue
                 if toward_redis and self.mode == "hold":
+                    self.holding.set()
                     self._released.wait()
                 dst.sendall(chunk)
         with contextlib.suppress(OSError):

@@ -99,8 +99,8 @@ AND = SERVER + NEXT
         ),
         ({SERVER: AND + "store: redis://x"}, 'no "store"'),
         (
-            {SERVER: AND + "settings: {store: x}"},
-            'does not take the setting "store"',
+            {SERVER: AND + "settings: {grant_from: 'jwt:sub'}"},
+            'does not take the setting "grant_from"',
         ),
         (
             {SERVER: AND + "settings: {capacity: 0}"},

@@ -186,6 +186,41 @@ extern "C" {
         timeout_milliseconds: u64,
     ) -> u32;
     pub fn envoy_dynamic_module_callback_http_filter_continue_decoding(filter: FilterEnvoyPtr);
+    pub fn envoy_dynamic_module_callback_http_filter_scheduler_new(
+        filter: FilterEnvoyPtr,
+    ) -> SchedulerPtr;
+    pub fn envoy_dynamic_module_callback_http_filter_scheduler_commit(
+        scheduler: SchedulerPtr,
+        event_id: u64,
+    );
+    pub fn envoy_dynamic_module_callback_http_filter_scheduler_delete(scheduler: SchedulerPtr);
+}
+
+/// `envoy_dynamic_module_type_http_filter_scheduler_module_ptr`.
+pub type SchedulerPtr = *mut std::ffi::c_void;
+
+/// A way back to one stream's worker from any thread: [`Scheduler::wake`] has Envoy call
+/// `on_http_filter_scheduled` there (or nothing, once the stream is gone). Deleted when
+/// dropped, on whichever thread holds it last.
+pub struct Scheduler(SchedulerPtr);
+
+// SAFETY: Envoy documents the scheduler's commit as callable from any thread, and its
+// deletion touches only the scheduler's own object.
+unsafe impl Send for Scheduler {}
+
+impl Scheduler {
+    /// Have Envoy call the stream's `on_http_filter_scheduled` on its worker.
+    pub fn wake(&self) {
+        // SAFETY: the scheduler is live until dropped.
+        unsafe { envoy_dynamic_module_callback_http_filter_scheduler_commit(self.0, 0) }
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        // SAFETY: made by `scheduler_new`, deleted once.
+        unsafe { envoy_dynamic_module_callback_http_filter_scheduler_delete(self.0) }
+    }
 }
 
 /// `envoy_dynamic_module_type_http_callout_init_result`'s success.
@@ -438,6 +473,12 @@ impl Stream {
             CALLOUT_STARTED => Ok(id),
             refused => Err(refused),
         }
+    }
+
+    /// A way back to this stream's worker from another thread.
+    pub fn scheduler(self) -> Scheduler {
+        // SAFETY: on the stream's worker, in one of its hooks.
+        Scheduler(unsafe { envoy_dynamic_module_callback_http_filter_scheduler_new(self.0) })
     }
 
     /// Let the request Envoy holds go on (after a hook returned a stop).

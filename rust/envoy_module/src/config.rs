@@ -11,25 +11,28 @@
 //! module does not honour yet is refused, not ignored.
 
 use crate::ask_sidecar::Sidecar;
+use crate::deciders::Deciders;
 use crate::decision_logs;
 use crate::metrics::Metrics;
 use crate::reload::{ReloadCounts, Reloader};
+use crate::shared;
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use toolgate_core::counter::CounterTable;
 use toolgate_core::mcp::known_answers::KnownAnswers;
 use toolgate_core::{Engine, MonotonicClock};
 use toolgate_runtime::policy_file::load_text;
 use toolgate_runtime::policy_watch::{read_version, RELOAD_INTERVAL, RELOAD_SETTLE};
+use toolgate_runtime::store::RedisStore;
 use toolgate_server::held::HeldBytes;
 use toolgate_server::settings::Settings;
+use toolgate_server::sidecar::Store;
 use toolgate_server::subject::AuthzConfig;
 
 /// The settings the module honours; any other given away from its default is refused.
 /// (Callers are read from headers only: a JWT's claims, `--grant-from jwt:CLAIM`, are not
 /// read yet.)
-const HONOURED: [&str; 12] = [
+const HONOURED: [&str; 20] = [
     "capacity",
     "reservations",
     "grant_header",
@@ -42,7 +45,18 @@ const HONOURED: [&str; 12] = [
     "decision_log_rotate_mib",
     "decision_log_queue",
     "decision_log_queue_bytes",
+    "store",
+    "store_prefix",
+    "store_timeout_ms",
+    "store_unavailable",
+    "store_mode",
+    "store_flush_ms",
+    "store_connect_wait",
+    "store_clock",
 ];
+
+/// Decider threads, where decisions may wait on Redis: each waits one round trip at a time.
+const DECIDERS: usize = 8;
 
 /// A key file's least size, as `toolgate serve` reads one.
 const MIN_KEY_BYTES: usize = 32;
@@ -50,7 +64,10 @@ const MIN_KEY_BYTES: usize = 32;
 /// What every stream of the filter decides with.
 pub struct Config {
     pub engine: Arc<Engine>,
-    pub authz: AuthzConfig,
+    pub authz: Arc<AuthzConfig>,
+    /// Where decisions are made when they may wait on the network (counters in Redis); on
+    /// Envoy's worker threads otherwise.
+    pub deciders: Option<Deciders>,
     /// The MCP server behind the filter's routes, when the configuration names it.
     pub server: Option<String>,
     /// What the streams' followers of answers may hold at once (unfinished list events, call
@@ -83,12 +100,8 @@ impl Config {
             Some(_) => return Err("\"server\" is the MCP server's name".into()),
         };
         let key = match given.remove("key") {
-            // A key of this configuration's own: grants get other labels after a restart.
-            None => {
-                let mut key = vec![0; MIN_KEY_BYTES];
-                getrandom::fill(&mut key).map_err(|e| format!("no random key: {e}"))?;
-                key
-            }
+            // The process's own: grants get other labels after a restart.
+            None => shared::own_key()?,
             Some(Value::String(path)) => read_key(Path::new(&path))?,
             Some(_) => return Err("\"key\" is the path of the deployment's key file".into()),
         };
@@ -101,6 +114,11 @@ impl Config {
             "reload_interval",
             RELOAD_INTERVAL,
         )?;
+        if interval > 0.0 && interval < MIN_INTERVAL {
+            return Err(format!(
+                "\"reload_interval\" is 0 (never) or at least {MIN_INTERVAL} seconds"
+            ));
+        }
         let settle = seconds(
             given.remove("reload_settle"),
             "reload_settle",
@@ -141,8 +159,19 @@ impl Config {
             format!("policy {}: {}", path.display(), errors.join("; "))
         })?;
         let options = settings.options(&key, None)?;
-        let table = CounterTable::try_new(settings.capacity, settings.reservations)?;
-        let mut engine = Engine::builder(policy, Arc::new(table), Arc::new(MonotonicClock));
+        let table = shared::counter_table(settings.capacity, settings.reservations)?;
+        let mut engine = Engine::builder(policy, Arc::clone(&table), Arc::new(MonotonicClock));
+        let mut deciders = None;
+        if let Store::Redis {
+            config,
+            connect_wait,
+        } = options.store
+        {
+            // The table is where the store falls back to.
+            let store = RedisStore::connect(config, table, connect_wait)?;
+            engine = engine.store(Arc::new(store));
+            deciders = Some(Deciders::start(DECIDERS)?);
+        }
         if let Some(log) = options.decision_log {
             engine = engine.decision_log(decision_logs::open(log)?);
         }
@@ -162,10 +191,11 @@ impl Config {
             reloads,
             sidecar,
             _reloader: reloader,
-            authz: settings.authz()?,
+            authz: Arc::new(settings.authz()?),
+            deciders,
             server,
-            budget: HeldBytes::new(HeldBytes::LIMIT),
-            known: Arc::default(),
+            budget: shared::budget(),
+            known: shared::known_answers(),
             metrics: None,
         })
     }
@@ -197,9 +227,14 @@ fn seconds(given: Option<Value>, name: &str, default: f64) -> Result<f64, String
         _ => None,
     };
     match read {
-        Some(s) if s.is_finite() && s >= 0.0 => Ok(s),
+        Some(s) if (0.0..=MAX_SECONDS).contains(&s) => Ok(s),
         _ => Err(format!(
-            "\"{name}\" is a number of seconds, at least 0, not {given}"
+            "\"{name}\" is a number of seconds from 0 to {MAX_SECONDS}, not {given}"
         )),
     }
 }
+
+/// The longest reload interval or settle period taken: a day.
+const MAX_SECONDS: f64 = 86_400.0;
+/// The shortest reload interval taken, but 0 (never): a look at the file costs a read of it.
+const MIN_INTERVAL: f64 = 0.01;

@@ -1,51 +1,93 @@
-//! The decision logs open in Envoy's process, by file. Envoy makes a filter configuration
-//! for each listener that names the module, and a new one beside the old when a listener is
-//! updated; each that names one file writes through one writer, so that the file's lines stay
-//! one chain (`prev`, `seq`) and no two writers append to it at once.
+//! The decision logs open in Envoy's process, by file ([`crate::shared`]): each filter
+//! configuration that names one file writes through one writer, so that the file's lines stay
+//! one chain (`prev`, `seq`) and no two writers append to it at once. A file is known by its
+//! directory's real path and its name, so two spellings of one file are one log.
 
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, Weak};
+use crate::shared::Shared;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use toolgate_core::asking::approval::CallDigests;
+use toolgate_core::decision::Decision;
+use toolgate_core::observing::decision_log::{DecisionSink, Record};
 use toolgate_runtime::decision_log::{DecisionLog, Settings};
 
-/// An open log: its file (None: stdout), what it was opened with, and the log while open.
-type Open = (Option<PathBuf>, String, Weak<DecisionLog>);
+/// A log and the settings it was opened with (the key's digest in place of the key): what
+/// the configurations' engines write to, which keeps it open while any does.
+pub struct Open {
+    log: DecisionLog,
+    settings: String,
+}
 
-/// Each open log.
-static OPEN: Mutex<Vec<Open>> = Mutex::new(Vec::new());
+impl DecisionSink for Open {
+    fn wants(&self, d: &Decision) -> bool {
+        self.log.wants(d)
+    }
+
+    fn submit(&self, record: Record) -> bool {
+        self.log.submit(record)
+    }
+
+    fn queued(&self) -> (u64, u64) {
+        self.log.queued()
+    }
+
+    fn digests(&self) -> Option<&CallDigests> {
+        self.log.digests()
+    }
+}
+
+/// Each open log by its file (None: stdout).
+static OPEN: Shared<Option<PathBuf>, Open> = Shared::new();
 
 /// The log `settings` describe: the one already open on its file, or a new one. A file open
 /// with other settings (filter, rotation, queue, key) is refused: one writer has one of each.
-pub fn open(settings: Settings) -> Result<Arc<DecisionLog>, String> {
-    let what = format!(
-        "{:?} {} {} {} {:?}",
+pub fn open(settings: Settings) -> Result<Arc<Open>, String> {
+    use sha2::{Digest, Sha256};
+    let described = format!(
+        "{:?} {} {} {} {:x}",
         settings.filter,
         settings.rotate_bytes,
         settings.queue,
         settings.queue_bytes,
-        settings.grant_key
+        Sha256::digest(&settings.grant_key)
     );
     let name = match &settings.path {
         Some(p) => p.display().to_string(),
         None => "-".to_owned(),
     };
-    let mut open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
-    open.retain(|(_, _, log)| log.strong_count() > 0);
-    if let Some((_, given, log)) = open.iter().find(|(p, _, _)| *p == settings.path) {
-        if let Some(log) = log.upgrade() {
-            if *given != what {
-                return Err(format!(
-                    "decision log {name}: another filter configuration writes it with other settings"
-                ));
-            }
-            return Ok(log);
-        }
+    let file = settings.path.as_deref().map(real_path);
+    let open = OPEN.get_or(file, || {
+        let settings_text = described.clone();
+        let log = DecisionLog::open(settings)
+            .map_err(|e| format!("decision log {name}: cannot open it: {e}"))?;
+        Ok::<_, String>(Open {
+            log,
+            settings: settings_text,
+        })
+    })?;
+    if open.settings != described {
+        return Err(format!(
+            "decision log {name}: another filter configuration writes it with other settings"
+        ));
     }
-    let path = settings.path.clone();
-    let log = DecisionLog::open(settings)
-        .map_err(|e| format!("decision log {name}: cannot open it: {e}"))?;
-    let log = Arc::new(log);
-    open.push((path, what, Arc::downgrade(&log)));
-    Ok(log)
+    Ok(open)
+}
+
+/// `path` with its directory's symlinks and `..` resolved (the file itself may not exist
+/// yet); as given if the directory cannot be resolved.
+fn real_path(path: &Path) -> PathBuf {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return path.to_path_buf();
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    match std::fs::canonicalize(dir) {
+        Ok(dir) => dir.join(name),
+        Err(_) => path.to_path_buf(),
+    }
 }
 
 #[cfg(test)]
@@ -53,7 +95,7 @@ mod tests {
     use super::*;
     use toolgate_core::observing::decision_log::Filter;
 
-    fn settings(path: &std::path::Path, filter: Filter) -> Settings {
+    fn settings(path: &Path, filter: Filter) -> Settings {
         Settings {
             path: Some(path.to_path_buf()),
             filter,
@@ -67,10 +109,11 @@ mod tests {
     #[test]
     fn configurations_naming_one_file_share_its_writer_while_it_is_open() {
         let dir = std::env::temp_dir().join(format!("toolgate-logs-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
         let path = dir.join("decisions.jsonl");
         let first = open(settings(&path, Filter::All)).unwrap();
-        let second = open(settings(&path, Filter::All)).unwrap();
+        // Another spelling of the same file.
+        let second = open(settings(&dir.join("sub/../decisions.jsonl"), Filter::All)).unwrap();
         assert!(Arc::ptr_eq(&first, &second));
         let other = open(settings(&path, Filter::Denials)).err().unwrap();
         assert!(other.contains("with other settings"), "{other}");

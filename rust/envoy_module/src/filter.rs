@@ -8,18 +8,24 @@
 use crate::abi::*;
 use crate::ask_sidecar::{self, Asked, Said};
 use crate::config::Config;
+use crate::deciders::Deciders;
 use envoy_types::pb::google::protobuf::Struct;
 use serde_json::Value;
 use std::borrow::Cow;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use toolgate_core::counter::Peer;
 use toolgate_core::decision::Code;
 use toolgate_core::engine::gate::{self, Follow, Gate, HttpCall};
 use toolgate_core::observing::stats::Api;
+use toolgate_core::Engine;
 use toolgate_server::answer::{Caller, Follower, RequestBody, LIST_ANSWER_DROPS, LIST_ANSWER_TYPE};
 use toolgate_server::authz::unreadable_caller;
 use toolgate_server::ext_proc::{exchange_header, EXCHANGE_HEADER};
-use toolgate_server::subject::{single_header, CallerFacts, ReadSubject, MCP_SESSION_HEADER};
+use toolgate_server::subject::{
+    single_header, AuthzConfig, CallerFacts, ReadSubject, MCP_SESSION_HEADER,
+};
 
 /// A stream's state, on its worker thread.
 #[derive(Default)]
@@ -37,6 +43,8 @@ pub struct Filter {
     /// The sidecar is being asked about the request (its callout, and the request's JSON-RPC
     /// id for an answer if it cannot say).
     asking: Option<(u64, Option<Value>)>,
+    /// A decider is deciding the request; its decision comes back here.
+    waiting: Option<Arc<Mutex<Option<HandedBack>>>>,
 }
 
 /// What the module does with the request.
@@ -45,8 +53,9 @@ pub enum Next {
     Continue,
     /// Answered in the server's place.
     Answered,
-    /// Held while the sidecar is asked ([`Filter::sidecar_said`] lets it go on or answers).
-    Asking,
+    /// Held while a decider decides it ([`Filter::resume`]) or the sidecar is asked
+    /// ([`Filter::sidecar_said`]), which let it go on or answer it.
+    Held,
 }
 
 /// The request's headers as ext_authz's `Check` carries them, so that both are read alike:
@@ -137,19 +146,201 @@ fn was_cut(headers: &Headers, body: &[u8]) -> bool {
         .is_some_and(|declared| declared.parse::<usize>() != Ok(body.len()))
 }
 
+/// What deciding a request gave: the gate, and the request's MCP server and caller (whose
+/// answer is followed).
+pub struct Judged {
+    gate: Gate,
+    server: Option<String>,
+    caller: Caller,
+}
+
+/// The request, its decision, and what it was decided on, as a decider hands them back.
+type HandedBack = Result<(Judged, Headers, Vec<u8>), ()>;
+
+/// Decide a request with `config`.
+fn judge(config: &Config, headers: &Headers, body: &[u8]) -> Judged {
+    judge_with(
+        &config.engine,
+        &config.authz,
+        config.server.as_deref(),
+        headers,
+        body,
+    )
+}
+
+/// Decide a request, as ext_authz's gate does: on `engine`, its caller read as `authz` says,
+/// for the MCP server `named` (else the one its header names).
+fn judge_with(
+    engine: &Engine,
+    authz: &AuthzConfig,
+    named: Option<&str>,
+    headers: &Headers,
+    body: &[u8],
+) -> Judged {
+    let started = Instant::now();
+    let max = authz.max_request_bytes;
+    let (body, cut) = match body.len() > max {
+        true => (&body[..max], true),
+        false => (body, false),
+    };
+    let facts = headers;
+    let server_header = match named {
+        Some(_) => Ok(None),
+        None => single_header(&facts, &authz.server_header),
+    };
+    let server = named.or(server_header.as_ref().ok().copied().flatten());
+    let read = ReadSubject::read(&facts, authz);
+    let subject = read.subject();
+    let mcp_session = single_header(&facts, MCP_SESSION_HEADER);
+    let refused = (server_header.as_ref().err())
+        .or(mcp_session.as_ref().err())
+        .map(|r| r.0.as_str());
+    let gate = match read.refused().or(refused) {
+        Some(why) => {
+            let credential = read.grant.is_err();
+            unreadable_caller(
+                engine,
+                Api::EnvoyModule,
+                why,
+                credential,
+                body,
+                server,
+                subject,
+            )
+        }
+        None => gate::check(
+            engine,
+            &HttpCall {
+                http_method: headers.get(":method").unwrap_or("POST"),
+                body,
+                truncated: cut || was_cut(headers, body),
+                server,
+                subject,
+                mcp_method: headers.get("mcp-method"),
+                mcp_name: headers.get("mcp-name"),
+                resumes: !facts.header_values("last-event-id").is_empty(),
+                mcp_session: mcp_session.ok().flatten(),
+                api: Api::EnvoyModule,
+            },
+        ),
+    };
+    engine
+        .stats()
+        .record_duration(started.elapsed().as_nanos() as u64);
+    Judged {
+        gate,
+        server: server.map(str::to_owned),
+        caller: Caller::of(server, &subject),
+    }
+}
+
 impl Filter {
     /// Decide the request whose headers and whole body Envoy holds, and answer it or let it
-    /// go on; a body sent on changed is put in as body of kind `into`.
-    pub fn decide(&mut self, config: &Config, stream: Stream, body: &[u8], into: u32) -> Next {
+    /// go on; a body sent on changed is put in as body of kind `into`. Where the decision may
+    /// wait on the network, it is made by a decider thread and the request held meanwhile
+    /// ([`Filter::resume`] goes on from there).
+    pub fn decide(&mut self, config: &Config, stream: Stream, body: Vec<u8>, into: u32) -> Next {
         if let Some(next) = self.decided {
             return next;
         }
-        let next = match self.decide_once(config, stream, body) {
-            Next::Continue => self.send_on(config, stream, body, into),
-            other => other,
+        let headers = Headers::read(stream);
+        let next = match &config.deciders {
+            Some(deciders) => self.hand_off(config, deciders, stream, headers, body),
+            None => {
+                let judged = judge(config, &headers, &body);
+                self.finish(config, stream, judged, &headers, &body, into)
+            }
         };
         self.decided = Some(next);
         next
+    }
+
+    /// Apply what deciding the request gave, and send it on as it goes on.
+    fn finish(
+        &mut self,
+        config: &Config,
+        stream: Stream,
+        judged: Judged,
+        headers: &Headers,
+        body: &[u8],
+        into: u32,
+    ) -> Next {
+        match self.apply(config, stream, judged, headers, body) {
+            Next::Continue => self.send_on(config, stream, body, into),
+            other => other,
+        }
+    }
+
+    /// Have a decider decide the request, holding it until the stream's worker is woken.
+    fn hand_off(
+        &mut self,
+        config: &Config,
+        deciders: &Deciders,
+        stream: Stream,
+        headers: Headers,
+        body: Vec<u8>,
+    ) -> Next {
+        let slot: Arc<Mutex<Option<HandedBack>>> = Arc::default();
+        let (engine, authz, server) = (
+            config.engine.clone(),
+            config.authz.clone(),
+            config.server.clone(),
+        );
+        let scheduler = stream.scheduler();
+        let back = Arc::clone(&slot);
+        let job = Box::new(move || {
+            let judged = catch_unwind(AssertUnwindSafe(|| {
+                judge_with(&engine, &authz, server.as_deref(), &headers, &body)
+            }));
+            let handed = judged.map(|j| (j, headers, body)).map_err(|_| ());
+            *back.lock().unwrap_or_else(|e| e.into_inner()) = Some(handed);
+            scheduler.wake();
+        });
+        match deciders.run(job) {
+            Ok(()) => {
+                self.waiting = Some(slot);
+                Next::Held
+            }
+            Err(_) => {
+                let why = "the proxy holds as many requests waiting for a decision as it may";
+                let (status, headers, body) = busy(why);
+                stream.send_response(status, &headers, &body, "toolgate_busy");
+                Next::Answered
+            }
+        }
+    }
+
+    /// The stream's worker woken by its decider: the decision applied, and the request let go
+    /// on or answered. True when the request is to go on.
+    pub fn resume(&mut self, config: &Config, stream: Stream) -> bool {
+        let Some(slot) = self.waiting.take() else {
+            return false;
+        };
+        let handed = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let next = match handed {
+            Some(Ok((judged, headers, body))) => {
+                // The body waited in Envoy's buffer.
+                self.finish(
+                    config,
+                    stream,
+                    judged,
+                    &headers,
+                    &body,
+                    BUFFERED_REQUEST_BODY,
+                )
+            }
+            _ => {
+                log(
+                    LOG_ERROR,
+                    "toolgate: the module failed deciding a request; refused",
+                );
+                let (status, headers, body) = busy("toolgate could not decide this request");
+                stream.send_response(status, &headers, &body, "toolgate_failed");
+                Next::Answered
+            }
+        };
+        self.decided = Some(next);
+        matches!(next, Next::Continue)
     }
 
     /// The request as it goes on: a list request under an id of toolgate's own (its length
@@ -259,60 +450,21 @@ impl Filter {
         self.decided
     }
 
-    fn decide_once(&mut self, config: &Config, stream: Stream, body: &[u8]) -> Next {
-        let started = Instant::now();
-        let headers = Headers::read(stream);
-        let max = config.authz.max_request_bytes;
-        let (body, cut) = match body.len() > max {
-            true => (&body[..max], true),
-            false => (body, false),
-        };
-        let facts = &headers;
-        let server_header = match &config.server {
-            Some(_) => Ok(None),
-            None => single_header(&facts, &config.authz.server_header),
-        };
-        let server = config
-            .server
-            .as_deref()
-            .or(server_header.as_ref().ok().copied().flatten());
-        let read = ReadSubject::read(&facts, &config.authz);
-        let subject = read.subject();
-        let mcp_session = single_header(&facts, MCP_SESSION_HEADER);
-        let refused = (server_header.as_ref().err())
-            .or(mcp_session.as_ref().err())
-            .map(|r| r.0.as_str());
-        let gate = match read.refused().or(refused) {
-            Some(why) => {
-                let credential = read.grant.is_err();
-                unreadable_caller(
-                    &config.engine,
-                    Api::EnvoyModule,
-                    why,
-                    credential,
-                    body,
-                    server,
-                    subject,
-                )
-            }
-            None => gate::check(
-                &config.engine,
-                &HttpCall {
-                    http_method: headers.get(":method").unwrap_or("POST"),
-                    body,
-                    truncated: cut || was_cut(&headers, body),
-                    server,
-                    subject,
-                    mcp_method: headers.get("mcp-method"),
-                    mcp_name: headers.get("mcp-name"),
-                    resumes: !(&headers).header_values("last-event-id").is_empty(),
-                    mcp_session: mcp_session.ok().flatten(),
-                    api: Api::EnvoyModule,
-                },
-            ),
-        };
-        let stats = config.engine.stats();
-        stats.record_duration(started.elapsed().as_nanos() as u64);
+    /// Answer the request or let it go on, as `judged` says.
+    fn apply(
+        &mut self,
+        config: &Config,
+        stream: Stream,
+        judged: Judged,
+        headers: &Headers,
+        body: &[u8],
+    ) -> Next {
+        let Judged {
+            gate,
+            server,
+            caller,
+        } = judged;
+        let server = server.as_deref();
         match gate {
             Gate::Forward {
                 headers, follow, ..
@@ -328,7 +480,6 @@ impl Filter {
                     Follow::CallOutcome { reservation, .. } => reservation,
                     _ => None,
                 };
-                let caller = Caller::of(server, &subject);
                 let (budget, known) = (config.budget.clone(), config.known.clone());
                 match Follower::new(&config.engine, follow, caller, budget, known) {
                     // Held in its server's room too, shared with the server's other
@@ -368,7 +519,7 @@ impl Filter {
                     ) {
                         Ok(callout) => {
                             self.asking = Some((callout, id));
-                            Next::Asking
+                            Next::Held
                         }
                         Err(refused) => {
                             let why = format!("Envoy did not start the callout ({refused})");

@@ -11,10 +11,12 @@
 mod abi;
 mod ask_sidecar;
 mod config;
+mod deciders;
 mod decision_logs;
 mod filter;
 mod metrics;
 mod reload;
+mod shared;
 
 use abi::*;
 use config::Config;
@@ -122,7 +124,7 @@ unsafe fn decide(
     }
     let stream = Stream(envoy);
     let decided = catch_unwind(AssertUnwindSafe(|| {
-        filter.decide(&**config, stream, &body(stream), into)
+        filter.decide(&**config, stream, body(stream), into)
     }));
     decided.unwrap_or_else(|_| {
         failed(stream, "toolgate: the module failed on a request; refused");
@@ -156,7 +158,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     }
     match decide(envoy, filter, |_| Vec::new(), RECEIVED_REQUEST_BODY) {
         Next::Continue => HEADERS_CONTINUE,
-        Next::Answered | Next::Asking => HEADERS_STOP_ITERATION,
+        Next::Answered | Next::Held => HEADERS_STOP_ITERATION,
     }
 }
 
@@ -168,7 +170,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
     filter: FilterModulePtr,
     end_of_stream: bool,
 ) -> u32 {
-    let max = (*state(filter).config).authz.max_request_bytes;
+    let max = (&*state(filter).config).authz.max_request_bytes;
     // A body over the limit is decided cut at it (and refused, as ext_authz's partial body
     // is) before Envoy's own buffer limit answers a bare 413.
     let over = Stream(envoy).request_body_size() > max;
@@ -179,7 +181,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
         Next::Continue => BODY_CONTINUE,
         Next::Answered => BODY_STOP_ITERATION_NO_BUFFER,
         // The body stays in Envoy's buffer, to go on when the sidecar allows.
-        Next::Asking => BODY_STOP_ITERATION_AND_BUFFER,
+        Next::Held => BODY_STOP_ITERATION_AND_BUFFER,
     }
 }
 
@@ -258,7 +260,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
 ) -> u32 {
     match decide(envoy, filter, Stream::request_body, BUFFERED_REQUEST_BODY) {
         Next::Continue => TRAILERS_CONTINUE,
-        Next::Answered | Next::Asking => TRAILERS_STOP_ITERATION,
+        Next::Answered | Next::Held => TRAILERS_STOP_ITERATION,
     }
 }
 
@@ -284,12 +286,23 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
     }
 }
 
+/// A decider has decided the stream's request: it goes on, or is answered.
+///
+/// # Safety
+/// Called by Envoy on the stream's worker.
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
-    _: FilterEnvoyPtr,
-    _: FilterModulePtr,
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
+    envoy: FilterEnvoyPtr,
+    filter: FilterModulePtr,
     _: u64,
 ) {
+    let StreamState { config, filter } = state(filter);
+    let stream = Stream(envoy);
+    match catch_unwind(AssertUnwindSafe(|| filter.resume(&**config, stream))) {
+        Ok(true) => stream.continue_decoding(),
+        Ok(false) => {}
+        Err(_) => failed(stream, "toolgate: the module failed on a request; refused"),
+    }
 }
 
 #[no_mangle]

