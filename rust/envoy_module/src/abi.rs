@@ -417,13 +417,7 @@ impl Stream {
         body: &[u8],
         details: &str,
     ) {
-        let mut headers: Vec<ModuleHeader> = headers
-            .iter()
-            .map(|(k, v)| ModuleHeader {
-                key: ModuleBuffer::of(k.as_bytes()),
-                value: ModuleBuffer::of(v.as_bytes()),
-            })
-            .collect();
+        let mut headers = module_headers(headers);
         // SAFETY: as for `headers`; the vectors outlive the call.
         unsafe {
             envoy_dynamic_module_callback_http_send_response(
@@ -449,13 +443,7 @@ impl Stream {
         body: &[u8],
         timeout_ms: u64,
     ) -> Result<u64, u32> {
-        let mut headers: Vec<ModuleHeader> = headers
-            .iter()
-            .map(|(k, v)| ModuleHeader {
-                key: ModuleBuffer::of(k.as_bytes()),
-                value: ModuleBuffer::of(v.as_bytes()),
-            })
-            .collect();
+        let mut headers = module_headers(headers);
         let mut id = 0u64;
         // SAFETY: as for `headers`; Envoy copies the headers and the body.
         let started = unsafe {
@@ -521,6 +509,15 @@ pub unsafe fn callout_answer(
         .flat_map(|c| c.bytes().iter().copied())
         .collect();
     (headers, body)
+}
+
+/// `headers` as Envoy reads them during a call (borrowing their bytes).
+fn module_headers<V: AsRef<str>>(headers: &[(&str, V)]) -> Vec<ModuleHeader> {
+    let header = |(k, v): &(&str, V)| ModuleHeader {
+        key: ModuleBuffer::of(k.as_bytes()),
+        value: ModuleBuffer::of(v.as_ref().as_bytes()),
+    };
+    headers.iter().map(header).collect()
 }
 
 /// A callback that changes a stat: a counter's increment, a gauge's value.

@@ -4,6 +4,7 @@
 
 use sha2::{Digest, Sha256};
 use std::cell::RefCell;
+use std::fs::File;
 use std::io::{Error, ErrorKind, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,12 @@ pub const MAX_FILE_BYTES: u64 = 64 << 20;
 /// A file read whole (a pins file a policy names, a key): only a regular file of at most
 /// [`MAX_FILE_BYTES`]. A pipe nobody writes would stall the reload, a device would never end.
 pub fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
+    read_whole(path).map(|(_, bytes)| bytes)
+}
+
+/// A regular file of at most [`MAX_FILE_BYTES`] read whole, and the file it was (open, for
+/// its metadata).
+pub fn read_whole(path: &Path) -> std::io::Result<(File, Vec<u8>)> {
     // Non-blocking: opening a FIFO does not wait for a writer; it is refused just after.
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -25,19 +32,20 @@ pub fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
     if !meta.is_file() {
         return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
     }
+    // By its size first: a huge file is not read to be refused.
     if meta.len() > MAX_FILE_BYTES {
         return Err(too_large());
     }
     let mut bytes = Vec::new();
-    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+    (&file).take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > MAX_FILE_BYTES {
         return Err(too_large());
     }
-    Ok(bytes)
+    Ok((file, bytes))
 }
 
 /// A file over [`MAX_FILE_BYTES`], refused (by its size before it is read, or as it grew).
-pub fn too_large() -> Error {
+fn too_large() -> Error {
     let message = format!("larger than {} MiB", MAX_FILE_BYTES >> 20);
     Error::new(ErrorKind::FileTooLarge, message)
 }

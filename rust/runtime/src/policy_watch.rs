@@ -19,10 +19,9 @@
 //! cut short is not valid JSON, so a change there is loaded at once.
 
 use crate::file_writes::FileWrites;
-use crate::policy_file::{hex, read_regular, too_large, PinsRead, MAX_FILE_BYTES};
+use crate::policy_file::{hex, read_regular, read_whole, PinsRead};
 use sha2::{Digest, Sha256};
-use std::io::{Error, ErrorKind, Read};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// How often a watched policy file is looked at, in seconds, unless told otherwise.
@@ -51,25 +50,10 @@ impl PartialEq for FileVersion {
     }
 }
 
-/// The policy file as it is now: a regular file of at most [`MAX_FILE_BYTES`] (a pipe put
-/// there must not stall the watch).
+/// The policy file as it is now ([`read_whole`]: a regular file, within the size limit, so
+/// that a pipe put there does not stall the watch).
 pub fn read_version(path: &Path) -> std::io::Result<FileVersion> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)?;
-    let before = file.metadata()?;
-    if !before.is_file() {
-        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
-    }
-    if before.len() > MAX_FILE_BYTES {
-        return Err(too_large());
-    }
-    let mut content = Vec::new();
-    (&file).take(MAX_FILE_BYTES + 1).read_to_end(&mut content)?;
-    if content.len() as u64 > MAX_FILE_BYTES {
-        return Err(too_large());
-    }
+    let (file, content) = read_whole(path)?;
     // Of the open file, after reading it, so identity and content belong to the same file
     // even if the path is swapped meanwhile.
     let meta = file.metadata()?;
