@@ -9,14 +9,17 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import limit, policy
 from envoy_proxy import EXT_AUTHZ, MODULE, Envoy, deployed, envoy_executable, send
-from mcp_servers import ExampleServer
+from mcp.shared.exceptions import MCPError
+from mcp_servers import CatalogServer, ExampleServer, texts
 from redis_server import Proxy, RedisServer
-from sidecar import PATIENCE, Sidecar
-from test_envoy_module import AND, POLICY_LINE, SERVER
+from sidecar import PATIENCE, Sidecar, wait_for
+from test_envoy_ext_proc import TOOL_ERRORS_BACK, call
+from test_envoy_module import AND, POLICY_LINE, SERVER, prometheus
 from test_envoy_refusals import raw_call
 
 pytestmark = [
@@ -104,3 +107,39 @@ def test_a_decision_waiting_on_redis_does_not_hold_envoys_worker(tmp_path: Path)
             proxy.release()
             waiting.join()
     assert finished == ["plain", "ALLOWED"]
+
+
+def test_a_failed_call_gives_its_spend_back_in_redis(tmp_path: Path):
+    """A failed call's reservation, counted in Redis, is given back by a decider (Envoy's
+    worker never waits on that round trip): only the spend that moved counts."""
+    policy_path = tmp_path / "policy.json"
+    policy_path.write_text(json.dumps(TOOL_ERRORS_BACK))
+    with (
+        RedisServer() as redis,
+        CatalogServer(tools=3, json=True) as catalog,
+        deployed(MODULE, None, catalog.port, module_edits(policy_path, redis.url)) as envoy,
+    ):
+        headers = {"authorization": "Bearer spender"}
+
+        def charge(amount: int, outcome: str = "ok") -> tuple[str, dict[str, Any]]:
+            return ("charge", {"amount": amount, "outcome": outcome})
+
+        first, declined, erred = call(
+            envoy.url(),
+            headers,
+            [charge(60), charge(30, "tool_error"), charge(30, "jsonrpc_error")],
+        )
+        assert texts(first) == ["charged 60"]
+        assert declined.is_error and isinstance(erred, MCPError)
+
+        def given_back() -> bool:
+            send(envoy, "POST", b'{"jsonrpc":"2.0","method":"notifications/initialized"}', {})
+            released = "envoy_toolgate_reservations_released_on_failure_total"
+            seen = prometheus(envoy)
+            return sum(v for k, v in seen.items() if k.startswith(released)) == 2
+
+        wait_for(given_back, timeout=PATIENCE)
+        # Only the $60 that moved counts: $40 more fits, then nothing.
+        fits, over = call(envoy.url(), headers, [charge(40), charge(1)])
+        assert texts(fits) == ["charged 40"]
+        assert over.is_error and over.meta["toolgate/decision"]["code"] == "RATE_LIMITED"

@@ -20,7 +20,9 @@ use toolgate_core::decision::Code;
 use toolgate_core::engine::gate::{self, Follow, Gate, HttpCall};
 use toolgate_core::observing::stats::Api;
 use toolgate_core::Engine;
-use toolgate_server::answer::{Caller, Follower, RequestBody, LIST_ANSWER_DROPS, LIST_ANSWER_TYPE};
+use toolgate_server::answer::{
+    release, Caller, Follower, RequestBody, LIST_ANSWER_DROPS, LIST_ANSWER_TYPE,
+};
 use toolgate_server::authz::unreadable_caller;
 use toolgate_server::ext_proc::{exchange_header, EXCHANGE_HEADER};
 use toolgate_server::subject::{
@@ -389,6 +391,7 @@ impl Filter {
         let status = value(":status").and_then(|s| s.parse().ok());
         let content_type = value("content-type").unwrap_or_default();
         follower.response_head(&config.engine, status, &content_type);
+        give_back(config, follower);
         if follower.rewrites_answer() {
             for name in LIST_ANSWER_DROPS {
                 stream.remove_header(RESPONSE_HEADER, name);
@@ -418,7 +421,9 @@ impl Filter {
             None => BUFFERED_RESPONSE_BODY,
         };
         let part = chunk.unwrap_or_default();
-        if let Some(out) = follower.response_body(&config.engine, &part, end, || None) {
+        let out = follower.response_body(&config.engine, &part, end, || None);
+        give_back(config, follower);
+        if let Some(out) = out {
             let drained: &[u32] = match into {
                 RECEIVED_RESPONSE_BODY => &[RECEIVED_RESPONSE_BODY],
                 _ => &[],
@@ -485,7 +490,14 @@ impl Filter {
                     // Held in its server's room too, shared with the server's other
                     // exchanges in this Envoy: one server whose answers mean harm fills its
                     // own room, not the process's budget.
-                    Some(follower) => self.follower = Some(follower.in_room(server.unwrap_or(""))),
+                    Some(follower) => {
+                        let follower = follower.in_room(server.unwrap_or(""));
+                        // Where a give-back may wait on Redis, the deciders make it.
+                        self.follower = Some(match config.deciders {
+                            Some(_) => follower.releasing_later(),
+                            None => follower,
+                        });
+                    }
                     None => {
                         // The call does not run: its reservation is given back.
                         if let Some(reservation) = reserved {
@@ -580,6 +592,20 @@ impl Filter {
         stream.send_response(status, &headers, &body, "toolgate_sidecar_unavailable");
         Next::Answered
     }
+}
+
+/// A failed call's reservation, once its follower knows, given back by a decider (a round
+/// trip to Redis, which Envoy's worker must not wait on). With the queue full it is not given
+/// back: the call stays counted, as if it had run, which errs on the limit's side.
+fn give_back(config: &Config, follower: &mut Follower) {
+    let (Some(deciders), Some((reservation, failure))) =
+        (&config.deciders, follower.take_release())
+    else {
+        return;
+    };
+    let engine = config.engine.clone();
+    let job = Box::new(move || release(&engine, reservation, failure));
+    let _ = deciders.run(job);
 }
 
 /// The JSON-RPC id of an answer the core wrote.

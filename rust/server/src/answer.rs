@@ -155,6 +155,9 @@ struct CallAnswer {
     released: bool,
     /// Whose the task the answer creates is; `None` once noted, or if the call asked for none.
     task_of: Option<Caller>,
+    /// The give-back is left to the follower's owner ([`Follower::releasing_later`]): here
+    /// once the call is known to have failed, until taken.
+    later: Option<Option<(u64, Failure)>>,
 }
 
 impl CallAnswer {
@@ -167,8 +170,9 @@ impl CallAnswer {
         {
             if !self.released && (self.tool_errors || failure != Failure::ToolError) {
                 self.released = true;
-                if engine.release(reservation) {
-                    engine.stats().count_released(failure);
+                match &mut self.later {
+                    Some(later) => *later = Some((reservation, failure)),
+                    None => release(engine, reservation, failure),
                 }
             }
         }
@@ -178,6 +182,13 @@ impl CallAnswer {
                 engine.note_task(server, caller.subject(), task_id);
             }
         }
+    }
+}
+
+/// Give back `reservation`, for a call that failed as `failure` says.
+pub fn release(engine: &Engine, reservation: u64, failure: Failure) {
+    if engine.release(reservation) {
+        engine.stats().count_released(failure);
     }
 }
 
@@ -236,6 +247,7 @@ impl Follower {
                 tool_errors,
                 released: false,
                 task_of: task.then_some(caller),
+                later: None,
             }),
             Follow::Opening => State::Opening(caller),
             Follow::Nothing => State::Nothing,
@@ -250,6 +262,26 @@ impl Follower {
         };
         let budget = Arc::clone(&follower.budget);
         budget.hold(&mut follower.held, note).then_some(follower)
+    }
+
+    /// A failed call's reservation is not given back by the follower but left for its owner
+    /// to take ([`Follower::take_release`]) and give back where a round trip to the counter
+    /// store may wait (the Envoy module's deciders, not Envoy's worker).
+    pub fn releasing_later(mut self) -> Follower {
+        if let State::Call(call) = &mut self.state {
+            call.later = Some(None);
+        }
+        self
+    }
+
+    /// The reservation a failed call gives back, once known (with [`Follower::releasing_later`]).
+    pub fn take_release(&mut self) -> Option<(u64, Failure)> {
+        match &mut self.state {
+            State::Call(CallAnswer {
+                later: Some(later), ..
+            }) => later.take(),
+            _ => None,
+        }
     }
 
     /// The follower also holds what it holds in the room of `server` (an adapter whose
