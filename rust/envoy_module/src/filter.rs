@@ -148,16 +148,21 @@ fn was_cut(headers: &Headers, body: &[u8]) -> bool {
         .is_some_and(|declared| declared.parse::<usize>() != Ok(body.len()))
 }
 
-/// What deciding a request gave: the gate, and the request's MCP server and caller (whose
-/// answer is followed).
+/// What deciding a request gave: the gate, the request's MCP server, and the caller whose
+/// answer is followed (only where the answer is).
 pub struct Judged {
     gate: Gate,
     server: Option<String>,
-    caller: Caller,
+    caller: Option<Caller>,
 }
 
 /// The request, its decision, and what it was decided on, as a decider hands them back.
 type HandedBack = Result<(Judged, Headers, Vec<u8>), ()>;
+
+/// Whether `gate` sends the request on with its answer to follow.
+fn follows(gate: &Gate) -> bool {
+    matches!(gate, Gate::Forward { follow, .. } if !matches!(follow, Follow::Nothing))
+}
 
 /// Decide a request with `config`.
 fn judge(config: &Config, headers: &Headers, body: &[u8]) -> Judged {
@@ -229,10 +234,11 @@ fn judge_with(
     engine
         .stats()
         .record_duration(started.elapsed().as_nanos() as u64);
+    let caller = follows(&gate).then(|| Caller::of(server, &subject));
     Judged {
         gate,
         server: server.map(str::to_owned),
-        caller: Caller::of(server, &subject),
+        caller,
     }
 }
 
@@ -486,6 +492,8 @@ impl Filter {
                     _ => None,
                 };
                 let (budget, known) = (config.budget.clone(), config.known.clone());
+                // Made by `judge` wherever the answer is followed.
+                let caller = caller.unwrap_or_default();
                 match Follower::new(&config.engine, follow, caller, budget, known) {
                     // Held in its server's room too, shared with the server's other
                     // exchanges in this Envoy: one server whose answers mean harm fills its
