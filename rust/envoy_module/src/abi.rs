@@ -176,15 +176,20 @@ extern "C" {
         body: ModuleBuffer,
         details: ModuleBuffer,
     );
-    pub fn envoy_dynamic_module_callback_http_filter_http_callout(
+    pub fn envoy_dynamic_module_callback_http_filter_start_http_stream(
         filter: FilterEnvoyPtr,
-        callout_id: *mut u64,
+        stream_id: *mut u64,
         cluster: ModuleBuffer,
         headers: *mut ModuleHeader,
         headers_size: usize,
         body: ModuleBuffer,
+        end_stream: bool,
         timeout_milliseconds: u64,
     ) -> u32;
+    pub fn envoy_dynamic_module_callback_http_filter_reset_http_stream(
+        filter: FilterEnvoyPtr,
+        stream_id: u64,
+    );
     pub fn envoy_dynamic_module_callback_http_filter_continue_decoding(filter: FilterEnvoyPtr);
     pub fn envoy_dynamic_module_callback_http_filter_scheduler_new(
         filter: FilterEnvoyPtr,
@@ -225,8 +230,6 @@ impl Drop for Scheduler {
 
 /// `envoy_dynamic_module_type_http_callout_init_result`'s success.
 pub const CALLOUT_STARTED: u32 = 0;
-/// `envoy_dynamic_module_type_http_callout_result`'s success (an answer came whole).
-pub const CALLOUT_ANSWERED: u32 = 0;
 
 /// Log `message` in Envoy's log (its `dynamic_modules` logger).
 pub fn log(level: u32, message: &str) {
@@ -433,10 +436,11 @@ impl Stream {
 }
 
 impl Stream {
-    /// Send `body` to `cluster` with `headers` (`:method`, `:path` and `host` among them);
-    /// Envoy calls `on_http_filter_http_callout_done` on this stream's worker with the answer.
-    /// The callout's id, or what Envoy's refusal to start it says.
-    pub fn callout(
+    /// Send `body` (the whole request) to `cluster` with `headers` (`:method`, `:path` and
+    /// `host` among them) on a stream of its own; Envoy calls `on_http_filter_http_stream_*`
+    /// on this stream's worker with the answer's headers, data and trailers, then its end
+    /// (`complete`, or `reset`). The stream's id, or what Envoy's refusal to start it says.
+    pub fn start_stream(
         self,
         cluster: &str,
         headers: &[(&str, &str)],
@@ -447,13 +451,14 @@ impl Stream {
         let mut id = 0u64;
         // SAFETY: as for `headers`; Envoy copies the headers and the body.
         let started = unsafe {
-            envoy_dynamic_module_callback_http_filter_http_callout(
+            envoy_dynamic_module_callback_http_filter_start_http_stream(
                 self.0,
                 &mut id,
                 ModuleBuffer::of(cluster.as_bytes()),
                 headers.as_mut_ptr(),
                 headers.len(),
                 ModuleBuffer::of(body),
+                true,
                 timeout_ms,
             )
         };
@@ -461,6 +466,12 @@ impl Stream {
             CALLOUT_STARTED => Ok(id),
             refused => Err(refused),
         }
+    }
+
+    /// End stream `id` started by [`Stream::start_stream`].
+    pub fn reset_stream(self, id: u64) {
+        // SAFETY: on the stream's worker, in one of its hooks.
+        unsafe { envoy_dynamic_module_callback_http_filter_reset_http_stream(self.0, id) }
     }
 
     /// A way back to this stream's worker from another thread.
@@ -476,39 +487,34 @@ impl Stream {
     }
 }
 
-/// A callout's answer: its headers (names in lower case) and its body.
-pub type CalloutAnswer = (Vec<(String, Vec<u8>)>, Vec<u8>);
-
-/// A callout's answer as Envoy hands it over, copied.
+/// Headers (or trailers) Envoy hands a hook, copied: names in lower case.
 ///
 /// # Safety
-/// `headers` and `chunks` are the arrays (of `n` and `m`) Envoy passed to the hook.
-pub unsafe fn callout_answer(
-    headers: *const EnvoyHeader,
-    n: usize,
-    chunks: *const EnvoyBuffer,
-    m: usize,
-) -> CalloutAnswer {
-    let headers = match headers.is_null() {
-        true => &[][..],
-        false => std::slice::from_raw_parts(headers, n),
+/// `headers` is the array of `n` Envoy passed to the hook.
+pub unsafe fn envoy_headers(headers: *const EnvoyHeader, n: usize) -> Vec<(String, Vec<u8>)> {
+    if headers.is_null() {
+        return Vec::new();
+    }
+    let headers = std::slice::from_raw_parts(headers, n);
+    let header = |h: &EnvoyHeader| {
+        let key = String::from_utf8_lossy(h.key.bytes()).to_ascii_lowercase();
+        (key, h.value.bytes().to_vec())
     };
-    let chunks = match chunks.is_null() {
-        true => &[][..],
-        false => std::slice::from_raw_parts(chunks, m),
-    };
-    let headers = headers
+    headers.iter().map(header).collect()
+}
+
+/// The chunks of data Envoy hands a hook, as slices.
+///
+/// # Safety
+/// `chunks` is the array of `n` Envoy passed to the hook; only during it.
+pub unsafe fn envoy_chunks<'a>(chunks: *const EnvoyBuffer, n: usize) -> Vec<&'a [u8]> {
+    if chunks.is_null() {
+        return Vec::new();
+    }
+    std::slice::from_raw_parts(chunks, n)
         .iter()
-        .map(|h| {
-            let key = String::from_utf8_lossy(h.key.bytes()).to_ascii_lowercase();
-            (key, h.value.bytes().to_vec())
-        })
-        .collect();
-    let body = chunks
-        .iter()
-        .flat_map(|c| c.bytes().iter().copied())
-        .collect();
-    (headers, body)
+        .map(|c| c.bytes())
+        .collect()
 }
 
 /// `headers` as Envoy reads them during a call (borrowing their bytes).

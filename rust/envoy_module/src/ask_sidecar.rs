@@ -1,10 +1,11 @@
 //! What only `toolgate serve` holds (a person's approval), asked of it from Envoy's process:
 //! a call the module's engine finds needs an approval is sent to the sidecar as Envoy's
 //! ext_authz would send it (a `Check` over gRPC), through Envoy's own HTTP callout to the
-//! cluster the configuration names. The request waits, without holding Envoy's worker thread,
-//! and goes on or is answered as the sidecar says: the approval it opens, its id, and the
-//! approved call allowed once. An answer that is not a whole `CheckResponse` (the sidecar
-//! down, slow, or answering something else) refuses the call (503), fail closed.
+//! cluster the configuration names: a stream of its own, whose trailers carry gRPC's status.
+//! The request waits, without holding Envoy's worker thread, and goes on or is answered as
+//! the sidecar says: the approval it opens, its id, and the approved call allowed once. An
+//! answer that is not one whole `CheckResponse` under `grpc-status: 0` (the sidecar down,
+//! slow, failing, or answering something else) refuses the call (503), fail closed.
 
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
 use envoy_types::pb::envoy::config::core::v3::{address, Address, SocketAddress};
@@ -18,7 +19,7 @@ use std::collections::HashMap;
 /// The gRPC method the sidecar's ext_authz service answers.
 const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
 /// The largest answer read: a `CheckResponse` carries one JSON-RPC answer and its headers.
-const MAX_ANSWER_BYTES: usize = 4 << 20;
+pub const MAX_ANSWER_BYTES: usize = 4 << 20;
 
 /// Where the sidecar is: a cluster of Envoy's configuration (HTTP/2), and how long a Check
 /// may take.
@@ -157,14 +158,20 @@ pub enum Said {
     },
 }
 
-/// The sidecar's answer to a `Check`: a gRPC answer (HTTP 200, `application/grpc`, no
-/// failing `grpc-status` among its headers) whose body is exactly one uncompressed
-/// `CheckResponse`. Anything else is why the call cannot go on.
-pub fn read_answer(headers: &[(String, Vec<u8>)], body: &[u8]) -> Result<Said, String> {
-    let header = |name: &str| {
-        let found = headers.iter().find(|(k, _)| k == name);
+/// The sidecar's answer to a `Check`: a gRPC answer (HTTP 200, `application/grpc`, ending
+/// with `grpc-status: 0` in its trailers) whose body is exactly one uncompressed
+/// `CheckResponse`. Anything else is why the call cannot go on: a message under a failed or
+/// missing status decides nothing.
+pub fn read_answer(
+    headers: &[(String, Vec<u8>)],
+    body: &[u8],
+    trailers: &[(String, Vec<u8>)],
+) -> Result<Said, String> {
+    let find = |all: &[(String, Vec<u8>)], name: &str| {
+        let found = all.iter().find(|(k, _)| k == name);
         found.map(|(_, v)| String::from_utf8_lossy(v).into_owned())
     };
+    let header = |name: &str| find(headers, name);
     if header(":status").as_deref() != Some("200") {
         return Err(format!(
             "HTTP status {}",
@@ -175,9 +182,14 @@ pub fn read_answer(headers: &[(String, Vec<u8>)], body: &[u8]) -> Result<Said, S
     if !(grpc == "application/grpc" || grpc.starts_with("application/grpc+proto")) {
         return Err(format!("content-type {grpc:?}"));
     }
-    // A failing call answers with its status in the headers alone (trailers-only).
+    // A failing call may answer with its status in the headers alone (trailers-only).
     if let Some(status) = header("grpc-status").filter(|s| s != "0") {
         return Err(format!("gRPC status {status}"));
+    }
+    match find(trailers, "grpc-status") {
+        Some(status) if status == "0" => {}
+        Some(status) => return Err(format!("gRPC status {status}")),
+        None => return Err("an answer without its gRPC status".into()),
     }
     if body.len() > MAX_ANSWER_BYTES {
         return Err("an answer too long".into());
@@ -242,6 +254,10 @@ mod tests {
     use envoy_types::pb::envoy::service::auth::v3::DeniedHttpResponse;
     use envoy_types::pb::google::rpc::Status;
 
+    fn ok_trailers() -> Vec<(String, Vec<u8>)> {
+        grpc(&[("grpc-status", "0")])
+    }
+
     fn grpc(headers: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
         let h = headers
             .iter()
@@ -282,7 +298,7 @@ mod tests {
     #[test]
     fn a_denial_is_answered_as_the_sidecar_wrote_it() {
         let ok = grpc(&[(":status", "200"), ("content-type", "application/grpc")]);
-        let said = read_answer(&ok, &framed(&denied())).unwrap();
+        let said = read_answer(&ok, &framed(&denied()), &ok_trailers()).unwrap();
         assert_eq!(
             said,
             Said::Answer {
@@ -303,22 +319,25 @@ mod tests {
         let mut compressed = body.clone();
         compressed[0] = 1;
         for wrong in [&body[..body.len() - 1], &longer, &compressed, &[][..]] {
-            assert!(read_answer(&ok, wrong).is_err());
+            assert!(read_answer(&ok, wrong, &ok_trailers()).is_err());
         }
+        // A whole message under a failed status, or with none.
+        assert!(read_answer(&ok, &body, &grpc(&[("grpc-status", "13")])).is_err());
+        assert!(read_answer(&ok, &body, &[]).is_err());
         let failed = grpc(&[
             (":status", "200"),
             ("content-type", "application/grpc"),
             ("grpc-status", "14"),
         ]);
-        assert!(read_answer(&failed, &body).is_err());
+        assert!(read_answer(&failed, &body, &ok_trailers()).is_err());
         let html = grpc(&[(":status", "200"), ("content-type", "text/html")]);
-        assert!(read_answer(&html, &body).is_err());
+        assert!(read_answer(&html, &body, &ok_trailers()).is_err());
         let gateway = grpc(&[(":status", "503"), ("content-type", "application/grpc")]);
-        assert!(read_answer(&gateway, &body).is_err());
+        assert!(read_answer(&gateway, &body, &ok_trailers()).is_err());
         // A status that says allowed with a denial's body decides nothing.
         let mut mixed = denied();
         mixed.status = Some(Status::default());
-        assert!(read_answer(&ok, &framed(&mixed)).is_err());
+        assert!(read_answer(&ok, &framed(&mixed), &ok_trailers()).is_err());
     }
 
     #[test]

@@ -42,9 +42,8 @@ pub struct Filter {
     /// The module failed on a list's answer: nothing more of it goes to the client (an
     /// answer it did not filter must not).
     withheld: bool,
-    /// The sidecar is being asked about the request (its callout, and the request's JSON-RPC
-    /// id for an answer if it cannot say).
-    asking: Option<(u64, Option<Value>)>,
+    /// The sidecar is being asked about the request.
+    asking: Option<Asking>,
     /// A decider is deciding the request; its decision comes back here.
     waiting: Option<Arc<Mutex<Option<HandedBack>>>>,
 }
@@ -146,6 +145,29 @@ fn was_cut(headers: &Headers, body: &[u8]) -> bool {
     headers
         .get("content-length")
         .is_some_and(|declared| declared.parse::<usize>() != Ok(body.len()))
+}
+
+/// A callout to the sidecar under way: its id, the request's JSON-RPC id (for an answer if the
+/// sidecar cannot say), and its answer so far.
+struct Asking {
+    callout: u64,
+    id: Option<Value>,
+    answer: Answer,
+}
+
+/// The sidecar's answer as it comes: gRPC's status is in its trailers, after the message.
+#[derive(Default)]
+struct Answer {
+    headers: Vec<(String, Vec<u8>)>,
+    body: Vec<u8>,
+    trailers: Vec<(String, Vec<u8>)>,
+}
+
+/// A part of the sidecar's answer, as a hook hands it over.
+pub enum AnswerPart<'a> {
+    Headers(Vec<(String, Vec<u8>)>),
+    Data(Vec<&'a [u8]>),
+    Trailers(Vec<(String, Vec<u8>)>),
 }
 
 /// What deciding a request gave: the gate, the request's MCP server, and the caller whose
@@ -531,14 +553,18 @@ impl Filter {
                     };
                     let check = ask_sidecar::check_request(&asked);
                     let id = reply_id(&reply.body);
-                    return match stream.callout(
+                    return match stream.start_stream(
                         &sidecar.cluster,
                         &sidecar.headers(),
                         &check,
                         sidecar.timeout_ms,
                     ) {
                         Ok(callout) => {
-                            self.asking = Some((callout, id));
+                            self.asking = Some(Asking {
+                                callout,
+                                id,
+                                answer: Answer::default(),
+                            });
                             Next::Held
                         }
                         Err(refused) => {
@@ -553,16 +579,37 @@ impl Filter {
         }
     }
 
-    /// The sidecar's answer to the callout `callout` (`None`: the callout ended without one):
-    /// the held request goes on or is answered as it says, or is refused if it said nothing
-    /// that can be read.
-    pub fn sidecar_said(&mut self, stream: Stream, callout: u64, answer: Option<CalloutAnswer>) {
-        let Some((_, id)) = self.asking.take_if(|(asked, _)| *asked == callout) else {
+    /// The sidecar's answer so far, on callout `callout`: its headers (or trailers), a chunk
+    /// of its body. An answer longer than a `CheckResponse` may be ends the callout.
+    pub fn sidecar_sent(&mut self, stream: Stream, callout: u64, part: AnswerPart<'_>) {
+        let Some(asking) = self.asking.as_mut().filter(|a| a.callout == callout) else {
             return;
         };
-        let said = match answer {
-            Some((headers, body)) => ask_sidecar::read_answer(&headers, &body),
-            None => Err("the callout ended without an answer (reset, or over its time)".into()),
+        let answer = &mut asking.answer;
+        match part {
+            AnswerPart::Headers(headers) => answer.headers = headers,
+            AnswerPart::Trailers(trailers) => answer.trailers = trailers,
+            AnswerPart::Data(chunks) => {
+                let more: usize = chunks.iter().map(|c| c.len()).sum();
+                if answer.body.len() + more > ask_sidecar::MAX_ANSWER_BYTES {
+                    stream.reset_stream(callout);
+                    return self.sidecar_done(stream, callout, false);
+                }
+                chunks.iter().for_each(|c| answer.body.extend_from_slice(c));
+            }
+        }
+    }
+
+    /// Callout `callout` has ended (`complete`: its answer came whole): the held request goes
+    /// on or is answered as the sidecar said, or is refused if it said nothing that can be
+    /// read.
+    pub fn sidecar_done(&mut self, stream: Stream, callout: u64, complete: bool) {
+        let Some(Asking { id, answer, .. }) = self.asking.take_if(|a| a.callout == callout) else {
+            return;
+        };
+        let said = match complete {
+            true => ask_sidecar::read_answer(&answer.headers, &answer.body, &answer.trailers),
+            false => Err("the callout ended without an answer (reset, or over its time)".into()),
         };
         self.decided = Some(match said {
             Ok(Said::Forward { request, answer }) => {

@@ -20,7 +20,7 @@ mod shared;
 
 use abi::*;
 use config::Config;
-use filter::{Filter, Next};
+use filter::{AnswerPart, Filter, Next};
 use metrics::Metrics;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -319,29 +319,30 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buf
 ) {
 }
 
-/// The sidecar answered a callout (or the callout ended without an answer).
-///
-/// # Safety
-/// Called by Envoy on the stream's worker, with arrays of the sizes it gives.
+/// The one-shot callout is not used (the sidecar is asked on a stream of its own, whose
+/// trailers carry gRPC's status).
 #[no_mangle]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
+    _: FilterEnvoyPtr,
+    _: FilterModulePtr,
+    _: u64,
+    _: u32,
+    _: *const EnvoyHeader,
+    _: usize,
+    _: *const EnvoyBuffer,
+    _: usize,
+) {
+}
+
+/// Run `step` on the sidecar's answer; a panic refuses the held request (fail closed).
+unsafe fn sidecar(
     envoy: FilterEnvoyPtr,
     filter: FilterModulePtr,
-    callout: u64,
-    result: u32,
-    headers: *const EnvoyHeader,
-    headers_size: usize,
-    chunks: *const EnvoyBuffer,
-    chunks_size: usize,
+    step: impl FnOnce(&mut Filter, Stream),
 ) {
     let StreamState { filter, .. } = state(filter);
     let stream = Stream(envoy);
-    let said = catch_unwind(AssertUnwindSafe(|| {
-        let answer = (result == CALLOUT_ANSWERED)
-            .then(|| callout_answer(headers, headers_size, chunks, chunks_size));
-        filter.sidecar_said(stream, callout, answer)
-    }));
-    if said.is_err() {
+    if catch_unwind(AssertUnwindSafe(|| step(filter, stream))).is_err() {
         failed(
             stream,
             "toolgate: the module failed on the sidecar's answer; refused",
@@ -349,51 +350,79 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
     }
 }
 
+/// # Safety
+/// Called by Envoy on the stream's worker, with an array of the size it gives.
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
-    _: FilterEnvoyPtr,
-    _: FilterModulePtr,
-    _: u64,
-    _: *const EnvoyHeader,
-    _: usize,
-    _: bool,
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
+    envoy: FilterEnvoyPtr,
+    filter: FilterModulePtr,
+    callout: u64,
+    headers: *const EnvoyHeader,
+    n: usize,
+    _end_stream: bool,
 ) {
+    let headers = envoy_headers(headers, n);
+    sidecar(envoy, filter, |f, s| {
+        f.sidecar_sent(s, callout, AnswerPart::Headers(headers))
+    });
 }
 
+/// # Safety
+/// Called by Envoy on the stream's worker, with an array of the size it gives.
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
-    _: FilterEnvoyPtr,
-    _: FilterModulePtr,
-    _: u64,
-    _: *const EnvoyBuffer,
-    _: usize,
-    _: bool,
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
+    envoy: FilterEnvoyPtr,
+    filter: FilterModulePtr,
+    callout: u64,
+    chunks: *const EnvoyBuffer,
+    n: usize,
+    _end_stream: bool,
 ) {
+    let chunks = envoy_chunks(chunks, n);
+    sidecar(envoy, filter, |f, s| {
+        f.sidecar_sent(s, callout, AnswerPart::Data(chunks))
+    });
 }
 
+/// # Safety
+/// Called by Envoy on the stream's worker, with an array of the size it gives.
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
-    _: FilterEnvoyPtr,
-    _: FilterModulePtr,
-    _: u64,
-    _: *const EnvoyHeader,
-    _: usize,
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
+    envoy: FilterEnvoyPtr,
+    filter: FilterModulePtr,
+    callout: u64,
+    trailers: *const EnvoyHeader,
+    n: usize,
 ) {
+    let trailers = envoy_headers(trailers, n);
+    sidecar(envoy, filter, |f, s| {
+        f.sidecar_sent(s, callout, AnswerPart::Trailers(trailers))
+    });
 }
 
+/// The sidecar's answer came whole.
+///
+/// # Safety
+/// Called by Envoy on the stream's worker.
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(
-    _: FilterEnvoyPtr,
-    _: FilterModulePtr,
-    _: u64,
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(
+    envoy: FilterEnvoyPtr,
+    filter: FilterModulePtr,
+    callout: u64,
 ) {
+    sidecar(envoy, filter, |f, s| f.sidecar_done(s, callout, true));
 }
 
+/// The callout ended without a whole answer.
+///
+/// # Safety
+/// Called by Envoy on the stream's worker.
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
-    _: FilterEnvoyPtr,
-    _: FilterModulePtr,
-    _: u64,
-    _: u32,
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
+    envoy: FilterEnvoyPtr,
+    filter: FilterModulePtr,
+    callout: u64,
+    _reason: u32,
 ) {
+    sidecar(envoy, filter, |f, s| f.sidecar_done(s, callout, false));
 }
