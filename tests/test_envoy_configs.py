@@ -58,9 +58,8 @@ def test_deployed_config_validates(path: Path):
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_deployed_config_uses_the_documented_ports(path: Path, tmp_path: Path):
-    # The module decides in Envoy: no sidecar to reach.
-    sidecar = [] if path == MODULE else [TOOLGATE]
-    assert sorted(config_ports(path)) == sorted([ADMIN, LISTEN, *sidecar, MCP])
+    # Every config reaches the sidecar (the module's only for approvals).
+    assert sorted(config_ports(path)) == sorted([ADMIN, LISTEN, TOOLGATE, MCP])
     ports = free_ports(config_ports(path))
     rendered = tmp_path / path.name
     rendered.write_text(render(path, ports))
