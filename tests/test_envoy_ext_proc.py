@@ -119,7 +119,7 @@ def example_gate(
     with (
         ExampleServer(log, json=request.param == "json") as example,
         Sidecar(EXAMPLES / "policy.json") as sidecar,
-        deployed(EXT_PROC, sidecar.port, example.port) as envoy,
+        deployed(EXT_PROC, sidecar.port, example.port, patient=True) as envoy,
     ):
         yield example, sidecar, envoy
 
@@ -167,7 +167,7 @@ def catalog_gate() -> Iterator[tuple[Sidecar, Any]]:
     with (
         CatalogServer(tools=1000, page_size=100) as catalog,
         Sidecar(CATALOG_POLICY) as sidecar,
-        deployed(EXT_PROC, sidecar.port, catalog.port) as envoy,
+        deployed(EXT_PROC, sidecar.port, catalog.port, patient=True) as envoy,
     ):
         yield sidecar, envoy
 
@@ -194,7 +194,7 @@ def test_an_emptied_page_keeps_its_cursor():
     with (
         CatalogServer(tools=12, page_size=1) as catalog,
         Sidecar(only_reads) as sidecar,
-        deployed(EXT_PROC, sidecar.port, catalog.port) as envoy,
+        deployed(EXT_PROC, sidecar.port, catalog.port, patient=True) as envoy,
     ):
         names, pages = list_all(envoy.url())
     assert names == ["read_0000", "read_0003", "read_0006", "read_0009", "charge"]
@@ -219,7 +219,7 @@ def test_a_list_that_depends_on_the_caller_is_marked_private(catalog_gate):
     with (
         CatalogServer(tools=9, page_size=100) as catalog,
         Sidecar(policy({"read_*": {}, "delete_*": {"action": "deny"}})) as sidecar,
-        deployed(EXT_PROC, sidecar.port, catalog.port) as plain,
+        deployed(EXT_PROC, sidecar.port, catalog.port, patient=True) as plain,
     ):
         assert cache_scope(catalog.url, {}) == "public"
         assert cache_scope(plain.url(), {}) == "public"
@@ -233,7 +233,7 @@ def test_server_everything_lists_what_the_policy_allows():
         document = policy({"*": {}, denied: {"action": "deny"}}, hide=[hidden], default="allow")
         with (
             Sidecar(document) as sidecar,
-            deployed(EXT_PROC, sidecar.port, everything.port) as envoy,
+            deployed(EXT_PROC, sidecar.port, everything.port, patient=True) as envoy,
         ):
             assert list_all(envoy.url())[0] == kept
 
@@ -270,7 +270,7 @@ def test_a_failed_call_gives_its_spend_back(json_answers):
     with (
         CatalogServer(tools=3, json=json_answers) as catalog,
         Sidecar(TOOL_ERRORS_BACK) as sidecar,
-        deployed(EXT_PROC, sidecar.port, catalog.port, LINGER) as envoy,
+        deployed(EXT_PROC, sidecar.port, catalog.port, LINGER, patient=True) as envoy,
     ):
         headers = {"authorization": "Bearer spender"}
         charge = lambda amount, outcome="ok": ("charge", {"amount": amount, "outcome": outcome})  # noqa: E731
@@ -300,7 +300,7 @@ def test_an_error_that_may_follow_the_act_keeps_the_call_counted_by_default():
     with (
         CatalogServer(tools=3) as catalog,
         Sidecar(three) as sidecar,
-        deployed(EXT_PROC, sidecar.port, catalog.port) as envoy,
+        deployed(EXT_PROC, sidecar.port, catalog.port, patient=True) as envoy,
     ):
         headers = {"authorization": "Bearer spender"}
         late = [("charge", {"amount": 1, "outcome": o}) for o in ("tool_error", "internal_error")]
@@ -327,7 +327,7 @@ def test_a_rule_can_keep_failed_calls_counted():
     with (
         CatalogServer(tools=3) as catalog,
         Sidecar(keep) as sidecar,
-        deployed(EXT_PROC, sidecar.port, catalog.port) as envoy,
+        deployed(EXT_PROC, sidecar.port, catalog.port, patient=True) as envoy,
     ):
         headers = {"authorization": "Bearer spender"}
         results = call(
@@ -440,7 +440,7 @@ def test_a_list_streamed_in_pieces_is_filtered_whole():
     with (
         ScriptedUpstream(answer) as upstream,
         Sidecar(HIDE_DELETES) as sidecar,
-        deployed(EXT_PROC, sidecar.port, upstream.port) as envoy,
+        deployed(EXT_PROC, sidecar.port, upstream.port, patient=True) as envoy,
     ):
         status, _, body = send(envoy, "POST", rpc("tools/list", 7))
     assert status == 200
@@ -495,7 +495,7 @@ def test_an_answer_that_cannot_be_read_is_refused(answer_status, content_type, b
     with (
         ScriptedUpstream(lambda _: (answer_status, content_type, [body])) as upstream,
         Sidecar(HIDE_DELETES) as sidecar,
-        deployed(EXT_PROC, sidecar.port, upstream.port) as envoy,
+        deployed(EXT_PROC, sidecar.port, upstream.port, patient=True) as envoy,
     ):
         status, headers, out = send(envoy, "POST", rpc("tools/list", 7))
         assert sidecar.metric(LISTS, result="refused") == 1
@@ -541,7 +541,7 @@ def test_an_answer_is_filtered_in_the_framing_its_bytes_show(answer_status, cont
             lambda m: (answer_status, content_type, [listed.replace(b'"id":7', _id(m))])
         ) as upstream,
         Sidecar(HIDE_DELETES) as sidecar,
-        deployed(EXT_PROC, sidecar.port, upstream.port) as envoy,
+        deployed(EXT_PROC, sidecar.port, upstream.port, patient=True) as envoy,
     ):
         status, headers, out = send(envoy, "POST", rpc("tools/list", 7))
         assert sidecar.metric(LISTS, result="refused") == 0
@@ -578,7 +578,7 @@ def test_a_compressed_list_is_refused_readably_and_none_is_asked_for(coding, fra
     with (
         ScriptedUpstream(answer, {"content-encoding": coding}) as upstream,
         Sidecar(HIDE_DELETES) as sidecar,
-        deployed(EXT_PROC, sidecar.port, upstream.port) as envoy,
+        deployed(EXT_PROC, sidecar.port, upstream.port, patient=True) as envoy,
     ):
         # httpx, and so the official SDK, offers gzip by default.
         offer = {"accept-encoding": "gzip, deflate, br"}
@@ -639,7 +639,7 @@ def test_a_list_a_client_would_decode_in_another_charset_reaches_it_as_utf8(char
     with (
         ScriptedUpstream(answer) as upstream,
         Sidecar(HIDE_DELETES) as sidecar,
-        deployed(EXT_PROC, sidecar.port, upstream.port) as envoy,
+        deployed(EXT_PROC, sidecar.port, upstream.port, patient=True) as envoy,
     ):
         status, headers, out = send(envoy, "POST", rpc("tools/list", 7))
     assert (status, headers["content-type"]) == (200, "text/event-stream")
@@ -711,7 +711,7 @@ def test_no_content_type_a_server_names_changes_how_the_agent_reads_the_list():
     with (
         ScriptedUpstream(answer) as upstream,
         Sidecar(HIDE_DELETES) as sidecar,
-        deployed(EXT_PROC, sidecar.port, upstream.port) as envoy,
+        deployed(EXT_PROC, sidecar.port, upstream.port, patient=True) as envoy,
     ):
 
         @settings(max_examples=300, deadline=None, derandomize=True)
@@ -742,7 +742,7 @@ def test_a_server_that_compresses_when_asked_lists_filtered_to_the_official_clie
         assert direct.headers["content-encoding"] == "gzip"
         with (
             Sidecar(EXAMPLES / "policy.json") as sidecar,
-            deployed(EXT_PROC, sidecar.port, example.port) as envoy,
+            deployed(EXT_PROC, sidecar.port, example.port, patient=True) as envoy,
         ):
             names, _ = list_all(envoy.url(), {"authorization": "Bearer alice"})
             assert sidecar.metric(LISTS, result="refused") == 0
@@ -824,7 +824,7 @@ def test_a_resumed_stream_replays_the_list_filtered(tmp_path):
         assert status == 200 and any("delete_image" in line for line in replay)
         with (
             Sidecar(EXAMPLES / "policy.json") as sidecar,
-            deployed(EXT_PROC, sidecar.port, example.port) as envoy,
+            deployed(EXT_PROC, sidecar.port, example.port, patient=True) as envoy,
         ):
             status, replay = _replayed_list(envoy.port, {"authorization": "Bearer alice"})
             assert sidecar.metric(LISTS, result="filtered") >= 2
@@ -842,7 +842,7 @@ def test_no_request_sharing_the_lists_id_is_given_the_list(tmp_path):
     with (
         ExampleServer(tmp_path / "example.jsonl", json=True) as example,
         Sidecar(EXAMPLES / "policy.json") as sidecar,
-        deployed(EXT_PROC, sidecar.port, example.port) as envoy,
+        deployed(EXT_PROC, sidecar.port, example.port, patient=True) as envoy,
     ):
         session = _plain_session(envoy.port, {"authorization": "Bearer mallory"})
         for n in range(20):
@@ -900,7 +900,7 @@ def test_cancelling_a_running_call_does_not_give_its_count_back(tmp_path, json_a
     with (
         PaymentServer(tmp_path / "runs", json=json_answers) as server,
         Sidecar(PAY_3) as sidecar,
-        deployed(EXT_PROC, sidecar.port, server.port) as envoy,
+        deployed(EXT_PROC, sidecar.port, server.port, patient=True) as envoy,
     ):
         headers = _plain_session(envoy.port, {"authorization": "Bearer mallory"})
 
@@ -919,7 +919,7 @@ def test_ending_the_session_does_not_give_a_running_calls_count_back(tmp_path):
     with (
         PaymentServer(tmp_path / "runs", json=True) as server,
         Sidecar(PAY_3) as sidecar,
-        deployed(EXT_PROC, sidecar.port, server.port) as envoy,
+        deployed(EXT_PROC, sidecar.port, server.port, patient=True) as envoy,
     ):
 
         def end(headers: dict[str, str], id: int) -> None:
@@ -937,7 +937,7 @@ def test_a_clients_exchange_header_never_chooses_the_route(tmp_path):
     with (
         ExampleServer(tmp_path / "example.jsonl") as example,
         Sidecar(EXAMPLES / "policy.json") as sidecar,
-        deployed(EXT_PROC, sidecar.port, example.port) as envoy,
+        deployed(EXT_PROC, sidecar.port, example.port, patient=True) as envoy,
     ):
         spoofed = {"authorization": "Bearer m", "x-toolgate-exchange": "list"}
         hidden = rpc("tools/call", 5, name="delete_image", arguments={"id": "x"})
@@ -950,7 +950,7 @@ def test_a_replay_asked_for_on_anything_but_get_is_refused(tmp_path):
     with (
         ExampleServer(tmp_path / "example.jsonl") as example,
         Sidecar(EXAMPLES / "policy.json") as sidecar,
-        deployed(EXT_PROC, sidecar.port, example.port) as envoy,
+        deployed(EXT_PROC, sidecar.port, example.port, patient=True) as envoy,
     ):
         for method, body in [("POST", rpc("tools/list", 3)), ("DELETE", b"")]:
             status, _, out = send(envoy, method, body, {"last-event-id": "1"})
@@ -966,7 +966,7 @@ def test_an_http_error_gives_the_spend_back():
     with (
         ScriptedUpstream(answer) as upstream,
         Sidecar(CATALOG_POLICY) as sidecar,
-        deployed(EXT_PROC, sidecar.port, upstream.port) as envoy,
+        deployed(EXT_PROC, sidecar.port, upstream.port, patient=True) as envoy,
     ):
         headers = {"authorization": "Bearer g"}
         body = rpc("tools/call", name="charge", arguments={"amount": 60})
@@ -987,7 +987,7 @@ def test_a_client_cannot_choose_how_its_answer_is_processed():
     with (
         ScriptedUpstream(answer) as upstream,
         Sidecar(HIDE_DELETES) as sidecar,
-        deployed(EXT_PROC, sidecar.port, upstream.port) as envoy,
+        deployed(EXT_PROC, sidecar.port, upstream.port, patient=True) as envoy,
     ):
         # A list sent as if it needed nothing is filtered all the same...
         _, _, body = send(envoy, "POST", rpc("tools/list", 1), {"x-toolgate-exchange": "none"})
