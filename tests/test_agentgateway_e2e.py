@@ -24,8 +24,8 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp.types import ErrorData
 from mcp_servers import EverythingServer, texts
-from sidecar import PATIENCE, Sidecar, free_port, toolgate_cli
-from test_approvals import TOKENS
+from sidecar import PATIENCE, Sidecar, free_port
+from test_approvals import TOKENS, approve_with_cli
 from test_crm_example_e2e import MAIL, MAIL_REASON, REVISION, ExampleServer
 
 pytestmark = pytest.mark.skipif(
@@ -160,16 +160,7 @@ def test_an_approved_call_runs_once(gateway: Agentgateway, toolgate: Sidecar):
         error = refused(answer)
         id = approval["id"] = error.data["toolgate/decision"]["approval_id"]
         assert error.code == -32001 and id in error.message
-        done = toolgate_cli(
-            "approvals",
-            "--target",
-            f"127.0.0.1:{toolgate.admin}",
-            "--token-file",
-            toolgate.alice,
-            "approve",
-            id,
-        )
-        assert done.returncode == 0 and "APPROVED" in done.stdout, done.stderr
+        approve_with_cli(toolgate.admin, toolgate.alice, id)
 
     _, _, ran, again = run(gateway, "t-approval", image, image, image, after=approve_the_first)
     assert not isinstance(ran, MCPError) and ran.content, ran

@@ -52,6 +52,21 @@ def admin(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def approve_with_cli(admin_port: int, token_file: Path, id: str) -> None:
+    """``toolgate approvals approve ID`` against the admin listener on ``admin_port``, as the
+    holder of ``token_file``: it must say APPROVED."""
+    done = toolgate_cli(
+        "approvals",
+        "--target",
+        f"127.0.0.1:{admin_port}",
+        "--token-file",
+        token_file,
+        "approve",
+        id,
+    )
+    assert done.returncode == 0 and "APPROVED" in done.stdout, done.stderr
+
+
 class Approving:
     """A sidecar with approvals on: state in ``dir/state``, admin tokens from ``dir``."""
 

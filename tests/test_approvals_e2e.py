@@ -22,8 +22,8 @@ import pytest
 from conftest import EXAMPLES
 from envoy_proxy import EXT_AUTHZ, MODULE, deployed, envoy_executable
 from mcp_servers import ExampleServer, texts
-from sidecar import PATIENCE, Sidecar, free_port, toolgate_cli, wait_for
-from test_approvals import TOKENS, Receiver
+from sidecar import PATIENCE, Sidecar, free_port, wait_for
+from test_approvals import TOKENS, Receiver, approve_with_cli
 from test_envoy_e2e import calls_in_one_session, decision_of, tool_calls
 from toolgate.sidecar.decision_log import log_files, verify
 
@@ -100,16 +100,7 @@ def test_a_call_needing_approval_runs_once_after_an_approver_says_yes(
             assert headers["x-toolgate-signature"] == f"v1={want}"
             assert json.loads(body)["approval"]["id"] == id
             # 3. An approver approves it with the CLI.
-            done = toolgate_cli(
-                "approvals",
-                "--target",
-                f"127.0.0.1:{admin}",
-                "--token-file",
-                tmp_path / "alice.token",
-                "approve",
-                id,
-            )
-            assert done.returncode == 0 and "APPROVED" in done.stdout, done.stderr
+            approve_with_cli(admin, tmp_path / "alice.token", id)
 
         # The agent keeps its MCP session while it waits: the approval is for its session.
         _, ran, again = anyio.run(

@@ -32,10 +32,10 @@ from envoy.service.auth.v3 import external_auth_pb2
 from envoy_proxy import ACCEPT, MODULE, Envoy, deployed, envoy_executable, send
 from mcp_servers import ExampleServer
 from redis_server import Proxy, RedisServer
-from sidecar import PATIENCE, Sidecar, free_port, toolgate_cli, wait_for
-from test_approvals import TOKENS
+from sidecar import PATIENCE, Sidecar, free_port, wait_for
+from test_approvals import TOKENS, approve_with_cli
 from test_envoy_module import EXAMPLE_LINE, POLICY_LINE, SIDECAR_LINE
-from test_envoy_module_redis import code, module_edits
+from test_envoy_module_redis import code, module_edits, module_on_held_redis
 from test_envoy_refusals import raw_call
 
 pytestmark = [
@@ -496,16 +496,7 @@ def test_an_approval_for_one_caller_lets_no_other_callers_call_through(tmp_path:
         status, headers, _ = send(envoy, "POST", body, alice)
         assert headers.get("x-toolgate-code") == "APPROVAL_REQUIRED", (status, headers)
         id = headers["x-toolgate-approval"]
-        done = toolgate_cli(
-            "approvals",
-            "--target",
-            f"127.0.0.1:{admin}",
-            "--token-file",
-            tmp_path / "alice.token",
-            "approve",
-            id,
-        )
-        assert done.returncode == 0 and "APPROVED" in done.stdout, done.stderr
+        approve_with_cli(admin, tmp_path / "alice.token", id)
         # Others' identical calls: another token, none, the token repeated with another,
         # the token and another in one header.
         others = [
@@ -730,57 +721,45 @@ def test_clients_gone_while_a_decider_waits_on_redis_crash_nothing_and_lose_no_c
     tmp_path: Path, how: str
 ):
     path = limited_policy(tmp_path, 6)
-    with (
-        RedisServer() as redis,
-        Proxy(redis.port) as proxy,
-        ExampleServer(tmp_path / "requests.jsonl", stateless=True, json=True) as server,
-    ):
-        edits = module_edits(path, proxy.url, timeout_ms=60000)
-        with deployed(MODULE, None, server.port, edits, extra_args=("--concurrency", "2")) as envoy:
-            assert code(envoy, LIMITED) == "ALLOWED"  # connected, counting: 1 of 6
-            proxy.mode = "hold"
-            socks = [raw_http1(envoy, [("authorization", "Bearer one")], LIMITED) for _ in range(4)]
-            assert proxy.holding.wait(PATIENCE)
-            for sock in socks:
-                rst(sock) if how == "rst" else sock.close()
-            proxy.release()
-            assert envoy.alive, envoy.log
-            codes = [code(envoy, LIMITED) for _ in range(8)]
-            # The limit holds whatever the gone clients took: never more than 6 through.
-            assert create_amis(server) <= 6
-            assert codes.count("ALLOWED") <= 5
-            assert "RATE_LIMITED" in codes
-            assert envoy.alive, envoy.log
+    with module_on_held_redis(tmp_path, path, concurrency=2) as (envoy, proxy, server):
+        assert code(envoy, LIMITED) == "ALLOWED"  # connected, counting: 1 of 6
+        proxy.mode = "hold"
+        socks = [raw_http1(envoy, [("authorization", "Bearer one")], LIMITED) for _ in range(4)]
+        assert proxy.holding.wait(PATIENCE)
+        for sock in socks:
+            rst(sock) if how == "rst" else sock.close()
+        proxy.release()
+        assert envoy.alive, envoy.log
+        codes = [code(envoy, LIMITED) for _ in range(8)]
+        # The limit holds whatever the gone clients took: never more than 6 through.
+        assert create_amis(server) <= 6
+        assert codes.count("ALLOWED") <= 5
+        assert "RATE_LIMITED" in codes
+        assert envoy.alive, envoy.log
 
 
 def test_http2_streams_reset_while_a_decider_waits_on_redis_crash_nothing(tmp_path: Path):
     path = limited_policy(tmp_path, 1000)
-    with (
-        RedisServer() as redis,
-        Proxy(redis.port) as proxy,
-        ExampleServer(tmp_path / "requests.jsonl", stateless=True, json=True) as server,
-    ):
-        edits = module_edits(path, proxy.url, timeout_ms=60000)
-        with deployed(MODULE, None, server.port, edits, extra_args=("--concurrency", "2")) as envoy:
-            assert code(envoy, LIMITED) == "ALLOWED"
-            proxy.mode = "hold"
-            client = H2Client(envoy)
-            streams = [client.request(LIMITED, {"authorization": "Bearer one"}) for _ in range(20)]
-            client.flush()
-            assert proxy.holding.wait(PATIENCE)
-            for stream in streams[::2]:
-                client.reset(stream)
-            proxy.release()
-            # The streams not reset are decided and answered; the reset ones never go on.
-            wait_for(lambda: client.pump(0.05) or len(client.done()) >= 10)
-            kept = [client.answers[s] for s in streams[1::2]]
-            wait_for(lambda: client.pump(0.05) or all(a["done"] for a in kept))
-            assert {a["status"] for a in kept} == {200}
-            wait_for(lambda: create_amis(server) >= 11)
-            assert create_amis(server) == 11
-            client.close()
-            assert envoy.alive, envoy.log
-            assert code(envoy, LIMITED) == "ALLOWED"
+    with module_on_held_redis(tmp_path, path, concurrency=2) as (envoy, proxy, server):
+        assert code(envoy, LIMITED) == "ALLOWED"
+        proxy.mode = "hold"
+        client = H2Client(envoy)
+        streams = [client.request(LIMITED, {"authorization": "Bearer one"}) for _ in range(20)]
+        client.flush()
+        assert proxy.holding.wait(PATIENCE)
+        for stream in streams[::2]:
+            client.reset(stream)
+        proxy.release()
+        # The streams not reset are decided and answered; the reset ones never go on.
+        wait_for(lambda: client.pump(0.05) or len(client.done()) >= 10)
+        kept = [client.answers[s] for s in streams[1::2]]
+        wait_for(lambda: client.pump(0.05) or all(a["done"] for a in kept))
+        assert {a["status"] for a in kept} == {200}
+        wait_for(lambda: create_amis(server) >= 11)
+        assert create_amis(server) == 11
+        client.close()
+        assert envoy.alive, envoy.log
+        assert code(envoy, LIMITED) == "ALLOWED"
 
 
 def test_redis_gone_mid_flight_refuses_what_waits_on_it(tmp_path: Path):
@@ -826,40 +805,34 @@ def test_redis_gone_mid_flight_refuses_what_waits_on_it(tmp_path: Path):
 
 def test_pipelined_requests_behind_one_held_on_redis_are_all_answered_in_order(tmp_path: Path):
     path = limited_policy(tmp_path, 100)
-    with (
-        RedisServer() as redis,
-        Proxy(redis.port) as proxy,
-        ExampleServer(tmp_path / "requests.jsonl", stateless=True, json=True) as server,
-    ):
-        edits = module_edits(path, proxy.url, timeout_ms=60000)
-        with deployed(MODULE, None, server.port, edits) as envoy:
-            assert code(envoy, LIMITED) == "ALLOWED"
-            proxy.mode = "hold"
-            plain = raw_call('{"name":"list_images","arguments":{}}')
-            request = (
-                "POST /mcp HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                f"accept: {ACCEPT}\r\nauthorization: Bearer one\r\n"
-            )
-            wire = b""
-            for body in [LIMITED, plain, LIMITED, plain]:
-                wire += f"{request}content-length: {len(body)}\r\n\r\n".encode() + body
-            assert envoy.port is not None
-            with socket.create_connection(("127.0.0.1", envoy.port), timeout=PATIENCE) as sock:
-                sock.sendall(wire)
-                assert proxy.holding.wait(PATIENCE)
-                proxy.release()
-                data = b""
-                while data.count(b"x-toolgate-code") < 4:
-                    chunk = sock.recv(65536)
-                    assert chunk, data
-                    data += chunk
-            codes = [
-                line.split(b":", 1)[1].strip()
-                for line in data.split(b"\r\n")
-                if line.lower().startswith(b"x-toolgate-code")
-            ]
-            assert codes == [b"ALLOWED"] * 4, data[:2000]
-            assert create_amis(server) == 3
+    with module_on_held_redis(tmp_path, path) as (envoy, proxy, server):
+        assert code(envoy, LIMITED) == "ALLOWED"
+        proxy.mode = "hold"
+        plain = raw_call('{"name":"list_images","arguments":{}}')
+        request = (
+            "POST /mcp HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            f"accept: {ACCEPT}\r\nauthorization: Bearer one\r\n"
+        )
+        wire = b""
+        for body in [LIMITED, plain, LIMITED, plain]:
+            wire += f"{request}content-length: {len(body)}\r\n\r\n".encode() + body
+        assert envoy.port is not None
+        with socket.create_connection(("127.0.0.1", envoy.port), timeout=PATIENCE) as sock:
+            sock.sendall(wire)
+            assert proxy.holding.wait(PATIENCE)
+            proxy.release()
+            data = b""
+            while data.count(b"x-toolgate-code") < 4:
+                chunk = sock.recv(65536)
+                assert chunk, data
+                data += chunk
+        codes = [
+            line.split(b":", 1)[1].strip()
+            for line in data.split(b"\r\n")
+            if line.lower().startswith(b"x-toolgate-code")
+        ]
+        assert codes == [b"ALLOWED"] * 4, data[:2000]
+        assert create_amis(server) == 3
 
 
 def test_a_flood_waiting_on_redis_is_bounded_and_all_answered_once_it_answers(tmp_path: Path):
@@ -867,52 +840,46 @@ def test_a_flood_waiting_on_redis_is_bounded_and_all_answered_once_it_answers(tm
     once rather than held, a request on another connection too; once Redis answers, every
     held request is answered, and the limit holds."""
     path = limited_policy(tmp_path, 1)
-    with (
-        RedisServer() as redis,
-        Proxy(redis.port) as proxy,
-        ExampleServer(tmp_path / "requests.jsonl", stateless=True, json=True) as server,
-    ):
-        edits = module_edits(path, proxy.url, timeout_ms=60000)
-        with deployed(MODULE, None, server.port, edits, extra_args=("--concurrency", "2")) as envoy:
-            assert code(envoy, LIMITED) == "ALLOWED"  # the one call the limit allows
-            proxy.mode = "hold"
-            # Envoy takes 1024 streams at once on a connection: five connections.
-            clients = [H2Client(envoy) for _ in range(5)]
-            n = 4096 + 8 + 200
-            for i in range(n):
-                clients[i % 5].request(LIMITED, {"authorization": "Bearer one"})
+    with module_on_held_redis(tmp_path, path, concurrency=2) as (envoy, proxy, server):
+        assert code(envoy, LIMITED) == "ALLOWED"  # the one call the limit allows
+        proxy.mode = "hold"
+        # Envoy takes 1024 streams at once on a connection: five connections.
+        clients = [H2Client(envoy) for _ in range(5)]
+        n = 4096 + 8 + 200
+        for i in range(n):
+            clients[i % 5].request(LIMITED, {"authorization": "Bearer one"})
+        for client in clients:
+            client.flush()
+        assert proxy.holding.wait(PATIENCE)
+
+        def done() -> list[dict[str, Any]]:
             for client in clients:
-                client.flush()
-            assert proxy.holding.wait(PATIENCE)
+                client.pump(0.01)
+            return [a for client in clients for a in client.done()]
 
-            def done() -> list[dict[str, Any]]:
-                for client in clients:
-                    client.pump(0.01)
-                return [a for client in clients for a in client.done()]
+        def busy(answer: dict[str, Any]) -> bool:
+            return answer["status"] == 503 and b"as many requests waiting" in answer["body"]
 
-            def busy(answer: dict[str, Any]) -> bool:
-                return answer["status"] == 503 and b"as many requests waiting" in answer["body"]
+        # At least the 200 beyond queue and deciders are refused while Redis is held.
+        wait_for(lambda: len([a for a in done() if busy(a)]) >= 200, timeout=4 * PATIENCE)
+        # Another connection is answered too (busy), not left hanging.
+        status, _, _ = send(envoy, "POST", LIMITED, {"authorization": "Bearer two"})
+        assert status == 503
+        proxy.release()
 
-            # At least the 200 beyond queue and deciders are refused while Redis is held.
-            wait_for(lambda: len([a for a in done() if busy(a)]) >= 200, timeout=4 * PATIENCE)
-            # Another connection is answered too (busy), not left hanging.
-            status, _, _ = send(envoy, "POST", LIMITED, {"authorization": "Bearer two"})
-            assert status == 503
-            proxy.release()
+        def all_answered() -> list[dict[str, Any]] | None:
+            answers = done()
+            return answers if len(answers) == n else None
 
-            def all_answered() -> list[dict[str, Any]] | None:
-                answers = done()
-                return answers if len(answers) == n else None
-
-            answers = wait_for(all_answered, timeout=4 * PATIENCE)
-            held = [a for a in answers if not busy(a)]
-            assert len(held) <= 4096 + 8
-            assert all(a["status"] in (200, 429) for a in held), {a["status"] for a in held}
-            assert create_amis(server) == 1
-            for client in clients:
-                client.close()
-            assert envoy.alive, envoy.log
-            assert code(envoy, LIMITED) == "RATE_LIMITED"
+        answers = wait_for(all_answered, timeout=4 * PATIENCE)
+        held = [a for a in answers if not busy(a)]
+        assert len(held) <= 4096 + 8
+        assert all(a["status"] in (200, 429) for a in held), {a["status"] for a in held}
+        assert create_amis(server) == 1
+        for client in clients:
+            client.close()
+        assert envoy.alive, envoy.log
+        assert code(envoy, LIMITED) == "RATE_LIMITED"
 
 
 def test_a_sidecar_asked_after_a_decider_decided_holds_and_answers(tmp_path: Path):

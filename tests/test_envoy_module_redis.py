@@ -6,8 +6,10 @@ Envoy's worker goes on serving other requests meanwhile.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,24 @@ pytestmark = [
 def module_edits(policy_path: Path, url: str, timeout_ms: int = 1000) -> dict[str, str]:
     settings = f"settings: {{store: '{url}', store_timeout_ms: {timeout_ms}}}"
     return {POLICY_LINE: f"policy: {policy_path}", SERVER: AND + settings}
+
+
+@contextlib.contextmanager
+def module_on_held_redis(
+    tmp_path: Path, policy_path: Path, concurrency: int | None = None
+) -> Iterator[tuple[Envoy, Proxy, ExampleServer]]:
+    """The example server behind Envoy with the module on ``policy_path``, counting in a Redis
+    reached through a ``Proxy`` that a test can hold (a store budget of a minute: a held
+    request waits to be released); Envoy's workers as ``concurrency`` says, else its own."""
+    args = () if concurrency is None else ("--concurrency", str(concurrency))
+    with (
+        RedisServer() as redis,
+        Proxy(redis.port) as proxy,
+        ExampleServer(tmp_path / "requests.jsonl", stateless=True, json=True) as server,
+    ):
+        edits = module_edits(policy_path, proxy.url, timeout_ms=60000)
+        with deployed(MODULE, None, server.port, edits, extra_args=args) as envoy:
+            yield envoy, proxy, server
 
 
 def code(envoy: Envoy, body: bytes, token: str = "one") -> str:
@@ -86,26 +106,20 @@ def test_a_decision_waiting_on_redis_does_not_hold_envoys_worker(tmp_path: Path)
     document = policy({"create-ami": {"limits": [limit("ami", 5)]}, "list_images": {}})
     policy_path = tmp_path / "policy.json"
     policy_path.write_text(json.dumps(document))
-    with (
-        RedisServer() as redis,
-        Proxy(redis.port) as proxy,
-        ExampleServer(tmp_path / "requests.jsonl", stateless=True, json=True) as server,
-    ):
-        edits = module_edits(policy_path, proxy.url, timeout_ms=60000)
-        with deployed(MODULE, None, server.port, edits, extra_args=("--concurrency", "1")) as envoy:
-            limited = raw_call('{"name":"create-ami","arguments":{}}')
-            plain = raw_call('{"name":"list_images","arguments":{}}')
-            assert code(envoy, limited) == "ALLOWED"  # connected, and counting
-            finished: list[str] = []
-            proxy.mode = "hold"
-            waiting = threading.Thread(target=lambda: finished.append(code(envoy, limited)))
-            waiting.start()
-            assert proxy.holding.wait(PATIENCE)  # the limited call waits on Redis
-            # Decided and answered on the same worker meanwhile.
-            assert code(envoy, plain) == "ALLOWED"
-            finished.append("plain")
-            proxy.release()
-            waiting.join()
+    with module_on_held_redis(tmp_path, policy_path, concurrency=1) as (envoy, proxy, _):
+        limited = raw_call('{"name":"create-ami","arguments":{}}')
+        plain = raw_call('{"name":"list_images","arguments":{}}')
+        assert code(envoy, limited) == "ALLOWED"  # connected, and counting
+        finished: list[str] = []
+        proxy.mode = "hold"
+        waiting = threading.Thread(target=lambda: finished.append(code(envoy, limited)))
+        waiting.start()
+        assert proxy.holding.wait(PATIENCE)  # the limited call waits on Redis
+        # Decided and answered on the same worker meanwhile.
+        assert code(envoy, plain) == "ALLOWED"
+        finished.append("plain")
+        proxy.release()
+        waiting.join()
     assert finished == ["plain", "ALLOWED"]
 
 

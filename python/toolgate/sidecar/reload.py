@@ -60,7 +60,7 @@ class PolicyWatcher:
             loaded = read_version(path)
         # The loaded policy's pins files, as the policy read them: a change made since it read
         # them (before this watcher looked) is a change to load.
-        pins = [(p, d) for p, d in engine.policy.pins_loaded]
+        pins = list(engine.policy.pins_loaded)
         self._watch = PolicyWatch(path, settle, loaded, pins, follow_writers=follow_writers)
         if self._watch.unwatched is not None and follow_writers:
             log.warning(

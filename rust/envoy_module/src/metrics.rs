@@ -113,14 +113,9 @@ impl Metrics {
         }
         if let Some((id, counts)) = &self.reloads {
             for (result, count) in [("success", &counts.success), ("failure", &counts.failure)] {
+                let labels = [result.to_owned()];
                 let value = count.load(Ordering::Relaxed);
-                let last = pushed
-                    .entry((RELOADS, vec![result.to_owned()]))
-                    .or_insert(0);
-                if value > *last {
-                    stream.increment_counter(*id, &[result.to_owned()], value - *last);
-                    *last = value;
-                }
+                push_counter(stream, *id, RELOADS, &labels, value, &mut pushed);
             }
         }
     }
@@ -136,15 +131,27 @@ fn push_family(
         let value = value.max(0.0) as u64;
         match defined.kind {
             MetricKind::Counter => {
-                let last = pushed.entry((family.name, labels.clone())).or_insert(0);
-                if value > *last {
-                    stream.increment_counter(defined.id, labels, value - *last);
-                    *last = value;
-                }
+                push_counter(stream, defined.id, family.name, labels, value, pushed)
             }
             MetricKind::Gauge => stream.set_gauge(defined.id, labels, value),
             MetricKind::Histogram => {}
         }
+    }
+}
+
+/// A counter's sample `value`, pushed to Envoy as what it grew since the last push.
+fn push_counter(
+    stream: Stream,
+    id: usize,
+    name: &'static str,
+    labels: &[String],
+    value: u64,
+    pushed: &mut HashMap<(&'static str, Vec<String>), u64>,
+) {
+    let last = pushed.entry((name, labels.to_vec())).or_insert(0);
+    if value > *last {
+        stream.increment_counter(id, labels, value - *last);
+        *last = value;
     }
 }
 
