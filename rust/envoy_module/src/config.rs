@@ -14,14 +14,13 @@ use crate::ask_sidecar::Sidecar;
 use crate::deciders::Deciders;
 use crate::decision_logs;
 use crate::metrics::Metrics;
-use crate::reload::{ReloadCounts, Reloader};
+use crate::reload::{policy_of, ReloadCounts, Reloader};
 use crate::shared;
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use toolgate_core::mcp::known_answers::KnownAnswers;
 use toolgate_core::{Engine, MonotonicClock};
-use toolgate_runtime::policy_file::load_text;
 use toolgate_runtime::policy_watch::{read_version, RELOAD_INTERVAL, RELOAD_SETTLE};
 use toolgate_runtime::store::RedisStore;
 use toolgate_server::held::HeldBytes;
@@ -149,15 +148,9 @@ impl Config {
                 path.display()
             )
         })?;
-        let text = std::str::from_utf8(&loaded.content)
-            .map_err(|_| format!("policy {}: not UTF-8 text", path.display()))?;
-        let policy = load_text(text, &path).0.map_err(|e| {
-            let errors: Vec<String> =
-                e.0.iter()
-                    .map(|e| format!("{}: {}", e.pointer, e.message))
-                    .collect();
-            format!("policy {}: {}", path.display(), errors.join("; "))
-        })?;
+        let policy = policy_of(&loaded, &path)
+            .0
+            .map_err(|e| format!("policy {}: {e}", path.display()))?;
         let options = settings.options(&key, None)?;
         let table = shared::counter_table(settings.capacity, settings.reservations)?;
         let mut engine = Engine::builder(policy, Arc::clone(&table), Arc::new(MonotonicClock));

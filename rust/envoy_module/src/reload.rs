@@ -13,9 +13,9 @@ use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use toolgate_core::Engine;
+use toolgate_core::{Engine, Policy, PolicyError, PolicyErrors};
 use toolgate_runtime::file_writes::FileWrites;
-use toolgate_runtime::policy_file::{load_text, pins_loaded};
+use toolgate_runtime::policy_file::{load_text, pins_loaded, PinsRead};
 use toolgate_runtime::policy_watch::{FileVersion, Look, PolicyWatch};
 
 /// Reloads by result, as `toolgate serve` counts them (`toolgate_policy_reloads_total`).
@@ -105,15 +105,7 @@ fn look(path: &Path, engine: &Engine, watch: &mut PolicyWatch, now: f64, counts:
         Look::Load { version, .. } => version,
     };
     let before = engine.policy().revision.clone();
-    let Ok(text) = std::str::from_utf8(&version.content) else {
-        counts.failure.fetch_add(1, Relaxed);
-        watch.tried(Vec::new());
-        let message =
-            format!("toolgate: policy {file} is not UTF-8 text; keeping revision {before}");
-        log(LOG_ERROR, &message);
-        return;
-    };
-    let (loaded, read) = load_text(text, path);
+    let (loaded, read) = policy_of(&version, path);
     let refused = match loaded {
         Ok(policy) => {
             let revision = policy.revision.clone();
@@ -130,25 +122,7 @@ fn look(path: &Path, engine: &Engine, watch: &mut PolicyWatch, now: f64, counts:
                 Err(why) => why,
             }
         }
-        Err(errors) => {
-            let listed: Vec<String> = errors
-                .0
-                .iter()
-                .map(|e| {
-                    let line = e.line.map(|l| format!(" (line {l})")).unwrap_or_default();
-                    format!(
-                        "{}: {}{line}",
-                        if e.pointer.is_empty() {
-                            "/"
-                        } else {
-                            &e.pointer
-                        },
-                        e.message
-                    )
-                })
-                .collect();
-            listed.join("; ")
-        }
+        Err(why) => why,
     };
     counts.failure.fetch_add(1, Relaxed);
     // A pins file the refused policy names is watched until the policy loads.
@@ -157,4 +131,26 @@ fn look(path: &Path, engine: &Engine, watch: &mut PolicyWatch, now: f64, counts:
         LOG_ERROR,
         &format!("toolgate: policy {file} is invalid ({refused}); keeping revision {before}"),
     );
+}
+
+/// The policy a reading of its file makes (`path`: where its pins files are read), or why it
+/// makes none; and the pins files it named, as read.
+pub fn policy_of(version: &FileVersion, path: &Path) -> (Result<Policy, String>, PinsRead) {
+    let Ok(text) = std::str::from_utf8(&version.content) else {
+        return (Err("it is not UTF-8 text".into()), Vec::new());
+    };
+    let (loaded, read) = load_text(text, path);
+    let described = |errors: PolicyErrors| {
+        let error = |e: &PolicyError| {
+            let pointer = if e.pointer.is_empty() {
+                "/"
+            } else {
+                &e.pointer
+            };
+            let line = e.line.map(|l| format!(" (line {l})")).unwrap_or_default();
+            format!("{pointer}: {}{line}", e.message)
+        };
+        errors.0.iter().map(error).collect::<Vec<_>>().join("; ")
+    };
+    (loaded.map_err(described), read)
 }
