@@ -107,8 +107,9 @@ def main() -> int:
     args = p.parse_args()
     started = time.monotonic()
     build = ["bash", str(h.ROOT / "scripts" / "build-envoy-module")]
-    module_dir = subprocess.run(build, check=True, capture_output=True, text=True).stdout
-    os.environ["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = module_dir.strip().splitlines()[-1]
+    release = {**os.environ, "TOOLGATE_BUILD_PROFILE": "release"}  # what Envoy users load
+    built = subprocess.run(build, check=True, capture_output=True, text=True, env=release)
+    os.environ["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = built.stdout.strip().splitlines()[-1]
     workdir = Path(tempfile.mkdtemp(prefix="envoy-module-bench-"))
     body = workdir / "tools-call.json"
     body.write_bytes(ev.REQUEST_BODY)

@@ -71,8 +71,11 @@ def validate(
 
 @functools.cache
 def envoy_module_dir() -> str:
-    """The directory holding toolgate's Envoy module (``scripts/build-envoy-module``, built
-    once per test session; a no-op after scripts/test built it)."""
+    """The directory holding toolgate's Envoy module: ``$TOOLGATE_ENVOY_MODULE_DIR`` (where
+    scripts/test built it), else ``scripts/build-envoy-module``'s, built once per session."""
+    built = os.environ.get("TOOLGATE_ENVOY_MODULE_DIR")
+    if built:
+        return built
     done = subprocess.run(
         ["bash", str(ROOT / "scripts" / "build-envoy-module")],
         capture_output=True,

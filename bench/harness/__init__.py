@@ -604,14 +604,32 @@ def write_block(name: str, text: str, section: str = "", intro: str = "") -> Non
     print(f"\nrewrote the {name} block of {RESULTS}", file=sys.stderr)
 
 
+def require_release_build() -> None:
+    """Exit unless the extension measured is a release build: scripts/test installs one built
+    fast (opt-level 1, no LTO), whose figures are not toolgate's. ``$TOOLGATE_EXE`` names
+    another build, which its caller vouches for."""
+    if os.environ.get("TOOLGATE_EXE"):
+        return
+    from toolgate import _core
+
+    if _core.OPT_LEVEL != "3":
+        sys.exit(
+            f"the installed extension is built at opt-level {_core.OPT_LEVEL}, not as released "
+            "(scripts/test installs its fast build): `.venv/bin/python -m maturin develop "
+            "--release` first (the figures above are not written to RESULTS.md)"
+        )
+
+
 def publish(name: str, text: str, script: str, section: str, write: bool, figures=None) -> None:
     """Print a results block, keep its figures in target/bench-NAME.json, and (write) put it
-    in RESULTS.md; a new section links to the README's heading for the script."""
+    in RESULTS.md, when the extension measured is a release build; a new section links to the
+    README's heading for the script."""
     print(text)
     if figures is not None:
         TARGET.mkdir(parents=True, exist_ok=True)
         (TARGET / f"bench-{name}.json").write_text(json.dumps(figures, indent=1))
     if write:
+        require_release_build()
         intro = f"Written by `bench/{script}`; how it is run: [README.md](README.md)."
         write_block(name, text, section, intro)
 

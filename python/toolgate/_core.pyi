@@ -9,6 +9,7 @@ __all__ = [
     "DECIDER",
     "MAX_FILE_BYTES",
     "MAX_MAX",
+    "OPT_LEVEL",
     "RELOAD_INTERVAL",
     "RELOAD_SETTLE",
     "SERVICES",
@@ -48,6 +49,8 @@ __all__ = [
 __version__: str
 #: The git commit the extension was built from; "" when unknown.
 __revision__: str
+#: cargo's opt-level the extension was compiled at: "3" (release), "1" (scripts/test's build).
+OPT_LEVEL: str
 #: The gRPC services a health check can name, besides "" (the whole server).
 SERVICES: list[str]
 #: The decision service's full name (``toolgate.v1.Decider``).

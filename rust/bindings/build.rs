@@ -1,7 +1,8 @@
 //! The revision of the source the extension is built from (`toolgate._core.__revision__`,
 //! shown by `toolgate --version` and exported as `toolgate_build_info`): `TOOLGATE_REVISION`
 //! when set (a build from an archive, which has no .git), else the git commit checked out,
-//! else empty (unknown).
+//! else empty (unknown). And the optimisation level it is compiled at
+//! (`toolgate._core.OPT_LEVEL`), which the benches check before they record a figure.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -50,4 +51,6 @@ fn main() {
         }
     };
     println!("cargo:rustc-env=TOOLGATE_REVISION={revision}");
+    let opt_level = std::env::var("OPT_LEVEL").expect("cargo sets OPT_LEVEL");
+    println!("cargo:rustc-env=TOOLGATE_OPT_LEVEL={opt_level}");
 }

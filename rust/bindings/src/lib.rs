@@ -163,5 +163,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     // The git commit built from, or "" if unknown (build.rs).
     m.add("__revision__", env!("TOOLGATE_REVISION"))?;
+    // cargo's opt-level: "3" in a release build, "1" in scripts/test's (build.rs).
+    m.add("OPT_LEVEL", env!("TOOLGATE_OPT_LEVEL"))?;
     Ok(())
 }
