@@ -4,6 +4,8 @@
 # sources in the image.
 #
 #   bash scripts/build-wheel                      # dist/toolgate-<version>-cp311-abi3-manylinux_*.whl
+#   mkdir -p dist/envoy-module/amd64 && cp "$(bash scripts/build-envoy-module \
+#     --target x86_64-unknown-linux-gnu | tail -n 1)/libtoolgate.so" dist/envoy-module/amd64/
 #   docker build -t toolgate:0.2.0 .
 #   docker run --rm -i toolgate:0.2.0 validate /dev/stdin < examples/policy.json
 #
@@ -50,6 +52,12 @@ RUN /opt/toolgate/bin/pip install /tmp/wheels/toolgate-*.whl
 # --- runtime: the environment without the wheel file or pip's leftovers ----------------------
 FROM python AS runtime
 COPY --from=install /opt/toolgate /opt/toolgate
+# Envoy's toolgate module (scripts/build-envoy-module --target) for the image's architecture,
+# which an init container copies into the volume Envoy loads it from (deploy/kubernetes/module).
+# It needs glibc alone, all that Envoy's distroless image has.
+ARG TARGETARCH=amd64
+ARG ENVOY_MODULE=envoy-module/${TARGETARCH}/libtoolgate.so
+COPY dist/${ENVOY_MODULE} /opt/toolgate/envoy/libtoolgate.so
 ENV PATH=/opt/toolgate/bin:$PATH
 USER 10001:10001
 # The ports deploy/kubernetes uses: gRPC (bound to 127.0.0.1 there) and /metrics.

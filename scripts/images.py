@@ -84,6 +84,7 @@ class Arch:
 
     tag: str
     base: str
+    triple: str
     wheel_args: tuple[str, ...] = ()
     wheel_env: dict[str, str] = field(default_factory=dict)
 
@@ -91,10 +92,17 @@ class Arch:
 #: amd64 (this machine), and arm64 from the aarch64 wheel, built with the ``wheel-check``
 #: profile here (the release code, built faster; amd64's is the build scripts/test made).
 ARCHES = {
-    "amd64": Arch(TOOLGATE_IMAGE, BASE_IMAGE, (), {"TOOLGATE_WHEEL_PROFILE": "wheel-check"}),
+    "amd64": Arch(
+        TOOLGATE_IMAGE,
+        BASE_IMAGE,
+        "x86_64-unknown-linux-gnu",
+        (),
+        {"TOOLGATE_WHEEL_PROFILE": "wheel-check"},
+    ),
     "arm64": Arch(
         TOOLGATE_IMAGE_ARM64,
         BASE_IMAGE_ARM64,
+        "aarch64-unknown-linux-gnu",
         ("--target", "aarch64-unknown-linux-gnu"),
         {"TOOLGATE_WHEEL_PROFILE": "wheel-check"},
     ),
@@ -119,6 +127,24 @@ def build_wheel(arch: str = "amd64") -> Path:
         raise RuntimeError(f"scripts/build-wheel failed:\n{done.stderr[-4000:]}")
     # The script prints the wheel's path relative to the repository's root.
     return (ROOT / done.stdout.strip().splitlines()[-1]).resolve()
+
+
+def build_envoy_module(arch: str = "amd64") -> Path:
+    """Envoy's toolgate module for ``arch``, as scripts/build-image builds it into the image
+    (scripts/build-envoy-module --target, with the wheel's profile)."""
+    a = ARCHES[arch]
+    profile = a.wheel_env.get("TOOLGATE_WHEEL_PROFILE", "release")
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "build-envoy-module"), "--target", a.triple],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        cwd=ROOT,
+        env={**os.environ, "TOOLGATE_BUILD_PROFILE": profile},
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"scripts/build-envoy-module failed:\n{done.stderr[-4000:]}")
+    return Path(done.stdout.strip().splitlines()[-1]) / "libtoolgate.so"
 
 
 def _digest(paths: list[Path], extra: str) -> str:
@@ -196,7 +222,8 @@ def toolgate_image(arch: str = "amd64") -> str:
     tag = a.tag
     require_base_image(a.base)
     wheel = build_wheel(arch)
-    digest = _digest([ROOT / "Dockerfile", ROOT / ".dockerignore", wheel], VERSION)
+    module = build_envoy_module(arch)
+    digest = _digest([ROOT / "Dockerfile", ROOT / ".dockerignore", wheel, module], VERSION)
     if _cached(tag, digest):
         return tag
     old = _image_id(tag)

@@ -70,10 +70,15 @@ def kustomize(directory: Path) -> list[dict[str, Any]]:
 
 
 def overlay(
-    directory: Path, of: Path, images: dict[str, str], prefix: str, policy: str | None = None
+    directory: Path,
+    of: Path,
+    images: dict[str, str],
+    prefix: str,
+    policy: str | None = None,
+    components: tuple[Path, ...] = (),
 ) -> Path:
     """An overlay of ``of`` with this machine's images, a name prefix (so the pod and its
-    volumes are this play's), and optionally another policy.json."""
+    volumes are this play's), optionally another policy.json, and Kustomize components."""
     directory.mkdir(parents=True, exist_ok=True)
     kustomization: dict[str, Any] = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
@@ -84,6 +89,8 @@ def overlay(
             for name, tag in images.items()
         ],
     }
+    if components:
+        kustomization["components"] = [os.path.relpath(c, directory) for c in components]
     if prefix:
         kustomization["namePrefix"] = prefix
     if policy is not None:

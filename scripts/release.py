@@ -50,6 +50,7 @@ VERSIONED = (
     "deploy/helm/toolgate/README.md",
     "deploy/helm/toolgate/values.yaml",
     "deploy/kubernetes/kustomization.yaml",
+    "deploy/kubernetes/module/kustomization.yaml",
     "deploy/kubernetes/sidecars/kustomization.yaml",
     "deploy/kubernetes/standalone/toolgate.yaml",
     "docs/envoy-gateway-and-istio.md",

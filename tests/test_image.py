@@ -11,6 +11,8 @@ qemu-user-static, which scripts/containers-setup registers with binfmt_misc).
   compiler, Rust toolchain or maturin.
 - Started as the pod starts it (``serve``, read-only root filesystem), on the host's loopback
   with free ports, it answers ``toolgate decide --target`` over gRPC: an allow and a deny.
+- It carries Envoy's toolgate module for its architecture, needing glibc alone (2.17's
+  symbols at most): what Envoy's distroless image has.
 - Rebuilding an image (the tests do, whenever the code changed) leaves no unnamed images
   behind: the image it replaced and the stages it only copies from are removed.
 """
@@ -85,6 +87,58 @@ def test_the_image_is_unprivileged_and_has_no_build_tools(image):
         "--entrypoint", "/bin/sh", image, "-c", probe, timeout=300,
     )  # fmt: skip
     assert done.stdout.split() == [UID], done.stdout
+
+
+#: What the module may need of the system: glibc's libraries (and its loader).
+GLIBC = {
+    "libc.so.6",
+    "libm.so.6",
+    "libdl.so.2",
+    "libpthread.so.0",
+    "librt.so.1",
+    "ld-linux-x86-64.so.2",
+    "ld-linux-aarch64.so.1",
+}
+#: ELF's machine names for each architecture podman names.
+ELF_MACHINES = {"amd64": "EM_X86_64", "arm64": "EM_AARCH64"}
+
+
+def dynamic(path: Path) -> tuple[str, set[str], str]:
+    """An ELF shared library's machine, needed libraries and newest glibc symbol version."""
+    from elftools.elf.dynamic import DynamicSection
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.gnuversions import GNUVerNeedSection
+
+    with path.open("rb") as f:
+        elf = ELFFile(f)
+        (section,) = [s for s in elf.iter_sections() if isinstance(s, DynamicSection)]
+        needed = {t.needed for t in section.iter_tags() if t.entry.d_tag == "DT_NEEDED"}
+        versions = [
+            aux.name
+            for s in elf.iter_sections()
+            if isinstance(s, GNUVerNeedSection)
+            for _, auxes in s.iter_versions()
+            for aux in auxes
+            if aux.name.startswith("GLIBC_2.")
+        ]
+        newest = max(versions, key=lambda v: tuple(int(n) for n in v[6:].split(".")))
+        return elf["e_machine"], needed, newest
+
+
+def test_the_image_carries_envoys_module_needing_glibc_alone(image, tmp_path):
+    """/opt/toolgate/envoy: libtoolgate.so for the image's architecture, needing glibc alone
+    (2.17's symbols at most, as the wheels): Envoy's distroless image has nothing more."""
+    arch = architecture(image)
+    container = podman("create", "--arch", arch, image).stdout.strip()
+    try:
+        podman("cp", f"{container}:/opt/toolgate/envoy", str(tmp_path / "envoy"))
+    finally:
+        podman("rm", "-f", container, check=False)
+    assert [p.name for p in (tmp_path / "envoy").iterdir()] == ["libtoolgate.so"]
+    machine, needed, newest = dynamic(tmp_path / "envoy" / "libtoolgate.so")
+    assert machine == ELF_MACHINES[arch]
+    assert needed <= GLIBC, needed
+    assert tuple(int(n) for n in newest[6:].split(".")) <= (2, 17), newest
 
 
 def test_the_image_serves_decisions_over_grpc_on_loopback(image):

@@ -58,6 +58,7 @@ from kube_play import BASE, PlayedPod, overlay
 pytestmark = pytest.mark.packaging
 
 EXAMPLE = BASE / "example"
+MODULE = BASE / "module"
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +89,11 @@ def prefix() -> str:
     return f"t{uuid.uuid4().hex[:6]}-"
 
 
-def played(of: Path, images: dict[str, str], prefix: str, tmp_path: Path) -> PlayedPod:
-    return PlayedPod(kustomize(overlay(tmp_path / "overlay", of, images, prefix)), tmp_path)
+def played(
+    of: Path, images: dict[str, str], prefix: str, tmp_path: Path, *components: Path
+) -> PlayedPod:
+    made = overlay(tmp_path / "overlay", of, images, prefix, components=components)
+    return PlayedPod(kustomize(made), tmp_path)
 
 
 def call(pod: PlayedPod, url: str, tool: str, arguments: dict[str, Any]) -> str:
@@ -156,6 +160,55 @@ def test_the_sidecars_component_plays_beside_an_existing_server(images, prefix, 
         # The policy ConfigMap changes to deny echo too.
         changed = json.dumps({"version": "1", "default": "deny", "tools": {"get-sum": {}}})
         new = kustomize(overlay(tmp_path / "changed", EXAMPLE, images, prefix, policy=changed))
+        pod.update_configmap(f"{prefix}toolgate-policy", configmap(new, f"{prefix}toolgate-policy"))
+        wait_for(
+            lambda: call(pod, url, "echo", {"message": "hi"}).startswith("1: DENIED DEFAULT_DENY"),
+            timeout=30,
+        )
+        assert pod.probes_pass()
+
+
+def test_the_module_component_plays_with_envoy_deciding(images, prefix, tmp_path):
+    """Envoy's image holds glibc alone (as the distroless one does): the module loads from the
+    volume the init container filled from the toolgate image, and decides there; the toolgate
+    sidecar decides nothing."""
+    pod = played(EXAMPLE, images, prefix, tmp_path, MODULE)
+    assert [c["name"] for c in pod.spec["initContainers"]] == ["toolgate-envoy-module"]
+    envoy = pod.container("toolgate-envoy")
+    probes = pod.port(envoy, "toolgate-probes")
+    with pod:
+        url = the_example_decides(pod, patience=120)
+        assert "Dynamic module ABI version" in pod.logs("toolgate-envoy")
+
+        # The decisions are Envoy's stats (the module's), pushed as each stream ends...
+        decided = 'envoy_toolgate_decisions_total{api="envoy_module",verdict="%s",code="%s"} 1'
+
+        def counted() -> bool:
+            status, stats = pod.http_get(f"http://127.0.0.1:{probes}/stats/prometheus")
+            assert status == 200
+            return (
+                decided % ("ALLOW", "ALLOWED") in stats
+                and decided
+                % (
+                    "DENY",
+                    "DEFAULT_DENY",
+                )
+                in stats
+            )
+
+        wait_for(counted, timeout=30)
+        # ...and none of them is the sidecar's, which is kept for approvals and admin.
+        status, metrics = pod.http_get(f"http://127.0.0.1:{probes}/metrics")
+        assert status == 200 and "toolgate_build_info" in metrics
+        assert 'toolgate_decisions_total{api="ext_authz"' not in metrics
+        # Nothing else of Envoy's admin is reachable on the pod's IP.
+        assert pod.http_get(f"http://127.0.0.1:{probes}/config_dump")[0] == 404
+
+        # The policy ConfigMap changes: the module in Envoy loads it again.
+        changed = json.dumps({"version": "1", "default": "deny", "tools": {"get-sum": {}}})
+        new = kustomize(
+            overlay(tmp_path / "changed", EXAMPLE, images, prefix, changed, components=(MODULE,))
+        )
         pod.update_configmap(f"{prefix}toolgate-policy", configmap(new, f"{prefix}toolgate-policy"))
         wait_for(
             lambda: call(pod, url, "echo", {"message": "hi"}).startswith("1: DENIED DEFAULT_DENY"),

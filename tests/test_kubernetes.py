@@ -1029,8 +1029,14 @@ def test_dockerfile_installs_the_prebuilt_wheel_and_compiles_nothing(dockerfile)
     everything = " ".join(rest for s in stages for _, rest in s["instructions"])
     for tool in ("cargo", "rustc", "rustup", "maturin", "gcc", "build-essential"):
         assert tool not in everything, tool
-    # The runtime takes the installed environment only (no wheel file, no pip cache).
-    assert instructions(runtime, "COPY") == ["--from=install /opt/toolgate /opt/toolgate"]
+    # The runtime takes the installed environment only (no wheel file, no pip cache), and
+    # Envoy's module for its architecture (scripts/build-image names it; by default the one
+    # of the architecture built for).
+    assert instructions(runtime, "COPY") == [
+        "--from=install /opt/toolgate /opt/toolgate",
+        "dist/${ENVOY_MODULE} /opt/toolgate/envoy/libtoolgate.so",
+    ]
+    assert "ENVOY_MODULE=envoy-module/${TARGETARCH}/libtoolgate.so" in instructions(runtime, "ARG")
 
 
 def test_dockerfile_runtime_is_unprivileged(dockerfile, objects):
@@ -1085,7 +1091,7 @@ def docker_ignores(path: str, patterns: list[tuple[bool, re.Pattern[str]]]) -> b
     return ignored
 
 
-def test_dockerignore_sends_the_wheel_and_nothing_else():
+def test_dockerignore_sends_the_wheel_and_the_module_and_nothing_else():
     patterns = dockerignore_patterns()
     for path in [
         "rust/core/src/lib.rs",
@@ -1096,8 +1102,15 @@ def test_dockerignore_sends_the_wheel_and_nothing_else():
         "python/toolgate/_core.abi3.so",
         "dist/other-1.0-py3-none-any.whl",
         ".env",
+        "dist/envoy-module/amd64/other.so",
+        "target/wheel-check/libtoolgate.so",
     ]:
         assert docker_ignores(path, patterns), path
+    for path in [
+        "dist/envoy-module/amd64/libtoolgate.so",
+        "dist/envoy-module/arm64/libtoolgate.so",
+    ]:
+        assert not docker_ignores(path, patterns), path
     version = tomllib.loads((ROOT / "Cargo.toml").read_text())["workspace"]["package"]["version"]
     wheel = f"dist/toolgate-{version}-cp311-abi3-manylinux_2_34_x86_64.whl"
     assert not docker_ignores(wheel, patterns)

@@ -1,0 +1,235 @@
+"""The `module` Kustomize component (deploy/kubernetes/module): the sidecars component's pod with
+Envoy deciding every request through toolgate's dynamic module, loaded from a volume that an init
+container fills from the toolgate image. tests/test_kube_play.py runs it.
+
+- Rendered over the example (deploy/kubernetes/example), every core object is valid Kubernetes
+  (strictly); the labelled Deployment gains the init container, with the toolgate container's
+  image, copying the image's module directory into a volume that Envoy mounts read-only where
+  ENVOY_DYNAMIC_MODULES_SEARCH_PATH points; Envoy also mounts the policy ConfigMap where the
+  module's config reads it. Nothing else of the pod changes, and only one Envoy bootstrap
+  remains.
+- That bootstrap, with the Deployment's --config-yaml, passes ``envoy --mode validate`` with the
+  module built here (Envoy loads it and the module reads the policy), and it is
+  deploy/envoy/mcp-dynamic-module.yaml but for the documented differences.
+- Its probes listener reaches the admin for /stats/prometheus only.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from envoy_proxy import module_env, validate
+from test_kubernetes import K8S_VERSION, needs_envoy, needs_kubectl
+from test_kubernetes_sidecars import EXAMPLE, KUBE, containers, kustomize, named
+
+ROOT = Path(__file__).resolve().parent.parent
+MODULE = KUBE / "module"
+DEPLOYED = ROOT / "deploy" / "envoy" / "mcp-dynamic-module.yaml"
+SEARCH_PATH = "ENVOY_DYNAMIC_MODULES_SEARCH_PATH"
+
+
+def with_module(directory: Path) -> Path:
+    """An overlay of the example with the module component."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": [os.path.relpath(EXAMPLE, directory)],
+                "components": [os.path.relpath(MODULE, directory)],
+            }
+        )
+    )
+    return directory
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory) -> list[dict[str, Any]]:
+    if shutil.which("kubectl") is None:
+        pytest.skip("no kubectl (kubectl kustomize)")
+    return kustomize(with_module(tmp_path_factory.mktemp("module")))
+
+
+@pytest.fixture(scope="module")
+def sidecars_only() -> list[dict[str, Any]]:
+    if shutil.which("kubectl") is None:
+        pytest.skip("no kubectl (kubectl kustomize)")
+    return kustomize(EXAMPLE)
+
+
+def pod_of(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    return named(objects, "Deployment", "everything")["spec"]["template"]["spec"]
+
+
+def mounts(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {m["name"]: m for m in container.get("volumeMounts", [])}
+
+
+def bootstrap(objects: list[dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
+    """Envoy's bootstrap as the pod mounts it, and its container's arguments."""
+    pod = pod_of(objects)
+    envoy = containers(named(objects, "Deployment", "everything"))["toolgate-envoy"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    config = mounts(envoy)["toolgate-envoy"]
+    data = named(objects, "ConfigMap", volumes[config["name"]]["configMap"]["name"])["data"]
+    assert envoy["args"][:2] == ["-c", f"{config['mountPath']}/envoy.yaml"]
+    return yaml.safe_load(data["envoy.yaml"]), envoy["args"]
+
+
+def module_filter(config: dict[str, Any]) -> dict[str, Any]:
+    (mcp,) = [lst for lst in config["static_resources"]["listeners"] if lst["name"] == "mcp"]
+    hcm = mcp["filter_chains"][0]["filters"][0]["typed_config"]
+    (found,) = [f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.dynamic_modules"]
+    return found["typed_config"]
+
+
+def test_the_rendered_objects_are_valid_kubernetes(rendered):
+    for obj in rendered:
+        if obj["kind"] not in {"ServiceMonitor", "PrometheusRule"}:
+            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    # One Envoy bootstrap: the component's replaced the sidecars component's.
+    envoys = [o for o in rendered if o["metadata"]["name"].startswith("toolgate-envoy")]
+    assert [o["kind"] for o in envoys] == ["ConfigMap"]
+    assert yaml.safe_load(envoys[0]["data"]["envoy.yaml"]) == yaml.safe_load(
+        (MODULE / "envoy.yaml").read_text()
+    )
+
+
+def test_an_init_container_fills_the_volume_envoy_loads_the_module_from(rendered):
+    pod = pod_of(rendered)
+    (init,) = pod["initContainers"]
+    toolgate = containers(named(rendered, "Deployment", "everything"))["toolgate"]
+    envoy = containers(named(rendered, "Deployment", "everything"))["toolgate-envoy"]
+    # The toolgate container's image: the module is always the sidecar's release.
+    assert init["image"] == toolgate["image"]
+    assert init["command"][:2] == ["cp", "-R"] and init["command"][2] == "/opt/toolgate/envoy/."
+    (written,) = init["volumeMounts"]
+    assert init["command"][3].rstrip("/") == written["mountPath"].rstrip("/")
+    assert not written.get("readOnly")
+    # As locked down as the sidecar's (the pod's securityContext is the app's own).
+    assert toolgate["securityContext"].items() <= init["securityContext"].items()
+    # Envoy reads that volume, read-only, where its search path points.
+    loaded = mounts(envoy)[written["name"]]
+    assert loaded["readOnly"] is True
+    env = {e["name"]: e["value"] for e in envoy["env"]}
+    assert env[SEARCH_PATH].rstrip("/") == loaded["mountPath"].rstrip("/")
+    (volume,) = [v for v in pod["volumes"] if v["name"] == written["name"]]
+    assert set(volume) == {"name", "emptyDir"}
+
+
+def test_envoy_reads_the_policy_configmap_where_the_module_looks(rendered):
+    pod = pod_of(rendered)
+    envoy = containers(named(rendered, "Deployment", "everything"))["toolgate-envoy"]
+    config, _ = bootstrap(rendered)
+    policy = Path(module_filter(config)["filter_config"]["value"]["policy"])
+    policy_mount = mounts(envoy)["toolgate-policy"]
+    assert policy.parent == Path(policy_mount["mountPath"]) and policy_mount["readOnly"] is True
+    # The same ConfigMap as the toolgate sidecar's, mounted as a directory (a subPath mount
+    # would never see an edit).
+    assert "subPath" not in policy_mount
+    toolgate = containers(named(rendered, "Deployment", "everything"))["toolgate"]
+    assert "--policy" in toolgate["args"]
+    assert toolgate["args"][toolgate["args"].index("--policy") + 1] == str(policy)
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["toolgate-policy"]["configMap"]["name"] == "toolgate-policy"
+
+
+def test_nothing_else_of_the_pod_changes(rendered, sidecars_only):
+    module, plain = (
+        copy.deepcopy(named(objects, "Deployment", "everything"))
+        for objects in (rendered, sidecars_only)
+    )
+    for deployment in (module, plain):
+        spec = deployment["spec"]["template"]["spec"]
+        spec.pop("initContainers", None)
+        spec["volumes"] = [v for v in spec["volumes"] if v["name"] != "toolgate-envoy-module"]
+        for volume in spec["volumes"]:
+            if volume["name"] == "toolgate-envoy":  # the bootstrap's ConfigMap: another hash
+                volume["configMap"]["name"] = "toolgate-envoy"
+        (envoy,) = [c for c in spec["containers"] if c["name"] == "toolgate-envoy"]
+        envoy.pop("env", None)
+        envoy["volumeMounts"] = [m for m in envoy["volumeMounts"] if m["name"] == "toolgate-envoy"]
+        envoy["resources"]["limits"].pop("memory")
+    assert module == plain
+
+
+@needs_envoy
+def test_the_bootstrap_loads_the_module_and_its_policy(rendered, tmp_path):
+    config, args = bootstrap(rendered)
+    assert args[2] == "--config-yaml"
+    # The pod's policy path, pointed at the example's policy here.
+    filter_config = module_filter(config)["filter_config"]["value"]
+    filter_config["policy"] = str(EXAMPLE / "policy.json")
+    path = tmp_path / "envoy.yaml"
+    path.write_text(yaml.safe_dump(config))
+    done = validate(path, "--config-yaml", args[3], env=module_env())
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # A policy it cannot read stops Envoy: the module's config is checked at load.
+    filter_config["policy"] = str(tmp_path / "missing.json")
+    path.write_text(yaml.safe_dump(config))
+    assert validate(path, "--config-yaml", args[3], env=module_env()).returncode != 0
+
+
+def module_drift(component: dict[str, Any]) -> dict[str, Any]:
+    """The component's envoy.yaml with its documented differences undone (the probes listener and
+    its clusters removed; loopback, the repository's policy and server, and the mcp cluster put
+    back): deploy/envoy/mcp-dynamic-module.yaml when nothing else differs."""
+    undone = copy.deepcopy(component)
+    deployed = yaml.safe_load(DEPLOYED.read_text())
+    resources = undone["static_resources"]
+    resources["listeners"] = [lst for lst in resources["listeners"] if lst["name"] != "probes"]
+    resources["listeners"][0]["address"]["socket_address"]["address"] = "127.0.0.1"
+    value = module_filter(undone)["filter_config"]["value"]
+    deployed_value = module_filter(deployed)["filter_config"]["value"]
+    value["policy"], value["server"] = deployed_value["policy"], deployed_value["server"]
+    clusters = [c for c in resources["clusters"] if c["name"] == "toolgate"]
+    resources["clusters"] = [
+        *[c for c in deployed["static_resources"]["clusters"] if c["name"] == "mcp"],
+        *clusters,
+    ]
+    return undone
+
+
+def test_the_bootstrap_is_the_deployed_module_config_but_for_the_documented_differences():
+    component = yaml.safe_load((MODULE / "envoy.yaml").read_text())
+    deployed = yaml.safe_load(DEPLOYED.read_text())
+    assert module_drift(component) == deployed
+    changed = copy.deepcopy(component)
+    module_filter(changed)["filter_config"]["value"]["sidecar"]["timeout_ms"] = 5000
+    assert module_drift(changed) != deployed
+
+
+def test_the_probes_listener_reaches_the_admin_for_its_prometheus_page_only():
+    component = yaml.safe_load((MODULE / "envoy.yaml").read_text())
+    (probes,) = [
+        lst for lst in component["static_resources"]["listeners"] if lst["name"] == "probes"
+    ]
+    hcm = probes["filter_chains"][0]["filters"][0]["typed_config"]
+    (host,) = hcm["route_config"]["virtual_hosts"]
+    admin = [c for c in component["static_resources"]["clusters"] if c["name"] == "envoy-admin"]
+    port = admin[0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+    assert port["socket_address"] == component["admin"]["address"]["socket_address"]
+    to_admin = [r for r in host["routes"] if r.get("route", {}).get("cluster") == "envoy-admin"]
+    assert [r["match"] for r in to_admin] == [{"path": "/stats/prometheus"}]
+    # Every other route is an exact path or the catch-all 404.
+    for route in host["routes"]:
+        assert set(route["match"]) == {"path"} or route == {
+            "match": {"prefix": "/"},
+            "direct_response": {"status": 404},
+        }
+
+
+@needs_kubectl
+def test_the_component_needs_the_sidecars_component_first(tmp_path):
+    """Alone, the component has no Envoy bootstrap to replace: kustomize refuses it."""
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump({"resources": [], "components": [os.path.relpath(MODULE, tmp_path)]})
+    )
+    with pytest.raises(AssertionError):
+        kustomize(tmp_path)
