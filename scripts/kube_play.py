@@ -110,10 +110,17 @@ def overlay(
 def playable(obj: dict[str, Any]) -> dict[str, Any]:
     """``obj`` as podman plays it: without containerPorts, which podman would publish on the
     host (in a pod they publish nothing), and without probes, which podman turns into
-    healthchecks that need systemd; the probes are run from the rendered objects instead."""
+    healthchecks that need systemd; the probes are run from the rendered objects instead.
+    Init containers run at each start of the pod (podman's ``always``), as the kubelet runs
+    them: podman's default, ``once``, removes one after it ran, and podman 4.3 tries that
+    while it still runs, failing the play."""
     if obj["kind"] != "Deployment":
         return obj
     obj = json.loads(json.dumps(obj))
+    if obj["spec"]["template"]["spec"].get("initContainers"):
+        # podman reads it from the Deployment's own annotations.
+        annotations = obj["metadata"].setdefault("annotations", {})
+        annotations["io.podman.annotations.init.container.type"] = "always"
     for c in obj["spec"]["template"]["spec"]["containers"]:
         for key in ("ports", "readinessProbe", "livenessProbe", "startupProbe"):
             c.pop(key, None)

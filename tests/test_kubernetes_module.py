@@ -108,9 +108,21 @@ def test_an_init_container_fills_the_volume_envoy_loads_the_module_from(rendered
     envoy = containers(named(rendered, "Deployment", "everything"))["toolgate-envoy"]
     # The toolgate container's image: the module is always the sidecar's release.
     assert init["image"] == toolgate["image"]
-    assert init["command"][:2] == ["cp", "-R"] and init["command"][2] == "/opt/toolgate/envoy/."
     (written,) = init["volumeMounts"]
-    assert init["command"][3].rstrip("/") == written["mountPath"].rstrip("/")
+    # The image's module, written under another name and renamed into place.
+    shell, flag, script = init["command"]
+    new = f"{written['mountPath']}/.libtoolgate.so.new"
+    assert (shell, flag) == ("sh", "-c")
+    assert script.split() == [
+        "cp",
+        "/opt/toolgate/envoy/libtoolgate.so",
+        new,
+        "&&",
+        "mv",
+        "-f",
+        new,
+        f"{written['mountPath']}/libtoolgate.so",
+    ]
     assert not written.get("readOnly")
     # As locked down as the sidecar's (the pod's securityContext is the app's own).
     assert toolgate["securityContext"].items() <= init["securityContext"].items()
