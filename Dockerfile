@@ -55,7 +55,9 @@ COPY --from=install /opt/toolgate /opt/toolgate
 # Envoy's toolgate module (scripts/build-envoy-module --target) for the image's architecture,
 # which an init container copies into the volume Envoy loads it from (deploy/kubernetes/module).
 # It needs glibc alone, all that Envoy's distroless image has.
-ARG TARGETARCH=amd64
+# TARGETARCH is the builder's (BuildKit, podman): without one the path names no file, and the
+# build stops rather than put another architecture's module in the image.
+ARG TARGETARCH
 ARG ENVOY_MODULE=envoy-module/${TARGETARCH}/libtoolgate.so
 COPY dist/${ENVOY_MODULE} /opt/toolgate/envoy/libtoolgate.so
 ENV PATH=/opt/toolgate/bin:$PATH

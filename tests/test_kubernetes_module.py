@@ -33,6 +33,20 @@ ROOT = Path(__file__).resolve().parent.parent
 MODULE = KUBE / "module"
 DEPLOYED = ROOT / "deploy" / "envoy" / "mcp-dynamic-module.yaml"
 SEARCH_PATH = "ENVOY_DYNAMIC_MODULES_SEARCH_PATH"
+SERVER_HEADER_REMOVED = {
+    "name": "envoy.http.early_header_mutation.header_mutation",
+    "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.http.early_header_mutation."
+        "header_mutation.v3.HeaderMutation",
+        "mutations": [{"remove": "x-mcp-server"}],
+    },
+}
+#: Every Envoy bootstrap the project ships.
+BOOTSTRAPS = sorted(
+    path
+    for path in (ROOT / "deploy").rglob("*.yaml")
+    if "static_resources:" in path.read_text() and "kind:" not in path.read_text()
+)
 
 
 def with_module(directory: Path) -> Path:
@@ -129,6 +143,10 @@ def test_an_init_container_fills_the_volume_envoy_loads_the_module_from(rendered
     # Envoy reads that volume, read-only, where its search path points.
     loaded = mounts(envoy)[written["name"]]
     assert loaded["readOnly"] is True
+    assert set(mounts(envoy)) == {"toolgate-envoy", written["name"], "toolgate-policy"}
+    # No other container mounts the module's volume.
+    others = [c for c in pod["containers"] if c["name"] != "toolgate-envoy"]
+    assert [c["name"] for c in others if written["name"] in mounts(c)] == []
     env = {e["name"]: e["value"] for e in envoy["env"]}
     assert env[SEARCH_PATH].rstrip("/") == loaded["mountPath"].rstrip("/")
     (volume,) = [v for v in pod["volumes"] if v["name"] == written["name"]]
@@ -190,13 +208,29 @@ def test_the_bootstrap_loads_the_module_and_its_policy(rendered, tmp_path):
 
 def module_drift(component: dict[str, Any]) -> dict[str, Any]:
     """The component's envoy.yaml with its documented differences undone (the probes listener and
-    its clusters removed; loopback, the repository's policy and server, and the mcp cluster put
-    back): deploy/envoy/mcp-dynamic-module.yaml when nothing else differs."""
+    its clusters removed, and the x-mcp-server header's removal; loopback, the repository's
+    policy and server, and the mcp cluster put back): deploy/envoy/mcp-dynamic-module.yaml when
+    nothing else differs."""
     undone = copy.deepcopy(component)
     deployed = yaml.safe_load(DEPLOYED.read_text())
     resources = undone["static_resources"]
+    # The probes listener: the sidecars component's, with the route to the admin's page.
+    (probes,) = [lst for lst in resources["listeners"] if lst["name"] == "probes"]
+    sidecars = yaml.safe_load((KUBE / "sidecars" / "envoy.yaml").read_text())
+    (expected,) = [
+        lst for lst in sidecars["static_resources"]["listeners"] if lst["name"] == "probes"
+    ]
+    routes = probes["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+    routes["virtual_hosts"][0]["routes"] = [
+        r
+        for r in routes["virtual_hosts"][0]["routes"]
+        if r["match"] != {"path": "/stats/prometheus"}
+    ]
+    assert probes == expected
     resources["listeners"] = [lst for lst in resources["listeners"] if lst["name"] != "probes"]
     resources["listeners"][0]["address"]["socket_address"]["address"] = "127.0.0.1"
+    hcm = resources["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    assert hcm.pop("early_header_mutation_extensions") == [SERVER_HEADER_REMOVED]
     value = module_filter(undone)["filter_config"]["value"]
     deployed_value = module_filter(deployed)["filter_config"]["value"]
     value["policy"], value["server"] = deployed_value["policy"], deployed_value["server"]
@@ -228,7 +262,22 @@ def test_the_probes_listener_reaches_the_admin_for_its_prometheus_page_only():
     port = admin[0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
     assert port["socket_address"] == component["admin"]["address"]["socket_address"]
     to_admin = [r for r in host["routes"] if r.get("route", {}).get("cluster") == "envoy-admin"]
-    assert [r["match"] for r in to_admin] == [{"path": "/stats/prometheus"}]
+    assert to_admin == [
+        {
+            "match": {"path": "/stats/prometheus"},
+            "route": {"cluster": "envoy-admin", "timeout": "10s"},
+        }
+    ]
+    # No other cluster reaches the admin's address.
+    admin_address = component["admin"]["address"]["socket_address"]
+    reaching = [
+        c["name"]
+        for c in component["static_resources"]["clusters"]
+        for e in c["load_assignment"]["endpoints"]
+        for lb in e["lb_endpoints"]
+        if lb["endpoint"]["address"]["socket_address"] == admin_address
+    ]
+    assert reaching == ["envoy-admin"]
     # Every other route is an exact path or the catch-all 404.
     for route in host["routes"]:
         assert set(route["match"]) == {"path"} or route == {
@@ -243,5 +292,54 @@ def test_the_component_needs_the_sidecars_component_first(tmp_path):
     (tmp_path / "kustomization.yaml").write_text(
         yaml.safe_dump({"resources": [], "components": [os.path.relpath(MODULE, tmp_path)]})
     )
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match="toolgate-envoy"):
         kustomize(tmp_path)
+
+
+def server_fixed(hcm: dict[str, Any]) -> bool:
+    """Whether every request through this connection manager is decided for an MCP server the
+    config names (a `server` in the module's config, or in ext_authz's context extensions on
+    every route), so that no header chooses it."""
+    for f in hcm.get("http_filters", []):
+        config = f.get("typed_config", {})
+        if f["name"] == "envoy.filters.http.dynamic_modules":
+            return "server" in config["filter_config"]["value"]
+    routes = [r for h in hcm["route_config"]["virtual_hosts"] for r in h["routes"]]
+    return all(
+        "server"
+        in r.get("typed_per_filter_config", {})
+        .get("envoy.filters.http.ext_authz", {})
+        .get("check_settings", {})
+        .get("context_extensions", {})
+        for r in routes
+    )
+
+
+def removed_early(hcm: dict[str, Any]) -> set[str]:
+    return {
+        m["remove"]
+        for e in hcm.get("early_header_mutation_extensions", [])
+        for m in e["typed_config"].get("mutations", [])
+        if "remove" in m
+    }
+
+
+@pytest.mark.parametrize("path", BOOTSTRAPS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_shipped_bootstrap_lets_a_client_name_the_mcp_server(path):
+    """toolgate takes the MCP server's id from the config, else from the x-mcp-server header:
+    a config that names none removes a client's header before anything reads it, or the
+    client would pick the policy's `servers` section and the counters of its server-scoped
+    limits."""
+    config = yaml.safe_load(path.read_text())
+    deciding = 0
+    for listener in config["static_resources"].get("listeners", []):
+        for chain in listener["filter_chains"]:
+            for f in chain["filters"]:
+                hcm = f.get("typed_config", {})
+                names = {h["name"] for h in hcm.get("http_filters", [])}
+                toolgate = {"envoy.filters.http.ext_authz", "envoy.filters.http.dynamic_modules"}
+                if not names & toolgate:
+                    continue
+                deciding += 1
+                assert server_fixed(hcm) or "x-mcp-server" in removed_early(hcm), listener["name"]
+    assert deciding or "ratelimit" in path.name, "no listener decided by toolgate"

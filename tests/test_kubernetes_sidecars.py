@@ -187,11 +187,18 @@ def test_the_sidecar_envoy_forwards_to_the_mcp_containers_port(example, tmp_path
 
 def sidecar_drift(sidecar: dict[str, Any]) -> dict[str, Any]:
     """The sidecar's envoy.yaml with its documented differences undone (toolgate-metrics
-    cluster and /metrics route removed; base's mcp cluster and server id put back): the base's
-    envoy.yaml when nothing else differs."""
+    cluster, /metrics route and the x-mcp-server header's removal taken away; base's mcp
+    cluster and server id put back): the base's envoy.yaml when nothing else differs."""
     undone = copy.deepcopy(sidecar)
     resources = undone["static_resources"]
     base = yaml.safe_load((KUBE / "envoy.yaml").read_text())
+    # The client's x-mcp-server removed too (no route names the server here).
+    hcm = resources["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    for mutation in hcm["early_header_mutation_extensions"]:
+        mutations = mutation["typed_config"]["mutations"]
+        mutation["typed_config"]["mutations"] = [
+            m for m in mutations if m != {"remove": "x-mcp-server"}
+        ]
     resources["clusters"] = [c for c in resources["clusters"] if c["name"] != "toolgate-metrics"]
     resources["clusters"] += [c for c in base["static_resources"]["clusters"] if c["name"] == "mcp"]
     base_routes = base["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
