@@ -22,10 +22,10 @@ MACHINES = {"x86_64": "EM_X86_64", "aarch64": "EM_AARCH64"}
 DF_STATIC_TLS = 0x10
 
 
-def main(wheel: str, arch: str) -> int:
-    with zipfile.ZipFile(wheel) as z:
-        (so,) = [n for n in z.namelist() if n.endswith(".so")]
-        elf = ELFFile(io.BytesIO(z.read(so)))
+def dynamic(elf: ELFFile) -> tuple[list[str], int, list[str]]:
+    """What a shared library asks of the loader: the libraries it needs (DT_NEEDED), its
+    DT_FLAGS, and the versions of the symbols it takes from them (also read by
+    tests/test_image.py of Envoy's module)."""
     tags = [
         tag
         for section in elf.iter_sections()
@@ -41,6 +41,14 @@ def main(wheel: str, arch: str) -> int:
         for _, auxes in section.iter_versions()
         for aux in auxes
     )
+    return needed, flags, versions
+
+
+def main(wheel: str, arch: str) -> int:
+    with zipfile.ZipFile(wheel) as z:
+        (so,) = [n for n in z.namelist() if n.endswith(".so")]
+        elf = ELFFile(io.BytesIO(z.read(so)))
+    needed, flags, versions = dynamic(elf)
     problems = []
     if elf["e_machine"] != MACHINES[arch]:
         problems.append(f"built for {elf['e_machine']}, not {arch}")

@@ -4,7 +4,7 @@ container fills from the toolgate image. tests/test_kube_play.py runs it.
 
 - Rendered over the example (deploy/kubernetes/example), every core object is valid Kubernetes
   (strictly); the labelled Deployment gains the init container, with the toolgate container's
-  image, copying the image's module directory into a volume that Envoy mounts read-only where
+  image, copying the image's module into a volume that Envoy mounts read-only where
   ENVOY_DYNAMIC_MODULES_SEARCH_PATH points; Envoy also mounts the policy ConfigMap where the
   module's config reads it. Nothing else of the pod changes, and only one Envoy bootstrap
   remains.
