@@ -525,14 +525,14 @@ def unpack(sdist: Path, into: Path) -> Path:
 
 def check_sdist(a: Artifacts, work: Path, client: Client) -> None:
     """A wheel built from the sdist alone (what `pip install` of it does, with the wheels'
-    profile), installed in a new venv. The build reuses the dependencies of scripts/test's kept
-    cargo build when TOOLGATE_BUILD_CACHE names it."""
+    profile), installed in a new venv. The build is kept between runs where TOOLGATE_SDIST_CACHE
+    names (scripts/release), apart from scripts/test's: cargo's lock is not held for the tests."""
     # The interpreter scripts/test built with, when there is one: pyo3 is not built again.
     project = ROOT / ".venv" / "bin" / "python"
     interpreter = project if project.exists() else Path(sys.executable)
     source = unpack(a.sdist, work / "sdist")
     env = dict(os.environ)
-    cache = os.environ.get("TOOLGATE_BUILD_CACHE")
+    cache = os.environ.get("TOOLGATE_SDIST_CACHE")
     if cache:
         env["CARGO_TARGET_DIR"] = cache
     run(
