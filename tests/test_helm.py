@@ -25,6 +25,7 @@ it); without it the tests that run it skip, except in CI.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import re
@@ -42,6 +43,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from test_kubernetes import K8S_VERSION, agreement, rendered
+from test_kubernetes_module import with_module
 from test_kubernetes_sidecars import admitted, kustomize
 from toolgate.cli.main import command_parser
 
@@ -55,6 +57,7 @@ CRDS = {"ServiceMonitor", "PrometheusRule"}
 COPIES = {
     "envoy.yaml": KUBE / "envoy.yaml",
     "envoy-sidecars.yaml": KUBE / "sidecars" / "envoy.yaml",
+    "envoy-module.yaml": KUBE / "module" / "envoy.yaml",
     "loopback.mjs": KUBE / "loopback.mjs",
     "policy.json": ROOT / "examples" / "policy.json",
     "alerts.yaml": KUBE / "monitoring" / "alerts.yaml",
@@ -151,6 +154,9 @@ MONITORING = {
 }
 
 
+MODULE = {"envoyModule": {"enabled": True}}
+
+
 def merged(*parts: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for part in parts:
@@ -178,6 +184,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "sidecars-everything": merged(SIDECARS, MONITORING, {"store": {"redis": {"enabled": True}}}),
     "sidecars-no-networkpolicy": merged(SIDECARS, {"networkPolicy": {"enabled": False}}),
     "sidecars-templates-only": merged(SIDECARS, {"sidecars": {"createDeployment": False}}),
+    "sidecars-module": merged(SIDECARS, MODULE),
+    "sidecars-module-everything": merged(
+        SIDECARS, MODULE, MONITORING, {"store": {"redis": {"enabled": True}}}
+    ),
 }
 
 
@@ -269,6 +279,7 @@ def test_every_value_is_documented():
 SCHEMA = json.loads((CHART / "values.schema.json").read_text())
 #: Mappings whose keys are the user's (Kubernetes' own fields, labels), not the chart's.
 OPEN = {"resources", "labels", "podLabels", "podAnnotations", "podSpec", "policy", "global"}
+OPEN |= {"envoyResources"}
 #: toolgate.options: keys of toolgate's own, whose schema its parser makes (below).
 OPEN |= {"options"}
 
@@ -428,6 +439,8 @@ def test_wrong_values_are_refused(tmp_path):
     assert "mode must be allInOne or sidecars" in refused(tmp_path, {"mode": "sidecar"})
     # The policy is yours in mode sidecars, and so are the containers.
     assert "the policy is yours" in refused(tmp_path, {"mode": "sidecars"})
+    # The module decides beside your containers: mode sidecars only.
+    assert "mode sidecars only" in refused(tmp_path, MODULE)
     no_containers = {"mode": "sidecars", "policy": "{}"}
     assert "sidecars.containers" in refused(tmp_path, no_containers)
     # Replicas without a shared store would each allow a limit's max.
@@ -499,8 +512,17 @@ def kit_example() -> list[dict[str, Any]]:
     return kustomize(EXAMPLE)
 
 
-def test_sidecars_is_what_the_kits_component_makes(renderings):
-    objects, kit = renderings["sidecars"], kit_example()
+def kit_example_with_module(directory: Path) -> list[dict[str, Any]]:
+    kit_example()  # skips without kubectl
+    return kustomize(with_module(directory))
+
+
+@pytest.mark.parametrize("config", ["sidecars", "sidecars-module"])
+def test_sidecars_is_what_the_kits_component_makes(renderings, config, tmp_path):
+    """Mode sidecars is the `sidecars` component over the kit's example; with envoyModule, the
+    `module` component after it: the same init container, containers, volumes and bootstrap."""
+    objects = renderings[config]
+    kit = kit_example_with_module(tmp_path) if config.endswith("module") else kit_example()
     chart_pod, kit_pod = pod(objects), pod(kit, "everything")
     chart_envoy_map = chart_pod["spec"]["volumes"][1]["configMap"]["name"]
     kit_envoy_map = next(
@@ -516,6 +538,12 @@ def test_sidecars_is_what_the_kits_component_makes(renderings):
     spec.pop("volumes")
     assert spec == {k: v for k, v in kit_pod["spec"].items() if k != "volumes"}
     assert chart_pod["metadata"]["labels"]["toolgate/sidecars"] == "enabled"
+    assert ("initContainers" in spec) == config.endswith("module")
+    # The pod carries the checksum of the bootstrap it mounts, so a new one rolls it.
+    bootstrap = "envoy-module.yaml" if config.endswith("module") else "envoy-sidecars.yaml"
+    assert chart_pod["metadata"]["annotations"]["checksum/toolgate-envoy"] == (
+        hashlib.sha256((CHART / "files" / bootstrap).read_bytes()).hexdigest()
+    )
     # Envoy's bootstrap and the policy are the kit's; the Service targets Envoy.
     assert (
         named(objects, "ConfigMap", chart_envoy_map)["data"]
@@ -556,9 +584,11 @@ def test_the_networkpolicy_admits_envoys_ports_only(renderings, config, tmp_path
     ]
 
 
-def test_the_sidecar_templates_work_in_a_parent_chart(tmp_path, renderings):
+@pytest.mark.parametrize("config", ["sidecars", "sidecars-module"])
+def test_the_sidecar_templates_work_in_a_parent_chart(tmp_path, renderings, config):
     """Your own chart, with this one as a dependency (charts/toolgate), includes the sidecars in
-    its pod template with `.Subcharts.toolgate`."""
+    its pod template with `.Subcharts.toolgate`: the same pod as mode sidecars', with or without
+    the module's init container."""
     parent = tmp_path / "my-server"
     (parent / "templates").mkdir(parents=True)
     shutil.copytree(CHART, parent / "charts" / "toolgate")
@@ -567,7 +597,7 @@ def test_the_sidecar_templates_work_in_a_parent_chart(tmp_path, renderings):
         "apiVersion: v2\nname: my-server\nversion: 1.0.0\n"
         f"dependencies:\n  - {{name: toolgate, version: {version}}}\n"
     )
-    values = merged(SIDECARS, {"sidecars": {"createDeployment": False}})
+    values = merged(CONFIGS[config], {"sidecars": {"createDeployment": False}})
     del values["sidecars"]["containers"], values["sidecars"]["volumes"]
     (parent / "values.yaml").write_text(yaml.safe_dump({"toolgate": values}))
     readme = (CHART / "README.md").read_text()
@@ -576,10 +606,13 @@ def test_the_sidecar_templates_work_in_a_parent_chart(tmp_path, renderings):
     (parent / "templates" / "deployment.yaml").write_text(snippet)
     objects = template(tmp_path, {}, release="toolgate", chart=parent)
     mine = pod(objects, "my-server")
-    theirs = pod(renderings["sidecars"])
+    theirs = pod(renderings[config])
     # The two sidecars first, then yours (as in mode sidecars); the sidecars' volumes first.
     assert mine["spec"]["containers"][:2] == theirs["spec"]["containers"][:2]
-    assert mine["spec"]["volumes"][:3] == theirs["spec"]["volumes"][:3]
+    sidecar_volumes = len(theirs["spec"]["volumes"]) - len(SIDECARS["sidecars"]["volumes"])
+    assert sidecar_volumes == (4 if config.endswith("module") else 3)
+    assert mine["spec"]["volumes"][:sidecar_volumes] == theirs["spec"]["volumes"][:sidecar_volumes]
+    assert mine["spec"]["initContainers"] == theirs["spec"].get("initContainers", [])
     assert mine["metadata"]["labels"]["toolgate/sidecars"] == "enabled"
     assert mine["metadata"]["annotations"] == theirs["metadata"]["annotations"]
     # The ConfigMaps its volumes name come from the subchart.

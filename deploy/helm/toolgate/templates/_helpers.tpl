@@ -91,6 +91,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if not (has .Values.mode (list "allInOne" "sidecars")) }}
 {{- fail (printf "mode must be allInOne or sidecars, not %q" .Values.mode) }}
 {{- end }}
+{{- if and .Values.envoyModule.enabled (ne .Values.mode "sidecars") }}
+{{- fail "envoyModule.enabled: mode sidecars only (Envoy decides with the module beside your MCP server's containers)" }}
+{{- end }}
 {{- if and (eq .Values.mode "sidecars") (not .Values.existingPolicyConfigMap) (not .Values.policy) }}
 {{- fail "mode sidecars: the policy is yours: set policy (--set-file policy=policy.json) or existingPolicyConfigMap" }}
 {{- end }}
@@ -188,10 +191,18 @@ resources:
 - {{ .Values.envoy.logLevel }}
 {{- end }}
 
+{{/* Envoy's bootstrap, the kit's: the base's, the sidecars component's, or the module
+component's. */}}
+{{- define "toolgate.envoyFile" -}}
+{{- if .Values.envoyModule.enabled }}files/envoy-module.yaml
+{{- else if eq .Values.mode "sidecars" }}files/envoy-sidecars.yaml
+{{- else }}files/envoy.yaml
+{{- end }}
+{{- end }}
+
 {{/* The pod's checksum of what Envoy reads at start only: a change rolls the pods. */}}
 {{- define "toolgate.envoyChecksum" -}}
-{{- $file := ternary "files/envoy-sidecars.yaml" "files/envoy.yaml" (eq .Values.mode "sidecars") }}
-{{- $.Files.Get $file | sha256sum }}
+{{- $.Files.Get (include "toolgate.envoyFile" .) | sha256sum }}
 {{- end }}
 
 {{/*
@@ -223,6 +234,10 @@ template's `containers` (README.md, "Sidecars in your own chart"), with the char
                             address: 127.0.0.1
                             port_value: {{ .Values.sidecars.mcpPort | int }}
     {{- include "toolgate.envoyOptions" . | nindent 4 }}
+  {{- if .Values.envoyModule.enabled }}
+  env:
+    - {name: ENVOY_DYNAMIC_MODULES_SEARCH_PATH, value: /var/lib/toolgate-envoy}
+  {{- end }}
   ports:
     - {name: toolgate-mcp, containerPort: 10000, protocol: TCP}
     - {name: toolgate-probes, containerPort: 9902, protocol: TCP}
@@ -236,7 +251,11 @@ template's `containers` (README.md, "Sidecars in your own chart"), with the char
   lifecycle:
     preStop: {sleep: {seconds: 5}}
   resources:
-    {{- toYaml .Values.envoy.resources | nindent 4 }}
+    {{- $resources := deepCopy .Values.envoy.resources }}
+    {{- if .Values.envoyModule.enabled }}
+    {{- $resources = mergeOverwrite $resources (deepCopy .Values.envoyModule.envoyResources) }}
+    {{- end }}
+    {{- toYaml $resources | nindent 4 }}
   securityContext:
     runAsNonRoot: true
     runAsUser: 10001
@@ -244,6 +263,10 @@ template's `containers` (README.md, "Sidecars in your own chart"), with the char
     {{- include "toolgate.containerSecurity" . | nindent 4 }}
     seccompProfile: {type: RuntimeDefault}
   volumeMounts:
+    {{- if .Values.envoyModule.enabled }}
+    - {name: toolgate-envoy-module, mountPath: /var/lib/toolgate-envoy, readOnly: true}
+    - {name: toolgate-policy, mountPath: /etc/toolgate, readOnly: true}
+    {{- end }}
     - {name: toolgate-envoy, mountPath: /etc/toolgate-envoy, readOnly: true}
 - name: toolgate
   image: {{ include "toolgate.image" (dict "image" .Values.images.toolgate "default" .Chart.AppVersion) }}
@@ -270,6 +293,40 @@ template's `containers` (README.md, "Sidecars in your own chart"), with the char
   configMap: {name: {{ include "toolgate.fullname" . }}-envoy}
 - name: toolgate-tmp
   emptyDir: {sizeLimit: 16Mi}
+{{- if .Values.envoyModule.enabled }}
+- name: toolgate-envoy-module
+  emptyDir: {sizeLimit: 32Mi}
+{{- end }}
+{{- end }}
+
+{{/* The sidecars' init containers, for a pod template's `initContainers`: with envoyModule, the
+one that copies the toolgate image's module into the volume Envoy loads it from (written under
+another name and renamed: an Envoy never maps half a file); else none ([]). */}}
+{{- define "toolgate.sidecars.initContainers" -}}
+{{- if .Values.envoyModule.enabled -}}
+- name: toolgate-envoy-module
+  image: {{ include "toolgate.image" (dict "image" .Values.images.toolgate "default" .Chart.AppVersion) }}
+  command:
+    - sh
+    - -c
+    - >-
+      cp /opt/toolgate/envoy/libtoolgate.so /var/lib/toolgate-envoy/.libtoolgate.so.new
+      && mv -f /var/lib/toolgate-envoy/.libtoolgate.so.new
+      /var/lib/toolgate-envoy/libtoolgate.so
+  resources:
+    requests: {cpu: 10m, memory: 16Mi}
+    limits: {cpu: 100m, memory: 32Mi}
+  securityContext:
+    runAsNonRoot: true
+    runAsUser: 10001
+    runAsGroup: 10001
+    {{- include "toolgate.containerSecurity" . | nindent 4 }}
+    seccompProfile: {type: RuntimeDefault}
+  volumeMounts:
+    - {name: toolgate-envoy-module, mountPath: /var/lib/toolgate-envoy}
+{{- else -}}
+[]
+{{- end }}
 {{- end }}
 
 {{/* The labels a pod with the sidecars carries (the NetworkPolicy and the metrics Service
