@@ -58,6 +58,7 @@ COPIES = {
     "envoy.yaml": KUBE / "envoy.yaml",
     "envoy-sidecars.yaml": KUBE / "sidecars" / "envoy.yaml",
     "envoy-module.yaml": KUBE / "module" / "envoy.yaml",
+    "module-servicemonitor.yaml": KUBE / "module" / "servicemonitor.yaml",
     "loopback.mjs": KUBE / "loopback.mjs",
     "policy.json": ROOT / "examples" / "policy.json",
     "alerts.yaml": KUBE / "monitoring" / "alerts.yaml",
@@ -560,6 +561,17 @@ def test_sidecars_is_what_the_kits_component_makes(renderings, config, tmp_path)
         named(objects, "NetworkPolicy")["spec"]
         == (named(kit, "NetworkPolicy", "toolgate-sidecars")["spec"])
     )
+
+
+def test_with_the_module_the_servicemonitor_scrapes_what_the_kits_does(renderings, tmp_path):
+    """The module's decisions, in Envoy's stats, are scraped as the kit's module component adds
+    to the monitoring component's ServiceMonitor; without the module, only /metrics."""
+    chart = named(renderings["sidecars-module-everything"], "ServiceMonitor")["spec"]
+    kit = named(kit_example_with_module(tmp_path), "ServiceMonitor", "toolgate")["spec"]
+    assert chart["endpoints"] == kit["endpoints"]
+    assert [e["path"] for e in chart["endpoints"]] == ["/metrics", "/stats/prometheus"]
+    plain = named(renderings["sidecars-everything"], "ServiceMonitor")["spec"]["endpoints"]
+    assert [e["path"] for e in plain] == ["/metrics"]
 
 
 @pytest.mark.parametrize("config", ["allInOne-everything", "sidecars"])

@@ -12,22 +12,41 @@ container fills from the toolgate image. tests/test_kube_play.py runs it.
   module built here (Envoy loads it and the module reads the policy), and it is
   deploy/envoy/mcp-dynamic-module.yaml but for the documented differences.
 - Its probes listener reaches the admin for /stats/prometheus only.
+- With the `monitoring` component before it, the ServiceMonitor gains the module's endpoint: a
+  real Prometheus (Debian's, which scripts/test unpacks) scraping a real Envoy with the module
+  and a real sidecar, as the Prometheus Operator makes that ServiceMonitor its scrape jobs,
+  stores the module's decisions under the sidecar's names, apart from the sidecar's own series,
+  and nothing else of Envoy's; the alert rules then read them.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
+import subprocess
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
-from envoy_proxy import module_env, validate
+from envoy_proxy import Envoy, config_ports, free_ports, module_env, render, send, validate
+from sidecar import Sidecar, dies_with_parent, free_port, wait_for
+from test_envoy_refusals import raw_call
 from test_kubernetes import K8S_VERSION, needs_envoy, needs_kubectl
-from test_kubernetes_sidecars import EXAMPLE, KUBE, containers, kustomize, named
+from test_kubernetes_sidecars import (
+    EXAMPLE,
+    KUBE,
+    MONITORING,
+    PROMTOOL,
+    containers,
+    kustomize,
+    named,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULE = KUBE / "module"
@@ -343,3 +362,152 @@ def test_no_shipped_bootstrap_lets_a_client_name_the_mcp_server(path):
                 deciding += 1
                 assert server_fixed(hcm) or "x-mcp-server" in removed_early(hcm), listener["name"]
     assert deciding or "ratelimit" in path.name, "no listener decided by toolgate"
+
+
+# --- monitoring: the module's decisions under the sidecar's names ------------------------------
+
+#: Debian's prometheus package, unpacked by scripts/test beside promtool.
+PROMETHEUS = (
+    str(Path(PROMTOOL).with_name("prometheus"))
+    if PROMTOOL and Path(PROMTOOL).with_name("prometheus").exists()
+    else shutil.which("prometheus")
+)
+needs_prometheus = pytest.mark.skipif(
+    PROMETHEUS is None and not os.environ.get("CI"),
+    reason="no prometheus (scripts/test unpacks Debian's package)",
+)
+#: A ServiceMonitor's relabelling fields, as the Prometheus Operator writes them in Prometheus'
+#: configuration.
+RELABEL_FIELDS = {"sourceLabels": "source_labels", "targetLabel": "target_label"}
+
+
+def scrape_job(endpoint: dict[str, Any], target: str) -> dict[str, Any]:
+    """A ServiceMonitor endpoint as the Prometheus Operator makes it a scrape job, the job label
+    the one the monitoring component's jobLabel gives (its Service's name)."""
+
+    def relabel(rule: dict[str, Any]) -> dict[str, Any]:
+        return {RELABEL_FIELDS.get(k, k): v for k, v in rule.items()}
+
+    return {
+        "job_name": f"toolgate-metrics{endpoint['path']}",
+        "scrape_interval": "1s",
+        "scrape_timeout": "1s",
+        "metrics_path": endpoint["path"],
+        "params": endpoint.get("params", {}),
+        "static_configs": [{"targets": [target], "labels": {"job": "toolgate-metrics"}}],
+        "relabel_configs": [relabel(r) for r in endpoint.get("relabelings", [])],
+        "metric_relabel_configs": [relabel(r) for r in endpoint.get("metricRelabelings", [])],
+    }
+
+
+def test_the_servicemonitor_gains_the_modules_endpoint_only_after_monitoring(
+    rendered, sidecars_only
+):
+    with_module = named(rendered, "ServiceMonitor", "toolgate")["spec"]["endpoints"]
+    without = named(sidecars_only, "ServiceMonitor", "toolgate")["spec"]["endpoints"]
+    assert with_module[: len(without)] == without and len(with_module) == len(without) + 1
+    (added,) = with_module[len(without) :]
+    assert (added["port"], added["path"]) == ("metrics", "/stats/prometheus")
+
+
+@needs_prometheus
+def test_prometheus_stores_the_modules_decisions_as_the_sidecars(rendered, tmp_path):
+    """Prometheus scraping the pod as the ServiceMonitor says (both endpoints, through Envoy's
+    probes listener) keeps the module's counters under the sidecar's names with
+    metrics_source="envoy-module", the sidecar's own series beside them, nothing of Envoy's."""
+    config, args = bootstrap(rendered)
+    module_filter(config)["filter_config"]["value"]["policy"] = str(EXAMPLE / "policy.json")
+    path = tmp_path / "envoy.yaml"
+    path.write_text(yaml.safe_dump(config))
+    endpoints = named(rendered, "ServiceMonitor", "toolgate")["spec"]["endpoints"]
+    query_port = free_port()
+    with Sidecar(EXAMPLE / "policy.json") as sidecar:
+        ports = free_ports(config_ports(path))
+        ports |= {9191: sidecar.port, 9464: sidecar.metrics_port}
+        upstream = args[3].replace("port_value: 3001", f"port_value: {free_port()}")
+        with Envoy(
+            render(path, ports),
+            ports[9901],
+            "--config-yaml",
+            upstream,
+            port=ports[10000],
+            env=module_env(),
+        ) as envoy:
+            target = f"127.0.0.1:{ports[9902]}"
+            (tmp_path / "prometheus.yml").write_text(
+                yaml.safe_dump({"scrape_configs": [scrape_job(e, target) for e in endpoints]})
+            )
+            log = (tmp_path / "prometheus.log").open("wb")
+            prometheus = subprocess.Popen(
+                dies_with_parent(
+                    [
+                        str(PROMETHEUS),
+                        f"--config.file={tmp_path / 'prometheus.yml'}",
+                        f"--storage.tsdb.path={tmp_path / 'data'}",
+                        f"--web.listen-address=127.0.0.1:{query_port}",
+                    ]
+                ),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            try:
+                # get-env is not in the example's policy: denied, by the module.
+                denied = raw_call('{"name":"get-env","arguments":{}}')
+
+                def deny(times: int) -> None:
+                    for _ in range(times):
+                        status, headers, _ = send(envoy, "POST", denied)
+                        code = headers.get("x-toolgate-code")
+                        assert code == "DEFAULT_DENY", (status, headers)
+
+                def stored(count: int) -> list[dict[str, Any]] | None:
+                    # Each stream's end pushes the module's numbers (at most once a second).
+                    send(envoy, "POST", b'{"jsonrpc":"2.0","method":"notifications/initialized"}')
+                    found = query(query_port, 'toolgate_decisions_total{verdict="DENY"}')
+                    return found if found and float(found[0]["value"][1]) == count else None
+
+                deny(3)
+                (denials,) = wait_for(lambda: stored(3), timeout=60)
+                assert denials["metric"]["metrics_source"] == "envoy-module"
+                assert denials["metric"]["api"] == "envoy_module"
+                # Both endpoints scraped, the sidecar's series kept apart from the module's.
+                up = query(query_port, 'up{job="toolgate-metrics"}')
+                assert sorted(float(s["value"][1]) for s in up) == [1.0, 1.0]
+                info = query(query_port, "toolgate_policy_info")
+                sources = sorted(s["metric"].get("metrics_source", "") for s in info)
+                assert sources == ["", "envoy-module"]
+                # Nothing of Envoy's own stats kept: the module's endpoint gives toolgate's
+                # names (and Prometheus' own series about the scrape) only.
+                module = query(query_port, '{metrics_source="envoy-module"}')
+                names = {s["metric"]["__name__"] for s in module}
+                envoys = [n for n in names if not n.startswith(("toolgate_", "scrape_", "up"))]
+                assert envoys == [] and len({n for n in names if n.startswith("toolgate_")}) > 5
+                # The denial alert's rate reads the module's denials.
+                deny(3)
+                wait_for(lambda: stored(6), timeout=60)
+                spike = alert_expression("ToolgateDenialsSpiking").splitlines()[0]
+                spike = spike.rsplit(" > ", 1)[0]
+                assert "toolgate_decisions_total" in spike
+                wait_for(lambda: [s for s in query(query_port, spike) if float(s["value"][1]) > 0])
+            finally:
+                prometheus.terminate()
+                prometheus.wait(timeout=30)
+                log.close()
+
+
+def query(port: int, promql: str) -> list[dict[str, Any]]:
+    """An instant query to Prometheus' HTTP API: its result's samples."""
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            answer = json.load(response)
+    except OSError:
+        return []
+    assert answer["status"] == "success", answer
+    return answer["data"]["result"]
+
+
+def alert_expression(name: str) -> str:
+    rules = yaml.safe_load((MONITORING / "alerts.yaml").read_text())
+    (found,) = [r for g in rules["groups"] for r in g["rules"] if r.get("alert") == name]
+    return found["expr"]
