@@ -2,17 +2,19 @@
 Envoy's own buffer filter (the floor of any filter that decides on the whole body), and with
 ext_authz to the native sidecar. Run on purpose, never by the tests.
 
-Four Envoys from the deployed listener (deploy/envoy/mcp-ext-authz.yaml, as Envoy parses it),
+Five Envoys from the deployed listener (deploy/envoy/mcp-ext-authz.yaml, as Envoy parses it),
 the ``/mcp`` route answering with a ``direct_response`` (or, ``--upstream``, going on to an
 Envoy standing in for the MCP server): ``plain`` (no filter), ``buffer`` (Envoy's buffer
-filter: the request held until its body is whole, nothing read), ``authz-tcp`` (ext_authz to
-``toolgate serve`` on 127.0.0.1) and ``module`` (the dynamic module, built by
-scripts/build-envoy-module, deciding in Envoy's worker with the same policy). h2load over
+filter: the request held until its body is whole, nothing read), ``floor`` (a dynamic module
+that does the same and nothing else, bench/envoy_module_floor/floor.c: what Envoy spends on any
+module's hooks), ``authz-tcp`` (ext_authz to ``toolgate serve`` on 127.0.0.1) and ``module``
+(toolgate's dynamic module, built by scripts/build-envoy-module, deciding in Envoy's worker with
+the same policy). h2load over
 h2c, one in flight (``-c 1 -m 1``) and loaded (``-c 4 -m 2``), the configs taking turns with
 the order rotated each run; every run checked (all HTTP 200, Envoy's counters; the sidecar's
 limit for ext_authz), and the module probed to decide (an allowed call passes with its
 decision's headers, a denied one is answered in the server's place). Added = config - plain,
-per run, median over the runs; the module's own share is module - buffer. Aims: ≤ 20 µs added
+per run, median over the runs; the module's own share is module - floor. Aims: ≤ 20 µs added
 at p50 one in flight; loaded throughput ≥ 0.9 times plain.
 
     .venv/bin/python bench/envoy_module_bench.py --print
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -37,9 +40,13 @@ import harness as h
 from harness import envoy as ev
 
 AIM_ADDED_P50_US = 20.0
+#: How the table's "added" columns name a config.
+LABELS = {"authz-tcp": "ext_authz"}
 AIM_THROUGHPUT = 0.9
 X = h.X
-CONFIGS = ["plain", "buffer", "authz-tcp", "module"]
+CONFIGS = ["plain", "buffer", "floor", "authz-tcp", "module"]
+FLOOR_SOURCE = h.ROOT / "bench" / "envoy_module_floor" / "floor.c"
+ABI_RS = h.ROOT / "rust" / "envoy_module" / "src" / "abi.rs"
 
 
 def module_filter(policy: Path) -> dict:
@@ -68,6 +75,32 @@ BUFFER_FILTER = {
 }
 
 
+def floor_filter() -> dict:
+    return {
+        "name": "envoy.filters.http.dynamic_modules",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3."
+            "DynamicModuleFilter",
+            "dynamic_module_config": {"name": "toolgate_floor"},
+            "filter_name": "floor",
+        },
+    }
+
+
+def modules_dir(workdir: Path, toolgate: Path) -> Path:
+    """A directory holding toolgate's module and the floor module, built here with the C
+    compiler for the ABI version toolgate's module declares."""
+    out = workdir / "modules"
+    out.mkdir()
+    shutil.copy(toolgate / "libtoolgate.so", out / "libtoolgate.so")
+    (version,) = re.findall(r'ABI_VERSION: &\[u8\] = b"([^"\\]+)\\0";', ABI_RS.read_text())
+    compiler = os.environ.get("CC", "cc")
+    flags = ["-O2", "-shared", "-fPIC", f'-DABI_VERSION="{version}"']
+    target = out / "libtoolgate_floor.so"
+    subprocess.run([compiler, *flags, "-o", str(target), str(FLOOR_SOURCE)], check=True)
+    return out
+
+
 def envoy_config(
     deployed: dict, name: str, listen: int, admin: int, tport: int, upstream: int | None
 ) -> dict:
@@ -79,7 +112,11 @@ def envoy_config(
         toolgate=tport,
         upstream=upstream,
     )
-    added = {"module": module_filter(h.POLICY), "buffer": BUFFER_FILTER}.get(name)
+    added = {
+        "module": module_filter(h.POLICY),
+        "buffer": BUFFER_FILTER,
+        "floor": floor_filter(),
+    }.get(name)
     if added is not None:
         (listener,) = config["static_resources"]["listeners"]
         filters = ev.hcm_of(listener)["http_filters"]
@@ -109,8 +146,9 @@ def main() -> int:
     build = ["bash", str(h.ROOT / "scripts" / "build-envoy-module")]
     release = {**os.environ, "TOOLGATE_BUILD_PROFILE": "release"}  # what Envoy users load
     built = subprocess.run(build, check=True, capture_output=True, text=True, env=release)
-    os.environ["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = built.stdout.strip().splitlines()[-1]
     workdir = Path(tempfile.mkdtemp(prefix="envoy-module-bench-"))
+    toolgate = Path(built.stdout.strip().splitlines()[-1])
+    os.environ["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = str(modules_dir(workdir, toolgate))
     body = workdir / "tools-call.json"
     body.write_bytes(ev.REQUEST_BODY)
     servers: dict[str, h.Server] = {}
@@ -179,9 +217,12 @@ def main() -> int:
         f"flight `-c 1 -m 1` x {args.n_single:,}, loaded `-c {args.c} -m {args.m}` x "
         f"{args.n_loaded:,} per run, {args.runs} runs, medians.",
         "",
-        "| load | metric | plain | buffer | authz-tcp | module | added, buffer | added, "
-        "ext_authz | added, module |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| load | metric | "
+        + " | ".join(CONFIGS)
+        + " | "
+        + " | ".join(f"added, {LABELS.get(n, n)}" for n in CONFIGS[1:])
+        + " |",
+        "|---|---|" + "---:|" * (2 * len(CONFIGS) - 1),
     ]
     for load, label in (("single", "one in flight"), ("loaded", f"{args.c}x{args.m} streams")):
         for attr, metric in (
@@ -191,16 +232,18 @@ def main() -> int:
             ("envoy_cpu_us", "Envoy CPU / call"),
         ):
             cells = [h.med(runs, attr, load=load, name=n) for n in CONFIGS]
+            blank = [""] * (len(CONFIGS) - 1)
             if attr == "rps":
-                shown, add = [f"{v:,.0f}" for v in cells], ["", "", ""]
+                shown, add = [f"{v:,.0f}" for v in cells], blank
             elif "cpu" in attr:
-                shown, add = [f"{v:.0f} µs" for v in cells], ["", "", ""]
+                shown, add = [f"{v:.0f} µs" for v in cells], blank
             else:
                 shown = [h.fmt_us(v) for v in cells]
                 add = [h.fmt_added(median(added(load, n, attr))) for n in CONFIGS[1:]]
             lines.append(f"| {label} | {metric} | {' | '.join(shown + add)} |")
     module = median(added("single", "module", "p50"))
-    own = median(h.per_run(runs, "p50", "module", "buffer", diff=True, load="single"))
+    own = median(h.per_run(runs, "p50", "module", "floor", diff=True, load="single"))
+    floor = median(added("single", "floor", "p50"))
     authz = median(added("single", "authz-tcp", "p50"))
     share = median(h.per_run(runs, "rps", "module", "plain", load="loaded"))
     each = ", ".join(f"{x:+.1f}" for x in added("single", "module", "p50"))
@@ -208,8 +251,9 @@ def main() -> int:
         "",
         f"Added at p50, one in flight (aim ≤ {AIM_ADDED_P50_US:.0f} µs): module "
         f"**+{module:.1f} µs** ({h.verdict(module, AIM_ADDED_P50_US, False)}; runs {each}), "
-        f"ext_authz to the sidecar +{authz:.0f} µs; the module over Envoy's buffer filter "
-        f"{own:+.1f} µs. Loaded throughput with the module "
+        f"ext_authz to the sidecar +{authz:.0f} µs; a module that only holds the body "
+        f"{floor:+.1f} µs, toolgate's module over it {own:+.1f} µs. Loaded throughput with "
+        "the module "
         f"**{share:.2f}{X}** plain's (aim ≥ {AIM_THROUGHPUT}{X}: "
         f"{h.verdict(share, AIM_THROUGHPUT, True)}).",
         "",
