@@ -40,6 +40,7 @@ import harness as h
 from harness import envoy as ev
 
 AIM_ADDED_P50_US = 20.0
+SECTION = "## Envoy with toolgate's module: the decision in Envoy's process"
 #: How the table's "added" columns name a config.
 LABELS = {"authz-tcp": "ext_authz"}
 AIM_THROUGHPUT = 0.9
@@ -262,7 +263,8 @@ def main() -> int:
         "",
         h.busy_line(runs) + f" Took {time.monotonic() - started:.0f} s.",
     ]
-    print("\n".join(lines))
+    name = "envoy-module-upstream" if args.upstream else "envoy-module"
+    h.publish(name, "\n".join(lines), "envoy_module_bench.py", SECTION, args.write)
     return 0
 
 
