@@ -100,7 +100,9 @@ def crd_schemas(modules: dict[str, Path]) -> dict[tuple[str, str], dict[str, Any
     files.append(modules[ISTIO_API[0]] / "kubernetes/customresourcedefinitions.gen.yaml")
     out = {}
     for file in files:
-        for crd in yaml.safe_load_all(file.read_text()):
+        # libyaml's loader: the same documents as PyYAML's own, read 9 times faster (5 MB of
+        # CRDs took 10 s of a core, 40 s in CI beside the other tests).
+        for crd in yaml.load_all(file.read_text(), Loader=yaml.CSafeLoader):
             if not crd or crd.get("kind") != "CustomResourceDefinition":
                 continue
             group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
