@@ -41,9 +41,11 @@ import hypothesis.strategies as st
 import kubernetes_validate
 import pytest
 import yaml
+from envoy_proxy import module_env, validate
 from hypothesis import HealthCheck, given, settings
-from test_kubernetes import K8S_VERSION, agreement, rendered
-from test_kubernetes_module import with_module
+from redis_server import RedisServer
+from test_kubernetes import K8S_VERSION, agreement, needs_envoy, rendered
+from test_kubernetes_module import module_filter, with_module
 from test_kubernetes_sidecars import admitted, kustomize
 from toolgate.cli.main import command_parser
 
@@ -630,6 +632,67 @@ def test_the_sidecar_templates_work_in_a_parent_chart(tmp_path, renderings, conf
     # The ConfigMaps its volumes name come from the subchart.
     maps = {o["metadata"]["name"] for o in objects if o["kind"] == "ConfigMap"}
     assert {v["configMap"]["name"] for v in mine["spec"]["volumes"] if "configMap" in v} <= maps
+
+
+def envoy_bootstrap(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    """Envoy's bootstrap as the sidecars' pod mounts it."""
+    volumes = {v["name"]: v for v in pod(objects)["spec"]["volumes"]}
+    name = volumes["toolgate-envoy"]["configMap"]["name"]
+    return yaml.safe_load(named(objects, "ConfigMap", name)["data"]["envoy.yaml"])
+
+
+@pytest.mark.parametrize(
+    "store",
+    [
+        {"redis": {"enabled": True}},
+        {"url": "redis://redis.example:6379/1", "timeoutMs": 50, "unavailable": "local"},
+    ],
+    ids=["chart-redis", "url"],
+)
+def test_with_the_module_the_redis_store_is_the_modules_too(tmp_path, store):
+    """With envoyModule and a Redis store, the module's filter is given the sidecar's store
+    settings (one counter table for the calls each decides); the bootstrap is otherwise the
+    kit's, and the pod carries the checksum of what it mounts."""
+    objects = template(tmp_path, merged(SIDECARS, MODULE, {"store": store}))
+    args = containers(pod(objects))["toolgate"]["args"]
+    bootstrap = envoy_bootstrap(objects)
+    value = module_filter(bootstrap)["filter_config"]["value"]
+    given_settings = value.pop("settings")
+    assert given_settings["store"] == flag(args, "--store")
+    assert given_settings["store_unavailable"] == flag(args, "--store-unavailable")
+    timeout = flag(args, "--store-timeout-ms")
+    assert given_settings.get("store_timeout_ms") == (int(timeout) if timeout else None)
+    assert bootstrap == yaml.safe_load((CHART / "files" / "envoy-module.yaml").read_text())
+    data = named(objects, "ConfigMap", "toolgate-envoy")["data"]["envoy.yaml"]
+    checksum = pod(objects)["metadata"]["annotations"]["checksum/toolgate-envoy"]
+    assert checksum == hashlib.sha256(data.encode()).hexdigest()
+    # A Secret's URL would be written into a ConfigMap: refused, saying so.
+    secret = merged(SIDECARS, MODULE, {"store": {"existingSecret": "toolgate-store"}})
+    assert "existingSecret" in refused(tmp_path, secret)
+
+
+@needs_envoy
+def test_the_module_loads_the_charts_store_settings_in_envoy(tmp_path):
+    """The bootstrap the chart renders with a Redis store passes `envoy --mode validate` with
+    the module, counting in a real Redis: the module takes the settings it is given."""
+    with RedisServer() as redis:
+        objects = template(
+            tmp_path, merged(SIDECARS, MODULE, {"store": {"url": redis.url, "timeoutMs": 200}})
+        )
+        bootstrap = envoy_bootstrap(objects)
+        module_filter(bootstrap)["filter_config"]["value"]["policy"] = str(EXAMPLE / "policy.json")
+        path = tmp_path / "envoy.yaml"
+        path.write_text(yaml.safe_dump(bootstrap))
+        args = containers(pod(objects))["toolgate-envoy"]["args"]
+        done = validate(path, "--config-yaml", flag(args, "--config-yaml") or "", env=module_env())
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        # A setting the module does not know stops it: the check above can fail.
+        module_filter(bootstrap)["filter_config"]["value"]["settings"]["store_mode"] = "nonsense"
+        path.write_text(yaml.safe_dump(bootstrap))
+        refused_ = validate(
+            path, "--config-yaml", flag(args, "--config-yaml") or "", env=module_env()
+        )
+        assert refused_.returncode != 0
 
 
 def test_the_mcp_port_reaches_envoy(tmp_path):

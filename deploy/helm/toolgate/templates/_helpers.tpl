@@ -68,6 +68,15 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s-redis" (include "toolgate.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/* The Redis URL the values give (the chart's Redis, or store.url); "" for a Secret's. */}}
+{{- define "toolgate.storeUrl" -}}
+{{- if .Values.store.redis.enabled }}
+{{- printf "redis://%s:6379/0" (include "toolgate.redisName" .) }}
+{{- else if .Values.store.url }}
+{{- .Values.store.url }}
+{{- end }}
+{{- end }}
+
 {{/* Whether counters are shared in Redis: "true" or "". */}}
 {{- define "toolgate.sharedStore" -}}
 {{- if or .Values.store.redis.enabled .Values.store.url .Values.store.existingSecret }}true{{ end }}
@@ -128,10 +137,8 @@ capabilities: {drop: [ALL]}
 - {{ $.Values.toolgate.logFormat }}
 {{- if include "toolgate.sharedStore" $ }}
 - --store
-{{- if $.Values.store.redis.enabled }}
-- {{ printf "redis://%s:6379/0" (include "toolgate.redisName" $) }}
-{{- else if $.Values.store.url }}
-- {{ $.Values.store.url | quote }}
+{{- with include "toolgate.storeUrl" $ }}
+- {{ . | quote }}
 {{- else }}
 - $(TOOLGATE_STORE)
 {{- end }}
@@ -200,9 +207,42 @@ component's. */}}
 {{- end }}
 {{- end }}
 
+{{/* Envoy's bootstrap as the pod mounts it: the kit's file, and with envoyModule and a Redis
+store, the module's filter given the sidecar's store settings, so that both count in Redis (one
+counter table: the calls the sidecar decides for approvals and the module's). A Secret's URL
+cannot be written into this ConfigMap: refused. */}}
+{{- define "toolgate.envoyBootstrap" -}}
+{{- $text := .Files.Get (include "toolgate.envoyFile" .) }}
+{{- if and .Values.envoyModule.enabled (include "toolgate.sharedStore" .) }}
+{{- $url := include "toolgate.storeUrl" . }}
+{{- if not $url }}
+{{- fail "envoyModule with store.existingSecret: the module reads its Redis URL from Envoy's bootstrap, a ConfigMap; use store.url or store.redis.enabled" }}
+{{- end }}
+{{- $settings := dict "store" $url "store_unavailable" .Values.store.unavailable }}
+{{- with .Values.store.timeoutMs }}
+{{- $_ := set $settings "store_timeout_ms" (. | int64) }}
+{{- end }}
+{{- $boot := $text | fromYaml }}
+{{- range $listener := $boot.static_resources.listeners }}
+{{- range $chain := $listener.filter_chains }}
+{{- range $network := $chain.filters }}
+{{- range $http := (dig "typed_config" "http_filters" list $network) }}
+{{- if eq $http.name "envoy.filters.http.dynamic_modules" }}
+{{- $_ := set $http.typed_config.filter_config.value "settings" $settings }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- printf "%s\n" ($boot | toYaml) }}
+{{- else }}
+{{- $text }}
+{{- end }}
+{{- end }}
+
 {{/* The pod's checksum of what Envoy reads at start only: a change rolls the pods. */}}
 {{- define "toolgate.envoyChecksum" -}}
-{{- $.Files.Get (include "toolgate.envoyFile" .) | sha256sum }}
+{{- include "toolgate.envoyBootstrap" . | sha256sum }}
 {{- end }}
 
 {{/*
