@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 import anyio
@@ -26,6 +27,17 @@ import mcp.types as types
 from mcp import Client, ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
+
+
+def messages_after_close(record: logging.LogRecord) -> bool:
+    """Whether to log ``record``: not the MCP client's traceback for a message the server sent
+    as the session closed (a notification from a server that sends them on its own), which no
+    one was reading any more."""
+    error = record.exc_info[1] if record.exc_info else None
+    return not isinstance(error, anyio.BrokenResourceError | anyio.ClosedResourceError)
+
+
+logging.getLogger("mcp.client.streamable_http").addFilter(messages_after_close)
 
 
 def user_who_says(answer: str):

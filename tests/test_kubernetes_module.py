@@ -470,10 +470,16 @@ def test_prometheus_stores_the_modules_decisions_as_the_sidecars(rendered, tmp_p
                 (denials,) = wait_for(lambda: stored(3), timeout=60)
                 assert denials["metric"]["metrics_source"] == "envoy-module"
                 assert denials["metric"]["api"] == "envoy_module"
-                # Both endpoints scraped, the sidecar's series kept apart from the module's.
-                up = query(query_port, 'up{job="toolgate-metrics"}')
+
+                # Both endpoints scraped (each target's first scrape comes in its own time),
+                # the sidecar's series kept apart from the module's.
+                def both(promql: str) -> list[dict[str, Any]] | None:
+                    found = query(query_port, promql)
+                    return found if len(found) == 2 else None
+
+                up = wait_for(lambda: both('up{job="toolgate-metrics"} == 1'), timeout=60)
                 assert sorted(float(s["value"][1]) for s in up) == [1.0, 1.0]
-                info = query(query_port, "toolgate_policy_info")
+                info = wait_for(lambda: both("toolgate_policy_info"), timeout=60)
                 sources = sorted(s["metric"].get("metrics_source", "") for s in info)
                 assert sources == ["", "envoy-module"]
                 # Nothing of Envoy's own stats kept: the module's endpoint gives toolgate's
