@@ -40,30 +40,30 @@ import harness as h
 from harness import envoy as ev
 
 AIM_ADDED_P50_US = 20.0
+AIM_THROUGHPUT = 0.9
 SECTION = "## Envoy with toolgate's module: the decision in Envoy's process"
 #: How the table's "added" columns name a config.
 LABELS = {"authz-tcp": "ext_authz"}
-AIM_THROUGHPUT = 0.9
 X = h.X
 CONFIGS = ["plain", "buffer", "floor", "authz-tcp", "module"]
 FLOOR_SOURCE = h.ROOT / "bench" / "envoy_module_floor" / "floor.c"
 ABI_RS = h.ROOT / "rust" / "envoy_module" / "src" / "abi.rs"
 
 
-def module_filter(policy: Path) -> dict:
-    return {
-        "name": "envoy.filters.http.dynamic_modules",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3."
-            "DynamicModuleFilter",
-            "dynamic_module_config": {"name": "toolgate"},
-            "filter_name": "toolgate",
-            "filter_config": {
-                "@type": "type.googleapis.com/google.protobuf.Struct",
-                "value": {"policy": str(policy), "server": ev.SERVER_ID},
-            },
-        },
+def dynamic_module_filter(module: str, config: dict | None = None) -> dict:
+    """Envoy's dynamic-module HTTP filter running lib``module``.so, given ``config``."""
+    typed: dict = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3."
+        "DynamicModuleFilter",
+        "dynamic_module_config": {"name": module},
+        "filter_name": module,
     }
+    if config is not None:
+        typed["filter_config"] = {
+            "@type": "type.googleapis.com/google.protobuf.Struct",
+            "value": config,
+        }
+    return {"name": "envoy.filters.http.dynamic_modules", "typed_config": typed}
 
 
 #: Envoy's buffer filter, at the module's body limit.
@@ -74,18 +74,6 @@ BUFFER_FILTER = {
         "max_request_bytes": 1 << 20,
     },
 }
-
-
-def floor_filter() -> dict:
-    return {
-        "name": "envoy.filters.http.dynamic_modules",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3."
-            "DynamicModuleFilter",
-            "dynamic_module_config": {"name": "toolgate_floor"},
-            "filter_name": "floor",
-        },
-    }
 
 
 def modules_dir(workdir: Path, toolgate: Path) -> Path:
@@ -114,9 +102,11 @@ def envoy_config(
         upstream=upstream,
     )
     added = {
-        "module": module_filter(h.POLICY),
+        "module": dynamic_module_filter(
+            "toolgate", {"policy": str(h.POLICY), "server": ev.SERVER_ID}
+        ),
         "buffer": BUFFER_FILTER,
-        "floor": floor_filter(),
+        "floor": dynamic_module_filter("toolgate_floor"),
     }.get(name)
     if added is not None:
         (listener,) = config["static_resources"]["listeners"]

@@ -686,7 +686,7 @@ def test_the_module_loads_the_charts_store_settings_in_envoy(tmp_path):
         args = containers(pod(objects))["toolgate-envoy"]["args"]
         done = validate(path, "--config-yaml", flag(args, "--config-yaml") or "", env=module_env())
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        # A setting the module does not know stops it: the check above can fail.
+        # A setting's value the module refuses stops it: the check above can fail.
         module_filter(bootstrap)["filter_config"]["value"]["settings"]["store_mode"] = "nonsense"
         path.write_text(yaml.safe_dump(bootstrap))
         refused_ = validate(
