@@ -292,6 +292,7 @@ class Envoy:
 EXT_AUTHZ = DEPLOY / "mcp-ext-authz.yaml"
 MODULE = DEPLOY / "mcp-dynamic-module.yaml"
 JWT_EXT_AUTHZ = DEPLOY / "mcp-jwt-ext-authz.yaml"
+JWT_MODULE = DEPLOY / "mcp-jwt-dynamic-module.yaml"
 RATELIMIT = DEPLOY / "mcp-ratelimit.yaml"
 ADMIN, LISTEN, TOOLGATE, MCP = 9901, 10000, 9191, 8000
 

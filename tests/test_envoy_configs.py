@@ -16,6 +16,7 @@ from envoy_proxy import (
     DEPLOY,
     EXT_AUTHZ,
     JWT_EXT_AUTHZ,
+    JWT_MODULE,
     LISTEN,
     MCP,
     MODULE,
@@ -41,12 +42,12 @@ CONFIGS = sorted(DEPLOY.glob("*.yaml"))
 
 
 def test_the_deployed_configs_are_there():
-    assert {EXT_AUTHZ, JWT_EXT_AUTHZ, RATELIMIT, MODULE} <= set(CONFIGS)
+    assert {EXT_AUTHZ, JWT_EXT_AUTHZ, RATELIMIT, MODULE, JWT_MODULE} <= set(CONFIGS)
 
 
 def env_for(path: Path) -> dict[str, str] | None:
-    """What Envoy needs to run ``path``: the module's config finds toolgate's module."""
-    return module_env() if path == MODULE else None
+    """What Envoy needs to run ``path``: the module's configs find toolgate's module."""
+    return module_env() if "dynamic_modules" in path.read_text() else None
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])

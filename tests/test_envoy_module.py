@@ -99,8 +99,12 @@ AND = SERVER + NEXT
         ),
         ({SERVER: AND + "store: redis://x"}, 'no "store"'),
         (
-            {SERVER: AND + "settings: {grant_from: 'jwt:sub'}"},
-            'does not take the setting "grant_from"',
+            {SERVER: AND + "settings: {jwt_payload_key: other}"},
+            'does not take the setting "jwt_payload_key"',
+        ),
+        (
+            {SERVER: AND + "settings: {grant_from: 'jwt:'}"},
+            "--grant-from is 'header' or 'jwt:CLAIM'",
         ),
         (
             {SERVER: AND + "settings: {capacity: 0}"},
@@ -128,6 +132,7 @@ AND = SERVER + NEXT
         "missing-policy",
         "unknown-key",
         "setting-not-taken",
+        "bad-claim-source",
         "bad-setting",
         "bad-header",
         "server",
@@ -215,6 +220,9 @@ class Pair:
         kept = {k: got.get(k) for k in GATE_HEADERS}
         # When a limit has room again is a matter of when each was asked.
         kept["retry-after"] = kept["retry-after"] is not None
+        # The realm is the URL the client called: each Envoy's own port.
+        if kept["www-authenticate"] is not None:
+            kept["www-authenticate"] = re.sub(r":\d+/", ":PORT/", kept["www-authenticate"])
         answer = re.sub(rb"retry in [0-9.]+s", b"retry in Ns", answer)
         answer = re.sub(rb'"retry_after_ms":[0-9]+', b'"retry_after_ms":N', answer)
         return ("answered", status, kept, toolgate, answer)

@@ -467,7 +467,9 @@ def test_the_check_carries_the_caller_the_module_decided_on(table_sidecar, head)
     assert check.attributes.source.address.socket_address.address == "127.0.0.1"
 
 
-def approving_sidecar(tmp_path: Path, admin: int) -> Sidecar:
+def approving_sidecar(tmp_path: Path, admin: int, *more: str) -> Sidecar:
+    """The example policy's sidecar with an admin listener on ``admin``, where alice (her
+    token in ``alice.token``) approves; ``more``: more of its options."""
     (tmp_path / "tokens").write_text("".join(f"{n} {t}\n" for n, t in TOKENS.items()))
     (tmp_path / "alice.token").write_text(TOKENS["alice"])
     return Sidecar(
@@ -478,6 +480,7 @@ def approving_sidecar(tmp_path: Path, admin: int) -> Sidecar:
         f"127.0.0.1:{admin}",
         "--admin-tokens",
         str(tmp_path / "tokens"),
+        *more,
     )
 
 

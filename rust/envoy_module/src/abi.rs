@@ -142,6 +142,11 @@ extern "C" {
         attribute: u32,
         result: *mut EnvoyBuffer,
     ) -> bool;
+    pub fn envoy_dynamic_module_callback_http_get_filter_state_bytes(
+        filter: FilterEnvoyPtr,
+        key: ModuleBuffer,
+        result: *mut EnvoyBuffer,
+    ) -> bool;
     pub fn envoy_dynamic_module_callback_http_get_body_chunks_size(
         filter: FilterEnvoyPtr,
         kind: u32,
@@ -353,6 +358,21 @@ impl Stream {
                 &mut out,
             )
             .then(|| String::from_utf8_lossy(out.bytes()).into_owned())
+        }
+    }
+
+    /// The stream's filter state object `key` as its bytes (what its `serializeAsString`
+    /// gives: a string object's string), when the stream has one.
+    pub fn filter_state(self, key: &str) -> Option<Vec<u8>> {
+        let mut out = EnvoyBuffer::EMPTY;
+        // SAFETY: as for `headers`; the bytes are copied before the hook returns.
+        unsafe {
+            envoy_dynamic_module_callback_http_get_filter_state_bytes(
+                self.0,
+                ModuleBuffer::of(key.as_bytes()),
+                &mut out,
+            )
+            .then(|| out.bytes().to_vec())
         }
     }
 

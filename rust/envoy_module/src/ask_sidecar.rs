@@ -8,13 +8,15 @@
 //! slow, failing, or answering something else) refuses the call (503), fail closed.
 
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
-use envoy_types::pb::envoy::config::core::v3::{address, Address, SocketAddress};
+use envoy_types::pb::envoy::config::core::v3::{address, Address, Metadata, SocketAddress};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value as ProtoValue};
 use prost::Message;
 use serde_json::Value;
 use std::collections::HashMap;
+use toolgate_server::credential::JWT_AUTHN_NAMESPACE;
 
 /// The gRPC method the sidecar's ext_authz service answers.
 const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
@@ -76,12 +78,15 @@ impl Sidecar {
 }
 
 /// What is known of the request: its headers (one value per name, as ext_authz's `Check`
-/// carries them), its whole body, the MCP server the configuration names, where it came from.
+/// carries them), its whole body, the MCP server the configuration names, where it came from,
+/// and the payload of the token Envoy verified, under the metadata key the sidecar reads it
+/// from (`jwt_authn`'s, as ext_authz passes it with `metadata_context_namespaces`).
 pub struct Asked<'a> {
     pub headers: &'a [(String, String)],
     pub body: &'a [u8],
     pub server: Option<&'a str>,
     pub source: Option<&'a str>,
+    pub verified: Option<(&'a str, &'a Struct)>,
 }
 
 /// The `Check` for `asked`, framed for gRPC: the request as Envoy's ext_authz sends it with
@@ -115,6 +120,9 @@ pub fn check_request(asked: &Asked<'_>) -> Vec<u8> {
                 ..Default::default()
             }),
             context_extensions,
+            metadata_context: asked
+                .verified
+                .map(|(key, payload)| verified_metadata(key, payload)),
             ..Default::default()
         }),
     };
@@ -124,6 +132,20 @@ pub fn check_request(asked: &Asked<'_>) -> Vec<u8> {
     framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
     framed.extend_from_slice(&message);
     framed
+}
+
+/// The metadata ext_authz sends for a token `jwt_authn` verified: its payload under `key`.
+fn verified_metadata(key: &str, payload: &Struct) -> Metadata {
+    let value = ProtoValue {
+        kind: Some(Kind::StructValue(payload.clone())),
+    };
+    let namespace = Struct {
+        fields: [(key.to_owned(), value)].into(),
+    };
+    Metadata {
+        filter_metadata: [(JWT_AUTHN_NAMESPACE.to_owned(), namespace)].into(),
+        ..Default::default()
+    }
 }
 
 /// `IP:PORT` or `[IPv6]:PORT` (Envoy's `source.address`) as a socket address.
@@ -347,15 +369,35 @@ mod tests {
             (":path".to_owned(), "/mcp".to_owned()),
             ("authorization".to_owned(), "Bearer a".to_owned()),
         ];
+        let payload = Struct {
+            fields: [(
+                "sub".to_owned(),
+                ProtoValue {
+                    kind: Some(Kind::StringValue("alice".into())),
+                },
+            )]
+            .into(),
+        };
         let asked = Asked {
             headers: &headers,
             body: b"{\"jsonrpc\":\"2.0\"}",
             server: Some("images"),
             source: Some("[::1]:5000"),
+            verified: Some(("jwt_payload", &payload)),
         };
         let framed = check_request(&asked);
         let request = CheckRequest::decode(&framed[5..]).unwrap();
         let attributes = request.attributes.unwrap();
+        // Where the sidecar reads a verified token's payload from, under the key it is told.
+        let metadata = attributes.metadata_context.as_ref();
+        assert_eq!(
+            toolgate_server::credential::jwt_payload(metadata, "jwt_payload"),
+            Some(&payload)
+        );
+        assert_eq!(
+            toolgate_server::credential::jwt_payload(metadata, "other"),
+            None
+        );
         let http = attributes.request.unwrap().http.unwrap();
         assert_eq!(http.raw_body, asked.body);
         assert_eq!(http.method, "POST");

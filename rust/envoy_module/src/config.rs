@@ -28,15 +28,18 @@ use toolgate_server::settings::Settings;
 use toolgate_server::sidecar::Store;
 use toolgate_server::subject::AuthzConfig;
 
-/// The settings the module honours; any other given away from its default is refused.
-/// (Callers are read from headers only: a JWT's claims, `--grant-from jwt:CLAIM`, are not
-/// read yet.)
-const HONOURED: [&str; 20] = [
+/// The settings the module honours; any other given away from its default is refused. A
+/// verified token's claims (`grant_from: jwt:CLAIM` and the others) are read from the filter
+/// state `set_filter_state` writes ([`crate::verified`]), not from `jwt_payload_key`'s metadata.
+const HONOURED: [&str; 23] = [
     "capacity",
     "reservations",
     "grant_header",
+    "grant_from",
     "session_header",
+    "session_from",
     "agent_header",
+    "agent_from",
     "server_header",
     "max_request_bytes",
     "decision_log",

@@ -9,6 +9,7 @@ use crate::abi::*;
 use crate::ask_sidecar::{self, Asked, Said};
 use crate::config::Config;
 use crate::deciders::Deciders;
+use crate::verified;
 use envoy_types::pb::google::protobuf::Struct;
 use serde_json::Value;
 use std::borrow::Cow;
@@ -26,7 +27,7 @@ use toolgate_server::answer::{
 use toolgate_server::authz::unreadable_caller;
 use toolgate_server::ext_proc::{exchange_header, EXCHANGE_HEADER};
 use toolgate_server::subject::{
-    single_header, AuthzConfig, CallerFacts, ReadSubject, MCP_SESSION_HEADER,
+    single_header, AuthzConfig, CallerFacts, ReadSubject, SubjectSource, MCP_SESSION_HEADER,
 };
 
 /// A stream's state, on its worker thread.
@@ -62,14 +63,23 @@ pub enum Next {
 /// The request's headers as ext_authz's `Check` carries them, so that both are read alike:
 /// one value per name, a header sent more than once joined with `,` (a second `Mcp-Name` is
 /// then no match for the body, and a second identity header one that holds a comma), bytes
-/// that are not UTF-8 each read as U+FFFD. And where the request came from.
+/// that are not UTF-8 each read as U+FFFD. And where the request came from, and the payload
+/// of the token Envoy verified, where callers are read from one.
 struct Headers {
     joined: Vec<(String, String)>,
     peer: Peer,
+    verified: Option<Struct>,
+}
+
+/// Whether `authz` reads a part of the caller from a verified token.
+fn reads_tokens(authz: &AuthzConfig) -> bool {
+    [&authz.grant, &authz.session, &authz.agent]
+        .into_iter()
+        .any(|source| matches!(source, SubjectSource::JwtClaim(_)))
 }
 
 impl Headers {
-    fn read(stream: Stream) -> Headers {
+    fn read(stream: Stream, authz: &AuthzConfig) -> Headers {
         let mut joined: Vec<(String, String)> = Vec::new();
         for (name, value) in stream.headers(REQUEST_HEADER) {
             let value = String::from_utf8_lossy(&value);
@@ -81,11 +91,15 @@ impl Headers {
                 None => joined.push((name, value.into_owned())),
             }
         }
+        let verified = reads_tokens(authz)
+            .then(|| verified::payload(stream.filter_state(verified::FILTER_STATE_KEY).as_deref()))
+            .flatten();
         Headers {
             joined,
             peer: stream
                 .source_address()
                 .map_or(Peer::UNKNOWN, |a| peer_of(&a)),
+            verified,
         }
     }
 
@@ -114,7 +128,7 @@ impl<'a> CallerFacts<'a> for &'a Headers {
     }
 
     fn verified_payload(&self, _key: &str) -> Option<&'a Struct> {
-        None
+        self.verified.as_ref()
     }
 
     fn peer(&self) -> Peer {
@@ -273,7 +287,7 @@ impl Filter {
         if let Some(next) = self.decided {
             return next;
         }
-        let headers = Headers::read(stream);
+        let headers = Headers::read(stream, &config.authz);
         let next = match &config.deciders {
             Some(deciders) => self.hand_off(config, deciders, stream, headers, body),
             None => {
@@ -550,6 +564,8 @@ impl Filter {
                         body,
                         server,
                         source: source.as_deref(),
+                        verified: (headers.verified.as_ref())
+                            .map(|p| (config.authz.jwt_payload_key.as_str(), p)),
                     };
                     let check = ask_sidecar::check_request(&asked);
                     let id = reply_id(&reply.body);
