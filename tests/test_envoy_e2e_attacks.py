@@ -621,14 +621,18 @@ def _jwks(key: ec.EllipticCurvePrivateKey) -> str:
     return json.dumps({"keys": [jwk]}, separators=(",", ":"))
 
 
-@pytest.fixture(scope="module")
-def issuer() -> Issuer:
-    """The identity provider the shipped config names (issuer, audience), with a new key."""
-    text = JWT_EXT_AUTHZ.read_text()
+def issuer_of(config: Path) -> Issuer:
+    """The identity provider a shipped config names (issuer, audience), with a new key."""
+    text = config.read_text()
     iss = re.search(r"^\s*issuer: (\S+)$", text, re.MULTILINE)
     aud = re.search(r"^\s*audiences: \[(\S+)\]$", text, re.MULTILINE)
-    assert iss and aud, "issuer / audiences not found in the JWT config"
+    assert iss and aud, f"issuer / audiences not found in {config.name}"
     return Issuer(iss.group(1), aud.group(1), ec.generate_private_key(ec.SECP256R1()))
+
+
+@pytest.fixture(scope="module")
+def issuer() -> Issuer:
+    return issuer_of(JWT_EXT_AUTHZ)
 
 
 @pytest.fixture(scope="module")

@@ -24,14 +24,13 @@ from typing import Any
 
 import pytest
 from conftest import EXAMPLES, cond, limit, policy
-from cryptography.hazmat.primitives.asymmetric import ec
 from envoy_proxy import JWT_EXT_AUTHZ, JWT_MODULE, Envoy, deployed, envoy_executable, send
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mcp_servers import ExampleServer
 from sidecar import Sidecar, free_port
 from test_approvals import approve_with_cli
-from test_envoy_e2e_attacks import Issuer, _jwks
+from test_envoy_e2e_attacks import Issuer, _jwks, issuer_of
 from test_envoy_module import Pair
 from test_envoy_module_callout_attacks import approving_sidecar, reached, terminate
 from test_envoy_refusals import raw_call
@@ -70,12 +69,10 @@ POLICY = policy(
 @pytest.fixture(scope="module")
 def issuer() -> Issuer:
     """The identity provider both shipped configs name, with a new key."""
-    text = JWT_MODULE.read_text()
-    iss = re.search(r"^\s*issuer: (\S+)$", text, re.MULTILINE)
-    aud = re.search(r"^\s*audiences: \[(\S+)\]$", text, re.MULTILINE)
-    assert iss and aud, "issuer / audiences not found in the JWT config"
-    assert JWT_EXT_AUTHZ.read_text().count(iss.group(0)) == 1, "the two configs' issuers differ"
-    return Issuer(iss.group(1), aud.group(1), ec.generate_private_key(ec.SECP256R1()))
+    found = issuer_of(JWT_MODULE)
+    behind_authz = issuer_of(JWT_EXT_AUTHZ)
+    assert (found.issuer, found.audience) == (behind_authz.issuer, behind_authz.audience)
+    return found
 
 
 def keys(path: Path, issuer: Issuer) -> dict[str, str]:

@@ -135,7 +135,7 @@ pub fn check_request(asked: &Asked<'_>) -> Vec<u8> {
 }
 
 /// The metadata ext_authz sends for a token `jwt_authn` verified: its payload under `key`.
-fn verified_metadata(key: &str, payload: &Struct) -> Metadata {
+pub fn verified_metadata(key: &str, payload: &Struct) -> Metadata {
     let value = ProtoValue {
         kind: Some(Kind::StructValue(payload.clone())),
     };

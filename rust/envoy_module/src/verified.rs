@@ -17,7 +17,10 @@
 //! through ext_authz and through the module.
 
 use crate::abi::{log, LOG_WARN};
+use crate::ask_sidecar::verified_metadata;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value as Proto};
+use prost::Message;
 use serde_json::Value;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -54,11 +57,46 @@ fn read(bytes: &[u8]) -> Result<Option<Struct>, String> {
     let Ok(Value::Object(mut outer)) = serde_json::from_slice::<Value>(bytes) else {
         return Err(shape());
     };
-    match (outer.remove("payload"), outer.is_empty()) {
-        (Some(Value::Null), true) => Ok(None),
-        (Some(Value::Object(fields)), true) => Ok(Some(structure(fields))),
-        _ => Err(shape()),
+    let payload = match (outer.remove("payload"), outer.is_empty()) {
+        (Some(Value::Null), true) => return Ok(None),
+        (Some(Value::Object(fields)), true) => structure(fields),
+        _ => return Err(shape()),
+    };
+    if depth(&payload) > SHALLOW && !a_check_carries(&payload) {
+        return Err(format!(
+            "a token's payload is nested deeper than a Check to the sidecar can carry ({} levels)",
+            depth(&payload)
+        ));
     }
+    Ok(Some(payload))
+}
+
+/// Payloads this shallow are carried by any Check; deeper ones are tried.
+const SHALLOW: usize = 16;
+
+/// How deep `payload`'s objects and lists nest (1: no object or list in it).
+fn depth(payload: &Struct) -> usize {
+    fn of(value: &Proto) -> usize {
+        match &value.kind {
+            Some(Kind::StructValue(s)) => depth(s),
+            Some(Kind::ListValue(l)) => 1 + l.values.iter().map(of).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+    1 + payload.fields.values().map(of).max().unwrap_or(0)
+}
+
+/// Whether the sidecar reads a Check carrying `payload`: its decoder (prost's, as here)
+/// refuses messages nested past its recursion limit, and ext_authz then fails the request
+/// (503). Such a payload is refused here too, rather than decided here and not there.
+fn a_check_carries(payload: &Struct) -> bool {
+    let check = CheckRequest {
+        attributes: Some(AttributeContext {
+            metadata_context: Some(verified_metadata("jwt_payload", payload)),
+            ..Default::default()
+        }),
+    };
+    CheckRequest::decode(check.encode_to_vec().as_slice()).is_ok()
 }
 
 /// A JSON object as the struct ext_authz's metadata carries for it.
@@ -96,6 +134,16 @@ mod tests {
         assert_eq!(kind("n"), Kind::NumberValue(1.5));
         assert!(matches!(kind("l"), Kind::ListValue(_)));
         assert_eq!(read(br#"{"payload":null}"#), Ok(None));
+        // As deep as a Check carries, and deeper.
+        let nested = |n: usize| {
+            let claim = "{\"a\":".repeat(n) + "1" + &"}".repeat(n);
+            format!("{{\"payload\":{{\"sub\":\"a\",\"x\":{claim}}}}}")
+        };
+        let carried = (1..100)
+            .filter(|&n| read(nested(n).as_bytes()).is_ok())
+            .count();
+        assert!((SHALLOW..60).contains(&carried), "{carried}");
+        assert!(read(nested(carried + 1).as_bytes()).is_err());
         for wrong in [
             &br#"{"payload":"alice"}"#[..],
             br#"{"payload":{"sub":"a"},"more":1}"#,
