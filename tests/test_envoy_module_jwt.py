@@ -215,13 +215,10 @@ def test_without_the_filter_state_a_verified_caller_is_refused(
 # --- approvals asked of the sidecar ------------------------------------------------------------
 
 
-def test_an_approval_asked_through_the_module_is_the_verified_subjects(
-    tmp_path: Path, issuer: Issuer
-):
-    admin = free_port()
-    marker = "i-verified-subject"
-    body = terminate(marker)
-    alice, mallory = bearer(issuer.token("alice")), bearer(issuer.token("mallory"))
+@contextlib.contextmanager
+def approving(tmp_path: Path, issuer: Issuer, admin: int) -> Iterator[tuple[Envoy, ExampleServer]]:
+    """The shipped JWT module config on the example policy, asking a sidecar that takes the
+    grant from the verified ``sub`` and whose admin listener (``admin``) alice approves on."""
     edits = keys(JWT_MODULE, issuer) | {
         POLICY_LINE: f"policy: {EXAMPLES / 'policy.json'}",
         SIDECAR_LINE: "sidecar: {cluster: toolgate, timeout_ms: 3000}",
@@ -231,6 +228,17 @@ def test_an_approval_asked_through_the_module_is_the_verified_subjects(
         ExampleServer(tmp_path / "requests.jsonl", stateless=True, json=True) as server,
         deployed(JWT_MODULE, sidecar.port, server.port, edits) as envoy,
     ):
+        yield envoy, server
+
+
+def test_an_approval_asked_through_the_module_is_the_verified_subjects(
+    tmp_path: Path, issuer: Issuer
+):
+    admin = free_port()
+    marker = "i-verified-subject"
+    body = terminate(marker)
+    alice, mallory = bearer(issuer.token("alice")), bearer(issuer.token("mallory"))
+    with approving(tmp_path, issuer, admin) as (envoy, server):
         # The sidecar read alice from the Check's metadata: without it, it refuses (401).
         status, headers, answer = send(envoy, "POST", body, alice)
         assert headers.get("x-toolgate-code") == "APPROVAL_REQUIRED", (status, headers, answer)

@@ -34,7 +34,6 @@ import h2.events
 import jwt
 import pytest
 import test_envoy_module_jwt as base
-from conftest import EXAMPLES
 from envoy_proxy import (
     ACCEPT,
     JWT_EXT_AUTHZ,
@@ -49,7 +48,7 @@ from sidecar import Sidecar, free_port
 from test_approvals import approve_with_cli
 from test_envoy_e2e_attacks import KID, Issuer
 from test_envoy_module import GATE_HEADERS, Pair
-from test_envoy_module_callout_attacks import approving_sidecar, reached, terminate
+from test_envoy_module_callout_attacks import reached, terminate
 from test_envoy_module_jwt import (
     AMI,
     MODULE_SETTINGS,
@@ -57,7 +56,6 @@ from test_envoy_module_jwt import (
     POLICY_LINE,
     SETTINGS_LINE,
     SIDECAR_ARGS,
-    SIDECAR_LINE,
     bearer,
     keys,
 )
@@ -611,15 +609,7 @@ def test_an_approval_asked_with_unusual_claims_is_the_subjects_or_refused(
     extra = f',"deep":{nested},"name":"x\\",\\"sub\\":\\"alice","big":1e300'
     mallory = bearer(signed(issuer, '"sub":"mallory"' + extra))
     alice = bearer(tok(issuer, "alice"))
-    edits = keys(JWT_MODULE, issuer) | {
-        POLICY_LINE: f"policy: {EXAMPLES / 'policy.json'}",
-        SIDECAR_LINE: "sidecar: {cluster: toolgate, timeout_ms: 3000}",
-    }
-    with (
-        approving_sidecar(tmp_path, admin, "--grant-from", "jwt:sub") as sidecar,
-        ExampleServer(tmp_path / "requests.jsonl", stateless=True, json=True) as server,
-        deployed(JWT_MODULE, sidecar.port, server.port, edits) as envoy,
-    ):
+    with base.approving(tmp_path, issuer, admin) as (envoy, server):
         status, headers, answer = send(envoy, "POST", body, mallory)
         assert reached(server, marker) == []
         code = headers.get("x-toolgate-code")
