@@ -42,7 +42,7 @@ pub fn payload(bytes: Option<&[u8]>) -> Option<Struct> {
                 LOG_WARN,
                 &format!(
                     "toolgate: callers are read from a verified token, but {why}: every such \
-                     request is refused (docs/envoy.md, \"Grants from verified JWTs\")"
+                     request is refused (docs/envoy.md, \"Callers from verified JWTs in the module\")"
                 ),
             );
         }
@@ -62,10 +62,11 @@ fn read(bytes: &[u8]) -> Result<Option<Struct>, String> {
         (Some(Value::Object(fields)), true) => structure(fields),
         _ => return Err(shape()),
     };
-    if depth(&payload) > SHALLOW && !a_check_carries(&payload) {
+    let deep = depth(&payload);
+    if deep > SHALLOW && !a_check_carries(&payload) {
         return Err(format!(
-            "a token's payload is nested deeper than a Check to the sidecar can carry ({} levels)",
-            depth(&payload)
+            "a token's payload is nested deeper than a Check to the sidecar can carry \
+             ({deep} levels)"
         ));
     }
     Ok(Some(payload))
