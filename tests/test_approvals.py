@@ -347,7 +347,12 @@ def test_a_webhook_tells_of_each_new_approval_signed_and_retried(admin, receiver
         id = sc.call().approval_id
         sc.call()  # the same call: no second approval, no second webhook
         wait_for(lambda: len(receiver.posts) >= 2, timeout=30)
-        assert sc.sidecar.metric("toolgate_approval_webhook_deliveries_total", result="ok") == 1
+        # The receiver records a post before it answers; the delivery counts on the answer.
+        delivered = lambda: sc.sidecar.metric(  # noqa: E731
+            "toolgate_approval_webhook_deliveries_total", result="ok"
+        )
+        wait_for(lambda: delivered() >= 1, timeout=30)
+        assert delivered() == 1
         assert (
             sc.sidecar.metric("toolgate_approval_webhook_deliveries_total", result="retried") == 1
         )
