@@ -499,6 +499,9 @@ class SidecarSettings:
     jwt_payload_key: str
     max_request_bytes: int
     grant_vouched_by_server: bool
+    #: The collector's OTLP/gRPC address, or None: decisions are not traced.
+    otlp_endpoint: str | None
+    otlp_sample_ratio: float
     def __new__(cls, **options: object) -> SidecarSettings: ...
     def replace(self, **changes: object) -> SidecarSettings:
         """These settings with ``changes`` made, checked again."""

@@ -422,4 +422,21 @@ def add_command(sub: Any) -> None:
         help="start FILE anew past this size, the old one kept as FILE.N, the chain going on "
         "(0: never; default %(default)s)",
     )
+    tracing = serve.add_argument_group(
+        "tracing", "one OpenTelemetry span per decision, in the request's trace (docs/sidecar.md)"
+    )
+    tracing.add_argument(
+        "--otlp-endpoint",
+        metavar="URL",
+        help="export each decision's span to this OpenTelemetry collector over OTLP/gRPC "
+        "(http://HOST:4317); the decision log's lines then carry trace_id and span_id",
+    )
+    tracing.add_argument(
+        "--otlp-sample-ratio",
+        type=float,
+        default=SIDECAR.otlp_sample_ratio,
+        metavar="RATIO",
+        help="the share of new traces sampled, from 0 to 1; a request whose trace context "
+        "says whether it is sampled follows it (default: %(default)s)",
+    )
     serve.set_defaults(run=_run, serve_parser=serve)

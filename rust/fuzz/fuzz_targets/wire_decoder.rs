@@ -31,12 +31,12 @@ fuzz_target!(|data: &[u8]| {
     match method % 5 {
         0 => {
             if let Ok(req) = pb::DecideRequest::decode(message) {
-                decider::decide_message(engine, 1 << 16, &req);
+                decider::decide_message(engine, 1 << 16, &req, None);
             }
         }
         1 => {
             if let Ok(req) = pb::DecideBatchRequest::decode(message) {
-                decider::decide_batch_message(engine, 1 << 16, &req);
+                decider::decide_batch_message(engine, 1 << 16, &req, None);
             }
         }
         2 => {

@@ -9,6 +9,7 @@
 
 use crate::credential::Refused;
 use crate::ext_proc::{exchange_header, exchange_metadata, Caller, EXCHANGE_HEADER};
+use crate::spans::{self, DecisionSpan, Spans};
 use crate::subject::{single_header, AuthzConfig, CallerFacts, ReadSubject, MCP_SESSION_HEADER};
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{address, HeaderValue, HeaderValueOption, Metadata};
@@ -17,6 +18,7 @@ use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
     HttpRequest, Peer as EnvoyPeer,
 };
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
 use envoy_types::pb::envoy::service::auth::v3::{
     CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
 };
@@ -24,10 +26,11 @@ use envoy_types::pb::google::protobuf::Struct;
 use envoy_types::pb::google::rpc::Status;
 use std::time::Instant;
 use toolgate_core::counter::Peer;
-use toolgate_core::engine::gate::{self, Gate, HttpCall};
+use toolgate_core::engine::gate::{self, Gate, HttpCall, SpanOpener};
 use toolgate_core::mcp::reply;
 use toolgate_core::mcp::request::{readable_id, readable_tool, Refusal, INVALID_REQUEST};
 use toolgate_core::observing::stats::Api;
+use toolgate_core::observing::trace_ids;
 use toolgate_core::Kind;
 use toolgate_core::{Engine, Subject, Undecidable};
 
@@ -40,8 +43,19 @@ const GRPC_PERMISSION_DENIED: i32 = 7;
 
 /// Answer one Check.
 pub fn check(engine: &Engine, config: &AuthzConfig, request: &CheckRequest) -> CheckResponse {
+    check_traced(engine, config, request, None)
+}
+
+/// [`check`], traced: `traced` is where spans go and the gRPC call's own metadata (Envoy's
+/// trace context for its call to toolgate).
+pub fn check_traced(
+    engine: &Engine,
+    config: &AuthzConfig,
+    request: &CheckRequest,
+    traced: Option<(&Spans, &dyn spans::Headers)>,
+) -> CheckResponse {
     let started = Instant::now();
-    let (gate, note) = gate(engine, config, request);
+    let (gate, note) = gate(engine, config, request, traced);
     engine
         .stats()
         .record_duration(started.elapsed().as_nanos() as u64);
@@ -49,13 +63,35 @@ pub fn check(engine: &Engine, config: &AuthzConfig, request: &CheckRequest) -> C
 }
 
 /// The decision, and what it leaves in Envoy's dynamic metadata for the answer's filters.
-fn gate(engine: &Engine, config: &AuthzConfig, request: &CheckRequest) -> (Gate, Option<Struct>) {
+fn gate(
+    engine: &Engine,
+    config: &AuthzConfig,
+    request: &CheckRequest,
+    traced: Option<(&Spans, &dyn spans::Headers)>,
+) -> (Gate, Option<Struct>) {
     let attributes = request.attributes.as_ref();
     let default_http = HttpRequest::default();
     let http = attributes
         .and_then(|a| a.request.as_ref())
         .and_then(|r| r.http.as_ref())
         .unwrap_or(&default_http);
+    let headers = Headers(http);
+    let span = traced.map(|(spans, call)| DecisionSpan::new(spans, &[&headers, call]));
+    let (gate, note) = decide(engine, config, attributes, http, span.as_ref());
+    if let Some(span) = span {
+        span.finish(gate.decision());
+    }
+    (gate, note)
+}
+
+/// [`gate`]'s decision, under `span` if it is traced.
+fn decide(
+    engine: &Engine,
+    config: &AuthzConfig,
+    attributes: Option<&AttributeContext>,
+    http: &HttpRequest,
+    span: Option<&DecisionSpan<'_>>,
+) -> (Gate, Option<Struct>) {
     let headers = Headers(http);
     let metadata = attributes.and_then(|a| a.metadata_context.as_ref());
     let source = attributes.and_then(|a| a.source.as_ref());
@@ -84,15 +120,18 @@ fn gate(engine: &Engine, config: &AuthzConfig, request: &CheckRequest) -> (Gate,
         .map(|Refused(why)| why.as_str());
     if let Some(why) = read.refused().or(refused) {
         let credential = read.grant.is_err();
-        let gate = unreadable_caller(
-            engine,
-            Api::ExtAuthz,
-            why,
-            credential,
-            body,
-            server,
-            subject,
-        );
+        let ids = span.and_then(|s| s.open(None));
+        let gate = trace_ids::within(ids, || {
+            unreadable_caller(
+                engine,
+                Api::ExtAuthz,
+                why,
+                credential,
+                body,
+                server,
+                subject,
+            )
+        });
         return (gate, None);
     }
     let call = HttpCall {
@@ -111,7 +150,10 @@ fn gate(engine: &Engine, config: &AuthzConfig, request: &CheckRequest) -> (Gate,
         mcp_session: mcp_session.ok().flatten(),
         api: Api::ExtAuthz,
     };
-    let gate = gate::check(engine, &call);
+    let gate = match span {
+        Some(span) => gate::check_traced(engine, &call, span),
+        None => gate::check(engine, &call),
+    };
     let note = match &gate {
         Gate::Forward { follow, .. } => {
             exchange_metadata(follow, || Caller::of(call.server, &call.subject))
@@ -134,6 +176,12 @@ fn body_of(http: &HttpRequest) -> &[u8] {
 /// in `header_map`.
 #[derive(Clone, Copy)]
 struct Headers<'a>(&'a HttpRequest);
+
+impl spans::Headers for Headers<'_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.get(name)
+    }
+}
 
 impl<'a> Headers<'a> {
     /// The value of header `name`, when it is sent once; empty values count as absent.
@@ -405,7 +453,7 @@ mod tests {
                     ..Default::default()
                 }),
             };
-            match gate(&engine, &config, &request).0 {
+            match gate(&engine, &config, &request, None).0 {
                 Gate::Forward { .. } => 200,
                 Gate::Answer { reply, .. } => reply.status,
             }

@@ -1,10 +1,12 @@
 //! The `toolgate.v1` gRPC messages, decoded and encoded in Rust: the sidecar hands each
 //! request's bytes here and sends back the bytes it gets, so a decision costs Python one call.
 
+use crate::spans::{Asked, DecisionSpan, Headers, Spans};
 use std::time::Instant;
 use toolgate_core::counter::Peer;
 use toolgate_core::json::args::{parse_json_arguments, ArgumentsRefused};
 use toolgate_core::observing::stats::Api;
+use toolgate_core::observing::trace_ids;
 use toolgate_core::Kind;
 use toolgate_core::{Code, Decision, Engine, Request, Subject, Undecidable, Verdict};
 
@@ -15,31 +17,37 @@ pub mod pb {
 /// Descriptors of the toolgate.v1 schema, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/toolgate.v1.bin"));
 
+/// Where a call's decisions are traced: the spans, and the gRPC call's metadata (its
+/// caller's trace context).
+pub type Traced<'a> = Option<(&'a Spans, &'a dyn Headers)>;
+
 /// Decide one `DecideRequest`.
 pub fn decide_message(
     engine: &Engine,
     max_argument_bytes: usize,
     req: &pb::DecideRequest,
+    traced: Traced<'_>,
 ) -> pb::DecideResponse {
     let started = Instant::now();
-    let response = respond(engine, max_argument_bytes, req);
+    let response = respond(engine, max_argument_bytes, req, traced);
     engine
         .stats()
         .record_duration(started.elapsed().as_nanos() as u64);
     response
 }
 
-/// Decide every request of a `DecideBatchRequest`, in order.
+/// Decide every request of a `DecideBatchRequest`, in order (each its own span).
 pub fn decide_batch_message(
     engine: &Engine,
     max_argument_bytes: usize,
     batch: &pb::DecideBatchRequest,
+    traced: Traced<'_>,
 ) -> pb::DecideBatchResponse {
     let started = Instant::now();
     let responses = batch
         .requests
         .iter()
-        .map(|r| respond(engine, max_argument_bytes, r))
+        .map(|r| respond(engine, max_argument_bytes, r, traced))
         .collect();
     engine
         .stats()
@@ -61,7 +69,19 @@ fn respond(
     engine: &Engine,
     max_argument_bytes: usize,
     req: &pb::DecideRequest,
+    traced: Traced<'_>,
 ) -> pb::DecideResponse {
+    let Some((spans, call)) = traced else {
+        return encode(decide(engine, max_argument_bytes, req));
+    };
+    let span = DecisionSpan::new(spans, &[call]);
+    let ids = span.start(&Asked::tool(&req.tool), None);
+    let decision = trace_ids::within(ids, || decide(engine, max_argument_bytes, req));
+    span.finish(Some(&decision));
+    encode(decision)
+}
+
+fn decide(engine: &Engine, max_argument_bytes: usize, req: &pb::DecideRequest) -> Decision {
     let sent = req.subject.as_ref();
     let attributes: Vec<(&str, &str)> = sent
         .map(|s| {
@@ -94,10 +114,10 @@ fn respond(
                 server,
                 subject,
             };
-            return encode(engine.refuse_via(Api::Decider, &request));
+            return engine.refuse_via(Api::Decider, &request);
         }
     };
-    let decision = engine.decide_via(
+    engine.decide_via(
         Api::Decider,
         &Request {
             kind: Kind::Tool,
@@ -109,8 +129,7 @@ fn respond(
             hits: None,
             confirm: None,
         },
-    );
-    encode(decision)
+    )
 }
 
 /// The request's `peer_address`: empty for unknown, else an IP address.

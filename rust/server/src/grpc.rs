@@ -9,11 +9,12 @@
 //! when the connection reads the request, before the request waits for a thread.
 
 use crate::authz;
-use crate::decider::{self, pb};
+use crate::decider::{self, pb, Traced};
 use crate::ext_mcp::{self, ExtMcpConfig};
 use crate::ext_proc::Exchange;
 use crate::held::HeldBytes;
 use crate::ratelimit;
+use crate::spans::{Headers, Spans};
 use crate::subject::AuthzConfig;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
@@ -226,6 +227,14 @@ where
 pub struct DeciderService {
     pub engine: Arc<Engine>,
     pub max_argument_bytes: usize,
+    pub spans: Option<Arc<Spans>>,
+}
+
+/// Where a call's decisions are traced, if they are: the spans, and the call's metadata.
+fn traced<'a, T>(spans: &'a Option<Arc<Spans>>, request: &'a Request<T>) -> Traced<'a> {
+    spans
+        .as_deref()
+        .map(|s| (s, request.metadata() as &dyn Headers))
 }
 
 #[tonic::async_trait]
@@ -235,9 +244,13 @@ impl pb::decider_server::Decider for DeciderService {
         request: Request<pb::DecideRequest>,
     ) -> Result<Response<pb::DecideResponse>, Status> {
         check_deadline(&request)?;
-        let (engine, max, request) = (self.engine.clone(), self.max_argument_bytes, request);
+        let (engine, max, spans) = (
+            self.engine.clone(),
+            self.max_argument_bytes,
+            self.spans.clone(),
+        );
         let response = deciding(&self.engine, move || {
-            decider::decide_message(&engine, max, request.get_ref())
+            decider::decide_message(&engine, max, request.get_ref(), traced(&spans, &request))
         })
         .await?;
         Ok(Response::new(response))
@@ -248,9 +261,14 @@ impl pb::decider_server::Decider for DeciderService {
         request: Request<pb::DecideBatchRequest>,
     ) -> Result<Response<pb::DecideBatchResponse>, Status> {
         check_deadline(&request)?;
-        let (engine, max, request) = (self.engine.clone(), self.max_argument_bytes, request);
+        let (engine, max, spans) = (
+            self.engine.clone(),
+            self.max_argument_bytes,
+            self.spans.clone(),
+        );
         let response = deciding(&self.engine, move || {
-            decider::decide_batch_message(&engine, max, request.get_ref())
+            let traced = traced(&spans, &request);
+            decider::decide_batch_message(&engine, max, request.get_ref(), traced)
         })
         .await?;
         Ok(Response::new(response))
@@ -274,6 +292,7 @@ impl pb::decider_server::Decider for DeciderService {
 pub struct AuthorizationService {
     pub engine: Arc<Engine>,
     pub config: Arc<AuthzConfig>,
+    pub spans: Option<Arc<Spans>>,
 }
 
 #[tonic::async_trait]
@@ -283,9 +302,15 @@ impl envoy::authorization_server::Authorization for AuthorizationService {
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
         check_deadline(&request)?;
-        let (engine, config) = (self.engine.clone(), self.config.clone());
+        let (engine, config, spans) =
+            (self.engine.clone(), self.config.clone(), self.spans.clone());
         let response = deciding(&self.engine, move || {
-            authz::check(&engine, &config, request.get_ref())
+            authz::check_traced(
+                &engine,
+                &config,
+                request.get_ref(),
+                traced(&spans, &request),
+            )
         })
         .await?;
         Ok(Response::new(response))

@@ -2,7 +2,7 @@
 //! authorization (`Check`), external processing and rate limit (`ShouldRateLimit`) APIs,
 //! and agentgateway's ExtMCP;
 //! [`native`], the server that serves them with tonic; and [`sidecar`], the whole sidecar
-//! assembled from one options value.
+//! assembled from one options value; [`spans`], a span per decision over OTLP.
 //!
 //! Each service reads a request message, decides it with a [`toolgate_core::Engine`] and
 //! writes the response message.
@@ -21,4 +21,5 @@ pub mod native;
 pub mod ratelimit;
 pub mod settings;
 pub mod sidecar;
+pub mod spans;
 pub mod subject;

@@ -18,6 +18,7 @@ use crate::grpc::{
     RateLimiter, StampArrival, SERVICES,
 };
 use crate::held::{HeldBytes, HoldCalls};
+use crate::spans::Spans;
 use crate::subject::AuthzConfig;
 use prost::Message;
 use prost_types::FileDescriptorSet;
@@ -82,10 +83,12 @@ pub struct Server {
 impl Server {
     /// Bind and start serving; health reports NOT_SERVING until [`Server::set_serving`].
     /// The ext_proc streams remember the `tools/list` answers they read among `known`.
+    /// Decisions are traced in `spans`, if given.
     pub fn start(
         engine: Arc<Engine>,
         config: Config,
         known: Arc<KnownAnswers>,
+        spans: Option<Arc<Spans>>,
     ) -> Result<Server, String> {
         if config.threads == 0 {
             return Err("threads must be at least 1".into());
@@ -131,6 +134,7 @@ impl Server {
                 DeciderServer::new(DeciderService {
                     engine: engine.clone(),
                     max_argument_bytes: config.max_argument_bytes,
+                    spans: spans.clone(),
                 })
                 .max_decoding_message_size(max),
             )
@@ -138,6 +142,7 @@ impl Server {
                 AuthorizationServer::new(AuthorizationService {
                     engine: engine.clone(),
                     config: Arc::new(config.authz.clone()),
+                    spans,
                 })
                 .max_decoding_message_size(max),
             )

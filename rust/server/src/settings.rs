@@ -5,6 +5,7 @@
 
 use crate::native::{Config, Listen, DEFAULT_MAX_ARGUMENT_BYTES, DEFAULT_MAX_MESSAGE_BYTES};
 use crate::sidecar::{ApprovalOptions, Options, Store};
+use crate::spans::TraceOptions;
 use crate::subject::{header_name, AuthzConfig, SubjectSource, DEFAULT_MAX_REQUEST_BYTES};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -76,6 +77,11 @@ pub struct Settings {
     pub max_request_bytes: usize,
     /// Let servers' answers vouch for grants.
     pub grant_vouched_by_server: bool,
+    /// The OpenTelemetry collector's OTLP/gRPC address each decision's span is exported to;
+    /// none: not traced.
+    pub otlp_endpoint: Option<String>,
+    /// The share of new traces sampled (a request with a parent follows its parent's choice).
+    pub otlp_sample_ratio: f64,
 }
 
 impl Default for Settings {
@@ -121,6 +127,8 @@ impl Default for Settings {
             jwt_payload_key: authz.jwt_payload_key,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             grant_vouched_by_server: false,
+            otlp_endpoint: None,
+            otlp_sample_ratio: 1.0,
         }
     }
 }
@@ -207,6 +215,17 @@ impl Settings {
             claim(part(&self.agent_from, &self.agent_header, "agent")),
             claim(part(&self.session_from, &self.session_header, "session")),
         )
+    }
+
+    fn traces(&self) -> Result<Option<TraceOptions>, String> {
+        let ratio = self.otlp_sample_ratio;
+        if !(0.0..=1.0).contains(&ratio) {
+            return Err(format!("--otlp-sample-ratio is from 0 to 1, not {ratio}"));
+        }
+        Ok(self.otlp_endpoint.as_ref().map(|endpoint| TraceOptions {
+            endpoint: endpoint.clone(),
+            sample_ratio: ratio,
+        }))
     }
 
     /// How `Check` requests are read.
@@ -332,6 +351,7 @@ impl Settings {
             approvals,
             confirmation_secret,
             trust_server_answers: self.grant_vouched_by_server,
+            traces: self.traces()?,
             serve: Some(Config {
                 listen: Listen::parse(&self.listen).map_err(|e| format!("--listen: {e}"))?,
                 threads,

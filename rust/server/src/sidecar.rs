@@ -7,6 +7,7 @@
 //! approvals' reconcile with their durable store) before the first call is decided.
 
 use crate::native::{Config, Server};
+use crate::spans::{Spans, TraceOptions};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -58,6 +59,8 @@ pub struct Options {
     pub trust_server_answers: bool,
     /// How to serve; `None`: an engine with its parts, answering no one over the network.
     pub serve: Option<Config>,
+    /// Where decisions' spans are exported (`--otlp-endpoint`); `None`: not traced.
+    pub traces: Option<TraceOptions>,
 }
 
 /// Why a sidecar could not be assembled or served.
@@ -87,6 +90,8 @@ pub struct Sidecar {
     /// The `tools/list` answers the ext_proc service read last, so the same answer is not
     /// read again (kept across a stop and a new start).
     known_answers: Arc<KnownAnswers>,
+    /// Decisions' spans, exported while the sidecar lives.
+    spans: Option<Arc<Spans>>,
 }
 
 impl Sidecar {
@@ -142,6 +147,10 @@ impl Sidecar {
         if options.trust_server_answers {
             engine = engine.trust_server_answers();
         }
+        let spans = match &options.traces {
+            None => None,
+            Some(t) => Some(Arc::new(Spans::start(t).map_err(Error::Invalid)?)),
+        };
         let engine = Arc::new(engine.build().map_err(Error::Invalid)?);
         engine.stats().set_per_tool(options.per_tool_metrics);
         Ok(Sidecar {
@@ -155,6 +164,7 @@ impl Sidecar {
             serve: options.serve,
             server: Mutex::new(None),
             known_answers: Arc::default(),
+            spans,
         })
     }
 
@@ -175,7 +185,9 @@ impl Sidecar {
             return Err(Error::Invalid("already serving".into()));
         }
         let known = Arc::clone(&self.known_answers);
-        let started = Server::start(self.engine.clone(), config, known).map_err(Error::Io)?;
+        let spans = self.spans.clone();
+        let started =
+            Server::start(self.engine.clone(), config, known, spans).map_err(Error::Io)?;
         let address = started.address().to_owned();
         *server = Some(started);
         Ok(address)
@@ -220,7 +232,12 @@ impl Sidecar {
     /// Stop accepting calls and wait up to `grace` for those in flight. Idempotent.
     pub fn stop(&self, grace: Duration) -> Result<(), String> {
         let server = lock(&self.server).take();
-        server.map_or(Ok(()), |s| s.stop(grace))
+        let stopped = server.map_or(Ok(()), |s| s.stop(grace));
+        // The last decisions' spans go out before the sidecar does.
+        if let Some(spans) = &self.spans {
+            spans.flush();
+        }
+        stopped
     }
 }
 

@@ -11,7 +11,8 @@ use crate::decision::{Code, Decision, Verdict};
 use crate::kind::Kind;
 use crate::kind::Listed;
 use crate::mcp::reply::{self, Reply};
-use crate::mcp::request::{parse_message, McpRequest, Refusal, INVALID_REQUEST};
+use crate::mcp::request::{parse_message, McpRequest, Parsed, Refusal, INVALID_REQUEST};
+use crate::observing::trace_ids::{self, TraceIds};
 use crate::policy::Release;
 // The gate answers for a proxy's authorization hook: Envoy's ext_authz.
 use crate::observing::stats::Api;
@@ -57,9 +58,39 @@ pub enum Gate {
     },
 }
 
+impl Gate {
+    /// What was decided, if anything was.
+    pub fn decision(&self) -> Option<&Decision> {
+        match self {
+            Gate::Forward { decision, .. } | Gate::Answer { decision, .. } => decision.as_ref(),
+        }
+    }
+}
+
+/// Opens the span a decision is traced under, once its request is read: the protocol
+/// adapter's, which knows the transport's own trace context and exports the span.
+pub trait SpanOpener {
+    /// `read`: the request, when it was read as one message. The ids returned are written
+    /// on the decision's log line.
+    fn open(&self, read: Option<&Parsed>) -> Option<TraceIds>;
+}
+
 /// Decide one request.
 pub fn check(engine: &Engine, call: &HttpCall<'_>) -> Gate {
-    let request = match read(engine, call) {
+    decide(engine, call, None)
+}
+
+/// [`check`], the decision traced under the span `spans` opens. The body is read first, so
+/// that the span's parent may be the trace context the message carries.
+pub fn check_traced(engine: &Engine, call: &HttpCall<'_>, spans: &dyn SpanOpener) -> Gate {
+    let parsed = parse_message(call.body);
+    let ids = spans.open(parsed.as_ref().ok());
+    trace_ids::within(ids, || decide(engine, call, Some(parsed)))
+}
+
+/// Decide one request, whose body was read into `parsed` if it is given.
+fn decide(engine: &Engine, call: &HttpCall<'_>, parsed: Option<Result<Parsed, Refusal>>) -> Gate {
+    let request = match read(engine, call, parsed) {
         Continue(request) => request,
         Break(gate) => return gate,
     };
@@ -161,7 +192,11 @@ pub fn check(engine: &Engine, call: &HttpCall<'_>) -> Gate {
 /// Read: the session, the request's shape and its one JSON-RPC message, and the task it is
 /// related to. `Break`: what the proxy does instead of deciding (refuse the request, or
 /// forward one that has no message to read).
-fn read(engine: &Engine, call: &HttpCall<'_>) -> ControlFlow<Gate, McpRequest> {
+fn read(
+    engine: &Engine,
+    call: &HttpCall<'_>,
+    parsed: Option<Result<Parsed, Refusal>>,
+) -> ControlFlow<Gate, McpRequest> {
     // Another caller's session is answered as one the server does not know, whatever the
     // request: a POST, the GET of its stream or its replay, the DELETE that ends it.
     if let Some(session) = call.mcp_session {
@@ -221,7 +256,7 @@ fn read(engine: &Engine, call: &HttpCall<'_>) -> ControlFlow<Gate, McpRequest> {
         };
         return Break(refuse(engine, call, &refusal, 413));
     }
-    let (request, related_task) = match parse_message(call.body) {
+    let (request, related_task) = match parsed.unwrap_or_else(|| parse_message(call.body)) {
         Ok(m) => (m.request, m.related_task),
         Err(refusal) => return Break(refuse(engine, call, &refusal, 400)),
     };

@@ -21,6 +21,7 @@ use crate::asking::confirmation::{Answer, Confirming, FIRST_REVISION, TOKEN_PREF
 use crate::json::fold::{fold_eq, folded};
 use crate::json::strict::{self, Ambiguity, StrictError};
 use crate::kind::Kind;
+use crate::observing::trace_ids::{TraceCarrier, MAX_TRACEPARENT_BYTES, MAX_TRACESTATE_BYTES};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 
@@ -210,6 +211,8 @@ pub fn parse_request(body: &[u8]) -> Result<McpRequest, Refusal> {
 pub struct Parsed {
     pub request: McpRequest,
     pub related_task: Option<String>,
+    /// The trace context in its params' `_meta` (`traceparent`, `tracestate`).
+    pub trace: Option<TraceCarrier>,
 }
 
 /// Where a request's `_meta` names the task it relates to.
@@ -281,6 +284,7 @@ pub fn parse_message(body: &[u8]) -> Result<Parsed, Refusal> {
             return Ok(Parsed {
                 request: McpRequest::Response { id },
                 related_task: None,
+                trace: None,
             });
         }
         _ => return Err(refuse(INVALID_REQUEST, "method must be a string", id)),
@@ -300,10 +304,12 @@ pub fn parse_message(body: &[u8]) -> Result<Parsed, Refusal> {
         None => None,
     };
     let related_task = related_task(params.as_ref(), &id)?;
+    let trace = trace_carrier(params.as_ref());
     let request = asked(id, method, params)?;
     Ok(Parsed {
         request,
         related_task,
+        trace,
     })
 }
 
@@ -319,7 +325,7 @@ fn related_task(
     else {
         return Ok(None);
     };
-    check_known_keys(meta, &[(RELATED_TASK, RELATED_FOLDED)], "params._meta", id)?;
+    check_known_keys(meta, &META_KEYS, "params._meta", id)?;
     let Some(related) = meta.get(RELATED_TASK) else {
         return Ok(None);
     };
@@ -335,7 +341,33 @@ fn related_task(
     }
 }
 
-const RELATED_FOLDED: &str = "io.modelcontextprotocol/related-task";
+/// The keys of `_meta` that toolgate reads: one spelled otherwise only by case would be read
+/// by a server that folds keys and not by toolgate.
+const META_KEYS: [(&str, &str); 3] = [
+    (RELATED_TASK, "io.modelcontextprotocol/related-task"),
+    ("traceparent", "traceparent"),
+    ("tracestate", "tracestate"),
+];
+
+/// The trace context (W3C Trace Context) a request carries in its params' `_meta`, as MCP
+/// clients propagate it: kept as text when `traceparent` is a string of a plausible length
+/// (the span's opener checks it), else none. It never changes a decision.
+fn trace_carrier(params: Option<&Map<String, Value>>) -> Option<TraceCarrier> {
+    let meta = params?.get("_meta")?.as_object()?;
+    let traceparent = meta.get("traceparent")?.as_str()?;
+    if traceparent.len() > MAX_TRACEPARENT_BYTES {
+        return None;
+    }
+    let tracestate = meta
+        .get("tracestate")
+        .and_then(Value::as_str)
+        .filter(|s| s.len() <= MAX_TRACESTATE_BYTES)
+        .map(str::to_owned);
+    Some(TraceCarrier {
+        traceparent: traceparent.to_owned(),
+        tracestate,
+    })
+}
 
 /// What a request of `method` with `params` asks, its id being `id`: the protocol's
 /// plumbing (it passes), or what the policy decides it by.
@@ -546,6 +578,7 @@ pub fn parse_params_related(method: &str, params: Option<&[u8]>) -> Result<Parse
         Some(Err(StrictError::TooLarge(m))) => return Err(refuse(INVALID_PARAMS, m, None)),
     };
     let related_task = related_task(params.as_ref(), &None)?;
+    let trace = trace_carrier(params.as_ref());
     let request = match asked(None, method.to_owned(), params)? {
         McpRequest::ToolCall {
             id,
@@ -565,6 +598,7 @@ pub fn parse_params_related(method: &str, params: Option<&[u8]>) -> Result<Parse
     Ok(Parsed {
         request,
         related_task,
+        trace,
     })
 }
 
@@ -935,5 +969,50 @@ mod tests {
         let r =
             call(r#"{"jsonrpc":"2.0","id":42,"method":"tools/call","params":["t"]}"#).unwrap_err();
         assert_eq!(r.id, Some(json!(42)));
+    }
+
+    #[test]
+    fn the_trace_context_in_meta_is_kept_as_sent_and_never_changes_what_is_asked() {
+        let traced = |meta: &str| {
+            let body = format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t","_meta":{meta}}}}}"#
+            );
+            let parsed = parse_message(body.as_bytes()).expect(&body);
+            assert!(matches!(parsed.request, McpRequest::ToolCall { ref name, .. } if name == "t"));
+            parsed.trace
+        };
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let both = traced(&format!(r#"{{"traceparent":"{tp}","tracestate":"a=1"}}"#)).unwrap();
+        assert_eq!((both.traceparent.as_str(), both.tracestate.as_deref()), (tp, Some("a=1")));
+        // Unchecked here: the span's opener reads it (and starts a new trace if it must).
+        assert_eq!(traced(r#"{"traceparent":"x"}"#).unwrap().traceparent, "x");
+        for none in [
+            r#"{}"#,
+            r#"{"traceparent":1}"#,
+            r#"{"traceparent":null,"tracestate":"a=1"}"#,
+            r#"{"tracestate":"a=1"}"#,
+        ] {
+            assert_eq!(traced(none), None, "{none}");
+        }
+        let long = "0".repeat(MAX_TRACEPARENT_BYTES + 1);
+        assert_eq!(traced(&format!(r#"{{"traceparent":"{long}"}}"#)), None);
+        let state = "a".repeat(MAX_TRACESTATE_BYTES + 1);
+        let cut = traced(&format!(r#"{{"traceparent":"{tp}","tracestate":"{state}"}}"#));
+        assert_eq!(cut.unwrap().tracestate, None);
+        // Read in params of ExtMCP too.
+        let params = format!(r#"{{"name":"t","_meta":{{"traceparent":"{tp}"}}}}"#);
+        let ext = parse_params_related("tools/call", Some(params.as_bytes())).unwrap();
+        assert_eq!(ext.trace.unwrap().traceparent, tp);
+    }
+
+    #[test]
+    fn a_trace_key_spelled_another_way_by_case_is_refused() {
+        for key in ["TraceParent", "TRACESTATE", "traceParent"] {
+            let body = format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t","_meta":{{"{key}":"x"}}}}}}"#
+            );
+            let refusal = parse_message(body.as_bytes()).expect_err(&body);
+            assert!(refusal.message.contains("only by case"), "{refusal:?}");
+        }
     }
 }

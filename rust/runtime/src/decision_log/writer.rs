@@ -11,7 +11,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use toolgate_core::json::inert::push_json_string;
-use toolgate_core::observing::decision_log::{push_hex, Record};
+use toolgate_core::observing::decision_log::{push_hex, push_hex_bytes, Record};
 
 pub(super) struct Writer {
     pub(super) sink: Sink,
@@ -210,6 +210,13 @@ impl Writer {
                 None => out.extend_from_slice(b"null"),
             }
             let _ = write!(out, ",\"listed\":\"{}\"}},", drift.listed);
+        }
+        if let Some(ids) = &r.trace {
+            out.extend_from_slice(b"\"trace_id\":\"");
+            push_hex_bytes(out, &ids.trace_id);
+            out.extend_from_slice(b"\",\"span_id\":\"");
+            push_hex_bytes(out, &ids.span_id);
+            out.extend_from_slice(b"\",");
         }
         if !r.cut.is_empty() {
             out.extend_from_slice(b"\"cut\":{");

@@ -79,7 +79,8 @@ pub fn push_hex(out: &mut String, bytes: &[u8]) {
     }
 }
 
-fn push_hex_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+/// [`push_hex`] onto bytes.
+pub fn push_hex_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for b in bytes {
         out.push(DIGITS[usize::from(b >> 4)]);

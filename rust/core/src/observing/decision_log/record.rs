@@ -11,6 +11,7 @@ use crate::definitions::definition::Drift;
 use crate::engine::condition::Subject;
 use crate::json::args::ArgValue;
 use crate::kind::Kind;
+use crate::observing::trace_ids::{self, TraceIds};
 use crate::policy::compile::CompiledPolicy;
 use std::sync::Arc;
 
@@ -60,6 +61,8 @@ pub struct Record {
     pub drift: Option<Drift>,
     /// The user's confirmation: asked for, or given (never the question or its token).
     pub confirmation: Option<&'static str>,
+    /// The span the sidecar exported for the decision ([`trace_ids`]), when tracing is on.
+    pub trace: Option<TraceIds>,
 }
 
 impl Record {
@@ -123,6 +126,7 @@ impl Record {
             marks: d.marks.clone(),
             drift: None,
             confirmation: d.confirmation.as_deref().map(|c| c.as_str()),
+            trace: trace_ids::current(),
         }
     }
 

