@@ -103,6 +103,44 @@ def test_a_denied_call_tells_the_model_why_and_a_program_the_code(gw: ExtMcp) ->
     )
 
 
+def told_decision(answer: Any) -> dict[str, Any] | None:
+    """The decision in the result's ``metadata``, as agentgateway's CEL reads it
+    (``mcpGuardrails.toolgate_decision``)."""
+    if not answer.HasField("metadata") or "toolgate_decision" not in answer.metadata.fields:
+        return None
+    return dict(answer.metadata.fields["toolgate_decision"].struct_value)
+
+
+def test_the_gateway_is_told_every_decision_in_the_results_metadata(gw: ExtMcp) -> None:
+    allowed = gw.call("echo", {"text": "hi"}, headers=bearer("t-told"))
+    denied = gw.call("run_command", {"command": "rm -rf /"}, headers=bearer("t-told"))
+    hidden = gw.call("secret_keys", {}, headers=bearer("t-told"))
+    assert told_decision(allowed) == {
+        "verdict": "ALLOW",
+        "code": "ALLOWED",
+        "rule": "/tools/echo",
+        "revision": decision(denied)["revision"],
+    }
+    told = told_decision(denied)
+    assert told is not None
+    assert {k: told[k] for k in ("verdict", "code", "rule", "revision")} == {
+        k: decision(denied)[k] for k in ("verdict", "code", "rule", "revision")
+    }
+    # The gateway's own, not the client's: the refusal the client gets still tells nothing.
+    assert told_decision(hidden) == {
+        **told,
+        "code": "HIDDEN",
+        "rule": told_decision(hidden)["rule"],
+    }
+    assert not hidden.error.HasField("mcp_error")
+    # Plumbing is not decided: nothing to tell.
+    assert told_decision(gw.request("ping", None, headers=bearer("t-told"))) is None
+    # A call whose reservation may be given back carries both.
+    paid = gw.call("pay", {"amount": 1}, headers=bearer("t-told"))
+    assert told_decision(paid)["code"] == "ALLOWED"
+    assert paid.metadata.fields["toolgate_release"].string_value
+
+
 def test_a_tool_the_policy_does_not_name_is_denied_by_default(gw: ExtMcp) -> None:
     answer = gw.call("drop_tables", {}, headers=bearer("t-default"))
     assert answer.error.code == Code.PERMISSION_DENIED

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from conftest import EXAMPLES
 from envoy_proxy import EXT_AUTHZ, deployed, envoy_executable, send
+from ext_mcp import ExtMcp, outcome
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jaeger import Jaeger, install, parent_of
@@ -306,3 +307,77 @@ def test_through_envoy_a_request_without_a_trace_is_in_the_trace_envoy_starts(
     (decision,) = toolgate_spans(spans)
     assert decision["spanID"] == line["span_id"]
     assert parent_of(decision) in {s["spanID"] for s in spans if s["service"] == "envoy"}
+
+
+# --- agentgateway's ExtMCP ----------------------------------------------------------------------
+
+
+def test_an_extmcp_decision_is_under_the_messages_trace_else_the_forwarded_headers(
+    traced: Sidecar, jaeger: Jaeger
+):
+    meta_trace, meta_parent = new_ids()
+    header_trace, header_parent = new_ids()
+    header = [("traceparent", f"00-{header_trace}-{header_parent}-01")]
+    params = {
+        "name": REFUSED,
+        "arguments": {"amount": 5, "currency": "EUR"},
+        "_meta": {"traceparent": f"00-{meta_trace}-{meta_parent}-01"},
+    }
+    with ExtMcp(traced.target) as gw:
+        in_meta = gw.request("tools/call", params, headers=header)
+        in_header = gw.call(ALLOWED, {}, headers=header)
+    assert (outcome(in_meta), outcome(in_header)) == ("error", "pass")
+    (refused,) = jaeger.wait_trace(meta_trace, lambda s: len(s) == 1)
+    (allowed,) = jaeger.wait_trace(header_trace, lambda s: len(s) == 1)
+    assert (parent_of(refused), parent_of(allowed)) == (meta_parent, header_parent)
+    assert refused["attributes"]["gen_ai.guardrail.verdict.type"] == "deny"
+    assert allowed["operationName"] == f"tools/call {ALLOWED}"
+    lines = logged(traced, 2)
+    assert {(line["trace_id"], line["span_id"]) for line in lines} == {
+        (meta_trace, refused["spanID"]),
+        (header_trace, allowed["spanID"]),
+    }
+
+
+# --- what Envoy's access log is told ------------------------------------------------------------
+
+
+def access_lines(envoy: Any) -> list[dict[str, Any]]:
+    """The shipped config's access log: Envoy's stdout lines that are JSON objects."""
+    lines = []
+    for line in envoy.log.splitlines():
+        if line.startswith("{"):
+            lines.append(json.loads(line))
+    return lines
+
+
+@needs_envoy
+def test_envoys_access_log_prints_each_decision_and_its_trace(
+    traced_envoy: tuple[Any, Sidecar, ExampleServer], jaeger: Jaeger
+):
+    envoy, sc, _ = traced_envoy
+    trace_id, parent = new_ids()
+    calls = [
+        (ALLOWED, {}, "ALLOW", "ALLOWED"),
+        (REFUSED, {"amount": 5, "currency": "EUR"}, "DENY", "CONDITION_FAILED"),
+        ("unknown_tool", {}, "DENY", "DEFAULT_DENY"),
+    ]
+    for n, (tool, arguments, _, _) in enumerate(calls):
+        body = json.dumps(
+            {
+                "jsonrpc": "2.0",
+                "id": n,
+                "method": "tools/call",
+                "params": {"name": tool, "arguments": arguments},
+            }
+        ).encode()
+        send(envoy, "POST", body, {"traceparent": f"00-{trace_id}-{parent}-01"})
+    lines = logged(sc, len(calls))
+    wait_for(lambda: len(access_lines(envoy)) >= len(calls), timeout=30)
+    printed = access_lines(envoy)
+    assert [(p["toolgate_verdict"], p["toolgate_code"]) for p in printed] == [
+        (verdict, code) for _, _, verdict, code in calls
+    ]
+    assert [p["toolgate_rule"] for p in printed] == [line["rule"] or None for line in lines]
+    assert {p["toolgate_revision"] for p in printed} == {line["revision"] for line in lines}
+    assert {p["trace_id"] for p in printed} == {trace_id}

@@ -22,7 +22,8 @@ use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
 use envoy_types::pb::envoy::service::auth::v3::{
     CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
 };
-use envoy_types::pb::google::protobuf::Struct;
+use envoy_types::pb::google::protobuf::value::Kind as ValueKind;
+use envoy_types::pb::google::protobuf::{Struct, Value as ProtoValue};
 use envoy_types::pb::google::rpc::Status;
 use std::time::Instant;
 use toolgate_core::counter::Peer;
@@ -32,7 +33,7 @@ use toolgate_core::mcp::request::{readable_id, readable_tool, Refusal, INVALID_R
 use toolgate_core::observing::stats::Api;
 use toolgate_core::observing::trace_ids;
 use toolgate_core::Kind;
-use toolgate_core::{Engine, Subject, Undecidable};
+use toolgate_core::{Decision, Engine, Subject, Undecidable};
 
 /// The context extension (set per route in Envoy) naming the MCP server behind the route.
 pub const SERVER_EXTENSION: &str = "server";
@@ -307,6 +308,7 @@ pub fn unreadable_caller(
 }
 
 fn response(gate: Gate, note: Option<Struct>) -> CheckResponse {
+    let dynamic_metadata = with_decision(note, gate.decision());
     match gate {
         Gate::Forward {
             headers, follow, ..
@@ -324,7 +326,7 @@ fn response(gate: Gate, note: Option<Struct>) -> CheckResponse {
                 response_headers_to_add: header_options(headers),
                 ..Default::default()
             })),
-            dynamic_metadata: note,
+            dynamic_metadata,
         },
         Gate::Answer { reply, decision } => CheckResponse {
             status: Some(Status {
@@ -340,9 +342,31 @@ fn response(gate: Gate, note: Option<Struct>) -> CheckResponse {
                 // The core writes JSON, which is UTF-8.
                 body: String::from_utf8(reply.body).unwrap_or_default(),
             })),
-            ..Default::default()
+            dynamic_metadata,
         },
     }
+}
+
+/// The ext_proc exchange's `note` with the decision, for Envoy's access log
+/// (`%DYNAMIC_METADATA(envoy.filters.http.ext_authz:code)%`): `verdict`, `code`, `rule` and
+/// `revision`, as the decision log writes them. Nothing decided: the note alone.
+fn with_decision(note: Option<Struct>, d: Option<&Decision>) -> Option<Struct> {
+    let Some(d) = d else {
+        return note;
+    };
+    let mut metadata = note.unwrap_or_default();
+    for (key, value) in [
+        ("verdict", d.verdict.as_str()),
+        ("code", d.code.as_str()),
+        ("rule", d.rule()),
+        ("revision", d.revision()),
+    ] {
+        let value = ProtoValue {
+            kind: Some(ValueKind::StringValue(value.to_owned())),
+        };
+        metadata.fields.insert(key.to_owned(), value);
+    }
+    Some(metadata)
 }
 
 fn header_options(headers: Vec<(&'static str, String)>) -> Vec<HeaderValueOption> {

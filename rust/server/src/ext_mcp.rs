@@ -32,6 +32,7 @@
 //! (stdio upstreams, the response hook), from `metadata_context` entries named like those
 //! headers ([`crate::subject`]).
 
+use crate::spans::{self, DecisionSpan, Spans};
 use crate::subject::{AuthzConfig, CallerFacts, ReadSubject};
 use envoy_types::pb::google::protobuf::value::Kind;
 use envoy_types::pb::google::protobuf::{Struct, Value as ProtoValue};
@@ -43,6 +44,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use toolgate_core::counter::Peer;
 use toolgate_core::definitions::listed::ListedTool;
+use toolgate_core::engine::gate::SpanOpener;
 use toolgate_core::engine::gate::{also_by_method, decide_reads};
 use toolgate_core::engine::listing::{filter_result, ListReport};
 use toolgate_core::engine::visibility::Visibility;
@@ -51,9 +53,10 @@ use toolgate_core::mcp::answer::case_variant;
 use toolgate_core::mcp::outcome::Failure;
 use toolgate_core::mcp::reply::{details, unknown_error, META_KEY};
 use toolgate_core::mcp::request::{
-    parse_params_related, McpRequest, Refusal, INVALID_PARAMS, PASSING,
+    parse_params_related, McpRequest, Parsed, Refusal, INVALID_PARAMS, PASSING,
 };
 use toolgate_core::observing::stats::Api;
+use toolgate_core::observing::trace_ids;
 use toolgate_core::policy::compile::CompiledPolicy;
 use toolgate_core::policy::Release;
 use toolgate_core::{Code, Decision, Engine, Request, Subject, Undecidable, Verdict};
@@ -182,23 +185,89 @@ pub fn check_request(
     config: &ExtMcpConfig,
     request: &pb::McpRequest,
 ) -> pb::McpRequestResult {
+    check_request_traced(engine, config, request, None)
+}
+
+/// [`check_request`], traced: `traced` is where spans go and the gRPC call's metadata. The
+/// decision goes back in the result's `metadata` ([`DECISION_KEY`]) for agentgateway's CEL
+/// and access log.
+pub fn check_request_traced(
+    engine: &Engine,
+    config: &ExtMcpConfig,
+    request: &pb::McpRequest,
+    traced: Option<(&Spans, &dyn spans::Headers)>,
+) -> pb::McpRequestResult {
     let method = request.method.as_str();
     if PASSING.contains(&method) || method.starts_with("notifications/") {
         return pass(None);
     }
     let started = Instant::now();
-    let answer = decide(engine, config, request);
+    let (mut answer, decision) = match traced {
+        None => decide(engine, config, request, None),
+        Some((spans, call)) => {
+            let forwarded = Forwarded(&request.headers);
+            let span = DecisionSpan::new(spans, &[&forwarded, call]);
+            let parsed = parse_params_related(&request.method, request.mcp_request.as_deref());
+            let ids = span.open(parsed.as_ref().ok());
+            let decided = trace_ids::within(ids, || decide(engine, config, request, Some(parsed)));
+            span.finish(decided.1.as_ref());
+            decided
+        }
+    };
+    if let Some(d) = &decision {
+        tell_decision(&mut answer, d);
+    }
     engine
         .stats()
         .record_duration(started.elapsed().as_nanos() as u64);
     answer
 }
 
+/// The result's `metadata` key under which the decision goes back to agentgateway:
+/// `verdict`, `code`, `rule` and `revision`, as the decision log writes them.
+pub const DECISION_KEY: &str = "toolgate_decision";
+
+fn tell_decision(result: &mut pb::McpRequestResult, d: &Decision) {
+    let fields = [
+        ("verdict", d.verdict.as_str()),
+        ("code", d.code.as_str()),
+        ("rule", d.rule()),
+        ("revision", d.revision()),
+    ]
+    .map(|(k, v)| (k.to_owned(), string_value(v.to_owned())));
+    let decision = ProtoValue {
+        kind: Some(Kind::StructValue(Struct {
+            fields: fields.into(),
+        })),
+    };
+    let metadata = result.metadata.get_or_insert_with(Struct::default);
+    metadata.fields.insert(DECISION_KEY.to_owned(), decision);
+}
+
+/// The client's headers agentgateway forwarded, read as a trace context's carrier.
+struct Forwarded<'a>(&'a [pb::McpHeader]);
+
+impl spans::Headers for Forwarded<'_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        let mut sent = self.0.iter().filter(|h| h.key.eq_ignore_ascii_case(name));
+        // Sent once, or it names no parent.
+        match (sent.next(), sent.next()) {
+            (Some(one), None) => std::str::from_utf8(&one.value).ok(),
+            _ => None,
+        }
+    }
+}
+
+/// What agentgateway is told, and the decision it follows (none: nothing was decided).
+type Decided = (pb::McpRequestResult, Option<Decision>);
+
+/// Decide a request, whose params were read into `parsed` if it is given.
 fn decide(
     engine: &Engine,
     config: &ExtMcpConfig,
     request: &pb::McpRequest,
-) -> pb::McpRequestResult {
+    parsed: Option<Result<Parsed, Refusal>>,
+) -> Decided {
     let facts = McpFacts {
         headers: &request.headers,
         metadata: request.metadata_context.as_ref(),
@@ -216,7 +285,9 @@ fn decide(
     if let Some(why) = read.refused() {
         return refuse(engine, why, None, server, subject, ErrorCode::Invalid);
     }
-    let asked = match parse_params_related(&request.method, request.mcp_request.as_deref()) {
+    let parsed = parsed
+        .unwrap_or_else(|| parse_params_related(&request.method, request.mcp_request.as_deref()));
+    let asked = match parsed {
         Ok(parsed) => parsed,
         Err(refusal) => return refuse_params(engine, &refusal, server, subject),
     };
@@ -230,7 +301,7 @@ fn decide(
         };
         if let Some(d) = engine.screen_related(Api::ExtMcp, task, &refused) {
             let method = toolgate_core::owners::tasks::METHODS[0];
-            return answer(config, &d, server, Named::Method, method);
+            return (answer(config, &d, server, Named::Method, method), Some(d));
         }
     }
     let asked = asked.request;
@@ -243,9 +314,9 @@ fn decide(
         } => (*kind, name, args),
         McpRequest::Listen { uris, .. } => {
             let (d, uri) = decide_reads(engine, Api::ExtMcp, uris, server, subject);
-            return answer(config, &d, server, Named::Resource, uri);
+            return (answer(config, &d, server, Named::Resource, uri), Some(d));
         }
-        McpRequest::Other { .. } | McpRequest::Response { .. } => return pass(None),
+        McpRequest::Other { .. } | McpRequest::Response { .. } => return (pass(None), None),
     };
     let decision = engine.decide_via(
         Api::ExtMcp,
@@ -269,7 +340,10 @@ fn decide(
         server,
         subject,
     );
-    answer(config, &decision, server, kind, name)
+    (
+        answer(config, &decision, server, kind, name),
+        Some(decision),
+    )
 }
 
 /// What agentgateway is told of a decision on `name`, of `kind`.
@@ -341,7 +415,7 @@ fn refuse(
     server: Option<&str>,
     subject: Subject<'_>,
     code: ErrorCode,
-) -> pb::McpRequestResult {
+) -> Decided {
     let request = Undecidable {
         reason: why,
         logged: None,
@@ -352,7 +426,7 @@ fn refuse(
     };
     let d = engine.refuse_via(Api::ExtMcp, &request);
     let data = serde_json::json!({ META_KEY: details(&d) });
-    error(code, why.to_owned(), Some(data))
+    (error(code, why.to_owned(), Some(data)), Some(d))
 }
 
 fn refuse_params(
@@ -360,7 +434,7 @@ fn refuse_params(
     refusal: &Refusal,
     server: Option<&str>,
     subject: Subject<'_>,
-) -> pb::McpRequestResult {
+) -> Decided {
     let logged = refusal.logged();
     let request = Undecidable {
         reason: &refusal.message,
@@ -372,7 +446,8 @@ fn refuse_params(
     };
     let d = engine.refuse_via(Api::ExtMcp, &request);
     let data = serde_json::json!({ META_KEY: details(&d), "jsonrpc_code": INVALID_PARAMS });
-    error(ErrorCode::Invalid, refusal.message.to_string(), Some(data))
+    let result = error(ErrorCode::Invalid, refusal.message.to_string(), Some(data));
+    (result, Some(d))
 }
 
 /// Answer one `CheckResponse`.

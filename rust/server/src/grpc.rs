@@ -457,6 +457,7 @@ impl envoy::rate_limit_service_server::RateLimitService for RateLimiter {
 pub struct ExtMcpService {
     pub engine: Arc<Engine>,
     pub config: Arc<ExtMcpConfig>,
+    pub spans: Option<Arc<Spans>>,
 }
 
 #[tonic::async_trait]
@@ -466,9 +467,11 @@ impl ext_mcp::pb::ext_mcp_server::ExtMcp for ExtMcpService {
         request: Request<ext_mcp::pb::McpRequest>,
     ) -> Result<Response<ext_mcp::pb::McpRequestResult>, Status> {
         check_deadline(&request)?;
-        let (engine, config) = (self.engine.clone(), self.config.clone());
+        let (engine, config, spans) =
+            (self.engine.clone(), self.config.clone(), self.spans.clone());
         let response = deciding(&self.engine, move || {
-            ext_mcp::check_request(&engine, &config, request.get_ref())
+            let traced = traced(&spans, &request);
+            ext_mcp::check_request_traced(&engine, &config, request.get_ref(), traced)
         })
         .await?;
         Ok(Response::new(response))

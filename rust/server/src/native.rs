@@ -142,7 +142,7 @@ impl Server {
                 AuthorizationServer::new(AuthorizationService {
                     engine: engine.clone(),
                     config: Arc::new(config.authz.clone()),
-                    spans,
+                    spans: spans.clone(),
                 })
                 .max_decoding_message_size(max),
             )
@@ -158,6 +158,7 @@ impl Server {
                 ExtMcpServer::new(ExtMcpService {
                     engine: engine.clone(),
                     config: Arc::new(ExtMcpConfig::new(config.authz.clone())),
+                    spans,
                 })
                 .max_decoding_message_size(max),
             )

@@ -414,8 +414,14 @@ mod tests {
         };
         assert_eq!(opened(&[&http, &grpc], Some(BODY)).trace_id, trace_of(BODY));
         assert_eq!(opened(&[&http, &grpc], None).trace_id, trace_of(HTTP));
-        assert_eq!(opened(&[&http, &grpc], Some("junk")).trace_id, trace_of(HTTP));
-        assert_eq!(opened(&[&headers("junk"), &grpc], None).trace_id, trace_of(GRPC));
+        assert_eq!(
+            opened(&[&http, &grpc], Some("junk")).trace_id,
+            trace_of(HTTP)
+        );
+        assert_eq!(
+            opened(&[&headers("junk"), &grpc], None).trace_id,
+            trace_of(GRPC)
+        );
         let new = opened(&[], None);
         assert!(![trace_of(BODY), trace_of(HTTP), trace_of(GRPC), [0; 16]].contains(&new.trace_id));
         assert_ne!(new.span_id, [0; 8]);

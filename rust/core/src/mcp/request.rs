@@ -983,7 +983,10 @@ mod tests {
         };
         let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
         let both = traced(&format!(r#"{{"traceparent":"{tp}","tracestate":"a=1"}}"#)).unwrap();
-        assert_eq!((both.traceparent.as_str(), both.tracestate.as_deref()), (tp, Some("a=1")));
+        assert_eq!(
+            (both.traceparent.as_str(), both.tracestate.as_deref()),
+            (tp, Some("a=1"))
+        );
         // Unchecked here: the span's opener reads it (and starts a new trace if it must).
         assert_eq!(traced(r#"{"traceparent":"x"}"#).unwrap().traceparent, "x");
         for none in [
@@ -997,7 +1000,9 @@ mod tests {
         let long = "0".repeat(MAX_TRACEPARENT_BYTES + 1);
         assert_eq!(traced(&format!(r#"{{"traceparent":"{long}"}}"#)), None);
         let state = "a".repeat(MAX_TRACESTATE_BYTES + 1);
-        let cut = traced(&format!(r#"{{"traceparent":"{tp}","tracestate":"{state}"}}"#));
+        let cut = traced(&format!(
+            r#"{{"traceparent":"{tp}","tracestate":"{state}"}}"#
+        ));
         assert_eq!(cut.unwrap().tracestate, None);
         // Read in params of ExtMCP too.
         let params = format!(r#"{{"name":"t","_meta":{{"traceparent":"{tp}"}}}}"#);
