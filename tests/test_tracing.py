@@ -127,6 +127,17 @@ def test_a_decision_without_a_trace_context_starts_a_trace(traced: Sidecar, jaeg
     assert (span["service"], span["spanID"], parent_of(span)) == ("toolgate", line["span_id"], None)
 
 
+def test_the_last_decisions_spans_leave_when_the_sidecar_stops(jaeger: Jaeger, tmp_path: Path):
+    trace_id, parent = new_ids()
+    args = ("--otlp-endpoint", jaeger.otlp_endpoint)
+    # The SDK's own schedule (a batch every 5 s): only the flush at the stop sends it in time.
+    with Sidecar(POLICY, *args, env={"OTEL_BSP_SCHEDULE_DELAY": "60000"}) as sc:
+        decide(sc, ALLOWED, (("traceparent", f"00-{trace_id}-{parent}-01"),))
+        assert sc.stop() == 0
+    (span,) = jaeger.wait_trace(trace_id, lambda s: len(s) == 1)
+    assert parent_of(span) == parent
+
+
 def test_a_parent_that_was_not_sampled_is_followed(traced: Sidecar, jaeger: Jaeger):
     unsampled, parent = new_ids()
     sampled, _ = new_ids()
