@@ -14,6 +14,12 @@ Parts (``--part``, repeatable; default floor and rss):
 - ``before``: this build against another ``toolgate`` executable (``--before EXE``, e.g. the
   previous commit installed in a venv of its own), same options, interleaved: one in flight
   and saturated, throughput, latency and CPU per call, and idle memory of both.
+- ``traced``: this build with ``--otlp-endpoint`` (``--otlp-endpoint URL``: a collector you
+  run, e.g. ``bash scripts/install-jaeger && target/tools/bin/jaeger``, OTLP on
+  127.0.0.1:4317) against the same build without, interleaved: what a span per decision
+  costs. Every bench request starts a trace of its own, ``--ratio`` of them sampled (1 by
+  default: the most tracing can cost); past the exporter's queue, spans are dropped, never
+  waited for.
 - ``rss``: VmRSS of ``toolgate serve --policy examples/policy.json`` (default table), idle,
   a few seconds after it first answers (aim ≤ 40 MiB).
 
@@ -23,6 +29,7 @@ errors as successes).
     .venv/bin/python bench/wire_bench.py                      # floor and rss, writes RESULTS.md
     .venv/bin/python bench/wire_bench.py --part floor --print # one part, print only
     .venv/bin/python bench/wire_bench.py --part before --before OTHER/.venv/bin/toolgate --print
+    .venv/bin/python bench/wire_bench.py --part traced --otlp-endpoint http://127.0.0.1:4317 --print
 """
 
 from __future__ import annotations
@@ -205,6 +212,37 @@ def part_before(args, workdir: Path, body: Path, out: dict) -> list[str]:
     ]
 
 
+def part_traced(args, workdir: Path, body: Path, out: dict) -> list[str]:
+    if not args.otlp_endpoint:
+        raise SystemExit("--part traced needs --otlp-endpoint URL (a collector)")
+    exe, t = h.toolgate_exe(), ["--threads", str(args.threads)]
+    traced = ["--otlp-endpoint", args.otlp_endpoint, "--otlp-sample-ratio", str(args.ratio)]
+    sides = {"untraced": [exe, *t], "traced": [exe, *t, *traced]}
+    servers = start_servers(sides, workdir)
+    try:
+        h.warm(
+            [f"http://127.0.0.1:{s.port}{h.DECIDE}" for s in servers.values()],
+            body,
+            args.warmup,
+            args,
+        )
+        runs = interleave(servers, body, workdir, args, "single", args.runs)
+        runs += interleave(servers, body, workdir, args, "saturated", args.runs)
+    finally:
+        for s in servers.values():
+            s.stop()
+    out["traced"] = medians(runs, list(sides))
+    return [
+        "| load | metric | untraced | traced | traced / untraced (per run) |",
+        "|---|---|---:|---:|---|",
+        *metric_rows(runs, list(sides), ratio_of=("traced", "untraced")),
+        "",
+        f"Traced: `--otlp-endpoint`, every request a trace of its own, `--otlp-sample-ratio "
+        f"{args.ratio:g}` of them sampled and exported.",
+        h.busy_line(runs),
+    ]
+
+
 def idle_rss_mib(args, workdir: Path, exe: str | None = None) -> float:
     """VmRSS of ``toolgate serve`` on the example policy, idle after one dry-run Decide and
     one /metrics scrape."""
@@ -241,8 +279,10 @@ def part_rss(args, workdir: Path, out: dict) -> list[str]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--part", action="append", choices=["floor", "before", "rss"])
+    p.add_argument("--part", action="append", choices=["floor", "before", "traced", "rss"])
     p.add_argument("--before", metavar="EXE", help="--part before: the other build's toolgate")
+    p.add_argument("--otlp-endpoint", metavar="URL", help="--part traced: the collector")
+    p.add_argument("--ratio", type=float, default=1.0, help="--part traced: sampled share (1)")
     p.add_argument("--threads", type=int, default=2, help="native and Rust floor threads (2)")
     p.add_argument("-n1", "--n-single", type=int, default=10_000, help="one in flight, per run")
     p.add_argument("--sat-seconds", type=float, default=5.0, help="saturated run, h2load -D")
@@ -286,6 +326,9 @@ def main() -> int:
         if "before" in parts:
             lines += ["", "**This build against another** (`--part before`)", ""]
             lines += part_before(args, workdir, body, out)
+        if "traced" in parts:
+            lines += ["", "**A span per decision** (`--part traced`)", ""]
+            lines += part_traced(args, workdir, body, out)
         if "rss" in parts:
             lines += ["", "**Idle memory** (`--part rss`)", ""]
             lines += part_rss(args, workdir, out)

@@ -220,30 +220,34 @@ impl<'a> DecisionSpan<'a> {
             .or_else(|| self.transport.clone())
             .unwrap_or_default();
         let tracer = &self.spans.tracer;
-        let name = match asked.target {
-            Some(target) => format!("{} {target}", asked.method),
-            None if asked.method.is_empty() => "run_guardrail toolgate".to_owned(),
-            None => asked.method.to_owned(),
-        };
-        let mut attributes = vec![
-            KeyValue::new("gen_ai.guardrail.component.name", NAME),
-            KeyValue::new("gen_ai.guardrail.target.type", "input"),
-        ];
-        if !asked.method.is_empty() {
-            attributes.push(KeyValue::new("mcp.method.name", asked.method.to_owned()));
-        }
-        if let (Some(key), Some(target)) = (asked.target_key, asked.target) {
-            attributes.push(KeyValue::new(key, target.to_owned()));
-        }
-        if let Some(id) = &asked.id {
-            attributes.push(KeyValue::new("jsonrpc.request.id", id.clone()));
-        }
-        let span = tracer
-            .span_builder(name)
+        let mut span = tracer
+            .span_builder(NAME)
             .with_kind(SpanKind::Internal)
             .with_start_time(self.arrived)
-            .with_attributes(attributes)
             .start_with_context(tracer, &parent);
+        // Named and described only if it is kept: a span not sampled costs no text.
+        if span.is_recording() {
+            span.update_name(match asked.target {
+                Some(target) => format!("{} {target}", asked.method),
+                None if asked.method.is_empty() => "run_guardrail toolgate".to_owned(),
+                None => asked.method.to_owned(),
+            });
+            span.set_attribute(KeyValue::new("gen_ai.guardrail.component.name", NAME));
+            span.set_attribute(KeyValue::new("gen_ai.guardrail.target.type", "input"));
+            if !asked.method.is_empty() {
+                span.set_attribute(KeyValue::new("mcp.method.name", asked.method.to_owned()));
+            }
+            if let (Some(key), Some(target)) = (asked.target_key, asked.target) {
+                span.set_attribute(KeyValue::new(key, target.to_owned()));
+            }
+            if let Some(id) = asked.request.and_then(McpRequest::id) {
+                let id = match id {
+                    serde_json::Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                span.set_attribute(KeyValue::new("jsonrpc.request.id", id));
+            }
+        }
         let context = span.span_context();
         let ids = TraceIds {
             trace_id: context.trace_id().to_bytes(),
@@ -302,15 +306,12 @@ pub struct Asked<'a> {
     /// The tool, prompt or resource, and the attribute that names it.
     pub target: Option<&'a str>,
     pub target_key: Option<&'static str>,
-    pub id: Option<String>,
+    /// The request read, whose id is `jsonrpc.request.id`.
+    pub request: Option<&'a McpRequest>,
 }
 
 impl<'a> Asked<'a> {
     pub fn of(request: &'a McpRequest) -> Asked<'a> {
-        let id = request.id().map(|id| match id {
-            serde_json::Value::String(s) => s,
-            other => other.to_string(),
-        });
         let (method, target, target_key) = match request {
             McpRequest::ToolCall { name, .. } => ("tools/call", Some(name.as_str()), TOOL),
             McpRequest::Named {
@@ -329,7 +330,7 @@ impl<'a> Asked<'a> {
             method,
             target,
             target_key,
-            id,
+            request: Some(request),
         }
     }
 
@@ -339,7 +340,7 @@ impl<'a> Asked<'a> {
             method: "tools/call",
             target: (!tool.is_empty()).then_some(tool),
             target_key: TOOL,
-            id: None,
+            request: None,
         }
     }
 }
