@@ -181,12 +181,10 @@ def part_floor(args, workdir: Path, body: Path, out: dict) -> list[str]:
     ]
 
 
-def part_before(args, workdir: Path, body: Path, out: dict) -> list[str]:
-    if not args.before:
-        raise SystemExit("--part before needs --before EXE")
-    exes = {"before": args.before, "this build": h.toolgate_exe()}
-    t = ["--threads", str(args.threads)]
-    servers = start_servers({name: [exe, *t] for name, exe in exes.items()}, workdir)
+def side_by_side(sides: dict[str, list[str]], args, workdir: Path, body: Path) -> list[h.Run]:
+    """Each side's ``toolgate serve`` (its command), warmed, then interleaved runs one in
+    flight and saturated."""
+    servers = start_servers(sides, workdir)
     try:
         h.warm(
             [f"http://127.0.0.1:{s.port}{h.DECIDE}" for s in servers.values()],
@@ -199,6 +197,15 @@ def part_before(args, workdir: Path, body: Path, out: dict) -> list[str]:
     finally:
         for s in servers.values():
             s.stop()
+    return runs
+
+
+def part_before(args, workdir: Path, body: Path, out: dict) -> list[str]:
+    if not args.before:
+        raise SystemExit("--part before needs --before EXE")
+    exes = {"before": args.before, "this build": h.toolgate_exe()}
+    t = ["--threads", str(args.threads)]
+    runs = side_by_side({name: [exe, *t] for name, exe in exes.items()}, args, workdir, body)
     rss = {name: idle_rss_mib(args, workdir, exe) for name, exe in exes.items()}
     out["before"] = medians(runs, list(exes))
     return [
@@ -218,19 +225,7 @@ def part_traced(args, workdir: Path, body: Path, out: dict) -> list[str]:
     exe, t = h.toolgate_exe(), ["--threads", str(args.threads)]
     traced = ["--otlp-endpoint", args.otlp_endpoint, "--otlp-sample-ratio", str(args.ratio)]
     sides = {"untraced": [exe, *t], "traced": [exe, *t, *traced]}
-    servers = start_servers(sides, workdir)
-    try:
-        h.warm(
-            [f"http://127.0.0.1:{s.port}{h.DECIDE}" for s in servers.values()],
-            body,
-            args.warmup,
-            args,
-        )
-        runs = interleave(servers, body, workdir, args, "single", args.runs)
-        runs += interleave(servers, body, workdir, args, "saturated", args.runs)
-    finally:
-        for s in servers.values():
-            s.stop()
+    runs = side_by_side(sides, args, workdir, body)
     out["traced"] = medians(runs, list(sides))
     return [
         "| load | metric | untraced | traced | traced / untraced (per run) |",
