@@ -199,3 +199,13 @@ def test_a_sidecar_serves_as_its_file_and_environment_say(tmp_path):
         server.terminate()
         _, err = server.communicate(timeout=PATIENCE)
     assert '"msg": "metrics off"' in err, err
+
+
+@pytest.mark.parametrize("flag", ["--drain", "--grace"])
+@pytest.mark.parametrize("value", ["inf", "nan", "-1", "86401"])
+def test_a_wait_that_is_no_time_a_stop_can_take_is_refused(flag: str, value: str, capsys):
+    # An infinite drain was taken, and the stop then failed ("timestamp out of range").
+    with pytest.raises(SystemExit) as exit:
+        PARSER.parse_args([flag, value])
+    assert exit.value.code == 2
+    assert flag in capsys.readouterr().err

@@ -38,6 +38,8 @@ non_negative_float = _number(float, 0, "0 or more")
 #: A time a command waits on a server: a day at most (gRPC's deadlines overflow far beyond).
 seconds = _number(float, 1e-9, "more than 0 and at most a day (86400)", most=86400)
 wait_seconds = _number(float, 0, "0 or more, and at most a day (86400)", most=86400)
+#: A share, from none to all.
+ratio = _number(float, 0, "from 0 to 1", most=1)
 
 
 #: How long a command that asks a sidecar waits by default for one that does not answer yet:

@@ -10,7 +10,13 @@ from typing import Any
 from toolgate import PolicyError
 from toolgate._core import SidecarSettings
 from toolgate.cli import exits
-from toolgate.cli.parser import non_negative_float, positive_float, positive_int
+from toolgate.cli.parser import (
+    non_negative_float,
+    positive_float,
+    positive_int,
+    ratio,
+    wait_seconds,
+)
 from toolgate.cli.serve_config import ConfigError, layered
 from toolgate.sidecar.addresses import listen_address, metrics_address
 from toolgate.sidecar.approvals.options import ApprovalOptions
@@ -220,14 +226,14 @@ def add_command(sub: Any) -> None:
     )
     serve.add_argument(
         "--drain",
-        type=float,
+        type=wait_seconds,
         default=defaults.drain,
         metavar="SECONDS",
         help="on SIGTERM, report NOT_SERVING for this long while still answering",
     )
     serve.add_argument(
         "--grace",
-        type=float,
+        type=wait_seconds,
         default=defaults.grace,
         metavar="SECONDS",
         help="how long in-flight calls may take on SIGTERM",
@@ -433,7 +439,7 @@ def add_command(sub: Any) -> None:
     )
     tracing.add_argument(
         "--otlp-sample-ratio",
-        type=float,
+        type=ratio,
         default=SIDECAR.otlp_sample_ratio,
         metavar="RATIO",
         help="the share of new traces sampled, from 0 to 1; a request whose trace context "

@@ -20,6 +20,13 @@ fn given(options: Option<&Bound<'_, PyDict>>) -> PyResult<Map<String, Value>> {
             Some(v @ (Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_))) => {
                 given.insert(name, v);
             }
+            // JSON has no NaN or infinity: a float with neither is a number here.
+            None if value.extract::<f64>().is_ok_and(|f| !f.is_finite()) => {
+                return Err(PyValueError::new_err(format!(
+                    "--{}: a number is finite, not {value}",
+                    name.replace('_', "-"),
+                )))
+            }
             _ => {
                 return Err(PyValueError::new_err(format!(
                     "--{}: a setting is a str, int, float, bool or None, not {}",

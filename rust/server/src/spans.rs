@@ -65,11 +65,19 @@ impl Spans {
         }
         let endpoint = &options.endpoint;
         let uri = endpoint.parse::<http::Uri>().ok();
-        if !uri
-            .is_some_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some())
+        // The URI's reader takes any digits for a port: one is 1 to 65535, or none is given.
+        let port_ok = |u: &http::Uri| match u.authority().and_then(|a| a.as_str().rsplit_once(':'))
         {
+            Some((_, port)) if !port.contains(']') => port.parse::<u16>().is_ok_and(|p| p > 0),
+            _ => true,
+        };
+        if !uri.is_some_and(|u| u.scheme_str() == Some("http") && u.host().is_some() && port_ok(&u))
+        {
+            // No TLS in this build: a collector beside toolgate (an agent, a sidecar) or on
+            // a network you trust takes plain OTLP/gRPC.
             return Err(format!(
-                "the OTLP endpoint {endpoint:?} is not an http:// or https:// address"
+                "the OTLP endpoint {endpoint:?} is not an http://HOST[:PORT] address (OTLP over \
+                 gRPC, without TLS)"
             ));
         }
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -225,25 +233,27 @@ impl<'a> DecisionSpan<'a> {
             .with_kind(SpanKind::Internal)
             .with_start_time(self.arrived)
             .start_with_context(tracer, &parent);
-        // Named and described only if it is kept: a span not sampled costs no text.
+        // Named and described only if it is kept: a span not sampled costs no text. What the
+        // agent wrote is cut to a length, so the queue's spans hold bounded bytes.
         if span.is_recording() {
-            span.update_name(match asked.target {
-                Some(target) => format!("{} {target}", asked.method),
-                None if asked.method.is_empty() => "run_guardrail toolgate".to_owned(),
-                None => asked.method.to_owned(),
+            let (method, target) = (bounded(asked.method), asked.target.map(bounded));
+            span.update_name(match &target {
+                Some(target) => format!("{method} {target}"),
+                None if method.is_empty() => "run_guardrail toolgate".to_owned(),
+                None => method.clone(),
             });
             span.set_attribute(KeyValue::new("gen_ai.guardrail.component.name", NAME));
             span.set_attribute(KeyValue::new("gen_ai.guardrail.target.type", "input"));
-            if !asked.method.is_empty() {
-                span.set_attribute(KeyValue::new("mcp.method.name", asked.method.to_owned()));
+            if !method.is_empty() {
+                span.set_attribute(KeyValue::new("mcp.method.name", method));
             }
-            if let (Some(key), Some(target)) = (asked.target_key, asked.target) {
-                span.set_attribute(KeyValue::new(key, target.to_owned()));
+            if let (Some(key), Some(target)) = (asked.target_key, target) {
+                span.set_attribute(KeyValue::new(key, target));
             }
             if let Some(id) = asked.request.and_then(McpRequest::id) {
                 let id = match id {
-                    serde_json::Value::String(s) => s,
-                    other => other.to_string(),
+                    serde_json::Value::String(s) => bounded(&s),
+                    other => bounded(&other.to_string()),
                 };
                 span.set_attribute(KeyValue::new("jsonrpc.request.id", id));
             }
@@ -349,6 +359,14 @@ const TOOL: Option<&str> = Some("gen_ai.tool.name");
 const PROMPT: Option<&str> = Some("gen_ai.prompt.name");
 const RESOURCE: Option<&str> = Some("mcp.resource.uri");
 
+/// Longest text of the agent's a span keeps (a tool's name, a URI, an id), in bytes: MCP's
+/// names are at most 128 characters; a longer text is cut at a character boundary.
+pub const MAX_SPAN_TEXT_BYTES: usize = 256;
+
+fn bounded(text: &str) -> String {
+    text[..text.floor_char_boundary(MAX_SPAN_TEXT_BYTES)].to_owned()
+}
+
 /// The guardrail convention's verdict: a call a person must approve or confirm escalates.
 fn verdict_type(d: &Decision) -> &'static str {
     match (d.verdict, d.code) {
@@ -437,7 +455,16 @@ mod tests {
             };
             assert!(Spans::start(&options).is_err(), "{ratio}");
         }
-        for endpoint in ["", "127.0.0.1:4317", "grpc://x:1", "http://"] {
+        for endpoint in [
+            "",
+            "127.0.0.1:4317",
+            "grpc://x:1",
+            "http://",
+            "https://collector:4317",
+            "http://127.0.0.1:99999",
+            "http://127.0.0.1:0",
+            "http://127.0.0.1:x",
+        ] {
             let options = TraceOptions {
                 endpoint: endpoint.into(),
                 sample_ratio: 1.0,
@@ -464,6 +491,30 @@ mod tests {
         }
         assert!(well_formed(&format!("00-{id}-b7ad6b7169203331-01")));
         assert!(well_formed(&format!("01-{id}-b7ad6b7169203331-01-later")));
+    }
+
+    #[test]
+    fn an_endpoint_with_or_without_a_port_is_taken() {
+        for endpoint in [
+            "http://[::1]:4317",
+            "http://collector",
+            "http://127.0.0.1:4317/",
+        ] {
+            let options = TraceOptions {
+                endpoint: endpoint.into(),
+                sample_ratio: 0.5,
+            };
+            assert!(Spans::start(&options).is_ok(), "{endpoint}");
+        }
+    }
+
+    #[test]
+    fn the_agents_text_is_cut_at_a_character_boundary() {
+        let long = "é".repeat(MAX_SPAN_TEXT_BYTES);
+        let cut = bounded(&long);
+        assert!(cut.len() <= MAX_SPAN_TEXT_BYTES && cut.len() >= MAX_SPAN_TEXT_BYTES - 1);
+        assert!(long.starts_with(&cut));
+        assert_eq!(bounded("get_weather"), "get_weather");
     }
 
     proptest! {
