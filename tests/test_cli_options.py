@@ -274,6 +274,8 @@ def another(name: str, default: object) -> object:
         "threads": 3,
         "store": "redis://127.0.0.1:1/0",
         "decision_log": "-",
+        "otlp_endpoint": "http://127.0.0.1:4317",
+        "otlp_sample_ratio": 0.5,
     }
     if name in special:
         return special[name]

@@ -24,6 +24,7 @@ it); without it the tests that run it skip, except in CI.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import hashlib
 import json
@@ -34,6 +35,7 @@ import shutil
 import subprocess
 import tomllib
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -384,6 +386,18 @@ def test_options_reach_toolgate_as_the_values_it_reads(tmp_path, data):
     drawable = sorted(n for n, e in schema.items() if e.get("type") != "string") + HEADERS
     names = data.draw(st.lists(st.sampled_from(drawable), min_size=1, max_size=6, unique=True))
     options: dict[str, Any] = {}
+    actions = options_of(SERVE_PARSER)
+
+    def taken(name: str, value: Any) -> bool:
+        """Whether the option's own checks (a range, such as a ratio's) take ``value``."""
+        check = actions[name].type
+        try:
+            if callable(check):
+                check(str(value))
+        except argparse.ArgumentTypeError:
+            return False
+        return True
+
     for name in names:
         entry = schema[name]
         if "enum" in entry:
@@ -391,13 +405,12 @@ def test_options_reach_toolgate_as_the_values_it_reads(tmp_path, data):
         elif entry["type"] == "string":
             options[name] = "x-caller"
         else:
-            options[name] = data.draw(samples[entry["type"]])
+            options[name] = data.draw(samples[entry["type"]].filter(partial(taken, name)))
     objects = template(tmp_path, {"toolgate": {"options": options}})
     env = {e["name"]: e["value"] for e in containers(pod(objects))["toolgate"]["env"]}
     assert set(env) == {variable(n) for n in options}
     words = ["--policy", "p.json"]
     read, _ = layered(SERVE_PARSER, SERVE_PARSER.parse_args(words), words, environ=env)
-    actions = options_of(SERVE_PARSER)
     for name, value in options.items():
         got = getattr(read, actions[name].dest)
         if isinstance(value, bool):

@@ -45,8 +45,14 @@ def tracked_files_holding(version: str) -> set[str]:
 
 
 #: Tracked files whose version numbers are other projects': the Node packages the tests pin,
-#: the patch a peer is built with, and Envoy's dynamic-module ABI the module declares.
-FOREIGN = ("tests/node/package-lock.json", "bench/peers/", "rust/envoy_module/src/abi.rs")
+#: the Go modules Jaeger is built from, the patch a peer is built with, and Envoy's
+#: dynamic-module ABI the module declares.
+FOREIGN = (
+    "tests/node/package-lock.json",
+    "tests/go_jaeger/",
+    "bench/peers/",
+    "rust/envoy_module/src/abi.rs",
+)
 
 
 def test_no_file_shows_the_version_unless_the_release_rewrites_it():

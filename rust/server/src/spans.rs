@@ -30,7 +30,8 @@ use std::time::{Duration, SystemTime};
 use toolgate_core::decision::{Code, Decision, Verdict};
 use toolgate_core::engine::gate::SpanOpener;
 use toolgate_core::mcp::request::{McpRequest, Parsed};
-use toolgate_core::observing::trace_ids::{TraceCarrier, TraceIds};
+use toolgate_core::mcp::trace_context::TraceCarrier;
+use toolgate_core::observing::trace_ids::TraceIds;
 use toolgate_core::Kind;
 
 /// The name the spans' instrumentation scope and, unless `OTEL_SERVICE_NAME` says otherwise,

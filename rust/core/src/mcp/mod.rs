@@ -9,6 +9,7 @@ pub mod reply;
 pub mod request;
 pub mod spans;
 pub mod sse;
+pub mod trace_context;
 pub mod uri;
 
 pub use reply::Reply;

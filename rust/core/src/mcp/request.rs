@@ -21,7 +21,7 @@ use crate::asking::confirmation::{Answer, Confirming, FIRST_REVISION, TOKEN_PREF
 use crate::json::fold::{fold_eq, folded};
 use crate::json::strict::{self, Ambiguity, StrictError};
 use crate::kind::Kind;
-use crate::observing::trace_ids::{TraceCarrier, MAX_TRACEPARENT_BYTES, MAX_TRACESTATE_BYTES};
+use crate::mcp::trace_context::{TraceCarrier, MAX_TRACEPARENT_BYTES, MAX_TRACESTATE_BYTES};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 

@@ -16,19 +16,6 @@ pub struct TraceIds {
     pub span_id: [u8; 8],
 }
 
-/// A request's own trace context, as it carried it (W3C `traceparent`, `tracestate`):
-/// unchecked text, read by whoever opens the span.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TraceCarrier {
-    pub traceparent: String,
-    pub tracestate: Option<String>,
-}
-
-/// Longest `traceparent` kept (version 00's is 55 bytes; a later version may be longer).
-pub const MAX_TRACEPARENT_BYTES: usize = 256;
-/// Longest `tracestate` kept: the W3C limit that every vendor must carry.
-pub const MAX_TRACESTATE_BYTES: usize = 512;
-
 thread_local! {
     static CURRENT: Cell<Option<TraceIds>> = const { Cell::new(None) };
 }
