@@ -352,20 +352,14 @@ fn response(gate: Gate, note: Option<Struct>) -> CheckResponse {
     }
 }
 
-/// The ext_proc exchange's `note` with the decision, for Envoy's access log
-/// (`%DYNAMIC_METADATA(envoy.filters.http.ext_authz:code)%`): `verdict`, `code`, `rule` and
-/// `revision`, as the decision log writes them. Nothing decided: the note alone.
+/// The ext_proc exchange's `note` with the decision ([`reply::told`]), for Envoy's access log
+/// (`%DYNAMIC_METADATA(envoy.filters.http.ext_authz:code)%`). Nothing decided: the note alone.
 fn with_decision(note: Option<Struct>, d: Option<&Decision>) -> Option<Struct> {
     let Some(d) = d else {
         return note;
     };
     let mut metadata = note.unwrap_or_default();
-    for (key, value) in [
-        ("verdict", d.verdict.as_str()),
-        ("code", d.code.as_str()),
-        ("rule", d.rule()),
-        ("revision", d.revision()),
-    ] {
+    for (key, value) in reply::told(d) {
         let value = ProtoValue {
             kind: Some(ValueKind::StringValue(value.to_owned())),
         };

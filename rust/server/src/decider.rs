@@ -76,7 +76,7 @@ fn respond(
     };
     let span = DecisionSpan::new(spans, &[call]);
     let ids = span.start(&Asked::tool(&req.tool), None);
-    let decision = trace_ids::within(ids, || decide(engine, max_argument_bytes, req));
+    let decision = trace_ids::within(Some(ids), || decide(engine, max_argument_bytes, req));
     span.finish(Some(&decision));
     encode(decision)
 }

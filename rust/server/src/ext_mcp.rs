@@ -51,7 +51,7 @@ use toolgate_core::engine::visibility::Visibility;
 use toolgate_core::kind::{Kind as Named, Listed};
 use toolgate_core::mcp::answer::case_variant;
 use toolgate_core::mcp::outcome::Failure;
-use toolgate_core::mcp::reply::{details, unknown_error, META_KEY};
+use toolgate_core::mcp::reply::{self, details, unknown_error, META_KEY};
 use toolgate_core::mcp::request::{
     parse_params_related, McpRequest, Parsed, Refusal, INVALID_PARAMS, PASSING,
 };
@@ -223,18 +223,12 @@ pub fn check_request_traced(
     answer
 }
 
-/// The result's `metadata` key under which the decision goes back to agentgateway:
-/// `verdict`, `code`, `rule` and `revision`, as the decision log writes them.
+/// The result's `metadata` key under which the decision goes back to agentgateway
+/// ([`reply::told`]).
 pub const DECISION_KEY: &str = "toolgate_decision";
 
 fn tell_decision(result: &mut pb::McpRequestResult, d: &Decision) {
-    let fields = [
-        ("verdict", d.verdict.as_str()),
-        ("code", d.code.as_str()),
-        ("rule", d.rule()),
-        ("revision", d.revision()),
-    ]
-    .map(|(k, v)| (k.to_owned(), string_value(v.to_owned())));
+    let fields = reply::told(d).map(|(k, v)| (k.to_owned(), string_value(v.to_owned())));
     let decision = ProtoValue {
         kind: Some(Kind::StructValue(Struct {
             fields: fields.into(),

@@ -223,7 +223,7 @@ impl<'a> DecisionSpan<'a> {
 
     /// Start the span for a request named as `asked` says, under `carried` (the message's own
     /// context) or the transport's.
-    pub fn start(&self, asked: &Asked<'_>, carried: Option<&TraceCarrier>) -> Option<TraceIds> {
+    pub fn start(&self, asked: &Asked<'_>, carried: Option<&TraceCarrier>) -> TraceIds {
         let parent = carried
             .and_then(parent_in)
             .or_else(|| self.transport.clone())
@@ -265,7 +265,7 @@ impl<'a> DecisionSpan<'a> {
             span_id: context.span_id().to_bytes(),
         };
         *self.span.borrow_mut() = Some(span);
-        Some(ids)
+        ids
     }
 
     /// End the span with `decision` (none: nothing was decided, the request passed).
@@ -302,10 +302,10 @@ impl<'a> DecisionSpan<'a> {
 
 impl SpanOpener for DecisionSpan<'_> {
     fn open(&self, read: Option<&Parsed>) -> Option<TraceIds> {
-        match read {
+        Some(match read {
             Some(parsed) => self.start(&Asked::of(&parsed.request), parsed.trace.as_ref()),
             None => self.start(&Asked::default(), None),
-        }
+        })
     }
 }
 
@@ -430,7 +430,7 @@ mod tests {
             let span = DecisionSpan::new(&spans, transports);
             let ids = span.start(&Asked::tool("t"), body.map(carried).as_ref());
             span.finish(None);
-            ids.unwrap()
+            ids
         };
         assert_eq!(opened(&[&http, &grpc], Some(BODY)).trace_id, trace_of(BODY));
         assert_eq!(opened(&[&http, &grpc], None).trace_id, trace_of(HTTP));
@@ -542,7 +542,7 @@ mod tests {
                 let opened = DecisionSpan::new(spans, &[]);
                 let ids = opened.start(&Asked::tool("t"), Some(&carried(&traceparent)));
                 opened.finish(None);
-                ids.unwrap()
+                ids
             });
             let lower_hex = |t: &str, n: usize| {
                 t.len() == n && t.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))

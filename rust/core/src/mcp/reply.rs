@@ -36,6 +36,18 @@ fn id_or_null(id: &Option<Value>) -> Value {
     id.clone().unwrap_or(Value::Null)
 }
 
+/// What a gateway is told of a decision for its logs and rules (Envoy's dynamic metadata,
+/// agentgateway's result metadata): verdict, code, rule and revision, as the decision log
+/// writes them.
+pub fn told(d: &Decision) -> [(&'static str, &str); 4] {
+    [
+        ("verdict", d.verdict.as_str()),
+        ("code", d.code.as_str()),
+        ("rule", d.rule()),
+        ("revision", d.revision()),
+    ]
+}
+
 /// A decision's details, as a program reads them: verdict, code, reason, rule, retry-after
 /// for a limit, approval id for an approval, and the policy's revision.
 pub fn details(d: &Decision) -> Map<String, Value> {
