@@ -38,6 +38,7 @@ __all__ = [
     "inert",
     "inert_json",
     "is_mcp_tool_name",
+    "load_tokens",
     "policy_keys",
     "read_document",
     "read_maxmemory_policy",
@@ -90,6 +91,10 @@ def argument_digest(key: bytes, arguments: str) -> str:
     """The digest of a call's arguments (JSON text) as the decision log, the approvals store
     and webhooks write it under ``key`` (the state directory's ``grant.key``):
     ``hmac-sha256:`` and 64 hex digits. ValueError if the text is not one JSON value."""
+
+def load_tokens(path: str) -> list[tuple[str, str]]:
+    """A bearer tokens file (``--admin-tokens``, ``--authzen-tokens``): ``(name, token)`` per
+    token, in the file's order. ValueError naming the file and line for a malformed one."""
 
 def tool_digest(tool: str) -> str:
     """The digest a pin records of one tool definition (JSON text of one tool object of a
@@ -502,6 +507,10 @@ class SidecarSettings:
     #: The collector's OTLP/gRPC address, or None: decisions are not traced.
     otlp_endpoint: str | None
     otlp_sample_ratio: float
+    #: The AuthZEN listener's ``HOST:PORT`` or ``unix:PATH``, or None: no listener.
+    authzen_listen: str | None
+    #: Its callers' bearer tokens file, or None.
+    authzen_tokens: str | None
     def __new__(cls, **options: object) -> SidecarSettings: ...
     def replace(self, **changes: object) -> SidecarSettings:
         """These settings with ``changes`` made, checked again."""
@@ -559,6 +568,9 @@ class Sidecar:
     def serve(self) -> str:
         """Bind and answer calls, NOT_SERVING until told otherwise; the address it
         listens on. ValueError without ``listen``, OSError if it cannot bind."""
+    def authzen_address(self) -> str | None:
+        """The address the AuthZEN listener listens on (``--authzen-listen``), while it
+        serves."""
     def set_serving(self, serving: bool) -> None:
         """SERVING or NOT_SERVING on grpc.health.v1; calls are answered either way."""
     def stop(self, grace: float) -> None:

@@ -445,4 +445,21 @@ def add_command(sub: Any) -> None:
         help="the share of new traces sampled, from 0 to 1; a request whose trace context "
         "says whether it is sampled follows it (default: %(default)s)",
     )
+    authzen = serve.add_argument_group(
+        "AuthZEN",
+        "the OpenID AuthZEN Authorization API over HTTP, for enforcement points that speak it "
+        "(docs/authzen.md)",
+    )
+    authzen.add_argument(
+        "--authzen-listen",
+        metavar="ADDR",
+        help="serve /access/v1/evaluation(s) on this HOST:PORT or unix:PATH (off by default); "
+        "any address but a loopback one needs --authzen-tokens",
+    )
+    authzen.add_argument(
+        "--authzen-tokens",
+        metavar="FILE",
+        help="NAME TOKEN per line (as --admin-tokens): a caller presents one as "
+        "'Authorization: Bearer TOKEN'",
+    )
     serve.set_defaults(run=_run, serve_parser=serve)

@@ -383,6 +383,8 @@ def _serve(opts: ServeOptions, starting: Starting) -> int:
         log.info("admin (toolgate.v1.Approvals) on %s", approvals.admin_address)
     else:
         log.info("no admin listener (no --admin-tokens)")
+    if (authzen := sidecar.authzen_address()) is not None:
+        log.info("AuthZEN (/access/v1/evaluation, /access/v1/evaluations) on %s", authzen)
 
     dropped, head, ticks, store_seen = 0, None, 0, (0, 0)
     on_redis = opts.sidecar.store != "local"

@@ -96,6 +96,13 @@ fn argument_digest(key: &[u8], arguments: &str) -> PyResult<String> {
         .ok_or_else(|| PyValueError::new_err("the arguments hold a value JSON cannot"))
 }
 
+/// A bearer tokens file (`--admin-tokens`, `--authzen-tokens`): `(name, token)` per token,
+/// in the file's order. ValueError naming the file and line for a malformed one.
+#[pyfunction]
+fn load_tokens(path: std::path::PathBuf) -> PyResult<Vec<(String, String)>> {
+    toolgate_runtime::tokens::load(&path).map_err(PyValueError::new_err)
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::PyEngine>()?;
@@ -130,6 +137,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(inert_json, m)?)?;
     m.add_function(wrap_pyfunction!(tool_digest, m)?)?;
     m.add_function(wrap_pyfunction!(argument_digest, m)?)?;
+    m.add_function(wrap_pyfunction!(load_tokens, m)?)?;
     m.add_function(wrap_pyfunction!(eviction::read_maxmemory_policy, m)?)?;
     m.add_function(wrap_pyfunction!(format_window, m)?)?;
     m.add_function(wrap_pyfunction!(format_seconds, m)?)?;

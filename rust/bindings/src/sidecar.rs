@@ -146,6 +146,11 @@ impl PySidecar {
         py.detach(|| self.inner.serve()).map_err(raise)
     }
 
+    /// The address the AuthZEN listener listens on (`--authzen-listen`), while it serves.
+    fn authzen_address(&self) -> Option<String> {
+        self.inner.authzen_address()
+    }
+
     /// Report SERVING (True) or NOT_SERVING (False) on grpc.health.v1; calls are answered
     /// either way.
     fn set_serving(&self, py: Python<'_>, serving: bool) {

@@ -9,6 +9,7 @@
 //!   table, `toolgate_core::counter::CounterTable`, is the other store).
 //! - [`policy_file`]: a policy file and its pins files, read for the core; [`policy_watch`]
 //!   when to read them again (with [`file_writes`], what the kernel says of their writers).
+//! - [`tokens`]: bearer tokens files, read and matched.
 
 pub mod approvals;
 pub mod decision_log;
@@ -16,3 +17,4 @@ pub mod file_writes;
 pub mod policy_file;
 pub mod policy_watch;
 pub mod store;
+pub mod tokens;

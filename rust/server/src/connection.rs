@@ -84,10 +84,11 @@ pub struct Serving {
 impl Serving {
     /// Serve what is accepted on `bound` on `threads` threads: `serve` is called once on each,
     /// with the connections dealt to it and a signal that resolves when it is to stop.
-    pub fn start<F, S>(bound: Bound, threads: usize, serve: F) -> Result<Serving, String>
+    pub fn start<F, S, E>(bound: Bound, threads: usize, serve: F) -> Result<Serving, String>
     where
         F: Fn(Incoming, Signal) -> S + Clone + Send + 'static,
-        S: Future<Output = Result<(), tonic::transport::Error>>,
+        S: Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
     {
         let (stop, stopping) = watch::channel(None::<Duration>);
         let mut handles = Vec::with_capacity(threads + 1);
@@ -144,14 +145,15 @@ const DECIDING_THREADS: usize = 48;
 /// the 5 ms budget fell in a 10 s sample where the set had emptied).
 const DECIDING_KEEP_ALIVE: Duration = Duration::from_secs(24 * 3600);
 
-fn serve_thread<F, S>(
+fn serve_thread<F, S, E>(
     connections: mpsc::UnboundedReceiver<Accepted>,
     stopping: watch::Receiver<Option<Duration>>,
     serve: F,
 ) -> Result<(), String>
 where
     F: Fn(Incoming, Signal) -> S,
-    S: Future<Output = Result<(), tonic::transport::Error>>,
+    S: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
 {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -175,7 +177,7 @@ where
     runtime.block_on(async move {
         tokio::select! {
             served = serve(incoming, signal) =>
-                served.map_err(|e| format!("the gRPC server failed: {e}")),
+                served.map_err(|e| format!("the server failed: {e}")),
             // Calls still running past the grace period are dropped.
             () = deadline => Ok(()),
         }

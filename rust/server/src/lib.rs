@@ -2,13 +2,16 @@
 //! authorization (`Check`), external processing and rate limit (`ShouldRateLimit`) APIs,
 //! and agentgateway's ExtMCP;
 //! [`native`], the server that serves them with tonic; and [`sidecar`], the whole sidecar
-//! assembled from one options value; [`spans`], a span per decision over OTLP.
+//! assembled from one options value; [`spans`], a span per decision over OTLP;
+//! [`authzen`] and [`authzen_listener`], the OpenID AuthZEN Authorization API over HTTP.
 //!
 //! Each service reads a request message, decides it with a [`toolgate_core::Engine`] and
 //! writes the response message.
 
 pub mod answer;
 pub mod authz;
+pub mod authzen;
+pub mod authzen_listener;
 pub mod codec;
 pub mod connection;
 pub mod credential;

@@ -3,6 +3,7 @@
 //! ([`Settings::options`]) into the [`Options`] a sidecar is assembled from. The command
 //! line reads its defaults and choices from here and passes what it was given through.
 
+use crate::authzen_listener::AuthZenOptions;
 use crate::native::{Config, Listen, DEFAULT_MAX_ARGUMENT_BYTES, DEFAULT_MAX_MESSAGE_BYTES};
 use crate::sidecar::{ApprovalOptions, Options, Store};
 use crate::spans::TraceOptions;
@@ -19,6 +20,7 @@ use toolgate_core::engine::{DEFAULT_CAPACITY, DEFAULT_RESERVATIONS};
 use toolgate_core::observing::decision_log::Filter;
 use toolgate_runtime::decision_log::{self, DEFAULT_QUEUE, DEFAULT_QUEUE_BYTES};
 use toolgate_runtime::store::{self, Mode, RedisConfig, TimeSource, Unavailable};
+use toolgate_runtime::tokens::{self, TokenDigests};
 
 /// The fewest bytes of the key that digests calls for approvals.
 pub const MIN_KEY_BYTES: usize = 32;
@@ -82,6 +84,10 @@ pub struct Settings {
     pub otlp_endpoint: Option<String>,
     /// The share of new traces sampled (a request with a parent follows its parent's choice).
     pub otlp_sample_ratio: f64,
+    /// The AuthZEN Authorization API's HTTP address (`HOST:PORT` or `unix:PATH`); none: off.
+    pub authzen_listen: Option<String>,
+    /// The bearer tokens its callers present (`NAME TOKEN` per line, as `--admin-tokens`).
+    pub authzen_tokens: Option<String>,
 }
 
 impl Default for Settings {
@@ -129,6 +135,8 @@ impl Default for Settings {
             grant_vouched_by_server: false,
             otlp_endpoint: None,
             otlp_sample_ratio: 1.0,
+            authzen_listen: None,
+            authzen_tokens: None,
         }
     }
 }
@@ -225,6 +233,42 @@ impl Settings {
         Ok(self.otlp_endpoint.as_ref().map(|endpoint| TraceOptions {
             endpoint: endpoint.clone(),
             sample_ratio: ratio,
+        }))
+    }
+
+    /// The AuthZEN listener, if there is one: on any address but a loopback one (or a unix
+    /// socket) its callers must present a token.
+    fn authzen(&self) -> Result<Option<AuthZenOptions>, String> {
+        let Some(listen) = &self.authzen_listen else {
+            return match self.authzen_tokens {
+                Some(_) => {
+                    Err("--authzen-tokens is for --authzen-listen, which is not given".into())
+                }
+                None => Ok(None),
+            };
+        };
+        let parsed = Listen::parse(listen).map_err(|e| format!("--authzen-listen: {e}"))?;
+        let tokens = match &self.authzen_tokens {
+            None => None,
+            Some(path) => {
+                let tokens = tokens::load(std::path::Path::new(path))
+                    .map_err(|e| format!("--authzen-tokens: {e}"))?;
+                Some(TokenDigests::new(&tokens))
+            }
+        };
+        let local = match &parsed {
+            Listen::Unix(_) => true,
+            Listen::Tcp(address) => address.ip().is_loopback(),
+        };
+        if tokens.is_none() && !local {
+            return Err(format!(
+                "--authzen-listen {listen} is not a loopback address: its callers must \
+                 authenticate, with --authzen-tokens"
+            ));
+        }
+        Ok(Some(AuthZenOptions {
+            listen: parsed,
+            tokens,
         }))
     }
 
@@ -352,6 +396,7 @@ impl Settings {
             confirmation_secret,
             trust_server_answers: self.grant_vouched_by_server,
             traces: self.traces()?,
+            authzen: self.authzen()?,
             serve: Some(Config {
                 listen: Listen::parse(&self.listen).map_err(|e| format!("--listen: {e}"))?,
                 threads,

@@ -6,6 +6,7 @@
 //! Assembly and serving are two steps, so that the owner can put its house in order (the
 //! approvals' reconcile with their durable store) before the first call is decided.
 
+use crate::authzen_listener::{AuthZenListener, AuthZenOptions};
 use crate::native::{Config, Server};
 use crate::spans::{Spans, TraceOptions};
 use std::path::PathBuf;
@@ -61,6 +62,8 @@ pub struct Options {
     pub serve: Option<Config>,
     /// Where decisions' spans are exported (`--otlp-endpoint`); `None`: not traced.
     pub traces: Option<TraceOptions>,
+    /// The AuthZEN listener (`--authzen-listen`); `None`: none.
+    pub authzen: Option<AuthZenOptions>,
 }
 
 /// Why a sidecar could not be assembled or served.
@@ -87,6 +90,8 @@ pub struct Sidecar {
     pub redis: Option<Arc<RedisStore>>,
     serve: Option<Config>,
     server: Mutex<Option<Server>>,
+    authzen_options: Option<AuthZenOptions>,
+    authzen: Mutex<Option<AuthZenListener>>,
     /// The `tools/list` answers the ext_proc service read last, so the same answer is not
     /// read again (kept across a stop and a new start).
     known_answers: Arc<KnownAnswers>,
@@ -163,6 +168,8 @@ impl Sidecar {
             redis,
             serve: options.serve,
             server: Mutex::new(None),
+            authzen_options: options.authzen,
+            authzen: Mutex::new(None),
             known_answers: Arc::default(),
             spans,
         })
@@ -186,11 +193,27 @@ impl Sidecar {
         }
         let known = Arc::clone(&self.known_answers);
         let spans = self.spans.clone();
+        let threads = config.threads;
         let started =
             Server::start(self.engine.clone(), config, known, spans).map_err(Error::Io)?;
+        if let Some(options) = &self.authzen_options {
+            let listener = AuthZenListener::start(
+                self.engine.clone(),
+                options.clone(),
+                self.spans.clone(),
+                threads,
+            )
+            .map_err(Error::Io)?;
+            *lock(&self.authzen) = Some(listener);
+        }
         let address = started.address().to_owned();
         *server = Some(started);
         Ok(address)
+    }
+
+    /// The address the AuthZEN listener listens on, while it serves.
+    pub fn authzen_address(&self) -> Option<String> {
+        lock(&self.authzen).as_ref().map(|l| l.address().to_owned())
     }
 
     /// The sidecar's metric families: the engine's, and its ext_proc service's known answers.
@@ -232,7 +255,9 @@ impl Sidecar {
     /// Stop accepting calls and wait up to `grace` for those in flight. Idempotent.
     pub fn stop(&self, grace: Duration) -> Result<(), String> {
         let server = lock(&self.server).take();
+        let authzen = lock(&self.authzen).take();
         let stopped = server.map_or(Ok(()), |s| s.stop(grace));
+        let stopped = stopped.and(authzen.map_or(Ok(()), |l| l.stop(grace)));
         // The last decisions' spans go out before the sidecar does.
         if let Some(spans) = &self.spans {
             spans.flush();

@@ -28,6 +28,7 @@ from typing import Any
 
 import grpc
 
+from toolgate import _core
 from toolgate._core import Approvals, inert
 from toolgate.sidecar.addresses import bound_address, parse_host_port
 from toolgate.sidecar.approvals.capacity import Exhausted, TokenCapacity, threads_for
@@ -52,26 +53,9 @@ _UNAUTHENTICATED = "a valid admin token is required"
 def load_tokens(path: Path) -> dict[str, str]:
     """``NAME TOKEN`` per line (``#`` comments, blank lines ignored) → token: name.
     ValueError for a malformed file: a name or token given twice, a line that is not two
-    words, a token shorter than 16 characters."""
-    tokens: dict[str, str] = {}
-    names: set[str] = set()
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        parts = line.split()
-        if len(parts) != 2:
-            raise ValueError(f"{path}:{number}: expected NAME TOKEN")
-        name, token = parts
-        if len(token) < 16:
-            raise ValueError(f"{path}:{number}: a token has at least 16 characters")
-        if token in tokens or name in names:
-            raise ValueError(f"{path}:{number}: {name} or its token is given twice")
-        tokens[token] = name
-        names.add(name)
-    if not tokens:
-        raise ValueError(f"{path}: no tokens")
-    return tokens
+    words, a token shorter than 16 characters (the reader is the extension's, which the
+    AuthZEN listener's ``--authzen-tokens`` shares)."""
+    return {token: name for name, token in _core.load_tokens(str(path))}
 
 
 def approval_message(row: Row, now_ms: int) -> approvals_pb2.Approval:

@@ -29,10 +29,12 @@ pub enum Api {
     ExtMcp,
     /// toolgate's module in Envoy's own process.
     EnvoyModule,
+    /// The OpenID AuthZEN Authorization API (`--authzen-listen`).
+    AuthZen,
 }
 
 impl Api {
-    pub const ALL: [Api; 7] = [
+    pub const ALL: [Api; 8] = [
         Api::Engine,
         Api::Decider,
         Api::ExtAuthz,
@@ -40,6 +42,7 @@ impl Api {
         Api::ExtProc,
         Api::ExtMcp,
         Api::EnvoyModule,
+        Api::AuthZen,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -51,6 +54,7 @@ impl Api {
             Api::ExtProc => "ext_proc",
             Api::ExtMcp => "extmcp",
             Api::EnvoyModule => "envoy_module",
+            Api::AuthZen => "authzen",
         }
     }
 }
