@@ -365,8 +365,13 @@ proptest! {
             changed.insert(member.into(), text.into());
             prop_assert_ne!(digest(&changed).unwrap(), d, "{}", member);
         }
+        // A property the tool does not have yet (the generated one may already be there).
+        let mut added = format!("x{extra}");
+        while t["inputSchema"]["properties"].get(&added).is_some() {
+            added.push('_');
+        }
         let mut schema = t.clone();
-        schema["inputSchema"]["properties"][format!("x{extra}")] = json!({"type": "string"});
+        schema["inputSchema"]["properties"][added] = json!({"type": "string"});
         prop_assert_ne!(digest(&schema).unwrap(), d);
         let mut more = t.clone();
         more.insert(member.into(), json!({"ui": {"resourceUri": format!("ui://{extra}")}}));
