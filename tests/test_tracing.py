@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from authzen_client import authzen_address
+from authzen_client import send as send_http
 from conftest import EXAMPLES
 from envoy_proxy import EXT_AUTHZ, deployed, envoy_executable, send
 from ext_mcp import ExtMcp, outcome
@@ -392,3 +394,25 @@ def test_envoys_access_log_prints_each_decision_and_its_trace(
     assert [p["toolgate_rule"] for p in printed] == [line["rule"] or None for line in lines]
     assert {p["toolgate_revision"] for p in printed} == {line["revision"] for line in lines}
     assert {p["trace_id"] for p in printed} == {trace_id}
+
+
+def test_an_authzen_evaluation_is_a_span_under_its_requests_traceparent(
+    jaeger: Jaeger, tmp_path: Path
+):
+    args = ("--otlp-endpoint", jaeger.otlp_endpoint, "--authzen-listen", "127.0.0.1:0")
+    with Sidecar(POLICY, *args, env=QUICK) as sc:
+        trace_id, parent = new_ids()
+        evaluation = {
+            "subject": {"type": "identity", "id": "g-tracing"},
+            "action": {"name": "tools/call"},
+            "resource": {"type": "tool", "id": ALLOWED},
+        }
+        headers = {"traceparent": f"00-{trace_id}-{parent}-01"}
+        status, _, answer = send_http(
+            authzen_address(sc), "POST", "/access/v1/evaluation", evaluation, headers
+        )
+        assert (status, answer["decision"]) == (200, True)
+        (span,) = jaeger.wait_trace(trace_id, lambda s: len(toolgate_spans(s)) == 1)
+    assert span["operationName"] == f"tools/call {ALLOWED}"
+    assert parent_of(span) == parent
+    assert span["attributes"]["gen_ai.guardrail.verdict.type"] == "allow"

@@ -62,33 +62,40 @@ impl AuthZen {
         }
     }
 
+    /// An opaque token of hex digits: the reservation, whether tool errors give it back, and
+    /// the tag over both.
     fn sign(&self, reservation: u64, tool_errors: bool) -> String {
+        let mut named = [0u8; 9];
+        named[..8].copy_from_slice(&reservation.to_be_bytes());
+        named[8] = u8::from(tool_errors);
         let mut mac = self.release_key.clone();
-        mac.update(&reservation.to_be_bytes());
-        mac.update(&[u8::from(tool_errors)]);
+        mac.update(&named);
         let tag: [u8; 32] = mac.finalize().into_bytes().into();
-        let tag: String = tag[..16].iter().map(|b| format!("{b:02x}")).collect();
-        format!("{reservation}.{}.{tag}", u8::from(tool_errors))
+        named
+            .iter()
+            .chain(&tag[..16])
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     /// The reservation a token this process signed names, and whether its rule gives it
     /// back on a tool's error result too.
     fn verify(&self, token: &str) -> Option<(u64, bool)> {
-        let mut parts = token.splitn(3, '.');
-        let reservation = parts.next()?.parse::<u64>().ok()?;
-        let tool_errors = match parts.next()? {
-            "0" => false,
-            "1" => true,
+        if token.len() != 50 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let reservation = u64::from_str_radix(&token[..16], 16).ok()?;
+        let tool_errors = match &token[16..18] {
+            "00" => false,
+            "01" => true,
             _ => return None,
         };
         let expected = self.sign(reservation, tool_errors);
-        // Compared in full whatever the first difference.
+        // Compared in full whatever the first difference (lower-case, as signed).
         let same = expected
             .bytes()
             .zip(token.bytes())
-            .fold(expected.len() == token.len(), |same, (a, b)| {
-                same & (a == b)
-            });
+            .fold(true, |same, (a, b)| same & (a == b));
         same.then_some((reservation, tool_errors))
     }
 
@@ -653,12 +660,15 @@ mod tests {
     fn a_release_token_is_this_process_s_own_and_names_its_reservation_and_mode() {
         let a = AuthZen::new(None);
         let token = a.sign(42, true);
+        assert_eq!(token.len(), 50);
         assert_eq!(a.verify(&token), Some((42, true)));
         assert_eq!(a.verify(&a.sign(7, false)), Some((7, false)));
-        let flipped = token.replacen(".1.", ".0.", 1);
+        let mut flipped = token.clone();
+        flipped.replace_range(16..18, "00");
         assert_eq!(a.verify(&flipped), None);
+        assert_eq!(a.verify(&token.to_uppercase()), None);
         assert_eq!(AuthZen::new(None).verify(&token), None);
-        for bad in ["", "42", "42.1", "42.1.", "x.1.00", "42.2.00"] {
+        for bad in ["", "42", &token[..49], &format!("{token}0"), &"z".repeat(50)] {
             assert_eq!(a.verify(bad), None, "{bad}");
         }
     }
