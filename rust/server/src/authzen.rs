@@ -668,7 +668,13 @@ mod tests {
         assert_eq!(a.verify(&flipped), None);
         assert_eq!(a.verify(&token.to_uppercase()), None);
         assert_eq!(AuthZen::new(None).verify(&token), None);
-        for bad in ["", "42", &token[..49], &format!("{token}0"), &"z".repeat(50)] {
+        for bad in [
+            "",
+            "42",
+            &token[..49],
+            &format!("{token}0"),
+            &"z".repeat(50),
+        ] {
             assert_eq!(a.verify(bad), None, "{bad}");
         }
     }
