@@ -14,6 +14,7 @@ import re
 import secrets
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -416,3 +417,40 @@ def test_an_authzen_evaluation_is_a_span_under_its_requests_traceparent(
     assert span["operationName"] == f"tools/call {ALLOWED}"
     assert parent_of(span) == parent
     assert span["attributes"]["gen_ai.guardrail.verdict.type"] == "allow"
+
+
+def openmetrics(sc: Sidecar) -> str:
+    """``/metrics`` as a scraper that stores exemplars asks for it (OpenMetrics)."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{sc.metrics_port}/metrics",
+        headers={"Accept": "application/openmetrics-text; version=1.0.0"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.headers["Content-Type"].startswith("application/openmetrics-text")
+        return response.read().decode()
+
+
+EXEMPLAR = re.compile(
+    r'^toolgate_decision_duration_seconds_bucket\{le="([^"]+)"\} \S+ '
+    r'# \{span_id="([0-9a-f]{16})",trace_id="([0-9a-f]{32})"\} (\S+) (\S+)$',
+    re.M,
+)
+
+
+def test_the_latency_histogram_names_a_sampled_decision_as_its_buckets_exemplar(
+    traced: Sidecar,
+):
+    # Not sampled (flags 00): no exemplar; sampled (01): its bucket names its trace.
+    unsampled, _ = new_ids()
+    decide(traced, ALLOWED, (("traceparent", f"00-{unsampled}-{new_ids()[1]}-00"),))
+    assert not EXEMPLAR.findall(openmetrics(traced))
+    trace_id, parent = new_ids()
+    decide(traced, ALLOWED, (("traceparent", f"00-{trace_id}-{parent}-01"),))
+    found = EXEMPLAR.findall(openmetrics(traced))
+    assert [t for _, _, t, _, _ in found] == [trace_id]
+    ((le, span_id, _, value, _),) = found
+    assert float(value) <= float(le)
+    (line,) = [x for x in logged(traced, 2) if x["trace_id"] == trace_id]
+    assert line["span_id"] == span_id
+    # The Prometheus text format has no place for exemplars: it is written without them.
+    assert trace_id not in traced.metrics_text()

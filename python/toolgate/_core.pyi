@@ -159,6 +159,11 @@ class MetricFamily:
     def samples(self) -> list[tuple[list[str], float]]: ...
     @property
     def buckets(self) -> tuple[list[tuple[float, int]], int, float] | None: ...
+    @property
+    def exemplars(self) -> list[tuple[str, str, float, float] | None]:
+        """A histogram's exemplars per bucket (each bound, then ``+Inf``): a sampled
+        decision's trace id, span id, duration (seconds) and time (seconds since the epoch);
+        empty for other kinds."""
 
 #: Seconds between looks at a watched policy file, unless told otherwise.
 RELOAD_INTERVAL: float

@@ -21,6 +21,7 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar
 
 from toolgate._core import MetricFamily, Sidecar, __revision__, __version__
 
@@ -120,12 +121,24 @@ class SidecarCollector(Collector):
             yield written(family)
 
 
+def _exemplar(e: tuple[str, str, float, float]) -> Exemplar:
+    trace_id, span_id, value, timestamp = e
+    return Exemplar({"trace_id": trace_id, "span_id": span_id}, value, timestamp)
+
+
 def written(family: MetricFamily) -> Metric:
     """``family`` as prometheus_client's metric family of its kind."""
     if family.buckets is not None:
         bounds, count, total = family.buckets
-        buckets = [(_bound(le), n) for le, n in bounds]
-        buckets.append(("+Inf", count))
+        cumulative = [(_bound(le), n) for le, n in bounds]
+        cumulative.append(("+Inf", count))
+        # A bucket's exemplar (a sampled decision's trace) is written where OpenMetrics is
+        # asked for; the Prometheus text format has no place for it.
+        exemplars = family.exemplars or [None] * len(cumulative)
+        buckets = [
+            (le, n) if e is None else (le, n, _exemplar(e))
+            for (le, n), e in zip(cumulative, exemplars, strict=True)
+        ]
         return HistogramMetricFamily(family.name, family.help, buckets=buckets, sum_value=total)
     kind = CounterMetricFamily if family.kind == "counter" else GaugeMetricFamily
     out = kind(family.name, family.help, labels=family.labels)

@@ -5,6 +5,8 @@ use toolgate_core::observing::metrics::Family;
 
 /// A histogram's cumulative counts at each upper bound (seconds), its count and its sum.
 type Buckets = (Vec<(f64, u64)>, u64, f64);
+/// An exemplar: trace id, span id (hex), value (seconds), timestamp (seconds since the epoch).
+type Exemplar = (String, String, f64, f64);
 
 /// One metric family: name, kind (`counter`, `gauge` or `histogram`), help, label names, and
 /// samples (each label values and value); a histogram's `buckets` instead (cumulative counts
@@ -17,6 +19,8 @@ pub struct PyMetricFamily {
     pub labels: Vec<&'static str>,
     pub samples: Vec<(Vec<String>, f64)>,
     pub buckets: Option<Buckets>,
+    /// A histogram's exemplars, per bucket (each bound, then `+Inf`): a sampled decision's.
+    pub exemplars: Vec<Option<Exemplar>>,
 }
 
 #[pymethods]
@@ -34,6 +38,14 @@ pub fn families(families: Vec<Family>) -> Vec<PyMetricFamily> {
             help: f.help,
             labels: f.labels.to_vec(),
             samples: f.samples,
+            exemplars: f.buckets.as_ref().map_or_else(Vec::new, |b| {
+                (b.exemplars.iter())
+                    .map(|e| {
+                        e.as_ref()
+                            .map(|e| (e.trace_id.clone(), e.span_id.clone(), e.value, e.timestamp))
+                    })
+                    .collect()
+            }),
             buckets: f.buckets.map(|b| (b.bounds, b.count, b.sum)),
         })
         .collect()

@@ -31,7 +31,7 @@ use toolgate_core::decision::{Code, Decision, Verdict};
 use toolgate_core::engine::gate::SpanOpener;
 use toolgate_core::mcp::request::{McpRequest, Parsed};
 use toolgate_core::mcp::trace_context::TraceCarrier;
-use toolgate_core::observing::trace_ids::TraceIds;
+use toolgate_core::observing::trace_ids::{self, TraceIds};
 use toolgate_core::Kind;
 
 /// The name the spans' instrumentation scope and, unless `OTEL_SERVICE_NAME` says otherwise,
@@ -295,6 +295,14 @@ impl<'a> DecisionSpan<'a> {
                     span.set_attribute(KeyValue::new("toolgate.decision.shadow", true));
                 }
             }
+        }
+        // A kept span names its decision in the latency histogram (an exemplar).
+        let context = span.span_context();
+        if context.is_sampled() {
+            trace_ids::sampled(TraceIds {
+                trace_id: context.trace_id().to_bytes(),
+                span_id: context.span_id().to_bytes(),
+            });
         }
         span.end();
     }

@@ -30,16 +30,39 @@ pub struct Buckets {
     pub bounds: Vec<(f64, u64)>,
     pub count: u64,
     pub sum: f64,
+    /// Per bucket (each bound, then `+Inf`), a sampled decision in it, if any: its trace and
+    /// span ids (hex), its duration and when (seconds since the epoch).
+    pub exemplars: Vec<Option<ExemplarSample>>,
+}
+
+/// An exemplar as OpenMetrics writes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExemplarSample {
+    pub trace_id: String,
+    pub span_id: String,
+    pub value: f64,
+    pub timestamp: f64,
 }
 
 impl From<DurationSnapshot> for Buckets {
     fn from(d: DurationSnapshot) -> Buckets {
+        let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
         Buckets {
             bounds: (d.cumulative.iter())
                 .map(|(ns, n)| (*ns as f64 / 1e9, *n))
                 .collect(),
             count: d.count,
             sum: d.sum_ns as f64 / 1e9,
+            exemplars: (d.exemplars.iter())
+                .map(|e| {
+                    e.map(|e| ExemplarSample {
+                        trace_id: hex(&e.ids.trace_id),
+                        span_id: hex(&e.ids.span_id),
+                        value: e.ns as f64 / 1e9,
+                        timestamp: e.unix_ms as f64 / 1e3,
+                    })
+                })
+                .collect(),
         }
     }
 }

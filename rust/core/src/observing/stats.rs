@@ -8,6 +8,8 @@ use crate::mcp::outcome::Failure;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
+use super::trace_ids::{self, TraceIds};
+
 const VERDICTS: [Verdict; 3] = [Verdict::Allow, Verdict::Deny, Verdict::RequireApproval];
 
 /// Upper bounds of the latency histogram's buckets, in nanoseconds (1 µs to 10 ms).
@@ -149,6 +151,8 @@ type DriftCounts = ahash::AHashMap<(Box<str>, Box<str>), [u64; DriftKind::ALL.le
 /// Decision statistics: one atomic cell per figure.
 pub struct Stats {
     cells: Box<[AtomicU64]>,
+    /// The last sampled decision of each latency bucket (and of the one past the last bound).
+    exemplars: [Mutex<Option<Exemplar>>; DURATION_BUCKETS_NS.len() + 1],
     per_tool_enabled: AtomicBool,
     per_tool: Mutex<ahash::AHashMap<Box<str>, [u64; VERDICTS.len()]>>,
     /// Drifts from pins, per (server, tool): rare, so a lock is cheap.
@@ -159,6 +163,7 @@ impl Default for Stats {
     fn default() -> Stats {
         Stats {
             cells: (0..cell::USED).map(|_| AtomicU64::new(0)).collect(),
+            exemplars: Default::default(),
             per_tool_enabled: AtomicBool::new(false),
             per_tool: Mutex::new(Default::default()),
             drift: Mutex::new(Default::default()),
@@ -178,6 +183,17 @@ pub struct DurationSnapshot {
     pub cumulative: Vec<(u64, u64)>,
     pub count: u64,
     pub sum_ns: u64,
+    /// Per bucket (each bound, then past the last), the last sampled decision in it.
+    pub exemplars: Vec<Option<Exemplar>>,
+}
+
+/// One decision a latency bucket names, that a trace holds: OpenMetrics' exemplar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exemplar {
+    pub ids: TraceIds,
+    pub ns: u64,
+    /// When it was recorded, in milliseconds since the Unix epoch.
+    pub unix_ms: u64,
 }
 
 fn decision_cell(api: Api, v: Verdict, c: Code) -> usize {
@@ -388,7 +404,8 @@ impl Stats {
         std::array::from_fn(|i| (FAILURES[i], self.sum(cell::RELEASED_ON_FAILURE + i)))
     }
 
-    /// Record how long serving one decision took.
+    /// Record how long serving one decision took; a decision whose span was sampled
+    /// ([`trace_ids::sampled`]) becomes its bucket's exemplar.
     #[inline]
     pub fn record_duration(&self, ns: u64) {
         let bucket = DURATION_BUCKETS_NS
@@ -397,6 +414,20 @@ impl Stats {
             .unwrap_or(DURATION_BUCKETS_NS.len());
         self.add(cell::BUCKETS + bucket, 1);
         self.add(cell::DURATION_SUM_NS, ns);
+        if let Some(ids) = trace_ids::take_sampled() {
+            self.note_exemplar(bucket, ids, ns);
+        }
+    }
+
+    #[cold]
+    fn note_exemplar(&self, bucket: usize, ids: TraceIds, ns: u64) {
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        // Another thread writing this bucket's: its exemplar is as good as this one.
+        if let Ok(mut slot) = self.exemplars[bucket].try_lock() {
+            *slot = Some(Exemplar { ids, ns, unix_ms });
+        }
     }
 
     /// Decisions so far per (API, verdict, code), only those that occurred.
@@ -461,7 +492,11 @@ impl Stats {
     }
 
     pub fn durations(&self) -> DurationSnapshot {
-        self.histogram(cell::BUCKETS, cell::DURATION_SUM_NS)
+        let mut snapshot = self.histogram(cell::BUCKETS, cell::DURATION_SUM_NS);
+        snapshot.exemplars = (self.exemplars.iter())
+            .map(|slot| *slot.lock().unwrap_or_else(|e| e.into_inner()))
+            .collect();
+        snapshot
     }
 
     fn histogram(&self, buckets: usize, sum: usize) -> DurationSnapshot {
@@ -476,6 +511,7 @@ impl Stats {
             cumulative,
             count,
             sum_ns: self.sum(sum),
+            exemplars: Vec::new(),
         }
     }
 }
@@ -483,6 +519,33 @@ impl Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sampled_decision_is_its_latency_buckets_exemplar_once() {
+        let stats = Stats::default();
+        let ids = TraceIds {
+            trace_id: [3; 16],
+            span_id: [4; 8],
+        };
+        stats.record_duration(3_000);
+        assert!(stats.durations().exemplars.iter().all(Option::is_none));
+        trace_ids::sampled(ids);
+        stats.record_duration(3_000);
+        // The next decision, not sampled, names nothing.
+        stats.record_duration(700);
+        let exemplars = stats.durations().exemplars;
+        assert_eq!(exemplars.len(), DURATION_BUCKETS_NS.len() + 1);
+        let named: Vec<_> = exemplars
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| Some((i, (*e)?)))
+            .collect();
+        assert_eq!(named.len(), 1);
+        let (bucket, exemplar) = named[0];
+        assert_eq!(DURATION_BUCKETS_NS[bucket], 5_000);
+        assert_eq!((exemplar.ids, exemplar.ns), (ids, 3_000));
+        assert!(exemplar.unix_ms > 0);
+    }
 
     #[test]
     fn drift_rows_stay_bounded_whatever_servers_and_tools_are_named() {

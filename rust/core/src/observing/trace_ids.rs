@@ -18,6 +18,21 @@ pub struct TraceIds {
 
 thread_local! {
     static CURRENT: Cell<Option<TraceIds>> = const { Cell::new(None) };
+    /// The decision span this thread ended last, when it is kept (sampled): the latency
+    /// histogram's exemplar, taken by the duration's record that follows.
+    static SAMPLED: Cell<Option<TraceIds>> = const { Cell::new(None) };
+}
+
+/// The span of the decision this thread just served was sampled: its duration's record
+/// names it ([`take_sampled`]).
+pub fn sampled(ids: TraceIds) {
+    SAMPLED.with(|s| s.set(Some(ids)));
+}
+
+/// The sampled span [`sampled`] named, once.
+#[inline]
+pub fn take_sampled() -> Option<TraceIds> {
+    SAMPLED.with(Cell::take)
 }
 
 /// The ids set by the innermost [`within`] on this thread.
