@@ -454,3 +454,43 @@ def test_the_latency_histogram_names_a_sampled_decision_as_its_buckets_exemplar(
     assert line["span_id"] == span_id
     # The Prometheus text format has no place for exemplars: it is written without them.
     assert trace_id not in traced.metrics_text()
+
+
+def test_a_decision_that_waited_on_redis_shows_the_round_trip_as_its_child_span(
+    jaeger: Jaeger, tmp_path: Path
+):
+    from redis_server import RedisServer
+
+    with RedisServer() as redis:
+        args = ("--otlp-endpoint", jaeger.otlp_endpoint, "--store", redis.url)
+        with Sidecar(POLICY, *args, env=QUICK) as sc:
+            trace_id, parent = new_ids()
+            # create-ami holds a limit: its decision asks Redis.
+            answer = decide(sc, "create-ami", (("traceparent", f"00-{trace_id}-{parent}-01"),))
+            assert answer.verdict == pb.ALLOW
+            spans = jaeger.wait_trace(trace_id, lambda s: len(toolgate_spans(s)) >= 2)
+    (decision,) = [s for s in spans if s["operationName"] == "tools/call create-ami"]
+    waits = [s for s in spans if s["operationName"] == "EVALSHA"]
+    assert waits, spans
+    for wait in waits:
+        assert parent_of(wait) == decision["spanID"]
+        assert wait["attributes"]["db.system.name"] == "redis"
+        assert "error.type" not in wait["attributes"]
+
+
+def test_a_call_waiting_on_a_persons_approval_names_the_approval_in_its_span(
+    traced: Sidecar, jaeger: Jaeger
+):
+    trace_id, parent = new_ids()
+    subject = pb.Subject(grant="g-tracing")
+    request = pb.DecideRequest(
+        tool="terminate_instances", subject=subject, arguments_json=b'{"ids": ["i-1"]}'
+    )
+    metadata = (("traceparent", f"00-{trace_id}-{parent}-01"),)
+    answer = pb.DecideResponse.FromString(
+        traced.raw("Decide")(request.SerializeToString(), metadata=metadata, timeout=30)
+    )
+    assert answer.verdict == pb.REQUIRE_APPROVAL
+    (span,) = jaeger.wait_trace(trace_id, lambda s: len(toolgate_spans(s)) == 1)
+    assert span["attributes"]["gen_ai.guardrail.verdict.type"] == "escalate"
+    assert span["attributes"]["toolgate.approval.id"] == answer.approval_id

@@ -296,6 +296,22 @@ impl<'a> DecisionSpan<'a> {
                 }
             }
         }
+        // What the decision waited on, each a span of its own under the decision's.
+        let waits = trace_ids::take_waits();
+        if span.is_recording() {
+            if let Some(d) = decision {
+                if let Some(id) = d.approval {
+                    span.set_attribute(KeyValue::new("toolgate.approval.id", id.to_string()));
+                }
+                if let Some(c) = &d.confirmation {
+                    span.set_attribute(KeyValue::new("toolgate.confirmation", c.as_str()));
+                }
+            }
+            let parent = Context::new().with_remote_span_context(span.span_context().clone());
+            for wait in waits {
+                waited(self.spans, &parent, &wait);
+            }
+        }
         // A kept span names its decision in the latency histogram (an exemplar).
         let context = span.span_context();
         if context.is_sampled() {
@@ -306,6 +322,25 @@ impl<'a> DecisionSpan<'a> {
         }
         span.end();
     }
+}
+
+/// A span for a wait of a decision's, under `parent` (OpenTelemetry's database client
+/// conventions: `db.system.name`, `db.operation.name`).
+fn waited(spans: &Spans, parent: &Context, wait: &trace_ids::Wait) {
+    let tracer = &spans.tracer;
+    let mut span = tracer
+        .span_builder(wait.operation)
+        .with_kind(SpanKind::Client)
+        .with_start_time(wait.started)
+        .with_attributes([
+            KeyValue::new("db.system.name", wait.system),
+            KeyValue::new("db.operation.name", wait.operation),
+        ])
+        .start_with_context(tracer, parent);
+    if wait.failed {
+        span.set_attribute(KeyValue::new("error.type", "store_unavailable"));
+    }
+    span.end_with_timestamp(wait.started + wait.took);
 }
 
 impl SpanOpener for DecisionSpan<'_> {

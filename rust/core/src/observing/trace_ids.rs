@@ -7,7 +7,8 @@
 //! the ids go where the record is made without a parameter through every step. Without
 //! tracing nothing is set, and a record pays one thread-local read.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::time::{Duration, SystemTime};
 
 /// A span's ids: the trace's 16 bytes and the span's 8.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +22,47 @@ thread_local! {
     /// The decision span this thread ended last, when it is kept (sampled): the latency
     /// histogram's exemplar, taken by the duration's record that follows.
     static SAMPLED: Cell<Option<TraceIds>> = const { Cell::new(None) };
+}
+
+/// Most waits one decision's span shows (a decision makes a round trip or two).
+pub const MAX_WAITS: usize = 8;
+
+/// A traced decision waited on something outside the process: a counter store's round trip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wait {
+    /// The operation, as the span names it (`EVALSHA`).
+    pub operation: &'static str,
+    /// What answered it (`redis`).
+    pub system: &'static str,
+    pub started: SystemTime,
+    pub took: Duration,
+    pub failed: bool,
+}
+
+thread_local! {
+    static WAITS: RefCell<Vec<Wait>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Whether this thread is deciding a traced request: only then is a wait worth noting.
+#[inline]
+pub fn tracing() -> bool {
+    current().is_some()
+}
+
+/// Note a wait of the traced decision this thread is making (beyond [`MAX_WAITS`], not
+/// noted): its span shows it ([`take_waits`]).
+pub fn waited(wait: Wait) {
+    WAITS.with(|w| {
+        let mut waits = w.borrow_mut();
+        if waits.len() < MAX_WAITS {
+            waits.push(wait);
+        }
+    });
+}
+
+/// The waits noted since the last take.
+pub fn take_waits() -> Vec<Wait> {
+    WAITS.with(|w| std::mem::take(&mut *w.borrow_mut()))
 }
 
 /// The span of the decision this thread just served was sampled: its duration's record

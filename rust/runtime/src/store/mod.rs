@@ -41,6 +41,7 @@ use toolgate_core::decision::Limits;
 use toolgate_core::engine::limiter::{self, Outcome, Parts, Want};
 use toolgate_core::engine::store::{CounterStore, REMOTE_RESERVATION, REMOTE_SLOT};
 use toolgate_core::observing::stats::{Stats, StoreError};
+use toolgate_core::observing::trace_ids;
 
 /// What goes before every Redis key by default.
 pub const DEFAULT_PREFIX: &str = "toolgate:";
@@ -366,6 +367,16 @@ impl RedisStore {
             *slot = Some((mine.0, mine.1, held));
             Ok::<_, redis::RedisError>(values)
         });
+        if trace_ids::tracing() {
+            let took = started.elapsed();
+            trace_ids::waited(trace_ids::Wait {
+                operation: "EVALSHA",
+                system: "redis",
+                started: std::time::SystemTime::now() - took,
+                took,
+                failed: answer.is_err(),
+            });
+        }
         let failed = match answer {
             Ok(values) => {
                 let took = started.elapsed();
