@@ -438,6 +438,37 @@ def test_the_modules_decisions_are_in_envoys_prometheus_stats(tmp_path: Path):
     assert not [k for k in seen if "api=" in k and 'api="envoy_module"' not in k]
 
 
+def test_envoys_access_log_prints_what_the_module_decided(tmp_path: Path):
+    """The shipped config's JSON access log reads the decision the module left in the
+    `toolgate` dynamic metadata namespace, as ext_authz's config reads ext_authz's."""
+    calls = [
+        (raw_call('{"name":"list_images","arguments":{}}'), "ALLOW", "ALLOWED"),
+        (
+            raw_call('{"name":"run_command","arguments":{"command":"rm -rf /"}}'),
+            "DENY",
+            "CONDITION_FAILED",
+        ),
+        (raw_call('{"name":"no_such_tool"}'), "DENY", "DEFAULT_DENY"),
+    ]
+    with (
+        ExampleServer(tmp_path / "requests.jsonl", stateless=True, json=True) as server,
+        deployed(MODULE, None, server.port, {POLICY_LINE: EXAMPLE_LINE}) as envoy,
+    ):
+        for body, _, _ in calls:
+            send(envoy, "POST", body, {"authorization": "Bearer logged"})
+
+        def printed() -> list[dict[str, Any]] | None:
+            lines = [json.loads(x) for x in envoy.log.splitlines() if x.startswith("{")]
+            return lines if len(lines) >= len(calls) else None
+
+        lines = wait_for(printed, timeout=PATIENCE)
+    assert [(p["toolgate_verdict"], p["toolgate_code"]) for p in lines] == [
+        (verdict, code) for _, verdict, code in calls
+    ]
+    assert lines[1]["toolgate_rule"].startswith("/tools/run_command/deny_if")
+    assert len({p["toolgate_revision"] for p in lines}) == 1
+
+
 # --- the decision log -------------------------------------------------------------------------
 
 #: A log line's fields that differ between two processes deciding the same call.

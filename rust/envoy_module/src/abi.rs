@@ -94,6 +94,12 @@ pub const METRICS_SUCCESS: u32 = 0;
 
 extern "C" {
     pub fn envoy_dynamic_module_callback_log(level: u32, message: ModuleBuffer);
+    pub fn envoy_dynamic_module_callback_http_set_dynamic_metadata_string(
+        filter: FilterEnvoyPtr,
+        namespace: ModuleBuffer,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    );
     pub fn envoy_dynamic_module_callback_http_filter_config_define_counter(
         config: ConfigEnvoyPtr,
         name: ModuleBuffer,
@@ -383,6 +389,20 @@ impl Stream {
             envoy_dynamic_module_callback_http_set_header(
                 self.0,
                 kind,
+                ModuleBuffer::of(key.as_bytes()),
+                ModuleBuffer::of(value.as_bytes()),
+            );
+        }
+    }
+
+    /// Set `key` to `value` in the stream's dynamic metadata under `namespace`, for the
+    /// access log and the filters after this one.
+    pub fn set_metadata(self, namespace: &str, key: &str, value: &str) {
+        // SAFETY: as for `headers`; Envoy copies the bytes.
+        unsafe {
+            envoy_dynamic_module_callback_http_set_dynamic_metadata_string(
+                self.0,
+                ModuleBuffer::of(namespace.as_bytes()),
                 ModuleBuffer::of(key.as_bytes()),
                 ModuleBuffer::of(value.as_bytes()),
             );

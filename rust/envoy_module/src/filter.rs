@@ -19,8 +19,13 @@ use std::time::Instant;
 use toolgate_core::counter::Peer;
 use toolgate_core::decision::Code;
 use toolgate_core::engine::gate::{self, Follow, Gate, HttpCall};
+use toolgate_core::mcp::reply;
 use toolgate_core::observing::stats::Api;
 use toolgate_core::Engine;
+
+/// The dynamic metadata namespace the decision is left in: verdict, code, rule and revision
+/// (`%DYNAMIC_METADATA(toolgate:code)%` in an access log).
+pub const METADATA_NAMESPACE: &str = "toolgate";
 use toolgate_server::answer::{
     release, Caller, Follower, RequestBody, LIST_ANSWER_DROPS, LIST_ANSWER_TYPE,
 };
@@ -511,6 +516,12 @@ impl Filter {
             server,
             caller,
         } = judged;
+        // What was decided, for the access log (as ext_authz leaves it in its own namespace).
+        if let Some(d) = gate.decision() {
+            for (key, value) in reply::told(d) {
+                stream.set_metadata(METADATA_NAMESPACE, key, value);
+            }
+        }
         let server = server.as_deref();
         match gate {
             Gate::Forward {
