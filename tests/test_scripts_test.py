@@ -41,8 +41,11 @@ def test_scripts_test_uses_the_stages_for_everything_it_checks():
     after = text.split(". scripts/stages.sh", 1)[1]
     for check in ("cargo fmt", "clippy", "ruff check", "ruff format", "stubtest", "go_lint"):
         assert check in after
-    # The packaging stage waits for the release made beside pytest, then runs its tests.
-    assert 'stage "packaging" packaging' in after
-    body = after.split("packaging() {", 1)[1].split("\n}\n", 1)[0]
-    assert 'wait "$RELEASE_PID"' in body and "bash scripts/test-packaging" in body
+    # Beside pytest, the release is made and then the packaging tests run on it; their stage
+    # waits for both and prints what they said.
+    beside = after.split("(\n", 1)[1].split(') >"$PACKAGING_LOG"', 1)[0]
+    assert beside.index("bash scripts/release") < beside.index("bash scripts/test-packaging")
+    assert 'stage "packaging (beside pytest, once the release is made)" packaging_result' in after
+    body = after.split("packaging_result() {", 1)[1].split("\n}\n", 1)[0]
+    assert 'wait "$PACKAGING_PID"' in body and 'cat "$PACKAGING_LOG"' in body
     assert after.rstrip().endswith("summary")
