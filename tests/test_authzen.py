@@ -160,6 +160,36 @@ def test_an_allowed_calls_limits_are_given_back_once_with_its_release_token():
         assert status == 400 and "not a release token" in body["error"]
 
 
+def test_a_list_is_allowed_and_filtered_for_its_caller_as_the_proxies_filter_it():
+    with serving(MCP_POLICY) as sc:
+        address = authzen_address(sc)
+        listing = {
+            "subject": {"type": "identity", "id": "alice"},
+            "action": {"name": "tools/list"},
+            "resource": {"type": "mcp_server", "id": "https://mcp.example.com"},
+        }
+        answer = evaluate(address, listing)
+        assert answer == {
+            "decision": True,
+            "context": {"toolgate": {"filter": "/toolgate/v1/filter"}},
+        }
+        tools = [
+            {"name": name, "inputSchema": {"type": "object"}}
+            for name in ["run_command", "secret_keys", "unknown", "terminate"]
+        ]
+        asked = {"subject": listing["subject"], "method": "tools/list", "result": {"tools": tools}}
+        status, _, body = send(address, "POST", "/toolgate/v1/filter", asked)
+        assert status == 200, body
+        assert [t["name"] for t in body["result"]["tools"]] == ["run_command", "terminate"]
+        # A result read two ways is refused, not filtered: it is not to be forwarded.
+        twice = {**asked, "result": {"tools": tools, "Tools": []}}
+        status, _, body = send(address, "POST", "/toolgate/v1/filter", twice)
+        assert status == 400 and "differ only by case" in body["error"]
+        nothing = {**asked, "result": {"prompts": []}}
+        status, _, body = send(address, "POST", "/toolgate/v1/filter", nothing)
+        assert status == 400 and "cannot be filtered" in body["error"]
+
+
 def test_a_call_waiting_for_approval_is_a_requestable_denial(tmp_path: Path):
     with serving(MCP_POLICY, "--state-dir", str(tmp_path / "state")) as sc:
         answer = evaluate(authzen_address(sc), call("terminate", arguments={"id": "i-1"}))
@@ -383,7 +413,11 @@ def test_an_evaluation_decides_as_the_native_api_decides_the_same_call(
     request = call(tool, subject, {"cmd": cmd}, subject_extra={"properties": {"team": team}})
     status, _, answer = send(authzen_address(sc), "POST", "/access/v1/evaluation", request)
     native = sc.client.decide(
-        tool, grant=subject, agent="agent-app", attributes={"team": team}, arguments={"cmd": cmd}
+        tool,
+        grant=f"identity:{subject}",
+        agent="agent-app",
+        attributes={"team": team},
+        arguments={"cmd": cmd},
     )
     if status == 400:
         # Only what no MCP request could carry: a subject id or tool name AuthZEN refuses.

@@ -14,6 +14,8 @@ pub const MIN_TOKEN_CHARS: usize = 16;
 pub fn load(path: &Path) -> Result<Vec<(String, String)>, String> {
     let shown = path.display();
     let text = std::fs::read_to_string(path).map_err(|e| format!("{shown}: {e}"))?;
+    // An editor's byte-order mark is not part of the first line (it would hide a comment).
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut tokens: Vec<(String, String)> = Vec::new();
     for (number, line) in text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())) {
         if line.is_empty() || line.starts_with('#') {
@@ -23,6 +25,12 @@ pub fn load(path: &Path) -> Result<Vec<(String, String)>, String> {
         let [name, token] = parts[..] else {
             return Err(format!("{shown}:{number}: expected NAME TOKEN"));
         };
+        // Printable ASCII only: nothing invisible that a reader of the file could not see.
+        if !(name.bytes().chain(token.bytes())).all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "{shown}:{number}: a name and a token are printable ASCII characters"
+            ));
+        }
         if token.chars().count() < MIN_TOKEN_CHARS {
             return Err(format!(
                 "{shown}:{number}: a token has at least {MIN_TOKEN_CHARS} characters"
@@ -128,6 +136,11 @@ mod tests {
                 ":2: b or its token",
             ),
             ("# none\n", ": no tokens"),
+            (
+                "al\u{200b}ice 0123456789abcdef\n",
+                ":1: a name and a token are printable",
+            ),
+            ("\u{feff}#old 0123456789abcdef\n", ": no tokens"),
         ] {
             let (_d, path) = file(text);
             let err = load(&path).unwrap_err();

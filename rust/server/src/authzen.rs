@@ -21,22 +21,32 @@
 //! token in its context (`context.toolgate.release`): the enforcement point gives it back
 //! through [`release`] when the call failed.
 
+use crate::ext_mcp::visibility_in;
 use crate::spans::{self, DecisionSpan, Spans};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Map, Value};
 use sha2::Sha256;
 use toolgate_core::counter::Peer;
+use toolgate_core::definitions::listed::ListedTool;
 use toolgate_core::engine::gate::{self, Follow, Gate, HttpCall};
+use toolgate_core::engine::listing::{filter_result, ListReport};
 use toolgate_core::json::strict;
+use toolgate_core::kind::Listed;
 use toolgate_core::mcp::reply::details;
 use toolgate_core::observing::stats::Api;
 use toolgate_core::{Decision, Engine, Subject};
 
-/// Most evaluations one request may batch.
+/// Most evaluations one request may batch, and the most bytes of MCP requests they may make.
 pub const MAX_EVALUATIONS: usize = 256;
+pub const MAX_BATCH_BYTES: usize = 2 << 20;
+/// The most of a client's text an error quotes, and of a reason an answer carries.
+const QUOTED_CHARS: usize = 64;
+const REASON_BYTES: usize = 1024;
 /// Most subject properties read as attributes, and the longest one read.
 const MAX_ATTRIBUTES: usize = 32;
 const MAX_ATTRIBUTE_BYTES: usize = 1024;
+/// Where a list's answer is filtered for its caller.
+pub const FILTER_PATH: &str = "/toolgate/v1/filter";
 /// The context key the release token, the decision's details and reasons go under.
 pub const CONTEXT_KEY: &str = "toolgate";
 
@@ -140,16 +150,33 @@ impl AuthZen {
                 entries.len()
             )));
         }
-        let mut answers = Vec::with_capacity(entries.len());
+        // The defaults' shapes are checked once: a default no entry could use is the whole
+        // request's error, not one repeated in every answer.
+        check_defaults(&request)?;
+        // Every entry read before any is decided, within one budget of the MCP requests they
+        // make: defaults repeated in every entry cannot multiply the work past it.
+        let mut read = Vec::with_capacity(entries.len());
+        let mut bytes = 0;
         for entry in entries {
-            let answer = match entry {
-                Value::Object(entry) => match only_keys(entry, PARTS, "an evaluation")
-                    .and_then(|()| Asked::read(&request, Some(entry)))
-                {
-                    Ok(asked) => self.decide(engine, &asked, transport),
-                    Err(BadRequest(why)) => refused_entry(&why),
-                },
-                _ => refused_entry("an evaluation is an object"),
+            let asked = match entry {
+                Value::Object(entry) => only_keys(entry, PARTS, "an evaluation")
+                    .and_then(|()| Asked::read(&request, Some(entry))),
+                _ => Err(bad("an evaluation is an object".into())),
+            };
+            bytes += asked.as_ref().map_or(0, Asked::bytes);
+            if bytes > MAX_BATCH_BYTES {
+                return Err(bad(format!(
+                    "the evaluations make more than {} MiB of MCP requests",
+                    MAX_BATCH_BYTES >> 20
+                )));
+            }
+            read.push(asked);
+        }
+        let mut answers = Vec::with_capacity(read.len());
+        for asked in read {
+            let answer = match asked {
+                Ok(asked) => self.decide(engine, &asked, transport),
+                Err(BadRequest(why)) => refused_entry(&why),
             };
             let decision = answer["decision"] == Value::Bool(true);
             answers.push(answer);
@@ -186,6 +213,59 @@ impl AuthZen {
         Ok(json!({ "released": released }))
     }
 
+    /// `POST /toolgate/v1/filter` `{"subject", "context"?, "method", "result"}`: a list's
+    /// answer (`tools/list`, `resources/list`, `resources/templates/list`, `prompts/list`,
+    /// `tasks/list`) as the caller may see it, filtered as Envoy's and agentgateway's paths
+    /// filter it. A result that cannot be read one way is refused (400): not to be forwarded.
+    pub fn filter(&self, engine: &Engine, body: &[u8]) -> Result<Value, BadRequest> {
+        let request = read_object(body)?;
+        only_keys(
+            &request,
+            &["subject", "context", "method", "result"],
+            "a filter",
+        )?;
+        let listed = match request.get("method") {
+            Some(Value::String(m)) => Listed::of_method(m),
+            _ => None,
+        }
+        .ok_or_else(|| bad("method is the list method whose result this is".into()))?;
+        let (name, allowed, required) = ENTITIES[0];
+        let subject = object(name, request.get(name), allowed, required)?;
+        let grant = principal(subject)?;
+        let context = match request.get("context") {
+            None => None,
+            Some(Value::Object(c)) => Some(c),
+            Some(_) => return Err(bad("context is an object".into())),
+        };
+        let attributes = attributes(subject)?;
+        let server = context_text(context, "server")?;
+        let subject = Subject {
+            grant: Some(&grant),
+            session: context_text(context, "session")?,
+            agent: context_text(context, "agent")?,
+            attributes: &attributes,
+            grant_verified: true,
+            peer: Peer::UNKNOWN,
+        };
+        let mut result = match request.get("result") {
+            Some(Value::Object(result)) => result.clone(),
+            _ => return Err(bad("result is the list's JSON-RPC result object".into())),
+        };
+        let policy = engine.policy();
+        let servers: Vec<String> = server.into_iter().map(str::to_owned).collect();
+        let visible = |listed, name: &str, entry: &ListedTool<'_>| {
+            visibility_in(engine, &policy, &servers, listed, name, entry, subject)
+        };
+        let mut report = ListReport::default();
+        if let Err(why) = filter_result(listed, &mut result, visible, &mut report) {
+            engine.stats().count_list(0, true);
+            return Err(bad(format!("the result cannot be filtered: {why}")));
+        }
+        engine.stats().count_list(0, false);
+        engine.stats().count_list_removed(report.removed);
+        Ok(json!({ "result": result }))
+    }
+
     /// One evaluation's answer: `{"decision": bool, "context"?}`.
     fn decide(&self, engine: &Engine, asked: &Asked<'_>, transport: &dyn spans::Headers) -> Value {
         let Some(body) = &asked.body else {
@@ -199,7 +279,7 @@ impl AuthZen {
             truncated: false,
             server: asked.server,
             subject: Subject {
-                grant: Some(asked.subject_id),
+                grant: Some(&asked.grant),
                 session: asked.session,
                 agent: asked.agent,
                 attributes: &attributes,
@@ -230,13 +310,19 @@ impl AuthZen {
 
     fn answer(&self, gate: &Gate) -> Value {
         match gate {
+            // A list's answer is the caller's only once filtered: said, with where.
+            Gate::Forward {
+                decision: None,
+                follow: Follow::List { .. },
+                ..
+            } => json!({ "decision": true, "context": { CONTEXT_KEY: { "filter": FILTER_PATH } } }),
             Gate::Forward { decision: None, .. } => json!({ "decision": true }),
             Gate::Forward {
                 decision: Some(d),
                 follow,
                 ..
             } => {
-                let mut told = details(d);
+                let mut told = told(d);
                 if let Follow::CallOutcome {
                     reservation: Some(r),
                     tool_errors,
@@ -259,18 +345,112 @@ impl AuthZen {
 /// waiting on a person's approval, the access request profile's requestable denial (sent
 /// again once approved, it runs).
 fn denied(d: &Decision) -> Value {
+    let reason = clip(d.reason(), REASON_BYTES);
     let mut context = Map::new();
-    context.insert("reason_user".into(), json!({ "en": d.reason() }));
+    context.insert("reason_user".into(), json!({ "en": reason }));
     if let Some(id) = d.approval {
         context.insert(
             "access_request".into(),
             json!({ "template": "toolgate_approval", "approval_id": id.to_string(),
-                    "display": { "title": d.reason() } }),
+                    "display": { "title": reason } }),
         );
     }
-    context.insert(CONTEXT_KEY.into(), Value::Object(details(d)));
+    context.insert(CONTEXT_KEY.into(), Value::Object(told(d)));
     json!({ "decision": false, "context": context })
 }
+
+/// The decision's details, its reason (which may quote what the client sent) cut to
+/// [`REASON_BYTES`].
+fn told(d: &Decision) -> Map<String, Value> {
+    let mut told = details(d);
+    told.insert("reason".into(), clip(d.reason(), REASON_BYTES).into());
+    told
+}
+
+/// `text` cut to at most `max` bytes, at a character's boundary, `…` marking a cut.
+fn clip(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// A client's text as an error quotes it: at most [`QUOTED_CHARS`] characters.
+fn quoted(text: &str) -> String {
+    match text.char_indices().nth(QUOTED_CHARS) {
+        None => format!("{text:?}"),
+        Some((end, _)) => format!("{:?}…", &text[..end]),
+    }
+}
+
+/// The request's own subject, action, resource and context, as entries would take them.
+fn check_defaults(request: &Map<String, Value>) -> Result<(), BadRequest> {
+    for (part, allowed, required) in ENTITIES {
+        if request.contains_key(part) {
+            object(part, request.get(part), allowed, required)?;
+        }
+    }
+    match request.get("context") {
+        None | Some(Value::Object(_)) => Ok(()),
+        Some(_) => Err(bad("context is an object".into())),
+    }
+}
+
+/// The principal a subject names: its type and id, `TYPE:ID` (AuthZEN 1.0 scopes an id to
+/// its type).
+fn principal(subject: &Map<String, Value>) -> Result<String, BadRequest> {
+    let kind = text(subject, "type");
+    if kind.len() > QUOTED_CHARS
+        || !kind
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+    {
+        return Err(bad(
+            "subject.type is a word of letters, digits, '_', '.' and '-' (at most 64)".into(),
+        ));
+    }
+    Ok(format!("{kind}:{}", text(subject, "id")))
+}
+
+/// A subject's properties that are strings: its attributes.
+fn attributes(subject: &Map<String, Value>) -> Result<Vec<(&str, &str)>, BadRequest> {
+    let mut attributes = Vec::new();
+    if let Some(Value::Object(properties)) = subject.get("properties") {
+        for (key, value) in properties {
+            let Value::String(value) = value else {
+                continue;
+            };
+            if attributes.len() == MAX_ATTRIBUTES {
+                return Err(bad(format!(
+                    "at most {MAX_ATTRIBUTES} subject properties are read"
+                )));
+            }
+            if key.len() + value.len() > MAX_ATTRIBUTE_BYTES {
+                return Err(bad(format!(
+                    "a subject property is at most {MAX_ATTRIBUTE_BYTES} bytes"
+                )));
+            }
+            attributes.push((key.as_str(), value.as_str()));
+        }
+    }
+    Ok(attributes)
+}
+
+/// The entities of an evaluation: their keys, and those required.
+type Entity = (
+    &'static str,
+    &'static [&'static str],
+    &'static [&'static str],
+);
+const ENTITIES: [Entity; 3] = [
+    ("subject", &["type", "id", "properties"], &["type", "id"]),
+    ("action", &["name", "properties"], &["name"]),
+    ("resource", &["type", "id", "properties"], &["type", "id"]),
+];
 
 /// An evaluation of a batch that cannot be made: denied, with why (the API's per-entry
 /// error).
@@ -287,7 +467,7 @@ const PARTS: &[&str] = &["subject", "action", "resource", "context"];
 
 fn only_keys(object: &Map<String, Value>, allowed: &[&str], what: &str) -> Result<(), BadRequest> {
     match object.keys().find(|k| !allowed.contains(&k.as_str())) {
-        Some(key) => Err(bad(format!("{what} has no key {key:?}"))),
+        Some(key) => Err(bad(format!("{what} has no key {}", quoted(key)))),
         None => Ok(()),
     }
 }
@@ -344,12 +524,20 @@ impl Semantic {
 /// protocol's plumbing, which passes).
 #[derive(Debug)]
 struct Asked<'a> {
-    subject_id: &'a str,
+    /// The principal: `TYPE:ID`.
+    grant: String,
     attributes: Vec<(&'a str, &'a str)>,
     agent: Option<&'a str>,
     session: Option<&'a str>,
     server: Option<&'a str>,
     body: Option<Vec<u8>>,
+}
+
+impl Asked<'_> {
+    /// The bytes of the MCP request it is decided as.
+    fn bytes(&self) -> usize {
+        self.body.as_ref().map_or(0, Vec::len)
+    }
 }
 
 /// The part of an evaluation named `key`: the entry's, else the request's default.
@@ -374,7 +562,8 @@ fn object<'a>(
     };
     if let Some(key) = o.keys().find(|k| !allowed.contains(&k.as_str())) {
         return Err(bad(format!(
-            "{what} has no key {key:?} (its own attributes go under properties)"
+            "{what} has no key {} (its own attributes go under properties)",
+            quoted(key)
         )));
     }
     for key in required {
@@ -430,48 +619,17 @@ impl<'a> Asked<'a> {
         defaults: &'a Map<String, Value>,
         entry: Option<&'a Map<String, Value>>,
     ) -> Result<Asked<'a>, BadRequest> {
-        let subject = object(
-            "subject",
-            part("subject", defaults, entry),
-            &["type", "id", "properties"],
-            &["type", "id"],
-        )?;
-        let action = object(
-            "action",
-            part("action", defaults, entry),
-            &["name", "properties"],
-            &["name"],
-        )?;
-        let resource = object(
-            "resource",
-            part("resource", defaults, entry),
-            &["type", "id", "properties"],
-            &["type", "id"],
-        )?;
+        let [subject, action, resource] = ENTITIES.map(|(name, allowed, required)| {
+            object(name, part(name, defaults, entry), allowed, required)
+        });
+        let (subject, action, resource) = (subject?, action?, resource?);
+        let grant = principal(subject)?;
         let context = match part("context", defaults, entry) {
             None => None,
             Some(Value::Object(c)) => Some(c),
             Some(_) => return Err(bad("context is an object".into())),
         };
-        let mut attributes = Vec::new();
-        if let Some(Value::Object(properties)) = subject.get("properties") {
-            for (key, value) in properties {
-                let Value::String(value) = value else {
-                    continue;
-                };
-                if attributes.len() == MAX_ATTRIBUTES {
-                    return Err(bad(format!(
-                        "at most {MAX_ATTRIBUTES} subject properties are read"
-                    )));
-                }
-                if key.len() + value.len() > MAX_ATTRIBUTE_BYTES {
-                    return Err(bad(format!(
-                        "a subject property is at most {MAX_ATTRIBUTE_BYTES} bytes"
-                    )));
-                }
-                attributes.push((key.as_str(), value.as_str()));
-            }
-        }
+        let attributes = attributes(subject)?;
         let action_name = text(action, "name");
         let body = if is_method(action_name) {
             method_body(action_name, resource, context)?
@@ -479,7 +637,7 @@ impl<'a> Asked<'a> {
             tool_body(action_name, action, resource, context)
         };
         Ok(Asked {
-            subject_id: text(subject, "id"),
+            grant,
             attributes,
             agent: context_text(context, "agent")?,
             session: context_text(context, "session")?,
@@ -502,8 +660,10 @@ fn method_body(
     let kind = text(resource, "type");
     if !types.contains(&kind) {
         return Err(bad(format!(
-            "a {method} evaluation's resource.type is {}, not {kind:?}",
-            types.join(" or ")
+            "a {} evaluation's resource.type is {}, not {}",
+            quoted(method),
+            types.join(" or "),
+            quoted(kind)
         )));
     }
     let mut params = match context.and_then(|c| c.get("params")) {
@@ -581,7 +741,7 @@ mod tests {
             "context": {"agent": "bot", "params": {"arguments": {"cmd": "ls"}}}
         }))
         .unwrap();
-        assert_eq!(a.subject_id, "alice");
+        assert_eq!(a.grant, "identity:alice");
         assert_eq!(a.attributes, [("team", "ops")]);
         assert_eq!(a.agent, Some("bot"));
         assert_eq!(

@@ -2,7 +2,8 @@
 //! [`crate::authzen`]'s API on the sidecar's engine.
 //!
 //! - `POST /access/v1/evaluation`, `POST /access/v1/evaluations`,
-//!   `POST /toolgate/v1/release`, `GET /.well-known/authzen-configuration`.
+//!   `POST /toolgate/v1/release`, `POST /toolgate/v1/filter`,
+//!   `GET /.well-known/authzen-configuration`.
 //! - `Authorization: Bearer TOKEN`, a token of `--authzen-tokens`, on every request but the
 //!   well-known configuration; without tokens (a loopback address only) none is asked.
 //!   Refusals are 401 and never a decision.
@@ -10,8 +11,10 @@
 //!
 //! Bounded whatever a client sends: a connection's headers within [`HEADER_WAIT`] and
 //! [`MAX_HEAD_BYTES`]; a body is read only once its caller is known, within [`BODY_WAIT`]
-//! and [`MAX_BODY_BYTES`]; at most [`MAX_CONNECTIONS`] connections a serving thread, the
-//! ones over it closed at once.
+//! and [`MAX_BODY_BYTES`]; at most [`MAX_CONNECTIONS`] connections a serving thread: a new one
+//! over it takes the place of the oldest whose caller has not shown a token yet (else it is
+//! closed at once), so callers without one cannot crowd out those with one; a 401 closes its
+//! connection.
 
 use crate::authzen::{AuthZen, BadRequest};
 use crate::connection::{Bound, Incoming, Serving, Signal};
@@ -25,9 +28,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::oneshot;
 use tokio_stream::StreamExt;
 use toolgate_core::Engine;
 use toolgate_runtime::tokens::TokenDigests;
@@ -47,6 +52,7 @@ const MAX_REQUEST_ID: usize = 256;
 pub const EVALUATION: &str = "/access/v1/evaluation";
 pub const EVALUATIONS: &str = "/access/v1/evaluations";
 pub const RELEASE: &str = "/toolgate/v1/release";
+pub const FILTER: &str = crate::authzen::FILTER_PATH;
 pub const CONFIGURATION: &str = "/.well-known/authzen-configuration";
 
 /// How the listener runs.
@@ -119,7 +125,7 @@ async fn serve(
     shared: Arc<Shared>,
 ) -> Result<(), String> {
     let graceful = GracefulShutdown::new();
-    let open = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(Open::default());
     loop {
         tokio::select! {
             () = &mut signal => break,
@@ -127,15 +133,18 @@ async fn serve(
                 None => break,
                 Some(Err(_)) => continue,
                 Some(Ok(io)) => {
-                    if open.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
-                        // Closed unread: a flood of connections holds no more than the cap.
+                    let Some(held) = Held::new(&open) else {
+                        // Full of callers that showed a token: closed unread.
                         drop(io);
                         continue;
-                    }
+                    };
                     let shared = Arc::clone(&shared);
+                    let proven = Arc::clone(&held.proven);
                     let service = service_fn(move |request| {
-                        let shared = Arc::clone(&shared);
-                        async move { Ok::<_, std::convert::Infallible>(answer(&shared, request).await) }
+                        let (shared, proven) = (Arc::clone(&shared), Arc::clone(&proven));
+                        async move {
+                            Ok::<_, std::convert::Infallible>(answer(&shared, &proven, request).await)
+                        }
                     });
                     let connection = http1::Builder::new()
                         .timer(TokioTimer::new())
@@ -143,10 +152,15 @@ async fn serve(
                         .max_buf_size(MAX_HEAD_BYTES)
                         .serve_connection(TokioIo::new(io), service);
                     let connection = graceful.watch(connection);
-                    let held = Held::new(&open);
+                    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                    held.admit(stop);
                     tokio::spawn(async move {
                         let _held = held;
-                        let _ = connection.await;
+                        tokio::select! {
+                            _ = connection => {}
+                            // Its place taken by a new connection.
+                            _ = stopped => {}
+                        }
                     });
                 }
             },
@@ -157,30 +171,75 @@ async fn serve(
     Ok(())
 }
 
+/// The connections a serving thread holds open, oldest first: whether its caller showed a
+/// token, and how to close it.
+#[derive(Default)]
+struct Open {
+    next: AtomicU64,
+    held: Mutex<VecDeque<OpenConnection>>,
+}
+
+/// A connection's id, whether its caller showed a token, and how to close it.
+type OpenConnection = (u64, Arc<AtomicBool>, Option<oneshot::Sender<()>>);
+
 /// One open connection, counted while it lives.
-struct Held(Arc<AtomicUsize>);
+struct Held {
+    open: Arc<Open>,
+    id: u64,
+    /// Its caller showed a valid token (or none is asked for).
+    proven: Arc<AtomicBool>,
+}
 
 impl Held {
-    fn new(open: &Arc<AtomicUsize>) -> Held {
-        open.fetch_add(1, Ordering::Relaxed);
-        Held(Arc::clone(open))
+    /// Counted: in place of the oldest connection whose caller has not shown a token, when
+    /// there are [`MAX_CONNECTIONS`]; `None` when all have.
+    fn new(open: &Arc<Open>) -> Option<Held> {
+        let mut held = open.held.lock().unwrap_or_else(|e| e.into_inner());
+        if held.len() >= MAX_CONNECTIONS {
+            let oldest = held
+                .iter()
+                .position(|(_, proven, _)| !proven.load(Ordering::Relaxed))?;
+            let (_, _, stop) = held.remove(oldest).expect("found");
+            if let Some(stop) = stop {
+                let _ = stop.send(());
+            }
+        }
+        let id = open.next.fetch_add(1, Ordering::Relaxed);
+        let proven = Arc::new(AtomicBool::new(false));
+        held.push_back((id, Arc::clone(&proven), None));
+        Some(Held {
+            open: Arc::clone(open),
+            id,
+            proven,
+        })
+    }
+
+    /// How the connection is closed if its place is taken.
+    fn admit(&self, stop: oneshot::Sender<()>) {
+        let mut held = self.open.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = held.iter_mut().find(|(id, _, _)| *id == self.id) {
+            entry.2 = Some(stop);
+        }
     }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        let mut held = self.open.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(at) = held.iter().position(|(id, _, _)| *id == self.id) {
+            held.remove(at);
+        }
     }
 }
 
 type Answer = Response<Full<Bytes>>;
 
-async fn answer(shared: &Arc<Shared>, request: Request<Body>) -> Answer {
+async fn answer(shared: &Arc<Shared>, proven: &AtomicBool, request: Request<Body>) -> Answer {
     let request_id = match request_id(request.headers()) {
         Ok(id) => id,
         Err(why) => return error(StatusCode::BAD_REQUEST, why, None),
     };
-    let mut answer = route(shared, request).await;
+    let mut answer = route(shared, proven, request).await;
     if let Some(id) = request_id {
         answer.headers_mut().insert("x-request-id", id);
     }
@@ -203,7 +262,7 @@ fn request_id(headers: &HeaderMap) -> Result<Option<HeaderValue>, &'static str> 
     }
 }
 
-async fn route(shared: &Arc<Shared>, request: Request<Body>) -> Answer {
+async fn route(shared: &Arc<Shared>, proven: &AtomicBool, request: Request<Body>) -> Answer {
     let path = request.uri().path();
     let post = match path {
         CONFIGURATION => {
@@ -212,7 +271,7 @@ async fn route(shared: &Arc<Shared>, request: Request<Body>) -> Answer {
                 _ => error(StatusCode::METHOD_NOT_ALLOWED, "use GET", Some("GET")),
             };
         }
-        EVALUATION | EVALUATIONS | RELEASE => request.method() == Method::POST,
+        EVALUATION | EVALUATIONS | RELEASE | FILTER => request.method() == Method::POST,
         _ => return error(StatusCode::NOT_FOUND, "no such endpoint", None),
     };
     if !post {
@@ -228,8 +287,13 @@ async fn route(shared: &Arc<Shared>, request: Request<Body>) -> Answer {
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Bearer realm=\"toolgate\""),
         );
+        // A caller without a token holds no connection open.
+        refused
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return refused;
     }
+    proven.store(true, Ordering::Relaxed);
     if !is_json(request.headers()) {
         return error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -275,6 +339,7 @@ fn decide(
     match endpoint {
         EVALUATION => api.evaluation(engine, body, transport),
         EVALUATIONS => api.evaluations(engine, body, transport),
+        FILTER => api.filter(engine, body),
         _ => api.release(engine, body),
     }
 }
@@ -287,10 +352,11 @@ fn authenticated(tokens: Option<&TokenDigests>, headers: &HeaderMap) -> bool {
     };
     let mut sent = headers.get_all(header::AUTHORIZATION).iter();
     let token = match (sent.next(), sent.next()) {
-        (Some(value), None) => value
-            .as_bytes()
-            .strip_prefix(b"Bearer ")
-            .filter(|t| !t.is_empty()),
+        // The scheme's name is case-insensitive (RFC 9110 §11.1).
+        (Some(value), None) => {
+            let value = value.as_bytes();
+            (value.len() > 7 && value[..7].eq_ignore_ascii_case(b"bearer ")).then(|| &value[7..])
+        }
         _ => None,
     };
     token.and_then(|t| tokens.name_of(t)).is_some()

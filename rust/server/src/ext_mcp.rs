@@ -674,7 +674,7 @@ fn filter_list(
 /// agentgateway writes them. A name of no listed server (agentgateway's unprefixed modes,
 /// and the UI resources it names its own way) is shown only if every listed server's section
 /// would show it.
-fn visibility_in(
+pub(crate) fn visibility_in(
     engine: &Engine,
     policy: &Arc<CompiledPolicy>,
     servers: &[String],
