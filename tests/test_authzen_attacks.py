@@ -601,3 +601,29 @@ def test_reasons_request_ids_and_hosts_are_never_reflected_as_headers(listening:
     answer = exchange(listening, metadata.replace(b"Host: toolgate", b"Host: evil.example"))
     assert b"evil.example" not in answer
     assert body_of(answer)["access_evaluation_endpoint"] == f"http://{listening}{EVALUATION}"
+
+
+def test_bodies_announced_and_never_sent_hold_at_most_the_listeners_budget():
+    """Each body's announced length is taken from one budget for the whole listener before a
+    byte is read: past it a request is refused (503) rather than held, and the room comes
+    back when the holders go."""
+    head = (
+        b"POST /access/v1/evaluation HTTP/1.1\r\nHost: toolgate\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 1048576\r\n\r\n"
+    )
+    with serving(MCP_POLICY) as sc:
+        address = authzen_address(sc)
+        holders = [connect(address) for _ in range(64)]
+        try:
+            for s in holders:
+                s.sendall(head)
+
+            def refused() -> bool:
+                return status_of(exchange(address, request(EVALUATION, {}))) == 503
+
+            wait_for(refused, timeout=20)
+        finally:
+            for s in holders:
+                s.close()
+        # The room came back: a request is read and answered again.
+        wait_for(lambda: status_of(exchange(address, request(EVALUATION, {}))) == 400)

@@ -11,7 +11,7 @@
 //!
 //! Bounded whatever a client sends: a connection's headers within [`HEADER_WAIT`] and
 //! [`MAX_HEAD_BYTES`]; a body is read only once its caller is known, within [`BODY_WAIT`]
-//! and [`MAX_BODY_BYTES`]; at most [`MAX_CONNECTIONS`] connections a serving thread: a new one
+//! and [`MAX_BODY_BYTES`], all callers' together within [`BODY_BUDGET`] (503 past it); at most [`MAX_CONNECTIONS`] connections a serving thread: a new one
 //! over it takes the place of the oldest whose caller has not shown a token yet (else it is
 //! closed at once), so callers without one cannot crowd out those with one; a 401 closes its
 //! connection.
@@ -29,7 +29,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -70,6 +70,8 @@ struct Shared {
     tokens: Option<TokenDigests>,
     /// This listener as the well-known configuration names it (`http://ADDRESS`).
     base: String,
+    /// Bytes of bodies being read or decided, as their senders announced them.
+    bodies: AtomicUsize,
 }
 
 /// A running listener.
@@ -100,6 +102,7 @@ impl AuthZenListener {
             api: AuthZen::new(spans),
             tokens: options.tokens,
             base,
+            bodies: AtomicUsize::new(0),
         });
         let serving = Serving::start(bound, threads, move |incoming, signal| {
             serve(incoming, signal, Arc::clone(&shared))
@@ -232,6 +235,29 @@ impl Drop for Held {
     }
 }
 
+/// Bytes of bodies all callers of a listener may have read or decided at once.
+pub const BODY_BUDGET: usize = 64 << 20;
+
+/// A body's share of [`BODY_BUDGET`], given back when its request is answered.
+struct BodyRoom<'a>(&'a AtomicUsize, usize);
+
+impl<'a> BodyRoom<'a> {
+    fn take(used: &'a AtomicUsize, bytes: usize) -> Option<BodyRoom<'a>> {
+        let before = used.fetch_add(bytes, Ordering::Relaxed);
+        if before + bytes > BODY_BUDGET {
+            used.fetch_sub(bytes, Ordering::Relaxed);
+            return None;
+        }
+        Some(BodyRoom(used, bytes))
+    }
+}
+
+impl Drop for BodyRoom<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(self.1, Ordering::Relaxed);
+    }
+}
+
 type Answer = Response<Full<Bytes>>;
 
 async fn answer(shared: &Arc<Shared>, proven: &AtomicBool, request: Request<Body>) -> Answer {
@@ -302,6 +328,17 @@ async fn route(shared: &Arc<Shared>, proven: &AtomicBool, request: Request<Body>
         );
     }
     let endpoint = path.to_owned();
+    // Room for the body in the listener's budget, before a byte of it is read.
+    let announced = (request.headers().get(header::CONTENT_LENGTH))
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .map_or(MAX_BODY_BYTES, |n| n.min(MAX_BODY_BYTES));
+    let Some(_room) = BodyRoom::take(&shared.bodies, announced) else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the listener holds as many bodies as it may: ask again",
+            None,
+        );
+    };
     let (parts, body) = request.into_parts();
     let body = match read_body(body).await {
         Ok(body) => body,
