@@ -276,6 +276,7 @@ def another(name: str, default: object) -> object:
         "decision_log": "-",
         "otlp_endpoint": "http://127.0.0.1:4317",
         "otlp_sample_ratio": 0.5,
+        "authzen_listen": "127.0.0.1:1",
     }
     if name in special:
         return special[name]
@@ -290,7 +291,9 @@ def another(name: str, default: object) -> object:
     return f"{default}-2"
 
 
-def test_every_sidecar_setting_is_a_serve_flag_whose_default_and_value_it_passes_through():
+def test_every_sidecar_setting_is_a_serve_flag_whose_default_and_value_it_passes_through(
+    tmp_path,
+):
     """The settings' one owner is the extension: each has a flag (NO_FLAG aside) whose default
     is the setting's, and a value given on the command line reaches the sidecar as given."""
     from toolgate.cli.main import command_parser
@@ -300,10 +303,13 @@ def test_every_sidecar_setting_is_a_serve_flag_whose_default_and_value_it_passes
     flags = {a.dest: a for a in command_parser("serve")._actions}
     assert set(defaults) >= NO_FLAG
     assert set(defaults) - NO_FLAG <= set(flags)
+    # A file the sidecar reads when its settings are checked.
+    tokens = tmp_path / "tokens"
+    tokens.write_text("gateway 0123456789abcdef\n")
     words = []
     for name in sorted(set(defaults) - NO_FLAG):
         assert flags[name].default == defaults[name], name
-        value = another(name, defaults[name])
+        value = str(tokens) if name == "authzen_tokens" else another(name, defaults[name])
         flag = flags[name].option_strings[-1]
         words += [flag] if flags[name].nargs == 0 else [flag, str(value)]
         defaults[name] = value

@@ -4,8 +4,9 @@
 //! other paths give.
 //!
 //! The mapping follows the COAZ-MCP binding's defaults:
-//! - `subject.id` is the principal the caller (a policy enforcement point that verified the
-//!   client's token) names: the grant, as a verified identity. `subject.properties` that are
+//! - The subject is the principal the caller (a policy enforcement point that verified the
+//!   client's token) names: the grant, as a verified identity, `TYPE:ID` (AuthZEN scopes an
+//!   id to its type). `subject.properties` that are
 //!   strings are the subject's attributes; `context.agent` the agent, `context.session` the
 //!   session, `context.server` the policy's server. Nothing in the MCP params names the
 //!   subject.
@@ -19,7 +20,8 @@
 //!
 //! An allowed call that reserved limits its rule gives back on failure carries a release
 //! token in its context (`context.toolgate.release`): the enforcement point gives it back
-//! through [`release`] when the call failed.
+//! through [`AuthZen::release`] when the call failed. A list's answer is the caller's once
+//! filtered ([`AuthZen::filter`]), which its allow says.
 
 use crate::ext_mcp::visibility_in;
 use crate::spans::{self, DecisionSpan, Spans};

@@ -303,7 +303,7 @@ pub fn parse_message(body: &[u8]) -> Result<Parsed, Refusal> {
         Some(_) => return Err(refuse(INVALID_PARAMS, "params must be an object", id)),
         None => None,
     };
-    let related_task = related_task(params.as_ref(), &id)?;
+    let related_task = related_task(&method, params.as_ref(), &id)?;
     let trace = trace_carrier(params.as_ref());
     let request = asked(id, method, params)?;
     Ok(Parsed {
@@ -314,16 +314,25 @@ pub fn parse_message(body: &[u8]) -> Result<Parsed, Refusal> {
 }
 
 /// The task `params` relate the request to, read in one spelling: `_meta`'s
-/// [`RELATED_TASK`], an object whose `taskId` is a non-empty string.
+/// [`RELATED_TASK`], an object whose `taskId` is a non-empty string. `_meta` is an object
+/// in every request's params, whatever the method: anything else toolgate would read as no
+/// task and no trace, and a server would refuse or read another way.
 fn related_task(
+    method: &str,
     params: Option<&Map<String, Value>>,
     id: &Option<Value>,
 ) -> Result<Option<String>, Refusal> {
-    let Some(meta) = params
-        .and_then(|p| p.get("_meta"))
-        .and_then(Value::as_object)
-    else {
-        return Ok(None);
+    let meta = match params.and_then(|p| p.get("_meta")) {
+        None => return Ok(None),
+        Some(Value::Object(meta)) => meta,
+        Some(_) => {
+            let refusal = refuse(INVALID_PARAMS, "params._meta must be an object", id.clone());
+            let tool = params.and_then(|p| p.get("name")).and_then(Value::as_str);
+            return Err(match tool {
+                Some(name) if method == TOOLS_CALL && !name.is_empty() => refusal.of_tool(name),
+                _ => refusal,
+            });
+        }
     };
     check_known_keys(meta, &META_KEYS, "params._meta", id)?;
     let Some(related) = meta.get(RELATED_TASK) else {
@@ -577,7 +586,7 @@ pub fn parse_params_related(method: &str, params: Option<&[u8]>) -> Result<Parse
         }
         Some(Err(StrictError::TooLarge(m))) => return Err(refuse(INVALID_PARAMS, m, None)),
     };
-    let related_task = related_task(params.as_ref(), &None)?;
+    let related_task = related_task(method, params.as_ref(), &None)?;
     let trace = trace_carrier(params.as_ref());
     let request = match asked(None, method.to_owned(), params)? {
         McpRequest::ToolCall {
@@ -620,11 +629,8 @@ fn call_params(
             ))
         }
     };
-    if let Some(meta) = params.get("_meta") {
-        let Value::Object(meta) = meta else {
-            let refusal = refuse(INVALID_PARAMS, "params._meta must be an object", id);
-            return Err(refusal.of_tool(&name));
-        };
+    // A `_meta` that is not an object was refused with the request's task.
+    if let Some(Value::Object(meta)) = params.get("_meta") {
         let token = meta.get("progressToken");
         if token.is_some_and(|t| !(t.is_string() || t.is_i64() || t.is_u64())) {
             let refusal = refuse(
@@ -897,6 +903,10 @@ mod tests {
             (r#"{"jsonrpc":"2.0","id":1,"error":{"code":1.5,"message":"m"}}"#, INVALID_REQUEST, "integer code"),
             (r#"{"jsonrpc":"2.0","id":1,"error":"no"}"#, INVALID_REQUEST, "must be an object"),
             (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","_meta":0}}"#, INVALID_PARAMS, "_meta must be"),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///a","_meta":[]}}"#, INVALID_PARAMS, "_meta must be"),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"p","_meta":"x"}}"#, INVALID_PARAMS, "_meta must be"),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"_meta":null}}"#, INVALID_PARAMS, "_meta must be"),
+            (r#"{"jsonrpc":"2.0","method":"notifications/initialized","params":{"_meta":1}}"#, INVALID_PARAMS, "_meta must be"),
             (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","_meta":{"progressToken":1.5}}}"#, INVALID_PARAMS, "progressToken"),
             (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","result":{},"params":{"name":"t"}}"#, INVALID_REQUEST, "cannot also carry"),
             (r#"{"jsonrpc":"2.0","id":1,"Result":{},"method":"tools/list"}"#, INVALID_REQUEST, "only by case"),
