@@ -274,7 +274,6 @@ impl AuthZen {
             // The protocol's plumbing passes undecided, as the binding says.
             return json!({ "decision": true });
         };
-        let attributes: Vec<(&str, &str)> = asked.attributes.clone();
         let call = HttpCall {
             http_method: "POST",
             body,
@@ -284,7 +283,7 @@ impl AuthZen {
                 grant: Some(&asked.grant),
                 session: asked.session,
                 agent: asked.agent,
-                attributes: &attributes,
+                attributes: &asked.attributes,
                 grant_verified: true,
                 peer: Peer::UNKNOWN,
             },

@@ -136,7 +136,8 @@ async fn serve(
                 None => break,
                 Some(Err(_)) => continue,
                 Some(Ok(io)) => {
-                    let Some(held) = Held::new(&open) else {
+                    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                    let Some(held) = Held::new(&open, stop) else {
                         // Full of callers that showed a token: closed unread.
                         drop(io);
                         continue;
@@ -155,8 +156,6 @@ async fn serve(
                         .max_buf_size(MAX_HEAD_BYTES)
                         .serve_connection(TokioIo::new(io), service);
                     let connection = graceful.watch(connection);
-                    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-                    held.admit(stop);
                     tokio::spawn(async move {
                         let _held = held;
                         tokio::select! {
@@ -183,7 +182,7 @@ struct Open {
 }
 
 /// A connection's id, whether its caller showed a token, and how to close it.
-type OpenConnection = (u64, Arc<AtomicBool>, Option<oneshot::Sender<()>>);
+type OpenConnection = (u64, Arc<AtomicBool>, oneshot::Sender<()>);
 
 /// One open connection, counted while it lives.
 struct Held {
@@ -194,35 +193,26 @@ struct Held {
 }
 
 impl Held {
-    /// Counted: in place of the oldest connection whose caller has not shown a token, when
-    /// there are [`MAX_CONNECTIONS`]; `None` when all have.
-    fn new(open: &Arc<Open>) -> Option<Held> {
+    /// Counted, closed through `stop` if its place is taken: in place of the oldest
+    /// connection whose caller has not shown a token, when there are [`MAX_CONNECTIONS`];
+    /// `None` when all have.
+    fn new(open: &Arc<Open>, stop: oneshot::Sender<()>) -> Option<Held> {
         let mut held = open.held.lock().unwrap_or_else(|e| e.into_inner());
         if held.len() >= MAX_CONNECTIONS {
             let oldest = held
                 .iter()
                 .position(|(_, proven, _)| !proven.load(Ordering::Relaxed))?;
             let (_, _, stop) = held.remove(oldest).expect("found");
-            if let Some(stop) = stop {
-                let _ = stop.send(());
-            }
+            let _ = stop.send(());
         }
         let id = open.next.fetch_add(1, Ordering::Relaxed);
         let proven = Arc::new(AtomicBool::new(false));
-        held.push_back((id, Arc::clone(&proven), None));
+        held.push_back((id, Arc::clone(&proven), stop));
         Some(Held {
             open: Arc::clone(open),
             id,
             proven,
         })
-    }
-
-    /// How the connection is closed if its place is taken.
-    fn admit(&self, stop: oneshot::Sender<()>) {
-        let mut held = self.open.held.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = held.iter_mut().find(|(id, _, _)| *id == self.id) {
-            entry.2 = Some(stop);
-        }
     }
 }
 
