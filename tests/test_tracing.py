@@ -23,7 +23,9 @@ import pytest
 from authzen_client import authzen_address
 from authzen_client import send as send_http
 from conftest import EXAMPLES
-from envoy_proxy import EXT_AUTHZ, deployed, envoy_executable, send
+from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
+from envoy.service.ratelimit.v3 import rls_pb2
+from envoy_proxy import ACCEPT, DEPLOY, EXT_AUTHZ, deployed, envoy_executable, send
 from ext_mcp import ExtMcp, outcome
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -321,6 +323,127 @@ def test_through_envoy_a_request_without_a_trace_is_in_the_trace_envoy_starts(
     (decision,) = toolgate_spans(spans)
     assert decision["spanID"] == line["span_id"]
     assert parent_of(decision) in {s["spanID"] for s in spans if s["service"] == "envoy"}
+
+
+EXT_PROC = DEPLOY / "mcp-ext-authz-ext-proc.yaml"
+
+
+@pytest.fixture
+def traced_lists(jaeger: Jaeger, tmp_path: Path) -> Iterator[tuple[Any, Sidecar]]:
+    """The deployed ext_authz + ext_proc config, with Envoy's tracing on, in front of the
+    example server, and ``toolgate serve`` tracing to ``jaeger``."""
+    with (
+        ExampleServer(tmp_path / "example.jsonl") as example,
+        traced_sidecar(jaeger, tmp_path / "decisions.jsonl") as sc,
+        deployed(
+            EXT_PROC, sc.port, example.port, tracing_edits(jaeger.otlp), patient=True
+        ) as envoy,
+    ):
+        yield envoy, sc
+
+
+def opened_session(envoy: Any) -> str:
+    """An MCP session opened through ``envoy`` (initialize, then initialized): its id."""
+    hello = {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "tracing-test", "version": "1"},
+    }
+    message = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello}
+    status, headers, _ = send(envoy, "POST", json.dumps(message).encode())
+    assert status == 200, status
+    session = headers["mcp-session-id"]
+    initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+    status, _, _ = send(
+        envoy, "POST", json.dumps(initialized).encode(), {"mcp-session-id": session}
+    )
+    assert status == 202, status
+    return session
+
+
+@needs_envoy
+def test_a_list_filtered_for_its_caller_is_a_span_in_the_requests_trace(
+    traced_lists: tuple[Any, Sidecar], jaeger: Jaeger
+):
+    envoy, sc = traced_lists
+    session = {"mcp-session-id": opened_session(envoy)}
+    trace_id, parent = new_ids()
+    body = json.dumps({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}).encode()
+    headers = {"traceparent": f"00-{trace_id}-{parent}-01", "accept": ACCEPT, **session}
+    status, _, answer = send(envoy, "POST", body, headers)
+    assert status == 200 and b"delete_image" not in answer and b"list_images" in answer
+
+    def output(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [
+            s
+            for s in toolgate_spans(spans)
+            if s["attributes"].get("gen_ai.guardrail.target.type") == "output"
+        ]
+
+    def complete(spans: list[dict[str, Any]]) -> bool:
+        # Envoy exports its span for the ext_proc stream when the stream ends, after the list.
+        envoy_ids = {s["spanID"] for s in spans if s["service"] == "envoy"}
+        return len(toolgate_spans(spans)) == 2 and any(
+            parent_of(s) in envoy_ids for s in output(spans)
+        )
+
+    spans = jaeger.wait_trace(trace_id, complete)
+    by_target = {s["attributes"]["gen_ai.guardrail.target.type"]: s for s in toolgate_spans(spans)}
+    request, answered = by_target["input"], by_target["output"]
+    assert request["operationName"] == answered["operationName"] == "tools/list"
+    assert answered["attributes"]["mcp.method.name"] == "tools/list"
+    # The example policy hides delete_image: the caller was shown less than the server listed.
+    assert answered["attributes"]["gen_ai.guardrail.verdict.type"] == "modify"
+    assert answered["attributes"]["toolgate.list.removed"] == 1
+    assert sc.metric("toolgate_tools_unlisted_total") == 1
+    # Under Envoy's span for its ext_proc stream, in the client's trace.
+    envoy_ids = {s["spanID"] for s in spans if s["service"] == "envoy"}
+    assert parent_of(answered) in envoy_ids
+
+
+def rate_limit(sc: Sidecar, traceparent: str, *tools: str) -> Any:
+    descriptors = [
+        ratelimit_pb2.RateLimitDescriptor(
+            entries=[
+                ratelimit_pb2.RateLimitDescriptor.Entry(key="tool", value=tool),
+                ratelimit_pb2.RateLimitDescriptor.Entry(key="grant", value="g-tracing"),
+            ]
+        )
+        for tool in tools
+    ]
+    request = rls_pb2.RateLimitRequest(domain="example", descriptors=descriptors)
+    stub = sc.channel().unary_unary(
+        "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
+        request_serializer=rls_pb2.RateLimitRequest.SerializeToString,
+        response_deserializer=rls_pb2.RateLimitResponse.FromString,
+    )
+    return stub(request, metadata=(("traceparent", traceparent),), timeout=30)
+
+
+def test_each_rate_limit_descriptor_is_a_decision_span_under_the_call(
+    traced: Sidecar, jaeger: Jaeger
+):
+    trace_id, parent = new_ids()
+    hidden = "delete_image"
+    answer = rate_limit(traced, f"00-{trace_id}-{parent}-01", ALLOWED, hidden)
+    assert answer.overall_code == rls_pb2.RateLimitResponse.OVER_LIMIT
+    spans = jaeger.wait_trace(trace_id, lambda s: len(toolgate_spans(s)) == 2)
+    by_tool = {s["attributes"]["gen_ai.tool.name"]: s for s in toolgate_spans(spans)}
+    assert by_tool[ALLOWED]["operationName"] == f"tools/call {ALLOWED}"
+    assert by_tool[ALLOWED]["attributes"]["gen_ai.guardrail.verdict.type"] == "allow"
+    assert by_tool[hidden]["attributes"]["gen_ai.guardrail.verdict.type"] == "deny"
+    assert {parent_of(s) for s in by_tool.values()} == {parent}
+    lines = logged(traced, 2)
+    assert {(line["tool"], line["trace_id"], line["span_id"]) for line in lines} == {
+        (tool, trace_id, span["spanID"]) for tool, span in by_tool.items()
+    }
+    # A request refused whole (a descriptor without a tool) is a span too.
+    trace_id, parent = new_ids()
+    answer = rate_limit(traced, f"00-{trace_id}-{parent}-01", "")
+    assert answer.overall_code == rls_pb2.RateLimitResponse.OVER_LIMIT
+    (refused,) = jaeger.wait_trace(trace_id, lambda s: len(toolgate_spans(s)) == 1)
+    assert refused["attributes"]["gen_ai.guardrail.verdict.type"] == "deny"
+    assert parent_of(refused) == parent
 
 
 # --- agentgateway's ExtMCP ----------------------------------------------------------------------

@@ -9,6 +9,7 @@
 //! filter, so both do the same with every answer.
 
 use crate::held::{HeldBytes, Room};
+use crate::spans::ListSpans;
 use serde_json::Value;
 use std::sync::Arc;
 use toolgate_core::counter::Peer;
@@ -119,6 +120,8 @@ pub struct Follower {
     /// The lists read last, shared by the followers of one process, so that the same answer
     /// is not read again.
     known: Arc<KnownAnswers>,
+    /// Where the lists filtered are traced, if they are ([`Follower::traced`]).
+    spans: Option<ListSpans>,
 }
 
 enum State {
@@ -259,6 +262,7 @@ impl Follower {
             note,
             room: None,
             known,
+            spans: None,
         };
         let budget = Arc::clone(&follower.budget);
         budget.hold(&mut follower.held, note).then_some(follower)
@@ -282,6 +286,12 @@ impl Follower {
             }) => later.take(),
             _ => None,
         }
+    }
+
+    /// Each list the follower filters is a span of `spans`.
+    pub fn traced(mut self, spans: Option<ListSpans>) -> Follower {
+        self.spans = spans;
+        self
     }
 
     /// The follower also holds what it holds in the room of `server` (an adapter whose
@@ -423,12 +433,21 @@ impl Follower {
                     let read = (*listed, *private);
                     list_filter(engine, &self.known, id, read, upstream_id, caller, policy)
                 });
+                if let Some(spans) = &mut self.spans {
+                    spans.part();
+                }
                 let mut out = filter.feed(part, end);
                 if !self.hold(filter.held() + self.note) {
                     let why = "the proxy holds as many unfinished answers as it may";
                     out.extend(filter.give_up(why.into()));
                 }
-                count_lists(engine, &filter.report, counted, caller);
+                let (lists, removed, refused) =
+                    count_lists(engine, &filter.report, counted, caller);
+                if let Some(spans) = &mut self.spans {
+                    if lists > 0 || refused {
+                        spans.listed(*listed, removed, refused);
+                    }
+                }
                 Some(out)
             }
             State::Call(call) => {
@@ -463,9 +482,14 @@ fn follow_id_len(follow: &Follow) -> usize {
 }
 
 /// Count what the filter did since it was last counted: each list it read, the tools it
-/// took out, and a refusal. A list answered vouches for the caller's grant (where the
-/// sidecar is told that servers check it: [`Engine::vouch_for`]).
-fn count_lists(engine: &Engine, report: &ListReport, counted: &mut ListReport, caller: &Caller) {
+/// took out, and a refusal; the three are returned. A list answered vouches for the caller's
+/// grant (where the sidecar is told that servers check it: [`Engine::vouch_for`]).
+fn count_lists(
+    engine: &Engine,
+    report: &ListReport,
+    counted: &mut ListReport,
+    caller: &Caller,
+) -> (usize, usize, bool) {
     if report.lists > counted.lists && !caller.grant_verified {
         if let Some(grant) = caller.grant.as_deref() {
             engine.vouch_for(grant);
@@ -475,11 +499,17 @@ fn count_lists(engine: &Engine, report: &ListReport, counted: &mut ListReport, c
     for _ in counted.lists..report.lists {
         stats.count_list(0, false);
     }
-    if report.refused.is_some() && counted.refused.is_none() {
+    let refused = report.refused.is_some() && counted.refused.is_none();
+    if refused {
         stats.count_list(0, true);
     }
-    stats.count_list_removed(report.removed - counted.removed);
+    let (lists, removed) = (
+        report.lists - counted.lists,
+        report.removed - counted.removed,
+    );
+    stats.count_list_removed(removed);
     counted.clone_from(report);
+    (lists, removed, refused)
 }
 
 /// The filter for a list's answer: the server answers the id the request went on with

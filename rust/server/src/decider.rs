@@ -1,12 +1,11 @@
 //! The `toolgate.v1` gRPC messages, decoded and encoded in Rust: the sidecar hands each
 //! request's bytes here and sends back the bytes it gets, so a decision costs Python one call.
 
-use crate::spans::{Asked, DecisionSpan, Headers, Spans};
+use crate::spans::{traced_decision, Asked, Traced};
 use std::time::Instant;
 use toolgate_core::counter::Peer;
 use toolgate_core::json::args::{parse_json_arguments, ArgumentsRefused};
 use toolgate_core::observing::stats::Api;
-use toolgate_core::observing::trace_ids;
 use toolgate_core::Kind;
 use toolgate_core::{Code, Decision, Engine, Request, Subject, Undecidable, Verdict};
 
@@ -16,10 +15,6 @@ pub mod pb {
 
 /// Descriptors of the toolgate.v1 schema, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/toolgate.v1.bin"));
-
-/// Where a call's decisions are traced: the spans, and the gRPC call's metadata (its
-/// caller's trace context).
-pub type Traced<'a> = Option<(&'a Spans, &'a dyn Headers)>;
 
 /// Decide one `DecideRequest`.
 pub fn decide_message(
@@ -71,14 +66,10 @@ fn respond(
     req: &pb::DecideRequest,
     traced: Traced<'_>,
 ) -> pb::DecideResponse {
-    let Some((spans, call)) = traced else {
-        return encode(decide(engine, max_argument_bytes, req));
-    };
-    let span = DecisionSpan::new(spans, &[call]);
-    let ids = span.start(&Asked::tool(&req.tool), None);
-    let decision = trace_ids::within(Some(ids), || decide(engine, max_argument_bytes, req));
-    span.finish(Some(&decision));
-    encode(decision)
+    let asked = Asked::tool(&req.tool);
+    encode(traced_decision(traced, &asked, || {
+        decide(engine, max_argument_bytes, req)
+    }))
 }
 
 fn decide(engine: &Engine, max_argument_bytes: usize, req: &pb::DecideRequest) -> Decision {

@@ -16,6 +16,7 @@
 pub use crate::answer::{Caller, LIST_ANSWER_TYPE};
 use crate::answer::{Follower, Refusal, RequestBody, LIST_ANSWER_DROPS};
 use crate::held::{stream_buffer, HeldBytes, Room, STREAM_SHARE};
+use crate::spans::ListSpans;
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{
     HeaderMap, HeaderValue, HeaderValueOption, Metadata,
@@ -251,6 +252,8 @@ pub struct Exchange {
     /// The `tools/list` answers read last, shared by the service's exchanges, so the same
     /// answer is not read again.
     known: Arc<KnownAnswers>,
+    /// Where the lists it filters are traced, if they are, until its follower is made.
+    spans: Option<ListSpans>,
 }
 
 impl Default for Exchange {
@@ -296,7 +299,14 @@ impl Exchange {
             largest_out: 0,
             out_of_room: false,
             known,
+            spans: None,
         }
+    }
+
+    /// The lists the exchange filters are spans of `spans`.
+    pub fn traced(mut self, spans: Option<ListSpans>) -> Self {
+        self.spans = spans;
+        self
     }
 
     /// Whether the exchange's MCP server has filled its room ([`HeldBytes::room`]): the stream
@@ -378,7 +388,10 @@ impl Exchange {
                 self.room = Some(self.budget.room(caller.server.as_deref().unwrap_or("")));
                 let (budget, known) = (Arc::clone(&self.budget), Arc::clone(&self.known));
                 match Follower::new(engine, follow, caller, budget, known) {
-                    Some(follower) => self.state = State::Following(Box::new(follower)),
+                    Some(follower) => {
+                        let follower = follower.traced(self.spans.take());
+                        self.state = State::Following(Box::new(follower))
+                    }
                     None => {
                         self.end();
                         return None;

@@ -9,12 +9,12 @@
 //! when the connection reads the request, before the request waits for a thread.
 
 use crate::authz;
-use crate::decider::{self, pb, Traced};
+use crate::decider::{self, pb};
 use crate::ext_mcp::{self, ExtMcpConfig};
 use crate::ext_proc::Exchange;
 use crate::held::HeldBytes;
 use crate::ratelimit;
-use crate::spans::{Headers, Spans};
+use crate::spans::{Headers, ListSpans, Spans, Traced};
 use crate::subject::AuthzConfig;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
@@ -326,6 +326,7 @@ pub struct ExternalProcessorService {
     /// The `tools/list` answers the streams read last (the service's own: only its list
     /// filters find them again).
     pub known: Arc<KnownAnswers>,
+    pub spans: Option<Arc<Spans>>,
 }
 
 #[tonic::async_trait]
@@ -336,13 +337,13 @@ impl envoy::external_processor_server::ExternalProcessor for ExternalProcessorSe
         &self,
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
+        // Envoy's span for the stream, when it traces, is the parent of the lists' spans.
+        let spans = (self.spans.clone()).map(|s| ListSpans::new(s, request.metadata()));
+        let exchange = Exchange::new(Arc::clone(&self.held), Arc::clone(&self.known));
         Ok(Response::new(Answers {
             engine: Arc::clone(&self.engine),
             messages: request.into_inner(),
-            exchange: Some(Exchange::new(
-                Arc::clone(&self.held),
-                Arc::clone(&self.known),
-            )),
+            exchange: Some(exchange.traced(spans)),
             off_thread: None,
         }))
     }
@@ -435,6 +436,7 @@ impl Answers {
 /// `envoy.service.ratelimit.v3.RateLimitService`.
 pub struct RateLimiter {
     pub engine: Arc<Engine>,
+    pub spans: Option<Arc<Spans>>,
 }
 
 #[tonic::async_trait]
@@ -444,9 +446,13 @@ impl envoy::rate_limit_service_server::RateLimitService for RateLimiter {
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
         check_deadline(&request)?;
-        let engine = self.engine.clone();
+        let (engine, spans) = (self.engine.clone(), self.spans.clone());
         let response = deciding(&self.engine, move || {
-            ratelimit::should_rate_limit(&engine, request.get_ref())
+            ratelimit::should_rate_limit_traced(
+                &engine,
+                request.get_ref(),
+                traced(&spans, &request),
+            )
         })
         .await?;
         Ok(Response::new(response))

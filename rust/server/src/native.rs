@@ -151,6 +151,7 @@ impl Server {
                     engine: engine.clone(),
                     held,
                     known,
+                    spans: spans.clone(),
                 })
                 .max_decoding_message_size(max),
             )
@@ -158,12 +159,13 @@ impl Server {
                 ExtMcpServer::new(ExtMcpService {
                     engine: engine.clone(),
                     config: Arc::new(ExtMcpConfig::new(config.authz.clone())),
-                    spans,
+                    spans: spans.clone(),
                 })
                 .max_decoding_message_size(max),
             )
             .add_service(
-                RateLimitServiceServer::new(RateLimiter { engine }).max_decoding_message_size(max),
+                RateLimitServiceServer::new(RateLimiter { engine, spans })
+                    .max_decoding_message_size(max),
             );
         let serving = Serving::start(bound, config.threads, move |incoming, signal| {
             router

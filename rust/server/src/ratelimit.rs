@@ -13,6 +13,7 @@
 //! a descriptor the policy denies is OVER_LIMIT, and so is an invalid request. Descriptors
 //! are all-or-nothing: when one is over, what the others reserved is given back.
 
+use crate::spans::{traced_decision, Asked, Traced};
 use envoy_types::pb::envoy::config::core::v3::HeaderValue;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit;
@@ -40,6 +41,16 @@ struct Call<'a> {
 
 /// Answer one `ShouldRateLimit`.
 pub fn should_rate_limit(engine: &Engine, request: &RateLimitRequest) -> RateLimitResponse {
+    should_rate_limit_traced(engine, request, None)
+}
+
+/// Answer one `ShouldRateLimit`, each descriptor's decision a span of its own when `traced`
+/// says so (under Envoy's span for the call, when Envoy traces).
+pub fn should_rate_limit_traced(
+    engine: &Engine,
+    request: &RateLimitRequest,
+    traced: Traced<'_>,
+) -> RateLimitResponse {
     let started = Instant::now();
     let calls: Result<Vec<Call<'_>>, (usize, String)> = request
         .descriptors
@@ -48,8 +59,8 @@ pub fn should_rate_limit(engine: &Engine, request: &RateLimitRequest) -> RateLim
         .map(|(i, d)| read(d, request.hits_addend).map_err(|why| (i, why)))
         .collect();
     let response = match calls {
-        Ok(calls) => decide(engine, &request.domain, &calls),
-        Err((i, why)) => invalid(engine, request, i, &why),
+        Ok(calls) => decide(engine, &request.domain, &calls, traced),
+        Err((i, why)) => invalid(engine, request, i, &why, traced),
     };
     engine
         .stats()
@@ -109,30 +120,18 @@ fn read(d: &RateLimitDescriptor, request_hits: u32) -> Result<Call<'_>, String> 
     Ok(call)
 }
 
-fn decide(engine: &Engine, domain: &str, calls: &[Call<'_>]) -> RateLimitResponse {
+fn decide(
+    engine: &Engine,
+    domain: &str,
+    calls: &[Call<'_>],
+    traced: Traced<'_>,
+) -> RateLimitResponse {
     let decisions: Vec<Decision> = calls
         .iter()
         .map(|c| {
-            engine.decide_via::<&serde_json::Value>(
-                Api::RateLimit,
-                &Request {
-                    kind: Kind::Tool,
-                    name: c.tool,
-                    server: Some(domain).filter(|d| !d.is_empty()),
-                    subject: Subject {
-                        grant: c.grant,
-                        session: c.session,
-                        agent: c.agent,
-                        attributes: &c.attributes,
-                        grant_verified: false,
-                        peer: c.peer,
-                    },
-                    args: None,
-                    dry_run: false,
-                    hits: Some(c.hits),
-                    confirm: None,
-                },
-            )
+            traced_decision(traced, &Asked::tool(c.tool), || {
+                decide_call(engine, domain, c)
+            })
         })
         .collect();
     let refused = decisions.iter().find(|d| d.verdict != Verdict::Allow);
@@ -162,6 +161,30 @@ fn decide(engine: &Engine, domain: &str, calls: &[Call<'_>]) -> RateLimitRespons
     response
 }
 
+/// One descriptor's call, decided (counted with its hits).
+fn decide_call(engine: &Engine, domain: &str, c: &Call<'_>) -> Decision {
+    engine.decide_via::<&serde_json::Value>(
+        Api::RateLimit,
+        &Request {
+            kind: Kind::Tool,
+            name: c.tool,
+            server: Some(domain).filter(|d| !d.is_empty()),
+            subject: Subject {
+                grant: c.grant,
+                session: c.session,
+                agent: c.agent,
+                attributes: &c.attributes,
+                grant_verified: false,
+                peer: c.peer,
+            },
+            args: None,
+            dry_run: false,
+            hits: Some(c.hits),
+            confirm: None,
+        },
+    )
+}
+
 /// An invalid request: every descriptor over the limit, nothing counted. It is logged with
 /// the caller and tool the refused descriptor names (the first of each entry).
 fn invalid(
@@ -169,6 +192,7 @@ fn invalid(
     request: &RateLimitRequest,
     refused: usize,
     why: &str,
+    traced: Traced<'_>,
 ) -> RateLimitResponse {
     let descriptors = request.descriptors.len();
     let why = format!("descriptor {refused}: {why}");
@@ -192,7 +216,10 @@ fn invalid(
             ..Subject::default()
         },
     };
-    let decision = engine.refuse_via(Api::RateLimit, &request);
+    let asked = Asked::tool(request.name.unwrap_or(""));
+    let decision = traced_decision(traced, &asked, || {
+        engine.refuse_via(Api::RateLimit, &request)
+    });
     let mut response = RateLimitResponse {
         overall_code: Code::OverLimit as i32,
         statuses: vec![

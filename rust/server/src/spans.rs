@@ -26,9 +26,11 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, Span};
 use opentelemetry_sdk::Resource;
 use std::cell::RefCell;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use toolgate_core::decision::{Code, Decision, Verdict};
 use toolgate_core::engine::gate::SpanOpener;
+use toolgate_core::kind::Listed;
 use toolgate_core::mcp::request::{McpRequest, Parsed};
 use toolgate_core::mcp::trace_context::TraceCarrier;
 use toolgate_core::observing::trace_ids::{self, TraceIds};
@@ -199,6 +201,27 @@ fn well_formed(traceparent: &str) -> bool {
         && nonzero(36..52)
 }
 
+/// Where a call's decisions are traced, if they are: the spans, and the call's transport
+/// (its gRPC metadata: the caller's trace context).
+pub type Traced<'a> = Option<(&'a Spans, &'a dyn Headers)>;
+
+/// Decide with `decide`, a decision on what `asked` names: traced when `traced` says so, as
+/// a span under the call's context, with the decision log's line naming it.
+pub fn traced_decision(
+    traced: Traced<'_>,
+    asked: &Asked<'_>,
+    decide: impl FnOnce() -> Decision,
+) -> Decision {
+    let Some((spans, call)) = traced else {
+        return decide();
+    };
+    let span = DecisionSpan::new(spans, &[call]);
+    let ids = span.start(asked, None);
+    let decision = trace_ids::within(Some(ids), decide);
+    span.finish(Some(&decision));
+    decision
+}
+
 /// One decision's span: started when its request is read ([`SpanOpener::open`]), ended with
 /// what was decided ([`DecisionSpan::finish`]).
 pub struct DecisionSpan<'a> {
@@ -349,6 +372,63 @@ impl SpanOpener for DecisionSpan<'_> {
             Some(parsed) => self.start(&Asked::of(&parsed.request), parsed.trace.as_ref()),
             None => self.start(&Asked::default(), None),
         })
+    }
+}
+
+/// The spans of the lists a caller is answered through a follower (Envoy's ext_proc): one
+/// per list filtered, named after the list's method (`tools/list`), under the transport's
+/// context (Envoy's span for its ext_proc stream), with the guardrail's attributes for an
+/// output: verdict `modify` when the caller was shown less than the server listed, `deny`
+/// when the answer was refused, `allow` otherwise, and how many entries were taken out.
+pub struct ListSpans {
+    spans: Arc<Spans>,
+    parent: Context,
+    /// When the list being read began to arrive.
+    started: Option<SystemTime>,
+}
+
+impl ListSpans {
+    pub fn new(spans: Arc<Spans>, transport: &dyn Headers) -> ListSpans {
+        ListSpans {
+            parent: parent_in(transport).unwrap_or_default(),
+            spans,
+            started: None,
+        }
+    }
+
+    /// A part of an answer arrived: the first of a list starts its span.
+    pub fn part(&mut self) {
+        self.started.get_or_insert_with(SystemTime::now);
+    }
+
+    /// A list (`listed`: its kind, where the request named it) was filtered, `removed`
+    /// entries taken out, or refused: its span, ended now.
+    pub fn listed(&mut self, listed: Option<Listed>, removed: usize, refused: bool) {
+        let started = self.started.take().unwrap_or_else(SystemTime::now);
+        let tracer = &self.spans.tracer;
+        let mut span = tracer
+            .span_builder(NAME)
+            .with_kind(SpanKind::Internal)
+            .with_start_time(started)
+            .start_with_context(tracer, &self.parent);
+        if span.is_recording() {
+            let method = listed.map(Listed::method);
+            span.update_name(method.unwrap_or("run_guardrail toolgate"));
+            span.set_attribute(KeyValue::new("gen_ai.guardrail.component.name", NAME));
+            span.set_attribute(KeyValue::new("gen_ai.guardrail.target.type", "output"));
+            if let Some(method) = method {
+                span.set_attribute(KeyValue::new("mcp.method.name", method));
+            }
+            let verdict = match (refused, removed) {
+                (true, _) => "deny",
+                (false, 0) => "allow",
+                (false, _) => "modify",
+            };
+            span.set_attribute(KeyValue::new("gen_ai.guardrail.verdict.type", verdict));
+            let removed = i64::try_from(removed).unwrap_or(i64::MAX);
+            span.set_attribute(KeyValue::new("toolgate.list.removed", removed));
+        }
+        span.end();
     }
 }
 
