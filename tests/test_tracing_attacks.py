@@ -505,7 +505,9 @@ def test_extmcp_plumbing_passes_undecided_whatever_trace_keys_its_meta_holds(
         st.tuples(
             st.sampled_from(["traceparent", "tracestate"]),
             st.one_of(
-                st.sampled_from([TP_A, TP_B, TP_A.upper(), f"{TP_A} ", "a=b," * 1500]),
+                # A long tracestate: four of them stay within the 16 KiB of headers the
+                # sidecar takes (past it the call is refused whole, 431, decided by nobody).
+                st.sampled_from([TP_A, TP_B, TP_A.upper(), f"{TP_A} ", "a=b," * 800]),
                 # What a gRPC header can carry (grpcio sends visible ASCII and spaces).
                 st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=80),
             ),
