@@ -48,4 +48,10 @@ def test_scripts_test_uses_the_stages_for_everything_it_checks():
     assert 'stage "packaging (beside pytest, once the release is made)" packaging_result' in after
     body = after.split("packaging_result() {", 1)[1].split("\n}\n", 1)[0]
     assert 'wait "$PACKAGING_PID"' in body and 'cat "$PACKAGING_LOG"' in body
+    # cargo test runs beside pytest as well, started before it, its stage after pytest's.
+    started = after.index('cargo_test >"$CARGO_TEST_LOG" 2>&1 &')
+    assert started < after.index('stage "pytest"')
+    assert after.index('stage "pytest"') < after.index(
+        'stage "cargo test (beside pytest)" cargo_test_result'
+    )
     assert after.rstrip().endswith("summary")
