@@ -16,6 +16,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -237,16 +238,24 @@ def tracing_edits(otlp_port: int) -> dict[str, str]:
     }
 
 
-@pytest.fixture
-def traced_envoy(jaeger: Jaeger, tmp_path: Path) -> Iterator[tuple[Any, Sidecar, ExampleServer]]:
+@contextmanager
+def traced_through(
+    config: Path, jaeger: Jaeger, tmp_path: Path
+) -> Iterator[tuple[Any, Sidecar, ExampleServer]]:
+    """The deployed ``config``, with Envoy's tracing on, in front of the example server, and
+    ``toolgate serve`` tracing to ``jaeger``."""
     with (
         ExampleServer(tmp_path / "example.jsonl") as example,
         traced_sidecar(jaeger, tmp_path / "decisions.jsonl") as sc,
-        deployed(
-            EXT_AUTHZ, sc.port, example.port, tracing_edits(jaeger.otlp), patient=True
-        ) as envoy,
+        deployed(config, sc.port, example.port, tracing_edits(jaeger.otlp), patient=True) as envoy,
     ):
         yield envoy, sc, example
+
+
+@pytest.fixture
+def traced_envoy(jaeger: Jaeger, tmp_path: Path) -> Iterator[tuple[Any, Sidecar, ExampleServer]]:
+    with traced_through(EXT_AUTHZ, jaeger, tmp_path) as traced:
+        yield traced
 
 
 @needs_envoy
@@ -330,15 +339,8 @@ EXT_PROC = DEPLOY / "mcp-ext-authz-ext-proc.yaml"
 
 @pytest.fixture
 def traced_lists(jaeger: Jaeger, tmp_path: Path) -> Iterator[tuple[Any, Sidecar]]:
-    """The deployed ext_authz + ext_proc config, with Envoy's tracing on, in front of the
-    example server, and ``toolgate serve`` tracing to ``jaeger``."""
-    with (
-        ExampleServer(tmp_path / "example.jsonl") as example,
-        traced_sidecar(jaeger, tmp_path / "decisions.jsonl") as sc,
-        deployed(
-            EXT_PROC, sc.port, example.port, tracing_edits(jaeger.otlp), patient=True
-        ) as envoy,
-    ):
+    """The deployed ext_authz + ext_proc config, traced."""
+    with traced_through(EXT_PROC, jaeger, tmp_path) as (envoy, sc, _):
         yield envoy, sc
 
 

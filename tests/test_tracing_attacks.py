@@ -28,7 +28,9 @@ from typing import Any
 import grpc
 import pytest
 from conftest import EXAMPLES
+from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
+from envoy.service.ratelimit.v3 import rls_pb2
 from envoy_proxy import EXT_AUTHZ, deployed, envoy_executable, send
 from ext_mcp import ExtMcp, outcome
 from hypothesis import HealthCheck, given, settings
@@ -160,6 +162,11 @@ class Gate:
             response_deserializer=external_auth_pb2.CheckResponse.FromString,
         )
         self._decide = sc.raw("Decide", channel)
+        self._rate_limit = channel.unary_unary(
+            "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
+            request_serializer=rls_pb2.RateLimitRequest.SerializeToString,
+            response_deserializer=rls_pb2.RateLimitResponse.FromString,
+        )
         self.ext = ExtMcp(sc.target)
 
     def check(
@@ -180,6 +187,13 @@ class Gate:
         request = pb.DecideRequest(tool=tool, subject=pb.Subject(grant="g-attacks"))
         answer = self._decide(request.SerializeToString(), metadata=metadata, timeout=30)
         return pb.DecideResponse.FromString(answer)
+
+    def rate_limit(self, tool: str, metadata: tuple[tuple[str, str], ...] = ()) -> Any:
+        entry = ratelimit_pb2.RateLimitDescriptor.Entry
+        entries = [entry(key="tool", value=tool), entry(key="grant", value="g-attacks")]
+        descriptor = ratelimit_pb2.RateLimitDescriptor(entries=entries)
+        request = rls_pb2.RateLimitRequest(descriptors=[descriptor])
+        return self._rate_limit(request, metadata=metadata, timeout=30)
 
 
 def verdict_of(r: Any) -> tuple[str, str]:
@@ -521,6 +535,8 @@ def test_decide_call_metadata_never_changes_the_decision(
     plain, traced = gates
     answer = traced.decide(tool, tuple(metadata))
     assert answer == plain.decide(tool, tuple(metadata)) == plain.decide(tool)
+    # The rate limit service's descriptors are decisions too, traced alike.
+    assert traced.rate_limit(tool, tuple(metadata)) == plain.rate_limit(tool, tuple(metadata))
 
 
 # --- which parent, and whose trace --------------------------------------------------------
