@@ -37,7 +37,7 @@ import httpx2
 import mcp.types as types
 from mcp import Client, ClientSession
 from mcp.client.streamable_http import streamable_http_client
-from sidecar import _LIVE, dies_with_parent, free_port
+from sidecar import _LIVE, dies_with_parent, free_port, listens
 
 TESTS = Path(__file__).resolve().parent
 EXAMPLE_SCRIPT = TESTS / "mcp_example_server.py"
@@ -55,44 +55,6 @@ LOOPBACK = NODE_DIR / "loopback.mjs"
 
 #: How long a server may take to accept connections.
 START_TIMEOUT = 30.0
-
-
-def _listening_inodes(port: int) -> set[str]:
-    """The inodes of the sockets listening on ``port`` of 127.0.0.1 (or of every address), as
-    Linux's /proc/net/tcp lists them."""
-    local = {f"0100007F:{port:04X}", f"00000000:{port:04X}"}
-    inodes = set()
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[1] in local and fields[3] == "0A":  # 0A: LISTEN
-            inodes.add(fields[9])
-    return inodes
-
-
-def _socket_inodes(pid: int) -> set[str]:
-    """The inodes of the sockets process ``pid`` and its descendants hold."""
-    inodes: set[str] = set()
-    pids = [pid]
-    while pids:
-        current = pids.pop()
-        try:
-            for fd in Path(f"/proc/{current}/fd").iterdir():
-                target = os.readlink(fd)
-                if target.startswith("socket:["):
-                    inodes.add(target[len("socket:[") : -1])
-            for task in Path(f"/proc/{current}/task").iterdir():
-                pids += [int(c) for c in (task / "children").read_text().split()]
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            continue
-    return inodes
-
-
-def _listens(pid: int, port: int) -> bool:
-    """Whether ``port`` is listened on by process ``pid`` (or one it started), not merely
-    by someone: a port picked free can be taken by another test's server before this one
-    binds it, which then answers in its place."""
-    listening = _listening_inodes(port)
-    return bool(listening) and bool(listening & _socket_inodes(pid))
 
 
 class _Server:
@@ -136,7 +98,7 @@ class _Server:
             )
         _LIVE.add(self.proc)
         deadline = time.monotonic() + START_TIMEOUT
-        while not _listens(self.proc.pid, self.port):
+        while not listens(self.proc.pid, self.port):
             if self.proc.poll() is not None:
                 _LIVE.discard(self.proc)
                 raise _Exited(f"{self.name} exited with {self.proc.returncode}:\n{self.output}")

@@ -91,6 +91,44 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _listening_inodes(port: int) -> set[str]:
+    """The inodes of the sockets listening on ``port`` of 127.0.0.1 (or of every address), as
+    Linux's /proc/net/tcp lists them."""
+    local = {f"0100007F:{port:04X}", f"00000000:{port:04X}"}
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] in local and fields[3] == "0A":  # 0A: LISTEN
+            inodes.add(fields[9])
+    return inodes
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    """The inodes of the sockets process ``pid`` and its descendants hold."""
+    inodes: set[str] = set()
+    pids = [pid]
+    while pids:
+        current = pids.pop()
+        try:
+            for fd in Path(f"/proc/{current}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[len("socket:[") : -1])
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pids += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return inodes
+
+
+def listens(pid: int, port: int) -> bool:
+    """Whether ``port`` is listened on by process ``pid`` (or one it started), not merely
+    by someone: a port picked free can be taken by another test's server before this one
+    binds it, which then answers in its place."""
+    listening = _listening_inodes(port)
+    return bool(listening) and bool(listening & _socket_inodes(pid))
+
+
 def wait_for(
     probe: Callable[[], T | None], *, timeout: float = PATIENCE, interval: float = 0.05
 ) -> T:
@@ -233,7 +271,9 @@ class Sidecar:
                 if code == 2 and ("cannot listen" in self.stderr or "cannot serve" in self.stderr):
                     raise _PortTaken(self.stderr)
                 raise AssertionError(f"toolgate serve exited with {code}:\n{self.stderr}")
-            if self.health() == health_pb2.HealthCheckResponse.SERVING:
+            # SERVING from this process: another test's sidecar may hold the port picked.
+            serving = self.health() == health_pb2.HealthCheckResponse.SERVING
+            if serving and listens(self.proc.pid, self.port):
                 return
             if time.monotonic() >= deadline:
                 raise AssertionError(f"toolgate serve never became SERVING:\n{self.stderr}")
