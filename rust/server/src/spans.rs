@@ -251,23 +251,16 @@ impl<'a> DecisionSpan<'a> {
             .and_then(parent_in)
             .or_else(|| self.transport.clone())
             .unwrap_or_default();
-        let tracer = &self.spans.tracer;
-        let mut span = tracer
-            .span_builder(NAME)
-            .with_kind(SpanKind::Internal)
-            .with_start_time(self.arrived)
-            .start_with_context(tracer, &parent);
+        let mut span = guardrail_span(self.spans, &parent, self.arrived, "input");
         // Named and described only if it is kept: a span not sampled costs no text. What the
         // agent wrote is cut to a length, so the queue's spans hold bounded bytes.
         if span.is_recording() {
             let (method, target) = (bounded(asked.method), asked.target.map(bounded));
             span.update_name(match &target {
                 Some(target) => format!("{method} {target}"),
-                None if method.is_empty() => "run_guardrail toolgate".to_owned(),
+                None if method.is_empty() => UNNAMED.to_owned(),
                 None => method.clone(),
             });
-            span.set_attribute(KeyValue::new("gen_ai.guardrail.component.name", NAME));
-            span.set_attribute(KeyValue::new("gen_ai.guardrail.target.type", "input"));
             if !method.is_empty() {
                 span.set_attribute(KeyValue::new("mcp.method.name", method));
             }
@@ -347,6 +340,30 @@ impl<'a> DecisionSpan<'a> {
     }
 }
 
+/// The name of a guardrail span whose request names no method.
+const UNNAMED: &str = "run_guardrail toolgate";
+
+/// A span of toolgate's as a guardrail (the guardrail convention: its component, and whether it
+/// judged the request, `input`, or the answer, `output`), under `parent`, begun at `started`.
+fn guardrail_span(
+    spans: &Spans,
+    parent: &Context,
+    started: SystemTime,
+    target: &'static str,
+) -> Span {
+    let tracer = &spans.tracer;
+    let mut span = tracer
+        .span_builder(NAME)
+        .with_kind(SpanKind::Internal)
+        .with_start_time(started)
+        .start_with_context(tracer, parent);
+    if span.is_recording() {
+        span.set_attribute(KeyValue::new("gen_ai.guardrail.component.name", NAME));
+        span.set_attribute(KeyValue::new("gen_ai.guardrail.target.type", target));
+    }
+    span
+}
+
 /// A span for a wait of a decision's, under `parent` (OpenTelemetry's database client
 /// conventions: `db.system.name`, `db.operation.name`).
 fn waited(spans: &Spans, parent: &Context, wait: &trace_ids::Wait) {
@@ -405,17 +422,10 @@ impl ListSpans {
     /// entries taken out, or refused: its span, ended now.
     pub fn listed(&mut self, listed: Option<Listed>, removed: usize, refused: bool) {
         let started = self.started.take().unwrap_or_else(SystemTime::now);
-        let tracer = &self.spans.tracer;
-        let mut span = tracer
-            .span_builder(NAME)
-            .with_kind(SpanKind::Internal)
-            .with_start_time(started)
-            .start_with_context(tracer, &self.parent);
+        let mut span = guardrail_span(&self.spans, &self.parent, started, "output");
         if span.is_recording() {
             let method = listed.map(Listed::method);
-            span.update_name(method.unwrap_or("run_guardrail toolgate"));
-            span.set_attribute(KeyValue::new("gen_ai.guardrail.component.name", NAME));
-            span.set_attribute(KeyValue::new("gen_ai.guardrail.target.type", "output"));
+            span.update_name(method.unwrap_or(UNNAMED));
             if let Some(method) = method {
                 span.set_attribute(KeyValue::new("mcp.method.name", method));
             }
