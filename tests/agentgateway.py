@@ -35,9 +35,11 @@ class Agentgateway:
         remote_url: str = "",
         servers: dict[str, str] | None = None,
         guardrails: bool = True,
+        added: dict[str, Any] | None = None,
     ) -> None:
         """``servers``: ``{name: url}``, Streamable HTTP servers to front instead of the
-        deployed config's two. ``guardrails=False``: agentgateway alone, asking nobody."""
+        deployed config's two. ``guardrails=False``: agentgateway alone, asking nobody.
+        ``added``: top-level settings added to the config (``frontendPolicies``)."""
         self._dir = tempfile.TemporaryDirectory(prefix="toolgate-agw-")
         work = Path(self._dir.name)
         self.port, admin, ready = free_port(), free_port(), free_port()
@@ -66,6 +68,7 @@ class Agentgateway:
             processor["host"] = toolgate
         else:
             del backend["policies"]
+        config.update(added or {})
         self.config = work / "config.yaml"
         self.config.write_text(yaml.safe_dump(config))
         self.log = work / "agentgateway.log"

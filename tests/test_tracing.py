@@ -20,9 +20,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import agentgateway
+import anyio
+import httpx2
 import pytest
+import yaml
+from agentgateway import Agentgateway
 from authzen_client import authzen_address
 from authzen_client import send as send_http
+from confirming import CAPABLE
 from conftest import EXAMPLES
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.ratelimit.v3 import rls_pb2
@@ -31,8 +37,13 @@ from ext_mcp import ExtMcp, outcome
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jaeger import Jaeger, install, parent_of
-from mcp_servers import ExampleServer
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+from mcp_servers import EverythingServer, ExampleServer
 from sidecar import Sidecar, decision_lines, wait_for
+from test_confirmation_e2e import POLICY as CONFIRMING
+from test_confirmation_e2e import asked_key, raw_call, yes
 from toolgate.v1 import decider_pb2 as pb
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -238,6 +249,28 @@ def tracing_edits(otlp_port: int) -> dict[str, str]:
     }
 
 
+def agents_turn(url: str, jaeger: Jaeger, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    """One turn of an agent that traces its MCP calls (tests/traced_mcp_client.py), calling
+    ``tool`` at ``url``: its trace id and how the call ended."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "tests" / "traced_mcp_client.py"),
+            url,
+            jaeger.otlp_endpoint,
+            tool,
+            json.dumps(arguments),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    turn: dict[str, Any] = json.loads(done.stdout)
+    return turn
+
+
 @contextmanager
 def traced_through(
     config: Path, jaeger: Jaeger, tmp_path: Path
@@ -263,23 +296,7 @@ def test_through_envoy_the_agents_trace_holds_envoys_spans_and_toolgates_decisio
     traced_envoy: tuple[Any, Sidecar, ExampleServer], jaeger: Jaeger
 ):
     envoy, sc, _ = traced_envoy
-    euros = json.dumps({"amount": 5, "currency": "EUR"})
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "tests" / "traced_mcp_client.py"),
-            envoy.url(),
-            jaeger.otlp_endpoint,
-            REFUSED,
-            euros,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    turn = json.loads(done.stdout)
+    turn = agents_turn(envoy.url(), jaeger, REFUSED, {"amount": 5, "currency": "EUR"})
     assert turn["is_error"] is True
     trace_id = turn["trace_id"]
 
@@ -478,6 +495,123 @@ def test_an_extmcp_decision_is_under_the_messages_trace_else_the_forwarded_heade
     }
 
 
+# --- through agentgateway -----------------------------------------------------------------------
+
+needs_agentgateway = pytest.mark.skipif(
+    not agentgateway.available(),
+    reason="no agentgateway at target/peers/bin (bench/peers/install.sh agentgateway builds it)",
+)
+AGENTGATEWAY_POLICY = EXAMPLES / "agentgateway-policy.yaml"
+DESTRUCTIVE = {"message": "sudo rm -rf /"}  # refused by the policy's echo rule
+
+
+def agentgateway_tracing(otlp_port: int) -> dict[str, Any]:
+    """docs/agentgateway.md's block that turns agentgateway's tracing on, exporting to
+    ``otlp_port``."""
+    text = (ROOT / "docs" / "agentgateway.md").read_text()
+    section = text[text.index("\n## Traces\n") :]
+    section = section[: section.index("\n## ", 1)]
+    (block,) = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    added: dict[str, Any] = yaml.safe_load(block)
+    tracing = added["frontendPolicies"]["tracing"]
+    assert tracing["host"] == f"127.0.0.1:{OTLP}"
+    tracing["host"] = f"127.0.0.1:{otlp_port}"
+    return added
+
+
+@pytest.fixture
+def traced_gateway(jaeger: Jaeger, tmp_path: Path) -> Iterator[tuple[Agentgateway, Sidecar]]:
+    """The deployed agentgateway config with its tracing on, and ``toolgate serve`` on its
+    example policy tracing to the same Jaeger."""
+    log = tmp_path / "decisions.jsonl"
+    args = ("--otlp-endpoint", jaeger.otlp_endpoint, "--decision-log", str(log))
+    with (
+        EverythingServer() as remote,
+        Sidecar(AGENTGATEWAY_POLICY, *args, env=QUICK) as sc,
+        Agentgateway(sc.target, remote.url, added=agentgateway_tracing(jaeger.otlp)) as gw,
+    ):
+        sc.log = log  # type: ignore[attr-defined]
+        yield gw, sc
+
+
+def agentgateway_spans(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [s for s in spans if s["service"] == "agentgateway"]
+
+
+@needs_agentgateway
+def test_through_agentgateway_the_agents_trace_holds_its_spans_and_toolgates_decision(
+    traced_gateway: tuple[Agentgateway, Sidecar], jaeger: Jaeger
+):
+    gw, sc = traced_gateway
+    turn = agents_turn(gw.url, jaeger, "everything_echo", DESTRUCTIVE)
+    assert turn["error"] == -32001
+    trace_id = turn["trace_id"]
+    sent = "MCP send tools/call everything_echo"
+
+    def complete(spans: list[dict[str, Any]]) -> bool:
+        names = {(s["service"], s["operationName"]) for s in spans}
+        return (
+            ("toolgate", "tools/call echo") in names
+            and ("agent", sent) in names
+            and bool(agentgateway_spans(spans))
+        )
+
+    spans = jaeger.wait_trace(trace_id, complete)
+    (decision,) = toolgate_spans(spans)
+    (call,) = [s for s in spans if s["operationName"] == sent]
+    # agentgateway hands toolgate the call's params with their _meta: the agent's span.
+    assert parent_of(decision) == call["spanID"]
+    attributes = decision["attributes"]
+    assert attributes["gen_ai.guardrail.verdict.type"] == "deny"
+    assert attributes["toolgate.decision.code"] == "CONDITION_FAILED"
+    assert attributes["gen_ai.tool.name"] == "echo"
+    assert all(s["traceID"] == trace_id for s in agentgateway_spans(spans))
+    lines = [line for line in logged(sc, 1) if line.get("tool") == "echo"]
+    assert [(line["trace_id"], line["span_id"]) for line in lines] == [
+        (trace_id, decision["spanID"])
+    ]
+
+
+@needs_agentgateway
+def test_through_agentgateway_a_call_without_meta_is_decided_under_agentgateways_span(
+    traced_gateway: tuple[Agentgateway, Sidecar], jaeger: Jaeger
+):
+    """A client that traces only its HTTP requests: agentgateway puts its own span in the
+    `traceparent` it forwards, and the decision is that span's child."""
+    gw, _ = traced_gateway
+    trace_id, parent = new_ids()
+    headers = {"traceparent": f"00-{trace_id}-{parent}-01"}
+    (answer,) = anyio.run(lambda: untraced_call(gw.url, headers, "everything_echo", DESTRUCTIVE))
+    assert isinstance(answer, MCPError) and answer.error.code == -32001
+
+    def complete(spans: list[dict[str, Any]]) -> bool:
+        return len(toolgate_spans(spans)) == 1 and bool(agentgateway_spans(spans))
+
+    spans = jaeger.wait_trace(trace_id, complete)
+    (decision,) = toolgate_spans(spans)
+    ours = {s["spanID"]: s for s in agentgateway_spans(spans)}
+    assert parent_of(decision) in ours
+    # ... and agentgateway's span is the client's request's child.
+    assert parent_of(ours[parent_of(decision)]) == parent
+
+
+async def untraced_call(
+    url: str, headers: dict[str, str], tool: str, arguments: dict[str, Any]
+) -> list[Any]:
+    """One MCP call from a client that puts no trace context in its messages' _meta."""
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=30.0) as http,
+        streamable_http_client(url, http_client=http) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        with anyio.fail_after(60):
+            await session.initialize()
+            try:
+                return [await session.call_tool(tool, arguments)]
+            except MCPError as e:
+                return [e]
+
+
 # --- what Envoy's access log is told ------------------------------------------------------------
 
 
@@ -619,3 +753,36 @@ def test_a_call_waiting_on_a_persons_approval_names_the_approval_in_its_span(
     (span,) = jaeger.wait_trace(trace_id, lambda s: len(toolgate_spans(s)) == 1)
     assert span["attributes"]["gen_ai.guardrail.verdict.type"] == "escalate"
     assert span["attributes"]["toolgate.approval.id"] == answer.approval_id
+
+
+@needs_envoy
+def test_a_confirmation_round_is_two_spans_asked_then_confirmed(jaeger: Jaeger, tmp_path: Path):
+    """A call the user confirms in their client: the question and the confirmed call are each
+    a decision span under the span the client put in that message's _meta."""
+    log = tmp_path / "decisions.jsonl"
+    args = ("--otlp-endpoint", jaeger.otlp_endpoint, "--decision-log", str(log))
+    trace_id = new_ids()[0]
+    asking, confirming = secrets.token_hex(8), secrets.token_hex(8)
+
+    def meta(span: str) -> dict[str, Any]:
+        return {**CAPABLE, "traceparent": f"00-{trace_id}-{span}-01"}
+
+    with (
+        ExampleServer(tmp_path / "example.jsonl") as example,
+        Sidecar(CONFIRMING, *args, env=QUICK) as sc,
+        deployed(EXT_AUTHZ, sc.port, example.port, patient=True) as envoy,
+    ):
+        call = (envoy, "u-traced", "delete_image", {"id": "ami-traced"})
+        status, asked = raw_call(*call, meta=meta(asking))
+        assert status == 200
+        key = asked_key(asked)
+        status, done = raw_call(*call, meta=meta(confirming), answers=yes(key), id=2)
+        assert status == 200 and "error" not in done and not done["result"].get("isError")
+        spans = jaeger.wait_trace(trace_id, lambda s: len(toolgate_spans(s)) == 2)
+    by_parent = {parent_of(s): s["attributes"] for s in toolgate_spans(spans)}
+    assert set(by_parent) == {asking, confirming}
+    assert by_parent[asking]["toolgate.confirmation"] == "asked"
+    assert by_parent[asking]["gen_ai.guardrail.verdict.type"] == "escalate"
+    assert by_parent[asking]["toolgate.decision.code"] == "CONFIRMATION_REQUIRED"
+    assert by_parent[confirming]["toolgate.confirmation"] == "confirmed"
+    assert by_parent[confirming]["gen_ai.guardrail.verdict.type"] == "allow"

@@ -4,7 +4,9 @@ every HTTP request's ``traceparent``; the SDK puts each call's own span in ``_me
 
     python tests/traced_mcp_client.py URL OTLP_ENDPOINT TOOL ARGUMENTS_JSON
 
-Prints ``{"trace_id": ..., "is_error": ...}`` once its spans are exported."""
+Prints ``{"trace_id": ..., "is_error": ..., "error": ...}`` once its spans are exported:
+``error`` the JSON-RPC error's code where the call was refused with one (as agentgateway
+refuses), else ``is_error`` the result's."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import anyio
 import httpx2
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 from opentelemetry import propagate, trace
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
@@ -32,9 +35,13 @@ async def turn(url: str, tool: str, arguments: dict[str, object]) -> dict[str, o
             async with transport as (read, write), ClientSession(read, write) as session:
                 with anyio.fail_after(60):
                     await session.initialize()
-                    result = await session.call_tool(tool, arguments)
+                    try:
+                        result = await session.call_tool(tool, arguments)
+                        answer: dict[str, object] = {"is_error": result.is_error, "error": None}
+                    except MCPError as e:
+                        answer = {"is_error": None, "error": e.error.code}
         trace_id = format(root.get_span_context().trace_id, "032x")
-    return {"trace_id": trace_id, "is_error": result.is_error}
+    return {"trace_id": trace_id, **answer}
 
 
 def main() -> None:
