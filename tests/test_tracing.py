@@ -32,7 +32,7 @@ from confirming import CAPABLE
 from conftest import EXAMPLES
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.ratelimit.v3 import rls_pb2
-from envoy_proxy import ACCEPT, DEPLOY, EXT_AUTHZ, deployed, envoy_executable, send
+from envoy_proxy import ACCEPT, DEPLOY, EXT_AUTHZ, MODULE, deployed, envoy_executable, send
 from ext_mcp import ExtMcp, outcome
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -49,6 +49,9 @@ from toolgate.v1 import decider_pb2 as pb
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = EXAMPLES / "policy.json"
 OTLP = 4317
+#: The shipped module config's policy and server lines.
+MODULE_POLICY = "policy: examples/policy.json"
+MODULE_SERVER = "server: example"
 # The SDK's batch exporter sends every 5 s by default; the tests need not wait that long.
 QUICK = {"OTEL_BSP_SCHEDULE_DELAY": "100"}
 
@@ -96,7 +99,11 @@ def decide(sc: Sidecar, tool: str, metadata: tuple[tuple[str, str], ...] = ()) -
 
 
 def logged(sc: Sidecar, count: int) -> list[dict[str, Any]]:
-    path: Path = sc.log  # type: ignore[attr-defined]
+    return logged_at(sc.log, count)  # type: ignore[attr-defined]
+
+
+def logged_at(path: Path, count: int) -> list[dict[str, Any]]:
+    """The decision log's lines at ``path``, once it holds ``count``."""
     wait_for(lambda: path.exists() and len(decision_lines(path.read_text())) >= count, timeout=30)
     return decision_lines(path.read_text())
 
@@ -493,6 +500,102 @@ def test_an_extmcp_decision_is_under_the_messages_trace_else_the_forwarded_heade
         (meta_trace, refused["spanID"]),
         (header_trace, allowed["spanID"]),
     }
+
+
+# --- toolgate's module in Envoy -----------------------------------------------------------------
+
+
+@needs_envoy
+def test_the_modules_decision_is_a_span_under_envoys_in_the_agents_trace(
+    jaeger: Jaeger, tmp_path: Path
+):
+    """The module's decision is a span of Envoy's tracer under Envoy's span for the request,
+    named and described as the sidecar's decision span, and its log line names it."""
+    log = tmp_path / "module.jsonl"
+    edits = {
+        **tracing_edits(jaeger.otlp),
+        MODULE_POLICY: f"policy: {POLICY}",
+        MODULE_SERVER: f"{MODULE_SERVER}\n{' ' * 26}settings: {{decision_log: {log}}}",
+    }
+    with (
+        ExampleServer(tmp_path / "example.jsonl") as example,
+        deployed(MODULE, None, example.port, edits) as envoy,
+    ):
+        turn = agents_turn(envoy.url(), jaeger, REFUSED, {"amount": 5, "currency": "EUR"})
+        assert turn["is_error"] is True
+        sent = f"MCP send tools/call {REFUSED}"
+
+        def complete(spans: list[dict[str, Any]]) -> bool:
+            names = {(s["service"], s["operationName"]) for s in spans}
+            return ("envoy", f"tools/call {REFUSED}") in names and ("agent", sent) in names
+
+        spans = jaeger.wait_trace(turn["trace_id"], complete)
+        lines = [line for line in logged_at(log, 1) if line.get("tool") == REFUSED]
+    (decision,) = [s for s in spans if s["operationName"] == f"tools/call {REFUSED}"]
+    (call,) = [s for s in spans if s["operationName"] == sent]
+    envoys = {s["spanID"]: s for s in spans if s["service"] == "envoy" and s is not decision}
+    # Under Envoy's span for the request, which is under the client's (its HTTP traceparent).
+    assert parent_of(decision) in envoys
+    attributes = decision["attributes"]
+    assert attributes["gen_ai.guardrail.verdict.type"] == "deny"
+    assert attributes["toolgate.decision.code"] == "CONDITION_FAILED"
+    assert attributes["gen_ai.tool.name"] == REFUSED
+    assert attributes["mcp.method.name"] == "tools/call"
+    assert attributes["jsonrpc.request.id"] == call["attributes"]["jsonrpc.request.id"]
+    assert attributes["gen_ai.guardrail.component.name"] == "toolgate"
+    assert attributes["gen_ai.guardrail.security.policy.rule.id"] == lines[0]["rule"]
+    assert attributes["toolgate.policy.revision"] == lines[0]["revision"]
+    assert "reason" not in json.dumps(attributes)
+    assert [(line["trace_id"], line["span_id"]) for line in lines] == [
+        (turn["trace_id"], decision["spanID"])
+    ]
+
+
+@needs_envoy
+def test_the_modules_decision_on_redis_is_a_span_too_made_on_a_decider_thread(
+    jaeger: Jaeger, tmp_path: Path
+):
+    """On Redis the module decides on a thread of its own while Envoy's worker goes on: the
+    span is still Envoy's child, covers the decision, and its log line names it."""
+    from redis_server import RedisServer
+
+    log = tmp_path / "module.jsonl"
+    trace_id = new_ids()[0]
+    body = json.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": 3,
+            "method": "tools/call",
+            "params": {"name": "create-ami", "arguments": {}},
+        }
+    ).encode()
+    with RedisServer() as redis:
+        settings = f"settings: {{decision_log: {log}, store: '{redis.url}'}}"
+        edits = {
+            **tracing_edits(jaeger.otlp),
+            MODULE_POLICY: f"policy: {POLICY}",
+            MODULE_SERVER: f"{MODULE_SERVER}\n{' ' * 26}{settings}",
+        }
+        with (
+            ExampleServer(tmp_path / "example.jsonl", json=True, stateless=True) as example,
+            deployed(MODULE, None, example.port, edits) as envoy,
+        ):
+            headers = {
+                "traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01",
+                "authorization": "Bearer g-tracing",
+            }
+            status, answer, _ = send(envoy, "POST", body, headers)
+            assert status == 200 and answer.get("x-toolgate-code") == "ALLOWED"
+            (line,) = logged_at(log, 1)
+
+            def decided(spans: list[dict[str, Any]]) -> bool:
+                return any(s["operationName"] == "tools/call create-ami" for s in spans)
+
+            spans = jaeger.wait_trace(trace_id, decided)
+    (decision,) = [s for s in spans if s["operationName"] == "tools/call create-ami"]
+    assert decision["attributes"]["gen_ai.guardrail.verdict.type"] == "allow"
+    assert parent_of(decision) in {s["spanID"] for s in spans if s is not decision}
+    assert (line["trace_id"], line["span_id"]) == (trace_id, decision["spanID"])
 
 
 # --- through agentgateway -----------------------------------------------------------------------

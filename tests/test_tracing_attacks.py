@@ -31,13 +31,14 @@ from conftest import EXAMPLES
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
 from envoy.service.ratelimit.v3 import rls_pb2
-from envoy_proxy import EXT_AUTHZ, deployed, envoy_executable, send
+from envoy_proxy import EXT_AUTHZ, MODULE, deployed, envoy_executable, send
 from ext_mcp import ExtMcp, outcome
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jaeger import Jaeger, install
 from mcp_servers import ExampleServer
 from sidecar import TOOLGATE, Sidecar, decision_lines, wait_for
+from test_tracing import MODULE_POLICY, tracing_edits
 from toolgate._core import SidecarSettings
 from toolgate.v1 import decider_pb2 as pb
 
@@ -933,3 +934,101 @@ def test_a_sidecar_tracing_to_a_black_holed_collector_answers_and_stops_cleanly(
         gate.ext.channel.close()
         assert {a.verdict for a in answers} == {pb.ALLOW}
         assert sc.stop() == 0
+
+
+# --- 6: toolgate's module in Envoy, its spans made through Envoy's tracer ---------------------
+
+
+#: What the policy decides for each of METHODS, without trace context.
+EXPECTED: dict[tuple[str, str], str | None] = {
+    ("tools/call", "ok_tool"): "ALLOWED",
+    ("tools/call", "guarded"): "CONDITION_FAILED",
+    ("resources/read", ""): "ALLOWED",
+    ("prompts/get", ""): "ALLOWED",
+    ("initialize", ""): None,  # plumbing: passes undecided
+}
+#: What a module Envoy's answer is compared on: what toolgate decided and said.
+ANSWER_HEADERS = ("content-type", "x-toolgate-code", "x-toolgate-rule", "x-toolgate-verdict")
+
+
+@pytest.fixture(scope="module")
+def module_envoys(
+    jaeger: Jaeger, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Any, Any]]:
+    """Envoy with toolgate's module on this file's policy, untraced and traced (every request,
+    to Jaeger), in front of one MCP server."""
+    work = tmp_path_factory.mktemp("module")
+    policy = work / "policy.json"
+    policy.write_text(json.dumps(POLICY))
+    edits = {MODULE_POLICY: f"policy: {policy}"}
+    traced = {**edits, **tracing_edits(jaeger.otlp)}
+    with (
+        ExampleServer(work / "example.jsonl", json=True, stateless=True) as example,
+        deployed(MODULE, None, example.port, edits) as plain,
+        deployed(MODULE, None, example.port, traced) as tracing,
+    ):
+        yield plain, tracing
+
+
+def answered(envoy: Any, body: bytes, headers: dict[str, str]) -> tuple[Any, ...]:
+    status, got, data = send(envoy, "POST", body, headers)
+    return status, data, tuple(got.get(h) for h in ANSWER_HEADERS)
+
+
+@needs_envoy
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    asked=st.sampled_from(METHODS),
+    meta=metas(),
+    header=st.sampled_from([None, TP_A, TP_A + "," + TP_B, "garbage", "00-" + "f" * 80]),
+)
+def test_the_modules_answers_are_the_same_traced_or_not(
+    module_envoys: tuple[Any, Any], asked: tuple[str, str], meta: list[tuple[str, str]], header: Any
+):
+    plain, traced = module_envoys
+    body = body_text(*asked, meta)
+    headers = {"traceparent": header, "tracestate": "a=1"} if header else {}
+    answer = answered(traced, body, headers)
+    assert answer == answered(plain, body, headers)
+    _, _, (_, code, _, _) = answer
+    # Decided, both times (not, say, both Envoys failing alike).
+    assert code == ("INVALID_REQUEST" if expected_refusal(meta) else EXPECTED[asked]), answer
+
+
+@needs_envoy
+def test_the_modules_spans_carry_agent_text_as_sent_and_no_reason_nor_argument(
+    module_envoys: tuple[Any, Any], jaeger: Jaeger
+):
+    _, traced = module_envoys
+    secret = "ARG-SECRET-" + secrets.token_hex(6)
+    long = "n" * 300 + "é" * 10
+    names = [*HOSTILE_NAMES, long, "guarded"]
+    traces = {}
+    for name in names:
+        traces[name] = secrets.token_hex(16)
+        body = json.dumps(
+            {
+                "jsonrpc": "2.0",
+                "id": 'id"\n' + name,
+                "method": "tools/call",
+                "params": {"name": name, "arguments": {"currency": secret, "note": secret}},
+            }
+        ).encode()
+        headers = {"traceparent": f"00-{traces[name]}-{secrets.token_hex(8)}-01"}
+        status, _, (_, code, _, _) = answered(traced, body, headers)
+        assert (status, code) == (200, "CONDITION_FAILED" if name == "guarded" else "DEFAULT_DENY")
+    for name, trace in traces.items():
+
+        def decided(spans: list[dict[str, Any]]) -> bool:
+            return any("gen_ai.guardrail.verdict.type" in s["attributes"] for s in spans)
+
+        spans = jaeger.wait_trace(trace, decided)
+        (span,) = [s for s in spans if "gen_ai.guardrail.verdict.type" in s["attributes"]]
+        # Cut to 256 bytes at a character's boundary, as the sidecar's spans are.
+        shown = name.encode()[:256].decode("utf-8", "ignore")
+        assert span["operationName"] == f"tools/call {shown}"
+        assert span["attributes"]["gen_ai.tool.name"] == shown
+        assert span["attributes"]["gen_ai.guardrail.verdict.type"] == "deny"
+        text = json.dumps(span)
+        assert secret not in text
+        assert "REASON-TEXT-7731" not in text

@@ -210,6 +210,80 @@ extern "C" {
         event_id: u64,
     );
     pub fn envoy_dynamic_module_callback_http_filter_scheduler_delete(scheduler: SchedulerPtr);
+    pub fn envoy_dynamic_module_callback_http_get_active_span(filter: FilterEnvoyPtr) -> SpanPtr;
+    pub fn envoy_dynamic_module_callback_http_span_spawn_child(
+        filter: FilterEnvoyPtr,
+        span: SpanPtr,
+        operation: ModuleBuffer,
+    ) -> SpanPtr;
+    pub fn envoy_dynamic_module_callback_http_span_set_operation(
+        span: SpanPtr,
+        operation: ModuleBuffer,
+    );
+    pub fn envoy_dynamic_module_callback_http_span_set_tag(
+        span: SpanPtr,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    );
+    pub fn envoy_dynamic_module_callback_http_span_get_trace_id(
+        span: SpanPtr,
+        result: *mut EnvoyBuffer,
+    ) -> bool;
+    pub fn envoy_dynamic_module_callback_http_span_get_span_id(
+        span: SpanPtr,
+        result: *mut EnvoyBuffer,
+    ) -> bool;
+    pub fn envoy_dynamic_module_callback_http_child_span_finish(span: SpanPtr);
+}
+
+/// `envoy_dynamic_module_type_span_envoy_ptr` (and a child span the module owns,
+/// `envoy_dynamic_module_type_child_span_module_ptr`).
+pub type SpanPtr = *mut c_void;
+
+/// A span the module started under the stream's (Envoy's tracer exports it): finished, and
+/// so exported if its trace is sampled, when dropped. Only on the stream's worker.
+pub struct ChildSpan(SpanPtr);
+
+impl ChildSpan {
+    pub fn set_operation(&self, name: &str) {
+        // SAFETY: live until dropped; Envoy copies the name.
+        unsafe {
+            envoy_dynamic_module_callback_http_span_set_operation(
+                self.0,
+                ModuleBuffer::of(name.as_bytes()),
+            )
+        }
+    }
+
+    pub fn set_tag(&self, key: &str, value: &str) {
+        let (key, value) = (
+            ModuleBuffer::of(key.as_bytes()),
+            ModuleBuffer::of(value.as_bytes()),
+        );
+        // SAFETY: live until dropped; Envoy copies both.
+        unsafe { envoy_dynamic_module_callback_http_span_set_tag(self.0, key, value) }
+    }
+
+    /// Its trace's and its own id, as Envoy's tracer writes them (lower-case hex).
+    pub fn ids(&self) -> Option<(String, String)> {
+        let read = |get: unsafe extern "C" fn(SpanPtr, *mut EnvoyBuffer) -> bool| {
+            let mut out = EnvoyBuffer::EMPTY;
+            // SAFETY: Envoy's string lives until its next tracing call on this thread; it is
+            // copied before that.
+            unsafe { get(self.0, &mut out).then(|| String::from_utf8_lossy(out.bytes()).into()) }
+        };
+        Some((
+            read(envoy_dynamic_module_callback_http_span_get_trace_id)?,
+            read(envoy_dynamic_module_callback_http_span_get_span_id)?,
+        ))
+    }
+}
+
+impl Drop for ChildSpan {
+    fn drop(&mut self) {
+        // SAFETY: made by `spawn_child`, finished (and freed by Envoy) once.
+        unsafe { envoy_dynamic_module_callback_http_child_span_finish(self.0) }
+    }
 }
 
 /// `envoy_dynamic_module_type_http_filter_scheduler_module_ptr`.
@@ -515,6 +589,22 @@ impl Stream {
     }
 
     /// A way back to this stream's worker from another thread.
+    /// A span named `operation` under Envoy's span for the request, where Envoy traces it.
+    pub fn child_span(self, operation: &str) -> Option<ChildSpan> {
+        // SAFETY: on the stream's worker during a hook; Envoy copies the name, and gives the
+        // child to the module, which finishes it once (`ChildSpan`'s drop).
+        unsafe {
+            let active = envoy_dynamic_module_callback_http_get_active_span(self.0);
+            if active.is_null() {
+                return None;
+            }
+            let operation = ModuleBuffer::of(operation.as_bytes());
+            let child =
+                envoy_dynamic_module_callback_http_span_spawn_child(self.0, active, operation);
+            (!child.is_null()).then_some(ChildSpan(child))
+        }
+    }
+
     pub fn scheduler(self) -> Scheduler {
         // SAFETY: on the stream's worker, in one of its hooks.
         Scheduler(unsafe { envoy_dynamic_module_callback_http_filter_scheduler_new(self.0) })

@@ -9,6 +9,7 @@ use crate::abi::*;
 use crate::ask_sidecar::{self, Asked, Said};
 use crate::config::Config;
 use crate::deciders::Deciders;
+use crate::traced::{DecisionSpan, Naming};
 use crate::verified;
 use envoy_types::pb::google::protobuf::Struct;
 use serde_json::Value;
@@ -18,9 +19,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use toolgate_core::counter::Peer;
 use toolgate_core::decision::Code;
-use toolgate_core::engine::gate::{self, Follow, Gate, HttpCall};
+use toolgate_core::engine::gate::{self, Follow, Gate, HttpCall, SpanOpener};
 use toolgate_core::mcp::reply;
 use toolgate_core::observing::stats::Api;
+use toolgate_core::observing::trace_ids;
 use toolgate_core::Engine;
 
 /// The dynamic metadata namespace the decision is left in: verdict, code, rule and revision
@@ -31,6 +33,7 @@ use toolgate_server::answer::{
 };
 use toolgate_server::authz::unreadable_caller;
 use toolgate_server::ext_proc::{exchange_header, EXCHANGE_HEADER};
+use toolgate_server::spans::Named;
 use toolgate_server::subject::{
     single_header, AuthzConfig, CallerFacts, ReadSubject, SubjectSource, MCP_SESSION_HEADER,
 };
@@ -52,6 +55,8 @@ pub struct Filter {
     asking: Option<Asking>,
     /// A decider is deciding the request; its decision comes back here.
     waiting: Option<Arc<Mutex<Option<HandedBack>>>>,
+    /// The decision's span, where Envoy traces the request.
+    span: Option<DecisionSpan>,
 }
 
 /// What the module does with the request.
@@ -195,6 +200,8 @@ pub struct Judged {
     gate: Gate,
     server: Option<String>,
     caller: Option<Caller>,
+    /// What the request asked, as its span is named (where it is traced).
+    named: Option<Named>,
 }
 
 /// The request, its decision, and what it was decided on, as a decider hands them back.
@@ -205,25 +212,28 @@ fn follows(gate: &Gate) -> bool {
     matches!(gate, Gate::Forward { follow, .. } if !matches!(follow, Follow::Nothing))
 }
 
-/// Decide a request with `config`.
-fn judge(config: &Config, headers: &Headers, body: &[u8]) -> Judged {
+/// Decide a request with `config`, traced where `naming` is given.
+fn judge(config: &Config, headers: &Headers, body: &[u8], naming: Option<Naming>) -> Judged {
     judge_with(
         &config.engine,
         &config.authz,
         config.server.as_deref(),
         headers,
         body,
+        naming,
     )
 }
 
 /// Decide a request, as ext_authz's gate does: on `engine`, its caller read as `authz` says,
-/// for the MCP server `named` (else the one its header names).
+/// for the MCP server `named` (else the one its header names); traced where `naming` is given
+/// (its span's ids on the decision's log line, what the request asked noted for its name).
 fn judge_with(
     engine: &Engine,
     authz: &AuthzConfig,
     named: Option<&str>,
     headers: &Headers,
     body: &[u8],
+    naming: Option<Naming>,
 ) -> Judged {
     let started = Instant::now();
     let max = authz.max_request_bytes;
@@ -246,19 +256,21 @@ fn judge_with(
     let gate = match read.refused().or(refused) {
         Some(why) => {
             let credential = read.grant.is_err();
-            unreadable_caller(
-                engine,
-                Api::EnvoyModule,
-                why,
-                credential,
-                body,
-                server,
-                subject,
-            )
+            let ids = naming.as_ref().and_then(|n| n.open(None));
+            trace_ids::within(ids, || {
+                unreadable_caller(
+                    engine,
+                    Api::EnvoyModule,
+                    why,
+                    credential,
+                    body,
+                    server,
+                    subject,
+                )
+            })
         }
-        None => gate::check(
-            engine,
-            &HttpCall {
+        None => {
+            let call = HttpCall {
                 http_method: headers.get(":method").unwrap_or("POST"),
                 body,
                 truncated: cut || was_cut(headers, body),
@@ -269,8 +281,12 @@ fn judge_with(
                 resumes: !facts.header_values("last-event-id").is_empty(),
                 mcp_session: mcp_session.ok().flatten(),
                 api: Api::EnvoyModule,
-            },
-        ),
+            };
+            match &naming {
+                Some(naming) => gate::check_traced(engine, &call, naming),
+                None => gate::check(engine, &call),
+            }
+        }
     };
     engine
         .stats()
@@ -280,6 +296,7 @@ fn judge_with(
         gate,
         server: server.map(str::to_owned),
         caller,
+        named: naming.and_then(Naming::named),
     }
 }
 
@@ -293,10 +310,12 @@ impl Filter {
             return next;
         }
         let headers = Headers::read(stream, &config.authz);
+        self.span = DecisionSpan::start(stream);
         let next = match &config.deciders {
             Some(deciders) => self.hand_off(config, deciders, stream, headers, body),
             None => {
-                let judged = judge(config, &headers, &body);
+                let naming = self.span.as_ref().map(|s| Naming::new(s.ids));
+                let judged = judge(config, &headers, &body, naming);
                 self.finish(config, stream, judged, &headers, &body, into)
             }
         };
@@ -314,6 +333,9 @@ impl Filter {
         body: &[u8],
         into: u32,
     ) -> Next {
+        if let Some(span) = self.span.take() {
+            span.finish(judged.named.as_ref(), judged.gate.decision());
+        }
         match self.apply(config, stream, judged, headers, body) {
             Next::Continue => self.send_on(config, stream, body, into),
             other => other,
@@ -337,9 +359,11 @@ impl Filter {
         );
         let scheduler = stream.scheduler();
         let back = Arc::clone(&slot);
+        let traced = self.span.as_ref().map(|s| s.ids);
         let job = Box::new(move || {
             let judged = catch_unwind(AssertUnwindSafe(|| {
-                judge_with(&engine, &authz, server.as_deref(), &headers, &body)
+                let naming = traced.map(Naming::new);
+                judge_with(&engine, &authz, server.as_deref(), &headers, &body, naming)
             }));
             let handed = judged.map(|j| (j, headers, body)).map_err(|_| ());
             *back.lock().unwrap_or_else(|e| e.into_inner()) = Some(handed);
@@ -515,6 +539,7 @@ impl Filter {
             gate,
             server,
             caller,
+            ..
         } = judged;
         // What was decided, for the access log (as ext_authz leaves it in its own namespace).
         if let Some(d) = gate.decision() {

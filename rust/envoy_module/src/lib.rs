@@ -17,6 +17,7 @@ mod filter;
 mod metrics;
 mod reload;
 mod shared;
+mod traced;
 mod verified;
 
 use abi::*;

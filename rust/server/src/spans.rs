@@ -252,28 +252,11 @@ impl<'a> DecisionSpan<'a> {
             .or_else(|| self.transport.clone())
             .unwrap_or_default();
         let mut span = guardrail_span(self.spans, &parent, self.arrived, "input");
-        // Named and described only if it is kept: a span not sampled costs no text. What the
-        // agent wrote is cut to a length, so the queue's spans hold bounded bytes.
+        // Named and described only if it is kept: a span not sampled costs no text.
         if span.is_recording() {
-            let (method, target) = (bounded(asked.method), asked.target.map(bounded));
-            span.update_name(match &target {
-                Some(target) => format!("{method} {target}"),
-                None if method.is_empty() => UNNAMED.to_owned(),
-                None => method.clone(),
-            });
-            if !method.is_empty() {
-                span.set_attribute(KeyValue::new("mcp.method.name", method));
-            }
-            if let (Some(key), Some(target)) = (asked.target_key, target) {
-                span.set_attribute(KeyValue::new(key, target));
-            }
-            if let Some(id) = asked.request.and_then(McpRequest::id) {
-                let id = match id {
-                    serde_json::Value::String(s) => bounded(&s),
-                    other => bounded(&other.to_string()),
-                };
-                span.set_attribute(KeyValue::new("jsonrpc.request.id", id));
-            }
+            let named = asked.named();
+            span.update_name(named.name);
+            span.set_attributes(named.attributes);
         }
         let context = span.span_context();
         let ids = TraceIds {
@@ -289,40 +272,10 @@ impl<'a> DecisionSpan<'a> {
         let Some(mut span) = self.span.into_inner() else {
             return;
         };
-        if span.is_recording() {
-            let verdict = match decision {
-                None => "allow",
-                Some(d) => verdict_type(d),
-            };
-            span.set_attribute(KeyValue::new("gen_ai.guardrail.verdict.type", verdict));
-            if let Some(d) = decision {
-                span.set_attribute(KeyValue::new("toolgate.decision.code", d.code.as_str()));
-                let rule = d.rule();
-                if !rule.is_empty() {
-                    let rule = Value::from(rule.to_owned());
-                    span.set_attribute(KeyValue::new(
-                        "gen_ai.guardrail.security.policy.rule.id",
-                        rule,
-                    ));
-                }
-                let revision = d.revision().to_owned();
-                span.set_attribute(KeyValue::new("toolgate.policy.revision", revision));
-                if d.shadow {
-                    span.set_attribute(KeyValue::new("toolgate.decision.shadow", true));
-                }
-            }
-        }
         // What the decision waited on, each a span of its own under the decision's.
         let waits = trace_ids::take_waits();
         if span.is_recording() {
-            if let Some(d) = decision {
-                if let Some(id) = d.approval {
-                    span.set_attribute(KeyValue::new("toolgate.approval.id", id.to_string()));
-                }
-                if let Some(c) = &d.confirmation {
-                    span.set_attribute(KeyValue::new("toolgate.confirmation", c.as_str()));
-                }
-            }
+            span.set_attributes(decided(decision));
             let parent = Context::new().with_remote_span_context(span.span_context().clone());
             for wait in waits {
                 waited(self.spans, &parent, &wait);
@@ -341,7 +294,7 @@ impl<'a> DecisionSpan<'a> {
 }
 
 /// The name of a guardrail span whose request names no method.
-const UNNAMED: &str = "run_guardrail toolgate";
+pub const UNNAMED: &str = "run_guardrail toolgate";
 
 /// A span of toolgate's as a guardrail (the guardrail convention: its component, and whether it
 /// judged the request, `input`, or the answer, `output`), under `parent`, begun at `started`.
@@ -358,10 +311,53 @@ fn guardrail_span(
         .with_start_time(started)
         .start_with_context(tracer, parent);
     if span.is_recording() {
-        span.set_attribute(KeyValue::new("gen_ai.guardrail.component.name", NAME));
-        span.set_attribute(KeyValue::new("gen_ai.guardrail.target.type", target));
+        span.set_attributes(guardrail(target));
     }
     span
+}
+
+/// The guardrail convention's attributes of every span of toolgate's: its component, and
+/// whether it judged the request (`input`) or the answer (`output`).
+pub fn guardrail(target: &'static str) -> [KeyValue; 2] {
+    [
+        KeyValue::new("gen_ai.guardrail.component.name", NAME),
+        KeyValue::new("gen_ai.guardrail.target.type", target),
+    ]
+}
+
+/// What a decision span says of what was decided (`None`: nothing was, the request passed):
+/// the guardrail convention's verdict and rule, toolgate's code and policy revision, and the
+/// person it waits on. Never a reason, which may quote what the agent sent.
+pub fn decided(decision: Option<&Decision>) -> Vec<KeyValue> {
+    let Some(d) = decision else {
+        return vec![KeyValue::new("gen_ai.guardrail.verdict.type", "allow")];
+    };
+    let mut out = vec![
+        KeyValue::new("gen_ai.guardrail.verdict.type", verdict_type(d)),
+        KeyValue::new("toolgate.decision.code", d.code.as_str()),
+    ];
+    let rule = d.rule();
+    if !rule.is_empty() {
+        let rule = Value::from(rule.to_owned());
+        out.push(KeyValue::new(
+            "gen_ai.guardrail.security.policy.rule.id",
+            rule,
+        ));
+    }
+    out.push(KeyValue::new(
+        "toolgate.policy.revision",
+        d.revision().to_owned(),
+    ));
+    if d.shadow {
+        out.push(KeyValue::new("toolgate.decision.shadow", true));
+    }
+    if let Some(id) = d.approval {
+        out.push(KeyValue::new("toolgate.approval.id", id.to_string()));
+    }
+    if let Some(c) = &d.confirmation {
+        out.push(KeyValue::new("toolgate.confirmation", c.as_str()));
+    }
+    out
 }
 
 /// A span for a wait of a decision's, under `parent` (OpenTelemetry's database client
@@ -478,6 +474,33 @@ impl<'a> Asked<'a> {
         }
     }
 
+    /// The span's name (`{mcp.method.name} {target}`, OpenTelemetry's MCP conventions) and
+    /// the request's attributes. What the agent wrote is cut to a length, so spans hold
+    /// bounded bytes.
+    pub fn named(&self) -> Named {
+        let (method, target) = (bounded(self.method), self.target.map(bounded));
+        let name = match &target {
+            Some(target) => format!("{method} {target}"),
+            None if method.is_empty() => UNNAMED.to_owned(),
+            None => method.clone(),
+        };
+        let mut attributes = Vec::new();
+        if !method.is_empty() {
+            attributes.push(KeyValue::new("mcp.method.name", method));
+        }
+        if let (Some(key), Some(target)) = (self.target_key, target) {
+            attributes.push(KeyValue::new(key, target));
+        }
+        if let Some(id) = self.request.and_then(McpRequest::id) {
+            let id = match id {
+                serde_json::Value::String(s) => bounded(&s),
+                other => bounded(&other.to_string()),
+            };
+            attributes.push(KeyValue::new("jsonrpc.request.id", id));
+        }
+        Named { name, attributes }
+    }
+
     /// A `toolgate.v1` decision on tool `tool`.
     pub fn tool(tool: &'a str) -> Asked<'a> {
         Asked {
@@ -487,6 +510,13 @@ impl<'a> Asked<'a> {
             request: None,
         }
     }
+}
+
+/// A decision span's name and its request's attributes ([`Asked::named`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Named {
+    pub name: String,
+    pub attributes: Vec<KeyValue>,
 }
 
 const TOOL: Option<&str> = Some("gen_ai.tool.name");

@@ -1,0 +1,124 @@
+//! A decision as a span in Envoy's trace: where Envoy traces a request, its decision is a
+//! child of Envoy's span for it, named and described as `toolgate serve`'s decision spans are
+//! (`toolgate_server::spans`: `tools/call NAME`, the MCP conventions' and the guardrail
+//! convention's attributes), exported by Envoy's own tracer, and sampled as Envoy samples.
+//! The decision log's line names the span. Where Envoy does not trace, a request pays one
+//! callback.
+//!
+//! The span is started on the stream's worker when the request is whole, and finished there
+//! once the decision is applied; a decision made on a decider thread (Redis) is inside it.
+
+use crate::abi::{ChildSpan, Stream};
+use std::cell::RefCell;
+use toolgate_core::decision::Decision;
+use toolgate_core::engine::gate::SpanOpener;
+use toolgate_core::mcp::request::Parsed;
+use toolgate_core::observing::trace_ids::{self, TraceIds};
+use toolgate_server::spans::{decided, guardrail, Asked, Named, UNNAMED};
+
+/// A decision's span, on the stream's worker.
+pub struct DecisionSpan {
+    span: ChildSpan,
+    /// Its ids, for the decision log (none if Envoy's tracer gave none it could read).
+    pub ids: Option<TraceIds>,
+}
+
+impl DecisionSpan {
+    /// The span of the request `stream` holds, if Envoy traces it.
+    pub fn start(stream: Stream) -> Option<DecisionSpan> {
+        let span = stream.child_span(UNNAMED)?;
+        let ids = span.ids().and_then(|(trace, id)| ids_of(&trace, &id));
+        Some(DecisionSpan { span, ids })
+    }
+
+    /// Name the span after the request and say what was decided, and end it.
+    pub fn finish(self, named: Option<&Named>, decision: Option<&Decision>) {
+        let span = &self.span;
+        if let Some(named) = named {
+            span.set_operation(&named.name);
+        }
+        let request = named.into_iter().flat_map(|n| n.attributes.iter());
+        for kv in guardrail("input")
+            .iter()
+            .chain(request)
+            .chain(&decided(decision))
+        {
+            span.set_tag(kv.key.as_str(), &kv.value.as_str());
+        }
+    }
+}
+
+/// Where a decision is traced, on whichever thread decides: the ids of its span, which the
+/// decision's log line takes, and what the request asked, which names the span once back on
+/// the worker.
+pub struct Naming {
+    ids: Option<TraceIds>,
+    named: RefCell<Option<Named>>,
+}
+
+impl Naming {
+    pub fn new(ids: Option<TraceIds>) -> Naming {
+        Naming {
+            ids,
+            named: RefCell::new(None),
+        }
+    }
+
+    /// What the request asked, once read.
+    pub fn named(self) -> Option<Named> {
+        // A Redis round trip noted for a span: the module's span covers it.
+        trace_ids::take_waits();
+        self.named.into_inner()
+    }
+}
+
+impl SpanOpener for Naming {
+    fn open(&self, read: Option<&Parsed>) -> Option<TraceIds> {
+        let asked = read.map_or_else(Asked::default, |parsed| Asked::of(&parsed.request));
+        *self.named.borrow_mut() = Some(asked.named());
+        self.ids
+    }
+}
+
+/// Ids written as W3C Trace Context writes them (32 and 16 hex digits, not all zero).
+fn ids_of(trace: &str, span: &str) -> Option<TraceIds> {
+    fn hex<const N: usize>(text: &str) -> Option<[u8; N]> {
+        let bytes = text.as_bytes();
+        if bytes.len() != 2 * N || !bytes.iter().all(u8::is_ascii_hexdigit) {
+            return None;
+        }
+        let mut out = [0u8; N];
+        for (i, pair) in bytes.chunks(2).enumerate() {
+            let pair = std::str::from_utf8(pair).ok()?;
+            out[i] = u8::from_str_radix(pair, 16).ok()?;
+        }
+        (out != [0u8; N]).then_some(out)
+    }
+    Some(TraceIds {
+        trace_id: hex(trace)?,
+        span_id: hex(span)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_read_as_trace_context_writes_them() {
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let ids = ids_of(trace, "00f067aa0ba902b7").unwrap();
+        assert_eq!(ids.trace_id[..2], [0x4b, 0xf9]);
+        assert_eq!(ids.span_id[7], 0xb7);
+        for (t, s) in [
+            (trace, "00f067aa0ba902b"),
+            (&trace[1..], "00f067aa0ba902b7"),
+            ("0".repeat(32).as_str(), "00f067aa0ba902b7"),
+            (trace, "0000000000000000"),
+            (trace, "+0f067aa0ba902b7"),
+            (trace, "00f067aa0ba902bé"),
+        ] {
+            assert_eq!(ids_of(t, s), None, "{t} {s}");
+        }
+    }
+}
