@@ -598,6 +598,39 @@ def test_the_modules_decision_on_redis_is_a_span_too_made_on_a_decider_thread(
     assert (line["trace_id"], line["span_id"]) == (trace_id, decision["spanID"])
 
 
+@needs_envoy
+def test_the_modules_filtered_list_is_a_span_beside_its_decision(jaeger: Jaeger, tmp_path: Path):
+    edits = {**tracing_edits(jaeger.otlp), MODULE_POLICY: f"policy: {POLICY}"}
+    with (
+        ExampleServer(tmp_path / "example.jsonl") as example,
+        deployed(MODULE, None, example.port, edits) as envoy,
+    ):
+        session = {"mcp-session-id": opened_session(envoy)}
+        trace_id, parent = new_ids()
+        body = json.dumps({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}).encode()
+        headers = {"traceparent": f"00-{trace_id}-{parent}-01", "accept": ACCEPT, **session}
+        status, _, answer = send(envoy, "POST", body, headers)
+        assert status == 200 and b"delete_image" not in answer and b"list_images" in answer
+
+        def guardrails(spans: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+            return {
+                s["attributes"]["gen_ai.guardrail.target.type"]: s
+                for s in spans
+                if "gen_ai.guardrail.target.type" in s["attributes"]
+            }
+
+        spans = jaeger.wait_trace(trace_id, lambda s: len(guardrails(s)) == 2)
+    request, answered = guardrails(spans)["input"], guardrails(spans)["output"]
+    assert request["operationName"] == answered["operationName"] == "tools/list"
+    assert answered["attributes"]["mcp.method.name"] == "tools/list"
+    # The example policy hides delete_image: the caller was shown less than the server listed.
+    assert answered["attributes"]["gen_ai.guardrail.verdict.type"] == "modify"
+    assert answered["attributes"]["toolgate.list.removed"] == "1"
+    # Both under Envoy's span for the request.
+    assert parent_of(request) == parent_of(answered)
+    assert parent_of(answered) in {s["spanID"] for s in spans if s not in (request, answered)}
+
+
 # --- through agentgateway -----------------------------------------------------------------------
 
 needs_agentgateway = pytest.mark.skipif(

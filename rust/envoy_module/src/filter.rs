@@ -9,7 +9,7 @@ use crate::abi::*;
 use crate::ask_sidecar::{self, Asked, Said};
 use crate::config::Config;
 use crate::deciders::Deciders;
-use crate::traced::{DecisionSpan, Naming};
+use crate::traced::{DecisionSpan, ListSpans, Naming};
 use crate::verified;
 use envoy_types::pb::google::protobuf::Struct;
 use serde_json::Value;
@@ -57,6 +57,8 @@ pub struct Filter {
     waiting: Option<Arc<Mutex<Option<HandedBack>>>>,
     /// The decision's span, where Envoy traces the request.
     span: Option<DecisionSpan>,
+    /// The spans of the lists the follower filters, where Envoy traces the request.
+    lists: Option<ListSpans>,
 }
 
 /// What the module does with the request.
@@ -311,6 +313,7 @@ impl Filter {
         }
         let headers = Headers::read(stream, &config.authz);
         self.span = DecisionSpan::start(stream);
+        self.lists = self.span.as_ref().map(|_| ListSpans::default());
         let next = match &config.deciders {
             Some(deciders) => self.hand_off(config, deciders, stream, headers, body),
             None => {
@@ -494,6 +497,9 @@ impl Filter {
         let part = chunk.unwrap_or_default();
         let out = follower.response_body(&config.engine, &part, end, || None);
         give_back(config, follower);
+        if let Some(lists) = &mut self.lists {
+            lists.make(stream);
+        }
         if let Some(out) = out {
             let drained: &[u32] = match into {
                 RECEIVED_RESPONSE_BODY => &[RECEIVED_RESPONSE_BODY],
@@ -571,7 +577,8 @@ impl Filter {
                     // exchanges in this Envoy: one server whose answers mean harm fills its
                     // own room, not the process's budget.
                     Some(follower) => {
-                        let follower = follower.in_room(server.unwrap_or(""));
+                        let noter = self.lists.as_ref().map(ListSpans::noter);
+                        let follower = follower.in_room(server.unwrap_or("")).traced(noter);
                         // Where a give-back may wait on Redis, the deciders make it.
                         self.follower = Some(match config.deciders {
                             Some(_) => follower.releasing_later(),

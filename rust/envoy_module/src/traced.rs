@@ -7,14 +7,18 @@
 //!
 //! The span is started on the stream's worker when the request is whole, and finished there
 //! once the decision is applied; a decision made on a decider thread (Redis) is inside it.
+//! Each list filtered for its caller is a span too ([`ListSpans`]), as behind ext_proc.
 
 use crate::abi::{ChildSpan, Stream};
 use std::cell::RefCell;
+use std::sync::{Arc, Mutex};
 use toolgate_core::decision::Decision;
 use toolgate_core::engine::gate::SpanOpener;
+use toolgate_core::kind::Listed;
 use toolgate_core::mcp::request::Parsed;
 use toolgate_core::observing::trace_ids::{self, TraceIds};
-use toolgate_server::spans::{decided, guardrail, Asked, Named, UNNAMED};
+use toolgate_server::answer::ListTrace;
+use toolgate_server::spans::{decided, guardrail, list_named, Asked, Named, UNNAMED};
 
 /// A decision's span, on the stream's worker.
 pub struct DecisionSpan {
@@ -38,13 +42,72 @@ impl DecisionSpan {
             span.set_operation(&named.name);
         }
         let request = named.into_iter().flat_map(|n| n.attributes.iter());
-        for kv in guardrail("input")
-            .iter()
-            .chain(request)
-            .chain(&decided(decision))
-        {
-            span.set_tag(kv.key.as_str(), &kv.value.as_str());
+        described(span, "input", request.chain(&decided(decision)));
+    }
+}
+
+/// `span` tagged as a guardrail span of `target`, with `attributes`.
+fn described<'a>(
+    span: &ChildSpan,
+    target: &'static str,
+    attributes: impl Iterator<Item = &'a opentelemetry::KeyValue>,
+) {
+    let tag = |kv: &opentelemetry::KeyValue| span.set_tag(kv.key.as_str(), &kv.value.as_str());
+    guardrail(target).iter().for_each(tag);
+    attributes.for_each(tag);
+}
+
+/// What the follower saw of the lists since the worker last looked.
+#[derive(Default)]
+struct Seen {
+    /// A list's first part arrived, and it has not ended.
+    started: bool,
+    ended: Vec<Named>,
+}
+
+/// The lists a follower filters, as spans under Envoy's span for the request: the follower
+/// (which runs where Envoy may not be called) notes what it saw ([`ListSpans::noter`]), and
+/// the stream's worker makes the spans after each part of the answer ([`ListSpans::make`]).
+#[derive(Default)]
+pub struct ListSpans {
+    seen: Arc<Mutex<Seen>>,
+    /// The span of a list under way.
+    open: Option<ChildSpan>,
+}
+
+impl ListSpans {
+    /// What the follower is given to note lists with.
+    pub fn noter(&self) -> Box<dyn ListTrace> {
+        Box::new(Noter(Arc::clone(&self.seen)))
+    }
+
+    /// The spans of the lists noted since the last call: a list under way is begun, one that
+    /// ended is described and ended.
+    pub fn make(&mut self, stream: Stream) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        for named in seen.ended.drain(..) {
+            if let Some(span) = self.open.take().or_else(|| stream.child_span(UNNAMED)) {
+                span.set_operation(&named.name);
+                described(&span, "output", named.attributes.iter());
+            }
         }
+        if seen.started && self.open.is_none() {
+            self.open = stream.child_span(UNNAMED);
+        }
+    }
+}
+
+struct Noter(Arc<Mutex<Seen>>);
+
+impl ListTrace for Noter {
+    fn part(&mut self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).started = true;
+    }
+
+    fn listed(&mut self, listed: Option<Listed>, removed: usize, refused: bool) {
+        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        seen.started = false;
+        seen.ended.push(list_named(listed, removed, refused));
     }
 }
 

@@ -9,7 +9,6 @@
 //! filter, so both do the same with every answer.
 
 use crate::held::{HeldBytes, Room};
-use crate::spans::ListSpans;
 use serde_json::Value;
 use std::sync::Arc;
 use toolgate_core::counter::Peer;
@@ -103,6 +102,13 @@ pub enum RequestBody {
 
 type Visible = Box<dyn FnMut(Listed, &str, &ListedTool<'_>) -> Visibility + Send>;
 
+/// Where a follower's lists are traced (a span each): told when a list's first part arrives,
+/// and how it ended (what it lists, entries taken out, refused).
+pub trait ListTrace: Send {
+    fn part(&mut self);
+    fn listed(&mut self, listed: Option<Listed>, removed: usize, refused: bool);
+}
+
 /// One exchange's answer, followed part by part.
 pub struct Follower {
     state: State,
@@ -121,7 +127,7 @@ pub struct Follower {
     /// is not read again.
     known: Arc<KnownAnswers>,
     /// Where the lists filtered are traced, if they are ([`Follower::traced`]).
-    spans: Option<ListSpans>,
+    spans: Option<Box<dyn ListTrace>>,
 }
 
 enum State {
@@ -288,8 +294,8 @@ impl Follower {
         }
     }
 
-    /// Each list the follower filters is a span of `spans`.
-    pub fn traced(mut self, spans: Option<ListSpans>) -> Follower {
+    /// Each list the follower filters is traced by `spans`.
+    pub fn traced(mut self, spans: Option<Box<dyn ListTrace>>) -> Follower {
         self.spans = spans;
         self
     }

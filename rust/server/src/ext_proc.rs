@@ -14,7 +14,7 @@
 //!   exchanges that need it and everything else pays nothing.
 
 pub use crate::answer::{Caller, LIST_ANSWER_TYPE};
-use crate::answer::{Follower, Refusal, RequestBody, LIST_ANSWER_DROPS};
+use crate::answer::{Follower, ListTrace, Refusal, RequestBody, LIST_ANSWER_DROPS};
 use crate::held::{stream_buffer, HeldBytes, Room, STREAM_SHARE};
 use crate::spans::ListSpans;
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
@@ -389,7 +389,8 @@ impl Exchange {
                 let (budget, known) = (Arc::clone(&self.budget), Arc::clone(&self.known));
                 match Follower::new(engine, follow, caller, budget, known) {
                     Some(follower) => {
-                        let follower = follower.traced(self.spans.take());
+                        let spans = self.spans.take().map(|s| Box::new(s) as Box<dyn ListTrace>);
+                        let follower = follower.traced(spans);
                         self.state = State::Following(Box::new(follower))
                     }
                     None => {

@@ -420,21 +420,44 @@ impl ListSpans {
         let started = self.started.take().unwrap_or_else(SystemTime::now);
         let mut span = guardrail_span(&self.spans, &self.parent, started, "output");
         if span.is_recording() {
-            let method = listed.map(Listed::method);
-            span.update_name(method.unwrap_or(UNNAMED));
-            if let Some(method) = method {
-                span.set_attribute(KeyValue::new("mcp.method.name", method));
-            }
-            let verdict = match (refused, removed) {
-                (true, _) => "deny",
-                (false, 0) => "allow",
-                (false, _) => "modify",
-            };
-            span.set_attribute(KeyValue::new("gen_ai.guardrail.verdict.type", verdict));
-            let removed = i64::try_from(removed).unwrap_or(i64::MAX);
-            span.set_attribute(KeyValue::new("toolgate.list.removed", removed));
+            let named = list_named(listed, removed, refused);
+            span.update_name(named.name);
+            span.set_attributes(named.attributes);
         }
         span.end();
+    }
+}
+
+impl crate::answer::ListTrace for ListSpans {
+    fn part(&mut self) {
+        ListSpans::part(self)
+    }
+
+    fn listed(&mut self, listed: Option<Listed>, removed: usize, refused: bool) {
+        ListSpans::listed(self, listed, removed, refused)
+    }
+}
+
+/// A filtered list's span name (its method) and attributes: the guardrail's verdict on the
+/// answer (`modify` when the caller was shown less than the server listed, `deny` when the
+/// answer was refused, `allow` otherwise) and how many entries were taken out.
+pub fn list_named(listed: Option<Listed>, removed: usize, refused: bool) -> Named {
+    let method = listed.map(Listed::method);
+    let mut attributes = Vec::new();
+    if let Some(method) = method {
+        attributes.push(KeyValue::new("mcp.method.name", method));
+    }
+    let verdict = match (refused, removed) {
+        (true, _) => "deny",
+        (false, 0) => "allow",
+        (false, _) => "modify",
+    };
+    attributes.push(KeyValue::new("gen_ai.guardrail.verdict.type", verdict));
+    let removed = i64::try_from(removed).unwrap_or(i64::MAX);
+    attributes.push(KeyValue::new("toolgate.list.removed", removed));
+    Named {
+        name: method.unwrap_or(UNNAMED).to_owned(),
+        attributes,
     }
 }
 
