@@ -21,8 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import agentgateway
-import anyio
-import httpx2
 import pytest
 import yaml
 from agentgateway import Agentgateway
@@ -37,9 +35,6 @@ from ext_mcp import ExtMcp, outcome
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jaeger import Jaeger, install, parent_of
-from mcp import ClientSession
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.exceptions import MCPError
 from mcp_servers import EverythingServer, ExampleServer
 from sidecar import Sidecar, decision_lines, wait_for
 from test_confirmation_e2e import POLICY as CONFIRMING
@@ -695,8 +690,13 @@ def test_through_agentgateway_the_agents_trace_holds_its_spans_and_toolgates_dec
     spans = jaeger.wait_trace(trace_id, complete)
     (decision,) = toolgate_spans(spans)
     (call,) = [s for s in spans if s["operationName"] == sent]
-    # agentgateway hands toolgate the call's params with their _meta: the agent's span.
-    assert parent_of(decision) == call["spanID"]
+    # agentgateway puts its span for the HTTP request in the `traceparent` it forwards and in
+    # the message's `_meta` (SEP-414), where the agent's client had put its own: the decision
+    # is under agentgateway's span, which is under the agent's turn (its HTTP traceparent).
+    ours = {sp["spanID"]: sp for sp in agentgateway_spans(spans)}
+    assert parent_of(decision) in ours
+    assert ours[parent_of(decision)]["operationName"] == "POST /mcp/*"
+    assert parent_of(ours[parent_of(decision)]) == parent_of(call)
     attributes = decision["attributes"]
     assert attributes["gen_ai.guardrail.verdict.type"] == "deny"
     assert attributes["toolgate.decision.code"] == "CONDITION_FAILED"
@@ -706,46 +706,6 @@ def test_through_agentgateway_the_agents_trace_holds_its_spans_and_toolgates_dec
     assert [(line["trace_id"], line["span_id"]) for line in lines] == [
         (trace_id, decision["spanID"])
     ]
-
-
-@needs_agentgateway
-def test_through_agentgateway_a_call_without_meta_is_decided_under_agentgateways_span(
-    traced_gateway: tuple[Agentgateway, Sidecar], jaeger: Jaeger
-):
-    """A client that traces only its HTTP requests: agentgateway puts its own span in the
-    `traceparent` it forwards, and the decision is that span's child."""
-    gw, _ = traced_gateway
-    trace_id, parent = new_ids()
-    headers = {"traceparent": f"00-{trace_id}-{parent}-01"}
-    (answer,) = anyio.run(lambda: untraced_call(gw.url, headers, "everything_echo", DESTRUCTIVE))
-    assert isinstance(answer, MCPError) and answer.error.code == -32001
-
-    def complete(spans: list[dict[str, Any]]) -> bool:
-        return len(toolgate_spans(spans)) == 1 and bool(agentgateway_spans(spans))
-
-    spans = jaeger.wait_trace(trace_id, complete)
-    (decision,) = toolgate_spans(spans)
-    ours = {s["spanID"]: s for s in agentgateway_spans(spans)}
-    assert parent_of(decision) in ours
-    # ... and agentgateway's span is the client's request's child.
-    assert parent_of(ours[parent_of(decision)]) == parent
-
-
-async def untraced_call(
-    url: str, headers: dict[str, str], tool: str, arguments: dict[str, Any]
-) -> list[Any]:
-    """One MCP call from a client that puts no trace context in its messages' _meta."""
-    async with (
-        httpx2.AsyncClient(headers=headers, timeout=30.0) as http,
-        streamable_http_client(url, http_client=http) as (read, write),
-        ClientSession(read, write) as session,
-    ):
-        with anyio.fail_after(60):
-            await session.initialize()
-            try:
-                return [await session.call_tool(tool, arguments)]
-            except MCPError as e:
-                return [e]
 
 
 # --- what Envoy's access log is told ------------------------------------------------------------
