@@ -19,7 +19,13 @@ at p50 one in flight; loaded throughput ≥ 0.9 times plain.
 
     .venv/bin/python bench/envoy_module_bench.py --print
     .venv/bin/python bench/envoy_module_bench.py --upstream --print
+    .venv/bin/python bench/envoy_module_bench.py --pin --runs 5 --print
     .venv/bin/python bench/envoy_module_bench.py --runs 1 -n1 2000 -nl 4000 --print    # quick
+
+``--pin``: each Envoy with one worker and the sidecar on CPU 0, h2load on CPU 1 (taskset), as
+where Envoy has cores of its own. Unpinned, the two cores are shared by h2load, each Envoy's
+two workers and the sidecar: which core each lands on, and what the other last left in its
+caches, moves Envoy alone's own figures by half from run to run.
 """
 
 from __future__ import annotations
@@ -131,6 +137,7 @@ def main() -> int:
         action="store_true",
         help="the route goes on to an Envoy standing in for the MCP server (else it answers)",
     )
+    p.add_argument("--pin", action="store_true", help="servers on CPU 0, h2load on CPU 1")
     p.add_argument("--print", dest="write", action="store_false")
     args = p.parse_args()
     started = time.monotonic()
@@ -148,19 +155,22 @@ def main() -> int:
         deployed = ev.deployed_config(ev.DEPLOYED, workdir)
         tport = h.free_port()
         probe = h.decide_request(True, ev.GRANT, ev.SERVER_ID)
-        servers["tg-tcp"] = h.start_grpc("tg-tcp", h.serve_cmd(tport), tport, workdir, probe)
+        serve = h.pinned(h.serve_cmd(tport), h.SERVER_CPU, args.pin)
+        servers["tg-tcp"] = h.start_grpc("tg-tcp", serve, tport, workdir, probe)
         uport = None
         if args.upstream:
             uport, uadmin = h.free_port(), h.free_port()
             path = workdir / "upstream.json"
             path.write_text(json.dumps(ev.upstream_config(uport, uadmin)))
-            servers["upstream"] = ev.start("upstream", path, uadmin, workdir, port=uport)
+            servers["upstream"] = ev.start(
+                "upstream", path, uadmin, workdir, port=uport, pin=args.pin
+            )
         for name in CONFIGS:
             port, admin = h.free_port(), h.free_port()
             path = workdir / f"{name}.json"
             config = envoy_config(deployed, name, port, admin, tport, uport)
             path.write_text(json.dumps(config))
-            servers[name] = ev.start(name, path, admin, workdir, port=port)
+            servers[name] = ev.start(name, path, admin, workdir, port=port, pin=args.pin)
         probes = [f"{n}: {ev.probe(servers[n], n in ('authz-tcp', 'module'))}" for n in CONFIGS]
         probes += [f"module, `rm -rf /`: {ev.deny_probe(servers['module'])}"]
         urls = [f"http://127.0.0.1:{servers[n].port}/mcp" for n in CONFIGS]
@@ -204,6 +214,11 @@ def main() -> int:
     lines = [
         h.written_by("envoy_module_bench.py")
         + ("; routes to an upstream Envoy" if args.upstream else "; routes answer directly")
+        + (
+            "; pinned: each Envoy (one worker) and the sidecar on CPU 0, h2load on CPU 1"
+            if args.pin
+            else "; unpinned: h2load, Envoy's two workers and the sidecar share both CPUs"
+        )
         + "; one in "
         f"flight `-c 1 -m 1` x {args.n_single:,}, loaded `-c {args.c} -m {args.m}` x "
         f"{args.n_loaded:,} per run, {args.runs} runs, medians.",
@@ -254,6 +269,7 @@ def main() -> int:
         h.busy_line(runs) + f" Took {time.monotonic() - started:.0f} s.",
     ]
     name = "envoy-module-upstream" if args.upstream else "envoy-module"
+    name += "-pinned" if args.pin else ""
     h.publish(name, "\n".join(lines), "envoy_module_bench.py", SECTION, args.write)
     return 0
 

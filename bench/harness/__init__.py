@@ -401,6 +401,16 @@ def measure(run: Run, cmd: list[str], servers: dict[str, Server], args) -> str:
     return proc.stdout
 
 
+#: With a bench's ``--pin``: the servers on CPU 0, the load generator on CPU 1 (taskset), so
+#: that on two cores neither evicts the other's caches nor waits for the other's core.
+SERVER_CPU, GENERATOR_CPU = "0", "1"
+
+
+def pinned(cmd: list[str], cpu: str, pin: bool) -> list[str]:
+    """``cmd`` run on ``cpu`` alone, where ``pin`` says so."""
+    return ["taskset", "-c", cpu, *cmd] if pin else cmd
+
+
 def h2load_cmd(
     url, body: Path, c: int, m: int, n: int = 0, duration: float = 0, headers=GRPC_HEADERS
 ):
@@ -455,6 +465,7 @@ def h2load(
     own counters too (``check_counted``)."""
     log = workdir / f"{run.load}-{run.name}-{run.index}.log".replace(" ", "-")
     cmd = h2load_cmd(url, body, run.c, run.m, run.n, run.duration, headers)
+    cmd = pinned(cmd, GENERATOR_CPU, getattr(args, "pin", False))
     summary = parse_summary(measure(run, [*cmd, "--log-file", str(log)], servers, args))
     durations, statuses = read_log(log)
     log.unlink()

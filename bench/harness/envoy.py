@@ -72,14 +72,20 @@ def admin_get(admin: int, path: str, timeout: float = 5.0) -> str:
         return r.read().decode()
 
 
-def start(name: str, config: Path, admin: int, workdir: Path, *extra: str, port: int = 0):
-    """Envoy on a bootstrap file, up once its admin says LIVE."""
+def start(
+    name: str, config: Path, admin: int, workdir: Path, *extra: str, port: int = 0,
+    pin: bool = False,
+):  # fmt: skip
+    """Envoy on a bootstrap file, up once its admin says LIVE; ``pin``: one worker, on the
+    servers' CPU (``h.SERVER_CPU``)."""
 
     def ready() -> None:
         if admin_get(admin, "/ready", timeout=1.0).strip() != "LIVE":
             raise ValueError("not live yet")
 
     cmd = [exe(), "-c", str(config), "--use-dynamic-base-id", "--log-level", "warn", *extra]
+    if pin:
+        cmd = h.pinned([*cmd, "--concurrency", "1"], h.SERVER_CPU, pin)
     return h.start(f"envoy-{name}", cmd, workdir, ready, port, admin=admin)
 
 
