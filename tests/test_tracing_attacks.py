@@ -1032,3 +1032,47 @@ def test_the_modules_spans_carry_agent_text_as_sent_and_no_reason_nor_argument(
         text = json.dumps(span)
         assert secret not in text
         assert "REASON-TEXT-7731" not in text
+
+
+@needs_envoy
+def test_a_traced_request_whose_client_leaves_while_it_waits_on_redis_ends_its_span(
+    jaeger: Jaeger, tmp_path: Path
+):
+    """The module holds a traced call while Redis does not answer; the client leaves. The
+    stream goes, its span is ended (unnamed: nothing was decided for it), and Envoy goes on
+    deciding."""
+    from conftest import limit, policy
+    from redis_server import Proxy, RedisServer
+    from test_envoy_module_redis import module_edits
+
+    document = policy({"create-ami": {"limits": [limit("ami", 5)]}})
+    policy_path = tmp_path / "policy.json"
+    policy_path.write_text(json.dumps(document))
+    body = b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"create-ami"}}'
+    trace = secrets.token_hex(16)
+    with (
+        RedisServer() as redis,
+        Proxy(redis.port) as proxy,
+        ExampleServer(tmp_path / "example.jsonl", stateless=True, json=True) as server,
+    ):
+        edits = {**module_edits(policy_path, proxy.url, 60000), **tracing_edits(jaeger.otlp)}
+        one = ("--concurrency", "1")
+        with deployed(MODULE, None, server.port, edits, extra_args=one) as envoy:
+            proxy.mode = "hold"
+            extra = f"traceparent: 00-{trace}-{secrets.token_hex(8)}-01\r\n".encode()
+            extra += b"Authorization: Bearer one\r\n"
+            leaving = socket.create_connection(("127.0.0.1", envoy.port), timeout=30)
+            leaving.sendall(mcp_post(b"/mcp", body, extra))
+            assert proxy.holding.wait(30)  # decided on a decider thread, waiting on Redis
+            leaving.close()
+            proxy.release()
+            proxy.mode = "pass"
+            status, answer, _ = send(envoy, "POST", body, {"authorization": "Bearer one"})
+            assert (status, answer.get("x-toolgate-code")) == (200, "ALLOWED")
+
+            def ended(spans: list[dict[str, Any]]) -> bool:
+                return any(x["operationName"] == "run_guardrail toolgate" for x in spans)
+
+            spans = jaeger.wait_trace(trace, ended)
+    (span,) = [x for x in spans if x["operationName"] == "run_guardrail toolgate"]
+    assert "gen_ai.guardrail.verdict.type" not in span["attributes"]
