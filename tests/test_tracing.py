@@ -382,17 +382,24 @@ def opened_session(envoy: Any) -> str:
     return session
 
 
-@needs_envoy
-def test_a_list_filtered_for_its_caller_is_a_span_in_the_requests_trace(
-    traced_lists: tuple[Any, Sidecar], jaeger: Jaeger
-):
-    envoy, sc = traced_lists
+def listed_in_a_trace(envoy: Any) -> str:
+    """A session's tools/list through ``envoy`` under a trace of its own, filtered for its
+    caller as the example policy says (delete_image hidden): the trace's id."""
     session = {"mcp-session-id": opened_session(envoy)}
     trace_id, parent = new_ids()
     body = json.dumps({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}).encode()
     headers = {"traceparent": f"00-{trace_id}-{parent}-01", "accept": ACCEPT, **session}
     status, _, answer = send(envoy, "POST", body, headers)
     assert status == 200 and b"delete_image" not in answer and b"list_images" in answer
+    return trace_id
+
+
+@needs_envoy
+def test_a_list_filtered_for_its_caller_is_a_span_in_the_requests_trace(
+    traced_lists: tuple[Any, Sidecar], jaeger: Jaeger
+):
+    envoy, sc = traced_lists
+    trace_id = listed_in_a_trace(envoy)
 
     def output(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [
@@ -600,12 +607,7 @@ def test_the_modules_filtered_list_is_a_span_beside_its_decision(jaeger: Jaeger,
         ExampleServer(tmp_path / "example.jsonl") as example,
         deployed(MODULE, None, example.port, edits) as envoy,
     ):
-        session = {"mcp-session-id": opened_session(envoy)}
-        trace_id, parent = new_ids()
-        body = json.dumps({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}).encode()
-        headers = {"traceparent": f"00-{trace_id}-{parent}-01", "accept": ACCEPT, **session}
-        status, _, answer = send(envoy, "POST", body, headers)
-        assert status == 200 and b"delete_image" not in answer and b"list_images" in answer
+        trace_id = listed_in_a_trace(envoy)
 
         def guardrails(spans: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             return {
