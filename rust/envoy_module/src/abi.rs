@@ -588,7 +588,6 @@ impl Stream {
         unsafe { envoy_dynamic_module_callback_http_filter_reset_http_stream(self.0, id) }
     }
 
-    /// A way back to this stream's worker from another thread.
     /// A span named `operation` under Envoy's span for the request, where Envoy traces it.
     pub fn child_span(self, operation: &str) -> Option<ChildSpan> {
         // SAFETY: on the stream's worker during a hook; Envoy copies the name, and gives the
@@ -605,6 +604,7 @@ impl Stream {
         }
     }
 
+    /// A way back to this stream's worker from another thread.
     pub fn scheduler(self) -> Scheduler {
         // SAFETY: on the stream's worker, in one of its hooks.
         Scheduler(unsafe { envoy_dynamic_module_callback_http_filter_scheduler_new(self.0) })

@@ -378,6 +378,9 @@ impl Filter {
                 Next::Held
             }
             Err(_) => {
+                if let Some(span) = self.span.take() {
+                    span.failed("busy");
+                }
                 let why = "the proxy holds as many requests waiting for a decision as it may";
                 let (status, headers, body) = busy(why);
                 stream.send_response(status, &headers, &body, "toolgate_busy");
@@ -406,6 +409,9 @@ impl Filter {
                 )
             }
             _ => {
+                if let Some(span) = self.span.take() {
+                    span.failed("failed");
+                }
                 log(
                     LOG_ERROR,
                     "toolgate: the module failed deciding a request; refused",
@@ -497,7 +503,7 @@ impl Filter {
         let part = chunk.unwrap_or_default();
         let out = follower.response_body(&config.engine, &part, end, || None);
         give_back(config, follower);
-        if let Some(lists) = &mut self.lists {
+        if let Some(lists) = &self.lists {
             lists.make(stream);
         }
         if let Some(out) = out {

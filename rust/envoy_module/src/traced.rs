@@ -10,6 +10,7 @@
 //! Each list filtered for its caller is a span too ([`ListSpans`]), as behind ext_proc.
 
 use crate::abi::{ChildSpan, Stream};
+use opentelemetry::KeyValue;
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
 use toolgate_core::decision::Decision;
@@ -35,6 +36,16 @@ impl DecisionSpan {
         Some(DecisionSpan { span, ids })
     }
 
+    /// End the span of a request refused before it was decided (`why`: the proxy was busy,
+    /// or the module failed deciding it), as an error of toolgate's.
+    pub fn failed(self, why: &'static str) {
+        described(
+            &self.span,
+            "input",
+            [KeyValue::new("error.type", why)].iter(),
+        );
+    }
+
     /// Name the span after the request and say what was decided, and end it.
     pub fn finish(self, named: Option<&Named>, decision: Option<&Decision>) {
         let span = &self.span;
@@ -50,64 +61,47 @@ impl DecisionSpan {
 fn described<'a>(
     span: &ChildSpan,
     target: &'static str,
-    attributes: impl Iterator<Item = &'a opentelemetry::KeyValue>,
+    attributes: impl Iterator<Item = &'a KeyValue>,
 ) {
-    let tag = |kv: &opentelemetry::KeyValue| span.set_tag(kv.key.as_str(), &kv.value.as_str());
+    let tag = |kv: &KeyValue| span.set_tag(kv.key.as_str(), &kv.value.as_str());
     guardrail(target).iter().for_each(tag);
     attributes.for_each(tag);
 }
 
-/// What the follower saw of the lists since the worker last looked.
-#[derive(Default)]
-struct Seen {
-    /// A list's first part arrived, and it has not ended.
-    started: bool,
-    ended: Vec<Named>,
-}
-
 /// The lists a follower filters, as spans under Envoy's span for the request: the follower
-/// (which runs where Envoy may not be called) notes what it saw ([`ListSpans::noter`]), and
-/// the stream's worker makes the spans after each part of the answer ([`ListSpans::make`]).
+/// (which runs where Envoy may not be called) notes each list it ended ([`ListSpans::noter`]),
+/// and the stream's worker makes their spans after each part of the answer
+/// ([`ListSpans::make`]), begun and ended then: Envoy starts a span when it is made.
 #[derive(Default)]
 pub struct ListSpans {
-    seen: Arc<Mutex<Seen>>,
-    /// The span of a list under way.
-    open: Option<ChildSpan>,
+    ended: Arc<Mutex<Vec<Named>>>,
 }
 
 impl ListSpans {
     /// What the follower is given to note lists with.
     pub fn noter(&self) -> Box<dyn ListTrace> {
-        Box::new(Noter(Arc::clone(&self.seen)))
+        Box::new(Noter(Arc::clone(&self.ended)))
     }
 
-    /// The spans of the lists noted since the last call: a list under way is begun, one that
-    /// ended is described and ended.
-    pub fn make(&mut self, stream: Stream) {
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        for named in seen.ended.drain(..) {
-            if let Some(span) = self.open.take().or_else(|| stream.child_span(UNNAMED)) {
-                span.set_operation(&named.name);
+    /// The spans of the lists that ended since the last call.
+    pub fn make(&self, stream: Stream) {
+        let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        for named in ended.drain(..) {
+            if let Some(span) = stream.child_span(&named.name) {
                 described(&span, "output", named.attributes.iter());
             }
-        }
-        if seen.started && self.open.is_none() {
-            self.open = stream.child_span(UNNAMED);
         }
     }
 }
 
-struct Noter(Arc<Mutex<Seen>>);
+struct Noter(Arc<Mutex<Vec<Named>>>);
 
 impl ListTrace for Noter {
-    fn part(&mut self) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).started = true;
-    }
+    fn part(&mut self) {}
 
     fn listed(&mut self, listed: Option<Listed>, removed: usize, refused: bool) {
-        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        seen.started = false;
-        seen.ended.push(list_named(listed, removed, refused));
+        let named = list_named(listed, removed, refused);
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(named);
     }
 }
 
@@ -143,8 +137,18 @@ impl SpanOpener for Naming {
     }
 }
 
-/// Ids written as W3C Trace Context writes them (32 and 16 hex digits, not all zero).
+/// Ids written as W3C Trace Context writes them (32 and 16 hex digits, not all zero); a trace
+/// id of 16 digits (a tracer's 64-bit ids) is the 128-bit one with zeros in front, as W3C
+/// Trace Context carries it.
 fn ids_of(trace: &str, span: &str) -> Option<TraceIds> {
+    let padded;
+    let trace = match trace.len() {
+        16 => {
+            padded = format!("{:0>32}", trace);
+            padded.as_str()
+        }
+        _ => trace,
+    };
     fn hex<const N: usize>(text: &str) -> Option<[u8; N]> {
         let bytes = text.as_bytes();
         if bytes.len() != 2 * N || !bytes.iter().all(u8::is_ascii_hexdigit) {
@@ -173,6 +177,9 @@ mod tests {
         let ids = ids_of(trace, "00f067aa0ba902b7").unwrap();
         assert_eq!(ids.trace_id[..2], [0x4b, 0xf9]);
         assert_eq!(ids.span_id[7], 0xb7);
+        let short = ids_of(&trace[16..], "00f067aa0ba902b7").unwrap();
+        assert_eq!(short.trace_id[..8], [0; 8]);
+        assert_eq!(short.trace_id[8..], ids.trace_id[8..]);
         for (t, s) in [
             (trace, "00f067aa0ba902b"),
             (&trace[1..], "00f067aa0ba902b7"),
