@@ -22,6 +22,11 @@ at p50 one in flight; loaded throughput ≥ 0.9 times plain.
     .venv/bin/python bench/envoy_module_bench.py --pin --runs 5 --print
     .venv/bin/python bench/envoy_module_bench.py --runs 1 -n1 2000 -nl 4000 --print    # quick
 
+``--traced PCT``: two more Envoys, ``plain-traced`` and ``module-traced``, with Envoy's tracing on
+as docs/envoy.md's Traces section configures it, sampling PCT % of requests, its collector a
+port nothing listens on (a sampled span is dropped): what tracing costs Envoy, and what the
+module's spans add to it (the module makes its span whether or not the request is sampled).
+
 ``--pin``: each Envoy with one worker and the sidecar on CPU 0, h2load on CPU 1 (taskset), as
 where Envoy has cores of its own. Unpinned, the two cores are shared by h2load, each Envoy's
 two workers and the sidecar: which core each lands on, and what the other last left in its
@@ -31,6 +36,7 @@ caches, moves Envoy alone's own figures by half from run to run.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import re
@@ -43,6 +49,7 @@ import time
 from pathlib import Path
 
 import harness as h
+import yaml
 from harness import envoy as ev
 
 AIM_ADDED_P50_US = 20.0
@@ -96,9 +103,29 @@ def modules_dir(workdir: Path, toolgate: Path) -> Path:
     return out
 
 
+def envoy_tracing(percent: float, collector: int) -> tuple[dict, dict]:
+    """docs/envoy.md's tracing blocks: the connection manager's ``tracing``, sampling
+    ``percent`` % of requests, and the collector's cluster, on port ``collector``."""
+    text = (h.ROOT / "docs" / "envoy.md").read_text()
+    section = text[text.index("\n## Traces\n") :]
+    section = section[: section.index("\n## ", 1)]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    manager, (cluster,) = (yaml.safe_load(b) for b in blocks)
+    tracing = manager["tracing"]
+    tracing["random_sampling"] = {"value": percent}
+    (endpoints,) = cluster["load_assignment"]["endpoints"]
+    (endpoint,) = endpoints["lb_endpoints"]
+    endpoint["endpoint"]["address"]["socket_address"]["port_value"] = collector
+    return tracing, cluster
+
+
 def envoy_config(
-    deployed: dict, name: str, listen: int, admin: int, tport: int, upstream: int | None
-) -> dict:
+    deployed: dict, name: str, listen: int, admin: int, tport: int, upstream: int | None,
+    tracing: tuple[dict, dict] | None = None,
+) -> dict:  # fmt: skip
+    """The bench's Envoy ``name``; a ``-traced`` one with ``tracing`` (``envoy_tracing``)."""
+    traced = name.endswith("-traced")
+    name = name.removesuffix("-traced")
     config = ev.bench_config(
         deployed,
         authz=name == "authz-tcp",
@@ -118,6 +145,10 @@ def envoy_config(
         (listener,) = config["static_resources"]["listeners"]
         filters = ev.hcm_of(listener)["http_filters"]
         filters.insert(len(filters) - 1, added)
+    if traced and tracing is not None:
+        (listener,) = config["static_resources"]["listeners"]
+        ev.hcm_of(listener)["tracing"] = copy.deepcopy(tracing[0])
+        config["static_resources"]["clusters"].append(copy.deepcopy(tracing[1]))
     return config
 
 
@@ -138,9 +169,14 @@ def main() -> int:
         help="the route goes on to an Envoy standing in for the MCP server (else it answers)",
     )
     p.add_argument("--pin", action="store_true", help="servers on CPU 0, h2load on CPU 1")
+    p.add_argument(
+        "--traced", type=float, metavar="PCT", help="also Envoy and the module with tracing on"
+    )
     p.add_argument("--print", dest="write", action="store_false")
     args = p.parse_args()
     started = time.monotonic()
+    configs = CONFIGS + ([] if args.traced is None else ["plain-traced", "module-traced"])
+    tracing = None if args.traced is None else envoy_tracing(args.traced, h.free_port())
     build = ["bash", str(h.ROOT / "scripts" / "build-envoy-module")]
     release = {**os.environ, "TOOLGATE_BUILD_PROFILE": "release"}  # what Envoy users load
     built = subprocess.run(build, check=True, capture_output=True, text=True, env=release)
@@ -165,15 +201,16 @@ def main() -> int:
             servers["upstream"] = ev.start(
                 "upstream", path, uadmin, workdir, port=uport, pin=args.pin
             )
-        for name in CONFIGS:
+        for name in configs:
             port, admin = h.free_port(), h.free_port()
             path = workdir / f"{name}.json"
-            config = envoy_config(deployed, name, port, admin, tport, uport)
+            config = envoy_config(deployed, name, port, admin, tport, uport, tracing)
             path.write_text(json.dumps(config))
             servers[name] = ev.start(name, path, admin, workdir, port=port, pin=args.pin)
-        probes = [f"{n}: {ev.probe(servers[n], n in ('authz-tcp', 'module'))}" for n in CONFIGS]
+        decides = ("authz-tcp", "module", "module-traced")
+        probes = [f"{n}: {ev.probe(servers[n], n in decides)}" for n in configs]
         probes += [f"module, `rm -rf /`: {ev.deny_probe(servers['module'])}"]
-        urls = [f"http://127.0.0.1:{servers[n].port}/mcp" for n in CONFIGS]
+        urls = [f"http://127.0.0.1:{servers[n].port}/mcp" for n in configs]
         h.warm(urls, body, args.warmup, args, ev.H2LOAD_HEADERS)
         time.sleep(ev.FLUSH_WAIT)
         for load, c, m, n in (
@@ -181,7 +218,7 @@ def main() -> int:
             ("loaded", args.c, args.m, args.n_loaded),
         ):
             for i in range(1, args.runs + 1):
-                for name in h.rotated(CONFIGS, i):
+                for name in h.rotated(configs, i):
                     r = ev.run(
                         ev.Run(name, load, i, c, m, n),
                         servers[name],
@@ -214,6 +251,7 @@ def main() -> int:
     lines = [
         h.written_by("envoy_module_bench.py")
         + ("; routes to an upstream Envoy" if args.upstream else "; routes answer directly")
+        + ("" if args.traced is None else f"; `-traced`: Envoy tracing, {args.traced:g}% sampled")
         + (
             "; pinned: each Envoy (one worker) and the sidecar on CPU 0, h2load on CPU 1"
             if args.pin
@@ -224,11 +262,11 @@ def main() -> int:
         f"{args.n_loaded:,} per run, {args.runs} runs, medians.",
         "",
         "| load | metric | "
-        + " | ".join(CONFIGS)
+        + " | ".join(configs)
         + " | "
-        + " | ".join(f"added, {LABELS.get(n, n)}" for n in CONFIGS[1:])
+        + " | ".join(f"added, {LABELS.get(n, n)}" for n in configs[1:])
         + " |",
-        "|---|---|" + "---:|" * (2 * len(CONFIGS) - 1),
+        "|---|---|" + "---:|" * (2 * len(configs) - 1),
     ]
     for load, label in (("single", "one in flight"), ("loaded", f"{args.c}x{args.m} streams")):
         for attr, metric in (
@@ -237,15 +275,15 @@ def main() -> int:
             ("rps", "req/s"),
             ("envoy_cpu_us", "Envoy CPU / call"),
         ):
-            cells = [h.med(runs, attr, load=load, name=n) for n in CONFIGS]
-            blank = [""] * (len(CONFIGS) - 1)
+            cells = [h.med(runs, attr, load=load, name=n) for n in configs]
+            blank = [""] * (len(configs) - 1)
             if attr == "rps":
                 shown, add = [f"{v:,.0f}" for v in cells], blank
             elif "cpu" in attr:
                 shown, add = [f"{v:.0f} µs" for v in cells], blank
             else:
                 shown = [h.fmt_us(v) for v in cells]
-                add = [h.fmt_added(median(added(load, n, attr))) for n in CONFIGS[1:]]
+                add = [h.fmt_added(median(added(load, n, attr))) for n in configs[1:]]
             lines.append(f"| {label} | {metric} | {' | '.join(shown + add)} |")
     module = median(added("single", "module", "p50"))
     own = median(h.per_run(runs, "p50", "module", "floor", diff=True, load="single"))
@@ -262,6 +300,23 @@ def main() -> int:
         "the module "
         f"**{share:.2f}{X}** plain's (aim ≥ {AIM_THROUGHPUT}{X}: "
         f"{h.verdict(share, AIM_THROUGHPUT, True)}).",
+    ]
+    if args.traced is not None:
+
+        def traced(load: str, n: str) -> float:
+            return median(h.per_run(runs, "envoy_cpu_us", f"{n}-traced", n, diff=True, load=load))
+
+        pairs = [(load, n) for load in ("single", "loaded") for n in ("plain", "module")]
+        cpu = {pair: traced(*pair) for pair in pairs}
+        lines += [
+            "",
+            f"Envoy tracing {args.traced:g}% of requests (`-traced`; the collector a port nothing "
+            "listens on), Envoy's CPU a call over the same config untraced: Envoy alone "
+            f"{cpu['single', 'plain']:+.0f} µs one in flight, {cpu['loaded', 'plain']:+.0f} µs "
+            f"loaded; with toolgate's module, whose spans it makes for every traced request, "
+            f"{cpu['single', 'module']:+.0f} µs and {cpu['loaded', 'module']:+.0f} µs.",
+        ]
+    lines += [
         "",
         "Checks: " + "; ".join(probes) + ". Every run: all HTTP 200 and Envoy's counters "
         "matched the calls; ext_authz's also the sidecar's limit count.",
@@ -270,6 +325,7 @@ def main() -> int:
     ]
     name = "envoy-module-upstream" if args.upstream else "envoy-module"
     name += "-pinned" if args.pin else ""
+    name += "-traced" if args.traced is not None else ""
     h.publish(name, "\n".join(lines), "envoy_module_bench.py", SECTION, args.write)
     return 0
 
