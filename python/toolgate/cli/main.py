@@ -8,6 +8,7 @@ import contextlib
 import importlib
 import os
 import sys
+import threading
 from collections.abc import Sequence
 
 from toolgate import __version__
@@ -95,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args))
     except KeyboardInterrupt:
         _forget_stdout()
+        _quiet_threads()
         print(f"{name}: interrupted", file=sys.stderr)
         return exits.INTERRUPTED
     except BrokenPipeError:
@@ -129,6 +131,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(f"{name}: needs the Python package {top!r}, {how}", file=sys.stderr)
         return exits.UNUSABLE
+
+
+def _quiet_threads() -> None:
+    """Say nothing of an exception in another thread from here on: a library's thread (gRPC's,
+    watching a channel being closed) may fail while the interrupted process ends, and its
+    traceback, cut short by the exit, is not the user's business."""
+    threading.excepthook = lambda args: None
 
 
 def _forget_stdout() -> None:
