@@ -227,13 +227,18 @@ def traced_once(jaeger: Jaeger, tmp_path_factory: pytest.TempPathFactory) -> Ite
 # --- through Envoy ------------------------------------------------------------------------------
 
 
+def traces_blocks(doc: str) -> list[str]:
+    """The YAML blocks of the "Traces" section of docs/``doc``, as written there."""
+    text = (ROOT / "docs" / doc).read_text()
+    section = text[text.index("\n## Traces\n") :]
+    section = section[: section.index("\n## ", 1)]
+    return re.findall(r"```yaml\n(.*?)```", section, re.S)
+
+
 def envoy_tracing_blocks() -> tuple[str, str]:
     """docs/envoy.md's two blocks that turn Envoy's tracing on: the connection manager's
     ``tracing`` and the collector's cluster."""
-    text = (ROOT / "docs" / "envoy.md").read_text()
-    section = text[text.index("\n## Traces\n") :]
-    section = section[: section.index("\n## ", 1)]
-    manager, cluster = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    manager, cluster = traces_blocks("envoy.md")
     return manager, cluster
 
 
@@ -641,10 +646,7 @@ DESTRUCTIVE = {"message": "sudo rm -rf /"}  # refused by the policy's echo rule
 def agentgateway_tracing(otlp_port: int) -> dict[str, Any]:
     """docs/agentgateway.md's block that turns agentgateway's tracing on, exporting to
     ``otlp_port``."""
-    text = (ROOT / "docs" / "agentgateway.md").read_text()
-    section = text[text.index("\n## Traces\n") :]
-    section = section[: section.index("\n## ", 1)]
-    (block,) = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    (block,) = traces_blocks("agentgateway.md")
     added: dict[str, Any] = yaml.safe_load(block)
     tracing = added["frontendPolicies"]["tracing"]
     assert tracing["host"] == f"127.0.0.1:{OTLP}"
