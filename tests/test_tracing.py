@@ -534,7 +534,12 @@ def test_the_modules_decision_is_a_span_under_envoys_in_the_agents_trace(
 
         def complete(spans: list[dict[str, Any]]) -> bool:
             names = {(s["service"], s["operationName"]) for s in spans}
-            return ("envoy", f"tools/call {REFUSED}") in names and ("agent", sent) in names
+            ids = {s["spanID"] for s in spans}
+            # Envoy exports its span for the request with the stream's end, maybe after the
+            # module's: wait for the decision's parent too.
+            parents = {parent_of(s) for s in spans if s["operationName"] == f"tools/call {REFUSED}"}
+            decided = ("envoy", f"tools/call {REFUSED}") in names
+            return decided and ("agent", sent) in names and parents <= ids
 
         spans = jaeger.wait_trace(turn["trace_id"], complete)
         lines = [line for line in logged_at(log, 1) if line.get("tool") == REFUSED]
