@@ -577,6 +577,7 @@ class H2Client:
         self.conn.increment_flow_control_window(1 << 28)
         self.sock.sendall(self.conn.data_to_send())
         self.answers: dict[int, dict[str, Any]] = {}
+        self.pinged = False
         self.pump()
 
     def request(self, body: bytes, headers: dict[str, str]) -> int:
@@ -595,9 +596,17 @@ class H2Client:
     def flush(self) -> None:
         self.sock.sendall(self.conn.data_to_send())
 
-    def reset(self, stream: int) -> None:
-        self.conn.reset_stream(stream)
+    def reset(self, streams: list[int]) -> None:
+        """Reset ``streams``, and return once Envoy has read the resets: it answers a PING sent
+        after them only when it has handled every frame before it. (Else a decision released
+        next can reach Envoy's worker first, and a stream it lets go on is reset only once its
+        request is on its way upstream: a race of the client's, not the proxy's.)"""
+        for stream in streams:
+            self.conn.reset_stream(stream)
+        self.pinged = False
+        self.conn.ping(b"toolgate")
         self.flush()
+        wait_for(lambda: self.pump(0.05) or self.pinged)
 
     def pump(self, timeout: float = 0.5) -> None:
         self.sock.settimeout(timeout)
@@ -619,6 +628,8 @@ class H2Client:
                     answer["body"] += event.data
             elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset) and answer:
                 answer["done"] = True
+            elif isinstance(event, h2.events.PingAckReceived):
+                self.pinged = True
         self.flush()
 
     def done(self) -> list[dict[str, Any]]:
@@ -643,8 +654,7 @@ def test_http2_streams_reset_while_held_on_the_callout_crash_nothing(tmp_path: P
         ]
         client.flush()
         wait_for(lambda: client.pump(0.05) or len(fake.checks) >= 20)
-        for stream in streams[::2]:
-            client.reset(stream)
+        client.reset(streams[::2])
         fake.release()
         # The streams not reset are answered (the sidecar allowed them); none reset went on.
         wait_for(lambda: client.pump(0.05) or len(client.done()) >= 10)
@@ -750,8 +760,7 @@ def test_http2_streams_reset_while_a_decider_waits_on_redis_crash_nothing(tmp_pa
         streams = [client.request(LIMITED, {"authorization": "Bearer one"}) for _ in range(20)]
         client.flush()
         assert proxy.holding.wait(PATIENCE)
-        for stream in streams[::2]:
-            client.reset(stream)
+        client.reset(streams[::2])
         proxy.release()
         # The streams not reset are decided and answered; the reset ones never go on.
         wait_for(lambda: client.pump(0.05) or len(client.done()) >= 10)
