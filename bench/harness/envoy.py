@@ -194,15 +194,20 @@ def direct(route: dict, body: str) -> None:
     ]
 
 
-def upstream_config(listen: int, admin: int) -> dict:
+def upstream_config(listen: int, admin: int, statuses: dict[str, int] | None = None) -> dict:
     """An Envoy standing in for the MCP server: HTTP/1.1 (the deployed ``mcp`` cluster's
-    protocol), answering every request with the constant result."""
-    route = {"match": {"prefix": "/"}}
-    direct(route, RESULT_BODY)
+    protocol), answering every request with the constant result; with the status ``statuses``
+    gives its path, else 200."""
+    routes = []
+    for path, status in [*(statuses or {}).items(), ("", 200)]:
+        route = {"match": {"path": path} if path else {"prefix": "/"}}
+        direct(route, RESULT_BODY)
+        route["direct_response"]["status"] = status
+        routes.append(route)
     hcm = {
         "@type": f"{TYPE}.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "upstream",
-        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [route]}]},
+        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]},
         "http_filters": [
             {
                 "name": "envoy.filters.http.router",
