@@ -137,6 +137,14 @@ extern "C" {
         kind: u32,
         headers: *mut EnvoyHeader,
     ) -> bool;
+    pub fn envoy_dynamic_module_callback_http_get_header(
+        filter: FilterEnvoyPtr,
+        kind: u32,
+        key: ModuleBuffer,
+        result: *mut EnvoyBuffer,
+        index: usize,
+        count: *mut usize,
+    ) -> bool;
     pub fn envoy_dynamic_module_callback_http_set_header(
         filter: FilterEnvoyPtr,
         kind: u32,
@@ -327,11 +335,11 @@ pub fn log(level: u32, message: &str) {
 pub struct Stream(pub FilterEnvoyPtr);
 
 impl Stream {
-    /// The request's (or the response's) headers, copied: names as Envoy keeps them (lower
-    /// case), values as bytes.
-    pub fn headers(self, kind: u32) -> Vec<(String, Vec<u8>)> {
+    /// Each of the request's (or the response's) headers, in order, as `each` reads it: names
+    /// as Envoy keeps them (lower case), values as bytes, both Envoy's own (no copy).
+    pub fn each_header(self, kind: u32, mut each: impl FnMut(&[u8], &[u8])) {
         // SAFETY: called on the stream's worker during a hook; the vector holds the size
-        // Envoy gave, and the bytes are copied before the hook returns.
+        // Envoy gave, and the bytes are read before the hook returns.
         unsafe {
             let n = envoy_dynamic_module_callback_http_get_headers_size(self.0, kind);
             let mut headers = vec![
@@ -348,14 +356,32 @@ impl Stream {
                     headers.as_mut_ptr(),
                 )
             {
-                return Vec::new();
+                return;
             }
-            let text = |b: EnvoyBuffer| String::from_utf8_lossy(b.bytes()).into_owned();
-            headers
-                .into_iter()
-                .map(|h| (text(h.key), h.value.bytes().to_vec()))
-                .collect()
+            for header in headers {
+                each(header.key.bytes(), header.value.bytes());
+            }
         }
+    }
+
+    /// The first value of header `name` (lower case), as text; None where there is none.
+    /// Looked up where Envoy keeps the headers: nothing else is copied.
+    pub fn header(self, kind: u32, name: &str) -> Option<String> {
+        let mut value = EnvoyBuffer::EMPTY;
+        let mut count = 0usize;
+        // SAFETY: as for `each_header`; the name is read during the call.
+        let found = unsafe {
+            envoy_dynamic_module_callback_http_get_header(
+                self.0,
+                kind,
+                ModuleBuffer::of(name.as_bytes()),
+                &mut value,
+                0,
+                &mut count,
+            )
+        };
+        // SAFETY: the value is Envoy's until the hook returns, and copied here.
+        (found && count > 0).then(|| String::from_utf8_lossy(unsafe { value.bytes() }).into_owned())
     }
 
     /// Append the chunks of body `kind` to `out`.

@@ -92,17 +92,17 @@ fn reads_tokens(authz: &AuthzConfig) -> bool {
 
 impl Headers {
     fn read(stream: Stream, authz: &AuthzConfig) -> Headers {
-        let mut joined: Vec<(String, String)> = Vec::new();
-        for (name, value) in stream.headers(REQUEST_HEADER) {
-            let value = String::from_utf8_lossy(&value);
-            match joined.iter_mut().find(|(k, _)| *k == name) {
+        let mut joined: Vec<(String, String)> = Vec::with_capacity(16);
+        stream.each_header(REQUEST_HEADER, |name, value| {
+            let value = String::from_utf8_lossy(value);
+            match joined.iter_mut().find(|(k, _)| k.as_bytes() == name) {
                 Some((_, all)) => {
                     all.push(',');
                     all.push_str(&value);
                 }
-                None => joined.push((name, value.into_owned())),
+                None => joined.push((String::from_utf8_lossy(name).into(), value.into())),
             }
-        }
+        });
         let verified = reads_tokens(authz)
             .then(|| verified::payload(stream.filter_state(verified::FILTER_STATE_KEY).as_deref()))
             .flatten();
@@ -146,11 +146,6 @@ impl<'a> CallerFacts<'a> for &'a Headers {
     fn peer(&self) -> Peer {
         self.peer
     }
-}
-
-/// Whether the stream's headers of `kind` have `name`.
-fn has_header(stream: Stream, kind: u32, name: &str) -> bool {
-    stream.headers(kind).iter().any(|(k, _)| k == name)
 }
 
 /// A request refused because the process holds all it may of unfinished answers: tried again
@@ -440,7 +435,7 @@ impl Filter {
             RequestBody::Replaced(body) => {
                 let drained = [BUFFERED_REQUEST_BODY, RECEIVED_REQUEST_BODY];
                 stream.replace_body(&drained, into, &body);
-                if has_header(stream, REQUEST_HEADER, "content-length") {
+                if stream.header(REQUEST_HEADER, "content-length").is_some() {
                     stream.set_header(REQUEST_HEADER, "content-length", &body.len().to_string());
                 }
                 Next::Continue
@@ -463,13 +458,8 @@ impl Filter {
         let Some(follower) = self.follower.as_mut() else {
             return;
         };
-        let headers = stream.headers(RESPONSE_HEADER);
-        let value = |name: &str| {
-            let found = headers.iter().find(|(k, _)| k == name);
-            found.map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-        };
-        let status = value(":status").and_then(|s| s.parse().ok());
-        let content_type = value("content-type").unwrap_or_default();
+        let status = (stream.header(RESPONSE_HEADER, ":status")).and_then(|s| s.parse().ok());
+        let content_type = (stream.header(RESPONSE_HEADER, "content-type")).unwrap_or_default();
         follower.response_head(&config.engine, status, &content_type);
         give_back(config, follower);
         if follower.rewrites_answer() {
