@@ -19,12 +19,19 @@ at p50 one in flight; loaded throughput ≥ 0.9 times plain.
 
 The one-in-flight aim is judged on one more Envoy, ``interleaved``: one process whose routes
 each run one of those filters alone (``/buffer``, ``/floor``, toolgate's module on ``/mcp``) or
-none (``/plain``), which h2load takes in turn, request by request, on one connection. Separate
-Envoys differ by where each one's worker runs and what its core last ran, which on this
-machine moves Envoy alone's own p50 by half between runs; requests taking turns in one
-process meet the same machine, so the differences between routes hold from run to run.
+none (``/plain``), which h2load takes in turn, request by request, on one connection (the
+route with no filter twice: once after the module's request, what that leaves the next request,
+and once after its own, the baseline). Separate Envoys differ by where each one's worker runs
+and what its core last ran, which on this machine moves Envoy alone's own p50 by half between
+runs; requests taking turns in one process meet the same machine, so the differences between
+routes hold from run to run.
+
+``--list``: the interleaved Envoy alone, its routes going on to bench/ext_proc_bench.py's
+stand-in server and its tools/list of 100 tools, which toolgate's module filters for the caller
+(aim: ≤ 100 µs added at p50 one in flight).
 
     .venv/bin/python bench/envoy_module_bench.py --print
+    .venv/bin/python bench/envoy_module_bench.py --list --runs 5 --print
     .venv/bin/python bench/envoy_module_bench.py --upstream --print
     .venv/bin/python bench/envoy_module_bench.py --pin --runs 5 --print
     .venv/bin/python bench/envoy_module_bench.py --runs 1 -n1 2000 -nl 4000 --print    # quick
@@ -57,11 +64,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import ext_proc_bench as epb
 import harness as h
 import yaml
 from harness import envoy as ev
 
 AIM_ADDED_P50_US = 20.0
+AIM_LIST_ADDED_US = 100.0
 AIM_THROUGHPUT = 0.9
 SECTION = "## Envoy with toolgate's module: the decision in Envoy's process"
 #: How the table's "added" columns name a config.
@@ -107,13 +116,19 @@ ROUTES = {
     "floor": ("toolgate_floor", "/floor", 203),
     "module": ("toolgate", "/mcp", 200),
 }
+#: The order h2load takes the routes in, round and round: the route with no filter twice, so
+#: that one of its requests follows toolgate's module's (``next``: what the module's request
+#: leaves the one after it, as caches it evicted) and the other follows one with no filter
+#: (``plain``: the baseline every route is compared with).
+TURNS = ("next", "plain", "buffer", "floor", "module")
 #: A filter left out of a route.
 FILTER_OFF = {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": True}
 
 
 def interleaved_config(
-    deployed: dict, listen: int, admin: int, tport: int, upstream: int | None
-) -> dict:
+    deployed: dict, listen: int, admin: int, tport: int, upstream: int | None,
+    policy: Path = h.POLICY,
+) -> dict:  # fmt: skip
     """One Envoy with Envoy's buffer filter, the floor module and toolgate's module, and a route
     for each (``ROUTES``) that runs that filter alone, and one that runs none: h2load taking the
     routes in turn, request by request, compares them in one process, on one worker and one
@@ -125,7 +140,7 @@ def interleaved_config(
         "buffer": BUFFER_FILTER,
         "floor": dynamic_module_filter("toolgate_floor"),
         "module": dynamic_module_filter(
-            "toolgate", {"policy": str(h.POLICY), "server": ev.SERVER_ID}
+            "toolgate", {"policy": str(policy), "server": ev.SERVER_ID}
         ),
     }
     for name, f in added.items():
@@ -151,28 +166,35 @@ class Interleaved(h.Run):
     p50s: dict = field(default_factory=dict)
 
 
-def interleaved(r: Interleaved, envoy: h.Server, body: Path, workdir: Path, args) -> Interleaved:
-    """``r.n`` requests one in flight, taking ``ROUTES`` in turn; each answer checked to be the
-    route's (its status, in the order h2load sent them) and Envoy's counter to match."""
+def interleaved(
+    r: Interleaved, envoy: h.Server, body: Path, workdir: Path, args,
+    headers: tuple[str, ...] = ev.H2LOAD_HEADERS, answer_bytes: int | None = None,
+) -> Interleaved:  # fmt: skip
+    """``r.n`` requests a turn one in flight, the routes taken as ``TURNS`` says; each answer
+    checked to be the route's (its status, in the order h2load sent them), Envoy's counter to
+    match, and (given ``answer_bytes``, what one round of the turns answers) the bytes."""
     s0 = ev.stats(envoy)
-    urls = [f"http://127.0.0.1:{envoy.port}{path}" for _, path, _ in ROUTES.values()]
+    routes = [ROUTES["plain" if turn == "next" else turn] for turn in TURNS]
+    urls = [f"http://127.0.0.1:{envoy.port}{path}" for _, path, _ in routes]
     log = workdir / f"interleaved-{r.index}.log"
-    cmd = h.h2load_cmd(urls[0], body, 1, 1, r.n * len(urls), headers=ev.H2LOAD_HEADERS)
+    cmd = h.h2load_cmd(urls[0], body, 1, 1, r.n * len(urls), headers=headers)
     cmd = h.pinned([*cmd, *urls[1:], "--log-file", str(log)], h.GENERATOR_CPU, args.pin)
     summary = h.parse_summary(h.measure(r, cmd, {"envoy": envoy}, args))
     # h2load's log, one line a request (start µs, status, µs taken), in the order sent.
     lines = [line.split("\t") for line in log.read_text().splitlines()]
     rows = sorted((int(start), status, int(took)) for start, status, took, *_ in lines)
     log.unlink()
-    want = [str(status) for _, _, status in ROUTES.values()]
+    want = [str(status) for _, _, status in routes]
     got = [status for _, status, _ in rows]
     if got != want * r.n:
         r.problems.append(f"answers not the routes' in turn: {collections.Counter(got)}")
-    for k, name in enumerate(ROUTES):
+    for k, name in enumerate(TURNS):
         taken = sorted(took for _, _, took in rows[k :: len(want)])
         r.p50s[name] = h.percentile(taken, 0.5)
     r.rps, r.succeeded = summary["rps"], int(summary.get("succeeded", 0))
     r.per_call(len(rows))
+    if answer_bytes is not None and summary["data"] != r.n * answer_bytes:
+        r.problems.append(f"{summary['data']:.0f} bytes received, want {r.n} x {answer_bytes}")
     answered = ev.diff(ev.stats(envoy), s0).get("http.mcp.downstream_rq_2xx")
     if answered != r.n * len(want):
         r.problems.append(f"downstream_rq_2xx +{answered} (want {r.n * len(want)})")
@@ -242,6 +264,140 @@ def envoy_config(
     return config
 
 
+# --- tools/list ---------------------------------------------------------------------------------
+
+
+def list_upstream_config(listen: int, admin: int) -> dict:
+    """bench/ext_proc_bench.py's stand-in MCP server (its 100-tool list, answered under the id
+    it was asked with), answering a list on each interleaved route's path with that route's
+    status."""
+    config = epb.upstream_config(listen, admin)
+    (listener,) = config["static_resources"]["listeners"]
+    (vhost,) = ev.hcm_of(listener)["route_config"]["virtual_hosts"]
+    (listing,) = [r for r in vhost["routes"] if "list" in json.dumps(r["match"])]
+    for _, path, status in ROUTES.values():
+        route = copy.deepcopy(listing)
+        route["match"] = {"path": path, "headers": listing["match"]["headers"]}
+        route["direct_response"]["status"] = status
+        vhost["routes"].insert(0, route)
+    return config
+
+
+def listed(envoy: h.Server, path: str) -> tuple[int, list[str], int]:
+    """A tools/list sent by hand to ``path``: its status, the tools' names, the bytes."""
+    status, _, body = ev.post(envoy, epb.LIST_REQUEST, path=path, **{epb.ANSWER_HEADER: "list"})
+    tools = ev.message(body).get("result", {}).get("tools", [])
+    return status, [t["name"] for t in tools], len(body)
+
+
+def bench_lists(args, started: float) -> int:
+    """``--list``: the interleaved Envoy's routes going on to the stand-in server's tools/list
+    of 100 tools, which toolgate's module filters for the caller (34 taken out) on its route."""
+    workdir = Path(tempfile.mkdtemp(prefix="envoy-module-lists-"))
+    os.environ["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = str(built_modules(workdir))
+    body = workdir / "tools-list.json"
+    body.write_bytes(epb.LIST_REQUEST)
+    headers = epb.headers("list")
+    servers: dict[str, h.Server] = {}
+    runs: list[Interleaved] = []
+    try:
+        deployed = ev.deployed_config(ev.DEPLOYED, workdir)
+        uport, uadmin = h.free_port(), h.free_port()
+        path = workdir / "upstream.json"
+        path.write_text(json.dumps(list_upstream_config(uport, uadmin)))
+        servers["upstream"] = ev.start("upstream", path, uadmin, workdir, port=uport, pin=args.pin)
+        port, admin = h.free_port(), h.free_port()
+        policy = epb.bench_policy(workdir)
+        path = workdir / "interleaved.json"
+        path.write_text(json.dumps(interleaved_config(deployed, port, admin, 0, uport, policy)))
+        mixed = servers["interleaved"] = ev.start(
+            "interleaved", path, admin, workdir, port=port, pin=args.pin
+        )
+        sizes = {}
+        for name, (_, route, status) in ROUTES.items():
+            got, names, sizes[name] = listed(mixed, route)
+            want = epb.VISIBLE if name == "module" else [t["name"] for t in epb.TOOLS]
+            if got != status or names != want:
+                raise SystemExit(f"{name}: tools/list answered {got} with {len(names)} tools")
+        urls = [f"http://127.0.0.1:{mixed.port}{path}" for _, path, _ in ROUTES.values()]
+        h.warm(urls, body, args.warmup, args, headers)
+        for i in range(1, args.runs + 1):
+            r = Interleaved("interleaved", "single", i, n=args.n_single)
+            each = sum(sizes["plain" if turn == "next" else turn] for turn in TURNS)
+            r = interleaved(r, mixed, body, workdir, args, headers, each)
+            runs.append(r)
+            print(
+                f"lists interleaved run {i}: p50 "
+                + "  ".join(f"{k} {h.fmt_us(v)}" for k, v in r.p50s.items())
+                + f"  {'; '.join(r.problems) or 'ok'}",
+                file=sys.stderr,
+            )
+            if r.problems:
+                raise SystemExit(f"interleaved run {i} failed its checks: {r.problems}")
+    finally:
+        for server in servers.values():
+            server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    def added(a: str, b: str = "plain") -> list[float]:
+        return [r.p50s[a] - r.p50s[b] for r in runs]
+
+    def shown(xs: list[float]) -> str:
+        return ", ".join(h.fmt_added(x) for x in xs)
+
+    module = statistics.median(added("module"))
+    p50s = {k: statistics.median(r.p50s[k] for r in runs) for k in TURNS}
+    lines = [
+        h.written_by("envoy_module_bench.py")
+        + (
+            "; pinned: Envoy (one worker) and the stand-in server on CPU 0, h2load on CPU 1"
+            if args.pin
+            else "; unpinned"
+        )
+        + f"; one in flight, {args.n_single:,} lists a route a run, {args.runs} runs, medians.",
+        "",
+        f"A `tools/list` of {len(epb.TOOLS)} tools ({sizes['plain']:,} bytes) from bench/"
+        "ext_proc_bench.py's stand-in server (an Envoy answering constants over HTTP/1.1), "
+        "through one Envoy whose routes h2load takes in this order, request by request, round "
+        f"and round: no filter ({h.fmt_us(p50s['next'])} p50, after the module's request), no "
+        f"filter again ({h.fmt_us(p50s['plain'])}), Envoy's buffer filter "
+        f"({h.fmt_us(p50s['buffer'])}), "
+        f"the floor module ({h.fmt_us(p50s['floor'])}), toolgate's module, which reads the "
+        f"answer and sends on the {len(epb.VISIBLE)} tools the caller may see "
+        f"({sizes['module']:,} bytes; {h.fmt_us(p50s['module'])}).",
+        "",
+        f"Added at p50 over the second request with no filter (aim ≤ {AIM_LIST_ADDED_US:.0f} "
+        "µs): "
+        f"toolgate's module **{h.fmt_added(module)}** "
+        f"({h.verdict(module, AIM_LIST_ADDED_US, False)}; runs {shown(added('module'))}); "
+        f"the floor module {h.fmt_added(statistics.median(added('floor')))}, Envoy's buffer "
+        f"filter {h.fmt_added(statistics.median(added('buffer')))}; the request after each of "
+        f"the module's, with no filter, {h.fmt_added(statistics.median(added('next')))} (runs "
+        f"{shown(added('next'))}). Through ext_proc the same list adds about half a "
+        "millisecond over ext_authz alone (the ext_proc section).",
+        "",
+        "Checks: by hand before the runs, each route's tools/list answered with its status, "
+        f"{len(epb.TOOLS)} tools but through toolgate's module the {len(epb.VISIBLE)} the "
+        "caller may see; every run: each answer the route's (its status, in the order sent), "
+        "the bytes received exactly the routes' answers, Envoy's `downstream_rq_2xx` up by the "
+        "requests.",
+        "",
+        h.busy_line(runs) + f" Took {time.monotonic() - started:.0f} s.",
+    ]
+    name = "envoy-module-list" + ("-pinned" if args.pin else "")
+    h.publish(name, "\n".join(lines), "envoy_module_bench.py", SECTION, args.write)
+    return 0
+
+
+def built_modules(workdir: Path) -> Path:
+    """toolgate's module as Envoy's users load it (a release build) and the floor module, in a
+    directory of ``workdir``."""
+    build = ["bash", str(h.ROOT / "scripts" / "build-envoy-module")]
+    release = {**os.environ, "TOOLGATE_BUILD_PROFILE": "release"}
+    built = subprocess.run(build, check=True, capture_output=True, text=True, env=release)
+    return modules_dir(workdir, Path(built.stdout.strip().splitlines()[-1]))
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("-n1", "--n-single", type=int, default=5_000, help="one in flight, per run")
@@ -262,17 +418,20 @@ def main() -> int:
     p.add_argument(
         "--traced", type=float, metavar="PCT", help="also Envoy and the module with tracing on"
     )
+    p.add_argument(
+        "--list",
+        action="store_true",
+        help="a tools/list of 100 tools, filtered by the module: its routes interleaved only",
+    )
     p.add_argument("--print", dest="write", action="store_false")
     args = p.parse_args()
     started = time.monotonic()
     configs = CONFIGS + ([] if args.traced is None else ["plain-traced", "module-traced"])
     tracing = None if args.traced is None else envoy_tracing(args.traced, h.free_port())
-    build = ["bash", str(h.ROOT / "scripts" / "build-envoy-module")]
-    release = {**os.environ, "TOOLGATE_BUILD_PROFILE": "release"}  # what Envoy users load
-    built = subprocess.run(build, check=True, capture_output=True, text=True, env=release)
+    if args.list:
+        return bench_lists(args, started)
     workdir = Path(tempfile.mkdtemp(prefix="envoy-module-bench-"))
-    toolgate = Path(built.stdout.strip().splitlines()[-1])
-    os.environ["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = str(modules_dir(workdir, toolgate))
+    os.environ["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = str(built_modules(workdir))
     body = workdir / "tools-call.json"
     body.write_bytes(ev.REQUEST_BODY)
     servers: dict[str, h.Server] = {}
@@ -411,8 +570,10 @@ def main() -> int:
     lines += [
         "",
         f"**Interleaved on one Envoy** (one in flight, {args.n_single:,} requests a route a run, "
-        "h2load taking the routes in turn request by request: no filter, Envoy's buffer filter, "
-        "the floor module, toolgate's module), added at p50 over the route with no filter (aim "
+        "h2load taking the routes in this order, request by request, round and round: no "
+        "filter, no filter again, Envoy's buffer filter, the floor module, toolgate's module), "
+        "added at p50 over the second request with no filter (the first follows the module's; "
+        "aim "
         f"≤ {AIM_ADDED_P50_US:.0f} µs): toolgate's module **{together:+.1f} µs** "
         f"({h.verdict(together, AIM_ADDED_P50_US, False)}; runs "
         + ", ".join(f"{x:+.1f}" for x in mixed("module"))
@@ -420,7 +581,10 @@ def main() -> int:
         f"{median(mixed('floor')):+.1f} µs (runs "
         + ", ".join(f"{x:+.1f}" for x in mixed("floor"))
         + f"); toolgate's module over the floor {median(mixed('module', 'floor')):+.1f} µs "
-        "(runs " + ", ".join(f"{x:+.1f}" for x in mixed("module", "floor")) + ").",
+        "(runs " + ", ".join(f"{x:+.1f}" for x in mixed("module", "floor")) + "); the request "
+        f"after each of the module's, with no filter, {median(mixed('next')):+.1f} µs (runs "
+        + ", ".join(f"{x:+.1f}" for x in mixed("next"))
+        + ").",
         "",
         f"Separate Envoys, added at p50, one in flight: module **{module:+.1f} µs** (runs "
         f"{each}), ext_authz to the sidecar +{authz:.0f} µs; a module that only holds the body "

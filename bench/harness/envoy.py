@@ -321,10 +321,12 @@ def run(r: Run, envoy: h.Server, toolgate: h.Server, body: Path, workdir: Path, 
 # --- by hand -------------------------------------------------------------------------------------
 
 
-def post(envoy: h.Server, body: bytes, **headers: str) -> tuple[int, dict[str, str], bytes]:
-    """One POST /mcp over HTTP/1.1: status, headers (lower case), body."""
+def post(
+    envoy: h.Server, body: bytes, *, path: str = "/mcp", **headers: str
+) -> tuple[int, dict[str, str], bytes]:
+    """One POST (to ``path``) over HTTP/1.1: status, headers (lower case), body."""
     req = urllib.request.Request(
-        f"http://127.0.0.1:{envoy.port}/mcp", data=body, headers={**HEADERS, **headers}
+        f"http://127.0.0.1:{envoy.port}{path}", data=body, headers={**HEADERS, **headers}
     )
     with urllib.request.urlopen(req, timeout=5) as resp:
         return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
