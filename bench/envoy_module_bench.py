@@ -346,6 +346,7 @@ def bench_lists(args, started: float) -> int:
         return ", ".join(h.fmt_added(x) for x in xs)
 
     module = statistics.median(added("module"))
+    times = statistics.median(r.p50s["module"] / r.p50s["plain"] for r in runs)
     p50s = {k: statistics.median(r.p50s[k] for r in runs) for k in TURNS}
     lines = [
         h.written_by("envoy_module_bench.py")
@@ -369,7 +370,8 @@ def bench_lists(args, started: float) -> int:
         f"Added at p50 over the second request with no filter (aim ≤ {AIM_LIST_ADDED_US:.0f} "
         "µs): "
         f"toolgate's module **{h.fmt_added(module)}** "
-        f"({h.verdict(module, AIM_LIST_ADDED_US, False)}; runs {shown(added('module'))}); "
+        f"({h.verdict(module, AIM_LIST_ADDED_US, False)}; runs {shown(added('module'))}; "
+        f"{times:.2f}{X} the baseline's p50); "
         f"the floor module {h.fmt_added(statistics.median(added('floor')))}, Envoy's buffer "
         f"filter {h.fmt_added(statistics.median(added('buffer')))}; the request after each of "
         f"the module's, with no filter, {h.fmt_added(statistics.median(added('next')))} (runs "
@@ -567,6 +569,8 @@ def main() -> int:
         return [r.p50s[a] - r.p50s[b] for r in interleaved_runs]
 
     together = median(mixed("module"))
+    # The added figure moves with the machine's speed from run to run; the ratio less.
+    times = median([r.p50s["module"] / r.p50s["plain"] for r in interleaved_runs])
     lines += [
         "",
         f"**Interleaved on one Envoy** (one in flight, {args.n_single:,} requests a route a run, "
@@ -577,7 +581,8 @@ def main() -> int:
         f"≤ {AIM_ADDED_P50_US:.0f} µs): toolgate's module **{together:+.1f} µs** "
         f"({h.verdict(together, AIM_ADDED_P50_US, False)}; runs "
         + ", ".join(f"{x:+.1f}" for x in mixed("module"))
-        + f"); Envoy's buffer filter {median(mixed('buffer')):+.1f} µs, the floor module "
+        + f"; {times:.2f}{X} the baseline's p50); Envoy's buffer filter "
+        f"{median(mixed('buffer')):+.1f} µs, the floor module "
         f"{median(mixed('floor')):+.1f} µs (runs "
         + ", ".join(f"{x:+.1f}" for x in mixed("floor"))
         + f"); toolgate's module over the floor {median(mixed('module', 'floor')):+.1f} µs "
