@@ -172,7 +172,8 @@ def interleaved(
 ) -> Interleaved:  # fmt: skip
     """``r.n`` requests a turn one in flight, the routes taken as ``TURNS`` says; each answer
     checked to be the route's (its status, in the order h2load sent them), Envoy's counter to
-    match, and (given ``answer_bytes``, what one round of the turns answers) the bytes."""
+    match, and (given ``answer_bytes``, what one round of the turns answers) the bytes: a run
+    that fails a check ends the bench."""
     s0 = ev.stats(envoy)
     routes = [ROUTES["plain" if turn == "next" else turn] for turn in TURNS]
     urls = [f"http://127.0.0.1:{envoy.port}{path}" for _, path, _ in routes]
@@ -198,6 +199,14 @@ def interleaved(
     answered = ev.diff(ev.stats(envoy), s0).get("http.mcp.downstream_rq_2xx")
     if answered != r.n * len(want):
         r.problems.append(f"downstream_rq_2xx +{answered} (want {r.n * len(want)})")
+    print(
+        f"interleaved run {r.index}: p50 "
+        + "  ".join(f"{k} {h.fmt_us(v)}" for k, v in r.p50s.items())
+        + f"  {'; '.join(r.problems) or 'ok'}",
+        file=sys.stderr,
+    )
+    if r.problems:
+        raise SystemExit(f"interleaved run {r.index} failed its checks: {r.problems}")
     return r
 
 
@@ -324,16 +333,7 @@ def bench_lists(args, started: float) -> int:
         for i in range(1, args.runs + 1):
             r = Interleaved("interleaved", "single", i, n=args.n_single)
             each = sum(sizes["plain" if turn == "next" else turn] for turn in TURNS)
-            r = interleaved(r, mixed, body, workdir, args, headers, each)
-            runs.append(r)
-            print(
-                f"lists interleaved run {i}: p50 "
-                + "  ".join(f"{k} {h.fmt_us(v)}" for k, v in r.p50s.items())
-                + f"  {'; '.join(r.problems) or 'ok'}",
-                file=sys.stderr,
-            )
-            if r.problems:
-                raise SystemExit(f"interleaved run {i} failed its checks: {r.problems}")
+            runs.append(interleaved(r, mixed, body, workdir, args, headers, each))
     finally:
         for server in servers.values():
             server.stop()
@@ -481,16 +481,7 @@ def main() -> int:
             for i in range(1, args.runs + 1):
                 if load == "single":
                     mixed_run = Interleaved("interleaved", load, i, n=n)
-                    mixed_run = interleaved(mixed_run, mixed, body, workdir, args)
-                    interleaved_runs.append(mixed_run)
-                    print(
-                        f"single interleaved run {i}: p50 "
-                        + "  ".join(f"{k} {h.fmt_us(v)}" for k, v in mixed_run.p50s.items())
-                        + f"  {'; '.join(mixed_run.problems) or 'ok'}",
-                        file=sys.stderr,
-                    )
-                    if mixed_run.problems:
-                        raise SystemExit(f"interleaved run {i} failed: {mixed_run.problems}")
+                    interleaved_runs.append(interleaved(mixed_run, mixed, body, workdir, args))
                 for name in h.rotated(configs, i):
                     r = ev.run(
                         ev.Run(name, load, i, c, m, n),
