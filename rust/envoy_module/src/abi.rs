@@ -386,7 +386,7 @@ impl Stream {
 
     /// Append the chunks of body `kind` to `out`.
     pub fn body_into(self, kind: u32, out: &mut Vec<u8>) {
-        // SAFETY: as for `headers`.
+        // SAFETY: as for `each_header`.
         unsafe {
             let n = envoy_dynamic_module_callback_http_get_body_chunks_size(self.0, kind);
             let mut chunks = vec![EnvoyBuffer::EMPTY; n];
@@ -409,7 +409,7 @@ impl Stream {
     pub fn request_body(self) -> Vec<u8> {
         let mut body = Vec::new();
         self.body_into(BUFFERED_REQUEST_BODY, &mut body);
-        // SAFETY: as for `headers`.
+        // SAFETY: as for `each_header`.
         if !unsafe { envoy_dynamic_module_callback_http_received_buffered_request_body(self.0) } {
             self.body_into(RECEIVED_REQUEST_BODY, &mut body);
         }
@@ -426,7 +426,7 @@ impl Stream {
     /// Put `bytes` in place of the body's parts of the kinds `drained`, as body of kind `into`
     /// (the chunk at hand, or in the trailers' hook, where there is none, the buffered body).
     pub fn replace_body(self, drained: &[u32], into: u32, bytes: &[u8]) {
-        // SAFETY: as for `headers`; Envoy copies the bytes.
+        // SAFETY: as for `each_header`; Envoy copies the bytes.
         unsafe {
             for &kind in drained {
                 let size = envoy_dynamic_module_callback_http_get_body_size(self.0, kind);
@@ -446,7 +446,7 @@ impl Stream {
 
     /// Bytes of the request body so far: what Envoy buffered and the chunk at hand.
     pub fn request_body_size(self) -> usize {
-        // SAFETY: as for `headers`.
+        // SAFETY: as for `each_header`.
         unsafe {
             envoy_dynamic_module_callback_http_get_body_size(self.0, BUFFERED_REQUEST_BODY)
                 + envoy_dynamic_module_callback_http_get_body_size(self.0, RECEIVED_REQUEST_BODY)
@@ -456,7 +456,7 @@ impl Stream {
     /// The downstream connection's peer, `IP:PORT`, when Envoy knows it.
     pub fn source_address(self) -> Option<String> {
         let mut out = EnvoyBuffer::EMPTY;
-        // SAFETY: as for `headers`; the bytes are copied before the hook returns.
+        // SAFETY: as for `each_header`; the bytes are copied before the hook returns.
         unsafe {
             envoy_dynamic_module_callback_http_filter_get_attribute_string(
                 self.0,
@@ -471,7 +471,7 @@ impl Stream {
     /// gives: a string object's string), when the stream has one.
     pub fn filter_state(self, key: &str) -> Option<Vec<u8>> {
         let mut out = EnvoyBuffer::EMPTY;
-        // SAFETY: as for `headers`; the bytes are copied before the hook returns.
+        // SAFETY: as for `each_header`; the bytes are copied before the hook returns.
         unsafe {
             envoy_dynamic_module_callback_http_get_filter_state_bytes(
                 self.0,
@@ -484,7 +484,7 @@ impl Stream {
 
     /// Set header `key` to `value`, in place of every value it had.
     pub fn set_header(self, kind: u32, key: &str, value: &str) {
-        // SAFETY: as for `headers`; Envoy copies the bytes.
+        // SAFETY: as for `each_header`; Envoy copies the bytes.
         unsafe {
             envoy_dynamic_module_callback_http_set_header(
                 self.0,
@@ -498,7 +498,7 @@ impl Stream {
     /// Set `key` to `value` in the stream's dynamic metadata under `namespace`, for the
     /// access log and the filters after this one.
     pub fn set_metadata(self, namespace: &str, key: &str, value: &str) {
-        // SAFETY: as for `headers`; Envoy copies the bytes.
+        // SAFETY: as for `each_header`; Envoy copies the bytes.
         unsafe {
             envoy_dynamic_module_callback_http_set_dynamic_metadata_string(
                 self.0,
@@ -531,7 +531,7 @@ impl Stream {
 
     fn change_stat(self, change: StatChange, id: usize, labels: &[String], value: u64) {
         let labels = buffers(labels);
-        // SAFETY: as for `headers`; Envoy copies the label values.
+        // SAFETY: as for `each_header`; Envoy copies the label values.
         unsafe { change(self.0, id, labels.as_ptr(), labels.len(), value) };
     }
 
@@ -541,7 +541,7 @@ impl Stream {
             ptr: std::ptr::null(),
             length: 0,
         };
-        // SAFETY: as for `headers`; a value without bytes removes the header.
+        // SAFETY: as for `each_header`; a value without bytes removes the header.
         unsafe {
             envoy_dynamic_module_callback_http_set_header(
                 self.0,
@@ -561,7 +561,7 @@ impl Stream {
         details: &str,
     ) {
         let mut headers = module_headers(headers);
-        // SAFETY: as for `headers`; the vectors outlive the call.
+        // SAFETY: as for `each_header`; the vectors outlive the call.
         unsafe {
             envoy_dynamic_module_callback_http_send_response(
                 self.0,
@@ -589,7 +589,7 @@ impl Stream {
     ) -> Result<u64, u32> {
         let mut headers = module_headers(headers);
         let mut id = 0u64;
-        // SAFETY: as for `headers`; Envoy copies the headers and the body.
+        // SAFETY: as for `each_header`; Envoy copies the headers and the body.
         let started = unsafe {
             envoy_dynamic_module_callback_http_filter_start_http_stream(
                 self.0,
