@@ -2,29 +2,30 @@
 Envoy's own buffer filter (the floor of any filter that decides on the whole body), and with
 ext_authz to the native sidecar. Run on purpose, never by the tests.
 
-Five Envoys from the deployed listener (deploy/envoy/mcp-ext-authz.yaml, as Envoy parses it),
+Six Envoys from the deployed listener (deploy/envoy/mcp-ext-authz.yaml, as Envoy parses it),
 the ``/mcp`` route answering with a ``direct_response`` (or, ``--upstream``, going on to an
 Envoy standing in for the MCP server): ``plain`` (no filter), ``buffer`` (Envoy's buffer
 filter: the request held until its body is whole, nothing read), ``floor`` (a dynamic module
 that does the same and nothing else, bench/envoy_module_floor/floor.c: what Envoy spends on any
-module's hooks), ``authz-tcp`` (ext_authz to ``toolgate serve`` on 127.0.0.1) and ``module``
-(toolgate's dynamic module, built by scripts/build-envoy-module, deciding in Envoy's worker with
-the same policy). h2load over
-h2c, one in flight (``-c 1 -m 1``) and loaded (``-c 4 -m 2``), the configs taking turns with
-the order rotated each run; every run checked (all HTTP 200, Envoy's counters; the sidecar's
-limit for ext_authz), and the module probed to decide (an allowed call passes with its
-decision's headers, a denied one is answered in the server's place). Added = config - plain,
-per run, median over the runs; the module's own share is module - floor. Aims: ≤ 20 µs added
-at p50 one in flight; loaded throughput ≥ 0.9 times plain.
+module's hooks), ``callbacks`` (the same built with ``-DCALLBACKS``: it also makes toolgate's
+module's calls into Envoy, with constant values), ``authz-tcp`` (ext_authz to ``toolgate
+serve`` on 127.0.0.1) and ``module`` (toolgate's dynamic module, built by
+scripts/build-envoy-module, deciding in Envoy's worker with the same policy). h2load over h2c,
+one in flight (``-c 1 -m 1``) and loaded (``-c 4 -m 2``), the configs taking turns with the
+order rotated each run; every run checked (all HTTP 200, Envoy's counters; the sidecar's limit
+for ext_authz), and the module probed to decide (an allowed call passes with its decision's
+headers, a denied one is answered in the server's place). Added = config - plain, per run,
+median over the runs; the module's own share is module - floor. Aims: ≤ 20 µs added at p50 one
+in flight; loaded throughput ≥ 0.9 times plain.
 
 The one-in-flight aim is judged on one more Envoy, ``interleaved``: one process whose routes
-each run one of those filters alone (``/buffer``, ``/floor``, toolgate's module on ``/mcp``) or
-none (``/plain``), which h2load takes in turn, request by request, on one connection (the
-route with no filter twice: once after the module's request, what that leaves the next request,
-and once after its own, the baseline). Separate Envoys differ by where each one's worker runs
-and what its core last ran, which on this machine moves Envoy alone's own p50 by half between
-runs; requests taking turns in one process meet the same machine, so the differences between
-routes hold from run to run.
+each run one of those filters alone (``/buffer``, ``/floor``, ``/callbacks``, toolgate's module
+on ``/mcp``) or none (``/plain``), which h2load takes in turn, request by request, on one
+connection (the route with no filter twice: once after the module's request, what that leaves
+the next request, and once after its own, the baseline). Separate Envoys differ by where each
+one's worker runs and what its core last ran, which on this machine moves Envoy alone's own p50
+by half between runs; requests taking turns in one process meet the same machine, so the
+differences between routes hold from run to run.
 
 ``--list``: the interleaved Envoy alone, its routes going on to bench/ext_proc_bench.py's
 stand-in server and its tools/list of 100 tools, which toolgate's module filters for the caller
@@ -76,7 +77,7 @@ SECTION = "## Envoy with toolgate's module: the decision in Envoy's process"
 #: How the table's "added" columns name a config.
 LABELS = {"authz-tcp": "ext_authz"}
 X = h.X
-CONFIGS = ["plain", "buffer", "floor", "authz-tcp", "module"]
+CONFIGS = ["plain", "buffer", "floor", "callbacks", "authz-tcp", "module"]
 FLOOR_SOURCE = h.ROOT / "bench" / "envoy_module_floor" / "floor.c"
 ABI_RS = h.ROOT / "rust" / "envoy_module" / "src" / "abi.rs"
 
@@ -114,13 +115,14 @@ ROUTES = {
     "plain": (None, "/plain", 201),
     "buffer": ("envoy.filters.http.buffer", "/buffer", 202),
     "floor": ("toolgate_floor", "/floor", 203),
+    "callbacks": ("toolgate_callbacks", "/callbacks", 207),
     "module": ("toolgate", "/mcp", 200),
 }
 #: The order h2load takes the routes in, round and round: the route with no filter twice, so
 #: that one of its requests follows toolgate's module's (``next``: what the module's request
 #: leaves the one after it, as caches it evicted) and the other follows one with no filter
 #: (``plain``: the baseline every route is compared with).
-TURNS = ("next", "plain", "buffer", "floor", "module")
+TURNS = ("next", "plain", "buffer", "floor", "callbacks", "module")
 #: A filter left out of a route.
 FILTER_OFF = {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": True}
 
@@ -129,16 +131,17 @@ def interleaved_config(
     deployed: dict, listen: int, admin: int, tport: int, upstream: int | None,
     policy: Path = h.POLICY,
 ) -> dict:  # fmt: skip
-    """One Envoy with Envoy's buffer filter, the floor module and toolgate's module, and a route
+    """One Envoy with Envoy's buffer filter, the floor modules and toolgate's module, and a route
     for each (``ROUTES``) that runs that filter alone, and one that runs none: h2load taking the
     routes in turn, request by request, compares them in one process, on one worker and one
-    connection, so that where the process and its worker run moves all four alike."""
+    connection, so that where the process and its worker run moves them all alike."""
     config = envoy_config(deployed, "plain", listen, admin, tport, upstream)
     (listener,) = config["static_resources"]["listeners"]
     hcm = ev.hcm_of(listener)
     added = {
         "buffer": BUFFER_FILTER,
         "floor": dynamic_module_filter("toolgate_floor"),
+        "callbacks": dynamic_module_filter("toolgate_callbacks"),
         "module": dynamic_module_filter(
             "toolgate", {"policy": str(policy), "server": ev.SERVER_ID}
         ),
@@ -211,16 +214,18 @@ def interleaved(
 
 
 def modules_dir(workdir: Path, toolgate: Path) -> Path:
-    """A directory holding toolgate's module and the floor module, built here with the C
-    compiler for the ABI version toolgate's module declares."""
+    """A directory holding toolgate's module and the floor module (and its `callbacks` build),
+    built here with the C compiler for the ABI version toolgate's module declares."""
     out = workdir / "modules"
     out.mkdir()
     shutil.copy(toolgate / "libtoolgate.so", out / "libtoolgate.so")
     (version,) = re.findall(r'ABI_VERSION: &\[u8\] = b"([^"\\]+)\\0";', ABI_RS.read_text())
     compiler = os.environ.get("CC", "cc")
     flags = ["-O2", "-shared", "-fPIC", f'-DABI_VERSION="{version}"']
-    target = out / "libtoolgate_floor.so"
-    subprocess.run([compiler, *flags, "-o", str(target), str(FLOOR_SOURCE)], check=True)
+    for name, more in (("floor", []), ("callbacks", ["-DCALLBACKS"])):
+        target = out / f"libtoolgate_{name}.so"
+        cmd = [compiler, *flags, *more, "-o", str(target), str(FLOOR_SOURCE)]
+        subprocess.run(cmd, check=True)
     return out
 
 
@@ -261,6 +266,7 @@ def envoy_config(
         ),
         "buffer": BUFFER_FILTER,
         "floor": dynamic_module_filter("toolgate_floor"),
+        "callbacks": dynamic_module_filter("toolgate_callbacks"),
     }.get(name)
     if added is not None:
         (listener,) = config["static_resources"]["listeners"]
@@ -554,6 +560,8 @@ def main() -> int:
     floor = median(added("single", "floor", "p50"))
     authz = median(added("single", "authz-tcp", "p50"))
     share = median(h.per_run(runs, "rps", "module", "plain", load="loaded"))
+    calls = median(h.per_run(runs, "rps", "callbacks", "plain", load="loaded"))
+    floors = median(h.per_run(runs, "rps", "floor", "plain", load="loaded"))
     each = ", ".join(f"{x:+.1f}" for x in added("single", "module", "p50"))
 
     def mixed(a: str, b: str = "plain") -> list[float]:
@@ -566,7 +574,8 @@ def main() -> int:
         "",
         f"**Interleaved on one Envoy** (one in flight, {args.n_single:,} requests a route a run, "
         "h2load taking the routes in this order, request by request, round and round: no "
-        "filter, no filter again, Envoy's buffer filter, the floor module, toolgate's module), "
+        "filter, no filter again, Envoy's buffer filter, the floor module, the floor module "
+        "making toolgate's calls into Envoy, toolgate's module), "
         "added at p50 over the second request with no filter (the first follows the module's; "
         "aim "
         f"≤ {AIM_ADDED_P50_US:.0f} µs): toolgate's module **{together:+.1f} µs** "
@@ -577,7 +586,11 @@ def main() -> int:
         f"{median(mixed('floor')):+.1f} µs (runs "
         + ", ".join(f"{x:+.1f}" for x in mixed("floor"))
         + f"); toolgate's module over the floor {median(mixed('module', 'floor')):+.1f} µs "
-        "(runs " + ", ".join(f"{x:+.1f}" for x in mixed("module", "floor")) + "); the request "
+        "(runs " + ", ".join(f"{x:+.1f}" for x in mixed("module", "floor")) + "), of which "
+        f"the calls into Envoy {median(mixed('callbacks', 'floor')):+.1f} µs (the `callbacks` "
+        "build of the floor: the same calls with constant values; runs "
+        + ", ".join(f"{x:+.1f}" for x in mixed("callbacks", "floor"))
+        + "); the request "
         f"after each of the module's, with no filter, {median(mixed('next')):+.1f} µs (runs "
         + ", ".join(f"{x:+.1f}" for x in mixed("next"))
         + ").",
@@ -587,7 +600,8 @@ def main() -> int:
         f"{floor:+.1f} µs, toolgate's module over it {own:+.1f} µs. Loaded throughput with "
         "the module "
         f"**{share:.2f}{X}** plain's (aim ≥ {AIM_THROUGHPUT}{X}: "
-        f"{h.verdict(share, AIM_THROUGHPUT, True)}).",
+        f"{h.verdict(share, AIM_THROUGHPUT, True)}); the floor module {floors:.2f}{X}, the floor "
+        f"making toolgate's calls into Envoy {calls:.2f}{X}.",
     ]
     if args.traced is not None:
 
