@@ -108,6 +108,19 @@ BUFFER_FILTER = {
 }
 
 
+def added_filters(policy: Path) -> dict[str, dict]:
+    """The filter each config adds to Envoy alone, by the config's name; toolgate's module
+    deciding with ``policy``."""
+    return {
+        "buffer": BUFFER_FILTER,
+        "floor": dynamic_module_filter("toolgate_floor"),
+        "callbacks": dynamic_module_filter("toolgate_callbacks"),
+        "module": dynamic_module_filter(
+            "toolgate", {"policy": str(policy), "server": ev.SERVER_ID}
+        ),
+    }
+
+
 #: The interleaved Envoy's routes: its filter's name in the listener (None: no filter), the
 #: route's path, and the status its answer carries, so that h2load's log says which route each
 #: request took. The module's answers 200, the status its follower reads as a call that ran.
@@ -138,15 +151,7 @@ def interleaved_config(
     config = envoy_config(deployed, "plain", listen, admin, tport, upstream)
     (listener,) = config["static_resources"]["listeners"]
     hcm = ev.hcm_of(listener)
-    added = {
-        "buffer": BUFFER_FILTER,
-        "floor": dynamic_module_filter("toolgate_floor"),
-        "callbacks": dynamic_module_filter("toolgate_callbacks"),
-        "module": dynamic_module_filter(
-            "toolgate", {"policy": str(policy), "server": ev.SERVER_ID}
-        ),
-    }
-    for name, f in added.items():
+    for name, f in added_filters(policy).items():
         hcm["http_filters"].insert(len(hcm["http_filters"]) - 1, {**f, "name": ROUTES[name][0]})
     (vhost,) = hcm["route_config"]["virtual_hosts"]
     (base,) = vhost["routes"]
@@ -260,14 +265,7 @@ def envoy_config(
         toolgate=tport,
         upstream=upstream,
     )
-    added = {
-        "module": dynamic_module_filter(
-            "toolgate", {"policy": str(h.POLICY), "server": ev.SERVER_ID}
-        ),
-        "buffer": BUFFER_FILTER,
-        "floor": dynamic_module_filter("toolgate_floor"),
-        "callbacks": dynamic_module_filter("toolgate_callbacks"),
-    }.get(name)
+    added = added_filters(h.POLICY).get(name)
     if added is not None:
         (listener,) = config["static_resources"]["listeners"]
         filters = ev.hcm_of(listener)["http_filters"]
@@ -289,7 +287,8 @@ def list_upstream_config(listen: int, admin: int) -> dict:
     config = epb.upstream_config(listen, admin)
     (listener,) = config["static_resources"]["listeners"]
     (vhost,) = ev.hcm_of(listener)["route_config"]["virtual_hosts"]
-    (listing,) = [r for r in vhost["routes"] if "list" in json.dumps(r["match"])]
+    wanted = {"name": epb.ANSWER_HEADER, "string_match": {"exact": "list"}}
+    (listing,) = [r for r in vhost["routes"] if r["match"].get("headers") == [wanted]]
     for _, path, status in ROUTES.values():
         route = copy.deepcopy(listing)
         route["match"] = {"path": path, "headers": listing["match"]["headers"]}
@@ -369,7 +368,8 @@ def bench_lists(args, started: float) -> int:
         f"and round: no filter ({h.fmt_us(p50s['next'])} p50, after the module's request), no "
         f"filter again ({h.fmt_us(p50s['plain'])}), Envoy's buffer filter "
         f"({h.fmt_us(p50s['buffer'])}), "
-        f"the floor module ({h.fmt_us(p50s['floor'])}), toolgate's module, which reads the "
+        f"the floor module ({h.fmt_us(p50s['floor'])}), the floor module making toolgate's "
+        f"calls into Envoy ({h.fmt_us(p50s['callbacks'])}), toolgate's module, which reads the "
         f"answer and sends on the {len(epb.VISIBLE)} tools the caller may see "
         f"({sizes['module']:,} bytes; {h.fmt_us(p50s['module'])}).",
         "",
@@ -398,7 +398,7 @@ def bench_lists(args, started: float) -> int:
 
 
 def built_modules(workdir: Path) -> Path:
-    """toolgate's module as Envoy's users load it (a release build) and the floor module, in a
+    """toolgate's module as Envoy's users load it (a release build) and the floor modules, in a
     directory of ``workdir``."""
     build = ["bash", str(h.ROOT / "scripts" / "build-envoy-module")]
     release = {**os.environ, "TOOLGATE_BUILD_PROFILE": "release"}
