@@ -14,6 +14,7 @@ import re
 import secrets
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,6 +38,7 @@ from hypothesis import strategies as st
 from jaeger import Jaeger, install, parent_of
 from mcp_servers import EverythingServer, ExampleServer
 from sidecar import Sidecar, decision_lines, wait_for
+from test_approvals import Approving, admin, approve_with_cli, wait_listed  # noqa: F401  (a fixture)
 from test_confirmation_e2e import POLICY as CONFIRMING
 from test_confirmation_e2e import asked_key, raw_call, yes
 from toolgate.v1 import decider_pb2 as pb
@@ -323,6 +325,8 @@ def test_through_envoy_the_agents_trace_holds_envoys_spans_and_toolgates_decisio
     assert decision["attributes"]["gen_ai.guardrail.verdict.type"] == "deny"
     assert decision["attributes"]["toolgate.decision.code"] == "CONDITION_FAILED"
     assert decision["attributes"]["jsonrpc.request.id"] == call["attributes"]["jsonrpc.request.id"]
+    # The revision the session agreed on, which the client's requests declare in a header.
+    assert decision["attributes"]["mcp.protocol.version"] == turn["protocol"]
     # Envoy's spans are in the same trace, under the agent's turn (the HTTP traceparent).
     envoy_spans = [s for s in spans if s["service"] == "envoy"]
     assert envoy_spans and all(s["traceID"] == trace_id for s in envoy_spans)
@@ -554,6 +558,7 @@ def test_the_modules_decision_is_a_span_under_envoys_in_the_agents_trace(
     assert attributes["gen_ai.tool.name"] == REFUSED
     assert attributes["mcp.method.name"] == "tools/call"
     assert attributes["jsonrpc.request.id"] == call["attributes"]["jsonrpc.request.id"]
+    assert attributes["mcp.protocol.version"] == turn["protocol"]
     assert attributes["gen_ai.guardrail.component.name"] == "toolgate"
     assert attributes["gen_ai.guardrail.security.policy.rule.id"] == lines[0]["rule"]
     assert attributes["toolgate.policy.revision"] == lines[0]["revision"]
@@ -568,17 +573,20 @@ def test_the_modules_decision_on_redis_is_a_span_too_made_on_a_decider_thread(
     jaeger: Jaeger, tmp_path: Path
 ):
     """On Redis the module decides on a thread of its own while Envoy's worker goes on: the
-    span is still Envoy's child, covers the decision, and its log line names it."""
+    span is still Envoy's child, covers the decision, says what its round trips to Redis
+    took (Envoy's span ABI cannot make a span of a wait already over), and its log line names
+    it. A stateless (2026-07-28) call declares its revision in its own _meta."""
     from redis_server import RedisServer
 
     log = tmp_path / "module.jsonl"
     trace_id = new_ids()[0]
+    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}
     body = json.dumps(
         {
             "jsonrpc": "2.0",
             "id": 3,
             "method": "tools/call",
-            "params": {"name": "create-ami", "arguments": {}},
+            "params": {"name": "create-ami", "arguments": {}, "_meta": meta},
         }
     ).encode()
     with RedisServer() as redis:
@@ -605,7 +613,14 @@ def test_the_modules_decision_on_redis_is_a_span_too_made_on_a_decider_thread(
 
             spans = jaeger.wait_trace(trace_id, decided)
     (decision,) = [s for s in spans if s["operationName"] == "tools/call create-ami"]
-    assert decision["attributes"]["gen_ai.guardrail.verdict.type"] == "allow"
+    attributes = decision["attributes"]
+    assert attributes["gen_ai.guardrail.verdict.type"] == "allow"
+    assert attributes["mcp.protocol.version"] == "2026-07-28"
+    # create-ami holds a limit: its decision asked Redis.
+    assert attributes["db.system.name"] == "redis"
+    assert int(attributes["toolgate.store.round_trips"]) >= 1
+    assert float(attributes["toolgate.store.waited_ms"]) > 0
+    assert "toolgate.store.failed" not in attributes
     assert parent_of(decision) in {s["spanID"] for s in spans if s is not decision}
     assert (line["trace_id"], line["span_id"]) == (trace_id, decision["spanID"])
 
@@ -764,8 +779,9 @@ def test_envoys_access_log_prints_each_decision_and_its_trace(
 def test_an_authzen_evaluation_is_a_span_under_its_requests_traceparent(
     jaeger: Jaeger, tmp_path: Path
 ):
+    log = tmp_path / "decisions.jsonl"
     args = ("--otlp-endpoint", jaeger.otlp_endpoint, "--authzen-listen", "127.0.0.1:0")
-    with Sidecar(POLICY, *args, env=QUICK) as sc:
+    with Sidecar(POLICY, *args, "--decision-log", str(log), env=QUICK) as sc:
         trace_id, parent = new_ids()
         evaluation = {
             "subject": {"type": "identity", "id": "g-tracing"},
@@ -778,9 +794,12 @@ def test_an_authzen_evaluation_is_a_span_under_its_requests_traceparent(
         )
         assert (status, answer["decision"]) == (200, True)
         (span,) = jaeger.wait_trace(trace_id, lambda s: len(toolgate_spans(s)) == 1)
+        (line,) = logged_at(log, 1)
     assert span["operationName"] == f"tools/call {ALLOWED}"
     assert parent_of(span) == parent
     assert span["attributes"]["gen_ai.guardrail.verdict.type"] == "allow"
+    # Its decision log line names the span, as every other API's does.
+    assert (line["trace_id"], line["span_id"]) == (trace_id, span["spanID"])
 
 
 def openmetrics(sc: Sidecar) -> str:
@@ -858,6 +877,65 @@ def test_a_call_waiting_on_a_persons_approval_names_the_approval_in_its_span(
     (span,) = jaeger.wait_trace(trace_id, lambda s: len(toolgate_spans(s)) == 1)
     assert span["attributes"]["gen_ai.guardrail.verdict.type"] == "escalate"
     assert span["attributes"]["toolgate.approval.id"] == answer.approval_id
+
+
+def test_an_approvers_decision_is_a_span_of_the_wait_under_the_decision_that_asked(
+    admin: Path,  # noqa: F811  (the approvals tests' fixture)
+    jaeger: Jaeger,
+):
+    """A call that waits on a person: once an approver decides, the trace of the call that
+    asked holds a span from when its approval opened to the decision, under the asking
+    decision's span, saying what came of it. A call asked in a trace that is not sampled
+    gets none."""
+    with Approving(admin, "--otlp-endpoint", jaeger.otlp_endpoint) as sc:
+
+        def asked(tool: str, ids: list[str], flags: str) -> tuple[str, str]:
+            trace_id, parent = new_ids()
+            request = pb.DecideRequest(
+                tool=tool,
+                subject=pb.Subject(grant="agent-key"),
+                arguments_json=json.dumps({"ids": ids}).encode(),
+            )
+            metadata = (("traceparent", f"00-{trace_id}-{parent}-{flags}"),)
+            raw = sc.sidecar.raw("Decide")(request.SerializeToString(), metadata=metadata)
+            answer = pb.DecideResponse.FromString(raw)
+            assert answer.verdict == pb.REQUIRE_APPROVAL
+            wait_listed(sc, answer.approval_id)
+            return trace_id, answer.approval_id
+
+        approved_trace, approved_id = asked("terminate_instances", ["i-1"], "01")
+        denied_trace, denied_id = asked("terminate_instances", ["i-2"], "01")
+        unsampled_trace, unsampled_id = asked("terminate_instances", ["i-3"], "00")
+        # The unsampled one first: its span, were there one, would go out before the others.
+        approve_with_cli(sc.admin_port, admin / "alice.token", unsampled_id)
+        before_ms = time.time_ns() // 1_000_000
+        approve_with_cli(sc.admin_port, admin / "alice.token", approved_id)
+        denied = sc.approvals("alice", "deny", denied_id)
+        assert denied[0]["state"] == "DENIED"
+        after_ms = time.time_ns() // 1_000_000 + 1
+        rows = {row["id"]: row for row in sc.listed("APPROVED") + sc.listed("DENIED")}
+
+        def two(spans: list[dict[str, Any]]) -> bool:
+            return len(toolgate_spans(spans)) == 2
+
+        for trace_id, id, outcome in [
+            (approved_trace, approved_id, "approved"),
+            (denied_trace, denied_id, "denied"),
+        ]:
+            spans = toolgate_spans(jaeger.wait_trace(trace_id, two))
+            named = {s["operationName"]: s for s in spans}
+            decision = named["tools/call terminate_instances"]
+            wait = named["approval terminate_instances"]
+            assert parent_of(wait) == decision["spanID"]
+            assert wait["attributes"]["toolgate.approval.id"] == id
+            assert wait["attributes"]["toolgate.approval.outcome"] == outcome
+            assert wait["attributes"]["gen_ai.tool.name"] == "terminate_instances"
+            # From the approval's opening to the approver's decision.
+            assert wait["startTime"] == int(rows[id]["created_ms"]) * 1000
+            ended = wait["startTime"] + wait["duration"]
+            assert before_ms * 1000 <= ended <= after_ms * 1000
+    # The unsampled call's trace was not kept, nor is its approver's decision.
+    assert jaeger.trace(unsampled_trace) == []
 
 
 @needs_envoy

@@ -4,7 +4,8 @@ every HTTP request's ``traceparent``; the SDK puts each call's own span in ``_me
 
     python tests/traced_mcp_client.py URL OTLP_ENDPOINT TOOL ARGUMENTS_JSON
 
-Prints ``{"trace_id": ..., "is_error": ..., "error": ...}`` once its spans are exported:
+Prints ``{"trace_id": ..., "protocol": ..., "is_error": ..., "error": ...}`` once its spans
+are exported (``protocol``: the revision the session agreed on, which its requests declare):
 ``error`` the JSON-RPC error's code where the call was refused with one (as agentgateway
 refuses), else ``is_error`` the result's."""
 
@@ -34,14 +35,14 @@ async def turn(url: str, tool: str, arguments: dict[str, object]) -> dict[str, o
             transport = streamable_http_client(url, http_client=http)
             async with transport as (read, write), ClientSession(read, write) as session:
                 with anyio.fail_after(60):
-                    await session.initialize()
+                    initialized = await session.initialize()
                     try:
                         result = await session.call_tool(tool, arguments)
                         answer: dict[str, object] = {"is_error": result.is_error, "error": None}
                     except MCPError as e:
                         answer = {"is_error": None, "error": e.error.code}
         trace_id = format(root.get_span_context().trace_id, "032x")
-    return {"trace_id": trace_id, **answer}
+    return {"trace_id": trace_id, "protocol": initialized.protocol_version, **answer}
 
 
 def main() -> None:

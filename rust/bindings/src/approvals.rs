@@ -10,6 +10,7 @@ use toolgate_core::asking::approval::{ApprovalEvent, ApprovalId, ApprovalKey, Ow
 use toolgate_core::Clock;
 use toolgate_runtime::approvals::table::{ApprovalTable, Slot, State};
 use toolgate_runtime::approvals::{ApprovalEvents, Approvals};
+use toolgate_server::approval_spans::ApprovalSpans;
 
 /// A sidecar's approvals (from `Sidecar.take_approvals`).
 #[pyclass(name = "Approvals", module = "toolgate._core", frozen)]
@@ -20,6 +21,8 @@ pub struct PyApprovals {
     pub(crate) clock: Arc<dyn Clock>,
     /// A table file of another layout version that opening this one set aside.
     pub(crate) set_aside: Option<std::path::PathBuf>,
+    /// Where the sidecar traces: approvers' decisions are spans in their calls' traces.
+    pub(crate) spans: Option<ApprovalSpans>,
 }
 
 fn id_of(text: &str) -> PyResult<ApprovalId> {
@@ -90,6 +93,9 @@ impl PyApprovals {
                 let d = PyDict::new(py);
                 match e {
                     ApprovalEvent::Opened(o) => {
+                        if let Some(spans) = &self.spans {
+                            spans.opened(&o);
+                        }
                         d.set_item("event", "opened")?;
                         d.set_item("id", o.id.to_string())?;
                         d.set_item("key", o.key.to_string())?;
@@ -134,6 +140,9 @@ impl PyApprovals {
             .table()
             .decide(id_of(id)?, approve, now)
             .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        if let Some(spans) = &self.spans {
+            spans.decided(slot.id, approve, now);
+        }
         slot_dict(py, &slot)
     }
 

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use toolgate_core::{Clock, MonotonicClock};
+use toolgate_server::approval_spans::ApprovalSpans;
 use toolgate_server::sidecar::{Error, Sidecar};
 
 fn raise(e: Error) -> PyErr {
@@ -109,6 +110,7 @@ impl PySidecar {
             events,
             clock: self.inner.engine.clock(),
             set_aside: self.inner.approvals_set_aside.clone(),
+            spans: self.inner.spans().map(ApprovalSpans::new),
         }))
     }
 

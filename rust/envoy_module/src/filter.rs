@@ -21,6 +21,7 @@ use toolgate_core::counter::Peer;
 use toolgate_core::decision::Code;
 use toolgate_core::engine::gate::{self, Follow, Gate, HttpCall, SpanOpener};
 use toolgate_core::mcp::reply;
+use toolgate_core::mcp::revision::Revision;
 use toolgate_core::observing::stats::Api;
 use toolgate_core::observing::trace_ids;
 use toolgate_core::Engine;
@@ -117,6 +118,11 @@ impl Headers {
 
     fn get(&self, name: &str) -> Option<&str> {
         (&self).header(name)
+    }
+
+    /// The protocol revision the request declared in its `MCP-Protocol-Version` header.
+    fn revision(&self) -> Option<Revision> {
+        Revision::parse(self.get("mcp-protocol-version")?)
     }
 }
 
@@ -312,7 +318,8 @@ impl Filter {
         let next = match &config.deciders {
             Some(deciders) => self.hand_off(config, deciders, stream, headers, body),
             None => {
-                let naming = self.span.as_ref().map(|s| Naming::new(s.ids));
+                let revision = headers.revision();
+                let naming = self.span.as_ref().map(|s| Naming::new(s.ids, revision));
                 let judged = judge(config, &headers, &body, naming);
                 self.finish(config, stream, judged, &headers, &body, into)
             }
@@ -357,10 +364,10 @@ impl Filter {
         );
         let scheduler = stream.scheduler();
         let back = Arc::clone(&slot);
-        let traced = self.span.as_ref().map(|s| s.ids);
+        let traced = self.span.as_ref().map(|s| (s.ids, headers.revision()));
         let job = Box::new(move || {
             let judged = catch_unwind(AssertUnwindSafe(|| {
-                let naming = traced.map(Naming::new);
+                let naming = traced.map(|(ids, revision)| Naming::new(ids, revision));
                 judge_with(&engine, &authz, server.as_deref(), &headers, &body, naming)
             }));
             let handed = judged.map(|j| (j, headers, body)).map_err(|_| ());

@@ -13,11 +13,13 @@ use crate::abi::{ChildSpan, Stream};
 use opentelemetry::KeyValue;
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use toolgate_core::decision::Decision;
 use toolgate_core::engine::gate::SpanOpener;
 use toolgate_core::kind::Listed;
 use toolgate_core::mcp::request::Parsed;
-use toolgate_core::observing::trace_ids::{self, TraceIds};
+use toolgate_core::mcp::revision::Revision;
+use toolgate_core::observing::trace_ids::{self, TraceIds, Wait};
 use toolgate_server::answer::ListTrace;
 use toolgate_server::spans::{decided, guardrail, list_named, Asked, Named, UNNAMED};
 
@@ -110,28 +112,55 @@ impl ListTrace for Noter {
 /// the worker.
 pub struct Naming {
     ids: Option<TraceIds>,
+    /// The revision the request's headers declared (`MCP-Protocol-Version`).
+    revision: Option<Revision>,
     named: RefCell<Option<Named>>,
 }
 
 impl Naming {
-    pub fn new(ids: Option<TraceIds>) -> Naming {
+    pub fn new(ids: Option<TraceIds>, revision: Option<Revision>) -> Naming {
         Naming {
             ids,
+            revision,
             named: RefCell::new(None),
         }
     }
 
-    /// What the request asked, once read.
+    /// What the request asked, once read, and what its decision waited on.
     pub fn named(self) -> Option<Named> {
-        // A Redis round trip noted for a span: the module's span covers it.
-        trace_ids::take_waits();
-        self.named.into_inner()
+        let waits = trace_ids::take_waits();
+        let mut named = self.named.into_inner()?;
+        named.attributes.extend(waited(&waits));
+        Some(named)
     }
+}
+
+/// What a decision's round trips to its store took, as attributes of its span: Envoy's span
+/// ABI starts a span when it is made, so a wait already over (on a decider thread) cannot be
+/// a span of its own with its own times, as the sidecar's are.
+fn waited(waits: &[Wait]) -> Vec<KeyValue> {
+    let Some(first) = waits.first() else {
+        return Vec::new();
+    };
+    let took: Duration = waits.iter().map(|w| w.took).sum();
+    let mut out = vec![
+        KeyValue::new("db.system.name", first.system),
+        KeyValue::new("toolgate.store.round_trips", waits.len() as i64),
+        KeyValue::new("toolgate.store.waited_ms", took.as_secs_f64() * 1e3),
+    ];
+    if waits.iter().any(|w| w.failed) {
+        out.push(KeyValue::new("toolgate.store.failed", true));
+    }
+    out
 }
 
 impl SpanOpener for Naming {
     fn open(&self, read: Option<&Parsed>) -> Option<TraceIds> {
-        let asked = read.map_or_else(Asked::default, |parsed| Asked::of(&parsed.request));
+        let asked = read.map_or_else(Asked::default, Asked::read);
+        let asked = Asked {
+            revision: asked.revision.or(self.revision),
+            ..asked
+        };
         *self.named.borrow_mut() = Some(asked.named());
         self.ids
     }
@@ -161,9 +190,11 @@ fn ids_of(trace: &str, span: &str) -> Option<TraceIds> {
         }
         (out != [0u8; N]).then_some(out)
     }
+    // Envoy's span ABI does not say whether the span is sampled; only the log line reads it.
     Some(TraceIds {
         trace_id: hex(trace)?,
         span_id: hex(span)?,
+        sampled: true,
     })
 }
 

@@ -9,6 +9,7 @@
 //! writes the response message.
 
 pub mod answer;
+pub mod approval_spans;
 pub mod authz;
 pub mod authzen;
 pub mod authzen_listener;

@@ -100,6 +100,11 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
+    /// Where decisions' spans are exported, if they are (`--otlp-endpoint`).
+    pub fn spans(&self) -> Option<Arc<Spans>> {
+        self.spans.clone()
+    }
+
     pub fn assemble(
         policy: Policy,
         options: Options,

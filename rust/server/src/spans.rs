@@ -18,7 +18,8 @@
 
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{
-    Span as _, SpanKind, TraceContextExt, Tracer as _, TracerProvider as _,
+    Span as _, SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId, TraceState,
+    Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue, Value};
 use opentelemetry_otlp::{SpanExporter, WithExportConfig};
@@ -32,6 +33,7 @@ use toolgate_core::decision::{Code, Decision, Verdict};
 use toolgate_core::engine::gate::SpanOpener;
 use toolgate_core::kind::Listed;
 use toolgate_core::mcp::request::{McpRequest, Parsed};
+use toolgate_core::mcp::revision::Revision;
 use toolgate_core::mcp::trace_context::TraceCarrier;
 use toolgate_core::observing::trace_ids::{self, TraceIds};
 use toolgate_core::Kind;
@@ -175,6 +177,11 @@ fn parent_in<H: Headers + ?Sized>(headers: &H) -> Option<Context> {
     cx.span().span_context().is_valid().then_some(cx)
 }
 
+/// The protocol revision an HTTP request declares in its `MCP-Protocol-Version` header.
+pub fn revision_in<H: Headers + ?Sized>(headers: &H) -> Option<Revision> {
+    Revision::parse(headers.header("mcp-protocol-version")?)
+}
+
 /// A `traceparent` as W3C Trace Context writes it: `VV-TRACE-PARENT-FF`, lowercase hex of 2,
 /// 32, 16 and 2 digits, ids not all zero, version not `ff`; a later version may go on after
 /// a dash. The SDK's reader takes shorter ids, a sign and surrounding spaces too: text that
@@ -229,6 +236,9 @@ pub struct DecisionSpan<'a> {
     arrived: SystemTime,
     /// The transport's parent: the HTTP request's, else the gRPC call's.
     transport: Option<Context>,
+    /// The revision the HTTP request declared (`MCP-Protocol-Version`), for a message that
+    /// declares none itself.
+    transport_revision: Option<Revision>,
     span: RefCell<Option<Span>>,
 }
 
@@ -240,6 +250,7 @@ impl<'a> DecisionSpan<'a> {
             spans,
             arrived: SystemTime::now(),
             transport: transports.iter().find_map(|h| parent_in(*h)),
+            transport_revision: transports.iter().find_map(|h| revision_in(*h)),
             span: RefCell::new(None),
         }
     }
@@ -254,6 +265,10 @@ impl<'a> DecisionSpan<'a> {
         let mut span = guardrail_span(self.spans, &parent, self.arrived, "input");
         // Named and described only if it is kept: a span not sampled costs no text.
         if span.is_recording() {
+            let asked = Asked {
+                revision: asked.revision.or(self.transport_revision),
+                ..*asked
+            };
             let named = asked.named();
             span.update_name(named.name);
             span.set_attributes(named.attributes);
@@ -262,6 +277,7 @@ impl<'a> DecisionSpan<'a> {
         let ids = TraceIds {
             trace_id: context.trace_id().to_bytes(),
             span_id: context.span_id().to_bytes(),
+            sampled: context.is_sampled(),
         };
         *self.span.borrow_mut() = Some(span);
         ids
@@ -287,6 +303,7 @@ impl<'a> DecisionSpan<'a> {
             trace_ids::sampled(TraceIds {
                 trace_id: context.trace_id().to_bytes(),
                 span_id: context.span_id().to_bytes(),
+                sampled: true,
             });
         }
         span.end();
@@ -379,10 +396,54 @@ fn waited(spans: &Spans, parent: &Context, wait: &trace_ids::Wait) {
     span.end_with_timestamp(wait.started + wait.took);
 }
 
+/// A span for a person's decision on a call ([`crate::approval_spans`]): `approval TOOL`,
+/// from `opened_ms` to `decided_ms` (milliseconds since the Unix epoch), under `asked`, the
+/// span of the decision that asked for it, kept as that span is.
+pub fn approval_span(
+    spans: &Spans,
+    asked: TraceIds,
+    tool: &str,
+    id: &str,
+    opened_ms: u64,
+    decided_ms: u64,
+    approved: bool,
+) {
+    let parent = SpanContext::new(
+        TraceId::from_bytes(asked.trace_id),
+        SpanId::from_bytes(asked.span_id),
+        if asked.sampled {
+            TraceFlags::SAMPLED
+        } else {
+            TraceFlags::default()
+        },
+        true,
+        TraceState::default(),
+    );
+    let parent = Context::new().with_remote_span_context(parent);
+    let at = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+    let tool = bounded(tool);
+    let tracer = &spans.tracer;
+    let mut span = tracer
+        .span_builder(format!("approval {tool}"))
+        .with_kind(SpanKind::Internal)
+        .with_start_time(at(opened_ms))
+        .with_attributes([
+            KeyValue::new("gen_ai.guardrail.component.name", NAME),
+            KeyValue::new("gen_ai.tool.name", tool),
+            KeyValue::new("toolgate.approval.id", id.to_owned()),
+            KeyValue::new(
+                "toolgate.approval.outcome",
+                if approved { "approved" } else { "denied" },
+            ),
+        ])
+        .start_with_context(tracer, &parent);
+    span.end_with_timestamp(at(decided_ms.max(opened_ms)));
+}
+
 impl SpanOpener for DecisionSpan<'_> {
     fn open(&self, read: Option<&Parsed>) -> Option<TraceIds> {
         Some(match read {
-            Some(parsed) => self.start(&Asked::of(&parsed.request), parsed.trace.as_ref()),
+            Some(parsed) => self.start(&Asked::read(parsed), parsed.trace.as_ref()),
             None => self.start(&Asked::default(), None),
         })
     }
@@ -462,7 +523,7 @@ pub fn list_named(listed: Option<Listed>, removed: usize, refused: bool) -> Name
 }
 
 /// What a request asks, as the span names it.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Copy)]
 pub struct Asked<'a> {
     /// `mcp.method.name`; empty when the message could not be read.
     pub method: &'a str,
@@ -471,6 +532,8 @@ pub struct Asked<'a> {
     pub target_key: Option<&'static str>,
     /// The request read, whose id is `jsonrpc.request.id`.
     pub request: Option<&'a McpRequest>,
+    /// The protocol revision it declared (`mcp.protocol.version`).
+    pub revision: Option<Revision>,
 }
 
 impl<'a> Asked<'a> {
@@ -494,6 +557,15 @@ impl<'a> Asked<'a> {
             target,
             target_key,
             request: Some(request),
+            revision: None,
+        }
+    }
+
+    /// [`Asked::of`] a request as read, with the revision it declared.
+    pub fn read(parsed: &'a Parsed) -> Asked<'a> {
+        Asked {
+            revision: parsed.revision,
+            ..Asked::of(&parsed.request)
         }
     }
 
@@ -521,6 +593,12 @@ impl<'a> Asked<'a> {
             };
             attributes.push(KeyValue::new("jsonrpc.request.id", id));
         }
+        if let Some(revision) = self.revision {
+            attributes.push(KeyValue::new(
+                "mcp.protocol.version",
+                revision.as_str().to_owned(),
+            ));
+        }
         Named { name, attributes }
     }
 
@@ -531,6 +609,7 @@ impl<'a> Asked<'a> {
             target: (!tool.is_empty()).then_some(tool),
             target_key: TOOL,
             request: None,
+            revision: None,
         }
     }
 }
@@ -631,6 +710,40 @@ mod tests {
         let new = opened(&[], None);
         assert!(![trace_of(BODY), trace_of(HTTP), trace_of(GRPC), [0; 16]].contains(&new.trace_id));
         assert_ne!(new.span_id, [0; 8]);
+    }
+
+    #[test]
+    fn the_revision_a_message_declares_is_its_spans_protocol_version() {
+        let version = |body: &str| {
+            let parsed = toolgate_core::mcp::request::parse_message(body.as_bytes()).unwrap();
+            let named = Asked::read(&parsed).named();
+            let found = named
+                .attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == "mcp.protocol.version");
+            found.map(|kv| kv.value.as_str().into_owned())
+        };
+        let meta = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t",
+            "_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#;
+        assert_eq!(version(meta).as_deref(), Some("2026-07-28"));
+        let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize",
+            "params":{"protocolVersion":"2025-06-18","capabilities":{},
+            "clientInfo":{"name":"c","version":"1"}}}"#;
+        assert_eq!(version(init).as_deref(), Some("2025-06-18"));
+        // Only an initialize names it in protocolVersion; text that is no date is none.
+        let other =
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"protocolVersion":"2025-06-18"}}"#;
+        assert_eq!(version(other), None);
+        let junk = meta.replace("2026-07-28", r"2026-07-28\n<b>");
+        assert_eq!(version(&junk), None);
+        let header = HashMap::from([("mcp-protocol-version", "2025-11-25".to_owned())]);
+        assert_eq!(
+            revision_in(&header)
+                .map(|r| r.as_str().to_owned())
+                .as_deref(),
+            Some("2025-11-25")
+        );
+        assert_eq!(revision_in(&headers(HTTP)), None);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! that pending approvals are capped per grant and per rule ([`Caps`]): one caller, or a
 //! flood through one rule, cannot take every slot.
 
+use crate::observing::trace_ids::TraceIds;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::fmt;
@@ -329,6 +330,9 @@ pub struct Opened {
     pub expires_ms: u64,
     /// Who may approve; empty: anyone with an admin token.
     pub approvers: Vec<String>,
+    /// The span of the decision that asked, where it was traced: an approver's decision is
+    /// a span under it ([`crate::observing::trace_ids`]).
+    pub trace: Option<TraceIds>,
 }
 
 /// How a deployment runs approvals.

@@ -9,6 +9,7 @@ use crate::asking::approval_text::{preview, shown_id};
 use crate::decision::{Code, Decision, Limits};
 use crate::json::arg_json;
 use crate::json::args::ArgValue;
+use crate::observing::trace_ids;
 use crate::policy::compile::CompiledRule;
 
 /// What an approval-gated call may do.
@@ -93,6 +94,7 @@ impl Engine {
                         created_ms,
                         expires_ms,
                         approvers: r.approvers.iter().map(|a| a.to_string()).collect(),
+                        trace: trace_ids::current(),
                     })));
                 }
                 let left_s = expires_ms.saturating_sub(now_ms).div_ceil(1000);

@@ -7,6 +7,7 @@ pub mod known_answers;
 pub mod outcome;
 pub mod reply;
 pub mod request;
+pub mod revision;
 pub mod spans;
 pub mod sse;
 pub mod trace_context;

@@ -21,6 +21,7 @@ use crate::asking::confirmation::{Answer, Confirming, FIRST_REVISION, TOKEN_PREF
 use crate::json::fold::{fold_eq, folded};
 use crate::json::strict::{self, Ambiguity, StrictError};
 use crate::kind::Kind;
+use crate::mcp::revision::Revision;
 use crate::mcp::trace_context::{TraceCarrier, MAX_TRACEPARENT_BYTES, MAX_TRACESTATE_BYTES};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
@@ -213,6 +214,9 @@ pub struct Parsed {
     pub related_task: Option<String>,
     /// The trace context in its params' `_meta` (`traceparent`, `tracestate`).
     pub trace: Option<TraceCarrier>,
+    /// The protocol revision it declares (its params' `_meta`, or an `initialize`'s
+    /// `protocolVersion`): what a span says of it, never what decides it.
+    pub revision: Option<Revision>,
 }
 
 /// Where a request's `_meta` names the task it relates to.
@@ -285,6 +289,7 @@ pub fn parse_message(body: &[u8]) -> Result<Parsed, Refusal> {
                 request: McpRequest::Response { id },
                 related_task: None,
                 trace: None,
+                revision: None,
             });
         }
         _ => return Err(refuse(INVALID_REQUEST, "method must be a string", id)),
@@ -305,12 +310,25 @@ pub fn parse_message(body: &[u8]) -> Result<Parsed, Refusal> {
     };
     let related_task = related_task(&method, params.as_ref(), &id)?;
     let trace = trace_carrier(params.as_ref());
+    let revision = declared_revision(&method, params.as_ref());
     let request = asked(id, method, params)?;
     Ok(Parsed {
         request,
         related_task,
         trace,
+        revision,
     })
+}
+
+/// The protocol revision a request of `method` declares: in its params' `_meta` (MCP
+/// 2026-07-28 sends it with every request), else an `initialize`'s `protocolVersion`.
+fn declared_revision(method: &str, params: Option<&Map<String, Value>>) -> Option<Revision> {
+    let params = params?;
+    let meta = params.get("_meta").and_then(|m| m.get(META_VERSION));
+    let initialize = (method == "initialize")
+        .then(|| params.get("protocolVersion"))
+        .flatten();
+    Revision::parse(meta.or(initialize)?.as_str()?)
 }
 
 /// The task `params` relate the request to, read in one spelling: `_meta`'s
@@ -588,6 +606,7 @@ pub fn parse_params_related(method: &str, params: Option<&[u8]>) -> Result<Parse
     };
     let related_task = related_task(method, params.as_ref(), &None)?;
     let trace = trace_carrier(params.as_ref());
+    let revision = declared_revision(method, params.as_ref());
     let request = match asked(None, method.to_owned(), params)? {
         McpRequest::ToolCall {
             id,
@@ -608,6 +627,7 @@ pub fn parse_params_related(method: &str, params: Option<&[u8]>) -> Result<Parse
         request,
         related_task,
         trace,
+        revision,
     })
 }
 
@@ -669,13 +689,9 @@ fn confirming(params: &Map<String, Value>) -> Result<Confirming, &'static str> {
     let meta = params.get("_meta").and_then(Value::as_object);
     let revision = meta
         .and_then(|m| m.get(META_VERSION))
-        .and_then(Value::as_str);
-    // Revisions are dates, YYYY-MM-DD: compared as text, later is greater.
-    let recent = revision.is_some_and(|r| {
-        r.len() == FIRST_REVISION.len()
-            && r.bytes().all(|b| b.is_ascii_digit() || b == b'-')
-            && r >= FIRST_REVISION
-    });
+        .and_then(Value::as_str)
+        .and_then(Revision::parse);
+    let recent = revision.is_some_and(|r| Some(r) >= Revision::parse(FIRST_REVISION));
     let elicitation = meta
         .and_then(|m| m.get(META_CAPABILITIES))
         .and_then(|c| c.get("elicitation"))

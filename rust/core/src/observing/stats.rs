@@ -526,6 +526,7 @@ mod tests {
         let ids = TraceIds {
             trace_id: [3; 16],
             span_id: [4; 8],
+            sampled: true,
         };
         stats.record_duration(3_000);
         assert!(stats.durations().exemplars.iter().all(Option::is_none));

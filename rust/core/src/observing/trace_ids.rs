@@ -10,11 +10,13 @@
 use std::cell::{Cell, RefCell};
 use std::time::{Duration, SystemTime};
 
-/// A span's ids: the trace's 16 bytes and the span's 8.
+/// A span's ids: the trace's 16 bytes and the span's 8, and whether its tracer keeps it
+/// (sampled), so that a span made later under it (an approval's wait) is kept alike.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceIds {
     pub trace_id: [u8; 16],
     pub span_id: [u8; 8],
+    pub sampled: bool,
 }
 
 thread_local! {
@@ -103,6 +105,7 @@ mod tests {
     const IDS: TraceIds = TraceIds {
         trace_id: [7; 16],
         span_id: [9; 8],
+        sampled: true,
     };
 
     #[test]
