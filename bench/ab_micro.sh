@@ -7,7 +7,9 @@
 #   bench/ab_micro.sh BASE [HEAD] [ROUNDS] [FILTER]
 #   bench/ab_micro.sh dff3a0a HEAD 8 'one_limit_one_regex/allow$|no_limit/one_regex'
 #
-# HEAD defaults to HEAD, ROUNDS to 6, FILTER to the target case and its references. Each side
+# HEAD defaults to HEAD, ROUNDS to 6, FILTER to the target case and its references; AB_BENCH
+# names another of the core's benches (default decide; body: a request read and decided,
+# `AB_BENCH=body bench/ab_micro.sh BASE HEAD 8 'session/'`). Each side
 # is built from a clean export of its commit (uncommitted changes are not measured) under
 # target/ab/<commit>; each run is criterion's median of AB_MEASURE_S (default 3) seconds of
 # samples after AB_WARMUP_S (default 1) of warm-up. Many short rounds resolve small changes
@@ -22,6 +24,7 @@ base=${1:?usage: bench/ab_micro.sh BASE [HEAD] [ROUNDS] [FILTER]}
 head=${2:-HEAD}
 rounds=${3:-6}
 filter=${4:-'one_limit_one_regex/allow$|one_limit_one_regex/deny_condition|no_limit/one_regex|keys/1$'}
+bench=${AB_BENCH:-decide}
 
 build() { # build COMMIT: print the path of its bench binary
     local commit src target
@@ -32,8 +35,8 @@ build() { # build COMMIT: print the path of its bench binary
         mkdir -p "$src"
         git archive "$commit" | tar -x -C "$src"
     fi
-    (cd "$src" && CARGO_TARGET_DIR="$target" cargo bench -q -p toolgate-core --bench decide --no-run >&2)
-    find "$target/release/deps" -maxdepth 1 -type f -name 'decide-*' ! -name '*.d' -printf '%T@ %p\n' |
+    (cd "$src" && CARGO_TARGET_DIR="$target" cargo bench -q -p toolgate-core --bench "$bench" --no-run >&2)
+    find "$target/release/deps" -maxdepth 1 -type f -name "$bench-*" ! -name '*.d' -printf '%T@ %p\n' |
         sort -n | tail -1 | cut -d' ' -f2
 }
 
@@ -49,7 +52,7 @@ for round in $(seq "$rounds"); do
         "${!bin}" --bench --warm-up-time "${AB_WARMUP_S:-1}" --measurement-time "${AB_MEASURE_S:-3}" "$filter" 2>/dev/null |
             awk -v side="$side" -v round="$round" '
                 # "NAME  time: [low unit median unit high unit]", on one line or two.
-                $1 ~ /^decide\// { name = $1 }
+                $1 ~ /^[a-z_]+\// { name = $1 }
                 {
                     for (i = 1; i <= NF; i++) if ($i == "time:") {
                         v = $(i + 3); u = $(i + 4)
