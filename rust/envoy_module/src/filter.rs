@@ -318,8 +318,7 @@ impl Filter {
         let next = match &config.deciders {
             Some(deciders) => self.hand_off(config, deciders, stream, headers, body),
             None => {
-                let revision = headers.revision();
-                let naming = self.span.as_ref().map(|s| Naming::new(s.ids, revision));
+                let naming = (self.span.as_ref()).map(|s| Naming::new(s.ids, headers.revision()));
                 let judged = judge(config, &headers, &body, naming);
                 self.finish(config, stream, judged, &headers, &body, into)
             }
