@@ -730,6 +730,13 @@ mod tests {
             "params":{"protocolVersion":"2025-06-18","capabilities":{},
             "clientInfo":{"name":"c","version":"1"}}}"#;
         assert_eq!(version(init).as_deref(), Some("2025-06-18"));
+        // A _meta revision that is no text hides nothing behind it.
+        let shadowed = init.replacen(
+            r#""capabilities""#,
+            r#""_meta":{"io.modelcontextprotocol/protocolVersion":7},"capabilities""#,
+            1,
+        );
+        assert_eq!(version(&shadowed).as_deref(), Some("2025-06-18"));
         // Only an initialize names it in protocolVersion; text that is no date is none.
         let other =
             r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"protocolVersion":"2025-06-18"}}"#;

@@ -308,9 +308,12 @@ pub fn parse_message(body: &[u8]) -> Result<Parsed, Refusal> {
         Some(_) => return Err(refuse(INVALID_PARAMS, "params must be an object", id)),
         None => None,
     };
-    let related_task = related_task(&method, params.as_ref(), &id)?;
-    let trace = trace_carrier(params.as_ref());
-    let revision = declared_revision(&method, params.as_ref());
+    // `_meta` looked up once for the three that read it.
+    let meta = params.as_ref().and_then(|p| p.get("_meta"));
+    let related_task = related_task(&method, params.as_ref(), meta, &id)?;
+    let meta = meta.and_then(Value::as_object);
+    let trace = meta.and_then(trace_carrier);
+    let revision = declared_revision(&method, params.as_ref(), meta);
     let request = asked(id, method, params)?;
     Ok(Parsed {
         request,
@@ -322,13 +325,19 @@ pub fn parse_message(body: &[u8]) -> Result<Parsed, Refusal> {
 
 /// The protocol revision a request of `method` declares: in its params' `_meta` (MCP
 /// 2026-07-28 sends it with every request), else an `initialize`'s `protocolVersion`.
-fn declared_revision(method: &str, params: Option<&Map<String, Value>>) -> Option<Revision> {
-    let params = params?;
-    let meta = params.get("_meta").and_then(|m| m.get(META_VERSION));
-    let initialize = (method == "initialize")
-        .then(|| params.get("protocolVersion"))
-        .flatten();
-    Revision::parse(meta.or(initialize)?.as_str()?)
+fn declared_revision(
+    method: &str,
+    params: Option<&Map<String, Value>>,
+    meta: Option<&Map<String, Value>>,
+) -> Option<Revision> {
+    let declared = meta
+        .and_then(|m| m.get(META_VERSION))
+        .and_then(Value::as_str);
+    let initialize = || {
+        let version = params?.get("protocolVersion")?.as_str();
+        (method == "initialize").then_some(version).flatten()
+    };
+    Revision::parse(declared.or_else(initialize)?)
 }
 
 /// The task `params` relate the request to, read in one spelling: `_meta`'s
@@ -338,9 +347,10 @@ fn declared_revision(method: &str, params: Option<&Map<String, Value>>) -> Optio
 fn related_task(
     method: &str,
     params: Option<&Map<String, Value>>,
+    meta: Option<&Value>,
     id: &Option<Value>,
 ) -> Result<Option<String>, Refusal> {
-    let meta = match params.and_then(|p| p.get("_meta")) {
+    let meta = match meta {
         None => return Ok(None),
         Some(Value::Object(meta)) => meta,
         Some(_) => {
@@ -379,8 +389,7 @@ const META_KEYS: [(&str, &str); 3] = [
 /// The trace context (W3C Trace Context) a request carries in its params' `_meta`, as MCP
 /// clients propagate it: kept as text when `traceparent` is a string of a plausible length
 /// (the span's opener checks it), else none. It never changes a decision.
-fn trace_carrier(params: Option<&Map<String, Value>>) -> Option<TraceCarrier> {
-    let meta = params?.get("_meta")?.as_object()?;
+fn trace_carrier(meta: &Map<String, Value>) -> Option<TraceCarrier> {
     let traceparent = meta.get("traceparent")?.as_str()?;
     if traceparent.len() > MAX_TRACEPARENT_BYTES {
         return None;
@@ -604,9 +613,11 @@ pub fn parse_params_related(method: &str, params: Option<&[u8]>) -> Result<Parse
         }
         Some(Err(StrictError::TooLarge(m))) => return Err(refuse(INVALID_PARAMS, m, None)),
     };
-    let related_task = related_task(method, params.as_ref(), &None)?;
-    let trace = trace_carrier(params.as_ref());
-    let revision = declared_revision(method, params.as_ref());
+    let meta = params.as_ref().and_then(|p| p.get("_meta"));
+    let related_task = related_task(method, params.as_ref(), meta, &None)?;
+    let meta = meta.and_then(Value::as_object);
+    let trace = meta.and_then(trace_carrier);
+    let revision = declared_revision(method, params.as_ref(), meta);
     let request = match asked(None, method.to_owned(), params)? {
         McpRequest::ToolCall {
             id,
