@@ -333,9 +333,9 @@ fn declared_revision(
     let declared = meta
         .and_then(|m| m.get(META_VERSION))
         .and_then(Value::as_str);
-    let initialize = || {
-        let version = params?.get("protocolVersion")?.as_str();
-        (method == "initialize").then_some(version).flatten()
+    let initialize = || match method {
+        "initialize" => params?.get("protocolVersion")?.as_str(),
+        _ => None,
     };
     Revision::parse(declared.or_else(initialize)?)
 }
