@@ -18,6 +18,7 @@ pub mod mcp;
 pub mod observing;
 pub mod owners;
 pub mod policy;
+pub mod trace_ids;
 
 pub use counter::clock::{Clock, ManualClock, MonotonicClock};
 pub use decision::{Code, Decision, LimitState, Verdict};

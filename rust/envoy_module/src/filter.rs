@@ -23,7 +23,7 @@ use toolgate_core::engine::gate::{self, Follow, Gate, HttpCall, SpanOpener};
 use toolgate_core::mcp::reply;
 use toolgate_core::mcp::revision::Revision;
 use toolgate_core::observing::stats::Api;
-use toolgate_core::observing::trace_ids;
+use toolgate_core::trace_ids;
 use toolgate_core::Engine;
 
 /// The dynamic metadata namespace the decision is left in: verdict, code, rule and revision

@@ -19,7 +19,7 @@ use toolgate_core::engine::gate::SpanOpener;
 use toolgate_core::kind::Listed;
 use toolgate_core::mcp::request::Parsed;
 use toolgate_core::mcp::revision::Revision;
-use toolgate_core::observing::trace_ids::{self, TraceIds, Wait};
+use toolgate_core::trace_ids::{self, TraceIds, Wait};
 use toolgate_server::answer::ListTrace;
 use toolgate_server::spans::{decided, guardrail, list_named, Asked, Named, UNNAMED};
 

@@ -11,7 +11,7 @@ use crate::spans::{approval_span, Spans};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use toolgate_core::asking::approval::{ApprovalId, Opened};
-use toolgate_core::observing::trace_ids::TraceIds;
+use toolgate_core::trace_ids::TraceIds;
 
 /// Approvals whose asking decision is kept at once: the approvals table's size.
 pub const MAX_KEPT: usize = 4096;

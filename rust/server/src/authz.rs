@@ -31,7 +31,7 @@ use toolgate_core::engine::gate::{self, Gate, HttpCall, SpanOpener};
 use toolgate_core::mcp::reply;
 use toolgate_core::mcp::request::{readable_id, readable_tool, Refusal, INVALID_REQUEST};
 use toolgate_core::observing::stats::Api;
-use toolgate_core::observing::trace_ids;
+use toolgate_core::trace_ids;
 use toolgate_core::Kind;
 use toolgate_core::{Decision, Engine, Subject, Undecidable};
 

@@ -56,9 +56,9 @@ use toolgate_core::mcp::request::{
     parse_params_related, McpRequest, Parsed, Refusal, INVALID_PARAMS, PASSING,
 };
 use toolgate_core::observing::stats::Api;
-use toolgate_core::observing::trace_ids;
 use toolgate_core::policy::compile::CompiledPolicy;
 use toolgate_core::policy::Release;
+use toolgate_core::trace_ids;
 use toolgate_core::{Code, Decision, Engine, Request, Subject, Undecidable, Verdict};
 
 pub mod pb {

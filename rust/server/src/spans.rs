@@ -35,7 +35,7 @@ use toolgate_core::kind::Listed;
 use toolgate_core::mcp::request::{McpRequest, Parsed};
 use toolgate_core::mcp::revision::Revision;
 use toolgate_core::mcp::trace_context::TraceCarrier;
-use toolgate_core::observing::trace_ids::{self, TraceIds};
+use toolgate_core::trace_ids::{self, TraceIds};
 use toolgate_core::Kind;
 
 /// The name the spans' instrumentation scope and, unless `OTEL_SERVICE_NAME` says otherwise,

@@ -11,7 +11,7 @@
 //! that pending approvals are capped per grant and per rule ([`Caps`]): one caller, or a
 //! flood through one rule, cannot take every slot.
 
-use crate::observing::trace_ids::TraceIds;
+use crate::trace_ids::TraceIds;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::fmt;
@@ -331,7 +331,7 @@ pub struct Opened {
     /// Who may approve; empty: anyone with an admin token.
     pub approvers: Vec<String>,
     /// The span of the decision that asked, where it was traced: an approver's decision is
-    /// a span under it ([`crate::observing::trace_ids`]).
+    /// a span under it ([`crate::trace_ids`]).
     pub trace: Option<TraceIds>,
 }
 

@@ -9,8 +9,8 @@ use crate::asking::approval_text::{preview, shown_id};
 use crate::decision::{Code, Decision, Limits};
 use crate::json::arg_json;
 use crate::json::args::ArgValue;
-use crate::observing::trace_ids;
 use crate::policy::compile::CompiledRule;
+use crate::trace_ids;
 
 /// What an approval-gated call may do.
 pub(super) enum Gate {

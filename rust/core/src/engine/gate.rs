@@ -12,8 +12,8 @@ use crate::kind::Kind;
 use crate::kind::Listed;
 use crate::mcp::reply::{self, Reply};
 use crate::mcp::request::{parse_message, McpRequest, Parsed, Refusal, INVALID_REQUEST};
-use crate::observing::trace_ids::{self, TraceIds};
 use crate::policy::Release;
+use crate::trace_ids::{self, TraceIds};
 // The gate answers for a proxy's authorization hook: Envoy's ext_authz.
 use crate::observing::stats::Api;
 use serde_json::Value;

@@ -8,7 +8,7 @@ use crate::mcp::outcome::Failure;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
-use super::trace_ids::{self, TraceIds};
+use crate::trace_ids::{self, TraceIds};
 
 const VERDICTS: [Verdict; 3] = [Verdict::Allow, Verdict::Deny, Verdict::RequireApproval];
 

@@ -41,7 +41,7 @@ use toolgate_core::decision::Limits;
 use toolgate_core::engine::limiter::{self, Outcome, Parts, Want};
 use toolgate_core::engine::store::{CounterStore, REMOTE_RESERVATION, REMOTE_SLOT};
 use toolgate_core::observing::stats::{Stats, StoreError};
-use toolgate_core::observing::trace_ids;
+use toolgate_core::trace_ids;
 
 /// What goes before every Redis key by default.
 pub const DEFAULT_PREFIX: &str = "toolgate:";

@@ -11,8 +11,8 @@ use crate::definitions::definition::Drift;
 use crate::engine::condition::Subject;
 use crate::json::args::ArgValue;
 use crate::kind::Kind;
-use crate::observing::trace_ids::{self, TraceIds};
 use crate::policy::compile::CompiledPolicy;
+use crate::trace_ids::{self, TraceIds};
 use std::sync::Arc;
 
 /// Longest text of a line's tool, server, session, agent, verified grant or reason: a
