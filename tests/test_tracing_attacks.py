@@ -1065,6 +1065,9 @@ def test_a_traced_request_whose_client_leaves_while_it_waits_on_redis_ends_its_s
             leaving.sendall(mcp_post(b"/mcp", body, extra))
             assert proxy.holding.wait(30)  # decided on a decider thread, waiting on Redis
             leaving.close()
+            # Released only once Envoy has seen the client go: else its worker may take the
+            # decider's wake-up before the close, and apply the decision (CI101 did).
+            envoy.wait_stat("http.mcp.downstream_cx_destroy_remote_active_rq", 1)
             proxy.release()
             proxy.mode = "pass"
             status, answer, _ = send(envoy, "POST", body, {"authorization": "Bearer one"})
