@@ -15,6 +15,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 import soak  # noqa: E402
@@ -172,6 +174,10 @@ def test_invariants_set_the_exit_status_and_speed_only_without_check():
     slow = [*steady[:7], *(sample(i, rss=44.0, p99=1300.0) for i in range(7, 10))]
     result = {"aims": soak.aims(slow, 2)}
     assert soak.failed(result, check=False) == ["rss_growth", "p99_drift"]
+    # The drift is between the medians it names, not the first and last samples alone.
+    drift = result["aims"]["p99_drift"]
+    assert (drift["from_us"], drift["to_us"]) == (1000.0, 1300.0)
+    assert drift["value"] == pytest.approx(0.3)
     assert soak.failed(result, check=True) == []
 
 
