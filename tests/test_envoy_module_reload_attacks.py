@@ -360,12 +360,17 @@ def test_limits_hold_exactly_through_rapid_swaps_on_two_workers(tmp_path: Path):
         threading.Thread(target=swapper, daemon=True).start()
         try:
             wait_for(lambda: reloads(envoy, "success") >= 2, timeout=PATIENCE)
+            before = reloads(envoy, "success")
 
             def calls() -> None:
-                for i in range(10):
+                # At least 10 calls each, and on until reloads have happened among them (on
+                # busy cores 60 calls can all fall between two reloads), at most 200.
+                for i in range(200):
                     got = call(envoy, "create-ami", {"name": f"n{i}"})
                     with lock:
                         codes.append(got)
+                    if i >= 9 and reloads(envoy, "success") >= before + 2:
+                        return
 
             threads = [threading.Thread(target=calls) for _ in range(6)]
             for t in threads:
@@ -375,8 +380,8 @@ def test_limits_hold_exactly_through_rapid_swaps_on_two_workers(tmp_path: Path):
             during = reloads(envoy, "success")
         finally:
             swapping.clear()
-    assert during > 2
-    assert (codes.count("ALLOWED"), codes.count("RATE_LIMITED")) == (20, 40), codes
+    assert during >= before + 2
+    assert (codes.count("ALLOWED"), codes.count("RATE_LIMITED")) == (20, len(codes) - 20), codes
 
 
 def test_a_stricter_policy_once_seen_is_never_bypassed(tmp_path: Path):
