@@ -330,14 +330,16 @@ fn declared_revision(
     params: Option<&Map<String, Value>>,
     meta: Option<&Map<String, Value>>,
 ) -> Option<Revision> {
-    let declared = meta
-        .and_then(|m| m.get(META_VERSION))
-        .and_then(Value::as_str);
     let initialize = || match method {
-        "initialize" => params?.get("protocolVersion")?.as_str(),
+        "initialize" => Revision::parse(params?.get("protocolVersion")?.as_str()?),
         _ => None,
     };
-    Revision::parse(declared.or_else(initialize)?)
+    meta_revision(meta).or_else(initialize)
+}
+
+/// The revision a request's `_meta` declares (`io.modelcontextprotocol/protocolVersion`).
+fn meta_revision(meta: Option<&Map<String, Value>>) -> Option<Revision> {
+    Revision::parse(meta?.get(META_VERSION)?.as_str()?)
 }
 
 /// The task `params` relate the request to, read in one spelling: `_meta`'s
@@ -698,11 +700,11 @@ fn call_params(
 /// Other input responses are the server's business and pass as they are.
 fn confirming(params: &Map<String, Value>) -> Result<Confirming, &'static str> {
     let meta = params.get("_meta").and_then(Value::as_object);
-    let revision = meta
-        .and_then(|m| m.get(META_VERSION))
-        .and_then(Value::as_str)
-        .and_then(Revision::parse);
-    let recent = revision.is_some_and(|r| Some(r) >= Revision::parse(FIRST_REVISION));
+    // Fails closed: no revision, or a first revision that did not read, is not recent.
+    let first = Revision::parse(FIRST_REVISION);
+    let recent = meta_revision(meta)
+        .zip(first)
+        .is_some_and(|(r, first)| r >= first);
     let elicitation = meta
         .and_then(|m| m.get(META_CAPABILITIES))
         .and_then(|c| c.get("elicitation"))
