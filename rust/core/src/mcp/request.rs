@@ -701,10 +701,8 @@ fn call_params(
 fn confirming(params: &Map<String, Value>) -> Result<Confirming, &'static str> {
     let meta = params.get("_meta").and_then(Value::as_object);
     // Fails closed: no revision, or a first revision that did not read, is not recent.
-    let first = Revision::parse(FIRST_REVISION);
     let recent = meta_revision(meta)
-        .zip(first)
-        .is_some_and(|(r, first)| r >= first);
+        .is_some_and(|r| Revision::parse(FIRST_REVISION).is_some_and(|first| r >= first));
     let elicitation = meta
         .and_then(|m| m.get(META_CAPABILITIES))
         .and_then(|c| c.get("elicitation"))
