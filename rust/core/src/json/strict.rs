@@ -32,6 +32,9 @@ pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 
 /// Objects with at most this many keys compare folded keys in a list instead of hashing.
 const SMALL_OBJECT: usize = 8;
+/// Members of a small object kept on the stack while it is read (a request's envelope has
+/// four); 128 levels of nesting then take about 64 KiB of it.
+const ON_THE_STACK: usize = 4;
 
 /// Why a body was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,10 +104,12 @@ impl StrictError {
 /// Parse `body` as one JSON value, refusing what decoders could read two ways.
 pub fn parse(body: &[u8]) -> Result<Value, StrictError> {
     let state = State::default();
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let parsed = ValueSeed { state: &state }
-        .deserialize(&mut de)
-        .and_then(|v| de.end().map(|()| v));
+    // Text that is UTF-8 throughout (nearly every body) is checked once, not string by
+    // string; other bytes are read as bytes, to be refused where they stand.
+    let parsed = match std::str::from_utf8(body) {
+        Ok(text) => read(&mut serde_json::Deserializer::from_str(text), &state),
+        Err(_) => read(&mut serde_json::Deserializer::from_slice(body), &state),
+    };
     parsed.map_err(|e| match state.refused.into_inner() {
         Some(mut refusal) => {
             if let StrictError::Ambiguous { pointer, .. } = &mut refusal {
@@ -120,6 +125,16 @@ pub fn parse(body: &[u8]) -> Result<Value, StrictError> {
         }
         None => StrictError::Syntax(e.to_string()),
     })
+}
+
+/// One JSON value and nothing after it.
+fn read<'de, R: serde_json::de::Read<'de>>(
+    de: &mut serde_json::Deserializer<R>,
+    state: &State,
+) -> Result<Value, serde_json::Error> {
+    let value = ValueSeed { state }.deserialize(&mut *de)?;
+    de.end()?;
+    Ok(value)
 }
 
 /// Whether a value built some other way than by [`parse`] (from a Python dict, say) holds
@@ -279,78 +294,109 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
         let state = self.state;
-        let mut map = Map::new();
-        let mut folded = FoldedKeys::default();
+        let mut members = Members::Small(SmallVec::new());
         while let Some(key) = access.next_key::<String>()? {
             state.count_key()?;
-            if let Some(twin) = folded.insert(&key, &map) {
-                let (message, what) = if twin == key {
-                    (format!("duplicate key {key:?}"), Ambiguity::DuplicateKey)
-                } else {
-                    let message = format!(
-                        "keys {twin:?} and {key:?} differ only by case: a case-insensitive \
-                         decoder reads them as one key"
-                    );
-                    (message, Ambiguity::CaseVariantKeys)
-                };
-                return Err(state.refuse(StrictError::Ambiguous {
-                    pointer: String::new(),
-                    message,
-                    what,
-                }));
-            }
-            match access.next_value_seed(ValueSeed { state }) {
-                Ok(value) => {
-                    map.insert(key, value);
+            let fold = match members.admit(&key) {
+                Ok(fold) => fold,
+                Err(twin) => {
+                    let (message, what) = if twin == key {
+                        (format!("duplicate key {key:?}"), Ambiguity::DuplicateKey)
+                    } else {
+                        let message = format!(
+                            "keys {twin:?} and {key:?} differ only by case: a case-insensitive \
+                             decoder reads them as one key"
+                        );
+                        (message, Ambiguity::CaseVariantKeys)
+                    };
+                    return Err(state.refuse(StrictError::Ambiguous {
+                        pointer: String::new(),
+                        message,
+                        what,
+                    }));
                 }
+            };
+            match access.next_value_seed(ValueSeed { state }) {
+                Ok(value) => members.push(key, value, fold),
                 Err(e) => {
                     state.locate(|| key);
                     return Err(e);
                 }
             }
         }
-        Ok(Value::Object(map))
+        Ok(Value::Object(members.take_map()))
     }
 }
 
-/// The folded keys of one object seen so far.
-#[derive(Default)]
-struct FoldedKeys {
-    /// While the object is small: each key's folding where it differs from the key, in the
-    /// map's order (compared in a list: cheaper than hashing a handful).
-    small: SmallVec<[Option<String>; SMALL_OBJECT]>,
-    /// Past that, every folded key.
-    hashed: Option<HashSet<String, ahash::RandomState>>,
+/// One object's members as they are read, with their keys' foldings. One lives on the stack
+/// for each level of nesting being read, and is never moved (hence the lint's allowance).
+#[allow(clippy::large_enum_variant)]
+enum Members {
+    /// While the object is small: in order, each with its key's folding where that differs
+    /// from the key (compared in a list: cheaper than hashing a handful). The first few are
+    /// kept on the stack. They move at the end into a map made to their number, which an
+    /// empty map would reach by growing and hashing its keys again.
+    Small(SmallVec<[(String, Value, Option<String>); ON_THE_STACK]>),
+    /// Past that: in the map, and every folded key in a set.
+    Large(Map<String, Value>, HashSet<String, ahash::RandomState>),
 }
 
-impl FoldedKeys {
-    /// Add `key`; if a key already in `map` folds alike, return that key instead.
-    fn insert(&mut self, key: &str, map: &Map<String, Value>) -> Option<String> {
-        let twin = || map.keys().find(|k| fold_eq(k, key)).cloned();
+impl Members {
+    /// Admit `key` before its value is read: its folding, to keep with it while the object
+    /// is small; or, when a member already read folds alike, that member's key.
+    fn admit(&mut self, key: &str) -> Result<Option<String>, String> {
         let fold = folded(key);
-        let hashed = match &mut self.hashed {
-            Some(set) => set,
-            None if self.small.len() < SMALL_OBJECT => {
-                let mut seen = map.keys().zip(&self.small);
-                if seen.any(|(k, f)| f.as_deref().unwrap_or(k) == fold) {
-                    return twin();
+        if let Members::Small(small) = self {
+            if small.len() < SMALL_OBJECT {
+                let same = |(k, _, f): &&(String, Value, Option<String>)| {
+                    f.as_deref().unwrap_or(k) == fold
+                };
+                return match small.iter().find(same) {
+                    Some((twin, ..)) => Err(twin.clone()),
+                    None => Ok(match fold {
+                        Cow::Owned(f) => Some(f),
+                        Cow::Borrowed(_) => None,
+                    }),
+                };
+            }
+            let mut map = Map::with_capacity(2 * SMALL_OBJECT);
+            let mut set = HashSet::with_capacity_and_hasher(2 * SMALL_OBJECT, Default::default());
+            for (k, v, f) in small.drain(..) {
+                set.insert(f.unwrap_or_else(|| k.clone()));
+                map.insert(k, v);
+            }
+            *self = Members::Large(map, set);
+        }
+        match self {
+            Members::Large(map, set) => match set.insert(fold.into_owned()) {
+                true => Ok(None),
+                false => {
+                    let twin = map.keys().find(|k| fold_eq(k, key));
+                    Err(twin.map_or_else(|| key.to_owned(), String::clone))
                 }
-                self.small.push(match fold {
-                    Cow::Owned(f) => Some(f),
-                    Cow::Borrowed(_) => None,
-                });
-                return None;
+            },
+            Members::Small(_) => Ok(None),
+        }
+    }
+
+    fn push(&mut self, key: String, value: Value, fold: Option<String>) {
+        match self {
+            Members::Small(small) => small.push((key, value, fold)),
+            Members::Large(map, _) => {
+                map.insert(key, value);
             }
-            None => {
-                let seen = map.keys().zip(self.small.drain(..));
-                let set = seen.map(|(k, f)| f.unwrap_or_else(|| k.clone())).collect();
-                self.hashed.insert(set)
+        }
+    }
+
+    /// The members in a map. (Drained in place: moving the list would copy all its room.)
+    fn take_map(&mut self) -> Map<String, Value> {
+        match self {
+            Members::Small(small) => {
+                let mut map = Map::with_capacity(small.len());
+                map.extend(small.drain(..).map(|(k, v, _)| (k, v)));
+                map
             }
-        };
-        if hashed.insert(fold.into_owned()) {
-            None
-        } else {
-            twin()
+            Members::Large(map, _) => std::mem::take(map),
         }
     }
 }
@@ -481,6 +527,53 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// Objects of any size, past the few whose keys are compared in a list, are read in
+        /// order, and the first key with an earlier twin is refused, naming that twin.
+        #[test]
+        fn objects_of_any_size_refuse_their_first_twin(
+            keys in proptest::collection::vec("[aAkK\u{212a}sſ]{1,2}", 0..24),
+        ) {
+            let members: Vec<String> =
+                keys.iter().enumerate().map(|(i, k)| format!("\"{k}\": {i}")).collect();
+            let body = format!("{{{}}}", members.join(", "));
+            let twins = keys.iter().enumerate().find_map(|(j, key)| {
+                keys[..j].iter().find(|k| folded(k) == folded(key)).map(|twin| (twin, key))
+            });
+            match (parse(body.as_bytes()), twins) {
+                (Ok(Value::Object(map)), None) => {
+                    let read: Vec<(&String, u64)> =
+                        map.iter().map(|(k, v)| (k, v.as_u64().unwrap())).collect();
+                    let sent: Vec<(&String, u64)> = keys.iter().zip(0..).collect();
+                    proptest::prop_assert_eq!(read, sent);
+                }
+                (Err(StrictError::Ambiguous { message, .. }), Some((twin, key))) => {
+                    let expected = match twin == key {
+                        true => format!("duplicate key {key:?}"),
+                        false => format!("keys {twin:?} and {key:?} differ only by case"),
+                    };
+                    proptest::prop_assert!(message.starts_with(&expected), "{} / {}", message, expected);
+                }
+                (other, twins) => proptest::prop_assert!(false, "{}: {:?}, twins {:?}", body, other, twins),
+            }
+        }
+
+        /// Text that is UTF-8 reads exactly as its bytes do, whatever it holds: a value, the
+        /// same refusal, or the same syntax error.
+        #[test]
+        fn text_reads_as_its_bytes_do(v in twinned_json(), cut in 0usize..64, junk in "[\\\"{}:,\u{0}-\u{1f}é]{0,2}") {
+            let mut text = v.to_string();
+            let at = text.char_indices().map(|(i, _)| i).nth(cut).unwrap_or(text.len());
+            text.insert_str(at, &junk);
+            let state = State::default();
+            let from_bytes = read(&mut serde_json::Deserializer::from_slice(text.as_bytes()), &state)
+                .map_err(|e| state.refused.into_inner().unwrap_or(StrictError::Syntax(e.to_string())));
+            let from_text = parse(text.as_bytes()).map_err(|e| match e {
+                StrictError::Ambiguous { message, what, .. } => StrictError::Ambiguous { pointer: String::new(), message, what },
+                e => e,
+            });
+            proptest::prop_assert_eq!(from_text, from_bytes);
+        }
+
         /// A value built in memory reads two ways exactly when its JSON text is refused as
         /// ambiguous.
         #[test]

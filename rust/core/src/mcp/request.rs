@@ -18,6 +18,7 @@
 //! or `arguments` that are not objects.
 
 use crate::asking::confirmation::{Answer, Confirming, FIRST_REVISION, TOKEN_PREFIX};
+use crate::json::fields::{self, Fields};
 use crate::json::fold::{fold_eq, folded};
 use crate::json::strict::{self, Ambiguity, StrictError};
 use crate::kind::Kind;
@@ -240,7 +241,7 @@ pub fn parse_message(body: &[u8]) -> Result<Parsed, Refusal> {
         },
         StrictError::TooLarge(m) => refuse(INVALID_REQUEST, m, readable_id(body)),
     })?;
-    let mut members = match root {
+    let members = match root {
         Value::Object(members) => members,
         Value::Array(_) => {
             return Err(refuse(
@@ -257,7 +258,7 @@ pub fn parse_message(body: &[u8]) -> Result<Parsed, Refusal> {
             ))
         }
     };
-    let id = members.get("id").cloned();
+    let id = members.field("id").cloned();
     if let Some(id_value) = &id {
         // MCP: "the ID MUST NOT be null"; a notification has no id at all.
         if !(id_value.is_string() || id_value.is_i64() || id_value.is_u64()) {
@@ -269,12 +270,12 @@ pub fn parse_message(body: &[u8]) -> Result<Parsed, Refusal> {
         }
     }
     check_known_keys(&members, &REQUEST_KEYS, "request", &id)?;
-    match members.get("jsonrpc") {
+    match members.field("jsonrpc") {
         Some(Value::String(v)) if v == "2.0" => {}
         _ => return Err(refuse(INVALID_REQUEST, "jsonrpc must be \"2.0\"", id)),
     }
-    let answers = members.contains_key("result") || members.contains_key("error");
-    let method = match members.get("method") {
+    let answers = members.has("result") || members.has("error");
+    let method = match members.field("method") {
         Some(Value::String(m)) if !answers => m.clone(),
         Some(_) if answers => {
             return Err(refuse(
@@ -296,20 +297,20 @@ pub fn parse_message(body: &[u8]) -> Result<Parsed, Refusal> {
     };
     // MCP's params are an object in every message (the SDKs refuse anything else), while
     // JSON-RPC decoders take any value: a body read two ways, whatever its method.
-    if members.get("params").is_some_and(|p| !p.is_object()) {
+    if members.field("params").is_some_and(|p| !p.is_object()) {
         return Err(refuse(INVALID_PARAMS, "params must be an object", id));
     }
     // A call without an id would be a notification, which gets no answer to deny with.
     if method == TOOLS_CALL && id.is_none() {
         return Err(refuse(INVALID_REQUEST, "tools/call needs an id", None));
     }
-    let params = match members.remove("params") {
+    let params = match fields::take(members, "params") {
         Some(Value::Object(params)) => Some(params),
         Some(_) => return Err(refuse(INVALID_PARAMS, "params must be an object", id)),
         None => None,
     };
     // `_meta` looked up once for the three that read it.
-    let meta = params.as_ref().and_then(|p| p.get("_meta"));
+    let meta = params.as_ref().and_then(|p| p.field("_meta"));
     let related_task = related_task(&method, params.as_ref(), meta, &id)?;
     let meta = meta.and_then(Value::as_object);
     let trace = meta.and_then(trace_carrier);
@@ -331,7 +332,7 @@ fn declared_revision(
     meta: Option<&Map<String, Value>>,
 ) -> Option<Revision> {
     let initialize = || match method {
-        "initialize" => Revision::parse(params?.get("protocolVersion")?.as_str()?),
+        "initialize" => Revision::parse(params?.field("protocolVersion")?.as_str()?),
         _ => None,
     };
     meta_revision(meta).or_else(initialize)
@@ -339,7 +340,7 @@ fn declared_revision(
 
 /// The revision a request's `_meta` declares (`io.modelcontextprotocol/protocolVersion`).
 fn meta_revision(meta: Option<&Map<String, Value>>) -> Option<Revision> {
-    Revision::parse(meta?.get(META_VERSION)?.as_str()?)
+    Revision::parse(meta?.field(META_VERSION)?.as_str()?)
 }
 
 /// The task `params` relate the request to, read in one spelling: `_meta`'s
@@ -357,7 +358,7 @@ fn related_task(
         Some(Value::Object(meta)) => meta,
         Some(_) => {
             let refusal = refuse(INVALID_PARAMS, "params._meta must be an object", id.clone());
-            let tool = params.and_then(|p| p.get("name")).and_then(Value::as_str);
+            let tool = params.and_then(|p| p.field("name")).and_then(Value::as_str);
             return Err(match tool {
                 Some(name) if method == TOOLS_CALL && !name.is_empty() => refusal.of_tool(name),
                 _ => refusal,
@@ -365,7 +366,7 @@ fn related_task(
         }
     };
     check_known_keys(meta, &META_KEYS, "params._meta", id)?;
-    let Some(related) = meta.get(RELATED_TASK) else {
+    let Some(related) = meta.field(RELATED_TASK) else {
         return Ok(None);
     };
     let bad = || {
@@ -374,7 +375,7 @@ fn related_task(
     };
     let related = related.as_object().ok_or_else(bad)?;
     check_known_keys(related, &TASK_KEYS[..1], "the related task", id)?;
-    match related.get("taskId") {
+    match related.field("taskId") {
         Some(Value::String(t)) if !t.is_empty() => Ok(Some(t.clone())),
         _ => Err(bad()),
     }
@@ -392,12 +393,12 @@ const META_KEYS: [(&str, &str); 3] = [
 /// clients propagate it: kept as text when `traceparent` is a string of a plausible length
 /// (the span's opener checks it), else none. It never changes a decision.
 fn trace_carrier(meta: &Map<String, Value>) -> Option<TraceCarrier> {
-    let traceparent = meta.get("traceparent")?.as_str()?;
+    let traceparent = meta.field("traceparent")?.as_str()?;
     if traceparent.len() > MAX_TRACEPARENT_BYTES {
         return None;
     }
     let tracestate = meta
-        .get("tracestate")
+        .field("tracestate")
         .and_then(Value::as_str)
         .filter(|s| s.len() <= MAX_TRACESTATE_BYTES)
         .map(str::to_owned);
@@ -414,10 +415,9 @@ fn asked(
     method: String,
     params: Option<Map<String, Value>>,
 ) -> Result<McpRequest, Refusal> {
-    if let Some(ours) = KNOWN_METHODS
-        .iter()
-        .find(|m| fold_eq(&method, m) && method != **m)
-    {
+    // A method MCP defines, spelled as MCP spells it (the usual case), is no case variant.
+    let known = KNOWN_METHODS.contains(&method.as_str());
+    if let Some(ours) = KNOWN_METHODS.iter().find(|m| !known && fold_eq(&method, m)) {
         return Err(refuse(
             INVALID_REQUEST,
             format!("method {method:?} differs from {ours} only by case"),
@@ -480,7 +480,7 @@ pub fn named(
         "resources/read" | "resources/subscribe" => {
             let params = params.ok_or_else(|| needs("a \"uri\""))?;
             check_known_keys(&params, &RESOURCE_KEYS, "params", id)?;
-            let uri = resource_uri(params.get("uri"), false, id)?;
+            let uri = resource_uri(params.field("uri"), false, id)?;
             Ok((Kind::Resource, uri, Some(Value::Object(params))))
         }
         "prompts/get" => {
@@ -500,17 +500,17 @@ pub fn named(
         "completion/complete" => {
             let params = params.ok_or_else(|| needs("a \"ref\""))?;
             check_known_keys(&params, &COMPLETE_KEYS, "params", id)?;
-            let Some(Value::Object(reference)) = params.get("ref") else {
+            let Some(Value::Object(reference)) = params.field("ref") else {
                 return Err(bad("params.ref must be an object".into()));
             };
             check_known_keys(reference, &REF_KEYS, "params.ref", id)?;
-            let (kind, name) = match reference.get("type").and_then(Value::as_str) {
-                Some("ref/prompt") => match reference.get("name") {
+            let (kind, name) = match reference.field("type").and_then(Value::as_str) {
+                Some("ref/prompt") => match reference.field("name") {
                     Some(Value::String(n)) if !n.is_empty() => (Kind::Prompt, n.clone()),
                     _ => return Err(bad("params.ref.name must be a non-empty string".into())),
                 },
                 Some("ref/resource") => {
-                    let template = resource_uri(reference.get("uri"), true, id)?;
+                    let template = resource_uri(reference.field("uri"), true, id)?;
                     (Kind::Resource, template)
                 }
                 _ => {
@@ -523,7 +523,7 @@ pub fn named(
         _ if crate::owners::tasks::METHODS.contains(&method) => {
             let params = params.ok_or_else(|| needs("a \"taskId\""))?;
             check_known_keys(&params, &TASK_KEYS, "params", id)?;
-            match params.get("taskId") {
+            match params.field("taskId") {
                 Some(Value::String(t)) if !t.is_empty() => {}
                 _ => return Err(bad("params.taskId must be a non-empty string".into())),
             }
@@ -544,13 +544,13 @@ fn listened(
         return Ok(Vec::new());
     };
     check_known_keys(params, &LISTEN_KEYS, "params", id)?;
-    let notifications = match params.get("notifications") {
+    let notifications = match params.field("notifications") {
         None => return Ok(Vec::new()),
         Some(Value::Object(n)) => n,
         Some(_) => return bad("params.notifications must be an object"),
     };
     check_known_keys(notifications, &LISTENED_KEYS, "params.notifications", id)?;
-    match notifications.get("resourceSubscriptions") {
+    match notifications.field("resourceSubscriptions") {
         None => Ok(Vec::new()),
         Some(Value::Array(uris)) => uris
             .iter()
@@ -615,7 +615,7 @@ pub fn parse_params_related(method: &str, params: Option<&[u8]>) -> Result<Parse
         }
         Some(Err(StrictError::TooLarge(m))) => return Err(refuse(INVALID_PARAMS, m, None)),
     };
-    let meta = params.as_ref().and_then(|p| p.get("_meta"));
+    let meta = params.as_ref().and_then(|p| p.field("_meta"));
     let related_task = related_task(method, params.as_ref(), meta, &None)?;
     let meta = meta.and_then(Value::as_object);
     let trace = meta.and_then(trace_carrier);
@@ -645,15 +645,16 @@ pub fn parse_params_related(method: &str, params: Option<&[u8]>) -> Result<Parse
 }
 
 /// A call's `params`: only the keys MCP defines, a non-empty name, object arguments; and
-/// what the client says of confirming it.
+/// what the client says of confirming it. Read in place first, then taken apart (no key of
+/// them is hashed: [`fields`]).
 fn call_params(
-    mut params: Map<String, Value>,
+    params: Map<String, Value>,
     id: &Option<Value>,
 ) -> Result<(String, Option<Value>, Confirming, bool), Refusal> {
     let id = id.clone();
     check_known_keys(&params, &CALL_KEYS, "params", &id)?;
-    let name = match params.remove("name") {
-        Some(Value::String(n)) if !n.is_empty() => n,
+    let name = match params.field("name") {
+        Some(Value::String(n)) if !n.is_empty() => n.as_str(),
         _ => {
             return Err(refuse(
                 INVALID_PARAMS,
@@ -663,34 +664,38 @@ fn call_params(
         }
     };
     // A `_meta` that is not an object was refused with the request's task.
-    if let Some(Value::Object(meta)) = params.get("_meta") {
-        let token = meta.get("progressToken");
+    if let Some(Value::Object(meta)) = params.field("_meta") {
+        let token = meta.field("progressToken");
         if token.is_some_and(|t| !(t.is_string() || t.is_i64() || t.is_u64())) {
             let refusal = refuse(
                 INVALID_PARAMS,
                 "params._meta.progressToken must be a string or an integer",
                 id,
             );
-            return Err(refusal.of_tool(&name));
+            return Err(refusal.of_tool(name));
         }
     }
-    let arguments = match params.remove("arguments") {
-        None => None,
-        Some(arguments @ Value::Object(_)) => Some(arguments),
-        Some(_) => {
-            let refusal = refuse(INVALID_PARAMS, "params.arguments must be an object", id);
-            return Err(refusal.of_tool(&name));
-        }
-    };
-    let task = match params.get("task") {
+    if params.field("arguments").is_some_and(|a| !a.is_object()) {
+        let refusal = refuse(INVALID_PARAMS, "params.arguments must be an object", id);
+        return Err(refusal.of_tool(name));
+    }
+    let task = match params.field("task") {
         None => false,
         Some(Value::Object(_)) => true,
         Some(_) => {
             let refusal = refuse(INVALID_PARAMS, "params.task must be an object", id);
-            return Err(refusal.of_tool(&name));
+            return Err(refusal.of_tool(name));
         }
     };
-    let confirm = confirming(&params).map_err(|m| refuse(INVALID_PARAMS, m, id).of_tool(&name))?;
+    let confirm = confirming(&params).map_err(|m| refuse(INVALID_PARAMS, m, id).of_tool(name))?;
+    let (mut name, mut arguments) = (String::new(), None);
+    for (key, value) in params {
+        match (key.as_str(), value) {
+            ("name", Value::String(n)) => name = n,
+            ("arguments", value) => arguments = Some(value),
+            _ => {}
+        }
+    }
     Ok((name, arguments, confirm, task))
 }
 
@@ -699,17 +704,17 @@ fn call_params(
 /// its answer to toolgate's question, the one input response under a key toolgate minted.
 /// Other input responses are the server's business and pass as they are.
 fn confirming(params: &Map<String, Value>) -> Result<Confirming, &'static str> {
-    let meta = params.get("_meta").and_then(Value::as_object);
+    let meta = params.field("_meta").and_then(Value::as_object);
     // Fails closed: no revision, or a first revision that did not read, is not recent.
     let recent = meta_revision(meta)
         .is_some_and(|r| Revision::parse(FIRST_REVISION).is_some_and(|first| r >= first));
     let elicitation = meta
-        .and_then(|m| m.get(META_CAPABILITIES))
+        .and_then(|m| m.field(META_CAPABILITIES))
         .and_then(|c| c.get("elicitation"))
         .and_then(Value::as_object);
     // An empty elicitation capability means form; a client that names modes must name it.
-    let form = elicitation.is_some_and(|e| e.contains_key("form") || !e.contains_key("url"));
-    let answer = match params.get("inputResponses") {
+    let form = elicitation.is_some_and(|e| e.has("form") || !e.has("url"));
+    let answer = match params.field("inputResponses") {
         None => None,
         Some(Value::Object(responses)) => {
             let mut ours = responses
@@ -740,13 +745,13 @@ fn read_answer(token: &str, answer: &Value) -> Result<Answer, &'static str> {
     let Value::Object(answer) = answer else {
         return Err(bad);
     };
-    let action = match answer.get("action").and_then(Value::as_str) {
+    let action = match answer.field("action").and_then(Value::as_str) {
         Some(a @ ("accept" | "decline" | "cancel")) => a,
         _ => return Err(bad),
     };
-    let approve = match answer.get("content") {
+    let approve = match answer.field("content") {
         None => None,
-        Some(Value::Object(content)) => match content.get("approve") {
+        Some(Value::Object(content)) => match content.field("approve") {
             None => None,
             Some(Value::Bool(b)) => Some(*b),
             Some(_) => return Err(bad),
@@ -763,11 +768,13 @@ fn read_answer(token: &str, answer: &Value) -> Result<Answer, &'static str> {
 /// and a string `message`, never both (servers refuse anything else; it is not forwarded).
 fn check_answer(members: &Map<String, Value>, id: &Option<Value>) -> Result<(), Refusal> {
     let bad = |why: &str| Err(refuse(INVALID_REQUEST, why, id.clone()));
-    match (members.get("result"), members.get("error")) {
+    match (members.field("result"), members.field("error")) {
         (Some(_), Some(_)) => bad("an answer carries a result or an error, not both"),
         (None, Some(Value::Object(error))) => {
-            let code = error.get("code").is_some_and(|c| c.is_i64() || c.is_u64());
-            let message = error.get("message").is_some_and(Value::is_string);
+            let code = error
+                .field("code")
+                .is_some_and(|c| c.is_i64() || c.is_u64());
+            let message = error.field("message").is_some_and(Value::is_string);
             if code && message {
                 Ok(())
             } else {
@@ -811,6 +818,10 @@ fn check_known_keys(
     id: &Option<Value>,
 ) -> Result<(), Refusal> {
     for key in members.keys() {
+        // A key spelled as MCP spells it is no variant of another (known keys fold apart).
+        if known.iter().any(|(k, _)| k == key) {
+            continue;
+        }
         let fold = folded(key);
         if let Some((k, _)) = known.iter().find(|(k, f)| *f == fold && k != key) {
             return Err(refuse(
@@ -968,9 +979,29 @@ mod tests {
 
     #[test]
     fn known_keys_are_given_with_their_folding() {
-        for (key, fold) in REQUEST_KEYS.iter().chain(&CALL_KEYS) {
-            assert_eq!(folded(key), *fold);
+        let lists: [&[(&str, &str)]; 10] = [
+            &REQUEST_KEYS,
+            &CALL_KEYS,
+            &TASK_KEYS,
+            &RESOURCE_KEYS,
+            &PROMPT_KEYS,
+            &COMPLETE_KEYS,
+            &REF_KEYS,
+            &LISTEN_KEYS,
+            &LISTENED_KEYS,
+            &META_KEYS,
+        ];
+        for list in lists {
+            for (key, fold) in list {
+                assert_eq!(folded(key), *fold);
+            }
+            // Known keys fold apart, so a key spelled as one of them is no variant of another.
+            let folds: std::collections::HashSet<_> = list.iter().map(|(_, f)| f).collect();
+            assert_eq!(folds.len(), list.len(), "{list:?}");
         }
+        // Likewise the methods MCP defines.
+        let folds: std::collections::HashSet<_> = KNOWN_METHODS.iter().map(|m| folded(m)).collect();
+        assert_eq!(folds.len(), KNOWN_METHODS.len());
         for variant in [
             "inputresponses",
             "INPUTRESPONSES",
