@@ -32,9 +32,6 @@ pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 
 /// Objects with at most this many keys compare folded keys in a list instead of hashing.
 const SMALL_OBJECT: usize = 8;
-/// Members of a small object kept on the stack while it is read (a request's envelope has
-/// four); 128 levels of nesting then take about 64 KiB of it.
-const ON_THE_STACK: usize = 4;
 
 /// Why a body was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -294,109 +291,78 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
         let state = self.state;
-        let mut members = Members::Small(SmallVec::new());
+        let mut map = Map::new();
+        let mut folded = FoldedKeys::default();
         while let Some(key) = access.next_key::<String>()? {
             state.count_key()?;
-            let fold = match members.admit(&key) {
-                Ok(fold) => fold,
-                Err(twin) => {
-                    let (message, what) = if twin == key {
-                        (format!("duplicate key {key:?}"), Ambiguity::DuplicateKey)
-                    } else {
-                        let message = format!(
-                            "keys {twin:?} and {key:?} differ only by case: a case-insensitive \
-                             decoder reads them as one key"
-                        );
-                        (message, Ambiguity::CaseVariantKeys)
-                    };
-                    return Err(state.refuse(StrictError::Ambiguous {
-                        pointer: String::new(),
-                        message,
-                        what,
-                    }));
-                }
-            };
+            if let Some(twin) = folded.insert(&key, &map) {
+                let (message, what) = if twin == key {
+                    (format!("duplicate key {key:?}"), Ambiguity::DuplicateKey)
+                } else {
+                    let message = format!(
+                        "keys {twin:?} and {key:?} differ only by case: a case-insensitive \
+                         decoder reads them as one key"
+                    );
+                    (message, Ambiguity::CaseVariantKeys)
+                };
+                return Err(state.refuse(StrictError::Ambiguous {
+                    pointer: String::new(),
+                    message,
+                    what,
+                }));
+            }
             match access.next_value_seed(ValueSeed { state }) {
-                Ok(value) => members.push(key, value, fold),
+                Ok(value) => {
+                    map.insert(key, value);
+                }
                 Err(e) => {
                     state.locate(|| key);
                     return Err(e);
                 }
             }
         }
-        Ok(Value::Object(members.take_map()))
+        Ok(Value::Object(map))
     }
 }
 
-/// One object's members as they are read, with their keys' foldings. One lives on the stack
-/// for each level of nesting being read, and is never moved (hence the lint's allowance).
-#[allow(clippy::large_enum_variant)]
-enum Members {
-    /// While the object is small: in order, each with its key's folding where that differs
-    /// from the key (compared in a list: cheaper than hashing a handful). The first few are
-    /// kept on the stack. They move at the end into a map made to their number, which an
-    /// empty map would reach by growing and hashing its keys again.
-    Small(SmallVec<[(String, Value, Option<String>); ON_THE_STACK]>),
-    /// Past that: in the map, and every folded key in a set.
-    Large(Map<String, Value>, HashSet<String, ahash::RandomState>),
+/// The folded keys of one object seen so far.
+#[derive(Default)]
+struct FoldedKeys {
+    /// While the object is small: each key's folding where it differs from the key, in the
+    /// map's order (compared in a list: cheaper than hashing a handful).
+    small: SmallVec<[Option<String>; SMALL_OBJECT]>,
+    /// Past that, every folded key.
+    hashed: Option<HashSet<String, ahash::RandomState>>,
 }
 
-impl Members {
-    /// Admit `key` before its value is read: its folding, to keep with it while the object
-    /// is small; or, when a member already read folds alike, that member's key.
-    fn admit(&mut self, key: &str) -> Result<Option<String>, String> {
+impl FoldedKeys {
+    /// Add `key`; if a key already in `map` folds alike, return that key instead.
+    fn insert(&mut self, key: &str, map: &Map<String, Value>) -> Option<String> {
+        let twin = || map.keys().find(|k| fold_eq(k, key)).cloned();
         let fold = folded(key);
-        if let Members::Small(small) = self {
-            if small.len() < SMALL_OBJECT {
-                let same = |(k, _, f): &&(String, Value, Option<String>)| {
-                    f.as_deref().unwrap_or(k) == fold
-                };
-                return match small.iter().find(same) {
-                    Some((twin, ..)) => Err(twin.clone()),
-                    None => Ok(match fold {
-                        Cow::Owned(f) => Some(f),
-                        Cow::Borrowed(_) => None,
-                    }),
-                };
-            }
-            let mut map = Map::with_capacity(2 * SMALL_OBJECT);
-            let mut set = HashSet::with_capacity_and_hasher(2 * SMALL_OBJECT, Default::default());
-            for (k, v, f) in small.drain(..) {
-                set.insert(f.unwrap_or_else(|| k.clone()));
-                map.insert(k, v);
-            }
-            *self = Members::Large(map, set);
-        }
-        match self {
-            Members::Large(map, set) => match set.insert(fold.into_owned()) {
-                true => Ok(None),
-                false => {
-                    let twin = map.keys().find(|k| fold_eq(k, key));
-                    Err(twin.map_or_else(|| key.to_owned(), String::clone))
+        let hashed = match &mut self.hashed {
+            Some(set) => set,
+            None if self.small.len() < SMALL_OBJECT => {
+                let mut seen = map.keys().zip(&self.small);
+                if seen.any(|(k, f)| f.as_deref().unwrap_or(k) == fold) {
+                    return twin();
                 }
-            },
-            Members::Small(_) => Ok(None),
-        }
-    }
-
-    fn push(&mut self, key: String, value: Value, fold: Option<String>) {
-        match self {
-            Members::Small(small) => small.push((key, value, fold)),
-            Members::Large(map, _) => {
-                map.insert(key, value);
+                self.small.push(match fold {
+                    Cow::Owned(f) => Some(f),
+                    Cow::Borrowed(_) => None,
+                });
+                return None;
             }
-        }
-    }
-
-    /// The members in a map. (Drained in place: moving the list would copy all its room.)
-    fn take_map(&mut self) -> Map<String, Value> {
-        match self {
-            Members::Small(small) => {
-                let mut map = Map::with_capacity(small.len());
-                map.extend(small.drain(..).map(|(k, v, _)| (k, v)));
-                map
+            None => {
+                let seen = map.keys().zip(self.small.drain(..));
+                let set = seen.map(|(k, f)| f.unwrap_or_else(|| k.clone())).collect();
+                self.hashed.insert(set)
             }
-            Members::Large(map, _) => std::mem::take(map),
+        };
+        if hashed.insert(fold.into_owned()) {
+            None
+        } else {
+            twin()
         }
     }
 }
