@@ -31,11 +31,16 @@ differences between routes hold from run to run.
 stand-in server and its tools/list of 100 tools, which toolgate's module filters for the caller
 (aim: ≤ 100 µs added at p50 one in flight).
 
+``--before DIR``: toolgate's module against another build of it (OLD: the directory
+scripts/build-envoy-module printed at another commit, with TOOLGATE_BUILD_PROFILE=release), on
+two routes of the interleaved Envoy taking turns with a route with no filter; printed only.
+
     .venv/bin/python bench/envoy_module_bench.py --print
     .venv/bin/python bench/envoy_module_bench.py --list --runs 5 --print
     .venv/bin/python bench/envoy_module_bench.py --upstream --print
     .venv/bin/python bench/envoy_module_bench.py --pin --runs 5 --print
     .venv/bin/python bench/envoy_module_bench.py --runs 1 -n1 2000 -nl 4000 --print    # quick
+    .venv/bin/python bench/envoy_module_bench.py --pin --runs 8 --before OLD    # an A/B
 
 ``--traced PCT``: two more Envoys, ``plain-traced`` and ``module-traced``, with Envoy's tracing on
 as docs/envoy.md's Traces section configures it, sampling PCT % of requests, its collector a
@@ -142,7 +147,7 @@ FILTER_OFF = {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
 
 def interleaved_config(
     deployed: dict, listen: int, admin: int, tport: int, upstream: int | None,
-    policy: Path = h.POLICY,
+    policy: Path = h.POLICY, routes: dict = ROUTES, filters: dict | None = None,
 ) -> dict:  # fmt: skip
     """One Envoy with Envoy's buffer filter, the floor modules and toolgate's module, and a route
     for each (``ROUTES``) that runs that filter alone, and one that runs none: h2load taking the
@@ -151,17 +156,17 @@ def interleaved_config(
     config = envoy_config(deployed, "plain", listen, admin, tport, upstream)
     (listener,) = config["static_resources"]["listeners"]
     hcm = ev.hcm_of(listener)
-    for name, f in added_filters(policy).items():
-        hcm["http_filters"].insert(len(hcm["http_filters"]) - 1, {**f, "name": ROUTES[name][0]})
+    for name, f in (filters or added_filters(policy)).items():
+        hcm["http_filters"].insert(len(hcm["http_filters"]) - 1, {**f, "name": routes[name][0]})
     (vhost,) = hcm["route_config"]["virtual_hosts"]
     (base,) = vhost["routes"]
     vhost["routes"] = []
-    for name, (_, path, status) in ROUTES.items():
+    for name, (_, path, status) in routes.items():
         route = copy.deepcopy(base)
         route["match"] = {"path": path}
         if upstream is None:
             route["direct_response"]["status"] = status
-        off = [f for other, (f, _, _) in ROUTES.items() if f and other != name]
+        off = [f for other, (f, _, _) in routes.items() if f and other != name]
         route["typed_per_filter_config"] = {f: FILTER_OFF for f in off}
         vhost["routes"].append(route)
     return config
@@ -177,14 +182,15 @@ class Interleaved(h.Run):
 def interleaved(
     r: Interleaved, envoy: h.Server, body: Path, workdir: Path, args,
     headers: tuple[str, ...] = ev.H2LOAD_HEADERS, answer_bytes: int | None = None,
+    turns: tuple[str, ...] = TURNS, routes: dict = ROUTES,
 ) -> Interleaved:  # fmt: skip
     """``r.n`` requests a turn one in flight, the routes taken as ``TURNS`` says; each answer
     checked to be the route's (its status, in the order h2load sent them), Envoy's counter to
     match, and (given ``answer_bytes``, what one round of the turns answers) the bytes: a run
     that fails a check ends the bench."""
     s0 = ev.stats(envoy)
-    routes = [ROUTES["plain" if turn == "next" else turn] for turn in TURNS]
-    urls = [f"http://127.0.0.1:{envoy.port}{path}" for _, path, _ in routes]
+    taken = [routes["plain" if turn == "next" else turn] for turn in turns]
+    urls = [f"http://127.0.0.1:{envoy.port}{path}" for _, path, _ in taken]
     log = workdir / f"interleaved-{r.index}.log"
     cmd = h.h2load_cmd(urls[0], body, 1, 1, r.n * len(urls), headers=headers)
     cmd = h.pinned([*cmd, *urls[1:], "--log-file", str(log)], h.GENERATOR_CPU, args.pin)
@@ -193,13 +199,13 @@ def interleaved(
     lines = [line.split("\t") for line in log.read_text().splitlines()]
     rows = sorted((int(start), status, int(took)) for start, status, took, *_ in lines)
     log.unlink()
-    want = [str(status) for _, _, status in routes]
+    want = [str(status) for _, _, status in taken]
     got = [status for _, status, _ in rows]
     if got != want * r.n:
         r.problems.append(f"answers not the routes' in turn: {collections.Counter(got)}")
-    for k, name in enumerate(TURNS):
-        taken = sorted(took for _, _, took in rows[k :: len(want)])
-        r.p50s[name] = h.percentile(taken, 0.5)
+    for k, name in enumerate(turns):
+        took = sorted(took for _, _, took in rows[k :: len(want)])
+        r.p50s[name] = h.percentile(took, 0.5)
     r.rps, r.succeeded = summary["rps"], int(summary.get("succeeded", 0))
     r.per_call(len(rows))
     if answer_bytes is not None and summary["data"] != r.n * answer_bytes:
@@ -397,6 +403,67 @@ def bench_lists(args, started: float) -> int:
     return 0
 
 
+def bench_before(args, started: float) -> int:
+    """``--before DIR``: toolgate's module against another build of it (DIR's libtoolgate.so,
+    built by scripts/build-envoy-module from another commit), each on a route of one Envoy that
+    h2load takes in turn with a route with no filter, one in flight; which of the two modules
+    goes first alternates run by run (the second of a round was the slower by a few µs).
+    Printed, not written to RESULTS.md: module minus before at p50, per run and their median."""
+    workdir = Path(tempfile.mkdtemp(prefix="envoy-module-before-"))
+    modules = built_modules(workdir)
+    shutil.copy(Path(args.before) / "libtoolgate.so", modules / "libtoolgate_before.so")
+    os.environ["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = str(modules)
+    body = workdir / "tools-call.json"
+    body.write_bytes(ev.REQUEST_BODY)
+    # Both modules' routes answer 200: the status their followers read as a call that ran.
+    routes = {
+        "plain": ROUTES["plain"],
+        "module": ROUTES["module"],
+        "before": ("toolgate_before", "/before", 200),
+    }
+    config = {"policy": str(h.POLICY), "server": ev.SERVER_ID}
+    filters = {
+        "module": dynamic_module_filter("toolgate", config),
+        "before": dynamic_module_filter("toolgate_before", config),
+    }
+    servers: dict[str, h.Server] = {}
+    runs: list[Interleaved] = []
+    try:
+        deployed = ev.deployed_config(ev.DEPLOYED, workdir)
+        port, admin = h.free_port(), h.free_port()
+        path = workdir / "interleaved.json"
+        mixed_config = interleaved_config(deployed, port, admin, 0, None, h.POLICY, routes, filters)
+        path.write_text(json.dumps(mixed_config))
+        mixed = servers["interleaved"] = ev.start(
+            "interleaved", path, admin, workdir, port=port, pin=args.pin
+        )
+        urls = [f"http://127.0.0.1:{mixed.port}{path}" for _, path, _ in routes.values()]
+        h.warm(urls, body, args.warmup, args, ev.H2LOAD_HEADERS)
+        for i in range(1, args.runs + 1):
+            pair = ("module", "before") if i % 2 else ("before", "module")
+            r = Interleaved("interleaved", "single", i, n=args.n_single)
+            turns = ("next", "plain", *pair)
+            runs.append(interleaved(r, mixed, body, workdir, args, turns=turns, routes=routes))
+    finally:
+        for server in servers.values():
+            server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    diffs = [r.p50s["module"] - r.p50s["before"] for r in runs]
+    added = [r.p50s["module"] - r.p50s["plain"] for r in runs]
+    before = [r.p50s["before"] - r.p50s["plain"] for r in runs]
+    print(
+        f"toolgate's module against {args.before}, one in flight, {args.runs} runs of "
+        f"{args.n_single:,} requests a route: module minus before at p50 "
+        f"**{h.fmt_added(statistics.median(diffs))}** (runs "
+        + ", ".join(h.fmt_added(x) for x in diffs)
+        + f"); added over no filter: module {h.fmt_added(statistics.median(added))}, before "
+        f"{h.fmt_added(statistics.median(before))}; no filter's p50 "
+        + ", ".join(h.fmt_us(r.p50s["plain"]) for r in runs)
+        + f". Took {time.monotonic() - started:.0f} s."
+    )
+    return 0
+
+
 def built_modules(workdir: Path) -> Path:
     """toolgate's module as Envoy's users load it (a release build) and the floor modules, in a
     directory of ``workdir``."""
@@ -431,6 +498,12 @@ def main() -> int:
         action="store_true",
         help="a tools/list of 100 tools, filtered by the module: its routes interleaved only",
     )
+    p.add_argument(
+        "--before",
+        metavar="DIR",
+        help="toolgate's module against DIR's libtoolgate.so (another commit's build), "
+        "interleaved, printed only",
+    )
     p.add_argument("--print", dest="write", action="store_false")
     args = p.parse_args()
     started = time.monotonic()
@@ -438,6 +511,8 @@ def main() -> int:
     tracing = None if args.traced is None else envoy_tracing(args.traced, h.free_port())
     if args.list:
         return bench_lists(args, started)
+    if args.before:
+        return bench_before(args, started)
     workdir = Path(tempfile.mkdtemp(prefix="envoy-module-bench-"))
     os.environ["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = str(built_modules(workdir))
     body = workdir / "tools-call.json"
