@@ -551,9 +551,7 @@ impl Filter {
         } = judged;
         // What was decided, for the access log (as ext_authz leaves it in its own namespace).
         if let Some(d) = gate.decision() {
-            for (key, value) in reply::told(d) {
-                stream.set_metadata(METADATA_NAMESPACE, key, value);
-            }
+            stream.set_metadata(METADATA_NAMESPACE, &reply::told(d));
         }
         let server = server.as_deref();
         match gate {
