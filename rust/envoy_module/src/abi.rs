@@ -101,7 +101,7 @@ extern "C" {
         namespace: ModuleBuffer,
         entries: *const ModuleHeader,
         entries_length: usize,
-    ) -> bool;
+    );
     pub fn envoy_dynamic_module_callback_http_filter_config_define_counter(
         config: ConfigEnvoyPtr,
         name: ModuleBuffer,

@@ -526,7 +526,15 @@ mod tests {
         /// Text that is UTF-8 reads exactly as its bytes do, whatever it holds: a value, the
         /// same refusal, or the same syntax error.
         #[test]
-        fn text_reads_as_its_bytes_do(v in twinned_json(), cut in 0usize..64, junk in "[\\\"{}:,\u{0}-\u{1f}é]{0,2}") {
+        fn text_reads_as_its_bytes_do(
+            v in twinned_json(),
+            cut in 0usize..64,
+            junk in proptest::prop_oneof![
+                "[\\\"{}:,\u{0}-\u{1f}é]{0,2}",
+                // Escapes of surrogates, lone or paired, and of other characters.
+                r#"(\\u[dD][89abAB][0-9a-f]{2}|\\u[dD][c-fC-F][0-9a-f]{2}|\\u00[0-9a-f]{2}|\\["\\/bfnrtx]){1,3}"#,
+            ],
+        ) {
             let mut text = v.to_string();
             let at = text.char_indices().map(|(i, _)| i).nth(cut).unwrap_or(text.len());
             text.insert_str(at, &junk);
