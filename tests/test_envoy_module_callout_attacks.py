@@ -355,12 +355,17 @@ def test_an_allowing_message_under_a_failed_grpc_status_is_refused(table_sidecar
 
 
 def test_a_well_formed_allow_forwards_the_call_once(table_sidecar):
-    """The control: a whole allowing CheckResponse lets the held call on, with its headers."""
+    """The control: a whole allowing CheckResponse lets the held call on, with its headers;
+    the exchange header, which picks ext_authz's routes, reaches the server from neither the
+    sidecar nor the client."""
     envoy, fake, server, chosen = table_sidecar
-    chosen["steps"] = whole(allowing(**{"x-approved-by": "fake"}))
-    status, _, _ = send(envoy, "POST", terminate("i-ok"), {"authorization": "Bearer a"})
+    chosen["steps"] = whole(allowing(**{"x-approved-by": "fake", "x-toolgate-exchange": "list"}))
+    client = {"authorization": "Bearer a", "x-toolgate-exchange": "list"}
+    status, _, _ = send(envoy, "POST", terminate("i-ok"), client)
     assert status == 200
-    assert len(reached(server, "i-ok")) == 1
+    (seen,) = reached(server, "i-ok")
+    assert seen["headers"]["x-approved-by"] == "fake"
+    assert "x-toolgate-exchange" not in seen["headers"]
     assert fake.paths[-1] == "/envoy.service.auth.v3.Authorization/Check"
 
 

@@ -33,7 +33,7 @@ use toolgate_server::answer::{
     release, Caller, Follower, RequestBody, LIST_ANSWER_DROPS, LIST_ANSWER_TYPE,
 };
 use toolgate_server::authz::unreadable_caller;
-use toolgate_server::ext_proc::{exchange_header, EXCHANGE_HEADER};
+use toolgate_server::ext_proc::EXCHANGE_HEADER;
 use toolgate_server::spans::Named;
 use toolgate_server::subject::{
     single_header, AuthzConfig, CallerFacts, ReadSubject, SubjectSource, MCP_SESSION_HEADER,
@@ -95,13 +95,12 @@ impl Headers {
     fn read(stream: Stream, authz: &AuthzConfig) -> Headers {
         let mut joined: Vec<(String, String)> = Vec::with_capacity(16);
         stream.each_header(REQUEST_HEADER, |name, value| {
-            let value = String::from_utf8_lossy(value);
             match joined.iter_mut().find(|(k, _)| k.as_bytes() == name) {
                 Some((_, all)) => {
                     all.push(',');
-                    all.push_str(&value);
+                    all.push_str(&lossy(value));
                 }
-                None => joined.push((String::from_utf8_lossy(name).into(), value.into())),
+                None => joined.push((lossy(name).into(), lossy(value).into())),
             }
         });
         let verified = reads_tokens(authz)
@@ -123,6 +122,15 @@ impl Headers {
     /// The protocol revision the request declared in its `MCP-Protocol-Version` header.
     fn revision(&self) -> Option<Revision> {
         Revision::parse(self.get("mcp-protocol-version")?)
+    }
+}
+
+/// `bytes` as text, each byte that is not UTF-8 read as U+FFFD. Checked whole first: header
+/// bytes are nearly always UTF-8, and the whole check costs a fraction of the lossy reading.
+fn lossy(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
     }
 }
 
@@ -553,15 +561,21 @@ impl Filter {
         if let Some(d) = gate.decision() {
             stream.set_metadata(METADATA_NAMESPACE, &reply::told(d));
         }
+        // The module follows answers itself, so no route is picked on the exchange header;
+        // as behind ext_authz, the server never sees one (a client's is taken out).
+        if headers.get(EXCHANGE_HEADER).is_some() {
+            stream.remove_header(REQUEST_HEADER, EXCHANGE_HEADER);
+        }
         let server = server.as_deref();
         match gate {
             Gate::Forward {
-                headers, follow, ..
+                headers: answer_headers,
+                follow,
+                ..
             } => {
-                // Always set, as ext_authz sets it: a client cannot choose what a route that
-                // processes answers sees.
-                stream.set_header(REQUEST_HEADER, EXCHANGE_HEADER, exchange_header(&follow));
-                self.answer_headers = headers.into_iter().map(|(k, v)| (k.into(), v)).collect();
+                self.answer_headers = (answer_headers.into_iter())
+                    .map(|(k, v)| (k.into(), v))
+                    .collect();
                 if matches!(follow, Follow::Nothing) {
                     return Next::Continue;
                 }
@@ -672,8 +686,9 @@ impl Filter {
         };
         self.decided = Some(match said {
             Ok(Said::Forward { request, answer }) => {
-                for (key, value) in request {
-                    stream.set_header(REQUEST_HEADER, &key, &value);
+                // The exchange header picks ext_authz's routes; it has no use here.
+                for (key, value) in request.iter().filter(|(k, _)| k != EXCHANGE_HEADER) {
+                    stream.set_header(REQUEST_HEADER, key, value);
                 }
                 self.answer_headers = answer.into_iter().map(|(k, v)| (k.into(), v)).collect();
                 stream.continue_decoding();
