@@ -76,6 +76,45 @@ pub fn compile(glob: &str) -> Result<regex::Regex, String> {
     regex::Regex::new(&re).map_err(|e| format!("invalid glob {glob:?}: {e}"))
 }
 
+/// A glob as a tool name is matched against it. Most globs in a policy are literal text
+/// around one `*` (`github.*`, `*_delete`): those compare the name's ends, a few instructions
+/// where a regex search costs hundreds (a `tools/list` matches every tool it lists); any
+/// other runs its regex, which says what every glob means.
+pub enum Glob {
+    /// `prefix*suffix`, neither holding a metacharacter.
+    Affixes {
+        prefix: Box<str>,
+        suffix: Box<str>,
+    },
+    Regex(regex::Regex),
+}
+
+impl Glob {
+    pub fn new(glob: &str) -> Result<Glob, String> {
+        let prefix = literal_prefix(glob);
+        match glob[prefix.len()..].strip_prefix('*') {
+            Some(suffix) if !is_glob(suffix) => Ok(Glob::Affixes {
+                prefix: prefix.into(),
+                suffix: suffix.into(),
+            }),
+            _ => compile(glob).map(Glob::Regex),
+        }
+    }
+
+    #[inline]
+    pub fn is_match(&self, name: &str) -> bool {
+        match self {
+            // The two ends may not overlap: `ab*ba` needs four characters at least.
+            Glob::Affixes { prefix, suffix } => {
+                name.len() >= prefix.len() + suffix.len()
+                    && name.starts_with(&**prefix)
+                    && name.ends_with(&**suffix)
+            }
+            Glob::Regex(re) => re.is_match(name),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,6 +132,52 @@ mod tests {
         let n = compile("rm[!0-9]").unwrap();
         assert!(n.is_match("rmx") && !n.is_match("rm7"));
         assert!(compile("bad[").is_err());
+    }
+
+    #[test]
+    fn affixes_are_compared_as_text_and_the_rest_run_their_regex() {
+        let affixes = |g: &str| matches!(Glob::new(g), Ok(Glob::Affixes { .. }));
+        assert!(affixes("github.*") && affixes("*_delete") && affixes("*") && affixes("a*]"));
+        assert!(!affixes("a*b*") && !affixes("get_?") && !affixes("rm[0-9]*") && !affixes("a"));
+        let g = Glob::new("ab*ba").unwrap();
+        assert!(g.is_match("abba") && g.is_match("ab-ba") && !g.is_match("aba"));
+        assert!(Glob::new("bad[*").is_err());
+    }
+
+    /// `glob` matches each of `names` (and its own text) exactly as its regex does, and is
+    /// refused exactly where the regex is.
+    fn agrees(glob: &str, names: &[String]) -> Result<(), proptest::test_runner::TestCaseError> {
+        match (Glob::new(glob), compile(glob)) {
+            (Ok(g), Ok(re)) => {
+                for name in names.iter().map(String::as_str).chain([glob]) {
+                    let (fast, slow) = (g.is_match(name), re.is_match(name));
+                    proptest::prop_assert_eq!(fast, slow, "{:?} on {:?}", glob, name);
+                }
+            }
+            (Err(_), Err(_)) => {}
+            (g, re) => proptest::prop_assert!(false, "{glob:?}: {} vs {}", g.is_ok(), re.is_ok()),
+        }
+        Ok(())
+    }
+
+    proptest::proptest! {
+        /// Two letters and `*`: ends that overlap (`ab*ba` on `aba`), empty ends, `*` alone.
+        #[test]
+        fn a_glob_of_few_letters_matches_what_its_regex_matches(
+            glob in "[ab*]{0,6}",
+            names in proptest::collection::vec("[ab]{0,6}", 1..32),
+        ) {
+            agrees(&glob, &names)?;
+        }
+
+        /// Every metacharacter, classes open and closed, text that is not ASCII, line breaks.
+        #[test]
+        fn any_glob_matches_what_its_regex_matches(
+            glob in "[ab.é*?\\[\\]!-]{0,7}",
+            names in proptest::collection::vec("[ab.é\n\\]!-]{0,8}", 1..24),
+        ) {
+            agrees(&glob, &names)?;
+        }
     }
 
     #[test]

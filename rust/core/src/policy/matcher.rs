@@ -7,13 +7,12 @@
 //! longest literal prefix; ties go to the glob with more literal characters, then to the one
 //! written first.
 
-use super::glob;
+use super::glob::{self, Glob};
 use ahash::AHashMap;
-use regex::Regex;
 
 /// A compiled glob with its tie-breakers (literal characters, then document order), and the
 /// glob as written.
-type GlobEntry<T> = (Regex, usize, usize, T, Box<str>);
+type GlobEntry<T> = (Glob, usize, usize, T, Box<str>);
 
 /// A name or glob that matched, and where it stands in the precedence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +53,7 @@ impl<T: Clone> NameMatcher<T> {
         let mut globs: AHashMap<Box<str>, Vec<GlobEntry<T>>> = AHashMap::new();
         for (order, (name, value)) in entries.into_iter().enumerate() {
             if glob::is_glob(name) {
-                let re = glob::compile(name)?;
+                let re = Glob::new(name)?;
                 let prefix = glob::literal_prefix(name);
                 globs.entry(prefix.into()).or_default().push((
                     re,
