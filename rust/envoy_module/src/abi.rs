@@ -399,6 +399,8 @@ impl Stream {
                     chunks.as_mut_ptr(),
                 )
             {
+                // Grown once: a list's answer comes in many chunks.
+                out.reserve(chunks.iter().map(|c| c.length).sum());
                 for chunk in chunks {
                     out.extend_from_slice(chunk.bytes());
                 }
