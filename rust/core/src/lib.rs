@@ -12,6 +12,7 @@ pub mod counter;
 pub mod decision;
 pub mod definitions;
 pub mod engine;
+pub mod hex;
 pub mod json;
 pub mod kind;
 pub mod mcp;

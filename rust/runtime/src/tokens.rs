@@ -100,7 +100,7 @@ mod tests {
             pub fn new() -> Dir {
                 let mut name = [0u8; 8];
                 getrandom::fill(&mut name).unwrap();
-                let hex: String = name.iter().map(|b| format!("{b:02x}")).collect();
+                let hex = toolgate_core::hex::lower(&name);
                 let path = std::env::temp_dir().join(format!("toolgate-tokens-{hex}"));
                 std::fs::create_dir(&path).unwrap();
                 Dir(path)

@@ -83,11 +83,9 @@ impl AuthZen {
         let mut mac = self.release_key.clone();
         mac.update(&named);
         let tag: [u8; 32] = mac.finalize().into_bytes().into();
-        named
-            .iter()
-            .chain(&tag[..16])
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        let mut token = toolgate_core::hex::lower(&named);
+        toolgate_core::hex::push(&mut token, &tag[..16]);
+        token
     }
 
     /// The reservation a token this process signed names, and whether its rule gives it

@@ -101,8 +101,7 @@ impl ExtMcpConfig {
         let mut mac = self.release_key.clone();
         mac.update(&reservation.to_be_bytes());
         let tag: [u8; 32] = mac.finalize().into_bytes().into();
-        let tag: String = tag[..16].iter().map(|b| format!("{b:02x}")).collect();
-        format!("{reservation}.{tag}")
+        format!("{reservation}.{}", toolgate_core::hex::lower(&tag[..16]))
     }
 
     /// The reservation a token this process signed names; `None` for anything else.

@@ -232,8 +232,9 @@ fn parse_words(text: &str) -> Option<[u64; 2]> {
 
 /// A keyed digest as it is written: `hmac-sha256:` and its hex digits.
 pub fn keyed_hex(digest: &[u8]) -> String {
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("hmac-sha256:{hex}")
+    let mut text = String::from("hmac-sha256:");
+    crate::hex::push(&mut text, digest);
+    text
 }
 
 /// What a call that needs approval finds.

@@ -23,7 +23,7 @@ impl fmt::Display for Digest {
     /// `sha256:` and 64 hex digits, as pins files write it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("sha256:")?;
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+        f.write_str(&crate::hex::lower(&self.0))
     }
 }
 
@@ -49,7 +49,7 @@ impl Digest {
 
     /// The first 12 hex digits, for a reason an agent or a person reads.
     pub fn short(&self) -> String {
-        self.0[..6].iter().map(|b| format!("{b:02x}")).collect()
+        crate::hex::lower(&self.0[..6])
     }
 }
 

@@ -178,8 +178,9 @@ impl ListRequest {
         }
         let mut random = [0u8; 16];
         getrandom::fill(&mut random).expect("the system's random source works");
-        let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
-        let upstream_id = Value::String(format!("toolgate-{hex}"));
+        let mut upstream_id = String::from("toolgate-");
+        crate::hex::push(&mut upstream_id, &random);
+        let upstream_id = Value::String(upstream_id);
         message.insert("id".into(), upstream_id.clone());
         let body = serde_json::to_vec(&message).expect("JSON values always serialize");
         Ok(ListRequest { body, upstream_id })

@@ -46,7 +46,6 @@ pub struct ExemplarSample {
 
 impl From<DurationSnapshot> for Buckets {
     fn from(d: DurationSnapshot) -> Buckets {
-        let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
         Buckets {
             bounds: (d.cumulative.iter())
                 .map(|(ns, n)| (*ns as f64 / 1e9, *n))
@@ -56,8 +55,8 @@ impl From<DurationSnapshot> for Buckets {
             exemplars: (d.exemplars.iter())
                 .map(|e| {
                     e.map(|e| ExemplarSample {
-                        trace_id: hex(&e.ids.trace_id),
-                        span_id: hex(&e.ids.span_id),
+                        trace_id: crate::hex::lower(&e.ids.trace_id),
+                        span_id: crate::hex::lower(&e.ids.span_id),
                         value: e.ns as f64 / 1e9,
                         timestamp: e.unix_ms as f64 / 1e3,
                     })

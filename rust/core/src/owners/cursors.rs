@@ -12,7 +12,6 @@
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
-use std::fmt::Write;
 
 /// What a sealed cursor starts with.
 pub const PREFIX: &str = "toolgate.cursor.";
@@ -46,9 +45,8 @@ impl CursorKey {
             .expect("a cursor within an answer's size seals");
         let mut out = String::with_capacity(PREFIX.len() + 2 * (NONCE_BYTES + sealed.len()));
         out.push_str(PREFIX);
-        for b in nonce.iter().chain(&sealed) {
-            write!(out, "{b:02x}").expect("writing to a String cannot fail");
-        }
+        crate::hex::push(&mut out, &nonce);
+        crate::hex::push(&mut out, &sealed);
         out
     }
 

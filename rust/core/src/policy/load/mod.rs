@@ -121,7 +121,7 @@ fn revision(node: &Node, pins: &[PinsFile]) -> String {
         hasher.update(file.digest);
     }
     let digest = hasher.finalize();
-    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    crate::hex::lower(&digest[..8])
 }
 
 /// Most limits one call can be checked against: a rule's own, and its rule plus `all_tools`.
