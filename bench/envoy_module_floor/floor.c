@@ -8,8 +8,8 @@
  * Built with -DCALLBACKS (the bench's `callbacks`), it also makes, with constant values, the
  * calls into Envoy that toolgate's module makes for an allowed tools/call: the request's
  * headers, the client's address, the active span and the body read; four dynamic-metadata
- * entries (in one call) and a request header set; two headers set on the answer and its body
- * read. What those calls cost Envoy, apart from what the module computes. */
+ * entries (in one call); two headers set on the answer and its body read. What those calls
+ * cost Envoy, apart from what the module computes. */
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -69,8 +69,6 @@ uint32_t envoy_dynamic_module_on_http_filter_request_body(void *e, const void *f
                          {B("rule"), B("/tools/run_command")},
                          {B("revision"), B("0123abcd")}};
   envoy_dynamic_module_callback_http_set_dynamic_metadata_string_batch(e, B("callbacks"), told, 4);
-  envoy_dynamic_module_callback_http_set_header(e, REQUEST_HEADER, B("x-callbacks-exchange"),
-                                                B("call"));
 #endif
   return 0;
 }
