@@ -768,8 +768,13 @@ def test_a_credential_that_is_not_utf8_is_refused_as_with_ext_authz(both: Both):
 
 @pytest.mark.parametrize(
     "sent",
-    [[], [b"X-Toolgate-Exchange: list"], [b"x-toolgate-exchange: a", b"X-TOOLGATE-EXCHANGE: b"]],
-    ids=["none", "one", "two"],
+    [
+        [],
+        [b"X-Toolgate-Exchange: list"],
+        [b"x-toolgate-exchange: a", b"X-TOOLGATE-EXCHANGE: b"],
+        [b"X-Toolgate-Exchange:"],
+    ],
+    ids=["none", "one", "two", "empty"],
 )
 def test_the_server_never_sees_a_client_chosen_x_toolgate_exchange(both: Both, sent):
     """Behind ext_authz the sidecar sets it (it picks ext_authz's routes); the module follows

@@ -359,7 +359,7 @@ def test_a_well_formed_allow_forwards_the_call_once(table_sidecar):
     the exchange header, which picks ext_authz's routes, reaches the server from neither the
     sidecar nor the client."""
     envoy, fake, server, chosen = table_sidecar
-    chosen["steps"] = whole(allowing(**{"x-approved-by": "fake", "x-toolgate-exchange": "list"}))
+    chosen["steps"] = whole(allowing(**{"x-approved-by": "fake", "X-Toolgate-Exchange": "list"}))
     client = {"authorization": "Bearer a", "x-toolgate-exchange": "list"}
     status, _, _ = send(envoy, "POST", terminate("i-ok"), client)
     assert status == 200

@@ -119,6 +119,11 @@ impl Headers {
         (&self).header(name)
     }
 
+    /// Whether the request has header `name` (lower case), empty or not.
+    fn has(&self, name: &str) -> bool {
+        self.joined.iter().any(|(k, _)| k == name)
+    }
+
     /// The protocol revision the request declared in its `MCP-Protocol-Version` header.
     fn revision(&self) -> Option<Revision> {
         Revision::parse(self.get("mcp-protocol-version")?)
@@ -563,7 +568,7 @@ impl Filter {
         }
         // The module follows answers itself, so no route is picked on the exchange header;
         // as behind ext_authz, the server never sees one (a client's is taken out).
-        if headers.get(EXCHANGE_HEADER).is_some() {
+        if headers.has(EXCHANGE_HEADER) {
             stream.remove_header(REQUEST_HEADER, EXCHANGE_HEADER);
         }
         let server = server.as_deref();
@@ -687,7 +692,8 @@ impl Filter {
         self.decided = Some(match said {
             Ok(Said::Forward { request, answer }) => {
                 // The exchange header picks ext_authz's routes; it has no use here.
-                for (key, value) in request.iter().filter(|(k, _)| k != EXCHANGE_HEADER) {
+                let routing = |k: &str| k.eq_ignore_ascii_case(EXCHANGE_HEADER);
+                for (key, value) in request.iter().filter(|(k, _)| !routing(k)) {
                     stream.set_header(REQUEST_HEADER, key, value);
                 }
                 self.answer_headers = answer.into_iter().map(|(k, v)| (k.into(), v)).collect();
