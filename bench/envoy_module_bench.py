@@ -37,7 +37,8 @@ two routes of the interleaved Envoy taking turns with a route with no filter; pr
 
 ``--count``: instructions per request under valgrind's callgrind, for Envoy alone, the floor
 module, its ``callbacks`` build and toolgate's module (its hooks, and its calls into Envoy);
-deterministic where timing here is not. Printed only.
+with ``--list``, the 100-tool list through Envoy alone and toolgate's module. Deterministic
+where timing here is not. Printed only.
 
     .venv/bin/python bench/envoy_module_bench.py --print
     .venv/bin/python bench/envoy_module_bench.py --list --runs 5 --print
@@ -46,6 +47,7 @@ deterministic where timing here is not. Printed only.
     .venv/bin/python bench/envoy_module_bench.py --runs 1 -n1 2000 -nl 4000 --print    # quick
     .venv/bin/python bench/envoy_module_bench.py --pin --runs 8 --before OLD    # an A/B
     .venv/bin/python bench/envoy_module_bench.py --count -n1 1000    # instructions
+    .venv/bin/python bench/envoy_module_bench.py --count --list -n1 300
 
 ``--traced PCT``: two more Envoys, ``plain-traced`` and ``module-traced``, with Envoy's tracing on
 as docs/envoy.md's Traces section configures it, sampling PCT % of requests, its collector a
@@ -496,20 +498,41 @@ def counted(report: str) -> dict[str, int]:
 def bench_count(args, started: float) -> int:
     """``--count``: the instructions Envoy executes per request under valgrind's callgrind, one
     Envoy (one worker) per config in turn, ``-n1`` requests one in flight counted after 300 of
-    warm-up: the whole process, and toolgate's module's hooks and its calls into Envoy.
-    Deterministic where timing on this machine is not; what cache misses cost it cannot show.
-    Printed only."""
+    warm-up: the whole process, and toolgate's module's hooks and its calls into Envoy. With
+    ``--list``, a tools/list of 100 tools from the stand-in server, through the interleaved
+    Envoy's route with no filter and toolgate's module's. Deterministic where timing on this
+    machine is not; what cache misses cost it cannot show. Printed only."""
     workdir = Path(tempfile.mkdtemp(prefix="envoy-module-count-"))
     os.environ["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = str(built_modules(workdir))
-    body = workdir / "tools-call.json"
-    body.write_bytes(ev.REQUEST_BODY)
+    body = workdir / "request.json"
     per_request: dict[str, dict[str, int]] = {}
+    servers: list[h.Server] = []
     try:
         deployed = ev.deployed_config(ev.DEPLOYED, workdir)
-        for name in COUNTED:
+        if args.list:
+            body.write_bytes(epb.LIST_REQUEST)
+            headers, asked = epb.headers("list"), f"a `tools/list` of {len(epb.TOOLS)} tools"
+            uport, uadmin = h.free_port(), h.free_port()
+            path = workdir / "upstream.json"
+            path.write_text(json.dumps(list_upstream_config(uport, uadmin)))
+            servers.append(ev.start("upstream", path, uadmin, workdir, port=uport))
+            policy = epb.bench_policy(workdir)
+            routes = {name: ROUTES[name][1] for name in ("plain", "module")}
+
+            def config(name: str, port: int, admin: int) -> dict:
+                return interleaved_config(deployed, port, admin, 0, uport, policy)
+        else:
+            body.write_bytes(ev.REQUEST_BODY)
+            headers, asked = ev.H2LOAD_HEADERS, "a `tools/call`"
+            routes = {name: "/mcp" for name in COUNTED}
+
+            def config(name: str, port: int, admin: int) -> dict:
+                return envoy_config(deployed, name, port, admin, 0, None)
+
+        for name, route in routes.items():
             port, admin = h.free_port(), h.free_port()
             path = workdir / f"{name}.json"
-            path.write_text(json.dumps(envoy_config(deployed, name, port, admin, 0, None)))
+            path.write_text(json.dumps(config(name, port, admin)))
             out = workdir / f"callgrind.{name}"
             cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", envoy_binary()]
             cmd += ["-c", str(path), "--use-dynamic-base-id", "--log-level", "warn"]
@@ -521,9 +544,9 @@ def bench_count(args, started: float) -> int:
 
             envoy = h.start(f"count-{name}", cmd, workdir, ready, port, timeout=300.0)
             try:
-                url = f"http://127.0.0.1:{port}/mcp"
+                url = f"http://127.0.0.1:{port}{route}"
                 for n, then in ((300, "-z"), (args.n_single, "-d")):
-                    load = h.h2load_cmd(url, body, 1, 1, n, headers=ev.H2LOAD_HEADERS)
+                    load = h.h2load_cmd(url, body, 1, 1, n, headers=headers)
                     ran = subprocess.run(load, capture_output=True, text=True, check=True)
                     if f"status codes: {n} 2xx" not in ran.stdout:
                         raise SystemExit(f"{name}: not every request answered 2xx:\n{ran.stdout}")
@@ -557,10 +580,12 @@ def bench_count(args, started: float) -> int:
             }
             print(f"{name}: {per_request[name]}", file=sys.stderr)
     finally:
+        for server in servers:
+            server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     plain = per_request["plain"]["total"]
     print(
-        f"Instructions Envoy executes per `tools/call` ({args.n_single:,} one in flight, "
+        f"Instructions Envoy executes per request, {asked} ({args.n_single:,} one in flight, "
         "callgrind): "
         + "; ".join(
             f"{name} {c['total']:,} ({c['total'] - plain:+,} over Envoy alone"
@@ -624,12 +649,12 @@ def main() -> int:
     started = time.monotonic()
     configs = CONFIGS + ([] if args.traced is None else ["plain-traced", "module-traced"])
     tracing = None if args.traced is None else envoy_tracing(args.traced, h.free_port())
+    if args.count:
+        return bench_count(args, started)
     if args.list:
         return bench_lists(args, started)
     if args.before:
         return bench_before(args, started)
-    if args.count:
-        return bench_count(args, started)
     workdir = Path(tempfile.mkdtemp(prefix="envoy-module-bench-"))
     os.environ["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = str(built_modules(workdir))
     body = workdir / "tools-call.json"
