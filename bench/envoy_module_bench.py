@@ -310,6 +310,14 @@ def list_upstream_config(listen: int, admin: int) -> dict:
     return config
 
 
+def start_list_upstream(workdir: Path, pin: bool = False) -> h.Server:
+    """The stand-in MCP server of ``list_upstream_config``, up on a free port."""
+    port, admin = h.free_port(), h.free_port()
+    path = workdir / "upstream.json"
+    path.write_text(json.dumps(list_upstream_config(port, admin)))
+    return ev.start("upstream", path, admin, workdir, port=port, pin=pin)
+
+
 def listed(envoy: h.Server, path: str) -> tuple[int, list[str], int]:
     """A tools/list sent by hand to ``path``: its status, the tools' names, the bytes."""
     status, _, body = ev.post(envoy, epb.LIST_REQUEST, path=path, **{epb.ANSWER_HEADER: "list"})
@@ -329,10 +337,8 @@ def bench_lists(args, started: float) -> int:
     runs: list[Interleaved] = []
     try:
         deployed = ev.deployed_config(ev.DEPLOYED, workdir)
-        uport, uadmin = h.free_port(), h.free_port()
-        path = workdir / "upstream.json"
-        path.write_text(json.dumps(list_upstream_config(uport, uadmin)))
-        servers["upstream"] = ev.start("upstream", path, uadmin, workdir, port=uport, pin=args.pin)
+        servers["upstream"] = start_list_upstream(workdir, args.pin)
+        uport = servers["upstream"].port
         port, admin = h.free_port(), h.free_port()
         policy = epb.bench_policy(workdir)
         path = workdir / "interleaved.json"
@@ -512,10 +518,8 @@ def bench_count(args, started: float) -> int:
         if args.list:
             body.write_bytes(epb.LIST_REQUEST)
             headers, asked = epb.headers("list"), f"a `tools/list` of {len(epb.TOOLS)} tools"
-            uport, uadmin = h.free_port(), h.free_port()
-            path = workdir / "upstream.json"
-            path.write_text(json.dumps(list_upstream_config(uport, uadmin)))
-            servers.append(ev.start("upstream", path, uadmin, workdir, port=uport))
+            servers.append(start_list_upstream(workdir))
+            uport = servers[-1].port
             policy = epb.bench_policy(workdir)
             routes = {name: ROUTES[name][1] for name in ("plain", "module")}
 

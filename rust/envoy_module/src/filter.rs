@@ -566,8 +566,9 @@ impl Filter {
         if let Some(d) = gate.decision() {
             stream.set_metadata(METADATA_NAMESPACE, &reply::told(d));
         }
-        // The module follows answers itself, so no route is picked on the exchange header;
-        // as behind ext_authz, the server never sees one (a client's is taken out).
+        // The module follows answers itself, so no route is picked on the exchange header:
+        // the server gets none (a client's is taken out), as behind ext_authz with ext_proc,
+        // whose route removes it.
         if headers.has(EXCHANGE_HEADER) {
             stream.remove_header(REQUEST_HEADER, EXCHANGE_HEADER);
         }
