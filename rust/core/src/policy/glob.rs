@@ -106,13 +106,22 @@ impl Glob {
         match self {
             // The two ends may not overlap: `ab*ba` needs four characters at least.
             Glob::Affixes { prefix, suffix } => {
+                let (name, prefix, suffix) =
+                    (name.as_bytes(), prefix.as_bytes(), suffix.as_bytes());
                 name.len() >= prefix.len() + suffix.len()
-                    && name.starts_with(&**prefix)
-                    && name.ends_with(&**suffix)
+                    && same(&name[..prefix.len()], prefix)
+                    && same(&name[name.len() - suffix.len()..], suffix)
             }
             Glob::Regex(re) => re.is_match(name),
         }
     }
+}
+
+/// Whether `a` and `b` (of one length) hold the same bytes, compared one by one: a glob's
+/// ends are a few bytes, where the C library's memcmp cost more in time than a regex search.
+#[inline]
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.iter().zip(b).all(|(x, y)| x == y)
 }
 
 #[cfg(test)]
