@@ -420,8 +420,9 @@ def bench_before(args, started: float) -> int:
     """``--before DIR``: toolgate's module against another build of it (DIR's libtoolgate.so,
     built by scripts/build-envoy-module from another commit), each on a route of one Envoy that
     h2load takes in turn with a route with no filter, one in flight; which of the two modules
-    goes first alternates run by run (the second of a round was the slower by a few µs).
-    Printed, not written to RESULTS.md: module minus before at p50, per run and their median."""
+    goes first alternates run by run (the second of a round is the slower by a few µs).
+    Printed, not written to RESULTS.md: module minus before at p50, per run, and the mean of
+    the two orders' medians (so the order's own cost cancels)."""
     workdir = Path(tempfile.mkdtemp(prefix="envoy-module-before-"))
     modules = built_modules(workdir)
     shutil.copy(Path(args.before) / "libtoolgate.so", modules / "libtoolgate_before.so")
@@ -462,12 +463,15 @@ def bench_before(args, started: float) -> int:
             server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     diffs = [r.p50s["module"] - r.p50s["before"] for r in runs]
+    # Odd runs put the module first, even runs the build before it.
+    by_order = [statistics.median(diffs[0::2]), statistics.median(diffs[1::2] or diffs)]
     added = [r.p50s["module"] - r.p50s["plain"] for r in runs]
     before = [r.p50s["before"] - r.p50s["plain"] for r in runs]
     print(
         f"toolgate's module against {args.before}, one in flight, {args.runs} runs of "
         f"{args.n_single:,} requests a route: module minus before at p50 "
-        f"**{h.fmt_added(statistics.median(diffs))}** (runs "
+        f"**{h.fmt_added(statistics.mean(by_order))}** (the module first "
+        f"{h.fmt_added(by_order[0])}, second {h.fmt_added(by_order[1])}; runs "
         + ", ".join(h.fmt_added(x) for x in diffs)
         + f"); added over no filter: module {h.fmt_added(statistics.median(added))}, before "
         f"{h.fmt_added(statistics.median(before))}; no filter's p50 "
