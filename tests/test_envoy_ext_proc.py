@@ -31,6 +31,7 @@ import anyio
 import httpx2
 import mcp.types as types
 import pytest
+import toolgate
 from conftest import EXAMPLES, cond, limit, policy
 from envoy_proxy import ACCEPT, DEPLOY, deployed, envoy_executable, send
 from hypothesis import given, settings
@@ -815,6 +816,46 @@ def test_a_list_fetched_again_unchanged_is_found_not_read_again(example_gate):
     assert sidecar.metric("toolgate_tool_lists_recalled_total") == before + pages
     assert sidecar.metric("toolgate_known_answers") >= 1
     assert sidecar.metric("toolgate_known_answer_bytes") > 0
+
+
+def test_a_list_found_again_is_judged_again_under_a_reloaded_policy(tmp_path):
+    """The same answer found among those read before, its entries last judged alike for every
+    caller, is judged under the policy in force: what a reloaded policy hides is not listed,
+    what it no longer hides is, for the caller a rule reads as for any other."""
+    path = tmp_path / "policy.json"
+    reads = policy({"read_*": {}, "write_*": {}, "charge": {}}, hide=["delete_*"])
+    writes = policy(
+        {
+            "read_*": {},
+            "write_*": {"require": [cond("subject.agent", "eq", "writer")]},
+            "delete_*": {},
+            "charge": {},
+        },
+        hide=["read_*"],
+    )
+    path.write_text(json.dumps(reads))
+    names = [f"{('read', 'write', 'delete')[i % 3]}_{i:04d}" for i in range(9)] + ["charge"]
+    with (
+        CatalogServer(tools=9, page_size=100) as catalog,
+        Sidecar(path) as sidecar,
+        deployed(EXT_PROC, sidecar.port, catalog.port, patient=True) as envoy,
+    ):
+        judged = "toolgate_tool_lists_judged_before_total"
+        for _ in range(2):
+            listed, _ = list_all(envoy.url())
+            assert listed == [n for n in names if not n.startswith("delete")]
+        # The second answer was found again, judged as before: its tools not judged again.
+        assert sidecar.metric(judged) == 1
+        recalled = sidecar.metric("toolgate_tool_lists_recalled_total")
+        path.write_text(json.dumps(writes))
+        sidecar.wait_revision(toolgate.Policy.from_dict(writes).revision)
+        for agent, shown in (("writer", ("write", "delete")), ("reader", ("delete",))) * 2:
+            listed, _ = list_all(envoy.url(), {"x-agent-id": agent})
+            assert listed == [n for n in names if n.startswith(shown) or n == "charge"], agent
+        # Every answer after the first was found among those read before; none was taken as
+        # judged before, the reloaded policy's judgement of write_* reading the caller.
+        assert sidecar.metric("toolgate_tool_lists_recalled_total") == recalled + 4
+        assert sidecar.metric(judged) == 1
 
 
 def test_a_resumed_stream_replays_the_list_filtered(tmp_path):

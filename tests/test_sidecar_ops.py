@@ -169,6 +169,7 @@ def test_metrics_text_is_valid_prometheus_exposition():
         "toolgate_tool_lists_total": "counter",
         "toolgate_tools_unlisted_total": "counter",
         "toolgate_tool_lists_recalled_total": "counter",
+        "toolgate_tool_lists_judged_before_total": "counter",
         "toolgate_known_answers": "gauge",
         "toolgate_known_answer_bytes": "gauge",
         "toolgate_reservations_released_on_failure_total": "counter",

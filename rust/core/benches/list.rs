@@ -8,8 +8,9 @@
 //! (the same catalogue, renamed), which should take ten times as long. Those cases read each
 //! answer anew, as the first list of a server's tools is read; `known` and `known_pinned`
 //! find it among the answers read before (`KnownAnswers`, the ext_proc service's), as the sidecar finds a
-//! list fetched again unchanged under a new request id: its tools are still judged one by
-//! one and the answer written, but it is not read again.
+//! list fetched again unchanged under a new request id: it is not read again, and where
+//! nothing is pinned (`known`) its tools are not judged again either (every caller's
+//! judgement of them is the same); the answer is still written.
 //!
 //! Each iteration is what the ext_proc filter (rust/server/src/ext_proc.rs) does with one
 //! answer: a [`ListFilter`] fed the whole JSON body, every tool judged by
@@ -170,6 +171,10 @@ fn filter(
     let mut f = ListFilter::new(Some(json!(LIST_ID)), Some(Listed::Tools), visible);
     if let Some(known) = known {
         f = f.remembering(Arc::clone(known));
+    }
+    // As the sidecar's: tools judged by name alone are judged alike for every caller.
+    if policy.section(None).judges_tools_by_name() {
+        f = f.judging_alike(policy.generation, None);
     }
     let out = f.feed(body, true);
     (out, f.report)

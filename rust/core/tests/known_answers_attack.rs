@@ -114,6 +114,34 @@ impl std::fmt::Debug for Sent {
 
 type Out = (Sent, ListReport);
 
+/// Who judges a list, as a production filter has it: one of three policies (each its own
+/// generation), for one of three servers (the third none), for one of two callers.
+#[derive(Debug, Clone, Copy, Default)]
+struct Judge {
+    policy: u8,
+    server: u8,
+    caller: u8,
+}
+
+impl Judge {
+    fn server(self) -> Option<&'static str> {
+        [Some("a"), Some("b"), None][self.server as usize % 3]
+    }
+
+    /// Policy 0 hides `delete*` (as `hide`), 1 `read*`, 2 `é*`; server "b" also hides
+    /// `list*`; a name ending in `x` depends on who asks (the second caller does not see it).
+    fn seen(self, name: &str) -> Visibility {
+        let hidden = ["delete", "read", "é"][self.policy as usize % 3];
+        let removed = name.starts_with(hidden)
+            || (self.server() == Some("b") && name.starts_with("list"))
+            || (name.ends_with('x') && self.caller == 1);
+        Visibility {
+            removed: removed.then_some(Code::Hidden),
+            per_subject: name.ends_with('x'),
+        }
+    }
+}
+
 /// Feed `body` (cut at `cut`) to a filter for `id`, remembering in `known` if given.
 fn run(
     id: &Value,
@@ -122,12 +150,33 @@ fn run(
     body: &[u8],
     cut: usize,
 ) -> Out {
-    let mut f = ListFilter::new(Some(id.clone()), Some(Listed::Tools), hide);
+    run_as(Judge::default(), false, id, reply, known, body, cut)
+}
+
+/// As `run`, judged by `judge`; `alike`: judged alike for every caller where it can be (the
+/// policy's generation and the server said), as production filters are.
+fn run_as(
+    judge: Judge,
+    alike: bool,
+    id: &Value,
+    reply: Option<&Value>,
+    known: Option<&Arc<KnownAnswers>>,
+    body: &[u8],
+    cut: usize,
+) -> Out {
+    let seen = move |_: Listed, name: &str, tool: &ListedTool<'_>| {
+        assert!(tool.object().get("name").is_some());
+        judge.seen(name)
+    };
+    let mut f = ListFilter::new(Some(id.clone()), Some(Listed::Tools), seen);
     if let Some(r) = reply {
         f = f.replying_as(r.clone());
     }
     if let Some(k) = known {
         f = f.remembering(Arc::clone(k));
+    }
+    if alike {
+        f = f.judging_alike(u64::from(judge.policy) + 1, judge.server());
     }
     let cut = cut.min(body.len());
     let mut out = f.feed(&body[..cut], false);
@@ -375,6 +424,7 @@ struct Step {
     framing: u8,
     reply: bool,
     cut: prop::sample::Index,
+    judge: Judge,
 }
 
 fn step(templates: usize) -> impl Strategy<Value = Step> {
@@ -393,9 +443,14 @@ fn step(templates: usize) -> impl Strategy<Value = Step> {
         0u8..5,
         any::<bool>(),
         any::<prop::sample::Index>(),
+        // Mostly one policy and server, as a proxy has: answers judged alike before.
+        (
+            prop_oneof![7 => Just((0u8, 2u8)), 3 => (0u8..3, 0u8..3)],
+            0u8..2,
+        ),
     )
         .prop_map(
-            |(template, id, written, mask, change, framing, reply, cut)| Step {
+            |(template, id, written, mask, change, framing, reply, cut, ((p, s), c))| Step {
                 template,
                 id,
                 written,
@@ -404,6 +459,11 @@ fn step(templates: usize) -> impl Strategy<Value = Step> {
                 framing,
                 reply,
                 cut,
+                judge: Judge {
+                    policy: p,
+                    server: s,
+                    caller: c,
+                },
             },
         )
 }
@@ -493,8 +553,9 @@ fn check_history(
         }
         let reply = s.reply.then(|| json!(7));
         let cut = s.cut.index(body.len() + 1);
-        let remembering = run(&s.id, reply.as_ref(), Some(known), &body, cut);
-        let anew = run(&s.id, reply.as_ref(), None, &body, cut);
+        let (j, id) = (s.judge, &s.id);
+        let remembering = run_as(j, true, id, reply.as_ref(), Some(known), &body, cut);
+        let anew = run_as(j, false, id, reply.as_ref(), None, &body, cut);
         prop_assert_eq!(&remembering, &anew, "{:?}", Sent(body.clone()));
         let (n, bytes) = known.held();
         prop_assert!(n <= MAX_ANSWERS && bytes <= MAX_BYTES);
@@ -504,9 +565,10 @@ fn check_history(
 }
 
 /// Histories of answers (a few servers' lists, answered again and again under production
-/// ids, written exactly or not, framed as JSON or events, with a byte changed now and then),
-/// all through one table: each is filtered as if read anew, and the table is found again
-/// often enough for this to test something.
+/// ids, written exactly or not, framed as JSON or events, with a byte changed now and then,
+/// judged under one of three policies, for one of three servers and two callers), all through
+/// one table: each is filtered as if read and judged anew, and the table is found again, and
+/// its entries kept as judged before, often enough for this to test something.
 #[test]
 fn histories_of_answers_under_production_ids_are_filtered_as_read_anew() {
     let mut runner = TestRunner::new(Config {
@@ -515,15 +577,23 @@ fn histories_of_answers_under_production_ids_are_filtered_as_read_anew() {
         ..Config::default()
     });
     let before = HITS.load(Ordering::Relaxed);
+    let judged = AtomicUsize::new(0);
     runner
         .run(&history(), |(templates, steps)| {
             let known = Arc::new(KnownAnswers::default());
-            check_history(&known, &templates, &steps)
+            let checked = check_history(&known, &templates, &steps);
+            judged.fetch_add(known.judged_before() as usize, Ordering::Relaxed);
+            checked
         })
         .unwrap();
     let hits = HITS.load(Ordering::Relaxed) - before;
-    eprintln!("{hits} answers found again");
+    let judged = judged.into_inner();
+    eprintln!("{hits} answers found again, {judged} kept as judged before");
     assert!(hits > 150, "only {hits} answers were found again");
+    assert!(
+        judged > 30,
+        "only {judged} answers were kept as judged before"
+    );
 }
 
 /// The same, the table shared by every history (answers from other "servers", under other

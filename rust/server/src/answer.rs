@@ -543,9 +543,16 @@ fn list_filter(
         sealer.seal_task_cursor(server, &sealed_for.subject(), cursor)
     }));
     // A read's answer (contents, not a list) is not kept among the lists read before.
-    Box::new(match private {
+    let filter = match private {
         true => filter.private(),
         false => filter.remembering(Arc::clone(known)),
+    };
+    // Tools judged by name alone (and every other kind, which records nothing) are judged
+    // alike for every caller unless a rule reads the caller, which the judging reports.
+    let server = caller.server.as_deref();
+    Box::new(match listed {
+        Some(Listed::Tools) if !policy.section(server).judges_tools_by_name() => filter,
+        _ => filter.judging_alike(policy.generation, server),
     })
 }
 

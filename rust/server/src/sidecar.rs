@@ -230,8 +230,16 @@ impl Sidecar {
                 Counter,
                 "toolgate_tool_lists_recalled",
                 "tools/list answers found among those read before (the same bytes but for the \
-                 request's id) and so not read again; their tools still judged for the caller.",
+                 request's id) and so not read again.",
                 self.known_answers.recalled() as f64,
+            ),
+            Family::one(
+                Counter,
+                "toolgate_tool_lists_judged_before",
+                "tools/list answers found among those read before whose tools were shown as \
+                 when last judged under the same loaded policy for the same server, every \
+                 caller's judgement of them being the same: not judged again.",
+                self.known_answers.judged_before() as f64,
             ),
             Family::one(
                 Gauge,

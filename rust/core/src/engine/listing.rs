@@ -38,7 +38,7 @@ use crate::definitions::listed::ListedTool;
 use crate::json::strict;
 use crate::kind::Listed;
 use crate::mcp::answer::{case_variant, error_message, Framing};
-use crate::mcp::known_answers::KnownAnswers;
+use crate::mcp::known_answers::{KeptAnswer, KnownAnswers};
 use crate::mcp::spans::{self, known, Keys, Kind, Listing};
 use crate::mcp::sse::{message_event, EventSplitter, MAX_EVENT_BYTES};
 use serde_json::{Map, Value};
@@ -203,6 +203,9 @@ pub struct ListFilter<F> {
     reply_id: Option<Value>,
     /// Answers read before, and `id` as serde_json writes it (how they are found again).
     known: Option<(Arc<KnownAnswers>, Vec<u8>)>,
+    /// What the entries are judged under where every caller's judgement is the same
+    /// ([`Self::judging_alike`]).
+    judged_alike: Option<Box<[u8]>>,
     visibility: F,
     body: Vec<u8>,
     /// The JSON body went over the limit: what arrives is dropped, the answer refused.
@@ -226,6 +229,7 @@ impl<F: FnMut(Listed, &str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
             private: false,
             reply_id: None,
             known: None,
+            judged_alike: None,
             visibility,
             body: Vec::new(),
             overflow: false,
@@ -335,6 +339,26 @@ impl<F: FnMut(Listed, &str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
         message_event(&self.refuse(why))
     }
 
+    /// Every caller's judgement of the answer's entries is the same under `policy` (a
+    /// compiled policy's [generation](crate::policy::compile::CompiledPolicy::generation))
+    /// for `server`, and judging them records nothing (nothing pinned, no definition read):
+    /// an answer found among those read before keeps the entries it kept when judged so
+    /// before, unless some entry's judgement depended on its caller. Only for a request that
+    /// lists one kind of entry, not tasks (each caller's own).
+    pub fn judging_alike(mut self, policy: u64, server: Option<&str>) -> Self {
+        let Some(listed) = self.listed.filter(|l| *l != Listed::Tasks) else {
+            return self;
+        };
+        let mut under = policy.to_le_bytes().to_vec();
+        under.push(Listed::ALL.iter().position(|l| *l == listed).unwrap_or(0) as u8);
+        if let Some(server) = server {
+            under.push(b'/');
+            under.extend_from_slice(server.as_bytes());
+        }
+        self.judged_alike = Some(under.into());
+        self
+    }
+
     /// Bytes held until the rest of a message arrives.
     pub fn held(&self) -> usize {
         self.body.len() + self.events.held()
@@ -410,8 +434,8 @@ impl<F: FnMut(Listed, &str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
     /// Read one message of the stream: `None` to pass it on as it is, or the filtered
     /// message. A request or notification of the server's passes; an answer is filtered.
     fn message(&mut self, bytes: &[u8]) -> Result<Option<Vec<u8>>, String> {
-        let message = match self.read(bytes)? {
-            m if m.object => m,
+        let (message, kept) = match self.read(bytes)? {
+            (m, kept) if m.object => (m, kept),
             _ => return Err("a message of the answer is not a JSON object".into()),
         };
         if let Some(key) = &message.variant {
@@ -436,6 +460,7 @@ impl<F: FnMut(Listed, &str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
                 let id = serde_json::from_slice(&bytes[span.clone()]).expect("read strictly");
                 (span, id)
             }),
+            kept,
         };
         match (message.result, message.error) {
             // An error lists no tools: it goes on as it is, whatever id it names (under the
@@ -447,18 +472,16 @@ impl<F: FnMut(Listed, &str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
     }
 
     /// One message as the strict reader finds it: found again if it is an answer read before
-    /// under another id, else read (and kept).
-    fn read(&self, bytes: &[u8]) -> Result<spans::Message, String> {
+    /// under another id, else read (and kept); and the answer as kept, if it is.
+    fn read(&self, bytes: &[u8]) -> Result<(spans::Message, Option<KeptAnswer>), String> {
         let known = self.known.as_ref();
-        if let Some(message) = known.and_then(|(known, id)| known.recall(bytes, id)) {
-            return Ok(message);
+        if let Some((message, kept)) = known.and_then(|(known, id)| known.recall(bytes, id)) {
+            return Ok((message, Some(kept)));
         }
         let message =
             spans::read(bytes, &KEYS).map_err(|e| format!("the answer cannot be read: {e}"))?;
-        if let Some((known, id)) = known {
-            known.keep(bytes, &message, id);
-        }
-        Ok(message)
+        let kept = known.and_then(|(known, id)| known.keep(bytes, &message, id));
+        Ok((message, kept))
     }
 
     /// The answer as it goes to the agent, with `edits`: `None` (as it came) unless it was
@@ -528,12 +551,12 @@ impl<F: FnMut(Listed, &str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
             variant: t.variant.as_deref(),
             name: t.name.as_ref().map(|name| name.text(answer.bytes)),
         });
-        let keep = judge(listed, entries, &mut self.visibility, &mut self.report)?;
+        let keep = self.judged(answer, listed, entries)?;
         let mut edits = Vec::new();
         if keep.iter().any(|k| !k) {
             let (first, last) = (&tools[0].span, &tools[tools.len() - 1].span);
             let mut kept = Vec::with_capacity(last.end - first.start);
-            for (t, _) in tools.iter().zip(&keep).filter(|(_, k)| **k) {
+            for (t, _) in tools.iter().zip(keep.iter()).filter(|(_, k)| **k) {
                 if !kept.is_empty() {
                     kept.push(b',');
                 }
@@ -557,6 +580,28 @@ impl<F: FnMut(Listed, &str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
             edits.push((span.clone(), sealed));
         }
         Ok(self.reply(answer, edits))
+    }
+
+    /// Which `entries` of `answer` (a list of `listed`) the caller sees: as judged under the
+    /// same before, where every caller's judgement was the same; else judged now.
+    fn judged<'t>(
+        &mut self,
+        answer: &Answer<'_>,
+        listed: Listed,
+        entries: impl ExactSizeIterator<Item = Entry<'t>>,
+    ) -> Result<Arc<[bool]>, String> {
+        let alike = (self.judged_alike.as_deref()).zip(answer.kept.as_ref());
+        let before = alike.and_then(|(under, kept)| kept.judged(under));
+        if let Some(keep) = before.filter(|keep| keep.len() == entries.len()) {
+            count(&mut self.report, &keep);
+            return Ok(keep);
+        }
+        let (keep, per_subject) = judge(listed, entries, &mut self.visibility, &mut self.report)?;
+        let keep: Arc<[bool]> = keep.into();
+        if let (false, Some((under, kept))) = (per_subject, alike) {
+            kept.note_judged(under, Arc::clone(&keep));
+        }
+        Ok(keep)
     }
 
     /// The JSON-RPC error sent instead of a refused answer.
@@ -608,7 +653,7 @@ pub fn filter_result<F: FnMut(Listed, &str, &ListedTool<'_>) -> Visibility>(
             name: None,
         },
     });
-    let keep = judge(listed, entries, &mut visibility, report)?;
+    let (keep, _) = judge(listed, entries, &mut visibility, report)?;
     let removed = keep.iter().any(|k| !k);
     if removed {
         let Some(Value::Array(entries)) = result.get_mut(listed.member()) else {
@@ -642,7 +687,7 @@ fn judge<'t, F: FnMut(Listed, &str, &ListedTool<'_>) -> Visibility>(
     entries: impl ExactSizeIterator<Item = Entry<'t>>,
     visibility: &mut F,
     report: &mut ListReport,
-) -> Result<Vec<bool>, String> {
+) -> Result<(Vec<bool>, bool), String> {
     // Every tool is read before any is judged: judging records its definition for the
     // calls that follow, and nothing of an answer that is refused may count.
     let mut named: Vec<(&str, ListedTool<'t>)> = Vec::with_capacity(entries.len());
@@ -677,16 +722,23 @@ fn judge<'t, F: FnMut(Listed, &str, &ListedTool<'_>) -> Visibility>(
         named.push((name, tool));
     }
     let mut keep = Vec::with_capacity(named.len());
+    let mut per_subject = false;
     for (name, tool) in &named {
         let seen = visibility(listed, name, tool);
-        report.per_subject |= seen.per_subject;
+        per_subject |= seen.per_subject;
         keep.push(seen.shown());
     }
+    report.per_subject |= per_subject;
+    count(report, &keep);
+    Ok((keep, per_subject))
+}
+
+/// A list whose entries `keep` says are kept, counted in `report`.
+fn count(report: &mut ListReport, keep: &[bool]) {
     let removed = keep.iter().filter(|k| !**k).count();
     report.lists += 1;
     report.removed += removed;
     report.shown += keep.len() - removed;
-    Ok(keep)
 }
 
 /// Why a result is refused that lists nothing it should.
@@ -703,10 +755,12 @@ fn variant_in_result(key: &str) -> String {
     format!("the result's key {key:?} differs from a known key only by case")
 }
 
-/// One message as read: its bytes, and its id's span and value.
+/// One message as read: its bytes, its id's span and value, and the answer as the table of
+/// answers read before keeps it.
 struct Answer<'a> {
     bytes: &'a [u8],
     id: Option<(Range<usize>, Value)>,
+    kept: Option<KeptAnswer>,
 }
 
 /// A span of a message and what replaces it.

@@ -62,7 +62,7 @@ impl Engine {
     ) -> Visibility {
         let section = policy.section(server);
         // A policy that pins nothing and reads no definition pays nothing here.
-        if section.pins.is_none() && !section.reads_definitions {
+        if section.judges_tools_by_name() {
             return policy.visibility(Kind::Tool, name, server, subject, None);
         }
         // Listed as last time (the usual case), the definition is the one recorded then.

@@ -16,6 +16,11 @@
 //! fails. The table is bounded in answers and in memory (an answer's bytes and what was found
 //! in it, which for a list of many tiny entries is the larger), and forgets the oldest first;
 //! a server that sends ever new lists only makes its own lists read anew.
+//!
+//! A kept answer also holds which of its entries a list filter kept the last time it judged
+//! them where every caller's judgement is the same, and under what (the policy, the server,
+//! the list, as the filter writes them): the same answer judged under the same again keeps the
+//! same entries without judging each one anew.
 
 use super::spans::{Entry, Message, Name};
 use ahash::RandomState;
@@ -40,6 +45,8 @@ pub struct KnownAnswers {
     hash: RandomState,
     /// Answers found again, not read.
     recalled: AtomicU64,
+    /// Answers whose entries were kept as judged before, not judged again.
+    judged_before: AtomicU64,
 }
 
 #[derive(Default)]
@@ -62,6 +69,49 @@ struct Kept {
     /// Where its id is: the text replaced when the answer comes again.
     id: Range<usize>,
     message: Message,
+    /// What its entries were last judged under, and which were kept.
+    judged: Mutex<Option<Judged>>,
+}
+
+/// What an answer's entries were judged under (as the list filter writes it), and which of
+/// them were kept.
+type Judged = (Box<[u8]>, Arc<[bool]>);
+
+/// The longest description of what an answer was judged under that is kept with it (a
+/// server's name is a few dozen bytes).
+pub const MAX_JUDGED_UNDER: usize = 1024;
+
+/// An answer the table keeps, as a list filter found or kept it.
+#[derive(Clone)]
+pub struct KeptAnswer {
+    kept: Arc<Kept>,
+    table: Arc<KnownAnswers>,
+}
+
+impl KeptAnswer {
+    /// Which entries were kept when the answer was last judged under `under`, if it was.
+    pub fn judged(&self, under: &[u8]) -> Option<Arc<[bool]>> {
+        let judged = self
+            .kept
+            .judged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let keep = judged.as_ref().filter(|(u, _)| **u == *under)?.1.clone();
+        self.table.judged_before.fetch_add(1, Ordering::Relaxed);
+        Some(keep)
+    }
+
+    /// Judged under `under` (every caller's judgement alike), the answer keeps `keep`.
+    pub fn note_judged(&self, under: &[u8], keep: Arc<[bool]>) {
+        if under.len() <= MAX_JUDGED_UNDER {
+            let mut judged = self
+                .kept
+                .judged
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            *judged = Some((under.into(), keep));
+        }
+    }
 }
 
 impl Default for KnownAnswers {
@@ -70,6 +120,7 @@ impl Default for KnownAnswers {
             table: Mutex::default(),
             hash: RandomState::new(),
             recalled: AtomicU64::new(0),
+            judged_before: AtomicU64::new(0),
         }
     }
 }
@@ -82,8 +133,8 @@ impl KnownAnswers {
     }
 
     /// What the strict reader found in `bytes`, if they are a kept answer with its id's text
-    /// replaced by `id` (the request's id as serde_json writes it).
-    pub fn recall(&self, bytes: &[u8], id: &[u8]) -> Option<Message> {
+    /// replaced by `id` (the request's id as serde_json writes it), and the answer kept.
+    pub fn recall(self: &Arc<Self>, bytes: &[u8], id: &[u8]) -> Option<(Message, KeptAnswer)> {
         let kept = {
             let table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
             Arc::clone(table.by_hint.get(&self.hint(bytes))?)
@@ -97,22 +148,34 @@ impl KnownAnswers {
             return None;
         }
         self.recalled.fetch_add(1, Ordering::Relaxed);
-        Some(kept.message.clone())
+        let message = kept.message.clone();
+        let table = Arc::clone(self);
+        Some((message, KeptAnswer { kept, table }))
     }
 
     /// Keep `message`, read from `bytes`, whose id is `id` (as serde_json writes it) at the
     /// span the reader found: a later answer differing only in its id is not read again.
-    pub fn keep(&self, bytes: &[u8], message: &Message, id: &[u8]) {
-        let Some(at) = message.id.clone() else {
-            return;
-        };
+    /// The answer as kept, if it is.
+    pub fn keep(
+        self: &Arc<Self>,
+        bytes: &[u8],
+        message: &Message,
+        id: &[u8],
+    ) -> Option<KeptAnswer> {
+        let at = message.id.clone()?;
         if !message.object || bytes.len() > MAX_ANSWER_BYTES || bytes.get(at.clone()) != Some(id) {
-            return;
+            return None;
         }
-        // A list of many small entries holds more in what was found than in its bytes.
-        let size = std::mem::size_of::<Kept>() + bytes.len() + held_by(message);
+        // A list of many small entries holds more in what was found than in its bytes; what
+        // its entries were judged under may come to hold one flag an entry, and its key.
+        let entries = match &message.listing.entries {
+            Some((_, Ok(entries))) => entries.len(),
+            _ => 0,
+        };
+        let judged = MAX_JUDGED_UNDER + entries;
+        let size = std::mem::size_of::<Kept>() + bytes.len() + held_by(message) + judged;
         if size > MAX_ANSWER_BYTES {
-            return;
+            return None;
         }
         let hint = self.hint(bytes);
         let kept = Arc::new(Kept {
@@ -120,7 +183,12 @@ impl KnownAnswers {
             bytes: bytes.into(),
             id: at,
             message: message.clone(),
+            judged: Mutex::new(None),
         });
+        let answer = KeptAnswer {
+            kept: Arc::clone(&kept),
+            table: Arc::clone(self),
+        };
         let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(old) = table.by_hint.insert(hint, kept) {
             // The same hint: the new answer takes the old one's place in the order.
@@ -137,11 +205,17 @@ impl KnownAnswers {
                 table.bytes -= old.size;
             }
         }
+        Some(answer)
     }
 
     /// How many answers were found again (and not read).
     pub fn recalled(&self) -> u64 {
         self.recalled.load(Ordering::Relaxed)
+    }
+
+    /// How many answers kept the entries judged before (and were not judged again).
+    pub fn judged_before(&self) -> u64 {
+        self.judged_before.load(Ordering::Relaxed)
     }
 
     /// Answers kept, and the memory they hold (their bytes and what was found in them).
@@ -188,7 +262,7 @@ mod tests {
             .into_bytes()
     }
 
-    fn kept(known: &KnownAnswers, bytes: &[u8], id: &str) {
+    fn kept(known: &Arc<KnownAnswers>, bytes: &[u8], id: &str) {
         let message = read(bytes, &KEYS).expect("a readable answer");
         known.keep(bytes, &message, id.as_bytes());
     }
@@ -200,13 +274,16 @@ mod tests {
 
     #[test]
     fn the_same_answer_under_another_id_is_found_as_read() {
-        let known = KnownAnswers::default();
+        let known = Arc::new(KnownAnswers::default());
         let tools = r#"{"name":"read","description":"r"},{"name":"dele\u0074e","x":[1,{"a":2}]}"#;
         let first = answer(r#""toolgate-aaaa""#, tools);
         kept(&known, &first, r#""toolgate-aaaa""#);
         let again = answer(r#""toolgate-bbbb""#, tools);
         assert_eq!(known.recalled(), 0);
-        let found = known.recall(&again, br#""toolgate-bbbb""#).expect("found");
+        let found = known
+            .recall(&again, br#""toolgate-bbbb""#)
+            .expect("found")
+            .0;
         assert_eq!(known.recalled(), 1);
         assert_eq!(shown(&found), shown(&read(&again, &KEYS).unwrap()));
         // Its names read from the new bytes (or as decoded text).
@@ -218,7 +295,7 @@ mod tests {
 
     #[test]
     fn any_other_byte_or_id_is_read_anew() {
-        let known = KnownAnswers::default();
+        let known = Arc::new(KnownAnswers::default());
         let tools = r#"{"name":"read"},{"name":"delete_x"}"#;
         kept(
             &known,
@@ -246,7 +323,7 @@ mod tests {
 
     #[test]
     fn only_an_answer_whose_id_is_written_as_the_request_was_is_kept() {
-        let known = KnownAnswers::default();
+        let known = Arc::new(KnownAnswers::default());
         let tools = r#"{"name":"read"}"#;
         // The server wrote the id with an escape: the same value, other text.
         kept(
@@ -262,7 +339,7 @@ mod tests {
 
     #[test]
     fn the_table_is_bounded_in_answers_and_bytes() {
-        let known = KnownAnswers::default();
+        let known = Arc::new(KnownAnswers::default());
         for i in 0..MAX_ANSWERS * 3 {
             let tools: Vec<String> = (0..40)
                 .map(|k| format!(r#"{{"name":"t{i}_{k}"}}"#))

@@ -15,6 +15,9 @@ use std::sync::Arc;
 
 pub struct CompiledPolicy {
     pub revision: Box<str>,
+    /// This compiled policy's own number in the process (no two share one, whatever their
+    /// revision): what was judged under it is known to be judged under it again.
+    pub generation: u64,
     pub root: CompiledSection,
     pub servers: AHashMap<Box<str>, CompiledSection>,
     /// Every mark some rule sets, by name: where a condition that reads it finds its counter.
@@ -109,6 +112,12 @@ pub struct Namespace {
 }
 
 impl CompiledSection {
+    /// Whether a listed tool is judged by its name alone: nothing is pinned and no rule reads
+    /// a definition, so judging it reads and records no definition.
+    pub fn judges_tools_by_name(&self) -> bool {
+        self.pins.is_none() && !self.reads_definitions
+    }
+
     #[inline]
     pub fn names(&self, kind: Kind) -> &Namespace {
         &self.names[kind as usize]
@@ -332,8 +341,10 @@ impl CompiledPolicy {
             1.0,
             crate::owners::sessions::KEEP_MS,
         );
+        static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Ok(CompiledPolicy {
             revision: policy.revision.as_str().into(),
+            generation: GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             root,
             servers,
             marks,
