@@ -46,6 +46,7 @@ where timing here is not. Printed only.
     .venv/bin/python bench/envoy_module_bench.py --pin --runs 5 --print
     .venv/bin/python bench/envoy_module_bench.py --runs 1 -n1 2000 -nl 4000 --print    # quick
     .venv/bin/python bench/envoy_module_bench.py --pin --runs 8 --before OLD    # an A/B
+    .venv/bin/python bench/envoy_module_bench.py --list --runs 8 -n1 2000 --before OLD
     .venv/bin/python bench/envoy_module_bench.py --count -n1 1000    # instructions
     .venv/bin/python bench/envoy_module_bench.py --count --list -n1 300
 
@@ -293,16 +294,16 @@ def envoy_config(
 # --- tools/list ---------------------------------------------------------------------------------
 
 
-def list_upstream_config(listen: int, admin: int) -> dict:
+def list_upstream_config(listen: int, admin: int, routes: dict = ROUTES) -> dict:
     """bench/ext_proc_bench.py's stand-in MCP server (its 100-tool list, answered under the id
-    it was asked with), answering a list on each interleaved route's path with that route's
-    status."""
+    it was asked with), answering a list on each interleaved route's path (``routes``) with
+    that route's status."""
     config = epb.upstream_config(listen, admin)
     (listener,) = config["static_resources"]["listeners"]
     (vhost,) = ev.hcm_of(listener)["route_config"]["virtual_hosts"]
     wanted = {"name": epb.ANSWER_HEADER, "string_match": {"exact": "list"}}
     (listing,) = [r for r in vhost["routes"] if r["match"].get("headers") == [wanted]]
-    for _, path, status in ROUTES.values():
+    for _, path, status in routes.values():
         route = copy.deepcopy(listing)
         route["match"] = {"path": path, "headers": listing["match"]["headers"]}
         route["direct_response"]["status"] = status
@@ -310,11 +311,11 @@ def list_upstream_config(listen: int, admin: int) -> dict:
     return config
 
 
-def start_list_upstream(workdir: Path, pin: bool = False) -> h.Server:
+def start_list_upstream(workdir: Path, pin: bool = False, routes: dict = ROUTES) -> h.Server:
     """The stand-in MCP server of ``list_upstream_config``, up on a free port."""
     port, admin = h.free_port(), h.free_port()
     path = workdir / "upstream.json"
-    path.write_text(json.dumps(list_upstream_config(port, admin)))
+    path.write_text(json.dumps(list_upstream_config(port, admin, routes)))
     return ev.start("upstream", path, admin, workdir, port=port, pin=pin)
 
 
@@ -422,20 +423,23 @@ def bench_before(args, started: float) -> int:
     h2load takes in turn with a route with no filter, one in flight; which of the two modules
     goes first alternates run by run (the second of a round is the slower by a few µs).
     Printed, not written to RESULTS.md: module minus before at p50, per run, and the mean of
-    the two orders' medians (so the order's own cost cancels)."""
+    the two orders' medians (so the order's own cost cancels). With ``--list``, a tools/list of
+    100 tools from the stand-in server, which both modules filter."""
     workdir = Path(tempfile.mkdtemp(prefix="envoy-module-before-"))
     modules = built_modules(workdir)
     shutil.copy(Path(args.before) / "libtoolgate.so", modules / "libtoolgate_before.so")
     os.environ["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = str(modules)
-    body = workdir / "tools-call.json"
-    body.write_bytes(ev.REQUEST_BODY)
+    body = workdir / "request.json"
+    body.write_bytes(epb.LIST_REQUEST if args.list else ev.REQUEST_BODY)
+    headers = epb.headers("list") if args.list else ev.H2LOAD_HEADERS
     # Both modules' routes answer 200: the status their followers read as a call that ran.
     routes = {
         "plain": ROUTES["plain"],
         "module": ROUTES["module"],
         "before": ("toolgate_before", "/before", 200),
     }
-    config = {"policy": str(h.POLICY), "server": ev.SERVER_ID}
+    policy = epb.bench_policy(workdir) if args.list else h.POLICY
+    config = {"policy": str(policy), "server": ev.SERVER_ID}
     filters = {
         "module": dynamic_module_filter("toolgate", config),
         "before": dynamic_module_filter("toolgate_before", config),
@@ -444,20 +448,30 @@ def bench_before(args, started: float) -> int:
     runs: list[Interleaved] = []
     try:
         deployed = ev.deployed_config(ev.DEPLOYED, workdir)
+        uport = None
+        if args.list:
+            servers["upstream"] = start_list_upstream(workdir, args.pin, routes)
+            uport = servers["upstream"].port
         port, admin = h.free_port(), h.free_port()
         path = workdir / "interleaved.json"
-        mixed_config = interleaved_config(deployed, port, admin, 0, None, h.POLICY, routes, filters)
+        mixed_config = interleaved_config(deployed, port, admin, 0, uport, policy, routes, filters)
         path.write_text(json.dumps(mixed_config))
         mixed = servers["interleaved"] = ev.start(
             "interleaved", path, admin, workdir, port=port, pin=args.pin
         )
+        for name in ("module", "before") if args.list else ():
+            got, names, _ = listed(mixed, routes[name][1])
+            if got != 200 or names != epb.VISIBLE:
+                raise SystemExit(f"{name}: tools/list answered {got} with {len(names)} tools")
         urls = [f"http://127.0.0.1:{mixed.port}{path}" for _, path, _ in routes.values()]
-        h.warm(urls, body, args.warmup, args, ev.H2LOAD_HEADERS)
+        h.warm(urls, body, args.warmup, args, headers)
         for i in range(1, args.runs + 1):
             pair = ("module", "before") if i % 2 else ("before", "module")
             r = Interleaved("interleaved", "single", i, n=args.n_single)
             turns = ("next", "plain", *pair)
-            runs.append(interleaved(r, mixed, body, workdir, args, turns=turns, routes=routes))
+            runs.append(
+                interleaved(r, mixed, body, workdir, args, headers, turns=turns, routes=routes)
+            )
     finally:
         for server in servers.values():
             server.stop()
@@ -468,8 +482,10 @@ def bench_before(args, started: float) -> int:
     added = [r.p50s["module"] - r.p50s["plain"] for r in runs]
     before = [r.p50s["before"] - r.p50s["plain"] for r in runs]
     print(
-        f"toolgate's module against {args.before}, one in flight, {args.runs} runs of "
-        f"{args.n_single:,} requests a route: module minus before at p50 "
+        f"toolgate's module against {args.before}, "
+        + (f"a `tools/list` of {len(epb.TOOLS)} tools, " if args.list else "a `tools/call`, ")
+        + f"one in flight, {args.runs} runs of {args.n_single:,} requests a route: module "
+        "minus before at p50 "
         f"**{h.fmt_added(statistics.mean(by_order))}** (the module first "
         f"{h.fmt_added(by_order[0])}, second {h.fmt_added(by_order[1])}; runs "
         + ", ".join(h.fmt_added(x) for x in diffs)
@@ -659,10 +675,10 @@ def main() -> int:
     tracing = None if args.traced is None else envoy_tracing(args.traced, h.free_port())
     if args.count:
         return bench_count(args, started)
-    if args.list:
-        return bench_lists(args, started)
     if args.before:
         return bench_before(args, started)
+    if args.list:
+        return bench_lists(args, started)
     workdir = Path(tempfile.mkdtemp(prefix="envoy-module-bench-"))
     os.environ["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = str(built_modules(workdir))
     body = workdir / "tools-call.json"
