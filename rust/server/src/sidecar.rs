@@ -236,9 +236,10 @@ impl Sidecar {
             Family::one(
                 Counter,
                 "toolgate_tool_lists_judged_before",
-                "tools/list answers found among those read before whose tools were shown as \
-                 when last judged under the same loaded policy for the same server, every \
-                 caller's judgement of them being the same: not judged again.",
+                "List answers (of tools, resources, prompts) found among those read before \
+                 whose entries were shown as when last judged under the same loaded policy for \
+                 the same server, every caller's judgement of them being the same: not judged \
+                 again.",
                 self.known_answers.judged_before() as f64,
             ),
             Family::one(

@@ -591,8 +591,7 @@ impl<F: FnMut(Listed, &str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
         entries: impl ExactSizeIterator<Item = Entry<'t>>,
     ) -> Result<Arc<[bool]>, String> {
         let alike = (self.judged_alike.as_deref()).zip(answer.kept.as_ref());
-        let before = alike.and_then(|(under, kept)| kept.judged(under));
-        if let Some(keep) = before.filter(|keep| keep.len() == entries.len()) {
+        if let Some(keep) = alike.and_then(|(under, kept)| kept.judged(under, entries.len())) {
             count(&mut self.report, &keep);
             return Ok(keep);
         }

@@ -89,14 +89,16 @@ pub struct KeptAnswer {
 }
 
 impl KeptAnswer {
-    /// Which entries were kept when the answer was last judged under `under`, if it was.
-    pub fn judged(&self, under: &[u8]) -> Option<Arc<[bool]>> {
+    /// Which of its `entries` were kept when the answer was last judged under `under`, if it
+    /// was.
+    pub fn judged(&self, under: &[u8], entries: usize) -> Option<Arc<[bool]>> {
         let judged = self
             .kept
             .judged
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let keep = judged.as_ref().filter(|(u, _)| **u == *under)?.1.clone();
+        let same = |(u, keep): &&Judged| **u == *under && keep.len() == entries;
+        let keep = judged.as_ref().filter(same)?.1.clone();
         self.table.judged_before.fetch_add(1, Ordering::Relaxed);
         Some(keep)
     }
