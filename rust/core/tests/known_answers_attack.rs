@@ -142,19 +142,9 @@ impl Judge {
     }
 }
 
-/// Feed `body` (cut at `cut`) to a filter for `id`, remembering in `known` if given.
-fn run(
-    id: &Value,
-    reply: Option<&Value>,
-    known: Option<&Arc<KnownAnswers>>,
-    body: &[u8],
-    cut: usize,
-) -> Out {
-    run_as(Judge::default(), false, id, reply, known, body, cut)
-}
-
-/// As `run`, judged by `judge`; `alike`: judged alike for every caller where it can be (the
-/// policy's generation and the server said), as production filters are.
+/// Feed `body` (cut at `cut`) to a filter for `id` judged by `judge`, remembering in `known`
+/// if given; `alike`: judged alike for every caller where it can be (the policy's generation
+/// and the server said), as production filters are.
 fn run_as(
     judge: Judge,
     alike: bool,
@@ -186,8 +176,16 @@ fn run_as(
 
 fn both(id: &Value, known: &Arc<KnownAnswers>, body: &[u8]) -> (Out, Out) {
     (
-        run(id, None, Some(known), body, body.len()),
-        run(id, None, None, body, body.len()),
+        run_as(
+            Judge::default(),
+            false,
+            id,
+            None,
+            Some(known),
+            body,
+            body.len(),
+        ),
+        run_as(Judge::default(), false, id, None, None, body, body.len()),
     )
 }
 

@@ -3,93 +3,15 @@
 //! no condition reads an argument, a tool is shown exactly when some call of it is not
 //! denied by the policy's rules; and a caller-dependent answer says so.
 
+mod policies;
+
+use policies::{policy, TOOLS};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use toolgate_core::Kind;
 use toolgate_core::{Code, Engine, Policy, Request, Subject, Verdict};
 
-const TOOLS: [&str; 7] = [
-    "read",
-    "write",
-    "delete_all",
-    "run",
-    "secret_x",
-    "x",
-    "other",
-];
-const NAMES: [&str; 5] = ["read", "write", "delete_*", "run", "*"];
 const AGENTS: [Option<&str>; 3] = [None, Some("bot"), Some("a")];
-
-fn condition(i: usize) -> Value {
-    [
-        json!({"path": "subject.agent", "op": "eq", "value": "bot"}),
-        json!({"path": "subject.agent", "op": "exists"}),
-        json!({"path": "args.force", "op": "eq", "value": true}),
-        json!({"path": "server", "op": "eq", "value": "s1"}),
-        json!({"path": "tool", "op": "starts_with", "value": "de"}),
-        json!({"any": [{"path": "args.x", "op": "eq", "value": 1},
-                       {"path": "subject.agent", "op": "eq", "value": "a"}]}),
-        json!({"not": {"path": "subject.session", "op": "exists"}}),
-        json!({"path": "args.x", "op": "exists"}),
-    ][i]
-        .clone()
-}
-
-fn rule() -> impl Strategy<Value = Value> {
-    (
-        0usize..3,
-        prop::collection::vec(0usize..8, 0..3),
-        prop::collection::vec(0usize..8, 0..3),
-        prop::bool::weighted(0.15),
-    )
-        .prop_map(|(action, deny_if, require, shadow)| {
-            let action = ["allow", "deny", "require_approval"][action];
-            let mut r = json!({"action": action});
-            if !deny_if.is_empty() {
-                r["deny_if"] = deny_if.into_iter().map(condition).collect();
-            }
-            if !require.is_empty() {
-                r["require"] = require.into_iter().map(condition).collect();
-            }
-            if shadow {
-                r["mode"] = "shadow".into();
-            }
-            r
-        })
-}
-
-fn section() -> impl Strategy<Value = Value> {
-    (
-        any::<bool>(),
-        prop::bool::weighted(0.1),
-        prop::collection::vec(prop::sample::select(vec!["secret_*", "x"]), 0..2),
-        prop::collection::btree_map(prop::sample::select(NAMES.to_vec()), rule(), 0..4),
-        prop::option::weighted(0.4, rule()),
-    )
-        .prop_map(|(allow, shadow, hide, tools, all_tools)| {
-            let mut s = json!({"default": if allow { "allow" } else { "deny" }, "tools": tools});
-            if shadow {
-                s["mode"] = "shadow".into();
-            }
-            if !hide.is_empty() {
-                s["hide"] = hide.into();
-            }
-            if let Some(all) = all_tools {
-                s["all_tools"] = all;
-            }
-            s
-        })
-}
-
-fn policy() -> impl Strategy<Value = Value> {
-    (section(), prop::option::of(section())).prop_map(|(mut root, server)| {
-        root["version"] = "1".into();
-        if let Some(s1) = server {
-            root["servers"] = json!({"s1": s1});
-        }
-        root
-    })
-}
 
 fn args_reading(policy: &Value) -> bool {
     policy.to_string().contains("\"args.")

@@ -225,9 +225,14 @@ fn spend_engine() -> Arc<Engine> {
 }
 
 fn pay(e: &Engine) -> Decision {
+    call_tool(e, "pay")
+}
+
+/// A call of tool `name`, no server, no caller, no arguments.
+fn call_tool(e: &Engine, name: &str) -> Decision {
     e.decide::<&Value>(&Call {
         kind: Kind::Tool,
-        name: "pay",
+        name,
         server: None,
         subject: Subject::default(),
         args: None,
@@ -934,18 +939,6 @@ fn a_pinned_list_found_again_is_judged_again() {
         let a = json!({"jsonrpc": "2.0", "id": 5, "result": {"tools": [tool]}});
         a.to_string().into_bytes()
     };
-    let call = |e: &Engine| {
-        e.decide::<&Value>(&Call {
-            kind: Kind::Tool,
-            name: "send_email",
-            server: None,
-            subject: Subject::default(),
-            args: None,
-            dry_run: false,
-            hits: None,
-            confirm: None,
-        })
-    };
     for (policy, shown, judged_before) in [(with_pins, [0, 1, 0], 0), (without, [1, 1, 1], 1)] {
         let policy = Policy::from_text(&policy.to_string(), "json", None, &read).unwrap();
         let e = Arc::new(Engine::with_defaults(policy).unwrap());
@@ -958,7 +951,7 @@ fn a_pinned_list_found_again_is_judged_again() {
             (1, judged_before)
         );
         if judged_before == 0 {
-            let d = call(&e);
+            let d = call_tool(&e, "send_email");
             assert_eq!((d.verdict, d.code), (Verdict::Deny, Code::ToolChanged));
         }
     }
