@@ -172,8 +172,8 @@ fn filter(
     if let Some(known) = known {
         f = f.remembering(Arc::clone(known));
     }
-    // As the sidecar's: tools judged by name alone are judged alike for every caller.
-    if policy.section(None).judges_tools_by_name() {
+    // As the sidecar's.
+    if policy.judges_lists_alike(Listed::Tools, None) {
         f = f.judging_alike(policy.generation, None);
     }
     let out = f.feed(body, true);

@@ -71,7 +71,7 @@ fn filter(
     let mut f = ListFilter::new(Some(json!(id)), Some(listed), seen);
     if let Some(k) = known {
         f = f.remembering(Arc::clone(k));
-        if listed != Listed::Tools || p.section(server).judges_tools_by_name() {
+        if p.judges_lists_alike(listed, server) {
             f = f.judging_alike(p.generation, server);
         }
     }

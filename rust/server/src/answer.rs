@@ -547,12 +547,14 @@ fn list_filter(
         true => filter.private(),
         false => filter.remembering(Arc::clone(known)),
     };
-    // Tools judged by name alone (and every other kind, which records nothing) are judged
-    // alike for every caller unless a rule reads the caller, which the judging reports.
+    // Judged alike for every caller where judging records nothing, unless a rule reads the
+    // caller, which the judging reports.
     let server = caller.server.as_deref();
     Box::new(match listed {
-        Some(Listed::Tools) if !policy.section(server).judges_tools_by_name() => filter,
-        _ => filter.judging_alike(policy.generation, server),
+        Some(l) if policy.judges_lists_alike(l, server) => {
+            filter.judging_alike(policy.generation, server)
+        }
+        _ => filter,
     })
 }
 

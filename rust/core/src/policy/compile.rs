@@ -9,7 +9,7 @@ use super::{
 };
 use crate::counter::{to_units, CounterKey, Granularity};
 use crate::definitions::definition::{Digest, DriftKind};
-use crate::kind::Kind;
+use crate::kind::{Kind, Listed};
 use ahash::AHashMap;
 use std::sync::Arc;
 
@@ -382,6 +382,18 @@ impl CompiledPolicy {
         server
             .and_then(|s| self.servers.get(s))
             .unwrap_or(&self.root)
+    }
+
+    /// Whether every caller's judgement of a `listed` list from `server` can be taken as made
+    /// before ([`crate::engine::listing::ListFilter::judging_alike`]): judging it records
+    /// nothing (not a task list, each caller's own; for tools, nothing pinned and no definition
+    /// read). A judgement that reads the caller is still never taken.
+    pub fn judges_lists_alike(&self, listed: Listed, server: Option<&str>) -> bool {
+        match listed {
+            Listed::Tasks => false,
+            Listed::Tools => self.section(server).judges_tools_by_name(),
+            _ => true,
+        }
     }
 }
 
