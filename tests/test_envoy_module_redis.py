@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -138,21 +138,24 @@ def test_a_failed_call_gives_its_spend_back_in_redis(tmp_path: Path):
         def charge(amount: int, outcome: str = "ok") -> tuple[str, dict[str, Any]]:
             return ("charge", {"amount": amount, "outcome": outcome})
 
-        first, declined, erred = call(
-            envoy.url(),
-            headers,
-            [charge(60), charge(30, "tool_error"), charge(30, "jsonrpc_error")],
-        )
+        def given_back(count: int) -> Callable[[], bool]:
+            def seen() -> bool:
+                send(envoy, "POST", b'{"jsonrpc":"2.0","method":"notifications/initialized"}', {})
+                released = "envoy_toolgate_reservations_released_on_failure_total"
+                metrics = prometheus(envoy)
+                return sum(v for k, v in metrics.items() if k.startswith(released)) == count
+
+            return seen
+
+        # Each give-back is made by a decider after the answer went on: the next call is sent
+        # once the last one's has landed, as an agent's next call would find it.
+        first, declined = call(envoy.url(), headers, [charge(60), charge(30, "tool_error")])
         assert texts(first) == ["charged 60"]
-        assert declined.is_error and isinstance(erred, MCPError)
-
-        def given_back() -> bool:
-            send(envoy, "POST", b'{"jsonrpc":"2.0","method":"notifications/initialized"}', {})
-            released = "envoy_toolgate_reservations_released_on_failure_total"
-            seen = prometheus(envoy)
-            return sum(v for k, v in seen.items() if k.startswith(released)) == 2
-
-        wait_for(given_back, timeout=PATIENCE)
+        assert declined.is_error and texts(declined) == ["declined"]
+        wait_for(given_back(1), timeout=PATIENCE)
+        (erred,) = call(envoy.url(), headers, [charge(30, "jsonrpc_error")])
+        assert isinstance(erred, MCPError)
+        wait_for(given_back(2), timeout=PATIENCE)
         # Only the $60 that moved counts: $40 more fits, then nothing.
         fits, over = call(envoy.url(), headers, [charge(40), charge(1)])
         assert texts(fits) == ["charged 40"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import queue
 import struct
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,7 +16,7 @@ import grpc
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2
 from h2_client import RawGrpc
-from sidecar import PATIENCE, Sidecar
+from sidecar import PATIENCE, Sidecar, wait_for
 from toolgate.v1 import decider_pb2
 
 DECIDE = "/toolgate.v1.Decider/Decide"
@@ -47,24 +46,36 @@ def still_deciding(sc: Sidecar) -> None:
     assert sc.client.decide("read").verdict == "ALLOW"
 
 
-def half_sent(sc: Sidecar, calls: int, declared: int) -> tuple[list[int], list[int]]:
-    """Open ``calls`` Decide calls on one connection, each sending the header of a message of
+def half_sent(conn: RawGrpc, calls: int, declared: int) -> tuple[list[int], list[int]]:
+    """Open ``calls`` Decide calls on ``conn``, each sending the header of a message of
     ``declared`` bytes and one byte of it; returns (refused, still open) once every call the
-    budget cannot hold has been refused, then closes the connection."""
-    with RawGrpc(sc.port) as conn:
-        streams = []
-        for _ in range(calls):
-            s = conn.open(DECIDE)
-            conn.send_bytes(s, b"\0" + struct.pack(">I", declared) + b"x")
-            streams.append(s)
-        fit = BUDGET // declared
-        while len(conn.ended) < calls - fit - 1:
-            conn._read()
-        conn.ping()
-        refused = [s for s in streams if s in conn.ended]
-        for s in refused:
-            assert conn.answers[s].get("grpc-status") == RESOURCE_EXHAUSTED, conn.answers[s]
-        return refused, [s for s in streams if s not in conn.ended]
+    budget cannot hold has been refused."""
+    streams = []
+    for _ in range(calls):
+        s = conn.open(DECIDE)
+        conn.send_bytes(s, b"\0" + struct.pack(">I", declared) + b"x")
+        streams.append(s)
+    fit = BUDGET // declared
+    while len(conn.ended) < calls - fit - 1:
+        conn._read()
+    conn.ping()
+    refused = [s for s in streams if s in conn.ended]
+    for s in refused:
+        assert conn.answers[s].get("grpc-status") == RESOURCE_EXHAUSTED, conn.answers[s]
+    return refused, [s for s in streams if s not in conn.ended]
+
+
+def held_bytes(sc: Sidecar) -> float:
+    """What the sidecar's open calls hold, as its budget charges it (its gauge)."""
+    held = sc.metric("toolgate_held_bytes")
+    assert held is not None
+    return held
+
+
+def given_back(sc: Sidecar, before: float) -> None:
+    """Wait until the sidecar holds no more than ``before`` again: it sees a closed
+    connection's calls end a moment after the client closed it (a leak never gets there)."""
+    wait_for(lambda: held_bytes(sc) <= before, timeout=PATIENCE)
 
 
 def test_messages_half_sent_are_charged_what_they_declare_and_given_back(sc):
@@ -73,23 +84,24 @@ def test_messages_half_sent_are_charged_what_they_declare_and_given_back(sc):
     are refused at once, and closing the connection gives every byte back (a second round
     holds as many)."""
     before = rss_kib(sc.proc.pid)
-    counted = sc.metric("toolgate_grpc_errors_total", api="decider", status="RESOURCE_EXHAUSTED")
-    refused, held = half_sent(sc, 60, 4_000_000)
-    assert BUDGET // 4_000_000 - 2 <= len(held) <= BUDGET // 4_000_000, (len(held), len(refused))
-    assert sc.metric("toolgate_grpc_errors_total", api="decider", status="RESOURCE_EXHAUSTED") == (
-        counted or 0
-    ) + len(refused)
-    assert rss_kib(sc.proc.pid) < MEMORY_LIMIT_KIB
-    still_deciding(sc)
-    # Once the sidecar has seen the first connection close (a leak would keep the count down
-    # however many times it is asked).
-    for _ in range(20):
-        _, again_held = half_sent(sc, 60, 4_000_000)
-        if len(again_held) >= len(held) - 1:
-            break
-    assert len(again_held) >= len(held) - 1, "what the first round held was not given back"
+    held_before = held_bytes(sc)
+    fit = BUDGET // 4_000_000
+    for _ in range(2):
+        counted = sc.metric(
+            "toolgate_grpc_errors_total", api="decider", status="RESOURCE_EXHAUSTED"
+        )
+        with RawGrpc(sc.port) as conn:
+            refused, held = half_sent(conn, 60, 4_000_000)
+            assert fit - 2 <= len(held) <= fit, (len(held), len(refused))
+            # Each call held is charged what it declared, and all of them no more than the budget.
+            assert len(held) * 4_000_000 <= held_bytes(sc) - held_before <= BUDGET + HEADROOM
+        assert sc.metric(
+            "toolgate_grpc_errors_total", api="decider", status="RESOURCE_EXHAUSTED"
+        ) == (counted or 0) + len(refused)
+        assert rss_kib(sc.proc.pid) < MEMORY_LIMIT_KIB
+        still_deciding(sc)
+        given_back(sc, held_before)
     assert rss_kib(sc.proc.pid) - before < BUDGET // 1024 * 2
-    still_deciding(sc)
 
 
 def ext_proc_message(body: bytes, note: dict[str, Any] | None) -> bytes:
@@ -156,27 +168,22 @@ def test_streams_that_keep_large_parts_open_stay_within_the_budget(sc):
     """A server that sends many answers' 2 MB parts and never ends them: each stream holds the
     part twice (tonic's buffer and the event not yet whole). Without the budget 100 such
     streams took the sidecar past its memory limit; with it, those past the budget are refused
-    and the sidecar stays within its memory, deciding."""
-    seen, close = open_streams(sc.port, 100, list_part(2_000_000))
-    try:
-        assert seen.get("RESOURCE_EXHAUSTED", 0) > 0, seen
-        assert set(seen) <= {"answered", "RESOURCE_EXHAUSTED"}, seen
-        assert rss_kib(sc.proc.pid) < MEMORY_LIMIT_KIB
-        still_deciding(sc)
-    finally:
-        close()
-    # Given back: as many streams fit again, once the sidecar has seen the first ones end
-    # (a leak would keep the count down however many times it is asked). Each round waits a
-    # little longer first: on busy cores the sidecar sees a round's streams end later than the
-    # next round opens its own, which then find the last round's bytes still held.
-    for attempt in range(20):
-        time.sleep(min(0.1 * attempt, 1.0))
-        again, close = open_streams(sc.port, 100, list_part(2_000_000))
-        close()
-        if again.get("answered", 0) >= seen.get("answered", 0) * 0.8:
-            break
-    assert again.get("answered", 0) >= seen.get("answered", 0) * 0.8, (seen, again)
-    still_deciding(sc)
+    and the sidecar stays within its memory, deciding; what they held comes back when they
+    end (a second round fits again)."""
+    held_before = held_bytes(sc)
+    for _ in range(2):
+        seen, close = open_streams(sc.port, 100, list_part(2_000_000))
+        try:
+            assert seen.get("answered", 0) > 0, seen
+            assert seen.get("RESOURCE_EXHAUSTED", 0) > 0, seen
+            assert set(seen) <= {"answered", "RESOURCE_EXHAUSTED"}, seen
+            held = held_bytes(sc) - held_before
+            assert seen["answered"] * 2_000_000 <= held <= BUDGET + HEADROOM, (seen, held)
+            assert rss_kib(sc.proc.pid) < MEMORY_LIMIT_KIB
+            still_deciding(sc)
+        finally:
+            close()
+        given_back(sc, held_before)
 
 
 def test_small_calls_go_on_beside_large_ones_up_to_the_headroom(sc):

@@ -167,6 +167,7 @@ def test_metrics_text_is_valid_prometheus_exposition():
         "toolgate_store_counters_evictable": "gauge",
         # Answers followed through Envoy's ext_proc (zeros until an Envoy asks).
         "toolgate_tool_lists_total": "counter",
+        "toolgate_held_bytes": "gauge",
         "toolgate_tools_unlisted_total": "counter",
         "toolgate_tool_lists_recalled_total": "counter",
         "toolgate_tool_lists_judged_before_total": "counter",

@@ -78,6 +78,8 @@ pub struct Server {
     health: HealthReporter,
     serving: Serving,
     address: String,
+    /// What its calls hold ([`HeldBytes`]), for the sidecar's gauge.
+    held: Arc<HeldBytes>,
 }
 
 impl Server {
@@ -149,7 +151,7 @@ impl Server {
             .add_service(
                 ExternalProcessorServer::new(ExternalProcessorService {
                     engine: engine.clone(),
-                    held,
+                    held: held.clone(),
                     known,
                     spans: spans.clone(),
                 })
@@ -177,6 +179,7 @@ impl Server {
             health,
             serving,
             address,
+            held,
         };
         // NOT_SERVING until the owner says it is ready (calls are answered meanwhile).
         server.set_serving(false);
@@ -186,6 +189,11 @@ impl Server {
     /// The address it listens on (with the port the system chose, for port 0).
     pub fn address(&self) -> &str {
         &self.address
+    }
+
+    /// What its calls hold now against the budget for what callers hold, in bytes.
+    pub fn held_bytes(&self) -> usize {
+        self.held.total()
     }
 
     /// Report SERVING or NOT_SERVING for the server and every service; calls are answered

@@ -225,6 +225,7 @@ impl Sidecar {
     pub fn metrics(&self) -> Vec<Family> {
         let mut families = self.engine.metrics();
         let (kept, bytes) = self.known_answers.held();
+        let held = lock(&self.server).as_ref().map_or(0, Server::held_bytes);
         families.extend([
             Family::one(
                 Counter,
@@ -241,6 +242,14 @@ impl Sidecar {
                  the same server, every caller's judgement of them being the same: not judged \
                  again.",
                 self.known_answers.judged_before() as f64,
+            ),
+            Family::one(
+                Gauge,
+                "toolgate_held_bytes",
+                "What the gRPC calls now open hold, charged to the budget for what callers \
+                 hold (at most 144 MiB; docs/sidecar.md): the calls' shares, their messages, \
+                 the answers ext_proc streams hold not yet whole.",
+                held as f64,
             ),
             Family::one(
                 Gauge,
