@@ -32,7 +32,9 @@ from test_sidecar_held import (
     POLICY,
     PROCESS,
     RESOURCE_EXHAUSTED,
+    given_back,
     half_sent,
+    held_bytes,
     rss_kib,
     still_deciding,
 )
@@ -178,13 +180,15 @@ def test_bad_message_headers_get_a_clear_error_and_hold_nothing(shared):
             conn.send_bytes(stream, bytes([flag]) + struct.pack(">I", length) + b"x")
             assert conn.wait(stream).get("grpc-status") == status, (flag, length)
     still_deciding(shared)
-    _, held = half_sent(shared, 40, 4_000_000)
+    with RawGrpc(shared.port) as conn:
+        _, held = half_sent(conn, 40, 4_000_000)
     assert len(held) >= BUDGET // 4_000_000 - 1, len(held)
 
 
 def test_streams_reset_right_after_a_large_header_give_the_budget_back(shared):
     """Reset at once after declaring 3 MB, thousands of times: h2 ends the connection with
     ENHANCE_YOUR_CALM (rapid reset), and whatever the calls were charged comes back."""
+    before = held_bytes(shared)
     for _ in range(3):
         conn = connect(shared.port)
         out = b""
@@ -200,8 +204,10 @@ def test_streams_reset_right_after_a_large_header_give_the_budget_back(shared):
             pass
         conn.sock.close()
         assert conn.goaways and conn.goaways[0][1] == ENHANCE_YOUR_CALM, conn.goaways
+    given_back(shared, before)
     still_deciding(shared)
-    _, held = half_sent(shared, 40, 4_000_000)
+    with RawGrpc(shared.port) as conn:
+        _, held = half_sent(conn, 40, 4_000_000)
     assert len(held) >= BUDGET // 4_000_000 - 1, len(held)
 
 
