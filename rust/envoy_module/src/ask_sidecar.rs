@@ -82,7 +82,7 @@ impl Sidecar {
 /// and the payload of the token Envoy verified, under the metadata key the sidecar reads it
 /// from (`jwt_authn`'s, as ext_authz passes it with `metadata_context_namespaces`).
 pub struct Asked<'a> {
-    pub headers: &'a [(String, String)],
+    pub headers: &'a [(&'a str, &'a str)],
     pub body: &'a [u8],
     pub server: Option<&'a str>,
     pub source: Option<&'a str>,
@@ -93,14 +93,16 @@ pub struct Asked<'a> {
 /// `with_request_body` and `pack_as_bytes`.
 pub fn check_request(asked: &Asked<'_>) -> Vec<u8> {
     let header = |name: &str| {
-        let found = asked.headers.iter().find(|(k, _)| k == name);
-        found.map(|(_, v)| v.clone()).unwrap_or_default()
+        let found = asked.headers.iter().find(|(k, _)| *k == name);
+        found.map(|(_, v)| v.to_string()).unwrap_or_default()
     };
     let http = HttpRequest {
         method: header(":method"),
         path: header(":path"),
         host: header(":authority"),
-        headers: asked.headers.iter().cloned().collect(),
+        headers: (asked.headers.iter())
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         size: asked.body.len() as i64,
         raw_body: asked.body.to_vec(),
         ..Default::default()
@@ -364,10 +366,10 @@ mod tests {
 
     #[test]
     fn the_check_carries_the_request_as_ext_authz_sends_it() {
-        let headers = vec![
-            (":method".to_owned(), "POST".to_owned()),
-            (":path".to_owned(), "/mcp".to_owned()),
-            ("authorization".to_owned(), "Bearer a".to_owned()),
+        let headers = [
+            (":method", "POST"),
+            (":path", "/mcp"),
+            ("authorization", "Bearer a"),
         ];
         let payload = Struct {
             fields: [(

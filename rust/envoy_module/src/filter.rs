@@ -9,19 +9,16 @@ use crate::abi::*;
 use crate::ask_sidecar::{self, Asked, Said};
 use crate::config::Config;
 use crate::deciders::Deciders;
+use crate::request_headers::Headers;
 use crate::traced::{DecisionSpan, ListSpans, Naming};
-use crate::verified;
-use envoy_types::pb::google::protobuf::Struct;
 use serde_json::Value;
 use std::borrow::Cow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use toolgate_core::counter::Peer;
 use toolgate_core::decision::Code;
 use toolgate_core::engine::gate::{self, Follow, Gate, HttpCall, SpanOpener};
 use toolgate_core::mcp::reply;
-use toolgate_core::mcp::revision::Revision;
 use toolgate_core::observing::stats::Api;
 use toolgate_core::trace_ids;
 use toolgate_core::Engine;
@@ -36,7 +33,7 @@ use toolgate_server::authz::unreadable_caller;
 use toolgate_server::ext_proc::EXCHANGE_HEADER;
 use toolgate_server::spans::Named;
 use toolgate_server::subject::{
-    single_header, AuthzConfig, CallerFacts, ReadSubject, SubjectSource, MCP_SESSION_HEADER,
+    single_header, AuthzConfig, CallerFacts, ReadSubject, MCP_SESSION_HEADER,
 };
 
 /// A stream's state, on its worker thread.
@@ -71,100 +68,6 @@ pub enum Next {
     /// Held while a decider decides it ([`Filter::resume`]) or the sidecar is asked
     /// ([`Filter::sidecar_said`]), which let it go on or answer it.
     Held,
-}
-
-/// The request's headers as ext_authz's `Check` carries them, so that both are read alike:
-/// one value per name, a header sent more than once joined with `,` (a second `Mcp-Name` is
-/// then no match for the body, and a second identity header one that holds a comma), bytes
-/// that are not UTF-8 each read as U+FFFD. And where the request came from, and the payload
-/// of the token Envoy verified, where callers are read from one.
-struct Headers {
-    joined: Vec<(String, String)>,
-    peer: Peer,
-    verified: Option<Struct>,
-}
-
-/// Whether `authz` reads a part of the caller from a verified token.
-fn reads_tokens(authz: &AuthzConfig) -> bool {
-    [&authz.grant, &authz.session, &authz.agent]
-        .into_iter()
-        .any(|source| matches!(source, SubjectSource::JwtClaim(_)))
-}
-
-impl Headers {
-    fn read(stream: Stream, authz: &AuthzConfig) -> Headers {
-        let mut joined: Vec<(String, String)> = Vec::with_capacity(16);
-        stream.each_header(REQUEST_HEADER, |name, value| {
-            match joined.iter_mut().find(|(k, _)| k.as_bytes() == name) {
-                Some((_, all)) => {
-                    all.push(',');
-                    all.push_str(&lossy(value));
-                }
-                None => joined.push((lossy(name).into(), lossy(value).into())),
-            }
-        });
-        let verified = reads_tokens(authz)
-            .then(|| verified::payload(stream.filter_state(verified::FILTER_STATE_KEY).as_deref()))
-            .flatten();
-        Headers {
-            joined,
-            peer: stream
-                .source_address()
-                .map_or(Peer::UNKNOWN, |a| peer_of(&a)),
-            verified,
-        }
-    }
-
-    fn get(&self, name: &str) -> Option<&str> {
-        (&self).header(name)
-    }
-
-    /// Whether the request has header `name` (lower case), empty or not.
-    fn has(&self, name: &str) -> bool {
-        self.joined.iter().any(|(k, _)| k == name)
-    }
-
-    /// The protocol revision the request declared in its `MCP-Protocol-Version` header.
-    fn revision(&self) -> Option<Revision> {
-        Revision::parse(self.get("mcp-protocol-version")?)
-    }
-}
-
-/// `bytes` as text, each byte that is not UTF-8 read as U+FFFD. Checked whole first: header
-/// bytes are nearly always UTF-8, and the whole check costs a fraction of the lossy reading.
-fn lossy(bytes: &[u8]) -> Cow<'_, str> {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => Cow::Borrowed(text),
-        Err(_) => String::from_utf8_lossy(bytes),
-    }
-}
-
-/// The request's source as Envoy gives it (`source.address`, `IP:PORT` or `[IPv6]:PORT`): the
-/// downstream connection's peer, read as ext_authz's `Check` source is. An IPv6 address's
-/// zone is left out; an address that is no IP address (a pipe, an internal listener) is one
-/// opaque address, bounded like any other.
-fn peer_of(address: &str) -> Peer {
-    let ip = match address.strip_prefix('[') {
-        Some(v6) => v6.split_once(']').map_or(v6, |(ip, _)| ip),
-        None => address.rsplit_once(':').map_or(address, |(ip, _)| ip),
-    };
-    let ip = ip.split_once('%').map_or(ip, |(ip, _)| ip);
-    Peer::parse(ip).unwrap_or(Peer::OPAQUE)
-}
-
-impl<'a> CallerFacts<'a> for &'a Headers {
-    fn header_values(&self, name: &str) -> Vec<&'a str> {
-        let found = self.joined.iter().find(|(k, _)| k == name);
-        found.map(|(_, v)| v.as_str()).into_iter().collect()
-    }
-
-    fn verified_payload(&self, _key: &str) -> Option<&'a Struct> {
-        self.verified.as_ref()
-    }
-
-    fn peer(&self) -> Peer {
-        self.peer
-    }
 }
 
 /// A request refused because the process holds all it may of unfinished answers: tried again
@@ -623,7 +526,7 @@ impl Filter {
                 if let (true, Some(sidecar)) = (approval, &config.sidecar) {
                     let source = stream.source_address();
                     let asked = Asked {
-                        headers: &headers.joined,
+                        headers: &headers.pairs().collect::<Vec<_>>(),
                         body,
                         server,
                         source: source.as_deref(),

@@ -16,6 +16,7 @@ mod decision_logs;
 mod filter;
 mod metrics;
 mod reload;
+mod request_headers;
 mod shared;
 mod traced;
 mod verified;
