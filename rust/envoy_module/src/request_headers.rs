@@ -1,16 +1,16 @@
 //! The request's headers as ext_authz's `Check` carries them, so that both are read alike:
-//! one value per name, a header sent more than once joined with `,` (a second `Mcp-Name` is
-//! then no match for the body, and a second identity header one that holds a comma), bytes
-//! that are not UTF-8 each read as U+FFFD. And where the request came from, and the payload of
-//! the token Envoy verified, where callers are read from one.
+//! one value per name (names matched as sent), a header sent more than once joined with `,`
+//! (a second `Mcp-Name` is then no match for the body, and a second identity header one that
+//! holds a comma), bytes that are not UTF-8 each read as U+FFFD. And where the request came
+//! from, and the payload of the token Envoy verified, where callers are read from one.
 //!
 //! Every request is decided on them, so they are copied once into one text, not a string per
-//! name and value, and that text is checked as UTF-8 once.
+//! name and value, and that text is checked as UTF-8 once. Whatever a client repeats, each
+//! byte is copied a bounded number of times.
 
 use crate::abi::{Stream, REQUEST_HEADER};
 use crate::verified;
 use envoy_types::pb::google::protobuf::Struct;
-use std::borrow::Cow;
 use toolgate_core::counter::Peer;
 use toolgate_core::mcp::revision::Revision;
 use toolgate_server::subject::{AuthzConfig, CallerFacts, SubjectSource};
@@ -97,29 +97,45 @@ struct Text {
 }
 
 impl Text {
-    /// The headers `each_header` hands over, name and value, in order.
-    fn read(each_header: impl Fn(&mut dyn FnMut(&[u8], &[u8]))) -> Text {
+    /// The headers `each_header` hands over, name and value, in order. Names are matched as
+    /// sent, byte for byte; then each name and each joined value is read as text on its own.
+    fn read(each_header: impl FnOnce(&mut dyn FnMut(&[u8], &[u8]))) -> Text {
         let mut raw = Raw::default();
         each_header(&mut |name, value| raw.add(name, value));
+        let raw = raw.joined();
         // Valid as a whole, and with every name and value starting and ending on a character's
         // boundary, is each name and value valid (nearly every request): one check for all.
-        if let Ok(text) = String::from_utf8(raw.bytes) {
-            let boundaries = raw.ends.iter().flat_map(|&(name, value)| [name, value]);
-            if boundaries.into_iter().all(|at| text.is_char_boundary(at)) {
-                return Text {
+        match String::from_utf8(raw.bytes) {
+            Ok(text)
+                if raw.ends.iter().all(|&(name, value)| {
+                    text.is_char_boundary(name) && text.is_char_boundary(value)
+                }) =>
+            {
+                Text {
                     text,
                     ends: raw.ends,
-                };
+                }
             }
+            Ok(text) => Text::lossy(text.as_bytes(), &raw.ends),
+            Err(e) => Text::lossy(e.as_bytes(), &raw.ends),
         }
-        let mut lossy = Raw::default();
-        each_header(&mut |name, value| {
-            lossy.add(as_text(name).as_bytes(), as_text(value).as_bytes())
-        });
-        Text {
-            text: String::from_utf8(lossy.bytes).expect("each part was made UTF-8"),
-            ends: lossy.ends,
+    }
+
+    /// Each name and value of `bytes` (laid out as `ends` says) read as text on its own. A
+    /// joined value reads as its parts would each: `,` ends any character cut short.
+    fn lossy(bytes: &[u8], ends: &[(usize, usize)]) -> Text {
+        let mut out = Text::default();
+        let mut start = 0;
+        for &(name, value) in ends {
+            out.text
+                .push_str(&String::from_utf8_lossy(&bytes[start..name]));
+            let name_end = out.text.len();
+            out.text
+                .push_str(&String::from_utf8_lossy(&bytes[name..value]));
+            out.ends.push((name_end, out.text.len()));
+            start = value;
         }
+        out
     }
 
     fn value(&self, name: &str) -> Option<&str> {
@@ -148,10 +164,14 @@ fn find(text: &[u8], ends: &[(usize, usize)], name: &[u8]) -> Option<usize> {
     })
 }
 
-/// [`Text`] as it is gathered, in bytes.
+/// [`Text`] as it is gathered, in bytes as sent.
 struct Raw {
     bytes: Vec<u8>,
     ends: Vec<(usize, usize)>,
+    /// The values of names sent again (rare): which name's, and where in `again_bytes`;
+    /// joined once all are in, so that each byte is copied once however many come.
+    again: Vec<(usize, usize, usize)>,
+    again_bytes: Vec<u8>,
 }
 
 impl Default for Raw {
@@ -160,6 +180,8 @@ impl Default for Raw {
         Raw {
             bytes: Vec::with_capacity(1024),
             ends: Vec::with_capacity(16),
+            again: Vec::new(),
+            again_bytes: Vec::new(),
         }
     }
 }
@@ -173,25 +195,42 @@ impl Raw {
                 self.bytes.extend_from_slice(value);
                 self.ends.push((name_end, self.bytes.len()));
             }
-            // Sent again (rare): joined to its value, and what follows moved along.
             Some(i) => {
-                let at = self.ends[i].1;
-                let joined = std::iter::once(b',').chain(value.iter().copied());
-                self.bytes.splice(at..at, joined);
-                let moved = 1 + value.len();
-                self.ends[i].1 += moved;
-                for (name_end, value_end) in &mut self.ends[i + 1..] {
-                    *name_end += moved;
-                    *value_end += moved;
-                }
+                let start = self.again_bytes.len();
+                self.again_bytes.extend_from_slice(value);
+                self.again.push((i, start, self.again_bytes.len()));
             }
         }
     }
-}
 
-/// `bytes` as text, each byte that is not UTF-8 read as U+FFFD.
-fn as_text(bytes: &[u8]) -> Cow<'_, str> {
-    String::from_utf8_lossy(bytes)
+    /// Each name with every value it came with, joined with `,` in the order they came.
+    fn joined(mut self) -> Raw {
+        if self.again.is_empty() {
+            return self;
+        }
+        // Stable: a name's values stay in the order they came.
+        self.again.sort_by_key(|&(i, _, _)| i);
+        let extra = self.again_bytes.len() + self.again.len();
+        let mut out = Raw {
+            bytes: Vec::with_capacity(self.bytes.len() + extra),
+            ends: Vec::with_capacity(self.ends.len()),
+            again: Vec::new(),
+            again_bytes: Vec::new(),
+        };
+        let mut again = self.again.iter().peekable();
+        let mut start = 0;
+        for (i, &(name, value)) in self.ends.iter().enumerate() {
+            let name_end = out.bytes.len() + (name - start);
+            out.bytes.extend_from_slice(&self.bytes[start..value]);
+            while let Some(&(_, from, to)) = again.next_if(|&&(of, _, _)| of == i) {
+                out.bytes.push(b',');
+                out.bytes.extend_from_slice(&self.again_bytes[from..to]);
+            }
+            out.ends.push((name_end, out.bytes.len()));
+            start = value;
+        }
+        out
+    }
 }
 
 /// The request's source as Envoy gives it (`source.address`, `IP:PORT` or `[IPv6]:PORT`): the
@@ -212,17 +251,38 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// The headers read one string per name and value, as the `Check`'s map holds them.
+    /// The headers as the rule reads them, one string per name and value: a name sent again
+    /// (byte for byte) has its values joined to the first's with `,`, each name and value
+    /// read as text on its own.
     fn one_by_one(headers: &[(Vec<u8>, Vec<u8>)]) -> Vec<(String, String)> {
-        let mut joined: Vec<(String, String)> = Vec::new();
+        let mut joined: Vec<(&[u8], String)> = Vec::new();
         for (name, value) in headers {
-            let (name, value) = (as_text(name), as_text(value));
-            match joined.iter_mut().find(|(k, _)| *k == name) {
+            let value = String::from_utf8_lossy(value);
+            match joined.iter_mut().find(|(k, _)| k == name) {
                 Some((_, all)) => {
                     all.push(',');
                     all.push_str(&value);
                 }
-                None => joined.push((name.into(), value.into())),
+                None => joined.push((name, value.into())),
+            }
+        }
+        (joined.into_iter())
+            .map(|(k, v)| (String::from_utf8_lossy(k).into(), v))
+            .collect()
+    }
+
+    /// The module's reading before the headers were one text: names matched against those
+    /// kept, which were kept read as text.
+    fn as_before(headers: &[(Vec<u8>, Vec<u8>)]) -> Vec<(String, String)> {
+        let mut joined: Vec<(String, String)> = Vec::new();
+        for (name, value) in headers {
+            let value = String::from_utf8_lossy(value);
+            match joined.iter_mut().find(|(k, _)| k.as_bytes() == name) {
+                Some((_, all)) => {
+                    all.push(',');
+                    all.push_str(&value);
+                }
+                None => joined.push((String::from_utf8_lossy(name).into(), value.into())),
             }
         }
         joined
@@ -256,6 +316,18 @@ mod tests {
         prop::collection::vec(piece, 0..4).prop_map(|parts| parts.concat())
     }
 
+    /// Names as Envoy's codecs let them through: text.
+    fn name() -> impl Strategy<Value = Vec<u8>> {
+        let names = [
+            &b"a"[..],
+            b"mcp-name",
+            b":method",
+            b"",
+            "\u{20ac}".as_bytes(),
+        ];
+        prop::sample::select(names.to_vec()).prop_map(<[u8]>::to_vec)
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2_000))]
 
@@ -267,6 +339,15 @@ mod tests {
         ) {
             prop_assert_eq!(read(&headers), one_by_one(&headers));
         }
+
+        /// Where names are text (all a client gets past Envoy's codecs), as the module read
+        /// them before, whatever the values.
+        #[test]
+        fn reads_as_before_where_names_are_text(
+            headers in prop::collection::vec((name(), part()), 0..10),
+        ) {
+            prop_assert_eq!(read(&headers), as_before(&headers));
+        }
     }
 
     #[test]
@@ -276,15 +357,85 @@ mod tests {
             (b"x".to_vec(), b"\xe2\x82".to_vec()),
             (b"mcp-name".to_vec(), b"b".to_vec()),
             (b"y".to_vec(), b"\xac".to_vec()),
+            (b"mcp-name".to_vec(), b"".to_vec()),
         ];
         assert_eq!(
             read(&headers),
             [
-                ("mcp-name".to_owned(), "a,b".to_owned()),
+                ("mcp-name".to_owned(), "a,b,".to_owned()),
                 ("x".to_owned(), "\u{fffd}".to_owned()),
                 ("y".to_owned(), "\u{fffd}".to_owned()),
             ]
         );
+    }
+
+    /// Matched as sent: a name that is not text, sent twice, is one header (before, its
+    /// bytes were matched against the name kept as text, and it was two); two such names
+    /// that read alike as text stay two.
+    #[test]
+    fn names_that_are_not_text_are_matched_as_sent() {
+        let twice = [
+            (b"x-\xff".to_vec(), b"a".to_vec()),
+            (b"x-\xff".to_vec(), b"b".to_vec()),
+        ];
+        assert_eq!(read(&twice), [("x-\u{fffd}".to_owned(), "a,b".to_owned())]);
+        let alike = [
+            (b"x-\xff".to_vec(), b"a".to_vec()),
+            (b"x-\xfe".to_vec(), b"b".to_vec()),
+        ];
+        assert_eq!(read(&alike).len(), 2);
+    }
+
+    #[test]
+    fn empty_headers_are_there_but_not_values() {
+        let text = Text::read(|each| {
+            each(b":method", b"POST");
+            each(b"x-empty", b"");
+            each(b"mcp-name", b"");
+            each(b"mcp-name", b"t");
+            each(b"", b"v");
+        });
+        let headers = Headers {
+            text,
+            peer: Peer::UNKNOWN,
+            verified: None,
+        };
+        assert!(headers.has("x-empty") && !headers.has("x-none"));
+        assert_eq!(headers.value("x-empty"), Some(""));
+        assert_eq!(
+            (headers.get("x-empty"), (&headers).header("x-empty")),
+            (None, None)
+        );
+        assert_eq!(headers.get("mcp-name"), Some(",t"));
+        assert_eq!((&headers).header_values("mcp-name"), [",t"]);
+        assert!((&headers).header_values("x-none").is_empty());
+        assert_eq!(headers.get(":method"), Some("POST"));
+        assert_eq!(headers.value(""), Some("v"));
+    }
+
+    /// As many headers as Envoy lets in, long, every other name sent again, each value ending
+    /// in the start of a character whose rest begins the next name; and one long value
+    /// followed by a name sent again and again, each of whose values is joined once.
+    #[test]
+    fn many_long_headers_read_as_each_alone() {
+        let mut headers = Vec::new();
+        for i in 0..100 {
+            let mut value = vec![b'v'; 600];
+            value.extend_from_slice(b"\xe2\x82");
+            headers.push((
+                [b"\xac".as_slice(), format!("n{}", i % 50).as_bytes()].concat(),
+                value,
+            ));
+        }
+        assert_eq!(read(&headers), one_by_one(&headers));
+        let mut headers = vec![
+            (b"a".to_vec(), b"x".to_vec()),
+            (b"b".to_vec(), vec![0xff; 60_000]),
+        ];
+        headers.extend((0..98).map(|_| (b"a".to_vec(), Vec::new())));
+        let read = read(&headers);
+        assert_eq!(read[0], ("a".to_owned(), format!("x{}", ",".repeat(98))));
+        assert_eq!(read[1].1, "\u{fffd}".repeat(60_000));
     }
 
     #[test]
