@@ -15,6 +15,7 @@ use toolgate_core::counter::Peer;
 use toolgate_core::mcp::revision::Revision;
 use toolgate_server::subject::{AuthzConfig, CallerFacts, SubjectSource};
 
+/// A request's headers, where it came from, and what Envoy verified of its token.
 pub struct Headers {
     text: Text,
     peer: Peer,
