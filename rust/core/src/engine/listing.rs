@@ -350,7 +350,7 @@ impl<F: FnMut(Listed, &str, &ListedTool<'_>) -> Visibility> ListFilter<F> {
             return self;
         };
         let mut under = policy.to_le_bytes().to_vec();
-        under.push(Listed::ALL.iter().position(|l| *l == listed).unwrap_or(0) as u8);
+        under.push(listed as u8);
         if let Some(server) = server {
             under.push(b'/');
             under.extend_from_slice(server.as_bytes());
