@@ -92,7 +92,27 @@ LABELS = {"authz-tcp": "ext_authz"}
 X = h.X
 CONFIGS = ["plain", "buffer", "floor", "callbacks", "authz-tcp", "module"]
 FLOOR_SOURCE = h.ROOT / "bench" / "envoy_module_floor" / "floor.c"
+#: The module's shipped config, whose access log prints the module's decision.
+MODULE_DEPLOYED = h.ROOT / "deploy" / "envoy" / "mcp-dynamic-module.yaml"
 ABI_RS = h.ROOT / "rust" / "envoy_module" / "src" / "abi.rs"
+
+
+def deployed_config(workdir: Path) -> dict:
+    """The deployed ext_authz listener and clusters (``ev.deployed_config``), its access log
+    also printing the module's decision as the module's shipped config does (under
+    ``module_``: the ext_authz fields keep their names): each route pays for the fields, and
+    the module's route for printing what it decided, as a user of either would."""
+    deployed = ev.deployed_config(ev.DEPLOYED, workdir)
+    shipped = yaml.safe_load(MODULE_DEPLOYED.read_text())
+    (listener,) = shipped["static_resources"]["listeners"]
+    (log,) = ev.hcm_of(listener)["access_log"]
+    fields = log["typed_config"]["log_format"]["json_format"]
+    module = {f"module_{k}": v for k, v in fields.items() if "toolgate." in v}
+    if len(module) != 4:
+        raise RuntimeError(f"{MODULE_DEPLOYED.name}: want 4 decision fields, found {module}")
+    for log in ev.hcm_of(deployed["listener"])["access_log"]:
+        log["typed_config"]["log_format"]["json_format"].update(module)
+    return deployed
 
 
 def dynamic_module_filter(module: str, config: dict | None = None) -> dict:
@@ -337,7 +357,7 @@ def bench_lists(args, started: float) -> int:
     servers: dict[str, h.Server] = {}
     runs: list[Interleaved] = []
     try:
-        deployed = ev.deployed_config(ev.DEPLOYED, workdir)
+        deployed = deployed_config(workdir)
         servers["upstream"] = start_list_upstream(workdir, args.pin)
         uport = servers["upstream"].port
         port, admin = h.free_port(), h.free_port()
@@ -447,7 +467,7 @@ def bench_before(args, started: float) -> int:
     servers: dict[str, h.Server] = {}
     runs: list[Interleaved] = []
     try:
-        deployed = ev.deployed_config(ev.DEPLOYED, workdir)
+        deployed = deployed_config(workdir)
         uport = None
         if args.list:
             servers["upstream"] = start_list_upstream(workdir, args.pin, routes)
@@ -534,7 +554,7 @@ def bench_count(args, started: float) -> int:
     per_request: dict[str, dict[str, int]] = {}
     servers: list[h.Server] = []
     try:
-        deployed = ev.deployed_config(ev.DEPLOYED, workdir)
+        deployed = deployed_config(workdir)
         if args.list:
             body.write_bytes(epb.LIST_REQUEST)
             headers, asked = epb.headers("list"), f"a `tools/list` of {len(epb.TOOLS)} tools"
@@ -687,7 +707,7 @@ def main() -> int:
     runs: list[ev.Run] = []
     interleaved_runs: list[Interleaved] = []
     try:
-        deployed = ev.deployed_config(ev.DEPLOYED, workdir)
+        deployed = deployed_config(workdir)
         tport = h.free_port()
         probe = h.decide_request(True, ev.GRANT, ev.SERVER_ID)
         serve = h.pinned(h.serve_cmd(tport), h.SERVER_CPU, args.pin)

@@ -7,8 +7,8 @@
  *
  * Built with -DCALLBACKS (the bench's `callbacks`), it also makes, with constant values, the
  * calls into Envoy that toolgate's module makes for an allowed tools/call: the request's
- * headers, the client's address, the active span and the body read; four dynamic-metadata
- * entries (in one call); two headers set on the answer and its body read. What those calls
+ * headers, the client's address, the active span and the body read; four filter state
+ * entries; two headers set on the answer and its body read. What those calls
  * cost Envoy, apart from what the module computes. */
 #include <stdbool.h>
 #include <stddef.h>
@@ -18,9 +18,7 @@ typedef struct { const char *ptr; size_t length; } buffer;
 typedef struct { buffer key; buffer value; } header;
 #define B(s) ((buffer){s, sizeof(s) - 1})
 bool envoy_dynamic_module_callback_http_set_header(void *e, uint32_t kind, buffer k, buffer v);
-bool envoy_dynamic_module_callback_http_set_dynamic_metadata_string_batch(void *e, buffer ns,
-                                                                          const header *entries,
-                                                                          size_t n);
+bool envoy_dynamic_module_callback_http_set_filter_state_bytes(void *e, buffer k, buffer v);
 size_t envoy_dynamic_module_callback_http_get_headers_size(void *e, uint32_t kind);
 bool envoy_dynamic_module_callback_http_get_headers(void *e, uint32_t kind, header *h);
 bool envoy_dynamic_module_callback_http_filter_get_attribute_string(void *e, uint32_t a,
@@ -64,11 +62,12 @@ uint32_t envoy_dynamic_module_on_http_filter_request_body(void *e, const void *f
   envoy_dynamic_module_callback_http_get_active_span(e);
   read_body(e, 1);
   read_body(e, 0);
-  const header told[] = {{B("verdict"), B("allow")},
-                         {B("code"), B("ALLOWED")},
-                         {B("rule"), B("/tools/run_command")},
-                         {B("revision"), B("0123abcd")}};
-  envoy_dynamic_module_callback_http_set_dynamic_metadata_string_batch(e, B("callbacks"), told, 4);
+  envoy_dynamic_module_callback_http_set_filter_state_bytes(e, B("callbacks.verdict"), B("ALLOW"));
+  envoy_dynamic_module_callback_http_set_filter_state_bytes(e, B("callbacks.code"), B("ALLOWED"));
+  envoy_dynamic_module_callback_http_set_filter_state_bytes(e, B("callbacks.rule"),
+                                                            B("/tools/run_command"));
+  envoy_dynamic_module_callback_http_set_filter_state_bytes(e, B("callbacks.revision"),
+                                                            B("0123abcd"));
 #endif
   return 0;
 }

@@ -94,14 +94,13 @@ pub const METRICS_SUCCESS: u32 = 0;
 
 extern "C" {
     pub fn envoy_dynamic_module_callback_log(level: u32, message: ModuleBuffer);
-    /// `entries` are `envoy_dynamic_module_type_module_key_value_pair`s: a key's buffer and
-    /// its value's, as [`ModuleHeader`] lays them out.
-    pub fn envoy_dynamic_module_callback_http_set_dynamic_metadata_string_batch(
+    /// Envoy keeps the value as a read-only string object (`Router::StringAccessor`), for the
+    /// filter chain's life; a key set before is left as it is, and Envoy logs why.
+    pub fn envoy_dynamic_module_callback_http_set_filter_state_bytes(
         filter: FilterEnvoyPtr,
-        namespace: ModuleBuffer,
-        entries: *const ModuleHeader,
-        entries_length: usize,
-    );
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
     pub fn envoy_dynamic_module_callback_http_filter_config_define_counter(
         config: ConfigEnvoyPtr,
         name: ModuleBuffer,
@@ -499,24 +498,17 @@ impl Stream {
         }
     }
 
-    /// Set each key of `entries` to its value in the stream's dynamic metadata under
-    /// `namespace`, for the access log and the filters after this one. One call: Envoy finds
-    /// the namespace and merges into it once, where a call a key did both for each (2,300
-    /// instructions a key, counted under callgrind).
-    pub fn set_metadata<const N: usize>(self, namespace: &str, entries: &[(&str, &str); N]) {
-        let pairs = entries.map(|(k, v)| ModuleHeader {
-            key: ModuleBuffer::of(k.as_bytes()),
-            value: ModuleBuffer::of(v.as_bytes()),
-        });
-        // SAFETY: as for `each_header`; Envoy copies the bytes, which `entries` and `pairs`
-        // hold until it returns.
+    /// Set `key` in the stream's filter state to the string `value`, for the access log
+    /// (`%FILTER_STATE(key:PLAIN)%`) and the filters after this one. False where Envoy has no
+    /// stream to keep it on.
+    pub fn set_filter_state(self, key: &str, value: &str) -> bool {
+        // SAFETY: as for `each_header`; Envoy copies the bytes before it returns.
         unsafe {
-            envoy_dynamic_module_callback_http_set_dynamic_metadata_string_batch(
+            envoy_dynamic_module_callback_http_set_filter_state_bytes(
                 self.0,
-                ModuleBuffer::of(namespace.as_bytes()),
-                pairs.as_ptr(),
-                pairs.len(),
-            );
+                ModuleBuffer::of(key.as_bytes()),
+                ModuleBuffer::of(value.as_bytes()),
+            )
         }
     }
 

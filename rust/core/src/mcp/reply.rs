@@ -36,15 +36,19 @@ fn id_or_null(id: &Option<Value>) -> Value {
     id.clone().unwrap_or(Value::Null)
 }
 
-/// What a gateway is told of a decision for its logs and rules (Envoy's dynamic metadata,
-/// agentgateway's result metadata): verdict, code, rule and revision, as the decision log
-/// writes them.
+/// The names of what a gateway is told of a decision, in [`told`]'s order.
+pub const TOLD: [&str; 4] = ["verdict", "code", "rule", "revision"];
+
+/// What a gateway is told of a decision for its logs and rules (Envoy's dynamic metadata or
+/// filter state, agentgateway's result metadata): verdict, code, rule and revision, as the
+/// decision log writes them.
 pub fn told(d: &Decision) -> [(&'static str, &str); 4] {
+    let [verdict, code, rule, revision] = TOLD;
     [
-        ("verdict", d.verdict.as_str()),
-        ("code", d.code.as_str()),
-        ("rule", d.rule()),
-        ("revision", d.revision()),
+        (verdict, d.verdict.as_str()),
+        (code, d.code.as_str()),
+        (rule, d.rule()),
+        (revision, d.revision()),
     ]
 }
 
