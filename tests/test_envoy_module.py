@@ -440,7 +440,7 @@ def test_the_modules_decisions_are_in_envoys_prometheus_stats(tmp_path: Path):
 
 def test_envoys_access_log_prints_what_the_module_decided(tmp_path: Path):
     """The shipped config's JSON access log reads the decision the module left in the
-    `toolgate` dynamic metadata namespace, as ext_authz's config reads ext_authz's."""
+    stream's filter state (`toolgate.code`, ...), as ext_authz's config reads ext_authz's."""
     calls = [
         (raw_call('{"name":"list_images","arguments":{}}'), "ALLOW", "ALLOWED"),
         (
@@ -454,8 +454,10 @@ def test_envoys_access_log_prints_what_the_module_decided(tmp_path: Path):
         ExampleServer(tmp_path / "requests.jsonl", stateless=True, json=True) as server,
         deployed(MODULE, None, server.port, {POLICY_LINE: EXAMPLE_LINE}) as envoy,
     ):
+        # A client naming the keys the decision is left under changes nothing that is logged.
+        forged = {f"toolgate.{k}": v for k, v in [("verdict", "ALLOW"), ("code", "ALLOWED")]}
         for body, _, _ in calls:
-            send(envoy, "POST", body, {"authorization": "Bearer logged"})
+            send(envoy, "POST", body, {"authorization": "Bearer logged", **forged})
 
         def printed() -> list[dict[str, Any]] | None:
             lines = [json.loads(x) for x in envoy.log.splitlines() if x.startswith("{")]

@@ -18,6 +18,7 @@ import json
 import socket
 import struct
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -72,18 +73,26 @@ def framed(message: bytes, flag: int = 0) -> bytes:
     return bytes([flag]) + struct.pack(">I", len(message)) + message
 
 
-def allowing(**ok_headers: str) -> bytes:
+def allowing(told: dict[str, Any] | None = None, **ok_headers: str) -> bytes:
+    """An allowing CheckResponse; ``told``: its dynamic metadata (what the sidecar decided)."""
     response = external_auth_pb2.CheckResponse()
     response.status.code = 0
+    if told is not None:
+        response.dynamic_metadata.update(told)
     for key, value in ok_headers.items():
         option = response.ok_response.headers.add()
         option.header.key, option.header.value = key, value
     return response.SerializeToString()
 
 
-def denying(status: int = 0, code: int = 7, body: str = "{}", **headers: str) -> bytes:
+def denying(
+    status: int = 0, code: int = 7, body: str = "{}", told: dict[str, Any] | None = None,
+    **headers: str,
+) -> bytes:  # fmt: skip
     response = external_auth_pb2.CheckResponse()
     response.status.code = code
+    if told is not None:
+        response.dynamic_metadata.update(told)
     response.denied_response.status.code = status
     response.denied_response.body = body
     for key, value in headers.items():
@@ -410,6 +419,67 @@ def test_a_sidecar_that_does_not_answer_in_time_refuses_the_call(tmp_path: Path)
         assert reached(server, "i-slow") == []
 
 
+# --- what the access log says of a call the sidecar was asked about ---------------------------
+
+
+def logged(envoy: Envoy, path: str) -> dict[str, Any]:
+    """The access log's line (a JSON line a request) for the request sent to ``path``."""
+
+    def line() -> dict[str, Any] | None:
+        lines = [json.loads(x) for x in envoy.log.splitlines() if x.startswith("{")]
+        return next((x for x in lines if x["path"] == path), None)
+
+    return wait_for(line, timeout=PATIENCE)
+
+
+def decided(line: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(line[f"toolgate_{k}"] for k in ("verdict", "code", "rule", "revision"))
+
+
+SIDECAR_TOLD = {"verdict": "ALLOW", "code": "ALLOWED", "rule": "/tools/x", "revision": "r1"}
+
+
+@pytest.mark.parametrize(
+    "answer, status, want",
+    [
+        # What the sidecar decided, as its answer's metadata says (as ext_authz would log it).
+        (whole(allowing(SIDECAR_TOLD)), 200, ("ALLOW", "ALLOWED", "/tools/x", "r1")),
+        (
+            whole(denying(403, told={**SIDECAR_TOLD, "verdict": "DENY", "code": "DENIED"})),
+            403,
+            ("DENY", "DENIED", "/tools/x", "r1"),
+        ),
+        # An answer that says nothing of it, or one that is not read (refused, 503), or one
+        # whose metadata lacks a field or holds a number: the module's own decision.
+        (whole(allowing()), 200, None),
+        (whole(allowing({**SIDECAR_TOLD, "revision": 7})), 200, None),
+        (whole(allowing({k: v for k, v in SIDECAR_TOLD.items() if k != "rule"})), 200, None),
+        (grpc(framed(b"\xff\xff\xff\xff")), 503, None),
+        ([("reset",)], 503, None),
+    ],
+    ids=["allowed", "denied", "silent", "number", "three", "garbage", "reset"],
+)
+def test_the_access_log_prints_what_was_decided_of_a_call_the_sidecar_was_asked_about(
+    table_sidecar, answer: Steps, status: int, want: tuple[str, ...] | None
+):
+    """Filter state is set once: the module's decision waits for the sidecar's answer, and the
+    line says what the sidecar decided, or, where it says nothing readable, what the module
+    decided (APPROVAL_REQUIRED under its rule)."""
+    envoy, _, _, chosen = table_sidecar
+    chosen["steps"] = answer
+    path = f"/mcp?logged={uuid.uuid4().hex}"
+    got, _, _ = send(envoy, "POST", terminate("i-log"), {"authorization": "Bearer a"}, path)
+    line = logged(envoy, path)
+    assert (got, line["status"]) == (status, status)
+    if want is None:
+        verdict, code, rule, revision = decided(line)
+        assert (verdict, code) == ("REQUIRE_APPROVAL", "APPROVAL_REQUIRED")
+        assert rule.startswith("/tools/terminate_instances") and revision
+    else:
+        assert decided(line) == want
+    assert "FilterStateAccessViolation" not in envoy.log
+
+
 # --- the Check carries the caller the client sent ---------------------------------------------
 
 
@@ -518,10 +588,11 @@ def test_an_approval_for_one_caller_lets_no_other_callers_call_through(tmp_path:
             with raw_http1(envoy, head, body) as sock:
                 read_status(sock)
             assert reached(server, marker) == [], head
-        # The approved caller's call runs, once.
-        status, headers, _ = send(envoy, "POST", body, alice)
+        # The approved caller's call runs, once, and the access log says it was allowed.
+        status, headers, _ = send(envoy, "POST", body, alice, "/mcp?approved")
         assert (status, headers.get("x-toolgate-code")) == (200, "ALLOWED"), headers
         assert len(reached(server, marker)) == 1
+        assert decided(logged(envoy, "/mcp?approved"))[:2] == ("ALLOW", "ALLOWED")
         status, headers, _ = send(envoy, "POST", body, alice)
         assert headers.get("x-toolgate-code") == "APPROVAL_REQUIRED"
         assert len(reached(server, marker)) == 1

@@ -16,6 +16,7 @@ use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value as ProtoValue
 use prost::Message;
 use serde_json::Value;
 use std::collections::HashMap;
+use toolgate_core::mcp::reply;
 use toolgate_server::credential::JWT_AUTHN_NAMESPACE;
 
 /// The gRPC method the sidecar's ext_authz service answers.
@@ -182,7 +183,11 @@ pub enum Said {
     },
 }
 
-/// The sidecar's answer to a `Check`: a gRPC answer (HTTP 200, `application/grpc`, ending
+/// What the sidecar decided, for the access log: the values of `reply::TOLD`'s names, as its
+/// answer's dynamic metadata gives them (as Envoy's ext_authz would leave them).
+pub type Told = [String; 4];
+
+/// The sidecar's answer to a `Check`, and what it decided where its answer says (`Told`): a gRPC answer (HTTP 200, `application/grpc`, ending
 /// with `grpc-status: 0` in its trailers) whose body is exactly one uncompressed
 /// `CheckResponse`. Anything else is why the call cannot go on: a message under a failed or
 /// missing status decides nothing.
@@ -190,7 +195,7 @@ pub fn read_answer(
     headers: &[(String, Vec<u8>)],
     body: &[u8],
     trailers: &[(String, Vec<u8>)],
-) -> Result<Said, String> {
+) -> Result<(Said, Option<Told>), String> {
     let find = |all: &[(String, Vec<u8>)], name: &str| {
         let found = all.iter().find(|(k, _)| k == name);
         found.map(|(_, v)| String::from_utf8_lossy(v).into_owned())
@@ -233,7 +238,8 @@ pub fn read_answer(
         header.map(|h| (h.key.clone(), h.value.clone())).collect()
     };
     let allowed = response.status.as_ref().is_some_and(|s| s.code == 0);
-    match (allowed, response.http_response) {
+    let told = told(response.dynamic_metadata.as_ref());
+    let said = match (allowed, response.http_response) {
         (true, Some(HttpResponse::OkResponse(ok))) => Ok(Said::Forward {
             request: options(&ok.headers),
             answer: options(&ok.response_headers_to_add),
@@ -252,7 +258,20 @@ pub fn read_answer(
             body: denied.body.into_bytes(),
         }),
         _ => Err("a CheckResponse that neither allows nor denies".into()),
-    }
+    };
+    said.map(|said| (said, told))
+}
+
+/// The decision in the sidecar's dynamic metadata, where it gives each of `reply::TOLD`'s
+/// names as text.
+fn told(metadata: Option<&Struct>) -> Option<Told> {
+    let fields = &metadata?.fields;
+    let text = |name: &str| match fields.get(name)?.kind.as_ref()? {
+        Kind::StringValue(value) => Some(value.clone()),
+        _ => None,
+    };
+    let [verdict, code, rule, revision] = reply::TOLD.map(text);
+    Some([verdict?, code?, rule?, revision?])
 }
 
 /// The JSON-RPC error a client gets when the sidecar could not be asked: 503 (try again), as
@@ -322,7 +341,7 @@ mod tests {
     #[test]
     fn a_denial_is_answered_as_the_sidecar_wrote_it() {
         let ok = grpc(&[(":status", "200"), ("content-type", "application/grpc")]);
-        let said = read_answer(&ok, &framed(&denied()), &ok_trailers()).unwrap();
+        let (said, told) = read_answer(&ok, &framed(&denied()), &ok_trailers()).unwrap();
         assert_eq!(
             said,
             Said::Answer {
@@ -331,6 +350,56 @@ mod tests {
                 body: b"{}".to_vec()
             }
         );
+        // It said nothing of what it decided: the module logs its own decision.
+        assert_eq!(told, None);
+    }
+
+    fn metadata(fields: &[(&str, Kind)]) -> Struct {
+        let field = |(k, v): &(&str, Kind)| {
+            (
+                k.to_string(),
+                ProtoValue {
+                    kind: Some(v.clone()),
+                },
+            )
+        };
+        Struct {
+            fields: fields.iter().map(field).collect(),
+        }
+    }
+
+    #[test]
+    fn what_the_sidecar_decided_is_read_from_its_metadata_where_it_gives_all_four() {
+        let ok = grpc(&[(":status", "200"), ("content-type", "application/grpc")]);
+        let text = |s: &str| Kind::StringValue(s.into());
+        let four = [
+            ("verdict", text("ALLOW")),
+            ("code", text("ALLOWED")),
+            ("rule", text("/tools/pay")),
+            ("revision", text("abc")),
+            // Others (the exchange's note) are not the decision.
+            ("note", text("x")),
+        ];
+        let answer = |fields: &[(&str, Kind)]| CheckResponse {
+            dynamic_metadata: Some(metadata(fields)),
+            ..denied()
+        };
+        let (_, told) = read_answer(&ok, &framed(&answer(&four)), &ok_trailers()).unwrap();
+        let want = ["ALLOW", "ALLOWED", "/tools/pay", "abc"].map(String::from);
+        assert_eq!(told, Some(want));
+        // One missing, or not text: nothing is taken from it.
+        for broken in [
+            &four[1..],
+            &[
+                four[0].clone(),
+                four[1].clone(),
+                four[2].clone(),
+                ("revision", Kind::NumberValue(1.0)),
+            ][..],
+        ] {
+            let (_, told) = read_answer(&ok, &framed(&answer(broken)), &ok_trailers()).unwrap();
+            assert_eq!(told, None);
+        }
     }
 
     #[test]

@@ -105,6 +105,9 @@ struct Asking {
     callout: u64,
     id: Option<Value>,
     answer: Answer,
+    /// The module's decision, for the access log where the sidecar's answer does not say its
+    /// own (filter state is set once, so it waits for that answer).
+    told: ask_sidecar::Told,
 }
 
 /// The sidecar's answer as it comes: gRPC's status is in its trailers, after the message.
@@ -474,11 +477,16 @@ impl Filter {
             caller,
             ..
         } = judged;
-        // What was decided, for the access log (as ext_authz leaves it in its metadata).
-        if let Some(d) = gate.decision() {
-            for (key, (_, value)) in DECISION_STATE.iter().zip(reply::told(d)) {
-                stream.set_filter_state(key, value);
-            }
+        // What was decided, for the access log (as ext_authz leaves it in its metadata); for a
+        // call the sidecar is asked about, what it decides, once it answers.
+        let asks_sidecar = match &gate {
+            Gate::Answer {
+                decision: Some(d), ..
+            } => config.sidecar.is_some() && d.code == Code::ApprovalRequired,
+            _ => false,
+        };
+        if let (Some(d), false) = (gate.decision(), asks_sidecar) {
+            leave_decision(stream, &reply::told(d).map(|(_, value)| value));
         }
         // The module follows answers itself, so no route is picked on the exchange header:
         // the server gets none (a client's is taken out), as behind ext_authz with ext_proc,
@@ -533,8 +541,8 @@ impl Filter {
                 Next::Continue
             }
             Gate::Answer { reply, decision } => {
-                let approval = decision.is_some_and(|d| d.code == Code::ApprovalRequired);
-                if let (true, Some(sidecar)) = (approval, &config.sidecar) {
+                if let (true, Some(sidecar), Some(d)) = (asks_sidecar, &config.sidecar, &decision) {
+                    let told = reply::told(d).map(|(_, value)| value.to_owned());
                     let source = stream.source_address();
                     let asked = Asked {
                         headers: &headers.pairs().collect::<Vec<_>>(),
@@ -557,12 +565,13 @@ impl Filter {
                                 callout,
                                 id,
                                 answer: Answer::default(),
+                                told,
                             });
                             Next::Held
                         }
                         Err(refused) => {
                             let why = format!("Envoy did not start the callout ({refused})");
-                            self.cannot_ask(stream, id, &why)
+                            self.cannot_ask(stream, id, &told, &why)
                         }
                     };
                 }
@@ -597,13 +606,20 @@ impl Filter {
     /// on or is answered as the sidecar said, or is refused if it said nothing that can be
     /// read.
     pub fn sidecar_done(&mut self, stream: Stream, callout: u64, complete: bool) {
-        let Some(Asking { id, answer, .. }) = self.asking.take_if(|a| a.callout == callout) else {
+        let Some(Asking {
+            id, answer, told, ..
+        }) = self.asking.take_if(|a| a.callout == callout)
+        else {
             return;
         };
         let said = match complete {
             true => ask_sidecar::read_answer(&answer.headers, &answer.body, &answer.trailers),
             false => Err("the callout ended without an answer (reset, or over its time)".into()),
         };
+        let said = said.map(|(said, sidecar_told)| {
+            leave_decision(stream, sidecar_told.as_ref().unwrap_or(&told));
+            said
+        });
         self.decided = Some(match said {
             Ok(Said::Forward { request, answer }) => {
                 // The exchange header picks ext_authz's routes; it has no use here.
@@ -627,12 +643,20 @@ impl Filter {
                 stream.send_response(status, &headers, &body, "toolgate_sidecar");
                 Next::Answered
             }
-            Err(why) => self.cannot_ask(stream, id, &why),
+            Err(why) => self.cannot_ask(stream, id, &told, &why),
         });
     }
 
-    /// The sidecar cannot be asked: the call is refused, 503 (fail closed).
-    fn cannot_ask(&mut self, stream: Stream, id: Option<Value>, why: &str) -> Next {
+    /// The sidecar cannot be asked: the call is refused, 503 (fail closed), and logged as the
+    /// module decided it (`told`).
+    fn cannot_ask(
+        &mut self,
+        stream: Stream,
+        id: Option<Value>,
+        told: &[String; 4],
+        why: &str,
+    ) -> Next {
+        leave_decision(stream, told);
         log(
             LOG_WARN,
             &format!("toolgate: the sidecar was not asked about a call: {why}"),
@@ -641,6 +665,13 @@ impl Filter {
         let headers = [("content-type", "application/json".to_owned())];
         stream.send_response(status, &headers, &body, "toolgate_sidecar_unavailable");
         Next::Answered
+    }
+}
+
+/// Leave a decision's `reply::told` values in the stream's filter state, for the access log.
+fn leave_decision<V: AsRef<str>>(stream: Stream, told: &[V; 4]) {
+    for (key, value) in DECISION_STATE.iter().zip(told) {
+        stream.set_filter_state(key, value.as_ref());
     }
 }
 
