@@ -187,10 +187,10 @@ pub enum Said {
 /// answer's dynamic metadata gives them (as Envoy's ext_authz would leave them).
 pub type Told = [String; 4];
 
-/// The sidecar's answer to a `Check`, and what it decided where its answer says (`Told`): a gRPC answer (HTTP 200, `application/grpc`, ending
-/// with `grpc-status: 0` in its trailers) whose body is exactly one uncompressed
-/// `CheckResponse`. Anything else is why the call cannot go on: a message under a failed or
-/// missing status decides nothing.
+/// The sidecar's answer to a `Check`, and what it decided where the answer says it (`Told`):
+/// a gRPC answer (HTTP 200, `application/grpc`, ending with `grpc-status: 0` in its trailers)
+/// whose body is exactly one uncompressed `CheckResponse`. Anything else is why the call
+/// cannot go on: a message under a failed or missing status decides nothing.
 pub fn read_answer(
     headers: &[(String, Vec<u8>)],
     body: &[u8],

@@ -22,6 +22,15 @@ use toolgate_core::mcp::reply;
 use toolgate_core::observing::stats::Api;
 use toolgate_core::trace_ids;
 use toolgate_core::Engine;
+use toolgate_server::answer::{
+    release, Caller, Follower, RequestBody, LIST_ANSWER_DROPS, LIST_ANSWER_TYPE,
+};
+use toolgate_server::authz::unreadable_caller;
+use toolgate_server::ext_proc::EXCHANGE_HEADER;
+use toolgate_server::spans::Named;
+use toolgate_server::subject::{
+    single_header, AuthzConfig, CallerFacts, ReadSubject, MCP_SESSION_HEADER,
+};
 
 /// The filter state keys the decision is left under, for the access log and the filters after
 /// this one (`%FILTER_STATE(toolgate.code:PLAIN)%`): `reply::told`'s, in its order, under
@@ -35,15 +44,6 @@ pub const DECISION_STATE: [&str; 4] = [
     "toolgate.rule",
     "toolgate.revision",
 ];
-use toolgate_server::answer::{
-    release, Caller, Follower, RequestBody, LIST_ANSWER_DROPS, LIST_ANSWER_TYPE,
-};
-use toolgate_server::authz::unreadable_caller;
-use toolgate_server::ext_proc::EXCHANGE_HEADER;
-use toolgate_server::spans::Named;
-use toolgate_server::subject::{
-    single_header, AuthzConfig, CallerFacts, ReadSubject, MCP_SESSION_HEADER,
-};
 
 /// A stream's state, on its worker thread.
 #[derive(Default)]
@@ -653,7 +653,7 @@ impl Filter {
         &mut self,
         stream: Stream,
         id: Option<Value>,
-        told: &[String; 4],
+        told: &ask_sidecar::Told,
         why: &str,
     ) -> Next {
         leave_decision(stream, told);
