@@ -479,13 +479,13 @@ impl Filter {
         } = judged;
         // What was decided, for the access log (as ext_authz leaves it in its metadata); for a
         // call the sidecar is asked about, what it decides, once it answers.
-        let asks_sidecar = match &gate {
+        let asks = match &gate {
             Gate::Answer {
                 decision: Some(d), ..
-            } => config.sidecar.is_some() && d.code == Code::ApprovalRequired,
-            _ => false,
+            } if d.code == Code::ApprovalRequired => config.sidecar.as_ref(),
+            _ => None,
         };
-        if let (Some(d), false) = (gate.decision(), asks_sidecar) {
+        if let (Some(d), None) = (gate.decision(), asks) {
             leave_decision(stream, &reply::told(d).map(|(_, value)| value));
         }
         // The module follows answers itself, so no route is picked on the exchange header:
@@ -541,7 +541,7 @@ impl Filter {
                 Next::Continue
             }
             Gate::Answer { reply, decision } => {
-                if let (true, Some(sidecar), Some(d)) = (asks_sidecar, &config.sidecar, &decision) {
+                if let (Some(sidecar), Some(d)) = (asks, &decision) {
                     let told = reply::told(d).map(|(_, value)| value.to_owned());
                     let source = stream.source_address();
                     let asked = Asked {
